@@ -1,0 +1,100 @@
+"""Autoregressive text decoding with a KV cache (spec §8.2, §9, §13.21).
+
+The prompt (with its visual block) runs once under the omni mask and fills the cache; each new
+token then attends to everything before it, which is exactly the official full-recompute rule
+(a causal row appended to the mask) at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from .errors import UsageError
+
+
+@dataclass
+class TextSampling:
+    """How the next token is chosen. Greedy unless a temperature > 0 with sampling is asked for."""
+
+    max_new_tokens: int = 300
+    temperature: float = 0.0  # 0 = greedy (the official demos' top_k=1)
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop_ids: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        if not 1 <= self.max_new_tokens <= 1_000_000:
+            raise UsageError(f"--max-new-tokens must be between 1 and 1000000, got {self.max_new_tokens}")
+        if not (self.temperature >= 0 and self.temperature == self.temperature):
+            raise UsageError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"--top-k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Generated:
+    token_ids: list[int] = field(default_factory=list)
+    step_logits: list[torch.Tensor] = field(default_factory=list)  # last-position logits per step
+    stopped: bool = False  # True when a stop token ended generation
+
+
+def choose_token(logits: torch.Tensor, opts: TextSampling, generator: torch.Generator | None) -> int:
+    """Pick the next id from last-position logits ``(V,)``."""
+    if opts.temperature == 0:
+        return int(torch.argmax(logits))
+    scores = logits.float() / opts.temperature
+    if opts.top_k is not None:
+        kth = torch.topk(scores, min(opts.top_k, scores.numel())).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if opts.top_p is not None and opts.top_p < 1:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        probs = torch.softmax(sorted_scores, dim=-1)
+        cut = probs.cumsum(-1) - probs > opts.top_p  # keep the smallest prefix reaching top_p
+        sorted_scores = sorted_scores.masked_fill(cut, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(0, order, sorted_scores)
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+@torch.no_grad()
+def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor, opts: TextSampling,
+             on_token: Callable[[int], None] | None = None, keep_logits: bool = False) -> Generated:
+    """Decode from a prompt given as embeddings ``(1, L, H)`` with its boolean mask ``(1, 1, L, L)``.
+
+    ``model`` is a :class:`~showo2_cli.modeling.showo2.Showo2Model`. ``on_token`` is called with
+    each new id as soon as it is chosen (for streaming). Stops at any of ``opts.stop_ids``; the
+    stop token is recorded in ``token_ids``.
+    """
+    opts.validate()
+    generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
+    cache = DynamicCache()
+    hidden, cache = model.llm(prompt_embeds, mask, past_key_values=cache, use_cache=True)
+    logits = model.logits(hidden[:, -1]).float()[0]
+    out = Generated()
+    embed = model.showo.model.embed_tokens
+    position = prompt_embeds.shape[1]
+    for step in range(opts.max_new_tokens):
+        if keep_logits:
+            out.step_logits.append(logits.cpu())
+        token = choose_token(logits, opts, generator)
+        out.token_ids.append(token)
+        if on_token is not None:
+            on_token(token)
+        if token in opts.stop_ids:
+            out.stopped = True
+            break
+        if step == opts.max_new_tokens - 1:
+            break
+        ids = torch.tensor([[token]], device=prompt_embeds.device)
+        pos = torch.tensor([[position]], device=prompt_embeds.device)
+        hidden, cache = model.llm(embed(ids), None, position_ids=pos, past_key_values=cache, use_cache=True)
+        logits = model.logits(hidden[:, -1]).float()[0]
+        position += 1
+    return out

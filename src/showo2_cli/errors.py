@@ -1,0 +1,63 @@
+"""Error types the library raises and the CLI maps to one-line messages and exit codes.
+
+Every error a user can cause (a bad file, a bad option, a missing model piece) is one of these.
+The CLI prints ``str(error)`` on one line of stderr and exits with ``error.exit_code``; a full
+traceback is shown only with ``--debug``. Anything else escaping the library is a bug.
+
+Exit codes (documented in the README):
+
+====  ==========================================================
+0     success
+1     internal error (a bug: please report it with ``--debug``)
+2     usage error: a bad option value or a missing argument
+3     input error: a media, latents or prompt file that cannot be used
+4     model error: a model, tokenizer or VAE missing, incomplete or corrupt
+5     output error: the output cannot be written (exists, read-only, missing folder)
+6     resource error: the job would not fit in memory
+130   interrupted (Ctrl-C); no partial output is left behind
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+
+class Showo2Error(Exception):
+    """Base class: a problem the user can fix, reported as one line."""
+
+    exit_code = 1
+    kind = "error"
+
+
+class UsageError(Showo2Error):
+    """An option value or combination that makes no sense."""
+
+    exit_code = 2
+    kind = "usage"
+
+
+class InputError(Showo2Error):
+    """An input file (media, latents, prompts) that cannot be used."""
+
+    exit_code = 3
+    kind = "input"
+
+
+class ModelError(Showo2Error):
+    """A model, tokenizer or VAE that is missing, incomplete or corrupt."""
+
+    exit_code = 4
+    kind = "model"
+
+
+class OutputError(Showo2Error):
+    """An output that cannot be written (already exists, read-only, missing folder)."""
+
+    exit_code = 5
+    kind = "output"
+
+
+class ResourceError(Showo2Error):
+    """A job that would not fit in memory or another resource limit."""
+
+    exit_code = 6
+    kind = "resource"

@@ -1,0 +1,625 @@
+"""Resolve a model name to files, read the official or our own format, and build the bundle.
+
+A model is named by a local folder, a registry name (``1.5B``, ``7B``, ...), or a Hugging Face
+repo id found in the local cache (never downloaded: ``HF_HUB_OFFLINE`` semantics). Two folder
+formats load:
+
+* **official** (``showlab/show-o2-*``): diffusers-style ``config.json`` and ``pytorch_model.bin``
+  (single or sharded) or ``*.safetensors``; the tokenizer and LLM config come from
+  ``llm_model_path`` (a folder or the Qwen2.5 repo in the cache); the VAE from the Wan2.1 files.
+* **showo2** (written by ``showo2 convert`` / ``init`` / ``train``): ``config.json`` with a
+  ``showo2`` section holding the full :class:`ModelSpec`, ``model.safetensors``, the tokenizer
+  files and a diffusers-format ``vae/`` folder, all pickle-free and memory-mapped on load.
+
+Sizes that the config does not record (the flow head's, the LLM's depth) are read from the
+weights' shapes, so the same loader reads the real checkpoints, the parity fixtures and any
+other set. Pickle files are read only with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ModelError, OutputError, UsageError
+from .sequences import SpecialTokens
+from .specs import ALL_TASKS, IMAGE_UND, REGISTRY, T2I, VIDEO_UND, ModelSpec, get_spec, spec_for_hidden_size
+
+FORMAT_VERSION = 1
+OFFICIAL_FIELDS = (
+    "add_qk_norm", "add_time_embeds", "clip_latent_dim", "clip_pretrained_model_path", "hidden_size",
+    "image_latent_dim", "image_latent_height", "image_latent_width", "llm_model_path", "llm_vocab_size",
+    "load_from_showo", "num_diffusion_layers", "patch_size", "video_latent_height", "video_latent_width",
+)
+WAN_VAE_REPO, WAN_VAE_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
+WAN_VAE_DIFFUSERS_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise UsageError(f"unknown dtype '{name}'; use one of fp32, bf16, fp16") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+# ---- finding files ----------------------------------------------------------------------------
+
+@dataclass
+class ModelFiles:
+    """Where each piece of a model was found (None = missing)."""
+
+    name: str
+    root: Path
+    format: str  # "official" or "showo2"
+    config: dict
+    weights: list[Path]
+    llm_config: Path | None = None
+    siglip_config: Path | None = None
+    tokenizer: Path | None = None
+    vae: Path | None = None
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (piece, how to get it)
+
+    def describe(self) -> dict:
+        return {
+            "root": str(self.root), "format": self.format, "weights": [str(p) for p in self.weights],
+            "llm_config": _s(self.llm_config), "siglip_config": _s(self.siglip_config),
+            "tokenizer": _s(self.tokenizer), "vae": _s(self.vae),
+        }
+
+
+def _s(p):
+    return str(p) if p is not None else None
+
+
+def _hf_cached_snapshot(repo_id: str) -> Path | None:
+    """The newest cached snapshot folder of a repo, without any network access."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        return None
+
+
+def _hf_cached_file(repo_id: str, filename: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, filename)
+        return Path(found) if isinstance(found, str) and os.path.exists(found) else None
+    except Exception:
+        return None
+
+
+def bundled_demo_path() -> Path:
+    return Path(__file__).resolve().parent / "assets" / "demo"
+
+
+def resolve_root(name: str | os.PathLike) -> tuple[str, Path]:
+    """Turn a model name into a local folder: demo, a path, a registry name, or a cached repo id."""
+    text = str(name)
+    if text == "demo":
+        root = bundled_demo_path()
+        if not (root / "config.json").exists():
+            raise ModelError("the bundled demo model is not part of this installation")
+        return "demo", root
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_file():
+            return text, path.parent
+        return text, path
+    repo = text
+    for key, spec in REGISTRY.items():
+        if key.lower() == text.lower() and spec.repo_id:
+            repo = spec.repo_id
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", repo) and not text.startswith((".", "/")):
+        snap = _hf_cached_snapshot(repo)
+        if snap is not None:
+            return text, snap
+        raise ModelError(f"model '{text}' is not in the Hugging Face cache (offline); get it with: "
+                         f"hf download {repo}")
+    raise ModelError(f"no model '{text}': not a folder, not a known variant ({', '.join(REGISTRY)}), "
+                     "not a Hugging Face repo id")
+
+
+def _find_weights(root: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json",
+                       "pytorch_model.bin.index.json", "diffusion_pytorch_model.bin.index.json"):
+        index = root / index_name
+        if index.exists():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ModelError(f"cannot read the shard index '{index}': {e}") from e
+            return [root / s for s in shards]
+    for name in ("model.safetensors", "pytorch_model.safetensors", "diffusion_pytorch_model.safetensors"):
+        if (root / name).exists():
+            return [root / name]
+    shards = sorted(root.glob("pytorch_model-*-of-*.bin"))
+    if shards:
+        return shards
+    for name in ("pytorch_model.bin", "diffusion_pytorch_model.bin"):
+        if (root / name).exists():
+            return [root / name]
+    return []
+
+
+def _local_or_cached_dir(ref: str | None, root: Path, filename: str) -> Path | None:
+    """A folder holding ``filename``: ``ref`` relative to root, absolute, or a cached repo id."""
+    if not ref:
+        return None
+    for cand in (root / ref, Path(ref).expanduser()):
+        if (cand / filename).exists():
+            return cand
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
+        found = _hf_cached_file(ref, filename)
+        if found is not None:
+            return found.parent
+    return None
+
+
+def _find_tokenizer(root: Path, config: dict, llm_repo: str | None) -> Path | None:
+    for cand in (root, root / "tokenizer"):
+        if (cand / "tokenizer.json").exists() or (cand / "tokenizer_config.json").exists():
+            return cand
+    for ref in (config.get("llm_model_path"), llm_repo):
+        found = _local_or_cached_dir(ref, root, "tokenizer_config.json") or _local_or_cached_dir(ref, root, "tokenizer.json")
+        if found is not None:
+            return found
+    return None
+
+
+def _find_vae(root: Path, explicit: str | os.PathLike | None) -> Path | None:
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.exists():
+            raise ModelError(f"VAE '{path}' does not exist")
+        return path
+    env = os.environ.get("SHOWO2_VAE")
+    if env and Path(env).exists():
+        return Path(env)
+    if (root / "vae" / "config.json").exists():
+        return root / "vae"
+    pths = sorted(root.glob("Wan2.1_VAE*.pth")) + sorted(root.glob("Wan2.1_VAE*.safetensors"))
+    if pths:
+        return pths[0]
+    found = _hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
+    if found is not None:
+        return found
+    snap = _hf_cached_file(WAN_VAE_DIFFUSERS_REPO, "vae/config.json")
+    if snap is not None:
+        return snap.parent
+    return None
+
+
+def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None) -> ModelFiles:
+    """Locate every piece of a model; missing pieces are listed in ``missing`` with a hint."""
+    label, root = resolve_root(name)
+    cfg_path = root / "config.json"
+    if not cfg_path.exists():
+        raise ModelError(f"'{root}' is not a Show-o2 model folder: it has no config.json")
+    try:
+        config = json.loads(cfg_path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"cannot read '{cfg_path}': {e}") from e
+    fmt = "showo2" if "showo2" in config else "official"
+    files = ModelFiles(label, root, fmt, config, _find_weights(root))
+    if not files.weights:
+        files.missing.append(("weights", f"no model.safetensors / pytorch_model.bin in '{root}'"))
+    if fmt == "official":
+        llm_ref = config.get("llm_model_path")
+        files.llm_config = _local_or_cached_dir(llm_ref, root, "config.json")
+        files.llm_config = files.llm_config / "config.json" if files.llm_config else None
+        sig = _local_or_cached_dir(config.get("clip_pretrained_model_path"), root, "config.json")
+        files.siglip_config = sig / "config.json" if sig else None
+        llm_repo = llm_ref
+        if not llm_ref or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(llm_ref)):
+            guess = spec_for_hidden_size(int(config.get("hidden_size", 0) or 0))
+            llm_repo = guess.llm_repo_id if guess else None
+        files.tokenizer = _find_tokenizer(root, config, llm_repo)
+        if files.tokenizer is None:
+            repo = llm_repo or "Qwen/Qwen2.5-1.5B-Instruct"
+            files.missing.append(("tokenizer", f"hf download {repo}"))
+    else:
+        files.tokenizer = _find_tokenizer(root, {}, None)
+        if files.tokenizer is None:
+            files.missing.append(("tokenizer", f"no tokenizer files in '{root}'"))
+    files.vae = _find_vae(root, vae)
+    if files.vae is None:
+        files.missing.append(("VAE", f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE} (or pass --vae PATH)"))
+    return files
+
+
+def missing_message(files: ModelFiles, pieces: tuple[str, ...]) -> str | None:
+    wanted = [(p, h) for p, h in files.missing if p in pieces]
+    if not wanted:
+        return None
+    parts = "; ".join(f"{p} ({h})" for p, h in wanted)
+    return f"model '{files.name}' is incomplete: missing {parts}"
+
+
+# ---- reading weights --------------------------------------------------------------------------
+
+def read_state_dict(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """All tensors of the weight files, memory-mapped where the format allows, never unpickling code."""
+    state: dict[str, torch.Tensor] = {}
+    for path in paths:
+        if not path.exists():
+            raise ModelError(f"weight file '{path}' is missing")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                part = load_file(str(path))
+            else:
+                try:
+                    part = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as e:
+                    if "mmap" not in str(e):
+                        raise
+                    part = torch.load(str(path), map_location="cpu", weights_only=True)
+                if isinstance(part, dict) and isinstance(part.get("state_dict"), dict):
+                    part = part["state_dict"]
+        except ModelError:
+            raise
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "weights_only" in str(e) or "Unsupported global" in str(e):
+                raise ModelError(f"refusing to load '{path}': it holds pickled objects other than tensors "
+                                 "(loading it could run code)") from e
+            raise ModelError(f"cannot read weights '{path}': truncated or corrupt ({first})") from e
+        if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+            raise ModelError(f"'{path}' is not a state dict of tensors")
+        state.update(part)
+    return state
+
+
+def _count(state: dict, pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in state if (m := rx.match(k))})
+
+
+def _shape(state: dict, key: str, root: Path) -> tuple[int, ...]:
+    if key not in state:
+        raise ModelError(f"weights in '{root}' lack '{key}': not a Show-o2 checkpoint or incomplete")
+    return tuple(state[key].shape)
+
+
+def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
+    """A full spec from the official config.json, the LLM/SigLIP configs and the weights' shapes."""
+    cfg, root = files.config, files.root
+    embed = _shape(state, "showo.model.embed_tokens.weight", root)
+    hidden = embed[1]
+    named = _registry_by_name(files.name, root, hidden)
+    base = named or spec_for_hidden_size(hidden)
+    llm_cfg = _read_json(files.llm_config) if files.llm_config else {}
+    sig_cfg = _read_json(files.siglip_config) if files.siglip_config else {}
+    sig_cfg = sig_cfg.get("vision_config", sig_cfg)
+    if not llm_cfg and base is None:
+        raise ModelError(f"cannot tell the LLM's head count for '{root}': put the Qwen2 config.json "
+                         f"at llm_model_path ('{cfg.get('llm_model_path')}')")
+    heads = int(llm_cfg.get("num_attention_heads") or base.num_heads)
+    head_dim = int(llm_cfg.get("head_dim") or hidden // heads)
+    kv_dim = _shape(state, "showo.model.layers.0.self_attn.k_proj.weight", root)[0]
+    und = _shape(state, "image_embedder_und.proj.weight", root)
+    clip_dim = und[0]
+    if not sig_cfg and (base is None or base.clip_latent_dim != clip_dim):
+        raise ModelError(f"cannot tell the semantic layers' head count for '{root}': put the SigLIP "
+                         f"config.json at clip_pretrained_model_path ('{cfg.get('clip_pretrained_model_path')}')")
+    q_norm = _shape(state, "diffusion_head_a.0.self_attn.q_norm.weight", root)[0]
+    tied = llm_cfg.get("tie_word_embeddings")
+    if tied is None:
+        tied = base.tie_word_embeddings if base else ("showo.lm_head.weight" not in state)
+    rope_theta = llm_cfg.get("rope_theta") or (llm_cfg.get("rope_parameters") or {}).get("rope_theta")
+    grid = int(cfg.get("image_latent_height") or 27)
+    patch = und[2]
+    tasks = base.tasks if base else (IMAGE_UND, T2I)
+    if "video-und" in files.name.lower() or "video-und" in str(root).lower():
+        tasks = tuple(dict.fromkeys((*tasks, VIDEO_UND)))
+    pos_rows = _shape(state, "position_embedding.weight", root)[0]
+    resolution = grid * patch * 8
+    visual = grid * grid + 1
+    changes = dict(
+        name=files.name, hidden_size=hidden, vocab_size=embed[0],
+        num_layers=_count(state, r"showo\.model\.layers\.(\d+)\."),
+        num_heads=heads, head_dim=head_dim, num_kv_heads=kv_dim // head_dim,
+        intermediate_size=_shape(state, "showo.model.layers.0.mlp.gate_proj.weight", root)[0],
+        rope_theta=float(rope_theta or (base.rope_theta if base else 1e6)),
+        rms_norm_eps=float(llm_cfg.get("rms_norm_eps") or (base.rms_norm_eps if base else 1e-6)),
+        tie_word_embeddings=bool(tied),
+        max_position_embeddings=int(llm_cfg.get("max_position_embeddings") or 32768),
+        clip_latent_dim=clip_dim, latent_channels=und[1], patch_size=patch,
+        semantic_layers=_count(state, r"und_trans\.layers\.(\d+)\."),
+        semantic_heads=int(sig_cfg.get("num_attention_heads") or (base.semantic_heads if base else 16)),
+        semantic_intermediate=_shape(state, "und_trans.layers.0.mlp.fc1.weight", root)[0],
+        semantic_eps=float(sig_cfg.get("layer_norm_eps") or 1e-6),
+        position_embedding_rows=pos_rows,
+        head_hidden=_shape(state, "diffusion_head_b.linear.weight", root)[1],
+        head_layers=_count(state, r"diffusion_head_a\.(\d+)\."),
+        head_dim_flow=q_norm,
+        head_heads=_shape(state, "diffusion_head_a.0.self_attn.q_proj.weight", root)[0] // q_norm,
+        head_kv_heads=_shape(state, "diffusion_head_a.0.self_attn.k_proj.weight", root)[0] // q_norm,
+        head_intermediate=_shape(state, "diffusion_head_a.0.mlp.gate_proj.weight", root)[0],
+        image_latent_grid=grid, tasks=tasks,
+    )
+    if named is None:
+        changes.update(resolution=resolution, resolutions=(resolution,), video_resolution=resolution,
+                       max_seq_len=visual + 4 + 256 if base is not None else visual + 4 + 64)
+    template = base if base is not None else REGISTRY["tiny"]
+    spec = template.replace(**changes)
+    spec.validate()
+    return spec
+
+
+def _registry_by_name(name: str, root: Path, hidden: int) -> ModelSpec | None:
+    """The registry variant a name or cache path refers to (longest repo name first)."""
+    texts = (name.lower(), str(root).lower().replace("--", "/"))
+    for spec in sorted(REGISTRY.values(), key=lambda s: -len(s.repo_id or "")):
+        if not spec.repo_id or spec.hidden_size != hidden:
+            continue
+        repo = spec.repo_id.lower()
+        if any(repo in t or t == spec.name.lower() or t.rstrip("/").endswith(repo.split("/")[1]) for t in texts):
+            return spec
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read '{path}': {e}") from e
+    if not isinstance(data, dict):
+        raise ModelError(f"'{path}' is not a JSON object")
+    return data
+
+
+def spec_from_files(files: ModelFiles, state: dict) -> ModelSpec:
+    if files.format == "showo2":
+        raw = files.config["showo2"]
+        if not isinstance(raw, dict) or not isinstance(raw.get("spec"), dict):
+            raise ModelError(f"'{files.root / 'config.json'}' has a malformed 'showo2' section")
+        try:
+            return ModelSpec.from_dict(raw["spec"])
+        except (UsageError, TypeError, ValueError) as e:
+            raise ModelError(f"'{files.root / 'config.json'}': {e}") from e
+    return spec_from_official(files, state)
+
+
+# ---- building the network ---------------------------------------------------------------------
+
+def check_state_dict(model: torch.nn.Module, state: dict, where: str) -> None:
+    """Strict key and shape check with a one-line message naming the first problems."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tied = getattr(getattr(model, "spec", None), "tie_word_embeddings", False)
+    optional = {"showo.lm_head.weight"} if tied else set()
+    missing = [k for k in expected if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected
+             if k in state and tuple(state[k].shape) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        problems.append(f"{len(wrong)} wrong shape(s) (e.g. {'; '.join(wrong[:2])})")
+    if problems:
+        raise ModelError(f"weights in '{where}' do not fit the model: {', '.join(problems)}")
+
+
+def build_network(spec: ModelSpec, state: dict | None, dtype: torch.dtype, where: str = "weights"):
+    """The Show-o2 network; with a state dict, built on 'meta' and filled without extra copies."""
+    from .modeling.showo2 import Showo2Model
+
+    if state is None:
+        model = Showo2Model(spec)
+        model.init_weights(seed=0)
+        return model.to(dtype)
+    with torch.device("meta"):
+        model = Showo2Model(spec)
+    check_state_dict(model, state, where)
+    state = {k: (v if v.dtype == dtype else v.to(dtype)) for k, v in state.items()}
+    if spec.tie_word_embeddings:
+        state.pop("showo.lm_head.weight", None)
+    model.load_state_dict(state, strict=False, assign=True)
+    model.reset_buffers()
+    leftover = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    if leftover:
+        raise ModelError(f"weights in '{where}' left {len(leftover)} tensor(s) unset (e.g. {leftover[0]})")
+    return model
+
+
+# ---- the bundle -------------------------------------------------------------------------------
+
+class Showo2:
+    """A loaded model: spec + tokenizer + network + VAE, moved together with :meth:`to`."""
+
+    def __init__(self, spec: ModelSpec, network, tokenizer=None, tokens: SpecialTokens | None = None,
+                 vae=None, files: ModelFiles | None = None, load_seconds: float = 0.0):
+        self.spec, self.network, self.tokenizer, self.tokens = spec, network, tokenizer, tokens
+        self.vae, self.files, self.load_seconds = vae, files, load_seconds
+
+    @property
+    def device(self) -> torch.device:
+        return self.network.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.network.dtype
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> Showo2:
+        self.network.to(device=device, dtype=dtype)
+        if self.vae is not None:
+            self.vae.to(device=device, dtype=dtype)
+        return self
+
+    def require_vae(self):
+        if self.vae is None:
+            name = self.files.name if self.files else self.spec.name
+            raise ModelError(f"model '{name}' has no VAE: pass --vae PATH or get it with "
+                             f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE}")
+        return self.vae
+
+    def require_tokenizer(self):
+        if self.tokenizer is None:
+            raise ModelError(f"model '{self.spec.name}' has no tokenizer")
+        return self.tokenizer
+
+    def parameter_counts(self) -> dict[str, int]:
+        groups = {"llm": "showo.", "semantic": ("image_embedder_und.", "position_embedding.", "und_trans."),
+                  "projector+fusion": ("image_embedder_gen.", "fusion_proj."),
+                  "time": ("time_embed.", "time_embed_proj."),
+                  "flow_head": ("diff_proj.", "diffusion_head_a.", "diffusion_head_b.")}
+        counts = dict.fromkeys(groups, 0)
+        seen = set()
+        for name, p in self.network.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            for group, prefix in groups.items():
+                if name.startswith(prefix):
+                    counts[group] += p.numel()
+        counts["total"] = sum(counts.values())
+        if self.vae is not None:
+            counts["vae"] = sum(p.numel() for p in self.vae.parameters())
+        return counts
+
+
+def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+         dtype: str | torch.dtype = torch.float32, need: tuple[str, ...] = ("tokenizer", "VAE")) -> Showo2:
+    """Load a model by name, folder or cached repo id. ``need`` lists the pieces that must exist."""
+    from .modeling.vae import load_vae
+    from .tokenizer import add_showo2_tokens, load_tokenizer
+
+    start = time.perf_counter()
+    dtype = parse_dtype(dtype)
+    files = find_files(name, vae=vae)
+    message = missing_message(files, ("weights", *need))
+    if message:
+        raise ModelError(message)
+    state = read_state_dict(files.weights)
+    spec = spec_from_files(files, state)
+    network = build_network(spec, state, dtype, where=str(files.root)).eval()
+    del state
+    tokenizer = tokens = None
+    if files.tokenizer is not None:
+        tokenizer = load_tokenizer(files.tokenizer)
+        tokens = add_showo2_tokens(tokenizer)
+        if len(tokenizer) != spec.vocab_size:
+            raise ModelError(f"tokenizer in '{files.tokenizer}' has {len(tokenizer)} entries after Show-o2's "
+                             f"additions but the model has {spec.vocab_size} rows: wrong tokenizer")
+    vae_model = load_vae(files.vae, dtype=dtype) if files.vae is not None else None
+    bundle = Showo2(spec, network, tokenizer, tokens, vae_model, files)
+    bundle.to(device=device)
+    bundle.load_seconds = time.perf_counter() - start
+    return bundle
+
+
+# ---- writing our own format -------------------------------------------------------------------
+
+def official_config(spec: ModelSpec) -> dict:
+    """The official config.json fields for a spec (so official tooling can read the geometry)."""
+    return {
+        "_class_name": "Showo2Qwen2_5", "_diffusers_version": "0.31.0", "add_qk_norm": True,
+        "add_time_embeds": True, "clip_latent_dim": spec.clip_latent_dim,
+        "clip_pretrained_model_path": "google/siglip-so400m-patch14-384", "hidden_size": spec.hidden_size,
+        "image_latent_dim": spec.latent_channels, "image_latent_height": spec.image_latent_grid,
+        "image_latent_width": spec.image_latent_grid, "llm_model_path": spec.llm_repo_id or "",
+        "llm_vocab_size": spec.vocab_size, "load_from_showo": True, "num_diffusion_layers": spec.head_layers,
+        "patch_size": spec.patch_size, "video_latent_height": spec.image_latent_grid,
+        "video_latent_width": spec.image_latent_grid,
+    }
+
+
+def save_folder(dst: Path, spec: ModelSpec, state: dict[str, torch.Tensor], tokenizer=None, vae=None,
+                dtype: torch.dtype | None = None, overwrite: bool = False, extra: dict | None = None) -> Path:
+    """Write a showo2-format folder atomically: everything goes to a temporary sibling folder,
+    which is renamed into place only when complete (a crash never leaves a half-written model)."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise OutputError(f"'{dst}' already exists; pass --overwrite to replace it")
+    if dst.exists() and not dst.is_dir():
+        raise OutputError(f"'{dst}' exists and is not a folder")
+    parent = dst.parent if str(dst.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write '{dst}': folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write '{dst}': folder '{parent}' is read-only")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+    try:
+        tensors = {}
+        for k, v in state.items():
+            if spec.tie_word_embeddings and k == "showo.lm_head.weight":
+                continue
+            v = v.detach()
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+            tensors[k] = v.contiguous()
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "showo2_format": str(FORMAT_VERSION)})
+        config = official_config(spec)
+        config["showo2"] = {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), **(extra or {})}
+        (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        if vae is not None:
+            if dtype is not None:
+                vae = vae.to(dtype=dtype)
+            vae.save_pretrained(tmp / "vae")
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=parent))
+            os.replace(dst, old / dst.name)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def init_model(spec_name: str | ModelSpec, dst: Path, seed: int = 0, dtype: torch.dtype = torch.float32,
+               vae_base_dim: int | None = None, overwrite: bool = False, tokenizer=None) -> Path:
+    """Write a randomly initialised model folder of any spec (with a byte-level tokenizer and a
+    random Wan-architecture VAE unless given)."""
+    from .modeling.vae import WanVAE
+    from .tokenizer import add_showo2_tokens, byte_level_tokenizer
+
+    spec = spec_name if isinstance(spec_name, ModelSpec) else get_spec(spec_name)
+    if tokenizer is None:
+        tokenizer = byte_level_tokenizer()
+        add_showo2_tokens(tokenizer)
+        if len(tokenizer) != spec.vocab_size:
+            spec = spec.replace(vocab_size=len(tokenizer))
+    torch.manual_seed(seed)
+    model = build_network(spec, None, torch.float32)
+    model.init_weights(seed=seed)
+    base = vae_base_dim if vae_base_dim is not None else (96 if spec.hidden_size >= 1024 else 8)
+    vae = WanVAE.random(base_dim=base, seed=seed)
+    return save_folder(dst, spec, model.state_dict(), tokenizer=tokenizer, vae=vae, dtype=dtype,
+                       overwrite=overwrite, extra={"initialised": {"seed": seed}})
+
+
+def known_tasks() -> tuple[str, ...]:
+    return ALL_TASKS

@@ -1,0 +1,284 @@
+"""The Show-o2 network, named after the paper and laid out like the official checkpoint.
+
+Attribute names equal the official state-dict prefixes, so the official weights load without a
+key map: ``showo`` (Qwen2.5), ``image_embedder_und`` / ``position_embedding`` / ``und_trans``
+(semantic layers), ``image_embedder_gen`` (low-level projector), ``fusion_proj``, ``time_embed``
+and ``time_embed_proj`` (time token), ``diff_proj``, ``diffusion_head_a`` / ``diffusion_head_b``
+(flow head).
+
+Data flow for one sequence (spec §1): token embeddings; each visual block gets a *time token*
+at its first position followed by the fused dual-path tokens of its latent; Qwen2.5 runs with
+the omni-attention mask; the language head reads the final normed states for text, the flow
+head reads the same states for velocities, which are unpacked with the raster-chunk layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from ..specs import ModelSpec
+from .flow_head import FinalLayer, ModulatedAttentionBlock, RotaryEmbedding, TimestepEmbedder
+from .semantic import PatchEmbed, fusion_projector, interpolate_position_table, semantic_encoder
+
+
+def qwen2_config(spec: ModelSpec) -> Qwen2Config:
+    config = Qwen2Config(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        rms_norm_eps=spec.rms_norm_eps,
+        rope_theta=spec.rope_theta,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=spec.tie_word_embeddings,
+        use_sliding_window=False,
+        sliding_window=None,
+        hidden_act="silu",
+        attention_dropout=0.0,
+    )
+    config._attn_implementation = "sdpa"
+    return config
+
+
+# ---- the raster-chunk output layout (spec §6.4) ----------------------------------------------
+
+def unpack_velocity(rows: torch.Tensor, frames: int, height: int, width: int, channels: int) -> torch.Tensor:
+    """Rows ``(T*N, p*p*C)`` -> latent ``(C, T, h, w)``.
+
+    Row ``r`` of a frame holds raster positions ``4r .. 4r+3`` of the full ``h x w`` grid
+    (``p*p`` consecutive positions, channel fastest); not a 2x2 spatial patch.
+    """
+    per_row = rows.shape[-1] // channels
+    return rows.reshape(frames, -1, per_row, channels).reshape(frames, height, width, channels).permute(3, 0, 1, 2)
+
+
+def pack_velocity(latent: torch.Tensor, patch_size: int = 2) -> torch.Tensor:
+    """Inverse of :func:`unpack_velocity`: ``(C, T, h, w)`` -> ``(T*N, p*p*C)`` (training targets)."""
+    c, t = latent.shape[:2]
+    per_row = patch_size * patch_size
+    return latent.permute(1, 2, 3, 0).reshape(t, -1, per_row * c).reshape(-1, per_row * c)
+
+
+@dataclass
+class VisualEncoding:
+    """Intermediates of the dual path for one batch of frames (useful for parity checks)."""
+
+    und_patch: torch.Tensor  # (F, N, D_s) before the position table
+    semantic: torch.Tensor  # (F, N, D_s) after the semantic layers
+    low_level: torch.Tensor  # (F, N, H)
+    fused: torch.Tensor  # (F, N, H)
+    grid: tuple[int, int]  # patch grid (h', w')
+
+
+class Showo2Model(nn.Module):
+    """The whole trainable Show-o2 network (the VAE and tokenizer live outside)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        s = spec
+        self.showo = Qwen2ForCausalLM(qwen2_config(s))
+        self.image_embedder_und = PatchEmbed(s.latent_channels, s.clip_latent_dim, s.patch_size)
+        self.image_embedder_gen = PatchEmbed(s.latent_channels, s.hidden_size, s.patch_size)
+        self.position_embedding = nn.Embedding(s.position_embedding_rows, s.clip_latent_dim)
+        self.und_trans = semantic_encoder(s.clip_latent_dim, s.semantic_layers, s.semantic_heads,
+                                          s.semantic_intermediate, s.semantic_eps)
+        self.fusion_proj = fusion_projector(s.clip_latent_dim, s.hidden_size)
+        self.time_embed = TimestepEmbedder(s.head_hidden)
+        if s.hidden_size != s.head_hidden:
+            self.diff_proj = nn.Sequential(nn.Linear(s.hidden_size, s.head_hidden), nn.GELU(),
+                                           nn.Linear(s.head_hidden, s.head_hidden))
+            self.time_embed_proj = nn.Linear(s.head_hidden, s.hidden_size)
+        else:
+            self.diff_proj = nn.Identity()
+            self.time_embed_proj = nn.Identity()
+        self.diffusion_head_a = nn.ModuleList(
+            ModulatedAttentionBlock(s.head_hidden, s.head_heads, s.head_kv_heads, s.head_dim_flow,
+                                    s.head_intermediate, eps=s.head_norm_eps)
+            for _ in range(s.head_layers)
+        )
+        self.diffusion_head_b = FinalLayer(s.head_hidden, s.patch_size * s.patch_size * s.latent_channels)
+        self.head_rotary = RotaryEmbedding(s.head_dim_flow, s.head_rope_theta, s.head_rope_scaling)
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.image_embedder_gen.proj.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.image_embedder_gen.proj.weight.device
+
+    def reset_buffers(self) -> None:
+        """Rebuild the non-persistent buffers (RoPE tables), e.g. after building on 'meta'."""
+        device = self.device
+        llm = self.showo.model
+        llm.rotary_emb = type(llm.rotary_emb)(self.showo.config).to(device)
+        self.head_rotary.reset_buffers(device)
+        if self.spec.tie_word_embeddings:
+            self.showo.lm_head.weight = llm.embed_tokens.weight
+
+    def init_weights(self, seed: int | None = None) -> None:
+        """Training-from-scratch initialisation, following the official choices (spec §6.3)."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+
+        def normal_(p, std):
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                fan_in = p[0].numel()
+                normal_(p, 0.02 if name.startswith(("showo.", "time_embed.")) else fan_in**-0.5)
+            elif name.endswith("bias"):
+                with torch.no_grad():
+                    p.zero_()
+        for block in self.diffusion_head_a:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.diffusion_head_b.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.diffusion_head_b.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.diffusion_head_b.linear.weight)
+        nn.init.zeros_(self.diffusion_head_b.linear.bias)
+        for mod in self.modules():
+            if hasattr(mod, "eps") and hasattr(mod, "weight") and mod.weight is not None and mod.weight.dim() == 1:
+                nn.init.ones_(mod.weight)
+            if isinstance(mod, nn.LayerNorm):
+                nn.init.ones_(mod.weight)
+                nn.init.zeros_(mod.bias)
+        if self.spec.tie_word_embeddings:
+            self.showo.lm_head.weight = self.showo.model.embed_tokens.weight
+
+    # ---- dual path + fusion (spec §4) ---------------------------------------------------------
+    def encode_visual(self, latents: torch.Tensor) -> VisualEncoding:
+        """Latents ``(F, C, h, w)`` (frames flattened) -> fused tokens ``(F, N, H)``."""
+        x = latents.to(self.dtype)
+        und = self.image_embedder_und(x)
+        grid = (x.shape[-2] // self.spec.patch_size, x.shape[-1] // self.spec.patch_size)
+        pos = interpolate_position_table(self.position_embedding.weight, *grid)
+        semantic = self.und_trans(inputs_embeds=und + pos[None]).last_hidden_state
+        low = self.image_embedder_gen(x)
+        fused = self.fusion_proj(torch.cat([semantic, low], dim=-1))
+        return VisualEncoding(und, semantic, low, fused, grid)
+
+    def visual_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        """Image ``(B, C, h, w)`` or video ``(B, C, T, h, w)`` -> ``(B, T*N, H)``, frame-major."""
+        if latents.dim() == 4:
+            return self.encode_visual(latents).fused
+        b, c, t, h, w = latents.shape
+        frames = latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        fused = self.encode_visual(frames).fused
+        return fused.reshape(b, t * fused.shape[1], fused.shape[2])
+
+    def pooled_frame_tokens(self, frame_latents: torch.Tensor, pool: int) -> torch.Tensor:
+        """Video understanding (spec §8.3): per-frame fused tokens resized bilinearly to pool x pool.
+
+        ``(K, C, h, w)`` -> ``(K*pool*pool, H)``, frame-major.
+        """
+        enc = self.encode_visual(frame_latents)
+        k, _, hidden = enc.fused.shape
+        grid = enc.fused.transpose(1, 2).reshape(k, hidden, *enc.grid)
+        pooled = F.interpolate(grid, size=(pool, pool), mode="bilinear", align_corners=False)
+        return pooled.flatten(2).transpose(1, 2).reshape(k * pool * pool, hidden)
+
+    # ---- time token (spec §4.5) ---------------------------------------------------------------
+    def time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """t ``(B,)`` -> (adaLN condition ``(B, D_f)``, time token ``(B, H)``)."""
+        cond = self.time_embed(t.to(self.device))
+        return cond, self.time_embed_proj(cond)
+
+    # ---- sequence assembly --------------------------------------------------------------------
+    def embed_sequence(self, input_ids: torch.Tensor, visual: list[list[torch.Tensor]],
+                       slots: torch.Tensor, time_tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with each visual slot filled: time token, then its visual tokens.
+
+        ``slots (B, M, 2)`` holds (position of the time token, 1 + number of visual tokens);
+        ``visual[b][m]`` is ``(n-1, H)``; ``time_tokens (B, M, H)``. Length-0 slots are skipped.
+        """
+        embeds = self.showo.model.embed_tokens(input_ids.to(self.device))
+        for b in range(input_ids.shape[0]):
+            for m in range(slots.shape[1]):
+                offset, length = int(slots[b, m, 0]), int(slots[b, m, 1])
+                if length == 0:
+                    continue
+                embeds[b, offset] = time_tokens[b, m].to(embeds.dtype)
+                embeds[b, offset + 1:offset + length] = visual[b][m].to(embeds.dtype)
+        return embeds
+
+    # ---- LLM + heads --------------------------------------------------------------------------
+    def llm(self, inputs_embeds: torch.Tensor, mask: torch.Tensor | None, position_ids=None,
+            past_key_values=None, use_cache: bool = False):
+        """Qwen2.5 with the caller's mask passed as is; returns the final *normed* hidden states."""
+        if position_ids is None:
+            start = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+            position_ids = position_ids.expand(inputs_embeds.shape[0], -1)
+        if mask is not None:
+            mask = mask.to(inputs_embeds.device)
+        out = self.showo.model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
+                               past_key_values=past_key_values, use_cache=use_cache)
+        return out.last_hidden_state, out.past_key_values
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.showo.lm_head(hidden)
+
+    def flow_head(self, hidden: torch.Tensor, cond: torch.Tensor, blocks: torch.Tensor,
+                  mask: torch.Tensor) -> torch.Tensor:
+        """Final normed LLM states ``(B, L, H)`` -> per-position outputs ``(B, L, p*p*C)``.
+
+        ``cond (B, M, D_f)`` is ``time_embed(t)`` per block; ``blocks (B, M, 2)`` the
+        (offset, length) spans where modulation applies.
+        """
+        b, length, _ = hidden.shape
+        x = self.diff_proj(hidden)
+        block_index = block_index_map(blocks, length).to(x.device)
+        position_ids = torch.arange(length, device=x.device)[None].expand(b, -1)
+        cos, sin = self.head_rotary(position_ids, x.dtype)
+        mask = mask.to(x.device)
+        cond = cond.to(x.dtype)
+        for block in self.diffusion_head_a:
+            x = block(x, cond, block_index, cos, sin, mask)
+        return self.diffusion_head_b(x, cond, block_index)
+
+    def velocity(self, input_ids: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, blocks: torch.Tensor,
+                 mask: torch.Tensor, first_frame_as_cond: bool = False) -> torch.Tensor:
+        """One flow-matching evaluation for generation (one visual block per sequence).
+
+        ``x_t`` is ``(B, C, h, w)`` or ``(B, C, T, h, w)``; ``blocks (B, 1, 2)`` holds
+        (time-token position, 1 + T*N); ``mask`` the boolean omni mask ``(B, 1, L, L)``.
+        Returns the velocity in float32 with the shape of ``x_t``.
+        """
+        is_image = x_t.dim() == 4
+        video = x_t[:, :, None] if is_image else x_t
+        b, c, frames, h, w = video.shape
+        cond, time_token = self.time_embedding(t)
+        tokens = self.visual_tokens(video)
+        embeds = self.embed_sequence(input_ids, [[tokens[i]] for i in range(b)], blocks, time_token[:, None])
+        hidden, _ = self.llm(embeds, mask)
+        out = self.flow_head(hidden, cond[:, None], blocks, mask)
+        v = torch.stack([
+            unpack_velocity(out[i, int(blocks[i, 0, 0]) + 1:int(blocks[i, 0, 0]) + int(blocks[i, 0, 1])].float(),
+                            frames, h, w, c)
+            for i in range(b)
+        ])
+        if first_frame_as_cond:
+            v[:, :, 0] = 0
+        return v[:, :, 0] if is_image else v
+
+
+def block_index_map(blocks: torch.Tensor, length: int) -> torch.Tensor:
+    """``(B, L)``: index of the block each position lies in, or -1 (blocks never overlap)."""
+    blocks = torch.as_tensor(blocks, dtype=torch.long)
+    pos = torch.arange(length, device=blocks.device)
+    offsets, lengths = blocks[..., 0], blocks[..., 1]
+    inside = (pos[None, None] >= offsets[..., None]) & (pos[None, None] < (offsets + lengths)[..., None])
+    m_idx = torch.arange(blocks.shape[1], device=blocks.device)[None, :, None]
+    return torch.where(inside, m_idx, torch.full_like(m_idx, -1).expand_as(inside)).amax(dim=1)

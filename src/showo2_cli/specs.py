@@ -1,0 +1,188 @@
+"""The `ModelSpec` registry: every size and default of a Show-o2 variant in one dataclass.
+
+A spec fully determines the network's shapes (so a random model can be built from it) and the
+defaults the pipelines use (resolution, sequence budget, which tasks the weights can do). The
+official checkpoints do not record all of this (the flow head's size is hard-coded in the
+official code), so `loading.py` fills a spec from ``config.json`` plus the weights' shapes, and
+falls back to the registry only for values that no shape reveals (head counts, RoPE bases).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import UsageError
+
+# Tasks a checkpoint was trained for. The released checkpoints cannot generate video (spec §0).
+IMAGE_UND = "image-understanding"
+VIDEO_UND = "video-understanding"
+T2I = "t2i"
+T2V = "t2v"
+I2V = "i2v"
+ALL_TASKS = (IMAGE_UND, VIDEO_UND, T2I, T2V, I2V)
+
+
+@dataclass
+class ModelSpec:
+    """Every architectural size and inference default of one Show-o2 variant."""
+
+    name: str
+    description: str = ""
+    repo_id: str | None = None  # Hugging Face repo of the Show-o2 weights
+    llm_repo_id: str | None = None  # where the official tokenizer (and LLM config) lives
+    # --- LLM backbone (Qwen2.5) ---
+    hidden_size: int = 1536  # H
+    num_layers: int = 28
+    num_heads: int = 12
+    num_kv_heads: int = 2
+    head_dim: int = 128
+    intermediate_size: int = 8960
+    vocab_size: int = 151669  # rows of embed_tokens / lm_head after the official resize
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 32768
+    # --- semantic layers (SigLIP-so400m minus its last layer) ---
+    clip_latent_dim: int = 1152  # D_s
+    semantic_layers: int = 26
+    semantic_heads: int = 16
+    semantic_intermediate: int = 4304
+    semantic_eps: float = 1e-6
+    position_embedding_rows: int = 729  # learned 27x27 table
+    # --- flow head (fixed 2048-wide in the official code, independent of the LLM) ---
+    head_hidden: int = 2048  # D_f
+    head_layers: int = 10
+    head_heads: int = 32
+    head_kv_heads: int = 8
+    head_dim_flow: int = 64
+    head_intermediate: int = 8192
+    head_rope_theta: float = 500_000.0
+    head_rope_scaling: dict = field(
+        default_factory=lambda: {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        }
+    )
+    head_norm_eps: float = 1e-5
+    # --- latent space ---
+    latent_channels: int = 16  # C (Wan2.1 VAE)
+    patch_size: int = 2  # p
+    vae_spatial: int = 8
+    vae_temporal: int = 4
+    image_latent_grid: int = 27  # config.json image_latent_height/width (tokens per side)
+    # --- inference defaults ---
+    resolution: int = 432  # pixels per side for t2i and understanding
+    resolutions: tuple[int, ...] = (432,)  # sizes the weights were trained for
+    max_seq_len: int = 1024  # t2i sequence budget (cond and uncond padded to this)
+    video_frames: int = 17  # t2v default, 1+4k
+    video_resolution: int = 432
+    und_video_frames: int = 32  # frames sampled for video understanding
+    und_video_pool: int = 14  # per-frame token grid after pooling (14x14)
+    guidance: float = 5.0
+    steps: int = 50
+    shift: float = 3.0
+    tasks: tuple[str, ...] = (IMAGE_UND, T2I)
+
+    # ---- derived helpers ----
+    @property
+    def latent_multiple(self) -> int:
+        """Pixel sides must be a multiple of this (VAE factor x patch size = 16)."""
+        return self.vae_spatial * self.patch_size
+
+    def tokens_per_frame(self, height: int, width: int) -> int:
+        m = self.latent_multiple
+        return (height // m) * (width // m)
+
+    def supports(self, task: str) -> bool:
+        return task in self.tasks
+
+    def replace(self, **changes) -> ModelSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["resolutions"] = list(self.resolutions)
+        d["tasks"] = list(self.tasks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"unknown model spec field(s): {', '.join(unknown)}")
+        d = dict(d)
+        for key in ("resolutions", "tasks"):
+            if key in d:
+                d[key] = tuple(d[key])
+        spec = cls(**d)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        """Check the sizes are mutually consistent; raise UsageError naming the first problem."""
+        checks = [
+            (self.hidden_size == self.num_heads * self.head_dim, "hidden_size must equal num_heads*head_dim"),
+            (self.num_heads % self.num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"),
+            (self.head_heads % self.head_kv_heads == 0, "head_heads must be a multiple of head_kv_heads"),
+            (self.head_hidden == self.head_heads * self.head_dim_flow, "head_hidden must equal head_heads*head_dim_flow"),
+            (self.clip_latent_dim % self.semantic_heads == 0, "clip_latent_dim must be a multiple of semantic_heads"),
+            (int(round(self.position_embedding_rows**0.5)) ** 2 == self.position_embedding_rows, "position_embedding_rows must be a square"),
+            (all(t in ALL_TASKS for t in self.tasks), f"tasks must be among {ALL_TASKS}"),
+        ]
+        for ok, what in checks:
+            if not ok:
+                raise UsageError(f"invalid model spec '{self.name}': {what}")
+
+
+_QWEN_1_5B = dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, head_dim=128,
+                  intermediate_size=8960, tie_word_embeddings=True, llm_repo_id="Qwen/Qwen2.5-1.5B-Instruct")
+_QWEN_7B = dict(hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128,
+                intermediate_size=18944, tie_word_embeddings=False, llm_repo_id="Qwen/Qwen2.5-7B-Instruct")
+
+REGISTRY: dict[str, ModelSpec] = {
+    "1.5B": ModelSpec(name="1.5B", repo_id="showlab/show-o2-1.5B",
+                      description="Show-o2 1.5B: image understanding and 432px text-to-image", **_QWEN_1_5B),
+    "1.5B-HQ": ModelSpec(name="1.5B-HQ", repo_id="showlab/show-o2-1.5B-HQ",
+                         description="Show-o2 1.5B-HQ: 512/1024px text-to-image, better text rendering",
+                         resolution=512, resolutions=(512, 1024), max_seq_len=1280, steps=50, **_QWEN_1_5B),
+    "7B": ModelSpec(name="7B", repo_id="showlab/show-o2-7B",
+                    description="Show-o2 7B: image understanding and 432px text-to-image", **_QWEN_7B),
+    "1.5B-w-video-und": ModelSpec(name="1.5B-w-video-und", repo_id="showlab/show-o2-1.5B-w-video-und",
+                                  description="Show-o2 1.5B with video understanding",
+                                  tasks=(IMAGE_UND, VIDEO_UND, T2I), **_QWEN_1_5B),
+    "7B-w-video-und": ModelSpec(name="7B-w-video-und", repo_id="showlab/show-o2-7B-w-video-und",
+                                description="Show-o2 7B with video understanding",
+                                tasks=(IMAGE_UND, VIDEO_UND, T2I), **_QWEN_7B),
+    # A tiny spec that can do everything, for tests: every code path runs in milliseconds.
+    "tiny": ModelSpec(
+        name="tiny", description="tiny random model for tests (every task, meaningless outputs)",
+        hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128,
+        vocab_size=282, tie_word_embeddings=True, max_position_embeddings=8192,
+        clip_latent_dim=32, semantic_layers=2, semantic_heads=2, semantic_intermediate=64,
+        position_embedding_rows=16, head_hidden=48, head_layers=2, head_heads=4, head_kv_heads=2,
+        head_dim_flow=12, head_intermediate=96, image_latent_grid=4,
+        resolution=64, resolutions=(64,), max_seq_len=64, video_frames=5, video_resolution=64,
+        und_video_frames=4, steps=4, tasks=ALL_TASKS,
+    ),
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registry entry for `name` (case-insensitive), or a UsageError listing the known ones."""
+    for key, spec in REGISTRY.items():
+        if key.lower() == name.lower():
+            return spec
+    raise UsageError(f"unknown model spec '{name}'; known: {', '.join(REGISTRY)}")
+
+
+def spec_for_hidden_size(hidden_size: int) -> ModelSpec | None:
+    """The official spec whose LLM has this width (used to fill in sizes no shape reveals)."""
+    for spec in REGISTRY.values():
+        if spec.hidden_size == hidden_size and spec.name != "tiny":
+            return spec
+    return None

@@ -1,0 +1,86 @@
+"""The Qwen2.5 tokenizer with Show-o2's additions (spec §2), and a byte-level one for tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ModelError
+from .sequences import SpecialTokens
+
+# The Qwen2.5 special tokens in id order (151643...151664), then Show-o2's four additions.
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>",
+    "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+)
+
+
+def add_showo2_tokens(tokenizer) -> SpecialTokens:
+    """Apply the official additions in their exact order and return the ids Show-o2 uses.
+
+    ``[PAD]`` becomes a new special pad token; ``<image>``, ``<|vid_start|>``, ``<|vid_end|>``
+    are added as ordinary tokens. Adding is idempotent, so a tokenizer saved after this step
+    (as ``showo2 convert`` and ``init`` do) keeps the same ids.
+    """
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    for token in ("<image>", "<|vid_start|>", "<|vid_end|>"):
+        tokenizer.add_tokens(token)
+    ids = {}
+    vocab = tokenizer.get_vocab()
+    for role, text in SpecialTokens.TOKEN_STRINGS.items():
+        if text not in vocab:
+            raise ModelError(f"tokenizer has no '{text}' token: it is not a Qwen2.5 tokenizer")
+        ids[role] = vocab[text]
+    return SpecialTokens(**ids)
+
+
+def load_tokenizer(path: Path):
+    """A fast tokenizer from a local folder, never touching the network."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+    except Exception as e:  # transformers raises many types for a broken folder
+        raise ModelError(f"cannot load the tokenizer in '{path}': {str(e).splitlines()[0]}") from e
+
+
+def byte_level_tokenizer():
+    """A tokenizer whose text ids are UTF-8 byte values, followed by the Qwen2.5 special tokens.
+
+    Used by tiny test models; after :func:`add_showo2_tokens` it has 282 entries with the same
+    id pattern as the parity fixtures (real id = tiny id + 151387 for every special token).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    # GPT-2's byte -> printable-character map, ordered by byte value
+    mapping = _bytes_to_unicode()
+    vocab = {mapping[b]: b for b in range(256)}
+    assert set(vocab) == set(byte_chars)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False)
+    fast.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
+    fast.eos_token = "<|im_end|>"
+    fast.pad_token = "<|endoftext|>"
+    return fast
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` with special tokens written in the text recognised, no BOS/EOS added."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

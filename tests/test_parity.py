@@ -1,0 +1,307 @@
+"""Number-for-number parity with the official implementation, on the fixture set named by
+``SHOWO2_PARITY_DIR`` (default ``../shared/parity``).
+
+Every file in ``cases/`` is a case; each is rebuilt from the ids, latents, noise, t values and
+layouts stored in it (or in ``meta.json``) and compared with the stored outputs. Nothing here
+depends on the public set's seeds, sizes or config values. The model is loaded through
+:func:`showo2_cli.loading.load`, the same path users get.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from showo2_cli.decoding import TextSampling, generate
+from showo2_cli.generation import generate_latents, guided_velocity_fn
+from showo2_cli.loading import load, read_state_dict
+from showo2_cli.modeling.attention import additive_mask, omni_attention_mask
+from showo2_cli.sampling import guided, time_grid
+from showo2_cli.sequences import generation_layout, understanding_layout
+
+PARITY = Path(os.environ.get("SHOWO2_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
+pytestmark = pytest.mark.skipif(not PARITY.is_dir(), reason=f"no parity fixtures at {PARITY}")
+
+SINGLE = dict(atol=1e-4, rtol=1e-4)  # single-forward tensors
+VAE_DECODE = dict(atol=5e-4, rtol=0)
+SAMPLER = dict(atol=5e-3, rtol=0)
+WORST: dict[str, float] = {}
+
+
+def close(name: str, got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> None:
+    got, want = got.detach().float().cpu(), want.float()
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    diff = (got - want).abs().max().item() if got.numel() else 0.0
+    WORST[name] = diff
+    assert torch.allclose(got, want, atol=atol, rtol=rtol), f"{name}: max abs diff {diff:.3g}"
+
+
+@pytest.fixture(scope="module")
+def meta() -> dict:
+    return json.loads((PARITY / "meta.json").read_text())
+
+
+def _vae_path() -> Path:
+    vae_dir = PARITY / "vae"
+    pths = sorted(vae_dir.glob("*.pth"))
+    return pths[0] if pths else vae_dir
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load(PARITY / "model", vae=_vae_path(), dtype=torch.float32)
+
+
+def case_names() -> list[str]:
+    if not PARITY.is_dir():
+        return []
+    return sorted(p.stem for p in (PARITY / "cases").glob("*.safetensors") if not p.stem.endswith("_posemb"))
+
+
+def case(name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(PARITY / "cases" / f"{name}.safetensors"))
+
+
+def test_bin_and_safetensors_hold_the_same_weights():
+    bins = sorted((PARITY / "model").glob("*.bin"))
+    sts = sorted((PARITY / "model").glob("*.safetensors"))
+    if not bins or not sts:
+        pytest.skip("fixture ships only one weight format")
+    a, b = read_state_dict(bins), read_state_dict(sts)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_pickle_checkpoint_loads_like_safetensors(tmp_path, model):
+    """The official .bin goes through the same loader and gives the same network."""
+    bins = sorted((PARITY / "model").glob("*.bin"))
+    if not bins:
+        pytest.skip("fixture ships no .bin")
+    folder = tmp_path / "bin-only"
+    shutil.copytree(PARITY / "model", folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    other = load(folder, vae=_vae_path(), need=())
+    ours = dict(model.network.state_dict())
+    for k, v in other.network.state_dict().items():
+        assert torch.equal(v, ours[k]), k
+
+
+@pytest.mark.parametrize("name", case_names())
+def test_case(name, model, meta):
+    handlers = {"vae": check_vae, "mmu": check_mmu, "vid_und": check_vid_und, "omni_mask": check_omni_mask}
+    data, info = case(name), meta["cases"].get(name, {})
+    if name in handlers:
+        handlers[name](model, data, info, meta)
+    elif name.startswith(("t2i", "t2v")):
+        check_generation(name, model, data, info, meta)
+    else:
+        pytest.fail(f"unknown parity case '{name}': no checker for it")
+
+
+# ---- (a) VAE ----------------------------------------------------------------------------------
+
+def check_vae(model, data, info, meta):
+    vae = model.vae
+    prefixes = sorted({k.split("_input")[0] for k in data if k.endswith("_input")})
+    assert prefixes, "no *_input tensors in the VAE case"
+    for p in prefixes:
+        pixels = data[f"{p}_input"]
+        mean, logvar = vae.encode_moments(pixels)
+        close(f"vae:{p}_latent_mean_raw", mean, data[f"{p}_latent_mean_raw"], **SINGLE)
+        close(f"vae:{p}_latent_logvar", logvar, data[f"{p}_latent_logvar"], **SINGLE)
+        latents = vae.encode(pixels)
+        close(f"vae:{p}_latent_mean_normalized", latents, data[f"{p}_latent_mean_normalized"], **SINGLE)
+        decoded = vae.decode(data[f"{p}_latent_mean_normalized"])
+        close(f"vae:{p}_decoded", decoded, data[f"{p}_decoded_unclamped"].clamp(-1, 1), **VAE_DECODE)
+        assert decoded.shape[2] == pixels.shape[2]
+
+
+# ---- (d) omni mask ----------------------------------------------------------------------------
+
+def check_omni_mask(model, data, info, meta):
+    want = data["mask_bool"]
+    mp = torch.tensor(info["modality_positions"]) if info else None
+    if mp is None:
+        pytest.fail("omni_mask case needs modality_positions in meta.json")
+    got = omni_attention_mask(mp, want.shape[-1])
+    assert torch.equal(got, want)
+    if "mask_additive_float32" in data:
+        assert torch.equal(additive_mask(got, torch.float32), data["mask_additive_float32"])
+    if "mask_additive_int64" in data:
+        assert torch.equal(additive_mask(got, torch.int64), data["mask_additive_int64"])
+
+
+# ---- (b) / (e2) understanding -----------------------------------------------------------------
+
+def _und_layout(model, data, info, num_visual, official_block_len):
+    tok = model.tokens
+    a, b = data["text_tokens_a"].tolist(), data["text_tokens_b"].tolist()
+    # rebuild from the parts the fixture records and check the result is the stored token list
+    layout = understanding_layout(
+        info["question_ids"], num_visual, tok, system=info["system_prompt_ids"],
+        user_prefix=info["role_a_ids"], assistant_prefix=info["role_b_ids"], mask_mode="official",
+        official_block_len=official_block_len)
+    ids = layout.input_ids[0].tolist()
+    time_pos = int(layout.slots[0, 0, 0])
+    assert ids[:len(a)] == a and ids[len(a)] == b[0], "prefix layout differs"
+    assert ids[time_pos + 1 + num_visual:] == b[1:], "suffix layout differs"
+    assert time_pos == info["time_embed_position"]
+    assert layout.blocks.tolist() == data["modality_positions"].tolist()
+    return layout
+
+
+def _check_tokenizer(model, info):
+    tok = model.tokenizer
+    for text_key, ids_key in (("question", "question_ids"), ("system_prompt_text", "system_prompt_ids"),
+                              ("role_a_text", "role_a_ids"), ("role_b_text", "role_b_ids")):
+        if text_key in info:
+            assert tok(info[text_key], add_special_tokens=False)["input_ids"] == info[ids_key], text_key
+
+
+def _check_generation(model, embeds, mask, data, info, label):
+    want = data["generated_token_ids"].tolist()
+    opts = TextSampling(max_new_tokens=int(info.get("max_new_tokens", len(want))),
+                        stop_ids=(int(info.get("eos_token_id", model.tokens.eos)),))
+    out = generate(model.network, embeds, mask, opts, keep_logits=True)
+    assert out.token_ids == want, f"{label}: greedy ids {out.token_ids} != {want}"
+    close(f"{label}:generation_step_logits", torch.stack(out.step_logits), data["generation_step_logits"], **SINGLE)
+
+
+@torch.no_grad()
+def check_mmu(model, data, info, meta):
+    net = model.network
+    _check_tokenizer(model, info)
+    enc = net.encode_visual(data["image_latents"])
+    close("mmu:und_patch_embeds", enc.und_patch, data["und_patch_embeds"], **SINGLE)
+    close("mmu:und_trans_out", enc.semantic, data["und_trans_out"], **SINGLE)
+    close("mmu:gen_patch_embeds", enc.low_level, data["gen_patch_embeds"], **SINGLE)
+    close("mmu:fusion_out", enc.fused, data["fusion_out"], **SINGLE)
+    cond, time_token = net.time_embedding(torch.ones(1))
+    close("mmu:time_embed_t1", cond[None], data["time_embed_t1"], **SINGLE)
+    close("mmu:time_embed_proj_t1", time_token[None], data["time_embed_proj_t1"], **SINGLE)
+    n = enc.fused.shape[1]
+    layout = _und_layout(model, data, info, n, official_block_len=model.spec.image_latent_grid ** 2 + 1)
+    embeds = net.embed_sequence(layout.input_ids, [[enc.fused[0]]], layout.slots, time_token[:, None])
+    close("mmu:input_embeds", embeds, data["input_embeds"], **SINGLE)
+    mask = omni_attention_mask(layout.blocks, layout.seq_len)
+    assert torch.equal(mask, data["attention_mask_bool"])
+    hidden, _ = net.llm(embeds, mask)
+    close("mmu:prompt_logits", net.logits(hidden), data["prompt_logits"], **SINGLE)
+    _check_generation(model, embeds, mask, data, info, "mmu")
+
+
+@torch.no_grad()
+def check_vid_und(model, data, info, meta):
+    net = model.network
+    _check_tokenizer(model, info)
+    latents = data["image_latents"]
+    enc = net.encode_visual(latents)
+    if "fusion_out" in data:
+        close("vid_und:fusion_out", enc.fused, data["fusion_out"], **SINGLE)
+    pooled_side = int(round((data["video_tokens_after_interp_frame0"].shape[1]) ** 0.5))
+    tokens = net.pooled_frame_tokens(latents, pooled_side)
+    per_frame = pooled_side * pooled_side
+    close("vid_und:video_tokens_after_interp_frame0", tokens[None, :per_frame],
+          data["video_tokens_after_interp_frame0"], **SINGLE)
+    cond, time_token = net.time_embedding(torch.ones(1))
+    close("vid_und:time_embed_proj_t1", time_token[None], data["time_embed_proj_t1"], **SINGLE)
+    layout = _und_layout(model, data, info, tokens.shape[0], official_block_len=model.spec.image_latent_grid ** 2 + 1)
+    assert layout.seq_len == info.get("seq_len", layout.seq_len)
+    embeds = net.embed_sequence(layout.input_ids, [[tokens]], layout.slots, time_token[:, None])
+    mask = omni_attention_mask(layout.blocks, layout.seq_len)
+    hidden, _ = net.llm(embeds, mask)
+    last = data["prompt_logits_last8"].shape[1]
+    close("vid_und:prompt_logits_last", net.logits(hidden[:, -last:]), data["prompt_logits_last8"], **SINGLE)
+    _check_generation(model, embeds, mask, data, info, "vid_und")
+
+
+# ---- (c) / (e1) / (f) generation --------------------------------------------------------------
+
+def _model_for(name, model, info, tmp_root: Path):
+    """Apply a case's config overrides through a model folder, as a user would."""
+    overrides = info.get("config_overrides")
+    if not overrides:
+        return model
+    folder = tmp_root / f"model-{name}"
+    if not folder.exists():
+        shutil.copytree(PARITY / "model", folder)
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg.update(overrides)
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return load(folder, vae=_vae_path())
+
+
+@torch.no_grad()
+def check_generation(name, model, data, info, meta, tmp_root=None):
+    import tempfile
+
+    tmp_root = Path(tempfile.mkdtemp())
+    model = _model_for(name, model, info, tmp_root)
+    net, tok = model.network, model.tokens
+    video = data["z_init_per_prompt"].dim() == 5
+    layout = generation_layout(info["prompt_ids"], int(info["num_image_tokens_incl_time"]), tok,
+                               int(info["max_seq_len"]), video=video)
+    assert torch.equal(layout.input_ids, data["text_tokens"]), f"{name}: token layout differs"
+    assert torch.equal(layout.blocks, data["modality_positions"]), f"{name}: blocks differ"
+    mask = omni_attention_mask(layout.blocks, layout.seq_len)
+    assert torch.equal(mask, data["attention_mask_bool"]), f"{name}: omni mask differs"
+
+    # one forward at a fixed t, untrimmed then trimmed
+    x = data["fixed_t_x_per_prompt"]
+    t = data["fixed_t_t"]
+    rows = layout.input_ids.shape[0]
+    x2 = torch.cat([x] * (rows // x.shape[0]))
+    cond, time_token = net.time_embedding(t)
+    close(f"{name}:fixed_t_time_embed", cond, data["fixed_t_time_embed"], **SINGLE)
+    close(f"{name}:fixed_t_time_embed_proj", time_token, data["fixed_t_time_embed_proj"], **SINGLE)
+    frames = x2 if video else x2[:, :, None]
+    fused = net.visual_tokens(frames)
+    close(f"{name}:fixed_t_fusion_out", fused, data["fixed_t_fusion_out"], **SINGLE)
+    if "fixed_t_llm_last_hidden" in data:
+        embeds = net.embed_sequence(layout.input_ids, [[fused[i]] for i in range(rows)], layout.slots, time_token[:, None])
+        hidden, _ = net.llm(embeds, mask)
+        close(f"{name}:fixed_t_llm_last_hidden", hidden, data["fixed_t_llm_last_hidden"], **SINGLE)
+    v = net.velocity(layout.input_ids, x2, t, layout.blocks, mask)
+    close(f"{name}:fixed_t_velocity", v, data["fixed_t_velocity"], **SINGLE)
+    g = float(info["guidance_scale"])
+    batch = rows // 2
+    close(f"{name}:fixed_t_velocity_guided", guided(v[:batch], v[batch:], g), data["fixed_t_velocity_guided"], **SINGLE)
+    v_trim = guided_velocity_fn(net, layout, g, trim=True)(x, float(t[0]))
+    close(f"{name}:fixed_t_velocity_guided(trimmed)", v_trim, data["fixed_t_velocity_guided"], **SINGLE)
+
+    # the full sampler
+    grid = time_grid(int(info["num_steps"]), float(info["time_shifting_factor"]))
+    if "sampler_t_grid" in data:
+        close(f"{name}:sampler_t_grid", grid, data["sampler_t_grid"], atol=1e-7, rtol=0)
+    trajectory: list = []
+    final = generate_latents(net, layout, data["z_init_per_prompt"], g, int(info["num_steps"]),
+                             float(info["time_shifting_factor"]), trajectory=trajectory)
+    if "sampler_trajectory" in data:
+        close(f"{name}:sampler_trajectory", torch.stack(trajectory), data["sampler_trajectory"], **SAMPLER)
+    close(f"{name}:final_latents", final, data["final_latents"], **SAMPLER)
+    if "final_decoded_clamped_first_prompt" in data:
+        decoded = model.vae.decode(final[:1])
+        want = data["final_decoded_clamped_first_prompt"]
+        close(f"{name}:final_decoded", decoded.reshape(want.shape), want, **SAMPLER)
+    posemb_file = PARITY / "cases" / f"{name}_posemb.safetensors"
+    if posemb_file.exists():
+        from showo2_cli.modeling.semantic import interpolate_position_table
+
+        want = load_file(str(posemb_file))["interpolated_position_embedding"]
+        side_h, side_w = x.shape[-2] // 2, x.shape[-1] // 2
+        got = interpolate_position_table(net.position_embedding.weight, side_h, side_w)
+        close(f"{name}:interpolated_position_embedding", got[None], want, **SINGLE)
+    shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def test_report_worst_differences(capsys):
+    """Prints the worst difference per compared tensor (run with -s to see it)."""
+    with capsys.disabled():
+        for k, v in sorted(WORST.items()):
+            print(f"  parity {k}: {v:.3g}")
