@@ -1,0 +1,722 @@
+"""The Wan2.1 3D causal VAE as Show-o2 uses it (spec section 3).
+
+The network itself is diffusers' `AutoencoderKLWan` (same layers, same numerics as the official
+`WanVAE_`). This module adds what Show-o2's wrapper adds on top:
+
+* latent normalisation with the fixed per-channel Wan constants: ``z = (mu - mean) / std``;
+* Show-o2's stochastic encoding quirk: ``z = mu_normalised + exp(0.5 * logvar) * eps`` where the
+  noise scale is the *raw* posterior std, NOT divided by ``std`` (spec 3.4);
+* the 1 + 4k frame rule and image <-> 1-frame-video handling (spec 3.3);
+* loading from the original ``Wan2.1_VAE.pth`` (safely, ``weights_only=True``), from a
+  ``.safetensors`` file in either key layout, or from a diffusers folder;
+* a single-frame fast path: with one input frame and no causal cache, a causal 3x3x3 convolution
+  sees two zero-padded frames and the real one, so only the last temporal slice of its kernel
+  touches data. Running it as a 2-D convolution with ``weight[:, :, -1]`` is exact and about
+  halves the cost of encoding/decoding images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import re
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError, ModelError, OutputError, UsageError
+
+__all__ = [
+    "WAN_LATENTS_MEAN",
+    "WAN_LATENTS_STD",
+    "WanVAE",
+    "load_vae",
+    "single_frame_conv2d",
+    "vae_description",
+]
+
+# Per-channel latent statistics of the Wan2.1 VAE (spec 3.4), channel order 0..15.
+WAN_LATENTS_MEAN: tuple[float, ...] = (
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+)  # fmt: skip
+WAN_LATENTS_STD: tuple[float, ...] = (
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+)  # fmt: skip
+
+SPATIAL_FACTOR = 8
+TEMPORAL_FACTOR = 4
+
+# Names the diffusers weights file of a folder may have (safetensors preferred).
+_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_WEIGHT_SUFFIXES = (".safetensors", *_TORCH_SUFFIXES)
+
+# Original (WanVAE_) constructor kwargs -> diffusers AutoencoderKLWan kwargs.
+_ORIGINAL_CONFIG_KEYS = {
+    "dim": "base_dim",
+    "z_dim": "z_dim",
+    "dim_mult": "dim_mult",
+    "num_res_blocks": "num_res_blocks",
+    "attn_scales": "attn_scales",
+    "temperal_downsample": "temperal_downsample",
+    "dropout": "dropout",
+}
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def _autoencoder_cls():
+    # Imported lazily: importing diffusers takes a second and most CLI commands don't need it.
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan
+
+
+def _causal_conv_cls():
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    return WanCausalConv3d
+
+
+# --------------------------------------------------------------------------------------------
+# Single-frame fast path
+# --------------------------------------------------------------------------------------------
+
+
+def _single_frame_forward(self, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
+    """`WanCausalConv3d.forward` replacement, bound to one conv instance while the fast path is on.
+
+    With no cache, the causal conv zero-pads ``2 * pad_t`` frames in front. For one input frame and
+    ``2 * pad_t == k_t - 1`` the padded clip is exactly ``k_t`` frames long, the output has one frame,
+    and every kernel slice but the last multiplies zeros: a 2-D conv with ``weight[:, :, -1]`` is
+    the same computation. Anything else goes to the original forward.
+    """
+    pad = self._padding  # (w, w, h, h, 2*pad_t, 0)
+    if (
+        cache_x is None
+        and x.dim() == 5
+        and x.shape[2] == 1
+        and pad[4] == self.kernel_size[0] - 1
+        and pad[5] == 0
+        and pad[0] == pad[1]
+        and pad[2] == pad[3]
+        and self.dilation[0] == 1
+        and self.padding_mode == "zeros"
+    ):
+        out = F.conv2d(
+            x[:, :, 0],
+            self.weight[:, :, -1],
+            self.bias,
+            stride=self.stride[1:],
+            padding=(pad[2], pad[0]),
+            dilation=self.dilation[1:],
+            groups=self.groups,
+        )
+        return out.unsqueeze(2)
+    return type(self).forward(self, x, cache_x)
+
+
+@contextlib.contextmanager
+def single_frame_conv2d(model: nn.Module) -> Iterator[None]:
+    """While active, every `WanCausalConv3d` of ``model`` runs single-frame, cache-less calls as conv2d.
+
+    Exact by construction (see `_single_frame_forward`); calls with a cache or several frames use
+    the original 3-D path. Nesting is allowed; the instance-level override is removed on exit.
+    """
+    conv_cls = _causal_conv_cls()
+    patched = []
+    try:
+        for module in model.modules():
+            if isinstance(module, conv_cls) and "forward" not in module.__dict__:
+                module.forward = types.MethodType(_single_frame_forward, module)
+                patched.append(module)
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+# --------------------------------------------------------------------------------------------
+# The wrapper
+# --------------------------------------------------------------------------------------------
+
+
+class WanVAE(nn.Module):
+    """Show-o2's view of the Wan2.1 VAE: normalised latents in, pixels in [-1, 1] out.
+
+    ``self.model`` is a diffusers ``AutoencoderKLWan``; ``latents_mean``/``latents_std`` are float32
+    buffers of shape (z_dim,). Loaded and random VAEs start in eval mode with gradients off (the VAE
+    is frozen everywhere in Show-o2); call ``requires_grad_(True)`` to train it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        latents_mean: Sequence[float] | torch.Tensor | None = None,
+        latents_std: Sequence[float] | torch.Tensor | None = None,
+        fast_single_frame: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        z_dim = int(model.config.z_dim)
+        if latents_mean is None:
+            latents_mean = model.config.get("latents_mean", None) or WAN_LATENTS_MEAN
+        if latents_std is None:
+            latents_std = model.config.get("latents_std", None) or WAN_LATENTS_STD
+        mean = torch.as_tensor(latents_mean, dtype=torch.float32).flatten().clone()
+        std = torch.as_tensor(latents_std, dtype=torch.float32).flatten().clone()
+        if mean.numel() != z_dim or std.numel() != z_dim:
+            raise ModelError(
+                f"VAE latent statistics have {mean.numel()} mean / {std.numel()} std values, "
+                f"but the VAE has {z_dim} latent channels"
+            )
+        if not bool(torch.isfinite(std).all()) or bool((std == 0).any()):
+            raise ModelError("VAE latents_std contains zero or non-finite values")
+        self.register_buffer("latents_mean", mean)
+        self.register_buffer("latents_std", std)
+        self.fast_single_frame = fast_single_frame
+
+    # ---- properties ---------------------------------------------------------------------------
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.model.config.z_dim)
+
+    @property
+    def base_dim(self) -> int:
+        return int(self.model.config.base_dim)
+
+    @property
+    def spatial_factor(self) -> int:
+        return SPATIAL_FACTOR
+
+    @property
+    def temporal_factor(self) -> int:
+        return TEMPORAL_FACTOR
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.model.config.get("in_channels", 3))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def num_latent_frames(self, num_frames: int) -> int:
+        """Latent frames for ``num_frames`` pixel frames (1 + 4k -> 1 + k)."""
+        return 1 + (num_frames - 1) // TEMPORAL_FACTOR
+
+    def num_pixel_frames(self, num_latent_frames: int) -> int:
+        """Pixel frames decoded from ``num_latent_frames`` latent frames (1 + k -> 1 + 4k)."""
+        return 1 + TEMPORAL_FACTOR * (num_latent_frames - 1)
+
+    def extra_repr(self) -> str:
+        return f"base_dim={self.base_dim}, z_dim={self.z_dim}, fast_single_frame={self.fast_single_frame}"
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _fast(self) -> contextlib.AbstractContextManager:
+        # The override only changes single-frame, cache-less conv calls (the first chunk of encode
+        # and decode; every call for images), and is exact for them, so it is safe for any T.
+        return single_frame_conv2d(self.model) if self.fast_single_frame else contextlib.nullcontext()
+
+    def _stats(self, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, -1) + (1,) * (ndim - 2)
+        mean = self.latents_mean.float().view(shape)
+        inv_std = 1.0 / self.latents_std.float().view(shape)  # Wan keeps 1/std, as here
+        return mean, inv_std
+
+    # ---- encode / decode ----------------------------------------------------------------------
+
+    def encode_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw posterior ``(mu, logvar)``, float32, 5-D (B, z, T', h, w); logvar clamped to [-30, 20]."""
+        x = self._check_pixels(pixels)
+        if x.dim() == 4:
+            x = x.unsqueeze(2)
+        x = x.to(device=self.device, dtype=self.dtype)
+        with self._fast():
+            moments = self.model.encode(x, return_dict=False)[0].parameters
+        mu, logvar = moments.float().chunk(2, dim=1)
+        return mu, logvar.clamp(-30.0, 20.0)
+
+    def encode(
+        self,
+        pixels: torch.Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Pixels (B,3,T,H,W) or (B,3,H,W) in [-1,1] -> normalised latents (B,z,T',h,w) / (B,z,h,w), fp32.
+
+        ``sample=True`` reproduces Show-o2: ``(mu - mean)/std + exp(0.5*logvar) * eps`` with
+        ``eps = torch.randn(shape, generator=generator)`` (float32, drawn on the generator's device).
+        """
+        mu, logvar = self.encode_moments(pixels)
+        mean, inv_std = self._stats(mu.dim())
+        z = (mu - mean.to(mu.device)) * inv_std.to(mu.device)
+        if sample:
+            noise_device = generator.device if generator is not None else z.device
+            eps = torch.randn(z.shape, generator=generator, dtype=torch.float32, device=noise_device)
+            z = z + torch.exp(0.5 * logvar) * eps.to(z.device)
+        if pixels.dim() == 4:
+            z = z.squeeze(2)
+        return z
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B,z,T',h,w) or (B,z,h,w) -> pixels (B,3,1+4(T'-1),8h,8w) / (B,3,8h,8w).
+
+        Output is float32 and clamped to [-1, 1].
+        """
+        z = self._check_latents(latents)
+        image = z.dim() == 4
+        if image:
+            z = z.unsqueeze(2)
+        z = z.to(device=self.device, dtype=torch.float32)
+        mean, inv_std = self._stats(5)
+        raw = z / inv_std.to(z.device) + mean.to(z.device)
+        with self._fast():
+            out = self.model.decode(raw.to(self.dtype), return_dict=False)[0]
+        out = out.float().clamp(-1.0, 1.0)
+        if image:
+            out = out.squeeze(2)
+        return out
+
+    def _check_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        if not isinstance(pixels, torch.Tensor):
+            raise InputError(f"VAE input must be a tensor, got {type(pixels).__name__}")
+        shape = tuple(pixels.shape)
+        if pixels.dim() not in (4, 5):
+            raise InputError(f"VAE input has shape {shape}; expected (B,3,H,W) or (B,3,T,H,W)")
+        if not pixels.is_floating_point():
+            raise InputError(f"VAE input has dtype {pixels.dtype}; expected floating pixels in [-1, 1]")
+        if pixels.shape[1] != self.in_channels:
+            raise InputError(
+                f"VAE input has {pixels.shape[1]} channels (shape {shape}); expected {self.in_channels}"
+            )
+        if any(s == 0 for s in shape):
+            raise InputError(f"VAE input has an empty dimension (shape {shape})")
+        h, w = shape[-2:]
+        if h % SPATIAL_FACTOR or w % SPATIAL_FACTOR:
+            raise InputError(
+                f"VAE input size {h}x{w} (HxW) is not a multiple of {SPATIAL_FACTOR}; "
+                f"resize or crop to e.g. {h // SPATIAL_FACTOR * SPATIAL_FACTOR or SPATIAL_FACTOR}x"
+                f"{w // SPATIAL_FACTOR * SPATIAL_FACTOR or SPATIAL_FACTOR}"
+            )
+        if pixels.dim() == 5:
+            t = shape[2]
+            if (t - 1) % TEMPORAL_FACTOR:
+                lower = 1 + (t - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR
+                raise InputError(
+                    f"VAE input has {t} frames; the Wan VAE needs 1 + 4k frames (e.g. {lower} or "
+                    f"{lower + TEMPORAL_FACTOR})"
+                )
+        return pixels
+
+    def _check_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        if not isinstance(latents, torch.Tensor):
+            raise InputError(f"VAE latents must be a tensor, got {type(latents).__name__}")
+        shape = tuple(latents.shape)
+        if latents.dim() not in (4, 5):
+            raise InputError(
+                f"VAE latents have shape {shape}; expected (B,{self.z_dim},h,w) or (B,{self.z_dim},T,h,w)"
+            )
+        if not latents.is_floating_point():
+            raise InputError(f"VAE latents have dtype {latents.dtype}; expected a floating tensor")
+        if latents.shape[1] != self.z_dim:
+            raise InputError(
+                f"VAE latents have {latents.shape[1]} channels (shape {shape}); expected {self.z_dim}"
+            )
+        if any(s == 0 for s in shape):
+            raise InputError(f"VAE latents have an empty dimension (shape {shape})")
+        return latents
+
+    # ---- saving / building --------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
+        folder = Path(folder)
+        self.model.register_to_config(
+            latents_mean=[float(v) for v in self.latents_mean.float().tolist()],
+            latents_std=[float(v) for v in self.latents_std.float().tolist()],
+        )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(str(folder), safe_serialization=True)
+        except OSError as exc:
+            raise OutputError(f"{folder}: cannot write the VAE ({exc.strerror or exc})") from exc
+        return folder
+
+    @classmethod
+    def random(
+        cls,
+        base_dim: int = 96,
+        num_res_blocks: int = 2,
+        z_dim: int = 16,
+        seed: int = 0,
+        dim_mult: Sequence[int] = (1, 2, 4, 4),
+        dtype: torch.dtype | str = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> WanVAE:
+        """A randomly initialised Wan2.1-layout VAE (deterministic in ``seed``; global RNG untouched)."""
+        dtype, device = _resolve_dtype(dtype), _resolve_device(device)
+        kwargs: dict[str, Any] = dict(
+            base_dim=base_dim, z_dim=z_dim, num_res_blocks=num_res_blocks, dim_mult=list(dim_mult)
+        )
+        if z_dim != len(WAN_LATENTS_MEAN):
+            kwargs.update(latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _autoencoder_cls()(**kwargs)
+        _move(model, device, dtype)
+        return cls(model)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise UsageError(f"unknown VAE dtype {dtype!r}; use one of float32, bfloat16, float16")
+    return _DTYPES[key]
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UsageError(f"unknown device {device!r} for the VAE") from exc
+
+
+def _move(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    # nn.Module.to, not ModelMixin.to: the latter logs a bogus "should be kept in float32: []"
+    # warning on every dtype cast (diffusers 0.42 tests `[] is not None`).
+    nn.Module.to(model, device=device, dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
+def _first(names: Sequence[str], n: int = 3) -> str:
+    names = list(names)
+    shown = ", ".join(names[:n])
+    return shown + (f" (+{len(names) - n} more)" if len(names) > n else "")
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers, mmap'd when the format allows."""
+    for mmap in (True, False):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as exc:
+            msg = str(exc)
+            if "Weights only load failed" in msg:
+                found = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+                what = f" (it references {found.group(1)})" if found else ""
+                raise ModelError(
+                    f"{path}: refused to load for safety: the pickle would need to run code{what}; "
+                    "only plain tensor state dicts are accepted"
+                ) from exc
+            if mmap and "mmap" in msg and path.stat().st_size > 0:
+                continue  # legacy (non-zip) torch.save format: load it without mmap
+            if isinstance(exc, OSError):
+                raise ModelError(f"{path}: cannot read the VAE file ({exc.strerror or exc})") from exc
+            raise ModelError(
+                f"{path}: corrupt or truncated VAE file ({type(exc).__name__}: {_one_line(msg) or 'unexpected end of file'})"
+            ) from exc
+    raise AssertionError("unreachable")
+
+
+def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the VAE file ({exc.strerror or exc})") from exc
+    except Exception as exc:
+        raise ModelError(
+            f"{path}: corrupt or truncated safetensors file ({type(exc).__name__}: {_one_line(exc)})"
+        ) from exc
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix.lower() == ".safetensors" or (
+        path.suffix.lower() not in _TORCH_SUFFIXES and _looks_like_safetensors(path)
+    ):
+        obj: Any = _safetensors_load(path)
+    else:
+        obj = _torch_load(path)
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ModelError(f"{path}: does not hold a VAE state dict (found {type(obj).__name__})")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ModelError(f"{path}: state dict entries that are not tensors: {_first(bad)}")
+    sd = dict(obj)
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def _to_diffusers_layout(sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    if "encoder.conv_in.weight" in sd:
+        return sd, "diffusers"
+    if "encoder.conv1.weight" in sd:
+        from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+        return convert_wan_vae_to_diffusers(sd), "original Wan"
+    raise ModelError(
+        f"{path}: not a Wan2.1 VAE state dict (no encoder.conv1.weight or encoder.conv_in.weight; "
+        f"keys start with {_first(sorted(sd))})"
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({_one_line(exc)})") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep the keys of a (diffusers or original) VAE config that `AutoencoderKLWan` accepts."""
+    params = inspect.signature(_autoencoder_cls().__init__).parameters
+    if "base_dim" in config:  # diffusers format
+        return {k: v for k, v in config.items() if k in params and k != "self"}
+    if "dim" in config and "z_dim" in config:  # original WanVAE_ constructor kwargs
+        out = {new: config[old] for old, new in _ORIGINAL_CONFIG_KEYS.items() if old in config}
+        for key in ("latents_mean", "latents_std"):
+            if key in config:
+                out[key] = config[key]
+        return out
+    # Some other config (e.g. the Show-o2 model's): only the latent statistics, if any.
+    return {k: config[k] for k in ("latents_mean", "latents_std") if k in config}
+
+
+def _shape(sd: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...] | None:
+    t = sd.get(key)
+    return tuple(t.shape) if t is not None else None
+
+
+def _infer_kwargs(sd: Mapping[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """base_dim, z_dim and in/out channels from the weights' shapes (they override any config)."""
+    out: dict[str, Any] = {}
+    conv_in = _shape(sd, "encoder.conv_in.weight")
+    if conv_in is not None:
+        if len(conv_in) != 5:
+            raise ModelError(
+                f"{path}: encoder conv_in weight has shape {conv_in}; expected a 5-D Conv3d weight"
+            )
+        out["base_dim"], out["in_channels"] = conv_in[0], conv_in[1]
+    post = _shape(sd, "post_quant_conv.weight")
+    quant = _shape(sd, "quant_conv.weight")
+    if post is not None and len(post) >= 1:
+        out["z_dim"] = post[0]
+    elif quant is not None and len(quant) >= 1:
+        out["z_dim"] = quant[0] // 2
+    conv_out = _shape(sd, "decoder.conv_out.weight")
+    if conv_out is not None and len(conv_out) == 5:
+        out["out_channels"] = conv_out[0]
+        if conv_in is not None and conv_out[1] != conv_in[0]:
+            out["decoder_base_dim"] = conv_out[1]
+    return out
+
+
+def _check_stats(kwargs: dict[str, Any], source: Path) -> None:
+    z_dim = int(kwargs.get("z_dim", 16))
+    for key in ("latents_mean", "latents_std"):
+        if key not in kwargs:
+            continue
+        values = kwargs[key]
+        ok = isinstance(values, (list, tuple)) and all(isinstance(v, (int, float)) for v in values)
+        if not ok or len(values) != z_dim:
+            n = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+            raise ModelError(f"{source}: {key} must be a list of {z_dim} numbers (found {n})")
+        if key == "latents_std" and any(v == 0 or not math.isfinite(v) for v in values):
+            raise ModelError(f"{source}: latents_std contains zero or non-finite values")
+
+
+def _build_and_load(
+    sd: dict[str, torch.Tensor],
+    kwargs: dict[str, Any],
+    path: Path,
+    layout: str,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> nn.Module:
+    cls = _autoencoder_cls()
+    try:
+        with torch.device("meta"):
+            model = cls(**kwargs)
+    except Exception as exc:
+        raise ModelError(f"{path}: VAE config cannot build AutoencoderKLWan ({_one_line(exc)})") from exc
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+        arch = f"base_dim {model.config.base_dim}, z_dim {model.config.z_dim}"
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_first(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_first(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shapes (file vs model): {_first(wrong)}")
+        raise ModelError(
+            f"{path}: {layout}-layout weights do not fit a Wan2.1 VAE ({arch}): " + "; ".join(parts)
+        )
+    nonfloat = [k for k, v in sd.items() if not v.is_floating_point()]
+    if nonfloat:
+        raise ModelError(f"{path}: non-floating VAE weights: {_first(nonfloat)}")
+    try:
+        model.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: cannot load the VAE weights ({_one_line(exc)})") from exc
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise ModelError(f"{path}: VAE tensors not initialised by the file: {_first(leftover)}")
+    return _move(model, device, dtype)
+
+
+def _diffusers_folder(folder: Path) -> Path | None:
+    for candidate in (folder, folder / "vae"):
+        if (candidate / "config.json").is_file() and any(
+            (candidate / n).is_file() for n in _DIFFUSERS_WEIGHTS
+        ):
+            return candidate
+    return None
+
+
+def _single_weight_file(folder: Path) -> Path:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _WEIGHT_SUFFIXES)
+    named = [p for p in files if p.name == "Wan2.1_VAE.pth"]
+    if named:
+        return named[0]
+    for suffixes in ((".safetensors",), _TORCH_SUFFIXES):
+        group = [p for p in files if p.suffix.lower() in suffixes]
+        if len(group) == 1:
+            return group[0]
+        if len(group) > 1:
+            raise ModelError(
+                f"{folder}: several candidate VAE files ({_first([p.name for p in group])}); pass the file itself"
+            )
+    raise ModelError(
+        f"{folder}: no VAE found (expected config.json + diffusion_pytorch_model.safetensors, a vae/ "
+        "subfolder, or a Wan2.1_VAE.pth / .safetensors file)"
+    )
+
+
+def _resolve_source(path: Path) -> tuple[Path, Path | None]:
+    """(weights file, config.json or None) for a file or folder path."""
+    if not path.exists():
+        raise ModelError(f"{path}: VAE not found (no such file or folder)")
+    if path.is_dir():
+        folder = _diffusers_folder(path)
+        if folder is not None:
+            weights = next(folder / n for n in _DIFFUSERS_WEIGHTS if (folder / n).is_file())
+            return weights, folder / "config.json"
+        path = _single_weight_file(path)
+    config = path.parent / "config.json"
+    return path, (config if config.is_file() else None)
+
+
+def load_vae(
+    path: str | Path,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+) -> WanVAE:
+    """Load a Wan2.1 VAE from an original ``.pth``, a ``.safetensors`` file or a diffusers folder.
+
+    A ``config.json`` beside the weights (diffusers or original constructor kwargs) supplies the
+    architecture options and ``latents_mean``/``latents_std``; base_dim, z_dim and the channel
+    counts always come from the weights' shapes. Without one, the Wan2.1 defaults apply.
+    Every failure is a one-line `ModelError` naming the file.
+    """
+    dtype, device = _resolve_dtype(dtype), _resolve_device(device)
+    weights, config_path = _resolve_source(Path(path).expanduser())
+    sd, layout = _to_diffusers_layout(_read_state_dict(weights), weights)
+    kwargs = _init_kwargs(_read_json(config_path)) if config_path is not None else {}
+    kwargs.update(_infer_kwargs(sd, weights))
+    _check_stats(kwargs, config_path or weights)
+    model = _build_and_load(sd, kwargs, weights, layout, dtype, device)
+    return WanVAE(model)
+
+
+def vae_description(path: str | Path) -> str:
+    """One line describing the VAE at ``path`` (loads it on CPU)."""
+    weights, _ = _resolve_source(Path(path).expanduser())
+    vae = load_vae(path)
+    sd_layout = (
+        "diffusers folder" if weights.name in _DIFFUSERS_WEIGHTS else weights.suffix.lstrip(".") + " file"
+    )
+    n_params = sum(p.numel() for p in vae.model.parameters())
+    stats = "Wan2.1 latent stats" if _is_wan_stats(vae) else "custom latent stats"
+    return (
+        f"Wan2.1 VAE ({sd_layout} {weights.name}): base_dim {vae.base_dim}, z_dim {vae.z_dim}, "
+        f"{n_params / 1e6:.1f}M params, {stats}"
+    )
+
+
+def _is_wan_stats(vae: WanVAE) -> bool:
+    if vae.z_dim != len(WAN_LATENTS_MEAN):
+        return False
+    mean = torch.tensor(WAN_LATENTS_MEAN)
+    std = torch.tensor(WAN_LATENTS_STD)
+    return bool(
+        torch.allclose(vae.latents_mean.float().cpu(), mean)
+        and torch.allclose(vae.latents_std.float().cpu(), std)
+    )
