@@ -567,6 +567,8 @@ def save_folder(dst: Path, spec: ModelSpec, state: dict[str, torch.Tensor], toke
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write '{dst}': folder '{parent}' is read-only")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         tensors = {}
         for k, v in state.items():
@@ -586,6 +588,8 @@ def save_folder(dst: Path, spec: ModelSpec, state: dict[str, torch.Tensor], toke
             if dtype is not None:
                 vae = vae.to(dtype=dtype)
             vae.save_pretrained(tmp / "vae")
+        for f in [tmp, *tmp.rglob("*")]:
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
         if dst.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=parent))
             os.replace(dst, old / dst.name)
