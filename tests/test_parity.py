@@ -25,7 +25,7 @@ from showo2_cli.modeling.attention import additive_mask, omni_attention_mask
 from showo2_cli.sampling import guided, time_grid
 from showo2_cli.sequences import generation_layout, understanding_layout
 
-PARITY = Path(os.environ.get("SHOWO2_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
+from conftest import PARITY_DIR as PARITY  # noqa: E402
 pytestmark = pytest.mark.skipif(not PARITY.is_dir(), reason=f"no parity fixtures at {PARITY}")
 
 SINGLE = dict(atol=1e-4, rtol=1e-4)  # single-forward tensors

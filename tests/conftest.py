@@ -1,0 +1,41 @@
+"""Shared test fixtures: where the shared fixtures live, and a tiny random model folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir(name: str, env: str) -> Path:
+    """``$env`` if set, else ``../shared/<name>`` next to the checkout (or the working directory)."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    for base in (REPO.parent, Path.cwd().parent):
+        if (base / "shared" / name).is_dir():
+            return base / "shared" / name
+    return REPO.parent / "shared" / name
+
+
+PARITY_DIR = shared_dir("parity", "SHOWO2_PARITY_DIR")
+MEDIA_DIR = shared_dir("media", "SHOWO2_MEDIA_DIR")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised `tiny` model folder (showo2 format, byte tokenizer, small VAE)."""
+    from showo2_cli.loading import init_model
+
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    init_model("tiny", path, seed=0, vae_base_dim=4)
+    return path
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    if not MEDIA_DIR.is_dir():
+        pytest.skip(f"no shared media at {MEDIA_DIR}")
+    return MEDIA_DIR

@@ -1,0 +1,141 @@
+"""Shape and layout conventions that are easy to get wrong (spec §16), with property tests."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from showo2_cli.modeling.attention import extend_mask_for_decoding, omni_attention_mask
+from showo2_cli.modeling.flow_head import TimestepEmbedder, llama3_inv_freq
+from showo2_cli.modeling.showo2 import block_index_map, pack_velocity, unpack_velocity
+from showo2_cli.sampling import sample, time_grid
+from showo2_cli.sequences import SpecialTokens, generation_layout, understanding_layout
+
+REAL = SpecialTokens(bos=151644, eos=151645, boi=151652, eoi=151653, img_pad=151655, vid_pad=151656,
+                     pad=151665, img=151666, bov=151667, eov=151668)
+
+
+def test_raster_chunk_row_13_wraps_into_the_next_latent_row():
+    latent = torch.arange(54 * 54, dtype=torch.float32).reshape(1, 1, 54, 54).expand(16, 1, 54, 54)
+    rows = pack_velocity(latent)
+    assert rows.shape == (729, 64)
+    # row 13 covers raster positions 52..55: (0,52), (0,53), (1,0), (1,1)
+    assert rows[13].reshape(4, 16)[:, 0].tolist() == [52, 53, 54, 55]
+
+
+@settings(max_examples=40, deadline=None)
+@given(t=st.integers(1, 3), hp=st.integers(1, 6), wp=st.integers(1, 6), c=st.sampled_from([1, 4, 16]))
+def test_pack_unpack_round_trip(t, hp, wp, c):
+    latent = torch.randn(c, t, 2 * hp, 2 * wp)
+    rows = pack_velocity(latent)
+    assert rows.shape == (t * hp * wp, 4 * c)
+    assert torch.equal(unpack_velocity(rows, t, 2 * hp, 2 * wp, c), latent)
+
+
+def test_unpack_is_not_a_spatial_patch_layout():
+    rows = torch.arange(4 * 64, dtype=torch.float32).reshape(4, 64)  # 2x2 patch grid, 4x4 latent
+    v = unpack_velocity(rows, 1, 4, 4, 16)
+    # first row of the output holds raster positions 0..3 = the whole first latent row
+    assert v[0, 0, 0].tolist() == [0, 16, 32, 48]
+
+
+def test_omni_mask_reference_example():
+    mp = torch.tensor([[[3, 5], [0, 0]], [[0, 5], [10, 5]]])
+    mask = omni_attention_mask(mp, 20)[:, 0]
+    causal = torch.tril(torch.ones(20, 20, dtype=torch.bool))
+    want0 = causal.clone()
+    want0[3:8, 3:8] = True
+    want1 = causal.clone()
+    want1[0:5, 0:5] = True
+    want1[10:15, 10:15] = True
+    assert torch.equal(mask[0], want0) and torch.equal(mask[1], want1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def test_omni_mask_equals_naive_rule(data):
+    length = data.draw(st.integers(1, 40))
+    blocks, pos = [], 0
+    while pos < length and len(blocks) < 3:
+        start = data.draw(st.integers(pos, length))
+        n = data.draw(st.integers(0, length - start))
+        blocks.append([start, n])
+        pos = start + n + 1
+    blocks = blocks or [[0, 0]]
+    mask = omni_attention_mask(torch.tensor([blocks]), length)[0, 0]
+    want = torch.tril(torch.ones(length, length, dtype=torch.bool))
+    for o, n in blocks:
+        want[o:o + n, o:o + n] = True
+    assert torch.equal(mask, want)
+    idx = block_index_map(torch.tensor([blocks]), length)[0]
+    for i in range(length):
+        inside = [m for m, (o, n) in enumerate(blocks) if o <= i < o + n]
+        assert idx[i].item() == (inside[0] if inside else -1)
+
+
+def test_extend_mask_appends_causal_rows():
+    base = omni_attention_mask(torch.tensor([[[1, 3]]]), 5)
+    ext = extend_mask_for_decoding(base, 2)
+    assert ext.shape == (1, 1, 7, 7)
+    assert torch.equal(ext[:, :, :5, :5], base)
+    assert ext[0, 0, 5, :6].all() and not ext[0, 0, 5, 6]
+    assert ext[0, 0, 6].all() and not ext[0, 0, :5, 5:].any()
+
+
+def test_time_grid_reference_values():
+    grid = time_grid(50, 3.0)
+    assert grid[0] == 0 and grid[-1] == 1 and len(grid) == 50
+    assert abs(grid[1].item() - (1 / 49) / (3 - 2 / 49)) < 1e-6
+    assert abs(grid[2].item() - (2 / 49) / (3 - 4 / 49)) < 1e-6
+
+
+def test_euler_makes_k_minus_1_calls_and_never_evaluates_t1():
+    calls = []
+
+    def velocity(x, t):
+        calls.append(t)
+        return torch.ones_like(x)
+
+    out = sample(velocity, torch.zeros(3), time_grid(6, 3.0))
+    assert len(calls) == 5 and max(calls) < 1
+    assert torch.allclose(out, torch.ones(3))  # integrates v=1 from 0 to 1 exactly
+
+
+def test_timestep_embedding_at_zero_is_cos_first():
+    emb = TimestepEmbedder.frequencies(torch.zeros(1))
+    assert torch.equal(emb[0, :128], torch.ones(128)) and torch.equal(emb[0, 128:], torch.zeros(128))
+
+
+def test_llama3_rope_keeps_high_frequencies_and_divides_low_ones():
+    scaling = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    plain = llama3_inv_freq(64, 5e5, None)
+    scaled = llama3_inv_freq(64, 5e5, scaling)
+    assert scaled[0] == plain[0]
+    assert torch.allclose(scaled[-1], plain[-1] / 32)
+
+
+def test_t2i_layout_at_432px_is_1024_tokens_with_blocks_at_n_plus_2_and_2():
+    prompt = list(range(1000, 1010))
+    layout = generation_layout([prompt], 730, REAL, 1024)
+    assert layout.input_ids.shape == (2, 1024)
+    assert layout.blocks.tolist() == [[[12, 730]], [[2, 730]]]
+    row = layout.input_ids[0].tolist()
+    assert row[0] == REAL.bos and row[11] == REAL.boi and row[12:742] == [REAL.img_pad] * 730
+    assert row[742:744] == [REAL.eoi, REAL.eos] and set(row[744:]) == {REAL.pad}
+    long = generation_layout([list(range(500))], 730, REAL, 1024)
+    assert long.blocks[0, 0, 0].item() == 290 + 2  # prompt truncated to max_text_len
+    assert long.trimmed().seq_len == 292 + 730
+
+
+def test_mmu_official_block_is_shifted_by_one():
+    system, user, assistant = [1] * 9, [2] * 4, [3] * 4
+    official = understanding_layout([7, 8], 729, REAL, system, user, assistant)
+    assert official.blocks.tolist() == [[[16, 730]]]  # spec §16.8: (16, 730)
+    assert official.slots.tolist() == [[[15, 730]]]
+    training = understanding_layout([7, 8], 729, REAL, system, user, assistant, mask_mode="training",
+                                    template="training", newline=[9])
+    assert training.blocks.tolist() == [[[15, 730]]]
+    ids = training.input_ids[0].tolist()
+    assert ids[15 + 730:15 + 730 + 5] == [REAL.eoi, 9, 7, 8, REAL.eos]
