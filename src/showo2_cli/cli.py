@@ -32,7 +32,7 @@ app = typer.Typer(
 STATE = {"debug": bool(os.environ.get("SHOWO2_DEBUG")), "json": False, "quiet": False}
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notices or progress on stderr.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No notices or progress on stderr.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda, mps or cpu.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16 or fp32.")]
@@ -365,6 +365,400 @@ def decode(
          f"{out}  {t} frame(s) {w}x{h}" + (f" at {rate:g} fps" if t > 1 else ""))
 
 
+# ---- shared pieces of the model commands ------------------------------------------------------
+
+class ProgressReporter:
+    """Rich progress bars on stderr for the library's ``progress(phase, done, total)`` callback."""
+
+    def __init__(self):
+        self.bar = None
+        self.tasks: dict[str, int] = {}
+        if not (STATE["quiet"] or STATE["json"]) and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TimeRemainingColumn(), console=_stderr_console(), transient=True)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bar.add_task(phase, total=total)
+        self.bar.update(self.tasks[phase], completed=done, total=total)
+
+
+def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE")):
+    from . import api
+    from .loading import load
+
+    if model is None:
+        model, msg = api.default_model()
+        notice(msg)
+    dev = pick_device(device)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if dev == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dev = f"cuda:{local}"
+    dt = pick_dtype(dtype, dev)
+    with status(f"loading {model}"):
+        bundle = load(model, vae=vae, device=dev, dtype=dt, need=need)
+    return bundle
+
+
+def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
+    prompts: list[str] = []
+    if prompt is not None:
+        prompts.append(prompt)
+    if prompts_file is not None:
+        if str(prompts_file) == "-":
+            text = sys.stdin.read()
+        else:
+            from .errors import InputError
+
+            if not prompts_file.exists():
+                raise InputError(f"prompts file '{prompts_file}' does not exist")
+            if prompts_file.is_dir():
+                raise InputError(f"prompts file '{prompts_file}' is a directory")
+            try:
+                text = prompts_file.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"prompts file '{prompts_file}' is not UTF-8 text") from e
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise UsageError(f"prompts file '{prompts_file}' holds no prompt")
+    if not prompts:
+        raise UsageError("give a PROMPT or --prompts-file")
+    return prompts
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / torchrun, else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    return (rank, world) if world > 1 else (0, 1)
+
+
+def output_paths(output: Path | None, prompts: list[str], indices: list[int], n: int, seed: int, ext: str,
+                 overwrite: bool, total_jobs: int) -> list[Path]:
+    """One path per (prompt, k): ``-o`` as given for a single result, ``stem-NNN.ext`` (global job
+    index) for several, or ``<prompt-slug>-<seed>.ext`` in the current folder when no ``-o``."""
+    from . import media as M
+    from .pipelines import seed_for
+
+    paths = []
+    for p, i in zip(prompts, indices, strict=True):
+        for k in range(n):
+            if output is None:
+                path = Path(f"{M.slugify(p)}-{seed_for(seed, i, k, n)}{ext}")
+                path = M.unique_path(path) if not overwrite else path
+            elif total_jobs == 1:
+                path = output
+            else:
+                width = max(3, len(str(total_jobs - 1)))
+                path = output.with_name(f"{output.stem}-{i * n + k:0{width}d}{output.suffix}")
+            paths.append(path)
+    for path in paths:
+        M.check_output_path(path, overwrite)
+        M.check_output_path(path.with_suffix(".json"), overwrite)
+    return paths
+
+
+def load_noise(path: Path | None):
+    if path is None:
+        return None
+    from safetensors import safe_open
+
+    from .errors import InputError
+
+    if not path.exists() or path.is_dir():
+        raise InputError(f"noise file '{path}' does not exist or is a directory")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            key = "noise" if "noise" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise InputError(f"noise file '{path}' must hold one tensor (or one named 'noise')")
+            noise = f.get_tensor(key)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"cannot read noise '{path}': not a safetensors file or truncated") from e
+    if not noise.is_floating_point() or not noise.isfinite().all():
+        raise InputError(f"noise '{path}' must be finite floating-point values")
+    return noise
+
+
+def run_generation(kind: str, prompts: list[str], output: Path | None, model: str | None, n: int, size: str | None,
+                   steps: int | None, guidance: float | None, shift: float | None, seed: int | None, batch_size: int,
+                   noise: Path | None, save_latents: bool, sampler: str, frames: int, fps: float, image: Path | None,
+                   device: str, dtype: str, overwrite: bool, default_ext: str, allowed_exts: tuple[str, ...]):
+    from . import api
+    from . import media as M
+    from . import pipelines as P
+
+    if output is not None and output.suffix.lower() not in allowed_exts:
+        raise UsageError(f"unsupported output extension '{output.suffix or output}' for {kind}: use {', '.join(allowed_exts)}")
+    if not 1 <= n <= 1000:
+        raise UsageError(f"-n/--num-images must be between 1 and 1000, got {n}")
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    rank, world = shard()
+    indices = list(range(len(prompts)))[rank::world]
+    mine = [prompts[i] for i in indices]
+    ext = output.suffix.lower() if output is not None else default_ext
+    paths = output_paths(output, mine, indices, n, seed, ext, overwrite, len(prompts) * n)
+    hw = api.parse_size(size) if size else None
+    opts = P.GenerateOptions(size=hw, steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=n,
+                             batch_size=batch_size, frames=frames, method=sampler, noise=load_noise(noise))
+    opts.validate()
+    if image is not None:
+        M.read_image(image)  # a bad image fails before the model loads
+    bundle = load_model(model, device, dtype)
+    notice(f"seed {seed}")
+    results = []
+    if mine:
+        with ProgressReporter() as bar:
+            if kind == "t2i":
+                results = P.text_to_image(bundle, mine, opts, progress=bar, indices=indices)
+            elif kind == "t2v":
+                results = P.text_to_video(bundle, mine, opts, progress=bar, indices=indices)
+            else:
+                results = P.image_to_video(bundle, image, mine, opts, progress=bar, indices=indices)
+    written = []
+    for path, item in zip(paths, results, strict=True):
+        meta = {**item.params, "showo2_version": __version__, "kind": kind}
+        if kind != "t2i":
+            meta["fps"] = fps
+        if image is not None:
+            meta["image"] = str(image)
+        if kind == "t2i":
+            M.write_image(path, item.frames[0], metadata=meta, overwrite=overwrite)
+        else:
+            M.write_video(path, item.frames, fps, overwrite=overwrite, metadata=meta)
+        record = {"output": str(path), **meta}
+        if save_latents:
+            lat_path = path.with_name(path.stem + ".latents.safetensors")
+            lat = item.latents if item.latents.dim() == 4 else item.latents[:, None]
+            meta_l = {"format": "showo2-latents", "version": 1, "kind": "image" if kind == "t2i" else "video",
+                      "frames": int(item.frames.shape[0]), "fps": fps if kind != "t2i" else None,
+                      "height": item.params["height"], "width": item.params["width"], **meta}
+            api.save_latents(lat_path, api.EncodeResult(lat.contiguous(), meta_l), overwrite=overwrite)
+            record["latents"] = str(lat_path)
+        sidecar = path.with_suffix(".json")
+        with M.atomic_output(sidecar, overwrite=overwrite) as tmp:
+            Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
+        written.append(record)
+    emit({"outputs": written, "seed": seed, "rank": rank, "world_size": world},
+         "\n".join(r["output"] for r in written) if written else None)
+
+
+SizeOpt = Annotated[str | None, typer.Option("--size", help="N or WIDTHxHEIGHT, multiples of 16 (default: the model's resolution).")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="Sampling grid points; steps-1 model calls (default 50).")]
+GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale (default 5.0; 0 = none).")]
+ShiftOpt = Annotated[float | None, typer.Option("--shift", help="Time-grid shift towards the noise end (default 3.0).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Base seed (random if absent; always printed and recorded).")]
+NumOpt = Annotated[int, typer.Option("--num-images", "-n", help="Outputs per prompt.")]
+PromptsFileOpt = Annotated[Path | None, typer.Option("--prompts-file", help="One prompt a line; '-' reads stdin.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Outputs generated together.")]
+NoiseOpt = Annotated[Path | None, typer.Option("--noise", help="Exact starting noise (.safetensors), to reproduce a run.")]
+SaveLatOpt = Annotated[bool, typer.Option("--save-latents", help="Also write <output>.latents.safetensors.")]
+SamplerOpt = Annotated[str, typer.Option("--sampler", help="euler (official) or heun.")]
+
+
+@app.command()
+def t2i(
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp; several outputs get -000, -001, ...")] = None,
+    model: ModelOpt = None, size: SizeOpt = None, steps: StepsOpt = None, guidance: GuidanceOpt = None,
+    shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1, prompts_file: PromptsFileOpt = None,
+    batch_size: BatchOpt = 4, noise: NoiseOpt = None, save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler",
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", overwrite: OverwriteOpt = False,
+    json_mode: JsonOpt = False, quiet: QuietOpt = False,
+):
+    """Text to image."""
+    _setup(json_mode, quiet)
+    run_generation("t2i", read_prompts(prompt, prompts_file), output, model, num_images, size, steps, guidance, shift,
+                   seed, batch_size, noise, save_latents, sampler, 1, 8.0, None, device, dtype, overwrite, ".png",
+                   (".png", ".jpg", ".jpeg", ".webp"))
+
+
+def _video_frames(frames: int) -> int:
+    from . import media as M
+
+    if frames < 1:
+        raise UsageError(f"--frames must be at least 1, got {frames}")
+    rounded = M.round_frames(frames, "up")
+    if rounded != frames:
+        notice(f"frames must be 1+4k: {frames} was rounded to {rounded}")
+    return rounded
+
+
+def _check_fps(fps: float) -> float:
+    if not (0 < fps <= 240):
+        raise UsageError(f"--fps must be in (0, 240], got {fps}")
+    return fps
+
+
+VIDEO_EXTS = (".mp4", ".webm", ".gif")
+
+
+@app.command()
+def t2v(
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="out.mp4/.webm/.gif")] = None,
+    frames: Annotated[int, typer.Option("--frames", help="Frames, 1+4k (others rounded up with a notice).")] = 17,
+    fps: Annotated[float, typer.Option("--fps", help="Frames per second of the output.")] = 8.0,
+    model: ModelOpt = None, size: SizeOpt = None, steps: StepsOpt = None, guidance: GuidanceOpt = None,
+    shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1, prompts_file: PromptsFileOpt = None,
+    batch_size: BatchOpt = 1, noise: NoiseOpt = None, save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler",
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", overwrite: OverwriteOpt = False,
+    json_mode: JsonOpt = False, quiet: QuietOpt = False,
+):
+    """Text to video (needs a checkpoint trained for video generation, e.g. the bundled demo)."""
+    _setup(json_mode, quiet)
+    run_generation("t2v", read_prompts(prompt, prompts_file), output, model, num_images, size, steps, guidance, shift,
+                   seed, batch_size, noise, save_latents, sampler, _video_frames(frames), _check_fps(fps), None, device,
+                   dtype, overwrite, ".mp4", VIDEO_EXTS)
+
+
+@app.command()
+def i2v(
+    image: Annotated[Path, typer.Argument(help="The first frame.")],
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="out.mp4/.webm/.gif")] = None,
+    frames: Annotated[int, typer.Option("--frames", help="Frames, 1+4k (others rounded up with a notice).")] = 17,
+    fps: Annotated[float, typer.Option("--fps", help="Frames per second of the output.")] = 8.0,
+    model: ModelOpt = None, size: SizeOpt = None, steps: StepsOpt = None, guidance: GuidanceOpt = None,
+    shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1, prompts_file: PromptsFileOpt = None,
+    batch_size: BatchOpt = 1, noise: NoiseOpt = None, save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler",
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", overwrite: OverwriteOpt = False,
+    json_mode: JsonOpt = False, quiet: QuietOpt = False,
+):
+    """Image to video: the image's latent is the fixed first latent frame."""
+    _setup(json_mode, quiet)
+    run_generation("i2v", read_prompts(prompt, prompts_file), output, model, num_images, size, steps, guidance, shift,
+                   seed, batch_size, noise, save_latents, sampler, _video_frames(frames), _check_fps(fps), image, device,
+                   dtype, overwrite, ".mp4", VIDEO_EXTS)
+
+
+@app.command()
+def caption(
+    media: Annotated[Path, typer.Argument(help="An image or a video.")],
+    question: Annotated[list[str] | None, typer.Option("--question", "-q", help="A question; repeat for several (default: describe it).")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="At most this many tokens per answer.")] = 300,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy (default); > 0 samples.")] = 0.0,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling (with --temperature).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")] = None,
+    frames: Annotated[int | None, typer.Option("--frames", help="Video: frames sampled uniformly (default 32 for the real models).")] = None,
+    mask: Annotated[str, typer.Option("--mask", help="official (the demos' shifted block) or training (training-consistent block).")] = "official",
+    template: Annotated[str, typer.Option("--template", help="official (demo prompt) or training (stage-2 whitespace).")] = "official",
+    vae_sample: Annotated[bool, typer.Option("--vae-sample", help="Encode with the stochastic VAE sample, as the official demo.")] = False,
+    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they are produced.")] = True,
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    json_mode: JsonOpt = False, quiet: QuietOpt = False,
+):
+    """Answer questions about an image or a video (one answer per line on stdout)."""
+    _setup(json_mode, quiet)
+    from . import media as M
+    from . import pipelines as P
+
+    if mask not in ("official", "training"):
+        raise UsageError(f"--mask must be official or training, got '{mask}'")
+    if template not in ("official", "training"):
+        raise UsageError(f"--template must be official or training, got '{template}'")
+    opts = P.CaptionOptions(questions=list(question or []), max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_k=top_k, top_p=top_p, seed=seed, frames=frames, mask_mode=mask, template=template,
+                            vae_sample=vae_sample)
+    P._validate_caption(opts)
+    kind = M.probe_kind(media)
+    bundle = load_model(model, device, dtype)
+    if kind == "video" and not P.supports_video_understanding(bundle):
+        notice("note: this checkpoint was not trained for video understanding (use a -w-video-und model)")
+    live = stream and not STATE["json"]
+    current = [-1]
+
+    def on_text(i: int, piece: str) -> None:
+        if not live:
+            return
+        if current[0] != i:
+            if current[0] >= 0:
+                sys.stdout.write("\n")
+            current[0] = i
+        sys.stdout.write(piece.replace("\n", " "))
+        sys.stdout.flush()
+
+    with ProgressReporter() if not live else _nullcontext() as bar:
+        result = P.caption(bundle, media, opts, on_text=on_text, progress=bar if bar else None)
+    if live:
+        # streamed text was printed raw; finish the line of each answer (incl. empty ones)
+        for i in range(max(current[0], -1) + 1, len(result.answers)):
+            sys.stdout.write("\n" if i > 0 or current[0] >= 0 else "")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        emit({}, None)
+    else:
+        emit({"media": str(media), "kind": result.kind,
+              "answers": [{"question": q, "answer": a, "tokens": n}
+                          for q, a, n in zip(result.questions, result.answers, result.token_counts, strict=True)],
+              "seconds": round(result.seconds, 3), "frames": result.frames, "options": result.options},
+             "\n".join(a.replace("\n", " ") for a in result.answers))
+
+
+@contextmanager
+def _nullcontext():
+    yield None
+
+
+@app.command()
+def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
+    """The known variants: which are present locally (and where), what is missing, how to get it."""
+    _setup(json_mode, quiet)
+    from .loading import WAN_VAE_FILE, WAN_VAE_REPO, _hf_cached_file, _hf_cached_snapshot, bundled_demo_path
+    from .specs import REGISTRY
+
+    vae = _hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
+    rows = []
+    demo = bundled_demo_path()
+    rows.append({"name": "demo", "repo": None, "present": (demo / "config.json").exists(),
+                 "path": str(demo) if (demo / "config.json").exists() else None, "missing": [],
+                 "get": [], "tasks": "all (small synthetic shapes world)"})
+    for name, spec in REGISTRY.items():
+        if not spec.repo_id:
+            continue
+        snap = _hf_cached_snapshot(spec.repo_id)
+        tok = _hf_cached_snapshot(spec.llm_repo_id) if spec.llm_repo_id else None
+        missing, get = [], []
+        if snap is None:
+            missing.append("checkpoint")
+            get.append(f"hf download {spec.repo_id}")
+        if tok is None:
+            missing.append("tokenizer")
+            get.append(f"hf download {spec.llm_repo_id}")
+        if vae is None:
+            missing.append("VAE")
+            get.append(f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE}")
+        rows.append({"name": name, "repo": spec.repo_id, "present": not missing, "path": str(snap) if snap else None,
+                     "missing": missing, "get": get, "tasks": ", ".join(spec.tasks)})
+    env = os.environ.get("SHOWO2_MODEL")
+    lines = [f"default: {env} (SHOWO2_MODEL)" if env else "default: the cached official 1.5B if present, else demo"]
+    for r in rows:
+        state = "ready" if r["present"] else ("missing " + ", ".join(r["missing"]) if r["missing"] else "not installed")
+        lines.append(f"{r['name']:<18} {state}" + (f"  ({r['path']})" if r["path"] else ""))
+        lines.append(f"{'':<18} tasks: {r['tasks']}")
+        for cmd in r["get"]:
+            lines.append(f"{'':<18} get: {cmd}")
+    emit({"models": rows, "default_env": env}, "\n".join(lines))
+
+
 # ---- entry point ------------------------------------------------------------------------------
 
 def _fail(message: str, code: int, kind: str) -> int:
@@ -376,8 +770,28 @@ def _fail(message: str, code: int, kind: str) -> int:
     return code
 
 
+def _click_exceptions():
+    """Typer may vendor its own click; handle both its exception classes and click's."""
+    exits, aborts, errors = [typer.Exit], [typer.Abort], []
+    try:
+        from typer._click import exceptions as vendored
+
+        errors.append(vendored.ClickException)
+    except ImportError:
+        pass
+    try:
+        from click import exceptions as upstream
+
+        exits.append(upstream.Exit)
+        aborts.append(upstream.Abort)
+        errors.append(upstream.ClickException)
+    except ImportError:
+        pass
+    return tuple(exits), tuple(aborts), tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
-    import click
+    exit_types, abort_types, click_types = _click_exceptions()
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args:
@@ -385,15 +799,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=args, prog_name="showo2", standalone_mode=False)
         return 0
-    except click.exceptions.Exit as e:
+    except exit_types as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except abort_types:
         return _fail("interrupted", 130, "interrupted")
     except KeyboardInterrupt:
         return _fail("interrupted", 130, "interrupted")
-    except click.exceptions.ClickException as e:
+    except click_types as e:
         if STATE["debug"]:
             raise
+        if type(e).__name__ == "NoArgsIsHelpError":
+            sys.stderr.write(e.format_message() + "\n")
+            return 2
         message = e.format_message().replace("\n", " ")
         ctx = getattr(e, "ctx", None)
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""

@@ -98,3 +98,27 @@ def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor, opts: TextS
         logits = model.logits(hidden[:, -1]).float()[0]
         position += 1
     return out
+
+
+@torch.no_grad()
+def generate_uncached(model, prompt_embeds: torch.Tensor, mask: torch.Tensor, opts: TextSampling) -> Generated:
+    """The official decoding loop: the whole sequence is recomputed for every new token, the mask
+    extended by one causal row and column. O(n^2); kept as the reference for tests and benchmarks."""
+    from .modeling.attention import extend_mask_for_decoding
+
+    opts.validate()
+    generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
+    embeds, out = prompt_embeds, Generated()
+    embed = model.showo.model.embed_tokens
+    for _ in range(opts.max_new_tokens):
+        hidden, _ = model.llm(embeds, mask)
+        logits = model.logits(hidden[:, -1]).float()[0]
+        out.step_logits.append(logits.cpu())
+        token = choose_token(logits, opts, generator)
+        out.token_ids.append(token)
+        if token in opts.stop_ids:
+            out.stopped = True
+            break
+        embeds = torch.cat([embeds, embed(torch.tensor([[token]], device=embeds.device))], dim=1)
+        mask = extend_mask_for_decoding(mask, 1)
+    return out

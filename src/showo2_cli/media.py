@@ -734,7 +734,7 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {arr.dtype} {tuple(arr.shape)}")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(3, 0, 1, 2).to(torch.float32)
+    x = torch.from_numpy(np.array(arr, copy=True)).permute(3, 0, 1, 2).to(torch.float32)
     return (x / 255.0 - 0.5) / 0.5
 
 

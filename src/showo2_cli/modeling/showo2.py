@@ -248,6 +248,61 @@ class Showo2Model(nn.Module):
             x = block(x, cond, block_index, cos, sin, mask)
         return self.diffusion_head_b(x, cond, block_index)
 
+    @torch.no_grad()
+    def prefix_cache(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> PrefixCache:
+        """Run the text prefixes (``input_ids[b, :lengths[b]]``) once through the LLM and the flow head."""
+        from transformers import DynamicCache
+
+        lengths = torch.as_tensor(lengths, dtype=torch.long)
+        width = int(lengths.max())
+        ids = input_ids[:, :width].to(self.device)
+        b = ids.shape[0]
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()[None, None].expand(b, 1, -1, -1)
+        cache = DynamicCache()
+        hidden, cache = self.llm(self.showo.model.embed_tokens(ids), causal, past_key_values=cache, use_cache=True)
+        x = self.diff_proj(hidden)
+        position_ids = torch.arange(width, device=x.device)[None].expand(b, -1)
+        cos, sin = self.head_rotary(position_ids, x.dtype)
+        outside = torch.full((b, width), -1, dtype=torch.long, device=x.device)
+        cond = torch.zeros(b, 1, self.spec.head_hidden, dtype=x.dtype, device=x.device)  # unused outside blocks
+        head = []
+        for block in self.diffusion_head_a:
+            head.append(block.prefix_kv(x, cos, sin))
+            x = block(x, cond, outside, cos, sin, causal)
+        return PrefixCache(cache, head, lengths.to(self.device), width)
+
+    def velocity_with_prefix(self, prefix: PrefixCache, x_t: torch.Tensor, t: torch.Tensor,
+                             first_frame_as_cond: bool = False) -> torch.Tensor:
+        """:meth:`velocity` for rows whose text prefix is cached: only the visual block is computed.
+
+        Every row's block is its time token followed by its visual tokens, at positions
+        ``lengths[b] ...``; positions after the block are never computed (they cannot affect it).
+        """
+        is_image = x_t.dim() == 4
+        video = x_t[:, :, None] if is_image else x_t
+        b, c, frames, h, w = video.shape
+        cond, time_token = self.time_embedding(t)
+        tokens = self.visual_tokens(video.to(self.device))
+        chunk = torch.cat([time_token[:, None].to(tokens.dtype), tokens], dim=1)  # (B, P, H)
+        p = chunk.shape[1]
+        pos = prefix.lengths[:, None] + torch.arange(p, device=chunk.device)[None]
+        keys = torch.arange(prefix.width, device=chunk.device)[None] < prefix.lengths[:, None]  # (B, Lp)
+        mask = torch.cat([keys[:, None, :].expand(b, p, -1), torch.ones(b, p, p, dtype=torch.bool, device=chunk.device)],
+                         dim=-1)[:, None]
+        hidden, _ = self.llm(chunk, mask, position_ids=pos, past_key_values=prefix.llm, use_cache=True)
+        _truncate_cache(prefix.llm, prefix.width)
+        x = self.diff_proj(hidden)
+        cos, sin = self.head_rotary(pos, x.dtype)
+        inside = torch.zeros(b, p, dtype=torch.long, device=x.device)
+        block_cond = cond[:, None].to(x.dtype)
+        for block, kv in zip(self.diffusion_head_a, prefix.head, strict=True):
+            x = block(x, block_cond, inside, cos, sin, mask, kv_cache=kv)
+        out = self.diffusion_head_b(x, block_cond, inside)
+        v = torch.stack([unpack_velocity(out[i, 1:].float(), frames, h, w, c) for i in range(b)])
+        if first_frame_as_cond:
+            v[:, :, 0] = 0
+        return v[:, :, 0] if is_image else v
+
     def velocity(self, input_ids: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, blocks: torch.Tensor,
                  mask: torch.Tensor, first_frame_as_cond: bool = False) -> torch.Tensor:
         """One flow-matching evaluation for generation (one visual block per sequence).
@@ -272,6 +327,29 @@ class Showo2Model(nn.Module):
         if first_frame_as_cond:
             v[:, :, 0] = 0
         return v[:, :, 0] if is_image else v
+
+
+@dataclass
+class PrefixCache:
+    """Keys/values of the text before each sequence's visual block, computed once per sampling run.
+
+    The prefix ``[bos] prompt [boi]`` cannot see the visual block (causal mask), and in the flow
+    head it is un-modulated, so its keys and values are the same at every denoising step.
+    Rows have different prefix lengths (conditional vs unconditional); entries past a row's own
+    length are padding and are masked out.
+    """
+
+    llm: object  # transformers Cache after the prefill
+    head: list[dict]  # per flow-head block: {"k", "v"} (B, kv_heads, Lp, d)
+    lengths: torch.Tensor  # (B,) prefix length of each row = position of its time token
+    width: int  # padded prefix length Lp
+
+
+def _truncate_cache(cache, length: int) -> None:
+    """Drop everything after ``length`` positions (negative crop = remove, in transformers 4 and 5)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
 
 
 def block_index_map(blocks: torch.Tensor, length: int) -> torch.Tensor:
