@@ -291,12 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     # 3. loads, alternating
     loads = []
     targets = [("official .bin", src)] + ([("converted safetensors", dst)] if dst.exists() else [])
-    all_weights = [p for _, f in targets for p in weight_files(f)]
     for rnd in range(1, args.rounds + 1):
         cold = rnd == 1 and not args.no_evict
         for fmt_label, folder in targets:
-            if cold:
-                evict(all_weights)
+            if cold:  # only this load's files: the other format's stay cached for the warm round
+                evict(weight_files(folder))
             resident = {p.name: resident_bytes(p) for p in weight_files(folder)}
             cmd = [sys.executable, "-c", CHILD, str(folder)]
             label = f"load-{'bin' if folder == src else 'st'}-{rnd}"
@@ -368,8 +367,9 @@ def render(results: dict, loads: list[dict], args, cli: list[str]) -> str:
     L.append("")
     L.append("## Loads: `load(path, dtype=torch.bfloat16, need=())` in a fresh process each")
     L.append("")
-    L.append("Alternating official/converted. Round 1 runs with the weight files evicted from the page cache "
-             "(`posix_fadvise(DONTNEED)`; *resident* is what `fincore` saw just before), later rounds warm. "
+    L.append("Alternating official/converted. In round 1 the loaded folder's weight file is evicted from the page "
+             "cache first (`posix_fadvise(DONTNEED)`), later rounds run warm; *resident* is how much of the weight "
+             "file `fincore` saw in the page cache just before the load. "
              "*load s* is the `load()` call alone (imports excluded); *peak RSS* is the child's `ru_maxrss` "
              "(whole process, including its imports and the checksum pass after the load); *RSS after load* "
              "is `VmRSS` right after `load()` returned, split into anonymous / file-backed pages; *read-all s* "

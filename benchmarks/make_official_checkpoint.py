@@ -16,6 +16,7 @@ No tokenizer, LLM config or VAE is written; load such a folder with ``need=()``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     nbytes = sum(t.numel() * t.element_size() for t in unique.values())
     print(f"generated {len(state)} keys / {len(unique)} storages ({nbytes / 1e9:.2f} GB) in {made - start:.1f} s; "
           f"tied lm_head: {state.get(LM_HEAD) is state.get(EMBED) and LM_HEAD in state}", flush=True)
-    _atomic_write(args.out / "pytorch_model.bin", lambda p: torch.save(state, p))
+    _atomic_write(args.out / "pytorch_model.bin", functools.partial(torch.save, state))
     del state, unique
     saved = time.perf_counter()
     config = config_for(shapes)

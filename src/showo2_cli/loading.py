@@ -359,8 +359,12 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         image_latent_grid=grid, tasks=tasks,
     )
     if named is None:
+        # keep the text budget of the official model of this width (290 tokens at 432px), else 64
+        budget = 64
+        if base is not None:
+            budget = base.max_seq_len - base.tokens_per_frame(base.resolution, base.resolution) - 1 - 4
         changes.update(resolution=resolution, resolutions=(resolution,), video_resolution=resolution,
-                       max_seq_len=visual + 4 + 256 if base is not None else visual + 4 + 64)
+                       max_seq_len=visual + 4 + budget)
     template = base if base is not None else REGISTRY["tiny"]
     spec = template.replace(**changes)
     spec.validate()
