@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PARITY_DIR
 
+from conftest import PARITY_DIR
 from showo2_cli import media as M
 from showo2_cli.cli import main
 from showo2_cli.errors import ModelError

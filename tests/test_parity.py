@@ -10,7 +10,6 @@ depends on the public set's seeds, sizes or config values. The model is loaded t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import PARITY_DIR as PARITY  # noqa: E402
 from showo2_cli.decoding import TextSampling, generate
 from showo2_cli.generation import generate_latents, guided_velocity_fn
 from showo2_cli.loading import load, read_state_dict
@@ -25,7 +25,6 @@ from showo2_cli.modeling.attention import additive_mask, omni_attention_mask
 from showo2_cli.sampling import guided, time_grid
 from showo2_cli.sequences import generation_layout, understanding_layout
 
-from conftest import PARITY_DIR as PARITY  # noqa: E402
 pytestmark = pytest.mark.skipif(not PARITY.is_dir(), reason=f"no parity fixtures at {PARITY}")
 
 SINGLE = dict(atol=1e-4, rtol=1e-4)  # single-forward tensors

@@ -374,7 +374,14 @@ class ProgressReporter:
         self.bar = None
         self.tasks: dict[str, int] = {}
         if not (STATE["quiet"] or STATE["json"]) and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                 TimeRemainingColumn(), console=_stderr_console(), transient=True)
@@ -684,33 +691,24 @@ def caption(
     if kind == "video" and not P.supports_video_understanding(bundle):
         notice("note: this checkpoint was not trained for video understanding (use a -w-video-und model)")
     live = stream and not STATE["json"]
-    current = [-1]
 
     def on_text(i: int, piece: str) -> None:
-        if not live:
-            return
-        if current[0] != i:
-            if current[0] >= 0:
-                sys.stdout.write("\n")
-            current[0] = i
         sys.stdout.write(piece.replace("\n", " "))
         sys.stdout.flush()
 
-    with ProgressReporter() if not live else _nullcontext() as bar:
-        result = P.caption(bundle, media, opts, on_text=on_text, progress=bar if bar else None)
-    if live:
-        # streamed text was printed raw; finish the line of each answer (incl. empty ones)
-        for i in range(max(current[0], -1) + 1, len(result.answers)):
-            sys.stdout.write("\n" if i > 0 or current[0] >= 0 else "")
+    def on_done(i: int, answer: str) -> None:
         sys.stdout.write("\n")
         sys.stdout.flush()
-        emit({}, None)
-    else:
+
+    with ProgressReporter() if not live else _nullcontext() as bar:
+        result = P.caption(bundle, media, opts, on_text=on_text if live else None, progress=bar,
+                           on_done=on_done if live else None)
+    if not live:
         emit({"media": str(media), "kind": result.kind,
               "answers": [{"question": q, "answer": a, "tokens": n}
                           for q, a, n in zip(result.questions, result.answers, result.token_counts, strict=True)],
               "seconds": round(result.seconds, 3), "frames": result.frames, "options": result.options},
-             "\n".join(a.replace("\n", " ") for a in result.answers))
+             "".join(a.replace("\n", " ") + "\n" for a in result.answers))
 
 
 @contextmanager

@@ -73,10 +73,12 @@ def _validate_caption(opts: CaptionOptions) -> None:
 
 @torch.no_grad()
 def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | None = None,
-            on_text: Callable[[int, str], None] | None = None, progress: Progress | None = None) -> CaptionResult:
+            on_text: Callable[[int, str], None] | None = None, progress: Progress | None = None,
+            on_done: Callable[[int, str], None] | None = None) -> CaptionResult:
     """Answer questions about an image or a video (one fresh prompt per question, no history).
 
-    ``on_text(i, piece)`` receives answer ``i``'s text as it is produced (for streaming).
+    ``on_text(i, piece)`` receives answer ``i``'s text as it is produced (for streaming) and
+    ``on_done(i, answer)`` the finished answer.
     """
     opts = options or CaptionOptions()
     _validate_caption(opts)
@@ -142,6 +144,8 @@ def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | 
             on_text(i, answer[len(shown[0]):])
         answers.append(answer.strip())
         counts.append(len(out.token_ids))
+        if on_done is not None:
+            on_done(i, answers[-1])
     return CaptionResult(kind, questions, answers, counts, time.perf_counter() - start, frames, asdict(opts))
 
 

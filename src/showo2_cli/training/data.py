@@ -1,0 +1,661 @@
+"""Training data: streaming sources whose sample order is a pure function of (seed, position).
+
+Sources (one ``[[data]]`` table each):
+
+* ``shapes``: the synthetic shapes world (:mod:`showo2_cli.training.shapes`); item ``i`` is the
+  scene drawn from ``numpy.random.default_rng([seed, source, i])``.
+* ``pairs``: image/video + caption pairs, from a folder (media files with a ``.txt`` caption of
+  the same stem) or a ``.jsonl`` of ``{"path": ..., "prompt": ...}`` (spec §14.2).
+* ``llava``: LLaVA-style conversations (``.json`` array or ``.jsonl``) with ``image`` (or
+  ``video``) and ``conversations: [{from: human|gpt, value}]`` (spec §12.2).
+
+Nothing is held in memory: files are indexed once (byte offsets in a memory-mapped ``.u64``
+file under ``<output_dir>/.data-index``) and records are read by seeking. The order is a pure
+function of the position, so resuming at step ``s`` reproduces the data exactly:
+
+* process ``r`` of ``w`` takes, at step ``s``, the role's sample numbers
+  ``(s * w + r) * batch + j`` for ``j < batch`` (the processes' shares are disjoint);
+* sample number ``n`` of a role picks a source by weight (a hash of ``n``) and, inside a finite
+  source of ``N`` items, item ``perm_e(n mod N)`` with ``e = n // N`` the epoch and ``perm_e`` a
+  keyed pseudo-random permutation (a Feistel network: O(1) memory for any ``N``).
+
+VAE latents can be cached (``cache = "folder"``): the frozen VAE's posterior mean and
+log-variance per item, one safetensors file each, written atomically, keyed by the source, the
+geometry and the VAE's weights. The posterior sample is still drawn fresh every step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError, ResourceError, UsageError
+from .config import DataSource, TrainConfig
+
+INDEX_DIR = ".data-index"
+_BOILERPLATE = re.compile(
+    r"^(the image (features|depicts|shows|showcases|displays|captures|presents|portrays)|"
+    r"this image (features|depicts|shows|showcases|displays|captures|presents|portrays)|"
+    r"the video (features|depicts|shows|showcases|displays|captures|presents|portrays)|"
+    r"in this image,?|in the image,?)\s+", re.IGNORECASE)
+
+
+# ---- deterministic hashing and permutations --------------------------------------------------
+
+def mix(*values: int | str) -> int:
+    """A 63-bit hash of a tuple of ints/strings (stable across processes, platforms, runs)."""
+    h = hashlib.blake2b(digest_size=8)
+    for v in values:
+        if isinstance(v, str):
+            b = v.encode()
+            h.update(b"s" + struct.pack("<Q", len(b)) + b)
+        else:
+            h.update(b"i" + int(v).to_bytes(16, "little", signed=True))
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+class Permutation:
+    """A keyed bijection of ``range(n)`` (4-round Feistel network with cycle walking)."""
+
+    def __init__(self, n: int, key: int):
+        if n < 1:
+            raise ValueError("a permutation needs n >= 1")
+        self.n, self.key = n, key
+        bits = max(2, (n - 1).bit_length())
+        bits += bits % 2
+        self.half = bits // 2
+        self.mask = (1 << self.half) - 1
+
+    def _round(self, r: int, x: int) -> int:
+        return mix(self.key, r, x) & self.mask
+
+    def _encrypt(self, x: int) -> int:
+        left, right = x >> self.half, x & self.mask
+        for r in range(4):
+            left, right = right, left ^ self._round(r, right)
+        return (left << self.half) | right
+
+    def __call__(self, i: int) -> int:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        x = self._encrypt(i)
+        while x >= self.n:  # cycle walking stays inside [0, n)
+            x = self._encrypt(x)
+        return x
+
+
+# ---- samples ---------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    """One training example before tokenisation and VAE encoding."""
+
+    role: str
+    source: int  # index in config.data
+    item: int  # item inside the source (the cache key)
+    pixels: np.ndarray | None = None  # uint8 (T, H, W, 3); T = 1 for an image
+    latent: dict | None = None  # cached {"mu", "logvar"} float32, instead of pixels
+    cache_path: str | None = None  # where the encoded latent should be stored
+    text: str = ""  # caption (generation, captioning)
+    turns: list = field(default_factory=list)  # [(question, answer)] for understanding
+    format: str = "tuning"
+    image_first: bool = True  # understanding: the visual block precedes the first question
+    has_visual: bool = True
+    skipped: int = 0  # items skipped to reach this one (unreadable or too small)
+
+
+def clean_caption(text: str) -> str:
+    """The official T2I caption cleanup: newlines removed, boilerplate openings stripped."""
+    text = " ".join(str(text).replace("\n", " ").split())
+    stripped = _BOILERPLATE.sub("", text)
+    if stripped != text and stripped:
+        stripped = stripped[0].upper() + stripped[1:]
+    return stripped
+
+
+# ---- file indexes (byte offsets, memory-mapped) ----------------------------------------------
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _scan_lines(path: Path, out_offsets: Path) -> None:
+    """Offsets of every non-blank line of a text file, streamed to a uint64 file."""
+    offsets = []
+    tmp = out_offsets.with_name(out_offsets.name + ".partial")
+    with open(path, "rb") as f, open(tmp, "wb") as out:
+        pos = 0
+        for line in f:
+            if line.strip():
+                offsets.append(pos)
+                if len(offsets) >= 1 << 16:
+                    out.write(np.asarray(offsets, dtype="<u8").tobytes())
+                    offsets.clear()
+            pos += len(line)
+        out.write(np.asarray(offsets, dtype="<u8").tobytes())
+    os.replace(tmp, out_offsets)
+
+
+def _iter_json_array(path: Path, chunk: int = 1 << 20):
+    """Elements of a top-level JSON array, parsed incrementally (the file is never loaded whole)."""
+    import codecs
+
+    decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    buf, pos, started, eof = "", 0, False, False
+    with open(path, "rb") as f:
+        while True:
+            if not eof and len(buf) - pos < chunk:
+                data = f.read(chunk)
+                eof = not data
+                buf = buf[pos:] + utf8.decode(data, final=eof)
+                pos = 0
+            while pos < len(buf) and buf[pos] in " \t\r\n,":
+                pos += 1
+            if not started:
+                if pos >= len(buf):
+                    if eof:
+                        raise InputError(f"'{path}' is empty: expected a JSON array")
+                    continue
+                if buf[pos] != "[":
+                    raise InputError(f"'{path}' is not a JSON array (LLaVA format) nor JSONL")
+                started, pos = True, pos + 1
+                continue
+            if pos < len(buf) and buf[pos] == "]":
+                return
+            if pos >= len(buf):
+                if eof:
+                    raise InputError(f"'{path}' ends before the JSON array is closed")
+                continue
+            try:
+                value, end = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError as e:
+                if eof:
+                    raise InputError(f"'{path}' is not valid JSON: {e}") from e
+                # an element cut by the chunk boundary: read more and retry
+                data = f.read(chunk)
+                eof = not data
+                buf = buf[pos:] + utf8.decode(data, final=eof)
+                pos = 0
+                continue
+            yield value
+            pos = end
+
+
+def build_index(source: DataSource, index_dir: Path) -> tuple[Path, Path]:
+    """(records file, offsets file) for a pairs/llava source, building them once.
+
+    A ``.jsonl`` is indexed in place; a folder of pairs becomes a listing JSONL; a ``.json``
+    array is converted to JSONL incrementally. Safe to call from several processes at once.
+    """
+    path = Path(source.path)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:20]
+        records = index_dir / f"{key}.listing.jsonl"
+        offsets = index_dir / f"{key}.listing.u64"
+        if not (records.exists() and offsets.exists()):
+            _list_folder(path, records)
+            _scan_lines(records, offsets)
+        return records, offsets
+    key = _file_key(path)
+    if path.suffix.lower() == ".jsonl":
+        offsets = index_dir / f"{key}.u64"
+        if not offsets.exists():
+            _scan_lines(path, offsets)
+        return path, offsets
+    records = index_dir / f"{key}.jsonl"
+    offsets = index_dir / f"{key}.jsonl.u64"
+    if not (records.exists() and offsets.exists()):
+        tmp = records.with_name(records.name + f".{os.getpid()}.partial")
+        with open(tmp, "w", encoding="utf-8") as out:
+            for element in _iter_json_array(path):
+                out.write(json.dumps(element, ensure_ascii=False) + "\n")
+        os.replace(tmp, records)
+        _scan_lines(records, offsets)
+    return records, offsets
+
+
+def _list_folder(folder: Path, out: Path) -> None:
+    from ..media import IMAGE_EXTS, VIDEO_EXTS
+
+    exts = set(IMAGE_EXTS) | set(VIDEO_EXTS)
+    tmp = out.with_name(out.name + f".{os.getpid()}.partial")
+    count = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames.sort()
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                if p.suffix.lower() in exts and not name.startswith("."):
+                    f.write(json.dumps({"path": str(p), "caption_file": str(p.with_suffix(".txt"))}) + "\n")
+                    count += 1
+    if count == 0:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"folder '{folder}' holds no images or videos")
+    os.replace(tmp, out)
+
+
+class Records:
+    """Random access to the records of an indexed JSONL file (offsets memory-mapped)."""
+
+    def __init__(self, records: Path, offsets: Path):
+        self.records, self.offsets_path = Path(records), Path(offsets)
+        size = self.offsets_path.stat().st_size // 8
+        self._offsets = np.memmap(self.offsets_path, dtype="<u8", mode="r", shape=(size,)) if size else np.zeros(0, "<u8")
+
+    def __len__(self) -> int:
+        return int(self._offsets.shape[0])
+
+    def __getitem__(self, i: int) -> dict:
+        with open(self.records, "rb") as f:
+            f.seek(int(self._offsets[i]))
+            line = f.readline()
+        try:
+            value = json.loads(line)
+        except ValueError as e:
+            raise InputError(f"'{self.records}' record {i} is not valid JSON: {e}") from e
+        if not isinstance(value, dict):
+            raise InputError(f"'{self.records}' record {i} is not a JSON object")
+        return value
+
+    def __getstate__(self):  # workers re-open the memmap
+        return {"records": self.records, "offsets": self.offsets_path}
+
+    def __setstate__(self, state):
+        self.__init__(state["records"], state["offsets"])
+
+
+# ---- pixels ----------------------------------------------------------------------------------
+
+def _fit(img, resolution: int, mode: str) -> np.ndarray:
+    from ..media import resize_and_pad, resize_center_crop
+
+    fitted = resize_center_crop(img, resolution) if mode == "crop" else resize_and_pad(img, resolution)
+    return np.asarray(fitted.convert("RGB"), dtype=np.uint8)
+
+
+def _read_visual(path: Path, resolution: int, frames: int, mode: str, video: bool, min_res: int) -> np.ndarray | None:
+    """uint8 (T, H, W, 3) at ``resolution``; None when the image is smaller than ``min_res``."""
+    from PIL import Image
+
+    from ..media import probe_kind, read_image, read_video
+
+    kind = probe_kind(path)
+    if video:
+        if kind != "video":
+            raise InputError(f"'{path}' is an image but this source needs videos")
+        media = read_video(path, num_frames=frames)
+        if min(media.height, media.width) < min_res:
+            return None
+        return np.stack([_fit(Image.fromarray(f), resolution, mode) for f in media.frames])
+    if kind == "video":
+        media = read_video(path, num_frames=1)
+        img = Image.fromarray(media.frames[0])
+    else:
+        img = read_image(path)
+    if min(img.size) < min_res:
+        return None
+    return _fit(img, resolution, mode)[None]
+
+
+# ---- sources ---------------------------------------------------------------------------------
+
+class Source:
+    """One ``[[data]]`` entry: ``len()`` items (None = endless), ``get(item)`` a :class:`Sample`."""
+
+    def __init__(self, index: int, spec: DataSource, cfg: TrainConfig, geometry: dict):
+        self.index, self.spec, self.seed = index, spec, cfg.seed
+        self.resolution = geometry["resolution"]
+        self.frames = geometry["frames"]
+        self.format = spec.format or ("tuning" if spec.kind in ("shapes", "llava") else "captioning")
+        default_pre = "pad" if spec.role in ("mmu", "mmu_vid") and self.format != "captioning" else "crop"
+        self.preprocess = spec.preprocess or default_pre
+        self.video = spec.role in ("t2v", "mmu_vid") or (spec.role == "vae" and self.frames > 1)
+
+    def __len__(self) -> int | None:  # noqa: D105
+        return None
+
+    def get(self, item: int, pixels: bool = True) -> Sample | None:
+        """The item; ``pixels=False`` skips reading media (its latent is cached)."""
+        raise NotImplementedError
+
+    def signature(self) -> dict:
+        """What determines an item's pixels (the latent cache key)."""
+        return {"kind": self.spec.kind, "role": self.spec.role, "resolution": self.resolution,
+                "frames": self.frames, "preprocess": self.preprocess}
+
+    def _random_crop(self, pixels: np.ndarray, item: int) -> np.ndarray:
+        crop = self.spec.crop
+        if not crop or crop >= min(pixels.shape[1:3]):
+            return pixels
+        rng = np.random.default_rng([self.seed, self.index, item, 7])
+        top = int(rng.integers(0, pixels.shape[1] - crop + 1))
+        left = int(rng.integers(0, pixels.shape[2] - crop + 1))
+        return np.ascontiguousarray(pixels[:, top:top + crop, left:left + crop])
+
+
+class ShapesSource(Source):
+    def __len__(self):
+        return self.spec.size
+
+    def signature(self) -> dict:
+        return {**super().signature(), "seed": self.seed, "source": self.index}
+
+    def get(self, item: int, pixels: bool = True) -> Sample:
+        from . import shapes
+
+        rng = np.random.default_rng([self.seed, self.index, item])
+        role = self.spec.role
+        scene = shapes.random_scene(rng, video=self.video, canvas=self.resolution,
+                                    frames=max(self.frames, 2))
+        sample = Sample(role, self.index, item, format=self.format)
+        if pixels:
+            sample.pixels = shapes.render_video(scene, self.frames) if self.video else shapes.render_image(scene)[None]
+        if role in ("t2i", "t2v"):
+            sample.text = shapes.caption(scene)
+        elif role in ("mmu", "mmu_vid"):
+            if self.format == "tuning":
+                pairs = shapes.qa_pairs(scene)
+                sample.turns = [pairs[int(rng.integers(len(pairs)))]]
+            else:
+                sample.turns = [("", shapes.caption(scene))]
+                sample.text = shapes.caption(scene)
+        else:
+            sample.pixels = self._random_crop(sample.pixels, item)
+        return sample
+
+
+class PairsSource(Source):
+    def __init__(self, index, spec, cfg, geometry, records: Records):
+        super().__init__(index, spec, cfg, geometry)
+        self.records = records
+        self.root = Path(spec.root) if spec.root else Path(spec.path).parent if Path(spec.path).is_file() else Path(spec.path)
+
+    def __len__(self):
+        return len(self.records)
+
+    def signature(self) -> dict:
+        return {**super().signature(), "path": str(Path(self.spec.path).resolve())}
+
+    def _media_path(self, rec: dict, i: int) -> Path:
+        for key in ("path", "image", "video", "file_name", "file"):
+            if isinstance(rec.get(key), str) and rec[key]:
+                p = Path(rec[key]).expanduser()
+                return p if p.is_absolute() else self.root / p
+        raise InputError(f"'{self.spec.path}' record {i} has no path/image/video field")
+
+    def _caption(self, rec: dict) -> str:
+        for key in ("prompt", "caption", "text"):
+            if isinstance(rec.get(key), str):
+                return rec[key]
+        cap = rec.get("caption_file")
+        if cap and Path(cap).exists():
+            return Path(cap).read_text(encoding="utf-8", errors="replace").strip()
+        return ""
+
+    def get(self, item: int, pixels: bool = True) -> Sample | None:
+        rec = self.records[item]
+        role = self.spec.role
+        sample = Sample(role, self.index, item, format=self.format)
+        if pixels:
+            sample.pixels = _read_visual(self._media_path(rec, item), self.resolution, self.frames,
+                                         self.preprocess, self.video, self.spec.min_res)
+            if sample.pixels is None:
+                return None
+        text = self._caption(rec)
+        if role in ("t2i", "t2v"):
+            sample.text = clean_caption(text)
+        elif role in ("mmu", "mmu_vid"):
+            sample.text = text
+            sample.turns = [("", text)]
+        else:
+            sample.pixels = self._random_crop(sample.pixels, item)
+        return sample
+
+
+class LlavaSource(Source):
+    def __init__(self, index, spec, cfg, geometry, records: Records):
+        super().__init__(index, spec, cfg, geometry)
+        self.records = records
+        self.root = Path(spec.root) if spec.root else Path(spec.path).parent
+
+    def __len__(self):
+        return len(self.records)
+
+    def signature(self) -> dict:
+        return {**super().signature(), "path": str(Path(self.spec.path).resolve())}
+
+    def get(self, item: int, pixels: bool = True) -> Sample | None:
+        rec = self.records[item]
+        convs = rec.get("conversations")
+        if not isinstance(convs, list) or not convs:
+            raise InputError(f"'{self.spec.path}' record {item} has no conversations")
+        turns, question = [], None
+        for turn in convs:
+            if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+                raise InputError(f"'{self.spec.path}' record {item} has a malformed conversation turn")
+            who = str(turn.get("from", "")).lower()
+            if who in ("human", "user"):
+                question = turn["value"]
+            elif who in ("gpt", "assistant") and question is not None:
+                turns.append((question, turn["value"]))
+                question = None
+        if not turns:
+            raise InputError(f"'{self.spec.path}' record {item} has no human/gpt turn pair")
+        media_key = "video" if self.video else "image"
+        ref = rec.get(media_key) or rec.get("image") or rec.get("video")
+        sample = Sample(self.spec.role, self.index, item, format=self.format, turns=turns)
+        if isinstance(ref, list):
+            ref = ref[0] if ref else None
+        if ref and pixels:
+            p = Path(ref).expanduser()
+            p = p if p.is_absolute() else self.root / p
+            sample.pixels = _read_visual(p, self.resolution, self.frames, self.preprocess, self.video,
+                                         self.spec.min_res)
+            if sample.pixels is None:
+                return None
+        elif not ref:
+            sample.has_visual = False
+        return sample
+
+
+# ---- latent cache ----------------------------------------------------------------------------
+
+class LatentCache:
+    """Per-item VAE posterior (mean, log-variance) files under ``folder/<key>/``."""
+
+    def __init__(self, folder: str | os.PathLike, key: str):
+        self.folder = Path(folder) / key
+        self.key = key
+
+    def path(self, item: int) -> Path:
+        return self.folder / f"{item // 1000:06d}" / f"{item:09d}.safetensors"
+
+    def get(self, item: int) -> dict | None:
+        p = self.path(item)
+        if not p.exists():
+            return None
+        from safetensors.torch import load_file
+
+        try:
+            d = load_file(str(p))
+            return {"mu": d["mu"], "logvar": d["logvar"]}
+        except Exception:  # a damaged entry is simply re-encoded
+            return None
+
+    @staticmethod
+    def put(path: str | os.PathLike, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file({"mu": mu.detach().float().cpu().contiguous(), "logvar": logvar.detach().float().cpu().contiguous()}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+# ---- the role streams and the dataset ----------------------------------------------------------
+
+def source_geometry(spec: DataSource, model_spec) -> dict:
+    """Resolution and frame count of a source, filling the model's defaults."""
+    res = spec.resolution or (model_spec.resolution if model_spec is not None else 256)
+    if spec.role == "t2v":
+        frames = spec.frames or model_spec.video_frames
+    elif spec.role == "mmu_vid":
+        frames = spec.frames or model_spec.und_video_frames
+    else:
+        frames = spec.frames or 1
+    return {"resolution": int(res), "frames": int(frames)}
+
+
+def make_sources(cfg: TrainConfig, model_spec, index_dir: Path) -> list[Source]:
+    out = []
+    for i, s in enumerate(cfg.data):
+        geometry = source_geometry(s, model_spec)
+        if s.kind == "shapes":
+            out.append(ShapesSource(i, s, cfg, geometry))
+        else:
+            records = Records(*build_index(s, index_dir))
+            if len(records) == 0:
+                raise UsageError(f"{cfg.source}: data[{i}].path: '{s.path}' holds no records")
+            cls = PairsSource if s.kind == "pairs" else LlavaSource
+            out.append(cls(i, s, cfg, geometry, records))
+    return out
+
+
+class TrainingData(torch.utils.data.Dataset):
+    """Maps ``(role, n)`` to the role's ``n``-th :class:`Sample` (a pure function of the config)."""
+
+    MAX_SKIPS = 64
+
+    def __init__(self, cfg: TrainConfig, sources: list[Source], caches: dict[int, LatentCache] | None = None):
+        self.seed = cfg.seed
+        self.sources = sources
+        self.caches = caches or {}
+        self.by_role: dict[str, list[Source]] = {}
+        for s in sources:
+            self.by_role.setdefault(s.spec.role, []).append(s)
+        self._perms: dict[tuple[int, int], Permutation] = {}
+
+    def role_length(self, role: str) -> int | None:
+        """Items per epoch of a role (None when a source is endless)."""
+        total = 0
+        for s in self.by_role.get(role, []):
+            n = len(s)
+            if n is None:
+                return None
+            total += n
+        return total
+
+    def pick(self, role: str, n: int) -> tuple[Source, int]:
+        """The source and item of the role's sample number ``n``."""
+        sources = self.by_role[role]
+        if len(sources) == 1:
+            src = sources[0]
+        else:
+            weights = np.array([s.spec.weight for s in sources], dtype=np.float64)
+            u = mix(self.seed, role, n) / float(1 << 63)
+            src = sources[int(np.searchsorted(np.cumsum(weights) / weights.sum(), u, side="right").clip(0, len(sources) - 1))]
+        size = len(src)
+        if size is None:
+            return src, n
+        epoch, offset = divmod(n, size)
+        key = (src.index, epoch)
+        perm = self._perms.get(key)
+        if perm is None:
+            if len(self._perms) > 64:
+                self._perms.clear()
+            perm = self._perms[key] = Permutation(size, mix(self.seed, src.index, epoch))
+        return src, perm(offset)
+
+    def __len__(self) -> int:  # only used by DataLoader bookkeeping
+        return 1 << 62
+
+    def __getitem__(self, key: tuple[str, int]) -> Sample:
+        role, n = key
+        for skipped in range(self.MAX_SKIPS):
+            src, item = self.pick(role, n + skipped * 7919)
+            try:
+                sample = self._load(src, item)
+            except (InputError, ResourceError):
+                sample = None
+            if sample is not None:
+                sample.skipped = skipped
+                return sample
+        raise InputError(f"data[{src.index}]: {self.MAX_SKIPS} consecutive items could not be used "
+                         f"(unreadable, or smaller than min_res={src.spec.min_res})")
+
+    def _load(self, src: Source, item: int) -> Sample | None:
+        cache = self.caches.get(src.index)
+        hit = cache.get(item) if cache is not None else None
+        sample = src.get(item, pixels=hit is None)
+        if sample is None:
+            return None
+        if hit is not None:
+            sample.latent = hit
+        elif cache is not None and sample.has_visual:
+            sample.cache_path = str(cache.path(item))
+        return sample
+
+
+def step_keys(roles: dict[str, int], step: int, rank: int, world: int) -> list[tuple[str, int]]:
+    """The ``(role, n)`` keys process ``rank`` of ``world`` trains on at ``step``."""
+    keys = []
+    for role, b in roles.items():
+        first = (step * world + rank) * b
+        keys.extend((role, first + j) for j in range(b))
+    return keys
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Yields each step's list of keys, from ``start`` (inclusive) to ``stop`` (exclusive)."""
+
+    def __init__(self, roles: dict[str, int], start: int, stop: int, rank: int, world: int):
+        self.roles, self.start, self.stop, self.rank, self.world = roles, start, stop, rank, world
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield step_keys(self.roles, step, self.rank, self.world)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def collate(samples: list[Sample]) -> list[Sample]:
+    return samples
+
+
+def loader(dataset: TrainingData, sampler: StepSampler, num_workers: int):
+    """A DataLoader over whole steps (workers prefetch pixels; encoding stays in the trainer)."""
+    kwargs = {}
+    if num_workers > 0:
+        kwargs = {"num_workers": num_workers, "prefetch_factor": 2, "persistent_workers": False}
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, **kwargs)

@@ -1,0 +1,277 @@
+"""caption / t2i / t2v / i2v / models: library, CLI (runner and subprocess), caching and sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import PARITY_DIR, REPO
+from showo2_cli import media as M
+from showo2_cli import pipelines as P
+from showo2_cli.cli import app, main
+from showo2_cli.decoding import TextSampling, generate, generate_uncached
+from showo2_cli.generation import generate_latents
+from showo2_cli.loading import load
+from showo2_cli.modeling.attention import omni_attention_mask
+from showo2_cli.sequences import generation_layout, understanding_layout
+from showo2_cli.specs import REGISTRY
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def lively(tiny):
+    """The tiny model with its zero-initialised flow-head layers given small random values, so
+    velocities are non-zero and sampling actually moves (the official init makes v = 0)."""
+    net = load(tiny.files.root).network
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for block in net.diffusion_head_a:
+            w = block.adaLN_modulation[-1].weight
+            w.copy_(torch.randn(w.shape, generator=g) * 0.02)
+        lin = net.diffusion_head_b.linear.weight
+        lin.copy_(torch.randn(lin.shape, generator=g) * 0.05)
+    return net
+
+
+# ---- library ----------------------------------------------------------------------------------
+
+def test_kv_cached_caption_equals_the_official_full_recompute(tiny):
+    net, tok = tiny.network, tiny.tokens
+    latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    visual = net.encode_visual(latents).fused[0]
+    _, time_token = net.time_embedding(torch.ones(1))
+    layout = understanding_layout([5, 6, 7], visual.shape[0], tok, [1, 2], [3], [4])
+    embeds = net.embed_sequence(layout.input_ids, [[visual]], layout.slots, time_token[:, None])
+    mask = omni_attention_mask(layout.blocks, layout.seq_len)
+    opts = TextSampling(max_new_tokens=24, stop_ids=(tok.eos,))
+    cached = generate(net, embeds, mask, opts, keep_logits=True)
+    reference = generate_uncached(net, embeds, mask, opts)
+    assert cached.token_ids == reference.token_ids
+    assert torch.allclose(torch.stack(cached.step_logits), torch.stack(reference.step_logits), atol=1e-4)
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_prefix_cached_sampling_equals_uncached(lively, tiny, video):
+    shape = (2, 16, 2, 8, 8) if video else (2, 16, 8, 8)
+    visual = 1 + (2 if video else 1) * 16
+    layout = generation_layout([[97, 98, 99, 100], [101] * 9], visual, tiny.tokens, 80, video=video)
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    plain = generate_latents(lively, layout, z, 5.0, 10, 3.0, trim=False)
+    cached = generate_latents(lively, layout, z, 5.0, 10, 3.0, trim=True, cache_prefix=True)
+    assert (plain - z).abs().max() > 0.1  # the sampler really moved
+    assert torch.allclose(plain, cached, atol=1e-5, rtol=0)
+    if video:  # i2v: frame 0 never changes
+        frozen = generate_latents(lively, layout, z, 5.0, 6, 3.0, cache_prefix=True, first_frame_as_cond=True)
+        assert torch.equal(frozen[:, :, 0], z[:, :, 0]) and not torch.equal(frozen[:, :, 1], z[:, :, 1])
+
+
+def test_same_seed_same_image_different_seed_different(tiny):
+    opts = P.GenerateOptions(steps=3, seed=11)
+    a = P.text_to_image(tiny, ["a red circle"], opts)[0]
+    b = P.text_to_image(tiny, ["a red circle"], opts)[0]
+    c = P.text_to_image(tiny, ["a red circle"], P.GenerateOptions(steps=3, seed=12))[0]
+    assert np.array_equal(a.frames, b.frames) and torch.equal(a.latents, b.latents)
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_batching_does_not_change_per_prompt_results(tiny):
+    prompts = ["one", "two", "three"]
+    together = P.text_to_image(tiny, prompts, P.GenerateOptions(steps=3, seed=5, num_per_prompt=2, batch_size=6))
+    alone = P.text_to_image(tiny, ["three"], P.GenerateOptions(steps=3, seed=5, num_per_prompt=2), indices=[2])
+    assert [g.seed for g in together] == [5, 6, 7, 8, 9, 10]
+    assert [g.seed for g in alone] == [9, 10]
+    assert torch.allclose(together[4].latents, alone[0].latents, atol=1e-5)
+
+
+def test_explicit_noise_reproduces_a_run(tiny):
+    first = P.text_to_image(tiny, ["x"], P.GenerateOptions(steps=3, seed=3))[0]
+    noise = torch.randn(16, 8, 8, generator=torch.Generator().manual_seed(3))
+    again = P.text_to_image(tiny, ["x"], P.GenerateOptions(steps=3, seed=99, noise=noise))[0]
+    assert torch.equal(first.latents, again.latents)
+    with pytest.raises(Exception, match="--noise has shape"):
+        P.text_to_image(tiny, ["x"], P.GenerateOptions(steps=3, noise=torch.zeros(16, 4, 4)))
+
+
+def test_video_understanding_samples_frames_and_pools(tiny, media_dir):
+    result = P.caption(tiny, media_dir / "video1.mp4", P.CaptionOptions(questions=["a?", "b?"], max_new_tokens=3))
+    assert result.kind == "video" and result.frames == tiny.spec.und_video_frames
+    assert len(result.answers) == 2 and all(0 < n <= 3 for n in result.token_counts)
+
+
+def test_released_checkpoints_refuse_video_generation(tmp_path, capsys, monkeypatch):
+    if not PARITY_DIR.is_dir():
+        pytest.skip("no parity fixtures")
+    vae = sorted((PARITY_DIR / "vae").glob("*.pth"))[0]
+    monkeypatch.setenv("SHOWO2_VAE", str(vae))
+    out = tmp_path / "v.mp4"
+    code, _, err = run(["t2v", "waves", "--model", PARITY_DIR / "model", "--frames", "5", "-o", out, "--steps", "2"], capsys)
+    assert code == 4 and "not trained for text-to-video" in err and len(err.strip().splitlines()) <= 2
+    assert not out.exists()
+    code, _, err = run(["i2v", REPO / "README.md", "x", "--model", PARITY_DIR / "model", "-o", out], capsys)
+    assert code == 3 and not out.exists()
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+
+def test_t2i_writes_png_with_metadata_and_sidecar(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "cat.png"
+    code, stdout, err = run(["t2i", "a cat", "--model", tiny_model_dir, "-o", out, "--steps", "3", "--seed", "7",
+                             "--save-latents", "--json"], capsys)
+    assert code == 0, err
+    record = json.loads(stdout)["outputs"][0]
+    assert record["seed"] == 7 and record["prompt"] == "a cat" and record["steps"] == 3
+    img = M.read_image(out)
+    assert img.size == (tiny_model_dir and 64, 64)
+    meta = M.read_png_metadata(out)
+    assert meta["seed"] == 7 and meta["guidance"] == 5.0 and meta["shift"] == 3.0
+    assert json.loads(out.with_suffix(".json").read_text())["seed"] == 7
+    lat = Path(record["latents"])
+    back = tmp_path / "back.png"
+    assert run(["decode", lat, "-o", back, "--model", tiny_model_dir], capsys)[0] == 0
+    assert np.array_equal(np.asarray(M.read_image(back)), np.asarray(img))
+    # never clobbers without --overwrite
+    before = out.read_bytes()
+    code, _, err = run(["t2i", "a dog", "--model", tiny_model_dir, "-o", out, "--steps", "3"], capsys)
+    assert code == 5 and out.read_bytes() == before
+
+
+def test_t2i_batch_from_prompts_file_numbered_outputs(tiny_model_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\n\ntwo\n")
+    code, stdout, err = run(["t2i", "--prompts-file", prompts, "-n", "2", "--model", tiny_model_dir, "-o",
+                             tmp_path / "b.jpg", "--steps", "2", "--seed", "1", "--batch-size", "3", "--json"], capsys)
+    assert code == 0, err
+    outs = [r["output"] for r in json.loads(stdout)["outputs"]]
+    assert [Path(o).name for o in outs] == ["b-000.jpg", "b-001.jpg", "b-002.jpg", "b-003.jpg"]
+    assert all(Path(o).exists() for o in outs)
+
+
+def test_default_output_name_from_prompt_and_seed(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        code, stdout, err = run(["t2i", "A red Circle!", "--model", tiny_model_dir, "--steps", "2", "--seed", "4"], capsys)
+        assert code == 0, err
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["a-red-circle-4-1.png", "a-red-circle-4.png"]
+
+
+def test_t2v_and_i2v_write_videos_of_the_stated_frames_and_fps(tiny_model_dir, tmp_path, capsys, media_dir):
+    out = tmp_path / "v.mp4"
+    code, _, err = run(["t2v", "waves", "--model", tiny_model_dir, "-o", out, "--frames", "6", "--fps", "12",
+                        "--steps", "2", "--seed", "3"], capsys)
+    assert code == 0 and "6 was rounded to 9" in err
+    video = M.read_video(out)
+    assert video.num_frames == 9 and video.fps == pytest.approx(12) and (video.width, video.height) == (64, 64)
+    assert M.read_metadata(out)["seed"] == 3
+    gif = tmp_path / "i.gif"
+    photo = media_dir / "pexels-taryn-elliott-4144459.jpg"
+    code, _, err = run(["i2v", photo, "moving", "--model", tiny_model_dir, "-o", gif, "--frames", "5", "--steps", "2"], capsys)
+    assert code == 0, err
+    assert M.read_video(gif).num_frames == 5
+
+
+def test_caption_stdout_holds_only_the_answers(tiny_model_dir, media_dir, capsys):
+    photo = media_dir / "pexels-talha-ahmed-26040377-7949588.jpg"
+    code, stdout, err = run(["caption", photo, "-q", "one?", "-q", "two?", "--model", tiny_model_dir,
+                             "--max-new-tokens", "4", "--no-stream"], capsys)
+    assert code == 0, err
+    assert stdout.count("\n") == 2
+    code, stdout, _ = run(["caption", photo, "-q", "one?", "--model", tiny_model_dir, "--max-new-tokens", "4", "--json"], capsys)
+    data = json.loads(stdout)
+    assert data["answers"][0]["question"] == "one?" and data["options"]["max_new_tokens"] == 4
+    code, streamed, _ = run(["caption", photo, "-q", "one?", "-q", "two?", "--model", tiny_model_dir,
+                             "--max-new-tokens", "4"], capsys)
+    assert streamed.count("\n") == 2
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["t2i", "x", "--steps", "-1"], "--steps"),
+    (["t2i", "x", "--guidance", "nan"], "--guidance"),
+    (["t2i", "x", "--size", "100"], "multiples of 16"),
+    (["t2v", "x", "--frames", "0"], "--frames"),
+    (["caption", "README.md", "--max-new-tokens", "1000000000"], "--max-new-tokens"),
+    (["t2i", "x", "-o", "out.tiff"], "unsupported output extension"),
+])
+def test_absurd_options_are_usage_errors(args, needle, tiny_model_dir, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    code, stdout, err = run([*args, "--model", tiny_model_dir], capsys)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not list(Path(".").glob("x-*.png"))
+
+
+def test_models_lists_variants_and_how_to_get_them(capsys):
+    code, stdout, _ = run(["models", "--json"], capsys)
+    rows = {r["name"]: r for r in json.loads(stdout)["models"]}
+    assert code == 0 and set(REGISTRY) - {"tiny"} <= set(rows)
+    if not rows["1.5B"]["present"]:
+        assert "hf download showlab/show-o2-1.5B" in rows["1.5B"]["get"]
+
+
+def test_typer_runner_and_subprocess(tiny_model_dir, tmp_path):
+    result = CliRunner().invoke(app, ["info", str(tiny_model_dir), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["spec"]["name"] == "tiny"
+    out = tmp_path / "s.png"
+    proc = subprocess.run([sys.executable, "-m", "showo2_cli.cli", "t2i", "x", "--model", str(tiny_model_dir), "-o",
+                           str(out), "--steps", "2", "--seed", "1", "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["outputs"][0]["output"] == str(out) and out.exists()
+
+
+def test_accelerate_two_processes_share_the_prompts(tiny_model_dir, tmp_path):
+    if shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists():
+        pytest.skip("accelerate launcher not installed")
+    launcher = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"prompt {i}\n" for i in range(5)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "showo2_cli.cli", "t2i", "--prompts-file", str(prompts), "--model",
+           str(tiny_model_dir), "-o", str(tmp_path / "d" / "img.png"), "--steps", "2", "--seed", "9", "--quiet"]
+    (tmp_path / "d").mkdir()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted(p.name for p in (tmp_path / "d").glob("*.png"))
+    assert files == [f"img-{i:03d}.png" for i in range(5)]
+    seeds = [json.loads((tmp_path / "d" / f"img-{i:03d}.json").read_text())["seed"] for i in range(5)]
+    assert seeds == [9 + i for i in range(5)]
+    single = load(tiny_model_dir)
+    ref = P.text_to_image(single, ["prompt 3"], P.GenerateOptions(steps=2, seed=9), indices=[3])[0]
+    assert np.array_equal(np.asarray(M.read_image(tmp_path / "d" / "img-003.png")), ref.frames[0])
+
+
+def test_examples_run_on_a_tiny_model(tiny_model_dir, tmp_path, media_dir):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    py = sys.executable
+    ex = REPO / "examples"
+    checks = [
+        [py, ex / "api_text_to_image.py", "a cat", tmp_path / "a.png", "--model", tiny_model_dir, "--steps", "2"],
+        [py, ex / "api_caption.py", media_dir / "waves.gif", "What?", "--model", tiny_model_dir, "--max-new-tokens", "3"],
+        [py, ex / "api_video.py", "waves", tmp_path / "v.mp4", "--model", tiny_model_dir, "--steps", "2", "--frames", "5"],
+    ]
+    for cmd in checks:
+        proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    bin_dir = str(Path(sys.executable).parent)
+    proc = subprocess.run(["bash", str(ex / "commands.sh")], capture_output=True, text=True, timeout=600,
+                          env={**env, "MODEL": str(tiny_model_dir), "OUT": str(tmp_path / "cmds"), "STEPS": "2",
+                               "PATH": bin_dir + os.pathsep + env["PATH"]})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "cmds" / "square-decoded.mp4").exists()
