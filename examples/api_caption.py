@@ -20,5 +20,5 @@ model = load(args.model)
 result = caption(model, args.media, CaptionOptions(questions=args.questions, max_new_tokens=args.max_new_tokens),
                  on_text=lambda i, piece: sys.stdout.write(piece))
 print()
-for q, a in zip(result.questions, result.answers):
+for q, a in zip(result.questions, result.answers, strict=True):
     print(f"Q: {q}\nA: {a}")

@@ -415,8 +415,10 @@ _ROW_KEEP = 0.03  # rows/columns with fewer foreground pixels than this x the fu
 
 def _is_unit_float(a: np.ndarray) -> bool:
     """Whether ``a`` holds floats in ``[0, 1]`` (to be scaled to 0..255)."""
-    return (not np.issubdtype(a.dtype, np.integer) and a.size > 0
-            and float(np.nanmax(a)) <= 1.0)
+    if np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.bool_):
+        return False
+    finite = a[np.isfinite(a)]
+    return finite.size > 0 and float(finite.max()) <= 1.0
 
 
 def _as_rgb(pixels: np.ndarray, unit: bool | None = None) -> np.ndarray:
