@@ -84,3 +84,26 @@ def _bytes_to_unicode() -> dict[int, str]:
 def encode_text(tokenizer, text: str) -> list[int]:
     """Token ids of ``text`` with special tokens written in the text recognised, no BOS/EOS added."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int = 512):
+    """A small byte-level BPE trained on ``texts``, with the Qwen2.5 special tokens after the
+    learned vocabulary (in Qwen order) so that :func:`add_showo2_tokens` gives the same roles.
+
+    Used for small models trained from scratch (the bundled demo): words of the training
+    captions become single tokens, so answers take a few decoding steps instead of one per byte.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=[], show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False)
+    fast.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
+    fast.eos_token = "<|im_end|>"
+    fast.pad_token = "<|endoftext|>"
+    return fast
