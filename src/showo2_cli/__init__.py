@@ -1,10 +1,31 @@
-"""showo2: run the Show-o2 unified multimodal model from the command line or from Python."""
+"""showo2: run the Show-o2 unified multimodal model from the command line or from Python.
+
+    from showo2_cli import load, caption, text_to_image, text_to_video, image_to_video, encode, decode
+
+Attributes are imported lazily so that `showo2 --help` and argument errors do not pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .api import EncodeOptions, decode, default_model, encode, load_latents, save_latents  # noqa: E402
-from .loading import Showo2, load  # noqa: E402
-from .specs import REGISTRY, ModelSpec, get_spec  # noqa: E402
+_EXPORTS = {
+    "load": "loading", "Showo2": "loading",
+    "encode": "api", "decode": "api", "EncodeOptions": "api", "save_latents": "api", "load_latents": "api",
+    "default_model": "api",
+    "caption": "pipelines", "text_to_image": "pipelines", "text_to_video": "pipelines",
+    "image_to_video": "pipelines", "CaptionOptions": "pipelines", "GenerateOptions": "pipelines",
+    "ModelSpec": "specs", "REGISTRY": "specs", "get_spec": "specs",
+}
 
-__all__ = ["__version__", "load", "Showo2", "encode", "decode", "EncodeOptions", "save_latents", "load_latents",
-           "default_model", "ModelSpec", "REGISTRY", "get_spec"]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'showo2_cli' has no attribute '{name}'")
