@@ -242,12 +242,17 @@ def test_accelerate_two_processes_share_the_prompts(tiny_model_dir, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("".join(f"prompt {i}\n" for i in range(5)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    # on CPU, accelerate starts several processes only with --multi_gpu (gloo)
+    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "showo2_cli.cli", "t2i", "--prompts-file", str(prompts), "--model",
-           str(tiny_model_dir), "-o", str(tmp_path / "d" / "img.png"), "--steps", "2", "--seed", "9", "--quiet"]
+           str(tiny_model_dir), "-o", str(tmp_path / "d" / "img.png"), "--steps", "2", "--seed", "9", "--json"]
     (tmp_path / "d").mkdir()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted((r["rank"], r["world_size"]) for r in reports) == [(0, 2), (1, 2)]
+    mine = {r["rank"]: sorted(Path(o["output"]).name for o in r["outputs"]) for r in reports}
+    assert mine == {0: ["img-000.png", "img-002.png", "img-004.png"], 1: ["img-001.png", "img-003.png"]}
     files = sorted(p.name for p in (tmp_path / "d").glob("*.png"))
     assert files == [f"img-{i:03d}.png" for i in range(5)]
     seeds = [json.loads((tmp_path / "d" / f"img-{i:03d}.json").read_text())["seed"] for i in range(5)]

@@ -757,6 +757,15 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
     emit({"models": rows, "default_env": env}, "\n".join(lines))
 
 
+def _register_train() -> None:
+    from .training.command import train as train_command
+
+    app.command("train")(train_command)
+
+
+_register_train()
+
+
 # ---- entry point ------------------------------------------------------------------------------
 
 def _fail(message: str, code: int, kind: str) -> int:
@@ -795,8 +804,10 @@ def main(argv: list[str] | None = None) -> int:
     if "--debug" in args:
         STATE["debug"] = True
     try:
-        app(args=args, prog_name="showo2", standalone_mode=False)
-        return 0
+        rv = app(args=args, prog_name="showo2", standalone_mode=False)
+        if rv == 130:  # typer turns Ctrl-C into a returned 130 when not in standalone mode
+            return _fail("interrupted", 130, "interrupted")
+        return rv if isinstance(rv, int) else 0
     except exit_types as e:
         return e.exit_code
     except abort_types:

@@ -64,7 +64,21 @@ class ModelConfig:
     spec: dict = field(default_factory=dict)  # ModelSpec field overrides for init_spec (e.g. num_layers = 4)
     vae: str | None = None  # VAE file/folder, or a `showo2 train` VAE run folder (its latest checkpoint)
     vae_base_dim: int = 8  # width of a random Wan-architecture VAE when `vae` is not given (96 = real)
-    tokenizer: str | None = None  # from scratch: a tokenizer folder (default: the byte-level tokenizer)
+    vae_init_logvar: float = -6.0  # random VAE: initial posterior log-variance (narrow, so the decoder
+    #                                 sees the encoder's signal from the first step)
+    tokenizer: str | None = None  # from scratch: a tokenizer folder or cached repo id (default: byte-level)
+    weights: list = field(default_factory=list)  # [WeightsConfig]: pretrained parts loaded into init_spec
+
+
+@dataclass
+class WeightsConfig:
+    """Pretrained weights for part of a from-scratch network (e.g. Qwen2.5 into ``showo.``, the
+    pre-distilled semantic layers), as the official stage 1a starts (spec §12.3)."""
+
+    path: str = ""  # a weights file, a folder of them, or a cached Hugging Face repo id
+    prefix: str = ""  # prepended to every key (Qwen2.5's "model.layers..." -> "showo.model.layers...")
+    rename: dict = field(default_factory=dict)  # key-prefix replacements applied first {"old.": "new."}
+    strict: bool = True  # every key must land in the network (else: unknown keys are ignored)
 
 
 @dataclass
@@ -362,6 +376,8 @@ def parse_config(raw: dict, source: str = "<config>", base_dir: Path | None = No
     if not isinstance(data, list):
         raise _fail(f"{prefix}: data", "must be a list of tables ([[data]] in TOML)")
     cfg.data = [_build(DataSource, d, f"{prefix}: data[{i}]") for i, d in enumerate(data)]
+    cfg.model.weights = [_build(WeightsConfig, w, f"{prefix}: model.weights[{i}]")
+                         for i, w in enumerate(cfg.model.weights)]
     cfg.optim.groups = [_build(GroupConfig, g, f"{prefix}: optim.groups[{i}]") for i, g in enumerate(cfg.optim.groups)]
     if base_dir is not None:
         _resolve_paths(cfg, base_dir)
@@ -399,10 +415,12 @@ def _resolve(base: Path, value: str | None, always_path: bool = False) -> str | 
 
 def _resolve_paths(cfg: TrainConfig, base: Path) -> None:
     if cfg.output_dir and not Path(cfg.output_dir).expanduser().is_absolute():
-        cfg.output_dir = str(base / cfg.output_dir)
+        cfg.output_dir = str((base / cfg.output_dir).resolve())
     cfg.model.init = _resolve(base, cfg.model.init)
     cfg.model.vae = _resolve(base, cfg.model.vae, always_path=True)
-    cfg.model.tokenizer = _resolve(base, cfg.model.tokenizer, always_path=True)
+    cfg.model.tokenizer = _resolve(base, cfg.model.tokenizer)
+    for w in cfg.model.weights:
+        w.path = _resolve(base, w.path)
     for s in cfg.data:
         for name in ("path", "root", "cache"):
             v = getattr(s, name)
@@ -430,6 +448,16 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
                         "(a spec name, to train from scratch)")
         if m.spec and not m.init_spec:
             raise _fail(w + "model.spec", "spec overrides only apply with model.init_spec")
+        if m.weights and not m.init_spec:
+            raise _fail(w + "model.weights", "partial weights only apply with model.init_spec")
+        if m.tokenizer and not m.init_spec:
+            raise _fail(w + "model.tokenizer", "model.init brings its own tokenizer; model.tokenizer is for init_spec")
+        for i, wc in enumerate(m.weights):
+            if not wc.path:
+                raise _fail(f"{w}model.weights[{i}].path", "is required")
+            for old, new in wc.rename.items():
+                if not isinstance(new, str):
+                    raise _fail(f"{w}model.weights[{i}].rename.{old}", f"must be a string, got {new!r}")
         if m.init_spec:
             from ..specs import ModelSpec, get_spec
 
@@ -446,9 +474,9 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
             except (UsageError, TypeError) as e:
                 raise _fail(w + "model.spec", str(e)) from None
     else:
-        if m.init or m.init_spec or m.spec:
+        if m.init or m.init_spec or m.spec or m.weights or m.tokenizer:
             raise _fail(w + "model", "mode = \"vae\" trains only the VAE: use model.vae (to fine-tune) or "
-                        "model.vae_base_dim (from scratch), not init/init_spec/spec")
+                        "model.vae_base_dim (from scratch), not init/init_spec/spec/weights/tokenizer")
     if not 1 <= m.vae_base_dim <= 512:
         raise _fail(w + "model.vae_base_dim", f"must be between 1 and 512, got {m.vae_base_dim}")
 
@@ -547,6 +575,9 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
     _positive(r.eval_every, w + "run.eval_every", zero_ok=True)
     _positive(r.sample_every, w + "run.sample_every", zero_ok=True)
     _strings(r.sample_prompts, w + "run.sample_prompts")
+    if cfg.mode == "showo2" and r.sample_every and not r.sample_prompts and \
+            not any(s.kind == "shapes" and s.role == "t2i" for s in cfg.data):
+        raise _fail(w + "run.sample_prompts", "give the prompts for the previews (run.sample_every is set)")
     if r.sample_steps is not None and r.sample_steps < 2:
         raise _fail(w + "run.sample_steps", f"must be at least 2, got {r.sample_steps}")
     _one_of(r.mixed_precision, MIXED_PRECISION, w + "run.mixed_precision")

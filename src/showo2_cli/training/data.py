@@ -191,10 +191,12 @@ def _iter_json_array(path: Path, chunk: int = 1 << 20):
                 continue
             try:
                 value, end = decoder.raw_decode(buf, pos)
+                cut = end >= len(buf) and not eof  # maybe a number or literal cut by the chunk end
             except json.JSONDecodeError as e:
                 if eof:
                     raise InputError(f"'{path}' is not valid JSON: {e}") from e
-                # an element cut by the chunk boundary: read more and retry
+                cut = True
+            if cut:  # an element cut by the chunk boundary: read more and retry
                 data = f.read(chunk)
                 eof = not data
                 buf = buf[pos:] + utf8.decode(data, final=eof)
@@ -324,7 +326,7 @@ def _read_visual(path: Path, resolution: int, frames: int, mode: str, video: boo
 # ---- sources ---------------------------------------------------------------------------------
 
 class Source:
-    """One ``[[data]]`` entry: ``len()`` items (None = endless), ``get(item)`` a :class:`Sample`."""
+    """One ``[[data]]`` entry: ``size()`` items (None = endless), ``get(item)`` a :class:`Sample`."""
 
     def __init__(self, index: int, spec: DataSource, cfg: TrainConfig, geometry: dict):
         self.index, self.spec, self.seed = index, spec, cfg.seed
@@ -335,7 +337,8 @@ class Source:
         self.preprocess = spec.preprocess or default_pre
         self.video = spec.role in ("t2v", "mmu_vid") or (spec.role == "vae" and self.frames > 1)
 
-    def __len__(self) -> int | None:  # noqa: D105
+    def size(self) -> int | None:
+        """Items in one epoch; None for an endless source."""
         return None
 
     def get(self, item: int, pixels: bool = True) -> Sample | None:
@@ -358,7 +361,7 @@ class Source:
 
 
 class ShapesSource(Source):
-    def __len__(self):
+    def size(self):
         return self.spec.size
 
     def signature(self) -> dict:
@@ -394,7 +397,7 @@ class PairsSource(Source):
         self.records = records
         self.root = Path(spec.root) if spec.root else Path(spec.path).parent if Path(spec.path).is_file() else Path(spec.path)
 
-    def __len__(self):
+    def size(self):
         return len(self.records)
 
     def signature(self) -> dict:
@@ -442,7 +445,7 @@ class LlavaSource(Source):
         self.records = records
         self.root = Path(spec.root) if spec.root else Path(spec.path).parent
 
-    def __len__(self):
+    def size(self):
         return len(self.records)
 
     def signature(self) -> dict:
@@ -569,7 +572,7 @@ class TrainingData(torch.utils.data.Dataset):
         """Items per epoch of a role (None when a source is endless)."""
         total = 0
         for s in self.by_role.get(role, []):
-            n = len(s)
+            n = s.size()
             if n is None:
                 return None
             total += n
@@ -584,7 +587,7 @@ class TrainingData(torch.utils.data.Dataset):
             weights = np.array([s.spec.weight for s in sources], dtype=np.float64)
             u = mix(self.seed, role, n) / float(1 << 63)
             src = sources[int(np.searchsorted(np.cumsum(weights) / weights.sum(), u, side="right").clip(0, len(sources) - 1))]
-        size = len(src)
+        size = src.size()
         if size is None:
             return src, n
         epoch, offset = divmod(n, size)
@@ -653,9 +656,10 @@ def collate(samples: list[Sample]) -> list[Sample]:
     return samples
 
 
-def loader(dataset: TrainingData, sampler: StepSampler, num_workers: int):
+def loader(dataset: TrainingData, sampler: StepSampler, num_workers: int, worker_init_fn=None):
     """A DataLoader over whole steps (workers prefetch pixels; encoding stays in the trainer)."""
     kwargs = {}
     if num_workers > 0:
-        kwargs = {"num_workers": num_workers, "prefetch_factor": 2, "persistent_workers": False}
+        kwargs = {"num_workers": num_workers, "prefetch_factor": 2, "persistent_workers": False,
+                  "worker_init_fn": worker_init_fn}
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, **kwargs)

@@ -19,7 +19,7 @@ positions of generation rows (the time-token row excluded; §7.3).
 
 from __future__ import annotations
 
-import math
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -223,10 +223,11 @@ class RecipeContext:
     pool: dict[int, int]  # mmu_vid sources: pooled grid
     t_dtype: torch.dtype = torch.float32  # bf16 in bf16 runs (spec §7.2: t is cast to bf16)
     vae_device: torch.device | str = "cpu"
+    vae_autocast: object = contextlib.nullcontext  # the VAE runs under bf16 autocast in bf16 runs (spec §12.1)
 
 
 @torch.no_grad()
-def encode_missing(samples: list[Sample], vae, device) -> None:
+def encode_missing(samples: list[Sample], vae, device, autocast=contextlib.nullcontext) -> None:
     """Fill ``sample.latent`` (normalised posterior mean and log-variance, CPU float32) for every
     sample that has pixels, batching equal shapes; store cache entries where asked."""
     from ..media import frames_to_tensor
@@ -246,7 +247,8 @@ def encode_missing(samples: list[Sample], vae, device) -> None:
             pix = pix.permute(0, 2, 1, 3, 4).reshape(b * t, c, 1, h, w)
         elif pix.shape[2] == 1:
             pix = pix[:, :, 0]
-        mu, logvar = vae.encode_moments(pix.to(device))
+        with autocast():
+            mu, logvar = vae.encode_moments(pix.to(device))
         mean, inv_std = vae._stats(mu.dim())
         mu = (mu - mean.to(mu.device)) * inv_std.to(mu.device)
         mu, logvar = mu.float().cpu(), logvar.float().cpu()
@@ -264,7 +266,7 @@ def encode_missing(samples: list[Sample], vae, device) -> None:
 def prepare_batch(samples: list[Sample], ctx: RecipeContext, generator: torch.Generator) -> Batch:
     """Encode, noise and tokenise one step's samples. All randomness comes from ``generator``,
     drawn in sample order, so a step is a pure function of (samples, generator seed)."""
-    encode_missing(samples, ctx.vae, ctx.vae_device)
+    encode_missing(samples, ctx.vae, ctx.vae_device, ctx.vae_autocast)
     spec, lc = ctx.spec, ctx.loss
     items = []
     for s in samples:
@@ -374,10 +376,6 @@ def check_budget(index: int, source_max: int, num_visual: int, role: str) -> Non
                          f"positions of a '{role}' row (needs at least {need})")
 
 
-def latent_side(resolution: int, spec) -> int:
-    return resolution // spec.vae_spatial
-
-
 def visual_positions_for(role: str, resolution: int, frames: int, spec, pool: int) -> int:
     grid = resolution // spec.latent_multiple
     if role == "mmu_vid":
@@ -385,6 +383,3 @@ def visual_positions_for(role: str, resolution: int, frames: int, spec, pool: in
     t = 1 + (frames - 1) // spec.vae_temporal if role == "t2v" else 1
     return 1 + t * grid * grid
 
-
-def isfinite(x: float) -> bool:
-    return math.isfinite(x)

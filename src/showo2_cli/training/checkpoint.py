@@ -1,0 +1,157 @@
+"""Checkpoints: complete folders renamed into place, and a ``latest`` pointer replaced atomically.
+
+A run folder looks like::
+
+    runs/tiny/
+      latest                  one line: the name of the newest complete checkpoint
+      checkpoint-000100/      a showo2 model folder (``showo2_cli.load`` reads it) + trainer_state.pt
+      checkpoint-000200/
+      metrics.jsonl  config.json  samples/
+
+Writing a checkpoint: everything goes to ``.checkpoint-000200.partial/`` (files fsync'ed), which
+is renamed to ``checkpoint-000200/`` in one step; only then is ``latest`` rewritten (a temporary
+file and ``os.replace``). A crash at any moment leaves either the previous ``latest`` pointing at
+a complete folder, or the new one; leftover ``.partial`` folders are removed on the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ModelError, OutputError
+
+LATEST = "latest"
+STATE_FILE = "trainer_state.pt"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:06d}"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            try:
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_pointer(output_dir: Path, name: str) -> None:
+    """Point ``latest`` at ``name`` atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{LATEST}.", suffix=".tmp", dir=output_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, output_dir / LATEST)
+        _fsync_dir(output_dir)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The folder ``latest`` names, or None when there is none (a dangling pointer is an error)."""
+    output_dir = Path(output_dir)
+    pointer = output_dir / LATEST
+    if not pointer.exists():
+        return None
+    name = pointer.read_text(encoding="utf-8").strip()
+    if not _NAME.match(name):
+        raise ModelError(f"'{pointer}' does not name a checkpoint (it holds {name!r})")
+    folder = output_dir / name
+    if not (folder / STATE_FILE).exists():
+        raise ModelError(f"'{pointer}' points at '{folder}', which is missing or incomplete")
+    return folder
+
+
+def resolve_run_path(path: str | os.PathLike) -> Path:
+    """A training run folder stands for its latest checkpoint; anything else is returned as is."""
+    p = Path(path)
+    if p.is_dir() and (p / LATEST).exists():
+        found = latest_checkpoint(p)
+        if found is not None:
+            return found
+    return p
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for p in output_dir.iterdir() if output_dir.is_dir() else []:
+        m = _NAME.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def clean_partials(output_dir: Path) -> list[Path]:
+    """Remove the staging folders a crash may have left behind."""
+    removed = []
+    for p in output_dir.iterdir() if output_dir.is_dir() else []:
+        if p.name.startswith(".checkpoint-") and (p.name.endswith(".partial") or ".tmp" in p.name or p.name.endswith(".old")):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None], keep_last: int = 0) -> Path:
+    """Create ``checkpoint-<step>`` with ``write(staging_folder)``, publish it, update ``latest``,
+    and keep only the newest ``keep_last`` checkpoints (0 keeps all)."""
+    output_dir = Path(output_dir)
+    name = checkpoint_name(step)
+    final = output_dir / name
+    staging = output_dir / f".{name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        write(staging)
+        _fsync_tree(staging)
+        if final.exists():  # the same step saved again (e.g. resumed and stopped at once)
+            old = output_dir / f".{name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+        _fsync_dir(output_dir)
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write checkpoint '{final}': {e.strerror or e}") from e
+        raise
+    write_pointer(output_dir, name)
+    if keep_last > 0:
+        for _, old in list_checkpoints(output_dir)[:-keep_last]:
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+    return final

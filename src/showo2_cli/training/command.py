@@ -1,0 +1,197 @@
+"""``showo2 train CONFIG``: the command-line face of :func:`showo2_cli.training.trainer.train`.
+
+Register with ``app.command("train")(train)``; ``python -m showo2_cli.training CONFIG`` runs the
+same command (that form is what ``accelerate launch -m`` and ``torchrun -m`` start).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import Showo2Error, UsageError
+
+
+class TrainingInterrupted(Showo2Error):
+    """Ctrl-C (or SIGTERM): a checkpoint was saved where possible; exit code 130."""
+
+    exit_code = 130
+    kind = "interrupted"
+
+
+def _parse_set(items: list[str] | None) -> dict:
+    """``--set a.b=VALUE`` pairs; VALUE in TOML syntax (``1e-4``, ``true``, ``"text"``, ``[1, 2]``),
+    anything unparsable is taken as a plain string."""
+    import tomllib
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--set expects FIELD=VALUE (e.g. optim.lr=1e-4), got '{item}'")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise UsageError(f"--set: bad field name '{key}'")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out[key] = value
+    return out
+
+
+class _Renderer:
+    """Training events on stderr: a rich progress bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, quiet: bool, json_mode: bool):
+        self.quiet = quiet or json_mode
+        self.tty = sys.stderr.isatty()
+        self.progress = None
+        self.task = None
+        self.console = None
+
+    def _console(self):
+        if self.console is None:
+            from rich.console import Console
+
+            self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        return self.console
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.progress is not None:
+            self.progress.console.print(text, markup=False, highlight=False)
+        else:
+            self._console().print(text, markup=False, highlight=False)
+
+    def __call__(self, ev: dict) -> None:
+        kind = ev.get("event")
+        if kind == "notice":
+            self.line(f"note: {ev['message']}")
+        elif kind == "start":
+            groups = ", ".join(f"{k} {v['params'] / 1e6:.2f}M" for k, v in ev["groups"].items())
+            where = f"resuming {ev['resumed_from']}" if ev.get("resumed_from") else "starting"
+            self.line(f"{where} at step {ev['step']}/{ev['max_steps']} on {ev['world_size']} process(es), "
+                      f"{ev['device']}, mixed precision {ev['mixed_precision']}; parameters: {groups}")
+            if self.tty and not self.quiet:
+                self._start_bar(ev["step"], ev["max_steps"])
+        elif kind == "step":
+            if self.progress is not None:
+                loss = ev["loss"]
+                self.progress.update(self.task, completed=ev["step"],
+                                     stats=f"loss {loss:.4f}  lr {ev['lr']:.2e}  {ev['steps_per_s'] or 0:.2f} step/s")
+        elif kind == "log":
+            if not self.tty:
+                parts = [f"step {ev['step']}", f"loss {ev['loss']:.4f}"]
+                for k in ("ntp", "flow", "l1", "l2", "kl"):
+                    if k in ev:
+                        parts.append(f"{k} {ev[k]:.4f}")
+                parts += [f"lr {ev['lr']:.2e}", f"{ev['steps_per_s']:.2f} step/s"]
+                self.line("  ".join(parts))
+        elif kind == "eval":
+            self.line(f"step {ev['step']}: loss on the fixed batch {ev['eval_loss']:.4f}")
+        elif kind == "checkpoint":
+            self.line(f"saved {ev['path']}")
+        elif kind == "samples":
+            self.line(f"step {ev['step']}: wrote {len(ev['paths'])} preview image(s) to {Path(ev['paths'][0]).parent}")
+        elif kind == "done":
+            self.close()
+
+    def _start_bar(self, step: int, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 console=self._console(), transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total, completed=step, stats="")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def train(
+    config: Annotated[Path, typer.Argument(help="Training config: .toml, .yaml or .json (see examples/).")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (overrides output_dir).")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Total optimizer steps (overrides optim.max_steps/epochs).")] = None,
+    stop_after: Annotated[int | None, typer.Option("--stop-after", help="Run at most N steps now, save a checkpoint and stop; the next call resumes.")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the run folder's latest checkpoint (default); --no-resume refuses a folder that has one.")] = True,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config field, TOML value syntax: --set optim.lr=1e-4 (repeatable).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Only validate the config and print it resolved.")] = False,
+    json_mode: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notices on stderr.")] = False,
+):
+    """Train Show-o2 (stage 1, stage 2, from scratch) or a Wan VAE, as a config file describes.
+
+    Runs unchanged under `accelerate launch` (one process per device; see the README).
+    Ctrl-C saves a checkpoint and exits with code 130; running the command again resumes it.
+    """
+    from .config import load_config
+
+    overrides = _parse_set(set_)
+    if output is not None:
+        overrides["output_dir"] = str(output.resolve())
+    if max_steps is not None:
+        if max_steps < 1:
+            raise UsageError(f"--max-steps must be positive, got {max_steps}")
+        overrides["optim.max_steps"] = max_steps
+        overrides["optim.epochs"] = None
+    if stop_after is not None and stop_after < 1:
+        raise UsageError(f"--stop-after must be positive, got {stop_after}")
+    cfg = load_config(config, overrides=overrides)
+    if check:
+        resolved = cfg.to_dict()
+        if json_mode:
+            sys.stdout.write(json.dumps({"config": str(config), "valid": True, "resolved": resolved}, default=str) + "\n")
+        else:
+            sys.stdout.write(f"{config}: valid ({cfg.mode} mode, {len(cfg.data)} source(s), output {cfg.output_dir})\n")
+        return
+
+    from .trainer import train as run_training
+
+    renderer = _Renderer(quiet, json_mode)
+    start = time.perf_counter()
+    try:
+        result = run_training(cfg, resume=resume, progress=renderer, stop_after=stop_after)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started
+        raise TrainingInterrupted("interrupted before a checkpoint could be saved") from None
+    finally:
+        renderer.close()
+    if result.interrupted:
+        raise TrainingInterrupted(f"interrupted at step {result.step}/{result.max_steps}; saved "
+                                  f"{result.checkpoint}; run the same command again to resume")
+    if not _is_main():
+        return
+    data = result.to_dict()
+    data["wall_seconds"] = round(time.perf_counter() - start, 2)
+    if json_mode:
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
+    else:
+        loss = f", loss {result.loss:.4f}" if result.loss is not None else ""
+        sys.stdout.write(f"{result.checkpoint}  step {result.step}/{result.max_steps}{loss}, "
+                         f"{result.steps_per_s:.2f} step/s, peak RSS {result.peak_rss_mb:.0f} MiB\n")
+    sys.stdout.flush()
+
+
+def _is_main() -> bool:
+    try:
+        from accelerate import PartialState
+
+        return PartialState().is_main_process
+    except Exception:
+        return True

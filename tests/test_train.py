@@ -1,0 +1,524 @@
+"""`showo2 train`: config validation, data order, the recipe's rows, checkpoints, and short runs.
+
+The runs use the `tiny` spec on the shapes world with a base-4 random VAE, so each step takes
+tens of milliseconds on a CPU. The multi-process and Ctrl-C tests start subprocesses and are
+marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from showo2_cli.errors import UsageError
+from showo2_cli.training import checkpoint as ckpt
+from showo2_cli.training.config import load_config, parse_config
+from showo2_cli.training.data import (
+    Permutation,
+    StepSampler,
+    TrainingData,
+    build_index,
+    make_sources,
+    step_keys,
+)
+from showo2_cli.training.trainer import lr_factor, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(tmp_path: Path, **changes) -> dict:
+    """A small from-scratch config as a mapping (what a TOML file would hold)."""
+    cfg = {
+        "mode": "showo2",
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "model": {"init_spec": "tiny", "vae_base_dim": 4},
+        "data": [
+            {"kind": "shapes", "role": "t2i", "resolution": 64},
+            {"kind": "shapes", "role": "mmu", "format": "pretraining", "resolution": 64},
+        ],
+        "batch": {"t2i": 2, "mmu": 1},
+        "optim": {"lr": 1e-3, "max_steps": 8, "warmup_steps": 2, "schedule": "cosine"},
+        "loss": {"ntp": 1.0, "flow": 1.0},
+        "run": {"save_every": 0, "log_every": 1, "device": "cpu"},
+    }
+    for key, value in changes.items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = value
+    return cfg
+
+
+def write_toml(path: Path, cfg: dict) -> Path:
+    def value(v):
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    lines = [f"{k} = {value(v)}" for k, v in cfg.items() if not isinstance(v, (dict, list))]
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            lines.append(f"[{k}]")
+            lines += [f"{kk} = {value(vv)}" for kk, vv in v.items()]
+    for item in cfg.get("data", []):
+        lines.append("[[data]]")
+        lines += [f"{kk} = {value(vv)}" for kk, vv in item.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def model_state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+# ---- config validation -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, field", [
+    ({"data.0.kind": "shape"}, "data[0].kind"),
+    ({"data.1.role": "vqa"}, "data[1].role"),
+    ({"optim.lr": -1.0}, "optim.lr"),
+    ({"optim.lr": "fast"}, "optim.lr"),
+    ({"optim.schedule": "linear"}, "optim.schedule"),
+    ({"batch.t2i": 0}, "data[0].role"),
+    ({"data.0.resolution": 60}, "data[0].resolution"),
+    ({"loss.cond_dropout": 1.5}, "loss.cond_dropout"),
+    ({"run.mixed_precision": "fp8"}, "run.mixed_precision"),
+    ({"model.init_spec": "huge"}, "model.init_spec"),
+    ({"optim.betas": [0.9]}, "optim.betas"),
+    ({"data.0.frames": 4}, "data[0].frames"),
+])
+def test_config_errors_are_one_line_and_name_the_field(tmp_path, change, field):
+    cfg = tiny_config(tmp_path)
+    for key, value in change.items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node[int(p)] if p.isdigit() else node[p]
+        node[parts[-1]] = value
+    with pytest.raises(UsageError) as err:
+        parse_config(cfg, source="c.toml")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("c.toml: ") and field in message, message
+
+
+def test_config_unknown_fields_and_missing_pieces(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg["optim"]["lrr"] = 1.0
+    with pytest.raises(UsageError, match=r"optim\.lrr: unknown field"):
+        parse_config(cfg, source="c.toml")
+    cfg = tiny_config(tmp_path)
+    cfg["model"]["init"] = "x"
+    with pytest.raises(UsageError, match="exactly one of model.init"):
+        parse_config(cfg, source="c.toml")
+    cfg = tiny_config(tmp_path)
+    cfg["data"].append({"kind": "pairs", "role": "t2i", "path": str(tmp_path / "nope.jsonl")})
+    with pytest.raises(UsageError, match=r"data\[2\]\.path: .* does not exist"):
+        parse_config(cfg, source="c.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("mode = \n")
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_example_configs_are_valid():
+    names = sorted(p.name for p in (REPO / "examples").glob("*.toml"))
+    assert {"train_tiny.toml", "train_tiny_vae.toml", "showo2_1.5b_stage1.toml", "showo2_1.5b_stage2.toml"} <= set(names)
+    for name in ("train_tiny.toml", "train_tiny_vae.toml"):
+        assert load_config(REPO / "examples" / name).output_dir
+
+
+def _official(tmp_path: Path, name: str):
+    """An official example with placeholder data files next to a copy of it."""
+    examples = tmp_path / "examples"
+    (examples / "data" / "images").mkdir(parents=True, exist_ok=True)
+    (examples / "data" / "llava_images").mkdir(exist_ok=True)
+    for f in ("t2i.jsonl", "llavaov_stage_1_5_all_with_densefusion.json"):
+        (examples / "data" / f).write_text("")
+    (examples / name).write_text((REPO / "examples" / name).read_text())
+    return load_config(examples / name)
+
+
+def test_official_stage_configs_follow_the_recipe(tmp_path):
+    """Stage 1: only projector/fusion/time/flow head train; stage 2: three lr groups, time_embed frozen."""
+    from showo2_cli.modeling.showo2 import Showo2Model
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.trainer import parameter_groups
+
+    with torch.device("meta"):
+        network = Showo2Model(get_spec("1.5B"))
+    s1 = _official(tmp_path, "showo2_1.5b_stage1.toml")
+    assert (s1.loss.ntp, s1.loss.flow, s1.batch.t2i, s1.batch.mmu) == (0.2, 1.0, 6, 2)
+    assert (s1.optim.lr, s1.optim.warmup_steps, s1.optim.max_steps, s1.optim.schedule) == (1e-4, 2000, 150000, "constant")
+    groups, report = parameter_groups(network, s1)
+    trainable = {n for n, p in network.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith(("showo.", "und_trans.", "image_embedder_und.", "position_embedding."))
+                                 for n in trainable)
+    assert {"image_embedder_gen.proj.weight", "fusion_proj.1.weight", "time_embed.mlp.0.weight",
+            "diffusion_head_b.linear.weight", "time_embed_proj.weight"} <= trainable
+    s2 = _official(tmp_path, "showo2_1.5b_stage2.toml")
+    assert (s2.loss.ntp, s2.loss.flow, s2.optim.schedule, s2.optim.warmup_ratio) == (1.0, 1.0, "cosine", 0.03)
+    groups, report = parameter_groups(network, s2)
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs == {"ve": 2e-6, "proj": 1e-5, "showo": 1e-5}
+    frozen = {n for n, p in network.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in network.named_parameters() if n.startswith("time_embed.")}
+    by_name = {id(p): g["name"] for g in groups for p in g["params"]}
+    named = dict(network.named_parameters())
+    assert by_name[id(named["image_embedder_gen.proj.weight"])] == "ve"
+    assert by_name[id(named["diffusion_head_a.0.mlp.up_proj.weight"])] == "showo"
+
+
+# ---- pure pieces ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 257, 1000])
+def test_permutation_is_a_bijection(n):
+    perm = Permutation(n, key=12345)
+    assert sorted(perm(i) for i in range(n)) == list(range(n))
+
+
+def test_ranks_draw_disjoint_samples():
+    roles = {"t2i": 3, "mmu": 2}
+    seen = set()
+    for step in range(4):
+        for rank in range(2):
+            keys = step_keys(roles, step, rank, 2)
+            assert not seen & set(keys)
+            seen |= set(keys)
+    assert list(StepSampler(roles, 2, 4, 0, 1)) == [step_keys(roles, 2, 0, 1), step_keys(roles, 3, 0, 1)]
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 100, 10, "constant", 0.0) == 0.0
+    assert lr_factor(5, 100, 10, "constant", 0.0) == 0.5
+    assert lr_factor(50, 100, 10, "constant", 0.0) == 1.0
+    assert lr_factor(10, 100, 10, "cosine", 0.0) == 1.0
+    assert lr_factor(100, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10, "cosine", 0.0) == pytest.approx(0.5)
+
+
+def test_shifted_logit_normal_matches_the_spec():
+    from showo2_cli.training.recipe import shift_t
+
+    t = torch.tensor([0.5])
+    k = 1.786  # S = 730 (spec §7.2)
+    expected = 1 - k * 0.5 / (1 + (k - 1) * 0.5)
+    assert float(shift_t(t, 730)) == pytest.approx(expected, abs=2e-3)
+    assert float(shift_t(torch.tensor([0.0]), 730)) == 0.0
+    assert float(shift_t(torch.tensor([1.0]), 730)) == 1.0
+
+
+def test_rows_follow_the_training_formats():
+    from showo2_cli.tokenizer import add_showo2_tokens, byte_level_tokenizer
+    from showo2_cli.training.data import Sample
+    from showo2_cli.training.recipe import IGNORE, TextBuilder
+
+    tok = byte_level_tokenizer()
+    tk = add_showo2_tokens(tok)
+    text = TextBuilder(tok, tk)
+    # stage-1 captioning: [bos][boi](P)[eoi] caption [eos], labels on boi, eoi, caption, eos
+    s = Sample("mmu", 0, 0, format="captioning", text="ab")
+    ids, labels, slot = text.understanding(s, 5, 100)
+    assert ids == [tk.bos, tk.boi] + [tk.img_pad] * 5 + [tk.eoi, ord("a"), ord("b"), tk.eos]
+    assert labels == [tk.bos, tk.boi] + [IGNORE] * 5 + [tk.eoi, ord("a"), ord("b"), tk.eos]
+    assert slot == (2, 5)
+    # stage-2 tuning: system, user tag, image block, question, eos, assistant tag; answer supervised
+    s = Sample("mmu", 0, 0, format="tuning", turns=[("<image>\nq?", "yes")])
+    ids, labels, slot = text.understanding(s, 3, 200)
+    prefix = [tk.bos] + text.system + text.user
+    assert ids[:len(prefix)] == prefix and slot == (len(prefix) + 1, 3)
+    assert ids[slot[0] - 1] == tk.boi and ids[slot[0] + 3] == tk.eoi
+    supervised = [i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE and i != tk.bos]
+    assert supervised == [ord("y"), ord("e"), ord("s"), tk.eos]
+    # generation: [bos] prompt [boi] (P) [eoi] [eos], block at len(prompt) + 2
+    ids, slot = text.generation("hi", 5, 64, video=False)
+    assert ids == [tk.bos, ord("h"), ord("i"), tk.boi] + [tk.img_pad] * 5 + [tk.eoi, tk.eos]
+    assert slot == (4, 5)
+
+
+def test_write_checkpoint_is_atomic(tmp_path):
+    def good(dst):
+        dst.mkdir()
+        (dst / ckpt.STATE_FILE).write_text("ok")
+
+    def crash(dst):
+        dst.mkdir()
+        (dst / "half").write_text("x")
+        raise RuntimeError("disk on fire")
+
+    first = ckpt.write_checkpoint(tmp_path, 1, good)
+    assert ckpt.latest_checkpoint(tmp_path) == first
+    with pytest.raises(RuntimeError):
+        ckpt.write_checkpoint(tmp_path, 2, crash)
+    assert ckpt.latest_checkpoint(tmp_path) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000001", "latest"]
+    for step in (2, 3, 4):
+        ckpt.write_checkpoint(tmp_path, step, good, keep_last=2)
+    assert [p.name for _, p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-000003", "checkpoint-000004"]
+
+
+def test_file_sources_stream_from_an_index(tmp_path):
+    from PIL import Image
+
+    media = tmp_path / "media"
+    media.mkdir()
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        Image.new("RGB", (40 + 8 * i, 32), colour).save(media / f"img{i}.png")
+        (media / f"img{i}.txt").write_text(f"The image shows colour {i}\n")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"path": f"media/img{i}.png", "prompt": f"p{i}"}) + "\n"
+                                                  for i in range(3)))
+    llava = [{"image": f"img{i}.png", "conversations": [{"from": "human", "value": "What?\n<image>"},
+                                                        {"from": "gpt", "value": f"a{i}"}]} for i in range(3)]
+    llava.append({"conversations": [{"from": "human", "value": "text only"}, {"from": "gpt", "value": "ok"}]})
+    (tmp_path / "llava.json").write_text(json.dumps(llava, indent=2))
+    cfg = parse_config(tiny_config(tmp_path, data=[
+        {"kind": "pairs", "role": "t2i", "path": str(media), "resolution": 32},
+        {"kind": "pairs", "role": "t2i", "path": str(tmp_path / "pairs.jsonl"), "resolution": 32},
+        {"kind": "llava", "role": "mmu", "path": str(tmp_path / "llava.json"), "root": str(media), "resolution": 32},
+    ]), source="c.toml")
+    from showo2_cli.specs import get_spec
+
+    sources = make_sources(cfg, get_spec("tiny"), tmp_path / "index")
+    assert [s.size() for s in sources] == [3, 3, 4]
+    sample = sources[0].get(1)
+    assert sample.pixels.shape == (1, 32, 32, 3) and sample.text == "Colour 1"  # boilerplate stripped
+    assert sources[1].get(2).text == "p2"
+    sample = sources[2].get(0)
+    assert sample.turns == [("What?\n<image>", "a0")] and sample.pixels.shape == (1, 32, 32, 3)
+    assert not sources[2].get(3).has_visual
+    records, _ = build_index(cfg.data[2], tmp_path / "index")
+    assert records.suffix == ".jsonl"  # the JSON array was converted once, streamed
+    data = TrainingData(cfg, sources)
+    epoch = sorted(data.pick("mmu", n)[1] for n in range(4))
+    assert epoch == [0, 1, 2, 3]  # one epoch visits every item once
+
+
+# ---- short runs (in process) ---------------------------------------------------------------
+
+def test_smoke_run_learns_and_writes_a_loadable_checkpoint(tmp_path):
+    """~20 steps on the tiny spec: the loss on a fixed batch goes down; the checkpoint loads and generates."""
+    from showo2_cli.generation import generate_latents
+    from showo2_cli.loading import load
+    from showo2_cli.sequences import generation_layout
+    from showo2_cli.tokenizer import encode_text
+
+    raw = tiny_config(tmp_path, **{"optim.max_steps": 20, "optim.lr": 2e-3, "run.eval_every": 20,
+                                   "run.log_every": 5, "run.save_every": 10, "run.sample_every": 20,
+                                   "run.sample_steps": 3})
+    raw["data"].append({"kind": "shapes", "role": "t2v", "resolution": 32, "frames": 5, "max_seq_len": 128})
+    raw["data"].append({"kind": "shapes", "role": "mmu_vid", "resolution": 32, "frames": 3, "format": "tuning",
+                        "max_seq_len": 256})
+    raw["batch"].update(t2v=1, mmu_vid=1)
+    events = []
+    result = train(parse_config(raw, source="tiny"), progress=events.append)
+    run = tmp_path / "run"
+    assert result.step == 20 and not result.interrupted
+    evals = [m["eval_loss"] for m in metrics(run) if "eval_loss" in m]
+    assert len(evals) == 2 and evals[1] < evals[0] - 0.2, evals
+    assert {"start", "step", "log", "checkpoint", "samples", "done"} <= {e["event"] for e in events}
+    assert ckpt.latest_checkpoint(run) == run / "checkpoint-000020"
+    assert (run / "checkpoint-000010").is_dir() and len(list((run / "samples").glob("*.png"))) == 4
+
+    model = load(run / "checkpoint-000020")
+    assert model.spec.name == "tiny" and model.vae is not None
+    grid = 64 // model.spec.latent_multiple
+    layout = generation_layout([encode_text(model.tokenizer, "a red circle on a black background")],
+                               1 + grid * grid, model.tokens, 64)
+    z = generate_latents(model.network, layout, torch.randn(1, 16, 8, 8), 5.0, 4, 3.0)
+    assert z.shape == (1, 16, 8, 8) and torch.isfinite(z).all()
+    assert torch.isfinite(model.vae.decode(z)).all()
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    """N steps straight == N/2 steps, stop, resume N/2: same data order, same weights, same optimizer."""
+    straight = tiny_config(tmp_path / "a", **{"optim.max_steps": 6})
+    train(parse_config(straight, source="a"))
+    split = tiny_config(tmp_path / "b", **{"optim.max_steps": 6})
+    first = train(parse_config(split, source="b"), stop_after=3)
+    assert first.step == 3 and ckpt.latest_checkpoint(tmp_path / "b" / "run").name == "checkpoint-000003"
+    second = train(parse_config(split, source="b"))
+    assert second.step == 6 and second.resumed_from.name == "checkpoint-000003"
+
+    a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    ma, mb = metrics(a), metrics(b)
+    assert [m["step"] for m in mb] == list(range(1, 7))
+    assert [m["data"] for m in ma] == [m["data"] for m in mb]
+    assert [m["loss"] for m in ma] == [m["loss"] for m in mb]
+    sa, sb = model_state(a / "checkpoint-000006"), model_state(b / "checkpoint-000006")
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    oa = torch.load(a / "checkpoint-000006" / ckpt.STATE_FILE, weights_only=True)["optimizer"]["state"]
+    ob = torch.load(b / "checkpoint-000006" / ckpt.STATE_FILE, weights_only=True)["optimizer"]["state"]
+    assert all(torch.equal(oa[i]["exp_avg_sq"], ob[i]["exp_avg_sq"]) for i in oa)
+
+
+def test_vae_mode_reconstruction_improves(tmp_path):
+    raw = {
+        "mode": "vae", "seed": 0, "output_dir": str(tmp_path / "vae"),
+        "model": {"vae_base_dim": 8},
+        "data": [{"kind": "shapes", "role": "vae", "resolution": 64, "crop": 32, "size": 4}],
+        "batch": {"vae": 4},
+        "optim": {"lr": 1e-3, "max_steps": 40},
+        "vae_loss": {"l1": 1.0, "kl": 1e-6, "stats_samples": 8},
+        "run": {"eval_every": 40, "log_every": 10, "device": "cpu", "sample_every": 40},
+    }
+    result = train(parse_config(raw, source="vae"))
+    run = tmp_path / "vae"
+    evals = [m["eval_loss"] for m in metrics(run) if "eval_loss" in m]
+    assert evals[1] < evals[0] * 0.85, evals
+    assert len(list((run / "samples").glob("*.png"))) == 4
+    from showo2_cli.modeling.vae import load_vae
+
+    vae = load_vae(result.checkpoint)  # the checkpoint folder holds a diffusers vae/
+    assert vae.base_dim == 8
+    assert not torch.allclose(vae.latents_std, torch.tensor(1.0))  # latent statistics were fitted
+    # a Show-o2 config can point model.vae at the VAE run folder (its latest checkpoint)
+    cfg = parse_config(tiny_config(tmp_path, **{"model.vae": str(run)}), source="c")
+    assert ckpt.resolve_run_path(cfg.model.vae) == result.checkpoint
+
+
+# ---- subprocesses -------------------------------------------------------------------------
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_complete_checkpoint_and_exits_130(tmp_path):
+    cfg = write_toml(tmp_path / "c.toml", tiny_config(tmp_path, **{"optim.max_steps": 100000}))
+    proc = subprocess.Popen([sys.executable, "-m", "showo2_cli.training", str(cfg), "--quiet"], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "run"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (run / "metrics.jsonl").exists() and len(metrics(run)) >= 3:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    latest = ckpt.latest_checkpoint(run)
+    assert latest is not None and int(latest.name.split("-")[1]) >= 3
+    assert not [p for p in run.iterdir() if p.name.startswith(".")  and p.name != ".data-index"]
+    from showo2_cli.loading import load
+
+    assert load(latest).spec.name == "tiny"
+    # running the same command again resumes from there
+    proc = subprocess.run([sys.executable, "-m", "showo2_cli.training", str(cfg), "--quiet", "--stop-after", "1", "--json"],
+                          env=_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["resumed_from"] == str(latest) and result["step"] == int(latest.name.split("-")[1]) + 1
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_end_with_identical_weights(tmp_path):
+    cfg = write_toml(tmp_path / "c.toml", tiny_config(tmp_path, **{"optim.max_steps": 4}))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    launcher = [str(accelerate), "launch"] if accelerate.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
+    cmd = [*launcher, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "showo2_cli.training", str(cfg), "--quiet", "--json"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["world_size"] == 2 and result["step"] == 4
+    digests = [json.loads(p.read_text()) for p in sorted((tmp_path / "run" / "rank-digests").glob("*.json"))]
+    assert [d["rank"] for d in digests] == [0, 1]
+    assert digests[0]["sha256"] == digests[1]["sha256"]
+    # and process 0's checkpoint is those weights
+    from showo2_cli.loading import load
+    from showo2_cli.training.trainer import weights_digest
+
+    assert weights_digest(load(tmp_path / "run" / "checkpoint-000004").network) == digests[0]["sha256"]
+
+
+def test_pretrained_parts_load_into_a_from_scratch_network(tmp_path):
+    """model.weights: Qwen-style keys with a prefix, the embedding shrunk to the vocabulary."""
+    from safetensors.torch import save_file
+
+    from showo2_cli.loading import build_network
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import WeightsConfig
+    from showo2_cli.training.trainer import load_partial
+
+    spec = get_spec("tiny")
+    donor = build_network(spec, None, torch.float32)
+    donor.init_weights(seed=1)
+    llm = {k[len("showo."):]: v.clone() for k, v in donor.state_dict().items()
+           if k.startswith("showo.model.")}
+    llm["model.embed_tokens.weight"] = torch.cat([llm["model.embed_tokens.weight"], torch.ones(7, spec.hidden_size)])
+    save_file(llm, str(tmp_path / "model.safetensors"))
+    network = build_network(spec, None, torch.float32)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    n = load_partial(network, WeightsConfig(path=str(tmp_path), prefix="showo."), "c.toml: model.weights[0]")
+    assert n == len(llm)
+    ours = network.state_dict()
+    for k, v in donor.state_dict().items():
+        if not torch.equal(before[k], v):  # (zero-initialised tensors, biases, norms start equal anyway)
+            assert torch.equal(ours[k], v) == k.startswith("showo."), k  # the LLM (and the tied head) came from the file
+    with pytest.raises(UsageError, match="no place in the network"):
+        load_partial(network, WeightsConfig(path=str(tmp_path), prefix="llm."), "c.toml: model.weights[0]")
+
+
+def test_latent_cache_gives_the_same_batches_and_workers_the_same_order(tmp_path):
+    """Cached VAE posteriors reproduce the uncached run exactly; so do data-loading workers."""
+    def run(name, **changes):
+        raw = tiny_config(tmp_path / name, **{"optim.max_steps": 5, **changes})
+        for d in raw["data"]:
+            d["size"] = 5
+        train(parse_config(raw, source=name))
+        return [(m["data"], m["loss"]) for m in metrics(tmp_path / name / "run")]
+
+    cache = str(tmp_path / "cache")
+    plain = run("plain")
+    cached = [{**d, "cache": cache} for d in tiny_config(tmp_path)["data"]]
+    assert run("fill", data=cached) == plain
+    files = list(Path(cache).rglob("*.safetensors"))
+    assert len(files) == 10  # 5 items per source, each encoded once
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    assert run("hit", data=cached) == plain
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps  # read, not re-encoded
+    assert run("workers", **{"run.num_workers": 2}) == plain
+
+
+def test_yaml_configs_read_the_same(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    raw = tiny_config(tmp_path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    toml = write_toml(tmp_path / "c.toml", raw)
+    assert load_config(tmp_path / "c.yaml").to_dict() == load_config(toml).to_dict()
+
+
+def test_json_arrays_are_parsed_incrementally(tmp_path):
+    from showo2_cli.training.data import _iter_json_array
+
+    items = [{"id": i, "text": "é" * (i % 5), "n": 12345678 * i} for i in range(40)] + [1234567, "x", [1, 2]]
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(items, ensure_ascii=False, indent=1), encoding="utf-8")
+    for chunk in (3, 7, 64, 1 << 20):
+        assert list(_iter_json_array(path, chunk=chunk)) == items
