@@ -82,6 +82,8 @@ class ModelSpec:
     video_resolution: int = 432
     und_video_frames: int = 32  # frames sampled for video understanding
     und_video_pool: int = 14  # per-frame token grid after pooling (14x14)
+    und_mask_mode: str = "official"  # understanding omni-mask block the checkpoint expects (official|training)
+    und_template: str = "official"  # understanding prompt layout it expects (official|training)
     guidance: float = 5.0
     steps: int = 50
     shift: float = 3.0
