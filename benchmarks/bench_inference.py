@@ -126,7 +126,9 @@ def child_caption(args, variant):
         _, time_token = net.time_embedding(torch.ones(1))
         embeds = net.embed_sequence(layout.input_ids, [[visual]], layout.slots, time_token[:, None])
         mask = omni_attention_mask(layout.blocks, layout.seq_len)
-        opts = TextSampling(max_new_tokens=args.tokens, stop_ids=())
+        n_tokens = {"official-recompute": args.official_tokens,
+                    "recompute": args.recompute_tokens or args.tokens}.get(variant, args.tokens)
+        opts = TextSampling(max_new_tokens=n_tokens, stop_ids=())
         t0 = time.perf_counter()
         if variant == "kv-cache":
             out = generate(net, embeds, mask, opts)
@@ -135,7 +137,7 @@ def child_caption(args, variant):
         else:  # the official loop: full recompute, logits for every position
             ids = []
             e, m = embeds, mask
-            for _ in range(args.tokens):
+            for _ in range(n_tokens):
                 hidden, _ = net.llm(e, m)
                 logits = net.logits(hidden)
                 token = int(logits[0, -1].argmax())
@@ -157,6 +159,10 @@ def main():
     p.add_argument("--steps", type=int, default=3, help="timed t2i steps per variant (after one warm-up)")
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--tokens", type=int, default=300, help="new tokens for the caption benchmark")
+    p.add_argument("--official-tokens", type=int, default=32,
+                   help="new tokens for the official loop (all-position logits each step: very slow)")
+    p.add_argument("--recompute-tokens", type=int, default=None,
+                   help="new tokens for the full-recompute loop (default: --tokens)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--only", choices=["t2i", "caption"], default=None)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "inference-cpu.json")
