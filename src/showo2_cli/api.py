@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ import torch
 
 from . import __version__
 from . import media as M
-from .errors import InputError, ModelError, UsageError
+from .errors import InputError, ModelError, ResourceError, UsageError
 from .loading import Showo2, _hf_cached_snapshot, bundled_demo_path, find_files, load
+from .media import parse_size
 from .modeling.vae import WanVAE, load_vae
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -52,34 +54,79 @@ def resolve_vae(model: str | None = None, vae: str | os.PathLike | None = None,
     return load_vae(files.vae, dtype=dtype, device=device), str(files.vae)
 
 
-# ---- sizes and frames -------------------------------------------------------------------------
+# ---- memory guard -----------------------------------------------------------------------------
 
-def parse_size(text: str | int | None, multiple: int = 16) -> tuple[int, int] | None:
-    """``"432"`` -> (432, 432); ``"640x480"`` (width x height) -> (480, 640) as (height, width)."""
-    if text is None:
-        return None
-    if isinstance(text, int):
-        h = w = text
-    else:
-        parts = str(text).lower().replace("*", "x").split("x")
+MAX_MEMORY_ENV = "SHOWO2_MAX_MEMORY_GB"
+
+
+def available_memory_gb(device: str | torch.device = "cpu") -> float | None:
+    """Memory a job on ``device`` can use now: free GPU memory on CUDA, else the available RAM
+    (``MemAvailable``, capped by a cgroup limit when there is one). None when unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
         try:
-            nums = [int(p) for p in parts]
-        except ValueError:
-            raise UsageError(f"--size must be N or WIDTHxHEIGHT, got '{text}'") from None
-        if len(nums) == 1:
-            h = w = nums[0]
-        elif len(nums) == 2:
-            w, h = nums
-        else:
-            raise UsageError(f"--size must be N or WIDTHxHEIGHT, got '{text}'")
-    if h <= 0 or w <= 0:
-        raise UsageError(f"--size must be positive, got {w}x{h}")
-    if h % multiple or w % multiple:
-        raise UsageError(f"--size sides must be multiples of {multiple} (VAE x patch), got {w}x{h}")
-    if h * w > 4096 * 4096:
-        raise UsageError(f"--size {w}x{h} is too large (at most 4096x4096)")
-    return h, w
+            free, _total = torch.cuda.mem_get_info(dev)
+            return free / 1e9
+        except Exception:
+            return None
+    found: float | None = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found = int(line.split()[1]) * 1024 / 1e9
+                    break
+    except (OSError, ValueError, IndexError):
+        found = None
+    if found is None:
+        try:
+            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9
+        except (AttributeError, ValueError, OSError):
+            found = None
+    try:  # a container's own limit (cgroup v2)
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip() or 0)
+            room = max(int(limit) - used, 0) / 1e9
+            found = room if found is None else min(found, room)
+    except (OSError, ValueError):
+        pass
+    return found
 
+
+def memory_limit_gb(option: float | None = None, device: str | torch.device = "cpu") -> tuple[float | None, str]:
+    """The memory limit for a job and where it comes from: ``--max-memory`` (``option``), else
+    ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on ``device``. 0 means no limit."""
+    if option is not None:
+        value, source = option, "--max-memory"
+    else:
+        raw = os.environ.get(MAX_MEMORY_ENV, "").strip()
+        if raw:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise UsageError(f"{MAX_MEMORY_ENV} must be a number of GB, got {raw!r}") from None
+            source = MAX_MEMORY_ENV
+        else:
+            return available_memory_gb(device), "available memory"
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{source} must be a number of GB >= 0 (0: no limit), got {value}")
+    return (value or None), source
+
+
+def check_memory(need_gb: float, what: str, option: float | None = None,
+                 device: str | torch.device = "cpu", advice: str = "") -> None:
+    """Raise :class:`ResourceError` when ``need_gb`` (an estimate) exceeds the memory limit."""
+    limit, source = memory_limit_gb(option, device)
+    if limit is None or need_gb <= limit:
+        return
+    where = "of available memory" if source == "available memory" else f"allowed by {source}"
+    raise ResourceError(f"{what} needs about {need_gb:.1f} GB, more than the {limit:.1f} GB {where}"
+                        + (f"; {advice}" if advice else "")
+                        + f" (raise the limit with --max-memory or {MAX_MEMORY_ENV})")
+
+
+# ---- sizes and frames -------------------------------------------------------------------------
 
 @dataclass
 class EncodeOptions:
@@ -122,12 +169,22 @@ def prepare_frames(media: M.Media, size: tuple[int, int], frames: int | None, no
 
 
 @torch.no_grad()
-def encode(source: str | os.PathLike, vae: WanVAE, options: EncodeOptions | None = None,
-           vae_name: str | None = None) -> EncodeResult:
-    """Encode an image or a video into normalised Wan latents with metadata."""
+def encode(source: str | os.PathLike | M.Media, vae: WanVAE, options: EncodeOptions | None = None,
+           vae_name: str | None = None, max_memory_gb: float | None = None) -> EncodeResult:
+    """Encode an image or a video (a path, or :class:`~showo2_cli.media.Media` already read)
+    into normalised Wan latents with metadata.
+
+    Refuses (:class:`ResourceError`) a job whose estimated memory exceeds ``max_memory_gb``
+    (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on the VAE's device)."""
     opts = options or EncodeOptions()
     notices: list[str] = []
-    media = M.read_media(source)
+    media = source if isinstance(source, M.Media) else M.read_media(source)
+    source = media.source if isinstance(source, M.Media) else source
+    n_frames = 1 if media.kind == "image" else min(M.round_frames(opts.frames or media.num_frames, "up"),
+                                                   max(M.round_frames(media.num_frames, "down"), 1))
+    h, w = (opts.size, opts.size) if isinstance(opts.size, int) else tuple(opts.size)
+    check_memory(vae.encode_memory_gb(n_frames, h, w), f"encoding {n_frames} frame(s) at {w}x{h}", max_memory_gb,
+                 vae.device, "lower --size or --frames")
     frames = prepare_frames(media, opts.size, opts.frames, notices)
     pixels = M.frames_to_tensor(frames)[None]  # (1, 3, T, H, W)
     gen = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
@@ -183,8 +240,9 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
             raise ValueError("not an object")
     except ValueError as e:
         raise InputError(f"'{p}' has malformed showo2 metadata ({e})") from e
+    _check_latents_metadata(p, meta)
     if not latents.is_floating_point():
-        raise InputError(f"'{p}': latents must be floating point, got {latents.dtype}")
+        raise InputError(f"'{p}': latents must be floating point, got {str(latents.dtype).replace('torch.', '')}")
     if latents.dim() == 5 and latents.shape[0] == 1:
         latents = latents[0]
     if latents.dim() == 3:
@@ -198,9 +256,37 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
     return latents.float(), meta
 
 
+def _check_latents_metadata(p: Path, meta: dict) -> None:
+    """The metadata fields the tools use must have the right types (a latents file may come from
+    anywhere); unknown fields are kept as they are."""
+    def bad(key: str, want: str) -> InputError:
+        shown = json.dumps(meta[key], default=str)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        return InputError(f"'{p}': metadata field '{key}' must be {want}, got {shown}")
+
+    fps = meta.get("fps")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
+                            or not math.isfinite(fps) or not 0 < fps <= 1000):
+        raise bad("fps", "a number of frames per second in (0, 1000] or null")
+    for key in ("vae", "source", "kind", "format"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(key, "text or null")
+    for key in ("frames", "latent_frames", "height", "width", "source_frames"):
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise bad(key, "a whole number >= 0 or null")
+
+
 @torch.no_grad()
-def decode(latents: torch.Tensor, vae: WanVAE) -> np.ndarray:
-    """Normalised latents ``(C, T', h, w)`` -> uint8 frames ``(T, H, W, 3)`` (official truncation)."""
+def decode(latents: torch.Tensor, vae: WanVAE, max_memory_gb: float | None = None) -> np.ndarray:
+    """Normalised latents ``(C, T', h, w)`` -> uint8 frames ``(T, H, W, 3)`` (official truncation).
+
+    Refuses (:class:`ResourceError`) latents whose decoding is estimated to need more memory
+    than ``max_memory_gb`` (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available)."""
+    t, h, w = (int(v) for v in latents.shape[1:])
+    frames = 1 + 4 * (t - 1)
+    check_memory(vae.decode_memory_gb(t, h, w), f"decoding {tuple(latents.shape)} latents to {frames} frame(s) of "
+                 f"{8 * w}x{8 * h}", max_memory_gb, vae.device)
     pixels = vae.decode(latents[None].to(vae.device))[0]
     return M.tensor_to_frames(pixels.cpu())
 
@@ -220,4 +306,5 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
 
 
 __all__ = ["Showo2", "load", "encode", "decode", "EncodeOptions", "EncodeResult", "save_latents",
-           "load_latents", "write_decoded", "default_model", "resolve_vae", "parse_size"]
+           "load_latents", "write_decoded", "default_model", "resolve_vae", "parse_size", "available_memory_gb",
+           "memory_limit_gb", "check_memory", "MAX_MEMORY_ENV"]

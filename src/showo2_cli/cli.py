@@ -8,9 +8,14 @@ with a documented exit code (see ``errors.py``); ``--debug`` shows the traceback
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import sys
+import tempfile
 import time
+import traceback
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +23,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .errors import ModelError, OutputError, Showo2Error, UsageError
+from .errors import InputError, ModelError, OutputError, Showo2Error, UsageError
 
 app = typer.Typer(
     name="showo2",
@@ -30,6 +35,14 @@ app = typer.Typer(
 )
 
 STATE = {"debug": bool(os.environ.get("SHOWO2_DEBUG")), "json": False, "quiet": False}
+_ARGS: list[str] = []  # the arguments main() was called with (for errors raised before a command ran)
+
+#: Longest prompt or question, in characters (pipelines.MAX_PROMPT_CHARS; kept here so the CLI
+#: can check it without importing torch).
+MAX_PROMPT_CHARS = 10_000
+#: Largest prompts file read.
+MAX_PROMPTS_FILE_BYTES = 64 * 1024 * 1024
+DTYPE_NAMES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No notices or progress on stderr.")]
@@ -39,6 +52,8 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, fp32
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name, folder or Hugging Face repo id "
                                               "(default: $SHOWO2_MODEL, the cached official 1.5B, then the bundled demo).")]
 VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_VAE.pth, a .safetensors or a diffusers folder.")]
+MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB "
+                                                 "(default: $SHOWO2_MAX_MEMORY_GB, else the memory available now; 0: no limit).")]
 
 
 # ---- rendering helpers ------------------------------------------------------------------------
@@ -54,12 +69,21 @@ def notice(message: str) -> None:
         _stderr_console().print(message, markup=False)
 
 
+def _write(stream, text: str) -> None:
+    """Write text that may hold undecodable file names (surrogates) whatever the stream's encoding."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        stream.write(text.encode(encoding, "backslashreplace").decode(encoding, "replace"))
+
+
 def emit(result: dict, plain: str | None = None) -> None:
     """The command's result: a JSON object with --json, else the plain text (if any) on stdout."""
     if STATE["json"]:
-        sys.stdout.write(json.dumps(result, default=str) + "\n")
+        _write(sys.stdout, json.dumps(result, default=str) + "\n")
     elif plain is not None:
-        sys.stdout.write(plain + ("" if plain.endswith("\n") else "\n"))
+        _write(sys.stdout, plain + ("" if plain.endswith("\n") else "\n"))
     sys.stdout.flush()
 
 
@@ -104,6 +128,68 @@ def pick_dtype(dtype: str, device: str):
     if dtype.lower() == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return parse_dtype(dtype)
+
+
+# ---- cheap checks: every command runs them before importing torch or loading anything -----------
+
+def check_device_name(device: str) -> None:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", device.lower()):
+        raise UsageError(f"--device must be auto, cuda, cuda:N, mps or cpu, got '{_short(device)}'")
+
+
+def check_dtype_name(dtype: str, names: tuple[str, ...] = DTYPE_NAMES) -> None:
+    if dtype.lower() not in names:
+        raise UsageError(f"unknown dtype '{_short(dtype)}'; use one of {', '.join(n for n in names if len(n) <= 4)}")
+
+
+def check_number(option: str, value: float | None, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> None:
+    """A finite float in [low, high] (or (low, high] with ``low_open``); None passes."""
+    if value is None:
+        return
+    ok = math.isfinite(value) and (high is None or value <= high)
+    if low is not None:
+        ok = ok and (value > low if low_open else value >= low)
+    if not ok:
+        lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+        hi = "" if high is None else f"<= {high:g}"
+        raise UsageError(f"{option} must be a number {' and '.join(x for x in (lo, hi) if x)}, got {value}")
+
+
+def check_seed(seed: int | None) -> None:
+    if seed is not None and not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be between 0 and 2^63-1, got {_short(str(seed))}")
+
+
+def check_text(text: str, what: str) -> str:
+    """A prompt or question: not empty, at most MAX_PROMPT_CHARS characters."""
+    if not text.strip():
+        raise UsageError(f"empty {what}: give some text")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise UsageError(f"a {what} of {len(text)} characters is too long (at most {MAX_PROMPT_CHARS})")
+    return text
+
+
+def check_output_folder(path: Path, overwrite: bool) -> None:
+    """A model folder to write: its parent exists and takes new entries; it does not exist yet
+    (or --overwrite). Probed by creating and removing a hidden folder, so a read-only or pseudo
+    file system fails here, before anything is built."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"'{path}' exists and is not a folder")
+    if path.exists() and not overwrite:
+        raise OutputError(f"'{path}' already exists; pass --overwrite to replace it")
+    parent = path.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write '{path}': folder '{parent}' does not exist")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name[:100]}.", suffix=".probe", dir=parent))
+    except OSError as e:
+        raise OutputError(f"cannot write '{path}': cannot create a folder in '{parent}' ({e.strerror or e})") from e
+
+
+def _short(text: str, n: int = 40) -> str:
+    text = str(text)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -195,13 +281,13 @@ def convert(
 ):
     """Rewrite a checkpoint as a pickle-free safetensors folder that loads memory-mapped."""
     _setup(json_mode, quiet)
+    check_dtype_name(dtype, ("keep", *DTYPE_NAMES[1:]))
+    check_output_folder(output, overwrite)
     from .loading import build_network, find_files, parse_dtype, read_state_dict, save_folder, spec_from_files
     from .modeling.vae import load_vae
     from .tokenizer import add_showo2_tokens, load_tokenizer
 
     target_dtype = None if dtype == "keep" else parse_dtype(dtype)
-    if output.exists() and not overwrite:
-        raise OutputError(f"'{output}' already exists; pass --overwrite to replace it")
     start = time.perf_counter()
     files = find_files(src, vae=vae)
     if not files.weights:
@@ -234,19 +320,20 @@ def init(
     spec: Annotated[str, typer.Option("--spec", help="A registry spec: tiny, 1.5B, 7B, ...")] = "tiny",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16.")] = "fp32",
-    vae_dim: Annotated[int | None, typer.Option("--vae-dim", help="Base width of the random Wan VAE (96 is the real one).")] = None,
+    vae_dim: Annotated[int | None, typer.Option("--vae-dim", min=1, max=512, help="Base width of the random Wan VAE (96 is the real one).")] = None,
     overwrite: OverwriteOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
     """Write a new randomly initialised model folder of any spec (the start of training, or for tests)."""
     _setup(json_mode, quiet)
-    from .loading import init_model, parse_dtype
     from .specs import get_spec
 
     spec_obj = get_spec(spec)
-    if vae_dim is not None and not 1 <= vae_dim <= 512:
-        raise UsageError(f"--vae-dim must be between 1 and 512, got {vae_dim}")
+    check_dtype_name(dtype, DTYPE_NAMES[1:])
+    check_output_folder(output, overwrite)
+    from .loading import init_model, parse_dtype
+
     with status(f"initialising a random '{spec_obj.name}' model"):
         path = init_model(spec_obj, output, seed=seed, dtype=parse_dtype(dtype), vae_base_dim=vae_dim, overwrite=overwrite)
     emit({"output": str(path), "spec": spec_obj.name, "seed": seed, "dtype": dtype}, str(path))
@@ -259,27 +346,35 @@ def encode(
     model: ModelOpt = None,
     vae: VaeOpt = None,
     size: Annotated[str | None, typer.Option("--size", help="N or WIDTHxHEIGHT, multiples of 16 (default: the model's resolution, 432 for a VAE alone).")] = None,
-    frames: Annotated[int | None, typer.Option("--frames", help="Videos: use the first N frames (rounded up to 1+4k). Default: all, rounded down.")] = None,
+    frames: Annotated[int | None, typer.Option("--frames", min=1, max=100000, help="Videos: use the first N frames (rounded up to 1+4k). Default: all, rounded down.")] = None,
     sample: Annotated[bool, typer.Option("--sample", help="Draw the posterior sample (official training/understanding behaviour) instead of the mean.")] = False,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for --sample.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for --sample, 0 to 2^63-1.")] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
+    max_memory: MaxMemOpt = None,
     overwrite: OverwriteOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
     """Encode an image or a video into Wan2.1 VAE latents with metadata."""
     _setup(json_mode, quiet)
-    from . import api
     from . import media as M
 
-    dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
     out = output or media.with_name(media.name + ".latents.safetensors")
     if out.suffix != ".safetensors":
         raise UsageError(f"latents are written as .safetensors, got '{out}'")
-    M.check_output_path(out, overwrite)
-    M.probe_kind(media)  # fail on a bad input before loading anything
+    requested = M.parse_size(size)
+    check_seed(seed)
+    check_device_name(device)
+    check_dtype_name(dtype)
+    check_number("--max-memory", max_memory, 0)
+    M.check_output_path(out, overwrite, probe=True)
+    source = M.read_media(media)  # the whole input is read and checked before anything loads
+
+    from . import api
+
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
     resolution = None
     if vae is None:
         name = model
@@ -300,14 +395,14 @@ def encode(
             resolution = int(files.config.get("image_latent_height") or 27) * 16
     else:
         vae_path = vae
-    hw = api.parse_size(size) or ((resolution, resolution) if resolution else (432, 432))
+    hw = requested or ((resolution, resolution) if resolution else (432, 432))
     with status("loading the VAE"):
         from .modeling.vae import load_vae
 
         vae_model = load_vae(vae_path, dtype=dt, device=dev)
     with status(f"encoding {media.name}"):
-        result = api.encode(media, vae_model, api.EncodeOptions(size=hw, frames=frames, sample=sample, seed=seed),
-                            vae_name=str(vae_path))
+        result = api.encode(source, vae_model, api.EncodeOptions(size=hw, frames=frames, sample=sample, seed=seed),
+                            vae_name=str(vae_path), max_memory_gb=max_memory)
     for n in result.notices:
         notice(n)
     api.save_latents(out, result, overwrite=overwrite)
@@ -325,28 +420,46 @@ def decode(
     fps: Annotated[float | None, typer.Option("--fps", help="Frames per second (default: the source's, else 8).")] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
+    max_memory: MaxMemOpt = None,
     overwrite: OverwriteOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
     """Decode latents back to an image or a video."""
     _setup(json_mode, quiet)
-    from . import api
     from . import media as M
 
-    if fps is not None and not (0 < fps <= 240):
-        raise UsageError(f"--fps must be in (0, 240], got {fps}")
-    dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
+    _check_fps(fps)
+    check_device_name(device)
+    check_dtype_name(dtype)
+    check_number("--max-memory", max_memory, 0)
+    writable = M.IMAGE_WRITE_EXTS + M.VIDEO_WRITE_EXTS
+    if output is not None:
+        if output.suffix.lower() not in writable:
+            raise UsageError(f"cannot write '{_short(str(output), 80)}': unsupported output extension "
+                             f"'{_short(output.suffix)}'; use .png/.jpg/.webp or .mp4/.webm/.gif")
+        M.check_output_path(output, overwrite, probe=True)
+    try:  # the cheap checks, before importing torch
+        what = ("does not exist" if not latents.exists() else "is a directory" if latents.is_dir()
+                else "is empty" if latents.stat().st_size == 0 else None)
+    except OSError as e:
+        what = f"cannot be read ({e.strerror or e})"
+    if what:
+        raise InputError(f"latents file '{latents}' {what}")
+
+    from . import api
+
     z, meta = api.load_latents(latents)
     frames_out = 1 + 4 * (z.shape[1] - 1)
     out = output or latents.with_name(latents.name.split(".")[0] + (".png" if frames_out == 1 else ".mp4"))
     ext = out.suffix.lower()
-    if ext not in M.IMAGE_EXTS + M.VIDEO_EXTS:
+    if ext not in writable:
         raise UsageError(f"unsupported output extension '{ext}': use .png/.jpg/.webp or .mp4/.webm/.gif")
     if ext in M.IMAGE_EXTS and frames_out != 1:
         raise UsageError(f"'{out}' is an image but the latents hold {frames_out} frames: use .mp4, .webm or .gif")
-    M.check_output_path(out, overwrite)
+    M.check_output_path(out, overwrite, probe=True)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
     vae_ref = vae
     if vae_ref is None and model is None and meta.get("vae") and Path(meta["vae"]).exists():
         vae_ref = Path(meta["vae"])
@@ -357,7 +470,7 @@ def decode(
         vae_model, vae_name = api.resolve_vae(model, vae_ref, dtype=dt, device=dev)
     z, _ = api.load_latents(latents, z_dim=vae_model.z_dim)
     with status(f"decoding {z.shape[1]} latent frame(s)"):
-        frames = api.decode(z, vae_model)
+        frames = api.decode(z, vae_model, max_memory_gb=max_memory)
     rate = fps or meta.get("fps") or 8.0
     api.write_decoded(out, frames, rate, {"decoded_from": str(latents), "vae": vae_name, "fps": rate}, overwrite)
     t, h, w = frames.shape[:3]
@@ -403,13 +516,21 @@ class ProgressReporter:
         self.bar.update(self.tasks[phase], completed=done, total=total)
 
 
-def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE")):
+def model_name(model: str | None) -> str:
+    """The named model, else the default one (with a one-line notice saying which)."""
+    if model is not None:
+        return model
     from . import api
+
+    name, msg = api.default_model()
+    notice(msg)
+    return name
+
+
+def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE")):
     from .loading import load
 
-    if model is None:
-        model, msg = api.default_model()
-        notice(msg)
+    model = model_name(model)
     dev = pick_device(device)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if dev == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -421,26 +542,41 @@ def load_model(model: str | None, device: str, dtype: str, vae: Path | None = No
 
 
 def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
+    """The prompt and/or the lines of the prompts file ('-': stdin). An empty or over-long prompt
+    is a usage error; an unreadable, empty or non-UTF-8 prompts file an input error naming it."""
     prompts: list[str] = []
     if prompt is not None:
-        prompts.append(prompt)
+        prompts.append(check_text(prompt, "prompt"))
     if prompts_file is not None:
-        if str(prompts_file) == "-":
-            text = sys.stdin.read()
-        else:
-            from .errors import InputError
-
-            if not prompts_file.exists():
-                raise InputError(f"prompts file '{prompts_file}' does not exist")
-            if prompts_file.is_dir():
-                raise InputError(f"prompts file '{prompts_file}' is a directory")
-            try:
-                text = prompts_file.read_text(encoding="utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"prompts file '{prompts_file}' is not UTF-8 text") from e
-        prompts += [line.strip() for line in text.splitlines() if line.strip()]
-        if not prompts:
-            raise UsageError(f"prompts file '{prompts_file}' holds no prompt")
+        where = "stdin" if str(prompts_file) == "-" else f"'{prompts_file}'"
+        try:
+            if str(prompts_file) == "-":
+                data = sys.stdin.buffer.read(MAX_PROMPTS_FILE_BYTES + 1)
+            else:
+                if not prompts_file.exists():
+                    raise InputError(f"prompts file {where} does not exist")
+                if prompts_file.is_dir():
+                    raise InputError(f"prompts file {where} is a directory")
+                if prompts_file.stat().st_size > MAX_PROMPTS_FILE_BYTES:
+                    raise InputError(f"prompts file {where} is too large (more than "
+                                     f"{MAX_PROMPTS_FILE_BYTES // 2**20} MiB)")
+                data = prompts_file.read_bytes()
+        except OSError as e:
+            raise InputError(f"cannot read prompts file {where}: {e.strerror or e}") from e
+        if len(data) > MAX_PROMPTS_FILE_BYTES:
+            raise InputError(f"prompts from {where} are too large (more than {MAX_PROMPTS_FILE_BYTES // 2**20} MiB)")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"prompts file {where} is not UTF-8 text (byte {e.start})") from e
+        lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+        for i, line in lines:
+            if len(line) > MAX_PROMPT_CHARS:
+                raise InputError(f"prompts file {where} line {i}: a prompt of {len(line)} characters is too long "
+                                 f"(at most {MAX_PROMPT_CHARS})")
+        if not lines:
+            raise InputError(f"prompts file {where} holds no prompt")
+        prompts += [line for _, line in lines]
     if not prompts:
         raise UsageError("give a PROMPT or --prompts-file")
     return prompts
@@ -458,7 +594,9 @@ def output_paths(output: Path | None, prompts: list[str], indices: list[int], n:
     """One path per (prompt, k): ``-o`` as given for a single result, ``stem-NNN.ext`` (global job
     index) for several, or ``<prompt-slug>-<seed>.ext`` in the current folder when no ``-o``."""
     from . import media as M
-    from .pipelines import seed_for
+
+    def seed_for(base: int, prompt_index: int, k: int, n: int) -> int:  # pipelines.seed_for, without torch
+        return (base + prompt_index * n + k) % 2**63
 
     paths = []
     for p, i in zip(prompts, indices, strict=True):
@@ -472,9 +610,11 @@ def output_paths(output: Path | None, prompts: list[str], indices: list[int], n:
                 width = max(3, len(str(total_jobs - 1)))
                 path = output.with_name(f"{output.stem}-{i * n + k:0{width}d}{output.suffix}")
             paths.append(path)
+    probed = set()
     for path in paths:
-        M.check_output_path(path, overwrite)
+        M.check_output_path(path, overwrite, probe=path.parent not in probed)
         M.check_output_path(path.with_suffix(".json"), overwrite)
+        probed.add(path.parent)
     return paths
 
 
@@ -482,8 +622,6 @@ def load_noise(path: Path | None):
     if path is None:
         return None
     from safetensors import safe_open
-
-    from .errors import InputError
 
     if not path.exists() or path.is_dir():
         raise InputError(f"noise file '{path}' does not exist or is a directory")
@@ -499,22 +637,35 @@ def load_noise(path: Path | None):
     except Exception as e:
         raise InputError(f"cannot read noise '{path}': not a safetensors file or truncated") from e
     if not noise.is_floating_point() or not noise.isfinite().all():
-        raise InputError(f"noise '{path}' must be finite floating-point values")
+        raise InputError(f"noise '{path}' must be finite floating-point values, got {str(noise.dtype).replace('torch.', '')}"
+                         + ("" if not noise.is_floating_point() else " with NaN/inf"))
+    if noise.numel() == 0 or noise.dim() > 6:
+        raise InputError(f"noise '{path}' has shape {tuple(noise.shape)}: not a latent")
     return noise
 
 
 def run_generation(kind: str, prompts: list[str], output: Path | None, model: str | None, n: int, size: str | None,
                    steps: int | None, guidance: float | None, shift: float | None, seed: int | None, batch_size: int,
                    noise: Path | None, save_latents: bool, sampler: str, frames: int, fps: float, image: Path | None,
-                   device: str, dtype: str, overwrite: bool, default_ext: str, allowed_exts: tuple[str, ...]):
-    from . import api
+                   device: str, dtype: str, overwrite: bool, default_ext: str, allowed_exts: tuple[str, ...],
+                   max_memory: float | None = None):
     from . import media as M
-    from . import pipelines as P
 
+    # everything that can be checked without torch or the model, first
     if output is not None and output.suffix.lower() not in allowed_exts:
-        raise UsageError(f"unsupported output extension '{output.suffix or output}' for {kind}: use {', '.join(allowed_exts)}")
+        raise UsageError(f"unsupported output extension '{_short(output.suffix or output)}' for {kind}: "
+                         f"use {', '.join(allowed_exts)}")
     if not 1 <= n <= 1000:
         raise UsageError(f"-n/--num-images must be between 1 and 1000, got {n}")
+    if sampler not in ("euler", "heun"):
+        raise UsageError(f"--sampler must be euler or heun, got '{_short(sampler)}'")
+    check_number("--guidance", guidance, 0, 100)
+    check_number("--shift", shift, 0, None, low_open=True)
+    check_number("--max-memory", max_memory, 0)
+    check_seed(seed)
+    check_device_name(device)
+    check_dtype_name(dtype)
+    hw = M.parse_size(size)
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     rank, world = shard()
@@ -522,13 +673,21 @@ def run_generation(kind: str, prompts: list[str], output: Path | None, model: st
     mine = [prompts[i] for i in indices]
     ext = output.suffix.lower() if output is not None else default_ext
     paths = output_paths(output, mine, indices, n, seed, ext, overwrite, len(prompts) * n)
-    hw = api.parse_size(size) if size else None
-    opts = P.GenerateOptions(size=hw, steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=n,
-                             batch_size=batch_size, frames=frames, method=sampler, noise=load_noise(noise))
-    opts.validate()
     if image is not None:
         M.read_image(image)  # a bad image fails before the model loads
-    bundle = load_model(model, device, dtype)
+    noise_tensor = load_noise(noise)
+
+    from . import api
+    from . import pipelines as P
+
+    opts = P.GenerateOptions(size=hw, steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=n,
+                             batch_size=batch_size, frames=frames, method=sampler, noise=noise_tensor,
+                             max_memory_gb=max_memory)
+    opts.validate()
+    name = model_name(model)
+    if mine:
+        _check_generation_memory(name, kind, opts, min(batch_size, len(mine) * n), device, dtype)
+    bundle = load_model(name, device, dtype)
     notice(f"seed {seed}")
     results = []
     if mine:
@@ -567,14 +726,37 @@ def run_generation(kind: str, prompts: list[str], output: Path | None, model: st
          "\n".join(r["output"] for r in written) if written else None)
 
 
-SizeOpt = Annotated[str | None, typer.Option("--size", help="N or WIDTHxHEIGHT, multiples of 16 (default: the model's resolution).")]
-StepsOpt = Annotated[int | None, typer.Option("--steps", help="Sampling grid points; steps-1 model calls (default 50).")]
-GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale (default 5.0; 0 = none).")]
-ShiftOpt = Annotated[float | None, typer.Option("--shift", help="Time-grid shift towards the noise end (default 3.0).")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Base seed (random if absent; always printed and recorded).")]
-NumOpt = Annotated[int, typer.Option("--num-images", "-n", help="Outputs per prompt.")]
+def _check_generation_memory(name: str, kind: str, opts, batch: int, device: str, dtype: str) -> None:
+    """Refuse a job that cannot fit before the weights load, when the model's folder tells its
+    spec (our own format; for an official checkpoint the pipeline checks once it is loaded)."""
+    from . import pipelines as P
+    from .loading import find_files, spec_from_files
+
+    files = find_files(name)
+    if files.format != "showo2":
+        return
+    spec = spec_from_files(files, {})
+    video = kind != "t2i"
+    side = spec.video_resolution if video else spec.resolution
+    base_dim = 96
+    if files.vae is not None and (Path(files.vae) / "config.json").is_file():
+        try:
+            base_dim = int(json.loads((Path(files.vae) / "config.json").read_text()).get("base_dim", 96))
+        except (OSError, ValueError, TypeError, AttributeError):
+            base_dim = 96
+    dev = pick_device(device)
+    P.check_generation_memory(spec, pick_dtype(dtype, dev), opts.size or (side, side), opts.frames if video else 1,
+                              video, batch, opts.max_memory_gb, dev, base_dim)
+
+
+SizeOpt = Annotated[str | None, typer.Option("--size", help="N or WIDTHxHEIGHT, multiples of 16, at most 4096 (default: the model's resolution).")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", min=2, max=10000, help="Sampling grid points; steps-1 model calls (default 50).")]
+GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale, 0 to 100 (default 5.0; 0 = none).")]
+ShiftOpt = Annotated[float | None, typer.Option("--shift", help="Time-grid shift towards the noise end, > 0 (default 3.0).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Base seed, 0 to 2^63-1 (random if absent; always printed and recorded).")]
+NumOpt = Annotated[int, typer.Option("--num-images", "-n", min=1, max=1000, help="Outputs per prompt.")]
 PromptsFileOpt = Annotated[Path | None, typer.Option("--prompts-file", help="One prompt a line; '-' reads stdin.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Outputs generated together.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=1024, help="Outputs generated together.")]
 NoiseOpt = Annotated[Path | None, typer.Option("--noise", help="Exact starting noise (.safetensors), to reproduce a run.")]
 SaveLatOpt = Annotated[bool, typer.Option("--save-latents", help="Also write <output>.latents.safetensors.")]
 SamplerOpt = Annotated[str, typer.Option("--sampler", help="euler (official) or heun.")]
@@ -587,29 +769,32 @@ def t2i(
     model: ModelOpt = None, size: SizeOpt = None, steps: StepsOpt = None, guidance: GuidanceOpt = None,
     shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1, prompts_file: PromptsFileOpt = None,
     batch_size: BatchOpt = 4, noise: NoiseOpt = None, save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler",
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, overwrite: OverwriteOpt = False,
     json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Text to image."""
     _setup(json_mode, quiet)
     run_generation("t2i", read_prompts(prompt, prompts_file), output, model, num_images, size, steps, guidance, shift,
                    seed, batch_size, noise, save_latents, sampler, 1, 8.0, None, device, dtype, overwrite, ".png",
-                   (".png", ".jpg", ".jpeg", ".webp"))
+                   (".png", ".jpg", ".jpeg", ".webp"), max_memory)
+
+
+MAX_VIDEO_FRAMES = 1 + 4 * 64  # pipelines._check_frames
 
 
 def _video_frames(frames: int) -> int:
     from . import media as M
 
-    if frames < 1:
-        raise UsageError(f"--frames must be at least 1, got {frames}")
+    if not 1 <= frames <= MAX_VIDEO_FRAMES:
+        raise UsageError(f"--frames must be between 1 and {MAX_VIDEO_FRAMES}, got {frames}")
     rounded = M.round_frames(frames, "up")
     if rounded != frames:
         notice(f"frames must be 1+4k: {frames} was rounded to {rounded}")
     return rounded
 
 
-def _check_fps(fps: float) -> float:
-    if not (0 < fps <= 240):
+def _check_fps(fps: float | None) -> float | None:
+    if fps is not None and not (0 < fps <= 240):
         raise UsageError(f"--fps must be in (0, 240], got {fps}")
     return fps
 
@@ -626,14 +811,14 @@ def t2v(
     model: ModelOpt = None, size: SizeOpt = None, steps: StepsOpt = None, guidance: GuidanceOpt = None,
     shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1, prompts_file: PromptsFileOpt = None,
     batch_size: BatchOpt = 1, noise: NoiseOpt = None, save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler",
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, overwrite: OverwriteOpt = False,
     json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Text to video (needs a checkpoint trained for video generation, e.g. the bundled demo)."""
     _setup(json_mode, quiet)
     run_generation("t2v", read_prompts(prompt, prompts_file), output, model, num_images, size, steps, guidance, shift,
                    seed, batch_size, noise, save_latents, sampler, _video_frames(frames), _check_fps(fps), None, device,
-                   dtype, overwrite, ".mp4", VIDEO_EXTS)
+                   dtype, overwrite, ".mp4", VIDEO_EXTS, max_memory)
 
 
 @app.command()
@@ -646,14 +831,14 @@ def i2v(
     model: ModelOpt = None, size: SizeOpt = None, steps: StepsOpt = None, guidance: GuidanceOpt = None,
     shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1, prompts_file: PromptsFileOpt = None,
     batch_size: BatchOpt = 1, noise: NoiseOpt = None, save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler",
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, overwrite: OverwriteOpt = False,
     json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Image to video: the image's latent is the fixed first latent frame."""
     _setup(json_mode, quiet)
     run_generation("i2v", read_prompts(prompt, prompts_file), output, model, num_images, size, steps, guidance, shift,
                    seed, batch_size, noise, save_latents, sampler, _video_frames(frames), _check_fps(fps), image, device,
-                   dtype, overwrite, ".mp4", VIDEO_EXTS)
+                   dtype, overwrite, ".mp4", VIDEO_EXTS, max_memory)
 
 
 @app.command()
@@ -666,8 +851,8 @@ def caption(
     top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")] = None,
     frames: Annotated[int | None, typer.Option("--frames", help="Video: frames sampled uniformly (default 32 for the real models).")] = None,
-    mask: Annotated[str, typer.Option("--mask", help="official (the demos' shifted block) or training (training-consistent block).")] = "official",
-    template: Annotated[str, typer.Option("--template", help="official (demo prompt) or training (stage-2 whitespace).")] = "official",
+    mask: Annotated[str | None, typer.Option("--mask", help="official (the demos' shifted block) or training (training-consistent block); default: what the checkpoint declares (official for the released ones).")] = None,
+    template: Annotated[str | None, typer.Option("--template", help="official (demo prompt) or training (stage-2 whitespace); default: what the checkpoint declares.")] = None,
     vae_sample: Annotated[bool, typer.Option("--vae-sample", help="Encode with the stochastic VAE sample, as the official demo.")] = False,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they are produced.")] = True,
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
@@ -676,17 +861,37 @@ def caption(
     """Answer questions about an image or a video (one answer per line on stdout)."""
     _setup(json_mode, quiet)
     from . import media as M
+
+    if mask not in (None, "official", "training"):
+        raise UsageError(f"--mask must be official or training, got '{_short(mask)}'")
+    if template not in (None, "official", "training"):
+        raise UsageError(f"--template must be official or training, got '{_short(template)}'")
+    # the option checks of pipelines._validate_caption, without importing torch
+    if not 1 <= max_new_tokens <= 1_000_000:
+        raise UsageError(f"--max-new-tokens must be between 1 and 1000000, got {max_new_tokens}")
+    check_number("--temperature", temperature, 0, 1000)
+    check_number("--top-p", top_p, 0, 1, low_open=True)
+    if top_k is not None and top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {top_k}")
+    if frames is not None and not 1 <= frames <= 512:
+        raise UsageError(f"--frames must be between 1 and 512, got {frames}")
+    check_seed(seed)
+    for q in question or []:
+        check_text(q, "question")
+    check_device_name(device)
+    check_dtype_name(dtype)
+    kind = M.probe_kind(media)
+    if kind == "image":
+        M.read_image(media)  # a broken or too large picture fails before the model loads
+    else:
+        M.check_video(media)  # so does a truncated or damaged video (without decoding it)
+
     from . import pipelines as P
 
-    if mask not in ("official", "training"):
-        raise UsageError(f"--mask must be official or training, got '{mask}'")
-    if template not in ("official", "training"):
-        raise UsageError(f"--template must be official or training, got '{template}'")
     opts = P.CaptionOptions(questions=list(question or []), max_new_tokens=max_new_tokens, temperature=temperature,
                             top_k=top_k, top_p=top_p, seed=seed, frames=frames, mask_mode=mask, template=template,
                             vae_sample=vae_sample)
     P._validate_caption(opts)
-    kind = M.probe_kind(media)
     bundle = load_model(model, device, dtype)
     if kind == "video" and not P.supports_video_understanding(bundle):
         notice("note: this checkpoint was not trained for video understanding (use a -w-video-und model)")
@@ -769,11 +974,15 @@ _register_train()
 # ---- entry point ------------------------------------------------------------------------------
 
 def _fail(message: str, code: int, kind: str) -> int:
-    sys.stderr.write(f"showo2: error: {message}\n")
-    if STATE["json"] or "--json" in sys.argv[1:]:
-        sys.stdout.write(json.dumps({"error": {"kind": kind, "message": message, "exit_code": code}}) + "\n")
-    sys.stderr.flush()
-    sys.stdout.flush()
+    message = re.sub(r"\s*[\r\n]+\s*", " ", message).strip() or kind  # one line, whatever the message held
+    try:
+        _write(sys.stderr, f"showo2: error: {message}\n")
+        if STATE["json"] or "--json" in _ARGS:
+            _write(sys.stdout, json.dumps({"error": {"kind": kind, "message": message, "exit_code": code}}) + "\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+    except (OSError, ValueError):  # a closed or broken stdout/stderr: the exit code still tells
+        pass
     return code
 
 
@@ -801,8 +1010,16 @@ def main(argv: list[str] | None = None) -> int:
     exit_types, abort_types, click_types = _click_exceptions()
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in args:
-        STATE["debug"] = True
+    _ARGS[:] = args
+    # fresh state for every call (main() may run several times in one process)
+    STATE.update(debug=bool(os.environ.get("SHOWO2_DEBUG")) or "--debug" in args, json=False, quiet=False)
+    with warnings.catch_warnings():
+        if not STATE["debug"]:  # stderr carries notices and one error line; library warnings only with --debug
+            warnings.simplefilter("ignore")
+        return _main(args, exit_types, abort_types, click_types)
+
+
+def _main(args: list[str], exit_types, abort_types, click_types) -> int:
     try:
         rv = app(args=args, prog_name="showo2", standalone_mode=False)
         if rv == 130:  # typer turns Ctrl-C into a returned 130 when not in standalone mode
@@ -816,7 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("interrupted", 130, "interrupted")
     except click_types as e:
         if STATE["debug"]:
-            raise
+            traceback.print_exc()
         if type(e).__name__ == "NoArgsIsHelpError":
             sys.stderr.write(e.format_message() + "\n")
             return 2
@@ -825,14 +1042,16 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         return _fail(message + where, 2, "usage")
     except Showo2Error as e:
-        if STATE["debug"]:
-            raise
+        if STATE["debug"]:  # the traceback, then the same line and exit code as without --debug
+            traceback.print_exc()
         return _fail(" ".join(str(e).split("\n")), e.exit_code, e.kind)
     except MemoryError:
+        if STATE["debug"]:
+            traceback.print_exc()
         return _fail("out of memory", 6, "resource")
     except Exception as e:  # a bug: still one line unless --debug
         if STATE["debug"]:
-            raise
+            traceback.print_exc()
         return _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                      "(run with --debug for the traceback)", 1, "internal")
 

@@ -219,6 +219,8 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None) ->
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelError(f"cannot read '{cfg_path}': {e}") from e
     fmt = "showo2" if "showo2" in config else "official"
+    if fmt == "official":
+        _check_official_config(config, cfg_path)
     files = ModelFiles(label, root, fmt, config, _find_weights(root))
     if not files.weights:
         files.missing.append(("weights", f"no model.safetensors / pytorch_model.bin in '{root}'"))
@@ -246,6 +248,70 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None) ->
     return files
 
 
+_OFFICIAL_INTS = ("hidden_size", "image_latent_dim", "image_latent_height", "image_latent_width", "patch_size",
+                  "clip_latent_dim", "llm_vocab_size", "num_diffusion_layers", "video_latent_height",
+                  "video_latent_width")
+
+
+def _check_official_config(config: dict, where: Path) -> None:
+    """The official config.json fields the loader reads must have their types."""
+    for key in _OFFICIAL_INTS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**24):
+            raise ModelError(f"'{where}': '{key}' must be a positive whole number, got {_shown(value)}")
+    for key in ("llm_model_path", "clip_pretrained_model_path"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ModelError(f"'{where}': '{key}' must be text, got {_shown(value)}")
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_spec_types(raw: dict, where: Path) -> None:
+    """Every field of a ``showo2.spec`` section must have its declared type (and sizes a sane
+    range) before a network is built from it: a config is read from disk, maybe a download."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(ModelSpec):
+        if f.name not in raw:
+            continue
+        value, kind = raw[f.name], str(f.type).replace(" ", "")
+
+        def bad(want: str, value=value, name=f.name) -> ModelError:
+            return ModelError(f"'{where}': spec field '{name}' must be {want}, got {_shown(value)}")
+
+        if kind == "int":
+            low = 0 if f.name.endswith("_layers") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**24:
+                raise bad(f"a whole number from {low} to {2**24 - 1}")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise bad("a finite number")
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise bad("true or false")
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise bad("text")
+        elif kind in ("str|None", "Optional[str]"):
+            if value is not None and not isinstance(value, str):
+                raise bad("text or null")
+        elif kind.startswith("tuple[int"):
+            if not isinstance(value, list) or not value or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**24 for v in value):
+                raise bad("a list of positive whole numbers")
+        elif kind.startswith("tuple[str"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise bad("a list of text")
+        elif kind == "dict":
+            if value is not None and not isinstance(value, dict):
+                raise bad("an object")
+
+
 def missing_message(files: ModelFiles, pieces: tuple[str, ...]) -> str | None:
     wanted = [(p, h) for p, h in files.missing if p in pieces]
     if not wanted:
@@ -268,12 +334,16 @@ def read_state_dict(paths: list[Path]) -> dict[str, torch.Tensor]:
 
                 part = load_file(str(path))
             else:
-                try:
-                    part = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError as e:
-                    if "mmap" not in str(e):
-                        raise
-                    part = torch.load(str(path), map_location="cpu", weights_only=True)
+                import warnings
+
+                with warnings.catch_warnings():  # torch warns about odd pickles on stderr: the error says it
+                    warnings.simplefilter("ignore")
+                    try:
+                        part = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+                    except RuntimeError as e:
+                        if "mmap" not in str(e):
+                            raise
+                        part = torch.load(str(path), map_location="cpu", weights_only=True)
                 if isinstance(part, dict) and isinstance(part.get("state_dict"), dict):
                     part = part["state_dict"]
         except ModelError:
@@ -398,6 +468,7 @@ def spec_from_files(files: ModelFiles, state: dict) -> ModelSpec:
         raw = files.config["showo2"]
         if not isinstance(raw, dict) or not isinstance(raw.get("spec"), dict):
             raise ModelError(f"'{files.root / 'config.json'}' has a malformed 'showo2' section")
+        _check_spec_types(raw["spec"], files.root / "config.json")
         try:
             return ModelSpec.from_dict(raw["spec"])
         except (UsageError, TypeError, ValueError) as e:
@@ -416,6 +487,9 @@ def check_state_dict(model: torch.nn.Module, state: dict, where: str) -> None:
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected
              if k in state and tuple(state[k].shape) != expected[k]]
+    floating = {k for k, v in model.state_dict().items() if v.is_floating_point()}
+    wrong_dtype = [f"{k} {str(state[k].dtype).replace('torch.', '')}" for k in expected
+                   if k in state and k in floating and not state[k].is_floating_point()]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
@@ -423,6 +497,8 @@ def check_state_dict(model: torch.nn.Module, state: dict, where: str) -> None:
         problems.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
     if wrong:
         problems.append(f"{len(wrong)} wrong shape(s) (e.g. {'; '.join(wrong[:2])})")
+    if wrong_dtype:
+        problems.append(f"{len(wrong_dtype)} tensor(s) that are not floating point (e.g. {'; '.join(wrong_dtype[:2])})")
     if problems:
         raise ModelError(f"weights in '{where}' do not fit the model: {', '.join(problems)}")
 
@@ -570,7 +646,10 @@ def save_folder(dst: Path, spec: ModelSpec, state: dict[str, torch.Tensor], toke
         raise OutputError(f"cannot write '{dst}': folder '{parent}' does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write '{dst}': folder '{parent}' is read-only")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise OutputError(f"cannot write '{dst}': cannot create a folder in '{parent}' ({e.strerror or e})") from e
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -601,6 +680,9 @@ def save_folder(dst: Path, spec: ModelSpec, state: dict[str, torch.Tensor], toke
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dst)
+    except OSError as e:  # disk full, quota, the folder vanished...
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write '{dst}': {e.strerror or e}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,7 +1,8 @@
 """Reading and writing images and videos, and the small geometry helpers around them.
 
 Everything here is plain functions over numpy arrays, PIL images and torch tensors; nothing
-prints. Every problem a user can cause is raised as one of the :mod:`showo2_cli.errors` types
+prints. torch is imported only by the two tensor conversions, so the CLI can check inputs and
+outputs without paying for it. Every problem a user can cause is raised as one of the :mod:`showo2_cli.errors` types
 with a one-line message that names the file:
 
 * :class:`~showo2_cli.errors.InputError` for an input that cannot be used (missing, empty,
@@ -28,6 +29,7 @@ Conventions
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -40,13 +42,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -61,10 +65,12 @@ __all__ = [
     "atomic_output",
     "available_video_codecs",
     "check_output_path",
+    "check_video",
     "frames_to_tensor",
     "is_valid_frames",
     "latent_frames",
     "numbered_paths",
+    "parse_size",
     "pixel_frames",
     "probe_kind",
     "read_image",
@@ -209,7 +215,7 @@ def _pil_header(p: Path) -> tuple[str, tuple[int, int], bool] | None:
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # PIL warns about odd chunks/EXIF: a header is all we want
             with Image.open(p) as im:
                 fmt = im.format or ""
                 size = im.size
@@ -235,18 +241,26 @@ def _pil_header(p: Path) -> tuple[str, tuple[int, int], bool] | None:
         return None
 
 
-def _av_video_info(p: Path) -> bool:
-    """True if FFmpeg opens the file as a real video container with a video stream."""
+def _av_container(p: Path) -> str | None:
+    """``"video"`` if FFmpeg opens the file as a real container with a video stream, ``"other"``
+    for a container without one (audio only, or a video track with no frame), else None."""
     import av
 
     try:
         with av.open(str(p), metadata_errors="replace") as container:
             names = set((container.format.name or "").split(","))
             if names & {"image2", "image2pipe"} or any(n.endswith("_pipe") for n in names):
-                return False  # a single still image (or garbage with an image extension)
-            return len(container.streams.video) > 0
+                return None  # a single still image (or garbage with an image extension)
+            if len(container.streams.video) > 0:
+                return "video"
+            return "other" if len(container.streams) > 0 or names & {"mov", "matroska", "webm", "avi"} else None
     except Exception:
-        return False
+        return None
+
+
+def _av_video_info(p: Path) -> bool:
+    """True if FFmpeg opens the file as a real video container with a video stream."""
+    return _av_container(p) == "video"
 
 
 def probe_kind(path: PathLike) -> str:
@@ -267,8 +281,11 @@ def probe_kind(path: PathLike) -> str:
             return "video" if animated else "image"
         if fmt != "MPEG":  # PIL only identifies MPEG streams, it cannot decode them
             return "image"
-    if _av_video_info(p):
+    found = _av_container(p)
+    if found == "video":
         return "video"
+    if found == "other":
+        raise InputError(f"cannot read media file {_q(p)}: the file has no video stream (audio only, or no frames)")
     raise InputError(
         f"cannot read media file {_q(p)}: not an image or video this tool can read "
         "(unknown format, truncated or corrupt)"
@@ -348,6 +365,7 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
     prefix = f"cannot read image {_q(p)}"
     try:
         with open(p, "rb") as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's warnings (corrupt EXIF, odd chunks) are not errors
             if limit <= (Image.MAX_IMAGE_PIXELS or 0):
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
             else:
@@ -385,12 +403,14 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
         raise InputError(f"{prefix}: truncated or corrupt file ({_detail(e)})") from e
 
     try:
-        if orientation in range(2, 9):
-            try:
-                im = ImageOps.exif_transpose(im)
-            except Exception:  # odd EXIF: keep the stored orientation
-                pass
-        return _to_rgb(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if orientation in range(2, 9):
+                try:
+                    im = ImageOps.exif_transpose(im)
+                except Exception:  # odd EXIF: keep the stored orientation
+                    pass
+            return _to_rgb(im)
     except MemoryError as e:
         raise ResourceError(f"image {_q(p)} is too large to convert in memory") from e
     except Exception as e:
@@ -471,6 +491,137 @@ def _rotate(arr: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(arr, k=k)) if k else arr
 
 
+@contextmanager
+def _ffmpeg_errors() -> Iterator[list]:
+    """Collect the error messages FFmpeg logs meanwhile; the previous log level is restored after.
+
+    PyAV keeps FFmpeg's log off by default. Use this only around work that starts no FFmpeg
+    threads (opening and demuxing, not frame-threaded decoding): a decoder thread logging through
+    PyAV's Python callback while the main thread joins it can deadlock, and one logging after
+    the level is switched back races.
+    """
+    import av.logging as avlog
+
+    previous, skip = avlog.get_level(), avlog.get_skip_repeated()
+    if previous is None or previous < avlog.ERROR:
+        avlog.set_level(avlog.ERROR)
+    avlog.set_skip_repeated(False)  # else the same error in the next file would be swallowed
+    try:
+        with avlog.Capture(False) as logs:
+            yield logs
+    finally:
+        avlog.set_skip_repeated(skip)
+        if avlog.get_level() != previous:
+            avlog.set_level(previous)
+
+
+def _first_ffmpeg_error(logs: list) -> str | None:
+    for entry in logs:
+        try:
+            level, name, message = entry[0], entry[1], entry[2]
+        except (IndexError, TypeError):
+            continue
+        if level is not None and level <= 16:  # AV_LOG_ERROR
+            return f"{name}: {' '.join(str(message).split())}"
+    return None
+
+
+def _check_packets(p: Path, prefix: str) -> None:
+    """Demux the first video stream (no decoding, so no decoder threads) and refuse the file if
+    FFmpeg logs an error or flags a packet as corrupt: that is how a truncated or damaged
+    mp4/webm/mkv shows, while decoding it would quietly end early."""
+    import av
+
+    with _ffmpeg_errors() as logs:
+        try:
+            with av.open(str(p), metadata_errors="replace") as container:
+                streams = list(container.streams.video[:1])
+                if not streams:
+                    return  # judged by the caller ("no video stream")
+                for packet in container.demux(streams[0]):
+                    if packet.size and packet.is_corrupt:
+                        raise InputError(f"{prefix}: truncated or corrupt (a damaged packet at pts {packet.pts})")
+                    found = _first_ffmpeg_error(logs)
+                    if found:
+                        raise InputError(f"{prefix}: truncated or corrupt ({found})")
+        except (InputError, ResourceError):
+            raise
+        except MemoryError as e:
+            raise ResourceError(f"video {_q(p)} is too large to read in memory") from e
+        except Exception as e:
+            found = _first_ffmpeg_error(logs)
+            raise InputError(f"{prefix}: truncated or corrupt ({found or _detail(e)})") from e
+        found = _first_ffmpeg_error(logs)
+        if found:
+            raise InputError(f"{prefix}: truncated or corrupt ({found})")
+
+
+def _check_gif_frames(p: Path, prefix: str) -> None:
+    """Decode every frame of a GIF with PIL, which (unlike FFmpeg) reports a truncated or
+    damaged frame instead of silently ending the animation there."""
+    try:
+        with warnings.catch_warnings(), Image.open(p) as im:
+            warnings.simplefilter("ignore")
+            index = 0
+            while True:
+                try:
+                    im.seek(index)
+                except EOFError:
+                    break
+                im.load()
+                index += 1
+    except MemoryError as e:
+        raise ResourceError(f"video {_q(p)} is too large to decode in memory") from e
+    except Exception as e:
+        raise InputError(f"{prefix}: truncated or corrupt GIF ({_detail(e)})") from e
+
+
+def _check_video_structure(p: Path, prefix: str, limit: int) -> None:
+    """What can be checked of a video without decoding it (GIFs excepted): not a still image,
+    not too large, no truncated or damaged packet."""
+    header = _pil_header(p)
+    if header is not None and not (header[0] == "GIF" and header[2]) and header[0] != "MPEG":
+        raise InputError(f"{prefix}: it is a still image, not a video")
+    if header is not None and header[0] == "GIF":
+        width, height = header[1]
+        if width * height > limit:
+            raise _too_large("video", p, width, height, limit)
+        _check_gif_frames(p, prefix)
+    else:
+        _check_packets(p, prefix)
+
+
+def check_video(path: PathLike, max_pixels: int | None = None) -> None:
+    """Check a video as far as possible without decoding it (a GIF is decoded): a video stream
+    with a frame size within ``max_pixels``, and no truncated or damaged packet. Cheap: callers
+    run it before loading a model, then read the frames they need with :func:`read_video`.
+
+    Raises:
+        InputError, ResourceError: as :func:`read_video` would for these problems.
+    """
+    import av
+
+    limit = _resolve_max_pixels(max_pixels)
+    p = _check_input_file(path, "video")
+    prefix = f"cannot read video {_q(p)}"
+    _check_video_structure(p, prefix, limit)
+    try:
+        with av.open(str(p), metadata_errors="replace") as container:
+            if not container.streams.video:
+                raise InputError(f"{prefix}: the file has no video stream")
+            cc = container.streams.video[0].codec_context
+            width, height = int(cc.width or 0), int(cc.height or 0)
+    except (InputError, ResourceError):
+        raise
+    except Exception as e:
+        raise InputError(f"{prefix}: not a video this tool can read (unknown format, truncated or corrupt: "
+                         f"{_detail(e)})") from e
+    if width <= 0 or height <= 0:
+        raise InputError(f"{prefix}: the video stream has no frame size (corrupt header)")
+    if width * height > limit:
+        raise _too_large("video", p, width, height, limit)
+
+
 def read_video(
     path: PathLike,
     num_frames: int | None = None,
@@ -510,9 +661,7 @@ def read_video(
     limit = _resolve_max_pixels(max_pixels)
     p = _check_input_file(path, "video")
     prefix = f"cannot read video {_q(p)}"
-    header = _pil_header(p)
-    if header is not None and not (header[0] == "GIF" and header[2]) and header[0] != "MPEG":
-        raise InputError(f"{prefix}: it is a still image, not a video")
+    _check_video_structure(p, prefix, limit)
 
     def open_stream() -> tuple[Any, Any]:
         try:
@@ -562,7 +711,6 @@ def read_video(
     except BaseException:
         container.close()
         raise
-
     def decode(container: Any, stream: Any, keep: set[int] | None) -> tuple[dict[int, np.ndarray], int]:
         """Decode every frame; convert those whose index is in ``keep`` (all if None)."""
         kept: dict[int, np.ndarray] = {}
@@ -586,9 +734,8 @@ def read_video(
         except MemoryError as e:
             raise ResourceError(f"video {_q(p)} is too large to decode in memory") from e
         except Exception as e:
-            raise InputError(f"{prefix}: corrupt data after frame {count} ({_detail(e)})") from e
+            raise InputError(f"{prefix}: truncated or corrupt data after frame {count} ({_detail(e)})") from e
         return kept, count
-
     try:
         if num_frames is None:
             kept, total = decode(container, stream, None)
@@ -667,6 +814,45 @@ def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
+#: Largest generation/encoding side accepted by :func:`parse_size` (pixels, per side).
+MAX_SIDE = 4096
+
+
+def parse_size(text: str | int | None, multiple: int = 16, option: str = "--size") -> tuple[int, int] | None:
+    """``"432"`` -> (432, 432); ``"640x480"`` (width x height) -> (480, 640) as (height, width).
+
+    None stays None. Sides must be positive multiples of ``multiple`` and at most
+    :data:`MAX_SIDE` pixels; anything else is a :class:`UsageError` naming ``option``.
+    """
+    if text is None:
+        return None
+    if isinstance(text, bool):
+        raise UsageError(f"{option} must be N or WIDTHxHEIGHT, got {text!r}")
+    if isinstance(text, (int, np.integer)):
+        h = w = int(text)
+    else:
+        raw = str(text).strip()
+        parts = raw.lower().replace("*", "x").split("x")
+        try:
+            nums = [int(p) for p in parts]
+        except ValueError:
+            shown = raw if len(raw) <= 40 else raw[:37] + "..."
+            raise UsageError(f"{option} must be N or WIDTHxHEIGHT (e.g. 432 or 640x480), got '{shown}'") from None
+        if len(nums) == 1:
+            h = w = nums[0]
+        elif len(nums) == 2:
+            w, h = nums
+        else:
+            raise UsageError(f"{option} must be N or WIDTHxHEIGHT (e.g. 432 or 640x480), got '{raw}'")
+    if h <= 0 or w <= 0:
+        raise UsageError(f"{option} must be positive, got {w}x{h}")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise UsageError(f"{option} {w}x{h} is too large (at most {MAX_SIDE}x{MAX_SIDE})")
+    if h % multiple or w % multiple:
+        raise UsageError(f"{option} sides must be multiples of {multiple} (VAE x patch), got {w}x{h}")
+    return h, w
+
+
 def resize_center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
     """Resize (bicubic, antialiased) so the image covers ``size``, then center-crop to it.
 
@@ -734,6 +920,8 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {arr.dtype} {tuple(arr.shape)}")
+    import torch
+
     x = torch.from_numpy(np.array(arr, copy=True)).permute(3, 0, 1, 2).to(torch.float32)
     return (x / 255.0 - 0.5) / 0.5
 
@@ -744,6 +932,8 @@ def tensor_to_frames(x: torch.Tensor | np.ndarray) -> np.ndarray:
     The official conversion, truncating (no rounding): ``uint8(clamp((x + 1) / 2, 0, 1) * 255)``;
     e.g. 0.999 becomes 254. NaN becomes 0. Works for any float dtype and device.
     """
+    import torch
+
     t = torch.as_tensor(x).detach()
     if t.ndim == 3:
         t = t.unsqueeze(1)
@@ -804,11 +994,14 @@ def pixel_frames(t_latent: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_output_path(path: PathLike, overwrite: bool = False) -> Path:
-    """Check that ``path`` can be written, without writing anything; return it as a Path.
+def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = False) -> Path:
+    """Check that ``path`` can be written; return it as a Path.
 
     Call this before expensive work so a bad output fails early. :func:`atomic_output` runs the
-    same checks.
+    same checks. Without ``probe`` nothing is written. With ``probe=True`` the hidden temporary
+    file :func:`atomic_output` would use is created and removed at once, which catches what
+    permission bits cannot tell (a read-only or pseudo file system, a full quota, running as
+    root); the target itself is never touched.
 
     Raises:
         OutputError: the folder does not exist or is not a folder, the folder is read-only,
@@ -827,10 +1020,20 @@ def check_output_path(path: PathLike, overwrite: bool = False) -> Path:
             raise OutputError(f"cannot write {_q(p)}: {_q(parent)} is not a folder")
         if (p.exists() or p.is_symlink()) and not overwrite:
             raise OutputError(f"{_q(p)} exists; pass --overwrite to replace it")
+        try:
+            name_max = int(os.pathconf(parent, "PC_NAME_MAX"))
+        except (OSError, ValueError, AttributeError):
+            name_max = 255
+        if len(os.fsencode(p.name)) > name_max:
+            raise OutputError(f"cannot write {_q(p)}: the file name is longer than {name_max} bytes")
     except OSError as e:
-        raise OutputError(f"cannot write {_q(p)}: {_detail(e)}") from e
+        if e.errno == errno.ENAMETOOLONG:
+            raise OutputError(f"cannot write {_q(p)}: the file name is too long") from e
+        raise OutputError(f"cannot write {_q(p)}: {e.strerror or _detail(e)}") from e
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {_q(p)}: folder {_q(parent)} is read-only (permission denied)")
+    if probe:
+        _unlink_quiet(_make_temp(p))
     return p
 
 
@@ -848,10 +1051,18 @@ def _make_temp(target: Path) -> Path:
             continue
         except PermissionError as e:
             raise OutputError(
-                f"cannot write {_q(target)}: folder {_q(target.parent)} is read-only ({_detail(e)})"
+                f"cannot write {_q(target)}: folder {_q(target.parent)} is read-only "
+                f"({e.strerror or _detail(e)})"
             ) from e
         except OSError as e:
-            raise OutputError(f"cannot write {_q(target)}: {_detail(e)}") from e
+            if e.errno == errno.EROFS:
+                raise OutputError(
+                    f"cannot write {_q(target)}: folder {_q(target.parent)} is on a read-only file system"
+                ) from e
+            raise OutputError(
+                f"cannot write {_q(target)}: cannot create a file in folder {_q(target.parent)} "
+                f"({e.strerror or _detail(e)})"
+            ) from e
         os.close(fd)
         return tmp
     raise OutputError(f"cannot write {_q(target)}: no free temporary name ({_detail(last or OSError())})")
@@ -1291,19 +1502,21 @@ def read_metadata(path: PathLike) -> dict[str, Any] | None:
     """
     p = _check_input_file(path, "media file")
     try:
-        with Image.open(p) as im:
-            fmt = im.format
-            if fmt == "PNG":
-                value = im.info.get(METADATA_KEY) or (getattr(im, "text", {}) or {}).get(METADATA_KEY)
-                return _parse_json_dict(value)
-            if fmt == "GIF":
-                return _parse_json_dict(im.info.get("comment"))
-            if fmt in ("JPEG", "WEBP", "MPO", "TIFF"):
-                raw = im.getexif().get_ifd(_EXIF_IFD).get(_EXIF_USER_COMMENT)
-                if isinstance(raw, bytes):
-                    raw = raw[len(_EXIF_ASCII_PREFIX) :] if raw.startswith(_EXIF_ASCII_PREFIX) else raw
-                return _parse_json_dict(raw)
-            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns about odd EXIF: a missing comment is not an error
+            with Image.open(p) as im:
+                fmt = im.format
+                if fmt == "PNG":
+                    value = im.info.get(METADATA_KEY) or (getattr(im, "text", {}) or {}).get(METADATA_KEY)
+                    return _parse_json_dict(value)
+                if fmt == "GIF":
+                    return _parse_json_dict(im.info.get("comment"))
+                if fmt in ("JPEG", "WEBP", "MPO", "TIFF"):
+                    raw = im.getexif().get_ifd(_EXIF_IFD).get(_EXIF_USER_COMMENT)
+                    if isinstance(raw, bytes):
+                        raw = raw[len(_EXIF_ASCII_PREFIX) :] if raw.startswith(_EXIF_ASCII_PREFIX) else raw
+                    return _parse_json_dict(raw)
+                return None
     except UnidentifiedImageError:
         pass
     except Exception:

@@ -19,7 +19,7 @@ import torch
 
 from . import media as M
 from .decoding import TextSampling, generate
-from .errors import InputError, ModelError, ResourceError, UsageError
+from .errors import InputError, ModelError, UsageError
 from .generation import generate_latents
 from .loading import Showo2
 from .modeling.attention import omni_attention_mask
@@ -45,8 +45,8 @@ class CaptionOptions:
     top_p: float | None = None
     seed: int | None = None
     frames: int | None = None  # video: frames sampled uniformly (default: the spec's, 32 for the real models)
-    mask_mode: str = "official"  # "training" = the training-consistent omni-mask block
-    template: str = "official"  # "training" = stage-2 prompt whitespace
+    mask_mode: str | None = None  # "official" (demo quirk) or "training"; None = what the checkpoint expects
+    template: str | None = None  # "official" (demo prompt) or "training" (stage-2); None = the checkpoint's
     vae_sample: bool = False  # the official demos draw a stochastic VAE sample; default is the mean
     size: int | None = None  # pixels per side; default the model's resolution
 
@@ -62,13 +62,19 @@ class CaptionResult:
     options: dict
 
 
+#: Longest prompt or question accepted, in characters (the models see a few hundred tokens).
+MAX_PROMPT_CHARS = 10_000
+
+
 def _validate_caption(opts: CaptionOptions) -> None:
     TextSampling(opts.max_new_tokens, opts.temperature, opts.top_k, opts.top_p, opts.seed).validate()
     if opts.frames is not None and not 1 <= opts.frames <= 512:
         raise UsageError(f"--frames must be between 1 and 512, got {opts.frames}")
     for q in opts.questions:
-        if len(q) > 20000:
-            raise UsageError(f"a question of {len(q)} characters is too long (at most 20000)")
+        if not isinstance(q, str) or not q.strip():
+            raise UsageError("empty question: give a question with some text (or none, to describe)")
+        if len(q) > MAX_PROMPT_CHARS:
+            raise UsageError(f"a question of {len(q)} characters is too long (at most {MAX_PROMPT_CHARS})")
 
 
 @torch.no_grad()
@@ -119,7 +125,8 @@ def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | 
     stop = (tokens.eos,)
     for i, question in enumerate(questions):
         layout = understanding_layout(encode_text(tokenizer, question), visual.shape[0], tokens, system, user, assistant,
-                                      mask_mode=opts.mask_mode, template=opts.template, newline=newline,
+                                      mask_mode=opts.mask_mode or spec.und_mask_mode,
+                                      template=opts.template or spec.und_template, newline=newline,
                                       official_block_len=official_len)
         embeds = net.embed_sequence(layout.input_ids, [[visual]], layout.slots, time_token[:, None])
         mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
@@ -206,6 +213,8 @@ class GenerateOptions:
             raise UsageError(f"--sampler must be euler or heun, got {self.method}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise UsageError(f"--seed must be between 0 and 2^63-1, got {self.seed}")
+        if self.max_memory_gb is not None and not (math.isfinite(self.max_memory_gb) and self.max_memory_gb >= 0):
+            raise UsageError(f"--max-memory must be a number of GB >= 0 (0: no limit), got {self.max_memory_gb}")
 
 
 @dataclass
@@ -224,16 +233,59 @@ def _text_budget(spec) -> int:
     return max(spec.max_seq_len - visual - 4, 16)
 
 
-def estimate_memory_gb(model: Showo2, rows: int, seq_len: int, video_tokens: int) -> float:
-    """A rough upper bound of the activation memory of one guided step (weights excluded)."""
-    spec = model.spec
-    bytes_per = torch.finfo(model.dtype).bits // 8
+def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dtype: torch.dtype | None = None,
+                       vae_base_dim: int | None = None, latent_frames: int = 1) -> float:
+    """A rough upper bound (GB) of the memory one generation job needs beyond the weights: the
+    largest of one guided step's activations (``rows`` sequences of ``seq_len``: attention scores,
+    hidden states, the mask) and the VAE decoding one output (``video_tokens`` latent positions
+    over ``latent_frames`` frames, see :meth:`WanVAE.decode_memory_gb`), which run one after the
+    other. ``model`` is a loaded :class:`Showo2` or a :class:`ModelSpec` (then give ``dtype``;
+    the VAE is taken as the real Wan2.1 one, base_dim 96, unless ``vae_base_dim`` says)."""
+    from .modeling.vae import decode_memory_bytes
+
+    spec = model.spec if isinstance(model, Showo2) else model
+    if dtype is None:
+        dtype = model.dtype if isinstance(model, Showo2) else torch.float32
+    if vae_base_dim is None:
+        vae_base_dim = model.vae.base_dim if isinstance(model, Showo2) and model.vae is not None else 96
+    bytes_per = torch.finfo(dtype).bits // 8
     width = max(spec.hidden_size, spec.head_hidden)
     attn = rows * max(spec.num_heads, spec.head_heads) * seq_len * seq_len * bytes_per
     acts = rows * seq_len * width * bytes_per * 12
     mask = rows * seq_len * seq_len
-    vae = video_tokens * 64 * 16 * 96 * 4 * 2  # decoder activations at full resolution, fp32
-    return (attn + acts + mask + vae) / 1e9
+    t = max(latent_frames, 1)
+    per_frame = max(video_tokens // t, 1)
+    side = max(int(math.isqrt(per_frame)), 1)
+    vae = decode_memory_bytes(vae_base_dim, t, side, max(per_frame // side, 1))
+    return max(attn + acts + mask, vae) / 1e9
+
+
+def generation_memory_gb(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
+                         vae_base_dim: int = 96) -> float:
+    """:func:`estimate_memory_gb` for ``batch`` outputs of ``size`` (height, width) pixels and
+    ``frames`` pixel frames, with classifier-free guidance (two rows per output)."""
+    h, w = size
+    t_lat = 1 + (frames - 1) // spec.vae_temporal if video else 1
+    visual = 1 + t_lat * spec.tokens_per_frame(h, w)
+    seq_len = visual + 4 + _text_budget(spec)
+    lat_h, lat_w = h // spec.vae_spatial, w // spec.vae_spatial
+    return estimate_memory_gb(spec, 2 * max(batch, 1), seq_len, t_lat * lat_h * lat_w, dtype=dtype,
+                              vae_base_dim=vae_base_dim, latent_frames=t_lat)
+
+
+def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
+                            max_memory_gb: float | None = None, device="cpu", vae_base_dim: int = 96) -> float:
+    """Refuse (:class:`ResourceError`, the estimate in the message) a job that would not fit
+    the memory limit (``max_memory_gb``, else ``$SHOWO2_MAX_MEMORY_GB``, else what is available
+    on ``device``); return the estimate."""
+    from .api import check_memory
+
+    need = generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim)
+    h, w = size
+    what = (f"generating {batch} video(s) of {frames} frames at {w}x{h}" if video
+            else f"generating {batch} image(s) at {w}x{h}")
+    check_memory(need, what, max_memory_gb, device, "lower --size, --frames or --batch-size")
+    return need
 
 
 def seed_for(base: int, prompt_index: int, k: int, n: int) -> int:
@@ -256,13 +308,9 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     visual = 1 + t_lat * spec.tokens_per_frame(h, w)
     budget = _text_budget(spec)
     max_seq_len = visual + 4 + budget
-    limit = opts.max_memory_gb or float(os.environ.get("SHOWO2_MAX_MEMORY_GB", "0") or 0)
-    if limit:
-        need = estimate_memory_gb(model, 2 * min(opts.batch_size, len(prompts) * opts.num_per_prompt),
-                                  max_seq_len, t_lat * lat_h * lat_w)
-        if need > limit:
-            raise ResourceError(f"this job needs about {need:.1f} GB of activation memory, over the limit of "
-                                f"{limit:.1f} GB: lower --batch-size, --size or --frames")
+    check_generation_memory(model.spec, model.dtype, (h, w), frames, video,
+                            min(opts.batch_size, len(prompts) * opts.num_per_prompt), opts.max_memory_gb,
+                            model.device, vae.base_dim)
     indices = list(range(len(prompts))) if indices is None else list(indices)
     if len(indices) != len(prompts):
         raise UsageError("one index per prompt is needed")
@@ -321,8 +369,8 @@ def _check_prompts(prompts: list[str]) -> list[str]:
     for p in prompts:
         if not isinstance(p, str):
             raise UsageError("prompts must be text")
-        if len(p) > 100_000:
-            raise UsageError(f"a prompt of {len(p)} characters is too long (at most 100000)")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise UsageError(f"a prompt of {len(p)} characters is too long (at most {MAX_PROMPT_CHARS})")
         out.append(p)
     return out
 
@@ -380,4 +428,5 @@ def supports_video_understanding(model: Showo2) -> bool:
 
 
 __all__ = ["CaptionOptions", "CaptionResult", "GenerateOptions", "Generated", "caption", "text_to_image",
-           "text_to_video", "image_to_video", "seed_for", "estimate_memory_gb", "Path"]
+           "text_to_video", "image_to_video", "seed_for", "estimate_memory_gb", "generation_memory_gb",
+           "check_generation_memory", "MAX_PROMPT_CHARS", "Path"]

@@ -37,6 +37,8 @@ __all__ = [
     "WAN_LATENTS_MEAN",
     "WAN_LATENTS_STD",
     "WanVAE",
+    "decode_memory_bytes",
+    "encode_memory_bytes",
     "load_vae",
     "single_frame_conv2d",
     "vae_description",
@@ -231,6 +233,23 @@ class WanVAE(nn.Module):
     def num_pixel_frames(self, num_latent_frames: int) -> int:
         """Pixel frames decoded from ``num_latent_frames`` latent frames (1 + k -> 1 + 4k)."""
         return 1 + TEMPORAL_FACTOR * (num_latent_frames - 1)
+
+    def decode_memory_gb(self, latent_frames: int, height: int, width: int) -> float:
+        """A rough upper bound of the memory (GB) decoding one ``(z, T', h, w)`` latent takes.
+
+        The decoder runs one latent frame at a time (4 pixel frames, 1 for the first) at up to
+        ``base_dim`` channels of full resolution; measured peaks are about 25 activations per
+        pixel and channel for a single frame and 32 per pixel-frame for a 4-frame chunk. The
+        float32 output (and its clamped copy) is added.
+        """
+        return decode_memory_bytes(self.base_dim, latent_frames, height, width,
+                                   torch.finfo(self.dtype).bits // 8) / 1e9
+
+    def encode_memory_gb(self, frames: int, height: int, width: int) -> float:
+        """A rough upper bound of the memory (GB) encoding ``frames`` pixel frames of
+        ``height x width`` takes (about 13 activations per pixel and channel for one frame, 16
+        per pixel-frame for a 4-frame chunk, plus the float32 input)."""
+        return encode_memory_bytes(self.base_dim, frames, height, width, torch.finfo(self.dtype).bits // 8) / 1e9
 
     def extra_repr(self) -> str:
         return f"base_dim={self.base_dim}, z_dim={self.z_dim}, fast_single_frame={self.fast_single_frame}"
@@ -434,17 +453,21 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 def _torch_load(path: Path) -> Any:
     """``torch.load`` restricted to tensors and plain containers, mmap'd when the format allows."""
+    import warnings
+
     for mmap in (True, False):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            with warnings.catch_warnings():  # torch warns about odd pickles on stderr: the error says it
+                warnings.simplefilter("ignore")
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as exc:
             msg = str(exc)
             if "Weights only load failed" in msg:
                 found = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
-                what = f" (it references {found.group(1)})" if found else ""
+                what = f", it references {found.group(1)}" if found else ""
                 raise ModelError(
-                    f"{path}: refused to load for safety: the pickle would need to run code{what}; "
-                    "only plain tensor state dicts are accepted"
+                    f"{path}: refusing to load for safety: it holds pickled objects other than tensors (loading it could "
+                    f"run code{what}); only plain tensor state dicts are accepted"
                 ) from exc
             if mmap and "mmap" in msg and path.stat().st_size > 0:
                 continue  # legacy (non-zip) torch.save format: load it without mmap
@@ -672,6 +695,21 @@ def _resolve_source(path: Path) -> tuple[Path, Path | None]:
         path = _single_weight_file(path)
     config = path.parent / "config.json"
     return path, (config if config.is_file() else None)
+
+
+def decode_memory_bytes(base_dim: int, latent_frames: int, height: int, width: int, dtype_bytes: int = 4) -> int:
+    """See :meth:`WanVAE.decode_memory_gb`; ``height``/``width`` are latent sizes."""
+    pixels = (SPATIAL_FACTOR * height) * (SPATIAL_FACTOR * width)
+    frames = 1 + TEMPORAL_FACTOR * (max(latent_frames, 1) - 1)
+    per_pixel = 25 if latent_frames <= 1 else 32 * TEMPORAL_FACTOR
+    return int(base_dim * dtype_bytes * pixels * per_pixel + frames * pixels * 3 * 4 * 2)
+
+
+def encode_memory_bytes(base_dim: int, frames: int, height: int, width: int, dtype_bytes: int = 4) -> int:
+    """See :meth:`WanVAE.encode_memory_gb`; ``height``/``width`` are pixel sizes."""
+    pixels = height * width
+    per_pixel = 13 if frames <= 1 else 16 * TEMPORAL_FACTOR
+    return int(base_dim * dtype_bytes * pixels * per_pixel + max(frames, 1) * pixels * 3 * 4 * 2)
 
 
 def load_vae(
