@@ -12,7 +12,14 @@ import pytest
 
 from showo2_cli import media as M
 from showo2_cli.loading import bundled_demo_path, load
-from showo2_cli.pipelines import CaptionOptions, GenerateOptions, caption, image_to_video, text_to_image, text_to_video
+from showo2_cli.pipelines import (
+    CaptionOptions,
+    GenerateOptions,
+    caption,
+    image_to_video,
+    text_to_image,
+    text_to_video,
+)
 from showo2_cli.training import shapes as S
 
 pytestmark = pytest.mark.skipif(not (bundled_demo_path() / "config.json").exists(), reason="demo not bundled")
