@@ -13,7 +13,7 @@ Steps, each in a fresh process so that the numbers do not mix:
    memory-mapped weights) and the RSS after that. The checksums of the two formats must agree.
 
     python benchmarks/make_official_checkpoint.py \
-        --shapes /work/shared/parity/reference/real_showo2_1.5B_state_dict_shapes.json \
+        --shapes ../shared/parity/reference/real_showo2_1.5B_state_dict_shapes.json \
         --out /tmp/showo2-bench/official-1.5B
     python benchmarks/bench_load.py --dir /tmp/showo2-bench/official-1.5B
 
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SHAPES = Path("/work/shared/parity/reference/real_showo2_1.5B_state_dict_shapes.json")
+DEFAULT_SHAPES = Path(__file__).resolve().parents[2] / "shared" / "parity" / "reference" / "real_showo2_1.5B_state_dict_shapes.json"
 GROUPS = {"llm": ("showo.",), "semantic": ("image_embedder_und.", "position_embedding.", "und_trans."),
           "projector+fusion": ("image_embedder_gen.", "fusion_proj."), "time": ("time_embed.", "time_embed_proj."),
           "flow_head": ("diff_proj.", "diffusion_head_a.", "diffusion_head_b.")}

@@ -7,7 +7,7 @@ stored once). The values are random (``randn * 0.02``; norm weights one, norm bi
 checkpoint is for load-time and memory benchmarks, not for generating anything.
 
     python benchmarks/make_official_checkpoint.py \
-        --shapes /work/shared/parity/reference/real_showo2_1.5B_state_dict_shapes.json \
+        --shapes ../shared/parity/reference/real_showo2_1.5B_state_dict_shapes.json \
         --out /tmp/showo2-bench/official-1.5B --dtype bf16 --seed 0
 
 No tokenizer, LLM config or VAE is written; load such a folder with ``need=()``.
