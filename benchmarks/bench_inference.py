@@ -177,7 +177,7 @@ def main():
         result = child_t2i(args, variant) if kind == "t2i" else child_caption(args, variant)
         print("RESULT " + json.dumps(result), flush=True)
         return
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "args": vars(args) | {"out": str(args.out)},
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "args": vars(args) | {"out": args.out.name},
                "t2i": [], "caption": []}
     import torch
 

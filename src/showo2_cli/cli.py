@@ -216,7 +216,7 @@ def info(
 ):
     """Show a model's spec, parameter counts, dtype and where each file was found."""
     _setup(json_mode, quiet)
-    from .loading import build_network, find_files, read_state_dict, spec_from_files
+    from .loading import build_network, find_files, parameter_counts, read_state_dict, spec_from_files
 
     files = find_files(model, vae=vae)
     if not files.weights:
@@ -227,7 +227,7 @@ def info(
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in state.values()})
     build_network(spec, state, next(iter(state.values())).dtype, where=str(files.root))  # validates keys
     seconds = time.perf_counter() - start
-    counts = _parameter_counts(state, skip_tied=spec.tie_word_embeddings)
+    counts = parameter_counts(state, tied=spec.tie_word_embeddings)
     result = {"model": model, "format": files.format, "spec": spec.to_dict(), "parameters": counts,
               "dtype": dtypes, "files": files.describe(), "missing": [p for p, _ in files.missing],
               "check_seconds": round(seconds, 3)}
@@ -247,26 +247,6 @@ def info(
     for piece, hint in files.missing:
         lines.append(f"missing    {piece}: {hint}")
     emit(result, "\n".join(lines))
-
-
-def _parameter_counts(state: dict, skip_tied: bool = False) -> dict[str, int]:
-    groups = {"llm": ("showo.",), "semantic": ("image_embedder_und.", "position_embedding.", "und_trans."),
-              "projector+fusion": ("image_embedder_gen.", "fusion_proj."), "time": ("time_embed.", "time_embed_proj."),
-              "flow_head": ("diff_proj.", "diffusion_head_a.", "diffusion_head_b.")}
-    counts = dict.fromkeys(groups, 0)
-    seen = set()
-    for k, v in state.items():
-        if skip_tied and k == "showo.lm_head.weight":
-            continue
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)) if v.device.type != "meta" else k
-        if key in seen:
-            continue
-        seen.add(key)
-        for g, prefixes in groups.items():
-            if k.startswith(prefixes):
-                counts[g] += v.numel()
-    counts["total"] = sum(counts.values())
-    return counts
 
 
 @app.command()

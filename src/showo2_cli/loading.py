@@ -29,7 +29,7 @@ import torch
 
 from .errors import ModelError, OutputError, UsageError
 from .sequences import SpecialTokens
-from .specs import ALL_TASKS, IMAGE_UND, REGISTRY, T2I, VIDEO_UND, ModelSpec, get_spec, spec_for_hidden_size
+from .specs import IMAGE_UND, REGISTRY, T2I, VIDEO_UND, ModelSpec, get_spec, spec_for_hidden_size
 
 FORMAT_VERSION = 1
 OFFICIAL_FIELDS = (
@@ -562,23 +562,35 @@ class Showo2:
         return self.tokenizer
 
     def parameter_counts(self) -> dict[str, int]:
-        groups = {"llm": "showo.", "semantic": ("image_embedder_und.", "position_embedding.", "und_trans."),
-                  "projector+fusion": ("image_embedder_gen.", "fusion_proj."),
-                  "time": ("time_embed.", "time_embed_proj."),
-                  "flow_head": ("diff_proj.", "diffusion_head_a.", "diffusion_head_b.")}
-        counts = dict.fromkeys(groups, 0)
-        seen = set()
-        for name, p in self.network.named_parameters():
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            for group, prefix in groups.items():
-                if name.startswith(prefix):
-                    counts[group] += p.numel()
-        counts["total"] = sum(counts.values())
+        counts = parameter_counts(self.network.state_dict(keep_vars=True), self.spec.tie_word_embeddings)
         if self.vae is not None:
             counts["vae"] = sum(p.numel() for p in self.vae.parameters())
         return counts
+
+
+PARAMETER_GROUPS = {
+    "llm": ("showo.",), "semantic": ("image_embedder_und.", "position_embedding.", "und_trans."),
+    "projector+fusion": ("image_embedder_gen.", "fusion_proj."), "time": ("time_embed.", "time_embed_proj."),
+    "flow_head": ("diff_proj.", "diffusion_head_a.", "diffusion_head_b."),
+}
+
+
+def parameter_counts(state: dict[str, torch.Tensor], tied: bool = False) -> dict[str, int]:
+    """Parameters per part of the network (a tied lm_head, or any shared tensor, counted once)."""
+    counts = dict.fromkeys(PARAMETER_GROUPS, 0)
+    seen = set()
+    for k, v in state.items():
+        if tied and k == "showo.lm_head.weight":
+            continue
+        key = k if v.device.type == "meta" else (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        for group, prefixes in PARAMETER_GROUPS.items():
+            if k.startswith(prefixes):
+                counts[group] += v.numel()
+    counts["total"] = sum(counts.values())
+    return counts
 
 
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device = "cpu",
@@ -710,6 +722,3 @@ def init_model(spec_name: str | ModelSpec, dst: Path, seed: int = 0, dtype: torc
     return save_folder(dst, spec, model.state_dict(), tokenizer=tokenizer, vae=vae, dtype=dtype,
                        overwrite=overwrite, extra={"initialised": {"seed": seed}})
 
-
-def known_tasks() -> tuple[str, ...]:
-    return ALL_TASKS
