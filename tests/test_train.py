@@ -522,3 +522,142 @@ def test_json_arrays_are_parsed_incrementally(tmp_path):
     path.write_text(json.dumps(items, ensure_ascii=False, indent=1), encoding="utf-8")
     for chunk in (3, 7, 64, 1 << 20):
         assert list(_iter_json_array(path, chunk=chunk)) == items
+
+
+# ---- per-role forwards, EMA, pre-encoding, the temporal cue -------------------------------------
+
+def _step_grads(cfg, samples, split: str):
+    """Loss terms and gradients of one step's samples run as one padded batch or per role."""
+    from showo2_cli.training.trainer import Run
+
+    run = Run(cfg)
+    run.setup()
+    run.cfg.batch.split = split
+    run.module.zero_grad(set_to_none=True)
+    out = run._forward(samples, torch.Generator().manual_seed(5), backward=True)
+    grads = {n: p.grad.clone() for n, p in run.module.network.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+def test_per_role_forwards_equal_the_padded_batch(tmp_path):
+    """batch.split = "role": the same loss terms and gradients as one padded batch, to 1e-5."""
+    raw = tiny_config(tmp_path, **{"optim.max_steps": 1})
+    raw["data"].append({"kind": "shapes", "role": "t2v", "resolution": 32, "frames": 5, "max_seq_len": 128})
+    raw["data"].append({"kind": "shapes", "role": "mmu_vid", "resolution": 32, "frames": 3, "format": "tuning",
+                        "max_seq_len": 256})
+    raw["data"][1]["format"] = "tuning"
+    raw["batch"].update(t2i=3, mmu=3, t2v=1, mmu_vid=2)
+    cfg = parse_config(raw, source="split")
+    from showo2_cli.training.data import TrainingData as TD
+    from showo2_cli.training.recipe import batch_counts, prepare_batches
+    from showo2_cli.training.trainer import Run
+
+    run = Run(cfg)
+    run.setup()
+    keys = step_keys(run.batch_roles, 0, 0, 1)
+    samples = [run.dataset[k] for k in keys]
+    assert isinstance(run.dataset, TD)
+    batches = prepare_batches(samples, run.ctx, torch.Generator().manual_seed(5), "role")
+    assert [b.roles[0] for b in batches] == ["t2i", "mmu", "t2v", "mmu_vid"]
+    assert all(len(set(b.roles)) == 1 for b in batches)
+    one = prepare_batches(samples, run.ctx, torch.Generator().manual_seed(5), "none")[0]
+    assert sum(b.input_ids.numel() for b in batches) < one.input_ids.numel()  # less padding
+    assert tuple(map(sum, zip(*[batch_counts(b) for b in batches], strict=True))) == batch_counts(one)
+
+    import copy
+
+    padded, g_pad = _step_grads(copy.deepcopy(cfg), [copy.deepcopy(s) for s in samples], "none")
+    split, g_split = _step_grads(copy.deepcopy(cfg), [copy.deepcopy(s) for s in samples], "role")
+    for k in ("loss", "ntp", "flow"):
+        assert abs(float(padded[k]) - float(split[k])) <= 1e-5 * max(1.0, abs(float(padded[k]))), k
+    assert int(padded["tokens"]) == int(split["tokens"]) > 0
+    assert int(padded["flow_elements"]) == int(split["flow_elements"]) > 0
+    assert g_pad.keys() == g_split.keys() and len(g_pad) > 10
+    for name in g_pad:
+        assert torch.allclose(g_pad[name], g_split[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_ema_is_saved_resumed_and_loadable(tmp_path):
+    """[ema]: the checkpoint holds an ema/ model folder that differs from the trained weights and
+    follows diffusers' EMAModel; resuming continues the average bit-identically."""
+    from showo2_cli.loading import load
+
+    def cfg(name):
+        return parse_config(tiny_config(tmp_path / name, **{"optim.max_steps": 6, "ema": {"decay": 0.9, "start_step": 1}}),
+                            source=name)
+
+    train(cfg("a"))
+    train(cfg("b"), stop_after=3)
+    train(cfg("b"))
+    a, b = tmp_path / "a" / "run" / "checkpoint-000006", tmp_path / "b" / "run" / "checkpoint-000006"
+    ema_a, ema_b = model_state(a / "ema"), model_state(b / "ema")
+    online = model_state(a)
+    assert ema_a.keys() == online.keys()
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    moved = [k for k in online if not torch.equal(online[k], ema_a[k])]
+    assert len(moved) > len(online) // 2
+    st = torch.load(a / ckpt.STATE_FILE, weights_only=True)["ema"]
+    assert st["optimization_step"] == 6 and st["decay"] == 0.9
+    assert load(a / "ema").spec.name == "tiny"
+
+
+def test_ema_config_is_checked(tmp_path):
+    with pytest.raises(UsageError, match=r"ema\.decay"):
+        parse_config(tiny_config(tmp_path, ema={"decay": 1.5}), source="x")
+    with pytest.raises(UsageError, match=r"batch\.split"):
+        parse_config(tiny_config(tmp_path, **{"batch.split": "bucket"}), source="x")
+
+
+def test_pre_encode_fills_the_cache_once_in_shards(tmp_path):
+    """--pre-encode K/N: disjoint shards cover every item; training afterwards never encodes and
+    gives the same losses as an uncached run."""
+    from showo2_cli.training.trainer import Run
+
+    def raw(name, cache=None):
+        r = tiny_config(tmp_path / name, **{"optim.max_steps": 4})
+        for d in r["data"]:
+            d["size"] = 6
+            if cache:
+                d["cache"] = cache
+        return r
+
+    cache = str(tmp_path / "cache")
+    s0 = Run(parse_config(raw("fill", cache), source="fill")).pre_encode((0, 2), batch_size=4)
+    assert s0["encoded"] == 6 and s0["items"] == 6  # 3 items of each of 2 sources
+    s1 = Run(parse_config(raw("fill", cache), source="fill")).pre_encode((1, 2), batch_size=4)
+    assert s1["encoded"] == 6
+    files = list(Path(cache).rglob("*.safetensors"))
+    assert len(files) == 12
+    again = Run(parse_config(raw("fill", cache), source="fill")).pre_encode((0, 1))
+    assert again["encoded"] == 0 and again["cached"] == 12
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    train(parse_config(raw("plain"), source="plain"))
+    train(parse_config(raw("hit", cache), source="hit"))
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps
+    assert [m["loss"] for m in metrics(tmp_path / "plain" / "run")] == \
+        [m["loss"] for m in metrics(tmp_path / "hit" / "run")]
+
+
+def test_frame_embeddings_mark_frame_order_and_are_off_officially():
+    """ModelSpec.frame_embeddings: reversing a video's frames changes its tokens beyond the reorder
+    (the network sees which frame is which); official specs have no such parameter."""
+    from showo2_cli.loading import build_network
+    from showo2_cli.specs import REGISTRY, get_spec
+
+    assert all(s.frame_embeddings == 0 for s in REGISTRY.values())
+    plain = build_network(get_spec("tiny"), None, torch.float32)
+    assert not any("frame_embedding" in k for k in plain.state_dict())
+    net = build_network(get_spec("tiny").replace(frame_embeddings=4), None, torch.float32)
+    net.init_weights(seed=0)
+    assert net.state_dict()["frame_embedding.weight"].shape == (4, net.spec.hidden_size)
+    video = torch.randn(1, 16, 3, 4, 4)
+    n = 4  # tokens per frame (2x2 patches of a 4x4 latent)
+    tok = net.visual_tokens(video)[0].reshape(3, n, -1)
+    rev = net.visual_tokens(video.flip(2))[0].reshape(3, n, -1).flip(0)
+    assert not torch.allclose(tok, rev, atol=1e-4)
+    tok_plain = plain.visual_tokens(video)[0].reshape(3, n, -1)
+    rev_plain = plain.visual_tokens(video.flip(2))[0].reshape(3, n, -1).flip(0)
+    assert torch.allclose(tok_plain, rev_plain, atol=1e-5)
+    pooled = net.pooled_frame_tokens(video[0].transpose(0, 1), 2).reshape(3, 4, -1)
+    pooled_rev = net.pooled_frame_tokens(video[0].flip(1).transpose(0, 1), 2).reshape(3, 4, -1).flip(0)
+    assert not torch.allclose(pooled, pooled_rev, atol=1e-4)

@@ -285,7 +285,7 @@ def _check_spec_types(raw: dict, where: Path) -> None:
             return ModelError(f"'{where}': spec field '{name}' must be {want}, got {_shown(value)}")
 
         if kind == "int":
-            low = 0 if f.name.endswith("_layers") else 1
+            low = 0 if f.name.endswith("_layers") or f.name == "frame_embeddings" else 1
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**24:
                 raise bad(f"a whole number from {low} to {2**24 - 1}")
         elif kind == "float":

@@ -84,6 +84,11 @@ class ModelSpec:
     und_video_pool: int = 14  # per-frame token grid after pooling (14x14)
     und_mask_mode: str = "official"  # understanding omni-mask block the checkpoint expects (official|training)
     und_template: str = "official"  # understanding prompt layout it expects (official|training)
+    # A temporal cue for models trained from scratch (0 = off, as in every official checkpoint): a
+    # learned per-frame embedding (this many rows, width H) added to the fused tokens of frame k of
+    # every video input (generation latent frames and understanding frames alike), so frame order is
+    # visible to the network beyond the LLM's 1-D positions. Frames past the last row use the last row.
+    frame_embeddings: int = 0
     guidance: float = 5.0
     steps: int = 50
     shift: float = 3.0
@@ -135,6 +140,7 @@ class ModelSpec:
             (self.clip_latent_dim % self.semantic_heads == 0, "clip_latent_dim must be a multiple of semantic_heads"),
             (int(round(self.position_embedding_rows**0.5)) ** 2 == self.position_embedding_rows, "position_embedding_rows must be a square"),
             (all(t in ALL_TASKS for t in self.tasks), f"tasks must be among {ALL_TASKS}"),
+            (0 <= self.frame_embeddings <= 4096, "frame_embeddings must be between 0 and 4096"),
         ]
         for ok, what in checks:
             if not ok:

@@ -92,6 +92,8 @@ class Showo2Model(nn.Module):
         self.und_trans = semantic_encoder(s.clip_latent_dim, s.semantic_layers, s.semantic_heads,
                                           s.semantic_intermediate, s.semantic_eps)
         self.fusion_proj = fusion_projector(s.clip_latent_dim, s.hidden_size)
+        if s.frame_embeddings:  # the optional temporal cue (ModelSpec.frame_embeddings); off officially
+            self.frame_embedding = nn.Embedding(s.frame_embeddings, s.hidden_size)
         self.time_embed = TimestepEmbedder(s.head_hidden)
         if s.hidden_size != s.head_hidden:
             self.diff_proj = nn.Sequential(nn.Linear(s.hidden_size, s.head_hidden), nn.GELU(),
@@ -176,7 +178,16 @@ class Showo2Model(nn.Module):
         b, c, t, h, w = latents.shape
         frames = latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
         fused = self.encode_visual(frames).fused
-        return fused.reshape(b, t * fused.shape[1], fused.shape[2])
+        fused = self.add_frame_embedding(fused.reshape(b, t, *fused.shape[1:]))
+        return fused.reshape(b, t * fused.shape[2], fused.shape[3])
+
+    def add_frame_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(..., T, N, H)`` tokens of T frames plus the per-frame embedding (a no-op when off)."""
+        if not self.spec.frame_embeddings:
+            return tokens
+        t = tokens.shape[-3]
+        rows = torch.arange(t, device=tokens.device).clamp_max(self.spec.frame_embeddings - 1)
+        return tokens + self.frame_embedding(rows).to(tokens.dtype)[:, None, :]
 
     def pooled_frame_tokens(self, frame_latents: torch.Tensor, pool: int) -> torch.Tensor:
         """Video understanding (spec §8.3): per-frame fused tokens resized bilinearly to pool x pool.
@@ -187,7 +198,8 @@ class Showo2Model(nn.Module):
         k, _, hidden = enc.fused.shape
         grid = enc.fused.transpose(1, 2).reshape(k, hidden, *enc.grid)
         pooled = F.interpolate(grid, size=(pool, pool), mode="bilinear", align_corners=False)
-        return pooled.flatten(2).transpose(1, 2).reshape(k * pool * pool, hidden)
+        pooled = self.add_frame_embedding(pooled.flatten(2).transpose(1, 2))
+        return pooled.reshape(k * pool * pool, hidden)
 
     # ---- time token (spec §4.5) ---------------------------------------------------------------
     def time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -100,6 +100,10 @@ class _Renderer:
             self.line(f"saved {ev['path']}")
         elif kind == "samples":
             self.line(f"step {ev['step']}: wrote {len(ev['paths'])} preview image(s) to {Path(ev['paths'][0]).parent}")
+        elif kind == "encode":
+            if ev["done"] == ev["total"] or ev["encoded"] % 512 < 32:
+                self.line(f"pre-encode: {ev['done']}/{ev['total']} items ({ev['encoded']} encoded, "
+                          f"{ev['cached']} already cached, {ev['skipped']} unreadable)")
         elif kind == "done":
             self.close()
 
@@ -133,6 +137,8 @@ def train(
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the run folder's latest checkpoint (default); --no-resume refuses a folder that has one.")] = True,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config field, TOML value syntax: --set optim.lr=1e-4 (repeatable).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Only validate the config and print it resolved.")] = False,
+    pre_encode: Annotated[bool, typer.Option("--pre-encode", help="Only fill the latent caches (every [[data]] source with `cache` and a `size`) with the run's VAE, then stop; training then reads latents instead of running the VAE.")] = False,
+    shard: Annotated[str | None, typer.Option("--shard", help="With --pre-encode: K/N encodes items K, K+N, ... (run N processes, K = 0..N-1, e.g. one per core); default: the accelerate rank/world.")] = None,
     json_mode: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notices on stderr.")] = False,
 ):
@@ -162,9 +168,29 @@ def train(
             sys.stdout.write(f"{config}: valid ({cfg.mode} mode, {len(cfg.data)} source(s), output {cfg.output_dir})\n")
         return
 
+    shard_kn = _parse_shard(shard) if shard is not None else None
+    if shard_kn is not None and not pre_encode:
+        raise UsageError("--shard is for --pre-encode")
+    renderer = _Renderer(quiet, json_mode)
+    if pre_encode:
+        from .trainer import Run
+
+        try:
+            summary = Run(cfg, resume=True, progress=renderer).pre_encode(shard_kn)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted("pre-encoding interrupted; the entries written so far are kept") from None
+        finally:
+            renderer.close()
+        if json_mode:
+            sys.stdout.write(json.dumps(summary) + "\n")
+        else:
+            sys.stdout.write(f"pre-encoded {summary['encoded']} item(s) in {summary['seconds']:.1f} s "
+                             f"({summary['cached']} already cached, {summary['skipped']} unreadable; "
+                             f"shard {summary['shard'][0]}/{summary['shard'][1]})\n")
+        return
+
     from .trainer import train as run_training
 
-    renderer = _Renderer(quiet, json_mode)
     start = time.perf_counter()
     try:
         result = run_training(cfg, resume=resume, progress=renderer, stop_after=stop_after)
@@ -186,6 +212,17 @@ def train(
         sys.stdout.write(f"{result.checkpoint}  step {result.step}/{result.max_steps}{loss}, "
                          f"{result.steps_per_s:.2f} step/s, peak RSS {result.peak_rss_mb:.0f} MiB\n")
     sys.stdout.flush()
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    try:
+        k_i, n_i = int(k), int(n)
+    except ValueError:
+        k_i, n_i = -1, 0
+    if not sep or n_i < 1 or not 0 <= k_i < n_i or n_i > 4096:
+        raise UsageError(f"--shard expects K/N with 0 <= K < N (e.g. 0/2), got '{text}'")
+    return k_i, n_i
 
 
 def _is_main() -> bool:

@@ -12,6 +12,7 @@ A config has a few top-level keys and one table per concern::
     [optim]      AdamW, learning-rate groups by name substring, frozen substrings, schedule, steps, clipping
     [loss]       NTP/flow coefficients, conditional dropout, the t distribution
     [vae_loss]   (mode = "vae") reconstruction and KL weights
+    [ema]        an exponential moving average of the weights (decay, start step)
     [run]        checkpointing, logging, previews, mixed precision, device
 
 Every problem is a :class:`~showo2_cli.errors.UsageError` on one line that names the field, e.g.
@@ -45,6 +46,7 @@ T_SAMPLING = ("logit_normal", "uniform")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 FIT_STATS = ("auto", "yes", "no")
+SPLITS = ("role", "none")
 
 
 class ConfigError(UsageError):
@@ -109,6 +111,10 @@ class BatchConfig:
     t2v: int = 0
     mmu_vid: int = 0
     vae: int = 0
+    # How a step's rows run: "role" (one forward per role, each trimmed to its own longest row,
+    # gradients accumulated; the same loss and per-token weighting as one padded batch) or "none"
+    # (every row in one forward, padded to the longest).
+    split: str = "role"
 
     def of(self, role: str) -> int:
         return int(getattr(self, role))
@@ -163,6 +169,15 @@ class VaeLossConfig:
 
 
 @dataclass
+class EmaConfig:
+    """An exponential moving average of the trained weights (diffusers' EMAModel): checkpoints
+    hold it in ``ema/`` (a loadable model folder); previews and packaging use it."""
+
+    decay: float = 0.0  # 0 = off; e.g. 0.999 (the warm-up (1+n)/(10+n) caps it early on)
+    start_step: int = 0  # optimizer steps before the average starts following the weights
+
+
+@dataclass
 class RunConfig:
     save_every: int = 1000  # steps between checkpoints (a final one is always written)
     keep_last: int = 3  # checkpoints kept (0 keeps all)
@@ -189,6 +204,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     vae_loss: VaeLossConfig = field(default_factory=VaeLossConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     run: RunConfig = field(default_factory=RunConfig)
     source: str = "<config>"  # where it was read from (not a config key)
 
@@ -208,11 +224,11 @@ class TrainConfig:
     def data_signature(self) -> dict:
         """What fixes the sample order: resuming with a different signature changes the data."""
         return {"seed": self.seed, "data": [dataclasses.asdict(s) for s in self.data],
-                "batch": dataclasses.asdict(self.batch), "mode": self.mode}
+                "batch": {r: self.batch.of(r) for r in ROLES}, "mode": self.mode}
 
 
 SECTIONS = {"model": ModelConfig, "batch": BatchConfig, "optim": OptimConfig, "loss": LossConfig,
-            "vae_loss": VaeLossConfig, "run": RunConfig}
+            "vae_loss": VaeLossConfig, "ema": EmaConfig, "run": RunConfig}
 
 
 # ---- generic typed construction ----------------------------------------------------------------
@@ -567,6 +583,11 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
         raise _fail(w + "vae_loss", "l1 and l2 are both 0: no reconstruction loss")
     _one_of(v.fit_latent_stats, FIT_STATS, w + "vae_loss.fit_latent_stats")
     _positive(v.stats_samples, w + "vae_loss.stats_samples")
+    e = cfg.ema
+    if not 0.0 <= e.decay < 1.0:
+        raise _fail(w + "ema.decay", f"must be in [0, 1) (0 = off), got {e.decay}")
+    _positive(e.start_step, w + "ema.start_step", zero_ok=True)
+    _one_of(cfg.batch.split, SPLITS, w + "batch.split")
 
     r = cfg.run
     _positive(r.save_every, w + "run.save_every", zero_ok=True)

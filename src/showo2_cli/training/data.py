@@ -607,7 +607,7 @@ class TrainingData(torch.utils.data.Dataset):
         for skipped in range(self.MAX_SKIPS):
             src, item = self.pick(role, n + skipped * 7919)
             try:
-                sample = self._load(src, item)
+                sample = self.load(src, item)
             except (InputError, ResourceError):
                 sample = None
             if sample is not None:
@@ -616,7 +616,8 @@ class TrainingData(torch.utils.data.Dataset):
         raise InputError(f"data[{src.index}]: {self.MAX_SKIPS} consecutive items could not be used "
                          f"(unreadable, or smaller than min_res={src.spec.min_res})")
 
-    def _load(self, src: Source, item: int) -> Sample | None:
+    def load(self, src: Source, item: int) -> Sample | None:
+        """Item ``item`` of ``src``: its cached latent when there is one, else its pixels."""
         cache = self.caches.get(src.index)
         hit = cache.get(item) if cache is not None else None
         sample = src.get(item, pixels=hit is None)

@@ -12,7 +12,9 @@ One step's samples become one batch of rows that goes through ONE forward pass:
   supervises ``boi``/``eoi``, as the official code does). No flow loss.
 
 Rows are padded at the end with ``[PAD]`` to the longest row; the omni mask is built from every
-row's visual block. ``loss = ntp * L_ntp + flow * L_flow`` with ``L_ntp`` the token-mean
+row's visual block. With ``batch.split = "role"`` each role's rows form their own batch (padded
+only to their own longest row) and the step's loss is the sum of the batches' losses, each
+divided by the whole step's token and element counts: the same loss and gradients as one batch. ``loss = ntp * L_ntp + flow * L_flow`` with ``L_ntp`` the token-mean
 cross-entropy of shifted labels and ``L_flow`` the element-mean squared error over the visual
 positions of generation rows (the time-token row excluded; §7.3).
 """
@@ -263,9 +265,9 @@ def encode_missing(samples: list[Sample], vae, device, autocast=contextlib.nullc
                 LatentCache.put(s.cache_path, s.latent["mu"], s.latent["logvar"])
 
 
-def prepare_batch(samples: list[Sample], ctx: RecipeContext, generator: torch.Generator) -> Batch:
-    """Encode, noise and tokenise one step's samples. All randomness comes from ``generator``,
-    drawn in sample order, so a step is a pure function of (samples, generator seed)."""
+def prepare_items(samples: list[Sample], ctx: RecipeContext, generator: torch.Generator) -> list[dict]:
+    """Encode and noise one step's samples (one item per sample). All randomness comes from
+    ``generator``, drawn in sample order, so a step is a pure function of (samples, generator seed)."""
     encode_missing(samples, ctx.vae, ctx.vae_device, ctx.vae_autocast)
     spec, lc = ctx.spec, ctx.loss
     items = []
@@ -300,7 +302,34 @@ def prepare_batch(samples: list[Sample], ctx: RecipeContext, generator: torch.Ge
             it["x"] = ti * x1 + (1 - ti) * x0
             u = x1 - x0
             it["target"] = pack_velocity(u if u.dim() == 4 else u[:, None], spec.patch_size)
-    return assemble(items, ctx.text, spec.patch_size, ctx.text.tokens.pad)
+    return items
+
+
+def prepare_batch(samples: list[Sample], ctx: RecipeContext, generator: torch.Generator) -> Batch:
+    """One step's samples as ONE batch, every row padded to the longest."""
+    return assemble(prepare_items(samples, ctx, generator), ctx.text, ctx.spec.patch_size, ctx.text.tokens.pad)
+
+
+def prepare_batches(samples: list[Sample], ctx: RecipeContext, generator: torch.Generator,
+                    split: str = "role") -> list[Batch]:
+    """One step's samples as one batch per role (``split = "role"``, in order of first appearance,
+    each padded only to its own longest row) or one batch (``"none"``). The items, and so every
+    random draw, are the same either way."""
+    items = prepare_items(samples, ctx, generator)
+    if split == "none":
+        groups = [items]
+    else:
+        by_role: dict[str, list[dict]] = {}
+        for it in items:
+            by_role.setdefault(it["role"], []).append(it)
+        groups = list(by_role.values())
+    return [assemble(g, ctx.text, ctx.spec.patch_size, ctx.text.tokens.pad) for g in groups]
+
+
+def batch_counts(batch: Batch) -> tuple[int, int]:
+    """(supervised next-token positions, flow target elements) of a batch: the loss denominators."""
+    n_tokens = int((batch.labels[:, 1:] != IGNORE).sum())
+    return n_tokens, sum(int(u.numel()) for u in batch.targets)
 
 
 # ---- the loss module ----------------------------------------------------------------------------
@@ -313,7 +342,10 @@ class Showo2Objective(nn.Module):
         self.network = network
         self.ntp_coeff, self.flow_coeff = float(ntp), float(flow)
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, totals: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """The loss of one batch. ``totals`` = (supervised tokens, flow elements) of the whole step
+        when the step runs as several batches: each batch's sums are divided by the step's totals,
+        so the batches' losses add up to the loss of the step as one padded batch."""
         net = self.network
         rows = batch.rows
         hidden_size = net.spec.hidden_size
@@ -336,9 +368,10 @@ class Showo2Objective(nn.Module):
         shifted = batch.labels[:, 1:]
         valid = shifted != IGNORE
         n_tokens = int(valid.sum())
+        tok_total, elem_total = totals if totals is not None else (n_tokens, None)
         if n_tokens:
             logits = net.logits(hidden[:, :-1][valid])
-            ntp = F.cross_entropy(logits.float(), shifted[valid])
+            ntp = F.cross_entropy(logits.float(), shifted[valid], reduction="sum") / max(tok_total, 1)
         else:  # keep every parameter in the graph (DDP)
             ntp = zero + 0.0 * net.logits(hidden[:1, :1]).float().sum()
 
@@ -354,7 +387,7 @@ class Showo2Objective(nn.Module):
                 target = batch.targets[j].float()
                 sq = sq + ((pred - target) ** 2).sum()
                 n_elems += target.numel()
-            flow = sq / n_elems
+            flow = sq / (elem_total if elem_total is not None else n_elems)
         else:
             flow = zero + 0.0 * net.flow_head(hidden[:1], cond[:1, None], batch.slots[:1], mask[:1]).float().sum()
         loss = self.ntp_coeff * ntp + self.flow_coeff * flow

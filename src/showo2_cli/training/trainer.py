@@ -35,6 +35,7 @@ from .data import INDEX_DIR, LatentCache, StepSampler, TrainingData, loader, mak
 
 Progress = Callable[[dict], None]
 STATE_FORMAT = 1
+EMA_DIR = "ema"  # inside a checkpoint: the EMA weights as a loadable model folder
 
 
 @dataclass
@@ -388,6 +389,14 @@ class Run:
         optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                       weight_decay=cfg.optim.weight_decay)
         self.module, self.optimizer = self.acc.prepare(objective, optimizer)
+        self.ema = None
+        if cfg.ema.decay > 0:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self._ema_target().parameters(), decay=cfg.ema.decay,
+                                update_after_step=cfg.ema.start_step)
+            if state is not None and state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             rng = state.get("rng") or {}
@@ -495,14 +504,102 @@ class Run:
             g["lr"] = g["base_lr"] * f
         return self.optimizer.param_groups[0]["lr"]
 
-    def _forward(self, samples, generator):
-        if self.cfg.mode == "showo2":
-            from .recipe import prepare_batch
+    def _forward(self, samples, generator, backward: bool = False) -> dict:
+        """The step's loss terms (detached); with ``backward`` the gradients are accumulated too.
 
-            batch = prepare_batch(samples, self.ctx, generator).to(self.device)
-            return self.module(batch)
-        pixels, eps = self._vae_inputs(samples, generator)
-        return self.module(pixels, eps)
+        In showo2 mode with ``batch.split = "role"`` every role's rows run as their own batch
+        (trimmed to their own longest row), each divided by the whole step's token/element counts,
+        so the summed losses and gradients equal those of one padded batch."""
+        if self.cfg.mode != "showo2":
+            pixels, eps = self._vae_inputs(samples, generator)
+            out = self.module(pixels, eps)
+            if backward:
+                self.acc.backward(out["loss"])
+            return {k: v.detach() for k, v in out.items()}
+        from .recipe import batch_counts, prepare_batches
+
+        batches = prepare_batches(samples, self.ctx, generator, self.cfg.batch.split)
+        counts = [batch_counts(b) for b in batches]
+        totals = (sum(c[0] for c in counts), sum(c[1] for c in counts)) if len(batches) > 1 else None
+        out: dict = {}
+        for i, batch in enumerate(batches):
+            defer_sync = backward and self.world > 1 and i < len(batches) - 1
+            with self.acc.no_sync(self.module) if defer_sync else contextlib.nullcontext():
+                part = self.module(batch.to(self.device), totals)
+                if backward:
+                    self.acc.backward(part["loss"])
+            for k, v in part.items():
+                out[k] = v.detach() if k not in out else out[k] + v.detach()
+        return out
+
+    def _ema_target(self) -> torch.nn.Module:
+        module = self.acc.unwrap_model(self.module)
+        return module.network if self.cfg.mode == "showo2" else module.vae.model
+
+    @contextlib.contextmanager
+    def _ema_weights(self):
+        """The EMA weights in place of the trained ones for the duration (a no-op without EMA)."""
+        if self.ema is None:
+            yield
+            return
+        params = list(self._ema_target().parameters())
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            yield
+        finally:
+            self.ema.restore(params)
+
+    # -- filling the latent cache before training --
+    def pre_encode(self, shard: tuple[int, int] | None = None, batch_size: int = 32) -> dict:
+        """Encode every item of every cached, finite source that is not cached yet (this process's
+        share: items ``k, k+n, ...`` of shard ``(k, n)``, by default the process rank of the world),
+        so that training reads latents instead of running the VAE."""
+        from ..errors import InputError, ResourceError
+        from .recipe import encode_missing
+
+        self.setup()
+        if self.cfg.mode != "showo2":
+            raise UsageError(f"{self.cfg.source}: --pre-encode fills the latent caches of mode = \"showo2\" runs")
+        k, n = shard if shard is not None else (self.rank, self.world)
+        t0 = time.perf_counter()
+        counts = {"encoded": 0, "cached": 0, "skipped": 0}
+        total = sum(len(range(k, src.size(), n)) for src in self.sources
+                    if src.index in self.caches and src.size() is not None)
+        if not self.caches:
+            self.notice("no [[data]] source has a cache folder: nothing to pre-encode")
+        autocast = self.ctx.vae_autocast
+        done = 0
+        for src in self.sources:
+            cache, size = self.caches.get(src.index), src.size()
+            if cache is None or size is None:
+                continue
+            pending = []
+            for item in range(k, size, n):
+                done += 1
+                if cache.path(item).exists():
+                    counts["cached"] += 1
+                    continue
+                try:
+                    sample = self.dataset.load(src, item)
+                except (InputError, ResourceError):
+                    sample = None
+                if sample is None or sample.latent is not None or not sample.has_visual:
+                    counts["skipped" if sample is None else "cached"] += 1
+                    continue
+                pending.append(sample)
+                if len(pending) >= batch_size:
+                    encode_missing(pending, self.vae, self.device, autocast)
+                    counts["encoded"] += len(pending)
+                    pending = []
+                    self.emit("encode", done=done, total=total, **counts)
+            if pending:
+                encode_missing(pending, self.vae, self.device, autocast)
+                counts["encoded"] += len(pending)
+            self.emit("encode", done=done, total=total, **counts)
+        seconds = time.perf_counter() - t0
+        return {"shard": [k, n], "items": total, **counts, "seconds": round(seconds, 2),
+                "items_per_s": round(counts["encoded"] / seconds, 2) if seconds > 0 else None}
 
     def _vae_inputs(self, samples, generator):
         from ..media import frames_to_tensor
@@ -540,11 +637,18 @@ class Run:
 
         if self.cfg.mode == "showo2":
             net = self.acc.unwrap_model(self.module).network
-            save_folder(dst, self.spec, net.state_dict(), tokenizer=self.tokenizer, vae=self.vae,
-                        extra={"training": {"step": step, "config": self.cfg.source}})
+            info = {"training": {"step": step, "config": self.cfg.source}}
+            save_folder(dst, self.spec, net.state_dict(), tokenizer=self.tokenizer, vae=self.vae, extra=info)
+            if self.ema is not None:  # the averaged weights as a model folder of their own
+                with self._ema_weights():
+                    save_folder(dst / EMA_DIR, self.spec, net.state_dict(), tokenizer=self.tokenizer, vae=self.vae,
+                                extra={"training": {**info["training"], "ema_decay": self.cfg.ema.decay}})
         else:
             dst.mkdir(parents=True)
             self.acc.unwrap_model(self.module).vae.save_pretrained(dst / "vae")
+            if self.ema is not None:
+                with self._ema_weights():
+                    self.acc.unwrap_model(self.module).vae.save_pretrained(dst / EMA_DIR / "vae")
             (dst / "vae_info.json").write_text(json.dumps({"step": step, "config": self.cfg.source}) + "\n")
         state = {
             "format": STATE_FORMAT, "mode": self.cfg.mode, "step": step,
@@ -554,6 +658,7 @@ class Run:
             "data_signature": json.dumps(self.cfg.data_signature(), sort_keys=True),
             "world_size": self.world, "max_steps": self.max_steps,
             "elapsed": self.elapsed_before + (time.perf_counter() - self.t_start),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
         torch.save(state, dst / ckpt.STATE_FILE)
 
@@ -614,7 +719,7 @@ class Run:
         was_training = net.training
         net.eval()
         try:
-            with torch.no_grad(), self.acc.autocast():
+            with torch.no_grad(), self.acc.autocast(), self._ema_weights():
                 z = generate_latents(net, layout, noise.to(self.device), guidance, steps, self.spec.shift)
                 pixels = self.vae.decode(z.float())
         finally:
@@ -679,13 +784,14 @@ class Run:
                     break
                 lr = self._set_lr(step)
                 generator = self._generator("step", step)
-                out = self._forward(samples, generator)
-                self.acc.backward(out["loss"])
+                out = self._forward(samples, generator, backward=True)
                 grad_norm = None
                 if cfg.optim.grad_clip > 0 and self.acc.sync_gradients:
                     grad_norm = self.acc.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.step(self._ema_target().parameters())
                 step += 1
                 now = time.perf_counter()
                 dt, t_prev = now - t_prev, now
