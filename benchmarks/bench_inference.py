@@ -62,8 +62,8 @@ def tokens_real():
 def child_t2i(args, variant):
     import torch
 
-    from showo2_cli.generation import guided_velocity_fn
     from showo2_cli.modeling.attention import omni_attention_mask
+    from showo2_cli.sampling import guided_velocity_fn
     from showo2_cli.sequences import generation_layout
 
     spec, net = build(args)
@@ -114,9 +114,10 @@ def child_t2i(args, variant):
 def child_caption(args, variant):
     import torch
 
-    from showo2_cli.decoding import TextSampling, generate, generate_uncached
     from showo2_cli.modeling.attention import extend_mask_for_decoding, omni_attention_mask
+    from showo2_cli.options import TextSampling
     from showo2_cli.sequences import understanding_layout
+    from showo2_cli.text_decoding import generate, generate_uncached
 
     spec, net = build(args)
     tok = tokens_real()

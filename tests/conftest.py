@@ -39,3 +39,15 @@ def media_dir() -> Path:
     if not MEDIA_DIR.is_dir():
         pytest.skip(f"no shared media at {MEDIA_DIR}")
     return MEDIA_DIR
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The worst difference per tensor compared by the parity tests (a report, not a test)."""
+    import sys
+
+    parity = sys.modules.get("test_parity")
+    worst = getattr(parity, "WORST", None)
+    if worst:
+        terminalreporter.section("parity: worst absolute difference per compared tensor")
+        for k, v in sorted(worst.items()):
+            terminalreporter.write_line(f"  {k}: {v:.3g}")

@@ -46,10 +46,10 @@ def test_demo_is_small_and_complete(demo):
 
 
 def test_demo_is_the_default_without_other_models(monkeypatch, tmp_path):
-    from showo2_cli import api
+    from showo2_cli import loading as api
 
     monkeypatch.delenv("SHOWO2_MODEL", raising=False)
-    monkeypatch.setattr(api, "_hf_cached_snapshot", lambda repo: None)
+    monkeypatch.setattr(api, "hf_cached_snapshot", lambda repo: None)
     name, notice = api.default_model()
     assert name == "demo" and "demo" in notice
 

@@ -18,12 +18,13 @@ from conftest import PARITY_DIR, REPO
 from showo2_cli import media as M
 from showo2_cli import pipelines as P
 from showo2_cli.cli import app, main
-from showo2_cli.decoding import TextSampling, generate, generate_uncached
-from showo2_cli.generation import generate_latents
 from showo2_cli.loading import load
 from showo2_cli.modeling.attention import omni_attention_mask
+from showo2_cli.options import TextSampling
+from showo2_cli.sampling import generate_latents
 from showo2_cli.sequences import generation_layout, understanding_layout
 from showo2_cli.specs import REGISTRY
+from showo2_cli.text_decoding import generate, generate_uncached
 
 
 def run(args, capsys):
@@ -140,7 +141,7 @@ def test_t2i_writes_png_with_metadata_and_sidecar(tiny_model_dir, tmp_path, caps
     record = json.loads(stdout)["outputs"][0]
     assert record["seed"] == 7 and record["prompt"] == "a cat" and record["steps"] == 3
     img = M.read_image(out)
-    assert img.size == (tiny_model_dir and 64, 64)
+    assert img.size == (64, 64)
     meta = M.read_png_metadata(out)
     assert meta["seed"] == 7 and meta["guidance"] == 5.0 and meta["shift"] == 3.0
     assert json.loads(out.with_suffix(".json").read_text())["seed"] == 7

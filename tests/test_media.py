@@ -28,7 +28,6 @@ from showo2_cli.media import (
     frames_to_tensor,
     is_valid_frames,
     latent_frames,
-    numbered_paths,
     pixel_frames,
     probe_kind,
     read_image,
@@ -552,20 +551,6 @@ def test_unique_path(tmp_path):
     assert unique_path(p) == tmp_path / "cat-2.png"
 
 
-def test_numbered_paths(tmp_path):
-    p = tmp_path / "cat.png"
-    assert numbered_paths(p, 1) == [p]
-    names = [q.name for q in numbered_paths(p, 3)]
-    assert names == ["cat-000.png", "cat-001.png", "cat-002.png"]
-    (tmp_path / "cat-001.png").touch()
-    names = [q.name for q in numbered_paths(p, 2)]
-    assert names == ["cat-002.png", "cat-003.png"]  # after the highest existing: no clobbering
-    assert [q.name for q in numbered_paths(p, 2, overwrite=True)] == ["cat-000.png", "cat-001.png"]
-    assert numbered_paths(p, 1001)[-1].name == "cat-1002.png"
-    with pytest.raises(UsageError):
-        numbered_paths(p, 0)
-
-
 def test_slugify():
     assert slugify("A cat, sitting on a MAT!") == "a-cat-sitting-on-a-mat"
     assert slugify("Café crème") == "cafe-creme"
@@ -661,7 +646,7 @@ class TestAtomicOutput:
             check_output_path(f / "out.png")
 
     def test_read_only_folder_simulated(self, tmp_path, monkeypatch):
-        monkeypatch.setattr(media.os, "access", lambda *a, **k: False)
+        monkeypatch.setattr(os, "access", lambda *a, **k: False)
         with pytest.raises(OutputError, match="read-only"):
             check_output_path(tmp_path / "x.png")
 
@@ -770,14 +755,14 @@ class TestWriteVideo:
         assert m.fps == pytest.approx(24.0)
 
     def test_mpeg4_fallback(self, tmp_path, monkeypatch):
-        monkeypatch.setitem(media._VIDEO_CONTAINERS, ".mp4", ("mp4", ("no-such-encoder", "mpeg4")))
+        monkeypatch.setitem(media.VIDEO_CONTAINERS, ".mp4", ("mp4", ("no-such-encoder", "mpeg4")))
         p = write_video(tmp_path / "fallback.mp4", gradient_frames(5, 32, 32), fps=10)
         with av.open(str(p)) as c:
             assert c.streams.video[0].codec_context.name == "mpeg4"
         assert read_video(p).frames.shape == (5, 32, 32, 3)
 
     def test_no_encoder_leaves_nothing(self, tmp_path, monkeypatch):
-        monkeypatch.setitem(media._VIDEO_CONTAINERS, ".mp4", ("mp4", ("no-such-encoder",)))
+        monkeypatch.setitem(media.VIDEO_CONTAINERS, ".mp4", ("mp4", ("no-such-encoder",)))
         with pytest.raises(OutputError, match="encoder"):
             write_video(tmp_path / "x.mp4", gradient_frames(3, 8, 8), fps=8)
         assert os.listdir(tmp_path) == []

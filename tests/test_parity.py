@@ -18,12 +18,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PARITY_DIR as PARITY  # noqa: E402
-from showo2_cli.decoding import TextSampling, generate
-from showo2_cli.generation import generate_latents, guided_velocity_fn
 from showo2_cli.loading import load, read_state_dict
 from showo2_cli.modeling.attention import additive_mask, omni_attention_mask
-from showo2_cli.sampling import guided, time_grid
+from showo2_cli.options import TextSampling
+from showo2_cli.sampling import generate_latents, guided, guided_velocity_fn, time_grid
 from showo2_cli.sequences import generation_layout, understanding_layout
+from showo2_cli.text_decoding import generate
 
 pytestmark = pytest.mark.skipif(not PARITY.is_dir(), reason=f"no parity fixtures at {PARITY}")
 
@@ -297,10 +297,3 @@ def check_generation(name, model, data, info, meta, tmp_root=None):
         got = interpolate_position_table(net.position_embedding.weight, side_h, side_w)
         close(f"{name}:interpolated_position_embedding", got[None], want, **SINGLE)
     shutil.rmtree(tmp_root, ignore_errors=True)
-
-
-def test_report_worst_differences(capsys):
-    """Prints the worst difference per compared tensor (run with -s to see it)."""
-    with capsys.disabled():
-        for k, v in sorted(WORST.items()):
-            print(f"  parity {k}: {v:.3g}")

@@ -317,8 +317,8 @@ def test_file_sources_stream_from_an_index(tmp_path):
 
 def test_smoke_run_learns_and_writes_a_loadable_checkpoint(tmp_path):
     """~20 steps on the tiny spec: the loss on a fixed batch goes down; the checkpoint loads and generates."""
-    from showo2_cli.generation import generate_latents
     from showo2_cli.loading import load
+    from showo2_cli.sampling import generate_latents
     from showo2_cli.sequences import generation_layout
     from showo2_cli.tokenizer import encode_text
 

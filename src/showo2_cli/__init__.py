@@ -1,6 +1,6 @@
 """showo2: run the Show-o2 unified multimodal model from the command line or from Python.
 
-    from showo2_cli import load, caption, text_to_image, text_to_video, image_to_video, encode, decode
+    from showo2_cli import load, caption, text_to_image, save_results, encode, decode   # see showo2_cli.api
 
 Attributes are imported lazily so that `showo2 --help` and argument errors do not pay for torch.
 """
@@ -11,14 +11,11 @@ import importlib
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "load": "loading", "Showo2": "loading",
-    "encode": "api", "decode": "api", "EncodeOptions": "api", "save_latents": "api", "load_latents": "api",
-    "default_model": "api",
-    "caption": "pipelines", "text_to_image": "pipelines", "text_to_video": "pipelines",
-    "image_to_video": "pipelines", "CaptionOptions": "pipelines", "GenerateOptions": "pipelines",
-    "ModelSpec": "specs", "REGISTRY": "specs", "get_spec": "specs",
-}
+_PUBLIC = ("Showo2", "load", "default_model", "resolve_vae", "CaptionOptions", "EncodeOptions", "GenerateOptions",
+           "RuntimeOptions", "TextSampling", "caption", "CaptionResult", "text_to_image", "text_to_video",
+           "image_to_video", "Generated", "read_prompts", "plan_outputs", "OutputPlan", "load_noise", "save_results",
+           "encode", "EncodeResult", "decode", "save_latents", "load_latents", "write_decoded")
+_EXPORTS = {**{name: "api" for name in _PUBLIC}, "ModelSpec": "specs", "REGISTRY": "specs", "get_spec": "specs"}
 
 __all__ = ["__version__", *_EXPORTS]
 

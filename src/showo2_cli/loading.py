@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelError, OutputError, UsageError
+from .runtime import torch_dtype
 from .sequences import SpecialTokens
 from .specs import IMAGE_UND, REGISTRY, T2I, VIDEO_UND, ModelSpec, get_spec, spec_for_hidden_size
 
@@ -39,23 +40,6 @@ OFFICIAL_FIELDS = (
 )
 WAN_VAE_REPO, WAN_VAE_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
 WAN_VAE_DIFFUSERS_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    try:
-        return DTYPES[name.lower()]
-    except KeyError:
-        raise UsageError(f"unknown dtype '{name}'; use one of fp32, bf16, fp16") from None
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
-
-
 # ---- finding files ----------------------------------------------------------------------------
 
 @dataclass
@@ -85,7 +69,7 @@ def _s(p):
     return str(p) if p is not None else None
 
 
-def _hf_cached_snapshot(repo_id: str) -> Path | None:
+def hf_cached_snapshot(repo_id: str) -> Path | None:
     """The newest cached snapshot folder of a repo, without any network access."""
     try:
         from huggingface_hub import snapshot_download
@@ -95,7 +79,7 @@ def _hf_cached_snapshot(repo_id: str) -> Path | None:
         return None
 
 
-def _hf_cached_file(repo_id: str, filename: str) -> Path | None:
+def hf_cached_file(repo_id: str, filename: str) -> Path | None:
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -127,7 +111,7 @@ def resolve_root(name: str | os.PathLike) -> tuple[str, Path]:
         if key.lower() == text.lower() and spec.repo_id:
             repo = spec.repo_id
     if re.fullmatch(r"[\w.-]+/[\w.-]+", repo) and not text.startswith((".", "/")):
-        snap = _hf_cached_snapshot(repo)
+        snap = hf_cached_snapshot(repo)
         if snap is not None:
             return text, snap
         raise ModelError(f"model '{text}' is not in the Hugging Face cache (offline); get it with: "
@@ -136,7 +120,7 @@ def resolve_root(name: str | os.PathLike) -> tuple[str, Path]:
                      "not a Hugging Face repo id")
 
 
-def _find_weights(root: Path) -> list[Path]:
+def find_weights(root: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json",
                        "pytorch_model.bin.index.json", "diffusion_pytorch_model.bin.index.json"):
         index = root / index_name
@@ -166,7 +150,7 @@ def _local_or_cached_dir(ref: str | None, root: Path, filename: str) -> Path | N
         if (cand / filename).exists():
             return cand
     if re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
-        found = _hf_cached_file(ref, filename)
+        found = hf_cached_file(ref, filename)
         if found is not None:
             return found.parent
     return None
@@ -197,10 +181,10 @@ def _find_vae(root: Path, explicit: str | os.PathLike | None) -> Path | None:
     pths = sorted(root.glob("Wan2.1_VAE*.pth")) + sorted(root.glob("Wan2.1_VAE*.safetensors"))
     if pths:
         return pths[0]
-    found = _hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
+    found = hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
     if found is not None:
         return found
-    snap = _hf_cached_file(WAN_VAE_DIFFUSERS_REPO, "vae/config.json")
+    snap = hf_cached_file(WAN_VAE_DIFFUSERS_REPO, "vae/config.json")
     if snap is not None:
         return snap.parent
     return None
@@ -221,7 +205,7 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None) ->
     fmt = "showo2" if "showo2" in config else "official"
     if fmt == "official":
         _check_official_config(config, cfg_path)
-    files = ModelFiles(label, root, fmt, config, _find_weights(root))
+    files = ModelFiles(label, root, fmt, config, find_weights(root))
     if not files.weights:
         files.missing.append(("weights", f"no model.safetensors / pytorch_model.bin in '{root}'"))
     if fmt == "official":
@@ -600,7 +584,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     from .tokenizer import add_showo2_tokens, load_tokenizer
 
     start = time.perf_counter()
-    dtype = parse_dtype(dtype)
+    dtype = torch_dtype(dtype)
     files = find_files(name, vae=vae)
     message = missing_message(files, ("weights", *need))
     if message:
@@ -722,3 +706,34 @@ def init_model(spec_name: str | ModelSpec, dst: Path, seed: int = 0, dtype: torc
     return save_folder(dst, spec, model.state_dict(), tokenizer=tokenizer, vae=vae, dtype=dtype,
                        overwrite=overwrite, extra={"initialised": {"seed": seed}})
 
+
+# ---- the default model and a VAE alone -------------------------------------------------------
+
+DEFAULT_OFFICIAL = "showlab/show-o2-1.5B"
+
+
+def default_model() -> tuple[str, str]:
+    """The model to use when none is named, and a one-line notice saying which and why."""
+    env = os.environ.get("SHOWO2_MODEL")
+    if env:
+        return env, f"using model '{env}' (from SHOWO2_MODEL)"
+    if hf_cached_snapshot(DEFAULT_OFFICIAL) is not None:
+        return DEFAULT_OFFICIAL, f"using model '{DEFAULT_OFFICIAL}' (found in the Hugging Face cache)"
+    if (bundled_demo_path() / "config.json").exists():
+        return "demo", "using the bundled demo model (set SHOWO2_MODEL or pass --model for another)"
+    raise ModelError("no model given and none found: pass --model NAME|FOLDER, set SHOWO2_MODEL, "
+                     f"or get the official one with: hf download {DEFAULT_OFFICIAL}")
+
+
+def resolve_vae(model: str | None = None, vae: str | os.PathLike | None = None,
+                dtype: torch.dtype = torch.float32, device="cpu"):
+    """(WanVAE, where it came from): an explicit path, else the named model's, else the default model's."""
+    from .modeling.vae import load_vae
+
+    if vae is not None:
+        return load_vae(vae, dtype=dtype, device=device), str(vae)
+    name = model if model is not None else default_model()[0]
+    files = find_files(name)
+    if files.vae is None:
+        raise ModelError(f"model '{name}' has no VAE: pass --vae PATH")
+    return load_vae(files.vae, dtype=dtype, device=device), str(files.vae)

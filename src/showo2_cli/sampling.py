@@ -12,6 +12,10 @@ from collections.abc import Callable
 
 import torch
 
+from .modeling.attention import omni_attention_mask
+from .options import SAMPLERS as OPTION_SAMPLERS
+from .sequences import Layout
+
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 
 
@@ -33,33 +37,100 @@ def uses_uncond(guidance: float) -> bool:
     return guidance not in (0.0, 1.0)
 
 
+def euler_step(velocity: Velocity, x: torch.Tensor, t0: float, t1: float, last: bool) -> torch.Tensor:
+    """The official fixed-grid Euler step (one model call)."""
+    return x + (t1 - t0) * velocity(x, t0).float()
+
+
+def heun_step(velocity: Velocity, x: torch.Tensor, t0: float, t1: float, last: bool) -> torch.Tensor:
+    """Heun's second-order step (two model calls; Euler on the last step, never evaluating t = 1)."""
+    v = velocity(x, t0).float()
+    if last:
+        return x + (t1 - t0) * v
+    v2 = velocity(x + (t1 - t0) * v, t1).float()
+    return x + (t1 - t0) * 0.5 * (v + v2)
+
+
+#: The samplers; the keys are :data:`showo2_cli.options.SAMPLERS` (validation and ``--help``).
+SAMPLERS = {"euler": euler_step, "heun": heun_step}
+assert set(SAMPLERS) == set(OPTION_SAMPLERS), "options.SAMPLERS and sampling.SAMPLERS must name the same samplers"
+
+
 def sample(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, method: str = "euler",
            callback: Callable[[int, int, torch.Tensor], None] | None = None,
            trajectory: list | None = None) -> torch.Tensor:
     """Integrate ``dx/dt = velocity(x, t)`` over ``grid`` from ``x0`` (noise) and return the final state.
 
-    ``method`` is "euler" (the official fixed-grid Euler, one call per step) or "heun" (second
-    order, two calls per step except the last). ``callback(step, total, x)`` is called after each
+    ``method`` is a key of :data:`SAMPLERS`. ``callback(step, total, x)`` is called after each
     step; ``trajectory``, when given, receives the state at every grid point.
     """
-    if method not in ("euler", "heun"):
+    if method not in SAMPLERS:
         raise ValueError(f"unknown sampler method '{method}'")
+    step = SAMPLERS[method]
     x = x0.float()
     if trajectory is not None:
         trajectory.append(x.clone())
     total = len(grid) - 1
     for i in range(total):
         t0, t1 = float(grid[i]), float(grid[i + 1])
-        dt = grid[i + 1] - grid[i]
-        v = velocity(x, t0).float()
-        if method == "heun" and i < total - 1:
-            x_pred = x + dt * v
-            v2 = velocity(x_pred, t1).float()
-            x = x + dt * 0.5 * (v + v2)
-        else:
-            x = x + dt * v
+        x = step(velocity, x, t0, t1, i == total - 1)
         if trajectory is not None:
             trajectory.append(x.clone())
         if callback is not None:
             callback(i + 1, total, x)
     return x
+
+
+# ---- the guided velocity of a Show-o2 network (spec §8.1) -------------------------------------
+
+def select_rows(layout: Layout, rows: list[int]) -> Layout:
+    return Layout(layout.input_ids[rows], layout.slots[rows], layout.blocks[rows])
+
+
+def guided_velocity_fn(network, layout: Layout, guidance: float, trim: bool = True, cache_prefix: bool = False,
+                       first_frame_as_cond: bool = False) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """``v(x, t)`` for ``x`` of the conditional rows (B, C, [T,] h, w), guidance applied.
+
+    Conditional and unconditional rows run in one batched forward. ``trim`` drops the positions
+    after the visual block (eoi, eos, pads): they cannot influence the velocity. ``cache_prefix``
+    computes the text before the block once and reuses its keys/values at every step (needs one
+    block per row that is the row's time token plus visual tokens, i.e. a generation layout).
+    """
+    batch = layout.input_ids.shape[0] // 2
+    if not uses_uncond(guidance):
+        layout = select_rows(layout, list(range(batch)))
+    if trim:
+        layout = layout.trimmed()
+    device = network.device
+    ids = layout.input_ids.to(device)
+    rows = ids.shape[0]
+    if cache_prefix:
+        prefix = network.prefix_cache(ids, layout.slots[:, 0, 0])
+        mask = None
+    else:
+        mask = omni_attention_mask(layout.blocks, layout.seq_len, device=device)
+
+    @torch.no_grad()
+    def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+        x_in = x if rows == x.shape[0] else torch.cat([x, x], dim=0)
+        t_vec = torch.full((rows,), float(t), dtype=torch.float32, device=device)
+        if cache_prefix:
+            v = network.velocity_with_prefix(prefix, x_in.to(device), t_vec, first_frame_as_cond=first_frame_as_cond)
+        else:
+            v = network.velocity(ids, x_in.to(device), t_vec, layout.blocks, mask, first_frame_as_cond=first_frame_as_cond)
+        v = v.to(x.device)
+        if rows == x.shape[0]:
+            return v
+        return guided(v[:batch], v[batch:], guidance)
+
+    return velocity
+
+
+def generate_latents(network, layout: Layout, noise: torch.Tensor, guidance: float, steps: int, shift: float,
+                     method: str = "euler", trim: bool = True, cache_prefix: bool = False,
+                     first_frame_as_cond: bool = False, callback=None, trajectory: list | None = None) -> torch.Tensor:
+    """Integrate from ``noise`` (float32, conditional rows only) to clean latents."""
+    velocity = guided_velocity_fn(network, layout, guidance, trim=trim, cache_prefix=cache_prefix,
+                                  first_frame_as_cond=first_frame_as_cond)
+    return sample(velocity, noise.float(), time_grid(steps, shift), method=method, callback=callback,
+                  trajectory=trajectory)

@@ -645,8 +645,11 @@ def hostile_cases(corpus: dict[str, dict[str, Path]], tiny: Path) -> list[Case]:
         ext = ".mp4" if name == "meta-nan-fps" else ".png"
         add(f"decode/{name}", ["decode", lat[f"{name}.safetensors"], "-o", f"out{ext}", *m], 3, f"{name}.safetensors")
     add("decode/missing", ["decode", "nope.safetensors", "-o", "o.png", *m], 3, "nope.safetensors")
-    add("decode/meta-evil-vae", ["decode", lat["meta-evil-vae.safetensors"], "-o", "out.png"], 4, "evil-vae.pth",
-        "refusing", what="latents whose metadata names a VAE .pth carrying a pickle payload")
+    # a data file never chooses which files the program opens: the VAE named in the metadata is not
+    # used (the model given has none, so the run stops there, and the payload never runs)
+    add("decode/meta-evil-vae", ["decode", lat["meta-evil-vae.safetensors"], "-o", "out.png", "-m",
+                                 models["missing-vae"]], 4, "VAE",
+        what="latents whose metadata names a VAE .pth carrying a pickle payload")
     add("decode/too-big-to-decode", ["decode", lat["big-decode.safetensors"], "-o", "out.png", *m, "--max-memory",
                                      "1"], 6, "needs about", what="(16, 1, 256, 256) latents: a 2048x2048 picture")
 

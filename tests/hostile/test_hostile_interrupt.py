@@ -86,15 +86,16 @@ def test_a_write_that_fails_midway_leaves_no_file(tmp_path, exc, monkeypatch):
     import numpy as np
 
     from showo2_cli import media as M
+    from showo2_cli.media import video
 
-    real = M._write_av
+    real = video.write_av
 
     def dying(tmp, arr, fps, ext, metadata):
         real(tmp, arr[:1], fps, ext, metadata)
         assert Path(tmp).stat().st_size > 0
         raise exc("killed mid-write")
 
-    monkeypatch.setattr(M, "_write_av", dying)
+    monkeypatch.setattr(video, "write_av", dying)  # where write_video looks it up
     target = tmp_path / "v.mp4"
     with pytest.raises((KeyboardInterrupt, M.OutputError)):
         M.write_video(target, np.zeros((5, 16, 16, 3), np.uint8), 8)

@@ -12,9 +12,9 @@ import torch
 from hostile_corpus import MODEL_NEEDLES, corpus_for
 
 from conftest import MEDIA_DIR
-from showo2_cli import api
+from showo2_cli import api, runtime
 from showo2_cli.cli import main
-from showo2_cli.errors import InputError, ModelError
+from showo2_cli.errors import InputError, ModelError, ResourceError
 from showo2_cli.loading import load
 
 LATENTS_NEEDLES = {
@@ -81,9 +81,9 @@ def test_the_vae_memory_estimate_refuses_before_decoding(corpus, tiny_model_dir,
     called = []
     monkeypatch.setattr(vae, "decode", lambda *a, **k: called.append(1))
     z = torch.zeros(16, 1, 256, 256)
-    with pytest.raises(api.ResourceError, match=r"needs about \d+\.\d GB"):
+    with pytest.raises(ResourceError, match=r"needs about \d+\.\d GB"):
         api.decode(z, vae, max_memory_gb=0.5)
-    monkeypatch.setenv(api.MAX_MEMORY_ENV, "0.5")
-    with pytest.raises(api.ResourceError, match="SHOWO2_MAX_MEMORY_GB"):
+    monkeypatch.setenv(runtime.MAX_MEMORY_ENV, "0.5")
+    with pytest.raises(ResourceError, match="SHOWO2_MAX_MEMORY_GB"):
         api.decode(z, vae)
     assert not called

@@ -14,16 +14,22 @@ head reads the same states for velocities, which are unpacked with the raster-ch
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
 from ..specs import ModelSpec
 from .flow_head import FinalLayer, ModulatedAttentionBlock, RotaryEmbedding, TimestepEmbedder
 from .semantic import PatchEmbed, fusion_projector, interpolate_position_table, semantic_encoder
+
+# transformers renamed the KV-cache keyword (``past_key_values`` -> ``cache``, the old one warns and
+# goes away in 5.40): pass whichever this installed version takes, so nothing warns.
+_CACHE_KEYWORD = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
 
 
 def qwen2_config(spec: ModelSpec) -> Qwen2Config:
@@ -236,8 +242,8 @@ class Showo2Model(nn.Module):
         if mask is not None:
             mask = mask.to(inputs_embeds.device)
         out = self.showo.model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
-                               past_key_values=past_key_values, use_cache=use_cache)
-        return out.last_hidden_state, out.past_key_values
+                               use_cache=use_cache, **{_CACHE_KEYWORD: past_key_values})
+        return out.last_hidden_state, getattr(out, _CACHE_KEYWORD)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.showo.lm_head(hidden)

@@ -73,16 +73,6 @@ _ORIGINAL_CONFIG_KEYS = {
     "dropout": "dropout",
 }
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
 
 
 def _autoencoder_cls():
@@ -417,12 +407,9 @@ class WanVAE(nn.Module):
 
 
 def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise UsageError(f"unknown VAE dtype {dtype!r}; use one of float32, bfloat16, float16")
-    return _DTYPES[key]
+    from ..runtime import torch_dtype
+
+    return torch_dtype(dtype)
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:

@@ -252,12 +252,12 @@ def build_showo2(cfg: TrainConfig, resume_from: Path | None):
 
 def _local_folder(ref: str, where: str) -> Path:
     """A folder path, or the cached snapshot of a Hugging Face repo id (never downloaded)."""
-    from ..loading import _hf_cached_snapshot
+    from ..loading import hf_cached_snapshot
 
     p = Path(ref).expanduser()
     if p.exists():
         return p
-    snap = _hf_cached_snapshot(ref) if "/" in ref else None
+    snap = hf_cached_snapshot(ref) if "/" in ref else None
     if snap is None:
         raise UsageError(f"{where}: '{ref}' is neither a local path nor a repo in the Hugging "
                          f"Face cache (get it with: hf download {ref})")
@@ -268,12 +268,12 @@ def load_partial(network: torch.nn.Module, wc, where: str) -> int:
     """Copy pretrained tensors into part of ``network`` (``wc`` is a WeightsConfig). Embedding
     tables with more rows than the network keep their first rows (the official vocabulary
     shrink to 151669, spec §2). Returns the number of tensors loaded."""
-    from ..loading import _find_weights, read_state_dict
+    from ..loading import find_weights, read_state_dict
 
     ref = Path(wc.path).expanduser()
     if not ref.exists():
         ref = _local_folder(wc.path, f"{where}.path")
-    files = [ref] if ref.is_file() else _find_weights(ref)
+    files = [ref] if ref.is_file() else find_weights(ref)
     if not files:
         raise UsageError(f"{where}.path: no weight files in '{ref}'")
     state = read_state_dict(files)
@@ -702,7 +702,7 @@ class Run:
                 M.write_image(p, M.tensor_to_frames(pair)[0], {"step": step, "kind": "reconstruction"}, overwrite=True)
                 paths.append(str(p))
             return paths
-        from ..generation import generate_latents
+        from ..sampling import generate_latents
         from ..sequences import generation_layout
 
         net = self.acc.unwrap_model(self.module).network

@@ -13,33 +13,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from .errors import UsageError
+from .options import TextSampling
 
 
 @dataclass
-class TextSampling:
-    """How the next token is chosen. Greedy unless a temperature > 0 with sampling is asked for."""
-
-    max_new_tokens: int = 300
-    temperature: float = 0.0  # 0 = greedy (the official demos' top_k=1)
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop_ids: tuple[int, ...] = ()
-
-    def validate(self) -> None:
-        if not 1 <= self.max_new_tokens <= 1_000_000:
-            raise UsageError(f"--max-new-tokens must be between 1 and 1000000, got {self.max_new_tokens}")
-        if not (self.temperature >= 0 and self.temperature == self.temperature):
-            raise UsageError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
-
-
-@dataclass
-class Generated:
+class DecodedText:
     token_ids: list[int] = field(default_factory=list)
     step_logits: list[torch.Tensor] = field(default_factory=list)  # last-position logits per step
     stopped: bool = False  # True when a stop token ended generation
@@ -65,7 +43,7 @@ def choose_token(logits: torch.Tensor, opts: TextSampling, generator: torch.Gene
 
 @torch.no_grad()
 def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor, opts: TextSampling,
-             on_token: Callable[[int], None] | None = None, keep_logits: bool = False) -> Generated:
+             on_token: Callable[[int], None] | None = None, keep_logits: bool = False) -> DecodedText:
     """Decode from a prompt given as embeddings ``(1, L, H)`` with its boolean mask ``(1, 1, L, L)``.
 
     ``model`` is a :class:`~showo2_cli.modeling.showo2.Showo2Model`. ``on_token`` is called with
@@ -77,7 +55,7 @@ def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor, opts: TextS
     cache = DynamicCache()
     hidden, cache = model.llm(prompt_embeds, mask, past_key_values=cache, use_cache=True)
     logits = model.logits(hidden[:, -1]).float()[0]
-    out = Generated()
+    out = DecodedText()
     embed = model.showo.model.embed_tokens
     position = prompt_embeds.shape[1]
     for step in range(opts.max_new_tokens):
@@ -101,14 +79,14 @@ def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor, opts: TextS
 
 
 @torch.no_grad()
-def generate_uncached(model, prompt_embeds: torch.Tensor, mask: torch.Tensor, opts: TextSampling) -> Generated:
+def generate_uncached(model, prompt_embeds: torch.Tensor, mask: torch.Tensor, opts: TextSampling) -> DecodedText:
     """The official decoding loop: the whole sequence is recomputed for every new token, the mask
     extended by one causal row and column. O(n^2); kept as the reference for tests and benchmarks."""
     from .modeling.attention import extend_mask_for_decoding
 
     opts.validate()
     generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
-    embeds, out = prompt_embeds, Generated()
+    embeds, out = prompt_embeds, DecodedText()
     embed = model.showo.model.embed_tokens
     for _ in range(opts.max_new_tokens):
         hidden, _ = model.llm(embeds, mask)

@@ -1,0 +1,263 @@
+"""A multi-turn conversation with a loaded Show-o2 model (the object behind ``showo2 chat``).
+
+    from showo2_cli import load
+    from showo2_cli.chat import Conversation
+
+    chat = Conversation(load("demo"))
+    chat.attach("circle.png")                     # goes with the next question
+    chat.ask("What color is the shape?")          # 'red'
+    chat.ask("What shape is it?", on_text=print)  # streamed pieces, then the answer
+    chat.to_json()                                # the transcript
+
+The prompt is the model's chat format repeated across turns (see :mod:`showo2_cli.dialogue`):
+a one-question conversation is exactly the :func:`~showo2_cli.pipelines.caption` prompt. When
+the prompt plus the answer's token budget would outgrow the model's sequence budget, the oldest
+turns leave the context (the transcript keeps them) with a notice; the most recent medium of a
+dropped turn stays in the context when no later turn has one, so the conversation keeps its
+subject. Nothing here prints: notices go to ``on_notice``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from . import __version__
+from .dialogue import (
+    DEFAULT_SYSTEM,
+    Cancelled,
+    PromptPieces,
+    TextSampling,
+    TurnTokens,
+    VisualInput,
+    conversation_layout,
+    encode_media,
+    encode_user_text,
+    generate_answer,
+    prompt_length,
+)
+from .errors import UsageError
+from .loading import Showo2
+from .options import MAX_PROMPT_CHARS, CaptionOptions
+
+#: Media attached to one question, at most.
+MAX_MEDIA_PER_TURN = 8
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str
+    media: list[VisualInput] = field(default_factory=list)
+    question_ids: list[int] = field(default_factory=list)
+    answer_ids: list[int] = field(default_factory=list)
+    stopped: bool = True  # the answer ended with <|im_end|> (False: cut at max_new_tokens)
+    prompt_tokens: int = 0  # prompt length when it was answered (0: history given, not generated)
+    seconds: float = 0.0
+
+    def tokens(self, with_answer: bool = True, media: list[VisualInput] | None = None) -> TurnTokens:
+        return TurnTokens(self.question_ids, media if media is not None else self.media,
+                          self.answer_ids if with_answer else None)
+
+    def describe(self) -> dict:
+        return {"question": self.question, "answer": self.answer, "media": [m.describe() for m in self.media],
+                "prompt_tokens": self.prompt_tokens, "answer_tokens": len(self.answer_ids),
+                "finish_reason": "stop" if self.stopped else "length", "seconds": round(self.seconds, 3)}
+
+
+def context_budget(model: Showo2) -> int:
+    """The longest sequence (prompt + answer) the model takes: its LLM's position range."""
+    return int(model.spec.max_position_embeddings)
+
+
+class Conversation:
+    """System prompt, turns and pending media of one chat with one model.
+
+    ``options`` are the understanding options of :class:`~showo2_cli.pipelines.CaptionOptions`
+    (template, mask mode, video frames, size; its sampling fields are the default ``sampling``).
+    ``max_context`` caps prompt + answer tokens (default :func:`context_budget`).
+    """
+
+    def __init__(self, model: Showo2, system: str | None = None, *, options: CaptionOptions | None = None,
+                 max_context: int | None = None, on_notice: Callable[[str], None] | None = None,
+                 name: str | None = None):
+        self.model = model
+        self.options = options or CaptionOptions()
+        self.options.validate()
+        self.name = name or (model.files.name if model.files else model.spec.name)
+        budget = context_budget(model) if max_context is None else max_context
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 16:
+            raise UsageError(f"--max-context must be a whole number of tokens >= 16, got {budget}")
+        self.max_context = budget
+        self.on_notice = on_notice
+        self.turns: list[Turn] = []  # every turn (the transcript)
+        self.pending: list[VisualInput] = []  # media for the next question
+        self.notices: list[str] = []
+        self._first = 0  # index of the oldest turn still in the context
+        self._carried: list[VisualInput] = []  # media kept from dropped turns
+        self._lock = threading.Lock()
+        self.system = DEFAULT_SYSTEM if system is None else system
+
+    # ---- state ----------------------------------------------------------------------------------
+    @property
+    def system(self) -> str:
+        return self._system
+
+    @system.setter
+    def system(self, text: str) -> None:
+        if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
+            raise UsageError(f"the system prompt must be text of at most {MAX_PROMPT_CHARS} characters")
+        self._system = text
+        self._pieces = PromptPieces.of(self.model, text)
+
+    @property
+    def mask_mode(self) -> str:
+        return self.options.mask_mode or self.model.spec.und_mask_mode
+
+    @property
+    def template(self) -> str:
+        return self.options.template or self.model.spec.und_template
+
+    @property
+    def context_turns(self) -> list[Turn]:
+        """The turns the model sees now (the oldest may have left, see :meth:`ask`)."""
+        return self.turns[self._first:]
+
+    def reset(self) -> None:
+        """Forget every turn and pending medium (the system prompt stays)."""
+        self.turns.clear()
+        self.pending.clear()
+        self._carried.clear()
+        self.notices.clear()
+        self._first = 0
+
+    def attach(self, source, name: str | None = None, max_pixels: int | None = None) -> VisualInput:
+        """Encode an image or video (path, PIL image or uint8 array) now; it goes with the next question."""
+        if len(self.pending) >= MAX_MEDIA_PER_TURN:
+            raise UsageError(f"at most {MAX_MEDIA_PER_TURN} media per question")
+        visual = encode_media(self.model, source, self.options, max_pixels=max_pixels, name=name)
+        self.pending.append(visual)
+        return visual
+
+    def _question_ids(self, question: str) -> list[int]:
+        if not isinstance(question, str) or not question.strip():
+            raise UsageError("empty question: give some text")
+        if len(question) > MAX_PROMPT_CHARS:
+            raise UsageError(f"a question of {len(question)} characters is too long "
+                             f"(at most {MAX_PROMPT_CHARS})")
+        return encode_user_text(self.model.require_tokenizer(), question.strip())
+
+    def add_turn(self, question: str, answer: str, media: list[VisualInput] | None = None) -> Turn:
+        """Record an earlier exchange (from a saved chat or an API request) without generating."""
+        if not isinstance(answer, str):
+            raise UsageError("an answer must be text")
+        media = list(self.pending if media is None else media)
+        turn = Turn(question.strip(), answer.strip(), media, self._question_ids(question),
+                    encode_user_text(self.model.require_tokenizer(), answer.strip()))
+        self.pending = []
+        self.turns.append(turn)
+        return turn
+
+    # ---- asking ---------------------------------------------------------------------------------
+    def _context(self, current: TurnTokens) -> list[TurnTokens]:
+        turns = [t.tokens() for t in self.context_turns] + [current]
+        if self._carried:
+            first = turns[0]
+            turns[0] = TurnTokens(first.question, [*self._carried, *first.visuals], first.answer)
+        return turns
+
+    def _fit(self, current: TurnTokens, max_new_tokens: int) -> int:
+        """Drop the oldest turns until prompt + answer fit; return the answer's token budget."""
+        dropped = 0
+        while True:
+            length = prompt_length(self._context(current), self._pieces, self.template)
+            if length + max_new_tokens <= self.max_context or self._first == len(self.turns):
+                break
+            gone = self.turns[self._first]
+            self._first += 1
+            dropped += 1
+            later = any(t.media for t in self.context_turns) or bool(current.visuals)
+            kept = (gone.media[-1:] or self._carried[-1:]) if not later else []
+            self._carried = list(kept)
+        if dropped:
+            kept = " (its image stays)" if self._carried else ""
+            self._notice(f"context budget of {self.max_context} tokens reached: the oldest {dropped} "
+                         f"turn{'s' if dropped > 1 else ''} left the context{kept}")
+        room = self.max_context - length
+        if room < 1:
+            raise UsageError(f"the question and its media need {length} tokens, more than the context "
+                             f"budget of {self.max_context}")
+        if room < max_new_tokens:
+            self._notice(f"the answer is limited to {room} tokens by the context budget of "
+                         f"{self.max_context}")
+        return min(room, max_new_tokens)
+
+    def _notice(self, text: str) -> None:
+        self.notices.append(text)
+        if self.on_notice is not None:
+            self.on_notice(text)
+
+    def sampling(self) -> TextSampling:
+        o = self.options
+        return TextSampling(o.max_new_tokens, o.temperature, o.top_k, o.top_p, o.seed)
+
+    def ask(self, question: str, sampling: TextSampling | None = None,
+            on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> str:
+        """Answer ``question`` (with the pending media) given the turns before it; return the answer.
+
+        ``sampling`` defaults to the options' (greedy). ``on_text(piece)`` streams the answer;
+        setting ``cancel`` stops generation (:class:`~showo2_cli.dialogue.Cancelled` is raised and
+        the turn is not recorded). The finished turn is ``self.turns[-1]``.
+        """
+        with self._lock:
+            start = time.perf_counter()
+            sampling = sampling or self.sampling()
+            sampling.validate()
+            q_ids = self._question_ids(question)
+            current = TurnTokens(q_ids, list(self.pending))
+            limit = self._fit(current, sampling.max_new_tokens)
+            layout, visuals = conversation_layout(self._context(current), self._pieces, self.mask_mode,
+                                                  self.template)
+            out = generate_answer(self.model, layout, visuals, replace(sampling, max_new_tokens=limit),
+                                  on_text=on_text, cancel=cancel)
+            turn = Turn(question.strip(), out.text, list(self.pending), q_ids, out.token_ids, out.stopped,
+                        out.prompt_tokens, time.perf_counter() - start)
+            self.pending = []
+            self.turns.append(turn)
+            return out.text
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of the context now (without a next question)."""
+        turns = self._context(TurnTokens([], list(self.pending)))
+        return prompt_length(turns, self._pieces, self.template)
+
+    # ---- transcript -----------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        """The transcript: system prompt, every turn (``in_context`` false once dropped), notices."""
+        turns = []
+        for i, t in enumerate(self.turns):
+            turns.append({**t.describe(), "in_context": i >= self._first})
+        return {"format": "showo2-chat", "version": 1, "showo2_version": __version__, "model": self.name,
+                "system": self.system, "template": self.template, "mask_mode": self.mask_mode,
+                "max_context": self.max_context, "turns": turns,
+                "pending_media": [m.describe() for m in self.pending], "notices": list(self.notices),
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> str:
+        """Write :meth:`to_json` atomically (never a half-written file); return the path."""
+        import json
+
+        from . import media as M
+
+        with M.atomic_output(path, overwrite=overwrite) as tmp:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(self.to_json(), fh, indent=1, ensure_ascii=False)
+                fh.write("\n")
+        return os.fspath(path)
+
+
+__all__ = ["Cancelled", "Conversation", "MAX_MEDIA_PER_TURN", "Turn", "context_budget"]

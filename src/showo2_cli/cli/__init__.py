@@ -1,0 +1,232 @@
+"""The `showo2` command line: parse, call the library, render.
+
+Commands live in this package by group (generate, understand, latents, models,
+train); each builds :mod:`showo2_cli.options` objects, validates them once, calls the library and
+renders: results on stdout (plain, or one JSON object with ``--json``), notices and progress on
+stderr. Errors are one line on stderr with a documented exit code (see ``errors.py``);
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import traceback
+import warnings
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import Showo2Error
+from .common import STATE, safe_text, write
+
+app = typer.Typer(
+    name="showo2",
+    help="Run the Show-o2 unified multimodal model: understand and generate images and videos.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_ARGS: list[str] = []  # the arguments main() was called with (for errors raised before a command ran)
+
+#: (panel, module, command names) in the order ``showo2 --help`` lists them.
+GROUPS = [
+    ("Generate", "generate", ("t2i", "t2v", "i2v")),
+    ("Understand", "understand", ("caption",)),
+    ("Latents", "latents", ("encode", "decode")),
+    ("Models", "models", ("models", "info", "convert", "init")),
+]
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and library warnings.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+):
+    if debug:
+        STATE["debug"] = True
+    if version:
+        sys.stdout.write(f"showo2 {__version__}\n")
+        raise typer.Exit(0)
+
+
+def _register() -> None:
+    import importlib
+
+    for panel, module, names in GROUPS:
+        mod = importlib.import_module(f".{module}", __package__)
+        for name in names:
+            app.command(name, rich_help_panel=panel)(getattr(mod, name))
+    from ..training.command import train as train_command
+
+    app.command("train", rich_help_panel="Train")(train_command)
+    _register_extra()
+
+
+def _register_extra() -> None:
+    """Commands that hold a resident model: chat, serve (their heavy imports happen when they run)."""
+    from .chat import chat
+    from .serve import serve
+
+    app.command("chat", rich_help_panel="Understand")(chat)
+    app.command("serve", rich_help_panel="Serve")(serve)
+
+
+_register()
+
+
+# ---- entry point ------------------------------------------------------------------------------
+
+def _fail(message: str, code: int, kind: str) -> int:
+    # one line, whatever the message held (line and paragraph separators included), and no raw
+    # control characters from file names reach the terminal
+    message = re.sub(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*", " ", message).strip() or kind
+    message = safe_text(message)
+    try:
+        write(sys.stderr, f"showo2: error: {message}\n")
+        if STATE["json"] or "--json" in _ARGS:
+            write(sys.stdout, json.dumps({"error": {"kind": kind, "message": message, "exit_code": code}}) + "\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+    except (OSError, ValueError):  # a closed or broken stdout/stderr: the exit code still tells
+        pass
+    return code
+
+
+def _click_exceptions():
+    """Typer may vendor its own click; handle both its exception classes and click's."""
+    exits, aborts, errors = [typer.Exit], [typer.Abort], []
+    try:
+        from typer._click import exceptions as vendored
+
+        errors.append(vendored.ClickException)
+    except ImportError:
+        pass
+    try:
+        from click import exceptions as upstream
+
+        exits.append(upstream.Exit)
+        aborts.append(upstream.Abort)
+        errors.append(upstream.ClickException)
+    except ImportError:
+        pass
+    return tuple(exits), tuple(aborts), tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    exit_types, abort_types, click_types = _click_exceptions()
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    _ARGS[:] = args
+    # fresh state for every call (main() may run several times in one process)
+    STATE.update(debug=bool(os.environ.get("SHOWO2_DEBUG")) or "--debug" in args, json=False, quiet=False)
+    if not STATE["debug"]:  # the libraries' own logging stays quiet unless --debug
+        for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+            os.environ.setdefault(var, "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    with warnings.catch_warnings(), _signals():
+        if not STATE["debug"]:  # stderr carries notices and one error line; library warnings only with --debug
+            warnings.simplefilter("ignore")
+        try:
+            return _main(args, exit_types, abort_types, click_types)
+        except Terminated:
+            return _fail("terminated", 143, "interrupted")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (so ``finally`` blocks and temporary-file clean-ups
+    run exactly as for Ctrl-C); exits 143."""
+
+
+@contextmanager
+def _signals():
+    """One signal policy for every command: SIGTERM behaves like Ctrl-C (clean up, then exit 143;
+    Ctrl-C exits 130). Training installs its own handler that first saves a checkpoint."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, on_term)
+    except (ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _main(args: list[str], exit_types, abort_types, click_types) -> int:
+    try:
+        rv = app(args=args, prog_name="showo2", standalone_mode=False)
+        if rv == 130:  # typer turns Ctrl-C into a returned 130 when not in standalone mode
+            return _fail("interrupted", 130, "interrupted")
+        return rv if isinstance(rv, int) else 0
+    except exit_types as e:
+        return e.exit_code
+    except abort_types:
+        return _fail("interrupted", 130, "interrupted")
+    except Terminated:
+        raise
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130, "interrupted")
+    except BrokenPipeError:  # the reader went away (`| head -c1`): stop quietly, as Unix tools do
+        _quiet_stdout()
+        return 141
+    except click_types as e:
+        if STATE["debug"]:
+            traceback.print_exc()
+        if type(e).__name__ == "NoArgsIsHelpError":
+            sys.stderr.write(e.format_message() + "\n")
+            return 2
+        message = e.format_message().replace("\n", " ")
+        ctx = getattr(e, "ctx", None)
+        where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        return _fail(message + where, 2, "usage")
+    except Showo2Error as e:
+        if isinstance(e.__cause__, BrokenPipeError):
+            _quiet_stdout()
+            return 141
+        if STATE["debug"]:  # the traceback, then the same line and exit code as without --debug
+            traceback.print_exc()
+        return _fail(" ".join(str(e).split("\n")), e.exit_code, e.kind)
+    except MemoryError:
+        if STATE["debug"]:
+            traceback.print_exc()
+        return _fail("out of memory", 6, "resource")
+    except Exception as e:  # a bug: still one line unless --debug
+        if STATE["debug"]:
+            traceback.print_exc()
+        return _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                     "(run with --debug for the traceback)", 1, "internal")
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

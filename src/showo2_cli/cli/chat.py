@@ -1,0 +1,311 @@
+"""``chat``: a multi-turn conversation with one resident model, on a terminal or over a pipe.
+
+On a terminal: line editing and history (prompt_toolkit when installed, else readline), answers
+streamed as they are produced, Ctrl-C stops an answer, Ctrl-D or ``/quit`` leaves. When stdin is
+not a terminal, every line is a question (or a slash command) and stdout carries one answer per
+line and nothing else. Notices and errors (one line each) go to stderr and the chat goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import common as _common
+from .common import DeviceOpt, DtypeOpt, ModelOpt, QuietOpt
+
+
+def common():
+    return _common
+
+COMMANDS = {
+    "/image PATH": "attach an image or a video to the next question",
+    "/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--overwrite]": "generate an image with the same model",
+    "/reset": "forget the conversation (the system prompt stays)",
+    "/save FILE [--overwrite]": "write the transcript as JSON",
+    "/quit": "leave (also /exit, Ctrl-D)",
+    "/help": "this list",
+}
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", str(text)).strip()
+
+
+class ChatSession:
+    """The chat loop's state and its line handler (everything but reading lines)."""
+
+    def __init__(self, conversation, out=None, err=None, interactive: bool = False):
+        self.conv = conversation
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.interactive = interactive
+
+    # ---- output -------------------------------------------------------------------------------
+    def error(self, message: str) -> None:
+        self.err.write(f"showo2: error: {common().safe_text(_one_line(message))}\n")
+        self.err.flush()
+
+    def info(self, message: str) -> None:
+        common().notice(message)
+
+    # ---- one line -----------------------------------------------------------------------------
+    def handle(self, line: str) -> bool:
+        """Act on one input line; False when the chat should end. Errors are reported, never raised
+        (except Ctrl-C when not on a terminal)."""
+        from ..errors import Showo2Error
+
+        line = line.strip()
+        if not line:
+            return True
+        try:
+            if line.startswith("/"):
+                return self.command(line)
+            self.answer(line)
+        except Showo2Error as e:
+            self.error(str(e))
+        except KeyboardInterrupt:
+            if not self.interactive:
+                raise
+            self.info("(interrupted)")
+        except MemoryError:
+            self.error("out of memory")
+        except Exception as e:  # a bug: one line (the traceback with --debug), the chat goes on
+            if common().STATE.get("debug"):
+                traceback.print_exc(file=self.err)
+            self.error(f"internal error: {type(e).__name__}: {_one_line(e)[:200]} "
+                       "(run with --debug for the traceback)")
+        return True
+
+    def answer(self, question: str) -> None:
+        started = [False]
+
+        def on_text(piece: str) -> None:
+            started[0] = True
+            self.out.write(piece.replace("\n", " ").replace("\r", " "))
+            self.out.flush()
+
+        try:
+            self.conv.ask(question, on_text=on_text)
+        except BaseException:
+            if started[0]:
+                self.out.write("\n")
+                self.out.flush()
+            raise
+        self.out.write("\n")
+        self.out.flush()
+
+    def command(self, line: str) -> bool:
+        from ..errors import UsageError
+
+        name, _, rest = line.partition(" ")
+        name, rest = name.lower(), rest.strip()
+        if name in ("/quit", "/exit", "/q"):
+            return False
+        if name in ("/help", "/?"):
+            width = max(len(k) for k in COMMANDS)
+            for usage, what in COMMANDS.items():
+                self.err.write(f"  {usage:<{width}}  {what}\n")
+            self.err.flush()
+        elif name in ("/image", "/video", "/attach"):
+            if not rest:
+                raise UsageError("/image needs a file: /image PATH")
+            path = Path(_unquote(rest)).expanduser()
+            visual = self.conv.attach(path, name=str(path))
+            self.info(f"attached {path} ({visual.kind}): it goes with your next question")
+            from ..pipelines import supports_video_understanding
+
+            if visual.kind == "video" and not supports_video_understanding(self.conv.model):
+                self.info("note: this checkpoint was not trained for video understanding")
+        elif name == "/t2i":
+            self.t2i(rest)
+        elif name == "/reset":
+            if rest:
+                raise UsageError("/reset takes no argument")
+            self.conv.reset()
+            self.info("conversation reset")
+        elif name == "/save":
+            args = _split(rest)
+            overwrite = "--overwrite" in args
+            files = [a for a in args if a != "--overwrite"]
+            if len(files) != 1:
+                raise UsageError("/save needs one file: /save FILE [--overwrite]")
+            path = Path(files[0]).expanduser()
+            self.conv.save(path, overwrite=overwrite)
+            self.info(f"transcript saved to {path}")
+        else:
+            raise UsageError(f"unknown command '{name[:40]}' "
+                             "(commands: /image, /t2i, /reset, /save, /quit, /help)")
+        return True
+
+    def t2i(self, rest: str) -> None:
+        """``/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--overwrite]``: the t2i command's output
+        (image with its parameters inside, plus the sidecar JSON) from the resident model."""
+        from ..errors import UsageError
+        from ..pipelines import GenerateOptions, text_to_image
+
+        args = _split(rest)
+        output, seed, steps, overwrite, words = None, None, None, False, []
+        i = 0
+        while i < len(args):
+            a = args[i]
+            if a in ("-o", "--output", "--seed", "--steps"):
+                if i + 1 >= len(args):
+                    raise UsageError(f"/t2i {a} needs a value")
+                v = args[i + 1]
+                if a in ("-o", "--output"):
+                    output = Path(v).expanduser()
+                else:
+                    try:
+                        number = int(v)
+                    except ValueError:
+                        raise UsageError(f"/t2i {a} must be a whole number, got '{v[:20]}'") from None
+                    seed, steps = (number, steps) if a == "--seed" else (seed, number)
+                i += 2
+                continue
+            if a == "--overwrite":
+                overwrite = True
+            else:
+                words.append(a)
+            i += 1
+        prompt = " ".join(words).strip()
+        if not prompt:
+            raise UsageError("/t2i needs a prompt: /t2i a red circle on a white background [-o out.png]")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        opts = GenerateOptions(seed=seed, steps=steps)
+        opts.validate()
+        from ..saving import plan_outputs, save_results
+
+        (plan,) = plan_outputs("t2i", output, [prompt], [0], 1, seed, overwrite)  # checked before work
+        output = plan.path
+        if self.interactive:
+            self.info(f"generating (seed {seed}) ...")
+        (item,) = text_to_image(self.conv.model, [prompt], opts)
+        save_results([item], [plan], "t2i", overwrite=overwrite)
+        self.info(f"saved {output} (seed {item.seed}); attach it with /image {output}")
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _split(text: str) -> list[str]:
+    """Shell-like words; an unbalanced quote (``a cat's hat``) falls back to plain spaces."""
+    try:
+        return shlex.split(text)
+    except ValueError:
+        return text.split()
+
+
+def _lines(interactive: bool, show_prompt: bool):
+    """Input lines: an editing prompt on a terminal, else plain lines of stdin (undecodable
+    bytes replaced). Ctrl-C at the prompt clears the line; Ctrl-D ends."""
+    if not interactive:
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:
+            for line in sys.stdin:
+                yield line.rstrip("\r\n")
+            return
+        for raw in stream:
+            yield raw.decode("utf-8", "replace").rstrip("\r\n")
+        return
+    prompt = ">>> " if show_prompt else ""
+    read = None
+    try:
+        from prompt_toolkit import PromptSession
+
+        session = PromptSession()
+        read = lambda: session.prompt(prompt)  # noqa: E731
+    except Exception:  # not installed, or no usable terminal
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+        read = lambda: input(prompt)  # noqa: E731
+    while True:
+        try:
+            yield read()
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            continue
+        except EOFError:
+            if show_prompt:
+                sys.stdout.write("\n")
+            return
+
+
+def chat(
+    media: Annotated[list[Path] | None, typer.Argument(
+        help="Images or videos for the first question.")] = None,
+    system: Annotated[str | None, typer.Option(
+        "--system", "-s", help="The system prompt (default: 'You are a helpful assistant.').")] = None,
+    max_new_tokens: Annotated[int, typer.Option(
+        "--max-new-tokens", help="At most this many tokens per answer.")] = 300,
+    temperature: Annotated[float, typer.Option(
+        "--temperature", help="0 = greedy (default); > 0 samples.")] = 0.0,
+    top_p: Annotated[float | None, typer.Option(
+        "--top-p", help="Nucleus sampling (with --temperature).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")] = None,
+    frames: Annotated[int | None, typer.Option(
+        "--frames", help="Video: frames sampled uniformly (default: the model's).")] = None,
+    max_context: Annotated[int | None, typer.Option(
+        "--max-context", help="Prompt + answer token budget; beyond it the oldest turns leave the context "
+        "(default: the model's position range).")] = None,
+    mask: Annotated[str | None, typer.Option("--mask", help="official or training: the first turn's mask "
+                                             "(default: the checkpoint's).")] = None,
+    template: Annotated[str | None, typer.Option("--template", help="official or training: the first turn's "
+                                                 "template (default: the checkpoint's).")] = None,
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", quiet: QuietOpt = False,
+):
+    """Chat about images and videos, and generate images, with one resident model.
+
+    Slash commands: /image PATH, /t2i PROMPT [-o FILE], /reset, /save FILE, /quit, /help.
+    """
+    C = common()
+    C.setup(False, quiet)
+    from .. import media as M
+    from ..options import CaptionOptions, RuntimeOptions
+
+    opts = CaptionOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                          seed=seed, frames=frames, mask_mode=mask, template=template)
+    opts.validate()
+    dtype = getattr(dtype, "value", dtype)
+    RuntimeOptions(device, dtype).validate()
+    if max_context is not None and max_context < 16:
+        from ..errors import UsageError
+
+        raise UsageError(f"--max-context must be at least 16 tokens, got {max_context}")
+    for path in media or []:  # a bad file fails before the model loads
+        if M.probe_kind(path) == "image":
+            M.read_image(path)
+        else:
+            M.check_video(path)
+
+    from ..chat import Conversation
+
+    bundle = C.load_model(model, device, dtype)
+    conv = Conversation(bundle, system, options=opts, max_context=max_context, on_notice=C.notice)
+    for path in media or []:
+        conv.attach(path, name=str(path))
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    show_prompt = interactive and sys.stdout.isatty()
+    if interactive:
+        n = len(conv.pending)
+        attached = f", {n} file{'s' if n > 1 else ''} attached" if n else ""
+        C.notice(f"chatting with {conv.name}{attached}; /help lists the commands, /quit or Ctrl-D leaves")
+    session = ChatSession(conv, interactive=interactive)
+    for line in _lines(interactive, show_prompt):
+        if not session.handle(line):
+            break

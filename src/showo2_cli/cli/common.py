@@ -1,0 +1,189 @@
+"""What every command shares: the output state (``--json``/``--quiet``), notices, results,
+progress on stderr, the common option types and the model loading step.
+
+Commands parse their options into :mod:`showo2_cli.options` objects, call ``validate()`` once,
+call the library, and render through :func:`emit`. Nothing here imports torch at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..options import SAMPLERS, short
+
+STATE = {"debug": bool(os.environ.get("SHOWO2_DEBUG")), "json": False, "quiet": False}
+
+
+def safe_text(text: str) -> str:
+    """Text for a terminal: control characters (ESC, BEL, vertical tab, form feed, U+2028, ...)
+    are shown escaped, so a file name cannot drive the terminal or break a one-line message."""
+    out = []
+    for ch in str(text):
+        o = ord(ch)
+        if ch in "\n\t":
+            out.append(ch)
+        elif o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0 or ch in "\u2028\u2029\u0085":
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def notice(message: str) -> None:
+    if not STATE["quiet"] and not STATE["json"]:
+        write(sys.stderr, safe_text(message) + "\n")
+
+
+def write(stream, text: str) -> None:
+    """Write text that may hold undecodable file names (surrogates) whatever the stream's encoding."""
+    if stream is None:
+        return
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        stream.write(text.encode(encoding, "backslashreplace").decode(encoding, "replace"))
+
+
+def emit(result: dict, plain: str | None = None) -> None:
+    """The command's result: a JSON object with --json, else the plain text (if any) on stdout."""
+    if STATE["json"]:
+        write(sys.stdout, json.dumps(result, default=str) + "\n")
+    elif plain is not None:
+        write(sys.stdout, plain + ("" if plain.endswith("\n") else "\n"))
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
+def setup(json_mode: bool, quiet: bool) -> None:
+    STATE["json"], STATE["quiet"] = json_mode, quiet
+
+
+@contextmanager
+def status(message: str):
+    """A spinner on stderr while a phase runs (only on a terminal, never with --quiet/--json)."""
+    if STATE["quiet"] or STATE["json"] or sys.stderr is None or not sys.stderr.isatty():
+        yield
+        return
+    with stderr_console().status(message):
+        yield
+
+
+class ProgressReporter:
+    """Rich progress bars on stderr for the library's ``progress(phase, done, total)`` callback
+    (the one progress renderer of the model commands; training has its own bar over the same rich)."""
+
+    def __init__(self):
+        self.bar = None
+        self.tasks: dict[str, int] = {}
+        if not (STATE["quiet"] or STATE["json"]) and sys.stderr is not None and sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=stderr_console(), transient=True)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bar.add_task(phase, total=total)
+        self.bar.update(self.tasks[phase], completed=done, total=total)
+
+
+def model_name(model: str | None) -> str:
+    """The named model, else the default one (with a one-line notice saying which)."""
+    if model is not None:
+        return model
+    from ..loading import default_model
+
+    name, msg = default_model()
+    notice(msg)
+    return name
+
+
+def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE")):
+    from ..loading import load
+    from ..runtime import pick_device, pick_dtype
+
+    model = model_name(model)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    with status(f"loading {short(model, 60)}"):
+        return load(model, vae=vae, device=dev, dtype=dt, need=need)
+
+
+# ---- option types shared by the commands (choices are enums, so --help lists them) -------------
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+Sampler = Enum("Sampler", {name: name for name in SAMPLERS}, type=str)
+
+
+class MaskMode(str, Enum):
+    official = "official"
+    training = "training"
+
+
+class Template(str, Enum):
+    official = "official"
+    training = "training"
+
+
+def value(choice) -> str | None:
+    """The plain string of an enum choice (typer passes the member)."""
+    return None if choice is None else getattr(choice, "value", choice)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No notices or progress on stderr.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="auto: bf16 on CUDA, fp32 elsewhere.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name, folder or Hugging Face repo id "
+                                              "(default: $SHOWO2_MODEL, the cached official 1.5B, then the bundled demo).")]
+VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_VAE.pth, a .safetensors or a diffusers "
+                                             "folder (default: the model's, then $SHOWO2_VAE).")]
+MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB "
+                                                 "(default: $SHOWO2_MAX_MEMORY_GB, else the memory available now; 0: no limit).")]

@@ -1,0 +1,189 @@
+"""``t2i``, ``t2v``, ``i2v``: parse, build :class:`~showo2_cli.options.GenerateOptions`, plan the
+outputs, generate, save (all in the library), render."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..options import GenerateOptions, check_fps, check_prompts, random_seed, video_frames
+from .common import (
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaxMemOpt,
+    ModelOpt,
+    OverwriteOpt,
+    ProgressReporter,
+    QuietOpt,
+    Sampler,
+    VaeOpt,
+    emit,
+    load_model,
+    model_name,
+    notice,
+    setup,
+    value,
+)
+
+SizeOpt = Annotated[str | None, typer.Option("--size", help="N or WIDTHxHEIGHT, multiples of 16, at most 4096 (default: the model's resolution).")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", min=2, max=10000, help="Sampling grid points; steps-1 model calls (default: the model's, 50 for the official ones, 30 for the demo).")]
+GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale, 0 to 100 (default: the model's, 5.0 official, 4.0 demo; 0 = none).")]
+ShiftOpt = Annotated[float | None, typer.Option("--shift", help="Time-grid shift towards the noise end, > 0 (default: the model's, 3.0).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Base seed, 0 to 2^63-1 (random if absent; always printed and recorded).")]
+NumOpt = Annotated[int, typer.Option("--num-images", "-n", min=1, max=1000, help="Outputs per prompt.")]
+PromptsFileOpt = Annotated[Path | None, typer.Option("--prompts-file", help="One prompt a line; '-' reads stdin.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=1024, help="Outputs generated together.")]
+NoiseOpt = Annotated[Path | None, typer.Option("--noise", help="Exact starting noise (.safetensors), to reproduce a run.")]
+SaveLatOpt = Annotated[bool, typer.Option("--save-latents", help="Also write <output>.latents.safetensors.")]
+SamplerOpt = Annotated[Sampler, typer.Option("--sampler", help="The ODE solver (euler is the official one).")]
+FramesOpt = Annotated[int, typer.Option("--frames", help="Frames, 1+4k (others rounded up with a notice).")]
+FpsOpt = Annotated[float, typer.Option("--fps", help="Frames per second of the output (0.5 to 240).")]
+VIDEO_HELP = "out.mp4/.webm/.gif"
+
+
+def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path | None, opts: GenerateOptions,
+        model: str | None, vae: Path | None, device: str, dtype, noise: Path | None, save_latents: bool,
+        fps: float | None, image: Path | None, size: str | None, overwrite: bool) -> None:
+    """The one generation command: every check before the model loads, then generate and save."""
+    from .. import media as M
+    from .. import saving as O
+    from ..options import RuntimeOptions
+    from ..runtime import process_rank
+
+    runtime = RuntimeOptions(device, value(dtype), opts.max_memory_gb)
+    runtime.validate()
+    opts.size = M.parse_size(size)
+    if opts.seed is None:
+        opts.seed = random_seed()
+    opts.validate()
+    check_fps(fps)
+    prompts = check_prompts(O.read_prompts(prompt, prompts_file))
+    rank, world = process_rank()
+    indices = list(range(len(prompts)))[rank::world]
+    mine = [prompts[i] for i in indices]
+    plans = O.plan_outputs(kind, output, mine, indices, opts.num_per_prompt, opts.seed, overwrite,
+                           len(prompts) * opts.num_per_prompt, save_latents)
+    if image is not None:
+        M.read_image(image)  # a bad image fails before the model loads
+    opts.noise = O.load_noise(noise)
+    name = model_name(model)
+    if mine:
+        check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(mine) * opts.num_per_prompt),
+                                    runtime)
+    bundle = load_model(name, device, value(dtype), vae=vae)
+    notice(f"seed {opts.seed}")
+    from .. import pipelines as P
+
+    results = []
+    if mine:
+        with ProgressReporter() as bar:
+            if kind == "t2i":
+                results = P.text_to_image(bundle, mine, opts, progress=bar, indices=indices)
+            elif kind == "t2v":
+                results = P.text_to_video(bundle, mine, opts, progress=bar, indices=indices)
+            else:
+                results = P.image_to_video(bundle, image, mine, opts, progress=bar, indices=indices)
+    records = O.save_results(results, plans, kind, fps, image, overwrite)
+    emit({"outputs": records, "seed": opts.seed, "rank": rank, "world_size": world},
+         "\n".join(r["output"] for r in records) if records else None)
+
+
+def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, batch: int, runtime) -> None:
+    """Refuse a job that cannot fit before the weights load, when the model's folder tells its
+    spec (our own format; for an official checkpoint the pipeline checks once it is loaded)."""
+    import json
+
+    from .. import pipelines as P
+    from ..loading import find_files, spec_from_files
+    from ..runtime import pick_device, pick_dtype
+
+    files = find_files(name)
+    if files.format != "showo2":
+        return
+    spec = spec_from_files(files, {})
+    video = kind != "t2i"
+    side = spec.video_resolution if video else spec.resolution
+    base_dim = 96
+    if files.vae is not None and (Path(files.vae) / "config.json").is_file():
+        try:
+            base_dim = int(json.loads((Path(files.vae) / "config.json").read_text()).get("base_dim", 96))
+        except (OSError, ValueError, TypeError, AttributeError):
+            base_dim = 96
+    dev = pick_device(runtime.device)
+    P.check_generation_memory(spec, pick_dtype(runtime.dtype, dev), opts.size or (side, side),
+                              opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim)
+
+
+def _frames(frames: int) -> int:
+    rounded, note = video_frames(frames)
+    if note:
+        notice(note)
+    return rounded
+
+
+def t2i(
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp; several outputs get -000, -001, ...")] = None,
+    model: ModelOpt = None, vae: VaeOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
+    guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
+    prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 4, noise: NoiseOpt = None,
+    save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, overwrite: OverwriteOpt = False,
+    json_mode: JsonOpt = False, quiet: QuietOpt = False,
+):
+    """Text to image."""
+    setup(json_mode, quiet)
+    opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
+                           batch_size=batch_size, frames=1, method=value(sampler), max_memory_gb=max_memory)
+    run("t2i", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, None, None,
+        size, overwrite)
+
+
+def t2v(
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
+    frames: FramesOpt = 17, fps: FpsOpt = 8.0,
+    model: ModelOpt = None, vae: VaeOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
+    guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
+    prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
+    save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, overwrite: OverwriteOpt = False,
+    json_mode: JsonOpt = False, quiet: QuietOpt = False,
+):
+    """Text to video (needs a checkpoint trained for video generation, e.g. the bundled demo)."""
+    setup(json_mode, quiet)
+    check_fps(fps)
+    opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
+                           batch_size=batch_size, frames=_frames(frames), method=value(sampler),
+                           max_memory_gb=max_memory)
+    run("t2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, None,
+        size, overwrite)
+
+
+def i2v(
+    image: Annotated[Path, typer.Argument(help="The first frame.")],
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
+    frames: FramesOpt = 17, fps: FpsOpt = 8.0,
+    model: ModelOpt = None, vae: VaeOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
+    guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
+    prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
+    save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, overwrite: OverwriteOpt = False,
+    json_mode: JsonOpt = False, quiet: QuietOpt = False,
+):
+    """Image to video: the image's latent is the fixed first latent frame."""
+    setup(json_mode, quiet)
+    check_fps(fps)
+    opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
+                           batch_size=batch_size, frames=_frames(frames), method=value(sampler),
+                           max_memory_gb=max_memory)
+    run("i2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, image,
+        size, overwrite)
+
+
+__all__ = ["t2i", "t2v", "i2v", "run", "math"]

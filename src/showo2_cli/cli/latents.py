@@ -1,0 +1,161 @@
+"""``encode`` and ``decode``: media to Wan2.1 VAE latents (with metadata) and back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import InputError, ModelError, UsageError
+from ..options import check_fps, short
+from .common import (
+    DeviceOpt,
+    Dtype,
+    DtypeOpt,
+    JsonOpt,
+    MaxMemOpt,
+    ModelOpt,
+    OverwriteOpt,
+    QuietOpt,
+    VaeOpt,
+    emit,
+    model_name,
+    notice,
+    setup,
+    status,
+    value,
+)
+
+
+def encode(
+    media: Annotated[Path, typer.Argument(help="An image or a video.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Latents file (.safetensors); default <media>.latents.safetensors.")] = None,
+    model: ModelOpt = None,
+    vae: VaeOpt = None,
+    size: Annotated[str | None, typer.Option("--size", help="N or WIDTHxHEIGHT, multiples of 16 (default: the model's resolution, 432 for a VAE alone).")] = None,
+    frames: Annotated[int | None, typer.Option("--frames", min=1, max=100000, help="Videos: use the first N frames (rounded up to 1+4k). Default: all, rounded down.")] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="Draw the posterior sample (official training/understanding behaviour) instead of the mean.")] = False,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for --sample, 0 to 2^63-1.")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = Dtype.fp32,
+    max_memory: MaxMemOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Encode an image or a video into Wan2.1 VAE latents with metadata."""
+    setup(json_mode, quiet)
+    from .. import media as M
+    from ..options import EncodeOptions, RuntimeOptions
+
+    out = output or media.with_name(media.name + ".latents.safetensors")
+    if out.suffix != ".safetensors":
+        raise UsageError(f"latents are written as .safetensors, got '{short(out, 80)}'")
+    requested = M.parse_size(size)
+    RuntimeOptions(device, value(dtype), max_memory).validate()
+    EncodeOptions(frames=frames, sample=sample, seed=seed).validate()
+    M.check_output_path(out, overwrite, probe=True)
+    source = M.read_media(media)  # the whole input is read and checked before anything loads
+
+    from ..loading import find_files, spec_from_files
+    from ..pipelines import latents as L
+    from ..runtime import pick_device, pick_dtype
+
+    dev = pick_device(device)
+    dt = pick_dtype(value(dtype), dev)
+    resolution = None
+    if vae is None:
+        name = model_name(model)
+        files = find_files(name)
+        if files.vae is None:
+            raise ModelError(f"model '{name}' has no VAE: pass --vae PATH")
+        vae_path = files.vae
+        if files.format == "showo2":
+            resolution = spec_from_files(files, {}).resolution
+        else:
+            resolution = int(files.config.get("image_latent_height") or 27) * 16
+    else:
+        vae_path = vae
+    hw = requested or ((resolution, resolution) if resolution else (432, 432))
+    with status("loading the VAE"):
+        from ..modeling.vae import load_vae
+
+        vae_model = load_vae(vae_path, dtype=dt, device=dev)
+    with status(f"encoding {media.name}"):
+        result = L.encode(source, vae_model, EncodeOptions(size=hw, frames=frames, sample=sample, seed=seed),
+                            vae_name=str(vae_path), max_memory_gb=max_memory)
+    for n in result.notices:
+        notice(n)
+    L.save_latents(out, result.latents, result.metadata, overwrite=overwrite)
+    shape = list(result.latents.shape)
+    emit({"output": str(out), "shape": shape, **result.metadata},
+         f"{out}  latents {shape} from {result.metadata['frames']} frame(s) at {hw[1]}x{hw[0]}")
+
+
+def decode(
+    latents: Annotated[Path, typer.Argument(help="A latents file written by `showo2 encode` or --save-latents.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp for one frame, .mp4/.webm/.gif for videos.")] = None,
+    model: ModelOpt = None,
+    vae: VaeOpt = None,
+    fps: Annotated[float | None, typer.Option("--fps", help="Frames per second (default: the source's, else 8).")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = Dtype.fp32,
+    max_memory: MaxMemOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Decode latents back to an image or a video."""
+    setup(json_mode, quiet)
+    from .. import media as M
+    from ..options import RuntimeOptions
+
+    check_fps(fps)
+    RuntimeOptions(device, value(dtype), max_memory).validate()
+    writable = M.IMAGE_WRITE_EXTS + M.VIDEO_WRITE_EXTS
+    if output is not None:
+        if output.suffix.lower() not in writable:
+            raise UsageError(f"cannot write '{short(output, 80)}': unsupported output extension "
+                             f"'{short(output.suffix)}'; use .png/.jpg/.webp or .mp4/.webm/.gif")
+        M.check_output_path(output, overwrite, probe=True)
+    try:  # the cheap checks, before importing torch
+        what = ("does not exist" if not latents.exists() else "is a directory" if latents.is_dir()
+                else "is empty" if latents.stat().st_size == 0 else None)
+    except OSError as e:
+        what = f"cannot be read ({e.strerror or e})"
+    if what:
+        raise InputError(f"latents file '{latents}' {what}")
+
+    from ..loading import resolve_vae
+    from ..pipelines import latents as L
+    from ..runtime import pick_device, pick_dtype
+
+    z, meta = L.load_latents(latents)
+    frames_out = 1 + 4 * (z.shape[1] - 1)
+    out = output or latents.with_name(latents.name.split(".")[0] + (".png" if frames_out == 1 else ".mp4"))
+    ext = out.suffix.lower()
+    if ext not in writable:
+        raise UsageError(f"unsupported output extension '{ext}': use .png/.jpg/.webp or .mp4/.webm/.gif")
+    if ext in M.IMAGE_EXTS and frames_out != 1:
+        raise UsageError(f"'{out}' is an image but the latents hold {frames_out} frames: use .mp4, .webm or .gif")
+    M.check_output_path(out, overwrite, probe=True)
+    dev = pick_device(device)
+    dt = pick_dtype(value(dtype), dev)
+    # the VAE is the user's choice (--vae, --model, else the default model); a path recorded in the
+    # latents file is only a hint: a data file never chooses which files the program opens
+    if vae is None and model is None:
+        model = model_name(None)
+        if meta.get("vae"):
+            notice(f"the latents were encoded with '{short(meta['vae'], 80)}'; decoding with the default model's "
+                   "VAE (pass --vae to choose)")
+    with status("loading the VAE"):
+        vae_model, vae_name = resolve_vae(model, vae, dtype=dt, device=dev)
+    z, _ = L.load_latents(latents, z_dim=vae_model.z_dim)
+    with status(f"decoding {z.shape[1]} latent frame(s)"):
+        frames = L.decode(z, vae_model, max_memory_gb=max_memory)
+    rate = fps or meta.get("fps") or 8.0
+    L.write_decoded(out, frames, rate, {"decoded_from": str(latents), "vae": vae_name, "fps": rate}, overwrite)
+    t, h, w = frames.shape[:3]
+    emit({"output": str(out), "frames": int(t), "width": int(w), "height": int(h), "fps": rate if t > 1 else None},
+         f"{out}  {t} frame(s) {w}x{h}" + (f" at {rate:g} fps" if t > 1 else ""))

@@ -1,0 +1,185 @@
+"""Model plumbing: ``models``, ``info``, ``convert``, ``init``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import ModelError, OutputError
+from ..options import check_dtype
+from .common import JsonOpt, OverwriteOpt, QuietOpt, VaeOpt, emit, notice, setup, status
+
+
+def check_output_folder(path: Path, overwrite: bool) -> None:
+    """A model folder to write: its parent exists and takes new entries; it does not exist yet
+    (or --overwrite). Probed by creating and removing a hidden folder, so a read-only or pseudo
+    file system fails here, before anything is built."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"'{path}' exists and is not a folder")
+    if path.exists() and not overwrite:
+        raise OutputError(f"'{path}' already exists; pass --overwrite to replace it")
+    parent = path.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write '{path}': folder '{parent}' does not exist")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".probe.", suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise OutputError(f"cannot write '{path}': cannot create a folder in '{parent}' ({e.strerror or e})") from e
+
+
+def info(
+    model: Annotated[str, typer.Argument(help="Model name, folder or Hugging Face repo id.")],
+    vae: VaeOpt = None,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Show a model's spec, parameter counts, dtype and where each file was found."""
+    setup(json_mode, quiet)
+    from ..loading import build_network, find_files, parameter_counts, read_state_dict, spec_from_files
+
+    files = find_files(model, vae=vae)
+    if not files.weights:
+        raise ModelError(f"model '{model}' has no weights in '{files.root}'")
+    start = time.perf_counter()
+    state = read_state_dict(files.weights)
+    spec = spec_from_files(files, state)
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in state.values()})
+    build_network(spec, state, next(iter(state.values())).dtype, where=str(files.root))  # validates keys
+    seconds = time.perf_counter() - start
+    counts = parameter_counts(state, tied=spec.tie_word_embeddings)
+    result = {"model": model, "format": files.format, "spec": spec.to_dict(), "parameters": counts,
+              "dtype": dtypes, "files": files.describe(), "missing": [p for p, _ in files.missing],
+              "check_seconds": round(seconds, 3)}
+    lines = [f"model      {model}", f"format     {files.format}  ({files.root})",
+             f"weights    {', '.join(str(p.name) for p in files.weights)}  [{', '.join(dtypes)}]",
+             f"LLM        Qwen2.5: hidden {spec.hidden_size}, {spec.num_layers} layers, {spec.num_heads}/{spec.num_kv_heads} heads, "
+             f"vocab {spec.vocab_size}, tied embeddings {spec.tie_word_embeddings}",
+             f"semantic   {spec.semantic_layers} SigLIP layers of width {spec.clip_latent_dim}, position table {spec.position_embedding_rows}",
+             f"flow head  {spec.head_layers} blocks of width {spec.head_hidden} ({spec.head_heads}/{spec.head_kv_heads} heads x {spec.head_dim_flow})",
+             f"geometry   {spec.resolution}px, {spec.image_latent_grid}x{spec.image_latent_grid} tokens, patch {spec.patch_size}, "
+             f"max_seq_len {spec.max_seq_len}",
+             f"tasks      {', '.join(spec.tasks)}"]
+    lines.append("parameters " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
+    pieces = [("tokenizer", files.tokenizer), ("VAE", files.vae)]
+    if files.format != "showo2":  # a showo2 folder's config.json holds the whole spec
+        pieces += [("LLM config", files.llm_config), ("SigLIP config", files.siglip_config)]
+    for piece, where in pieces:
+        lines.append(f"{piece:<10} {where if where else 'not found'}")
+    for piece, hint in files.missing:
+        lines.append(f"missing    {piece}: {hint}")
+    emit(result, "\n".join(lines))
+
+
+def convert(
+    src: Annotated[str, typer.Argument(help="An official checkpoint: folder, repo id or variant name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The folder to write.")],
+    dtype: Annotated[str, typer.Option("--dtype", help="keep, bf16, fp16 or fp32.")] = "keep",
+    vae: VaeOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Rewrite a checkpoint as a pickle-free safetensors folder that loads memory-mapped."""
+    setup(json_mode, quiet)
+    check_dtype(dtype, extra=("keep",))
+    check_output_folder(output, overwrite)
+    from ..loading import build_network, find_files, read_state_dict, save_folder, spec_from_files
+    from ..modeling.vae import load_vae
+    from ..runtime import torch_dtype
+    from ..tokenizer import add_showo2_tokens, load_tokenizer
+
+    target_dtype = None if dtype == "keep" else torch_dtype(dtype)
+    start = time.perf_counter()
+    files = find_files(src, vae=vae)
+    if not files.weights:
+        raise ModelError(f"'{src}' has no weights")
+    with status("reading weights"):
+        state = read_state_dict(files.weights)
+        spec = spec_from_files(files, state)
+        ref_dtype = target_dtype or next(iter(state.values())).dtype
+        build_network(spec, {k: v for k, v in state.items()}, ref_dtype, where=str(files.root))
+    tokenizer = None
+    if files.tokenizer is not None:
+        tokenizer = load_tokenizer(files.tokenizer)
+        add_showo2_tokens(tokenizer)
+    vae_model = load_vae(files.vae) if files.vae is not None else None
+    for piece, hint in files.missing:
+        notice(f"note: {piece} not found ({hint}); the converted folder will lack it")
+    with status(f"writing {output}"):
+        save_folder(output, spec, state, tokenizer=tokenizer, vae=vae_model, dtype=target_dtype, overwrite=overwrite,
+                    extra={"converted_from": str(files.root)})
+    seconds = time.perf_counter() - start
+    size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
+    emit({"output": str(output), "seconds": round(seconds, 2), "bytes": size, "spec": spec.name,
+          "dtype": dtype, "tokenizer": tokenizer is not None, "vae": vae_model is not None},
+         f"{output}  ({size / 1e6:.1f} MB, {seconds:.1f} s)")
+
+
+def init(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The folder to write.")],
+    spec: Annotated[str, typer.Option("--spec", help="A registry spec: tiny, 1.5B, 7B, ...")] = "tiny",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16.")] = "fp32",
+    vae_dim: Annotated[int | None, typer.Option("--vae-dim", min=1, max=512, help="Base width of the random Wan VAE (96 is the real one).")] = None,
+    overwrite: OverwriteOpt = False,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Write a new randomly initialised model folder of any spec (the start of training, or for tests)."""
+    setup(json_mode, quiet)
+    from ..specs import get_spec
+
+    spec_obj = get_spec(spec)
+    check_dtype(dtype, extra=())
+    check_output_folder(output, overwrite)
+    from ..loading import init_model
+    from ..runtime import torch_dtype
+
+    with status(f"initialising a random '{spec_obj.name}' model"):
+        path = init_model(spec_obj, output, seed=seed, dtype=torch_dtype(dtype), vae_base_dim=vae_dim, overwrite=overwrite)
+    emit({"output": str(path), "spec": spec_obj.name, "seed": seed, "dtype": dtype}, str(path))
+
+
+def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
+    """The known variants: which are present locally (and where), what is missing, how to get it."""
+    setup(json_mode, quiet)
+    from ..loading import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path, hf_cached_file, hf_cached_snapshot
+    from ..specs import REGISTRY
+
+    vae = hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
+    rows = []
+    demo = bundled_demo_path()
+    rows.append({"name": "demo", "repo": None, "present": (demo / "config.json").exists(),
+                 "path": str(demo) if (demo / "config.json").exists() else None, "missing": [],
+                 "get": [], "tasks": "all (small synthetic shapes world)"})
+    for name, spec in REGISTRY.items():
+        if not spec.repo_id:
+            continue
+        snap = hf_cached_snapshot(spec.repo_id)
+        tok = hf_cached_snapshot(spec.llm_repo_id) if spec.llm_repo_id else None
+        missing, get = [], []
+        if snap is None:
+            missing.append("checkpoint")
+            get.append(f"hf download {spec.repo_id}")
+        if tok is None:
+            missing.append("tokenizer")
+            get.append(f"hf download {spec.llm_repo_id}")
+        if vae is None:
+            missing.append("VAE")
+            get.append(f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE}")
+        rows.append({"name": name, "repo": spec.repo_id, "present": not missing, "path": str(snap) if snap else None,
+                     "missing": missing, "get": get, "tasks": ", ".join(spec.tasks)})
+    env = os.environ.get("SHOWO2_MODEL")
+    lines = [f"default: {env} (SHOWO2_MODEL)" if env else "default: the cached official 1.5B if present, else demo"]
+    for r in rows:
+        state = "ready" if r["present"] else ("missing " + ", ".join(r["missing"]) if r["missing"] else "not installed")
+        lines.append(f"{r['name']:<18} {state}" + (f"  ({r['path']})" if r["path"] else ""))
+        lines.append(f"{'':<18} tasks: {r['tasks']}")
+        for cmd in r["get"]:
+            lines.append(f"{'':<18} get: {cmd}")
+    emit({"models": rows, "default_env": env}, "\n".join(lines))

@@ -1,0 +1,90 @@
+"""``serve``: an OpenAI-compatible HTTP API over one resident model (see :mod:`showo2_cli.server`)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+import typer
+
+from . import common as _common
+from .common import DeviceOpt, DtypeOpt, ModelOpt, QuietOpt
+
+
+def common():
+    return _common
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for every interface: "
+                                      "then set an API key).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free one, printed).")] = 8000,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY' "
+                                                "(default: $SHOWO2_API_KEY; none: no check).")] = None,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting behind the running one; "
+                                           "more get 429.")] = 16,
+    max_tokens: Annotated[int, typer.Option(
+        "--max-tokens", help="Largest max_tokens of a chat request.")] = 2048,
+    max_n: Annotated[int, typer.Option("--max-n", help="Largest n (images) of an image request.")] = 4,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Largest steps of an image request.")] = 200,
+    max_size: Annotated[int, typer.Option("--max-size", help="Largest generated image side, pixels.")] = 1024,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, MiB.")] = 20.0,
+    max_input_pixels: Annotated[int, typer.Option(
+        "--max-input-pixels", help="Largest input image, pixels.")] = 4096 * 4096,
+    drain_timeout: Annotated[float, typer.Option(
+        "--drain-timeout", help="On SIGTERM/Ctrl-C, seconds to let running and queued requests finish "
+        "before cancelling them.")] = 60.0,
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", quiet: QuietOpt = False,
+):
+    """Serve the model over HTTP with the OpenAI API (chat completions, image generations, models)."""
+    C = common()
+    C.setup(False, quiet)
+    from ..errors import UsageError
+    from ..options import RuntimeOptions
+
+    dtype = getattr(dtype, "value", dtype)
+    RuntimeOptions(device, dtype).validate()
+    limits = (("--port", port, 0, 65535), ("--max-queue", max_queue, 0, 100_000),
+              ("--max-tokens", max_tokens, 1, 1_000_000), ("--max-n", max_n, 1, 128),
+              ("--max-steps", max_steps, 2, 10_000), ("--max-size", max_size, 16, 4096),
+              ("--max-input-pixels", max_input_pixels, 1, 2**31))
+    for option, number, low, high in limits:
+        if not low <= number <= high:
+            raise UsageError(f"{option} must be between {low} and {high}, got {number}")
+    if not 0.001 <= max_body_mb <= 4096:
+        raise UsageError(f"--max-body-mb must be between 0.001 and 4096, got {max_body_mb}")
+    if not 0 <= drain_timeout <= 86400:
+        raise UsageError(f"--drain-timeout must be between 0 and 86400 seconds, got {drain_timeout}")
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"showo2 serve needs FastAPI and uvicorn: pip install fastapi uvicorn ({e.name} is "
+                         "missing)") from None
+    from .. import server as S
+
+    key = S.api_key_from(api_key)
+    if not _is_loopback(host) and not key:
+        C.notice(f"warning: listening on {host} without an API key: anyone who can reach it can use the "
+                 f"model (set --api-key or {S.API_KEY_ENV})")
+    sock = S.bind_socket(host, port)  # a busy port fails before the model loads
+    try:
+        name = C.model_name(model)
+        bundle = C.load_model(name, device, dtype)
+        config = S.ServerConfig(model_id=name, api_key=key, max_queue=max_queue, max_tokens=max_tokens,
+                                max_n=max_n, max_steps=max_steps, max_size=max_size,
+                                max_body_bytes=int(max_body_mb * 1024 * 1024),
+                                max_image_pixels=max_input_pixels)
+        S.serve(bundle, config, sock, drain_timeout=drain_timeout, log_level="warning" if quiet else "info",
+                on_ready=lambda url: C.notice(f"serving '{name}' on {url} (OpenAI API under {url}/v1)"))
+    finally:
+        sock.close()

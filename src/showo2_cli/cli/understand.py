@@ -1,0 +1,88 @@
+"""``caption``: answer questions about an image or a video."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import (
+    STATE,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaskMode,
+    MaxMemOpt,
+    ModelOpt,
+    ProgressReporter,
+    QuietOpt,
+    Template,
+    VaeOpt,
+    emit,
+    load_model,
+    notice,
+    setup,
+    value,
+)
+
+
+def caption(
+    media: Annotated[Path, typer.Argument(help="An image or a video.")],
+    question: Annotated[list[str] | None, typer.Option("--question", "-q", help="A question; repeat for several (default: describe it).")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="At most this many tokens per answer.")] = 300,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy (default); > 0 samples.")] = 0.0,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling (with --temperature).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")] = None,
+    frames: Annotated[int | None, typer.Option("--frames", help="Video: frames sampled uniformly (default 32 for the real models).")] = None,
+    mask: Annotated[MaskMode | None, typer.Option("--mask", help="official (the demos' shifted block) or training (training-consistent block); default: what the checkpoint declares (official for the released ones).")] = None,
+    template: Annotated[Template | None, typer.Option("--template", help="official (demo prompt) or training (stage-2 whitespace); default: what the checkpoint declares.")] = None,
+    vae_sample: Annotated[bool, typer.Option("--vae-sample", help="Encode with the stochastic VAE sample, as the official demo.")] = False,
+    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they are produced.")] = True,
+    model: ModelOpt = None, vae: VaeOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    max_memory: MaxMemOpt = None,
+    json_mode: JsonOpt = False, quiet: QuietOpt = False,
+):
+    """Answer questions about an image or a video (one answer per line on stdout)."""
+    setup(json_mode, quiet)
+    from .. import media as M
+    from ..options import CaptionOptions, RuntimeOptions
+
+    opts = CaptionOptions(questions=list(question or []), max_new_tokens=max_new_tokens, temperature=temperature,
+                          top_k=top_k, top_p=top_p, seed=seed, frames=frames, mask_mode=value(mask),
+                          template=value(template), vae_sample=vae_sample, max_memory_gb=max_memory)
+    opts.validate()
+    RuntimeOptions(device, value(dtype)).validate()
+    kind = M.probe_kind(media)
+    if kind == "image":
+        M.read_image(media)  # a broken or too large picture fails before the model loads
+    else:
+        M.check_video(media)  # so does a truncated or damaged video (without decoding it)
+
+    from .. import pipelines as P
+
+    bundle = load_model(model, device, value(dtype), vae=vae)
+    if kind == "video" and not P.supports_video_understanding(bundle):
+        notice("note: this checkpoint was not trained for video understanding (use a -w-video-und model)")
+    live = stream and not STATE["json"]
+
+    def on_text(i: int, piece: str) -> None:
+        sys.stdout.write(piece.replace("\n", " "))
+        sys.stdout.flush()
+
+    def on_done(i: int, answer: str) -> None:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+    with ProgressReporter() if not live else nullcontext() as bar:
+        result = P.caption(bundle, media, opts, on_text=on_text if live else None, progress=bar,
+                           on_done=on_done if live else None)
+    if not live:
+        emit({"media": str(media), "kind": result.kind,
+              "answers": [{"question": q, "answer": a, "tokens": n}
+                          for q, a, n in zip(result.questions, result.answers, result.token_counts, strict=True)],
+              "seconds": round(result.seconds, 3), "frames": result.frames, "options": result.options},
+             "".join(a.replace("\n", " ") + "\n" for a in result.answers))

@@ -1,0 +1,302 @@
+"""Multi-turn understanding: media encoding, the repeated chat layout and one streamed answer.
+
+:func:`~showo2_cli.pipelines.caption` answers each question in a fresh prompt; a chat
+needs the earlier turns in the prompt. The three pieces here are the ones ``caption`` has inline,
+made reusable, so :class:`showo2_cli.chat.Conversation` and the server build their prompts with
+the same code as the single-question path:
+
+* :func:`encode_media`: an image or video (a path, or an image in memory) to the model's visual
+  tokens, exactly as ``caption`` encodes its media;
+* :func:`conversation_layout`: the prompt of a whole conversation. Its first turn is
+  :func:`~showo2_cli.sequences.understanding_layout` itself (the checkpoint's template and mask
+  mode, so one question gives the ``caption`` prompt token for token); every answer is followed
+  by ``<|im_end|>`` and every later turn is the stage-2 (training) ChatML form
+  ``\\n<|im_start|>user\\n [visual blocks \\n] question <|im_end|>\\n<|im_start|>assistant\\n``;
+* :func:`generate_answer`: the KV-cached decoding of ``caption`` with its streaming text
+  callback, plus cancellation (a :class:`threading.Event` checked at every token).
+
+(These belong in ``pipelines/understand.py``: ``caption`` there can later be written as
+``encode_media`` + ``conversation_layout`` with one turn + ``generate_answer``, and its
+``_vae_encode`` is the one copied here.)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from . import media as M
+from .errors import Showo2Error, UsageError
+from .loading import Showo2
+from .modeling.attention import omni_attention_mask
+from .options import CaptionOptions, TextSampling
+from .sequences import (
+    ASSISTANT_PREFIX,
+    SYSTEM_PROMPT,
+    USER_PREFIX,
+    Layout,
+    SpecialTokens,
+    understanding_layout,
+)
+from .text_decoding import generate
+from .tokenizer import encode_text
+
+#: The system prompt's text (what :data:`SYSTEM_PROMPT` wraps in ``system\\n ... <|im_end|>``).
+DEFAULT_SYSTEM = SYSTEM_PROMPT.removeprefix("system\n").removesuffix("<|im_end|>")
+
+
+class Cancelled(Showo2Error):
+    """The caller asked generation to stop (a closed connection, Ctrl-C)."""
+
+    exit_code = 130
+    kind = "interrupted"
+
+
+@dataclass
+class VisualInput:
+    """One encoded image or video: its fused visual tokens (without the time token)."""
+
+    kind: str  # "image" or "video"
+    tokens: torch.Tensor  # (n, H) on the model's device
+    official_len: int | None  # the official demos' mask block length for videos (None: 1 + n)
+    frames: int
+    source: str  # what to call it in transcripts: a path or "<image>"
+
+    @property
+    def positions(self) -> int:
+        """Sequence positions of its block content: the time token plus the visual tokens."""
+        return 1 + int(self.tokens.shape[0])
+
+    def describe(self) -> dict:
+        return {"source": self.source, "kind": self.kind, "frames": self.frames, "tokens": self.positions}
+
+
+@torch.no_grad()
+def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
+                 max_pixels: int | None = None, name: str | None = None) -> VisualInput:
+    """Encode an image or a video for understanding, as :func:`~showo2_cli.pipelines.caption` does.
+
+    ``source`` is a path (image or video, judged by content), a PIL image or a ``uint8 (H, W, 3)``
+    array. Images are resized and center-cropped to the model's resolution (or ``options.size``);
+    videos are sampled to ``options.frames`` frames, each padded square, encoded alone and pooled.
+    """
+    opts = options or CaptionOptions()
+    spec, net = model.spec, model.network
+    vae = model.require_vae()
+    side = opts.size or spec.resolution
+    if side % spec.latent_multiple:
+        raise UsageError(f"--size must be a multiple of {spec.latent_multiple}, got {side}")
+    from PIL import Image
+
+    if isinstance(source, (str, os.PathLike)):
+        kind = M.probe_kind(source)
+        label = name or os.fspath(source)
+    else:
+        kind, label = "image", name or "<image>"
+    if kind == "image":
+        if isinstance(source, Image.Image):
+            img = source.convert("RGB")
+        elif isinstance(source, np.ndarray):
+            if source.ndim != 3 or source.shape[-1] != 3 or source.dtype != np.uint8:
+                raise UsageError(f"an image array must be uint8 (H, W, 3), got {source.dtype} {source.shape}")
+            img = Image.fromarray(source, "RGB")
+        else:
+            img = M.read_image(source, max_pixels=max_pixels)
+        img = M.resize_center_crop(img, side)
+        pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)  # (1,3,1,H,W)
+        latents = _vae_encode(vae, pixels, opts)[:, :, 0]
+        visual = net.encode_visual(latents).fused[0]
+        return VisualInput("image", visual, None, 1, label)
+    count = opts.frames or spec.und_video_frames
+    video = M.read_video(source, num_frames=count, max_pixels=max_pixels)
+    padded = [np.asarray(M.resize_and_pad(Image.fromarray(f), side)) for f in video.frames]
+    pixels = M.frames_to_tensor(np.stack(padded)).permute(1, 0, 2, 3)[:, :, None]  # (K,3,1,H,W)
+    pixels = pixels.to(vae.device)
+    latents = torch.cat([_vae_encode(vae, pixels[i:i + 1], opts) for i in range(pixels.shape[0])])[:, :, 0]
+    visual = net.pooled_frame_tokens(latents, spec.und_video_pool)
+    return VisualInput("video", visual, spec.image_latent_grid ** 2 + 1, count, label)
+
+
+def _vae_encode(vae, pixels: torch.Tensor, opts: CaptionOptions) -> torch.Tensor:
+    """The posterior mean, or the official demos' stochastic sample (``vae_sample``), as ``caption``."""
+    gen = None
+    if opts.vae_sample:
+        gen = torch.Generator(device="cpu").manual_seed(opts.seed if opts.seed is not None else 0)
+    return vae.encode(pixels, sample=opts.vae_sample, generator=gen).to(vae.device)
+
+
+@dataclass
+class TurnTokens:
+    """One turn of a conversation as token ids: its media, its question and (if answered) its answer."""
+
+    question: list[int]
+    visuals: Sequence[VisualInput] = ()
+    answer: list[int] | None = None  # None: the turn being asked (the last one)
+
+
+@dataclass
+class PromptPieces:
+    """The fixed token pieces of the chat template, encoded once per model."""
+
+    tokens: SpecialTokens
+    system: list[int]
+    user: list[int]
+    assistant: list[int]
+    newline: list[int]
+
+    @classmethod
+    def of(cls, model: Showo2, system: str | None = None) -> PromptPieces:
+        tokenizer = model.require_tokenizer()
+        return cls(model.tokens, system_ids(tokenizer, model.tokens, system),
+                   encode_text(tokenizer, USER_PREFIX), encode_text(tokenizer, ASSISTANT_PREFIX),
+                   encode_text(tokenizer, "\n"))
+
+
+def encode_user_text(tokenizer, text: str) -> list[int]:
+    """Ids of text a user typed: special-token strings in it (``<|im_end|>``, ...) stay plain text,
+    so a question cannot close its turn or forge another. Ordinary text gives the same ids as
+    :func:`~showo2_cli.tokenizer.encode_text`."""
+    try:
+        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    except TypeError:  # pragma: no cover - a tokenizer without split_special_tokens
+        return encode_text(tokenizer, text)
+
+
+def system_ids(tokenizer, tokens: SpecialTokens, system: str | None) -> list[int]:
+    """The system turn (after ``<|im_start|>``): exactly :data:`SYSTEM_PROMPT` for the default text."""
+    if system is None or system == DEFAULT_SYSTEM:
+        return encode_text(tokenizer, SYSTEM_PROMPT)
+    return encode_user_text(tokenizer, "system\n" + system) + [tokens.eos]
+
+
+def _append_turn(ids: list[int], slots: list, blocks: list, turn: TurnTokens, pieces: PromptPieces,
+                 mask_mode: str, stage2: bool) -> None:
+    """Append ``user_prefix [boi (time) visual eoi]* [\\n] question [eos] assistant_prefix``."""
+    tk = pieces.tokens
+    ids += pieces.user
+    for v in turn.visuals:
+        time_pos = len(ids) + 1
+        ids += [tk.boi] + [tk.img_pad] * v.positions + [tk.eoi]
+        slots.append([time_pos, v.positions])
+        if mask_mode == "official":
+            blocks.append([time_pos + 1, v.official_len if v.official_len is not None else v.positions])
+        else:
+            blocks.append([time_pos, v.positions])
+    if turn.visuals and stage2:
+        ids += pieces.newline
+    ids += turn.question
+    if stage2:
+        ids.append(tk.eos)
+    ids += pieces.assistant
+
+
+def conversation_layout(turns: Sequence[TurnTokens], pieces: PromptPieces, mask_mode: str = "official",
+                        template: str = "official") -> tuple[Layout, list[torch.Tensor | None]]:
+    """The prompt of a conversation (one row) and its visual inputs in slot order.
+
+    The first turn follows the checkpoint's ``template`` and ``mask_mode``; with one medium it is
+    built by :func:`~showo2_cli.sequences.understanding_layout`, so a one-turn conversation is the
+    ``caption`` prompt exactly. Answers end with ``<|im_end|>``; later turns use the stage-2 form.
+    Returns ``(layout, visuals)``; ``layout.slots``/``blocks`` are ``(1, M, 2)`` for M media.
+    """
+    if not turns:
+        raise UsageError("a conversation needs at least one question")
+    tk = pieces.tokens
+    ids: list[int] = [tk.bos, *pieces.system]
+    slots: list[list[int]] = []
+    blocks: list[list[int]] = []
+    visuals: list[torch.Tensor | None] = []
+    for k, turn in enumerate(turns):
+        if k == 0 and len(turn.visuals) == 1:
+            v = turn.visuals[0]
+            first = understanding_layout(turn.question, v.positions - 1, tk, pieces.system, pieces.user,
+                                         pieces.assistant, mask_mode=mask_mode, template=template,
+                                         newline=pieces.newline, official_block_len=v.official_len)
+            ids = first.input_ids[0].tolist()
+            slots.append(first.slots[0, 0].tolist())
+            blocks.append(first.blocks[0, 0].tolist())
+        else:
+            _append_turn(ids, slots, blocks, turn, pieces, mask_mode, stage2=k > 0 or template == "training")
+        visuals += [v.tokens for v in turn.visuals]
+        if turn.answer is not None:
+            ids += list(turn.answer) + [tk.eos]
+        elif k != len(turns) - 1:
+            raise UsageError("only the last turn of a conversation may be unanswered")
+    if turns[-1].answer is not None:
+        raise UsageError("the last turn of a conversation must be the question to answer")
+    shape = (1, len(slots), 2)
+    slots_t = torch.tensor([slots], dtype=torch.long) if slots else torch.zeros(shape, dtype=torch.long)
+    blocks_t = torch.tensor([blocks], dtype=torch.long) if blocks else torch.zeros(shape, dtype=torch.long)
+    return Layout(torch.tensor([ids], dtype=torch.long), slots_t, blocks_t), visuals
+
+
+def prompt_length(turns: Sequence[TurnTokens], pieces: PromptPieces, template: str = "official") -> int:
+    """Tokens of :func:`conversation_layout`'s prompt, counted without building tensors."""
+    n = 1 + len(pieces.system)
+    for k, turn in enumerate(turns):
+        stage2 = k > 0 or template == "training"
+        n += len(pieces.user) + sum(v.positions + 2 for v in turn.visuals) + len(turn.question)
+        n += len(pieces.assistant) + (len(pieces.newline) if turn.visuals and stage2 else 0) + int(stage2)
+        if turn.answer is not None:
+            n += len(turn.answer) + 1
+    return n
+
+
+@dataclass
+class Answer:
+    text: str
+    token_ids: list[int]  # without the stop token
+    stopped: bool  # ended by <|im_end|> (else: max_new_tokens reached)
+    prompt_tokens: int
+
+
+@torch.no_grad()
+def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], sampling: TextSampling,
+                    on_text: Callable[[str], None] | None = None,
+                    cancel: threading.Event | None = None) -> Answer:
+    """Decode one answer from a conversation prompt (greedy unless ``sampling`` says otherwise).
+
+    ``on_text(piece)`` receives the answer's text as it grows (never a half UTF-8 character);
+    when ``cancel`` is set, :class:`Cancelled` is raised at the next token.
+    """
+    net, tokenizer, tokens = model.network, model.require_tokenizer(), model.tokens
+    stop = (tokens.eos,)
+    sampling = replace(sampling, stop_ids=stop)
+    sampling.validate()
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
+    _, time_token = net.time_embedding(torch.ones(1))
+    time_tokens = time_token[:, None].expand(1, max(len(visuals), 1), -1)
+    embeds = net.embed_sequence(layout.input_ids, [visuals], layout.slots, time_tokens)
+    mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
+    produced: list[int] = []
+    shown = [""]
+
+    def on_token(tok: int) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled")
+        if tok in stop:
+            return
+        produced.append(tok)
+        if on_text is not None:
+            text = tokenizer.decode(produced, skip_special_tokens=True)
+            if len(text) > len(shown[0]) and not text.endswith("\ufffd"):
+                on_text(text[len(shown[0]):])
+                shown[0] = text
+
+    out = generate(net, embeds, mask, sampling, on_token=on_token)
+    ids = [t for t in out.token_ids if t not in stop]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if on_text is not None and len(text) > len(shown[0]):
+        on_text(text[len(shown[0]):])
+    return Answer(text.strip(), ids, bool(out.stopped), layout.seq_len)
+
+
+__all__ = ["Answer", "Cancelled", "DEFAULT_SYSTEM", "PromptPieces", "TextSampling", "TurnTokens",
+           "VisualInput", "conversation_layout", "encode_media", "encode_user_text", "generate_answer",
+           "prompt_length", "system_ids"]

@@ -1,0 +1,125 @@
+"""Reading and writing images and videos, and the small geometry helpers around them.
+
+Everything here is plain functions over numpy arrays, PIL images and torch tensors; nothing
+prints. torch is imported only by the two tensor conversions, so the CLI can check inputs and
+outputs without paying for it. Every problem a user can cause is raised as one of the
+:mod:`showo2_cli.errors` types with a one-line message that names the file:
+
+* :class:`~showo2_cli.errors.InputError` for an input that cannot be used (missing, empty,
+  a folder, truncated, corrupt, the wrong kind of media);
+* :class:`~showo2_cli.errors.ResourceError` for an input too large to decode safely;
+* :class:`~showo2_cli.errors.OutputError` for an output that cannot be written;
+* :class:`~showo2_cli.errors.UsageError` for a bad argument value (an unknown extension, a
+  size of 0, ...).
+
+Array shape/dtype contract violations by calling code (say a float array handed to
+:func:`write_image`) are programming errors and raise :class:`ValueError`.
+
+Conventions
+-----------
+* Pixel arrays are ``uint8`` RGB, frames ``(T, H, W, 3)``; model tensors are
+  ``(3, T, H, W)`` floats in ``[-1, 1]``.
+* Size tuples are ``(height, width)``, like torchvision.
+* Outputs are written atomically (:func:`atomic_output`): a hidden temporary file in the target
+  folder is renamed into place only when the write succeeded, so an error or Ctrl-C never
+  leaves a partial file behind.
+* Images larger than ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`, or the environment
+  variable ``SHOWO2_MAX_PIXELS``) are refused from their header, before any pixel is decoded.
+
+Layout
+------
+The package re-exports everything below; import from ``showo2_cli.media`` rather than from a
+submodule.
+
+* :mod:`~showo2_cli.media.probe`: file checks, :func:`probe_kind`, the pixel limit,
+  :func:`check_video`.
+* :mod:`~showo2_cli.media.image`: :func:`read_image`, :func:`write_image`.
+* :mod:`~showo2_cli.media.video`: :class:`Media`, :func:`read_video`, :func:`read_media`,
+  :func:`write_video`.
+* :mod:`~showo2_cli.media.geometry`: sizes, resizing, tensor conversion, frame counts.
+* :mod:`~showo2_cli.media.outputs`: :func:`check_output_path`, :func:`atomic_output`, file names.
+* :mod:`~showo2_cli.media.metadata`: :func:`read_metadata`, :func:`read_png_metadata`.
+"""
+
+from __future__ import annotations
+
+from showo2_cli.errors import InputError as InputError
+from showo2_cli.errors import OutputError as OutputError
+from showo2_cli.errors import ResourceError as ResourceError
+from showo2_cli.errors import UsageError as UsageError
+
+from .geometry import (
+    MAX_SIDE,
+    frames_to_tensor,
+    is_valid_frames,
+    latent_frames,
+    parse_size,
+    pixel_frames,
+    resize_and_pad,
+    resize_center_crop,
+    round_frames,
+    tensor_to_frames,
+)
+from .image import IMAGE_WRITE_EXTS, read_image, write_image
+from .metadata import METADATA_KEY, PARAMETERS_KEY, read_metadata, read_png_metadata
+from .outputs import atomic_output, check_output_path, slugify, unique_path
+from .probe import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTS,
+    MAX_PIXELS_ENV,
+    VIDEO_EXTS,
+    PathLike,
+    check_input_file,
+    check_video,
+    probe_kind,
+)
+from .video import (
+    MAX_DECODED_BYTES,
+    VIDEO_CONTAINERS,
+    VIDEO_WRITE_EXTS,
+    Media,
+    read_media,
+    read_video,
+    uniform_indices,
+    write_video,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTS",
+    "IMAGE_WRITE_EXTS",
+    "MAX_DECODED_BYTES",
+    "MAX_PIXELS_ENV",
+    "MAX_SIDE",
+    "METADATA_KEY",
+    "PARAMETERS_KEY",
+    "VIDEO_CONTAINERS",
+    "VIDEO_EXTS",
+    "VIDEO_WRITE_EXTS",
+    "Media",
+    "PathLike",
+    "atomic_output",
+    "check_input_file",
+    "check_output_path",
+    "check_video",
+    "frames_to_tensor",
+    "is_valid_frames",
+    "latent_frames",
+    "parse_size",
+    "pixel_frames",
+    "probe_kind",
+    "read_image",
+    "read_media",
+    "read_metadata",
+    "read_png_metadata",
+    "read_video",
+    "resize_and_pad",
+    "resize_center_crop",
+    "round_frames",
+    "slugify",
+    "tensor_to_frames",
+    "uniform_indices",
+    "unique_path",
+    "write_image",
+    "write_video",
+]

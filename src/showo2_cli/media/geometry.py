@@ -1,0 +1,215 @@
+"""Sizes, resizing, conversion between frames and model tensors, and valid frame counts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from showo2_cli.errors import UsageError
+
+from .image import to_rgb
+
+if TYPE_CHECKING:
+    import torch
+
+
+# ---------------------------------------------------------------------------------------------
+# sizes and resizing
+# ---------------------------------------------------------------------------------------------
+
+
+def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """``size`` as ``(height, width)``; an int is a square."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        h = w = int(size)
+    elif isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
+        h, w = size
+        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in (h, w)):
+            raise UsageError(f"size must be whole numbers, got {size!r}")
+        h, w = int(h), int(w)
+    else:
+        raise UsageError(f"size must be an integer or (height, width), got {size!r}")
+    if h < 1 or w < 1:
+        raise UsageError(f"size must be positive, got {h}x{w} (height x width)")
+    return h, w
+
+
+#: Largest generation/encoding side accepted by :func:`parse_size` (pixels, per side).
+MAX_SIDE = 4096
+
+
+def parse_size(text: str | int | None, multiple: int = 16, option: str = "--size") -> tuple[int, int] | None:
+    """``"432"`` -> (432, 432); ``"640x480"`` (width x height) -> (480, 640) as (height, width).
+
+    None stays None. Sides must be positive multiples of ``multiple`` and at most
+    :data:`MAX_SIDE` pixels; anything else is a :class:`UsageError` naming ``option``.
+    """
+    if text is None:
+        return None
+    if isinstance(text, bool):
+        raise UsageError(f"{option} must be N or WIDTHxHEIGHT, got {text!r}")
+    if isinstance(text, (int, np.integer)):
+        h = w = int(text)
+    else:
+        raw = str(text).strip()
+        parts = raw.lower().replace("*", "x").split("x")
+        try:
+            nums = [int(p) for p in parts]
+        except ValueError:
+            shown = raw if len(raw) <= 40 else raw[:37] + "..."
+            raise UsageError(
+                f"{option} must be N or WIDTHxHEIGHT (e.g. 432 or 640x480), got '{shown}'"
+            ) from None
+        if len(nums) == 1:
+            h = w = nums[0]
+        elif len(nums) == 2:
+            w, h = nums
+        else:
+            raise UsageError(f"{option} must be N or WIDTHxHEIGHT (e.g. 432 or 640x480), got '{raw}'")
+    if h <= 0 or w <= 0:
+        raise UsageError(f"{option} must be positive, got {w}x{h}")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise UsageError(f"{option} {w}x{h} is too large (at most {MAX_SIDE}x{MAX_SIDE})")
+    if h % multiple or w % multiple:
+        raise UsageError(f"{option} sides must be multiples of {multiple} (VAE x patch), got {w}x{h}")
+    return h, w
+
+
+def resize_center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
+    """Resize (bicubic, antialiased) so the image covers ``size``, then center-crop to it.
+
+    For an int, the short side becomes ``size`` and the long side ``int(size * long / short)``,
+    then the center ``size x size`` is cut with torchvision's offsets
+    (``round((H - h) / 2)``): the same result as torchvision
+    ``Resize(size, BICUBIC) + CenterCrop(size)`` on a PIL image. For ``(h, w)`` the image is
+    scaled by ``max(h / H, w / W)`` the same way, then cropped to ``h x w``.
+    """
+    th, tw = _size_hw(size)
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise UsageError("cannot resize an empty image")
+    if th / height >= tw / width:
+        new_h, new_w = th, max(tw, int(th * width / height))
+    else:
+        new_h, new_w = max(th, int(tw * height / width)), tw
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    top = int(round((new_h - th) / 2.0))
+    left = int(round((new_w - tw) / 2.0))
+    if (new_w, new_h) == (tw, th):
+        return img
+    return img.crop((left, top, left + tw, top + th))
+
+
+def resize_and_pad(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
+    """Resize (bicubic) so the whole image fits in ``size`` and center it on a black canvas.
+
+    The limiting side matches the target exactly; the other is ``ceil(side * scale)`` (capped
+    at the target). The canvas is ``size x size`` for an int, ``h x w`` for ``(h, w)``; the
+    image is pasted at ``((W - w') // 2, (H - h') // 2)``. The result is RGB.
+    """
+    th, tw = _size_hw(size)
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise UsageError("cannot resize an empty image")
+    if img.mode != "RGB":
+        img = to_rgb(img)
+    if tw / width <= th / height:
+        new_w, new_h = tw, min(th, max(1, math.ceil(height * tw / width)))
+    else:
+        new_w, new_h = min(tw, max(1, math.ceil(width * th / height))), th
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    if (new_w, new_h) == (tw, th):
+        return img
+    canvas = Image.new("RGB", (tw, th), (0, 0, 0))
+    canvas.paste(img, ((tw - new_w) // 2, (th - new_h) // 2))
+    return canvas
+
+
+# ---------------------------------------------------------------------------------------------
+# tensors and frame counts
+# ---------------------------------------------------------------------------------------------
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """``uint8 (T, H, W, 3)`` (or ``(H, W, 3)``) frames to a float32 ``(3, T, H, W)`` tensor in ``[-1, 1]``.
+
+    Uses ``(x / 255 - 0.5) / 0.5``, the model's normalisation.
+    """
+    arr = np.asarray(frames)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {arr.dtype} {tuple(arr.shape)}")
+    import torch
+
+    x = torch.from_numpy(np.array(arr, copy=True)).permute(3, 0, 1, 2).to(torch.float32)
+    return (x / 255.0 - 0.5) / 0.5
+
+
+def tensor_to_frames(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A ``(3, T, H, W)`` or ``(3, H, W)`` tensor in ``[-1, 1]`` to ``uint8 (T, H, W, 3)`` frames.
+
+    The official conversion, truncating (no rounding): ``uint8(clamp((x + 1) / 2, 0, 1) * 255)``;
+    e.g. 0.999 becomes 254. NaN becomes 0. Works for any float dtype and device.
+    """
+    import torch
+
+    t = torch.as_tensor(x).detach()
+    if t.ndim == 3:
+        t = t.unsqueeze(1)
+    if t.ndim != 4 or t.shape[0] != 3:
+        raise ValueError(f"expected a (3, T, H, W) or (3, H, W) tensor, got shape {tuple(t.shape)}")
+    t = t.to(device="cpu", dtype=torch.float32)
+    t = torch.nan_to_num(t, nan=-1.0)
+    t = torch.clamp((t + 1.0) / 2.0, 0.0, 1.0) * 255.0
+    return t.to(torch.uint8).permute(1, 2, 3, 0).contiguous().numpy()
+
+
+def check_count(n: int, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise UsageError(f"{what} must be a whole number, got {n!r}")
+    return int(n)
+
+
+def is_valid_frames(n: int) -> bool:
+    """True if ``n`` is a frame count the video VAE accepts: ``1 + 4k`` with ``k >= 0``."""
+    return not isinstance(n, bool) and isinstance(n, (int, np.integer)) and n >= 1 and (n - 1) % 4 == 0
+
+
+def round_frames(n: int, mode: str = "up") -> int:
+    """The nearest valid frame count (``1 + 4k``) at or above (``"up"``) or below (``"down"``) ``n``.
+
+    16 -> 17 (up) or 13 (down); 17 -> 17. Counts below 1 (0) give 1 in both modes, the
+    smallest valid count; a negative count is a :class:`UsageError`.
+    """
+    n = check_count(n, "the number of frames")
+    if mode not in ("up", "down"):
+        raise UsageError(f"round mode must be 'up' or 'down', got {mode!r}")
+    if n < 0:
+        raise UsageError(f"the number of frames cannot be negative, got {n}")
+    if n <= 1:
+        return 1
+    k = (n - 1) // 4 if mode == "down" else -(-(n - 1) // 4)
+    return 1 + 4 * k
+
+
+def latent_frames(n: int) -> int:
+    """Latent frames for ``n`` pixel frames: ``1 + (n - 1) // 4`` (the VAE's 4x temporal stride)."""
+    n = check_count(n, "the number of frames")
+    if n < 1:
+        raise UsageError(f"the number of frames must be at least 1, got {n}")
+    return 1 + (n - 1) // 4
+
+
+def pixel_frames(t_latent: int) -> int:
+    """Pixel frames decoded from ``t_latent`` latent frames: ``1 + 4 * (t_latent - 1)``."""
+    t_latent = check_count(t_latent, "the number of latent frames")
+    if t_latent < 1:
+        raise UsageError(f"the number of latent frames must be at least 1, got {t_latent}")
+    return 1 + 4 * (t_latent - 1)

@@ -1,0 +1,230 @@
+"""Reading and writing still images: EXIF orientation, conversion of any mode to RGB, metadata."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
+
+from .metadata import METADATA_KEY, PARAMETERS_KEY, exif_with_comment, metadata_json, metadata_summary
+from .outputs import atomic_output
+from .probe import (
+    MAX_PIXELS_ENV,
+    PathLike,
+    av_video_info,
+    check_input_file,
+    error_detail,
+    quote_path,
+    resolve_max_pixels,
+    too_large,
+)
+
+#: Extensions :func:`write_image` can write.
+IMAGE_WRITE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+#: Extension -> PIL format name, for the extensions :func:`write_image` can write.
+PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+_READ_DESCRIPTION = "a PNG/JPEG/WebP/BMP/TIFF/GIF image"
+_EXIF_ORIENTATION = 0x0112
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+
+
+def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale a high-bit-depth or float array to uint8.
+
+    Values are taken as 8-bit if the maximum is <= 255, as 16-bit (0..65535) otherwise; float
+    arrays with a maximum <= 1 are taken as 0..1. 16-bit values map with rounding
+    (``v * 255 / 65535``), not by clipping.
+    """
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(arr.max()) if arr.size else 0.0
+        if top <= 1.0:
+            return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        scale = 255.0 if top <= 255.0 else 65535.0
+        return (np.clip(arr, 0.0, scale) * (255.0 / scale) + 0.5).astype(np.uint8)
+    wide = arr.astype(np.int64)
+    top = int(wide.max()) if wide.size else 0
+    if top <= 255:
+        return np.clip(wide, 0, 255).astype(np.uint8)
+    wide = np.clip(wide, 0, 65535)
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; alpha is dropped (not composited)."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        gray = _scale_to_uint8(np.asarray(im))
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2), "RGB")
+    if mode == "PA" or (mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")  # resolves palette transparency; the alpha is dropped below
+    elif mode == "La":
+        im = im.convert("LA")
+    return im.convert("RGB")
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION)
+        return int(value) if value is not None else 1
+    except Exception:  # corrupt EXIF: ignore the orientation
+        return 1
+
+
+def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Read a still image as an RGB PIL image, upright.
+
+    * EXIF orientation is applied (``ImageOps.exif_transpose``), so a portrait phone photo
+      comes back portrait.
+    * 16-bit images are scaled to 8 bits (``v * 255 / 65535``, rounded), grayscale and
+      palette images expanded to RGB, CMYK converted; alpha (RGBA, LA, palette transparency)
+      is dropped, keeping the underlying colours.
+    * The pixel count is checked from the header before decoding: more than ``max_pixels``
+      (default ``$SHOWO2_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`) raises
+      :class:`ResourceError`.
+    * The image is fully decoded here, so a truncated file fails now, not later.
+
+    Raises:
+        InputError: missing/empty/unreadable file, not an image, truncated or corrupt data,
+            or a video (including an animated GIF).
+        ResourceError: too many pixels.
+    """
+    limit = resolve_max_pixels(max_pixels)
+    p = check_input_file(path, "image")
+    prefix = f"cannot read image {quote_path(p)}"
+    try:
+        with open(p, "rb") as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's warnings (corrupt EXIF, odd chunks) are not errors
+            if limit <= (Image.MAX_IMAGE_PIXELS or 0):
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+            else:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                im = Image.open(fh)
+            except UnidentifiedImageError as e:
+                if av_video_info(p):
+                    raise InputError(f"{prefix}: it is a video, not an image") from e
+                raise InputError(
+                    f"{prefix}: not {_READ_DESCRIPTION} (unknown format, truncated or corrupt)"
+                ) from e
+            width, height = im.size
+            if width * height > limit:
+                raise too_large("image", p, width, height, limit)
+            if im.format == "MPEG":
+                raise InputError(f"{prefix}: it is a video, not an image")
+            if im.format == "GIF" and getattr(im, "is_animated", False):
+                raise InputError(f"{prefix}: it is an animated GIF (a video), not an image")
+            if width <= 0 or height <= 0:
+                raise InputError(f"{prefix}: the image has no pixels ({width}x{height})")
+            im.load()
+            orientation = _exif_orientation(im)  # while the file is open (PNG eXIf may follow the data)
+    except (InputError, ResourceError):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ResourceError(
+            f"image {quote_path(p)} is too large: {error_detail(e)} (set {MAX_PIXELS_ENV} to raise the limit)"
+        ) from e
+    except MemoryError as e:
+        raise ResourceError(f"image {quote_path(p)} is too large to decode in memory") from e
+    except PermissionError as e:
+        raise InputError(f"{prefix}: permission denied") from e
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, EOFError, struct.error, ...
+        raise InputError(f"{prefix}: truncated or corrupt file ({error_detail(e)})") from e
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if orientation in range(2, 9):
+                try:
+                    im = ImageOps.exif_transpose(im)
+                except Exception:  # odd EXIF: keep the stored orientation
+                    pass
+            return to_rgb(im)
+    except MemoryError as e:
+        raise ResourceError(f"image {quote_path(p)} is too large to convert in memory") from e
+    except Exception as e:
+        raise InputError(f"{prefix}: unsupported colour mode {im.mode!r} ({error_detail(e)})") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_rgb_array(pixels: np.ndarray | Image.Image) -> np.ndarray:
+    if isinstance(pixels, Image.Image):
+        return np.asarray(to_rgb(pixels), dtype=np.uint8)
+    arr = np.asarray(pixels)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"pixels must be uint8 (H, W, 3), got {arr.dtype} {tuple(arr.shape)}")
+    return np.ascontiguousarray(arr)
+
+
+def write_image(
+    path: PathLike,
+    pixels: np.ndarray | Image.Image,
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    *,
+    lossless: bool = False,
+) -> Path:
+    """Write an RGB image atomically; the format comes from the extension.
+
+    * ``.png``: lossless; ``metadata`` goes in tEXt chunks: ``showo2`` (compact JSON, read
+      back with :func:`read_png_metadata`) and ``parameters`` (a one-line human summary).
+    * ``.jpg``/``.jpeg``: quality 95; ``.webp``: quality 95, or lossless with
+      ``lossless=True``. For both, the JSON goes in the EXIF UserComment tag (ASCII).
+    * ``.bmp``: no metadata.
+
+    Args:
+        pixels: ``uint8 (H, W, 3)`` (or ``(1, H, W, 3)``), or a PIL image (converted to RGB).
+
+    Raises:
+        UsageError: unknown extension (the message lists the supported ones).
+        OutputError: the file cannot be written (see :func:`atomic_output`).
+    """
+    p = Path(os.fspath(path))
+    ext = p.suffix.lower()
+    if ext not in PIL_FORMATS:
+        raise UsageError(
+            f"cannot write image {quote_path(p)}: unknown extension {ext or '(none)'!r} "
+            f"(supported: {', '.join(IMAGE_WRITE_EXTS)})"
+        )
+    arr = _as_rgb_array(pixels)
+    fmt = PIL_FORMATS[ext]
+    params: dict[str, Any] = {}
+    if fmt == "PNG":
+        if metadata:
+            info = PngImagePlugin.PngInfo()
+            info.add_text(METADATA_KEY, metadata_json(metadata))
+            info.add_text(PARAMETERS_KEY, metadata_summary(metadata))
+            params["pnginfo"] = info
+    elif fmt == "JPEG":
+        params["quality"] = 95
+        if metadata:
+            params["exif"] = exif_with_comment(metadata_json(metadata))
+    elif fmt == "WEBP":
+        params.update(quality=100 if lossless else 95, lossless=bool(lossless), method=4)
+        if metadata:
+            params["exif"] = exif_with_comment(metadata_json(metadata))
+    image = Image.fromarray(arr, "RGB")
+    with atomic_output(p, overwrite) as tmp:
+        try:
+            image.save(tmp, format=fmt, **params)
+        except Exception as e:
+            raise OutputError(f"cannot write image {quote_path(p)}: {error_detail(e)}") from e
+    return p

@@ -1,0 +1,208 @@
+"""Output paths: early checks, atomic writes (temporary file + rename), free names, slugs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from showo2_cli.errors import OutputError, UsageError
+
+from .probe import PathLike, error_detail, quote_path
+
+
+def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = False) -> Path:
+    """Check that ``path`` can be written; return it as a Path.
+
+    Call this before expensive work so a bad output fails early. :func:`atomic_output` runs the
+    same checks. Without ``probe`` nothing is written. With ``probe=True`` the hidden temporary
+    file :func:`atomic_output` would use is created and removed at once, which catches what
+    permission bits cannot tell (a read-only or pseudo file system, a full quota, running as
+    root); the target itself is never touched.
+
+    Raises:
+        OutputError: the folder does not exist or is not a folder, the folder is read-only,
+            the target is a directory, or the target exists and ``overwrite`` is False.
+    """
+    p = Path(os.fspath(path))
+    if not p.name or p.name in (".", ".."):
+        raise OutputError(f"cannot write {quote_path(p)}: not a file name")
+    parent = p.parent
+    try:
+        if p.is_dir():
+            raise OutputError(f"cannot write {quote_path(p)}: it is a directory")
+        if not parent.exists():
+            raise OutputError(f"cannot write {quote_path(p)}: folder {quote_path(parent)} does not exist")
+        if not parent.is_dir():
+            raise OutputError(f"cannot write {quote_path(p)}: {quote_path(parent)} is not a folder")
+        if (p.exists() or p.is_symlink()) and not overwrite:
+            raise OutputError(f"{quote_path(p)} exists; pass --overwrite to replace it")
+        try:
+            name_max = int(os.pathconf(parent, "PC_NAME_MAX"))
+        except (OSError, ValueError, AttributeError):
+            name_max = 255
+        if len(os.fsencode(p.name)) > name_max:
+            raise OutputError(f"cannot write {quote_path(p)}: the file name is longer than {name_max} bytes")
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise OutputError(f"cannot write {quote_path(p)}: the file name is too long") from e
+        raise OutputError(f"cannot write {quote_path(p)}: {e.strerror or error_detail(e)}") from e
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot write {quote_path(p)}: folder {quote_path(parent)} is read-only (permission denied)"
+        )
+    if probe:
+        _unlink_quiet(_make_temp(p))
+    return p
+
+
+def _make_temp(target: Path) -> Path:
+    """Create an empty hidden temporary file next to ``target`` keeping its suffix."""
+    stem = target.name[:100]
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    last: OSError | None = None
+    for _ in range(100):
+        tmp = target.parent / f".{stem}.{secrets.token_hex(4)}.tmp{target.suffix}"
+        try:
+            fd = os.open(tmp, flags, 0o666)  # 0o666 & ~umask, like a normal new file
+        except FileExistsError as e:
+            last = e
+            continue
+        except PermissionError as e:
+            raise OutputError(
+                f"cannot write {quote_path(target)}: folder {quote_path(target.parent)} is read-only "
+                f"({e.strerror or error_detail(e)})"
+            ) from e
+        except OSError as e:
+            if e.errno == errno.EROFS:
+                raise OutputError(
+                    f"cannot write {quote_path(target)}: folder {quote_path(target.parent)} "
+                    "is on a read-only file system"
+                ) from e
+            raise OutputError(
+                f"cannot write {quote_path(target)}: "
+                f"cannot create a file in folder {quote_path(target.parent)} "
+                f"({e.strerror or error_detail(e)})"
+            ) from e
+        os.close(fd)
+        return tmp
+    raise OutputError(
+        f"cannot write {quote_path(target)}: no free temporary name ({error_detail(last or OSError())})"
+    )
+
+
+def _unlink_quiet(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Move ``tmp`` to ``target``; without ``overwrite`` never replace a file that appeared meanwhile."""
+    try:
+        if not overwrite:
+            try:
+                os.link(tmp, target)  # fails if the target exists: no clobbering, even racing
+            except FileExistsError as e:
+                raise OutputError(f"{quote_path(target)} exists; pass --overwrite to replace it") from e
+            except OSError:  # no hard links on this filesystem
+                if target.exists() or target.is_symlink():
+                    raise OutputError(
+                        f"{quote_path(target)} exists; pass --overwrite to replace it"
+                    ) from None
+                os.replace(tmp, target)
+            else:
+                _unlink_quiet(tmp)
+        else:
+            os.replace(tmp, target)
+    except OutputError:
+        raise
+    except IsADirectoryError as e:
+        raise OutputError(f"cannot write {quote_path(target)}: it is a directory") from e
+    except OSError as e:
+        raise OutputError(f"cannot write {quote_path(target)}: {error_detail(e)}") from e
+
+
+@contextmanager
+def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed to ``path``.
+
+    The temporary file is created (empty) in the same folder, hidden, named
+    ``.{name}.{random}.tmp{suffix}`` so encoders that choose a format from the suffix still
+    work. When the ``with`` body finishes it is moved into place (``os.replace``, or a no-clobber
+    hard link when ``overwrite`` is False); on any exception, KeyboardInterrupt included, it is
+    deleted and the exception propagates. The checks of :func:`check_output_path` run first.
+
+    Raises:
+        OutputError: see :func:`check_output_path`; also when the rename fails.
+    """
+    target = check_output_path(path, overwrite)
+    tmp = _make_temp(target)
+    try:
+        yield tmp
+        _normal_mode(tmp)  # writers that replace the file (safetensors does) leave it 0600
+        _commit(tmp, target, overwrite)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+
+
+def _normal_mode(p: Path) -> None:
+    """Give a finished output the mode of a normal new file: 0o666 minus the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(p, 0o666 & ~umask)
+    except OSError:
+        pass
+
+
+def unique_path(path: PathLike) -> Path:
+    """``path`` if nothing is there, else the first free ``stem-1.ext``, ``stem-2.ext``, ..."""
+    p = Path(os.fspath(path))
+    if not (p.exists() or p.is_symlink()):
+        return p
+    i = 1
+    while True:
+        candidate = p.with_name(f"{p.stem}-{i}{p.suffix}")
+        if not (candidate.exists() or candidate.is_symlink()):
+            return candidate
+        i += 1
+
+
+_WINDOWS_RESERVED = {
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    *(f"com{i}" for i in range(10)),
+    *(f"lpt{i}" for i in range(10)),
+}
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    """A safe file-name stem from a prompt: lowercase ASCII letters, digits and single dashes.
+
+    Accents are folded (``café`` -> ``cafe``), everything else becomes a dash, the result is cut
+    to ``max_len`` characters (at a dash when possible) and never starts or ends with a dash;
+    an empty result is ``"output"``.
+    """
+    if max_len < 1:
+        raise UsageError(f"max_len must be at least 1, got {max_len}")
+    folded = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", folded.lower()).strip("-")
+    if len(slug) > max_len:
+        cut = slug[: max_len + 1]
+        slug = cut.rsplit("-", 1)[0] if "-" in cut[1:] else slug[:max_len]
+        slug = slug[:max_len].strip("-")
+    if not slug:
+        return "output"
+    if slug in _WINDOWS_RESERVED:
+        slug = f"{slug}-output"[:max_len].strip("-") or "output"
+    return slug

@@ -1,0 +1,331 @@
+"""File checks and probing: what a media file is, whether it can be read, whether it is too large.
+
+Files are judged by their content (headers, container structure), decoding as little as
+possible. :func:`check_input_file` and :func:`resolve_max_pixels` are the first checks of every
+reader in :mod:`showo2_cli.media`; :func:`check_video` checks a video without decoding it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Union
+
+from PIL import Image, UnidentifiedImageError
+
+from showo2_cli.errors import InputError, ResourceError, UsageError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Extensions usually holding still images (for listing folders; kinds are probed by content).
+IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+#: Extensions usually holding videos (an animated GIF is a video).
+VIDEO_EXTS: tuple[str, ...] = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
+#: Largest image / video frame (width * height) read by default; env ``SHOWO2_MAX_PIXELS``.
+DEFAULT_MAX_PIXELS: int = 8192 * 8192
+#: Environment variable overriding :data:`DEFAULT_MAX_PIXELS`.
+MAX_PIXELS_ENV = "SHOWO2_MAX_PIXELS"
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def quote_path(path: PathLike) -> str:
+    """The path quoted for a one-line message."""
+    text = os.fspath(path)
+    return "'" + text.replace("\n", "\\n").replace("\r", "\\r") + "'"
+
+
+def error_detail(exc: BaseException) -> str:
+    """A short one-line description of an exception, for the end of a message."""
+    text = " ".join(str(exc).split())
+    if not text:
+        text = type(exc).__name__
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return text
+
+
+def resolve_max_pixels(max_pixels: int | None) -> int:
+    """``max_pixels`` if given, else ``$SHOWO2_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`."""
+    if max_pixels is None:
+        raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not raw:
+            return DEFAULT_MAX_PIXELS
+        try:
+            max_pixels = int(raw.replace("_", ""))
+        except ValueError:
+            raise UsageError(
+                f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {raw!r}"
+            ) from None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise UsageError(f"max_pixels must be a positive whole number, got {max_pixels!r}")
+    return max_pixels
+
+
+def too_large(kind: str, path: PathLike, width: int, height: int, limit: int) -> ResourceError:
+    return ResourceError(
+        f"{kind} {quote_path(path)} is too large: {width}x{height} = {width * height:,} pixels is more than "
+        f"the limit of {limit:,} (set {MAX_PIXELS_ENV} to raise it)"
+    )
+
+
+def check_input_file(path: PathLike, what: str) -> Path:
+    """Refuse a missing path, a folder, a special file or an empty file."""
+    try:
+        p = Path(os.fspath(path))
+    except TypeError as e:
+        raise UsageError(f"not a file path: {path!r}") from e
+    prefix = f"cannot read {what} {quote_path(p)}"
+    try:
+        if not p.exists():
+            if p.is_symlink():
+                raise InputError(f"{prefix}: broken symbolic link")
+            raise InputError(f"{prefix}: no such file")
+        if p.is_dir():
+            raise InputError(f"{prefix}: is a directory, not a file")
+        if not p.is_file():
+            raise InputError(f"{prefix}: not a regular file")
+        if p.stat().st_size == 0:
+            raise InputError(f"{prefix}: empty file")
+    except OSError as e:  # permission denied on a parent folder, name too long, ...
+        raise InputError(f"{prefix}: {error_detail(e)}") from e
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{prefix}: permission denied")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# probing
+# ---------------------------------------------------------------------------------------------
+
+
+def _pil_header(p: Path) -> tuple[str, tuple[int, int], bool] | None:
+    """``(format, (w, h), animated)`` if PIL recognises the file from its header, else ``None``.
+
+    Raises :class:`ResourceError` for a decompression bomb.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns about odd chunks/EXIF: a header is all we want
+            with Image.open(p) as im:
+                fmt = im.format or ""
+                size = im.size
+                animated = False
+                if fmt == "GIF":
+                    try:
+                        animated = bool(getattr(im, "is_animated", False))
+                    except Exception:  # a broken second frame: judged when decoding
+                        animated = False
+                return fmt, size, animated
+    except Image.DecompressionBombError as e:
+        raise ResourceError(f"image {quote_path(p)} is too large: {error_detail(e)}") from e
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        IndexError,
+        KeyError,
+        TypeError,
+    ):
+        return None
+
+
+def _av_container(p: Path) -> str | None:
+    """``"video"`` if FFmpeg opens the file as a real container with a video stream, ``"other"``
+    for a container without one (audio only, or a video track with no frame), else None."""
+    import av
+
+    try:
+        with av.open(str(p), metadata_errors="replace") as container:
+            names = set((container.format.name or "").split(","))
+            if names & {"image2", "image2pipe"} or any(n.endswith("_pipe") for n in names):
+                return None  # a single still image (or garbage with an image extension)
+            if len(container.streams.video) > 0:
+                return "video"
+            if len(container.streams) > 0 or names & {"mov", "matroska", "webm", "avi"}:
+                return "other"
+            return None
+    except Exception:
+        return None
+
+
+def av_video_info(p: Path) -> bool:
+    """True if FFmpeg opens the file as a real video container with a video stream."""
+    return _av_container(p) == "video"
+
+
+def probe_kind(path: PathLike) -> str:
+    """Return ``"image"`` or ``"video"`` for a media file, judged by its content, not its name.
+
+    A GIF with more than one frame is a video, a one-frame GIF an image; any other still format
+    PIL reads is an image (animated PNG/WebP count as images: their first frame is used); a
+    container FFmpeg opens with a video stream (mp4, webm, mov, mkv, avi, ...) is a video.
+
+    Raises:
+        InputError: missing path, a directory, an empty file, or content that is neither.
+    """
+    p = check_input_file(path, "media file")
+    header = _pil_header(p)
+    if header is not None:
+        fmt, _size, animated = header
+        if fmt == "GIF":
+            return "video" if animated else "image"
+        if fmt != "MPEG":  # PIL only identifies MPEG streams, it cannot decode them
+            return "image"
+    found = _av_container(p)
+    if found == "video":
+        return "video"
+    if found == "other":
+        raise InputError(
+            f"cannot read media file {quote_path(p)}: the file has no video stream (audio only, or no frames)"
+        )
+    raise InputError(
+        f"cannot read media file {quote_path(p)}: not an image or video this tool can read "
+        "(unknown format, truncated or corrupt)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# video structure
+# ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _ffmpeg_errors() -> Iterator[list]:
+    """Collect the error messages FFmpeg logs meanwhile; the previous log level is restored after.
+
+    PyAV keeps FFmpeg's log off by default. Use this only around work that starts no FFmpeg
+    threads (opening and demuxing, not frame-threaded decoding): a decoder thread logging through
+    PyAV's Python callback while the main thread joins it can deadlock, and one logging after
+    the level is switched back races.
+    """
+    import av.logging as avlog
+
+    previous, skip = avlog.get_level(), avlog.get_skip_repeated()
+    if previous is None or previous < avlog.ERROR:
+        avlog.set_level(avlog.ERROR)
+    avlog.set_skip_repeated(False)  # else the same error in the next file would be swallowed
+    try:
+        with avlog.Capture(False) as logs:
+            yield logs
+    finally:
+        avlog.set_skip_repeated(skip)
+        if avlog.get_level() != previous:
+            avlog.set_level(previous)
+
+
+def _first_ffmpeg_error(logs: list) -> str | None:
+    for entry in logs:
+        try:
+            level, name, message = entry[0], entry[1], entry[2]
+        except (IndexError, TypeError):
+            continue
+        if level is not None and level <= 16:  # AV_LOG_ERROR
+            return f"{name}: {' '.join(str(message).split())}"
+    return None
+
+
+def _check_packets(p: Path, prefix: str) -> None:
+    """Demux the first video stream (no decoding, so no decoder threads) and refuse the file if
+    FFmpeg logs an error or flags a packet as corrupt: that is how a truncated or damaged
+    mp4/webm/mkv shows, while decoding it would quietly end early."""
+    import av
+
+    with _ffmpeg_errors() as logs:
+        try:
+            with av.open(str(p), metadata_errors="replace") as container:
+                streams = list(container.streams.video[:1])
+                if not streams:
+                    return  # judged by the caller ("no video stream")
+                for packet in container.demux(streams[0]):
+                    if packet.size and packet.is_corrupt:
+                        raise InputError(
+                            f"{prefix}: truncated or corrupt (a damaged packet at pts {packet.pts})"
+                        )
+                    found = _first_ffmpeg_error(logs)
+                    if found:
+                        raise InputError(f"{prefix}: truncated or corrupt ({found})")
+        except (InputError, ResourceError):
+            raise
+        except MemoryError as e:
+            raise ResourceError(f"video {quote_path(p)} is too large to read in memory") from e
+        except Exception as e:
+            found = _first_ffmpeg_error(logs)
+            raise InputError(f"{prefix}: truncated or corrupt ({found or error_detail(e)})") from e
+        found = _first_ffmpeg_error(logs)
+        if found:
+            raise InputError(f"{prefix}: truncated or corrupt ({found})")
+
+
+def _check_gif_frames(p: Path, prefix: str) -> None:
+    """Decode every frame of a GIF with PIL, which (unlike FFmpeg) reports a truncated or
+    damaged frame instead of silently ending the animation there."""
+    try:
+        with warnings.catch_warnings(), Image.open(p) as im:
+            warnings.simplefilter("ignore")
+            index = 0
+            while True:
+                try:
+                    im.seek(index)
+                except EOFError:
+                    break
+                im.load()
+                index += 1
+    except MemoryError as e:
+        raise ResourceError(f"video {quote_path(p)} is too large to decode in memory") from e
+    except Exception as e:
+        raise InputError(f"{prefix}: truncated or corrupt GIF ({error_detail(e)})") from e
+
+
+def check_video_structure(p: Path, prefix: str, limit: int) -> None:
+    """What can be checked of a video without decoding it (GIFs excepted): not a still image,
+    not too large, no truncated or damaged packet."""
+    header = _pil_header(p)
+    if header is not None and not (header[0] == "GIF" and header[2]) and header[0] != "MPEG":
+        raise InputError(f"{prefix}: it is a still image, not a video")
+    if header is not None and header[0] == "GIF":
+        width, height = header[1]
+        if width * height > limit:
+            raise too_large("video", p, width, height, limit)
+        _check_gif_frames(p, prefix)
+    else:
+        _check_packets(p, prefix)
+
+
+def check_video(path: PathLike, max_pixels: int | None = None) -> None:
+    """Check a video as far as possible without decoding it (a GIF is decoded): a video stream
+    with a frame size within ``max_pixels``, and no truncated or damaged packet. Cheap: callers
+    run it before loading a model, then read the frames they need with :func:`read_video`.
+
+    Raises:
+        InputError, ResourceError: as :func:`read_video` would for these problems.
+    """
+    import av
+
+    limit = resolve_max_pixels(max_pixels)
+    p = check_input_file(path, "video")
+    prefix = f"cannot read video {quote_path(p)}"
+    check_video_structure(p, prefix, limit)
+    try:
+        with av.open(str(p), metadata_errors="replace") as container:
+            if not container.streams.video:
+                raise InputError(f"{prefix}: the file has no video stream")
+            cc = container.streams.video[0].codec_context
+            width, height = int(cc.width or 0), int(cc.height or 0)
+    except (InputError, ResourceError):
+        raise
+    except Exception as e:
+        raise InputError(f"{prefix}: not a video this tool can read (unknown format, truncated or corrupt: "
+                         f"{error_detail(e)})") from e
+    if width <= 0 or height <= 0:
+        raise InputError(f"{prefix}: the video stream has no frame size (corrupt header)")
+    if width * height > limit:
+        raise too_large("video", p, width, height, limit)

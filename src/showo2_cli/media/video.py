@@ -1,0 +1,443 @@
+"""Reading and writing videos: the :class:`Media` result, frame sampling, encoders, GIFs."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
+
+from .geometry import check_count
+from .image import PIL_FORMATS, read_image, write_image
+from .metadata import metadata_json
+from .outputs import atomic_output
+from .probe import (
+    PathLike,
+    check_input_file,
+    check_video_structure,
+    error_detail,
+    probe_kind,
+    quote_path,
+    resolve_max_pixels,
+    too_large,
+)
+
+#: Refuse to decode a video whose RGB frames would take more than this many bytes.
+MAX_DECODED_BYTES: int = 8 * 1024**3
+#: Extensions :func:`write_video` can write (plus image extensions for a single frame).
+VIDEO_WRITE_EXTS: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".gif")
+
+#: Extension -> (muxer, codecs to try in order) for :func:`write_video`.
+VIDEO_CONTAINERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    ".mp4": ("mp4", ("libx264", "mpeg4")),
+    ".mov": ("mov", ("libx264", "mpeg4")),
+    ".mkv": ("matroska", ("libx264", "libvpx-vp9", "mpeg4")),
+    ".webm": ("webm", ("libvpx-vp9", "libvpx")),
+}
+# encoder options: high quality, constant-quality mode
+_CODEC_OPTIONS: dict[str, dict[str, str]] = {
+    "libx264": {"crf": "18", "preset": "medium"},
+    "mpeg4": {"qscale": "2"},
+    "libvpx-vp9": {"crf": "24", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"},
+    "libvpx": {"crf": "8", "b": "20M", "deadline": "good", "cpu-used": "2"},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Media:
+    """Decoded media: an image (one frame, ``fps`` None) or a video.
+
+    Attributes:
+        kind: ``"image"`` or ``"video"``.
+        frames: ``uint8`` array ``(T, H, W, 3)``, RGB; ``T == 1`` for an image.
+        fps: frames per second of the source video (``None`` for an image). When frames were
+            sampled (``num_frames``), this is still the *source* rate.
+        source: the path it was read from.
+        total_frames: how many frames the source has (``>= T`` unless sampling repeated frames).
+    """
+
+    kind: str
+    frames: np.ndarray
+    fps: float | None
+    source: str
+    total_frames: int
+
+    @property
+    def width(self) -> int:
+        """Frame width in pixels."""
+        return int(self.frames.shape[2])
+
+    @property
+    def height(self) -> int:
+        """Frame height in pixels."""
+        return int(self.frames.shape[1])
+
+    @property
+    def num_frames(self) -> int:
+        """Number of frames held (``T``)."""
+        return int(self.frames.shape[0])
+
+
+def uniform_indices(n_total: int, num_frames: int) -> list[int]:
+    """The official uniform sampling: ``[int(i) for i in np.linspace(0, n_total - 1, num_frames)]``.
+
+    Always ``num_frames`` indices, first and last frame included; repeats when the video is
+    shorter than ``num_frames``.
+    """
+    if n_total < 1:
+        raise UsageError(f"cannot sample frames from a video with {n_total} frames")
+    if num_frames < 1:
+        raise UsageError(f"the number of frames to sample must be at least 1, got {num_frames}")
+    return [int(i) for i in np.linspace(0, n_total - 1, num_frames)]
+
+
+def _frame_rate(stream: Any) -> float:
+    for attr in ("average_rate", "guessed_rate", "base_rate"):
+        try:
+            rate = getattr(stream, attr, None)
+        except Exception:
+            rate = None
+        if rate:
+            value = float(rate)
+            if math.isfinite(value) and 0.0 < value < 10000.0:
+                return value
+    return 8.0
+
+
+def _rotate(arr: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a display-matrix rotation (degrees counter-clockwise, multiples of 90 only)."""
+    if not rotation or rotation % 90:
+        return arr
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(arr, k=k)) if k else arr
+
+
+def read_video(
+    path: PathLike,
+    num_frames: int | None = None,
+    max_pixels: int | None = None,
+    max_frames: int = 100000,
+) -> Media:
+    """Decode a video (mp4, webm, mov, mkv, avi, animated GIF, ...) with PyAV to RGB frames.
+
+    Args:
+        path: the video file.
+        num_frames: if given, return exactly this many frames sampled uniformly with
+            :func:`uniform_indices` over all frames of the video (duplicates when it is
+            shorter). Otherwise all frames.
+        max_pixels: refuse frames with more pixels (default ``$SHOWO2_MAX_PIXELS`` or
+            :data:`DEFAULT_MAX_PIXELS`).
+        max_frames: refuse to return more frames than this.
+
+    The frame rate is the stream's average rate (then its guessed rate, then 8.0). A display
+    rotation (phone videos) is applied in multiples of 90 degrees. Frames whose size changes
+    mid-stream are scaled to the first frame's size. When ``num_frames`` is given and the
+    container states its frame count, one decoding pass suffices; otherwise frames are counted
+    first (a second pass, nothing kept).
+
+    Raises:
+        InputError: missing/empty/corrupt file, no video stream, no decodable frame, a still
+            image.
+        ResourceError: frames too large, or the decoded frames would exceed
+            :data:`MAX_DECODED_BYTES` or ``max_frames``.
+        UsageError: ``num_frames`` < 1.
+    """
+    import av
+
+    if num_frames is not None:
+        num_frames = check_count(num_frames, "the number of frames to read")
+        if num_frames < 1:
+            raise UsageError(f"the number of frames to read must be at least 1, got {num_frames}")
+    limit = resolve_max_pixels(max_pixels)
+    p = check_input_file(path, "video")
+    prefix = f"cannot read video {quote_path(p)}"
+    check_video_structure(p, prefix, limit)
+
+    def open_stream() -> tuple[Any, Any]:
+        try:
+            container = av.open(str(p), metadata_errors="replace")
+        except Exception as e:
+            raise InputError(
+                f"{prefix}: not a video this tool can read "
+                f"(unknown format, truncated or corrupt: {error_detail(e)})"
+            ) from e
+        try:
+            if not container.streams.video:
+                raise InputError(f"{prefix}: the file has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+        except BaseException:
+            container.close()
+            raise
+        return container, stream
+
+    container, stream = open_stream()
+    try:
+        width = int(stream.codec_context.width or 0)
+        height = int(stream.codec_context.height or 0)
+        if width <= 0 or height <= 0:
+            raise InputError(f"{prefix}: the video stream has no frame size (corrupt header)")
+        if width * height > limit:
+            raise too_large("video", p, width, height, limit)
+        fps = _frame_rate(stream)
+        frame_bytes = width * height * 3
+        try:
+            header_frames = int(stream.frames or 0)
+        except Exception:
+            header_frames = 0
+        if header_frames <= 0:  # estimate from the duration, for the memory check only
+            seconds = (container.duration or 0) / 1_000_000
+            estimate = int(math.ceil(seconds * fps)) if seconds > 0 else 0
+        else:
+            estimate = header_frames
+        wanted_count = num_frames if num_frames is not None else estimate
+        if num_frames is not None and num_frames > max_frames:
+            raise ResourceError(
+                f"cannot read {num_frames} frames from {quote_path(p)}: the limit is {max_frames}"
+            )
+        if wanted_count * frame_bytes > MAX_DECODED_BYTES:
+            raise ResourceError(
+                f"video {quote_path(p)} is too large to decode: {wanted_count} frames of "
+                f"{width}x{height} need {wanted_count * frame_bytes / 1024**3:.1f} GiB "
+                f"(limit {MAX_DECODED_BYTES / 1024**3:.0f} GiB); "
+                "sample fewer frames"
+            )
+    except BaseException:
+        container.close()
+        raise
+    def decode(container: Any, stream: Any, keep: set[int] | None) -> tuple[dict[int, np.ndarray], int]:
+        """Decode every frame; convert those whose index is in ``keep`` (all if None)."""
+        kept: dict[int, np.ndarray] = {}
+        count = 0
+        try:
+            for frame in container.decode(stream):
+                if keep is None or count in keep:
+                    if keep is None and (
+                        count + 1 > max_frames or (count + 1) * frame_bytes > MAX_DECODED_BYTES
+                    ):
+                        raise ResourceError(
+                            f"video {quote_path(p)} is too long to decode whole: more than {count} frames of "
+                            f"{width}x{height} (limit {max_frames} frames / "
+                            f"{MAX_DECODED_BYTES / 1024**3:.0f} GiB); sample fewer frames"
+                        )
+                    arr = frame.to_ndarray(format="rgb24", width=width, height=height)
+                    kept[count] = _rotate(arr, int(getattr(frame, "rotation", 0) or 0))
+                count += 1
+        except (InputError, ResourceError):
+            raise
+        except MemoryError as e:
+            raise ResourceError(f"video {quote_path(p)} is too large to decode in memory") from e
+        except Exception as e:
+            raise InputError(
+                f"{prefix}: truncated or corrupt data after frame {count} ({error_detail(e)})"
+            ) from e
+        return kept, count
+    try:
+        if num_frames is None:
+            kept, total = decode(container, stream, None)
+            indices = list(range(total))
+        elif header_frames > 0:
+            indices = uniform_indices(header_frames, num_frames)
+            kept, total = decode(container, stream, set(indices))
+            if total != header_frames and total > 0:  # the header lied: sample again
+                container.close()
+                indices = uniform_indices(total, num_frames)
+                container, stream = open_stream()
+                kept, total2 = decode(container, stream, set(indices))
+                if total2 != total:
+                    raise InputError(f"{prefix}: frame count changes between reads ({total} then {total2})")
+        else:
+            _none, total = decode(container, stream, set())
+            if total > 0:
+                container.close()
+                indices = uniform_indices(total, num_frames)
+                container, stream = open_stream()
+                kept, _total = decode(container, stream, set(indices))
+            else:
+                kept, indices = {}, []
+    finally:
+        container.close()
+
+    if total == 0 or not kept:
+        raise InputError(f"{prefix}: no decodable video frames (empty, truncated or corrupt)")
+    try:
+        first = kept[indices[0]]
+        out = np.empty((len(indices), *first.shape), dtype=np.uint8)
+        for i, idx in enumerate(indices):
+            out[i] = kept[idx]
+    except (KeyError, ValueError) as e:
+        raise InputError(f"{prefix}: frames could not be decoded consistently ({error_detail(e)})") from e
+    return Media(kind="video", frames=out, fps=fps, source=str(p), total_frames=total)
+
+
+def read_media(
+    path: PathLike,
+    num_frames: int | None = None,
+    max_pixels: int | None = None,
+    max_frames: int = 100000,
+) -> Media:
+    """Read an image or a video, chosen by :func:`probe_kind`.
+
+    An image gives ``Media(kind="image")`` with one frame and ``fps=None`` (``num_frames`` is
+    ignored for images); a video is read with :func:`read_video`.
+    """
+    kind = probe_kind(path)
+    if kind == "video":
+        return read_video(path, num_frames=num_frames, max_pixels=max_pixels, max_frames=max_frames)
+    img = read_image(path, max_pixels=max_pixels)
+    frames = np.array(img, dtype=np.uint8)[None]  # writable copy
+    return Media(kind="image", frames=frames, fps=None, source=os.fspath(path), total_frames=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+
+
+def _pick_codec(candidates: Sequence[str]) -> str | None:
+    import av
+
+    for name in candidates:
+        try:
+            av.codec.Codec(name, "w")
+        except Exception:
+            continue
+        return name
+    return None
+
+
+def _as_video_array(frames: np.ndarray) -> np.ndarray:
+    arr = np.asarray(frames)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or min(arr.shape[:3]) < 1:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3) with T >= 1, got {arr.dtype} {tuple(arr.shape)}")
+    return arr
+
+
+def _write_gif(tmp: Path, arr: np.ndarray, fps: float, metadata: dict[str, Any] | None) -> None:
+    centis = max(2, int(round(100.0 / fps)))  # GIF delays are centiseconds; < 2 plays slowly in browsers
+    images = [Image.fromarray(np.ascontiguousarray(f), "RGB") for f in arr]
+    params: dict[str, Any] = {
+        "save_all": True,
+        "append_images": images[1:],
+        "duration": centis * 10,
+        "loop": 0,
+    }
+    if metadata:
+        params["comment"] = metadata_json(metadata).encode("ascii")
+    images[0].save(tmp, format="GIF", **params)
+
+
+def write_av(tmp: Path, arr: np.ndarray, fps: float, ext: str, metadata: dict[str, Any] | None) -> None:
+    import av
+    from av.video.reformatter import ColorRange, Colorspace
+
+    muxer, candidates = VIDEO_CONTAINERS[ext]
+    codec = _pick_codec(candidates)
+    if codec is None:
+        raise OutputError(
+            f"cannot write {ext} video: this PyAV build has none of the encoders {', '.join(candidates)}"
+        )
+    t, h, w, _ = arr.shape
+    pad_h, pad_w = h % 2, w % 2
+    if pad_h or pad_w:  # yuv420p needs even sizes: repeat the last row/column
+        arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    rate = Fraction(fps).limit_denominator(1001)
+    options = {"movflags": "+faststart"} if muxer in ("mp4", "mov") else {}
+    with av.open(str(tmp), mode="w", format=muxer, options=options) as container:
+        if metadata:
+            container.metadata["comment"] = metadata_json(metadata)
+        stream = container.add_stream(codec, rate=rate)
+        stream.width = w + pad_w
+        stream.height = h + pad_h
+        stream.pix_fmt = "yuv420p"
+        stream.options = dict(_CODEC_OPTIONS.get(codec, {}))
+        cc = stream.codec_context
+        # BT.709, limited range, tagged so players convert back with the same matrix
+        cc.colorspace = 1
+        cc.color_primaries = 1
+        cc.color_trc = 1
+        cc.color_range = 1
+        for i in range(t):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr[i]), format="rgb24")
+            frame = frame.reformat(
+                format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG
+            )
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_video(
+    path: PathLike,
+    frames: np.ndarray,
+    fps: float,
+    overwrite: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``uint8 (T, H, W, 3)`` RGB frames as a video atomically; the format comes from the extension.
+
+    * ``.mp4``/``.mov``: H.264 (``libx264``, crf 18, yuv420p, BT.709 tagged, faststart), or
+      ``mpeg4`` if this PyAV has no libx264. ``.mkv``: the same codecs.
+    * ``.webm``: VP9 (``libvpx-vp9``, crf 24), or VP8 (``libvpx``).
+    * For these, odd widths/heights are padded to even by repeating the last row/column
+      (yuv420p needs even sizes), so a 433x433 video is stored as 434x434; ``metadata`` goes in
+      the container's ``comment`` tag as compact JSON (see :func:`read_metadata`).
+    * ``.gif``: Pillow, all frames, 256-colour palette per frame, delay ``round(100 / fps)``
+      centiseconds (at least 2, i.e. at most 50 fps), looping forever; ``metadata`` goes in a
+      GIF comment. Pillow merges identical consecutive frames into one longer frame.
+    * An image extension (``.png``, ``.jpg``, ...) is allowed for a single frame only and
+      writes it with :func:`write_image`.
+
+    Raises:
+        UsageError: unknown extension, several frames to an image extension, bad ``fps``.
+        OutputError: the file cannot be written.
+    """
+    p = Path(os.fspath(path))
+    ext = p.suffix.lower()
+    arr = _as_video_array(frames)
+    if ext in PIL_FORMATS:
+        if arr.shape[0] != 1:
+            raise UsageError(
+                f"cannot write a {arr.shape[0]}-frame video to image {quote_path(p)}; "
+                f"use one of {', '.join(VIDEO_WRITE_EXTS)}"
+            )
+        return write_image(p, arr[0], metadata=metadata, overwrite=overwrite)
+    if ext not in VIDEO_WRITE_EXTS:
+        raise UsageError(
+            f"cannot write video {quote_path(p)}: unknown extension {ext or '(none)'!r} "
+            f"(supported: {', '.join(VIDEO_WRITE_EXTS)}, or an image extension for one frame)"
+        )
+    try:
+        fps_value = float(fps)
+    except (TypeError, ValueError):
+        raise UsageError(f"fps must be a number, got {fps!r}") from None
+    if not math.isfinite(fps_value) or fps_value <= 0 or fps_value > 1000:
+        raise UsageError(f"fps must be between 0 and 1000, got {fps!r}")
+    with atomic_output(p, overwrite) as tmp:
+        try:
+            if ext == ".gif":
+                _write_gif(tmp, arr, fps_value, metadata)
+            else:
+                write_av(tmp, arr, fps_value, ext, metadata)
+        except OutputError:
+            raise
+        except Exception as e:
+            raise OutputError(f"cannot write video {quote_path(p)}: {error_detail(e)}") from e
+    return p

@@ -1,0 +1,250 @@
+"""Every option of the library's tasks, their limits and their one ``validate()``.
+
+Torch-free, so the command line builds these objects and checks them once, before torch or a
+model loads; the pipelines call the same ``validate()`` (for Python callers) and nothing else
+checks an option a second time. Sampler, device, dtype, mask and template names live here too:
+their tables drive both the validation and ``--help``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .errors import UsageError
+
+#: Longest prompt or question accepted, in characters (the models see a few hundred tokens).
+MAX_PROMPT_CHARS = 10_000
+#: Largest prompts file read.
+MAX_PROMPTS_FILE_BYTES = 64 * 1024 * 1024
+#: Longest video generated, in pixel frames (1 + 4k).
+MAX_VIDEO_FRAMES = 1 + 4 * 64
+#: Most frames sampled from a video for understanding.
+MAX_CAPTION_FRAMES = 512
+#: Most outputs per prompt, and per batch.
+MAX_PER_PROMPT = 1000
+MAX_BATCH = 1024
+
+#: The flow-matching ODE solvers (``sampling.SAMPLERS`` implements each); keys drive ``--sampler``.
+SAMPLERS = {"euler": "Euler, the official sampler", "heun": "Heun (2nd order; two model calls per step)"}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: dtype names -> canonical name (the one dtype table; ``runtime.torch_dtype`` maps it to torch).
+DTYPES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
+MASK_MODES = ("official", "training")
+TEMPLATES = ("official", "training")
+IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".webp")
+VIDEO_OUTPUTS = (".mp4", ".webm", ".gif")
+
+
+def short(value: Any, n: int = 40) -> str:
+    """A value as shown inside a one-line message: at most ``n`` characters."""
+    text = str(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def check_number(option: str, value: float | None, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> None:
+    """A finite number in [low, high] (or (low, high] with ``low_open``); None passes."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (high is None or value <= high)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if not ok:
+        lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+        hi = "" if high is None else f"<= {high:g}"
+        raise UsageError(f"{option} must be a number {' and '.join(x for x in (lo, hi) if x)}, got {short(value)}")
+
+
+def check_int(option: str, value: int | None, low: int, high: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f"{option} must be between {low} and {high}, got {short(value)}")
+
+
+def check_seed(seed: int | None, option: str = "--seed") -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise UsageError(f"{option} must be between 0 and 2^63-1, got {short(seed)}")
+
+
+def check_text(text: str, what: str) -> str:
+    """A prompt or question: text, not empty, at most MAX_PROMPT_CHARS characters."""
+    if not isinstance(text, str):
+        raise UsageError(f"a {what} must be text")
+    if not text.strip():
+        raise UsageError(f"empty {what}: give some text")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise UsageError(f"a {what} of {len(text)} characters is too long (at most {MAX_PROMPT_CHARS})")
+    return text
+
+
+def check_prompts(prompts: list[str]) -> list[str]:
+    if not prompts:
+        raise UsageError("no prompt given")
+    return [check_text(p, "prompt") for p in prompts]
+
+
+def check_choice(option: str, value: str | None, choices, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if value not in choices:
+        raise UsageError(f"{option} must be one of {', '.join(choices)}, got '{short(value)}'")
+
+
+def check_device(device: str) -> None:
+    import re
+
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", device.lower()):
+        raise UsageError(f"--device must be auto, cuda, cuda:N, mps or cpu, got '{short(device)}'")
+
+
+def check_dtype(dtype: str, extra: tuple[str, ...] = ("auto",), option: str = "--dtype") -> None:
+    if not isinstance(dtype, str) or (dtype.lower() not in DTYPES and dtype.lower() not in extra):
+        names = [*extra, "fp32", "bf16", "fp16"]
+        raise UsageError(f"unknown dtype '{short(dtype)}' for {option}; use one of {', '.join(names)}")
+
+
+def check_fps(fps: float | None) -> float | None:
+    if fps is not None:
+        check_number("--fps", fps, 0.5, 240)
+    return fps
+
+
+def video_frames(frames: int) -> tuple[int, str | None]:
+    """A video length for generation: 1 + 4k frames; others are rounded up (with the notice)."""
+    check_int("--frames", frames, 1, MAX_VIDEO_FRAMES)
+    rounded = 1 + 4 * math.ceil((frames - 1) / 4)
+    note = f"frames must be 1+4k: {frames} was rounded to {rounded}" if rounded != frames else None
+    return rounded, note
+
+
+def seed_for(base: int, prompt_index: int, k: int, n: int) -> int:
+    """Per-output seed: reproducible for one prompt regardless of batching or process sharding."""
+    return (base + prompt_index * n + k) % 2**63
+
+
+def random_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
+@dataclass
+class RuntimeOptions:
+    """Where a model runs: ``device`` (auto|cpu|cuda[:N]|mps) and ``dtype`` (auto|fp32|bf16|fp16)."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    max_memory_gb: float | None = None  # refuse jobs estimated to need more (0: no limit)
+
+    def validate(self) -> None:
+        check_device(self.device)
+        check_dtype(self.dtype)
+        check_number("--max-memory", self.max_memory_gb, 0)
+
+
+@dataclass
+class TextSampling:
+    """How answer tokens are chosen: greedy at temperature 0 (the official demos), else sampled."""
+
+    max_new_tokens: int = 300
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop_ids: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        check_int("--max-new-tokens", self.max_new_tokens, 1, 1_000_000)
+        check_number("--temperature", self.temperature, 0, 1000)
+        check_number("--top-p", self.top_p, 0, 1, low_open=True)
+        check_int("--top-k", self.top_k, 1, 10_000_000)
+        check_seed(self.seed)
+
+
+@dataclass
+class CaptionOptions:
+    questions: list[str] = field(default_factory=list)  # empty: "Describe the image/video."
+    max_new_tokens: int = 300
+    temperature: float = 0.0  # 0 = greedy, as the official demos
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    frames: int | None = None  # video: frames sampled uniformly (default: the spec's, 32 for the real models)
+    mask_mode: str | None = None  # "official" (demo quirk) or "training"; None = what the checkpoint expects
+    template: str | None = None  # "official" (demo prompt) or "training" (stage-2); None = the checkpoint's
+    vae_sample: bool = False  # the official demos draw a stochastic VAE sample; default is the mean
+    size: int | None = None  # pixels per side; default the model's resolution
+    max_memory_gb: float | None = None  # refuse videos estimated to need more (0: no limit)
+
+    def sampling(self) -> TextSampling:
+        return TextSampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)
+
+    def validate(self) -> None:
+        self.sampling().validate()
+        check_int("--frames", self.frames, 1, MAX_CAPTION_FRAMES)
+        check_choice("--mask", self.mask_mode, MASK_MODES)
+        check_choice("--template", self.template, TEMPLATES)
+        check_int("--size", self.size, 16, 4096)
+        check_number("--max-memory", self.max_memory_gb, 0)
+        for q in self.questions:
+            check_text(q, "question")
+
+
+@dataclass
+class GenerateOptions:
+    size: tuple[int, int] | None = None  # (height, width) in pixels; default the model's
+    steps: int | None = None  # grid points (steps - 1 model calls); default the model's
+    guidance: float | None = None  # default the model's
+    shift: float | None = None  # default the model's (3.0)
+    seed: int | None = None  # base seed; output k of prompt p uses seed + p*n + k
+    num_per_prompt: int = 1
+    batch_size: int = 4
+    frames: int = 17  # videos: pixel frames (1+4k)
+    method: str = "euler"  # a key of SAMPLERS
+    noise: Any = None  # exact starting noise: a tensor (N, C, [T,] h, w) or one sample
+    cache_prefix: bool = True  # reuse the text prefix's keys/values at every step
+    max_memory_gb: float | None = None  # refuse jobs estimated to need more
+
+    def resolved(self, spec, video: bool) -> GenerateOptions:
+        """The options with the model's defaults filled in (and a random seed when none)."""
+        side = spec.video_resolution if video else spec.resolution
+        return replace(self, size=self.size or (side, side),
+                       steps=spec.steps if self.steps is None else self.steps,
+                       guidance=spec.guidance if self.guidance is None else self.guidance,
+                       shift=spec.shift if self.shift is None else self.shift,
+                       seed=random_seed() if self.seed is None else self.seed)
+
+    def validate(self, spec=None) -> None:
+        """Check every value; without a spec, only the values that do not depend on the model."""
+        if self.size is not None:
+            h, w = self.size
+            m = spec.latent_multiple if spec is not None else 16
+            if not (isinstance(h, int) and isinstance(w, int)) or h <= 0 or w <= 0 or h % m or w % m \
+                    or h > 4096 or w > 4096:
+                raise UsageError(f"--size must be positive multiples of {m} up to 4096, got {short(w)}x{short(h)}")
+        check_int("--steps", self.steps, 2, 10000)
+        check_number("--guidance", self.guidance, 0, 100)
+        check_number("--shift", self.shift, 0, 1e6, low_open=True)
+        check_int("-n/--num-images", self.num_per_prompt, 1, MAX_PER_PROMPT)
+        check_int("--batch-size", self.batch_size, 1, MAX_BATCH)
+        check_choice("--sampler", self.method, tuple(SAMPLERS), allow_none=False)
+        check_seed(self.seed)
+        check_number("--max-memory", self.max_memory_gb, 0)
+        check_int("--frames", self.frames, 1, MAX_VIDEO_FRAMES)
+        if (self.frames - 1) % 4:
+            raise UsageError(f"frames must be 1+4k, got {self.frames}")
+
+
+@dataclass
+class EncodeOptions:
+    size: tuple[int, int] = (432, 432)  # (height, width); resize short side + center crop
+    frames: int | None = None  # videos: first N frames (rounded up to 1+4k); None = all, rounded down
+    sample: bool = False  # the official stochastic posterior sample instead of the mean
+    seed: int | None = None
+
+    def validate(self) -> None:
+        check_int("--frames", self.frames, 1, 100_000)
+        check_seed(self.seed)

@@ -1,0 +1,201 @@
+"""Generation: text to image (spec §8.1), text to video and image to video (§8.4), by guided
+flow matching through the flow head; plus the memory estimate every job is checked against."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import media as M
+from ..errors import InputError, ModelError, UsageError
+from ..loading import Showo2
+from ..options import GenerateOptions, check_prompts, seed_for
+from ..sampling import generate_latents
+from ..sequences import generation_layout
+from ..specs import I2V, T2I, T2V
+from ..tokenizer import encode_text
+from .progress import Progress, noop
+
+# ---- generation -------------------------------------------------------------------------------
+
+@dataclass
+class Generated:
+    prompt: str
+    prompt_index: int
+    seed: int
+    latents: torch.Tensor  # (C, [T,] h, w) float32
+    frames: np.ndarray  # uint8 (T, H, W, 3)
+    params: dict
+
+
+def _text_budget(spec) -> int:
+    """Prompt tokens the model was trained with (max_seq_len - visual positions - 4 at its resolution)."""
+    visual = spec.tokens_per_frame(spec.resolution, spec.resolution) + 1
+    return max(spec.max_seq_len - visual - 4, 16)
+
+
+def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dtype: torch.dtype | None = None,
+                       vae_base_dim: int | None = None, latent_frames: int = 1) -> float:
+    """A rough upper bound (GB) of the memory one generation job needs beyond the weights: the
+    largest of one guided step's activations (``rows`` sequences of ``seq_len``: attention scores,
+    hidden states, the mask) and the VAE decoding one output (``video_tokens`` latent positions
+    over ``latent_frames`` frames, see :meth:`WanVAE.decode_memory_gb`), which run one after the
+    other. ``model`` is a loaded :class:`Showo2` or a :class:`ModelSpec` (then give ``dtype``;
+    the VAE is taken as the real Wan2.1 one, base_dim 96, unless ``vae_base_dim`` says)."""
+    from ..modeling.vae import decode_memory_bytes
+
+    spec = model.spec if isinstance(model, Showo2) else model
+    if dtype is None:
+        dtype = model.dtype if isinstance(model, Showo2) else torch.float32
+    if vae_base_dim is None:
+        vae_base_dim = model.vae.base_dim if isinstance(model, Showo2) and model.vae is not None else 96
+    bytes_per = torch.finfo(dtype).bits // 8
+    width = max(spec.hidden_size, spec.head_hidden)
+    attn = rows * max(spec.num_heads, spec.head_heads) * seq_len * seq_len * bytes_per
+    acts = rows * seq_len * width * bytes_per * 12
+    mask = rows * seq_len * seq_len
+    t = max(latent_frames, 1)
+    per_frame = max(video_tokens // t, 1)
+    side = max(int(math.isqrt(per_frame)), 1)
+    vae = decode_memory_bytes(vae_base_dim, t, side, max(per_frame // side, 1))
+    return max(attn + acts + mask, vae) / 1e9
+
+
+def generation_memory_gb(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
+                         vae_base_dim: int = 96) -> float:
+    """:func:`estimate_memory_gb` for ``batch`` outputs of ``size`` (height, width) pixels and
+    ``frames`` pixel frames, with classifier-free guidance (two rows per output)."""
+    h, w = size
+    t_lat = 1 + (frames - 1) // spec.vae_temporal if video else 1
+    visual = 1 + t_lat * spec.tokens_per_frame(h, w)
+    seq_len = visual + 4 + _text_budget(spec)
+    lat_h, lat_w = h // spec.vae_spatial, w // spec.vae_spatial
+    return estimate_memory_gb(spec, 2 * max(batch, 1), seq_len, t_lat * lat_h * lat_w, dtype=dtype,
+                              vae_base_dim=vae_base_dim, latent_frames=t_lat)
+
+
+def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
+                            max_memory_gb: float | None = None, device="cpu", vae_base_dim: int = 96) -> float:
+    """Refuse (:class:`ResourceError`, the estimate in the message) a job that would not fit
+    the memory limit (``max_memory_gb``, else ``$SHOWO2_MAX_MEMORY_GB``, else what is available
+    on ``device``); return the estimate."""
+    from ..runtime import check_memory
+
+    need = generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim)
+    h, w = size
+    what = (f"generating {batch} video(s) of {frames} frames at {w}x{h}" if video
+            else f"generating {batch} image(s) at {w}x{h}")
+    check_memory(need, what, max_memory_gb, device, "lower --size, --frames or --batch-size")
+    return need
+
+
+def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+
+
+@torch.no_grad()
+def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: bool, frames: int,
+              first_frame: torch.Tensor | None, indices: list[int] | None, progress: Progress) -> list[Generated]:
+    spec, net, vae = model.spec, model.network, model.require_vae()
+    tokenizer, tokens = model.require_tokenizer(), model.tokens
+    h, w = opts.size
+    lat_h, lat_w = h // spec.vae_spatial, w // spec.vae_spatial
+    t_lat = 1 + (frames - 1) // spec.vae_temporal if video else 1
+    visual = 1 + t_lat * spec.tokens_per_frame(h, w)
+    budget = _text_budget(spec)
+    max_seq_len = visual + 4 + budget
+    check_generation_memory(model.spec, model.dtype, (h, w), frames, video,
+                            min(opts.batch_size, len(prompts) * opts.num_per_prompt), opts.max_memory_gb,
+                            model.device, vae.base_dim)
+    indices = list(range(len(prompts))) if indices is None else list(indices)
+    if len(indices) != len(prompts):
+        raise UsageError("one index per prompt is needed")
+    jobs = [(p, i, k) for i, p in zip(indices, prompts, strict=True) for k in range(opts.num_per_prompt)]
+    latent_shape = (spec.latent_channels, t_lat, lat_h, lat_w) if video else (spec.latent_channels, lat_h, lat_w)
+    noise_all = None
+    if opts.noise is not None:
+        noise_all = opts.noise.float()
+        if tuple(noise_all.shape) == latent_shape:
+            noise_all = noise_all[None].expand(len(jobs), *latent_shape)
+        if tuple(noise_all.shape[1:]) != latent_shape or noise_all.shape[0] not in (1, len(jobs)):
+            raise InputError(f"--noise has shape {tuple(opts.noise.shape)}, expected {latent_shape} or "
+                             f"({len(jobs)}, {', '.join(map(str, latent_shape))})")
+        if noise_all.shape[0] == 1:
+            noise_all = noise_all.expand(len(jobs), *latent_shape)
+    results: list[Generated] = []
+    total_steps = math.ceil(len(jobs) / opts.batch_size) * (opts.steps - 1)
+    done_steps = 0
+    for start in range(0, len(jobs), opts.batch_size):
+        batch = jobs[start:start + opts.batch_size]
+        ids = [encode_text(tokenizer, p.replace("\n", " ")) for p, _, _ in batch]
+        layout = generation_layout(ids, visual, tokens, max_seq_len, video=video)
+        seeds = [seed_for(opts.seed, i, k, opts.num_per_prompt) for _, i, k in batch]
+        if noise_all is not None:
+            noise = noise_all[start:start + len(batch)].clone()
+        else:
+            noise = torch.stack([_noise(latent_shape, s) for s in seeds])
+        if first_frame is not None:
+            noise[:, :, 0] = first_frame.float()
+
+        def step(i, n, x, base=done_steps):
+            progress("denoising", base + i, total_steps)
+
+        latents = generate_latents(net, layout, noise, opts.guidance, opts.steps, opts.shift, method=opts.method,
+                                   cache_prefix=opts.cache_prefix, first_frame_as_cond=first_frame is not None,
+                                   callback=step)
+        done_steps += opts.steps - 1
+        progress("decoding", 0, len(batch))
+        for j, (prompt, i, _k) in enumerate(batch):
+            pixels = vae.decode(latents[j:j + 1].to(vae.device))[0].cpu()
+            arr = M.tensor_to_frames(pixels)
+            params = {"prompt": prompt, "seed": seeds[j], "steps": opts.steps, "guidance": opts.guidance,
+                      "shift": opts.shift, "sampler": opts.method, "width": w, "height": h,
+                      "model": model.files.name if model.files else spec.name}
+            if video:
+                params["frames"] = int(arr.shape[0])
+            results.append(Generated(prompt, i, seeds[j], latents[j].cpu(), arr, params))
+            progress("decoding", j + 1, len(batch))
+    return results
+
+
+def _require(model: Showo2, task: str, what: str) -> None:
+    if not model.spec.supports(task):
+        name = model.files.name if model.files else model.spec.name
+        raise ModelError(f"model '{name}' was not trained for {what} (no released Show-o2 checkpoint can do it); "
+                         "use a checkpoint trained for it, e.g. --model demo")
+
+
+def text_to_image(model: Showo2, prompts: list[str], options: GenerateOptions | None = None,
+                  progress: Progress | None = None, indices: list[int] | None = None) -> list[Generated]:
+    """Generate ``num_per_prompt`` images per prompt, in batches, with classifier-free guidance."""
+    _require(model, T2I, "text-to-image")
+    opts = (options or GenerateOptions()).resolved(model.spec, video=False)
+    opts.validate(model.spec)
+    return _generate(model, check_prompts(prompts), opts, False, 1, None, indices, progress or noop)
+
+
+def text_to_video(model: Showo2, prompts: list[str], options: GenerateOptions | None = None,
+                  progress: Progress | None = None, indices: list[int] | None = None) -> list[Generated]:
+    """Generate videos of ``options.frames`` frames (1+4k) per prompt."""
+    _require(model, T2V, "text-to-video")
+    opts = (options or GenerateOptions()).resolved(model.spec, video=True)
+    opts.validate(model.spec)
+    return _generate(model, check_prompts(prompts), opts, True, opts.frames, None, indices, progress or noop)
+
+
+def image_to_video(model: Showo2, image: str | os.PathLike, prompts: list[str], options: GenerateOptions | None = None,
+                   progress: Progress | None = None, indices: list[int] | None = None) -> list[Generated]:
+    """Animate an image: its clean latent is latent frame 0 and stays fixed (spec §6.5, §8.4)."""
+    _require(model, I2V, "image-to-video")
+    opts = (options or GenerateOptions()).resolved(model.spec, video=True)
+    opts.validate(model.spec)
+    h, w = opts.size
+    img = M.resize_center_crop(M.read_image(image), (h, w))
+    vae = model.require_vae()
+    pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)
+    first = vae.encode(pixels)[0, :, 0].cpu()
+    return _generate(model, check_prompts(prompts), opts, True, opts.frames, first, indices, progress or noop)

@@ -1,0 +1,201 @@
+"""Latents: media to Wan2.1 VAE latents (with metadata) and back, and the latents file format.
+
+    from showo2_cli import load, encode, decode, EncodeOptions
+    model = load("demo")
+    result = encode("clip.mp4", model.vae, EncodeOptions(size=(64, 64), frames=17))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .. import media as M
+from ..errors import InputError, UsageError
+from ..modeling.vae import WanVAE
+from ..options import EncodeOptions
+from ..runtime import check_memory
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+# ---- sizes and frames -------------------------------------------------------------------------
+
+@dataclass
+class EncodeResult:
+    latents: torch.Tensor  # (C, T', h, w) float32, normalised
+    metadata: dict = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+
+
+def prepare_frames(media: M.Media, size: tuple[int, int], frames: int | None, notices: list[str]) -> np.ndarray:
+    """Pick the frames (1+4k, with a notice when rounded) and resize/crop each to ``size``."""
+    arr = media.frames
+    if media.kind == "video":
+        total = arr.shape[0]
+        if frames is None:
+            n = M.round_frames(total, "down")
+            if n != total:
+                notices.append(f"{Path(media.source).name}: {total} frames is not 1+4k: using the first {n}")
+        else:
+            if frames < 1:
+                raise UsageError(f"--frames must be at least 1, got {frames}")
+            n = M.round_frames(frames, "up")
+            if n != frames:
+                notices.append(f"frames must be 1+4k: {frames} was rounded to {n}")
+            if n > total:
+                n = M.round_frames(total, "down")
+                notices.append(f"{Path(media.source).name} has only {total} frames: using {n}")
+        arr = arr[:n]
+    from PIL import Image
+
+    out = [np.asarray(M.resize_center_crop(Image.fromarray(f), size)) for f in arr]
+    return np.stack(out)
+
+
+@torch.no_grad()
+def encode(source: str | os.PathLike | M.Media, vae: WanVAE, options: EncodeOptions | None = None,
+           vae_name: str | None = None, max_memory_gb: float | None = None) -> EncodeResult:
+    """Encode an image or a video (a path, or :class:`~showo2_cli.media.Media` already read)
+    into normalised Wan latents with metadata.
+
+    Refuses (:class:`ResourceError`) a job whose estimated memory exceeds ``max_memory_gb``
+    (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on the VAE's device)."""
+    opts = options or EncodeOptions()
+    notices: list[str] = []
+    media = source if isinstance(source, M.Media) else M.read_media(source)
+    source = media.source if isinstance(source, M.Media) else source
+    n_frames = 1 if media.kind == "image" else min(M.round_frames(opts.frames or media.num_frames, "up"),
+                                                   max(M.round_frames(media.num_frames, "down"), 1))
+    h, w = (opts.size, opts.size) if isinstance(opts.size, int) else tuple(opts.size)
+    check_memory(vae.encode_memory_gb(n_frames, h, w), f"encoding {n_frames} frame(s) at {w}x{h}", max_memory_gb,
+                 vae.device, "lower --size or --frames")
+    frames = prepare_frames(media, opts.size, opts.frames, notices)
+    pixels = M.frames_to_tensor(frames)[None]  # (1, 3, T, H, W)
+    gen = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
+    if opts.sample and gen is None:
+        gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    latents = vae.encode(pixels, sample=opts.sample, generator=gen)[0].float().cpu()
+    meta = {
+        "format": "showo2-latents", "version": 1, "showo2_version": __version__,
+        "source": str(source), "kind": media.kind, "frames": int(frames.shape[0]),
+        "latent_frames": int(latents.shape[1]), "fps": media.fps, "height": int(frames.shape[1]),
+        "width": int(frames.shape[2]), "source_frames": media.total_frames,
+        "source_size": [media.width, media.height], "vae": vae_name or "", "sample": opts.sample,
+        "seed": opts.seed, "normalization": "(mu - mean) / std, Wan2.1 constants",
+        "latents_mean": [round(float(x), 6) for x in vae.latents_mean],
+        "latents_std": [round(float(x), 6) for x in vae.latents_std],
+    }
+    return EncodeResult(latents, meta, notices)
+
+
+def save_latents(path: str | os.PathLike, latents: torch.Tensor, metadata: dict, overwrite: bool = False) -> Path:
+    """Write ``latents (C, T', h, w)`` and their metadata (``encode``'s result, or a generated
+    output's) as a ``.safetensors`` file that :func:`load_latents` and ``showo2 decode`` read."""
+    from safetensors.torch import save_file
+
+    with M.atomic_output(path, overwrite=overwrite) as tmp:
+        save_file({"latents": latents.contiguous()}, str(tmp), metadata={"showo2": json.dumps(metadata)})
+    return Path(path)
+
+
+def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[torch.Tensor, dict]:
+    """Read and validate a latents file written by :func:`save_latents`."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"latents file '{p}' does not exist")
+    if p.is_dir():
+        raise InputError(f"latents file '{p}' is a directory")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            keys = list(f.keys())
+            raw_meta = (f.metadata() or {}).get("showo2")
+            if "latents" not in keys:
+                raise InputError(f"'{p}' holds no 'latents' tensor (found: {', '.join(keys[:5]) or 'nothing'})")
+            latents = f.get_tensor("latents")
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"cannot read latents '{p}': not a safetensors file or truncated "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+    try:
+        meta = json.loads(raw_meta) if raw_meta else {}
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+    except ValueError as e:
+        raise InputError(f"'{p}' has malformed showo2 metadata ({e})") from e
+    _check_latents_metadata(p, meta)
+    if not latents.is_floating_point():
+        raise InputError(f"'{p}': latents must be floating point, got {str(latents.dtype).replace('torch.', '')}")
+    if latents.dim() == 5 and latents.shape[0] == 1:
+        latents = latents[0]
+    if latents.dim() == 3:
+        latents = latents[:, None]
+    if latents.dim() != 4:
+        raise InputError(f"'{p}': latents must be (C, T, h, w), got shape {tuple(latents.shape)}")
+    if z_dim is not None and latents.shape[0] != z_dim:
+        raise InputError(f"'{p}': latents have {latents.shape[0]} channels but the VAE expects {z_dim}")
+    if latents.shape[2] < 1 or latents.shape[3] < 1 or not torch.isfinite(latents).all():
+        raise InputError(f"'{p}': latents are empty or hold NaN/inf values")
+    return latents.float(), meta
+
+
+def _check_latents_metadata(p: Path, meta: dict) -> None:
+    """The metadata fields the tools use must have the right types (a latents file may come from
+    anywhere); unknown fields are kept as they are."""
+    def bad(key: str, want: str) -> InputError:
+        shown = json.dumps(meta[key], default=str)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        return InputError(f"'{p}': metadata field '{key}' must be {want}, got {shown}")
+
+    fps = meta.get("fps")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
+                            or not math.isfinite(fps) or not 0 < fps <= 1000):
+        raise bad("fps", "a number of frames per second in (0, 1000] or null")
+    for key in ("vae", "source", "kind", "format"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(key, "text or null")
+    for key in ("frames", "latent_frames", "height", "width", "source_frames"):
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise bad(key, "a whole number >= 0 or null")
+
+
+@torch.no_grad()
+def decode(latents: torch.Tensor, vae: WanVAE, max_memory_gb: float | None = None) -> np.ndarray:
+    """Normalised latents ``(C, T', h, w)`` -> uint8 frames ``(T, H, W, 3)`` (official truncation).
+
+    Refuses (:class:`ResourceError`) latents whose decoding is estimated to need more memory
+    than ``max_memory_gb`` (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available)."""
+    t, h, w = (int(v) for v in latents.shape[1:])
+    frames = 1 + 4 * (t - 1)
+    check_memory(vae.decode_memory_gb(t, h, w), f"decoding {tuple(latents.shape)} latents to {frames} frame(s) of "
+                 f"{8 * w}x{8 * h}", max_memory_gb, vae.device)
+    pixels = vae.decode(latents[None].to(vae.device))[0]
+    return M.tensor_to_frames(pixels.cpu())
+
+
+def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None, metadata: dict | None,
+                  overwrite: bool = False) -> Path:
+    """Write decoded frames as an image (one frame, image extension) or a video."""
+    ext = Path(path).suffix.lower()
+    if ext in M.IMAGE_EXTS:
+        if frames.shape[0] != 1:
+            raise UsageError(f"'{path}' is an image file but the latents decode to {frames.shape[0]} frames: "
+                             "use .mp4, .webm or .gif")
+        return M.write_image(path, frames[0], metadata=metadata, overwrite=overwrite)
+    if ext in M.VIDEO_EXTS:
+        return M.write_video(path, frames, fps or 8.0, overwrite=overwrite, metadata=metadata)
+    raise UsageError(f"unsupported output extension '{ext or path}': use .png/.jpg/.webp or .mp4/.webm/.gif")
+
+
+__all__ = ["encode", "decode", "EncodeOptions", "EncodeResult", "save_latents", "load_latents", "write_decoded"]

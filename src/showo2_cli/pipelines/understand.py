@@ -1,0 +1,139 @@
+"""Understanding: answers about an image or a video (spec §8.2-8.3), streamed token by token."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from .. import media as M
+from ..errors import UsageError
+from ..loading import Showo2
+from ..modeling.attention import omni_attention_mask
+from ..options import CaptionOptions
+from ..sequences import ASSISTANT_PREFIX, SYSTEM_PROMPT, USER_PREFIX, understanding_layout
+from ..specs import VIDEO_UND
+from ..text_decoding import generate
+from ..tokenizer import encode_text
+from .progress import Progress, noop
+
+# ---- understanding ----------------------------------------------------------------------------
+
+@dataclass
+class CaptionResult:
+    kind: str  # "image" or "video"
+    questions: list[str]
+    answers: list[str]
+    token_counts: list[int]
+    seconds: float
+    frames: int
+    options: dict
+
+
+def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: float | None = None) -> float:
+    """Refuse (:class:`ResourceError`) a video question whose frames and sequence would not fit:
+    the decoded frames (uint8 and float32 pixels) plus one forward over every frame's tokens."""
+    from ..runtime import check_memory
+    from .generate import estimate_memory_gb
+
+    spec = model.spec
+    pixels = frames * side * side * 3 * (1 + 4 * 2)
+    seq = frames * spec.und_video_pool ** 2 + 512
+    need = pixels / 1e9 + estimate_memory_gb(model, 1, seq, 0)
+    check_memory(need, f"understanding {frames} frame(s) at {side}x{side}", max_memory_gb, model.network.device,
+                 "lower --frames")
+    return need
+
+
+@torch.no_grad()
+def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | None = None,
+            on_text: Callable[[int, str], None] | None = None, progress: Progress | None = None,
+            on_done: Callable[[int, str], None] | None = None) -> CaptionResult:
+    """Answer questions about an image or a video (one fresh prompt per question, no history).
+
+    ``on_text(i, piece)`` receives answer ``i``'s text as it is produced (for streaming) and
+    ``on_done(i, answer)`` the finished answer.
+    """
+    opts = options or CaptionOptions()
+    opts.validate()
+    progress = progress or noop
+    spec, net = model.spec, model.network
+    tokenizer, tokens = model.require_tokenizer(), model.tokens
+    vae = model.require_vae()
+    start = time.perf_counter()
+    kind = M.probe_kind(source)
+    side = opts.size or spec.resolution
+    if side % spec.latent_multiple:
+        raise UsageError(f"--size must be a multiple of {spec.latent_multiple}, got {side}")
+    progress("encoding", 0, 1)
+    if kind == "image":
+        img = M.resize_center_crop(M.read_image(source), side)
+        pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)  # (1,3,1,H,W)
+        latents = _vae_encode(vae, pixels, opts)[:, :, 0]
+        visual = net.encode_visual(latents).fused[0]
+        official_len = None
+        frames = 1
+    else:
+        count = opts.frames or spec.und_video_frames
+        check_caption_memory(model, count, side, opts.max_memory_gb)  # before any frame is decoded
+        video = M.read_video(source, num_frames=count)
+        from PIL import Image
+
+        padded = [np.asarray(M.resize_and_pad(Image.fromarray(f), side)) for f in video.frames]
+        pixels = M.frames_to_tensor(np.stack(padded)).permute(1, 0, 2, 3)[:, :, None].to(vae.device)  # (K,3,1,H,W)
+        latents = torch.cat([_vae_encode(vae, pixels[i:i + 1], opts) for i in range(pixels.shape[0])])[:, :, 0]
+        visual = net.pooled_frame_tokens(latents, spec.und_video_pool)
+        official_len = spec.image_latent_grid ** 2 + 1  # the official demo keeps the image block length
+        frames = count
+    progress("encoding", 1, 1)
+    _, time_token = net.time_embedding(torch.ones(1))
+    questions = opts.questions or ["Describe the image." if kind == "image" else "Describe the video."]
+    system, user, assistant = (encode_text(tokenizer, s) for s in (SYSTEM_PROMPT, USER_PREFIX, ASSISTANT_PREFIX))
+    newline = encode_text(tokenizer, "\n")
+    answers, counts = [], []
+    stop = (tokens.eos,)
+    for i, question in enumerate(questions):
+        layout = understanding_layout(encode_text(tokenizer, question), visual.shape[0], tokens, system, user, assistant,
+                                      mask_mode=opts.mask_mode or spec.und_mask_mode,
+                                      template=opts.template or spec.und_template, newline=newline,
+                                      official_block_len=official_len)
+        embeds = net.embed_sequence(layout.input_ids, [[visual]], layout.slots, time_token[:, None])
+        mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
+        produced: list[int] = []
+        shown = [""]
+
+        def on_token(tok: int, i=i, produced=produced, shown=shown) -> None:
+            if tok in stop:
+                return
+            produced.append(tok)
+            text = tokenizer.decode(produced, skip_special_tokens=True)
+            if on_text is not None and len(text) > len(shown[0]) and not text.endswith("\ufffd"):
+                on_text(i, text[len(shown[0]):])
+                shown[0] = text
+            progress(f"answer {i + 1}/{len(questions)}", len(produced), opts.max_new_tokens)
+
+        sampling = replace(opts.sampling(), seed=None if opts.seed is None else opts.seed + i, stop_ids=stop)
+        out = generate(net, embeds, mask, sampling, on_token=on_token)
+        answer = tokenizer.decode([t for t in out.token_ids if t not in stop], skip_special_tokens=True)
+        if on_text is not None and len(answer) > len(shown[0]):
+            on_text(i, answer[len(shown[0]):])
+        answers.append(answer.strip())
+        counts.append(len(out.token_ids))
+        if on_done is not None:
+            on_done(i, answers[-1])
+    return CaptionResult(kind, questions, answers, counts, time.perf_counter() - start, frames, asdict(opts))
+
+
+def _vae_encode(vae, pixels: torch.Tensor, opts: CaptionOptions) -> torch.Tensor:
+    gen = None
+    if opts.vae_sample:
+        gen = torch.Generator(device="cpu").manual_seed(opts.seed if opts.seed is not None else 0)
+    return vae.encode(pixels, sample=opts.vae_sample, generator=gen).to(vae.device)
+
+
+def supports_video_understanding(model: Showo2) -> bool:
+    return model.spec.supports(VIDEO_UND)

@@ -1,0 +1,139 @@
+"""Where and how a job runs: the device, the dtype, the memory guard and the process rank.
+
+The one dtype table (names in :data:`showo2_cli.options.DTYPES`), the one device picker, the memory
+guard every command consults before allocating, and the rank/world of a multi-process launch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import ResourceError, UsageError
+from .options import DTYPES
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``fp32``/``float32``/``bf16``/... (or a torch dtype) -> the torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    key = str(name).lower().removeprefix("torch.")
+    key = "fp32" if key == "float" else key
+    if key not in DTYPES:
+        raise UsageError(f"unknown dtype '{name}'; use one of fp32, bf16, fp16")
+    return TORCH_DTYPES[DTYPES[key]]
+
+
+def dtype_label(dtype: torch.dtype) -> str:
+    return {v: k for k, v in TORCH_DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` -> cuda, then mps, then cpu; an explicit device must be available."""
+    device = device.lower()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise UsageError(f"--device must be auto, cuda, mps or cpu, got '{device}'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    if device == "mps" and not mps:
+        raise UsageError("--device mps: MPS is not available")
+    if device == "cuda" and process_rank()[1] > 1:  # one GPU per process under accelerate/torchrun
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto`` -> bf16 on CUDA, fp32 elsewhere."""
+    if dtype.lower() == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return torch_dtype(dtype)
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / torchrun, else (0, 1)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        rank = int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0, 1
+    return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)
+
+
+# ---- memory guard -----------------------------------------------------------------------------
+
+MAX_MEMORY_ENV = "SHOWO2_MAX_MEMORY_GB"
+
+
+def available_memory_gb(device: str | torch.device = "cpu") -> float | None:
+    """Memory a job on ``device`` can use now: free GPU memory on CUDA, else the available RAM
+    (``MemAvailable``, capped by a cgroup limit when there is one). None when unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        try:
+            free, _total = torch.cuda.mem_get_info(dev)
+            return free / 1e9
+        except Exception:
+            return None
+    found: float | None = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found = int(line.split()[1]) * 1024 / 1e9
+                    break
+    except (OSError, ValueError, IndexError):
+        found = None
+    if found is None:
+        try:
+            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9
+        except (AttributeError, ValueError, OSError):
+            found = None
+    try:  # a container's own limit (cgroup v2)
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip() or 0)
+            room = max(int(limit) - used, 0) / 1e9
+            found = room if found is None else min(found, room)
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def memory_limit_gb(option: float | None = None, device: str | torch.device = "cpu") -> tuple[float | None, str]:
+    """The memory limit for a job and where it comes from: ``--max-memory`` (``option``), else
+    ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on ``device``. 0 means no limit."""
+    if option is not None:
+        value, source = option, "--max-memory"
+    else:
+        raw = os.environ.get(MAX_MEMORY_ENV, "").strip()
+        if raw:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise UsageError(f"{MAX_MEMORY_ENV} must be a number of GB, got {raw!r}") from None
+            source = MAX_MEMORY_ENV
+        else:
+            return available_memory_gb(device), "available memory"
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{source} must be a number of GB >= 0 (0: no limit), got {value}")
+    return (value or None), source
+
+
+def check_memory(need_gb: float, what: str, option: float | None = None,
+                 device: str | torch.device = "cpu", advice: str = "") -> None:
+    """Raise :class:`ResourceError` when ``need_gb`` (an estimate) exceeds the memory limit."""
+    limit, source = memory_limit_gb(option, device)
+    if limit is None or need_gb <= limit:
+        return
+    where = "of available memory" if source == "available memory" else f"allowed by {source}"
+    raise ResourceError(f"{what} needs about {need_gb:.1f} GB, more than the {limit:.1f} GB {where}"
+                        + (f"; {advice}" if advice else "")
+                        + f" (raise the limit with --max-memory or {MAX_MEMORY_ENV})")

@@ -1,0 +1,220 @@
+"""The files a generation run reads and writes, the same for the Python API and the command line.
+
+* :func:`read_prompts`: a prompt and/or a prompts file (one a line; ``-`` reads stdin);
+* :func:`plan_outputs`: one :class:`OutputPlan` per output (the image or video, its sidecar JSON and,
+  when asked, its latents file), every path checked before any work starts;
+* :func:`load_noise`: exact starting noise from a ``.safetensors`` file, judged from its header;
+* :func:`save_results`: the outputs of :func:`~showo2_cli.pipelines.text_to_image` (and video)
+  written as planned: pixels with their parameters inside (PNG text, EXIF or container comment),
+  the sidecar and the latents, each output's files as one unit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from . import media as M
+from .errors import InputError, UsageError
+from .options import (
+    IMAGE_OUTPUTS,
+    MAX_PROMPT_CHARS,
+    MAX_PROMPTS_FILE_BYTES,
+    VIDEO_OUTPUTS,
+    check_text,
+    seed_for,
+    short,
+)
+
+#: Largest noise tensor accepted, in elements (a 4096 x 4096 latent video of 257 frames is less).
+MAX_NOISE_ELEMENTS = 1 << 31
+KIND_EXTS = {"t2i": IMAGE_OUTPUTS, "t2v": VIDEO_OUTPUTS, "i2v": VIDEO_OUTPUTS}
+DEFAULT_EXT = {"t2i": ".png", "t2v": ".mp4", "i2v": ".mp4"}
+
+
+def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | None = None) -> list[str]:
+    """The prompt and/or the non-empty lines of the prompts file ('-': stdin). An empty or over-long
+    prompt is a usage error; an unreadable, empty or non-UTF-8 prompts file an input error naming it."""
+    prompts: list[str] = []
+    if prompt is not None:
+        prompts.append(check_text(prompt, "prompt"))
+    if prompts_file is not None:
+        stdin = str(prompts_file) == "-"
+        path = Path(prompts_file)
+        where = "stdin" if stdin else f"'{path}'"
+        try:
+            if stdin:
+                if sys.stdin is None:
+                    raise InputError("prompts file stdin is closed")
+                data = sys.stdin.buffer.read(MAX_PROMPTS_FILE_BYTES + 1)
+            else:
+                M.check_input_file(path, "prompts file")
+                if path.stat().st_size > MAX_PROMPTS_FILE_BYTES:
+                    raise InputError(f"prompts file {where} is too large (more than "
+                                     f"{MAX_PROMPTS_FILE_BYTES // 2**20} MiB)")
+                with open(path, "rb") as fh:
+                    data = fh.read(MAX_PROMPTS_FILE_BYTES + 1)
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read prompts file {where}: {getattr(e, 'strerror', None) or e}") from e
+        if len(data) > MAX_PROMPTS_FILE_BYTES:
+            raise InputError(f"prompts from {where} are too large (more than {MAX_PROMPTS_FILE_BYTES // 2**20} MiB)")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"prompts file {where} is not UTF-8 text (byte {e.start})") from e
+        lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+        for i, line in lines:
+            if len(line) > MAX_PROMPT_CHARS:
+                raise InputError(f"prompts file {where} line {i}: a prompt of {len(line)} characters is too long "
+                                 f"(at most {MAX_PROMPT_CHARS})")
+        if not lines:
+            raise InputError(f"prompts file {where} holds no prompt")
+        prompts += [line for _, line in lines]
+    if not prompts:
+        raise UsageError("give a PROMPT or --prompts-file")
+    return prompts
+
+
+@dataclass
+class OutputPlan:
+    """Where one output goes: the media file, its sidecar JSON, and its latents (or None)."""
+
+    path: Path
+    sidecar: Path
+    latents: Path | None
+
+
+def output_extension(kind: str, output: str | os.PathLike | None) -> str:
+    allowed = KIND_EXTS[kind]
+    if output is None:
+        return DEFAULT_EXT[kind]
+    ext = Path(output).suffix.lower()
+    if ext not in allowed:
+        raise UsageError(f"unsupported output extension '{short(ext or output)}' for {kind}: use {', '.join(allowed)}")
+    return ext
+
+
+def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str], indices: list[int], n: int,
+                 seed: int, overwrite: bool = False, total_jobs: int | None = None,
+                 save_latents: bool = False) -> list[OutputPlan]:
+    """One plan per (prompt, k), in job order: ``output`` as given for a single result,
+    ``stem-NNN.ext`` (the global job index) for several, or ``<prompt-slug>-<seed>.ext`` in the
+    current folder without ``output``. Every file of every plan is checked now (writable, and
+    absent unless ``overwrite``), so nothing fails after the work is done."""
+    ext = output_extension(kind, output)
+    total = len(prompts) * n if total_jobs is None else total_jobs
+    plans = []
+    for p, i in zip(prompts, indices, strict=True):
+        for k in range(n):
+            if output is None:
+                path = Path(f"{M.slugify(p)}-{seed_for(seed, i, k, n)}{ext}")
+                path = M.unique_path(path) if not overwrite else path
+            elif total == 1:
+                path = Path(output)
+            else:
+                out = Path(output)
+                width = max(3, len(str(total - 1)))
+                path = out.with_name(f"{out.stem}-{i * n + k:0{width}d}{out.suffix}")
+            latents = path.with_name(path.stem + ".latents.safetensors") if save_latents else None
+            plans.append(OutputPlan(path, path.with_suffix(".json"), latents))
+    probed: set[Path] = set()
+    seen: set[Path] = set()
+    for plan in plans:
+        for f in (plan.path, plan.sidecar, plan.latents):
+            if f is None:
+                continue
+            if f in seen:
+                raise UsageError(f"two outputs would be written to '{short(f, 80)}'")
+            seen.add(f)
+            M.check_output_path(f, overwrite, probe=f.parent not in probed)
+            probed.add(f.parent)
+    return plans
+
+
+def load_noise(path: str | os.PathLike | None):
+    """Exact starting noise: the one tensor (or the one named ``noise``) of a ``.safetensors`` file.
+    Its shape and dtype are judged from the header before any tensor is read."""
+    if path is None:
+        return None
+    from safetensors import safe_open
+
+    p = M.check_input_file(Path(path), "noise file")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            keys = list(f.keys())
+            key = "noise" if "noise" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise InputError(f"noise file '{p}' must hold one tensor (or one named 'noise')")
+            sl = f.get_slice(key)
+            shape, dtype = tuple(sl.get_shape()), str(sl.get_dtype())
+            if not shape or len(shape) > 6 or any(d <= 0 for d in shape):
+                raise InputError(f"noise '{p}' has shape {shape}: not a latent")
+            count = 1
+            for d in shape:
+                count *= d
+            if count > MAX_NOISE_ELEMENTS:
+                raise InputError(f"noise '{p}' declares {count} values (shape {shape}): far larger than any latent")
+            if dtype not in ("F32", "F16", "BF16", "F64"):
+                raise InputError(f"noise '{p}' must be floating-point values, got {dtype}")
+            noise = f.get_tensor(key)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"cannot read noise '{p}': not a safetensors file or truncated") from e
+    if not noise.isfinite().all():
+        raise InputError(f"noise '{p}' must be finite, got NaN/inf values")
+    return noise.float()
+
+
+def result_metadata(item, kind: str, fps: float | None = None, image: str | os.PathLike | None = None) -> dict:
+    """The parameters recorded with an output (inside the file and in its sidecar)."""
+    meta = {**item.params, "showo2_version": __version__, "kind": kind}
+    if kind != "t2i":
+        meta["fps"] = fps
+    if image is not None:
+        meta["image"] = str(image)
+    return meta
+
+
+def save_results(results, plans: list[OutputPlan], kind: str, fps: float | None = 8.0,
+                 image: str | os.PathLike | None = None, overwrite: bool = False) -> list[dict]:
+    """Write each result as planned and return one record per output (what the sidecar holds).
+    An output's files are written as one unit: when one of them fails, the others are removed."""
+    from .pipelines.latents import save_latents
+
+    if len(results) != len(plans):
+        raise UsageError(f"{len(results)} result(s) but {len(plans)} planned output(s)")
+    records = []
+    for plan, item in zip(plans, results, strict=True):
+        meta = result_metadata(item, kind, fps, image)
+        record = {"output": str(plan.path), **meta}
+        written: list[Path] = []
+        try:
+            if kind == "t2i":
+                M.write_image(plan.path, item.frames[0], metadata=meta, overwrite=overwrite)
+            else:
+                M.write_video(plan.path, item.frames, fps or 8.0, overwrite=overwrite, metadata=meta)
+            written.append(plan.path)
+            if plan.latents is not None:
+                lat = item.latents if item.latents.dim() == 4 else item.latents[:, None]
+                meta_l = {"format": "showo2-latents", "version": 1, "kind": "image" if kind == "t2i" else "video",
+                          "frames": int(item.frames.shape[0]), "fps": fps if kind != "t2i" else None,
+                          "height": item.params["height"], "width": item.params["width"], **meta}
+                save_latents(plan.latents, lat.contiguous(), meta_l, overwrite=overwrite)
+                written.append(plan.latents)
+                record["latents"] = str(plan.latents)
+            with M.atomic_output(plan.sidecar, overwrite=overwrite) as tmp:
+                Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
+        except BaseException:
+            for f in written:
+                try:
+                    f.unlink()
+                except OSError:
+                    pass
+            raise
+        records.append(record)
+    return records

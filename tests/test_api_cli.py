@@ -1,0 +1,117 @@
+"""The Python API writes exactly what the command line writes, and the options are checked once."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from showo2_cli import api
+from showo2_cli import media as M
+from showo2_cli.cli import main
+from showo2_cli.errors import UsageError
+from showo2_cli.options import CaptionOptions, GenerateOptions, video_frames
+
+
+def _same_outputs(a, b, ignore=("showo2_version",)):
+    ra = json.loads(a.with_suffix(".json").read_text())
+    rb = json.loads(b.with_suffix(".json").read_text())
+    ra.pop("output"), rb.pop("output")
+    ra.pop("latents", None), rb.pop("latents", None)
+    for k in ignore:
+        ra.pop(k, None), rb.pop(k, None)
+    assert ra == rb
+    assert np.array_equal(np.asarray(M.read_image(a)), np.asarray(M.read_image(b)))
+    assert M.read_png_metadata(a) == M.read_png_metadata(b)
+
+
+def test_api_and_cli_write_identical_outputs(tiny_model_dir, tmp_path, capsys):
+    prompts = ["a red circle", "a blue square"]
+    cli_out = tmp_path / "cli" / "img.png"
+    cli_out.parent.mkdir()
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+    code = main(["t2i", "--prompts-file", str(tmp_path / "p.txt"), "--model", str(tiny_model_dir), "-n", "2",
+                 "--steps", "3", "--seed", "11", "-o", str(cli_out), "--save-latents", "--quiet"])
+    capsys.readouterr()
+    assert code == 0
+
+    model = api.load(tiny_model_dir)
+    api_out = tmp_path / "api" / "img.png"
+    api_out.parent.mkdir()
+    read = api.read_prompts(None, tmp_path / "p.txt")
+    assert read == prompts
+    opts = GenerateOptions(steps=3, seed=11, num_per_prompt=2)
+    plans = api.plan_outputs("t2i", api_out, read, [0, 1], 2, seed=11, save_latents=True)
+    results = api.text_to_image(model, read, opts)
+    records = api.save_results(results, plans, "t2i")
+    assert [r["output"] for r in records] == [str(p.path) for p in plans]
+    names = sorted(p.name for p in cli_out.parent.iterdir())
+    assert names == sorted(p.name for p in api_out.parent.iterdir())
+    assert len(names) == 12  # 4 images, 4 sidecars, 4 latents files
+    for plan in plans:
+        _same_outputs(cli_out.parent / plan.path.name, plan.path)
+        za, ma = api.load_latents(cli_out.parent / plan.latents.name)
+        zb, mb = api.load_latents(plan.latents)
+        assert np.array_equal(za.numpy(), zb.numpy())
+        ma.pop("showo2_version", None), mb.pop("showo2_version", None)
+        assert ma == mb
+
+
+def test_outputs_are_checked_before_any_work(tiny_model_dir, tmp_path, capsys):
+    """An existing latents file refuses the run before generating: no image, no sidecar."""
+    out = tmp_path / "x.png"
+    (tmp_path / "x.latents.safetensors").write_bytes(b"keep")
+    code = main(["t2i", "a cat", "--model", str(tiny_model_dir), "--steps", "2", "-o", str(out), "--save-latents"])
+    err = capsys.readouterr().err
+    assert code == 5 and "exists" in err
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert (tmp_path / "x.latents.safetensors").read_bytes() == b"keep"
+
+
+def test_options_validate_once_with_one_message():
+    with pytest.raises(UsageError, match="--steps"):
+        GenerateOptions(steps=1).validate()
+    with pytest.raises(UsageError, match="--sampler"):
+        GenerateOptions(method="rk9").validate()
+    with pytest.raises(UsageError, match="--shift"):
+        GenerateOptions(shift=1e308).validate()
+    with pytest.raises(UsageError, match="--mask"):
+        CaptionOptions(mask_mode="odd").validate()
+    with pytest.raises(UsageError, match="question"):
+        CaptionOptions(questions=["  "]).validate()
+    assert video_frames(17) == (17, None)
+    assert video_frames(10)[0] == 13 and "rounded" in video_frames(10)[1]
+
+
+def test_cli_help_lists_groups_and_choices(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for panel in ("Generate", "Understand", "Latents", "Models", "Train"):
+        assert panel in out
+    assert out.index("t2i") < out.index("info")
+    assert main(["t2i", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "euler" in out and "heun" in out and "bf16" in out
+
+
+def test_cli_reference_is_current():
+    """docs/cli.md is generated from --help (`python -m showo2_cli.cli.reference > docs/cli.md`)."""
+    from conftest import REPO
+    from showo2_cli.cli.reference import render
+
+    assert (REPO / "docs" / "cli.md").read_text() == render(), "regenerate docs/cli.md"
+
+
+def test_latents_files_get_the_mode_of_other_outputs(tmp_path):
+    import os
+    import stat
+
+    import torch
+
+    from showo2_cli.pipelines.latents import save_latents
+
+    out = save_latents(tmp_path / "z.latents.safetensors", torch.zeros(16, 1, 2, 2), {"kind": "image"})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
