@@ -372,6 +372,15 @@ def test_resume_continues_bit_identically(tmp_path):
 
 
 def test_vae_mode_reconstruction_improves(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 40 steps from scratch: the margin is measured single-threaded
+    try:
+        _vae_mode_reconstruction_improves(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _vae_mode_reconstruction_improves(tmp_path):
     raw = {
         "mode": "vae", "seed": 0, "output_dir": str(tmp_path / "vae"),
         "model": {"vae_base_dim": 8},
@@ -494,14 +503,19 @@ def test_latent_cache_gives_the_same_batches_and_workers_the_same_order(tmp_path
         train(parse_config(raw, source=name))
         return [(m["data"], m["loss"]) for m in metrics(tmp_path / name / "run")]
 
+    def same(a, b):  # the same data, and losses equal up to the last bits (a cached latent was encoded
+        # in another batch composition than the fresh one, which moves float32 sums by ~1e-7)
+        return [d for d, _ in a] == [d for d, _ in b] and all(abs(x - y) <= 1e-5 * max(1.0, abs(x))
+                                                              for (_, x), (_, y) in zip(a, b, strict=True))
+
     cache = str(tmp_path / "cache")
     plain = run("plain")
     cached = [{**d, "cache": cache} for d in tiny_config(tmp_path)["data"]]
-    assert run("fill", data=cached) == plain
+    assert same(run("fill", data=cached), plain)
     files = list(Path(cache).rglob("*.safetensors"))
     assert len(files) == 10  # 5 items per source, each encoded once
     stamps = {f: f.stat().st_mtime_ns for f in files}
-    assert run("hit", data=cached) == plain
+    assert same(run("hit", data=cached), plain)
     assert {f: f.stat().st_mtime_ns for f in files} == stamps  # read, not re-encoded
     assert run("workers", **{"run.num_workers": 2}) == plain
 

@@ -126,8 +126,10 @@ def find_weights(root: Path) -> list[Path]:
         index = root / index_name
         if index.exists():
             try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (ValueError, KeyError, TypeError) as e:
+                shards = sorted(set(_read_json(index)["weight_map"].values()))
+                if any(not isinstance(x, str) or "/" in x or x.startswith(".") for x in shards):
+                    raise ValueError("shard names must be file names in the folder")
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
                 raise ModelError(f"cannot read the shard index '{index}': {e}") from e
             return [root / s for s in shards]
     for name in ("model.safetensors", "pytorch_model.safetensors", "diffusion_pytorch_model.safetensors"):
@@ -196,12 +198,7 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None) ->
     cfg_path = root / "config.json"
     if not cfg_path.exists():
         raise ModelError(f"'{root}' is not a Show-o2 model folder: it has no config.json")
-    try:
-        config = json.loads(cfg_path.read_text())
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelError(f"cannot read '{cfg_path}': {e}") from e
+    config = _read_json(cfg_path)
     fmt = "showo2" if "showo2" in config else "official"
     if fmt == "official":
         _check_official_config(config, cfg_path)
@@ -312,6 +309,8 @@ def read_state_dict(paths: list[Path]) -> dict[str, torch.Tensor]:
     for path in paths:
         if not path.exists():
             raise ModelError(f"weight file '{path}' is missing")
+        if not path.is_file():  # a FIFO or a device would block or never end
+            raise ModelError(f"weight file '{path}' is not a regular file")
         try:
             if path.suffix == ".safetensors":
                 from safetensors.torch import load_file
@@ -347,6 +346,25 @@ def read_state_dict(paths: list[Path]) -> dict[str, torch.Tensor]:
 def _count(state: dict, pattern: str) -> int:
     rx = re.compile(pattern)
     return len({m.group(1) for k in state if (m := rx.match(k))})
+
+
+#: (spec field, key pattern whose group(1) counts the blocks) of every repeated block.
+DEPTHS = (("num_layers", r"showo\.model\.layers\.(\d+)\."), ("semantic_layers", r"und_trans\.layers\.(\d+)\."),
+          ("head_layers", r"diffusion_head_a\.(\d+)\."))
+
+
+def check_depths(spec: ModelSpec, state: dict, where: str) -> None:
+    """Every depth (and the width) a config declares must be what the weights hold: compared from
+    the keys and shapes before a network is built, so an absurd config fails at once."""
+    for field_name, pattern in DEPTHS:
+        have, want = _count(state, pattern), getattr(spec, field_name)
+        if have != want:
+            raise ModelError(f"'{where}': the config says {field_name} = {want} but the weights hold {have} "
+                             "such block(s)")
+    emb = state.get("showo.model.embed_tokens.weight")
+    if emb is not None and tuple(emb.shape) != (spec.vocab_size, spec.hidden_size):
+        raise ModelError(f"'{where}': the config says vocab {spec.vocab_size} x hidden {spec.hidden_size} but the "
+                         f"embedding is {tuple(emb.shape)}")
 
 
 def _shape(state: dict, key: str, root: Path) -> tuple[int, ...]:
@@ -413,12 +431,13 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         image_latent_grid=grid, tasks=tasks,
     )
     if named is None:
-        # keep the text budget of the official model of this width (290 tokens at 432px), else 64
-        budget = 64
-        if base is not None:
-            budget = base.max_seq_len - base.tokens_per_frame(base.resolution, base.resolution) - 1 - 4
+        # the sequence budget the official code uses: the configured max_seq_len (default 1024),
+        # else the official model of this width's; the text budget is what the visual block leaves
+        configured = cfg.get("max_seq_len")
+        max_seq = int(configured) if isinstance(configured, int) and not isinstance(configured, bool) else \
+            (base.max_seq_len if base is not None else 1024)
         changes.update(resolution=resolution, resolutions=(resolution,), video_resolution=resolution,
-                       max_seq_len=visual + 4 + budget)
+                       max_seq_len=max(max_seq, visual + 4 + 16))
     template = base if base is not None else REGISTRY["tiny"]
     spec = template.replace(**changes)
     spec.validate()
@@ -437,9 +456,21 @@ def _registry_by_name(name: str, root: Path, hidden: int) -> ModelSpec | None:
     return None
 
 
+MAX_CONFIG_BYTES = 16 * 2**20
+
+
 def _read_json(path: Path) -> dict:
+    """A config file: a regular file (never a FIFO or a device, which could block forever), at
+    most 16 MiB, JSON nested at most a few hundred levels."""
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text())
+        if not path.is_file():
+            raise ModelError(f"cannot read '{path}': not a regular file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ModelError(f"cannot read '{path}': larger than {MAX_CONFIG_BYTES // 2**20} MiB, not a config")
+        data = json.loads(path.read_text())
+    except RecursionError as e:
+        raise ModelError(f"cannot read '{path}': JSON nested too deeply") from e
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read '{path}': {e}") from e
     if not isinstance(data, dict):
@@ -495,6 +526,7 @@ def build_network(spec: ModelSpec, state: dict | None, dtype: torch.dtype, where
         model = Showo2Model(spec)
         model.init_weights(seed=0)
         return model.to(dtype)
+    check_depths(spec, state, where)  # before building: a config's sizes are not trusted
     with torch.device("meta"):
         model = Showo2Model(spec)
     check_state_dict(model, state, where)
@@ -643,7 +675,9 @@ def save_folder(dst: Path, spec: ModelSpec, state: dict[str, torch.Tensor], toke
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write '{dst}': folder '{parent}' is read-only")
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+        from .media import short_name
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{short_name(dst.name)}.", suffix=".tmp", dir=parent))
     except OSError as e:
         raise OutputError(f"cannot write '{dst}': cannot create a folder in '{parent}' ({e.strerror or e})") from e
     umask = os.umask(0)
@@ -670,17 +704,18 @@ def save_folder(dst: Path, spec: ModelSpec, state: dict[str, torch.Tensor], toke
         for f in [tmp, *tmp.rglob("*")]:
             os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
         if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{short_name(dst.name)}.", suffix=".old", dir=parent))
             os.replace(dst, old / dst.name)
             os.replace(tmp, dst)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dst)
-    except OSError as e:  # disk full, quota, the folder vanished...
+    except BaseException as e:  # disk full, quota, the folder vanished, Ctrl-C, SIGTERM...
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"cannot write '{dst}': {e.strerror or e}") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or (isinstance(e, Exception) and ("IoError" in str(e) or "os error" in str(e))):
+            from .media import write_failed
+
+            raise write_failed(dst, e) from e
         raise
     return dst
 

@@ -134,10 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(), _signals():
         if not STATE["debug"]:  # stderr carries notices and one error line; library warnings only with --debug
             warnings.simplefilter("ignore")
-        try:
-            return _main(args, exit_types, abort_types, click_types)
-        except Terminated:
-            return _fail("terminated", 143, "interrupted")
+        _TERMINATED[0] = False
+        return _main(args, exit_types, abort_types, click_types)
+
+
+_TERMINATED = [False]  # set by the SIGTERM handler: an interruption then exits 143, not 130
+
+
+def _interrupted() -> int:
+    return _fail("terminated", 143, "interrupted") if _TERMINATED[0] else _fail("interrupted", 130, "interrupted")
 
 
 class Terminated(KeyboardInterrupt):
@@ -157,6 +162,7 @@ def _signals():
         return
 
     def on_term(signum, frame):
+        _TERMINATED[0] = True
         raise Terminated()
 
     try:
@@ -174,16 +180,14 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
     try:
         rv = app(args=args, prog_name="showo2", standalone_mode=False)
         if rv == 130:  # typer turns Ctrl-C into a returned 130 when not in standalone mode
-            return _fail("interrupted", 130, "interrupted")
+            return _interrupted()
         return rv if isinstance(rv, int) else 0
     except exit_types as e:
         return e.exit_code
     except abort_types:
-        return _fail("interrupted", 130, "interrupted")
-    except Terminated:
-        raise
+        return _interrupted()
     except KeyboardInterrupt:
-        return _fail("interrupted", 130, "interrupted")
+        return _interrupted()
     except BrokenPipeError:  # the reader went away (`| head -c1`): stop quietly, as Unix tools do
         _quiet_stdout()
         return 141

@@ -87,6 +87,10 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path |
                 results = P.text_to_video(bundle, mine, opts, progress=bar, indices=indices)
             else:
                 results = P.image_to_video(bundle, image, mine, opts, progress=bar, indices=indices)
+    for item in results:
+        if "prompt_tokens_used" in item.params:
+            notice(f"the prompt of output {item.prompt_index} has {item.params['prompt_tokens']} tokens; the model's "
+                   f"sequence holds {item.params['prompt_tokens_used']}, so the rest was not used")
     records = O.save_results(results, plans, kind, fps, image, overwrite)
     emit({"outputs": records, "seed": opts.seed, "rank": rank, "world_size": world},
          "\n".join(r["output"] for r in records) if records else None)

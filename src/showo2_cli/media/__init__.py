@@ -62,7 +62,7 @@ from .geometry import (
 )
 from .image import IMAGE_WRITE_EXTS, read_image, write_image
 from .metadata import METADATA_KEY, PARAMETERS_KEY, read_metadata, read_png_metadata
-from .outputs import atomic_output, check_output_path, slugify, unique_path
+from .outputs import atomic_output, check_output_path, short_name, slugify, unique_path, write_failed
 from .probe import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTS,
@@ -99,6 +99,8 @@ __all__ = [
     "Media",
     "PathLike",
     "atomic_output",
+    "short_name",
+    "write_failed",
     "check_input_file",
     "check_output_path",
     "check_video",

@@ -61,9 +61,36 @@ def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = Fal
     return p
 
 
+def short_name(name: str, limit: int = 100) -> str:
+    """At most ``limit`` bytes of ``name`` (file-name limits are in bytes: 100 characters of
+    4-byte UTF-8 would not fit), cut on a character boundary."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    return os.fsdecode(raw[:limit].decode("utf-8", "ignore").encode("utf-8")) if raw[:limit] else name[:1]
+
+
+def write_failed(target: Path, exc: BaseException) -> OutputError:
+    """An OutputError for an error raised while writing ``target``: a full disk (ENOSPC), a quota
+    (EDQUOT), a read-only file system (EROFS) or any other OS error, including the ones a
+    library reports in its own exception type (safetensors' ``IoError``)."""
+    import errno
+
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "StorageFull" in text:
+        why = "no space left on the device"
+    elif code == errno.EROFS or "Read-only file system" in text:
+        why = "read-only file system"
+    else:
+        why = error_detail(exc) if isinstance(exc, OSError) else text.strip().splitlines()[0][:200] if text else \
+            type(exc).__name__
+    return OutputError(f"cannot write {quote_path(target)}: {why}")
+
+
 def _make_temp(target: Path) -> Path:
     """Create an empty hidden temporary file next to ``target`` keeping its suffix."""
-    stem = target.name[:100]
+    stem = short_name(target.name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     last: OSError | None = None
     for _ in range(100):
@@ -145,7 +172,14 @@ def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     target = check_output_path(path, overwrite)
     tmp = _make_temp(target)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except (OSError, OutputError) as e:
+            raise e if isinstance(e, OutputError) else write_failed(target, e) from e
+        except Exception as e:  # a writer's own error type for an OS error (safetensors: IoError)
+            if "IoError" in str(e) or "os error" in str(e):
+                raise write_failed(target, e) from e
+            raise
         _normal_mode(tmp)  # writers that replace the file (safetensors does) leave it 0600
         _commit(tmp, target, overwrite)
     except BaseException:

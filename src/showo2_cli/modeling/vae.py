@@ -41,7 +41,6 @@ __all__ = [
     "encode_memory_bytes",
     "load_vae",
     "single_frame_conv2d",
-    "vae_description",
 ]
 
 # Per-channel latent statistics of the Wan2.1 VAE (spec 3.4), channel order 0..15.
@@ -526,8 +525,14 @@ def _to_diffusers_layout(sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():  # a FIFO or a device could block forever
+        raise ModelError(f"{path}: not a regular file")
+    if path.stat().st_size > 16 * 2**20:
+        raise ModelError(f"{path}: larger than 16 MiB, not a VAE config")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError as exc:
+        raise ModelError(f"{path}: JSON nested too deeply") from exc
     except OSError as exc:
         raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except (ValueError, UnicodeDecodeError) as exc:
@@ -535,6 +540,24 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
+
+
+#: What a Wan-architecture VAE can be: a config outside these bounds is refused before building.
+_SIZE_LIMITS = {"base_dim": 1024, "z_dim": 256, "num_res_blocks": 16}
+
+
+def _check_sizes(kwargs: dict[str, Any], where: Path) -> None:
+    for key, high in _SIZE_LIMITS.items():
+        v = kwargs.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= high):
+            raise ModelError(f"{where}: VAE config {key} = {str(v)[:40]} is outside 1..{high}")
+    for key in ("dim_mult", "attn_scales", "temperal_downsample"):
+        v = kwargs.get(key)
+        if v is not None and (not isinstance(v, (list, tuple)) or len(v) > 8):
+            raise ModelError(f"{where}: VAE config {key} must be a list of at most 8 entries")
+    for v in kwargs.get("dim_mult") or []:
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 16:
+            raise ModelError(f"{where}: VAE config dim_mult entries must be whole numbers 1..16, got {str(v)[:40]}")
 
 
 def _init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -716,24 +739,10 @@ def load_vae(
     sd, layout = _to_diffusers_layout(_read_state_dict(weights), weights)
     kwargs = _init_kwargs(_read_json(config_path)) if config_path is not None else {}
     kwargs.update(_infer_kwargs(sd, weights))
+    _check_sizes(kwargs, config_path or weights)
     _check_stats(kwargs, config_path or weights)
     model = _build_and_load(sd, kwargs, weights, layout, dtype, device)
     return WanVAE(model)
-
-
-def vae_description(path: str | Path) -> str:
-    """One line describing the VAE at ``path`` (loads it on CPU)."""
-    weights, _ = _resolve_source(Path(path).expanduser())
-    vae = load_vae(path)
-    sd_layout = (
-        "diffusers folder" if weights.name in _DIFFUSERS_WEIGHTS else weights.suffix.lstrip(".") + " file"
-    )
-    n_params = sum(p.numel() for p in vae.model.parameters())
-    stats = "Wan2.1 latent stats" if _is_wan_stats(vae) else "custom latent stats"
-    return (
-        f"Wan2.1 VAE ({sd_layout} {weights.name}): base_dim {vae.base_dim}, z_dim {vae.z_dim}, "
-        f"{n_params / 1e6:.1f}M params, {stats}"
-    )
 
 
 def _is_wan_stats(vae: WanVAE) -> bool:

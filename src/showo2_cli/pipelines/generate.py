@@ -157,6 +157,9 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
                       "model": model.files.name if model.files else spec.name}
             if video:
                 params["frames"] = int(arr.shape[0])
+            if len(ids[j]) > budget:  # never cut silently: the result says how much of the prompt was used
+                params["prompt_tokens"] = len(ids[j])
+                params["prompt_tokens_used"] = budget
             results.append(Generated(prompt, i, seeds[j], latents[j].cpu(), arr, params))
             progress("decoding", j + 1, len(batch))
     return results

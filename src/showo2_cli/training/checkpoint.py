@@ -146,8 +146,15 @@ def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None],
         _fsync_dir(output_dir)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise OutputError(f"cannot write checkpoint '{final}': {e.strerror or e}") from e
+        if isinstance(e, OutputError):
+            raise
+        # a full disk surfaces as OSError, as safetensors' IoError or as torch's "failed writing file"
+        text = str(e)
+        if isinstance(e, OSError) or (isinstance(e, Exception) and any(
+                k in text for k in ("IoError", "os error", "failed writing", "No space left", "file write failed"))):
+            from ..media import write_failed
+
+            raise write_failed(final, e) from e
         raise
     write_pointer(output_dir, name)
     if keep_last > 0:

@@ -452,8 +452,8 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
     """Check every field and the combinations; the first problem raises a one-line ConfigError."""
     w = f"{prefix}: "
     _one_of(cfg.mode, MODES, w + "mode")
-    if cfg.seed < 0:
-        raise _fail(w + "seed", f"must be zero or more, got {cfg.seed}")
+    if not 0 <= cfg.seed < 2**63:
+        raise _fail(w + "seed", f"must be between 0 and 2^63-1, got {str(cfg.seed)[:40]}")
     if not cfg.output_dir:
         raise _fail(w + "output_dir", "is required (the folder for checkpoints, metrics and samples)")
 

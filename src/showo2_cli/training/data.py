@@ -513,16 +513,13 @@ class LatentCache:
     def put(path: str | os.PathLike, mu: torch.Tensor, logvar: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
+        from ..media import atomic_output
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({"mu": mu.detach().float().cpu().contiguous(), "logvar": logvar.detach().float().cpu().contiguous()}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_output(path, overwrite=True) as tmp:  # the one atomic writer (full disks -> exit 5)
+            save_file({"mu": mu.detach().float().cpu().contiguous(),
+                       "logvar": logvar.detach().float().cpu().contiguous()}, str(tmp))
 
 
 # ---- the role streams and the dataset ----------------------------------------------------------
