@@ -28,7 +28,10 @@ MAX_PER_PROMPT = 1000
 MAX_BATCH = 1024
 
 #: The flow-matching ODE solvers (``sampling.SAMPLERS`` implements each); keys drive ``--sampler``.
-SAMPLERS = {"euler": "Euler, the official sampler", "heun": "Heun (2nd order; two model calls per step)"}
+SAMPLERS = {"euler": "Euler, the official sampler", "heun": "Heun (2nd order; two model calls per step)",
+            "flow-euler": "diffusers FlowMatchEulerDiscreteScheduler on the official grid (same as euler)",
+            "unipc": "diffusers UniPC multistep with flow sigmas (fewer steps)",
+            "dpm++": "diffusers DPM-Solver++ 2M with flow sigmas (fewer steps)"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: dtype names -> canonical name (the one dtype table; ``runtime.torch_dtype`` maps it to torch).
 DTYPES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}

@@ -51,14 +51,65 @@ def heun_step(velocity: Velocity, x: torch.Tensor, t0: float, t1: float, last: b
     return x + (t1 - t0) * 0.5 * (v + v2)
 
 
-#: The samplers; the keys are :data:`showo2_cli.options.SAMPLERS` (validation and ``--help``).
-SAMPLERS = {"euler": euler_step, "heun": heun_step}
+def diffusers_scheduler(name: str, grid: torch.Tensor, shift: float):
+    """A diffusers flow-matching scheduler over the sampling grid (sigma = 1 - t):
+
+    * ``flow-euler``: ``FlowMatchEulerDiscreteScheduler`` on exactly the official grid (the same
+      updates as ``euler``; a test checks it);
+    * ``unipc`` / ``dpm++``: multistep solvers (UniPC, DPM-Solver++ 2M) with flow sigmas and the
+      same time shift, for fewer steps.
+    """
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    sigmas = (1.0 - grid.double())[:-1].tolist()  # the last grid point (t = 1, sigma 0) is the end
+    if name == "flow-euler":
+        sched = FlowMatchEulerDiscreteScheduler(shift=1.0)
+        sched.set_timesteps(sigmas=sigmas)
+    elif name == "unipc":
+        sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
+                                        final_sigmas_type="zero")
+        sched.set_timesteps(len(sigmas))
+    elif name == "dpm++":
+        sched = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                            flow_shift=shift, algorithm_type="dpmsolver++", solver_order=2,
+                                            final_sigmas_type="zero")
+        sched.set_timesteps(len(sigmas))
+    else:
+        raise ValueError(f"unknown scheduler '{name}'")
+    return sched
+
+
+def sample_scheduled(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, name: str, shift: float = 3.0,
+                     callback: Callable[[int, int, torch.Tensor], None] | None = None,
+                     trajectory: list | None = None) -> torch.Tensor:
+    """:func:`sample` through a diffusers scheduler. diffusers' flow convention is the reverse of
+    Show-o2's (sigma = 1 - t, the model output is ``noise - data``), so the velocity is negated."""
+    sched = diffusers_scheduler(name, grid, shift)
+    train_steps = float(sched.config.num_train_timesteps)
+    x = x0.float()
+    if trajectory is not None:
+        trajectory.append(x.clone())
+    total = len(sched.timesteps)
+    for i, ts in enumerate(sched.timesteps):
+        t = 1.0 - float(ts) / train_steps
+        v = velocity(x, t).float()
+        x = sched.step(-v, ts, x, return_dict=False)[0].float()
+        if trajectory is not None:
+            trajectory.append(x.clone())
+        if callback is not None:
+            callback(i + 1, total, x)
+    return x
+
+
+#: The samplers; the keys are :data:`showo2_cli.options.SAMPLERS` (validation and ``--help``):
+#: a step function of our own, or None for a diffusers scheduler (:func:`diffusers_scheduler`).
+SAMPLERS = {"euler": euler_step, "heun": heun_step, "flow-euler": None, "unipc": None, "dpm++": None}
 assert set(SAMPLERS) == set(OPTION_SAMPLERS), "options.SAMPLERS and sampling.SAMPLERS must name the same samplers"
 
 
 def sample(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, method: str = "euler",
            callback: Callable[[int, int, torch.Tensor], None] | None = None,
-           trajectory: list | None = None) -> torch.Tensor:
+           trajectory: list | None = None, shift: float = 3.0) -> torch.Tensor:
     """Integrate ``dx/dt = velocity(x, t)`` over ``grid`` from ``x0`` (noise) and return the final state.
 
     ``method`` is a key of :data:`SAMPLERS`. ``callback(step, total, x)`` is called after each
@@ -67,6 +118,8 @@ def sample(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, method: str
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler method '{method}'")
     step = SAMPLERS[method]
+    if step is None:
+        return sample_scheduled(velocity, x0, grid, method, shift, callback=callback, trajectory=trajectory)
     x = x0.float()
     if trajectory is not None:
         trajectory.append(x.clone())
@@ -133,4 +186,4 @@ def generate_latents(network, layout: Layout, noise: torch.Tensor, guidance: flo
     velocity = guided_velocity_fn(network, layout, guidance, trim=trim, cache_prefix=cache_prefix,
                                   first_frame_as_cond=first_frame_as_cond)
     return sample(velocity, noise.float(), time_grid(steps, shift), method=method, callback=callback,
-                  trajectory=trajectory)
+                  trajectory=trajectory, shift=shift)

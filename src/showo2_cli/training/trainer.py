@@ -702,32 +702,30 @@ class Run:
                 M.write_image(p, M.tensor_to_frames(pair)[0], {"step": step, "kind": "reconstruction"}, overwrite=True)
                 paths.append(str(p))
             return paths
-        from ..sampling import generate_latents
-        from ..sequences import generation_layout
+        from ..loading import Showo2
+        from ..options import GenerateOptions
+        from ..pipelines import text_to_image
 
         net = self.acc.unwrap_model(self.module).network
         prompts = self._sample_prompts()
         res = next((s.resolution for s in self.sources if s.spec.role == "t2i"), self.spec.resolution)
-        grid = res // self.spec.latent_multiple
-        nv = 1 + grid * grid
-        ids = [self.ctx.text.encode(p) for p in prompts]
-        layout = generation_layout(ids, nv, self.tokens, max(self.spec.max_seq_len, nv + 4 + max(len(i) for i in ids)))
-        h = res // self.spec.vae_spatial
-        noise = torch.randn((len(prompts), self.spec.latent_channels, h, h), generator=torch.Generator().manual_seed(self.cfg.seed))
         steps = self.cfg.run.sample_steps or self.spec.steps
         guidance = self.cfg.run.sample_guidance if self.cfg.run.sample_guidance is not None else self.spec.guidance
+        # the generation pipeline itself, over the network being trained (with its EMA weights)
+        bundle = Showo2(self.spec, net, self.tokenizer, self.tokens, self.vae)
+        opts = GenerateOptions(size=(res, res), steps=steps, guidance=guidance, seed=self.cfg.seed,
+                               batch_size=len(prompts), max_memory_gb=0)
         was_training = net.training
         net.eval()
         try:
             with torch.no_grad(), self.acc.autocast(), self._ema_weights():
-                z = generate_latents(net, layout, noise.to(self.device), guidance, steps, self.spec.shift)
-                pixels = self.vae.decode(z.float())
+                images = text_to_image(bundle, prompts, opts)
         finally:
             net.train(was_training)
-        for i, (prompt, img) in enumerate(zip(prompts, pixels, strict=True)):
+        for i, (prompt, img) in enumerate(zip(prompts, images, strict=True)):
             p = out_dir / f"step-{step:06d}-{i:02d}.png"
-            M.write_image(p, M.tensor_to_frames(img)[0], {"prompt": prompt, "step": step, "steps": steps,
-                                                          "guidance": guidance}, overwrite=True)
+            M.write_image(p, img.frames[0], {"prompt": prompt, "step": step, "steps": steps,
+                                             "guidance": guidance}, overwrite=True)
             paths.append(str(p))
         return paths
 
