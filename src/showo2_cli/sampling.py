@@ -59,7 +59,11 @@ def diffusers_scheduler(name: str, grid: torch.Tensor, shift: float):
     * ``unipc`` / ``dpm++``: multistep solvers (UniPC, DPM-Solver++ 2M) with flow sigmas and the
       same time shift, for fewer steps.
     """
-    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
 
     sigmas = (1.0 - grid.double())[:-1].tolist()  # the last grid point (t = 1, sigma 0) is the end
     if name == "flow-euler":
