@@ -80,6 +80,16 @@ def test_noise_header_declaring_a_huge_tensor_is_judged_from_the_header(tiny_mod
     assert not (tmp_path / "o.png").exists()
 
 
+def test_latents_header_declaring_a_huge_tensor_is_judged_from_the_header(tiny_model_dir, tmp_path):
+    header = json.dumps({"latents": {"dtype": "F32", "shape": [16, 4096, 4096, 4096], "data_offsets": [0, 16]}})
+    path = tmp_path / "z.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header.encode() + b"\0" * 16)
+    start = time.perf_counter()
+    proc = showo2(["decode", path, "-o", "o.png", "-m", tiny_model_dir], tmp_path)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr.decode(), proc.stderr.decode()[-300:]
+    assert time.perf_counter() - start < 30 and not (tmp_path / "o.png").exists()
+
+
 def test_caption_frames_has_a_memory_guard(tiny_model_dir, tmp_path, media_dir):
     proc = showo2(["caption", media_dir / "video1.mp4", "-m", tiny_model_dir, "--frames", "512", "--max-memory",
                    "0.01"], tmp_path)

@@ -106,21 +106,31 @@ def save_latents(path: str | os.PathLike, latents: torch.Tensor, metadata: dict,
     return Path(path)
 
 
+#: Largest latents accepted (elements): 16 channels x 65 latent frames x 512 x 512 is less.
+MAX_LATENT_ELEMENTS = 1 << 29
+
+
 def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[torch.Tensor, dict]:
     """Read and validate a latents file written by :func:`save_latents`."""
     from safetensors import safe_open
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"latents file '{p}' does not exist")
-    if p.is_dir():
-        raise InputError(f"latents file '{p}' is a directory")
+    p = M.check_input_file(Path(path), "latents file")  # a regular, readable, non-empty file
     try:
         with safe_open(str(p), framework="pt") as f:
             keys = list(f.keys())
             raw_meta = (f.metadata() or {}).get("showo2")
             if "latents" not in keys:
                 raise InputError(f"'{p}' holds no 'latents' tensor (found: {', '.join(keys[:5]) or 'nothing'})")
+            # judged from the header before a byte of it is read: the shape and the file's real size
+            sl = f.get_slice("latents")
+            shape = tuple(sl.get_shape())
+            count = 1
+            for d in shape:
+                count *= d
+            width = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}.get(str(sl.get_dtype()), 1)
+            if count > MAX_LATENT_ELEMENTS or count * width > p.stat().st_size:
+                raise InputError(f"'{p}': the header declares latents of shape {shape}, which this file "
+                                 f"({p.stat().st_size} bytes) cannot hold or no model could decode")
             latents = f.get_tensor("latents")
     except InputError:
         raise
@@ -131,6 +141,8 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
         meta = json.loads(raw_meta) if raw_meta else {}
         if not isinstance(meta, dict):
             raise ValueError("not an object")
+    except RecursionError as e:
+        raise InputError(f"'{p}' has showo2 metadata nested too deeply") from e
     except ValueError as e:
         raise InputError(f"'{p}' has malformed showo2 metadata ({e})") from e
     _check_latents_metadata(p, meta)
