@@ -250,7 +250,8 @@ class WanVAE(nn.Module):
         # and decode; every call for images), and is exact for them, so it is safe for any T.
         return single_frame_conv2d(self.model) if self.fast_single_frame else contextlib.nullcontext()
 
-    def _stats(self, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def stats(self, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1/std) of the latent normalisation, shaped to broadcast over ``ndim``-d latents."""
         shape = (1, -1) + (1,) * (ndim - 2)
         mean = self.latents_mean.float().view(shape)
         inv_std = 1.0 / self.latents_std.float().view(shape)  # Wan keeps 1/std, as here
@@ -281,7 +282,7 @@ class WanVAE(nn.Module):
         ``eps = torch.randn(shape, generator=generator)`` (float32, drawn on the generator's device).
         """
         mu, logvar = self.encode_moments(pixels)
-        mean, inv_std = self._stats(mu.dim())
+        mean, inv_std = self.stats(mu.dim())
         z = (mu - mean.to(mu.device)) * inv_std.to(mu.device)
         if sample:
             noise_device = generator.device if generator is not None else z.device
@@ -301,7 +302,7 @@ class WanVAE(nn.Module):
         if image:
             z = z.unsqueeze(2)
         z = z.to(device=self.device, dtype=torch.float32)
-        mean, inv_std = self._stats(5)
+        mean, inv_std = self.stats(5)
         raw = z / inv_std.to(z.device) + mean.to(z.device)
         with self._fast():
             out = self.model.decode(raw.to(self.dtype), return_dict=False)[0]

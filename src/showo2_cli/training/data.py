@@ -20,7 +20,8 @@ function of the position, so resuming at step ``s`` reproduces the data exactly:
   keyed pseudo-random permutation (a Feistel network: O(1) memory for any ``N``).
 
 VAE latents can be cached (``cache = "folder"``): the frozen VAE's posterior mean and
-log-variance per item, one safetensors file each, written atomically, keyed by the source, the
+log-variance per item, both in the normalised latent space, one safetensors file each, written
+atomically, keyed by the source, the
 geometry and the VAE's weights. The posterior sample is still drawn fresh every step.
 """
 

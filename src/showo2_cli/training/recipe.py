@@ -251,8 +251,11 @@ def encode_missing(samples: list[Sample], vae, device, autocast=contextlib.nullc
             pix = pix[:, :, 0]
         with autocast():
             mu, logvar = vae.encode_moments(pix.to(device))
-        mean, inv_std = vae._stats(mu.dim())
+        mean, inv_std = vae.stats(mu.dim())
         mu = (mu - mean.to(mu.device)) * inv_std.to(mu.device)
+        # the posterior in the normalised space (a raw sample z ~ N(mu, e^logvar), normalised, has
+        # log-variance logvar + 2 log(1/std)), so x1 = mu + e^(logvar/2) eps is the official sample
+        logvar = logvar.float() + 2.0 * torch.log(inv_std.to(logvar.device))
         mu, logvar = mu.float().cpu(), logvar.float().cpu()
         if per_frame:  # (B*T, C, 1, h, w) -> (B, T, C, h, w)
             mu = mu[:, :, 0].reshape(len(group), -1, *mu.shape[1:2], *mu.shape[-2:])

@@ -468,7 +468,7 @@ class Run:
                 raise UsageError(f"{cfg.source}: data[{src.index}].resolution: {src.resolution} is not a multiple "
                                  f"of {self.spec.latent_multiple}")
             if s.cache:
-                sig = json.dumps({**src.signature(), "vae": vae_key}, sort_keys=True)
+                sig = json.dumps({**src.signature(), "vae": vae_key, "latent_format": 2}, sort_keys=True)
                 self.caches[src.index] = LatentCache(s.cache, hashlib.sha1(sig.encode()).hexdigest()[:16])
         t_dtype = torch.bfloat16 if self.acc.mixed_precision == "bf16" else torch.float32
         self.ctx = RecipeContext(self.spec, TextBuilder(self.tokenizer, self.tokens), self.vae, cfg.loss, max_seq,
