@@ -712,9 +712,9 @@ def save_folder(dst: Path, spec: ModelSpec, state: dict[str, torch.Tensor], toke
             os.replace(tmp, dst)
     except BaseException as e:  # disk full, quota, the folder vanished, Ctrl-C, SIGTERM...
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) or (isinstance(e, Exception) and ("IoError" in str(e) or "os error" in str(e))):
-            from .media import write_failed
+        from .media import is_write_error, write_failed
 
+        if is_write_error(e):
             raise write_failed(dst, e) from e
         raise
     return dst

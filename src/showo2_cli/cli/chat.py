@@ -18,12 +18,8 @@ from typing import Annotated
 
 import typer
 
-from . import common as _common
+from . import common
 from .common import DeviceOpt, DtypeOpt, ModelOpt, QuietOpt
-
-
-def common():
-    return _common
 
 COMMANDS = {
     "/image PATH": "attach an image or a video to the next question",
@@ -50,11 +46,11 @@ class ChatSession:
 
     # ---- output -------------------------------------------------------------------------------
     def error(self, message: str) -> None:
-        self.err.write(f"showo2: error: {common().safe_text(_one_line(message))}\n")
+        self.err.write(f"showo2: error: {common.safe_text(_one_line(message))}\n")
         self.err.flush()
 
     def info(self, message: str) -> None:
-        common().notice(message)
+        common.notice(message)
 
     # ---- one line -----------------------------------------------------------------------------
     def handle(self, line: str) -> bool:
@@ -78,7 +74,7 @@ class ChatSession:
         except MemoryError:
             self.error("out of memory")
         except Exception as e:  # a bug: one line (the traceback with --debug), the chat goes on
-            if common().STATE.get("debug"):
+            if common.STATE.get("debug"):
                 traceback.print_exc(file=self.err)
             self.error(f"internal error: {type(e).__name__}: {_one_line(e)[:200]} "
                        "(run with --debug for the traceback)")
@@ -273,7 +269,7 @@ def chat(
 
     Slash commands: /image PATH, /t2i PROMPT [-o FILE], /reset, /save FILE, /quit, /help.
     """
-    C = common()
+    C = common
     C.setup(False, quiet)
     from .. import media as M
     from ..options import CaptionOptions, RuntimeOptions

@@ -3,7 +3,6 @@ outputs, generate, save (all in the library), render."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -160,7 +159,6 @@ def t2v(
 ):
     """Text to video (needs a checkpoint trained for video generation, e.g. the bundled demo)."""
     setup(json_mode, quiet)
-    check_fps(fps)
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=max_memory)
@@ -182,7 +180,6 @@ def i2v(
 ):
     """Image to video: the image's latent is the fixed first latent frame."""
     setup(json_mode, quiet)
-    check_fps(fps)
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=max_memory)
@@ -190,4 +187,4 @@ def i2v(
         size, overwrite)
 
 
-__all__ = ["t2i", "t2v", "i2v", "run", "math"]
+__all__ = ["t2i", "t2v", "i2v", "run"]

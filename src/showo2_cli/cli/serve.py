@@ -7,12 +7,8 @@ from typing import Annotated
 
 import typer
 
-from . import common as _common
+from . import common
 from .common import DeviceOpt, DtypeOpt, ModelOpt, QuietOpt
-
-
-def common():
-    return _common
 
 
 def _is_loopback(host: str) -> bool:
@@ -46,7 +42,7 @@ def serve(
     model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", quiet: QuietOpt = False,
 ):
     """Serve the model over HTTP with the OpenAI API (chat completions, image generations, models)."""
-    C = common()
+    C = common
     C.setup(False, quiet)
     from ..errors import UsageError
     from ..options import RuntimeOptions

@@ -62,7 +62,15 @@ from .geometry import (
 )
 from .image import IMAGE_WRITE_EXTS, read_image, write_image
 from .metadata import METADATA_KEY, PARAMETERS_KEY, read_metadata, read_png_metadata
-from .outputs import atomic_output, check_output_path, short_name, slugify, unique_path, write_failed
+from .outputs import (
+    atomic_output,
+    check_output_path,
+    is_write_error,
+    short_name,
+    slugify,
+    unique_path,
+    write_failed,
+)
 from .probe import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTS,
@@ -101,6 +109,7 @@ __all__ = [
     "atomic_output",
     "short_name",
     "write_failed",
+    "is_write_error",
     "check_input_file",
     "check_output_path",
     "check_video",

@@ -70,6 +70,15 @@ def short_name(name: str, limit: int = 100) -> str:
     return os.fsdecode(raw[:limit].decode("utf-8", "ignore").encode("utf-8")) if raw[:limit] else name[:1]
 
 
+_WRITE_ERROR_TEXTS = ("IoError", "os error", "failed writing", "No space left", "file write failed")
+
+
+def is_write_error(exc: BaseException) -> bool:
+    """An OS error while writing, also when a library reports it in its own exception type
+    (safetensors' ``IoError``, torch's "failed writing file")."""
+    return isinstance(exc, OSError) or (isinstance(exc, Exception) and any(k in str(exc) for k in _WRITE_ERROR_TEXTS))
+
+
 def write_failed(target: Path, exc: BaseException) -> OutputError:
     """An OutputError for an error raised while writing ``target``: a full disk (ENOSPC), a quota
     (EDQUOT), a read-only file system (EROFS) or any other OS error, including the ones a
@@ -174,10 +183,10 @@ def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     try:
         try:
             yield tmp
-        except (OSError, OutputError) as e:
-            raise e if isinstance(e, OutputError) else write_failed(target, e) from e
-        except Exception as e:  # a writer's own error type for an OS error (safetensors: IoError)
-            if "IoError" in str(e) or "os error" in str(e):
+        except OutputError:
+            raise
+        except Exception as e:
+            if is_write_error(e):
                 raise write_failed(target, e) from e
             raise
         _normal_mode(tmp)  # writers that replace the file (safetensors does) leave it 0600

@@ -148,12 +148,9 @@ def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None],
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(e, OutputError):
             raise
-        # a full disk surfaces as OSError, as safetensors' IoError or as torch's "failed writing file"
-        text = str(e)
-        if isinstance(e, OSError) or (isinstance(e, Exception) and any(
-                k in text for k in ("IoError", "os error", "failed writing", "No space left", "file write failed"))):
-            from ..media import write_failed
+        from ..media import is_write_error, write_failed
 
+        if is_write_error(e):  # a full disk, a quota, a read-only file system
             raise write_failed(final, e) from e
         raise
     write_pointer(output_dir, name)
