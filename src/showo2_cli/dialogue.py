@@ -270,9 +270,7 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
     sampling.validate()
     if cancel is not None and cancel.is_set():
         raise Cancelled("cancelled")
-    _, time_token = net.time_embedding(torch.ones(1))
-    time_tokens = time_token[:, None].expand(1, max(len(visuals), 1), -1)
-    embeds = net.embed_sequence(layout.input_ids, [visuals], layout.slots, time_tokens)
+    embeds, _ = net.embed_inputs(layout.input_ids, [visuals], layout.slots, torch.ones(1))
     mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
     produced: list[int] = []
     shown = [""]

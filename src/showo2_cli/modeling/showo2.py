@@ -231,6 +231,26 @@ class Showo2Model(nn.Module):
                 embeds[b, offset + 1:offset + length] = visual[b][m].to(embeds.dtype)
         return embeds
 
+    def embed_inputs(self, input_ids: torch.Tensor, visual: list[list[torch.Tensor]], slots: torch.Tensor,
+                     t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one sequence assembly (spec §4.5-§4.6), for generation, understanding and training.
+
+        Each slot of ``slots (B, M, 2)`` gets the time token of its row's ``t`` then the row's
+        visual tokens ``visual[b][m]``. ``t`` is ``(B,)``, or ``(1,)`` for every row (understanding
+        uses t = 1, the clean end). Returns (``inputs_embeds (B, L, H)``, adaLN condition ``(B, D_f)``).
+        """
+        cond, time_token = self.time_embedding(t)
+        b, m = input_ids.shape[0], slots.shape[1]
+        time_tokens = time_token[:, None].expand(b, m, -1)
+        return self.embed_sequence(input_ids, visual, slots, time_tokens), cond
+
+    def hidden_states(self, input_ids: torch.Tensor, visual: list[list[torch.Tensor]], slots: torch.Tensor,
+                      t: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`embed_inputs` then the LLM under ``mask``: (final normed hidden states, condition)."""
+        embeds, cond = self.embed_inputs(input_ids, visual, slots, t)
+        hidden, _ = self.llm(embeds, mask)
+        return hidden, cond
+
     # ---- LLM + heads --------------------------------------------------------------------------
     def llm(self, inputs_embeds: torch.Tensor, mask: torch.Tensor | None, position_ids=None,
             past_key_values=None, use_cache: bool = False):
@@ -332,10 +352,8 @@ class Showo2Model(nn.Module):
         is_image = x_t.dim() == 4
         video = x_t[:, :, None] if is_image else x_t
         b, c, frames, h, w = video.shape
-        cond, time_token = self.time_embedding(t)
         tokens = self.visual_tokens(video)
-        embeds = self.embed_sequence(input_ids, [[tokens[i]] for i in range(b)], blocks, time_token[:, None])
-        hidden, _ = self.llm(embeds, mask)
+        hidden, cond = self.hidden_states(input_ids, [[tokens[i]] for i in range(b)], blocks, t, mask)
         out = self.flow_head(hidden, cond[:, None], blocks, mask)
         v = torch.stack([
             unpack_velocity(out[i, int(blocks[i, 0, 0]) + 1:int(blocks[i, 0, 0]) + int(blocks[i, 0, 1])].float(),

@@ -90,7 +90,6 @@ def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | 
         official_len = spec.image_latent_grid ** 2 + 1  # the official demo keeps the image block length
         frames = count
     progress("encoding", 1, 1)
-    _, time_token = net.time_embedding(torch.ones(1))
     questions = opts.questions or ["Describe the image." if kind == "image" else "Describe the video."]
     system, user, assistant = (encode_text(tokenizer, s) for s in (SYSTEM_PROMPT, USER_PREFIX, ASSISTANT_PREFIX))
     newline = encode_text(tokenizer, "\n")
@@ -101,7 +100,7 @@ def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | 
                                       mask_mode=opts.mask_mode or spec.und_mask_mode,
                                       template=opts.template or spec.und_template, newline=newline,
                                       official_block_len=official_len)
-        embeds = net.embed_sequence(layout.input_ids, [[visual]], layout.slots, time_token[:, None])
+        embeds, _ = net.embed_inputs(layout.input_ids, [[visual]], layout.slots, torch.ones(1))
         mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
         produced: list[int] = []
         shown = [""]

@@ -360,11 +360,8 @@ class Showo2Objective(nn.Module):
                 tokens = list(net.visual_tokens(g.x))
             for r, tok in zip(g.rows, tokens, strict=True):
                 visual[r] = [tok]
-        cond, time_tokens = net.time_embedding(batch.t)
-        embeds = net.embed_sequence(batch.input_ids, visual, batch.slots, time_tokens[:, None])
-        length = batch.input_ids.shape[1]
-        mask = omni_attention_mask(batch.slots, length, device=embeds.device)
-        hidden, _ = net.llm(embeds, mask)
+        mask = omni_attention_mask(batch.slots, batch.input_ids.shape[1], device=net.device)
+        hidden, cond = net.hidden_states(batch.input_ids, visual, batch.slots, batch.t, mask)
 
         zero = hidden.new_zeros((), dtype=torch.float32)
         # next-token prediction on the supervised positions only (same mean as full logits)
