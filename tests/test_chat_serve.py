@@ -247,7 +247,7 @@ def test_chat_session_commands(demo, tmp_path, monkeypatch):
 # ---- the server's parts, no model ----------------------------------------------------------------------
 
 def test_parse_chat_requests():
-    from showo2_cli.server import ApiError, ServerConfig, parse_chat
+    from showo2_cli.serve import ApiError, ServerConfig, parse_chat
 
     cfg = ServerConfig(max_tokens=64, max_images=2)
     img = data_url(scene(0))
@@ -290,7 +290,7 @@ def test_parse_chat_requests():
 
 
 def test_worker_queue_is_bounded_and_cancellable():
-    from showo2_cli.server import Job, QueueFull, Worker
+    from showo2_cli.serve import Job, QueueFull, Worker
 
     loop = asyncio.new_event_loop()
     gate = threading.Event()

@@ -1,4 +1,4 @@
-"""``serve``: an OpenAI-compatible HTTP API over one resident model (see :mod:`showo2_cli.server`)."""
+"""``serve``: an OpenAI-compatible HTTP API over one resident model (see :mod:`showo2_cli.serve`)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def serve(
     except ImportError as e:
         raise UsageError(f"showo2 serve needs FastAPI and uvicorn: pip install fastapi uvicorn ({e.name} is "
                          "missing)") from None
-    from .. import server as S
+    from .. import serve as S
 
     key = S.api_key_from(api_key)
     if not _is_loopback(host) and not key:

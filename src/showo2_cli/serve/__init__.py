@@ -1,0 +1,37 @@
+"""An OpenAI-compatible HTTP server over one resident Show-o2 model (``showo2 serve``).
+
+Endpoints (JSON in and out, errors always ``{"error": {"message", "type", "param", "code"}}``):
+
+* ``GET /health``: status, queue depth and counters (no key needed);
+* ``GET /v1/models`` and ``GET /v1/models/{id}``: the one served model;
+* ``POST /v1/chat/completions``: system/user/assistant messages, text and ``image_url`` parts
+  (``data:`` URLs only: the server never fetches anything), greedy unless ``temperature`` > 0,
+  ``top_p``, ``max_tokens`` (or ``max_completion_tokens``), ``seed``, ``stream`` (server-sent
+  events in the OpenAI chunk format, ending with ``data: [DONE]``);
+* ``POST /v1/images/generations``: ``prompt``, ``n``, ``size``, ``response_format=b64_json``, and
+  the extra fields ``seed``, ``steps``, ``guidance``; returns PNGs carrying their parameters.
+
+One worker thread owns the model and runs one job at a time; requests wait in a bounded queue
+(full: 429). A job whose client disconnects is dropped from the queue or stopped at its next
+token / sampling step. Status codes: 400 malformed request or invalid value, 401 missing or
+wrong API key, 404 unknown route or model, 413 body too large, 422 a valid request over a limit
+of this server (``max_tokens``, ``n``, ``steps``, size, image pixels, image count), 429 queue full,
+503 shutting down, 500 a bug (one line in the log, never a crash).
+"""
+
+from .app import bind_socket, create_app, serve
+from .requests import (
+           API_KEY_ENV,
+           ApiError,
+           ChatPlan,
+           ImagePlan,
+           ServerConfig,
+           api_error_of,
+           api_key_from,
+           parse_chat,
+           parse_images,
+)
+from .worker import Job, QueueFull, Worker
+
+__all__ = ["API_KEY_ENV", "ApiError", "ChatPlan", "ImagePlan", "Job", "QueueFull", "ServerConfig", "Worker",
+           "api_error_of", "api_key_from", "bind_socket", "create_app", "parse_chat", "parse_images", "serve"]

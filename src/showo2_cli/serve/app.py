@@ -1,0 +1,351 @@
+"""The FastAPI app over one resident model: routes, authentication, streaming, the jobs it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import UsageError
+from .requests import (
+    ApiError,
+    ChatPlan,
+    ImagePlan,
+    ServerConfig,
+    api_error_of,
+    parse_chat,
+    parse_images,
+    read_json,
+)
+from .worker import Job, QueueFull, Worker
+
+try:  # module level: FastAPI resolves the handlers' (string) annotations in these globals
+    from fastapi import Request
+except ImportError:  # pragma: no cover - serve checks for FastAPI before it gets here
+    Request = None
+
+log = logging.getLogger("showo2.serve")
+
+# ---- the jobs (run on the worker thread) ---------------------------------------------------------
+
+def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
+    from ..chat import Conversation
+    from ..dialogue import TextSampling
+
+    conv = Conversation(model, plan.system, name=config.model_id)
+    with tempfile.TemporaryDirectory(prefix="showo2-serve-") as tmp:
+        count = 0
+
+        def attach(data: bytes) -> None:
+            nonlocal count
+            path = Path(tmp) / f"image-{count}"
+            path.write_bytes(data)
+            conv.attach(path, name=f"image {count + 1}", max_pixels=config.max_image_pixels)
+            path.unlink()
+            count += 1
+
+        for turn in plan.turns:
+            for data in turn.images:
+                attach(data)
+            if job.cancel.is_set():
+                from ..dialogue import Cancelled
+
+                raise Cancelled("cancelled")
+            if turn.answer is not None:
+                conv.add_turn(turn.question, turn.answer)
+    sampling = TextSampling(plan.max_tokens, plan.temperature, None, plan.top_p, plan.seed)
+    answer = conv.ask(plan.turns[-1].question, sampling, on_text=lambda piece: job.emit("text", piece),
+                      cancel=job.cancel)
+    turn = conv.turns[-1]
+    return {"answer": answer, "finish_reason": "stop" if turn.stopped else "length",
+            "prompt_tokens": turn.prompt_tokens, "completion_tokens": len(turn.answer_ids),
+            "notices": list(conv.notices)}
+
+
+def _images_job(model, plan: ImagePlan, job: Job) -> list[dict]:
+    from .. import media as M
+    from ..dialogue import Cancelled
+    from ..options import GenerateOptions
+    from ..pipelines import text_to_image
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if job.cancel.is_set():
+            raise Cancelled("cancelled")
+
+    opts = GenerateOptions(size=plan.size, steps=plan.steps, guidance=plan.guidance, seed=plan.seed,
+                           num_per_prompt=plan.n, batch_size=min(plan.n, 4))
+    results = text_to_image(model, [plan.prompt], opts, progress=progress)
+    out = []
+    with tempfile.TemporaryDirectory(prefix="showo2-serve-") as tmp:
+        for k, item in enumerate(results):
+            path = Path(tmp) / f"image-{k}.png"
+            meta = {**item.params, "showo2_version": __version__, "kind": "t2i"}
+            M.write_image(path, item.frames[0], metadata=meta)
+            out.append({"b64_json": base64.b64encode(path.read_bytes()).decode("ascii"),
+                        "revised_prompt": plan.prompt, "seed": item.seed})
+    return out
+
+
+# ---- the app --------------------------------------------------------------------------------------
+
+def create_app(model, config: ServerConfig):
+    """The FastAPI app serving ``model`` (a loaded :class:`~showo2_cli.loading.Showo2`)."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    worker = Worker(config.max_queue)
+    state = {"draining": False, "started": time.time()}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        worker.start()
+        try:
+            yield
+        finally:
+            state["draining"] = True
+            await asyncio.to_thread(worker.stop)
+
+    app = FastAPI(title="showo2", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.worker = worker
+    app.state.server_state = state
+
+    def error(exc: BaseException) -> JSONResponse:
+        err = api_error_of(exc)
+        headers = {"Retry-After": "1"} if err.status in (429, 503) else None
+        if err.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return JSONResponse(err.body(), status_code=err.status if err.status != 499 else 400, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
+        return error(ApiError(exc.status_code, f"{message}: {request.method} {request.url.path}", code))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc):
+        return error(ApiError(400, "invalid request", "invalid_request"))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc):
+        return error(exc)
+
+    def check(request: Request) -> None:
+        if state["draining"]:
+            raise ApiError(503, "the server is shutting down", "shutting_down", type_="server_error")
+        if config.api_key:
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            good = hmac.compare_digest(token.strip().encode(), config.api_key.encode())
+            if scheme.lower() != "bearer" or not good:
+                what = "no API key given" if not header else "wrong API key"
+                raise ApiError(401, f"{what}: send 'Authorization: Bearer KEY'", "invalid_api_key")
+
+    def check_model(body: dict) -> None:
+        name = body.get("model")
+        if name is None:
+            return
+        if not isinstance(name, str):
+            raise ApiError(400, "'model' must be a string", "invalid_type", "model")
+        if name != config.model_id:
+            raise ApiError(404, f"model '{name[:80]}' is not served here (this server serves "
+                                f"'{config.model_id}')", "model_not_found", "model")
+
+    def model_card() -> dict:
+        return {"id": config.model_id, "object": "model", "created": int(state["started"]),
+                "owned_by": "showo2"}
+
+    def submit(fn) -> Job:
+        job = Job(fn, asyncio.get_running_loop())
+        try:
+            worker.submit(job)
+        except QueueFull:
+            raise ApiError(429, f"the server is busy ({worker.waiting} requests waiting): retry later",
+                           "queue_full", type_="rate_limit_error") from None
+        return job
+
+    async def next_event(request: Request, job: Job) -> tuple[str, Any]:
+        """The job's next event; the job is cancelled if the client goes away meanwhile."""
+        while True:
+            try:
+                return await asyncio.wait_for(job.events.get(), timeout=0.25)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    worker.cancel(job)
+                    raise ApiError(499, "client disconnected", "cancelled") from None
+            except asyncio.CancelledError:
+                worker.cancel(job)
+                raise
+
+    async def outcome(request: Request, job: Job):
+        """Wait for the job's result (skipping streamed pieces); raise its error."""
+        while True:
+            kind, value = await next_event(request, job)
+            if kind == "done":
+                return value
+            if kind == "error":
+                raise value
+
+    @app.get("/health")
+    async def health():
+        return JSONResponse({"status": "draining" if state["draining"] else "ok", "model": config.model_id,
+                             "version": __version__, "running": worker.running is not None,
+                             "queued": worker.waiting, "max_queue": config.max_queue, **worker.counts},
+                            status_code=503 if state["draining"] else 200)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        try:
+            check(request)
+            return JSONResponse({"object": "list", "data": [model_card()]})
+        except Exception as e:
+            return error(e)
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str, request: Request):
+        try:
+            check(request)
+            check_model({"model": name})
+            return JSONResponse(model_card())
+        except Exception as e:
+            return error(e)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            check(request)
+            body = await read_json(request, config.max_body_bytes)
+            check_model(body)
+            plan = parse_chat(body, config)
+            job = submit(lambda job: _chat_job(model, config, plan, job))
+            rid = "chatcmpl-" + secrets.token_hex(12)
+            created = int(time.time())
+            if not plan.stream:
+                result = await outcome(request, job)
+                return JSONResponse({
+                    "id": rid, "object": "chat.completion", "created": created, "model": config.model_id,
+                    "system_fingerprint": f"showo2-{__version__}",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": result["answer"]},
+                                 "logprobs": None, "finish_reason": result["finish_reason"]}],
+                    "usage": _usage(result)})
+            first = await next_event(request, job)  # an error before the first token keeps its status
+            if first[0] == "error":
+                raise first[1]
+        except Exception as e:
+            return error(e)
+        return StreamingResponse(_sse(request, job, first, rid, created, plan.include_usage),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def chunk(rid: str, created: int, delta: dict, finish: str | None = None) -> str:
+        payload = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": config.model_id,
+                   "system_fingerprint": f"showo2-{__version__}",
+                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return f"data: {json.dumps(payload)}\n\n"
+
+    async def _sse(request: Request, job: Job, first, rid: str, created: int, include_usage: bool):
+        event = first
+        try:
+            yield chunk(rid, created, {"role": "assistant", "content": ""})
+            while True:
+                kind, value = event
+                if kind == "text":
+                    yield chunk(rid, created, {"content": value})
+                elif kind == "done":
+                    yield chunk(rid, created, {}, value["finish_reason"])
+                    if include_usage:
+                        usage = {"id": rid, "object": "chat.completion.chunk", "created": created,
+                                 "model": config.model_id, "choices": [], "usage": _usage(value)}
+                        yield f"data: {json.dumps(usage)}\n\n"
+                    break
+                elif kind == "error":
+                    yield f"data: {json.dumps(api_error_of(value).body())}\n\n"
+                    break
+                event = await job.events.get()
+            yield "data: [DONE]\n\n"
+        finally:
+            if not (event and event[0] in ("done", "error")):
+                worker.cancel(job)  # the client went away (or the server is cancelling): stop generating
+
+    @app.post("/v1/images/generations")
+    async def images_generations(request: Request):
+        try:
+            check(request)
+            body = await read_json(request, config.max_body_bytes)
+            check_model(body)
+            plan = parse_images(body, config, model.spec)
+            job = submit(lambda job: _images_job(model, plan, job))
+            data = await outcome(request, job)
+            return JSONResponse({"created": int(time.time()), "data": data})
+        except Exception as e:
+            return error(e)
+
+    return app
+
+
+def _usage(result: dict) -> dict:
+    p, c = result["prompt_tokens"], result["completion_tokens"]
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+# ---- running it -------------------------------------------------------------------------------------
+
+def bind_socket(host: str, port: int):
+    """A bound (not yet listening) TCP socket, so a busy port fails before the model loads."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError(f"--host '{host}' cannot be resolved ({e.strerror or e})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(model, config: ServerConfig, sock, drain_timeout: float = 60.0, log_level: str = "info",
+          on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the server on ``sock`` until SIGTERM/SIGINT, then drain: no new connections, running and
+    queued requests finish (at most ``drain_timeout`` seconds, then they are cancelled)."""
+    import uvicorn
+
+    app = create_app(model, config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            app.state.server_state["draining"] = True
+            super().handle_exit(sig, frame)
+            # drained: exit normally instead of re-raising the signal afterwards
+            getattr(self, "_captured_signals", []).clear()
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            if on_ready is not None and not self.should_exit:
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                on_ready(f"http://{shown}:{port}")
+
+    cfg = uvicorn.Config(app, log_level=log_level, lifespan="on", server_header=False,
+                         timeout_graceful_shutdown=int(drain_timeout),
+                         access_log=log_level in ("info", "debug"))
+    Server(cfg).run(sockets=[sock])

@@ -1,0 +1,338 @@
+"""What a request may ask of ``showo2 serve``: the server limits, the OpenAI error shape, and the
+parsing and checking of chat and image requests into plans (no model here)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+from ..errors import InputError, ModelError, ResourceError, Showo2Error, UsageError
+
+try:  # module level: FastAPI resolves the handlers' (string) annotations in these globals
+    from fastapi import Request
+except ImportError:  # pragma: no cover - serve checks for FastAPI before it gets here
+    Request = None
+
+log = logging.getLogger("showo2.serve")
+
+
+#: Environment variable holding the API key when ``--api-key`` is not given.
+API_KEY_ENV = "SHOWO2_API_KEY"
+
+
+@dataclass
+class ServerConfig:
+    model_id: str = "demo"
+    api_key: str | None = None
+    max_queue: int = 16  # requests waiting behind the running one
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096  # per input image
+    max_images: int = 8  # input images per chat request
+    max_messages: int = 256
+    default_max_tokens: int = 300
+    max_tokens: int = 2048
+    max_n: int = 4
+    max_steps: int = 200
+    max_size: int = 1024  # generated image side, pixels
+
+
+class ApiError(Exception):
+    """A request the server refuses: its HTTP status and the OpenAI error fields."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 type_: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+        self.type = type_ or ("server_error" if status >= 500 else "invalid_request_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def api_error_of(exc: BaseException) -> ApiError:
+    """The HTTP form of a library error (one line) or of a bug (500, details in the log only)."""
+    if isinstance(exc, ApiError):
+        return exc
+    from ..dialogue import Cancelled
+
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, Cancelled):
+        return ApiError(499, "the request was cancelled", "cancelled")
+    if isinstance(exc, ResourceError):
+        return ApiError(422, message, "too_large")
+    if isinstance(exc, InputError):
+        return ApiError(400, message, "invalid_input")
+    if isinstance(exc, UsageError):
+        return ApiError(400, message, "invalid_value")
+    if isinstance(exc, ModelError):
+        return ApiError(400, message, "unsupported")
+    if isinstance(exc, MemoryError) or "out of memory" in message.lower():
+        return ApiError(500, "out of memory on the server", "out_of_memory")
+    if isinstance(exc, Showo2Error):
+        return ApiError(500, message, "server_error")
+    log.error("internal error: %s: %s", type(exc).__name__, message, exc_info=exc)
+    return ApiError(500, f"internal error ({type(exc).__name__})", "internal_error")
+
+
+# ---- the worker ---------------------------------------------------------------------------------
+
+
+# ---- request parsing ------------------------------------------------------------------------------
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+async def read_json(request, limit: int) -> dict:
+    """The request body as a JSON object: 413 beyond ``limit`` bytes, 400 when not a JSON object."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise ApiError(400, "bad Content-Length header", "invalid_request") from None
+        if declared > limit:
+            raise ApiError(413, f"request body of {declared} bytes is larger than the limit of {limit}",
+                           "request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is larger than the limit of {limit} bytes",
+                           "request_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise ApiError(400, "the request body is empty: send a JSON object", "invalid_json")
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ApiError(400, "the request body is not UTF-8 JSON", "invalid_json") from None
+    except (ValueError, RecursionError) as e:
+        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ApiError(400, f"the request body is not valid JSON: {detail}", "invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object", "invalid_json")
+    return data
+
+
+def _number(body: dict, key: str, low: float, high: float, default=None, integer: bool = False,
+            limit: float | None = None, limit_what: str = ""):
+    """A field that must be a number in [low, high] (400 otherwise); over ``limit``: 422."""
+    value = body.get(key, default)
+    if value is None:
+        return default
+    kind = "an integer" if integer else "a number"
+    wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
+    if wrong_type:
+        raise ApiError(400, f"'{key}' must be {kind}", "invalid_type", key)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ApiError(400, f"'{key}' must be {kind} between {low:g} and {high:g}, got {value}",
+                       "invalid_value", key)
+    if limit is not None and value > limit:
+        raise ApiError(422, f"'{key}' of {value} is over this server's limit of {limit:g}{limit_what}",
+                       "over_limit", key)
+    return value
+
+
+def _text(value, what: str, param: str) -> str:
+    """Message content: a string or a list of text parts (images are refused here)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        out = []
+        for part in value:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                out.append(part["text"])
+            else:
+                raise ApiError(400, f"{what} content may only hold text parts", "invalid_content", param)
+        return "\n".join(out)
+    raise ApiError(400, f"{what} content must be a string or a list of parts", "invalid_content", param)
+
+
+_DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+(?:=[^;,]*)?)*),", re.ASCII)
+
+
+def decode_data_url(url: str, param: str) -> bytes:
+    if not isinstance(url, str):
+        raise ApiError(400, "an image_url must be a string", "invalid_image_url", param)
+    m = _DATA_URL.match(url)
+    if m is None:
+        if re.match(r"https?://", url, re.IGNORECASE):
+            raise ApiError(400, "only data: URLs are accepted (this server never fetches URLs)",
+                           "unsupported_image_url", param)
+        raise ApiError(400, "an image_url must be a data: URL (data:image/png;base64,...)",
+                       "invalid_image_url", param)
+    payload = url[m.end():]
+    if ";base64" not in m.group("params").lower():
+        raise ApiError(400, "an image data URL must be base64-encoded (;base64,)", "invalid_image_url", param)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "the image data URL is not valid base64", "invalid_image_url", param) from None
+    if not data:
+        raise ApiError(400, "the image data URL holds no data", "invalid_image_url", param)
+    return data
+
+
+@dataclass
+class PlannedTurn:
+    question: str
+    images: list[bytes] = field(default_factory=list)
+    answer: str | None = None
+
+
+@dataclass
+class ChatPlan:
+    system: str | None
+    turns: list[PlannedTurn]
+    max_tokens: int
+    temperature: float
+    top_p: float | None
+    seed: int | None
+    stream: bool
+    include_usage: bool
+
+
+def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list", "invalid_value", "messages")
+    if len(messages) > config.max_messages:
+        raise ApiError(422, f"{len(messages)} messages is over this server's limit of {config.max_messages}",
+                       "over_limit", "messages")
+    n = _number(body, "n", 1, 128, 1, integer=True)
+    if n != 1:
+        raise ApiError(400, "'n' must be 1 on this server", "invalid_value", "n")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    max_tokens = _number({key: max_tokens}, key, 1, 1_000_000, config.default_max_tokens, integer=True,
+                         limit=config.max_tokens)
+    temperature = _number(body, "temperature", 0, 2, 0.0)
+    top_p = _number(body, "top_p", 0, 1, None)
+    if top_p is not None and top_p <= 0:
+        raise ApiError(400, "'top_p' must be greater than 0", "invalid_value", "top_p")
+    seed = _number(body, "seed", 0, 2**63 - 1, None, integer=True)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be true or false", "invalid_type", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise ApiError(400, "'stream_options' must be an object", "invalid_type", "stream_options")
+    system_parts: list[str] = []
+    turns: list[PlannedTurn] = []
+    images = 0
+    for i, msg in enumerate(messages):
+        param = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise ApiError(400, f"{param} must be an object", "invalid_value", param)
+        role = msg.get("role")
+        content = msg.get("content")
+        if role in ("system", "developer"):
+            system_parts.append(_text(content, f"a {role} message's", param))
+        elif role == "user":
+            text_parts, pics = [], []
+            if isinstance(content, str):
+                text_parts.append(content)
+            elif isinstance(content, list):
+                for j, part in enumerate(content):
+                    p = f"{param}.content[{j}]"
+                    kind = part.get("type") if isinstance(part, dict) else None
+                    if kind == "text" and isinstance(part.get("text"), str):
+                        text_parts.append(part["text"])
+                    elif kind == "image_url":
+                        ref = part.get("image_url")
+                        url = ref.get("url") if isinstance(ref, dict) else ref
+                        pics.append(decode_data_url(url, p))
+                    else:
+                        raise ApiError(400, f"{p}: unsupported content part (use text or image_url)",
+                                       "invalid_content", p)
+            else:
+                raise ApiError(400, f"{param}: content must be a string or a list of parts",
+                               "invalid_content", param)
+            images += len(pics)
+            if images > config.max_images:
+                raise ApiError(422, f"more than {config.max_images} images in one request", "over_limit",
+                               param)
+            text = "\n".join(t for t in text_parts if t.strip())
+            if turns and turns[-1].answer is None:  # consecutive user messages: one turn
+                last = turns[-1]
+                last.question = "\n".join(t for t in (last.question, text) if t)
+                last.images += pics
+            else:
+                turns.append(PlannedTurn(text, pics))
+        elif role == "assistant":
+            if not turns or turns[-1].answer is not None:
+                raise ApiError(400, f"{param}: an assistant message must follow a user message",
+                               "invalid_value", param)
+            turns[-1].answer = _text(content, "an assistant message's", param)
+        else:
+            raise ApiError(400, f"{param}: unsupported role {str(role)[:20]!r} (use system, user, assistant)",
+                           "invalid_value", param)
+    if not turns or turns[-1].answer is not None:
+        raise ApiError(400, "the last message must be a user message", "invalid_value", "messages")
+    for t in turns:
+        if not t.question.strip():
+            if not t.images:
+                raise ApiError(400, "a user message needs some text or an image", "invalid_value", "messages")
+            t.question = "Describe the image."
+    system = "\n".join(system_parts) if system_parts else None
+    return ChatPlan(system, turns, int(max_tokens), float(temperature), top_p, seed, stream,
+                    bool(options.get("include_usage", False)))
+
+
+@dataclass
+class ImagePlan:
+    prompt: str
+    n: int
+    size: tuple[int, int] | None
+    seed: int | None
+    steps: int | None
+    guidance: float | None
+
+
+def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
+    from ..options import MAX_PROMPT_CHARS
+
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ApiError(400, "'prompt' must be a non-empty string", "invalid_value", "prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ApiError(400, f"'prompt' is longer than {MAX_PROMPT_CHARS} characters", "invalid_value",
+                       "prompt")
+    n = _number(body, "n", 1, 128, 1, integer=True, limit=config.max_n)
+    fmt = body.get("response_format") or "b64_json"
+    if fmt != "b64_json":
+        raise ApiError(400, "only response_format 'b64_json' is supported", "invalid_value",
+                       "response_format")
+    size = body.get("size")
+    hw = None
+    if size not in (None, "auto"):
+        if not isinstance(size, str) or not re.fullmatch(r"\d{1,5}x\d{1,5}", size):
+            raise ApiError(400, "'size' must be WIDTHxHEIGHT, e.g. '512x512'", "invalid_value", "size")
+        w, h = (int(v) for v in size.split("x"))
+        m = spec.latent_multiple
+        if w <= 0 or h <= 0 or w % m or h % m:
+            raise ApiError(400, f"'size' sides must be positive multiples of {m}, got {size}",
+                           "invalid_value", "size")
+        if max(w, h) > config.max_size:
+            raise ApiError(422, f"'size' {size} is over this server's limit of {config.max_size} pixels "
+                                "a side", "over_limit", "size")
+        hw = (h, w)
+    steps = _number(body, "steps", 2, 10000, None, integer=True, limit=config.max_steps)
+    seed = _number(body, "seed", 0, 2**63 - 1, None, integer=True)
+    guidance = _number(body, "guidance", 0, 100, None)
+    return ImagePlan(prompt, int(n), hw, seed, steps, guidance)
+
+
+def api_key_from(option: str | None) -> str | None:
+    key = option if option is not None else os.environ.get(API_KEY_ENV)
+    return key or None

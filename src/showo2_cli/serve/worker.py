@@ -1,0 +1,116 @@
+"""The one worker thread that owns the model: a bounded queue of jobs, cancellation, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .requests import ApiError
+
+try:  # module level: FastAPI resolves the handlers' (string) annotations in these globals
+    from fastapi import Request
+except ImportError:  # pragma: no cover - serve checks for FastAPI before it gets here
+    Request = None
+
+log = logging.getLogger("showo2.serve")
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Job:
+    """One request's work: ``fn(job)`` runs on the worker thread; events flow back to the event loop."""
+
+    def __init__(self, fn: Callable[[Job], Any], loop: asyncio.AbstractEventLoop):
+        self.fn, self.loop = fn, loop
+        self.cancel = threading.Event()
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.started = False
+
+    def emit(self, kind: str, value: Any = None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+
+class Worker:
+    """One thread owning the model: one job at a time, at most ``max_queue`` waiting."""
+
+    def __init__(self, max_queue: int):
+        self.max_queue = max_queue
+        self._cv = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self.running: Job | None = None
+        self._stop = False
+        self.counts = {"completed": 0, "failed": 0, "cancelled": 0, "rejected": 0}
+        self._thread = threading.Thread(target=self._loop, name="showo2-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            if self._stop:
+                raise ApiError(503, "the server is shutting down", "shutting_down", type_="server_error")
+            if (self.running is not None or self._waiting) and len(self._waiting) >= self.max_queue:
+                self.counts["rejected"] += 1
+                raise QueueFull
+            self._waiting.append(job)
+            self._cv.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job: taken out of the queue if it waits, told to stop if it runs."""
+        job.cancel.set()
+        with self._cv:
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self.counts["cancelled"] += 1
+
+    def _loop(self) -> None:
+        from ..dialogue import Cancelled
+
+        while True:
+            with self._cv:
+                while not self._waiting and not self._stop:
+                    self._cv.wait()
+                if not self._waiting and self._stop:
+                    return
+                job = self._waiting.popleft()
+                self.running = job
+            try:
+                if job.cancel.is_set():
+                    raise Cancelled("cancelled")
+                job.started = True
+                result = job.fn(job)
+            except BaseException as e:  # every failure goes back to its request, the thread lives on
+                kind = "cancelled" if isinstance(e, Cancelled) else "failed"
+                with self._cv:
+                    self.counts[kind] += 1
+                job.emit("error", e)
+            else:
+                with self._cv:
+                    self.counts["completed"] += 1
+                job.emit("done", result)
+            finally:
+                with self._cv:
+                    self.running = None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the running job, cancel any still waiting, end the thread."""
+        with self._cv:
+            self._stop = True
+            for job in self._waiting:
+                job.cancel.set()
+            self._cv.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
