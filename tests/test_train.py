@@ -25,10 +25,10 @@ from showo2_cli.training.data import (
     Permutation,
     StepSampler,
     TrainingData,
-    build_index,
     make_sources,
     step_keys,
 )
+from showo2_cli.training.records import build_index
 from showo2_cli.training.trainer import lr_factor, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,11 +258,9 @@ def test_rows_follow_the_training_formats():
 
 def test_write_checkpoint_is_atomic(tmp_path):
     def good(dst):
-        dst.mkdir()
         (dst / ckpt.STATE_FILE).write_text("ok")
 
     def crash(dst):
-        dst.mkdir()
         (dst / "half").write_text("x")
         raise RuntimeError("disk on fire")
 
@@ -529,13 +527,13 @@ def test_yaml_configs_read_the_same(tmp_path):
 
 
 def test_json_arrays_are_parsed_incrementally(tmp_path):
-    from showo2_cli.training.data import _iter_json_array
+    from showo2_cli.training.records import iter_json_array
 
     items = [{"id": i, "text": "é" * (i % 5), "n": 12345678 * i} for i in range(40)] + [1234567, "x", [1, 2]]
     path = tmp_path / "a.json"
     path.write_text(json.dumps(items, ensure_ascii=False, indent=1), encoding="utf-8")
     for chunk in (3, 7, 64, 1 << 20):
-        assert list(_iter_json_array(path, chunk=chunk)) == items
+        assert list(iter_json_array(path, chunk=chunk)) == items
 
 
 # ---- per-role forwards, EMA, pre-encoding, the temporal cue -------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelError, OutputError, UsageError
+from .errors import ModelError, UsageError
 from .runtime import torch_dtype
 from .sequences import SpecialTokens
 from .specs import IMAGE_UND, REGISTRY, T2I, VIDEO_UND, ModelSpec, get_spec, spec_for_hidden_size
@@ -659,65 +659,38 @@ def save_folder(dst: Path, spec: ModelSpec, state: dict[str, torch.Tensor], toke
                 dtype: torch.dtype | None = None, overwrite: bool = False, extra: dict | None = None) -> Path:
     """Write a showo2-format folder atomically: everything goes to a temporary sibling folder,
     which is renamed into place only when complete (a crash never leaves a half-written model)."""
-    import shutil
-    import tempfile
+    from .media import atomic_folder
 
+    with atomic_folder(Path(dst), overwrite=overwrite) as tmp:  # the one atomic writer: all or nothing
+        write_folder(tmp, spec, state, tokenizer, vae, dtype, extra)
+    return Path(dst)
+
+
+def write_folder(folder: Path, spec: ModelSpec, state: dict[str, torch.Tensor], tokenizer=None, vae=None,
+                 dtype: torch.dtype | None = None, extra: dict | None = None) -> None:
+    """Fill an existing (empty, temporary) folder with a showo2-format model: the body of
+    :func:`save_folder`, for writers that publish the folder themselves (checkpoints)."""
     from safetensors.torch import save_file
 
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise OutputError(f"'{dst}' already exists; pass --overwrite to replace it")
-    if dst.exists() and not dst.is_dir():
-        raise OutputError(f"'{dst}' exists and is not a folder")
-    parent = dst.parent if str(dst.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write '{dst}': folder '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write '{dst}': folder '{parent}' is read-only")
-    try:
-        from .media import short_name
-
-        tmp = Path(tempfile.mkdtemp(prefix=f".{short_name(dst.name)}.", suffix=".tmp", dir=parent))
-    except OSError as e:
-        raise OutputError(f"cannot write '{dst}': cannot create a folder in '{parent}' ({e.strerror or e})") from e
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        tensors = {}
-        for k, v in state.items():
-            if spec.tie_word_embeddings and k == "showo.lm_head.weight":
-                continue
-            v = v.detach()
-            if dtype is not None and v.is_floating_point():
-                v = v.to(dtype)
-            tensors[k] = v.contiguous()
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "showo2_format": str(FORMAT_VERSION)})
-        config = official_config(spec)
-        config["showo2"] = {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), **(extra or {})}
-        (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        if vae is not None:
-            if dtype is not None:
-                vae = vae.to(dtype=dtype)
-            vae.save_pretrained(tmp / "vae")
-        for f in [tmp, *tmp.rglob("*")]:
-            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
-        if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{short_name(dst.name)}.", suffix=".old", dir=parent))
-            os.replace(dst, old / dst.name)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-    except BaseException as e:  # disk full, quota, the folder vanished, Ctrl-C, SIGTERM...
-        shutil.rmtree(tmp, ignore_errors=True)
-        from .media import is_write_error, write_failed
-
-        if is_write_error(e):
-            raise write_failed(dst, e) from e
-        raise
-    return dst
+    tmp = Path(folder)
+    tensors = {}
+    for k, v in state.items():
+        if spec.tie_word_embeddings and k == "showo.lm_head.weight":
+            continue
+        v = v.detach()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "showo2_format": str(FORMAT_VERSION)})
+    config = official_config(spec)
+    config["showo2"] = {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), **(extra or {})}
+    (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    if vae is not None:
+        if dtype is not None:
+            vae = vae.to(dtype=dtype)
+        vae.save_pretrained(tmp / "vae")
 
 
 def init_model(spec_name: str | ModelSpec, dst: Path, seed: int = 0, dtype: torch.dtype = torch.float32,

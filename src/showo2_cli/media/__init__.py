@@ -63,8 +63,10 @@ from .geometry import (
 from .image import IMAGE_WRITE_EXTS, read_image, write_image
 from .metadata import METADATA_KEY, PARAMETERS_KEY, read_metadata, read_png_metadata
 from .outputs import (
+    atomic_folder,
     atomic_output,
     check_output_path,
+    fsync_path,
     is_write_error,
     short_name,
     slugify,
@@ -106,7 +108,9 @@ __all__ = [
     "VIDEO_WRITE_EXTS",
     "Media",
     "PathLike",
+    "atomic_folder",
     "atomic_output",
+    "fsync_path",
     "short_name",
     "write_failed",
     "is_write_error",

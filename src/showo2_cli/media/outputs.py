@@ -6,6 +6,8 @@ import errno
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,7 +168,7 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
 
 
 @contextmanager
-def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output(path: PathLike, overwrite: bool = False, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to ``path``.
 
     The temporary file is created (empty) in the same folder, hidden, named
@@ -190,18 +192,92 @@ def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
                 raise write_failed(target, e) from e
             raise
         _normal_mode(tmp)  # writers that replace the file (safetensors does) leave it 0600
+        if durable:
+            fsync_path(tmp)
         _commit(tmp, target, overwrite)
+        if durable:
+            fsync_path(target.parent)
     except BaseException:
         _unlink_quiet(tmp)
         raise
 
 
-def _normal_mode(p: Path) -> None:
-    """Give a finished output the mode of a normal new file: 0o666 minus the umask."""
+@contextmanager
+def atomic_folder(path: PathLike, overwrite: bool = False, durable: bool = False) -> Iterator[Path]:
+    """:func:`atomic_output` for a folder (a model folder, a checkpoint): yield a hidden empty
+    folder beside ``path`` to fill; on success it takes ``path``'s place whole (an existing folder
+    is moved aside first, then removed), on any exception it is removed. Files and folders get
+    the modes of normal new ones; ``durable`` fsyncs every file and the parent before returning.
+
+    Raises:
+        OutputError: ``path`` exists (without ``overwrite``) or is not a folder, the parent is
+        missing or read-only, or the disk fills up while writing.
+    """
+    target = Path(os.fspath(path))
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise OutputError(f"{quote_path(target)} already exists; pass --overwrite to replace it")
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{quote_path(target)} exists and is not a folder")
+    parent = target.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {quote_path(target)}: folder {quote_path(parent)} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {quote_path(target)}: folder {quote_path(parent)} is read-only")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{short_name(target.name)}.", suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise OutputError(f"cannot write {quote_path(target)}: cannot create a folder in "
+                          f"{quote_path(parent)} ({e.strerror or error_detail(e)})") from e
+    try:
+        try:
+            yield tmp
+        except OutputError:
+            raise
+        except Exception as e:
+            if is_write_error(e):
+                raise write_failed(target, e) from e
+            raise
+        for f in [tmp, *tmp.rglob("*")]:
+            _normal_mode(f, folder=f.is_dir())
+            if durable:
+                fsync_path(f)
+        try:
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{short_name(target.name)}.", suffix=".old", dir=parent))
+                os.replace(target, old / target.name)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        except OSError as e:
+            raise OutputError(f"cannot write {quote_path(target)}: {error_detail(e)}") from e
+        if durable:
+            fsync_path(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def fsync_path(p: Path) -> None:
+    """Flush a file's or a folder's entries to disk (best effort where the OS refuses)."""
+    try:
+        fd = os.open(p, os.O_RDONLY | (os.O_DIRECTORY if p.is_dir() else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _normal_mode(p: Path, folder: bool = False) -> None:
+    """Give a finished output the mode of a normal new file (0o666) or folder (0o777) minus the umask."""
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(p, 0o666 & ~umask)
+        os.chmod(p, (0o777 if folder else 0o666) & ~umask)
     except OSError:
         pass
 

@@ -8,10 +8,12 @@ A run folder looks like::
       checkpoint-000200/
       metrics.jsonl  config.json  samples/
 
-Writing a checkpoint: everything goes to ``.checkpoint-000200.partial/`` (files fsync'ed), which
-is renamed to ``checkpoint-000200/`` in one step; only then is ``latest`` rewritten (a temporary
-file and ``os.replace``). A crash at any moment leaves either the previous ``latest`` pointing at
-a complete folder, or the new one; leftover ``.partial`` folders are removed on the next start.
+Writing a checkpoint: everything goes to a hidden ``.checkpoint-000200.<random>.tmp/`` folder
+(files fsync'ed), which is renamed to ``checkpoint-000200/`` in one step; only then is ``latest``
+rewritten (a temporary file and ``os.replace``); both through the project's one atomic writer
+(:func:`showo2_cli.media.atomic_folder` / :func:`~showo2_cli.media.atomic_output`). A crash at
+any moment leaves either the previous ``latest`` pointing at a complete folder, or the new one;
+leftover temporary folders are removed on the next start.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ModelError, OutputError
+from ..errors import ModelError
 
 LATEST = "latest"
 STATE_FILE = "trainer_state.pt"
@@ -34,49 +35,12 @@ def checkpoint_name(step: int) -> str:
     return f"checkpoint-{step:06d}"
 
 
-def _fsync_tree(folder: Path) -> None:
-    for f in sorted(folder.rglob("*")):
-        if f.is_file():
-            try:
-                fd = os.open(f, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_pointer(output_dir: Path, name: str) -> None:
-    """Point ``latest`` at ``name`` atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{LATEST}.", suffix=".tmp", dir=output_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, output_dir / LATEST)
-        _fsync_dir(output_dir)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Point ``latest`` at ``name`` atomically (and durably)."""
+    from ..media import atomic_output
+
+    with atomic_output(output_dir / LATEST, overwrite=True, durable=True) as tmp:
+        tmp.write_text(name + "\n", encoding="utf-8")
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -124,35 +88,16 @@ def clean_partials(output_dir: Path) -> list[Path]:
 
 
 def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None], keep_last: int = 0) -> Path:
-    """Create ``checkpoint-<step>`` with ``write(staging_folder)``, publish it, update ``latest``,
+    """Create ``checkpoint-<step>`` with ``write(staging_folder)`` (which fills an existing empty folder), publish it, update ``latest``,
     and keep only the newest ``keep_last`` checkpoints (0 keeps all)."""
+    from ..media import atomic_folder
+
     output_dir = Path(output_dir)
     name = checkpoint_name(step)
     final = output_dir / name
-    staging = output_dir / f".{name}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
+    # the same step may be saved again (resumed and stopped at once): replaced whole
+    with atomic_folder(final, overwrite=True, durable=True) as staging:
         write(staging)
-        _fsync_tree(staging)
-        if final.exists():  # the same step saved again (e.g. resumed and stopped at once)
-            old = output_dir / f".{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, final)
-        _fsync_dir(output_dir)
-    except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(e, OutputError):
-            raise
-        from ..media import is_write_error, write_failed
-
-        if is_write_error(e):  # a full disk, a quota, a read-only file system
-            raise write_failed(final, e) from e
-        raise
     write_pointer(output_dir, name)
     if keep_last > 0:
         for _, old in list_checkpoints(output_dir)[:-keep_last]:

@@ -633,18 +633,18 @@ class Run:
         return path if path is not None else self.output_dir / ckpt.checkpoint_name(step)
 
     def _write(self, dst: Path, step: int) -> None:
-        from ..loading import save_folder
+        from ..loading import write_folder
 
         if self.cfg.mode == "showo2":
             net = self.acc.unwrap_model(self.module).network
             info = {"training": {"step": step, "config": self.cfg.source}}
-            save_folder(dst, self.spec, net.state_dict(), tokenizer=self.tokenizer, vae=self.vae, extra=info)
+            write_folder(dst, self.spec, net.state_dict(), tokenizer=self.tokenizer, vae=self.vae, extra=info)
             if self.ema is not None:  # the averaged weights as a model folder of their own
+                (dst / EMA_DIR).mkdir()
                 with self._ema_weights():
-                    save_folder(dst / EMA_DIR, self.spec, net.state_dict(), tokenizer=self.tokenizer, vae=self.vae,
-                                extra={"training": {**info["training"], "ema_decay": self.cfg.ema.decay}})
+                    write_folder(dst / EMA_DIR, self.spec, net.state_dict(), tokenizer=self.tokenizer, vae=self.vae,
+                                 extra={"training": {**info["training"], "ema_decay": self.cfg.ema.decay}})
         else:
-            dst.mkdir(parents=True)
             self.acc.unwrap_model(self.module).vae.save_pretrained(dst / "vae")
             if self.ema is not None:
                 with self._ema_weights():

@@ -1,0 +1,167 @@
+"""File indexes for the pairs and LLaVA sources: every record of a ``.jsonl`` (or a ``.json``
+array converted to JSONL, or a folder listing) found by its byte offset, from a memory-mapped
+uint64 file built once per input file (keyed by path, size and mtime) and shared by every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .config import DataSource
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+
+
+def _scan_lines(path: Path, out_offsets: Path) -> None:
+    """Offsets of every non-blank line of a text file, streamed to a uint64 file."""
+    from ..media import atomic_output
+
+    offsets = []
+    with atomic_output(out_offsets, overwrite=True) as tmp, open(path, "rb") as f, open(tmp, "wb") as out:
+        pos = 0
+        for line in f:
+            if line.strip():
+                offsets.append(pos)
+                if len(offsets) >= 1 << 16:
+                    out.write(np.asarray(offsets, dtype="<u8").tobytes())
+                    offsets.clear()
+            pos += len(line)
+        out.write(np.asarray(offsets, dtype="<u8").tobytes())
+
+
+def iter_json_array(path: Path, chunk: int = 1 << 20):
+    """Elements of a top-level JSON array, parsed incrementally (the file is never loaded whole)."""
+    import codecs
+
+    decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    buf, pos, started, eof = "", 0, False, False
+    with open(path, "rb") as f:
+        while True:
+            if not eof and len(buf) - pos < chunk:
+                data = f.read(chunk)
+                eof = not data
+                buf = buf[pos:] + utf8.decode(data, final=eof)
+                pos = 0
+            while pos < len(buf) and buf[pos] in " \t\r\n,":
+                pos += 1
+            if not started:
+                if pos >= len(buf):
+                    if eof:
+                        raise InputError(f"'{path}' is empty: expected a JSON array")
+                    continue
+                if buf[pos] != "[":
+                    raise InputError(f"'{path}' is not a JSON array (LLaVA format) nor JSONL")
+                started, pos = True, pos + 1
+                continue
+            if pos < len(buf) and buf[pos] == "]":
+                return
+            if pos >= len(buf):
+                if eof:
+                    raise InputError(f"'{path}' ends before the JSON array is closed")
+                continue
+            try:
+                value, end = decoder.raw_decode(buf, pos)
+                cut = end >= len(buf) and not eof  # maybe a number or literal cut by the chunk end
+            except json.JSONDecodeError as e:
+                if eof:
+                    raise InputError(f"'{path}' is not valid JSON: {e}") from e
+                cut = True
+            if cut:  # an element cut by the chunk boundary: read more and retry
+                data = f.read(chunk)
+                eof = not data
+                buf = buf[pos:] + utf8.decode(data, final=eof)
+                pos = 0
+                continue
+            yield value
+            pos = end
+
+
+def build_index(source: DataSource, index_dir: Path) -> tuple[Path, Path]:
+    """(records file, offsets file) for a pairs/llava source, building them once.
+
+    A ``.jsonl`` is indexed in place; a folder of pairs becomes a listing JSONL; a ``.json``
+    array is converted to JSONL incrementally. Safe to call from several processes at once.
+    """
+    path = Path(source.path)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:20]
+        records = index_dir / f"{key}.listing.jsonl"
+        offsets = index_dir / f"{key}.listing.u64"
+        if not (records.exists() and offsets.exists()):
+            _list_folder(path, records)
+            _scan_lines(records, offsets)
+        return records, offsets
+    key = _file_key(path)
+    if path.suffix.lower() == ".jsonl":
+        offsets = index_dir / f"{key}.u64"
+        if not offsets.exists():
+            _scan_lines(path, offsets)
+        return path, offsets
+    records = index_dir / f"{key}.jsonl"
+    offsets = index_dir / f"{key}.jsonl.u64"
+    if not (records.exists() and offsets.exists()):
+        from ..media import atomic_output
+
+        with atomic_output(records, overwrite=True) as tmp, open(tmp, "w", encoding="utf-8") as out:
+            for element in iter_json_array(path):
+                out.write(json.dumps(element, ensure_ascii=False) + "\n")
+        _scan_lines(records, offsets)
+    return records, offsets
+
+
+def _list_folder(folder: Path, out: Path) -> None:
+    from ..media import IMAGE_EXTS, VIDEO_EXTS, atomic_output
+
+    exts = set(IMAGE_EXTS) | set(VIDEO_EXTS)
+    count = 0
+    with atomic_output(out, overwrite=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames.sort()
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                if p.suffix.lower() in exts and not name.startswith("."):
+                    f.write(json.dumps({"path": str(p), "caption_file": str(p.with_suffix(".txt"))}) + "\n")
+                    count += 1
+        if count == 0:  # inside the writer: nothing is published
+            raise InputError(f"folder '{folder}' holds no images or videos")
+
+
+class Records:
+    """Random access to the records of an indexed JSONL file (offsets memory-mapped)."""
+
+    def __init__(self, records: Path, offsets: Path):
+        self.records, self.offsets_path = Path(records), Path(offsets)
+        size = self.offsets_path.stat().st_size // 8
+        self._offsets = np.memmap(self.offsets_path, dtype="<u8", mode="r", shape=(size,)) if size else np.zeros(0, "<u8")
+
+    def __len__(self) -> int:
+        return int(self._offsets.shape[0])
+
+    def __getitem__(self, i: int) -> dict:
+        with open(self.records, "rb") as f:
+            f.seek(int(self._offsets[i]))
+            line = f.readline()
+        try:
+            value = json.loads(line)
+        except ValueError as e:
+            raise InputError(f"'{self.records}' record {i} is not valid JSON: {e}") from e
+        if not isinstance(value, dict):
+            raise InputError(f"'{self.records}' record {i} is not a JSON object")
+        return value
+
+    def __getstate__(self):  # workers re-open the memmap
+        return {"records": self.records, "offsets": self.offsets_path}
+
+    def __setstate__(self, state):
+        self.__init__(state["records"], state["offsets"])
