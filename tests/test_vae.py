@@ -301,7 +301,7 @@ def test_wrong_shaped_state_dict(small_random, tmp_path):
     save_file(sd, str(path))
     with pytest.raises(ModelError) as exc:
         load_vae(path)
-    _assert_one_line(exc, str(path), "decoder.conv_in.bias", "wrong shapes")
+    _assert_one_line(exc, str(path), "decoder.conv_in.bias (3,)", "wrong shape", "Wan2.1 VAE")
 
 
 def test_missing_and_unexpected_keys(small_random, tmp_path):
@@ -312,7 +312,7 @@ def test_missing_and_unexpected_keys(small_random, tmp_path):
     torch.save(sd, path)
     with pytest.raises(ModelError) as exc:
         load_vae(path)
-    _assert_one_line(exc, "missing keys: decoder.norm_out.gamma", "unexpected keys: decoder.extra.weight")
+    _assert_one_line(exc, "1 missing key(s) (e.g. decoder.norm_out.gamma)", "1 unexpected key(s) (e.g. decoder.extra.weight)")
 
 
 def test_not_a_vae_and_missing_paths(tmp_path):

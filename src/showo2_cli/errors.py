@@ -20,6 +20,9 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 
 class Showo2Error(Exception):
     """Base class: a problem the user can fix, reported as one line."""
@@ -61,3 +64,18 @@ class ResourceError(Showo2Error):
 
     exit_code = 6
     kind = "resource"
+
+
+# ---- the one way values and exception texts are shown inside a one-line message ---------------
+
+def short(value: Any, n: int = 40) -> str:
+    """A value as shown inside a one-line message: at most ``n`` characters."""
+    text = str(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def one_line(text: Any, limit: int = 200) -> str:
+    """A (library's) message as one line: terminal escapes removed, whitespace runs collapsed,
+    cut to ``limit`` characters with :func:`short`."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
+    return short(" ".join(text.split()), limit)

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, short
 from .runtime import torch_dtype
 from .sequences import SpecialTokens
 from .specs import IMAGE_UND, REGISTRY, T2I, VIDEO_UND, ModelSpec, get_spec, spec_for_hidden_size
+from .weights import check_fit, read_json, read_state_dict
 
 FORMAT_VERSION = 1
 OFFICIAL_FIELDS = (
@@ -126,7 +127,7 @@ def find_weights(root: Path) -> list[Path]:
         index = root / index_name
         if index.exists():
             try:
-                shards = sorted(set(_read_json(index)["weight_map"].values()))
+                shards = sorted(set(read_json(index)["weight_map"].values()))
                 if any(not isinstance(x, str) or "/" in x or x.startswith(".") for x in shards):
                     raise ValueError("shard names must be file names in the folder")
             except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -198,7 +199,7 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None) ->
     cfg_path = root / "config.json"
     if not cfg_path.exists():
         raise ModelError(f"'{root}' is not a Show-o2 model folder: it has no config.json")
-    config = _read_json(cfg_path)
+    config = read_json(cfg_path)
     fmt = "showo2" if "showo2" in config else "official"
     if fmt == "official":
         _check_official_config(config, cfg_path)
@@ -247,8 +248,7 @@ def _check_official_config(config: dict, where: Path) -> None:
 
 
 def _shown(value) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return short(json.dumps(value, default=str))
 
 
 def _check_spec_types(raw: dict, where: Path) -> None:
@@ -303,46 +303,6 @@ def missing_message(files: ModelFiles, pieces: tuple[str, ...]) -> str | None:
 
 # ---- reading weights --------------------------------------------------------------------------
 
-def read_state_dict(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """All tensors of the weight files, memory-mapped where the format allows, never unpickling code."""
-    state: dict[str, torch.Tensor] = {}
-    for path in paths:
-        if not path.exists():
-            raise ModelError(f"weight file '{path}' is missing")
-        if not path.is_file():  # a FIFO or a device would block or never end
-            raise ModelError(f"weight file '{path}' is not a regular file")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                part = load_file(str(path))
-            else:
-                import warnings
-
-                with warnings.catch_warnings():  # torch warns about odd pickles on stderr: the error says it
-                    warnings.simplefilter("ignore")
-                    try:
-                        part = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-                    except RuntimeError as e:
-                        if "mmap" not in str(e):
-                            raise
-                        part = torch.load(str(path), map_location="cpu", weights_only=True)
-                if isinstance(part, dict) and isinstance(part.get("state_dict"), dict):
-                    part = part["state_dict"]
-        except ModelError:
-            raise
-        except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if "weights_only" in str(e) or "Unsupported global" in str(e):
-                raise ModelError(f"refusing to load '{path}': it holds pickled objects other than tensors "
-                                 "(loading it could run code)") from e
-            raise ModelError(f"cannot read weights '{path}': truncated or corrupt ({first})") from e
-        if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
-            raise ModelError(f"'{path}' is not a state dict of tensors")
-        state.update(part)
-    return state
-
-
 def _count(state: dict, pattern: str) -> int:
     rx = re.compile(pattern)
     return len({m.group(1) for k in state if (m := rx.match(k))})
@@ -380,8 +340,8 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     hidden = embed[1]
     named = _registry_by_name(files.name, root, hidden)
     base = named or spec_for_hidden_size(hidden)
-    llm_cfg = _read_json(files.llm_config) if files.llm_config else {}
-    sig_cfg = _read_json(files.siglip_config) if files.siglip_config else {}
+    llm_cfg = read_json(files.llm_config) if files.llm_config else {}
+    sig_cfg = read_json(files.siglip_config) if files.siglip_config else {}
     sig_cfg = sig_cfg.get("vision_config", sig_cfg)
     if not llm_cfg and base is None:
         raise ModelError(f"cannot tell the LLM's head count for '{root}': put the Qwen2 config.json "
@@ -456,28 +416,6 @@ def _registry_by_name(name: str, root: Path, hidden: int) -> ModelSpec | None:
     return None
 
 
-MAX_CONFIG_BYTES = 16 * 2**20
-
-
-def _read_json(path: Path) -> dict:
-    """A config file: a regular file (never a FIFO or a device, which could block forever), at
-    most 16 MiB, JSON nested at most a few hundred levels."""
-    path = Path(path)
-    try:
-        if not path.is_file():
-            raise ModelError(f"cannot read '{path}': not a regular file")
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ModelError(f"cannot read '{path}': larger than {MAX_CONFIG_BYTES // 2**20} MiB, not a config")
-        data = json.loads(path.read_text())
-    except RecursionError as e:
-        raise ModelError(f"cannot read '{path}': JSON nested too deeply") from e
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read '{path}': {e}") from e
-    if not isinstance(data, dict):
-        raise ModelError(f"'{path}' is not a JSON object")
-    return data
-
-
 def spec_from_files(files: ModelFiles, state: dict) -> ModelSpec:
     if files.format == "showo2":
         raw = files.config["showo2"]
@@ -494,28 +432,9 @@ def spec_from_files(files: ModelFiles, state: dict) -> ModelSpec:
 # ---- building the network ---------------------------------------------------------------------
 
 def check_state_dict(model: torch.nn.Module, state: dict, where: str) -> None:
-    """Strict key and shape check with a one-line message naming the first problems."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    """Strict key and shape check of Show-o2 weights (a tied embedding may be stored once)."""
     tied = getattr(getattr(model, "spec", None), "tie_word_embeddings", False)
-    optional = {"showo.lm_head.weight"} if tied else set()
-    missing = [k for k in expected if k not in state and k not in optional]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected
-             if k in state and tuple(state[k].shape) != expected[k]]
-    floating = {k for k, v in model.state_dict().items() if v.is_floating_point()}
-    wrong_dtype = [f"{k} {str(state[k].dtype).replace('torch.', '')}" for k in expected
-                   if k in state and k in floating and not state[k].is_floating_point()]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
-    if wrong:
-        problems.append(f"{len(wrong)} wrong shape(s) (e.g. {'; '.join(wrong[:2])})")
-    if wrong_dtype:
-        problems.append(f"{len(wrong_dtype)} tensor(s) that are not floating point (e.g. {'; '.join(wrong_dtype[:2])})")
-    if problems:
-        raise ModelError(f"weights in '{where}' do not fit the model: {', '.join(problems)}")
+    check_fit(model.state_dict(), state, where, optional={"showo.lm_head.weight"} if tied else ())
 
 
 def build_network(spec: ModelSpec, state: dict | None, dtype: torch.dtype, where: str = "weights"):

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import UsageError
+from .errors import UsageError, short
 
 #: Longest prompt or question accepted, in characters (the models see a few hundred tokens).
 MAX_PROMPT_CHARS = 10_000
@@ -39,12 +39,6 @@ MASK_MODES = ("official", "training")
 TEMPLATES = ("official", "training")
 IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".webp")
 VIDEO_OUTPUTS = (".mp4", ".webm", ".gif")
-
-
-def short(value: Any, n: int = 40) -> str:
-    """A value as shown inside a one-line message: at most ``n`` characters."""
-    text = str(value)
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def check_number(option: str, value: float | None, low: float | None = None, high: float | None = None,

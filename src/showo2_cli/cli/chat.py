@@ -9,7 +9,6 @@ line and nothing else. Notices and errors (one line each) go to stderr and the c
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import sys
 import traceback
@@ -18,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import one_line
 from . import common
 from .common import DeviceOpt, DtypeOpt, ModelOpt, QuietOpt
 
@@ -31,10 +31,6 @@ COMMANDS = {
 }
 
 
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", str(text)).strip()
-
-
 class ChatSession:
     """The chat loop's state and its line handler (everything but reading lines)."""
 
@@ -46,7 +42,7 @@ class ChatSession:
 
     # ---- output -------------------------------------------------------------------------------
     def error(self, message: str) -> None:
-        self.err.write(f"showo2: error: {common.safe_text(_one_line(message))}\n")
+        self.err.write(f"showo2: error: {common.safe_text(one_line(message, 10_000))}\n")
         self.err.flush()
 
     def info(self, message: str) -> None:
@@ -76,7 +72,7 @@ class ChatSession:
         except Exception as e:  # a bug: one line (the traceback with --debug), the chat goes on
             if common.STATE.get("debug"):
                 traceback.print_exc(file=self.err)
-            self.error(f"internal error: {type(e).__name__}: {_one_line(e)[:200]} "
+            self.error(f"internal error: {type(e).__name__}: {one_line(e)} "
                        "(run with --debug for the traceback)")
         return True
 

@@ -17,7 +17,8 @@ from typing import Annotated
 
 import typer
 
-from ..options import SAMPLERS, short
+from ..errors import short
+from ..options import SAMPLERS
 
 STATE = {"debug": bool(os.environ.get("SHOWO2_DEBUG")), "json": False, "quiet": False}
 

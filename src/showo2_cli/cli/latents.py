@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..errors import InputError, ModelError, UsageError
-from ..options import check_fps, short
+from ..errors import InputError, ModelError, UsageError, short
+from ..options import check_fps
 from .common import (
     DeviceOpt,
     Dtype,

@@ -40,7 +40,8 @@ def info(
 ):
     """Show a model's spec, parameter counts, dtype and where each file was found."""
     setup(json_mode, quiet)
-    from ..loading import build_network, find_files, parameter_counts, read_state_dict, spec_from_files
+    from ..loading import build_network, find_files, parameter_counts, spec_from_files
+    from ..weights import read_state_dict
 
     files = find_files(model, vae=vae)
     if not files.weights:
@@ -88,10 +89,11 @@ def convert(
     setup(json_mode, quiet)
     check_dtype(dtype, extra=("keep",))
     check_output_folder(output, overwrite)
-    from ..loading import build_network, find_files, read_state_dict, save_folder, spec_from_files
+    from ..loading import build_network, find_files, save_folder, spec_from_files
     from ..modeling.vae import load_vae
     from ..runtime import torch_dtype
     from ..tokenizer import add_showo2_tokens, load_tokenizer
+    from ..weights import read_state_dict
 
     target_dtype = None if dtype == "keep" else torch_dtype(dtype)
     start = time.perf_counter()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from showo2_cli.errors import UsageError
+from showo2_cli.errors import UsageError, short
 
 from .image import to_rgb
 
@@ -60,9 +60,8 @@ def parse_size(text: str | int | None, multiple: int = 16, option: str = "--size
         try:
             nums = [int(p) for p in parts]
         except ValueError:
-            shown = raw if len(raw) <= 40 else raw[:37] + "..."
             raise UsageError(
-                f"{option} must be N or WIDTHxHEIGHT (e.g. 432 or 640x480), got '{shown}'"
+                f"{option} must be N or WIDTHxHEIGHT (e.g. 432 or 640x480), got '{short(raw)}'"
             ) from None
         if len(nums) == 1:
             h = w = nums[0]

@@ -16,7 +16,7 @@ from typing import Union
 
 from PIL import Image, UnidentifiedImageError
 
-from showo2_cli.errors import InputError, ResourceError, UsageError
+from showo2_cli.errors import InputError, ResourceError, UsageError, one_line
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -43,12 +43,7 @@ def quote_path(path: PathLike) -> str:
 
 def error_detail(exc: BaseException) -> str:
     """A short one-line description of an exception, for the end of a message."""
-    text = " ".join(str(exc).split())
-    if not text:
-        text = type(exc).__name__
-    if len(text) > 200:
-        text = text[:197] + "..."
-    return text
+    return one_line(exc) or type(exc).__name__
 
 
 def resolve_max_pixels(max_pixels: int | None) -> int:

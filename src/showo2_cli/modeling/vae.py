@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import math
-import re
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, ModelError, OutputError, UsageError
+from ..weights import TORCH_SUFFIXES, WEIGHT_SUFFIXES, check_fit, first, one_line, read_json, read_state_dict
 
 __all__ = [
     "WAN_LATENTS_MEAN",
@@ -58,8 +57,6 @@ TEMPORAL_FACTOR = 4
 
 # Names the diffusers weights file of a folder may have (safetensors preferred).
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-_WEIGHT_SUFFIXES = (".safetensors", *_TORCH_SUFFIXES)
 
 # Original (WanVAE_) constructor kwargs -> diffusers AutoencoderKLWan kwargs.
 _ORIGINAL_CONFIG_KEYS = {
@@ -426,92 +423,6 @@ def _move(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Modu
     return model.eval().requires_grad_(False)
 
 
-def _first(names: Sequence[str], n: int = 3) -> str:
-    names = list(names)
-    shown = ", ".join(names[:n])
-    return shown + (f" (+{len(names) - n} more)" if len(names) > n else "")
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _torch_load(path: Path) -> Any:
-    """``torch.load`` restricted to tensors and plain containers, mmap'd when the format allows."""
-    import warnings
-
-    for mmap in (True, False):
-        try:
-            with warnings.catch_warnings():  # torch warns about odd pickles on stderr: the error says it
-                warnings.simplefilter("ignore")
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except Exception as exc:
-            msg = str(exc)
-            if "Weights only load failed" in msg:
-                found = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
-                what = f", it references {found.group(1)}" if found else ""
-                raise ModelError(
-                    f"{path}: refusing to load for safety: it holds pickled objects other than tensors (loading it could "
-                    f"run code{what}); only plain tensor state dicts are accepted"
-                ) from exc
-            if mmap and "mmap" in msg and path.stat().st_size > 0:
-                continue  # legacy (non-zip) torch.save format: load it without mmap
-            if isinstance(exc, OSError):
-                raise ModelError(f"{path}: cannot read the VAE file ({exc.strerror or exc})") from exc
-            raise ModelError(
-                f"{path}: corrupt or truncated VAE file ({type(exc).__name__}: {_one_line(msg) or 'unexpected end of file'})"
-            ) from exc
-    raise AssertionError("unreachable")
-
-
-def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read the VAE file ({exc.strerror or exc})") from exc
-    except Exception as exc:
-        raise ModelError(
-            f"{path}: corrupt or truncated safetensors file ({type(exc).__name__}: {_one_line(exc)})"
-        ) from exc
-
-
-def _looks_like_safetensors(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30)
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix.lower() == ".safetensors" or (
-        path.suffix.lower() not in _TORCH_SUFFIXES and _looks_like_safetensors(path)
-    ):
-        obj: Any = _safetensors_load(path)
-    else:
-        obj = _torch_load(path)
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise ModelError(f"{path}: does not hold a VAE state dict (found {type(obj).__name__})")
-    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ModelError(f"{path}: state dict entries that are not tensors: {_first(bad)}")
-    sd = dict(obj)
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
 def _to_diffusers_layout(sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if "encoder.conv_in.weight" in sd:
         return sd, "diffusers"
@@ -521,26 +432,8 @@ def _to_diffusers_layout(sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[
         return convert_wan_vae_to_diffusers(sd), "original Wan"
     raise ModelError(
         f"{path}: not a Wan2.1 VAE state dict (no encoder.conv1.weight or encoder.conv_in.weight; "
-        f"keys start with {_first(sorted(sd))})"
+        f"keys start with {first(sorted(sd))})"
     )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():  # a FIFO or a device could block forever
-        raise ModelError(f"{path}: not a regular file")
-    if path.stat().st_size > 16 * 2**20:
-        raise ModelError(f"{path}: larger than 16 MiB, not a VAE config")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except RecursionError as exc:
-        raise ModelError(f"{path}: JSON nested too deeply") from exc
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: not valid JSON ({_one_line(exc)})") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
 
 
 #: What a Wan-architecture VAE can be: a config outside these bounds is refused before building.
@@ -632,37 +525,16 @@ def _build_and_load(
         with torch.device("meta"):
             model = cls(**kwargs)
     except Exception as exc:
-        raise ModelError(f"{path}: VAE config cannot build AutoencoderKLWan ({_one_line(exc)})") from exc
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong:
-        arch = f"base_dim {model.config.base_dim}, z_dim {model.config.z_dim}"
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_first(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_first(unexpected)}")
-        if wrong:
-            parts.append(f"wrong shapes (file vs model): {_first(wrong)}")
-        raise ModelError(
-            f"{path}: {layout}-layout weights do not fit a Wan2.1 VAE ({arch}): " + "; ".join(parts)
-        )
-    nonfloat = [k for k, v in sd.items() if not v.is_floating_point()]
-    if nonfloat:
-        raise ModelError(f"{path}: non-floating VAE weights: {_first(nonfloat)}")
+        raise ModelError(f"{path}: VAE config cannot build AutoencoderKLWan ({one_line(exc)})") from exc
+    arch = f"base_dim {model.config.base_dim}, z_dim {model.config.z_dim}"
+    check_fit(model.state_dict(), sd, path, what=f"a Wan2.1 VAE ({arch}; {layout} layout)")
     try:
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as exc:
-        raise ModelError(f"{path}: cannot load the VAE weights ({_one_line(exc)})") from exc
+        raise ModelError(f"{path}: cannot load the VAE weights ({one_line(exc)})") from exc
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:
-        raise ModelError(f"{path}: VAE tensors not initialised by the file: {_first(leftover)}")
+        raise ModelError(f"{path}: VAE tensors not initialised by the file: {first(leftover)}")
     return _move(model, device, dtype)
 
 
@@ -676,17 +548,17 @@ def _diffusers_folder(folder: Path) -> Path | None:
 
 
 def _single_weight_file(folder: Path) -> Path:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _WEIGHT_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
     named = [p for p in files if p.name == "Wan2.1_VAE.pth"]
     if named:
         return named[0]
-    for suffixes in ((".safetensors",), _TORCH_SUFFIXES):
+    for suffixes in ((".safetensors",), TORCH_SUFFIXES):
         group = [p for p in files if p.suffix.lower() in suffixes]
         if len(group) == 1:
             return group[0]
         if len(group) > 1:
             raise ModelError(
-                f"{folder}: several candidate VAE files ({_first([p.name for p in group])}); pass the file itself"
+                f"{folder}: several candidate VAE files ({first([p.name for p in group])}); pass the file itself"
             )
     raise ModelError(
         f"{folder}: no VAE found (expected config.json + diffusion_pytorch_model.safetensors, a vae/ "
@@ -737,8 +609,8 @@ def load_vae(
     """
     dtype, device = _resolve_dtype(dtype), _resolve_device(device)
     weights, config_path = _resolve_source(Path(path).expanduser())
-    sd, layout = _to_diffusers_layout(_read_state_dict(weights), weights)
-    kwargs = _init_kwargs(_read_json(config_path)) if config_path is not None else {}
+    sd, layout = _to_diffusers_layout(read_state_dict(weights), weights)
+    kwargs = _init_kwargs(read_json(config_path)) if config_path is not None else {}
     kwargs.update(_infer_kwargs(sd, weights))
     _check_sizes(kwargs, config_path or weights)
     _check_stats(kwargs, config_path or weights)

@@ -19,7 +19,7 @@ import torch
 
 from .. import __version__
 from .. import media as M
-from ..errors import InputError, UsageError
+from ..errors import InputError, UsageError, short
 from ..modeling.vae import WanVAE
 from ..options import EncodeOptions
 from ..runtime import check_memory
@@ -165,8 +165,7 @@ def _check_latents_metadata(p: Path, meta: dict) -> None:
     """The metadata fields the tools use must have the right types (a latents file may come from
     anywhere); unknown fields are kept as they are."""
     def bad(key: str, want: str) -> InputError:
-        shown = json.dumps(meta[key], default=str)
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        shown = short(json.dumps(meta[key], default=str))
         return InputError(f"'{p}': metadata field '{key}' must be {want}, got {shown}")
 
     fps = meta.get("fps")

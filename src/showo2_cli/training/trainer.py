@@ -268,7 +268,8 @@ def load_partial(network: torch.nn.Module, wc, where: str) -> int:
     """Copy pretrained tensors into part of ``network`` (``wc`` is a WeightsConfig). Embedding
     tables with more rows than the network keep their first rows (the official vocabulary
     shrink to 151669, spec §2). Returns the number of tensors loaded."""
-    from ..loading import find_weights, read_state_dict
+    from ..loading import find_weights
+    from ..weights import read_state_dict
 
     ref = Path(wc.path).expanduser()
     if not ref.exists():

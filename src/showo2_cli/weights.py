@@ -1,0 +1,161 @@
+"""Safe state-dict and config IO with strict fit checks, for BOTH networks (Show-o2 and the VAE).
+
+* :func:`read_state_dict`: tensors from ``.safetensors`` (memory-mapped) or from a torch pickle
+  (``.pth``/``.bin``/``.pt``/``.ckpt``) loaded only with ``torch.load(weights_only=True)``, so a
+  file that would run code on load is refused; a file whose suffix says nothing is judged by its
+  header. Wrappers (``{"state_dict": ...}``, ``{"model": ...}``, DDP's ``module.`` prefixes) are
+  removed; anything that is not a mapping of names to tensors is refused.
+* :func:`check_fit`: the keys, shapes and floating-point dtypes a model expects, checked before
+  anything is copied, with one line naming the first problems.
+* :func:`read_json`: a config file (a regular file, at most 16 MiB, not nested absurdly deep).
+
+Every problem is a :class:`~showo2_cli.errors.ModelError` on one line naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelError, one_line
+
+MAX_CONFIG_BYTES = 16 * 2**20
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
+
+
+def first(names: Iterable[str], n: int = 3) -> str:
+    """``a, b, c (+4 more)``."""
+    names = list(names)
+    shown = ", ".join(names[:n])
+    return shown + (f" (+{len(names) - n} more)" if len(names) > n else "")
+
+
+def read_json(path: str | Path) -> dict:
+    """A config file: a regular file (never a FIFO or a device, which could block forever), at
+    most 16 MiB, JSON nested at most a few hundred levels, holding an object."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise ModelError(f"cannot read '{path}': not a regular file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ModelError(f"cannot read '{path}': larger than {MAX_CONFIG_BYTES // 2**20} MiB, not a config")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError as e:
+        raise ModelError(f"cannot read '{path}': JSON nested too deeply") from e
+    except OSError as e:
+        raise ModelError(f"cannot read '{path}': {e.strerror or e}") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"cannot read '{path}': not valid JSON ({one_line(e)})") from e
+    if not isinstance(data, dict):
+        raise ModelError(f"'{path}' is not a JSON object (found {type(data).__name__})")
+    return data
+
+
+def looks_like_safetensors(path: Path) -> bool:
+    """The safetensors header: an 8-byte little-endian length, then a JSON object."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30)
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device="cpu")
+
+
+def _load_pickle(path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers, mmap'd when the format allows."""
+    with warnings.catch_warnings():  # torch warns about odd pickles on stderr: the error says it
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) format
+
+
+def _read_one(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise ModelError(f"weight file '{path}' is missing")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise ModelError(f"weight file '{path}' is not a regular file")
+    suffix = path.suffix.lower()
+    safetensors = suffix == ".safetensors" or (suffix not in TORCH_SUFFIXES and looks_like_safetensors(path))
+    try:
+        obj: Any = _load_safetensors(path) if safetensors else _load_pickle(path)
+    except OSError as e:
+        raise ModelError(f"cannot read weights '{path}' ({e.strerror or one_line(e)})") from e
+    except Exception as e:
+        msg = str(e)
+        if "weights_only" in msg or "Weights only load failed" in msg or "Unsupported global" in msg:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+            what = f"; it references {found.group(1)}" if found else ""
+            raise ModelError(f"refusing to load '{path}' for safety: it holds pickled objects other than tensors "
+                             f"(loading it could run code{what})") from e
+        detail = one_line(msg) or type(e).__name__
+        raise ModelError(f"cannot read weights '{path}': truncated or corrupt ({detail})") from e
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ModelError(f"'{path}' is not a state dict of tensors (found {type(obj).__name__})")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ModelError(f"'{path}' is not a state dict of tensors (entries {first(bad)})")
+    state = dict(obj)
+    if all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_state_dict(paths: Path | str | Sequence[Path | str]) -> dict[str, torch.Tensor]:
+    """All tensors of one weight file or of several shards, never unpickling code."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    state: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state.update(_read_one(Path(path)))
+    return state
+
+
+def check_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], where: str | Path,
+              optional: Iterable[str] = (), what: str = "the model") -> None:
+    """Strict key, shape and dtype check of ``state`` against ``expected`` (a model's
+    ``state_dict()``, meta tensors welcome), before anything is loaded. Keys in ``optional`` (a
+    tied embedding stored once) may be absent."""
+    optional = set(optional)
+    missing = [k for k in expected if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    not_float = [f"{k} {str(state[k].dtype).replace('torch.', '')}" for k, v in expected.items()
+                 if k in state and v.is_floating_point() and not state[k].is_floating_point()]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) (e.g. {first(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) (e.g. {first(unexpected)})")
+    if wrong:
+        problems.append(f"{len(wrong)} wrong shape(s) (e.g. {first(wrong, 2)})")
+    if not_float:
+        problems.append(f"{len(not_float)} tensor(s) that are not floating point (e.g. {first(not_float, 2)})")
+    if problems:
+        raise ModelError(f"weights in '{where}' do not fit {what}: {', '.join(problems)}")
+
+
+__all__ = ["MAX_CONFIG_BYTES", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES", "check_fit", "first", "looks_like_safetensors",
+           "one_line", "read_json", "read_state_dict"]
