@@ -228,6 +228,30 @@ def test_shifted_logit_normal_matches_the_spec():
     assert float(shift_t(torch.tensor([1.0]), 730)) == 1.0
 
 
+def test_training_rows_are_the_inference_prompts():
+    """A stage-2 image row starts with exactly the prompt captioning sends at inference (template
+    and mask "training"), an empty question included; a t2i row is the generation row."""
+    from showo2_cli.sequences import IGNORE, TrainingRows, generation_layout, understanding_layout
+    from showo2_cli.tokenizer import add_showo2_tokens, byte_level_tokenizer, encode_text
+    from showo2_cli.training.data import Sample
+
+    tok = byte_level_tokenizer()
+    tk = add_showo2_tokens(tok)
+    rows = TrainingRows(tok, tk)
+    for question in ("What shape is it?", ""):
+        sample = Sample("mmu", 0, 0, format="tuning", turns=[("<image>\n" + question, "a red circle")])
+        ids, labels, slot = rows.understanding(sample, 5, 400)
+        infer = understanding_layout(encode_text(tok, question) if question else [], 4, tk, rows.system, rows.user,
+                                     rows.assistant, mask_mode="training", template="training", newline=rows.newline)
+        prompt = infer.input_ids[0].tolist()
+        assert ids[:len(prompt)] == prompt and slot == tuple(infer.slots[0, 0].tolist())
+        assert ids[len(prompt):] == encode_text(tok, "a red circle") + [tk.eos]
+        assert all(lab == IGNORE for lab in labels[1:len(prompt)]) and labels[len(prompt):] == ids[len(prompt):]
+    ids, slot = rows.generation("a cat", 17, 64, video=False)
+    gen = generation_layout([encode_text(tok, "a cat")], 17, tk, 64)
+    assert ids == gen.input_ids[0, :len(ids)].tolist() and slot == tuple(gen.slots[0, 0].tolist())
+
+
 def test_rows_follow_the_training_formats():
     from showo2_cli.tokenizer import add_showo2_tokens, byte_level_tokenizer
     from showo2_cli.training.data import Sample

@@ -124,3 +124,91 @@ def understanding_layout(question: list[int], num_visual_tokens: int, tokens: Sp
     return Layout(torch.tensor([ids], dtype=torch.long),
                   torch.tensor([[[time_pos, 1 + num_visual_tokens]]], dtype=torch.long),
                   torch.tensor([[block]], dtype=torch.long))
+
+
+# ---- training rows (spec §12.2) -------------------------------------------------------------------
+
+IGNORE = -100  # the label of a position that is not supervised
+MAX_SOURCE_TOKENS = 512  # per-turn truncation of questions and answers (spec §12.2)
+MAX_TARGET_TOKENS = 512
+
+
+class TrainingRows:
+    """Token ids and labels of every training row format (spec §8.1, §8.2, §12.2), written by the
+    functions above: a t2i/t2v row is a :func:`generation_layout` row, and the prompt of a
+    stage-2 ("tuning") understanding row with its image is exactly the prompt
+    :func:`understanding_layout` gives inference (template and mask "training"), so a model is
+    asked at inference what it was trained on."""
+
+    def __init__(self, tokenizer, tokens: SpecialTokens):
+        from .tokenizer import encode_text  # (tokenizer imports this module)
+
+        self.tokenizer, self.tokens, self._encode = tokenizer, tokens, encode_text
+        self.system = encode_text(tokenizer, SYSTEM_PROMPT)
+        self.user = encode_text(tokenizer, USER_PREFIX)
+        self.assistant = encode_text(tokenizer, ASSISTANT_PREFIX)
+        self.newline = encode_text(tokenizer, "\n")
+
+    def encode(self, text: str) -> list[int]:
+        return self._encode(self.tokenizer, text) if text else []
+
+    def generation(self, prompt: str, num_visual: int, max_seq_len: int, video: bool) -> tuple[list[int], tuple[int, int]]:
+        layout = generation_layout([self.encode(prompt)], num_visual, self.tokens, max_seq_len, video=video)
+        offset, length = (int(v) for v in layout.slots[0, 0])
+        end = offset + length + 2  # eoi, eos
+        return layout.input_ids[0, :end].tolist(), (offset, length)
+
+    def understanding(self, sample, num_visual: int, max_seq_len: int) -> tuple[list[int], list[int], tuple[int, int]]:
+        """(ids, labels, slot) of an understanding row; slot (0, 0) without a visual input.
+
+        ``sample`` has ``format`` (captioning | pretraining | tuning), ``turns`` [(question,
+        answer)], ``text``, ``has_visual`` and ``source``; ``num_visual`` counts the time token.
+        """
+        tk = self.tokens
+        block = [tk.boi] + [tk.img_pad] * num_visual + [tk.eoi] if sample.has_visual else []
+        ids, labels = [tk.bos], [tk.bos]
+        slot = (0, 0)
+
+        def put(piece: list[int], supervised: bool):
+            ids.extend(piece)
+            labels.extend(piece if supervised else [IGNORE] * len(piece))
+
+        if sample.format == "captioning":
+            if block:
+                slot = (len(ids) + 1, num_visual)
+                ids.extend(block)
+                labels.extend([tk.boi] + [IGNORE] * num_visual + [tk.eoi])
+            answer = sample.text or (sample.turns[0][1] if sample.turns else "")
+            put(self.encode(answer)[:MAX_TARGET_TOKENS] + [tk.eos], True)
+        else:
+            for i, (question, answer) in enumerate(sample.turns):
+                q = question.replace("<image>", "").strip()
+                if sample.format == "tuning" and i == 0 and block:  # the inference prompt itself
+                    q_ids = self.encode(q)[:MAX_SOURCE_TOKENS - len(self.newline)]
+                    layout = understanding_layout(q_ids, num_visual - 1, tk, self.system, self.user, self.assistant,
+                                                  mask_mode="training", template="training", newline=self.newline)
+                    ids.clear()
+                    labels.clear()
+                    ids.extend(layout.input_ids[0].tolist())
+                    labels.extend([tk.bos] + [IGNORE] * (len(ids) - 1))
+                    slot = tuple(int(v) for v in layout.slots[0, 0])
+                else:
+                    if sample.format == "tuning" and i == 0:
+                        put(self.system, False)
+                    src: list[int] = []
+                    if sample.format == "tuning":
+                        src += self.user
+                    if i == 0 and block:  # pretraining: the image block, then the text
+                        slot = (len(ids) + len(src) + 1, num_visual)
+                        src += block
+                    elif q and not (sample.format == "pretraining" and "<image>" in question):
+                        src += self.encode(q)[:MAX_SOURCE_TOKENS]
+                    if sample.format == "tuning":
+                        src += [tk.eos] + self.assistant
+                    put(src, False)
+                put(self.encode(answer)[:MAX_TARGET_TOKENS] + [tk.eos], True)
+        if slot[1] and slot[0] + slot[1] + 1 > max_seq_len:
+            raise UsageError(f"data[{sample.source}].max_seq_len: {max_seq_len} tokens cannot hold the "
+                             f"{num_visual} visual positions of an understanding row and its prompt "
+                             f"(needs at least {slot[0] + slot[1] + 2})")
+        return ids[:max_seq_len], labels[:max_seq_len], slot

@@ -31,15 +31,10 @@ from torch import nn
 from ..errors import UsageError
 from ..modeling.attention import omni_attention_mask
 from ..modeling.showo2 import pack_velocity
-from ..sequences import ASSISTANT_PREFIX, SYSTEM_PROMPT, USER_PREFIX, SpecialTokens, generation_layout
-from ..tokenizer import encode_text
+from ..sequences import IGNORE
+from ..sequences import TrainingRows as TextBuilder  # the row writer lives with the inference rows
 from .config import LossConfig
 from .data import Sample
-
-IGNORE = -100
-MAX_SOURCE_TOKENS = 512  # per-turn truncation of questions and answers (spec §12.2)
-MAX_TARGET_TOKENS = 512
-
 
 # ---- t sampling (spec §7.2) -------------------------------------------------------------------
 
@@ -96,69 +91,6 @@ class Batch:
     @property
     def rows(self) -> int:
         return self.input_ids.shape[0]
-
-
-class TextBuilder:
-    """Token ids of the pieces of every row format (spec §2, §8.1, §12.2)."""
-
-    def __init__(self, tokenizer, tokens: SpecialTokens):
-        self.tokenizer, self.tokens = tokenizer, tokens
-        self.system = encode_text(tokenizer, SYSTEM_PROMPT)
-        self.user = encode_text(tokenizer, USER_PREFIX)
-        self.assistant = encode_text(tokenizer, ASSISTANT_PREFIX)
-
-    def encode(self, text: str) -> list[int]:
-        return encode_text(self.tokenizer, text) if text else []
-
-    def generation(self, prompt: str, num_visual: int, max_seq_len: int, video: bool) -> tuple[list[int], tuple[int, int]]:
-        layout = generation_layout([self.encode(prompt)], num_visual, self.tokens, max_seq_len, video=video)
-        offset, length = (int(v) for v in layout.slots[0, 0])
-        end = offset + length + 2  # eoi, eos
-        return layout.input_ids[0, :end].tolist(), (offset, length)
-
-    def understanding(self, sample: Sample, num_visual: int, max_seq_len: int) -> tuple[list[int], list[int], tuple[int, int]]:
-        """(ids, labels, slot) of an understanding row; slot (0, 0) without a visual input."""
-        tk = self.tokens
-        block = [tk.boi] + [tk.img_pad] * num_visual + [tk.eoi] if sample.has_visual else []
-        ids, labels = [tk.bos], [tk.bos]
-        slot = (0, 0)
-
-        def put(piece: list[int], supervised: bool):
-            ids.extend(piece)
-            labels.extend(piece if supervised else [IGNORE] * len(piece))
-
-        if sample.format == "captioning":
-            if block:
-                slot = (len(ids) + 1, num_visual)
-                ids.extend(block)
-                labels.extend([tk.boi] + [IGNORE] * num_visual + [tk.eoi])
-            answer = sample.text or (sample.turns[0][1] if sample.turns else "")
-            put(self.encode(answer)[:MAX_TARGET_TOKENS] + [tk.eos], True)
-        else:
-            if sample.format == "tuning":
-                put(self.system, False)
-            for i, (question, answer) in enumerate(sample.turns):
-                q = question.replace("<image>", "").strip()
-                src: list[int] = []
-                first_visual = i == 0 and bool(block)
-                if sample.format == "tuning":
-                    src += self.user
-                if first_visual:
-                    slot = (len(ids) + len(src) + 1, num_visual)
-                    src += block
-                    if sample.format == "tuning" and q:
-                        src += self.encode("\n" + q)[:MAX_SOURCE_TOKENS]
-                elif q and not (sample.format == "pretraining" and "<image>" in question):
-                    src += self.encode(q)[:MAX_SOURCE_TOKENS]
-                if sample.format == "tuning":
-                    src += [tk.eos] + self.assistant
-                put(src, False)
-                put(self.encode(answer)[:MAX_TARGET_TOKENS] + [tk.eos], True)
-        if slot[1] and slot[0] + slot[1] + 1 > max_seq_len:
-            raise UsageError(f"data[{sample.source}].max_seq_len: {max_seq_len} tokens cannot hold the "
-                             f"{num_visual} visual positions of an understanding row and its prompt "
-                             f"(needs at least {slot[0] + slot[1] + 2})")
-        return ids[:max_seq_len], labels[:max_seq_len], slot
 
 
 def num_visual_positions(latent_shape: tuple[int, ...], patch: int, role: str, pool: int = 0) -> int:
