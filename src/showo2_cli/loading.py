@@ -1,7 +1,8 @@
 """Resolve a model name to files, read the official or our own format, and build the bundle.
 
 A model is named by a local folder, a registry name (``1.5B``, ``7B``, ...), or a Hugging Face
-repo id found in the local cache (never downloaded: ``HF_HUB_OFFLINE`` semantics). Two folder
+repo id: found in the local cache, else downloaded when online (:mod:`showo2_cli.hub`; never with
+``HF_HUB_OFFLINE``). Two folder
 formats load:
 
 * **official** (``showlab/show-o2-*``): diffusers-style ``config.json`` and ``pytorch_model.bin``
@@ -71,13 +72,11 @@ def _s(p):
 
 
 def hf_cached_snapshot(repo_id: str) -> Path | None:
-    """The newest cached snapshot folder of a repo, without any network access."""
-    try:
-        from huggingface_hub import snapshot_download
+    """The newest cached snapshot folder of a repo, without any network access (None when it is
+    absent or a download of it did not finish: see :func:`showo2_cli.hub.cached_snapshot`)."""
+    from .hub import cached_snapshot
 
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:
-        return None
+    return cached_snapshot(repo_id)
 
 
 def hf_cached_file(repo_id: str, filename: str) -> Path | None:
@@ -107,16 +106,17 @@ def resolve_root(name: str | os.PathLike) -> tuple[str, Path]:
         if path.is_file():
             return text, path.parent
         return text, path
-    repo = text
-    for key, spec in REGISTRY.items():
-        if key.lower() == text.lower() and spec.repo_id:
-            repo = spec.repo_id
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", repo) and not text.startswith((".", "/")):
+    from . import hub
+
+    repo = hub.repo_id_for(text)
+    if repo is not None:
         snap = hf_cached_snapshot(repo)
         if snap is not None:
             return text, snap
-        raise ModelError(f"model '{text}' is not in the Hugging Face cache (offline); get it with: "
-                         f"hf download {repo}")
+        if hub.offline():
+            raise ModelError(f"model '{text}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                             f"get it while online with: showo2 pull {text}")
+        return text, hub.download_model(repo)  # the companions (tokenizer, VAE): showo2 pull
     raise ModelError(f"no model '{text}': not a folder, not a known variant ({', '.join(REGISTRY)}), "
                      "not a Hugging Face repo id")
 

@@ -1,0 +1,349 @@
+"""Models from the Hugging Face Hub: what a Show-o2 model needs, found in the cache or downloaded.
+
+Everything goes through ``huggingface_hub``: its cache (``HF_HOME`` / ``HF_HUB_CACHE``), its
+endpoint (``HF_ENDPOINT``), its offline switch (``HF_HUB_OFFLINE``), its token, its resumable
+downloads and its ``.incomplete`` files. This module only decides *which* files: a Show-o2
+checkpoint is its ``config.json`` plus one set of weights (the set :func:`loading.find_weights`
+would read: safetensors before pickles, never both), its tokenizer files, and its VAE; the official
+repos keep the tokenizer and the LLM config in the Qwen2.5 repo, the SigLIP config in the SigLIP
+repo and the VAE in ``Wan-AI/Wan2.1-T2V-14B`` (``Wan2.1_VAE.pth`` only, not the 14B weights), so
+:func:`pull` fetches just those files from each.
+
+A snapshot counts as cached only when every file the selection names is there: a download that
+failed half-way leaves a snapshot ``huggingface_hub`` records as incomplete, and it is not used
+(the next pull resumes it). The library never prints: progress goes to a
+``progress(phase, done, total)`` callback in bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from tqdm.std import tqdm as _std_tqdm
+
+from .errors import ModelError
+
+Progress = Callable[[str, int, int], None]
+
+REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja")
+INDEX_FILES = ("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json",
+               "pytorch_model.bin.index.json", "diffusion_pytorch_model.bin.index.json")
+SINGLE_SAFETENSORS = ("model.safetensors", "pytorch_model.safetensors", "diffusion_pytorch_model.safetensors")
+SINGLE_BIN = ("pytorch_model.bin", "diffusion_pytorch_model.bin")
+SIGLIP_REPO = "google/siglip-so400m-patch14-384"
+
+# ---- names --------------------------------------------------------------------------------------
+
+
+def repo_id_for(name: str) -> str | None:
+    """The Hub repo of a registry variant (``1.5B`` -> ``showlab/show-o2-1.5B``, any case) or of a
+    text shaped like a repo id; None for anything else (a path, ``demo``)."""
+    from .specs import REGISTRY
+
+    text = str(name)
+    for key, spec in REGISTRY.items():
+        if key.lower() == text.lower() and spec.repo_id:
+            return spec.repo_id
+    if REPO_ID.fullmatch(text) and not text.startswith((".", "/")):
+        return text
+    return None
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE`` as huggingface_hub reads it."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+# ---- which files --------------------------------------------------------------------------------
+
+
+def weight_files(names: set[str], folder: str = "") -> list[str]:
+    """The weight files of ``folder`` in a repo listing, chosen in :func:`loading.find_weights`'s
+    order (a shard index and its shards, a single safetensors, pickled shards, a single pickle)."""
+    prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
+    here = sorted(n[len(prefix):] for n in names if n.startswith(prefix) and "/" not in n[len(prefix):])
+    for index in INDEX_FILES:
+        if index in here:
+            suffix = ".safetensors" if ".safetensors" in index else ".bin"
+            return [prefix + index] + [prefix + n for n in here if n.endswith(suffix) and "-of-" in n]
+    for group in (SINGLE_SAFETENSORS, None, SINGLE_BIN):
+        if group is None:
+            shards = [n for n in here if re.fullmatch(r"pytorch_model-.+-of-.+\.bin", n)]
+            if shards:
+                return [prefix + n for n in shards]
+            continue
+        for n in group:
+            if n in here:
+                return [prefix + n]
+    return []
+
+
+def tokenizer_files(names: set[str], folder: str = "") -> list[str]:
+    prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
+    return [prefix + n for n in TOKENIZER_FILES if prefix + n in names]
+
+
+def model_files(listing: list[str], config: dict | None) -> list[str]:
+    """The files of a Show-o2 repo to fetch: config, one weight set, tokenizer files, a VAE, and
+    the LLM/SigLIP config folders when ``config`` points inside the repo (``llm_model_path: llm``)."""
+    names = set(listing)
+    chosen = ["config.json", *weight_files(names), *tokenizer_files(names), *tokenizer_files(names, "tokenizer")]
+    if "vae/config.json" in names:
+        chosen += ["vae/config.json", *weight_files(names, "vae")]
+    chosen += sorted(n for n in names if re.fullmatch(r"Wan2\.1_VAE[^/]*\.(pth|safetensors)", n))[:1]
+    for key in ("llm_model_path", "clip_pretrained_model_path"):
+        ref = (config or {}).get(key)
+        if isinstance(ref, str) and ref.strip("/") and not ref.startswith("/"):
+            sub = PurePosixPath(ref.strip("/")).as_posix()
+            if f"{sub}/config.json" in names:
+                chosen += [f"{sub}/config.json", *tokenizer_files(names, sub)]
+    return list(dict.fromkeys(chosen))
+
+
+def tokenizer_repo_files(listing: list[str]) -> list[str]:
+    """From an LLM repo (Qwen2.5): its config.json and tokenizer files, never its weights."""
+    names = set(listing)
+    return [n for n in ("config.json",) if n in names] + tokenizer_files(names)
+
+
+# ---- the cache ----------------------------------------------------------------------------------
+
+
+def _cached_listing(repo_id: str) -> list[str] | None:
+    try:
+        from huggingface_hub import get_cached_repo_tree  # huggingface_hub >= 1.x records tree listings
+    except ImportError:
+        return None
+    try:
+        return [f.path for f in get_cached_repo_tree(repo_id)]
+    except Exception:
+        return None
+
+
+def _cached_config(repo_id: str) -> dict | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+        if isinstance(found, str) and Path(found).is_file() and Path(found).stat().st_size < 1 << 20:
+            data = json.loads(Path(found).read_text())
+            return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def cached_snapshot(repo_id: str, role: str = "model") -> Path | None:
+    """The cached snapshot folder of ``repo_id`` without any network access, or None.
+
+    Where huggingface_hub recorded the repo's file listing, the snapshot must hold every file that
+    :func:`model_files` (``role="model"``) or :func:`tokenizer_repo_files` (``role="tokenizer"``)
+    selects from it, so a half-finished download is not a model; without a listing (an older
+    cache), the folder as it is."""
+    from huggingface_hub import snapshot_download
+
+    listing = _cached_listing(repo_id)
+    patterns = None
+    if listing is not None:
+        patterns = model_files(listing, _cached_config(repo_id)) if role == "model" else tokenizer_repo_files(listing)
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
+    except Exception:
+        return None
+
+
+# ---- downloading --------------------------------------------------------------------------------
+
+
+class _Bytes:
+    """Bytes done/total across huggingface_hub's byte bars, reported as one phase."""
+
+    def __init__(self, phase: str, progress: Progress | None):
+        self.phase, self.progress = phase, progress
+        self.lock = threading.Lock()
+        self.done = self.total = 0
+
+    def bar_class(self):
+        meter = self
+
+        class Bar(_std_tqdm):
+            """A tqdm that never draws: huggingface_hub's bars become ``progress`` calls."""
+
+            def __init__(self, *args, **kwargs):
+                kwargs["disable"] = True
+                self.counts_bytes = kwargs.get("unit") == "B"
+                super().__init__(*args, **kwargs)
+
+            def update(self, n=1):
+                if self.counts_bytes and n:
+                    meter.report(int(n), int(self.total or 0))
+
+            def refresh(self, *args, **kwargs):
+                if self.counts_bytes:
+                    meter.report(0, int(self.total or 0))
+
+        return Bar
+
+    def report(self, n: int, total: int) -> None:
+        with self.lock:
+            # two byte bars (received and written) see the same bytes: follow the one ahead
+            self.total = max(self.total, total)
+            self.done = min(self.done + n, self.total) if n else self.done
+            done, total = self.done, self.total
+        if self.progress is not None and total:
+            self.progress(self.phase, done, total)
+
+
+def _download(repo_id: str, files: list[str] | None, progress: Progress | None, what: str) -> Path:
+    """``snapshot_download`` of the selected files, with errors as one-line :class:`ModelError`."""
+    from huggingface_hub import snapshot_download
+
+    meter = _Bytes(f"downloading {repo_id}", progress)
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=files, tqdm_class=meter.bar_class()))
+    except Exception as e:
+        raise _as_model_error(repo_id, what, e) from e
+
+
+def _as_model_error(repo_id: str, what: str, e: Exception) -> Exception:
+    """A Hub or network failure as a one-line :class:`ModelError` (anything else unchanged: a bug)."""
+    import httpx
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(e, ModelError):
+        return e
+    if isinstance(e, GatedRepoError):
+        return ModelError(f"{what} '{repo_id}' is gated on the Hub: accept its terms on the model page and log in "
+                          "(hf auth login), then pull again")
+    if isinstance(e, RepositoryNotFoundError):
+        return ModelError(f"{what} '{repo_id}' is not on the Hub at {endpoint()} (or it is private: hf auth login)")
+    if isinstance(e, RevisionNotFoundError):
+        return ModelError(f"{what} '{repo_id}' has no such revision on the Hub")
+    if isinstance(e, (OfflineModeIsEnabled, LocalEntryNotFoundError, httpx.ConnectError, httpx.ConnectTimeout)):
+        why = "HF_HUB_OFFLINE is set" if offline() else f"the Hub at {endpoint()} cannot be reached ({_cause(e)})"
+        return ModelError(f"{what} '{repo_id}' is not in the Hugging Face cache and {why}")
+    if isinstance(e, HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", "?")
+        return ModelError(f"downloading {what} '{repo_id}' failed: the Hub answered HTTP {status}; the cache keeps "
+                          "no half model (pull again to resume)")
+    if isinstance(e, (httpx.HTTPError, ConnectionError, TimeoutError)):
+        return ModelError(f"downloading {what} '{repo_id}' failed ({_cause(e)}); the cache keeps no half model "
+                          "(pull again to resume)")
+    if isinstance(e, OSError):
+        return ModelError(f"downloading {what} '{repo_id}' failed: {e.strerror or e}")
+    return e
+
+
+def _cause(e: BaseException) -> str:
+    while e.__cause__ is not None and e.__cause__ is not e:
+        e = e.__cause__
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    first = first if len(first) <= 120 else first[:117] + "..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _remote_listing(repo_id: str, what: str) -> list[str]:
+    """The repo's file names (one API call)."""
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(repo_id)
+    except Exception as e:
+        raise _as_model_error(repo_id, what, e) from e
+    return [s.rfilename for s in info.siblings or []]
+
+
+def download_model(repo_id: str, progress: Progress | None = None) -> Path:
+    """Fetch a Show-o2 repo's own files (:func:`model_files`) into the cache; return the snapshot."""
+    from huggingface_hub import hf_hub_download
+
+    listing = _remote_listing(repo_id, "model")
+    if "config.json" not in listing:
+        raise ModelError(f"'{repo_id}' on the Hub is not a Show-o2 model: it has no config.json")
+    try:
+        config = json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
+    except ValueError as e:
+        raise ModelError(f"'{repo_id}' on the Hub has an unreadable config.json: {e}") from e
+    except Exception as e:
+        raise _as_model_error(repo_id, "model", e) from e
+    files = model_files(listing, config if isinstance(config, dict) else None)
+    if len(files) == 1:
+        raise ModelError(f"'{repo_id}' on the Hub has no weights (model.safetensors / pytorch_model.bin)")
+    return _download(repo_id, files, progress, "model")
+
+
+@dataclass
+class PullResult:
+    """What :func:`pull` did: the model's folder, each piece's location, the repos it fetched."""
+
+    name: str
+    repo_id: str
+    path: Path
+    pieces: dict[str, str | None] = field(default_factory=dict)
+    downloaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def pull(name: str, progress: Progress | None = None) -> PullResult:
+    """Make a model loadable offline: its repo, then whatever :func:`loading.find_files` still
+    misses (the tokenizer from the LLM repo, the SigLIP config, the Wan2.1 VAE file). Cached pieces
+    are not fetched again; with ``HF_HUB_OFFLINE`` set, only the cache is consulted."""
+    from .loading import WAN_VAE_FILE, WAN_VAE_REPO, find_files
+    from .specs import spec_for_hidden_size
+
+    repo = repo_id_for(name)
+    if repo is None:
+        raise ModelError(f"'{name}' is neither a known variant nor a Hugging Face repo id (owner/name)")
+    downloaded = []
+    snap = cached_snapshot(repo)
+    if snap is None:
+        snap = download_model(repo, progress)
+        downloaded.append(repo)
+    files = find_files(snap)
+    config = files.config
+    if files.format == "official":
+        llm_ref = config.get("llm_model_path")
+        if files.tokenizer is None or files.llm_config is None:
+            llm_repo = llm_ref if isinstance(llm_ref, str) and REPO_ID.fullmatch(llm_ref) else None
+            if llm_repo is None:
+                guess = spec_for_hidden_size(int(config.get("hidden_size", 0) or 0))
+                llm_repo = guess.llm_repo_id if guess else None
+            if llm_repo is not None:
+                listing = _remote_listing(llm_repo, "tokenizer")
+                _download(llm_repo, tokenizer_repo_files(listing), progress, "tokenizer")
+                downloaded.append(llm_repo)
+        sig = config.get("clip_pretrained_model_path")
+        if files.siglip_config is None and isinstance(sig, str) and REPO_ID.fullmatch(sig):
+            _download(sig, ["config.json"], progress, "SigLIP config")
+            downloaded.append(sig)
+    if files.vae is None:
+        _download(WAN_VAE_REPO, [WAN_VAE_FILE], progress, "VAE")
+        downloaded.append(WAN_VAE_REPO)
+    if downloaded:
+        files = find_files(snap)
+    pieces = {"config": str(files.root / "config.json"), "weights": ", ".join(str(p) for p in files.weights) or None,
+              "tokenizer": str(files.tokenizer) if files.tokenizer else None,
+              "VAE": str(files.vae) if files.vae else None}
+    return PullResult(str(name), repo, snap, pieces, downloaded, [p for p, _ in files.missing])

@@ -1,0 +1,191 @@
+"""A real HTTP server on 127.0.0.1 that speaks enough of the Hugging Face Hub API for
+``huggingface_hub`` to download from it (point ``HF_ENDPOINT`` at :attr:`LocalHub.url`).
+
+It serves what ``snapshot_download`` / ``hf_hub_download`` ask for:
+
+* ``GET /api/models/{repo}[/revision/{rev}]`` -> ``{"id", "sha", "siblings": [{"rfilename", "size"}]}``
+* ``GET /api/models/{repo}/tree/{rev}[/{path}]?recursive=true`` -> the file entries (``oid`` git
+  blob id, ``size``, ``lfs`` for large files)
+* ``HEAD|GET /{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag``, ``Content-Length``
+  (and ``Range`` for resumed downloads)
+* unknown repos answer 404 with ``X-Error-Code: RepoNotFound``, as the Hub does.
+
+Faults for the tests: ``fail[path] = 500`` answers that status for that file's download;
+``truncate[path] = n`` sends only the first n bytes of the body and closes the connection.
+Every request is recorded in :attr:`requests` (method, path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+LFS_THRESHOLD = 10_000  # bytes: larger files are listed as LFS objects (sha256 ETag), as on the Hub
+
+
+class Repo:
+    def __init__(self, repo_id: str, files: dict[str, bytes]):
+        self.repo_id, self.files = repo_id, dict(files)
+        listing = json.dumps(sorted((p, hashlib.sha256(b).hexdigest()) for p, b in self.files.items()))
+        self.sha = hashlib.sha1(listing.encode()).hexdigest()
+
+    @staticmethod
+    def blob_id(data: bytes) -> str:
+        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+    def etag(self, path: str) -> str:
+        data = self.files[path]
+        return hashlib.sha256(data).hexdigest() if len(data) > LFS_THRESHOLD else self.blob_id(data)
+
+    def tree_entry(self, path: str) -> dict:
+        data = self.files[path]
+        entry = {"type": "file", "oid": self.blob_id(data), "size": len(data), "path": path}
+        if len(data) > LFS_THRESHOLD:
+            entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+        return entry
+
+
+class LocalHub:
+    """``with LocalHub() as hub: hub.add("acme/x", {"config.json": b"..."}); ... hub.url``"""
+
+    def __init__(self):
+        self.repos: dict[str, Repo] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.fail: dict[str, int] = {}
+        self.truncate: dict[str, int] = {}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def add(self, repo_id: str, files: dict[str, bytes | Path]) -> Repo:
+        data = {p: (f.read_bytes() if isinstance(f, Path) else bytes(f)) for p, f in files.items()}
+        self.repos[repo_id] = Repo(repo_id, data)
+        return self.repos[repo_id]
+
+    def add_folder(self, repo_id: str, folder: Path, skip: tuple[str, ...] = ()) -> Repo:
+        files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+        return self.add(repo_id, {k: v for k, v in files.items() if not any(Path(k).match(s) for s in skip)})
+
+    def downloads(self) -> list[str]:
+        """``repo:path`` of every file body sent (GET .../resolve/...)."""
+        out = []
+        for method, path in self.requests:
+            if method == "GET" and "/resolve/" in path:
+                repo, rest = path.strip("/").split("/resolve/", 1)
+                out.append(f"{unquote(repo)}:{unquote(rest.split('/', 1)[1])}")
+        return out
+
+    def __enter__(self) -> LocalHub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # ---- the request handler ------------------------------------------------------------------
+    def _handler(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def send(self, status: int, body: bytes = b"", headers: dict | None = None, head: bool = False):
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, str(v))
+                if "Content-Length" not in (headers or {}):
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def send_json(self, obj, status: int = 200):
+                self.send(status, json.dumps(obj).encode(), {"Content-Type": "application/json"})
+
+            def not_found(self, code: str = "RepoNotFound", head: bool = False):
+                self.send(404, b'{"error": "not found"}', {"X-Error-Code": code, "Content-Type": "application/json"},
+                          head=head)
+
+            def find_repo(self, parts: list[str]) -> tuple[Repo | None, list[str]]:
+                if len(parts) >= 2 and "/".join(parts[:2]) in hub.repos:
+                    return hub.repos["/".join(parts[:2])], parts[2:]
+                return None, parts
+
+            def do_HEAD(self):
+                self.handle_any(head=True)
+
+            def do_GET(self):
+                self.handle_any(head=False)
+
+            def handle_any(self, head: bool):
+                hub.requests.append(("HEAD" if head else "GET", self.path))
+                url = urlsplit(self.path)
+                parts = [unquote(p) for p in url.path.strip("/").split("/")]
+                if parts[:2] == ["api", "models"]:
+                    return self.api(parts[2:], url.query)
+                repo, rest = self.find_repo(parts)
+                if repo is None:
+                    return self.not_found(head=head)
+                if len(rest) >= 3 and rest[0] == "resolve":
+                    return self.resolve(repo, rest[1], "/".join(rest[2:]), head)
+                return self.not_found("EntryNotFound", head=head)
+
+            def api(self, parts: list[str], query: str):
+                repo, rest = self.find_repo(parts)
+                if repo is None:
+                    return self.not_found()
+                if not rest or rest[0] == "revision":
+                    if rest and rest[1] not in ("main", repo.sha):
+                        return self.not_found("RevisionNotFound")
+                    return self.send_json({"id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.sha,
+                                           "private": False, "disabled": False, "gated": False,
+                                           "siblings": [{"rfilename": p, "size": len(b)} for p, b in sorted(repo.files.items())]})
+                if rest[0] == "tree":
+                    prefix = "/".join(rest[2:])
+                    paths = [p for p in sorted(repo.files) if not prefix or p.startswith(prefix.rstrip("/") + "/")]
+                    if "recursive=true" not in query.lower():
+                        paths = [p for p in paths if "/" not in p[len(prefix):].strip("/")]
+                    return self.send_json([repo.tree_entry(p) for p in paths])
+                return self.not_found("EntryNotFound")
+
+            def resolve(self, repo: Repo, rev: str, path: str, head: bool):
+                if rev not in ("main", repo.sha) or path not in repo.files:
+                    return self.not_found("EntryNotFound" if rev in ("main", repo.sha) else "RevisionNotFound", head=head)
+                data = repo.files[path]
+                headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{repo.etag(path)}"', "Accept-Ranges": "bytes",
+                           "Content-Type": "application/octet-stream"}
+                if not head and path in hub.fail:
+                    return self.send(hub.fail[path], b"server error", {"Content-Type": "text/plain"})
+                start = 0
+                rng = self.headers.get("Range")
+                if rng and rng.startswith("bytes=") and not head:
+                    start = int(rng[6:].split("-")[0] or 0)
+                body = data[start:]
+                headers["Content-Length"] = len(body)
+                if not head and path in hub.truncate:
+                    self.send_response(206 if start else 200)
+                    for k, v in headers.items():
+                        self.send_header(k, str(v))
+                    self.end_headers()
+                    self.wfile.write(body[: hub.truncate[path]])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                if start:
+                    headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+                self.send(206 if start else 200, body, headers, head=head)
+
+        return Handler

@@ -1,0 +1,229 @@
+"""Downloads from a Hub (a real HTTP server on 127.0.0.1, never the internet), the
+diffusers-shaped ``Showo2Pipeline``, and CPU offload through accelerate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PARITY_DIR, REPO
+from local_hub import LocalHub
+
+from showo2_cli.errors import ModelError
+
+WAN_REPO, WAN_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
+
+
+def official_repos(hub: LocalHub, tmp_path: Path, repo: str = "acme/show-o2-tiny") -> str:
+    """The parity model laid out as the official repos are: the Show-o2 repo (config.json, a
+    pickle AND a safetensors copy of the weights, a README), the Qwen repo (tokenizer, LLM config
+    and weights that must not be fetched), the SigLIP config repo and the Wan VAE repo."""
+    if not PARITY_DIR.is_dir():
+        pytest.skip("no parity fixtures")
+    model = PARITY_DIR / "model"
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(llm_model_path="acme/tiny-qwen", clip_pretrained_model_path="acme/tiny-siglip")
+    hub.add(repo, {"config.json": json.dumps(cfg).encode(), "pytorch_model.bin": model / "pytorch_model.bin",
+                   "pytorch_model.safetensors": model / "pytorch_model.safetensors", "README.md": b"# tiny\n",
+                   ".gitattributes": b"*.bin filter=lfs\n"})
+    qwen = {p.name: p for p in (model / "llm").iterdir()}
+    hub.add("acme/tiny-qwen", {**qwen, "model.safetensors": b"\0" * 50_000})
+    hub.add("acme/tiny-siglip", {"config.json": model / "siglip" / "config.json", "model.safetensors": b"\0" * 50_000})
+    vae = sorted((PARITY_DIR / "vae").glob("*.pth"))[0]
+    hub.add(WAN_REPO, {WAN_FILE: vae, "diffusion_pytorch_model.safetensors": b"\0" * 50_000})
+    return repo
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A local Hub, and huggingface_hub pointed at it with an empty cache (env and constants:
+    huggingface_hub reads the environment once, at import)."""
+    import huggingface_hub.constants as C
+
+    with LocalHub() as server:
+        cache = tmp_path / "hf-cache"
+        for k, v in {"HF_ENDPOINT": server.url, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "0"}.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.delenv("SHOWO2_VAE", raising=False)
+        monkeypatch.setattr(C, "ENDPOINT", server.url)
+        monkeypatch.setattr(C, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(C, "HF_HUB_CACHE", str(cache))
+        monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+        server.cache = cache
+        yield server
+
+
+def offline(monkeypatch):
+    import huggingface_hub.constants as C
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
+
+
+# ---- which files ------------------------------------------------------------------------------
+
+def test_file_selection_follows_the_loader():
+    from showo2_cli.hub import model_files, tokenizer_repo_files, weight_files
+
+    assert weight_files({"pytorch_model.bin", "pytorch_model.safetensors"}) == ["pytorch_model.safetensors"]
+    sharded = {"diffusion_pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin",
+               "pytorch_model-00002-of-00002.bin", "README.md"}
+    assert weight_files(sharded) == ["diffusion_pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin",
+                                     "pytorch_model-00002-of-00002.bin"]
+    assert weight_files({"model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                         "model-00002-of-00002.safetensors", "pytorch_model.bin"})[0] == "model.safetensors.index.json"
+    assert weight_files({"sub/model.safetensors"}) == []  # the root's weights only
+    showo2 = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vae/config.json",
+              "vae/diffusion_pytorch_model.safetensors", "README.md", "samples/x.png"]
+    assert model_files(showo2, {}) == showo2[:6]
+    official = ["config.json", "pytorch_model.bin", "llm/config.json", "llm/tokenizer.json", "llm/model.safetensors"]
+    assert model_files(official, {"llm_model_path": "llm"}) == ["config.json", "pytorch_model.bin", "llm/config.json",
+                                                                 "llm/tokenizer.json"]
+    assert tokenizer_repo_files(["config.json", "model.safetensors", "merges.txt", "vocab.json", "tokenizer.json"]) == [
+        "config.json", "tokenizer.json", "vocab.json", "merges.txt"]
+
+
+def test_repo_ids_of_names():
+    from showo2_cli.hub import repo_id_for
+
+    assert repo_id_for("1.5b") == "showlab/show-o2-1.5B" and repo_id_for("7B") == "showlab/show-o2-7B"
+    assert repo_id_for("acme/x") == "acme/x"
+    assert repo_id_for("demo") is None and repo_id_for("./a/b") is None and repo_id_for("/a/b") is None
+
+
+# ---- downloading ------------------------------------------------------------------------------
+
+def test_pull_fetches_only_the_needed_files_with_progress_and_loads(hub, tmp_path, monkeypatch):
+    from showo2_cli.hub import pull
+    from showo2_cli.loading import find_files, load
+
+    repo = official_repos(hub, tmp_path)
+    seen: list[tuple[str, int, int]] = []
+    result = pull(repo, progress=lambda phase, done, total: seen.append((phase, done, total)))
+    assert result.downloaded == [repo, "acme/tiny-qwen", "acme/tiny-siglip", WAN_REPO] and result.missing == []
+    fetched = sorted(hub.downloads())
+    assert fetched == sorted([f"{repo}:config.json", f"{repo}:pytorch_model.safetensors", "acme/tiny-qwen:config.json",
+                              "acme/tiny-qwen:special_tokens_map.json", "acme/tiny-qwen:tokenizer.json",
+                              "acme/tiny-qwen:tokenizer_config.json", "acme/tiny-siglip:config.json",
+                              f"{WAN_REPO}:{WAN_FILE}"])  # no pickle twin, no README, no LLM/SigLIP/14B weights
+    phases = {p for p, _, _ in seen}
+    assert phases == {f"downloading {r}" for r in result.downloaded}
+    for phase in phases:
+        last = [(d, t) for p, d, t in seen if p == phase][-1]
+        assert last[0] == last[1] > 0  # each repo's bytes, counted to the end
+    weights = [(d, t) for p, d, t in seen if p == f"downloading {repo}"]
+    size = (PARITY_DIR / "model" / "pytorch_model.safetensors").stat().st_size
+    assert weights[-1][1] in (size, size + len(hub.repos[repo].files["config.json"]))
+
+    # every piece comes from the cache now: loading makes no request, even offline
+    hub.requests.clear()
+    offline(monkeypatch)
+    files = find_files(repo)
+    assert files.weights[0].name == "pytorch_model.safetensors" and files.vae.name == WAN_FILE
+    assert files.tokenizer is not None and files.siglip_config is not None and not files.missing
+    model = load(repo)
+    assert model.spec.hidden_size > 0 and model.vae is not None
+    assert hub.requests == []
+
+
+def test_load_downloads_a_missing_model_when_online_and_not_offline(hub, tmp_path, monkeypatch):
+    from showo2_cli.loading import load
+
+    src = tmp_path / "m"
+    from showo2_cli.loading import init_model
+
+    init_model("tiny", src, seed=0, vae_base_dim=4)
+    hub.add_folder("acme/showo2-tiny", src)
+    model = load("acme/showo2-tiny")  # a showo2-format repo carries its tokenizer and VAE
+    assert model.vae is not None and model.tokenizer is not None
+    assert sorted(hub.downloads()) == sorted(f"acme/showo2-tiny:{p.relative_to(src).as_posix()}"
+                                             for p in src.rglob("*") if p.is_file())
+    hub.requests.clear()
+    load("acme/showo2-tiny")
+    assert hub.requests == []
+
+
+def test_offline_without_cache_is_one_clear_error(hub, tmp_path, monkeypatch):
+    from showo2_cli.hub import pull
+    from showo2_cli.loading import load
+
+    repo = official_repos(hub, tmp_path)
+    offline(monkeypatch)
+    with pytest.raises(ModelError, match="not in the Hugging Face cache and HF_HUB_OFFLINE is set") as e:
+        load(repo)
+    assert "\n" not in str(e.value) and "showo2 pull" in str(e.value)
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE is set"):
+        pull(repo)
+    assert hub.requests == []
+
+
+def test_unknown_repo_and_unreachable_hub(hub, monkeypatch):
+    import huggingface_hub.constants as C
+
+    from showo2_cli.hub import pull
+
+    with pytest.raises(ModelError, match="'acme/nothing' is not on the Hub"):
+        pull("acme/nothing")
+    dead = "http://127.0.0.1:9"  # the discard port: nothing listens
+    monkeypatch.setattr(C, "ENDPOINT", dead)
+    with pytest.raises(ModelError, match="cannot be reached"):
+        pull("acme/other")
+
+
+def test_a_server_error_leaves_no_half_model(hub, tmp_path):
+    from showo2_cli.hub import cached_snapshot, pull
+
+    repo = official_repos(hub, tmp_path)
+    hub.fail["pytorch_model.safetensors"] = 500
+    with pytest.raises(ModelError, match="HTTP 500.*no half model") as e:
+        pull(repo)
+    assert "\n" not in str(e.value)
+    snaps = list((hub.cache / "models--acme--show-o2-tiny" / "snapshots").glob("*/*"))
+    assert [p.name for p in snaps] == ["config.json"]  # what finished is kept for the retry ...
+    assert cached_snapshot(repo) is None  # ... but it is not a model
+    del hub.fail["pytorch_model.safetensors"]
+    result = pull(repo)  # the retry completes it
+    assert result.missing == [] and (result.path / "pytorch_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_cut_download_leaves_no_half_model(hub, tmp_path):
+    """The connection drops mid-file on every try: huggingface_hub retries, then fails; the
+    partial bytes never become the weight file."""
+    from showo2_cli.hub import cached_snapshot, pull
+
+    repo = official_repos(hub, tmp_path)
+    hub.truncate["pytorch_model.safetensors"] = 4096
+    with pytest.raises(ModelError, match="no half model"):
+        pull(repo)
+    assert cached_snapshot(repo) is None
+    assert not list((hub.cache / "models--acme--show-o2-tiny" / "snapshots").glob("*/pytorch_model.safetensors"))
+    del hub.truncate["pytorch_model.safetensors"]
+    assert pull(repo).missing == []
+
+
+@pytest.mark.slow
+def test_cli_pull_then_offline_caption(hub, tmp_path, media_dir):
+    """`showo2 pull` in a subprocess with the real environment variables, then a command offline."""
+    repo = official_repos(hub, tmp_path)
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(hub.cache), "HF_HUB_OFFLINE": "0",
+           "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "showo2_cli.cli"]
+    out = subprocess.run([*run, "pull", repo, "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["repo"] == repo and info["missing"] == [] and len(info["downloaded"]) == 4
+    again = subprocess.run([*run, "pull", repo], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already" in again.stdout
+    env["HF_HUB_OFFLINE"] = "1"
+    image = next(iter(sorted(media_dir.glob("*.jpg"))))
+    cap = subprocess.run([*run, "caption", str(image), "-m", repo, "--max-new-tokens", "3", "--json"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert cap.returncode == 0, cap.stderr
+    missing = subprocess.run([*run, "pull", "acme/absent"], env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 4 and len(missing.stderr.strip().splitlines()) == 1
+    assert "HF_HUB_OFFLINE" in missing.stderr
