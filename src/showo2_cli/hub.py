@@ -294,6 +294,14 @@ def download_model(repo_id: str, progress: Progress | None = None) -> Path:
     return _download(repo_id, files, progress, "model")
 
 
+def needs_download(name: str) -> bool:
+    """True for a variant or repo id that is not a local folder, not cached, and may be fetched."""
+    if str(name) == "demo" or Path(str(name)).expanduser().exists():
+        return False
+    repo = repo_id_for(name)
+    return repo is not None and not offline() and cached_snapshot(repo) is None
+
+
 @dataclass
 class PullResult:
     """What :func:`pull` did: the model's folder, each piece's location, the repos it fetched."""

@@ -36,6 +36,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 #: dtype names -> canonical name (the one dtype table; ``runtime.torch_dtype`` maps it to torch).
 DTYPES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
 MASK_MODES = ("official", "training")
+#: Where the weights wait between uses (``runtime.enable_offload`` implements each, through accelerate).
+OFFLOAD_MODES = {"none": "everything on the device", "model": "one component (network or VAE) on the device at a time",
+                 "sequential": "one layer on the device at a time (least memory, slowest)"}
 TEMPLATES = ("official", "training")
 IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".webp")
 VIDEO_OUTPUTS = (".mp4", ".webm", ".gif")
@@ -130,16 +133,20 @@ def random_seed() -> int:
 
 @dataclass
 class RuntimeOptions:
-    """Where a model runs: ``device`` (auto|cpu|cuda[:N]|mps) and ``dtype`` (auto|fp32|bf16|fp16)."""
+    """Where a model runs: ``device`` (auto|cpu|cuda[:N]|mps), ``dtype`` (auto|fp32|bf16|fp16) and
+    ``offload`` (a key of :data:`OFFLOAD_MODES`: weights kept in CPU memory, moved to the device
+    per component or per layer as they are used)."""
 
     device: str = "auto"
     dtype: str = "auto"
     max_memory_gb: float | None = None  # refuse jobs estimated to need more (0: no limit)
+    offload: str = "none"
 
     def validate(self) -> None:
         check_device(self.device)
         check_dtype(self.dtype)
         check_number("--max-memory", self.max_memory_gb, 0)
+        check_choice("--offload", self.offload, tuple(OFFLOAD_MODES), allow_none=False)
 
 
 @dataclass

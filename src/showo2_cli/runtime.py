@@ -1,7 +1,8 @@
 """Where and how a job runs: the device, the dtype, the memory guard and the process rank.
 
-The one dtype table (names in :data:`showo2_cli.options.DTYPES`), the one device picker, the memory
-guard every command consults before allocating, and the rank/world of a multi-process launch.
+The one dtype table (names in :data:`showo2_cli.options.DTYPES`), the one device picker, CPU
+offload (accelerate's hooks), the memory guard every command consults before allocating, and the
+rank/world of a multi-process launch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import ResourceError, UsageError
-from .options import DTYPES
+from .options import DTYPES, OFFLOAD_MODES
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -65,6 +66,42 @@ def process_rank() -> tuple[int, int]:
     except ValueError:
         return 0, 1
     return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)
+
+
+# ---- CPU offload ------------------------------------------------------------------------------
+
+def enable_offload(bundle, mode: str, device: str | torch.device) -> None:
+    """Keep a loaded bundle's weights in CPU memory and run them on ``device`` (accelerate's hooks).
+
+    ``model``: ``cpu_offload_with_hook`` on the network and on the VAE, each hook offloading the
+    other before its component runs, so one of them is on the device at a time (the diffusers
+    ``enable_model_cpu_offload``; the hooks fire on the components' entry methods, which carry
+    diffusers' ``apply_forward_hook``). ``sequential``: ``cpu_offload`` on both, every layer's
+    weights brought to the device for its own forward and dropped after (least memory, slowest).
+    ``none`` does nothing. The components report ``device`` as the execution device, so the
+    pipelines put their inputs there. On a CPU-only machine the weights do not move, but the same
+    hooks run (``sequential`` leaves the parameters on 'meta' between calls).
+    """
+    if mode not in OFFLOAD_MODES:
+        raise UsageError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got '{mode}'")
+    if mode == "none":
+        return
+    from accelerate import cpu_offload, cpu_offload_with_hook
+
+    dev = torch.device(device)
+    parts = [m for m in (bundle.network, bundle.vae) if m is not None]
+    if any(getattr(m, "execution_device", None) is not None for m in parts):
+        raise UsageError("offload is already enabled on this model")
+    if mode == "model":
+        hooks = [cpu_offload_with_hook(m, dev)[1] for m in parts]
+        for hook, other in zip(hooks, hooks[1:] + hooks[:1], strict=True):
+            if other is not hook:
+                hook.hook.prev_module_hook = other
+    else:
+        for m in parts:
+            cpu_offload(m, dev)
+    for m in parts:
+        m.execution_device = dev
 
 
 # ---- memory guard -----------------------------------------------------------------------------

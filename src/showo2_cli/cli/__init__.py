@@ -40,7 +40,7 @@ GROUPS = [
     ("Generate", "generate", ("t2i", "t2v", "i2v")),
     ("Understand", "understand", ("caption",)),
     ("Latents", "latents", ("encode", "decode")),
-    ("Models", "models", ("models", "info", "convert", "init")),
+    ("Models", "models", ("models", "pull", "info", "convert", "init")),
 ]
 
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     # fresh state for every call (main() may run several times in one process)
     STATE.update(debug=bool(os.environ.get("SHOWO2_DEBUG")) or "--debug" in args, json=False, quiet=False)
     if not STATE["debug"]:  # the libraries' own logging stays quiet unless --debug
-        for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY"):
             os.environ.setdefault(var, "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     with warnings.catch_warnings(), _signals():

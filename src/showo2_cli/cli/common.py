@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from ..errors import short
-from ..options import SAMPLERS
+from ..options import OFFLOAD_MODES, SAMPLERS
 
 STATE = {"debug": bool(os.environ.get("SHOWO2_DEBUG")), "json": False, "quiet": False}
 
@@ -132,15 +132,26 @@ def model_name(model: str | None) -> str:
     return name
 
 
-def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE")):
+def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE"),
+               offload: str = "none"):
+    """Resolve (downloading when needed), load, and place the model: on the device, or with
+    ``offload`` in CPU memory behind accelerate's hooks that run it on the device."""
     from ..loading import load
-    from ..runtime import pick_device, pick_dtype
+    from ..runtime import enable_offload, pick_device, pick_dtype
 
     model = model_name(model)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
+    from ..hub import needs_download, pull
+
+    if needs_download(model):  # not cached, online: fetch it (and its tokenizer and VAE) with progress
+        notice(f"downloading {model} into the Hugging Face cache")
+        with ProgressReporter() as progress:
+            pull(model, progress=progress)
     with status(f"loading {short(model, 60)}"):
-        return load(model, vae=vae, device=dev, dtype=dt, need=need)
+        bundle = load(model, vae=vae, device="cpu" if offload != "none" else dev, dtype=dt, need=need)
+    enable_offload(bundle, offload, dev)
+    return bundle
 
 
 # ---- option types shared by the commands (choices are enums, so --help lists them) -------------
@@ -160,6 +171,7 @@ class Dtype(str, Enum):
 
 
 Sampler = Enum("Sampler", {name: name for name in SAMPLERS}, type=str)
+Offload = Enum("Offload", {name: name for name in OFFLOAD_MODES}, type=str)
 
 
 class MaskMode(str, Enum):
@@ -186,5 +198,7 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name,
                                               "(default: $SHOWO2_MODEL, the cached official 1.5B, then the bundled demo).")]
 VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_VAE.pth, a .safetensors or a diffusers "
                                              "folder (default: the model's, then $SHOWO2_VAE).")]
+OffloadOpt = Annotated[Offload, typer.Option("--offload", help="Keep the weights in CPU memory (accelerate): model = one "
+                                             "component on the device at a time, sequential = one layer at a time (least memory, slowest).")]
 MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB "
                                                  "(default: $SHOWO2_MAX_MEMORY_GB, else the memory available now; 0: no limit).")]

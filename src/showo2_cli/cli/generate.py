@@ -15,6 +15,7 @@ from .common import (
     JsonOpt,
     MaxMemOpt,
     ModelOpt,
+    OffloadOpt,
     OverwriteOpt,
     ProgressReporter,
     QuietOpt,
@@ -46,14 +47,14 @@ VIDEO_HELP = "out.mp4/.webm/.gif"
 
 def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path | None, opts: GenerateOptions,
         model: str | None, vae: Path | None, device: str, dtype, noise: Path | None, save_latents: bool,
-        fps: float | None, image: Path | None, size: str | None, overwrite: bool) -> None:
+        fps: float | None, image: Path | None, size: str | None, overwrite: bool, offload: str = "none") -> None:
     """The one generation command: every check before the model loads, then generate and save."""
     from .. import media as M
     from .. import saving as O
     from ..options import RuntimeOptions
     from ..runtime import process_rank
 
-    runtime = RuntimeOptions(device, value(dtype), opts.max_memory_gb)
+    runtime = RuntimeOptions(device, value(dtype), opts.max_memory_gb, offload)
     runtime.validate()
     opts.size = M.parse_size(size)
     if opts.seed is None:
@@ -73,7 +74,7 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path |
     if mine:
         check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(mine) * opts.num_per_prompt),
                                     runtime)
-    bundle = load_model(name, device, value(dtype), vae=vae)
+    bundle = load_model(name, device, value(dtype), vae=vae, offload=runtime.offload)
     notice(f"seed {opts.seed}")
     from .. import pipelines as P
 
@@ -135,15 +136,15 @@ def t2i(
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 4, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, overwrite: OverwriteOpt = False,
-    json_mode: JsonOpt = False, quiet: QuietOpt = False,
+    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none",
+    overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Text to image."""
     setup(json_mode, quiet)
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=1, method=value(sampler), max_memory_gb=max_memory)
     run("t2i", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, None, None,
-        size, overwrite)
+        size, overwrite, value(offload))
 
 
 def t2v(
@@ -154,8 +155,8 @@ def t2v(
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, overwrite: OverwriteOpt = False,
-    json_mode: JsonOpt = False, quiet: QuietOpt = False,
+    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none",
+    overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Text to video (needs a checkpoint trained for video generation, e.g. the bundled demo)."""
     setup(json_mode, quiet)
@@ -163,7 +164,7 @@ def t2v(
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=max_memory)
     run("t2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, None,
-        size, overwrite)
+        size, overwrite, value(offload))
 
 
 def i2v(
@@ -175,8 +176,8 @@ def i2v(
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, overwrite: OverwriteOpt = False,
-    json_mode: JsonOpt = False, quiet: QuietOpt = False,
+    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none",
+    overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Image to video: the image's latent is the fixed first latent frame."""
     setup(json_mode, quiet)
@@ -184,7 +185,7 @@ def i2v(
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=max_memory)
     run("i2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, image,
-        size, overwrite)
+        size, overwrite, value(offload))
 
 
 __all__ = ["t2i", "t2v", "i2v", "run"]

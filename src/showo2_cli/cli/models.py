@@ -1,4 +1,4 @@
-"""Model plumbing: ``models``, ``info``, ``convert``, ``init``."""
+"""Model plumbing: ``models``, ``pull``, ``info``, ``convert``, ``init``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import typer
 
 from ..errors import ModelError, OutputError
 from ..options import check_dtype
-from .common import JsonOpt, OverwriteOpt, QuietOpt, VaeOpt, emit, notice, setup, status
+from .common import JsonOpt, OverwriteOpt, ProgressReporter, QuietOpt, VaeOpt, emit, notice, setup, status
 
 
 def check_output_folder(path: Path, overwrite: bool) -> None:
@@ -150,6 +150,7 @@ def init(
 def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
     """The known variants: which are present locally (and where), what is missing, how to get it."""
     setup(json_mode, quiet)
+    from ..hub import cached_snapshot
     from ..loading import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path, hf_cached_file, hf_cached_snapshot
     from ..specs import REGISTRY
 
@@ -163,7 +164,7 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
         if not spec.repo_id:
             continue
         snap = hf_cached_snapshot(spec.repo_id)
-        tok = hf_cached_snapshot(spec.llm_repo_id) if spec.llm_repo_id else None
+        tok = cached_snapshot(spec.llm_repo_id, role="tokenizer") if spec.llm_repo_id else None
         missing, get = [], []
         if snap is None:
             missing.append("checkpoint")
@@ -174,6 +175,8 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
         if vae is None:
             missing.append("VAE")
             get.append(f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE}")
+        if missing:
+            get.insert(0, f"showo2 pull {name}")
         rows.append({"name": name, "repo": spec.repo_id, "present": not missing, "path": str(snap) if snap else None,
                      "missing": missing, "get": get, "tasks": ", ".join(spec.tasks)})
     env = os.environ.get("SHOWO2_MODEL")
@@ -185,3 +188,27 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
         for cmd in r["get"]:
             lines.append(f"{'':<18} get: {cmd}")
     emit({"models": rows, "default_env": env}, "\n".join(lines))
+
+
+def pull(
+    model: Annotated[str, typer.Argument(help="A variant (1.5B, 7B, 1.5B-HQ, ...) or a Hugging Face repo id.")],
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Download a model and what it needs (tokenizer, VAE) into the Hugging Face cache, to run offline.
+
+    Only the files the model loads come: its config.json and one set of weights (safetensors
+    before pickles), the tokenizer files and LLM config of its Qwen2.5 repo, the SigLIP config and
+    Wan2.1_VAE.pth. Pieces already cached are not fetched again; HF_HOME / HF_HUB_CACHE,
+    HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured. An interrupted pull resumes.
+    """
+    setup(json_mode, quiet)
+    from ..hub import pull as pull_model
+
+    with ProgressReporter() as progress:
+        result = pull_model(model, progress=progress)
+    for piece in result.missing:
+        notice(f"note: {piece} still missing after the pull (see: showo2 info {model})")
+    state = f"downloaded {', '.join(result.downloaded)}" if result.downloaded else "already in the cache"
+    emit({"model": model, "repo": result.repo_id, "path": str(result.path), "downloaded": result.downloaded,
+          "pieces": result.pieces, "missing": result.missing}, f"{model}: {state}  ({result.path})")

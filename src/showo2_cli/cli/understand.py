@@ -17,6 +17,7 @@ from .common import (
     MaskMode,
     MaxMemOpt,
     ModelOpt,
+    OffloadOpt,
     ProgressReporter,
     QuietOpt,
     Template,
@@ -43,7 +44,7 @@ def caption(
     vae_sample: Annotated[bool, typer.Option("--vae-sample", help="Encode with the stochastic VAE sample, as the official demo.")] = False,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they are produced.")] = True,
     model: ModelOpt = None, vae: VaeOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
-    max_memory: MaxMemOpt = None,
+    max_memory: MaxMemOpt = None, offload: OffloadOpt = "none",
     json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Answer questions about an image or a video (one answer per line on stdout)."""
@@ -55,7 +56,8 @@ def caption(
                           top_k=top_k, top_p=top_p, seed=seed, frames=frames, mask_mode=value(mask),
                           template=value(template), vae_sample=vae_sample, max_memory_gb=max_memory)
     opts.validate()
-    RuntimeOptions(device, value(dtype)).validate()
+    runtime = RuntimeOptions(device, value(dtype), offload=value(offload))
+    runtime.validate()
     kind = M.probe_kind(media)
     if kind == "image":
         M.read_image(media)  # a broken or too large picture fails before the model loads
@@ -64,7 +66,7 @@ def caption(
 
     from .. import pipelines as P
 
-    bundle = load_model(model, device, value(dtype), vae=vae)
+    bundle = load_model(model, device, value(dtype), vae=vae, offload=runtime.offload)
     if kind == "video" and not P.supports_video_understanding(bundle):
         notice("note: this checkpoint was not trained for video understanding (use a -w-video-und model)")
     live = stream and not STATE["json"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
@@ -85,7 +86,15 @@ class VisualEncoding:
 
 
 class Showo2Model(nn.Module):
-    """The whole trainable Show-o2 network (the VAE and tokenizer live outside)."""
+    """The whole trainable Show-o2 network (the VAE and tokenizer live outside).
+
+    The network has no single ``forward``: callers use the methods below. Each public one carries
+    diffusers' ``apply_forward_hook``, so an accelerate offload hook (``runtime.enable_offload``)
+    brings the network to its execution device whichever method runs first.
+    """
+
+    #: Where an offloaded network runs (set by ``runtime.enable_offload``); None = where its weights are.
+    execution_device: torch.device | None = None
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -123,6 +132,8 @@ class Showo2Model(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        if self.execution_device is not None:
+            return self.execution_device
         return self.image_embedder_gen.proj.weight.device
 
     def reset_buffers(self) -> None:
@@ -166,17 +177,21 @@ class Showo2Model(nn.Module):
             self.showo.lm_head.weight = self.showo.model.embed_tokens.weight
 
     # ---- dual path + fusion (spec §4) ---------------------------------------------------------
+    @apply_forward_hook
     def encode_visual(self, latents: torch.Tensor) -> VisualEncoding:
         """Latents ``(F, C, h, w)`` (frames flattened) -> fused tokens ``(F, N, H)``."""
         x = latents.to(self.dtype)
         und = self.image_embedder_und(x)
         grid = (x.shape[-2] // self.spec.patch_size, x.shape[-1] // self.spec.patch_size)
-        pos = interpolate_position_table(self.position_embedding.weight, *grid)
+        rows = torch.arange(self.position_embedding.num_embeddings, device=self.device)
+        table = self.position_embedding(rows)  # the weight itself, read through forward so offload hooks see it
+        pos = interpolate_position_table(table, *grid)
         semantic = self.und_trans(inputs_embeds=und + pos[None]).last_hidden_state
         low = self.image_embedder_gen(x)
         fused = self.fusion_proj(torch.cat([semantic, low], dim=-1))
         return VisualEncoding(und, semantic, low, fused, grid)
 
+    @apply_forward_hook
     def visual_tokens(self, latents: torch.Tensor) -> torch.Tensor:
         """Image ``(B, C, h, w)`` or video ``(B, C, T, h, w)`` -> ``(B, T*N, H)``, frame-major."""
         if latents.dim() == 4:
@@ -187,6 +202,7 @@ class Showo2Model(nn.Module):
         fused = self.add_frame_embedding(fused.reshape(b, t, *fused.shape[1:]))
         return fused.reshape(b, t * fused.shape[2], fused.shape[3])
 
+    @apply_forward_hook
     def add_frame_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(..., T, N, H)`` tokens of T frames plus the per-frame embedding (a no-op when off)."""
         if not self.spec.frame_embeddings:
@@ -195,6 +211,7 @@ class Showo2Model(nn.Module):
         rows = torch.arange(t, device=tokens.device).clamp_max(self.spec.frame_embeddings - 1)
         return tokens + self.frame_embedding(rows).to(tokens.dtype)[:, None, :]
 
+    @apply_forward_hook
     def pooled_frame_tokens(self, frame_latents: torch.Tensor, pool: int) -> torch.Tensor:
         """Video understanding (spec §8.3): per-frame fused tokens resized bilinearly to pool x pool.
 
@@ -208,12 +225,14 @@ class Showo2Model(nn.Module):
         return pooled.reshape(k * pool * pool, hidden)
 
     # ---- time token (spec §4.5) ---------------------------------------------------------------
+    @apply_forward_hook
     def time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """t ``(B,)`` -> (adaLN condition ``(B, D_f)``, time token ``(B, H)``)."""
         cond = self.time_embed(t.to(self.device))
         return cond, self.time_embed_proj(cond)
 
     # ---- sequence assembly --------------------------------------------------------------------
+    @apply_forward_hook
     def embed_sequence(self, input_ids: torch.Tensor, visual: list[list[torch.Tensor]],
                        slots: torch.Tensor, time_tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings with each visual slot filled: time token, then its visual tokens.
@@ -252,6 +271,7 @@ class Showo2Model(nn.Module):
         return hidden, cond
 
     # ---- LLM + heads --------------------------------------------------------------------------
+    @apply_forward_hook
     def llm(self, inputs_embeds: torch.Tensor, mask: torch.Tensor | None, position_ids=None,
             past_key_values=None, use_cache: bool = False):
         """Qwen2.5 with the caller's mask passed as is; returns the final *normed* hidden states."""
@@ -265,9 +285,11 @@ class Showo2Model(nn.Module):
                                use_cache=use_cache, **{_CACHE_KEYWORD: past_key_values})
         return out.last_hidden_state, getattr(out, _CACHE_KEYWORD)
 
+    @apply_forward_hook
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.showo.lm_head(hidden)
 
+    @apply_forward_hook
     def flow_head(self, hidden: torch.Tensor, cond: torch.Tensor, blocks: torch.Tensor,
                   mask: torch.Tensor) -> torch.Tensor:
         """Final normed LLM states ``(B, L, H)`` -> per-position outputs ``(B, L, p*p*C)``.
@@ -287,6 +309,7 @@ class Showo2Model(nn.Module):
         return self.diffusion_head_b(x, cond, block_index)
 
     @torch.no_grad()
+    @apply_forward_hook
     def prefix_cache(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> PrefixCache:
         """Run the text prefixes (``input_ids[b, :lengths[b]]``) once through the LLM and the flow head."""
         from transformers import DynamicCache
@@ -309,6 +332,7 @@ class Showo2Model(nn.Module):
             x = block(x, cond, outside, cos, sin, causal)
         return PrefixCache(cache, head, lengths.to(self.device), width)
 
+    @apply_forward_hook
     def velocity_with_prefix(self, prefix: PrefixCache, x_t: torch.Tensor, t: torch.Tensor,
                              first_frame_as_cond: bool = False) -> torch.Tensor:
         """:meth:`velocity` for rows whose text prefix is cached: only the visual block is computed.
@@ -341,6 +365,7 @@ class Showo2Model(nn.Module):
             v[:, :, 0] = 0
         return v[:, :, 0] if is_image else v
 
+    @apply_forward_hook
     def velocity(self, input_ids: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, blocks: torch.Tensor,
                  mask: torch.Tensor, first_frame_as_cond: bool = False) -> torch.Tensor:
         """One flow-matching evaluation for generation (one visual block per sequence).

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.accelerate_utils import apply_forward_hook  # small: not diffusers' models
 from torch import nn
 
 from ..errors import InputError, ModelError, OutputError, UsageError
@@ -153,7 +154,13 @@ class WanVAE(nn.Module):
     ``self.model`` is a diffusers ``AutoencoderKLWan``; ``latents_mean``/``latents_std`` are float32
     buffers of shape (z_dim,). Loaded and random VAEs start in eval mode with gradients off (the VAE
     is frozen everywhere in Show-o2); call ``requires_grad_(True)`` to train it.
+
+    ``encode_moments`` and ``decode`` carry diffusers' ``apply_forward_hook``: an accelerate offload
+    hook (``runtime.enable_offload``) brings the VAE to ``execution_device`` when they run.
     """
+
+    #: Where an offloaded VAE runs (set by ``runtime.enable_offload``); None = where its weights are.
+    execution_device: torch.device | None = None
 
     def __init__(
         self,
@@ -210,6 +217,8 @@ class WanVAE(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        if self.execution_device is not None:  # offloaded (runtime.enable_offload): where it runs
+            return self.execution_device
         return next(self.model.parameters()).device
 
     def num_latent_frames(self, num_frames: int) -> int:
@@ -256,6 +265,7 @@ class WanVAE(nn.Module):
 
     # ---- encode / decode ----------------------------------------------------------------------
 
+    @apply_forward_hook
     def encode_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw posterior ``(mu, logvar)``, float32, 5-D (B, z, T', h, w); logvar clamped to [-30, 20]."""
         x = self._check_pixels(pixels)
@@ -289,6 +299,7 @@ class WanVAE(nn.Module):
             z = z.squeeze(2)
         return z
 
+    @apply_forward_hook
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B,z,T',h,w) or (B,z,h,w) -> pixels (B,3,1+4(T'-1),8h,8w) / (B,3,8h,8w).
 
