@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import PARITY_DIR, REPO
 from local_hub import LocalHub
-
 from showo2_cli.errors import ModelError
 
 WAN_REPO, WAN_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
@@ -227,3 +227,139 @@ def test_cli_pull_then_offline_caption(hub, tmp_path, media_dir):
     missing = subprocess.run([*run, "pull", "acme/absent"], env=env, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 4 and len(missing.stderr.strip().splitlines()) == 1
     assert "HF_HUB_OFFLINE" in missing.stderr
+
+
+# ---- the pipeline -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pipe():
+    from showo2_cli import Showo2Pipeline
+
+    return Showo2Pipeline.from_pretrained("demo", torch_dtype="fp32", device="cpu")
+
+
+def test_pipeline_is_the_api_with_diffusers_manners(pipe, tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from showo2_cli import api
+
+    out = pipe("a red circle", num_inference_steps=4, guidance_scale=3.0, generator=torch.Generator().manual_seed(7))
+    ref = api.text_to_image(pipe.model, ["a red circle"], api.GenerateOptions(steps=4, guidance=3.0, seed=7))
+    assert isinstance(out.images[0], Image.Image) and out.images[0].size == (pipe.spec.resolution,) * 2
+    assert np.array_equal(np.asarray(out.images[0]), ref[0].frames[0]) and out.results[0].seed == 7
+    arr = pipe("a red circle", num_inference_steps=4, guidance_scale=3.0, seed=7, output_type="np").images[0]
+    assert arr.dtype == np.float32 and np.array_equal((arr * 255).round().astype(np.uint8), ref[0].frames[0])
+    assert out[0] is out.images  # diffusers' BaseOutput indexing
+    path = tmp_path / "x.png"
+    out.images[0].save(path)
+    assert pipe.caption(out.images[0], "What shape is it?", max_new_tokens=6) == \
+        api.caption(pipe.model, path, api.CaptionOptions(questions=["What shape is it?"], max_new_tokens=6)).answers[0]
+    two = pipe.caption(path, ["What shape is it?", "What colour is it?"], max_new_tokens=4)
+    assert isinstance(two, list) and len(two) == 2
+    with pytest.raises(Exception, match="output_type"):
+        pipe("x", output_type="latents")
+    with pytest.raises(Exception, match="not both"):
+        pipe("x", seed=1, generator=torch.Generator().manual_seed(1))
+
+
+def test_pipeline_videos(pipe, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from showo2_cli import api
+
+    v = pipe(["a blue square"], num_inference_steps=3, num_frames=5, seed=2)
+    assert v.images is None and len(v.frames) == 1 and len(v.frames[0]) == 5
+    ref = api.text_to_video(pipe.model, ["a blue square"], api.GenerateOptions(steps=3, frames=5, seed=2))
+    assert all(np.array_equal(np.asarray(a), b) for a, b in zip(v.frames[0], ref[0].frames, strict=True))
+    first = Image.fromarray(ref[0].frames[0])
+    path = tmp_path / "first.png"
+    first.save(path)
+    i2v = pipe("it moves", image=first, num_inference_steps=3, num_frames=5, seed=4)
+    ref = api.image_to_video(pipe.model, path, ["it moves"], api.GenerateOptions(steps=3, frames=5, seed=4))
+    assert all(np.array_equal(np.asarray(a), b) for a, b in zip(i2v.frames[0], ref[0].frames, strict=True))
+
+
+def test_pipeline_vae_tiling_forwards_or_says_it_is_pending(pipe):
+    from showo2_cli.errors import UsageError
+
+    if hasattr(pipe.vae, "enable_tiling"):
+        pipe.enable_vae_tiling()
+        pipe.vae.disable_tiling()
+    else:
+        with pytest.raises(UsageError, match="no enable_tiling"):
+            pipe.enable_vae_tiling()
+
+
+# ---- CPU offload ------------------------------------------------------------------------------
+
+def _outputs(model, image):
+    from showo2_cli import api
+
+    t2i = api.text_to_image(model, ["a red circle"], api.GenerateOptions(steps=4, seed=3))[0]
+    t2v = api.text_to_video(model, ["a green circle"], api.GenerateOptions(steps=3, frames=5, seed=5))[0]
+    cap = api.caption(model, image, api.CaptionOptions(max_new_tokens=6)).answers
+    return t2i.latents, t2i.frames, t2v.latents, t2v.frames, cap
+
+
+@pytest.fixture(scope="module")
+def plain_outputs(media_dir):
+    from showo2_cli import api
+
+    image = sorted(media_dir.glob("*.jpg"))[0]
+    return image, _outputs(api.load("demo"), image)
+
+
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_offload_gives_exactly_the_same_outputs_on_cpu(mode, plain_outputs):
+    """On a CPU-only machine the execution device is the CPU: accelerate's hooks still run (the
+    sequential ones keep every parameter on 'meta' between calls) and the outputs are identical."""
+    import numpy as np
+    import torch
+    from accelerate.hooks import AlignDevicesHook, CpuOffload
+
+    from showo2_cli import Showo2Pipeline
+
+    image, ref = plain_outputs
+    pipe = Showo2Pipeline.from_pretrained("demo")
+    getattr(pipe, f"enable_{mode}_cpu_offload")(device="cpu")
+    net, vae = pipe.network, pipe.vae
+    assert net.device == vae.device == torch.device("cpu")
+    calls = []
+    if mode == "model":
+        assert isinstance(net._hf_hook, CpuOffload) and isinstance(vae._hf_hook, CpuOffload)
+        assert net._hf_hook.prev_module_hook.model is vae and vae._hf_hook.prev_module_hook.model is net
+        for hook in (net._hf_hook, vae._hf_hook):
+            original = hook.pre_forward
+            hook.pre_forward = lambda module, *a, _o=original, **k: (calls.append(type(module).__name__), _o(module, *a, **k))[1]
+    else:
+        leaf = net.showo.model.layers[0].self_attn.q_proj
+        assert isinstance(leaf._hf_hook, AlignDevicesHook) and leaf._hf_hook.offload
+        assert {p.device.type for p in net.parameters()} == {"meta"} == {p.device.type for p in vae.parameters()}
+    out = _outputs(pipe.model, image)
+    for a, b in zip(out, ref, strict=True):
+        assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else np.array_equal(a, b) if isinstance(a, np.ndarray)
+                else a == b)
+    if mode == "model":  # both components were brought to the device by their hooks, in turn
+        assert "Showo2Model" in calls and "WanVAE" in calls
+    else:
+        assert {p.device.type for p in net.parameters()} == {"meta"}
+    with pytest.raises(Exception, match="offload"):
+        pipe.to("cpu")
+
+
+def test_offload_option_is_validated_once_and_the_cli_writes_the_same_image(tmp_path, capsys):
+    from showo2_cli.cli import main
+    from showo2_cli.errors import UsageError
+    from showo2_cli.options import RuntimeOptions
+
+    with pytest.raises(UsageError, match="--offload must be one of none, model, sequential"):
+        RuntimeOptions(offload="disk").validate()
+    outs = {}
+    for mode in ("none", "sequential"):
+        outs[mode] = tmp_path / f"{mode}.png"
+        assert main(["t2i", "a red circle", "-m", "demo", "--steps", "3", "--seed", "1", "--device", "cpu",
+                     "--offload", mode, "-o", str(outs[mode]), "--quiet"]) == 0
+    assert outs["none"].read_bytes() == outs["sequential"].read_bytes()

@@ -7,16 +7,21 @@
     api.save_results(images, plans, "t2i")          # the same files `showo2 t2i` writes
     print(api.caption(model, "circle.png").answers[0])
 
+    pipe = api.Showo2Pipeline.from_pretrained("demo")   # the diffusers-shaped face over the same functions
+    image = pipe("a red circle", generator=torch.Generator().manual_seed(1)).images[0]
+
 ``showo2_cli`` re-exports these names lazily (``from showo2_cli import load, text_to_image``).
 """
 
 from __future__ import annotations
 
+from .hub import PullResult, pull
 from .loading import Showo2, default_model, load, resolve_vae
 from .options import CaptionOptions, EncodeOptions, GenerateOptions, RuntimeOptions, TextSampling
+from .pipeline import Showo2Pipeline, Showo2PipelineOutput
 from .pipelines import CaptionResult, Generated, caption, image_to_video, text_to_image, text_to_video
 from .pipelines.latents import EncodeResult, decode, encode, load_latents, save_latents, write_decoded
-from .runtime import check_memory, pick_device, pick_dtype, process_rank
+from .runtime import check_memory, enable_offload, pick_device, pick_dtype, process_rank
 from .saving import OutputPlan, load_noise, plan_outputs, read_prompts, save_results
 
 __all__ = ["Showo2", "load", "default_model", "resolve_vae",
@@ -24,4 +29,5 @@ __all__ = ["Showo2", "load", "default_model", "resolve_vae",
            "caption", "CaptionResult", "text_to_image", "text_to_video", "image_to_video", "Generated",
            "read_prompts", "plan_outputs", "OutputPlan", "load_noise", "save_results",
            "encode", "EncodeResult", "decode", "save_latents", "load_latents", "write_decoded",
-           "pick_device", "pick_dtype", "process_rank", "check_memory"]
+           "pick_device", "pick_dtype", "process_rank", "check_memory", "enable_offload",
+           "pull", "PullResult", "Showo2Pipeline", "Showo2PipelineOutput"]
