@@ -117,7 +117,9 @@ def test_pull_fetches_only_the_needed_files_with_progress_and_loads(hub, tmp_pat
         assert last[0] == last[1] > 0  # each repo's bytes, counted to the end
     weights = [(d, t) for p, d, t in seen if p == f"downloading {repo}"]
     size = (PARITY_DIR / "model" / "pytorch_model.safetensors").stat().st_size
-    assert weights[-1][1] in (size, size + len(hub.repos[repo].files["config.json"]))
+    config = len(hub.repos[repo].files["config.json"])
+    assert weights[-1][1] in (size, size + config)
+    assert all(done in (config, size, size + config) for done, _ in weights)  # bytes counted once
 
     # every piece comes from the cache now: loading makes no request, even offline
     hub.requests.clear()

@@ -171,42 +171,44 @@ def cached_snapshot(repo_id: str, role: str = "model") -> Path | None:
 
 
 class _Bytes:
-    """Bytes done/total across huggingface_hub's byte bars, reported as one phase."""
+    """Bytes done/total of a snapshot download, from huggingface_hub's byte bars, as one phase."""
 
     def __init__(self, phase: str, progress: Progress | None):
         self.phase, self.progress = phase, progress
         self.lock = threading.Lock()
-        self.done = self.total = 0
+        self.bars: dict[int, tuple[int, int]] = {}  # bar -> (done, total)
 
     def bar_class(self):
         meter = self
 
         class Bar(_std_tqdm):
-            """A tqdm that never draws: huggingface_hub's bars become ``progress`` calls."""
+            """A tqdm that never draws: huggingface_hub's byte bars become ``progress`` calls."""
 
             def __init__(self, *args, **kwargs):
                 kwargs["disable"] = True
                 self.counts_bytes = kwargs.get("unit") == "B"
+                self.bytes_done = int(kwargs.get("initial") or 0)
                 super().__init__(*args, **kwargs)
 
             def update(self, n=1):
                 if self.counts_bytes and n:
-                    meter.report(int(n), int(self.total or 0))
+                    self.bytes_done += int(n)
+                    meter.report(id(self), self.bytes_done, int(self.total or 0))
 
             def refresh(self, *args, **kwargs):
                 if self.counts_bytes:
-                    meter.report(0, int(self.total or 0))
+                    meter.report(id(self), self.bytes_done, int(self.total or 0))
 
         return Bar
 
-    def report(self, n: int, total: int) -> None:
+    def report(self, bar: int, done: int, total: int) -> None:
         with self.lock:
-            # two byte bars (received and written) see the same bytes: follow the one ahead
-            self.total = max(self.total, total)
-            self.done = min(self.done + n, self.total) if n else self.done
-            done, total = self.done, self.total
+            self.bars[bar] = (done, total)
+            # huggingface_hub keeps two byte bars (received, written) over the same bytes: follow the one ahead
+            done = max(d for d, _ in self.bars.values())
+            total = max(t for _, t in self.bars.values())
         if self.progress is not None and total:
-            self.progress(self.phase, done, total)
+            self.progress(self.phase, min(done, total), total)
 
 
 def _download(repo_id: str, files: list[str] | None, progress: Progress | None, what: str) -> Path:

@@ -132,6 +132,17 @@ def model_name(model: str | None) -> str:
     return name
 
 
+def fetch_if_needed(model: str) -> None:
+    """A variant or repo id that is not cached, when online: pull it (and its tokenizer and VAE)
+    with progress bars, before anything loads it."""
+    from ..hub import needs_download, pull
+
+    if needs_download(model):
+        notice(f"downloading {model} into the Hugging Face cache")
+        with ProgressReporter() as progress:
+            pull(model, progress=progress)
+
+
 def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE"),
                offload: str = "none"):
     """Resolve (downloading when needed), load, and place the model: on the device, or with
@@ -142,12 +153,7 @@ def load_model(model: str | None, device: str, dtype: str, vae: Path | None = No
     model = model_name(model)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    from ..hub import needs_download, pull
-
-    if needs_download(model):  # not cached, online: fetch it (and its tokenizer and VAE) with progress
-        notice(f"downloading {model} into the Hugging Face cache")
-        with ProgressReporter() as progress:
-            pull(model, progress=progress)
+    fetch_if_needed(model)
     with status(f"loading {short(model, 60)}"):
         bundle = load(model, vae=vae, device="cpu" if offload != "none" else dev, dtype=dt, need=need)
     enable_offload(bundle, offload, dev)

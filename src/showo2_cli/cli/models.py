@@ -12,7 +12,18 @@ import typer
 
 from ..errors import ModelError, OutputError
 from ..options import check_dtype
-from .common import JsonOpt, OverwriteOpt, ProgressReporter, QuietOpt, VaeOpt, emit, notice, setup, status
+from .common import (
+    JsonOpt,
+    OverwriteOpt,
+    ProgressReporter,
+    QuietOpt,
+    VaeOpt,
+    emit,
+    fetch_if_needed,
+    notice,
+    setup,
+    status,
+)
 
 
 def check_output_folder(path: Path, overwrite: bool) -> None:
@@ -43,6 +54,7 @@ def info(
     from ..loading import build_network, find_files, parameter_counts, spec_from_files
     from ..weights import read_state_dict
 
+    fetch_if_needed(model)
     files = find_files(model, vae=vae)
     if not files.weights:
         raise ModelError(f"model '{model}' has no weights in '{files.root}'")
@@ -97,6 +109,7 @@ def convert(
 
     target_dtype = None if dtype == "keep" else torch_dtype(dtype)
     start = time.perf_counter()
+    fetch_if_needed(src)
     files = find_files(src, vae=vae)
     if not files.weights:
         raise ModelError(f"'{src}' has no weights")
