@@ -250,6 +250,7 @@ class Showo2Model(nn.Module):
                 embeds[b, offset + 1:offset + length] = visual[b][m].to(embeds.dtype)
         return embeds
 
+    @apply_forward_hook
     def embed_inputs(self, input_ids: torch.Tensor, visual: list[list[torch.Tensor]], slots: torch.Tensor,
                      t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The one sequence assembly (spec §4.5-§4.6), for generation, understanding and training.
@@ -263,6 +264,7 @@ class Showo2Model(nn.Module):
         time_tokens = time_token[:, None].expand(b, m, -1)
         return self.embed_sequence(input_ids, visual, slots, time_tokens), cond
 
+    @apply_forward_hook
     def hidden_states(self, input_ids: torch.Tensor, visual: list[list[torch.Tensor]], slots: torch.Tensor,
                       t: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`embed_inputs` then the LLM under ``mask``: (final normed hidden states, condition)."""
