@@ -18,6 +18,7 @@ failed half-way leaves a snapshot ``huggingface_hub`` records as incomplete, and
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.std import tqdm as _std_tqdm
 
 from .errors import ModelError
+from .weights import read_json
 
 Progress = Callable[[str, int, int], None]
 
@@ -67,6 +69,127 @@ def endpoint() -> str:
     from huggingface_hub import constants
 
     return constants.ENDPOINT
+
+
+# ---- local folders and the cache, no network ---------------------------------------------------
+
+WAN_VAE_REPO, WAN_VAE_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
+WAN_VAE_DIFFUSERS_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+
+def hf_cached_file(repo_id: str, filename: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, filename)
+        return Path(found) if isinstance(found, str) and os.path.exists(found) else None
+    except Exception:
+        return None
+
+
+def bundled_demo_path() -> Path:
+    return Path(__file__).resolve().parent / "assets" / "demo"
+
+
+def resolve_root(name: str | os.PathLike) -> tuple[str, Path]:
+    """Turn a model name into a local folder: demo, a path, a registry name, or a cached repo id."""
+    text = str(name)
+    if text == "demo":
+        root = bundled_demo_path()
+        if not (root / "config.json").exists():
+            raise ModelError("the bundled demo model is not part of this installation")
+        return "demo", root
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_file():
+            return text, path.parent
+        return text, path
+    repo = repo_id_for(text)
+    if repo is not None:
+        snap = cached_snapshot(repo)
+        if snap is not None:
+            return text, snap
+        if offline():
+            raise ModelError(f"model '{text}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                             f"get it while online with: showo2 pull {text}")
+        return text, download_model(repo)  # the companions (tokenizer, VAE): showo2 pull
+    from .specs import REGISTRY
+
+    raise ModelError(f"no model '{text}': not a folder, not a known variant ({', '.join(REGISTRY)}), "
+                     "not a Hugging Face repo id")
+
+
+def find_weights(root: Path) -> list[Path]:
+    """The weight files of a local folder, in the one order (:data:`INDEX_FILES`, then a single
+    safetensors, pickled shards, a single pickle) that :func:`weight_files` applies to a repo listing."""
+    for index_name in INDEX_FILES:
+        index = root / index_name
+        if index.exists():
+            try:
+                shards = sorted(set(read_json(index)["weight_map"].values()))
+                if any(not isinstance(x, str) or "/" in x or x.startswith(".") for x in shards):
+                    raise ValueError("shard names must be file names in the folder")
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ModelError(f"cannot read the shard index '{index}': {e}") from e
+            return [root / s for s in shards]
+    for name in SINGLE_SAFETENSORS:
+        if (root / name).exists():
+            return [root / name]
+    shards = sorted(root.glob("pytorch_model-*-of-*.bin"))
+    if shards:
+        return shards
+    for name in SINGLE_BIN:
+        if (root / name).exists():
+            return [root / name]
+    return []
+
+
+def local_or_cached_dir(ref: str | None, root: Path, filename: str) -> Path | None:
+    """A folder holding ``filename``: ``ref`` relative to root, absolute, or a cached repo id."""
+    if not ref:
+        return None
+    for cand in (root / ref, Path(ref).expanduser()):
+        if (cand / filename).exists():
+            return cand
+    if REPO_ID.fullmatch(ref):
+        found = hf_cached_file(ref, filename)
+        if found is not None:
+            return found.parent
+    return None
+
+
+def find_tokenizer(root: Path, config: dict, llm_repo: str | None) -> Path | None:
+    for cand in (root, root / "tokenizer"):
+        if (cand / "tokenizer.json").exists() or (cand / "tokenizer_config.json").exists():
+            return cand
+    for ref in (config.get("llm_model_path"), llm_repo):
+        found = local_or_cached_dir(ref, root, "tokenizer_config.json") or local_or_cached_dir(ref, root, "tokenizer.json")
+        if found is not None:
+            return found
+    return None
+
+
+def find_vae(root: Path, explicit: str | os.PathLike | None) -> Path | None:
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.exists():
+            raise ModelError(f"VAE '{path}' does not exist")
+        return path
+    env = os.environ.get("SHOWO2_VAE")
+    if env and Path(env).exists():
+        return Path(env)
+    if (root / "vae" / "config.json").exists():
+        return root / "vae"
+    pths = sorted(root.glob("Wan2.1_VAE*.pth")) + sorted(root.glob("Wan2.1_VAE*.safetensors"))
+    if pths:
+        return pths[0]
+    found = hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
+    if found is not None:
+        return found
+    snap = hf_cached_file(WAN_VAE_DIFFUSERS_REPO, "vae/config.json")
+    if snap is not None:
+        return snap.parent
+    return None
 
 
 # ---- which files --------------------------------------------------------------------------------
@@ -320,7 +443,7 @@ def pull(name: str, progress: Progress | None = None) -> PullResult:
     """Make a model loadable offline: its repo, then whatever :func:`loading.find_files` still
     misses (the tokenizer from the LLM repo, the SigLIP config, the Wan2.1 VAE file). Cached pieces
     are not fetched again; with ``HF_HUB_OFFLINE`` set, only the cache is consulted."""
-    from .loading import WAN_VAE_FILE, WAN_VAE_REPO, find_files
+    from .loading import find_files
     from .specs import spec_for_hidden_size
 
     repo = repo_id_for(name)

@@ -29,6 +29,17 @@ from pathlib import Path
 import torch
 
 from .errors import ModelError, UsageError, short
+from .hub import (  # names to folders (re-exported: the loading API users know)
+    WAN_VAE_FILE,
+    WAN_VAE_REPO,
+    bundled_demo_path,
+    find_tokenizer,
+    find_vae,
+    find_weights,
+    local_or_cached_dir,
+    resolve_root,
+)
+from .hub import cached_snapshot as hf_cached_snapshot
 from .runtime import torch_dtype
 from .sequences import SpecialTokens
 from .specs import IMAGE_UND, REGISTRY, T2I, VIDEO_UND, ModelSpec, get_spec, spec_for_hidden_size
@@ -40,8 +51,6 @@ OFFICIAL_FIELDS = (
     "image_latent_dim", "image_latent_height", "image_latent_width", "llm_model_path", "llm_vocab_size",
     "load_from_showo", "num_diffusion_layers", "patch_size", "video_latent_height", "video_latent_width",
 )
-WAN_VAE_REPO, WAN_VAE_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
-WAN_VAE_DIFFUSERS_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 # ---- finding files ----------------------------------------------------------------------------
 
 @dataclass
@@ -71,128 +80,6 @@ def _s(p):
     return str(p) if p is not None else None
 
 
-def hf_cached_snapshot(repo_id: str) -> Path | None:
-    """The newest cached snapshot folder of a repo, without any network access (None when it is
-    absent or a download of it did not finish: see :func:`showo2_cli.hub.cached_snapshot`)."""
-    from .hub import cached_snapshot
-
-    return cached_snapshot(repo_id)
-
-
-def hf_cached_file(repo_id: str, filename: str) -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(repo_id, filename)
-        return Path(found) if isinstance(found, str) and os.path.exists(found) else None
-    except Exception:
-        return None
-
-
-def bundled_demo_path() -> Path:
-    return Path(__file__).resolve().parent / "assets" / "demo"
-
-
-def resolve_root(name: str | os.PathLike) -> tuple[str, Path]:
-    """Turn a model name into a local folder: demo, a path, a registry name, or a cached repo id."""
-    text = str(name)
-    if text == "demo":
-        root = bundled_demo_path()
-        if not (root / "config.json").exists():
-            raise ModelError("the bundled demo model is not part of this installation")
-        return "demo", root
-    path = Path(text).expanduser()
-    if path.exists():
-        if path.is_file():
-            return text, path.parent
-        return text, path
-    from . import hub
-
-    repo = hub.repo_id_for(text)
-    if repo is not None:
-        snap = hf_cached_snapshot(repo)
-        if snap is not None:
-            return text, snap
-        if hub.offline():
-            raise ModelError(f"model '{text}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
-                             f"get it while online with: showo2 pull {text}")
-        return text, hub.download_model(repo)  # the companions (tokenizer, VAE): showo2 pull
-    raise ModelError(f"no model '{text}': not a folder, not a known variant ({', '.join(REGISTRY)}), "
-                     "not a Hugging Face repo id")
-
-
-def find_weights(root: Path) -> list[Path]:
-    for index_name in ("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json",
-                       "pytorch_model.bin.index.json", "diffusion_pytorch_model.bin.index.json"):
-        index = root / index_name
-        if index.exists():
-            try:
-                shards = sorted(set(read_json(index)["weight_map"].values()))
-                if any(not isinstance(x, str) or "/" in x or x.startswith(".") for x in shards):
-                    raise ValueError("shard names must be file names in the folder")
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise ModelError(f"cannot read the shard index '{index}': {e}") from e
-            return [root / s for s in shards]
-    for name in ("model.safetensors", "pytorch_model.safetensors", "diffusion_pytorch_model.safetensors"):
-        if (root / name).exists():
-            return [root / name]
-    shards = sorted(root.glob("pytorch_model-*-of-*.bin"))
-    if shards:
-        return shards
-    for name in ("pytorch_model.bin", "diffusion_pytorch_model.bin"):
-        if (root / name).exists():
-            return [root / name]
-    return []
-
-
-def _local_or_cached_dir(ref: str | None, root: Path, filename: str) -> Path | None:
-    """A folder holding ``filename``: ``ref`` relative to root, absolute, or a cached repo id."""
-    if not ref:
-        return None
-    for cand in (root / ref, Path(ref).expanduser()):
-        if (cand / filename).exists():
-            return cand
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
-        found = hf_cached_file(ref, filename)
-        if found is not None:
-            return found.parent
-    return None
-
-
-def _find_tokenizer(root: Path, config: dict, llm_repo: str | None) -> Path | None:
-    for cand in (root, root / "tokenizer"):
-        if (cand / "tokenizer.json").exists() or (cand / "tokenizer_config.json").exists():
-            return cand
-    for ref in (config.get("llm_model_path"), llm_repo):
-        found = _local_or_cached_dir(ref, root, "tokenizer_config.json") or _local_or_cached_dir(ref, root, "tokenizer.json")
-        if found is not None:
-            return found
-    return None
-
-
-def _find_vae(root: Path, explicit: str | os.PathLike | None) -> Path | None:
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.exists():
-            raise ModelError(f"VAE '{path}' does not exist")
-        return path
-    env = os.environ.get("SHOWO2_VAE")
-    if env and Path(env).exists():
-        return Path(env)
-    if (root / "vae" / "config.json").exists():
-        return root / "vae"
-    pths = sorted(root.glob("Wan2.1_VAE*.pth")) + sorted(root.glob("Wan2.1_VAE*.safetensors"))
-    if pths:
-        return pths[0]
-    found = hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
-    if found is not None:
-        return found
-    snap = hf_cached_file(WAN_VAE_DIFFUSERS_REPO, "vae/config.json")
-    if snap is not None:
-        return snap.parent
-    return None
-
-
 def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None) -> ModelFiles:
     """Locate every piece of a model; missing pieces are listed in ``missing`` with a hint."""
     label, root = resolve_root(name)
@@ -208,23 +95,23 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None) ->
         files.missing.append(("weights", f"no model.safetensors / pytorch_model.bin in '{root}'"))
     if fmt == "official":
         llm_ref = config.get("llm_model_path")
-        files.llm_config = _local_or_cached_dir(llm_ref, root, "config.json")
+        files.llm_config = local_or_cached_dir(llm_ref, root, "config.json")
         files.llm_config = files.llm_config / "config.json" if files.llm_config else None
-        sig = _local_or_cached_dir(config.get("clip_pretrained_model_path"), root, "config.json")
+        sig = local_or_cached_dir(config.get("clip_pretrained_model_path"), root, "config.json")
         files.siglip_config = sig / "config.json" if sig else None
         llm_repo = llm_ref
         if not llm_ref or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(llm_ref)):
             guess = spec_for_hidden_size(int(config.get("hidden_size", 0) or 0))
             llm_repo = guess.llm_repo_id if guess else None
-        files.tokenizer = _find_tokenizer(root, config, llm_repo)
+        files.tokenizer = find_tokenizer(root, config, llm_repo)
         if files.tokenizer is None:
             repo = llm_repo or "Qwen/Qwen2.5-1.5B-Instruct"
             files.missing.append(("tokenizer", f"hf download {repo}"))
     else:
-        files.tokenizer = _find_tokenizer(root, {}, None)
+        files.tokenizer = find_tokenizer(root, {}, None)
         if files.tokenizer is None:
             files.missing.append(("tokenizer", f"no tokenizer files in '{root}'"))
-    files.vae = _find_vae(root, vae)
+    files.vae = find_vae(root, vae)
     if files.vae is None:
         files.missing.append(("VAE", f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE} (or pass --vae PATH)"))
     return files

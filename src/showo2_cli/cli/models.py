@@ -163,8 +163,8 @@ def init(
 def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
     """The known variants: which are present locally (and where), what is missing, how to get it."""
     setup(json_mode, quiet)
-    from ..hub import cached_snapshot
-    from ..loading import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path, hf_cached_file, hf_cached_snapshot
+    from ..hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path, cached_snapshot, hf_cached_file
+    from ..hub import cached_snapshot as hf_cached_snapshot
     from ..specs import REGISTRY
 
     vae = hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)

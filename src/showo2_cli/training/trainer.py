@@ -252,7 +252,7 @@ def build_showo2(cfg: TrainConfig, resume_from: Path | None):
 
 def _local_folder(ref: str, where: str) -> Path:
     """A folder path, or the cached snapshot of a Hugging Face repo id (never downloaded)."""
-    from ..loading import hf_cached_snapshot
+    from ..hub import cached_snapshot as hf_cached_snapshot
 
     p = Path(ref).expanduser()
     if p.exists():
@@ -268,7 +268,7 @@ def load_partial(network: torch.nn.Module, wc, where: str) -> int:
     """Copy pretrained tensors into part of ``network`` (``wc`` is a WeightsConfig). Embedding
     tables with more rows than the network keep their first rows (the official vocabulary
     shrink to 151669, spec §2). Returns the number of tensors loaded."""
-    from ..loading import find_weights
+    from ..hub import find_weights
     from ..weights import read_state_dict
 
     ref = Path(wc.path).expanduser()
