@@ -278,3 +278,23 @@ def test_cli_encode_decode_tile_what_does_not_fit(tmp_path, media_dir, capsys):
     assert "--vae-tiling auto" in err and not out.exists()
     assert main([str(a) for a in args]) == 0
     assert M.read_image(out).size == (320, 320)
+
+
+def test_vae_tiling_and_slicing_switches():
+    """diffusers' names on the wrapper (Showo2Pipeline.enable_vae_tiling/slicing forward to them)."""
+    vae, _ = api.resolve_vae("demo")
+    assert vae.tiling == "auto"
+    vae.enable_tiling()
+    assert vae.tiling == "on"
+    with vae.tiled():
+        assert vae.model.use_tiling and vae.model.tile_sample_min_height == 256
+    assert not vae.model.use_tiling  # only while a call runs
+    vae.disable_tiling()
+    assert vae.tiling == "off"
+    vae.enable_slicing()
+    assert vae.model.use_slicing
+    z = torch.randn(2, 16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        both = vae.decode(z)
+        vae.disable_slicing()
+        assert torch.allclose(both, vae.decode(z), atol=1e-5)
