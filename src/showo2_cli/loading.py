@@ -416,8 +416,12 @@ def parameter_counts(state: dict[str, torch.Tensor], tied: bool = False) -> dict
 
 
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-         dtype: str | torch.dtype = torch.float32, need: tuple[str, ...] = ("tokenizer", "VAE")) -> Showo2:
-    """Load a model by name, folder or cached repo id. ``need`` lists the pieces that must exist."""
+         dtype: str | torch.dtype = torch.float32, need: tuple[str, ...] = ("tokenizer", "VAE"),
+         runtime=None) -> Showo2:
+    """Load a model by name, folder or cached repo id. ``need`` lists the pieces that must exist;
+    ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the attention backend,
+    quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`)."""
+    from .acceleration import apply
     from .modeling.vae import load_vae
     from .tokenizer import add_showo2_tokens, load_tokenizer
 
@@ -441,6 +445,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     vae_model = load_vae(files.vae, dtype=dtype) if files.vae is not None else None
     bundle = Showo2(spec, network, tokenizer, tokens, vae_model, files)
     bundle.to(device=device)
+    apply(bundle, runtime)
     bundle.load_seconds = time.perf_counter() - start
     return bundle
 

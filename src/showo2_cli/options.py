@@ -35,6 +35,15 @@ SAMPLERS = {"euler": "Euler, the official sampler", "heun": "Heun (2nd order; tw
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: dtype names -> canonical name (the one dtype table; ``runtime.torch_dtype`` maps it to torch).
 DTYPES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
+#: ``--attn``: the attention backend of the LLM and the flow head (``acceleration.apply``).
+ATTN_BACKENDS = {"sdpa": "torch scaled_dot_product_attention (the default)",
+                 "eager": "plain matmul-softmax attention (the official code's reference)",
+                 "flex": "flex attention over a block mask of the omni mask (compiled; best on CUDA)"}
+#: ``--vae-tiling``: spatial tiles for the VAE (diffusers AutoencoderKLWan tiling).
+VAE_TILING = {"auto": "tile only a job that would not fit the memory limit otherwise",
+              "on": "always tile images and videos larger than a tile (256 px)", "off": "never tile"}
+#: ``--quantize``: weight-only quantization of the LLM and flow-head linear layers.
+QUANTIZE = {"none": "the weights in --dtype", "int8wo": "int8 weights, one scale per row (torchao)"}
 MASK_MODES = ("official", "training")
 #: Where the weights wait between uses (``runtime.enable_offload`` implements each, through accelerate).
 OFFLOAD_MODES = {"none": "everything on the device", "model": "one component (network or VAE) on the device at a time",
@@ -133,20 +142,30 @@ def random_seed() -> int:
 
 @dataclass
 class RuntimeOptions:
-    """Where a model runs: ``device`` (auto|cpu|cuda[:N]|mps), ``dtype`` (auto|fp32|bf16|fp16) and
+    """Where and how a model runs: ``device`` (auto|cpu|cuda[:N]|mps), ``dtype`` (auto|fp32|bf16|fp16),
     ``offload`` (a key of :data:`OFFLOAD_MODES`: weights kept in CPU memory, moved to the device
-    per component or per layer as they are used)."""
+    per component or per layer as they are used) and the memory/speed options applied at load time
+    (``acceleration.apply``)."""
 
     device: str = "auto"
     dtype: str = "auto"
     max_memory_gb: float | None = None  # refuse jobs estimated to need more (0: no limit)
     offload: str = "none"
+    attn: str = "sdpa"  # a key of ATTN_BACKENDS
+    compile: bool = False  # torch.compile the LLM and flow head (the first call of each shape compiles)
+    vae_tiling: str = "auto"  # a key of VAE_TILING
+    quantize: str = "none"  # a key of QUANTIZE
 
     def validate(self) -> None:
         check_device(self.device)
         check_dtype(self.dtype)
         check_number("--max-memory", self.max_memory_gb, 0)
         check_choice("--offload", self.offload, tuple(OFFLOAD_MODES), allow_none=False)
+        check_choice("--attn", self.attn, tuple(ATTN_BACKENDS), allow_none=False)
+        check_choice("--vae-tiling", self.vae_tiling, tuple(VAE_TILING), allow_none=False)
+        check_choice("--quantize", self.quantize, tuple(QUANTIZE), allow_none=False)
+        if not isinstance(self.compile, bool):
+            raise UsageError(f"--compile must be true or false, got {short(self.compile)}")
 
 
 @dataclass

@@ -174,3 +174,16 @@ def check_memory(need_gb: float, what: str, option: float | None = None,
     raise ResourceError(f"{what} needs about {need_gb:.1f} GB, more than the {limit:.1f} GB {where}"
                         + (f"; {advice}" if advice else "")
                         + f" (raise the limit with --max-memory or {MAX_MEMORY_ENV})")
+
+
+def pick_tiling(mode: str, untiled_gb: float, tiled_gb: float, option: float | None = None,
+                device: str | torch.device = "cpu") -> bool:
+    """Whether a VAE job runs in spatial tiles: ``on``/``off`` as said; ``auto`` tiles only a job
+    whose untiled estimate exceeds the memory limit when tiling lowers it (so every job that fits
+    today is computed exactly as before)."""
+    if mode == "on":
+        return True
+    if mode != "auto":
+        return False
+    limit, _source = memory_limit_gb(option, device)
+    return limit is not None and untiled_gb > limit and tiled_gb < untiled_gb

@@ -19,7 +19,7 @@ import typer
 
 from ..errors import one_line
 from . import common
-from .common import DeviceOpt, DtypeOpt, ModelOpt, QuietOpt
+from .common import AttnOpt, CompileOpt, DeviceOpt, DtypeOpt, ModelOpt, QuantizeOpt, QuietOpt, VaeTilingOpt
 
 COMMANDS = {
     "/image PATH": "attach an image or a video to the next question",
@@ -259,7 +259,10 @@ def chat(
                                              "(default: the checkpoint's).")] = None,
     template: Annotated[str | None, typer.Option("--template", help="official or training: the first turn's "
                                                  "template (default: the checkpoint's).")] = None,
-    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", quiet: QuietOpt = False,
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    attn: AttnOpt = "sdpa", compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto",
+    quantize: QuantizeOpt = "none",
+    quiet: QuietOpt = False,
 ):
     """Chat about images and videos, and generate images, with one resident model.
 
@@ -268,13 +271,13 @@ def chat(
     C = common
     C.setup(False, quiet)
     from .. import media as M
-    from ..options import CaptionOptions, RuntimeOptions
+    from ..options import CaptionOptions
 
     opts = CaptionOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                           seed=seed, frames=frames, mask_mode=mask, template=template)
     opts.validate()
     dtype = getattr(dtype, "value", dtype)
-    RuntimeOptions(device, dtype).validate()
+    runtime = C.runtime_options(device, dtype, attn=attn, compile_=compile_, vae_tiling=vae_tiling, quantize=quantize)
     if max_context is not None and max_context < 16:
         from ..errors import UsageError
 
@@ -287,7 +290,7 @@ def chat(
 
     from ..chat import Conversation
 
-    bundle = C.load_model(model, device, dtype)
+    bundle = C.load_model(model, device, dtype, runtime=runtime)
     conv = Conversation(bundle, system, options=opts, max_context=max_context, on_notice=C.notice)
     for path in media or []:
         conv.attach(path, name=str(path))

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from ..errors import short
-from ..options import OFFLOAD_MODES, SAMPLERS
+from ..options import ATTN_BACKENDS, OFFLOAD_MODES, QUANTIZE, SAMPLERS, VAE_TILING
 
 STATE = {"debug": bool(os.environ.get("SHOWO2_DEBUG")), "json": False, "quiet": False}
 
@@ -144,9 +144,12 @@ def fetch_if_needed(model: str) -> None:
 
 
 def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE"),
-               offload: str = "none"):
+               offload: str = "none", runtime=None):
     """Resolve (downloading when needed), load, and place the model: on the device, or with
-    ``offload`` in CPU memory behind accelerate's hooks that run it on the device."""
+    ``offload`` in CPU memory behind accelerate's hooks that run it on the device. ``runtime``
+    (:class:`~showo2_cli.options.RuntimeOptions`, its ``offload`` taking precedence) brings the
+    attention backend, compilation, VAE tiling and quantization, applied by ``load``."""
+    offload = runtime.offload if runtime is not None else offload
     from ..loading import load
     from ..runtime import enable_offload, pick_device, pick_dtype
 
@@ -155,9 +158,21 @@ def load_model(model: str | None, device: str, dtype: str, vae: Path | None = No
     dt = pick_dtype(dtype, dev)
     fetch_if_needed(model)
     with status(f"loading {short(model, 60)}"):
-        bundle = load(model, vae=vae, device="cpu" if offload != "none" else dev, dtype=dt, need=need)
+        bundle = load(model, vae=vae, device="cpu" if offload != "none" else dev, dtype=dt, need=need,
+                      runtime=runtime)
     enable_offload(bundle, offload, dev)
     return bundle
+
+
+def runtime_options(device: str, dtype, max_memory: float | None = None, offload="none", attn="sdpa",
+                    compile_: bool = False, vae_tiling="auto", quantize="none"):
+    """The command's :class:`~showo2_cli.options.RuntimeOptions`, validated (before any model loads)."""
+    from ..options import RuntimeOptions
+
+    runtime = RuntimeOptions(device, value(dtype), max_memory, offload=value(offload), attn=value(attn),
+                             compile=compile_, vae_tiling=value(vae_tiling), quantize=value(quantize))
+    runtime.validate()
+    return runtime
 
 
 # ---- option types shared by the commands (choices are enums, so --help lists them) -------------
@@ -178,6 +193,11 @@ class Dtype(str, Enum):
 
 Sampler = Enum("Sampler", {name: name for name in SAMPLERS}, type=str)
 Offload = Enum("Offload", {name: name for name in OFFLOAD_MODES}, type=str)
+
+
+Attn = Enum("Attn", {name: name for name in ATTN_BACKENDS}, type=str)
+VaeTiling = Enum("VaeTiling", {name: name for name in VAE_TILING}, type=str)
+Quantize = Enum("Quantize", {name: name for name in QUANTIZE}, type=str)
 
 
 class MaskMode(str, Enum):
@@ -208,3 +228,11 @@ OffloadOpt = Annotated[Offload, typer.Option("--offload", help="Keep the weights
                                              "component on the device at a time, sequential = one layer at a time (least memory, slowest).")]
 MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB "
                                                  "(default: $SHOWO2_MAX_MEMORY_GB, else the memory available now; 0: no limit).")]
+AttnOpt = Annotated[Attn, typer.Option("--attn", help="Attention backend of the LLM and flow head: sdpa (default), "
+                                        "eager, or flex (flex attention over the omni block mask; compiled, best on CUDA).")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the LLM and flow head (the first call of "
+                                          "each shape compiles; CPU needs a C++ compiler).")]
+VaeTilingOpt = Annotated[VaeTiling, typer.Option("--vae-tiling", help="Decode/encode in 256-pixel spatial tiles: auto "
+                                                 "(only when the job would not fit the memory limit otherwise), on, off.")]
+QuantizeOpt = Annotated[Quantize, typer.Option("--quantize", help="Weight-only quantization of the LLM and flow head: "
+                                               "none, or int8wo (int8 weights with per-row scales, torchao).")]

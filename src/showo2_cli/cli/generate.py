@@ -10,6 +10,8 @@ import typer
 
 from ..options import GenerateOptions, check_fps, check_prompts, random_seed, video_frames
 from .common import (
+    AttnOpt,
+    CompileOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
@@ -18,13 +20,16 @@ from .common import (
     OffloadOpt,
     OverwriteOpt,
     ProgressReporter,
+    QuantizeOpt,
     QuietOpt,
     Sampler,
     VaeOpt,
+    VaeTilingOpt,
     emit,
     load_model,
     model_name,
     notice,
+    runtime_options,
     setup,
     value,
 )
@@ -47,15 +52,13 @@ VIDEO_HELP = "out.mp4/.webm/.gif"
 
 def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path | None, opts: GenerateOptions,
         model: str | None, vae: Path | None, device: str, dtype, noise: Path | None, save_latents: bool,
-        fps: float | None, image: Path | None, size: str | None, overwrite: bool, offload: str = "none") -> None:
+        fps: float | None, image: Path | None, size: str | None, overwrite: bool, accel: tuple = ()) -> None:
     """The one generation command: every check before the model loads, then generate and save."""
     from .. import media as M
     from .. import saving as O
-    from ..options import RuntimeOptions
     from ..runtime import process_rank
 
-    runtime = RuntimeOptions(device, value(dtype), opts.max_memory_gb, offload)
-    runtime.validate()
+    runtime = runtime_options(device, dtype, opts.max_memory_gb, *accel)
     opts.size = M.parse_size(size)
     if opts.seed is None:
         opts.seed = random_seed()
@@ -74,7 +77,7 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path |
     if mine:
         check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(mine) * opts.num_per_prompt),
                                     runtime)
-    bundle = load_model(name, device, value(dtype), vae=vae, offload=runtime.offload)
+    bundle = load_model(name, device, value(dtype), vae=vae, runtime=runtime)
     notice(f"seed {opts.seed}")
     from .. import pipelines as P
 
@@ -119,7 +122,8 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
             base_dim = 96
     dev = pick_device(runtime.device)
     P.check_generation_memory(spec, pick_dtype(runtime.dtype, dev), opts.size or (side, side),
-                              opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim)
+                              opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim,
+                              runtime.vae_tiling)
 
 
 def _frames(frames: int) -> int:
@@ -136,7 +140,8 @@ def t2i(
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 4, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none",
+    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none", attn: AttnOpt = "sdpa",
+    compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto", quantize: QuantizeOpt = "none",
     overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Text to image."""
@@ -144,7 +149,7 @@ def t2i(
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=1, method=value(sampler), max_memory_gb=max_memory)
     run("t2i", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, None, None,
-        size, overwrite, value(offload))
+        size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize))
 
 
 def t2v(
@@ -155,7 +160,8 @@ def t2v(
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none",
+    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none", attn: AttnOpt = "sdpa",
+    compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto", quantize: QuantizeOpt = "none",
     overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Text to video (needs a checkpoint trained for video generation, e.g. the bundled demo)."""
@@ -164,7 +170,7 @@ def t2v(
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=max_memory)
     run("t2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, None,
-        size, overwrite, value(offload))
+        size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize))
 
 
 def i2v(
@@ -176,7 +182,8 @@ def i2v(
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none",
+    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none", attn: AttnOpt = "sdpa",
+    compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto", quantize: QuantizeOpt = "none",
     overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Image to video: the image's latent is the fixed first latent frame."""
@@ -185,7 +192,7 @@ def i2v(
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=max_memory)
     run("i2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, image,
-        size, overwrite, value(offload))
+        size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize))
 
 
 __all__ = ["t2i", "t2v", "i2v", "run"]

@@ -19,6 +19,7 @@ from .common import (
     OverwriteOpt,
     QuietOpt,
     VaeOpt,
+    VaeTilingOpt,
     emit,
     model_name,
     notice,
@@ -40,6 +41,7 @@ def encode(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = Dtype.fp32,
     max_memory: MaxMemOpt = None,
+    vae_tiling: VaeTilingOpt = "auto",
     overwrite: OverwriteOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -53,7 +55,7 @@ def encode(
     if out.suffix != ".safetensors":
         raise UsageError(f"latents are written as .safetensors, got '{short(out, 80)}'")
     requested = M.parse_size(size)
-    RuntimeOptions(device, value(dtype), max_memory).validate()
+    RuntimeOptions(device, value(dtype), max_memory, vae_tiling=value(vae_tiling)).validate()
     EncodeOptions(frames=frames, sample=sample, seed=seed).validate()
     M.check_output_path(out, overwrite, probe=True)
     source = M.read_media(media)  # the whole input is read and checked before anything loads
@@ -82,6 +84,7 @@ def encode(
         from ..modeling.vae import load_vae
 
         vae_model = load_vae(vae_path, dtype=dt, device=dev)
+        vae_model.tiling = value(vae_tiling)
     with status(f"encoding {media.name}"):
         result = L.encode(source, vae_model, EncodeOptions(size=hw, frames=frames, sample=sample, seed=seed),
                             vae_name=str(vae_path), max_memory_gb=max_memory)
@@ -102,6 +105,7 @@ def decode(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = Dtype.fp32,
     max_memory: MaxMemOpt = None,
+    vae_tiling: VaeTilingOpt = "auto",
     overwrite: OverwriteOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -112,7 +116,7 @@ def decode(
     from ..options import RuntimeOptions
 
     check_fps(fps)
-    RuntimeOptions(device, value(dtype), max_memory).validate()
+    RuntimeOptions(device, value(dtype), max_memory, vae_tiling=value(vae_tiling)).validate()
     writable = M.IMAGE_WRITE_EXTS + M.VIDEO_WRITE_EXTS
     if output is not None:
         if output.suffix.lower() not in writable:
@@ -151,6 +155,7 @@ def decode(
                    "VAE (pass --vae to choose)")
     with status("loading the VAE"):
         vae_model, vae_name = resolve_vae(model, vae, dtype=dt, device=dev)
+        vae_model.tiling = value(vae_tiling)
     z, _ = L.load_latents(latents, z_dim=vae_model.z_dim)
     with status(f"decoding {z.shape[1]} latent frame(s)"):
         frames = L.decode(z, vae_model, max_memory_gb=max_memory)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from . import common
-from .common import DeviceOpt, DtypeOpt, ModelOpt, QuietOpt
+from .common import AttnOpt, CompileOpt, DeviceOpt, DtypeOpt, ModelOpt, QuantizeOpt, QuietOpt, VaeTilingOpt
 
 
 def _is_loopback(host: str) -> bool:
@@ -39,16 +39,17 @@ def serve(
     drain_timeout: Annotated[float, typer.Option(
         "--drain-timeout", help="On SIGTERM/Ctrl-C, seconds to let running and queued requests finish "
         "before cancelling them.")] = 60.0,
-    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", quiet: QuietOpt = False,
+    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    attn: AttnOpt = "sdpa", compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto",
+    quantize: QuantizeOpt = "none",
+    quiet: QuietOpt = False,
 ):
     """Serve the model over HTTP with the OpenAI API (chat completions, image generations, models)."""
     C = common
     C.setup(False, quiet)
     from ..errors import UsageError
-    from ..options import RuntimeOptions
-
     dtype = getattr(dtype, "value", dtype)
-    RuntimeOptions(device, dtype).validate()
+    runtime = C.runtime_options(device, dtype, attn=attn, compile_=compile_, vae_tiling=vae_tiling, quantize=quantize)
     limits = (("--port", port, 0, 65535), ("--max-queue", max_queue, 0, 100_000),
               ("--max-tokens", max_tokens, 1, 1_000_000), ("--max-n", max_n, 1, 128),
               ("--max-steps", max_steps, 2, 10_000), ("--max-size", max_size, 16, 4096),
@@ -75,7 +76,7 @@ def serve(
     sock = S.bind_socket(host, port)  # a busy port fails before the model loads
     try:
         name = C.model_name(model)
-        bundle = C.load_model(name, device, dtype)
+        bundle = C.load_model(name, device, dtype, runtime=runtime)
         config = S.ServerConfig(model_id=name, api_key=key, max_queue=max_queue, max_tokens=max_tokens,
                                 max_n=max_n, max_steps=max_steps, max_size=max_size,
                                 max_body_bytes=int(max_body_mb * 1024 * 1024),

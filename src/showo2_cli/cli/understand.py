@@ -11,6 +11,8 @@ import typer
 
 from .common import (
     STATE,
+    AttnOpt,
+    CompileOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
@@ -19,12 +21,15 @@ from .common import (
     ModelOpt,
     OffloadOpt,
     ProgressReporter,
+    QuantizeOpt,
     QuietOpt,
     Template,
     VaeOpt,
+    VaeTilingOpt,
     emit,
     load_model,
     notice,
+    runtime_options,
     setup,
     value,
 )
@@ -44,20 +49,20 @@ def caption(
     vae_sample: Annotated[bool, typer.Option("--vae-sample", help="Encode with the stochastic VAE sample, as the official demo.")] = False,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they are produced.")] = True,
     model: ModelOpt = None, vae: VaeOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
-    max_memory: MaxMemOpt = None, offload: OffloadOpt = "none",
+    max_memory: MaxMemOpt = None, offload: OffloadOpt = "none", attn: AttnOpt = "sdpa", compile_: CompileOpt = False,
+    vae_tiling: VaeTilingOpt = "auto", quantize: QuantizeOpt = "none",
     json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Answer questions about an image or a video (one answer per line on stdout)."""
     setup(json_mode, quiet)
     from .. import media as M
-    from ..options import CaptionOptions, RuntimeOptions
+    from ..options import CaptionOptions
 
     opts = CaptionOptions(questions=list(question or []), max_new_tokens=max_new_tokens, temperature=temperature,
                           top_k=top_k, top_p=top_p, seed=seed, frames=frames, mask_mode=value(mask),
                           template=value(template), vae_sample=vae_sample, max_memory_gb=max_memory)
     opts.validate()
-    runtime = RuntimeOptions(device, value(dtype), offload=value(offload))
-    runtime.validate()
+    runtime = runtime_options(device, dtype, None, offload, attn, compile_, vae_tiling, quantize)
     kind = M.probe_kind(media)
     if kind == "image":
         M.read_image(media)  # a broken or too large picture fails before the model loads
@@ -66,7 +71,7 @@ def caption(
 
     from .. import pipelines as P
 
-    bundle = load_model(model, device, value(dtype), vae=vae, offload=runtime.offload)
+    bundle = load_model(model, device, value(dtype), vae=vae, runtime=runtime)
     if kind == "video" and not P.supports_video_understanding(bundle):
         notice("note: this checkpoint was not trained for video understanding (use a -w-video-und model)")
     live = stream and not STATE["json"]

@@ -45,3 +45,67 @@ def extend_mask_for_decoding(mask_bool: torch.Tensor, new_tokens: int = 1) -> to
     rows = torch.arange(length, total, device=mask_bool.device)
     out[:, :, rows, :] = torch.arange(total, device=mask_bool.device)[None, :] <= rows[:, None]
     return out
+
+
+# ---- the mask in each attention backend's form (``--attn``) --------------------------------------
+
+#: ``--attn`` names -> transformers' ``attn_implementation`` for the Qwen2 LLM.
+TRANSFORMERS_ATTENTION = {"sdpa": "sdpa", "eager": "eager", "flex": "flex_attention"}
+
+
+def flex_block_mask(mask_bool: torch.Tensor, block_size: int = 128):
+    """The boolean mask ``(B, 1, Lq, Lk)`` as a flex-attention ``BlockMask``.
+
+    The mask function reads the dense mask, so every mask the project builds (omni, prefix-cache,
+    decoding) keeps its exact meaning; the block structure lets flex attention skip the
+    ``block_size x block_size`` tiles that are fully blocked (the upper triangle outside visual
+    blocks) and apply no mask inside fully allowed ones.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dense = mask_bool[:, 0]
+    b, lq, lk = dense.shape
+
+    def mask_mod(batch, head, q, kv):
+        return dense[batch, q, kv]
+
+    return create_block_mask(mask_mod, b, None, lq, lk, device=dense.device, BLOCK_SIZE=block_size)
+
+
+def backend_mask(mask_bool: torch.Tensor | None, attn: str, dtype: torch.dtype):
+    """The boolean mask as ``attn`` takes it: as is for sdpa, additive for eager, a BlockMask for flex."""
+    if mask_bool is None or not isinstance(mask_bool, torch.Tensor) or mask_bool.dtype != torch.bool:
+        return mask_bool  # already converted (or none)
+    if attn == "eager":
+        return additive_mask(mask_bool, dtype)
+    if attn == "flex":
+        return flex_block_mask(mask_bool)
+    return mask_bool
+
+
+_COMPILED_FLEX = []
+
+
+def _flex():
+    """flex_attention compiled once (the fused kernel; uncompiled it is a slow reference), as
+    transformers does for the LLM; not re-wrapped while an outer torch.compile traces."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if torch.compiler.is_compiling():
+        return flex_attention
+    if not _COMPILED_FLEX:
+        _COMPILED_FLEX.append(torch.compile(flex_attention))
+    return _COMPILED_FLEX[0]
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+    """Attention ``(B, H, Lq, d)`` over keys/values with as many heads, in the backend the mask's
+    form names (see :func:`backend_mask`): BlockMask -> flex, float -> eager, bool -> sdpa."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    if isinstance(mask, BlockMask):
+        return _flex()(q, k, v, block_mask=mask)
+    if mask is not None and mask.is_floating_point():
+        scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + mask
+        return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)

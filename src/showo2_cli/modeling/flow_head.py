@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attend
+
 
 class RMSNorm(nn.Module):
     """RMSNorm computed in float32, cast back to the input dtype, then scaled (Qwen2 convention)."""
@@ -119,7 +121,7 @@ class HeadAttention(nn.Module):
         if rep > 1:
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
 
 

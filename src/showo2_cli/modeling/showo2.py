@@ -25,6 +25,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
 from ..specs import ModelSpec
+from .attention import TRANSFORMERS_ATTENTION, backend_mask
 from .flow_head import FinalLayer, ModulatedAttentionBlock, RotaryEmbedding, TimestepEmbedder
 from .semantic import PatchEmbed, fusion_projector, interpolate_position_table, semantic_encoder
 
@@ -124,6 +125,15 @@ class Showo2Model(nn.Module):
         )
         self.diffusion_head_b = FinalLayer(s.head_hidden, s.patch_size * s.patch_size * s.latent_channels)
         self.head_rotary = RotaryEmbedding(s.head_dim_flow, s.head_rope_theta, s.head_rope_scaling)
+        self.attn = "sdpa"  # the attention backend of the LLM and the flow head (set_attention)
+
+    def set_attention(self, attn: str) -> None:
+        """Run the LLM (transformers' ``attn_implementation``) and the flow head with ``attn``:
+        ``sdpa``, ``eager`` or ``flex`` (flex attention over a BlockMask of the same mask)."""
+        if attn not in TRANSFORMERS_ATTENTION:
+            raise ValueError(f"unknown attention backend '{attn}'")
+        self.showo.set_attn_implementation(TRANSFORMERS_ATTENTION[attn])
+        self.attn = attn
 
     # ---- bookkeeping ------------------------------------------------------------------------
     @property
@@ -282,7 +292,7 @@ class Showo2Model(nn.Module):
             position_ids = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
             position_ids = position_ids.expand(inputs_embeds.shape[0], -1)
         if mask is not None:
-            mask = mask.to(inputs_embeds.device)
+            mask = backend_mask(mask.to(inputs_embeds.device), self.attn, inputs_embeds.dtype)
         out = self.showo.model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
                                use_cache=use_cache, **{_CACHE_KEYWORD: past_key_values})
         return out.last_hidden_state, getattr(out, _CACHE_KEYWORD)
@@ -304,7 +314,7 @@ class Showo2Model(nn.Module):
         block_index = block_index_map(blocks, length).to(x.device)
         position_ids = torch.arange(length, device=x.device)[None].expand(b, -1)
         cos, sin = self.head_rotary(position_ids, x.dtype)
-        mask = mask.to(x.device)
+        mask = backend_mask(mask.to(x.device), self.attn, x.dtype)
         cond = cond.to(x.dtype)
         for block in self.diffusion_head_a:
             x = block(x, cond, block_index, cos, sin, mask)
@@ -328,6 +338,7 @@ class Showo2Model(nn.Module):
         cos, sin = self.head_rotary(position_ids, x.dtype)
         outside = torch.full((b, width), -1, dtype=torch.long, device=x.device)
         cond = torch.zeros(b, 1, self.spec.head_hidden, dtype=x.dtype, device=x.device)  # unused outside blocks
+        causal = backend_mask(causal, self.attn, x.dtype)
         head = []
         for block in self.diffusion_head_a:
             head.append(block.prefix_kv(x, cos, sin))
@@ -359,6 +370,7 @@ class Showo2Model(nn.Module):
         cos, sin = self.head_rotary(pos, x.dtype)
         inside = torch.zeros(b, p, dtype=torch.long, device=x.device)
         block_cond = cond[:, None].to(x.dtype)
+        mask = backend_mask(mask, self.attn, x.dtype)
         for block, kv in zip(self.diffusion_head_a, prefix.head, strict=True):
             x = block(x, block_cond, inside, cos, sin, mask, kv_cache=kv)
         out = self.diffusion_head_b(x, block_cond, inside)

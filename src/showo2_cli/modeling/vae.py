@@ -9,6 +9,9 @@ The network itself is diffusers' `AutoencoderKLWan` (same layers, same numerics 
 * the 1 + 4k frame rule and image <-> 1-frame-video handling (spec 3.3);
 * loading from the original ``Wan2.1_VAE.pth`` (safely, ``weights_only=True``), from a
   ``.safetensors`` file in either key layout, or from a diffusers folder;
+* spatial tiling (``tiling``: auto/on/off, :meth:`WanVAE.tiled`) with diffusers' own tiled
+  encode/decode of ``AutoencoderKLWan`` (256-pixel tiles every 192 pixels, the overlap blended),
+  and memory estimates that use the tile size;
 * a single-frame fast path: with one input frame and no causal cache, a causal 3x3x3 convolution
   sees two zero-padded frames and the real one, so only the last temporal slice of its kernel
   touches data. Running it as a 2-D convolution with ``weight[:, :, -1]`` is exact and about
@@ -55,6 +58,9 @@ WAN_LATENTS_STD: tuple[float, ...] = (
 
 SPATIAL_FACTOR = 8
 TEMPORAL_FACTOR = 4
+#: Spatial tiles (pixels) and their stride when tiling: diffusers' defaults for AutoencoderKLWan.
+TILE_SAMPLE = 256
+TILE_STRIDE = 192
 
 # Names the diffusers weights file of a folder may have (safetensors preferred).
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -188,6 +194,7 @@ class WanVAE(nn.Module):
         self.register_buffer("latents_mean", mean)
         self.register_buffer("latents_std", std)
         self.fast_single_frame = fast_single_frame
+        self.tiling = "auto"  # auto|on|off: the pipelines' choice per job (runtime.pick_tiling)
 
     # ---- properties ---------------------------------------------------------------------------
 
@@ -229,22 +236,24 @@ class WanVAE(nn.Module):
         """Pixel frames decoded from ``num_latent_frames`` latent frames (1 + k -> 1 + 4k)."""
         return 1 + TEMPORAL_FACTOR * (num_latent_frames - 1)
 
-    def decode_memory_gb(self, latent_frames: int, height: int, width: int) -> float:
+    def decode_memory_gb(self, latent_frames: int, height: int, width: int, tiled: bool = False) -> float:
         """A rough upper bound of the memory (GB) decoding one ``(z, T', h, w)`` latent takes.
 
         The decoder runs one latent frame at a time (4 pixel frames, 1 for the first) at up to
         ``base_dim`` channels of full resolution; measured peaks are about 25 activations per
         pixel and channel for a single frame and 32 per pixel-frame for a 4-frame chunk. The
-        float32 output (and its clamped copy) is added.
+        float32 output (and its clamped copy) is added. ``tiled``: the activations of one tile, plus
+        the decoded tiles kept for blending.
         """
         return decode_memory_bytes(self.base_dim, latent_frames, height, width,
-                                   torch.finfo(self.dtype).bits // 8) / 1e9
+                                   torch.finfo(self.dtype).bits // 8, tiled) / 1e9
 
-    def encode_memory_gb(self, frames: int, height: int, width: int) -> float:
+    def encode_memory_gb(self, frames: int, height: int, width: int, tiled: bool = False) -> float:
         """A rough upper bound of the memory (GB) encoding ``frames`` pixel frames of
         ``height x width`` takes (about 13 activations per pixel and channel for one frame, 16
         per pixel-frame for a 4-frame chunk, plus the float32 input)."""
-        return encode_memory_bytes(self.base_dim, frames, height, width, torch.finfo(self.dtype).bits // 8) / 1e9
+        return encode_memory_bytes(self.base_dim, frames, height, width, torch.finfo(self.dtype).bits // 8,
+                                   tiled) / 1e9
 
     def extra_repr(self) -> str:
         return f"base_dim={self.base_dim}, z_dim={self.z_dim}, fast_single_frame={self.fast_single_frame}"
@@ -256,6 +265,38 @@ class WanVAE(nn.Module):
         # and decode; every call for images), and is exact for them, so it is safe for any T.
         return single_frame_conv2d(self.model) if self.fast_single_frame else contextlib.nullcontext()
 
+    def enable_tiling(self) -> None:
+        """Tile every encode/decode larger than a tile (``tiling = "on"``; diffusers' name)."""
+        self.tiling = "on"
+
+    def disable_tiling(self) -> None:
+        """Never tile (``tiling = "off"``); the default ``"auto"`` tiles only what would not fit."""
+        self.tiling = "off"
+
+    def enable_slicing(self) -> None:
+        """Encode/decode a batch one sample at a time (diffusers' ``use_slicing``); the pipelines
+        already decode one output at a time, so this matters for batched calls of this class."""
+        self.model.enable_slicing()
+
+    def disable_slicing(self) -> None:
+        self.model.disable_slicing()
+
+    @contextlib.contextmanager
+    def tiled(self, on: bool | None = None) -> Iterator[None]:
+        """While active, encode/decode run in spatial tiles when ``on`` (None: ``tiling == "on"``);
+        diffusers' ``enable_tiling`` with :data:`TILE_SAMPLE`/:data:`TILE_STRIDE`. Inputs no
+        larger than a tile run untiled either way."""
+        on = self.tiling == "on" if on is None else on
+        before = bool(getattr(self.model, "use_tiling", False))
+        if on:
+            self.model.enable_tiling(TILE_SAMPLE, TILE_SAMPLE, TILE_STRIDE, TILE_STRIDE)
+        else:
+            self.model.disable_tiling()
+        try:
+            yield
+        finally:
+            self.model.use_tiling = before
+
     def stats(self, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, 1/std) of the latent normalisation, shaped to broadcast over ``ndim``-d latents."""
         shape = (1, -1) + (1,) * (ndim - 2)
@@ -266,13 +307,13 @@ class WanVAE(nn.Module):
     # ---- encode / decode ----------------------------------------------------------------------
 
     @apply_forward_hook
-    def encode_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_moments(self, pixels: torch.Tensor, tiled: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw posterior ``(mu, logvar)``, float32, 5-D (B, z, T', h, w); logvar clamped to [-30, 20]."""
         x = self._check_pixels(pixels)
         if x.dim() == 4:
             x = x.unsqueeze(2)
         x = x.to(device=self.device, dtype=self.dtype)
-        with self._fast():
+        with self._fast(), self.tiled(tiled):
             moments = self.model.encode(x, return_dict=False)[0].parameters
         mu, logvar = moments.float().chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)
@@ -282,13 +323,14 @@ class WanVAE(nn.Module):
         pixels: torch.Tensor,
         sample: bool = False,
         generator: torch.Generator | None = None,
+        tiled: bool | None = None,
     ) -> torch.Tensor:
         """Pixels (B,3,T,H,W) or (B,3,H,W) in [-1,1] -> normalised latents (B,z,T',h,w) / (B,z,h,w), fp32.
 
         ``sample=True`` reproduces Show-o2: ``(mu - mean)/std + exp(0.5*logvar) * eps`` with
         ``eps = torch.randn(shape, generator=generator)`` (float32, drawn on the generator's device).
         """
-        mu, logvar = self.encode_moments(pixels)
+        mu, logvar = self.encode_moments(pixels, tiled)
         mean, inv_std = self.stats(mu.dim())
         z = (mu - mean.to(mu.device)) * inv_std.to(mu.device)
         if sample:
@@ -300,10 +342,10 @@ class WanVAE(nn.Module):
         return z
 
     @apply_forward_hook
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
         """Normalised latents (B,z,T',h,w) or (B,z,h,w) -> pixels (B,3,1+4(T'-1),8h,8w) / (B,3,8h,8w).
 
-        Output is float32 and clamped to [-1, 1].
+        Output is float32 and clamped to [-1, 1]. ``tiled``: see :meth:`tiled`.
         """
         z = self._check_latents(latents)
         image = z.dim() == 4
@@ -312,7 +354,7 @@ class WanVAE(nn.Module):
         z = z.to(device=self.device, dtype=torch.float32)
         mean, inv_std = self.stats(5)
         raw = z / inv_std.to(z.device) + mean.to(z.device)
-        with self._fast():
+        with self._fast(), self.tiled(tiled):
             out = self.model.decode(raw.to(self.dtype), return_dict=False)[0]
         out = out.float().clamp(-1.0, 1.0)
         if image:
@@ -591,19 +633,33 @@ def _resolve_source(path: Path) -> tuple[Path, Path | None]:
     return path, (config if config.is_file() else None)
 
 
-def decode_memory_bytes(base_dim: int, latent_frames: int, height: int, width: int, dtype_bytes: int = 4) -> int:
+def _tile_pixels(height: int, width: int, tiled: bool) -> tuple[int, float]:
+    """(pixels one step of the network sees, decoded tiles kept per output pixel) for a
+    ``height x width`` pixel frame: the whole frame, or one tile and the tiles' overlap."""
+    if not tiled or (height <= TILE_SAMPLE and width <= TILE_SAMPLE):
+        return height * width, 0.0
+    rows, cols = math.ceil(height / TILE_STRIDE), math.ceil(width / TILE_STRIDE)
+    kept = rows * cols * min(height, TILE_SAMPLE) * min(width, TILE_SAMPLE) / (height * width)
+    return min(height, TILE_SAMPLE) * min(width, TILE_SAMPLE), kept + 2  # + the blended rows, their concat
+
+
+def decode_memory_bytes(base_dim: int, latent_frames: int, height: int, width: int, dtype_bytes: int = 4,
+                        tiled: bool = False) -> int:
     """See :meth:`WanVAE.decode_memory_gb`; ``height``/``width`` are latent sizes."""
     pixels = (SPATIAL_FACTOR * height) * (SPATIAL_FACTOR * width)
     frames = 1 + TEMPORAL_FACTOR * (max(latent_frames, 1) - 1)
     per_pixel = 25 if latent_frames <= 1 else 32 * TEMPORAL_FACTOR
-    return int(base_dim * dtype_bytes * pixels * per_pixel + frames * pixels * 3 * 4 * 2)
+    step, kept = _tile_pixels(SPATIAL_FACTOR * height, SPATIAL_FACTOR * width, tiled)
+    return int(base_dim * dtype_bytes * step * per_pixel + frames * pixels * 3 * (4 * 2 + dtype_bytes * kept))
 
 
-def encode_memory_bytes(base_dim: int, frames: int, height: int, width: int, dtype_bytes: int = 4) -> int:
+def encode_memory_bytes(base_dim: int, frames: int, height: int, width: int, dtype_bytes: int = 4,
+                        tiled: bool = False) -> int:
     """See :meth:`WanVAE.encode_memory_gb`; ``height``/``width`` are pixel sizes."""
     pixels = height * width
     per_pixel = 13 if frames <= 1 else 16 * TEMPORAL_FACTOR
-    return int(base_dim * dtype_bytes * pixels * per_pixel + max(frames, 1) * pixels * 3 * 4 * 2)
+    step, _ = _tile_pixels(height, width, tiled)
+    return int(base_dim * dtype_bytes * step * per_pixel + max(frames, 1) * pixels * 3 * 4 * 2)
 
 
 def load_vae(

@@ -39,13 +39,14 @@ def _text_budget(spec) -> int:
 
 
 def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dtype: torch.dtype | None = None,
-                       vae_base_dim: int | None = None, latent_frames: int = 1) -> float:
+                       vae_base_dim: int | None = None, latent_frames: int = 1, vae_tiled: bool = False) -> float:
     """A rough upper bound (GB) of the memory one generation job needs beyond the weights: the
     largest of one guided step's activations (``rows`` sequences of ``seq_len``: attention scores,
     hidden states, the mask) and the VAE decoding one output (``video_tokens`` latent positions
     over ``latent_frames`` frames, see :meth:`WanVAE.decode_memory_gb`), which run one after the
     other. ``model`` is a loaded :class:`Showo2` or a :class:`ModelSpec` (then give ``dtype``;
-    the VAE is taken as the real Wan2.1 one, base_dim 96, unless ``vae_base_dim`` says)."""
+    the VAE is taken as the real Wan2.1 one, base_dim 96, unless ``vae_base_dim`` says;
+    ``vae_tiled``: the decode runs in spatial tiles)."""
     from ..modeling.vae import decode_memory_bytes
 
     spec = model.spec if isinstance(model, Showo2) else model
@@ -61,12 +62,12 @@ def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dty
     t = max(latent_frames, 1)
     per_frame = max(video_tokens // t, 1)
     side = max(int(math.isqrt(per_frame)), 1)
-    vae = decode_memory_bytes(vae_base_dim, t, side, max(per_frame // side, 1))
+    vae = decode_memory_bytes(vae_base_dim, t, side, max(per_frame // side, 1), tiled=vae_tiled)
     return max(attn + acts + mask, vae) / 1e9
 
 
 def generation_memory_gb(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
-                         vae_base_dim: int = 96) -> float:
+                         vae_base_dim: int = 96, vae_tiled: bool = False) -> float:
     """:func:`estimate_memory_gb` for ``batch`` outputs of ``size`` (height, width) pixels and
     ``frames`` pixel frames, with classifier-free guidance (two rows per output)."""
     h, w = size
@@ -75,21 +76,39 @@ def generation_memory_gb(spec, dtype: torch.dtype, size: tuple[int, int], frames
     seq_len = visual + 4 + _text_budget(spec)
     lat_h, lat_w = h // spec.vae_spatial, w // spec.vae_spatial
     return estimate_memory_gb(spec, 2 * max(batch, 1), seq_len, t_lat * lat_h * lat_w, dtype=dtype,
-                              vae_base_dim=vae_base_dim, latent_frames=t_lat)
+                              vae_base_dim=vae_base_dim, latent_frames=t_lat, vae_tiled=vae_tiled)
+
+
+def generation_tiling(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
+                      max_memory_gb: float | None = None, device="cpu", vae_base_dim: int = 96,
+                      vae_tiling: str = "off") -> bool:
+    """Whether the job's VAE decode runs in tiles (:func:`showo2_cli.runtime.pick_tiling`)."""
+    from ..runtime import pick_tiling
+
+    args = (spec, dtype, size, frames, video, batch, vae_base_dim)
+    return pick_tiling(vae_tiling, generation_memory_gb(*args), generation_memory_gb(*args, vae_tiled=True),
+                       max_memory_gb, device)
 
 
 def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
-                            max_memory_gb: float | None = None, device="cpu", vae_base_dim: int = 96) -> float:
+                            max_memory_gb: float | None = None, device="cpu", vae_base_dim: int = 96,
+                            vae_tiling: str = "off") -> float:
     """Refuse (:class:`ResourceError`, the estimate in the message) a job that would not fit
     the memory limit (``max_memory_gb``, else ``$SHOWO2_MAX_MEMORY_GB``, else what is available
-    on ``device``); return the estimate."""
+    on ``device``); return the estimate (with a tiled decode when ``vae_tiling`` picks it)."""
     from ..runtime import check_memory
 
-    need = generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim)
+    tiled = generation_tiling(spec, dtype, size, frames, video, batch, max_memory_gb, device, vae_base_dim,
+                              vae_tiling)
+    need = generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim, vae_tiled=tiled)
     h, w = size
     what = (f"generating {batch} video(s) of {frames} frames at {w}x{h}" if video
             else f"generating {batch} image(s) at {w}x{h}")
-    check_memory(need, what, max_memory_gb, device, "lower --size, --frames or --batch-size")
+    advice = "lower --size, --frames or --batch-size"
+    if vae_tiling == "off" and generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim,
+                                                    vae_tiled=True) < need:
+        advice += ", or tile the VAE with --vae-tiling auto"
+    check_memory(need, what, max_memory_gb, device, advice)
     return need
 
 
@@ -108,9 +127,10 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     visual = 1 + t_lat * spec.tokens_per_frame(h, w)
     budget = _text_budget(spec)
     max_seq_len = visual + 4 + budget
-    check_generation_memory(model.spec, model.dtype, (h, w), frames, video,
-                            min(opts.batch_size, len(prompts) * opts.num_per_prompt), opts.max_memory_gb,
-                            model.device, vae.base_dim)
+    memory = (model.spec, model.dtype, (h, w), frames, video, min(opts.batch_size, len(prompts) * opts.num_per_prompt),
+              opts.max_memory_gb, model.device, vae.base_dim, vae.tiling)
+    check_generation_memory(*memory)
+    tiled = generation_tiling(*memory)
     indices = list(range(len(prompts))) if indices is None else list(indices)
     if len(indices) != len(prompts):
         raise UsageError("one index per prompt is needed")
@@ -150,7 +170,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
         done_steps += opts.steps - 1
         progress("decoding", 0, len(batch))
         for j, (prompt, i, _k) in enumerate(batch):
-            pixels = vae.decode(latents[j:j + 1].to(vae.device))[0].cpu()
+            pixels = vae.decode(latents[j:j + 1].to(vae.device), tiled=tiled)[0].cpu()
             arr = M.tensor_to_frames(pixels)
             params = {"prompt": prompt, "seed": seeds[j], "steps": opts.steps, "guidance": opts.guidance,
                       "shift": opts.shift, "sampler": opts.method, "width": w, "height": h,
@@ -200,5 +220,7 @@ def image_to_video(model: Showo2, image: str | os.PathLike, prompts: list[str], 
     img = M.resize_center_crop(M.read_image(image), (h, w))
     vae = model.require_vae()
     pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)
-    first = vae.encode(pixels)[0, :, 0].cpu()
+    tiled = generation_tiling(model.spec, model.dtype, (h, w), opts.frames, True, 1, opts.max_memory_gb,
+                              model.device, vae.base_dim, vae.tiling)  # the first frame as its decode will be
+    first = vae.encode(pixels, tiled=tiled)[0, :, 0].cpu()
     return _generate(model, check_prompts(prompts), opts, True, opts.frames, first, indices, progress or noop)

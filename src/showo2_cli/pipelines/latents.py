@@ -22,7 +22,9 @@ from .. import media as M
 from ..errors import InputError, UsageError, short
 from ..modeling.vae import WanVAE
 from ..options import EncodeOptions
-from ..runtime import check_memory
+from ..runtime import check_memory, pick_tiling
+
+TILING_ADVICE = "tile the VAE with --vae-tiling auto"
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -75,14 +77,17 @@ def encode(source: str | os.PathLike | M.Media, vae: WanVAE, options: EncodeOpti
     n_frames = 1 if media.kind == "image" else min(M.round_frames(opts.frames or media.num_frames, "up"),
                                                    max(M.round_frames(media.num_frames, "down"), 1))
     h, w = (opts.size, opts.size) if isinstance(opts.size, int) else tuple(opts.size)
-    check_memory(vae.encode_memory_gb(n_frames, h, w), f"encoding {n_frames} frame(s) at {w}x{h}", max_memory_gb,
-                 vae.device, "lower --size or --frames")
+    tiled = pick_tiling(vae.tiling, vae.encode_memory_gb(n_frames, h, w), vae.encode_memory_gb(n_frames, h, w, True),
+                        max_memory_gb, vae.device)
+    advice = "lower --size or --frames" + (f", or {TILING_ADVICE}" if vae.tiling == "off" else "")
+    check_memory(vae.encode_memory_gb(n_frames, h, w, tiled), f"encoding {n_frames} frame(s) at {w}x{h}",
+                 max_memory_gb, vae.device, advice)
     frames = prepare_frames(media, opts.size, opts.frames, notices)
     pixels = M.frames_to_tensor(frames)[None]  # (1, 3, T, H, W)
     gen = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
     if opts.sample and gen is None:
         gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
-    latents = vae.encode(pixels, sample=opts.sample, generator=gen)[0].float().cpu()
+    latents = vae.encode(pixels, sample=opts.sample, generator=gen, tiled=tiled)[0].float().cpu()
     meta = {
         "format": "showo2-latents", "version": 1, "showo2_version": __version__,
         "source": str(source), "kind": media.kind, "frames": int(frames.shape[0]),
@@ -189,9 +194,11 @@ def decode(latents: torch.Tensor, vae: WanVAE, max_memory_gb: float | None = Non
     than ``max_memory_gb`` (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available)."""
     t, h, w = (int(v) for v in latents.shape[1:])
     frames = 1 + 4 * (t - 1)
-    check_memory(vae.decode_memory_gb(t, h, w), f"decoding {tuple(latents.shape)} latents to {frames} frame(s) of "
-                 f"{8 * w}x{8 * h}", max_memory_gb, vae.device)
-    pixels = vae.decode(latents[None].to(vae.device))[0]
+    tiled = pick_tiling(vae.tiling, vae.decode_memory_gb(t, h, w), vae.decode_memory_gb(t, h, w, True),
+                        max_memory_gb, vae.device)
+    check_memory(vae.decode_memory_gb(t, h, w, tiled), f"decoding {tuple(latents.shape)} latents to {frames} frame(s) "
+                 f"of {8 * w}x{8 * h}", max_memory_gb, vae.device, TILING_ADVICE if vae.tiling == "off" else "")
+    pixels = vae.decode(latents[None].to(vae.device), tiled=tiled)[0]
     return M.tensor_to_frames(pixels.cpu())
 
 

@@ -1,0 +1,93 @@
+"""The memory and speed options of a loaded model, applied in one place (``loading.load``).
+
+* ``attn``: the attention backend of the Qwen2 LLM (transformers' ``attn_implementation``) and of
+  the flow head (the project's own blocks), see :func:`showo2_cli.modeling.attention.attend`;
+* ``quantize``: weight-only int8 of the LLM's and the flow head's linear layers with torchao
+  (``quantize_(model, Int8WeightOnlyConfig())``): int8 weights with one float scale per output row,
+  activations stay in the model's dtype;
+* ``compile``: ``torch.compile`` of the LLM forward and of each flow-head block;
+* ``vae_tiling``: diffusers' spatial tiling of ``AutoencoderKLWan`` (``auto``: only for a job that
+  would not fit the memory limit untiled, see :func:`showo2_cli.runtime.pick_tiling`).
+
+4-bit weights are not offered: torchao 0.18's int4 weight-only kernels need CUDA (``mslk``), and
+bitsandbytes' NF4 (``transformers.BitsAndBytesConfig(load_in_4bit=True)``) is CUDA-only too; neither
+can be tested on the CPU machines this project is built on.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .errors import UsageError
+from .loading import PARAMETER_GROUPS
+from .options import RuntimeOptions
+
+#: The parts of the network whose linear layers ``quantize`` converts (the semantic layers, the
+#: projectors and the time embedding stay in the model's dtype: small, and closest to the input).
+QUANTIZED_PREFIXES = PARAMETER_GROUPS["llm"] + PARAMETER_GROUPS["flow_head"]
+
+
+def apply(bundle, options: RuntimeOptions | None):
+    """Apply ``options``' attention backend, quantization, compilation and VAE tiling to a loaded
+    :class:`~showo2_cli.loading.Showo2` (already on its device); returns the bundle."""
+    if options is None:
+        return bundle
+    options.validate()
+    net = bundle.network
+    if options.attn != "sdpa":
+        net.set_attention(options.attn)
+    if options.quantize != "none":
+        quantize_network(net, options.quantize)
+    if options.compile:
+        compile_network(net)
+    if bundle.vae is not None:
+        bundle.vae.tiling = options.vae_tiling
+    return bundle
+
+
+def _linear_filter(net) -> callable:
+    tied = bool(getattr(net.spec, "tie_word_embeddings", False))
+
+    def wanted(module: nn.Module, name: str) -> bool:
+        if not isinstance(module, nn.Linear) or not name.startswith(QUANTIZED_PREFIXES):
+            return False
+        return not (tied and name == "showo.lm_head")  # a tied head shares the (unquantized) embedding
+
+    return wanted
+
+
+def quantize_network(net: nn.Module, method: str = "int8wo") -> int:
+    """Weight-only int8 for the LLM's and flow head's linear layers (torchao); returns how many."""
+    if method != "int8wo":
+        raise UsageError(f"unknown quantization '{method}'")
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_  # its import warnings: see __init__
+    except ImportError as e:
+        raise UsageError("--quantize int8wo needs torchao: pip install 'torchao>=0.18,<0.19'") from e
+    wanted = _linear_filter(net)
+    count = sum(1 for name, m in net.named_modules() if wanted(m, name))
+    quantize_(net, Int8WeightOnlyConfig(), filter_fn=wanted)
+    return count
+
+
+def compile_network(net: nn.Module) -> None:
+    """``torch.compile`` the LLM forward and every flow-head block in place (``nn.Module.compile``:
+    the modules keep their names and weights; the first call of each shape compiles)."""
+    net.showo.model.compile()
+    for block in net.diffusion_head_a:
+        block.compile()
+    net.diffusion_head_b.compile()
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes the module's parameters and buffers hold (a quantized weight counts its int8 data
+    and scales; a tensor shared by two names counts once)."""
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        parts = [getattr(t, n) for n in getattr(t, "tensor_data_names", ())] or [t]
+        for p in parts:
+            key = (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape))
+            if key not in seen:
+                seen.add(key)
+                total += p.numel() * p.element_size()
+    return total
