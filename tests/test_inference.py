@@ -85,6 +85,31 @@ def test_prefix_cached_sampling_equals_uncached(lively, tiny, video):
         assert torch.equal(frozen[:, :, 0], z[:, :, 0]) and not torch.equal(frozen[:, :, 1], z[:, :, 1])
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["full", "prefix-cached"])
+def test_guided_dual_path_runs_once_for_both_rows(lively, tiny, cached):
+    """cond and uncond rows share their latents: the semantic layers see each latent once, and the
+    velocity equals the one computed with the latents duplicated (the official batch)."""
+    from showo2_cli.modeling.attention import omni_attention_mask
+    from showo2_cli.sampling import guided, guided_velocity_fn
+
+    layout = generation_layout([[97, 98, 99, 100], [101] * 9], 17, tiny.tokens, 48)
+    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+    seen: list[int] = []
+    hook = lively.und_trans.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+    try:
+        v = guided_velocity_fn(lively, layout, 5.0, cache_prefix=cached)(x, 0.3)
+    finally:
+        hook.remove()
+    assert seen == [2]  # two prompts, not four rows
+    rows = torch.cat([x, x])
+    mask = omni_attention_mask(layout.blocks, layout.seq_len)
+    full = lively.velocity(layout.input_ids, rows, torch.full((4,), 0.3), layout.blocks, mask)
+    want = guided(full[:2], full[2:], 5.0)
+    assert v.abs().max() > 0.1
+    assert torch.allclose(v, want, atol=1e-5, rtol=1e-5), float((v - want).abs().max())
+
+
 def test_same_seed_same_image_different_seed_different(tiny):
     opts = P.GenerateOptions(steps=3, seed=11)
     a = P.text_to_image(tiny, ["a red circle"], opts)[0]
