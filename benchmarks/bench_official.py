@@ -66,6 +66,22 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def clocks() -> tuple[float, float]:
+    """(wall, CPU) seconds. With one thread the process CPU time is the compute itself, far less
+    sensitive than wall time to other jobs sharing the machine; the ratios use it."""
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(start) -> dict:
+    wall, cpu = clocks()
+    return {"wall_seconds": wall - start[0], "seconds": cpu - start[1]}
+
+
+def step_times(stamps) -> dict:
+    return {"step_seconds": [b[1] - a[1] for a, b in zip(stamps, stamps[1:], strict=False)],
+            "step_wall_seconds": [b[0] - a[0] for a, b in zip(stamps, stamps[1:], strict=False)]}
+
+
 def inputs(g, seed: int = 1):
     """Prompt / question ids, the caption latents and the t2i noise (bf16-rounded, as the official script)."""
     import torch
@@ -116,10 +132,10 @@ def worker_official(args) -> dict:
             text_tokens = torch.cat([cond, uncond])
             modality_positions = torch.cat([mp, mp_null])
             z = torch.cat([x["noise"], x["noise"]])
-            stamps = [time.perf_counter()]
+            stamps = [clocks()]
             final = official_sample(model, z, text_tokens, modality_positions, MAX_SEQ_LEN, GUIDANCE, args.t2i_steps,
-                                    on_call=lambda: stamps.append(time.perf_counter()))
-            out["step_seconds"] = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+                                    on_call=lambda: stamps.append(clocks()))
+            out.update(step_times(stamps))
             torch.save(torch.chunk(final, 2)[0].float().clone(), Path(args.io) / "latents.pt")
         else:
             dtype = torch.float32
@@ -127,7 +143,7 @@ def worker_official(args) -> dict:
             a = torch.tensor([[ids["bos"], *x["system"]]])
             b = torch.tensor([[ids["boi"], ids["eoi"], *x["question"]]])
             lat = x["latents"]
-            start = time.perf_counter()
+            start = clocks()
             und = model.image_embedder_und(lat) + model.position_embedding(model.image_position_ids)
             und = model.und_trans(und)["last_hidden_state"]
             image_embeds = model.fusion_proj(torch.cat([und, model.image_embedder_gen(lat)], dim=-1))
@@ -141,7 +157,7 @@ def worker_official(args) -> dict:
                                         inverted=True).to(dtype)
             tokens = model.mmu_generate(input_embeds=embeds, attention_mask=mask, top_k=1,
                                         max_new_tokens=args.tokens, eos_token=None)
-            out["seconds"] = time.perf_counter() - start
+            out.update(elapsed(start))
             out["token_ids"] = [int(t) for t in tokens]
             out["prompt_len"] = embeds.shape[1]
     out["peak_rss_gib"] = peak_rss_gib()
@@ -168,13 +184,13 @@ def worker_ours(args) -> dict:
     with torch.no_grad():
         if args.task == "t2i":
             layout = generation_layout([x["prompt"]], g.grid * g.grid + 1, tok, MAX_SEQ_LEN)
-            stamps = [time.perf_counter()]
+            stamps = [clocks()]
             final = generate_latents(net, layout, x["noise"], GUIDANCE, args.t2i_steps, 3.0, cache_prefix=True,
-                                     callback=lambda *a: stamps.append(time.perf_counter()))
-            out["step_seconds"] = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+                                     callback=lambda *a: stamps.append(clocks()))
+            out.update(step_times(stamps))
             torch.save(final.float().clone(), Path(args.io) / "latents.pt")
         else:
-            start = time.perf_counter()
+            start = clocks()
             visual = net.encode_visual(x["latents"]).fused[0]
             _, time_token = net.time_embedding(torch.ones(1))
             layout = understanding_layout(x["question"], visual.shape[0], tok, x["system"], [], [],
@@ -182,7 +198,7 @@ def worker_ours(args) -> dict:
             embeds = net.embed_sequence(layout.input_ids, [[visual]], layout.slots, time_token[:, None])
             mask = omni_attention_mask(layout.blocks, layout.seq_len)
             res = generate(net, embeds, mask, TextSampling(max_new_tokens=args.tokens))
-            out["seconds"] = time.perf_counter() - start
+            out.update(elapsed(start))
             out["token_ids"] = res.token_ids
             out["prompt_len"] = embeds.shape[1]
     out["peak_rss_gib"] = peak_rss_gib()
@@ -194,7 +210,7 @@ def worker_ours(args) -> dict:
 def run_worker(args, which: str, task: str, io: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     if which == "ours":
-        env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "src"), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([str(args.ours_src or HERE.parent / "src"), env.get("PYTHONPATH", "")])
     io.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", which, "--task", task, "--model", str(args.model),
            "--io", str(io), "--official", str(args.official), "--t2i-steps", str(args.t2i_steps),
@@ -222,9 +238,11 @@ def main(argv=None) -> int:
     ap.add_argument("--size", choices=sorted(SIZES), default="mid")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=2, help="interleaved repetitions of each measurement")
+    ap.add_argument("--caption-reps", type=int, help="repetitions for the caption (default --reps)")
     ap.add_argument("--t2i-steps", type=int, default=4, help="grid points (model calls = points - 1)")
     ap.add_argument("--tokens", type=int, default=64, help="new caption tokens")
     ap.add_argument("--only", choices=("t2i", "caption"))
+    ap.add_argument("--ours-src", type=Path, help="the showo2 source folder to measure (default: this checkout's src/)")
     ap.add_argument("--model", type=Path, help="checkpoint folder (made if missing)")
     ap.add_argument("--out", type=Path, help="JSON to write (a .md beside it)")
     ap.add_argument("--smoke", action="store_true", help="tiny widths, 1 rep, 3 grid points, 4 tokens (a check)")
@@ -259,7 +277,8 @@ def main(argv=None) -> int:
     tasks = [args.only] if args.only else ["t2i", "caption"]
     runs: dict = {t: {"official": [], "ours": []} for t in tasks}
     for task in tasks:
-        for rep in range(args.reps):
+        reps = args.caption_reps if task == "caption" and args.caption_reps else args.reps
+        for rep in range(reps):
             for which in ("official", "ours") if rep % 2 == 0 else ("ours", "official"):
                 io = scratch / f"{task}-{which}-{rep}"
                 res = run_worker(args, which, task, io)
@@ -272,7 +291,8 @@ def main(argv=None) -> int:
         "official_commit": "45a5a2de01d1ebd10cd5864d29310a76476cdf23 (showlab/Show-o, show-o2/)",
         "geometry": asdict(g), "size": args.size, "threads": args.threads, "reps": args.reps,
         "torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
-        "note": "one process per measurement; official and ours interleaved (A B, B A, ...); fp32",
+        "note": "one process per measurement; official and ours interleaved (A B, B A, ...); fp32; times are "
+                "process CPU seconds (one thread), wall seconds beside them",
     }
     if "t2i" in runs:
         off, ours = runs["t2i"]["official"], runs["t2i"]["ours"]
@@ -280,6 +300,7 @@ def main(argv=None) -> int:
         s_step = statistics.median(per_step(r) for r in ours)
         s_first = statistics.median(r["step_seconds"][0] for r in ours)
         diff = max(float((a["latents"] - b["latents"]).abs().max()) for a in off for b in ours)
+        peak = float(off[0]["latents"].abs().max())
         record["t2i"] = {
             "grid_points": args.t2i_steps, "guidance": GUIDANCE, "max_seq_len": MAX_SEQ_LEN,
             "prompt_tokens": PROMPT_TOKENS,
@@ -287,9 +308,12 @@ def main(argv=None) -> int:
             "speedup": o_step / s_step,
             "ours_first_step_s": s_first, "prefix_cache_s_once": max(s_first - s_step, 0.0),
             "ratio_at_50_steps_incl_prefix": (49 * s_step + s_first) / (50 * o_step),
-            "final_latents_max_abs_diff": diff,
+            "final_latents_max_abs_diff": diff, "final_latents_peak": peak,
+            "final_latents_max_rel_to_peak": diff / peak,
             "peak_rss_gib": {"official": max(r["peak_rss_gib"] for r in off), "ours": max(r["peak_rss_gib"] for r in ours)},
             "official_steps": [r["step_seconds"] for r in off], "ours_steps": [r["step_seconds"] for r in ours],
+            "official_steps_wall": [r["step_wall_seconds"] for r in off],
+            "ours_steps_wall": [r["step_wall_seconds"] for r in ours],
         }
     if "caption" in runs:
         off, ours = runs["caption"]["official"], runs["caption"]["ours"]
@@ -301,6 +325,7 @@ def main(argv=None) -> int:
             "token_ids_identical": all(a["token_ids"] == b["token_ids"] for a in off for b in ours),
             "peak_rss_gib": {"official": max(r["peak_rss_gib"] for r in off), "ours": max(r["peak_rss_gib"] for r in ours)},
             "official_runs_s": [r["seconds"] for r in off], "ours_runs_s": [r["seconds"] for r in ours],
+            "official_runs_wall_s": [r["wall_seconds"] for r in off], "ours_runs_wall_s": [r["wall_seconds"] for r in ours],
         }
     print(json.dumps({k: v for k, v in record.items() if k in ("t2i", "caption")}, indent=1))
     if args.out:
@@ -340,7 +365,9 @@ def markdown(r: dict) -> str:
             f"{t['peak_rss_gib']['ours'] / t['peak_rss_gib']['official']:.2f}x |",
             "",
             f"Final latents after {t['grid_points'] - 1} Euler steps: max abs difference "
-            f"{t['final_latents_max_abs_diff']:.2e}. Speed-up {t['speedup']:.2f}x.",
+            f"{t['final_latents_max_abs_diff']:.2e} (peak magnitude {t['final_latents_peak']:.1f}, relative "
+            f"{t['final_latents_max_rel_to_peak']:.1e}). Speed-up {t['speedup']:.2f}x. Times are process CPU "
+            "seconds (one thread); the machine was shared, so wall times (in the JSON) are noisier.",
             "",
         ]
     if "caption" in r:
