@@ -70,6 +70,30 @@ def test_kv_cached_caption_equals_the_official_full_recompute(tiny):
     assert torch.allclose(torch.stack(cached.step_logits), torch.stack(reference.step_logits), atol=1e-4)
 
 
+@pytest.mark.parametrize("mask_mode", ["official", "training"])
+def test_questions_share_the_image_prefix_and_answer_as_if_asked_alone(tiny, mask_mode):
+    from showo2_cli.text_decoding import prefill, shared_prefix_length
+
+    net, tok = tiny.network, tiny.tokens
+    latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(1))
+    visual = net.encode_visual(latents).fused[0]
+    opts = TextSampling(max_new_tokens=12, stop_ids=(tok.eos,))
+    head = head_len = None
+    for question in ([5, 6, 7], [40, 41, 42, 43, 44, 45], [9]):
+        layout = understanding_layout(question, visual.shape[0], tok, [1, 2], [3], [4], mask_mode=mask_mode)
+        embeds, _ = net.embed_inputs(layout.input_ids, [[visual]], layout.slots, torch.ones(1))
+        mask = omni_attention_mask(layout.blocks, layout.seq_len)
+        alone = generate(net, embeds, mask, opts, keep_logits=True)
+        if head is None:
+            head_len = shared_prefix_length(layout)
+            assert head_len == layout.seq_len - len(question) - 1  # all but the question and role
+            head = prefill(net, embeds[:, :head_len], mask[..., :head_len, :head_len])
+        shared = generate(net, embeds[:, head_len:], None, opts, keep_logits=True, cache=head)
+        assert head.get_seq_length() == head_len  # cropped back for the next question
+        assert shared.token_ids == alone.token_ids
+        assert torch.allclose(torch.stack(shared.step_logits), torch.stack(alone.step_logits), atol=1e-5)
+
+
 @pytest.mark.parametrize("video", [False, True])
 def test_prefix_cached_sampling_equals_uncached(lively, tiny, video):
     shape = (2, 16, 2, 8, 8) if video else (2, 16, 8, 8)

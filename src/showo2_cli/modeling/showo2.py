@@ -342,7 +342,7 @@ class Showo2Model(nn.Module):
         mask = torch.cat([keys[:, None, :].expand(b, p, -1), torch.ones(b, p, p, dtype=torch.bool, device=chunk.device)],
                          dim=-1)[:, None]
         hidden, _ = self.llm(chunk, mask, position_ids=pos, past_key_values=prefix.llm, use_cache=True)
-        _truncate_cache(prefix.llm, prefix.width)
+        truncate_cache(prefix.llm, prefix.width)
         x = self.diff_proj(hidden)
         cos, sin = self.head_rotary(pos, x.dtype)
         inside = torch.zeros(b, p, dtype=torch.long, device=x.device)
@@ -398,7 +398,7 @@ class PrefixCache:
     width: int  # padded prefix length Lp
 
 
-def _truncate_cache(cache, length: int) -> None:
+def truncate_cache(cache, length: int) -> None:
     """Drop everything after ``length`` positions (negative crop = remove, in transformers 4 and 5)."""
     extra = cache.get_seq_length() - length
     if extra > 0:
