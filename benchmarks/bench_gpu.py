@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from showo2_cli.loading import build_network
 from showo2_cli.modeling.attention import omni_attention_mask
 from showo2_cli.options import TextSampling
 from showo2_cli.sampling import generate_latents

@@ -85,7 +85,6 @@ def step_times(stamps) -> dict:
 def inputs(g, seed: int = 1):
     """Prompt / question ids, the caption latents and the t2i noise (bf16-rounded, as the official script)."""
     import torch
-
     from official_harness import special_ids
 
     gen = torch.Generator().manual_seed(seed)
@@ -103,7 +102,14 @@ def inputs(g, seed: int = 1):
 # ---- workers (one process each) ---------------------------------------------------------------
 
 def worker_make(args) -> dict:
-    from official_harness import Geometry, build_official, import_official, randomize, save_official, write_configs
+    from official_harness import (
+        Geometry,
+        build_official,
+        import_official,
+        randomize,
+        save_official,
+        write_configs,
+    )
 
     import_official(args.official, args.site)
     g = Geometry(**{**asdict(Geometry()), **SIZES[args.size]})
@@ -117,7 +123,6 @@ def worker_make(args) -> dict:
 
 def worker_official(args) -> dict:
     import torch
-
     from official_harness import gen_token_rows, import_official, load_official, official_sample
 
     import_official(args.official, args.site)
@@ -166,8 +171,8 @@ def worker_official(args) -> dict:
 
 def worker_ours(args) -> dict:
     import torch
-
     from official_harness import Geometry
+
     from showo2_cli.loading import load
     from showo2_cli.modeling.attention import omni_attention_mask
     from showo2_cli.options import TextSampling
@@ -270,7 +275,6 @@ def main(argv=None) -> int:
         print(f"writing the official-format checkpoint to {args.model}", flush=True)
         run_worker(args, "make", "make", scratch / "make")
     import torch
-
     from official_harness import Geometry
 
     g = Geometry(**json.loads((args.model / "geometry.json").read_text()))
