@@ -70,6 +70,30 @@ def test_kv_cached_caption_equals_the_official_full_recompute(tiny):
     assert torch.allclose(torch.stack(cached.step_logits), torch.stack(reference.step_logits), atol=1e-4)
 
 
+@pytest.mark.parametrize("mask_mode", ["official", "training"])
+def test_questions_share_the_image_prefix_and_answer_as_if_asked_alone(tiny, mask_mode):
+    from showo2_cli.text_decoding import prefill, shared_prefix_length
+
+    net, tok = tiny.network, tiny.tokens
+    latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(1))
+    visual = net.encode_visual(latents).fused[0]
+    opts = TextSampling(max_new_tokens=12, stop_ids=(tok.eos,))
+    head = head_len = None
+    for question in ([5, 6, 7], [40, 41, 42, 43, 44, 45], [9]):
+        layout = understanding_layout(question, visual.shape[0], tok, [1, 2], [3], [4], mask_mode=mask_mode)
+        embeds, _ = net.embed_inputs(layout.input_ids, [[visual]], layout.slots, torch.ones(1))
+        mask = omni_attention_mask(layout.blocks, layout.seq_len)
+        alone = generate(net, embeds, mask, opts, keep_logits=True)
+        if head is None:
+            head_len = shared_prefix_length(layout)
+            assert head_len == layout.seq_len - len(question) - 1  # all but the question and role
+            head = prefill(net, embeds[:, :head_len], mask[..., :head_len, :head_len])
+        shared = generate(net, embeds[:, head_len:], None, opts, keep_logits=True, cache=head)
+        assert head.get_seq_length() == head_len  # cropped back for the next question
+        assert shared.token_ids == alone.token_ids
+        assert torch.allclose(torch.stack(shared.step_logits), torch.stack(alone.step_logits), atol=1e-5)
+
+
 @pytest.mark.parametrize("video", [False, True])
 def test_prefix_cached_sampling_equals_uncached(lively, tiny, video):
     shape = (2, 16, 2, 8, 8) if video else (2, 16, 8, 8)
@@ -83,6 +107,31 @@ def test_prefix_cached_sampling_equals_uncached(lively, tiny, video):
     if video:  # i2v: frame 0 never changes
         frozen = generate_latents(lively, layout, z, 5.0, 6, 3.0, cache_prefix=True, first_frame_as_cond=True)
         assert torch.equal(frozen[:, :, 0], z[:, :, 0]) and not torch.equal(frozen[:, :, 1], z[:, :, 1])
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["full", "prefix-cached"])
+def test_guided_dual_path_runs_once_for_both_rows(lively, tiny, cached):
+    """cond and uncond rows share their latents: the semantic layers see each latent once, and the
+    velocity equals the one computed with the latents duplicated (the official batch)."""
+    from showo2_cli.modeling.attention import omni_attention_mask
+    from showo2_cli.sampling import guided, guided_velocity_fn
+
+    layout = generation_layout([[97, 98, 99, 100], [101] * 9], 17, tiny.tokens, 48)
+    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+    seen: list[int] = []
+    hook = lively.und_trans.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+    try:
+        v = guided_velocity_fn(lively, layout, 5.0, cache_prefix=cached)(x, 0.3)
+    finally:
+        hook.remove()
+    assert seen == [2]  # two prompts, not four rows
+    rows = torch.cat([x, x])
+    mask = omni_attention_mask(layout.blocks, layout.seq_len)
+    full = lively.velocity(layout.input_ids, rows, torch.full((4,), 0.3), layout.blocks, mask)
+    want = guided(full[:2], full[2:], 5.0)
+    assert v.abs().max() > 0.1
+    assert torch.allclose(v, want, atol=1e-5, rtol=1e-5), float((v - want).abs().max())
 
 
 def test_same_seed_same_image_different_seed_different(tiny):

@@ -169,12 +169,16 @@ def guided_velocity_fn(network, layout: Layout, guidance: float, trim: bool = Tr
 
     @torch.no_grad()
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-        x_in = x if rows == x.shape[0] else torch.cat([x, x], dim=0)
+        # the unconditional rows carry the same latents as the conditional ones: the network
+        # computes their dual path once (``repeats``) and runs the rest for every row
+        repeats = rows // x.shape[0]
         t_vec = torch.full((rows,), float(t), dtype=torch.float32, device=device)
         if cache_prefix:
-            v = network.velocity_with_prefix(prefix, x_in.to(device), t_vec, first_frame_as_cond=first_frame_as_cond)
+            v = network.velocity_with_prefix(prefix, x.to(device), t_vec, first_frame_as_cond=first_frame_as_cond,
+                                             repeats=repeats)
         else:
-            v = network.velocity(ids, x_in.to(device), t_vec, layout.blocks, mask, first_frame_as_cond=first_frame_as_cond)
+            v = network.velocity(ids, x.to(device), t_vec, layout.blocks, mask, first_frame_as_cond=first_frame_as_cond,
+                                 repeats=repeats)
         v = v.to(x.device)
         if rows == x.shape[0]:
             return v

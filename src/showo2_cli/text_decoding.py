@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from .modeling.showo2 import truncate_cache
 from .options import TextSampling
 
 
@@ -41,23 +42,58 @@ def choose_token(logits: torch.Tensor, opts: TextSampling, generator: torch.Gene
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
+def shared_prefix_length(layout) -> int:
+    """Length of an understanding prompt's question-independent head: everything up to and
+    including the token after the visual slot (``eoi``), and the whole omni block."""
+    slot_end = int((layout.slots[..., 0] + layout.slots[..., 1]).max()) + 1
+    block_end = int((layout.blocks[..., 0] + layout.blocks[..., 1]).max())
+    return max(slot_end, block_end)
+
+
 @torch.no_grad()
-def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor, opts: TextSampling,
-             on_token: Callable[[int], None] | None = None, keep_logits: bool = False) -> DecodedText:
+def prefill(model, prefix_embeds: torch.Tensor, mask: torch.Tensor):
+    """Keys/values of a prompt head ``(1, P, H)`` under its mask ``(1, 1, P, P)``, for
+    :func:`generate` ``cache=``: several questions about one image run the image once (exact:
+    the head never attends to what follows it, and what follows attends causally to all of it)."""
+    _, cache = model.llm(prefix_embeds, mask, past_key_values=DynamicCache(), use_cache=True)
+    return cache
+
+
+@torch.no_grad()
+def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor | None, opts: TextSampling,
+             on_token: Callable[[int], None] | None = None, keep_logits: bool = False,
+             cache=None) -> DecodedText:
     """Decode from a prompt given as embeddings ``(1, L, H)`` with its boolean mask ``(1, 1, L, L)``.
 
     ``model`` is a :class:`~showo2_cli.modeling.showo2.Showo2Model`. ``on_token`` is called with
     each new id as soon as it is chosen (for streaming). Stops at any of ``opts.stop_ids``; the
-    stop token is recorded in ``token_ids``.
+    stop token is recorded in ``token_ids``. ``cache``: a prompt head already run (:func:`prefill`);
+    ``prompt_embeds`` is then only the rest of the prompt and ``mask`` None (the rest attends
+    causally to everything before it). The cache is cropped back to its head afterwards, so it
+    serves the next question.
     """
     opts.validate()
     generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
-    cache = DynamicCache()
+    head = 0
+    if cache is None:
+        cache = DynamicCache()
+    else:
+        if mask is not None:
+            raise ValueError("a prefilled cache takes the rest of the prompt with mask=None")
+        head = cache.get_seq_length()
+    try:
+        return _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head, generator)
+    finally:
+        if head:
+            truncate_cache(cache, head)
+
+
+def _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head, generator) -> DecodedText:
     hidden, cache = model.llm(prompt_embeds, mask, past_key_values=cache, use_cache=True)
     logits = model.logits(hidden[:, -1]).float()[0]
     out = DecodedText()
     embed = model.showo.model.embed_tokens
-    position = prompt_embeds.shape[1]
+    position = head + prompt_embeds.shape[1]
     for step in range(opts.max_new_tokens):
         if keep_logits:
             out.step_logits.append(logits.cpu())

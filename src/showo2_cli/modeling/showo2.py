@@ -345,19 +345,33 @@ class Showo2Model(nn.Module):
             x = block(x, cond, outside, cos, sin, causal)
         return PrefixCache(cache, head, lengths.to(self.device), width)
 
+    def shared_visual_tokens(self, video: torch.Tensor, repeats: int) -> torch.Tensor:
+        """:meth:`visual_tokens` of ``video (B', C, T, h, w)`` for ``repeats * B'`` rows ordered
+        ``[x; x; ...]`` (conditional rows, then unconditional ones with the same latents).
+
+        The dual path (semantic layers, projector, fusion) sees only the latents, so under
+        classifier-free guidance it runs once and its tokens are shared by every copy, instead of
+        once per copy as the official batch does: the same numbers at ``1/repeats`` of the cost.
+        """
+        tokens = self.visual_tokens(video)
+        return tokens if repeats == 1 else tokens.repeat(repeats, 1, 1)
+
     @apply_forward_hook
     def velocity_with_prefix(self, prefix: PrefixCache, x_t: torch.Tensor, t: torch.Tensor,
-                             first_frame_as_cond: bool = False) -> torch.Tensor:
+                             first_frame_as_cond: bool = False, repeats: int = 1) -> torch.Tensor:
         """:meth:`velocity` for rows whose text prefix is cached: only the visual block is computed.
 
         Every row's block is its time token followed by its visual tokens, at positions
         ``lengths[b] ...``; positions after the block are never computed (they cannot affect it).
+        ``repeats``: ``x_t`` holds the latents of ``B / repeats`` rows, shared by ``repeats``
+        copies (:meth:`shared_visual_tokens`); the velocity is returned for all ``B`` rows.
         """
         is_image = x_t.dim() == 4
         video = x_t[:, :, None] if is_image else x_t
-        b, c, frames, h, w = video.shape
+        _, c, frames, h, w = video.shape
         cond, time_token = self.time_embedding(t)
-        tokens = self.visual_tokens(video.to(self.device))
+        tokens = self.shared_visual_tokens(video.to(self.device), repeats)
+        b = tokens.shape[0]
         chunk = torch.cat([time_token[:, None].to(tokens.dtype), tokens], dim=1)  # (B, P, H)
         p = chunk.shape[1]
         pos = prefix.lengths[:, None] + torch.arange(p, device=chunk.device)[None]
@@ -365,7 +379,7 @@ class Showo2Model(nn.Module):
         mask = torch.cat([keys[:, None, :].expand(b, p, -1), torch.ones(b, p, p, dtype=torch.bool, device=chunk.device)],
                          dim=-1)[:, None]
         hidden, _ = self.llm(chunk, mask, position_ids=pos, past_key_values=prefix.llm, use_cache=True)
-        _truncate_cache(prefix.llm, prefix.width)
+        truncate_cache(prefix.llm, prefix.width)
         x = self.diff_proj(hidden)
         cos, sin = self.head_rotary(pos, x.dtype)
         inside = torch.zeros(b, p, dtype=torch.long, device=x.device)
@@ -381,17 +395,20 @@ class Showo2Model(nn.Module):
 
     @apply_forward_hook
     def velocity(self, input_ids: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, blocks: torch.Tensor,
-                 mask: torch.Tensor, first_frame_as_cond: bool = False) -> torch.Tensor:
+                 mask: torch.Tensor, first_frame_as_cond: bool = False, repeats: int = 1) -> torch.Tensor:
         """One flow-matching evaluation for generation (one visual block per sequence).
 
         ``x_t`` is ``(B, C, h, w)`` or ``(B, C, T, h, w)``; ``blocks (B, 1, 2)`` holds
         (time-token position, 1 + T*N); ``mask`` the boolean omni mask ``(B, 1, L, L)``.
-        Returns the velocity in float32 with the shape of ``x_t``.
+        Returns the velocity in float32 with the shape of ``x_t``, for all ``B`` rows; with
+        ``repeats`` > 1, ``x_t`` holds ``B / repeats`` rows shared by that many copies
+        (:meth:`shared_visual_tokens`).
         """
         is_image = x_t.dim() == 4
         video = x_t[:, :, None] if is_image else x_t
-        b, c, frames, h, w = video.shape
-        tokens = self.visual_tokens(video)
+        _, c, frames, h, w = video.shape
+        tokens = self.shared_visual_tokens(video, repeats)
+        b = tokens.shape[0]
         hidden, cond = self.hidden_states(input_ids, [[tokens[i]] for i in range(b)], blocks, t, mask)
         out = self.flow_head(hidden, cond[:, None], blocks, mask)
         v = torch.stack([
@@ -420,7 +437,7 @@ class PrefixCache:
     width: int  # padded prefix length Lp
 
 
-def _truncate_cache(cache, length: int) -> None:
+def truncate_cache(cache, length: int) -> None:
     """Drop everything after ``length`` positions (negative crop = remove, in transformers 4 and 5)."""
     extra = cache.get_seq_length() - length
     if extra > 0:

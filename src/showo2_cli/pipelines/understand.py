@@ -17,7 +17,7 @@ from ..modeling.attention import omni_attention_mask
 from ..options import CaptionOptions
 from ..sequences import ASSISTANT_PREFIX, SYSTEM_PROMPT, USER_PREFIX, understanding_layout
 from ..specs import VIDEO_UND
-from ..text_decoding import generate
+from ..text_decoding import generate, prefill, shared_prefix_length
 from ..tokenizer import encode_text
 from .progress import Progress, noop
 
@@ -95,6 +95,7 @@ def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | 
     newline = encode_text(tokenizer, "\n")
     answers, counts = [], []
     stop = (tokens.eos,)
+    head = head_len = None  # the image part of the prompt, run once for every question
     for i, question in enumerate(questions):
         layout = understanding_layout(encode_text(tokenizer, question), visual.shape[0], tokens, system, user, assistant,
                                       mask_mode=opts.mask_mode or spec.und_mask_mode,
@@ -102,6 +103,11 @@ def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | 
                                       official_block_len=official_len)
         embeds, _ = net.embed_inputs(layout.input_ids, [[visual]], layout.slots, torch.ones(1))
         mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
+        if len(questions) > 1:
+            if head is None:
+                head_len = shared_prefix_length(layout)
+                head = prefill(net, embeds[:, :head_len], mask[..., :head_len, :head_len])
+            embeds, mask = embeds[:, head_len:], None
         produced: list[int] = []
         shown = [""]
 
@@ -116,7 +122,7 @@ def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | 
             progress(f"answer {i + 1}/{len(questions)}", len(produced), opts.max_new_tokens)
 
         sampling = replace(opts.sampling(), seed=None if opts.seed is None else opts.seed + i, stop_ids=stop)
-        out = generate(net, embeds, mask, sampling, on_token=on_token)
+        out = generate(net, embeds, mask, sampling, on_token=on_token, cache=head)
         answer = tokenizer.decode([t for t in out.token_ids if t not in stop], skip_special_tokens=True)
         if on_text is not None and len(answer) > len(shown[0]):
             on_text(i, answer[len(shown[0]):])

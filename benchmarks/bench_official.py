@@ -1,0 +1,395 @@
+"""showo2 against the OFFICIAL Show-o2 code, side by side, on the same official-format weights.
+
+    python benchmarks/bench_official.py --official /work/official/show-o2 --site /work/official-site \
+        --threads 1 --reps 2 --out benchmarks/results/vs-official.json
+
+``--official`` is the official repository's ``show-o2/`` folder (showlab/Show-o, run from outside
+this project, never vendored); ``--site`` an optional folder put first on ``sys.path`` for the
+official runs only (the library versions it was written for: transformers 4.47, diffusers 0.31,
+with torchdiffeq/einops/scipy). Both sides use the same torch.
+
+What it does:
+
+1. writes a random official-format checkpoint (``pytorch_model.bin`` + ``config.json`` + ``llm/``
+   and ``siglip/`` configs) with the OFFICIAL classes: the real 432 px geometry (27x27 tokens, a
+   54x54 latent, 729 position rows: no interpolation) and a mid-size width/depth (``--size``);
+2. runs each measurement in a fresh process (peak RSS is the process's), official and ours
+   interleaved A B A B so both see the same machine load:
+   * t2i: ``inference_t2i.py``'s guided sampling (g = 5, Euler, shifted grid, 1024-token rows) for
+     ``--t2i-steps`` grid points; the time of every model call (official) or step (ours); final
+     latents compared;
+   * caption: ``inference_mmu.py``'s prompt (system prompt, 729 image tokens + time slot,
+     question) and ``mmu_generate`` greedy (top_k 1) for ``--tokens`` new tokens against ours
+     (``text_decoding.generate``); token ids compared;
+3. writes JSON (+ a Markdown table beside it).
+
+Ours is measured through the library calls the pipelines make (``generate_latents`` with the
+prefix cache, ``generate`` with the KV cache), from the same latents/noise the official side gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+SIZES = {
+    # LLM 8 layers at 896 (Qwen2.5-0.5B's width), semantic layers 6 at 768, flow head 4 at 1024;
+    # vocabulary 32768 keeps the language head's share of a forward near the real 1.5B model's
+    "mid": dict(),
+    "mid-4": dict(layers=4, clip_layers=3, head_layers=2),
+    # for --smoke: the same geometry, tiny widths
+    "smoke": dict(vocab=1024, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, clip_dim=32,
+                  clip_layers=1, clip_heads=2, clip_intermediate=64, head_hidden=48, head_dim=12,
+                  head_intermediate=96, head_heads=4, head_kv_heads=2, head_layers=1),
+}
+PROMPT_TOKENS = 128
+QUESTION_TOKENS = 16
+SYSTEM_TOKENS = 36
+GUIDANCE = 5.0
+MAX_SEQ_LEN = 1024
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def clocks() -> tuple[float, float]:
+    """(wall, CPU) seconds. With one thread the process CPU time is the compute itself, far less
+    sensitive than wall time to other jobs sharing the machine; the ratios use it."""
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(start) -> dict:
+    wall, cpu = clocks()
+    return {"wall_seconds": wall - start[0], "seconds": cpu - start[1]}
+
+
+def step_times(stamps) -> dict:
+    return {"step_seconds": [b[1] - a[1] for a, b in zip(stamps, stamps[1:], strict=False)],
+            "step_wall_seconds": [b[0] - a[0] for a, b in zip(stamps, stamps[1:], strict=False)]}
+
+
+def inputs(g, seed: int = 1):
+    """Prompt / question ids, the caption latents and the t2i noise (bf16-rounded, as the official script)."""
+    import torch
+    from official_harness import special_ids
+
+    gen = torch.Generator().manual_seed(seed)
+    ordinary = g.vocab - 200  # keep clear of the special ids at the end of the table
+    prompt = torch.randint(0, ordinary, (PROMPT_TOKENS,), generator=gen).tolist()
+    question = torch.randint(0, ordinary, (QUESTION_TOKENS,), generator=gen).tolist()
+    system = torch.randint(0, ordinary, (SYSTEM_TOKENS,), generator=gen).tolist()
+    side = 2 * g.grid
+    latents = torch.randn(1, 16, side, side, generator=gen)
+    noise = torch.randn(1, 16, side, side, generator=gen).to(torch.bfloat16).float()
+    return dict(prompt=prompt, question=question, system=system, latents=latents, noise=noise,
+                ids=special_ids(g.vocab))
+
+
+# ---- workers (one process each) ---------------------------------------------------------------
+
+def worker_make(args) -> dict:
+    from official_harness import (
+        Geometry,
+        build_official,
+        import_official,
+        randomize,
+        save_official,
+        write_configs,
+    )
+
+    import_official(args.official, args.site)
+    g = Geometry(**{**asdict(Geometry()), **SIZES[args.size]})
+    folder = Path(args.model)
+    kwargs = write_configs(folder, g)
+    model = build_official(kwargs, g)
+    randomize(model, seed=0)
+    save_official(model, kwargs, folder, g)
+    return {"params": sum(p.numel() for p in model.parameters())}
+
+
+def worker_official(args) -> dict:
+    import torch
+    from official_harness import gen_token_rows, import_official, load_official, official_sample
+
+    import_official(args.official, args.site)
+    model, g = load_official(Path(args.model))
+    x = inputs(g)
+    ids = x["ids"]
+    out = {"peak_rss_after_load_gib": peak_rss_gib()}
+    with torch.no_grad():
+        if args.task == "t2i":
+            num_image_tokens = g.grid * g.grid + 1
+            cond, uncond, mp, mp_null = gen_token_rows(x["prompt"], num_image_tokens, MAX_SEQ_LEN, ids)
+            text_tokens = torch.cat([cond, uncond])
+            modality_positions = torch.cat([mp, mp_null])
+            z = torch.cat([x["noise"], x["noise"]])
+            stamps = [clocks()]
+            final = official_sample(model, z, text_tokens, modality_positions, MAX_SEQ_LEN, GUIDANCE, args.t2i_steps,
+                                    on_call=lambda: stamps.append(clocks()))
+            out.update(step_times(stamps))
+            torch.save(torch.chunk(final, 2)[0].float().clone(), Path(args.io) / "latents.pt")
+        else:
+            dtype = torch.float32
+            emb = model.showo.model.embed_tokens
+            a = torch.tensor([[ids["bos"], *x["system"]]])
+            b = torch.tensor([[ids["boi"], ids["eoi"], *x["question"]]])
+            lat = x["latents"]
+            start = clocks()
+            und = model.image_embedder_und(lat) + model.position_embedding(model.image_position_ids)
+            und = model.und_trans(und)["last_hidden_state"]
+            image_embeds = model.fusion_proj(torch.cat([und, model.image_embedder_gen(lat)], dim=-1))
+            time_embeds = model.time_embed_proj(model.time_embed(torch.Tensor([[1.0]]), dtype))
+            ea, eb = emb(a), emb(b)
+            embeds = torch.cat([ea, eb[:, :1], time_embeds, image_embeds, eb[:, 1:]], dim=1)
+            from models import omni_attn_mask_naive
+
+            mp = torch.tensor([a.shape[1] + 2, g.grid * g.grid + 1])[None, None]
+            mask = omni_attn_mask_naive(B=1, LEN=embeds.size(1), modalities=mp, device="cpu",
+                                        inverted=True).to(dtype)
+            tokens = model.mmu_generate(input_embeds=embeds, attention_mask=mask, top_k=1,
+                                        max_new_tokens=args.tokens, eos_token=None)
+            out.update(elapsed(start))
+            out["token_ids"] = [int(t) for t in tokens]
+            out["prompt_len"] = embeds.shape[1]
+    out["peak_rss_gib"] = peak_rss_gib()
+    return out
+
+
+def worker_ours(args) -> dict:
+    import torch
+    from official_harness import Geometry
+
+    from showo2_cli.loading import load
+    from showo2_cli.modeling.attention import omni_attention_mask
+    from showo2_cli.options import TextSampling
+    from showo2_cli.sampling import generate_latents
+    from showo2_cli.sequences import SpecialTokens, generation_layout, understanding_layout
+    from showo2_cli.text_decoding import generate
+
+    g = Geometry(**json.loads((Path(args.model) / "geometry.json").read_text()))
+    model = load(args.model, need=(), dtype=torch.float32)
+    net = model.network
+    x = inputs(g)
+    tok = SpecialTokens(**x["ids"])
+    out = {"peak_rss_after_load_gib": peak_rss_gib()}
+    with torch.no_grad():
+        if args.task == "t2i":
+            layout = generation_layout([x["prompt"]], g.grid * g.grid + 1, tok, MAX_SEQ_LEN)
+            stamps = [clocks()]
+            final = generate_latents(net, layout, x["noise"], GUIDANCE, args.t2i_steps, 3.0, cache_prefix=True,
+                                     callback=lambda *a: stamps.append(clocks()))
+            out.update(step_times(stamps))
+            torch.save(final.float().clone(), Path(args.io) / "latents.pt")
+        else:
+            start = clocks()
+            visual = net.encode_visual(x["latents"]).fused[0]
+            _, time_token = net.time_embedding(torch.ones(1))
+            layout = understanding_layout(x["question"], visual.shape[0], tok, x["system"], [], [],
+                                          mask_mode="official", official_block_len=g.grid * g.grid + 1)
+            embeds = net.embed_sequence(layout.input_ids, [[visual]], layout.slots, time_token[:, None])
+            mask = omni_attention_mask(layout.blocks, layout.seq_len)
+            res = generate(net, embeds, mask, TextSampling(max_new_tokens=args.tokens))
+            out.update(elapsed(start))
+            out["token_ids"] = res.token_ids
+            out["prompt_len"] = embeds.shape[1]
+    out["peak_rss_gib"] = peak_rss_gib()
+    return out
+
+
+# ---- the driver -------------------------------------------------------------------------------
+
+def run_worker(args, which: str, task: str, io: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    if which == "ours":
+        env["PYTHONPATH"] = os.pathsep.join([str(args.ours_src or HERE.parent / "src"), env.get("PYTHONPATH", "")])
+    io.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", which, "--task", task, "--model", str(args.model),
+           "--io", str(io), "--official", str(args.official), "--t2i-steps", str(args.t2i_steps),
+           "--tokens", str(args.tokens), "--threads", str(args.threads), "--size", args.size]
+    if args.site:
+        cmd += ["--site", str(args.site)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {which} {task} worker failed:\n{proc.stderr[-4000:]}")
+    result = json.loads((io / "result.json").read_text())
+    print(f"  {which:8s} {task:7s} {json.dumps({k: v for k, v in result.items() if k != 'token_ids'})}", flush=True)
+    return result
+
+
+def per_step(result: dict) -> float:
+    """Median step time after the first (the first of ours includes the one-off prefix cache)."""
+    steps = result["step_seconds"]
+    return statistics.median(steps[1:] if len(steps) > 1 else steps)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--official", type=Path, required=True, help="the official code's show-o2/ folder")
+    ap.add_argument("--site", type=Path, help="put first on sys.path for the official runs (its library versions)")
+    ap.add_argument("--size", choices=sorted(SIZES), default="mid")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=2, help="interleaved repetitions of each measurement")
+    ap.add_argument("--caption-reps", type=int, help="repetitions for the caption (default --reps)")
+    ap.add_argument("--t2i-steps", type=int, default=4, help="grid points (model calls = points - 1)")
+    ap.add_argument("--tokens", type=int, default=64, help="new caption tokens")
+    ap.add_argument("--only", choices=("t2i", "caption"))
+    ap.add_argument("--ours-src", type=Path, help="the showo2 source folder to measure (default: this checkout's src/)")
+    ap.add_argument("--model", type=Path, help="checkpoint folder (made if missing)")
+    ap.add_argument("--out", type=Path, help="JSON to write (a .md beside it)")
+    ap.add_argument("--smoke", action="store_true", help="tiny widths, 1 rep, 3 grid points, 4 tokens (a check)")
+    ap.add_argument("--worker", choices=("make", "official", "ours"), help=argparse.SUPPRESS)
+    ap.add_argument("--task", choices=("t2i", "caption", "make"), help=argparse.SUPPRESS)
+    ap.add_argument("--io", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        fn = {"make": worker_make, "official": worker_official, "ours": worker_ours}[args.worker]
+        result = fn(args)
+        (args.io / "result.json").write_text(json.dumps(result))
+        return 0
+
+    if args.smoke:
+        args.size, args.reps, args.t2i_steps, args.tokens = "smoke", 1, 3, 4
+    scratch = Path(tempfile.mkdtemp(prefix="showo2-vs-official-"))
+    if args.model is None:
+        args.model = scratch / f"official-{args.size}"
+    if not (args.model / "pytorch_model.bin").exists():
+        args.model.mkdir(parents=True, exist_ok=True)
+        print(f"writing the official-format checkpoint to {args.model}", flush=True)
+        run_worker(args, "make", "make", scratch / "make")
+    import torch
+    from official_harness import Geometry
+
+    g = Geometry(**json.loads((args.model / "geometry.json").read_text()))
+    tasks = [args.only] if args.only else ["t2i", "caption"]
+    runs: dict = {t: {"official": [], "ours": []} for t in tasks}
+    for task in tasks:
+        reps = args.caption_reps if task == "caption" and args.caption_reps else args.reps
+        for rep in range(reps):
+            for which in ("official", "ours") if rep % 2 == 0 else ("ours", "official"):
+                io = scratch / f"{task}-{which}-{rep}"
+                res = run_worker(args, which, task, io)
+                if task == "t2i":
+                    res["latents"] = torch.load(io / "latents.pt", weights_only=True)
+                runs[task][which].append(res)
+
+    record: dict = {
+        "command": "python benchmarks/bench_official.py " + " ".join(a for a in (argv or sys.argv[1:])),
+        "official_commit": "45a5a2de01d1ebd10cd5864d29310a76476cdf23 (showlab/Show-o, show-o2/)",
+        "geometry": asdict(g), "size": args.size, "threads": args.threads, "reps": args.reps,
+        "torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "note": "one process per measurement; official and ours interleaved (A B, B A, ...); fp32; times are "
+                "process CPU seconds (one thread), wall seconds beside them",
+    }
+    if "t2i" in runs:
+        off, ours = runs["t2i"]["official"], runs["t2i"]["ours"]
+        o_step = statistics.median(per_step(r) for r in off)
+        s_step = statistics.median(per_step(r) for r in ours)
+        s_first = statistics.median(r["step_seconds"][0] for r in ours)
+        diff = max(float((a["latents"] - b["latents"]).abs().max()) for a in off for b in ours)
+        peak = float(off[0]["latents"].abs().max())
+        record["t2i"] = {
+            "grid_points": args.t2i_steps, "guidance": GUIDANCE, "max_seq_len": MAX_SEQ_LEN,
+            "prompt_tokens": PROMPT_TOKENS,
+            "official_s_per_step": o_step, "ours_s_per_step": s_step, "ratio_ours_over_official": s_step / o_step,
+            "speedup": o_step / s_step,
+            "ours_first_step_s": s_first, "prefix_cache_s_once": max(s_first - s_step, 0.0),
+            "ratio_at_50_steps_incl_prefix": (49 * s_step + s_first) / (50 * o_step),
+            "final_latents_max_abs_diff": diff, "final_latents_peak": peak,
+            "final_latents_max_rel_to_peak": diff / peak,
+            "peak_rss_gib": {"official": max(r["peak_rss_gib"] for r in off), "ours": max(r["peak_rss_gib"] for r in ours)},
+            "official_steps": [r["step_seconds"] for r in off], "ours_steps": [r["step_seconds"] for r in ours],
+            "official_steps_wall": [r["step_wall_seconds"] for r in off],
+            "ours_steps_wall": [r["step_wall_seconds"] for r in ours],
+        }
+    if "caption" in runs:
+        off, ours = runs["caption"]["official"], runs["caption"]["ours"]
+        o_s = statistics.median(r["seconds"] for r in off)
+        s_s = statistics.median(r["seconds"] for r in ours)
+        record["caption"] = {
+            "new_tokens": args.tokens, "prompt_len": off[0]["prompt_len"],
+            "official_s": o_s, "ours_s": s_s, "speedup": o_s / s_s,
+            "token_ids_identical": all(a["token_ids"] == b["token_ids"] for a in off for b in ours),
+            "peak_rss_gib": {"official": max(r["peak_rss_gib"] for r in off), "ours": max(r["peak_rss_gib"] for r in ours)},
+            "official_runs_s": [r["seconds"] for r in off], "ours_runs_s": [r["seconds"] for r in ours],
+            "official_runs_wall_s": [r["wall_seconds"] for r in off], "ours_runs_wall_s": [r["wall_seconds"] for r in ours],
+        }
+    print(json.dumps({k: v for k, v in record.items() if k in ("t2i", "caption")}, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(record))
+    return 0
+
+
+def markdown(r: dict) -> str:
+    g = r["geometry"]
+    lines = [
+        "# showo2 vs the official Show-o2 code (side by side, same official-format weights)",
+        "",
+        f"    {r['command']}",
+        "",
+        f"Official code: {r['official_commit']}, run from a scratch folder with transformers 4.47 / diffusers 0.31; "
+        f"ours with the project's libraries; the same torch ({r['torch']}), fp32, {r['threads']} thread(s), "
+        f"{r['reps']} interleaved repetitions, one process per measurement.",
+        f"Model (random weights, official format, written by the official classes): LLM {g['layers']} layers x "
+        f"{g['hidden']} (vocab {g['vocab']}), semantic layers {g['clip_layers']} x {g['clip_dim']}, flow head "
+        f"{g['head_layers']} x {g['head_hidden']}; real 432 px geometry ({g['grid']}x{g['grid']} tokens, "
+        f"{2 * g['grid']}x{2 * g['grid']} latent).",
+        "",
+    ]
+    if "t2i" in r:
+        t = r["t2i"]
+        lines += [
+            f"## t2i: one guided step (cond + uncond), {t['prompt_tokens']}-token prompt, {t['max_seq_len']}-token rows",
+            "",
+            "| | official | ours | ours / official |",
+            "|---|---:|---:|---:|",
+            f"| s per step (median, after the first) | {t['official_s_per_step']:.2f} | {t['ours_s_per_step']:.2f} | "
+            f"{t['ratio_ours_over_official']:.2f}x |",
+            f"| at 50 steps, prefix cache included | | | {t['ratio_at_50_steps_incl_prefix']:.2f}x |",
+            f"| peak RSS GiB | {t['peak_rss_gib']['official']:.2f} | {t['peak_rss_gib']['ours']:.2f} | "
+            f"{t['peak_rss_gib']['ours'] / t['peak_rss_gib']['official']:.2f}x |",
+            "",
+            f"Final latents after {t['grid_points'] - 1} Euler steps: max abs difference "
+            f"{t['final_latents_max_abs_diff']:.2e} (peak magnitude {t['final_latents_peak']:.1f}, relative "
+            f"{t['final_latents_max_rel_to_peak']:.1e}). Speed-up {t['speedup']:.2f}x. Times are process CPU "
+            "seconds (one thread); the machine was shared, so wall times (in the JSON) are noisier.",
+            "",
+        ]
+    if "caption" in r:
+        c = r["caption"]
+        lines += [
+            f"## caption: {c['new_tokens']} greedy tokens after a {c['prompt_len']}-position image prompt",
+            "",
+            "| | official | ours | speed-up |",
+            "|---|---:|---:|---:|",
+            f"| seconds (median) | {c['official_s']:.1f} | {c['ours_s']:.2f} | {c['speedup']:.1f}x |",
+            f"| peak RSS GiB | {c['peak_rss_gib']['official']:.2f} | {c['peak_rss_gib']['ours']:.2f} | "
+            f"{c['peak_rss_gib']['ours'] / c['peak_rss_gib']['official']:.2f}x |",
+            "",
+            f"Greedy token ids identical: {c['token_ids_identical']}.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

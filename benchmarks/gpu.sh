@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# GPU figures for showo2 (issue 12 item 5): the 1.5B-shaped network at full depth in bf16 (t2i
+# 432x432 50 steps s/image at batch 1 and 4, caption tokens/s, peak memory), sdpa vs flex vs
+# torch.compile, and the 7B-shaped network's peak memory for t2i. Random weights built on the
+# GPU (no downloads, no files). Each section runs in its own process under its own time limit
+# (7.5 minutes in all), so one that crashes or hangs loses nothing else.
+#
+#   bash benchmarks/gpu.sh            # writes $OUT/gpu.json (or benchmarks/results/gpu-<date>.json)
+#   bash benchmarks/gpu.sh --smoke    # CPU: the tiny spec, a few steps (checks the script runs;
+#                                     # skips flex and compile: flex aborts natively on CPU, compile takes minutes)
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+py="${PYTHON:-python}"
+out_dir="${OUT:-$root/benchmarks/results}"
+mkdir -p "$out_dir"
+out="$out_dir/gpu.json"
+[ -n "${OUT:-}" ] || out="$out_dir/gpu-$(date +%Y%m%d-%H%M).json"
+if [ "${1:-}" != "--smoke" ]; then
+  "$py" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null || { echo "error: no CUDA device (use --smoke on CPU)" >&2; exit 2; }
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+fi
+export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
+parts=()
+# seconds per section: t2i (2 x 50 steps + warm-up) caption attn x3 (10 steps each, compile warm-up) 7b
+sections="t2i:150 caption:45 attn-sdpa:35 attn-flex:60 attn-compile:110 7b:45"
+[ "${1:-}" != "--smoke" ] || sections="t2i:60 caption:60 attn-sdpa:60 7b:60"
+for pair in $sections; do
+  section="${pair%%:*}"; limit="${pair##*:}"
+  part="$out_dir/gpu-part-$section.json"
+  rm -f "$part"
+  timeout "$limit" "$py" "$here/bench_gpu.py" --section "$section" --out "$part" "$@"
+  rc=$?
+  [ -f "$part" ] || printf '{"section": "%s", "error": "exited %s (124 = over its %s s limit)"}\n' "$section" "$rc" "$limit" > "$part"
+  parts+=("$part")
+done
+"$py" - "$out" "${parts[@]}" <<'PY'
+import json, sys
+out, parts = sys.argv[1], sys.argv[2:]
+merged = {json.load(open(p))["section"]: json.load(open(p)) for p in parts}
+json.dump(merged, open(out, "w"), indent=1)
+PY
+rm -f "${parts[@]}"
+echo "wrote $out"
