@@ -19,7 +19,7 @@ import typer
 
 from ..errors import one_line
 from . import common
-from .common import DeviceOpt, DtypeOpt, ModelOpt, QuietOpt
+from .common import DeviceOpt, DtypeOpt, LoraOpt, ModelOpt, QuietOpt
 
 COMMANDS = {
     "/image PATH": "attach an image or a video to the next question",
@@ -259,7 +259,7 @@ def chat(
                                              "(default: the checkpoint's).")] = None,
     template: Annotated[str | None, typer.Option("--template", help="official or training: the first turn's "
                                                  "template (default: the checkpoint's).")] = None,
-    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", quiet: QuietOpt = False,
+    model: ModelOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", quiet: QuietOpt = False,
 ):
     """Chat about images and videos, and generate images, with one resident model.
 
@@ -287,7 +287,7 @@ def chat(
 
     from ..chat import Conversation
 
-    bundle = C.load_model(model, device, dtype)
+    bundle = C.load_model(model, device, dtype, lora=lora)
     conv = Conversation(bundle, system, options=opts, max_context=max_context, on_notice=C.notice)
     for path in media or []:
         conv.attach(path, name=str(path))

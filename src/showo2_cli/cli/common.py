@@ -144,9 +144,10 @@ def fetch_if_needed(model: str) -> None:
 
 
 def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE"),
-               offload: str = "none"):
+               offload: str = "none", lora: list[Path] | None = None):
     """Resolve (downloading when needed), load, and place the model: on the device, or with
-    ``offload`` in CPU memory behind accelerate's hooks that run it on the device."""
+    ``offload`` in CPU memory behind accelerate's hooks that run it on the device; its ``--lora``
+    adapters merged into the weights."""
     from ..loading import load
     from ..runtime import enable_offload, pick_device, pick_dtype
 
@@ -155,7 +156,10 @@ def load_model(model: str | None, device: str, dtype: str, vae: Path | None = No
     dt = pick_dtype(dtype, dev)
     fetch_if_needed(model)
     with status(f"loading {short(model, 60)}"):
-        bundle = load(model, vae=vae, device="cpu" if offload != "none" else dev, dtype=dt, need=need)
+        bundle = load(model, vae=vae, device="cpu" if offload != "none" else dev, dtype=dt, need=need,
+                      lora=tuple(lora or ()))
+    for folder in bundle.adapters:
+        notice(f"merged the LoRA adapter {folder}")
     enable_offload(bundle, offload, dev)
     return bundle
 
@@ -206,5 +210,8 @@ VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_
                                              "folder (default: the model's, then $SHOWO2_VAE).")]
 OffloadOpt = Annotated[Offload, typer.Option("--offload", help="Keep the weights in CPU memory (accelerate): model = one "
                                              "component on the device at a time, sequential = one layer at a time (least memory, slowest).")]
+LoraOpt = Annotated[list[Path] | None, typer.Option("--lora", help="A LoRA adapter (a folder with adapter_model.safetensors, "
+                                                    "or a `showo2 train` run with [lora]) merged into the model's weights; "
+                                                    "repeatable, applied in order.")]
 MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB "
                                                  "(default: $SHOWO2_MAX_MEMORY_GB, else the memory available now; 0: no limit).")]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from . import common
-from .common import DeviceOpt, DtypeOpt, ModelOpt, QuietOpt
+from .common import DeviceOpt, DtypeOpt, LoraOpt, ModelOpt, QuietOpt
 
 
 def _is_loopback(host: str) -> bool:
@@ -39,7 +39,7 @@ def serve(
     drain_timeout: Annotated[float, typer.Option(
         "--drain-timeout", help="On SIGTERM/Ctrl-C, seconds to let running and queued requests finish "
         "before cancelling them.")] = 60.0,
-    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", quiet: QuietOpt = False,
+    model: ModelOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", quiet: QuietOpt = False,
 ):
     """Serve the model over HTTP with the OpenAI API (chat completions, image generations, models)."""
     C = common
@@ -75,7 +75,7 @@ def serve(
     sock = S.bind_socket(host, port)  # a busy port fails before the model loads
     try:
         name = C.model_name(model)
-        bundle = C.load_model(name, device, dtype)
+        bundle = C.load_model(name, device, dtype, lora=lora)
         config = S.ServerConfig(model_id=name, api_key=key, max_queue=max_queue, max_tokens=max_tokens,
                                 max_n=max_n, max_steps=max_steps, max_size=max_size,
                                 max_body_bytes=int(max_body_mb * 1024 * 1024),

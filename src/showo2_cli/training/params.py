@@ -79,3 +79,21 @@ def parameter_groups(module: torch.nn.Module, cfg: TrainConfig) -> tuple[list[di
     if not groups:
         raise UsageError(f"{cfg.source}: optim: every parameter is frozen; nothing to train")
     return groups, report
+
+
+def adapter_groups(module: torch.nn.Module, cfg: TrainConfig) -> tuple[list[dict], dict]:
+    """The AdamW groups of a LoRA run: the parameters left trainable (the adapter's) at optim.lr,
+    weight decay on matrices only; the report as :func:`parameter_groups` gives it."""
+    o = cfg.optim
+    decay, plain, report = [], [], {}
+    for _, p in module.named_parameters():
+        entry = report.setdefault("lora" if p.requires_grad else "frozen", {"params": 0, "tensors": 0})
+        entry["params"] += p.numel()
+        entry["tensors"] += 1
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else plain).append(p)
+    groups = [{"params": ps, "lr": o.lr, "base_lr": o.lr, "weight_decay": wd, "name": "lora"}
+              for ps, wd in ((decay, o.weight_decay), (plain, 0.0)) if ps]
+    if not groups:
+        raise UsageError(f"{cfg.source}: lora: the adapter has no trainable parameter")
+    return groups, report

@@ -120,7 +120,7 @@ class Showo2Objective:
 
     def __init__(self, run):
         self.run, self.cfg = run, run.cfg
-        self.spec = self.network = self.tokenizer = self.tokens = self.vae = self.ctx = None
+        self.spec = self.network = self.tokenizer = self.tokens = self.vae = self.ctx = self.lora = None
 
     def find_unused_parameters(self) -> bool:
         roles = self.cfg.roles()
@@ -128,12 +128,32 @@ class Showo2Objective:
 
     # -- building --
     def build(self, state):
-        from .params import parameter_groups
+        from .params import adapter_groups, parameter_groups
         from .recipe import Showo2Loss
 
         cfg, run = self.cfg, self.run
-        self.spec, self.network, self.tokenizer, self.tokens, self.vae = build_showo2(cfg, run.resumed_from)
-        groups, report = parameter_groups(self.network, cfg)
+        self.lora = None
+        if cfg.lora.rank:  # the base every time (a LoRA checkpoint holds only the adapter)
+            from ..lora import add_lora, load_adapter_state, read_adapter
+
+            self.spec, self.network, self.tokenizer, self.tokens, self.vae = build_showo2(cfg, None)
+            lo = cfg.lora
+            self.lora = add_lora(self.network, lo.rank, lo.alpha, lo.dropout, lo.target_modules, lo.within,
+                                 base=cfg.model.init or cfg.model.init_spec)
+            if run.resumed_from is not None:
+                _, tensors, folder = read_adapter(run.resumed_from)
+                load_adapter_state(self.network, tensors, str(folder))
+            groups, report = adapter_groups(self.network, cfg)
+        else:
+            from ..lora import ADAPTER_WEIGHTS
+
+            if run.resumed_from is not None and (run.resumed_from / ADAPTER_WEIGHTS).exists():
+                raise UsageError(f"{cfg.source}: lora.rank: '{run.resumed_from}' is a LoRA checkpoint; resume it "
+                                 "with its [lora] section (or start a new output_dir)")
+            self.spec, self.network, self.tokenizer, self.tokens, self.vae = build_showo2(cfg, run.resumed_from)
+            groups, report = parameter_groups(self.network, cfg)
+        if cfg.run.gradient_checkpointing:
+            self.network.set_gradient_checkpointing(True)
         self.vae.to(run.device).eval().requires_grad_(False)
         return Showo2Loss(self.network, cfg.loss.ntp, cfg.loss.flow), groups, report
 
@@ -195,7 +215,8 @@ class Showo2Objective:
         return self.run.acc.unwrap_model(self.run.module).network
 
     def ema_parameters(self) -> list:
-        return list(self.unwrapped().parameters())
+        params = self.unwrapped().parameters()
+        return [p for p in params if p.requires_grad] if self.lora is not None else list(params)
 
     def digest_target(self) -> torch.nn.Module:
         return self.unwrapped()
@@ -205,10 +226,19 @@ class Showo2Objective:
         pass
 
     def write(self, dst: Path, step: int) -> None:
-        from ..loading import write_folder
-
         net = self.unwrapped()
         info = {"training": {"step": step, "config": self.cfg.source}}
+        if self.lora is not None:  # the adapter alone (peft's layout), the EMA one in ema/
+            from ..lora import save_adapter
+
+            save_adapter(dst, net, self.lora, {"step": step, "spec": self.spec.name})
+            if self.run.ema is not None:
+                with self.run.ema_weights():
+                    save_adapter(dst / EMA_DIR, net, self.lora, {"step": step, "spec": self.spec.name,
+                                                                 "ema_decay": self.cfg.ema.decay})
+            return
+        from ..loading import write_folder
+
         write_folder(dst, self.spec, net.state_dict(), tokenizer=self.tokenizer, vae=self.vae, extra=info)
         if self.run.ema is not None:  # the averaged weights as a model folder of their own
             (dst / EMA_DIR).mkdir()

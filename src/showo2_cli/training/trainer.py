@@ -20,10 +20,6 @@ import hashlib
 import json
 import math
 import os
-import resource
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,12 +30,14 @@ import torch
 from ..errors import ModelError, OutputError, UsageError
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .control import StopRequest, check_trackers, chunks, flat_config, ignore_sigint, peak_rss_mb
 from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mix, step_keys
 from .objective import objective_for
 from .params import weights_digest
 
 Progress = Callable[[dict], None]
 STATE_FORMAT = 1
+TRACKER_DIR, TRACKER_RUN = "logs", "train"  # accelerate trackers write under <output_dir>/logs/train
 
 
 @dataclass
@@ -60,42 +58,6 @@ class TrainResult:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
-
-
-class _Stop:
-    """SIGINT/SIGTERM set a flag the loop polls; a second Ctrl-C interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.signal = None
-        self._old = {}
-
-    def _handler(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested, self.signal = True, signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
-
-
-def _ignore_sigint(_worker_id: int) -> None:  # data workers: Ctrl-C is the main process's business
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024.0 if sys.platform != "darwin" else peak / (1024.0 * 1024.0)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -167,7 +129,9 @@ class Run:
         mixed = _mixed_precision(cfg, cpu)
         if cpu and mixed == "fp16":
             raise UsageError(f"{cfg.source}: run.mixed_precision: fp16 needs a CUDA device; use bf16 or no on a CPU")
-        self.acc = Accelerator(cpu=cpu, mixed_precision=mixed,
+        trackers = check_trackers(cfg)
+        self.acc = Accelerator(cpu=cpu, mixed_precision=mixed, gradient_accumulation_steps=cfg.optim.grad_accumulation,
+                               log_with=trackers or None, project_dir=str(self.output_dir / TRACKER_DIR),
                                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)])
         if torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = cfg.run.tf32
@@ -248,6 +212,8 @@ class Run:
                             "sample order differs from an uninterrupted run")
         if self.acc.is_main_process:
             self._write_run_files()
+        if cfg.run.log_with:  # accelerate's trackers (process 0 only), beside metrics.jsonl
+            self.acc.init_trackers(TRACKER_RUN, config=flat_config(cfg))
 
     def _total_steps(self) -> int:
         o = self.cfg.optim
@@ -257,7 +223,8 @@ class Run:
         length = dataset.role_length(o.epoch_role)
         if length is None:
             raise UsageError(f"{self.cfg.source}: optim.epochs: role '{o.epoch_role}' has an endless source")
-        return max(1, math.ceil(length * o.epochs / (self.cfg.batch.of(o.epoch_role) * self.world)))
+        per_step = self.cfg.batch.of(o.epoch_role) * self.world * o.grad_accumulation
+        return max(1, math.ceil(length * o.epochs / per_step))
 
     def _write_run_files(self) -> None:
         info = {"config": self.cfg.to_dict(), "source": self.cfg.source, "world_size": self.world,
@@ -374,34 +341,28 @@ class Run:
                   device=str(self.device), mixed_precision=self.acc.mixed_precision, groups=self.report,
                   trainable=trainable)
         metrics_path = self.output_dir / "metrics.jsonl"
-        sampler = StepSampler(self.batch_roles, step, stop_at, self.rank, self.world)
-        data = loader(self.dataset, sampler, cfg.run.num_workers, worker_init_fn=_ignore_sigint)
+        n_micro = cfg.optim.grad_accumulation
+        sampler = StepSampler(self.batch_roles, step * n_micro, stop_at * n_micro, self.rank, self.world)
+        data = loader(self.dataset, sampler, cfg.run.num_workers, worker_init_fn=ignore_sigint)
         interrupted = False
         last_loss = None
-        window = {"n": 0, "loss": 0.0, "ntp": 0.0, "flow": 0.0, "l1": 0.0, "l2": 0.0, "kl": 0.0, "skipped": 0,
-                  "t": time.perf_counter()}
+        window = {"n": 0, "loss": 0.0, "skipped": 0, "t": time.perf_counter(), **dict.fromkeys(self.objective.log_keys, 0.0)}
         rate = None
         samples_written: list[str] = []
         if step == 0 and cfg.run.eval_every:
             ev = self.eval_loss()
             self._append(metrics_path, {"step": 0, "eval_loss": ev})
+            self._track({"eval_loss": ev}, 0)
             self.emit("eval", step=0, eval_loss=ev)
-        with _Stop() as stop:
+        with StopRequest() as stop:
             t_prev = time.perf_counter()
-            for samples in data:
+            for chunk in chunks(data, n_micro):
                 if self._should_stop(stop):
                     interrupted = True
                     break
                 lr = self._set_lr(step)
-                generator = self._generator("step", step)
-                out = self._forward(samples, generator, backward=True)
-                grad_norm = None
-                if cfg.optim.grad_clip > 0 and self.acc.sync_gradients:
-                    grad_norm = self.acc.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.ema is not None:
-                    self.ema.step(self.objective.ema_parameters())
+                out, grad_norm = self._step(step, chunk)
+                samples = [s for micro in chunk for s in micro]
                 step += 1
                 now = time.perf_counter()
                 dt, t_prev = now - t_prev, now
@@ -413,9 +374,8 @@ class Run:
                 last_loss = loss
                 window["n"] += 1
                 window["skipped"] += sum(s.skipped for s in samples)
-                for k in ("loss", "ntp", "flow", "l1", "l2", "kl"):
-                    if k in out:
-                        window[k] += float(out[k].detach())
+                for k in ("loss", *self.objective.log_keys):
+                    window[k] += float(out[k].detach())
                 digest = self._digest(samples)
                 self.emit("step", step=step, max_steps=self.max_steps, loss=loss, lr=lr, steps_per_s=rate,
                           eta_s=(stop_at - step) / rate if rate else None)
@@ -424,6 +384,7 @@ class Run:
                 if cfg.run.eval_every and step % cfg.run.eval_every == 0:
                     ev = self.eval_loss()
                     self._append(metrics_path, {"step": step, "eval_loss": ev})
+                    self._track({"eval_loss": ev}, step)
                     self.emit("eval", step=step, eval_loss=ev)
                 if cfg.run.sample_every and step % cfg.run.sample_every == 0 and self.acc.is_main_process:
                     paths = self.sample_images(step)
@@ -451,7 +412,28 @@ class Run:
         self.acc.end_training()
         return result
 
-    def _should_stop(self, stop: _Stop) -> bool:
+    def _step(self, step: int, chunk: list) -> tuple[dict, object]:
+        """One optimizer step over ``chunk`` (optim.grad_accumulation micro-batches, accelerate's
+        accumulation: the gradients of each loss / n add up, DDP syncs on the last only). Returns
+        the loss terms averaged over the micro-batches, and the gradient norm before clipping."""
+        outs, grad_norm = [], None
+        for j, samples in enumerate(chunk):
+            generator = self._generator("step", step) if len(chunk) == 1 else self._generator("step", step, j)
+            with self.acc.accumulate(self.module):
+                outs.append(self._forward(samples, generator, backward=True))
+                if self.cfg.optim.grad_clip > 0 and self.acc.sync_gradients:
+                    grad_norm = self.acc.clip_grad_norm_(self.module.parameters(), self.cfg.optim.grad_clip)
+                self.optimizer.step()  # (accelerate's optimizer steps only on the syncing micro-batch)
+                self.optimizer.zero_grad(set_to_none=True)
+        if not self.acc.sync_gradients:
+            raise RuntimeError(f"gradient accumulation out of step at step {step}: {len(chunk)} micro-batch(es)")
+        if self.ema is not None:
+            self.ema.step(self.objective.ema_parameters())
+        if len(outs) == 1:
+            return outs[0], grad_norm
+        return {k: sum(o[k] for o in outs) / len(outs) for k in outs[0]}, grad_norm
+
+    def _should_stop(self, stop: StopRequest) -> bool:
         flag = bool(stop.requested)
         if self.world > 1:  # every process must stop at the same step
             t = torch.tensor([1.0 if flag else 0.0], device=self.device)
@@ -486,7 +468,12 @@ class Run:
             line["loss"] = float(self.acc.reduce(t, reduction="mean"))
         self._append(path, line)
         self.emit("log", **line)
-        window.update({k: 0.0 for k in ("loss", "ntp", "flow", "l1", "l2", "kl")}, n=0, skipped=0, t=now)
+        self._track({k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "step"}, step)
+        window.update({k: 0.0 for k in ("loss", *self.objective.log_keys)}, n=0, skipped=0, t=now)
+
+    def _track(self, values: dict, step: int) -> None:
+        if self.cfg.run.log_with:
+            self.acc.log(values, step=step)
 
     def _append(self, path: Path, line: dict) -> None:
         if self.acc.is_main_process:
