@@ -194,4 +194,6 @@ def unload(network: torch.nn.Module, merge: bool, adapter_name: str = "default")
         parent_name, _, child = name.rpartition(".")
         parent = network.get_submodule(parent_name) if parent_name else network
         setattr(parent, child, module.get_base_layer())
+    if "peft_config" in network.__dict__:  # what inject_adapter_in_model recorded
+        del network.peft_config
     return network

@@ -138,8 +138,10 @@ class Showo2Objective:
 
             self.spec, self.network, self.tokenizer, self.tokens, self.vae = build_showo2(cfg, None)
             lo = cfg.lora
-            self.lora = add_lora(self.network, lo.rank, lo.alpha, lo.dropout, lo.target_modules, lo.within,
-                                 base=cfg.model.init or cfg.model.init_spec)
+            with torch.random.fork_rng(devices=[]):  # peft draws lora_A from the global generator
+                torch.manual_seed(cfg.seed)
+                self.lora = add_lora(self.network, lo.rank, lo.alpha, lo.dropout, lo.target_modules, lo.within,
+                                     base=cfg.model.init or cfg.model.init_spec)
             if run.resumed_from is not None:
                 _, tensors, folder = read_adapter(run.resumed_from)
                 load_adapter_state(self.network, tensors, str(folder))
