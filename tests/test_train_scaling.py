@@ -111,7 +111,8 @@ def test_tensorboard_tracker_logs_the_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_resume_with_another_world_size_continues_the_loss_curve(tmp_path):
-    """4 steps on 2 processes (DDP, gloo), then 12 more on 1: the checkpoint holds full weights and
+    """4 steps on 2 processes (DDP over gloo, the shipped examples/accelerate/cpu_2_processes.yaml),
+    then 12 more on 1: the checkpoint holds full weights and
     optimizer state, so the run continues where it was (the loss keeps falling from its level at
     step 4, far from where a fresh run starts); only the sample order differs from a 2-process run."""
     raw = tiny_config(tmp_path, **{"optim.max_steps": 16, "optim.lr": 2e-3, "run.eval_every": 4,
@@ -119,8 +120,8 @@ def test_resume_with_another_world_size_continues_the_loss_curve(tmp_path):
     cfg = write_toml(tmp_path / "c.toml", raw)
     accelerate = Path(sys.executable).with_name("accelerate")
     launcher = [str(accelerate), "launch"] if accelerate.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
-    cmd = [*launcher, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "showo2_cli.training", str(cfg), "--quiet", "--json", "--stop-after", "4"]
+    cmd = [*launcher, "--config_file", str(REPO / "examples" / "accelerate" / "cpu_2_processes.yaml"),
+           "-m", "showo2_cli.training", str(cfg), "--quiet", "--json", "--stop-after", "4"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["world_size"] == 2
@@ -144,3 +145,54 @@ def test_resume_with_another_world_size_continues_the_loss_curve(tmp_path):
     assert evals[4] < evals[0] - 0.3 and resumed < first - 0.3, (evals, first, resumed)
     assert evals[16] < evals[4], evals
     assert fresh.step == 1
+
+
+# ---- the official stage configs against the paper's recipe (spec §12) -----------------------------
+
+# spec §12.1 (common machinery) and §12.3 rows 1a and 2b, field by field: config path -> value
+COMMON = {
+    "mode": "showo2", "optim.betas": [0.9, 0.999], "optim.eps": 1e-8, "optim.weight_decay": 0.0,
+    "optim.grad_clip": 1.0, "optim.grad_accumulation": 1, "run.mixed_precision": "bf16", "run.tf32": True,
+    "loss.cond_dropout": 0.1, "loss.t_sampling": "logit_normal", "loss.t_mean": 0.0, "loss.t_std": 1.0,
+    "loss.t_shift": True, "loss.vae_sample": True, "lora.rank": 0,
+    "data[0].role": "t2i", "data[0].kind": "pairs", "data[0].resolution": 432, "data[0].max_seq_len": 1024,
+    "data[1].role": "mmu", "data[1].resolution": 432, "data[1].max_seq_len": 1024,
+}
+STAGE1 = {  # 1a: Qwen2.5 + SigLIP + pre-distilled semantic layers; projector, fusion, time, flow head train
+    **COMMON, "seed": 10086, "model.init_spec": "1.5B", "model.tokenizer": "Qwen/Qwen2.5-1.5B-Instruct",
+    "model.weights[0].prefix": "showo.", "batch.t2i": 6, "batch.mmu": 2, "optim.lr": 1e-4,
+    "optim.frozen": ["showo", "image_embedder_und", "und_trans", "position_embedding"], "optim.groups": [],
+    "optim.schedule": "constant", "optim.warmup_steps": 2000, "optim.max_steps": 150000, "loss.ntp": 0.2,
+    "loss.flow": 1.0, "data[0].min_res": 256, "data[1].kind": "pairs", "data[1].format": "captioning",
+    "data[1].min_res": 256,
+}
+STAGE2 = {  # 2b: everything trains in three lr groups, time_embed in none; one MMU epoch, cosine, 3% warmup
+    **COMMON, "seed": 10086, "batch.t2i": 4, "batch.mmu": 4, "optim.frozen": [], "optim.ungrouped": "frozen",
+    "optim.groups[0].name": "ve", "optim.groups[0].patterns": ["und_trans", "image_embedder", "position_embedding"],
+    "optim.groups[0].lr": 2e-6, "optim.groups[1].name": "proj", "optim.groups[1].patterns": ["fusion_proj"],
+    "optim.groups[1].lr": 1e-5, "optim.groups[2].name": "showo",
+    "optim.groups[2].patterns": ["showo", "diffusion", "diff_proj", "time_embed_proj"], "optim.groups[2].lr": 1e-5,
+    "optim.schedule": "cosine", "optim.warmup_ratio": 0.03, "optim.warmup_steps": 0, "optim.max_steps": None,
+    "optim.epochs": 1.0, "optim.epoch_role": "mmu", "loss.ntp": 1.0, "loss.flow": 1.0, "data[0].min_res": 512,
+    "data[1].kind": "llava", "data[1].format": "pretraining", "data[1].preprocess": "pad",
+}
+
+
+def _field(cfg, path: str):
+    import re
+
+    node = cfg
+    for part in path.split("."):
+        m = re.fullmatch(r"(\w+)\[(\d+)\]", part)
+        node = getattr(node, m[1])[int(m[2])] if m else getattr(node, part)
+    return node
+
+
+@pytest.mark.parametrize("name, recipe", [("showo2_1.5b_stage1.toml", STAGE1), ("showo2_1.5b_stage2.toml", STAGE2)])
+def test_official_stage_configs_match_the_paper_recipe_field_by_field(tmp_path, name, recipe):
+    from test_train import _official
+
+    cfg = _official(tmp_path, name)
+    wrong = {path: (_field(cfg, path), want) for path, want in recipe.items() if _field(cfg, path) != want}
+    assert not wrong, wrong
+    assert len(cfg.data) == 2 and len(cfg.optim.groups) == (3 if recipe is STAGE2 else 0)

@@ -37,6 +37,7 @@ from .params import weights_digest
 
 Progress = Callable[[dict], None]
 STATE_FORMAT = 1
+SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")  # accelerate distributed types that shard weights/optimizer state
 TRACKER_DIR, TRACKER_RUN = "logs", "train"  # accelerate trackers write under <output_dir>/logs/train
 
 
@@ -136,6 +137,10 @@ class Run:
         if torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = cfg.run.tf32
             torch.backends.cudnn.allow_tf32 = cfg.run.tf32
+        if self.acc.distributed_type.value in SHARDED:
+            raise UsageError(f"accelerate's {self.acc.distributed_type.value} (sharded weights) is not supported by showo2 "
+                             "train: its checkpoints are full weights and optimizer state written by process 0; use "
+                             "DDP (examples/accelerate/), with [lora] and run.gradient_checkpointing to fit a GPU")
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
 
