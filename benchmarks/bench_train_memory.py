@@ -106,20 +106,26 @@ def main() -> int:
             return proc.returncode
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    base = next((r for r in rows if r["variant"] == "baseline"), None)
-    if base:
-        for r in rows:
-            r["peak_saving_vs_baseline_mb"] = round(base["peak_mb"] - r["peak_mb"], 1)
+        write(rows, a)  # after every variant: a long run keeps what it measured
+    print(json.dumps(summary(rows, a), indent=1))
+    return 0
+
+
+def summary(rows: list[dict], a) -> dict:
     import torch
 
-    out = {"model": f"1.5B-shaped, {a.layers} LLM / semantic / flow-head layers, byte vocabulary, fp32",
-           "rows_per_step": "4 t2i + 4 mmu at 256 px (256 visual tokens each)", "steps": a.steps, "threads": 1,
-           "torch": torch.__version__, "device": "cpu", "variants": rows}
-    text = json.dumps(out, indent=1)
-    print(text)
+    base = next((r for r in rows if r["variant"] == "baseline"), None)
+    for r in rows:
+        if base:
+            r["peak_saving_vs_baseline_mb"] = round(base["peak_mb"] - r["peak_mb"], 1)
+    return {"model": f"1.5B-shaped, {a.layers} LLM / semantic / flow-head layers, byte vocabulary, fp32",
+            "rows_per_step": "4 t2i + 4 mmu at 256 px (256 visual tokens each)", "steps": a.steps, "threads": 1,
+            "torch": torch.__version__, "device": "cpu", "variants": rows}
+
+
+def write(rows: list[dict], a) -> None:
     if a.out:
-        a.out.write_text(text + "\n")
-    return 0
+        a.out.write_text(json.dumps(summary(rows, a), indent=1) + "\n")
 
 
 if __name__ == "__main__":

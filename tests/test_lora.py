@@ -171,6 +171,25 @@ def test_lora_option_on_model_commands_and_its_errors(tmp_path, tiny_model_dir, 
         merge_adapters(load(tiny_model_dir).network.float(), [_renamed(tmp_path, run.checkpoint)])
 
 
+def test_lora_ema_is_an_adapter_of_its_own_and_chat_serve_take_lora(tmp_path, tiny_model_dir, capsys):
+    """[ema] with [lora]: the average follows the adapter only, saved as ema/ (an adapter folder)."""
+    from showo2_cli.loading import load
+
+    result = train(parse_config(lora_config(tmp_path, tiny_model_dir, "e", ema={"decay": 0.9, "start_step": 1}),
+                                source="e"))
+    ema, online = result.checkpoint / ckpt.EMA_DIR, result.checkpoint
+    assert sorted(p.name for p in ema.iterdir()) == [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
+    a, b = load_file(str(online / ADAPTER_WEIGHTS)), load_file(str(ema / ADAPTER_WEIGHTS))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    state = torch.load(online / ckpt.STATE_FILE, weights_only=True)["ema"]
+    assert len(state["shadow_params"]) == len(a)  # lora_A and lora_B of every adapted layer, nothing else
+    assert load(tiny_model_dir, lora=[ema]).adapters == [str(ema)]
+    for command in (["chat", "--quiet"], ["serve", "--port", "0", "--quiet"]):
+        assert main([*command, "--model", str(tiny_model_dir), "--lora", str(tmp_path / "missing")]) == \
+            UsageError.exit_code
+        assert "--lora" in capsys.readouterr().err
+
+
 def _wider_tiny():
     from showo2_cli.specs import get_spec
 

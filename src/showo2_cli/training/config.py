@@ -243,8 +243,11 @@ class TrainConfig:
 
     def data_signature(self) -> dict:
         """What fixes the sample order: resuming with a different signature changes the data."""
-        return {"seed": self.seed, "data": [dataclasses.asdict(s) for s in self.data],
-                "batch": {r: self.batch.of(r) for r in ROLES}, "mode": self.mode}
+        sig = {"seed": self.seed, "data": [dataclasses.asdict(s) for s in self.data],
+               "batch": {r: self.batch.of(r) for r in ROLES}, "mode": self.mode}
+        if self.optim.grad_accumulation != 1:  # (absent at 1: the signature of earlier runs)
+            sig["grad_accumulation"] = self.optim.grad_accumulation
+        return sig
 
 
 SECTIONS = {"model": ModelConfig, "batch": BatchConfig, "optim": OptimConfig, "loss": LossConfig,

@@ -132,7 +132,7 @@ class Run:
             raise UsageError(f"{cfg.source}: run.mixed_precision: fp16 needs a CUDA device; use bf16 or no on a CPU")
         trackers = check_trackers(cfg)
         self.acc = Accelerator(cpu=cpu, mixed_precision=mixed, gradient_accumulation_steps=cfg.optim.grad_accumulation,
-                               log_with=trackers or None, project_dir=str(self.output_dir / TRACKER_DIR),
+                               log_with=trackers or None, project_dir=str(self.output_dir / TRACKER_DIR) if trackers else None,
                                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)])
         if torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = cfg.run.tf32
