@@ -163,7 +163,7 @@ def test_official_stage_configs_follow_the_recipe(tmp_path):
     """Stage 1: only projector/fusion/time/flow head train; stage 2: three lr groups, time_embed frozen."""
     from showo2_cli.modeling.showo2 import Showo2Model
     from showo2_cli.specs import get_spec
-    from showo2_cli.training.trainer import parameter_groups
+    from showo2_cli.training.params import parameter_groups
 
     with torch.device("meta"):
         network = Showo2Model(get_spec("1.5B"))
@@ -483,7 +483,7 @@ def test_two_processes_under_accelerate_end_with_identical_weights(tmp_path):
     assert digests[0]["sha256"] == digests[1]["sha256"]
     # and process 0's checkpoint is those weights
     from showo2_cli.loading import load
-    from showo2_cli.training.trainer import weights_digest
+    from showo2_cli.training.params import weights_digest
 
     assert weights_digest(load(tmp_path / "run" / "checkpoint-000004").network) == digests[0]["sha256"]
 
@@ -495,7 +495,7 @@ def test_pretrained_parts_load_into_a_from_scratch_network(tmp_path):
     from showo2_cli.loading import build_network
     from showo2_cli.specs import get_spec
     from showo2_cli.training.config import WeightsConfig
-    from showo2_cli.training.trainer import load_partial
+    from showo2_cli.training.showo2_objective import load_partial
 
     spec = get_spec("tiny")
     donor = build_network(spec, None, torch.float32)
@@ -593,10 +593,10 @@ def test_per_role_forwards_equal_the_padded_batch(tmp_path):
     keys = step_keys(run.batch_roles, 0, 0, 1)
     samples = [run.dataset[k] for k in keys]
     assert isinstance(run.dataset, TD)
-    batches = prepare_batches(samples, run.ctx, torch.Generator().manual_seed(5), "role")
+    batches = prepare_batches(samples, run.objective.ctx, torch.Generator().manual_seed(5), "role")
     assert [b.roles[0] for b in batches] == ["t2i", "mmu", "t2v", "mmu_vid"]
     assert all(len(set(b.roles)) == 1 for b in batches)
-    one = prepare_batches(samples, run.ctx, torch.Generator().manual_seed(5), "none")[0]
+    one = prepare_batches(samples, run.objective.ctx, torch.Generator().manual_seed(5), "none")[0]
     assert sum(b.input_ids.numel() for b in batches) < one.input_ids.numel()  # less padding
     assert tuple(map(sum, zip(*[batch_counts(b) for b in batches], strict=True))) == batch_counts(one)
 

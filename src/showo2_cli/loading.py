@@ -356,6 +356,7 @@ class Showo2:
                  vae=None, files: ModelFiles | None = None, load_seconds: float = 0.0):
         self.spec, self.network, self.tokenizer, self.tokens = spec, network, tokenizer, tokens
         self.vae, self.files, self.load_seconds = vae, files, load_seconds
+        self.adapters: list[str] = []  # LoRA adapters merged into the weights on load
 
     @property
     def device(self) -> torch.device:
@@ -417,11 +418,14 @@ def parameter_counts(state: dict[str, torch.Tensor], tied: bool = False) -> dict
 
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          dtype: str | torch.dtype = torch.float32, need: tuple[str, ...] = ("tokenizer", "VAE"),
-         runtime=None) -> Showo2:
+         runtime=None, lora: list | tuple = ()) -> Showo2:
     """Load a model by name, folder or cached repo id. ``need`` lists the pieces that must exist;
-    ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the attention backend,
-    quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`)."""
+    ``lora`` LoRA adapters (folders or training runs, see :mod:`showo2_cli.lora`) merged into
+    the weights in order; ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the
+    attention backend, quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`),
+    applied after the adapters are merged."""
     from .acceleration import apply
+    from .lora import find_adapter, merge_adapters
     from .modeling.vae import load_vae
     from .tokenizer import add_showo2_tokens, load_tokenizer
 
@@ -431,10 +435,13 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     message = missing_message(files, ("weights", *need))
     if message:
         raise ModelError(message)
+    for ref in lora:  # a wrong path fails before the weights are read
+        find_adapter(ref)
     state = read_state_dict(files.weights)
     spec = spec_from_files(files, state)
     network = build_network(spec, state, dtype, where=str(files.root)).eval()
     del state
+    adapters = merge_adapters(network, lora) if lora else []
     tokenizer = tokens = None
     if files.tokenizer is not None:
         tokenizer = load_tokenizer(files.tokenizer)
@@ -444,6 +451,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
                              f"additions but the model has {spec.vocab_size} rows: wrong tokenizer")
     vae_model = load_vae(files.vae, dtype=dtype) if files.vae is not None else None
     bundle = Showo2(spec, network, tokenizer, tokens, vae_model, files)
+    bundle.adapters = adapters
     bundle.to(device=device)
     apply(bundle, runtime)
     bundle.load_seconds = time.perf_counter() - start

@@ -19,7 +19,17 @@ import typer
 
 from ..errors import one_line
 from . import common
-from .common import AttnOpt, CompileOpt, DeviceOpt, DtypeOpt, ModelOpt, QuantizeOpt, QuietOpt, VaeTilingOpt
+from .common import (
+    AttnOpt,
+    CompileOpt,
+    DeviceOpt,
+    DtypeOpt,
+    LoraOpt,
+    ModelOpt,
+    QuantizeOpt,
+    QuietOpt,
+    VaeTilingOpt,
+)
 
 COMMANDS = {
     "/image PATH": "attach an image or a video to the next question",
@@ -259,7 +269,7 @@ def chat(
                                              "(default: the checkpoint's).")] = None,
     template: Annotated[str | None, typer.Option("--template", help="official or training: the first turn's "
                                                  "template (default: the checkpoint's).")] = None,
-    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    model: ModelOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa", compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto",
     quantize: QuantizeOpt = "none",
     quiet: QuietOpt = False,
@@ -290,7 +300,7 @@ def chat(
 
     from ..chat import Conversation
 
-    bundle = C.load_model(model, device, dtype, runtime=runtime)
+    bundle = C.load_model(model, device, dtype, runtime=runtime, lora=lora)
     conv = Conversation(bundle, system, options=opts, max_context=max_context, on_notice=C.notice)
     for path in media or []:
         conv.attach(path, name=str(path))

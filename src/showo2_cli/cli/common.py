@@ -144,11 +144,12 @@ def fetch_if_needed(model: str) -> None:
 
 
 def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE"),
-               offload: str = "none", runtime=None):
+               offload: str = "none", runtime=None, lora: list[Path] | None = None):
     """Resolve (downloading when needed), load, and place the model: on the device, or with
     ``offload`` in CPU memory behind accelerate's hooks that run it on the device. ``runtime``
     (:class:`~showo2_cli.options.RuntimeOptions`, its ``offload`` taking precedence) brings the
-    attention backend, compilation, VAE tiling and quantization, applied by ``load``."""
+    attention backend, compilation, VAE tiling and quantization, applied by ``load``; the
+    ``--lora`` adapters are merged into the weights first."""
     offload = runtime.offload if runtime is not None else offload
     from ..loading import load
     from ..runtime import enable_offload, pick_device, pick_dtype
@@ -159,7 +160,9 @@ def load_model(model: str | None, device: str, dtype: str, vae: Path | None = No
     fetch_if_needed(model)
     with status(f"loading {short(model, 60)}"):
         bundle = load(model, vae=vae, device="cpu" if offload != "none" else dev, dtype=dt, need=need,
-                      runtime=runtime)
+                      runtime=runtime, lora=tuple(lora or ()))
+    for folder in bundle.adapters:
+        notice(f"merged the LoRA adapter {folder}")
     enable_offload(bundle, offload, dev)
     return bundle
 
@@ -226,6 +229,9 @@ VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_
                                              "folder (default: the model's, then $SHOWO2_VAE).")]
 OffloadOpt = Annotated[Offload, typer.Option("--offload", help="Keep the weights in CPU memory (accelerate): model = one "
                                              "component on the device at a time, sequential = one layer at a time (least memory, slowest).")]
+LoraOpt = Annotated[list[Path] | None, typer.Option("--lora", help="A LoRA adapter (a folder with adapter_model.safetensors, "
+                                                    "or a `showo2 train` run with [lora]) merged into the model's weights; "
+                                                    "repeatable, applied in order.")]
 MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB "
                                                  "(default: $SHOWO2_MAX_MEMORY_GB, else the memory available now; 0: no limit).")]
 AttnOpt = Annotated[Attn, typer.Option("--attn", help="Attention backend of the LLM and flow head: sdpa (default), "

@@ -15,6 +15,7 @@ from .common import (
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
+    LoraOpt,
     MaxMemOpt,
     ModelOpt,
     OffloadOpt,
@@ -52,7 +53,8 @@ VIDEO_HELP = "out.mp4/.webm/.gif"
 
 def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path | None, opts: GenerateOptions,
         model: str | None, vae: Path | None, device: str, dtype, noise: Path | None, save_latents: bool,
-        fps: float | None, image: Path | None, size: str | None, overwrite: bool, accel: tuple = ()) -> None:
+        fps: float | None, image: Path | None, size: str | None, overwrite: bool, accel: tuple = (),
+        lora: list[Path] | None = None) -> None:
     """The one generation command: every check before the model loads, then generate and save."""
     from .. import media as M
     from .. import saving as O
@@ -77,7 +79,7 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path |
     if mine:
         check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(mine) * opts.num_per_prompt),
                                     runtime)
-    bundle = load_model(name, device, value(dtype), vae=vae, runtime=runtime)
+    bundle = load_model(name, device, value(dtype), vae=vae, runtime=runtime, lora=lora)
     notice(f"seed {opts.seed}")
     from .. import pipelines as P
 
@@ -136,7 +138,7 @@ def _frames(frames: int) -> int:
 def t2i(
     prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp; several outputs get -000, -001, ...")] = None,
-    model: ModelOpt = None, vae: VaeOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 4, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
@@ -149,14 +151,14 @@ def t2i(
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=1, method=value(sampler), max_memory_gb=max_memory)
     run("t2i", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, None, None,
-        size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize))
+        size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize), lora)
 
 
 def t2v(
     prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
     frames: FramesOpt = 17, fps: FpsOpt = 8.0,
-    model: ModelOpt = None, vae: VaeOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
@@ -170,7 +172,7 @@ def t2v(
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=max_memory)
     run("t2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, None,
-        size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize))
+        size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize), lora)
 
 
 def i2v(
@@ -178,7 +180,7 @@ def i2v(
     prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
     frames: FramesOpt = 17, fps: FpsOpt = 8.0,
-    model: ModelOpt = None, vae: VaeOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
@@ -192,7 +194,7 @@ def i2v(
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=max_memory)
     run("i2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, image,
-        size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize))
+        size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize), lora)
 
 
 __all__ = ["t2i", "t2v", "i2v", "run"]

@@ -14,6 +14,7 @@ from ..errors import ModelError, OutputError
 from ..options import check_dtype
 from .common import (
     JsonOpt,
+    LoraOpt,
     OverwriteOpt,
     ProgressReporter,
     QuietOpt,
@@ -93,14 +94,18 @@ def convert(
     output: Annotated[Path, typer.Option("--output", "-o", help="The folder to write.")],
     dtype: Annotated[str, typer.Option("--dtype", help="keep, bf16, fp16 or fp32.")] = "keep",
     vae: VaeOpt = None,
+    lora: LoraOpt = None,
     overwrite: OverwriteOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Rewrite a checkpoint as a pickle-free safetensors folder that loads memory-mapped."""
+    """Rewrite a checkpoint as a pickle-free safetensors folder that loads memory-mapped
+    (with --lora: the adapters merged into its weights, a full model of its own)."""
     setup(json_mode, quiet)
     check_dtype(dtype, extra=("keep",))
     check_output_folder(output, overwrite)
+    import torch
+
     from ..loading import build_network, find_files, save_folder, spec_from_files
     from ..modeling.vae import load_vae
     from ..runtime import torch_dtype
@@ -113,11 +118,22 @@ def convert(
     files = find_files(src, vae=vae)
     if not files.weights:
         raise ModelError(f"'{src}' has no weights")
+    from ..lora import find_adapter, merge_adapters
+
+    for ref in lora or []:
+        find_adapter(ref)
+    adapters = []
     with status("reading weights"):
         state = read_state_dict(files.weights)
         spec = spec_from_files(files, state)
         ref_dtype = target_dtype or next(iter(state.values())).dtype
-        build_network(spec, {k: v for k, v in state.items()}, ref_dtype, where=str(files.root))
+        network = build_network(spec, {k: v for k, v in state.items()}, torch.float32 if lora else ref_dtype,
+                                where=str(files.root))
+        if lora:  # merged in float32, written in the chosen dtype (keep: the checkpoint's own)
+            adapters = merge_adapters(network, lora)
+            kept = {k: v.dtype for k, v in state.items()}
+            state = {k: v.to(kept.get(k, v.dtype)) for k, v in network.state_dict().items()}
+        del network
     tokenizer = None
     if files.tokenizer is not None:
         tokenizer = load_tokenizer(files.tokenizer)
@@ -127,11 +143,11 @@ def convert(
         notice(f"note: {piece} not found ({hint}); the converted folder will lack it")
     with status(f"writing {output}"):
         save_folder(output, spec, state, tokenizer=tokenizer, vae=vae_model, dtype=target_dtype, overwrite=overwrite,
-                    extra={"converted_from": str(files.root)})
+                    extra={"converted_from": str(files.root), **({"lora_merged": adapters} if adapters else {})})
     seconds = time.perf_counter() - start
     size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
     emit({"output": str(output), "seconds": round(seconds, 2), "bytes": size, "spec": spec.name,
-          "dtype": dtype, "tokenizer": tokenizer is not None, "vae": vae_model is not None},
+          "dtype": dtype, "tokenizer": tokenizer is not None, "vae": vae_model is not None, "lora": adapters},
          f"{output}  ({size / 1e6:.1f} MB, {seconds:.1f} s)")
 
 

@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from . import common
-from .common import AttnOpt, CompileOpt, DeviceOpt, DtypeOpt, ModelOpt, QuantizeOpt, QuietOpt, VaeTilingOpt
+from .common import (
+    AttnOpt,
+    CompileOpt,
+    DeviceOpt,
+    DtypeOpt,
+    LoraOpt,
+    ModelOpt,
+    QuantizeOpt,
+    QuietOpt,
+    VaeTilingOpt,
+)
 
 
 def _is_loopback(host: str) -> bool:
@@ -39,7 +49,7 @@ def serve(
     drain_timeout: Annotated[float, typer.Option(
         "--drain-timeout", help="On SIGTERM/Ctrl-C, seconds to let running and queued requests finish "
         "before cancelling them.")] = 60.0,
-    model: ModelOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    model: ModelOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa", compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto",
     quantize: QuantizeOpt = "none",
     quiet: QuietOpt = False,
@@ -76,7 +86,7 @@ def serve(
     sock = S.bind_socket(host, port)  # a busy port fails before the model loads
     try:
         name = C.model_name(model)
-        bundle = C.load_model(name, device, dtype, runtime=runtime)
+        bundle = C.load_model(name, device, dtype, runtime=runtime, lora=lora)
         config = S.ServerConfig(model_id=name, api_key=key, max_queue=max_queue, max_tokens=max_tokens,
                                 max_n=max_n, max_steps=max_steps, max_size=max_size,
                                 max_body_bytes=int(max_body_mb * 1024 * 1024),

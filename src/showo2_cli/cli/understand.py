@@ -16,6 +16,7 @@ from .common import (
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
+    LoraOpt,
     MaskMode,
     MaxMemOpt,
     ModelOpt,
@@ -48,7 +49,7 @@ def caption(
     template: Annotated[Template | None, typer.Option("--template", help="official (demo prompt) or training (stage-2 whitespace); default: what the checkpoint declares.")] = None,
     vae_sample: Annotated[bool, typer.Option("--vae-sample", help="Encode with the stochastic VAE sample, as the official demo.")] = False,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they are produced.")] = True,
-    model: ModelOpt = None, vae: VaeOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
     max_memory: MaxMemOpt = None, offload: OffloadOpt = "none", attn: AttnOpt = "sdpa", compile_: CompileOpt = False,
     vae_tiling: VaeTilingOpt = "auto", quantize: QuantizeOpt = "none",
     json_mode: JsonOpt = False, quiet: QuietOpt = False,
@@ -71,7 +72,7 @@ def caption(
 
     from .. import pipelines as P
 
-    bundle = load_model(model, device, value(dtype), vae=vae, runtime=runtime)
+    bundle = load_model(model, device, value(dtype), vae=vae, runtime=runtime, lora=lora)
     if kind == "video" and not P.supports_video_understanding(bundle):
         notice("note: this checkpoint was not trained for video understanding (use a -w-video-und model)")
     live = stream and not STATE["json"]

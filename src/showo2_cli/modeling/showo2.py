@@ -146,6 +146,21 @@ class Showo2Model(nn.Module):
             return self.execution_device
         return self.image_embedder_gen.proj.weight.device
 
+    def set_gradient_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in the backward instead of keeping them (training only): every
+        Qwen2.5 decoder layer and SigLIP layer (transformers' own checkpointing) and every flow-head
+        block (``torch.utils.checkpoint``), all non-reentrant."""
+        from functools import partial
+
+        from torch.utils.checkpoint import checkpoint
+
+        func = partial(checkpoint, use_reentrant=False)
+        for module in [*self.showo.modules(), *self.und_trans.modules()]:
+            if hasattr(module, "gradient_checkpointing"):
+                module._gradient_checkpointing_func = func
+                module.gradient_checkpointing = enable
+        self.head_checkpointing = enable
+
     def reset_buffers(self) -> None:
         """Rebuild the non-persistent buffers (RoPE tables), e.g. after building on 'meta'."""
         device = self.device
@@ -316,8 +331,14 @@ class Showo2Model(nn.Module):
         cos, sin = self.head_rotary(position_ids, x.dtype)
         mask = backend_mask(mask.to(x.device), self.attn, x.dtype)
         cond = cond.to(x.dtype)
+        recompute = getattr(self, "head_checkpointing", False) and self.training and torch.is_grad_enabled()
         for block in self.diffusion_head_a:
-            x = block(x, cond, block_index, cos, sin, mask)
+            if recompute:
+                from torch.utils.checkpoint import checkpoint
+
+                x = checkpoint(block, x, cond, block_index, cos, sin, mask, use_reentrant=False)
+            else:
+                x = block(x, cond, block_index, cos, sin, mask)
         return self.diffusion_head_b(x, cond, block_index)
 
     @torch.no_grad()

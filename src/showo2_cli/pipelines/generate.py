@@ -175,6 +175,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             params = {"prompt": prompt, "seed": seeds[j], "steps": opts.steps, "guidance": opts.guidance,
                       "shift": opts.shift, "sampler": opts.method, "width": w, "height": h,
                       "model": model.files.name if model.files else spec.name}
+            if getattr(model, "adapters", None):
+                params["lora"] = list(model.adapters)  # merged into the weights on load
             if video:
                 params["frames"] = int(arr.shape[0])
             if len(ids[j]) > budget:  # never cut silently: the result says how much of the prompt was used

@@ -4,6 +4,9 @@
 * :mod:`.data`     streaming sources (shapes world, image/video-caption pairs, LLaVA conversations)
 * :mod:`.recipe`   sequences, noising and the joint NTP + flow-matching loss
 * :mod:`.vae_recipe` reconstruction + KL for a Wan-architecture VAE
+* :mod:`.objective` one interface per mode (build, forward, save, preview), picked by ``mode``
+* :mod:`.showo2_objective` the Show-o2 mode (full weights or a LoRA adapter)
+* :mod:`.params`   freezing and AdamW groups by name
 * :mod:`.trainer`  the loop (accelerate/DDP), checkpoints, resume, metrics, previews
 * :mod:`.command`  the ``showo2 train`` command
 * :mod:`.shapes`   the synthetic shapes world

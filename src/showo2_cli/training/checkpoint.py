@@ -28,6 +28,7 @@ from ..errors import ModelError
 
 LATEST = "latest"
 STATE_FILE = "trainer_state.pt"
+EMA_DIR = "ema"  # inside a checkpoint: the EMA weights (a loadable model folder, or an adapter)
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 

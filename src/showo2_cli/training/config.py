@@ -13,6 +13,7 @@ A config has a few top-level keys and one table per concern::
     [loss]       NTP/flow coefficients, conditional dropout, the t distribution
     [vae_loss]   (mode = "vae") reconstruction and KL weights
     [ema]        an exponential moving average of the weights (decay, start step)
+    [lora]       (mode = "showo2") train a LoRA adapter on a frozen base instead of the weights
     [run]        checkpointing, logging, previews, mixed precision, device
 
 Every problem is a :class:`~showo2_cli.errors.UsageError` on one line that names the field, e.g.
@@ -47,6 +48,7 @@ MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 FIT_STATS = ("auto", "yes", "no")
 SPLITS = ("role", "none")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive")  # accelerate's names
 
 
 class ConfigError(UsageError):
@@ -145,6 +147,7 @@ class OptimConfig:
     epochs: float | None = None  # alternative: passes over the sources of `epoch_role`
     epoch_role: str = "mmu"
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    grad_accumulation: int = 1  # micro-batches (of [batch]'s size) whose gradients make one optimizer step
 
 
 @dataclass
@@ -178,6 +181,20 @@ class EmaConfig:
 
 
 @dataclass
+class LoraConfig:
+    """A LoRA adapter (peft) on a frozen base: only the low-rank matrices train, checkpoints hold
+    only the adapter (``adapter_model.safetensors`` + ``adapter_config.json``, peft's layout)."""
+
+    rank: int = 0  # 0 = off (train the weights themselves)
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapter's input
+    # linear layers adapted: names ending with one of these (Qwen2.5's attention and MLP) ...
+    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                          "gate_proj", "up_proj", "down_proj"])
+    within: list = field(default_factory=lambda: ["showo."])  # ... under these name prefixes ([] = anywhere)
+
+
+@dataclass
 class RunConfig:
     save_every: int = 1000  # steps between checkpoints (a final one is always written)
     keep_last: int = 3  # checkpoints kept (0 keeps all)
@@ -191,6 +208,8 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 0  # data-loading worker processes per training process
     tf32: bool = True  # allow TF32 matmuls on CUDA
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward (less memory)
+    log_with: list = field(default_factory=list)  # accelerate trackers beside metrics.jsonl: tensorboard, wandb, ...
 
 
 @dataclass
@@ -205,6 +224,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     vae_loss: VaeLossConfig = field(default_factory=VaeLossConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     run: RunConfig = field(default_factory=RunConfig)
     source: str = "<config>"  # where it was read from (not a config key)
 
@@ -223,12 +243,15 @@ class TrainConfig:
 
     def data_signature(self) -> dict:
         """What fixes the sample order: resuming with a different signature changes the data."""
-        return {"seed": self.seed, "data": [dataclasses.asdict(s) for s in self.data],
-                "batch": {r: self.batch.of(r) for r in ROLES}, "mode": self.mode}
+        sig = {"seed": self.seed, "data": [dataclasses.asdict(s) for s in self.data],
+               "batch": {r: self.batch.of(r) for r in ROLES}, "mode": self.mode}
+        if self.optim.grad_accumulation != 1:  # (absent at 1: the signature of earlier runs)
+            sig["grad_accumulation"] = self.optim.grad_accumulation
+        return sig
 
 
 SECTIONS = {"model": ModelConfig, "batch": BatchConfig, "optim": OptimConfig, "loss": LossConfig,
-            "vae_loss": VaeLossConfig, "ema": EmaConfig, "run": RunConfig}
+            "vae_loss": VaeLossConfig, "ema": EmaConfig, "lora": LoraConfig, "run": RunConfig}
 
 
 # ---- generic typed construction ----------------------------------------------------------------
@@ -565,6 +588,8 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
             if s.kind == "shapes" and s.size is None:
                 raise _fail(f"{w}data[{i}].size", "optim.epochs needs a finite dataset: set size for shapes sources")
     _positive(o.grad_clip, w + "optim.grad_clip", zero_ok=True)
+    if not 1 <= o.grad_accumulation <= 4096:
+        raise _fail(w + "optim.grad_accumulation", f"must be between 1 and 4096, got {o.grad_accumulation}")
 
     lo = cfg.loss
     _positive(lo.ntp, w + "loss.ntp", zero_ok=True)
@@ -604,6 +629,33 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
     _one_of(r.mixed_precision, MIXED_PRECISION, w + "run.mixed_precision")
     _one_of(r.device, DEVICES, w + "run.device")
     _positive(r.num_workers, w + "run.num_workers", zero_ok=True)
+    _strings(r.log_with, w + "run.log_with")
+    for i, name in enumerate(r.log_with):
+        _one_of(name, TRACKERS, f"{w}run.log_with[{i}]")
+    if len(set(r.log_with)) != len(r.log_with):
+        raise _fail(w + "run.log_with", f"names a tracker twice: {r.log_with}")
+    if r.gradient_checkpointing and cfg.mode != "showo2":
+        raise _fail(w + "run.gradient_checkpointing", "is for mode = \"showo2\" (the VAE's causal cache is not recomputable)")
+
+    lo = cfg.lora
+    if lo.rank:
+        if cfg.mode != "showo2":
+            raise _fail(w + "lora.rank", "LoRA adapters are for mode = \"showo2\"")
+        if not 1 <= lo.rank <= 4096:
+            raise _fail(w + "lora.rank", f"must be between 1 and 4096 (0 = off), got {lo.rank}")
+        _positive(lo.alpha, w + "lora.alpha")
+        if not 0 <= lo.dropout < 1:
+            raise _fail(w + "lora.dropout", f"must be in [0, 1), got {lo.dropout}")
+        if not lo.target_modules:
+            raise _fail(w + "lora.target_modules", "needs at least one module name (e.g. q_proj)")
+        _strings(lo.target_modules, w + "lora.target_modules")
+        _strings(lo.within, w + "lora.within")
+        for name in ("groups", "frozen"):
+            if getattr(o, name):
+                raise _fail(f"{w}optim.{name}", "with [lora] only the adapter trains (at optim.lr); remove optim."
+                            f"{name} or set lora.rank = 0")
+    elif lo.rank < 0:
+        raise _fail(w + "lora.rank", f"must be between 1 and 4096 (0 = off), got {lo.rank}")
 
 
 def _validate_source(s: DataSource, w: str, mode: str) -> None:

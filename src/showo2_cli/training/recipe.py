@@ -269,7 +269,7 @@ def batch_counts(batch: Batch) -> tuple[int, int]:
 
 # ---- the loss module ----------------------------------------------------------------------------
 
-class Showo2Objective(nn.Module):
+class Showo2Loss(nn.Module):
     """The network plus its training loss, so one ``forward`` is one step (and DDP syncs it)."""
 
     def __init__(self, network, ntp: float, flow: float):

@@ -1,0 +1,199 @@
+"""LoRA adapters (through peft): added to a network for training, saved alone, merged on load.
+
+An adapter is a folder in peft's own layout (what ``PeftModel.save_pretrained`` writes):
+``adapter_model.safetensors`` (the low-rank ``lora_A``/``lora_B`` matrices, keys without the
+adapter name) and ``adapter_config.json`` (peft's ``LoraConfig``: rank, alpha, target modules,
+``base_model_name_or_path``). ``showo2 train`` writes one into every checkpoint of a run with a
+``[lora]`` section; ``--lora PATH`` (any model command) merges one or more into the weights of
+whatever base model loads, in order; ``showo2 convert BASE --lora PATH -o OUT`` writes the merged
+model as a full folder.
+
+Loading never runs code: the weights are safetensors and the config is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import ModelError, UsageError
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+FORMAT = "1"  # the showo2_lora value in the weights' safetensors metadata
+MAX_CONFIG_BYTES = 1 << 20
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def target_names(network: torch.nn.Module, suffixes, within) -> list[str]:
+    """Full names of the ``nn.Linear`` modules whose name ends with one of ``suffixes`` (a whole
+    name part) and starts with one of ``within`` (every module when ``within`` is empty)."""
+    names = []
+    for name, module in network.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if not any(name == s or name.endswith("." + s) for s in suffixes):
+            continue
+        if within and not name.startswith(tuple(within)):
+            continue
+        names.append(name)
+    return names
+
+
+def add_lora(network: torch.nn.Module, rank: int, alpha: float, dropout: float, suffixes, within,
+             base: str | None = None, adapter_name: str = "default"):
+    """Add a trainable LoRA adapter to ``network`` in place (every other parameter frozen);
+    returns peft's ``LoraConfig`` (its target modules are the full names it adapted)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    names = target_names(network, suffixes, within)
+    if not names:
+        raise UsageError(f"lora: no linear layer matches target_modules {list(suffixes)} within {list(within)}")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
+                        base_model_name_or_path=base)
+    inject_adapter_in_model(config, network, adapter_name=adapter_name)
+    for name, p in network.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return config
+
+
+def adapter_state(network: torch.nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter's tensors in peft's saved form (keys without the adapter name)."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(network, adapter_name=adapter_name)
+
+
+def save_adapter(folder: Path, network: torch.nn.Module, config, metadata: dict | None = None) -> Path:
+    """Write the adapter of ``network`` into ``folder`` (created; inside a checkpoint that is
+    renamed into place when complete, so never seen half-written)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().contiguous().cpu() for k, v in adapter_state(network).items()}
+    meta = {"format": "pt", "showo2_lora": FORMAT, **{k: str(v) for k, v in (metadata or {}).items()}}
+    save_file(state, str(folder / ADAPTER_WEIGHTS), metadata=meta)
+    config.save_pretrained(str(folder))
+    return folder
+
+
+def find_adapter(ref: str | os.PathLike) -> Path:
+    """The adapter folder named by ``ref``: the folder itself, its ``adapter_model.safetensors``,
+    a training checkpoint or a training run folder (its latest checkpoint)."""
+    from .training.checkpoint import latest_checkpoint
+
+    p = Path(ref).expanduser()
+    if p.is_file() and p.name == ADAPTER_WEIGHTS:
+        p = p.parent
+    if p.is_dir() and not (p / ADAPTER_WEIGHTS).is_file():
+        latest = latest_checkpoint(p)
+        if latest is not None:
+            p = latest
+    if not p.exists():
+        raise UsageError(f"--lora: '{ref}' does not exist")
+    if not p.is_dir() or not (p / ADAPTER_WEIGHTS).is_file() or not (p / ADAPTER_CONFIG).is_file():
+        raise ModelError(f"--lora: '{ref}' is not a LoRA adapter (a folder with {ADAPTER_WEIGHTS} and "
+                         f"{ADAPTER_CONFIG}, or a training run of a config with a [lora] section)")
+    return p
+
+
+def read_adapter(ref: str | os.PathLike):
+    """(peft LoraConfig, tensors, folder) of an adapter, checked to be one."""
+    from peft import LoraConfig
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = find_adapter(ref)
+    cfg_path = folder / ADAPTER_CONFIG
+    if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ModelError(f"--lora: '{cfg_path}' is larger than {MAX_CONFIG_BYTES} bytes; not an adapter config")
+    try:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"--lora: cannot read '{cfg_path}': {e}") from None
+    if not isinstance(raw, dict) or raw.get("peft_type") != "LORA":
+        raise ModelError(f"--lora: '{cfg_path}' is not a LoRA adapter config (peft_type must be \"LORA\")")
+    try:
+        config = LoraConfig.from_pretrained(str(folder))
+    except (TypeError, ValueError, KeyError) as e:
+        raise ModelError(f"--lora: '{cfg_path}': {e}") from None
+    if config.use_dora or not config.target_modules:
+        raise ModelError(f"--lora: '{cfg_path}': only plain LoRA adapters with target_modules are supported")
+    try:
+        state = load_file(str(folder / ADAPTER_WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"--lora: cannot read '{folder / ADAPTER_WEIGHTS}': {e}") from None
+    if not state or not all("lora_" in k for k in state):
+        raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}' holds no LoRA tensors")
+    return config, state, folder
+
+
+def load_adapter_state(network: torch.nn.Module, state: dict, where: str, adapter_name: str = "default") -> None:
+    """Copy saved adapter tensors into the adapter ``adapter_name`` of ``network``; every tensor
+    must find its place, with its shape."""
+    from peft import set_peft_model_state_dict
+
+    own = {k for k in network.state_dict() if f".{adapter_name}." in k}
+    try:
+        result = set_peft_model_state_dict(network, state, adapter_name=adapter_name)
+    except RuntimeError as e:  # size mismatch: another base model
+        first = str(e).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line), first[-1] if first else "")
+        raise ModelError(f"LoRA adapter '{where}' does not fit this model: {detail}") from None
+    unexpected = [k for k in result.unexpected_keys if "lora_" in k]
+    missing = [k for k in result.missing_keys if k in own]
+    if unexpected or missing:
+        example = (unexpected or missing)[0]
+        raise ModelError(f"LoRA adapter '{where}' does not fit this model ({len(unexpected)} tensor(s) without a "
+                         f"place, {len(missing)} missing; e.g. {example})")
+
+
+def merge_adapters(network: torch.nn.Module, refs) -> list[str]:
+    """Merge each adapter of ``refs`` into ``network``'s weights, in order (``W += alpha/r * B A``),
+    leaving a plain network (no LoRA layers). Returns the adapter folders."""
+    from peft import inject_adapter_in_model
+
+    done = []
+    for i, ref in enumerate(refs):
+        config, state, folder = read_adapter(ref)
+        name = f"lora{i}"
+        missing = [t for t in sorted(config.target_modules) if not _has_linear(network, t)]
+        if missing:
+            raise ModelError(f"LoRA adapter '{folder}' targets layers this model does not have (e.g. {missing[0]})")
+        config.inference_mode = True
+        inject_adapter_in_model(config, network, adapter_name=name)
+        load_adapter_state(network, state, str(folder), adapter_name=name)
+        unload(network, merge=True, adapter_name=name)
+        done.append(str(folder))
+    return done
+
+
+def _has_linear(network: torch.nn.Module, name: str) -> bool:
+    try:
+        return isinstance(network.get_submodule(name), torch.nn.Linear)
+    except AttributeError:
+        return any(n.endswith("." + name) for n, m in network.named_modules() if isinstance(m, torch.nn.Linear))
+
+
+@torch.no_grad()
+def unload(network: torch.nn.Module, merge: bool, adapter_name: str = "default") -> torch.nn.Module:
+    """Replace every LoRA layer of ``network`` by its base layer, merging the adapter first when asked."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [(n, m) for n, m in network.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, module in layers:
+        if merge:
+            try:
+                module.merge(safe_merge=True, adapter_names=[adapter_name])
+            except ValueError as e:  # NaNs in the merged weights
+                raise ModelError(f"merging the LoRA adapter into '{name}' failed: {e}") from None
+        parent_name, _, child = name.rpartition(".")
+        parent = network.get_submodule(parent_name) if parent_name else network
+        setattr(parent, child, module.get_base_layer())
+    if "peft_config" in network.__dict__:  # what inject_adapter_in_model recorded
+        del network.peft_config
+    return network
