@@ -260,7 +260,8 @@ class WanVAE(nn.Module):
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    def _fast(self) -> contextlib.AbstractContextManager:
+    def fast_path(self) -> contextlib.AbstractContextManager:
+        """The exact single-frame Conv2d fast path while encoding/decoding (a no-op when off)."""
         # The override only changes single-frame, cache-less conv calls (the first chunk of encode
         # and decode; every call for images), and is exact for them, so it is safe for any T.
         return single_frame_conv2d(self.model) if self.fast_single_frame else contextlib.nullcontext()
@@ -313,7 +314,7 @@ class WanVAE(nn.Module):
         if x.dim() == 4:
             x = x.unsqueeze(2)
         x = x.to(device=self.device, dtype=self.dtype)
-        with self._fast(), self.tiled(tiled):
+        with self.fast_path(), self.tiled(tiled):
             moments = self.model.encode(x, return_dict=False)[0].parameters
         mu, logvar = moments.float().chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)
@@ -354,7 +355,7 @@ class WanVAE(nn.Module):
         z = z.to(device=self.device, dtype=torch.float32)
         mean, inv_std = self.stats(5)
         raw = z / inv_std.to(z.device) + mean.to(z.device)
-        with self._fast(), self.tiled(tiled):
+        with self.fast_path(), self.tiled(tiled):
             out = self.model.decode(raw.to(self.dtype), return_dict=False)[0]
         out = out.float().clamp(-1.0, 1.0)
         if image:

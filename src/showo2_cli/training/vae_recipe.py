@@ -46,7 +46,7 @@ class VaeLoss(nn.Module):
     def forward(self, pixels: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
         """``pixels (B, 3, T, H, W)`` in [-1, 1]; ``eps`` the posterior noise ``(B, z, T', h, w)``."""
         model = self.vae.model
-        with self.vae._fast():
+        with self.vae.fast_path():
             moments = model.encode(pixels.to(self.vae.dtype), return_dict=False)[0].parameters
             mu, logvar = moments.float().chunk(2, dim=1)
             logvar = logvar.clamp(-30.0, 20.0)
