@@ -230,6 +230,16 @@ def run_worker(args, which: str, task: str, io: Path) -> dict:
     return result
 
 
+def public_args(args: list[str]) -> list[str]:
+    """The command line with this machine's paths replaced by their roles (no machine paths in records)."""
+    names = {"--official": "OFFICIAL/show-o2", "--site": "SITE", "--model": "CHECKPOINT", "--ours-src": "SRC"}
+    out = []
+    for i, a in enumerate(args):
+        prev = args[i - 1] if i else ""
+        out.append(names.get(prev, a) if prev in names else a)
+    return out
+
+
 def per_step(result: dict) -> float:
     """Median step time after the first (the first of ours includes the one-off prefix cache)."""
     steps = result["step_seconds"]
@@ -291,7 +301,7 @@ def main(argv=None) -> int:
                 runs[task][which].append(res)
 
     record: dict = {
-        "command": "python benchmarks/bench_official.py " + " ".join(a for a in (argv or sys.argv[1:])),
+        "command": "python benchmarks/bench_official.py " + " ".join(public_args(argv or sys.argv[1:])),
         "official_commit": "45a5a2de01d1ebd10cd5864d29310a76476cdf23 (showlab/Show-o, show-o2/)",
         "geometry": asdict(g), "size": args.size, "threads": args.threads, "reps": args.reps,
         "torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
