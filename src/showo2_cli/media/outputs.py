@@ -168,6 +168,19 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
 
 
 @contextmanager
+def _write_errors(target: Path) -> Iterator[None]:
+    """A full disk, a quota or a read-only file system while writing: one :class:`OutputError`."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except Exception as e:
+        if is_write_error(e):
+            raise write_failed(target, e) from e
+        raise
+
+
+@contextmanager
 def atomic_output(path: PathLike, overwrite: bool = False, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to ``path``.
 
@@ -183,14 +196,8 @@ def atomic_output(path: PathLike, overwrite: bool = False, durable: bool = False
     target = check_output_path(path, overwrite)
     tmp = _make_temp(target)
     try:
-        try:
+        with _write_errors(target):
             yield tmp
-        except OutputError:
-            raise
-        except Exception as e:
-            if is_write_error(e):
-                raise write_failed(target, e) from e
-            raise
         _normal_mode(tmp)  # writers that replace the file (safetensors does) leave it 0600
         if durable:
             fsync_path(tmp)
@@ -229,14 +236,8 @@ def atomic_folder(path: PathLike, overwrite: bool = False, durable: bool = False
         raise OutputError(f"cannot write {quote_path(target)}: cannot create a folder in "
                           f"{quote_path(parent)} ({e.strerror or error_detail(e)})") from e
     try:
-        try:
+        with _write_errors(target):
             yield tmp
-        except OutputError:
-            raise
-        except Exception as e:
-            if is_write_error(e):
-                raise write_failed(target, e) from e
-            raise
         for f in [tmp, *tmp.rglob("*")]:
             _normal_mode(f, folder=f.is_dir())
             if durable:
