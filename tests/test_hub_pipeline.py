@@ -364,4 +364,14 @@ def test_offload_option_is_validated_once_and_the_cli_writes_the_same_image(tmp_
         outs[mode] = tmp_path / f"{mode}.png"
         assert main(["t2i", "a red circle", "-m", "demo", "--steps", "3", "--seed", "1", "--device", "cpu",
                      "--offload", mode, "-o", str(outs[mode]), "--quiet"]) == 0
-    assert outs["none"].read_bytes() == outs["sequential"].read_bytes()
+    # the same parameters; pixels equal to float rounding (accelerate's hooks re-create each weight
+    # before its layer runs, and a re-allocated weight may take another vectorised code path: one
+    # run in a fresh process gives identical bytes, one after another run in the same process can
+    # differ by 1/255 in a few pixels)
+    import numpy as np
+    from PIL import Image
+
+    images = {m: Image.open(p) for m, p in outs.items()}
+    assert images["none"].info == images["sequential"].info
+    diff = np.abs(np.asarray(images["none"]).astype(int) - np.asarray(images["sequential"]).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01

@@ -79,11 +79,15 @@ def test_the_vae_memory_estimate_refuses_before_decoding(corpus, tiny_model_dir,
 
     vae = load_vae(tiny_model_dir / "vae")
     called = []
-    monkeypatch.setattr(vae, "decode", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(vae, "decode", lambda x, tiled=False: called.append(tiled) or torch.zeros(1, 3, 1, 2048, 2048))
     z = torch.zeros(16, 1, 256, 256)
+    vae.disable_tiling()  # untiled, a 2048x2048 decode does not fit in 0.5 GB
     with pytest.raises(ResourceError, match=r"needs about \d+\.\d GB"):
         api.decode(z, vae, max_memory_gb=0.5)
     monkeypatch.setenv(runtime.MAX_MEMORY_ENV, "0.5")
     with pytest.raises(ResourceError, match="SHOWO2_MAX_MEMORY_GB"):
         api.decode(z, vae)
     assert not called
+    vae.tiling = "auto"  # the default: the job the guard refuses untiled is decoded in tiles
+    api.decode(z, vae)
+    assert called == [True]
