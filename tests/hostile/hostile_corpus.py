@@ -651,7 +651,8 @@ def hostile_cases(corpus: dict[str, dict[str, Path]], tiny: Path) -> list[Case]:
                                  models["missing-vae"]], 4, "VAE",
         what="latents whose metadata names a VAE .pth carrying a pickle payload")
     add("decode/too-big-to-decode", ["decode", lat["big-decode.safetensors"], "-o", "out.png", *m, "--max-memory",
-                                     "1"], 6, "needs about", what="(16, 1, 256, 256) latents: a 2048x2048 picture")
+                                     "1", "--vae-tiling", "off"], 6, "needs about",
+        what="(16, 1, 256, 256) latents: a 2048x2048 picture, untiled (auto would decode it in tiles)")
 
     # -- model folders (every broken folder is also loaded in-process, see test_hostile_loading.py) ------
     for name, needle in SUBPROCESS_MODELS:

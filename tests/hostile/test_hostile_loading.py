@@ -79,11 +79,17 @@ def test_the_vae_memory_estimate_refuses_before_decoding(corpus, tiny_model_dir,
 
     vae = load_vae(tiny_model_dir / "vae")
     called = []
-    monkeypatch.setattr(vae, "decode", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(vae, "decode", lambda *a, **k: called.append(k) or torch.zeros(1, 3, 1, 8, 8))
     z = torch.zeros(16, 1, 256, 256)
-    with pytest.raises(ResourceError, match=r"needs about \d+\.\d GB"):
+    vae.tiling = "off"  # untiled, 2048x2048 does not fit 0.5 GB
+    with pytest.raises(ResourceError, match=r"needs about \d+\.\d GB.*--vae-tiling auto"):
         api.decode(z, vae, max_memory_gb=0.5)
     monkeypatch.setenv(runtime.MAX_MEMORY_ENV, "0.5")
     with pytest.raises(ResourceError, match="SHOWO2_MAX_MEMORY_GB"):
         api.decode(z, vae)
     assert not called
+    vae.tiling = "auto"  # the default: in 256-pixel tiles it fits, so it decodes tiled
+    api.decode(z, vae)
+    assert called == [{"tiled": True}]
+    with pytest.raises(ResourceError, match="needs about"):  # not even tiled
+        api.decode(torch.zeros(16, 1, 256, 256), vae, max_memory_gb=0.1)
