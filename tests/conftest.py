@@ -10,6 +10,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def set_dotted(cfg: dict, changes: dict) -> dict:
+    """``cfg`` (a config as a mapping) with ``{"optim.lr": 0.1, ...}`` written into its tables."""
+    for key, value in changes.items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = value
+    return cfg
+
+
 def shared_dir(name: str, env: str) -> Path:
     """``$env`` if set, else ``../shared/<name>`` next to the checkout (or the working directory)."""
     if os.environ.get(env):

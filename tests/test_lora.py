@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import set_dotted
 from showo2_cli.cli import main
 from showo2_cli.errors import ModelError, UsageError
 from showo2_cli.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, add_lora, load_adapter_state, merge_adapters
@@ -35,13 +36,7 @@ def lora_config(tmp_path: Path, base: Path, name: str = "run", **changes) -> dic
         "lora": {"rank": 4, "alpha": 8},
         "run": {"save_every": 0, "log_every": 1, "device": "cpu"},
     }
-    for key, value in changes.items():
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = value
-    return cfg
+    return set_dotted(cfg, changes)
 
 
 def metrics(run: Path) -> list[dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import set_dotted
 from showo2_cli.errors import UsageError
 from showo2_cli.training import checkpoint as ckpt
 from showo2_cli.training.config import load_config, parse_config
@@ -50,13 +51,7 @@ def tiny_config(tmp_path: Path, **changes) -> dict:
         "loss": {"ntp": 1.0, "flow": 1.0},
         "run": {"save_every": 0, "log_every": 1, "device": "cpu"},
     }
-    for key, value in changes.items():
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = value
-    return cfg
+    return set_dotted(cfg, changes)
 
 
 def write_toml(path: Path, cfg: dict) -> Path:
