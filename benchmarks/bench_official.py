@@ -1,6 +1,6 @@
 """showo2 against the OFFICIAL Show-o2 code, side by side, on the same official-format weights.
 
-    python benchmarks/bench_official.py --official /work/official/show-o2 --site /work/official-site \
+    python benchmarks/bench_official.py --official PATH/TO/Show-o/show-o2 --site PATH/TO/official-site \
         --threads 1 --reps 2 --out benchmarks/results/vs-official.json
 
 ``--official`` is the official repository's ``show-o2/`` folder (showlab/Show-o, run from outside

@@ -1,6 +1,6 @@
 """Make the long-prompt t2i parity case (tests/data/parity_long_prompt/) WITH the official code.
 
-    python benchmarks/make_long_prompt_case.py --official /work/official/show-o2 --site /work/official-site
+    python benchmarks/make_long_prompt_case.py --official PATH/TO/Show-o/show-o2 --site PATH/TO/official-site
 
 A tiny official-format checkpoint whose LLM width (40) matches no registry entry is built by the
 official classes (random weights, fixed seed) and stored as safetensors beside the case, so the

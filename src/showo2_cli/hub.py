@@ -17,7 +17,6 @@ failed half-way leaves a snapshot ``huggingface_hub`` records as incomplete, and
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -263,10 +262,9 @@ def _cached_config(repo_id: str) -> dict | None:
 
     try:
         found = try_to_load_from_cache(repo_id, "config.json")
-        if isinstance(found, str) and Path(found).is_file() and Path(found).stat().st_size < 1 << 20:
-            data = json.loads(Path(found).read_text())
-            return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
+        if isinstance(found, str):
+            return read_json(found)
+    except (OSError, ModelError):
         return None
     return None
 
@@ -408,8 +406,8 @@ def download_model(repo_id: str, progress: Progress | None = None) -> Path:
     if "config.json" not in listing:
         raise ModelError(f"'{repo_id}' on the Hub is not a Show-o2 model: it has no config.json")
     try:
-        config = json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
-    except ValueError as e:
+        config = read_json(hf_hub_download(repo_id, "config.json"))
+    except ModelError as e:
         raise ModelError(f"'{repo_id}' on the Hub has an unreadable config.json: {e}") from e
     except Exception as e:
         raise _as_model_error(repo_id, "model", e) from e

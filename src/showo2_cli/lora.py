@@ -13,7 +13,6 @@ Loading never runs code: the weights are safetensors and the config is JSON.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from .errors import ModelError, UsageError
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 FORMAT = "1"  # the showo2_lora value in the weights' safetensors metadata
-MAX_CONFIG_BYTES = 1 << 20
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -104,18 +102,16 @@ def find_adapter(ref: str | os.PathLike) -> Path:
 def read_adapter(ref: str | os.PathLike):
     """(peft LoraConfig, tensors, folder) of an adapter, checked to be one."""
     from peft import LoraConfig
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+
+    from .weights import read_json, read_state_dict
 
     folder = find_adapter(ref)
     cfg_path = folder / ADAPTER_CONFIG
-    if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ModelError(f"--lora: '{cfg_path}' is larger than {MAX_CONFIG_BYTES} bytes; not an adapter config")
     try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ModelError(f"--lora: cannot read '{cfg_path}': {e}") from None
-    if not isinstance(raw, dict) or raw.get("peft_type") != "LORA":
+        raw = read_json(cfg_path)  # the project's config reader: regular file, size and depth bounded
+    except ModelError as e:
+        raise ModelError(f"--lora: {e}") from None
+    if raw.get("peft_type") != "LORA":
         raise ModelError(f"--lora: '{cfg_path}' is not a LoRA adapter config (peft_type must be \"LORA\")")
     try:
         config = LoraConfig.from_pretrained(str(folder))
@@ -124,9 +120,9 @@ def read_adapter(ref: str | os.PathLike):
     if config.use_dora or not config.target_modules:
         raise ModelError(f"--lora: '{cfg_path}': only plain LoRA adapters with target_modules are supported")
     try:
-        state = load_file(str(folder / ADAPTER_WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelError(f"--lora: cannot read '{folder / ADAPTER_WEIGHTS}': {e}") from None
+        state = read_state_dict(folder / ADAPTER_WEIGHTS)
+    except ModelError as e:
+        raise ModelError(f"--lora: {e}") from None
     if not state or not all("lora_" in k for k in state):
         raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}' holds no LoRA tensors")
     return config, state, folder

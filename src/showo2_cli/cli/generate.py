@@ -104,11 +104,12 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path |
 def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, batch: int, runtime) -> None:
     """Refuse a job that cannot fit before the weights load, when the model's folder tells its
     spec (our own format; for an official checkpoint the pipeline checks once it is loaded)."""
-    import json
 
     from .. import pipelines as P
+    from ..errors import ModelError
     from ..loading import find_files, spec_from_files
     from ..runtime import pick_device, pick_dtype
+    from ..weights import read_json
 
     files = find_files(name)
     if files.format != "showo2":
@@ -119,8 +120,8 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
     base_dim = 96
     if files.vae is not None and (Path(files.vae) / "config.json").is_file():
         try:
-            base_dim = int(json.loads((Path(files.vae) / "config.json").read_text()).get("base_dim", 96))
-        except (OSError, ValueError, TypeError, AttributeError):
+            base_dim = int(read_json(Path(files.vae) / "config.json").get("base_dim", 96))
+        except (ModelError, ValueError, TypeError):
             base_dim = 96
     dev = pick_device(runtime.device)
     P.check_generation_memory(spec, pick_dtype(runtime.dtype, dev), opts.size or (side, side),

@@ -79,18 +79,19 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 
 
 def clean_partials(output_dir: Path) -> list[Path]:
-    """Remove the staging folders a crash may have left behind."""
+    """Remove the staging folders (and temporary ``latest`` files) a crash may have left behind."""
     removed = []
     for p in output_dir.iterdir() if output_dir.is_dir() else []:
-        if p.name.startswith(".checkpoint-") and (p.name.endswith(".partial") or ".tmp" in p.name or p.name.endswith(".old")):
+        if p.name.startswith((".checkpoint-", f".{LATEST}.")) and (p.name.endswith(".partial") or ".tmp" in p.name or p.name.endswith(".old")):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
     return removed
 
 
 def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None], keep_last: int = 0) -> Path:
-    """Create ``checkpoint-<step>`` with ``write(staging_folder)`` (which fills an existing empty folder), publish it, update ``latest``,
-    and keep only the newest ``keep_last`` checkpoints (0 keeps all)."""
+    """Create ``checkpoint-<step>`` with ``write(staging_folder)`` (which fills an existing empty
+    folder), publish it, update ``latest``, and keep only the newest ``keep_last`` checkpoints
+    (0 keeps all)."""
     from ..media import atomic_folder
 
     output_dir = Path(output_dir)

@@ -234,9 +234,10 @@ class Run:
     def _write_run_files(self) -> None:
         info = {"config": self.cfg.to_dict(), "source": self.cfg.source, "world_size": self.world,
                 "max_steps": self.max_steps}
-        tmp = self.output_dir / ".config.json.tmp"
-        tmp.write_text(json.dumps(info, indent=1, default=str) + "\n")
-        os.replace(tmp, self.output_dir / "train_config.json")
+        from ..media import atomic_output
+
+        with atomic_output(self.output_dir / "train_config.json", overwrite=True) as tmp:
+            tmp.write_text(json.dumps(info, indent=1, default=str) + "\n")
         metrics = self.output_dir / "metrics.jsonl"
         if metrics.exists():  # drop lines written after the checkpoint we resume from
             keep = []
@@ -246,9 +247,8 @@ class Run:
                         keep.append(line)
                 except (ValueError, AttributeError):
                     continue
-            tmp = self.output_dir / ".metrics.jsonl.tmp"
-            tmp.write_text("".join(k + "\n" for k in keep))
-            os.replace(tmp, metrics)
+            with atomic_output(metrics, overwrite=True) as tmp:
+                tmp.write_text("".join(k + "\n" for k in keep))
 
     # -- one step --
     def _generator(self, *tag) -> torch.Generator:
