@@ -139,3 +139,30 @@ def test_mmu_official_block_is_shifted_by_one():
     assert training.blocks.tolist() == [[[15, 730]]]
     ids = training.input_ids[0].tolist()
     assert ids[15 + 730:15 + 730 + 5] == [REAL.eoi, 9, 7, 8, REAL.eos]
+
+
+@settings(max_examples=40, deadline=None)
+@given(t=st.integers(1, 3), hp=st.integers(1, 6), wp=st.integers(1, 6), c=st.sampled_from([1, 4, 16]))
+def test_patch_layout_round_trip_and_each_row_is_its_own_patch(t, hp, wp, c):
+    """ModelSpec.velocity_layout = "patch": row r of a frame is the 2x2 patch at grid position r
+    (row-major, the patch token r embeds), ordered (patch row, patch column, channel)."""
+    latent = torch.randn(c, t, 2 * hp, 2 * wp)
+    rows = pack_velocity(latent, 2, "patch")
+    assert rows.shape == (t * hp * wp, 4 * c)
+    assert torch.equal(unpack_velocity(rows, t, 2 * hp, 2 * wp, c, "patch", 2), latent)
+    f, i, j = t - 1, hp - 1, wp // 2
+    r = f * hp * wp + i * wp + j
+    assert torch.equal(rows[r].reshape(2, 2, c).permute(2, 0, 1), latent[:, f, 2 * i:2 * i + 2, 2 * j:2 * j + 2])
+
+
+def test_patch_layout_differs_from_the_official_one_and_is_off_officially():
+    from showo2_cli.specs import REGISTRY, get_spec
+
+    latent = torch.randn(16, 1, 8, 8)
+    assert not torch.equal(pack_velocity(latent, 2, "patch"), pack_velocity(latent))
+    assert all(s.velocity_layout == "raster" for s in REGISTRY.values())
+    import pytest
+
+    from showo2_cli.errors import UsageError
+    with pytest.raises(UsageError, match="velocity_layout"):
+        get_spec("tiny").replace(velocity_layout="zigzag").validate()

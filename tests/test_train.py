@@ -692,3 +692,40 @@ def test_frame_embeddings_mark_frame_order_and_are_off_officially():
     pooled = net.pooled_frame_tokens(video[0].transpose(0, 1), 2).reshape(3, 4, -1)
     pooled_rev = net.pooled_frame_tokens(video[0].flip(1).transpose(0, 1), 2).reshape(3, 4, -1).flip(0)
     assert not torch.allclose(pooled, pooled_rev, atol=1e-4)
+
+
+def _init_config(tmp_path: Path, base: Path, spec: dict) -> dict:
+    cfg = tiny_config(tmp_path, **{"optim.max_steps": 2})
+    cfg["model"] = {"init": str(base), "spec": spec}
+    return cfg
+
+
+def test_spec_overrides_of_an_init_model_keep_its_weights(tmp_path, tiny_model_dir):
+    """model.spec with model.init: a field that keeps every weight's shape (velocity_layout) is
+    applied to the fine-tuned model, its weights start from init's and the checkpoint records it."""
+    from showo2_cli.loading import load
+
+    base = load(tiny_model_dir, dtype=torch.float32)
+    assert base.spec.velocity_layout == "raster"
+    result = train(parse_config(_init_config(tmp_path, tiny_model_dir, {"velocity_layout": "patch"}), source="c"))
+    tuned = load(result.checkpoint, dtype=torch.float32)
+    assert tuned.spec.velocity_layout == "patch"
+    assert tuned.spec.replace(velocity_layout="raster") == base.spec
+    first = metrics(tmp_path / "run")[0]
+    assert first["step"] == 1 and first["loss"] > 0
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"hidden_size": 96, "head_dim": 24}, "do not fit model.init's weights"),
+    ({"velocity_layout": "zigzag"}, "velocity_layout"),
+])
+def test_spec_overrides_of_an_init_model_that_do_not_fit_are_refused(tmp_path, tiny_model_dir, spec, match):
+    with pytest.raises(UsageError, match=match) as err:
+        train(parse_config(_init_config(tmp_path, tiny_model_dir, spec), source="c"))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_unknown_spec_override_of_an_init_model_is_refused_at_parse(tmp_path, tiny_model_dir):
+    with pytest.raises(UsageError, match=r"model\.spec\.hidden: unknown ModelSpec field"):
+        parse_config(_init_config(tmp_path, tiny_model_dir, {"hidden": 3}), source="c")

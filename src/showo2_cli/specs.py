@@ -21,6 +21,7 @@ T2I = "t2i"
 T2V = "t2v"
 I2V = "i2v"
 ALL_TASKS = (IMAGE_UND, VIDEO_UND, T2I, T2V, I2V)
+VELOCITY_LAYOUTS = ("raster", "patch")  # ModelSpec.velocity_layout (spec §6.4; "raster" is official)
 
 
 @dataclass
@@ -89,6 +90,12 @@ class ModelSpec:
     # every video input (generation latent frames and understanding frames alike), so frame order is
     # visible to the network beyond the LLM's 1-D positions. Frames past the last row use the last row.
     frame_embeddings: int = 0
+    # How the flow head's per-position outputs map back onto the latent (spec §6.4): "raster" (the
+    # official raster-chunk rows: row r holds raster positions p*p*r .. p*p*r+p*p-1 of the full grid,
+    # not the patch that position reads) or "patch" (row r holds the p x p patch at the grid position
+    # the same token embeds), an option for models trained from scratch; every official checkpoint
+    # is "raster".
+    velocity_layout: str = "raster"
     guidance: float = 5.0
     steps: int = 50
     shift: float = 3.0
@@ -141,6 +148,7 @@ class ModelSpec:
             (int(round(self.position_embedding_rows**0.5)) ** 2 == self.position_embedding_rows, "position_embedding_rows must be a square"),
             (all(t in ALL_TASKS for t in self.tasks), f"tasks must be among {ALL_TASKS}"),
             (0 <= self.frame_embeddings <= 4096, "frame_embeddings must be between 0 and 4096"),
+            (self.velocity_layout in VELOCITY_LAYOUTS, f"velocity_layout must be one of {VELOCITY_LAYOUTS}"),
         ]
         for ok, what in checks:
             if not ok:

@@ -56,23 +56,32 @@ def qwen2_config(spec: ModelSpec) -> Qwen2Config:
     return config
 
 
-# ---- the raster-chunk output layout (spec §6.4) ----------------------------------------------
+# ---- the output layout: raster-chunk (official, spec §6.4) or patch-aligned ----------------
 
-def unpack_velocity(rows: torch.Tensor, frames: int, height: int, width: int, channels: int) -> torch.Tensor:
-    """Rows ``(T*N, p*p*C)`` -> latent ``(C, T, h, w)``.
+def unpack_velocity(rows: torch.Tensor, frames: int, height: int, width: int, channels: int,
+                    layout: str = "raster", patch_size: int = 2) -> torch.Tensor:
+    """Rows ``(T*N, p*p*C)`` -> latent ``(C, T, h, w)`` (``ModelSpec.velocity_layout``).
 
-    Row ``r`` of a frame holds raster positions ``4r .. 4r+3`` of the full ``h x w`` grid
-    (``p*p`` consecutive positions, channel fastest); not a 2x2 spatial patch.
+    ``raster`` (official): row ``r`` of a frame holds raster positions ``4r .. 4r+3`` of the full
+    ``h x w`` grid (``p*p`` consecutive positions, channel fastest); not a 2x2 spatial patch.
+    ``patch``: row ``r`` holds the ``p x p`` patch at grid position ``r`` (row-major), the patch the
+    same token embeds; within a row the order is (patch row, patch column, channel).
     """
+    if layout == "patch":
+        p = patch_size
+        return (rows.reshape(frames, height // p, width // p, p, p, channels)
+                .permute(5, 0, 1, 3, 2, 4).reshape(channels, frames, height, width))
     per_row = rows.shape[-1] // channels
     return rows.reshape(frames, -1, per_row, channels).reshape(frames, height, width, channels).permute(3, 0, 1, 2)
 
 
-def pack_velocity(latent: torch.Tensor, patch_size: int = 2) -> torch.Tensor:
+def pack_velocity(latent: torch.Tensor, patch_size: int = 2, layout: str = "raster") -> torch.Tensor:
     """Inverse of :func:`unpack_velocity`: ``(C, T, h, w)`` -> ``(T*N, p*p*C)`` (training targets)."""
-    c, t = latent.shape[:2]
-    per_row = patch_size * patch_size
-    return latent.permute(1, 2, 3, 0).reshape(t, -1, per_row * c).reshape(-1, per_row * c)
+    c, t, h, w = latent.shape
+    p = patch_size
+    if layout == "patch":
+        return latent.reshape(c, t, h // p, p, w // p, p).permute(1, 2, 4, 3, 5, 0).reshape(-1, p * p * c)
+    return latent.permute(1, 2, 3, 0).reshape(t, -1, p * p * c).reshape(-1, p * p * c)
 
 
 @dataclass
@@ -409,7 +418,8 @@ class Showo2Model(nn.Module):
         for block, kv in zip(self.diffusion_head_a, prefix.head, strict=True):
             x = block(x, block_cond, inside, cos, sin, mask, kv_cache=kv)
         out = self.diffusion_head_b(x, block_cond, inside)
-        v = torch.stack([unpack_velocity(out[i, 1:].float(), frames, h, w, c) for i in range(b)])
+        v = torch.stack([unpack_velocity(out[i, 1:].float(), frames, h, w, c, self.spec.velocity_layout,
+                                         self.spec.patch_size) for i in range(b)])
         if first_frame_as_cond:
             v[:, :, 0] = 0
         return v[:, :, 0] if is_image else v
@@ -434,7 +444,7 @@ class Showo2Model(nn.Module):
         out = self.flow_head(hidden, cond[:, None], blocks, mask)
         v = torch.stack([
             unpack_velocity(out[i, int(blocks[i, 0, 0]) + 1:int(blocks[i, 0, 0]) + int(blocks[i, 0, 1])].float(),
-                            frames, h, w, c)
+                            frames, h, w, c, self.spec.velocity_layout, self.spec.patch_size)
             for i in range(b)
         ])
         if first_frame_as_cond:

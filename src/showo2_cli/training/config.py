@@ -65,7 +65,8 @@ def _fail(where: str, message: str) -> ConfigError:
 class ModelConfig:
     init: str | None = None  # a Show-o2 checkpoint to start from: folder, variant name or cached repo id
     init_spec: str | None = None  # or: a registry spec ("tiny", "1.5B", ...) built from scratch
-    spec: dict = field(default_factory=dict)  # ModelSpec field overrides for init_spec (e.g. num_layers = 4)
+    spec: dict = field(default_factory=dict)  # ModelSpec field overrides: of init_spec (e.g. num_layers = 4), or of
+    #                                            init's spec where every weight still fits (e.g. velocity_layout)
     vae: str | None = None  # VAE file/folder, or a `showo2 train` VAE run folder (its latest checkpoint)
     vae_base_dim: int = 8  # width of a random Wan-architecture VAE when `vae` is not given (96 = real)
     vae_init_logvar: float = -6.0  # random VAE: initial posterior log-variance (narrow, so the decoder
@@ -485,8 +486,6 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
         if bool(m.init) == bool(m.init_spec):
             raise _fail(w + "model", "set exactly one of model.init (a checkpoint) and model.init_spec "
                         "(a spec name, to train from scratch)")
-        if m.spec and not m.init_spec:
-            raise _fail(w + "model.spec", "spec overrides only apply with model.init_spec")
         if m.weights and not m.init_spec:
             raise _fail(w + "model.weights", "partial weights only apply with model.init_spec")
         if m.tokenizer and not m.init_spec:
@@ -497,17 +496,17 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
             for old, new in wc.rename.items():
                 if not isinstance(new, str):
                     raise _fail(f"{w}model.weights[{i}].rename.{old}", f"must be a string, got {new!r}")
-        if m.init_spec:
-            from ..specs import ModelSpec, get_spec
+        from ..specs import ModelSpec, get_spec
 
+        known = {f.name for f in dataclasses.fields(ModelSpec)}
+        for k in m.spec:
+            if k not in known:
+                raise _fail(w + f"model.spec.{k}", "unknown ModelSpec field")
+        if m.init_spec:
             try:
                 base = get_spec(m.init_spec)
             except UsageError as e:
                 raise _fail(w + "model.init_spec", str(e)) from None
-            known = {f.name for f in dataclasses.fields(ModelSpec)}
-            for k in m.spec:
-                if k not in known:
-                    raise _fail(w + f"model.spec.{k}", "unknown ModelSpec field")
             try:
                 base.replace(**m.spec).validate()
             except (UsageError, TypeError) as e:

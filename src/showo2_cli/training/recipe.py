@@ -5,7 +5,7 @@ One step's samples become one batch of rows that goes through ONE forward pass:
 * **generation rows** (t2i, t2v; spec §8.1/§8.4): ``[bos] caption [boi] (time)(visual) [eoi] [eos]``,
   the caption replaced by "" with probability ``cond_dropout``. The latent ``x1`` is mixed with
   noise ``x0`` at ``t`` (shifted logit-normal, §7.2): ``x_t = t*x1 + (1-t)*x0``; the target is
-  ``u = x1 - x0`` packed in the raster-chunk layout (§6.4). No text loss.
+  ``u = x1 - x0`` packed in the model's velocity layout (official: raster-chunk, §6.4). No text loss.
 * **understanding rows** (mmu, mmu_vid; §12.2) in the ``captioning`` (stage 1),
   ``pretraining`` (stage 2a/2b) or ``tuning`` (stage 2c, ChatML with the system prompt) format,
   with the clean latent (``t = 1``) and labels on the answer tokens only (captioning also
@@ -236,7 +236,7 @@ def prepare_items(samples: list[Sample], ctx: RecipeContext, generator: torch.Ge
             it["t"] = float(ti)
             it["x"] = ti * x1 + (1 - ti) * x0
             u = x1 - x0
-            it["target"] = pack_velocity(u if u.dim() == 4 else u[:, None], spec.patch_size)
+            it["target"] = pack_velocity(u if u.dim() == 4 else u[:, None], spec.patch_size, spec.velocity_layout)
     return items
 
 

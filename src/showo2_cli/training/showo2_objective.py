@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError, UsageError
+from ..errors import ModelError, UsageError, one_line
 from . import checkpoint as ckpt
 from .checkpoint import EMA_DIR
 from .config import GEN_ROLES, UND_ROLES, TrainConfig
@@ -38,7 +38,16 @@ def build_showo2(cfg: TrainConfig, resume_from: Path | None):
             if resume_from is not None:
                 raise ModelError(f"checkpoint '{resume_from}' has no vae/ folder")
             vae = build_vae(cfg.model.vae, cfg.model.vae_base_dim, cfg.seed, cfg.model.vae_init_logvar)
-        return bundle.spec, bundle.network.float().train(), bundle.tokenizer, bundle.tokens, vae
+        spec, network = bundle.spec, bundle.network.float()
+        if resume_from is None and cfg.model.spec:  # overrides of the init model's spec: same weights
+            spec = spec.replace(**cfg.model.spec)
+            try:
+                spec.validate()
+                network = build_network(spec, network.state_dict(), torch.float32, where=str(where))
+            except (UsageError, ModelError, TypeError) as e:
+                raise UsageError(f"{cfg.source}: model.spec: the overrides do not fit model.init's "
+                                 f"weights: {one_line(e)}") from None
+        return spec, network.train(), bundle.tokenizer, bundle.tokens, vae
     spec = get_spec(cfg.model.init_spec).replace(**cfg.model.spec)
     tokenizer = load_tokenizer(local_folder(cfg.model.tokenizer, f"{cfg.source}: model.tokenizer")) \
         if cfg.model.tokenizer else byte_level_tokenizer()
