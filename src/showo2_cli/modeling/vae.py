@@ -134,19 +134,32 @@ def single_frame_conv2d(model: nn.Module) -> Iterator[None]:
     """While active, every `WanCausalConv3d` of ``model`` runs single-frame, cache-less calls as conv2d.
 
     Exact by construction (see `_single_frame_forward`); calls with a cache or several frames use
-    the original 3-D path. Nesting is allowed; the instance-level override is removed on exit.
+    the original 3-D path. Nesting is allowed; the instance-level override is removed on exit. A
+    conv under an accelerate hook (sequential offload) keeps its hook: the forward the hook calls
+    (``_old_forward``) is the one replaced, so offloaded decoding computes exactly the same.
     """
     conv_cls = _causal_conv_cls()
     patched = []
     try:
         for module in model.modules():
-            if isinstance(module, conv_cls) and "forward" not in module.__dict__:
-                module.forward = types.MethodType(_single_frame_forward, module)
-                patched.append(module)
+            if not isinstance(module, conv_cls):
+                continue
+            hooked = "_hf_hook" in module.__dict__ and "_old_forward" in module.__dict__
+            attr = "_old_forward" if hooked else "forward"
+            current = module.__dict__.get(attr)
+            if hooked and getattr(current, "__func__", None) is _single_frame_forward:
+                continue  # nested
+            if not hooked and attr in module.__dict__:
+                continue  # already overridden (nested, or someone else's)
+            setattr(module, attr, types.MethodType(_single_frame_forward, module))
+            patched.append((module, attr, current))
         yield
     finally:
-        for module in patched:
-            del module.forward
+        for module, attr, previous in patched:
+            if previous is None:
+                delattr(module, attr)
+            else:
+                setattr(module, attr, previous)
 
 
 # --------------------------------------------------------------------------------------------
