@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from showo2_cli.errors import InputError, ModelError
 from showo2_cli.modeling import vae as vae_mod
-from showo2_cli.modeling.vae import WAN_LATENTS_MEAN, WAN_LATENTS_STD, WanVAE, load_vae
+from showo2_cli.modeling.vae import WAN_LATENTS_MEAN, WAN_LATENTS_STD, WanVAE
+from showo2_cli.modeling.vae_files import load_vae
 
 PARITY = Path(
     os.environ.get("SHOWO2_PARITY_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "parity")

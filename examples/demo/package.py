@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from showo2_cli.loading import bundled_demo_path, load
-from showo2_cli.modeling.vae import load_vae
+from showo2_cli.modeling.vae_files import load_vae
 from showo2_cli.training.checkpoint import resolve_run_path
 
 repo = Path(__file__).resolve().parents[2]
@@ -35,10 +35,9 @@ vae_src = src / "vae"
 if args.vae is not None:
     vae_src = resolve_run_path(args.vae)
     vae_src = vae_src / "vae" if (vae_src / "vae").is_dir() else vae_src
-    old, new = load_vae(src / "vae"), load_vae(vae_src)
-    same = all(torch.equal(a, b) for (k, a), (_, b) in zip(old.state_dict().items(), new.state_dict().items(), strict=True)
-               if not k.startswith(("model.decoder.", "model.post_quant_conv.")))
-    if not same:
+    old, new = load_vae(src / "vae").state_dict(), load_vae(vae_src).state_dict()
+    kept = [k for k in old if not k.startswith(("model.decoder.", "model.post_quant_conv."))]
+    if old.keys() != new.keys() or not all(old[k].shape == new[k].shape and torch.equal(old[k], new[k]) for k in kept):
         raise SystemExit(f"{vae_src}: its encoder or latent statistics differ from {src / 'vae'}'s; the model "
                          "was trained on that VAE's latents")
 dst = bundled_demo_path()

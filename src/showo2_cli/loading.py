@@ -426,7 +426,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     applied after the adapters are merged."""
     from .acceleration import apply
     from .lora import find_adapter, merge_adapters
-    from .modeling.vae import load_vae
+    from .modeling.vae_files import load_vae
     from .tokenizer import add_showo2_tokens, load_tokenizer
 
     start = time.perf_counter()
@@ -555,7 +555,7 @@ def default_model() -> tuple[str, str]:
 def resolve_vae(model: str | None = None, vae: str | os.PathLike | None = None,
                 dtype: torch.dtype = torch.float32, device="cpu"):
     """(WanVAE, where it came from): an explicit path, else the named model's, else the default model's."""
-    from .modeling.vae import load_vae
+    from .modeling.vae_files import load_vae
 
     if vae is not None:
         return load_vae(vae, dtype=dtype, device=device), str(vae)

@@ -75,7 +75,7 @@ def test_noise_of_the_wrong_shape_is_an_input_error(corpus, tiny_model_dir, tmp_
 
 
 def test_the_vae_memory_estimate_refuses_before_decoding(corpus, tiny_model_dir, monkeypatch):
-    from showo2_cli.modeling.vae import load_vae
+    from showo2_cli.modeling.vae_files import load_vae
 
     vae = load_vae(tiny_model_dir / "vae")
     called = []

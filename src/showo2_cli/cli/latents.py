@@ -81,7 +81,7 @@ def encode(
         vae_path = vae
     hw = requested or ((resolution, resolution) if resolution else (432, 432))
     with status("loading the VAE"):
-        from ..modeling.vae import load_vae
+        from ..modeling.vae_files import load_vae
 
         vae_model = load_vae(vae_path, dtype=dt, device=dev)
         vae_model.tiling = value(vae_tiling)

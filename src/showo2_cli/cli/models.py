@@ -107,7 +107,7 @@ def convert(
     import torch
 
     from ..loading import build_network, find_files, save_folder, spec_from_files
-    from ..modeling.vae import load_vae
+    from ..modeling.vae_files import load_vae
     from ..runtime import torch_dtype
     from ..tokenizer import add_showo2_tokens, load_tokenizer
     from ..weights import read_state_dict

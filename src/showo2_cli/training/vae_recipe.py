@@ -85,7 +85,8 @@ def latent_shape(vae, pixels: torch.Tensor) -> tuple[int, ...]:
 
 def build_vae(path: str | None, base_dim: int, seed: int, init_logvar: float | None = None):
     """A VAE from a file/folder/run folder, or a random Wan-architecture one."""
-    from ..modeling.vae import WanVAE, load_vae
+    from ..modeling.vae import WanVAE
+    from ..modeling.vae_files import load_vae
     from . import checkpoint as ckpt
 
     if path:

@@ -1,0 +1,221 @@
+"""Reading a Wan2.1 VAE from the files users have: an original ``.pth``, a ``.safetensors`` file or
+a diffusers folder, with its config (spec 3.4). Sizes come from the weights' shapes and are checked
+before anything is built; every failure is one line naming the file."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..weights import TORCH_SUFFIXES, WEIGHT_SUFFIXES, check_fit, first, one_line, read_json, read_state_dict
+from .vae import (
+    WanVAE,
+    autoencoder_class,
+    move_to,
+    resolve_device,
+    resolve_dtype,
+)
+
+__all__ = ["load_vae"]
+
+# Names the diffusers weights file of a folder may have (safetensors preferred).
+_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+# Original (WanVAE_) constructor kwargs -> diffusers AutoencoderKLWan kwargs.
+_ORIGINAL_CONFIG_KEYS = {
+    "dim": "base_dim",
+    "z_dim": "z_dim",
+    "dim_mult": "dim_mult",
+    "num_res_blocks": "num_res_blocks",
+    "attn_scales": "attn_scales",
+    "temperal_downsample": "temperal_downsample",
+    "dropout": "dropout",
+}
+
+
+def load_vae(
+    path: str | Path,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+) -> WanVAE:
+    """Load a Wan2.1 VAE from an original ``.pth``, a ``.safetensors`` file or a diffusers folder.
+
+    A ``config.json`` beside the weights (diffusers or original constructor kwargs) supplies the
+    architecture options and ``latents_mean``/``latents_std``; base_dim, z_dim and the channel
+    counts always come from the weights' shapes. Without one, the Wan2.1 defaults apply.
+    Every failure is a one-line `ModelError` naming the file.
+    """
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    weights, config_path = _resolve_source(Path(path).expanduser())
+    sd, layout = _to_diffusers_layout(read_state_dict(weights), weights)
+    kwargs = _init_kwargs(read_json(config_path)) if config_path is not None else {}
+    kwargs.update(_infer_kwargs(sd, weights))
+    _check_sizes(kwargs, config_path or weights)
+    _check_stats(kwargs, config_path or weights)
+    model = _build_and_load(sd, kwargs, weights, layout, dtype, device)
+    return WanVAE(model)
+
+
+
+def _to_diffusers_layout(sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    if "encoder.conv_in.weight" in sd:
+        return sd, "diffusers"
+    if "encoder.conv1.weight" in sd:
+        from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+        return convert_wan_vae_to_diffusers(sd), "original Wan"
+    raise ModelError(
+        f"{path}: not a Wan2.1 VAE state dict (no encoder.conv1.weight or encoder.conv_in.weight; "
+        f"keys start with {first(sorted(sd))})"
+    )
+
+
+#: What a Wan-architecture VAE can be: a config outside these bounds is refused before building.
+_SIZE_LIMITS = {"base_dim": 1024, "z_dim": 256, "num_res_blocks": 16}
+
+
+def _check_sizes(kwargs: dict[str, Any], where: Path) -> None:
+    for key, high in _SIZE_LIMITS.items():
+        v = kwargs.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= high):
+            raise ModelError(f"{where}: VAE config {key} = {str(v)[:40]} is outside 1..{high}")
+    for key in ("dim_mult", "attn_scales", "temperal_downsample"):
+        v = kwargs.get(key)
+        if v is not None and (not isinstance(v, (list, tuple)) or len(v) > 8):
+            raise ModelError(f"{where}: VAE config {key} must be a list of at most 8 entries")
+    for v in kwargs.get("dim_mult") or []:
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 16:
+            raise ModelError(f"{where}: VAE config dim_mult entries must be whole numbers 1..16, got {str(v)[:40]}")
+
+
+def _init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep the keys of a (diffusers or original) VAE config that `AutoencoderKLWan` accepts."""
+    params = inspect.signature(autoencoder_class().__init__).parameters
+    if "base_dim" in config:  # diffusers format
+        return {k: v for k, v in config.items() if k in params and k != "self"}
+    if "dim" in config and "z_dim" in config:  # original WanVAE_ constructor kwargs
+        out = {new: config[old] for old, new in _ORIGINAL_CONFIG_KEYS.items() if old in config}
+        for key in ("latents_mean", "latents_std"):
+            if key in config:
+                out[key] = config[key]
+        return out
+    # Some other config (e.g. the Show-o2 model's): only the latent statistics, if any.
+    return {k: config[k] for k in ("latents_mean", "latents_std") if k in config}
+
+
+def _shape(sd: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...] | None:
+    t = sd.get(key)
+    return tuple(t.shape) if t is not None else None
+
+
+def _infer_kwargs(sd: Mapping[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """base_dim, z_dim and in/out channels from the weights' shapes (they override any config)."""
+    out: dict[str, Any] = {}
+    conv_in = _shape(sd, "encoder.conv_in.weight")
+    if conv_in is not None:
+        if len(conv_in) != 5:
+            raise ModelError(
+                f"{path}: encoder conv_in weight has shape {conv_in}; expected a 5-D Conv3d weight"
+            )
+        out["base_dim"], out["in_channels"] = conv_in[0], conv_in[1]
+    post = _shape(sd, "post_quant_conv.weight")
+    quant = _shape(sd, "quant_conv.weight")
+    if post is not None and len(post) >= 1:
+        out["z_dim"] = post[0]
+    elif quant is not None and len(quant) >= 1:
+        out["z_dim"] = quant[0] // 2
+    conv_out = _shape(sd, "decoder.conv_out.weight")
+    if conv_out is not None and len(conv_out) == 5:
+        out["out_channels"] = conv_out[0]
+        if conv_in is not None and conv_out[1] != conv_in[0]:
+            out["decoder_base_dim"] = conv_out[1]
+    return out
+
+
+def _check_stats(kwargs: dict[str, Any], source: Path) -> None:
+    z_dim = int(kwargs.get("z_dim", 16))
+    for key in ("latents_mean", "latents_std"):
+        if key not in kwargs:
+            continue
+        values = kwargs[key]
+        ok = isinstance(values, (list, tuple)) and all(isinstance(v, (int, float)) for v in values)
+        if not ok or len(values) != z_dim:
+            n = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+            raise ModelError(f"{source}: {key} must be a list of {z_dim} numbers (found {n})")
+        if key == "latents_std" and any(v == 0 or not math.isfinite(v) for v in values):
+            raise ModelError(f"{source}: latents_std contains zero or non-finite values")
+
+
+def _build_and_load(
+    sd: dict[str, torch.Tensor],
+    kwargs: dict[str, Any],
+    path: Path,
+    layout: str,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> nn.Module:
+    cls = autoencoder_class()
+    try:
+        with torch.device("meta"):
+            model = cls(**kwargs)
+    except Exception as exc:
+        raise ModelError(f"{path}: VAE config cannot build AutoencoderKLWan ({one_line(exc)})") from exc
+    arch = f"base_dim {model.config.base_dim}, z_dim {model.config.z_dim}"
+    check_fit(model.state_dict(), sd, path, what=f"a Wan2.1 VAE ({arch}; {layout} layout)")
+    try:
+        model.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: cannot load the VAE weights ({one_line(exc)})") from exc
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise ModelError(f"{path}: VAE tensors not initialised by the file: {first(leftover)}")
+    return move_to(model, device, dtype)
+
+
+def _diffusers_folder(folder: Path) -> Path | None:
+    for candidate in (folder, folder / "vae"):
+        if (candidate / "config.json").is_file() and any(
+            (candidate / n).is_file() for n in _DIFFUSERS_WEIGHTS
+        ):
+            return candidate
+    return None
+
+
+def _single_weight_file(folder: Path) -> Path:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
+    named = [p for p in files if p.name == "Wan2.1_VAE.pth"]
+    if named:
+        return named[0]
+    for suffixes in ((".safetensors",), TORCH_SUFFIXES):
+        group = [p for p in files if p.suffix.lower() in suffixes]
+        if len(group) == 1:
+            return group[0]
+        if len(group) > 1:
+            raise ModelError(
+                f"{folder}: several candidate VAE files ({first([p.name for p in group])}); pass the file itself"
+            )
+    raise ModelError(
+        f"{folder}: no VAE found (expected config.json + diffusion_pytorch_model.safetensors, a vae/ "
+        "subfolder, or a Wan2.1_VAE.pth / .safetensors file)"
+    )
+
+
+def _resolve_source(path: Path) -> tuple[Path, Path | None]:
+    """(weights file, config.json or None) for a file or folder path."""
+    if not path.exists():
+        raise ModelError(f"{path}: VAE not found (no such file or folder)")
+    if path.is_dir():
+        folder = _diffusers_folder(path)
+        if folder is not None:
+            weights = next(folder / n for n in _DIFFUSERS_WEIGHTS if (folder / n).is_file())
+            return weights, folder / "config.json"
+        path = _single_weight_file(path)
+    config = path.parent / "config.json"
+    return path, (config if config.is_file() else None)
