@@ -6,7 +6,7 @@ Renders fresh scenes (seeds never used in training) and
   :func:`showo2_cli.training.shapes.classify_image` / ``classify_video`` (never the model itself);
 * animates fresh images (i2v): the first frame keeps the input's colours, the shape moves the
   prompted way;
-* round-trips fresh 17-frame clips through the VAE alone: per-frame reconstruction MSE (pixels in
+* round-trips fresh 17-frame clips (at the model's video resolution) through the VAE alone: per-frame reconstruction MSE (pixels in
   [0, 1]), the ceiling of every video task;
 * runs the README's headline: ``t2i "a red circle on a white background"`` then ``caption`` of the
   result, for 20 seeds (right = colour, shape and background in both the image and the answer).
@@ -130,14 +130,15 @@ def i2v_quality(model, n_videos: int, seed: int, steps: int | None, workdir: Pat
 
 def vae_round_trip(model, n_videos: int, seed: int) -> dict:
     """Per-frame MSE (pixels in [0, 1]) of fresh 17-frame clips through the VAE alone, and what the
-    pixel checker makes of the reconstructions."""
+    pixel checker makes of the reconstructions. The clips are rendered at the model's video
+    resolution, the size every video task hands the VAE (and the size it was trained at)."""
     import torch
 
     rng = np.random.default_rng(seed + 3)
     vae = model.require_vae()
     errs, direction, colours = [], [], []
     for _ in range(n_videos):
-        scene = S.random_scene(rng, video=True)
+        scene = S.random_scene(rng, video=True, canvas=model.spec.video_resolution)
         frames = S.render_video(scene, 17)
         x = M.frames_to_tensor(frames)[None].to(vae.device)
         with torch.no_grad():

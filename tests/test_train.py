@@ -511,6 +511,47 @@ def test_pretrained_parts_load_into_a_from_scratch_network(tmp_path):
         load_partial(network, WeightsConfig(path=str(tmp_path), prefix="llm."), "c.toml: model.weights[0]")
 
 
+def test_a_deeper_flow_head_grown_from_a_model_starts_as_that_model(tmp_path):
+    """model.weights (strict) of a trained model into a spec with more flow-head blocks: the new
+    blocks start as the identity (zero adaLN modulation, so every gate is 0) and the grown network
+    computes exactly the donor's velocities; a training step then moves the new blocks."""
+    from safetensors.torch import save_file
+
+    from showo2_cli.loading import build_network
+    from showo2_cli.modeling.attention import omni_attention_mask
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import WeightsConfig
+    from showo2_cli.training.showo2_objective import load_partial
+
+    spec = get_spec("tiny")
+    donor = build_network(spec, None, torch.float32)
+    donor.init_weights(seed=1)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a "trained" donor: non-zero modulation, so its head is not the identity
+        for p in [b.adaLN_modulation[-1].weight for b in donor.diffusion_head_a] + \
+                 [donor.diffusion_head_b.adaLN_modulation[-1].weight, donor.diffusion_head_b.linear.weight]:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    save_file({k: v.contiguous() for k, v in donor.state_dict().items() if k != "showo.lm_head.weight"},
+              str(tmp_path / "model.safetensors"))
+    grown = build_network(spec.replace(head_layers=spec.head_layers + 2), None, torch.float32)
+    grown.init_weights(seed=2)
+    n = load_partial(grown, WeightsConfig(path=str(tmp_path / "model.safetensors")), "c.toml: model.weights[0]")
+    assert n == len(donor.state_dict()) - 1 and len(grown.diffusion_head_a) == len(donor.diffusion_head_a) + 2
+    new = grown.diffusion_head_a[-1]
+    assert new.self_attn.q_proj.weight.abs().sum() > 0  # the new blocks' own weights are fresh, not zero
+
+    ids = torch.tensor([[1, 2, 3, 4] + [0] * 18])
+    blocks = torch.tensor([[[4, 17]]])
+    mask = omni_attention_mask(blocks, ids.shape[1])
+    x = torch.randn(1, spec.latent_channels, 8, 8, generator=g)
+    want = donor.velocity(ids, x, torch.tensor([0.4]), blocks, mask)
+    got = grown.velocity(ids, x, torch.tensor([0.4]), blocks, mask)
+    assert want.abs().max() > 1e-3
+    assert torch.allclose(got, want, atol=1e-6, rtol=0), float((got - want).abs().max())
+    got.square().mean().backward()
+    assert new.adaLN_modulation[-1].weight.grad.abs().sum() > 0  # the gates learn from step 1
+
+
 def test_latent_cache_gives_the_same_batches_and_workers_the_same_order(tmp_path):
     """Cached VAE posteriors reproduce the uncached run exactly; so do data-loading workers."""
     def run(name, **changes):
