@@ -6,8 +6,8 @@ Renders fresh scenes (seeds never used in training) and
   :func:`showo2_cli.training.shapes.classify_image` / ``classify_video`` (never the model itself);
 * animates fresh images (i2v): the first frame keeps the input's colours, the shape moves the
   prompted way;
-* round-trips fresh 17-frame clips (at the model's video resolution) through the VAE alone: per-frame reconstruction MSE (pixels in
-  [0, 1]), the ceiling of every video task;
+* round-trips fresh 17-frame clips (at the model's video resolution) through the VAE alone:
+  per-frame reconstruction MSE (pixels in [0, 1]), the ceiling of every video task;
 * runs the README's headline: ``t2i "a red circle on a white background"`` then ``caption`` of the
   result, for 20 seeds (right = colour, shape and background in both the image and the answer).
 
