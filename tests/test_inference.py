@@ -70,6 +70,32 @@ def test_kv_cached_caption_equals_the_official_full_recompute(tiny):
     assert torch.allclose(torch.stack(cached.step_logits), torch.stack(reference.step_logits), atol=1e-4)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("masked", [True, False], ids=["omni-mask", "causal-none"])
+def test_a_prompt_run_for_its_last_state_fills_the_same_cache(tiny_model_dir, attn, masked):
+    """``llm(last_only=True)``: the last layer runs attention and MLP for the last position alone,
+    yet that position's state and every layer's keys/values are those of the whole forward."""
+    from transformers import DynamicCache
+
+    from showo2_cli.options import RuntimeOptions
+
+    net, tok = (lambda m: (m.network, m.tokens))(load(tiny_model_dir, runtime=RuntimeOptions(attn=attn)))
+    latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+    visual = net.encode_visual(latents).fused[0]
+    layout = understanding_layout([5, 6, 7, 8], visual.shape[0], tok, [1, 2], [3], [4])
+    embeds, _ = net.embed_inputs(layout.input_ids, [[visual]], layout.slots, torch.ones(1))
+    mask = omni_attention_mask(layout.blocks, layout.seq_len) if masked else None
+    with torch.no_grad():
+        full, full_cache = net.llm(embeds, mask, past_key_values=DynamicCache(), use_cache=True)
+        last, cut_cache = net.llm(embeds, mask, past_key_values=DynamicCache(), use_cache=True, last_only=True)
+    assert last.shape == (1, 1, full.shape[-1])
+    assert (last[:, 0] - full[:, -1]).abs().max() < 1e-5
+    assert cut_cache.get_seq_length() == full_cache.get_seq_length() == embeds.shape[1]
+    for a, b in zip(full_cache.layers, cut_cache.layers, strict=True):
+        assert (a.keys - b.keys).abs().max() < 1e-5 and (a.values - b.values).abs().max() < 1e-5
+    assert not any(layer._forward_pre_hooks for layer in net.showo.model.layers)  # removed after the call
+
+
 @pytest.mark.parametrize("mask_mode", ["official", "training"])
 def test_questions_share_the_image_prefix_and_answer_as_if_asked_alone(tiny, mask_mode):
     from showo2_cli.text_decoding import prefill, shared_prefix_length

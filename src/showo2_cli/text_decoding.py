@@ -55,7 +55,7 @@ def prefill(model, prefix_embeds: torch.Tensor, mask: torch.Tensor):
     """Keys/values of a prompt head ``(1, P, H)`` under its mask ``(1, 1, P, P)``, for
     :func:`generate` ``cache=``: several questions about one image run the image once (exact:
     the head never attends to what follows it, and what follows attends causally to all of it)."""
-    _, cache = model.llm(prefix_embeds, mask, past_key_values=DynamicCache(), use_cache=True)
+    _, cache = model.llm(prefix_embeds, mask, past_key_values=DynamicCache(), use_cache=True, last_only=True)
     return cache
 
 
@@ -89,7 +89,7 @@ def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor | None, opts
 
 
 def _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head, generator) -> DecodedText:
-    hidden, cache = model.llm(prompt_embeds, mask, past_key_values=cache, use_cache=True)
+    hidden, cache = model.llm(prompt_embeds, mask, past_key_values=cache, use_cache=True, last_only=True)
     logits = model.logits(hidden[:, -1]).float()[0]
     out = DecodedText()
     embed = model.showo.model.embed_tokens

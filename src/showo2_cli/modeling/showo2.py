@@ -309,16 +309,32 @@ class Showo2Model(nn.Module):
     # ---- LLM + heads --------------------------------------------------------------------------
     @apply_forward_hook
     def llm(self, inputs_embeds: torch.Tensor, mask: torch.Tensor | None, position_ids=None,
-            past_key_values=None, use_cache: bool = False):
-        """Qwen2.5 with the caller's mask passed as is; returns the final *normed* hidden states."""
+            past_key_values=None, use_cache: bool = False, last_only: bool = False):
+        """Qwen2.5 with the caller's mask passed as is; returns the final *normed* hidden states.
+
+        ``last_only`` (with a cache): only the last position's state is wanted, as when a prompt is
+        run to decode from it. Every layer still puts every position's keys and values in the cache,
+        but the last layer runs its attention and MLP for the last position alone (its other
+        outputs feed nothing), and the states returned are that position's ``(B, 1, H)``. Exact:
+        the same products on fewer rows.
+        """
         if position_ids is None:
             start = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
             position_ids = position_ids.expand(inputs_embeds.shape[0], -1)
         if mask is not None:
             mask = backend_mask(mask.to(inputs_embeds.device), self.attn, inputs_embeds.dtype)
-        out = self.showo.model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
-                               use_cache=use_cache, **{_CACHE_KEYWORD: past_key_values})
+        cut = None
+        if last_only and past_key_values is not None and inputs_embeds.shape[1] > 1 \
+                and (mask is None or isinstance(mask, torch.Tensor)):
+            last_layer = self.showo.model.layers[self.showo.config.num_hidden_layers - 1]
+            cut = last_layer.register_forward_pre_hook(_last_layer_for_last_position, with_kwargs=True)
+        try:
+            out = self.showo.model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
+                                   use_cache=use_cache, **{_CACHE_KEYWORD: past_key_values})
+        finally:
+            if cut is not None:
+                cut.remove()
         return out.last_hidden_state, getattr(out, _CACHE_KEYWORD)
 
     @apply_forward_hook
@@ -466,6 +482,33 @@ class PrefixCache:
     head: list[dict]  # per flow-head block: {"k", "v"} (B, kv_heads, Lp, d)
     lengths: torch.Tensor  # (B,) prefix length of each row = position of its time token
     width: int  # padded prefix length Lp
+
+
+def _last_layer_for_last_position(layer, args, kwargs):
+    """Forward pre-hook on the LLM's last decoder layer (see :meth:`Showo2Model.llm` ``last_only``):
+    put the keys/values of every position but the last in the cache (the layer's own norm,
+    projections and rotary embedding), then hand the layer the last position alone, with its mask
+    row, so it attends to all of them and returns that position's output."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    hidden = args[0]
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    attn = layer.self_attn
+    cos, sin = kwargs["position_embeddings"]
+    h = layer.input_layernorm(hidden[:, :-1])
+    shape = (*h.shape[:-1], -1, attn.head_dim)
+    keys = attn.k_proj(h).view(shape).transpose(1, 2)
+    values = attn.v_proj(h).view(shape).transpose(1, 2)
+    _, keys = apply_rotary_pos_emb(keys, keys, cos[:, :-1], sin[:, :-1])
+    cache.update(keys, values, attn.layer_idx)
+    kwargs = dict(kwargs, position_embeddings=(cos[:, -1:], sin[:, -1:]))
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+        kwargs["attention_mask"] = mask[:, :, -1:]
+    for name in ("position_ids", "cache_position"):
+        if isinstance(kwargs.get(name), torch.Tensor):
+            kwargs[name] = kwargs[name][..., -1:]
+    return (hidden[:, -1:], *args[1:]), kwargs
 
 
 def truncate_cache(cache, length: int) -> None:
