@@ -232,7 +232,8 @@ def run_worker(args, which: str, task: str, io: Path) -> dict:
 
 def public_args(args: list[str]) -> list[str]:
     """The command line with this machine's paths replaced by their roles (no machine paths in records)."""
-    names = {"--official": "OFFICIAL/show-o2", "--site": "SITE", "--model": "CHECKPOINT", "--ours-src": "SRC"}
+    names = {"--official": "OFFICIAL/show-o2", "--site": "SITE", "--model": "CHECKPOINT", "--ours-src": "SRC",
+             "--out": "OUT.json"}
     out = []
     for i, a in enumerate(args):
         prev = args[i - 1] if i else ""
@@ -326,6 +327,7 @@ def main(argv=None) -> int:
             "final_latents_max_rel_to_peak": diff / peak,
             "peak_rss_gib": {"official": max(r["peak_rss_gib"] for r in off), "ours": max(r["peak_rss_gib"] for r in ours)},
             "official_steps": [r["step_seconds"] for r in off], "ours_steps": [r["step_seconds"] for r in ours],
+            "ratio_per_rep": [per_step(b) / per_step(a) for a, b in zip(off, ours, strict=True)],
             "official_steps_wall": [r["step_wall_seconds"] for r in off],
             "ours_steps_wall": [r["step_wall_seconds"] for r in ours],
         }
@@ -339,6 +341,7 @@ def main(argv=None) -> int:
             "token_ids_identical": all(a["token_ids"] == b["token_ids"] for a in off for b in ours),
             "peak_rss_gib": {"official": max(r["peak_rss_gib"] for r in off), "ours": max(r["peak_rss_gib"] for r in ours)},
             "official_runs_s": [r["seconds"] for r in off], "ours_runs_s": [r["seconds"] for r in ours],
+            "speedup_per_rep": [a["seconds"] / b["seconds"] for a, b in zip(off, ours, strict=True)],
             "official_runs_wall_s": [r["wall_seconds"] for r in off], "ours_runs_wall_s": [r["wall_seconds"] for r in ours],
         }
     print(json.dumps({k: v for k, v in record.items() if k in ("t2i", "caption")}, indent=1))
@@ -381,8 +384,9 @@ def markdown(r: dict) -> str:
             f"Final latents after {t['grid_points'] - 1} Euler steps: max abs difference "
             f"{t['final_latents_max_abs_diff']:.2e} (peak magnitude {t['final_latents_peak']:.1f}, relative "
             f"{t['final_latents_max_rel_to_peak']:.1e}). Speed-up {t['speedup']:.2f}x. Times are process CPU "
-            "seconds (one thread); the machine was shared, so wall times (in the JSON) are noisier.",
+            "seconds (one thread); wall times are in the JSON.",
             "",
+            *per_rep_line(t.get("ratio_per_rep"), "ours / official", "{:.2f}x"),
         ]
     if "caption" in r:
         c = r["caption"]
@@ -397,8 +401,17 @@ def markdown(r: dict) -> str:
             "",
             f"Greedy token ids identical: {c['token_ids_identical']}.",
             "",
+            *per_rep_line(c.get("speedup_per_rep"), "speed-up", "{:.1f}x"),
         ]
     return "\n".join(lines)
+
+
+def per_rep_line(values, what: str, fmt: str) -> list[str]:
+    """Each repetition's ratio (official run i against ours i): process CPU time still follows the
+    host's load, so the spread says how far one figure can be trusted."""
+    if not values or len(values) < 2:
+        return []
+    return [f"Per repetition ({what}): " + ", ".join(fmt.format(v) for v in values) + ".", ""]
 
 
 if __name__ == "__main__":

@@ -2,20 +2,26 @@
 
 * ``attn``: the attention backend of the Qwen2 LLM (transformers' ``attn_implementation``) and of
   the flow head (the project's own blocks), see :func:`showo2_cli.modeling.attention.attend`;
-* ``quantize``: weight-only int8 of the LLM's and the flow head's linear layers with torchao
-  (``quantize_(model, Int8WeightOnlyConfig())``): int8 weights with one float scale per output row,
-  activations stay in the model's dtype;
+* ``quantize``: weight-only quantization of the LLM's and the flow head's linear layers, the
+  activations staying in the model's dtype: ``int8wo`` with torchao (``quantize_(model,
+  Int8WeightOnlyConfig())``: int8 weights, one float scale per output row), ``nf4`` with
+  bitsandbytes (``bnb.nn.Linear4bit``, NF4 codes in blocks of 64 weights, each block's scale
+  itself quantized; runs on CUDA and, with bitsandbytes >= 0.48, on the CPU);
 * ``compile``: ``torch.compile`` of the LLM forward and of each flow-head block;
 * ``vae_tiling``: diffusers' spatial tiling of ``AutoencoderKLWan`` (``auto``: only for a job that
   would not fit the memory limit untiled, see :func:`showo2_cli.runtime.pick_tiling`).
 
-4-bit weights are not offered: torchao 0.18's int4 weight-only kernels need CUDA (``mslk``), and
-bitsandbytes' NF4 (``transformers.BitsAndBytesConfig(load_in_4bit=True)``) is CUDA-only too; neither
-can be tested on the CPU machines this project is built on.
+4-bit goes through bitsandbytes, not torchao: torchao 0.18's int4 weight-only formats need CUDA
+(``plain`` needs ``mslk``, ``tile_packed_to_4d`` CUDA, ``plain_int32`` has no CPU kernel), while
+bitsandbytes' NF4 runs on both. The swap is done here rather than by accelerate's
+``load_and_quantize_model`` or transformers' ``BitsAndBytesConfig``: those quantize while loading
+into an empty (meta) model, whereas this network is built and its weights checked and merged
+(LoRA) first; the layer, its packing and its kernels are bitsandbytes' own.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .errors import UsageError
@@ -57,7 +63,10 @@ def _linear_filter(net) -> callable:
 
 
 def quantize_network(net: nn.Module, method: str = "int8wo") -> int:
-    """Weight-only int8 for the LLM's and flow head's linear layers (torchao); returns how many."""
+    """Weight-only ``int8wo`` (torchao) or ``nf4`` (bitsandbytes) for the LLM's and flow head's
+    linear layers; returns how many were quantized."""
+    if method == "nf4":
+        return _quantize_nf4(net)
     if method != "int8wo":
         raise UsageError(f"unknown quantization '{method}'")
     try:
@@ -70,6 +79,28 @@ def quantize_network(net: nn.Module, method: str = "int8wo") -> int:
     return count
 
 
+def _quantize_nf4(net: nn.Module) -> int:
+    """Replace each wanted ``nn.Linear`` by a ``bitsandbytes.nn.Linear4bit`` holding its weight in
+    NF4 (quantized where the weight lies, CPU or CUDA); compute in the weight's own dtype."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError as e:
+        raise UsageError("--quantize nf4 needs bitsandbytes: pip install 'bitsandbytes>=0.48'") from e
+    wanted = _linear_filter(net)
+    names = [name for name, m in net.named_modules() if wanted(m, name)]
+    for name in names:
+        old = net.get_submodule(name)
+        parent_name, _, child = name.rpartition(".")
+        new = bnb.nn.Linear4bit(old.in_features, old.out_features, bias=old.bias is not None,
+                                compute_dtype=old.weight.dtype, quant_type="nf4", device="meta")
+        new.weight = bnb.nn.Params4bit(old.weight.data, requires_grad=False, quant_type="nf4", module=new)
+        if old.bias is not None:
+            new.bias = nn.Parameter(old.bias.data, requires_grad=False)
+        new.weight = new.weight.to(old.weight.device)  # the quantization happens here
+        setattr(net.get_submodule(parent_name) if parent_name else net, child, new)
+    return len(names)
+
+
 def compile_network(net: nn.Module) -> None:
     """``torch.compile`` the LLM forward and every flow-head block in place (``nn.Module.compile``:
     the modules keep their names and weights; the first call of each shape compiles)."""
@@ -80,11 +111,14 @@ def compile_network(net: nn.Module) -> None:
 
 
 def weight_bytes(module: nn.Module) -> int:
-    """Bytes the module's parameters and buffers hold (a quantized weight counts its int8 data
-    and scales; a tensor shared by two names counts once)."""
+    """Bytes the module's parameters and buffers hold (a quantized weight counts its int8 or 4-bit
+    data and scales; a tensor shared by two names counts once)."""
     seen, total = set(), 0
     for t in list(module.parameters()) + list(module.buffers()):
         parts = [getattr(t, n) for n in getattr(t, "tensor_data_names", ())] or [t]
+        state = getattr(t, "quant_state", None)  # bitsandbytes 4-bit: block scales (and their scales)
+        if state is not None:
+            parts += [v for v in state.as_dict(packed=False).values() if isinstance(v, torch.Tensor)]
         for p in parts:
             key = (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape))
             if key not in seen:

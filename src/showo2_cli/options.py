@@ -43,7 +43,8 @@ ATTN_BACKENDS = {"sdpa": "torch scaled_dot_product_attention (the default)",
 VAE_TILING = {"auto": "tile only a job that would not fit the memory limit otherwise",
               "on": "always tile images and videos larger than a tile (256 px)", "off": "never tile"}
 #: ``--quantize``: weight-only quantization of the LLM and flow-head linear layers.
-QUANTIZE = {"none": "the weights in --dtype", "int8wo": "int8 weights, one scale per row (torchao)"}
+QUANTIZE = {"none": "the weights in --dtype", "int8wo": "int8 weights, one scale per row (torchao)",
+            "nf4": "4-bit NormalFloat weights, one scale per 64 (bitsandbytes)"}
 MASK_MODES = ("official", "training")
 #: Where the weights wait between uses (``runtime.enable_offload`` implements each, through accelerate).
 OFFLOAD_MODES = {"none": "everything on the device", "model": "one component (network or VAE) on the device at a time",

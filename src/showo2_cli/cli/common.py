@@ -241,4 +241,5 @@ CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the L
 VaeTilingOpt = Annotated[VaeTiling, typer.Option("--vae-tiling", help="Decode/encode in 256-pixel spatial tiles: auto "
                                                  "(only when the job would not fit the memory limit otherwise), on, off.")]
 QuantizeOpt = Annotated[Quantize, typer.Option("--quantize", help="Weight-only quantization of the LLM and flow head: "
-                                               "none, or int8wo (int8 weights with per-row scales, torchao).")]
+                                               "none, int8wo (int8 weights with per-row scales, torchao) or nf4 "
+                                               "(4-bit NormalFloat weights, bitsandbytes).")]

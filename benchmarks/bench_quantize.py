@@ -1,4 +1,4 @@
-"""Weight-only int8 (``--quantize int8wo``, torchao) on a 1.5B-shaped network: bytes, RAM, fidelity.
+"""Weight-only quantization (``--quantize int8wo`` / ``nf4``) on a 1.5B-shaped network: bytes, RAM, fidelity.
 
 The network is the registry's ``1.5B`` spec at full width (hidden 1536, vocabulary 151669, flow
 head 2048 wide) with a few layers (``--llm-layers``, ``--head-layers``, ``--semantic-layers``),
@@ -8,7 +8,9 @@ Each variant runs in a fresh process (so peak RSS figures do not mix):
 * ``fp32``: the weights in float32 (the reference);
 * ``bf16``: the weights and activations in bfloat16 (for scale: the usual GPU choice);
 * ``int8wo``: the LLM's and flow head's linear layers quantized with
-  ``acceleration.quantize_network`` (torchao ``Int8WeightOnlyConfig``), activations float32.
+  ``acceleration.quantize_network`` (torchao ``Int8WeightOnlyConfig``), activations float32;
+* ``nf4``: the same layers in 4-bit NormalFloat (bitsandbytes ``Linear4bit``), compute float32;
+* ``int8wo-bf16`` / ``nf4-bf16``: the same with bfloat16 weights and activations elsewhere.
 
 Per variant: parameter bytes (total, LLM, flow head), RSS after loading (the peak is reset there
 through ``/proc/self/clear_refs``), peak RSS while computing, and the seconds of one guided
@@ -16,10 +18,11 @@ velocity (t2i, ``--size``) and one 16-token greedy decode. Fidelity against fp32
 abs diff and relative L2, last-position logits max abs diff, greedy tokens equal. The bytes of the
 full 28-layer LLM + 10-layer head are extrapolated from the per-layer bytes.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_int8.py          # -> benchmarks/results/int8.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_quantize.py      # -> benchmarks/results/quantize.json
 
-Random weights are not trained ones: trained layers have outlier rows, so the int8 error of the
-real checkpoints is larger than here; the byte and RAM figures carry over exactly.
+Random weights are not trained ones: trained layers have outlier rows, so the quantization error
+of the real checkpoints is larger than here; the byte and RAM figures carry over exactly. The
+bundled demo (trained) is checked too: velocity and a greedy caption against fp32.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+VARIANTS = ("fp32", "bf16", "int8wo", "int8wo-bf16", "nf4", "nf4-bf16")
 
 
 def _status() -> dict:
@@ -61,7 +65,7 @@ def child(variant: str, args, out_path: Path) -> None:
     torch.manual_seed(0)
     spec = get_spec("1.5B").replace(num_layers=args.llm_layers, head_layers=args.head_layers,
                                     semantic_layers=args.semantic_layers)
-    dtype = torch.bfloat16 if variant in ("bf16", "int8wo-bf16") else torch.float32
+    dtype = torch.bfloat16 if variant.endswith("bf16") else torch.float32
     net = build_network(spec, None, torch.float32).eval()  # init_weights(seed=0)
     # The training init zeroes the flow head's adaLN and output layers (velocity 0): give them
     # small random weights so the head's output depends on every layer.
@@ -72,8 +76,8 @@ def child(variant: str, args, out_path: Path) -> None:
             mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * 0.02)
     if dtype != torch.float32:
         net = net.to(dtype)
-    if variant.startswith("int8wo"):
-        quantize_network(net, "int8wo")
+    if variant.startswith(("int8wo", "nf4")):
+        quantize_network(net, variant.split("-")[0])
     gc.collect()
 
     def group_bytes(prefixes):
@@ -123,7 +127,8 @@ def main() -> None:
     ap.add_argument("--head-layers", type=int, default=2)
     ap.add_argument("--semantic-layers", type=int, default=2)
     ap.add_argument("--size", type=int, default=256, help="t2i pixels per side for the velocity")
-    ap.add_argument("--results", type=Path, default=HERE / "results" / "int8.json")
+    ap.add_argument("--results", type=Path, default=HERE / "results" / "quantize.json")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--child", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -137,7 +142,7 @@ def main() -> None:
 
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in ("fp32", "bf16", "int8wo", "int8wo-bf16"):
+        for variant in dict.fromkeys(["fp32", *args.variants]):  # fp32 is the reference
             out = Path(tmp) / f"{variant}.pt"
             cmd = [sys.executable, __file__, "--child", variant, str(out), "--llm-layers", str(args.llm_layers),
                    "--head-layers", str(args.head_layers), "--semantic-layers", str(args.semantic_layers),
@@ -167,11 +172,13 @@ def main() -> None:
             "flow_head": b["flow_head"] + (full.head_layers - args.head_layers) * b["head_layer"]}
     demo = demo_check()
     result = {
-        "what": "1.5B-shaped Show-o2 network (random init, seed 0), fp32 vs bf16 vs int8 weight-only (torchao)",
+        "what": "1.5B-shaped Show-o2 network (random init, seed 0), fp32 vs bf16 vs weight-only int8 (torchao) "
+                "and NF4 (bitsandbytes)",
         "layers": {"llm": args.llm_layers, "flow_head": args.head_layers, "semantic": args.semantic_layers},
         "size": args.size, "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None,
-        "torch": torch.__version__, "torchao": _version("torchao"), "machine": platform.machine(),
-        "note": "CPU shared with a training job: seconds are indicative only; bytes and RSS are exact",
+        "torch": torch.__version__, "torchao": _version("torchao"), "bitsandbytes": _version("bitsandbytes"),
+        "machine": platform.machine(),
+        "note": "seconds are one run on a shared CPU, indicative only; bytes and RSS are exact",
         "runs": runs,
         "demo_trained_weights": demo,
     }
@@ -182,7 +189,8 @@ def main() -> None:
 
 
 def demo_check() -> dict:
-    """The bundled demo (trained weights, fp32) against its int8wo copy: velocity and a greedy caption."""
+    """The bundled demo (trained weights, fp32) against its int8wo and nf4 copies: velocity and a
+    greedy caption."""
     import torch
 
     from showo2_cli import api
@@ -194,21 +202,27 @@ def demo_check() -> dict:
 
     media = Path(__file__).resolve().parents[2] / "shared" / "media" / "pexels-taryn-elliott-4144459.jpg"
     out = {}
-    ref, q = api.load("demo"), api.load("demo", runtime=RuntimeOptions(quantize="int8wo"))
+    ref = api.load("demo")
     spec = ref.spec
     visual = 1 + spec.tokens_per_frame(spec.resolution, spec.resolution)
     layout = generation_layout([encode_text(ref.tokenizer, "a red circle")], visual, ref.tokens, visual + 44)
     x = torch.randn(1, spec.latent_channels, spec.resolution // 8, spec.resolution // 8,
                     generator=torch.Generator().manual_seed(0))
-    v_ref, v_q = (guided_velocity_fn(m.network, layout, 4.0)(x, 0.3) for m in (ref, q))
-    out["weight_bytes"] = {"fp32": weight_bytes(ref.network), "int8wo": weight_bytes(q.network)}
-    out["velocity_rel_l2"] = float((v_q - v_ref).norm() / v_ref.norm())
-    out["velocity_max_abs_diff"] = float((v_q - v_ref).abs().max())
-    if media.exists():
-        opts = api.CaptionOptions(max_new_tokens=40)
-        a, b = api.caption(ref, media, opts), api.caption(q, media, opts)
-        out["caption_fp32"], out["caption_int8wo"] = a.answers[0], b.answers[0]
-        out["caption_tokens_equal"] = a.answers == b.answers
+    v_ref = guided_velocity_fn(ref.network, layout, 4.0)(x, 0.3)
+    opts = api.CaptionOptions(max_new_tokens=40)
+    a = api.caption(ref, media, opts) if media.exists() else None
+    out["weight_bytes_fp32"] = weight_bytes(ref.network)
+    if a is not None:
+        out["caption_fp32"] = a.answers[0]
+    for method in ("int8wo", "nf4"):
+        q = api.load("demo", runtime=RuntimeOptions(quantize=method))
+        v_q = guided_velocity_fn(q.network, layout, 4.0)(x, 0.3)
+        row = {"weight_bytes": weight_bytes(q.network), "velocity_rel_l2": float((v_q - v_ref).norm() / v_ref.norm()),
+               "velocity_max_abs_diff": float((v_q - v_ref).abs().max())}
+        if a is not None:
+            b = api.caption(q, media, opts)
+            row["caption"], row["caption_tokens_equal"] = b.answers[0], a.answers == b.answers
+        out[method] = row
     return out
 
 
