@@ -142,13 +142,13 @@ def guarded(fn, *args, **kwargs):
         return {"error": f"{type(e).__name__}: {e}"[:500], "trace": traceback.format_exc()[-1500:]}
 
 
-SECTIONS = ("t2i", "caption", "attn-sdpa", "attn-flex", "attn-compile", "7b")
+SECTIONS = ("t2i", "caption", "attn-sdpa", "attn-flex", "attn-compile", "7b", "7b-nf4")
 
 
 def run_section(section: str, smoke: bool, steps: int, tokens: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     dtype = torch.bfloat16
-    spec = get_spec("tiny" if smoke else ("7B" if section == "7b" else "1.5B"))
+    spec = get_spec("tiny" if smoke else ("7B" if section.startswith("7b") else "1.5B"))
     record = {"section": section, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "dtype": "bf16", "spec": spec.name, "smoke": smoke}
     start = time.perf_counter()
@@ -158,12 +158,18 @@ def run_section(section: str, smoke: bool, steps: int, tokens: int) -> dict:
         reset_peak(device)
         net = make_network(spec, device, dtype)
         record["params"] = sum(p.numel() for p in net.parameters())
+        if section == "7b-nf4":  # --quantize nf4: bitsandbytes 4-bit LLM and flow head
+            from showo2_cli.acceleration import quantize_network
+
+            record["quantized_layers"] = quantize_network(net, "nf4")
+            record["weights_gib_bf16_peak"] = peak_gib(device)
+            reset_peak(device)
         record["weights_gib"] = peak_gib(device)
         if section == "t2i":
             record["result"] = [guarded(t2i, net, spec, b, steps, device) for b in (1, 4)]
         elif section == "caption":
             record["result"] = guarded(caption, net, spec, tokens, device)
-        elif section == "7b":
+        elif section.startswith("7b"):
             record["result"] = guarded(t2i, net, spec, 1, 1 if smoke else 2, device)
     record["seconds"] = time.perf_counter() - start
     return record

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # GPU figures for showo2 (issue 12 item 5): the 1.5B-shaped network at full depth in bf16 (t2i
 # 432x432 50 steps s/image at batch 1 and 4, caption tokens/s, peak memory), sdpa vs flex vs
-# torch.compile, and the 7B-shaped network's peak memory for t2i. Random weights built on the
-# GPU (no downloads, no files). Each section runs in its own process under its own time limit
-# (7.5 minutes in all), so one that crashes or hangs loses nothing else.
+# torch.compile, and the 7B-shaped network's peak memory for t2i, in bf16 and with --quantize nf4.
+# Random weights built on the GPU (no downloads, no files). Each section runs in its own process
+# under its own time limit (8 minutes in all), so one that crashes or hangs loses nothing else.
 #
 #   bash benchmarks/gpu.sh            # writes $OUT/gpu.json (or benchmarks/results/gpu-<date>.json)
 #   bash benchmarks/gpu.sh --smoke    # CPU: the tiny spec, a few steps (checks the script runs;
@@ -23,8 +23,8 @@ fi
 export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
 parts=()
 # seconds per section: t2i (2 x 50 steps + warm-up) caption attn x3 (10 steps each, compile warm-up) 7b
-sections="t2i:150 caption:45 attn-sdpa:35 attn-flex:60 attn-compile:110 7b:45"
-[ "${1:-}" != "--smoke" ] || sections="t2i:60 caption:60 attn-sdpa:60 7b:60"
+sections="t2i:150 caption:45 attn-sdpa:35 attn-flex:60 attn-compile:100 7b:45 7b-nf4:45"
+[ "${1:-}" != "--smoke" ] || sections="t2i:60 caption:60 attn-sdpa:60 7b:60 7b-nf4:60"
 for pair in $sections; do
   section="${pair%%:*}"; limit="${pair##*:}"
   part="$out_dir/gpu-part-$section.json"

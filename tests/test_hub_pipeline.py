@@ -284,15 +284,26 @@ def test_pipeline_videos(pipe, tmp_path):
     assert all(np.array_equal(np.asarray(a), b) for a, b in zip(i2v.frames[0], ref[0].frames, strict=True))
 
 
-def test_pipeline_vae_tiling_forwards_or_says_it_is_pending(pipe):
-    from showo2_cli.errors import UsageError
-
-    if hasattr(pipe.vae, "enable_tiling"):
+def test_pipeline_vae_tiling_is_the_vae_option(pipe):
+    assert pipe.vae.tiling == "auto"  # as loaded: tile only what would not fit
+    try:
         pipe.enable_vae_tiling()
-        pipe.vae.disable_tiling()
-    else:
-        with pytest.raises(UsageError, match="no enable_tiling"):
-            pipe.enable_vae_tiling()
+        assert pipe.vae.tiling == "on"
+        pipe.disable_vae_tiling()
+        assert pipe.vae.tiling == "off"
+    finally:
+        pipe.vae.tiling = "auto"
+
+
+def test_pipeline_takes_the_runtime_options():
+    pytest.importorskip("bitsandbytes", reason="--quantize nf4 needs bitsandbytes")
+    import bitsandbytes as bnb
+
+    from showo2_cli import RuntimeOptions, Showo2Pipeline
+
+    pipe = Showo2Pipeline.from_pretrained("demo", runtime=RuntimeOptions(quantize="nf4", vae_tiling="off"))
+    assert isinstance(pipe.network.showo.model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
+    assert pipe.vae.tiling == "off"
 
 
 # ---- CPU offload ------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from diffusers.utils import BaseOutput
 
 from .errors import UsageError
 from .loading import Showo2, load
-from .options import OFFLOAD_MODES, CaptionOptions, GenerateOptions
+from .options import OFFLOAD_MODES, CaptionOptions, GenerateOptions, RuntimeOptions
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
 from .runtime import enable_offload, pick_device, pick_dtype, torch_dtype
 
@@ -59,18 +59,20 @@ class Showo2Pipeline:
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike = "demo", *, torch_dtype: torch.dtype | str | None = None,
                         device: str | torch.device | None = None, vae: str | os.PathLike | None = None,
-                        progress=None) -> Showo2Pipeline:
+                        runtime: RuntimeOptions | None = None, progress=None) -> Showo2Pipeline:
         """Load by name (``demo``, a folder, a variant such as ``1.5B``, a Hub repo id). A name that
         is not cached is downloaded with :func:`showo2_cli.hub.pull` when online (``progress`` gets
         its bytes). Default placement is diffusers': the CPU in float32; ``device="auto"`` picks
-        CUDA, then MPS, then the CPU (and bf16 on CUDA unless ``torch_dtype`` says)."""
+        CUDA, then MPS, then the CPU (and bf16 on CUDA unless ``torch_dtype`` says). ``runtime``
+        (:class:`~showo2_cli.options.RuntimeOptions`): attention backend, quantization
+        (``quantize="nf4"`` or ``"int8wo"``), compilation, VAE tiling, as the CLI options."""
         from .hub import needs_download, pull
 
         dev = pick_device(str(device or "cpu"))
         dtype = _dtype_for(torch_dtype, "auto" if str(device) == "auto" else "fp32", dev)
         if needs_download(str(name)):
             pull(str(name), progress=progress)
-        return cls(load(name, vae=vae, device=dev, dtype=dtype))
+        return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime))
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Showo2Pipeline:
         """Move network and VAE together (not after offload is enabled: the hooks place them)."""
@@ -100,18 +102,21 @@ class Showo2Pipeline:
         self.offload = mode
 
     def enable_vae_tiling(self) -> None:
-        """Decode in tiles (diffusers' ``pipe.enable_vae_tiling()``): forwards to ``vae.enable_tiling()``."""
-        self._vae_call("enable_tiling")
+        """Encode/decode in tiles (diffusers' ``pipe.enable_vae_tiling()``; ``--vae-tiling on``)."""
+        self._vae().enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        """Never tile (``--vae-tiling off``); a freshly loaded pipeline tiles only what would not fit."""
+        self._vae().disable_tiling()
 
     def enable_vae_slicing(self) -> None:
         """Decode one output at a time: forwards to ``vae.enable_slicing()``."""
-        self._vae_call("enable_slicing")
+        self._vae().enable_slicing()
 
-    def _vae_call(self, method: str) -> None:
-        fn = getattr(self.vae, method, None)
-        if fn is None:
-            raise UsageError(f"this build's VAE has no {method}() yet")
-        fn()
+    def _vae(self):
+        if self.vae is None:
+            raise UsageError("this pipeline was loaded without a VAE")
+        return self.vae
 
     # ---- components -------------------------------------------------------------------------
     @property
