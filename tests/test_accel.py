@@ -208,6 +208,20 @@ def test_nf4_weight_only_llm_and_flow_head(media_dir):
     assert api.caption(model, image, opts).answers == api.caption(ref, image, opts).answers
 
 
+@pytest.mark.parametrize(("method", "module", "hint"), [("nf4", "bitsandbytes", "bitsandbytes>=0.48"),
+                                                      ("int8wo", "torchao.quantization", "torchao>=0.18")])
+def test_a_missing_quantization_library_is_one_clear_error(monkeypatch, capsys, media_dir, method, module, hint):
+    import sys
+
+    from showo2_cli.cli import main
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it fails
+    code = main(["caption", str(media_dir / "pexels-taryn-elliott-4144459.jpg"), "--model", "demo",
+                 "--quantize", method])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and hint in err[0] and "Traceback" not in err[0]
+
+
 # ---- VAE tiling -----------------------------------------------------------------------------------
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
