@@ -208,6 +208,21 @@ def test_nf4_weight_only_llm_and_flow_head(media_dir):
     assert api.caption(model, image, opts).answers == api.caption(ref, image, opts).answers
 
 
+def test_nf4_runs_under_model_offload_and_refuses_sequential(capsys, media_dir):
+    pytest.importorskip("bitsandbytes", reason="--quantize nf4 needs bitsandbytes")
+    from showo2_cli.cli import main
+
+    image = str(media_dir / "pexels-taryn-elliott-4144459.jpg")
+    args = ["caption", image, "--model", "demo", "--quantize", "nf4", "--max-new-tokens", "8"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert main([*args, "--offload", "model"]) == 0
+    assert capsys.readouterr().out == plain
+    assert main([*args, "--offload", "sequential"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--offload model" in err[0]
+
+
 @pytest.mark.parametrize(("method", "module", "hint"), [("nf4", "bitsandbytes", "bitsandbytes>=0.48"),
                                                       ("int8wo", "torchao.quantization", "torchao>=0.18")])
 def test_a_missing_quantization_library_is_one_clear_error(monkeypatch, capsys, media_dir, method, module, hint):

@@ -92,6 +92,11 @@ def enable_offload(bundle, mode: str, device: str | torch.device) -> None:
     parts = [m for m in (bundle.network, bundle.vae) if m is not None]
     if any(getattr(m, "execution_device", None) is not None for m in parts):
         raise UsageError("offload is already enabled on this model")
+    if mode == "sequential" and any(type(m).__name__ == "Linear4bit" for m in bundle.network.modules()):
+        # accelerate re-creates each offloaded weight as a plain tensor, without the 4-bit
+        # quantization state bitsandbytes keeps on it (diffusers refuses this pairing too)
+        raise UsageError("--offload sequential cannot hold bitsandbytes 4-bit weights (--quantize nf4); "
+                         "use --offload model")
     if mode == "model":
         hooks = [cpu_offload_with_hook(m, dev)[1] for m in parts]
         for hook, other in zip(hooks, hooks[1:] + hooks[:1], strict=True):
