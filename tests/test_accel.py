@@ -180,7 +180,7 @@ def test_int8_weight_only_llm_and_flow_head(media_dir):
 def test_nf4_weight_only_llm_and_flow_head(media_dir):
     """--quantize nf4: bitsandbytes' 4-bit layers in the LLM and flow head (on the CPU here),
     about 8x fewer bytes for those weights, and the trained demo still answers as in fp32."""
-    pytest.importorskip("bitsandbytes", reason="--quantize nf4 needs bitsandbytes (pip install 'bitsandbytes>=0.48')")
+    pytest.importorskip("bitsandbytes", reason="--quantize nf4 needs bitsandbytes (pip install 'bitsandbytes>=0.50')")
     import bitsandbytes as bnb
 
     from showo2_cli.acceleration import weight_bytes
@@ -223,7 +223,7 @@ def test_nf4_runs_under_model_offload_and_refuses_sequential(capsys, media_dir):
     assert len(err) == 1 and "--offload model" in err[0]
 
 
-@pytest.mark.parametrize(("method", "module", "hint"), [("nf4", "bitsandbytes", "bitsandbytes>=0.48"),
+@pytest.mark.parametrize(("method", "module", "hint"), [("nf4", "bitsandbytes", "bitsandbytes>=0.50"),
                                                       ("int8wo", "torchao.quantization", "torchao>=0.18")])
 def test_a_missing_quantization_library_is_one_clear_error(monkeypatch, capsys, media_dir, method, module, hint):
     import sys

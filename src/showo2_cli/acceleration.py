@@ -6,7 +6,7 @@
   activations staying in the model's dtype: ``int8wo`` with torchao (``quantize_(model,
   Int8WeightOnlyConfig())``: int8 weights, one float scale per output row), ``nf4`` with
   bitsandbytes (``bnb.nn.Linear4bit``, NF4 codes in blocks of 64 weights, each block's scale
-  itself quantized; runs on CUDA and, with bitsandbytes >= 0.48, on the CPU);
+  itself quantized; runs on CUDA and, with bitsandbytes >= 0.50 (the version tested), on the CPU);
 * ``compile``: ``torch.compile`` of the LLM forward and of each flow-head block;
 * ``vae_tiling``: diffusers' spatial tiling of ``AutoencoderKLWan`` (``auto``: only for a job that
   would not fit the memory limit untiled, see :func:`showo2_cli.runtime.pick_tiling`).
@@ -85,7 +85,7 @@ def _quantize_nf4(net: nn.Module) -> int:
     try:
         import bitsandbytes as bnb
     except ImportError as e:
-        raise UsageError("--quantize nf4 needs bitsandbytes: pip install 'bitsandbytes>=0.48'") from e
+        raise UsageError("--quantize nf4 needs bitsandbytes: pip install 'bitsandbytes>=0.50'") from e
     wanted = _linear_filter(net)
     names = [name for name, m in net.named_modules() if wanted(m, name)]
     for name in names:

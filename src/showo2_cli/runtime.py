@@ -92,7 +92,7 @@ def enable_offload(bundle, mode: str, device: str | torch.device) -> None:
     parts = [m for m in (bundle.network, bundle.vae) if m is not None]
     if any(getattr(m, "execution_device", None) is not None for m in parts):
         raise UsageError("offload is already enabled on this model")
-    if mode == "sequential" and any(type(m).__name__ == "Linear4bit" for m in bundle.network.modules()):
+    if mode == "sequential" and any(getattr(p, "quant_state", None) is not None for p in bundle.network.parameters()):
         # accelerate re-creates each offloaded weight as a plain tensor, without the 4-bit
         # quantization state bitsandbytes keeps on it (diffusers refuses this pairing too)
         raise UsageError("--offload sequential cannot hold bitsandbytes 4-bit weights (--quantize nf4); "
