@@ -229,12 +229,14 @@ def test_chat_session_commands(demo, tmp_path, monkeypatch):
     lines = ["/foo", "/image missing.png", "/image shape.png", S.Q_COLOUR,
              "/t2i a red circle on a white background -o gen.png --steps 4 --seed 2",
              "/t2i a red square -o gen.png --steps 4", "/t2i", "/save chat.json", "/reset", "/reset now",
-             "/save"]
+             "/save", "/save x\0y.json", "/image ~nosuchuser-showo2/x.png", "/t2i a cat -o a\0b.png"]
     assert all(session.handle(line) for line in lines)
     assert session.handle("/quit") is False
     assert out.getvalue() == s.colour + "\n"  # stdout: the answers, nothing else
     errors = err.getvalue().splitlines()
-    assert len(errors) == 6 and all(e.startswith("showo2: error: ") for e in errors)
+    assert len(errors) == 9 and all(e.startswith("showo2: error: ") for e in errors)
+    assert not any("internal error" in e for e in errors), errors
+    assert "NUL" in errors[6] and "nosuchuser-showo2" in errors[7] and "NUL" in errors[8]
     assert "unknown command '/foo'" in errors[0] and "missing.png" in errors[1] and "exists" in errors[2]
     png = M.read_image(tmp_path / "gen.png")
     assert png.size == (64, 64)
@@ -245,6 +247,21 @@ def test_chat_session_commands(demo, tmp_path, monkeypatch):
 
 
 # ---- the server's parts, no model ----------------------------------------------------------------------
+
+def test_chat_ends_when_its_reader_goes_away(demo):
+    """``showo2 chat ... | head -1``: a broken pipe ends the chat (exit 141), it is not an error per line."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli.chat import ChatSession
+
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    session = ChatSession(Conversation(demo), out=Closed(), err=io.StringIO())
+    with pytest.raises(BrokenPipeError):
+        session.handle("hi")
+    assert session.err.getvalue() == ""
+
 
 def test_parse_chat_requests():
     from showo2_cli.serve import ApiError, ServerConfig, parse_chat
@@ -287,6 +304,92 @@ def test_parse_chat_requests():
     assert status({"messages": [image_message("https://example.com/a.png")]}) == 400  # never fetched
     assert status({"messages": [image_message("data:image/png;base64,@@")]}) == 400
     assert status({"messages": [image_message(img)] * 3}) == 422
+    # a JSON integer too big for a float is a bad value, not a crash (it was a 500: OverflowError)
+    for key in ("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n"):
+        assert status({"messages": [user], key: 10 ** 400}) == 400, key
+    assert status({"messages": [user], "max_tokens": -1}) == 400
+    # a null max_completion_tokens does not hide max_tokens
+    assert parse_chat({"messages": [user], "max_tokens": 2, "max_completion_tokens": None}, cfg).max_tokens == 2
+    # stop: a string or up to 4 strings; parameters that would change the reply are refused, not ignored
+    assert parse_chat({"messages": [user], "stop": "red"}, cfg).stop == ("red",)
+    assert parse_chat({"messages": [user], "stop": ["a", "b"]}, cfg).stop == ("a", "b")
+    assert parse_chat({"messages": [user], "stop": None}, cfg).stop == ()
+    for bad in ([""], ["a"] * 5, 3, [1]):
+        assert status({"messages": [user], "stop": bad}) == 400
+    for key, value in (("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function"}]),
+                       ("response_format", {"type": "json_object"}), ("frequency_penalty", 0.5),
+                       ("logit_bias", {"12": 5})):
+        with pytest.raises(ApiError) as e:
+            parse_chat({"messages": [user], key: value}, cfg)
+        assert (e.value.status, e.value.code, e.value.param) == (400, "unsupported_parameter", key)
+    off = {"logprobs": False, "tools": [], "response_format": {"type": "text"}, "presence_penalty": 0}
+    assert parse_chat({"messages": [user], **off}, cfg).max_tokens == cfg.default_max_tokens
+
+
+def test_request_text_must_be_valid_unicode():
+    """JSON may spell a lone surrogate (\\ud800); no tokenizer or reply can take one: 400, not 500."""
+    from showo2_cli.serve import ApiError
+    from showo2_cli.serve.requests import read_json
+
+    class Body:
+        def __init__(self, raw: bytes):
+            self.raw, self.headers = raw, {}
+
+        async def stream(self):
+            yield self.raw
+
+    def read(raw: bytes):
+        return asyncio.run(read_json(Body(raw), 1 << 20))
+
+    assert read(b'{"messages": [{"content": "caf\\u00e9 \\ud83d\\ude00"}]}')["messages"][0]["content"] == "caf\u00e9 \U0001f600"
+    for raw in (b'{"messages": [{"role": "user", "content": "hi \\ud800 there"}]}',
+                b'{"model": "x\\udfff"}', b'{"\\ud800": 1}'):
+        with pytest.raises(ApiError) as e:
+            read(raw)
+        assert e.value.status == 400 and "Unicode" in e.value.message
+    with pytest.raises(ApiError) as e:
+        read(b'{"messages": [{"role": "user", "content": "\\ud800"}]}')
+    assert e.value.param == "messages[0].content"
+
+    class Gone(Body):  # the client went away while sending its body: a plain 400, no "internal error"
+        async def stream(self):
+            from starlette.requests import ClientDisconnect
+
+            yield b'{"messages":'
+            raise ClientDisconnect()
+
+    with pytest.raises(ApiError) as e:
+        asyncio.run(read_json(Gone(b""), 1 << 20))
+    assert (e.value.status, e.value.code) == (400, "incomplete_body")
+
+
+def test_stop_strings_end_the_answer_and_the_stream(demo, tmp_path):
+    """A stop string cuts the answer before it (as OpenAI's ``stop``); the stream never shows
+    any of it, even when it arrives split over tokens."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.dialogue import _held_back
+    from showo2_cli.options import TextSampling
+
+    assert _held_back("a red ci", ["circle"]) == 2 and _held_back("a red", ["circle"]) == 0
+    assert _held_back("abc", ["bcd", "cx"]) == 2
+    s = scene(5)
+    path = write_scene(tmp_path / "s.png", s)
+    conv = Conversation(demo)
+    conv.attach(path)
+    full = conv.ask(S.Q_DESCRIBE_IMAGE, TextSampling(40))
+    words = full.split()
+    assert len(words) >= 3, full
+    stop = words[2][:3]  # a piece of the third word: a stop string inside a token's text
+    expected = full[:full.index(stop)].strip()
+    pieces = []
+    conv = Conversation(demo)
+    conv.attach(path)
+    answer = conv.ask(S.Q_DESCRIBE_IMAGE, TextSampling(40, stop_strings=(stop, "never appears")), on_text=pieces.append)
+    assert answer == expected and "".join(pieces).strip() == expected
+    turn = conv.turns[-1]
+    assert turn.stopped and len(turn.answer_ids) < len(demo.require_tokenizer()(full)["input_ids"])
+    with pytest.raises(Exception, match="stop string"):
+        TextSampling(4, stop_strings=("",)).validate()
 
 
 def test_worker_queue_is_bounded_and_cancellable():
@@ -472,7 +575,23 @@ def test_server_errors_are_openai_json(keyed_server):
     not_an_image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}
     broken = {"model": "demo", "messages": [{"role": "user", "content": [{"type": "text", "text": "?"},
                                                                          not_an_image]}]}
-    expect(httpx.post(chat, json=broken, headers=key), 400, "invalid_input")
+    r = httpx.post(chat, json=broken, headers=key)
+    expect(r, 400, "invalid_input")  # the request's part is named, the server's temporary file is not
+    assert r.json()["error"]["param"] == "messages[0].content[1]" and "showo2-serve-" not in r.text
+    expect(httpx.post(chat, json={**user, "max_tokens": 10 ** 400}, headers=key), 400, "invalid_value")
+    expect(httpx.post(chat, content=b'{"messages": [{"role": "user", "content": "a \\ud800"}]}', headers=key),
+           400, "invalid_json")
+    expect(httpx.post(chat, json={**user, "logprobs": True}, headers=key), 400, "unsupported_parameter")
+    r = httpx.put(chat, headers=key)
+    expect(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "POST"
+    assert httpx.head(url + "/health").status_code == 200
+    with socket.create_connection(("127.0.0.1", keyed_server.port)) as sock:  # a body that never ends
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekret\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"messages\":")
+        sock.shutdown(socket.SHUT_WR)
+        reply = sock.recv(65536)  # uvicorn treats the half-close as a disconnect: no reply, or a 400
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 400"), reply[:200]
     big = {"type": "image_url", "image_url": {"url": data_url(scene(2, canvas=256))}}  # 65536 > 20000 pixels
     too_big = {**user, "messages": [{"role": "user", "content": [big]}]}
     expect(httpx.post(chat, json=too_big, headers=key), 422, "too_large")

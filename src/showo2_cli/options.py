@@ -17,6 +17,8 @@ from .errors import UsageError, short
 
 #: Longest prompt or question accepted, in characters (the models see a few hundred tokens).
 MAX_PROMPT_CHARS = 10_000
+MAX_STOP_STRINGS = 16  # TextSampling.stop_strings (OpenAI allows 4)
+MAX_STOP_CHARS = 200
 #: Largest prompts file read.
 MAX_PROMPTS_FILE_BYTES = 64 * 1024 * 1024
 #: Longest video generated, in pixel frames (1 + 4k).
@@ -179,6 +181,8 @@ class TextSampling:
     top_p: float | None = None
     seed: int | None = None
     stop_ids: tuple[int, ...] = ()
+    #: texts that end the answer where they first appear (not included in it), as OpenAI's ``stop``
+    stop_strings: tuple[str, ...] = ()
 
     def validate(self) -> None:
         check_int("--max-new-tokens", self.max_new_tokens, 1, 1_000_000)
@@ -186,6 +190,11 @@ class TextSampling:
         check_number("--top-p", self.top_p, 0, 1, low_open=True)
         check_int("--top-k", self.top_k, 1, 10_000_000)
         check_seed(self.seed)
+        if len(self.stop_strings) > MAX_STOP_STRINGS:
+            raise UsageError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop_strings)}")
+        for text in self.stop_strings:
+            if not isinstance(text, str) or not text or len(text) > MAX_STOP_CHARS:
+                raise UsageError(f"a stop string must be 1 to {MAX_STOP_CHARS} characters of text")
 
 
 @dataclass

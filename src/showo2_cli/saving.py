@@ -165,9 +165,10 @@ def load_noise(path: str | os.PathLike | None):
         raise
     except Exception as e:
         raise InputError(f"cannot read noise '{p}': not a safetensors file or truncated") from e
+    noise = noise.float()  # checked after the cast: a float64 1e300 is inf in float32
     if not noise.isfinite().all():
-        raise InputError(f"noise '{p}' must be finite, got NaN/inf values")
-    return noise.float()
+        raise InputError(f"noise '{p}' must be finite in float32, got NaN/inf values")
+    return noise
 
 
 def result_metadata(item, kind: str, fps: float | None = None, image: str | os.PathLike | None = None) -> dict:

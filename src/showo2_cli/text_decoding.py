@@ -66,7 +66,8 @@ def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor | None, opts
     """Decode from a prompt given as embeddings ``(1, L, H)`` with its boolean mask ``(1, 1, L, L)``.
 
     ``model`` is a :class:`~showo2_cli.modeling.showo2.Showo2Model`. ``on_token`` is called with
-    each new id as soon as it is chosen (for streaming). Stops at any of ``opts.stop_ids``; the
+    each new id as soon as it is chosen (for streaming); when it returns true, decoding stops
+    there (``stopped``: how stop strings end an answer). Stops at any of ``opts.stop_ids``; the
     stop token is recorded in ``token_ids``. ``cache``: a prompt head already run (:func:`prefill`);
     ``prompt_embeds`` is then only the rest of the prompt and ``mask`` None (the rest attends
     causally to everything before it). The cache is cropped back to its head afterwards, so it
@@ -99,8 +100,9 @@ def _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head
             out.step_logits.append(logits.cpu())
         token = choose_token(logits, opts, generator)
         out.token_ids.append(token)
-        if on_token is not None:
-            on_token(token)
+        if on_token is not None and on_token(token):  # the caller saw its stop (a stop string)
+            out.stopped = True
+            break
         if token in opts.stop_ids:
             out.stopped = True
             break

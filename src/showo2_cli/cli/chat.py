@@ -79,6 +79,8 @@ class ChatSession:
             self.info("(interrupted)")
         except MemoryError:
             self.error("out of memory")
+        except BrokenPipeError:  # the reader of the answers went away: the chat ends (exit 141)
+            raise
         except Exception as e:  # a bug: one line (the traceback with --debug), the chat goes on
             if common.STATE.get("debug"):
                 traceback.print_exc(file=self.err)
@@ -119,7 +121,7 @@ class ChatSession:
         elif name in ("/image", "/video", "/attach"):
             if not rest:
                 raise UsageError("/image needs a file: /image PATH")
-            path = Path(_unquote(rest)).expanduser()
+            path = _user_path(_unquote(rest), "/image")
             visual = self.conv.attach(path, name=str(path))
             self.info(f"attached {path} ({visual.kind}): it goes with your next question")
             from ..pipelines import supports_video_understanding
@@ -139,7 +141,7 @@ class ChatSession:
             files = [a for a in args if a != "--overwrite"]
             if len(files) != 1:
                 raise UsageError("/save needs one file: /save FILE [--overwrite]")
-            path = Path(files[0]).expanduser()
+            path = _user_path(files[0], "/save")
             self.conv.save(path, overwrite=overwrite)
             self.info(f"transcript saved to {path}")
         else:
@@ -163,7 +165,7 @@ class ChatSession:
                     raise UsageError(f"/t2i {a} needs a value")
                 v = args[i + 1]
                 if a in ("-o", "--output"):
-                    output = Path(v).expanduser()
+                    output = _user_path(v, "/t2i -o")
                 else:
                     try:
                         number = int(v)
@@ -193,6 +195,15 @@ class ChatSession:
         (item,) = text_to_image(self.conv.model, [prompt], opts)
         save_results([item], [plan], "t2i", overwrite=overwrite)
         self.info(f"saved {output} (seed {item.seed}); attach it with /image {output}")
+
+
+def _user_path(text: str, what: str) -> Path:
+    """A file name typed in the chat: ``~`` expanded (an unknown ``~user`` stays as typed)."""
+    from ..errors import UsageError
+
+    if "\0" in text:
+        raise UsageError(f"{what}: a file name cannot contain a NUL character")
+    return Path(os.path.expanduser(text))
 
 
 def _unquote(text: str) -> str:

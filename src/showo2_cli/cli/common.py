@@ -45,8 +45,9 @@ def stderr_console():
 
 
 def notice(message: str) -> None:
+    """One line on stderr (a newline from a file's metadata cannot forge a second one)."""
     if not STATE["quiet"] and not STATE["json"]:
-        write(sys.stderr, safe_text(message) + "\n")
+        write(sys.stderr, safe_text(" ".join(str(message).splitlines())) + "\n")
 
 
 def write(stream, text: str) -> None:

@@ -58,7 +58,8 @@ def encode(
     RuntimeOptions(device, value(dtype), max_memory, vae_tiling=value(vae_tiling)).validate()
     EncodeOptions(frames=frames, sample=sample, seed=seed).validate()
     M.check_output_path(out, overwrite, probe=True)
-    source = M.read_media(media)  # the whole input is read and checked before anything loads
+    # the input is read and checked before anything loads: the frames --frames uses (1+4k), else all
+    source = M.read_media(media, first=None if frames is None else M.round_frames(frames, "up"))
 
     from ..loading import find_files, spec_from_files
     from ..pipelines import latents as L
@@ -137,7 +138,7 @@ def decode(
 
     z, meta = L.load_latents(latents)
     frames_out = 1 + 4 * (z.shape[1] - 1)
-    out = output or latents.with_name(latents.name.split(".")[0] + (".png" if frames_out == 1 else ".mp4"))
+    out = output or latents.with_name(_stem(latents.name) + (".png" if frames_out == 1 else ".mp4"))
     ext = out.suffix.lower()
     if ext not in writable:
         raise UsageError(f"unsupported output extension '{ext}': use .png/.jpg/.webp or .mp4/.webm/.gif")
@@ -164,3 +165,9 @@ def decode(
     t, h, w = frames.shape[:3]
     emit({"output": str(out), "frames": int(t), "width": int(w), "height": int(h), "fps": rate if t > 1 else None},
          f"{out}  {t} frame(s) {w}x{h}" + (f" at {rate:g} fps" if t > 1 else ""))
+
+
+def _stem(name: str) -> str:
+    """``x.safetensors`` -> ``x``, ``x.latents.safetensors`` -> ``x``; a dot file keeps its dot."""
+    dots = len(name) - len(name.lstrip("."))
+    return name[:dots] + name[dots:].split(".")[0]

@@ -85,6 +85,8 @@ from .probe import (
 )
 from .video import (
     MAX_DECODED_BYTES,
+    MAX_FPS,
+    MIN_FPS,
     VIDEO_CONTAINERS,
     VIDEO_WRITE_EXTS,
     Media,
@@ -99,6 +101,8 @@ __all__ = [
     "IMAGE_EXTS",
     "IMAGE_WRITE_EXTS",
     "MAX_DECODED_BYTES",
+    "MAX_FPS",
+    "MIN_FPS",
     "MAX_PIXELS_ENV",
     "MAX_SIDE",
     "METADATA_KEY",

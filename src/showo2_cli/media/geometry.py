@@ -78,6 +78,11 @@ def parse_size(text: str | int | None, multiple: int = 16, option: str = "--size
     return h, w
 
 
+#: :func:`resize_center_crop` resizes the whole image (as torchvision does, exactly) unless that
+#: makes it more than this many times the output's pixels; then only the kept region is resized
+MAX_RESIZE_FACTOR = 16
+
+
 def resize_center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
     """Resize (bicubic, antialiased) so the image covers ``size``, then center-crop to it.
 
@@ -95,10 +100,16 @@ def resize_center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.I
         new_h, new_w = th, max(tw, int(th * width / height))
     else:
         new_h, new_w = max(th, int(tw * height / width)), tw
-    if (new_w, new_h) != (width, height):
-        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
     top = int(round((new_h - th) / 2.0))
     left = int(round((new_w - tw) / 2.0))
+    if new_w * new_h > MAX_RESIZE_FACTOR * tw * th:
+        # a very thin image (200000x1) would first become a huge one: resize only the region the
+        # crop keeps (the same sampling positions; PIL still reads the pixels around it)
+        sx, sy = width / new_w, height / new_h
+        box = (left * sx, top * sy, (left + tw) * sx, (top + th) * sy)
+        return img.resize((tw, th), Image.Resampling.BICUBIC, box=box)
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
     if (new_w, new_h) == (tw, th):
         return img
     return img.crop((left, top, left + tw, top + th))

@@ -133,6 +133,14 @@ def _pil_header(p: Path) -> tuple[str, tuple[int, int], bool] | None:
         return None
 
 
+def video_streams(container) -> list:
+    """The container's video streams that are moving pictures: not the cover art an audio file
+    carries as an ``attached_pic`` "video" stream."""
+    from av.stream import Disposition
+
+    return [s for s in container.streams.video if not (int(s.disposition) & int(Disposition.attached_pic))]
+
+
 def _av_container(p: Path) -> str | None:
     """``"video"`` if FFmpeg opens the file as a real container with a video stream, ``"other"``
     for a container without one (audio only, or a video track with no frame), else None."""
@@ -143,7 +151,7 @@ def _av_container(p: Path) -> str | None:
             names = set((container.format.name or "").split(","))
             if names & {"image2", "image2pipe"} or any(n.endswith("_pipe") for n in names):
                 return None  # a single still image (or garbage with an image extension)
-            if len(container.streams.video) > 0:
+            if video_streams(container):
                 return "video"
             if len(container.streams) > 0 or names & {"mov", "matroska", "webm", "avi"}:
                 return "other"
@@ -237,17 +245,26 @@ def _check_packets(p: Path, prefix: str) -> None:
     with _ffmpeg_errors() as logs:
         try:
             with av.open(str(p), metadata_errors="replace") as container:
-                streams = list(container.streams.video[:1])
+                streams = video_streams(container)[:1]
                 if not streams:
                     return  # judged by the caller ("no video stream")
+                try:
+                    listed = int(streams[0].frames or 0)  # mp4/mov: the sample table's count
+                except Exception:
+                    listed = 0
+                packets = 0
                 for packet in container.demux(streams[0]):
                     if packet.size and packet.is_corrupt:
                         raise InputError(
                             f"{prefix}: truncated or corrupt (a damaged packet at pts {packet.pts})"
                         )
+                    packets += bool(packet.size)
                     found = _first_ffmpeg_error(logs)
                     if found:
                         raise InputError(f"{prefix}: truncated or corrupt ({found})")
+                if 0 < packets < listed:  # the index lists frames the file no longer holds (cut short)
+                    raise InputError(f"{prefix}: truncated or corrupt (the file lists {listed} frames and "
+                                     f"holds {packets})")
         except (InputError, ResourceError):
             raise
         except MemoryError as e:
@@ -260,9 +277,60 @@ def _check_packets(p: Path, prefix: str) -> None:
             raise InputError(f"{prefix}: truncated or corrupt ({found})")
 
 
-def _check_gif_frames(p: Path, prefix: str) -> None:
+#: Decoding a GIF paints every frame on the whole canvas: at most this many canvas pixels over
+#: all its frames (a 1080p GIF of 500 frames; a tiny file can declare an 8000x8000 canvas and
+#: thousands of 1x1 frames, hours of decoding)
+MAX_GIF_PIXEL_FRAMES = 2**30
+
+
+def gif_frame_count(p: Path, stop_after: int | None = None) -> int:
+    """Frames of a GIF counted from its block structure, without decoding any (stops counting
+    past ``stop_after``); a damaged structure ends the count there."""
+    with open(p, "rb") as f:
+        head = f.read(13)
+        if len(head) < 13 or head[:3] != b"GIF":
+            return 0
+        if head[10] & 0x80:
+            f.seek(3 << ((head[10] & 7) + 1), 1)  # the global colour table
+
+        def skip_sub_blocks() -> bool:
+            while True:
+                size = f.read(1)
+                if not size:
+                    return False
+                if size[0] == 0:
+                    return True
+                f.seek(size[0], 1)
+
+        count = 0
+        while stop_after is None or count <= stop_after:
+            kind = f.read(1)
+            if kind == b"\x21":  # an extension: its label, then sub-blocks
+                if not f.read(1) or not skip_sub_blocks():
+                    break
+            elif kind == b"\x2c":  # an image: its descriptor, local colour table, LZW size, data
+                desc = f.read(9)
+                if len(desc) < 9:
+                    break
+                if desc[8] & 0x80:
+                    f.seek(3 << ((desc[8] & 7) + 1), 1)
+                if not f.read(1) or not skip_sub_blocks():
+                    break
+                count += 1
+            else:  # the trailer (0x3b), the end of the file or garbage
+                break
+        return count
+
+
+def _check_gif_frames(p: Path, prefix: str, width: int = 0, height: int = 0) -> None:
     """Decode every frame of a GIF with PIL, which (unlike FFmpeg) reports a truncated or
-    damaged frame instead of silently ending the animation there."""
+    damaged frame instead of silently ending the animation there; first refuse a GIF whose
+    frames would paint more than :data:`MAX_GIF_PIXEL_FRAMES` canvas pixels."""
+    canvas = max(width * height, 1)
+    frames = gif_frame_count(p, stop_after=MAX_GIF_PIXEL_FRAMES // canvas)
+    if frames * canvas > MAX_GIF_PIXEL_FRAMES:
+        raise ResourceError(f"video {quote_path(p)} is too large to decode: more than {frames - 1} frames on "
+                            f"a {width}x{height} canvas (at most {MAX_GIF_PIXEL_FRAMES // canvas} at that size)")
     try:
         with warnings.catch_warnings(), Image.open(p) as im:
             warnings.simplefilter("ignore")
@@ -290,7 +358,7 @@ def check_video_structure(p: Path, prefix: str, limit: int) -> None:
         width, height = header[1]
         if width * height > limit:
             raise too_large("video", p, width, height, limit)
-        _check_gif_frames(p, prefix)
+        _check_gif_frames(p, prefix, width, height)
     else:
         _check_packets(p, prefix)
 
@@ -311,9 +379,10 @@ def check_video(path: PathLike, max_pixels: int | None = None) -> None:
     check_video_structure(p, prefix, limit)
     try:
         with av.open(str(p), metadata_errors="replace") as container:
-            if not container.streams.video:
+            streams = video_streams(container)
+            if not streams:
                 raise InputError(f"{prefix}: the file has no video stream")
-            cc = container.streams.video[0].codec_context
+            cc = streams[0].codec_context
             width, height = int(cc.width or 0), int(cc.height or 0)
     except (InputError, ResourceError):
         raise

@@ -28,10 +28,14 @@ from .probe import (
     quote_path,
     resolve_max_pixels,
     too_large,
+    video_streams,
 )
 
 #: Refuse to decode a video whose RGB frames would take more than this many bytes.
 MAX_DECODED_BYTES: int = 8 * 1024**3
+#: The frame rates a video is read or written at; a source's rate outside them is not used
+MIN_FPS: float = 0.1
+MAX_FPS: float = 1000.0
 #: Extensions :func:`write_video` can write (plus image extensions for a single frame).
 VIDEO_WRITE_EXTS: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".gif")
 
@@ -112,7 +116,7 @@ def _frame_rate(stream: Any) -> float:
             rate = None
         if rate:
             value = float(rate)
-            if math.isfinite(value) and 0.0 < value < 10000.0:
+            if math.isfinite(value) and MIN_FPS <= value <= MAX_FPS:
                 return value
     return 8.0
 
@@ -130,6 +134,7 @@ def read_video(
     num_frames: int | None = None,
     max_pixels: int | None = None,
     max_frames: int = 100000,
+    first: int | None = None,
 ) -> Media:
     """Decode a video (mp4, webm, mov, mkv, avi, animated GIF, ...) with PyAV to RGB frames.
 
@@ -141,6 +146,8 @@ def read_video(
         max_pixels: refuse frames with more pixels (default ``$SHOWO2_MAX_PIXELS`` or
             :data:`DEFAULT_MAX_PIXELS`).
         max_frames: refuse to return more frames than this.
+        first: without ``num_frames``: only the first ``first`` frames are decoded and returned
+            (``total_frames`` then counts only those).
 
     The frame rate is the stream's average rate (then its guessed rate, then 8.0). A display
     rotation (phone videos) is applied in multiples of 90 degrees. Frames whose size changes
@@ -175,9 +182,10 @@ def read_video(
                 f"(unknown format, truncated or corrupt: {error_detail(e)})"
             ) from e
         try:
-            if not container.streams.video:
+            streams = video_streams(container)
+            if not streams:
                 raise InputError(f"{prefix}: the file has no video stream")
-            stream = container.streams.video[0]
+            stream = streams[0]
             stream.thread_type = "AUTO"
         except BaseException:
             container.close()
@@ -203,12 +211,17 @@ def read_video(
             estimate = int(math.ceil(seconds * fps)) if seconds > 0 else 0
         else:
             estimate = header_frames
+        if num_frames is None and first is not None:
+            estimate = min(estimate, first) if estimate > 0 else 0
         wanted_count = num_frames if num_frames is not None else estimate
         if num_frames is not None and num_frames > max_frames:
             raise ResourceError(
                 f"cannot read {num_frames} frames from {quote_path(p)}: the limit is {max_frames}"
             )
-        if wanted_count * frame_bytes > MAX_DECODED_BYTES:
+        # a count from the duration is only an estimate (a 5-frame video may last hours):
+        # then the limit is enforced while decoding
+        exact = num_frames is not None or header_frames > 0
+        if exact and wanted_count * frame_bytes > MAX_DECODED_BYTES:
             raise ResourceError(
                 f"video {quote_path(p)} is too large to decode: {wanted_count} frames of "
                 f"{width}x{height} need {wanted_count * frame_bytes / 1024**3:.1f} GiB "
@@ -224,6 +237,8 @@ def read_video(
         count = 0
         try:
             for frame in container.decode(stream):
+                if keep is None and first is not None and count >= first:
+                    break
                 if keep is None or count in keep:
                     if keep is None and (
                         count + 1 > max_frames or (count + 1) * frame_bytes > MAX_DECODED_BYTES
@@ -274,10 +289,12 @@ def read_video(
     if total == 0 or not kept:
         raise InputError(f"{prefix}: no decodable video frames (empty, truncated or corrupt)")
     try:
-        first = kept[indices[0]]
-        out = np.empty((len(indices), *first.shape), dtype=np.uint8)
+        out = np.empty((len(indices), *kept[indices[0]].shape), dtype=np.uint8)
+        last_use = {idx: i for i, idx in enumerate(indices)}
         for i, idx in enumerate(indices):
             out[i] = kept[idx]
+            if last_use[idx] == i:  # each decoded frame is freed once copied: one copy at a time
+                del kept[idx]
     except (KeyError, ValueError) as e:
         raise InputError(f"{prefix}: frames could not be decoded consistently ({error_detail(e)})") from e
     return Media(kind="video", frames=out, fps=fps, source=str(p), total_frames=total)
@@ -288,15 +305,16 @@ def read_media(
     num_frames: int | None = None,
     max_pixels: int | None = None,
     max_frames: int = 100000,
+    first: int | None = None,
 ) -> Media:
     """Read an image or a video, chosen by :func:`probe_kind`.
 
-    An image gives ``Media(kind="image")`` with one frame and ``fps=None`` (``num_frames`` is
-    ignored for images); a video is read with :func:`read_video`.
+    An image gives ``Media(kind="image")`` with one frame and ``fps=None`` (``num_frames`` and
+    ``first`` are ignored for images); a video is read with :func:`read_video`.
     """
     kind = probe_kind(path)
     if kind == "video":
-        return read_video(path, num_frames=num_frames, max_pixels=max_pixels, max_frames=max_frames)
+        return read_video(path, num_frames=num_frames, max_pixels=max_pixels, max_frames=max_frames, first=first)
     img = read_image(path, max_pixels=max_pixels)
     frames = np.array(img, dtype=np.uint8)[None]  # writable copy
     return Media(kind="image", frames=frames, fps=None, source=os.fspath(path), total_frames=1)
@@ -428,8 +446,8 @@ def write_video(
         fps_value = float(fps)
     except (TypeError, ValueError):
         raise UsageError(f"fps must be a number, got {fps!r}") from None
-    if not math.isfinite(fps_value) or fps_value <= 0 or fps_value > 1000:
-        raise UsageError(f"fps must be between 0 and 1000, got {fps!r}")
+    if not math.isfinite(fps_value) or not MIN_FPS <= fps_value <= MAX_FPS:
+        raise UsageError(f"fps must be between {MIN_FPS:g} and {MAX_FPS:g}, got {fps!r}")
     with atomic_output(p, overwrite) as tmp:
         try:
             if ext == ".gif":

@@ -72,7 +72,8 @@ def encode(source: str | os.PathLike | M.Media, vae: WanVAE, options: EncodeOpti
     (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on the VAE's device)."""
     opts = options or EncodeOptions()
     notices: list[str] = []
-    media = source if isinstance(source, M.Media) else M.read_media(source)
+    first = None if opts.frames is None else M.round_frames(opts.frames, "up")  # only the frames used
+    media = source if isinstance(source, M.Media) else M.read_media(source, first=first)
     source = media.source if isinstance(source, M.Media) else source
     n_frames = 1 if media.kind == "image" else min(M.round_frames(opts.frames or media.num_frames, "up"),
                                                    max(M.round_frames(media.num_frames, "down"), 1))
@@ -151,8 +152,9 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
     except ValueError as e:
         raise InputError(f"'{p}' has malformed showo2 metadata ({e})") from e
     _check_latents_metadata(p, meta)
-    if not latents.is_floating_point():
-        raise InputError(f"'{p}': latents must be floating point, got {str(latents.dtype).replace('torch.', '')}")
+    if latents.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise InputError(f"'{p}': latents must be floating point (float32, float16, bfloat16 or float64), got "
+                         f"{str(latents.dtype).replace('torch.', '')}")
     if latents.dim() == 5 and latents.shape[0] == 1:
         latents = latents[0]
     if latents.dim() == 3:
@@ -161,9 +163,10 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
         raise InputError(f"'{p}': latents must be (C, T, h, w), got shape {tuple(latents.shape)}")
     if z_dim is not None and latents.shape[0] != z_dim:
         raise InputError(f"'{p}': latents have {latents.shape[0]} channels but the VAE expects {z_dim}")
-    if latents.shape[2] < 1 or latents.shape[3] < 1 or not torch.isfinite(latents).all():
-        raise InputError(f"'{p}': latents are empty or hold NaN/inf values")
-    return latents.float(), meta
+    latents = latents.float()  # checked after the cast: a float64 1e300 is inf in float32
+    if min(latents.shape[1:]) < 1 or not torch.isfinite(latents).all():
+        raise InputError(f"'{p}': latents are empty or hold NaN/inf values (as float32)")
+    return latents, meta
 
 
 def _check_latents_metadata(p: Path, meta: dict) -> None:
@@ -175,8 +178,8 @@ def _check_latents_metadata(p: Path, meta: dict) -> None:
 
     fps = meta.get("fps")
     if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
-                            or not math.isfinite(fps) or not 0 < fps <= 1000):
-        raise bad("fps", "a number of frames per second in (0, 1000] or null")
+                            or not math.isfinite(fps) or not M.MIN_FPS <= fps <= M.MAX_FPS):
+        raise bad("fps", f"a number of frames per second in [{M.MIN_FPS:g}, {M.MAX_FPS:g}] or null")
     for key in ("vae", "source", "kind", "format"):
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise bad(key, "text or null")

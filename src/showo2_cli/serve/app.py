@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import UsageError
+from ..errors import Showo2Error, UsageError
 from .requests import (
     ApiError,
     ChatPlan,
@@ -46,24 +46,31 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
     with tempfile.TemporaryDirectory(prefix="showo2-serve-") as tmp:
         count = 0
 
-        def attach(data: bytes) -> None:
+        def attach(data: bytes, param: str) -> None:
             nonlocal count
             path = Path(tmp) / f"image-{count}"
             path.write_bytes(data)
-            conv.attach(path, name=f"image {count + 1}", max_pixels=config.max_image_pixels)
+            try:
+                conv.attach(path, name=f"image {count + 1}", max_pixels=config.max_image_pixels)
+            except Showo2Error as e:  # name the request's part, never the server's temporary file
+                err = api_error_of(e)
+                message = err.message.replace(f"'{path}'", param).replace(str(path), param)
+                raise ApiError(err.status, f"{param}: {message}" if param not in message else message,
+                               err.code, param) from None
             path.unlink()
             count += 1
 
         for turn in plan.turns:
-            for data in turn.images:
-                attach(data)
+            for data, param in zip(turn.images, turn.image_params, strict=True):
+                attach(data, param)
             if job.cancel.is_set():
                 from ..dialogue import Cancelled
 
                 raise Cancelled("cancelled")
             if turn.answer is not None:
                 conv.add_turn(turn.question, turn.answer)
-    sampling = TextSampling(plan.max_tokens, plan.temperature, None, plan.top_p, plan.seed)
+    sampling = TextSampling(plan.max_tokens, plan.temperature, None, plan.top_p, plan.seed,
+                            stop_strings=plan.stop)
     answer = conv.ask(plan.turns[-1].question, sampling, on_text=lambda piece: job.emit("text", piece),
                       cancel=job.cancel)
     turn = conv.turns[-1]
@@ -133,7 +140,9 @@ def create_app(model, config: ServerConfig):
     async def http_error(request, exc):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
-        return error(ApiError(exc.status_code, f"{message}: {request.method} {request.url.path}", code))
+        response = error(ApiError(exc.status_code, f"{message}: {request.method} {request.url.path!r}", code))
+        response.headers.update(getattr(exc, "headers", None) or {})  # 405: Starlette's Allow header
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, exc):
@@ -161,7 +170,7 @@ def create_app(model, config: ServerConfig):
         if not isinstance(name, str):
             raise ApiError(400, "'model' must be a string", "invalid_type", "model")
         if name != config.model_id:
-            raise ApiError(404, f"model '{name[:80]}' is not served here (this server serves "
+            raise ApiError(404, f"model {name[:80]!r} is not served here (this server serves "
                                 f"'{config.model_id}')", "model_not_found", "model")
 
     def model_card() -> dict:
@@ -199,14 +208,14 @@ def create_app(model, config: ServerConfig):
             if kind == "error":
                 raise value
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return JSONResponse({"status": "draining" if state["draining"] else "ok", "model": config.model_id,
                              "version": __version__, "running": worker.running is not None,
                              "queued": worker.waiting, "max_queue": config.max_queue, **worker.counts},
                             status_code=503 if state["draining"] else 200)
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def list_models(request: Request):
         try:
             check(request)
@@ -214,7 +223,7 @@ def create_app(model, config: ServerConfig):
         except Exception as e:
             return error(e)
 
-    @app.get("/v1/models/{name:path}")
+    @app.api_route("/v1/models/{name:path}", methods=["GET", "HEAD"])
     async def get_model(name: str, request: Request):
         try:
             check(request)

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ..errors import InputError, ModelError, ResourceError, Showo2Error, UsageError
+from ..errors import InputError, ModelError, ResourceError, Showo2Error, UsageError, short
 
 try:  # module level: FastAPI resolves the handlers' (string) annotations in these globals
     from fastapi import Request
@@ -100,13 +100,19 @@ async def read_json(request, limit: int) -> dict:
         if declared > limit:
             raise ApiError(413, f"request body of {declared} bytes is larger than the limit of {limit}",
                            "request_too_large")
+    from starlette.requests import ClientDisconnect
+
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body is larger than the limit of {limit} bytes",
-                           "request_too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body is larger than the limit of {limit} bytes",
+                               "request_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away (or stopped sending) before its body ended
+        raise ApiError(400, "the request body ended early (the client stopped sending)",
+                       "incomplete_body") from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise ApiError(400, "the request body is empty: send a JSON object", "invalid_json")
@@ -119,7 +125,34 @@ async def read_json(request, limit: int) -> dict:
         raise ApiError(400, f"the request body is not valid JSON: {detail}", "invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", "invalid_json")
+    where = _invalid_text(data)
+    if where is not None:
+        raise ApiError(400, f"{where or 'the request'} holds text that is not valid Unicode (a lone "
+                            "surrogate \\ud800-\\udfff escape)", "invalid_json", where or None)
     return data
+
+
+def _invalid_text(value, where: str = "") -> str | None:
+    """Where a JSON value holds a string (or key) that cannot be UTF-8 encoded, e.g. a lone
+    surrogate from a ``"\\ud800"`` escape, which JSON allows and no tokenizer or reply can take."""
+    stack = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return at
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                try:
+                    k.encode("utf-8")
+                except UnicodeEncodeError:
+                    return at
+                stack.append((v, f"{at}.{k}" if at else k))
+        elif isinstance(item, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+    return None
 
 
 def _number(body: dict, key: str, low: float, high: float, default=None, integer: bool = False,
@@ -132,8 +165,9 @@ def _number(body: dict, key: str, low: float, high: float, default=None, integer
     wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
     if wrong_type:
         raise ApiError(400, f"'{key}' must be {kind}", "invalid_type", key)
-    if not math.isfinite(value) or not low <= value <= high:
-        raise ApiError(400, f"'{key}' must be {kind} between {low:g} and {high:g}, got {value}",
+    # a float may be inf/nan (from 1e999); an int may be too large for a float, so compare as is
+    if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
+        raise ApiError(400, f"'{key}' must be {kind} between {low:g} and {high:g}, got {short(value, 24)}",
                        "invalid_value", key)
     if limit is not None and value > limit:
         raise ApiError(422, f"'{key}' of {value} is over this server's limit of {limit:g}{limit_what}",
@@ -188,6 +222,7 @@ class PlannedTurn:
     question: str
     images: list[bytes] = field(default_factory=list)
     answer: str | None = None
+    image_params: list[str] = field(default_factory=list)  # where each image is in the request
 
 
 @dataclass
@@ -200,6 +235,44 @@ class ChatPlan:
     seed: int | None
     stream: bool
     include_usage: bool
+    stop: tuple[str, ...] = ()
+
+
+#: OpenAI chat fields that would change the reply and that this server cannot honour: refused
+#: (400 ``unsupported_parameter``) unless they hold the value meaning "off"
+_UNSUPPORTED_CHAT = {
+    "logprobs": lambda v: v in (None, False),
+    "top_logprobs": lambda v: v in (None, 0),
+    "tools": lambda v: v in (None, []),
+    "functions": lambda v: v in (None, []),
+    "tool_choice": lambda v: v in (None, "none", "auto"),
+    "function_call": lambda v: v in (None, "none", "auto"),
+    "response_format": lambda v: v is None or v == "text" or (isinstance(v, dict) and v.get("type") == "text"),
+    "logit_bias": lambda v: v in (None, {}),
+    "frequency_penalty": lambda v: v in (None, 0),
+    "presence_penalty": lambda v: v in (None, 0),
+    "audio": lambda v: v is None,
+    "modalities": lambda v: v in (None, ["text"]),
+    "prediction": lambda v: v is None,
+}
+
+
+def _stop_strings(body: dict) -> tuple[str, ...]:
+    """OpenAI's ``stop``: null, a string or a list of up to 4 non-empty strings."""
+    from ..options import MAX_STOP_CHARS
+
+    value = body.get("stop")
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise ApiError(400, "'stop' must be a string or a list of strings", "invalid_type", "stop")
+    if len(items) > 4:
+        raise ApiError(400, f"'stop' may hold at most 4 strings, got {len(items)}", "invalid_value", "stop")
+    if any(not v or len(v) > MAX_STOP_CHARS for v in items):
+        raise ApiError(400, f"each 'stop' string must be 1 to {MAX_STOP_CHARS} characters", "invalid_value",
+                       "stop")
+    return tuple(items)
 
 
 def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
@@ -212,8 +285,14 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     n = _number(body, "n", 1, 128, 1, integer=True)
     if n != 1:
         raise ApiError(400, "'n' must be 1 on this server", "invalid_value", "n")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    for name, off in _UNSUPPORTED_CHAT.items():
+        if name in body and not off(body[name]):
+            raise ApiError(400, f"'{name}' is not supported by this server (Show-o2 answers in plain text)",
+                           "unsupported_parameter", name)
+    stop = _stop_strings(body)
+    # max_completion_tokens replaces the deprecated max_tokens; a null one does not hide the other
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(key)
     max_tokens = _number({key: max_tokens}, key, 1, 1_000_000, config.default_max_tokens, integer=True,
                          limit=config.max_tokens)
     temperature = _number(body, "temperature", 0, 2, 0.0)
@@ -239,7 +318,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
         if role in ("system", "developer"):
             system_parts.append(_text(content, f"a {role} message's", param))
         elif role == "user":
-            text_parts, pics = [], []
+            text_parts, pics, where = [], [], []
             if isinstance(content, str):
                 text_parts.append(content)
             elif isinstance(content, list):
@@ -252,6 +331,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                         ref = part.get("image_url")
                         url = ref.get("url") if isinstance(ref, dict) else ref
                         pics.append(decode_data_url(url, p))
+                        where.append(p)
                     else:
                         raise ApiError(400, f"{p}: unsupported content part (use text or image_url)",
                                        "invalid_content", p)
@@ -267,8 +347,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                 last = turns[-1]
                 last.question = "\n".join(t for t in (last.question, text) if t)
                 last.images += pics
+                last.image_params += where
             else:
-                turns.append(PlannedTurn(text, pics))
+                turns.append(PlannedTurn(text, pics, image_params=where))
         elif role == "assistant":
             if not turns or turns[-1].answer is not None:
                 raise ApiError(400, f"{param}: an assistant message must follow a user message",
@@ -286,7 +367,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             t.question = "Describe the image."
     system = "\n".join(system_parts) if system_parts else None
     return ChatPlan(system, turns, int(max_tokens), float(temperature), top_p, seed, stream,
-                    bool(options.get("include_usage", False)))
+                    bool(options.get("include_usage", False)), stop)
 
 
 @dataclass
