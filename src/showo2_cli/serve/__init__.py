@@ -6,8 +6,9 @@ Endpoints (JSON in and out, errors always ``{"error": {"message", "type", "param
 * ``GET /v1/models`` and ``GET /v1/models/{id}``: the one served model;
 * ``POST /v1/chat/completions``: system/user/assistant messages, text and ``image_url`` parts
   (``data:`` URLs only: the server never fetches anything), greedy unless ``temperature`` > 0,
-  ``top_p``, ``max_tokens`` (or ``max_completion_tokens``), ``seed``, ``stream`` (server-sent
-  events in the OpenAI chunk format, ending with ``data: [DONE]``);
+  ``top_p``, ``max_tokens`` (or ``max_completion_tokens``), ``seed``, ``stop``, ``stream``
+  (server-sent events in the OpenAI chunk format, ending with ``data: [DONE]``); fields that would
+  change the reply and cannot be honoured (``logprobs``, ``tools``, ...) are refused (400);
 * ``POST /v1/images/generations``: ``prompt``, ``n``, ``size``, ``response_format=b64_json``, and
   the extra fields ``seed``, ``steps``, ``guidance``; returns PNGs carrying their parameters.
 
