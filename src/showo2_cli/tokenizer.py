@@ -36,12 +36,17 @@ def add_showo2_tokens(tokenizer) -> SpecialTokens:
 
 
 def load_tokenizer(path: Path):
-    """A fast tokenizer from a local folder, never touching the network."""
+    """A fast tokenizer from a local folder, never touching the network and never running code
+    from it (a config's ``auto_map`` naming a Python file is refused, not prompted for)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True,
+                                             trust_remote_code=False)
     except Exception as e:  # transformers raises many types for a broken folder
+        if "custom code" in str(e) or "trust_remote_code" in str(e):
+            raise ModelError(f"the tokenizer in '{path}' asks to run Python code from its folder (auto_map): "
+                             "showo2 never runs code from model files") from None
         raise ModelError(f"cannot load the tokenizer in '{path}': {str(e).splitlines()[0]}") from e
 
 

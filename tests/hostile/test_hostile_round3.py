@@ -222,3 +222,43 @@ def test_a_notice_is_one_line(capsys):
     common.notice("the latents were encoded with 'evil\nshowo2: error: forged\x1b[31m'")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err
+
+
+# ---- model folders --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["tokenizer_config", "config"])
+def test_a_folder_asking_to_run_its_own_code_is_refused_without_a_prompt(tiny_model_dir, tmp_path, monkeypatch,
+                                                                         where):
+    """transformers asks "Do you wish to run the custom code? [y/N]" on stdout and reads stdin:
+    a piped "yes" ran the folder's Python file."""
+    import io
+    import json
+    import shutil
+
+    from showo2_cli.errors import ModelError
+    from showo2_cli.tokenizer import load_tokenizer
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    marker = tmp_path / "RAN"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nclass Evil: pass\n")
+    if where == "tokenizer_config":
+        path = folder / "tokenizer_config.json"
+        cfg = json.loads(path.read_text())
+        cfg.update(tokenizer_class="Evil", auto_map={"AutoTokenizer": ["evil.Evil", None]})
+    else:  # the official layout's llm/config.json: the tokenizer folder's model config
+        path = folder / "config.json"
+        cfg = json.loads(path.read_text()) if path.exists() else {}
+        cfg.update(model_type="evil", auto_map={"AutoConfig": "evil.Evil", "AutoTokenizer": ["evil.Evil", None]})
+        tok = folder / "tokenizer_config.json"
+        tok_cfg = json.loads(tok.read_text())
+        tok_cfg.pop("tokenizer_class", None)
+        tok.write_text(json.dumps(tok_cfg))
+    path.write_text(json.dumps(cfg))
+    monkeypatch.setattr("sys.stdin", io.StringIO("yes\ny\n"))
+    try:
+        load_tokenizer(folder)
+    except ModelError:
+        pass  # refused (or unusable): either way one line, exit 4
+    assert not marker.exists()
+    assert __import__("sys").stdin.read() == "yes\ny\n"  # stdin never read
