@@ -156,6 +156,21 @@ def test_lora_option_on_model_commands_and_its_errors(tmp_path, tiny_model_dir, 
     assert main(["t2i", "x", "-o", str(tmp_path / "x.png"), "--lora", str(tiny_model_dir), *common]) == ModelError.exit_code
     assert "is not a LoRA adapter" in capsys.readouterr().err
 
+    # ranks that lie about the saved tensors are refused before peft allocates them (r = 10^9 was a
+    # 256 GB allocation; r = 0 a ValueError from peft)
+    import shutil
+
+    from showo2_cli.lora import ADAPTER_CONFIG, find_adapter, read_adapter
+
+    for change in ({"r": 1_000_000_000}, {"r": 0}, {"rank_pattern": {"q_proj": 10**9}}, {"rank_pattern": [1]}):
+        bad = tmp_path / f"bad-rank-{len(list(tmp_path.glob('bad-rank-*')))}"
+        shutil.copytree(find_adapter(run.checkpoint), bad)
+        cfg = json.loads((bad / ADAPTER_CONFIG).read_text())
+        cfg.update(change)
+        (bad / ADAPTER_CONFIG).write_text(json.dumps(cfg))
+        with pytest.raises(ModelError, match=r"adapter_config\.json.*(rank|\br\b)"):
+            read_adapter(bad)
+
     # an adapter trained on another base (other widths) does not fit: one line, exit 4
     from showo2_cli.loading import init_model, load
 

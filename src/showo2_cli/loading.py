@@ -85,6 +85,9 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None) ->
     label, root = resolve_root(name)
     cfg_path = root / "config.json"
     if not cfg_path.exists():
+        given = Path(name) if isinstance(name, (str, os.PathLike)) else root
+        if given.exists() and not given.is_dir():
+            raise ModelError(f"'{given}' is a file, not a Show-o2 model folder (give the folder holding config.json)")
         raise ModelError(f"'{root}' is not a Show-o2 model folder: it has no config.json")
     config = read_json(cfg_path)
     fmt = "showo2" if "showo2" in config else "official"
@@ -233,6 +236,12 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     if not llm_cfg and base is None:
         raise ModelError(f"cannot tell the LLM's head count for '{root}': put the Qwen2 config.json "
                          f"at llm_model_path ('{cfg.get('llm_model_path')}')")
+    for key in ("num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers", "hidden_size"):
+        value = llm_cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ModelError(f"'{files.llm_config}': {key} must be a positive integer, got {str(value)[:20]}")
+    if "num_attention_heads" not in llm_cfg and base is None:
+        raise ModelError(f"'{files.llm_config}' does not say num_attention_heads")
     heads = int(llm_cfg.get("num_attention_heads") or base.num_heads)
     head_dim = int(llm_cfg.get("head_dim") or hidden // heads)
     kv_dim = _shape(state, "showo.model.layers.0.self_attn.k_proj.weight", root)[0]
@@ -313,7 +322,10 @@ def spec_from_files(files: ModelFiles, state: dict) -> ModelSpec:
             return ModelSpec.from_dict(raw["spec"])
         except (UsageError, TypeError, ValueError) as e:
             raise ModelError(f"'{files.root / 'config.json'}': {e}") from e
-    return spec_from_official(files, state)
+    try:
+        return spec_from_official(files, state)
+    except (UsageError, ValueError, ZeroDivisionError) as e:  # sizes that make no model
+        raise ModelError(f"'{files.root / 'config.json'}': {e}") from e
 
 
 # ---- building the network ---------------------------------------------------------------------
@@ -517,7 +529,10 @@ def init_model(spec_name: str | ModelSpec, dst: Path, seed: int = 0, dtype: torc
     """Write a randomly initialised model folder of any spec (with a byte-level tokenizer and a
     random Wan-architecture VAE unless given)."""
     from .modeling.vae import WanVAE
+    from .options import check_seed
     from .tokenizer import add_showo2_tokens, byte_level_tokenizer
+
+    check_seed(seed)
 
     spec = spec_name if isinstance(spec_name, ModelSpec) else get_spec(spec_name)
     if tokenizer is None:

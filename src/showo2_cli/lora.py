@@ -125,6 +125,18 @@ def read_adapter(ref: str | os.PathLike):
         raise ModelError(f"--lora: {e}") from None
     if not state or not all("lora_" in k for k in state):
         raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}' holds no LoRA tensors")
+    # the ranks size the adapter peft allocates: they must be those of the saved tensors
+    saved = {int(t.shape[0]) for k, t in state.items() if "lora_A" in k and t.dim() == 2}
+    pattern = raw.get("rank_pattern") or {}
+    if not isinstance(pattern, dict):
+        raise ModelError(f"--lora: '{cfg_path}': rank_pattern must be an object")
+    ranks = {"r": raw.get("r"), **{f"rank_pattern[{k!r}]": v for k, v in pattern.items()}}
+    for what, rank in ranks.items():
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ModelError(f"--lora: '{cfg_path}': {what} must be a positive integer, got {str(rank)[:20]}")
+        if saved and rank > max(saved):
+            raise ModelError(f"--lora: '{cfg_path}': {what} = {rank} but the saved adapter's ranks are "
+                             f"{sorted(saved)[:4]}")
     return config, state, folder
 
 

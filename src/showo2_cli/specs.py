@@ -24,6 +24,10 @@ ALL_TASKS = (IMAGE_UND, VIDEO_UND, T2I, T2V, I2V)
 VELOCITY_LAYOUTS = ("raster", "patch")  # ModelSpec.velocity_layout (spec §6.4; "raster" is official)
 
 
+#: The largest image side a model spec may name (the largest ``--size`` any command takes)
+MAX_RESOLUTION = 4096
+
+
 @dataclass
 class ModelSpec:
     """Every architectural size and inference default of one Show-o2 variant."""
@@ -138,7 +142,29 @@ class ModelSpec:
         return spec
 
     def validate(self) -> None:
-        """Check the sizes are mutually consistent; raise UsageError naming the first problem."""
+        """Check the sizes are positive and mutually consistent; raise UsageError naming the first problem."""
+        positive = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
+                    "vocab_size", "max_position_embeddings", "clip_latent_dim", "semantic_heads",
+                    "semantic_intermediate", "position_embedding_rows", "head_hidden", "head_layers", "head_heads",
+                    "head_kv_heads", "head_dim_flow", "head_intermediate", "latent_channels", "patch_size",
+                    "vae_spatial", "vae_temporal", "image_latent_grid", "resolution", "video_resolution",
+                    "max_seq_len", "video_frames", "und_video_frames", "und_video_pool", "steps")
+        for key in positive:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"invalid model spec '{self.name}': {key} must be a positive integer, "
+                                 f"got {str(value)[:20]}")
+        for key in ("rms_norm_eps", "semantic_eps", "head_norm_eps", "rope_theta", "head_rope_theta"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise UsageError(f"invalid model spec '{self.name}': {key} must be a positive number, "
+                                 f"got {str(value)[:20]}")
+        if self.semantic_layers < 0:
+            raise UsageError(f"invalid model spec '{self.name}': semantic_layers must not be negative")
+        side = max([self.resolution, self.video_resolution, *self.resolutions])
+        if side > MAX_RESOLUTION:
+            raise UsageError(f"invalid model spec '{self.name}': a resolution of {side} pixels is over "
+                             f"{MAX_RESOLUTION}")
         checks = [
             (self.hidden_size == self.num_heads * self.head_dim, "hidden_size must equal num_heads*head_dim"),
             (self.num_heads % self.num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"),

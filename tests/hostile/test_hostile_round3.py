@@ -262,3 +262,78 @@ def test_a_folder_asking_to_run_its_own_code_is_refused_without_a_prompt(tiny_mo
         pass  # refused (or unusable): either way one line, exit 4
     assert not marker.exists()
     assert __import__("sys").stdin.read() == "yes\ny\n"  # stdin never read
+
+
+@pytest.mark.parametrize("change", [{"rms_norm_eps": -1.0}, {"resolution": 1_000_000}, {"num_kv_heads": 0},
+                                    {"head_layers": -2}])
+def test_model_configs_with_sizes_that_make_no_model(tiny_model_dir, tmp_path, capsys, change):
+    """A negative eps gave a black image with exit 0; a huge resolution was blamed on --size."""
+    import json
+    import shutil
+
+    from showo2_cli.cli import main
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["showo2"]["spec"].update(change)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert main(["info", str(folder)]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("showo2: error: "), err
+    assert next(iter(change)) in err[0] or "a resolution of" in err[0], err
+
+
+def test_official_llm_config_with_no_heads(tmp_path, capsys):
+    import json
+    import shutil
+
+    from conftest import PARITY_DIR
+    from showo2_cli.cli import main
+
+    if not (PARITY_DIR / "model" / "llm" / "config.json").is_file():
+        pytest.skip("no parity model")
+    folder = tmp_path / "par"
+    shutil.copytree(PARITY_DIR / "model", folder)
+    path = folder / "llm" / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["num_attention_heads"] = 0
+    path.write_text(json.dumps(cfg))
+    assert main(["info", str(folder)]) == 4
+    assert "num_attention_heads" in capsys.readouterr().err
+
+
+def test_init_refuses_the_current_folder_and_bad_seeds(tmp_path, monkeypatch, capsys):
+    from showo2_cli.cli import main
+
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "keep.txt").write_text("keep")
+    monkeypatch.chdir(here)
+    assert main(["init", "-o", ".", "--overwrite"]) == 5
+    assert "current folder" in capsys.readouterr().err
+    assert sorted(p.name for p in here.iterdir()) == ["keep.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+    for seed in ("18446744073709551616", "-1"):
+        assert main(["init", "-o", str(tmp_path / "m"), "--seed", seed]) == 2
+        assert "--seed" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_info_on_a_file_names_the_file(tmp_path, capsys):
+    from showo2_cli.cli import main
+
+    (tmp_path / "a-file").write_text("x")
+    assert main(["info", str(tmp_path / "a-file")]) == 4
+    assert "a-file' is a file" in capsys.readouterr().err
+
+
+def test_an_allocation_failure_is_exit_6_not_a_bug(monkeypatch, capsys):
+    import showo2_cli.cli as cli
+
+    def boom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 256000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(cli, "app", boom)
+    assert cli.main(["info", "demo"]) == 6
+    assert "out of memory" in capsys.readouterr().err

@@ -35,7 +35,11 @@ def check_output_folder(path: Path, overwrite: bool) -> None:
         raise OutputError(f"'{path}' exists and is not a folder")
     if path.exists() and not overwrite:
         raise OutputError(f"'{path}' already exists; pass --overwrite to replace it")
-    parent = path.parent
+    full = path.resolve()
+    here = Path.cwd().resolve()
+    if path.exists() and (full == here or full in here.parents):
+        raise OutputError(f"cannot replace '{path}': it is the current folder or holds it (choose another folder)")
+    parent = full.parent
     if not parent.is_dir():
         raise OutputError(f"cannot write '{path}': folder '{parent}' does not exist")
     try:
@@ -163,8 +167,10 @@ def init(
 ):
     """Write a new randomly initialised model folder of any spec (the start of training, or for tests)."""
     setup(json_mode, quiet)
+    from ..options import check_seed
     from ..specs import get_spec
 
+    check_seed(seed)
     spec_obj = get_spec(spec)
     check_dtype(dtype, extra=())
     check_output_folder(output, overwrite)
