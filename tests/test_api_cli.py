@@ -118,3 +118,26 @@ def test_latents_files_get_the_mode_of_other_outputs(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+def test_generation_hands_over_each_output_as_its_batch_finishes():
+    """``on_result``: outputs arrive one by one in job order (the CLI saves each at once, so a
+    long prompts file holds one batch in memory and an interruption keeps what is done)."""
+    import numpy as np
+
+    from showo2_cli import api
+
+    model = api.load("demo")
+    opts = api.GenerateOptions(seed=5, steps=3, num_per_prompt=2, batch_size=3)
+    prompts = ["a red circle", "a blue square"]
+    kept = api.text_to_image(model, prompts, opts)
+    seen, batches = [], []
+
+    def progress(phase, done, total):
+        if phase == "decoding" and done == 0:
+            batches.append(len(seen))  # outputs handed over before this batch's decoding
+
+    assert api.text_to_image(model, prompts, opts, progress=progress, on_result=seen.append) == []
+    assert [(g.prompt, g.seed) for g in seen] == [(g.prompt, g.seed) for g in kept]
+    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(seen, kept, strict=True))
+    assert batches == [0, 3]  # the first batch's three outputs were out before the second ran

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import UsageError
 from ..options import GenerateOptions, check_fps, check_prompts, random_seed, video_frames
 from .common import (
     AttnOpt,
@@ -83,20 +84,26 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path |
     notice(f"seed {opts.seed}")
     from .. import pipelines as P
 
-    results = []
-    if mine:
-        with ProgressReporter() as bar:
-            if kind == "t2i":
-                results = P.text_to_image(bundle, mine, opts, progress=bar, indices=indices)
-            elif kind == "t2v":
-                results = P.text_to_video(bundle, mine, opts, progress=bar, indices=indices)
-            else:
-                results = P.image_to_video(bundle, image, mine, opts, progress=bar, indices=indices)
-    for item in results:
+    records: list[dict] = []
+
+    def save(item) -> None:  # each output is written as soon as its batch is done (an interruption keeps it)
         if "prompt_tokens_used" in item.params:
             notice(f"the prompt of output {item.prompt_index} has {item.params['prompt_tokens']} tokens; the model's "
                    f"sequence holds {item.params['prompt_tokens_used']}, so the rest was not used")
-    records = O.save_results(results, plans, kind, fps, image, overwrite)
+        if len(records) >= len(plans):
+            raise UsageError(f"more results than the {len(plans)} planned output(s)")
+        records.extend(O.save_results([item], [plans[len(records)]], kind, fps, image, overwrite))
+
+    if mine:
+        with ProgressReporter() as bar:
+            if kind == "t2i":
+                P.text_to_image(bundle, mine, opts, progress=bar, indices=indices, on_result=save)
+            elif kind == "t2v":
+                P.text_to_video(bundle, mine, opts, progress=bar, indices=indices, on_result=save)
+            else:
+                P.image_to_video(bundle, image, mine, opts, progress=bar, indices=indices, on_result=save)
+    if len(records) != len(plans):
+        raise UsageError(f"{len(records)} result(s) but {len(plans)} planned output(s)")
     emit({"outputs": records, "seed": opts.seed, "rank": rank, "world_size": world},
          "\n".join(r["output"] for r in records) if records else None)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,7 +119,8 @@ def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: bool, frames: int,
-              first_frame: torch.Tensor | None, indices: list[int] | None, progress: Progress) -> list[Generated]:
+              first_frame: torch.Tensor | None, indices: list[int] | None, progress: Progress,
+              on_result: OnResult | None = None) -> list[Generated]:
     spec, net, vae = model.spec, model.network, model.require_vae()
     tokenizer, tokens = model.require_tokenizer(), model.tokens
     h, w = opts.size
@@ -182,9 +184,19 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             if len(ids[j]) > budget:  # never cut silently: the result says how much of the prompt was used
                 params["prompt_tokens"] = len(ids[j])
                 params["prompt_tokens_used"] = budget
-            results.append(Generated(prompt, i, seeds[j], latents[j].cpu(), arr, params))
+            result = Generated(prompt, i, seeds[j], latents[j].cpu(), arr, params)
+            if on_result is not None:  # handed over now (saved as it comes), not kept
+                on_result(result)
+            else:
+                results.append(result)
             progress("decoding", j + 1, len(batch))
     return results
+
+
+#: ``on_result(generated)``: called with each output as soon as its batch is decoded, in job
+#: order; the pipelines then keep nothing (their list is empty), so a long prompts file holds one
+#: batch in memory and every finished output can be saved before the next batch runs.
+OnResult = Callable[[Generated], None]
 
 
 def _require(model: Showo2, task: str, what: str) -> None:
@@ -195,25 +207,30 @@ def _require(model: Showo2, task: str, what: str) -> None:
 
 
 def text_to_image(model: Showo2, prompts: list[str], options: GenerateOptions | None = None,
-                  progress: Progress | None = None, indices: list[int] | None = None) -> list[Generated]:
-    """Generate ``num_per_prompt`` images per prompt, in batches, with classifier-free guidance."""
+                  progress: Progress | None = None, indices: list[int] | None = None,
+                  on_result: OnResult | None = None) -> list[Generated]:
+    """Generate ``num_per_prompt`` images per prompt, in batches, with classifier-free guidance
+    (``on_result``: see :data:`OnResult`)."""
     _require(model, T2I, "text-to-image")
     opts = (options or GenerateOptions()).resolved(model.spec, video=False)
     opts.validate(model.spec)
-    return _generate(model, check_prompts(prompts), opts, False, 1, None, indices, progress or noop)
+    return _generate(model, check_prompts(prompts), opts, False, 1, None, indices, progress or noop, on_result)
 
 
 def text_to_video(model: Showo2, prompts: list[str], options: GenerateOptions | None = None,
-                  progress: Progress | None = None, indices: list[int] | None = None) -> list[Generated]:
+                  progress: Progress | None = None, indices: list[int] | None = None,
+                  on_result: OnResult | None = None) -> list[Generated]:
     """Generate videos of ``options.frames`` frames (1+4k) per prompt."""
     _require(model, T2V, "text-to-video")
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
     opts.validate(model.spec)
-    return _generate(model, check_prompts(prompts), opts, True, opts.frames, None, indices, progress or noop)
+    return _generate(model, check_prompts(prompts), opts, True, opts.frames, None, indices, progress or noop,
+                     on_result)
 
 
 def image_to_video(model: Showo2, image: str | os.PathLike, prompts: list[str], options: GenerateOptions | None = None,
-                   progress: Progress | None = None, indices: list[int] | None = None) -> list[Generated]:
+                   progress: Progress | None = None, indices: list[int] | None = None,
+                   on_result: OnResult | None = None) -> list[Generated]:
     """Animate an image: its clean latent is latent frame 0 and stays fixed (spec §6.5, §8.4)."""
     _require(model, I2V, "image-to-video")
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
@@ -225,4 +242,5 @@ def image_to_video(model: Showo2, image: str | os.PathLike, prompts: list[str], 
     tiled = generation_tiling(model.spec, model.dtype, (h, w), opts.frames, True, 1, opts.max_memory_gb,
                               model.device, vae.base_dim, vae.tiling)  # the first frame as its decode will be
     first = vae.encode(pixels, tiled=tiled)[0, :, 0].cpu()
-    return _generate(model, check_prompts(prompts), opts, True, opts.frames, first, indices, progress or noop)
+    return _generate(model, check_prompts(prompts), opts, True, opts.frames, first, indices, progress or noop,
+                     on_result)
