@@ -337,3 +337,56 @@ def test_an_allocation_failure_is_exit_6_not_a_bug(monkeypatch, capsys):
     monkeypatch.setattr(cli, "app", boom)
     assert cli.main(["info", "demo"]) == 6
     assert "out of memory" in capsys.readouterr().err
+
+
+# ---- training runs ----------------------------------------------------------------------------------
+
+def test_a_damaged_run_folder_is_a_model_error_naming_the_file(tmp_path):
+    """A truncated, empty or foreign trainer_state.pt, or a ``latest`` that is a FIFO or a folder,
+    gave internal errors, a false "interrupted" (exit 130) or a hang."""
+    import os
+
+    from showo2_cli.errors import ModelError
+    from showo2_cli.training import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    folder = run / "checkpoint-000002"
+    folder.mkdir(parents=True)
+    good = {"format": 1, "mode": "stage1", "step": 2, "optimizer": {"state": {}, "param_groups": []}}
+    torch.save(good, folder / ckpt.STATE_FILE)
+    assert ckpt.read_state(folder, "stage1", 1)["step"] == 2
+    raw = (folder / ckpt.STATE_FILE).read_bytes()
+    for damage in (b"", raw[: len(raw) // 2], "list", "no-optimizer", "step"):
+        if isinstance(damage, bytes):
+            (folder / ckpt.STATE_FILE).write_bytes(damage)
+        else:
+            bad = {"list": [1, 2, 3], "no-optimizer": {k: v for k, v in good.items() if k != "optimizer"},
+                   "step": {**good, "step": "many"}}[damage]
+            torch.save(bad, folder / ckpt.STATE_FILE)
+        with pytest.raises(ModelError, match="trainer_state.pt|not a 'stage1' training checkpoint"):
+            ckpt.read_state(folder, "stage1", 1)
+    pointer = run / ckpt.LATEST
+    os.mkfifo(pointer)
+    start = time.perf_counter()
+    with pytest.raises(ModelError, match="not a regular file"):
+        ckpt.latest_checkpoint(run)
+    assert time.perf_counter() - start < 5
+    pointer.unlink()
+    pointer.mkdir()
+    with pytest.raises(ModelError, match="not a regular file"):
+        ckpt.latest_checkpoint(run)
+    pointer.rmdir()
+    pointer.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ModelError, match="latest"):
+        ckpt.latest_checkpoint(run)
+
+
+def test_a_batch_too_large_for_any_step_fails_the_check(tmp_path):
+    from conftest import REPO
+    from showo2_cli.training.config import MAX_BATCH, load_config
+
+    example = REPO / "examples" / "train_tiny.toml"
+    if not example.is_file():
+        pytest.skip("no example config")
+    with pytest.raises(UsageError, match="batch.t2i"):
+        load_config(example, overrides={"batch.t2i": MAX_BATCH + 1})

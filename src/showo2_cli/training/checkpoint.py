@@ -48,15 +48,41 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The folder ``latest`` names, or None when there is none (a dangling pointer is an error)."""
     output_dir = Path(output_dir)
     pointer = output_dir / LATEST
-    if not pointer.exists():
+    if not pointer.exists() and not pointer.is_symlink():
         return None
-    name = pointer.read_text(encoding="utf-8").strip()
+    if not pointer.is_file():  # a folder, a FIFO (reading it would wait forever), a dangling link
+        raise ModelError(f"'{pointer}' is not a regular file: it should name the latest checkpoint")
+    try:
+        with open(pointer, "rb") as fh:
+            name = fh.read(4097).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"'{pointer}' cannot be read as a checkpoint name ({type(e).__name__})") from None
     if not _NAME.match(name):
         raise ModelError(f"'{pointer}' does not name a checkpoint (it holds {name!r})")
     folder = output_dir / name
     if not (folder / STATE_FILE).exists():
         raise ModelError(f"'{pointer}' points at '{folder}', which is missing or incomplete")
     return folder
+
+
+def read_state(folder: Path, mode: str, state_format: int) -> dict:
+    """A checkpoint's ``trainer_state.pt`` (tensors and plain values only: ``weights_only``),
+    checked to be a training state of ``mode``: a damaged one is a :class:`ModelError` naming it."""
+    import torch
+
+    path = folder / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, empty, not a torch file, or a pickle asking for code
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ModelError(f"'{path}' cannot be read as a training state (truncated, corrupt or not one: "
+                         f"{detail})") from None
+    if not isinstance(state, dict) or state.get("format") != state_format or state.get("mode") != mode:
+        raise ModelError(f"'{folder}' is not a '{mode}' training checkpoint of this version")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0 or not isinstance(state.get("optimizer"), dict):
+        raise ModelError(f"'{path}' is damaged: it lacks a step count or the optimizer state")
+    return state
 
 
 def resolve_run_path(path: str | os.PathLike) -> Path:

@@ -336,6 +336,10 @@ def _one_of(value, options, where):
         raise _fail(where, f"must be one of {', '.join(options)} (got {value!r})")
 
 
+#: Samples per step and process for one role ([batch]): beyond it a step could not fit anywhere
+MAX_BATCH = 4096
+
+
 def _positive(value, where, zero_ok=False):
     if value is None:
         return
@@ -526,6 +530,9 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
     b = cfg.batch
     for role in ROLES:
         _positive(b.of(role), f"{w}batch.{role}", zero_ok=True)
+        if (b.of(role) or 0) > MAX_BATCH:
+            raise _fail(f"{w}batch.{role}", f"is {b.of(role)}: at most {MAX_BATCH} samples per step and process "
+                        "(use optim.grad_accumulation or more processes for larger batches)")
     if cfg.mode == "vae":
         for role in ROLES:
             if role != "vae" and b.of(role):

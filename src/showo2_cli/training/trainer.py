@@ -162,9 +162,7 @@ class Run:
         self.resumed_from = latest if self.resume else None
         state = None
         if self.resumed_from is not None:
-            state = torch.load(self.resumed_from / ckpt.STATE_FILE, map_location="cpu", weights_only=True)
-            if state.get("format") != STATE_FORMAT or state.get("mode") != cfg.mode:
-                raise ModelError(f"'{self.resumed_from}' is not a '{cfg.mode}' training checkpoint of this version")
+            state = ckpt.read_state(self.resumed_from, cfg.mode, STATE_FORMAT)
         self.start_step = int(state["step"]) if state else 0
         self.elapsed_before = float(state.get("elapsed", 0.0)) if state else 0.0
 
@@ -182,7 +180,11 @@ class Run:
             if state is not None and state.get("ema"):
                 self.ema.load_state_dict(state["ema"])
         if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as e:
+                raise ModelError(f"'{self.resumed_from / ckpt.STATE_FILE}': the optimizer state does not fit this "
+                                 f"model ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
             rng = state.get("rng") or {}
             if "torch" in rng:
                 torch.set_rng_state(rng["torch"])
