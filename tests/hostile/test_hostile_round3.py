@@ -390,3 +390,21 @@ def test_a_batch_too_large_for_any_step_fails_the_check(tmp_path):
         pytest.skip("no example config")
     with pytest.raises(UsageError, match="batch.t2i"):
         load_config(example, overrides={"batch.t2i": MAX_BATCH + 1})
+
+
+def test_a_run_that_fails_before_it_starts_leaves_no_folder(tmp_path):
+    """An empty data folder failed after the model was built and left run/.data-index behind."""
+    from showo2_cli.training import train
+    from showo2_cli.training.config import parse_config
+
+    (tmp_path / "empty").mkdir()
+    raw = {"mode": "showo2", "output_dir": str(tmp_path / "run"), "model": {"init_spec": "tiny", "vae_base_dim": 8},
+           "data": [{"kind": "pairs", "role": "t2i", "path": str(tmp_path / "empty")}], "batch": {"t2i": 2},
+           "optim": {"max_steps": 2}}
+    with pytest.raises(InputError, match="empty"):
+        train(parse_config(raw, base_dir=tmp_path))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made is left alone
+    with pytest.raises(InputError):
+        train(parse_config({**raw, "output_dir": str(tmp_path / "mine")}, base_dir=tmp_path))
+    assert (tmp_path / "mine").is_dir()

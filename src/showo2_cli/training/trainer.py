@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,6 +147,7 @@ class Run:
 
         # the output folder, and where to resume from
         if self.acc.is_main_process:
+            self._created_output = not self.output_dir.exists()
             try:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -336,8 +338,19 @@ class Run:
         return float(loss)
 
     # -- the loop --
+    _created_output = False
+
+    def _remove_new_output(self) -> None:
+        """A run that fails before it starts leaves no folder it created (a data index, a config)."""
+        if self._created_output and self.output_dir.is_dir() and not ckpt.list_checkpoints(self.output_dir):
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+
     def run(self) -> TrainResult:
-        self.setup()
+        try:
+            self.setup()
+        except BaseException:
+            self._remove_new_output()
+            raise
         cfg = self.cfg
         self.t_start = time.perf_counter()
         step = self.start_step
