@@ -404,6 +404,11 @@ def test_a_run_that_fails_before_it_starts_leaves_no_folder(tmp_path):
     with pytest.raises(InputError, match="empty"):
         train(parse_config(raw, base_dir=tmp_path))
     assert not (tmp_path / "run").exists()
+    (tmp_path / "one.jsonl").write_text("not json\n")  # fails at the first step, naming the file
+    with pytest.raises(InputError, match="one.jsonl' record 0 is not valid JSON"):
+        train(parse_config({**raw, "data": [{"kind": "pairs", "role": "t2i", "path": str(tmp_path / "one.jsonl")}]},
+                           base_dir=tmp_path))
+    assert not (tmp_path / "run").exists()
     (tmp_path / "mine").mkdir()  # a folder the user made is left alone
     with pytest.raises(InputError):
         train(parse_config({**raw, "output_dir": str(tmp_path / "mine")}, base_dir=tmp_path))

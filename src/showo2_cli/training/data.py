@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError, ResourceError, UsageError
+from ..errors import InputError, ResourceError, UsageError, one_line
 from .config import DataSource, TrainConfig
 from .records import Records, build_index
 
@@ -433,17 +433,19 @@ class TrainingData(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[str, int]) -> Sample:
         role, n = key
+        last = None
         for skipped in range(self.MAX_SKIPS):
             src, item = self.pick(role, n + skipped * 7919)
             try:
                 sample = self.load(src, item)
-            except (InputError, ResourceError):
-                sample = None
+            except (InputError, ResourceError) as e:
+                sample, last = None, e
             if sample is not None:
                 sample.skipped = skipped
                 return sample
+        why = f"; the last: {one_line(last, 160)}" if last is not None else ""
         raise InputError(f"data[{src.index}]: {self.MAX_SKIPS} consecutive items could not be used "
-                         f"(unreadable, or smaller than min_res={src.spec.min_res})")
+                         f"(unreadable, or smaller than min_res={src.spec.min_res}){why}")
 
     def load(self, src: Source, item: int) -> Sample | None:
         """Item ``item`` of ``src``: its cached latent when there is one, else its pixels."""

@@ -341,7 +341,7 @@ class Run:
     _created_output = False
 
     def _remove_new_output(self) -> None:
-        """A run that fails before it starts leaves no folder it created (a data index, a config)."""
+        """A run that fails before its first step leaves no folder it created (a data index, a config)."""
         if self._created_output and self.output_dir.is_dir() and not ckpt.list_checkpoints(self.output_dir):
             shutil.rmtree(self.output_dir, ignore_errors=True)
 
@@ -351,6 +351,16 @@ class Run:
         except BaseException:
             self._remove_new_output()
             raise
+        try:
+            return self._train()
+        except Exception:  # e.g. unusable data at the first step (an interruption saves a checkpoint)
+            if not self._stepped:
+                self._remove_new_output()
+            raise
+
+    _stepped = False  # an optimizer step has run in this process
+
+    def _train(self) -> TrainResult:
         cfg = self.cfg
         self.t_start = time.perf_counter()
         step = self.start_step
@@ -384,6 +394,7 @@ class Run:
                 out, grad_norm = self._step(step, chunk)
                 samples = [s for micro in chunk for s in micro]
                 step += 1
+                self._stepped = True
                 now = time.perf_counter()
                 dt, t_prev = now - t_prev, now
                 rate = 1.0 / dt if rate is None else 0.9 * rate + 0.1 / max(dt, 1e-9)
