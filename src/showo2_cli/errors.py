@@ -79,3 +79,13 @@ def one_line(text: Any, limit: int = 200) -> str:
     cut to ``limit`` characters with :func:`short`."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
     return short(" ".join(text.split()), limit)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure: MemoryError, or torch's RuntimeError (CPU: "can't allocate
+    memory"; CUDA: OutOfMemoryError, "out of memory")."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text
+                                              or "failed to allocate" in text)

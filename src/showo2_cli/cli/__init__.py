@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..errors import Showo2Error
+from ..errors import Showo2Error, is_out_of_memory
 from .common import STATE, safe_text, write
 
 app = typer.Typer(
@@ -215,17 +215,11 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
     except Exception as e:  # a bug: still one line unless --debug
         if STATE["debug"]:
             traceback.print_exc()
-        if isinstance(e, RuntimeError) and _is_out_of_memory(e):  # torch's allocators raise RuntimeError
+        if is_out_of_memory(e):  # torch's allocators raise RuntimeError
             return _fail("out of memory (lower --size, --frames or --batch-size, or keep the memory guard "
                          "on: --max-memory)", 6, "resource")
         return _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                      "(run with --debug for the traceback)", 1, "internal")
-
-
-def _is_out_of_memory(e: BaseException) -> bool:
-    """A torch allocation failure (CPU: "can't allocate memory"; CUDA: OutOfMemoryError)."""
-    text = str(e).lower()
-    return "can't allocate memory" in text or "out of memory" in text or "failed to allocate" in text
 
 
 def _quiet_stdout() -> None:

@@ -90,8 +90,6 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path |
         if "prompt_tokens_used" in item.params:
             notice(f"the prompt of output {item.prompt_index} has {item.params['prompt_tokens']} tokens; the model's "
                    f"sequence holds {item.params['prompt_tokens_used']}, so the rest was not used")
-        if len(records) >= len(plans):
-            raise UsageError(f"more results than the {len(plans)} planned output(s)")
         records.extend(O.save_results([item], [plans[len(records)]], kind, fps, image, overwrite))
 
     if mine:

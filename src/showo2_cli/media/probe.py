@@ -322,7 +322,7 @@ def gif_frame_count(p: Path, stop_after: int | None = None) -> int:
         return count
 
 
-def _check_gif_frames(p: Path, prefix: str, width: int = 0, height: int = 0) -> None:
+def _check_gif_frames(p: Path, prefix: str, width: int, height: int) -> None:
     """Decode every frame of a GIF with PIL, which (unlike FFmpeg) reports a truncated or
     damaged frame instead of silently ending the animation there; first refuse a GIF whose
     frames would paint more than :data:`MAX_GIF_PIXEL_FRAMES` canvas pixels."""

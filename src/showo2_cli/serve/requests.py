@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ..errors import InputError, ModelError, ResourceError, Showo2Error, UsageError, short
+from ..errors import InputError, ModelError, ResourceError, Showo2Error, UsageError, is_out_of_memory, short
 
 try:  # module level: FastAPI resolves the handlers' (string) annotations in these globals
     from fastapi import Request
@@ -72,7 +72,7 @@ def api_error_of(exc: BaseException) -> ApiError:
         return ApiError(400, message, "invalid_value")
     if isinstance(exc, ModelError):
         return ApiError(400, message, "unsupported")
-    if isinstance(exc, MemoryError) or "out of memory" in message.lower():
+    if is_out_of_memory(exc):
         return ApiError(500, "out of memory on the server", "out_of_memory")
     if isinstance(exc, Showo2Error):
         return ApiError(500, message, "server_error")
