@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from showo2_cli import media as M
 from showo2_cli.errors import UsageError
@@ -140,7 +142,7 @@ def test_first_answers_equal_caption(demo, tmp_path):
             streamed = []
             answer = conv.ask(question, on_text=streamed.append)
             assert answer == caption(demo, path, CaptionOptions(questions=[question])).answers[0]
-            assert "".join(streamed).strip() == answer
+            assert "".join(streamed) == answer
             assert conv.turns[-1].stopped and conv.turns[-1].prompt_tokens > 17
 
 
@@ -367,11 +369,11 @@ def test_stop_strings_end_the_answer_and_the_stream(demo, tmp_path):
     """A stop string cuts the answer before it (as OpenAI's ``stop``); the stream never shows
     any of it, even when it arrives split over tokens."""
     from showo2_cli.chat import Conversation
-    from showo2_cli.dialogue import _held_back
     from showo2_cli.options import TextSampling
+    from showo2_cli.text_decoding import held_back
 
-    assert _held_back("a red ci", ["circle"]) == 2 and _held_back("a red", ["circle"]) == 0
-    assert _held_back("abc", ["bcd", "cx"]) == 2
+    assert held_back("a red ci", ["circle"]) == 2 and held_back("a red", ["circle"]) == 0
+    assert held_back("abc", ["bcd", "cx"]) == 2
     s = scene(5)
     path = write_scene(tmp_path / "s.png", s)
     conv = Conversation(demo)
@@ -385,11 +387,45 @@ def test_stop_strings_end_the_answer_and_the_stream(demo, tmp_path):
     conv = Conversation(demo)
     conv.attach(path)
     answer = conv.ask(S.Q_DESCRIBE_IMAGE, TextSampling(40, stop_strings=(stop, "never appears")), on_text=pieces.append)
-    assert answer == expected and "".join(pieces).strip() == expected
+    assert answer == expected and "".join(pieces) == expected
     turn = conv.turns[-1]
     assert turn.stopped and len(turn.answer_ids) < len(demo.require_tokenizer()(full)["input_ids"])
     with pytest.raises(Exception, match="stop string"):
         TextSampling(4, stop_strings=("",)).validate()
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(alphabet=" \n\tab\u00e9\u732b.", max_size=14),
+       stops=st.lists(st.text(alphabet=" ab\u00e9.", min_size=1, max_size=3), max_size=2))
+def test_a_streamed_answer_is_the_returned_answer(text, stops):
+    """Whatever the text (surrounding and inner whitespace, characters split over byte tokens) and
+    the stop strings, the streamed pieces add up to exactly the returned answer: stripped, cut
+    before the first stop string, never showing a piece of one."""
+    from showo2_cli.text_decoding import TextStream
+    from showo2_cli.tokenizer import load_tokenizer
+
+    tok = _demo_tokenizer(load_tokenizer)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    pieces: list[str] = []
+    stream = TextStream(tok, (-1,), tuple(stops), on_text=pieces.append)
+    ended = False
+    for i in ids + [-1]:
+        ended = stream.push(i)
+        shown = "".join(pieces)
+        assert not any(s in shown for s in stops) and shown == shown.strip()
+        if ended:
+            break
+    answer = stream.finish()
+    hits = [text.find(s) for s in stops if s in text]
+    expected = (text[:min(hits)] if hits else text).strip()
+    assert answer == expected and "".join(pieces) == answer and ended == bool(hits)
+
+
+def _demo_tokenizer(load_tokenizer, cache={}):  # noqa: B006 (one load for every example)
+    if "tok" not in cache:
+        cache["tok"] = load_tokenizer(bundled_demo_path())
+    return cache["tok"]
 
 
 def test_worker_queue_is_bounded_and_cancellable():
@@ -518,19 +554,30 @@ def test_server_with_the_openai_client(keyed_server):
     assert r.usage.prompt_tokens > 17 and r.usage.completion_tokens >= 1
 
     history = messages + [{"role": "assistant", "content": s.colour},
-                          {"role": "user", "content": S.Q_SHAPE}]
+                          {"role": "user", "content": S.Q_DESCRIBE_IMAGE}]
     whole = client.chat.completions.create(model="demo", messages=history, max_tokens=16)
     whole = whole.choices[0].message.content
-    stream = client.chat.completions.create(model="demo", messages=history, max_tokens=16, stream=True,
-                                            stream_options={"include_usage": True})
-    pieces, finish, usage = [], None, None
-    for chunk in stream:
-        if chunk.usage is not None:
-            usage = chunk.usage
-        for choice in chunk.choices:
-            pieces.append(choice.delta.content or "")
-            finish = choice.finish_reason or finish
-    assert "".join(pieces).strip() == whole and finish in ("stop", "length") and usage.total_tokens > 0
+
+    def streamed(**extra):
+        stream = client.chat.completions.create(model="demo", messages=history, max_tokens=16, stream=True,
+                                                stream_options={"include_usage": True}, **extra)
+        pieces, finish, usage = [], None, None
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                pieces.append(choice.delta.content or "")
+                finish = choice.finish_reason or finish
+        return "".join(pieces), finish, usage
+
+    text, finish, usage = streamed()
+    assert text == whole and finish in ("stop", "length") and usage.total_tokens > 0
+    # a stop string inside the answer: the streamed and the whole answer are the same text
+    assert len(whole.split()) > 2, whole
+    stop = whole.split()[-1][:2]
+    cut = client.chat.completions.create(model="demo", messages=history, max_tokens=16, stop=[stop])
+    text, finish, _ = streamed(stop=[stop])
+    assert text == cut.choices[0].message.content == whole[:whole.index(stop)].strip() and finish == "stop"
 
     images = client.images.generate(model="demo", prompt="a red circle on a white background", n=2,
                                     size="64x64", response_format="b64_json",

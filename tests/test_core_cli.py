@@ -257,6 +257,21 @@ def test_encode_decode_photos(photo, media_dir, tiny_vae, tmp_path, capsys):
     assert M.read_png_metadata(png)["decoded_from"] == str(lat)
 
 
+def test_decode_names_a_recorded_vae_only_when_it_is_another(media_dir, tiny_vae, tmp_path, capsys, monkeypatch):
+    """``decode`` without --vae/--model uses the default model's VAE; it says so only when the
+    latents file records a different VAE (the default's own was noise)."""
+    monkeypatch.delenv("SHOWO2_MODEL", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    photo = media_dir / "pexels-taryn-elliott-4144459.jpg"
+    for vae, named in ((None, False), (tiny_vae, True)):
+        lat = tmp_path / f"{named}.safetensors"
+        code, _, err = run(["encode", photo, "-o", lat, "--size", "32"] + (["--vae", vae] if vae else []), capsys)
+        assert code == 0, err
+        code, _, err = run(["decode", lat, "-o", tmp_path / f"{named}.png"], capsys)
+        noted = "the latents were encoded with" in err
+        assert (code, noted) == (0, named), err
+
+
 def test_encode_is_deterministic_and_sample_adds_posterior_noise(media_dir, tiny_vae, tmp_path, capsys):
     from showo2_cli.api import load_latents
 

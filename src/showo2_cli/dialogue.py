@@ -43,7 +43,7 @@ from .sequences import (
     SpecialTokens,
     understanding_layout,
 )
-from .text_decoding import generate
+from .text_decoding import TextStream, generate
 from .tokenizer import encode_text
 
 #: The system prompt's text (what :data:`SYSTEM_PROMPT` wraps in ``system\\n ... <|im_end|>``).
@@ -261,10 +261,10 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
                     cancel: threading.Event | None = None) -> Answer:
     """Decode one answer from a conversation prompt (greedy unless ``sampling`` says otherwise).
 
-    ``on_text(piece)`` receives the answer's text as it grows (never a half UTF-8 character);
-    when ``cancel`` is set, :class:`Cancelled` is raised at the next token. ``sampling.stop_strings``
-    end the answer where one first appears (the answer is the text before it; the stream holds
-    back a tail that may be the start of one).
+    ``on_text(piece)`` receives the answer's text as it grows, the pieces adding up to the
+    returned text (:class:`~showo2_cli.text_decoding.TextStream`); when ``cancel`` is set,
+    :class:`Cancelled` is raised at the next token. ``sampling.stop_strings`` end the answer where
+    one first appears (the answer is the text before it).
     """
     net, tokenizer, tokens = model.network, model.require_tokenizer(), model.tokens
     stop = (tokens.eos,)
@@ -274,56 +274,18 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
         raise Cancelled("cancelled")
     embeds, _ = net.embed_inputs(layout.input_ids, [visuals], layout.slots, torch.ones(1))
     mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
-    produced: list[int] = []
-    shown = [""]
-    stops = tuple(sampling.stop_strings)
-    cut: list[str] = []  # the answer's text before the first stop string, once one appeared
+    stream = TextStream(tokenizer, stop, sampling.stop_strings, on_text)
 
     def on_token(tok: int) -> bool:
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
-        if tok in stop:
-            return False
-        produced.append(tok)
-        if on_text is None and not stops:
-            return False
-        text = tokenizer.decode(produced, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
-            return False
-        safe = len(text)
-        if stops:
-            hit = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-            if hit >= 0:
-                cut.append(text[:hit])
-                safe = hit
-            else:  # hold back a tail that may be the start of a stop string
-                safe -= _held_back(text, stops)
-        if on_text is not None and safe > len(shown[0]):
-            on_text(text[len(shown[0]):safe])
-            shown[0] = text[:safe]
-        return bool(cut)
+        return stream.push(tok)
 
     out = generate(net, embeds, mask, sampling, on_token=on_token)
-    ids = [t for t in out.token_ids if t not in stop]
-    if cut:  # the answer is the text before the stop string; its ids are that text's
-        text = cut[0]
-        ids = encode_user_text(tokenizer, text)
-    else:
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-    if on_text is not None and len(text) > len(shown[0]):
-        on_text(text[len(shown[0]):])
-    return Answer(text.strip(), ids, bool(out.stopped), layout.seq_len)
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Characters at the end of ``text`` that could begin one of ``stops`` (not shown yet)."""
-    longest = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), longest, -1):
-            if text.endswith(s[:k]):
-                longest = k
-                break
-    return longest
+    text = stream.finish()
+    # a stop string cut the answer: its ids are the kept text's; else the model's own ids
+    ids = encode_user_text(tokenizer, text) if stream.cut is not None else stream.produced
+    return Answer(text, ids, bool(out.stopped), layout.seq_len)
 
 
 __all__ = ["Answer", "Cancelled", "DEFAULT_SYSTEM", "PromptPieces", "TextSampling", "TurnTokens",

@@ -24,6 +24,71 @@ class DecodedText:
     stopped: bool = False  # True when a stop token ended generation
 
 
+class TextStream:
+    """Answer token ids in, answer text out: the one rule for what an answer's text is and how it
+    is shown while it grows (caption, chat and the server all use it).
+
+    The answer is the tokenizer's text of the ids (special tokens skipped), cut before the first of
+    ``stop_strings`` and stripped of surrounding whitespace. ``on_text(piece)`` receives pieces
+    whose concatenation is exactly that text: never half a UTF-8 character, never a piece of a stop
+    string, no leading whitespace, and whitespace inside the answer only once text follows it. So a
+    streamed answer and the same answer returned whole are the same string.
+    """
+
+    def __init__(self, tokenizer, stop_ids: tuple[int, ...] = (), stop_strings: tuple[str, ...] = (),
+                 on_text: Callable[[str], None] | None = None):
+        self.tokenizer, self.stop_ids, self.stops, self.on_text = tokenizer, tuple(stop_ids), tuple(stop_strings), on_text
+        self.produced: list[int] = []  # every id but the stop ids
+        self.cut: str | None = None  # the text before the first stop string, once one appeared
+        self.shown = ""
+
+    def push(self, token: int) -> bool:
+        """Take the next id; true once a stop string has appeared (decoding should stop)."""
+        if token in self.stop_ids or self.cut is not None:
+            return self.cut is not None
+        self.produced.append(token)
+        if self.on_text is None and not self.stops:
+            return False  # nothing to show or look for: the text is made once, at the end
+        text = self.tokenizer.decode(self.produced, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
+            return False
+        safe = len(text)
+        if self.stops:
+            hit = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+            if hit >= 0:
+                self.cut = text[:hit]
+                safe = hit
+            else:  # hold back a tail that may be the start of a stop string
+                safe -= held_back(text, self.stops)
+        self._show(text[:safe].strip())  # trailing whitespace waits for the text after it
+        return self.cut is not None
+
+    def _show(self, visible: str) -> None:
+        if self.on_text is not None and len(visible) > len(self.shown) and visible.startswith(self.shown):
+            self.on_text(visible[len(self.shown):])
+            self.shown = visible
+
+    def finish(self) -> str:
+        """The answer's text; shows what has not been shown yet."""
+        text = self.cut if self.cut is not None else self.tokenizer.decode(self.produced, skip_special_tokens=True)
+        text = text.strip()
+        if self.on_text is not None and len(text) > len(self.shown):
+            self.on_text(text[len(self.shown):] if text.startswith(self.shown) else text)
+            self.shown = text
+        return text
+
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Characters at the end of ``text`` that could begin one of ``stops`` (not shown yet)."""
+    longest = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:k]):
+                longest = k
+                break
+    return longest
+
+
 def choose_token(logits: torch.Tensor, opts: TextSampling, generator: torch.Generator | None) -> int:
     """Pick the next id from last-position logits ``(V,)``."""
     if opts.temperature == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -149,14 +150,15 @@ def decode(
     dt = pick_dtype(value(dtype), dev)
     # the VAE is the user's choice (--vae, --model, else the default model); a path recorded in the
     # latents file is only a hint: a data file never chooses which files the program opens
-    if vae is None and model is None:
+    chosen = vae is not None or model is not None
+    if not chosen:
         model = model_name(None)
-        if meta.get("vae"):
-            notice(f"the latents were encoded with '{short(meta['vae'], 80)}'; decoding with the default model's "
-                   "VAE (pass --vae to choose)")
     with status("loading the VAE"):
         vae_model, vae_name = resolve_vae(model, vae, dtype=dt, device=dev)
         vae_model.tiling = value(vae_tiling)
+    if not chosen and meta.get("vae") and not _same_file(meta["vae"], vae_name):
+        notice(f"the latents were encoded with '{short(meta['vae'], 80)}'; decoding with the default model's "
+               "VAE (pass --vae to choose)")
     z, _ = L.load_latents(latents, z_dim=vae_model.z_dim)
     with status(f"decoding {z.shape[1]} latent frame(s)"):
         frames = L.decode(z, vae_model, max_memory_gb=max_memory)
@@ -165,6 +167,14 @@ def decode(
     t, h, w = frames.shape[:3]
     emit({"output": str(out), "frames": int(t), "width": int(w), "height": int(h), "fps": rate if t > 1 else None},
          f"{out}  {t} frame(s) {w}x{h}" + (f" at {rate:g} fps" if t > 1 else ""))
+
+
+def _same_file(recorded: str, used: str) -> bool:
+    """Whether a VAE path recorded in a latents file names the VAE being used."""
+    try:
+        return os.path.samefile(recorded, used)
+    except (OSError, ValueError):  # gone, unreadable or not a path: not the same
+        return False
 
 
 def _stem(name: str) -> str:

@@ -17,7 +17,7 @@ from ..modeling.attention import omni_attention_mask
 from ..options import CaptionOptions
 from ..sequences import ASSISTANT_PREFIX, SYSTEM_PROMPT, USER_PREFIX, understanding_layout
 from ..specs import VIDEO_UND
-from ..text_decoding import generate, prefill, shared_prefix_length
+from ..text_decoding import TextStream, generate, prefill, shared_prefix_length
 from ..tokenizer import encode_text
 from .progress import Progress, noop
 
@@ -108,25 +108,15 @@ def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | 
                 head_len = shared_prefix_length(layout)
                 head = prefill(net, embeds[:, :head_len], mask[..., :head_len, :head_len])
             embeds, mask = embeds[:, head_len:], None
-        produced: list[int] = []
-        shown = [""]
+        stream = TextStream(tokenizer, stop, on_text=None if on_text is None else lambda piece, i=i: on_text(i, piece))
 
-        def on_token(tok: int, i=i, produced=produced, shown=shown) -> None:
-            if tok in stop:
-                return
-            produced.append(tok)
-            text = tokenizer.decode(produced, skip_special_tokens=True)
-            if on_text is not None and len(text) > len(shown[0]) and not text.endswith("\ufffd"):
-                on_text(i, text[len(shown[0]):])
-                shown[0] = text
-            progress(f"answer {i + 1}/{len(questions)}", len(produced), opts.max_new_tokens)
+        def on_token(tok: int, i=i, stream=stream) -> None:
+            stream.push(tok)
+            progress(f"answer {i + 1}/{len(questions)}", len(stream.produced), opts.max_new_tokens)
 
         sampling = replace(opts.sampling(), seed=None if opts.seed is None else opts.seed + i, stop_ids=stop)
         out = generate(net, embeds, mask, sampling, on_token=on_token, cache=head)
-        answer = tokenizer.decode([t for t in out.token_ids if t not in stop], skip_special_tokens=True)
-        if on_text is not None and len(answer) > len(shown[0]):
-            on_text(i, answer[len(shown[0]):])
-        answers.append(answer.strip())
+        answers.append(stream.finish())
         counts.append(len(out.token_ids))
         if on_done is not None:
             on_done(i, answers[-1])
