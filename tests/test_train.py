@@ -489,7 +489,7 @@ def test_pretrained_parts_load_into_a_from_scratch_network(tmp_path):
 
     from showo2_cli.loading import build_network
     from showo2_cli.specs import get_spec
-    from showo2_cli.training.config import WeightsConfig
+    from showo2_cli.training.schema import WeightsConfig
     from showo2_cli.training.showo2_objective import load_partial
 
     spec = get_spec("tiny")
@@ -520,7 +520,7 @@ def test_a_deeper_flow_head_grown_from_a_model_starts_as_that_model(tmp_path):
     from showo2_cli.loading import build_network
     from showo2_cli.modeling.attention import omni_attention_mask
     from showo2_cli.specs import get_spec
-    from showo2_cli.training.config import WeightsConfig
+    from showo2_cli.training.schema import WeightsConfig
     from showo2_cli.training.showo2_objective import load_partial
 
     spec = get_spec("tiny")

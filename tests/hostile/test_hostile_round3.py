@@ -383,7 +383,8 @@ def test_a_damaged_run_folder_is_a_model_error_naming_the_file(tmp_path):
 
 def test_a_batch_too_large_for_any_step_fails_the_check(tmp_path):
     from conftest import REPO
-    from showo2_cli.training.config import MAX_BATCH, load_config
+    from showo2_cli.training.config import load_config
+    from showo2_cli.training.schema import MAX_BATCH
 
     example = REPO / "examples" / "train_tiny.toml"
     if not example.is_file():

@@ -9,7 +9,7 @@ import sys
 import threading
 
 from ..errors import UsageError
-from .config import TrainConfig
+from .schema import TrainConfig
 
 
 class StopRequest:

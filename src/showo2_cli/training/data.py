@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ResourceError, UsageError, one_line
-from .config import DataSource, TrainConfig
 from .records import Records, build_index
+from .schema import DataSource, TrainConfig
 
 INDEX_DIR = ".data-index"
 _BOILERPLATE = re.compile(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .config import TrainConfig
+    from .schema import TrainConfig
     from .trainer import Run
 
 # mode -> "module:class" (imported when chosen, so reading a config never imports torch)

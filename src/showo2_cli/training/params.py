@@ -7,7 +7,7 @@ import hashlib
 import torch
 
 from ..errors import UsageError
-from .config import TrainConfig
+from .schema import TrainConfig
 
 
 def weights_digest(module: torch.nn.Module) -> str:

@@ -33,8 +33,8 @@ from ..modeling.attention import omni_attention_mask
 from ..modeling.showo2 import pack_velocity
 from ..sequences import IGNORE
 from ..sequences import TrainingRows as TextBuilder  # the row writer lives with the inference rows
-from .config import LossConfig
 from .data import Sample
+from .schema import LossConfig
 
 # ---- t sampling (spec §7.2) -------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .config import DataSource
+from .schema import DataSource
 
 
 def _file_key(path: Path) -> str:

@@ -16,8 +16,8 @@ import torch
 from ..errors import ModelError, UsageError, one_line
 from . import checkpoint as ckpt
 from .checkpoint import EMA_DIR
-from .config import GEN_ROLES, UND_ROLES, TrainConfig
 from .data import LatentCache
+from .schema import GEN_ROLES, UND_ROLES, TrainConfig
 from .vae_recipe import build_vae
 
 

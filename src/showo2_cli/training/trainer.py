@@ -30,11 +30,11 @@ import torch
 
 from ..errors import ModelError, OutputError, UsageError
 from . import checkpoint as ckpt
-from .config import TrainConfig
 from .control import StopRequest, check_trackers, chunks, flat_config, ignore_sigint, peak_rss_mb
 from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mix, step_keys
 from .objective import objective_for
 from .params import weights_digest
+from .schema import TrainConfig
 
 Progress = Callable[[dict], None]
 STATE_FORMAT = 1

@@ -1,0 +1,300 @@
+"""Validation of a training configuration: every field and the combinations of fields, each
+problem one :class:`~.schema.ConfigError` line naming the file and the field."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..errors import UsageError
+from .schema import (
+    DEVICES,
+    FIT_STATS,
+    FORMATS,
+    GEN_ROLES,
+    KINDS,
+    MAX_BATCH,
+    MIXED_PRECISION,
+    MODES,
+    PREPROCESS,
+    ROLES,
+    SCHEDULES,
+    SPLITS,
+    T_SAMPLING,
+    TRACKERS,
+    UND_ROLES,
+    UNGROUPED,
+    DataSource,
+    TrainConfig,
+    field_error,
+)
+
+
+def _one_of(value, options, where):
+    if value not in options:
+        raise field_error(where, f"must be one of {', '.join(options)} (got {value!r})")
+
+
+def _positive(value, where, zero_ok=False):
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not zero_ok):
+        raise field_error(where, f"must be {'zero or more' if zero_ok else 'positive'}, got {value!r}")
+
+
+def _strings(values, where):
+    for i, v in enumerate(values):
+        if not isinstance(v, str) or not v:
+            raise field_error(f"{where}[{i}]", f"must be a non-empty string, got {v!r}")
+
+
+def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
+    """Check every field and the combinations; the first problem raises a one-line ConfigError."""
+    w = f"{prefix}: "
+    _one_of(cfg.mode, MODES, w + "mode")
+    if not 0 <= cfg.seed < 2**63:
+        raise field_error(w + "seed", f"must be between 0 and 2^63-1, got {str(cfg.seed)[:40]}")
+    if not cfg.output_dir:
+        raise field_error(w + "output_dir", "is required (the folder for checkpoints, metrics and samples)")
+
+    m = cfg.model
+    if cfg.mode == "showo2":
+        if bool(m.init) == bool(m.init_spec):
+            raise field_error(w + "model", "set exactly one of model.init (a checkpoint) and model.init_spec "
+                        "(a spec name, to train from scratch)")
+        if m.weights and not m.init_spec:
+            raise field_error(w + "model.weights", "partial weights only apply with model.init_spec")
+        if m.tokenizer and not m.init_spec:
+            raise field_error(w + "model.tokenizer", "model.init brings its own tokenizer; model.tokenizer is for init_spec")
+        for i, wc in enumerate(m.weights):
+            if not wc.path:
+                raise field_error(f"{w}model.weights[{i}].path", "is required")
+            for old, new in wc.rename.items():
+                if not isinstance(new, str):
+                    raise field_error(f"{w}model.weights[{i}].rename.{old}", f"must be a string, got {new!r}")
+        from ..specs import ModelSpec, get_spec
+
+        known = {f.name for f in dataclasses.fields(ModelSpec)}
+        for k in m.spec:
+            if k not in known:
+                raise field_error(w + f"model.spec.{k}", "unknown ModelSpec field")
+        if m.init_spec:
+            try:
+                base = get_spec(m.init_spec)
+            except UsageError as e:
+                raise field_error(w + "model.init_spec", str(e)) from None
+            try:
+                base.replace(**m.spec).validate()
+            except (UsageError, TypeError) as e:
+                raise field_error(w + "model.spec", str(e)) from None
+    else:
+        if m.init or m.init_spec or m.spec or m.weights or m.tokenizer:
+            raise field_error(w + "model", "mode = \"vae\" trains only the VAE: use model.vae (to fine-tune) or "
+                        "model.vae_base_dim (from scratch), not init/init_spec/spec/weights/tokenizer")
+    if not 1 <= m.vae_base_dim <= 512:
+        raise field_error(w + "model.vae_base_dim", f"must be between 1 and 512, got {m.vae_base_dim}")
+
+    if not cfg.data:
+        raise field_error(w + "data", "needs at least one source ([[data]] with kind and role)")
+    for i, s in enumerate(cfg.data):
+        _validate_source(s, f"{w}data[{i}]", cfg.mode)
+
+    b = cfg.batch
+    for role in ROLES:
+        _positive(b.of(role), f"{w}batch.{role}", zero_ok=True)
+        if (b.of(role) or 0) > MAX_BATCH:
+            raise field_error(f"{w}batch.{role}", f"is {b.of(role)}: at most {MAX_BATCH} samples per step and process "
+                        "(use optim.grad_accumulation or more processes for larger batches)")
+    if cfg.mode == "vae":
+        for role in ROLES:
+            if role != "vae" and b.of(role):
+                raise field_error(f"{w}batch.{role}", "mode = \"vae\" uses only batch.vae")
+        if not b.vae:
+            raise field_error(f"{w}batch.vae", "must be positive in mode = \"vae\"")
+    else:
+        if b.vae:
+            raise field_error(f"{w}batch.vae", "is for mode = \"vae\"; set it to 0 or remove it")
+        if not any(b.of(r) for r in GEN_ROLES + UND_ROLES):
+            raise field_error(f"{w}batch", "every batch size is 0: set batch.t2i, batch.mmu, batch.t2v or batch.mmu_vid")
+    for role in ROLES:
+        if b.of(role) and not cfg.sources(role):
+            raise field_error(f"{w}batch.{role}", f"is {b.of(role)} but no [[data]] source has role = \"{role}\"")
+    for i, s in enumerate(cfg.data):
+        if not b.of(s.role):
+            raise field_error(f"{w}data[{i}].role", f"'{s.role}' has batch size 0: set batch.{s.role}")
+
+    o = cfg.optim
+    _positive(o.lr, w + "optim.lr", zero_ok=True)
+    _strings(o.frozen, w + "optim.frozen")
+    _one_of(o.ungrouped, UNGROUPED, w + "optim.ungrouped")
+    names = set()
+    for i, g in enumerate(o.groups):
+        gw = f"{w}optim.groups[{i}]"
+        if not g.name:
+            raise field_error(gw + ".name", "is required")
+        if g.name in names:
+            raise field_error(gw + ".name", f"'{g.name}' is used twice")
+        names.add(g.name)
+        if not g.patterns:
+            raise field_error(gw + ".patterns", "needs at least one parameter-name substring")
+        _strings(g.patterns, gw + ".patterns")
+        _positive(g.lr, gw + ".lr", zero_ok=True)
+        _positive(g.weight_decay, gw + ".weight_decay", zero_ok=True)
+    _positive(o.weight_decay, w + "optim.weight_decay", zero_ok=True)
+    if len(o.betas) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1
+                                    for x in o.betas):
+        raise field_error(w + "optim.betas", f"must be two numbers in [0, 1), got {o.betas!r}")
+    o.betas = [float(x) for x in o.betas]
+    _positive(o.eps, w + "optim.eps")
+    _one_of(o.schedule, SCHEDULES, w + "optim.schedule")
+    _positive(o.warmup_steps, w + "optim.warmup_steps", zero_ok=True)
+    if o.warmup_ratio is not None and not 0 <= o.warmup_ratio < 1:
+        raise field_error(w + "optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}")
+    if o.warmup_ratio is not None and o.warmup_steps:
+        raise field_error(w + "optim.warmup_ratio", "set warmup_steps or warmup_ratio, not both")
+    if not 0 <= o.min_lr_ratio <= 1:
+        raise field_error(w + "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
+    if (o.max_steps is None) == (o.epochs is None):
+        raise field_error(w + "optim.max_steps", "set exactly one of optim.max_steps and optim.epochs")
+    _positive(o.max_steps, w + "optim.max_steps")
+    _positive(o.epochs, w + "optim.epochs")
+    if o.epochs is not None:
+        _one_of(o.epoch_role, ROLES, w + "optim.epoch_role")
+        if not b.of(o.epoch_role):
+            raise field_error(w + "optim.epoch_role", f"'{o.epoch_role}' has batch size 0")
+        for i, s in cfg.sources(o.epoch_role):
+            if s.kind == "shapes" and s.size is None:
+                raise field_error(f"{w}data[{i}].size", "optim.epochs needs a finite dataset: set size for shapes sources")
+    _positive(o.grad_clip, w + "optim.grad_clip", zero_ok=True)
+    if not 1 <= o.grad_accumulation <= 4096:
+        raise field_error(w + "optim.grad_accumulation", f"must be between 1 and 4096, got {o.grad_accumulation}")
+
+    lo = cfg.loss
+    _positive(lo.ntp, w + "loss.ntp", zero_ok=True)
+    _positive(lo.flow, w + "loss.flow", zero_ok=True)
+    if not 0 <= lo.cond_dropout <= 1:
+        raise field_error(w + "loss.cond_dropout", f"must be a probability in [0, 1], got {lo.cond_dropout}")
+    _one_of(lo.t_sampling, T_SAMPLING, w + "loss.t_sampling")
+    _positive(lo.t_std, w + "loss.t_std")
+    if cfg.mode == "showo2" and lo.ntp == 0 and lo.flow == 0:
+        raise field_error(w + "loss", "ntp and flow are both 0: nothing to train")
+
+    v = cfg.vae_loss
+    for name in ("l1", "l2", "kl"):
+        _positive(getattr(v, name), f"{w}vae_loss.{name}", zero_ok=True)
+    if cfg.mode == "vae" and v.l1 == 0 and v.l2 == 0:
+        raise field_error(w + "vae_loss", "l1 and l2 are both 0: no reconstruction loss")
+    _one_of(v.fit_latent_stats, FIT_STATS, w + "vae_loss.fit_latent_stats")
+    _positive(v.stats_samples, w + "vae_loss.stats_samples")
+    e = cfg.ema
+    if not 0.0 <= e.decay < 1.0:
+        raise field_error(w + "ema.decay", f"must be in [0, 1) (0 = off), got {e.decay}")
+    _positive(e.start_step, w + "ema.start_step", zero_ok=True)
+    _one_of(cfg.batch.split, SPLITS, w + "batch.split")
+
+    r = cfg.run
+    _positive(r.save_every, w + "run.save_every", zero_ok=True)
+    _positive(r.keep_last, w + "run.keep_last", zero_ok=True)
+    _positive(r.log_every, w + "run.log_every")
+    _positive(r.eval_every, w + "run.eval_every", zero_ok=True)
+    _positive(r.sample_every, w + "run.sample_every", zero_ok=True)
+    _strings(r.sample_prompts, w + "run.sample_prompts")
+    if cfg.mode == "showo2" and r.sample_every and not r.sample_prompts and \
+            not any(s.kind == "shapes" and s.role == "t2i" for s in cfg.data):
+        raise field_error(w + "run.sample_prompts", "give the prompts for the previews (run.sample_every is set)")
+    if r.sample_steps is not None and r.sample_steps < 2:
+        raise field_error(w + "run.sample_steps", f"must be at least 2, got {r.sample_steps}")
+    _one_of(r.mixed_precision, MIXED_PRECISION, w + "run.mixed_precision")
+    _one_of(r.device, DEVICES, w + "run.device")
+    _positive(r.num_workers, w + "run.num_workers", zero_ok=True)
+    _strings(r.log_with, w + "run.log_with")
+    for i, name in enumerate(r.log_with):
+        _one_of(name, TRACKERS, f"{w}run.log_with[{i}]")
+    if len(set(r.log_with)) != len(r.log_with):
+        raise field_error(w + "run.log_with", f"names a tracker twice: {r.log_with}")
+    if r.gradient_checkpointing and cfg.mode != "showo2":
+        raise field_error(w + "run.gradient_checkpointing", "is for mode = \"showo2\" (the VAE's causal cache is not recomputable)")
+
+    lo = cfg.lora
+    if lo.rank:
+        if cfg.mode != "showo2":
+            raise field_error(w + "lora.rank", "LoRA adapters are for mode = \"showo2\"")
+        if not 1 <= lo.rank <= 4096:
+            raise field_error(w + "lora.rank", f"must be between 1 and 4096 (0 = off), got {lo.rank}")
+        _positive(lo.alpha, w + "lora.alpha")
+        if not 0 <= lo.dropout < 1:
+            raise field_error(w + "lora.dropout", f"must be in [0, 1), got {lo.dropout}")
+        if not lo.target_modules:
+            raise field_error(w + "lora.target_modules", "needs at least one module name (e.g. q_proj)")
+        _strings(lo.target_modules, w + "lora.target_modules")
+        _strings(lo.within, w + "lora.within")
+        for name in ("groups", "frozen"):
+            if getattr(o, name):
+                raise field_error(f"{w}optim.{name}", "with [lora] only the adapter trains (at optim.lr); remove optim."
+                            f"{name} or set lora.rank = 0")
+    elif lo.rank < 0:
+        raise field_error(w + "lora.rank", f"must be between 1 and 4096 (0 = off), got {lo.rank}")
+
+
+def _validate_source(s: DataSource, w: str, mode: str) -> None:
+    _one_of(s.kind, KINDS, w + ".kind")
+    _one_of(s.role, ROLES, w + ".role")
+    if mode == "vae" and s.role != "vae":
+        raise field_error(w + ".role", f"mode = \"vae\" trains on role = \"vae\" sources, got '{s.role}'")
+    if mode == "showo2" and s.role == "vae":
+        raise field_error(w + ".role", "role = \"vae\" is for mode = \"vae\"")
+    if s.kind in ("pairs", "llava"):
+        if not s.path:
+            raise field_error(w + ".path", f"is required for kind = \"{s.kind}\"")
+        p = Path(s.path)
+        if not p.exists():
+            raise field_error(w + ".path", f"'{s.path}' does not exist")
+        if s.kind == "llava" and (p.is_dir() or p.suffix.lower() not in (".json", ".jsonl")):
+            raise field_error(w + ".path", f"llava sources are a .json or .jsonl file, got '{s.path}'")
+        if s.kind == "pairs" and p.is_file() and p.suffix.lower() != ".jsonl":
+            raise field_error(w + ".path", f"pairs sources are a folder or a .jsonl file, got '{s.path}'")
+    elif s.path:
+        raise field_error(w + ".path", "shapes sources are generated: remove path")
+    if s.kind == "llava" and s.role not in UND_ROLES:
+        raise field_error(w + ".role", f"llava sources feed understanding (mmu, mmu_vid), got '{s.role}'")
+    if s.root and not Path(s.root).is_dir():
+        raise field_error(w + ".root", f"'{s.root}' is not a folder")
+    if s.resolution is not None and (s.resolution <= 0 or s.resolution % 16):
+        raise field_error(w + ".resolution", f"must be a positive multiple of 16, got {s.resolution}")
+    if s.frames is not None:
+        if s.frames < 1:
+            raise field_error(w + ".frames", f"must be at least 1, got {s.frames}")
+        if s.role in ("t2v", "vae") and (s.frames - 1) % 4:
+            lower = 1 + (s.frames - 1) // 4 * 4
+            raise field_error(w + ".frames", f"the VAE needs 1 + 4k frames (e.g. {lower} or {lower + 4}), got {s.frames}")
+        if s.role in ("t2i", "mmu") and s.frames != 1:
+            raise field_error(w + ".frames", f"role '{s.role}' is for images; frames must be 1 or unset")
+        if s.role == "t2v" and s.frames < 5:
+            raise field_error(w + ".frames", "a t2v video needs at least 5 frames")
+    if s.format is not None:
+        _one_of(s.format, FORMATS, w + ".format")
+        if s.role not in UND_ROLES:
+            raise field_error(w + ".format", f"only understanding roles (mmu, mmu_vid) have a format, not '{s.role}'")
+    if s.preprocess is not None:
+        _one_of(s.preprocess, PREPROCESS, w + ".preprocess")
+    if s.size is not None:
+        if s.kind != "shapes":
+            raise field_error(w + ".size", "only shapes sources have a size (a folder/file has its own)")
+        _positive(s.size, w + ".size")
+    _positive(s.weight, w + ".weight")
+    if s.max_seq_len is not None and s.max_seq_len < 8:
+        raise field_error(w + ".max_seq_len", f"must be at least 8, got {s.max_seq_len}")
+    _positive(s.min_res, w + ".min_res", zero_ok=True)
+    if s.crop is not None:
+        if s.role != "vae":
+            raise field_error(w + ".crop", "random crops are for role = \"vae\"")
+        if s.crop <= 0 or s.crop % 8:
+            raise field_error(w + ".crop", f"must be a positive multiple of 8, got {s.crop}")
+        if s.resolution is not None and s.crop > s.resolution:
+            raise field_error(w + ".crop", f"{s.crop} is larger than resolution {s.resolution}")
+    if s.pool is not None:
+        if s.role != "mmu_vid":
+            raise field_error(w + ".pool", "token pooling is for role = \"mmu_vid\"")
+        _positive(s.pool, w + ".pool")
+    if s.cache is not None and s.role == "vae":
+        raise field_error(w + ".cache", "a latent cache makes no sense while the VAE itself trains")
