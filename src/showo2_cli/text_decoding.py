@@ -28,8 +28,8 @@ class TextStream:
     """Answer token ids in, answer text out: the one rule for what an answer's text is and how it
     is shown while it grows (caption, chat and the server all use it).
 
-    The answer is the tokenizer's text of the ids (special tokens skipped), cut before the first of
-    ``stop_strings`` and stripped of surrounding whitespace. ``on_text(piece)`` receives pieces
+    The answer is the tokenizer's text of the ids (special tokens skipped), cut before the first
+    stop string it completes (:func:`first_stop`) and stripped of surrounding whitespace. ``on_text(piece)`` receives pieces
     whose concatenation is exactly that text: never half a UTF-8 character, never a piece of a stop
     string, no leading whitespace, and whitespace inside the answer only once text follows it. So a
     streamed answer and the same answer returned whole are the same string.
@@ -54,7 +54,7 @@ class TextStream:
             return False
         safe = len(text)
         if self.stops:
-            hit = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+            hit = first_stop(text, self.stops)
             if hit >= 0:
                 self.cut = text[:hit]
                 safe = hit
@@ -76,6 +76,13 @@ class TextStream:
             self.on_text(text[len(self.shown):] if text.startswith(self.shown) else text)
             self.shown = text
         return text
+
+
+def first_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Where the stop string that ``text`` completes first begins (-1: none): as if the text came
+    one character at a time, whatever its tokens (of those ending at one place, the longest)."""
+    found = [(i + len(s), i) for s, i in ((s, text.find(s)) for s in stops) if i >= 0]
+    return min(found)[1] if found else -1
 
 
 def held_back(text: str, stops: tuple[str, ...]) -> int:
