@@ -142,6 +142,19 @@ def guarded(fn, *args, **kwargs):
         return {"error": f"{type(e).__name__}: {e}"[:500], "trace": traceback.format_exc()[-1500:]}
 
 
+def versions() -> dict:
+    """The libraries that ran (the device image's, or the wheels gpu.sh unpacked)."""
+    import importlib.metadata
+
+    found = {}
+    for name in ("transformers", "diffusers", "accelerate", "bitsandbytes"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 SECTIONS = ("t2i", "caption", "attn-sdpa", "attn-flex", "attn-compile", "7b", "7b-nf4")
 
 
@@ -150,7 +163,7 @@ def run_section(section: str, smoke: bool, steps: int, tokens: int) -> dict:
     dtype = torch.bfloat16
     spec = get_spec("tiny" if smoke else ("7B" if section.startswith("7b") else "1.5B"))
     record = {"section": section, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "dtype": "bf16", "spec": spec.name, "smoke": smoke}
+              "torch": torch.__version__, "versions": versions(), "dtype": "bf16", "spec": spec.name, "smoke": smoke}
     start = time.perf_counter()
     if section.startswith("attn-"):
         record["result"] = guarded(attention_variant, section[5:], spec, device, dtype, 1 if smoke else 10)

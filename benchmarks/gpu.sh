@@ -8,10 +8,23 @@
 #   bash benchmarks/gpu.sh            # writes $OUT/gpu.json (or benchmarks/results/gpu-<date>.json)
 #   bash benchmarks/gpu.sh --smoke    # CPU: the tiny spec, a few steps (checks the script runs;
 #                                     # skips flex and compile: flex aborts natively on CPU, compile takes minutes)
+#
+# On the lent GPU machine, whose image lacks diffusers and bitsandbytes and reaches no registry:
+# first, here, `python benchmarks/gpu_wheels.py` (fills .whl/), then one device call:
+#   run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=560)
+# Wheels found in .whl/ are unpacked into a temporary folder put first on the path.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
-py="${PYTHON:-python}"
+py="${PYTHON:-python3}"
+if compgen -G "$root/.whl/*.whl" > /dev/null; then
+  site="$(mktemp -d)"
+  "$py" -c 'import sys, zipfile
+for w in sys.argv[2:]:
+    zipfile.ZipFile(w).extractall(sys.argv[1])
+    print("unpacked", w.rsplit("/", 1)[-1])' "$site" "$root"/.whl/*.whl || exit 2
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 out_dir="${OUT:-$root/benchmarks/results}"
 mkdir -p "$out_dir"
 out="$out_dir/gpu.json"

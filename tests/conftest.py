@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,13 @@ def shared_dir(name: str, env: str) -> Path:
         if (base / "shared" / name).is_dir():
             return base / "shared" / name
     return REPO.parent / "shared" / name
+
+
+def sigint_reaches_child() -> None:
+    """``preexec_fn`` for a child a test interrupts with SIGINT: a test run started in the
+    background by a shell without job control ignores SIGINT, and a child inherits that (it then
+    runs on, exit 0, as Unix intends for background jobs); the child gets the default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 PARITY_DIR = shared_dir("parity", "SHOWO2_PARITY_DIR")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import set_dotted
+from conftest import set_dotted, sigint_reaches_child
 from showo2_cli.errors import UsageError
 from showo2_cli.training import checkpoint as ckpt
 from showo2_cli.training.config import load_config, parse_config
@@ -435,7 +435,8 @@ def _env():
 def test_ctrl_c_saves_a_complete_checkpoint_and_exits_130(tmp_path):
     cfg = write_toml(tmp_path / "c.toml", tiny_config(tmp_path, **{"optim.max_steps": 100000}))
     proc = subprocess.Popen([sys.executable, "-m", "showo2_cli.training", str(cfg), "--quiet"], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_reaches_child)
     run = tmp_path / "run"
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, sigint_reaches_child
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -54,7 +54,7 @@ def test_sigint_during_t2v_exits_130_and_leaves_no_file(tiny_model_dir, tmp_path
     proc = subprocess.Popen([sys.executable, "-m", "showo2_cli.cli", "t2v", "a square", "-m", str(tiny_model_dir),
                              "-o", str(out), "--frames", "5", "--steps", "10000", "--seed", "3", "--save-latents"],
                             cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=sigint_reaches_child)
     lines = _interrupt_when(proc, lambda line: line.startswith("seed "))
     out = proc.stdout.read()
     assert proc.returncode == 130, (lines, out)
@@ -71,7 +71,7 @@ def test_sigint_during_train_exits_130_with_a_complete_checkpoint(tmp_path):
                              "-o", str(run), "--max-steps", "100000", "--set", "run.log_every=1",
                              "--set", "run.eval_every=0"],
                             cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=sigint_reaches_child)
     lines = _interrupt_when(proc, lambda line: line.startswith("step ") and " loss " in line)
     assert proc.returncode == 130, lines
     assert lines[-2].startswith("showo2: error: interrupted") and not any("Traceback" in x for x in lines), lines
