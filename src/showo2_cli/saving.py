@@ -66,7 +66,9 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise InputError(f"prompts file {where} is not UTF-8 text (byte {e.start})") from e
-        lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+        # lines end at "\n" (and "\r\n") only: a form feed or U+2028 inside a line is not a new prompt
+        text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the first prompt
+        lines = [(i, line.strip()) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
         for i, line in lines:
             if len(line) > MAX_PROMPT_CHARS:
                 raise InputError(f"prompts file {where} line {i}: a prompt of {len(line)} characters is too long "
@@ -108,11 +110,14 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
     ext = output_extension(kind, output)
     total = len(prompts) * n if total_jobs is None else total_jobs
     plans = []
+    taken: set[Path] = set()  # default names already given to an earlier output of this run
     for p, i in zip(prompts, indices, strict=True):
         for k in range(n):
             if output is None:
                 path = Path(f"{M.slugify(p)}-{seed_for(seed, i, k, n)}{ext}")
-                path = M.unique_path(path) if not overwrite else path
+                if not overwrite:
+                    path = _free_name(path, save_latents, taken)
+                taken.add(path)
             elif total == 1:
                 path = Path(output)
             else:
@@ -133,6 +138,19 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
             M.check_output_path(f, overwrite, probe=f.parent not in probed)
             probed.add(f.parent)
     return plans
+
+
+def _free_name(path: Path, save_latents: bool, taken: set[Path]) -> Path:
+    """``path``, else the first ``stem-1.ext``, ``stem-2.ext``, ... whose media file, sidecar and
+    latents are all absent and that no other output of the run was given."""
+    def files(p: Path) -> list[Path]:
+        return [p, p.with_suffix(".json")] + ([p.with_name(p.stem + ".latents.safetensors")] if save_latents else [])
+
+    candidate, i = path, 0
+    while candidate in taken or any(f.exists() or f.is_symlink() for f in files(candidate)):
+        i += 1
+        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
+    return candidate
 
 
 def load_noise(path: str | os.PathLike | None):
@@ -171,51 +189,47 @@ def load_noise(path: str | os.PathLike | None):
     return noise
 
 
-def result_metadata(item, kind: str, fps: float | None = None, image: str | os.PathLike | None = None) -> dict:
+def result_metadata(item, kind: str, fps: float | None = None, image: str | os.PathLike | None = None,
+                    noise: str | os.PathLike | None = None) -> dict:
     """The parameters recorded with an output (inside the file and in its sidecar)."""
     meta = {**item.params, "showo2_version": __version__, "kind": kind}
     if kind != "t2i":
         meta["fps"] = fps
     if image is not None:
         meta["image"] = str(image)
+    if noise is not None:  # the starting noise came from this file (row ``noise_row``), not the seed
+        meta["noise"] = str(noise)
     return meta
 
 
 def save_results(results, plans: list[OutputPlan], kind: str, fps: float | None = 8.0,
-                 image: str | os.PathLike | None = None, overwrite: bool = False) -> list[dict]:
+                 image: str | os.PathLike | None = None, overwrite: bool = False,
+                 noise: str | os.PathLike | None = None) -> list[dict]:
     """Write each result as planned and return one record per output (what the sidecar holds).
-    An output's files are written as one unit: when one of them fails, the others are removed."""
+    An output's files are one unit (:func:`~showo2_cli.media.output_group`): they take their
+    places together, and a failure or Ctrl-C before then leaves none of them (and, with
+    ``overwrite``, the old ones as they were)."""
     from .pipelines.latents import save_latents
 
     if len(results) != len(plans):
         raise UsageError(f"{len(results)} result(s) but {len(plans)} planned output(s)")
     records = []
     for plan, item in zip(plans, results, strict=True):
-        meta = result_metadata(item, kind, fps, image)
+        meta = result_metadata(item, kind, fps, image, noise)
         record = {"output": str(plan.path), **meta}
-        written: list[Path] = []
-        try:
+        with M.output_group():
             if kind == "t2i":
                 M.write_image(plan.path, item.frames[0], metadata=meta, overwrite=overwrite)
             else:
                 M.write_video(plan.path, item.frames, fps or 8.0, overwrite=overwrite, metadata=meta)
-            written.append(plan.path)
             if plan.latents is not None:
                 lat = item.latents if item.latents.dim() == 4 else item.latents[:, None]
                 meta_l = {"format": "showo2-latents", "version": 1, "kind": "image" if kind == "t2i" else "video",
                           "frames": int(item.frames.shape[0]), "fps": fps if kind != "t2i" else None,
                           "height": item.params["height"], "width": item.params["width"], **meta}
                 save_latents(plan.latents, lat.contiguous(), meta_l, overwrite=overwrite)
-                written.append(plan.latents)
                 record["latents"] = str(plan.latents)
             with M.atomic_output(plan.sidecar, overwrite=overwrite) as tmp:
                 Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
-        except BaseException:
-            for f in written:
-                try:
-                    f.unlink()
-                except OSError:
-                    pass
-            raise
         records.append(record)
     return records

@@ -142,7 +142,20 @@ _TERMINATED = [False]  # set by the SIGTERM handler: an interruption then exits 
 
 
 def _interrupted() -> int:
+    _hold_signals()  # a second Ctrl-C while this one is reported changes nothing
     return _fail("terminated", 143, "interrupted") if _TERMINATED[0] else _fail("interrupted", 130, "interrupted")
+
+
+def _hold_signals() -> None:
+    """From now until main() returns, Ctrl-C and SIGTERM do nothing (:func:`_signals` restores them)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            if signal.getsignal(sig) not in (None, signal.SIG_IGN):
+                signal.signal(sig, lambda signum, frame: None)
+        except (ValueError, OSError):  # not the main thread
+            pass
 
 
 class Terminated(KeyboardInterrupt):
@@ -170,10 +183,13 @@ def _signals():
     except (ValueError, OSError):
         yield
         return
+    old_int = signal.getsignal(signal.SIGINT)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+        if old_int is not None:
+            signal.signal(signal.SIGINT, old_int)
 
 
 def _main(args: list[str], exit_types, abort_types, click_types) -> int:
@@ -232,7 +248,9 @@ def _quiet_stdout() -> None:
 
 
 def entry() -> None:
-    sys.exit(main())
+    from ..launch import exit_with
+
+    exit_with(main())
 
 
 if __name__ == "__main__":

@@ -90,16 +90,17 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path |
         if "prompt_tokens_used" in item.params:
             notice(f"the prompt of output {item.prompt_index} has {item.params['prompt_tokens']} tokens; the model's "
                    f"sequence holds {item.params['prompt_tokens_used']}, so the rest was not used")
-        records.extend(O.save_results([item], [plans[len(records)]], kind, fps, image, overwrite))
+        records.extend(O.save_results([item], [plans[len(records)]], kind, fps, image, overwrite, noise=noise))
 
+    part = indices if world > 1 else None  # several processes: each has part of the run
     if mine:
         with ProgressReporter() as bar:
             if kind == "t2i":
-                P.text_to_image(bundle, mine, opts, progress=bar, indices=indices, on_result=save)
+                P.text_to_image(bundle, mine, opts, progress=bar, indices=part, on_result=save)
             elif kind == "t2v":
-                P.text_to_video(bundle, mine, opts, progress=bar, indices=indices, on_result=save)
+                P.text_to_video(bundle, mine, opts, progress=bar, indices=part, on_result=save)
             else:
-                P.image_to_video(bundle, image, mine, opts, progress=bar, indices=indices, on_result=save)
+                P.image_to_video(bundle, image, mine, opts, progress=bar, indices=part, on_result=save)
     if len(records) != len(plans):
         raise UsageError(f"{len(records)} result(s) but {len(plans)} planned output(s)")
     emit({"outputs": records, "seed": opts.seed, "rank": rank, "world_size": world},

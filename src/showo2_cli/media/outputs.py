@@ -7,10 +7,13 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import tempfile
+import threading
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from showo2_cli.errors import OutputError, UsageError
@@ -59,8 +62,40 @@ def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = Fal
             f"cannot write {quote_path(p)}: folder {quote_path(parent)} is read-only (permission denied)"
         )
     if probe:
-        _unlink_quiet(_make_temp(p))
+        with signals_deferred():  # a Ctrl-C between the two never leaves the file behind
+            _unlink_quiet(_make_temp(p))
     return p
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back for a few quick file operations that must not be cut in two
+    (create and remove a probe file, rename a finished output into place): a signal that comes
+    meanwhile is acted on (its handler called) when the block ends. Only the main thread can
+    change handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is None:  # a handler set outside Python: left alone
+            continue
+        try:
+            old[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+        except (ValueError, OSError):
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if caught:
+            handler = old.get(caught[0])
+            if callable(handler):
+                handler(caught[0], None)  # raises KeyboardInterrupt (or the program's own exception)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), caught[0])
 
 
 def short_name(name: str, limit: int = 100) -> str:
@@ -194,19 +229,65 @@ def atomic_output(path: PathLike, overwrite: bool = False, durable: bool = False
         OutputError: see :func:`check_output_path`; also when the rename fails.
     """
     target = check_output_path(path, overwrite)
-    tmp = _make_temp(target)
+    tmp = None
     try:
+        with signals_deferred():  # the temporary file exists only once it will be cleaned up
+            tmp = _make_temp(target)
         with _write_errors(target):
             yield tmp
         _normal_mode(tmp)  # writers that replace the file (safetensors does) leave it 0600
         if durable:
             fsync_path(tmp)
-        _commit(tmp, target, overwrite)
+        group = _GROUP.get()
+        if group is not None:  # moved into place with the rest of its group (output_group)
+            group.append((tmp, target, overwrite, durable))
+            return
+        with signals_deferred():
+            _commit(tmp, target, overwrite)
         if durable:
             fsync_path(target.parent)
     except BaseException:
-        _unlink_quiet(tmp)
+        if tmp is not None:
+            _unlink_quiet(tmp)
         raise
+
+
+_GROUP: ContextVar[list | None] = ContextVar("showo2_output_group", default=None)
+
+
+@contextmanager
+def output_group() -> Iterator[None]:
+    """Several outputs as one unit (an image, its latents, its sidecar): every :func:`atomic_output`
+    inside writes its temporary file as usual, and when the block ends they are all moved into
+    place together, with Ctrl-C and SIGTERM held back for those few renames. A failure or an
+    interruption before then removes every temporary file and leaves the old files (with
+    ``overwrite``) or no files as they were; a rename that fails part-way removes the new files
+    already placed that replaced nothing."""
+    pending: list[tuple[Path, Path, bool, bool]] = []
+    token = _GROUP.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, *_ in pending:
+            _unlink_quiet(tmp)
+        raise
+    finally:
+        _GROUP.reset(token)
+    placed: list[Path] = []
+    with signals_deferred():
+        try:
+            for tmp, target, overwrite, _durable in pending:
+                _commit(tmp, target, overwrite)
+                if not overwrite:
+                    placed.append(target)
+        except BaseException:
+            for tmp, *_ in pending:
+                _unlink_quiet(tmp)
+            for target in placed:
+                _unlink_quiet(target)
+            raise
+    for folder in {target.parent for _, target, _, durable in pending if durable}:
+        fsync_path(folder)
 
 
 @contextmanager
@@ -230,12 +311,14 @@ def atomic_folder(path: PathLike, overwrite: bool = False, durable: bool = False
         raise OutputError(f"cannot write {quote_path(target)}: folder {quote_path(parent)} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {quote_path(target)}: folder {quote_path(parent)} is read-only")
+    tmp = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{short_name(target.name)}.", suffix=".tmp", dir=parent))
-    except OSError as e:
-        raise OutputError(f"cannot write {quote_path(target)}: cannot create a folder in "
-                          f"{quote_path(parent)} ({e.strerror or error_detail(e)})") from e
-    try:
+        with signals_deferred():  # the temporary folder exists only once it will be cleaned up
+            try:
+                tmp = Path(tempfile.mkdtemp(prefix=f".{short_name(target.name)}.", suffix=".tmp", dir=parent))
+            except OSError as e:
+                raise OutputError(f"cannot write {quote_path(target)}: cannot create a folder in "
+                                  f"{quote_path(parent)} ({e.strerror or error_detail(e)})") from e
         with _write_errors(target):
             yield tmp
         for f in [tmp, *tmp.rglob("*")]:
@@ -243,19 +326,21 @@ def atomic_folder(path: PathLike, overwrite: bool = False, durable: bool = False
             if durable:
                 fsync_path(f)
         try:
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{short_name(target.name)}.", suffix=".old", dir=parent))
-                os.replace(target, old / target.name)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
+            with signals_deferred():  # the old folder moved aside and the new one in: never half
+                if target.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{short_name(target.name)}.", suffix=".old", dir=parent))
+                    os.replace(target, old / target.name)
+                    os.replace(tmp, target)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(tmp, target)
         except OSError as e:
             raise OutputError(f"cannot write {quote_path(target)}: {error_detail(e)}") from e
         if durable:
             fsync_path(parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

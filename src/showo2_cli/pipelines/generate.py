@@ -133,21 +133,27 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
               opts.max_memory_gb, model.device, vae.base_dim, vae.tiling)
     check_generation_memory(*memory)
     tiled = generation_tiling(*memory)
+    part = indices is not None  # these prompts are part of a larger run (several processes)
     indices = list(range(len(prompts))) if indices is None else list(indices)
     if len(indices) != len(prompts):
         raise UsageError("one index per prompt is needed")
     jobs = [(p, i, k) for i, p in zip(indices, prompts, strict=True) for k in range(opts.num_per_prompt)]
     latent_shape = (spec.latent_channels, t_lat, lat_h, lat_w) if video else (spec.latent_channels, lat_h, lat_w)
-    noise_all = None
+    noise_all, rows = None, None  # rows[j]: the row of the given noise that job j starts from
     if opts.noise is not None:
         noise_all = opts.noise.float()
         if tuple(noise_all.shape) == latent_shape:
-            noise_all = noise_all[None].expand(len(jobs), *latent_shape)
-        if tuple(noise_all.shape[1:]) != latent_shape or noise_all.shape[0] not in (1, len(jobs)):
+            noise_all = noise_all[None]
+        n = opts.num_per_prompt
+        count = noise_all.shape[0] if tuple(noise_all.shape[1:]) == latent_shape else 0
+        if count in (1, len(jobs)):
+            rows = [0] * len(jobs) if count == 1 else list(range(len(jobs)))
+        elif part and count >= (max(indices) + 1) * n:  # one row per output of the whole run
+            rows = [i * n + k for _, i, k in jobs]
+        else:
+            whole = " or one per output of the whole prompts file" if part else ""
             raise InputError(f"--noise has shape {tuple(opts.noise.shape)}, expected {latent_shape} or "
-                             f"({len(jobs)}, {', '.join(map(str, latent_shape))})")
-        if noise_all.shape[0] == 1:
-            noise_all = noise_all.expand(len(jobs), *latent_shape)
+                             f"{(len(jobs), *latent_shape)} (one per output{whole})")
     results: list[Generated] = []
     total_steps = math.ceil(len(jobs) / opts.batch_size) * (opts.steps - 1)
     done_steps = 0
@@ -157,7 +163,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
         layout = generation_layout(ids, visual, tokens, max_seq_len, video=video)
         seeds = [seed_for(opts.seed, i, k, opts.num_per_prompt) for _, i, k in batch]
         if noise_all is not None:
-            noise = noise_all[start:start + len(batch)].clone()
+            noise = noise_all[rows[start:start + len(batch)]].clone()
         else:
             noise = torch.stack([_noise(latent_shape, s) for s in seeds])
         if first_frame is not None:
@@ -179,6 +185,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
                       "model": model.files.name if model.files else spec.name}
             if getattr(model, "adapters", None):
                 params["lora"] = list(model.adapters)  # merged into the weights on load
+            if rows is not None:  # started from the given noise, not from the seed
+                params["noise_row"] = rows[start + j]
             if video:
                 params["frames"] = int(arr.shape[0])
             if len(ids[j]) > budget:  # never cut silently: the result says how much of the prompt was used

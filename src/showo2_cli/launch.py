@@ -1,0 +1,93 @@
+"""The ``showo2`` program: the command line run with Ctrl-C and SIGTERM handled from its first
+moment to its last.
+
+:func:`showo2_cli.cli.main` handles an interruption while a command runs. Around it are two
+windows it cannot see: the command line's own imports (about a second) and the interpreter's
+shutdown after it returned (libraries' exit handlers and teardown, about a second more). A signal
+in the first used to print an import traceback and kill the process by signal; in the second (a
+second Ctrl-C while the first one's clean-up finishes) an "Exception ignored in atexit callback"
+traceback or a death by SIGINT. Here the first is one line and exit 130 (143 for SIGTERM), and an
+interrupted command ends at once with its code (:func:`exit_with`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+
+
+class _Terminated(KeyboardInterrupt):
+    pass
+
+
+def _terminated(signum, frame):
+    raise _Terminated()
+
+
+def main() -> None:
+    previous = _install(signal.SIGTERM, _terminated)
+    try:
+        from .cli import main as cli_main
+    except KeyboardInterrupt as e:
+        code = 143 if isinstance(e, _Terminated) else 130
+        _say("showo2: error: interrupted\n")
+        exit_with(code)
+    if previous is not None:
+        _install(signal.SIGTERM, previous)
+    code = cli_main()
+    exit_with(code)
+
+
+def exit_with(code: int) -> None:
+    """Exit with ``code``. After an interruption (130, 143) everything was already cleaned up: the
+    exit handlers run with further signals ignored, then the process ends at once, without the
+    second of library teardown that a second Ctrl-C used to cut with a traceback or a death by
+    signal. Otherwise a signal during the shutdown ends it at once with the same code."""
+    if code in (130, 143):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            _install(sig, signal.SIG_IGN)
+        run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+        if run_exit_handlers is not None:
+            try:
+                run_exit_handlers()
+            except BaseException:  # a library's exit handler: nothing of ours is left to lose
+                pass
+        _flush()
+        os._exit(code)
+
+    def now(signum, frame):
+        _flush()
+        os._exit(code)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored Ctrl-C (a background job) stays so
+            _install(sig, now)
+    sys.exit(code)
+
+
+def _install(sig, handler):
+    try:
+        return signal.signal(sig, handler)
+    except (ValueError, OSError, TypeError):
+        return None
+
+
+def _say(text: str) -> None:
+    try:
+        sys.stderr.write(text)
+    except (OSError, ValueError):
+        pass
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Hostile inputs, round four: generation outputs under interruption, noise shared by several
+processes, prompts files with unusual line breaks, default names taken by a sidecar, and
+signals in the program's first and last second.
+
+Each case was found by probing the released tool; each test fails on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from showo2_cli import api
+from showo2_cli import media as M
+from showo2_cli import saving as O
+from showo2_cli.cli import main
+from showo2_cli.errors import InputError
+from showo2_cli.media import outputs
+from showo2_cli.options import GenerateOptions
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _write_set(folder, value: int, overwrite: bool, fail_in_sidecar: BaseException | None = None):
+    """An output's three files, as save_results writes them: image, latents, sidecar."""
+    with M.output_group():
+        M.write_image(folder / "o.png", np.full((8, 8, 3), value, np.uint8), overwrite=overwrite)
+        with M.atomic_output(folder / "o.latents.safetensors", overwrite=overwrite) as tmp:
+            save_file({"latents": torch.full((1,), float(value))}, str(tmp))
+        with M.atomic_output(folder / "o.json", overwrite=overwrite) as tmp:
+            if fail_in_sidecar is not None:
+                raise fail_in_sidecar
+            tmp.write_text(json.dumps({"value": value}))
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), OSError("disk gone")])
+def test_an_interrupted_overwrite_keeps_the_old_output_whole(tmp_path, exc):
+    """--overwrite: the image was renamed over the old one first; an interruption while the
+    latents or sidecar were written then removed the new image, and the old one was gone."""
+    _write_set(tmp_path, 10, overwrite=False)
+    before = {n: (tmp_path / n).read_bytes() for n in _files(tmp_path)}
+    with pytest.raises((KeyboardInterrupt, M.OutputError)):
+        _write_set(tmp_path, 200, overwrite=True, fail_in_sidecar=exc)
+    assert {n: (tmp_path / n).read_bytes() for n in _files(tmp_path)} == before  # old set whole, no temporaries
+
+
+def test_a_signal_during_the_renames_waits_until_the_set_is_in_place(tmp_path, monkeypatch):
+    """Ctrl-C arriving between two renames of one output is acted on once all of them are done."""
+    real = outputs._commit
+    sent = []
+
+    def commit(tmp, target, overwrite):
+        real(tmp, target, overwrite)
+        if not sent:
+            sent.append(target)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(outputs, "_commit", commit)
+    with pytest.raises(KeyboardInterrupt):
+        _write_set(tmp_path, 7, overwrite=False)
+    assert _files(tmp_path) == ["o.json", "o.latents.safetensors", "o.png"]
+    assert json.loads((tmp_path / "o.json").read_text()) == {"value": 7}
+
+
+def test_a_signal_during_the_probe_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """The early writability check creates and removes a hidden file: a Ctrl-C between the two
+    left it behind."""
+    real = outputs._make_temp
+
+    def make(target):
+        tmp = real(target)
+        os.kill(os.getpid(), signal.SIGINT)
+        return tmp
+
+    monkeypatch.setattr(outputs, "_make_temp", make)
+    with pytest.raises(KeyboardInterrupt):
+        M.check_output_path(tmp_path / "o.png", probe=True)
+    with pytest.raises(KeyboardInterrupt):
+        with M.atomic_output(tmp_path / "p.png") as tmp:
+            tmp.write_bytes(b"x")
+    assert _files(tmp_path) == []
+
+
+def test_noise_rows_follow_the_outputs_of_the_whole_prompts_file(tmp_path):
+    """Two processes splitting a prompts file with one --noise file: each took rows 0.. of it (or
+    refused a file with a row per output of the whole run)."""
+    model = api.load("demo")
+    prompts = ["a red circle on a white background", "a blue square on a white background"]
+    opts = GenerateOptions(size=(32, 32), steps=3, seed=1, num_per_prompt=2, batch_size=4)
+    grid = 32 // model.spec.vae_spatial
+    noise = torch.randn(4, model.spec.latent_channels, grid, grid, generator=torch.Generator().manual_seed(0))
+    whole = api.text_to_image(model, prompts, GenerateOptions(**{**opts.__dict__, "noise": noise}))
+    for rank in (0, 1):  # WORLD_SIZE=2: each process has one prompt, global outputs 2*rank, 2*rank+1
+        part = api.text_to_image(model, prompts[rank::2], GenerateOptions(**{**opts.__dict__, "noise": noise}),
+                                 indices=[rank])
+        assert [g.params["noise_row"] for g in part] == [2 * rank, 2 * rank + 1]
+        for mine, ref in zip(part, whole[2 * rank:2 * rank + 2], strict=True):
+            assert torch.allclose(mine.latents, ref.latents, atol=1e-3)  # batches of other sizes: rounding only
+    with pytest.raises(InputError, match="one per output of the whole prompts file"):
+        api.text_to_image(model, prompts[1:], GenerateOptions(**{**opts.__dict__, "noise": noise[:3]}), indices=[1])
+
+
+def test_the_noise_file_is_recorded_with_the_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = 32 // api.load("demo").spec.vae_spatial
+    save_file({"noise": torch.randn(2, 16, grid, grid)}, str(tmp_path / "n.safetensors"))
+    code = main(["t2i", "a red circle", "-n", "2", "--size", "32", "--steps", "3", "-o", "o.png",
+                 "--noise", "n.safetensors", "-m", "demo", "--json"])
+    assert code == 0, capsys.readouterr().err
+    for k in (0, 1):
+        side = json.loads((tmp_path / f"o-00{k}.json").read_text())
+        assert side["noise"] == "n.safetensors" and side["noise_row"] == k
+        assert M.read_png_metadata(tmp_path / f"o-00{k}.png")["noise_row"] == k
+
+
+def test_prompts_are_lines_ended_by_newlines_only(tmp_path):
+    """splitlines() also split at form feed, NEL and U+2028 (7 prompts from 4 lines, line numbers
+    off by the extra breaks), and a byte-order mark stayed in the first prompt."""
+    f = tmp_path / "p.txt"
+    f.write_bytes("\ufeffa red circle\r\na blue\x0csquare\nline three\x85still three\nfour\u2028four\n".encode())
+    assert O.read_prompts(prompts_file=f) == ["a red circle", "a blue\x0csquare", "line three\x85still three",
+                                              "four\u2028four"]
+    f.write_text("a\u2028b\n" + "x" * 10_001 + "\n")
+    with pytest.raises(InputError, match="line 2:"):
+        O.read_prompts(prompts_file=f)
+
+
+def test_default_names_skip_names_whose_sidecar_or_latents_are_taken(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-red-circle-5.json").write_text("{}")
+    plans = O.plan_outputs("t2i", None, ["a red circle"], [0], 1, 5)
+    assert str(plans[0].path) == "a-red-circle-5-1.png"
+    (tmp_path / "a-red-circle-5-1.latents.safetensors").write_bytes(b"x")
+    plans = O.plan_outputs("t2i", None, ["a red circle"], [0], 1, 5, save_latents=True)
+    assert str(plans[0].path) == "a-red-circle-5-2.png"
+    # a name made free must not be another output's own name
+    (tmp_path / "a-3.png").write_bytes(b"x")
+    plans = O.plan_outputs("t2i", None, ["a 3", "b", "a"], [0, 1, 2], 1, 1)
+    names = [str(p.path) for p in plans]
+    assert len(set(names)) == 3 and "a-3.png" not in names
+
+
+def _program(tmp_path, body: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(body))
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_ctrl_c_while_the_command_line_imports_is_one_line_and_130(tmp_path):
+    """A Ctrl-C in the first second (the command line's imports) printed an import traceback and
+    killed the process by the signal."""
+    proc = _program(tmp_path, """
+        import builtins, sys
+        real = builtins.__import__
+        def importing(name, *a, **k):
+            if name == "cli" or name.endswith(".cli"):
+                raise KeyboardInterrupt
+            return real(name, *a, **k)
+        builtins.__import__ = importing
+        from showo2_cli.launch import main
+        sys.argv = ["showo2", "--version"]
+        main()
+    """)
+    assert (proc.returncode, proc.stderr) == (130, "showo2: error: interrupted\n")
+
+
+def test_ctrl_c_during_the_shutdown_ends_it_with_the_chosen_code(tmp_path):
+    """A second Ctrl-C while the first one's clean-up ran (libraries' exit handlers) gave an
+    'Exception ignored in atexit callback' traceback and death by SIGINT."""
+    proc = _program(tmp_path, """
+        import atexit, os, signal, time
+        from showo2_cli.launch import exit_with
+        def slow_library_exit():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        atexit.register(slow_library_exit)
+        exit_with(130)
+    """)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr and "Exception" not in proc.stderr
