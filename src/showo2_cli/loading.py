@@ -141,7 +141,7 @@ def _shown(value) -> str:
     return short(json.dumps(value, default=str))
 
 
-def _check_spec_types(raw: dict, where: Path) -> None:
+def check_spec_fields(raw: dict, where: Path | str) -> None:
     """Every field of a ``showo2.spec`` section must have its declared type (and sizes a sane
     range) before a network is built from it: a config is read from disk, maybe a download."""
     import dataclasses
@@ -317,7 +317,7 @@ def spec_from_files(files: ModelFiles, state: dict) -> ModelSpec:
         raw = files.config["showo2"]
         if not isinstance(raw, dict) or not isinstance(raw.get("spec"), dict):
             raise ModelError(f"'{files.root / 'config.json'}' has a malformed 'showo2' section")
-        _check_spec_types(raw["spec"], files.root / "config.json")
+        check_spec_fields(raw["spec"], files.root / "config.json")
         try:
             return ModelSpec.from_dict(raw["spec"])
         except (UsageError, TypeError, ValueError) as e:

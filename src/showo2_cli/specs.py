@@ -118,6 +118,19 @@ class ModelSpec:
     def supports(self, task: str) -> bool:
         return task in self.tasks
 
+    def parameter_estimate(self) -> int:
+        """About how many parameters the network of this spec has (LLM, semantic layers, flow
+        head; norms and small projections left out): to refuse a size before allocating it."""
+        h, hd, fh, fd = self.hidden_size, self.head_dim, self.head_hidden, self.head_dim_flow
+        llm = self.num_layers * (2 * h * self.num_heads * hd + 2 * h * self.num_kv_heads * hd
+                                 + 3 * h * self.intermediate_size)
+        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        semantic = self.semantic_layers * (4 * self.clip_latent_dim ** 2 + 2 * self.clip_latent_dim
+                                           * self.semantic_intermediate)
+        head = self.head_layers * (2 * fh * self.head_heads * fd + 2 * fh * self.head_kv_heads * fd
+                                   + 3 * fh * self.head_intermediate)
+        return llm + embed + semantic + head
+
     def replace(self, **changes) -> ModelSpec:
         return dataclasses.replace(self, **changes)
 
@@ -161,6 +174,7 @@ class ModelSpec:
                                  f"got {str(value)[:20]}")
         if self.semantic_layers < 0:
             raise UsageError(f"invalid model spec '{self.name}': semantic_layers must not be negative")
+        self._validate_rope_scaling()
         side = max([self.resolution, self.video_resolution, *self.resolutions])
         if side > MAX_RESOLUTION:
             raise UsageError(f"invalid model spec '{self.name}': a resolution of {side} pixels is over "
@@ -179,6 +193,26 @@ class ModelSpec:
         for ok, what in checks:
             if not ok:
                 raise UsageError(f"invalid model spec '{self.name}': {what}")
+
+
+    def _validate_rope_scaling(self) -> None:
+        """The flow head's RoPE scaling: none, ``default``, or ``llama3`` with its four numbers."""
+        scaling = self.head_rope_scaling
+        if scaling is None:
+            return
+        kind = scaling.get("rope_type", "default") if isinstance(scaling, dict) else None
+        if kind not in ("default", "llama3"):
+            raise UsageError(f"invalid model spec '{self.name}': head_rope_scaling must be an object with "
+                             f"rope_type 'default' or 'llama3', got {str(scaling)[:60]}")
+        if kind == "llama3":
+            for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+                value = scaling.get(key)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                    raise UsageError(f"invalid model spec '{self.name}': head_rope_scaling.{key} must be a "
+                                     f"positive number, got {str(value)[:20]}")
+            if scaling["low_freq_factor"] == scaling["high_freq_factor"]:
+                raise UsageError(f"invalid model spec '{self.name}': head_rope_scaling's low_freq_factor and "
+                                 "high_freq_factor must differ")
 
 
 _QWEN_1_5B = dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, head_dim=128,

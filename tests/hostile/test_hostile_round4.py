@@ -23,7 +23,7 @@ from showo2_cli import api
 from showo2_cli import media as M
 from showo2_cli import saving as O
 from showo2_cli.cli import main
-from showo2_cli.errors import InputError
+from showo2_cli.errors import InputError, UsageError
 from showo2_cli.media import outputs
 from showo2_cli.options import GenerateOptions
 
@@ -192,3 +192,85 @@ def test_ctrl_c_during_the_shutdown_ends_it_with_the_chosen_code(tmp_path):
         exit_with(130)
     """)
     assert proc.returncode == 130 and "Traceback" not in proc.stderr and "Exception" not in proc.stderr
+
+
+# ---- training configs and data (found by probing `showo2 train`) --------------------------------
+
+def _tiny_config():
+    from conftest import REPO
+
+    return REPO / "examples" / "train_tiny.toml"
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"run.num_workers": 100_000}, "run.num_workers"),  # a fork storm of data workers
+    ({"seed.x": 1}, "'seed' is not a table"),  # an internal TypeError
+    ({"data.0.kind": "x"}, "'data' is not a table"),
+    ({"optim.lr": 10 ** 400}, "optim.lr"),  # OverflowError converting to float
+    ({"output_dir": "a\x00b"}, "NUL"),  # ValueError: embedded null byte
+    ({"model.vae_init_logvar": 1e308}, "vae_init_logvar"),  # overflow once the VAE was built
+    ({"model.spec.head_rope_scaling": 5}, "head_rope_scaling"),  # AttributeError while building
+    ({"model.spec.head_rope_scaling": {"rope_type": "bogus"}}, "head_rope_scaling"),  # KeyError
+    ({"model.spec.name": 5}, "'name' must be text"),  # trained, then the checkpoint could not load
+    ({"model.spec.resolutions": []}, "'resolutions'"),
+])
+def test_configs_the_check_used_to_pass_or_crash_on(overrides, field):
+    from showo2_cli.training.config import load_config
+
+    if not _tiny_config().is_file():
+        pytest.skip("no example config")
+    with pytest.raises(UsageError, match=field.replace("(", r"\(")):
+        load_config(_tiny_config(), overrides=overrides)
+
+
+def test_data_paths_that_are_not_files_or_folders_are_refused(tmp_path):
+    from showo2_cli.training.config import load_config
+
+    if not _tiny_config().is_file():
+        pytest.skip("no example config")
+    (tmp_path / "z.jsonl").symlink_to("/dev/zero")
+    with pytest.raises(UsageError, match="not a regular file or a folder"):
+        load_config(_tiny_config(), overrides={"data": [{"kind": "pairs", "role": "t2i", "path": str(tmp_path / "z.jsonl")}]})
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UsageError, match="cache.*not a folder"):
+        load_config(_tiny_config(), overrides={"data": [{"kind": "shapes", "role": "t2i", "cache": str(tmp_path / "afile")}]})
+
+
+def test_caption_files_are_read_only_when_they_are_regular_and_small(tmp_path):
+    """A FIFO caption file hung training beyond Ctrl-C; /dev/zero grew without bound."""
+    from showo2_cli.training.data import MAX_CAPTION_BYTES, read_caption_file
+
+    os.mkfifo(tmp_path / "fifo.txt")
+    (tmp_path / "zero.txt").symlink_to("/dev/zero")
+    (tmp_path / "big.txt").write_bytes(b"a" * (MAX_CAPTION_BYTES + 1))
+    (tmp_path / "ok.txt").write_text(" a red circle \n")
+    for name in ("fifo.txt", "zero.txt", "big.txt"):
+        with pytest.raises(InputError):
+            read_caption_file(tmp_path / name, "caption_file")
+    assert read_caption_file(tmp_path / "ok.txt", "c") == "a red circle"
+    assert read_caption_file(tmp_path / "missing.txt", "c") == ""
+
+
+def test_records_nested_too_deep_or_not_utf8_are_input_errors(tmp_path):
+    from showo2_cli.training.records import iter_json_array
+
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "bytes.json").write_bytes(b'[{"image": "img\xff.png"}]')
+    for name in ("deep.json", "bytes.json"):
+        with pytest.raises(InputError):
+            list(iter_json_array(tmp_path / name))
+
+
+def test_a_spec_too_large_to_train_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    from showo2_cli.errors import ResourceError
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import load_config
+    from showo2_cli.training.showo2_objective import check_training_memory
+
+    if not _tiny_config().is_file():
+        pytest.skip("no example config")
+    cfg = load_config(_tiny_config(), overrides={"output_dir": str(tmp_path / "run")})
+    spec = get_spec("tiny").replace(num_layers=5_000_000)
+    with pytest.raises(ResourceError, match="model.spec"):
+        check_training_memory(spec, cfg)
+    check_training_memory(get_spec("tiny"), cfg)

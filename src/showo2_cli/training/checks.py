@@ -51,6 +51,7 @@ def _strings(values, where):
 def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
     """Check every field and the combinations; the first problem raises a one-line ConfigError."""
     w = f"{prefix}: "
+    check_paths(cfg, prefix)
     _one_of(cfg.mode, MODES, w + "mode")
     if not 0 <= cfg.seed < 2**63:
         raise field_error(w + "seed", f"must be between 0 and 2^63-1, got {str(cfg.seed)[:40]}")
@@ -78,6 +79,13 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
         for k in m.spec:
             if k not in known:
                 raise field_error(w + f"model.spec.{k}", "unknown ModelSpec field")
+        from ..errors import ModelError
+        from ..loading import check_spec_fields
+
+        try:  # the checks a model folder's spec gets: types and sane sizes, before anything is built
+            check_spec_fields(m.spec, "model.spec")
+        except ModelError as e:
+            raise field_error(w + "model.spec", str(e).removeprefix("'model.spec': ")) from None
         if m.init_spec:
             try:
                 base = get_spec(m.init_spec)
@@ -85,12 +93,14 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
                 raise field_error(w + "model.init_spec", str(e)) from None
             try:
                 base.replace(**m.spec).validate()
-            except (UsageError, TypeError) as e:
+            except (UsageError, TypeError, ValueError, AttributeError, KeyError) as e:
                 raise field_error(w + "model.spec", str(e)) from None
     else:
         if m.init or m.init_spec or m.spec or m.weights or m.tokenizer:
             raise field_error(w + "model", "mode = \"vae\" trains only the VAE: use model.vae (to fine-tune) or "
                         "model.vae_base_dim (from scratch), not init/init_spec/spec/weights/tokenizer")
+    if not -30 <= m.vae_init_logvar <= 10:
+        raise field_error(w + "model.vae_init_logvar", f"must be between -30 and 10, got {m.vae_init_logvar}")
     if not 1 <= m.vae_base_dim <= 512:
         raise field_error(w + "model.vae_base_dim", f"must be between 1 and 512, got {m.vae_base_dim}")
 
@@ -207,6 +217,9 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
     _one_of(r.mixed_precision, MIXED_PRECISION, w + "run.mixed_precision")
     _one_of(r.device, DEVICES, w + "run.device")
     _positive(r.num_workers, w + "run.num_workers", zero_ok=True)
+    if r.num_workers > MAX_WORKERS:
+        raise field_error(w + "run.num_workers", f"must be at most {MAX_WORKERS} (processes per training "
+                          f"process), got {r.num_workers}")
     _strings(r.log_with, w + "run.log_with")
     for i, name in enumerate(r.log_with):
         _one_of(name, TRACKERS, f"{w}run.log_with[{i}]")
@@ -236,6 +249,25 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
         raise field_error(w + "lora.rank", f"must be between 1 and 4096 (0 = off), got {lo.rank}")
 
 
+#: Data-loading worker processes per training process ([run] num_workers)
+MAX_WORKERS = 64
+
+
+def check_paths(cfg: TrainConfig, prefix: str = "<config>") -> None:
+    """No path of the config holds a NUL byte (no file system takes one): checked before any
+    path is resolved."""
+    w = f"{prefix}: "
+    paths = {"output_dir": cfg.output_dir, "model.init": cfg.model.init, "model.vae": cfg.model.vae,
+             "model.tokenizer": cfg.model.tokenizer}
+    for i, s in enumerate(cfg.data):
+        paths.update({f"data[{i}].path": s.path, f"data[{i}].root": s.root, f"data[{i}].cache": s.cache})
+    for i, wc in enumerate(cfg.model.weights):
+        paths[f"model.weights[{i}].path"] = wc.path
+    for name, value in paths.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise field_error(w + name, "a path cannot hold a NUL byte")
+
+
 def _validate_source(s: DataSource, w: str, mode: str) -> None:
     _one_of(s.kind, KINDS, w + ".kind")
     _one_of(s.role, ROLES, w + ".role")
@@ -249,6 +281,8 @@ def _validate_source(s: DataSource, w: str, mode: str) -> None:
         p = Path(s.path)
         if not p.exists():
             raise field_error(w + ".path", f"'{s.path}' does not exist")
+        if not (p.is_dir() or p.is_file()):
+            raise field_error(w + ".path", f"'{s.path}' is not a regular file or a folder (a device, a FIFO?)")
         if s.kind == "llava" and (p.is_dir() or p.suffix.lower() not in (".json", ".jsonl")):
             raise field_error(w + ".path", f"llava sources are a .json or .jsonl file, got '{s.path}'")
         if s.kind == "pairs" and p.is_file() and p.suffix.lower() != ".jsonl":
@@ -296,5 +330,7 @@ def _validate_source(s: DataSource, w: str, mode: str) -> None:
         if s.role != "mmu_vid":
             raise field_error(w + ".pool", "token pooling is for role = \"mmu_vid\"")
         _positive(s.pool, w + ".pool")
+    if s.cache is not None and Path(s.cache).exists() and not Path(s.cache).is_dir():
+        raise field_error(w + ".cache", f"'{s.cache}' exists and is not a folder")
     if s.cache is not None and s.role == "vae":
         raise field_error(w + ".cache", "a latent cache makes no sense while the VAE itself trains")

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .checks import validate
-from .schema import SECTIONS, DataSource, GroupConfig, TrainConfig, WeightsConfig, field_error
+from .checks import check_paths, validate
+from .schema import SECTIONS, ConfigError, DataSource, GroupConfig, TrainConfig, WeightsConfig, field_error
 
 # ---- generic typed construction ----------------------------------------------------------------
 
@@ -76,9 +76,13 @@ def _coerce(value: Any, tp, where: str):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise field_error(where, f"must be a number, got {value!r}")
-        if not math.isfinite(float(value)):
-            raise field_error(where, f"must be a finite number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            number = math.inf
+        if not math.isfinite(number):
+            raise field_error(where, f"must be a finite number, got {str(value)[:40]}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise field_error(where, f"must be a string, got {value!r}")
@@ -182,6 +186,7 @@ def parse_config(raw: dict, source: str = "<config>", base_dir: Path | None = No
                          for i, w in enumerate(cfg.model.weights)]
     cfg.optim.groups = [_build(GroupConfig, g, f"{prefix}: optim.groups[{i}]") for i, g in enumerate(cfg.optim.groups)]
     if base_dir is not None:
+        check_paths(cfg, prefix)
         _resolve_paths(cfg, base_dir)
     validate(cfg, prefix)
     return cfg
@@ -197,8 +202,10 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Train
 def _set_path(raw: dict, dotted: str, value) -> None:
     parts = dotted.split(".")
     node = raw
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{'.'.join(parts[:i + 1])}' is not a table (set it whole)")
     node[parts[-1]] = value
 
 

@@ -238,18 +238,21 @@ class PairsSource(Source):
     def _media_path(self, rec: dict, i: int) -> Path:
         for key in ("path", "image", "video", "file_name", "file"):
             if isinstance(rec.get(key), str) and rec[key]:
-                p = Path(rec[key]).expanduser()
+                p = _record_path(rec[key], f"'{self.spec.path}' record {i} {key}")
                 return p if p.is_absolute() else self.root / p
         raise InputError(f"'{self.spec.path}' record {i} has no path/image/video field")
 
-    def _caption(self, rec: dict) -> str:
+    def _caption(self, rec: dict, i: int = 0) -> str:
         for key in ("prompt", "caption", "text"):
             if isinstance(rec.get(key), str):
                 return rec[key]
         cap = rec.get("caption_file")
-        if cap and Path(cap).exists():
-            return Path(cap).read_text(encoding="utf-8", errors="replace").strip()
-        return ""
+        if cap is None or cap == "":
+            return ""
+        where = f"'{self.spec.path}' record {i} caption_file"
+        if not isinstance(cap, str):
+            raise InputError(f"{where} must be a path, got {type(cap).__name__}")
+        return read_caption_file(_record_path(cap, where), where)
 
     def get(self, item: int, pixels: bool = True) -> Sample | None:
         rec = self.records[item]
@@ -260,7 +263,7 @@ class PairsSource(Source):
                                          self.preprocess, self.video, self.spec.min_res)
             if sample.pixels is None:
                 return None
-        text = self._caption(rec)
+        text = self._caption(rec, item)
         if role in ("t2i", "t2v"):
             sample.text = clean_caption(text)
         elif role in ("mmu", "mmu_vid"):
@@ -305,8 +308,10 @@ class LlavaSource(Source):
         sample = Sample(self.spec.role, self.index, item, format=self.format, turns=turns)
         if isinstance(ref, list):
             ref = ref[0] if ref else None
+        if ref is not None and ref != "" and not isinstance(ref, str):
+            raise InputError(f"'{self.spec.path}' record {item} {media_key} must be a path, got {type(ref).__name__}")
         if ref and pixels:
-            p = Path(ref).expanduser()
+            p = _record_path(ref, f"'{self.spec.path}' record {item} {media_key}")
             p = p if p.is_absolute() else self.root / p
             sample.pixels = _read_visual(p, self.resolution, self.frames, self.preprocess, self.video,
                                          self.spec.min_res)
@@ -486,6 +491,36 @@ class StepSampler(torch.utils.data.Sampler):
 
 def collate(samples: list[Sample]) -> list[Sample]:
     return samples
+
+
+#: A caption file larger than this is not a caption (a device such as /dev/zero, a wrong file)
+MAX_CAPTION_BYTES = 1 << 20
+
+
+def _record_path(text: str, where: str) -> Path:
+    try:
+        return Path(text).expanduser()
+    except RuntimeError as e:  # "~nosuchuser/..."
+        raise InputError(f"{where}: {one_line(e, 80)}") from None
+
+
+def read_caption_file(path: Path, where: str) -> str:
+    """A caption file's text: "" when it is missing (a pair without a caption); a folder, a device,
+    a FIFO or a file over :data:`MAX_CAPTION_BYTES` is an input error, checked before reading."""
+    try:
+        if not path.exists():
+            return ""
+        if not path.is_file():
+            raise InputError(f"{where} '{path}' is not a regular file")
+        if path.stat().st_size > MAX_CAPTION_BYTES:
+            raise InputError(f"{where} '{path}' is over {MAX_CAPTION_BYTES >> 20} MiB: not a caption")
+        with open(path, "rb") as f:
+            data = f.read(MAX_CAPTION_BYTES + 1)
+    except OSError as e:
+        raise InputError(f"{where} '{path}' cannot be read: {one_line(e, 80)}") from None
+    if len(data) > MAX_CAPTION_BYTES:  # grew while being read
+        raise InputError(f"{where} '{path}' is over {MAX_CAPTION_BYTES >> 20} MiB: not a caption")
+    return data.decode("utf-8", errors="replace").strip()
 
 
 def loader(dataset: TrainingData, sampler: StepSampler, num_workers: int, worker_init_fn=None):

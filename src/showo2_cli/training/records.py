@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from .schema import DataSource
 
 
@@ -44,46 +44,54 @@ def iter_json_array(path: Path, chunk: int = 1 << 20):
 
     decoder = json.JSONDecoder()
     utf8 = codecs.getincrementaldecoder("utf-8")()
-    buf, pos, started, eof = "", 0, False, False
     with open(path, "rb") as f:
-        while True:
-            if not eof and len(buf) - pos < chunk:
-                data = f.read(chunk)
-                eof = not data
-                buf = buf[pos:] + utf8.decode(data, final=eof)
-                pos = 0
-            while pos < len(buf) and buf[pos] in " \t\r\n,":
-                pos += 1
-            if not started:
-                if pos >= len(buf):
-                    if eof:
-                        raise InputError(f"'{path}' is empty: expected a JSON array")
-                    continue
-                if buf[pos] != "[":
-                    raise InputError(f"'{path}' is not a JSON array (LLaVA format) nor JSONL")
-                started, pos = True, pos + 1
-                continue
-            if pos < len(buf) and buf[pos] == "]":
-                return
+        try:
+            yield from _json_array(path, f, chunk, decoder, utf8)
+        except UnicodeDecodeError as e:
+            raise InputError(f"'{path}' is not UTF-8 text (byte {e.start} of a chunk)") from None
+
+
+def _json_array(path: Path, f, chunk: int, decoder, utf8):
+    """:func:`iter_json_array`'s parser over the open file ``f``."""
+    buf, pos, started, eof = "", 0, False, False
+    while True:
+        if not eof and len(buf) - pos < chunk:
+            data = f.read(chunk)
+            eof = not data
+            buf = buf[pos:] + utf8.decode(data, final=eof)
+            pos = 0
+        while pos < len(buf) and buf[pos] in " \t\r\n,":
+            pos += 1
+        if not started:
             if pos >= len(buf):
                 if eof:
-                    raise InputError(f"'{path}' ends before the JSON array is closed")
+                    raise InputError(f"'{path}' is empty: expected a JSON array")
                 continue
-            try:
-                value, end = decoder.raw_decode(buf, pos)
-                cut = end >= len(buf) and not eof  # maybe a number or literal cut by the chunk end
-            except json.JSONDecodeError as e:
-                if eof:
-                    raise InputError(f"'{path}' is not valid JSON: {e}") from e
-                cut = True
-            if cut:  # an element cut by the chunk boundary: read more and retry
-                data = f.read(chunk)
-                eof = not data
-                buf = buf[pos:] + utf8.decode(data, final=eof)
-                pos = 0
-                continue
-            yield value
-            pos = end
+            if buf[pos] != "[":
+                raise InputError(f"'{path}' is not a JSON array (LLaVA format) nor JSONL")
+            started, pos = True, pos + 1
+            continue
+        if pos < len(buf) and buf[pos] == "]":
+            return
+        if pos >= len(buf):
+            if eof:
+                raise InputError(f"'{path}' ends before the JSON array is closed")
+            continue
+        try:
+            value, end = decoder.raw_decode(buf, pos)
+            cut = end >= len(buf) and not eof  # maybe a number or literal cut by the chunk end
+        except (json.JSONDecodeError, RecursionError) as e:
+            if eof:
+                raise InputError(f"'{path}' is not valid JSON: {e}") from e
+            cut = True
+        if cut:  # an element cut by the chunk boundary: read more and retry
+            data = f.read(chunk)
+            eof = not data
+            buf = buf[pos:] + utf8.decode(data, final=eof)
+            pos = 0
+            continue
+        yield value
+        pos = end
 
 
 def build_index(source: DataSource, index_dir: Path) -> tuple[Path, Path]:
@@ -154,8 +162,8 @@ class Records:
             line = f.readline()
         try:
             value = json.loads(line)
-        except ValueError as e:
-            raise InputError(f"'{self.records}' record {i} is not valid JSON: {e}") from e
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; nesting too deep
+            raise InputError(f"'{self.records}' record {i} is not valid JSON: {one_line(e, 120)}") from None
         if not isinstance(value, dict):
             raise InputError(f"'{self.records}' record {i} is not a JSON object")
         return value

@@ -43,6 +43,7 @@ def build_showo2(cfg: TrainConfig, resume_from: Path | None):
             spec = spec.replace(**cfg.model.spec)
             try:
                 spec.validate()
+                check_training_memory(spec, cfg)
                 network = build_network(spec, network.state_dict(), torch.float32, where=str(where))
             except (UsageError, ModelError, TypeError) as e:
                 raise UsageError(f"{cfg.source}: model.spec: the overrides do not fit model.init's "
@@ -55,6 +56,7 @@ def build_showo2(cfg: TrainConfig, resume_from: Path | None):
     if len(tokenizer) != spec.vocab_size:
         spec = spec.replace(vocab_size=len(tokenizer))
     spec.validate()
+    check_training_memory(spec, cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         network = build_network(spec, None, torch.float32)
@@ -347,3 +349,14 @@ class Showo2Objective:
         seconds = time.perf_counter() - t0
         return {"shard": [k, n], "items": total, **counts, "seconds": round(seconds, 2),
                 "items_per_s": round(counts["encoded"] / seconds, 2) if seconds > 0 else None}
+
+
+def check_training_memory(spec, cfg: TrainConfig) -> None:
+    """Refuse a spec whose float32 weights, gradients and two AdamW moments (16 bytes a
+    parameter) exceed the memory limit, before any of it is allocated."""
+    from ..runtime import check_memory
+
+    params = spec.parameter_estimate()
+    check_memory(params * 16 / 1e9, f"training a network of about {params / 1e9:.2f}B parameters "
+                 f"({cfg.source}: model.spec / model.init_spec)", device="cpu",
+                 advice="choose a smaller spec")
