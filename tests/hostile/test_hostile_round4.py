@@ -274,3 +274,12 @@ def test_a_spec_too_large_to_train_is_refused_before_it_is_built(tmp_path, monke
     with pytest.raises(ResourceError, match="model.spec"):
         check_training_memory(spec, cfg)
     check_training_memory(get_spec("tiny"), cfg)
+
+
+def test_an_output_folder_name_too_long_is_exit_5(tmp_path, monkeypatch, capsys):
+    """`init -o` and `train -o` with a 300-byte name were internal errors (OSError 36)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "-o", "y" * 300]) == 5
+    assert main(["train", str(_tiny_config()), "-o", "z" * 300, "--max-steps", "1"]) == 5
+    err = capsys.readouterr().err
+    assert "internal error" not in err and err.count("showo2: error: cannot") == 2

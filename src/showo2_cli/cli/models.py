@@ -31,6 +31,13 @@ def check_output_folder(path: Path, overwrite: bool) -> None:
     """A model folder to write: its parent exists and takes new entries; it does not exist yet
     (or --overwrite). Probed by creating and removing a hidden folder, so a read-only or pseudo
     file system fails here, before anything is built."""
+    try:
+        _check_output_folder(path, overwrite)
+    except OSError as e:  # a name too long, a parent that cannot be searched, ...
+        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
+
+
+def _check_output_folder(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise OutputError(f"'{path}' exists and is not a folder")
     if path.exists() and not overwrite:

@@ -147,8 +147,8 @@ class Run:
 
         # the output folder, and where to resume from
         if self.acc.is_main_process:
-            self._created_output = not self.output_dir.exists()
-            try:
+            try:  # (exists() itself fails on a name longer than the file system takes)
+                self._created_output = not self.output_dir.exists()
                 self.output_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise OutputError(f"cannot create output_dir '{self.output_dir}': {e.strerror or e}") from e
