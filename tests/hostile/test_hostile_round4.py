@@ -283,3 +283,13 @@ def test_an_output_folder_name_too_long_is_exit_5(tmp_path, monkeypatch, capsys)
     assert main(["train", str(_tiny_config()), "-o", "z" * 300, "--max-steps", "1"]) == 5
     err = capsys.readouterr().err
     assert "internal error" not in err and err.count("showo2: error: cannot") == 2
+
+
+def test_temporary_files_a_crash_left_in_a_run_folder_are_cleaned(tmp_path):
+    from showo2_cli.training.checkpoint import clean_partials
+
+    left = [".metrics.jsonl.ab12.tmp.jsonl", ".train_config.json.cd34.tmp.json", ".latest.ef56.tmp"]
+    for name in left + ["metrics.jsonl", ".data-index"]:
+        (tmp_path / name).write_text("x")
+    assert sorted(p.name for p in clean_partials(tmp_path)) == sorted(left)
+    assert _files(tmp_path) == [".data-index", "metrics.jsonl"]

@@ -105,10 +105,12 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 
 
 def clean_partials(output_dir: Path) -> list[Path]:
-    """Remove the staging folders (and temporary ``latest`` files) a crash may have left behind."""
+    """Remove the staging folders and the temporary files (``latest``, ``metrics.jsonl``,
+    ``train_config.json``) a crash may have left behind."""
     removed = []
     for p in output_dir.iterdir() if output_dir.is_dir() else []:
-        if p.name.startswith((".checkpoint-", f".{LATEST}.")) and (p.name.endswith(".partial") or ".tmp" in p.name or p.name.endswith(".old")):
+        ours = p.name.startswith((".checkpoint-", f".{LATEST}.", ".metrics.jsonl.", ".train_config.json."))
+        if ours and (p.name.endswith(".partial") or ".tmp" in p.name or p.name.endswith(".old")):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
     return removed
