@@ -82,7 +82,7 @@ def save_adapter(folder: Path, network: torch.nn.Module, config, metadata: dict 
 def find_adapter(ref: str | os.PathLike) -> Path:
     """The adapter folder named by ``ref``: the folder itself, its ``adapter_model.safetensors``,
     a training checkpoint or a training run folder (its latest checkpoint)."""
-    from .training.checkpoint import latest_checkpoint
+    from .hub import latest_checkpoint
 
     p = Path(ref).expanduser()
     if p.is_file() and p.name == ADAPTER_WEIGHTS:

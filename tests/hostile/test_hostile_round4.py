@@ -293,3 +293,17 @@ def test_temporary_files_a_crash_left_in_a_run_folder_are_cleaned(tmp_path):
         (tmp_path / name).write_text("x")
     assert sorted(p.name for p in clean_partials(tmp_path)) == sorted(left)
     assert _files(tmp_path) == [".data-index", "metrics.jsonl"]
+
+
+def test_a_run_folder_loads_as_its_latest_checkpoint(tiny_model_dir, tmp_path):
+    """The README's `--model runs/x` (the run folder for its latest) was refused: no config.json."""
+    import shutil
+
+    from showo2_cli.loading import find_files
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "checkpoint-000007")
+    (run / "checkpoint-000007" / "trainer_state.pt").write_bytes(b"x")
+    (run / "latest").write_text("checkpoint-000007\n")
+    assert find_files(run).root == run / "checkpoint-000007"
+    assert api.load(run).spec.name == "tiny"

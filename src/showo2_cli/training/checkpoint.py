@@ -18,18 +18,17 @@ leftover temporary folders are removed on the next start.
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ModelError
+from ..hub import CHECKPOINT_NAME as _NAME
+from ..hub import LATEST, STATE_FILE
+from ..hub import latest_checkpoint as latest_checkpoint  # (the run-folder readers live in hub)
+from ..hub import resolve_run_path as resolve_run_path
 
-LATEST = "latest"
-STATE_FILE = "trainer_state.pt"
 EMA_DIR = "ema"  # inside a checkpoint: the EMA weights (a loadable model folder, or an adapter)
-_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 def checkpoint_name(step: int) -> str:
@@ -42,27 +41,6 @@ def write_pointer(output_dir: Path, name: str) -> None:
 
     with atomic_output(output_dir / LATEST, overwrite=True, durable=True) as tmp:
         tmp.write_text(name + "\n", encoding="utf-8")
-
-
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The folder ``latest`` names, or None when there is none (a dangling pointer is an error)."""
-    output_dir = Path(output_dir)
-    pointer = output_dir / LATEST
-    if not pointer.exists() and not pointer.is_symlink():
-        return None
-    if not pointer.is_file():  # a folder, a FIFO (reading it would wait forever), a dangling link
-        raise ModelError(f"'{pointer}' is not a regular file: it should name the latest checkpoint")
-    try:
-        with open(pointer, "rb") as fh:
-            name = fh.read(4097).decode("utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelError(f"'{pointer}' cannot be read as a checkpoint name ({type(e).__name__})") from None
-    if not _NAME.match(name):
-        raise ModelError(f"'{pointer}' does not name a checkpoint (it holds {name!r})")
-    folder = output_dir / name
-    if not (folder / STATE_FILE).exists():
-        raise ModelError(f"'{pointer}' points at '{folder}', which is missing or incomplete")
-    return folder
 
 
 def read_state(folder: Path, mode: str, state_format: int) -> dict:
@@ -83,16 +61,6 @@ def read_state(folder: Path, mode: str, state_format: int) -> dict:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0 or not isinstance(state.get("optimizer"), dict):
         raise ModelError(f"'{path}' is damaged: it lacks a step count or the optimizer state")
     return state
-
-
-def resolve_run_path(path: str | os.PathLike) -> Path:
-    """A training run folder stands for its latest checkpoint; anything else is returned as is."""
-    p = Path(path)
-    if p.is_dir() and (p / LATEST).exists():
-        found = latest_checkpoint(p)
-        if found is not None:
-            return found
-    return p
 
 
 def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
