@@ -307,3 +307,42 @@ def test_a_run_folder_loads_as_its_latest_checkpoint(tiny_model_dir, tmp_path):
     (run / "latest").write_text("checkpoint-000007\n")
     assert find_files(run).root == run / "checkpoint-000007"
     assert api.load(run).spec.name == "tiny"
+
+
+def test_damaged_fields_of_a_training_state_name_the_file(tmp_path):
+    """An elapsed time of "x", a step of 2**62 (exit 0, "step 4611686018427387904/3"), a random
+    state of the wrong size or type were internal errors or nonsense on resume."""
+    from showo2_cli.errors import ModelError
+    from showo2_cli.training import checkpoint as ckpt
+
+    folder = tmp_path / "checkpoint-000002"
+    folder.mkdir()
+    good = {"format": 1, "mode": "stage1", "step": 2, "optimizer": {"state": {}, "param_groups": []},
+            "elapsed": 3.5, "rng": {"torch": torch.get_rng_state()}}
+    for change in ({"elapsed": "x"}, {"elapsed": [1]}, {"step": 2 ** 62}, {"rng": {"torch": torch.zeros(3, dtype=torch.uint8)}},
+                   {"rng": {"torch": torch.get_rng_state().float()}}, {"rng": [1]}):
+        torch.save({**good, **change}, folder / ckpt.STATE_FILE)
+        with pytest.raises(ModelError, match="trainer_state.pt"):
+            ckpt.read_state(folder, "stage1", 1)
+    torch.save(good, folder / ckpt.STATE_FILE)
+    assert ckpt.read_state(folder, "stage1", 1)["elapsed"] == 3.5
+
+
+def test_resuming_with_damaged_optimizer_moments_or_metrics(tmp_path, capsys):
+    """Optimizer moments of the wrong shape slipped past load_state_dict (a RuntimeError at the first
+    step); a metrics.jsonl line with a null or huge step, or bytes that are not UTF-8, crashed."""
+    from showo2_cli.training import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    args = ["train", str(_tiny_config()), "-o", str(run), "--set", "run.eval_every=0", "--set", "run.sample_every=0"]
+    assert main(args + ["--max-steps", "2"]) == 0, capsys.readouterr().err
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": null}\n{"step": 1e400}\n\xff\xfe\n[[[[\n')
+    assert main(args + ["--max-steps", "3"]) == 0, capsys.readouterr().err
+    latest = ckpt.latest_checkpoint(run)
+    state = torch.load(latest / ckpt.STATE_FILE, weights_only=True)
+    for moments in state["optimizer"]["state"].values():
+        moments["exp_avg"] = torch.zeros(7)
+    torch.save(state, latest / ckpt.STATE_FILE)
+    assert main(args + ["--max-steps", "4"]) == 4
+    assert "optimizer state does not fit" in capsys.readouterr().err

@@ -58,8 +58,20 @@ def read_state(folder: Path, mode: str, state_format: int) -> dict:
     if not isinstance(state, dict) or state.get("format") != state_format or state.get("mode") != mode:
         raise ModelError(f"'{folder}' is not a '{mode}' training checkpoint of this version")
     step = state.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0 or not isinstance(state.get("optimizer"), dict):
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 10**12 \
+            or not isinstance(state.get("optimizer"), dict):
         raise ModelError(f"'{path}' is damaged: it lacks a step count or the optimizer state")
+    elapsed = state.get("elapsed", 0.0)
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not 0 <= elapsed < 1e12:
+        raise ModelError(f"'{path}' is damaged: its elapsed time is {str(elapsed)[:40]}")
+    rng = state.get("rng", {})
+    if not isinstance(rng, dict):
+        raise ModelError(f"'{path}' is damaged: its random state is not a table")
+    if "torch" in rng:
+        want = torch.get_rng_state()
+        got = rng["torch"]
+        if not torch.is_tensor(got) or got.dtype != want.dtype or got.shape != want.shape:
+            raise ModelError(f"'{path}' is damaged: its torch random state is not this version's")
     return state
 
 

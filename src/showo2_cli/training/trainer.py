@@ -187,6 +187,12 @@ class Run:
             except (ValueError, KeyError, TypeError, RuntimeError) as e:
                 raise ModelError(f"'{self.resumed_from / ckpt.STATE_FILE}': the optimizer state does not fit this "
                                  f"model ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+            for param, moments in self.optimizer.state.items():  # load_state_dict checks no shapes
+                for key, value in moments.items():
+                    if key != "step" and torch.is_tensor(value) and value.shape != param.shape:
+                        raise ModelError(f"'{self.resumed_from / ckpt.STATE_FILE}': the optimizer state does not "
+                                         f"fit this model ({key} of shape {tuple(value.shape)} for a parameter "
+                                         f"of shape {tuple(param.shape)})")
             rng = state.get("rng") or {}
             if "torch" in rng:
                 torch.set_rng_state(rng["torch"])
@@ -243,13 +249,15 @@ class Run:
         with atomic_output(self.output_dir / "train_config.json", overwrite=True) as tmp:
             tmp.write_text(json.dumps(info, indent=1, default=str) + "\n")
         metrics = self.output_dir / "metrics.jsonl"
-        if metrics.exists():  # drop lines written after the checkpoint we resume from
+        if metrics.exists() or metrics.is_symlink():  # drop lines written after the checkpoint we resume from
+            if not metrics.is_file():
+                raise OutputError(f"'{metrics}' is not a regular file")
             keep = []
-            for line in metrics.read_text(encoding="utf-8").splitlines():
-                try:
+            for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:  # a damaged line (not JSON, no step, a step of null or 1e400) is dropped
                     if int(json.loads(line).get("step", 0)) <= self.start_step:
                         keep.append(line)
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError, TypeError, OverflowError, RecursionError):
                     continue
             with atomic_output(metrics, overwrite=True) as tmp:
                 tmp.write_text("".join(k + "\n" for k in keep))
