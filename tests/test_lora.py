@@ -284,3 +284,27 @@ def test_lora_fine_tune_of_the_demo_learns_a_new_caption_style(tmp_path, capsys)
                  "--lora", str(tmp_path / "run"), "--json", "--no-stream"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and new_style.match(out["answers"][0]["answer"]), out
+
+
+@pytest.mark.parametrize("change", [
+    {"lora_alpha": "x"}, {"lora_alpha": None}, {"lora_dropout": 5}, {"lora_dropout": "x"},
+    {"alpha_pattern": {"q_proj": "x"}}, {"alpha_pattern": [1]}, {"target_modules": [5]},
+    {"target_modules": ["q_proj", 5]}, {"init_lora_weights": "bogus"}, {"init_lora_weights": "loftq"},
+    {"init_lora_weights": "pissa"}, {"layer_replication": [[0, 2], [0, 2]]}, {"modules_to_save": ["showo.model.norm"]},
+    {"exclude_modules": 5}, {"trainable_token_indices": [1, 2]}, {"use_rslora": "yes"},
+    {"target_parameters": ["showo.model.layers.0.mlp.up_proj.weight"]},
+])
+def test_adapter_configs_with_odd_values_are_refused_naming_the_file(tmp_path, tiny_model_dir, change):
+    """Found by probing: each was an internal error (TypeError, KeyError, ImportError, ...) or, for
+    PiSSA, a silently different merge (the base weights rewritten)."""
+    import shutil
+
+    from showo2_cli.lora import read_adapter
+
+    run = train(parse_config(lora_config(tmp_path, tiny_model_dir, "a", **{"optim.max_steps": 1}), source="a"))
+    adapter = tmp_path / "adapter"
+    shutil.copytree(run.checkpoint, adapter, ignore=shutil.ignore_patterns(ckpt.STATE_FILE))
+    cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
+    (adapter / ADAPTER_CONFIG).write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ModelError, match=ADAPTER_CONFIG):
+        read_adapter(adapter)

@@ -113,9 +113,10 @@ def read_adapter(ref: str | os.PathLike):
         raise ModelError(f"--lora: {e}") from None
     if raw.get("peft_type") != "LORA":
         raise ModelError(f"--lora: '{cfg_path}' is not a LoRA adapter config (peft_type must be \"LORA\")")
+    _check_adapter_fields(raw, cfg_path)
     try:
         config = LoraConfig.from_pretrained(str(folder))
-    except (TypeError, ValueError, KeyError) as e:
+    except (TypeError, ValueError, KeyError, AttributeError, ImportError) as e:
         raise ModelError(f"--lora: '{cfg_path}': {e}") from None
     if config.use_dora or not config.target_modules:
         raise ModelError(f"--lora: '{cfg_path}': only plain LoRA adapters with target_modules are supported")
@@ -138,6 +139,45 @@ def read_adapter(ref: str | os.PathLike):
             raise ModelError(f"--lora: '{cfg_path}': {what} = {rank} but the saved adapter's ranks are "
                              f"{sorted(saved)[:4]}")
     return config, state, folder
+
+
+#: Fields of a peft LoRA config that change what loading does beyond ``W += alpha/r * B A`` on the
+#: target modules: refused unless empty (PiSSA/OLoRA/LoftQ initialisations rewrite the base weights)
+_UNSUPPORTED = ("layer_replication", "modules_to_save", "trainable_token_indices", "target_parameters")
+
+
+def _check_adapter_fields(raw: dict, cfg_path: Path) -> None:
+    """The adapter config's fields that loading uses have their types; a plain LoRA adapter only."""
+    import math
+
+    def bad(what: str) -> ModelError:
+        return ModelError(f"--lora: '{cfg_path}': {what}")
+
+    def number(v) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+    if not number(raw.get("lora_alpha", 8)) or raw.get("lora_alpha", 8) <= 0:
+        raise bad(f"lora_alpha must be a positive number, got {str(raw.get('lora_alpha'))[:20]}")
+    alphas = raw.get("alpha_pattern") or {}
+    if not isinstance(alphas, dict) or not all(number(v) and v > 0 for v in alphas.values()):
+        raise bad("alpha_pattern must map module names to positive numbers")
+    dropout = raw.get("lora_dropout", 0.0)
+    if not number(dropout) or not 0 <= dropout < 1:
+        raise bad(f"lora_dropout must be a number from 0 to below 1, got {str(dropout)[:20]}")
+    for key in ("target_modules", "exclude_modules"):
+        names = raw.get(key)
+        if names is not None and not isinstance(names, str) and not (
+                isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise bad(f"{key} must be a name or a list of names")
+    if raw.get("init_lora_weights", True) not in (True, False, "gaussian"):
+        raise bad(f"init_lora_weights {str(raw.get('init_lora_weights'))[:20]!r} is not supported (it rewrites "
+                  "the base weights); only plain LoRA adapters load")
+    for key in ("use_rslora", "fan_in_fan_out"):
+        if not isinstance(raw.get(key, False), bool):
+            raise bad(f"{key} must be true or false")
+    for key in _UNSUPPORTED:
+        if raw.get(key) not in (None, [], {}):
+            raise bad(f"{key} is not supported (only plain LoRA adapters load)")
 
 
 def load_adapter_state(network: torch.nn.Module, state: dict, where: str, adapter_name: str = "default") -> None:
