@@ -346,3 +346,17 @@ def test_resuming_with_damaged_optimizer_moments_or_metrics(tmp_path, capsys):
     torch.save(state, latest / ckpt.STATE_FILE)
     assert main(args + ["--max-steps", "4"]) == 4
     assert "optimizer state does not fit" in capsys.readouterr().err
+
+
+def test_resuming_with_another_spec_or_with_lora_says_what_it_does(tmp_path, capsys):
+    """A changed model.spec was silently ignored on resume; [lora] on a full run's resume blamed a
+    --lora option nobody gave."""
+    run = tmp_path / "run"
+    args = ["train", str(_tiny_config()), "-o", str(run), "--set", "run.eval_every=0", "--set", "run.sample_every=0"]
+    assert main(args + ["--max-steps", "1"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(args + ["--max-steps", "2", "--set", "model.spec.num_layers=3"]) == 0
+    assert "model.spec differs from the checkpoint's" in capsys.readouterr().err
+    assert main(args + ["--max-steps", "3", "--set", "lora.rank=4"]) == 2
+    err = capsys.readouterr().err
+    assert "lora.rank" in err and "--lora" not in err

@@ -154,6 +154,11 @@ class Showo2Objective:
                 self.lora = add_lora(self.network, lo.rank, lo.alpha, lo.dropout, lo.target_modules, lo.within,
                                      base=cfg.model.init or cfg.model.init_spec)
             if run.resumed_from is not None:
+                from ..lora import ADAPTER_WEIGHTS
+
+                if not (run.resumed_from / ADAPTER_WEIGHTS).exists():
+                    raise UsageError(f"{cfg.source}: lora.rank: '{run.resumed_from}' is a full checkpoint, not a "
+                                     "LoRA one; resume it without [lora] (or start a new output_dir)")
                 _, tensors, folder = read_adapter(run.resumed_from)
                 load_adapter_state(self.network, tensors, str(folder))
             groups, report = adapter_groups(self.network, cfg)
@@ -164,6 +169,14 @@ class Showo2Objective:
                 raise UsageError(f"{cfg.source}: lora.rank: '{run.resumed_from}' is a LoRA checkpoint; resume it "
                                  "with its [lora] section (or start a new output_dir)")
             self.spec, self.network, self.tokenizer, self.tokens, self.vae = build_showo2(cfg, run.resumed_from)
+            if run.resumed_from is not None and cfg.model.spec:
+                try:
+                    changed = self.spec.replace(**cfg.model.spec) != self.spec
+                except (TypeError, ValueError):
+                    changed = True
+                if changed:
+                    run.notice("model.spec differs from the checkpoint's: resuming keeps the checkpoint's spec "
+                               "(start a new output_dir to change it)")
             groups, report = parameter_groups(self.network, cfg)
         if cfg.run.gradient_checkpointing:
             self.network.set_gradient_checkpointing(True)
