@@ -189,6 +189,15 @@ class ModelSpec:
             (all(t in ALL_TASKS for t in self.tasks), f"tasks must be among {ALL_TASKS}"),
             (0 <= self.frame_embeddings <= 4096, "frame_embeddings must be between 0 and 4096"),
             (self.velocity_layout in VELOCITY_LAYOUTS, f"velocity_layout must be one of {VELOCITY_LAYOUTS}"),
+            # the defaults it gives the commands: within what their options accept (else a command
+            # blamed an option the user never gave)
+            (self.und_mask_mode in ("official", "training"), "und_mask_mode must be 'official' or 'training'"),
+            (self.und_template in ("official", "training"), "und_template must be 'official' or 'training'"),
+            (2 <= self.steps <= 10000, "steps must be between 2 and 10000"),
+            (_number(self.guidance) and 0 <= self.guidance <= 100, "guidance must be a number from 0 to 100"),
+            (_number(self.shift) and 0 < self.shift <= 1e6, "shift must be a number above 0"),
+            (self.vae_spatial <= 64 and self.vae_temporal <= 64 and self.patch_size <= 64,
+             "vae_spatial, vae_temporal and patch_size must be at most 64"),
         ]
         for ok, what in checks:
             if not ok:
@@ -213,6 +222,10 @@ class ModelSpec:
             if scaling["low_freq_factor"] == scaling["high_freq_factor"]:
                 raise UsageError(f"invalid model spec '{self.name}': head_rope_scaling's low_freq_factor and "
                                  "high_freq_factor must differ")
+
+
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
 
 
 _QWEN_1_5B = dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, head_dim=128,

@@ -360,3 +360,19 @@ def test_resuming_with_another_spec_or_with_lora_says_what_it_does(tmp_path, cap
     assert main(args + ["--max-steps", "3", "--set", "lora.rank=4"]) == 2
     err = capsys.readouterr().err
     assert "lora.rank" in err and "--lora" not in err
+
+
+@pytest.mark.parametrize("change", [{"shift": -3.0}, {"vae_spatial": 1_000_000}, {"und_mask_mode": "bogus"},
+                                    {"steps": 1}, {"head_rope_scaling": {"rope_type": "llama3", "factor": "x"}}])
+def test_model_spec_defaults_outside_what_the_options_take(tiny_model_dir, tmp_path, capsys, change):
+    """`info` passed these; `t2i` then blamed --shift or --size, `caption` exited 2 on the mask mode."""
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["showo2"]["spec"].update(change)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert main(["info", str(folder)]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and next(iter(change)) in err[0], err
