@@ -213,6 +213,7 @@ def _tiny_config():
     ({"model.spec.head_rope_scaling": {"rope_type": "bogus"}}, "head_rope_scaling"),  # KeyError
     ({"model.spec.name": 5}, "'name' must be text"),  # trained, then the checkpoint could not load
     ({"model.spec.resolutions": []}, "'resolutions'"),
+    ({"run.sample_steps": 10 ** 9}, "run.sample_steps"),  # passed --check, then blamed --steps
 ])
 def test_configs_the_check_used_to_pass_or_crash_on(overrides, field):
     from showo2_cli.training.config import load_config
