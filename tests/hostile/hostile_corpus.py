@@ -34,6 +34,15 @@ READ_ONLY_TARGETS = ("/proc/showo2-hostile.png", "/sys/showo2-hostile.png")
 
 # ---- small generators -------------------------------------------------------------------------
 
+def model_with_spec(model_dir: Path, dst: Path, change: dict) -> Path:
+    """A copy of a showo2-format model folder whose spec has ``change`` written into it."""
+    shutil.copytree(model_dir, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["showo2"]["spec"].update(change)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
 def noise(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 

@@ -268,16 +268,11 @@ def test_a_folder_asking_to_run_its_own_code_is_refused_without_a_prompt(tiny_mo
                                     {"head_layers": -2}])
 def test_model_configs_with_sizes_that_make_no_model(tiny_model_dir, tmp_path, capsys, change):
     """A negative eps gave a black image with exit 0; a huge resolution was blamed on --size."""
-    import json
-    import shutil
+    from hostile_corpus import model_with_spec
 
     from showo2_cli.cli import main
 
-    folder = tmp_path / "m"
-    shutil.copytree(tiny_model_dir, folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["showo2"]["spec"].update(change)
-    (folder / "config.json").write_text(json.dumps(cfg))
+    folder = model_with_spec(tiny_model_dir, tmp_path / "m", change)
     assert main(["info", str(folder)]) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("showo2: error: "), err

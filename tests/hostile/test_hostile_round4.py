@@ -367,13 +367,9 @@ def test_resuming_with_another_spec_or_with_lora_says_what_it_does(tmp_path, cap
                                     {"steps": 1}, {"head_rope_scaling": {"rope_type": "llama3", "factor": "x"}}])
 def test_model_spec_defaults_outside_what_the_options_take(tiny_model_dir, tmp_path, capsys, change):
     """`info` passed these; `t2i` then blamed --shift or --size, `caption` exited 2 on the mask mode."""
-    import shutil
+    from hostile_corpus import model_with_spec
 
-    folder = tmp_path / "m"
-    shutil.copytree(tiny_model_dir, folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["showo2"]["spec"].update(change)
-    (folder / "config.json").write_text(json.dumps(cfg))
+    folder = model_with_spec(tiny_model_dir, tmp_path / "m", change)
     assert main(["info", str(folder)]) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and next(iter(change)) in err[0], err
