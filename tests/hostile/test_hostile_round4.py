@@ -57,7 +57,16 @@ def test_an_interrupted_overwrite_keeps_the_old_output_whole(tmp_path, exc):
     assert {n: (tmp_path / n).read_bytes() for n in _files(tmp_path)} == before  # old set whole, no temporaries
 
 
-def test_a_signal_during_the_renames_waits_until_the_set_is_in_place(tmp_path, monkeypatch):
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt during the test, even in a test run that ignores SIGINT
+    (started as a background job)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_a_signal_during_the_renames_waits_until_the_set_is_in_place(tmp_path, monkeypatch, ctrl_c):
     """Ctrl-C arriving between two renames of one output is acted on once all of them are done."""
     real = outputs._commit
     sent = []
@@ -75,7 +84,7 @@ def test_a_signal_during_the_renames_waits_until_the_set_is_in_place(tmp_path, m
     assert json.loads((tmp_path / "o.json").read_text()) == {"value": 7}
 
 
-def test_a_signal_during_the_probe_leaves_no_temporary_file(tmp_path, monkeypatch):
+def test_a_signal_during_the_probe_leaves_no_temporary_file(tmp_path, monkeypatch, ctrl_c):
     """The early writability check creates and removes a hidden file: a Ctrl-C between the two
     left it behind."""
     real = outputs._make_temp
