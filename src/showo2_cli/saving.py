@@ -89,6 +89,15 @@ class OutputPlan:
     sidecar: Path
     latents: Path | None
 
+    @classmethod
+    def beside(cls, path: Path, save_latents: bool) -> OutputPlan:
+        """The plan of an output at ``path``: its sidecar and latents are named after it."""
+        return cls(path, path.with_suffix(".json"),
+                   path.with_name(path.stem + ".latents.safetensors") if save_latents else None)
+
+    def files(self) -> list[Path]:
+        return [f for f in (self.path, self.sidecar, self.latents) if f is not None]
+
 
 def output_extension(kind: str, output: str | os.PathLike | None) -> str:
     allowed = KIND_EXTS[kind]
@@ -115,8 +124,8 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
         for k in range(n):
             if output is None:
                 path = Path(f"{M.slugify(p)}-{seed_for(seed, i, k, n)}{ext}")
-                if not overwrite:
-                    path = _free_name(path, save_latents, taken)
+                if not overwrite:  # free for the media file, its sidecar and latents, and not given out yet
+                    path = M.unique_path(path, lambda c: OutputPlan.beside(c, save_latents).files()[1:], taken)
                 taken.add(path)
             elif total == 1:
                 path = Path(output)
@@ -124,33 +133,17 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
                 out = Path(output)
                 width = max(3, len(str(total - 1)))
                 path = out.with_name(f"{out.stem}-{i * n + k:0{width}d}{out.suffix}")
-            latents = path.with_name(path.stem + ".latents.safetensors") if save_latents else None
-            plans.append(OutputPlan(path, path.with_suffix(".json"), latents))
+            plans.append(OutputPlan.beside(path, save_latents))
     probed: set[Path] = set()
     seen: set[Path] = set()
     for plan in plans:
-        for f in (plan.path, plan.sidecar, plan.latents):
-            if f is None:
-                continue
+        for f in plan.files():
             if f in seen:
                 raise UsageError(f"two outputs would be written to '{short(f, 80)}'")
             seen.add(f)
             M.check_output_path(f, overwrite, probe=f.parent not in probed)
             probed.add(f.parent)
     return plans
-
-
-def _free_name(path: Path, save_latents: bool, taken: set[Path]) -> Path:
-    """``path``, else the first ``stem-1.ext``, ``stem-2.ext``, ... whose media file, sidecar and
-    latents are all absent and that no other output of the run was given."""
-    def files(p: Path) -> list[Path]:
-        return [p, p.with_suffix(".json")] + ([p.with_name(p.stem + ".latents.safetensors")] if save_latents else [])
-
-    candidate, i = path, 0
-    while candidate in taken or any(f.exists() or f.is_symlink() for f in files(candidate)):
-        i += 1
-        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
-    return candidate
 
 
 def load_noise(path: str | os.PathLike | None):

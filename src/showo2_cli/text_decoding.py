@@ -29,10 +29,11 @@ class TextStream:
     is shown while it grows (caption, chat and the server all use it).
 
     The answer is the tokenizer's text of the ids (special tokens skipped), cut before the first
-    stop string it completes (:func:`first_stop`) and stripped of surrounding whitespace. ``on_text(piece)`` receives pieces
-    whose concatenation is exactly that text: never half a UTF-8 character, never a piece of a stop
-    string, no leading whitespace, and whitespace inside the answer only once text follows it. So a
-    streamed answer and the same answer returned whole are the same string.
+    stop string it completes (:func:`first_stop`) and stripped of surrounding whitespace.
+    ``on_text(piece)`` receives pieces whose concatenation is exactly that text: never half a UTF-8
+    character, never a piece of a stop string, no leading whitespace, and whitespace inside the
+    answer only once text follows it. So a streamed answer and the same answer returned whole are
+    the same string.
     """
 
     def __init__(self, tokenizer, stop_ids: tuple[int, ...] = (), stop_strings: tuple[str, ...] = (),
@@ -72,9 +73,7 @@ class TextStream:
         """The answer's text; shows what has not been shown yet."""
         text = self.cut if self.cut is not None else self.tokenizer.decode(self.produced, skip_special_tokens=True)
         text = text.strip()
-        if self.on_text is not None and len(text) > len(self.shown):
-            self.on_text(text[len(self.shown):] if text.startswith(self.shown) else text)
-            self.shown = text
+        self._show(text)
         return text
 
 

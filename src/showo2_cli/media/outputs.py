@@ -368,17 +368,21 @@ def _normal_mode(p: Path, folder: bool = False) -> None:
         pass
 
 
-def unique_path(path: PathLike) -> Path:
-    """``path`` if nothing is there, else the first free ``stem-1.ext``, ``stem-2.ext``, ..."""
+def unique_path(path: PathLike, companions=None, taken: set | frozenset = frozenset()) -> Path:
+    """``path`` if it is free, else the first free ``stem-1.ext``, ``stem-2.ext``, ... A name is
+    free when nothing is there, nor at any of ``companions(name)`` (the files written beside it,
+    such as a sidecar), and it is not in ``taken`` (names already given out)."""
     p = Path(os.fspath(path))
-    if not (p.exists() or p.is_symlink()):
-        return p
-    i = 1
-    while True:
-        candidate = p.with_name(f"{p.stem}-{i}{p.suffix}")
-        if not (candidate.exists() or candidate.is_symlink()):
-            return candidate
+
+    def free(candidate: Path) -> bool:
+        files = [candidate, *(companions(candidate) if companions else ())]
+        return candidate not in taken and not any(f.exists() or f.is_symlink() for f in files)
+
+    candidate, i = p, 0
+    while not free(candidate):
         i += 1
+        candidate = p.with_name(f"{p.stem}-{i}{p.suffix}")
+    return candidate
 
 
 _WINDOWS_RESERVED = {

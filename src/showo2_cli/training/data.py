@@ -242,7 +242,7 @@ class PairsSource(Source):
                 return p if p.is_absolute() else self.root / p
         raise InputError(f"'{self.spec.path}' record {i} has no path/image/video field")
 
-    def _caption(self, rec: dict, i: int = 0) -> str:
+    def _caption(self, rec: dict, i: int) -> str:
         for key in ("prompt", "caption", "text"):
             if isinstance(rec.get(key), str):
                 return rec[key]
