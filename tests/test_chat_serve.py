@@ -326,6 +326,43 @@ def test_parse_chat_requests():
         assert (e.value.status, e.value.code, e.value.param) == (400, "unsupported_parameter", key)
     off = {"logprobs": False, "tools": [], "response_format": {"type": "text"}, "presence_penalty": 0}
     assert parse_chat({"messages": [user], **off}, cfg).max_tokens == cfg.default_max_tokens
+    assert parse_chat({"messages": [user], "stream": None}, cfg).stream is False  # "boolean or null"
+
+
+def test_image_data_urls_take_what_encoders_write():
+    """MIME line breaks (base64.encodebytes), CRLF, the URL-safe alphabet, no padding, DATA: in capitals."""
+    import base64
+
+    from showo2_cli.serve import ApiError
+    from showo2_cli.serve.requests import decode_data_url
+
+    for size in range(1, 40):  # every padding length
+        raw = bytes(range(256))[:size] * 3
+        std = base64.b64encode(raw).decode()
+        forms = [std, base64.encodebytes(raw).decode(), std.rstrip("="), base64.urlsafe_b64encode(raw).decode(),
+                 "\r\n".join(std[i:i + 76] for i in range(0, len(std), 76)) + "\r\n"]
+        for form in forms:
+            assert decode_data_url("data:image/png;base64," + form, "p") == raw, form
+        assert decode_data_url("DATA:IMAGE/PNG;BASE64," + std, "p") == raw
+    for bad in ("data:image/png;base64,a", "data:image/png;base64,ab$c", "data:image/png;base64,", "data:,abc"):
+        with pytest.raises(ApiError) as e:
+            decode_data_url(bad, "p")
+        assert e.value.status == 400 and e.value.param == "p"
+
+
+def test_context_overflow_has_the_openai_code(demo):
+    """Clients that trim a history on overflow look for code 'context_length_exceeded'."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.errors import ContextTooLong
+    from showo2_cli.options import TextSampling
+    from showo2_cli.serve.requests import api_error_of
+
+    conv = Conversation(demo, None, max_context=16)
+    with pytest.raises(ContextTooLong) as e:
+        conv.ask("describe " * 40, TextSampling(max_new_tokens=4))
+    assert isinstance(e.value, UsageError)  # the CLI's exit code is unchanged
+    err = api_error_of(e.value)
+    assert (err.status, err.code, err.param) == (400, "context_length_exceeded", "messages")
 
 
 def test_request_text_must_be_valid_unicode():
@@ -767,6 +804,103 @@ def test_server_drains_on_sigterm():
         assert server.proc.wait(60) == 0
         with pytest.raises(httpx.ConnectError):
             httpx.get(server.url + "/health", timeout=2)
+        assert "Traceback" not in server.proc.stderr.read()
+    finally:
+        server.stop()
+
+
+def test_a_gone_client_is_noticed_while_tokens_flow():
+    """The disconnect check ran only when no event came for 0.25 s: a non-streamed chat whose tokens
+    came faster was generated to the end for nobody."""
+    from showo2_cli.serve.app import next_event
+    from showo2_cli.serve.requests import ApiError
+    from showo2_cli.serve.worker import Job, Worker
+
+    class Gone:
+        async def is_disconnected(self):
+            return True
+
+    async def run():
+        worker = Worker(4)
+        job = Job(lambda job: None, asyncio.get_running_loop())
+        for k in range(1000):  # events never run dry
+            job.events.put_nowait(("text", str(k)))
+        with pytest.raises(ApiError) as e:
+            for _ in range(1000):
+                await next_event(Gone(), job, worker)
+        assert e.value.status == 499 and job.cancel.is_set()
+        assert job.events.qsize() == 1000  # noticed before a single event was handed on
+
+    asyncio.run(run())
+
+
+def test_the_drain_timeout_stops_running_and_waiting_jobs():
+    """Worker.abandon (the drain timeout): the running job is told to stop, waiting ones leave the
+    queue, and every one of them is answered 503 shutting_down."""
+    from showo2_cli.dialogue import Cancelled
+    from showo2_cli.serve.worker import Job, Worker
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        started = threading.Event()
+
+        def long_job(job):
+            started.set()
+            job.cancel.wait(30)
+            raise Cancelled("cancelled")
+
+        worker = Worker(4)
+        worker.start()
+        running, waiting = Job(long_job, loop), Job(lambda job: "never", loop)
+        worker.submit(running)
+        worker.submit(waiting)
+        await asyncio.to_thread(started.wait, 30)
+        worker.abandon()
+        for job in (waiting, running):
+            kind, err = await asyncio.wait_for(job.events.get(), 30)
+            assert kind == "error" and (err.status, err.code) == (503, "shutting_down")
+        assert worker.waiting == 0 and worker.counts["cancelled"] == 2
+        await asyncio.to_thread(worker.stop)
+
+    asyncio.run(run())
+
+
+@pytest.mark.slow
+def test_the_drain_timeout_answers_503():
+    """Jobs still there at --drain-timeout are stopped and answered in OpenAI's error form (it was a
+    plain-text 500 and a traceback in the log)."""
+    import httpx
+
+    server = ServerProcess("--max-steps", "5000", "--drain-timeout", "1")
+    try:
+        results = {}
+
+        def image():
+            body = {"prompt": "a blue square", "steps": 5000, "seed": 1}
+            results["image"] = httpx.post(server.url + "/v1/images/generations", json=body, timeout=60)
+
+        def stream():
+            body = {"messages": [{"role": "user", "content": "Describe the image."}], "stream": True}
+            with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+                results["stream"] = (r.status_code, list(r.iter_lines()))
+
+        threads = [threading.Thread(target=image)]
+        threads[0].start()
+        deadline = time.time() + 30
+        while not httpx.get(server.url + "/health").json()["running"] and time.time() < deadline:
+            time.sleep(0.05)
+        threads.append(threading.Thread(target=stream))
+        threads[1].start()
+        while httpx.get(server.url + "/health").json()["queued"] < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        server.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        r = results["image"]
+        assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down", r.text
+        status, lines = results["stream"]  # queued, never started: a JSON error, not an event stream
+        assert status == 503 and json.loads("".join(lines))["error"]["code"] == "shutting_down", lines
+        assert server.proc.wait(60) == 0
         assert "Traceback" not in server.proc.stderr.read()
     finally:
         server.stop()

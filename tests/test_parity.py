@@ -1,5 +1,7 @@
 """Number-for-number parity with the official implementation, on the fixture set named by
-``SHOWO2_PARITY_DIR`` (default ``../shared/parity``).
+``SHOWO2_PARITY_DIR`` (default ``../shared/parity``) and on the sets bundled in
+``tests/data/parity_sets/`` (other sizes, seeds, prompts and step counts, made with the official code
+by ``benchmarks/make_parity_set.py``; see the README there).
 
 Every file in ``cases/`` is a case; each is rebuilt from the ids, latents, noise, t values and
 layouts stored in it (or in ``meta.json``) and compared with the stored outputs. Nothing here
@@ -25,7 +27,8 @@ from showo2_cli.sampling import generate_latents, guided, guided_velocity_fn, ti
 from showo2_cli.sequences import generation_layout, understanding_layout
 from showo2_cli.text_decoding import generate
 
-pytestmark = pytest.mark.skipif(not PARITY.is_dir(), reason=f"no parity fixtures at {PARITY}")
+BUNDLED = Path(__file__).resolve().parent / "data" / "parity_sets"
+SETS = [d for d in [PARITY, *(sorted(BUNDLED.iterdir()) if BUNDLED.is_dir() else [])] if (d / "meta.json").is_file()]
 
 SINGLE = dict(atol=1e-4, rtol=1e-4)  # single-forward tensors
 VAE_DECODE = dict(atol=5e-4, rtol=0)
@@ -41,35 +44,43 @@ def close(name: str, got: torch.Tensor, want: torch.Tensor, atol: float, rtol: f
     assert torch.allclose(got, want, atol=atol, rtol=rtol), f"{name}: max abs diff {diff:.3g}"
 
 
-@pytest.fixture(scope="module")
-def meta() -> dict:
-    return json.loads((PARITY / "meta.json").read_text())
-
-
-def _vae_path() -> Path:
-    vae_dir = PARITY / "vae"
+def _vae_path(root: Path) -> Path:
+    vae_dir = root / "vae"
     pths = sorted(vae_dir.glob("*.pth"))
     return pths[0] if pths else vae_dir
 
 
-@pytest.fixture(scope="module")
-def model():
-    return load(PARITY / "model", vae=_vae_path(), dtype=torch.float32)
+_MODELS: dict[Path, object] = {}
 
 
-def case_names() -> list[str]:
-    if not PARITY.is_dir():
-        return []
-    return sorted(p.stem for p in (PARITY / "cases").glob("*.safetensors") if not p.stem.endswith("_posemb"))
+def model_of(root: Path):
+    if root not in _MODELS:
+        _MODELS.clear()  # one set's model at a time
+        _MODELS[root] = load(root / "model", vae=_vae_path(root), dtype=torch.float32)
+    return _MODELS[root]
 
 
-def case(name: str) -> dict[str, torch.Tensor]:
-    return load_file(str(PARITY / "cases" / f"{name}.safetensors"))
+def case_params() -> list:
+    return [pytest.param(root, p.stem, id=f"{root.name}:{p.stem}") for root in SETS
+            for p in sorted((root / "cases").glob("*.safetensors")) if not p.stem.endswith("_posemb")]
 
 
-def test_bin_and_safetensors_hold_the_same_weights():
-    bins = sorted((PARITY / "model").glob("*.bin"))
-    sts = sorted((PARITY / "model").glob("*.safetensors"))
+def set_params() -> list:
+    return [pytest.param(root, id=root.name) for root in SETS]
+
+
+def case(root: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(root / "cases" / f"{name}.safetensors"))
+
+
+def test_some_fixture_set_is_there():
+    assert BUNDLED.is_dir() and SETS, "no parity fixture set: the bundled sets are missing"
+
+
+@pytest.mark.parametrize("root", set_params())
+def test_bin_and_safetensors_hold_the_same_weights(root):
+    bins = sorted((root / "model").glob("*.bin"))
+    sts = sorted((root / "model").glob("*.safetensors"))
     if not bins or not sts:
         pytest.skip("fixture ships only one weight format")
     a, b = read_state_dict(bins), read_state_dict(sts)
@@ -78,27 +89,29 @@ def test_bin_and_safetensors_hold_the_same_weights():
         assert torch.equal(a[k], b[k]), k
 
 
-def test_pickle_checkpoint_loads_like_safetensors(tmp_path, model):
+@pytest.mark.parametrize("root", set_params())
+def test_pickle_checkpoint_loads_like_safetensors(tmp_path, root):
     """The official .bin goes through the same loader and gives the same network."""
-    bins = sorted((PARITY / "model").glob("*.bin"))
+    bins = sorted((root / "model").glob("*.bin"))
     if not bins:
         pytest.skip("fixture ships no .bin")
     folder = tmp_path / "bin-only"
-    shutil.copytree(PARITY / "model", folder, ignore=shutil.ignore_patterns("*.safetensors"))
-    other = load(folder, vae=_vae_path(), need=())
-    ours = dict(model.network.state_dict())
+    shutil.copytree(root / "model", folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    other = load(folder, vae=_vae_path(root), need=())
+    ours = dict(model_of(root).network.state_dict())
     for k, v in other.network.state_dict().items():
         assert torch.equal(v, ours[k]), k
 
 
-@pytest.mark.parametrize("name", case_names())
-def test_case(name, model, meta):
+@pytest.mark.parametrize("root,name", case_params())
+def test_case(root, name):
     handlers = {"vae": check_vae, "mmu": check_mmu, "vid_und": check_vid_und, "omni_mask": check_omni_mask}
-    data, info = case(name), meta["cases"].get(name, {})
+    meta = json.loads((root / "meta.json").read_text())
+    model, data, info = model_of(root), case(root, name), meta["cases"].get(name, {})
     if name in handlers:
         handlers[name](model, data, info, meta)
     elif name.startswith(("t2i", "t2v")):
-        check_generation(name, model, data, info, meta)
+        check_generation(root, name, model, data, info, meta)
     else:
         pytest.fail(f"unknown parity case '{name}': no checker for it")
 
@@ -222,26 +235,26 @@ def check_vid_und(model, data, info, meta):
 
 # ---- (c) / (e1) / (f) generation --------------------------------------------------------------
 
-def _model_for(name, model, info, tmp_root: Path):
+def _model_for(root, name, model, info, tmp_root: Path):
     """Apply a case's config overrides through a model folder, as a user would."""
     overrides = info.get("config_overrides")
     if not overrides:
         return model
     folder = tmp_root / f"model-{name}"
     if not folder.exists():
-        shutil.copytree(PARITY / "model", folder)
+        shutil.copytree(root / "model", folder)
         cfg = json.loads((folder / "config.json").read_text())
         cfg.update(overrides)
         (folder / "config.json").write_text(json.dumps(cfg))
-    return load(folder, vae=_vae_path())
+    return load(folder, vae=_vae_path(root))
 
 
 @torch.no_grad()
-def check_generation(name, model, data, info, meta, tmp_root=None):
+def check_generation(root, name, model, data, info, meta):
     import tempfile
 
     tmp_root = Path(tempfile.mkdtemp())
-    model = _model_for(name, model, info, tmp_root)
+    model = _model_for(root, name, model, info, tmp_root)
     net, tok = model.network, model.tokens
     video = data["z_init_per_prompt"].dim() == 5
     layout = generation_layout(info["prompt_ids"], int(info["num_image_tokens_incl_time"]), tok,
@@ -288,7 +301,7 @@ def check_generation(name, model, data, info, meta, tmp_root=None):
         decoded = model.vae.decode(final[:1])
         want = data["final_decoded_clamped_first_prompt"]
         close(f"{name}:final_decoded", decoded.reshape(want.shape), want, **SAMPLER)
-    posemb_file = PARITY / "cases" / f"{name}_posemb.safetensors"
+    posemb_file = root / "cases" / f"{name}_posemb.safetensors"
     if posemb_file.exists():
         from showo2_cli.modeling.semantic import interpolate_position_table
 

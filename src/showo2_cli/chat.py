@@ -39,7 +39,7 @@ from .dialogue import (
     generate_answer,
     prompt_length,
 )
-from .errors import UsageError
+from .errors import ContextTooLong, UsageError
 from .loading import Showo2
 from .options import MAX_PROMPT_CHARS, CaptionOptions
 
@@ -146,7 +146,7 @@ class Conversation:
         if not isinstance(question, str) or not question.strip():
             raise UsageError("empty question: give some text")
         if len(question) > MAX_PROMPT_CHARS:
-            raise UsageError(f"a question of {len(question)} characters is too long "
+            raise ContextTooLong(f"a question of {len(question)} characters is too long "
                              f"(at most {MAX_PROMPT_CHARS})")
         return encode_user_text(self.model.require_tokenizer(), question.strip())
 
@@ -188,7 +188,7 @@ class Conversation:
                          f"turn{'s' if dropped > 1 else ''} left the context{kept}")
         room = self.max_context - length
         if room < 1:
-            raise UsageError(f"the question and its media need {length} tokens, more than the context "
+            raise ContextTooLong(f"the question and its media need {length} tokens, more than the context "
                              f"budget of {self.max_context}")
         if room < max_new_tokens:
             self._notice(f"the answer is limited to {room} tokens by the context budget of "

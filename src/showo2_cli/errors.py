@@ -38,6 +38,10 @@ class UsageError(Showo2Error):
     kind = "usage"
 
 
+class ContextTooLong(UsageError):
+    """A question (with its media) that does not fit in the model's context."""
+
+
 class InputError(Showo2Error):
     """An input file (media, latents, prompts) that cannot be used."""
 

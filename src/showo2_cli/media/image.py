@@ -15,10 +15,10 @@ from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
 from .metadata import METADATA_KEY, PARAMETERS_KEY, exif_with_comment, metadata_json, metadata_summary
 from .outputs import atomic_output
 from .probe import (
-    MAX_PIXELS_ENV,
     PathLike,
     av_video_info,
     check_input_file,
+    decompression_bomb,
     error_detail,
     quote_path,
     resolve_max_pixels,
@@ -133,9 +133,7 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
     except (InputError, ResourceError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ResourceError(
-            f"image {quote_path(p)} is too large: {error_detail(e)} (set {MAX_PIXELS_ENV} to raise the limit)"
-        ) from e
+        raise decompression_bomb(p, e, limit) from e
     except MemoryError as e:
         raise ResourceError(f"image {quote_path(p)} is too large to decode in memory") from e
     except PermissionError as e:

@@ -8,6 +8,7 @@ reader in :mod:`showo2_cli.media`; :func:`check_video` checks a video without de
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,6 +62,16 @@ def resolve_max_pixels(max_pixels: int | None) -> int:
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
         raise UsageError(f"max_pixels must be a positive whole number, got {max_pixels!r}")
     return max_pixels
+
+
+def decompression_bomb(path: PathLike, exc: BaseException, limit: int | None = None) -> ResourceError:
+    """PIL refused an image as a decompression bomb: say its size against OUR limit, not PIL's."""
+    limit = resolve_max_pixels(limit)
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    if m and int(m.group(1)) > limit:
+        return ResourceError(f"image {quote_path(path)} is too large: {int(m.group(1)):,} pixels is more than the "
+                             f"limit of {limit:,} (set {MAX_PIXELS_ENV} to raise it)")
+    return ResourceError(f"image {quote_path(path)} is too large: {error_detail(exc)}")
 
 
 def too_large(kind: str, path: PathLike, width: int, height: int, limit: int) -> ResourceError:
@@ -119,7 +130,7 @@ def _pil_header(p: Path) -> tuple[str, tuple[int, int], bool] | None:
                         animated = False
                 return fmt, size, animated
     except Image.DecompressionBombError as e:
-        raise ResourceError(f"image {quote_path(p)} is too large: {error_detail(e)}") from e
+        raise decompression_bomb(p, e) from e
     except (
         UnidentifiedImageError,
         OSError,

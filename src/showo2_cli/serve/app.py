@@ -7,8 +7,11 @@ import base64
 import hmac
 import json
 import logging
+import math
+import re
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -35,6 +38,7 @@ except ImportError:  # pragma: no cover - serve checks for FastAPI before it get
     Request = None
 
 log = logging.getLogger("showo2.serve")
+_SERVER_SIDE_HINT = re.compile(r"\s*\(set \w+ to raise [^)]*\)")
 
 # ---- the jobs (run on the worker thread) ---------------------------------------------------------
 
@@ -55,6 +59,7 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
             except Showo2Error as e:  # name the request's part, never the server's temporary file
                 err = api_error_of(e)
                 message = err.message.replace(f"'{path}'", param).replace(str(path), param)
+                message = _SERVER_SIDE_HINT.sub("", message)  # an HTTP client cannot set the server's limits
                 raise ApiError(err.status, f"{param}: {message}" if param not in message else message,
                                err.code, param) from None
             path.unlink()
@@ -101,6 +106,26 @@ def _images_job(model, plan: ImagePlan, job: Job) -> list[dict]:
             out.append({"b64_json": base64.b64encode(path.read_bytes()).decode("ascii"),
                         "revised_prompt": plan.prompt, "seed": item.seed})
     return out
+
+
+async def next_event(request: Request, job: Job, worker: Worker) -> tuple[str, Any]:
+    """The job's next event; the job is cancelled if the client goes away meanwhile (looked at every
+    0.25 s, however fast the events come)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        if loop.time() >= job.look_again:
+            job.look_again = loop.time() + 0.25
+            if await request.is_disconnected():
+                worker.cancel(job)
+                raise ApiError(499, "client disconnected", "cancelled")
+        try:
+            return await asyncio.wait_for(job.events.get(), timeout=0.25)
+        except asyncio.TimeoutError:
+            continue
+        except asyncio.CancelledError:  # uvicorn gave up on the drain: answer, do not die in a 500
+            worker.cancel(job)
+            raise ApiError(503, "the server is shutting down: the request was stopped",
+                           "shutting_down", type_="server_error") from None
 
 
 # ---- the app --------------------------------------------------------------------------------------
@@ -186,23 +211,10 @@ def create_app(model, config: ServerConfig):
                            "queue_full", type_="rate_limit_error") from None
         return job
 
-    async def next_event(request: Request, job: Job) -> tuple[str, Any]:
-        """The job's next event; the job is cancelled if the client goes away meanwhile."""
-        while True:
-            try:
-                return await asyncio.wait_for(job.events.get(), timeout=0.25)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    worker.cancel(job)
-                    raise ApiError(499, "client disconnected", "cancelled") from None
-            except asyncio.CancelledError:
-                worker.cancel(job)
-                raise
-
     async def outcome(request: Request, job: Job):
         """Wait for the job's result (skipping streamed pieces); raise its error."""
         while True:
-            kind, value = await next_event(request, job)
+            kind, value = await next_event(request, job, worker)
             if kind == "done":
                 return value
             if kind == "error":
@@ -250,7 +262,7 @@ def create_app(model, config: ServerConfig):
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": result["answer"]},
                                  "logprobs": None, "finish_reason": result["finish_reason"]}],
                     "usage": _usage(result)})
-            first = await next_event(request, job)  # an error before the first token keeps its status
+            first = await next_event(request, job, worker)  # an error before the first token keeps its status
             if first[0] == "error":
                 raise first[1]
         except Exception as e:
@@ -342,7 +354,13 @@ def serve(model, config: ServerConfig, sock, drain_timeout: float = 60.0, log_le
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            app.state.server_state["draining"] = True
+            if not app.state.server_state["draining"]:
+                app.state.server_state["draining"] = True
+                # at the drain timeout the jobs still there are stopped and answered 503 (streams get an
+                # error event), a little before uvicorn itself cancels the requests
+                timer = threading.Timer(drain_timeout, app.state.worker.abandon)
+                timer.daemon = True
+                timer.start()
             super().handle_exit(sig, frame)
             # drained: exit normally instead of re-raising the signal afterwards
             getattr(self, "_captured_signals", []).clear()
@@ -355,6 +373,6 @@ def serve(model, config: ServerConfig, sock, drain_timeout: float = 60.0, log_le
                 on_ready(f"http://{shown}:{port}")
 
     cfg = uvicorn.Config(app, log_level=log_level, lifespan="on", server_header=False,
-                         timeout_graceful_shutdown=int(drain_timeout),
+                         timeout_graceful_shutdown=math.ceil(drain_timeout) + 5,
                          access_log=log_level in ("info", "debug"))
     Server(cfg).run(sockets=[sock])

@@ -12,7 +12,16 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ..errors import InputError, ModelError, ResourceError, Showo2Error, UsageError, is_out_of_memory, short
+from ..errors import (
+    ContextTooLong,
+    InputError,
+    ModelError,
+    ResourceError,
+    Showo2Error,
+    UsageError,
+    is_out_of_memory,
+    short,
+)
 
 try:  # module level: FastAPI resolves the handlers' (string) annotations in these globals
     from fastapi import Request
@@ -68,6 +77,8 @@ def api_error_of(exc: BaseException) -> ApiError:
         return ApiError(422, message, "too_large")
     if isinstance(exc, InputError):
         return ApiError(400, message, "invalid_input")
+    if isinstance(exc, ContextTooLong):  # the code OpenAI clients look for before trimming a history
+        return ApiError(400, message, "context_length_exceeded", "messages")
     if isinstance(exc, UsageError):
         return ApiError(400, message, "invalid_value")
     if isinstance(exc, ModelError):
@@ -192,7 +203,10 @@ def _text(value, what: str, param: str) -> str:
     raise ApiError(400, f"{what} content must be a string or a list of parts", "invalid_content", param)
 
 
-_DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+(?:=[^;,]*)?)*),", re.ASCII)
+_DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+(?:=[^;,]*)?)*),",
+                       re.ASCII | re.IGNORECASE)
+_BASE64_SPACE = re.compile(r"[ \t\r\n\f\v]+")
+_URLSAFE = str.maketrans("-_", "+/")
 
 
 def decode_data_url(url: str, param: str) -> bytes:
@@ -208,6 +222,9 @@ def decode_data_url(url: str, param: str) -> bytes:
     payload = url[m.end():]
     if ";base64" not in m.group("params").lower():
         raise ApiError(400, "an image data URL must be base64-encoded (;base64,)", "invalid_image_url", param)
+    # what encoders write: MIME line breaks (base64.encodebytes), the URL-safe alphabet, no padding
+    payload = _BASE64_SPACE.sub("", payload).translate(_URLSAFE)
+    payload += "=" * (-len(payload) % 4) if "=" not in payload else ""
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
@@ -300,7 +317,8 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     if top_p is not None and top_p <= 0:
         raise ApiError(400, "'top_p' must be greater than 0", "invalid_value", "top_p")
     seed = _number(body, "seed", 0, 2**63 - 1, None, integer=True)
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    stream = False if stream is None else stream  # OpenAI: "boolean or null"
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", "invalid_type", "stream")
     options = body.get("stream_options") or {}

@@ -23,6 +23,11 @@ class QueueFull(Exception):
     pass
 
 
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down: the request was stopped at the drain timeout",
+                    "shutting_down", type_="server_error")
+
+
 class Job:
     """One request's work: ``fn(job)`` runs on the worker thread; events flow back to the event loop."""
 
@@ -31,6 +36,8 @@ class Job:
         self.cancel = threading.Event()
         self.events: asyncio.Queue = asyncio.Queue()
         self.started = False
+        self.abandoned = False  # stopped by the server's drain timeout, not by its client
+        self.look_again = 0.0  # when the request next checks that its client is still there
 
     def emit(self, kind: str, value: Any = None) -> None:
         try:
@@ -96,7 +103,7 @@ class Worker:
                 kind = "cancelled" if isinstance(e, Cancelled) else "failed"
                 with self._cv:
                     self.counts[kind] += 1
-                job.emit("error", e)
+                job.emit("error", shutting_down() if job.abandoned and kind == "cancelled" else e)
             else:
                 with self._cv:
                     self.counts["completed"] += 1
@@ -104,6 +111,20 @@ class Worker:
             finally:
                 with self._cv:
                     self.running = None
+
+    def abandon(self) -> None:
+        """The drain timeout: stop the running job and every waiting one; each is answered 503."""
+        with self._cv:
+            jobs = list(self._waiting) + ([self.running] if self.running is not None else [])
+            for job in jobs:
+                job.abandoned = True
+                job.cancel.set()
+            for job in self._waiting:
+                self.counts["cancelled"] += 1
+                job.emit("error", shutting_down())
+            self._waiting.clear()
+        if jobs:
+            log.warning("drain timeout: %d request(s) stopped", len(jobs))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the running job, cancel any still waiting, end the thread."""
