@@ -266,6 +266,92 @@ def test_pipeline_is_the_api_with_diffusers_manners(pipe, tmp_path):
         pipe("x", seed=1, generator=torch.Generator().manual_seed(1))
 
 
+def test_pipeline_seeds_outputs_and_arguments_as_diffusers_does(pipe):
+    """Generators advance (a loop gives new images, reproducibly; a fresh one is --seed N), a list
+    seeds one output each, no seed means torch's global generator; np/pt/latent are batches;
+    return_dict=False; numpy scalars; wrong arguments are ValueError/TypeError naming the argument."""
+    import numpy as np
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(num_inference_steps=3, guidance_scale=3.0)
+    g = torch.Generator().manual_seed(7)
+    first, second = (pipe("a red circle", generator=g, **call).results[0] for _ in range(2))
+    assert first.seed == 7 and second.seed != 7  # a fresh generator is --seed 7; the next call moves on
+    again = torch.Generator().manual_seed(7)
+    assert [pipe("a red circle", generator=again, **call).results[0].seed for _ in range(2)] == [7, second.seed]
+    gens = [torch.Generator().manual_seed(30), torch.Generator().manual_seed(4)]
+    out = pipe(["a", "b"], generator=gens, **call)
+    assert [r.seed for r in out.results] == [30, 4]
+    solo = pipe(["b"], seed=4, **call).images[0]
+    assert np.array_equal(np.asarray(out.images[1]), np.asarray(solo))
+    torch.manual_seed(0)
+    one = pipe("q", **call).results[0].seed
+    torch.manual_seed(0)
+    assert pipe("q", **call).results[0].seed == one
+    side = pipe.spec.resolution
+    assert pipe(["a", "b"], seed=1, output_type="np", **call).images.shape == (2, side, side, 3)
+    pt = pipe(["a", "b"], seed=1, output_type="pt", **call).images
+    assert pt.shape == (2, 3, side, side) and 0 <= float(pt.min()) <= float(pt.max()) <= 1
+    assert pipe(["a", "b"], seed=1, output_type="latent", **call).images.shape[0] == 2
+    (images,) = pipe("a", seed=1, return_dict=False, **call)
+    assert isinstance(images, list) and len(images) == 1
+    assert pipe("a", seed=1, height=np.int64(side), num_inference_steps=np.int32(3),
+                guidance_scale=np.float32(3.0)).images[0].size == (side, side)
+    for kwargs, kind, words in ((dict(height=0), ValueError, "height"), (dict(prompt=None), TypeError, "prompt"),
+                                (dict(num_images_per_prompt=None), TypeError, "num_images_per_prompt"),
+                                (dict(negative_prompt="blurry"), ValueError, "negative_prompt"),
+                                (dict(generator=[g, g]), ValueError, "generators"),
+                                (dict(generator=7), TypeError, "generator"),
+                                (dict(progress="x"), TypeError, "progress")):
+        with pytest.raises(kind, match=words):
+            pipe(**{"prompt": "a", **call, **kwargs})
+    # schedulers: assigning one picks the sampler (it was an attribute nothing read)
+    try:
+        assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+        pipe.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                 flow_shift=2.0)
+        assert pipe("a", seed=1, **call).results[0].params["sampler"] == "unipc"
+        assert isinstance(pipe.scheduler, UniPCMultistepScheduler)
+        with pytest.raises(ValueError, match="use_flow_sigmas"):
+            pipe.scheduler = DPMSolverMultistepScheduler()
+        with pytest.raises(TypeError, match="not supported"):
+            pipe.scheduler = object()
+    finally:
+        pipe.sampler, pipe.default_shift = "euler", None
+        pipe.set_progress_bar_config()
+
+
+def test_pipeline_shows_a_progress_bar_unless_disabled(pipe, capsys):
+    pipe("a", seed=1, num_inference_steps=3)
+    assert "2/2" in capsys.readouterr().err  # tqdm's bar over the two model calls
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        pipe("a", seed=1, num_inference_steps=3)
+        assert capsys.readouterr().err == ""
+    finally:
+        pipe.set_progress_bar_config()
+
+
+def test_pipeline_caption_takes_arrays_tensors_and_tuples(pipe):
+    import numpy as np
+    import torch
+
+    image = pipe("a red circle", seed=3, num_inference_steps=3).images[0]
+    arr = np.asarray(image)
+    want = pipe.caption(image, "What shape is it?", max_new_tokens=4)
+    assert pipe.caption(arr, "What shape is it?", max_new_tokens=4) == want
+    tensor = torch.from_numpy(arr).permute(2, 0, 1).float() / 255  # (3, H, W) in [0, 1], as diffusers reads
+    assert pipe.caption(tensor, "What shape is it?", max_new_tokens=4) == want
+    both = pipe.caption(image, ("What shape is it?", "What colour is it?"), max_new_tokens=4)
+    assert isinstance(both, list) and both[0] == want  # a tuple is a list of questions too
+    with pytest.raises(TypeError, match="question"):
+        pipe.caption(image, 5)
+    with pytest.raises(ValueError, match="shape"):
+        pipe.caption(np.zeros((4, 4, 4, 4)), "?")
+
+
 def test_pipeline_videos(pipe, tmp_path):
     import numpy as np
     from PIL import Image

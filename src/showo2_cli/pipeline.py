@@ -9,18 +9,23 @@
 
 Everything delegates to the functions of :mod:`showo2_cli.api` (``load``, ``text_to_image``,
 ``text_to_video``, ``image_to_video``, ``caption``) with their option objects, and offload to
-:func:`showo2_cli.runtime.enable_offload`; nothing is computed here that they do not compute. A
-generator's *seed* is the base seed (its state is not consumed), so
-``pipe(p, generator=torch.Generator().manual_seed(7))`` gives the image ``showo2 t2i p --seed 7`` writes.
+:func:`showo2_cli.runtime.enable_offload`; nothing is computed here that they do not compute.
+
+Seeds follow diffusers' habits and stay equal to the CLI's: a freshly seeded generator's seed is
+the base seed, so ``pipe(p, generator=torch.Generator().manual_seed(7))`` gives the image
+``showo2 t2i p --seed 7`` writes; each call then advances the generator (calling again with it
+gives new images, reproducibly); a list of generators seeds one output each; with neither
+``generator`` nor ``seed`` the seed comes from torch's global generator (``torch.manual_seed``).
 """
 
 from __future__ import annotations
 
+import operator
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +39,22 @@ from .options import OFFLOAD_MODES, CaptionOptions, GenerateOptions, RuntimeOpti
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
 from .runtime import enable_offload, pick_device, pick_dtype, torch_dtype
 
-OUTPUT_TYPES = ("pil", "np", "latent")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+#: diffusers scheduler classes -> the ``sampler`` they select (``pipe.scheduler = ...``)
+SCHEDULER_SAMPLERS = {"FlowMatchEulerDiscreteScheduler": "flow-euler", "FlowMatchHeunDiscreteScheduler": "heun",
+                      "UniPCMultistepScheduler": "unipc", "DPMSolverMultistepScheduler": "dpm++"}
+SEED_LIMIT = 2**63 - 1
 
 
 @dataclass
 class Showo2PipelineOutput(BaseOutput):
-    """``images``: one per output (PIL, or float arrays in [0, 1] with ``output_type="np"``, or the
-    latents); ``frames``: for videos, one list of frames per output; ``results``: the API's
+    """``images``: a list of PIL images, or a batch: ``np`` (N, H, W, 3) or ``pt`` (N, 3, H, W) floats in
+    [0, 1], ``latent`` (N, C, h, w); ``frames``: for videos, one list of PIL frames per output, or
+    (N, F, H, W, 3) / (N, F, 3, H, W) / (N, C, T, h, w); ``results``: the API's
     :class:`~showo2_cli.pipelines.Generated` records (seeds, parameters), for ``api.save_results``."""
 
-    images: list | None = None
-    frames: list | None = None
+    images: Any = None
+    frames: Any = None
     results: list | None = None
 
 
@@ -54,6 +64,9 @@ class Showo2Pipeline:
     def __init__(self, model: Showo2):
         self.model = model
         self.offload = "none"
+        self.sampler = "euler"  # the default of ``sampler=``; ``pipe.scheduler = ...`` sets it
+        self.default_shift: float | None = None
+        self._progress_bar_config: dict = {}
 
     # ---- loading and placement --------------------------------------------------------------
     @classmethod
@@ -94,6 +107,8 @@ class Showo2Pipeline:
         self._offload("sequential", gpu_id, device)
 
     def _offload(self, mode: str, gpu_id: int | None, device) -> None:
+        if self.offload != "none":
+            raise UsageError(f"{self.offload} CPU offload is already enabled; load the pipeline again to change it")
         dev = pick_device(str(device or "auto"))
         if gpu_id is not None and dev.startswith("cuda"):
             dev = f"cuda:{int(gpu_id)}"
@@ -147,47 +162,143 @@ class Showo2Pipeline:
     def components(self) -> dict[str, Any]:
         return {"network": self.model.network, "vae": self.model.vae, "tokenizer": self.model.tokenizer}
 
+    # ---- schedulers and progress bars (diffusers' attributes) -------------------------------
+    @property
+    def scheduler(self):
+        """A diffusers scheduler standing for the sampler used by default (its ``config`` serves
+        ``OtherScheduler.from_config(pipe.scheduler.config)``); assign one to change the sampler."""
+        from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+
+        from .sampling import diffusers_scheduler, time_grid
+
+        shift = self.default_shift if self.default_shift is not None else self.spec.shift
+        if self.sampler in ("euler", "flow-euler"):
+            return FlowMatchEulerDiscreteScheduler(shift=1.0)  # the shift is in the grid: ``shift=``
+        if self.sampler == "heun":
+            return FlowMatchHeunDiscreteScheduler(shift=1.0)
+        return diffusers_scheduler(self.sampler, time_grid(self.spec.steps, shift), shift)
+
+    @scheduler.setter
+    def scheduler(self, value) -> None:
+        name = SCHEDULER_SAMPLERS.get(type(value).__name__)
+        if name is None:
+            raise TypeError(f"scheduler {type(value).__name__} is not supported: use one of "
+                            f"{', '.join(SCHEDULER_SAMPLERS)} (or sampler=...)")
+        config = getattr(value, "config", {}) or {}
+        shift = config.get("flow_shift") if name in ("unipc", "dpm++") else config.get("shift")
+        if name in ("unipc", "dpm++") and not (config.get("use_flow_sigmas")
+                                               and config.get("prediction_type") == "flow_prediction"):
+            raise ValueError(f"{type(value).__name__} must be made with use_flow_sigmas=True and "
+                             "prediction_type='flow_prediction' for a flow-matching model")
+        self.sampler = name
+        self.default_shift = None if shift in (None, 1.0) and name not in ("unipc", "dpm++") else shift
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """tqdm options of the progress bar every call shows (``disable=True`` hides it)."""
+        self._progress_bar_config = dict(kwargs)
+
+    def progress_bar(self, iterable=None, total=None):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, **self._progress_bar_config)
+
+    @contextmanager
+    def _progress(self, given):
+        """The caller's ``progress(phase, done, total)``, else a tqdm bar over the denoising steps."""
+        if given is not None:
+            if not callable(given):
+                raise TypeError(f"progress must be a callable progress(phase, done, total), got {type(given).__name__}")
+            yield given
+            return
+        if self._progress_bar_config.get("disable"):
+            yield None
+            return
+        bars: dict = {}
+
+        def report(phase: str, done: int, total: int) -> None:
+            if phase != "denoising":
+                return
+            bar = bars.get(phase)
+            if bar is None:
+                bar = bars[phase] = self.progress_bar(total=total)
+            bar.update(done - bar.n)
+
+        try:
+            yield report
+        finally:
+            for bar in bars.values():
+                bar.close()
+
     # ---- generation -------------------------------------------------------------------------
-    def __call__(self, prompt: str | list[str], num_inference_steps: int | None = None,
-                 guidance_scale: float | None = None, generator: torch.Generator | None = None, *,
+    def __call__(self, prompt: str | list[str] | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, generator: torch.Generator | list | None = None, *,
                  height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
-                 num_frames: int | None = None, image=None, seed: int | None = None, sampler: str = "euler",
+                 num_frames: int | None = None, image=None, seed: int | None = None, sampler: str | None = None,
                  shift: float | None = None, batch_size: int = 4, latents: torch.Tensor | None = None,
-                 output_type: str = "pil", progress=None) -> Showo2PipelineOutput:
-        """Text to image; with ``num_frames`` text to video; with ``image`` (a path or a PIL image)
-        image to video. ``num_inference_steps`` is the number of grid points (steps - 1 model
-        calls, as ``--steps``); unset values are the model's. ``latents`` is the exact starting
-        noise (``--noise``)."""
+                 output_type: str = "pil", return_dict: bool = True, negative_prompt: str | None = None,
+                 progress=None):
+        """Text to image; with ``num_frames`` text to video; with ``image`` (a path, PIL image, array
+        or tensor) image to video. ``num_inference_steps`` is the number of grid points (steps - 1
+        model calls, as ``--steps``); unset values are the model's. ``latents`` is the exact starting
+        noise (``--noise``). ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos)."""
         if output_type not in OUTPUT_TYPES:
-            raise UsageError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got '{output_type}'")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if generator is not None:
-            if isinstance(generator, (list, tuple)):
-                raise UsageError("give one generator (its seed is the base seed of every output)")
-            if seed is not None:
-                raise UsageError("give generator or seed, not both")
-            seed = int(generator.initial_seed())
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        if negative_prompt is not None:
+            raise ValueError("negative_prompt is not supported: Show-o2's guidance contrasts the prompt with the "
+                             "empty prompt")
+        prompts = _prompts(prompt)
+        n = _whole(num_images_per_prompt, "num_images_per_prompt")
+        height, width = _whole(height, "height", True), _whole(width, "width", True)
         video = num_frames is not None or image is not None
         side = self.spec.video_resolution if video else self.spec.resolution
         size = None if height is None and width is None else (height or side, width or side)
-        opts = GenerateOptions(size=size, steps=num_inference_steps, guidance=guidance_scale, shift=shift, seed=seed,
-                               num_per_prompt=num_images_per_prompt, batch_size=batch_size,
-                               frames=num_frames if num_frames is not None else (17 if video else 1), method=sampler,
-                               noise=latents)
-        if image is not None:
-            with _as_file(image) as path:
-                results = image_to_video(self.model, path, prompts, opts, progress=progress)
-        elif video:
-            results = text_to_video(self.model, prompts, opts, progress=progress)
-        else:
-            results = text_to_image(self.model, prompts, opts, progress=progress)
-        if output_type == "latent":
-            return Showo2PipelineOutput(images=[r.latents for r in results], results=results)
-        convert = _to_pil if output_type == "pil" else (lambda f: f.astype(np.float32) / 255.0)
+        per_output = self._seeds(generator, seed, len(prompts) * n) if latents is None else None
+        if per_output is None and generator is not None:  # given noise: a generator only names the run
+            seed = self._seeds(generator[0] if isinstance(generator, (list, tuple)) else generator, seed, 1)[0]
+        opts = GenerateOptions(size=size, steps=_whole(num_inference_steps, "num_inference_steps", True),
+                               guidance=_real(guidance_scale, "guidance_scale"), seed=seed,
+                               shift=_real(shift if shift is not None else self.default_shift, "shift"),
+                               num_per_prompt=n, batch_size=_whole(batch_size, "batch_size"),
+                               frames=_whole(num_frames, "num_frames", True) or (17 if video else 1),
+                               method=sampler or self.sampler, noise=latents)
+        with self._progress(progress) as report, _as_file(image) as path:
+            if per_output is not None and len(set(per_output)) > 1 and per_output != list(
+                    range(per_output[0], per_output[0] + len(per_output))):
+                results = []  # a generator per output: one output at a time, each with its own seed
+                for i, seed_i in enumerate(per_output):
+                    one = replace(opts, num_per_prompt=1, seed=seed_i, batch_size=1)
+                    results += self._run([prompts[i // n]], one, path, video, report)
+            else:
+                if per_output is not None:
+                    opts = replace(opts, seed=per_output[0])
+                results = self._run(prompts, opts, path, video, report)
+        out = _convert(results, output_type, video)
+        if not return_dict:
+            return (out,)
+        return Showo2PipelineOutput(frames=out, results=results) if video else \
+            Showo2PipelineOutput(images=out, results=results)
+
+    def _run(self, prompts, opts, path, video, report):
+        if path is not None:
+            return image_to_video(self.model, path, prompts, opts, progress=report)
         if video:
-            frames = [[convert(f) for f in r.frames] for r in results]
-            return Showo2PipelineOutput(frames=frames, results=results)
-        return Showo2PipelineOutput(images=[convert(r.frames[0]) for r in results], results=results)
+            return text_to_video(self.model, prompts, opts, progress=report)
+        return text_to_image(self.model, prompts, opts, progress=report)
+
+    @staticmethod
+    def _seeds(generator, seed, count: int) -> list[int] | None:
+        """Per-output seeds from diffusers-style generators (None: the API's own rule, base seed + k)."""
+        if generator is None:
+            if seed is None:  # torch's global generator, so torch.manual_seed(...) makes runs repeat
+                return [int(torch.randint(0, SEED_LIMIT, (1,)))]
+            return None
+        if seed is not None:
+            raise ValueError("give generator or seed, not both")
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != count:
+                raise ValueError(f"got {len(generator)} generators for {count} outputs: give one, or one per output")
+            return [_generator_seed(g) for g in generator]
+        return [_generator_seed(generator)]
 
     # ---- understanding ----------------------------------------------------------------------
     def caption(self, image, question: str | list[str] | None = None, *, max_new_tokens: int = 300,
@@ -196,12 +307,91 @@ class Showo2Pipeline:
         """Answer a question (``None``: describe it) about an image or a video (a path, or a PIL
         image); a list of questions gives a list of answers. Other ``CaptionOptions`` fields
         (``frames``, ``mask_mode``, ``template``, ``size``, ...) pass through."""
+        if question is not None and not isinstance(question, (str, list, tuple)):
+            raise TypeError(f"question must be a string or a list of strings, got {type(question).__name__}")
         questions = [] if question is None else [question] if isinstance(question, str) else list(question)
         opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k, seed=seed, **options)
         with _as_file(image) as path:
             answers = caption(self.model, path, opts).answers
-        return answers if isinstance(question, list) else answers[0]
+        return answers if isinstance(question, (list, tuple)) else answers[0]
+
+
+def _prompts(prompt) -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+
+
+def _whole(value, name: str, optional: bool = False) -> int | None:
+    """A whole number (numpy integers too); ``None`` only where ``optional``; 0 or less refused."""
+    if value is None and optional:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be at least 1, got {number}")
+    return number
+
+
+def _real(value, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _generator_seed(generator) -> int:
+    """A freshly seeded generator's seed, else a seed drawn from it; the generator is advanced either
+    way, so the next call with it gives new outputs."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (or a list of them), got {type(generator).__name__}")
+    fresh = torch.Generator(device=generator.device).manual_seed(generator.initial_seed()).get_state()
+    if torch.equal(fresh, generator.get_state()):
+        seed = generator.initial_seed() % (SEED_LIMIT + 1)
+    else:
+        seed = int(torch.randint(0, SEED_LIMIT, (1,), generator=generator, device=generator.device))
+    torch.randint(0, 2, (1,), generator=generator, device=generator.device)
+    return seed
+
+
+def _convert(results, output_type: str, video: bool):
+    """The outputs in diffusers' forms: PIL lists, or one batch (np / pt in [0, 1], latents)."""
+    if output_type == "latent":
+        return torch.stack([r.latents for r in results])
+    if output_type == "pil":
+        return [[_to_pil(f) for f in r.frames] for r in results] if video else [_to_pil(r.frames[0]) for r in results]
+    batch = np.stack([np.stack(r.frames) if video else r.frames[0] for r in results]).astype(np.float32) / 255.0
+    if output_type == "np":
+        return batch
+    return torch.from_numpy(batch).movedim(-1, -3).contiguous()
+
+
+def _array_image(value):
+    from PIL import Image
+
+    arr = value.detach().cpu().float().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:
+        raise ValueError(f"an image array must be (H, W, 3) or (3, H, W), got shape {tuple(np.shape(value))}")
+    if arr.dtype != np.uint8:
+        arr = np.asarray(arr, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ValueError("an image array must hold finite values")
+        arr = (arr.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return Image.fromarray(arr)
 
 
 def _dtype_for(value, default: str, device: str) -> torch.dtype:
@@ -216,14 +406,18 @@ def _to_pil(frame: np.ndarray):
 
 @contextmanager
 def _as_file(source) -> Iterator[str | os.PathLike]:
-    """A path for the API: a path as is, a PIL image written losslessly to a temporary PNG."""
+    """A path for the API: a path as is (``None`` stays ``None``), a PIL image, an (H, W, 3) array
+    or a (3, H, W) tensor (values in [0, 1] when float, as diffusers' image processor reads them)
+    written losslessly to a temporary PNG."""
     from PIL import Image
 
-    if isinstance(source, (str, os.PathLike)):
+    if source is None or isinstance(source, (str, os.PathLike)):
         yield source
         return
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        source = _array_image(source)
     if not isinstance(source, Image.Image):
-        raise UsageError(f"expected a path or a PIL image, got {type(source).__name__}")
+        raise TypeError(f"expected an image path, PIL image, array or tensor, got {type(source).__name__}")
     fd, name = tempfile.mkstemp(suffix=".png", prefix="showo2-")
     os.close(fd)
     try:
