@@ -327,6 +327,9 @@ def test_parse_chat_requests():
     off = {"logprobs": False, "tools": [], "response_format": {"type": "text"}, "presence_penalty": 0}
     assert parse_chat({"messages": [user], **off}, cfg).max_tokens == cfg.default_max_tokens
     assert parse_chat({"messages": [user], "stream": None}, cfg).stream is False  # "boolean or null"
+    said = {"role": "assistant", "content": "A"}
+    parts = parse_chat({"messages": [user, said, {**said, "content": "B"}, user]}, cfg)
+    assert parts.turns[0].answer == "A\nB"  # consecutive assistant messages: one reply in parts
 
 
 def test_image_data_urls_take_what_encoders_write():

@@ -327,11 +327,12 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     system_parts: list[str] = []
     turns: list[PlannedTurn] = []
     images = 0
+    role = None
     for i, msg in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(msg, dict):
             raise ApiError(400, f"{param} must be an object", "invalid_value", param)
-        role = msg.get("role")
+        prev_role, role = role, msg.get("role")
         content = msg.get("content")
         if role in ("system", "developer"):
             system_parts.append(_text(content, f"a {role} message's", param))
@@ -369,10 +370,14 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             else:
                 turns.append(PlannedTurn(text, pics, image_params=where))
         elif role == "assistant":
-            if not turns or turns[-1].answer is not None:
-                raise ApiError(400, f"{param}: an assistant message must follow a user message",
-                               "invalid_value", param)
-            turns[-1].answer = _text(content, "an assistant message's", param)
+            text = _text(content, "an assistant message's", param)
+            if turns and turns[-1].answer is not None and prev_role == "assistant":  # one reply in parts
+                turns[-1].answer = "\n".join(t for t in (turns[-1].answer, text) if t)
+            elif not turns or turns[-1].answer is not None:
+                raise ApiError(400, f"{param}: an assistant message must follow a user message (Show-o2's chat "
+                                    "template has no turn for it)", "invalid_value", param)
+            else:
+                turns[-1].answer = text
         else:
             raise ApiError(400, f"{param}: unsupported role {str(role)[:20]!r} (use system, user, assistant)",
                            "invalid_value", param)
