@@ -34,13 +34,14 @@ SINGLE = dict(atol=1e-4, rtol=1e-4)  # single-forward tensors
 VAE_DECODE = dict(atol=5e-4, rtol=0)
 SAMPLER = dict(atol=5e-3, rtol=0)
 WORST: dict[str, float] = {}
+SET = [""]  # the set whose case runs now: the report names each difference with it
 
 
 def close(name: str, got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> None:
     got, want = got.detach().float().cpu(), want.float()
     assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
     diff = (got - want).abs().max().item() if got.numel() else 0.0
-    WORST[name] = diff
+    WORST[f"{SET[0]}/{name}" if SET[0] else name] = diff
     assert torch.allclose(got, want, atol=atol, rtol=rtol), f"{name}: max abs diff {diff:.3g}"
 
 
@@ -107,6 +108,7 @@ def test_pickle_checkpoint_loads_like_safetensors(tmp_path, root):
 def test_case(root, name):
     handlers = {"vae": check_vae, "mmu": check_mmu, "vid_und": check_vid_und, "omni_mask": check_omni_mask}
     meta = json.loads((root / "meta.json").read_text())
+    SET[0] = root.name
     model, data, info = model_of(root), case(root, name), meta["cases"].get(name, {})
     if name in handlers:
         handlers[name](model, data, info, meta)
