@@ -334,6 +334,17 @@ def test_an_allocation_failure_is_exit_6_not_a_bug(monkeypatch, capsys):
     assert "out of memory" in capsys.readouterr().err
 
 
+def test_out_of_memory_advice_names_only_the_commands_own_options():
+    """The advice named --size, --frames and --batch-size for every command (init, info, train...)."""
+    from showo2_cli.cli import _memory_advice
+
+    t2i = _memory_advice(["--debug", "t2i", "a cat"])
+    assert "--size" in t2i and "--offload" in t2i and "--frames" not in t2i
+    assert "--frames" in _memory_advice(["t2v", "waves"])
+    assert "--max-new-tokens" in _memory_advice(["caption", "x.png"]) and "--size" not in _memory_advice(["caption"])
+    assert _memory_advice(["init", "-o", "m"]) == _memory_advice(["info", "demo"]) == _memory_advice([]) == ""
+
+
 # ---- training runs ----------------------------------------------------------------------------------
 
 def test_a_damaged_run_folder_is_a_model_error_naming_the_file(tmp_path):

@@ -232,10 +232,29 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
         if STATE["debug"]:
             traceback.print_exc()
         if is_out_of_memory(e):  # torch's allocators raise RuntimeError
-            return _fail("out of memory (lower --size, --frames or --batch-size, or keep the memory guard "
-                         "on: --max-memory)", 6, "resource")
+            return _fail(f"out of memory{_memory_advice(_ARGS)}", 6, "resource")
         return _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                      "(run with --debug for the traceback)", 1, "internal")
+
+
+def _memory_advice(args: list[str]) -> str:
+    """What the command that ran out of memory can do about it: only options it has."""
+    try:
+        import typer.main
+
+        group = typer.main.get_command(app)
+        command = next((group.commands[a] for a in args if a in getattr(group, "commands", {})), None)
+        opts = {o for p in (command.params if command else []) for o in getattr(p, "opts", ())}
+    except Exception:  # advice only: never a second error
+        return ""
+    def either(names: list[str]) -> str:
+        return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+    lower = [o for o in ("--size", "--frames", "--batch-size", "--max-new-tokens") if o in opts]
+    other = [o for o in ("--offload", "--quantize", "--vae-tiling") if o in opts]
+    parts = ([f"lower {either(lower)}"] if lower else []) + ([f"try {either(other)}"] if other else []) + \
+        (["keep the memory guard on: --max-memory"] if "--max-memory" in opts else [])
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _quiet_stdout() -> None:
