@@ -30,11 +30,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from official_harness import (  # noqa: E402
-    OFFICIAL_CONFIG_FIELDS,
     Geometry,
     build_official,
     import_official,
     randomize,
+    save_official,
     write_configs,
 )
 
@@ -135,14 +135,10 @@ class SetMaker:
         model = build_official(self.kwargs, g)
         randomize(model, seed=s["seed"])
         self.model = model
+        save_official(model, self.kwargs, model_dir, g)  # the .bin and config.json, as save_pretrained
+        (model_dir / "geometry.json").unlink()  # the harness's own record; not in the public format
         state = model.state_dict()
-        torch.save(state, model_dir / "pytorch_model.bin")
         save_file({k: v.clone().contiguous() for k, v in state.items()}, str(model_dir / "pytorch_model.safetensors"))
-        config = dict(model.config)
-        config.update(_class_name="Showo2Qwen2_5", _diffusers_version="0.31.0", llm_model_path="llm",
-                      clip_pretrained_model_path="siglip")
-        config = {k: config[k] for k in sorted(config) if k in OFFICIAL_CONFIG_FIELDS}
-        (model_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
         from models.misc import get_text_tokenizer
 
         self.tok, self.ids = get_text_tokenizer(str(model_dir / "llm"), add_showo_tokens=True,

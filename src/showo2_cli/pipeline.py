@@ -252,25 +252,20 @@ class Showo2Pipeline:
         video = num_frames is not None or image is not None
         side = self.spec.video_resolution if video else self.spec.resolution
         size = None if height is None and width is None else (height or side, width or side)
-        per_output = self._seeds(generator, seed, len(prompts) * n) if latents is None else None
-        if per_output is None and generator is not None:  # given noise: a generator only names the run
-            seed = self._seeds(generator[0] if isinstance(generator, (list, tuple)) else generator, seed, 1)[0]
+        seeds = self._seeds(generator, seed, len(prompts) * n)
         opts = GenerateOptions(size=size, steps=_whole(num_inference_steps, "num_inference_steps", True),
-                               guidance=_real(guidance_scale, "guidance_scale"), seed=seed,
+                               guidance=_real(guidance_scale, "guidance_scale"), seed=seeds[0] if seeds else seed,
                                shift=_real(shift if shift is not None else self.default_shift, "shift"),
                                num_per_prompt=n, batch_size=_whole(batch_size, "batch_size"),
                                frames=_whole(num_frames, "num_frames", True) or (17 if video else 1),
                                method=sampler or self.sampler, noise=latents)
         with self._progress(progress) as report, _as_file(image) as path:
-            if per_output is not None and len(set(per_output)) > 1 and per_output != list(
-                    range(per_output[0], per_output[0] + len(per_output))):
+            if seeds is not None and len(seeds) > 1 and latents is None:
                 results = []  # a generator per output: one output at a time, each with its own seed
-                for i, seed_i in enumerate(per_output):
+                for i, seed_i in enumerate(seeds):
                     one = replace(opts, num_per_prompt=1, seed=seed_i, batch_size=1)
                     results += self._run([prompts[i // n]], one, path, video, report)
-            else:
-                if per_output is not None:
-                    opts = replace(opts, seed=per_output[0])
+            else:  # the API's rule: output k of the run uses the base seed + k
                 results = self._run(prompts, opts, path, video, report)
         out = _convert(results, output_type, video)
         if not return_dict:
@@ -287,7 +282,7 @@ class Showo2Pipeline:
 
     @staticmethod
     def _seeds(generator, seed, count: int) -> list[int] | None:
-        """Per-output seeds from diffusers-style generators (None: the API's own rule, base seed + k)."""
+        """The base seed (one item) or one seed per output (a list of generators); None: ``seed``."""
         if generator is None:
             if seed is None:  # torch's global generator, so torch.manual_seed(...) makes runs repeat
                 return [int(torch.randint(0, SEED_LIMIT, (1,)))]

@@ -247,6 +247,7 @@ def _memory_advice(args: list[str]) -> str:
         opts = {o for p in (command.params if command else []) for o in getattr(p, "opts", ())}
     except Exception:  # advice only: never a second error
         return ""
+
     def either(names: list[str]) -> str:
         return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
