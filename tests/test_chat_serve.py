@@ -623,7 +623,7 @@ def test_server_with_the_openai_client(keyed_server):
 
     images = client.images.generate(model="demo", prompt="a red circle on a white background", n=2,
                                     size="64x64", response_format="b64_json",
-                                    extra_body={"seed": 5, "steps": 8})
+                                    extra_body={"seed": 5, "steps": 8, "negative_prompt": "a blue square"})
     from PIL import Image
 
     assert len(images.data) == 2
@@ -631,7 +631,8 @@ def test_server_with_the_openai_client(keyed_server):
         img = Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
         img.load()
         assert img.format == "PNG" and img.size == (64, 64)
-        assert json.loads(img.info["showo2"])["steps"] == 8
+        meta = json.loads(img.info["showo2"])
+        assert meta["steps"] == 8 and meta["negative_prompt"] == "a blue square"
 
 
 @pytest.mark.slow
@@ -689,6 +690,7 @@ def test_server_errors_are_openai_json(keyed_server):
     expect(httpx.post(gen, json={"prompt": "x", "size": "65x64"}, headers=key), 400)
     expect(httpx.post(gen, json={"prompt": "x", "response_format": "url"}, headers=key), 400)
     expect(httpx.post(gen, json={"prompt": ""}, headers=key), 400)
+    expect(httpx.post(gen, json={"prompt": "x", "negative_prompt": ["a"]}, headers=key), 400, "invalid_value")
     r = httpx.post(chat, json={**user, "max_tokens": 4}, headers=key)  # still serving after all that
     assert r.status_code == 200 and r.json()["object"] == "chat.completion"
     assert httpx.get(url + "/health").json()["failed"] >= 1  # the worker lived through the broken image

@@ -301,7 +301,8 @@ def test_pipeline_seeds_outputs_and_arguments_as_diffusers_does(pipe):
                 guidance_scale=np.float32(3.0)).images[0].size == (side, side)
     for kwargs, kind, words in ((dict(height=0), ValueError, "height"), (dict(prompt=None), TypeError, "prompt"),
                                 (dict(num_images_per_prompt=None), TypeError, "num_images_per_prompt"),
-                                (dict(negative_prompt="blurry"), ValueError, "negative_prompt"),
+                                (dict(negative_prompt=["x", "y"]), ValueError, "negative prompts"),
+                                (dict(negative_prompt=3), TypeError, "negative_prompt"),
                                 (dict(generator=[g, g]), ValueError, "generators"),
                                 (dict(generator=7), TypeError, "generator"),
                                 (dict(progress="x"), TypeError, "progress")):
@@ -321,6 +322,40 @@ def test_pipeline_seeds_outputs_and_arguments_as_diffusers_does(pipe):
     finally:
         pipe.sampler, pipe.default_shift = "euler", None
         pipe.set_progress_bar_config()
+
+
+def test_negative_prompt_replaces_the_empty_prompt_in_pipeline_cli_and_metadata(pipe, tmp_path, capsys):
+    import numpy as np
+
+    from showo2_cli import media as M
+    from showo2_cli.cli import main
+
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(num_inference_steps=3, guidance_scale=3.0, seed=5)
+    try:
+        plain = np.asarray(pipe("a red circle", **call).images[0])
+        assert np.array_equal(np.asarray(pipe("a red circle", negative_prompt="", **call).images[0]), plain)
+        neg = pipe("a red circle", negative_prompt="a blue square", **call)
+        assert np.abs(np.asarray(neg.images[0]).astype(int) - plain).max() > 8  # guidance steers away from it
+        assert neg.results[0].params["negative_prompt"] == "a blue square"
+        assert "negative_prompt" not in pipe("a red circle", **call).results[0].params
+        # one per prompt, batched: as each alone (to float rounding: a batch pads to its longest row)
+        two = pipe(["a red circle", "a square"], negative_prompt=["a blue square", ""], **call).results  # seeds 5, 6
+        alone = pipe("a square", **{**call, "seed": 6}).results[0]
+        for got, want in ((two[0], neg.results[0]), (two[1], alone)):
+            assert (got.latents - want.latents).abs().max() < 1e-4
+    finally:
+        pipe.set_progress_bar_config()
+    out = tmp_path / "n.png"
+    code = main(["t2i", "a red circle", "--model", "demo", "--steps", "3", "--guidance", "3", "--seed", "5",
+                 "--negative-prompt", "a blue square", "--device", "cpu", "--dtype", "fp32", "-o", str(out)])
+    capsys.readouterr()
+    assert code == 0
+    assert np.array_equal(np.asarray(M.read_image(out)), np.asarray(neg.images[0]))
+    assert "a blue square" in json.dumps(M.read_png_metadata(out))
+    code = main(["t2i", "a red circle", "--model", "demo", "--steps", "2", "--guidance", "0", "--seed", "5",
+                 "--negative-prompt", "blue", "--device", "cpu", "-o", str(tmp_path / "g0.png")])
+    assert code == 0 and "no effect with --guidance 0" in capsys.readouterr().err
 
 
 def test_pipeline_shows_a_progress_bar_unless_disabled(pipe, capsys):

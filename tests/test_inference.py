@@ -120,16 +120,21 @@ def test_questions_share_the_image_prefix_and_answer_as_if_asked_alone(tiny, mas
         assert torch.allclose(torch.stack(shared.step_logits), torch.stack(alone.step_logits), atol=1e-5)
 
 
-@pytest.mark.parametrize("video", [False, True])
-def test_prefix_cached_sampling_equals_uncached(lively, tiny, video):
+@pytest.mark.parametrize("video,negatives", [(False, None), (True, None), (False, [[120, 121], [122] * 12])],
+                         ids=["image", "video", "negative-prompts"])
+def test_prefix_cached_sampling_equals_uncached(lively, tiny, video, negatives):
     shape = (2, 16, 2, 8, 8) if video else (2, 16, 8, 8)
     visual = 1 + (2 if video else 1) * 16
-    layout = generation_layout([[97, 98, 99, 100], [101] * 9], visual, tiny.tokens, 80, video=video)
+    layout = generation_layout([[97, 98, 99, 100], [101] * 9], visual, tiny.tokens, 80, video=video,
+                               negatives=negatives)
     z = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     plain = generate_latents(lively, layout, z, 5.0, 10, 3.0, trim=False)
     cached = generate_latents(lively, layout, z, 5.0, 10, 3.0, trim=True, cache_prefix=True)
     assert (plain - z).abs().max() > 0.1  # the sampler really moved
     assert torch.allclose(plain, cached, atol=1e-5, rtol=0)
+    if negatives:  # the unconditional rows' text steers the result
+        empty = generation_layout([[97, 98, 99, 100], [101] * 9], visual, tiny.tokens, 80, video=video)
+        assert (generate_latents(lively, empty, z, 5.0, 10, 3.0) - plain).abs().max() > 1e-3
     if video:  # i2v: frame 0 never changes
         frozen = generate_latents(lively, layout, z, 5.0, 6, 3.0, cache_prefix=True, first_frame_as_cond=True)
         assert torch.equal(frozen[:, :, 0], z[:, :, 0]) and not torch.equal(frozen[:, :, 1], z[:, :, 1])

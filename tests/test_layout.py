@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from showo2_cli.errors import UsageError
 from showo2_cli.modeling.attention import extend_mask_for_decoding, omni_attention_mask
 from showo2_cli.modeling.flow_head import TimestepEmbedder, llama3_inv_freq
 from showo2_cli.modeling.showo2 import block_index_map, pack_velocity, unpack_velocity
@@ -127,6 +129,22 @@ def test_t2i_layout_at_432px_is_1024_tokens_with_blocks_at_n_plus_2_and_2():
     long = generation_layout([list(range(500))], 730, REAL, 1024)
     assert long.blocks[0, 0, 0].item() == 290 + 2  # prompt truncated to max_text_len
     assert long.trimmed().seq_len == 292 + 730
+
+
+def test_negative_prompts_fill_the_unconditional_rows_at_the_same_budget():
+    prompts, negatives = [list(range(1000, 1010)), [1100, 1101]], [[7, 8, 9], list(range(2000, 2500))]
+    plain = generation_layout(prompts, 730, REAL, 1024)
+    assert torch.equal(generation_layout(prompts, 730, REAL, 1024, negatives=[[], []]).input_ids, plain.input_ids)
+    layout = generation_layout(prompts, 730, REAL, 1024, negatives=negatives)
+    assert torch.equal(layout.input_ids[:2], plain.input_ids[:2])  # the conditional rows are untouched
+    assert layout.blocks.tolist() == [[[12, 730]], [[4, 730]], [[5, 730]], [[292, 730]]]
+    assert layout.input_ids[2, :5].tolist() == [REAL.bos, 7, 8, 9, REAL.boi]
+    assert layout.input_ids[3, 1:291].tolist() == list(range(2000, 2290))  # cut at max_text_len, like a prompt
+    assert torch.equal(layout.slots, layout.blocks)
+    loose = generation_layout([[1, 2]], 5, REAL, None, negatives=[[3] * 7])
+    assert loose.seq_len == 7 + 5 + 4  # the row is as long as the longer text needs
+    with pytest.raises(UsageError, match="one per prompt"):
+        generation_layout(prompts, 730, REAL, 1024, negatives=[[1]])
 
 
 def test_mmu_official_block_is_shifted_by_one():

@@ -240,6 +240,9 @@ class GenerateOptions:
     noise: Any = None  # exact starting noise: a tensor (N, C, [T,] h, w) or one sample
     cache_prefix: bool = True  # reuse the text prefix's keys/values at every step
     max_memory_gb: float | None = None  # refuse jobs estimated to need more
+    #: the text guidance steers away from (the unconditional rows' prompt; "" is the official
+    #: empty prompt): one for every prompt, or a list with one per prompt
+    negative_prompt: str | list[str] = ""
 
     def resolved(self, spec, video: bool) -> GenerateOptions:
         """The options with the model's defaults filled in (and a random seed when none)."""
@@ -269,6 +272,21 @@ class GenerateOptions:
         check_int("--frames", self.frames, 1, MAX_VIDEO_FRAMES)
         if (self.frames - 1) % 4:
             raise UsageError(f"frames must be 1+4k, got {self.frames}")
+        negatives = self.negative_prompt if isinstance(self.negative_prompt, list) else [self.negative_prompt]
+        for text in negatives:
+            if not isinstance(text, str):
+                raise UsageError(f"--negative-prompt must be text (or a list of texts), got {short(text)}")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise UsageError(f"a negative prompt of {len(text)} characters is too long (at most {MAX_PROMPT_CHARS})")
+
+    def negatives_for(self, count: int) -> list[str]:
+        """One negative prompt per prompt (``count`` prompts)."""
+        if not isinstance(self.negative_prompt, list):
+            return [self.negative_prompt] * count
+        if len(self.negative_prompt) != count:
+            raise UsageError(f"{len(self.negative_prompt)} negative prompts for {count} prompts: give one, "
+                             "or one per prompt")
+        return list(self.negative_prompt)
 
 
 @dataclass

@@ -239,14 +239,18 @@ class Showo2Pipeline:
                  progress=None):
         """Text to image; with ``num_frames`` text to video; with ``image`` (a path, PIL image, array
         or tensor) image to video. ``num_inference_steps`` is the number of grid points (steps - 1
-        model calls, as ``--steps``); unset values are the model's. ``latents`` is the exact starting
-        noise (``--noise``). ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos)."""
+        model calls, as ``--steps``); unset values are the model's. ``negative_prompt`` (one, or one
+        per prompt) replaces the official empty prompt of guidance's unconditional rows
+        (``--negative-prompt``). ``latents`` is the exact starting noise (``--noise``). ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
-        if negative_prompt is not None:
-            raise ValueError("negative_prompt is not supported: Show-o2's guidance contrasts the prompt with the "
-                             "empty prompt")
         prompts = _prompts(prompt)
+        negatives = [""] * len(prompts) if negative_prompt is None else _prompts(negative_prompt, "negative_prompt")
+        if len(negatives) == 1:
+            negatives *= len(prompts)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts: give one, or one "
+                             "per prompt")
         n = _whole(num_images_per_prompt, "num_images_per_prompt")
         height, width = _whole(height, "height", True), _whole(width, "width", True)
         video = num_frames is not None or image is not None
@@ -258,12 +262,13 @@ class Showo2Pipeline:
                                shift=_real(shift if shift is not None else self.default_shift, "shift"),
                                num_per_prompt=n, batch_size=_whole(batch_size, "batch_size"),
                                frames=_whole(num_frames, "num_frames", True) or (17 if video else 1),
-                               method=sampler or self.sampler, noise=latents)
+                               method=sampler or self.sampler, noise=latents, negative_prompt=negatives)
         with self._progress(progress) as report, _as_file(image) as path:
             if seeds is not None and len(seeds) > 1 and latents is None:
                 results = []  # a generator per output: one output at a time, each with its own seed
                 for i, seed_i in enumerate(seeds):
-                    one = replace(opts, num_per_prompt=1, seed=seed_i, batch_size=1)
+                    one = replace(opts, num_per_prompt=1, seed=seed_i, batch_size=1,
+                                  negative_prompt=[negatives[i // n]])
                     results += self._run([prompts[i // n]], one, path, video, report)
             else:  # the API's rule: output k of the run uses the base seed + k
                 results = self._run(prompts, opts, path, video, report)
@@ -312,12 +317,12 @@ class Showo2Pipeline:
         return answers if isinstance(question, (list, tuple)) else answers[0]
 
 
-def _prompts(prompt) -> list[str]:
+def _prompts(prompt, name: str = "prompt") -> list[str]:
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
         return list(prompt)
-    raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+    raise TypeError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}")
 
 
 def _whole(value, name: str, optional: bool = False) -> int | None:

@@ -64,16 +64,23 @@ class Layout:
 
 
 def generation_layout(prompts: list[list[int]], num_visual: int, tokens: SpecialTokens,
-                      max_seq_len: int | None, video: bool = False) -> Layout:
+                      max_seq_len: int | None, video: bool = False,
+                      negatives: list[list[int]] | None = None) -> Layout:
     """Conditional rows then unconditional rows for t2i/t2v/i2v (spec §8.1, §8.4).
 
     Row: ``[bos] prompt[:max_text_len] [boi|bov] [pad_visual]*P [eoi|eov] [eos] [PAD]*...`` where
-    ``P = num_visual`` counts the time token. The unconditional rows use an empty prompt. With
-    ``max_seq_len=None`` the rows are as long as the longest prompt needs (no truncation).
+    ``P = num_visual`` counts the time token. The unconditional rows use an empty prompt (the
+    official recipe), or ``negatives[i]`` for prompt ``i`` (a negative prompt: the same row with
+    other text, cut at the same budget). With ``max_seq_len=None`` the rows are as long as the
+    longest prompt needs (no truncation).
     """
     begin, end = (tokens.bov, tokens.eov) if video else (tokens.boi, tokens.eoi)
     visual_pad = tokens.vid_pad if video else tokens.img_pad
-    longest = max((len(p) for p in prompts), default=0)
+    if negatives is None:
+        negatives = [[] for _ in prompts]
+    if len(negatives) != len(prompts):
+        raise UsageError(f"{len(negatives)} negative prompt(s) for {len(prompts)} prompt(s): give one per prompt")
+    longest = max((len(p) for p in [*prompts, *negatives]), default=0)
     if max_seq_len is None:
         max_seq_len = longest + num_visual + 4
     max_text_len = max_seq_len - num_visual - 4
@@ -81,7 +88,7 @@ def generation_layout(prompts: list[list[int]], num_visual: int, tokens: Special
         raise UsageError(f"sequence budget {max_seq_len} is too short for {num_visual} visual positions "
                          f"(needs at least {num_visual + 4})")
     rows, blocks = [], []
-    for prompt in list(prompts) + [[] for _ in prompts]:
+    for prompt in [*prompts, *negatives]:
         text = list(prompt)[:max_text_len]
         row = [tokens.bos, *text, begin, *([visual_pad] * num_visual), end, tokens.eos]
         row += [tokens.pad] * (max_seq_len - len(row))

@@ -49,6 +49,7 @@ SaveLatOpt = Annotated[bool, typer.Option("--save-latents", help="Also write <ou
 SamplerOpt = Annotated[Sampler, typer.Option("--sampler", help="The ODE solver (euler is the official one).")]
 FramesOpt = Annotated[int, typer.Option("--frames", help="Frames, 1+4k (others rounded up with a notice).")]
 FpsOpt = Annotated[float, typer.Option("--fps", help="Frames per second of the output (0.5 to 240).")]
+NegativeOpt = Annotated[str, typer.Option("--negative-prompt", help="What guidance steers away from, in place of the official empty prompt (no effect with --guidance 0 or 1).")]
 VIDEO_HELP = "out.mp4/.webm/.gif"
 
 
@@ -67,6 +68,8 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path |
         opts.seed = random_seed()
     opts.validate()
     check_fps(fps)
+    if opts.negative_prompt.strip() and opts.guidance in (0.0, 1.0):
+        notice(f"--negative-prompt has no effect with --guidance {opts.guidance:g} (no unconditional branch)")
     prompts = check_prompts(O.read_prompts(prompt, prompts_file))
     rank, world = process_rank()
     indices = list(range(len(prompts)))[rank::world]
@@ -87,9 +90,10 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path |
     records: list[dict] = []
 
     def save(item) -> None:  # each output is written as soon as its batch is done (an interruption keeps it)
-        if "prompt_tokens_used" in item.params:
-            notice(f"the prompt of output {item.prompt_index} has {item.params['prompt_tokens']} tokens; the model's "
-                   f"sequence holds {item.params['prompt_tokens_used']}, so the rest was not used")
+        for key, what in (("prompt_tokens", "prompt"), ("negative_prompt_tokens", "negative prompt")):
+            if key in item.params:
+                notice(f"the {what} of output {item.prompt_index} has {item.params[key]} tokens; the model's "
+                       f"sequence holds {item.params['prompt_tokens_used']}, so the rest was not used")
         records.extend(O.save_results([item], [plans[len(records)]], kind, fps, image, overwrite, noise=noise))
 
     part = indices if world > 1 else None  # several processes: each has part of the run
@@ -148,7 +152,8 @@ def t2i(
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 4, noise: NoiseOpt = None,
-    save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
+    save_latents: SaveLatOpt = False, negative_prompt: NegativeOpt = "", sampler: SamplerOpt = "euler",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none", attn: AttnOpt = "sdpa",
     compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto", quantize: QuantizeOpt = "none",
     overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
@@ -156,7 +161,8 @@ def t2i(
     """Text to image."""
     setup(json_mode, quiet)
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
-                           batch_size=batch_size, frames=1, method=value(sampler), max_memory_gb=max_memory)
+                           batch_size=batch_size, frames=1, method=value(sampler), max_memory_gb=max_memory,
+                           negative_prompt=negative_prompt)
     run("t2i", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, None, None,
         size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize), lora)
 
@@ -168,7 +174,8 @@ def t2v(
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
-    save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
+    save_latents: SaveLatOpt = False, negative_prompt: NegativeOpt = "", sampler: SamplerOpt = "euler",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none", attn: AttnOpt = "sdpa",
     compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto", quantize: QuantizeOpt = "none",
     overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
@@ -177,7 +184,7 @@ def t2v(
     setup(json_mode, quiet)
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
-                           max_memory_gb=max_memory)
+                           max_memory_gb=max_memory, negative_prompt=negative_prompt)
     run("t2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, None,
         size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize), lora)
 
@@ -190,7 +197,8 @@ def i2v(
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
-    save_latents: SaveLatOpt = False, sampler: SamplerOpt = "euler", device: DeviceOpt = "auto",
+    save_latents: SaveLatOpt = False, negative_prompt: NegativeOpt = "", sampler: SamplerOpt = "euler",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none", attn: AttnOpt = "sdpa",
     compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto", quantize: QuantizeOpt = "none",
     overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
@@ -199,7 +207,7 @@ def i2v(
     setup(json_mode, quiet)
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
-                           max_memory_gb=max_memory)
+                           max_memory_gb=max_memory, negative_prompt=negative_prompt)
     run("i2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, image,
         size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize), lora)
 

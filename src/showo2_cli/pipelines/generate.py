@@ -117,6 +117,11 @@ def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
 
 
+def _encode_negative(tokenizer, text: str) -> list[int]:
+    """A negative prompt's tokens; an empty (or blank) one is the official empty prompt."""
+    return encode_text(tokenizer, text.replace("\n", " ")) if text.strip() else []
+
+
 @torch.no_grad()
 def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: bool, frames: int,
               first_frame: torch.Tensor | None, indices: list[int] | None, progress: Progress,
@@ -137,6 +142,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     indices = list(range(len(prompts))) if indices is None else list(indices)
     if len(indices) != len(prompts):
         raise UsageError("one index per prompt is needed")
+    negative = dict(zip(indices, opts.negatives_for(len(prompts)), strict=True))
     jobs = [(p, i, k) for i, p in zip(indices, prompts, strict=True) for k in range(opts.num_per_prompt)]
     latent_shape = (spec.latent_channels, t_lat, lat_h, lat_w) if video else (spec.latent_channels, lat_h, lat_w)
     noise_all, rows = None, None  # rows[j]: the row of the given noise that job j starts from
@@ -160,7 +166,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     for start in range(0, len(jobs), opts.batch_size):
         batch = jobs[start:start + opts.batch_size]
         ids = [encode_text(tokenizer, p.replace("\n", " ")) for p, _, _ in batch]
-        layout = generation_layout(ids, visual, tokens, max_seq_len, video=video)
+        neg_ids = [_encode_negative(tokenizer, negative[i]) for _, i, _ in batch]
+        layout = generation_layout(ids, visual, tokens, max_seq_len, video=video, negatives=neg_ids)
         seeds = [seed_for(opts.seed, i, k, opts.num_per_prompt) for _, i, k in batch]
         if noise_all is not None:
             noise = noise_all[rows[start:start + len(batch)]].clone()
@@ -192,6 +199,11 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             if len(ids[j]) > budget:  # never cut silently: the result says how much of the prompt was used
                 params["prompt_tokens"] = len(ids[j])
                 params["prompt_tokens_used"] = budget
+            if negative[i]:
+                params["negative_prompt"] = negative[i]
+                if len(neg_ids[j]) > budget:
+                    params["negative_prompt_tokens"] = len(neg_ids[j])
+                    params["prompt_tokens_used"] = budget
             result = Generated(prompt, i, seeds[j], latents[j].cpu(), arr, params)
             if on_result is not None:  # handed over now (saved as it comes), not kept
                 on_result(result)

@@ -95,7 +95,7 @@ def _images_job(model, plan: ImagePlan, job: Job) -> list[dict]:
             raise Cancelled("cancelled")
 
     opts = GenerateOptions(size=plan.size, steps=plan.steps, guidance=plan.guidance, seed=plan.seed,
-                           num_per_prompt=plan.n, batch_size=min(plan.n, 4))
+                           num_per_prompt=plan.n, batch_size=min(plan.n, 4), negative_prompt=plan.negative_prompt)
     results = text_to_image(model, [plan.prompt], opts, progress=progress)
     out = []
     with tempfile.TemporaryDirectory(prefix="showo2-serve-") as tmp:

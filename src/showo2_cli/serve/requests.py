@@ -401,6 +401,7 @@ class ImagePlan:
     seed: int | None
     steps: int | None
     guidance: float | None
+    negative_prompt: str = ""
 
 
 def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
@@ -434,7 +435,13 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
     steps = _number(body, "steps", 2, 10000, None, integer=True, limit=config.max_steps)
     seed = _number(body, "seed", 0, 2**63 - 1, None, integer=True)
     guidance = _number(body, "guidance", 0, 100, None)
-    return ImagePlan(prompt, int(n), hw, seed, steps, guidance)
+    negative = body.get("negative_prompt")
+    if negative is None:
+        negative = ""
+    if not isinstance(negative, str) or len(negative) > MAX_PROMPT_CHARS:
+        raise ApiError(400, f"'negative_prompt' must be a string of at most {MAX_PROMPT_CHARS} characters",
+                       "invalid_value", "negative_prompt")
+    return ImagePlan(prompt, int(n), hw, seed, steps, guidance, negative)
 
 
 def api_key_from(option: str | None) -> str | None:
