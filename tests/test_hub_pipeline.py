@@ -358,6 +358,55 @@ def test_negative_prompt_replaces_the_empty_prompt_in_pipeline_cli_and_metadata(
     assert code == 0 and "no effect with --guidance 0" in capsys.readouterr().err
 
 
+def test_callback_on_step_end_sees_changes_and_interrupts_the_sampling(pipe):
+    import numpy as np
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(num_inference_steps=5, guidance_scale=3.0, seed=2, output_type="latent")
+    seen = []
+
+    def record(p, i, t, kwargs):
+        assert p is pipe and set(kwargs) == {"latents"}
+        seen.append((i, float(t), kwargs["latents"].clone()))
+        return {}
+
+    try:
+        plain = pipe("a red circle", **call).images
+        assert torch.equal(pipe("a red circle", callback_on_step_end=record, **call).images, plain)
+        assert [i for i, _, _ in seen] == [0, 1, 2, 3] and torch.equal(seen[-1][2], plain)
+        times = [t for _, t, _ in seen]
+        assert times[0] == 0.0 and times == sorted(times) and times[-1] < 1.0  # Show-o2's t, noise to clean
+
+        def zero_at_last(p, i, t, kwargs):
+            return {"latents": torch.zeros_like(kwargs["latents"])} if i == 3 else None
+
+        assert not pipe("a red circle", callback_on_step_end=zero_at_last, **call).images.any()
+
+        def stop_after_two(p, i, t, kwargs):
+            if i == 1:
+                p._interrupt = True
+            return {}
+
+        stopped = pipe("a red circle", callback_on_step_end=stop_after_two, **call)
+        assert pipe.interrupt and torch.equal(stopped.images, seen[1][2])  # the latents reached
+        assert stopped.results[0].params["steps_done"] == 2  # recorded with the output
+        image = pipe("a red circle", callback_on_step_end=stop_after_two, **{**call, "output_type": "np"}).images
+        assert image.shape[0] == 1 and np.isfinite(image).all()  # decoded as they are
+        assert "steps_done" not in pipe("a", seed=2, num_inference_steps=2).results[0].params
+        assert not pipe.interrupt  # every call starts afresh
+        with pytest.raises(ValueError, match="latents"):
+            pipe("a", callback_on_step_end=record, callback_on_step_end_tensor_inputs=["prompt_embeds"], **call)
+        with pytest.raises(TypeError, match="callable"):
+            pipe("a", callback_on_step_end=3, **call)
+        with pytest.raises(TypeError, match="dict"):
+            pipe("a", callback_on_step_end=lambda *a: 1, **call)
+        with pytest.raises(ValueError, match="shape"):
+            pipe("a", callback_on_step_end=lambda p, i, t, k: {"latents": torch.zeros(1)}, **call)
+    finally:
+        pipe.set_progress_bar_config()
+
+
 def test_pipeline_shows_a_progress_bar_unless_disabled(pipe, capsys):
     pipe("a", seed=1, num_inference_steps=3)
     assert "2/2" in capsys.readouterr().err  # tqdm's bar over the two model calls

@@ -184,3 +184,32 @@ def test_patch_layout_differs_from_the_official_one_and_is_off_officially():
     from showo2_cli.errors import UsageError
     with pytest.raises(UsageError, match="velocity_layout"):
         get_spec("tiny").replace(velocity_layout="zigzag").validate()
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "unipc"])
+def test_a_step_callback_can_replace_the_state_and_stop_the_sampler(method):
+    from showo2_cli.sampling import StopSampling
+
+    grid = time_grid(6)
+    calls = []
+
+    def callback(step, total, t, x):
+        calls.append((step, total, t))
+        if step == 2:
+            return torch.full_like(x, 10.0)
+        if step == 3:
+            raise StopSampling
+        return None
+
+    trajectory: list = []
+    out = sample(lambda x, t: torch.ones_like(x), torch.zeros(2, 3), grid, method, callback=callback,
+                 trajectory=trajectory)
+    assert [(s, n) for s, n, _ in calls] == [(1, 5), (2, 5), (3, 5)]
+    assert 0.0 <= calls[0][2] < 0.01 < calls[1][2]  # the time each step started from
+    assert len(trajectory) == 4 and bool((trajectory[2] == 10.0).all())  # the replaced state is the state
+    assert torch.equal(out, trajectory[-1])  # the state it stopped at
+    if method != "unipc":  # a constant velocity of 1: one step from the replaced state (UniPC's
+        # corrector also uses the sample it kept from before, as in a diffusers pipeline)
+        assert torch.allclose(out, torch.full((2, 3), 10.0 + float(grid[3] - grid[2])))
+    with pytest.raises(ValueError, match="shape"):
+        sample(lambda x, t: x, torch.zeros(2, 3), grid, method, callback=lambda *a: torch.zeros(3))

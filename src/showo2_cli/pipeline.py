@@ -38,6 +38,7 @@ from .loading import Showo2, load
 from .options import OFFLOAD_MODES, CaptionOptions, GenerateOptions, RuntimeOptions
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
 from .runtime import enable_offload, pick_device, pick_dtype, torch_dtype
+from .sampling import StopSampling
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 #: diffusers scheduler classes -> the ``sampler`` they select (``pipe.scheduler = ...``)
@@ -67,6 +68,7 @@ class Showo2Pipeline:
         self.sampler = "euler"  # the default of ``sampler=``; ``pipe.scheduler = ...`` sets it
         self.default_shift: float | None = None
         self._progress_bar_config: dict = {}
+        self._interrupt = False  # a step callback sets it to end the sampling (diffusers' ``pipe._interrupt``)
 
     # ---- loading and placement --------------------------------------------------------------
     @classmethod
@@ -235,13 +237,17 @@ class Showo2Pipeline:
                  height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
                  num_frames: int | None = None, image=None, seed: int | None = None, sampler: str | None = None,
                  shift: float | None = None, batch_size: int = 4, latents: torch.Tensor | None = None,
-                 output_type: str = "pil", return_dict: bool = True, negative_prompt: str | None = None,
+                 output_type: str = "pil", return_dict: bool = True, negative_prompt: str | list[str] | None = None,
+                 callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] | None = None,
                  progress=None):
         """Text to image; with ``num_frames`` text to video; with ``image`` (a path, PIL image, array
         or tensor) image to video. ``num_inference_steps`` is the number of grid points (steps - 1
         model calls, as ``--steps``); unset values are the model's. ``negative_prompt`` (one, or one
         per prompt) replaces the official empty prompt of guidance's unconditional rows
-        (``--negative-prompt``). ``latents`` is the exact starting noise (``--noise``). ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos)."""
+        (``--negative-prompt``). ``latents`` is the exact starting noise (``--noise``).
+        ``callback_on_step_end(pipe, step_index, t, {"latents": x})`` runs after every step, as in
+        diffusers (``t``: Show-o2's time, 0 = noise, 1 = clean; the dict it returns may hold new
+        ``latents``; setting ``pipe._interrupt = True`` ends the sampling there). ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         prompts = _prompts(prompt)
@@ -257,6 +263,8 @@ class Showo2Pipeline:
         side = self.spec.video_resolution if video else self.spec.resolution
         size = None if height is None and width is None else (height or side, width or side)
         seeds = self._seeds(generator, seed, len(prompts) * n)
+        on_step = self._step_hook(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        self._interrupt = False
         opts = GenerateOptions(size=size, steps=_whole(num_inference_steps, "num_inference_steps", True),
                                guidance=_real(guidance_scale, "guidance_scale"), seed=seeds[0] if seeds else seed,
                                shift=_real(shift if shift is not None else self.default_shift, "shift"),
@@ -269,21 +277,49 @@ class Showo2Pipeline:
                 for i, seed_i in enumerate(seeds):
                     one = replace(opts, num_per_prompt=1, seed=seed_i, batch_size=1,
                                   negative_prompt=[negatives[i // n]])
-                    results += self._run([prompts[i // n]], one, path, video, report)
+                    results += self._run([prompts[i // n]], one, path, video, report, on_step)
             else:  # the API's rule: output k of the run uses the base seed + k
-                results = self._run(prompts, opts, path, video, report)
+                results = self._run(prompts, opts, path, video, report, on_step)
         out = _convert(results, output_type, video)
         if not return_dict:
             return (out,)
         return Showo2PipelineOutput(frames=out, results=results) if video else \
             Showo2PipelineOutput(images=out, results=results)
 
-    def _run(self, prompts, opts, path, video, report):
+    def _run(self, prompts, opts, path, video, report, on_step):
         if path is not None:
-            return image_to_video(self.model, path, prompts, opts, progress=report)
+            return image_to_video(self.model, path, prompts, opts, progress=report, on_step=on_step)
         if video:
-            return text_to_video(self.model, prompts, opts, progress=report)
-        return text_to_image(self.model, prompts, opts, progress=report)
+            return text_to_video(self.model, prompts, opts, progress=report, on_step=on_step)
+        return text_to_image(self.model, prompts, opts, progress=report, on_step=on_step)
+
+    @property
+    def interrupt(self) -> bool:
+        """True once a step callback has set ``pipe._interrupt``: the rest of the sampling is skipped."""
+        return self._interrupt
+
+    def _step_hook(self, callback, tensor_inputs):
+        """The API's ``on_step`` for diffusers' ``callback_on_step_end`` (a function or a
+        ``PipelineCallback``, whose ``tensor_inputs`` it takes)."""
+        if callback is None:
+            if tensor_inputs is not None and list(tensor_inputs) not in ([], ["latents"]):
+                raise ValueError(f"callback_on_step_end_tensor_inputs can only name 'latents', got {tensor_inputs!r}")
+            return None
+        if not callable(callback):
+            raise TypeError(f"callback_on_step_end must be callable, got {type(callback).__name__}")
+        inputs = getattr(callback, "tensor_inputs", None) or tensor_inputs or ["latents"]
+        if isinstance(inputs, str) or any(name != "latents" for name in inputs):
+            raise ValueError(f"callback_on_step_end_tensor_inputs can only name 'latents', got {inputs!r}")
+
+        def on_step(step: int, total: int, t: float, latents: torch.Tensor):
+            out = callback(self, step - 1, torch.tensor(t), {"latents": latents} if inputs else {})
+            if out is not None and not isinstance(out, dict):
+                raise TypeError(f"callback_on_step_end must return a dict (or None), got {type(out).__name__}")
+            if self._interrupt:
+                raise StopSampling
+            return (out or {}).get("latents")
+
+        return on_step
 
     @staticmethod
     def _seeds(generator, seed, count: int) -> list[int] | None:

@@ -17,6 +17,31 @@ from .options import SAMPLERS as OPTION_SAMPLERS
 from .sequences import Layout
 
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
+#: ``callback(step, total, t, x)`` after each step: ``step`` counts from 1, ``t`` is the time the
+#: step's model call started from, ``x`` the new state (float32). A tensor it returns replaces the
+#: state; raising :class:`StopSampling` ends sampling there, with ``x`` as the result.
+StepCallback = Callable[[int, int, float, torch.Tensor], "torch.Tensor | None"]
+
+
+class StopSampling(Exception):
+    """Raised by a step callback to stop early: the sampler returns the state it has reached."""
+
+
+def _after_step(callback: StepCallback | None, step: int, total: int, t: float,
+                x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The state after ``callback`` (replaced or not) and whether it stopped the sampling."""
+    if callback is None:
+        return x, False
+    try:
+        replaced = callback(step, total, t, x)
+    except StopSampling:
+        return x, True
+    if replaced is None:
+        return x, False
+    if not isinstance(replaced, torch.Tensor) or replaced.shape != x.shape:
+        raise ValueError(f"a step callback must return None or latents of shape {tuple(x.shape)}, got "
+                         f"{tuple(replaced.shape) if isinstance(replaced, torch.Tensor) else type(replaced).__name__}")
+    return replaced.to(device=x.device, dtype=x.dtype), False
 
 
 def time_grid(steps: int, shift: float = 3.0) -> torch.Tensor:
@@ -84,8 +109,7 @@ def diffusers_scheduler(name: str, grid: torch.Tensor, shift: float):
 
 
 def sample_scheduled(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, name: str, shift: float = 3.0,
-                     callback: Callable[[int, int, torch.Tensor], None] | None = None,
-                     trajectory: list | None = None) -> torch.Tensor:
+                     callback: StepCallback | None = None, trajectory: list | None = None) -> torch.Tensor:
     """:func:`sample` through a diffusers scheduler. diffusers' flow convention is the reverse of
     Show-o2's (sigma = 1 - t, the model output is ``noise - data``), so the velocity is negated."""
     sched = diffusers_scheduler(name, grid, shift)
@@ -98,10 +122,11 @@ def sample_scheduled(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, n
         t = 1.0 - float(ts) / train_steps
         v = velocity(x, t).float()
         x = sched.step(-v, ts, x, return_dict=False)[0].float()
+        x, stop = _after_step(callback, i + 1, total, t, x)
         if trajectory is not None:
             trajectory.append(x.clone())
-        if callback is not None:
-            callback(i + 1, total, x)
+        if stop:
+            break
     return x
 
 
@@ -112,12 +137,12 @@ assert set(SAMPLERS) == set(OPTION_SAMPLERS), "options.SAMPLERS and sampling.SAM
 
 
 def sample(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, method: str = "euler",
-           callback: Callable[[int, int, torch.Tensor], None] | None = None,
-           trajectory: list | None = None, shift: float = 3.0) -> torch.Tensor:
+           callback: StepCallback | None = None, trajectory: list | None = None,
+           shift: float = 3.0) -> torch.Tensor:
     """Integrate ``dx/dt = velocity(x, t)`` over ``grid`` from ``x0`` (noise) and return the final state.
 
-    ``method`` is a key of :data:`SAMPLERS`. ``callback(step, total, x)`` is called after each
-    step; ``trajectory``, when given, receives the state at every grid point.
+    ``method`` is a key of :data:`SAMPLERS`. ``callback`` (:data:`StepCallback`) is called after
+    each step; ``trajectory``, when given, receives the state at every grid point.
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler method '{method}'")
@@ -131,10 +156,11 @@ def sample(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, method: str
     for i in range(total):
         t0, t1 = float(grid[i]), float(grid[i + 1])
         x = step(velocity, x, t0, t1, i == total - 1)
+        x, stop = _after_step(callback, i + 1, total, t0, x)
         if trajectory is not None:
             trajectory.append(x.clone())
-        if callback is not None:
-            callback(i + 1, total, x)
+        if stop:
+            break
     return x
 
 

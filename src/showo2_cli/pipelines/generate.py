@@ -15,7 +15,7 @@ from .. import media as M
 from ..errors import InputError, ModelError, UsageError
 from ..loading import Showo2
 from ..options import GenerateOptions, check_prompts, seed_for
-from ..sampling import generate_latents
+from ..sampling import StepCallback, generate_latents
 from ..sequences import generation_layout
 from ..specs import I2V, T2I, T2V
 from ..tokenizer import encode_text
@@ -125,7 +125,7 @@ def _encode_negative(tokenizer, text: str) -> list[int]:
 @torch.no_grad()
 def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: bool, frames: int,
               first_frame: torch.Tensor | None, indices: list[int] | None, progress: Progress,
-              on_result: OnResult | None = None) -> list[Generated]:
+              on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
     spec, net, vae = model.spec, model.network, model.require_vae()
     tokenizer, tokens = model.require_tokenizer(), model.tokens
     h, w = opts.size
@@ -176,8 +176,12 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
         if first_frame is not None:
             noise[:, :, 0] = first_frame.float()
 
-        def step(i, n, x, base=done_steps):
+        reached = [0]  # the steps the sampler has taken (a step callback may stop it early)
+
+        def step(i, n, t, x, base=done_steps):
+            reached[0] = i
             progress("denoising", base + i, total_steps)
+            return on_step(i, n, t, x) if on_step is not None else None
 
         latents = generate_latents(net, layout, noise, opts.guidance, opts.steps, opts.shift, method=opts.method,
                                    cache_prefix=opts.cache_prefix, first_frame_as_cond=first_frame is not None,
@@ -192,6 +196,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
                       "model": model.files.name if model.files else spec.name}
             if getattr(model, "adapters", None):
                 params["lora"] = list(model.adapters)  # merged into the weights on load
+            if reached[0] < opts.steps - 1:  # a step callback ended the sampling early
+                params["steps_done"] = reached[0]
             if rows is not None:  # started from the given noise, not from the seed
                 params["noise_row"] = rows[start + j]
             if video:
@@ -217,6 +223,11 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
 #: order; the pipelines then keep nothing (their list is empty), so a long prompts file holds one
 #: batch in memory and every finished output can be saved before the next batch runs.
 OnResult = Callable[[Generated], None]
+#: ``on_step(step, total, t, latents)``: called after each sampling step of each batch with the
+#: batch's latents (B, C, [T,] h, w), float32 (:data:`showo2_cli.sampling.StepCallback`): a tensor
+#: it returns replaces them, and raising :class:`~showo2_cli.sampling.StopSampling` ends the
+#: batch's sampling there (its outputs are decoded from the latents reached).
+OnStep = StepCallback
 
 
 def _require(model: Showo2, task: str, what: str) -> None:
@@ -228,29 +239,30 @@ def _require(model: Showo2, task: str, what: str) -> None:
 
 def text_to_image(model: Showo2, prompts: list[str], options: GenerateOptions | None = None,
                   progress: Progress | None = None, indices: list[int] | None = None,
-                  on_result: OnResult | None = None) -> list[Generated]:
+                  on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
     """Generate ``num_per_prompt`` images per prompt, in batches, with classifier-free guidance
-    (``on_result``: see :data:`OnResult`)."""
+    (``on_result``: see :data:`OnResult`; ``on_step``: see :data:`OnStep`)."""
     _require(model, T2I, "text-to-image")
     opts = (options or GenerateOptions()).resolved(model.spec, video=False)
     opts.validate(model.spec)
-    return _generate(model, check_prompts(prompts), opts, False, 1, None, indices, progress or noop, on_result)
+    return _generate(model, check_prompts(prompts), opts, False, 1, None, indices, progress or noop, on_result,
+                     on_step)
 
 
 def text_to_video(model: Showo2, prompts: list[str], options: GenerateOptions | None = None,
                   progress: Progress | None = None, indices: list[int] | None = None,
-                  on_result: OnResult | None = None) -> list[Generated]:
+                  on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
     """Generate videos of ``options.frames`` frames (1+4k) per prompt."""
     _require(model, T2V, "text-to-video")
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
     opts.validate(model.spec)
     return _generate(model, check_prompts(prompts), opts, True, opts.frames, None, indices, progress or noop,
-                     on_result)
+                     on_result, on_step)
 
 
 def image_to_video(model: Showo2, image: str | os.PathLike, prompts: list[str], options: GenerateOptions | None = None,
                    progress: Progress | None = None, indices: list[int] | None = None,
-                   on_result: OnResult | None = None) -> list[Generated]:
+                   on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
     """Animate an image: its clean latent is latent frame 0 and stays fixed (spec §6.5, §8.4)."""
     _require(model, I2V, "image-to-video")
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
@@ -263,4 +275,4 @@ def image_to_video(model: Showo2, image: str | os.PathLike, prompts: list[str], 
                               model.device, vae.base_dim, vae.tiling)  # the first frame as its decode will be
     first = vae.encode(pixels, tiled=tiled)[0, :, 0].cpu()
     return _generate(model, check_prompts(prompts), opts, True, opts.frames, first, indices, progress or noop,
-                     on_result)
+                     on_result, on_step)
