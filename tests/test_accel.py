@@ -275,6 +275,39 @@ def test_vae_tiling_decodes_what_the_guard_refuses_untiled(media_dir):
                        M.frames_to_tensor(M.tensor_to_frames(untiled))[:, 0])
 
 
+def test_vae_enable_tiling_takes_diffusers_tile_sizes(media_dir):
+    """vae.enable_tiling(tile_sample_min_height=..., ...) as on AutoencoderKLWan: smaller tiles
+    decode the same picture (blended overlaps) in less estimated memory, and the guard uses them."""
+    from showo2_cli.errors import UsageError
+    from showo2_cli.modeling.vae import DEFAULT_TILE
+
+    vae, _ = api.resolve_vae("demo")
+    img = M.resize_center_crop(M.read_image(media_dir / "pexels-taryn-elliott-4144459.jpg"), (320, 320))
+    pixels = M.frames_to_tensor(np.asarray(img)[None])[None]
+    try:
+        with torch.no_grad():
+            z = vae.encode(pixels, tiled=False)[0]
+            untiled = vae.decode(z[None], tiled=False)[0, :, 0]
+            default = vae.decode(z[None], tiled=True)[0, :, 0]
+            default_gb = vae.decode_memory_gb(1, 40, 40, tiled=True)
+            vae.enable_tiling(tile_sample_min_height=128, tile_sample_min_width=128, tile_sample_stride_height=96,
+                              tile_sample_stride_width=96)
+            assert vae.tiling == "on" and vae.tile == (128, 128, 96, 96)
+            small = vae.decode(z[None])[0, :, 0]  # tiling "on": tiles of 128 every 96 pixels
+            assert vae.decode_memory_gb(1, 40, 40, tiled=True) < 0.6 * default_gb
+            assert not torch.equal(small, default)  # the sizes reached diffusers' tiler
+            assert _psnr(small, untiled) > 20 and (small - untiled).abs().mean() < 0.06
+            vae.enable_tiling(tile_sample_stride_width=128)  # unset arguments keep their values
+            assert vae.tile == (128, 128, 96, 128)
+        for bad in (dict(tile_sample_min_height=100), dict(tile_sample_stride_height=256),
+                    dict(tile_sample_min_width=0), dict(tile_sample_stride_width=8.0)):
+            with pytest.raises(UsageError, match="tile_sample"):
+                vae.enable_tiling(**bad)
+        assert vae.tile == (128, 128, 96, 128)  # a refused call changes nothing
+    finally:
+        vae.tile, vae.tiling = DEFAULT_TILE, "auto"
+
+
 def test_generation_guard_uses_the_tile_size():
     from showo2_cli.pipelines import check_generation_memory, generation_memory_gb, generation_tiling
     from showo2_cli.specs import get_spec

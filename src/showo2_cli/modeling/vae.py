@@ -55,9 +55,9 @@ WAN_LATENTS_STD: tuple[float, ...] = (
 
 SPATIAL_FACTOR = 8
 TEMPORAL_FACTOR = 4
-#: Spatial tiles (pixels) and their stride when tiling: diffusers' defaults for AutoencoderKLWan.
-TILE_SAMPLE = 256
-TILE_STRIDE = 192
+#: Spatial tiles when tiling, in pixels: (height, width, stride height, stride width); diffusers'
+#: defaults for AutoencoderKLWan (256-pixel tiles every 192 pixels, the 64-pixel overlap blended).
+DEFAULT_TILE = (256, 256, 192, 192)
 
 
 
@@ -192,6 +192,7 @@ class WanVAE(nn.Module):
         self.register_buffer("latents_std", std)
         self.fast_single_frame = fast_single_frame
         self.tiling = "auto"  # auto|on|off: the pipelines' choice per job (runtime.pick_tiling)
+        self.tile = DEFAULT_TILE  # the tile sizes when tiling (enable_tiling)
 
     # ---- properties ---------------------------------------------------------------------------
 
@@ -243,14 +244,14 @@ class WanVAE(nn.Module):
         the decoded tiles kept for blending.
         """
         return decode_memory_bytes(self.base_dim, latent_frames, height, width,
-                                   torch.finfo(self.dtype).bits // 8, tiled) / 1e9
+                                   torch.finfo(self.dtype).bits // 8, tiled, self.tile) / 1e9
 
     def encode_memory_gb(self, frames: int, height: int, width: int, tiled: bool = False) -> float:
         """A rough upper bound of the memory (GB) encoding ``frames`` pixel frames of
         ``height x width`` takes (about 13 activations per pixel and channel for one frame, 16
         per pixel-frame for a 4-frame chunk, plus the float32 input)."""
         return encode_memory_bytes(self.base_dim, frames, height, width, torch.finfo(self.dtype).bits // 8,
-                                   tiled) / 1e9
+                                   tiled, self.tile) / 1e9
 
     def extra_repr(self) -> str:
         return f"base_dim={self.base_dim}, z_dim={self.z_dim}, fast_single_frame={self.fast_single_frame}"
@@ -263,8 +264,25 @@ class WanVAE(nn.Module):
         # and decode; every call for images), and is exact for them, so it is safe for any T.
         return single_frame_conv2d(self.model) if self.fast_single_frame else contextlib.nullcontext()
 
-    def enable_tiling(self) -> None:
-        """Tile every encode/decode larger than a tile (``tiling = "on"``; diffusers' name)."""
+    def enable_tiling(self, tile_sample_min_height: int | None = None, tile_sample_min_width: int | None = None,
+                      tile_sample_stride_height: int | None = None, tile_sample_stride_width: int | None = None) -> None:
+        """Tile every encode/decode larger than a tile (``tiling = "on"``), with diffusers'
+        ``AutoencoderKLWan.enable_tiling`` arguments: tile sizes and strides in pixels (unset ones
+        keep their value; multiples of 8, a stride at most its tile). Tiles overlap by the tile
+        minus the stride, and the overlap is blended."""
+        tile = tuple(old if new is None else new for old, new in zip(self.tile, (
+            tile_sample_min_height, tile_sample_min_width, tile_sample_stride_height, tile_sample_stride_width)))
+        names = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height",
+                 "tile_sample_stride_width")
+        for name, v in zip(names, tile):
+            if isinstance(v, bool) or not isinstance(v, int) or v < SPATIAL_FACTOR or v % SPATIAL_FACTOR or v > 65536:
+                raise UsageError(f"{name} must be a multiple of {SPATIAL_FACTOR} pixels from {SPATIAL_FACTOR} "
+                                 f"to 65536, got {v!r}")
+        for size, stride, side in ((tile[0], tile[2], "height"), (tile[1], tile[3], "width")):
+            if stride > size:
+                raise UsageError(f"tile_sample_stride_{side} ({stride}) must not exceed tile_sample_min_{side} "
+                                 f"({size}): the tiles would leave gaps")
+        self.tile = tile
         self.tiling = "on"
 
     def disable_tiling(self) -> None:
@@ -282,12 +300,12 @@ class WanVAE(nn.Module):
     @contextlib.contextmanager
     def tiled(self, on: bool | None = None) -> Iterator[None]:
         """While active, encode/decode run in spatial tiles when ``on`` (None: ``tiling == "on"``);
-        diffusers' ``enable_tiling`` with :data:`TILE_SAMPLE`/:data:`TILE_STRIDE`. Inputs no
-        larger than a tile run untiled either way."""
+        diffusers' ``enable_tiling`` with :attr:`tile` (:data:`DEFAULT_TILE` unless
+        :meth:`enable_tiling` said). Inputs no larger than a tile run untiled either way."""
         on = self.tiling == "on" if on is None else on
         before = bool(getattr(self.model, "use_tiling", False))
         if on:
-            self.model.enable_tiling(TILE_SAMPLE, TILE_SAMPLE, TILE_STRIDE, TILE_STRIDE)
+            self.model.enable_tiling(*self.tile)
         else:
             self.model.disable_tiling()
         try:
@@ -474,30 +492,32 @@ def move_to(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Mo
     return model.eval().requires_grad_(False)
 
 
-def _tile_pixels(height: int, width: int, tiled: bool) -> tuple[int, float]:
+def _tile_pixels(height: int, width: int, tiled: bool, tile: tuple[int, int, int, int] = DEFAULT_TILE
+                 ) -> tuple[int, float]:
     """(pixels one step of the network sees, decoded tiles kept per output pixel) for a
     ``height x width`` pixel frame: the whole frame, or one tile and the tiles' overlap."""
-    if not tiled or (height <= TILE_SAMPLE and width <= TILE_SAMPLE):
+    tile_h, tile_w, stride_h, stride_w = tile
+    if not tiled or (height <= tile_h and width <= tile_w):
         return height * width, 0.0
-    rows, cols = math.ceil(height / TILE_STRIDE), math.ceil(width / TILE_STRIDE)
-    kept = rows * cols * min(height, TILE_SAMPLE) * min(width, TILE_SAMPLE) / (height * width)
-    return min(height, TILE_SAMPLE) * min(width, TILE_SAMPLE), kept + 2  # + the blended rows, their concat
+    rows, cols = math.ceil(height / stride_h), math.ceil(width / stride_w)
+    kept = rows * cols * min(height, tile_h) * min(width, tile_w) / (height * width)
+    return min(height, tile_h) * min(width, tile_w), kept + 2  # + the blended rows, their concat
 
 
 def decode_memory_bytes(base_dim: int, latent_frames: int, height: int, width: int, dtype_bytes: int = 4,
-                        tiled: bool = False) -> int:
+                        tiled: bool = False, tile: tuple[int, int, int, int] = DEFAULT_TILE) -> int:
     """See :meth:`WanVAE.decode_memory_gb`; ``height``/``width`` are latent sizes."""
     pixels = (SPATIAL_FACTOR * height) * (SPATIAL_FACTOR * width)
     frames = 1 + TEMPORAL_FACTOR * (max(latent_frames, 1) - 1)
     per_pixel = 25 if latent_frames <= 1 else 32 * TEMPORAL_FACTOR
-    step, kept = _tile_pixels(SPATIAL_FACTOR * height, SPATIAL_FACTOR * width, tiled)
+    step, kept = _tile_pixels(SPATIAL_FACTOR * height, SPATIAL_FACTOR * width, tiled, tile)
     return int(base_dim * dtype_bytes * step * per_pixel + frames * pixels * 3 * (4 * 2 + dtype_bytes * kept))
 
 
 def encode_memory_bytes(base_dim: int, frames: int, height: int, width: int, dtype_bytes: int = 4,
-                        tiled: bool = False) -> int:
+                        tiled: bool = False, tile: tuple[int, int, int, int] = DEFAULT_TILE) -> int:
     """See :meth:`WanVAE.encode_memory_gb`; ``height``/``width`` are pixel sizes."""
     pixels = height * width
     per_pixel = 13 if frames <= 1 else 16 * TEMPORAL_FACTOR
-    step, _ = _tile_pixels(height, width, tiled)
+    step, _ = _tile_pixels(height, width, tiled, tile)
     return int(base_dim * dtype_bytes * step * per_pixel + max(frames, 1) * pixels * 3 * 4 * 2)

@@ -40,21 +40,25 @@ def _text_budget(spec) -> int:
 
 
 def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dtype: torch.dtype | None = None,
-                       vae_base_dim: int | None = None, latent_frames: int = 1, vae_tiled: bool = False) -> float:
+                       vae_base_dim: int | None = None, latent_frames: int = 1, vae_tiled: bool = False,
+                       vae_tile: tuple[int, int, int, int] | None = None) -> float:
     """A rough upper bound (GB) of the memory one generation job needs beyond the weights: the
     largest of one guided step's activations (``rows`` sequences of ``seq_len``: attention scores,
     hidden states, the mask) and the VAE decoding one output (``video_tokens`` latent positions
     over ``latent_frames`` frames, see :meth:`WanVAE.decode_memory_gb`), which run one after the
     other. ``model`` is a loaded :class:`Showo2` or a :class:`ModelSpec` (then give ``dtype``;
     the VAE is taken as the real Wan2.1 one, base_dim 96, unless ``vae_base_dim`` says;
-    ``vae_tiled``: the decode runs in spatial tiles)."""
-    from ..modeling.vae import decode_memory_bytes
+    ``vae_tiled``: the decode runs in spatial tiles, of ``vae_tile`` (the loaded VAE's, else
+    diffusers' default))."""
+    from ..modeling.vae import DEFAULT_TILE, decode_memory_bytes
 
     spec = model.spec if isinstance(model, Showo2) else model
     if dtype is None:
         dtype = model.dtype if isinstance(model, Showo2) else torch.float32
     if vae_base_dim is None:
         vae_base_dim = model.vae.base_dim if isinstance(model, Showo2) and model.vae is not None else 96
+    if vae_tile is None:
+        vae_tile = model.vae.tile if isinstance(model, Showo2) and model.vae is not None else DEFAULT_TILE
     bytes_per = torch.finfo(dtype).bits // 8
     width = max(spec.hidden_size, spec.head_hidden)
     attn = rows * max(spec.num_heads, spec.head_heads) * seq_len * seq_len * bytes_per
@@ -63,12 +67,13 @@ def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dty
     t = max(latent_frames, 1)
     per_frame = max(video_tokens // t, 1)
     side = max(int(math.isqrt(per_frame)), 1)
-    vae = decode_memory_bytes(vae_base_dim, t, side, max(per_frame // side, 1), tiled=vae_tiled)
+    vae = decode_memory_bytes(vae_base_dim, t, side, max(per_frame // side, 1), tiled=vae_tiled, tile=vae_tile)
     return max(attn + acts + mask, vae) / 1e9
 
 
 def generation_memory_gb(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
-                         vae_base_dim: int = 96, vae_tiled: bool = False) -> float:
+                         vae_base_dim: int = 96, vae_tiled: bool = False,
+                         vae_tile: tuple[int, int, int, int] | None = None) -> float:
     """:func:`estimate_memory_gb` for ``batch`` outputs of ``size`` (height, width) pixels and
     ``frames`` pixel frames, with classifier-free guidance (two rows per output)."""
     h, w = size
@@ -77,37 +82,38 @@ def generation_memory_gb(spec, dtype: torch.dtype, size: tuple[int, int], frames
     seq_len = visual + 4 + _text_budget(spec)
     lat_h, lat_w = h // spec.vae_spatial, w // spec.vae_spatial
     return estimate_memory_gb(spec, 2 * max(batch, 1), seq_len, t_lat * lat_h * lat_w, dtype=dtype,
-                              vae_base_dim=vae_base_dim, latent_frames=t_lat, vae_tiled=vae_tiled)
+                              vae_base_dim=vae_base_dim, latent_frames=t_lat, vae_tiled=vae_tiled, vae_tile=vae_tile)
 
 
 def generation_tiling(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
                       max_memory_gb: float | None = None, device="cpu", vae_base_dim: int = 96,
-                      vae_tiling: str = "off") -> bool:
+                      vae_tiling: str = "off", vae_tile: tuple[int, int, int, int] | None = None) -> bool:
     """Whether the job's VAE decode runs in tiles (:func:`showo2_cli.runtime.pick_tiling`)."""
     from ..runtime import pick_tiling
 
     args = (spec, dtype, size, frames, video, batch, vae_base_dim)
-    return pick_tiling(vae_tiling, generation_memory_gb(*args), generation_memory_gb(*args, vae_tiled=True),
-                       max_memory_gb, device)
+    return pick_tiling(vae_tiling, generation_memory_gb(*args, vae_tile=vae_tile),
+                       generation_memory_gb(*args, vae_tiled=True, vae_tile=vae_tile), max_memory_gb, device)
 
 
 def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
                             max_memory_gb: float | None = None, device="cpu", vae_base_dim: int = 96,
-                            vae_tiling: str = "off") -> float:
+                            vae_tiling: str = "off", vae_tile: tuple[int, int, int, int] | None = None) -> float:
     """Refuse (:class:`ResourceError`, the estimate in the message) a job that would not fit
     the memory limit (``max_memory_gb``, else ``$SHOWO2_MAX_MEMORY_GB``, else what is available
     on ``device``); return the estimate (with a tiled decode when ``vae_tiling`` picks it)."""
     from ..runtime import check_memory
 
     tiled = generation_tiling(spec, dtype, size, frames, video, batch, max_memory_gb, device, vae_base_dim,
-                              vae_tiling)
-    need = generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim, vae_tiled=tiled)
+                              vae_tiling, vae_tile)
+    need = generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim, vae_tiled=tiled,
+                                vae_tile=vae_tile)
     h, w = size
     what = (f"generating {batch} video(s) of {frames} frames at {w}x{h}" if video
             else f"generating {batch} image(s) at {w}x{h}")
     advice = "lower --size, --frames or --batch-size"
     if vae_tiling == "off" and generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim,
-                                                    vae_tiled=True) < need:
+                                                    vae_tiled=True, vae_tile=vae_tile) < need:
         advice += ", or tile the VAE with --vae-tiling auto"
     check_memory(need, what, max_memory_gb, device, advice)
     return need
@@ -135,7 +141,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     budget = _text_budget(spec)
     max_seq_len = visual + 4 + budget
     memory = (model.spec, model.dtype, (h, w), frames, video, min(opts.batch_size, len(prompts) * opts.num_per_prompt),
-              opts.max_memory_gb, model.device, vae.base_dim, vae.tiling)
+              opts.max_memory_gb, model.device, vae.base_dim, vae.tiling, vae.tile)
     check_generation_memory(*memory)
     tiled = generation_tiling(*memory)
     part = indices is not None  # these prompts are part of a larger run (several processes)
@@ -272,7 +278,7 @@ def image_to_video(model: Showo2, image: str | os.PathLike, prompts: list[str], 
     vae = model.require_vae()
     pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)
     tiled = generation_tiling(model.spec, model.dtype, (h, w), opts.frames, True, 1, opts.max_memory_gb,
-                              model.device, vae.base_dim, vae.tiling)  # the first frame as its decode will be
+                              model.device, vae.base_dim, vae.tiling, vae.tile)  # the first frame as its decode will be
     first = vae.encode(pixels, tiled=tiled)[0, :, 0].cpu()
     return _generate(model, check_prompts(prompts), opts, True, opts.frames, first, indices, progress or noop,
                      on_result, on_step)
