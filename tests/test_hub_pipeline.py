@@ -302,6 +302,8 @@ def test_pipeline_seeds_outputs_and_arguments_as_diffusers_does(pipe):
     for kwargs, kind, words in ((dict(height=0), ValueError, "height"), (dict(prompt=None), TypeError, "prompt"),
                                 (dict(num_images_per_prompt=None), TypeError, "num_images_per_prompt"),
                                 (dict(negative_prompt=["x", "y"]), ValueError, "negative prompts"),
+                                (dict(height=17), ValueError, "multiples of 16"),  # a UsageError is a ValueError
+                                (dict(guidance_scale=-1.0), ValueError, "guidance"),
                                 (dict(negative_prompt=3), TypeError, "negative_prompt"),
                                 (dict(generator=[g, g]), ValueError, "generators"),
                                 (dict(generator=7), TypeError, "generator"),

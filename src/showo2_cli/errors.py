@@ -31,8 +31,9 @@ class Showo2Error(Exception):
     kind = "error"
 
 
-class UsageError(Showo2Error):
-    """An option value or combination that makes no sense."""
+class UsageError(Showo2Error, ValueError):
+    """An option value or combination that makes no sense; a ``ValueError`` too, as Python code
+    (and diffusers) reports a bad argument, so ``except ValueError`` catches it."""
 
     exit_code = 2
     kind = "usage"
