@@ -58,6 +58,8 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
                                      f"{MAX_PROMPTS_FILE_BYTES // 2**20} MiB)")
                 with open(path, "rb") as fh:
                     data = fh.read(MAX_PROMPTS_FILE_BYTES + 1)
+        except UsageError:  # a ValueError too: not a file problem
+            raise
         except (OSError, ValueError) as e:
             raise InputError(f"cannot read prompts file {where}: {getattr(e, 'strerror', None) or e}") from e
         if len(data) > MAX_PROMPTS_FILE_BYTES:
