@@ -149,6 +149,25 @@ def test_load_downloads_a_missing_model_when_online_and_not_offline(hub, tmp_pat
     assert hub.requests == []
 
 
+def test_local_files_only_never_downloads(hub, tmp_path):
+    from showo2_cli import Showo2Pipeline
+    from showo2_cli.loading import init_model, load
+
+    src = tmp_path / "m"
+    init_model("tiny", src, seed=0, vae_base_dim=4)
+    hub.add_folder("acme/showo2-local", src)
+    for call in (lambda: load("acme/showo2-local", local_files_only=True),
+                 lambda: Showo2Pipeline.from_pretrained("acme/showo2-local", local_files_only=True)):
+        with pytest.raises(ModelError, match="not in the Hugging Face cache and local_files_only is set"):
+            call()
+    assert hub.requests == []  # the Hub was never asked
+    pipe = Showo2Pipeline.from_pretrained("acme/showo2-local")  # online: fetched
+    assert pipe.model.vae is not None and hub.requests
+    hub.requests.clear()
+    assert Showo2Pipeline.from_pretrained("acme/showo2-local", local_files_only=True).spec == pipe.spec
+    assert hub.requests == []
+
+
 def test_offline_without_cache_is_one_clear_error(hub, tmp_path, monkeypatch):
     from showo2_cli.hub import pull
     from showo2_cli.loading import load

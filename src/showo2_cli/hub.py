@@ -129,8 +129,9 @@ def resolve_run_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def resolve_root(name: str | os.PathLike) -> tuple[str, Path]:
-    """Turn a model name into a local folder: demo, a path, a registry name, or a cached repo id."""
+def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tuple[str, Path]:
+    """Turn a model name into a local folder: demo, a path, a registry name, or a cached repo id
+    (downloaded when online, unless ``local_files_only``)."""
     text = str(name)
     if text == "demo":
         root = bundled_demo_path()
@@ -149,8 +150,9 @@ def resolve_root(name: str | os.PathLike) -> tuple[str, Path]:
         snap = cached_snapshot(repo)
         if snap is not None:
             return text, snap
-        if offline():
-            raise ModelError(f"model '{text}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+        if offline() or local_files_only:
+            why = "HF_HUB_OFFLINE is set" if offline() else "local_files_only is set"
+            raise ModelError(f"model '{text}' is not in the Hugging Face cache and {why}; "
                              f"get it while online with: showo2 pull {text}")
         return text, download_model(repo)  # the companions (tokenizer, VAE): showo2 pull
     from .specs import REGISTRY

@@ -80,9 +80,11 @@ def _s(p):
     return str(p) if p is not None else None
 
 
-def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None) -> ModelFiles:
-    """Locate every piece of a model; missing pieces are listed in ``missing`` with a hint."""
-    label, root = resolve_root(name)
+def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
+               local_files_only: bool = False) -> ModelFiles:
+    """Locate every piece of a model; missing pieces are listed in ``missing`` with a hint
+    (``local_files_only``: never download, see :func:`showo2_cli.hub.resolve_root`)."""
+    label, root = resolve_root(name, local_files_only)
     cfg_path = root / "config.json"
     if not cfg_path.exists():
         given = Path(name) if isinstance(name, (str, os.PathLike)) else root
@@ -430,12 +432,13 @@ def parameter_counts(state: dict[str, torch.Tensor], tied: bool = False) -> dict
 
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          dtype: str | torch.dtype = torch.float32, need: tuple[str, ...] = ("tokenizer", "VAE"),
-         runtime=None, lora: list | tuple = ()) -> Showo2:
+         runtime=None, lora: list | tuple = (), local_files_only: bool = False) -> Showo2:
     """Load a model by name, folder or cached repo id. ``need`` lists the pieces that must exist;
     ``lora`` LoRA adapters (folders or training runs, see :mod:`showo2_cli.lora`) merged into
     the weights in order; ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the
     attention backend, quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`),
-    applied after the adapters are merged."""
+    applied after the adapters are merged. A repo id that is not cached is downloaded when
+    online, unless ``local_files_only``."""
     from .acceleration import apply
     from .lora import find_adapter, merge_adapters
     from .modeling.vae_files import load_vae
@@ -443,7 +446,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
 
     start = time.perf_counter()
     dtype = torch_dtype(dtype)
-    files = find_files(name, vae=vae)
+    files = find_files(name, vae=vae, local_files_only=local_files_only)
     message = missing_message(files, ("weights", *need))
     if message:
         raise ModelError(message)

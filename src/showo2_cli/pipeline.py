@@ -74,10 +74,12 @@ class Showo2Pipeline:
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike = "demo", *, torch_dtype: torch.dtype | str | None = None,
                         device: str | torch.device | None = None, vae: str | os.PathLike | None = None,
-                        runtime: RuntimeOptions | None = None, progress=None) -> Showo2Pipeline:
+                        runtime: RuntimeOptions | None = None, progress=None,
+                        local_files_only: bool = False) -> Showo2Pipeline:
         """Load by name (``demo``, a folder, a variant such as ``1.5B``, a Hub repo id). A name that
         is not cached is downloaded with :func:`showo2_cli.hub.pull` when online (``progress`` gets
-        its bytes). Default placement is diffusers': the CPU in float32; ``device="auto"`` picks
+        its bytes) unless ``local_files_only`` (then, as with ``HF_HUB_OFFLINE``, only local
+        folders and the cache are used). Default placement is diffusers': the CPU in float32; ``device="auto"`` picks
         CUDA, then MPS, then the CPU (and bf16 on CUDA unless ``torch_dtype`` says). ``runtime``
         (:class:`~showo2_cli.options.RuntimeOptions`): attention backend, quantization
         (``quantize="nf4"`` or ``"int8wo"``), compilation, VAE tiling, as the CLI options."""
@@ -85,9 +87,9 @@ class Showo2Pipeline:
 
         dev = pick_device(str(device or "cpu"))
         dtype = _dtype_for(torch_dtype, "auto" if str(device) == "auto" else "fp32", dev)
-        if needs_download(str(name)):
+        if not local_files_only and needs_download(str(name)):
             pull(str(name), progress=progress)
-        return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime))
+        return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime, local_files_only=local_files_only))
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Showo2Pipeline:
         """Move network and VAE together (not after offload is enabled: the hooks place them)."""
