@@ -486,6 +486,40 @@ def test_pipeline_vae_tiling_is_the_vae_option(pipe):
         pipe.vae.tiling = "auto"
 
 
+def test_save_pretrained_round_trips_exactly(pipe, tmp_path):
+    import numpy as np
+    import torch
+
+    from showo2_cli import RuntimeOptions, Showo2Pipeline
+    from showo2_cli.errors import OutputError, UsageError
+
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        folder = pipe.save_pretrained(tmp_path / "mine")
+        again = Showo2Pipeline.from_pretrained(folder)
+        again.set_progress_bar_config(disable=True)
+        call = dict(seed=3, num_inference_steps=3, output_type="latent")
+        assert torch.equal(again("a red circle", **call).images, pipe("a red circle", **call).images)
+        image = np.full((64, 64, 3), 200, np.uint8)
+        assert again.caption(image, max_new_tokens=8) == pipe.caption(image, max_new_tokens=8)
+        assert again.spec == pipe.spec
+        (folder / "keep").write_text("x")
+        with pytest.raises(OutputError, match="overwrite=True"):
+            pipe.save_pretrained(folder)
+        assert (folder / "keep").read_text() == "x"  # nothing was touched
+        pipe.save_pretrained(folder, overwrite=True)
+        assert not (folder / "keep").exists() and (folder / "model.safetensors").is_file()
+        with pytest.raises(ValueError, match="safetensors"):
+            pipe.save_pretrained(tmp_path / "pickle", safe_serialization=False)
+    finally:
+        pipe.set_progress_bar_config()
+    pytest.importorskip("torchao", reason="--quantize int8wo needs torchao")
+    small = Showo2Pipeline.from_pretrained("demo", runtime=RuntimeOptions(quantize="int8wo"))
+    with pytest.raises(UsageError, match="quantized"):
+        small.save_pretrained(tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+
+
 def test_pipeline_takes_the_runtime_options():
     pytest.importorskip("bitsandbytes", reason="--quantize nf4 needs bitsandbytes")
     import bitsandbytes as bnb

@@ -91,6 +91,34 @@ class Showo2Pipeline:
             pull(str(name), progress=progress)
         return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime, local_files_only=local_files_only))
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True,
+                        overwrite: bool = False) -> Path:
+        """Write the loaded model (with the LoRA adapters merged on load) as a showo2-format folder
+        that :meth:`from_pretrained` loads back: safetensors weights in the model's dtype, config,
+        tokenizer, VAE; atomically (a failure leaves no half folder). An existing folder is
+        replaced only with ``overwrite=True``. Not after quantization or offload: their weights
+        are not the model's plain tensors (save first, or load it again without them)."""
+        from .errors import OutputError
+        from .loading import save_folder
+
+        if Path(save_directory).exists() and not overwrite:
+            raise OutputError(f"'{save_directory}' already exists; pass overwrite=True to replace it")
+        if not safe_serialization:
+            raise ValueError("only safetensors are written (safe_serialization=True): a pickle could run code")
+        if self.offload != "none":
+            raise UsageError(f"this pipeline uses {self.offload} CPU offload, whose hooks hold the weights; save it "
+                             "before enabling offload")
+        state = self.network.state_dict()
+        odd = next((k for k, v in state.items() if type(v) is not torch.Tensor or v.is_meta), None)
+        if odd is not None:
+            raise UsageError(f"the weights are quantized or offloaded ({odd}); load the model again without "
+                             "--quantize to save it")
+        extra = {"saved_from": self.model.files.name if self.model.files else self.spec.name}
+        if self.model.adapters:
+            extra["lora_merged"] = list(self.model.adapters)
+        return save_folder(Path(save_directory), self.spec, state, tokenizer=self.tokenizer, vae=self.model.vae,
+                           overwrite=overwrite, extra=extra)
+
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Showo2Pipeline:
         """Move network and VAE together (not after offload is enabled: the hooks place them)."""
         if self.offload != "none":
