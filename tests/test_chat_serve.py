@@ -548,7 +548,8 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def keyed_server():
-    server = ServerProcess("--api-key", "sekret", "--max-tokens", "64", "--max-input-pixels", "20000")
+    server = ServerProcess("--api-key", "sekret", "--max-tokens", "64", "--max-input-pixels", "20000",
+                           "--allow-origin", "http://localhost:3000")
     yield server
     assert server.stop() == 0
 
@@ -694,6 +695,36 @@ def test_server_errors_are_openai_json(keyed_server):
     r = httpx.post(chat, json={**user, "max_tokens": 4}, headers=key)  # still serving after all that
     assert r.status_code == 200 and r.json()["object"] == "chat.completion"
     assert httpx.get(url + "/health").json()["failed"] >= 1  # the worker lived through the broken image
+
+
+@pytest.mark.slow
+def test_browsers_on_an_allowed_origin_may_call_the_api(keyed_server):
+    import httpx
+
+    url, ours, theirs = keyed_server.url, "http://localhost:3000", "http://evil.example"
+    ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    pre = httpx.options(url + "/v1/chat/completions", headers={"Origin": ours, **ask})  # no key: preflights carry none
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == ours
+    assert {"authorization", "content-type"} <= set(pre.headers["access-control-allow-headers"].lower().split(", "))
+    refused = httpx.options(url + "/v1/chat/completions", headers={"Origin": theirs, **ask})
+    assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
+    r = httpx.get(url + "/v1/models", headers={"Origin": ours, "Authorization": "Bearer sekret"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ours
+    r = httpx.get(url + "/v1/models", headers={"Origin": ours})  # the key is still checked, the page sees why
+    assert r.status_code == 401 and r.headers["access-control-allow-origin"] == ours
+    r = httpx.get(url + "/v1/models", headers={"Origin": theirs, "Authorization": "Bearer sekret"})
+    assert "access-control-allow-origin" not in r.headers  # the browser keeps the answer from that page
+
+
+def test_allowed_origins_are_checked(monkeypatch):
+    from showo2_cli.serve import ORIGINS_ENV, origins_from
+
+    monkeypatch.setenv(ORIGINS_ENV, " http://a.example:8080 ,https://B.example,")
+    assert origins_from(None) == ("http://a.example:8080", "https://b.example")
+    assert origins_from(["*", "*"]) == ("*",)
+    for bad in ("a.example", "http://a.example/", "http://a.example/app", "http:// a"):
+        with pytest.raises(UsageError, match="--allow-origin"):
+            origins_from([bad])
 
 
 def _queue_request(k: int) -> tuple[dict, str]:

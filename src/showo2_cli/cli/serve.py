@@ -36,6 +36,10 @@ def serve(
     port: Annotated[int, typer.Option("--port", help="TCP port (0: any free one, printed).")] = 8000,
     api_key: Annotated[str | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY' "
                                                 "(default: $SHOWO2_API_KEY; none: no check).")] = None,
+    allow_origin: Annotated[list[str] | None, typer.Option(
+        "--allow-origin", help="A browser origin (scheme://host[:port], or *) allowed to call the API "
+        "(CORS); repeatable (default: $SHOWO2_ORIGINS, comma-separated; none: browsers on other origins "
+        "are refused).")] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting behind the running one; "
                                            "more get 429.")] = 16,
     max_tokens: Annotated[int, typer.Option(
@@ -80,6 +84,7 @@ def serve(
     from .. import serve as S
 
     key = S.api_key_from(api_key)
+    origins = S.origins_from(allow_origin)
     if not _is_loopback(host) and not key:
         C.notice(f"warning: listening on {host} without an API key: anyone who can reach it can use the "
                  f"model (set --api-key or {S.API_KEY_ENV})")
@@ -90,7 +95,7 @@ def serve(
         config = S.ServerConfig(model_id=name, api_key=key, max_queue=max_queue, max_tokens=max_tokens,
                                 max_n=max_n, max_steps=max_steps, max_size=max_size,
                                 max_body_bytes=int(max_body_mb * 1024 * 1024),
-                                max_image_pixels=max_input_pixels)
+                                max_image_pixels=max_input_pixels, allow_origins=origins)
         S.serve(bundle, config, sock, drain_timeout=drain_timeout, log_level="warning" if quiet else "info",
                 on_ready=lambda url: C.notice(f"serving '{name}' on {url} (OpenAI API under {url}/v1)"))
     finally:

@@ -23,16 +23,18 @@ of this server (``max_tokens``, ``n``, ``steps``, size, image pixels, image coun
 from .app import bind_socket, create_app, serve
 from .requests import (
            API_KEY_ENV,
+           ORIGINS_ENV,
            ApiError,
            ChatPlan,
            ImagePlan,
            ServerConfig,
            api_error_of,
            api_key_from,
+           origins_from,
            parse_chat,
            parse_images,
 )
 from .worker import Job, QueueFull, Worker
 
-__all__ = ["API_KEY_ENV", "ApiError", "ChatPlan", "ImagePlan", "Job", "QueueFull", "ServerConfig", "Worker",
-           "api_error_of", "api_key_from", "bind_socket", "create_app", "parse_chat", "parse_images", "serve"]
+__all__ = ["API_KEY_ENV", "ORIGINS_ENV", "ApiError", "ChatPlan", "ImagePlan", "Job", "QueueFull", "ServerConfig", "Worker",
+           "api_error_of", "api_key_from", "bind_socket", "origins_from", "create_app", "parse_chat", "parse_images", "serve"]

@@ -153,6 +153,11 @@ def create_app(model, config: ServerConfig):
                   openapi_url=None)
     app.state.worker = worker
     app.state.server_state = state
+    if config.allow_origins:  # browsers on these origins may call the API (the key is still checked)
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.allow_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
 
     def error(exc: BaseException) -> JSONResponse:
         err = api_error_of(exc)

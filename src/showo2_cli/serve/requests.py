@@ -33,6 +33,7 @@ log = logging.getLogger("showo2.serve")
 
 #: Environment variable holding the API key when ``--api-key`` is not given.
 API_KEY_ENV = "SHOWO2_API_KEY"
+ORIGINS_ENV = "SHOWO2_ORIGINS"  # comma-separated browser origins allowed to call the API (CORS)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class ServerConfig:
     max_n: int = 4
     max_steps: int = 200
     max_size: int = 1024  # generated image side, pixels
+    allow_origins: tuple[str, ...] = ()  # browser origins allowed by CORS ("*": any); none: no CORS
 
 
 class ApiError(Exception):
@@ -442,6 +444,22 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
         raise ApiError(400, f"'negative_prompt' must be a string of at most {MAX_PROMPT_CHARS} characters",
                        "invalid_value", "negative_prompt")
     return ImagePlan(prompt, int(n), hw, seed, steps, guidance, negative)
+
+
+def origins_from(options: list[str] | None) -> tuple[str, ...]:
+    """The CORS origins: ``--allow-origin`` values, else ``$SHOWO2_ORIGINS`` (comma-separated);
+    each ``*`` or ``scheme://host[:port]`` (a browser's ``Origin``: no path, no trailing slash)."""
+    from ..errors import UsageError, short
+
+    given = list(options or [])
+    if not given:
+        given = [o for o in os.environ.get(ORIGINS_ENV, "").split(",") if o.strip()]
+    origins = []
+    for origin in (o.strip() for o in given):
+        if origin != "*" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+", origin):
+            raise UsageError(f"--allow-origin must be * or scheme://host[:port] (no path), got '{short(origin)}'")
+        origins.append(origin.lower() if origin != "*" else origin)
+    return tuple(dict.fromkeys(origins))
 
 
 def api_key_from(option: str | None) -> str | None:
