@@ -327,6 +327,11 @@ def test_parse_chat_requests():
     off = {"logprobs": False, "tools": [], "response_format": {"type": "text"}, "presence_penalty": 0}
     assert parse_chat({"messages": [user], **off}, cfg).max_tokens == cfg.default_max_tokens
     assert parse_chat({"messages": [user], "stream": None}, cfg).stream is False  # "boolean or null"
+    assert parse_chat({"messages": [user], "seed": -1}, cfg).seed is None  # many clients' "random"
+    assert status({"messages": [user], "seed": -2}) == 400
+    greedy = parse_chat({"messages": [user], "top_p": 0, "temperature": 0.7}, cfg)  # only the top token is left
+    assert (greedy.temperature, greedy.top_p) == (0.0, None)
+    assert parse_chat({"messages": [user], "top_p": 0.5, "temperature": 0.7}, cfg).top_p == 0.5
     said = {"role": "assistant", "content": "A"}
     parts = parse_chat({"messages": [user, said, {**said, "content": "B"}, user]}, cfg)
     assert parts.turns[0].answer == "A\nB"  # consecutive assistant messages: one reply in parts

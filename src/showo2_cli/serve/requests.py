@@ -188,6 +188,13 @@ def _number(body: dict, key: str, low: float, high: float, default=None, integer
     return value
 
 
+def _seed(body: dict) -> int | None:
+    """``seed``: 0 to 2^63-1, or -1 / null for a random one (the habit of many clients)."""
+    if body.get("seed") == -1 and not isinstance(body.get("seed"), bool):
+        return None
+    return _number(body, "seed", 0, 2**63 - 1, None, integer=True)
+
+
 def _text(value, what: str, param: str) -> str:
     """Message content: a string or a list of text parts (images are refused here)."""
     if value is None:
@@ -316,9 +323,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                          limit=config.max_tokens)
     temperature = _number(body, "temperature", 0, 2, 0.0)
     top_p = _number(body, "top_p", 0, 1, None)
-    if top_p is not None and top_p <= 0:
-        raise ApiError(400, "'top_p' must be greater than 0", "invalid_value", "top_p")
-    seed = _number(body, "seed", 0, 2**63 - 1, None, integer=True)
+    if top_p == 0:  # only the most likely token is left (OpenAI allows 0): greedy decoding
+        temperature, top_p = 0.0, None
+    seed = _seed(body)
     stream = body.get("stream")
     stream = False if stream is None else stream  # OpenAI: "boolean or null"
     if not isinstance(stream, bool):
@@ -435,7 +442,7 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
                                 "a side", "over_limit", "size")
         hw = (h, w)
     steps = _number(body, "steps", 2, 10000, None, integer=True, limit=config.max_steps)
-    seed = _number(body, "seed", 0, 2**63 - 1, None, integer=True)
+    seed = _seed(body)
     guidance = _number(body, "guidance", 0, 100, None)
     negative = body.get("negative_prompt")
     if negative is None:
