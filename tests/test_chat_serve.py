@@ -231,12 +231,17 @@ def test_chat_session_commands(demo, tmp_path, monkeypatch):
     lines = ["/foo", "/image missing.png", "/image shape.png", S.Q_COLOUR,
              "/t2i a red circle on a white background -o gen.png --steps 4 --seed 2",
              "/t2i a red square -o gen.png --steps 4", "/t2i", "/save chat.json", "/reset", "/reset now",
-             "/save", "/save x\0y.json", "/image ~nosuchuser-showo2/x.png", "/t2i a cat -o a\0b.png"]
+             "/save", "/save x\0y.json", "/image ~nosuchuser-showo2/x.png", "/t2i a cat -o a\0b.png",
+             "/t2i a circle on a white background -o neg.png --steps 3 --seed 1 --guidance 3.5 "
+             "--negative-prompt 'a red circle'", "/t2i a cat --guidance lots"]
     assert all(session.handle(line) for line in lines)
     assert session.handle("/quit") is False
     assert out.getvalue() == s.colour + "\n"  # stdout: the answers, nothing else
     errors = err.getvalue().splitlines()
-    assert len(errors) == 9 and all(e.startswith("showo2: error: ") for e in errors)
+    assert len(errors) == 10 and all(e.startswith("showo2: error: ") for e in errors)
+    assert "--guidance must be a number" in errors[9]
+    neg = json.loads((tmp_path / "neg.json").read_text())
+    assert (neg["guidance"], neg["negative_prompt"]) == (3.5, "a red circle")
     assert not any("internal error" in e for e in errors), errors
     assert "NUL" in errors[6] and "nosuchuser-showo2" in errors[7] and "NUL" in errors[8]
     assert "unknown command '/foo'" in errors[0] and "missing.png" in errors[1] and "exists" in errors[2]

@@ -33,7 +33,8 @@ from .common import (
 
 COMMANDS = {
     "/image PATH": "attach an image or a video to the next question",
-    "/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--overwrite]": "generate an image with the same model",
+    "/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--guidance G] [--negative-prompt TEXT] [--overwrite]":
+        "generate an image with the same model",
     "/reset": "forget the conversation (the system prompt stays)",
     "/save FILE [--overwrite]": "write the transcript as JSON",
     "/quit": "leave (also /exit, Ctrl-D)",
@@ -150,28 +151,32 @@ class ChatSession:
         return True
 
     def t2i(self, rest: str) -> None:
-        """``/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--overwrite]``: the t2i command's output
-        (image with its parameters inside, plus the sidecar JSON) from the resident model."""
+        """``/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--guidance G] [--negative-prompt TEXT]
+        [--overwrite]``: the t2i command's output (image with its parameters inside, plus the
+        sidecar JSON) from the resident model."""
         from ..errors import UsageError
         from ..pipelines import GenerateOptions, text_to_image
 
         args = _split(rest)
-        output, seed, steps, overwrite, words = None, None, None, False, []
+        kinds = {"-o": "output", "--output": "output", "--seed": int, "--steps": int, "--guidance": float,
+                 "--negative-prompt": str}
+        given: dict = {}
+        overwrite, words = False, []
         i = 0
         while i < len(args):
             a = args[i]
-            if a in ("-o", "--output", "--seed", "--steps"):
+            if a in kinds:
                 if i + 1 >= len(args):
                     raise UsageError(f"/t2i {a} needs a value")
-                v = args[i + 1]
-                if a in ("-o", "--output"):
-                    output = _user_path(v, "/t2i -o")
+                v, kind = args[i + 1], kinds[a]
+                if kind == "output":
+                    given["output"] = _user_path(v, "/t2i -o")
                 else:
                     try:
-                        number = int(v)
+                        given[a] = kind(v)
                     except ValueError:
-                        raise UsageError(f"/t2i {a} must be a whole number, got '{v[:20]}'") from None
-                    seed, steps = (number, steps) if a == "--seed" else (seed, number)
+                        what = "a whole number" if kind is int else "a number"
+                        raise UsageError(f"/t2i {a} must be {what}, got '{v[:20]}'") from None
                 i += 2
                 continue
             if a == "--overwrite":
@@ -182,9 +187,11 @@ class ChatSession:
         prompt = " ".join(words).strip()
         if not prompt:
             raise UsageError("/t2i needs a prompt: /t2i a red circle on a white background [-o out.png]")
+        output, seed = given.get("output"), given.get("--seed")
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-        opts = GenerateOptions(seed=seed, steps=steps)
+        opts = GenerateOptions(seed=seed, steps=given.get("--steps"), guidance=given.get("--guidance"),
+                               negative_prompt=given.get("--negative-prompt", ""))
         opts.validate()
         from ..saving import plan_outputs, save_results
 
