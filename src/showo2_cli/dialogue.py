@@ -15,9 +15,8 @@ the same code as the single-question path:
 * :func:`generate_answer`: the KV-cached decoding of ``caption`` with its streaming text
   callback, plus cancellation (a :class:`threading.Event` checked at every token).
 
-(These belong in ``pipelines/understand.py``: ``caption`` there can later be written as
-``encode_media`` + ``conversation_layout`` with one turn + ``generate_answer``, and its
-``_vae_encode`` is the one copied here.)
+``caption`` encodes its media with :func:`encode_media` too. (Its prompt and decoding stay its
+own: it answers several questions over one shared image prefix.)
 """
 
 from __future__ import annotations
@@ -113,6 +112,9 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
         visual = net.encode_visual(latents).fused[0]
         return VisualInput("image", visual, None, 1, label)
     count = opts.frames or spec.und_video_frames
+    from .pipelines.understand import check_caption_memory  # (that module imports this one)
+
+    check_caption_memory(model, count, side, opts.max_memory_gb)  # before any frame is decoded
     video = M.read_video(source, num_frames=count, max_pixels=max_pixels)
     padded = [np.asarray(M.resize_and_pad(Image.fromarray(f), side)) for f in video.frames]
     pixels = M.frames_to_tensor(np.stack(padded)).permute(1, 0, 2, 3)[:, :, None]  # (K,3,1,H,W)

@@ -7,11 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
-import numpy as np
 import torch
 
-from .. import media as M
-from ..errors import UsageError
+from ..dialogue import encode_media
 from ..loading import Showo2
 from ..modeling.attention import omni_attention_mask
 from ..options import CaptionOptions
@@ -63,32 +61,10 @@ def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | 
     progress = progress or noop
     spec, net = model.spec, model.network
     tokenizer, tokens = model.require_tokenizer(), model.tokens
-    vae = model.require_vae()
     start = time.perf_counter()
-    kind = M.probe_kind(source)
-    side = opts.size or spec.resolution
-    if side % spec.latent_multiple:
-        raise UsageError(f"--size must be a multiple of {spec.latent_multiple}, got {side}")
     progress("encoding", 0, 1)
-    if kind == "image":
-        img = M.resize_center_crop(M.read_image(source), side)
-        pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)  # (1,3,1,H,W)
-        latents = _vae_encode(vae, pixels, opts)[:, :, 0]
-        visual = net.encode_visual(latents).fused[0]
-        official_len = None
-        frames = 1
-    else:
-        count = opts.frames or spec.und_video_frames
-        check_caption_memory(model, count, side, opts.max_memory_gb)  # before any frame is decoded
-        video = M.read_video(source, num_frames=count)
-        from PIL import Image
-
-        padded = [np.asarray(M.resize_and_pad(Image.fromarray(f), side)) for f in video.frames]
-        pixels = M.frames_to_tensor(np.stack(padded)).permute(1, 0, 2, 3)[:, :, None].to(vae.device)  # (K,3,1,H,W)
-        latents = torch.cat([_vae_encode(vae, pixels[i:i + 1], opts) for i in range(pixels.shape[0])])[:, :, 0]
-        visual = net.pooled_frame_tokens(latents, spec.und_video_pool)
-        official_len = spec.image_latent_grid ** 2 + 1  # the official demo keeps the image block length
-        frames = count
+    media = encode_media(model, source, opts)  # the one media encoder (chat and server use it too)
+    kind, visual, official_len, frames = media.kind, media.tokens, media.official_len, media.frames
     progress("encoding", 1, 1)
     questions = opts.questions or ["Describe the image." if kind == "image" else "Describe the video."]
     system, user, assistant = (encode_text(tokenizer, s) for s in (SYSTEM_PROMPT, USER_PREFIX, ASSISTANT_PREFIX))
@@ -121,13 +97,6 @@ def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | 
         if on_done is not None:
             on_done(i, answers[-1])
     return CaptionResult(kind, questions, answers, counts, time.perf_counter() - start, frames, asdict(opts))
-
-
-def _vae_encode(vae, pixels: torch.Tensor, opts: CaptionOptions) -> torch.Tensor:
-    gen = None
-    if opts.vae_sample:
-        gen = torch.Generator(device="cpu").manual_seed(opts.seed if opts.seed is not None else 0)
-    return vae.encode(pixels, sample=opts.vae_sample, generator=gen).to(vae.device)
 
 
 def supports_video_understanding(model: Showo2) -> bool:
