@@ -114,15 +114,23 @@ def sample_scheduled(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, n
     Show-o2's (sigma = 1 - t, the model output is ``noise - data``), so the velocity is negated."""
     sched = diffusers_scheduler(name, grid, shift)
     train_steps = float(sched.config.num_train_timesteps)
+
+    def advance(x: torch.Tensor, ts, t: float) -> torch.Tensor:
+        return sched.step(-velocity(x, t).float(), ts, x, return_dict=False)[0].float()
+
+    steps = [(1.0 - float(ts) / train_steps, ts) for ts in sched.timesteps]
+    return _run_steps(x0, [(t, lambda x, ts=ts, t=t: advance(x, ts, t)) for t, ts in steps], callback, trajectory)
+
+
+def _run_steps(x0: torch.Tensor, steps: list[tuple[float, Callable[[torch.Tensor], torch.Tensor]]],
+               callback: StepCallback | None, trajectory: list | None) -> torch.Tensor:
+    """The one sampling loop: ``steps`` are ``(t, advance)`` pairs, ``t`` the time a step starts
+    from; the callback sees (and may replace or stop) the state after each."""
     x = x0.float()
     if trajectory is not None:
         trajectory.append(x.clone())
-    total = len(sched.timesteps)
-    for i, ts in enumerate(sched.timesteps):
-        t = 1.0 - float(ts) / train_steps
-        v = velocity(x, t).float()
-        x = sched.step(-v, ts, x, return_dict=False)[0].float()
-        x, stop = _after_step(callback, i + 1, total, t, x)
+    for i, (t, advance) in enumerate(steps):
+        x, stop = _after_step(callback, i + 1, len(steps), t, advance(x))
         if trajectory is not None:
             trajectory.append(x.clone())
         if stop:
@@ -149,19 +157,10 @@ def sample(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, method: str
     step = SAMPLERS[method]
     if step is None:
         return sample_scheduled(velocity, x0, grid, method, shift, callback=callback, trajectory=trajectory)
-    x = x0.float()
-    if trajectory is not None:
-        trajectory.append(x.clone())
     total = len(grid) - 1
-    for i in range(total):
-        t0, t1 = float(grid[i]), float(grid[i + 1])
-        x = step(velocity, x, t0, t1, i == total - 1)
-        x, stop = _after_step(callback, i + 1, total, t0, x)
-        if trajectory is not None:
-            trajectory.append(x.clone())
-        if stop:
-            break
-    return x
+    points = [(float(grid[i]), float(grid[i + 1]), i == total - 1) for i in range(total)]
+    return _run_steps(x0, [(t0, lambda x, t0=t0, t1=t1, last=last: step(velocity, x, t0, t1, last))
+                           for t0, t1, last in points], callback, trajectory)
 
 
 # ---- the guided velocity of a Show-o2 network (spec §8.1) -------------------------------------
