@@ -291,7 +291,11 @@ def test_pipeline_seeds_outputs_and_arguments_as_diffusers_does(pipe):
     return_dict=False; numpy scalars; wrong arguments are ValueError/TypeError naming the argument."""
     import numpy as np
     import torch
-    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
 
     pipe.set_progress_bar_config(disable=True)
     call = dict(num_inference_steps=3, guidance_scale=3.0)

@@ -271,10 +271,11 @@ class WanVAE(nn.Module):
         keep their value; multiples of 8, a stride at most its tile). Tiles overlap by the tile
         minus the stride, and the overlap is blended."""
         tile = tuple(old if new is None else new for old, new in zip(self.tile, (
-            tile_sample_min_height, tile_sample_min_width, tile_sample_stride_height, tile_sample_stride_width)))
+            tile_sample_min_height, tile_sample_min_width, tile_sample_stride_height, tile_sample_stride_width),
+            strict=True))
         names = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height",
                  "tile_sample_stride_width")
-        for name, v in zip(names, tile):
+        for name, v in zip(names, tile, strict=True):
             if isinstance(v, bool) or not isinstance(v, int) or v < SPATIAL_FACTOR or v % SPATIAL_FACTOR or v > 65536:
                 raise UsageError(f"{name} must be a multiple of {SPATIAL_FACTOR} pixels from {SPATIAL_FACTOR} "
                                  f"to 65536, got {v!r}")

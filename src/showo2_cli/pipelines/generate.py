@@ -184,7 +184,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
 
         reached = [0]  # the steps the sampler has taken (a step callback may stop it early)
 
-        def step(i, n, t, x, base=done_steps):
+        def step(i, n, t, x, base=done_steps, reached=reached):
             reached[0] = i
             progress("denoising", base + i, total_steps)
             return on_step(i, n, t, x) if on_step is not None else None
