@@ -82,6 +82,22 @@ def test_options_validate_once_with_one_message():
         CaptionOptions(questions=["  "]).validate()
     assert video_frames(17) == (17, None)
     assert video_frames(10)[0] == 13 and "rounded" in video_frames(10)[1]
+    with pytest.raises(UsageError, match="negative prompt of 10001 characters"):
+        GenerateOptions(negative_prompt="x" * 10001).validate()
+    with pytest.raises(UsageError, match="--negative-prompt must be text"):
+        GenerateOptions(negative_prompt=["a", 3]).validate()
+    with pytest.raises(UsageError, match="2 negative prompts for 3 prompts"):
+        GenerateOptions(negative_prompt=["a", "b"]).negatives_for(3)
+    assert GenerateOptions(negative_prompt="n").negatives_for(2) == ["n", "n"]
+
+
+def test_a_bad_negative_prompt_fails_before_the_model_loads(tmp_path, capsys):
+    out = tmp_path / "x.png"
+    code = main(["t2i", "a cat", "--model", str(tmp_path / "no-such-model"), "--negative-prompt", "x" * 10001,
+                 "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "negative prompt" in err  # not the missing model
+    assert not out.exists()
 
 
 def test_cli_help_lists_groups_and_choices(capsys):
