@@ -128,6 +128,36 @@ def test_later_turns_use_the_stage2_form(demo):
         conversation_layout([TurnTokens(q, [], a1)], pieces)
 
 
+def test_an_assistant_greeting_opens_the_conversation_in_chatml(demo):
+    """[system, assistant, user] (SillyTavern's first message): the greeting is an assistant turn
+    right after the system turn, and the first question takes the stage-2 form."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.dialogue import PromptPieces, TurnTokens, conversation_layout, prompt_length
+    from showo2_cli.options import TextSampling
+    from showo2_cli.tokenizer import encode_text
+
+    pieces, tk = PromptPieces.of(demo), demo.tokens
+    hello, q = encode_text(demo.tokenizer, "Hello! Show me a shape."), encode_text(demo.tokenizer, "What shape?")
+    turns = [TurnTokens(None, [], hello), TurnTokens(q, [_fake_visual(16)])]
+    layout, visuals = conversation_layout(turns, pieces, "official", "official")
+    row = layout.input_ids[0].tolist()
+    head = [tk.bos, *pieces.system, *pieces.assistant, *hello, tk.eos, *pieces.user, tk.boi]
+    assert row[:len(head)] == head and len(visuals) == 1
+    assert row[-len(q) - 1 - len(pieces.assistant):] == q + [tk.eos] + pieces.assistant
+    assert prompt_length(turns, pieces, "official") == layout.seq_len
+    for bad in ([TurnTokens(q, [], hello), TurnTokens(None, [], hello), TurnTokens(q)], [TurnTokens(None, [])],
+                [TurnTokens(None, [_fake_visual(16)], hello), TurnTokens(q)]):
+        with pytest.raises(UsageError, match="first turn"):
+            conversation_layout(bad, pieces)
+    conv = Conversation(demo)
+    conv.add_turn(None, "Hello! Show me a shape.")
+    conv.attach(S.render_image(scene(4)))
+    assert conv.ask(S.Q_COLOUR, TextSampling(max_new_tokens=6)).strip()
+    assert [t.question for t in conv.turns] == ["", S.Q_COLOUR]
+    with pytest.raises(UsageError, match="open the conversation"):
+        conv.add_turn(None, "again")
+
+
 # ---- the Conversation --------------------------------------------------------------------------------
 
 def test_first_answers_equal_caption(demo, tmp_path):
@@ -332,6 +362,10 @@ def test_parse_chat_requests():
     off = {"logprobs": False, "tools": [], "response_format": {"type": "text"}, "presence_penalty": 0}
     assert parse_chat({"messages": [user], **off}, cfg).max_tokens == cfg.default_max_tokens
     assert parse_chat({"messages": [user], "stream": None}, cfg).stream is False  # "boolean or null"
+    greeted = parse_chat({"messages": [{"role": "system", "content": "Be brief."},
+                                       {"role": "assistant", "content": "Hi!"}, {"role": "assistant", "content": "Ask."},
+                                       user]}, cfg)  # a character's first message opens the chat
+    assert [(t.question, t.answer) for t in greeted.turns] == [(None, "Hi!\nAsk."), ("hi", None)]
     assert parse_chat({"messages": [user], "seed": -1}, cfg).seed is None  # many clients' "random"
     assert status({"messages": [user], "seed": -2}) == 400
     greedy = parse_chat({"messages": [user], "top_p": 0, "temperature": 0.7}, cfg)  # only the top token is left
@@ -606,6 +640,10 @@ def test_server_with_the_openai_client(keyed_server):
     assert r.choices[0].message.content == s.colour and r.choices[0].finish_reason == "stop"
     assert r.usage.prompt_tokens > 17 and r.usage.completion_tokens >= 1
 
+    greeted = [{"role": "system", "content": "You describe shapes."},
+               {"role": "assistant", "content": "Hello! Send me a picture."}, *messages]
+    r = client.chat.completions.create(model="demo", messages=greeted, max_tokens=8)  # it was a 400
+    assert r.choices[0].message.content.strip() and r.usage.prompt_tokens > 17
     history = messages + [{"role": "assistant", "content": s.colour},
                           {"role": "user", "content": S.Q_DESCRIBE_IMAGE}]
     whole = client.chat.completions.create(model="demo", messages=history, max_tokens=16)

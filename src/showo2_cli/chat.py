@@ -52,7 +52,7 @@ class Turn:
     question: str
     answer: str
     media: list[VisualInput] = field(default_factory=list)
-    question_ids: list[int] = field(default_factory=list)
+    question_ids: list[int] | None = field(default_factory=list)  # None: a greeting (no question)
     answer_ids: list[int] = field(default_factory=list)
     stopped: bool = True  # the answer ended with <|im_end|> (False: cut at max_new_tokens)
     prompt_tokens: int = 0  # prompt length when it was answered (0: history given, not generated)
@@ -150,11 +150,19 @@ class Conversation:
                              f"(at most {MAX_PROMPT_CHARS})")
         return encode_user_text(self.model.require_tokenizer(), question.strip())
 
-    def add_turn(self, question: str, answer: str, media: list[VisualInput] | None = None) -> Turn:
-        """Record an earlier exchange (from a saved chat or an API request) without generating."""
+    def add_turn(self, question: str | None, answer: str, media: list[VisualInput] | None = None) -> Turn:
+        """Record an earlier exchange (from a saved chat or an API request) without generating;
+        ``question=None`` records an assistant message that opens the conversation (a greeting)."""
         if not isinstance(answer, str):
             raise UsageError("an answer must be text")
         media = list(self.pending if media is None else media)
+        if question is None:
+            if self.turns or media:
+                raise UsageError("an assistant message without a question can only open the conversation, "
+                                 "before any media")
+            turn = Turn("", answer.strip(), [], None, encode_user_text(self.model.require_tokenizer(), answer.strip()))
+            self.turns.append(turn)
+            return turn
         turn = Turn(question.strip(), answer.strip(), media, self._question_ids(question),
                     encode_user_text(self.model.require_tokenizer(), answer.strip()))
         self.pending = []

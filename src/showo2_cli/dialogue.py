@@ -136,7 +136,7 @@ def _vae_encode(vae, pixels: torch.Tensor, opts: CaptionOptions) -> torch.Tensor
 class TurnTokens:
     """One turn of a conversation as token ids: its media, its question and (if answered) its answer."""
 
-    question: list[int]
+    question: list[int] | None  # None: an assistant message that opens the conversation (a greeting)
     visuals: Sequence[VisualInput] = ()
     answer: list[int] | None = None  # None: the turn being asked (the last one)
 
@@ -178,8 +178,12 @@ def system_ids(tokenizer, tokens: SpecialTokens, system: str | None) -> list[int
 
 def _append_turn(ids: list[int], slots: list, blocks: list, turn: TurnTokens, pieces: PromptPieces,
                  mask_mode: str, stage2: bool) -> None:
-    """Append ``user_prefix [boi (time) visual eoi]* [\\n] question [eos] assistant_prefix``."""
+    """Append ``user_prefix [boi (time) visual eoi]* [\\n] question [eos] assistant_prefix`` (a
+    greeting, with no question: ``assistant_prefix`` alone)."""
     tk = pieces.tokens
+    if turn.question is None:
+        ids += pieces.assistant
+        return
     ids += pieces.user
     for v in turn.visuals:
         time_pos = len(ids) + 1
@@ -204,7 +208,8 @@ def conversation_layout(turns: Sequence[TurnTokens], pieces: PromptPieces, mask_
     The first turn follows the checkpoint's ``template`` and ``mask_mode``; with one medium it is
     built by :func:`~showo2_cli.sequences.understanding_layout`, so a one-turn conversation is the
     ``caption`` prompt exactly. Answers end with ``<|im_end|>``; later turns use the stage-2 form.
-    Returns ``(layout, visuals)``; ``layout.slots``/``blocks`` are ``(1, M, 2)`` for M media.
+    A first turn without a question (an assistant greeting) is ``<|im_start|>assistant\\n ...
+    <|im_end|>`` after the system turn, as Qwen2.5's ChatML has it. Returns ``(layout, visuals)``; ``layout.slots``/``blocks`` are ``(1, M, 2)`` for M media.
     """
     if not turns:
         raise UsageError("a conversation needs at least one question")
@@ -214,7 +219,9 @@ def conversation_layout(turns: Sequence[TurnTokens], pieces: PromptPieces, mask_
     blocks: list[list[int]] = []
     visuals: list[torch.Tensor | None] = []
     for k, turn in enumerate(turns):
-        if k == 0 and len(turn.visuals) == 1:
+        if turn.question is None and (k > 0 or turn.answer is None or turn.visuals):
+            raise UsageError("only the first turn may be an assistant message without a question, with no media")
+        if k == 0 and len(turn.visuals) == 1 and turn.question is not None:
             v = turn.visuals[0]
             first = understanding_layout(turn.question, v.positions - 1, tk, pieces.system, pieces.user,
                                          pieces.assistant, mask_mode=mask_mode, template=template,
@@ -241,6 +248,9 @@ def prompt_length(turns: Sequence[TurnTokens], pieces: PromptPieces, template: s
     """Tokens of :func:`conversation_layout`'s prompt, counted without building tensors."""
     n = 1 + len(pieces.system)
     for k, turn in enumerate(turns):
+        if turn.question is None:  # a greeting: the assistant turn alone
+            n += len(pieces.assistant) + len(turn.answer or []) + 1
+            continue
         stage2 = k > 0 or template == "training"
         n += len(pieces.user) + sum(v.positions + 2 for v in turn.visuals) + len(turn.question)
         n += len(pieces.assistant) + (len(pieces.newline) if turn.visuals and stage2 else 0) + int(stage2)

@@ -245,7 +245,7 @@ def decode_data_url(url: str, param: str) -> bytes:
 
 @dataclass
 class PlannedTurn:
-    question: str
+    question: str | None  # None: an assistant message that opens the conversation
     images: list[bytes] = field(default_factory=list)
     answer: str | None = None
     image_params: list[str] = field(default_factory=list)  # where each image is in the request
@@ -382,7 +382,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             text = _text(content, "an assistant message's", param)
             if turns and turns[-1].answer is not None and prev_role == "assistant":  # one reply in parts
                 turns[-1].answer = "\n".join(t for t in (turns[-1].answer, text) if t)
-            elif not turns or turns[-1].answer is not None:
+            elif not turns:  # the assistant opens the conversation (a greeting)
+                turns.append(PlannedTurn(None, [], answer=text))
+            elif turns[-1].answer is not None:
                 raise ApiError(400, f"{param}: an assistant message must follow a user message (Show-o2's chat "
                                     "template has no turn for it)", "invalid_value", param)
             else:
@@ -393,7 +395,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     if not turns or turns[-1].answer is not None:
         raise ApiError(400, "the last message must be a user message", "invalid_value", "messages")
     for t in turns:
-        if not t.question.strip():
+        if t.question is not None and not t.question.strip():
             if not t.images:
                 raise ApiError(400, "a user message needs some text or an image", "invalid_value", "messages")
             t.question = "Describe the image."
