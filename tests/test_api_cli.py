@@ -80,6 +80,9 @@ def test_options_validate_once_with_one_message():
         CaptionOptions(mask_mode="odd").validate()
     with pytest.raises(UsageError, match="question"):
         CaptionOptions(questions=["  "]).validate()
+    with pytest.raises(UsageError, match="--repetition-penalty"):
+        CaptionOptions(repetition_penalty=-1.0).validate()
+    assert CaptionOptions(repetition_penalty=1.1).sampling().repetition_penalty == 1.1
     assert video_frames(17) == (17, None)
     assert video_frames(10)[0] == 13 and "rounded" in video_frames(10)[1]
     with pytest.raises(UsageError, match="negative prompt of 10001 characters"):

@@ -354,8 +354,7 @@ def test_parse_chat_requests():
     for bad in ([""], ["a"] * 5, 3, [1]):
         assert status({"messages": [user], "stop": bad}) == 400
     for key, value in (("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function"}]),
-                       ("response_format", {"type": "json_object"}), ("frequency_penalty", 0.5),
-                       ("logit_bias", {"12": 5})):
+                       ("response_format", {"type": "json_object"})):
         with pytest.raises(ApiError) as e:
             parse_chat({"messages": [user], key: value}, cfg)
         assert (e.value.status, e.value.code, e.value.param) == (400, "unsupported_parameter", key)
@@ -366,6 +365,16 @@ def test_parse_chat_requests():
                                        {"role": "assistant", "content": "Hi!"}, {"role": "assistant", "content": "Ask."},
                                        user]}, cfg)  # a character's first message opens the chat
     assert [(t.question, t.answer) for t in greeted.turns] == [(None, "Hi!\nAsk."), ("hi", None)]
+    tuned = parse_chat({"messages": [user], "frequency_penalty": 0.5, "presence_penalty": -1, "logit_bias": {"12": 5},
+                        "repetition_penalty": 1.1}, cfg)  # penalties and biases are honoured (they were 400s)
+    assert (tuned.frequency_penalty, tuned.presence_penalty, tuned.logit_bias, tuned.repetition_penalty) == \
+        (0.5, -1.0, {12: 5.0}, 1.1)
+    for key, value in (("frequency_penalty", 2.5), ("presence_penalty", "x"), ("logit_bias", {"a": 1}),
+                       ("logit_bias", {"12": 101}), ("logit_bias", [1]), ("repetition_penalty", 0),
+                       ("logit_bias", {str(i): 1 for i in range(301)})):
+        with pytest.raises(ApiError) as e:
+            parse_chat({"messages": [user], key: value}, cfg)
+        assert (e.value.status, e.value.param) == (400, key), (key, value)
     assert parse_chat({"messages": [user], "seed": -1}, cfg).seed is None  # many clients' "random"
     assert status({"messages": [user], "seed": -2}) == 400
     greedy = parse_chat({"messages": [user], "top_p": 0, "temperature": 0.7}, cfg)  # only the top token is left
@@ -628,8 +637,10 @@ def test_chat_bad_media_argument_fails_before_loading(tmp_path):
 
 
 @pytest.mark.slow
-def test_server_with_the_openai_client(keyed_server):
+def test_server_with_the_openai_client(keyed_server, demo):
     from openai import OpenAI
+
+    from showo2_cli.dialogue import encode_user_text
 
     client = OpenAI(base_url=keyed_server.url + "/v1", api_key="sekret", max_retries=0)
     assert [m.id for m in client.models.list()] == ["demo"]
@@ -639,6 +650,15 @@ def test_server_with_the_openai_client(keyed_server):
     r = client.chat.completions.create(model="demo", messages=messages)
     assert r.choices[0].message.content == s.colour and r.choices[0].finish_reason == "stop"
     assert r.usage.prompt_tokens > 17 and r.usage.completion_tokens >= 1
+    first = encode_user_text(demo.tokenizer, s.colour)[0]
+    banned = client.chat.completions.create(model="demo", messages=messages, logit_bias={str(first): -100},
+                                            frequency_penalty=0.5, presence_penalty=0.1)  # they were 400s
+    assert banned.choices[0].message.content.strip() and not banned.choices[0].message.content.startswith(s.colour)
+    bad = {"logit_bias": {str(demo.spec.vocab_size): 1}}
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError, match="not in the vocabulary"):
+        client.chat.completions.create(model="demo", messages=messages, **bad)
 
     greeted = [{"role": "system", "content": "You describe shapes."},
                {"role": "assistant", "content": "Hello! Send me a picture."}, *messages]

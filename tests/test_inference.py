@@ -70,6 +70,36 @@ def test_kv_cached_caption_equals_the_official_full_recompute(tiny):
     assert torch.allclose(torch.stack(cached.step_logits), torch.stack(reference.step_logits), atol=1e-4)
 
 
+def test_token_choice_goes_through_transformers_logits_processors():
+    """Greedy decoding has no processor (the official argmax); penalties, biases and the sampling
+    warpers are transformers' (the OpenAI penalties are ours), applied over the answer so far."""
+    from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper
+
+    from showo2_cli.text_decoding import OpenAIPenalties, choose_token, logits_processors
+
+    assert len(logits_processors(TextSampling(), 10)) == 0
+    kinds = [type(p) for p in logits_processors(TextSampling(temperature=0.7, top_k=3, repetition_penalty=1.2), 10)]
+    assert kinds == [RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper]
+    logits = torch.tensor([2.0, 1.9, 0.0, -1.0])
+    assert choose_token(logits, TextSampling(), None, [0]) == 0
+    assert choose_token(logits, TextSampling(repetition_penalty=1.2), None, [0]) == 1  # 2 / 1.2 < 1.9
+    assert choose_token(logits, TextSampling(), None) == 0
+    assert choose_token(logits, TextSampling(presence_penalty=0.2), None, [0]) == 1
+    assert choose_token(logits, TextSampling(frequency_penalty=0.06), None, [0, 0]) == 1  # 2 - 0.12 < 1.9
+    assert choose_token(logits, TextSampling(frequency_penalty=0.06), None, [0]) == 0
+    assert choose_token(logits, TextSampling(logit_bias={3: 100.0}), None) == 3
+    assert choose_token(logits, TextSampling(logit_bias={0: -100.0}), None) == 1
+    gen = torch.Generator().manual_seed(0)
+    assert {choose_token(logits, TextSampling(temperature=50.0, top_k=2), gen) for _ in range(200)} == {0, 1}
+    assert {choose_token(logits, TextSampling(temperature=50.0, top_p=0.3), gen) for _ in range(50)} <= {0, 1}
+    scores = OpenAIPenalties(0.5, 1.0)(torch.tensor([[2, 2, 1]]), torch.zeros(1, 4))
+    assert scores.tolist() == [[0.0, -1.5, -2.0, 0.0]]
+    with pytest.raises(Exception, match="not in the vocabulary"):
+        logits_processors(TextSampling(logit_bias={10: 1.0}), 10)
+    with pytest.raises(Exception, match="--repetition-penalty"):
+        TextSampling(repetition_penalty=0).validate()
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("masked", [True, False], ids=["omni-mask", "causal-none"])
 def test_a_prompt_run_for_its_last_state_fills_the_same_cache(tiny_model_dir, attn, masked):

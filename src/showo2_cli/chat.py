@@ -209,8 +209,7 @@ class Conversation:
             self.on_notice(text)
 
     def sampling(self) -> TextSampling:
-        o = self.options
-        return TextSampling(o.max_new_tokens, o.temperature, o.top_k, o.top_p, o.seed)
+        return self.options.sampling()
 
     def ask(self, question: str, sampling: TextSampling | None = None,
             on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> str:

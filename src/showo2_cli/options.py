@@ -183,12 +183,25 @@ class TextSampling:
     stop_ids: tuple[int, ...] = ()
     #: texts that end the answer where they first appear (not included in it), as OpenAI's ``stop``
     stop_strings: tuple[str, ...] = ()
+    #: transformers' multiplicative penalty on tokens already in the answer (> 1 discourages them)
+    repetition_penalty: float | None = None
+    #: OpenAI's additive penalties: ``count * frequency + (count > 0) * presence`` off each token's logit
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    #: OpenAI's ``logit_bias``: token id -> a value added to its logit (-100 bans, 100 forces)
+    logit_bias: dict[int, float] | None = None
 
     def validate(self) -> None:
         check_int("--max-new-tokens", self.max_new_tokens, 1, 1_000_000)
         check_number("--temperature", self.temperature, 0, 1000)
         check_number("--top-p", self.top_p, 0, 1, low_open=True)
         check_int("--top-k", self.top_k, 1, 10_000_000)
+        check_number("--repetition-penalty", self.repetition_penalty, 0, 10, low_open=True)
+        check_number("frequency_penalty", self.frequency_penalty, -2, 2)
+        check_number("presence_penalty", self.presence_penalty, -2, 2)
+        for token, bias in (self.logit_bias or {}).items():
+            check_int("a logit_bias token id", token, 0, 2**31 - 1)
+            check_number("a logit_bias value", bias, -100, 100)
         check_seed(self.seed)
         if len(self.stop_strings) > MAX_STOP_STRINGS:
             raise UsageError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop_strings)}")
@@ -211,9 +224,11 @@ class CaptionOptions:
     vae_sample: bool = False  # the official demos draw a stochastic VAE sample; default is the mean
     size: int | None = None  # pixels per side; default the model's resolution
     max_memory_gb: float | None = None  # refuse videos estimated to need more (0: no limit)
+    repetition_penalty: float | None = None  # > 1 discourages repeating the answer's tokens
 
     def sampling(self) -> TextSampling:
-        return TextSampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)
+        return TextSampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed,
+                            repetition_penalty=self.repetition_penalty)
 
     def validate(self) -> None:
         self.sampling().validate()

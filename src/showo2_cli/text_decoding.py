@@ -11,7 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+from transformers import (
+    DynamicCache,
+    LogitsProcessor,
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from .modeling.showo2 import truncate_cache
 from .options import TextSampling
@@ -95,20 +104,56 @@ def held_back(text: str, stops: tuple[str, ...]) -> int:
     return longest
 
 
-def choose_token(logits: torch.Tensor, opts: TextSampling, generator: torch.Generator | None) -> int:
-    """Pick the next id from last-position logits ``(V,)``."""
+class OpenAIPenalties(LogitsProcessor):
+    """OpenAI's frequency and presence penalties over the answer so far: each token's logit loses
+    ``count * frequency + (count > 0) * presence`` (transformers has only the multiplicative
+    repetition penalty, so this one is ours)."""
+
+    def __init__(self, frequency: float, presence: float):
+        self.frequency, self.presence = float(frequency), float(presence)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        counts = torch.zeros_like(scores).scatter_add_(1, input_ids, torch.ones_like(input_ids, dtype=scores.dtype))
+        return scores - counts * self.frequency - (counts > 0).to(scores.dtype) * self.presence
+
+
+def logits_processors(opts: TextSampling, vocab_size: int) -> LogitsProcessorList:
+    """transformers' logits processors for ``opts``, in ``generate``'s order: the penalties and
+    biases, then (sampling only) temperature, top-k and top-p. Empty for plain greedy decoding."""
+    from .errors import UsageError
+
+    procs = LogitsProcessorList()
+    if opts.repetition_penalty is not None and opts.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(opts.repetition_penalty))
+    if opts.frequency_penalty or opts.presence_penalty:
+        procs.append(OpenAIPenalties(opts.frequency_penalty, opts.presence_penalty))
+    if opts.logit_bias:
+        outside = sorted(t for t in opts.logit_bias if not 0 <= int(t) < vocab_size)
+        if outside:
+            raise UsageError(f"logit_bias: token id {outside[0]} is not in the vocabulary (0 to {vocab_size - 1})")
+        procs.append(SequenceBiasLogitsProcessor({(int(t),): float(b) for t, b in opts.logit_bias.items()}))
+    if opts.temperature > 0:
+        procs.append(TemperatureLogitsWarper(opts.temperature))
+        if opts.top_k is not None:
+            procs.append(TopKLogitsWarper(opts.top_k))
+        if opts.top_p is not None and opts.top_p < 1:
+            procs.append(TopPLogitsWarper(opts.top_p))
+    return procs
+
+
+def choose_token(logits: torch.Tensor, opts: TextSampling, generator: torch.Generator | None,
+                 answer: list[int] = (), processors: LogitsProcessorList | None = None) -> int:
+    """Pick the next id from last-position logits ``(V,)`` after ``answer`` (the ids chosen so
+    far): argmax at temperature 0, else a draw; ``processors`` (:func:`logits_processors`, made
+    once per answer) adjust the logits first."""
+    if processors is None:
+        processors = logits_processors(opts, logits.shape[-1])
+    scores = logits.float()
+    if len(processors):
+        ids = torch.tensor([list(answer)], dtype=torch.long, device=scores.device)
+        scores = processors(ids, scores[None])[0]
     if opts.temperature == 0:
-        return int(torch.argmax(logits))
-    scores = logits.float() / opts.temperature
-    if opts.top_k is not None:
-        kth = torch.topk(scores, min(opts.top_k, scores.numel())).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if opts.top_p is not None and opts.top_p < 1:
-        sorted_scores, order = torch.sort(scores, descending=True)
-        probs = torch.softmax(sorted_scores, dim=-1)
-        cut = probs.cumsum(-1) - probs > opts.top_p  # keep the smallest prefix reaching top_p
-        sorted_scores = sorted_scores.masked_fill(cut, float("-inf"))
-        scores = torch.full_like(scores, float("-inf")).scatter(0, order, sorted_scores)
+        return int(torch.argmax(scores))
     probs = torch.softmax(scores, dim=-1)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
@@ -166,10 +211,11 @@ def _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head
     out = DecodedText()
     embed = model.showo.model.embed_tokens
     position = head + prompt_embeds.shape[1]
+    processors = logits_processors(opts, logits.shape[-1])
     for step in range(opts.max_new_tokens):
         if keep_logits:
             out.step_logits.append(logits.cpu())
-        token = choose_token(logits, opts, generator)
+        token = choose_token(logits, opts, generator, out.token_ids, processors)
         out.token_ids.append(token)
         if on_token is not None and on_token(token):  # the caller saw its stop (a stop string)
             out.stopped = True
@@ -197,11 +243,13 @@ def generate_uncached(model, prompt_embeds: torch.Tensor, mask: torch.Tensor, op
     generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
     embeds, out = prompt_embeds, DecodedText()
     embed = model.showo.model.embed_tokens
+    processors = None
     for _ in range(opts.max_new_tokens):
         hidden, _ = model.llm(embeds, mask)
         logits = model.logits(hidden[:, -1]).float()[0]
         out.step_logits.append(logits.cpu())
-        token = choose_token(logits, opts, generator)
+        processors = logits_processors(opts, logits.shape[-1]) if processors is None else processors
+        token = choose_token(logits, opts, generator, out.token_ids, processors)
         out.token_ids.append(token)
         if token in opts.stop_ids:
             out.stopped = True

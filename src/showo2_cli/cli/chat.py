@@ -278,6 +278,9 @@ def chat(
         "--top-p", help="Nucleus sampling (with --temperature).")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(
+        "--repetition-penalty", help="Above 1 discourages repeating the answer's tokens (transformers' "
+        "penalty; 1.1 is usual).")] = None,
     frames: Annotated[int | None, typer.Option(
         "--frames", help="Video: frames sampled uniformly (default: the model's).")] = None,
     max_context: Annotated[int | None, typer.Option(
@@ -302,7 +305,8 @@ def chat(
     from ..options import CaptionOptions
 
     opts = CaptionOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                          seed=seed, frames=frames, mask_mode=mask, template=template)
+                          seed=seed, frames=frames, mask_mode=mask, template=template,
+                          repetition_penalty=repetition_penalty)
     opts.validate()
     dtype = getattr(dtype, "value", dtype)
     runtime = C.runtime_options(device, dtype, attn=attn, compile_=compile_, vae_tiling=vae_tiling, quantize=quantize)

@@ -44,6 +44,7 @@ def caption(
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling (with --temperature).")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty", help="Above 1 discourages repeating the answer's tokens (transformers' penalty; 1.1 is usual).")] = None,
     frames: Annotated[int | None, typer.Option("--frames", help="Video: frames sampled uniformly (default 32 for the real models).")] = None,
     mask: Annotated[MaskMode | None, typer.Option("--mask", help="official (the demos' shifted block) or training (training-consistent block); default: what the checkpoint declares (official for the released ones).")] = None,
     template: Annotated[Template | None, typer.Option("--template", help="official (demo prompt) or training (stage-2 whitespace); default: what the checkpoint declares.")] = None,
@@ -61,7 +62,8 @@ def caption(
 
     opts = CaptionOptions(questions=list(question or []), max_new_tokens=max_new_tokens, temperature=temperature,
                           top_k=top_k, top_p=top_p, seed=seed, frames=frames, mask_mode=value(mask),
-                          template=value(template), vae_sample=vae_sample, max_memory_gb=max_memory)
+                          template=value(template), vae_sample=vae_sample, max_memory_gb=max_memory,
+                          repetition_penalty=repetition_penalty)
     opts.validate()
     runtime = runtime_options(device, dtype, None, offload, attn, compile_, vae_tiling, quantize)
     kind = M.probe_kind(media)

@@ -75,7 +75,9 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
             if turn.answer is not None:
                 conv.add_turn(turn.question, turn.answer)
     sampling = TextSampling(plan.max_tokens, plan.temperature, None, plan.top_p, plan.seed,
-                            stop_strings=plan.stop)
+                            stop_strings=plan.stop, repetition_penalty=plan.repetition_penalty,
+                            frequency_penalty=plan.frequency_penalty, presence_penalty=plan.presence_penalty,
+                            logit_bias=plan.logit_bias)
     answer = conv.ask(plan.turns[-1].question, sampling, on_text=lambda piece: job.emit("text", piece),
                       cancel=job.cancel)
     turn = conv.turns[-1]
@@ -256,6 +258,10 @@ def create_app(model, config: ServerConfig):
             body = await read_json(request, config.max_body_bytes)
             check_model(body)
             plan = parse_chat(body, config)
+            outside = sorted(t for t in plan.logit_bias or {} if t >= model.spec.vocab_size)
+            if outside:
+                raise ApiError(400, f"'logit_bias': token id {outside[0]} is not in the vocabulary (0 to "
+                                    f"{model.spec.vocab_size - 1})", "invalid_value", "logit_bias")
             job = submit(lambda job: _chat_job(model, config, plan, job))
             rid = "chatcmpl-" + secrets.token_hex(12)
             created = int(time.time())

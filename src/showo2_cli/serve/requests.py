@@ -188,6 +188,28 @@ def _number(body: dict, key: str, low: float, high: float, default=None, integer
     return value
 
 
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+
+
+def _logit_bias(value) -> dict[int, float] | None:
+    """OpenAI's ``logit_bias``: a map of token ids (as strings) to values from -100 to 100."""
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise ApiError(400, "'logit_bias' must be an object mapping token ids to numbers", "invalid_type",
+                       "logit_bias")
+    if len(value) > MAX_LOGIT_BIAS:
+        raise ApiError(400, f"'logit_bias' has {len(value)} entries (at most {MAX_LOGIT_BIAS})", "invalid_value",
+                       "logit_bias")
+    out = {}
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10):
+            raise ApiError(400, f"'logit_bias' keys must be token ids, got {short(key, 24)!r}", "invalid_value",
+                           "logit_bias")
+        out[int(key)] = float(_number({"logit_bias": bias}, "logit_bias", -100, 100))
+    return out
+
+
 def _seed(body: dict) -> int | None:
     """``seed``: 0 to 2^63-1, or -1 / null for a random one (the habit of many clients)."""
     if body.get("seed") == -1 and not isinstance(body.get("seed"), bool):
@@ -262,6 +284,10 @@ class ChatPlan:
     stream: bool
     include_usage: bool
     stop: tuple[str, ...] = ()
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    repetition_penalty: float | None = None  # an extra field (transformers' and vLLM's name)
 
 
 #: OpenAI chat fields that would change the reply and that this server cannot honour: refused
@@ -274,9 +300,6 @@ _UNSUPPORTED_CHAT = {
     "tool_choice": lambda v: v in (None, "none", "auto"),
     "function_call": lambda v: v in (None, "none", "auto"),
     "response_format": lambda v: v is None or v == "text" or (isinstance(v, dict) and v.get("type") == "text"),
-    "logit_bias": lambda v: v in (None, {}),
-    "frequency_penalty": lambda v: v in (None, 0),
-    "presence_penalty": lambda v: v in (None, 0),
     "audio": lambda v: v is None,
     "modalities": lambda v: v in (None, ["text"]),
     "prediction": lambda v: v is None,
@@ -326,6 +349,12 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     if top_p == 0:  # only the most likely token is left (OpenAI allows 0): greedy decoding
         temperature, top_p = 0.0, None
     seed = _seed(body)
+    frequency = _number(body, "frequency_penalty", -2, 2, 0.0)
+    presence = _number(body, "presence_penalty", -2, 2, 0.0)
+    repetition = _number(body, "repetition_penalty", 0, 10, None)
+    if repetition is not None and repetition <= 0:
+        raise ApiError(400, "'repetition_penalty' must be greater than 0", "invalid_value", "repetition_penalty")
+    bias = _logit_bias(body.get("logit_bias"))
     stream = body.get("stream")
     stream = False if stream is None else stream  # OpenAI: "boolean or null"
     if not isinstance(stream, bool):
@@ -401,7 +430,8 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             t.question = "Describe the image."
     system = "\n".join(system_parts) if system_parts else None
     return ChatPlan(system, turns, int(max_tokens), float(temperature), top_p, seed, stream,
-                    bool(options.get("include_usage", False)), stop)
+                    bool(options.get("include_usage", False)), stop, float(frequency), float(presence), bias,
+                    repetition)
 
 
 @dataclass
