@@ -4,13 +4,18 @@ Endpoints (JSON in and out, errors always ``{"error": {"message", "type", "param
 
 * ``GET /health``: status, queue depth and counters (no key needed);
 * ``GET /v1/models`` and ``GET /v1/models/{id}``: the one served model;
-* ``POST /v1/chat/completions``: system/user/assistant messages, text and ``image_url`` parts
-  (``data:`` URLs only: the server never fetches anything), greedy unless ``temperature`` > 0,
-  ``top_p``, ``max_tokens`` (or ``max_completion_tokens``), ``seed``, ``stop``, ``stream``
-  (server-sent events in the OpenAI chunk format, ending with ``data: [DONE]``); fields that would
-  change the reply and cannot be honoured (``logprobs``, ``tools``, ...) are refused (400);
+* ``POST /v1/chat/completions``: system/user/assistant messages (an assistant message may open
+  the chat), text and ``image_url`` parts (``data:`` URLs only: the server never fetches
+  anything), greedy unless ``temperature`` > 0, ``top_p``, ``max_tokens`` (or
+  ``max_completion_tokens``), ``seed``, ``frequency_penalty``, ``presence_penalty``,
+  ``logit_bias``, extra ``repetition_penalty``, ``stop``, ``stream`` (server-sent events in the
+  OpenAI chunk format, ending with ``data: [DONE]``); fields that would change the reply and
+  cannot be honoured (``logprobs``, ``tools``, ...) are refused (400);
 * ``POST /v1/images/generations``: ``prompt``, ``n``, ``size``, ``response_format=b64_json``, and
-  the extra fields ``seed``, ``steps``, ``guidance``; returns PNGs carrying their parameters.
+  the extra fields ``seed``, ``steps``, ``guidance``, ``negative_prompt``; returns PNGs carrying
+  their parameters.
+
+Browsers on other origins are let in only by ``--allow-origin`` (CORS).
 
 One worker thread owns the model and runs one job at a time; requests wait in a bounded queue
 (full: 429). A job whose client disconnects is dropped from the queue or stopped at its next
