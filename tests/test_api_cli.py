@@ -160,3 +160,18 @@ def test_generation_hands_over_each_output_as_its_batch_finishes():
     assert [(g.prompt, g.seed) for g in seen] == [(g.prompt, g.seed) for g in kept]
     assert all(np.array_equal(a.frames, b.frames) for a, b in zip(seen, kept, strict=True))
     assert batches == [0, 3]  # the first batch's three outputs were out before the second ran
+
+
+def test_scheduler_is_the_sampler_option(tiny_model_dir, tmp_path, capsys):
+    """--scheduler (the issue's and diffusers' word) is --sampler: flow-euler, diffusers' Euler
+    scheduler on the official grid, writes the image euler writes."""
+    outs = {}
+    for flag, name in (("--sampler", "euler"), ("--scheduler", "flow-euler")):
+        outs[name] = tmp_path / f"{name}.png"
+        code = main(["t2i", "a red circle", "--model", str(tiny_model_dir), "--steps", "4", "--seed", "3", flag, name,
+                     "-o", str(outs[name]), "--quiet"])
+        assert code == 0
+    capsys.readouterr()
+    assert json.loads(outs["flow-euler"].with_suffix(".json").read_text())["sampler"] == "flow-euler"
+    a, b = (np.asarray(M.read_image(p)).astype(int) for p in outs.values())
+    assert np.abs(a - b).max() <= 1

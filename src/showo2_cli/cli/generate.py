@@ -46,7 +46,7 @@ PromptsFileOpt = Annotated[Path | None, typer.Option("--prompts-file", help="One
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=1024, help="Outputs generated together.")]
 NoiseOpt = Annotated[Path | None, typer.Option("--noise", help="Exact starting noise (.safetensors), to reproduce a run.")]
 SaveLatOpt = Annotated[bool, typer.Option("--save-latents", help="Also write <output>.latents.safetensors.")]
-SamplerOpt = Annotated[Sampler, typer.Option("--sampler", help="The ODE solver (euler is the official one).")]
+SamplerOpt = Annotated[Sampler, typer.Option("--sampler", "--scheduler", help="The ODE solver (euler is the official one; flow-euler, unipc and dpm++ are diffusers' schedulers).")]
 FramesOpt = Annotated[int, typer.Option("--frames", help="Frames, 1+4k (others rounded up with a notice).")]
 FpsOpt = Annotated[float, typer.Option("--fps", help="Frames per second of the output (0.5 to 240).")]
 NegativeOpt = Annotated[str, typer.Option("--negative-prompt", help="What guidance steers away from, in place of the official empty prompt (no effect with --guidance 0 or 1).")]
