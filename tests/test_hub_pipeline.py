@@ -420,6 +420,19 @@ def test_callback_on_step_end_sees_changes_and_interrupts_the_sampling(pipe):
         assert image.shape[0] == 1 and np.isfinite(image).all()  # decoded as they are
         assert "steps_done" not in pipe("a", seed=2, num_inference_steps=2).results[0].params
         assert not pipe.interrupt  # every call starts afresh
+        # an interrupt ends the run: the batch in progress is decoded, later batches are not made
+        several = pipe(["a", "b", "c"], callback_on_step_end=stop_after_two, **{**call, "batch_size": 2})
+        assert [r.params["steps_done"] for r in several.results] == [2, 2]
+        gens = [torch.Generator().manual_seed(k) for k in range(3)]
+        assert len(pipe("a", num_images_per_prompt=3, generator=gens, callback_on_step_end=stop_after_two,
+                        **{k: v for k, v in call.items() if k != "seed"}).results) == 1
+
+        def stop_at_the_end(p, i, t, kwargs):
+            p._interrupt = i == 3
+            return {}
+
+        last = pipe(["a", "b"], callback_on_step_end=stop_at_the_end, **{**call, "batch_size": 1}).results
+        assert [r.params["steps_done"] for r in last] == [4]  # stopped at the last step: still recorded
         with pytest.raises(ValueError, match="latents"):
             pipe("a", callback_on_step_end=record, callback_on_step_end_tensor_inputs=["prompt_embeds"], **call)
         with pytest.raises(TypeError, match="callable"):

@@ -277,7 +277,9 @@ class Showo2Pipeline:
         (``--negative-prompt``). ``latents`` is the exact starting noise (``--noise``).
         ``callback_on_step_end(pipe, step_index, t, {"latents": x})`` runs after every step, as in
         diffusers (``t``: Show-o2's time, 0 = noise, 1 = clean; the dict it returns may hold new
-        ``latents``; setting ``pipe._interrupt = True`` ends the sampling there). ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos)."""
+        ``latents``; setting ``pipe._interrupt = True`` ends the sampling there: the outputs in
+        progress are decoded from the latents reached, later batches are not made).
+        ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         prompts = _prompts(prompt)
@@ -305,6 +307,8 @@ class Showo2Pipeline:
             if seeds is not None and len(seeds) > 1 and latents is None:
                 results = []  # a generator per output: one output at a time, each with its own seed
                 for i, seed_i in enumerate(seeds):
+                    if self._interrupt:  # a step callback ended the run: later outputs are not made
+                        break
                     one = replace(opts, num_per_prompt=1, seed=seed_i, batch_size=1,
                                   negative_prompt=[negatives[i // n]])
                     results += self._run([prompts[i // n]], one, path, video, report, on_step)

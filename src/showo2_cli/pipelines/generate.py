@@ -15,7 +15,7 @@ from .. import media as M
 from ..errors import InputError, ModelError, UsageError
 from ..loading import Showo2
 from ..options import GenerateOptions, check_prompts, seed_for
-from ..sampling import StepCallback, generate_latents
+from ..sampling import StepCallback, StopSampling, generate_latents
 from ..sequences import generation_layout
 from ..specs import I2V, T2I, T2V
 from ..tokenizer import encode_text
@@ -182,12 +182,16 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
         if first_frame is not None:
             noise[:, :, 0] = first_frame.float()
 
-        reached = [0]  # the steps the sampler has taken (a step callback may stop it early)
+        reached, stopped = [0], [False]  # steps taken; whether a step callback stopped the sampling
 
-        def step(i, n, t, x, base=done_steps, reached=reached):
+        def step(i, n, t, x, base=done_steps, reached=reached, stopped=stopped):
             reached[0] = i
             progress("denoising", base + i, total_steps)
-            return on_step(i, n, t, x) if on_step is not None else None
+            try:
+                return on_step(i, n, t, x) if on_step is not None else None
+            except StopSampling:
+                stopped[0] = True
+                raise
 
         latents = generate_latents(net, layout, noise, opts.guidance, opts.steps, opts.shift, method=opts.method,
                                    cache_prefix=opts.cache_prefix, first_frame_as_cond=first_frame is not None,
@@ -202,7 +206,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
                       "model": model.files.name if model.files else spec.name}
             if getattr(model, "adapters", None):
                 params["lora"] = list(model.adapters)  # merged into the weights on load
-            if reached[0] < opts.steps - 1:  # a step callback ended the sampling early
+            if stopped[0]:  # a step callback ended the sampling (perhaps at the last step)
                 params["steps_done"] = reached[0]
             if rows is not None:  # started from the given noise, not from the seed
                 params["noise_row"] = rows[start + j]
@@ -222,6 +226,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             else:
                 results.append(result)
             progress("decoding", j + 1, len(batch))
+        if stopped[0]:  # the rest of the run is not started
+            break
     return results
 
 
@@ -232,7 +238,8 @@ OnResult = Callable[[Generated], None]
 #: ``on_step(step, total, t, latents)``: called after each sampling step of each batch with the
 #: batch's latents (B, C, [T,] h, w), float32 (:data:`showo2_cli.sampling.StepCallback`): a tensor
 #: it returns replaces them, and raising :class:`~showo2_cli.sampling.StopSampling` ends the
-#: batch's sampling there (its outputs are decoded from the latents reached).
+#: run's sampling there: the batch's outputs are decoded from the latents reached (their
+#: ``params["steps_done"]`` says how many steps ran) and later batches are not started.
 OnStep = StepCallback
 
 
