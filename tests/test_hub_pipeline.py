@@ -433,6 +433,37 @@ def test_callback_on_step_end_sees_changes_and_interrupts_the_sampling(pipe):
 
         last = pipe(["a", "b"], callback_on_step_end=stop_at_the_end, **{**call, "batch_size": 1}).results
         assert [r.params["steps_done"] for r in last] == [4]  # stopped at the last step: still recorded
+
+        def zero_and_stop(p, i, t, kwargs):  # the latents returned with the interrupt are the result
+            p._interrupt = i == 1
+            return {"latents": torch.zeros_like(kwargs["latents"])} if i == 1 else {}
+
+        assert not pipe("a", callback_on_step_end=zero_and_stop, **call).images.any()
+
+        def from_progress(phase, done, total):  # no callback: the interrupt is still looked at
+            if phase == "denoising" and done == 2:
+                pipe._interrupt = True
+
+        assert pipe("a", progress=from_progress, **call).results[0].params["steps_done"] == 2
+        empty = []
+        pipe("a", callback_on_step_end=lambda p, i, t, k: empty.append(k) or {},
+             callback_on_step_end_tensor_inputs=[], **call)
+        assert empty and all(k == {} for k in empty)
+        from diffusers.callbacks import PipelineCallback
+
+        class HalfWay(PipelineCallback):  # diffusers' callbacks read pipeline.num_timesteps
+            tensor_inputs = ["latents"]
+
+            def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+                if step_index == int(pipeline.num_timesteps * self.config.cutoff_step_ratio):
+                    pipeline._interrupt = True
+                return callback_kwargs
+
+        half = pipe("a", callback_on_step_end=HalfWay(cutoff_step_ratio=0.5), **call)
+        assert half.results[0].params["steps_done"] == 3 and pipe.num_timesteps == 4
+        assert pipe.guidance_scale == 3.0 and pipe.do_classifier_free_guidance
+        with pytest.raises(TypeError, match="torch.Tensor"):
+            pipe("a", latents=np.zeros((1, 16, 8, 8), np.float32), **{**call, "output_type": "pil"})
         with pytest.raises(ValueError, match="latents"):
             pipe("a", callback_on_step_end=record, callback_on_step_end_tensor_inputs=["prompt_embeds"], **call)
         with pytest.raises(TypeError, match="callable"):
@@ -472,6 +503,23 @@ def test_pipeline_caption_takes_arrays_tensors_and_tuples(pipe):
         pipe.caption(image, 5)
     with pytest.raises(ValueError, match="shape"):
         pipe.caption(np.zeros((4, 4, 4, 4)), "?")
+
+
+def test_a_step_callback_cannot_move_the_first_frame_of_image_to_video(pipe, tmp_path):
+    import numpy as np
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
+    image = np.full((64, 64, 3), 120, np.uint8)
+    call = dict(num_frames=5, num_inference_steps=3, seed=1, output_type="latent", image=image)
+    plain = pipe("it moves", **call).frames
+    try:
+        moved = pipe("it moves", callback_on_step_end=lambda p, i, t, k: {"latents": k["latents"] * 0}, **call).frames
+    finally:
+        pipe.set_progress_bar_config()
+    assert torch.equal(moved[:, :, 0], plain[:, :, 0]) and not moved[:, :, 1:].any()
+    with pytest.raises(ValueError, match="torch_dtype"):
+        pipe.to(torch.int8)
 
 
 def test_pipeline_videos(pipe, tmp_path):
@@ -528,6 +576,9 @@ def test_save_pretrained_round_trips_exactly(pipe, tmp_path):
         assert not (folder / "keep").exists() and (folder / "model.safetensors").is_file()
         with pytest.raises(ValueError, match="safetensors"):
             pipe.save_pretrained(tmp_path / "pickle", safe_serialization=False)
+        with pytest.raises(ValueError, match="name a folder"):
+            pipe.save_pretrained("")
+        assert (pipe.save_pretrained(tmp_path / "new" / "deeper") / "config.json").is_file()  # parents made
     finally:
         pipe.set_progress_bar_config()
     pytest.importorskip("torchao", reason="--quantize int8wo needs torchao")

@@ -152,7 +152,8 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tup
             return text, snap
         if offline() or local_files_only:
             why = "HF_HUB_OFFLINE is set" if offline() else "local_files_only is set"
-            raise ModelError(f"model '{text}' is not in the Hugging Face cache and {why}; "
+            folder = "not a local folder, " if "/" in text else ""  # a mistyped path looks like a repo id
+            raise ModelError(f"model '{text}' is {folder}not in the Hugging Face cache and {why}; "
                              f"get it while online with: showo2 pull {text}")
         return text, download_model(repo)  # the companions (tokenizer, VAE): showo2 pull
     from .specs import REGISTRY

@@ -69,6 +69,7 @@ class Showo2Pipeline:
         self.default_shift: float | None = None
         self._progress_bar_config: dict = {}
         self._interrupt = False  # a step callback sets it to end the sampling (diffusers' ``pipe._interrupt``)
+        self._num_timesteps, self._guidance_scale = 0, 0.0  # of the running call (diffusers' attributes)
 
     # ---- loading and placement --------------------------------------------------------------
     @classmethod
@@ -101,7 +102,10 @@ class Showo2Pipeline:
         from .errors import OutputError
         from .loading import save_folder
 
-        if Path(save_directory).exists() and not overwrite:
+        if not str(save_directory).strip():
+            raise ValueError("save_directory must name a folder")
+        folder = Path(save_directory).expanduser()
+        if folder.exists() and not overwrite:
             raise OutputError(f"'{save_directory}' already exists; pass overwrite=True to replace it")
         if not safe_serialization:
             raise ValueError("only safetensors are written (safe_serialization=True): a pickle could run code")
@@ -116,7 +120,8 @@ class Showo2Pipeline:
         extra = {"saved_from": self.model.files.name if self.model.files else self.spec.name}
         if self.model.adapters:
             extra["lora_merged"] = list(self.model.adapters)
-        return save_folder(Path(save_directory), self.spec, state, tokenizer=self.tokenizer, vae=self.model.vae,
+        folder.parent.mkdir(parents=True, exist_ok=True)  # as diffusers does
+        return save_folder(folder, self.spec, state, tokenizer=self.tokenizer, vae=self.model.vae,
                            overwrite=overwrite, extra=extra)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Showo2Pipeline:
@@ -127,7 +132,7 @@ class Showo2Pipeline:
         if isinstance(device, torch.dtype) and dtype is None:
             device, dtype = None, device
         self.model.to(device=pick_device(str(device)) if device is not None else None,
-                      dtype=torch_dtype(dtype) if dtype is not None else None)
+                      dtype=_dtype_for(dtype, "fp32", "cpu") if dtype is not None else None)
         return self
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device | None = None) -> None:
@@ -296,6 +301,8 @@ class Showo2Pipeline:
         size = None if height is None and width is None else (height or side, width or side)
         seeds = self._seeds(generator, seed, len(prompts) * n)
         on_step = self._step_hook(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        if latents is not None and not isinstance(latents, torch.Tensor):
+            raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
         self._interrupt = False
         opts = GenerateOptions(size=size, steps=_whole(num_inference_steps, "num_inference_steps", True),
                                guidance=_real(guidance_scale, "guidance_scale"), seed=seeds[0] if seeds else seed,
@@ -303,6 +310,8 @@ class Showo2Pipeline:
                                num_per_prompt=n, batch_size=_whole(batch_size, "batch_size"),
                                frames=_whole(num_frames, "num_frames", True) or (17 if video else 1),
                                method=sampler or self.sampler, noise=latents, negative_prompt=negatives)
+        resolved = opts.resolved(self.spec, video)
+        self._num_timesteps, self._guidance_scale = resolved.steps - 1, resolved.guidance
         with self._progress(progress) as report, _as_file(image) as path:
             if seeds is not None and len(seeds) > 1 and latents is None:
                 results = []  # a generator per output: one output at a time, each with its own seed
@@ -328,30 +337,51 @@ class Showo2Pipeline:
         return text_to_image(self.model, prompts, opts, progress=report, on_step=on_step)
 
     @property
+    def num_timesteps(self) -> int:
+        """Model calls per output of the running (or last) call: diffusers' ``num_timesteps``, which
+        its callbacks read (``num_inference_steps - 1`` here: it counts grid points)."""
+        return self._num_timesteps
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the running (or last) call."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        from .sampling import uses_uncond
+
+        return uses_uncond(self._guidance_scale)
+
+    @property
     def interrupt(self) -> bool:
         """True once a step callback has set ``pipe._interrupt``: the rest of the sampling is skipped."""
         return self._interrupt
 
     def _step_hook(self, callback, tensor_inputs):
-        """The API's ``on_step`` for diffusers' ``callback_on_step_end`` (a function or a
-        ``PipelineCallback``, whose ``tensor_inputs`` it takes)."""
-        if callback is None:
-            if tensor_inputs is not None and list(tensor_inputs) not in ([], ["latents"]):
-                raise ValueError(f"callback_on_step_end_tensor_inputs can only name 'latents', got {tensor_inputs!r}")
-            return None
-        if not callable(callback):
+        """The API's ``on_step``: diffusers' ``callback_on_step_end`` (a function or a
+        ``PipelineCallback``, whose ``tensor_inputs`` it takes), and ``pipe._interrupt`` looked at
+        after every step even without a callback (a progress callable or another thread may set it)."""
+        if tensor_inputs is not None and (isinstance(tensor_inputs, str)
+                                          or any(name != "latents" for name in tensor_inputs)):
+            raise ValueError(f"callback_on_step_end_tensor_inputs can only name 'latents', got {tensor_inputs!r}")
+        if callback is not None and not callable(callback):
             raise TypeError(f"callback_on_step_end must be callable, got {type(callback).__name__}")
-        inputs = getattr(callback, "tensor_inputs", None) or tensor_inputs or ["latents"]
-        if isinstance(inputs, str) or any(name != "latents" for name in inputs):
-            raise ValueError(f"callback_on_step_end_tensor_inputs can only name 'latents', got {inputs!r}")
+        inputs = getattr(callback, "tensor_inputs", None)
+        inputs = list(inputs if inputs is not None else tensor_inputs if tensor_inputs is not None else ["latents"])
+        if any(name != "latents" for name in inputs):
+            raise ValueError(f"the callback's tensor_inputs can only name 'latents', got {inputs!r}")
 
         def on_step(step: int, total: int, t: float, latents: torch.Tensor):
-            out = callback(self, step - 1, torch.tensor(t), {"latents": latents} if inputs else {})
-            if out is not None and not isinstance(out, dict):
-                raise TypeError(f"callback_on_step_end must return a dict (or None), got {type(out).__name__}")
-            if self._interrupt:
-                raise StopSampling
-            return (out or {}).get("latents")
+            new = None
+            if callback is not None:
+                out = callback(self, step - 1, torch.tensor(t), {"latents": latents} if inputs else {})
+                if out is not None and not isinstance(out, dict):
+                    raise TypeError(f"callback_on_step_end must return a dict (or None), got {type(out).__name__}")
+                new = (out or {}).get("latents")
+            if self._interrupt:  # the latents it returned are the result
+                raise StopSampling(new)
+            return new
 
         return on_step
 
@@ -464,8 +494,16 @@ def _array_image(value):
     return Image.fromarray(arr)
 
 
+#: the dtypes a pipeline computes in (float64 too: it works, for precision studies)
+PIPELINE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
 def _dtype_for(value, default: str, device: str) -> torch.dtype:
-    return torch_dtype(value) if value is not None else pick_dtype(default, device)
+    dtype = torch_dtype(value) if value is not None else pick_dtype(default, device)
+    if dtype not in PIPELINE_DTYPES:
+        raise UsageError(f"torch_dtype must be torch.float32, torch.bfloat16, torch.float16 (or torch.float64), "
+                         f"got {dtype}")
+    return dtype
 
 
 def _to_pil(frame: np.ndarray):

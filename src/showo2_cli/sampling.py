@@ -24,7 +24,12 @@ StepCallback = Callable[[int, int, float, torch.Tensor], "torch.Tensor | None"]
 
 
 class StopSampling(Exception):
-    """Raised by a step callback to stop early: the sampler returns the state it has reached."""
+    """Raised by a step callback to stop early: the sampler returns the state it has reached, or
+    ``latents`` when given (what the callback would have returned)."""
+
+    def __init__(self, latents: torch.Tensor | None = None):
+        super().__init__("sampling stopped by a step callback")
+        self.latents = latents
 
 
 def _after_step(callback: StepCallback | None, step: int, total: int, t: float,
@@ -33,15 +38,15 @@ def _after_step(callback: StepCallback | None, step: int, total: int, t: float,
     if callback is None:
         return x, False
     try:
-        replaced = callback(step, total, t, x)
-    except StopSampling:
-        return x, True
+        replaced, stop = callback(step, total, t, x), False
+    except StopSampling as e:
+        replaced, stop = e.latents, True
     if replaced is None:
-        return x, False
+        return x, stop
     if not isinstance(replaced, torch.Tensor) or replaced.shape != x.shape:
         raise ValueError(f"a step callback must return None or latents of shape {tuple(x.shape)}, got "
                          f"{tuple(replaced.shape) if isinstance(replaced, torch.Tensor) else type(replaced).__name__}")
-    return replaced.to(device=x.device, dtype=x.dtype), False
+    return replaced.to(device=x.device, dtype=x.dtype), stop
 
 
 def time_grid(steps: int, shift: float = 3.0) -> torch.Tensor:

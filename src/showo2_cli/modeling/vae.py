@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -275,10 +276,17 @@ class WanVAE(nn.Module):
             strict=True))
         names = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height",
                  "tile_sample_stride_width")
+        checked = []
         for name, v in zip(names, tile, strict=True):
+            try:
+                v = operator.index(v) if not isinstance(v, bool) else v  # numpy integers too
+            except TypeError:
+                pass
             if isinstance(v, bool) or not isinstance(v, int) or v < SPATIAL_FACTOR or v % SPATIAL_FACTOR or v > 65536:
                 raise UsageError(f"{name} must be a multiple of {SPATIAL_FACTOR} pixels from {SPATIAL_FACTOR} "
                                  f"to 65536, got {v!r}")
+            checked.append(v)
+        tile = tuple(checked)
         for size, stride, side in ((tile[0], tile[2], "height"), (tile[1], tile[3], "width")):
             if stride > size:
                 raise UsageError(f"tile_sample_stride_{side} ({stride}) must not exceed tile_sample_min_{side} "

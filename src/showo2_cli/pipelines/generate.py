@@ -15,7 +15,7 @@ from .. import media as M
 from ..errors import InputError, ModelError, UsageError
 from ..loading import Showo2
 from ..options import GenerateOptions, check_prompts, seed_for
-from ..sampling import StepCallback, StopSampling, generate_latents
+from ..sampling import StepCallback, StopSampling, generate_latents, uses_uncond
 from ..sequences import generation_layout
 from ..specs import I2V, T2I, T2V
 from ..tokenizer import encode_text
@@ -123,6 +123,13 @@ def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
 
 
+def _keep_first_frame(latents: torch.Tensor, first_frame: torch.Tensor) -> torch.Tensor:
+    """Image to video: latent frame 0 is the image's and stays fixed, whatever a step callback returns."""
+    latents = latents.clone()
+    latents[:, :, 0] = first_frame.to(device=latents.device, dtype=latents.dtype)
+    return latents
+
+
 def _encode_negative(tokenizer, text: str) -> list[int]:
     """A negative prompt's tokens; an empty (or blank) one is the official empty prompt."""
     return encode_text(tokenizer, text.replace("\n", " ")) if text.strip() else []
@@ -188,10 +195,15 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             reached[0] = i
             progress("denoising", base + i, total_steps)
             try:
-                return on_step(i, n, t, x) if on_step is not None else None
-            except StopSampling:
+                new = on_step(i, n, t, x) if on_step is not None else None
+            except StopSampling as e:
                 stopped[0] = True
+                if first_frame is not None and isinstance(e.latents, torch.Tensor) and e.latents.shape == x.shape:
+                    e.latents = _keep_first_frame(e.latents, first_frame)
                 raise
+            if first_frame is not None and isinstance(new, torch.Tensor) and new.shape == x.shape:
+                new = _keep_first_frame(new, first_frame)
+            return new
 
         latents = generate_latents(net, layout, noise, opts.guidance, opts.steps, opts.shift, method=opts.method,
                                    cache_prefix=opts.cache_prefix, first_frame_as_cond=first_frame is not None,
@@ -215,7 +227,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             if len(ids[j]) > budget:  # never cut silently: the result says how much of the prompt was used
                 params["prompt_tokens"] = len(ids[j])
                 params["prompt_tokens_used"] = budget
-            if negative[i]:
+            if negative[i].strip() and uses_uncond(opts.guidance):  # recorded where it steered the result
                 params["negative_prompt"] = negative[i]
                 if len(neg_ids[j]) > budget:
                     params["negative_prompt_tokens"] = len(neg_ids[j])
