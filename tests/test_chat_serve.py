@@ -365,11 +365,18 @@ def test_parse_chat_requests():
                                        {"role": "assistant", "content": "Hi!"}, {"role": "assistant", "content": "Ask."},
                                        user]}, cfg)  # a character's first message opens the chat
     assert [(t.question, t.answer) for t in greeted.turns] == [(None, "Hi!\nAsk."), ("hi", None)]
+    said = {"role": "assistant", "content": "A"}
+    parted = parse_chat({"messages": [user, said, {"role": "system", "content": "s"}, said, user]}, cfg)
+    assert [t.answer for t in parted.turns] == ["A\nA", None]  # a system message does not part a reply
+    assert len(parse_chat({"messages": [{"role": "assistant", "content": ""}, user]}, cfg).turns) == 1
     tuned = parse_chat({"messages": [user], "frequency_penalty": 0.5, "presence_penalty": -1, "logit_bias": {"12": 5},
                         "repetition_penalty": 1.1}, cfg)  # penalties and biases are honoured (they were 400s)
     assert (tuned.frequency_penalty, tuned.presence_penalty, tuned.logit_bias, tuned.repetition_penalty) == \
         (0.5, -1.0, {12: 5.0}, 1.1)
+    assert parse_chat({"messages": [user], "repetition_penalty": 2}, cfg).repetition_penalty == 2.0  # a float
+    assert "-1 for a random one" in str(pytest.raises(ApiError, parse_chat, {"messages": [user], "seed": -2}, cfg).value)
     for key, value in (("frequency_penalty", 2.5), ("presence_penalty", "x"), ("logit_bias", {"a": 1}),
+                       ("logit_bias", {"290": None}), ("logit_bias", {"290": 1, "0290": 2}),
                        ("logit_bias", {"12": 101}), ("logit_bias", [1]), ("repetition_penalty", 0),
                        ("logit_bias", {str(i): 1 for i in range(301)})):
         with pytest.raises(ApiError) as e:
@@ -773,15 +780,39 @@ def test_browsers_on_an_allowed_origin_may_call_the_api(keyed_server):
     ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
     pre = httpx.options(url + "/v1/chat/completions", headers={"Origin": ours, **ask})  # no key: preflights carry none
     assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == ours
-    assert {"authorization", "content-type"} <= set(pre.headers["access-control-allow-headers"].lower().split(", "))
+    allowed = {h.strip() for h in pre.headers["access-control-allow-headers"].lower().split(",")}
+    assert {"authorization", "content-type"} <= allowed
     refused = httpx.options(url + "/v1/chat/completions", headers={"Origin": theirs, **ask})
-    assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
+    assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
+    assert refused.json()["error"]["code"] == "origin_not_allowed"
     r = httpx.get(url + "/v1/models", headers={"Origin": ours, "Authorization": "Bearer sekret"})
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ours
     r = httpx.get(url + "/v1/models", headers={"Origin": ours})  # the key is still checked, the page sees why
     assert r.status_code == 401 and r.headers["access-control-allow-origin"] == ours
+    sdk = {**ask, "Access-Control-Request-Headers": "authorization,content-type,x-stainless-os,openai-project"}
+    assert httpx.options(url + "/v1/chat/completions", headers={"Origin": ours, **sdk}).status_code == 200
     r = httpx.get(url + "/v1/models", headers={"Origin": theirs, "Authorization": "Bearer sekret"})
-    assert "access-control-allow-origin" not in r.headers  # the browser keeps the answer from that page
+    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
+    assert "access-control-allow-origin" not in r.headers
+    # a "simple" cross-site POST skips the preflight: refused before the job runs
+    before = httpx.get(url + "/health").json()
+    r = httpx.post(url + "/v1/chat/completions", headers={"Origin": theirs, "Authorization": "Bearer sekret",
+                                                          "Content-Type": "text/plain"},
+                   content=json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}))
+    assert r.status_code == 403 and "--allow-origin" in r.json()["error"]["message"]
+    assert httpx.get(url + "/health").json() == before  # no job was submitted
+
+
+@pytest.mark.slow
+def test_without_allowed_origins_web_pages_are_refused(small_queue_server):
+    import httpx
+
+    url = small_queue_server.url
+    assert httpx.get(url + "/v1/models").status_code == 200  # clients that are not browsers send no Origin
+    r = httpx.post(url + "/v1/images/generations", headers={"Origin": "http://localhost:3000",
+                                                            "Content-Type": "application/x-www-form-urlencoded"},
+                   content=json.dumps({"prompt": "a red circle", "steps": 2}))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
 
 
 def test_allowed_origins_are_checked(monkeypatch):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import Showo2Error, UsageError
+from ..errors import Showo2Error, UsageError, short
 from .requests import (
     ApiError,
     ChatPlan,
@@ -132,6 +132,29 @@ async def next_event(request: Request, job: Job, worker: Worker) -> tuple[str, A
 
 # ---- the app --------------------------------------------------------------------------------------
 
+class OriginCheck:
+    """Refuse (403) a request whose ``Origin`` header names a web page not let in by
+    ``--allow-origin``, before it runs: a page may send a "simple" cross-site POST that skips the
+    CORS preflight, and the job would run even though the page cannot read the answer (ollama
+    refuses such requests too). Clients that are not browsers send no ``Origin``."""
+
+    def __init__(self, app, allowed: tuple[str, ...] = ()):
+        self.app, self.allowed = app, set(allowed)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and "*" not in self.allowed:
+            origin = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"origin"), None)
+            if origin is not None and origin not in self.allowed:
+                from fastapi.responses import JSONResponse
+
+                shown = short(origin, 80)
+                body = ApiError(403, f"web pages on origin '{shown}' may not call this server (start it with "
+                                     f"--allow-origin {shown} to let them)", "origin_not_allowed").body()
+                await JSONResponse(body, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(model, config: ServerConfig):
     """The FastAPI app serving ``model`` (a loaded :class:`~showo2_cli.loading.Showo2`)."""
     from fastapi import FastAPI
@@ -156,10 +179,15 @@ def create_app(model, config: ServerConfig):
     app.state.worker = worker
     app.state.server_state = state
     if config.allow_origins:  # browsers on these origins may call the API (the key is still checked)
+        import inspect
+
         from starlette.middleware.cors import CORSMiddleware
 
+        extra = {"allow_private_network": True} if "allow_private_network" in \
+            inspect.signature(CORSMiddleware.__init__).parameters else {}
         app.add_middleware(CORSMiddleware, allow_origins=list(config.allow_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+                           allow_headers=["*"], max_age=600, **extra)  # SDKs send their own headers
+    app.add_middleware(OriginCheck, allowed=config.allow_origins)  # outermost: before anything runs
 
     def error(exc: BaseException) -> JSONResponse:
         err = api_error_of(exc)

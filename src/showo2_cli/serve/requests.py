@@ -206,14 +206,23 @@ def _logit_bias(value) -> dict[int, float] | None:
         if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10):
             raise ApiError(400, f"'logit_bias' keys must be token ids, got {short(key, 24)!r}", "invalid_value",
                            "logit_bias")
+        if int(key) in out:
+            raise ApiError(400, f"'logit_bias' names token {int(key)} twice", "invalid_value", "logit_bias")
+        if bias is None:
+            raise ApiError(400, f"'logit_bias' values must be numbers, got null for token {int(key)}",
+                           "invalid_type", "logit_bias")
         out[int(key)] = float(_number({"logit_bias": bias}, "logit_bias", -100, 100))
     return out
 
 
 def _seed(body: dict) -> int | None:
     """``seed``: 0 to 2^63-1, or -1 / null for a random one (the habit of many clients)."""
-    if body.get("seed") == -1 and not isinstance(body.get("seed"), bool):
+    seed = body.get("seed")
+    if seed == -1 and not isinstance(seed, bool):
         return None
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**63:
+        raise ApiError(400, "'seed' must be an integer from 0 to 2^63-1, or -1 for a random one", "invalid_value",
+                       "seed")
     return _number(body, "seed", 0, 2**63 - 1, None, integer=True)
 
 
@@ -354,6 +363,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     repetition = _number(body, "repetition_penalty", 0, 10, None)
     if repetition is not None and repetition <= 0:
         raise ApiError(400, "'repetition_penalty' must be greater than 0", "invalid_value", "repetition_penalty")
+    repetition = None if repetition is None else float(repetition)  # transformers wants a float
     bias = _logit_bias(body.get("logit_bias"))
     stream = body.get("stream")
     stream = False if stream is None else stream  # OpenAI: "boolean or null"
@@ -370,7 +380,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
         param = f"messages[{i}]"
         if not isinstance(msg, dict):
             raise ApiError(400, f"{param} must be an object", "invalid_value", param)
-        prev_role, role = role, msg.get("role")
+        if role not in ("system", "developer"):  # a system message between two replies does not part them
+            prev_role = role
+        role = msg.get("role")
         content = msg.get("content")
         if role in ("system", "developer"):
             system_parts.append(_text(content, f"a {role} message's", param))
@@ -411,8 +423,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             text = _text(content, "an assistant message's", param)
             if turns and turns[-1].answer is not None and prev_role == "assistant":  # one reply in parts
                 turns[-1].answer = "\n".join(t for t in (turns[-1].answer, text) if t)
-            elif not turns:  # the assistant opens the conversation (a greeting)
-                turns.append(PlannedTurn(None, [], answer=text))
+            elif not turns:  # the assistant opens the conversation (a greeting); an empty one is nothing
+                if text.strip():
+                    turns.append(PlannedTurn(None, [], answer=text))
             elif turns[-1].answer is not None:
                 raise ApiError(400, f"{param}: an assistant message must follow a user message (Show-o2's chat "
                                     "template has no turn for it)", "invalid_value", param)
