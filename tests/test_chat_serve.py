@@ -821,6 +821,7 @@ def test_allowed_origins_are_checked(monkeypatch):
     monkeypatch.setenv(ORIGINS_ENV, " http://a.example:8080 ,https://B.example,")
     assert origins_from(None) == ("http://a.example:8080", "https://b.example")
     assert origins_from(["*", "*"]) == ("*",)
+    assert origins_from(["null", "app://chatbox", "tauri://localhost"]) == ("null", "app://chatbox", "tauri://localhost")
     for bad in ("a.example", "http://a.example/", "http://a.example/app", "http:// a"):
         with pytest.raises(UsageError, match="--allow-origin"):
             origins_from([bad])

@@ -500,7 +500,8 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
 
 def origins_from(options: list[str] | None) -> tuple[str, ...]:
     """The CORS origins: ``--allow-origin`` values, else ``$SHOWO2_ORIGINS`` (comma-separated);
-    each ``*`` or ``scheme://host[:port]`` (a browser's ``Origin``: no path, no trailing slash)."""
+    each ``*``, ``null`` (pages from files, sandboxed frames) or ``scheme://host[:port]`` (a
+    browser's ``Origin``: no path, no trailing slash; ``app://``, ``tauri://`` for desktop apps)."""
     from ..errors import UsageError, short
 
     given = list(options or [])
@@ -508,8 +509,9 @@ def origins_from(options: list[str] | None) -> tuple[str, ...]:
         given = [o for o in os.environ.get(ORIGINS_ENV, "").split(",") if o.strip()]
     origins = []
     for origin in (o.strip() for o in given):
-        if origin != "*" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+", origin):
-            raise UsageError(f"--allow-origin must be * or scheme://host[:port] (no path), got '{short(origin)}'")
+        if origin not in ("*", "null") and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+", origin):
+            raise UsageError(f"--allow-origin must be *, null or scheme://host[:port] (no path), got "
+                             f"'{short(origin)}'")
         origins.append(origin.lower() if origin != "*" else origin)
     return tuple(dict.fromkeys(origins))
 
