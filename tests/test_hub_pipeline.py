@@ -325,7 +325,10 @@ def test_pipeline_seeds_outputs_and_arguments_as_diffusers_does(pipe):
     for kwargs, kind, words in ((dict(height=0), ValueError, "height"), (dict(prompt=None), TypeError, "prompt"),
                                 (dict(num_images_per_prompt=None), TypeError, "num_images_per_prompt"),
                                 (dict(negative_prompt=["x", "y"]), ValueError, "negative prompts"),
-                                (dict(height=17), ValueError, "multiples of 16"),  # a UsageError is a ValueError
+                                (dict(height=17), ValueError, "^height/width must be positive multiples of 16"),
+                                (dict(num_inference_steps=1), ValueError, "^num_inference_steps must be"),
+                                (dict(guidance_scale=101.0), ValueError, "^guidance_scale must be"),
+                                (dict(latents=torch.zeros(1, 2)), Exception, "^latents has shape"),
                                 (dict(guidance_scale=-1.0), ValueError, "guidance"),
                                 (dict(negative_prompt=3), TypeError, "negative_prompt"),
                                 (dict(generator=[g, g]), ValueError, "generators"),
@@ -520,6 +523,8 @@ def test_a_step_callback_cannot_move_the_first_frame_of_image_to_video(pipe, tmp
     assert torch.equal(moved[:, :, 0], plain[:, :, 0]) and not moved[:, :, 1:].any()
     with pytest.raises(ValueError, match="torch_dtype"):
         pipe.to(torch.int8)
+    with pytest.raises(ValueError, match="^max_new_tokens must be"):  # the caller's names, not the CLI's
+        pipe.caption(image, max_new_tokens=0)
 
 
 def test_pipeline_videos(pipe, tmp_path):

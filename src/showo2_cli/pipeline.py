@@ -310,9 +310,11 @@ class Showo2Pipeline:
                                num_per_prompt=n, batch_size=_whole(batch_size, "batch_size"),
                                frames=_whole(num_frames, "num_frames", True) or (17 if video else 1),
                                method=sampler or self.sampler, noise=latents, negative_prompt=negatives)
-        resolved = opts.resolved(self.spec, video)
+        with _python_names(PYTHON_NAMES):
+            resolved = opts.resolved(self.spec, video)
+            resolved.validate(self.spec)
         self._num_timesteps, self._guidance_scale = resolved.steps - 1, resolved.guidance
-        with self._progress(progress) as report, _as_file(image) as path:
+        with self._progress(progress) as report, _as_file(image) as path, _python_names(PYTHON_NAMES):
             if seeds is not None and len(seeds) > 1 and latents is None:
                 results = []  # a generator per output: one output at a time, each with its own seed
                 for i, seed_i in enumerate(seeds):
@@ -412,9 +414,43 @@ class Showo2Pipeline:
         questions = [] if question is None else [question] if isinstance(question, str) else list(question)
         opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k, seed=seed, **options)
-        with _as_file(image) as path:
+        with _as_file(image) as path, _python_names(CAPTION_NAMES):
             answers = caption(self.model, path, opts).answers
         return answers if isinstance(question, (list, tuple)) else answers[0]
+
+
+#: the CLI's option names in the library's messages -> what a pipeline caller passes instead
+PYTHON_NAMES = {
+    "--size": "height/width", "--steps": "num_inference_steps", "--guidance": "guidance_scale",
+    "--noise": "latents", "-n/--num-images": "num_images_per_prompt", "--num-images": "num_images_per_prompt",
+    "--batch-size": "batch_size", "--frames": "num_frames", "--sampler": "sampler", "--shift": "shift",
+    "--seed": "seed", "--negative-prompt": "negative_prompt", "--offload": "enable_model_cpu_offload()",
+    "--quantize": "RuntimeOptions(quantize=...)", "--vae-tiling auto": "enable_vae_tiling()",
+    "--vae-tiling": "enable_vae_tiling()", "--max-memory": "SHOWO2_MAX_MEMORY_GB",
+}
+CAPTION_NAMES = {
+    "--size": "size", "--frames": "frames", "--max-new-tokens": "max_new_tokens", "--temperature": "temperature",
+    "--top-p": "top_p", "--top-k": "top_k", "--seed": "seed", "--mask": "mask_mode", "--template": "template",
+    "--repetition-penalty": "repetition_penalty", "--max-memory": "max_memory_gb",
+}
+
+
+@contextmanager
+def _python_names(names: dict[str, str]):
+    """Re-raise the library's errors with the pipeline's argument names for the CLI's options
+    (same class, same one line): a Python caller passed ``num_inference_steps``, not ``--steps``."""
+    import re
+
+    from .errors import Showo2Error
+
+    try:
+        yield
+    except Showo2Error as e:
+        pattern = "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True))
+        text = re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], str(e))
+        if text == str(e):
+            raise
+        raise type(e)(text) from e
 
 
 def _prompts(prompt, name: str = "prompt") -> list[str]:
