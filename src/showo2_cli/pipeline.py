@@ -310,9 +310,7 @@ class Showo2Pipeline:
                                num_per_prompt=n, batch_size=_whole(batch_size, "batch_size"),
                                frames=_whole(num_frames, "num_frames", True) or (17 if video else 1),
                                method=sampler or self.sampler, noise=latents, negative_prompt=negatives)
-        with _python_names(PYTHON_NAMES):
-            resolved = opts.resolved(self.spec, video)
-            resolved.validate(self.spec)
+        resolved = opts.resolved(self.spec, video)  # checked once, by the API below
         self._num_timesteps, self._guidance_scale = resolved.steps - 1, resolved.guidance
         with self._progress(progress) as report, _as_file(image) as path, _python_names(PYTHON_NAMES):
             if seeds is not None and len(seeds) > 1 and latents is None:
