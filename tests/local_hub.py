@@ -4,6 +4,7 @@
 It serves what ``snapshot_download`` / ``hf_hub_download`` ask for:
 
 * ``GET /api/models/{repo}[/revision/{rev}]`` -> ``{"id", "sha", "siblings": [{"rfilename", "size"}]}``
+  (``rev``: ``main``, the newest version, or the commit sha of any version :meth:`LocalHub.add` made)
 * ``GET /api/models/{repo}/tree/{rev}[/{path}]?recursive=true`` -> the file entries (``oid`` git
   blob id, ``size``, ``lfs`` for large files)
 * ``HEAD|GET /{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag``, ``Content-Length``
@@ -53,7 +54,8 @@ class LocalHub:
     """``with LocalHub() as hub: hub.add("acme/x", {"config.json": b"..."}); ... hub.url``"""
 
     def __init__(self):
-        self.repos: dict[str, Repo] = {}
+        self.repos: dict[str, Repo] = {}  # the newest version of each repo ("main")
+        self.versions: dict[str, dict[str, Repo]] = {}  # every version of each repo, by commit sha
         self.requests: list[tuple[str, str]] = []
         self.fail: dict[str, int] = {}
         self.truncate: dict[str, int] = {}
@@ -68,8 +70,12 @@ class LocalHub:
 
     def add(self, repo_id: str, files: dict[str, bytes | Path]) -> Repo:
         data = {p: (f.read_bytes() if isinstance(f, Path) else bytes(f)) for p, f in files.items()}
-        self.repos[repo_id] = Repo(repo_id, data)
+        self.repos[repo_id] = Repo(repo_id, data)  # adding again makes a new version, the new "main"
+        self.versions.setdefault(repo_id, {})[self.repos[repo_id].sha] = self.repos[repo_id]
         return self.repos[repo_id]
+
+    def version(self, repo: Repo, rev: str) -> Repo | None:
+        return repo if rev == "main" else self.versions.get(repo.repo_id, {}).get(rev)
 
     def add_folder(self, repo_id: str, folder: Path, skip: tuple[str, ...] = ()) -> Repo:
         files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -148,12 +154,16 @@ class LocalHub:
                 if repo is None:
                     return self.not_found()
                 if not rest or rest[0] == "revision":
-                    if rest and rest[1] not in ("main", repo.sha):
+                    repo = hub.version(repo, rest[1]) if rest else repo
+                    if repo is None:
                         return self.not_found("RevisionNotFound")
                     return self.send_json({"id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.sha,
                                            "private": False, "disabled": False, "gated": False,
                                            "siblings": [{"rfilename": p, "size": len(b)} for p, b in sorted(repo.files.items())]})
                 if rest[0] == "tree":
+                    repo = hub.version(repo, rest[1]) if len(rest) > 1 else repo
+                    if repo is None:
+                        return self.not_found("RevisionNotFound")
                     prefix = "/".join(rest[2:])
                     paths = [p for p in sorted(repo.files) if not prefix or p.startswith(prefix.rstrip("/") + "/")]
                     if "recursive=true" not in query.lower():
@@ -162,8 +172,10 @@ class LocalHub:
                 return self.not_found("EntryNotFound")
 
             def resolve(self, repo: Repo, rev: str, path: str, head: bool):
-                if rev not in ("main", repo.sha) or path not in repo.files:
-                    return self.not_found("EntryNotFound" if rev in ("main", repo.sha) else "RevisionNotFound", head=head)
+                found = hub.version(repo, rev)
+                if found is None or path not in found.files:
+                    return self.not_found("EntryNotFound" if found is not None else "RevisionNotFound", head=head)
+                repo = found
                 data = repo.files[path]
                 headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{repo.etag(path)}"', "Accept-Ranges": "bytes",
                            "Content-Type": "application/octet-stream"}

@@ -149,6 +149,45 @@ def test_load_downloads_a_missing_model_when_online_and_not_offline(hub, tmp_pat
     assert hub.requests == []
 
 
+def test_a_revision_in_the_name_pins_the_model(hub, tmp_path, monkeypatch):
+    """``owner/name@<commit>`` loads that version while ``main`` moves on; cached, it loads offline."""
+    import torch
+
+    from showo2_cli.hub import pull, split_revision
+    from showo2_cli.loading import init_model, load
+
+    first, second = tmp_path / "v1", tmp_path / "v2"
+    init_model("tiny", first, seed=0, vae_base_dim=4)
+    init_model("tiny", second, seed=1, vae_base_dim=4)
+    old = hub.add_folder("acme/pinned", first).sha
+    hub.add_folder("acme/pinned", second)  # main moves on
+
+    def weight(model):
+        return model.network.state_dict()["showo.model.embed_tokens.weight"]
+
+    v1, v2 = weight(load(first)), weight(load(second))
+    assert not torch.equal(v1, v2)
+    result = pull(f"acme/pinned@{old}")
+    assert result.downloaded == [f"acme/pinned@{old}"] and old in str(result.path)
+    assert torch.equal(weight(load(f"acme/pinned@{old}")), v1)
+    assert torch.equal(weight(load("acme/pinned")), v2)  # no revision: main
+    offline(monkeypatch)
+    hub.requests.clear()
+    assert torch.equal(weight(load(f"acme/pinned@{old}")), v1) and hub.requests == []
+    with pytest.raises(ModelError, match="not in the Hugging Face cache"):
+        load("acme/pinned@0123456789abcdef0123456789abcdef01234567")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    import huggingface_hub.constants as C
+
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ModelError, match="no revision 'nope'"):
+        pull("acme/pinned@nope")
+    assert split_revision("owner/x@v1.0") == ("owner/x", "v1.0")
+    assert split_revision("1.5B@refs/pr/3") == ("1.5B", "refs/pr/3")
+    for name in ("./folder@x", "owner/x@", "owner/x@../y", "a@b@c"):
+        assert split_revision(name) == (name, None)
+
+
 def test_local_files_only_never_downloads(hub, tmp_path):
     from showo2_cli import Showo2Pipeline
     from showo2_cli.loading import init_model, load

@@ -13,6 +13,10 @@ A snapshot counts as cached only when every file the selection names is there: a
 failed half-way leaves a snapshot ``huggingface_hub`` records as incomplete, and it is not used
 (the next pull resumes it). The library never prints: progress goes to a
 ``progress(phase, done, total)`` callback in bytes.
+
+A name may pin a revision of the model's repo: ``showlab/show-o2-1.5B@<commit, tag or branch>``
+(or ``1.5B@...``); without one it is the repo's ``main``. The companions (tokenizer, VAE) come
+from their own repos' ``main``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from .weights import read_json
 Progress = Callable[[str, int, int], None]
 
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+REVISION = re.compile(r"[\w.-]+(/[\w.-]+)*")  # a commit sha, a tag or a branch (maybe with "/")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja")
 INDEX_FILES = ("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json",
@@ -41,6 +46,18 @@ SINGLE_BIN = ("pytorch_model.bin", "diffusion_pytorch_model.bin")
 SIGLIP_REPO = "google/siglip-so400m-patch14-384"
 
 # ---- names --------------------------------------------------------------------------------------
+
+
+def split_revision(name: str | os.PathLike) -> tuple[str, str | None]:
+    """``owner/name@rev`` or ``variant@rev`` -> ``(name, rev)``; anything else (a path, which may
+    hold an ``@``) -> ``(name, None)``."""
+    text = str(name)
+    if "@" not in text or Path(text).expanduser().exists():
+        return text, None
+    base, rev = text.rsplit("@", 1)
+    if not base or not REVISION.fullmatch(rev) or ".." in rev or repo_id_for(base) is None:
+        return text, None
+    return base, rev
 
 
 def repo_id_for(name: str) -> str | None:
@@ -145,9 +162,10 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tup
         if not (path / "config.json").exists():  # a training run folder: its latest checkpoint
             return text, resolve_run_path(path)
         return text, path
-    repo = repo_id_for(text)
+    base, revision = split_revision(text)
+    repo = repo_id_for(base)
     if repo is not None:
-        snap = cached_snapshot(repo)
+        snap = cached_snapshot(repo, revision=revision)
         if snap is not None:
             return text, snap
         if offline() or local_files_only:
@@ -155,7 +173,7 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tup
             folder = "not a local folder, " if "/" in text else ""  # a mistyped path looks like a repo id
             raise ModelError(f"model '{text}' is {folder}not in the Hugging Face cache and {why}; "
                              f"get it while online with: showo2 pull {text}")
-        return text, download_model(repo)  # the companions (tokenizer, VAE): showo2 pull
+        return text, download_model(repo, revision=revision)  # the companions (tokenizer, VAE): showo2 pull
     from .specs import REGISTRY
 
     raise ModelError(f"no model '{text}': not a folder, not a known variant ({', '.join(REGISTRY)}), "
@@ -290,22 +308,22 @@ def tokenizer_repo_files(listing: list[str]) -> list[str]:
 # ---- the cache ----------------------------------------------------------------------------------
 
 
-def _cached_listing(repo_id: str) -> list[str] | None:
+def _cached_listing(repo_id: str, revision: str | None = None) -> list[str] | None:
     try:
         from huggingface_hub import get_cached_repo_tree  # huggingface_hub >= 1.x records tree listings
     except ImportError:
         return None
     try:
-        return [f.path for f in get_cached_repo_tree(repo_id)]
+        return [f.path for f in get_cached_repo_tree(repo_id, revision=revision)]
     except Exception:
         return None
 
 
-def _cached_config(repo_id: str) -> dict | None:
+def _cached_config(repo_id: str, revision: str | None = None) -> dict | None:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(repo_id, "config.json")
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
         if isinstance(found, str):
             return read_json(found)
     except (OSError, ModelError):
@@ -313,21 +331,22 @@ def _cached_config(repo_id: str) -> dict | None:
     return None
 
 
-def cached_snapshot(repo_id: str, role: str = "model") -> Path | None:
+def cached_snapshot(repo_id: str, role: str = "model", revision: str | None = None) -> Path | None:
     """The cached snapshot folder of ``repo_id`` without any network access, or None.
 
     Where huggingface_hub recorded the repo's file listing, the snapshot must hold every file that
     :func:`model_files` (``role="model"``) or :func:`tokenizer_repo_files` (``role="tokenizer"``)
     selects from it, so a half-finished download is not a model; without a listing (an older
-    cache), the folder as it is."""
+    cache), the folder as it is. ``revision``: that commit, tag or branch (default ``main``)."""
     from huggingface_hub import snapshot_download
 
-    listing = _cached_listing(repo_id)
+    listing = _cached_listing(repo_id, revision)
     patterns = None
     if listing is not None:
-        patterns = model_files(listing, _cached_config(repo_id)) if role == "model" else tokenizer_repo_files(listing)
+        patterns = (model_files(listing, _cached_config(repo_id, revision)) if role == "model"
+                    else tokenizer_repo_files(listing))
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns, revision=revision))
     except Exception:
         return None
 
@@ -376,18 +395,19 @@ class _Bytes:
             self.progress(self.phase, min(done, total), total)
 
 
-def _download(repo_id: str, files: list[str] | None, progress: Progress | None, what: str) -> Path:
+def _download(repo_id: str, files: list[str] | None, progress: Progress | None, what: str,
+              revision: str | None = None) -> Path:
     """``snapshot_download`` of the selected files, with errors as one-line :class:`ModelError`."""
     from huggingface_hub import snapshot_download
 
     meter = _Bytes(f"downloading {repo_id}", progress)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=files, tqdm_class=meter.bar_class()))
+        return Path(snapshot_download(repo_id, allow_patterns=files, tqdm_class=meter.bar_class(), revision=revision))
     except Exception as e:
-        raise _as_model_error(repo_id, what, e) from e
+        raise _as_model_error(repo_id, what, e, revision) from e
 
 
-def _as_model_error(repo_id: str, what: str, e: Exception) -> Exception:
+def _as_model_error(repo_id: str, what: str, e: Exception, revision: str | None = None) -> Exception:
     """A Hub or network failure as a one-line :class:`ModelError` (anything else unchanged: a bug)."""
     import httpx
     from huggingface_hub.errors import (
@@ -407,7 +427,7 @@ def _as_model_error(repo_id: str, what: str, e: Exception) -> Exception:
     if isinstance(e, RepositoryNotFoundError):
         return ModelError(f"{what} '{repo_id}' is not on the Hub at {endpoint()} (or it is private: hf auth login)")
     if isinstance(e, RevisionNotFoundError):
-        return ModelError(f"{what} '{repo_id}' has no such revision on the Hub")
+        return ModelError(f"{what} '{repo_id}' has no revision '{revision or 'main'}' on the Hub")
     if isinstance(e, (OfflineModeIsEnabled, LocalEntryNotFoundError, httpx.ConnectError, httpx.ConnectTimeout)):
         why = "HF_HUB_OFFLINE is set" if offline() else f"the Hub at {endpoint()} cannot be reached ({_cause(e)})"
         return ModelError(f"{what} '{repo_id}' is not in the Hugging Face cache and {why}")
@@ -431,42 +451,44 @@ def _cause(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def _remote_listing(repo_id: str, what: str) -> list[str]:
+def _remote_listing(repo_id: str, what: str, revision: str | None = None) -> list[str]:
     """The repo's file names (one API call)."""
     from huggingface_hub import HfApi
 
     try:
-        info = HfApi().model_info(repo_id)
+        info = HfApi().model_info(repo_id, revision=revision)
     except Exception as e:
-        raise _as_model_error(repo_id, what, e) from e
+        raise _as_model_error(repo_id, what, e, revision) from e
     return [s.rfilename for s in info.siblings or []]
 
 
-def download_model(repo_id: str, progress: Progress | None = None) -> Path:
+def download_model(repo_id: str, progress: Progress | None = None, revision: str | None = None) -> Path:
     """Fetch a Show-o2 repo's own files (:func:`model_files`) into the cache; return the snapshot."""
     from huggingface_hub import hf_hub_download
 
-    listing = _remote_listing(repo_id, "model")
+    listing = _remote_listing(repo_id, "model", revision)
     if "config.json" not in listing:
         raise ModelError(f"'{repo_id}' on the Hub is not a Show-o2 model: it has no config.json")
     try:
-        config = read_json(hf_hub_download(repo_id, "config.json"))
+        config = read_json(hf_hub_download(repo_id, "config.json", revision=revision))
     except ModelError as e:
         raise ModelError(f"'{repo_id}' on the Hub has an unreadable config.json: {e}") from e
     except Exception as e:
-        raise _as_model_error(repo_id, "model", e) from e
+        raise _as_model_error(repo_id, "model", e, revision) from e
     files = model_files(listing, config if isinstance(config, dict) else None)
     if len(files) == 1:
         raise ModelError(f"'{repo_id}' on the Hub has no weights (model.safetensors / pytorch_model.bin)")
-    return _download(repo_id, files, progress, "model")
+    return _download(repo_id, files, progress, "model", revision)
 
 
 def needs_download(name: str) -> bool:
-    """True for a variant or repo id that is not a local folder, not cached, and may be fetched."""
+    """True for a variant or repo id (maybe ``@revision``) that is not a local folder, not cached,
+    and may be fetched."""
     if str(name) == "demo" or Path(str(name)).expanduser().exists():
         return False
-    repo = repo_id_for(name)
-    return repo is not None and not offline() and cached_snapshot(repo) is None
+    base, revision = split_revision(name)
+    repo = repo_id_for(base)
+    return repo is not None and not offline() and cached_snapshot(repo, revision=revision) is None
 
 
 @dataclass
@@ -488,14 +510,16 @@ def pull(name: str, progress: Progress | None = None) -> PullResult:
     from .loading import find_files
     from .specs import spec_for_hidden_size
 
-    repo = repo_id_for(name)
+    base, revision = split_revision(name)
+    repo = repo_id_for(base)
     if repo is None:
-        raise ModelError(f"'{name}' is neither a known variant nor a Hugging Face repo id (owner/name)")
+        raise ModelError(f"'{name}' is neither a known variant nor a Hugging Face repo id (owner/name, "
+                         "maybe @revision)")
     downloaded = []
-    snap = cached_snapshot(repo)
+    snap = cached_snapshot(repo, revision=revision)
     if snap is None:
-        snap = download_model(repo, progress)
-        downloaded.append(repo)
+        snap = download_model(repo, progress, revision)
+        downloaded.append(repo if revision is None else f"{repo}@{revision}")
     files = find_files(snap)
     config = files.config
     if files.format == "official":

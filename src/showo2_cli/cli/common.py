@@ -224,8 +224,9 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", help="No notices or progress 
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="auto: bf16 on CUDA, fp32 elsewhere.")]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name, folder or Hugging Face repo id "
-                                              "(default: $SHOWO2_MODEL, the cached official 1.5B, then the bundled demo).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name, folder or Hugging Face repo id, "
+                                              "repo@revision to pin one (default: $SHOWO2_MODEL, the cached official "
+                                              "1.5B, then the bundled demo).")]
 VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_VAE.pth, a .safetensors or a diffusers "
                                              "folder (default: the model's, then $SHOWO2_VAE).")]
 OffloadOpt = Annotated[Offload, typer.Option("--offload", help="Keep the weights in CPU memory (accelerate): model = one "

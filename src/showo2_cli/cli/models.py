@@ -233,7 +233,8 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
 
 
 def pull(
-    model: Annotated[str, typer.Argument(help="A variant (1.5B, 7B, 1.5B-HQ, ...) or a Hugging Face repo id.")],
+    model: Annotated[str, typer.Argument(help="A variant (1.5B, 7B, 1.5B-HQ, ...) or a Hugging Face repo id; "
+                                         "NAME@REVISION pins a commit, tag or branch.")],
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
