@@ -77,7 +77,8 @@ class Showo2Pipeline:
                         device: str | torch.device | None = None, vae: str | os.PathLike | None = None,
                         runtime: RuntimeOptions | None = None, progress=None,
                         local_files_only: bool = False) -> Showo2Pipeline:
-        """Load by name (``demo``, a folder, a variant such as ``1.5B``, a Hub repo id). A name that
+        """Load by name (``demo``, a folder, a variant such as ``1.5B``, a Hub repo id, which
+        ``@revision`` pins: a commit, tag or branch). A name that
         is not cached is downloaded with :func:`showo2_cli.hub.pull` when online (``progress`` gets
         its bytes) unless ``local_files_only`` (then, as with ``HF_HUB_OFFLINE``, only local
         folders and the cache are used). Default placement is diffusers': the CPU in float32; ``device="auto"`` picks
