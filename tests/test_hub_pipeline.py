@@ -171,6 +171,12 @@ def test_a_revision_in_the_name_pins_the_model(hub, tmp_path, monkeypatch):
     assert result.downloaded == [f"acme/pinned@{old}"] and old in str(result.path)
     assert torch.equal(weight(load(f"acme/pinned@{old}")), v1)
     assert torch.equal(weight(load("acme/pinned")), v2)  # no revision: main
+    from showo2_cli import Showo2Pipeline
+
+    assert torch.equal(weight(Showo2Pipeline.from_pretrained("acme/pinned", revision=old).model), v1)
+    for name, rev in (("demo", "main"), (f"acme/pinned@{old}", "main"), ("acme/pinned", "a b")):
+        with pytest.raises(ValueError, match="revision"):
+            Showo2Pipeline.from_pretrained(name, revision=rev)
     offline(monkeypatch)
     hub.requests.clear()
     assert torch.equal(weight(load(f"acme/pinned@{old}")), v1) and hub.requests == []

@@ -60,6 +60,22 @@ def split_revision(name: str | os.PathLike) -> tuple[str, str | None]:
     return base, rev
 
 
+def with_revision(name: str | os.PathLike, revision: str | None) -> str | os.PathLike:
+    """``name`` pinned to ``revision`` (``from_pretrained(name, revision=...)``): ``name@revision``."""
+    if revision is None:
+        return name
+    from .errors import UsageError
+
+    text = str(name)
+    if not isinstance(revision, str) or not REVISION.fullmatch(revision) or ".." in revision:
+        raise UsageError(f"revision must be a commit, tag or branch name, got {revision!r}")
+    if split_revision(text)[1] is not None:
+        raise UsageError(f"'{text}' already names a revision; give it once")
+    if text == "demo" or Path(text).expanduser().exists() or repo_id_for(text) is None:
+        raise UsageError(f"revision= applies to a Hugging Face repo id or a variant, not to '{text}'")
+    return f"{text}@{revision}"
+
+
 def repo_id_for(name: str) -> str | None:
     """The Hub repo of a registry variant (``1.5B`` -> ``showlab/show-o2-1.5B``, any case) or of a
     text shaped like a repo id; None for anything else (a path, ``demo``)."""

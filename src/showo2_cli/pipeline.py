@@ -76,17 +76,18 @@ class Showo2Pipeline:
     def from_pretrained(cls, name: str | os.PathLike = "demo", *, torch_dtype: torch.dtype | str | None = None,
                         device: str | torch.device | None = None, vae: str | os.PathLike | None = None,
                         runtime: RuntimeOptions | None = None, progress=None,
-                        local_files_only: bool = False) -> Showo2Pipeline:
+                        local_files_only: bool = False, revision: str | None = None) -> Showo2Pipeline:
         """Load by name (``demo``, a folder, a variant such as ``1.5B``, a Hub repo id, which
-        ``@revision`` pins: a commit, tag or branch). A name that
+        ``@revision`` pins: a commit, tag or branch; or ``revision=``). A name that
         is not cached is downloaded with :func:`showo2_cli.hub.pull` when online (``progress`` gets
         its bytes) unless ``local_files_only`` (then, as with ``HF_HUB_OFFLINE``, only local
         folders and the cache are used). Default placement is diffusers': the CPU in float32; ``device="auto"`` picks
         CUDA, then MPS, then the CPU (and bf16 on CUDA unless ``torch_dtype`` says). ``runtime``
         (:class:`~showo2_cli.options.RuntimeOptions`): attention backend, quantization
         (``quantize="nf4"`` or ``"int8wo"``), compilation, VAE tiling, as the CLI options."""
-        from .hub import needs_download, pull
+        from .hub import needs_download, pull, with_revision
 
+        name = with_revision(name, revision)
         dev = pick_device(str(device or "cpu"))
         dtype = _dtype_for(torch_dtype, "auto" if str(device) == "auto" else "fp32", dev)
         if not local_files_only and needs_download(str(name)):
