@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.std import tqdm as _std_tqdm
 
-from .errors import ModelError
+from .errors import ModelError, UsageError
 from .weights import read_json
 
 Progress = Callable[[str, int, int], None]
@@ -64,8 +64,6 @@ def with_revision(name: str | os.PathLike, revision: str | None) -> str | os.Pat
     """``name`` pinned to ``revision`` (``from_pretrained(name, revision=...)``): ``name@revision``."""
     if revision is None:
         return name
-    from .errors import UsageError
-
     text = str(name)
     if not isinstance(revision, str) or not REVISION.fullmatch(revision) or ".." in revision:
         raise UsageError(f"revision must be a commit, tag or branch name, got {revision!r}")

@@ -89,7 +89,8 @@ class Showo2Pipeline:
 
         name = with_revision(name, revision)
         dev = pick_device(str(device or "cpu"))
-        dtype = _dtype_for(torch_dtype, "auto" if str(device) == "auto" else "fp32", dev)
+        dtype = _checked_dtype(torch_dtype) if torch_dtype is not None else \
+            pick_dtype("auto" if str(device) == "auto" else "fp32", dev)
         if not local_files_only and needs_download(str(name)):
             pull(str(name), progress=progress)
         return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime, local_files_only=local_files_only))
@@ -134,7 +135,7 @@ class Showo2Pipeline:
         if isinstance(device, torch.dtype) and dtype is None:
             device, dtype = None, device
         self.model.to(device=pick_device(str(device)) if device is not None else None,
-                      dtype=_dtype_for(dtype, "fp32", "cpu") if dtype is not None else None)
+                      dtype=_checked_dtype(dtype) if dtype is not None else None)
         return self
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device | None = None) -> None:
@@ -534,8 +535,9 @@ def _array_image(value):
 PIPELINE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
-def _dtype_for(value, default: str, device: str) -> torch.dtype:
-    dtype = torch_dtype(value) if value is not None else pick_dtype(default, device)
+def _checked_dtype(value) -> torch.dtype:
+    """A ``torch_dtype`` (a torch dtype or a name) the pipeline computes in."""
+    dtype = torch_dtype(value)
     if dtype not in PIPELINE_DTYPES:
         raise UsageError(f"torch_dtype must be torch.float32, torch.bfloat16, torch.float16 (or torch.float64), "
                          f"got {dtype}")

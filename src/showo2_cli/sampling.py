@@ -19,7 +19,8 @@ from .sequences import Layout
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 #: ``callback(step, total, t, x)`` after each step: ``step`` counts from 1, ``t`` is the time the
 #: step's model call started from, ``x`` the new state (float32). A tensor it returns replaces the
-#: state; raising :class:`StopSampling` ends sampling there, with ``x`` as the result.
+#: state; raising :class:`StopSampling` ends sampling there, with ``x`` (or the exception's
+#: ``latents``) as the result.
 StepCallback = Callable[[int, int, float, torch.Tensor], "torch.Tensor | None"]
 
 

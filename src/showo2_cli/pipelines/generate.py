@@ -130,8 +130,9 @@ def _keep_first_frame(latents: torch.Tensor, first_frame: torch.Tensor) -> torch
     return latents
 
 
-def _encode_negative(tokenizer, text: str) -> list[int]:
-    """A negative prompt's tokens; an empty (or blank) one is the official empty prompt."""
+def _encode_prompt(tokenizer, text: str) -> list[int]:
+    """A prompt's (or negative prompt's) tokens, line breaks as spaces; a blank one is the
+    official empty prompt."""
     return encode_text(tokenizer, text.replace("\n", " ")) if text.strip() else []
 
 
@@ -178,8 +179,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     done_steps = 0
     for start in range(0, len(jobs), opts.batch_size):
         batch = jobs[start:start + opts.batch_size]
-        ids = [encode_text(tokenizer, p.replace("\n", " ")) for p, _, _ in batch]
-        neg_ids = [_encode_negative(tokenizer, negative[i]) for _, i, _ in batch]
+        ids = [_encode_prompt(tokenizer, p) for p, _, _ in batch]
+        neg_ids = [_encode_prompt(tokenizer, negative[i]) for _, i, _ in batch]
         layout = generation_layout(ids, visual, tokens, max_seq_len, video=video, negatives=neg_ids)
         seeds = [seed_for(opts.seed, i, k, opts.num_per_prompt) for _, i, k in batch]
         if noise_all is not None:
@@ -187,23 +188,23 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
         else:
             noise = torch.stack([_noise(latent_shape, s) for s in seeds])
         if first_frame is not None:
-            noise[:, :, 0] = first_frame.float()
+            noise = _keep_first_frame(noise, first_frame)
 
         reached, stopped = [0], [False]  # steps taken; whether a step callback stopped the sampling
 
         def step(i, n, t, x, base=done_steps, reached=reached, stopped=stopped):
+            def kept(z):  # image to video: a callback's latents keep the image's frame 0
+                ok = first_frame is not None and isinstance(z, torch.Tensor) and z.shape == x.shape
+                return _keep_first_frame(z, first_frame) if ok else z
+
             reached[0] = i
             progress("denoising", base + i, total_steps)
             try:
-                new = on_step(i, n, t, x) if on_step is not None else None
+                return kept(on_step(i, n, t, x)) if on_step is not None else None
             except StopSampling as e:
                 stopped[0] = True
-                if first_frame is not None and isinstance(e.latents, torch.Tensor) and e.latents.shape == x.shape:
-                    e.latents = _keep_first_frame(e.latents, first_frame)
+                e.latents = kept(e.latents)
                 raise
-            if first_frame is not None and isinstance(new, torch.Tensor) and new.shape == x.shape:
-                new = _keep_first_frame(new, first_frame)
-            return new
 
         latents = generate_latents(net, layout, noise, opts.guidance, opts.steps, opts.shift, method=opts.method,
                                    cache_prefix=opts.cache_prefix, first_frame_as_cond=first_frame is not None,
