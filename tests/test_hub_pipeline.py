@@ -729,3 +729,39 @@ def test_offload_option_is_validated_once_and_the_cli_writes_the_same_image(tmp_
     assert images["none"].info == images["sequential"].info
     diff = np.abs(np.asarray(images["none"]).astype(int) - np.asarray(images["sequential"]).astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_from_pretrained_takes_diffusers_loading_arguments(tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from showo2_cli import Showo2Pipeline
+    from showo2_cli.errors import ModelError
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    plain = Showo2Pipeline.from_pretrained(pickled, device_map="cpu", low_cpu_mem_usage=False)  # read weights_only
+    with pytest.raises(ModelError, match=r"use_safetensors=True .*pytorch_model\.bin.*showo2 convert"):
+        Showo2Pipeline.from_pretrained(pickled, use_safetensors=True)
+    safe = Showo2Pipeline.from_pretrained(tiny_model_dir, use_safetensors=True)
+    one = dict(seed=1, num_inference_steps=3, output_type="latent")
+    plain.set_progress_bar_config(disable=True)
+    safe.set_progress_bar_config(disable=True)
+    assert torch.equal(plain("a cat", **one).images, safe("a cat", **one).images)
+    assert plain.device.type == "cpu"
+    with pytest.raises(ValueError, match="one weight set"):
+        Showo2Pipeline.from_pretrained(tiny_model_dir, variant="fp16")
+    with pytest.raises(ValueError, match="HF_HUB_CACHE"):
+        Showo2Pipeline.from_pretrained(tiny_model_dir, cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="HF_TOKEN"):
+        Showo2Pipeline.from_pretrained(tiny_model_dir, token="hf_x")
+    with pytest.raises(ValueError, match="one device"):
+        Showo2Pipeline.from_pretrained(tiny_model_dir, device_map={"": 0})
+    with pytest.raises(ValueError, match="not both"):
+        Showo2Pipeline.from_pretrained(tiny_model_dir, device="cpu", device_map="cpu")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        Showo2Pipeline.from_pretrained(tiny_model_dir, colour="red")

@@ -432,13 +432,16 @@ def parameter_counts(state: dict[str, torch.Tensor], tied: bool = False) -> dict
 
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          dtype: str | torch.dtype = torch.float32, need: tuple[str, ...] = ("tokenizer", "VAE"),
-         runtime=None, lora: list | tuple = (), local_files_only: bool = False) -> Showo2:
+         runtime=None, lora: list | tuple = (), local_files_only: bool = False,
+         use_safetensors: bool | None = None) -> Showo2:
     """Load a model by name, folder or cached repo id. ``need`` lists the pieces that must exist;
     ``lora`` LoRA adapters (folders or training runs, see :mod:`showo2_cli.lora`) merged into
     the weights in order; ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the
     attention backend, quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`),
     applied after the adapters are merged. A repo id that is not cached is downloaded when
-    online, unless ``local_files_only``."""
+    online, unless ``local_files_only``. ``use_safetensors=True`` (diffusers' switch) refuses a
+    model whose weights or VAE file are pickles (``.bin``/``.pth``, which are otherwise read with
+    ``torch.load(weights_only=True)``) before anything is read."""
     from .acceleration import apply
     from .lora import find_adapter, merge_adapters
     from .modeling.vae_files import load_vae
@@ -450,6 +453,8 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     message = missing_message(files, ("weights", *need))
     if message:
         raise ModelError(message)
+    if use_safetensors:
+        _require_safetensors(files)
     for ref in lora:  # a wrong path fails before the weights are read
         find_adapter(ref)
     state = read_state_dict(files.weights)
@@ -471,6 +476,16 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     apply(bundle, runtime)
     bundle.load_seconds = time.perf_counter() - start
     return bundle
+
+
+def _require_safetensors(files: ModelFiles) -> None:
+    from .modeling.vae_files import vae_source
+
+    pieces = list(files.weights) + ([vae_source(Path(files.vae).expanduser())[0]] if files.vae is not None else [])
+    pickled = [p for p in pieces if p.suffix.lower() != ".safetensors"]
+    if pickled:
+        raise ModelError(f"use_safetensors=True but '{files.name}' has pickled weights ({pickled[0].name}); "
+                         "`showo2 convert` writes a safetensors copy")
 
 
 # ---- writing our own format -------------------------------------------------------------------

@@ -47,6 +47,32 @@ SCHEDULER_SAMPLERS = {"FlowMatchEulerDiscreteScheduler": "flow-euler", "FlowMatc
 SEED_LIMIT = 2**63 - 1
 
 
+#: diffusers ``from_pretrained`` arguments that huggingface_hub reads from the environment here
+ENV_ARGUMENTS = {"cache_dir": "HF_HUB_CACHE", "token": "HF_TOKEN", "use_auth_token": "HF_TOKEN",
+                 "proxies": "HTTPS_PROXY", "force_download": "HF_HUB_CACHE (delete the cached snapshot)"}
+
+
+def _check_pretrained_kwargs(unsupported: dict, variant) -> None:
+    """diffusers' ``from_pretrained`` arguments that do not apply: one clear ValueError each."""
+    if variant is not None:
+        raise ValueError(f"variant={variant!r}: Show-o2 repos publish one weight set; pass torch_dtype "
+                         "(e.g. torch.bfloat16) for the precision")
+    for key in unsupported:
+        if key in ENV_ARGUMENTS:
+            raise ValueError(f"from_pretrained takes no {key}=: set {ENV_ARGUMENTS[key]} in the environment, "
+                             "which huggingface_hub reads")
+        raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
+
+
+def _device_from_map(device_map) -> str:
+    """diffusers' ``device_map`` as the one device the model runs on."""
+    if isinstance(device_map, (dict, list, tuple)):
+        raise ValueError("device_map as a mapping is not offered: the model runs on one device; name it "
+                         "(\"cuda\", \"cuda:1\") or use enable_model_cpu_offload()")
+    text = str(device_map)
+    return "auto" if text in ("balanced", "auto") else text
+
+
 @dataclass
 class Showo2PipelineOutput(BaseOutput):
     """``images``: a list of PIL images, or a batch: ``np`` (N, H, W, 3) or ``pt`` (N, 3, H, W) floats in
@@ -76,7 +102,10 @@ class Showo2Pipeline:
     def from_pretrained(cls, name: str | os.PathLike = "demo", *, torch_dtype: torch.dtype | str | None = None,
                         device: str | torch.device | None = None, vae: str | os.PathLike | None = None,
                         runtime: RuntimeOptions | None = None, progress=None,
-                        local_files_only: bool = False, revision: str | None = None) -> Showo2Pipeline:
+                        local_files_only: bool = False, revision: str | None = None,
+                        use_safetensors: bool | None = None, variant: str | None = None,
+                        device_map: str | torch.device | None = None, low_cpu_mem_usage: bool = True,
+                        **unsupported: Any) -> Showo2Pipeline:
         """Load by name (``demo``, a folder, a variant such as ``1.5B``, a Hub repo id, which
         ``@revision`` pins: a commit, tag or branch; or ``revision=``). A name that
         is not cached is downloaded with :func:`showo2_cli.hub.pull` when online (``progress`` gets
@@ -84,16 +113,30 @@ class Showo2Pipeline:
         folders and the cache are used). Default placement is diffusers': the CPU in float32; ``device="auto"`` picks
         CUDA, then MPS, then the CPU (and bf16 on CUDA unless ``torch_dtype`` says). ``runtime``
         (:class:`~showo2_cli.options.RuntimeOptions`): attention backend, quantization
-        (``quantize="nf4"`` or ``"int8wo"``), compilation, VAE tiling, as the CLI options."""
+        (``quantize="nf4"`` or ``"int8wo"``), compilation, VAE tiling, as the CLI options.
+
+        diffusers' other arguments: ``use_safetensors=True`` refuses pickled weights (``.bin``,
+        ``.pth``); ``device_map`` names one device (``"cuda"``, ``"cuda:1"``; ``"balanced"``
+        or ``"auto"``: the best one) as ``device`` does, since the model runs on one device;
+        ``low_cpu_mem_usage`` is accepted either way (weights are always memory-mapped, built in place);
+        ``variant`` must be None (Show-o2 repos publish one weight set: ``torch_dtype`` picks the
+        precision). ``cache_dir``, ``token`` and ``proxies`` are read from the environment
+        (``HF_HUB_CACHE``, ``HF_TOKEN``, ``HTTPS_PROXY``), as huggingface_hub does."""
         from .hub import needs_download, pull, with_revision
 
+        _check_pretrained_kwargs(unsupported, variant)
+        if device_map is not None:
+            if device is not None:
+                raise ValueError("pass device or device_map, not both")
+            device = _device_from_map(device_map)
         name = with_revision(name, revision)
         dev = pick_device(str(device or "cpu"))
         dtype = _checked_dtype(torch_dtype) if torch_dtype is not None else \
             pick_dtype("auto" if str(device) == "auto" else "fp32", dev)
         if not local_files_only and needs_download(str(name)):
             pull(str(name), progress=progress)
-        return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime, local_files_only=local_files_only))
+        return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime, local_files_only=local_files_only,
+                        use_safetensors=use_safetensors))
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True,
                         overwrite: bool = False) -> Path:

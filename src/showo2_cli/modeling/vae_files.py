@@ -53,7 +53,7 @@ def load_vae(
     Every failure is a one-line `ModelError` naming the file.
     """
     dtype, device = resolve_dtype(dtype), resolve_device(device)
-    weights, config_path = _resolve_source(Path(path).expanduser())
+    weights, config_path = vae_source(Path(path).expanduser())
     sd, layout = _to_diffusers_layout(read_state_dict(weights), weights)
     kwargs = _init_kwargs(read_json(config_path)) if config_path is not None else {}
     kwargs.update(_infer_kwargs(sd, weights))
@@ -207,7 +207,7 @@ def _single_weight_file(folder: Path) -> Path:
     )
 
 
-def _resolve_source(path: Path) -> tuple[Path, Path | None]:
+def vae_source(path: Path) -> tuple[Path, Path | None]:
     """(weights file, config.json or None) for a file or folder path."""
     if not path.exists():
         raise ModelError(f"{path}: VAE not found (no such file or folder)")
