@@ -160,6 +160,46 @@ def test_an_assistant_greeting_opens_the_conversation_in_chatml(demo):
 
 # ---- the Conversation --------------------------------------------------------------------------------
 
+def test_a_reply_prefix_is_continued_as_the_model_would_have_gone_on(demo):
+    """Conversation.ask(prefix=): greedy decoding from the first words of the model's own answer
+    gives the rest of that answer; the prefix ends the prompt, with no <|im_end|> after it."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.dialogue import PromptPieces, TurnTokens, conversation_layout, encode_user_text, prompt_length
+    from showo2_cli.options import TextSampling
+
+    sampling = TextSampling(max_new_tokens=12)
+    checked = 0
+    for k in range(3):
+        image = S.render_image(scene(k))
+        whole = Conversation(demo)
+        whole.attach(image)
+        answer = whole.ask(S.Q_DESCRIBE_IMAGE, sampling)
+        ids = whole.turns[-1].answer_ids
+        for cut in range(1, len(ids)):  # a cut whose text encodes back to the model's own tokens
+            prefix = demo.tokenizer.decode(ids[:cut])
+            if encode_user_text(demo.tokenizer, prefix) == ids[:cut] and answer.startswith(prefix):
+                break
+        else:
+            continue
+        conv = Conversation(demo)
+        conv.attach(image)
+        shown: list[str] = []
+        rest = conv.ask(S.Q_DESCRIBE_IMAGE, TextSampling(max_new_tokens=12 - cut), on_text=shown.append, prefix=prefix)
+        assert prefix + rest == answer and conv.turns[-1].answer == answer and "".join(shown) == rest
+        assert rest.startswith(" ")  # the space after the prefix is the continuation's (kept, not stripped)
+        assert conv.turns[-1].answer_ids == ids and conv.turns[-1].prefilled == cut
+        assert conv.turns[-1].prompt_tokens == whole.turns[-1].prompt_tokens + cut
+        checked += 1
+    assert checked >= 2
+    pieces, q = PromptPieces.of(demo), encode_user_text(demo.tokenizer, "Say it.")
+    turns = [TurnTokens(q, [], prefix=[5, 6])]
+    layout, _ = conversation_layout(turns, pieces)
+    assert layout.input_ids[0].tolist()[-len(pieces.assistant) - 2:] == [*pieces.assistant, 5, 6]
+    assert prompt_length(turns, pieces) == layout.seq_len
+    with pytest.raises(UsageError, match="prefix"):
+        conversation_layout([TurnTokens(q, [], [7], prefix=[5]), TurnTokens(q)], pieces)
+
+
 def test_first_answers_equal_caption(demo, tmp_path):
     from showo2_cli.chat import Conversation
     from showo2_cli.pipelines import CaptionOptions, caption
@@ -327,7 +367,7 @@ def test_parse_chat_requests():
     assert status({}) == 400
     assert status({"messages": []}) == 400
     assert status({"messages": [{"role": "assistant", "content": "x"}]}) == 400
-    assert status({"messages": [user, {"role": "assistant", "content": "x"}]}) == 400
+    assert status({"messages": [user, {"role": "assistant", "content": "x"}], "continue_final_message": False}) == 400
     assert status({"messages": [{"role": "tool", "content": "x"}, user]}) == 400
     assert status({"messages": [user], "temperature": "hot"}) == 400
     assert status({"messages": [user], "temperature": 3}) == 400
@@ -390,6 +430,13 @@ def test_parse_chat_requests():
     said = {"role": "assistant", "content": "A"}
     parts = parse_chat({"messages": [user, said, {**said, "content": "B"}, user]}, cfg)
     assert parts.turns[0].answer == "A\nB"  # consecutive assistant messages: one reply in parts
+    # a closing assistant message is a reply to continue (it was a 400), after a system message too
+    for tail in ([said], [said, {"role": "system", "content": "s"}], [said, {**said, "content": "B"}]):
+        plan = parse_chat({"messages": [user, *tail]}, cfg)
+        assert [(t.question, t.answer) for t in plan.turns] == [("hi", None)]
+        assert plan.turns[0].prefix == ("A\nB" if len(tail) == 2 and tail[1]["role"] == "assistant" else "A")
+    greeting_only = {"messages": [{"role": "system", "content": "s"}, said]}
+    assert "assistant reply to continue" in str(pytest.raises(ApiError, parse_chat, greeting_only, cfg).value)
 
 
 def test_image_data_urls_take_what_encoders_write():
@@ -671,6 +718,16 @@ def test_server_with_the_openai_client(keyed_server, demo):
                {"role": "assistant", "content": "Hello! Send me a picture."}, *messages]
     r = client.chat.completions.create(model="demo", messages=greeted, max_tokens=8)  # it was a 400
     assert r.choices[0].message.content.strip() and r.usage.prompt_tokens > 17
+    said = client.chat.completions.create(model="demo", messages=messages, max_tokens=16)
+    words = said.choices[0].message.content
+    ids = encode_user_text(demo.tokenizer, words)
+    prefix = demo.tokenizer.decode(ids[:1])
+    assert encode_user_text(demo.tokenizer, prefix) == ids[:1] and len(ids) > 1
+    goes_on = client.chat.completions.create(model="demo", max_tokens=15,  # continues a reply (it was a 400)
+                                             messages=[*messages, {"role": "assistant", "content": prefix}])
+    assert prefix + goes_on.choices[0].message.content == words  # the model's own reply, from its first token
+    assert goes_on.usage.prompt_tokens == said.usage.prompt_tokens + 1
+    assert goes_on.usage.completion_tokens == said.usage.completion_tokens - 1
     history = messages + [{"role": "assistant", "content": s.colour},
                           {"role": "user", "content": S.Q_DESCRIBE_IMAGE}]
     whole = client.chat.completions.create(model="demo", messages=history, max_tokens=16)

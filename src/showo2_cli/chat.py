@@ -57,6 +57,7 @@ class Turn:
     stopped: bool = True  # the answer ended with <|im_end|> (False: cut at max_new_tokens)
     prompt_tokens: int = 0  # prompt length when it was answered (0: history given, not generated)
     seconds: float = 0.0
+    prefilled: int = 0  # answer tokens given as a prefix (see ``Conversation.ask``), not generated
 
     def tokens(self, with_answer: bool = True, media: list[VisualInput] | None = None) -> TurnTokens:
         return TurnTokens(self.question_ids, media if media is not None else self.media,
@@ -174,7 +175,7 @@ class Conversation:
         turns = [t.tokens() for t in self.context_turns] + [current]
         if self._carried:
             first = turns[0]
-            turns[0] = TurnTokens(first.question, [*self._carried, *first.visuals], first.answer)
+            turns[0] = replace(first, visuals=[*self._carried, *first.visuals])
         return turns
 
     def _fit(self, current: TurnTokens, max_new_tokens: int) -> int:
@@ -212,8 +213,13 @@ class Conversation:
         return self.options.sampling()
 
     def ask(self, question: str, sampling: TextSampling | None = None,
-            on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> str:
+            on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
+            prefix: str = "") -> str:
         """Answer ``question`` (with the pending media) given the turns before it; return the answer.
+
+        ``prefix`` starts the answer and the model continues it (a prefill, as an API request that
+        ends with an assistant message asks): the text returned and streamed is the continuation,
+        the turn recorded holds the whole answer.
 
         ``sampling`` defaults to the options' (greedy). ``on_text(piece)`` streams the answer;
         setting ``cancel`` stops generation (:class:`~showo2_cli.dialogue.Cancelled` is raised and
@@ -224,14 +230,17 @@ class Conversation:
             sampling = sampling or self.sampling()
             sampling.validate()
             q_ids = self._question_ids(question)
-            current = TurnTokens(q_ids, list(self.pending))
+            if not isinstance(prefix, str) or len(prefix) > MAX_PROMPT_CHARS:
+                raise UsageError(f"an answer prefix must be text of at most {MAX_PROMPT_CHARS} characters")
+            p_ids = encode_user_text(self.model.require_tokenizer(), prefix) if prefix else []
+            current = TurnTokens(q_ids, list(self.pending), prefix=p_ids)
             limit = self._fit(current, sampling.max_new_tokens)
             layout, visuals = conversation_layout(self._context(current), self._pieces, self.mask_mode,
                                                   self.template)
             out = generate_answer(self.model, layout, visuals, replace(sampling, max_new_tokens=limit),
-                                  on_text=on_text, cancel=cancel)
-            turn = Turn(question.strip(), out.text, list(self.pending), q_ids, out.token_ids, out.stopped,
-                        out.prompt_tokens, time.perf_counter() - start)
+                                  on_text=on_text, cancel=cancel, prefix=p_ids)
+            turn = Turn(question.strip(), prefix + out.text, list(self.pending), q_ids, p_ids + out.token_ids,
+                        out.stopped, out.prompt_tokens, time.perf_counter() - start, len(p_ids))
             self.pending = []
             self.turns.append(turn)
             return out.text

@@ -139,6 +139,7 @@ class TurnTokens:
     question: list[int] | None  # None: an assistant message that opens the conversation (a greeting)
     visuals: Sequence[VisualInput] = ()
     answer: list[int] | None = None  # None: the turn being asked (the last one)
+    prefix: Sequence[int] = ()  # the turn being asked: the start of its answer, which the model continues
 
 
 @dataclass
@@ -238,6 +239,9 @@ def conversation_layout(turns: Sequence[TurnTokens], pieces: PromptPieces, mask_
             raise UsageError("only the last turn of a conversation may be unanswered")
     if turns[-1].answer is not None:
         raise UsageError("the last turn of a conversation must be the question to answer")
+    if any(t.prefix for t in turns[:-1]):
+        raise UsageError("only the turn being asked may have an answer prefix")
+    ids += list(turns[-1].prefix)  # a reply to continue (prefill): the answer goes on from it
     shape = (1, len(slots), 2)
     slots_t = torch.tensor([slots], dtype=torch.long) if slots else torch.zeros(shape, dtype=torch.long)
     blocks_t = torch.tensor([blocks], dtype=torch.long) if blocks else torch.zeros(shape, dtype=torch.long)
@@ -256,7 +260,7 @@ def prompt_length(turns: Sequence[TurnTokens], pieces: PromptPieces, template: s
         n += len(pieces.assistant) + (len(pieces.newline) if turn.visuals and stage2 else 0) + int(stage2)
         if turn.answer is not None:
             n += len(turn.answer) + 1
-    return n
+    return n + len(turns[-1].prefix) if turns else n
 
 
 @dataclass
@@ -270,13 +274,14 @@ class Answer:
 @torch.no_grad()
 def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], sampling: TextSampling,
                     on_text: Callable[[str], None] | None = None,
-                    cancel: threading.Event | None = None) -> Answer:
+                    cancel: threading.Event | None = None, prefix: Sequence[int] = ()) -> Answer:
     """Decode one answer from a conversation prompt (greedy unless ``sampling`` says otherwise).
 
     ``on_text(piece)`` receives the answer's text as it grows, the pieces adding up to the
     returned text (:class:`~showo2_cli.text_decoding.TextStream`); when ``cancel`` is set,
     :class:`Cancelled` is raised at the next token. ``sampling.stop_strings`` end the answer where
-    one first appears (the answer is the text before it).
+    one first appears (the answer is the text before it). ``prefix``: the ids of the answer's
+    start, which the layout ends with (a reply being continued); the text is what follows it.
     """
     net, tokenizer, tokens = model.network, model.require_tokenizer(), model.tokens
     stop = (tokens.eos,)
@@ -286,7 +291,7 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
         raise Cancelled("cancelled")
     embeds, _ = net.embed_inputs(layout.input_ids, [visuals], layout.slots, torch.ones(1))
     mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
-    stream = TextStream(tokenizer, stop, sampling.stop_strings, on_text)
+    stream = TextStream(tokenizer, stop, sampling.stop_strings, on_text, head_ids=prefix)
 
     def on_token(tok: int) -> bool:
         if cancel is not None and cancel.is_set():

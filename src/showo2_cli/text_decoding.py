@@ -7,7 +7,7 @@ token then attends to everything before it, which is exactly the official full-r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -43,11 +43,18 @@ class TextStream:
     character, never a piece of a stop string, no leading whitespace, and whitespace inside the
     answer only once text follows it. So a streamed answer and the same answer returned whole are
     the same string.
+
+    ``head_ids`` is the start of the answer given beforehand (a reply being continued): the text
+    is then what the ids add to the head's text, whitespace after the head kept (only trailing
+    whitespace is stripped), and stop strings are looked for in it alone.
     """
 
     def __init__(self, tokenizer, stop_ids: tuple[int, ...] = (), stop_strings: tuple[str, ...] = (),
-                 on_text: Callable[[str], None] | None = None):
+                 on_text: Callable[[str], None] | None = None, head_ids: Sequence[int] = ()):
         self.tokenizer, self.stop_ids, self.stops, self.on_text = tokenizer, tuple(stop_ids), tuple(stop_strings), on_text
+        self.head_ids = list(head_ids)
+        self.head = tokenizer.decode(self.head_ids, skip_special_tokens=True) if self.head_ids else ""
+        self._trim = str.rstrip if self.head.strip() else str.strip
         self.produced: list[int] = []  # every id but the stop ids
         self.cut: str | None = None  # the text before the first stop string, once one appeared
         self.shown = ""
@@ -59,7 +66,7 @@ class TextStream:
         self.produced.append(token)
         if self.on_text is None and not self.stops:
             return False  # nothing to show or look for: the text is made once, at the end
-        text = self.tokenizer.decode(self.produced, skip_special_tokens=True)
+        text = self._decoded()
         if text.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
             return False
         safe = len(text)
@@ -70,7 +77,7 @@ class TextStream:
                 safe = hit
             else:  # hold back a tail that may be the start of a stop string
                 safe -= held_back(text, self.stops)
-        self._show(text[:safe].strip())  # trailing whitespace waits for the text after it
+        self._show(self._trim(text[:safe]))  # trailing whitespace waits for the text after it
         return self.cut is not None
 
     def _show(self, visible: str) -> None:
@@ -80,10 +87,17 @@ class TextStream:
 
     def finish(self) -> str:
         """The answer's text; shows what has not been shown yet."""
-        text = self.cut if self.cut is not None else self.tokenizer.decode(self.produced, skip_special_tokens=True)
-        text = text.strip()
+        text = self._trim(self.cut if self.cut is not None else self._decoded())
         self._show(text)
         return text
+
+    def _decoded(self) -> str:
+        """The text of the ids produced: after the head's text where the head is given."""
+        if self.head_ids:
+            whole = self.tokenizer.decode(self.head_ids + self.produced, skip_special_tokens=True)
+            if whole.startswith(self.head):
+                return whole[len(self.head):]
+        return self.tokenizer.decode(self.produced, skip_special_tokens=True)
 
 
 def first_stop(text: str, stops: tuple[str, ...]) -> int:

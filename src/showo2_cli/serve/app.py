@@ -79,10 +79,10 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
                             frequency_penalty=plan.frequency_penalty, presence_penalty=plan.presence_penalty,
                             logit_bias=plan.logit_bias)
     answer = conv.ask(plan.turns[-1].question, sampling, on_text=lambda piece: job.emit("text", piece),
-                      cancel=job.cancel)
+                      cancel=job.cancel, prefix=plan.turns[-1].prefix)
     turn = conv.turns[-1]
     return {"answer": answer, "finish_reason": "stop" if turn.stopped else "length",
-            "prompt_tokens": turn.prompt_tokens, "completion_tokens": len(turn.answer_ids),
+            "prompt_tokens": turn.prompt_tokens, "completion_tokens": len(turn.answer_ids) - turn.prefilled,
             "notices": list(conv.notices)}
 
 

@@ -280,6 +280,7 @@ class PlannedTurn:
     images: list[bytes] = field(default_factory=list)
     answer: str | None = None
     image_params: list[str] = field(default_factory=list)  # where each image is in the request
+    prefix: str = ""  # the last turn: a reply to continue (a request ending with an assistant message)
 
 
 @dataclass
@@ -434,8 +435,17 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
         else:
             raise ApiError(400, f"{param}: unsupported role {str(role)[:20]!r} (use system, user, assistant)",
                            "invalid_value", param)
+    last_role = next((m.get("role") for m in reversed(messages) if m.get("role") not in ("system", "developer")),
+                     None)
+    if turns and turns[-1].question is not None and turns[-1].answer is not None and last_role == "assistant":
+        # a closing assistant message is a reply to continue (Ollama's and vLLM's continue_final_message)
+        if body.get("continue_final_message") is False or body.get("add_generation_prompt") is True:
+            raise ApiError(400, "Show-o2's chat template cannot open a second assistant turn: a request that ends "
+                                "with an assistant message continues it", "invalid_value", "messages")
+        turns[-1].prefix, turns[-1].answer = turns[-1].answer, None
     if not turns or turns[-1].answer is not None:
-        raise ApiError(400, "the last message must be a user message", "invalid_value", "messages")
+        raise ApiError(400, "the last message must be a user message, or an assistant reply to continue after one",
+                       "invalid_value", "messages")
     for t in turns:
         if t.question is not None and not t.question.strip():
             if not t.images:
