@@ -200,6 +200,58 @@ def test_a_reply_prefix_is_continued_as_the_model_would_have_gone_on(demo):
         conversation_layout([TurnTokens(q, [], [7], prefix=[5]), TurnTokens(q)], pieces)
 
 
+def test_context_overflow_policies(demo):
+    """drop (the chat) lets old turns go; shorten keeps them and shortens the answer; refuse (an API
+    request with max_tokens) raises ContextTooLong; texts that cannot fit are refused untokenized."""
+    from showo2_cli.chat import CHARS_PER_TOKEN, Conversation
+    from showo2_cli.errors import ContextTooLong
+    from showo2_cli.options import TextSampling
+
+    def conversation(overflow, budget=4096):
+        conv = Conversation(demo, max_context=budget, overflow=overflow)
+        for k in range(3):
+            conv.add_turn(f"question {k} " + "word " * 6, "answer " * 6)
+        return conv
+
+    whole = conversation("drop")
+    whole.add_turn("and now?", "x")
+    budget = whole.prompt_tokens + 30  # the three turns and the question fit, with 100 more tokens they do not
+    wide = TextSampling(max_new_tokens=100)
+    dropped = conversation("drop", budget)
+    dropped.ask("and now?", wide)
+    assert dropped.context_turns[0] is not dropped.turns[0] and any("left the context" in n for n in dropped.notices)
+    kept = conversation("shorten", budget)
+    kept.ask("and now?", wide)
+    assert kept.context_turns == kept.turns and kept.turns[-1].prompt_tokens + 100 > budget
+    assert len(kept.turns[-1].answer_ids) <= budget - kept.turns[-1].prompt_tokens
+    refused = conversation("refuse", budget)
+    with pytest.raises(ContextTooLong, match=f"context is {budget} tokens"):
+        refused.ask("and now?", wide)
+    assert len(refused.turns) == 3 and refused.ask("and now?", TextSampling(max_new_tokens=4))
+    with pytest.raises(ContextTooLong, match="cannot fit"):
+        conversation("shorten", budget).ask("x" * (budget * CHARS_PER_TOKEN + 1), wide)
+    with pytest.raises(UsageError, match="overflow"):
+        Conversation(demo, overflow="wrap")
+
+
+def test_extreme_sampling_values_still_choose_a_token():
+    """Accepted values that overflow the logits (a tiny temperature or repetition penalty) choose a
+    token instead of failing in torch.multinomial; top-k 1 and min-p 1 leave only the top token."""
+    from showo2_cli.options import TextSampling
+    from showo2_cli.text_decoding import choose_token
+
+    logits = torch.randn(200, generator=torch.Generator().manual_seed(0)) * 4
+    top = int(logits.argmax())
+    gen = torch.Generator().manual_seed(1)
+    assert choose_token(logits, TextSampling(temperature=1e-38), gen) == top  # below 1e-5: greedy
+    for opts in (TextSampling(temperature=1.0, repetition_penalty=1e-30), TextSampling(temperature=2.0,
+                 repetition_penalty=1e-300 * 1e300 * 1e-30)):
+        assert 0 <= choose_token(logits, opts, gen, answer=[top, 3, 4]) < 200
+    assert {choose_token(logits, TextSampling(temperature=2, top_k=1), gen) for _ in range(20)} == {top}
+    assert {choose_token(logits, TextSampling(temperature=2, min_p=1.0), gen) for _ in range(20)} == {top}
+    assert len({choose_token(logits, TextSampling(temperature=2), gen) for _ in range(40)}) > 1
+
+
 def test_first_answers_equal_caption(demo, tmp_path):
     from showo2_cli.chat import Conversation
     from showo2_cli.pipelines import CaptionOptions, caption
@@ -427,6 +479,19 @@ def test_parse_chat_requests():
     greedy = parse_chat({"messages": [user], "top_p": 0, "temperature": 0.7}, cfg)  # only the top token is left
     assert (greedy.temperature, greedy.top_p) == (0.0, None)
     assert parse_chat({"messages": [user], "top_p": 0.5, "temperature": 0.7}, cfg).top_p == 0.5
+    sampled = parse_chat({"messages": [user], "top_k": 5, "min_p": 0.1}, cfg)  # vLLM's extras (ignored before)
+    assert (sampled.top_k, sampled.min_p, sampled.max_tokens_given) == (5, 0.1, False)
+    off = parse_chat({"messages": [user], "top_k": -1, "min_p": 0, "max_tokens": 8}, cfg)
+    assert (off.top_k, off.min_p, off.max_tokens_given) == (None, None, True)
+    for key, value in (("top_k", -2), ("top_k", 1.5), ("min_p", 1.5), ("user", 5),
+                       ("stream_options", {"include_usage": "yes"})):
+        with pytest.raises(ApiError) as e:
+            parse_chat({"messages": [user], key: value}, cfg)
+        assert e.value.status == 400 and e.value.param.startswith(key), (key, value)
+    long_system = {"messages": [{"role": "system", "content": "x" * (cfg.max_text_chars + 1)}, user]}
+    with pytest.raises(ApiError) as e:  # every role's text counts, refused before tokenizing
+        parse_chat(long_system, cfg)
+    assert (e.value.code, e.value.param) == ("context_length_exceeded", "messages")
     said = {"role": "assistant", "content": "A"}
     parts = parse_chat({"messages": [user, said, {**said, "content": "B"}, user]}, cfg)
     assert parts.turns[0].answer == "A\nB"  # consecutive assistant messages: one reply in parts
@@ -766,6 +831,15 @@ def test_server_with_the_openai_client(keyed_server, demo):
         assert img.format == "PNG" and img.size == (64, 64)
         meta = json.loads(img.info["showo2"])
         assert meta["steps"] == 8 and meta["negative_prompt"] == "a blue square"
+    png = np.asarray(Image.open(io.BytesIO(base64.b64decode(images.data[0].b64_json))).convert("RGB"), np.float32)
+    for fmt, pil in (("jpeg", "JPEG"), ("webp", "WEBP")):  # gpt-image-1's output_format (it came back PNG)
+        other = client.images.generate(model="demo", prompt="a red circle on a white background", size="64x64",
+                                       extra_body={"seed": 5, "steps": 8, "negative_prompt": "a blue square",
+                                                   "output_format": fmt, "output_compression": 90,
+                                                   "quality": "hd", "style": "natural"})
+        img = Image.open(io.BytesIO(base64.b64decode(other.data[0].b64_json)))
+        assert img.format == pil and img.size == (64, 64)
+        assert np.abs(np.asarray(img.convert("RGB"), np.float32) - png).mean() < 8  # the same image, compressed
 
 
 @pytest.mark.slow
@@ -824,6 +898,26 @@ def test_server_errors_are_openai_json(keyed_server):
     expect(httpx.post(gen, json={"prompt": "x", "response_format": "url"}, headers=key), 400)
     expect(httpx.post(gen, json={"prompt": ""}, headers=key), 400)
     expect(httpx.post(gen, json={"prompt": "x", "negative_prompt": ["a"]}, headers=key), 400, "invalid_value")
+    import gzip
+
+    zipped = gzip.compress(json.dumps(user).encode())
+    expect(httpx.post(chat, content=zipped, headers={**key, "Content-Encoding": "gzip"}), 415,
+           "unsupported_content_encoding")  # it was a misleading "not UTF-8 JSON"
+    flat = b'{"messages": [{"role": "user", "content": "hi"}], "x": [' + b",".join([b"[]"] * 300_000) + b"]}"
+    expect(httpx.post(chat, content=flat, headers=key), 413, "request_too_large")  # refused before parsing
+    expect(httpx.post(chat, json={**user, "user": 123}, headers=key), 400, "invalid_type")
+    expect(httpx.post(chat, json={**user, "stream": True, "stream_options": {"include_usage": "yes"}}, headers=key),
+           400, "invalid_type")
+    history = [{"role": "user", "content": "word " * 2000}, {"role": "assistant", "content": "ok " * 2000}] * 30
+    expect(httpx.post(chat, json={**user, "messages": history[:-1], "max_tokens": 64}, headers=key), 400,
+           "context_length_exceeded")  # OpenAI's answer; turns were dropped silently before
+    expect(httpx.post(gen, json={"prompt": "x", "background": "transparent"}, headers=key), 400, "invalid_value")
+    expect(httpx.post(gen, json={"prompt": "x", "quality": "bogus"}, headers=key), 400, "invalid_value")
+    expect(httpx.post(gen, json={"prompt": "x", "output_format": "gif"}, headers=key), 400, "invalid_value")
+    for path in ("/v1/chat/completions/", "/v1/chat/completions//"):  # a base URL ending in '/': served, no 307
+        r = httpx.post(url + path, json={**user, "max_tokens": 4}, headers=key)
+        assert r.status_code == 200 and r.json()["object"] == "chat.completion", r.text
+    assert httpx.get(url + "/v1/models/", headers=key).json()["data"][0]["id"] == "demo"
     r = httpx.post(chat, json={**user, "max_tokens": 4}, headers=key)  # still serving after all that
     assert r.status_code == 200 and r.json()["object"] == "chat.completion"
     assert httpx.get(url + "/health").json()["failed"] >= 1  # the worker lived through the broken image

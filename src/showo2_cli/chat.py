@@ -39,9 +39,9 @@ from .dialogue import (
     generate_answer,
     prompt_length,
 )
-from .errors import ContextTooLong, UsageError
+from .errors import ContextTooLong, UsageError, short
 from .loading import Showo2
-from .options import MAX_PROMPT_CHARS, CaptionOptions
+from .options import CaptionOptions
 
 #: Media attached to one question, at most.
 MAX_MEDIA_PER_TURN = 8
@@ -69,6 +69,13 @@ class Turn:
                 "finish_reason": "stop" if self.stopped else "length", "seconds": round(self.seconds, 3)}
 
 
+#: what :class:`Conversation` does when a question and its answer do not fit the context
+OVERFLOW_POLICIES = ("drop", "shorten", "refuse")
+#: texts longer than this many characters per token of the context cannot fit it (a token of
+#: Qwen2.5's vocabulary holds at most a few dozen characters): refused before tokenizing
+CHARS_PER_TOKEN = 32
+
+
 def context_budget(model: Showo2) -> int:
     """The longest sequence (prompt + answer) the model takes: its LLM's position range."""
     return int(model.spec.max_position_embeddings)
@@ -79,12 +86,18 @@ class Conversation:
 
     ``options`` are the understanding options of :class:`~showo2_cli.pipelines.CaptionOptions`
     (template, mask mode, video frames, size; its sampling fields are the default ``sampling``).
-    ``max_context`` caps prompt + answer tokens (default :func:`context_budget`).
+    ``max_context`` caps prompt + answer tokens (default :func:`context_budget`). ``overflow``
+    says what happens when prompt + ``max_new_tokens`` exceed it: ``"drop"`` (the chat's way) lets
+    the oldest turns leave the context; ``"shorten"`` keeps every turn and shortens the answer to
+    the room left; ``"refuse"`` (an API request that set ``max_tokens``, as OpenAI answers) raises
+    :class:`~showo2_cli.errors.ContextTooLong`, as both do when the prompt alone does not fit.
+    Texts (system prompt, questions, answers) are capped at :data:`CHARS_PER_TOKEN` characters a
+    token of the budget, before anything is tokenized.
     """
 
     def __init__(self, model: Showo2, system: str | None = None, *, options: CaptionOptions | None = None,
                  max_context: int | None = None, on_notice: Callable[[str], None] | None = None,
-                 name: str | None = None):
+                 name: str | None = None, overflow: str = "drop"):
         self.model = model
         self.options = options or CaptionOptions()
         self.options.validate()
@@ -93,6 +106,10 @@ class Conversation:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 16:
             raise UsageError(f"--max-context must be a whole number of tokens >= 16, got {budget}")
         self.max_context = budget
+        if overflow not in OVERFLOW_POLICIES:
+            raise UsageError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {short(overflow)}")
+        self.overflow = overflow
+        self.max_chars = budget * CHARS_PER_TOKEN
         self.on_notice = on_notice
         self.turns: list[Turn] = []  # every turn (the transcript)
         self.pending: list[VisualInput] = []  # media for the next question
@@ -109,8 +126,9 @@ class Conversation:
 
     @system.setter
     def system(self, text: str) -> None:
-        if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
-            raise UsageError(f"the system prompt must be text of at most {MAX_PROMPT_CHARS} characters")
+        if not isinstance(text, str):
+            raise UsageError("the system prompt must be text")
+        self._check_length(text, "the system prompt")
         self._system = text
         self._pieces = PromptPieces.of(self.model, text)
 
@@ -146,9 +164,7 @@ class Conversation:
     def _question_ids(self, question: str) -> list[int]:
         if not isinstance(question, str) or not question.strip():
             raise UsageError("empty question: give some text")
-        if len(question) > MAX_PROMPT_CHARS:
-            raise ContextTooLong(f"a question of {len(question)} characters is too long "
-                             f"(at most {MAX_PROMPT_CHARS})")
+        self._check_length(question, "a question")
         return encode_user_text(self.model.require_tokenizer(), question.strip())
 
     def add_turn(self, question: str | None, answer: str, media: list[VisualInput] | None = None) -> Turn:
@@ -156,6 +172,7 @@ class Conversation:
         ``question=None`` records an assistant message that opens the conversation (a greeting)."""
         if not isinstance(answer, str):
             raise UsageError("an answer must be text")
+        self._check_length(answer, "an answer")
         media = list(self.pending if media is None else media)
         if question is None:
             if self.turns or media:
@@ -170,6 +187,12 @@ class Conversation:
         self.turns.append(turn)
         return turn
 
+    def _check_length(self, text: str, what: str) -> None:
+        """Text that cannot fit the context whatever its tokens: refused before tokenizing it."""
+        if len(text) > self.max_chars:
+            raise ContextTooLong(f"{what} of {len(text)} characters cannot fit the context of {self.max_context} "
+                                 f"tokens (at most {self.max_chars} characters)")
+
     # ---- asking ---------------------------------------------------------------------------------
     def _context(self, current: TurnTokens) -> list[TurnTokens]:
         turns = [t.tokens() for t in self.context_turns] + [current]
@@ -183,7 +206,8 @@ class Conversation:
         dropped = 0
         while True:
             length = prompt_length(self._context(current), self._pieces, self.template)
-            if length + max_new_tokens <= self.max_context or self._first == len(self.turns):
+            if length + max_new_tokens <= self.max_context or self._first == len(self.turns) \
+                    or self.overflow != "drop":
                 break
             gone = self.turns[self._first]
             self._first += 1
@@ -196,6 +220,9 @@ class Conversation:
             self._notice(f"context budget of {self.max_context} tokens reached: the oldest {dropped} "
                          f"turn{'s' if dropped > 1 else ''} left the context{kept}")
         room = self.max_context - length
+        if self.overflow == "refuse" and room < max_new_tokens:
+            raise ContextTooLong(f"this model's context is {self.max_context} tokens, but the messages take {length} "
+                                 f"and the answer asks for {max_new_tokens}: shorten the messages or the answer")
         if room < 1:
             raise ContextTooLong(f"the question and its media need {length} tokens, more than the context "
                              f"budget of {self.max_context}")
@@ -230,8 +257,9 @@ class Conversation:
             sampling = sampling or self.sampling()
             sampling.validate()
             q_ids = self._question_ids(question)
-            if not isinstance(prefix, str) or len(prefix) > MAX_PROMPT_CHARS:
-                raise UsageError(f"an answer prefix must be text of at most {MAX_PROMPT_CHARS} characters")
+            if not isinstance(prefix, str):
+                raise UsageError("an answer prefix must be text")
+            self._check_length(prefix, "the answer to continue")
             p_ids = encode_user_text(self.model.require_tokenizer(), prefix) if prefix else []
             current = TurnTokens(q_ids, list(self.pending), prefix=p_ids)
             limit = self._fit(current, sampling.max_new_tokens)

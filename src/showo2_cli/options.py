@@ -171,6 +171,10 @@ class RuntimeOptions:
             raise UsageError(f"--compile must be true or false, got {short(self.compile)}")
 
 
+#: temperatures below this decode greedily (vLLM's threshold): the logits would overflow
+MIN_TEMPERATURE = 1e-5
+
+
 @dataclass
 class TextSampling:
     """How answer tokens are chosen: greedy at temperature 0 (the official demos), else sampled."""
@@ -190,12 +194,21 @@ class TextSampling:
     presence_penalty: float = 0.0
     #: OpenAI's ``logit_bias``: token id -> a value added to its logit (-100 bans, 100 forces)
     logit_bias: dict[int, float] | None = None
+    #: min-p sampling: tokens less likely than ``min_p`` times the most likely one are dropped
+    min_p: float | None = None
+
+    @property
+    def sampled(self) -> bool:
+        """Whether tokens are drawn: a temperature below :data:`MIN_TEMPERATURE` is greedy
+        (as vLLM does; dividing logits by it would overflow them)."""
+        return self.temperature >= MIN_TEMPERATURE
 
     def validate(self) -> None:
         check_int("--max-new-tokens", self.max_new_tokens, 1, 1_000_000)
         check_number("--temperature", self.temperature, 0, 1000)
         check_number("--top-p", self.top_p, 0, 1, low_open=True)
         check_int("--top-k", self.top_k, 1, 10_000_000)
+        check_number("--min-p", self.min_p, 0, 1)
         check_number("--repetition-penalty", self.repetition_penalty, 0, 10, low_open=True)
         check_number("frequency_penalty", self.frequency_penalty, -2, 2)
         check_number("presence_penalty", self.presence_penalty, -2, 2)
@@ -225,10 +238,11 @@ class CaptionOptions:
     size: int | None = None  # pixels per side; default the model's resolution
     max_memory_gb: float | None = None  # refuse videos estimated to need more (0: no limit)
     repetition_penalty: float | None = None  # > 1 discourages repeating the answer's tokens
+    min_p: float | None = None  # min-p sampling (with a temperature)
 
     def sampling(self) -> TextSampling:
         return TextSampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed,
-                            repetition_penalty=self.repetition_penalty)
+                            repetition_penalty=self.repetition_penalty, min_p=self.min_p)
 
     def validate(self) -> None:
         self.sampling().validate()

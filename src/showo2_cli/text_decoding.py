@@ -15,6 +15,7 @@ from transformers import (
     DynamicCache,
     LogitsProcessor,
     LogitsProcessorList,
+    MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
     SequenceBiasLogitsProcessor,
     TemperatureLogitsWarper,
@@ -133,7 +134,7 @@ class OpenAIPenalties(LogitsProcessor):
 
 def logits_processors(opts: TextSampling, vocab_size: int) -> LogitsProcessorList:
     """transformers' logits processors for ``opts``, in ``generate``'s order: the penalties and
-    biases, then (sampling only) temperature, top-k and top-p. Empty for plain greedy decoding."""
+    biases, then (sampling only) temperature, top-k, top-p and min-p. Empty for plain greedy decoding."""
     from .errors import UsageError
 
     procs = LogitsProcessorList()
@@ -146,12 +147,14 @@ def logits_processors(opts: TextSampling, vocab_size: int) -> LogitsProcessorLis
         if outside:
             raise UsageError(f"logit_bias: token id {outside[0]} is not in the vocabulary (0 to {vocab_size - 1})")
         procs.append(SequenceBiasLogitsProcessor({(int(t),): float(b) for t, b in opts.logit_bias.items()}))
-    if opts.temperature > 0:
-        procs.append(TemperatureLogitsWarper(opts.temperature))
+    if opts.sampled:
+        procs.append(TemperatureLogitsWarper(float(opts.temperature)))
         if opts.top_k is not None:
-            procs.append(TopKLogitsWarper(opts.top_k))
+            procs.append(TopKLogitsWarper(int(opts.top_k)))
         if opts.top_p is not None and opts.top_p < 1:
-            procs.append(TopPLogitsWarper(opts.top_p))
+            procs.append(TopPLogitsWarper(float(opts.top_p)))
+        if opts.min_p:
+            procs.append(MinPLogitsWarper(float(opts.min_p)))
     return procs
 
 
@@ -166,8 +169,11 @@ def choose_token(logits: torch.Tensor, opts: TextSampling, generator: torch.Gene
     if len(processors):
         ids = torch.tensor([list(answer)], dtype=torch.long, device=scores.device)
         scores = processors(ids, scores[None])[0]
-    if opts.temperature == 0:
-        return int(torch.argmax(scores))
+    # extreme accepted values (a tiny temperature or repetition penalty) may overflow the scores:
+    # +inf is the largest float, NaN is out; what is left is still a distribution
+    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
+    if not opts.sampled or not bool(torch.isfinite(scores).any()):
+        return int(torch.argmax(scores if bool(torch.isfinite(scores).any()) else logits.float()))
     probs = torch.softmax(scores, dim=-1)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 

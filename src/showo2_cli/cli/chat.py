@@ -277,6 +277,9 @@ def chat(
     top_p: Annotated[float | None, typer.Option(
         "--top-p", help="Nucleus sampling (with --temperature).")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature).")] = None,
+    min_p: Annotated[float | None, typer.Option(
+        "--min-p", help="Min-p sampling (with --temperature): drop tokens less likely than this times the most "
+        "likely one.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")] = None,
     repetition_penalty: Annotated[float | None, typer.Option(
         "--repetition-penalty", help="Above 1 discourages repeating the answer's tokens (transformers' "
@@ -306,7 +309,7 @@ def chat(
 
     opts = CaptionOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                           seed=seed, frames=frames, mask_mode=mask, template=template,
-                          repetition_penalty=repetition_penalty)
+                          repetition_penalty=repetition_penalty, min_p=min_p)
     opts.validate()
     dtype = getattr(dtype, "value", dtype)
     runtime = C.runtime_options(device, dtype, attn=attn, compile_=compile_, vae_tiling=vae_tiling, quantize=quantize)

@@ -43,6 +43,7 @@ def caption(
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy (default); > 0 samples.")] = 0.0,
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling (with --temperature).")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature).")] = None,
+    min_p: Annotated[float | None, typer.Option("--min-p", help="Min-p sampling (with --temperature): drop tokens less likely than this times the most likely one.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")] = None,
     repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty", help="Above 1 discourages repeating the answer's tokens (transformers' penalty; 1.1 is usual).")] = None,
     frames: Annotated[int | None, typer.Option("--frames", help="Video: frames sampled uniformly (default 32 for the real models).")] = None,
@@ -63,7 +64,7 @@ def caption(
     opts = CaptionOptions(questions=list(question or []), max_new_tokens=max_new_tokens, temperature=temperature,
                           top_k=top_k, top_p=top_p, seed=seed, frames=frames, mask_mode=value(mask),
                           template=value(template), vae_sample=vae_sample, max_memory_gb=max_memory,
-                          repetition_penalty=repetition_penalty)
+                          repetition_penalty=repetition_penalty, min_p=min_p)
     opts.validate()
     runtime = runtime_options(device, dtype, None, offload, attn, compile_, vae_tiling, quantize)
     kind = M.probe_kind(media)

@@ -179,12 +179,13 @@ def write_image(
     overwrite: bool = False,
     *,
     lossless: bool = False,
+    quality: int = 95,
 ) -> Path:
     """Write an RGB image atomically; the format comes from the extension.
 
     * ``.png``: lossless; ``metadata`` goes in tEXt chunks: ``showo2`` (compact JSON, read
       back with :func:`read_png_metadata`) and ``parameters`` (a one-line human summary).
-    * ``.jpg``/``.jpeg``: quality 95; ``.webp``: quality 95, or lossless with
+    * ``.jpg``/``.jpeg``: ``quality`` (0-100, default 95); ``.webp``: the same, or lossless with
       ``lossless=True``. For both, the JSON goes in the EXIF UserComment tag (ASCII).
     * ``.bmp``: no metadata.
 
@@ -212,11 +213,11 @@ def write_image(
             info.add_text(PARAMETERS_KEY, metadata_summary(metadata))
             params["pnginfo"] = info
     elif fmt == "JPEG":
-        params["quality"] = 95
+        params["quality"] = int(quality)
         if metadata:
             params["exif"] = exif_with_comment(metadata_json(metadata))
     elif fmt == "WEBP":
-        params.update(quality=100 if lossless else 95, lossless=bool(lossless), method=4)
+        params.update(quality=100 if lossless else int(quality), lossless=bool(lossless), method=4)
         if metadata:
             params["exif"] = exif_with_comment(metadata_json(metadata))
     image = Image.fromarray(arr, "RGB")

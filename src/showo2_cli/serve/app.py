@@ -46,7 +46,9 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
     from ..chat import Conversation
     from ..dialogue import TextSampling
 
-    conv = Conversation(model, plan.system, name=config.model_id)
+    # OpenAI's way: a history is never cut; an answer without max_tokens gets the room left
+    conv = Conversation(model, plan.system, name=config.model_id,
+                        overflow="refuse" if plan.max_tokens_given else "shorten")
     with tempfile.TemporaryDirectory(prefix="showo2-serve-") as tmp:
         count = 0
 
@@ -74,10 +76,10 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
                 raise Cancelled("cancelled")
             if turn.answer is not None:
                 conv.add_turn(turn.question, turn.answer)
-    sampling = TextSampling(plan.max_tokens, plan.temperature, None, plan.top_p, plan.seed,
+    sampling = TextSampling(plan.max_tokens, plan.temperature, plan.top_k, plan.top_p, plan.seed,
                             stop_strings=plan.stop, repetition_penalty=plan.repetition_penalty,
                             frequency_penalty=plan.frequency_penalty, presence_penalty=plan.presence_penalty,
-                            logit_bias=plan.logit_bias)
+                            logit_bias=plan.logit_bias, min_p=plan.min_p)
     answer = conv.ask(plan.turns[-1].question, sampling, on_text=lambda piece: job.emit("text", piece),
                       cancel=job.cancel, prefix=plan.turns[-1].prefix)
     turn = conv.turns[-1]
@@ -102,9 +104,9 @@ def _images_job(model, plan: ImagePlan, job: Job) -> list[dict]:
     out = []
     with tempfile.TemporaryDirectory(prefix="showo2-serve-") as tmp:
         for k, item in enumerate(results):
-            path = Path(tmp) / f"image-{k}.png"
+            path = Path(tmp) / f"image-{k}.{plan.output_format}"
             meta = {**item.params, "showo2_version": __version__, "kind": "t2i"}
-            M.write_image(path, item.frames[0], metadata=meta)
+            M.write_image(path, item.frames[0], metadata=meta, quality=plan.output_compression)
             out.append({"b64_json": base64.b64encode(path.read_bytes()).decode("ascii"),
                         "revised_prompt": plan.prompt, "seed": item.seed})
     return out
@@ -155,6 +157,24 @@ class OriginCheck:
         await self.app(scope, receive, send)
 
 
+class TrailingSlash:
+    """Serve ``/v1/chat/completions/`` as ``/v1/chat/completions`` (some clients join a base URL
+    ending in ``/``): the path is taken without its trailing slashes, where Starlette would answer
+    a 307 whose ``Location`` comes from the client's ``Host`` header and a bodyless reply."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            trimmed = path.rstrip("/") or "/"
+            raw = scope.get("raw_path")
+            scope = {**scope, "path": trimmed,
+                     "raw_path": raw.rstrip(b"/") or b"/" if isinstance(raw, bytes) else raw}
+        await self.app(scope, receive, send)
+
+
 def create_app(model, config: ServerConfig):
     """The FastAPI app serving ``model`` (a loaded :class:`~showo2_cli.loading.Showo2`)."""
     from fastapi import FastAPI
@@ -187,6 +207,8 @@ def create_app(model, config: ServerConfig):
             inspect.signature(CORSMiddleware.__init__).parameters else {}
         app.add_middleware(CORSMiddleware, allow_origins=list(config.allow_origins), allow_methods=["GET", "POST"],
                            allow_headers=["*"], max_age=600, **extra)  # SDKs send their own headers
+    app.router.redirect_slashes = False
+    app.add_middleware(TrailingSlash)
     app.add_middleware(OriginCheck, allowed=config.allow_origins)  # outermost: before anything runs
 
     def error(exc: BaseException) -> JSONResponse:

@@ -50,6 +50,7 @@ class ServerConfig:
     max_n: int = 4
     max_steps: int = 200
     max_size: int = 1024  # generated image side, pixels
+    max_text_chars: int = 262_144  # characters of text in one chat request (32 a token of an 8k context)
     allow_origins: tuple[str, ...] = ()  # browser origins allowed by CORS ("*": any); none: no CORS
 
 
@@ -104,6 +105,10 @@ def _reject_constant(name: str):
 
 async def read_json(request, limit: int) -> dict:
     """The request body as a JSON object: 413 beyond ``limit`` bytes, 400 when not a JSON object."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(415, f"Content-Encoding '{short(encoding, 20)}' is not accepted: send the JSON body "
+                            "uncompressed", "unsupported_content_encoding")
     length = request.headers.get("content-length")
     if length is not None:
         try:
@@ -129,6 +134,22 @@ async def read_json(request, limit: int) -> dict:
     raw = b"".join(chunks)
     if not raw.strip():
         raise ApiError(400, "the request body is empty: send a JSON object", "invalid_json")
+    import asyncio
+
+    return await asyncio.to_thread(parse_body, raw)  # a large body is parsed off the event loop
+
+
+#: JSON values (counted by their separators) one request body may hold: a chat or image request
+#: holds a few thousand at most; millions would take seconds to parse while holding the GIL
+MAX_JSON_VALUES = 200_000
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def parse_body(raw: bytes) -> dict:
+    """A request body's bytes as a JSON object, or the one :class:`ApiError` saying why not."""
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    if values > MAX_JSON_VALUES:  # counted at C speed, before parsing
+        raise ApiError(413, f"the request body holds more than {MAX_JSON_VALUES} JSON values", "request_too_large")
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
     except UnicodeDecodeError:
@@ -138,7 +159,7 @@ async def read_json(request, limit: int) -> dict:
         raise ApiError(400, f"the request body is not valid JSON: {detail}", "invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", "invalid_json")
-    where = _invalid_text(data)
+    where = _invalid_text(data) if _SURROGATE_ESCAPE.search(raw) else None  # only an escape makes one
     if where is not None:
         raise ApiError(400, f"{where or 'the request'} holds text that is not valid Unicode (a lone "
                             "surrogate \\ud800-\\udfff escape)", "invalid_json", where or None)
@@ -298,6 +319,9 @@ class ChatPlan:
     presence_penalty: float = 0.0
     logit_bias: dict[int, float] | None = None
     repetition_penalty: float | None = None  # an extra field (transformers' and vLLM's name)
+    top_k: int | None = None  # extra fields (vLLM's): top-k and min-p sampling
+    min_p: float | None = None
+    max_tokens_given: bool = False  # the request set max_tokens: a context it overflows is refused
 
 
 #: OpenAI chat fields that would change the reply and that this server cannot honour: refused
@@ -352,6 +376,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     # max_completion_tokens replaces the deprecated max_tokens; a null one does not hide the other
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(key)
+    given = max_tokens is not None
     max_tokens = _number({key: max_tokens}, key, 1, 1_000_000, config.default_max_tokens, integer=True,
                          limit=config.max_tokens)
     temperature = _number(body, "temperature", 0, 2, 0.0)
@@ -365,6 +390,12 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     if repetition is not None and repetition <= 0:
         raise ApiError(400, "'repetition_penalty' must be greater than 0", "invalid_value", "repetition_penalty")
     repetition = None if repetition is None else float(repetition)  # transformers wants a float
+    top_k = _number(body, "top_k", -1, 10_000_000, None, integer=True)
+    top_k = int(top_k) if top_k is not None and top_k > 0 else None  # vLLM: -1 (or 0) is off
+    min_p = _number(body, "min_p", 0, 1, None)
+    min_p = float(min_p) if min_p else None
+    if body.get("user") is not None and not isinstance(body.get("user"), str):
+        raise ApiError(400, "'user' must be a string", "invalid_type", "user")
     bias = _logit_bias(body.get("logit_bias"))
     stream = body.get("stream")
     stream = False if stream is None else stream  # OpenAI: "boolean or null"
@@ -373,6 +404,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise ApiError(400, "'stream_options' must be an object", "invalid_type", "stream_options")
+    if options.get("include_usage") is not None and not isinstance(options.get("include_usage"), bool):
+        raise ApiError(400, "'stream_options.include_usage' must be true or false", "invalid_type",
+                       "stream_options.include_usage")
     system_parts: list[str] = []
     turns: list[PlannedTurn] = []
     images = 0
@@ -452,9 +486,14 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                 raise ApiError(400, "a user message needs some text or an image", "invalid_value", "messages")
             t.question = "Describe the image."
     system = "\n".join(system_parts) if system_parts else None
+    chars = sum(len(t.question or "") + len(t.answer or "") + len(t.prefix) for t in turns) + \
+        sum(len(x) for x in system_parts)
+    if chars > config.max_text_chars:  # refused before any tokenizing: it cannot fit a context
+        raise ApiError(400, f"the messages hold {chars} characters, more than this server's limit of "
+                            f"{config.max_text_chars}", "context_length_exceeded", "messages")
     return ChatPlan(system, turns, int(max_tokens), float(temperature), top_p, seed, stream,
                     bool(options.get("include_usage", False)), stop, float(frequency), float(presence), bias,
-                    repetition)
+                    repetition, top_k, min_p, given)
 
 
 @dataclass
@@ -466,6 +505,13 @@ class ImagePlan:
     steps: int | None
     guidance: float | None
     negative_prompt: str = ""
+    output_format: str = "png"  # png, jpeg or webp (gpt-image-1's field)
+    output_compression: int = 95  # jpeg/webp quality, 0-100
+
+
+#: OpenAI image fields that do not change what this model makes: checked, then accepted
+_IMAGE_CHOICES = {"quality": ("auto", "standard", "hd", "low", "medium", "high"), "style": ("vivid", "natural"),
+                  "moderation": ("auto", "low"), "background": ("auto", "opaque")}
 
 
 def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
@@ -505,7 +551,17 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
     if not isinstance(negative, str) or len(negative) > MAX_PROMPT_CHARS:
         raise ApiError(400, f"'negative_prompt' must be a string of at most {MAX_PROMPT_CHARS} characters",
                        "invalid_value", "negative_prompt")
-    return ImagePlan(prompt, int(n), hw, seed, steps, guidance, negative)
+    for key, allowed in _IMAGE_CHOICES.items():
+        if body.get(key) is not None and body.get(key) not in allowed:
+            why = "this model draws opaque images only" if body.get(key) == "transparent" else \
+                f"use one of {', '.join(allowed)}"
+            raise ApiError(400, f"'{key}' {short(body.get(key))!r} is not supported: {why}", "invalid_value", key)
+    fmt = body.get("output_format")
+    fmt = "png" if fmt is None else fmt
+    if fmt not in ("png", "jpeg", "webp"):
+        raise ApiError(400, "'output_format' must be png, jpeg or webp", "invalid_value", "output_format")
+    compression = _number(body, "output_compression", 0, 100, 95, integer=True)
+    return ImagePlan(prompt, int(n), hw, seed, steps, guidance, negative, fmt, int(compression))
 
 
 def origins_from(options: list[str] | None) -> tuple[str, ...]:
