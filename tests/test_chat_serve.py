@@ -164,7 +164,13 @@ def test_a_reply_prefix_is_continued_as_the_model_would_have_gone_on(demo):
     """Conversation.ask(prefix=): greedy decoding from the first words of the model's own answer
     gives the rest of that answer; the prefix ends the prompt, with no <|im_end|> after it."""
     from showo2_cli.chat import Conversation
-    from showo2_cli.dialogue import PromptPieces, TurnTokens, conversation_layout, encode_user_text, prompt_length
+    from showo2_cli.dialogue import (
+        PromptPieces,
+        TurnTokens,
+        conversation_layout,
+        encode_user_text,
+        prompt_length,
+    )
     from showo2_cli.options import TextSampling
 
     sampling = TextSampling(max_new_tokens=12)
