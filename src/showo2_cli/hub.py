@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.std import tqdm as _std_tqdm
 
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, short
 from .weights import read_json
 
 Progress = Callable[[str, int, int], None]
@@ -48,11 +48,21 @@ SIGLIP_REPO = "google/siglip-so400m-patch14-384"
 # ---- names --------------------------------------------------------------------------------------
 
 
+def existing_path(name: str | os.PathLike) -> Path | None:
+    """``name`` (``~`` expanded) when it is an existing file or folder; None when it is not, or
+    cannot be a path at all (longer than the file system takes, an unknown ``~user``, a NUL)."""
+    try:
+        path = Path(str(name)).expanduser()
+        return path if path.exists() else None
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
 def split_revision(name: str | os.PathLike) -> tuple[str, str | None]:
     """``owner/name@rev`` or ``variant@rev`` -> ``(name, rev)``; anything else (a path, which may
     hold an ``@``) -> ``(name, None)``."""
     text = str(name)
-    if "@" not in text or Path(text).expanduser().exists():
+    if "@" not in text or existing_path(text) is not None:
         return text, None
     base, rev = text.rsplit("@", 1)
     if not base or not REVISION.fullmatch(rev) or ".." in rev or repo_id_for(base) is None:
@@ -69,7 +79,7 @@ def with_revision(name: str | os.PathLike, revision: str | None) -> str | os.Pat
         raise UsageError(f"revision must be a commit, tag or branch name, got {revision!r}")
     if split_revision(text)[1] is not None:
         raise UsageError(f"'{text}' already names a revision; give it once")
-    if text == "demo" or Path(text).expanduser().exists() or repo_id_for(text) is None:
+    if text == "demo" or existing_path(text) is not None or repo_id_for(text) is None:
         raise UsageError(f"revision= applies to a Hugging Face repo id or a variant, not to '{text}'")
     return f"{text}@{revision}"
 
@@ -107,7 +117,21 @@ WAN_VAE_REPO, WAN_VAE_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
 WAN_VAE_DIFFUSERS_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
 
+def _cache_ref_readable(repo_id: str, revision: str | None = None) -> bool:
+    """Whether the cache's ``refs/<revision>`` pointer (which huggingface_hub reads to find a
+    snapshot) is absent or a regular file: a FIFO there would block every lookup forever."""
+    try:
+        from huggingface_hub import constants
+
+        ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
+        return not ref.exists() or ref.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def hf_cached_file(repo_id: str, filename: str) -> Path | None:
+    if not _cache_ref_readable(repo_id):
+        return None
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -169,8 +193,10 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tup
         if not (root / "config.json").exists():
             raise ModelError("the bundled demo model is not part of this installation")
         return "demo", root
-    path = Path(text).expanduser()
-    if path.exists():
+    if not text.strip():
+        raise ModelError("the model name is empty: give demo, a folder, a variant (1.5B, ...) or a repo id")
+    path = existing_path(text)
+    if path is not None:
         if path.is_file():
             return text, path.parent
         if not (path / "config.json").exists():  # a training run folder: its latest checkpoint
@@ -190,7 +216,12 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tup
         return text, download_model(repo, revision=revision)  # the companions (tokenizer, VAE): showo2 pull
     from .specs import REGISTRY
 
-    raise ModelError(f"no model '{text}': not a folder, not a known variant ({', '.join(REGISTRY)}), "
+    spec = next((v for k, v in REGISTRY.items() if k.lower() == text.lower()), None)
+    if spec is not None:  # a spec without weights anywhere (tiny): made by init, not loaded
+        raise ModelError(f"'{text}' is a model spec with no published weights: make a random one with "
+                         f"showo2 init --spec {spec.name} -o DIR, then load DIR")
+    variants = ", ".join(k for k, v in REGISTRY.items() if v.repo_id)
+    raise ModelError(f"no model '{short(text, 80)}': not a folder, not a known variant ({variants}, demo), "
                      "not a Hugging Face repo id")
 
 
@@ -223,9 +254,10 @@ def local_or_cached_dir(ref: str | None, root: Path, filename: str) -> Path | No
     """A folder holding ``filename``: ``ref`` relative to root, absolute, or a cached repo id."""
     if not ref:
         return None
-    for cand in (root / ref, Path(ref).expanduser()):
-        if (cand / filename).exists():
-            return cand
+    for cand in (root / ref, ref):
+        found = existing_path(Path(cand) / filename)
+        if found is not None:
+            return found.parent
     if REPO_ID.fullmatch(ref):
         found = hf_cached_file(ref, filename)
         if found is not None:
@@ -246,9 +278,9 @@ def find_tokenizer(root: Path, config: dict, llm_repo: str | None) -> Path | Non
 
 def find_vae(root: Path, explicit: str | os.PathLike | None) -> Path | None:
     if explicit:
-        path = Path(explicit).expanduser()
-        if not path.exists():
-            raise ModelError(f"VAE '{path}' does not exist")
+        path = existing_path(explicit)
+        if path is None:
+            raise ModelError(f"VAE '{short(str(explicit), 200)}' does not exist")
         return path
     env = os.environ.get("SHOWO2_VAE")
     if env and Path(env).exists():
@@ -354,6 +386,8 @@ def cached_snapshot(repo_id: str, role: str = "model", revision: str | None = No
     cache), the folder as it is. ``revision``: that commit, tag or branch (default ``main``)."""
     from huggingface_hub import snapshot_download
 
+    if not _cache_ref_readable(repo_id, revision):
+        return None
     listing = _cached_listing(repo_id, revision)
     patterns = None
     if listing is not None:
@@ -414,6 +448,9 @@ def _download(repo_id: str, files: list[str] | None, progress: Progress | None, 
     """``snapshot_download`` of the selected files, with errors as one-line :class:`ModelError`."""
     from huggingface_hub import snapshot_download
 
+    if not _cache_ref_readable(repo_id, revision):
+        raise ModelError(f"the Hugging Face cache entry of '{repo_id}' is damaged: its refs/{revision or 'main'} is "
+                         "not a regular file (delete that file and pull again)")
     meter = _Bytes(f"downloading {repo_id}", progress)
     try:
         return Path(snapshot_download(repo_id, allow_patterns=files, tqdm_class=meter.bar_class(), revision=revision))
@@ -498,7 +535,7 @@ def download_model(repo_id: str, progress: Progress | None = None, revision: str
 def needs_download(name: str) -> bool:
     """True for a variant or repo id (maybe ``@revision``) that is not a local folder, not cached,
     and may be fetched."""
-    if str(name) == "demo" or Path(str(name)).expanduser().exists():
+    if str(name) == "demo" or existing_path(name) is not None:
         return False
     base, revision = split_revision(name)
     repo = repo_id_for(base)

@@ -25,6 +25,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,7 +43,16 @@ from .hub import (  # names to folders (re-exported: the loading API users know)
 from .hub import cached_snapshot as hf_cached_snapshot
 from .runtime import torch_dtype
 from .sequences import SpecialTokens
-from .specs import IMAGE_UND, REGISTRY, T2I, VIDEO_UND, ModelSpec, get_spec, spec_for_hidden_size
+from .specs import (
+    IMAGE_UND,
+    MAX_SEQ_LEN_LIMIT,
+    REGISTRY,
+    T2I,
+    VIDEO_UND,
+    ModelSpec,
+    get_spec,
+    spec_for_hidden_size,
+)
 from .weights import check_fit, read_json, read_state_dict
 
 FORMAT_VERSION = 1
@@ -225,6 +235,24 @@ def _shape(state: dict, key: str, root: Path) -> tuple[int, ...]:
     return tuple(state[key].shape)
 
 
+def _typed(cfg: dict, key: str, kind: str, where) -> Any:
+    """``cfg[key]`` when it has the type a config of the official code gives it (``bool``,
+    ``int`` (positive), ``number`` (positive, finite) or ``dict``), None when absent or null; else
+    one ModelError: a wrong type would be misread (``bool("false")`` is true) or fail deep inside."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    ok = {"bool": lambda v: isinstance(v, bool),
+          "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+          "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
+          "dict": lambda v: isinstance(v, dict)}[kind](value)
+    if not ok:
+        wanted = {"bool": "true or false", "int": "a positive integer", "number": "a positive number",
+                  "dict": "an object"}[kind]
+        raise ModelError(f"'{where}': {key} must be {wanted}, got {str(value)[:20]}")
+    return value
+
+
 def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     """A full spec from the official config.json, the LLM/SigLIP configs and the weights' shapes."""
     cfg, root = files.config, files.root
@@ -234,7 +262,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     base = named or spec_for_hidden_size(hidden)
     llm_cfg = read_json(files.llm_config) if files.llm_config else {}
     sig_cfg = read_json(files.siglip_config) if files.siglip_config else {}
-    sig_cfg = sig_cfg.get("vision_config", sig_cfg)
+    sig_cfg = _typed(sig_cfg, "vision_config", "dict", files.siglip_config) or sig_cfg
     if not llm_cfg and base is None:
         raise ModelError(f"cannot tell the LLM's head count for '{root}': put the Qwen2 config.json "
                          f"at llm_model_path ('{cfg.get('llm_model_path')}')")
@@ -253,10 +281,15 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         raise ModelError(f"cannot tell the semantic layers' head count for '{root}': put the SigLIP "
                          f"config.json at clip_pretrained_model_path ('{cfg.get('clip_pretrained_model_path')}')")
     q_norm = _shape(state, "diffusion_head_a.0.self_attn.q_norm.weight", root)[0]
-    tied = llm_cfg.get("tie_word_embeddings")
+    tied = _typed(llm_cfg, "tie_word_embeddings", "bool", files.llm_config)
     if tied is None:
         tied = base.tie_word_embeddings if base else ("showo.lm_head.weight" not in state)
-    rope_theta = llm_cfg.get("rope_theta") or (llm_cfg.get("rope_parameters") or {}).get("rope_theta")
+    rope_theta = _typed(llm_cfg, "rope_theta", "number", files.llm_config) or _typed(
+        _typed(llm_cfg, "rope_parameters", "dict", files.llm_config) or {}, "rope_theta", "number", files.llm_config)
+    for key in ("rms_norm_eps", "max_position_embeddings"):
+        _typed(llm_cfg, key, "number" if key == "rms_norm_eps" else "int", files.llm_config)
+    for key in ("num_attention_heads", "layer_norm_eps"):
+        _typed(sig_cfg, key, "int" if key == "num_attention_heads" else "number", files.siglip_config)
     grid = int(cfg.get("image_latent_height") or 27)
     patch = und[2]
     tasks = base.tasks if base else (IMAGE_UND, T2I)
@@ -294,6 +327,8 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         configured = cfg.get("max_seq_len")
         max_seq = int(configured) if isinstance(configured, int) and not isinstance(configured, bool) else \
             (base.max_seq_len if base is not None else 1024)
+        if not 1 <= max_seq <= MAX_SEQ_LEN_LIMIT:
+            raise ModelError(f"'{root / 'config.json'}': max_seq_len must be 1 to {MAX_SEQ_LEN_LIMIT}, got {max_seq}")
         changes.update(resolution=resolution, resolutions=(resolution,), video_resolution=resolution,
                        max_seq_len=max(max_seq, visual + 4 + 16))
     template = base if base is not None else REGISTRY["tiny"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, one_line, short
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -126,6 +126,10 @@ def read_adapter(ref: str | os.PathLike):
         raise ModelError(f"--lora: {e}") from None
     if not state or not all("lora_" in k for k in state):
         raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}' holds no LoRA tensors")
+    odd = next((k for k, t in state.items() if not t.is_floating_point()), None)
+    if odd is not None:  # an integer adapter would be truncated into the weights
+        raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}': {odd} is {str(state[odd].dtype).replace('torch.', '')}, "
+                         "not a floating-point tensor")
     # the ranks size the adapter peft allocates: they must be those of the saved tensors
     saved = {int(t.shape[0]) for k, t in state.items() if "lora_A" in k and t.dim() == 2}
     pattern = raw.get("rank_pattern") or {}
@@ -209,15 +213,34 @@ def merge_adapters(network: torch.nn.Module, refs) -> list[str]:
     for i, ref in enumerate(refs):
         config, state, folder = read_adapter(ref)
         name = f"lora{i}"
-        missing = [t for t in sorted(config.target_modules) if not _has_linear(network, t)]
-        if missing:
-            raise ModelError(f"LoRA adapter '{folder}' targets layers this model does not have (e.g. {missing[0]})")
+        targets = config.target_modules
+        if isinstance(targets, str):  # peft: a regular expression over the full module names
+            if targets != "all-linear" and not _matches_linear(network, targets):
+                raise ModelError(f"LoRA adapter '{folder}': target_modules {short(targets, 60)!r} matches no "
+                                 "linear layer of this model")
+        else:
+            missing = [t for t in sorted(targets) if not _has_linear(network, t)]
+            if missing:
+                raise ModelError(f"LoRA adapter '{folder}' targets layers this model does not have (e.g. {missing[0]})")
         config.inference_mode = True
-        inject_adapter_in_model(config, network, adapter_name=name)
+        try:
+            inject_adapter_in_model(config, network, adapter_name=name)
+        except (ValueError, TypeError, ImportError) as e:  # peft refuses what it cannot apply
+            raise ModelError(f"LoRA adapter '{folder}' cannot be applied: {one_line(e)}") from None
         load_adapter_state(network, state, str(folder), adapter_name=name)
         unload(network, merge=True, adapter_name=name)
         done.append(str(folder))
     return done
+
+
+def _matches_linear(network: torch.nn.Module, pattern: str) -> bool:
+    import re
+
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise ModelError(f"LoRA target_modules {short(pattern, 60)!r} is not a regular expression ({e})") from None
+    return any(rx.fullmatch(n) for n, m in network.named_modules() if isinstance(m, torch.nn.Linear))
 
 
 def _has_linear(network: torch.nn.Module, name: str) -> bool:

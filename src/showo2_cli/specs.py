@@ -28,6 +28,9 @@ VELOCITY_LAYOUTS = ("raster", "patch")  # ModelSpec.velocity_layout (spec §6.4;
 MAX_RESOLUTION = 4096
 
 
+#: the longest sequence budget a spec may declare (the real models use 1024 to about 7000)
+MAX_SEQ_LEN_LIMIT = 1_048_576
+
 @dataclass
 class ModelSpec:
     """Every architectural size and inference default of one Show-o2 variant."""
@@ -194,6 +197,7 @@ class ModelSpec:
             (self.und_mask_mode in ("official", "training"), "und_mask_mode must be 'official' or 'training'"),
             (self.und_template in ("official", "training"), "und_template must be 'official' or 'training'"),
             (2 <= self.steps <= 10000, "steps must be between 2 and 10000"),
+            (self.max_seq_len <= MAX_SEQ_LEN_LIMIT, f"max_seq_len must be at most {MAX_SEQ_LEN_LIMIT}"),
             (_number(self.guidance) and 0 <= self.guidance <= 100, "guidance must be a number from 0 to 100"),
             (_number(self.shift) and 0 < self.shift <= 1e6, "shift must be a number above 0"),
             (self.vae_spatial <= 64 and self.vae_temporal <= 64 and self.patch_size <= 64,

@@ -32,7 +32,16 @@ def add_showo2_tokens(tokenizer) -> SpecialTokens:
         if text not in vocab:
             raise ModelError(f"tokenizer has no '{text}' token: it is not a Qwen2.5 tokenizer")
         ids[role] = vocab[text]
+    if ids["eos"] != ids["bos"] + 1:  # every Qwen2.5 tokenizer: <|im_start|> then <|im_end|> (151644, 151645)
+        raise ModelError(f"tokenizer's <|im_start|> and <|im_end|> are ids {ids['bos']} and {ids['eos']}, not "
+                         "consecutive as in Qwen2.5's: its special tokens were removed or reordered")
     return SpecialTokens(**ids)
+
+
+#: tokenizer files larger than this are not a tokenizer (Qwen2.5's tokenizer.json is 7 MB)
+MAX_TOKENIZER_FILE_BYTES = 128 * 2**20
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
+                    "special_tokens_map.json", "chat_template.jinja")
 
 
 def load_tokenizer(path: Path):
@@ -40,6 +49,15 @@ def load_tokenizer(path: Path):
     from it (a config's ``auto_map`` naming a Python file is refused, not prompted for)."""
     from transformers import AutoTokenizer
 
+    for name in _TOKENIZER_FILES:  # sizes before anything is read
+        file = Path(path) / name
+        try:
+            size = file.stat().st_size if file.is_file() else 0
+        except OSError:
+            size = 0
+        if size > MAX_TOKENIZER_FILE_BYTES:
+            raise ModelError(f"cannot load the tokenizer in '{path}': {name} is {size / 2**20:.0f} MiB, more than "
+                             f"{MAX_TOKENIZER_FILE_BYTES // 2**20} MiB: not a tokenizer file")
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True,
                                              trust_remote_code=False)

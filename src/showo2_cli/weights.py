@@ -92,7 +92,7 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():  # a FIFO or a device would block or never end
         raise ModelError(f"weight file '{path}' is not a regular file")
     suffix = path.suffix.lower()
-    safetensors = suffix == ".safetensors" or (suffix not in TORCH_SUFFIXES and looks_like_safetensors(path))
+    safetensors = suffix == ".safetensors" or looks_like_safetensors(path)  # also a .bin holding safetensors
     try:
         obj: Any = _load_safetensors(path) if safetensors else _load_pickle(path)
     except OSError as e:
@@ -100,10 +100,14 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:
         msg = str(e)
         if "weights_only" in msg or "Weights only load failed" in msg or "Unsupported global" in msg:
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+            found = re.search(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)", msg)
             what = f"; it references {found.group(1)}" if found else ""
-            raise ModelError(f"refusing to load '{path}' for safety: it holds pickled objects other than tensors "
-                             f"(loading it could run code{what})") from e
+            if found or "GLOBAL" in msg or "global" in msg:
+                raise ModelError(f"refusing to load '{path}' for safety: it holds pickled objects other than "
+                                 f"tensors (loading it could run code{what})") from e
+            why = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", msg, re.S)
+            raise ModelError(f"cannot read weights '{path}': not a safetensors or PyTorch checkpoint (truncated or "
+                             f"corrupt: {one_line(why.group(1) if why else msg, 120)})") from e
         detail = one_line(msg) or type(e).__name__
         raise ModelError(f"cannot read weights '{path}': truncated or corrupt ({detail})") from e
     if isinstance(obj, Mapping):
@@ -116,6 +120,10 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise ModelError(f"'{path}' is not a state dict of tensors (entries {first(bad)})")
+    odd = [k for k, v in obj.items() if v.layout != torch.strided]
+    if odd:  # sparse or other layouts: no model stores its weights so
+        raise ModelError(f"'{path}' holds tensors in a {str(obj[odd[0]].layout).replace('torch.', '')} layout "
+                         f"(e.g. {odd[0]}), not dense weights")
     state = dict(obj)
     if all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -128,7 +136,11 @@ def read_state_dict(paths: Path | str | Sequence[Path | str]) -> dict[str, torch
         paths = [paths]
     state: dict[str, torch.Tensor] = {}
     for path in paths:
-        state.update(_read_one(Path(path)))
+        part = _read_one(Path(path))
+        twice = next((k for k in part if k in state), None)
+        if twice is not None:  # which copy is meant cannot be told: never pick one silently
+            raise ModelError(f"'{path}' holds '{twice}', which an earlier shard holds too: the shards disagree")
+        state.update(part)
     return state
 
 

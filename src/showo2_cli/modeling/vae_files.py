@@ -77,6 +77,10 @@ def _to_diffusers_layout(sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[
     )
 
 
+#: Settings every Wan2.1 VAE has: RGB in and out, 8x spatial and 4x temporal compression, no patchify.
+_WAN21_FIXED = {"in_channels": 3, "out_channels": 3, "scale_factor_spatial": 8, "scale_factor_temporal": 4,
+                "patch_size": 1, "is_residual": False}
+
 #: What a Wan-architecture VAE can be: a config outside these bounds is refused before building.
 _SIZE_LIMITS = {"base_dim": 1024, "z_dim": 256, "num_res_blocks": 16}
 
@@ -93,6 +97,14 @@ def _check_sizes(kwargs: dict[str, Any], where: Path) -> None:
     for v in kwargs.get("dim_mult") or []:
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 16:
             raise ModelError(f"{where}: VAE config dim_mult entries must be whole numbers 1..16, got {str(v)[:40]}")
+    # what Show-o2's Wan2.1 VAE is (Wan2.2's patchified 12-channel VAE is another model)
+    for key, wanted in _WAN21_FIXED.items():
+        v = kwargs.get(key)
+        if v is not None and (v is not wanted if isinstance(wanted, bool) else isinstance(v, bool) or v != wanted):
+            raise ModelError(f"{where}: VAE config {key} = {str(v)[:40]} but a Wan2.1 VAE has {wanted}")
+    v = kwargs.get("dropout")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
+        raise ModelError(f"{where}: VAE config dropout must be a number in [0, 1), got {str(v)[:40]}")
 
 
 def _init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,8 +161,10 @@ def _check_stats(kwargs: dict[str, Any], source: Path) -> None:
         if not ok or len(values) != z_dim:
             n = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
             raise ModelError(f"{source}: {key} must be a list of {z_dim} numbers (found {n})")
-        if key == "latents_std" and any(v == 0 or not math.isfinite(v) for v in values):
-            raise ModelError(f"{source}: latents_std contains zero or non-finite values")
+        if any(isinstance(v, bool) or not math.isfinite(v) for v in values):
+            raise ModelError(f"{source}: {key} contains non-finite values")
+        if key == "latents_std" and any(v == 0 for v in values):
+            raise ModelError(f"{source}: latents_std contains zero")
 
 
 def _build_and_load(
