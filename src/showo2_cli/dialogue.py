@@ -115,7 +115,9 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
     from .pipelines.understand import check_caption_memory  # (that module imports this one)
 
     check_caption_memory(model, count, side, opts.max_memory_gb)  # before any frame is decoded
-    video = M.read_video(source, num_frames=count, max_pixels=max_pixels)
+    from .runtime import decode_budget
+
+    video = M.read_video(source, num_frames=count, max_pixels=max_pixels, max_bytes=decode_budget(opts.max_memory_gb))
     padded = [np.asarray(M.resize_and_pad(Image.fromarray(f), side)) for f in video.frames]
     pixels = M.frames_to_tensor(np.stack(padded)).permute(1, 0, 2, 3)[:, :, None]  # (K,3,1,H,W)
     pixels = pixels.to(vae.device)

@@ -149,6 +149,13 @@ def available_memory_gb(device: str | torch.device = "cpu") -> float | None:
     return found
 
 
+def decode_budget(option: float | None = None) -> int | None:
+    """Bytes the decoded frames of an input video may take: the job's memory limit
+    (:func:`memory_limit_gb` on the CPU, where frames are decoded); None when there is none."""
+    limit, _source = memory_limit_gb(option, "cpu")
+    return int(limit * 1e9) if limit else None
+
+
 def memory_limit_gb(option: float | None = None, device: str | torch.device = "cpu") -> tuple[float | None, str]:
     """The memory limit for a job and where it comes from: ``--max-memory`` (``option``), else
     ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on ``device``. 0 means no limit."""

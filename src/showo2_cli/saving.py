@@ -210,17 +210,18 @@ def save_results(results, plans: list[OutputPlan], kind: str, fps: float | None 
         raise UsageError(f"{len(results)} result(s) but {len(plans)} planned output(s)")
     records = []
     for plan, item in zip(plans, results, strict=True):
-        meta = result_metadata(item, kind, fps, image, noise)
+        rate = M.written_fps(plan.path, fps or 8.0) if kind != "t2i" else None  # a GIF's rate is coarser
+        meta = result_metadata(item, kind, rate, image, noise)
         record = {"output": str(plan.path), **meta}
         with M.output_group():
             if kind == "t2i":
                 M.write_image(plan.path, item.frames[0], metadata=meta, overwrite=overwrite)
             else:
-                M.write_video(plan.path, item.frames, fps or 8.0, overwrite=overwrite, metadata=meta)
+                M.write_video(plan.path, item.frames, rate, overwrite=overwrite, metadata=meta)
             if plan.latents is not None:
                 lat = item.latents if item.latents.dim() == 4 else item.latents[:, None]
                 meta_l = {"format": "showo2-latents", "version": 1, "kind": "image" if kind == "t2i" else "video",
-                          "frames": int(item.frames.shape[0]), "fps": fps if kind != "t2i" else None,
+                          "frames": int(item.frames.shape[0]), "fps": rate,
                           "height": item.params["height"], "width": item.params["width"], **meta}
                 save_latents(plan.latents, lat.contiguous(), meta_l, overwrite=overwrite)
                 record["latents"] = str(plan.latents)

@@ -206,3 +206,118 @@ def test_adapters_with_regex_targets_merge_and_integer_adapters_are_refused(tmp_
     save_file(ints, listed / ADAPTER_WEIGHTS)
     with pytest.raises(ModelError, match="int32, not a floating-point tensor"):  # truncated and merged before
         load(tiny_model_dir, lora=[listed])
+
+
+# ---- media, found by probing with crafted images, GIFs and videos ------------------------------
+
+def test_a_jpeg_scan_bomb_is_refused_before_decoding(tmp_path):
+    import io
+    import re
+    import time
+
+    from PIL import Image
+
+    from showo2_cli import media as M
+    from showo2_cli.errors import InputError
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1024, 1024), (10, 20, 30)).save(buf, "JPEG", progressive=True)
+    data = buf.getvalue()
+    starts = [m.start() for m in re.finditer(b"\xff\xda", data)]
+    (tmp_path / "plain.jpg").write_bytes(data)
+    assert M.read_image(tmp_path / "plain.jpg").size == (1024, 1024)  # an ordinary progressive JPEG
+    scan = data[starts[5]:starts[6]]
+    (tmp_path / "bomb.jpg").write_bytes(data[:starts[5]] + scan * 20000 + data[starts[5]:])
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="scans"):  # minutes of CPU before (4 min for 2000 scans at 8000^2)
+        M.read_image(tmp_path / "bomb.jpg")
+    assert time.perf_counter() - start < 5
+
+
+def _gif(path, canvas: int, frames: int):
+    """A few hundred bytes: a large logical screen, one-pixel frames."""
+    import struct
+
+    g = bytearray(b"GIF89a") + struct.pack("<HH", canvas, canvas) + b"\x80\0\0\0\0\0\xff\xff\xff"
+    for i in range(frames):
+        g += b"\x21\xf9\x04\x04\x0a\0\0\0\x2c" + struct.pack("<HHHH", i, 0, 1, 1) + b"\0\x02\x02\x44\x01\0"
+    path.write_bytes(bytes(g + b"\x3b"))
+    return path
+
+
+def test_decoded_frames_are_held_to_the_memory_limit(tmp_path, capsys):
+    from showo2_cli import media as M
+    from showo2_cli.cli import main
+    from showo2_cli.errors import ResourceError
+
+    gif = _gif(tmp_path / "tiny.gif", 1024, 64)  # 64 frames of 1024^2: 200 MB decoded, from a few KB
+    with pytest.raises(ResourceError, match=r"limit 0\.1 GB"):
+        M.read_video(gif, max_bytes=10**8)
+    assert M.read_video(gif, max_bytes=10**9).frames.shape == (64, 1024, 1024, 3)
+    out = tmp_path / "x.safetensors"
+    code = main(["encode", str(gif), "-o", str(out), "--max-memory", "0.1", "--json"])
+    err = json.loads(capsys.readouterr().out)["error"]  # --max-memory was ignored: 6.4 GB for 2048^2 x 256
+    assert code == 6 and "--max-memory" in err["message"] and not out.exists()
+
+
+def test_a_frame_size_change_mid_stream_is_held_to_the_pixel_limit(tmp_path):
+    import av
+    import numpy as np
+
+    from showo2_cli import media as M
+    from showo2_cli.errors import ResourceError
+
+    parts = []
+    for k, side in enumerate((16, 96)):
+        part = tmp_path / f"part{k}.h264"
+        with av.open(str(part), "w", format="h264") as out:
+            stream = out.add_stream("libx264", rate=8)
+            stream.width = stream.height = side
+            stream.pix_fmt = "yuv420p"
+            for i in range(4):
+                frame = av.VideoFrame.from_ndarray(np.full((side, side, 3), 40 * i, np.uint8), format="rgb24")
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        parts.append(part.read_bytes())
+    joined = tmp_path / "switch.h264"
+    joined.write_bytes(parts[0] + parts[1])
+    assert M.read_video(tmp_path / "part0.h264", max_pixels=4096).frames.shape[1:3] == (16, 16)
+    with pytest.raises(ResourceError, match="96x96"):  # the 96x96 frames were decoded (and squashed) before
+        M.read_video(joined, max_pixels=4096)
+
+
+def test_output_formats_limits_rates_and_targets(tmp_path, capsys):
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from showo2_cli import media as M
+    from showo2_cli.cli import main
+    from showo2_cli.errors import OutputError, UsageError
+    from showo2_cli.media.video import _frame_rate
+
+    wide = tmp_path / "wide.safetensors"
+    save_file({"latents": torch.randn(16, 1, 1, 8200)}, wide)
+    code = main(["decode", str(wide), "-o", str(tmp_path / "x.jpg"), "--json"])  # 36 s of decoding, then 2 lines
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert code == 2 and "at most 65500 pixels a side" in err["message"] and not (tmp_path / "x.jpg").exists()
+    with pytest.raises(UsageError, match="16384"):
+        M.write_video(tmp_path / "x.mp4", np.zeros((2, 8, 16400, 3), np.uint8), 8)
+
+    frames = np.zeros((3, 8, 8, 3), np.uint8)
+    M.write_video(tmp_path / "fast.gif", frames, 1000, metadata={"fps": 1000})
+    assert M.read_metadata(tmp_path / "fast.gif")["fps"] == 50.0  # the rate its 2-centisecond delays play at
+    assert M.written_fps("a.gif", 1000) == 50.0 and M.written_fps("a.mp4", 1000) == 1000
+    slow = SimpleNamespace(average_rate=Fraction(1, 1000), guessed_rate=None, base_rate=Fraction(1000))
+    assert _frame_rate(slow) == M.MIN_FPS  # it was the time base's 1000 "fps"
+
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.png")
+        with pytest.raises(OutputError, match="not a regular file"):  # --overwrite made it a plain file
+            M.write_image(tmp_path / "pipe.png", frames[0], overwrite=True)
+    with pytest.raises(OutputError, match="names a folder"):  # the slash was dropped: a file was written
+        M.check_output_path(str(tmp_path / "new.png") + "/", overwrite=True)
+    assert not (tmp_path / "new.png").exists()

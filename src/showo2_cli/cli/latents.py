@@ -60,7 +60,10 @@ def encode(
     EncodeOptions(frames=frames, sample=sample, seed=seed).validate()
     M.check_output_path(out, overwrite, probe=True)
     # the input is read and checked before anything loads: the frames --frames uses (1+4k), else all
-    source = M.read_media(media, first=None if frames is None else M.round_frames(frames, "up"))
+    from ..runtime import decode_budget
+
+    source = M.read_media(media, first=None if frames is None else M.round_frames(frames, "up"),
+                          max_bytes=decode_budget(max_memory))
 
     from ..loading import find_files, spec_from_files
     from ..pipelines import latents as L
@@ -146,6 +149,7 @@ def decode(
     if ext in M.IMAGE_EXTS and frames_out != 1:
         raise UsageError(f"'{out}' is an image but the latents hold {frames_out} frames: use .mp4, .webm or .gif")
     M.check_output_path(out, overwrite, probe=True)
+    M.check_output_size(out, z.shape[2] * 8, z.shape[3] * 8)  # before the VAE decodes for minutes
     dev = pick_device(device)
     dt = pick_dtype(value(dtype), dev)
     # the VAE is the user's choice (--vae, --model, else the default model); a path recorded in the
@@ -162,7 +166,7 @@ def decode(
     z, _ = L.load_latents(latents, z_dim=vae_model.z_dim)
     with status(f"decoding {z.shape[1]} latent frame(s)"):
         frames = L.decode(z, vae_model, max_memory_gb=max_memory)
-    rate = fps or meta.get("fps") or 8.0
+    rate = M.written_fps(out, fps or meta.get("fps") or 8.0)  # what the file plays at (a GIF's is coarser)
     L.write_decoded(out, frames, rate, {"decoded_from": str(latents), "vae": vae_name, "fps": rate}, overwrite)
     t, h, w = frames.shape[:3]
     emit({"output": str(out), "frames": int(t), "width": int(w), "height": int(h), "fps": rate if t > 1 else None},

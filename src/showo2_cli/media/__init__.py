@@ -92,10 +92,12 @@ from .video import (
     VIDEO_CONTAINERS,
     VIDEO_WRITE_EXTS,
     Media,
+    check_output_size,
     read_media,
     read_video,
     uniform_indices,
     write_video,
+    written_fps,
 )
 
 __all__ = [
@@ -145,4 +147,6 @@ __all__ = [
     "unique_path",
     "write_image",
     "write_video",
+    "check_output_size",
+    "written_fps",
 ]

@@ -128,6 +128,8 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
                 raise InputError(f"{prefix}: it is an animated GIF (a video), not an image")
             if width <= 0 or height <= 0:
                 raise InputError(f"{prefix}: the image has no pixels ({width}x{height})")
+            if im.format in ("JPEG", "MPO"):
+                _check_jpeg_scans(p, width * height, prefix)
             im.load()
             orientation = _exif_orientation(im)  # while the file is open (PNG eXIf may follow the data)
     except (InputError, ResourceError):
@@ -154,6 +156,31 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
         raise ResourceError(f"image {quote_path(p)} is too large to convert in memory") from e
     except Exception as e:
         raise InputError(f"{prefix}: unsupported colour mode {im.mode!r} ({error_detail(e)})") from e
+
+
+#: a progressive JPEG is decoded scan by scan, each pass over the whole image: an ordinary one has
+#: about 10 scans, a crafted one thousands (minutes of CPU for a few hundred KB). Scans x pixels
+#: is bounded by this (256 scans at 64 megapixels), and scans by MAX_JPEG_SCANS.
+MAX_JPEG_SCAN_PIXELS = 2**34
+MAX_JPEG_SCANS = 1000
+
+
+def _check_jpeg_scans(p: Path, pixels: int, prefix: str) -> None:
+    """Count the start-of-scan markers (``FF DA``: entropy-coded data stuffs every ``FF`` with
+    ``00``, so the pair appears only as a marker) and refuse a scan bomb before decoding."""
+    cap = min(MAX_JPEG_SCANS, max(64, MAX_JPEG_SCAN_PIXELS // max(pixels, 1)))
+    scans, tail = 0, b""
+    with open(p, "rb") as fh:
+        while scans <= cap:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                break
+            block = tail + chunk
+            scans += block.count(b"\xff\xda") - tail.count(b"\xff\xda")
+            tail = block[-1:]
+    if scans > cap:
+        raise InputError(f"{prefix}: a JPEG with more than {cap} scans for {pixels} pixels (a decoding bomb; "
+                         "ordinary ones have about 10)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +231,9 @@ def write_image(
             f"(supported: {', '.join(IMAGE_WRITE_EXTS)})"
         )
     arr = _as_rgb_array(pixels)
+    from .video import check_output_size  # (video imports this module)
+
+    check_output_size(p, arr.shape[0], arr.shape[1])
     fmt = PIL_FORMATS[ext]
     params: dict[str, Any] = {}
     if fmt == "PNG":

@@ -34,13 +34,17 @@ def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = Fal
         OutputError: the folder does not exist or is not a folder, the folder is read-only,
             the target is a directory, or the target exists and ``overwrite`` is False.
     """
-    p = Path(os.fspath(path))
-    if not p.name or p.name in (".", ".."):
-        raise OutputError(f"cannot write {quote_path(p)}: not a file name")
+    raw = os.fspath(path)
+    p = Path(raw)
+    if not p.name or p.name in (".", "..") or str(raw).endswith(("/", os.sep)):
+        raise OutputError(f"cannot write {quote_path(raw)}: not a file name (it names a folder)")
     parent = p.parent
     try:
         if p.is_dir():
             raise OutputError(f"cannot write {quote_path(p)}: it is a directory")
+        if p.exists() and not p.is_file():  # --overwrite replaces files, never a device or a FIFO
+            raise OutputError(f"cannot write {quote_path(p)}: it exists and is not a regular file (a device, FIFO "
+                              "or socket)")
         if not parent.exists():
             raise OutputError(f"cannot write {quote_path(p)}: folder {quote_path(parent)} does not exist")
         if not parent.is_dir():

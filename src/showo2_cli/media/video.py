@@ -109,16 +109,45 @@ def uniform_indices(n_total: int, num_frames: int) -> list[int]:
 
 
 def _frame_rate(stream: Any) -> float:
-    for attr in ("average_rate", "guessed_rate", "base_rate"):
+    """The stream's frame rate: its average rate, then its guessed rate (a slower one than
+    :data:`MIN_FPS` is that; an absurd one is skipped), else 8.0. Never the time base's tick rate
+    (``base_rate``), which is not a frame rate (a 1000-second-per-frame video had 1000 fps)."""
+    for attr in ("average_rate", "guessed_rate"):
         try:
             rate = getattr(stream, attr, None)
+            value = float(rate) if rate else 0.0
         except Exception:
-            rate = None
-        if rate:
-            value = float(rate)
-            if math.isfinite(value) and MIN_FPS <= value <= MAX_FPS:
-                return value
+            value = 0.0
+        if math.isfinite(value) and 0 < value <= MAX_FPS:
+            return max(value, MIN_FPS)
     return 8.0
+
+
+#: the largest side each output format takes (libjpeg, libwebp, GIF's 16-bit fields, libx264)
+MAX_OUTPUT_SIDE = {".jpg": 65500, ".jpeg": 65500, ".webp": 16383, ".gif": 65535, ".mp4": 16384, ".mov": 16384,
+                   ".mkv": 16384}
+
+
+def check_output_size(path: PathLike, height: int, width: int) -> None:
+    """Refuse (UsageError) frames larger than the output format can hold, before any work (the
+    encoders fail only at the end, some with a second line of their own on stderr)."""
+    p = Path(os.fspath(path))
+    side = MAX_OUTPUT_SIDE.get(p.suffix.lower())
+    if side is not None and max(height, width) > side:
+        raise UsageError(f"cannot write {quote_path(p)}: {p.suffix.lower()} holds at most {side} pixels a side, "
+                         f"these frames are {width}x{height} (use .png{' or .webm' if side == 16384 else ''})")
+
+
+def written_fps(path: PathLike, fps: float) -> float:
+    """The frame rate a video written to ``path`` plays at: a GIF's delays are whole
+    centiseconds, at least 2 (browsers slow anything shorter), so its rate is ``100 / delay``."""
+    if Path(os.fspath(path)).suffix.lower() == ".gif":
+        return 100.0 / _gif_delay(fps)
+    return float(fps)
+
+
+def _gif_delay(fps: float) -> int:
+    return max(2, int(round(100.0 / fps)))
 
 
 def _rotate(arr: np.ndarray, rotation: int) -> np.ndarray:
@@ -135,6 +164,7 @@ def read_video(
     max_pixels: int | None = None,
     max_frames: int = 100000,
     first: int | None = None,
+    max_bytes: int | None = None,
 ) -> Media:
     """Decode a video (mp4, webm, mov, mkv, avi, animated GIF, ...) with PyAV to RGB frames.
 
@@ -148,6 +178,10 @@ def read_video(
         max_frames: refuse to return more frames than this.
         first: without ``num_frames``: only the first ``first`` frames are decoded and returned
             (``total_frames`` then counts only those).
+        max_bytes: the decoded frames kept may take at most this much memory (the job's memory
+            limit, :func:`showo2_cli.runtime.decode_budget`); never more than
+            :data:`MAX_DECODED_BYTES`. Checked from the header before decoding where it states
+            the frame count, and while decoding.
 
     The frame rate is the stream's average rate (then its guessed rate, then 8.0). A display
     rotation (phone videos) is applied in multiples of 90 degrees. Frames whose size changes
@@ -158,8 +192,8 @@ def read_video(
     Raises:
         InputError: missing/empty/corrupt file, no video stream, no decodable frame, a still
             image.
-        ResourceError: frames too large, or the decoded frames would exceed
-            :data:`MAX_DECODED_BYTES` or ``max_frames``.
+        ResourceError: frames too large (any frame, also one whose size changes mid-stream),
+            or the decoded frames would exceed ``max_bytes`` or ``max_frames``.
         UsageError: ``num_frames`` < 1.
     """
     import av
@@ -169,6 +203,7 @@ def read_video(
         if num_frames < 1:
             raise UsageError(f"the number of frames to read must be at least 1, got {num_frames}")
     limit = resolve_max_pixels(max_pixels)
+    budget = MAX_DECODED_BYTES if max_bytes is None else max(1, min(int(max_bytes), MAX_DECODED_BYTES))
     p = check_input_file(path, "video")
     prefix = f"cannot read video {quote_path(p)}"
     check_video_structure(p, prefix, limit)
@@ -221,12 +256,11 @@ def read_video(
         # a count from the duration is only an estimate (a 5-frame video may last hours):
         # then the limit is enforced while decoding
         exact = num_frames is not None or header_frames > 0
-        if exact and wanted_count * frame_bytes > MAX_DECODED_BYTES:
+        if exact and wanted_count * frame_bytes > budget:
             raise ResourceError(
                 f"video {quote_path(p)} is too large to decode: {wanted_count} frames of "
-                f"{width}x{height} need {wanted_count * frame_bytes / 1024**3:.1f} GiB "
-                f"(limit {MAX_DECODED_BYTES / 1024**3:.0f} GiB); "
-                "sample fewer frames"
+                f"{width}x{height} need {wanted_count * frame_bytes / 1e9:.1f} GB "
+                f"(limit {budget / 1e9:.1f} GB); sample fewer frames or raise --max-memory"
             )
     except BaseException:
         container.close()
@@ -239,14 +273,14 @@ def read_video(
             for frame in container.decode(stream):
                 if keep is None and first is not None and count >= first:
                     break
+                if frame.width * frame.height > limit:  # the size may change mid-stream
+                    raise too_large("video", p, frame.width, frame.height, limit)
                 if keep is None or count in keep:
-                    if keep is None and (
-                        count + 1 > max_frames or (count + 1) * frame_bytes > MAX_DECODED_BYTES
-                    ):
+                    if (len(kept) + 1) * frame_bytes > budget or (keep is None and count + 1 > max_frames):
                         raise ResourceError(
-                            f"video {quote_path(p)} is too long to decode whole: more than {count} frames of "
-                            f"{width}x{height} (limit {max_frames} frames / "
-                            f"{MAX_DECODED_BYTES / 1024**3:.0f} GiB); sample fewer frames"
+                            f"video {quote_path(p)} is too long to decode: more than {len(kept)} frames of "
+                            f"{width}x{height} (limit {max_frames} frames / {budget / 1e9:.1f} GB); "
+                            "sample fewer frames or raise --max-memory"
                         )
                     arr = frame.to_ndarray(format="rgb24", width=width, height=height)
                     kept[count] = _rotate(arr, int(getattr(frame, "rotation", 0) or 0))
@@ -306,6 +340,7 @@ def read_media(
     max_pixels: int | None = None,
     max_frames: int = 100000,
     first: int | None = None,
+    max_bytes: int | None = None,
 ) -> Media:
     """Read an image or a video, chosen by :func:`probe_kind`.
 
@@ -314,7 +349,8 @@ def read_media(
     """
     kind = probe_kind(path)
     if kind == "video":
-        return read_video(path, num_frames=num_frames, max_pixels=max_pixels, max_frames=max_frames, first=first)
+        return read_video(path, num_frames=num_frames, max_pixels=max_pixels, max_frames=max_frames, first=first,
+                          max_bytes=max_bytes)
     img = read_image(path, max_pixels=max_pixels)
     frames = np.array(img, dtype=np.uint8)[None]  # writable copy
     return Media(kind="image", frames=frames, fps=None, source=os.fspath(path), total_frames=1)
@@ -347,7 +383,7 @@ def _as_video_array(frames: np.ndarray) -> np.ndarray:
 
 
 def _write_gif(tmp: Path, arr: np.ndarray, fps: float, metadata: dict[str, Any] | None) -> None:
-    centis = max(2, int(round(100.0 / fps)))  # GIF delays are centiseconds; < 2 plays slowly in browsers
+    centis = _gif_delay(fps)  # GIF delays are centiseconds; < 2 plays slowly in browsers
     images = [Image.fromarray(np.ascontiguousarray(f), "RGB") for f in arr]
     params: dict[str, Any] = {
         "save_all": True,
@@ -430,6 +466,7 @@ def write_video(
     p = Path(os.fspath(path))
     ext = p.suffix.lower()
     arr = _as_video_array(frames)
+    check_output_size(p, arr.shape[1], arr.shape[2])
     if ext in PIL_FORMATS:
         if arr.shape[0] != 1:
             raise UsageError(
@@ -448,6 +485,8 @@ def write_video(
         raise UsageError(f"fps must be a number, got {fps!r}") from None
     if not math.isfinite(fps_value) or not MIN_FPS <= fps_value <= MAX_FPS:
         raise UsageError(f"fps must be between {MIN_FPS:g} and {MAX_FPS:g}, got {fps!r}")
+    if metadata and "fps" in metadata and ext == ".gif":  # record the rate the file plays at
+        metadata = {**metadata, "fps": written_fps(p, fps_value)}
     with atomic_output(p, overwrite) as tmp:
         try:
             if ext == ".gif":

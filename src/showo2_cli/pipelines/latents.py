@@ -73,7 +73,12 @@ def encode(source: str | os.PathLike | M.Media, vae: WanVAE, options: EncodeOpti
     opts = options or EncodeOptions()
     notices: list[str] = []
     first = None if opts.frames is None else M.round_frames(opts.frames, "up")  # only the frames used
-    media = source if isinstance(source, M.Media) else M.read_media(source, first=first)
+    if not isinstance(source, M.Media):
+        from ..runtime import decode_budget
+
+        media = M.read_media(source, first=first, max_bytes=decode_budget(max_memory_gb))
+    else:
+        media = source
     source = media.source if isinstance(source, M.Media) else source
     n_frames = 1 if media.kind == "image" else min(M.round_frames(opts.frames or media.num_frames, "up"),
                                                    max(M.round_frames(media.num_frames, "down"), 1))
