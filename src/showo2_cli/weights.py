@@ -86,6 +86,29 @@ def _load_pickle(path: Path) -> Any:
             return torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) format
 
 
+def _pickled_code(path: Path) -> str | None:
+    """What a pickle stream in ``path`` would import or call (``module name``, or ``?`` when the
+    opcode names nothing), read with :mod:`pickletools` (parsing only, nothing runs); None when it
+    calls nothing or is not a pickle."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _pos in pickletools.genops(fh):
+                if isinstance(arg, str):
+                    strings = [*strings[-1:], arg]
+                if op.name in ("GLOBAL", "INST"):
+                    return str(arg).replace(" ", ".")
+                if op.name == "STACK_GLOBAL":  # module and name were the last two strings pushed
+                    return ".".join(strings[-2:]) if len(strings) == 2 else "?"
+                if op.name in ("REDUCE", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"):
+                    return "?"
+    except Exception:  # not a pickle (or a broken one): nothing to name
+        return None
+    return None
+
+
 def _read_one(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise ModelError(f"weight file '{path}' is missing")
@@ -101,8 +124,11 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
         msg = str(e)
         if "weights_only" in msg or "Weights only load failed" in msg or "Unsupported global" in msg:
             found = re.search(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)", msg)
-            what = f"; it references {found.group(1)}" if found else ""
-            if found or "GLOBAL" in msg or "global" in msg:
+            named = found.group(1) if found else None
+            if named is None and "global" not in msg.lower():
+                named = _pickled_code(path)  # a plain pickle torch cannot parse may still call code
+            if named is not None or "global" in msg.lower():
+                what = f"; it references {named}" if named not in (None, "?") else ""
                 raise ModelError(f"refusing to load '{path}' for safety: it holds pickled objects other than "
                                  f"tensors (loading it could run code{what})") from e
             why = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", msg, re.S)

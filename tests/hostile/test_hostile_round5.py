@@ -153,8 +153,18 @@ def test_shards_that_disagree_sparse_and_disguised_weights(tmp_path, tiny_model_
     save_file({"w": torch.ones(2)}, tmp_path / "named.bin")  # safetensors in a .bin: "could run code" before
     assert torch.equal(read_state_dict(tmp_path / "named.bin")["w"], torch.ones(2))
     (tmp_path / "noise.bin").write_bytes(os.urandom(4096))
-    with pytest.raises(ModelError, match="not a safetensors or PyTorch checkpoint"):
+    with pytest.raises(ModelError, match="not a safetensors or PyTorch checkpoint"):  # "could run code" before
         read_state_dict(tmp_path / "noise.bin")
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "ran"),))
+
+    (tmp_path / "plain.pkl.bin").write_bytes(pickle.dumps({"w": Payload()}, protocol=4))  # not torch's format
+    with pytest.raises(ModelError, match=r"for safety.*references (posix|nt)\.system"):
+        read_state_dict(tmp_path / "plain.pkl.bin")
+    assert not (tmp_path / "ran").exists()
 
 
 @pytest.mark.parametrize("name, needle", [
