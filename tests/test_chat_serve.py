@@ -361,13 +361,17 @@ def test_chat_session_commands(demo, tmp_path, monkeypatch):
              "/t2i a red square -o gen.png --steps 4", "/t2i", "/save chat.json", "/reset", "/reset now",
              "/save", "/save x\0y.json", "/image ~nosuchuser-showo2/x.png", "/t2i a cat -o a\0b.png",
              "/t2i a circle on a white background -o neg.png --steps 3 --seed 1 --guidance 3.5 "
-             "--negative-prompt 'a red circle'", "/t2i a cat --guidance lots"]
+             "--negative-prompt 'a red circle'", "/t2i a cat --guidance lots",
+             "/t2i a red circle --steps 2 --size 128 -o sized.png",  # became the prompt "a red circle --size 128"
+             "/t2i -o dashed.png --steps 2 --seed 4 -- a cat -- on a mat"]
     assert all(session.handle(line) for line in lines)
     assert session.handle("/quit") is False
     assert out.getvalue() == s.colour + "\n"  # stdout: the answers, nothing else
     errors = err.getvalue().splitlines()
-    assert len(errors) == 10 and all(e.startswith("showo2: error: ") for e in errors)
+    assert len(errors) == 11 and all(e.startswith("showo2: error: ") for e in errors)
     assert "--guidance must be a number" in errors[9]
+    assert "/t2i has no option '--size'" in errors[10] and not (tmp_path / "sized.png").exists()
+    assert json.loads((tmp_path / "dashed.json").read_text())["prompt"] == "a cat -- on a mat"
     neg = json.loads((tmp_path / "neg.json").read_text())
     assert (neg["guidance"], neg["negative_prompt"]) == (3.5, "a red circle")
     assert not any("internal error" in e for e in errors), errors

@@ -64,6 +64,10 @@ class OutputError(Showo2Error):
     kind = "output"
 
 
+class OutputExists(OutputError):
+    """The output already exists (or appeared while the job ran) and ``overwrite`` is off."""
+
+
 class ResourceError(Showo2Error):
     """A job that would not fit in memory or another resource limit."""
 

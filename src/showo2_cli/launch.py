@@ -27,6 +27,7 @@ def _terminated(signum, frame):
 
 
 def main() -> None:
+    atexit.register(_ignore_signals)  # registered first, so it runs last of the exit handlers
     previous = _install(signal.SIGTERM, _terminated)
     try:
         from .cli import main as cli_main
@@ -40,11 +41,21 @@ def main() -> None:
     exit_with(code)
 
 
+def _ignore_signals() -> None:
+    """The end of the shutdown, after every exit handler: the interpreter then resets signals
+    that have Python handlers to their default action, so a Ctrl-C in the last moments (library
+    teardown, a second or two after a command that succeeded) killed the process by SIGINT, its
+    output complete. Ignored signals stay ignored: the exit code stays the command's."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        _install(sig, signal.SIG_IGN)
+
+
 def exit_with(code: int) -> None:
     """Exit with ``code``. After an interruption (130, 143) everything was already cleaned up: the
     exit handlers run with further signals ignored, then the process ends at once, without the
     second of library teardown that a second Ctrl-C used to cut with a traceback or a death by
-    signal. Otherwise a signal during the shutdown ends it at once with the same code."""
+    signal. Otherwise a signal during the shutdown ends it at once with the same code, and after
+    the exit handlers it is ignored (:func:`_ignore_signals`)."""
     if code in (130, 143):
         for sig in (signal.SIGINT, signal.SIGTERM):
             _install(sig, signal.SIG_IGN)

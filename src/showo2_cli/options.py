@@ -68,7 +68,8 @@ def check_number(option: str, value: float | None, low: float | None = None, hig
     if not ok:
         lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
         hi = "" if high is None else f"<= {high:g}"
-        raise UsageError(f"{option} must be a number {' and '.join(x for x in (lo, hi) if x)}, got {short(value)}")
+        finite = "a finite number" if isinstance(value, float) and not math.isfinite(value) else "a number"
+        raise UsageError(f"{option} must be {finite} {' and '.join(x for x in (lo, hi) if x)}, got {short(value)}")
 
 
 def check_int(option: str, value: int | None, low: int, high: int) -> None:

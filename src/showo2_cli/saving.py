@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from . import media as M
-from .errors import InputError, UsageError
+from .errors import InputError, OutputError, OutputExists, UsageError
 from .options import (
     IMAGE_OUTPUTS,
     MAX_PROMPT_CHARS,
@@ -64,10 +64,12 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
             raise InputError(f"cannot read prompts file {where}: {getattr(e, 'strerror', None) or e}") from e
         if len(data) > MAX_PROMPTS_FILE_BYTES:
             raise InputError(f"prompts from {where} are too large (more than {MAX_PROMPTS_FILE_BYTES // 2**20} MiB)")
+        # UTF-8 (a BOM allowed), or UTF-16 with its BOM (what Windows editors save as "Unicode")
+        encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8"
         try:
-            text = data.decode("utf-8")
+            text = data.decode(encoding)
         except UnicodeDecodeError as e:
-            raise InputError(f"prompts file {where} is not UTF-8 text (byte {e.start})") from e
+            raise InputError(f"prompts file {where} is not {encoding.upper()} text (byte {e.start})") from e
         # lines end at "\n" (and "\r\n") only: a form feed or U+2028 inside a line is not a new prompt
         text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the first prompt
         lines = [(i, line.strip()) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
@@ -83,6 +85,11 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
     return prompts
 
 
+def latents_beside(path: Path) -> Path:
+    """Where ``--save-latents`` puts the latents of the output at ``path``."""
+    return path.with_name(path.stem + ".latents.safetensors")
+
+
 @dataclass
 class OutputPlan:
     """Where one output goes: the media file, its sidecar JSON, and its latents (or None)."""
@@ -90,12 +97,19 @@ class OutputPlan:
     path: Path
     sidecar: Path
     latents: Path | None
+    default: Path | None = None  # a name chosen by the tool (no -o): the name it was made from
 
     @classmethod
-    def beside(cls, path: Path, save_latents: bool) -> OutputPlan:
+    def beside(cls, path: Path, save_latents: bool, default: Path | None = None) -> OutputPlan:
         """The plan of an output at ``path``: its sidecar and latents are named after it."""
-        return cls(path, path.with_suffix(".json"),
-                   path.with_name(path.stem + ".latents.safetensors") if save_latents else None)
+        return cls(path, path.with_suffix(".json"), latents_beside(path) if save_latents else None, default)
+
+    def next_free(self) -> OutputPlan:
+        """A default-named plan whose name was taken meanwhile (another run, started at the same
+        moment, chose it too): the next free ``-1``, ``-2``, ... name, as planning gives."""
+        save = self.latents is not None
+        path = M.unique_path(self.default, lambda c: OutputPlan.beside(c, save).files()[1:], {self.path})
+        return OutputPlan.beside(path, save, self.default)
 
     def files(self) -> list[Path]:
         return [f for f in (self.path, self.sidecar, self.latents) if f is not None]
@@ -105,6 +119,7 @@ def output_extension(kind: str, output: str | os.PathLike | None) -> str:
     allowed = KIND_EXTS[kind]
     if output is None:
         return DEFAULT_EXT[kind]
+    M.check_output_name(output)
     ext = Path(output).suffix.lower()
     if ext not in allowed:
         raise UsageError(f"unsupported output extension '{short(ext or output)}' for {kind}: use {', '.join(allowed)}")
@@ -124,8 +139,9 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
     taken: set[Path] = set()  # default names already given to an earlier output of this run
     for p, i in zip(prompts, indices, strict=True):
         for k in range(n):
+            default = None
             if output is None:
-                path = Path(f"{M.slugify(p)}-{seed_for(seed, i, k, n)}{ext}")
+                path = default = Path(f"{M.slugify(p)}-{seed_for(seed, i, k, n)}{ext}")
                 if not overwrite:  # free for the media file, its sidecar and latents, and not given out yet
                     path = M.unique_path(path, lambda c: OutputPlan.beside(c, save_latents).files()[1:], taken)
                 taken.add(path)
@@ -135,7 +151,7 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
                 out = Path(output)
                 width = max(3, len(str(total - 1)))
                 path = out.with_name(f"{out.stem}-{i * n + k:0{width}d}{out.suffix}")
-            plans.append(OutputPlan.beside(path, save_latents))
+            plans.append(OutputPlan.beside(path, save_latents, default if not overwrite else None))
     probed: set[Path] = set()
     seen: set[Path] = set()
     for plan in plans:
@@ -203,29 +219,49 @@ def save_results(results, plans: list[OutputPlan], kind: str, fps: float | None 
     """Write each result as planned and return one record per output (what the sidecar holds).
     An output's files are one unit (:func:`~showo2_cli.media.output_group`): they take their
     places together, and a failure or Ctrl-C before then leaves none of them (and, with
-    ``overwrite``, the old ones as they were)."""
-    from .pipelines.latents import save_latents
-
+    ``overwrite``, the old ones as they were). A default name (no ``-o``) that another run took
+    meanwhile moves on to the next free one, as planning does."""
     if len(results) != len(plans):
         raise UsageError(f"{len(results)} result(s) but {len(plans)} planned output(s)")
     records = []
     for plan, item in zip(plans, results, strict=True):
-        rate = M.written_fps(plan.path, fps or 8.0) if kind != "t2i" else None  # a GIF's rate is coarser
-        meta = result_metadata(item, kind, rate, image, noise)
-        record = {"output": str(plan.path), **meta}
-        with M.output_group():
-            if kind == "t2i":
-                M.write_image(plan.path, item.frames[0], metadata=meta, overwrite=overwrite)
-            else:
-                M.write_video(plan.path, item.frames, rate, overwrite=overwrite, metadata=meta)
-            if plan.latents is not None:
-                lat = item.latents if item.latents.dim() == 4 else item.latents[:, None]
-                meta_l = {"format": "showo2-latents", "version": 1, "kind": "image" if kind == "t2i" else "video",
-                          "frames": int(item.frames.shape[0]), "fps": rate,
-                          "height": item.params["height"], "width": item.params["width"], **meta}
-                save_latents(plan.latents, lat.contiguous(), meta_l, overwrite=overwrite)
-                record["latents"] = str(plan.latents)
-            with M.atomic_output(plan.sidecar, overwrite=overwrite) as tmp:
-                Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
-        records.append(record)
+        for _attempt in range(100):
+            try:
+                records.append(_save_one(plan, item, kind, fps, image, overwrite, noise))
+                break
+            except OutputExists:
+                if plan.default is None:  # a name the user gave is never changed
+                    raise
+                plan = plan.next_free()  # another run took this default name meanwhile
+        else:
+            raise OutputError(f"no free name for '{plan.default}' after 100 tries")
     return records
+
+
+def _save_one(plan: OutputPlan, item, kind: str, fps: float | None, image, overwrite: bool, noise) -> dict:
+    """Write one planned output (media, latents, sidecar) as one unit; with ``overwrite`` a
+    latents file of the output it replaces is removed when this one has none (the set stays one
+    output's)."""
+    from .pipelines.latents import save_latents
+
+    rate = M.written_fps(plan.path, fps or 8.0) if kind != "t2i" else None  # a GIF's rate is coarser
+    meta = result_metadata(item, kind, rate, image, noise)
+    record = {"output": str(plan.path), **meta}
+    with M.output_group():
+        if kind == "t2i":
+            M.write_image(plan.path, item.frames[0], metadata=meta, overwrite=overwrite)
+        else:
+            M.write_video(plan.path, item.frames, rate, overwrite=overwrite, metadata=meta)
+        if plan.latents is not None:
+            lat = item.latents if item.latents.dim() == 4 else item.latents[:, None]
+            meta_l = {"format": "showo2-latents", "version": 1, "kind": "image" if kind == "t2i" else "video",
+                      "frames": int(item.frames.shape[0]), "fps": rate,
+                      "height": item.params["height"], "width": item.params["width"], **meta}
+            save_latents(plan.latents, lat.contiguous(), meta_l, overwrite=overwrite)
+            record["latents"] = str(plan.latents)
+        with M.atomic_output(plan.sidecar, overwrite=overwrite) as tmp:
+            Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
+    stale = latents_beside(plan.path)
+    if overwrite and plan.latents is None and stale.is_file():
+        stale.unlink()  # the replaced output's latents: no longer this output's
+    return record

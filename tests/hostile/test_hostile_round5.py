@@ -331,3 +331,88 @@ def test_output_formats_limits_rates_and_targets(tmp_path, capsys):
     with pytest.raises(OutputError, match="names a folder"):  # the slash was dropped: a file was written
         M.check_output_path(str(tmp_path / "new.png") + "/", overwrite=True)
     assert not (tmp_path / "new.png").exists()
+
+
+# ---- the CLI, found by probing generation and file commands ------------------------------------
+
+def test_a_default_name_taken_while_the_job_ran_moves_on(tmp_path, monkeypatch):
+    """Two runs without -o started together chose the same name; the later one failed after the
+    whole job, advising --overwrite (which would have replaced the other run's image)."""
+    import numpy as np
+
+    from showo2_cli import saving as O
+    from showo2_cli.errors import OutputExists
+    from showo2_cli.pipelines import Generated
+
+    monkeypatch.chdir(tmp_path)
+    (plan,) = O.plan_outputs("t2i", None, ["a red circle"], [0], 1, 5, save_latents=True)
+    assert plan.path.name == "a-red-circle-5.png"
+    (tmp_path / "a-red-circle-5.json").write_text("{}")  # the other run got there first
+    item = Generated(prompt="a red circle", prompt_index=0, seed=5,
+                     frames=np.zeros((1, 8, 8, 3), np.uint8), latents=torch.zeros(16, 1, 1),
+                     params={"prompt": "a red circle", "seed": 5, "height": 8, "width": 8})
+    (record,) = O.save_results([item], [plan], "t2i")
+    assert record["output"] == "a-red-circle-5-1.png" and (tmp_path / "a-red-circle-5-1.latents.safetensors").is_file()
+    assert (tmp_path / "a-red-circle-5.json").read_text() == "{}" and not (tmp_path / "a-red-circle-5.png").exists()
+    given = O.plan_outputs("t2i", "mine.png", ["a"], [0], 1, 5)
+    (tmp_path / "mine.json").write_text("{}")
+    with pytest.raises(OutputExists):  # a name the user gave is never changed
+        O.save_results([item], given, "t2i")
+
+    # --overwrite by a run without latents: the old output's latents go with it
+    O.save_results([item], O.plan_outputs("t2i", "q.png", ["a"], [0], 1, 5, save_latents=True), "t2i")
+    assert (tmp_path / "q.latents.safetensors").is_file()
+    O.save_results([item], O.plan_outputs("t2i", "q.png", ["a"], [0], 1, 5, overwrite=True), "t2i", overwrite=True)
+    assert (tmp_path / "q.png").is_file() and not (tmp_path / "q.latents.safetensors").exists()
+
+
+def test_file_commands_name_outputs_and_take_inputs_as_users_have_them(tmp_path, monkeypatch, capsys):
+    from showo2_cli import saving as O
+    from showo2_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    for out, needle in (("", "the output path is empty"), ("d/", "names a folder"), ("d", "names a folder"),
+                        ("new.png/", "names a folder")):
+        code = main(["t2i", "a cat", "--steps", "2", "-o", out, "--json"])
+        err = json.loads(capsys.readouterr().out)["error"]
+        assert code in (2, 5) and needle in err["message"], (out, err)  # "unsupported output extension '.'"
+    assert not (tmp_path / "new.png").exists()
+    assert main(["t2i", "a cat", "--steps", "2", "-o", "i.png", "--save-latents", "--seed", "3", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["decode", "i.latents.safetensors", "--json"]) == 0  # its default name i.png was taken: exit 5
+    assert json.loads(capsys.readouterr().out)["output"] == "i-1.png"
+    # --noise takes an image's latents as --save-latents wrote them (C, 1, h, w): refused before
+    assert main(["t2i", "a cat", "--steps", "2", "-o", "again.png", "--noise", "i.latents.safetensors",
+                 "--json"]) == 0
+    capsys.readouterr()
+    (tmp_path / "p16.txt").write_bytes("a red circle\r\nun carré bleu\r\n".encode("utf-16"))
+    assert O.read_prompts(None, tmp_path / "p16.txt") == ["a red circle", "un carré bleu"]  # "not UTF-8 (byte 0)"
+    code = main(["t2i", "a cat", "--max-memory", "inf", "--json"])
+    assert code == 2 and "a finite number" in json.loads(capsys.readouterr().out)["error"]["message"]
+
+
+def test_a_signal_after_the_result_does_not_change_the_exit_code(tmp_path):
+    """The result was out and complete, yet a Ctrl-C in the last second made it exit 130, or
+    killed it by SIGINT once the interpreter had reset its signal handlers."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import atexit, os, signal, sys, time\n"
+        "def late():  # registered before the program's: runs after its exit handlers, as teardown does\n"
+        "    os.kill(os.getpid(), signal.SIGINT); time.sleep(0.3); sys.stderr.write('alive\\n')\n"
+        "atexit.register(late)\n"
+        "sys.argv = ['showo2', 'models', '--json']\n"
+        "from showo2_cli.launch import main\n"
+        "main()\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": SRC})
+    assert r.returncode == 0 and "alive" in r.stderr and json.loads(r.stdout)["models"]
+
+    from showo2_cli.cli import _interrupted
+    from showo2_cli.cli.common import STATE
+
+    STATE["emitted"] = True
+    try:
+        assert _interrupted() == 0  # after emit(): the command had succeeded
+    finally:
+        STATE["emitted"] = False

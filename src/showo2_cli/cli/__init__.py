@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     _ARGS[:] = args
     # fresh state for every call (main() may run several times in one process)
-    STATE.update(debug=bool(os.environ.get("SHOWO2_DEBUG")) or "--debug" in args, json=False, quiet=False)
+    STATE.update(debug=bool(os.environ.get("SHOWO2_DEBUG")) or "--debug" in args, json=False, quiet=False,
+                 emitted=False)
     if not STATE["debug"]:  # the libraries' own logging stays quiet unless --debug
         for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY"):
             os.environ.setdefault(var, "error")
@@ -143,6 +144,8 @@ _TERMINATED = [False]  # set by the SIGTERM handler: an interruption then exits 
 
 def _interrupted() -> int:
     _hold_signals()  # a second Ctrl-C while this one is reported changes nothing
+    if STATE.get("emitted"):  # it came after the command's result was out: the command succeeded
+        return 0
     return _fail("terminated", 143, "interrupted") if _TERMINATED[0] else _fail("interrupted", 130, "interrupted")
 
 

@@ -9,6 +9,7 @@ line and nothing else. Notices and errors (one line each) go to stderr and the c
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -181,6 +182,12 @@ class ChatSession:
                 continue
             if a == "--overwrite":
                 overwrite = True
+            elif a == "--":  # the rest is prompt text, options or not
+                words += args[i + 1:]
+                break
+            elif re.match(r"--?[A-Za-z]", a):  # was taken into the prompt: "a cat --size 128"
+                raise UsageError(f"/t2i has no option '{a[:30]}' (options: -o, --seed, --steps, --guidance, "
+                                 "--negative-prompt, --overwrite; after -- it is prompt text)")
             else:
                 words.append(a)
             i += 1

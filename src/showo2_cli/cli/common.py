@@ -69,6 +69,7 @@ def emit(result: dict, plain: str | None = None) -> None:
         write(sys.stdout, plain + ("" if plain.endswith("\n") else "\n"))
     if sys.stdout is not None:
         sys.stdout.flush()
+    STATE["emitted"] = True  # the command's result is out: an interruption now changes nothing
 
 
 def setup(json_mode: bool, quiet: bool) -> None:

@@ -53,7 +53,7 @@ NegativeOpt = Annotated[str, typer.Option("--negative-prompt", help="What guidan
 VIDEO_HELP = "out.mp4/.webm/.gif"
 
 
-def run(kind: str, prompt: str | None, prompts_file: Path | None, output: Path | None, opts: GenerateOptions,
+def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | None, opts: GenerateOptions,
         model: str | None, vae: Path | None, device: str, dtype, noise: Path | None, save_latents: bool,
         fps: float | None, image: Path | None, size: str | None, overwrite: bool, accel: tuple = (),
         lora: list[Path] | None = None) -> None:
@@ -148,7 +148,7 @@ def _frames(frames: int) -> int:
 
 def t2i(
     prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp; several outputs get -000, -001, ...")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp; several outputs get -000, -001, ...")] = None,
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 4, noise: NoiseOpt = None,
@@ -169,7 +169,7 @@ def t2i(
 
 def t2v(
     prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
     frames: FramesOpt = 17, fps: FpsOpt = 8.0,
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
@@ -192,7 +192,7 @@ def t2v(
 def i2v(
     image: Annotated[Path, typer.Argument(help="The first frame.")],
     prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
     frames: FramesOpt = 17, fps: FpsOpt = 8.0,
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,

@@ -32,7 +32,7 @@ from .common import (
 
 def encode(
     media: Annotated[Path, typer.Argument(help="An image or a video.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Latents file (.safetensors); default <media>.latents.safetensors.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Latents file (.safetensors); default <media>.latents.safetensors.")] = None,
     model: ModelOpt = None,
     vae: VaeOpt = None,
     size: Annotated[str | None, typer.Option("--size", help="N or WIDTHxHEIGHT, multiples of 16 (default: the model's resolution, 432 for a VAE alone).")] = None,
@@ -52,7 +52,12 @@ def encode(
     from .. import media as M
     from ..options import EncodeOptions, RuntimeOptions
 
+    if output is not None:  # taken as text: a trailing '/' is seen (a Path drops it)
+        M.check_output_name(output)
+        output = Path(output)
     out = output or media.with_name(media.name + ".latents.safetensors")
+    if output is None and not overwrite:  # a default name never replaces a file: -1, -2, ...
+        out = M.unique_path(out)
     if out.suffix != ".safetensors":
         raise UsageError(f"latents are written as .safetensors, got '{short(out, 80)}'")
     requested = M.parse_size(size)
@@ -103,7 +108,7 @@ def encode(
 
 def decode(
     latents: Annotated[Path, typer.Argument(help="A latents file written by `showo2 encode` or --save-latents.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp for one frame, .mp4/.webm/.gif for videos.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp for one frame, .mp4/.webm/.gif for videos.")] = None,
     model: ModelOpt = None,
     vae: VaeOpt = None,
     fps: Annotated[float | None, typer.Option("--fps", help="Frames per second (default: the source's, else 8).")] = None,
@@ -123,7 +128,9 @@ def decode(
     check_fps(fps)
     RuntimeOptions(device, value(dtype), max_memory, vae_tiling=value(vae_tiling)).validate()
     writable = M.IMAGE_WRITE_EXTS + M.VIDEO_WRITE_EXTS
-    if output is not None:
+    if output is not None:  # taken as text: a trailing '/' is seen (a Path drops it)
+        M.check_output_name(output)
+        output = Path(output)
         if output.suffix.lower() not in writable:
             raise UsageError(f"cannot write '{short(output, 80)}': unsupported output extension "
                              f"'{short(output.suffix)}'; use .png/.jpg/.webp or .mp4/.webm/.gif")
@@ -143,6 +150,8 @@ def decode(
     z, meta = L.load_latents(latents)
     frames_out = 1 + 4 * (z.shape[1] - 1)
     out = output or latents.with_name(_stem(latents.name) + (".png" if frames_out == 1 else ".mp4"))
+    if output is None and not overwrite:  # a default name never replaces a file: -1, -2, ...
+        out = M.unique_path(out)
     ext = out.suffix.lower()
     if ext not in writable:
         raise UsageError(f"unsupported output extension '{ext}': use .png/.jpg/.webp or .mp4/.webm/.gif")

@@ -65,6 +65,7 @@ from .metadata import METADATA_KEY, PARAMETERS_KEY, read_metadata, read_png_meta
 from .outputs import (
     atomic_folder,
     atomic_output,
+    check_output_name,
     check_output_path,
     fsync_path,
     is_write_error,
@@ -147,6 +148,7 @@ __all__ = [
     "unique_path",
     "write_image",
     "write_video",
+    "check_output_name",
     "check_output_size",
     "written_fps",
 ]

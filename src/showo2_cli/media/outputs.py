@@ -16,9 +16,19 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-from showo2_cli.errors import OutputError, UsageError
+from showo2_cli.errors import OutputError, OutputExists, UsageError
 
 from .probe import PathLike, error_detail, quote_path
+
+
+def check_output_name(path: PathLike) -> None:
+    """An output option that cannot name a file (empty, ending in ``/``, an existing folder):
+    refused before its extension is judged (whose message would be about the wrong thing)."""
+    raw = str(os.fspath(path))
+    if not raw.strip():
+        raise UsageError("the output path is empty: give a file name")
+    if raw.endswith(("/", os.sep)) or Path(raw).is_dir():
+        raise OutputError(f"cannot write {quote_path(raw)}: it names a folder; give a file name")
 
 
 def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = False) -> Path:
@@ -50,7 +60,7 @@ def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = Fal
         if not parent.is_dir():
             raise OutputError(f"cannot write {quote_path(p)}: {quote_path(parent)} is not a folder")
         if (p.exists() or p.is_symlink()) and not overwrite:
-            raise OutputError(f"{quote_path(p)} exists; pass --overwrite to replace it")
+            raise OutputExists(f"{quote_path(p)} exists; pass --overwrite to replace it")
         try:
             name_max = int(os.pathconf(parent, "PC_NAME_MAX"))
         except (OSError, ValueError, AttributeError):
@@ -187,10 +197,10 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
             try:
                 os.link(tmp, target)  # fails if the target exists: no clobbering, even racing
             except FileExistsError as e:
-                raise OutputError(f"{quote_path(target)} exists; pass --overwrite to replace it") from e
+                raise OutputExists(f"{quote_path(target)} exists; pass --overwrite to replace it") from e
             except OSError:  # no hard links on this filesystem
                 if target.exists() or target.is_symlink():
-                    raise OutputError(
+                    raise OutputExists(
                         f"{quote_path(target)} exists; pass --overwrite to replace it"
                     ) from None
                 os.replace(tmp, target)
@@ -307,7 +317,7 @@ def atomic_folder(path: PathLike, overwrite: bool = False, durable: bool = False
     """
     target = Path(os.fspath(path))
     if (target.exists() or target.is_symlink()) and not overwrite:
-        raise OutputError(f"{quote_path(target)} already exists; pass --overwrite to replace it")
+        raise OutputExists(f"{quote_path(target)} already exists; pass --overwrite to replace it")
     if target.exists() and not target.is_dir():
         raise OutputError(f"{quote_path(target)} exists and is not a folder")
     parent = target.parent

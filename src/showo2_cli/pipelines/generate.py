@@ -111,7 +111,7 @@ def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], fra
     h, w = size
     what = (f"generating {batch} video(s) of {frames} frames at {w}x{h}" if video
             else f"generating {batch} image(s) at {w}x{h}")
-    advice = "lower --size, --frames or --batch-size"
+    advice = "lower --size, --frames or --batch-size" if video else "lower --size or --batch-size"
     if vae_tiling == "off" and generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim,
                                                     vae_tiled=True, vae_tile=vae_tile) < need:
         advice += ", or tile the VAE with --vae-tiling auto"
@@ -162,6 +162,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     noise_all, rows = None, None  # rows[j]: the row of the given noise that job j starts from
     if opts.noise is not None:
         noise_all = opts.noise.float()
+        if not video and tuple(noise_all.shape[-4:]) == (latent_shape[0], 1, *latent_shape[1:]):
+            noise_all = noise_all.squeeze(-3)  # an image's latents as --save-latents and encode write them
         if tuple(noise_all.shape) == latent_shape:
             noise_all = noise_all[None]
         n = opts.num_per_prompt
