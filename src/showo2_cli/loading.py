@@ -578,16 +578,25 @@ def write_folder(folder: Path, spec: ModelSpec, state: dict[str, torch.Tensor], 
 
 
 def init_model(spec_name: str | ModelSpec, dst: Path, seed: int = 0, dtype: torch.dtype = torch.float32,
-               vae_base_dim: int | None = None, overwrite: bool = False, tokenizer=None) -> Path:
+               vae_base_dim: int | None = None, overwrite: bool = False, tokenizer=None,
+               max_memory_gb: float | None = None) -> Path:
     """Write a randomly initialised model folder of any spec (with a byte-level tokenizer and a
-    random Wan-architecture VAE unless given)."""
+    random Wan-architecture VAE unless given). The network is built in float32 (the same weights
+    whatever ``dtype`` it is saved in) and written with a ``dtype`` copy: a job the memory limit
+    (``max_memory_gb``, else ``$SHOWO2_MAX_MEMORY_GB``, else the RAM available) cannot hold is
+    refused before anything is allocated."""
     from .modeling.vae import WanVAE
     from .options import check_seed
+    from .runtime import check_memory
     from .tokenizer import add_showo2_tokens, byte_level_tokenizer
 
     check_seed(seed)
 
     spec = spec_name if isinstance(spec_name, ModelSpec) else get_spec(spec_name)
+    saved = torch.empty((), dtype=dtype).element_size()
+    per_param = 4 + 2 * saved if saved != 4 else 4 + saved  # float32 build, the dtype copy, its bytes
+    check_memory(spec.parameter_estimate() * per_param * 1.05 / 1e9, f"initialising a '{spec.name}' model",
+                 max_memory_gb, "cpu", "initialise a smaller spec")
     if tokenizer is None:
         tokenizer = byte_level_tokenizer()
         add_showo2_tokens(tokenizer)

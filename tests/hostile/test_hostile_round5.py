@@ -416,3 +416,14 @@ def test_a_signal_after_the_result_does_not_change_the_exit_code(tmp_path):
         assert _interrupted() == 0  # after emit(): the command had succeeded
     finally:
         STATE["emitted"] = False
+
+
+def test_init_refuses_a_model_the_memory_cannot_hold(tmp_path, capsys):
+    """init --spec 7B built 30+ GB in float32 with no estimate: killed by the kernel, no message."""
+    from showo2_cli.cli import main
+
+    code = main(["init", "--spec", "7B", "-o", str(tmp_path / "big"), "--dtype", "bf16", "--max-memory", "8",
+                 "--json"])
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert code == 6 and "initialising a '7B' model needs about" in err["message"]
+    assert not (tmp_path / "big").exists()

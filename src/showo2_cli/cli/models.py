@@ -15,6 +15,7 @@ from ..options import check_dtype
 from .common import (
     JsonOpt,
     LoraOpt,
+    MaxMemOpt,
     OverwriteOpt,
     ProgressReporter,
     QuietOpt,
@@ -168,6 +169,7 @@ def init(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16.")] = "fp32",
     vae_dim: Annotated[int | None, typer.Option("--vae-dim", min=1, max=512, help="Base width of the random Wan VAE (96 is the real one).")] = None,
+    max_memory: MaxMemOpt = None,
     overwrite: OverwriteOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -185,7 +187,8 @@ def init(
     from ..runtime import torch_dtype
 
     with status(f"initialising a random '{spec_obj.name}' model"):
-        path = init_model(spec_obj, output, seed=seed, dtype=torch_dtype(dtype), vae_base_dim=vae_dim, overwrite=overwrite)
+        path = init_model(spec_obj, output, seed=seed, dtype=torch_dtype(dtype), vae_base_dim=vae_dim,
+                          overwrite=overwrite, max_memory_gb=max_memory)
     emit({"output": str(path), "spec": spec_obj.name, "seed": seed, "dtype": dtype}, str(path))
 
 
