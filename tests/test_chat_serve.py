@@ -231,7 +231,7 @@ def test_context_overflow_policies(demo):
     assert kept.context_turns == kept.turns and kept.turns[-1].prompt_tokens + 100 > budget
     assert len(kept.turns[-1].answer_ids) <= budget - kept.turns[-1].prompt_tokens
     refused = conversation("refuse", budget)
-    with pytest.raises(ContextTooLong, match=f"context is {budget} tokens"):
+    with pytest.raises(ContextTooLong, match=f"maximum context length is {budget} tokens. However, you requested"):
         refused.ask("and now?", wide)
     assert len(refused.turns) == 3 and refused.ask("and now?", TextSampling(max_new_tokens=4))
     with pytest.raises(ContextTooLong, match="cannot fit"):
@@ -402,6 +402,12 @@ def test_chat_ends_when_its_reader_goes_away(demo):
     assert session.err.getvalue() == ""
 
 
+def demo_spec():
+    from showo2_cli.loading import find_files, spec_from_files
+
+    return spec_from_files(find_files("demo"), {})
+
+
 def test_parse_chat_requests():
     from showo2_cli.serve import ApiError, ServerConfig, parse_chat
 
@@ -489,6 +495,28 @@ def test_parse_chat_requests():
     greedy = parse_chat({"messages": [user], "top_p": 0, "temperature": 0.7}, cfg)  # only the top token is left
     assert (greedy.temperature, greedy.top_p) == (0.0, None)
     assert parse_chat({"messages": [user], "top_p": 0.5, "temperature": 0.7}, cfg).top_p == 0.5
+    for key, value in (("guided_json", {"type": "object"}), ("structured_outputs", {"json": {}}),
+                       ("guided_choice", ["a"]), ("min_tokens", 50), ("ignore_eos", True), ("stop_token_ids", [3]),
+                       ("echo", True), ("include_stop_str_in_output", True), ("best_of", 3)):
+        with pytest.raises(ApiError) as e:  # vLLM's extras this server does not do: they were ignored
+            parse_chat({"messages": [user], key: value}, cfg)
+        assert (e.value.status, e.value.code, e.value.param) == (400, "unsupported_parameter", key)
+    assert parse_chat({"messages": [user], "stop_token_ids": [], "echo": False, "best_of": 1}, cfg).turns
+    with pytest.raises(ApiError, match="only allowed when 'stream' is true"):  # OpenAI's 400
+        parse_chat({"messages": [user], "stream_options": {"include_usage": True}}, cfg)
+    whole = parse_chat({"messages": [user], "max_tokens": 3.0, "seed": 1.0, "top_k": 50.0}, cfg)  # json.dumps' floats
+    assert (whole.max_tokens, whole.seed, whole.top_k) == (3, 1, 50) and isinstance(whole.max_tokens, int)
+    assert status({"messages": [user], "max_tokens": 3.5}) == 400
+    from showo2_cli.serve.requests import parse_body, parse_images
+
+    deep = b'{"a": ' + b"[" * 900 + b'"\ud800"' + b"]" * 900 + b"}"
+    with pytest.raises(ApiError) as e:
+        parse_body(deep)
+    assert len(e.value.message) < 300 and len(e.value.param) <= 80  # 3,600 characters of [0][0]... before
+    for key in ("stream", "partial_images"):  # gpt-image-1's streaming: the SDK waited for events that never came
+        with pytest.raises(ApiError) as e:
+            parse_images({"prompt": "x", key: True if key == "stream" else 1}, cfg, demo_spec())
+        assert (e.value.code, e.value.param) == ("unsupported_parameter", key)
     sampled = parse_chat({"messages": [user], "top_k": 5, "min_p": 0.1}, cfg)  # vLLM's extras (ignored before)
     assert (sampled.top_k, sampled.min_p, sampled.max_tokens_given) == (5, 0.1, False)
     off = parse_chat({"messages": [user], "top_k": -1, "min_p": 0, "max_tokens": 8}, cfg)
@@ -828,6 +856,8 @@ def test_server_with_the_openai_client(keyed_server, demo):
     cut = client.chat.completions.create(model="demo", messages=history, max_tokens=16, stop=[stop])
     text, finish, _ = streamed(stop=[stop])
     assert text == cut.choices[0].message.content == whole[:whole.index(stop)].strip() and finish == "stop"
+    kept = len(encode_user_text(demo.tokenizer, cut.choices[0].message.content))
+    assert cut.usage.completion_tokens > kept  # every generated token counts, those the stop string cut too
 
     images = client.images.generate(model="demo", prompt="a red circle on a white background", n=2,
                                     size="64x64", response_format="b64_json",
@@ -918,13 +948,14 @@ def test_server_errors_are_openai_json(keyed_server):
     expect(httpx.post(chat, json={**user, "user": 123}, headers=key), 400, "invalid_type")
     expect(httpx.post(chat, json={**user, "stream": True, "stream_options": {"include_usage": "yes"}}, headers=key),
            400, "invalid_type")
-    history = [{"role": "user", "content": "word " * 2000}, {"role": "assistant", "content": "ok " * 2000}] * 30
-    expect(httpx.post(chat, json={**user, "messages": history[:-1], "max_tokens": 64}, headers=key), 400,
-           "context_length_exceeded")  # OpenAI's answer; turns were dropped silently before
+    history = [{"role": "user", "content": "word " * 2000}, {"role": "assistant", "content": "ok " * 2000}] * 8
+    r = httpx.post(chat, json={**user, "messages": history[:-1], "max_tokens": 64}, headers=key)
+    expect(r, 400, "context_length_exceeded")  # OpenAI's answer; turns were dropped silently before
+    assert "This model's maximum context length is" in r.json()["error"]["message"]  # LiteLLM matches the text
     expect(httpx.post(gen, json={"prompt": "x", "background": "transparent"}, headers=key), 400, "invalid_value")
     expect(httpx.post(gen, json={"prompt": "x", "quality": "bogus"}, headers=key), 400, "invalid_value")
     expect(httpx.post(gen, json={"prompt": "x", "output_format": "gif"}, headers=key), 400, "invalid_value")
-    for path in ("/v1/chat/completions/", "/v1/chat/completions//"):  # a base URL ending in '/': served, no 307
+    for path in ("/v1/chat/completions/", "/v1/chat/completions//", "/v1//chat/completions", "//v1/chat/completions"):
         r = httpx.post(url + path, json={**user, "max_tokens": 4}, headers=key)
         assert r.status_code == 200 and r.json()["object"] == "chat.completion", r.text
     assert httpx.get(url + "/v1/models/", headers=key).json()["data"][0]["id"] == "demo"

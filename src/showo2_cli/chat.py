@@ -58,6 +58,7 @@ class Turn:
     prompt_tokens: int = 0  # prompt length when it was answered (0: history given, not generated)
     seconds: float = 0.0
     prefilled: int = 0  # answer tokens given as a prefix (see ``Conversation.ask``), not generated
+    generated_tokens: int = 0  # tokens the model produced for it (a stop string's cut ones included)
 
     def tokens(self, with_answer: bool = True, media: list[VisualInput] | None = None) -> TurnTokens:
         return TurnTokens(self.question_ids, media if media is not None else self.media,
@@ -220,12 +221,16 @@ class Conversation:
             self._notice(f"context budget of {self.max_context} tokens reached: the oldest {dropped} "
                          f"turn{'s' if dropped > 1 else ''} left the context{kept}")
         room = self.max_context - length
-        if self.overflow == "refuse" and room < max_new_tokens:
-            raise ContextTooLong(f"this model's context is {self.max_context} tokens, but the messages take {length} "
-                                 f"and the answer asks for {max_new_tokens}: shorten the messages or the answer")
+        # OpenAI's and vLLM's sentences: clients (LiteLLM's fallbacks) recognise an overflow by them
         if room < 1:
-            raise ContextTooLong(f"the question and its media need {length} tokens, more than the context "
-                             f"budget of {self.max_context}")
+            raise ContextTooLong(f"This model's maximum context length is {self.max_context} tokens. However, your "
+                                 f"messages resulted in {length} tokens (with their media). Please reduce the length "
+                                 "of the messages.")
+        if self.overflow == "refuse" and room < max_new_tokens:
+            raise ContextTooLong(f"This model's maximum context length is {self.max_context} tokens. However, you "
+                                 f"requested {length + max_new_tokens} tokens ({length} in the messages, "
+                                 f"{max_new_tokens} in the completion). Please reduce the length of the messages "
+                                 "or completion.")
         if room < max_new_tokens:
             self._notice(f"the answer is limited to {room} tokens by the context budget of "
                          f"{self.max_context}")
@@ -268,7 +273,7 @@ class Conversation:
             out = generate_answer(self.model, layout, visuals, replace(sampling, max_new_tokens=limit),
                                   on_text=on_text, cancel=cancel, prefix=p_ids)
             turn = Turn(question.strip(), prefix + out.text, list(self.pending), q_ids, p_ids + out.token_ids,
-                        out.stopped, out.prompt_tokens, time.perf_counter() - start, len(p_ids))
+                        out.stopped, out.prompt_tokens, time.perf_counter() - start, len(p_ids), out.generated)
             self.pending = []
             self.turns.append(turn)
             return out.text

@@ -271,6 +271,7 @@ class Answer:
     token_ids: list[int]  # without the stop token
     stopped: bool  # ended by <|im_end|> (else: max_new_tokens reached)
     prompt_tokens: int
+    generated: int = 0  # tokens the model produced (those a stop string cut included), the stop token not
 
 
 @torch.no_grad()
@@ -304,7 +305,7 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
     text = stream.finish()
     # a stop string cut the answer: its ids are the kept text's; else the model's own ids
     ids = encode_user_text(tokenizer, text) if stream.cut is not None else stream.produced
-    return Answer(text, ids, bool(out.stopped), layout.seq_len)
+    return Answer(text, ids, bool(out.stopped), layout.seq_len, len(stream.produced))
 
 
 __all__ = ["Answer", "Cancelled", "DEFAULT_SYSTEM", "PromptPieces", "TextSampling", "TurnTokens",

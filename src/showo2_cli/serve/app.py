@@ -84,7 +84,7 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
                       cancel=job.cancel, prefix=plan.turns[-1].prefix)
     turn = conv.turns[-1]
     return {"answer": answer, "finish_reason": "stop" if turn.stopped else "length",
-            "prompt_tokens": turn.prompt_tokens, "completion_tokens": len(turn.answer_ids) - turn.prefilled,
+            "prompt_tokens": turn.prompt_tokens, "completion_tokens": turn.generated_tokens,
             "notices": list(conv.notices)}
 
 
@@ -158,8 +158,8 @@ class OriginCheck:
 
 
 class TrailingSlash:
-    """Serve ``/v1/chat/completions/`` as ``/v1/chat/completions`` (some clients join a base URL
-    ending in ``/``): the path is taken without its trailing slashes, where Starlette would answer
+    """Serve ``/v1/chat/completions/`` and ``/v1//chat/completions`` as ``/v1/chat/completions``
+    (clients join a base URL ending in ``/``): the path is taken without repeated or trailing slashes, where Starlette would answer
     a 307 whose ``Location`` comes from the client's ``Host`` header and a bodyless reply."""
 
     def __init__(self, app):
@@ -167,11 +167,11 @@ class TrailingSlash:
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
-            trimmed = path.rstrip("/") or "/"
+        if scope["type"] == "http" and len(path) > 1 and (path.endswith("/") or "//" in path):
+            trimmed = re.sub(r"/{2,}", "/", path).rstrip("/") or "/"  # also a base URL's '/' + '/v1/...'
             raw = scope.get("raw_path")
             scope = {**scope, "path": trimmed,
-                     "raw_path": raw.rstrip(b"/") or b"/" if isinstance(raw, bytes) else raw}
+                     "raw_path": (re.sub(rb"/{2,}", b"/", raw).rstrip(b"/") or b"/") if isinstance(raw, bytes) else raw}
         await self.app(scope, receive, send)
 
 

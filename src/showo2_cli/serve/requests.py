@@ -161,6 +161,7 @@ def parse_body(raw: bytes) -> dict:
         raise ApiError(400, "the request body must be a JSON object", "invalid_json")
     where = _invalid_text(data) if _SURROGATE_ESCAPE.search(raw) else None  # only an escape makes one
     if where is not None:
+        where = short(where, 80)  # a deep path would fill the message
         raise ApiError(400, f"{where or 'the request'} holds text that is not valid Unicode (a lone "
                             "surrogate \\ud800-\\udfff escape)", "invalid_json", where or None)
     return data
@@ -195,6 +196,8 @@ def _number(body: dict, key: str, low: float, high: float, default=None, integer
     value = body.get(key, default)
     if value is None:
         return default
+    if integer and isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)  # 3.0 is how some JSON writers send 3 (vLLM's pydantic takes it too)
     kind = "an integer" if integer else "a number"
     wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
     if wrong_type:
@@ -239,6 +242,9 @@ def _logit_bias(value) -> dict[int, float] | None:
 def _seed(body: dict) -> int | None:
     """``seed``: 0 to 2^63-1, or -1 / null for a random one (the habit of many clients)."""
     seed = body.get("seed")
+    if isinstance(seed, float) and seed.is_integer() and abs(seed) < 2**53:
+        seed = int(seed)
+        body = {**body, "seed": seed}
     if seed == -1 and not isinstance(seed, bool):
         return None
     if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**63:
@@ -337,6 +343,17 @@ _UNSUPPORTED_CHAT = {
     "audio": lambda v: v is None,
     "modalities": lambda v: v in (None, ["text"]),
     "prediction": lambda v: v is None,
+    # vLLM's extras this server does not do: refused, not ignored (it takes top_k, min_p,
+    # repetition_penalty and continue_final_message)
+    **{k: (lambda v: v is None) for k in ("guided_json", "guided_regex", "guided_choice", "guided_grammar",
+                                          "guided_decoding_backend", "structured_outputs", "prompt_logprobs")},
+    "min_tokens": lambda v: v in (None, 0),
+    "ignore_eos": lambda v: v in (None, False),
+    "stop_token_ids": lambda v: v in (None, []),
+    "echo": lambda v: v in (None, False),
+    "include_stop_str_in_output": lambda v: v in (None, False),
+    "best_of": lambda v: v in (None, 1),
+    "use_beam_search": lambda v: v in (None, False),
 }
 
 
@@ -404,6 +421,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise ApiError(400, "'stream_options' must be an object", "invalid_type", "stream_options")
+    if body.get("stream_options") is not None and not stream:  # OpenAI's and vLLM's rule
+        raise ApiError(400, "'stream_options' is only allowed when 'stream' is true", "invalid_value",
+                       "stream_options")
     if options.get("include_usage") is not None and not isinstance(options.get("include_usage"), bool):
         raise ApiError(400, "'stream_options.include_usage' must be true or false", "invalid_type",
                        "stream_options.include_usage")
@@ -489,8 +509,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     chars = sum(len(t.question or "") + len(t.answer or "") + len(t.prefix) for t in turns) + \
         sum(len(x) for x in system_parts)
     if chars > config.max_text_chars:  # refused before any tokenizing: it cannot fit a context
-        raise ApiError(400, f"the messages hold {chars} characters, more than this server's limit of "
-                            f"{config.max_text_chars}", "context_length_exceeded", "messages")
+        raise ApiError(400, f"This model's maximum context length is exceeded: the messages hold {chars} "
+                            f"characters, more than this server's limit of {config.max_text_chars}. Please reduce "
+                            "the length of the messages.", "context_length_exceeded", "messages")
     return ChatPlan(system, turns, int(max_tokens), float(temperature), top_p, seed, stream,
                     bool(options.get("include_usage", False)), stop, float(frequency), float(presence), bias,
                     repetition, top_k, min_p, given)
@@ -556,6 +577,10 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
             why = "this model draws opaque images only" if body.get(key) == "transparent" else \
                 f"use one of {', '.join(allowed)}"
             raise ApiError(400, f"'{key}' {short(body.get(key))!r} is not supported: {why}", "invalid_value", key)
+    for key in ("stream", "partial_images"):  # gpt-image-1's streaming: events this server does not send
+        if body.get(key) not in (None, False, 0):
+            raise ApiError(400, f"'{key}' is not supported by this server (the images come in one response)",
+                           "unsupported_parameter", key)
     fmt = body.get("output_format")
     fmt = "png" if fmt is None else fmt
     if fmt not in ("png", "jpeg", "webp"):
