@@ -342,7 +342,8 @@ def test_out_of_memory_advice_names_only_the_commands_own_options():
     assert "--size" in t2i and "--offload" in t2i and "--frames" not in t2i
     assert "--frames" in _memory_advice(["t2v", "waves"])
     assert "--max-new-tokens" in _memory_advice(["caption", "x.png"]) and "--size" not in _memory_advice(["caption"])
-    assert _memory_advice(["init", "-o", "m"]) == _memory_advice(["info", "demo"]) == _memory_advice([]) == ""
+    assert _memory_advice(["info", "demo"]) == _memory_advice([]) == ""
+    assert _memory_advice(["init", "-o", "m"]) == " (keep the memory guard on: --max-memory)"  # init has it now
 
 
 # ---- training runs ----------------------------------------------------------------------------------

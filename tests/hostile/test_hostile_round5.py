@@ -372,7 +372,7 @@ def test_file_commands_name_outputs_and_take_inputs_as_users_have_them(tmp_path,
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d").mkdir()
-    for out, needle in (("", "the output path is empty"), ("d/", "names a folder"), ("d", "names a folder"),
+    for out, needle in (("", "the output path is empty"), ("d/", "is a directory"), ("d", "is a directory"),
                         ("new.png/", "names a folder")):
         code = main(["t2i", "a cat", "--steps", "2", "-o", out, "--json"])
         err = json.loads(capsys.readouterr().out)["error"]

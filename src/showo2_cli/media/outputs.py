@@ -27,8 +27,14 @@ def check_output_name(path: PathLike) -> None:
     raw = str(os.fspath(path))
     if not raw.strip():
         raise UsageError("the output path is empty: give a file name")
-    if raw.endswith(("/", os.sep)) or Path(raw).is_dir():
-        raise OutputError(f"cannot write {quote_path(raw)}: it names a folder; give a file name")
+    try:
+        folder = Path(raw).is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL: check_output_path says what is wrong
+        folder = False
+    if folder:
+        raise OutputError(f"cannot write {quote_path(raw)}: it is a directory; give a file name")
+    if raw.endswith(("/", os.sep)):
+        raise OutputError(f"cannot write {quote_path(raw)}: it names a folder (it ends in '/'); give a file name")
 
 
 def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = False) -> Path:
