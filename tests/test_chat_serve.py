@@ -193,6 +193,10 @@ def test_a_reply_prefix_is_continued_as_the_model_would_have_gone_on(demo):
         rest = conv.ask(S.Q_DESCRIBE_IMAGE, TextSampling(max_new_tokens=12 - cut), on_text=shown.append, prefix=prefix)
         assert prefix + rest == answer and conv.turns[-1].answer == answer and "".join(shown) == rest
         assert rest.startswith(" ")  # the space after the prefix is the continuation's (kept, not stripped)
+        spaced = Conversation(demo)
+        spaced.attach(image)  # a prefix ending in a space: the model answered nothing after "It is a "
+        assert spaced.ask(S.Q_DESCRIBE_IMAGE, TextSampling(max_new_tokens=12 - cut), prefix=prefix + " ") == \
+            rest.lstrip() and spaced.turns[-1].answer == answer
         assert conv.turns[-1].answer_ids == ids and conv.turns[-1].prefilled == cut
         assert conv.turns[-1].prompt_tokens == whole.turns[-1].prompt_tokens + cut
         checked += 1
@@ -238,6 +242,8 @@ def test_context_overflow_policies(demo):
         conversation("shorten", budget).ask("x" * (budget * CHARS_PER_TOKEN + 1), wide)
     with pytest.raises(UsageError, match="overflow"):
         Conversation(demo, overflow="wrap")
+    with pytest.raises(TypeError, match="loaded Showo2"):  # a pipeline: "no attribute 'files'" before
+        Conversation(object())
 
 
 def test_extreme_sampling_values_still_choose_a_token():

@@ -765,3 +765,93 @@ def test_from_pretrained_takes_diffusers_loading_arguments(tiny_model_dir, tmp_p
         Showo2Pipeline.from_pretrained(tiny_model_dir, device="cpu", device_map="cpu")
     with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
         Showo2Pipeline.from_pretrained(tiny_model_dir, colour="red")
+
+
+def test_python_callers_get_diffusers_conventions_and_clear_type_errors(pipe, tiny_model_dir):
+    """Found by a diffusers user's probe: each was silently wrong, an obscure AttributeError, or a
+    refusal of what diffusers and transformers accept."""
+    import numpy as np
+    import torch
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
+    from PIL import Image
+
+    from showo2_cli import Showo2Pipeline, api
+    from showo2_cli.options import CaptionOptions, GenerateOptions, TextSampling
+
+    pipe.set_progress_bar_config(disable=True)
+    model = pipe.model
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    want = pipe.caption(img, max_new_tokens=6)
+    chw = torch.from_numpy(img).permute(2, 0, 1)
+    assert pipe.caption(chw, max_new_tokens=6) == want  # uint8 0-255 (torchvision's read_image): was all white
+    assert pipe.caption(chw.float() / 255, max_new_tokens=6) == want
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):  # 0-255 floats were clipped to white
+        pipe.caption(chw.float(), max_new_tokens=6)
+    sixteen = Image.fromarray(img[..., 0].astype(np.uint16) * 257)  # mode I;16: was clipped to white
+    assert sixteen.mode.startswith("I;16")
+    assert pipe.caption(sixteen, max_new_tokens=6) == pipe.caption(Image.fromarray(img[..., 0]), max_new_tokens=6)
+
+    three = GenerateOptions(steps=np.int64(3), guidance=np.float32(2.0), seed=np.int64(5), size=64)
+    assert (three.steps, three.seed, three.size) == (3, 5, (64, 64)) and type(three.steps) is int
+    one = api.text_to_image(model, "a cat", three)  # a string was three prompts: 'c', 'a', 't'
+    assert len(one) == 1 and one[0].prompt == "a cat"
+    assert len(api.caption(model, img_path(pipe, img), CaptionOptions(questions="What?", max_new_tokens=4)).answers) == 1
+    assert TextSampling(temperature=np.float32(0.5)).temperature == 0.5
+    with pytest.raises(TypeError, match="GenerateOptions"):
+        api.text_to_image(model, ["a"], {"steps": 3})
+    with pytest.raises(TypeError, match="pipe.model"):
+        api.text_to_image(pipe, ["a"])
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        api.text_to_image(model, ["a"], GenerateOptions(steps=3, noise=np.zeros((16, 4, 4))))
+
+    latent = pipe("a cat", num_inference_steps=3, seed=1, output_type="latent").images
+    frames = api.decode(latent[0], pipe.vae)  # an image's (C, h, w): "not enough values to unpack"
+    assert frames.shape == (1, 64, 64, 3)
+    assert np.array_equal(api.decode(latent[0].numpy(), pipe.vae), frames)
+    with pytest.raises(ValueError, match="one latent at a time"):
+        api.decode(latent, pipe.vae)
+    with pytest.raises(ValueError, match="latents"):  # an InputError before (not a ValueError)
+        pipe("a cat", num_inference_steps=3, latents=torch.randn(1, 16, 4, 4))
+    with pytest.raises(ValueError, match="NaN"):  # a black image before
+        pipe("a cat", num_inference_steps=3, latents=torch.full_like(latent, float("nan")))
+
+    assert pipe.scheduler.config.shift == pipe.spec.shift  # it said 1.0 while sampling used 3.0
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    assert torch.equal(pipe("a cat", num_inference_steps=3, seed=1, output_type="latent").images, latent)  # a no-op
+    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, prediction_type="flow_prediction",
+                                                         use_flow_sigmas=True)
+    assert (pipe.sampler, pipe.default_shift) == ("unipc", None)  # the model's shift, not UniPC's default 1.0
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    assert (pipe.sampler, pipe.default_shift) == ("euler", 1.0)  # an explicit 1.0 is 1.0
+    for ignored in (FlowMatchEulerDiscreteScheduler(stochastic_sampling=True),
+                    DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                algorithm_type="sde-dpmsolver++")):
+        with pytest.raises(ValueError, match="would be ignored"):
+            pipe.scheduler = ignored
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=pipe.spec.shift)
+    pipe.default_shift = None
+    pipe.enable_vae_slicing()
+    pipe.disable_vae_slicing()
+
+    again = Showo2Pipeline.from_pretrained(tiny_model_dir, token=None, cache_dir=None, proxies=None,
+                                           force_download=False, torch_dtype="auto")  # a loader's defaults
+    assert again.dtype == torch.float32
+    again.enable_model_cpu_offload(device="cpu")
+    again.enable_model_cpu_offload(device="cpu")  # twice: allowed, as diffusers does
+    with pytest.raises(TypeError, match="model name"):
+        Showo2Pipeline.from_pretrained(None)
+
+
+def img_path(pipe, img):
+    """The image as a file, for the path-taking API functions."""
+    import tempfile
+
+    from PIL import Image
+
+    path = tempfile.mkdtemp() + "/img.png"
+    Image.fromarray(img).save(path)
+    return path

@@ -99,6 +99,9 @@ class Conversation:
     def __init__(self, model: Showo2, system: str | None = None, *, options: CaptionOptions | None = None,
                  max_context: int | None = None, on_notice: Callable[[str], None] | None = None,
                  name: str | None = None, overflow: str = "drop"):
+        if not isinstance(model, Showo2):
+            hint = " (a Showo2Pipeline's is pipe.model)" if hasattr(model, "model") else ""
+            raise TypeError(f"model must be a loaded Showo2 (api.load), got {type(model).__name__}{hint}")
         self.model = model
         self.options = options or CaptionOptions()
         self.options.validate()
@@ -265,13 +268,17 @@ class Conversation:
             if not isinstance(prefix, str):
                 raise UsageError("an answer prefix must be text")
             self._check_length(prefix, "the answer to continue")
-            p_ids = encode_user_text(self.model.require_tokenizer(), prefix) if prefix else []
+            # trailing whitespace stays out of the prompt: a lone space token is not how the model
+            # writes the next word (" red"), and it answered nothing after "It is a "
+            head = prefix.rstrip()
+            p_ids = encode_user_text(self.model.require_tokenizer(), head) if head else []
             current = TurnTokens(q_ids, list(self.pending), prefix=p_ids)
             limit = self._fit(current, sampling.max_new_tokens)
             layout, visuals = conversation_layout(self._context(current), self._pieces, self.mask_mode,
                                                   self.template)
             out = generate_answer(self.model, layout, visuals, replace(sampling, max_new_tokens=limit),
-                                  on_text=on_text, cancel=cancel, prefix=p_ids)
+                                  on_text=on_text, cancel=cancel, prefix=p_ids,
+                                  prefix_spaced=bool(head) and head != prefix)
             turn = Turn(question.strip(), prefix + out.text, list(self.pending), q_ids, p_ids + out.token_ids,
                         out.stopped, out.prompt_tokens, time.perf_counter() - start, len(p_ids), out.generated)
             self.pending = []

@@ -99,7 +99,9 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
         kind, label = "image", name or "<image>"
     if kind == "image":
         if isinstance(source, Image.Image):
-            img = source.convert("RGB")
+            from .media.image import to_rgb
+
+            img = to_rgb(source)  # the file reader's conversion: 16-bit scaled, alpha dropped
         elif isinstance(source, np.ndarray):
             if source.ndim != 3 or source.shape[-1] != 3 or source.dtype != np.uint8:
                 raise UsageError(f"an image array must be uint8 (H, W, 3), got {source.dtype} {source.shape}")
@@ -277,14 +279,16 @@ class Answer:
 @torch.no_grad()
 def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], sampling: TextSampling,
                     on_text: Callable[[str], None] | None = None,
-                    cancel: threading.Event | None = None, prefix: Sequence[int] = ()) -> Answer:
+                    cancel: threading.Event | None = None, prefix: Sequence[int] = (),
+                    prefix_spaced: bool = False) -> Answer:
     """Decode one answer from a conversation prompt (greedy unless ``sampling`` says otherwise).
 
     ``on_text(piece)`` receives the answer's text as it grows, the pieces adding up to the
     returned text (:class:`~showo2_cli.text_decoding.TextStream`); when ``cancel`` is set,
     :class:`Cancelled` is raised at the next token. ``sampling.stop_strings`` end the answer where
     one first appears (the answer is the text before it). ``prefix``: the ids of the answer's
-    start, which the layout ends with (a reply being continued); the text is what follows it.
+    start, which the layout ends with (a reply being continued); the text is what follows it
+    (``prefix_spaced``: the given start ended in whitespace, left out of ``prefix``).
     """
     net, tokenizer, tokens = model.network, model.require_tokenizer(), model.tokens
     stop = (tokens.eos,)
@@ -294,7 +298,7 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
         raise Cancelled("cancelled")
     embeds, _ = net.embed_inputs(layout.input_ids, [visuals], layout.slots, torch.ones(1))
     mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
-    stream = TextStream(tokenizer, stop, sampling.stop_strings, on_text, head_ids=prefix)
+    stream = TextStream(tokenizer, stop, sampling.stop_strings, on_text, head_ids=prefix, head_spaced=prefix_spaced)
 
     def on_token(tok: int) -> bool:
         if cancel is not None and cancel.is_set():

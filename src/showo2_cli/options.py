@@ -144,6 +144,17 @@ def random_seed() -> int:
     return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
 
 
+def plain_numbers(options) -> None:
+    """Turn numpy scalars in an options object's fields into Python numbers (what the checks,
+    the seeds and the JSON sidecars take): ``steps=np.int64(4)`` is 4."""
+    import dataclasses
+
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+            setattr(options, f.name, value.item())
+
+
 @dataclass
 class RuntimeOptions:
     """Where and how a model runs: ``device`` (auto|cpu|cuda[:N]|mps), ``dtype`` (auto|fp32|bf16|fp16),
@@ -159,6 +170,9 @@ class RuntimeOptions:
     compile: bool = False  # torch.compile the LLM and flow head (the first call of each shape compiles)
     vae_tiling: str = "auto"  # a key of VAE_TILING
     quantize: str = "none"  # a key of QUANTIZE
+
+    def __post_init__(self) -> None:
+        plain_numbers(self)
 
     def validate(self) -> None:
         check_device(self.device)
@@ -197,6 +211,9 @@ class TextSampling:
     logit_bias: dict[int, float] | None = None
     #: min-p sampling: tokens less likely than ``min_p`` times the most likely one are dropped
     min_p: float | None = None
+
+    def __post_init__(self) -> None:
+        plain_numbers(self)
 
     @property
     def sampled(self) -> bool:
@@ -241,6 +258,11 @@ class CaptionOptions:
     repetition_penalty: float | None = None  # > 1 discourages repeating the answer's tokens
     min_p: float | None = None  # min-p sampling (with a temperature)
 
+    def __post_init__(self) -> None:
+        plain_numbers(self)
+        if isinstance(self.questions, str):  # one question, not its characters
+            self.questions = [self.questions]
+
     def sampling(self) -> TextSampling:
         return TextSampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed,
                             repetition_penalty=self.repetition_penalty, min_p=self.min_p)
@@ -274,6 +296,13 @@ class GenerateOptions:
     #: empty prompt): one for every prompt, or a list with one per prompt
     negative_prompt: str | list[str] = ""
 
+    def __post_init__(self) -> None:
+        plain_numbers(self)
+        if isinstance(self.size, int) and not isinstance(self.size, bool):
+            self.size = (self.size, self.size)  # one side: a square
+        elif isinstance(self.size, list):
+            self.size = tuple(self.size)
+
     def resolved(self, spec, video: bool) -> GenerateOptions:
         """The options with the model's defaults filled in (and a random seed when none)."""
         side = spec.video_resolution if video else spec.resolution
@@ -285,6 +314,9 @@ class GenerateOptions:
 
     def validate(self, spec=None) -> None:
         """Check every value; without a spec, only the values that do not depend on the model."""
+        if self.noise is not None and not hasattr(self.noise, "float"):  # a tensor (api.load_noise reads a file)
+            raise TypeError(f"noise must be a torch.Tensor (api.load_noise(path) reads a file), got "
+                            f"{type(self.noise).__name__}")
         if self.size is not None:
             h, w = self.size
             m = spec.latent_multiple if spec is not None else 16
@@ -325,6 +357,9 @@ class EncodeOptions:
     frames: int | None = None  # videos: first N frames (rounded up to 1+4k); None = all, rounded down
     sample: bool = False  # the official stochastic posterior sample instead of the mean
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        plain_numbers(self)
 
     def validate(self) -> None:
         check_int("--frames", self.frames, 1, 100_000)

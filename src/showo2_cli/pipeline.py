@@ -57,7 +57,9 @@ def _check_pretrained_kwargs(unsupported: dict, variant) -> None:
     if variant is not None:
         raise ValueError(f"variant={variant!r}: Show-o2 repos publish one weight set; pass torch_dtype "
                          "(e.g. torch.bfloat16) for the precision")
-    for key in unsupported:
+    for key, value in unsupported.items():
+        if key in ENV_ARGUMENTS and value in (None, False):  # the default a generic loader passes along
+            continue
         if key in ENV_ARGUMENTS:
             raise ValueError(f"from_pretrained takes no {key}=: set {ENV_ARGUMENTS[key]} in the environment, "
                              "which huggingface_hub reads")
@@ -120,10 +122,13 @@ class Showo2Pipeline:
         or ``"auto"``: the best one) as ``device`` does, since the model runs on one device;
         ``low_cpu_mem_usage`` is accepted either way (weights are always memory-mapped, built in place);
         ``variant`` must be None (Show-o2 repos publish one weight set: ``torch_dtype`` picks the
-        precision). ``cache_dir``, ``token`` and ``proxies`` are read from the environment
-        (``HF_HUB_CACHE``, ``HF_TOKEN``, ``HTTPS_PROXY``), as huggingface_hub does."""
+        precision); ``torch_dtype="auto"`` is bf16 on CUDA, float32 elsewhere. ``cache_dir``, ``token``
+        and ``proxies`` are read from the environment (``HF_HUB_CACHE``, ``HF_TOKEN``,
+        ``HTTPS_PROXY``), as huggingface_hub does: other values than None are refused."""
         from .hub import needs_download, pull, with_revision
 
+        if not isinstance(name, (str, os.PathLike)):
+            raise TypeError(f"from_pretrained needs a model name or folder, got {type(name).__name__}")
         _check_pretrained_kwargs(unsupported, variant)
         if device_map is not None:
             if device is not None:
@@ -131,8 +136,11 @@ class Showo2Pipeline:
             device = _device_from_map(device_map)
         name = with_revision(name, revision)
         dev = pick_device(str(device or "cpu"))
-        dtype = _checked_dtype(torch_dtype) if torch_dtype is not None else \
-            pick_dtype("auto" if str(device) == "auto" else "fp32", dev)
+        if isinstance(torch_dtype, str) and torch_dtype == "auto":  # transformers' "auto": the device's best
+            dtype = pick_dtype("auto", dev)
+        else:
+            dtype = _checked_dtype(torch_dtype) if torch_dtype is not None else \
+                pick_dtype("auto" if str(device) == "auto" else "fp32", dev)
         if not local_files_only and needs_download(str(name)):
             pull(str(name), progress=progress)
         return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime, local_files_only=local_files_only,
@@ -190,6 +198,8 @@ class Showo2Pipeline:
         self._offload("sequential", gpu_id, device)
 
     def _offload(self, mode: str, gpu_id: int | None, device) -> None:
+        if self.offload == mode:  # again: nothing to change (diffusers allows the repeat)
+            return
         if self.offload != "none":
             raise UsageError(f"{self.offload} CPU offload is already enabled; load the pipeline again to change it")
         dev = pick_device(str(device or "auto"))
@@ -210,6 +220,10 @@ class Showo2Pipeline:
     def enable_vae_slicing(self) -> None:
         """Decode one output at a time: forwards to ``vae.enable_slicing()``."""
         self._vae().enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        """Decode a batch at once again: forwards to ``vae.disable_slicing()``."""
+        self._vae().disable_slicing()
 
     def _vae(self):
         if self.vae is None:
@@ -248,33 +262,54 @@ class Showo2Pipeline:
     # ---- schedulers and progress bars (diffusers' attributes) -------------------------------
     @property
     def scheduler(self):
-        """A diffusers scheduler standing for the sampler used by default (its ``config`` serves
-        ``OtherScheduler.from_config(pipe.scheduler.config)``); assign one to change the sampler."""
+        """A diffusers scheduler standing for the sampler used by default, with the model's time
+        shift (its ``config`` serves ``OtherScheduler.from_config(pipe.scheduler.config)``);
+        assign one to change the sampler."""
         from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
         from .sampling import diffusers_scheduler, time_grid
 
         shift = self.default_shift if self.default_shift is not None else self.spec.shift
         if self.sampler in ("euler", "flow-euler"):
-            return FlowMatchEulerDiscreteScheduler(shift=1.0)  # the shift is in the grid: ``shift=``
+            return FlowMatchEulerDiscreteScheduler(shift=shift)
         if self.sampler == "heun":
-            return FlowMatchHeunDiscreteScheduler(shift=1.0)
+            return FlowMatchHeunDiscreteScheduler(shift=shift)
         return diffusers_scheduler(self.sampler, time_grid(self.spec.steps, shift), shift)
 
     @scheduler.setter
     def scheduler(self, value) -> None:
-        name = SCHEDULER_SAMPLERS.get(type(value).__name__)
+        """``FlowMatchEulerDiscreteScheduler`` selects the official Euler sampler (the same updates,
+        so ``pipe.scheduler = type(s).from_config(s.config)`` changes nothing), ``FlowMatchHeun...``
+        Heun, ``UniPCMultistepScheduler`` / ``DPMSolverMultistepScheduler`` (with flow sigmas) the
+        multistep solvers. A shift given explicitly (``shift=`` / ``flow_shift=``) replaces the
+        model's; any other setting that differs from what the sampler does is refused, not ignored."""
+        from .sampling import diffusers_scheduler, time_grid
+
+        base = next((c for c in type(value).__mro__ if c.__name__ in SCHEDULER_SAMPLERS), None)  # subclasses too
+        name = SCHEDULER_SAMPLERS[base.__name__] if base is not None else None
         if name is None:
             raise TypeError(f"scheduler {type(value).__name__} is not supported: use one of "
                             f"{', '.join(SCHEDULER_SAMPLERS)} (or sampler=...)")
-        config = getattr(value, "config", {}) or {}
-        shift = config.get("flow_shift") if name in ("unipc", "dpm++") else config.get("shift")
+        config = dict(getattr(value, "config", {}) or {})
+        key = "flow_shift" if name in ("unipc", "dpm++") else "shift"
+        given = key not in set(config.get("_use_default_values") or ())  # diffusers records the defaults
+        shift = float(config[key]) if given and config.get(key) is not None else None
         if name in ("unipc", "dpm++") and not (config.get("use_flow_sigmas")
                                                and config.get("prediction_type") == "flow_prediction"):
             raise ValueError(f"{type(value).__name__} must be made with use_flow_sigmas=True and "
                              "prediction_type='flow_prediction' for a flow-matching model")
+        s = shift if shift is not None else self.spec.shift
+        reference = diffusers_scheduler(name, time_grid(self.spec.steps, s), s) if name in ("unipc", "dpm++") \
+            else base(shift=s)
+        name = "euler" if name == "flow-euler" else name  # the official Euler: the same updates
+        odd = [k for k, v in config.items() if not k.startswith("_") and k not in (key, "num_train_timesteps")
+               and reference.config.get(k, v) != v]
+        if odd:
+            raise ValueError(f"{type(value).__name__}: {odd[0]}={config[odd[0]]!r} is not supported by this "
+                             f"pipeline's {name} sampler (it would be ignored; leave it at "
+                             f"{reference.config.get(odd[0])!r})")
         self.sampler = name
-        self.default_shift = None if shift in (None, 1.0) and name not in ("unipc", "dpm++") else shift
+        self.default_shift = shift
 
     def set_progress_bar_config(self, **kwargs) -> None:
         """tqdm options of the progress bar every call shows (``disable=True`` hides it)."""
@@ -485,7 +520,7 @@ def _python_names(names: dict[str, str]):
     (same class, same one line): a Python caller passed ``num_inference_steps``, not ``--steps``."""
     import re
 
-    from .errors import Showo2Error
+    from .errors import InputError, Showo2Error
 
     try:
         yield
@@ -494,7 +529,9 @@ def _python_names(names: dict[str, str]):
         text = re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], str(e))
         if text == str(e):
             raise
-        raise type(e)(text) from e
+        # the CLI's --noise is a file (an input error); the pipeline's latents= is an argument: a ValueError
+        cls = UsageError if isinstance(e, InputError) and "--noise" in str(e) else type(e)
+        raise cls(text) from e
 
 
 def _prompts(prompt, name: str = "prompt") -> list[str]:
@@ -557,7 +594,11 @@ def _convert(results, output_type: str, video: bool):
 def _array_image(value):
     from PIL import Image
 
-    arr = value.detach().cpu().float().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if isinstance(value, torch.Tensor):  # uint8 stays 0-255 (torchvision's read_image); floats as they are
+        value = value.detach().cpu()
+        arr = value.double().numpy() if value.is_floating_point() else value.numpy()
+    else:
+        arr = np.asarray(value)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
@@ -566,10 +607,20 @@ def _array_image(value):
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:
         raise ValueError(f"an image array must be (H, W, 3) or (3, H, W), got shape {tuple(np.shape(value))}")
+    if arr.dtype == np.uint16:  # 16-bit pixels (PIL 'I;16', PNG 16-bit): 0-65535
+        arr = (arr.astype(np.float64) / 65535.0)
+    elif arr.dtype != np.uint8 and np.issubdtype(arr.dtype, np.integer):  # other integers: 0-255 pixels
+        if arr.min() < 0 or arr.max() > 255:
+            raise ValueError(f"an integer image array must hold pixel values 0 to 255, got {arr.min()} to {arr.max()}")
+        arr = arr.astype(np.uint8)
     if arr.dtype != np.uint8:
         arr = np.asarray(arr, dtype=np.float64)
         if not np.isfinite(arr).all():
             raise ValueError("an image array must hold finite values")
+        low, high = float(arr.min()), float(arr.max())
+        if low < -1e-3 or high > 1.0 + 1e-3:  # diffusers' convention for floats: [0, 1]
+            raise ValueError(f"a float image must hold values in [0, 1] (got {low:.3g} to {high:.3g}): pass uint8 "
+                             "for 0-255 pixels, or (x + 1) / 2 for [-1, 1] tensors")
         arr = (arr.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
     return Image.fromarray(arr)
 
@@ -610,7 +661,9 @@ def _as_file(source) -> Iterator[str | os.PathLike]:
     fd, name = tempfile.mkstemp(suffix=".png", prefix="showo2-")
     os.close(fd)
     try:
-        source.convert("RGB").save(name, format="PNG")
+        from .media.image import to_rgb
+
+        to_rgb(source).save(name, format="PNG")  # the file reader's conversion: 16-bit scaled, alpha dropped
         yield name
     finally:
         Path(name).unlink(missing_ok=True)

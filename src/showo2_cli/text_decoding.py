@@ -47,15 +47,18 @@ class TextStream:
 
     ``head_ids`` is the start of the answer given beforehand (a reply being continued): the text
     is then what the ids add to the head's text, whitespace after the head kept (only trailing
-    whitespace is stripped), and stop strings are looked for in it alone.
+    whitespace is stripped; all of it when ``head_spaced``: the given words ended in whitespace, held
+    back from the ids), and stop strings are looked for in it alone.
     """
 
     def __init__(self, tokenizer, stop_ids: tuple[int, ...] = (), stop_strings: tuple[str, ...] = (),
-                 on_text: Callable[[str], None] | None = None, head_ids: Sequence[int] = ()):
+                 on_text: Callable[[str], None] | None = None, head_ids: Sequence[int] = (),
+                 head_spaced: bool = False):
         self.tokenizer, self.stop_ids, self.stops, self.on_text = tokenizer, tuple(stop_ids), tuple(stop_strings), on_text
         self.head_ids = list(head_ids)
         self.head = tokenizer.decode(self.head_ids, skip_special_tokens=True) if self.head_ids else ""
-        self._trim = str.rstrip if self.head.strip() else str.strip
+        # the head's own trailing whitespace was given (``head_spaced``): the text starts at its next word
+        self._trim = str.rstrip if self.head.strip() and not head_spaced else str.strip
         self.produced: list[int] = []  # every id but the stop ids
         self.cut: str | None = None  # the text before the first stop string, once one appeared
         self.shown = ""

@@ -17,7 +17,7 @@ from typing import Union
 
 from PIL import Image, UnidentifiedImageError
 
-from showo2_cli.errors import InputError, ResourceError, UsageError, one_line
+from showo2_cli.errors import InputError, ResourceError, UsageError, one_line, short
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -86,7 +86,7 @@ def check_input_file(path: PathLike, what: str) -> Path:
     try:
         p = Path(os.fspath(path))
     except TypeError as e:
-        raise UsageError(f"not a file path: {path!r}") from e
+        raise UsageError(f"not a file path: {short(repr(path), 60)} (a {type(path).__name__})") from e
     prefix = f"cannot read {what} {quote_path(p)}"
     try:
         if not p.exists():

@@ -162,6 +162,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     noise_all, rows = None, None  # rows[j]: the row of the given noise that job j starts from
     if opts.noise is not None:
         noise_all = opts.noise.float()
+        if not bool(torch.isfinite(noise_all).all()):  # NaN noise gave a black image, silently
+            raise InputError("--noise holds NaN or inf values")
         if not video and tuple(noise_all.shape[-4:]) == (latent_shape[0], 1, *latent_shape[1:]):
             noise_all = noise_all.squeeze(-3)  # an image's latents as --save-latents and encode write them
         if tuple(noise_all.shape) == latent_shape:
@@ -258,7 +260,15 @@ OnResult = Callable[[Generated], None]
 OnStep = StepCallback
 
 
-def _require(model: Showo2, task: str, what: str) -> None:
+def _require(model: Showo2, task: str, what: str, options=None) -> None:
+    """The model can do ``task``; the arguments have the types the functions take (a pipeline or
+    a dict in their place failed deep inside with an AttributeError)."""
+    if not isinstance(model, Showo2):
+        hint = " (a Showo2Pipeline's is pipe.model)" if hasattr(model, "model") else ""
+        raise TypeError(f"model must be a loaded Showo2 (api.load), got {type(model).__name__}{hint}")
+    if options is not None and not isinstance(options, GenerateOptions):
+        raise TypeError(f"options must be a GenerateOptions, got {type(options).__name__}"
+                        + (" (GenerateOptions(**your_dict))" if isinstance(options, dict) else ""))
     if not model.spec.supports(task):
         name = model.files.name if model.files else model.spec.name
         raise ModelError(f"model '{name}' was not trained for {what} (no released Show-o2 checkpoint can do it); "
@@ -270,10 +280,10 @@ def text_to_image(model: Showo2, prompts: list[str], options: GenerateOptions | 
                   on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
     """Generate ``num_per_prompt`` images per prompt, in batches, with classifier-free guidance
     (``on_result``: see :data:`OnResult`; ``on_step``: see :data:`OnStep`)."""
-    _require(model, T2I, "text-to-image")
+    _require(model, T2I, "text-to-image", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=False)
     opts.validate(model.spec)
-    return _generate(model, check_prompts(prompts), opts, False, 1, None, indices, progress or noop, on_result,
+    return _generate(model, check_prompts([prompts] if isinstance(prompts, str) else prompts), opts, False, 1, None, indices, progress or noop, on_result,
                      on_step)
 
 
@@ -281,10 +291,10 @@ def text_to_video(model: Showo2, prompts: list[str], options: GenerateOptions | 
                   progress: Progress | None = None, indices: list[int] | None = None,
                   on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
     """Generate videos of ``options.frames`` frames (1+4k) per prompt."""
-    _require(model, T2V, "text-to-video")
+    _require(model, T2V, "text-to-video", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
     opts.validate(model.spec)
-    return _generate(model, check_prompts(prompts), opts, True, opts.frames, None, indices, progress or noop,
+    return _generate(model, check_prompts([prompts] if isinstance(prompts, str) else prompts), opts, True, opts.frames, None, indices, progress or noop,
                      on_result, on_step)
 
 
@@ -292,7 +302,7 @@ def image_to_video(model: Showo2, image: str | os.PathLike, prompts: list[str], 
                    progress: Progress | None = None, indices: list[int] | None = None,
                    on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
     """Animate an image: its clean latent is latent frame 0 and stays fixed (spec §6.5, §8.4)."""
-    _require(model, I2V, "image-to-video")
+    _require(model, I2V, "image-to-video", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
     opts.validate(model.spec)
     h, w = opts.size
@@ -302,5 +312,5 @@ def image_to_video(model: Showo2, image: str | os.PathLike, prompts: list[str], 
     tiled = generation_tiling(model.spec, model.dtype, (h, w), opts.frames, True, 1, opts.max_memory_gb,
                               model.device, vae.base_dim, vae.tiling, vae.tile)  # the first frame as its decode will be
     first = vae.encode(pixels, tiled=tiled)[0, :, 0].cpu()
-    return _generate(model, check_prompts(prompts), opts, True, opts.frames, first, indices, progress or noop,
+    return _generate(model, check_prompts([prompts] if isinstance(prompts, str) else prompts), opts, True, opts.frames, first, indices, progress or noop,
                      on_result, on_step)

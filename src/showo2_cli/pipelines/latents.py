@@ -199,7 +199,19 @@ def decode(latents: torch.Tensor, vae: WanVAE, max_memory_gb: float | None = Non
     """Normalised latents ``(C, T', h, w)`` -> uint8 frames ``(T, H, W, 3)`` (official truncation).
 
     Refuses (:class:`ResourceError`) latents whose decoding is estimated to need more memory
-    than ``max_memory_gb`` (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available)."""
+    than ``max_memory_gb`` (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available). An
+    image's ``(C, h, w)`` latents (what ``text_to_image`` and the pipeline's ``output_type="latent"``
+    give) and numpy arrays are taken too."""
+    if isinstance(latents, np.ndarray):
+        latents = torch.from_numpy(latents)
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"latents must be a tensor (C, T, h, w) or (C, h, w), got {type(latents).__name__}")
+    if latents.dim() == 3:
+        latents = latents[:, None]  # an image: one latent frame
+    if latents.dim() != 4 or latents.shape[0] != vae.z_dim:
+        batch = latents.dim() in (4, 5) and latents.shape[1] == vae.z_dim
+        raise ValueError(f"latents must be ({vae.z_dim}, T, h, w) or ({vae.z_dim}, h, w), got {tuple(latents.shape)}"
+                         + ("; decode a batch one latent at a time (latents[i])" if batch else ""))
     t, h, w = (int(v) for v in latents.shape[1:])
     frames = 1 + 4 * (t - 1)
     tiled = pick_tiling(vae.tiling, vae.decode_memory_gb(t, h, w), vae.decode_memory_gb(t, h, w, True),

@@ -56,6 +56,11 @@ def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | 
     ``on_text(i, piece)`` receives answer ``i``'s text as it is produced (for streaming) and
     ``on_done(i, answer)`` the finished answer.
     """
+    if not isinstance(model, Showo2):
+        hint = " (a Showo2Pipeline's is pipe.model)" if hasattr(model, "model") else ""
+        raise TypeError(f"model must be a loaded Showo2 (api.load), got {type(model).__name__}{hint}")
+    if options is not None and not isinstance(options, CaptionOptions):
+        raise TypeError(f"options must be a CaptionOptions, got {type(options).__name__}")
     opts = options or CaptionOptions()
     opts.validate()
     progress = progress or noop
