@@ -427,3 +427,20 @@ def test_init_refuses_a_model_the_memory_cannot_hold(tmp_path, capsys):
     err = json.loads(capsys.readouterr().out)["error"]
     assert code == 6 and "initialising a '7B' model needs about" in err["message"]
     assert not (tmp_path / "big").exists()
+
+
+def test_only_still_image_formats_are_opened(tmp_path):
+    """Pillow hands EPS files to Ghostscript (a program that has run code from hostile files) when
+    they are decoded, whatever their extension: only ordinary still-image formats are decoded."""
+    from showo2_cli import media as M
+    from showo2_cli.errors import InputError
+
+    eps = tmp_path / "looks.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n%%EOF\n")
+    with pytest.raises(InputError, match="not a PNG/JPEG/WebP/BMP/TIFF/GIF image"):
+        M.read_image(eps)
+    for fmt, ext in (("BMP", ".bmp"), ("TIFF", ".tif"), ("PPM", ".ppm"), ("TGA", ".tga"), ("ICO", ".ico")):
+        from PIL import Image
+
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / f"x{ext}", format=fmt)
+        assert M.read_image(tmp_path / f"x{ext}").getpixel((8, 8))[0] > 150

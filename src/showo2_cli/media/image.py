@@ -30,6 +30,11 @@ IMAGE_WRITE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 #: Extension -> PIL format name, for the extensions :func:`write_image` can write.
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 _READ_DESCRIPTION = "a PNG/JPEG/WebP/BMP/TIFF/GIF image"
+#: the still-image formats Pillow may open: EPS is left out (Pillow hands it to Ghostscript, a
+#: program that has run code from hostile files), and so are videos (MPEG, FLI), scientific
+#: containers and formats that need outside handlers (FITS, GRIB, BUFR, HDF5, WMF)
+READ_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "TGA", "ICO", "CUR", "ICNS", "PCX",
+                "SGI", "SUN", "PSD", "QOI", "AVIF", "JPEG2000", "DDS", "IM", "XBM", "XPM")
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -112,7 +117,7 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
             else:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
-                im = Image.open(fh)
+                im = Image.open(fh, formats=READ_FORMATS)
             except UnidentifiedImageError as e:
                 if av_video_info(p):
                     raise InputError(f"{prefix}: it is a video, not an image") from e
