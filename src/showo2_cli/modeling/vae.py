@@ -194,6 +194,7 @@ class WanVAE(nn.Module):
         self.fast_single_frame = fast_single_frame
         self.tiling = "auto"  # auto|on|off: the pipelines' choice per job (runtime.pick_tiling)
         self.tile = DEFAULT_TILE  # the tile sizes when tiling (enable_tiling)
+        self.train(model.training)  # the wrapper's mode is its model's (eval when loaded)
 
     # ---- properties ---------------------------------------------------------------------------
 
