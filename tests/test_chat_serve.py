@@ -197,7 +197,7 @@ def test_a_reply_prefix_is_continued_as_the_model_would_have_gone_on(demo):
         spaced.attach(image)  # a prefix ending in a space: the model answered nothing after "It is a "
         assert spaced.ask(S.Q_DESCRIBE_IMAGE, TextSampling(max_new_tokens=12 - cut), prefix=prefix + " ") == \
             rest.lstrip() and spaced.turns[-1].answer == answer
-        assert conv.turns[-1].answer_ids == ids and conv.turns[-1].prefilled == cut
+        assert conv.turns[-1].answer_ids == ids and conv.turns[-1].generated_tokens == len(ids) - cut
         assert conv.turns[-1].prompt_tokens == whole.turns[-1].prompt_tokens + cut
         checked += 1
     assert checked >= 2
@@ -513,7 +513,8 @@ def test_parse_chat_requests():
     whole = parse_chat({"messages": [user], "max_tokens": 3.0, "seed": 1.0, "top_k": 50.0}, cfg)  # json.dumps' floats
     assert (whole.max_tokens, whole.seed, whole.top_k) == (3, 1, 50) and isinstance(whole.max_tokens, int)
     assert status({"messages": [user], "max_tokens": 3.5}) == 400
-    from showo2_cli.serve.requests import parse_body, parse_images
+    from showo2_cli.serve.body import parse_body
+    from showo2_cli.serve.requests import parse_images
 
     deep = b'{"a": ' + b"[" * 900 + b'"\ud800"' + b"]" * 900 + b"}"
     with pytest.raises(ApiError) as e:
@@ -553,7 +554,7 @@ def test_image_data_urls_take_what_encoders_write():
     import base64
 
     from showo2_cli.serve import ApiError
-    from showo2_cli.serve.requests import decode_data_url
+    from showo2_cli.serve.body import decode_data_url
 
     for size in range(1, 40):  # every padding length
         raw = bytes(range(256))[:size] * 3
@@ -574,7 +575,7 @@ def test_context_overflow_has_the_openai_code(demo):
     from showo2_cli.chat import Conversation
     from showo2_cli.errors import ContextTooLong
     from showo2_cli.options import TextSampling
-    from showo2_cli.serve.requests import api_error_of
+    from showo2_cli.serve.errors import api_error_of
 
     conv = Conversation(demo, None, max_context=16)
     with pytest.raises(ContextTooLong) as e:
@@ -587,7 +588,7 @@ def test_context_overflow_has_the_openai_code(demo):
 def test_request_text_must_be_valid_unicode():
     """JSON may spell a lone surrogate (\\ud800); no tokenizer or reply can take one: 400, not 500."""
     from showo2_cli.serve import ApiError
-    from showo2_cli.serve.requests import read_json
+    from showo2_cli.serve.body import read_json
 
     class Body:
         def __init__(self, raw: bytes):
@@ -1147,7 +1148,7 @@ def test_a_gone_client_is_noticed_while_tokens_flow():
     """The disconnect check ran only when no event came for 0.25 s: a non-streamed chat whose tokens
     came faster was generated to the end for nobody."""
     from showo2_cli.serve.app import next_event
-    from showo2_cli.serve.requests import ApiError
+    from showo2_cli.serve.errors import ApiError
     from showo2_cli.serve.worker import Job, Worker
 
     class Gone:

@@ -40,7 +40,7 @@ from .dialogue import (
     prompt_length,
 )
 from .errors import ContextTooLong, UsageError, short
-from .loading import Showo2
+from .loading import Showo2, require_model
 from .options import CaptionOptions
 
 #: Media attached to one question, at most.
@@ -57,7 +57,6 @@ class Turn:
     stopped: bool = True  # the answer ended with <|im_end|> (False: cut at max_new_tokens)
     prompt_tokens: int = 0  # prompt length when it was answered (0: history given, not generated)
     seconds: float = 0.0
-    prefilled: int = 0  # answer tokens given as a prefix (see ``Conversation.ask``), not generated
     generated_tokens: int = 0  # tokens the model produced for it (a stop string's cut ones included)
 
     def tokens(self, with_answer: bool = True, media: list[VisualInput] | None = None) -> TurnTokens:
@@ -99,10 +98,7 @@ class Conversation:
     def __init__(self, model: Showo2, system: str | None = None, *, options: CaptionOptions | None = None,
                  max_context: int | None = None, on_notice: Callable[[str], None] | None = None,
                  name: str | None = None, overflow: str = "drop"):
-        if not isinstance(model, Showo2):
-            hint = " (a Showo2Pipeline's is pipe.model)" if hasattr(model, "model") else ""
-            raise TypeError(f"model must be a loaded Showo2 (api.load), got {type(model).__name__}{hint}")
-        self.model = model
+        self.model = require_model(model)
         self.options = options or CaptionOptions()
         self.options.validate()
         self.name = name or (model.files.name if model.files else model.spec.name)
@@ -280,7 +276,7 @@ class Conversation:
                                   on_text=on_text, cancel=cancel, prefix=p_ids,
                                   prefix_spaced=bool(head) and head != prefix)
             turn = Turn(question.strip(), prefix + out.text, list(self.pending), q_ids, p_ids + out.token_ids,
-                        out.stopped, out.prompt_tokens, time.perf_counter() - start, len(p_ids), out.generated)
+                        out.stopped, out.prompt_tokens, time.perf_counter() - start, out.generated)
             self.pending = []
             self.turns.append(turn)
             return out.text

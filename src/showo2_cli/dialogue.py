@@ -99,9 +99,7 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
         kind, label = "image", name or "<image>"
     if kind == "image":
         if isinstance(source, Image.Image):
-            from .media.image import to_rgb
-
-            img = to_rgb(source)  # the file reader's conversion: 16-bit scaled, alpha dropped
+            img = M.to_rgb(source)  # the file reader's conversion: 16-bit scaled, alpha dropped
         elif isinstance(source, np.ndarray):
             if source.ndim != 3 or source.shape[-1] != 3 or source.dtype != np.uint8:
                 raise UsageError(f"an image array must be uint8 (H, W, 3), got {source.dtype} {source.shape}")

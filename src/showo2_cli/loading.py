@@ -286,10 +286,6 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         tied = base.tie_word_embeddings if base else ("showo.lm_head.weight" not in state)
     rope_theta = _typed(llm_cfg, "rope_theta", "number", files.llm_config) or _typed(
         _typed(llm_cfg, "rope_parameters", "dict", files.llm_config) or {}, "rope_theta", "number", files.llm_config)
-    for key in ("rms_norm_eps", "max_position_embeddings"):
-        _typed(llm_cfg, key, "number" if key == "rms_norm_eps" else "int", files.llm_config)
-    for key in ("num_attention_heads", "layer_norm_eps"):
-        _typed(sig_cfg, key, "int" if key == "num_attention_heads" else "number", files.siglip_config)
     grid = int(cfg.get("image_latent_height") or 27)
     patch = und[2]
     tasks = base.tasks if base else (IMAGE_UND, T2I)
@@ -304,14 +300,16 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         num_heads=heads, head_dim=head_dim, num_kv_heads=kv_dim // head_dim,
         intermediate_size=_shape(state, "showo.model.layers.0.mlp.gate_proj.weight", root)[0],
         rope_theta=float(rope_theta or (base.rope_theta if base else 1e6)),
-        rms_norm_eps=float(llm_cfg.get("rms_norm_eps") or (base.rms_norm_eps if base else 1e-6)),
+        rms_norm_eps=float(_typed(llm_cfg, "rms_norm_eps", "number", files.llm_config)
+                           or (base.rms_norm_eps if base else 1e-6)),
         tie_word_embeddings=bool(tied),
-        max_position_embeddings=int(llm_cfg.get("max_position_embeddings") or 32768),
+        max_position_embeddings=int(_typed(llm_cfg, "max_position_embeddings", "int", files.llm_config) or 32768),
         clip_latent_dim=clip_dim, latent_channels=und[1], patch_size=patch,
         semantic_layers=_count(state, r"und_trans\.layers\.(\d+)\."),
-        semantic_heads=int(sig_cfg.get("num_attention_heads") or (base.semantic_heads if base else 16)),
+        semantic_heads=int(_typed(sig_cfg, "num_attention_heads", "int", files.siglip_config)
+                           or (base.semantic_heads if base else 16)),
         semantic_intermediate=_shape(state, "und_trans.layers.0.mlp.fc1.weight", root)[0],
-        semantic_eps=float(sig_cfg.get("layer_norm_eps") or 1e-6),
+        semantic_eps=float(_typed(sig_cfg, "layer_norm_eps", "number", files.siglip_config) or 1e-6),
         position_embedding_rows=pos_rows,
         head_hidden=_shape(state, "diffusion_head_b.linear.weight", root)[1],
         head_layers=_count(state, r"diffusion_head_a\.(\d+)\."),
@@ -463,6 +461,15 @@ def parameter_counts(state: dict[str, torch.Tensor], tied: bool = False) -> dict
                 counts[group] += v.numel()
     counts["total"] = sum(counts.values())
     return counts
+
+
+def require_model(model) -> Showo2:
+    """``model`` when it is a loaded :class:`Showo2`; else the TypeError that says what to pass (a
+    pipeline or a name in its place failed deep inside with an AttributeError)."""
+    if not isinstance(model, Showo2):
+        hint = " (a Showo2Pipeline's is pipe.model)" if hasattr(model, "model") else ""
+        raise TypeError(f"model must be a loaded Showo2 (api.load), got {type(model).__name__}{hint}")
+    return model
 
 
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device = "cpu",

@@ -20,10 +20,7 @@ gives new images, reproducibly); a list of generators seeds one output each; wit
 
 from __future__ import annotations
 
-import operator
 import os
-import tempfile
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,42 +34,27 @@ from .errors import UsageError
 from .loading import Showo2, load
 from .options import OFFLOAD_MODES, CaptionOptions, GenerateOptions, RuntimeOptions
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
-from .runtime import enable_offload, pick_device, pick_dtype, torch_dtype
+from .pipelines.arguments import (
+    CAPTION_NAMES,
+    PYTHON_NAMES,
+    SEED_LIMIT,
+    as_file,
+    check_pretrained_kwargs,
+    checked_dtype,
+    device_from_map,
+    generator_seed,
+    prompt_list,
+    python_names,
+    real_number,
+    whole_number,
+)
+from .runtime import enable_offload, pick_device, pick_dtype
 from .sampling import StopSampling
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 #: diffusers scheduler classes -> the ``sampler`` they select (``pipe.scheduler = ...``)
 SCHEDULER_SAMPLERS = {"FlowMatchEulerDiscreteScheduler": "flow-euler", "FlowMatchHeunDiscreteScheduler": "heun",
                       "UniPCMultistepScheduler": "unipc", "DPMSolverMultistepScheduler": "dpm++"}
-SEED_LIMIT = 2**63 - 1
-
-
-#: diffusers ``from_pretrained`` arguments that huggingface_hub reads from the environment here
-ENV_ARGUMENTS = {"cache_dir": "HF_HUB_CACHE", "token": "HF_TOKEN", "use_auth_token": "HF_TOKEN",
-                 "proxies": "HTTPS_PROXY", "force_download": "HF_HUB_CACHE (delete the cached snapshot)"}
-
-
-def _check_pretrained_kwargs(unsupported: dict, variant) -> None:
-    """diffusers' ``from_pretrained`` arguments that do not apply: one clear ValueError each."""
-    if variant is not None:
-        raise ValueError(f"variant={variant!r}: Show-o2 repos publish one weight set; pass torch_dtype "
-                         "(e.g. torch.bfloat16) for the precision")
-    for key, value in unsupported.items():
-        if key in ENV_ARGUMENTS and value in (None, False):  # the default a generic loader passes along
-            continue
-        if key in ENV_ARGUMENTS:
-            raise ValueError(f"from_pretrained takes no {key}=: set {ENV_ARGUMENTS[key]} in the environment, "
-                             "which huggingface_hub reads")
-        raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
-
-
-def _device_from_map(device_map) -> str:
-    """diffusers' ``device_map`` as the one device the model runs on."""
-    if isinstance(device_map, (dict, list, tuple)):
-        raise ValueError("device_map as a mapping is not offered: the model runs on one device; name it "
-                         "(\"cuda\", \"cuda:1\") or use enable_model_cpu_offload()")
-    text = str(device_map)
-    return "auto" if text in ("balanced", "auto") else text
 
 
 @dataclass
@@ -129,17 +111,17 @@ class Showo2Pipeline:
 
         if not isinstance(name, (str, os.PathLike)):
             raise TypeError(f"from_pretrained needs a model name or folder, got {type(name).__name__}")
-        _check_pretrained_kwargs(unsupported, variant)
+        check_pretrained_kwargs(unsupported, variant)
         if device_map is not None:
             if device is not None:
                 raise ValueError("pass device or device_map, not both")
-            device = _device_from_map(device_map)
+            device = device_from_map(device_map)
         name = with_revision(name, revision)
         dev = pick_device(str(device or "cpu"))
         if isinstance(torch_dtype, str) and torch_dtype == "auto":  # transformers' "auto": the device's best
             dtype = pick_dtype("auto", dev)
         else:
-            dtype = _checked_dtype(torch_dtype) if torch_dtype is not None else \
+            dtype = checked_dtype(torch_dtype) if torch_dtype is not None else \
                 pick_dtype("auto" if str(device) == "auto" else "fp32", dev)
         if not local_files_only and needs_download(str(name)):
             pull(str(name), progress=progress)
@@ -186,7 +168,7 @@ class Showo2Pipeline:
         if isinstance(device, torch.dtype) and dtype is None:
             device, dtype = None, device
         self.model.to(device=pick_device(str(device)) if device is not None else None,
-                      dtype=_checked_dtype(dtype) if dtype is not None else None)
+                      dtype=checked_dtype(dtype) if dtype is not None else None)
         return self
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device | None = None) -> None:
@@ -368,15 +350,15 @@ class Showo2Pipeline:
         ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
-        prompts = _prompts(prompt)
-        negatives = [""] * len(prompts) if negative_prompt is None else _prompts(negative_prompt, "negative_prompt")
+        prompts = prompt_list(prompt)
+        negatives = [""] * len(prompts) if negative_prompt is None else prompt_list(negative_prompt, "negative_prompt")
         if len(negatives) == 1:
             negatives *= len(prompts)
         if len(negatives) != len(prompts):
             raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts: give one, or one "
                              "per prompt")
-        n = _whole(num_images_per_prompt, "num_images_per_prompt")
-        height, width = _whole(height, "height", True), _whole(width, "width", True)
+        n = whole_number(num_images_per_prompt, "num_images_per_prompt")
+        height, width = whole_number(height, "height", True), whole_number(width, "width", True)
         video = num_frames is not None or image is not None
         side = self.spec.video_resolution if video else self.spec.resolution
         size = None if height is None and width is None else (height or side, width or side)
@@ -385,15 +367,15 @@ class Showo2Pipeline:
         if latents is not None and not isinstance(latents, torch.Tensor):
             raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
         self._interrupt = False
-        opts = GenerateOptions(size=size, steps=_whole(num_inference_steps, "num_inference_steps", True),
-                               guidance=_real(guidance_scale, "guidance_scale"), seed=seeds[0] if seeds else seed,
-                               shift=_real(shift if shift is not None else self.default_shift, "shift"),
-                               num_per_prompt=n, batch_size=_whole(batch_size, "batch_size"),
-                               frames=_whole(num_frames, "num_frames", True) or (17 if video else 1),
+        opts = GenerateOptions(size=size, steps=whole_number(num_inference_steps, "num_inference_steps", True),
+                               guidance=real_number(guidance_scale, "guidance_scale"), seed=seeds[0] if seeds else seed,
+                               shift=real_number(shift if shift is not None else self.default_shift, "shift"),
+                               num_per_prompt=n, batch_size=whole_number(batch_size, "batch_size"),
+                               frames=whole_number(num_frames, "num_frames", True) or (17 if video else 1),
                                method=sampler or self.sampler, noise=latents, negative_prompt=negatives)
         resolved = opts.resolved(self.spec, video)  # checked once, by the API below
         self._num_timesteps, self._guidance_scale = resolved.steps - 1, resolved.guidance
-        with self._progress(progress) as report, _as_file(image) as path, _python_names(PYTHON_NAMES):
+        with self._progress(progress) as report, as_file(image) as path, python_names(PYTHON_NAMES):
             if seeds is not None and len(seeds) > 1 and latents is None:
                 results = []  # a generator per output: one output at a time, each with its own seed
                 for i, seed_i in enumerate(seeds):
@@ -478,8 +460,8 @@ class Showo2Pipeline:
         if isinstance(generator, (list, tuple)):
             if len(generator) != count:
                 raise ValueError(f"got {len(generator)} generators for {count} outputs: give one, or one per output")
-            return [_generator_seed(g) for g in generator]
-        return [_generator_seed(generator)]
+            return [generator_seed(g) for g in generator]
+        return [generator_seed(generator)]
 
     # ---- understanding ----------------------------------------------------------------------
     def caption(self, image, question: str | list[str] | None = None, *, max_new_tokens: int = 300,
@@ -493,90 +475,12 @@ class Showo2Pipeline:
         questions = [] if question is None else [question] if isinstance(question, str) else list(question)
         opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k, seed=seed, **options)
-        with _as_file(image) as path, _python_names(CAPTION_NAMES):
+        with as_file(image) as path, python_names(CAPTION_NAMES):
             answers = caption(self.model, path, opts).answers
         return answers if isinstance(question, (list, tuple)) else answers[0]
 
 
 #: the CLI's option names in the library's messages -> what a pipeline caller passes instead
-PYTHON_NAMES = {
-    "--size": "height/width", "--steps": "num_inference_steps", "--guidance": "guidance_scale",
-    "--noise": "latents", "-n/--num-images": "num_images_per_prompt", "--num-images": "num_images_per_prompt",
-    "--batch-size": "batch_size", "--frames": "num_frames", "--sampler": "sampler", "--shift": "shift",
-    "--seed": "seed", "--negative-prompt": "negative_prompt", "--offload": "enable_model_cpu_offload()",
-    "--quantize": "RuntimeOptions(quantize=...)", "--vae-tiling auto": "enable_vae_tiling()",
-    "--vae-tiling": "enable_vae_tiling()", "--max-memory": "SHOWO2_MAX_MEMORY_GB",
-}
-CAPTION_NAMES = {
-    "--size": "size", "--frames": "frames", "--max-new-tokens": "max_new_tokens", "--temperature": "temperature",
-    "--top-p": "top_p", "--top-k": "top_k", "--seed": "seed", "--mask": "mask_mode", "--template": "template",
-    "--repetition-penalty": "repetition_penalty", "--max-memory": "max_memory_gb",
-}
-
-
-@contextmanager
-def _python_names(names: dict[str, str]):
-    """Re-raise the library's errors with the pipeline's argument names for the CLI's options
-    (same class, same one line): a Python caller passed ``num_inference_steps``, not ``--steps``."""
-    import re
-
-    from .errors import InputError, Showo2Error
-
-    try:
-        yield
-    except Showo2Error as e:
-        pattern = "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True))
-        text = re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], str(e))
-        if text == str(e):
-            raise
-        # the CLI's --noise is a file (an input error); the pipeline's latents= is an argument: a ValueError
-        cls = UsageError if isinstance(e, InputError) and "--noise" in str(e) else type(e)
-        raise cls(text) from e
-
-
-def _prompts(prompt, name: str = "prompt") -> list[str]:
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
-        return list(prompt)
-    raise TypeError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}")
-
-
-def _whole(value, name: str, optional: bool = False) -> int | None:
-    """A whole number (numpy integers too); ``None`` only where ``optional``; 0 or less refused."""
-    if value is None and optional:
-        return None
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a whole number, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"{name} must be at least 1, got {number}")
-    return number
-
-
-def _real(value, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    return float(value)
-
-
-def _generator_seed(generator) -> int:
-    """A freshly seeded generator's seed, else a seed drawn from it; the generator is advanced either
-    way, so the next call with it gives new outputs."""
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator (or a list of them), got {type(generator).__name__}")
-    fresh = torch.Generator(device=generator.device).manual_seed(generator.initial_seed()).get_state()
-    if torch.equal(fresh, generator.get_state()):
-        seed = generator.initial_seed() % (SEED_LIMIT + 1)
-    else:
-        seed = int(torch.randint(0, SEED_LIMIT, (1,), generator=generator, device=generator.device))
-    torch.randint(0, 2, (1,), generator=generator, device=generator.device)
-    return seed
 
 
 def _convert(results, output_type: str, video: bool):
@@ -591,82 +495,10 @@ def _convert(results, output_type: str, video: bool):
     return torch.from_numpy(batch).movedim(-1, -3).contiguous()
 
 
-def _array_image(value):
-    from PIL import Image
-
-    if isinstance(value, torch.Tensor):  # uint8 stays 0-255 (torchvision's read_image); floats as they are
-        value = value.detach().cpu()
-        arr = value.double().numpy() if value.is_floating_point() else value.numpy()
-    else:
-        arr = np.asarray(value)
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:
-        raise ValueError(f"an image array must be (H, W, 3) or (3, H, W), got shape {tuple(np.shape(value))}")
-    if arr.dtype == np.uint16:  # 16-bit pixels (PIL 'I;16', PNG 16-bit): 0-65535
-        arr = (arr.astype(np.float64) / 65535.0)
-    elif arr.dtype != np.uint8 and np.issubdtype(arr.dtype, np.integer):  # other integers: 0-255 pixels
-        if arr.min() < 0 or arr.max() > 255:
-            raise ValueError(f"an integer image array must hold pixel values 0 to 255, got {arr.min()} to {arr.max()}")
-        arr = arr.astype(np.uint8)
-    if arr.dtype != np.uint8:
-        arr = np.asarray(arr, dtype=np.float64)
-        if not np.isfinite(arr).all():
-            raise ValueError("an image array must hold finite values")
-        low, high = float(arr.min()), float(arr.max())
-        if low < -1e-3 or high > 1.0 + 1e-3:  # diffusers' convention for floats: [0, 1]
-            raise ValueError(f"a float image must hold values in [0, 1] (got {low:.3g} to {high:.3g}): pass uint8 "
-                             "for 0-255 pixels, or (x + 1) / 2 for [-1, 1] tensors")
-        arr = (arr.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
-    return Image.fromarray(arr)
-
-
-#: the dtypes a pipeline computes in (float64 too: it works, for precision studies)
-PIPELINE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
-def _checked_dtype(value) -> torch.dtype:
-    """A ``torch_dtype`` (a torch dtype or a name) the pipeline computes in."""
-    dtype = torch_dtype(value)
-    if dtype not in PIPELINE_DTYPES:
-        raise UsageError(f"torch_dtype must be torch.float32, torch.bfloat16, torch.float16 (or torch.float64), "
-                         f"got {dtype}")
-    return dtype
-
-
 def _to_pil(frame: np.ndarray):
     from PIL import Image
 
     return Image.fromarray(frame)
-
-
-@contextmanager
-def _as_file(source) -> Iterator[str | os.PathLike]:
-    """A path for the API: a path as is (``None`` stays ``None``), a PIL image, an (H, W, 3) array
-    or a (3, H, W) tensor (values in [0, 1] when float, as diffusers' image processor reads them)
-    written losslessly to a temporary PNG."""
-    from PIL import Image
-
-    if source is None or isinstance(source, (str, os.PathLike)):
-        yield source
-        return
-    if isinstance(source, (np.ndarray, torch.Tensor)):
-        source = _array_image(source)
-    if not isinstance(source, Image.Image):
-        raise TypeError(f"expected an image path, PIL image, array or tensor, got {type(source).__name__}")
-    fd, name = tempfile.mkstemp(suffix=".png", prefix="showo2-")
-    os.close(fd)
-    try:
-        from .media.image import to_rgb
-
-        to_rgb(source).save(name, format="PNG")  # the file reader's conversion: 16-bit scaled, alpha dropped
-        yield name
-    finally:
-        Path(name).unlink(missing_ok=True)
 
 
 __all__ = ["Showo2Pipeline", "Showo2PipelineOutput", "OFFLOAD_MODES"]

@@ -34,6 +34,10 @@ class DecodedText:
     stopped: bool = False  # True when a stop token ended generation
 
 
+#: tokens of a given answer start decoded with the new ones, each time (not the whole start)
+HEAD_CONTEXT = 8
+
+
 class TextStream:
     """Answer token ids in, answer text out: the one rule for what an answer's text is and how it
     is shown while it grows (caption, chat and the server all use it).
@@ -55,7 +59,7 @@ class TextStream:
                  on_text: Callable[[str], None] | None = None, head_ids: Sequence[int] = (),
                  head_spaced: bool = False):
         self.tokenizer, self.stop_ids, self.stops, self.on_text = tokenizer, tuple(stop_ids), tuple(stop_strings), on_text
-        self.head_ids = list(head_ids)
+        self.head_ids = list(head_ids)[-HEAD_CONTEXT:]  # enough to decode the boundary as the whole would
         self.head = tokenizer.decode(self.head_ids, skip_special_tokens=True) if self.head_ids else ""
         # the head's own trailing whitespace was given (``head_spaced``): the text starts at its next word
         self._trim = str.rstrip if self.head.strip() and not head_spaced else str.strip
@@ -172,11 +176,13 @@ def choose_token(logits: torch.Tensor, opts: TextSampling, generator: torch.Gene
     if len(processors):
         ids = torch.tensor([list(answer)], dtype=torch.long, device=scores.device)
         scores = processors(ids, scores[None])[0]
-    # extreme accepted values (a tiny temperature or repetition penalty) may overflow the scores:
-    # +inf is the largest float, NaN is out; what is left is still a distribution
-    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
-    if not opts.sampled or not bool(torch.isfinite(scores).any()):
-        return int(torch.argmax(scores if bool(torch.isfinite(scores).any()) else logits.float()))
+        # extreme accepted values (a tiny temperature or repetition penalty) may overflow the
+        # scores: +inf is the largest float, NaN is out; what is left is still a distribution
+        scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
+        if not bool(torch.isfinite(scores).any()):  # nothing left: the model's own choice
+            scores = logits.float()
+    if not opts.sampled:
+        return int(torch.argmax(scores))
     probs = torch.softmax(scores, dim=-1)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 

@@ -52,8 +52,9 @@ def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = Fal
     """
     raw = os.fspath(path)
     p = Path(raw)
-    if not p.name or p.name in (".", "..") or str(raw).endswith(("/", os.sep)):
-        raise OutputError(f"cannot write {quote_path(raw)}: not a file name (it names a folder)")
+    if not p.name or p.name in (".", ".."):
+        raise OutputError(f"cannot write {quote_path(raw)}: not a file name")
+    check_output_name(raw)  # a folder, or a name ending in '/'
     parent = p.parent
     try:
         if p.is_dir():

@@ -13,7 +13,7 @@ import torch
 
 from .. import media as M
 from ..errors import InputError, ModelError, UsageError
-from ..loading import Showo2
+from ..loading import Showo2, require_model
 from ..options import GenerateOptions, check_prompts, seed_for
 from ..sampling import StepCallback, StopSampling, generate_latents, uses_uncond
 from ..sequences import generation_layout
@@ -263,9 +263,7 @@ OnStep = StepCallback
 def _require(model: Showo2, task: str, what: str, options=None) -> None:
     """The model can do ``task``; the arguments have the types the functions take (a pipeline or
     a dict in their place failed deep inside with an AttributeError)."""
-    if not isinstance(model, Showo2):
-        hint = " (a Showo2Pipeline's is pipe.model)" if hasattr(model, "model") else ""
-        raise TypeError(f"model must be a loaded Showo2 (api.load), got {type(model).__name__}{hint}")
+    require_model(model)
     if options is not None and not isinstance(options, GenerateOptions):
         raise TypeError(f"options must be a GenerateOptions, got {type(options).__name__}"
                         + (" (GenerateOptions(**your_dict))" if isinstance(options, dict) else ""))

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from ..dialogue import encode_media
-from ..loading import Showo2
+from ..loading import Showo2, require_model
 from ..modeling.attention import omni_attention_mask
 from ..options import CaptionOptions
 from ..sequences import ASSISTANT_PREFIX, SYSTEM_PROMPT, USER_PREFIX, understanding_layout
@@ -56,9 +56,7 @@ def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | 
     ``on_text(i, piece)`` receives answer ``i``'s text as it is produced (for streaming) and
     ``on_done(i, answer)`` the finished answer.
     """
-    if not isinstance(model, Showo2):
-        hint = " (a Showo2Pipeline's is pipe.model)" if hasattr(model, "model") else ""
-        raise TypeError(f"model must be a loaded Showo2 (api.load), got {type(model).__name__}{hint}")
+    require_model(model)
     if options is not None and not isinstance(options, CaptionOptions):
         raise TypeError(f"options must be a CaptionOptions, got {type(options).__name__}")
     opts = options or CaptionOptions()

@@ -26,14 +26,13 @@ of this server (``max_tokens``, ``n``, ``steps``, size, image pixels, image coun
 """
 
 from .app import bind_socket, create_app, serve
+from .errors import ApiError, api_error_of
 from .requests import (
            API_KEY_ENV,
            ORIGINS_ENV,
-           ApiError,
            ChatPlan,
            ImagePlan,
            ServerConfig,
-           api_error_of,
            api_key_from,
            origins_from,
            parse_chat,

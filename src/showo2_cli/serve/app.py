@@ -20,16 +20,9 @@ from typing import Any
 
 from .. import __version__
 from ..errors import Showo2Error, UsageError, short
-from .requests import (
-    ApiError,
-    ChatPlan,
-    ImagePlan,
-    ServerConfig,
-    api_error_of,
-    parse_chat,
-    parse_images,
-    read_json,
-)
+from .body import read_json
+from .errors import ApiError, api_error_of
+from .requests import ChatPlan, ImagePlan, ServerConfig, parse_chat, parse_images
 from .worker import Job, QueueFull, Worker
 
 try:  # module level: FastAPI resolves the handlers' (string) annotations in these globals
@@ -157,10 +150,11 @@ class OriginCheck:
         await self.app(scope, receive, send)
 
 
-class TrailingSlash:
+class CleanPath:
     """Serve ``/v1/chat/completions/`` and ``/v1//chat/completions`` as ``/v1/chat/completions``
-    (clients join a base URL ending in ``/``): the path is taken without repeated or trailing slashes, where Starlette would answer
-    a 307 whose ``Location`` comes from the client's ``Host`` header and a bodyless reply."""
+    (clients join a base URL ending in ``/``): the path is taken without repeated or trailing
+    slashes, where Starlette would answer a 307 whose ``Location`` comes from the client's
+    ``Host`` header, with no body."""
 
     def __init__(self, app):
         self.app = app
@@ -208,7 +202,7 @@ def create_app(model, config: ServerConfig):
         app.add_middleware(CORSMiddleware, allow_origins=list(config.allow_origins), allow_methods=["GET", "POST"],
                            allow_headers=["*"], max_age=600, **extra)  # SDKs send their own headers
     app.router.redirect_slashes = False
-    app.add_middleware(TrailingSlash)
+    app.add_middleware(CleanPath)
     app.add_middleware(OriginCheck, allowed=config.allow_origins)  # outermost: before anything runs
 
     def error(exc: BaseException) -> JSONResponse:

@@ -1,35 +1,16 @@
-"""What a request may ask of ``showo2 serve``: the server limits, the OpenAI error shape, and the
-parsing and checking of chat and image requests into plans (no model here)."""
+"""What a request may ask of ``showo2 serve``: the server limits, and the checking of chat and
+image requests into plans (no model here); the body's fields are read by :mod:`.body`, errors
+have the OpenAI shape of :mod:`.errors`."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import logging
-import math
 import os
 import re
 from dataclasses import dataclass, field
 
-from ..errors import (
-    ContextTooLong,
-    InputError,
-    ModelError,
-    ResourceError,
-    Showo2Error,
-    UsageError,
-    is_out_of_memory,
-    short,
-)
-
-try:  # module level: FastAPI resolves the handlers' (string) annotations in these globals
-    from fastapi import Request
-except ImportError:  # pragma: no cover - serve checks for FastAPI before it gets here
-    Request = None
-
-log = logging.getLogger("showo2.serve")
-
+from ..errors import short
+from .body import decode_data_url, logit_bias_field, message_text, number_field, seed_field
+from .errors import ApiError
 
 #: Environment variable holding the API key when ``--api-key`` is not given.
 API_KEY_ENV = "SHOWO2_API_KEY"
@@ -52,253 +33,6 @@ class ServerConfig:
     max_size: int = 1024  # generated image side, pixels
     max_text_chars: int = 262_144  # characters of text in one chat request (32 a token of an 8k context)
     allow_origins: tuple[str, ...] = ()  # browser origins allowed by CORS ("*": any); none: no CORS
-
-
-class ApiError(Exception):
-    """A request the server refuses: its HTTP status and the OpenAI error fields."""
-
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 type_: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
-        self.type = type_ or ("server_error" if status >= 500 else "invalid_request_error")
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-def api_error_of(exc: BaseException) -> ApiError:
-    """The HTTP form of a library error (one line) or of a bug (500, details in the log only)."""
-    if isinstance(exc, ApiError):
-        return exc
-    from ..dialogue import Cancelled
-
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, Cancelled):
-        return ApiError(499, "the request was cancelled", "cancelled")
-    if isinstance(exc, ResourceError):
-        return ApiError(422, message, "too_large")
-    if isinstance(exc, InputError):
-        return ApiError(400, message, "invalid_input")
-    if isinstance(exc, ContextTooLong):  # the code OpenAI clients look for before trimming a history
-        return ApiError(400, message, "context_length_exceeded", "messages")
-    if isinstance(exc, UsageError):
-        return ApiError(400, message, "invalid_value")
-    if isinstance(exc, ModelError):
-        return ApiError(400, message, "unsupported")
-    if is_out_of_memory(exc):
-        return ApiError(500, "out of memory on the server", "out_of_memory")
-    if isinstance(exc, Showo2Error):
-        return ApiError(500, message, "server_error")
-    log.error("internal error: %s: %s", type(exc).__name__, message, exc_info=exc)
-    return ApiError(500, f"internal error ({type(exc).__name__})", "internal_error")
-
-
-# ---- the worker ---------------------------------------------------------------------------------
-
-
-# ---- request parsing ------------------------------------------------------------------------------
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-async def read_json(request, limit: int) -> dict:
-    """The request body as a JSON object: 413 beyond ``limit`` bytes, 400 when not a JSON object."""
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise ApiError(415, f"Content-Encoding '{short(encoding, 20)}' is not accepted: send the JSON body "
-                            "uncompressed", "unsupported_content_encoding")
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            declared = int(length)
-        except ValueError:
-            raise ApiError(400, "bad Content-Length header", "invalid_request") from None
-        if declared > limit:
-            raise ApiError(413, f"request body of {declared} bytes is larger than the limit of {limit}",
-                           "request_too_large")
-    from starlette.requests import ClientDisconnect
-
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"request body is larger than the limit of {limit} bytes",
-                               "request_too_large")
-            chunks.append(chunk)
-    except ClientDisconnect:  # the client went away (or stopped sending) before its body ended
-        raise ApiError(400, "the request body ended early (the client stopped sending)",
-                       "incomplete_body") from None
-    raw = b"".join(chunks)
-    if not raw.strip():
-        raise ApiError(400, "the request body is empty: send a JSON object", "invalid_json")
-    import asyncio
-
-    return await asyncio.to_thread(parse_body, raw)  # a large body is parsed off the event loop
-
-
-#: JSON values (counted by their separators) one request body may hold: a chat or image request
-#: holds a few thousand at most; millions would take seconds to parse while holding the GIL
-MAX_JSON_VALUES = 200_000
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def parse_body(raw: bytes) -> dict:
-    """A request body's bytes as a JSON object, or the one :class:`ApiError` saying why not."""
-    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
-    if values > MAX_JSON_VALUES:  # counted at C speed, before parsing
-        raise ApiError(413, f"the request body holds more than {MAX_JSON_VALUES} JSON values", "request_too_large")
-    try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise ApiError(400, "the request body is not UTF-8 JSON", "invalid_json") from None
-    except (ValueError, RecursionError) as e:
-        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ApiError(400, f"the request body is not valid JSON: {detail}", "invalid_json") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the request body must be a JSON object", "invalid_json")
-    where = _invalid_text(data) if _SURROGATE_ESCAPE.search(raw) else None  # only an escape makes one
-    if where is not None:
-        where = short(where, 80)  # a deep path would fill the message
-        raise ApiError(400, f"{where or 'the request'} holds text that is not valid Unicode (a lone "
-                            "surrogate \\ud800-\\udfff escape)", "invalid_json", where or None)
-    return data
-
-
-def _invalid_text(value, where: str = "") -> str | None:
-    """Where a JSON value holds a string (or key) that cannot be UTF-8 encoded, e.g. a lone
-    surrogate from a ``"\\ud800"`` escape, which JSON allows and no tokenizer or reply can take."""
-    stack = [(value, where)]
-    while stack:
-        item, at = stack.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return at
-        elif isinstance(item, dict):
-            for k, v in item.items():
-                try:
-                    k.encode("utf-8")
-                except UnicodeEncodeError:
-                    return at
-                stack.append((v, f"{at}.{k}" if at else k))
-        elif isinstance(item, list):
-            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
-    return None
-
-
-def _number(body: dict, key: str, low: float, high: float, default=None, integer: bool = False,
-            limit: float | None = None, limit_what: str = ""):
-    """A field that must be a number in [low, high] (400 otherwise); over ``limit``: 422."""
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if integer and isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        value = int(value)  # 3.0 is how some JSON writers send 3 (vLLM's pydantic takes it too)
-    kind = "an integer" if integer else "a number"
-    wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
-    if wrong_type:
-        raise ApiError(400, f"'{key}' must be {kind}", "invalid_type", key)
-    # a float may be inf/nan (from 1e999); an int may be too large for a float, so compare as is
-    if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
-        raise ApiError(400, f"'{key}' must be {kind} between {low:g} and {high:g}, got {short(value, 24)}",
-                       "invalid_value", key)
-    if limit is not None and value > limit:
-        raise ApiError(422, f"'{key}' of {value} is over this server's limit of {limit:g}{limit_what}",
-                       "over_limit", key)
-    return value
-
-
-MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
-
-
-def _logit_bias(value) -> dict[int, float] | None:
-    """OpenAI's ``logit_bias``: a map of token ids (as strings) to values from -100 to 100."""
-    if value is None or value == {}:
-        return None
-    if not isinstance(value, dict):
-        raise ApiError(400, "'logit_bias' must be an object mapping token ids to numbers", "invalid_type",
-                       "logit_bias")
-    if len(value) > MAX_LOGIT_BIAS:
-        raise ApiError(400, f"'logit_bias' has {len(value)} entries (at most {MAX_LOGIT_BIAS})", "invalid_value",
-                       "logit_bias")
-    out = {}
-    for key, bias in value.items():
-        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10):
-            raise ApiError(400, f"'logit_bias' keys must be token ids, got {short(key, 24)!r}", "invalid_value",
-                           "logit_bias")
-        if int(key) in out:
-            raise ApiError(400, f"'logit_bias' names token {int(key)} twice", "invalid_value", "logit_bias")
-        if bias is None:
-            raise ApiError(400, f"'logit_bias' values must be numbers, got null for token {int(key)}",
-                           "invalid_type", "logit_bias")
-        out[int(key)] = float(_number({"logit_bias": bias}, "logit_bias", -100, 100))
-    return out
-
-
-def _seed(body: dict) -> int | None:
-    """``seed``: 0 to 2^63-1, or -1 / null for a random one (the habit of many clients)."""
-    seed = body.get("seed")
-    if isinstance(seed, float) and seed.is_integer() and abs(seed) < 2**53:
-        seed = int(seed)
-        body = {**body, "seed": seed}
-    if seed == -1 and not isinstance(seed, bool):
-        return None
-    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**63:
-        raise ApiError(400, "'seed' must be an integer from 0 to 2^63-1, or -1 for a random one", "invalid_value",
-                       "seed")
-    return _number(body, "seed", 0, 2**63 - 1, None, integer=True)
-
-
-def _text(value, what: str, param: str) -> str:
-    """Message content: a string or a list of text parts (images are refused here)."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        out = []
-        for part in value:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                out.append(part["text"])
-            else:
-                raise ApiError(400, f"{what} content may only hold text parts", "invalid_content", param)
-        return "\n".join(out)
-    raise ApiError(400, f"{what} content must be a string or a list of parts", "invalid_content", param)
-
-
-_DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+(?:=[^;,]*)?)*),",
-                       re.ASCII | re.IGNORECASE)
-_BASE64_SPACE = re.compile(r"[ \t\r\n\f\v]+")
-_URLSAFE = str.maketrans("-_", "+/")
-
-
-def decode_data_url(url: str, param: str) -> bytes:
-    if not isinstance(url, str):
-        raise ApiError(400, "an image_url must be a string", "invalid_image_url", param)
-    m = _DATA_URL.match(url)
-    if m is None:
-        if re.match(r"https?://", url, re.IGNORECASE):
-            raise ApiError(400, "only data: URLs are accepted (this server never fetches URLs)",
-                           "unsupported_image_url", param)
-        raise ApiError(400, "an image_url must be a data: URL (data:image/png;base64,...)",
-                       "invalid_image_url", param)
-    payload = url[m.end():]
-    if ";base64" not in m.group("params").lower():
-        raise ApiError(400, "an image data URL must be base64-encoded (;base64,)", "invalid_image_url", param)
-    # what encoders write: MIME line breaks (base64.encodebytes), the URL-safe alphabet, no padding
-    payload = _BASE64_SPACE.sub("", payload).translate(_URLSAFE)
-    payload += "=" * (-len(payload) % 4) if "=" not in payload else ""
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "the image data URL is not valid base64", "invalid_image_url", param) from None
-    if not data:
-        raise ApiError(400, "the image data URL holds no data", "invalid_image_url", param)
-    return data
 
 
 @dataclass
@@ -382,7 +116,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     if len(messages) > config.max_messages:
         raise ApiError(422, f"{len(messages)} messages is over this server's limit of {config.max_messages}",
                        "over_limit", "messages")
-    n = _number(body, "n", 1, 128, 1, integer=True)
+    n = number_field(body, "n", 1, 128, 1, integer=True)
     if n != 1:
         raise ApiError(400, "'n' must be 1 on this server", "invalid_value", "n")
     for name, off in _UNSUPPORTED_CHAT.items():
@@ -394,26 +128,26 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(key)
     given = max_tokens is not None
-    max_tokens = _number({key: max_tokens}, key, 1, 1_000_000, config.default_max_tokens, integer=True,
+    max_tokens = number_field({key: max_tokens}, key, 1, 1_000_000, config.default_max_tokens, integer=True,
                          limit=config.max_tokens)
-    temperature = _number(body, "temperature", 0, 2, 0.0)
-    top_p = _number(body, "top_p", 0, 1, None)
+    temperature = number_field(body, "temperature", 0, 2, 0.0)
+    top_p = number_field(body, "top_p", 0, 1, None)
     if top_p == 0:  # only the most likely token is left (OpenAI allows 0): greedy decoding
         temperature, top_p = 0.0, None
-    seed = _seed(body)
-    frequency = _number(body, "frequency_penalty", -2, 2, 0.0)
-    presence = _number(body, "presence_penalty", -2, 2, 0.0)
-    repetition = _number(body, "repetition_penalty", 0, 10, None)
+    seed = seed_field(body)
+    frequency = number_field(body, "frequency_penalty", -2, 2, 0.0)
+    presence = number_field(body, "presence_penalty", -2, 2, 0.0)
+    repetition = number_field(body, "repetition_penalty", 0, 10, None)
     if repetition is not None and repetition <= 0:
         raise ApiError(400, "'repetition_penalty' must be greater than 0", "invalid_value", "repetition_penalty")
     repetition = None if repetition is None else float(repetition)  # transformers wants a float
-    top_k = _number(body, "top_k", -1, 10_000_000, None, integer=True)
+    top_k = number_field(body, "top_k", -1, 10_000_000, None, integer=True)
     top_k = int(top_k) if top_k is not None and top_k > 0 else None  # vLLM: -1 (or 0) is off
-    min_p = _number(body, "min_p", 0, 1, None)
+    min_p = number_field(body, "min_p", 0, 1, None)
     min_p = float(min_p) if min_p else None
     if body.get("user") is not None and not isinstance(body.get("user"), str):
         raise ApiError(400, "'user' must be a string", "invalid_type", "user")
-    bias = _logit_bias(body.get("logit_bias"))
+    bias = logit_bias_field(body.get("logit_bias"))
     stream = body.get("stream")
     stream = False if stream is None else stream  # OpenAI: "boolean or null"
     if not isinstance(stream, bool):
@@ -440,7 +174,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
         role = msg.get("role")
         content = msg.get("content")
         if role in ("system", "developer"):
-            system_parts.append(_text(content, f"a {role} message's", param))
+            system_parts.append(message_text(content, f"a {role} message's", param))
         elif role == "user":
             text_parts, pics, where = [], [], []
             if isinstance(content, str):
@@ -475,7 +209,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             else:
                 turns.append(PlannedTurn(text, pics, image_params=where))
         elif role == "assistant":
-            text = _text(content, "an assistant message's", param)
+            text = message_text(content, "an assistant message's", param)
             if turns and turns[-1].answer is not None and prev_role == "assistant":  # one reply in parts
                 turns[-1].answer = "\n".join(t for t in (turns[-1].answer, text) if t)
             elif not turns:  # the assistant opens the conversation (a greeting); an empty one is nothing
@@ -544,7 +278,7 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ApiError(400, f"'prompt' is longer than {MAX_PROMPT_CHARS} characters", "invalid_value",
                        "prompt")
-    n = _number(body, "n", 1, 128, 1, integer=True, limit=config.max_n)
+    n = number_field(body, "n", 1, 128, 1, integer=True, limit=config.max_n)
     fmt = body.get("response_format") or "b64_json"
     if fmt != "b64_json":
         raise ApiError(400, "only response_format 'b64_json' is supported", "invalid_value",
@@ -563,9 +297,9 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
             raise ApiError(422, f"'size' {size} is over this server's limit of {config.max_size} pixels "
                                 "a side", "over_limit", "size")
         hw = (h, w)
-    steps = _number(body, "steps", 2, 10000, None, integer=True, limit=config.max_steps)
-    seed = _seed(body)
-    guidance = _number(body, "guidance", 0, 100, None)
+    steps = number_field(body, "steps", 2, 10000, None, integer=True, limit=config.max_steps)
+    seed = seed_field(body)
+    guidance = number_field(body, "guidance", 0, 100, None)
     negative = body.get("negative_prompt")
     if negative is None:
         negative = ""
@@ -585,7 +319,7 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
     fmt = "png" if fmt is None else fmt
     if fmt not in ("png", "jpeg", "webp"):
         raise ApiError(400, "'output_format' must be png, jpeg or webp", "invalid_value", "output_format")
-    compression = _number(body, "output_compression", 0, 100, 95, integer=True)
+    compression = number_field(body, "output_compression", 0, 100, 95, integer=True)
     return ImagePlan(prompt, int(n), hw, seed, steps, guidance, negative, fmt, int(compression))
 
 

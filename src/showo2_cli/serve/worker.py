@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .requests import ApiError
+from .errors import ApiError
 
 try:  # module level: FastAPI resolves the handlers' (string) annotations in these globals
     from fastapi import Request

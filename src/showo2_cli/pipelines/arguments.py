@@ -1,0 +1,201 @@
+"""The arguments of :class:`~showo2_cli.pipeline.Showo2Pipeline` as the API takes them: diffusers'
+``from_pretrained`` arguments, prompts, numbers, seeds from generators, dtypes, and images given
+as PIL images, arrays or tensors (read as diffusers' image processor reads them); the library's
+errors renamed with the pipeline's argument names."""
+
+from __future__ import annotations
+
+import operator
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+from ..runtime import torch_dtype
+
+SEED_LIMIT = 2**63 - 1
+
+
+#: diffusers ``from_pretrained`` arguments that huggingface_hub reads from the environment here
+ENV_ARGUMENTS = {"cache_dir": "HF_HUB_CACHE", "token": "HF_TOKEN", "use_auth_token": "HF_TOKEN",
+                 "proxies": "HTTPS_PROXY", "force_download": "HF_HUB_CACHE (delete the cached snapshot)"}
+
+
+def check_pretrained_kwargs(unsupported: dict, variant) -> None:
+    """diffusers' ``from_pretrained`` arguments that do not apply: one clear ValueError each."""
+    if variant is not None:
+        raise ValueError(f"variant={variant!r}: Show-o2 repos publish one weight set; pass torch_dtype "
+                         "(e.g. torch.bfloat16) for the precision")
+    for key, value in unsupported.items():
+        if key in ENV_ARGUMENTS and value in (None, False):  # the default a generic loader passes along
+            continue
+        if key in ENV_ARGUMENTS:
+            raise ValueError(f"from_pretrained takes no {key}=: set {ENV_ARGUMENTS[key]} in the environment, "
+                             "which huggingface_hub reads")
+        raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
+
+
+def device_from_map(device_map) -> str:
+    """diffusers' ``device_map`` as the one device the model runs on."""
+    if isinstance(device_map, (dict, list, tuple)):
+        raise ValueError("device_map as a mapping is not offered: the model runs on one device; name it "
+                         "(\"cuda\", \"cuda:1\") or use enable_model_cpu_offload()")
+    text = str(device_map)
+    return "auto" if text in ("balanced", "auto") else text
+
+
+PYTHON_NAMES = {
+    "--size": "height/width", "--steps": "num_inference_steps", "--guidance": "guidance_scale",
+    "--noise": "latents", "-n/--num-images": "num_images_per_prompt", "--num-images": "num_images_per_prompt",
+    "--batch-size": "batch_size", "--frames": "num_frames", "--sampler": "sampler", "--shift": "shift",
+    "--seed": "seed", "--negative-prompt": "negative_prompt", "--offload": "enable_model_cpu_offload()",
+    "--quantize": "RuntimeOptions(quantize=...)", "--vae-tiling auto": "enable_vae_tiling()",
+    "--vae-tiling": "enable_vae_tiling()", "--max-memory": "SHOWO2_MAX_MEMORY_GB",
+}
+CAPTION_NAMES = {
+    "--size": "size", "--frames": "frames", "--max-new-tokens": "max_new_tokens", "--temperature": "temperature",
+    "--top-p": "top_p", "--top-k": "top_k", "--seed": "seed", "--mask": "mask_mode", "--template": "template",
+    "--repetition-penalty": "repetition_penalty", "--max-memory": "max_memory_gb",
+}
+
+
+@contextmanager
+def python_names(names: dict[str, str]):
+    """Re-raise the library's errors with the pipeline's argument names for the CLI's options
+    (same class, same one line): a Python caller passed ``num_inference_steps``, not ``--steps``."""
+    import re
+
+    from ..errors import InputError, Showo2Error
+
+    try:
+        yield
+    except Showo2Error as e:
+        pattern = "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True))
+        text = re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], str(e))
+        if text == str(e):
+            raise
+        # the CLI's --noise is a file (an input error); the pipeline's latents= is an argument: a ValueError
+        cls = UsageError if isinstance(e, InputError) and "--noise" in str(e) else type(e)
+        raise cls(text) from e
+
+
+def prompt_list(prompt, name: str = "prompt") -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    raise TypeError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}")
+
+
+def whole_number(value, name: str, optional: bool = False) -> int | None:
+    """A whole number (numpy integers too); ``None`` only where ``optional``; 0 or less refused."""
+    if value is None and optional:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be at least 1, got {number}")
+    return number
+
+
+def real_number(value, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def generator_seed(generator) -> int:
+    """A freshly seeded generator's seed, else a seed drawn from it; the generator is advanced either
+    way, so the next call with it gives new outputs."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (or a list of them), got {type(generator).__name__}")
+    fresh = torch.Generator(device=generator.device).manual_seed(generator.initial_seed()).get_state()
+    if torch.equal(fresh, generator.get_state()):
+        seed = generator.initial_seed() % (SEED_LIMIT + 1)
+    else:
+        seed = int(torch.randint(0, SEED_LIMIT, (1,), generator=generator, device=generator.device))
+    torch.randint(0, 2, (1,), generator=generator, device=generator.device)
+    return seed
+
+
+def array_image(value):
+    from PIL import Image
+
+    if isinstance(value, torch.Tensor):  # uint8 stays 0-255 (torchvision's read_image); floats as they are
+        value = value.detach().cpu()
+        arr = value.double().numpy() if value.is_floating_point() else value.numpy()
+    else:
+        arr = np.asarray(value)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:
+        raise ValueError(f"an image array must be (H, W, 3) or (3, H, W), got shape {tuple(np.shape(value))}")
+    if arr.dtype == np.uint16:  # 16-bit pixels (PIL 'I;16', PNG 16-bit): 0-65535
+        arr = (arr.astype(np.float64) / 65535.0)
+    elif arr.dtype != np.uint8 and np.issubdtype(arr.dtype, np.integer):  # other integers: 0-255 pixels
+        if arr.min() < 0 or arr.max() > 255:
+            raise ValueError(f"an integer image array must hold pixel values 0 to 255, got {arr.min()} to {arr.max()}")
+        arr = arr.astype(np.uint8)
+    if arr.dtype != np.uint8:
+        arr = np.asarray(arr, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ValueError("an image array must hold finite values")
+        low, high = float(arr.min()), float(arr.max())
+        if low < -1e-3 or high > 1.0 + 1e-3:  # diffusers' convention for floats: [0, 1]
+            raise ValueError(f"a float image must hold values in [0, 1] (got {low:.3g} to {high:.3g}): pass uint8 "
+                             "for 0-255 pixels, or (x + 1) / 2 for [-1, 1] tensors")
+        arr = (arr.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+#: the dtypes a pipeline computes in (float64 too: it works, for precision studies)
+PIPELINE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def checked_dtype(value) -> torch.dtype:
+    """A ``torch_dtype`` (a torch dtype or a name) the pipeline computes in."""
+    dtype = torch_dtype(value)
+    if dtype not in PIPELINE_DTYPES:
+        raise UsageError(f"torch_dtype must be torch.float32, torch.bfloat16, torch.float16 (or torch.float64), "
+                         f"got {dtype}")
+    return dtype
+
+
+@contextmanager
+def as_file(source) -> Iterator[str | os.PathLike]:
+    """A path for the API: a path as is (``None`` stays ``None``), a PIL image, an (H, W, 3) array
+    or a (3, H, W) tensor (values in [0, 1] when float, as diffusers' image processor reads them)
+    written losslessly to a temporary PNG."""
+    from PIL import Image
+
+    if source is None or isinstance(source, (str, os.PathLike)):
+        yield source
+        return
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        source = array_image(source)
+    if not isinstance(source, Image.Image):
+        raise TypeError(f"expected an image path, PIL image, array or tensor, got {type(source).__name__}")
+    fd, name = tempfile.mkstemp(suffix=".png", prefix="showo2-")
+    os.close(fd)
+    try:
+        from ..media import to_rgb
+
+        to_rgb(source).save(name, format="PNG")  # the file reader's conversion: 16-bit scaled, alpha dropped
+        yield name
+    finally:
+        Path(name).unlink(missing_ok=True)

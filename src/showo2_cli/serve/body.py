@@ -1,0 +1,221 @@
+"""The body of a request to ``showo2 serve``: read within its limits, parsed as JSON off the
+event loop, and its fields checked one by one (numbers, seeds, logit biases, message text, image
+data URLs), each problem an OpenAI-shaped :class:`~showo2_cli.serve.errors.ApiError`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+
+from ..errors import short
+from .errors import ApiError
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+async def read_json(request, limit: int) -> dict:
+    """The request body as a JSON object: 413 beyond ``limit`` bytes, 400 when not a JSON object."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(415, f"Content-Encoding '{short(encoding, 20)}' is not accepted: send the JSON body "
+                            "uncompressed", "unsupported_content_encoding")
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise ApiError(400, "bad Content-Length header", "invalid_request") from None
+        if declared > limit:
+            raise ApiError(413, f"request body of {declared} bytes is larger than the limit of {limit}",
+                           "request_too_large")
+    from starlette.requests import ClientDisconnect
+
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body is larger than the limit of {limit} bytes",
+                               "request_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away (or stopped sending) before its body ended
+        raise ApiError(400, "the request body ended early (the client stopped sending)",
+                       "incomplete_body") from None
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise ApiError(400, "the request body is empty: send a JSON object", "invalid_json")
+    import asyncio
+
+    return await asyncio.to_thread(parse_body, raw)  # a large body is parsed off the event loop
+
+
+#: JSON values (counted by their separators) one request body may hold: a chat or image request
+#: holds a few thousand at most; millions would take seconds to parse while holding the GIL
+MAX_JSON_VALUES = 200_000
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def parse_body(raw: bytes) -> dict:
+    """A request body's bytes as a JSON object, or the one :class:`ApiError` saying why not."""
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    if values > MAX_JSON_VALUES:  # counted at C speed, before parsing
+        raise ApiError(413, f"the request body holds more than {MAX_JSON_VALUES} JSON values", "request_too_large")
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ApiError(400, "the request body is not UTF-8 JSON", "invalid_json") from None
+    except (ValueError, RecursionError) as e:
+        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ApiError(400, f"the request body is not valid JSON: {detail}", "invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object", "invalid_json")
+    where = _invalid_text(data) if _SURROGATE_ESCAPE.search(raw) else None  # only an escape makes one
+    if where is not None:
+        where = short(where, 80)  # a deep path would fill the message
+        raise ApiError(400, f"{where or 'the request'} holds text that is not valid Unicode (a lone "
+                            "surrogate \\ud800-\\udfff escape)", "invalid_json", where or None)
+    return data
+
+
+def _invalid_text(value, where: str = "") -> str | None:
+    """Where a JSON value holds a string (or key) that cannot be UTF-8 encoded, e.g. a lone
+    surrogate from a ``"\\ud800"`` escape, which JSON allows and no tokenizer or reply can take."""
+    stack = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return at
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                try:
+                    k.encode("utf-8")
+                except UnicodeEncodeError:
+                    return at
+                stack.append((v, f"{at}.{k}" if at else k))
+        elif isinstance(item, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+    return None
+
+
+def _whole(value):
+    """A whole-number float as an int (3.0 is how some JSON writers send 3; vLLM's pydantic takes
+    it too); anything else as it is."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def number_field(body: dict, key: str, low: float, high: float, default=None, integer: bool = False,
+            limit: float | None = None, limit_what: str = ""):
+    """A field that must be a number in [low, high] (400 otherwise); over ``limit``: 422."""
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if integer:
+        value = _whole(value)
+    kind = "an integer" if integer else "a number"
+    wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
+    if wrong_type:
+        raise ApiError(400, f"'{key}' must be {kind}", "invalid_type", key)
+    # a float may be inf/nan (from 1e999); an int may be too large for a float, so compare as is
+    if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
+        raise ApiError(400, f"'{key}' must be {kind} between {low:g} and {high:g}, got {short(value, 24)}",
+                       "invalid_value", key)
+    if limit is not None and value > limit:
+        raise ApiError(422, f"'{key}' of {value} is over this server's limit of {limit:g}{limit_what}",
+                       "over_limit", key)
+    return value
+
+
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+
+
+def logit_bias_field(value) -> dict[int, float] | None:
+    """OpenAI's ``logit_bias``: a map of token ids (as strings) to values from -100 to 100."""
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise ApiError(400, "'logit_bias' must be an object mapping token ids to numbers", "invalid_type",
+                       "logit_bias")
+    if len(value) > MAX_LOGIT_BIAS:
+        raise ApiError(400, f"'logit_bias' has {len(value)} entries (at most {MAX_LOGIT_BIAS})", "invalid_value",
+                       "logit_bias")
+    out = {}
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10):
+            raise ApiError(400, f"'logit_bias' keys must be token ids, got {short(key, 24)!r}", "invalid_value",
+                           "logit_bias")
+        if int(key) in out:
+            raise ApiError(400, f"'logit_bias' names token {int(key)} twice", "invalid_value", "logit_bias")
+        if bias is None:
+            raise ApiError(400, f"'logit_bias' values must be numbers, got null for token {int(key)}",
+                           "invalid_type", "logit_bias")
+        out[int(key)] = float(number_field({"logit_bias": bias}, "logit_bias", -100, 100))
+    return out
+
+
+def seed_field(body: dict) -> int | None:
+    """``seed``: 0 to 2^63-1, or -1 / null for a random one (the habit of many clients)."""
+    seed = _whole(body.get("seed"))
+    if seed == -1 and not isinstance(seed, bool):
+        return None
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**63:
+        raise ApiError(400, "'seed' must be an integer from 0 to 2^63-1, or -1 for a random one", "invalid_value",
+                       "seed")
+    return number_field({"seed": seed}, "seed", 0, 2**63 - 1, None, integer=True)
+
+
+def message_text(value, what: str, param: str) -> str:
+    """Message content: a string or a list of text parts (images are refused here)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        out = []
+        for part in value:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                out.append(part["text"])
+            else:
+                raise ApiError(400, f"{what} content may only hold text parts", "invalid_content", param)
+        return "\n".join(out)
+    raise ApiError(400, f"{what} content must be a string or a list of parts", "invalid_content", param)
+
+
+_DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+(?:=[^;,]*)?)*),",
+                       re.ASCII | re.IGNORECASE)
+_BASE64_SPACE = re.compile(r"[ \t\r\n\f\v]+")
+_URLSAFE = str.maketrans("-_", "+/")
+
+
+def decode_data_url(url: str, param: str) -> bytes:
+    if not isinstance(url, str):
+        raise ApiError(400, "an image_url must be a string", "invalid_image_url", param)
+    m = _DATA_URL.match(url)
+    if m is None:
+        if re.match(r"https?://", url, re.IGNORECASE):
+            raise ApiError(400, "only data: URLs are accepted (this server never fetches URLs)",
+                           "unsupported_image_url", param)
+        raise ApiError(400, "an image_url must be a data: URL (data:image/png;base64,...)",
+                       "invalid_image_url", param)
+    payload = url[m.end():]
+    if ";base64" not in m.group("params").lower():
+        raise ApiError(400, "an image data URL must be base64-encoded (;base64,)", "invalid_image_url", param)
+    # what encoders write: MIME line breaks (base64.encodebytes), the URL-safe alphabet, no padding
+    payload = _BASE64_SPACE.sub("", payload).translate(_URLSAFE)
+    payload += "=" * (-len(payload) % 4) if "=" not in payload else ""
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "the image data URL is not valid base64", "invalid_image_url", param) from None
+    if not data:
+        raise ApiError(400, "the image data URL holds no data", "invalid_image_url", param)
+    return data

@@ -1,0 +1,58 @@
+"""The OpenAI error shape of ``showo2 serve``: :class:`ApiError` and the HTTP form of the
+library's errors."""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import (
+    ContextTooLong,
+    InputError,
+    ModelError,
+    ResourceError,
+    Showo2Error,
+    UsageError,
+    is_out_of_memory,
+)
+
+log = logging.getLogger("showo2.serve")
+
+
+class ApiError(Exception):
+    """A request the server refuses: its HTTP status and the OpenAI error fields."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 type_: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+        self.type = type_ or ("server_error" if status >= 500 else "invalid_request_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def api_error_of(exc: BaseException) -> ApiError:
+    """The HTTP form of a library error (one line) or of a bug (500, details in the log only)."""
+    if isinstance(exc, ApiError):
+        return exc
+    from ..dialogue import Cancelled
+
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, Cancelled):
+        return ApiError(499, "the request was cancelled", "cancelled")
+    if isinstance(exc, ResourceError):
+        return ApiError(422, message, "too_large")
+    if isinstance(exc, InputError):
+        return ApiError(400, message, "invalid_input")
+    if isinstance(exc, ContextTooLong):  # the code OpenAI clients look for before trimming a history
+        return ApiError(400, message, "context_length_exceeded", "messages")
+    if isinstance(exc, UsageError):
+        return ApiError(400, message, "invalid_value")
+    if isinstance(exc, ModelError):
+        return ApiError(400, message, "unsupported")
+    if is_out_of_memory(exc):
+        return ApiError(500, "out of memory on the server", "out_of_memory")
+    if isinstance(exc, Showo2Error):
+        return ApiError(500, message, "server_error")
+    log.error("internal error: %s: %s", type(exc).__name__, message, exc_info=exc)
+    return ApiError(500, f"internal error ({type(exc).__name__})", "internal_error")
