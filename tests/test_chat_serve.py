@@ -238,6 +238,21 @@ def test_context_overflow_policies(demo):
     with pytest.raises(ContextTooLong, match=f"maximum context length is {budget} tokens. However, you requested"):
         refused.ask("and now?", wide)
     assert len(refused.turns) == 3 and refused.ask("and now?", TextSampling(max_new_tokens=4))
+    # a refused or cancelled question changes nothing: no turn leaves, the attached image stays
+    from showo2_cli.dialogue import Cancelled
+
+    tight = conversation("drop", budget)
+    tight.attach(S.render_image(scene(1)))
+    pending, first = list(tight.pending), tight.context_turns[0]
+    with pytest.raises(ContextTooLong, match="However, your messages"):
+        tight.ask("and now? " + "word " * 400, wide)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        tight.ask("and now?", wide, cancel=stop)
+    assert tight.pending == pending and tight.context_turns[0] is first and len(tight.turns) == 3
+    tight.ask("and now?", wide)
+    assert tight.turns[-1].media == pending and not tight.pending and tight.context_turns[0] is not first
     with pytest.raises(ContextTooLong, match="cannot fit"):
         conversation("shorten", budget).ask("x" * (budget * CHARS_PER_TOKEN + 1), wide)
     with pytest.raises(UsageError, match="overflow"):
@@ -516,7 +531,7 @@ def test_parse_chat_requests():
     from showo2_cli.serve.body import parse_body
     from showo2_cli.serve.requests import parse_images
 
-    deep = b'{"a": ' + b"[" * 900 + b'"\ud800"' + b"]" * 900 + b"}"
+    deep = b'{"a": ' + b"[" * 900 + rb'"\ud800"' + b"]" * 900 + b"}"
     with pytest.raises(ApiError) as e:
         parse_body(deep)
     assert len(e.value.message) < 300 and len(e.value.param) <= 80  # 3,600 characters of [0][0]... before

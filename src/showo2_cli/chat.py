@@ -194,31 +194,30 @@ class Conversation:
                                  f"tokens (at most {self.max_chars} characters)")
 
     # ---- asking ---------------------------------------------------------------------------------
-    def _context(self, current: TurnTokens) -> list[TurnTokens]:
-        turns = [t.tokens() for t in self.context_turns] + [current]
-        if self._carried:
-            first = turns[0]
-            turns[0] = replace(first, visuals=[*self._carried, *first.visuals])
+    def _context(self, current: TurnTokens, first: int | None = None,
+                 carried: list[VisualInput] | None = None) -> list[TurnTokens]:
+        first = self._first if first is None else first
+        carried = self._carried if carried is None else carried
+        turns = [t.tokens() for t in self.turns[first:]] + [current]
+        if carried:
+            turns[0] = replace(turns[0], visuals=[*carried, *turns[0].visuals])
         return turns
 
-    def _fit(self, current: TurnTokens, max_new_tokens: int) -> int:
-        """Drop the oldest turns until prompt + answer fit; return the answer's token budget."""
-        dropped = 0
+    def _fit(self, current: TurnTokens, max_new_tokens: int) -> tuple[int, list[VisualInput], int]:
+        """Drop the oldest turns until prompt + answer fit. Return the context's first turn, the media
+        carried from dropped turns and the answer's token budget; the conversation itself is changed
+        only when the answer is done (:meth:`ask`), so a refused or cancelled question changes nothing."""
+        first, carried, dropped = self._first, self._carried, 0
         while True:
-            length = prompt_length(self._context(current), self._pieces, self.template)
-            if length + max_new_tokens <= self.max_context or self._first == len(self.turns) \
+            length = prompt_length(self._context(current, first, carried), self._pieces, self.template)
+            if length + max_new_tokens <= self.max_context or first == len(self.turns) \
                     or self.overflow != "drop":
                 break
-            gone = self.turns[self._first]
-            self._first += 1
+            gone = self.turns[first]
+            first += 1
             dropped += 1
-            later = any(t.media for t in self.context_turns) or bool(current.visuals)
-            kept = (gone.media[-1:] or self._carried[-1:]) if not later else []
-            self._carried = list(kept)
-        if dropped:
-            kept = " (its image stays)" if self._carried else ""
-            self._notice(f"context budget of {self.max_context} tokens reached: the oldest {dropped} "
-                         f"turn{'s' if dropped > 1 else ''} left the context{kept}")
+            later = any(t.media for t in self.turns[first:]) or bool(current.visuals)
+            carried = list((gone.media[-1:] or carried[-1:]) if not later else [])
         room = self.max_context - length
         # OpenAI's and vLLM's sentences: clients (LiteLLM's fallbacks) recognise an overflow by them
         if room < 1:
@@ -230,10 +229,14 @@ class Conversation:
                                  f"requested {length + max_new_tokens} tokens ({length} in the messages, "
                                  f"{max_new_tokens} in the completion). Please reduce the length of the messages "
                                  "or completion.")
+        if dropped:
+            kept = " (its image stays)" if carried else ""
+            self._notice(f"context budget of {self.max_context} tokens reached: the oldest {dropped} "
+                         f"turn{'s' if dropped > 1 else ''} left the context{kept}")
         if room < max_new_tokens:
             self._notice(f"the answer is limited to {room} tokens by the context budget of "
                          f"{self.max_context}")
-        return min(room, max_new_tokens)
+        return first, carried, min(room, max_new_tokens)
 
     def _notice(self, text: str) -> None:
         self.notices.append(text)
@@ -255,6 +258,10 @@ class Conversation:
         ``sampling`` defaults to the options' (greedy). ``on_text(piece)`` streams the answer;
         setting ``cancel`` stops generation (:class:`~showo2_cli.dialogue.Cancelled` is raised and
         the turn is not recorded). The finished turn is ``self.turns[-1]``.
+
+        A question that fails (refused as :class:`~showo2_cli.errors.ContextTooLong`, cancelled,
+        any error) changes nothing: no turn leaves the context and the pending media stay for the
+        next question, as an unsent message keeps its attachments (``pending.clear()`` drops them).
         """
         with self._lock:
             start = time.perf_counter()
@@ -269,15 +276,15 @@ class Conversation:
             head = prefix.rstrip()
             p_ids = encode_user_text(self.model.require_tokenizer(), head) if head else []
             current = TurnTokens(q_ids, list(self.pending), prefix=p_ids)
-            limit = self._fit(current, sampling.max_new_tokens)
-            layout, visuals = conversation_layout(self._context(current), self._pieces, self.mask_mode,
-                                                  self.template)
+            first, carried, limit = self._fit(current, sampling.max_new_tokens)
+            layout, visuals = conversation_layout(self._context(current, first, carried), self._pieces,
+                                                  self.mask_mode, self.template)
             out = generate_answer(self.model, layout, visuals, replace(sampling, max_new_tokens=limit),
                                   on_text=on_text, cancel=cancel, prefix=p_ids,
                                   prefix_spaced=bool(head) and head != prefix)
             turn = Turn(question.strip(), prefix + out.text, list(self.pending), q_ids, p_ids + out.token_ids,
                         out.stopped, out.prompt_tokens, time.perf_counter() - start, out.generated)
-            self.pending = []
+            self._first, self._carried, self.pending = first, carried, []
             self.turns.append(turn)
             return out.text
 
