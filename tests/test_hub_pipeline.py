@@ -818,6 +818,8 @@ def test_python_callers_get_diffusers_conventions_and_clear_type_errors(pipe, ti
         pipe("a cat", num_inference_steps=3, latents=torch.randn(1, 16, 4, 4))
     with pytest.raises(ValueError, match="NaN"):  # a black image before
         pipe("a cat", num_inference_steps=3, latents=torch.full_like(latent, float("nan")))
+    given = pipe("a cat", num_inference_steps=3, seed=1, latents=torch.randn(1, *latent.shape[1:]))
+    assert given.results[0].seed is None and given.results[0].params["seed"] is None  # it recorded seed 1
 
     assert pipe.scheduler.config.shift == pipe.spec.shift  # it said 1.0 while sampling used 3.0
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)

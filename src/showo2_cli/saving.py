@@ -134,11 +134,12 @@ def output_extension(kind: str, output: str | os.PathLike | None) -> str:
 
 
 def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str], indices: list[int], n: int,
-                 seed: int, overwrite: bool = False, total_jobs: int | None = None,
+                 seed: int | None, overwrite: bool = False, total_jobs: int | None = None,
                  save_latents: bool = False) -> list[OutputPlan]:
     """One plan per (prompt, k), in job order: ``output`` as given for a single result,
     ``stem-NNN.ext`` (the global job index) for several, or ``<prompt-slug>-<seed>.ext`` in the
-    current folder without ``output``. Every file of every plan is checked now (writable, and
+    current folder without ``output`` (``<prompt-slug>-noise<job>.ext`` when ``seed`` is None: the
+    outputs start from given noise). Every file of every plan is checked now (writable, and
     absent unless ``overwrite``), so nothing fails after the work is done."""
     ext = output_extension(kind, output)
     total = len(prompts) * n if total_jobs is None else total_jobs
@@ -148,7 +149,8 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
         for k in range(n):
             default = None
             if output is None:
-                path = default = Path(f"{M.slugify(p)}-{seed_for(seed, i, k, n)}{ext}")
+                tag = f"noise{i * n + k}" if seed is None else seed_for(seed, i, k, n)
+                path = default = Path(f"{M.slugify(p)}-{tag}{ext}")
                 if not overwrite:  # free for the media file, its sidecar and latents, and not given out yet
                     path = M.unique_path(path, lambda c: OutputPlan.beside(c, save_latents).files()[1:], taken)
                 taken.add(path)

@@ -133,6 +133,14 @@ def test_the_noise_file_is_recorded_with_the_output(tmp_path, capsys, monkeypatc
         side = json.loads((tmp_path / f"o-00{k}.json").read_text())
         assert side["noise"] == "n.safetensors" and side["noise_row"] == k
         assert M.read_png_metadata(tmp_path / f"o-00{k}.png")["noise_row"] == k
+        assert side["seed"] is None  # a seed was recorded that made nothing
+    capsys.readouterr()
+    code = main(["t2i", "a red circle", "-n", "2", "--size", "32", "--steps", "3", "--seed", "5", "--noise",
+                 "n.safetensors", "-m", "demo"])  # no -o: the default name cannot be a seed's
+    out = capsys.readouterr()
+    assert code == 0 and "--seed has no effect" in out.err and "seed 5" not in out.err
+    assert out.out.split() == ["a-red-circle-noise0.png", "a-red-circle-noise1.png"]
+    assert json.loads((tmp_path / "a-red-circle-noise1.json").read_text())["seed"] is None
 
 
 def test_prompts_are_lines_ended_by_newlines_only(tmp_path):

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import UsageError
+from ..errors import UsageError, short
 from ..options import GenerateOptions, check_fps, check_prompts, random_seed, video_frames
 from .common import (
     AttnOpt,
@@ -40,7 +40,7 @@ SizeOpt = Annotated[str | None, typer.Option("--size", help="N or WIDTHxHEIGHT, 
 StepsOpt = Annotated[int | None, typer.Option("--steps", min=2, max=10000, help="Sampling grid points; steps-1 model calls (default: the model's, 50 for the official ones, 30 for the demo).")]
 GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale, 0 to 100 (default: the model's, 5.0 official, 4.0 demo; 0 = none).")]
 ShiftOpt = Annotated[float | None, typer.Option("--shift", help="Time-grid shift towards the noise end, > 0 (default: the model's, 3.0).")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Base seed, 0 to 2^63-1 (random if absent; always printed and recorded).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Base seed, 0 to 2^63-1 (random if absent; printed and recorded; not used with --noise).")]
 NumOpt = Annotated[int, typer.Option("--num-images", "-n", min=1, max=1000, help="Outputs per prompt.")]
 PromptsFileOpt = Annotated[Path | None, typer.Option("--prompts-file", help="One prompt a line; '-' reads stdin.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=1024, help="Outputs generated together.")]
@@ -64,7 +64,11 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
 
     runtime = runtime_options(device, dtype, opts.max_memory_gb, *accel)
     opts.size = M.parse_size(size)
-    if opts.seed is None:
+    if noise is not None:  # the outputs start from the file's noise: no seed is used or recorded
+        if opts.seed is not None:
+            notice("--seed has no effect with --noise (the noise file is the starting point)")
+        opts.seed = None
+    elif opts.seed is None:
         opts.seed = random_seed()
     opts.validate()
     check_fps(fps)
@@ -84,7 +88,7 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
         check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(mine) * opts.num_per_prompt),
                                     runtime)
     bundle = load_model(name, device, value(dtype), vae=vae, runtime=runtime, lora=lora)
-    notice(f"seed {opts.seed}")
+    notice(f"seed {opts.seed}" if noise is None else f"starting noise from {short(str(noise), 80)}")
     from .. import pipelines as P
 
     records: list[dict] = []

@@ -27,7 +27,7 @@ from .progress import Progress, noop
 class Generated:
     prompt: str
     prompt_index: int
-    seed: int
+    seed: int | None  # None: started from given noise (``params['noise_row']``)
     latents: torch.Tensor  # (C, [T,] h, w) float32
     frames: np.ndarray  # uint8 (T, H, W, 3)
     params: dict
@@ -218,7 +218,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
         for j, (prompt, i, _k) in enumerate(batch):
             pixels = vae.decode(latents[j:j + 1].to(vae.device), tiled=tiled)[0].cpu()
             arr = M.tensor_to_frames(pixels)
-            params = {"prompt": prompt, "seed": seeds[j], "steps": opts.steps, "guidance": opts.guidance,
+            seed = seeds[j] if rows is None else None  # given noise: no seed made this output
+            params = {"prompt": prompt, "seed": seed, "steps": opts.steps, "guidance": opts.guidance,
                       "shift": opts.shift, "sampler": opts.method, "width": w, "height": h,
                       "model": model.files.name if model.files else spec.name}
             if getattr(model, "adapters", None):
@@ -237,7 +238,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
                 if len(neg_ids[j]) > budget:
                     params["negative_prompt_tokens"] = len(neg_ids[j])
                     params["prompt_tokens_used"] = budget
-            result = Generated(prompt, i, seeds[j], latents[j].cpu(), arr, params)
+            result = Generated(prompt, i, seed, latents[j].cpu(), arr, params)
             if on_result is not None:  # handed over now (saved as it comes), not kept
                 on_result(result)
             else:
