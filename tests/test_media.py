@@ -599,6 +599,20 @@ class TestAtomicOutput:
                 raise exc_type("stop")
         assert os.listdir(tmp_path) == []
 
+    def test_library_errors_in_the_body_are_not_write_failures(self, tmp_path):
+        """ModelError and OutputError are OSErrors (as transformers reports a model it cannot load);
+        one raised while an output is made is passed on as it is, not called a write failure."""
+        from showo2_cli.errors import ModelError
+
+        for error in (ModelError("the VAE is corrupt"), OSError(28, "No space left on device")):
+            with pytest.raises(OSError) as e:
+                with atomic_output(tmp_path / "out.png") as tmp:
+                    tmp.write_bytes(b"partial")
+                    raise error
+            assert isinstance(e.value, OutputError) == (type(error) is OSError)
+            assert str(e.value) == "the VAE is corrupt" or "no space left" in str(e.value)
+            assert os.listdir(tmp_path) == []
+
     def test_existing_refused_unchanged(self, tmp_path):
         target = tmp_path / "keep.png"
         target.write_bytes(b"old")

@@ -50,15 +50,18 @@ class InputError(Showo2Error):
     kind = "input"
 
 
-class ModelError(Showo2Error):
-    """A model, tokenizer or VAE that is missing, incomplete or corrupt."""
+class ModelError(Showo2Error, OSError):
+    """A model, tokenizer or VAE that is missing, incomplete or corrupt; an ``OSError`` too, as
+    transformers and diffusers report a model that cannot be loaded, so ``except OSError`` around
+    ``from_pretrained`` catches it."""
 
     exit_code = 4
     kind = "model"
 
 
-class OutputError(Showo2Error):
-    """An output that cannot be written (already exists, read-only, missing folder)."""
+class OutputError(Showo2Error, OSError):
+    """An output that cannot be written (already exists, read-only, missing folder); an
+    ``OSError`` too, as Python reports a file that cannot be written."""
 
     exit_code = 5
     kind = "output"

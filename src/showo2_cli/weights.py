@@ -49,6 +49,8 @@ def read_json(path: str | Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except RecursionError as e:
         raise ModelError(f"cannot read '{path}': JSON nested too deeply") from e
+    except ModelError:  # an OSError too: said as it is
+        raise
     except OSError as e:
         raise ModelError(f"cannot read '{path}': {e.strerror or e}") from e
     except (ValueError, UnicodeDecodeError) as e:
@@ -118,6 +120,8 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
     safetensors = suffix == ".safetensors" or looks_like_safetensors(path)  # also a .bin holding safetensors
     try:
         obj: Any = _load_safetensors(path) if safetensors else _load_pickle(path)
+    except ModelError:  # an OSError too: said as it is
+        raise
     except OSError as e:
         raise ModelError(f"cannot read weights '{path}' ({e.strerror or one_line(e)})") from e
     except Exception as e:

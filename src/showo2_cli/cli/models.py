@@ -34,6 +34,8 @@ def check_output_folder(path: Path, overwrite: bool) -> None:
     file system fails here, before anything is built."""
     try:
         _check_output_folder(path, overwrite)
+    except OutputError:  # an OSError too: said as it is
+        raise
     except OSError as e:  # a name too long, a parent that cannot be searched, ...
         raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-from showo2_cli.errors import OutputError, OutputExists, UsageError
+from showo2_cli.errors import OutputError, OutputExists, Showo2Error, UsageError
 
 from .probe import PathLike, error_detail, quote_path
 
@@ -74,6 +74,8 @@ def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = Fal
             name_max = 255
         if len(os.fsencode(p.name)) > name_max:
             raise OutputError(f"cannot write {quote_path(p)}: the file name is longer than {name_max} bytes")
+    except OutputError:  # an OSError too: said as it is
+        raise
     except OSError as e:
         if e.errno == errno.ENAMETOOLONG:
             raise OutputError(f"cannot write {quote_path(p)}: the file name is too long") from e
@@ -134,6 +136,8 @@ _WRITE_ERROR_TEXTS = ("IoError", "os error", "failed writing", "No space left", 
 def is_write_error(exc: BaseException) -> bool:
     """An OS error while writing, also when a library reports it in its own exception type
     (safetensors' ``IoError``, torch's "failed writing file")."""
+    if isinstance(exc, Showo2Error):  # ModelError and OutputError are OSErrors, not write failures
+        return False
     return isinstance(exc, OSError) or (isinstance(exc, Exception) and any(k in str(exc) for k in _WRITE_ERROR_TEXTS))
 
 
