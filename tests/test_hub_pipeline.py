@@ -205,6 +205,8 @@ def test_local_files_only_never_downloads(hub, tmp_path):
                  lambda: Showo2Pipeline.from_pretrained("acme/showo2-local", local_files_only=True)):
         with pytest.raises(ModelError, match="not in the Hugging Face cache and local_files_only is set"):
             call()
+        with pytest.raises(OSError):  # as transformers and diffusers report it: `except OSError` catches it
+            call()
     assert hub.requests == []  # the Hub was never asked
     pipe = Showo2Pipeline.from_pretrained("acme/showo2-local")  # online: fetched
     assert pipe.model.vae is not None and hub.requests
@@ -857,3 +859,48 @@ def img_path(pipe, img):
     path = tempfile.mkdtemp() + "/img.png"
     Image.fromarray(img).save(path)
     return path
+
+
+def test_media_in_memory_is_taken_wherever_a_path_is(pipe, media_dir, tmp_path):
+    """A video as a list of frames (what a video pipeline returns), and an image as a PIL image,
+    array or tensor, are taken by caption, chat, image-to-video and encode, with the results of
+    the same pixels read from a file (these took paths only, or uint8 arrays only)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from showo2_cli import api
+    from showo2_cli import media as M
+    from showo2_cli.chat import Conversation
+    from showo2_cli.options import TextSampling
+
+    model = pipe.model
+    video_path = media_dir / "video1.mp4"
+    count = model.spec.und_video_frames
+    video = M.read_video(video_path, num_frames=count)  # the frames the path is sampled to
+    frames = [Image.fromarray(f) for f in video.frames]
+    ask = dict(max_new_tokens=8)
+    assert pipe.caption(frames, "What happens?", **ask) == pipe.caption(video_path, "What happens?", **ask)
+    assert pipe.caption(torch.from_numpy(video.frames), "What happens?", **ask) == \
+        pipe.caption(video_path, "What happens?", **ask)  # (T, H, W, 3) uint8
+    photo = sorted(media_dir.glob("*.jpg"))[0]
+    still = np.asarray(M.read_image(photo))
+    chat = [Conversation(model), Conversation(model)]
+    chat[0].attach(photo)
+    chat[1].attach(torch.from_numpy(still).permute(2, 0, 1))  # a (3, H, W) uint8 tensor: a UsageError before
+    answers = [c.ask("What is this?", TextSampling(max_new_tokens=6)) for c in chat]
+    assert answers[0] == answers[1] and chat[1].turns[-1].media[0].source == "<image>"
+
+    small = Image.fromarray(still).resize((96, 64))
+    small.save(tmp_path / "s.png")
+    opts = api.GenerateOptions(steps=3, frames=5, seed=4)
+    i2v = [api.image_to_video(model, src, ["it moves"], opts)[0] for src in (tmp_path / "s.png", small)]
+    assert np.array_equal(i2v[0].frames, i2v[1].frames)
+    enc = [api.encode(src, pipe.vae) for src in (tmp_path / "s.png", np.asarray(small).astype(np.float32) / 255)]
+    assert torch.equal(enc[0].latents, enc[1].latents) and enc[1].metadata["source"] == "<image>"
+    clip = api.encode(frames[:5], pipe.vae)
+    assert clip.metadata["kind"] == "video" and clip.metadata["frames"] == 5 and clip.metadata["fps"] is None
+    with pytest.raises(TypeError, match="must be a path, a PIL image"):
+        pipe.caption({"image": 1})
+    with pytest.raises(ValueError, match="share one size"):
+        pipe.caption([frames[0], small])

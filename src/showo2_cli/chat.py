@@ -154,7 +154,8 @@ class Conversation:
         self._first = 0
 
     def attach(self, source, name: str | None = None, max_pixels: int | None = None) -> VisualInput:
-        """Encode an image or video (path, PIL image or uint8 array) now; it goes with the next question."""
+        """Encode an image or video now (a path, a PIL image, an array or tensor, or a list of frames:
+        :func:`~showo2_cli.dialogue.encode_media`); it goes with the next question."""
         if len(self.pending) >= MAX_MEDIA_PER_TURN:
             raise UsageError(f"at most {MAX_MEDIA_PER_TURN} media per question")
         visual = encode_media(self.model, source, self.options, max_pixels=max_pixels, name=name)

@@ -80,9 +80,11 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
                  max_pixels: int | None = None, name: str | None = None) -> VisualInput:
     """Encode an image or a video for understanding, as :func:`~showo2_cli.pipelines.caption` does.
 
-    ``source`` is a path (image or video, judged by content), a PIL image or a ``uint8 (H, W, 3)``
-    array. Images are resized and center-cropped to the model's resolution (or ``options.size``);
-    videos are sampled to ``options.frames`` frames, each padded square, encoded alone and pooled.
+    ``source`` is a path (image or video, judged by content), an image in memory (PIL, array or
+    tensor, read by dtype as diffusers reads it) or a video's frames (a list of images, or a
+    ``(T, H, W, 3)`` array or tensor): :func:`~showo2_cli.media.read_media`. Images are resized and
+    center-cropped to the model's resolution (or ``options.size``); videos are sampled to
+    ``options.frames`` frames, each padded square, encoded alone and pooled.
     """
     opts = options or CaptionOptions()
     spec, net = model.spec, model.network
@@ -92,32 +94,29 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
         raise UsageError(f"--size must be a multiple of {spec.latent_multiple}, got {side}")
     from PIL import Image
 
+    count = opts.frames or spec.und_video_frames
+    in_memory = None
     if isinstance(source, (str, os.PathLike)):
         kind = M.probe_kind(source)
         label = name or os.fspath(source)
     else:
-        kind, label = "image", name or "<image>"
+        in_memory = M.read_media(source, num_frames=count, max_pixels=max_pixels)
+        kind, label = in_memory.kind, name or in_memory.source
     if kind == "image":
-        if isinstance(source, Image.Image):
-            img = M.to_rgb(source)  # the file reader's conversion: 16-bit scaled, alpha dropped
-        elif isinstance(source, np.ndarray):
-            if source.ndim != 3 or source.shape[-1] != 3 or source.dtype != np.uint8:
-                raise UsageError(f"an image array must be uint8 (H, W, 3), got {source.dtype} {source.shape}")
-            img = Image.fromarray(source, "RGB")
-        else:
-            img = M.read_image(source, max_pixels=max_pixels)
+        img = Image.fromarray(in_memory.frames[0]) if in_memory is not None else \
+            M.read_image(source, max_pixels=max_pixels)
         img = M.resize_center_crop(img, side)
         pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)  # (1,3,1,H,W)
         latents = _vae_encode(vae, pixels, opts)[:, :, 0]
         visual = net.encode_visual(latents).fused[0]
         return VisualInput("image", visual, None, 1, label)
-    count = opts.frames or spec.und_video_frames
     from .pipelines.understand import check_caption_memory  # (that module imports this one)
 
     check_caption_memory(model, count, side, opts.max_memory_gb)  # before any frame is decoded
     from .runtime import decode_budget
 
-    video = M.read_video(source, num_frames=count, max_pixels=max_pixels, max_bytes=decode_budget(opts.max_memory_gb))
+    video = in_memory or M.read_video(source, num_frames=count, max_pixels=max_pixels,
+                                      max_bytes=decode_budget(opts.max_memory_gb))
     padded = [np.asarray(M.resize_and_pad(Image.fromarray(f), side)) for f in video.frames]
     pixels = M.frames_to_tensor(np.stack(padded)).permute(1, 0, 2, 3)[:, :, None]  # (K,3,1,H,W)
     pixels = pixels.to(vae.device)

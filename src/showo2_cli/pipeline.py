@@ -38,7 +38,6 @@ from .pipelines.arguments import (
     CAPTION_NAMES,
     PYTHON_NAMES,
     SEED_LIMIT,
-    as_file,
     check_pretrained_kwargs,
     checked_dtype,
     device_from_map,
@@ -375,7 +374,7 @@ class Showo2Pipeline:
                                method=sampler or self.sampler, noise=latents, negative_prompt=negatives)
         resolved = opts.resolved(self.spec, video)  # checked once, by the API below
         self._num_timesteps, self._guidance_scale = resolved.steps - 1, resolved.guidance
-        with self._progress(progress) as report, as_file(image) as path, python_names(PYTHON_NAMES):
+        with self._progress(progress) as report, python_names(PYTHON_NAMES):
             if seeds is not None and len(seeds) > 1 and latents is None:
                 results = []  # a generator per output: one output at a time, each with its own seed
                 for i, seed_i in enumerate(seeds):
@@ -383,18 +382,18 @@ class Showo2Pipeline:
                         break
                     one = replace(opts, num_per_prompt=1, seed=seed_i, batch_size=1,
                                   negative_prompt=[negatives[i // n]])
-                    results += self._run([prompts[i // n]], one, path, video, report, on_step)
+                    results += self._run([prompts[i // n]], one, image, video, report, on_step)
             else:  # the API's rule: output k of the run uses the base seed + k
-                results = self._run(prompts, opts, path, video, report, on_step)
+                results = self._run(prompts, opts, image, video, report, on_step)
         out = _convert(results, output_type, video)
         if not return_dict:
             return (out,)
         return Showo2PipelineOutput(frames=out, results=results) if video else \
             Showo2PipelineOutput(images=out, results=results)
 
-    def _run(self, prompts, opts, path, video, report, on_step):
-        if path is not None:
-            return image_to_video(self.model, path, prompts, opts, progress=report, on_step=on_step)
+    def _run(self, prompts, opts, image, video, report, on_step):
+        if image is not None:
+            return image_to_video(self.model, image, prompts, opts, progress=report, on_step=on_step)
         if video:
             return text_to_video(self.model, prompts, opts, progress=report, on_step=on_step)
         return text_to_image(self.model, prompts, opts, progress=report, on_step=on_step)
@@ -467,16 +466,17 @@ class Showo2Pipeline:
     def caption(self, image, question: str | list[str] | None = None, *, max_new_tokens: int = 300,
                 temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None,
                 seed: int | None = None, **options) -> str | list[str]:
-        """Answer a question (``None``: describe it) about an image or a video (a path, or a PIL
-        image); a list of questions gives a list of answers. Other ``CaptionOptions`` fields
+        """Answer a question (``None``: describe it) about an image or a video (a path, a PIL image,
+        an array or tensor, or a video's frames as a list of images); a list of questions gives a
+        list of answers. Other ``CaptionOptions`` fields
         (``frames``, ``mask_mode``, ``template``, ``size``, ...) pass through."""
         if question is not None and not isinstance(question, (str, list, tuple)):
             raise TypeError(f"question must be a string or a list of strings, got {type(question).__name__}")
         questions = [] if question is None else [question] if isinstance(question, str) else list(question)
         opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k, seed=seed, **options)
-        with as_file(image) as path, python_names(CAPTION_NAMES):
-            answers = caption(self.model, path, opts).answers
+        with python_names(CAPTION_NAMES):
+            answers = caption(self.model, image, opts).answers
         return answers if isinstance(question, (list, tuple)) else answers[0]
 
 

@@ -60,7 +60,7 @@ from .geometry import (
     round_frames,
     tensor_to_frames,
 )
-from .image import IMAGE_WRITE_EXTS, read_image, to_rgb, write_image
+from .image import IMAGE_WRITE_EXTS, array_image, image_input, read_image, to_rgb, write_image
 from .metadata import METADATA_KEY, PARAMETERS_KEY, read_metadata, read_png_metadata
 from .outputs import (
     atomic_folder,
@@ -135,6 +135,8 @@ __all__ = [
     "pixel_frames",
     "probe_kind",
     "read_image",
+    "image_input",
+    "array_image",
     "to_rgb",
     "read_media",
     "read_metadata",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,67 @@ def to_rgb(im: Image.Image) -> Image.Image:
     elif mode == "La":
         im = im.convert("LA")
     return im.convert("RGB")
+
+
+def _is_tensor(value) -> bool:
+    torch = sys.modules.get("torch")  # never imported here for this: a tensor means torch is loaded
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def array_image(value) -> Image.Image:
+    """An image array or tensor read by its dtype, as diffusers' image processor reads it: uint8
+    0-255, uint16 0-65535, other integers 0-255, floats in [0, 1]; (H, W, C), (C, H, W) or (H, W)."""
+    if _is_tensor(value):  # uint8 stays 0-255 (torchvision's read_image); floats as they are
+        value = value.detach().cpu()
+        arr = value.double().numpy() if value.is_floating_point() else value.numpy()
+    else:
+        arr = np.asarray(value)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:
+        raise ValueError(f"an image array must be (H, W, 3) or (3, H, W), got shape {tuple(np.shape(value))}")
+    if arr.dtype == np.uint16:  # 16-bit pixels (PIL 'I;16', PNG 16-bit): 0-65535
+        arr = (arr.astype(np.float64) / 65535.0)
+    elif arr.dtype != np.uint8 and np.issubdtype(arr.dtype, np.integer):  # other integers: 0-255 pixels
+        if arr.min() < 0 or arr.max() > 255:
+            raise ValueError(f"an integer image array must hold pixel values 0 to 255, got {arr.min()} to {arr.max()}")
+        arr = arr.astype(np.uint8)
+    if arr.dtype != np.uint8:
+        arr = np.asarray(arr, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ValueError("an image array must hold finite values")
+        low, high = float(arr.min()), float(arr.max())
+        if low < -1e-3 or high > 1.0 + 1e-3:  # diffusers' convention for floats: [0, 1]
+            raise ValueError(f"a float image must hold values in [0, 1] (got {low:.3g} to {high:.3g}): pass uint8 "
+                             "for 0-255 pixels, or (x + 1) / 2 for [-1, 1] tensors")
+        arr = (arr.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def image_input(source, max_pixels: int | None = None, what: str = "image") -> Image.Image:
+    """An image given to the library as an RGB PIL image: a path (:func:`read_image`), a PIL image
+    (converted as a file's pixels are: 16-bit scaled, alpha dropped) or an array or tensor
+    (:func:`array_image`).
+
+    Raises:
+        TypeError: not a path, PIL image, array or tensor.
+        ValueError: an array of another shape or value range.
+        ResourceError: more pixels than ``max_pixels`` (default ``$SHOWO2_MAX_PIXELS``).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return read_image(source, max_pixels=max_pixels)
+    if isinstance(source, np.ndarray) or _is_tensor(source):
+        source = array_image(source)
+    if not isinstance(source, Image.Image):
+        raise TypeError(f"{what} must be a path, a PIL image, an array or a tensor, got {type(source).__name__}")
+    limit = resolve_max_pixels(max_pixels)
+    if source.width * source.height > limit:
+        raise too_large(what, f"<{type(source).__name__}>", source.width, source.height, limit)
+    return to_rgb(source)
 
 
 def _exif_orientation(im: Image.Image) -> int:

@@ -16,7 +16,7 @@ from PIL import Image
 from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
 
 from .geometry import check_count
-from .image import PIL_FORMATS, read_image, write_image
+from .image import PIL_FORMATS, image_input, read_image, write_image
 from .metadata import metadata_json
 from .outputs import atomic_output
 from .probe import (
@@ -335,18 +335,23 @@ def read_video(
 
 
 def read_media(
-    path: PathLike,
+    path,
     num_frames: int | None = None,
     max_pixels: int | None = None,
     max_frames: int = 100000,
     first: int | None = None,
     max_bytes: int | None = None,
 ) -> Media:
-    """Read an image or a video, chosen by :func:`probe_kind`.
+    """Read an image or a video: a file (chosen by :func:`probe_kind`), or media in memory.
 
     An image gives ``Media(kind="image")`` with one frame and ``fps=None`` (``num_frames`` and
-    ``first`` are ignored for images); a video is read with :func:`read_video`.
+    ``first`` are ignored for images); a video file is read with :func:`read_video`. In memory,
+    a PIL image, an array or a tensor is an image (:func:`~showo2_cli.media.image.image_input`),
+    and a list of them, or a ``(T, H, W, 3)`` / ``(T, 3, H, W)`` array or tensor with ``T > 1``,
+    is a video's frames (what a video pipeline returns), whose ``fps`` is unknown (None).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        return _media_in_memory(path, num_frames, max_pixels, max_frames, first, max_bytes)
     kind = probe_kind(path)
     if kind == "video":
         return read_video(path, num_frames=num_frames, max_pixels=max_pixels, max_frames=max_frames, first=first,
@@ -354,6 +359,35 @@ def read_media(
     img = read_image(path, max_pixels=max_pixels)
     frames = np.array(img, dtype=np.uint8)[None]  # writable copy
     return Media(kind="image", frames=frames, fps=None, source=os.fspath(path), total_frames=1)
+
+
+def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_bytes) -> Media:
+    if num_frames is not None:
+        num_frames = check_count(num_frames, "the number of frames to read")
+    is_frames = isinstance(source, (list, tuple)) or (getattr(source, "ndim", 0) == 4 and source.shape[0] > 1)
+    if not is_frames:
+        frames = np.array(image_input(source, max_pixels), dtype=np.uint8)[None]
+        return Media(kind="image", frames=frames, fps=None, source="<image>", total_frames=1)
+    total = len(source)
+    if total < 1:
+        raise UsageError("a video given as frames needs at least one frame")
+    picked = uniform_indices(total, num_frames) if num_frames is not None else \
+        range(min(total, first) if first is not None else total)
+    if len(picked) > max_frames:
+        raise ResourceError(f"the video has {len(picked)} frames, more than the limit of {max_frames}")
+    budget = MAX_DECODED_BYTES if max_bytes is None else max(1, min(int(max_bytes), MAX_DECODED_BYTES))
+    frames: list[np.ndarray] = []
+    for i in picked:
+        frame = np.asarray(image_input(source[i], max_pixels, f"video frame {i}"), dtype=np.uint8)
+        if frames and frame.shape != frames[0].shape:
+            raise ValueError(f"video frame {i} is {frame.shape[1]}x{frame.shape[0]}, frame 0 "
+                             f"{frames[0].shape[1]}x{frames[0].shape[0]}: the frames of a video share one size")
+        if frame.nbytes * len(picked) > budget:
+            raise ResourceError(f"{len(picked)} frames of {frame.shape[1]}x{frame.shape[0]} need "
+                                f"{frame.nbytes * len(picked) / 2**30:.1f} GiB, more than the memory limit of "
+                                f"{budget / 2**30:.1f} GiB")
+        frames.append(frame)
+    return Media(kind="video", frames=np.stack(frames), fps=None, source="<frames>", total_frames=total)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,11 +6,7 @@ errors renamed with the pipeline's argument names."""
 from __future__ import annotations
 
 import operator
-import os
-import tempfile
-from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,40 +125,6 @@ def generator_seed(generator) -> int:
     return seed
 
 
-def array_image(value):
-    from PIL import Image
-
-    if isinstance(value, torch.Tensor):  # uint8 stays 0-255 (torchvision's read_image); floats as they are
-        value = value.detach().cpu()
-        arr = value.double().numpy() if value.is_floating_point() else value.numpy()
-    else:
-        arr = np.asarray(value)
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:
-        raise ValueError(f"an image array must be (H, W, 3) or (3, H, W), got shape {tuple(np.shape(value))}")
-    if arr.dtype == np.uint16:  # 16-bit pixels (PIL 'I;16', PNG 16-bit): 0-65535
-        arr = (arr.astype(np.float64) / 65535.0)
-    elif arr.dtype != np.uint8 and np.issubdtype(arr.dtype, np.integer):  # other integers: 0-255 pixels
-        if arr.min() < 0 or arr.max() > 255:
-            raise ValueError(f"an integer image array must hold pixel values 0 to 255, got {arr.min()} to {arr.max()}")
-        arr = arr.astype(np.uint8)
-    if arr.dtype != np.uint8:
-        arr = np.asarray(arr, dtype=np.float64)
-        if not np.isfinite(arr).all():
-            raise ValueError("an image array must hold finite values")
-        low, high = float(arr.min()), float(arr.max())
-        if low < -1e-3 or high > 1.0 + 1e-3:  # diffusers' convention for floats: [0, 1]
-            raise ValueError(f"a float image must hold values in [0, 1] (got {low:.3g} to {high:.3g}): pass uint8 "
-                             "for 0-255 pixels, or (x + 1) / 2 for [-1, 1] tensors")
-        arr = (arr.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
-    return Image.fromarray(arr)
-
-
 #: the dtypes a pipeline computes in (float64 too: it works, for precision studies)
 PIPELINE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -176,26 +138,3 @@ def checked_dtype(value) -> torch.dtype:
     return dtype
 
 
-@contextmanager
-def as_file(source) -> Iterator[str | os.PathLike]:
-    """A path for the API: a path as is (``None`` stays ``None``), a PIL image, an (H, W, 3) array
-    or a (3, H, W) tensor (values in [0, 1] when float, as diffusers' image processor reads them)
-    written losslessly to a temporary PNG."""
-    from PIL import Image
-
-    if source is None or isinstance(source, (str, os.PathLike)):
-        yield source
-        return
-    if isinstance(source, (np.ndarray, torch.Tensor)):
-        source = array_image(source)
-    if not isinstance(source, Image.Image):
-        raise TypeError(f"expected an image path, PIL image, array or tensor, got {type(source).__name__}")
-    fd, name = tempfile.mkstemp(suffix=".png", prefix="showo2-")
-    os.close(fd)
-    try:
-        from ..media import to_rgb
-
-        to_rgb(source).save(name, format="PNG")  # the file reader's conversion: 16-bit scaled, alpha dropped
-        yield name
-    finally:
-        Path(name).unlink(missing_ok=True)

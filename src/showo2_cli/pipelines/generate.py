@@ -4,7 +4,6 @@ flow matching through the flow head; plus the memory estimate every job is check
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -297,15 +296,16 @@ def text_to_video(model: Showo2, prompts: list[str], options: GenerateOptions | 
                      on_result, on_step)
 
 
-def image_to_video(model: Showo2, image: str | os.PathLike, prompts: list[str], options: GenerateOptions | None = None,
+def image_to_video(model: Showo2, image, prompts: list[str], options: GenerateOptions | None = None,
                    progress: Progress | None = None, indices: list[int] | None = None,
                    on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
-    """Animate an image: its clean latent is latent frame 0 and stays fixed (spec §6.5, §8.4)."""
+    """Animate an image (a path, or a PIL image, array or tensor: :func:`~showo2_cli.media.image_input`):
+    its clean latent is latent frame 0 and stays fixed (spec §6.5, §8.4)."""
     _require(model, I2V, "image-to-video", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
     opts.validate(model.spec)
     h, w = opts.size
-    img = M.resize_center_crop(M.read_image(image), (h, w))
+    img = M.resize_center_crop(M.image_input(image), (h, w))
     vae = model.require_vae()
     pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)
     tiled = generation_tiling(model.spec, model.dtype, (h, w), opts.frames, True, 1, opts.max_memory_gb,

@@ -63,10 +63,11 @@ def prepare_frames(media: M.Media, size: tuple[int, int], frames: int | None, no
 
 
 @torch.no_grad()
-def encode(source: str | os.PathLike | M.Media, vae: WanVAE, options: EncodeOptions | None = None,
+def encode(source, vae: WanVAE, options: EncodeOptions | None = None,
            vae_name: str | None = None, max_memory_gb: float | None = None) -> EncodeResult:
-    """Encode an image or a video (a path, or :class:`~showo2_cli.media.Media` already read)
-    into normalised Wan latents with metadata.
+    """Encode an image or a video (a path, :class:`~showo2_cli.media.Media` already read, or what
+    :func:`~showo2_cli.media.read_media` takes in memory: a PIL image, an array or tensor, a list
+    of frames) into normalised Wan latents with metadata.
 
     Refuses (:class:`ResourceError`) a job whose estimated memory exceeds ``max_memory_gb``
     (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on the VAE's device)."""
@@ -79,7 +80,7 @@ def encode(source: str | os.PathLike | M.Media, vae: WanVAE, options: EncodeOpti
         media = M.read_media(source, first=first, max_bytes=decode_budget(max_memory_gb))
     else:
         media = source
-    source = media.source if isinstance(source, M.Media) else source
+    source = source if isinstance(source, (str, os.PathLike)) else media.source
     n_frames = 1 if media.kind == "image" else min(M.round_frames(opts.frames or media.num_frames, "up"),
                                                    max(M.round_frames(media.num_frames, "down"), 1))
     h, w = (opts.size, opts.size) if isinstance(opts.size, int) else tuple(opts.size)

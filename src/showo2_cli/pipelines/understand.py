@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -48,10 +47,11 @@ def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: f
 
 
 @torch.no_grad()
-def caption(model: Showo2, source: str | os.PathLike, options: CaptionOptions | None = None,
+def caption(model: Showo2, source, options: CaptionOptions | None = None,
             on_text: Callable[[int, str], None] | None = None, progress: Progress | None = None,
             on_done: Callable[[int, str], None] | None = None) -> CaptionResult:
-    """Answer questions about an image or a video (one fresh prompt per question, no history).
+    """Answer questions about an image or a video (one fresh prompt per question, no history):
+    a path, a PIL image, an array or tensor, or a video's frames (:func:`~showo2_cli.dialogue.encode_media`).
 
     ``on_text(i, piece)`` receives answer ``i``'s text as it is produced (for streaming) and
     ``on_done(i, answer)`` the finished answer.
