@@ -904,3 +904,43 @@ def test_media_in_memory_is_taken_wherever_a_path_is(pipe, media_dir, tmp_path):
         pipe.caption({"image": 1})
     with pytest.raises(ValueError, match="share one size"):
         pipe.caption([frames[0], small])
+
+
+def test_pipeline_components_can_be_replaced(pipe):
+    """diffusers' components are attributes to assign (pipe.transformer = torch.compile(...)); here
+    network/transformer and vae were read-only properties (AttributeError on assignment)."""
+    import torch
+
+    from showo2_cli.modeling.vae import WanVAE
+
+    call = dict(num_inference_steps=3, seed=1, output_type="latent")
+    network, vae = pipe.network, pipe.vae
+    before = pipe("a cat", **call).images
+    assert pipe.transformer is network and pipe.components["transformer"] is network
+
+    class Wrapped(torch.nn.Module):  # a wrapper as torch.compile makes one: the module in _orig_mod
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+        def __getattr__(self, name):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self._orig_mod, name)
+
+        def forward(self, *a, **k):
+            return self._orig_mod(*a, **k)
+
+    try:
+        pipe.transformer = Wrapped(network)
+        assert pipe.network._orig_mod is network
+        assert torch.equal(pipe("a cat", **call).images, before)
+        pipe.vae = vae.model  # a diffusers AutoencoderKLWan: wrapped with its own latent statistics
+        assert isinstance(pipe.vae, WanVAE) and pipe.vae.model is vae.model
+        with pytest.raises(TypeError, match="Show-o2 network"):
+            pipe.network = torch.nn.Linear(2, 2)
+        with pytest.raises(TypeError, match="WanVAE"):
+            pipe.vae = torch.nn.Linear(2, 2)
+    finally:
+        pipe.network, pipe.vae = network, vae

@@ -214,11 +214,44 @@ class Showo2Pipeline:
     # ---- components -------------------------------------------------------------------------
     @property
     def network(self):
+        """The Show-o2 network (LLM, dual path, flow head); diffusers' name for it is ``transformer``.
+        Assignable, as diffusers' components are: ``pipe.network = torch.compile(pipe.network)``,
+        or a module that wraps the network (``_orig_mod``)."""
         return self.model.network
+
+    @network.setter
+    def network(self, value) -> None:
+        from .modeling.showo2 import Showo2Model
+
+        inner = getattr(value, "_orig_mod", value)  # torch.compile's wrapper keeps the module there
+        if not isinstance(inner, Showo2Model):
+            raise TypeError(f"the network must be a Show-o2 network (or torch.compile of one), got "
+                            f"{type(value).__name__}")
+        if inner is not getattr(self.model.network, "_orig_mod", self.model.network) and \
+                inner.spec != self.spec:  # another network must be one of the same model
+            raise ValueError("the network is of another model than this pipeline's (its spec differs)")
+        self.model.network = value
+
+    transformer = network
 
     @property
     def vae(self):
+        """The Wan2.1 VAE (:class:`~showo2_cli.modeling.vae.WanVAE`). Assignable: a ``WanVAE``, or a
+        diffusers ``AutoencoderKLWan`` (wrapped, its config's latent statistics used)."""
         return self.model.require_vae()
+
+    @vae.setter
+    def vae(self, value) -> None:
+        from .modeling.vae import WanVAE, autoencoder_class
+
+        if isinstance(value, autoencoder_class()):
+            value = WanVAE(value)
+        if not isinstance(value, WanVAE):
+            raise TypeError(f"the VAE must be a WanVAE or a diffusers AutoencoderKLWan, got {type(value).__name__}")
+        if value.z_dim != self.spec.latent_channels:
+            raise ValueError(f"the VAE has {value.z_dim} latent channels; this model's flow head makes "
+                             f"{self.spec.latent_channels}")
+        self.model.vae = value
 
     @property
     def tokenizer(self):
@@ -238,7 +271,9 @@ class Showo2Pipeline:
 
     @property
     def components(self) -> dict[str, Any]:
-        return {"network": self.model.network, "vae": self.model.vae, "tokenizer": self.model.tokenizer}
+        """The parts, by name (``transformer`` is ``network``'s diffusers name)."""
+        return {"network": self.model.network, "transformer": self.model.network, "vae": self.model.vae,
+                "tokenizer": self.model.tokenizer}
 
     # ---- schedulers and progress bars (diffusers' attributes) -------------------------------
     @property
