@@ -424,7 +424,8 @@ def test_chat_ends_when_its_reader_goes_away(demo):
 
 
 def demo_spec():
-    from showo2_cli.loading import find_files, spec_from_files
+    from showo2_cli.loading import find_files
+    from showo2_cli.model_config import spec_from_files
 
     return spec_from_files(find_files("demo"), {})
 

@@ -121,7 +121,8 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
 
     from .. import pipelines as P
     from ..errors import ModelError
-    from ..loading import find_files, spec_from_files
+    from ..loading import find_files
+    from ..model_config import spec_from_files
     from ..runtime import pick_device, pick_dtype
     from ..weights import read_json
 

@@ -70,7 +70,8 @@ def encode(
     source = M.read_media(media, first=None if frames is None else M.round_frames(frames, "up"),
                           max_bytes=decode_budget(max_memory))
 
-    from ..loading import find_files, spec_from_files
+    from ..loading import find_files
+    from ..model_config import spec_from_files
     from ..pipelines import latents as L
     from ..runtime import pick_device, pick_dtype
 

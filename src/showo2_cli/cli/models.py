@@ -66,7 +66,8 @@ def info(
 ):
     """Show a model's spec, parameter counts, dtype and where each file was found."""
     setup(json_mode, quiet)
-    from ..loading import build_network, find_files, parameter_counts, spec_from_files
+    from ..loading import build_network, find_files, parameter_counts
+    from ..model_config import spec_from_files
     from ..weights import read_state_dict
 
     fetch_if_needed(model)
@@ -120,7 +121,8 @@ def convert(
     check_output_folder(output, overwrite)
     import torch
 
-    from ..loading import build_network, find_files, save_folder, spec_from_files
+    from ..loading import build_network, find_files, save_folder
+    from ..model_config import spec_from_files
     from ..modeling.vae_files import load_vae
     from ..runtime import torch_dtype
     from ..tokenizer import add_showo2_tokens, load_tokenizer

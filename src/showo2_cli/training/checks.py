@@ -80,7 +80,7 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
             if k not in known:
                 raise field_error(w + f"model.spec.{k}", "unknown ModelSpec field")
         from ..errors import ModelError
-        from ..loading import check_spec_fields
+        from ..model_config import check_spec_fields
 
         try:  # the checks a model folder's spec gets: types and sane sizes, before anything is built
             check_spec_fields(m.spec, "model.spec")

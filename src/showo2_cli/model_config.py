@@ -1,0 +1,252 @@
+"""Which model a folder holds: its :class:`~showo2_cli.specs.ModelSpec`, from our own config's
+``showo2.spec`` section or from an official ``config.json`` whose missing sizes are read from the
+weights' shapes (so the real checkpoints, the parity fixtures and any other set load), every value
+checked for its type and range before a network is built from it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ModelError, UsageError, short
+from .specs import (
+    IMAGE_UND,
+    MAX_SEQ_LEN_LIMIT,
+    REGISTRY,
+    T2I,
+    VIDEO_UND,
+    ModelSpec,
+    spec_for_hidden_size,
+)
+from .weights import read_json
+
+if TYPE_CHECKING:
+    from .loading import ModelFiles
+
+
+_OFFICIAL_INTS = ("hidden_size", "image_latent_dim", "image_latent_height", "image_latent_width", "patch_size",
+                  "clip_latent_dim", "llm_vocab_size", "num_diffusion_layers", "video_latent_height",
+                  "video_latent_width")
+
+
+def check_official_config(config: dict, where: Path) -> None:
+    """The official config.json fields the loader reads must have their types."""
+    for key in _OFFICIAL_INTS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**24):
+            raise ModelError(f"'{where}': '{key}' must be a positive whole number, got {_shown(value)}")
+    for key in ("llm_model_path", "clip_pretrained_model_path"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ModelError(f"'{where}': '{key}' must be text, got {_shown(value)}")
+
+
+def _shown(value) -> str:
+    return short(json.dumps(value, default=str))
+
+
+def check_spec_fields(raw: dict, where: Path | str) -> None:
+    """Every field of a ``showo2.spec`` section must have its declared type (and sizes a sane
+    range) before a network is built from it: a config is read from disk, maybe a download."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(ModelSpec):
+        if f.name not in raw:
+            continue
+        value, kind = raw[f.name], str(f.type).replace(" ", "")
+
+        def bad(want: str, value=value, name=f.name) -> ModelError:
+            return ModelError(f"'{where}': spec field '{name}' must be {want}, got {_shown(value)}")
+
+        if kind == "int":
+            low = 0 if f.name.endswith("_layers") or f.name == "frame_embeddings" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**24:
+                raise bad(f"a whole number from {low} to {2**24 - 1}")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise bad("a finite number")
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise bad("true or false")
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise bad("text")
+        elif kind in ("str|None", "Optional[str]"):
+            if value is not None and not isinstance(value, str):
+                raise bad("text or null")
+        elif kind.startswith("tuple[int"):
+            if not isinstance(value, list) or not value or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**24 for v in value):
+                raise bad("a list of positive whole numbers")
+        elif kind.startswith("tuple[str"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise bad("a list of text")
+        elif kind == "dict":
+            if value is not None and not isinstance(value, dict):
+                raise bad("an object")
+
+
+# ---- reading weights --------------------------------------------------------------------------
+
+def _count(state: dict, pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in state if (m := rx.match(k))})
+
+
+#: (spec field, key pattern whose group(1) counts the blocks) of every repeated block.
+DEPTHS = (("num_layers", r"showo\.model\.layers\.(\d+)\."), ("semantic_layers", r"und_trans\.layers\.(\d+)\."),
+          ("head_layers", r"diffusion_head_a\.(\d+)\."))
+
+
+def check_depths(spec: ModelSpec, state: dict, where: str) -> None:
+    """Every depth (and the width) a config declares must be what the weights hold: compared from
+    the keys and shapes before a network is built, so an absurd config fails at once."""
+    for field_name, pattern in DEPTHS:
+        have, want = _count(state, pattern), getattr(spec, field_name)
+        if have != want:
+            raise ModelError(f"'{where}': the config says {field_name} = {want} but the weights hold {have} "
+                             "such block(s)")
+    emb = state.get("showo.model.embed_tokens.weight")
+    if emb is not None and tuple(emb.shape) != (spec.vocab_size, spec.hidden_size):
+        raise ModelError(f"'{where}': the config says vocab {spec.vocab_size} x hidden {spec.hidden_size} but the "
+                         f"embedding is {tuple(emb.shape)}")
+
+
+def _shape(state: dict, key: str, root: Path) -> tuple[int, ...]:
+    if key not in state:
+        raise ModelError(f"weights in '{root}' lack '{key}': not a Show-o2 checkpoint or incomplete")
+    return tuple(state[key].shape)
+
+
+def _typed(cfg: dict, key: str, kind: str, where) -> Any:
+    """``cfg[key]`` when it has the type a config of the official code gives it (``bool``,
+    ``int`` (positive), ``number`` (positive, finite) or ``dict``), None when absent or null; else
+    one ModelError: a wrong type would be misread (``bool("false")`` is true) or fail deep inside."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    ok = {"bool": lambda v: isinstance(v, bool),
+          "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+          "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
+          "dict": lambda v: isinstance(v, dict)}[kind](value)
+    if not ok:
+        wanted = {"bool": "true or false", "int": "a positive integer", "number": "a positive number",
+                  "dict": "an object"}[kind]
+        raise ModelError(f"'{where}': {key} must be {wanted}, got {str(value)[:20]}")
+    return value
+
+
+def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
+    """A full spec from the official config.json, the LLM/SigLIP configs and the weights' shapes."""
+    cfg, root = files.config, files.root
+    embed = _shape(state, "showo.model.embed_tokens.weight", root)
+    hidden = embed[1]
+    named = _registry_by_name(files.name, root, hidden)
+    base = named or spec_for_hidden_size(hidden)
+    llm_cfg = read_json(files.llm_config) if files.llm_config else {}
+    sig_cfg = read_json(files.siglip_config) if files.siglip_config else {}
+    sig_cfg = _typed(sig_cfg, "vision_config", "dict", files.siglip_config) or sig_cfg
+    if not llm_cfg and base is None:
+        raise ModelError(f"cannot tell the LLM's head count for '{root}': put the Qwen2 config.json "
+                         f"at llm_model_path ('{cfg.get('llm_model_path')}')")
+    for key in ("num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers", "hidden_size"):
+        value = llm_cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ModelError(f"'{files.llm_config}': {key} must be a positive integer, got {str(value)[:20]}")
+    if "num_attention_heads" not in llm_cfg and base is None:
+        raise ModelError(f"'{files.llm_config}' does not say num_attention_heads")
+    heads = int(llm_cfg.get("num_attention_heads") or base.num_heads)
+    head_dim = int(llm_cfg.get("head_dim") or hidden // heads)
+    kv_dim = _shape(state, "showo.model.layers.0.self_attn.k_proj.weight", root)[0]
+    und = _shape(state, "image_embedder_und.proj.weight", root)
+    clip_dim = und[0]
+    if not sig_cfg and (base is None or base.clip_latent_dim != clip_dim):
+        raise ModelError(f"cannot tell the semantic layers' head count for '{root}': put the SigLIP "
+                         f"config.json at clip_pretrained_model_path ('{cfg.get('clip_pretrained_model_path')}')")
+    q_norm = _shape(state, "diffusion_head_a.0.self_attn.q_norm.weight", root)[0]
+    tied = _typed(llm_cfg, "tie_word_embeddings", "bool", files.llm_config)
+    if tied is None:
+        tied = base.tie_word_embeddings if base else ("showo.lm_head.weight" not in state)
+    rope_theta = _typed(llm_cfg, "rope_theta", "number", files.llm_config) or _typed(
+        _typed(llm_cfg, "rope_parameters", "dict", files.llm_config) or {}, "rope_theta", "number", files.llm_config)
+    grid = int(cfg.get("image_latent_height") or 27)
+    patch = und[2]
+    tasks = base.tasks if base else (IMAGE_UND, T2I)
+    if "video-und" in files.name.lower() or "video-und" in str(root).lower():
+        tasks = tuple(dict.fromkeys((*tasks, VIDEO_UND)))
+    pos_rows = _shape(state, "position_embedding.weight", root)[0]
+    resolution = grid * patch * 8
+    visual = grid * grid + 1
+    changes = dict(
+        name=files.name, hidden_size=hidden, vocab_size=embed[0],
+        num_layers=_count(state, r"showo\.model\.layers\.(\d+)\."),
+        num_heads=heads, head_dim=head_dim, num_kv_heads=kv_dim // head_dim,
+        intermediate_size=_shape(state, "showo.model.layers.0.mlp.gate_proj.weight", root)[0],
+        rope_theta=float(rope_theta or (base.rope_theta if base else 1e6)),
+        rms_norm_eps=float(_typed(llm_cfg, "rms_norm_eps", "number", files.llm_config)
+                           or (base.rms_norm_eps if base else 1e-6)),
+        tie_word_embeddings=bool(tied),
+        max_position_embeddings=int(_typed(llm_cfg, "max_position_embeddings", "int", files.llm_config) or 32768),
+        clip_latent_dim=clip_dim, latent_channels=und[1], patch_size=patch,
+        semantic_layers=_count(state, r"und_trans\.layers\.(\d+)\."),
+        semantic_heads=int(_typed(sig_cfg, "num_attention_heads", "int", files.siglip_config)
+                           or (base.semantic_heads if base else 16)),
+        semantic_intermediate=_shape(state, "und_trans.layers.0.mlp.fc1.weight", root)[0],
+        semantic_eps=float(_typed(sig_cfg, "layer_norm_eps", "number", files.siglip_config) or 1e-6),
+        position_embedding_rows=pos_rows,
+        head_hidden=_shape(state, "diffusion_head_b.linear.weight", root)[1],
+        head_layers=_count(state, r"diffusion_head_a\.(\d+)\."),
+        head_dim_flow=q_norm,
+        head_heads=_shape(state, "diffusion_head_a.0.self_attn.q_proj.weight", root)[0] // q_norm,
+        head_kv_heads=_shape(state, "diffusion_head_a.0.self_attn.k_proj.weight", root)[0] // q_norm,
+        head_intermediate=_shape(state, "diffusion_head_a.0.mlp.gate_proj.weight", root)[0],
+        image_latent_grid=grid, tasks=tasks,
+    )
+    if named is None:
+        # the sequence budget the official code uses: the configured max_seq_len (default 1024),
+        # else the official model of this width's; the text budget is what the visual block leaves
+        configured = cfg.get("max_seq_len")
+        max_seq = int(configured) if isinstance(configured, int) and not isinstance(configured, bool) else \
+            (base.max_seq_len if base is not None else 1024)
+        if not 1 <= max_seq <= MAX_SEQ_LEN_LIMIT:
+            raise ModelError(f"'{root / 'config.json'}': max_seq_len must be 1 to {MAX_SEQ_LEN_LIMIT}, got {max_seq}")
+        changes.update(resolution=resolution, resolutions=(resolution,), video_resolution=resolution,
+                       max_seq_len=max(max_seq, visual + 4 + 16))
+    template = base if base is not None else REGISTRY["tiny"]
+    spec = template.replace(**changes)
+    spec.validate()
+    return spec
+
+
+def _registry_by_name(name: str, root: Path, hidden: int) -> ModelSpec | None:
+    """The registry variant a name or cache path refers to (longest repo name first)."""
+    texts = (name.lower(), str(root).lower().replace("--", "/"))
+    for spec in sorted(REGISTRY.values(), key=lambda s: -len(s.repo_id or "")):
+        if not spec.repo_id or spec.hidden_size != hidden:
+            continue
+        repo = spec.repo_id.lower()
+        if any(repo in t or t == spec.name.lower() or t.rstrip("/").endswith(repo.split("/")[1]) for t in texts):
+            return spec
+    return None
+
+
+def spec_from_files(files: ModelFiles, state: dict) -> ModelSpec:
+    if files.format == "showo2":
+        raw = files.config["showo2"]
+        if not isinstance(raw, dict) or not isinstance(raw.get("spec"), dict):
+            raise ModelError(f"'{files.root / 'config.json'}' has a malformed 'showo2' section")
+        check_spec_fields(raw["spec"], files.root / "config.json")
+        try:
+            return ModelSpec.from_dict(raw["spec"])
+        except (UsageError, TypeError, ValueError) as e:
+            raise ModelError(f"'{files.root / 'config.json'}': {e}") from e
+    try:
+        return spec_from_official(files, state)
+    except (UsageError, ValueError, ZeroDivisionError) as e:  # sizes that make no model
+        raise ModelError(f"'{files.root / 'config.json'}': {e}") from e
+
+
+__all__ = ["DEPTHS", "check_depths", "check_official_config", "check_spec_fields", "spec_from_files", "spec_from_official"]
