@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Every showo2 command once. MODEL defaults to the bundled demo; OUT to a fresh folder.
+# The generation, understanding and file commands once (info, t2i, caption, t2v, i2v, encode,
+# decode, models; chat, serve, pull, convert, init and train have their own README sections).
+# MODEL defaults to the bundled demo; OUT to a fresh folder.
 set -euo pipefail
 MODEL=${MODEL:-demo}
 OUT=${OUT:-$(mktemp -d)}

@@ -241,6 +241,22 @@ def test_released_checkpoints_refuse_video_generation(tmp_path, capsys, monkeypa
     assert code == 3 and not out.exists()
 
 
+def test_showo2_vae_is_the_fallback_after_the_models_own(tmp_path, monkeypatch):
+    """--help says "the model's, then $SHOWO2_VAE": the variable overrode the demo's own VAE (a
+    real Wan VAE would break it), and a path that did not exist was ignored silently."""
+    from showo2_cli.errors import ModelError
+    from showo2_cli.hub import bundled_demo_path, find_vae
+
+    other = tmp_path / "other-vae"
+    other.mkdir()
+    monkeypatch.setenv("SHOWO2_VAE", str(other))
+    assert find_vae(bundled_demo_path(), None) == bundled_demo_path() / "vae"
+    assert find_vae(tmp_path / "no-vae-here", None) == other
+    monkeypatch.setenv("SHOWO2_VAE", str(tmp_path / "missing"))
+    with pytest.raises(ModelError, match="SHOWO2_VAE names .*missing.*does not exist"):
+        find_vae(tmp_path / "no-vae-here", None)
+
+
 # ---- CLI --------------------------------------------------------------------------------------
 
 def test_t2i_writes_png_with_metadata_and_sidecar(tiny_model_dir, tmp_path, capsys):

@@ -282,14 +282,17 @@ def find_vae(root: Path, explicit: str | os.PathLike | None) -> Path | None:
         if path is None:
             raise ModelError(f"VAE '{short(str(explicit), 200)}' does not exist")
         return path
-    env = os.environ.get("SHOWO2_VAE")
-    if env and Path(env).exists():
-        return Path(env)
-    if (root / "vae" / "config.json").exists():
+    if (root / "vae" / "config.json").exists():  # the model's own VAE, then $SHOWO2_VAE, then the cache
         return root / "vae"
     pths = sorted(root.glob("Wan2.1_VAE*.pth")) + sorted(root.glob("Wan2.1_VAE*.safetensors"))
     if pths:
         return pths[0]
+    env = os.environ.get("SHOWO2_VAE", "").strip()
+    if env:
+        path = existing_path(env)
+        if path is None:
+            raise ModelError(f"$SHOWO2_VAE names '{short(env, 200)}', which does not exist")
+        return path
     found = hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
     if found is not None:
         return found

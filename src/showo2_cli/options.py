@@ -155,6 +155,24 @@ def plain_numbers(options) -> None:
             setattr(options, f.name, value.item())
 
 
+#: the memory limit for a job when ``--max-memory`` is not given (GB; 0: no limit)
+MAX_MEMORY_ENV = "SHOWO2_MAX_MEMORY_GB"
+
+
+def env_memory_limit() -> float | None:
+    """``$SHOWO2_MAX_MEMORY_GB`` as GB (0: no limit), None when unset; anything else is a UsageError."""
+    raw = os.environ.get(MAX_MEMORY_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"{MAX_MEMORY_ENV} must be a number of GB, got {short(raw)}") from None
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{MAX_MEMORY_ENV} must be a number of GB >= 0 (0: no limit), got {short(raw)}")
+    return value
+
+
 @dataclass
 class RuntimeOptions:
     """Where and how a model runs: ``device`` (auto|cpu|cuda[:N]|mps), ``dtype`` (auto|fp32|bf16|fp16),
@@ -178,6 +196,8 @@ class RuntimeOptions:
         check_device(self.device)
         check_dtype(self.dtype)
         check_number("--max-memory", self.max_memory_gb, 0)
+        if self.max_memory_gb is None:
+            env_memory_limit()  # a bad $SHOWO2_MAX_MEMORY_GB fails now, not after the model loads
         check_choice("--offload", self.offload, tuple(OFFLOAD_MODES), allow_none=False)
         check_choice("--attn", self.attn, tuple(ATTN_BACKENDS), allow_none=False)
         check_choice("--vae-tiling", self.vae_tiling, tuple(VAE_TILING), allow_none=False)

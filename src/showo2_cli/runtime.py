@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import ResourceError, UsageError
-from .options import DTYPES, OFFLOAD_MODES
+from .options import DTYPES, MAX_MEMORY_ENV, OFFLOAD_MODES, env_memory_limit
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -111,7 +111,6 @@ def enable_offload(bundle, mode: str, device: str | torch.device) -> None:
 
 # ---- memory guard -----------------------------------------------------------------------------
 
-MAX_MEMORY_ENV = "SHOWO2_MAX_MEMORY_GB"
 
 
 def available_memory_gb(device: str | torch.device = "cpu") -> float | None:
@@ -161,19 +160,21 @@ def memory_limit_gb(option: float | None = None, device: str | torch.device = "c
     ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on ``device``. 0 means no limit."""
     if option is not None:
         value, source = option, "--max-memory"
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"{source} must be a number of GB >= 0 (0: no limit), got {value}")
     else:
-        raw = os.environ.get(MAX_MEMORY_ENV, "").strip()
-        if raw:
-            try:
-                value = float(raw)
-            except ValueError:
-                raise UsageError(f"{MAX_MEMORY_ENV} must be a number of GB, got {raw!r}") from None
-            source = MAX_MEMORY_ENV
-        else:
+        value, source = env_memory_limit(), MAX_MEMORY_ENV
+        if value is None:
             return available_memory_gb(device), "available memory"
-    if not math.isfinite(value) or value < 0:
-        raise UsageError(f"{source} must be a number of GB >= 0 (0: no limit), got {value}")
     return (value or None), source
+
+
+def _gb(value: float) -> str:
+    """A memory size as people read it: 2.5 GB, 120 MB, 3 KB (never "0.0 GB" beside "0.0 GB")."""
+    for unit, scale in (("GB", 1.0), ("MB", 1e3), ("KB", 1e6)):
+        if value * scale >= 1 or unit == "KB":
+            return f"{value * scale:.1f} {unit}"
+    return ""
 
 
 def check_memory(need_gb: float, what: str, option: float | None = None,
@@ -183,7 +184,7 @@ def check_memory(need_gb: float, what: str, option: float | None = None,
     if limit is None or need_gb <= limit:
         return
     where = "of available memory" if source == "available memory" else f"allowed by {source}"
-    raise ResourceError(f"{what} needs about {need_gb:.1f} GB, more than the {limit:.1f} GB {where}"
+    raise ResourceError(f"{what} needs about {_gb(need_gb)}, more than the {_gb(limit)} {where}"
                         + (f"; {advice}" if advice else "")
                         + f" (raise the limit with --max-memory or {MAX_MEMORY_ENV})")
 

@@ -148,19 +148,21 @@ class TrainingRows:
     asked at inference what it was trained on."""
 
     def __init__(self, tokenizer, tokens: SpecialTokens):
-        from .tokenizer import encode_text  # (tokenizer imports this module)
+        from .tokenizer import encode_prefix, encode_text  # (tokenizer imports this module)
 
-        self.tokenizer, self.tokens, self._encode = tokenizer, tokens, encode_text
+        self.tokenizer, self.tokens, self._prefix = tokenizer, tokens, encode_prefix
         self.system = encode_text(tokenizer, SYSTEM_PROMPT)
         self.user = encode_text(tokenizer, USER_PREFIX)
         self.assistant = encode_text(tokenizer, ASSISTANT_PREFIX)
         self.newline = encode_text(tokenizer, "\n")
 
-    def encode(self, text: str) -> list[int]:
-        return self._encode(self.tokenizer, text) if text else []
+    def encode(self, text: str, limit: int) -> list[int]:
+        """The first ``limit`` tokens of ``text``: a text of any length costs work for those only."""
+        return self._prefix(self.tokenizer, text, limit) if text else []
 
     def generation(self, prompt: str, num_visual: int, max_seq_len: int, video: bool) -> tuple[list[int], tuple[int, int]]:
-        layout = generation_layout([self.encode(prompt)], num_visual, self.tokens, max_seq_len, video=video)
+        layout = generation_layout([self.encode(prompt, max_seq_len)], num_visual, self.tokens, max_seq_len,
+                                   video=video)
         offset, length = (int(v) for v in layout.slots[0, 0])
         end = offset + length + 2  # eoi, eos
         return layout.input_ids[0, :end].tolist(), (offset, length)
@@ -186,12 +188,12 @@ class TrainingRows:
                 ids.extend(block)
                 labels.extend([tk.boi] + [IGNORE] * num_visual + [tk.eoi])
             answer = sample.text or (sample.turns[0][1] if sample.turns else "")
-            put(self.encode(answer)[:MAX_TARGET_TOKENS] + [tk.eos], True)
+            put(self.encode(answer, MAX_TARGET_TOKENS) + [tk.eos], True)
         else:
             for i, (question, answer) in enumerate(sample.turns):
                 q = question.replace("<image>", "").strip()
                 if sample.format == "tuning" and i == 0 and block:  # the inference prompt itself
-                    q_ids = self.encode(q)[:MAX_SOURCE_TOKENS - len(self.newline)]
+                    q_ids = self.encode(q, MAX_SOURCE_TOKENS - len(self.newline))
                     layout = understanding_layout(q_ids, num_visual - 1, tk, self.system, self.user, self.assistant,
                                                   mask_mode="training", template="training", newline=self.newline)
                     ids.clear()
@@ -209,11 +211,11 @@ class TrainingRows:
                         slot = (len(ids) + len(src) + 1, num_visual)
                         src += block
                     elif q and not (sample.format == "pretraining" and "<image>" in question):
-                        src += self.encode(q)[:MAX_SOURCE_TOKENS]
+                        src += self.encode(q, MAX_SOURCE_TOKENS)
                     if sample.format == "tuning":
                         src += [tk.eos] + self.assistant
                     put(src, False)
-                put(self.encode(answer)[:MAX_TARGET_TOKENS] + [tk.eos], True)
+                put(self.encode(answer, MAX_TARGET_TOKENS) + [tk.eos], True)
         if slot[1] and slot[0] + slot[1] + 1 > max_seq_len:
             raise UsageError(f"data[{sample.source}].max_seq_len: {max_seq_len} tokens cannot hold the "
                              f"{num_visual} visual positions of an understanding row and its prompt "

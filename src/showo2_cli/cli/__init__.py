@@ -9,6 +9,7 @@ stderr. Errors are one line on stderr with a documented exit code (see ``errors.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -210,6 +211,11 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
     except BrokenPipeError:  # the reader went away (`| head -c1`): stop quietly, as Unix tools do
         _quiet_stdout()
         return 141
+    except SystemExit as e:  # typer catches a broken pipe itself and exits 1: still the reader gone
+        if isinstance(e.__context__, OSError) and e.__context__.errno == errno.EPIPE:
+            _quiet_stdout()
+            return 141
+        raise
     except click_types as e:
         if STATE["debug"]:
             traceback.print_exc()

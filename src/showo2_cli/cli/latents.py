@@ -13,7 +13,6 @@ from ..options import check_fps
 from .common import (
     DeviceOpt,
     Dtype,
-    DtypeOpt,
     JsonOpt,
     MaxMemOpt,
     ModelOpt,
@@ -29,6 +28,10 @@ from .common import (
     value,
 )
 
+#: encode/decode default to float32 (latents to compare or reuse elsewhere); auto is the model commands' default
+LatentsDtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="fp32 by default (exact latents); auto: bf16 on "
+                                                "CUDA, fp32 elsewhere.")]
+
 
 def encode(
     media: Annotated[Path, typer.Argument(help="An image or a video.")],
@@ -40,7 +43,7 @@ def encode(
     sample: Annotated[bool, typer.Option("--sample", help="Draw the posterior sample (official training/understanding behaviour) instead of the mean.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for --sample, 0 to 2^63-1.")] = None,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = Dtype.fp32,
+    dtype: LatentsDtypeOpt = Dtype.fp32,
     max_memory: MaxMemOpt = None,
     vae_tiling: VaeTilingOpt = "auto",
     overwrite: OverwriteOpt = False,
@@ -114,7 +117,7 @@ def decode(
     vae: VaeOpt = None,
     fps: Annotated[float | None, typer.Option("--fps", help="Frames per second (default: the source's, else 8).")] = None,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = Dtype.fp32,
+    dtype: LatentsDtypeOpt = Dtype.fp32,
     max_memory: MaxMemOpt = None,
     vae_tiling: VaeTilingOpt = "auto",
     overwrite: OverwriteOpt = False,

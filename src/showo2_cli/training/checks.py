@@ -7,6 +7,8 @@ import dataclasses
 from pathlib import Path
 
 from ..errors import UsageError
+from ..media.geometry import MAX_SIDE
+from ..options import MAX_VIDEO_FRAMES
 from .schema import (
     DEVICES,
     FIT_STATS,
@@ -40,6 +42,16 @@ def _positive(value, where, zero_ok=False):
         return
     if value < 0 or (value == 0 and not zero_ok):
         raise field_error(where, f"must be {'zero or more' if zero_ok else 'positive'}, got {value!r}")
+
+
+MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6  # a data source's share: relative weights beyond these mix nothing sensible
+MAX_LR = 10.0  # far above any AdamW rate (1e-5 .. 1e-3); 1e30 saved 1e30 weights, 1e39 overflowed
+
+
+def _learning_rate(value, where):
+    _positive(value, where, zero_ok=True)
+    if value is not None and value > MAX_LR:
+        raise field_error(where, f"must be at most {MAX_LR:g} (AdamW rates are about 1e-5 to 1e-3), got {value!r}")
 
 
 def _strings(values, where):
@@ -134,7 +146,7 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
             raise field_error(f"{w}data[{i}].role", f"'{s.role}' has batch size 0: set batch.{s.role}")
 
     o = cfg.optim
-    _positive(o.lr, w + "optim.lr", zero_ok=True)
+    _learning_rate(o.lr, w + "optim.lr")
     _strings(o.frozen, w + "optim.frozen")
     _one_of(o.ungrouped, UNGROUPED, w + "optim.ungrouped")
     names = set()
@@ -148,7 +160,7 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
         if not g.patterns:
             raise field_error(gw + ".patterns", "needs at least one parameter-name substring")
         _strings(g.patterns, gw + ".patterns")
-        _positive(g.lr, gw + ".lr", zero_ok=True)
+        _learning_rate(g.lr, gw + ".lr")
         _positive(g.weight_decay, gw + ".weight_decay", zero_ok=True)
     _positive(o.weight_decay, w + "optim.weight_decay", zero_ok=True)
     if len(o.betas) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1
@@ -293,11 +305,11 @@ def _validate_source(s: DataSource, w: str, mode: str) -> None:
         raise field_error(w + ".role", f"llava sources feed understanding (mmu, mmu_vid), got '{s.role}'")
     if s.root and not Path(s.root).is_dir():
         raise field_error(w + ".root", f"'{s.root}' is not a folder")
-    if s.resolution is not None and (s.resolution <= 0 or s.resolution % 16):
-        raise field_error(w + ".resolution", f"must be a positive multiple of 16, got {s.resolution}")
+    if s.resolution is not None and (s.resolution <= 0 or s.resolution % 16 or s.resolution > MAX_SIDE):
+        raise field_error(w + ".resolution", f"must be a positive multiple of 16 up to {MAX_SIDE}, got {s.resolution}")
     if s.frames is not None:
-        if s.frames < 1:
-            raise field_error(w + ".frames", f"must be at least 1, got {s.frames}")
+        if not 1 <= s.frames <= MAX_VIDEO_FRAMES:
+            raise field_error(w + ".frames", f"must be 1 to {MAX_VIDEO_FRAMES}, got {s.frames}")
         if s.role in ("t2v", "vae") and (s.frames - 1) % 4:
             lower = 1 + (s.frames - 1) // 4 * 4
             raise field_error(w + ".frames", f"the VAE needs 1 + 4k frames (e.g. {lower} or {lower + 4}), got {s.frames}")
@@ -316,6 +328,8 @@ def _validate_source(s: DataSource, w: str, mode: str) -> None:
             raise field_error(w + ".size", "only shapes sources have a size (a folder/file has its own)")
         _positive(s.size, w + ".size")
     _positive(s.weight, w + ".weight")
+    if s.weight is not None and not MIN_WEIGHT <= s.weight <= MAX_WEIGHT:  # 1e308 overflowed the mixing sum
+        raise field_error(w + ".weight", f"must be between {MIN_WEIGHT:g} and {MAX_WEIGHT:g}, got {s.weight!r}")
     if s.max_seq_len is not None and s.max_seq_len < 8:
         raise field_error(w + ".max_seq_len", f"must be at least 8, got {s.max_seq_len}")
     _positive(s.min_res, w + ".min_res", zero_ok=True)

@@ -246,6 +246,8 @@ class PairsSource(Source):
         for key in ("prompt", "caption", "text"):
             if isinstance(rec.get(key), str):
                 return rec[key]
+            if rec.get(key) is not None:  # a list or a number was read as no caption (the unconditional row)
+                raise InputError(f"'{self.spec.path}' record {i} {key} must be text, got {type(rec[key]).__name__}")
         cap = rec.get("caption_file")
         if cap is None or cap == "":
             return ""

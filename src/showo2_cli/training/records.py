@@ -15,6 +15,10 @@ import numpy as np
 from ..errors import InputError, one_line
 from .schema import DataSource
 
+#: one record (a JSONL line, an element of a JSON array): larger is no caption or conversation,
+#: and parsing it would take memory without bound (a 400 MB line was killed at 22 GB)
+MAX_RECORD_BYTES = 8 << 20
+
 
 def _file_key(path: Path) -> str:
     st = path.stat()
@@ -84,6 +88,9 @@ def _json_array(path: Path, f, chunk: int, decoder, utf8):
             if eof:
                 raise InputError(f"'{path}' is not valid JSON: {e}") from e
             cut = True
+        if (end if not cut else len(buf)) - pos > MAX_RECORD_BYTES:
+            raise InputError(f"'{path}' holds an element over {MAX_RECORD_BYTES >> 20} MiB: not a caption or "
+                             "conversation")
         if cut:  # an element cut by the chunk boundary: read more and retry
             data = f.read(chunk)
             eof = not data
@@ -159,7 +166,10 @@ class Records:
     def __getitem__(self, i: int) -> dict:
         with open(self.records, "rb") as f:
             f.seek(int(self._offsets[i]))
-            line = f.readline()
+            line = f.readline(MAX_RECORD_BYTES + 1)
+        if len(line) > MAX_RECORD_BYTES:
+            raise InputError(f"'{self.records}' record {i} is over {MAX_RECORD_BYTES >> 20} MiB: not a caption or "
+                             "conversation")
         try:
             value = json.loads(line)
         except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; nesting too deep

@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ..errors import ModelError, OutputError, UsageError
+from ..errors import ModelError, OutputError, UsageError, short
 from . import checkpoint as ckpt
 from .control import StopRequest, check_trackers, chunks, flat_config, ignore_sigint, peak_rss_mb
 from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mix, step_keys
@@ -101,6 +102,44 @@ def _mixed_precision(cfg: TrainConfig, cpu: bool) -> str:
 
 # ---- the run ------------------------------------------------------------------------------------
 
+LOCK_FILE = ".showo2-train.lock"
+_HELD: dict[str, Any] = {}  # output folders this process holds, by resolved path
+
+
+def _lock_run(output_dir: Path):
+    """Hold ``output_dir`` for this run (an advisory lock the OS drops when the process ends): a
+    second ``train`` on the same folder interleaved its metrics and pruned the other's checkpoints.
+    Returns the key to release with :func:`_unlock_run` (None: not taken here)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): unguarded
+        return None
+    key = str(output_dir.resolve())
+    if key in _HELD:  # this process holds it already (a Run set up by hand before)
+        return None
+    fh = open(output_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the whole run)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read(20).strip()
+        fh.close()
+        raise OutputError(f"'{output_dir}' is in use by another showo2 train run{f' (pid {pid})' if pid else ''}: "
+                          "wait for it to end, or choose another output_dir") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    _HELD[key] = fh
+    return key
+
+
+def _unlock_run(key: str | None) -> None:
+    fh = _HELD.pop(key, None) if key is not None else None
+    if fh is not None:
+        fh.close()
+
+
 class Run:
     """One invocation of a training run (build, resume, loop, save)."""
 
@@ -154,6 +193,7 @@ class Run:
                 raise OutputError(f"cannot create output_dir '{self.output_dir}': {e.strerror or e}") from e
             if not os.access(self.output_dir, os.W_OK):
                 raise OutputError(f"output_dir '{self.output_dir}' is read-only")
+            self._lock = _lock_run(self.output_dir)  # before cleaning: another run's staging is not ours
             for p in ckpt.clean_partials(self.output_dir):
                 self.notice(f"removed the incomplete checkpoint '{p.name}' left by an earlier crash")
         self.acc.wait_for_everyone()
@@ -307,6 +347,7 @@ class Run:
     # -- saving --
     def save(self, step: int) -> Path | None:
         self.acc.wait_for_everyone()
+        self._check_finite(step)
         path = None
         self.objective.before_save()
         if self.acc.is_main_process:
@@ -315,6 +356,15 @@ class Run:
             self.emit("checkpoint", step=step, path=str(path))
         self.acc.wait_for_everyone()
         return path if path is not None else self.output_dir / ckpt.checkpoint_name(step)
+
+    def _check_finite(self, step: int) -> None:
+        """The weights to save are finite: the loss is checked before each update, so the last
+        update of a run (a learning rate that overflows, a corrupt optimizer state) is seen only here."""
+        for name, p in self.module.named_parameters():
+            if p.requires_grad and not bool(torch.isfinite(p.detach()).all()):
+                raise UsageError(f"the weights became non-finite at step {step} ({short(name, 60)}): no checkpoint "
+                                 "was written; lower the learning rate (optim.lr / optim.groups) or resume from an "
+                                 "earlier checkpoint")
 
     def _write(self, dst: Path, step: int) -> None:
         self.objective.write(dst, step)
@@ -355,16 +405,22 @@ class Run:
 
     def run(self) -> TrainResult:
         try:
-            self.setup()
-        except BaseException:
-            self._remove_new_output()
-            raise
-        try:
-            return self._train()
-        except Exception:  # e.g. unusable data at the first step (an interruption saves a checkpoint)
-            if not self._stepped:
+            try:
+                self.setup()
+            except BaseException:
                 self._remove_new_output()
-            raise
+                raise
+            try:
+                return self._train()
+            except Exception:  # e.g. unusable data at the first step (an interruption saves a checkpoint)
+                if not self._stepped:
+                    self._remove_new_output()
+                raise
+        finally:
+            _unlock_run(self._lock)  # the folder is free for the next run (in this process too)
+            self._lock = None
+
+    _lock = None  # the key of the output_dir's lock, held while the run lasts
 
     _stepped = False  # an optimizer step has run in this process
 
@@ -384,6 +440,7 @@ class Run:
         data = loader(self.dataset, sampler, cfg.run.num_workers, worker_init_fn=ignore_sigint)
         interrupted = False
         last_loss = None
+        saved = None  # the step of the last checkpoint written by this loop
         window = {"n": 0, "loss": 0.0, "skipped": 0, "t": time.perf_counter(), **dict.fromkeys(self.objective.log_keys, 0.0)}
         rate = None
         samples_written: list[str] = []
@@ -430,7 +487,7 @@ class Run:
                     samples_written += paths
                     self.emit("samples", step=step, paths=paths)
                 if cfg.run.save_every and step % cfg.run.save_every == 0 and step < stop_at:
-                    self.save(step)
+                    final, saved = self.save(step), step
                 if self._should_stop(stop):
                     interrupted = True
                     break
@@ -438,7 +495,7 @@ class Run:
             interrupted = True  # the data ended early: cannot happen with endless streams
         if step == self.start_step and self.resumed_from is not None:
             final = self.resumed_from  # nothing new to save
-        else:
+        elif step != saved:  # a stop right after a periodic save: that checkpoint is the final one
             final = self.save(step)
         seconds = time.perf_counter() - self.t_start
         done = step - self.start_step
