@@ -12,7 +12,11 @@ It serves what ``snapshot_download`` / ``hf_hub_download`` ask for:
 * unknown repos answer 404 with ``X-Error-Code: RepoNotFound``, as the Hub does.
 
 Faults for the tests: ``fail[path] = 500`` answers that status for that file's download;
-``truncate[path] = n`` sends only the first n bytes of the body and closes the connection.
+``truncate[path] = n`` sends only the first n bytes of the body and closes the connection;
+``stall[path] = n`` sends the first n bytes, then nothing until the server stops (``stall["api"]``:
+the listing call is accepted and never answered); ``serve[path] = bytes`` sends other bytes (with
+their length) than the listing describes; ``listed_size[path] = n`` advertises another size in
+the listing.
 Every request is recorded in :attr:`requests` (method, path).
 """
 
@@ -59,6 +63,10 @@ class LocalHub:
         self.requests: list[tuple[str, str]] = []
         self.fail: dict[str, int] = {}
         self.truncate: dict[str, int] = {}
+        self.stall: dict[str, int] = {}
+        self.serve: dict[str, bytes] = {}
+        self.listed_size: dict[str, int] = {}
+        self.stopping = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -95,6 +103,7 @@ class LocalHub:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -153,13 +162,16 @@ class LocalHub:
                 repo, rest = self.find_repo(parts)
                 if repo is None:
                     return self.not_found()
+                if "api" in hub.stall:
+                    hub.stopping.wait()
+                    return
                 if not rest or rest[0] == "revision":
                     repo = hub.version(repo, rest[1]) if rest else repo
                     if repo is None:
                         return self.not_found("RevisionNotFound")
                     return self.send_json({"id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.sha,
                                            "private": False, "disabled": False, "gated": False,
-                                           "siblings": [{"rfilename": p, "size": len(b)} for p, b in sorted(repo.files.items())]})
+                                           "siblings": [self.sibling(repo, p) for p in sorted(repo.files)]})
                 if rest[0] == "tree":
                     repo = hub.version(repo, rest[1]) if len(rest) > 1 else repo
                     if repo is None:
@@ -171,12 +183,19 @@ class LocalHub:
                     return self.send_json([repo.tree_entry(p) for p in paths])
                 return self.not_found("EntryNotFound")
 
+            def sibling(self, repo: Repo, path: str) -> dict:
+                entry = repo.tree_entry(path)
+                out = {"rfilename": path, "size": hub.listed_size.get(path, entry["size"]), "blobId": entry["oid"]}
+                if "lfs" in entry:
+                    out["lfs"] = {"sha256": entry["lfs"]["oid"], "size": out["size"], "pointerSize": 134}
+                return out
+
             def resolve(self, repo: Repo, rev: str, path: str, head: bool):
                 found = hub.version(repo, rev)
                 if found is None or path not in found.files:
                     return self.not_found("EntryNotFound" if found is not None else "RevisionNotFound", head=head)
                 repo = found
-                data = repo.files[path]
+                data = hub.serve.get(path, repo.files[path])
                 headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{repo.etag(path)}"', "Accept-Ranges": "bytes",
                            "Content-Type": "application/octet-stream"}
                 if not head and path in hub.fail:
@@ -194,6 +213,16 @@ class LocalHub:
                     self.end_headers()
                     self.wfile.write(body[: hub.truncate[path]])
                     self.wfile.flush()
+                    self.close_connection = True
+                    return
+                if not head and path in hub.stall:
+                    self.send_response(206 if start else 200)
+                    for k, v in headers.items():
+                        self.send_header(k, str(v))
+                    self.end_headers()
+                    self.wfile.write(body[: hub.stall[path]])
+                    self.wfile.flush()
+                    hub.stopping.wait()
                     self.close_connection = True
                     return
                 if start:
