@@ -274,6 +274,148 @@ def test_a_cut_download_leaves_no_half_model(hub, tmp_path):
     assert pull(repo).missing == []
 
 
+def small_repo(hub: LocalHub, repo: str = "acme/small") -> str:
+    """A repo download_model takes (a config, one LFS weight file); no model loads from it."""
+    hub.add(repo, {"config.json": b"{}", "model.safetensors": bytes(range(256)) * 200})
+    return repo
+
+
+def blobs_of(hub: LocalHub, repo: str) -> list[str]:
+    folder = hub.cache / f"models--{repo.replace('/', '--')}" / "blobs"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_a_hub_that_stops_answering_fails_in_bounded_time(hub, monkeypatch):
+    """The listing call accepted and never answered, a body that stops mid-file: each fails after
+    SHOWO2_HUB_STALL_SECONDS with one line naming the endpoint, no .incomplete file left."""
+    import time
+
+    import huggingface_hub.constants as C
+
+    from showo2_cli.hub import cached_snapshot, download_model
+
+    monkeypatch.setenv("SHOWO2_HUB_STALL_SECONDS", "1.5")
+    for name in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):  # the abandoned worker's reads end soon
+        monkeypatch.setattr(C, name, 1)
+    repo = small_repo(hub)
+    for fault in ("api", "model.safetensors"):
+        hub.stall[fault] = 100
+        start = time.monotonic()
+        with pytest.raises(ModelError, match="stalled|did not answer in time") as e:
+            download_model(repo)
+        assert time.monotonic() - start < 15 and hub.url in str(e.value) and "\n" not in str(e.value)
+        assert not [b for b in blobs_of(hub, repo) if b.endswith(".incomplete")]
+        assert cached_snapshot(repo) is None
+        del hub.stall[fault]
+    monkeypatch.setenv("SHOWO2_HUB_STALL_SECONDS", "60")  # the retry may wait for the abandoned worker's lock
+    assert (download_model(repo) / "model.safetensors").is_file()
+
+
+def test_names_and_listings_huggingface_hub_rejects_are_model_errors(hub):
+    from showo2_cli.hub import _as_model_error, model_files, pull, repo_id_for, resolve_root
+
+    for bad in ("a/..", "acme/x--y", "acme/.hidden", "acme/x.", "acme/" + "x" * 100):
+        assert repo_id_for(bad) is None
+        with pytest.raises(ModelError, match="neither a known variant"):
+            pull(bad)
+        with pytest.raises(ModelError, match="no model"):
+            resolve_root(bad)
+    listing = ["config.json", "model.safetensors", "../x/config.json", "/x/config.json", "x/../config.json"]
+    assert model_files(listing, {"llm_model_path": "../x"}) == ["config.json", "model.safetensors"]
+    err = _as_model_error("acme/x", "model", ValueError("Invalid path\nsecond line"))
+    assert isinstance(err, ModelError) and "\n" not in str(err)
+
+
+def test_sizes_are_checked_before_downloading(hub):
+    from showo2_cli.hub import download_model
+
+    repo = small_repo(hub)
+    hub.listed_size["config.json"] = 10**9
+    with pytest.raises(ModelError, match="config.json.*more than the 16 MiB"):
+        download_model(repo)
+    del hub.listed_size["config.json"]
+    hub.listed_size["model.safetensors"] = 10**16  # 10 PB: more than any disk's free space
+    with pytest.raises(ModelError, match="needs .* GB but the Hugging Face cache .* free"):
+        download_model(repo)
+    assert [d for d in hub.downloads() if d.endswith("model.safetensors")] == []
+
+
+def test_a_file_that_does_not_match_its_checksum_is_removed(hub):
+    """A mirror serving other bytes (same size, or a shorter file it announces consistently)."""
+    from showo2_cli.hub import cached_snapshot, download_model
+
+    repo = small_repo(hub)
+    good = hub.repos[repo].files["model.safetensors"]
+    for other in (b"\1" * len(good), good[:1000]):
+        hub.serve["model.safetensors"] = other
+        with pytest.raises(ModelError, match="does not match its checksum.*removed, pull again"):
+            download_model(repo)
+        snaps = hub.cache / "models--acme--small" / "snapshots"
+        assert not list(snaps.glob("*/model.safetensors")) and cached_snapshot(repo) is None
+        assert len(blobs_of(hub, repo)) == 1  # the config only
+    del hub.serve["model.safetensors"]
+    assert (download_model(repo) / "model.safetensors").read_bytes() == good
+
+
+def test_file_download_errors_name_the_http_status(hub):
+    from showo2_cli.hub import download_model
+
+    repo = small_repo(hub)
+    for status in (403, 404, 429):
+        hub.fail["model.safetensors"] = status
+        with pytest.raises(ModelError, match=f"answered HTTP {status}") as e:
+            download_model(repo)
+        assert "\n" not in str(e.value) and "resume" not in str(e.value)
+
+
+def test_a_cache_entry_without_a_listing_needs_config_and_weights(hub):
+    from huggingface_hub import hf_hub_download
+
+    from showo2_cli.hub import cached_snapshot, needs_download, pull
+
+    repo = small_repo(hub)
+    hf_hub_download(repo, "config.json")  # as `hf download REPO config.json` leaves it: no listing
+    assert cached_snapshot(repo) is None and needs_download(repo)
+    hf_hub_download(repo, "model.safetensors")
+    assert cached_snapshot(repo) is not None
+    with pytest.raises(ModelError):
+        pull("acme/x--y")
+
+
+def test_a_cached_model_without_its_companions_needs_a_download(hub, tmp_path):
+    from showo2_cli.hub import download_model, needs_download, pull
+
+    repo = official_repos(hub, tmp_path)
+    download_model(repo)  # the model's own repo only: no tokenizer, no VAE
+    assert needs_download(repo)
+    pull(repo)
+    assert not needs_download(repo)
+
+
+@pytest.mark.slow
+def test_cli_pull_interrupted_or_stalled_exits_at_once_and_cleans_up(hub, tmp_path):
+    import signal
+    import time
+
+    repo = small_repo(hub)
+    hub.stall["model.safetensors"] = 100
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(hub.cache), "HF_HUB_OFFLINE": "0",
+           "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "SHOWO2_HUB_STALL_SECONDS": "600"}
+    run = [sys.executable, "-m", "showo2_cli.cli", "pull", repo]
+    proc = subprocess.Popen(run, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(b.endswith(".incomplete") for b in blobs_of(hub, repo)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert not [b for b in blobs_of(hub, repo) if b.endswith(".incomplete")]
+    env["SHOWO2_HUB_STALL_SECONDS"] = "2"
+    out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 4 and "stalled" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not [b for b in blobs_of(hub, repo) if b.endswith(".incomplete")]
+
+
 @pytest.mark.slow
 def test_cli_pull_then_offline_caption(hub, tmp_path, media_dir):
     """`showo2 pull` in a subprocess with the real environment variables, then a command offline."""

@@ -23,14 +23,21 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from tqdm.std import tqdm as _std_tqdm
-
 from .errors import ModelError, UsageError, short
+from .hub_download import (  # noqa: F401  (the download machinery, importable from here as before)
+    ABANDONED,
+    STALL_ENV,
+    RemoteFile,
+    _as_model_error,
+    _Bytes,
+    _cause,
+    remote_listing,
+)
+from .hub_download import download as _download
 from .weights import read_json
 
 Progress = Callable[[str, int, int], None]
@@ -93,9 +100,21 @@ def repo_id_for(name: str) -> str | None:
     for key, spec in REGISTRY.items():
         if key.lower() == text.lower() and spec.repo_id:
             return spec.repo_id
-    if REPO_ID.fullmatch(text) and not text.startswith((".", "/")):
-        return text
-    return None
+    return text if is_repo_id(text) else None
+
+
+def is_repo_id(text: str) -> bool:
+    """``owner/name`` as the Hub accepts it (huggingface_hub's own validator: no ``..``, ``--``,
+    leading ``.``, trailing ``.``, at most 96 characters)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(text, str) or not REPO_ID.fullmatch(text) or text.startswith((".", "/")):
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return not any(part.startswith(".") or part.endswith(".") for part in text.split("/"))
 
 
 def offline() -> bool:
@@ -258,7 +277,7 @@ def local_or_cached_dir(ref: str | None, root: Path, filename: str) -> Path | No
         found = existing_path(Path(cand) / filename)
         if found is not None:
             return found.parent
-    if REPO_ID.fullmatch(ref):
+    if is_repo_id(ref):
         found = hf_cached_file(ref, filename)
         if found is not None:
             return found.parent
@@ -334,7 +353,7 @@ def tokenizer_files(names: set[str], folder: str = "") -> list[str]:
 def model_files(listing: list[str], config: dict | None) -> list[str]:
     """The files of a Show-o2 repo to fetch: config, one weight set, tokenizer files, a VAE, and
     the LLM/SigLIP config folders when ``config`` points inside the repo (``llm_model_path: llm``)."""
-    names = set(listing)
+    names = {n for n in listing if _safe_name(n)}
     chosen = ["config.json", *weight_files(names), *tokenizer_files(names), *tokenizer_files(names, "tokenizer")]
     if "vae/config.json" in names:
         chosen += ["vae/config.json", *weight_files(names, "vae")]
@@ -348,9 +367,15 @@ def model_files(listing: list[str], config: dict | None) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
+def _safe_name(name: str) -> bool:
+    """A relative file name inside the repo: no ``..`` or ``.`` parts, not absolute, no backslash."""
+    return (isinstance(name, str) and bool(name) and not name.startswith("/") and "\\" not in name
+            and all(part not in ("", ".", "..") for part in name.split("/")))
+
+
 def tokenizer_repo_files(listing: list[str]) -> list[str]:
     """From an LLM repo (Qwen2.5): its config.json and tokenizer files, never its weights."""
-    names = set(listing)
+    names = {n for n in listing if _safe_name(n)}
     return [n for n in ("config.json",) if n in names] + tokenizer_files(names)
 
 
@@ -386,7 +411,8 @@ def cached_snapshot(repo_id: str, role: str = "model", revision: str | None = No
     Where huggingface_hub recorded the repo's file listing, the snapshot must hold every file that
     :func:`model_files` (``role="model"``) or :func:`tokenizer_repo_files` (``role="tokenizer"``)
     selects from it, so a half-finished download is not a model; without a listing (an older
-    cache), the folder as it is. ``revision``: that commit, tag or branch (default ``main``)."""
+    cache, a single file fetched by ``hf download``), the folder when it holds a config.json and a
+    whole weight set (a tokenizer file for ``role="tokenizer"``). ``revision``: that commit, tag or branch (default ``main``)."""
     from huggingface_hub import snapshot_download
 
     if not _cache_ref_readable(repo_id, revision):
@@ -397,152 +423,89 @@ def cached_snapshot(repo_id: str, role: str = "model", revision: str | None = No
         patterns = (model_files(listing, _cached_config(repo_id, revision)) if role == "model"
                     else tokenizer_repo_files(listing))
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns, revision=revision))
+        snap = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns, revision=revision))
     except Exception:
         return None
+    if listing is None and not _looks_complete(snap, role):  # e.g. `hf download REPO config.json` alone
+        return None
+    return snap
 
 
-# ---- downloading --------------------------------------------------------------------------------
-
-
-class _Bytes:
-    """Bytes done/total of a snapshot download, from huggingface_hub's byte bars, as one phase."""
-
-    def __init__(self, phase: str, progress: Progress | None):
-        self.phase, self.progress = phase, progress
-        self.lock = threading.Lock()
-        self.bars: dict[int, tuple[int, int]] = {}  # bar -> (done, total)
-
-    def bar_class(self):
-        meter = self
-
-        class Bar(_std_tqdm):
-            """A tqdm that never draws: huggingface_hub's byte bars become ``progress`` calls."""
-
-            def __init__(self, *args, **kwargs):
-                kwargs["disable"] = True
-                self.counts_bytes = kwargs.get("unit") == "B"
-                self.bytes_done = int(kwargs.get("initial") or 0)
-                super().__init__(*args, **kwargs)
-
-            def update(self, n=1):
-                if self.counts_bytes and n:
-                    self.bytes_done += int(n)
-                    meter.report(id(self), self.bytes_done, int(self.total or 0))
-
-            def refresh(self, *args, **kwargs):
-                if self.counts_bytes:
-                    meter.report(id(self), self.bytes_done, int(self.total or 0))
-
-        return Bar
-
-    def report(self, bar: int, done: int, total: int) -> None:
-        with self.lock:
-            self.bars[bar] = (done, total)
-            # huggingface_hub keeps two byte bars (received, written) over the same bytes: follow the one ahead
-            done = max(d for d, _ in self.bars.values())
-            total = max(t for _, t in self.bars.values())
-        if self.progress is not None and total:
-            self.progress(self.phase, min(done, total), total)
-
-
-def _download(repo_id: str, files: list[str] | None, progress: Progress | None, what: str,
-              revision: str | None = None) -> Path:
-    """``snapshot_download`` of the selected files, with errors as one-line :class:`ModelError`."""
-    from huggingface_hub import snapshot_download
-
-    if not _cache_ref_readable(repo_id, revision):
-        raise ModelError(f"the Hugging Face cache entry of '{repo_id}' is damaged: its refs/{revision or 'main'} is "
-                         "not a regular file (delete that file and pull again)")
-    meter = _Bytes(f"downloading {repo_id}", progress)
+def _looks_complete(snap: Path, role: str) -> bool:
+    """Without a recorded listing: a model folder needs its config.json and a whole weight set, a
+    tokenizer repo a tokenizer file."""
+    if role != "model":
+        return any((snap / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=files, tqdm_class=meter.bar_class(), revision=revision))
-    except Exception as e:
-        raise _as_model_error(repo_id, what, e, revision) from e
+        weights = find_weights(snap)
+    except ModelError:
+        return True  # a damaged shard index: loading says what is wrong
+    return (snap / "config.json").is_file() and bool(weights) and all(p.is_file() for p in weights)
 
 
-def _as_model_error(repo_id: str, what: str, e: Exception, revision: str | None = None) -> Exception:
-    """A Hub or network failure as a one-line :class:`ModelError` (anything else unchanged: a bug)."""
-    import httpx
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(e, ModelError):
-        return e
-    if isinstance(e, GatedRepoError):
-        return ModelError(f"{what} '{repo_id}' is gated on the Hub: accept its terms on the model page and log in "
-                          "(hf auth login), then pull again")
-    if isinstance(e, RepositoryNotFoundError):
-        return ModelError(f"{what} '{repo_id}' is not on the Hub at {endpoint()} (or it is private: hf auth login)")
-    if isinstance(e, RevisionNotFoundError):
-        return ModelError(f"{what} '{repo_id}' has no revision '{revision or 'main'}' on the Hub")
-    if isinstance(e, (OfflineModeIsEnabled, LocalEntryNotFoundError, httpx.ConnectError, httpx.ConnectTimeout)):
-        why = "HF_HUB_OFFLINE is set" if offline() else f"the Hub at {endpoint()} cannot be reached ({_cause(e)})"
-        return ModelError(f"{what} '{repo_id}' is not in the Hugging Face cache and {why}")
-    if isinstance(e, HfHubHTTPError):
-        status = getattr(getattr(e, "response", None), "status_code", "?")
-        return ModelError(f"downloading {what} '{repo_id}' failed: the Hub answered HTTP {status}; the cache keeps "
-                          "no half model (pull again to resume)")
-    if isinstance(e, (httpx.HTTPError, ConnectionError, TimeoutError)):
-        return ModelError(f"downloading {what} '{repo_id}' failed ({_cause(e)}); the cache keeps no half model "
-                          "(pull again to resume)")
-    if isinstance(e, OSError):
-        return ModelError(f"downloading {what} '{repo_id}' failed: {e.strerror or e}")
-    return e
-
-
-def _cause(e: BaseException) -> str:
-    while e.__cause__ is not None and e.__cause__ is not e:
-        e = e.__cause__
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    first = first if len(first) <= 120 else first[:117] + "..."
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
-
+# ---- downloading (the machinery is in hub_download) --------------------------------------------------
 
 def _remote_listing(repo_id: str, what: str, revision: str | None = None) -> list[str]:
     """The repo's file names (one API call)."""
-    from huggingface_hub import HfApi
-
-    try:
-        info = HfApi().model_info(repo_id, revision=revision)
-    except Exception as e:
-        raise _as_model_error(repo_id, what, e, revision) from e
-    return [s.rfilename for s in info.siblings or []]
+    return list(remote_listing(repo_id, what, revision))
 
 
 def download_model(repo_id: str, progress: Progress | None = None, revision: str | None = None) -> Path:
     """Fetch a Show-o2 repo's own files (:func:`model_files`) into the cache; return the snapshot."""
-    from huggingface_hub import hf_hub_download
-
-    listing = _remote_listing(repo_id, "model", revision)
-    if "config.json" not in listing:
+    remote = remote_listing(repo_id, "model", revision)
+    if "config.json" not in remote:
         raise ModelError(f"'{repo_id}' on the Hub is not a Show-o2 model: it has no config.json")
+    snap = _download(repo_id, ["config.json"], None, "model", revision, remote)
     try:
-        config = read_json(hf_hub_download(repo_id, "config.json", revision=revision))
+        config = read_json(snap / "config.json")
     except ModelError as e:
         raise ModelError(f"'{repo_id}' on the Hub has an unreadable config.json: {e}") from e
-    except Exception as e:
-        raise _as_model_error(repo_id, "model", e, revision) from e
-    files = model_files(listing, config if isinstance(config, dict) else None)
+    files = model_files(list(remote), config if isinstance(config, dict) else None)
     if len(files) == 1:
         raise ModelError(f"'{repo_id}' on the Hub has no weights (model.safetensors / pytorch_model.bin)")
-    return _download(repo_id, files, progress, "model", revision)
+    return _download(repo_id, files, progress, "model", revision, remote)
 
 
 def needs_download(name: str) -> bool:
-    """True for a variant or repo id (maybe ``@revision``) that is not a local folder, not cached,
-    and may be fetched."""
+    """True for a variant or repo id (maybe ``@revision``) that is not a local folder and may be
+    fetched (online): not cached, or cached without a companion :func:`pull` would fetch."""
     if str(name) == "demo" or existing_path(name) is not None:
         return False
     base, revision = split_revision(name)
     repo = repo_id_for(base)
-    return repo is not None and not offline() and cached_snapshot(repo, revision=revision) is None
+    if repo is None or offline():
+        return False
+    snap = cached_snapshot(repo, revision=revision)
+    if snap is None:
+        return True
+    from .loading import find_files
+
+    try:
+        return bool(_companions(find_files(snap)))
+    except ModelError:  # a damaged model: loading says what is wrong
+        return False
+
+
+def _companions(files) -> list[tuple[str, str]]:
+    """(repo, what) of each companion repo :func:`pull` fetches for what ``files`` (find_files) misses."""
+    from .specs import spec_for_hidden_size
+
+    config, out = files.config, []
+    if files.format == "official":
+        llm_ref = config.get("llm_model_path")
+        if files.tokenizer is None or files.llm_config is None:
+            llm_repo = llm_ref if isinstance(llm_ref, str) and is_repo_id(llm_ref) else None
+            if llm_repo is None:
+                guess = spec_for_hidden_size(int(config.get("hidden_size", 0) or 0))
+                llm_repo = guess.llm_repo_id if guess else None
+            if llm_repo is not None:
+                out.append((llm_repo, "tokenizer"))
+        sig = config.get("clip_pretrained_model_path")
+        if files.siglip_config is None and isinstance(sig, str) and is_repo_id(sig):
+            out.append((sig, "SigLIP config"))
+    if files.vae is None:
+        out.append((WAN_VAE_REPO, "VAE"))
+    return out
 
 
 @dataclass
@@ -562,7 +525,6 @@ def pull(name: str, progress: Progress | None = None) -> PullResult:
     misses (the tokenizer from the LLM repo, the SigLIP config, the Wan2.1 VAE file). Cached pieces
     are not fetched again; with ``HF_HUB_OFFLINE`` set, only the cache is consulted."""
     from .loading import find_files
-    from .specs import spec_for_hidden_size
 
     base, revision = split_revision(name)
     repo = repo_id_for(base)
@@ -575,25 +537,12 @@ def pull(name: str, progress: Progress | None = None) -> PullResult:
         snap = download_model(repo, progress, revision)
         downloaded.append(repo if revision is None else f"{repo}@{revision}")
     files = find_files(snap)
-    config = files.config
-    if files.format == "official":
-        llm_ref = config.get("llm_model_path")
-        if files.tokenizer is None or files.llm_config is None:
-            llm_repo = llm_ref if isinstance(llm_ref, str) and REPO_ID.fullmatch(llm_ref) else None
-            if llm_repo is None:
-                guess = spec_for_hidden_size(int(config.get("hidden_size", 0) or 0))
-                llm_repo = guess.llm_repo_id if guess else None
-            if llm_repo is not None:
-                listing = _remote_listing(llm_repo, "tokenizer")
-                _download(llm_repo, tokenizer_repo_files(listing), progress, "tokenizer")
-                downloaded.append(llm_repo)
-        sig = config.get("clip_pretrained_model_path")
-        if files.siglip_config is None and isinstance(sig, str) and REPO_ID.fullmatch(sig):
-            _download(sig, ["config.json"], progress, "SigLIP config")
-            downloaded.append(sig)
-    if files.vae is None:
-        _download(WAN_VAE_REPO, [WAN_VAE_FILE], progress, "VAE")
-        downloaded.append(WAN_VAE_REPO)
+    for companion, what in _companions(files):
+        remote = remote_listing(companion, what)  # sizes and checksums
+        chosen = (tokenizer_repo_files(list(remote)) if what == "tokenizer" else
+                  ["config.json"] if what == "SigLIP config" else [WAN_VAE_FILE])
+        _download(companion, chosen, progress, what, remote=remote)
+        downloaded.append(companion)
     if downloaded:
         files = find_files(snap)
     pieces = {"config": str(files.root / "config.json"), "weights": ", ".join(str(p) for p in files.weights) or None,

@@ -41,6 +41,13 @@ def main() -> None:
     exit_with(code)
 
 
+def _downloads_abandoned() -> bool:
+    """Whether a Hub download was given up (stalled, interrupted) with huggingface_hub's worker
+    threads maybe still running: the interpreter's shutdown would wait for them."""
+    module = sys.modules.get("showo2_cli.hub_download")
+    return bool(module is not None and module.ABANDONED.is_set())
+
+
 def _ignore_signals() -> None:
     """The end of the shutdown, after every exit handler: the interpreter then resets signals
     that have Python handlers to their default action, so a Ctrl-C in the last moments (library
@@ -55,8 +62,9 @@ def exit_with(code: int) -> None:
     exit handlers run with further signals ignored, then the process ends at once, without the
     second of library teardown that a second Ctrl-C used to cut with a traceback or a death by
     signal. Otherwise a signal during the shutdown ends it at once with the same code, and after
-    the exit handlers it is ignored (:func:`_ignore_signals`)."""
-    if code in (130, 143):
+    the exit handlers it is ignored (:func:`_ignore_signals`). After a Hub download was given up,
+    the exit is the interruption's: its worker threads are not waited for."""
+    if code in (130, 143) or _downloads_abandoned():
         for sig in (signal.SIGINT, signal.SIGTERM):
             _install(sig, signal.SIG_IGN)
         run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)

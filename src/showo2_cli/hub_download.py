@@ -1,0 +1,367 @@
+"""The download machinery of :mod:`showo2_cli.hub`: every Hub call with a bounded wait, sizes
+checked before anything is fetched, checksums checked after, and errors as one line.
+
+* Each call runs in a worker thread; the caller waits in short joins, so Ctrl-C reaches it at
+  once, and a download that makes no progress (less than :data:`STALL_BYTES` in
+  ``SHOWO2_HUB_STALL_SECONDS``, default 120) fails naming the Hub endpoint. HTTP reads also time
+  out after huggingface_hub's ``HF_HUB_ETAG_TIMEOUT`` / ``HF_HUB_DOWNLOAD_TIMEOUT``.
+* On an interruption or a stall, the ``.incomplete`` files this download started are removed (a
+  worker left behind is marked in :data:`ABANDONED`, so the command line exits without waiting
+  for it).
+* Each newly downloaded LFS file is checked against the sha256 in the Hub's listing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.std import tqdm as _std_tqdm
+
+from .errors import ModelError
+
+Progress = Callable[[str, int, int], None]
+
+STALL_ENV = "SHOWO2_HUB_STALL_SECONDS"
+STALL_BYTES = 1024  # a download that receives less than this in the stall window has stalled
+#: Set when a download was given up (stalled or interrupted) while huggingface_hub's worker
+#: threads may still run: the command line then exits without waiting for them.
+ABANDONED = threading.Event()
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def stall_seconds() -> float:
+    raw = os.environ.get(STALL_ENV, "").strip()
+    try:
+        value = float(raw) if raw else 120.0
+    except ValueError:
+        raise ModelError(f"{STALL_ENV} must be a number of seconds, got {raw[:40]!r}") from None
+    return value if value > 0 else 120.0
+
+
+@dataclass
+class RemoteFile:
+    """A file of a repo listing: its size and, for an LFS file, its sha256 (None when unknown)."""
+
+    size: int | None = None
+    sha256: str | None = None
+
+
+class _Bytes:
+    """Bytes done/total of a snapshot download, from huggingface_hub's byte bars, as one phase;
+    also when the download last made progress (:meth:`stalled`)."""
+
+    def __init__(self, phase: str, progress: Progress | None):
+        self.phase, self.progress = phase, progress
+        self.lock = threading.Lock()
+        self.bars: dict[int, tuple[int, int]] = {}  # bar -> (done, total)
+        self.received = self.mark_bytes = 0
+        self.mark_time = time.monotonic()
+
+    def stalled(self, window: float) -> bool:
+        with self.lock:
+            return time.monotonic() - self.mark_time > window
+
+    def bar_class(self):
+        meter = self
+
+        class Bar(_std_tqdm):
+            """A tqdm that never draws: huggingface_hub's byte bars become ``progress`` calls."""
+
+            def __init__(self, *args, **kwargs):
+                kwargs["disable"] = True
+                self.counts_bytes = kwargs.get("unit") == "B"
+                self.bytes_done = int(kwargs.get("initial") or 0)
+                super().__init__(*args, **kwargs)
+
+            def update(self, n=1):
+                if self.counts_bytes and n:
+                    self.bytes_done += int(n)
+                    meter.report(id(self), self.bytes_done, int(self.total or 0), int(n))
+
+            def refresh(self, *args, **kwargs):
+                if self.counts_bytes:
+                    meter.report(id(self), self.bytes_done, int(self.total or 0))
+
+        return Bar
+
+    def report(self, bar: int, done: int, total: int, new: int = 0) -> None:
+        with self.lock:
+            self.bars[bar] = (done, total)
+            self.received += new
+            if self.received - self.mark_bytes >= STALL_BYTES or (total and done >= total):
+                self.mark_bytes, self.mark_time = self.received, time.monotonic()
+            # huggingface_hub keeps two byte bars (received, written) over the same bytes: follow the one ahead
+            done = max(d for d, _ in self.bars.values())
+            total = max(t for _, t in self.bars.values())
+        if self.progress is not None and total:
+            self.progress(self.phase, min(done, total), total)
+
+
+def _blobs(repo_id: str) -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "blobs"
+
+
+def _names(folder: Path) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
+
+
+def _bounded(call: Callable, meter: _Bytes, repo_id: str, what: str):
+    """``call()`` in a worker thread; the caller waits in short joins (Ctrl-C reaches it at once)
+    and gives up when ``meter`` sees no progress for :func:`stall_seconds`. On either, the
+    ``.incomplete`` files started meanwhile are removed before the exception goes on."""
+    window = stall_seconds()
+    blobs = _blobs(repo_id)
+    before = _names(blobs)
+    box: dict = {}
+
+    def work():
+        try:
+            box["value"] = call()
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    worker = threading.Thread(target=work, name=f"showo2-hub-{repo_id}", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+            if worker.is_alive() and meter.stalled(window):
+                raise ModelError(f"downloading {what} '{repo_id}' stalled: the Hub at {endpoint()} sent nothing for "
+                                 f"{window:g} s ({STALL_ENV} sets the limit); pull again")
+    except BaseException:
+        ABANDONED.set()
+        for name in _names(blobs) - before:
+            if name.endswith(".incomplete"):
+                try:
+                    (blobs / name).unlink()
+                except OSError:
+                    pass
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _timeout() -> float:
+    from huggingface_hub import constants
+
+    return float(max(constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT))
+
+
+def remote_listing(repo_id: str, what: str, revision: str | None = None) -> dict[str, RemoteFile]:
+    """The repo's files with their sizes and LFS checksums (one API call, bounded)."""
+    from huggingface_hub import HfApi
+
+    def call():
+        return HfApi().model_info(repo_id, revision=revision, files_metadata=True, timeout=_timeout())
+
+    try:
+        info = _bounded(call, _Bytes("listing", None), repo_id, what)
+    except Exception as e:
+        raise _as_model_error(repo_id, what, e, revision) from e
+    return {s.rfilename: RemoteFile(s.size, s.lfs.sha256 if s.lfs else None) for s in info.siblings or []}
+
+
+def _is_cached(repo_id: str, filename: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    except Exception:
+        return False
+    return isinstance(found, str) and os.path.exists(found)
+
+
+def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, RemoteFile],
+                revision: str | None = None) -> None:
+    """Before downloading: a config or tokenizer file larger than its loader reads is refused,
+    and so is a download larger than the cache folder's free space."""
+    from huggingface_hub import constants
+
+    from .tokenizer import MAX_TOKENIZER_FILE_BYTES
+    from .weights import MAX_CONFIG_BYTES
+
+    total = 0
+    for name in files:
+        size = remote[name].size if name in remote else None
+        if size is None:
+            continue
+        base = name.rsplit("/", 1)[-1]
+        cap = (MAX_TOKENIZER_FILE_BYTES if base.startswith(("tokenizer", "vocab", "merges", "special_tokens",
+                                                                "added_tokens", "chat_template"))
+               else MAX_CONFIG_BYTES if base.endswith(".json") else None)
+        if cap is not None and size > cap:
+            raise ModelError(f"{what} '{repo_id}' on the Hub has a '{name}' of {size} bytes, more than the "
+                             f"{cap // 2**20} MiB a {base} may have; not downloaded")
+        if not _is_cached(repo_id, name, revision):
+            total += size
+    folder = Path(constants.HF_HUB_CACHE)
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if total > free:
+        raise ModelError(f"{what} '{repo_id}' needs {total / 1e9:.1f} GB but the Hugging Face cache at "
+                         f"{constants.HF_HUB_CACHE} has {free / 1e9:.1f} GB free; free some space "
+                         "(or set HF_HUB_CACHE) and pull again")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(2**22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify(repo_id: str, what: str, snap: Path, files: list[str], remote: dict[str, RemoteFile],
+            before: set[str]) -> None:
+    """Each newly downloaded LFS file against its sha256; a mismatch is removed (blob and link)."""
+    blobs = _blobs(repo_id)
+    for name in files:
+        expected = remote[name].sha256 if name in remote else None
+        link = snap / name
+        if not expected or not link.exists():
+            continue
+        blob = link.resolve()
+        if blob.parent != blobs.resolve() or blob.name in before:
+            continue
+        if _sha256(blob) != expected.lower():
+            for p in (blob, link):
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+            raise ModelError(f"{what} '{repo_id}': '{name}' from the Hub at {endpoint()} does not match its "
+                             "checksum (sha256 of the Hub's listing); removed, pull again")
+
+
+def download(repo_id: str, files: list[str] | None, progress: Progress | None, what: str,
+             revision: str | None = None, remote: dict[str, RemoteFile] | None = None) -> Path:
+    """``snapshot_download`` of the selected files, bounded (:func:`_bounded`), sizes checked first
+    and LFS checksums after (with ``remote``, the listing); errors as one-line :class:`ModelError`."""
+    from huggingface_hub import snapshot_download
+
+    from .hub import _cache_ref_readable
+
+    if not _cache_ref_readable(repo_id, revision):
+        raise ModelError(f"the Hugging Face cache entry of '{repo_id}' is damaged: its refs/{revision or 'main'} is "
+                         "not a regular file (delete that file and pull again)")
+    if remote is not None and files is not None:
+        check_sizes(repo_id, what, files, remote, revision)
+    meter = _Bytes(f"downloading {repo_id}", progress)
+    before = _names(_blobs(repo_id))
+
+    def call():
+        return snapshot_download(repo_id, allow_patterns=files, tqdm_class=meter.bar_class(), revision=revision,
+                                 etag_timeout=_timeout())
+
+    try:
+        snap = Path(_bounded(call, meter, repo_id, what))
+    except Exception as e:
+        raise _as_model_error(repo_id, what, e, revision) from e
+    if remote is not None and files is not None:
+        _verify(repo_id, what, snap, files, remote, before)
+    return snap
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and its causes (``raise ... from``), outermost first."""
+    out = [e]
+    while out[-1].__cause__ is not None and all(out[-1].__cause__ is not x for x in out):
+        out.append(out[-1].__cause__)
+    return out
+
+
+def _root(e: BaseException) -> BaseException:
+    return _chain(e)[-1]
+
+
+def _status(e: BaseException) -> int | None:
+    """The HTTP status of a Hub answer behind ``e`` (itself or its causes), if any."""
+    for x in _chain(e):
+        status = getattr(getattr(x, "response", None), "status_code", None)
+        if isinstance(status, int) and status >= 400:
+            return status
+    return None
+
+
+def _as_model_error(repo_id: str, what: str, e: Exception, revision: str | None = None) -> Exception:
+    """A Hub, network or listing failure as a one-line :class:`ModelError` (anything else
+    unchanged: a bug)."""
+    import httpx
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(e, ModelError):
+        return e
+    if isinstance(e, GatedRepoError):
+        return ModelError(f"{what} '{repo_id}' is gated on the Hub: accept its terms on the model page and log in "
+                          "(hf auth login), then pull again")
+    if isinstance(e, RepositoryNotFoundError):
+        return ModelError(f"{what} '{repo_id}' is not on the Hub at {endpoint()} (or it is private: hf auth login)")
+    if isinstance(e, RevisionNotFoundError):
+        return ModelError(f"{what} '{repo_id}' has no revision '{revision or 'main'}' on the Hub")
+    status = _status(e)
+    if status is not None:
+        return ModelError(f"downloading {what} '{repo_id}' failed: the Hub at {endpoint()} answered HTTP {status}; "
+                          "the cache keeps no half model (pull again)")
+    if isinstance(e, (OfflineModeIsEnabled, LocalEntryNotFoundError, httpx.ConnectError, httpx.ConnectTimeout)):
+        why = "HF_HUB_OFFLINE is set" if offline() else f"the Hub at {endpoint()} cannot be reached ({_cause(e)})"
+        return ModelError(f"{what} '{repo_id}' is not in the Hugging Face cache and {why}")
+    if any(isinstance(x, (httpx.TimeoutException, TimeoutError)) for x in _chain(e)):
+        return ModelError(f"downloading {what} '{repo_id}' failed: the Hub at {endpoint()} did not answer in time "
+                          f"({_cause(e)}; HF_HUB_DOWNLOAD_TIMEOUT sets the limit); pull again")
+    if isinstance(e, (httpx.HTTPError, ConnectionError, TimeoutError)):
+        return ModelError(f"downloading {what} '{repo_id}' failed ({_cause(e)}); the cache keeps no half model "
+                          "(pull again)")
+    if isinstance(e, OSError) and "Consistency check failed" in str(e):
+        return ModelError(f"downloading {what} '{repo_id}' failed: a file arrived with another size than the Hub at "
+                          f"{endpoint()} announced; the cache keeps no half model (pull again)")
+    if isinstance(e, OSError):
+        return ModelError(f"downloading {what} '{repo_id}' failed: {_first_line(e.strerror or str(e))}")
+    if isinstance(e, ValueError):  # HFValidationError, an unusable listing or file entry, a Xet-only file
+        return ModelError(f"{what} '{repo_id}' cannot be downloaded from the Hub at {endpoint()}: {_first_line(str(e))}")
+    return e
+
+
+def _first_line(text: str) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= 160 else first[:157] + "..."
+
+
+def _cause(e: BaseException) -> str:
+    e = _root(e)
+    first = _first_line(str(e))
+    first = first if len(first) <= 120 else first[:117] + "..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
