@@ -111,6 +111,25 @@ def _pickled_code(path: Path) -> str | None:
     return None
 
 
+def unreadable_pickle(path: Path, e: Exception, what: str) -> ModelError:
+    """The one-line error for a ``torch.load(weights_only=True)`` that failed: a pickle that would
+    run code is refused "for safety" naming what it calls; else it is truncated or corrupt."""
+    msg = str(e)
+    if "weights_only" in msg or "Weights only load failed" in msg or "Unsupported global" in msg:
+        found = re.search(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)", msg)
+        named = found.group(1) if found else None
+        if named is None and "global" not in msg.lower():
+            named = _pickled_code(path)  # a plain pickle torch cannot parse may still call code
+        if named is not None or "global" in msg.lower():
+            calls = f"; it references {named}" if named not in (None, "?") else ""
+            return ModelError(f"refusing to load '{path}' for safety: it holds pickled objects other than "
+                              f"tensors (loading it could run code{calls})")
+        why = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", msg, re.S)
+        return ModelError(f"cannot read {what} '{path}': not a safetensors or PyTorch checkpoint (truncated or "
+                          f"corrupt: {one_line(why.group(1) if why else msg, 120)})")
+    return ModelError(f"cannot read {what} '{path}': truncated or corrupt ({one_line(msg) or type(e).__name__})")
+
+
 def _read_one(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise ModelError(f"weight file '{path}' is missing")
@@ -125,21 +144,7 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
     except OSError as e:
         raise ModelError(f"cannot read weights '{path}' ({e.strerror or one_line(e)})") from e
     except Exception as e:
-        msg = str(e)
-        if "weights_only" in msg or "Weights only load failed" in msg or "Unsupported global" in msg:
-            found = re.search(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)", msg)
-            named = found.group(1) if found else None
-            if named is None and "global" not in msg.lower():
-                named = _pickled_code(path)  # a plain pickle torch cannot parse may still call code
-            if named is not None or "global" in msg.lower():
-                what = f"; it references {named}" if named not in (None, "?") else ""
-                raise ModelError(f"refusing to load '{path}' for safety: it holds pickled objects other than "
-                                 f"tensors (loading it could run code{what})") from e
-            why = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", msg, re.S)
-            raise ModelError(f"cannot read weights '{path}': not a safetensors or PyTorch checkpoint (truncated or "
-                             f"corrupt: {one_line(why.group(1) if why else msg, 120)})") from e
-        detail = one_line(msg) or type(e).__name__
-        raise ModelError(f"cannot read weights '{path}': truncated or corrupt ({detail})") from e
+        raise unreadable_pickle(path, e, "weights") from e
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):

@@ -164,3 +164,63 @@ def test_a_bad_memory_variable_fails_before_loading_and_small_sizes_read_right(m
     monkeypatch.delenv("SHOWO2_MAX_MEMORY_GB")
     with pytest.raises(ResourceError, match=r"needs about 1\.5 MB, more than the 1\.0 KB allowed by --max-memory"):
         check_memory(0.0015, "a job", option=0.000001)
+
+
+def test_a_folder_listing_follows_files_added_and_removed(tmp_path):
+    """The listing of a pairs folder was keyed by its path alone: images added before a resume
+    were never used, and deleting one failed the run on 'no such file'."""
+    import time
+
+    from PIL import Image
+
+    from showo2_cli.training.records import Records, build_index
+    from showo2_cli.training.schema import DataSource
+
+    media = tmp_path / "media"
+    media.mkdir()
+    Image.new("RGB", (32, 32), "red").save(media / "a.png")
+    source = DataSource(kind="pairs", role="t2i", path=str(media))
+
+    def listed():
+        records = Records(*build_index(source, tmp_path / "index"))
+        return sorted(Path(records[i]["path"]).name for i in range(len(records)))
+
+    assert listed() == ["a.png"]
+    time.sleep(0.01)  # a later modification time for the folder
+    for name in ("b.png", "c.png"):
+        Image.new("RGB", (32, 32), "blue").save(media / name)
+    assert listed() == ["a.png", "b.png", "c.png"]
+    (media / "a.png").unlink()
+    assert listed() == ["b.png", "c.png"]
+    assert len(list((tmp_path / "index").glob("*.listing.jsonl"))) == 1  # earlier listings removed
+
+
+def test_a_training_state_that_would_run_code_is_refused_by_name(tmp_path):
+    """A trainer_state.pt carrying code got a truncated PyTorch text ("...weights_only argument in
+    torch.load fr)"); it is refused for safety as a weight file is, naming what it calls."""
+    from showo2_cli.errors import ModelError
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    cfg = tiny_config(tmp_path, **{"optim.max_steps": 2})
+    train(parse_config(cfg, source="c"), stop_after=1)
+    state = tmp_path / "run" / "checkpoint-000001" / ckpt.STATE_FILE
+    torch.save({"format": 1, "step": 1, "optimizer": Payload()}, state)
+    with pytest.raises(ModelError, match=r"refusing to load .*trainer_state.pt' for safety.*references posix\.system"):
+        train(parse_config(cfg, source="c"))
+    assert not marker.exists()
+
+
+def test_a_run_that_fails_at_its_first_loss_leaves_no_folder_and_yaml_text_numbers_are_explained(tmp_path):
+    """A loss that became inf at step 1 left the new run folder (with train_config.json) behind;
+    YAML's `lr: 1e-4` (text under YAML 1.1) was "must be a number, got '1e-4'" with no reason."""
+    cfg = tiny_config(tmp_path, **{"optim.max_steps": 2, "loss.ntp": 3e38})
+    with pytest.raises(UsageError, match="the loss became inf at step 1"):
+        train(parse_config(cfg, source="c"))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UsageError, match="YAML reads 1e-4 as text; write 1.0e-4"):
+        parse_config(tiny_config(tmp_path, **{"optim.lr": "1e-4"}), source="c")

@@ -52,9 +52,9 @@ def read_state(folder: Path, mode: str, state_format: int) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, empty, not a torch file, or a pickle asking for code
-        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise ModelError(f"'{path}' cannot be read as a training state (truncated, corrupt or not one: "
-                         f"{detail})") from None
+        from ..weights import unreadable_pickle
+
+        raise unreadable_pickle(path, e, "the training state") from None
     if not isinstance(state, dict) or state.get("format") != state_format or state.get("mode") != mode:
         raise ModelError(f"'{folder}' is not a '{mode}' training checkpoint of this version")
     step = state.get("step")

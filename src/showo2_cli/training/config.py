@@ -75,7 +75,15 @@ def _coerce(value: Any, tp, where: str):
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise field_error(where, f"must be a number, got {value!r}")
+            hint = ""
+            if isinstance(value, str):
+                try:
+                    float(value)
+                    hint = " (text, not a number: YAML reads 1e-4 as text; write 1.0e-4)"
+                except ValueError:
+                    pass
+            shown = repr(value[:40]) if isinstance(value, str) else repr(value)
+            raise field_error(where, f"must be a number, got {shown}{hint}")
         try:
             number = float(value)
         except OverflowError:  # an integer with hundreds of digits

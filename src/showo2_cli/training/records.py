@@ -25,6 +25,20 @@ def _file_key(path: Path) -> str:
     return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
 
 
+def _folder_key(folder: Path) -> str:
+    """A folder listing's key: its path and the modification time of every folder in it, which
+    changes when a file is added, removed or renamed there (a listing keyed by the path alone was
+    used forever: images added later were never trained on, and deleted ones failed the run)."""
+    h = hashlib.sha1()
+    for dirpath, dirnames, _ in os.walk(folder):
+        dirnames.sort()
+        try:
+            h.update(f"|{os.path.relpath(dirpath, folder)}:{os.stat(dirpath).st_mtime_ns}".encode())
+        except OSError:
+            continue
+    return hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:10] + h.hexdigest()[:10]
+
+
 def _scan_lines(path: Path, out_offsets: Path) -> None:
     """Offsets of every non-blank line of a text file, streamed to a uint64 file."""
     from ..media import atomic_output
@@ -110,10 +124,12 @@ def build_index(source: DataSource, index_dir: Path) -> tuple[Path, Path]:
     path = Path(source.path)
     index_dir.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
-        key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:20]
+        key = _folder_key(path)
         records = index_dir / f"{key}.listing.jsonl"
         offsets = index_dir / f"{key}.listing.u64"
         if not (records.exists() and offsets.exists()):
+            for stale in index_dir.glob(f"{key[:10]}*.listing.*"):  # the folder's earlier listings
+                stale.unlink(missing_ok=True)
             _list_folder(path, records)
             _scan_lines(records, offsets)
         return records, offsets

@@ -412,9 +412,8 @@ class Run:
                 raise
             try:
                 return self._train()
-            except Exception:  # e.g. unusable data at the first step (an interruption saves a checkpoint)
-                if not self._stepped:
-                    self._remove_new_output()
+            except Exception:  # unusable data, a loss that became inf: a folder this run made and left
+                self._remove_new_output()  # without a checkpoint goes (an interruption saves one)
                 raise
         finally:
             _unlock_run(self._lock)  # the folder is free for the next run (in this process too)
@@ -422,7 +421,6 @@ class Run:
 
     _lock = None  # the key of the output_dir's lock, held while the run lasts
 
-    _stepped = False  # an optimizer step has run in this process
 
     def _train(self) -> TrainResult:
         cfg = self.cfg
@@ -459,7 +457,6 @@ class Run:
                 out, grad_norm = self._step(step, chunk)
                 samples = [s for micro in chunk for s in micro]
                 step += 1
-                self._stepped = True
                 now = time.perf_counter()
                 dt, t_prev = now - t_prev, now
                 rate = 1.0 / dt if rate is None else 0.9 * rate + 0.1 / max(dt, 1e-9)
