@@ -66,6 +66,8 @@ def encode(
     requested = M.parse_size(size)
     RuntimeOptions(device, value(dtype), max_memory, vae_tiling=value(vae_tiling)).validate()
     EncodeOptions(frames=frames, sample=sample, seed=seed).validate()
+    if seed is not None and not sample:
+        notice("--seed has no effect without --sample (the posterior mean has no noise)")
     M.check_output_path(out, overwrite, probe=True)
     # the input is read and checked before anything loads: the frames --frames uses (1+4k), else all
     from ..runtime import decode_budget

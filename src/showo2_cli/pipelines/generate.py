@@ -175,7 +175,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             rows = [i * n + k for _, i, k in jobs]
         else:
             whole = " or one per output of the whole prompts file" if part else ""
-            raise InputError(f"--noise has shape {tuple(opts.noise.shape)}, expected {latent_shape} or "
+            image = f", an image's latents {(latent_shape[0], 1, *latent_shape[1:])}" if not video else ""
+            raise InputError(f"--noise has shape {tuple(opts.noise.shape)}, expected {latent_shape}{image} or "
                              f"{(len(jobs), *latent_shape)} (one per output{whole})")
     results: list[Generated] = []
     total_steps = math.ceil(len(jobs) / opts.batch_size) * (opts.steps - 1)
