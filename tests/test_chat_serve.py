@@ -383,16 +383,22 @@ def test_chat_session_commands(demo, tmp_path, monkeypatch):
              "/save", "/save x\0y.json", "/image ~nosuchuser-showo2/x.png", "/t2i a cat -o a\0b.png",
              "/t2i a circle on a white background -o neg.png --steps 3 --seed 1 --guidance 3.5 "
              "--negative-prompt 'a red circle'", "/t2i a cat --guidance lots",
-             "/t2i a red circle --steps 2 --size 128 -o sized.png",  # became the prompt "a red circle --size 128"
+             "/t2i a red circle --steps 2 --device cpu -o sized.png",  # a model option: set when the chat starts
              "/t2i -o dashed.png --steps 2 --seed 4 -- a cat -- on a mat"]
     assert all(session.handle(line) for line in lines)
     assert session.handle("/quit") is False
     assert out.getvalue() == s.colour + "\n"  # stdout: the answers, nothing else
     errors = err.getvalue().splitlines()
     assert len(errors) == 11 and all(e.startswith("showo2: error: ") for e in errors)
-    assert "--guidance must be a number" in errors[9]
-    assert "/t2i has no option '--size'" in errors[10] and not (tmp_path / "sized.png").exists()
+    assert "Invalid value for '--guidance'" in errors[9]
+    assert "/t2i takes no --device" in errors[10] and not (tmp_path / "sized.png").exists()
     assert json.loads((tmp_path / "dashed.json").read_text())["prompt"] == "a cat -- on a mat"
+    # the t2i command's own options, by its definitions: size, shift, sampler, -n, --save-latents
+    assert session.handle("/t2i a red circle --steps 2 --size 32x48 --shift 2 --sampler unipc -n 2 --save-latents "
+                          "-o more.png")
+    more = json.loads((tmp_path / "more-001.json").read_text())
+    assert (more["width"], more["height"], more["shift"], more["sampler"]) == (32, 48, 2.0, "unipc")
+    assert (tmp_path / "more-000.latents.safetensors").exists() and len(err.getvalue().splitlines()) == 11
     neg = json.loads((tmp_path / "neg.json").read_text())
     assert (neg["guidance"], neg["negative_prompt"]) == (3.5, "a red circle")
     assert not any("internal error" in e for e in errors), errors

@@ -34,8 +34,8 @@ from .common import (
 
 COMMANDS = {
     "/image PATH": "attach an image or a video to the next question",
-    "/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--guidance G] [--negative-prompt TEXT] [--overwrite]":
-        "generate an image with the same model",
+    "/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--size N] [--guidance G] [--shift S] [-n N] "
+    "[--negative-prompt TEXT] [--sampler NAME] [--save-latents] [--overwrite]": "generate with the same model",
     "/reset": "forget the conversation (the system prompt stays)",
     "/save FILE [--overwrite]": "write the transcript as JSON",
     "/quit": "leave (also /exit, Ctrl-D)",
@@ -152,63 +152,86 @@ class ChatSession:
         return True
 
     def t2i(self, rest: str) -> None:
-        """``/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--guidance G] [--negative-prompt TEXT]
-        [--overwrite]``: the t2i command's output (image with its parameters inside, plus the
-        sidecar JSON) from the resident model."""
-        from ..errors import UsageError
+        """``/t2i PROMPT [OPTIONS]``: ``showo2 t2i``'s output (image with its parameters inside, plus
+        the sidecar JSON) from the resident model; the options are the command's own
+        (:data:`T2I_IN_CHAT`), parsed by its definitions."""
+        from .. import media as M
+        from ..options import random_seed
         from ..pipelines import GenerateOptions, text_to_image
-
-        args = _split(rest)
-        kinds = {"-o": "output", "--output": "output", "--seed": int, "--steps": int, "--guidance": float,
-                 "--negative-prompt": str}
-        given: dict = {}
-        overwrite, words = False, []
-        i = 0
-        while i < len(args):
-            a = args[i]
-            if a in kinds:
-                if i + 1 >= len(args):
-                    raise UsageError(f"/t2i {a} needs a value")
-                v, kind = args[i + 1], kinds[a]
-                if kind == "output":
-                    given["output"] = _user_path(v, "/t2i -o")
-                else:
-                    try:
-                        given[a] = kind(v)
-                    except ValueError:
-                        what = "a whole number" if kind is int else "a number"
-                        raise UsageError(f"/t2i {a} must be {what}, got '{v[:20]}'") from None
-                i += 2
-                continue
-            if a == "--overwrite":
-                overwrite = True
-            elif a == "--":  # the rest is prompt text, options or not
-                words += args[i + 1:]
-                break
-            elif re.match(r"--?[A-Za-z]", a):  # was taken into the prompt: "a cat --size 128"
-                raise UsageError(f"/t2i has no option '{a[:30]}' (options: -o, --seed, --steps, --guidance, "
-                                 "--negative-prompt, --overwrite; after -- it is prompt text)")
-            else:
-                words.append(a)
-            i += 1
-        prompt = " ".join(words).strip()
-        if not prompt:
-            raise UsageError("/t2i needs a prompt: /t2i a red circle on a white background [-o out.png]")
-        output, seed = given.get("output"), given.get("--seed")
-        if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-        opts = GenerateOptions(seed=seed, steps=given.get("--steps"), guidance=given.get("--guidance"),
-                               negative_prompt=given.get("--negative-prompt", ""))
-        opts.validate()
         from ..saving import plan_outputs, save_results
 
-        (plan,) = plan_outputs("t2i", output, [prompt], [0], 1, seed, overwrite)  # checked before work
-        output = plan.path
+        prompt, p = parse_t2i(rest)
+        seed = random_seed() if p["seed"] is None else p["seed"]
+        opts = GenerateOptions(seed=seed, steps=p["steps"], guidance=p["guidance"], shift=p["shift"],
+                               size=M.parse_size(p["size"]), num_per_prompt=p["num_images"],
+                               method=common.value(p["sampler"]), negative_prompt=p["negative_prompt"])
+        opts.validate()
+        output = None if p["output"] is None else os.path.expanduser(p["output"])  # as text: a final '/' is seen
+        if output is not None:
+            _user_path(output, "/t2i -o")  # a NUL is refused
+        plans = plan_outputs("t2i", output, [prompt], [0], opts.num_per_prompt, seed, p["overwrite"],
+                             save_latents=p["save_latents"])  # checked before work
         if self.interactive:
             self.info(f"generating (seed {seed}) ...")
-        (item,) = text_to_image(self.conv.model, [prompt], opts)
-        save_results([item], [plan], "t2i", overwrite=overwrite)
-        self.info(f"saved {output} (seed {item.seed}); attach it with /image {output}")
+        items = text_to_image(self.conv.model, [prompt], opts)
+        save_results(items, plans, "t2i", overwrite=p["overwrite"])
+        for plan, item in zip(plans, items, strict=True):
+            self.info(f"saved {plan.path} (seed {item.seed}); attach it with /image {plan.path}")
+
+
+#: the t2i options a chat's ``/t2i`` takes; the others choose the model and where it runs (set
+#: when the chat starts) or read files of prompts and noise
+T2I_IN_CHAT = ("output", "size", "steps", "guidance", "shift", "seed", "num_images", "negative_prompt", "sampler",
+               "save_latents", "overwrite")
+
+
+def parse_t2i(rest: str) -> tuple[str, dict]:
+    """The prompt and the option values of a ``/t2i`` line, by the ``t2i`` command's own option
+    definitions (names, types, ranges, defaults): the words that are not options make the prompt,
+    ``--`` ends the options."""
+    from typer.main import get_command
+
+    from ..errors import UsageError
+    from . import app
+
+    command = get_command(app).get_command(None, "t2i")
+    options = {o: q for q in command.params if getattr(q, "param_type_name", "") == "option"
+               for o in (*q.opts, *q.secondary_opts) if q.name in T2I_IN_CHAT}
+    others = {o for q in command.params for o in getattr(q, "opts", ()) if q.name not in T2I_IN_CHAT}
+    names = ", ".join(sorted({q.opts[0] for q in options.values()}))
+    args, words, given, i = _split(rest), [], [], 0
+    while i < len(args):
+        a = args[i]
+        flag = a.split("=", 1)[0] if a.startswith("--") else a
+        if a == "--":  # the rest is prompt text, options or not
+            words += args[i + 1:]
+            break
+        if flag in options:
+            if options[flag].is_flag or "=" in a:
+                given.append(a)
+                i += 1
+                continue
+            if i + 1 >= len(args):
+                raise UsageError(f"/t2i {a} needs a value")
+            given += [a, args[i + 1]]
+            i += 2
+            continue
+        if flag in others:
+            raise UsageError(f"/t2i takes no {flag}: the model and where it runs are set when the chat starts "
+                             f"(/t2i options: {names})")
+        if re.match(r"--?[A-Za-z]", a):  # was taken into the prompt: "a cat --size 128"
+            raise UsageError(f"/t2i has no option '{a[:30]}' (options: {names}; after -- it is prompt text)")
+        words.append(a)
+        i += 1
+    prompt = " ".join(words).strip()
+    if not prompt:
+        raise UsageError("/t2i needs a prompt: /t2i a red circle on a white background [-o out.png]")
+    try:
+        ctx = command.make_context("/t2i", [*given, "--", prompt])
+    except Exception as e:  # click's own errors (typer may vendor click): one line
+        say = getattr(e, "format_message", None)
+        raise UsageError(f"/t2i: {say() if callable(say) else e}") from None
+    return prompt, ctx.params
 
 
 def _user_path(text: str, what: str) -> Path:
