@@ -251,6 +251,7 @@ def test_context_overflow_policies(demo):
     with pytest.raises(Cancelled):
         tight.ask("and now?", wide, cancel=stop)
     assert tight.pending == pending and tight.context_turns[0] is first and len(tight.turns) == 3
+    assert not tight.notices  # "the oldest turns left the context" was recorded for the cancelled question
     tight.ask("and now?", wide)
     assert tight.turns[-1].media == pending and not tight.pending and tight.context_turns[0] is not first
     with pytest.raises(ContextTooLong, match="cannot fit"):
@@ -546,6 +547,20 @@ def test_parse_chat_requests():
         with pytest.raises(ApiError) as e:
             parse_images({"prompt": "x", key: True if key == "stream" else 1}, cfg, demo_spec())
         assert (e.value.code, e.value.param) == ("unsupported_parameter", key)
+    for key in ("image", "mask"):  # an edit's inputs: an image made from the prompt alone came back
+        with pytest.raises(ApiError) as e:
+            parse_images({"prompt": "x", key: "data:image/png;base64,AAAA"}, cfg, demo_spec())
+        assert (e.value.code, e.value.param) == ("unsupported_parameter", key)
+    called = {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
+                                                                    "function": {"name": "f", "arguments": "{}"}}]}
+    with pytest.raises(ApiError) as e:  # the calls were dropped from the history, silently
+        parse_chat({"messages": [user, called, user]}, cfg)
+    assert (e.value.code, e.value.param) == ("unsupported_parameter", "messages[1].tool_calls")
+    assert status({"messages": [user], "web_search_options": {}}) == 400
+    with pytest.raises(ApiError) as e:  # UTF-8-encoded surrogates (CESU-8, WTF-8): a 500 from the tokenizer before
+        parse_body(b'{"messages": [{"role": "user", "content": "a\xed\xa0\x80b"}]}')
+    assert (e.value.status, e.value.code) == (400, "invalid_json")
+    assert parse_body(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}  # a byte-order mark is allowed
     sampled = parse_chat({"messages": [user], "top_k": 5, "min_p": 0.1}, cfg)  # vLLM's extras (ignored before)
     assert (sampled.top_k, sampled.min_p, sampled.max_tokens_given) == (5, 0.1, False)
     off = parse_chat({"messages": [user], "top_k": -1, "min_p": 0, "max_tokens": 8}, cfg)
@@ -1250,9 +1265,18 @@ def test_the_drain_timeout_answers_503():
         threads[1].start()
         while httpx.get(server.url + "/health").json()["queued"] < 1 and time.time() < deadline:
             time.sleep(0.05)
+        slow = socket.create_connection(("127.0.0.1", server.port), timeout=60)  # still sending its body
+        slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"messages\": ")
+        time.sleep(0.5)
         server.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)
+        answer = b""
+        while chunk := slow.recv(65536):
+            answer += chunk
+        slow.close()  # it got uvicorn's plain-text 500 (and a traceback in the log)
+        assert answer.startswith(b"HTTP/1.1 503") and b"shutting_down" in answer, answer[:300]
         r = results["image"]
         assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down", r.text
         status, lines = results["stream"]  # queued, never started: a JSON error, not an event stream

@@ -1048,7 +1048,7 @@ def test_media_in_memory_is_taken_wherever_a_path_is(pipe, media_dir, tmp_path):
         pipe.caption([frames[0], small])
 
 
-def test_pipeline_components_can_be_replaced(pipe):
+def test_pipeline_components_can_be_replaced(pipe, tmp_path):
     """diffusers' components are attributes to assign (pipe.transformer = torch.compile(...)); here
     network/transformer and vae were read-only properties (AttributeError on assignment)."""
     import torch
@@ -1078,11 +1078,20 @@ def test_pipeline_components_can_be_replaced(pipe):
         pipe.transformer = Wrapped(network)
         assert pipe.network._orig_mod is network
         assert torch.equal(pipe("a cat", **call).images, before)
+        saved = pipe.save_pretrained(tmp_path / "saved")  # "_orig_mod." keys and shared tensors before
+        assert (saved / "model.safetensors").exists()
+        from types import SimpleNamespace
+
+        with pytest.raises(TypeError, match="Show-o2 network"):  # not a module: no wrapper
+            pipe.network = SimpleNamespace(_orig_mod=network)
         pipe.vae = vae.model  # a diffusers AutoencoderKLWan: wrapped with its own latent statistics
         assert isinstance(pipe.vae, WanVAE) and pipe.vae.model is vae.model
         with pytest.raises(TypeError, match="Show-o2 network"):
             pipe.network = torch.nn.Linear(2, 2)
         with pytest.raises(TypeError, match="WanVAE"):
             pipe.vae = torch.nn.Linear(2, 2)
+        odd = type(vae.model)(**{**vae.model.config, "z_dim": 4, "latents_mean": [0.0] * 16})
+        with pytest.raises(ValueError):  # a ModelError (an OSError) before: `except ValueError` missed it
+            pipe.vae = odd
     finally:
         pipe.network, pipe.vae = network, vae

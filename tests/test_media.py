@@ -874,3 +874,59 @@ def test_display_rotation_applied(tmp_path):
     m = read_video(p)
     assert m.frames.shape == (3, 64, 32, 3)
     assert m.frames[0, -4, 4, 0] > 200 and m.frames[0, 4, 4, 0] < 60  # top-left went bottom-left
+
+
+# ---------------------------------------------------------------------------------------------
+# media given in memory (found by probing the Python API)
+# ---------------------------------------------------------------------------------------------
+
+
+class TestMediaInMemory:
+    def test_sizes_are_checked_from_the_shape_before_any_copy(self):
+        """A broadcast 12000x12000 float view was converted in full (6.6 GB, then MemoryError) before
+        the pixel limit was looked at; a meta tensor tried to allocate 120 GB."""
+        import torch
+
+        from showo2_cli.errors import ResourceError
+        from showo2_cli.media import image_input
+
+        huge = np.broadcast_to(np.float32(0.5), (100_000, 100_000, 3))
+        with pytest.raises(ResourceError, match="too large"):
+            image_input(huge)
+        with pytest.raises(ResourceError, match="too large"):
+            image_input(torch.zeros(3, 1, 1).expand(3, 100_000, 100_000))
+        with pytest.raises(TypeError, match="meta"):
+            image_input(torch.empty(3, 100_000, 100_000, device="meta"))
+        with pytest.raises(TypeError, match="numbers"):
+            image_input(np.ones((8, 8, 3), np.complex64))
+
+    def test_16_bit_pixels_are_16_bit_in_any_byte_order_and_any_form(self, tmp_path):
+        """'>u2' arrays were read as 0-255; a PIL I;16 image (and a 16-bit PNG) holding small values
+        was taken as 8-bit, 257 times too bright, while the same uint16 array was scaled."""
+        from showo2_cli.media import image_input
+
+        for arr in (np.full((4, 4), 65535, ">u2"), np.full((4, 4), 65535, "<u2")):
+            assert np.asarray(image_input(arr))[0, 0].tolist() == [255, 255, 255]
+        dark = np.full((4, 4), 200, np.uint16)
+        Image.fromarray(dark).save(tmp_path / "dark.png")
+        forms = [dark, Image.fromarray(dark), tmp_path / "dark.png"]
+        assert {int(np.asarray(image_input(f))[0, 0, 0]) for f in forms} == {1}  # 200 * 255 / 65535
+
+    def test_animated_and_lazy_pil_images(self, media_dir, tmp_path):
+        """An animated PIL image was read as one still (its current frame), silently; a list of one
+        image was a one-frame video; a lazy image whose file was closed failed deep inside."""
+        from showo2_cli.media import image_input, read_media
+
+        with Image.open(media_dir / "waves.gif") as gif:
+            clip = read_media(gif)
+            assert clip.kind == "video" and clip.frames.shape[0] == gif.n_frames > 1
+            with pytest.raises(ValueError, match="animated image of"):
+                image_input(gif)
+            assert read_media(gif, num_frames=4).frames.shape[0] == 4
+        one = Image.new("RGB", (16, 16), "red")
+        assert read_media([one]).kind == "image"
+        one.save(tmp_path / "r.png")
+        with open(tmp_path / "r.png", "rb") as fh:
+            lazy = Image.open(fh)
+        with pytest.raises(ValueError, match="cannot be read"):
+            image_input(lazy)

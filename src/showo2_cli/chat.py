@@ -204,10 +204,11 @@ class Conversation:
             turns[0] = replace(turns[0], visuals=[*carried, *turns[0].visuals])
         return turns
 
-    def _fit(self, current: TurnTokens, max_new_tokens: int) -> tuple[int, list[VisualInput], int]:
+    def _fit(self, current: TurnTokens, max_new_tokens: int) -> tuple[int, list[VisualInput], int, list[str]]:
         """Drop the oldest turns until prompt + answer fit. Return the context's first turn, the media
-        carried from dropped turns and the answer's token budget; the conversation itself is changed
-        only when the answer is done (:meth:`ask`), so a refused or cancelled question changes nothing."""
+        carried from dropped turns, the answer's token budget and the notices saying so; the
+        conversation itself (notices included) is changed only when the answer is done
+        (:meth:`ask`), so a refused or cancelled question changes nothing."""
         first, carried, dropped = self._first, self._carried, 0
         while True:
             length = prompt_length(self._context(current, first, carried), self._pieces, self.template)
@@ -230,14 +231,14 @@ class Conversation:
                                  f"requested {length + max_new_tokens} tokens ({length} in the messages, "
                                  f"{max_new_tokens} in the completion). Please reduce the length of the messages "
                                  "or completion.")
+        notices = []
         if dropped:
             kept = " (its image stays)" if carried else ""
-            self._notice(f"context budget of {self.max_context} tokens reached: the oldest {dropped} "
-                         f"turn{'s' if dropped > 1 else ''} left the context{kept}")
+            notices.append(f"context budget of {self.max_context} tokens reached: the oldest {dropped} "
+                           f"turn{'s' if dropped > 1 else ''} left the context{kept}")
         if room < max_new_tokens:
-            self._notice(f"the answer is limited to {room} tokens by the context budget of "
-                         f"{self.max_context}")
-        return first, carried, min(room, max_new_tokens)
+            notices.append(f"the answer is limited to {room} tokens by the context budget of {self.max_context}")
+        return first, carried, min(room, max_new_tokens), notices
 
     def _notice(self, text: str) -> None:
         self.notices.append(text)
@@ -277,7 +278,7 @@ class Conversation:
             head = prefix.rstrip()
             p_ids = encode_user_text(self.model.require_tokenizer(), head) if head else []
             current = TurnTokens(q_ids, list(self.pending), prefix=p_ids)
-            first, carried, limit = self._fit(current, sampling.max_new_tokens)
+            first, carried, limit, notices = self._fit(current, sampling.max_new_tokens)
             layout, visuals = conversation_layout(self._context(current, first, carried), self._pieces,
                                                   self.mask_mode, self.template)
             out = generate_answer(self.model, layout, visuals, replace(sampling, max_new_tokens=limit),
@@ -287,6 +288,8 @@ class Conversation:
                         out.stopped, out.prompt_tokens, time.perf_counter() - start, out.generated)
             self._first, self._carried, self.pending = first, carried, []
             self.turns.append(turn)
+            for text in notices:
+                self._notice(text)
             return out.text
 
     @property

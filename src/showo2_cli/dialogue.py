@@ -97,7 +97,7 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
     count = opts.frames or spec.und_video_frames
     in_memory = None
     if isinstance(source, (str, os.PathLike)):
-        kind = M.probe_kind(source)
+        kind = M.probe_kind(source, max_pixels)
         label = name or os.fspath(source)
     else:
         in_memory = M.read_media(source, num_frames=count, max_pixels=max_pixels)

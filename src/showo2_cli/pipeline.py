@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
-from .errors import UsageError
+from .errors import ModelError, UsageError
 from .loading import Showo2, load
 from .options import OFFLOAD_MODES, CaptionOptions, GenerateOptions, RuntimeOptions
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
@@ -147,7 +147,7 @@ class Showo2Pipeline:
         if self.offload != "none":
             raise UsageError(f"this pipeline uses {self.offload} CPU offload, whose hooks hold the weights; save it "
                              "before enabling offload")
-        state = self.network.state_dict()
+        state = getattr(self.network, "_orig_mod", self.network).state_dict()  # torch.compile's wrapper: its module
         odd = next((k for k, v in state.items() if type(v) is not torch.Tensor or v.is_meta), None)
         if odd is not None:
             raise UsageError(f"the weights are quantized or offloaded ({odd}); load the model again without "
@@ -223,8 +223,8 @@ class Showo2Pipeline:
     def network(self, value) -> None:
         from .modeling.showo2 import Showo2Model
 
-        inner = getattr(value, "_orig_mod", value)  # torch.compile's wrapper keeps the module there
-        if not isinstance(inner, Showo2Model):
+        inner = getattr(value, "_orig_mod", value) if isinstance(value, torch.nn.Module) else value
+        if not isinstance(inner, Showo2Model):  # (torch.compile's wrapper keeps the module in _orig_mod)
             raise TypeError(f"the network must be a Show-o2 network (or torch.compile of one), got "
                             f"{type(value).__name__}")
         if inner is not getattr(self.model.network, "_orig_mod", self.model.network) and \
@@ -245,7 +245,10 @@ class Showo2Pipeline:
         from .modeling.vae import WanVAE, autoencoder_class
 
         if isinstance(value, autoencoder_class()):
-            value = WanVAE(value)
+            try:
+                value = WanVAE(value)
+            except ModelError as e:  # its config's latent statistics do not fit it: a bad argument
+                raise ValueError(str(e)) from None
         if not isinstance(value, WanVAE):
             raise TypeError(f"the VAE must be a WanVAE or a diffusers AutoencoderKLWan, got {type(value).__name__}")
         if value.z_dim != self.spec.latent_channels:

@@ -71,7 +71,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
     mode = im.mode
     if mode == "RGB":
         return im
-    if mode.startswith("I;16") or mode in ("I", "F"):
+    if mode.startswith("I;16"):  # 16-bit by definition: 0-65535, whatever the values (a dark image stays dark)
+        wide = np.asarray(im).astype(np.int64)
+        gray = ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2), "RGB")
+    if mode in ("I", "F"):  # 32-bit: 8-bit, 16-bit or [0, 1] data, judged by its range
         gray = _scale_to_uint8(np.asarray(im))
         return Image.fromarray(np.repeat(gray[..., None], 3, axis=2), "RGB")
     if mode == "PA" or (mode == "P" and "transparency" in im.info):
@@ -86,25 +90,49 @@ def _is_tensor(value) -> bool:
     return torch is not None and isinstance(value, torch.Tensor)
 
 
-def array_image(value) -> Image.Image:
+def _array_layout(shape: tuple) -> tuple[tuple, int, int]:
+    """(how to index it, height, width) of an image array's shape: (H, W, C), (C, H, W), (H, W),
+    with one leading batch axis of 1 allowed; read from the shape alone, before any copy."""
+    lead = ()
+    if len(shape) == 4 and shape[0] == 1:
+        lead, shape = (0,), shape[1:]
+    if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4):
+        ok, (h, w), channels_first = True, shape[1:], True
+    else:
+        ok, (h, w), channels_first = len(shape) in (2, 3), (shape[:2] if len(shape) >= 2 else (0, 0)), False
+        ok = ok and (len(shape) == 2 or shape[-1] in (1, 3, 4))
+    if not ok or 0 in shape:
+        raise ValueError(f"an image array must be (H, W, 3) or (3, H, W), got shape {tuple(shape)}")
+    return (lead, channels_first), int(h), int(w)
+
+
+def array_image(value, max_pixels: int | None = None) -> Image.Image:
     """An image array or tensor read by its dtype, as diffusers' image processor reads it: uint8
-    0-255, uint16 0-65535, other integers 0-255, floats in [0, 1]; (H, W, C), (C, H, W) or (H, W)."""
+    0-255, 16-bit 0-65535, other integers 0-255, floats in [0, 1]; (H, W, C), (C, H, W) or (H, W).
+    Its size is checked against ``max_pixels`` from the shape alone, before anything is copied."""
+    if _is_tensor(value) and (value.is_meta or value.layout != sys.modules["torch"].strided):
+        raise TypeError(f"an image tensor must hold its values (a dense CPU or GPU tensor), got a "
+                        f"{'meta' if value.is_meta else 'sparse'} tensor")
+    (lead, channels_first), h, w = _array_layout(tuple(np.shape(value)))
+    limit = resolve_max_pixels(max_pixels)
+    if h * w > limit:
+        raise too_large("image array", "<array>", w, h, limit)
     if _is_tensor(value):  # uint8 stays 0-255 (torchvision's read_image); floats as they are
-        value = value.detach().cpu()
+        value = value.detach()[lead].cpu()
         arr = value.double().numpy() if value.is_floating_point() else value.numpy()
     else:
-        arr = np.asarray(value)
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.asarray(value)[lead]
+    if arr.dtype.kind not in "buif":  # complex, dates, objects: not pixels
+        raise TypeError(f"an image array must hold numbers, got dtype {arr.dtype}")
+    if channels_first:
         arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:
-        raise ValueError(f"an image array must be (H, W, 3) or (3, H, W), got shape {tuple(np.shape(value))}")
-    if arr.dtype == np.uint16:  # 16-bit pixels (PIL 'I;16', PNG 16-bit): 0-65535
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # 16-bit pixels (PIL 'I;16', PNG 16-bit), either byte order
         arr = (arr.astype(np.float64) / 65535.0)
-    elif arr.dtype != np.uint8 and np.issubdtype(arr.dtype, np.integer):  # other integers: 0-255 pixels
+    elif arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8 and arr.dtype.kind in "iu":  # other integers: 0-255 pixels
         if arr.min() < 0 or arr.max() > 255:
             raise ValueError(f"an integer image array must hold pixel values 0 to 255, got {arr.min()} to {arr.max()}")
         arr = arr.astype(np.uint8)
@@ -117,7 +145,12 @@ def array_image(value) -> Image.Image:
             raise ValueError(f"a float image must hold values in [0, 1] (got {low:.3g} to {high:.3g}): pass uint8 "
                              "for 0-255 pixels, or (x + 1) / 2 for [-1, 1] tensors")
         arr = (arr.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
-    return Image.fromarray(arr)
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def is_animated(image: Image.Image) -> bool:
+    """A PIL image holding several frames (GIF, APNG, WebP, TIFF pages ...)."""
+    return bool(getattr(image, "is_animated", False)) and int(getattr(image, "n_frames", 1)) > 1
 
 
 def image_input(source, max_pixels: int | None = None, what: str = "image") -> Image.Image:
@@ -127,18 +160,27 @@ def image_input(source, max_pixels: int | None = None, what: str = "image") -> I
 
     Raises:
         TypeError: not a path, PIL image, array or tensor.
-        ValueError: an array of another shape or value range.
+        ValueError: an array of another shape or value range; an animated PIL image (several
+            frames: a video's place takes it).
         ResourceError: more pixels than ``max_pixels`` (default ``$SHOWO2_MAX_PIXELS``).
     """
     if isinstance(source, (str, os.PathLike)):
         return read_image(source, max_pixels=max_pixels)
     if isinstance(source, np.ndarray) or _is_tensor(source):
-        source = array_image(source)
+        return to_rgb(array_image(source, max_pixels))
     if not isinstance(source, Image.Image):
         raise TypeError(f"{what} must be a path, a PIL image, an array or a tensor, got {type(source).__name__}")
+    if is_animated(source):
+        raise ValueError(f"{what} is an animated image of {source.n_frames} frames: give one frame "
+                         "(image.seek(k)), or pass it where a video goes")
     limit = resolve_max_pixels(max_pixels)
     if source.width * source.height > limit:
-        raise too_large(what, f"<{type(source).__name__}>", source.width, source.height, limit)
+        raise too_large(what, "<PIL image>", source.width, source.height, limit)
+    try:
+        source.load()  # a lazily opened image whose file was closed fails here, with its reason
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{what}: the PIL image cannot be read ({error_detail(e)}); load() it while its file "
+                         "is open") from None
     return to_rgb(source)
 
 

@@ -111,7 +111,7 @@ def check_input_file(path: PathLike, what: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pil_header(p: Path) -> tuple[str, tuple[int, int], bool] | None:
+def _pil_header(p: Path, max_pixels: int | None = None) -> tuple[str, tuple[int, int], bool] | None:
     """``(format, (w, h), animated)`` if PIL recognises the file from its header, else ``None``.
 
     Raises :class:`ResourceError` for a decompression bomb.
@@ -130,7 +130,7 @@ def _pil_header(p: Path) -> tuple[str, tuple[int, int], bool] | None:
                         animated = False
                 return fmt, size, animated
     except Image.DecompressionBombError as e:
-        raise decompression_bomb(p, e) from e
+        raise decompression_bomb(p, e, max_pixels) from e
     except (
         UnidentifiedImageError,
         OSError,
@@ -176,7 +176,7 @@ def av_video_info(p: Path) -> bool:
     return _av_container(p) == "video"
 
 
-def probe_kind(path: PathLike) -> str:
+def probe_kind(path: PathLike, max_pixels: int | None = None) -> str:
     """Return ``"image"`` or ``"video"`` for a media file, judged by its content, not its name.
 
     A GIF with more than one frame is a video, a one-frame GIF an image; any other still format
@@ -187,7 +187,7 @@ def probe_kind(path: PathLike) -> str:
         InputError: missing path, a directory, an empty file, or content that is neither.
     """
     p = check_input_file(path, "media file")
-    header = _pil_header(p)
+    header = _pil_header(p, max_pixels)  # (a bomb is refused against the caller's pixel limit)
     if header is not None:
         fmt, _size, animated = header
         if fmt == "GIF":

@@ -16,7 +16,7 @@ from PIL import Image
 from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
 
 from .geometry import check_count
-from .image import PIL_FORMATS, image_input, read_image, write_image
+from .image import PIL_FORMATS, image_input, is_animated, read_image, write_image
 from .metadata import metadata_json
 from .outputs import atomic_output
 from .probe import (
@@ -352,7 +352,7 @@ def read_media(
     """
     if not isinstance(path, (str, os.PathLike)):
         return _media_in_memory(path, num_frames, max_pixels, max_frames, first, max_bytes)
-    kind = probe_kind(path)
+    kind = probe_kind(path, max_pixels)
     if kind == "video":
         return read_video(path, num_frames=num_frames, max_pixels=max_pixels, max_frames=max_frames, first=first,
                           max_bytes=max_bytes)
@@ -361,10 +361,30 @@ def read_media(
     return Media(kind="image", frames=frames, fps=None, source=os.fspath(path), total_frames=1)
 
 
+class _PilFrames:
+    """The frames of an animated PIL image, each read when it is indexed (seek + copy)."""
+
+    def __init__(self, image: Image.Image):
+        self.image = image
+
+    def __len__(self) -> int:
+        return int(self.image.n_frames)
+
+    def __getitem__(self, i: int) -> Image.Image:
+        self.image.seek(i)
+        frame = self.image.copy()
+        return frame.convert("RGBA") if frame.mode == "P" else frame  # the palette of this frame
+
+
 def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_bytes) -> Media:
     if num_frames is not None:
         num_frames = check_count(num_frames, "the number of frames to read")
-    is_frames = isinstance(source, (list, tuple)) or (getattr(source, "ndim", 0) == 4 and source.shape[0] > 1)
+    if isinstance(source, Image.Image) and is_animated(source):  # a GIF, APNG or WebP opened by PIL
+        source = _PilFrames(source)
+    elif isinstance(source, (list, tuple)) and len(source) == 1:
+        source = source[0]  # one frame: an image (a list of one image is no video)
+    is_frames = isinstance(source, (list, tuple, _PilFrames)) or \
+        (getattr(source, "ndim", 0) == 4 and source.shape[0] > 1)
     if not is_frames:
         frames = np.array(image_input(source, max_pixels), dtype=np.uint8)[None]
         return Media(kind="image", frames=frames, fps=None, source="<image>", total_frames=1)

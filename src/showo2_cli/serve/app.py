@@ -21,7 +21,7 @@ from typing import Any
 from .. import __version__
 from ..errors import Showo2Error, UsageError, short
 from .body import read_json
-from .errors import ApiError, api_error_of
+from .errors import ApiError, api_error_of, shutting_down
 from .requests import ChatPlan, ImagePlan, ServerConfig, parse_chat, parse_images
 from .worker import Job, QueueFull, Worker
 
@@ -121,8 +121,7 @@ async def next_event(request: Request, job: Job, worker: Worker) -> tuple[str, A
             continue
         except asyncio.CancelledError:  # uvicorn gave up on the drain: answer, do not die in a 500
             worker.cancel(job)
-            raise ApiError(503, "the server is shutting down: the request was stopped",
-                           "shutting_down", type_="server_error") from None
+            raise shutting_down() from None
 
 
 # ---- the app --------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ data URLs), each problem an OpenAI-shaped :class:`~showo2_cli.serve.errors.ApiEr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -11,7 +12,7 @@ import math
 import re
 
 from ..errors import short
-from .errors import ApiError
+from .errors import ApiError, shutting_down
 
 
 def _reject_constant(name: str):
@@ -46,11 +47,11 @@ async def read_json(request, limit: int) -> dict:
     except ClientDisconnect:  # the client went away (or stopped sending) before its body ended
         raise ApiError(400, "the request body ended early (the client stopped sending)",
                        "incomplete_body") from None
+    except asyncio.CancelledError:  # uvicorn gave up on the drain while the body came: a 503, not its 500
+        raise shutting_down() from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise ApiError(400, "the request body is empty: send a JSON object", "invalid_json")
-    import asyncio
-
     return await asyncio.to_thread(parse_body, raw)  # a large body is parsed off the event loop
 
 
@@ -66,9 +67,11 @@ def parse_body(raw: bytes) -> dict:
     if values > MAX_JSON_VALUES:  # counted at C speed, before parsing
         raise ApiError(413, f"the request body holds more than {MAX_JSON_VALUES} JSON values", "request_too_large")
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except UnicodeDecodeError:
+        text = raw.decode("utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else "utf-8")  # strict: json.loads
+    except UnicodeDecodeError:  # of bytes lets UTF-8-encoded surrogates (CESU-8, WTF-8) through
         raise ApiError(400, "the request body is not UTF-8 JSON", "invalid_json") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
         detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ApiError(400, f"the request body is not valid JSON: {detail}", "invalid_json") from None

@@ -31,6 +31,12 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+def shutting_down() -> ApiError:
+    """A request still running (or still sending its body) when the drain timeout ends."""
+    return ApiError(503, "the server is shutting down: the request was stopped at the drain timeout",
+                    "shutting_down", type_="server_error")
+
+
 def api_error_of(exc: BaseException) -> ApiError:
     """The HTTP form of a library error (one line) or of a bug (500, details in the log only)."""
     if isinstance(exc, ApiError):

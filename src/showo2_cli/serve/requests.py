@@ -77,6 +77,7 @@ _UNSUPPORTED_CHAT = {
     "audio": lambda v: v is None,
     "modalities": lambda v: v in (None, ["text"]),
     "prediction": lambda v: v is None,
+    "web_search_options": lambda v: v is None,
     # vLLM's extras this server does not do: refused, not ignored (it takes top_k, min_p,
     # repetition_penalty and continue_final_message)
     **{k: (lambda v: v is None) for k in ("guided_json", "guided_regex", "guided_choice", "guided_grammar",
@@ -209,6 +210,10 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             else:
                 turns.append(PlannedTurn(text, pics, image_params=where))
         elif role == "assistant":
+            for field in ("tool_calls", "function_call", "audio"):  # dropped silently, the history would lie
+                if msg.get(field) not in (None, []):
+                    raise ApiError(400, f"{param}.{field}: tool calls are not supported by this server (Show-o2 "
+                                        "answers in plain text)", "unsupported_parameter", f"{param}.{field}")
             text = message_text(content, "an assistant message's", param)
             if turns and turns[-1].answer is not None and prev_role == "assistant":  # one reply in parts
                 turns[-1].answer = "\n".join(t for t in (turns[-1].answer, text) if t)
@@ -271,6 +276,11 @@ _IMAGE_CHOICES = {"quality": ("auto", "standard", "hd", "low", "medium", "high")
 
 def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
     from ..options import MAX_PROMPT_CHARS
+
+    for name in ("image", "mask"):  # edits' inputs: an image made from the prompt alone would mislead
+        if body.get(name) is not None:
+            raise ApiError(400, f"'{name}' is not supported: this endpoint makes images from the prompt alone "
+                                "(no edits)", "unsupported_parameter", name)
 
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .errors import ApiError
+from .errors import ApiError, shutting_down
 
 try:  # module level: FastAPI resolves the handlers' (string) annotations in these globals
     from fastapi import Request
@@ -21,11 +21,6 @@ log = logging.getLogger("showo2.serve")
 
 class QueueFull(Exception):
     pass
-
-
-def shutting_down() -> ApiError:
-    return ApiError(503, "the server is shutting down: the request was stopped at the drain timeout",
-                    "shutting_down", type_="server_error")
 
 
 class Job:
