@@ -694,7 +694,7 @@ def test_pipeline_caption_takes_arrays_tensors_and_tuples(pipe):
     with pytest.raises(TypeError, match="question"):
         pipe.caption(image, 5)
     with pytest.raises(ValueError, match="shape"):
-        pipe.caption(np.zeros((4, 4, 4, 4)), "?")
+        pipe.caption(np.zeros((2, 2, 4, 4, 3)), "?")  # (4, 4, 4, 4) is a video of 4 RGBA frames now
 
 
 def test_a_step_callback_cannot_move_the_first_frame_of_image_to_video(pipe, tmp_path):

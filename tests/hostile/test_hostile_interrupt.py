@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, sigint_reaches_child
+from showo2_cli.training.trainer import LOCK_FILE
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -79,7 +80,7 @@ def test_sigint_during_train_exits_130_with_a_complete_checkpoint(tmp_path):
     checkpoint = run / latest
     assert checkpoint.is_dir() and (checkpoint / "model.safetensors").is_file()
     assert load(checkpoint).spec.name == "tiny"
-    assert not [p for p in run.iterdir() if p.name.startswith(".") and p.name != ".data-index"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".") and p.name not in (".data-index", LOCK_FILE)]
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, OSError])
