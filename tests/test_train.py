@@ -30,7 +30,7 @@ from showo2_cli.training.data import (
     step_keys,
 )
 from showo2_cli.training.records import build_index
-from showo2_cli.training.trainer import lr_factor, train
+from showo2_cli.training.trainer import LOCK_FILE, lr_factor, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -451,7 +451,7 @@ def test_ctrl_c_saves_a_complete_checkpoint_and_exits_130(tmp_path):
     assert "interrupted" in err
     latest = ckpt.latest_checkpoint(run)
     assert latest is not None and int(latest.name.split("-")[1]) >= 3
-    assert not [p for p in run.iterdir() if p.name.startswith(".")  and p.name != ".data-index"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".") and p.name not in (".data-index", LOCK_FILE)]
     from showo2_cli.loading import load
 
     assert load(latest).spec.name == "tiny"
