@@ -312,7 +312,8 @@ def test_a_hub_that_stops_answering_fails_in_bounded_time(hub, monkeypatch):
 
 
 def test_names_and_listings_huggingface_hub_rejects_are_model_errors(hub):
-    from showo2_cli.hub import _as_model_error, model_files, pull, repo_id_for, resolve_root
+    from showo2_cli.hub import model_files, pull, repo_id_for, resolve_root
+    from showo2_cli.hub_download import as_model_error
 
     for bad in ("a/..", "acme/x--y", "acme/.hidden", "acme/x.", "acme/" + "x" * 100):
         assert repo_id_for(bad) is None
@@ -322,7 +323,7 @@ def test_names_and_listings_huggingface_hub_rejects_are_model_errors(hub):
             resolve_root(bad)
     listing = ["config.json", "model.safetensors", "../x/config.json", "/x/config.json", "x/../config.json"]
     assert model_files(listing, {"llm_model_path": "../x"}) == ["config.json", "model.safetensors"]
-    err = _as_model_error("acme/x", "model", ValueError("Invalid path\nsecond line"))
+    err = as_model_error("acme/x", "model", ValueError("Invalid path\nsecond line"))
     assert isinstance(err, ModelError) and "\n" not in str(err)
 
 

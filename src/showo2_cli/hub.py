@@ -1,7 +1,7 @@
 """Models from the Hugging Face Hub: what a Show-o2 model needs, found in the cache or downloaded.
 
 Everything goes through ``huggingface_hub``: its cache (``HF_HOME`` / ``HF_HUB_CACHE``), its
-endpoint (``HF_ENDPOINT``), its offline switch (``HF_HUB_OFFLINE``), its token, its resumable
+endpoint (``HF_ENDPOINT``), its offline switch (``HF_HUB_OFFLINE``), its token, its
 downloads and its ``.incomplete`` files. This module only decides *which* files: a Show-o2
 checkpoint is its ``config.json`` plus one set of weights (the set :func:`loading.find_weights`
 would read: safetensors before pickles, never both), its tokenizer files, and its VAE; the official
@@ -28,16 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import ModelError, UsageError, short
-from .hub_download import (  # noqa: F401  (the download machinery, importable from here as before)
-    ABANDONED,
-    STALL_ENV,
-    RemoteFile,
-    _as_model_error,
-    _Bytes,
-    _cause,
-    remote_listing,
-)
-from .hub_download import download as _download
+from .hub_download import cache_ref_readable, download_files, offline, remote_listing
 from .weights import read_json
 
 Progress = Callable[[str, int, int], None]
@@ -108,7 +99,7 @@ def is_repo_id(text: str) -> bool:
     leading ``.``, trailing ``.``, at most 96 characters)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if not isinstance(text, str) or not REPO_ID.fullmatch(text) or text.startswith((".", "/")):
+    if not isinstance(text, str) or not REPO_ID.fullmatch(text):
         return False
     try:
         validate_repo_id(text)
@@ -117,39 +108,14 @@ def is_repo_id(text: str) -> bool:
     return not any(part.startswith(".") or part.endswith(".") for part in text.split("/"))
 
 
-def offline() -> bool:
-    """``HF_HUB_OFFLINE`` as huggingface_hub reads it."""
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
 # ---- local folders and the cache, no network ---------------------------------------------------
 
 WAN_VAE_REPO, WAN_VAE_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
 WAN_VAE_DIFFUSERS_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
 
-def _cache_ref_readable(repo_id: str, revision: str | None = None) -> bool:
-    """Whether the cache's ``refs/<revision>`` pointer (which huggingface_hub reads to find a
-    snapshot) is absent or a regular file: a FIFO there would block every lookup forever."""
-    try:
-        from huggingface_hub import constants
-
-        ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
-        return not ref.exists() or ref.is_file()
-    except (OSError, ValueError):
-        return False
-
-
 def hf_cached_file(repo_id: str, filename: str) -> Path | None:
-    if not _cache_ref_readable(repo_id):
+    if not cache_ref_readable(repo_id):
         return None
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -415,7 +381,7 @@ def cached_snapshot(repo_id: str, role: str = "model", revision: str | None = No
     whole weight set (a tokenizer file for ``role="tokenizer"``). ``revision``: that commit, tag or branch (default ``main``)."""
     from huggingface_hub import snapshot_download
 
-    if not _cache_ref_readable(repo_id, revision):
+    if not cache_ref_readable(repo_id, revision):
         return None
     listing = _cached_listing(repo_id, revision)
     patterns = None
@@ -445,17 +411,12 @@ def _looks_complete(snap: Path, role: str) -> bool:
 
 # ---- downloading (the machinery is in hub_download) --------------------------------------------------
 
-def _remote_listing(repo_id: str, what: str, revision: str | None = None) -> list[str]:
-    """The repo's file names (one API call)."""
-    return list(remote_listing(repo_id, what, revision))
-
-
 def download_model(repo_id: str, progress: Progress | None = None, revision: str | None = None) -> Path:
     """Fetch a Show-o2 repo's own files (:func:`model_files`) into the cache; return the snapshot."""
     remote = remote_listing(repo_id, "model", revision)
     if "config.json" not in remote:
         raise ModelError(f"'{repo_id}' on the Hub is not a Show-o2 model: it has no config.json")
-    snap = _download(repo_id, ["config.json"], None, "model", revision, remote)
+    snap = download_files(repo_id, ["config.json"], None, "model", revision, remote)
     try:
         config = read_json(snap / "config.json")
     except ModelError as e:
@@ -463,7 +424,7 @@ def download_model(repo_id: str, progress: Progress | None = None, revision: str
     files = model_files(list(remote), config if isinstance(config, dict) else None)
     if len(files) == 1:
         raise ModelError(f"'{repo_id}' on the Hub has no weights (model.safetensors / pytorch_model.bin)")
-    return _download(repo_id, files, progress, "model", revision, remote)
+    return download_files(repo_id, files, progress, "model", revision, remote)
 
 
 def needs_download(name: str) -> bool:
@@ -541,7 +502,7 @@ def pull(name: str, progress: Progress | None = None) -> PullResult:
         remote = remote_listing(companion, what)  # sizes and checksums
         chosen = (tokenizer_repo_files(list(remote)) if what == "tokenizer" else
                   ["config.json"] if what == "SigLIP config" else [WAN_VAE_FILE])
-        _download(companion, chosen, progress, what, remote=remote)
+        download_files(companion, chosen, progress, what, remote=remote)
         downloaded.append(companion)
     if downloaded:
         files = find_files(snap)

@@ -47,6 +47,18 @@ def offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def cache_ref_readable(repo_id: str, revision: str | None = None) -> bool:
+    """Whether the cache's ``refs/<revision>`` pointer (which huggingface_hub reads to find a
+    snapshot) is absent or a regular file: a FIFO there would block every lookup forever."""
+    try:
+        from huggingface_hub import constants
+
+        ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
+        return not ref.exists() or ref.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def stall_seconds() -> float:
     raw = os.environ.get(STALL_ENV, "").strip()
     try:
@@ -181,7 +193,7 @@ def remote_listing(repo_id: str, what: str, revision: str | None = None) -> dict
     try:
         info = _bounded(call, _Bytes("listing", None), repo_id, what)
     except Exception as e:
-        raise _as_model_error(repo_id, what, e, revision) from e
+        raise as_model_error(repo_id, what, e, revision) from e
     return {s.rfilename: RemoteFile(s.size, s.lfs.sha256 if s.lfs else None) for s in info.siblings or []}
 
 
@@ -201,6 +213,7 @@ def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, Rem
     and so is a download larger than the cache folder's free space."""
     from huggingface_hub import constants
 
+    from .hub import TOKENIZER_FILES
     from .tokenizer import MAX_TOKENIZER_FILE_BYTES
     from .weights import MAX_CONFIG_BYTES
 
@@ -210,8 +223,7 @@ def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, Rem
         if size is None:
             continue
         base = name.rsplit("/", 1)[-1]
-        cap = (MAX_TOKENIZER_FILE_BYTES if base.startswith(("tokenizer", "vocab", "merges", "special_tokens",
-                                                                "added_tokens", "chat_template"))
+        cap = (MAX_TOKENIZER_FILE_BYTES if base in TOKENIZER_FILES  # the caps the loaders hold them to
                else MAX_CONFIG_BYTES if base.endswith(".json") else None)
         if cap is not None and size > cap:
             raise ModelError(f"{what} '{repo_id}' on the Hub has a '{name}' of {size} bytes, more than the "
@@ -261,15 +273,13 @@ def _verify(repo_id: str, what: str, snap: Path, files: list[str], remote: dict[
                              "checksum (sha256 of the Hub's listing); removed, pull again")
 
 
-def download(repo_id: str, files: list[str] | None, progress: Progress | None, what: str,
+def download_files(repo_id: str, files: list[str] | None, progress: Progress | None, what: str,
              revision: str | None = None, remote: dict[str, RemoteFile] | None = None) -> Path:
     """``snapshot_download`` of the selected files, bounded (:func:`_bounded`), sizes checked first
     and LFS checksums after (with ``remote``, the listing); errors as one-line :class:`ModelError`."""
     from huggingface_hub import snapshot_download
 
-    from .hub import _cache_ref_readable
-
-    if not _cache_ref_readable(repo_id, revision):
+    if not cache_ref_readable(repo_id, revision):
         raise ModelError(f"the Hugging Face cache entry of '{repo_id}' is damaged: its refs/{revision or 'main'} is "
                          "not a regular file (delete that file and pull again)")
     if remote is not None and files is not None:
@@ -284,7 +294,7 @@ def download(repo_id: str, files: list[str] | None, progress: Progress | None, w
     try:
         snap = Path(_bounded(call, meter, repo_id, what))
     except Exception as e:
-        raise _as_model_error(repo_id, what, e, revision) from e
+        raise as_model_error(repo_id, what, e, revision) from e
     if remote is not None and files is not None:
         _verify(repo_id, what, snap, files, remote, before)
     return snap
@@ -311,7 +321,7 @@ def _status(e: BaseException) -> int | None:
     return None
 
 
-def _as_model_error(repo_id: str, what: str, e: Exception, revision: str | None = None) -> Exception:
+def as_model_error(repo_id: str, what: str, e: Exception, revision: str | None = None) -> Exception:
     """A Hub, network or listing failure as a one-line :class:`ModelError` (anything else
     unchanged: a bug)."""
     import httpx
@@ -355,13 +365,12 @@ def _as_model_error(repo_id: str, what: str, e: Exception, revision: str | None 
     return e
 
 
-def _first_line(text: str) -> str:
+def _first_line(text: str, n: int = 160) -> str:
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return first if len(first) <= 160 else first[:157] + "..."
+    return first if len(first) <= n else first[:n - 3] + "..."
 
 
 def _cause(e: BaseException) -> str:
     e = _root(e)
-    first = _first_line(str(e))
-    first = first if len(first) <= 120 else first[:117] + "..."
+    first = _first_line(str(e), 120)
     return f"{type(e).__name__}: {first}" if first else type(e).__name__

@@ -171,10 +171,10 @@ def memory_limit_gb(option: float | None = None, device: str | torch.device = "c
 
 def _gb(value: float) -> str:
     """A memory size as people read it: 2.5 GB, 120 MB, 3 KB (never "0.0 GB" beside "0.0 GB")."""
-    for unit, scale in (("GB", 1.0), ("MB", 1e3), ("KB", 1e6)):
-        if value * scale >= 1 or unit == "KB":
+    for unit, scale in (("GB", 1.0), ("MB", 1e3)):
+        if value * scale >= 1:
             return f"{value * scale:.1f} {unit}"
-    return ""
+    return f"{value * 1e6:.1f} KB"
 
 
 def check_memory(need_gb: float, what: str, option: float | None = None,

@@ -40,8 +40,6 @@ def add_showo2_tokens(tokenizer) -> SpecialTokens:
 
 #: tokenizer files larger than this are not a tokenizer (Qwen2.5's tokenizer.json is 7 MB)
 MAX_TOKENIZER_FILE_BYTES = 128 * 2**20
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
-                    "special_tokens_map.json", "chat_template.jinja")
 
 
 def load_tokenizer(path: Path):
@@ -49,7 +47,9 @@ def load_tokenizer(path: Path):
     from it (a config's ``auto_map`` naming a Python file is refused, not prompted for)."""
     from transformers import AutoTokenizer
 
-    for name in _TOKENIZER_FILES:  # sizes before anything is read
+    from .hub import TOKENIZER_FILES
+
+    for name in TOKENIZER_FILES:  # sizes before anything is read
         file = Path(path) / name
         try:
             size = file.stat().st_size if file.is_file() else 0
