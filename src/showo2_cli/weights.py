@@ -94,8 +94,14 @@ def _pickled_code(path: Path) -> str | None:
     calls nothing or is not a pickle."""
     import pickletools
 
+    class _Discard:
+        def write(self, text: str) -> int:
+            return len(text)
+
     strings: list[str] = []
     try:
+        with open(path, "rb") as fh:  # a whole, consistent stream first: noise can begin with any opcode
+            pickletools.dis(fh, out=_Discard())
         with open(path, "rb") as fh:
             for op, arg, _pos in pickletools.genops(fh):
                 if isinstance(arg, str):
@@ -115,7 +121,8 @@ def unreadable_pickle(path: Path, e: Exception, what: str) -> ModelError:
     """The one-line error for a ``torch.load(weights_only=True)`` that failed: a pickle that would
     run code is refused "for safety" naming what it calls; else it is truncated or corrupt."""
     msg = str(e)
-    if "weights_only" in msg or "Weights only load failed" in msg or "Unsupported global" in msg:
+    unpickler = "weights_only" in msg or "Weights only load failed" in msg or "Unsupported global" in msg
+    if unpickler:
         found = re.search(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)", msg)
         named = found.group(1) if found else None
         if named is None and "global" not in msg.lower():
@@ -124,10 +131,22 @@ def unreadable_pickle(path: Path, e: Exception, what: str) -> ModelError:
             calls = f"; it references {named}" if named not in (None, "?") else ""
             return ModelError(f"refusing to load '{path}' for safety: it holds pickled objects other than "
                               f"tensors (loading it could run code{calls})")
+    if unpickler or not _starts_like_torch(path):  # which error torch meets first in noise is chance
         why = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", msg, re.S)
         return ModelError(f"cannot read {what} '{path}': not a safetensors or PyTorch checkpoint (truncated or "
-                          f"corrupt: {one_line(why.group(1) if why else msg, 120)})")
+                          f"corrupt: {one_line(why.group(1) if why else msg, 120) or type(e).__name__})")
     return ModelError(f"cannot read {what} '{path}': truncated or corrupt ({one_line(msg) or type(e).__name__})")
+
+
+def _starts_like_torch(path: Path) -> bool:
+    """Whether ``path`` begins as ``torch.save`` writes: a zip archive, or (the legacy format) a
+    pickle stream of protocol 2 or later."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError:
+        return True  # nothing more to tell
+    return head == b"PK" or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def _read_one(path: Path) -> dict[str, torch.Tensor]:
