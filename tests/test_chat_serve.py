@@ -599,9 +599,15 @@ def test_image_data_urls_take_what_encoders_write():
         forms = [std, base64.encodebytes(raw).decode(), std.rstrip("="), base64.urlsafe_b64encode(raw).decode(),
                  "\r\n".join(std[i:i + 76] for i in range(0, len(std), 76)) + "\r\n"]
         for form in forms:
-            assert decode_data_url("data:image/png;base64," + form, "p") == raw, form
-        assert decode_data_url("DATA:IMAGE/PNG;BASE64," + std, "p") == raw
-    for bad in ("data:image/png;base64,a", "data:image/png;base64,ab$c", "data:image/png;base64,", "data:,abc"):
+            assert decode_data_url("data:image/png;base64," + form, "p").data == raw, form
+        assert decode_data_url("DATA:IMAGE/PNG;BASE64," + std, "p") == (raw, "p", "image")
+    # the declared type: image/* or video/* is checked against the content later; none or
+    # octet-stream is judged by content; anything else is no picture (a PDF was read as MJPEG frames)
+    assert decode_data_url("data:video/mp4;base64,AAAA", "p").declared == "video"
+    assert decode_data_url("data:application/octet-stream;base64,AAAA", "p").declared is None
+    assert decode_data_url("data:;base64,AAAA", "p").declared is None
+    for bad in ("data:image/png;base64,a", "data:image/png;base64,ab$c", "data:image/png;base64,", "data:,abc",
+                "data:application/pdf;base64,AAAA", "data:text/plain;base64,AAAA"):
         with pytest.raises(ApiError) as e:
             decode_data_url(bad, "p")
         assert e.value.status == 400 and e.value.param == "p"
@@ -927,7 +933,7 @@ def test_server_with_the_openai_client(keyed_server, demo):
 
 
 @pytest.mark.slow
-def test_server_errors_are_openai_json(keyed_server):
+def test_server_errors_are_openai_json(keyed_server, media_dir):
     import httpx
 
     url, key = keyed_server.url, {"Authorization": "Bearer sekret"}
@@ -959,6 +965,13 @@ def test_server_errors_are_openai_json(keyed_server):
     r = httpx.post(chat, json=broken, headers=key)
     expect(r, 400, "invalid_input")  # the request's part is named, the server's temporary file is not
     assert r.json()["error"]["param"] == "messages[0].content[1]" and "showo2-serve-" not in r.text
+    video = base64.b64encode((media_dir / "video1.mp4").read_bytes()).decode()
+    for wrong in (f"data:image/png;base64,{video}", f"data:video/mp4;base64,{data_url(scene(1)).split(',')[1]}"):
+        mislabelled = {"type": "image_url", "image_url": {"url": wrong}}
+        r = httpx.post(chat, json={**broken, "messages": [{"role": "user", "content": [mislabelled]}]},
+                       headers=key)
+        expect(r, 400, "invalid_image_url")  # it was answered as what the bytes are
+        assert "the data URL says" in r.json()["error"]["message"]
     expect(httpx.post(chat, json={**user, "max_tokens": 10 ** 400}, headers=key), 400, "invalid_value")
     expect(httpx.post(chat, content=b'{"messages": [{"role": "user", "content": "a \\ud800"}]}', headers=key),
            400, "invalid_json")

@@ -243,6 +243,9 @@ def test_video_frames_not_1_plus_4k_are_rounded_with_a_notice(media_dir, tiny_va
     code, out, err = run(["encode", media_dir / "video1.mp4", "-o", tmp_path / "b.safetensors", "--vae", tiny_vae,
                           "--size", 32], capsys)
     assert "52 frames is not 1+4k" in err
+    code, out, err = run(["encode", media_dir / "video1.mp4", "-o", tmp_path / "c.safetensors", "--vae", tiny_vae,
+                          "--size", 32, "--frames", 100000], capsys)
+    assert code == 0 and "has only 52 frames: using 49" in err and "rounded" not in err  # not "rounded to 100001"
 
 
 @pytest.mark.parametrize("photo", ["pexels-talha-ahmed-26040377-7949588.jpg", "pexels-taryn-elliott-4144459.jpg"])

@@ -50,11 +50,11 @@ def prepare_frames(media: M.Media, size: tuple[int, int], frames: int | None, no
             if frames < 1:
                 raise UsageError(f"--frames must be at least 1, got {frames}")
             n = M.round_frames(frames, "up")
-            if n != frames:
-                notices.append(f"frames must be 1+4k: {frames} was rounded to {n}")
-            if n > total:
+            if n > total:  # one notice: what the video has decides, not the rounding
                 n = M.round_frames(total, "down")
                 notices.append(f"{Path(media.source).name} has only {total} frames: using {n}")
+            elif n != frames:
+                notices.append(f"frames must be 1+4k: {frames} was rounded to {n}")
         arr = arr[:n]
     from PIL import Image
 

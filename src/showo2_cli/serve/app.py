@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .. import media as M
 from ..errors import Showo2Error, UsageError, short
-from .body import read_json
+from .body import Upload, read_json
 from .errors import ApiError, api_error_of, shutting_down
 from .requests import ChatPlan, ImagePlan, ServerConfig, parse_chat, parse_images
 from .worker import Job, QueueFull, Worker
@@ -45,11 +46,18 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
     with tempfile.TemporaryDirectory(prefix="showo2-serve-") as tmp:
         count = 0
 
-        def attach(data: bytes, param: str) -> None:
+        def attach(upload: Upload) -> None:
             nonlocal count
+            param = upload.param
             path = Path(tmp) / f"image-{count}"
-            path.write_bytes(data)
+            path.write_bytes(upload.data)
             try:
+                if upload.declared is not None:  # what its data URL says it is, it must be
+                    found = M.probe_kind(path, config.max_image_pixels)
+                    if found != upload.declared:
+                        raise ApiError(400, f"{param}: the data URL says {upload.declared}/*, but it holds "
+                                            f"{'an' if found == 'image' else 'a'} {found}",
+                                       "invalid_image_url", param)
                 conv.attach(path, name=f"image {count + 1}", max_pixels=config.max_image_pixels)
             except Showo2Error as e:  # name the request's part, never the server's temporary file
                 err = api_error_of(e)
@@ -61,8 +69,8 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
             count += 1
 
         for turn in plan.turns:
-            for data, param in zip(turn.images, turn.image_params, strict=True):
-                attach(data, param)
+            for upload in turn.images:
+                attach(upload)
             if job.cancel.is_set():
                 from ..dialogue import Cancelled
 

@@ -10,6 +10,7 @@ import binascii
 import json
 import math
 import re
+from typing import NamedTuple
 
 from ..errors import short
 from .errors import ApiError, shutting_down
@@ -199,7 +200,18 @@ _BASE64_SPACE = re.compile(r"[ \t\r\n\f\v]+")
 _URLSAFE = str.maketrans("-_", "+/")
 
 
-def decode_data_url(url: str, param: str) -> bytes:
+class Upload(NamedTuple):
+    """A medium sent in a request: its bytes, where it is in the request, and the kind its data URL
+    declares (``image``, ``video``, or None when it names no type or ``application/octet-stream``)."""
+
+    data: bytes
+    param: str
+    declared: str | None
+
+
+def decode_data_url(url: str, param: str) -> Upload:
+    """A ``data:`` URL's bytes. A declared type other than ``image/*``, ``video/*`` or
+    ``application/octet-stream`` is refused (a PDF is no picture, even where FFmpeg finds JPEGs in it)."""
     if not isinstance(url, str):
         raise ApiError(400, "an image_url must be a string", "invalid_image_url", param)
     m = _DATA_URL.match(url)
@@ -210,6 +222,11 @@ def decode_data_url(url: str, param: str) -> bytes:
         raise ApiError(400, "an image_url must be a data: URL (data:image/png;base64,...)",
                        "invalid_image_url", param)
     payload = url[m.end():]
+    mime = (m.group("mime") or "").lower()
+    declared = mime.split("/")[0] if mime.split("/")[0] in ("image", "video") else None
+    if mime and declared is None and mime != "application/octet-stream":
+        raise ApiError(400, f"the data URL holds '{mime}'; only image/* and video/* data are read",
+                       "invalid_image_url", param)
     if ";base64" not in m.group("params").lower():
         raise ApiError(400, "an image data URL must be base64-encoded (;base64,)", "invalid_image_url", param)
     # what encoders write: MIME line breaks (base64.encodebytes), the URL-safe alphabet, no padding
@@ -221,4 +238,4 @@ def decode_data_url(url: str, param: str) -> bytes:
         raise ApiError(400, "the image data URL is not valid base64", "invalid_image_url", param) from None
     if not data:
         raise ApiError(400, "the image data URL holds no data", "invalid_image_url", param)
-    return data
+    return Upload(data, param, declared)

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import short
-from .body import decode_data_url, logit_bias_field, message_text, number_field, seed_field
+from .body import Upload, decode_data_url, logit_bias_field, message_text, number_field, seed_field
 from .errors import ApiError
 
 #: Environment variable holding the API key when ``--api-key`` is not given.
@@ -38,9 +38,8 @@ class ServerConfig:
 @dataclass
 class PlannedTurn:
     question: str | None  # None: an assistant message that opens the conversation
-    images: list[bytes] = field(default_factory=list)
+    images: list[Upload] = field(default_factory=list)
     answer: str | None = None
-    image_params: list[str] = field(default_factory=list)  # where each image is in the request
     prefix: str = ""  # the last turn: a reply to continue (a request ending with an assistant message)
 
 
@@ -177,7 +176,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
         if role in ("system", "developer"):
             system_parts.append(message_text(content, f"a {role} message's", param))
         elif role == "user":
-            text_parts, pics, where = [], [], []
+            text_parts, pics = [], []
             if isinstance(content, str):
                 text_parts.append(content)
             elif isinstance(content, list):
@@ -190,7 +189,6 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                         ref = part.get("image_url")
                         url = ref.get("url") if isinstance(ref, dict) else ref
                         pics.append(decode_data_url(url, p))
-                        where.append(p)
                     else:
                         raise ApiError(400, f"{p}: unsupported content part (use text or image_url)",
                                        "invalid_content", p)
@@ -206,9 +204,8 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                 last = turns[-1]
                 last.question = "\n".join(t for t in (last.question, text) if t)
                 last.images += pics
-                last.image_params += where
             else:
-                turns.append(PlannedTurn(text, pics, image_params=where))
+                turns.append(PlannedTurn(text, pics))
         elif role == "assistant":
             for field in ("tool_calls", "function_call", "audio"):  # dropped silently, the history would lie
                 if msg.get(field) not in (None, []):
