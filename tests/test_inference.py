@@ -195,6 +195,26 @@ def test_guided_dual_path_runs_once_for_both_rows(lively, tiny, cached):
     assert torch.allclose(v, want, atol=1e-5, rtol=1e-5), float((v - want).abs().max())
 
 
+@pytest.mark.parametrize("guidance", [0.0, -2.0])
+def test_no_guidance_is_the_conditional_velocity(lively, tiny, guidance):
+    """The official ``t2i_generate`` guides only for guidance > 0; otherwise each row keeps its own
+    velocity, so the prompt's rows are conditional (the formula would give the unconditional
+    velocity at 0): the sampler and :func:`guided` agree with it."""
+    from showo2_cli.modeling.attention import omni_attention_mask
+    from showo2_cli.sampling import guided, guided_velocity_fn, uses_uncond
+
+    assert not uses_uncond(guidance) and not uses_uncond(1.0) and uses_uncond(0.5)
+    layout = generation_layout([[97, 98, 99, 100], [101] * 9], 17, tiny.tokens, 48)
+    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(4))
+    rows = torch.cat([x, x])
+    mask = omni_attention_mask(layout.blocks, layout.seq_len)
+    full = lively.velocity(layout.input_ids, rows, torch.full((4,), 0.3), layout.blocks, mask)
+    assert (full[:2] - full[2:]).abs().max() > 1e-3  # the prompt matters
+    assert torch.equal(guided(full[:2], full[2:], guidance), full[:2])
+    v = guided_velocity_fn(lively, layout, guidance)(x, 0.3)
+    assert torch.allclose(v, full[:2], atol=1e-5, rtol=1e-5), float((v - full[:2]).abs().max())
+
+
 def test_same_seed_same_image_different_seed_different(tiny):
     opts = P.GenerateOptions(steps=3, seed=11)
     a = P.text_to_image(tiny, ["a red circle"], opts)[0]

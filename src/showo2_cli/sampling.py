@@ -59,13 +59,18 @@ def time_grid(steps: int, shift: float = 3.0) -> torch.Tensor:
 
 
 def guided(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
-    """Classifier-free guidance: ``v_u + g*(v_c - v_u)``."""
+    """Classifier-free guidance as the official ``t2i_generate`` applies it: ``v_u + g*(v_c - v_u)``
+    for ``g > 0``; for ``g <= 0`` it skips guidance and the conditional rows' velocity is theirs
+    alone (at ``g = 0`` the formula would give the UNconditional velocity instead)."""
+    if guidance <= 0:
+        return v_cond
     return v_uncond + guidance * (v_cond - v_uncond)
 
 
 def uses_uncond(guidance: float) -> bool:
-    """The official sampler runs an unconditional branch only for guidance != 0 (and 1 is a no-op)."""
-    return guidance not in (0.0, 1.0)
+    """Whether the unconditional rows change the result: the official code guides only for
+    guidance > 0 (see :func:`guided`), and 1 is a no-op."""
+    return guidance > 0 and guidance != 1.0
 
 
 def euler_step(velocity: Velocity, x: torch.Tensor, t0: float, t1: float, last: bool) -> torch.Tensor:
