@@ -81,6 +81,25 @@ VARIANTS = {
         dynres_max_seq_len=32, dynres_prompt="hi", dynres_fixed_t=0.5, llm_kv_heads=1, head_kv_heads=1,
         mask_layout={"B": 1, "LEN": 8, "modality_positions": [[[0, 8]]]},
     ),
+    # a degenerate but official-supported draw: a SigLIP of depth 1 (no semantic layer left after the
+    # deleted last one), one LLM and one flow-head layer, a 512-row LLM config table, guidance 0 for
+    # video (the official t2i_generate then skips guidance: the conditional rows' own velocity) and 1
+    # for images, fixed t 0 / 0.999 / 1, shift 1.0, three video prompts, five latent frames, a cut
+    # prompt with CJK and emoji, tabs / CRLF / doubled spaces in questions and prompts
+    "g": dict(
+        seed=5, hidden_size=32, llm_intermediate_size=48, llm_layers=1, llm_heads=2, llm_kv_heads=1,
+        llm_config_vocab_size=512, tie_word_embeddings=False, rope_theta=1000.0, clip_latent_dim=16,
+        siglip_intermediate_size=24, siglip_layers_before_deletion=1, siglip_heads=1, head_hidden=24, head_dim=12,
+        head_intermediate=40, head_heads=2, head_kv_heads=1, num_diffusion_layers=1, image_latent_height=3,
+        vae_image_shape=[1, 3, 1, 48, 48], vae_video_shape=[1, 3, 5, 32, 16],
+        t2i_prompts=['a very long prompt 漢字 🌊🌊 that the official code has to cut because it is far too long'],
+        t2i_max_seq_len=24, t2i_steps=12, t2i_guidance=1.0, t2i_fixed_t=0.999, time_shifting_factor=1.0,
+        mmu_question='Describe\tthe image\r\nin detail, please.', mmu_max_new_tokens=16,
+        t2v_prompts=['🎆', 'x', '  spaces  '], t2v_latent_frames=5, t2v_max_seq_len=56, t2v_steps=2, t2v_guidance=0.0,
+        t2v_fixed_t=0.0, vid_und_frames=5, vid_und_question='日本語で説明して', vid_und_max_new_tokens=4, dynres_grid=4,
+        dynres_max_seq_len=30, dynres_prompt='ab  cd\n', dynres_fixed_t=1.0,
+        mask_layout={"B": 1, "LEN": 20, "modality_positions": [[[19, 1], [1, 17]]]},
+    ),
 }
 
 VAE_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632,
@@ -240,7 +259,7 @@ class SetMaker:
             b = torch.tensor([ids["boi_id"], ids["eoi_id"]] + q_ids + role_b)[None]
             ea, eb = m.showo.model.embed_tokens(a), m.showo.model.embed_tokens(b)
             time_embeds = m.time_embed(torch.Tensor([[1.0]]), ea.dtype)
-            time_proj = m.time_embed_proj(time_embeds)
+            time_proj = m.time_embed_proj(time_embeds) if hasattr(m, "time_embed_proj") else time_embeds.clone()
             embeds = torch.cat([ea, eb[:, :1], time_proj, visual, eb[:, 1:]], dim=1)
             mp = torch.tensor([a.shape[1] + 2, g2 + 1])[None, None, :]
             mask = omni_attn_mask_naive(1, embeds.size(1), mp, "cpu", inverted=True).to(embeds.dtype)
@@ -325,7 +344,7 @@ class SetMaker:
             for h in hooks:
                 h.remove()
             te = model.time_embed(t, torch.float32)
-            tep = model.time_embed_proj(te)
+            tep = model.time_embed_proj(te) if hasattr(model, "time_embed_proj") else te.clone()  # equal widths
             vg = model.t2i_generate(image_latents=torch.cat([x, x]), t=t.clone(), text_tokens=tokens,
                                     attention_mask=mask, modality_positions=positions, max_seq_len=max_seq_len,
                                     guidance_scale=guidance)[:p_n]

@@ -139,6 +139,15 @@ def _typed(cfg: dict, key: str, kind: str, where) -> Any:
     return value
 
 
+def _semantic_intermediate(state: dict, sig_cfg: dict, where, base: ModelSpec | None, root: Path) -> int:
+    """The semantic layers' MLP width, from the weights; a checkpoint with no semantic layer (a
+    SigLIP of depth 1 less its deleted last layer: the official code runs it, the patch embedding
+    and position table feeding the fusion directly) has none to read, and the width is unused."""
+    if _count(state, r"und_trans\.layers\.(\d+)\.") == 0:
+        return int(_typed(sig_cfg, "intermediate_size", "int", where) or (base.semantic_intermediate if base else 1))
+    return _shape(state, "und_trans.layers.0.mlp.fc1.weight", root)[0]
+
+
 def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     """A full spec from the official config.json, the LLM/SigLIP configs and the weights' shapes."""
     cfg, root = files.config, files.root
@@ -194,7 +203,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         semantic_layers=_count(state, r"und_trans\.layers\.(\d+)\."),
         semantic_heads=int(_typed(sig_cfg, "num_attention_heads", "int", files.siglip_config)
                            or (base.semantic_heads if base else 16)),
-        semantic_intermediate=_shape(state, "und_trans.layers.0.mlp.fc1.weight", root)[0],
+        semantic_intermediate=_semantic_intermediate(state, sig_cfg, files.siglip_config, base, root),
         semantic_eps=float(_typed(sig_cfg, "layer_norm_eps", "number", files.siglip_config) or 1e-6),
         position_embedding_rows=pos_rows,
         head_hidden=_shape(state, "diffusion_head_b.linear.weight", root)[1],
