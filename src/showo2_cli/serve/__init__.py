@@ -5,7 +5,7 @@ Endpoints (JSON in and out, errors always ``{"error": {"message", "type", "param
 * ``GET /health``: status, queue depth and counters (no key needed);
 * ``GET /v1/models`` and ``GET /v1/models/{id}``: the one served model;
 * ``POST /v1/chat/completions``: system/user/assistant messages (an assistant message may open
-  the chat; a closing one is a reply to continue, as Ollama does), text and ``image_url`` parts (``data:`` URLs only: the server never fetches
+  the chat; a closing one is a reply to continue, as Ollama does), text and ``image_url`` (or vLLM's ``video_url``) parts (``data:`` URLs only: the server never fetches
   anything; images or videos, judged by content, matching the declared ``image/*`` or ``video/*``), greedy unless ``temperature`` > 0, ``top_p``, ``max_tokens`` (or
   ``max_completion_tokens``), ``seed``, ``frequency_penalty``, ``presence_penalty``,
   ``logit_bias``, extra ``repetition_penalty``, ``stop``, ``stream`` (server-sent events in the

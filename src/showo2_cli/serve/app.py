@@ -55,7 +55,8 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
                 if upload.declared is not None:  # what its data URL says it is, it must be
                     found = M.probe_kind(path, config.max_image_pixels)
                     if found != upload.declared:
-                        raise ApiError(400, f"{param}: the data URL says {upload.declared}/*, but it holds "
+                        said = upload.expected or f"the data URL says {upload.declared}/*"
+                        raise ApiError(400, f"{param}: {said}, but it holds "
                                             f"{'an' if found == 'image' else 'a'} {found}",
                                        "invalid_image_url", param)
                 conv.attach(path, name=f"image {count + 1}", max_pixels=config.max_image_pixels)
@@ -223,7 +224,10 @@ def create_app(model, config: ServerConfig):
     async def http_error(request, exc):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
-        response = error(ApiError(exc.status_code, f"{message}: {request.method} {request.url.path!r}", code))
+        message = f"{message}: {request.method} {short(request.url.path, 120)!r}"
+        if exc.status_code == 404:
+            message += _missing_endpoint_hint(request.url.path)
+        response = error(ApiError(exc.status_code, message, code))
         response.headers.update(getattr(exc, "headers", None) or {})  # 405: Starlette's Allow header
         return response
 
@@ -248,7 +252,7 @@ def create_app(model, config: ServerConfig):
 
     def check_model(body: dict) -> None:
         name = body.get("model")
-        if name is None:
+        if name is None or name == "":  # absent or empty: the served model (vLLM's rule for "")
             return
         if not isinstance(name, str):
             raise ApiError(400, "'model' must be a string", "invalid_type", "model")
@@ -377,6 +381,32 @@ def create_app(model, config: ServerConfig):
             return error(e)
 
     return app
+
+
+#: what this server serves, for the hint of a 404
+_ROUTES = ("/v1/chat/completions", "/v1/images/generations", "/v1/models")
+#: OpenAI endpoints this server does not have, and what to say to a client that calls one
+_NOT_SERVED = (
+    (re.compile(r"/v1/completions$"), "the legacy completions API is not served here: send 'messages' to POST "
+                                      "/v1/chat/completions"),
+    (re.compile(r"/v1/embeddings$"), "embeddings are not served here: Show-o2 generates text and images"),
+    (re.compile(r"/v1/responses(/|$)"), "the Responses API is not served here: use POST /v1/chat/completions"),
+    (re.compile(r"/v1/images/(edits|variations)$"), "image edits and variations are not served here: POST "
+                                                     "/v1/images/generations makes images from a prompt"),
+    (re.compile(r"/openai/deployments/"), "Azure OpenAI paths are not served here: use the OpenAI client, not the "
+                                          "Azure one, with base URL http://HOST:PORT/v1"),
+)
+
+
+def _missing_endpoint_hint(path: str) -> str:
+    """What a client calling an endpoint that is not here should do instead ('' when nothing useful)."""
+    for pattern, hint in _NOT_SERVED:
+        if pattern.match(path):
+            return f" ({hint})"
+    if not path.startswith("/v1/") and any(r == "/v1" + path or (r == "/v1/models" and path.startswith("/models/"))
+                                           for r in _ROUTES):
+        return f" (the API is under /v1: is the client's base URL missing '/v1'? Try /v1{path})"
+    return ""
 
 
 def _usage(result: dict) -> dict:

@@ -177,8 +177,10 @@ def seed_field(body: dict) -> int | None:
     return number_field({"seed": seed}, "seed", 0, 2**63 - 1, None, integer=True)
 
 
-def message_text(value, what: str, param: str) -> str:
-    """Message content: a string or a list of text parts (images are refused here)."""
+def message_text(value, what: str, param: str, refusal: bool = False) -> str:
+    """Message content: a string or a list of text parts (images are refused here); with
+    ``refusal`` (an assistant message) also OpenAI's ``{"type": "refusal", "refusal": ...}`` parts,
+    which a history replayed from OpenAI holds: their text is what the assistant said."""
     if value is None:
         return ""
     if isinstance(value, str):
@@ -188,6 +190,9 @@ def message_text(value, what: str, param: str) -> str:
         for part in value:
             if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
                 out.append(part["text"])
+            elif refusal and isinstance(part, dict) and part.get("type") == "refusal" and \
+                    isinstance(part.get("refusal"), str):
+                out.append(part["refusal"])
             else:
                 raise ApiError(400, f"{what} content may only hold text parts", "invalid_content", param)
         return "\n".join(out)
@@ -202,11 +207,13 @@ _URLSAFE = str.maketrans("-_", "+/")
 
 class Upload(NamedTuple):
     """A medium sent in a request: its bytes, where it is in the request, and the kind its data URL
-    declares (``image``, ``video``, or None when it names no type or ``application/octet-stream``)."""
+    declares (``image``, ``video``, or None when it names no type or ``application/octet-stream``);
+    ``expected`` says why, when not its data URL (a ``video_url`` part must hold a video)."""
 
     data: bytes
     param: str
     declared: str | None
+    expected: str = ""
 
 
 def decode_data_url(url: str, param: str) -> Upload:

@@ -185,12 +185,18 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                     kind = part.get("type") if isinstance(part, dict) else None
                     if kind == "text" and isinstance(part.get("text"), str):
                         text_parts.append(part["text"])
-                    elif kind == "image_url":
-                        ref = part.get("image_url")
+                    elif kind in ("image_url", "video_url"):  # video_url: vLLM's part for a video
+                        ref = part.get(kind)
                         url = ref.get("url") if isinstance(ref, dict) else ref
-                        pics.append(decode_data_url(url, p))
+                        upload = decode_data_url(url, p)
+                        if kind == "video_url":  # it must hold a video
+                            if upload.declared == "image":
+                                raise ApiError(400, f"{p}: a video_url part holds an image data URL (send it as "
+                                                    "an image_url part)", "invalid_image_url", p)
+                            upload = upload._replace(declared="video", expected="a video_url part must hold a video")
+                        pics.append(upload)
                     else:
-                        raise ApiError(400, f"{p}: unsupported content part (use text or image_url)",
+                        raise ApiError(400, f"{p}: unsupported content part (use text, image_url or video_url)",
                                        "invalid_content", p)
             else:
                 raise ApiError(400, f"{param}: content must be a string or a list of parts",
@@ -211,7 +217,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                 if msg.get(field) not in (None, []):
                     raise ApiError(400, f"{param}.{field}: tool calls are not supported by this server (Show-o2 "
                                         "answers in plain text)", "unsupported_parameter", f"{param}.{field}")
-            text = message_text(content, "an assistant message's", param)
+            text = message_text(content, "an assistant message's", param, refusal=True)
             if turns and turns[-1].answer is not None and prev_role == "assistant":  # one reply in parts
                 turns[-1].answer = "\n".join(t for t in (turns[-1].answer, text) if t)
             elif not turns:  # the assistant opens the conversation (a greeting); an empty one is nothing
