@@ -41,7 +41,7 @@ from .dialogue import (
 )
 from .errors import ContextTooLong, UsageError, short
 from .loading import Showo2, require_model
-from .options import CaptionOptions
+from .options import CaptionOptions, check_unicode
 
 #: Media attached to one question, at most.
 MAX_MEDIA_PER_TURN = 8
@@ -189,10 +189,12 @@ class Conversation:
         return turn
 
     def _check_length(self, text: str, what: str) -> None:
-        """Text that cannot fit the context whatever its tokens: refused before tokenizing it."""
+        """Text that cannot fit the context whatever its tokens, or is not UTF-8 text (a lone
+        surrogate): refused before tokenizing it."""
         if len(text) > self.max_chars:
             raise ContextTooLong(f"{what} of {len(text)} characters cannot fit the context of {self.max_context} "
                                  f"tokens (at most {self.max_chars} characters)")
+        check_unicode(text, what)
 
     # ---- asking ---------------------------------------------------------------------------------
     def _context(self, current: TurnTokens, first: int | None = None,

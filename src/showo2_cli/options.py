@@ -84,15 +84,29 @@ def check_seed(seed: int | None, option: str = "--seed") -> None:
         raise UsageError(f"{option} must be between 0 and 2^63-1, got {short(seed)}")
 
 
+def check_unicode(text: str, what: str) -> str:
+    """``text`` when it can be written as UTF-8: a command-line argument holding bytes that are
+    not UTF-8 arrives with lone surrogates (``\\udcff`` for the byte 0xff), which no tokenizer,
+    sidecar or reply can take (a ``TypeError`` deep in the tokenizer before this check)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        char = ord(text[e.start])
+        what_char = (f"the byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF
+                     else f"a lone surrogate U+{char:04X}")
+        raise UsageError(f"{what} is not valid UTF-8 text: {what_char} at character {e.start + 1}") from None
+    return text
+
+
 def check_text(text: str, what: str) -> str:
-    """A prompt or question: text, not empty, at most MAX_PROMPT_CHARS characters."""
+    """A prompt or question: UTF-8 text, not empty, at most MAX_PROMPT_CHARS characters."""
     if not isinstance(text, str):
         raise UsageError(f"a {what} must be text")
     if not text.strip():
         raise UsageError(f"empty {what}: give some text")
     if len(text) > MAX_PROMPT_CHARS:
         raise UsageError(f"a {what} of {len(text)} characters is too long (at most {MAX_PROMPT_CHARS})")
-    return text
+    return check_unicode(text, f"the {what}")
 
 
 def check_prompts(prompts: list[str]) -> list[str]:
@@ -360,6 +374,7 @@ class GenerateOptions:
                 raise UsageError(f"--negative-prompt must be text (or a list of texts), got {short(text)}")
             if len(text) > MAX_PROMPT_CHARS:
                 raise UsageError(f"a negative prompt of {len(text)} characters is too long (at most {MAX_PROMPT_CHARS})")
+            check_unicode(text, "--negative-prompt")
 
     def negatives_for(self, count: int) -> list[str]:
         """One negative prompt per prompt (``count`` prompts)."""
