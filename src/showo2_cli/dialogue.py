@@ -43,7 +43,7 @@ from .sequences import (
     understanding_layout,
 )
 from .text_decoding import TextStream, generate
-from .tokenizer import encode_text
+from .tokenizer import encode_text, encode_user_text
 
 #: The system prompt's text (what :data:`SYSTEM_PROMPT` wraps in ``system\\n ... <|im_end|>``).
 DEFAULT_SYSTEM = SYSTEM_PROMPT.removeprefix("system\n").removesuffix("<|im_end|>")
@@ -159,16 +159,6 @@ class PromptPieces:
         return cls(model.tokens, system_ids(tokenizer, model.tokens, system),
                    encode_text(tokenizer, USER_PREFIX), encode_text(tokenizer, ASSISTANT_PREFIX),
                    encode_text(tokenizer, "\n"))
-
-
-def encode_user_text(tokenizer, text: str) -> list[int]:
-    """Ids of text a user typed: special-token strings in it (``<|im_end|>``, ...) stay plain text,
-    so a question cannot close its turn or forge another. Ordinary text gives the same ids as
-    :func:`~showo2_cli.tokenizer.encode_text`."""
-    try:
-        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-    except TypeError:  # pragma: no cover - a tokenizer without split_special_tokens
-        return encode_text(tokenizer, text)
 
 
 def system_ids(tokenizer, tokens: SpecialTokens, system: str | None) -> list[int]:

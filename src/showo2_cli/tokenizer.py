@@ -105,8 +105,19 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
-    """Token ids of ``text`` with special tokens written in the text recognised, no BOS/EOS added."""
+    """Token ids of ``text`` with special tokens written in the text recognised, no BOS/EOS added
+    (the template's own pieces; a user's text goes through :func:`encode_user_text`)."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_user_text(tokenizer, text: str) -> list[int]:
+    """Ids of text a user typed (a question, a prompt, a system prompt): special-token strings in
+    it (``<|im_end|>``, ``<|image_pad|>``, ...) stay plain text, so it cannot close its turn, forge
+    another or pose as an image position. Ordinary text gives the same ids as :func:`encode_text`."""
+    try:
+        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    except TypeError:  # pragma: no cover - a tokenizer without split_special_tokens
+        return encode_text(tokenizer, text)
 
 
 #: the most characters one token of a Qwen2.5-style vocabulary spans (its longest tokens are runs

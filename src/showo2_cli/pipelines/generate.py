@@ -17,7 +17,7 @@ from ..options import GenerateOptions, check_prompts, seed_for
 from ..sampling import StepCallback, StopSampling, generate_latents, uses_uncond
 from ..sequences import generation_layout
 from ..specs import I2V, T2I, T2V
-from ..tokenizer import encode_text
+from ..tokenizer import encode_user_text
 from .progress import Progress, noop
 
 # ---- generation -------------------------------------------------------------------------------
@@ -130,9 +130,10 @@ def _keep_first_frame(latents: torch.Tensor, first_frame: torch.Tensor) -> torch
 
 
 def _encode_prompt(tokenizer, text: str) -> list[int]:
-    """A prompt's (or negative prompt's) tokens, line breaks as spaces; a blank one is the
-    official empty prompt."""
-    return encode_text(tokenizer, text.replace("\n", " ")) if text.strip() else []
+    """A prompt's (or negative prompt's) tokens, line breaks as spaces, special-token strings as
+    plain text (a prompt cannot end its row early or pose as an image position); a blank one is
+    the official empty prompt."""
+    return encode_user_text(tokenizer, text.replace("\n", " ")) if text.strip() else []
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from ..options import CaptionOptions
 from ..sequences import ASSISTANT_PREFIX, SYSTEM_PROMPT, USER_PREFIX, understanding_layout
 from ..specs import VIDEO_UND
 from ..text_decoding import TextStream, generate, prefill, shared_prefix_length
-from ..tokenizer import encode_text
+from ..tokenizer import encode_text, encode_user_text
 from .progress import Progress, noop
 
 # ---- understanding ----------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def caption(model: Showo2, source, options: CaptionOptions | None = None,
     stop = (tokens.eos,)
     head = head_len = None  # the image part of the prompt, run once for every question
     for i, question in enumerate(questions):
-        layout = understanding_layout(encode_text(tokenizer, question), visual.shape[0], tokens, system, user, assistant,
+        layout = understanding_layout(encode_user_text(tokenizer, question), visual.shape[0], tokens, system, user, assistant,
                                       mask_mode=opts.mask_mode or spec.und_mask_mode,
                                       template=opts.template or spec.und_template, newline=newline,
                                       official_block_len=official_len)
