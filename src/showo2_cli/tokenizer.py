@@ -58,14 +58,43 @@ def load_tokenizer(path: Path):
         if size > MAX_TOKENIZER_FILE_BYTES:
             raise ModelError(f"cannot load the tokenizer in '{path}': {name} is {size / 2**20:.0f} MiB, more than "
                              f"{MAX_TOKENIZER_FILE_BYTES // 2**20} MiB: not a tokenizer file")
+    config = _model_config_for_tokenizer(Path(path))
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True,
-                                             trust_remote_code=False)
+                                             trust_remote_code=False, config=config)
     except Exception as e:  # transformers raises many types for a broken folder
         if "custom code" in str(e) or "trust_remote_code" in str(e):
             raise ModelError(f"the tokenizer in '{path}' asks to run Python code from its folder (auto_map): "
                              "showo2 never runs code from model files") from None
         raise ModelError(f"cannot load the tokenizer in '{path}': {str(e).splitlines()[0]}") from e
+
+
+def _model_config_for_tokenizer(path: Path):
+    """What a tokenizer takes from its folder's model ``config.json`` (which tokenizer class the
+    model type means), without the rest: transformers builds the whole model config otherwise, and
+    a config class allocates from its sizes (Qwen2's a list of ``num_hidden_layers`` entries: a
+    declared 10**12 took all memory before any check). The file is read by
+    :func:`~showo2_cli.weights.read_json` (a regular file, sized); None when there is none."""
+    from transformers import CONFIG_MAPPING, PretrainedConfig
+
+    from .weights import read_json
+
+    file = path / "config.json"
+    if not file.is_file():
+        return None
+    data = read_json(file)
+    keep = {k: data[k] for k in ("tokenizer_class",) if isinstance(data.get(k), str)}
+    model_type = data.get("model_type")
+    config = None
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        try:
+            config = CONFIG_MAPPING[model_type](**keep)  # the type's defaults, none of the file's sizes
+        except Exception:  # a type that needs more than defaults: the generic config says as much
+            config = None
+    if config is None:
+        config = PretrainedConfig(**keep)
+    config._name_or_path = str(path)
+    return config
 
 
 def byte_level_tokenizer():
