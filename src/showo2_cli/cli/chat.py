@@ -258,17 +258,42 @@ def _split(text: str) -> list[str]:
         return text.split()
 
 
-def _lines(interactive: bool, show_prompt: bool):
+class LineTooLong:
+    """A stdin line over the chat's limit (its text is not kept): the session says so and goes on."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+def _pipe_lines(stream, max_bytes: int):
+    """Lines of a binary stream (undecodable bytes replaced), none held longer than ``max_bytes``:
+    a longer one (``/dev/zero`` has no line end) is read on in ``max_bytes`` pieces and dropped,
+    given as a :class:`LineTooLong`."""
+    while True:
+        raw = stream.readline(max_bytes + 1)
+        if not raw:
+            return
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            size = len(raw)
+            while raw and not raw.endswith(b"\n"):
+                raw = stream.readline(max_bytes)
+                size += len(raw)
+            yield LineTooLong(size)
+            continue
+        yield raw.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def _lines(interactive: bool, show_prompt: bool, max_bytes: int = 2**20):
     """Input lines: an editing prompt on a terminal, else plain lines of stdin (undecodable
-    bytes replaced). Ctrl-C at the prompt clears the line; Ctrl-D ends."""
+    bytes replaced; a line over ``max_bytes`` bytes is a :class:`LineTooLong`). Ctrl-C at the
+    prompt clears the line; Ctrl-D ends."""
     if not interactive:
         stream = getattr(sys.stdin, "buffer", None)
         if stream is None:
             for line in sys.stdin:
                 yield line.rstrip("\r\n")
             return
-        for raw in stream:
-            yield raw.decode("utf-8", "replace").rstrip("\r\n")
+        yield from _pipe_lines(stream, max_bytes)
         return
     prompt = ">>> " if show_prompt else ""
     read = None
@@ -366,6 +391,12 @@ def chat(
         attached = f", {n} file{'s' if n > 1 else ''} attached" if n else ""
         C.notice(f"chatting with {conv.name}{attached}; /help lists the commands, /quit or Ctrl-D leaves")
     session = ChatSession(conv, interactive=interactive)
-    for line in _lines(interactive, show_prompt):
+    # a line longer than any question the context takes (4 bytes a character at most) is never held whole
+    limit = 4 * conv.max_chars + 2
+    for line in _lines(interactive, show_prompt, limit):
+        if isinstance(line, LineTooLong):
+            session.error(f"a line of {line.size} bytes is longer than any question the context of "
+                          f"{conv.max_context} tokens takes (at most {conv.max_chars} characters): skipped")
+            continue
         if not session.handle(line):
             break
