@@ -160,12 +160,12 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     sig_cfg = _typed(sig_cfg, "vision_config", "dict", files.siglip_config) or sig_cfg
     if not llm_cfg and base is None:
         raise ModelError(f"cannot tell the LLM's head count for '{root}': put the Qwen2 config.json "
-                         f"at llm_model_path ('{cfg.get('llm_model_path')}')")
+                         f"at llm_model_path ('{short(str(cfg.get('llm_model_path')), 200)}')")
     for key in ("num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers", "hidden_size"):
         value = llm_cfg.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ModelError(f"'{files.llm_config}': {key} must be a positive integer, got {str(value)[:20]}")
-    if "num_attention_heads" not in llm_cfg and base is None:
+    if llm_cfg.get("num_attention_heads") is None and base is None:  # absent or null
         raise ModelError(f"'{files.llm_config}' does not say num_attention_heads")
     heads = int(llm_cfg.get("num_attention_heads") or base.num_heads)
     head_dim = int(llm_cfg.get("head_dim") or hidden // heads)
@@ -174,7 +174,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     clip_dim = und[0]
     if not sig_cfg and (base is None or base.clip_latent_dim != clip_dim):
         raise ModelError(f"cannot tell the semantic layers' head count for '{root}': put the SigLIP "
-                         f"config.json at clip_pretrained_model_path ('{cfg.get('clip_pretrained_model_path')}')")
+                         f"config.json at clip_pretrained_model_path ('{short(str(cfg.get('clip_pretrained_model_path')), 200)}')")
     q_norm = _shape(state, "diffusion_head_a.0.self_attn.q_norm.weight", root)[0]
     tied = _typed(llm_cfg, "tie_word_embeddings", "bool", files.llm_config)
     if tied is None:
@@ -218,8 +218,9 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         # the sequence budget the official code uses: the configured max_seq_len (default 1024),
         # else the official model of this width's; the text budget is what the visual block leaves
         configured = cfg.get("max_seq_len")
-        max_seq = int(configured) if isinstance(configured, int) and not isinstance(configured, bool) else \
-            (base.max_seq_len if base is not None else 1024)
+        if configured is not None and (isinstance(configured, bool) or not isinstance(configured, int)):
+            raise ModelError(f"'{root / 'config.json'}': max_seq_len must be a whole number, got {_shown(configured)}")
+        max_seq = configured if configured is not None else (base.max_seq_len if base is not None else 1024)
         if not 1 <= max_seq <= MAX_SEQ_LEN_LIMIT:
             raise ModelError(f"'{root / 'config.json'}': max_seq_len must be 1 to {MAX_SEQ_LEN_LIMIT}, got {max_seq}")
         changes.update(resolution=resolution, resolutions=(resolution,), video_resolution=resolution,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelError, one_line
+from .errors import ModelError, one_line, short
 
 MAX_CONFIG_BYTES = 16 * 2**20
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -150,9 +150,13 @@ def _starts_like_torch(path: Path) -> bool:
 
 
 def _read_one(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
+    try:
+        exists, regular = path.exists(), path.is_file()
+    except OSError as e:  # a name no file can have (a shard index may name anything): longer than the system takes
+        raise ModelError(f"weight file '{short(str(path), 200)}' cannot be opened ({e.strerror or one_line(e)})") from None
+    if not exists:
         raise ModelError(f"weight file '{path}' is missing")
-    if not path.is_file():  # a FIFO or a device would block or never end
+    if not regular:  # a FIFO or a device would block or never end
         raise ModelError(f"weight file '{path}' is not a regular file")
     suffix = path.suffix.lower()
     safetensors = suffix == ".safetensors" or looks_like_safetensors(path)  # also a .bin holding safetensors
