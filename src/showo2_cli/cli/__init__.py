@@ -23,7 +23,7 @@ import typer
 
 from .. import __version__
 from ..errors import Showo2Error, is_out_of_memory
-from .common import STATE, safe_text, write
+from .common import STATE, debug_from_env, safe_text, write
 
 app = typer.Typer(
     name="showo2",
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     _ARGS[:] = args
     # fresh state for every call (main() may run several times in one process)
-    STATE.update(debug=bool(os.environ.get("SHOWO2_DEBUG")) or "--debug" in args, json=False, quiet=False,
+    STATE.update(debug=debug_from_env() or "--debug" in args, json=False, quiet=False,
                  emitted=False)
     if not STATE["debug"]:  # the libraries' own logging stays quiet unless --debug
         for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY"):

@@ -20,7 +20,14 @@ import typer
 from ..errors import short
 from ..options import ATTN_BACKENDS, OFFLOAD_MODES, QUANTIZE, SAMPLERS, VAE_TILING
 
-STATE = {"debug": bool(os.environ.get("SHOWO2_DEBUG")), "json": False, "quiet": False}
+
+def debug_from_env() -> bool:
+    """``$SHOWO2_DEBUG`` as a switch: unset, empty, ``0``, ``false``, ``no`` or ``off`` is off
+    (``SHOWO2_DEBUG=0`` turned tracebacks on: any text did)."""
+    return os.environ.get("SHOWO2_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+STATE = {"debug": debug_from_env(), "json": False, "quiet": False}
 
 
 def safe_text(text: str) -> str:

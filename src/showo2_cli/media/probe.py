@@ -56,9 +56,9 @@ def resolve_max_pixels(max_pixels: int | None) -> int:
         try:
             max_pixels = int(raw.replace("_", ""))
         except ValueError:
-            raise UsageError(
-                f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {raw!r}"
-            ) from None
+            max_pixels = 0
+        if max_pixels <= 0:
+            raise UsageError(f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {raw[:40]!r}")
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
         raise UsageError(f"max_pixels must be a positive whole number, got {max_pixels!r}")
     return max_pixels
