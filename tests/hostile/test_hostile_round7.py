@@ -191,3 +191,21 @@ def test_debug_and_pixel_variables_read_as_documented(monkeypatch, tmp_path):
         monkeypatch.setenv("SHOWO2_MAX_PIXELS", value)
         with pytest.raises(UsageError, match="SHOWO2_MAX_PIXELS must be a positive whole number"):
             resolve_max_pixels(None)
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+
+def test_an_upper_case_latents_extension_is_taken_as_every_other_output(tiny_model_dir, tmp_path, capsys):
+    """`encode -o x.SafeTensors` was refused ("latents are written as .safetensors") while `t2i -o
+    x.PNG`, `decode -o x.GIF` and the latents reader take any case."""
+    from PIL import Image
+
+    from showo2_cli.cli import main
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    out = tmp_path / "x.SafeTensors"
+    assert main(["encode", str(tmp_path / "red.png"), "-m", str(tiny_model_dir), "-o", str(out), "--quiet"]) == 0
+    assert main(["decode", str(out), "-m", str(tiny_model_dir), "-o", str(tmp_path / "y.PNG"), "--quiet"]) == 0
+    assert (tmp_path / "y.PNG").stat().st_size > 0
+    assert main(["encode", str(tmp_path / "red.png"), "-m", str(tiny_model_dir), "-o", str(tmp_path / "x.npz")]) == 2
+    assert "latents are written as .safetensors" in capsys.readouterr().err

@@ -61,7 +61,7 @@ def encode(
     out = output or media.with_name(media.name + ".latents.safetensors")
     if output is None and not overwrite:  # a default name never replaces a file: -1, -2, ...
         out = M.unique_path(out)
-    if out.suffix != ".safetensors":
+    if out.suffix.lower() != ".safetensors":  # as every other output: .SafeTensors too
         raise UsageError(f"latents are written as .safetensors, got '{short(out, 80)}'")
     requested = M.parse_size(size)
     RuntimeOptions(device, value(dtype), max_memory, vae_tiling=value(vae_tiling)).validate()
