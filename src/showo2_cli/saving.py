@@ -77,6 +77,9 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
         if odd is not None:
             raise InputError(f"prompts file {where} is not UTF-8 text (nor UTF-16 text: it holds "
                              f"U+{ord(odd.group()):04X} at character {odd.start()})")
+        if "\x00" in text:  # no text holds NUL: UTF-16 saved without its byte-order mark reads so as UTF-8
+            raise InputError(f"prompts file {where} is not text: line {text.count(chr(10), 0, text.index(chr(0))) + 1} "
+                             "holds a NUL character (UTF-16 without a byte-order mark?)")
         # lines end at "\n" (and "\r\n") only: a form feed or U+2028 inside a line is not a new prompt
         text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the first prompt
         lines = [(i, line.strip()) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
