@@ -228,3 +228,23 @@ def test_an_upper_case_latents_extension_is_taken_as_every_other_output(tiny_mod
     assert (tmp_path / "y.PNG").stat().st_size > 0
     assert main(["encode", str(tmp_path / "red.png"), "-m", str(tiny_model_dir), "-o", str(tmp_path / "x.npz")]) == 2
     assert "latents are written as .safetensors" in capsys.readouterr().err
+
+
+# ---- server --------------------------------------------------------------------------------------
+
+def test_an_api_key_no_client_can_send_is_refused_at_start(monkeypatch):
+    """`serve --api-key $'k\\xff'` started a server that answered every request 500 (UnicodeEncodeError
+    comparing the key), with or without a key; a blank key, or one with spaces around it (a key file
+    read with its newline), could never match the header's stripped token: every request 401."""
+    from showo2_cli.serve import api_key_from
+
+    for bad in ("k\udcff", "clé", "two words", "   "):
+        with pytest.raises(UsageError, match="--api-key must be printable ASCII without spaces"):
+            api_key_from(bad)
+    monkeypatch.setenv("SHOWO2_API_KEY", "k\udcff")
+    with pytest.raises(UsageError, match="SHOWO2_API_KEY must be printable ASCII"):
+        api_key_from(None)
+    monkeypatch.setenv("SHOWO2_API_KEY", "secret\n")
+    assert api_key_from(None) == "secret" and api_key_from(" s3cr3t ") == "s3cr3t"
+    monkeypatch.setenv("SHOWO2_API_KEY", "")
+    assert api_key_from(None) is None

@@ -355,5 +355,18 @@ def origins_from(options: list[str] | None) -> tuple[str, ...]:
 
 
 def api_key_from(option: str | None) -> str | None:
+    """The API key (``--api-key``, else ``$SHOWO2_API_KEY``; empty: none), spaces around it
+    dropped as they are from the client's header. It must be what a client can send in
+    ``Authorization: Bearer KEY``: printable ASCII without spaces (a key holding other bytes, or
+    only spaces, started a server that answered every request 500 or 401)."""
+    from ..errors import UsageError
+
+    where = "--api-key" if option is not None else API_KEY_ENV
     key = option if option is not None else os.environ.get(API_KEY_ENV)
-    return key or None
+    if not key:
+        return None
+    key = key.strip()
+    if not key or not all(33 <= ord(c) <= 126 for c in key):
+        raise UsageError(f"{where} must be printable ASCII without spaces (what a client sends as "
+                         "'Authorization: Bearer KEY')" + ("" if key else ", not blank"))
+    return key
