@@ -161,10 +161,12 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     if not llm_cfg and base is None:
         raise ModelError(f"cannot tell the LLM's head count for '{root}': put the Qwen2 config.json "
                          f"at llm_model_path ('{short(str(cfg.get('llm_model_path')), 200)}')")
-    for key in ("num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers", "hidden_size"):
+    for key in ("num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers", "hidden_size",
+                "max_position_embeddings"):  # the sizes of a model config, as our own spec's: below 2**24
         value = llm_cfg.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ModelError(f"'{files.llm_config}': {key} must be a positive integer, got {str(value)[:20]}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**24):
+            raise ModelError(f"'{files.llm_config}': {key} must be a positive integer below {2**24}, "
+                             f"got {str(value)[:20]}")
     if llm_cfg.get("num_attention_heads") is None and base is None:  # absent or null
         raise ModelError(f"'{files.llm_config}' does not say num_attention_heads")
     heads = int(llm_cfg.get("num_attention_heads") or base.num_heads)

@@ -117,6 +117,17 @@ def test_a_chat_line_is_never_held_beyond_its_limit():
     assert Counting.largest <= 101
 
 
+def test_an_absurd_context_budget_is_a_usage_error(tiny, tiny_model_dir, capsys):
+    """`chat --max-context 10**23` (any budget past what a model's positions can be) was accepted."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli import main
+
+    assert main(["chat", "-m", str(tiny_model_dir), "--max-context", str(10**23)]) == 2
+    assert "--max-context must be a whole number of tokens from 16 to 16777216" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="--max-context"):
+        Conversation(tiny, max_context=2**24 + 1)
+
+
 def test_the_chat_skips_an_overlong_line_and_goes_on(tiny_model_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("SHOWO2_DEBUG", None)
@@ -155,7 +166,10 @@ def test_official_configs_with_null_or_mistyped_fields(official):
     _edit_json(llm, {"num_attention_heads": None})
     with pytest.raises(ModelError, match="does not say num_attention_heads"):
         load(official, need=())
-    _edit_json(llm, {"num_attention_heads": 4})
+    _edit_json(llm, {"num_attention_heads": 4, "max_position_embeddings": 10**12})
+    with pytest.raises(ModelError, match="max_position_embeddings must be a positive integer below 16777216"):
+        load(official, need=())  # (it loaded, and the chat's context budget became 10**12 tokens)
+    _edit_json(llm, {"max_position_embeddings": 4096})
     for value in ("8", 4.0, True):
         _edit_json(official / "config.json", {"max_seq_len": value})
         with pytest.raises(ModelError, match="max_seq_len must be a whole number"):

@@ -368,10 +368,10 @@ def chat(
     opts.validate()
     dtype = getattr(dtype, "value", dtype)
     runtime = C.runtime_options(device, dtype, attn=attn, compile_=compile_, vae_tiling=vae_tiling, quantize=quantize)
-    if max_context is not None and max_context < 16:
+    if max_context is not None and not 16 <= max_context <= 2**24:  # (chat.MAX_CONTEXT: torch-free here)
         from ..errors import UsageError
 
-        raise UsageError(f"--max-context must be at least 16 tokens, got {max_context}")
+        raise UsageError(f"--max-context must be a whole number of tokens from 16 to {2**24}, got {max_context}")
     for path in media or []:  # a bad file fails before the model loads
         if M.probe_kind(path) == "image":
             M.read_image(path)
