@@ -155,7 +155,8 @@ def is_animated(image: Image.Image) -> bool:
 
 def image_input(source, max_pixels: int | None = None, what: str = "image") -> Image.Image:
     """An image given to the library as an RGB PIL image: a path (:func:`read_image`), a PIL image
-    (converted as a file's pixels are: 16-bit scaled, alpha dropped) or an array or tensor
+    (converted as a file's pixels are: EXIF orientation applied, 16-bit scaled, alpha dropped) or
+    an array or tensor
     (:func:`array_image`).
 
     Raises:
@@ -181,7 +182,21 @@ def image_input(source, max_pixels: int | None = None, what: str = "image") -> I
     except (OSError, ValueError) as e:
         raise ValueError(f"{what}: the PIL image cannot be read ({error_detail(e)}); load() it while its file "
                          "is open") from None
-    return to_rgb(source)
+    return to_rgb(_upright(source))
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` as displayed: its EXIF orientation applied (``ImageOps.exif_transpose``, which drops the
+    tag, so an image already made upright that way is left as it is), as diffusers' ``load_image``
+    does; unchanged when it has none or it cannot be applied."""
+    if _exif_orientation(im) not in range(2, 9):
+        return im
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ImageOps.exif_transpose(im)
+        except Exception:  # odd EXIF: keep the stored orientation
+            return im
 
 
 def _exif_orientation(im: Image.Image) -> int:

@@ -150,6 +150,27 @@ def _gif_delay(fps: float) -> int:
     return max(2, int(round(100.0 / fps)))
 
 
+#: sample aspect ratios outside these bounds are taken as corrupt headers and ignored (real ones,
+#: DV and HDV to anamorphic film, lie between 1/2 and 2)
+_SAR_BOUNDS = (Fraction(1, 10), Fraction(10))
+
+
+def display_width(stream: Any, width: int) -> int:
+    """The width a player shows ``width`` stored pixels at: scaled by the stream's sample aspect
+    ratio (non-square pixels: a 720x480 DVD frame with SAR 32:27 is shown 853x480, as ffmpeg's
+    ``scale=iw*sar:ih``); ``width`` when the pixels are square or the ratio is unset or absurd."""
+    for owner in (stream, getattr(stream, "codec_context", None)):
+        try:
+            sar = Fraction(owner.sample_aspect_ratio) if owner is not None and owner.sample_aspect_ratio else None
+        except Exception:
+            sar = None
+        if sar is not None and sar > 0:
+            if sar == 1 or not _SAR_BOUNDS[0] <= sar <= _SAR_BOUNDS[1]:
+                return width
+            return max(1, int(round(width * sar)))
+    return width
+
+
 def _rotate(arr: np.ndarray, rotation: int) -> np.ndarray:
     """Apply a display-matrix rotation (degrees counter-clockwise, multiples of 90 only)."""
     if not rotation or rotation % 90:
@@ -184,8 +205,10 @@ def read_video(
             the frame count, and while decoding.
 
     The frame rate is the stream's average rate (then its guessed rate, then 8.0). A display
-    rotation (phone videos) is applied in multiples of 90 degrees. Frames whose size changes
-    mid-stream are scaled to the first frame's size. When ``num_frames`` is given and the
+    rotation (phone videos) is applied in multiples of 90 degrees, and non-square pixels (a sample
+    aspect ratio other than 1: DVD, HDV, anamorphic footage) are scaled to the display aspect, as a
+    player shows them (720x480 at 32:27 is read 853x480). Frames whose size changes mid-stream are
+    scaled to the first frame's (display) size. When ``num_frames`` is given and the
     container states its frame count, one decoding pass suffices; otherwise frames are counted
     first (a second pass, nothing kept).
 
@@ -233,6 +256,9 @@ def read_video(
         height = int(stream.codec_context.height or 0)
         if width <= 0 or height <= 0:
             raise InputError(f"{prefix}: the video stream has no frame size (corrupt header)")
+        if width * height > limit:
+            raise too_large("video", p, width, height, limit)
+        width = display_width(stream, width)  # non-square pixels: frames are read at the display aspect
         if width * height > limit:
             raise too_large("video", p, width, height, limit)
         fps = _frame_rate(stream)
