@@ -182,6 +182,23 @@ def _check_adapter_fields(raw: dict, cfg_path: Path) -> None:
     for key in _UNSUPPORTED:
         if raw.get(key) not in (None, [], {}):
             raise bad(f"{key} is not supported (only plain LoRA adapters load)")
+    bias = raw.get("bias", "none")
+    if bias != "none":  # "all"/"lora_only" train the base layers' biases too: not part of W += alpha/r * B A
+        raise bad(f"bias {short(bias, 20)!r} is not supported (it trains the base model's biases); "
+                  "only plain LoRA adapters (bias \"none\") load")
+    variant = next((key for key in _variant_fields() if raw.get(key) not in (None, False, [], {})), None)
+    if variant is not None:  # DoRA, aLoRA, KaSA, Arrow, ...: another forward and merge than W += alpha/r * B A
+        raise bad(f"{variant} is set: a LoRA variant, not supported (only plain LoRA adapters load)")
+
+
+def _variant_fields() -> list[str]:
+    """The fields of peft's ``LoraConfig`` that switch on a LoRA variant (peft marks them
+    ``is_lora_variant``: use_dora, alora_invocation_tokens, kasa_config, arrow_config, ...)."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    return [f.name for f in dataclasses.fields(LoraConfig) if f.metadata.get("is_lora_variant")]
 
 
 def load_adapter_state(network: torch.nn.Module, state: dict, where: str, adapter_name: str = "default") -> None:
@@ -225,7 +242,8 @@ def merge_adapters(network: torch.nn.Module, refs) -> list[str]:
         config.inference_mode = True
         try:
             inject_adapter_in_model(config, network, adapter_name=name)
-        except (ValueError, TypeError, ImportError) as e:  # peft refuses what it cannot apply
+        except (ValueError, TypeError, ImportError, NotImplementedError, AttributeError, KeyError,
+                RecursionError) as e:  # peft refuses (or fails on) what it cannot apply
             raise ModelError(f"LoRA adapter '{folder}' cannot be applied: {one_line(e)}") from None
         load_adapter_state(network, state, str(folder), adapter_name=name)
         unload(network, merge=True, adapter_name=name)
@@ -260,8 +278,8 @@ def unload(network: torch.nn.Module, merge: bool, adapter_name: str = "default")
         if merge:
             try:
                 module.merge(safe_merge=True, adapter_names=[adapter_name])
-            except ValueError as e:  # NaNs in the merged weights
-                raise ModelError(f"merging the LoRA adapter into '{name}' failed: {e}") from None
+            except (ValueError, NotImplementedError) as e:  # NaNs in the merged weights; a layer peft cannot merge
+                raise ModelError(f"merging the LoRA adapter into '{name}' failed: {one_line(e)}") from None
         parent_name, _, child = name.rpartition(".")
         parent = network.get_submodule(parent_name) if parent_name else network
         setattr(parent, child, module.get_base_layer())
