@@ -391,3 +391,20 @@ def test_vae_tiling_and_slicing_switches():
         both = vae.decode(z)
         vae.disable_slicing()
         assert torch.allclose(both, vae.decode(z), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_flex_caption_on_cpu_decodes_the_tokens_of_sdpa(tiny_model_dir, media_dir):
+    """A caption's decoding steps (a new shape after its prompt) made inductor compile flex
+    attention again with dynamic shapes, which torch's CPU template fails to build: `showo2
+    caption --attn flex` stopped after its prompt with an internal error (CppCompileError)."""
+    model = api.load(tiny_model_dir)
+    image = media_dir / "pexels-taryn-elliott-4144459.jpg"
+    opts = api.CaptionOptions(max_new_tokens=3)
+    ref = api.caption(model, image, opts)
+    model.network.set_attention("flex")
+    try:
+        got = api.caption(model, image, opts)
+    finally:
+        model.network.set_attention("sdpa")
+    assert got.answers == ref.answers and got.token_counts == ref.token_counts

@@ -83,19 +83,42 @@ def backend_mask(mask_bool: torch.Tensor | None, attn: str, dtype: torch.dtype):
     return mask_bool
 
 
-_COMPILED_FLEX = []
+_COMPILED_FLEX: dict[bool, object] = {}
 
 
-def _flex():
+def _flex(device_type: str = "cuda"):
     """flex_attention compiled once (the fused kernel; uncompiled it is a slow reference), as
-    transformers does for the LLM; not re-wrapped while an outer torch.compile traces."""
+    transformers does for the LLM; not re-wrapped while an outer torch.compile traces. On the CPU
+    it is compiled for static shapes (one compile per shape): torch's CPU flex template, compiled
+    again with dynamic shapes once a second shape arrives (a caption's first decoding step after
+    its prompt), fails to build (C++ compile error, torch 2.13)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     if torch.compiler.is_compiling():
         return flex_attention
-    if not _COMPILED_FLEX:
-        _COMPILED_FLEX.append(torch.compile(flex_attention))
-    return _COMPILED_FLEX[0]
+    static = device_type == "cpu"
+    if static not in _COMPILED_FLEX:
+        _COMPILED_FLEX[static] = torch.compile(flex_attention, dynamic=False) if static else torch.compile(flex_attention)
+    return _COMPILED_FLEX[static]
+
+
+def static_flex_on_cpu() -> None:
+    """Route transformers' flex attention (the LLM's, ``attn_implementation="flex_attention"``)
+    through :func:`_flex` for CPU tensors, so the LLM gets the static CPU compile too; CUDA
+    tensors keep transformers' own compiled function. Idempotent."""
+    import transformers.integrations.flex_attention as tf_flex
+
+    original = tf_flex.compile_friendly_flex_attention
+    if getattr(original, "showo2_static_cpu", False):
+        return
+
+    def compile_friendly_flex_attention(query, key, value, training=False, **kwargs):
+        if query.device.type == "cpu" and not torch.compiler.is_compiling():
+            return _flex("cpu")(query, key, value, **kwargs)
+        return original(query, key, value, training=training, **kwargs)
+
+    compile_friendly_flex_attention.showo2_static_cpu = True
+    tf_flex.compile_friendly_flex_attention = compile_friendly_flex_attention
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
@@ -104,7 +127,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Ten
     from torch.nn.attention.flex_attention import BlockMask
 
     if isinstance(mask, BlockMask):
-        return _flex()(q, k, v, block_mask=mask)
+        return _flex(q.device.type)(q, k, v, block_mask=mask)
     if mask is not None and mask.is_floating_point():
         scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + mask
         return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)

@@ -25,7 +25,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
 from ..specs import ModelSpec
-from .attention import TRANSFORMERS_ATTENTION, backend_mask
+from .attention import TRANSFORMERS_ATTENTION, backend_mask, static_flex_on_cpu
 from .flow_head import FinalLayer, ModulatedAttentionBlock, RotaryEmbedding, TimestepEmbedder
 from .semantic import PatchEmbed, fusion_projector, interpolate_position_table, semantic_encoder
 
@@ -141,6 +141,8 @@ class Showo2Model(nn.Module):
         ``sdpa``, ``eager`` or ``flex`` (flex attention over a BlockMask of the same mask)."""
         if attn not in TRANSFORMERS_ATTENTION:
             raise ValueError(f"unknown attention backend '{attn}'")
+        if attn == "flex":
+            static_flex_on_cpu()
         self.showo.set_attn_implementation(TRANSFORMERS_ATTENTION[attn])
         self.attn = attn
 
