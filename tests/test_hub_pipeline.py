@@ -1097,3 +1097,21 @@ def test_pipeline_components_can_be_replaced(pipe, tmp_path):
             pipe.vae = odd
     finally:
         pipe.network, pipe.vae = network, vae
+
+
+def test_to_takes_the_devices_and_dtypes_torch_names():
+    """`pipe.to("cpu:0")` and `torch.device("cpu", 0)` (what a model's `.device` can read) were
+    refused ("--device must be auto, cuda, mps or cpu"), and `to(dtype="float64")` was "unknown
+    dtype" although `to(torch.float64)` and `from_pretrained(torch_dtype=torch.float64)` are taken."""
+    import torch
+
+    from showo2_cli.pipeline import Showo2Pipeline
+
+    pipe = Showo2Pipeline.from_pretrained("demo", device="cpu")
+    for device in ("cpu:0", torch.device("cpu", 0), "CPU"):
+        assert pipe.to(device).device.type == "cpu"
+    assert pipe.to(dtype="float64").dtype == torch.float64
+    assert pipe.to(dtype="torch.float32").dtype == torch.float32
+    for bad in ("cuda:x", "gpu", "cpu:x"):
+        with pytest.raises(ValueError, match="cuda:N"):
+            pipe.to(bad)

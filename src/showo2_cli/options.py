@@ -125,7 +125,7 @@ def check_choice(option: str, value: str | None, choices, allow_none: bool = Tru
 def check_device(device: str) -> None:
     import re
 
-    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", device.lower()):
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu(:\d{1,3})?|mps|cuda(:\d{1,3})?", device.lower()):
         raise UsageError(f"--device must be auto, cuda, cuda:N, mps or cpu, got '{short(device)}'")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import ResourceError, UsageError
-from .options import DTYPES, MAX_MEMORY_ENV, OFFLOAD_MODES, env_memory_limit
+from .options import DTYPES, MAX_MEMORY_ENV, OFFLOAD_MODES, check_device, env_memory_limit
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -36,12 +36,13 @@ def dtype_label(dtype: torch.dtype) -> str:
 
 def pick_device(device: str = "auto") -> str:
     """``auto`` -> cuda, then mps, then cpu; an explicit device must be available."""
+    check_device(device)
     device = device.lower()
+    if device.startswith("cpu:"):  # torch.device("cpu", 0): one CPU, whatever the index
+        device = "cpu"
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
-        raise UsageError(f"--device must be auto, cuda, mps or cpu, got '{device}'")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     if device == "mps" and not mps:

@@ -131,6 +131,8 @@ PIPELINE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 def checked_dtype(value) -> torch.dtype:
     """A ``torch_dtype`` (a torch dtype or a name) the pipeline computes in."""
+    if isinstance(value, str) and value.lower().removeprefix("torch.") in ("float64", "fp64", "double"):
+        return torch.float64  # the names of the one dtype the pipeline takes beyond the CLI's
     dtype = torch_dtype(value)
     if dtype not in PIPELINE_DTYPES:
         raise UsageError(f"torch_dtype must be torch.float32, torch.bfloat16, torch.float16 (or torch.float64), "
