@@ -92,7 +92,7 @@ def _fail(message: str, code: int, kind: str) -> int:
     message = safe_text(message)
     try:
         write(sys.stderr, f"showo2: error: {message}\n")
-        if STATE["json"] or "--json" in _ARGS:
+        if STATE["json"] or _json_requested(_ARGS):
             write(sys.stdout, json.dumps({"error": {"kind": kind, "message": message, "exit_code": code}}) + "\n")
         sys.stderr.flush()
         sys.stdout.flush()
@@ -244,6 +244,46 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
             return _fail(f"out of memory{_memory_advice(_ARGS)}", 6, "resource")
         return _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                      "(run with --debug for the traceback)", 1, "internal")
+
+
+def _json_requested(args: list[str]) -> bool:
+    """Whether ``--json`` is one of the options in args (for errors raised before the command set
+    its output state): not the value of another option (``-q --json`` asks the question
+    "--json"), nor an argument after ``--``."""
+    if "--json" not in args:
+        return False
+    try:
+        import typer.main
+
+        group = typer.main.get_command(app)
+        commands = getattr(group, "commands", {})
+        command = None
+        for i, arg in enumerate(args):
+            if arg == "--":
+                return False
+            if arg in commands:
+                command, rest = commands[arg], args[i + 1:]
+                break
+            if arg == "--json":  # before any command: an unknown root option, still asked for
+                return True
+        if command is None:
+            return False
+        # options that take a value (arguments have no is_flag; flags and counters take none)
+        takes_value = {o for p in command.params if getattr(p, "is_flag", None) is False
+                       and not getattr(p, "count", False) for o in p.opts}
+    except Exception:  # introspection only: fall back to the plain test
+        return True
+    skip = False
+    for arg in rest:
+        if skip:
+            skip = False
+        elif arg == "--":
+            return False
+        elif arg == "--json":
+            return True
+        elif arg in takes_value:
+            skip = True
+    return False
 
 
 def _memory_advice(args: list[str]) -> str:
