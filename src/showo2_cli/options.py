@@ -367,7 +367,7 @@ class GenerateOptions:
         check_number("--max-memory", self.max_memory_gb, 0)
         check_int("--frames", self.frames, 1, MAX_VIDEO_FRAMES)
         if (self.frames - 1) % 4:
-            raise UsageError(f"frames must be 1+4k, got {self.frames}")
+            raise UsageError(f"--frames must be 1+4k, got {self.frames}")
         negatives = self.negative_prompt if isinstance(self.negative_prompt, list) else [self.negative_prompt]
         for text in negatives:
             if not isinstance(text, str):

@@ -438,8 +438,10 @@ class Showo2Pipeline:
 
     @property
     def num_timesteps(self) -> int:
-        """Model calls per output of the running (or last) call: diffusers' ``num_timesteps``, which
-        its callbacks read (``num_inference_steps - 1`` here: it counts grid points)."""
+        """Sampling steps per output of the running (or last) call: diffusers' ``num_timesteps``,
+        which its callbacks compare ``step_index`` with (``num_inference_steps - 1`` here: it counts
+        grid points). ``callback_on_step_end`` runs once a step; that is one model call a step for
+        every sampler but ``heun``, which makes two a step but the last."""
         return self._num_timesteps
 
     @property

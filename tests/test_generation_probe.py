@@ -1,0 +1,48 @@
+"""Generation options and the pipeline's diffusers conventions, from a probe of t2i/t2v/i2v."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from showo2_cli import pipelines as P
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    from showo2_cli import Showo2Pipeline
+
+    pipe = Showo2Pipeline.from_pretrained(tiny_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_num_frames_not_1_plus_4k_is_named_num_frames(pipe):
+    """The pipeline refuses num_frames=16 naming its own argument (it said `frames must be 1+4k`,
+    a name a pipeline caller never passed)."""
+    with pytest.raises(ValueError, match=r"^num_frames must be 1\+4k, got 16$"):
+        pipe("a", num_frames=16, num_inference_steps=2, seed=1)
+    with pytest.raises(ValueError, match=r"--frames must be 1\+4k, got 16"):  # the API keeps the CLI's name
+        P.GenerateOptions(frames=16).validate()
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "unipc"])
+def test_num_timesteps_counts_the_callback_steps(pipe, sampler):
+    """pipe.num_timesteps is what diffusers' callbacks compare step_index with: the number of
+    times callback_on_step_end runs (for heun too, whose steps make two model calls but the last)."""
+    seen = []
+    pipe("a", num_inference_steps=4, sampler=sampler, seed=1,
+         callback_on_step_end=lambda p, i, t, kw: seen.append(i) or kw)
+    assert seen == list(range(pipe.num_timesteps)) == [0, 1, 2]
+
+
+def test_batch_size_one_repeats_an_output_bit_for_bit(tiny_model_dir):
+    """README: image k of prompt p uses seed + p*n + k; with --batch-size 1 an output made in a
+    run of several is bit-identical to the same output made alone (in a larger batch, to float
+    rounding: the existing test_batching_does_not_change_per_prompt_results)."""
+    from showo2_cli.loading import load
+
+    model = load(tiny_model_dir)
+    run = P.text_to_image(model, ["one", "two"], P.GenerateOptions(steps=3, seed=5, num_per_prompt=2, batch_size=1))
+    alone = P.text_to_image(model, ["two"], P.GenerateOptions(steps=3, seed=8, batch_size=1))[0]
+    assert run[3].seed == 8 and torch.equal(run[3].latents, alone.latents)
