@@ -214,6 +214,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
         latents = generate_latents(net, layout, noise, opts.guidance, opts.steps, opts.shift, method=opts.method,
                                    cache_prefix=opts.cache_prefix, first_frame_as_cond=first_frame is not None,
                                    callback=step)
+        if first_frame is not None:  # the multistep solvers' updates move a still frame by float rounding
+            latents = _keep_first_frame(latents, first_frame)
         done_steps += opts.steps - 1
         progress("decoding", 0, len(batch))
         for j, (prompt, i, _k) in enumerate(batch):
