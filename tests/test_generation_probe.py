@@ -65,3 +65,17 @@ def test_image_to_video_keeps_the_first_latent_frame_exactly(tiny_model_dir, sam
     euler = P.image_to_video(model, image, ["x"], opts)[0]
     other = P.image_to_video(model, image, ["x"], replace(opts, method=sampler))[0]
     assert torch.equal(other.latents[:, 0], euler.latents[:, 0])
+
+
+def test_a_callback_changing_the_guidance_scale_is_refused(pipe):
+    """diffusers' CFG cut-off idiom sets pipe._guidance_scale from a step callback; the sampler
+    here fixes the guidance for a call, so the change was silently ignored. It is a ValueError."""
+    def cut_off(p, i, t, kw):
+        if i == 1:
+            p._guidance_scale = 0.0
+        return kw
+
+    with pytest.raises(ValueError, match="changed pipe._guidance_scale"):
+        pipe("a", num_inference_steps=4, seed=1, guidance_scale=5.0, callback_on_step_end=cut_off)
+    assert pipe.guidance_scale == 5.0
+    pipe("a", num_inference_steps=3, seed=1, callback_on_step_end=lambda p, i, t, kw: kw)  # untouched: fine

@@ -477,9 +477,14 @@ class Showo2Pipeline:
         def on_step(step: int, total: int, t: float, latents: torch.Tensor):
             new = None
             if callback is not None:
+                guidance = self._guidance_scale
                 out = callback(self, step - 1, torch.tensor(t), {"latents": latents} if inputs else {})
                 if out is not None and not isinstance(out, dict):
                     raise TypeError(f"callback_on_step_end must return a dict (or None), got {type(out).__name__}")
+                if self._guidance_scale != guidance:  # diffusers' CFG cut-off idiom: it would be ignored
+                    self._guidance_scale = guidance
+                    raise ValueError("callback_on_step_end changed pipe._guidance_scale: the guidance scale is "
+                                     "fixed for a call here (pass guidance_scale=; it cannot change between steps)")
                 new = (out or {}).get("latents")
             if self._interrupt:  # the latents it returned are the result
                 raise StopSampling(new)
