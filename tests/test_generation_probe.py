@@ -79,3 +79,16 @@ def test_a_callback_changing_the_guidance_scale_is_refused(pipe):
         pipe("a", num_inference_steps=4, seed=1, guidance_scale=5.0, callback_on_step_end=cut_off)
     assert pipe.guidance_scale == 5.0
     pipe("a", num_inference_steps=3, seed=1, callback_on_step_end=lambda p, i, t, kw: kw)  # untouched: fine
+
+
+def test_quantized_outputs_record_the_quantization(tiny_model_dir):
+    """--quantize int8wo changed the image (up to 53/255 on the demo) while its recorded parameters
+    were those of an unquantized run, so reproducing it from them gave another image."""
+    pytest.importorskip("torchao")
+    from showo2_cli.loading import load
+    from showo2_cli.options import RuntimeOptions
+
+    opts = P.GenerateOptions(steps=2, seed=1)
+    plain = P.text_to_image(load(tiny_model_dir), ["x"], opts)[0]
+    quant = P.text_to_image(load(tiny_model_dir, runtime=RuntimeOptions(quantize="int8wo")), ["x"], opts)[0]
+    assert "quantize" not in plain.params and quant.params["quantize"] == "int8wo"

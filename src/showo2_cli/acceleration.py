@@ -44,6 +44,7 @@ def apply(bundle, options: RuntimeOptions | None):
         net.set_attention(options.attn)
     if options.quantize != "none":
         quantize_network(net, options.quantize)
+        bundle.quantize = options.quantize
     if options.compile:
         compile_network(net)
     if bundle.vae is not None:

@@ -176,6 +176,7 @@ class Showo2:
         self.spec, self.network, self.tokenizer, self.tokens = spec, network, tokenizer, tokens
         self.vae, self.files, self.load_seconds = vae, files, load_seconds
         self.adapters: list[str] = []  # LoRA adapters merged into the weights on load
+        self.quantize = "none"  # weight-only quantization applied on load (recorded with generated outputs)
 
     @property
     def device(self) -> torch.device:
