@@ -92,3 +92,14 @@ def test_quantized_outputs_record_the_quantization(tiny_model_dir):
     plain = P.text_to_image(load(tiny_model_dir), ["x"], opts)[0]
     quant = P.text_to_image(load(tiny_model_dir, runtime=RuntimeOptions(quantize="int8wo")), ["x"], opts)[0]
     assert "quantize" not in plain.params and quant.params["quantize"] == "int8wo"
+
+
+def test_outputs_made_with_a_given_vae_record_it(tiny_model_dir):
+    """--vae decodes with another VAE (another image from the same latents), yet the recorded
+    parameters named only the model, so reproducing the output from them used the model's VAE."""
+    from showo2_cli.loading import load
+
+    opts = P.GenerateOptions(steps=2, seed=1)
+    assert "vae" not in P.text_to_image(load(tiny_model_dir), ["x"], opts)[0].params
+    given = P.text_to_image(load(tiny_model_dir, vae=tiny_model_dir / "vae"), ["x"], opts)[0]
+    assert given.params["vae"] == str(tiny_model_dir / "vae")

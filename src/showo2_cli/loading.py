@@ -177,6 +177,7 @@ class Showo2:
         self.vae, self.files, self.load_seconds = vae, files, load_seconds
         self.adapters: list[str] = []  # LoRA adapters merged into the weights on load
         self.quantize = "none"  # weight-only quantization applied on load (recorded with generated outputs)
+        self.vae_given: str | None = None  # a VAE given to load() in place of the model's (recorded likewise)
 
     @property
     def device(self) -> torch.device:
@@ -287,6 +288,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     vae_model = load_vae(files.vae, dtype=dtype) if files.vae is not None else None
     bundle = Showo2(spec, network, tokenizer, tokens, vae_model, files)
     bundle.adapters = adapters
+    bundle.vae_given = os.fspath(vae) if vae is not None else None
     bundle.to(device=device)
     apply(bundle, runtime)
     bundle.load_seconds = time.perf_counter() - start

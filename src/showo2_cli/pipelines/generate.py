@@ -227,6 +227,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
                       "model": model.files.name if model.files else spec.name}
             if getattr(model, "adapters", None):
                 params["lora"] = list(model.adapters)  # merged into the weights on load
+            if getattr(model, "vae_given", None):  # --vae: another VAE decodes (and encodes) differently
+                params["vae"] = model.vae_given
             if getattr(model, "quantize", "none") != "none":  # it changes the output: a run without it differs
                 params["quantize"] = model.quantize
             if stopped[0]:  # a step callback ended the sampling (perhaps at the last step)
