@@ -33,7 +33,7 @@ from .common import (
 )
 
 COMMANDS = {
-    "/image PATH": "attach an image or a video to the next question",
+    "/image PATH": "attach an image or a video to the next question (also /video)",
     "/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--size N] [--guidance G] [--shift S] [-n N] "
     "[--negative-prompt TEXT] [--sampler NAME] [--save-latents] [--overwrite]": "generate with the same model",
     "/reset": "forget the conversation (the system prompt stays)",
@@ -41,6 +41,8 @@ COMMANDS = {
     "/quit": "leave (also /exit, Ctrl-D)",
     "/help": "this list",
 }
+#: /help pads the usages to the longest one up to this many characters
+HELP_WIDTH = 30
 
 
 class ChatSession:
@@ -98,6 +100,11 @@ class ChatSession:
             self.out.write(piece.replace("\n", " ").replace("\r", " "))
             self.out.flush()
 
+        # the conversation's notices (a turn left the context, the answer was shortened) come when the
+        # answer is done, before its line ends: held until it has, so a terminal never shows
+        # "redcontext budget of 80 tokens reached ..." on the answer's line
+        held: list[str] = []
+        tell, self.conv.on_notice = self.conv.on_notice, held.append
         try:
             self.conv.ask(question, on_text=on_text)
         except BaseException:
@@ -105,8 +112,13 @@ class ChatSession:
                 self.out.write("\n")
                 self.out.flush()
             raise
+        finally:
+            self.conv.on_notice = tell
         self.out.write("\n")
         self.out.flush()
+        for text in held:
+            if tell is not None:
+                tell(text)
 
     def command(self, line: str) -> bool:
         from ..errors import UsageError
@@ -116,9 +128,14 @@ class ChatSession:
         if name in ("/quit", "/exit", "/q"):
             return False
         if name in ("/help", "/?"):
-            width = max(len(k) for k in COMMANDS)
+            # a usage longer than HELP_WIDTH (/t2i's options) has its line, its description the next:
+            # padding every line to it made each one 160 columns wide, a wrapped mess on a terminal
+            width = max(len(k) for k in COMMANDS if len(k) <= HELP_WIDTH)
             for usage, what in COMMANDS.items():
-                self.err.write(f"  {usage:<{width}}  {what}\n")
+                if len(usage) > width:
+                    self.err.write(f"  {usage}\n  {'':<{width}}  {what}\n")
+                else:
+                    self.err.write(f"  {usage:<{width}}  {what}\n")
             self.err.flush()
         elif name in ("/image", "/video", "/attach"):
             if not rest:
