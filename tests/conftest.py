@@ -32,6 +32,23 @@ def shared_dir(name: str, env: str) -> Path:
     return REPO.parent / "shared" / name
 
 
+def random_lora(model_dir: Path, folder: Path) -> Path:
+    """A rank-2 LoRA adapter (q/v projections of the LLM) for the model in ``model_dir``, its B
+    matrices random (a fresh adapter's are zero and change nothing), saved in peft's layout."""
+    import torch
+
+    from showo2_cli.loading import load
+    from showo2_cli.lora import add_lora, save_adapter
+
+    network = load(model_dir).network
+    config = add_lora(network, 2, 4.0, 0.0, ("q_proj", "v_proj"), ("showo.model.layers",))
+    with torch.no_grad():
+        for name, p in network.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+    return save_adapter(folder, network, config)
+
+
 def sigint_reaches_child() -> None:
     """``preexec_fn`` for a child a test interrupts with SIGINT: a test run started in the
     background by a shell without job control ignores SIGINT, and a child inherits that (it then

@@ -110,16 +110,19 @@ def test_eager_equals_sdpa(demo):
         assert (eager[cache] - ref[cache]).abs().max() < 1e-4  # measured 1.6e-5 (|v| ~ 3)
 
 
-def test_eager_caption_tokens_equal_sdpa(demo, media_dir):
-    image = media_dir / "pexels-taryn-elliott-4144459.jpg"
-    opts = api.CaptionOptions(max_new_tokens=12)
-    ref = api.caption(demo, image, opts)
-    demo.network.set_attention("eager")
+def _same_caption_as_sdpa(model, attn: str, image, max_new_tokens: int) -> None:
+    opts = api.CaptionOptions(max_new_tokens=max_new_tokens)
+    ref = api.caption(model, image, opts)
+    model.network.set_attention(attn)
     try:
-        got = api.caption(demo, image, opts)
+        got = api.caption(model, image, opts)
     finally:
-        demo.network.set_attention("sdpa")
+        model.network.set_attention("sdpa")
     assert got.answers == ref.answers and got.token_counts == ref.token_counts
+
+
+def test_eager_caption_tokens_equal_sdpa(demo, media_dir):
+    _same_caption_as_sdpa(demo, "eager", media_dir / "pexels-taryn-elliott-4144459.jpg", 12)
 
 
 @pytest.mark.slow
@@ -398,13 +401,4 @@ def test_flex_caption_on_cpu_decodes_the_tokens_of_sdpa(tiny_model_dir, media_di
     """A caption's decoding steps (a new shape after its prompt) made inductor compile flex
     attention again with dynamic shapes, which torch's CPU template fails to build: `showo2
     caption --attn flex` stopped after its prompt with an internal error (CppCompileError)."""
-    model = api.load(tiny_model_dir)
-    image = media_dir / "pexels-taryn-elliott-4144459.jpg"
-    opts = api.CaptionOptions(max_new_tokens=3)
-    ref = api.caption(model, image, opts)
-    model.network.set_attention("flex")
-    try:
-        got = api.caption(model, image, opts)
-    finally:
-        model.network.set_attention("sdpa")
-    assert got.answers == ref.answers and got.token_counts == ref.token_counts
+    _same_caption_as_sdpa(api.load(tiny_model_dir), "flex", media_dir / "pexels-taryn-elliott-4144459.jpg", 3)

@@ -184,15 +184,9 @@ def test_odd_model_names_are_one_clear_error(name, needle):
 
 
 def _adapter(tmp_path, tiny_model_dir, targets):
-    from showo2_cli.lora import add_lora, save_adapter
+    from conftest import random_lora
 
-    network = load(tiny_model_dir).network
-    config = add_lora(network, 2, 4.0, 0.0, ("q_proj", "v_proj"), ("showo.model.layers",))
-    with torch.no_grad():
-        for name, p in network.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn_like(p) * 0.1)
-    folder = save_adapter(tmp_path / "adapter", network, config)
+    folder = random_lora(tiny_model_dir, tmp_path / "adapter")
     _edit_json(folder / "adapter_config.json", lambda d: d.update(target_modules=targets))
     return folder
 

@@ -11,21 +11,14 @@ import json
 import pytest
 import torch
 
+from conftest import random_lora
 from showo2_cli.errors import ModelError
 from showo2_cli.loading import load
 
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, tiny_model_dir):
-    from showo2_cli.lora import add_lora, save_adapter
-
-    network = load(tiny_model_dir).network
-    config = add_lora(network, 2, 4.0, 0.0, ("q_proj", "v_proj"), ("showo.model.layers",))
-    with torch.no_grad():
-        for name, p in network.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn_like(p) * 0.1)
-    return save_adapter(tmp_path_factory.mktemp("adapter") / "adapter", network, config)
+    return random_lora(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "adapter")
 
 
 @pytest.mark.parametrize("change,needle", [
