@@ -41,13 +41,10 @@ from .dialogue import (
 )
 from .errors import ContextTooLong, UsageError, short
 from .loading import Showo2, require_model
-from .options import CaptionOptions, check_unicode
+from .options import CaptionOptions, check_max_context, check_unicode
 
 #: Media attached to one question, at most.
 MAX_MEDIA_PER_TURN = 8
-#: The largest context budget (the largest position range a model spec may declare); 10**23 was
-#: an OverflowError reading the chat's stdin
-MAX_CONTEXT = 2**24
 
 
 @dataclass
@@ -106,9 +103,7 @@ class Conversation:
         self.options.validate()
         self.name = name or (model.files.name if model.files else model.spec.name)
         budget = context_budget(model) if max_context is None else max_context
-        if isinstance(budget, bool) or not isinstance(budget, int) or not 16 <= budget <= MAX_CONTEXT:
-            raise UsageError(f"--max-context must be a whole number of tokens from 16 to {MAX_CONTEXT}, "
-                             f"got {short(budget)}")
+        check_max_context(budget)
         self.max_context = budget
         if overflow not in OVERFLOW_POLICIES:
             raise UsageError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {short(overflow)}")

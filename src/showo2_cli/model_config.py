@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelError, UsageError, short
+from .options import MAX_MODEL_SIZE
 from .specs import (
     IMAGE_UND,
     MAX_SEQ_LEN_LIMIT,
@@ -35,7 +36,7 @@ def check_official_config(config: dict, where: Path) -> None:
     """The official config.json fields the loader reads must have their types."""
     for key in _OFFICIAL_INTS:
         value = config.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**24):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < MAX_MODEL_SIZE):
             raise ModelError(f"'{where}': '{key}' must be a positive whole number, got {_shown(value)}")
     for key in ("llm_model_path", "clip_pretrained_model_path"):
         value = config.get(key)
@@ -63,8 +64,8 @@ def check_spec_fields(raw: dict, where: Path | str) -> None:
 
         if kind == "int":
             low = 0 if f.name.endswith("_layers") or f.name == "frame_embeddings" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**24:
-                raise bad(f"a whole number from {low} to {2**24 - 1}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value < MAX_MODEL_SIZE:
+                raise bad(f"a whole number from {low} to {MAX_MODEL_SIZE - 1}")
         elif kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise bad("a finite number")
@@ -79,7 +80,7 @@ def check_spec_fields(raw: dict, where: Path | str) -> None:
                 raise bad("text or null")
         elif kind.startswith("tuple[int"):
             if not isinstance(value, list) or not value or not all(
-                    isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**24 for v in value):
+                    isinstance(v, int) and not isinstance(v, bool) and 0 < v < MAX_MODEL_SIZE for v in value):
                 raise bad("a list of positive whole numbers")
         elif kind.startswith("tuple[str"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -162,10 +163,10 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         raise ModelError(f"cannot tell the LLM's head count for '{root}': put the Qwen2 config.json "
                          f"at llm_model_path ('{short(str(cfg.get('llm_model_path')), 200)}')")
     for key in ("num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers", "hidden_size",
-                "max_position_embeddings"):  # the sizes of a model config, as our own spec's: below 2**24
+                "max_position_embeddings"):  # the sizes of a model config, as our own spec's: below MAX_MODEL_SIZE
         value = llm_cfg.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**24):
-            raise ModelError(f"'{files.llm_config}': {key} must be a positive integer below {2**24}, "
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < MAX_MODEL_SIZE):
+            raise ModelError(f"'{files.llm_config}': {key} must be a positive integer below {MAX_MODEL_SIZE}, "
                              f"got {str(value)[:20]}")
     if llm_cfg.get("num_attention_heads") is None and base is None:  # absent or null
         raise ModelError(f"'{files.llm_config}' does not say num_attention_heads")

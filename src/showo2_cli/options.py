@@ -84,6 +84,18 @@ def check_seed(seed: int | None, option: str = "--seed") -> None:
         raise UsageError(f"{option} must be between 0 and 2^63-1, got {short(seed)}")
 
 
+#: The largest size a model config may declare (positions, widths, layers), and so the largest
+#: context budget a chat takes (10**23 was an OverflowError reading the chat's stdin).
+MAX_MODEL_SIZE = 2**24
+
+
+def check_max_context(value) -> None:
+    """A chat's context budget (``--max-context``): a whole number of tokens, 16 to :data:`MAX_MODEL_SIZE`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 16 <= value <= MAX_MODEL_SIZE:
+        raise UsageError(f"--max-context must be a whole number of tokens from 16 to {MAX_MODEL_SIZE}, "
+                         f"got {short(value)}")
+
+
 def check_unicode(text: str, what: str) -> str:
     """``text`` when it can be written as UTF-8: a command-line argument holding bytes that are
     not UTF-8 arrives with lone surrogates (``\\udcff`` for the byte 0xff), which no tokenizer,

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from ..errors import one_line
+from ..options import check_max_context
 from . import common
 from .common import (
     AttnOpt,
@@ -385,10 +386,8 @@ def chat(
     opts.validate()
     dtype = getattr(dtype, "value", dtype)
     runtime = C.runtime_options(device, dtype, attn=attn, compile_=compile_, vae_tiling=vae_tiling, quantize=quantize)
-    if max_context is not None and not 16 <= max_context <= 2**24:  # (chat.MAX_CONTEXT: torch-free here)
-        from ..errors import UsageError
-
-        raise UsageError(f"--max-context must be a whole number of tokens from 16 to {2**24}, got {max_context}")
+    if max_context is not None:  # before the model loads
+        check_max_context(max_context)
     for path in media or []:  # a bad file fails before the model loads
         if M.probe_kind(path) == "image":
             M.read_image(path)
