@@ -103,3 +103,15 @@ def test_outputs_made_with_a_given_vae_record_it(tiny_model_dir):
     assert "vae" not in P.text_to_image(load(tiny_model_dir), ["x"], opts)[0].params
     given = P.text_to_image(load(tiny_model_dir, vae=tiny_model_dir / "vae"), ["x"], opts)[0]
     assert given.params["vae"] == str(tiny_model_dir / "vae")
+
+
+def test_outputs_made_in_half_precision_record_the_dtype(tiny_model_dir):
+    """--dtype bf16 gives another image than float32 from the same seed, yet the recorded
+    parameters were the same, so reproducing the output from them gave the float32 image."""
+    from showo2_cli.loading import load
+
+    opts = P.GenerateOptions(steps=2, seed=1)
+    plain = P.text_to_image(load(tiny_model_dir), ["x"], opts)[0]
+    half = P.text_to_image(load(tiny_model_dir, dtype=torch.bfloat16), ["x"], opts)[0]
+    assert "dtype" not in plain.params and half.params["dtype"] == "bfloat16"
+    assert (plain.frames != half.frames).any()  # (this random model's flow head starts at zero: same latents)

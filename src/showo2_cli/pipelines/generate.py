@@ -231,6 +231,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
                 params["vae"] = model.vae_given
             if getattr(model, "quantize", "none") != "none":  # it changes the output: a run without it differs
                 params["quantize"] = model.quantize
+            if model.dtype != torch.float32:  # bf16/fp16 round every layer: an fp32 run of it differs
+                params["dtype"] = str(model.dtype).removeprefix("torch.")
             if stopped[0]:  # a step callback ended the sampling (perhaps at the last step)
                 params["steps_done"] = reached[0]
             if rows is not None:  # started from the given noise, not from the seed
