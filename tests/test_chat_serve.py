@@ -1298,3 +1298,17 @@ def test_the_drain_timeout_answers_503():
         assert "Traceback" not in server.proc.stderr.read()
     finally:
         server.stop()
+
+
+def test_a_port_in_use_is_a_usage_error_before_the_model_loads():
+    """The exit-code table did not say what `serve` on a busy port gives: exit 2, one line, and no
+    model loaded first (the port is bound before loading)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "showo2_cli.cli", "serve", "--port", str(port),
+                               "--model", "/nonexistent/model"], env=ENV, capture_output=True, text=True,
+                              timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"showo2: error: cannot listen on 127.0.0.1:{port}: Address already in use"
