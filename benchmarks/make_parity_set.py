@@ -147,7 +147,12 @@ class SetMaker:
         llm = json.loads((model_dir / "llm" / "config.json").read_text())
         llm.update(vocab_size=s["llm_config_vocab_size"], tie_word_embeddings=s["tie_word_embeddings"],
                    bos_token_id=257, eos_token_id=258, max_position_embeddings=4096)
+        llm.update(s.get("llm_config_extra") or {})  # other Qwen2 config fields the official code reads
         (model_dir / "llm" / "config.json").write_text(json.dumps(llm, indent=2))
+        if s.get("siglip_vision_extra"):  # other SigLIP vision-config fields (hidden_act, layer_norm_eps, ...)
+            sig = json.loads((model_dir / "siglip" / "config.json").read_text())
+            sig["vision_config"].update(s["siglip_vision_extra"])
+            (model_dir / "siglip" / "config.json").write_text(json.dumps(sig, indent=1))
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             shutil.copy(self.tokenizer_from / "model" / "llm" / name, model_dir / "llm" / name)
         self.g = g
@@ -174,13 +179,14 @@ class SetMaker:
         vae_dir.mkdir(parents=True, exist_ok=True)
         cfg = dict(dim=self.s["vae_dim"], z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                    temperal_downsample=[False, True, True], dropout=0.0)
+        cfg.update(self.s.get("vae_extra") or {})  # other WanVAE_ constructor kwargs (attn_scales, ...)
         torch.manual_seed(self.s["seed"] + 1)
         vae = WanVAE_(**cfg).eval()
         state = vae.state_dict()
         torch.save(state, vae_dir / "Wan2.1_VAE_tiny.pth")
         save_file({k: state[k].contiguous() for k in sorted(state)}, str(vae_dir / "wan21_vae.safetensors"))
         (vae_dir / "config.json").write_text(json.dumps(
-            dict(cfg, temperal_upsample=[True, True, False], latents_mean=VAE_MEAN, latents_std=VAE_STD,
+            dict(cfg, temperal_upsample=cfg["temperal_downsample"][::-1], latents_mean=VAE_MEAN, latents_std=VAE_STD,
                  note="constructor kwargs of the official WanVAE_ class; the official wrapper hard-codes dim=96"),
             indent=1))
         self.vae = vae

@@ -85,7 +85,7 @@ def check_spec_fields(raw: dict, where: Path | str) -> None:
         elif kind.startswith("tuple[str"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise bad("a list of text")
-        elif kind == "dict":
+        elif kind in ("dict", "dict|None"):
             if value is not None and not isinstance(value, dict):
                 raise bad("an object")
 
@@ -132,12 +132,26 @@ def _typed(cfg: dict, key: str, kind: str, where) -> Any:
     ok = {"bool": lambda v: isinstance(v, bool),
           "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
           "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
-          "dict": lambda v: isinstance(v, dict)}[kind](value)
+          "dict": lambda v: isinstance(v, dict), "str": lambda v: isinstance(v, str)}[kind](value)
     if not ok:
         wanted = {"bool": "true or false", "int": "a positive integer", "number": "a positive number",
-                  "dict": "an object"}[kind]
+                  "dict": "an object", "str": "text"}[kind]
         raise ModelError(f"'{where}': {key} must be {wanted}, got {str(value)[:20]}")
     return value
+
+
+def _llm_rope_scaling(llm_cfg: dict, where) -> dict | None:
+    """The Qwen2 config's RoPE scaling as the official code's transformers reads it: ``rope_scaling``
+    (``type`` the older name of ``rope_type``), else a newer config's ``rope_parameters`` less its
+    ``rope_theta``; None for plain RoPE."""
+    scaling = _typed(llm_cfg, "rope_scaling", "dict", where)
+    if scaling is None:
+        params = _typed(llm_cfg, "rope_parameters", "dict", where) or {}
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    scaling = dict(scaling)
+    if "type" in scaling:
+        scaling.setdefault("rope_type", scaling.pop("type"))
+    return scaling if scaling.get("rope_type", "default") != "default" else None
 
 
 def _semantic_intermediate(state: dict, sig_cfg: dict, where, base: ModelSpec | None, root: Path) -> int:
@@ -208,6 +222,9 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
                            or (base.semantic_heads if base else 16)),
         semantic_intermediate=_semantic_intermediate(state, sig_cfg, files.siglip_config, base, root),
         semantic_eps=float(_typed(sig_cfg, "layer_norm_eps", "number", files.siglip_config) or 1e-6),
+        semantic_act=_typed(sig_cfg, "hidden_act", "str", files.siglip_config) or "gelu_pytorch_tanh",
+        hidden_act=_typed(llm_cfg, "hidden_act", "str", files.llm_config) or "silu",
+        rope_scaling=_llm_rope_scaling(llm_cfg, files.llm_config),
         position_embedding_rows=pos_rows,
         head_hidden=_shape(state, "diffusion_head_b.linear.weight", root)[1],
         head_layers=_count(state, r"diffusion_head_a\.(\d+)\."),

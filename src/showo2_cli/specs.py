@@ -49,6 +49,8 @@ class ModelSpec:
     vocab_size: int = 151669  # rows of embed_tokens / lm_head after the official resize
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
+    hidden_act: str = "silu"  # the MLP activation (the Qwen2 config's hidden_act)
+    rope_scaling: dict | None = None  # the Qwen2 config's rope_scaling (linear, dynamic, yarn, ...); None: plain RoPE
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 32768
     # --- semantic layers (SigLIP-so400m minus its last layer) ---
@@ -57,6 +59,7 @@ class ModelSpec:
     semantic_heads: int = 16
     semantic_intermediate: int = 4304
     semantic_eps: float = 1e-6
+    semantic_act: str = "gelu_pytorch_tanh"  # the MLP activation (the SigLIP vision config's hidden_act)
     position_embedding_rows: int = 729  # learned 27x27 table
     # --- flow head (fixed 2048-wide in the official code, independent of the LLM) ---
     head_hidden: int = 2048  # D_f
@@ -178,6 +181,7 @@ class ModelSpec:
         if self.semantic_layers < 0:
             raise UsageError(f"invalid model spec '{self.name}': semantic_layers must not be negative")
         self._validate_rope_scaling()
+        self._validate_llm_config()
         side = max([self.resolution, self.video_resolution, *self.resolutions])
         if side > MAX_RESOLUTION:
             raise UsageError(f"invalid model spec '{self.name}': a resolution of {side} pixels is over "
@@ -207,6 +211,33 @@ class ModelSpec:
             if not ok:
                 raise UsageError(f"invalid model spec '{self.name}': {what}")
 
+
+    def _validate_llm_config(self) -> None:
+        """The activations and the LLM's RoPE scaling: ones the installed transformers builds (the
+        official code hands its Qwen2 and SigLIP configs to transformers as they are)."""
+        from transformers import Qwen2Config
+        from transformers.activations import ACT2CLS
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        for key in ("hidden_act", "semantic_act"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or value not in ACT2CLS:
+                raise UsageError(f"invalid model spec '{self.name}': {key} must be one of {', '.join(sorted(ACT2CLS))}, "
+                                 f"got {str(value)[:40]}")
+        scaling = self.rope_scaling
+        if scaling is None:
+            return
+        kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else None
+        if kind != "default" and kind not in ROPE_INIT_FUNCTIONS:
+            raise UsageError(f"invalid model spec '{self.name}': rope_scaling must be an object with a rope_type "
+                             f"among default, {', '.join(sorted(ROPE_INIT_FUNCTIONS))}, got {str(scaling)[:60]}")
+        try:  # transformers' own check of the type's numbers (factor, ...)
+            Qwen2Config(hidden_size=self.hidden_size, num_attention_heads=self.num_heads, head_dim=self.head_dim,
+                        num_key_value_heads=self.num_kv_heads, rope_theta=self.rope_theta,
+                        max_position_embeddings=self.max_position_embeddings, rope_scaling=dict(scaling))
+        except (KeyError, ValueError, TypeError) as e:
+            raise UsageError(f"invalid model spec '{self.name}': rope_scaling {str(scaling)[:60]}: "
+                             f"{str(e).strip(chr(34))[:160]}") from None
 
     def _validate_rope_scaling(self) -> None:
         """The flow head's RoPE scaling: none, ``default``, or ``llama3`` with its four numbers."""

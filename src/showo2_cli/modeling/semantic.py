@@ -31,15 +31,16 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-def semantic_encoder(dim: int, layers: int, heads: int, intermediate: int, eps: float) -> SiglipEncoder:
-    """SigLIP encoder layers (pre-LN, tanh-GELU MLP, full attention) of the given size."""
+def semantic_encoder(dim: int, layers: int, heads: int, intermediate: int, eps: float,
+                     act: str = "gelu_pytorch_tanh") -> SiglipEncoder:
+    """SigLIP encoder layers (pre-LN, an ``act`` MLP (SigLIP's own: tanh-GELU), full attention) of the given size."""
     config = SiglipVisionConfig(
         hidden_size=dim,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=intermediate,
         layer_norm_eps=eps,
-        hidden_act="gelu_pytorch_tanh",
+        hidden_act=act,
         attention_dropout=0.0,
     )
     config._attn_implementation = "sdpa"

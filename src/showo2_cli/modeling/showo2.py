@@ -49,7 +49,8 @@ def qwen2_config(spec: ModelSpec) -> Qwen2Config:
         tie_word_embeddings=spec.tie_word_embeddings,
         use_sliding_window=False,
         sliding_window=None,
-        hidden_act="silu",
+        hidden_act=spec.hidden_act,
+        rope_scaling=dict(spec.rope_scaling) if spec.rope_scaling else None,
         attention_dropout=0.0,
     )
     config._attn_implementation = "sdpa"
@@ -115,7 +116,7 @@ class Showo2Model(nn.Module):
         self.image_embedder_gen = PatchEmbed(s.latent_channels, s.hidden_size, s.patch_size)
         self.position_embedding = nn.Embedding(s.position_embedding_rows, s.clip_latent_dim)
         self.und_trans = semantic_encoder(s.clip_latent_dim, s.semantic_layers, s.semantic_heads,
-                                          s.semantic_intermediate, s.semantic_eps)
+                                          s.semantic_intermediate, s.semantic_eps, s.semantic_act)
         self.fusion_proj = fusion_projector(s.clip_latent_dim, s.hidden_size)
         if s.frame_embeddings:  # the optional temporal cue (ModelSpec.frame_embeddings); off officially
             self.frame_embedding = nn.Embedding(s.frame_embeddings, s.hidden_size)
