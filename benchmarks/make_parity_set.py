@@ -144,6 +144,7 @@ class SetMaker:
         model_dir = self.out / "model"
         model_dir.mkdir(parents=True, exist_ok=True)
         self.kwargs = write_configs(model_dir, g)
+        self.kwargs["patch_size"] = s.get("patch_size", 2)  # latent pixels per token side (official config)
         llm = json.loads((model_dir / "llm" / "config.json").read_text())
         llm.update(vocab_size=s["llm_config_vocab_size"], tie_word_embeddings=s["tie_word_embeddings"],
                    bos_token_id=257, eos_token_id=258, max_position_embeddings=4096)
@@ -334,7 +335,7 @@ class SetMaker:
                                                       ids[eo], self.tok.pad_token_id, ids[pad_tok], max_text_len, "cpu")
         tokens, positions = torch.cat([cond, uncond]), torch.cat([mp, mp_null])
         prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        p_n, side = len(prompts), 2 * grid
+        p_n, side = len(prompts), self.kwargs["patch_size"] * grid
         shape = (p_n, 16, frames, side, side) if video else (p_n, 16, side, side)
         x = torch.randn(shape, generator=self.gen)
         z = torch.randn(shape, generator=self.gen).to(torch.bfloat16).float()

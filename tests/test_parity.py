@@ -321,7 +321,8 @@ def check_generation(root, name, model, data, info, meta):
         from showo2_cli.modeling.semantic import interpolate_position_table
 
         want = load_file(str(posemb_file))["interpolated_position_embedding"]
-        side_h, side_w = x.shape[-2] // 2, x.shape[-1] // 2
+        p = model.spec.patch_size  # latent pixels per token side (2 in the released models, 1 or 4 allowed)
+        side_h, side_w = x.shape[-2] // p, x.shape[-1] // p
         got = interpolate_position_table(net.position_embedding.weight, side_h, side_w)
         close(f"{name}:interpolated_position_embedding", got[None], want, **SINGLE)
     shutil.rmtree(tmp_root, ignore_errors=True)
