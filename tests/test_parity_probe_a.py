@@ -107,3 +107,29 @@ def test_a_bad_activation_is_a_one_line_error_from_the_cli(official):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert "hidden_act must be one of" in r.stderr
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"hidden_act": "bogus"}, "hidden_act must be one of"),
+    ({"semantic_act": 5}, "'semantic_act' must be text"),
+    ({"rope_scaling": 5}, "'rope_scaling' must be an object"),
+    ({"rope_scaling": {"rope_type": "linear"}}, "for 'rope_type'='linear': {'factor'}"),
+])
+def test_a_saved_spec_with_a_bad_field_is_refused_by_info(tiny_model_dir, tmp_path, capsys, change, needle):
+    from showo2_cli.cli import main
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    _edit(folder / "config.json", lambda d: d["showo2"]["spec"].update(change))
+    assert main(["info", str(folder)]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_a_converted_checkpoint_keeps_the_fields(official, tmp_path):
+    from showo2_cli.cli import main
+
+    assert main(["convert", str(official), "-o", str(tmp_path / "saved")]) == 0
+    spec = load(tmp_path / "saved", need=()).spec
+    assert (spec.hidden_act, spec.rope_scaling, spec.semantic_act) == ("gelu", {"rope_type": "linear", "factor": 2.5},
+                                                                        "quick_gelu")
