@@ -211,10 +211,11 @@ class ModelSpec:
             if not ok:
                 raise UsageError(f"invalid model spec '{self.name}': {what}")
 
-
     def _validate_llm_config(self) -> None:
         """The activations and the LLM's RoPE scaling: ones the installed transformers builds (the
         official code hands its Qwen2 and SigLIP configs to transformers as they are)."""
+        if (self.hidden_act, self.semantic_act, self.rope_scaling) == ("silu", "gelu_pytorch_tanh", None):
+            return  # the released models' (no transformers import on the way to a fast usage error)
         from transformers import Qwen2Config
         from transformers.activations import ACT2CLS
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
