@@ -16,7 +16,11 @@ Faults for the tests: ``fail[path] = 500`` answers that status for that file's d
 ``stall[path] = n`` sends the first n bytes, then nothing until the server stops (``stall["api"]``:
 the listing call is accepted and never answered); ``serve[path] = bytes`` sends other bytes (with
 their length) than the listing describes; ``listed_size[path] = n`` advertises another size in
-the listing.
+the listing;
+``fail["api"] = status`` answers that status to the listing call, and ``fail_headers[path]`` adds
+headers to a ``fail`` answer (``{"X-Error-Code": "GatedRepo"}``, ``{"Retry-After": "0"}``);
+``redirect[path] = True`` answers the download with a redirect to itself, forever;
+``endless[path] = True`` answers it with a body without a length that never ends.
 Every request is recorded in :attr:`requests` (method, path).
 """
 
@@ -66,6 +70,9 @@ class LocalHub:
         self.stall: dict[str, int] = {}
         self.serve: dict[str, bytes] = {}
         self.listed_size: dict[str, int] = {}
+        self.fail_headers: dict[str, dict] = {}
+        self.redirect: dict[str, bool] = {}
+        self.endless: dict[str, bool] = {}
         self.stopping = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -162,6 +169,9 @@ class LocalHub:
                 repo, rest = self.find_repo(parts)
                 if repo is None:
                     return self.not_found()
+                if "api" in hub.fail:
+                    return self.send(hub.fail["api"], b'{"error": "refused"}',
+                                     {"Content-Type": "application/json", **hub.fail_headers.get("api", {})})
                 if "api" in hub.stall:
                     hub.stopping.wait()
                     return
@@ -199,7 +209,24 @@ class LocalHub:
                 headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{repo.etag(path)}"', "Accept-Ranges": "bytes",
                            "Content-Type": "application/octet-stream"}
                 if not head and path in hub.fail:
-                    return self.send(hub.fail[path], b"server error", {"Content-Type": "text/plain"})
+                    return self.send(hub.fail[path], b"server error",
+                                     {"Content-Type": "text/plain", **hub.fail_headers.get(path, {})})
+                if not head and path in hub.redirect:
+                    return self.send(302, b"", {"Location": self.path})
+                if not head and path in hub.endless:
+                    self.send_response(200)
+                    for k, v in headers.items():
+                        self.send_header(k, str(v))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    chunk = b"\0" * 65536
+                    try:
+                        while not hub.stopping.is_set():
+                            self.wfile.write(chunk)
+                    except OSError:  # the client hung up
+                        pass
+                    return
                 start = 0
                 rng = self.headers.get("Range")
                 if rng and rng.startswith("bytes=") and not head:

@@ -347,14 +347,42 @@ def test_a_file_that_does_not_match_its_checksum_is_removed(hub):
 
     repo = small_repo(hub)
     good = hub.repos[repo].files["model.safetensors"]
-    for other in (b"\1" * len(good), good[:1000]):
+    for other, why in ((b"\1" * len(good), "does not match its checksum"), (good[:1000], "has 1000 bytes where")):
         hub.serve["model.safetensors"] = other
-        with pytest.raises(ModelError, match="does not match its checksum.*removed, pull again"):
+        with pytest.raises(ModelError, match=f"{why}.*removed, pull again"):
             download_model(repo)
         snaps = hub.cache / "models--acme--small" / "snapshots"
         assert not list(snaps.glob("*/model.safetensors")) and cached_snapshot(repo) is None
         assert len(blobs_of(hub, repo)) == 1  # the config only
     del hub.serve["model.safetensors"]
+    assert (download_model(repo) / "model.safetensors").read_bytes() == good
+
+
+def test_a_body_longer_than_the_listing_is_stopped_and_not_kept(hub):
+    """A body that never ends, a weight file or a config far bigger than the listing says: the
+    download stops at the listed bytes (it read 860 MB in 15 s before), keeps nothing of it, and
+    the next pull from a sound server completes."""
+    from showo2_cli.hub import cached_snapshot, download_model
+
+    faults = [(hub.endless, "model.safetensors", True), (hub.serve, "model.safetensors", b"\1" * (8 * 2**20)),
+              (hub.serve, "config.json", b"{" + b" " * (8 * 2**20) + b"}")]
+    for i, (table, name, value) in enumerate(faults):
+        repo = small_repo(hub, f"acme/long{i}")
+        table[name] = value
+        with pytest.raises(ModelError, match=r"sent more than the \d+ bytes its listing announces") as e:
+            download_model(repo)
+        del table[name]
+        assert "\n" not in str(e.value) and hub.url in str(e.value)
+        blobs = blobs_of(hub, repo)
+        assert not [b for b in blobs if b.endswith(".incomplete")] and cached_snapshot(repo) is None
+        assert sum((hub.cache / f"models--acme--long{i}" / "blobs" / b).stat().st_size for b in blobs) <= 2
+    repo = small_repo(hub)
+    good = hub.repos[repo].files["model.safetensors"]
+    hub.listed_size["config.json"] = 3  # a file (no sha256: not LFS) shorter than listed is not kept either
+    with pytest.raises(ModelError, match="'config.json' .* has 2 bytes where the Hub's listing says 3; removed"):
+        download_model(repo)
+    assert blobs_of(hub, repo) == [] and cached_snapshot(repo) is None
+    del hub.listed_size["config.json"]
     assert (download_model(repo) / "model.safetensors").read_bytes() == good
 
 

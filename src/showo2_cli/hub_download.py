@@ -8,7 +8,11 @@ checked before anything is fetched, checksums checked after, and errors as one l
 * On an interruption or a stall, the ``.incomplete`` files this download started are removed (a
   worker left behind is marked in :data:`ABANDONED`, so the command line exits without waiting
   for it).
-* Each newly downloaded LFS file is checked against the sha256 in the Hub's listing.
+* A download that receives more bytes than the listing announces for the files it fetches (a
+  body that never ends, a file far bigger than listed) is stopped at that count and its
+  ``.incomplete`` files removed, so a hostile or broken server cannot fill the disk.
+* Each newly downloaded file is checked against the size in the Hub's listing, and each LFS
+  file against its sha256.
 """
 
 from __future__ import annotations
@@ -76,12 +80,18 @@ class RemoteFile:
     sha256: str | None = None
 
 
+class Overrun(ModelError):
+    """A download received more bytes than the listing announced (raised inside the download)."""
+
+
 class _Bytes:
     """Bytes done/total of a snapshot download, from huggingface_hub's byte bars, as one phase;
-    also when the download last made progress (:meth:`stalled`)."""
+    also when the download last made progress (:meth:`stalled`). ``limit``: the bytes the
+    listing announces; a byte bar going past it raises :class:`Overrun` in the download."""
 
-    def __init__(self, phase: str, progress: Progress | None):
+    def __init__(self, phase: str, progress: Progress | None, limit: int | None = None, overrun: str = ""):
         self.phase, self.progress = phase, progress
+        self.limit, self.overrun = limit, overrun
         self.lock = threading.Lock()
         self.bars: dict[int, tuple[int, int]] = {}  # bar -> (done, total)
         self.received = self.mark_bytes = 0
@@ -107,6 +117,8 @@ class _Bytes:
                 if self.counts_bytes and n:
                     self.bytes_done += int(n)
                     meter.report(id(self), self.bytes_done, int(self.total or 0), int(n))
+                    if meter.limit is not None and self.bytes_done > meter.limit:
+                        raise Overrun(meter.overrun)  # ends huggingface_hub's read loop
 
             def refresh(self, *args, **kwargs):
                 if self.counts_bytes:
@@ -155,6 +167,14 @@ def _bounded(call: Callable, meter: _Bytes, repo_id: str, what: str):
         except BaseException as e:  # handed to the caller
             box["error"] = e
 
+    def remove_started():
+        for name in _names(blobs) - before:
+            if name.endswith(".incomplete"):
+                try:
+                    (blobs / name).unlink()
+                except OSError:
+                    pass
+
     worker = threading.Thread(target=work, name=f"showo2-hub-{repo_id}", daemon=True)
     worker.start()
     try:
@@ -165,14 +185,11 @@ def _bounded(call: Callable, meter: _Bytes, repo_id: str, what: str):
                                  f"{window:g} s ({STALL_ENV} sets the limit); pull again")
     except BaseException:
         ABANDONED.set()
-        for name in _names(blobs) - before:
-            if name.endswith(".incomplete"):
-                try:
-                    (blobs / name).unlink()
-                except OSError:
-                    pass
+        remove_started()
         raise
     if "error" in box:
+        if any(isinstance(x, Overrun) for x in _chain(box["error"])):
+            remove_started()  # the bytes past the listing are no part of any file
         raise box["error"]
     return box["value"]
 
@@ -208,19 +225,21 @@ def _is_cached(repo_id: str, filename: str, revision: str | None) -> bool:
 
 
 def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, RemoteFile],
-                revision: str | None = None) -> None:
+                revision: str | None = None) -> int | None:
     """Before downloading: a config or tokenizer file larger than its loader reads is refused,
-    and so is a download larger than the cache folder's free space."""
+    and so is a download larger than the cache folder's free space. Returns the bytes the listing
+    announces for the files not cached yet (None when it leaves a size out)."""
     from huggingface_hub import constants
 
     from .hub import TOKENIZER_FILES
     from .tokenizer import MAX_TOKENIZER_FILE_BYTES
     from .weights import MAX_CONFIG_BYTES
 
-    total = 0
+    total, known = 0, True
     for name in files:
         size = remote[name].size if name in remote else None
         if size is None:
+            known = known and _is_cached(repo_id, name, revision)
             continue
         base = name.rsplit("/", 1)[-1]
         cap = (MAX_TOKENIZER_FILE_BYTES if base in TOKENIZER_FILES  # the caps the loaders hold them to
@@ -236,11 +255,12 @@ def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, Rem
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
-        return
+        return total if known else None
     if total > free:
         raise ModelError(f"{what} '{repo_id}' needs {total / 1e9:.1f} GB but the Hugging Face cache at "
                          f"{constants.HF_HUB_CACHE} has {free / 1e9:.1f} GB free; free some space "
                          "(or set HF_HUB_CACHE) and pull again")
+    return total if known else None
 
 
 def _sha256(path: Path) -> str:
@@ -253,24 +273,29 @@ def _sha256(path: Path) -> str:
 
 def _verify(repo_id: str, what: str, snap: Path, files: list[str], remote: dict[str, RemoteFile],
             before: set[str]) -> None:
-    """Each newly downloaded LFS file against its sha256; a mismatch is removed (blob and link)."""
+    """Each newly downloaded file against the listing's size, and an LFS file against its sha256;
+    a mismatch is removed (blob and link)."""
     blobs = _blobs(repo_id)
     for name in files:
-        expected = remote[name].sha256 if name in remote else None
+        listed = remote.get(name)
         link = snap / name
-        if not expected or not link.exists():
+        if listed is None or (listed.size is None and not listed.sha256) or not link.exists():
             continue
         blob = link.resolve()
         if blob.parent != blobs.resolve() or blob.name in before:
             continue
-        if _sha256(blob) != expected.lower():
-            for p in (blob, link):
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
-            raise ModelError(f"{what} '{repo_id}': '{name}' from the Hub at {endpoint()} does not match its "
-                             "checksum (sha256 of the Hub's listing); removed, pull again")
+        if listed.size is not None and blob.stat().st_size != listed.size:
+            problem = f"has {blob.stat().st_size} bytes where the Hub's listing says {listed.size}"
+        elif listed.sha256 and _sha256(blob) != listed.sha256.lower():
+            problem = "does not match its checksum (sha256 of the Hub's listing)"
+        else:
+            continue
+        for p in (blob, link):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        raise ModelError(f"{what} '{repo_id}': '{name}' from the Hub at {endpoint()} {problem}; removed, pull again")
 
 
 def download_files(repo_id: str, files: list[str] | None, progress: Progress | None, what: str,
@@ -282,9 +307,12 @@ def download_files(repo_id: str, files: list[str] | None, progress: Progress | N
     if not cache_ref_readable(repo_id, revision):
         raise ModelError(f"the Hugging Face cache entry of '{repo_id}' is damaged: its refs/{revision or 'main'} is "
                          "not a regular file (delete that file and pull again)")
+    limit = None
     if remote is not None and files is not None:
-        check_sizes(repo_id, what, files, remote, revision)
-    meter = _Bytes(f"downloading {repo_id}", progress)
+        limit = check_sizes(repo_id, what, files, remote, revision)
+    overrun = (f"downloading {what} '{repo_id}' stopped: the Hub at {endpoint()} sent more than the {limit} bytes "
+               "its listing announces; nothing of it is kept")
+    meter = _Bytes(f"downloading {repo_id}", progress, limit, overrun)
     before = _names(_blobs(repo_id))
 
     def call():
