@@ -20,7 +20,9 @@ the listing;
 ``fail["api"] = status`` answers that status to the listing call, and ``fail_headers[path]`` adds
 headers to a ``fail`` answer (``{"X-Error-Code": "GatedRepo"}``, ``{"Retry-After": "0"}``);
 ``redirect[path] = True`` answers the download with a redirect to itself, forever;
-``endless[path] = True`` answers it with a body without a length that never ends.
+``endless[path] = True`` answers it with a body without a length that never ends;
+``token = "hf_..."`` makes every repo private: a request without ``Authorization: Bearer <token>``
+is answered 401 (as the Hub answers a private repo, or a token it refuses).
 Every request is recorded in :attr:`requests` (method, path).
 """
 
@@ -73,6 +75,7 @@ class LocalHub:
         self.fail_headers: dict[str, dict] = {}
         self.redirect: dict[str, bool] = {}
         self.endless: dict[str, bool] = {}
+        self.token: str | None = None
         self.stopping = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -156,6 +159,10 @@ class LocalHub:
                 hub.requests.append(("HEAD" if head else "GET", self.path))
                 url = urlsplit(self.path)
                 parts = [unquote(p) for p in url.path.strip("/").split("/")]
+                if hub.token is not None and self.headers.get("Authorization") != f"Bearer {hub.token}":
+                    return self.send(401, b'{"error": "Invalid credentials in Authorization header"}',
+                                     {"Content-Type": "application/json",
+                                      "X-Error-Message": "Invalid credentials in Authorization header"}, head=head)
                 if parts[:2] == ["api", "models"]:
                     return self.api(parts[2:], url.query)
                 repo, rest = self.find_repo(parts)

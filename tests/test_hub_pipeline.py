@@ -386,6 +386,41 @@ def test_a_body_longer_than_the_listing_is_stopped_and_not_kept(hub):
     assert (download_model(repo) / "model.safetensors").read_bytes() == good
 
 
+def test_a_private_or_gated_repo_says_how_to_give_a_token_and_hf_token_is_sent(hub, tmp_path, monkeypatch):
+    """A 401/403 names hf auth login and HF_TOKEN (or, with a token set, that the token is refused);
+    HF_TOKEN is what huggingface_hub sends; a 429 says to wait."""
+    import huggingface_hub.constants as C
+
+    from showo2_cli.hub import download_model
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(C, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no stored login either
+    repo = small_repo(hub, "acme/private")
+    hub.token = "hf_right"
+    hints = {None: "log in with hf auth login or set HF_TOKEN",
+             "hf_wrong": r"the token in use \(HF_TOKEN, .*\) has no access to it; check it"}
+    for token, hint in hints.items():
+        if token:
+            monkeypatch.setenv("HF_TOKEN", token)
+        with pytest.raises(ModelError, match=rf"answered HTTP 401 \(access refused\): {hint}, then pull again") as e:
+            download_model(repo)
+        assert "\n" not in str(e.value)
+    monkeypatch.setenv("HF_TOKEN", "hf_right")
+    assert (download_model(repo) / "model.safetensors").is_file()
+    hub.token = None
+    monkeypatch.delenv("HF_TOKEN")
+    repo = small_repo(hub, "acme/gated")
+    hub.fail["model.safetensors"] = 403
+    with pytest.raises(ModelError, match="HTTP 403 .*set HF_TOKEN"):
+        download_model(repo)
+    hub.fail_headers["model.safetensors"] = {"X-Error-Code": "GatedRepo"}
+    with pytest.raises(ModelError, match="is gated on the Hub: .* log in with hf auth login or set HF_TOKEN"):
+        download_model(repo)
+    hub.fail["api"], hub.fail_headers["api"] = 429, {"Retry-After": "0"}
+    with pytest.raises(ModelError, match="HTTP 429 \\(too many requests\\); wait a while"):
+        download_model("acme/gated")
+
+
 def test_file_download_errors_name_the_http_status(hub):
     from showo2_cli.hub import download_model
 

@@ -364,13 +364,19 @@ def as_model_error(repo_id: str, what: str, e: Exception, revision: str | None =
     if isinstance(e, ModelError):
         return e
     if isinstance(e, GatedRepoError):
-        return ModelError(f"{what} '{repo_id}' is gated on the Hub: accept its terms on the model page and log in "
-                          "(hf auth login), then pull again")
+        return ModelError(f"{what} '{repo_id}' is gated on the Hub: accept its terms on the model page and "
+                          f"{_login_hint()}, then pull again")
     if isinstance(e, RepositoryNotFoundError):
-        return ModelError(f"{what} '{repo_id}' is not on the Hub at {endpoint()} (or it is private: hf auth login)")
+        return ModelError(f"{what} '{repo_id}' is not on the Hub at {endpoint()} (or it is private: {_login_hint()})")
     if isinstance(e, RevisionNotFoundError):
         return ModelError(f"{what} '{repo_id}' has no revision '{revision or 'main'}' on the Hub")
     status = _status(e)
+    if status in (401, 403):
+        return ModelError(f"downloading {what} '{repo_id}' failed: the Hub at {endpoint()} answered HTTP {status} "
+                          f"(access refused): {_login_hint()}, then pull again")
+    if status == 429:
+        return ModelError(f"downloading {what} '{repo_id}' failed: the Hub at {endpoint()} answered HTTP 429 (too many "
+                          "requests); wait a while, then pull again")
     if status is not None:
         return ModelError(f"downloading {what} '{repo_id}' failed: the Hub at {endpoint()} answered HTTP {status}; "
                           "the cache keeps no half model (pull again)")
@@ -391,6 +397,19 @@ def as_model_error(repo_id: str, what: str, e: Exception, revision: str | None =
     if isinstance(e, ValueError):  # HFValidationError, an unusable listing or file entry, a Xet-only file
         return ModelError(f"{what} '{repo_id}' cannot be downloaded from the Hub at {endpoint()}: {_first_line(str(e))}")
     return e
+
+
+def _login_hint() -> str:
+    """How to give the Hub a token, or, when one is set, that it is the one refused."""
+    try:
+        from huggingface_hub import get_token
+
+        token = get_token()
+    except Exception:  # e.g. an OIDC exchange that failed
+        token = None
+    if token:
+        return "the token in use (HF_TOKEN, else the one of hf auth login) has no access to it; check it"
+    return "log in with hf auth login or set HF_TOKEN"
 
 
 def _first_line(text: str, n: int = 160) -> str:
