@@ -456,6 +456,39 @@ def test_a_cached_model_without_its_companions_needs_a_download(hub, tmp_path):
     assert not needs_download(repo)
 
 
+def test_models_reports_what_loading_finds_in_the_cache(hub, tmp_path, monkeypatch, capsys):
+    """`showo2 models` looks a cached variant up as loading does (a repo carrying its own tokenizer
+    and VAE is ready; it said "missing tokenizer, VAE"), honours $SHOWO2_VAE, and names a cached
+    model whose config is damaged instead of calling it ready or missing."""
+    from showo2_cli.cli import main
+    from showo2_cli.hub import pull
+    from showo2_cli.loading import init_model
+
+    def rows():
+        assert main(["models", "--json"]) == 0
+        return {r["name"]: r for r in json.loads(capsys.readouterr().out)["models"]}
+
+    src = tmp_path / "m"
+    init_model("tiny", src, seed=0, vae_base_dim=4)
+    hub.add_folder("showlab/show-o2-1.5B", src)
+    snap = pull("1.5B").path
+    offline(monkeypatch)
+    row = rows()["1.5B"]
+    assert row["present"] and row["missing"] == [] and row["get"] == [] and row["path"] == str(snap)
+    assert rows()["7B"]["missing"] == ["checkpoint", "tokenizer", "VAE"]
+    monkeypatch.setenv("SHOWO2_VAE", str(src / "vae"))
+    assert rows()["7B"]["missing"] == ["checkpoint", "tokenizer"]  # as loading would take it
+    monkeypatch.setenv("SHOWO2_VAE", str(tmp_path / "nowhere"))
+    assert rows()["7B"]["missing"] == ["checkpoint", "tokenizer", "VAE"] and rows()["1.5B"]["present"]
+    monkeypatch.delenv("SHOWO2_VAE")
+    config = snap / "config.json"
+    config.unlink()  # (a link into blobs/)
+    config.write_text("{not json")
+    row = rows()["1.5B"]
+    assert not row["present"] and "not valid JSON" in row["damaged"]
+    assert row["get"] == ["hf download showlab/show-o2-1.5B --force-download"]
+
+
 @pytest.mark.slow
 def test_cli_pull_interrupted_or_stalled_exits_at_once_and_cleans_up(hub, tmp_path):
     import signal

@@ -272,6 +272,12 @@ def find_vae(root: Path, explicit: str | os.PathLike | None) -> Path | None:
     pths = sorted(root.glob("Wan2.1_VAE*.pth")) + sorted(root.glob("Wan2.1_VAE*.safetensors"))
     if pths:
         return pths[0]
+    return shared_vae()
+
+
+def shared_vae() -> Path | None:
+    """The VAE a model without its own takes: ``$SHOWO2_VAE`` (an error when it does not exist),
+    else the Wan2.1 VAE in the Hugging Face cache (the single file, else the diffusers repo's)."""
     env = os.environ.get("SHOWO2_VAE", "").strip()
     if env:
         path = existing_path(env)

@@ -199,11 +199,15 @@ def init(
 def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
     """The known variants: which are present locally (and where), what is missing, how to get it."""
     setup(json_mode, quiet)
-    from ..hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path, cached_snapshot, hf_cached_file
-    from ..hub import cached_snapshot as hf_cached_snapshot
+    from ..hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path, cached_snapshot, shared_vae
+    from ..loading import find_files
     from ..specs import REGISTRY
 
-    vae = hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
+    try:
+        vae, vae_error = shared_vae(), None  # a VAE for a model without its own ($SHOWO2_VAE, the cache)
+    except ModelError as e:  # $SHOWO2_VAE names nothing: every model without its own VAE misses it
+        vae, vae_error = None, str(e)
+        notice(f"note: {e}")
     rows = []
     demo = bundled_demo_path()
     rows.append({"name": "demo", "repo": None, "present": (demo / "config.json").exists(),
@@ -212,26 +216,39 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
     for name, spec in REGISTRY.items():
         if not spec.repo_id:
             continue
-        snap = hf_cached_snapshot(spec.repo_id)
-        tok = cached_snapshot(spec.llm_repo_id, role="tokenizer") if spec.llm_repo_id else None
-        missing, get = [], []
+        snap = cached_snapshot(spec.repo_id)
+        missing, get, damaged = [], [], None
         if snap is None:
             missing.append("checkpoint")
             get.append(f"hf download {spec.repo_id}")
-        if tok is None:
-            missing.append("tokenizer")
-            get.append(f"hf download {spec.llm_repo_id}")
-        if vae is None:
-            missing.append("VAE")
-            get.append(f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE}")
+            if spec.llm_repo_id and cached_snapshot(spec.llm_repo_id, role="tokenizer") is None:
+                missing.append("tokenizer")
+                get.append(f"hf download {spec.llm_repo_id}")
+            if vae is None:
+                missing.append("VAE")
+                get.append(f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE}")
+        else:  # what loading it would find: the same lookups as `showo2 info`, no network
+            try:
+                for piece, hint in find_files(snap).missing:
+                    missing.append(piece)
+                    if hint.startswith("hf download "):
+                        get.append(hint.split(" (")[0])
+            except ModelError as e:
+                if str(e) == vae_error:
+                    missing.append("VAE")
+                else:
+                    damaged = str(e)
+                    get.append(f"hf download {spec.repo_id} --force-download")
         if missing:
             get.insert(0, f"showo2 pull {name}")
-        rows.append({"name": name, "repo": spec.repo_id, "present": not missing, "path": str(snap) if snap else None,
-                     "missing": missing, "get": get, "tasks": ", ".join(spec.tasks)})
+        rows.append({"name": name, "repo": spec.repo_id, "present": not missing and damaged is None,
+                     "path": str(snap) if snap else None, "missing": missing, "damaged": damaged, "get": get,
+                     "tasks": ", ".join(spec.tasks)})
     env = os.environ.get("SHOWO2_MODEL")
     lines = [f"default: {env} (SHOWO2_MODEL)" if env else "default: the cached official 1.5B if present, else demo"]
     for r in rows:
-        state = "ready" if r["present"] else ("missing " + ", ".join(r["missing"]) if r["missing"] else "not installed")
+        state = ("ready" if r["present"] else f"damaged: {r['damaged']}" if r.get("damaged") else
+                 "missing " + ", ".join(r["missing"]) if r["missing"] else "not installed")
         lines.append(f"{r['name']:<18} {state}" + (f"  ({r['path']})" if r["path"] else ""))
         lines.append(f"{'':<18} tasks: {r['tasks']}")
         for cmd in r["get"]:
