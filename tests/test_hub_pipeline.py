@@ -311,6 +311,53 @@ def test_a_hub_that_stops_answering_fails_in_bounded_time(hub, monkeypatch):
     assert (download_model(repo) / "model.safetensors").is_file()
 
 
+def test_two_processes_one_cache_a_stall_ends_only_its_own_download_and_a_killed_ones_leftovers_go(hub, monkeypatch):
+    """Process B holds the weight file's lock and writes its .incomplete after A began: A stalls
+    waiting and gives up without deleting B's file (it did before). B killed, its .incomplete
+    (never reused: the name is B's own) is removed by the next pull, which completes."""
+    import signal
+    import threading
+    import time
+
+    import huggingface_hub.constants as C
+
+    from showo2_cli.hub import download_model
+
+    for name in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
+        monkeypatch.setattr(C, name, 1)
+    repo = small_repo(hub)
+    sha = hub.repos[repo].etag("model.safetensors")
+    blobs, locks = hub.cache / "models--acme--small" / "blobs", hub.cache / ".locks" / "models--acme--small"
+    other = blobs / f"{sha}.0b0b0b0b.incomplete"
+    code = ("import sys, filelock, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); print('locked', flush=True);"
+            "sys.stdin.readline(); open(sys.argv[2], 'wb').write(b'x' * 1000); print('written', flush=True); time.sleep(600)")
+    blobs.mkdir(parents=True)
+    locks.mkdir(parents=True)
+    b = subprocess.Popen([sys.executable, "-c", code, str(locks / f"{sha}.lock"), str(other)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert b.stdout.readline().strip() == "locked"
+
+        def write_when_a_waits():
+            while not any(m == "HEAD" and p.endswith("/model.safetensors") for m, p in list(hub.requests)):
+                time.sleep(0.05)
+            time.sleep(0.3)
+            b.stdin.write("go\n")
+            b.stdin.flush()
+
+        threading.Thread(target=write_when_a_waits, daemon=True).start()
+        monkeypatch.setenv("SHOWO2_HUB_STALL_SECONDS", "2")
+        with pytest.raises(ModelError, match="stalled"):
+            download_model(repo)
+        assert b.stdout.readline().strip() == "written" and other.is_file()  # B's download is B's
+    finally:
+        b.send_signal(signal.SIGKILL)
+        b.wait()
+    monkeypatch.setenv("SHOWO2_HUB_STALL_SECONDS", "60")  # the retry may wait for the abandoned worker's lock
+    assert (download_model(repo) / "model.safetensors").is_file()
+    assert not other.exists() and not [n for n in blobs_of(hub, repo) if n.endswith(".incomplete")]
+
+
 def test_names_and_listings_huggingface_hub_rejects_are_model_errors(hub):
     from showo2_cli.hub import model_files, pull, repo_id_for, resolve_root
     from showo2_cli.hub_download import as_model_error

@@ -5,9 +5,11 @@ checked before anything is fetched, checksums checked after, and errors as one l
   once, and a download that makes no progress (less than :data:`STALL_BYTES` in
   ``SHOWO2_HUB_STALL_SECONDS``, default 120) fails naming the Hub endpoint. HTTP reads also time
   out after huggingface_hub's ``HF_HUB_ETAG_TIMEOUT`` / ``HF_HUB_DOWNLOAD_TIMEOUT``.
-* On an interruption or a stall, the ``.incomplete`` files this download started are removed (a
-  worker left behind is marked in :data:`ABANDONED`, so the command line exits without waiting
-  for it).
+* On an interruption or a stall, the ``.incomplete`` files this download started are removed
+  (only this process's: another process downloading into the same cache keeps its own; a worker
+  left behind is marked in :data:`ABANDONED`, so the command line exits without waiting for it).
+  A download first removes the ``.incomplete`` files nobody is writing (whose blob lock is free):
+  what a killed process left behind.
 * A download that receives more bytes than the listing announces for the files it fetches (a
   body that never ends, a file far bigger than listed) is stopped at that count and its
   ``.incomplete`` files removed, so a hostile or broken server cannot fill the disk.
@@ -152,6 +154,49 @@ def _names(folder: Path) -> set[str]:
         return set()
 
 
+def _open_here(folder: Path) -> set[str] | None:
+    """Names of the files in ``folder`` that this process holds open (None where the system does
+    not say: no ``/proc/self/fd``)."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        return None
+    out, where = set(), os.path.realpath(folder)
+    try:
+        for fd in os.listdir(fds):
+            try:
+                target = os.readlink(fds / fd)
+            except OSError:
+                continue
+            if os.path.dirname(target) == where:
+                out.add(os.path.basename(target))
+    except OSError:
+        return None
+    return out
+
+
+def remove_stale_partials(repo_id: str) -> list[str]:
+    """Remove the ``.incomplete`` files of ``repo_id`` that no download is writing: huggingface_hub
+    writes ``<blob>.<random>.incomplete`` under the blob's lock and deletes it on an error, so one
+    whose lock is free was left by a killed process and is never reused. Returns the names removed."""
+    from filelock import FileLock, Timeout
+    from huggingface_hub import constants
+
+    blobs = _blobs(repo_id)
+    locks = Path(constants.HF_HUB_CACHE) / ".locks" / blobs.parent.name
+    removed = []
+    for name in sorted(_names(blobs)):
+        if not name.endswith(".incomplete") or not (locks / f"{name.split('.')[0]}.lock").is_file():
+            continue
+        lock = FileLock(locks / f"{name.split('.')[0]}.lock", timeout=0)
+        try:
+            with lock:
+                (blobs / name).unlink()
+                removed.append(name)
+        except (Timeout, OSError):  # being written now, or not ours to remove
+            continue
+    return removed
+
+
 def _bounded(call: Callable, meter: _Bytes, repo_id: str, what: str):
     """``call()`` in a worker thread; the caller waits in short joins (Ctrl-C reaches it at once)
     and gives up when ``meter`` sees no progress for :func:`stall_seconds`. On either, the
@@ -168,8 +213,9 @@ def _bounded(call: Callable, meter: _Bytes, repo_id: str, what: str):
             box["error"] = e
 
     def remove_started():
+        ours = _open_here(blobs)  # another process's download into this cache is not ours to end
         for name in _names(blobs) - before:
-            if name.endswith(".incomplete"):
+            if name.endswith(".incomplete") and (ours is None or name in ours):
                 try:
                     (blobs / name).unlink()
                 except OSError:
@@ -313,6 +359,7 @@ def download_files(repo_id: str, files: list[str] | None, progress: Progress | N
     overrun = (f"downloading {what} '{repo_id}' stopped: the Hub at {endpoint()} sent more than the {limit} bytes "
                "its listing announces; nothing of it is kept")
     meter = _Bytes(f"downloading {repo_id}", progress, limit, overrun)
+    remove_stale_partials(repo_id)
     before = _names(_blobs(repo_id))
 
     def call():
