@@ -264,7 +264,7 @@ def pull(
 ):
     """Download a model and what it needs (tokenizer, VAE) into the Hugging Face cache, to run offline.
 
-    Only the files it loads come: config.json and one set of weights (safetensors before pickles), the tokenizer files and LLM config of its Qwen2.5 repo, the SigLIP config and Wan2.1_VAE.pth. Cached pieces are not fetched again and an interrupted pull resumes. HF_HOME / HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured.
+    Only the files it loads come: config.json and one set of weights (safetensors before pickles), the tokenizer files and LLM config of its Qwen2.5 repo, the SigLIP config and Wan2.1_VAE.pth. Cached pieces are not fetched again; an interrupted pull keeps the files it finished and fetches the rest anew. HF_HOME / HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured.
     """
     setup(json_mode, quiet)
     from ..hub import pull as pull_model
