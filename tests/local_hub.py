@@ -20,7 +20,8 @@ the listing;
 ``fail["api"] = status`` answers that status to the listing call, and ``fail_headers[path]`` adds
 headers to a ``fail`` answer (``{"X-Error-Code": "GatedRepo"}``, ``{"Retry-After": "0"}``);
 ``redirect[path] = True`` answers the download with a redirect to itself, forever;
-``endless[path] = True`` answers it with a body without a length that never ends;
+``endless[path] = True`` answers it with a body without a length that never ends (``endless["api"]``:
+the listing);
 ``token = "hf_..."`` makes every repo private: a request without ``Authorization: Bearer <token>``
 is answered 401 (as the Hub answers a private repo, or a token it refuses).
 Every request is recorded in :attr:`requests` (method, path).
@@ -179,6 +180,19 @@ class LocalHub:
                 if "api" in hub.fail:
                     return self.send(hub.fail["api"], b'{"error": "refused"}',
                                      {"Content-Type": "application/json", **hub.fail_headers.get("api", {})})
+                if "api" in hub.endless:  # a listing that never ends
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    try:
+                        self.wfile.write(b'{"id": "x", "siblings": [')
+                        while not hub.stopping.is_set():
+                            self.wfile.write(b'{"rfilename": "x", "size": 1}, ' * 2048)
+                    except OSError:
+                        pass
+                    return
                 if "api" in hub.stall:
                     hub.stopping.wait()
                     return

@@ -433,6 +433,21 @@ def test_a_body_longer_than_the_listing_is_stopped_and_not_kept(hub):
     assert (download_model(repo) / "model.safetensors").read_bytes() == good
 
 
+def test_a_listing_that_never_ends_fails_without_filling_the_memory(hub, monkeypatch):
+    """It was read whole (1.7 GB in 6 s, then "stalled: sent nothing"); now up to the cap."""
+    from showo2_cli import hub_download
+    from showo2_cli.hub import download_model
+
+    monkeypatch.setattr(hub_download, "MAX_LISTING_BYTES", 2**20)
+    monkeypatch.setenv("SHOWO2_HUB_STALL_SECONDS", "30")
+    repo = small_repo(hub)
+    hub.endless["api"] = True
+    with pytest.raises(ModelError, match=f"the listing of model '{repo}' from the Hub at {hub.url} is longer than 1 MiB"):
+        download_model(repo)
+    del hub.endless["api"]
+    assert (download_model(repo) / "model.safetensors").is_file()  # other calls are not capped
+
+
 def test_a_private_or_gated_repo_says_how_to_give_a_token_and_hf_token_is_sent(hub, tmp_path, monkeypatch):
     """A 401/403 names hf auth login and HF_TOKEN (or, with a token set, that the token is refused);
     HF_TOKEN is what huggingface_hub sends; a 429 says to wait."""

@@ -13,6 +13,8 @@ checked before anything is fetched, checksums checked after, and errors as one l
 * A download that receives more bytes than the listing announces for the files it fetches (a
   body that never ends, a file far bigger than listed) is stopped at that count and its
   ``.incomplete`` files removed, so a hostile or broken server cannot fill the disk.
+* The repo listing is read up to :data:`MAX_LISTING_BYTES`: a listing that never ends fails
+  instead of filling the memory.
 * Each newly downloaded file is checked against the size in the Hub's listing, and each LFS
   file against its sha256.
 """
@@ -36,6 +38,9 @@ Progress = Callable[[str, int, int], None]
 
 STALL_ENV = "SHOWO2_HUB_STALL_SECONDS"
 STALL_BYTES = 1024  # a download that receives less than this in the stall window has stalled
+#: The most a repo listing (``model_info`` with file metadata) may take: a repo of 100,000 files
+#: lists in about 30 MB, and the listing is held in memory and parsed whole.
+MAX_LISTING_BYTES = 64 * 2**20
 #: Set when a download was given up (stalled or interrupted) while huggingface_hub's worker
 #: threads may still run: the command line then exits without waiting for them.
 ABANDONED = threading.Event()
@@ -240,6 +245,39 @@ def _bounded(call: Callable, meter: _Bytes, repo_id: str, what: str):
     return box["value"]
 
 
+class _Capped:
+    """A response body that raises :class:`Overrun` past ``limit`` bytes (wraps httpx's stream)."""
+
+    def __init__(self, stream, limit: int, message: str):
+        self.stream, self.limit, self.message = stream, limit, message
+
+    def __iter__(self):
+        seen = 0
+        for chunk in self.stream:
+            seen += len(chunk)
+            if seen > self.limit:
+                raise Overrun(self.message)
+            yield chunk
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+_LISTING = threading.local()  # .message set while this thread reads a listing
+
+
+def _cap_listing(response) -> None:
+    """huggingface_hub session hook: the body of a listing this thread asked for is capped."""
+    message = getattr(_LISTING, "message", None)
+    if message is not None and response.request.method == "GET" and "/api/" in response.request.url.path:
+        import httpx
+
+        class Stream(_Capped, httpx.SyncByteStream):
+            pass
+
+        response.stream = Stream(response.stream, MAX_LISTING_BYTES, message)
+
+
 def _timeout() -> float:
     from huggingface_hub import constants
 
@@ -248,10 +286,19 @@ def _timeout() -> float:
 
 def remote_listing(repo_id: str, what: str, revision: str | None = None) -> dict[str, RemoteFile]:
     """The repo's files with their sizes and LFS checksums (one API call, bounded)."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_session
+
+    hooks = get_session().event_hooks["response"]
+    if _cap_listing not in hooks:
+        hooks.append(_cap_listing)
 
     def call():
-        return HfApi().model_info(repo_id, revision=revision, files_metadata=True, timeout=_timeout())
+        _LISTING.message = (f"the listing of {what} '{repo_id}' from the Hub at {endpoint()} is longer than "
+                            f"{MAX_LISTING_BYTES // 2**20} MiB; not read further")
+        try:
+            return HfApi().model_info(repo_id, revision=revision, files_metadata=True, timeout=_timeout())
+        finally:
+            _LISTING.message = None
 
     try:
         info = _bounded(call, _Bytes("listing", None), repo_id, what)
