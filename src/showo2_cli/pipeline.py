@@ -20,7 +20,9 @@ gives new images, reproducibly); a list of generators seeds one output each; wit
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,10 +70,27 @@ class Showo2PipelineOutput(BaseOutput):
     results: list | None = None
 
 
+def one_call_at_a_time(method):
+    """Run a pipeline method under the pipeline's lock (re-entrant: a step callback may caption).
+    A call's state lives on the pipeline as diffusers keeps it (``_interrupt``, ``num_timesteps``,
+    ``guidance_scale``; offload hooks that move the weights around each forward), so two threads
+    calling one pipeline at once (a Gradio app) would stop each other's sampling or read the other
+    call's numbers: they take turns instead."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Showo2Pipeline:
-    """A loaded Show-o2 model with diffusers' calling conventions."""
+    """A loaded Show-o2 model with diffusers' calling conventions. Calls on one pipeline (generation,
+    ``caption``, ``to``) run one at a time: threads sharing it wait their turn."""
 
     def __init__(self, model: Showo2):
+        self._lock = threading.RLock()  # see one_call_at_a_time
         self.model = model
         self.offload = "none"
         self.sampler = "euler"  # the default of ``sampler=``; ``pipe.scheduler = ...`` sets it
@@ -79,6 +98,13 @@ class Showo2Pipeline:
         self._progress_bar_config: dict = {}
         self._interrupt = False  # a step callback sets it to end the sampling (diffusers' ``pipe._interrupt``)
         self._num_timesteps, self._guidance_scale = 0, 0.0  # of the running call (diffusers' attributes)
+
+    def __getstate__(self) -> dict:  # copy.deepcopy / pickle: the copy gets a lock of its own
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # ---- loading and placement --------------------------------------------------------------
     @classmethod
@@ -127,6 +153,7 @@ class Showo2Pipeline:
         return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime, local_files_only=local_files_only,
                         use_safetensors=use_safetensors))
 
+    @one_call_at_a_time
     def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True,
                         overwrite: bool = False) -> Path:
         """Write the loaded model (with the LoRA adapters merged on load) as a showo2-format folder
@@ -159,6 +186,7 @@ class Showo2Pipeline:
         return save_folder(folder, self.spec, state, tokenizer=self.tokenizer, vae=self.model.vae,
                            overwrite=overwrite, extra=extra)
 
+    @one_call_at_a_time
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Showo2Pipeline:
         """Move network and VAE together (not after offload is enabled: the hooks place them)."""
         if self.offload != "none":
@@ -178,6 +206,7 @@ class Showo2Pipeline:
         """Weights in CPU memory; each layer on the device only for its own forward (least memory)."""
         self._offload("sequential", gpu_id, device)
 
+    @one_call_at_a_time
     def _offload(self, mode: str, gpu_id: int | None, device) -> None:
         if self.offload == mode:  # again: nothing to change (diffusers allows the repeat)
             return
@@ -367,6 +396,7 @@ class Showo2Pipeline:
                 bar.close()
 
     # ---- generation -------------------------------------------------------------------------
+    @one_call_at_a_time
     def __call__(self, prompt: str | list[str] | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, generator: torch.Generator | list | None = None, *,
                  height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
@@ -508,6 +538,7 @@ class Showo2Pipeline:
         return [generator_seed(generator)]
 
     # ---- understanding ----------------------------------------------------------------------
+    @one_call_at_a_time
     def caption(self, image, question: str | list[str] | None = None, *, max_new_tokens: int = 300,
                 temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None,
                 seed: int | None = None, **options) -> str | list[str]:

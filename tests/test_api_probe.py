@@ -1,0 +1,108 @@
+"""The Python API as applications use it: threads sharing one pipeline, copies, caption arguments."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    from showo2_cli import Showo2Pipeline
+
+    pipe = Showo2Pipeline.from_pretrained(tiny_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_vae_encodes_one_at_a_time_across_threads(pipe):
+    """AutoencoderKLWan keeps a running encode's causal caches on the module: two threads encoding
+    with one VAE read each other's caches (measured: 19 of 60 image latents wrong, no error).
+    Encodes on one VAE now take turns: a second thread never enters the encoder while one is in it,
+    and every thread gets the latents a lone call gets."""
+    vae = pipe.vae
+    xs = [torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(k)) * 2 - 1 for k in range(2)]
+    alone = [vae.encode(x) for x in xs]
+    inside, most = [0], [0]
+    b_inside = threading.Event()
+    count = threading.Lock()
+
+    def enter(module, args):
+        with count:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        if threading.current_thread().name == "b":
+            b_inside.set()
+        else:  # thread a holds the encoder until b is in it too (or 1 s: b waits its turn)
+            b_inside.wait(1.0)
+
+    def leave(module, args, out):
+        with count:
+            inside[0] -= 1
+
+    hooks = [vae.model.encoder.register_forward_pre_hook(enter), vae.model.encoder.register_forward_hook(leave)]
+    got = {}
+    try:
+        a = threading.Thread(target=lambda: got.__setitem__("a", vae.encode(xs[0])), name="a")
+        a.start()
+        while inside[0] == 0 and a.is_alive():
+            pass
+        b = threading.Thread(target=lambda: got.__setitem__("b", vae.encode(xs[1])), name="b")
+        b.start()
+        a.join()
+        b.join()
+    finally:
+        for h in hooks:
+            h.remove()
+    assert most[0] == 1
+    assert torch.equal(got["a"], alone[0]) and torch.equal(got["b"], alone[1])
+
+
+def test_one_calls_interrupt_does_not_stop_another_threads_call(pipe):
+    """pipe._interrupt is the running call's (diffusers' attribute): when two threads shared one
+    pipeline, a callback interrupting its own call also ended the other thread's sampling after
+    one step. Calls on one pipeline now take turns, so the other call runs to the end."""
+    alone = pipe("a blue square", num_inference_steps=6, seed=2, output_type="np")
+    a_stepping, b_stepping, a_interrupted = threading.Event(), threading.Event(), threading.Event()
+
+    def a_callback(p, i, t, kw):
+        a_stepping.set()
+        b_stepping.wait(2.0)  # b's call is sampling too (old behaviour), or waits its turn
+        p._interrupt = True
+        a_interrupted.set()
+        return kw
+
+    def b_callback(p, i, t, kw):
+        b_stepping.set()
+        a_interrupted.wait(2.0)
+        return kw
+
+    got = {}
+    a = threading.Thread(target=lambda: got.__setitem__("a", pipe(
+        "a red circle", num_inference_steps=6, seed=1, output_type="np", callback_on_step_end=a_callback)))
+    a.start()
+    assert a_stepping.wait(60)  # a's call is sampling
+    b = threading.Thread(target=lambda: got.__setitem__("b", pipe(
+        "a blue square", num_inference_steps=6, seed=2, output_type="np", callback_on_step_end=b_callback)))
+    b.start()
+    a.join()
+    b.join()
+    assert got["a"].results[0].params["steps_done"] == 1
+    assert "steps_done" not in got["b"].results[0].params
+    assert np.array_equal(got["b"].images, alone.images)
+    assert not pipe.interrupt
+
+
+def test_pipeline_copies_and_pickles_with_a_lock_of_its_own(pipe):
+    """The locks that make calls take turns do not stop deepcopy or pickle (a lock cannot be
+    copied): the copy answers as the original does, and has its own locks."""
+    image = np.full((32, 32, 3), 200, dtype=np.uint8)
+    want = pipe.caption(image, "What is it?", max_new_tokens=4)
+    for other in (copy.deepcopy(pipe), pickle.loads(pickle.dumps(pipe))):
+        assert other._lock is not pipe._lock and other.vae._call_lock is not pipe.vae._call_lock
+        assert other.caption(image, "What is it?", max_new_tokens=4) == want
