@@ -106,3 +106,28 @@ def test_pipeline_copies_and_pickles_with_a_lock_of_its_own(pipe):
     for other in (copy.deepcopy(pipe), pickle.loads(pickle.dumps(pipe))):
         assert other._lock is not pipe._lock and other.vae._call_lock is not pipe.vae._call_lock
         assert other.caption(image, "What is it?", max_new_tokens=4) == want
+
+
+@pytest.mark.parametrize("url", ["https://example.com/cat.png", "file:///tmp/cat.png", "s3://bucket/clip.mp4"])
+def test_a_url_is_refused_as_a_url(pipe, url):
+    """pipe.caption("https://...") said `cannot read media file 'https:/example.com/cat.png': no such
+    file` (the URL mangled by Path, and nothing saying URLs are not fetched)."""
+    from pathlib import Path
+
+    from showo2_cli.errors import InputError
+    from showo2_cli.media.probe import check_input_file
+
+    with pytest.raises(InputError, match=f"^cannot read media file {url}: URLs are not fetched; download"):
+        pipe.caption(url, "What is it?")
+    with pytest.raises(InputError, match=f"^cannot read image {url}: URLs are not fetched"):  # the CLI's Path
+        check_input_file(Path(url), "image")
+    with pytest.raises(InputError, match="no such file$"):  # a missing file with a colon is still a file
+        check_input_file(Path("notes:/cat.png"), "image")
+
+
+def test_a_float_token_count_is_called_not_whole(pipe):
+    """max_new_tokens=5.0 said `must be between 1 and 1000000, got 5.0`, which it is."""
+    with pytest.raises(ValueError, match=r"^max_new_tokens must be a whole number between 1 and 1000000, got 5\.0$"):
+        pipe.caption(np.zeros((32, 32, 3), np.uint8), "What?", max_new_tokens=5.0)
+    with pytest.raises(ValueError, match=r"^max_new_tokens must be between 1 and 1000000, got 0$"):
+        pipe.caption(np.zeros((32, 32, 3), np.uint8), "What?", max_new_tokens=0)

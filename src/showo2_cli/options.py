@@ -76,7 +76,8 @@ def check_int(option: str, value: int | None, low: int, high: int) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise UsageError(f"{option} must be between {low} and {high}, got {short(value)}")
+        whole = "" if isinstance(value, int) and not isinstance(value, bool) else "a whole number "  # 5.0 is in range
+        raise UsageError(f"{option} must be {whole}between {low} and {high}, got {short(value)}")
 
 
 def check_seed(seed: int | None, option: str = "--seed") -> None:

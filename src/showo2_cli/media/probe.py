@@ -92,6 +92,13 @@ def check_input_file(path: PathLike, what: str) -> Path:
         if not p.exists():
             if p.is_symlink():
                 raise InputError(f"{prefix}: broken symbolic link")
+            text = os.fspath(path)  # a URL (the CLI's Path made "https://x" "https:/x"): say so
+            collapsed = re.match(r"(?i)(https?|ftps?|s3|gs|hf|file):/(?!/)", text) if isinstance(text, str) else None
+            if collapsed:
+                text = collapsed[1] + ("://" if collapsed[1].lower() != "file" else ":///") + text[collapsed.end():]
+            if isinstance(text, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", text):
+                raise InputError(f"cannot read {what} {short(text, 80)}: URLs are not fetched; download the file "
+                                 "and pass its path")
             raise InputError(f"{prefix}: no such file")
         if p.is_dir():
             raise InputError(f"{prefix}: is a directory, not a file")
