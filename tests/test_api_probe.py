@@ -131,3 +131,24 @@ def test_a_float_token_count_is_called_not_whole(pipe):
         pipe.caption(np.zeros((32, 32, 3), np.uint8), "What?", max_new_tokens=5.0)
     with pytest.raises(ValueError, match=r"^max_new_tokens must be between 1 and 1000000, got 0$"):
         pipe.caption(np.zeros((32, 32, 3), np.uint8), "What?", max_new_tokens=0)
+
+
+def test_a_turn_asked_after_removing_turns_is_in_the_context(pipe):
+    """An app's undo (``del chat.turns[k:]``) after older turns had left the context left fewer
+    turns than the index of the oldest one in it: the next answered turn was recorded outside the
+    context (``in_context`` false) and the question after it did not see it."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.options import TextSampling
+
+    chat = Conversation(pipe.model, max_context=90)
+    sampling = TextSampling(max_new_tokens=4)
+    for _ in range(5):
+        chat.ask("What is in the picture?", sampling)
+    assert len(chat.context_turns) < 5  # some turns left the context
+    del chat.turns[1:]  # undo all but the first, which had left it
+    chat.ask("And now?", sampling)
+    assert chat.context_turns == [chat.turns[-1]]
+    assert chat.to_json()["turns"][-1]["in_context"] is True
+    alone = Conversation(pipe.model, max_context=90)
+    alone.turns.append(chat.turns[-1])
+    assert chat.prompt_tokens == alone.prompt_tokens  # the next question sees the turn

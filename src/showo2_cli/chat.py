@@ -142,7 +142,13 @@ class Conversation:
     @property
     def context_turns(self) -> list[Turn]:
         """The turns the model sees now (the oldest may have left, see :meth:`ask`)."""
-        return self.turns[self._first:]
+        return self.turns[self._start:]
+
+    @property
+    def _start(self) -> int:
+        """The oldest turn in the context: turns removed from ``turns`` (an app's undo or retry)
+        may leave fewer turns than had left the context, and a new turn must not start outside it."""
+        return min(self._first, len(self.turns))
 
     def reset(self) -> None:
         """Forget every turn and pending medium (the system prompt stays)."""
@@ -198,7 +204,7 @@ class Conversation:
     # ---- asking ---------------------------------------------------------------------------------
     def _context(self, current: TurnTokens, first: int | None = None,
                  carried: list[VisualInput] | None = None) -> list[TurnTokens]:
-        first = self._first if first is None else first
+        first = self._start if first is None else first
         carried = self._carried if carried is None else carried
         turns = [t.tokens() for t in self.turns[first:]] + [current]
         if carried:
@@ -210,7 +216,7 @@ class Conversation:
         carried from dropped turns, the answer's token budget and the notices saying so; the
         conversation itself (notices included) is changed only when the answer is done
         (:meth:`ask`), so a refused or cancelled question changes nothing."""
-        first, carried, dropped = self._first, self._carried, 0
+        first, carried, dropped = self._start, self._carried, 0
         while True:
             length = prompt_length(self._context(current, first, carried), self._pieces, self.template)
             if length + max_new_tokens <= self.max_context or first == len(self.turns) \
@@ -304,7 +310,7 @@ class Conversation:
         """The transcript: system prompt, every turn (``in_context`` false once dropped), notices."""
         turns = []
         for i, t in enumerate(self.turns):
-            turns.append({**t.describe(), "in_context": i >= self._first})
+            turns.append({**t.describe(), "in_context": i >= self._start})
         return {"format": "showo2-chat", "version": 1, "showo2_version": __version__, "model": self.name,
                 "system": self.system, "template": self.template, "mask_mode": self.mask_mode,
                 "max_context": self.max_context, "turns": turns,
