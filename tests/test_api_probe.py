@@ -152,3 +152,17 @@ def test_a_turn_asked_after_removing_turns_is_in_the_context(pipe):
     alone = Conversation(pipe.model, max_context=90)
     alone.turns.append(chat.turns[-1])
     assert chat.prompt_tokens == alone.prompt_tokens  # the next question sees the turn
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"do_sample": True}, r"^caption\(\) got an unexpected keyword argument 'do_sample': pass temperature > 0"),
+    ({"generator": torch.Generator()}, r"^caption\(\) got an unexpected keyword argument 'generator': pass seed="),
+    ({"num_beams": 2}, r"'num_beams': beam search is not offered$"),
+    ({"colour": 1}, r"^caption\(\) got an unexpected keyword argument 'colour'$"),
+])
+def test_caption_names_itself_for_an_unknown_argument(pipe, kwargs, message):
+    """pipe.caption(..., do_sample=True) (transformers' generate argument) said
+    `CaptionOptions.__init__() got an unexpected keyword argument`, a class the caller never named."""
+    with pytest.raises(TypeError, match=message):
+        pipe.caption(np.zeros((32, 32, 3), np.uint8), "What?", **kwargs)
+    assert pipe.caption(np.zeros((32, 32, 3), np.uint8), "What?", max_new_tokens=2, frames=4, min_p=0.1) is not None

@@ -24,7 +24,7 @@ import functools
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from .pipelines.arguments import (
     CAPTION_NAMES,
     PYTHON_NAMES,
     SEED_LIMIT,
+    check_caption_kwargs,
     check_pretrained_kwargs,
     checked_dtype,
     device_from_map,
@@ -549,6 +550,7 @@ class Showo2Pipeline:
         if question is not None and not isinstance(question, (str, list, tuple)):
             raise TypeError(f"question must be a string or a list of strings, got {type(question).__name__}")
         questions = [] if question is None else [question] if isinstance(question, str) else list(question)
+        check_caption_kwargs(options, {f.name for f in fields(CaptionOptions)} - {"questions"})
         opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k, seed=seed, **options)
         with python_names(CAPTION_NAMES):

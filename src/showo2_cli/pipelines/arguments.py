@@ -60,6 +60,26 @@ CAPTION_NAMES = {
 }
 
 
+#: transformers' ``generate`` arguments a caption call does not take -> what to pass instead
+GENERATE_HINTS = {
+    "do_sample": "pass temperature > 0 to sample (0, the default, is greedy)", "generator": "pass seed= (an int)",
+    "max_length": "pass max_new_tokens=", "num_beams": "beam search is not offered",
+    "num_return_sequences": "call again with another seed", "streamer": "stream with api.caption(..., on_text=)",
+    "stop": "stop strings are Conversation.ask's (TextSampling(stop_strings=...))",
+    "questions": "pass question= (a list for several)",
+}
+
+
+def check_caption_kwargs(given: dict, allowed) -> None:
+    """A ``caption`` keyword that is no ``CaptionOptions`` field: a TypeError naming ``caption()``
+    (not the options class) and, for transformers' ``generate`` names, what to pass instead."""
+    for key in given:
+        if key not in allowed:
+            hint = GENERATE_HINTS.get(key) or (GENERATE_HINTS["stop"] if key == "stop_strings" else None)
+            raise TypeError(f"caption() got an unexpected keyword argument {key!r}"
+                            + (f": {hint}" if hint else ""))
+
+
 @contextmanager
 def python_names(names: dict[str, str]):
     """Re-raise the library's errors with the pipeline's argument names for the CLI's options
