@@ -166,3 +166,27 @@ def test_caption_names_itself_for_an_unknown_argument(pipe, kwargs, message):
     with pytest.raises(TypeError, match=message):
         pipe.caption(np.zeros((32, 32, 3), np.uint8), "What?", **kwargs)
     assert pipe.caption(np.zeros((32, 32, 3), np.uint8), "What?", max_new_tokens=2, frames=4, min_p=0.1) is not None
+
+
+def test_a_callers_default_device_does_not_reach_the_library(pipe, tiny_model_dir):
+    """A caller's torch.set_default_device (a notebook's "cuda"; "meta" here, which a CPU machine
+    has) put the library's noise, masks and positions on that device: every call failed deep inside
+    (`Cannot copy out of meta tensor`, `Tensor.item() cannot be called on meta tensors`). Calls now
+    give what they give with the CPU default."""
+    from showo2_cli import api
+    from showo2_cli.chat import Conversation
+    from showo2_cli.options import TextSampling
+
+    image = np.full((32, 32, 3), 90, dtype=np.uint8)
+    want = {"caption": pipe.caption(image, "What?", max_new_tokens=4),
+            "t2i": pipe("a cat", num_inference_steps=3, seed=1, output_type="np").images,
+            "chat": Conversation(pipe.model).ask("What?", TextSampling(max_new_tokens=4)),
+            "latents": api.encode(image, pipe.vae, api.EncodeOptions(size=(32, 32))).latents}
+    with torch.device("meta"):
+        assert pipe.caption(image, "What?", max_new_tokens=4) == want["caption"]
+        assert np.array_equal(pipe("a cat", num_inference_steps=3, seed=1, output_type="np").images, want["t2i"])
+        assert Conversation(pipe.model).ask("What?", TextSampling(max_new_tokens=4)) == want["chat"]
+        latents = api.encode(image, pipe.vae, api.EncodeOptions(size=(32, 32))).latents
+        assert torch.equal(latents, want["latents"])
+        assert api.decode(latents, pipe.vae).shape == (1, 32, 32, 3)
+        assert api.load(tiny_model_dir).network.device.type == "cpu"

@@ -42,6 +42,7 @@ from .dialogue import (
 from .errors import ContextTooLong, UsageError, short
 from .loading import Showo2, require_model
 from .options import CaptionOptions, check_max_context, check_unicode
+from .runtime import cpu_by_default
 
 #: Media attached to one question, at most.
 MAX_MEDIA_PER_TURN = 8
@@ -255,6 +256,7 @@ class Conversation:
     def sampling(self) -> TextSampling:
         return self.options.sampling()
 
+    @cpu_by_default
     def ask(self, question: str, sampling: TextSampling | None = None,
             on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
             prefix: str = "") -> str:

@@ -34,6 +34,7 @@ from .errors import Showo2Error, UsageError
 from .loading import Showo2
 from .modeling.attention import omni_attention_mask
 from .options import CaptionOptions, TextSampling
+from .runtime import cpu_by_default
 from .sequences import (
     ASSISTANT_PREFIX,
     SYSTEM_PROMPT,
@@ -75,6 +76,7 @@ class VisualInput:
         return {"source": self.source, "kind": self.kind, "frames": self.frames, "tokens": self.positions}
 
 
+@cpu_by_default
 @torch.no_grad()
 def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
                  max_pixels: int | None = None, name: str | None = None) -> VisualInput:
@@ -263,6 +265,7 @@ class Answer:
     generated: int = 0  # tokens the model produced (those a stop string cut included), the stop token not
 
 
+@cpu_by_default
 @torch.no_grad()
 def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], sampling: TextSampling,
                     on_text: Callable[[str], None] | None = None,

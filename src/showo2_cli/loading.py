@@ -41,7 +41,7 @@ from .hub import (  # names to folders (re-exported: the loading API users know)
 )
 from .hub import cached_snapshot as hf_cached_snapshot
 from .model_config import check_depths, check_official_config, spec_from_files
-from .runtime import torch_dtype
+from .runtime import cpu_by_default, torch_dtype
 from .sequences import SpecialTokens
 from .specs import (
     ModelSpec,
@@ -246,6 +246,7 @@ def require_model(model) -> Showo2:
     return model
 
 
+@cpu_by_default
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          dtype: str | torch.dtype = torch.float32, need: tuple[str, ...] = ("tokenizer", "VAE"),
          runtime=None, lora: list | tuple = (), local_files_only: bool = False,

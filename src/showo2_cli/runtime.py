@@ -7,6 +7,7 @@ rank/world of a multi-process launch.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -15,6 +16,23 @@ import torch
 
 from .errors import ResourceError, UsageError
 from .options import DTYPES, MAX_MEMORY_ENV, OFFLOAD_MODES, check_device, env_memory_limit
+
+
+def cpu_by_default(function):
+    """Run ``function`` with torch's default device the CPU, as the library is written (noise from
+    CPU generators, masks, positions and time grids made without ``device=``, then moved to the
+    model's device): a caller's ``torch.set_default_device("cuda")`` (a notebook's habit) or
+    ``"meta"`` would otherwise put them elsewhere and fail deep inside, or draw other noise. A
+    no-op, and free, when the default is the CPU already."""
+
+    @functools.wraps(function)
+    def pinned(*args, **kwargs):
+        if torch.get_default_device().type == "cpu":
+            return function(*args, **kwargs)
+        with torch.device("cpu"):
+            return function(*args, **kwargs)
+
+    return pinned
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

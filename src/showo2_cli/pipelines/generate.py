@@ -14,6 +14,7 @@ from .. import media as M
 from ..errors import InputError, ModelError, UsageError
 from ..loading import Showo2, require_model
 from ..options import GenerateOptions, check_prompts, seed_for
+from ..runtime import cpu_by_default
 from ..sampling import StepCallback, StopSampling, generate_latents, uses_uncond
 from ..sequences import generation_layout
 from ..specs import I2V, T2I, T2V
@@ -283,6 +284,7 @@ def _require(model: Showo2, task: str, what: str, options=None) -> None:
                          "use a checkpoint trained for it, e.g. --model demo")
 
 
+@cpu_by_default
 def text_to_image(model: Showo2, prompts: list[str], options: GenerateOptions | None = None,
                   progress: Progress | None = None, indices: list[int] | None = None,
                   on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
@@ -295,6 +297,7 @@ def text_to_image(model: Showo2, prompts: list[str], options: GenerateOptions | 
                      on_step)
 
 
+@cpu_by_default
 def text_to_video(model: Showo2, prompts: list[str], options: GenerateOptions | None = None,
                   progress: Progress | None = None, indices: list[int] | None = None,
                   on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
@@ -306,6 +309,7 @@ def text_to_video(model: Showo2, prompts: list[str], options: GenerateOptions | 
                      on_result, on_step)
 
 
+@cpu_by_default
 def image_to_video(model: Showo2, image, prompts: list[str], options: GenerateOptions | None = None,
                    progress: Progress | None = None, indices: list[int] | None = None,
                    on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:

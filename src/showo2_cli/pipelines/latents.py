@@ -22,7 +22,7 @@ from .. import media as M
 from ..errors import InputError, UsageError, short
 from ..modeling.vae import WanVAE
 from ..options import EncodeOptions
-from ..runtime import check_memory, pick_tiling
+from ..runtime import check_memory, cpu_by_default, pick_tiling
 
 TILING_ADVICE = "tile the VAE with --vae-tiling auto"
 
@@ -62,6 +62,7 @@ def prepare_frames(media: M.Media, size: tuple[int, int], frames: int | None, no
     return np.stack(out)
 
 
+@cpu_by_default
 @torch.no_grad()
 def encode(source, vae: WanVAE, options: EncodeOptions | None = None,
            vae_name: str | None = None, max_memory_gb: float | None = None) -> EncodeResult:
@@ -195,6 +196,7 @@ def _check_latents_metadata(p: Path, meta: dict) -> None:
             raise bad(key, "a whole number >= 0 or null")
 
 
+@cpu_by_default
 @torch.no_grad()
 def decode(latents: torch.Tensor, vae: WanVAE, max_memory_gb: float | None = None) -> np.ndarray:
     """Normalised latents ``(C, T', h, w)`` -> uint8 frames ``(T, H, W, 3)`` (official truncation).

@@ -12,6 +12,7 @@ from ..dialogue import encode_media
 from ..loading import Showo2, require_model
 from ..modeling.attention import omni_attention_mask
 from ..options import CaptionOptions
+from ..runtime import cpu_by_default
 from ..sequences import ASSISTANT_PREFIX, SYSTEM_PROMPT, USER_PREFIX, understanding_layout
 from ..specs import VIDEO_UND
 from ..text_decoding import TextStream, generate, prefill, shared_prefix_length
@@ -46,6 +47,7 @@ def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: f
     return need
 
 
+@cpu_by_default
 @torch.no_grad()
 def caption(model: Showo2, source, options: CaptionOptions | None = None,
             on_text: Callable[[int, str], None] | None = None, progress: Progress | None = None,
