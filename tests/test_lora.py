@@ -90,6 +90,22 @@ def test_lora_run_trains_only_the_adapter_saves_it_alone_and_resumes_bit_identic
                            source="b"))
 
 
+def test_lora_dropout_is_fixed_by_the_step_so_resume_and_a_second_run_repeat(tmp_path, tiny_model_dir):
+    """[lora] dropout draws from torch's global generator, which the data loader and the set-up of a
+    resumed run also draw from: each step seeds it from (seed, step, process), so a run repeats in a
+    process that ran another first, and N steps straight equal N/2, resume, N/2."""
+    drop = {"lora.dropout": 0.3, "optim.max_steps": 4, "batch.t2i": 1, "batch.mmu": 1}
+    straight = train(parse_config(lora_config(tmp_path, tiny_model_dir, "a", **drop), source="a"))
+    split = lora_config(tmp_path, tiny_model_dir, "b", **drop)
+    train(parse_config(split, source="b"), stop_after=2)
+    torch.rand(7)  # what the caller draws in between does not matter either
+    second = train(parse_config(split, source="b"))
+    losses = [m["loss"] for m in metrics(tmp_path / "a")]
+    assert [m["loss"] for m in metrics(tmp_path / "b")] == losses and len(set(losses)) == 4
+    a, b = (load_file(str(r.checkpoint / ADAPTER_WEIGHTS)) for r in (straight, second))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _logits(network, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, network.spec.vocab_size, (2, 12), generator=gen)

@@ -306,6 +306,17 @@ class Run:
     def _generator(self, *tag) -> torch.Generator:
         return torch.Generator().manual_seed(mix(self.cfg.seed, *tag, self.rank))
 
+    @contextlib.contextmanager
+    def _seeded_global_rng(self, *tag):
+        """torch's global generators seeded from (seed, tag, process) for the duration, the caller's
+        state put back after: what draws from them in a forward (dropout: ``[lora] dropout``) is
+        then fixed by the step like the rest of it, so a resumed run (whose data loader and model
+        set-up draw from the global generator) and a run after another in one process repeat it."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(mix(self.cfg.seed, "global", *tag, self.rank))
+            yield
+
     def _set_lr(self, step: int) -> float:
         f = lr_factor(step, self.max_steps, self.warmup, self.cfg.optim.schedule, self.cfg.optim.min_lr_ratio)
         for g in self.optimizer.param_groups:
@@ -391,7 +402,8 @@ class Run:
     def eval_loss(self) -> float:
         keys = step_keys(self.batch_roles, 0, self.rank, self.world)
         samples = [self.dataset[k] for k in keys]
-        out = self._forward(samples, self._generator("eval"))
+        with self._seeded_global_rng("eval"):
+            out = self._forward(samples, self._generator("eval"))
         loss = self.acc.reduce(out["loss"].detach().float().reshape(1), reduction="mean")
         return float(loss)
 
@@ -512,7 +524,7 @@ class Run:
         outs, grad_norm = [], None
         for j, samples in enumerate(chunk):
             generator = self._generator("step", step) if len(chunk) == 1 else self._generator("step", step, j)
-            with self.acc.accumulate(self.module):
+            with self.acc.accumulate(self.module), self._seeded_global_rng("step", step, j):
                 outs.append(self._forward(samples, generator, backward=True))
                 if self.cfg.optim.grad_clip > 0 and self.acc.sync_gradients:
                     grad_norm = self.acc.clip_grad_norm_(self.module.parameters(), self.cfg.optim.grad_clip)
