@@ -388,6 +388,27 @@ def test_resume_continues_bit_identically(tmp_path):
     assert all(torch.equal(oa[i]["exp_avg_sq"], ob[i]["exp_avg_sq"]) for i in oa)
 
 
+def test_resuming_with_another_step_total_says_the_schedule_changed(tmp_path):
+    """A cosine schedule is recomputed for a new optim.max_steps (the rate jumps): a notice says so
+    with both rates; a checkpoint at or past the total says there is nothing left to train."""
+    raw = tiny_config(tmp_path, **{"optim.max_steps": 4, "optim.warmup_steps": 1})
+    train(parse_config(raw, source="c"))
+
+    def notices(**changes):
+        events = []
+        result = train(parse_config(set_dotted(raw, changes), source="c"), progress=events.append, stop_after=1)
+        return result, [e["message"] for e in events if e["event"] == "notice"]
+
+    result, said = notices(**{"optim.max_steps": 8})
+    old, new = (1e-3 * lr_factor(4, total, 1, "cosine", 0.0) for total in (4, 8))
+    assert result.step == 5 and len(said) == 1 and old == 0.0 and new > 5e-4
+    assert "had 4 steps and this one has 8" in said[0] and f"at step 4: {new:.3g} instead of 0" in said[0], said
+    result, said = notices(**{"optim.max_steps": 3})
+    assert result.step == 5 and said == ["the checkpoint is at step 5 and optim.max_steps is 3: nothing left to "
+                                         "train (raise optim.max_steps or --max-steps to continue)"]
+    assert notices(**{"optim.max_steps": 8})[1] == []  # the same total: no notice
+
+
 def test_vae_mode_reconstruction_improves(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 40 steps from scratch: the margin is measured single-threaded
