@@ -286,7 +286,8 @@ class Run:
                 or saved_total == self.max_steps:
             return
         def rate(total):
-            return o.lr * lr_factor(step, total, self._warmup_steps(total), o.schedule, o.min_lr_ratio)
+            base = self.optimizer.param_groups[0]["base_lr"]  # (what the metrics' lr shows)
+            return base * lr_factor(step, total, self._warmup_steps(total), o.schedule, o.min_lr_ratio)
         before, now = rate(saved_total), rate(self.max_steps)
         if before != now:
             self.notice(f"the checkpoint's run had {saved_total} steps and this one has {self.max_steps}: the "
