@@ -51,3 +51,31 @@ def test_readme_conversation_snippet_runs_as_written(tmp_path, monkeypatch, caps
     assert [t["question"] for t in turns] == ["What color is the shape?", "What shape is it?", "Describe it."]
     assert turns[0]["answer"] == "red"
     assert turns[0]["media"][0]["source"] == "circle.png"
+
+
+def test_sampling_options_of_a_greedy_decode_are_named():
+    from showo2_cli.options import TextSampling
+
+    assert TextSampling(top_k=5, seed=2).unused_sampling_options() == ["--top-k", "--seed"]
+    assert TextSampling(temperature=1e-6, top_p=0.5, min_p=0.1).unused_sampling_options() == ["--top-p", "--min-p"]
+    assert TextSampling(temperature=0.7, top_k=5, seed=2).unused_sampling_options() == []
+    assert TextSampling(repetition_penalty=1.1).unused_sampling_options() == []  # applies to greedy too
+
+
+def test_caption_says_top_k_without_temperature_has_no_effect(tmp_path, capsys):
+    """README: `--temperature`, `--top-k`, `--top-p`, `--min-p`, `--seed` to sample; alone, `--top-k`
+    was silently ignored (the decode stayed greedy)."""
+    from PIL import Image
+
+    from showo2_cli.cli import main
+
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "white.png")
+    args = ["caption", str(tmp_path / "white.png"), "--model", "demo", "--max-new-tokens", "4"]
+    assert main([*args, "--top-k", "5", "--seed", "2"]) == 0
+    greedy = capsys.readouterr()
+    assert "--top-k, --seed have no effect without --temperature" in greedy.err
+    assert main(args) == 0
+    plain = capsys.readouterr()
+    assert plain.out == greedy.out and "no effect" not in plain.err
+    assert main([*args, "--top-k", "5", "--seed", "2", "--temperature", "0.7"]) == 0
+    assert "no effect" not in capsys.readouterr().err

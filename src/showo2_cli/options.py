@@ -268,6 +268,13 @@ class TextSampling:
         (as vLLM does; dividing logits by it would overflow them)."""
         return self.temperature >= MIN_TEMPERATURE
 
+    def unused_sampling_options(self) -> list[str]:
+        """The options given that only shape sampling, when decoding is greedy (no effect then)."""
+        if self.sampled:
+            return []
+        given = {"--top-k": self.top_k, "--top-p": self.top_p, "--min-p": self.min_p, "--seed": self.seed}
+        return [name for name, value in given.items() if value is not None]
+
     def validate(self) -> None:
         check_int("--max-new-tokens", self.max_new_tokens, 1, 1_000_000)
         check_number("--temperature", self.temperature, 0, 1000)

@@ -384,6 +384,7 @@ def chat(
                           seed=seed, frames=frames, mask_mode=mask, template=template,
                           repetition_penalty=repetition_penalty, min_p=min_p)
     opts.validate()
+    C.notice_unused_sampling(opts)
     dtype = getattr(dtype, "value", dtype)
     runtime = C.runtime_options(device, dtype, attn=attn, compile_=compile_, vae_tiling=vae_tiling, quantize=quantize)
     if max_context is not None:  # before the model loads

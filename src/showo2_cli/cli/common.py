@@ -57,6 +57,14 @@ def notice(message: str) -> None:
         write(sys.stderr, safe_text(" ".join(str(message).splitlines())) + "\n")
 
 
+def notice_unused_sampling(opts) -> None:
+    """Say so when sampling options are given to a greedy decode (a CaptionOptions' sampling)."""
+    unused = opts.sampling().unused_sampling_options()
+    if unused:
+        verb = "has" if len(unused) == 1 else "have"
+        notice(f"{', '.join(unused)} {verb} no effect without --temperature above 0 (decoding is greedy)")
+
+
 def write(stream, text: str) -> None:
     """Write text that may hold undecodable file names (surrogates) whatever the stream's encoding."""
     if stream is None:

@@ -30,6 +30,7 @@ from .common import (
     emit,
     load_model,
     notice,
+    notice_unused_sampling,
     runtime_options,
     setup,
     value,
@@ -66,6 +67,7 @@ def caption(
                           template=value(template), vae_sample=vae_sample, max_memory_gb=max_memory,
                           repetition_penalty=repetition_penalty, min_p=min_p)
     opts.validate()
+    notice_unused_sampling(opts)
     runtime = runtime_options(device, dtype, None, offload, attn, compile_, vae_tiling, quantize)
     kind = M.probe_kind(media)
     if kind == "image":
