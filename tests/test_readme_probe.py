@@ -79,3 +79,19 @@ def test_caption_says_top_k_without_temperature_has_no_effect(tmp_path, capsys):
     assert plain.out == greedy.out and "no effect" not in plain.err
     assert main([*args, "--top-k", "5", "--seed", "2", "--temperature", "0.7"]) == 0
     assert "no effect" not in capsys.readouterr().err
+
+
+def test_convert_takes_what_readme_gives_it(tiny_model_dir, tmp_path, capsys):
+    """README converts `demo` and a LoRA base (`showo2 convert demo --lora ...`); `--help` said SRC
+    was an official checkpoint."""
+    from safetensors.torch import load_file
+
+    from showo2_cli.cli import main
+
+    assert main(["convert", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "official checkpoint:" not in help_text and "showo2-format" in help_text
+    assert main(["convert", str(tiny_model_dir), "-o", str(tmp_path / "copy"), "--quiet"]) == 0
+    original = load_file(tiny_model_dir / "model.safetensors")
+    copied = load_file(tmp_path / "copy" / "model.safetensors")
+    assert original.keys() == copied.keys() and all(original[k].equal(copied[k]) for k in original)

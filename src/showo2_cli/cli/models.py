@@ -105,7 +105,7 @@ def info(
 
 
 def convert(
-    src: Annotated[str, typer.Argument(help="An official checkpoint: folder, repo id or variant name.")],
+    src: Annotated[str, typer.Argument(help="The model to rewrite: an official or showo2-format folder (a training checkpoint too), repo id, variant name or demo.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The folder to write.")],
     dtype: Annotated[str, typer.Option("--dtype", help="keep, bf16, fp16 or fp32.")] = "keep",
     vae: VaeOpt = None,
