@@ -95,3 +95,23 @@ def test_convert_takes_what_readme_gives_it(tiny_model_dir, tmp_path, capsys):
     original = load_file(tiny_model_dir / "model.safetensors")
     copied = load_file(tmp_path / "copy" / "model.safetensors")
     assert original.keys() == copied.keys() and all(original[k].equal(copied[k]) for k in original)
+
+
+def test_decode_names_every_format_it_writes(tmp_path, capsys):
+    """decode writes .bmp, .mov and .mkv too; its --help and its refusal named only png/jpg/webp and
+    mp4/webm/gif."""
+    import torch
+
+    from showo2_cli.cli import main
+    from showo2_cli.pipelines.latents import save_latents
+
+    latents = tmp_path / "z.safetensors"
+    save_latents(latents, torch.zeros(16, 1, 2, 2), {})
+    assert main(["decode", str(latents), "-o", str(tmp_path / "x.avi")]) == 2
+    err = capsys.readouterr().err
+    for ext in (".png", ".bmp", ".mp4", ".mov", ".mkv", ".gif"):
+        assert ext in err
+    assert main(["decode", "--help"]) == 0
+    assert ".bmp" in capsys.readouterr().out
+    assert main(["decode", str(latents), "-m", "demo", "-o", str(tmp_path / "x.bmp"), "--quiet"]) == 0
+    assert (tmp_path / "x.bmp").stat().st_size > 0

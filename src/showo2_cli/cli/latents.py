@@ -114,7 +114,7 @@ def encode(
 
 def decode(
     latents: Annotated[Path, typer.Argument(help="A latents file written by `showo2 encode` or --save-latents.")],
-    output: Annotated[str | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp for one frame, .mp4/.webm/.gif for videos.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp/.bmp for one frame, .mp4/.webm/.gif/.mov/.mkv for videos.")] = None,
     model: ModelOpt = None,
     vae: VaeOpt = None,
     fps: Annotated[float | None, typer.Option("--fps", help="Frames per second (default: the source's, else 8).")] = None,
@@ -139,7 +139,7 @@ def decode(
         output = Path(output)
         if output.suffix.lower() not in writable:
             raise UsageError(f"cannot write '{short(output, 80)}': unsupported output extension "
-                             f"'{short(output.suffix)}'; use .png/.jpg/.webp or .mp4/.webm/.gif")
+                             f"'{short(output.suffix)}'; use {_exts(M)}")
         M.check_output_path(output, overwrite, probe=True)
     try:  # the cheap checks, before importing torch
         what = ("does not exist" if not latents.exists() else "is a directory" if latents.is_dir()
@@ -160,7 +160,7 @@ def decode(
         out = M.unique_path(out)
     ext = out.suffix.lower()
     if ext not in writable:
-        raise UsageError(f"unsupported output extension '{ext}': use .png/.jpg/.webp or .mp4/.webm/.gif")
+        raise UsageError(f"unsupported output extension '{ext}': use {_exts(M)}")
     if ext in M.IMAGE_EXTS and frames_out != 1:
         raise UsageError(f"'{out}' is an image but the latents hold {frames_out} frames: use .mp4, .webm or .gif")
     M.check_output_path(out, overwrite, probe=True)
@@ -200,3 +200,8 @@ def _stem(name: str) -> str:
     """``x.safetensors`` -> ``x``, ``x.latents.safetensors`` -> ``x``; a dot file keeps its dot."""
     dots = len(name) - len(name.lstrip("."))
     return name[:dots] + name[dots:].split(".")[0]
+
+
+def _exts(M) -> str:
+    """The extensions decode writes, as its messages name them."""
+    return f"{'/'.join(M.IMAGE_WRITE_EXTS)} for one frame or {'/'.join(M.VIDEO_WRITE_EXTS)}"
