@@ -73,6 +73,11 @@ class ModelFiles:
     vae: Path | None = None
     missing: list[tuple[str, str]] = field(default_factory=list)  # (piece, how to get it)
 
+    def pieces(self) -> list[Path]:
+        """Every file or folder the model was read from (the root, weights, configs, tokenizer, VAE)."""
+        return [p for p in (self.root, *self.weights, self.llm_config, self.siglip_config, self.tokenizer, self.vae)
+                if p is not None]
+
     def describe(self) -> dict:
         return {
             "root": str(self.root), "format": self.format, "weights": [str(p) for p in self.weights],

@@ -183,6 +183,11 @@ class Showo2Pipeline:
         extra = {"saved_from": self.model.files.name if self.model.files else self.spec.name}
         if self.model.adapters:
             extra["lora_merged"] = list(self.model.adapters)
+        if overwrite and self.model.files is not None:  # never replace a folder holding the model it saves
+            from .media import check_folder_keeps_inputs
+
+            check_folder_keeps_inputs(folder, [(p, True) for p in self.model.files.pieces()],
+                                      rewritable=self.model.files.root)
         folder.parent.mkdir(parents=True, exist_ok=True)  # as diffusers does
         return save_folder(folder, self.spec, state, tokenizer=self.tokenizer, vae=self.model.vae,
                            overwrite=overwrite, extra=extra)

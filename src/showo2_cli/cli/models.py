@@ -136,8 +136,12 @@ def convert(
         raise ModelError(f"'{src}' has no weights")
     from ..lora import find_adapter, merge_adapters
 
-    for ref in lora or []:
-        find_adapter(ref)
+    adapter_folders = [find_adapter(ref) for ref in lora or []]
+    from ..media import check_folder_keeps_inputs
+
+    if overwrite:  # replacing a folder that holds the source, its VAE or an adapter would delete it
+        check_folder_keeps_inputs(output, [*((p, True) for p in files.pieces()), *((a, False) for a in adapter_folders)],
+                                  rewritable=files.root)
     adapters = []
     with status("reading weights"):
         state = read_state_dict(files.weights)

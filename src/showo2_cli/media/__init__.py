@@ -65,6 +65,7 @@ from .metadata import METADATA_KEY, PARAMETERS_KEY, read_metadata, read_png_meta
 from .outputs import (
     atomic_folder,
     atomic_output,
+    check_folder_keeps_inputs,
     check_output_name,
     check_output_path,
     fsync_path,
@@ -119,6 +120,7 @@ __all__ = [
     "PathLike",
     "atomic_folder",
     "atomic_output",
+    "check_folder_keeps_inputs",
     "output_group",
     "signals_deferred",
     "fsync_path",

@@ -369,6 +369,36 @@ def atomic_folder(path: PathLike, overwrite: bool = False, durable: bool = False
         raise
 
 
+def check_folder_keeps_inputs(target: PathLike, inputs, rewritable: PathLike | None = None) -> None:
+    """Refuse a folder output whose replacement (``overwrite``) would delete one of the command's
+    inputs: the folder is an input, or holds one (``convert models/a -o models --overwrite`` would
+    remove ``models`` with ``a`` and everything beside it). ``rewritable`` is the one input folder
+    the command may replace in place (it reads it whole first): the source of ``convert SRC -o SRC``,
+    its own files included; any other input in it is still refused.
+
+    Raises:
+        OutputError: ``target`` is or holds one of ``inputs``.
+    """
+    try:
+        full = Path(os.fspath(target)).expanduser().resolve()
+        own = Path(os.fspath(rewritable)).expanduser().resolve() if rewritable is not None else None
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL: the folder checks say it
+        return
+    for given, part_of_source in inputs:
+        if given is None:
+            continue
+        try:
+            p = Path(os.fspath(given)).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if full != p and full not in p.parents:
+            continue
+        if part_of_source and own is not None and full == own:
+            continue
+        raise OutputError(f"cannot replace {quote_path(target)}: it {'is' if full == p else 'holds'} the input "
+                          f"{quote_path(given)}, which replacing it would delete (choose another folder)")
+
+
 def fsync_path(p: Path) -> None:
     """Flush a file's or a folder's entries to disk (best effort where the OS refuses)."""
     try:
