@@ -65,3 +65,29 @@ def test_save_pretrained_never_replaces_a_folder_holding_its_model(holder):
     with pytest.raises(OutputError, match="holds the input"):
         pipe.save_pretrained(holder, overwrite=True)
     assert _names(holder) == before
+
+
+def test_a_dash_output_is_refused_not_a_file_named_dash(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`/save -` in the chat wrote the transcript to a file named '-' in the current folder ('-'
+    is a standard stream everywhere else, as for --prompts-file); `-o -` was refused for its
+    extension, which said nothing of what '-' means."""
+    import io
+
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli.chat import ChatSession
+    from showo2_cli.loading import load
+
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    session = ChatSession(Conversation(load(tiny_model_dir)), out=io.StringIO(), err=err)
+    assert session.handle("/save -")
+    assert "standard output" in err.getvalue() and err.getvalue().count("\n") == 1
+    for argv in (["t2i", "a cat", "-m", str(tiny_model_dir), "-o", "-"],
+                 ["decode", str(tmp_path / "x.safetensors"), "-o", "-"]):
+        assert main(argv) == 2
+        assert "standard output" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    assert main(["t2i", "a cat", "-m", str(tiny_model_dir), "--steps", "2", "--size", "32", "--seed", "1",
+                 "-o", "./-.png"]) == 0  # a name that starts with '-' is still a name
+    assert (tmp_path / "-.png").is_file()
+

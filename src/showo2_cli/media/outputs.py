@@ -22,11 +22,13 @@ from .probe import PathLike, error_detail, quote_path
 
 
 def check_output_name(path: PathLike) -> None:
-    """An output option that cannot name a file (empty, ending in ``/``, an existing folder):
+    """An output option that cannot name a file (empty, ``-``, ending in ``/``, an existing folder):
     refused before its extension is judged (whose message would be about the wrong thing)."""
     raw = str(os.fspath(path))
     if not raw.strip():
         raise UsageError("the output path is empty: give a file name")
+    if raw == "-":  # standard output, as '-' is standard input for --prompts-file: never a file named '-'
+        raise UsageError("cannot write to standard output ('-'): give a file name (./- for a file named '-')")
     try:
         folder = Path(raw).is_dir()
     except (OSError, ValueError):  # a name too long, a NUL: check_output_path says what is wrong
