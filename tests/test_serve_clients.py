@@ -134,3 +134,42 @@ def test_client_request_shapes_against_a_real_server(media_dir):
             no_v1.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}])
     finally:
         assert server.stop() == 0
+
+
+#: langchain-openai's ``ChatOpenAI(...).bind_tools([GetWeather], tool_choice="none")`` body, as sent
+LANGCHAIN_TOOLS_NONE = {
+    "model": "demo", "stream": False, "messages": [{"content": "hi", "role": "user"}], "max_completion_tokens": 8,
+    "tool_choice": "none", "tools": [{"type": "function", "function": {
+        "name": "GetWeather", "description": "Get the weather in a city.",
+        "parameters": {"properties": {"city": {"type": "string"}}, "required": ["city"], "type": "object"}}}]}
+
+
+def test_tools_listed_with_tool_choice_none_are_taken():
+    """``tool_choice: "none"`` asks for a text answer with no tool called, which is what this server
+    gives: clients (langchain's ``bind_tools``, agents between tool steps) send their tool list with
+    it. It was a 400 ``unsupported_parameter``; tools that may be called are still refused."""
+    cfg = ServerConfig()
+    plan = parse_chat(LANGCHAIN_TOOLS_NONE, cfg)
+    assert plan.turns[-1].question == "hi" and plan.max_tokens == 8 and plan.max_tokens_given
+    legacy = {"messages": [USER], "function_call": "none", "functions": [{"name": "f", "parameters": {}}]}
+    assert parse_chat(legacy, cfg).turns[-1].question == "hi"
+    refused = [({**LANGCHAIN_TOOLS_NONE, "tool_choice": "auto"}, "tools"),
+               ({k: v for k, v in LANGCHAIN_TOOLS_NONE.items() if k != "tool_choice"}, "tools"),
+               ({**LANGCHAIN_TOOLS_NONE, "tool_choice": "required"}, "tools"),
+               ({**LANGCHAIN_TOOLS_NONE, "tool_choice": {"type": "function", "function": {"name": "GetWeather"}}},
+                "tools"),
+               ({**legacy, "function_call": "auto"}, "functions"),
+               ({**legacy, "function_call": None, "tool_choice": "none"}, "functions")]  # each has its own switch
+    for body, param in refused:
+        with pytest.raises(ApiError) as e:
+            parse_chat(body, cfg)
+        assert (e.value.status, e.value.code, e.value.param) == (400, "unsupported_parameter", param), body
+    with pytest.raises(ApiError) as e:  # still a list, as OpenAI checks
+        parse_chat({**LANGCHAIN_TOOLS_NONE, "tools": {"type": "function"}}, cfg)
+    assert (e.value.status, e.value.code, e.value.param) == (400, "invalid_type", "tools")
+    history = {**LANGCHAIN_TOOLS_NONE, "messages": [  # a history with tool calls still cannot be shown
+        USER, {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function", "function": {
+            "name": "GetWeather", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "1", "content": "sun"}]}
+    with pytest.raises(ApiError) as e:
+        parse_chat(history, cfg)
+    assert e.value.code == "unsupported_parameter" and e.value.param == "messages[1].tool_calls"

@@ -119,6 +119,13 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     n = number_field(body, "n", 1, 128, 1, integer=True)
     if n != 1:
         raise ApiError(400, "'n' must be 1 on this server", "invalid_value", "n")
+    for name, choice in (("tools", "tool_choice"), ("functions", "function_call")):
+        # "none": the model calls no tool and answers in text, which is what this server does; clients
+        # send their tool list with it (OpenAI's meaning: the tools are listed, none is called)
+        if body.get(choice) == "none" and body.get(name) is not None:
+            if not isinstance(body[name], list):
+                raise ApiError(400, f"'{name}' must be a list", "invalid_type", name)
+            body = {**body, name: None}
     for name, off in _UNSUPPORTED_CHAT.items():
         if name in body and not off(body[name]):
             raise ApiError(400, f"'{name}' is not supported by this server (Show-o2 answers in plain text)",
