@@ -173,3 +173,25 @@ def test_tools_listed_with_tool_choice_none_are_taken():
     with pytest.raises(ApiError) as e:
         parse_chat(history, cfg)
     assert e.value.code == "unsupported_parameter" and e.value.param == "messages[1].tool_calls"
+
+
+def test_a_model_served_by_its_path_is_found_by_its_id():
+    """``showo2 serve --model /abs/path/`` serves the id as given; ``client.models.retrieve(id)``
+    escapes its slashes (``/v1/models/%2Fabs%2Fpath%2F``). The clean-up of the slashes a client
+    writes took the escaped ones too and answered 404 for the served model."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from openai import NotFoundError, OpenAI
+
+    from showo2_cli.serve import create_app
+
+    model = SimpleNamespace(spec=SimpleNamespace(vocab_size=1000, latent_multiple=16))
+    for model_id in ("/srv/models/show-o2-1.5B", "/srv/models/show-o2-1.5B/", "./out//tiny", "showlab/show-o2-1.5B"):
+        with TestClient(create_app(model, ServerConfig(model_id=model_id))) as http:
+            client = OpenAI(base_url=str(http.base_url) + "/v1", api_key="none", http_client=http, max_retries=0)
+            assert client.models.list().data[0].id == model_id
+            assert client.models.retrieve(model_id).id == model_id  # was a 404 for the paths
+            with pytest.raises(NotFoundError):
+                client.models.retrieve(model_id.strip("/") + "-other")
+            for path in ("/v1/models/", "//v1/models", "/v1//models//"):  # what the client wrote is still cleaned
+                assert http.get(str(http.base_url) + path).json()["data"][0]["id"] == model_id, path

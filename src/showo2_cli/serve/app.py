@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from .. import __version__
 from .. import media as M
@@ -168,13 +169,27 @@ class CleanPath:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        path = scope.get("path", "")
-        if scope["type"] == "http" and len(path) > 1 and (path.endswith("/") or "//" in path):
-            trimmed = re.sub(r"/{2,}", "/", path).rstrip("/") or "/"  # also a base URL's '/' + '/v1/...'
-            raw = scope.get("raw_path")
-            scope = {**scope, "path": trimmed,
-                     "raw_path": (re.sub(rb"/{2,}", b"/", raw).rstrip(b"/") or b"/") if isinstance(raw, bytes) else raw}
+        if scope["type"] == "http":
+            scope = self.cleaned(scope)
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def cleaned(scope: dict) -> dict:
+        """The scope with the slashes the client wrote cleaned; an escaped one (``%2F``) is part of
+        a name and stays, as in the id of a model served from ``/abs/path`` that
+        ``client.models.retrieve(id)`` asks for as ``/v1/models/%2Fabs%2Fpath``."""
+        raw = scope.get("raw_path")
+        try:  # uvicorn's path is the raw path, percent-decoded
+            written = raw.decode("ascii") if isinstance(raw, bytes) else None
+        except UnicodeDecodeError:
+            written = None
+        path = scope.get("path", "") if written is None else written  # no raw path: the decoded one
+        if len(path) <= 1 or not (path.endswith("/") or "//" in path):
+            return scope
+        trimmed = re.sub(r"/{2,}", "/", path).rstrip("/") or "/"  # also a base URL's '/' + '/v1/...'
+        if written is None:
+            return {**scope, "path": trimmed}
+        return {**scope, "path": unquote(trimmed), "raw_path": trimmed.encode("ascii")}
 
 
 def create_app(model, config: ServerConfig):
