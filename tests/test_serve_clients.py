@@ -195,3 +195,30 @@ def test_a_model_served_by_its_path_is_found_by_its_id():
                 client.models.retrieve(model_id.strip("/") + "-other")
             for path in ("/v1/models/", "//v1/models", "/v1//models//"):  # what the client wrote is still cleaned
                 assert http.get(str(http.base_url) + path).json()["data"][0]["id"] == model_id, path
+
+
+def test_a_page_on_an_allowed_origin_can_read_retry_after():
+    """A 429 (queue full) or 503 (draining) says when to retry in ``Retry-After``; a browser hides
+    a response header from the page unless CORS exposes it, so the OpenAI JS SDK in a web UI could
+    not read it and fell back to its own back-off."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from showo2_cli.serve import create_app
+    from showo2_cli.serve.worker import QueueFull
+
+    model = SimpleNamespace(spec=SimpleNamespace(vocab_size=1000, latent_multiple=16))
+    page = {"Origin": "http://localhost:3000"}
+    app = create_app(model, ServerConfig(model_id="demo", allow_origins=("http://localhost:3000",)))
+
+    def full(job):
+        raise QueueFull
+
+    app.state.worker.submit = full
+    with TestClient(app) as http:
+        r = http.post("/v1/chat/completions", headers=page, json={"model": "demo", "messages": [USER]})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        assert "retry-after" in r.headers["access-control-expose-headers"].lower()  # was absent
+        r = http.options("/v1/chat/completions", headers={**page, "Access-Control-Request-Method": "POST"})
+        assert r.status_code == 200  # the preflight is as it was

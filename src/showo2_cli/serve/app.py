@@ -222,8 +222,9 @@ def create_app(model, config: ServerConfig):
 
         extra = {"allow_private_network": True} if "allow_private_network" in \
             inspect.signature(CORSMiddleware.__init__).parameters else {}
+        # SDKs send their own headers; a page's SDK reads Retry-After (429, 503) only when it is exposed
         app.add_middleware(CORSMiddleware, allow_origins=list(config.allow_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["*"], max_age=600, **extra)  # SDKs send their own headers
+                           allow_headers=["*"], expose_headers=["Retry-After"], max_age=600, **extra)
     app.router.redirect_slashes = False
     app.add_middleware(CleanPath)
     app.add_middleware(OriginCheck, allowed=config.allow_origins)  # outermost: before anything runs
