@@ -222,3 +222,17 @@ def test_a_page_on_an_allowed_origin_can_read_retry_after():
         assert "retry-after" in r.headers["access-control-expose-headers"].lower()  # was absent
         r = http.options("/v1/chat/completions", headers={**page, "Access-Control-Request-Method": "POST"})
         assert r.status_code == 200  # the preflight is as it was
+
+
+def test_a_developer_message_is_a_system_message_and_the_refusal_of_a_role_says_so():
+    """OpenAI's newer clients send the system prompt as a ``developer`` message (the ``openai``
+    SDK's reasoning-model habit, Vercel's AI SDK): it is taken as one, and the 400 for a role this
+    server does not take names it among the roles to use."""
+    cfg = ServerConfig()
+    plan = parse_chat({"messages": [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+                                    USER, {"role": "system", "content": "Say it in English."}]}, cfg)
+    assert plan.system == "Be brief.\nSay it in English." and plan.turns[-1].question == "hi"
+    with pytest.raises(ApiError) as e:
+        parse_chat({"messages": [USER, {"role": "tool", "tool_call_id": "1", "content": "sun"}]}, cfg)
+    assert (e.value.status, e.value.code, e.value.param) == (400, "invalid_value", "messages[1]")
+    assert e.value.message == "messages[1]: unsupported role 'tool' (use system or developer, user, assistant)"

@@ -236,7 +236,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             else:
                 turns[-1].answer = text
         else:
-            raise ApiError(400, f"{param}: unsupported role {str(role)[:20]!r} (use system, user, assistant)",
+            raise ApiError(400, f"{param}: unsupported role {str(role)[:20]!r} (use system or developer, user, assistant)",
                            "invalid_value", param)
     last_role = next((m.get("role") for m in reversed(messages) if m.get("role") not in ("system", "developer")),
                      None)
