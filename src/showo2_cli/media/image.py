@@ -13,7 +13,14 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
 
-from .metadata import METADATA_KEY, PARAMETERS_KEY, exif_with_comment, metadata_json, metadata_summary
+from .metadata import (
+    JPEG_MAX_EXIF_BYTES,
+    METADATA_KEY,
+    PARAMETERS_KEY,
+    exif_with_metadata,
+    metadata_json,
+    metadata_summary,
+)
 from .outputs import atomic_output
 from .probe import (
     PathLike,
@@ -337,7 +344,9 @@ def write_image(
     * ``.png``: lossless; ``metadata`` goes in tEXt chunks: ``showo2`` (compact JSON, read
       back with :func:`read_png_metadata`) and ``parameters`` (a one-line human summary).
     * ``.jpg``/``.jpeg``: ``quality`` (0-100, default 95); ``.webp``: the same, or lossless with
-      ``lossless=True``. For both, the JSON goes in the EXIF UserComment tag (ASCII).
+      ``lossless=True``. For both, the JSON goes in the EXIF UserComment tag (ASCII, or UTF-16
+      where shorter); a JPEG's EXIF holds 64 KB: longer prompts are shortened to fit and listed
+      under ``metadata_truncated``.
     * ``.bmp``: no metadata.
 
     Args:
@@ -369,11 +378,11 @@ def write_image(
     elif fmt == "JPEG":
         params["quality"] = int(quality)
         if metadata:
-            params["exif"] = exif_with_comment(metadata_json(metadata))
+            params["exif"] = exif_with_metadata(metadata, JPEG_MAX_EXIF_BYTES)
     elif fmt == "WEBP":
         params.update(quality=100 if lossless else int(quality), lossless=bool(lossless), method=4)
         if metadata:
-            params["exif"] = exif_with_comment(metadata_json(metadata))
+            params["exif"] = exif_with_metadata(metadata)
     image = Image.fromarray(arr, "RGB")
     with atomic_output(p, overwrite) as tmp:
         try:

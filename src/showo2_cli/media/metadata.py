@@ -19,6 +19,12 @@ PARAMETERS_KEY = "parameters"
 _EXIF_IFD = 0x8769
 _EXIF_USER_COMMENT = 0x9286
 _EXIF_ASCII_PREFIX = b"ASCII\x00\x00\x00"
+_EXIF_UNICODE_PREFIX = b"UNICODE\x00"
+#: The most EXIF bytes (with its ``Exif\0\0`` header) a JPEG holds: one APP1 segment of 65535
+#: bytes, less its 2-byte length.
+JPEG_MAX_EXIF_BYTES = 65533
+#: Key listing the texts shortened so that the metadata fits in a JPEG's EXIF.
+TRUNCATED_KEY = "metadata_truncated"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,14 +55,52 @@ def metadata_summary(metadata: dict[str, Any]) -> str:
         items.append(f"{key}: {' '.join(str(shown).split())}")
     if items:
         parts.append(", ".join(items))
-    text = " | ".join(parts)
-    return text.encode("latin-1", "replace").decode("latin-1")
+    # every character kept: Pillow's ``add_text`` stores text beyond Latin-1 as a UTF-8 iTXt chunk
+    return " | ".join(parts).replace("\x00", " ")
 
 
-def exif_with_comment(text: str) -> bytes:
+def _exif_bytes(comment: bytes) -> bytes:
     exif = Image.Exif()
-    exif.get_ifd(_EXIF_IFD)[_EXIF_USER_COMMENT] = _EXIF_ASCII_PREFIX + text.encode("ascii")
+    exif.endian = ">"  # the byte order the UNICODE comment is written in
+    exif.get_ifd(_EXIF_IFD)[_EXIF_USER_COMMENT] = comment
     return exif.tobytes()
+
+
+def _exif_comment(metadata: dict[str, Any]) -> bytes:
+    """The smaller of the two UserComment encodings exiftool and Windows read: ASCII JSON (other
+    characters as ``\\u`` escapes, 6 bytes each) or UTF-16 JSON (``UNICODE``, 2 or 4 bytes each)."""
+    ascii_json = _EXIF_ASCII_PREFIX + metadata_json(metadata).encode("ascii")
+    text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, default=str)
+    unicode_json = _EXIF_UNICODE_PREFIX + text.encode("utf-16-be", "surrogatepass")
+    return min(ascii_json, unicode_json, key=len)
+
+
+def exif_with_metadata(metadata: dict[str, Any], max_bytes: int | None = None) -> bytes:
+    """EXIF whose UserComment holds ``metadata`` as JSON (see :func:`_exif_comment`).
+
+    With ``max_bytes`` (a JPEG's :data:`JPEG_MAX_EXIF_BYTES`), metadata that does not fit has its
+    longest texts (the prompts) shortened, longest first, until it does, and lists their keys
+    under :data:`TRUNCATED_KEY`; the sidecar ``.json`` keeps them whole.
+    """
+    data = _exif_bytes(_exif_comment(metadata))
+    if max_bytes is None or len(data) <= max_bytes:
+        return data
+    shortened = dict(metadata)
+    shortened[TRUNCATED_KEY] = []
+    while len(data) > max_bytes:
+        texts = [(len(v), k) for k, v in shortened.items() if isinstance(v, str) and len(v) > 16]
+        if not texts:
+            raise ValueError(f"the metadata does not fit in {max_bytes} bytes of EXIF")
+        _, key = max(texts)
+        value = shortened[key]
+        over = len(data) - max_bytes
+        # at most 12 bytes a character (a surrogate pair as two escapes): cut at least that much
+        keep = max(16, min(len(value) * 3 // 4, len(value) - over // 12 - 1))
+        shortened[key] = value[:keep]
+        if key not in shortened[TRUNCATED_KEY]:
+            shortened[TRUNCATED_KEY].append(key)
+        data = _exif_bytes(_exif_comment(shortened))
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,6 +118,16 @@ def _parse_json_dict(text: str | bytes | None) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _user_comment_text(raw: Any, endian: str | None) -> str | bytes | None:
+    """An EXIF UserComment's text: ``ASCII`` or ``UNICODE`` (UTF-16 in the EXIF's byte order)."""
+    if not isinstance(raw, bytes):
+        return raw
+    if raw.startswith(_EXIF_UNICODE_PREFIX):
+        codec = "utf-16-le" if endian == "<" else "utf-16-be"
+        return raw[len(_EXIF_UNICODE_PREFIX) :].decode(codec, "replace")
+    return raw[len(_EXIF_ASCII_PREFIX) :] if raw.startswith(_EXIF_ASCII_PREFIX) else raw
 
 
 def read_png_metadata(path: PathLike) -> dict[str, Any] | None:
@@ -126,10 +180,9 @@ def read_metadata(path: PathLike) -> dict[str, Any] | None:
                 if fmt == "GIF":
                     return _parse_json_dict(im.info.get("comment"))
                 if fmt in ("JPEG", "WEBP", "MPO", "TIFF"):
-                    raw = im.getexif().get_ifd(_EXIF_IFD).get(_EXIF_USER_COMMENT)
-                    if isinstance(raw, bytes):
-                        raw = raw[len(_EXIF_ASCII_PREFIX) :] if raw.startswith(_EXIF_ASCII_PREFIX) else raw
-                    return _parse_json_dict(raw)
+                    exif = im.getexif()
+                    raw = exif.get_ifd(_EXIF_IFD).get(_EXIF_USER_COMMENT)
+                    return _parse_json_dict(_user_comment_text(raw, exif.endian))
                 return None
     except UnidentifiedImageError:
         pass
