@@ -61,3 +61,18 @@ def test_png_parameters_chunk_keeps_non_ascii_prompt(tmp_path):
     with Image.open(p) as im:
         assert im.info["parameters"] == f"{prompt} | seed: 3"  # was '?????? café ? | seed: 3'
     assert read_metadata(p) == {"prompt": prompt, "seed": 3}
+
+
+def test_jpeg_keeps_full_colour_resolution_at_high_quality(tmp_path):
+    from PIL import JpegImagePlugin
+
+    yy, xx = np.mgrid[:64, :64]
+    img = np.full((64, 64, 3), 255, np.uint8)
+    img[(yy - 31.5) ** 2 + (xx - 31.5) ** 2 < 20**2] = (230, 20, 20)  # a red disc on white
+    errors = {}
+    for quality, sampling in ((95, 0), (90, 0), (75, 2)):  # 0: 4:4:4, 2: 4:2:0
+        p = write_image(tmp_path / f"q{quality}.jpg", img, quality=quality)
+        with Image.open(p) as im:
+            assert JpegImagePlugin.get_sampling(im) == sampling
+            errors[quality] = np.abs(np.asarray(im.convert("RGB"), np.int16) - img).max()
+    assert errors[95] <= 16  # was 4:2:0 at 95: the disc's edge 30/255 off
