@@ -7,8 +7,10 @@ longest length accepted), in the places other tools look for them.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from showo2_cli.errors import UsageError
 from showo2_cli.media import write_image
 from showo2_cli.media.metadata import JPEG_MAX_EXIF_BYTES, TRUNCATED_KEY, read_metadata
 from showo2_cli.options import MAX_PROMPT_CHARS
@@ -76,3 +78,20 @@ def test_jpeg_keeps_full_colour_resolution_at_high_quality(tmp_path):
             assert JpegImagePlugin.get_sampling(im) == sampling
             errors[quality] = np.abs(np.asarray(im.convert("RGB"), np.int16) - img).max()
     assert errors[95] <= 16  # was 4:2:0 at 95: the disc's edge 30/255 off
+
+
+def test_decode_to_an_image_names_every_video_format_it_writes(tmp_path, capsys):
+    import torch
+
+    from showo2_cli.cli import main
+    from showo2_cli.media import VIDEO_WRITE_EXTS
+    from showo2_cli.pipelines.latents import save_latents, write_decoded
+
+    with pytest.raises(UsageError, match=r"\.mov, \.mkv"):  # was 'use .mp4, .webm or .gif'
+        write_decoded(tmp_path / "x.png", np.zeros((5, 8, 8, 3), np.uint8), 8.0, None)
+    with pytest.raises(UsageError, match=r"\.bmp or .*\.mkv"):
+        write_decoded(tmp_path / "x.xyz", np.zeros((5, 8, 8, 3), np.uint8), 8.0, None)
+    lat = save_latents(tmp_path / "z.latents.safetensors", torch.zeros(16, 2, 2, 2), {"kind": "video"})
+    assert main(["decode", str(lat), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert all(ext in err for ext in VIDEO_WRITE_EXTS) and not (tmp_path / "x.png").exists()

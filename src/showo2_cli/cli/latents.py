@@ -162,7 +162,8 @@ def decode(
     if ext not in writable:
         raise UsageError(f"unsupported output extension '{ext}': use {_exts(M)}")
     if ext in M.IMAGE_EXTS and frames_out != 1:
-        raise UsageError(f"'{out}' is an image but the latents hold {frames_out} frames: use .mp4, .webm or .gif")
+        raise UsageError(f"'{out}' is an image but the latents hold {frames_out} frames: "
+                         f"use {', '.join(M.VIDEO_WRITE_EXTS)}")
     M.check_output_path(out, overwrite, probe=True)
     M.check_output_size(out, z.shape[2] * 8, z.shape[3] * 8)  # before the VAE decodes for minutes
     dev = pick_device(device)
