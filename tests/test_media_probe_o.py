@@ -87,9 +87,9 @@ def test_decode_to_an_image_names_every_video_format_it_writes(tmp_path, capsys)
     from showo2_cli.media import VIDEO_WRITE_EXTS
     from showo2_cli.pipelines.latents import save_latents, write_decoded
 
-    with pytest.raises(UsageError, match=r"\.mov, \.mkv"):  # was 'use .mp4, .webm or .gif'
+    with pytest.raises(UsageError, match=r"\.mov/\.mkv"):  # was 'use .mp4, .webm or .gif'
         write_decoded(tmp_path / "x.png", np.zeros((5, 8, 8, 3), np.uint8), 8.0, None)
-    with pytest.raises(UsageError, match=r"\.bmp or .*\.mkv"):
+    with pytest.raises(UsageError, match=r"\.bmp for one frame or .*\.mkv"):
         write_decoded(tmp_path / "x.xyz", np.zeros((5, 8, 8, 3), np.uint8), 8.0, None)
     lat = save_latents(tmp_path / "z.latents.safetensors", torch.zeros(16, 2, 2, 2), {"kind": "video"})
     assert main(["decode", str(lat), "-o", str(tmp_path / "x.png")]) == 2

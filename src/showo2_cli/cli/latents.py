@@ -139,7 +139,7 @@ def decode(
         output = Path(output)
         if output.suffix.lower() not in writable:
             raise UsageError(f"cannot write '{short(output, 80)}': unsupported output extension "
-                             f"'{short(output.suffix)}'; use {_exts(M)}")
+                             f"'{short(output.suffix)}'; use {M.written_formats()}")
         M.check_output_path(output, overwrite, probe=True)
     try:  # the cheap checks, before importing torch
         what = ("does not exist" if not latents.exists() else "is a directory" if latents.is_dir()
@@ -160,10 +160,10 @@ def decode(
         out = M.unique_path(out)
     ext = out.suffix.lower()
     if ext not in writable:
-        raise UsageError(f"unsupported output extension '{ext}': use {_exts(M)}")
+        raise UsageError(f"unsupported output extension '{ext}': use {M.written_formats()}")
     if ext in M.IMAGE_EXTS and frames_out != 1:
         raise UsageError(f"'{out}' is an image but the latents hold {frames_out} frames: "
-                         f"use {', '.join(M.VIDEO_WRITE_EXTS)}")
+                         f"use {'/'.join(M.VIDEO_WRITE_EXTS)}")
     M.check_output_path(out, overwrite, probe=True)
     M.check_output_size(out, z.shape[2] * 8, z.shape[3] * 8)  # before the VAE decodes for minutes
     dev = pick_device(device)
@@ -201,8 +201,3 @@ def _stem(name: str) -> str:
     """``x.safetensors`` -> ``x``, ``x.latents.safetensors`` -> ``x``; a dot file keeps its dot."""
     dots = len(name) - len(name.lstrip("."))
     return name[:dots] + name[dots:].split(".")[0]
-
-
-def _exts(M) -> str:
-    """The extensions decode writes, as its messages name them."""
-    return f"{'/'.join(M.IMAGE_WRITE_EXTS)} for one frame or {'/'.join(M.VIDEO_WRITE_EXTS)}"

@@ -102,6 +102,12 @@ from .video import (
     written_fps,
 )
 
+
+def written_formats() -> str:
+    """The extensions a frame or frames are written as (decode's), as the messages name them."""
+    return f"{'/'.join(IMAGE_WRITE_EXTS)} for one frame or {'/'.join(VIDEO_WRITE_EXTS)}"
+
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTS",
@@ -153,6 +159,7 @@ __all__ = [
     "unique_path",
     "write_image",
     "write_video",
+    "written_formats",
     "check_output_name",
     "check_output_size",
     "written_fps",

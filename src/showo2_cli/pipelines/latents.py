@@ -232,12 +232,11 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
     if ext in M.IMAGE_EXTS:
         if frames.shape[0] != 1:
             raise UsageError(f"'{path}' is an image file but the latents decode to {frames.shape[0]} frames: "
-                             f"use {', '.join(M.VIDEO_WRITE_EXTS)}")
+                             f"use {'/'.join(M.VIDEO_WRITE_EXTS)}")
         return M.write_image(path, frames[0], metadata=metadata, overwrite=overwrite)
     if ext in M.VIDEO_EXTS:
         return M.write_video(path, frames, fps or 8.0, overwrite=overwrite, metadata=metadata)
-    raise UsageError(f"unsupported output extension '{ext or path}': use {'/'.join(M.IMAGE_WRITE_EXTS)} "
-                     f"or {'/'.join(M.VIDEO_WRITE_EXTS)}")
+    raise UsageError(f"unsupported output extension '{ext or path}': use {M.written_formats()}")
 
 
 __all__ = ["encode", "decode", "EncodeOptions", "EncodeResult", "save_latents", "load_latents", "write_decoded"]
