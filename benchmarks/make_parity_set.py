@@ -128,7 +128,7 @@ class SetMaker:
     # ---- model, tokenizer, VAE --------------------------------------------------------------
     def geometry(self) -> Geometry:
         s = self.s
-        return Geometry(vocab=282, hidden=s["hidden_size"], intermediate=s["llm_intermediate_size"],
+        return Geometry(vocab=s.get("llm_vocab_size", 282), hidden=s["hidden_size"], intermediate=s["llm_intermediate_size"],
                         layers=s["llm_layers"], heads=s["llm_heads"], kv_heads=s["llm_kv_heads"],
                         rope_theta=s["rope_theta"], clip_dim=s["clip_latent_dim"],
                         clip_layers=s["siglip_layers_before_deletion"] - 1, clip_heads=s["siglip_heads"],
@@ -145,14 +145,19 @@ class SetMaker:
         model_dir.mkdir(parents=True, exist_ok=True)
         self.kwargs = write_configs(model_dir, g)
         self.kwargs["patch_size"] = s.get("patch_size", 2)  # latent pixels per token side (official config)
+        # a non-square token grid: image/video_latent_width beside the height (= image_latent_height)
+        self.grid_w = s.get("image_latent_width", g.grid)
+        self.kwargs.update(image_latent_width=self.grid_w, video_latent_width=self.grid_w)
         llm = json.loads((model_dir / "llm" / "config.json").read_text())
         llm.update(vocab_size=s["llm_config_vocab_size"], tie_word_embeddings=s["tie_word_embeddings"],
                    bos_token_id=257, eos_token_id=258, max_position_embeddings=4096)
         llm.update(s.get("llm_config_extra") or {})  # other Qwen2 config fields the official code reads
         (model_dir / "llm" / "config.json").write_text(json.dumps(llm, indent=2))
-        if s.get("siglip_vision_extra"):  # other SigLIP vision-config fields (hidden_act, layer_norm_eps, ...)
+        if s.get("siglip_vision_extra") or s.get("siglip_table_side"):  # other SigLIP vision-config fields
             sig = json.loads((model_dir / "siglip" / "config.json").read_text())
-            sig["vision_config"].update(s["siglip_vision_extra"])
+            if s.get("siglip_table_side"):  # a position table of side**2 rows, whatever the token grid
+                sig["vision_config"]["image_size"] = 14 * s["siglip_table_side"]
+            sig["vision_config"].update(s.get("siglip_vision_extra") or {})
             (model_dir / "siglip" / "config.json").write_text(json.dumps(sig, indent=1))
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             shutil.copy(self.tokenizer_from / "model" / "llm" / name, model_dir / "llm" / name)
@@ -248,7 +253,7 @@ class SetMaker:
         from models import omni_attn_mask_naive
 
         m, tok, ids = self.model, self.tok, self.ids
-        g2 = self.g.grid ** 2
+        g2 = self.g.grid * self.grid_w
         sys_ids = tok(SYSTEM, add_special_tokens=False)["input_ids"]
         role_a = tok(ROLE_A, add_special_tokens=False)["input_ids"]
         role_b = tok(ROLE_B, add_special_tokens=False)["input_ids"]
@@ -256,8 +261,7 @@ class SetMaker:
         with torch.no_grad():
             und, und_out, gen, fused = self._visual(latents)
             if video_frames:
-                side = self.g.grid
-                tmp = fused.reshape(video_frames, side, side, fused.size(-1)).permute(0, 3, 1, 2).contiguous()
+                tmp = fused.reshape(video_frames, self.g.grid, self.grid_w, fused.size(-1)).permute(0, 3, 1, 2).contiguous()
                 tmp = torch.nn.functional.interpolate(tmp, size=(14, 14), mode="bilinear")
                 visual = tmp.permute(0, 2, 3, 1).reshape(-1, fused.size(-1)).unsqueeze(0)
             else:
@@ -327,7 +331,8 @@ class SetMaker:
 
         ids, shift = self.ids, self.s["time_shifting_factor"]
         video = frames > 0
-        n_tok = (frames or 1) * grid * grid + 1
+        grid_h, grid_w = grid if isinstance(grid, tuple) else (grid, grid)
+        n_tok = (frames or 1) * grid_h * grid_w + 1
         max_text_len = max_seq_len - n_tok - 4
         assert max_text_len >= 0, f"{name}: max_seq_len {max_seq_len} leaves no room for {n_tok} visual tokens"
         bo, eo, pad_tok = (("bov_id", "eov_id", "vid_pad_id") if video else ("boi_id", "eoi_id", "img_pad_id"))
@@ -335,8 +340,8 @@ class SetMaker:
                                                       ids[eo], self.tok.pad_token_id, ids[pad_tok], max_text_len, "cpu")
         tokens, positions = torch.cat([cond, uncond]), torch.cat([mp, mp_null])
         prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        p_n, side = len(prompts), self.kwargs["patch_size"] * grid
-        shape = (p_n, 16, frames, side, side) if video else (p_n, 16, side, side)
+        p_n, p = len(prompts), self.kwargs["patch_size"]
+        shape = (p_n, 16, frames, p * grid_h, p * grid_w) if video else (p_n, 16, p * grid_h, p * grid_w)
         x = torch.randn(shape, generator=self.gen)
         z = torch.randn(shape, generator=self.gen).to(torch.bfloat16).float()
         t = torch.full((2 * p_n,), fixed_t)
@@ -395,12 +400,12 @@ class SetMaker:
 
     def case_t2i(self):
         s = self.s
-        self._generate("t2i", self.model, s["t2i_prompts"], self.g.grid, 0, s["t2i_max_seq_len"], s["t2i_guidance"],
+        self._generate("t2i", self.model, s["t2i_prompts"], (self.g.grid, self.grid_w), 0, s["t2i_max_seq_len"], s["t2i_guidance"],
                        s["t2i_steps"], s["t2i_fixed_t"])
 
     def case_t2v(self):
         s = self.s
-        self._generate("t2v", self.model, s["t2v_prompts"], self.g.grid, s["t2v_latent_frames"], s["t2v_max_seq_len"],
+        self._generate("t2v", self.model, s["t2v_prompts"], (self.g.grid, self.grid_w), s["t2v_latent_frames"], s["t2v_max_seq_len"],
                        s["t2v_guidance"], s["t2v_steps"], s["t2v_fixed_t"])
 
     def case_t2i_dynres(self):
@@ -408,13 +413,14 @@ class SetMaker:
         from safetensors.torch import save_file
 
         s, d = self.s, self.s["dynres_grid"]
-        overrides = dict(image_latent_height=d, image_latent_width=d, video_latent_height=d, video_latent_width=d)
+        dh, dw = (d, d) if isinstance(d, int) else d  # [height, width] for a non-square grid
+        overrides = dict(image_latent_height=dh, image_latent_width=dw, video_latent_height=dh, video_latent_width=dw)
         model = build_official(dict(self.kwargs, **overrides), self.g)
         model.load_state_dict(self.model.state_dict())
-        self._generate("t2i_dynres", model, [s["dynres_prompt"]], d, 0, s["dynres_max_seq_len"], s["t2i_guidance"],
+        self._generate("t2i_dynres", model, [s["dynres_prompt"]], (dh, dw), 0, s["dynres_max_seq_len"], s["t2i_guidance"],
                        3, s["dynres_fixed_t"], extra={"config_overrides": overrides})
         with torch.no_grad():
-            pe = interpolate_pos_encoding(self.g.clip_dim, model.position_embedding, d, d, 1)
+            pe = interpolate_pos_encoding(self.g.clip_dim, model.position_embedding, dh, dw, 1)
         save_file({"interpolated_position_embedding": pe.contiguous()},
                   str(self.out / "cases" / "t2i_dynres_posemb.safetensors"))
 

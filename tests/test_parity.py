@@ -204,7 +204,7 @@ def _check_generation(model, embeds, mask, data, info, label):
 def check_mmu(model, data, info, meta):
     net = model.network
     _check_tokenizer(model, info)
-    enc = net.encode_visual(data["image_latents"])
+    enc = net.encode_visual(data["image_latents"], understanding=True)
     close("mmu:und_patch_embeds", enc.und_patch, data["und_patch_embeds"], **SINGLE)
     close("mmu:und_trans_out", enc.semantic, data["und_trans_out"], **SINGLE)
     close("mmu:gen_patch_embeds", enc.low_level, data["gen_patch_embeds"], **SINGLE)
@@ -213,7 +213,7 @@ def check_mmu(model, data, info, meta):
     close("mmu:time_embed_t1", cond[None], data["time_embed_t1"], **SINGLE)
     close("mmu:time_embed_proj_t1", time_token[None], data["time_embed_proj_t1"], **SINGLE)
     n = enc.fused.shape[1]
-    layout = _und_layout(model, data, info, n, official_block_len=model.spec.image_latent_grid ** 2 + 1)
+    layout = _und_layout(model, data, info, n, official_block_len=model.spec.config_tokens + 1)
     embeds = net.embed_sequence(layout.input_ids, [[enc.fused[0]]], layout.slots, time_token[:, None])
     close("mmu:input_embeds", embeds, data["input_embeds"], **SINGLE)
     mask = omni_attention_mask(layout.blocks, layout.seq_len)
@@ -228,7 +228,7 @@ def check_vid_und(model, data, info, meta):
     net = model.network
     _check_tokenizer(model, info)
     latents = data["image_latents"]
-    enc = net.encode_visual(latents)
+    enc = net.encode_visual(latents, understanding=True)
     if "fusion_out" in data:
         close("vid_und:fusion_out", enc.fused, data["fusion_out"], **SINGLE)
     pooled_side = int(round((data["video_tokens_after_interp_frame0"].shape[1]) ** 0.5))
@@ -238,7 +238,7 @@ def check_vid_und(model, data, info, meta):
           data["video_tokens_after_interp_frame0"], **SINGLE)
     cond, time_token = net.time_embedding(torch.ones(1))
     close("vid_und:time_embed_proj_t1", time_token[None], data["time_embed_proj_t1"], **SINGLE)
-    layout = _und_layout(model, data, info, tokens.shape[0], official_block_len=model.spec.image_latent_grid ** 2 + 1)
+    layout = _und_layout(model, data, info, tokens.shape[0], official_block_len=model.spec.config_tokens + 1)
     assert layout.seq_len == info.get("seq_len", layout.seq_len)
     embeds = net.embed_sequence(layout.input_ids, [[tokens]], layout.slots, time_token[:, None])
     mask = omni_attention_mask(layout.blocks, layout.seq_len)

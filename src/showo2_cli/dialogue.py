@@ -110,7 +110,7 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
         img = M.resize_center_crop(img, side)
         pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)  # (1,3,1,H,W)
         latents = _vae_encode(vae, pixels, opts)[:, :, 0]
-        visual = net.encode_visual(latents).fused[0]
+        visual = net.encode_visual(latents, understanding=True).fused[0]
         return VisualInput("image", visual, None, 1, label)
     from .pipelines.understand import check_caption_memory  # (that module imports this one)
 
@@ -124,7 +124,7 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
     pixels = pixels.to(vae.device)
     latents = torch.cat([_vae_encode(vae, pixels[i:i + 1], opts) for i in range(pixels.shape[0])])[:, :, 0]
     visual = net.pooled_frame_tokens(latents, spec.und_video_pool)
-    return VisualInput("video", visual, spec.image_latent_grid ** 2 + 1, count, label)
+    return VisualInput("video", visual, spec.config_tokens + 1, count, label)
 
 
 def _vae_encode(vae, pixels: torch.Tensor, opts: CaptionOptions) -> torch.Tensor:

@@ -320,10 +320,10 @@ def official_config(spec: ModelSpec) -> dict:
         "add_time_embeds": True, "clip_latent_dim": spec.clip_latent_dim,
         "clip_pretrained_model_path": "google/siglip-so400m-patch14-384", "hidden_size": spec.hidden_size,
         "image_latent_dim": spec.latent_channels, "image_latent_height": spec.image_latent_grid,
-        "image_latent_width": spec.image_latent_grid, "llm_model_path": spec.llm_repo_id or "",
+        "image_latent_width": spec.config_grid[1], "llm_model_path": spec.llm_repo_id or "",
         "llm_vocab_size": spec.vocab_size, "load_from_showo": True, "num_diffusion_layers": spec.head_layers,
         "patch_size": spec.patch_size, "video_latent_height": spec.image_latent_grid,
-        "video_latent_width": spec.image_latent_grid,
+        "video_latent_width": spec.config_grid[1],
     }
 
 

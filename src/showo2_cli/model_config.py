@@ -85,6 +85,10 @@ def check_spec_fields(raw: dict, where: Path | str) -> None:
         elif kind.startswith("tuple[str"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise bad("a list of text")
+        elif kind == "int|None":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value < MAX_MODEL_SIZE):
+                raise bad(f"a whole number from 1 to {MAX_MODEL_SIZE - 1} or null")
         elif kind in ("dict", "dict|None"):
             if value is not None and not isinstance(value, dict):
                 raise bad("an object")
@@ -199,6 +203,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     rope_theta = _typed(llm_cfg, "rope_theta", "number", files.llm_config) or _typed(
         _typed(llm_cfg, "rope_parameters", "dict", files.llm_config) or {}, "rope_theta", "number", files.llm_config)
     grid = int(cfg.get("image_latent_height") or 27)
+    grid_w = int(cfg.get("image_latent_width") or grid)  # (both checked by check_official_config)
     patch = und[2]
     tasks = base.tasks if base else (IMAGE_UND, T2I)
     if "video-und" in files.name.lower() or "video-und" in str(root).lower():
@@ -232,7 +237,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         head_heads=_shape(state, "diffusion_head_a.0.self_attn.q_proj.weight", root)[0] // q_norm,
         head_kv_heads=_shape(state, "diffusion_head_a.0.self_attn.k_proj.weight", root)[0] // q_norm,
         head_intermediate=_shape(state, "diffusion_head_a.0.mlp.gate_proj.weight", root)[0],
-        image_latent_grid=grid, tasks=tasks,
+        image_latent_grid=grid, image_latent_grid_width=grid_w if grid_w != grid else None, tasks=tasks,
     )
     if named is None:
         # the sequence budget the official code uses: the configured max_seq_len (default 1024),

@@ -84,7 +84,11 @@ class ModelSpec:
     patch_size: int = 2  # p
     vae_spatial: int = 8
     vae_temporal: int = 4
-    image_latent_grid: int = 27  # config.json image_latent_height/width (tokens per side)
+    image_latent_grid: int = 27  # config.json image_latent_height (tokens per side)
+    # config.json image_latent_width where it differs from the height (a non-square grid); None: square.
+    # The official code reads the configured grid's token count (not the input's) to choose between
+    # the position table as it is and an interpolated one (``ModelSpec.position_rows``).
+    image_latent_grid_width: int | None = None
     # --- inference defaults ---
     resolution: int = 432  # pixels per side for t2i and understanding
     resolutions: tuple[int, ...] = (432,)  # sizes the weights were trained for
@@ -112,6 +116,17 @@ class ModelSpec:
     tasks: tuple[str, ...] = (IMAGE_UND, T2I)
 
     # ---- derived helpers ----
+    @property
+    def config_grid(self) -> tuple[int, int]:
+        """The configured token grid (config.json image_latent_height, image_latent_width)."""
+        return self.image_latent_grid, self.image_latent_grid_width or self.image_latent_grid
+
+    @property
+    def config_tokens(self) -> int:
+        """Tokens of one configured frame (the official ``image_position_ids``' length)."""
+        h, w = self.config_grid
+        return h * w
+
     @property
     def latent_multiple(self) -> int:
         """Pixel sides must be a multiple of this (VAE factor x patch size = 16)."""
@@ -193,6 +208,10 @@ class ModelSpec:
             (self.head_hidden == self.head_heads * self.head_dim_flow, "head_hidden must equal head_heads*head_dim_flow"),
             (self.clip_latent_dim % self.semantic_heads == 0, "clip_latent_dim must be a multiple of semantic_heads"),
             (int(round(self.position_embedding_rows**0.5)) ** 2 == self.position_embedding_rows, "position_embedding_rows must be a square"),
+            (self.image_latent_grid_width is None or (not isinstance(self.image_latent_grid_width, bool)
+                                                      and isinstance(self.image_latent_grid_width, int)
+                                                      and self.image_latent_grid_width >= 1),
+             "image_latent_grid_width must be a positive integer or null"),
             (all(t in ALL_TASKS for t in self.tasks), f"tasks must be among {ALL_TASKS}"),
             (0 <= self.frame_embeddings <= 4096, "frame_embeddings must be between 0 and 4096"),
             (self.velocity_layout in VELOCITY_LAYOUTS, f"velocity_layout must be one of {VELOCITY_LAYOUTS}"),

@@ -215,18 +215,36 @@ class Showo2Model(nn.Module):
 
     # ---- dual path + fusion (spec §4) ---------------------------------------------------------
     @apply_forward_hook
-    def encode_visual(self, latents: torch.Tensor) -> VisualEncoding:
-        """Latents ``(F, C, h, w)`` (frames flattened) -> fused tokens ``(F, N, H)``."""
+    def encode_visual(self, latents: torch.Tensor, understanding: bool = False) -> VisualEncoding:
+        """Latents ``(F, C, h, w)`` (frames flattened) -> fused tokens ``(F, N, H)``.
+
+        ``understanding``: the position rule of the official understanding demos (see
+        :meth:`position_rows`) instead of the model's forward's (generation, training)."""
         x = latents.to(self.dtype)
         und = self.image_embedder_und(x)
         grid = (x.shape[-2] // self.spec.patch_size, x.shape[-1] // self.spec.patch_size)
-        rows = torch.arange(self.position_embedding.num_embeddings, device=self.device)
-        table = self.position_embedding(rows)  # the weight itself, read through forward so offload hooks see it
-        pos = interpolate_position_table(table, *grid)
+        pos = self.position_rows(*grid, understanding=understanding)
         semantic = self.und_trans(inputs_embeds=und + pos[None]).last_hidden_state
         low = self.image_embedder_gen(x)
         fused = self.fusion_proj(torch.cat([semantic, low], dim=-1))
         return VisualEncoding(und, semantic, low, fused, grid)
+
+    def position_rows(self, grid_h: int, grid_w: int, understanding: bool = False) -> torch.Tensor:
+        """The semantic path's position embedding ``(grid_h*grid_w, D_s)`` for a token grid.
+
+        The official rule reads the CONFIGURED grid (config.json image_latent_height x width), not
+        the input's: its forward adds the table row-major as it is when the table has exactly the
+        configured grid's rows (so a non-square 2x8 grid over a 4x4 table takes the rows as they
+        are), else interpolates the square table bicubically to the input's grid. Its understanding
+        demos (inference_mmu*.py) always add the table's first configured-grid rows as they are.
+        Inputs whose grid has another token count than the configured one (which the official code
+        refuses with a shape error) are interpolated."""
+        rows = torch.arange(self.position_embedding.num_embeddings, device=self.device)
+        table = self.position_embedding(rows)  # the weight itself, read through forward so offload hooks see it
+        n, configured = grid_h * grid_w, self.spec.config_tokens
+        if n == configured and (table.shape[0] == n or (understanding and table.shape[0] > n)):
+            return table[:n]
+        return interpolate_position_table(table, grid_h, grid_w)
 
     @apply_forward_hook
     def visual_tokens(self, latents: torch.Tensor) -> torch.Tensor:
@@ -249,12 +267,12 @@ class Showo2Model(nn.Module):
         return tokens + self.frame_embedding(rows).to(tokens.dtype)[:, None, :]
 
     @apply_forward_hook
-    def pooled_frame_tokens(self, frame_latents: torch.Tensor, pool: int) -> torch.Tensor:
+    def pooled_frame_tokens(self, frame_latents: torch.Tensor, pool: int, understanding: bool = True) -> torch.Tensor:
         """Video understanding (spec §8.3): per-frame fused tokens resized bilinearly to pool x pool.
 
-        ``(K, C, h, w)`` -> ``(K*pool*pool, H)``, frame-major.
+        ``(K, C, h, w)`` -> ``(K*pool*pool, H)``, frame-major. ``understanding``: as :meth:`encode_visual`'s.
         """
-        enc = self.encode_visual(frame_latents)
+        enc = self.encode_visual(frame_latents, understanding=understanding)
         k, _, hidden = enc.fused.shape
         grid = enc.fused.transpose(1, 2).reshape(k, hidden, *enc.grid)
         pooled = F.interpolate(grid, size=(pool, pool), mode="bilinear", align_corners=False)

@@ -287,7 +287,7 @@ class Showo2Loss(nn.Module):
         visual: list[list[torch.Tensor]] = [[torch.zeros(0, hidden_size)] for _ in range(rows)]
         for g in batch.groups:
             if g.kind == "frames":
-                tokens = [net.pooled_frame_tokens(x, g.pool) for x in g.x]
+                tokens = [net.pooled_frame_tokens(x, g.pool, understanding=False) for x in g.x]
             else:
                 tokens = list(net.visual_tokens(g.x))
             for r, tok in zip(g.rows, tokens, strict=True):

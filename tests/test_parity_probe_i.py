@@ -1,0 +1,79 @@
+"""Parity probe I (round three): the semantic path's position table follows the official rule,
+which reads the CONFIGURED token grid (config.json ``image_latent_height`` x ``image_latent_width``),
+not the input's. The bundled ``tests/data/parity_sets/variant-t`` (made with the official code: a
+non-square 2x8 grid over a 4x4 table, whose rows the official code adds as they are) checks the
+numbers; these check the rule's other branches and that a non-square config is read and written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from showo2_cli.errors import ModelError
+from showo2_cli.loading import build_network, load, official_config
+from showo2_cli.modeling.semantic import interpolate_position_table
+from showo2_cli.specs import REGISTRY
+
+VARIANT_T = Path(__file__).resolve().parent / "data" / "parity_sets" / "variant-t"
+
+
+def _net(grid, table_side):
+    h, w = grid
+    spec = REGISTRY["tiny"].replace(image_latent_grid=h, image_latent_grid_width=w if w != h else None,
+                                    position_embedding_rows=table_side ** 2)
+    net = build_network(spec, None, torch.float32).eval()
+    with torch.no_grad():
+        net.position_embedding.weight.copy_(torch.randn(net.position_embedding.weight.shape,
+                                                        generator=torch.Generator().manual_seed(0)))
+    return net
+
+
+def test_table_with_the_configured_grids_rows_is_added_as_it_is_even_for_a_non_square_grid():
+    net = _net((2, 8), 4)
+    table = net.position_embedding.weight
+    for understanding in (False, True):
+        assert torch.equal(net.position_rows(2, 8, understanding=understanding), table)
+    # the old rule (direct only for the table's own square) interpolated: another embedding
+    assert (interpolate_position_table(table, 2, 8) - table).abs().max() > 0.1
+
+
+def test_table_larger_than_the_configured_grid():
+    # generation (the official forward) interpolates the 5x5 table to the 3x3 grid; the official
+    # understanding demos add its first 9 rows as they are
+    net = _net((3, 3), 5)
+    table = net.position_embedding.weight
+    assert torch.equal(net.position_rows(3, 3), interpolate_position_table(table, 3, 3))
+    assert torch.equal(net.position_rows(3, 3, understanding=True), table[:9])
+    assert not torch.allclose(table[:9], interpolate_position_table(table, 3, 3))
+    # an input grid other than the configured one (a shape error in the official code): interpolated
+    assert torch.equal(net.position_rows(4, 4, understanding=True), interpolate_position_table(table, 4, 4))
+
+
+def test_released_geometry_unchanged():
+    net = _net((4, 4), 4)  # the table is the configured square grid: added as it is on both paths
+    table = net.position_embedding.weight
+    assert torch.equal(net.position_rows(4, 4), table)
+    assert torch.equal(net.position_rows(4, 4, understanding=True), table)
+    assert torch.equal(net.position_rows(2, 3), interpolate_position_table(table, 2, 3))
+
+
+def test_non_square_config_is_read_and_written():
+    model = load(VARIANT_T / "model", vae=VARIANT_T / "vae" / "wan21_vae.safetensors")
+    assert model.spec.config_grid == (2, 8) and model.spec.config_tokens == 16
+    cfg = official_config(model.spec)
+    assert (cfg["image_latent_height"], cfg["image_latent_width"]) == (2, 8)
+    assert (cfg["video_latent_height"], cfg["video_latent_width"]) == (2, 8)
+
+
+def test_bad_image_latent_width_is_a_model_error(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(VARIANT_T / "model", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["image_latent_width"] = "8"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="image_latent_width"):
+        load(folder, vae=VARIANT_T / "vae" / "wan21_vae.safetensors")
