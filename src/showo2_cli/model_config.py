@@ -210,7 +210,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         tasks = tuple(dict.fromkeys((*tasks, VIDEO_UND)))
     pos_rows = _shape(state, "position_embedding.weight", root)[0]
     resolution = grid * patch * 8
-    visual = grid * grid + 1
+    visual = grid * grid_w + 1
     changes = dict(
         name=files.name, hidden_size=hidden, vocab_size=embed[0],
         num_layers=_count(state, r"showo\.model\.layers\.(\d+)\."),

@@ -359,8 +359,7 @@ class GenerateOptions:
 
     def resolved(self, spec, video: bool) -> GenerateOptions:
         """The options with the model's defaults filled in (and a random seed when none)."""
-        side = spec.video_resolution if video else spec.resolution
-        return replace(self, size=self.size or (side, side),
+        return replace(self, size=self.size or spec.default_size(video),
                        steps=spec.steps if self.steps is None else self.steps,
                        guidance=spec.guidance if self.guidance is None else self.guidance,
                        shift=spec.shift if self.shift is None else self.shift,

@@ -433,8 +433,8 @@ class Showo2Pipeline:
         n = whole_number(num_images_per_prompt, "num_images_per_prompt")
         height, width = whole_number(height, "height", True), whole_number(width, "width", True)
         video = num_frames is not None or image is not None
-        side = self.spec.video_resolution if video else self.spec.resolution
-        size = None if height is None and width is None else (height or side, width or side)
+        default_h, default_w = self.spec.default_size(video)
+        size = None if height is None and width is None else (height or default_h, width or default_w)
         seeds = self._seeds(generator, seed, len(prompts) * n)
         on_step = self._step_hook(callback_on_step_end, callback_on_step_end_tensor_inputs)
         if latents is not None and not isinstance(latents, torch.Tensor):

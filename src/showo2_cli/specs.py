@@ -132,6 +132,16 @@ class ModelSpec:
         """Pixel sides must be a multiple of this (VAE factor x patch size = 16)."""
         return self.vae_spatial * self.patch_size
 
+    def default_size(self, video: bool = False) -> tuple[int, int]:
+        """(height, width) in pixels a generation gets when none is asked for: the resolution's
+        square, or the configured non-square grid's shape (the official demos' latent_height x
+        latent_width) when the resolution is the one that grid's height gives."""
+        side = self.video_resolution if video else self.resolution
+        h, w = self.config_grid
+        if w != h and side == h * self.latent_multiple:
+            return side, w * self.latent_multiple
+        return side, side
+
     def tokens_per_frame(self, height: int, width: int) -> int:
         m = self.latent_multiple
         return (height // m) * (width // m)

@@ -131,7 +131,6 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
         return
     spec = spec_from_files(files, {})
     video = kind != "t2i"
-    side = spec.video_resolution if video else spec.resolution
     base_dim = 96
     if files.vae is not None and (Path(files.vae) / "config.json").is_file():
         try:
@@ -139,7 +138,7 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
         except (ModelError, ValueError, TypeError):
             base_dim = 96
     dev = pick_device(runtime.device)
-    P.check_generation_memory(spec, pick_dtype(runtime.dtype, dev), opts.size or (side, side),
+    P.check_generation_memory(spec, pick_dtype(runtime.dtype, dev), opts.size or spec.default_size(video),
                               opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim,
                               runtime.vae_tiling)
 

@@ -35,7 +35,7 @@ class Generated:
 
 def _text_budget(spec) -> int:
     """Prompt tokens the model was trained with (max_seq_len - visual positions - 4 at its resolution)."""
-    visual = spec.tokens_per_frame(spec.resolution, spec.resolution) + 1
+    visual = spec.tokens_per_frame(*spec.default_size()) + 1
     return max(spec.max_seq_len - visual - 4, 16)
 
 
