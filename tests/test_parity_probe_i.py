@@ -93,3 +93,36 @@ def test_non_square_config_generates_its_shape_by_default():
     assert _text_budget(spec) == spec.max_seq_len - (2 * 8 + 1) - 4
     square = REGISTRY["tiny"]
     assert square.default_size() == (square.resolution, square.resolution)
+
+
+def _resized(tmp_path, rows):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / f"rows-{rows}"
+    shutil.copytree(VARIANT_T / "model", folder)
+    state = load_file(str(folder / "pytorch_model.safetensors"))
+    for key in ("showo.model.embed_tokens.weight", "showo.lm_head.weight"):
+        w = state[key]
+        extra = torch.randn(max(rows - w.shape[0], 0), w.shape[1], generator=torch.Generator().manual_seed(1))
+        state[key] = torch.cat([w, extra])[:rows].contiguous()
+    save_file(state, str(folder / "pytorch_model.safetensors"))
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["llm_vocab_size"] = rows
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_embedding_resized_past_the_tokenizer_loads(tmp_path):
+    # the official constructor resizes the embedding to its config's llm_vocab_size whatever the
+    # tokenizer holds (a padded table): it runs, its logits have every row; it was refused here
+    model = load(_resized(tmp_path, 300), vae=VARIANT_T / "vae" / "wan21_vae.safetensors")
+    assert len(model.tokenizer) == 282 and model.spec.vocab_size == 300
+    ids = torch.tensor([[model.tokens.bos, 72, 105]])
+    hidden, _ = model.network.llm(model.network.showo.model.embed_tokens(ids), None)
+    assert model.network.logits(hidden).shape[-1] == 300
+    assert model.tokenizer.decode([72, 105, 290], skip_special_tokens=True) == "Hi"  # past the tokenizer: no text
+
+
+def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
+    with pytest.raises(ModelError, match="wrong tokenizer"):
+        load(_resized(tmp_path, 270), vae=VARIANT_T / "vae" / "wan21_vae.safetensors")

@@ -288,7 +288,9 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     if files.tokenizer is not None:
         tokenizer = load_tokenizer(files.tokenizer)
         tokens = add_showo2_tokens(tokenizer)
-        if len(tokenizer) != spec.vocab_size:
+        # more rows than tokens: an embedding resized past the tokenizer (the official constructor
+        # resizes to its config's llm_vocab_size, whatever the tokenizer); fewer: ids out of range
+        if len(tokenizer) > spec.vocab_size:
             raise ModelError(f"tokenizer in '{files.tokenizer}' has {len(tokenizer)} entries after Show-o2's "
                              f"additions but the model has {spec.vocab_size} rows: wrong tokenizer")
     vae_model = load_vae(files.vae, dtype=dtype) if files.vae is not None else None
