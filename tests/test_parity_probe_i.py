@@ -126,3 +126,37 @@ def test_embedding_resized_past_the_tokenizer_loads(tmp_path):
 def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
     with pytest.raises(ModelError, match="wrong tokenizer"):
         load(_resized(tmp_path, 270), vae=VARIANT_T / "vae" / "wan21_vae.safetensors")
+
+
+def _with_eos(tmp_path, eos: str) -> Path:
+    folder = tmp_path / "eos"
+    shutil.copytree(VARIANT_T / "model", folder)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        cfg = json.loads((folder / "llm" / name).read_text())
+        cfg["eos_token"] = eos
+        (folder / "llm" / name).write_text(json.dumps(cfg))
+    return folder
+
+
+def test_tokenizers_own_eos_token_ends_generation_rows_and_answers(tmp_path, monkeypatch):
+    # the official code's eos_id is the tokenizer's eos_token (a base Qwen2.5 tokenizer's
+    # <|endoftext|>), looked up by name; <|im_end|> stays the chat template's turn end
+    from showo2_cli.options import CaptionOptions
+    from showo2_cli.pipelines import understand
+    from showo2_cli.sequences import generation_layout
+
+    model = load(_with_eos(tmp_path, "<|endoftext|>"), vae=VARIANT_T / "vae" / "wan21_vae.safetensors")
+    tk, vocab = model.tokens, model.tokenizer.get_vocab()
+    assert (tk.end, tk.eos) == (vocab["<|endoftext|>"], vocab["<|im_end|>"]) and tk.end != tk.eos
+    row = generation_layout([[72, 105]], 5, tk, 16).input_ids[0].tolist()
+    assert row[:10] == [tk.bos, 72, 105, tk.boi, *[tk.img_pad] * 5, tk.eoi] and row[10] == tk.end
+    seen = []
+    real = understand.generate
+    monkeypatch.setattr(understand, "generate",
+                        lambda net, embeds, mask, sampling, **kw: seen.append(sampling.stop_ids) or real(
+                            net, embeds, mask, sampling, **kw))
+    understand.caption(model, torch.zeros(32, 32, 3, dtype=torch.uint8).numpy(),
+                       CaptionOptions(max_new_tokens=2, size=32))
+    assert seen == [(tk.end,)]
+    plain = load(VARIANT_T / "model", vae=VARIANT_T / "vae" / "wan21_vae.safetensors").tokens
+    assert plain.end == plain.eos == vocab["<|im_end|>"]

@@ -281,7 +281,7 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
     (``prefix_spaced``: the given start ended in whitespace, left out of ``prefix``).
     """
     net, tokenizer, tokens = model.network, model.require_tokenizer(), model.tokens
-    stop = (tokens.eos,)
+    stop = (tokens.end,)
     sampling = replace(sampling, stop_ids=stop)
     sampling.validate()
     if cancel is not None and cancel.is_set():

@@ -37,6 +37,15 @@ class SpecialTokens:
     img: int  # <image> 151666
     bov: int  # <|vid_start|> 151667
     eov: int  # <|vid_end|> 151668
+    # the tokenizer's own eos_token where it is another token than <|im_end|> (a base Qwen2.5
+    # tokenizer's <|endoftext|>): the official code's eos_id, which ends a generation row and
+    # stops an answer; None: <|im_end|> (every Qwen2.5-Instruct tokenizer)
+    eos_token: int | None = None
+
+    @property
+    def end(self) -> int:
+        """The id that ends a generation row's text and stops an answer (the official eos_id)."""
+        return self.eos if self.eos_token is None else self.eos_token
 
     TOKEN_STRINGS = {
         "bos": "<|im_start|>", "eos": "<|im_end|>", "boi": "<|vision_start|>", "eoi": "<|vision_end|>",
@@ -90,7 +99,7 @@ def generation_layout(prompts: list[list[int]], num_visual: int, tokens: Special
     rows, blocks = [], []
     for prompt in [*prompts, *negatives]:
         text = list(prompt)[:max_text_len]
-        row = [tokens.bos, *text, begin, *([visual_pad] * num_visual), end, tokens.eos]
+        row = [tokens.bos, *text, begin, *([visual_pad] * num_visual), end, tokens.end]
         row += [tokens.pad] * (max_seq_len - len(row))
         rows.append(row)
         blocks.append([[len(text) + 2, num_visual]])

@@ -35,7 +35,8 @@ def add_showo2_tokens(tokenizer) -> SpecialTokens:
     if ids["eos"] != ids["bos"] + 1:  # every Qwen2.5 tokenizer: <|im_start|> then <|im_end|> (151644, 151645)
         raise ModelError(f"tokenizer's <|im_start|> and <|im_end|> are ids {ids['bos']} and {ids['eos']}, not "
                          "consecutive as in Qwen2.5's: its special tokens were removed or reordered")
-    return SpecialTokens(**ids)
+    own = tokenizer.eos_token_id  # the official eos_id: the tokenizer's eos_token, looked up by name
+    return SpecialTokens(**ids, eos_token=own if own is not None and own != ids["eos"] else None)
 
 
 #: tokenizer files larger than this are not a tokenizer (Qwen2.5's tokenizer.json is 7 MB)

@@ -75,7 +75,7 @@ def caption(model: Showo2, source, options: CaptionOptions | None = None,
     system, user, assistant = (encode_text(tokenizer, s) for s in (SYSTEM_PROMPT, USER_PREFIX, ASSISTANT_PREFIX))
     newline = encode_text(tokenizer, "\n")
     answers, counts = [], []
-    stop = (tokens.eos,)
+    stop = (tokens.end,)
     head = head_len = None  # the image part of the prompt, run once for every question
     for i, question in enumerate(questions):
         layout = understanding_layout(encode_user_text(tokenizer, question), visual.shape[0], tokens, system, user, assistant,
