@@ -160,3 +160,15 @@ def test_tokenizers_own_eos_token_ends_generation_rows_and_answers(tmp_path, mon
     assert seen == [(tk.end,)]
     plain = load(VARIANT_T / "model", vae=VARIANT_T / "vae" / "wan21_vae.safetensors").tokens
     assert plain.end == plain.eos == vocab["<|im_end|>"]
+
+
+@pytest.mark.parametrize("value, needle", [(False, "add_time_embeds false"), ("yes", "must be true or false")])
+def test_add_time_embeds_other_than_true_is_refused(tmp_path, value, needle):
+    # the official layout without the time token differs everywhere; it was silently ignored
+    folder = tmp_path / "m"
+    shutil.copytree(VARIANT_T / "model", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["add_time_embeds"] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match=needle):
+        load(folder, vae=VARIANT_T / "vae" / "wan21_vae.safetensors")

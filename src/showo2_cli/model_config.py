@@ -42,6 +42,12 @@ def check_official_config(config: dict, where: Path) -> None:
         value = config.get(key)
         if value is not None and not isinstance(value, str):
             raise ModelError(f"'{where}': '{key}' must be text, got {_shown(value)}")
+    value = config.get("add_time_embeds")
+    if value is not None and not isinstance(value, bool):
+        raise ModelError(f"'{where}': 'add_time_embeds' must be true or false, got {_shown(value)}")
+    if value is False:  # the official layout then has no time token before the visual block
+        raise ModelError(f"'{where}': add_time_embeds false (no time token before the visual tokens) is not "
+                         "supported: every released Show-o2 model has it true")
 
 
 def _shown(value) -> str:
