@@ -90,7 +90,7 @@ def info(
              f"vocab {spec.vocab_size}, tied embeddings {spec.tie_word_embeddings}",
              f"semantic   {spec.semantic_layers} SigLIP layers of width {spec.clip_latent_dim}, position table {spec.position_embedding_rows}",
              f"flow head  {spec.head_layers} blocks of width {spec.head_hidden} ({spec.head_heads}/{spec.head_kv_heads} heads x {spec.head_dim_flow})",
-             f"geometry   {spec.default_size()[1]}x{spec.default_size()[0]}px, {spec.config_grid[0]}x{spec.config_grid[1]} tokens, patch {spec.patch_size}, "
+             f"geometry   {_pixels(spec)}, {spec.config_grid[0]}x{spec.config_grid[1]} tokens, patch {spec.patch_size}, "
              f"max_seq_len {spec.max_seq_len}",
              f"tasks      {', '.join(spec.tasks)}"]
     lines.append("parameters " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
@@ -280,3 +280,9 @@ def pull(
     state = f"downloaded {', '.join(result.downloaded)}" if result.downloaded else "already in the cache"
     emit({"model": model, "repo": result.repo_id, "path": str(result.path), "downloaded": result.downloaded,
           "pieces": result.pieces, "missing": result.missing}, f"{model}: {state}  ({result.path})")
+
+
+def _pixels(spec) -> str:
+    """The default output size: ``432px`` (square) or ``WIDTHxHEIGHTpx`` (a non-square configured grid)."""
+    h, w = spec.default_size()
+    return f"{h}px" if h == w else f"{w}x{h}px"
