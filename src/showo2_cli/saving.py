@@ -91,7 +91,7 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
             raise InputError(f"prompts file {where} holds no prompt")
         prompts += [line for _, line in lines]
     if not prompts:
-        raise UsageError("give a PROMPT or --prompts-file")
+        raise UsageError("give a PROMPT, '-' to read the prompts from stdin, or --prompts-file")
     return prompts
 
 

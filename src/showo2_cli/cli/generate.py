@@ -74,6 +74,10 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     check_fps(fps)
     if opts.negative_prompt.strip() and opts.guidance in (0.0, 1.0):
         notice(f"--negative-prompt has no effect with --guidance {opts.guidance:g} (no unconditional branch)")
+    if prompt == "-":  # the Unix convention (`echo "a cat" | showo2 t2i -`): stdin, as --prompts-file -
+        if prompts_file is not None:
+            raise UsageError("PROMPT '-' reads the prompts from stdin: give it or --prompts-file, not both")
+        prompt, prompts_file = None, Path("-")
     prompts = check_prompts(O.read_prompts(prompt, prompts_file))
     rank, world = process_rank()
     indices = list(range(len(prompts)))[rank::world]
@@ -151,7 +155,7 @@ def _frames(frames: int) -> int:
 
 
 def t2i(
-    prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
+    prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' reads the prompts from stdin, one a line (or use --prompts-file).")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp; several outputs get -000, -001, ...")] = None,
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
@@ -172,7 +176,7 @@ def t2i(
 
 
 def t2v(
-    prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
+    prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' reads the prompts from stdin, one a line (or use --prompts-file).")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
     frames: FramesOpt = 17, fps: FpsOpt = 8.0,
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
@@ -195,7 +199,7 @@ def t2v(
 
 def i2v(
     image: Annotated[Path, typer.Argument(help="The first frame.")],
-    prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
+    prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' reads the prompts from stdin, one a line (or use --prompts-file).")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
     frames: FramesOpt = 17, fps: FpsOpt = 8.0,
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,

@@ -34,6 +34,7 @@ from .common import (
     runtime_options,
     setup,
     value,
+    write,
 )
 
 
@@ -82,8 +83,8 @@ def caption(
         notice("note: this checkpoint was not trained for video understanding (use a -w-video-und model)")
     live = stream and not STATE["json"]
 
-    def on_text(i: int, piece: str) -> None:
-        sys.stdout.write(piece.replace("\n", " "))
+    def on_text(i: int, piece: str) -> None:  # write(): a stdout that cannot hold a character gets it escaped
+        write(sys.stdout, piece.replace("\n", " "))
         sys.stdout.flush()
 
     def on_done(i: int, answer: str) -> None:

@@ -1,0 +1,101 @@
+"""Probe K: the command line as people coming from ollama, `llm` and diffusers scripts use it
+(stdin conventions, streams in odd encodings, help that tells the truth)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from showo2_cli.cli import main
+
+
+def _stdin(monkeypatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+def test_prompt_dash_reads_the_prompts_from_stdin(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    # `echo "a cat" | showo2 t2i -` drew the prompt "-" itself
+    _stdin(monkeypatch, b"a cat\na dog\n")
+    rc = main(["t2i", "-", "-m", str(tiny_model_dir), "--steps", "2", "--seed", "5", "-o", str(tmp_path / "o.png"),
+               "--quiet"])
+    assert rc == 0
+    outputs = capsys.readouterr().out.split()
+    assert [p.rsplit("/", 1)[-1] for p in outputs] == ["o-000.png", "o-001.png"]
+    prompts = [json.loads((tmp_path / name).read_text())["prompt"] for name in ("o-000.json", "o-001.json")]
+    assert prompts == ["a cat", "a dog"]
+
+
+def test_prompt_dash_with_a_prompts_file_is_refused(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    _stdin(monkeypatch, b"a cat\n")
+    (tmp_path / "p.txt").write_text("a dog\n")
+    rc = main(["t2i", "-", "--prompts-file", str(tmp_path / "p.txt"), "-m", str(tiny_model_dir),
+               "-o", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "not both" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]
+
+
+def test_no_prompt_says_how_to_give_one(capsys):
+    rc = main(["t2i", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'-' to read the prompts from stdin" in err, err
+
+
+class _Ascii(io.TextIOWrapper):
+    def __init__(self):
+        super().__init__(io.BytesIO(), encoding="ascii")
+
+    def value(self) -> bytes:
+        self.flush()
+        return self.buffer.getvalue()
+
+
+def test_streamed_caption_survives_a_stdout_that_cannot_hold_the_answer(tmp_path, monkeypatch):
+    # PYTHONIOENCODING=ascii (or a C locale without UTF-8) and an answer "un café": the streamed
+    # answer was an internal error (exit 1); the rest of the output escapes what it cannot encode
+    from showo2_cli import pipelines as P
+    from showo2_cli.cli import understand
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "a.png")
+
+    def fake_caption(bundle, media, opts, on_text=None, progress=None, on_done=None):
+        if on_text is not None:
+            on_text(0, "un caf\u00e9")
+            on_done(0, "un caf\u00e9")
+        return SimpleNamespace(kind="image", questions=["q"], answers=["un caf\u00e9"], token_counts=[3],
+                               seconds=0.0, frames=1, options={})
+
+    monkeypatch.setattr(P, "caption", fake_caption)
+    monkeypatch.setattr(understand, "load_model", lambda *a, **k: None)
+    for extra in ([], ["--no-stream"]):
+        out = _Ascii()
+        monkeypatch.setattr(sys, "stdout", out)
+        assert main(["caption", str(tmp_path / "a.png"), "--model", "demo", "--quiet", *extra]) == 0
+        assert out.value() == b"un caf\\xe9\n", extra
+
+
+def test_chat_answer_survives_a_stdout_that_cannot_hold_it():
+    from showo2_cli.cli.chat import ChatSession
+
+    class Conv:
+        on_notice = None
+
+        def ask(self, question, on_text=None):
+            on_text("un caf\u00e9")
+            return "un caf\u00e9"
+
+    out, err = _Ascii(), io.StringIO()
+    session = ChatSession(Conv(), out=out, err=err)
+    assert session.handle("what is it?") is True
+    assert out.value() == b"un caf\\xe9\n" and err.getvalue() == ""
+
+
+@pytest.mark.parametrize("command", ["t2i", "t2v", "i2v"])
+def test_prompt_help_tells_of_stdin(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert "reads the prompts from stdin" in " ".join(capsys.readouterr().out.split()).replace("│", "")
