@@ -99,3 +99,21 @@ def test_chat_answer_survives_a_stdout_that_cannot_hold_it():
 def test_prompt_help_tells_of_stdin(command, capsys):
     assert main([command, "--help"]) == 0
     assert "reads the prompts from stdin" in " ".join(capsys.readouterr().out.split()).replace("│", "")
+
+
+def test_help_command_shows_a_commands_help(capsys):
+    # `showo2 help caption` (ollama, git, cargo) was "No such command 'help'"
+    assert main(["caption", "--help"]) == 0
+    direct = capsys.readouterr().out
+    assert main(["help", "caption"]) == 0
+    assert capsys.readouterr().out == direct and "Usage: showo2 caption" in direct
+    assert main(["help"]) == 0
+    assert "Usage: showo2 [OPTIONS] COMMAND" in capsys.readouterr().out
+    assert main(["help", "captoin"]) == 2
+    assert "Did you mean 'caption'?" in capsys.readouterr().err
+
+
+def test_help_command_is_not_listed():
+    from showo2_cli.cli.reference import render
+
+    assert "## showo2 help" not in render()

@@ -78,6 +78,12 @@ def _register_extra() -> None:
 
     app.command("chat", rich_help_panel="Understand")(chat)
     app.command("serve", rich_help_panel="Serve")(serve)
+    app.command("help", hidden=True)(_help)
+
+
+def _help(command: Annotated[list[str] | None, typer.Argument(help="A command.")] = None) -> int:
+    """``showo2 help [COMMAND]``, as ollama, git and cargo take it: ``showo2 [COMMAND] --help``."""
+    return _main([*(command or []), "--help"], *_click_exceptions())
 
 
 _register()

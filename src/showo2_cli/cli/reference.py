@@ -16,7 +16,7 @@ def render() -> str:
     from . import GROUPS, app, main
 
     names = [n for _, _, group in GROUPS for n in group] + ["train"]
-    names += [c.name for c in app.registered_commands if c.name not in names]
+    names += [c.name for c in app.registered_commands if c.name not in names and not c.hidden]
     out = ["# showo2 command-line reference", "",
            "Generated from `--help` by `python -m showo2_cli.cli.reference > docs/cli.md`; do not edit.", ""]
     old = {k: os.environ.get(k) for k in ("COLUMNS", "NO_COLOR", "TERM")}
