@@ -117,3 +117,15 @@ def test_help_command_is_not_listed():
     from showo2_cli.cli.reference import render
 
     assert "## showo2 help" not in render()
+
+
+@pytest.mark.parametrize("command, option, metavar", [("t2i", "--lora", "<path>"), ("caption", "--question", "<str>"),
+                                                      ("serve", "--allow-origin", "<origin>"),
+                                                      ("train", "--set", "<key=value>")])
+def test_repeatable_options_show_no_python_types(command, option, metavar, capsys, monkeypatch):
+    # they read <list[Path]> / <list[str]> (Python's type names) in --help
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    line = next(line for line in text.splitlines() if f"{option} " in line)
+    assert metavar in line and "list[" not in text, line

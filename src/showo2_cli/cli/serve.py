@@ -37,7 +37,7 @@ def serve(
     api_key: Annotated[str | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY' "
                                                 "(default: $SHOWO2_API_KEY; none: no check).")] = None,
     allow_origin: Annotated[list[str] | None, typer.Option(
-        "--allow-origin", help="A browser origin (scheme://host[:port], or *) allowed to call the API "
+        "--allow-origin", metavar="<origin>", help="A browser origin (scheme://host[:port], or *) allowed to call the API "
         "(CORS); repeatable (default: $SHOWO2_ORIGINS, comma-separated; none: browsers on other origins "
         "are refused).")] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting behind the running one; "

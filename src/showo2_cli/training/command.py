@@ -135,7 +135,7 @@ def train(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Total optimizer steps (overrides optim.max_steps/epochs).")] = None,
     stop_after: Annotated[int | None, typer.Option("--stop-after", help="Run at most N steps now, save a checkpoint and stop; the next call resumes.")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the run folder's latest checkpoint (default); --no-resume refuses a folder that has one.")] = True,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config field, TOML value syntax: --set optim.lr=1e-4 (repeatable).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="<key=value>", help="Override a config field, TOML value syntax: --set optim.lr=1e-4 (repeatable).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Only validate the config and print it resolved.")] = False,
     pre_encode: Annotated[bool, typer.Option("--pre-encode", help="Only fill the latent caches (every \\[\\[data]] source with `cache` and a `size`) with the run's VAE, then stop; training then reads latents instead of running the VAE.")] = False,
     shard: Annotated[str | None, typer.Option("--shard", help="With --pre-encode: K/N encodes items K, K+N, ... (run N processes, K = 0..N-1, e.g. one per core); default: the accelerate rank/world.")] = None,
