@@ -129,3 +129,24 @@ def test_repeatable_options_show_no_python_types(command, option, metavar, capsy
     text = capsys.readouterr().out
     line = next(line for line in text.splitlines() if f"{option} " in line)
     assert metavar in line and "list[" not in text, line
+
+
+def test_outputs_escape_what_an_ascii_stdout_cannot_hold(tmp_path, monkeypatch):
+    # PYTHONIOENCODING=ascii: `train --check` of a config named café.toml, and `caption --help` at
+    # 80 columns (its "…" where a word is cut), were internal errors (exit 1)
+    import shutil
+
+    from conftest import REPO
+
+    config = tmp_path / "caf\u00e9.toml"
+    shutil.copy(REPO / "examples" / "train_tiny.toml", config)
+    out = _Ascii()
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["train", str(config), "--check"]) == 0
+    assert b"caf\\xe9.toml: valid" in out.value()
+    assert out.errors == "strict"  # the stream is given back as it was
+    monkeypatch.setenv("COLUMNS", "80")
+    out = _Ascii()
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["caption", "--help"]) == 0
+    assert b"Usage: showo2 caption" in out.value()

@@ -139,11 +139,35 @@ def main(argv: list[str] | None = None) -> int:
         for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY"):
             os.environ.setdefault(var, "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    with warnings.catch_warnings(), _signals():
+    with warnings.catch_warnings(), _signals(), _escaping_output():
         if not STATE["debug"]:  # stderr carries notices and one error line; library warnings only with --debug
             warnings.simplefilter("ignore")
         _TERMINATED[0] = False
         return _main(args, exit_types, abort_types, click_types)
+
+
+@contextmanager
+def _escaping_output():
+    """While a command runs, a character stdout or stderr cannot encode (``PYTHONIOENCODING=ascii``,
+    a C locale without UTF-8) is written escaped (``\\xe9``), as Python writes stderr anyway,
+    instead of failing the command with an internal error after its work is done."""
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            errors = stream.errors
+            if errors == "strict":
+                stream.reconfigure(errors="backslashreplace")
+                changed.append((stream, errors))
+        except (AttributeError, ValueError, OSError):  # not a text stream that can change, or closed
+            pass
+    try:
+        yield
+    finally:
+        for stream, errors in changed:
+            try:
+                stream.reconfigure(errors=errors)
+            except (AttributeError, ValueError, OSError):
+                pass
 
 
 _TERMINATED = [False]  # set by the SIGTERM handler: an interruption then exits 143, not 130
