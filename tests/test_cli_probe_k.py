@@ -150,3 +150,13 @@ def test_outputs_escape_what_an_ascii_stdout_cannot_hold(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdout", out)
     assert main(["caption", "--help"]) == 0
     assert b"Usage: showo2 caption" in out.value()
+
+
+def test_a_prompt_that_starts_with_a_dash_is_told_where_it_goes(capsys):
+    # `showo2 t2i "-a cat"` said only "No such option: -a"
+    assert main(["t2i", "-a cat", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No such option: -a;" in err and "after '--'" in err and "-- '-a cat'" in err, err
+    assert main(["t2i", "a cat", "--stepz", "2"]) == 2  # a mistyped option gets the suggestion alone
+    err = capsys.readouterr().err
+    assert "--steps" in err and "after '--'" not in err, err

@@ -255,7 +255,7 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
         message = e.format_message().replace("\n", " ")
         ctx = getattr(e, "ctx", None)
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        return _fail(message + where, 2, "usage")
+        return _fail(message + _dash_argument_hint(e, args) + where, 2, "usage")
     except Showo2Error as e:
         if isinstance(e.__cause__, BrokenPipeError):
             _quiet_stdout()
@@ -274,6 +274,22 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
             return _fail(f"out of memory{_memory_advice(_ARGS)}", 6, "resource")
         return _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                      "(run with --debug for the traceback)", 1, "internal")
+
+
+def _dash_argument_hint(e: Exception, args: list[str]) -> str:
+    """For "No such option: -a" when the user wrote a prompt or question such as ``"-a cat"``
+    (no option holds a space): where such an argument goes."""
+    import shlex
+
+    name = getattr(e, "option_name", None)
+    if type(e).__name__ != "NoSuchOption" or not name:
+        return ""
+    for arg in args:
+        if arg == "--":
+            break
+        if arg.startswith(name) and any(ch.isspace() for ch in arg):
+            return f"; an argument that starts with '-' goes after '--', which ends the options: -- {shlex.quote(arg)}"
+    return ""
 
 
 def _json_requested(args: list[str]) -> bool:
