@@ -160,3 +160,14 @@ def test_a_prompt_that_starts_with_a_dash_is_told_where_it_goes(capsys):
     assert main(["t2i", "a cat", "--stepz", "2"]) == 2  # a mistyped option gets the suggestion alone
     err = capsys.readouterr().err
     assert "--steps" in err and "after '--'" not in err, err
+
+
+def test_a_mistyped_model_name_gets_a_suggestion(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no folder of that name here
+    assert main(["info", "dmeo"]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.rstrip().endswith("did you mean 'demo'?"), err
+    assert main(["info", "7b-video-und"]) == 4
+    assert "did you mean '7B-w-video-und'?" in capsys.readouterr().err
+    assert main(["info", "banana"]) == 4
+    assert "did you mean" not in capsys.readouterr().err
