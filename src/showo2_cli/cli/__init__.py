@@ -252,7 +252,8 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
         if type(e).__name__ == "NoArgsIsHelpError":
             sys.stderr.write(e.format_message() + "\n")
             return 2
-        message = e.format_message().replace("\n", " ")
+        # typer checks values with pydantic, whose message for a refused choice opens "Value error, "
+        message = e.format_message().replace("\n", " ").replace(": Value error, ", ": ")
         ctx = getattr(e, "ctx", None)
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         return _fail(message + _dash_argument_hint(e, args) + where, 2, "usage")
