@@ -179,3 +179,18 @@ def test_a_refused_choice_reads_without_pydantics_prefix(capsys):
     err = capsys.readouterr().err
     assert "Invalid value for '--dtype': 'bfloat16' is not one of 'auto', 'fp32', 'bf16', 'fp16'" in err, err
     assert "Value error" not in err
+
+
+def test_debug_after_the_command_is_the_root_option(capsys):
+    # `showo2 t2i ... --debug` printed click's parser traceback, then "No such option: --debug"
+    assert main(["t2i", "a cat", "--size", "17", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "No such option" not in err and "NoSuchOption" not in err, err
+    assert "Traceback" in err and err.rstrip().endswith("--size sides must be multiples of 16 (VAE x patch), got 17x17")
+    # the value of an option, or an argument after --, is not the flag
+    assert main(["t2i", "a cat", "--size", "17", "--negative-prompt", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert main(["t2i", "--size", "17", "--", "a cat", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unexpected extra argument" in err, err

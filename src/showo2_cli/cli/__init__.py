@@ -131,9 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     exit_types, abort_types, click_types = _click_exceptions()
 
     args = list(sys.argv[1:] if argv is None else argv)
+    debug_at = _option_index(args, "--debug")
+    if debug_at is not None and debug_at > 0:  # `showo2 t2i ... --debug`: the root option, moved to its place
+        args = ["--debug", *args[:debug_at], *args[debug_at + 1:]]
     _ARGS[:] = args
     # fresh state for every call (main() may run several times in one process)
-    STATE.update(debug=debug_from_env() or "--debug" in args, json=False, quiet=False,
+    STATE.update(debug=debug_from_env() or debug_at is not None, json=False, quiet=False,
                  emitted=False)
     if not STATE["debug"]:  # the libraries' own logging stays quiet unless --debug
         for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY"):
@@ -297,8 +300,14 @@ def _json_requested(args: list[str]) -> bool:
     """Whether ``--json`` is one of the options in args (for errors raised before the command set
     its output state): not the value of another option (``-q --json`` asks the question
     "--json"), nor an argument after ``--``."""
-    if "--json" not in args:
-        return False
+    return _option_index(args, "--json") is not None
+
+
+def _option_index(args: list[str], flag: str) -> int | None:
+    """Where ``flag`` (a flag taking no value) is one of the options in args: before the command, or
+    among the command's options but not the value of another option, nor after ``--``."""
+    if flag not in args:
+        return None
     try:
         import typer.main
 
@@ -307,30 +316,31 @@ def _json_requested(args: list[str]) -> bool:
         command = None
         for i, arg in enumerate(args):
             if arg == "--":
-                return False
+                return None
             if arg in commands:
-                command, rest = commands[arg], args[i + 1:]
+                command, start = commands[arg], i + 1
                 break
-            if arg == "--json":  # before any command: an unknown root option, still asked for
-                return True
+            if arg == flag:  # before any command: a root option (or an unknown one, still asked for)
+                return i
         if command is None:
-            return False
+            return None
         # options that take a value (arguments have no is_flag; flags and counters take none)
         takes_value = {o for p in command.params if getattr(p, "is_flag", None) is False
                        and not getattr(p, "count", False) for o in p.opts}
     except Exception:  # introspection only: fall back to the plain test
-        return True
+        return args.index(flag)
     skip = False
-    for arg in rest:
+    for i in range(start, len(args)):
+        arg = args[i]
         if skip:
             skip = False
         elif arg == "--":
-            return False
-        elif arg == "--json":
-            return True
+            return None
+        elif arg == flag:
+            return i
         elif arg in takes_value:
             skip = True
-    return False
+    return None
 
 
 def _memory_advice(args: list[str]) -> str:
