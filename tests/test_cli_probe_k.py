@@ -194,3 +194,11 @@ def test_debug_after_the_command_is_the_root_option(capsys):
     assert main(["t2i", "--size", "17", "--", "a cat", "--debug"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "unexpected extra argument" in err, err
+
+
+def test_root_option_without_a_command_shows_the_help(capsys):
+    # `showo2 --debug` exited 0 and printed nothing
+    assert main(["--debug"]) == 2
+    assert "Usage: showo2 [OPTIONS] COMMAND" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("showo2 ")

@@ -56,6 +56,9 @@ def _root(
     if version:
         sys.stdout.write(f"showo2 {__version__}\n")
         raise typer.Exit(0)
+    if ctx.invoked_subcommand is None and not ctx.resilient_parsing:  # `showo2 --debug`: as `showo2`
+        _main(["--help"], *_click_exceptions())
+        raise typer.Exit(2)
 
 
 def _register() -> None:
