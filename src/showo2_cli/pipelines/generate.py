@@ -44,8 +44,9 @@ def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dty
                        vae_tile: tuple[int, int, int, int] | None = None) -> float:
     """A rough upper bound (GB) of the memory one generation job needs beyond the weights: the
     largest of one guided step's activations (``rows`` sequences of ``seq_len``: attention scores,
-    hidden states, the mask) and the VAE decoding one output (``video_tokens`` latent positions
-    over ``latent_frames`` frames, see :meth:`WanVAE.decode_memory_gb`), which run one after the
+    the hidden- and MLP-width activations of the widest layer, the mask) and the VAE decoding one
+    output (``video_tokens`` latent positions over ``latent_frames`` frames, see
+    :meth:`WanVAE.decode_memory_gb`), which run one after the
     other. ``model`` is a loaded :class:`Showo2` or a :class:`ModelSpec` (then give ``dtype``;
     the VAE is taken as the real Wan2.1 one, base_dim 96, unless ``vae_base_dim`` says;
     ``vae_tiled``: the decode runs in spatial tiles, of ``vae_tile`` (the loaded VAE's, else
@@ -61,8 +62,12 @@ def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dty
         vae_tile = model.vae.tile if isinstance(model, Showo2) and model.vae is not None else DEFAULT_TILE
     bytes_per = torch.finfo(dtype).bits // 8
     width = max(spec.hidden_size, spec.head_hidden)
+    inner = max(spec.intermediate_size, spec.head_intermediate)
     attn = rows * max(spec.num_heads, spec.head_heads) * seq_len * seq_len * bytes_per
-    acts = rows * seq_len * width * bytes_per * 12
+    # Per position, the largest layer's transients: its SwiGLU MLP holds up to four tensors of the
+    # intermediate width (gate, its activation, up, their product) beside about eight of the hidden
+    # width (residual, norm, q/k/v with the kv heads repeated, attention and projection outputs).
+    acts = rows * seq_len * (4 * inner + 8 * width) * bytes_per
     mask = rows * seq_len * seq_len
     t = max(latent_frames, 1)
     per_frame = max(video_tokens // t, 1)
