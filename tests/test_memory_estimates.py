@@ -40,3 +40,18 @@ def test_guard_refuses_a_batch_whose_mlp_activations_do_not_fit():
     with pytest.raises(ResourceError, match="generating 4 image"):
         check_generation_memory(*job, max_memory_gb=0.45, vae_base_dim=1)
     assert check_generation_memory(*job, max_memory_gb=0.8, vae_base_dim=1) > 0.5
+
+
+def test_video_caption_guard_counts_the_vae_encoding_a_frame():
+    # The frames are VAE-encoded one at a time before the LLM runs; that encode (13 activations
+    # per pixel and channel: 0.87 GB for the demo VAE at 1024x1024, 0.93 GB for the real one at
+    # 432x432) was left out, so a limit below it let the job run.
+    from showo2_cli import api
+    from showo2_cli.pipelines.understand import check_caption_memory
+
+    model = api.load("demo")
+    encode = model.vae.encode_memory_gb(1, 1024, 1024)
+    assert encode > 0.8
+    with pytest.raises(ResourceError, match="understanding 2 frame"):
+        check_caption_memory(model, 2, 1024, max_memory_gb=0.5)
+    assert check_caption_memory(model, 2, 1024, max_memory_gb=2) >= encode

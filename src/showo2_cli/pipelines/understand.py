@@ -34,14 +34,16 @@ class CaptionResult:
 
 def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: float | None = None) -> float:
     """Refuse (:class:`ResourceError`) a video question whose frames and sequence would not fit:
-    the decoded frames (uint8 and float32 pixels) plus one forward over every frame's tokens."""
+    the decoded frames (uint8 and float32 pixels) plus the larger of the VAE encoding one frame
+    (the frames are encoded one at a time) and one forward over every frame's tokens."""
     from ..runtime import check_memory
     from .generate import estimate_memory_gb
 
     spec = model.spec
     pixels = frames * side * side * 3 * (1 + 4 * 2)
     seq = frames * spec.und_video_pool ** 2 + 512
-    need = pixels / 1e9 + estimate_memory_gb(model, 1, seq, 0)
+    encode = model.vae.encode_memory_gb(1, side, side) if model.vae is not None else 0.0
+    need = pixels / 1e9 + max(encode, estimate_memory_gb(model, 1, seq, 0))
     check_memory(need, f"understanding {frames} frame(s) at {side}x{side}", max_memory_gb, model.network.device,
                  "lower --frames")
     return need
