@@ -70,6 +70,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_model_dir):
+    """A ``Showo2Pipeline`` of the tiny model, progress bars off (one per test module)."""
+    from showo2_cli import Showo2Pipeline
+
+    pipe = Showo2Pipeline.from_pretrained(tiny_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture(scope="session")
 def media_dir() -> Path:
     if not MEDIA_DIR.is_dir():

@@ -12,12 +12,8 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_model_dir):
-    from showo2_cli import Showo2Pipeline
-
-    pipe = Showo2Pipeline.from_pretrained(tiny_model_dir)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(tiny_pipe):
+    return tiny_pipe
 
 
 def test_vae_encodes_one_at_a_time_across_threads(pipe):

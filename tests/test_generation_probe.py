@@ -9,12 +9,8 @@ from showo2_cli import pipelines as P
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_model_dir):
-    from showo2_cli import Showo2Pipeline
-
-    pipe = Showo2Pipeline.from_pretrained(tiny_model_dir)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(tiny_pipe):
+    return tiny_pipe
 
 
 def test_num_frames_not_1_plus_4k_is_named_num_frames(pipe):
