@@ -28,7 +28,7 @@ def test_readme_command_table_names_every_command():
 
     from showo2_cli.cli import app
 
-    commands = set(typer.main.get_command(app).commands)
+    commands = {name for name, c in typer.main.get_command(app).commands.items() if not c.hidden}  # not `help`
     section = README[README.index("## What it does"):README.index("### Generation")]
     listed = set(re.findall(r"^\| `showo2 ([a-z0-9]+)", section, flags=re.M))
     assert listed == commands
