@@ -10,6 +10,7 @@ stderr. Errors are one line on stderr with a documented exit code (see ``errors.
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import os
 import re
@@ -20,14 +21,58 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import typer
+import typer.core
 
 from .. import __version__
 from ..errors import Showo2Error, is_out_of_memory
 from .common import STATE, debug_from_env, safe_text, write
 
+
+class _Formatter(typer.core.TyperGroup.context_class.formatter_class):
+    """Click's help layout, but on a narrow terminal the option-names column gives way (a long
+    name's help then starts on the next line) before a word of the help text is broken in two."""
+
+    def write_dl(self, rows, col_max: int = 30, col_spacing: int = 2) -> None:
+        rows = list(rows)
+        longest = max((len(word) for _, text in rows for word in text.split()), default=0)
+        # click wraps the help in (width - names column - spacing - 2) characters
+        super().write_dl(rows, max(0, min(col_max, self.width - col_spacing - 2 - longest)), col_spacing)
+
+
+class _Context(typer.core.TyperGroup.context_class):
+    formatter_class = _Formatter
+
+
+class _Command(typer.core.TyperCommand):
+    context_class = _Context
+
+
+class _Group(typer.core.TyperGroup):
+    """The root command. ``--help`` is click's plain layout (``rich_markup_mode=None`` below): Rich's
+    six-column option tables cut option names and words with "…" at 80 columns. Ours: the command
+    list by group (Generate, Understand, ...), each command's first paragraph in full (click's
+    default cuts it to one line, with "..."), and :class:`_Formatter`."""
+
+    context_class = _Context
+
+    def format_commands(self, ctx, formatter) -> None:
+        panels: dict[str, list[tuple[str, str]]] = {}
+        names = [n for n in self.list_commands(ctx) if not getattr(self.get_command(ctx, n), "hidden", True)]
+        width = max(map(len, names), default=0)  # one column for every group, as one table
+        for name in names:
+            cmd = self.get_command(ctx, name)
+            text = inspect.cleandoc(cmd.short_help or cmd.help or "").split("\n\n")[0]
+            panels.setdefault(getattr(cmd, "rich_help_panel", None) or "Commands", []).append(
+                (name.ljust(width), " ".join(text.split())))
+        for panel, rows in panels.items():
+            with formatter.section(panel):
+                formatter.write_dl(rows)
+
 app = typer.Typer(
     name="showo2",
     help="Run the Show-o2 unified multimodal model: understand and generate images and videos.",
+    cls=_Group,
+    rich_markup_mode=None,
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -67,10 +112,10 @@ def _register() -> None:
     for panel, module, names in GROUPS:
         mod = importlib.import_module(f".{module}", __package__)
         for name in names:
-            app.command(name, rich_help_panel=panel)(getattr(mod, name))
+            app.command(name, cls=_Command, rich_help_panel=panel)(getattr(mod, name))
     from ..training.command import train as train_command
 
-    app.command("train", rich_help_panel="Train")(train_command)
+    app.command("train", cls=_Command, rich_help_panel="Train")(train_command)
     _register_extra()
 
 
@@ -79,9 +124,9 @@ def _register_extra() -> None:
     from .chat import chat
     from .serve import serve
 
-    app.command("chat", rich_help_panel="Understand")(chat)
-    app.command("serve", rich_help_panel="Serve")(serve)
-    app.command("help", hidden=True)(_help)
+    app.command("chat", cls=_Command, rich_help_panel="Understand")(chat)
+    app.command("serve", cls=_Command, rich_help_panel="Serve")(serve)
+    app.command("help", cls=_Command, hidden=True)(_help)
 
 
 def _help(command: Annotated[list[str] | None, typer.Argument(help="A command.")] = None) -> int:

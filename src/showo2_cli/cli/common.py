@@ -248,7 +248,7 @@ VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_
 OffloadOpt = Annotated[Offload, typer.Option("--offload", help="Keep the weights in CPU memory (accelerate): model = one "
                                              "component on the device at a time, sequential = one layer at a time (least memory, slowest).")]
 LoraOpt = Annotated[list[Path] | None, typer.Option("--lora", metavar="<path>", help="A LoRA adapter (a folder with adapter_model.safetensors, "
-                                                    "or a `showo2 train` run with \\[lora]) merged into the model's weights; "
+                                                    "or a `showo2 train` run with [lora]) merged into the model's weights; "
                                                     "repeatable, applied in order.")]
 MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB "
                                                  "(default: $SHOWO2_MAX_MEMORY_GB, else the memory available now; 0: no limit).")]

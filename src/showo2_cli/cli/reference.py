@@ -9,7 +9,7 @@ import contextlib
 import io
 import os
 
-WIDTH = "100"
+WIDTH = "80"  # what a terminal, or a pipe, shows (click lays help out in at most 80 columns)
 
 
 def render() -> str:

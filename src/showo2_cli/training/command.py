@@ -137,7 +137,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the run folder's latest checkpoint (default); --no-resume refuses a folder that has one.")] = True,
     set_: Annotated[list[str] | None, typer.Option("--set", metavar="<key=value>", help="Override a config field, TOML value syntax: --set optim.lr=1e-4 (repeatable).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Only validate the config and print it resolved.")] = False,
-    pre_encode: Annotated[bool, typer.Option("--pre-encode", help="Only fill the latent caches (every \\[\\[data]] source with `cache` and a `size`) with the run's VAE, then stop; training then reads latents instead of running the VAE.")] = False,
+    pre_encode: Annotated[bool, typer.Option("--pre-encode", help="Only fill the latent caches (every [[data]] source with `cache` and a `size`) with the run's VAE, then stop; training then reads latents instead of running the VAE.")] = False,
     shard: Annotated[str | None, typer.Option("--shard", help="With --pre-encode: K/N encodes items K, K+N, ... (run N processes, K = 0..N-1, e.g. one per core); default: the accelerate rank/world.")] = None,
     json_mode: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress or notices on stderr.")] = False,
