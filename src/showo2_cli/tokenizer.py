@@ -59,8 +59,17 @@ def load_tokenizer(path: Path):
         if size > MAX_TOKENIZER_FILE_BYTES:
             raise ModelError(f"cannot load the tokenizer in '{path}': {name} is {size / 2**20:.0f} MiB, more than "
                              f"{MAX_TOKENIZER_FILE_BYTES // 2**20} MiB: not a tokenizer file")
-    config = _model_config_for_tokenizer(Path(path))
     try:
+        if (Path(path) / "tokenizer.json").is_file():
+            # tokenizer.json as written: its normalizer, pre-tokenizer and added tokens, as the official
+            # code's transformers 4.47 loads it (PreTrainedTokenizerFast and Qwen2TokenizerFast alike).
+            # transformers 5's AutoTokenizer rebuilds a Qwen2 tokenizer from the vocabulary with its own
+            # NFC normalizer and pre-tokenizer: other ids for the same text (a decomposed accent, a
+            # tokenizer.json without NFC or with another normalizer) and tokenizer.json's added tokens lost.
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+        config = _model_config_for_tokenizer(Path(path))
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True,
                                              trust_remote_code=False, config=config)
     except Exception as e:  # transformers raises many types for a broken folder

@@ -154,7 +154,9 @@ def test_the_tokenizer_never_builds_its_folders_model_config(tiny_model_dir, tmp
     proc = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=180,
                           env={**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-800:]
-    assert proc.stdout.strip() == "Qwen2Tokenizer"  # the class model_type qwen2 names
+    # tokenizer.json loaded as written (as the official code's transformers 4.47 does): the class
+    # transformers names PreTrainedTokenizerFast (TokenizersBackend in transformers 5)
+    assert proc.stdout.strip() in {"PreTrainedTokenizerFast", "TokenizersBackend"}
 
 
 def test_official_configs_with_null_or_mistyped_fields(official):
