@@ -100,7 +100,7 @@ def test_pipeline_copies_and_pickles_with_a_lock_of_its_own(pipe):
     image = np.full((32, 32, 3), 200, dtype=np.uint8)
     want = pipe.caption(image, "What is it?", max_new_tokens=4)
     for other in (copy.deepcopy(pipe), pickle.loads(pickle.dumps(pipe))):
-        assert other._lock is not pipe._lock and other.vae._call_lock is not pipe.vae._call_lock
+        assert other._call_lock is not pipe._call_lock and other.vae._call_lock is not pipe.vae._call_lock
         assert other.caption(image, "What is it?", max_new_tokens=4) == want
 
 

@@ -30,7 +30,8 @@ from showo2_cli.training.data import (
     step_keys,
 )
 from showo2_cli.training.records import build_index
-from showo2_cli.training.trainer import LOCK_FILE, lr_factor, train
+from showo2_cli.training.schedule import lr_factor
+from showo2_cli.training.trainer import LOCK_FILE, train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -205,12 +205,12 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tup
     if spec is not None:  # a spec without weights anywhere (tiny): made by init, not loaded
         raise ModelError(f"'{text}' is a model spec with no published weights: make a random one with "
                          f"showo2 init --spec {spec.name} -o DIR, then load DIR")
-    names = [k for k, v in REGISTRY.items() if v.repo_id] + ["demo"]
     import difflib
 
-    close = difflib.get_close_matches(text.lower(), [n.lower() for n in names], n=1, cutoff=0.6)
-    guess = f"; did you mean '{names[[n.lower() for n in names].index(close[0])]}'?" if close else ""
-    raise ModelError(f"no model '{short(text, 80)}': not a folder, not a known variant ({', '.join(names)}), "
+    names = {n.lower(): n for n in [*(k for k, v in REGISTRY.items() if v.repo_id), "demo"]}
+    close = difflib.get_close_matches(text.lower(), names, n=1, cutoff=0.6)
+    guess = f"; did you mean '{names[close[0]]}'?" if close else ""
+    raise ModelError(f"no model '{short(text, 80)}': not a folder, not a known variant ({', '.join(names.values())}), "
                      f"not a Hugging Face repo id{guess}")
 
 

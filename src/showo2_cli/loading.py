@@ -321,10 +321,10 @@ def official_config(spec: ModelSpec) -> dict:
         "_class_name": "Showo2Qwen2_5", "_diffusers_version": "0.31.0", "add_qk_norm": True,
         "add_time_embeds": True, "clip_latent_dim": spec.clip_latent_dim,
         "clip_pretrained_model_path": "google/siglip-so400m-patch14-384", "hidden_size": spec.hidden_size,
-        "image_latent_dim": spec.latent_channels, "image_latent_height": spec.image_latent_grid,
+        "image_latent_dim": spec.latent_channels, "image_latent_height": spec.config_grid[0],
         "image_latent_width": spec.config_grid[1], "llm_model_path": spec.llm_repo_id or "",
         "llm_vocab_size": spec.vocab_size, "load_from_showo": True, "num_diffusion_layers": spec.head_layers,
-        "patch_size": spec.patch_size, "video_latent_height": spec.image_latent_grid,
+        "patch_size": spec.patch_size, "video_latent_height": spec.config_grid[0],
         "video_latent_width": spec.config_grid[1],
     }
 

@@ -20,7 +20,6 @@ gives new images, reproducibly); a list of generators seeds one output each; wit
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from contextlib import contextmanager
@@ -50,7 +49,7 @@ from .pipelines.arguments import (
     real_number,
     whole_number,
 )
-from .runtime import enable_offload, pick_device, pick_dtype
+from .runtime import enable_offload, one_call_at_a_time, pick_device, pick_dtype
 from .sampling import StopSampling
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -71,27 +70,13 @@ class Showo2PipelineOutput(BaseOutput):
     results: list | None = None
 
 
-def one_call_at_a_time(method):
-    """Run a pipeline method under the pipeline's lock (re-entrant: a step callback may caption).
-    A call's state lives on the pipeline as diffusers keeps it (``_interrupt``, ``num_timesteps``,
-    ``guidance_scale``; offload hooks that move the weights around each forward), so two threads
-    calling one pipeline at once (a Gradio app) would stop each other's sampling or read the other
-    call's numbers: they take turns instead."""
-
-    @functools.wraps(method)
-    def locked(self, *args, **kwargs):
-        with self._lock:
-            return method(self, *args, **kwargs)
-
-    return locked
-
-
 class Showo2Pipeline:
     """A loaded Show-o2 model with diffusers' calling conventions. Calls on one pipeline (generation,
     ``caption``, ``to``) run one at a time: threads sharing it wait their turn."""
 
     def __init__(self, model: Showo2):
-        self._lock = threading.RLock()  # see one_call_at_a_time
+        # one call at a time (runtime.one_call_at_a_time): a call's state lives here, as diffusers keeps it
+        self._call_lock = threading.RLock()
         self.model = model
         self.offload = "none"
         self.sampler = "euler"  # the default of ``sampler=``; ``pipe.scheduler = ...`` sets it
@@ -101,11 +86,11 @@ class Showo2Pipeline:
         self._num_timesteps, self._guidance_scale = 0, 0.0  # of the running call (diffusers' attributes)
 
     def __getstate__(self) -> dict:  # copy.deepcopy / pickle: the copy gets a lock of its own
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        return {k: v for k, v in self.__dict__.items() if k != "_call_lock"}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self._call_lock = threading.RLock()
 
     # ---- loading and placement --------------------------------------------------------------
     @classmethod

@@ -18,6 +18,21 @@ from .errors import ResourceError, UsageError
 from .options import DTYPES, MAX_MEMORY_ENV, OFFLOAD_MODES, check_device, env_memory_limit
 
 
+def one_call_at_a_time(method):
+    """Run a method under its object's re-entrant ``_call_lock`` (a step callback may call again):
+    objects that keep a running call's state on themselves (the pipeline's ``_interrupt`` and
+    ``num_timesteps``, the VAE's causal caches) then take turns between threads instead of reading
+    each other's state. The object makes ``self._call_lock = threading.RLock()``, and a copy
+    (pickle, ``copy.deepcopy``) a new one."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._call_lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 def cpu_by_default(function):
     """Run ``function`` with torch's default device the CPU, as the library is written (noise from
     CPU generators, masks, positions and time grids made without ``device=``, then moved to the

@@ -256,11 +256,10 @@ def read_video(
         height = int(stream.codec_context.height or 0)
         if width <= 0 or height <= 0:
             raise InputError(f"{prefix}: the video stream has no frame size (corrupt header)")
-        if width * height > limit:
-            raise too_large("video", p, width, height, limit)
-        width = display_width(stream, width)  # non-square pixels: frames are read at the display aspect
-        if width * height > limit:
-            raise too_large("video", p, width, height, limit)
+        shown = display_width(stream, width)  # non-square pixels: frames are read at the display aspect
+        if max(width, shown) * height > limit:  # decoded at the stored size, then scaled to the shown one
+            raise too_large("video", p, max(width, shown), height, limit)
+        width = shown
         fps = _frame_rate(stream)
         frame_bytes = width * height * 3
         try:

@@ -21,7 +21,6 @@ The network itself is diffusers' `AutoencoderKLWan` (same layers, same numerics 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import operator
 import threading
@@ -36,6 +35,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook  # small: not di
 from torch import nn
 
 from ..errors import InputError, ModelError, OutputError, UsageError
+from ..runtime import one_call_at_a_time
 
 __all__ = [
     "WAN_LATENTS_MEAN",
@@ -149,19 +149,6 @@ def single_frame_conv2d(model: nn.Module) -> Iterator[None]:
                 setattr(module, attr, previous)
 
 
-def one_at_a_time(method):
-    """Run ``method`` under its VAE's lock (re-entrant): diffusers' ``AutoencoderKLWan`` keeps the
-    causal caches of the running encode/decode (``_enc_feat_map``, ``_feat_map``, their indices),
-    its ``use_tiling`` flag and the fast path's conv override on the module itself."""
-
-    @functools.wraps(method)
-    def locked(self, *args, **kwargs):
-        with self._call_lock:
-            return method(self, *args, **kwargs)
-
-    return locked
-
-
 # --------------------------------------------------------------------------------------------
 # The wrapper
 # --------------------------------------------------------------------------------------------
@@ -177,7 +164,7 @@ class WanVAE(nn.Module):
     ``encode_moments`` and ``decode`` carry diffusers' ``apply_forward_hook``: an accelerate offload
     hook (``runtime.enable_offload``) brings the VAE to ``execution_device`` when they run.
 
-    They run one at a time per VAE (:func:`one_at_a_time`): ``AutoencoderKLWan`` keeps each call's
+    They run one at a time per VAE (:func:`~showo2_cli.runtime.one_call_at_a_time`): ``AutoencoderKLWan`` keeps each call's
     causal-convolution caches and tiling flag on the module, so two threads encoding with one VAE
     (two captions on one pipeline, a Gradio app) would read each other's caches and get wrong
     latents without any error.
@@ -215,7 +202,7 @@ class WanVAE(nn.Module):
         self.tiling = "auto"  # auto|on|off: the pipelines' choice per job (runtime.pick_tiling)
         self.tile = DEFAULT_TILE  # the tile sizes when tiling (enable_tiling)
         self.train(model.training)  # the wrapper's mode is its model's (eval when loaded)
-        self._call_lock = threading.RLock()  # see one_at_a_time
+        self._call_lock = threading.RLock()  # see runtime.one_call_at_a_time
 
     def __getstate__(self) -> dict:  # copy.deepcopy / pickle: a lock is not copied, a new one is made
         return {k: v for k, v in super().__getstate__().items() if k != "_call_lock"}
@@ -360,7 +347,7 @@ class WanVAE(nn.Module):
 
     # ---- encode / decode ----------------------------------------------------------------------
 
-    @one_at_a_time
+    @one_call_at_a_time
     @apply_forward_hook
     def encode_moments(self, pixels: torch.Tensor, tiled: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw posterior ``(mu, logvar)``, float32, 5-D (B, z, T', h, w); logvar clamped to [-30, 20]."""
@@ -396,7 +383,7 @@ class WanVAE(nn.Module):
             z = z.squeeze(2)
         return z
 
-    @one_at_a_time
+    @one_call_at_a_time
     @apply_forward_hook
     def decode(self, latents: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
         """Normalised latents (B,z,T',h,w) or (B,z,h,w) -> pixels (B,3,1+4(T'-1),8h,8w) / (B,3,8h,8w).

@@ -68,6 +68,7 @@ GENERATE_HINTS = {
     "stop": "stop strings are Conversation.ask's (TextSampling(stop_strings=...))",
     "questions": "pass question= (a list for several)",
 }
+GENERATE_HINTS["stop_strings"] = GENERATE_HINTS["stop"]
 
 
 def check_caption_kwargs(given: dict, allowed) -> None:
@@ -75,7 +76,7 @@ def check_caption_kwargs(given: dict, allowed) -> None:
     (not the options class) and, for transformers' ``generate`` names, what to pass instead."""
     for key in given:
         if key not in allowed:
-            hint = GENERATE_HINTS.get(key) or (GENERATE_HINTS["stop"] if key == "stop_strings" else None)
+            hint = GENERATE_HINTS.get(key)
             raise TypeError(f"caption() got an unexpected keyword argument {key!r}"
                             + (f": {hint}" if hint else ""))
 

@@ -35,6 +35,7 @@ from .control import StopRequest, check_trackers, chunks, flat_config, ignore_si
 from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mix, step_keys
 from .objective import objective_for
 from .params import weights_digest
+from .schedule import lr_factor, schedule_change, warmup_steps
 from .schema import TrainConfig
 
 Progress = Callable[[dict], None]
@@ -61,18 +62,6 @@ class TrainResult:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Learning-rate multiplier at 0-based optimizer step ``step`` (diffusers' schedules:
-    linear warmup from 0, then constant or half-cosine down to ``min_ratio``)."""
-    if warmup > 0 and step < warmup:
-        return step / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    cosine = max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
-    return min_ratio + (1.0 - min_ratio) * cosine
 
 
 # ---- building what a run needs -----------------------------------------------------------------
@@ -250,7 +239,7 @@ class Run:
         self.sources = make_sources(cfg, self.objective.spec, index_dir)
         self.batch_roles = {r: cfg.batch.of(r) for r in roles}
         self.max_steps = self._total_steps()
-        self.warmup = self._warmup_steps(self.max_steps)
+        self.warmup = warmup_steps(cfg.optim, self.max_steps)
         self.caches = self.objective.prepare_data()
         self.dataset = TrainingData(cfg, self.sources, self.caches)
 
@@ -260,7 +249,10 @@ class Run:
             if saved and saved != now:
                 self.notice("the config's data, batch or seed changed since the checkpoint: the sample order "
                             "differs from an uninterrupted run")
-            self._check_schedule(state.get("max_steps"))
+            changed = schedule_change(cfg.optim, self.start_step, state.get("max_steps"), self.max_steps,
+                                      self.optimizer.param_groups[0]["base_lr"])  # (the metrics' lr)
+            if changed:
+                self.notice(changed)
             if state.get("world_size") not in (None, self.world):
                 self.notice(f"resuming with {self.world} process(es) instead of {state['world_size']}: the "
                             "sample order differs from an uninterrupted run")
@@ -268,31 +260,6 @@ class Run:
             self._write_run_files()
         if cfg.run.log_with:  # accelerate's trackers (process 0 only), beside metrics.jsonl
             self.acc.init_trackers(TRACKER_RUN, config=flat_config(cfg))
-
-    def _warmup_steps(self, total: int) -> int:
-        o = self.cfg.optim
-        return int(o.warmup_ratio * total) if o.warmup_ratio is not None else o.warmup_steps
-
-    def _check_schedule(self, saved_total) -> None:
-        """Notices for a resumed run whose step total is not the checkpoint's: the learning-rate
-        schedule (cosine, warmup_ratio) is recomputed for the new total, so the rate jumps; and a
-        run already at or past its total has nothing left to train."""
-        o, step = self.cfg.optim, self.start_step
-        if step >= self.max_steps:
-            self.notice(f"the checkpoint is at step {step} and optim.max_steps is {self.max_steps}: nothing left "
-                        "to train (raise optim.max_steps or --max-steps to continue)")
-            return
-        if isinstance(saved_total, bool) or not isinstance(saved_total, int) or saved_total <= 0 \
-                or saved_total == self.max_steps:
-            return
-        def rate(total):
-            base = self.optimizer.param_groups[0]["base_lr"]  # (what the metrics' lr shows)
-            return base * lr_factor(step, total, self._warmup_steps(total), o.schedule, o.min_lr_ratio)
-        before, now = rate(saved_total), rate(self.max_steps)
-        if before != now:
-            self.notice(f"the checkpoint's run had {saved_total} steps and this one has {self.max_steps}: the "
-                        f"learning-rate schedule is recomputed for {self.max_steps} (at step {step}: {now:.3g} "
-                        f"instead of {before:.3g}), unlike an uninterrupted run")
 
     def _total_steps(self) -> int:
         o = self.cfg.optim
