@@ -111,3 +111,29 @@ def test_outputs_made_in_half_precision_record_the_dtype(tiny_model_dir):
     half = P.text_to_image(load(tiny_model_dir, dtype=torch.bfloat16), ["x"], opts)[0]
     assert "dtype" not in plain.params and half.params["dtype"] == "bfloat16"
     assert (plain.frames != half.frames).any()  # (this random model's flow head starts at zero: same latents)
+
+
+def test_outputs_decoded_in_tiles_record_the_tiles(tiny_pipe):
+    """A tiled VAE decode (--vae-tiling on, or auto on a tight memory limit) changes the image
+    (seams blended: up to 105/255 on a 320 px demo image), yet the recorded parameters were those of
+    an untiled run, so reproducing the output from them gave another image."""
+    from showo2_cli.options import EncodeOptions
+    from showo2_cli.pipelines.latents import encode
+
+    model = tiny_pipe.model
+    opts = P.GenerateOptions(steps=2, seed=1, size=(16, 272))  # wider than one 256-pixel tile
+    before = model.vae.tiling
+    try:
+        model.vae.disable_tiling()
+        plain = P.text_to_image(model, ["x"], opts)[0]
+        model.vae.enable_tiling()
+        tiled = P.text_to_image(model, ["x"], opts)[0]
+        small = P.text_to_image(model, ["x"], P.GenerateOptions(steps=2, seed=1, size=(16, 256)))[0]
+        encoded = encode(tiled.frames[0], model.vae, EncodeOptions(size=(16, 272)))  # encode's latents file too
+    finally:
+        model.vae.tiling = before
+    assert torch.equal(plain.latents, tiled.latents) and (plain.frames != tiled.frames).any()
+    assert "vae_tiles" not in plain.params and tiled.params["vae_tiles"] == [256, 256, 192, 192]
+    assert "vae_tiles" not in small.params  # no larger than a tile: decoded whole, as untiled
+    assert encoded.metadata["vae_tiles"] == [256, 256, 192, 192]
+    assert "vae_tiles" not in encode(tiled.frames[0], model.vae, EncodeOptions(size=(16, 272))).metadata

@@ -338,6 +338,13 @@ class WanVAE(nn.Module):
         finally:
             self.model.use_tiling = before
 
+    def tiles_used(self, height: int, width: int, tiled: bool | None = None) -> tuple[int, int, int, int] | None:
+        """The tiles (:attr:`tile`) an encode or decode of ``height x width`` pixel frames runs in
+        with ``tiled`` (see :meth:`tiled`), or None when it runs whole: tiling off, or a frame no
+        larger than one tile (diffusers' own test). A tiled result differs from a whole one."""
+        on = self.tiling == "on" if tiled is None else tiled
+        return self.tile if on and (height > self.tile[0] or width > self.tile[1]) else None
+
     def stats(self, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, 1/std) of the latent normalisation, shaped to broadcast over ``ndim``-d latents."""
         shape = (1, -1) + (1,) * (ndim - 2)

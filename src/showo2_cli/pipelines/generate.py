@@ -158,6 +158,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
               opts.max_memory_gb, model.device, vae.base_dim, vae.tiling, vae.tile)
     check_generation_memory(*memory)
     tiled = generation_tiling(*memory)
+    tiles = vae.tiles_used(h, w, tiled)  # a tiled decode blends seams: another image, so it is recorded
     part = indices is not None  # these prompts are part of a larger run (several processes)
     indices = list(range(len(prompts))) if indices is None else list(indices)
     if len(indices) != len(prompts):
@@ -237,6 +238,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
                 params["vae"] = model.vae_given
             if getattr(model, "quantize", "none") != "none":  # it changes the output: a run without it differs
                 params["quantize"] = model.quantize
+            if tiles is not None:
+                params["vae_tiles"] = list(tiles)  # (tile height, width, stride height, width) in pixels
             if model.dtype != torch.float32:  # bf16/fp16 round every layer: an fp32 run of it differs
                 params["dtype"] = str(model.dtype).removeprefix("torch.")
             if stopped[0]:  # a step callback ended the sampling (perhaps at the last step)

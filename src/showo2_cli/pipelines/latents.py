@@ -106,6 +106,9 @@ def encode(source, vae: WanVAE, options: EncodeOptions | None = None,
         "latents_mean": [round(float(x), 6) for x in vae.latents_mean],
         "latents_std": [round(float(x), 6) for x in vae.latents_std],
     }
+    tiles = vae.tiles_used(h, w, tiled)
+    if tiles is not None:  # tiles blend their seams: other latents than a whole encode's
+        meta["vae_tiles"] = list(tiles)
     return EncodeResult(latents, meta, notices)
 
 
