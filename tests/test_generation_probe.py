@@ -137,3 +137,29 @@ def test_outputs_decoded_in_tiles_record_the_tiles(tiny_pipe):
     assert "vae_tiles" not in small.params  # no larger than a tile: decoded whole, as untiled
     assert encoded.metadata["vae_tiles"] == [256, 256, 192, 192]
     assert "vae_tiles" not in encode(tiled.frames[0], model.vae, EncodeOptions(size=(16, 272))).metadata
+
+
+def test_outputs_of_a_cached_repo_record_its_commit(tiny_model_dir, tmp_path, monkeypatch):
+    """An output of `--model acme/tiny` recorded only that name: once the repo's main moved on,
+    re-running from the record loaded other weights. The snapshot's commit is recorded now."""
+    import shutil
+
+    import huggingface_hub.constants as C
+
+    from showo2_cli.loading import load
+
+    cache, commit = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
+    for k, v in {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
+    repo = cache / "models--acme--tiny"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    opts = P.GenerateOptions(steps=2, seed=1)
+    out = P.text_to_image(load("acme/tiny"), ["x"], opts)[0]
+    assert out.params["model"] == "acme/tiny" and out.params["model_revision"] == commit
+    pinned = P.text_to_image(load(f"acme/tiny@{commit}"), ["x"], opts)[0]  # what the record re-runs
+    assert (pinned.frames == out.frames).all() and pinned.params["model_revision"] == commit
+    assert "model_revision" not in P.text_to_image(load(tiny_model_dir), ["x"], opts)[0].params  # a folder

@@ -169,6 +169,15 @@ def resolve_run_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def snapshot_revision(root: Path) -> str | None:
+    """The commit of a Hugging Face cache snapshot folder (``models--OWNER--NAME/snapshots/COMMIT``),
+    which names the exact weights where a repo id or a branch moves on; None for other folders."""
+    root = Path(root)
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        return root.name
+    return None
+
+
 def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tuple[str, Path]:
     """Turn a model name into a local folder: demo, a path, a registry name, or a cached repo id
     (downloaded when online, unless ``local_files_only``)."""

@@ -38,6 +38,7 @@ from .hub import (  # names to folders (re-exported: the loading API users know)
     find_weights,
     local_or_cached_dir,
     resolve_root,
+    snapshot_revision,
 )
 from .hub import cached_snapshot as hf_cached_snapshot
 from .model_config import check_depths, check_official_config, spec_from_files
@@ -72,6 +73,7 @@ class ModelFiles:
     tokenizer: Path | None = None
     vae: Path | None = None
     missing: list[tuple[str, str]] = field(default_factory=list)  # (piece, how to get it)
+    revision: str | None = None  # the Hugging Face commit of a cached repo's snapshot
 
     def pieces(self) -> list[Path]:
         """Every file or folder the model was read from (the root, weights, configs, tokenizer, VAE)."""
@@ -105,7 +107,7 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
     fmt = "showo2" if "showo2" in config else "official"
     if fmt == "official":
         check_official_config(config, cfg_path)
-    files = ModelFiles(label, root, fmt, config, find_weights(root))
+    files = ModelFiles(label, root, fmt, config, find_weights(root), revision=snapshot_revision(root))
     if not files.weights:
         files.missing.append(("weights", f"no model.safetensors / pytorch_model.bin in '{root}'"))
     if fmt == "official":

@@ -232,6 +232,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             params = {"prompt": prompt, "seed": seed, "steps": opts.steps, "guidance": opts.guidance,
                       "shift": opts.shift, "sampler": opts.method, "width": w, "height": h,
                       "model": model.files.name if model.files else spec.name}
+            if getattr(model.files, "revision", None):  # "1.5B" names other weights once main moves on
+                params["model_revision"] = model.files.revision
             if getattr(model, "adapters", None):
                 params["lora"] = list(model.adapters)  # merged into the weights on load
             if getattr(model, "vae_given", None):  # --vae: another VAE decodes (and encodes) differently
