@@ -65,6 +65,9 @@ def caption(model: Showo2, source, options: CaptionOptions | None = None,
         raise TypeError(f"options must be a CaptionOptions, got {type(options).__name__}")
     opts = options or CaptionOptions()
     opts.validate()
+    if opts.seed is None and opts.sampling().sampled:  # drawn answers: the seed is drawn (from torch's
+        # generator, so torch.manual_seed repeats a run) and recorded in the result's options
+        opts = replace(opts, seed=int(torch.randint(0, 2**31, (1,))))
     progress = progress or noop
     spec, net = model.spec, model.network
     tokenizer, tokens = model.require_tokenizer(), model.tokens
