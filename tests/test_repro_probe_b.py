@@ -25,3 +25,23 @@ def test_a_sampled_caption_records_the_seed_it_drew(tiny_pipe):
     torch.manual_seed(0)
     assert caption(model, image, opts).answers == first.answers  # torch.manual_seed still repeats a run
     assert caption(model, image, CaptionOptions(max_new_tokens=4)).options["seed"] is None
+
+
+def test_caption_cli_prints_and_records_the_drawn_seed(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    import torch
+    from PIL import Image
+
+    from showo2_cli.cli import main
+
+    image = tmp_path / "grey.png"
+    Image.new("RGB", (32, 32), (200, 200, 200)).save(image)
+    args = ["caption", str(image), "--model", str(tiny_model_dir), "--temperature", "5", "--max-new-tokens", "6"]
+    torch.manual_seed(0)  # the seed drawn (so the answer) is the same every run of the test
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    seed = int(err.split("seed ", 1)[1].split()[0])  # printed on stderr, as t2i prints its seed
+    assert main([*args, "--seed", str(seed), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["options"]["seed"] == seed and again["answers"][0]["answer"].replace("\n", " ") + "\n" == out
