@@ -20,7 +20,8 @@ Browsers on other origins are let in only by ``--allow-origin`` (CORS).
 One worker thread owns the model and runs one job at a time; requests wait in a bounded queue
 (full: 429). A job whose client disconnects is dropped from the queue or stopped at its next
 token / sampling step. Status codes: 400 malformed request or invalid value, 401 missing or
-wrong API key, 404 unknown route or model, 413 body too large, 422 a valid request over a limit
+wrong API key, 404 unknown route or model, 408 body too slow (headers too slow: the connection is
+closed), 413 body too large, 422 a valid request over a limit
 of this server (``max_tokens``, ``n``, ``steps``, size, image pixels, image count), 429 queue full,
 503 shutting down, 500 a bug (one line in the log, never a crash).
 """

@@ -232,6 +232,8 @@ def create_app(model, config: ServerConfig):
     def error(exc: BaseException) -> JSONResponse:
         err = api_error_of(exc)
         headers = {"Retry-After": "1"} if err.status in (429, 503) else None
+        if err.status == 408:  # the rest of a body that came too slowly is not read: no next request
+            headers = {"Connection": "close"}
         if err.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse(err.body(), status_code=err.status if err.status != 499 else 400, headers=headers)
@@ -326,7 +328,7 @@ def create_app(model, config: ServerConfig):
     async def chat_completions(request: Request):
         try:
             check(request)
-            body = await read_json(request, config.max_body_bytes)
+            body = await read_json(request, config.max_body_bytes, config.request_timeout)
             check_model(body)
             plan = parse_chat(body, config)
             outside = sorted(t for t in plan.logit_bias or {} if t >= model.spec.vocab_size)
@@ -387,7 +389,7 @@ def create_app(model, config: ServerConfig):
     async def images_generations(request: Request):
         try:
             check(request)
-            body = await read_json(request, config.max_body_bytes)
+            body = await read_json(request, config.max_body_bytes, config.request_timeout)
             check_model(body)
             plan = parse_images(body, config, model.spec)
             job = submit(lambda job: _images_job(model, plan, job))
@@ -456,7 +458,18 @@ def serve(model, config: ServerConfig, sock, drain_timeout: float = 60.0, log_le
           on_ready: Callable[[str], None] | None = None) -> None:
     """Run the server on ``sock`` until SIGTERM/SIGINT, then drain: no new connections, running and
     queued requests finish (at most ``drain_timeout`` seconds, then they are cancelled)."""
+    from .connections import more_open_files
+
+    more_open_files()
+    server_for(model, config, sock, drain_timeout, log_level, on_ready).run(sockets=[sock])
+
+
+def server_for(model, config: ServerConfig, sock, drain_timeout: float = 60.0, log_level: str = "info",
+               on_ready: Callable[[str], None] | None = None):
+    """The uvicorn server :func:`serve` runs (``.run(sockets=[sock])``; ``should_exit`` stops it)."""
     import uvicorn
+
+    from .connections import timed_protocol
 
     app = create_app(model, config)
 
@@ -481,6 +494,7 @@ def serve(model, config: ServerConfig, sock, drain_timeout: float = 60.0, log_le
                 on_ready(f"http://{shown}:{port}")
 
     cfg = uvicorn.Config(app, log_level=log_level, lifespan="on", server_header=False,
+                         http=timed_protocol(config.request_timeout),
                          timeout_graceful_shutdown=math.ceil(drain_timeout) + 5,
                          access_log=log_level in ("info", "debug"))
-    Server(cfg).run(sockets=[sock])
+    return Server(cfg)

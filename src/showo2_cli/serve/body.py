@@ -20,8 +20,15 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-async def read_json(request, limit: int) -> dict:
-    """The request body as a JSON object: 413 beyond ``limit`` bytes, 400 when not a JSON object."""
+#: the slowest average pace (bytes a second) a request body may come at, after ``timeout`` seconds
+#: of grace: a client trickling a body (or never sending the bytes its Content-Length declares)
+#: would otherwise hold its connection for ever
+BODY_MIN_RATE = 8192
+
+
+async def read_json(request, limit: int, timeout: float = 15.0) -> dict:
+    """The request body as a JSON object: 413 beyond ``limit`` bytes, 400 when not a JSON object,
+    408 when its bytes come slower than ``timeout`` seconds plus one for each ``BODY_MIN_RATE``."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise ApiError(415, f"Content-Encoding '{short(encoding, 20)}' is not accepted: send the JSON body "
@@ -38,8 +45,18 @@ async def read_json(request, limit: int) -> dict:
     from starlette.requests import ClientDisconnect
 
     chunks, size = [], 0
+    loop = asyncio.get_running_loop()
+    start, stream = loop.time(), request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            left = start + timeout + size / BODY_MIN_RATE - loop.time()
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), max(left, 0.0))
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the request body came too slowly ({size} bytes in "
+                                    f"{loop.time() - start:.0f} s)", "request_timeout") from None
             size += len(chunk)
             if size > limit:
                 raise ApiError(413, f"request body is larger than the limit of {limit} bytes",

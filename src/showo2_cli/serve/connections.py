@@ -1,0 +1,90 @@
+"""Connections of ``showo2 serve`` that send nothing, or too slowly: uvicorn closes a connection
+idle after a response (``timeout_keep_alive``) but waits for a request's headers for ever, so a
+client that connects and sends nothing, or one byte of header at a time (slowloris), holds a socket
+and a file descriptor until it goes away; a thousand of them use up the usual 1024 descriptors and
+the server accepts no one any more. Here the headers of each request must come within a time
+(then the connection is closed, with a 408 when part of a request came); the body's pace is
+checked where it is read (:func:`~showo2_cli.serve.body.read_json`)."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("showo2.serve")
+
+#: the most file descriptors the server asks for (the soft limit is raised towards the hard one)
+MAX_OPEN_FILES = 65536
+
+
+_TIMEOUT_TEXT = b"the request headers did not come in time\n"
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(_TIMEOUT_TEXT), _TIMEOUT_TEXT))
+
+
+def timed_protocol(header_timeout: float):
+    """uvicorn's h11 protocol, closing a connection whose request headers have not all come
+    ``header_timeout`` seconds after it opened or after its last response."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        _header_timer = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():  # the next request's headers get their own time
+                self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # the headers are in: the request runs
+                self._disarm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a response is still being sent
+            if self.conn.trailing_data[0]:  # part of a request came: say why it ends
+                log.info("closed a connection whose request headers did not come within %g s", header_timeout)
+                self.transport.write(_REQUEST_TIMEOUT)
+            self.transport.close()
+
+    return TimedH11Protocol
+
+
+def more_open_files(wanted: int = MAX_OPEN_FILES) -> int:
+    """Raise this process's soft limit on open files towards its hard limit (at most ``wanted``),
+    as Go's runtime does for every server: each client holds one; the usual soft limit of 1024
+    would cap the server at about a thousand connections. Returns the soft limit now."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # pragma: no cover - a sandbox may refuse; the old limit stays
+            pass
+    return soft

@@ -1,0 +1,146 @@
+"""Probe E: `showo2 serve` against slow, stuck and silent clients, on a real server on 127.0.0.1
+(the app and uvicorn as `serve` builds them, in this process, with a short request timeout)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+TIMEOUT = 0.5  # the server's request timeout here (15 s by default)
+
+
+@pytest.fixture(scope="module")
+def server():
+    from showo2_cli.serve import ServerConfig, bind_socket
+    from showo2_cli.serve.app import server_for
+
+    sock = bind_socket("127.0.0.1", 0)
+    # no model: these requests never get as far as a job
+    srv = server_for(None, ServerConfig(model_id="demo", request_timeout=TIMEOUT), sock, log_level="error")
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.02)
+    assert srv.started
+    yield sock.getsockname()[:2]
+    srv.should_exit = True
+    thread.join(30)
+    sock.close()
+
+
+def _connect(address) -> socket.socket:
+    s = socket.create_connection(address, timeout=10)
+    return s
+
+
+def _read_all(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a timeout fails the test)."""
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    return out
+
+
+def test_a_silent_connection_is_closed(server):
+    """Connected, nothing sent: uvicorn kept it open for ever (a descriptor each, until the process
+    ran out of them and accepted no one)."""
+    s = _connect(server)
+    start = time.monotonic()
+    assert _read_all(s) == b""  # closed, with nothing to say
+    assert TIMEOUT * 0.8 <= time.monotonic() - start < TIMEOUT + 5
+    s.close()
+
+
+def test_headers_sent_a_byte_at_a_time_are_cut_off(server):
+    """Slowloris: the header must be complete within the timeout, however steadily its bytes come."""
+    s = _connect(server)
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 200
+    start, answer = time.monotonic(), b""
+    s.settimeout(0.05)
+    for byte in request:
+        try:
+            s.sendall(bytes([byte]))
+        except OSError:  # closed under us: what follows says why
+            break
+        try:
+            answer = s.recv(65536)
+            break
+        except TimeoutError:
+            continue
+    s.settimeout(10)
+    answer += _read_all(s)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+    assert time.monotonic() - start < TIMEOUT + 5
+    s.close()
+
+
+def test_a_body_that_never_comes_is_answered_408(server):
+    """Headers declare 200 bytes, 12 come: the request waited for the rest for ever."""
+    s = _connect(server)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 200\r\n\r\n{\"messages\":")
+    answer = _read_all(s)  # the server also closes the connection: the rest of the body is not read
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"connection: close" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_timeout" and "12 bytes" in error["message"]
+    s.close()
+
+
+def test_a_slow_but_steady_body_is_read(server):
+    """A body taking longer than the timeout but coming at a steady pace is read: 40 KiB in 1.2 s."""
+    s = _connect(server)
+    body = b" " * 40_000 + b'{"model": "not-here", "messages": []}'
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+    for k in range(0, len(body), 10_000):
+        s.sendall(body[k:k + 10_000])
+        time.sleep(0.3)
+    answer = _read_all(s)
+    assert answer.startswith(b"HTTP/1.1 404 "), answer[:200]  # read to its end: the model it names is not here
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "model_not_found"
+    s.close()
+
+
+def test_other_clients_and_kept_alive_connections_are_served(server):
+    """While stuck connections wait for their timeout, other clients are answered; a kept-alive
+    connection asking again within the timeout is answered too."""
+    import httpx
+
+    stuck = [_connect(server) for _ in range(20)]
+    for s in stuck:
+        s.sendall(b"GET /health HTTP/1.1\r\n")
+    with httpx.Client(base_url=f"http://{server[0]}:{server[1]}", timeout=10) as client:
+        for _ in range(3):
+            assert client.get("/health").json()["status"] == "ok"
+            time.sleep(TIMEOUT / 3)
+    for s in stuck:
+        s.close()
+
+
+def test_the_open_files_limit_is_raised():
+    """With the usual soft limit of 1024 descriptors, a thousand connections stopped the server
+    accepting any (asyncio logs "Too many open files" and tries again every second)."""
+    resource = pytest.importorskip("resource")
+    from showo2_cli.serve.connections import more_open_files
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 300:
+        pytest.skip("the hard limit leaves no room to raise")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        expected = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+        assert more_open_files(4096) == expected
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (expected, hard)
+        assert more_open_files(128) == expected  # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
