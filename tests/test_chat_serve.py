@@ -747,7 +747,9 @@ def test_worker_queue_is_bounded_and_cancellable():
         jobs = [Job(lambda job, k=k: work(job, k), loop) for k in range(3)]
         for job in jobs:
             worker.submit(job)
-            time.sleep(0.05)  # the first one starts running
+            deadline = time.time() + 30  # the first one starts running (the worker's first import of
+            while worker.running is None and time.time() < deadline:  # torch can take seconds)
+                time.sleep(0.01)
         with pytest.raises(QueueFull):
             worker.submit(Job(lambda job: None, loop))
         worker.cancel(jobs[2])  # still waiting: taken out, never runs
