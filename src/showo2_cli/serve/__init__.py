@@ -22,7 +22,7 @@ One worker thread owns the model and runs one job at a time; requests wait in a 
 token / sampling step. Status codes: 400 malformed request or invalid value, 401 missing or
 wrong API key, 404 unknown route or model, 408 body too slow (headers too slow: the connection is
 closed), 413 body too large, 422 a valid request over a limit
-of this server (``max_tokens``, ``n``, ``steps``, size, image pixels, image count), 429 queue full,
+of this server (``max_tokens``, ``n``, ``steps``, size, image pixels, image count), 429 queue full (or too many large bodies read at once),
 503 shutting down, 500 a bug (one line in the log, never a crash).
 """
 

@@ -22,7 +22,7 @@ from urllib.parse import unquote
 from .. import __version__
 from .. import media as M
 from ..errors import Showo2Error, UsageError, short
-from .body import Upload, read_json
+from .body import BODIES_AT_ONCE, BodyBudget, Upload, read_json
 from .errors import ApiError, api_error_of, shutting_down
 from .requests import ChatPlan, ImagePlan, ServerConfig, parse_chat, parse_images
 from .worker import Job, QueueFull, Worker
@@ -200,6 +200,7 @@ def create_app(model, config: ServerConfig):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     worker = Worker(config.max_queue)
+    budget = BodyBudget(BODIES_AT_ONCE * config.max_body_bytes)
     state = {"draining": False, "started": time.time()}
 
     @asynccontextmanager
@@ -304,7 +305,8 @@ def create_app(model, config: ServerConfig):
     async def health():
         return JSONResponse({"status": "draining" if state["draining"] else "ok", "model": config.model_id,
                              "version": __version__, "running": worker.running is not None,
-                             "queued": worker.waiting, "max_queue": config.max_queue, **worker.counts},
+                             "queued": worker.waiting, "max_queue": config.max_queue,
+                             **{**worker.counts, "rejected": worker.counts["rejected"] + budget.rejected}},
                             status_code=503 if state["draining"] else 200)
 
     @app.api_route("/v1/models", methods=["GET", "HEAD"])
@@ -328,7 +330,7 @@ def create_app(model, config: ServerConfig):
     async def chat_completions(request: Request):
         try:
             check(request)
-            body = await read_json(request, config.max_body_bytes, config.request_timeout)
+            body = await read_json(request, config.max_body_bytes, config.request_timeout, budget)
             check_model(body)
             plan = parse_chat(body, config)
             outside = sorted(t for t in plan.logit_bias or {} if t >= model.spec.vocab_size)
@@ -389,7 +391,7 @@ def create_app(model, config: ServerConfig):
     async def images_generations(request: Request):
         try:
             check(request)
-            body = await read_json(request, config.max_body_bytes, config.request_timeout)
+            body = await read_json(request, config.max_body_bytes, config.request_timeout, budget)
             check_model(body)
             plan = parse_images(body, config, model.spec)
             job = submit(lambda job: _images_job(model, plan, job))
