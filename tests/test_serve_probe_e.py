@@ -76,6 +76,8 @@ def test_headers_sent_a_byte_at_a_time_are_cut_off(server):
     s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
     answer = _read_all(s)
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+    error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]  # the OpenAI shape, as every error here
+    assert error["code"] == "request_timeout" and error["message"] == "the request headers did not all come within 0.5 s"
     s.close()
 
     s = _connect(server)

@@ -8,7 +8,10 @@ checked where it is read (:func:`~showo2_cli.serve.body.read_json`)."""
 
 from __future__ import annotations
 
+import json
 import logging
+
+from .errors import ApiError
 
 log = logging.getLogger("showo2.serve")
 
@@ -16,9 +19,12 @@ log = logging.getLogger("showo2.serve")
 MAX_OPEN_FILES = 65536
 
 
-_TIMEOUT_TEXT = b"the request headers did not come in time\n"
-_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(_TIMEOUT_TEXT), _TIMEOUT_TEXT))
+def _request_timeout(header_timeout: float) -> bytes:
+    """The whole 408 answer to a request whose headers did not all come (in the OpenAI error shape)."""
+    body = json.dumps(ApiError(408, f"the request headers did not all come within {header_timeout:g} s",
+                               "request_timeout").body()).encode()
+    return (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
 def timed_protocol(header_timeout: float):
@@ -26,6 +32,8 @@ def timed_protocol(header_timeout: float):
     ``header_timeout`` seconds after it opened or after its last response."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    answer = _request_timeout(header_timeout)
 
     class TimedH11Protocol(H11Protocol):
         _header_timer = None
@@ -65,7 +73,7 @@ def timed_protocol(header_timeout: float):
                 return  # a response is still being sent
             if self.conn.trailing_data[0]:  # part of a request came: say why it ends
                 log.info("closed a connection whose request headers did not come within %g s", header_timeout)
-                self.transport.write(_REQUEST_TIMEOUT)
+                self.transport.write(answer)
             self.transport.close()
 
     return TimedH11Protocol
