@@ -256,7 +256,7 @@ def _save_one(plan: OutputPlan, item, kind: str, fps: float | None, image, overw
     output's)."""
     from .pipelines.latents import save_latents
 
-    rate = M.written_fps(plan.path, fps or 8.0) if kind != "t2i" else None  # a GIF's rate is coarser
+    rate = M.written_fps(plan.path, 8.0 if fps is None else fps) if kind != "t2i" else None  # a GIF's is coarser
     meta = result_metadata(item, kind, rate, image, noise)
     record = {"output": str(plan.path), **meta}
     with M.output_group():

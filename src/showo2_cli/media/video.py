@@ -138,12 +138,25 @@ def check_output_size(path: PathLike, height: int, width: int) -> None:
                          f"these frames are {width}x{height} (use .png{' or .webm' if side == 16384 else ''})")
 
 
+def check_write_fps(fps: float) -> float:
+    """``fps`` as a float, if a video can be written at it (:data:`MIN_FPS` to :data:`MAX_FPS`)."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        raise UsageError(f"fps must be a number, got {fps!r}") from None
+    if not math.isfinite(value) or not MIN_FPS <= value <= MAX_FPS:
+        raise UsageError(f"fps must be between {MIN_FPS:g} and {MAX_FPS:g}, got {fps!r}")
+    return value
+
+
 def written_fps(path: PathLike, fps: float) -> float:
     """The frame rate a video written to ``path`` plays at: a GIF's delays are whole
-    centiseconds, at least 2 (browsers slow anything shorter), so its rate is ``100 / delay``."""
+    centiseconds, at least 2 (browsers slow anything shorter), so its rate is ``100 / delay``.
+    A rate no video is written at (:func:`check_write_fps`) is a UsageError here too."""
+    fps = check_write_fps(fps)
     if Path(os.fspath(path)).suffix.lower() == ".gif":
         return 100.0 / _gif_delay(fps)
-    return float(fps)
+    return fps
 
 
 def _gif_delay(fps: float) -> int:
@@ -558,12 +571,7 @@ def write_video(
             f"cannot write video {quote_path(p)}: unknown extension {ext or '(none)'!r} "
             f"(supported: {', '.join(VIDEO_WRITE_EXTS)}, or an image extension for one frame)"
         )
-    try:
-        fps_value = float(fps)
-    except (TypeError, ValueError):
-        raise UsageError(f"fps must be a number, got {fps!r}") from None
-    if not math.isfinite(fps_value) or not MIN_FPS <= fps_value <= MAX_FPS:
-        raise UsageError(f"fps must be between {MIN_FPS:g} and {MAX_FPS:g}, got {fps!r}")
+    fps_value = check_write_fps(fps)
     if metadata and "fps" in metadata and ext == ".gif":  # record the rate the file plays at
         metadata = {**metadata, "fps": written_fps(p, fps_value)}
     with atomic_output(p, overwrite) as tmp:

@@ -230,7 +230,7 @@ def decode(latents: torch.Tensor, vae: WanVAE, max_memory_gb: float | None = Non
 
 def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None, metadata: dict | None,
                   overwrite: bool = False) -> Path:
-    """Write decoded frames as an image (one frame, image extension) or a video."""
+    """Write decoded frames as an image (one frame, image extension) or a video (at ``fps``; None: 8)."""
     ext = Path(path).suffix.lower()
     if ext in M.IMAGE_EXTS:
         if frames.shape[0] != 1:
@@ -238,7 +238,7 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
                              f"use {'/'.join(M.VIDEO_WRITE_EXTS)}")
         return M.write_image(path, frames[0], metadata=metadata, overwrite=overwrite)
     if ext in M.VIDEO_EXTS:
-        return M.write_video(path, frames, fps or 8.0, overwrite=overwrite, metadata=metadata)
+        return M.write_video(path, frames, 8.0 if fps is None else fps, overwrite=overwrite, metadata=metadata)
     raise UsageError(f"unsupported output extension '{ext or path}': use {M.written_formats()}")
 
 

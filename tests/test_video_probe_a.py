@@ -1,0 +1,50 @@
+"""Probe A: video generation (t2v, i2v) and video outputs, as a user runs them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from showo2_cli import media as M
+from showo2_cli.errors import UsageError
+from showo2_cli.pipelines.latents import write_decoded
+from showo2_cli.saving import plan_outputs, save_results
+
+
+def _video_result(frames: int = 5) -> SimpleNamespace:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (frames, 16, 16, 3), dtype=np.uint8)
+    return SimpleNamespace(frames=pixels, latents=torch.zeros(16, 2, 2, 2),
+                           params={"prompt": "p", "seed": 1, "width": 16, "height": 16, "frames": frames})
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".gif"])
+@pytest.mark.parametrize("fps", [0, -1, float("nan"), 0.01, 5000])
+def test_save_results_refuses_a_frame_rate_no_video_is_written_at(tmp_path, monkeypatch, ext, fps):
+    """``api.save_results(..., fps=0)`` wrote an 8 fps video (``fps or 8.0``), and a GIF at a
+    negative rate was written at 50 fps (its delay clamped before the rate was checked), at NaN
+    failed with numpy's "cannot convert float NaN to integer"."""
+    monkeypatch.chdir(tmp_path)
+    plans = plan_outputs("t2v", f"out{ext}", ["p"], [0], 1, seed=1)
+    with pytest.raises(UsageError, match="fps must be between"):
+        save_results([_video_result()], plans, "t2v", fps=fps)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the sidecar
+
+
+def test_save_results_default_and_gif_rates(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plans = plan_outputs("t2v", "a.mp4", ["p"], [0], 1, seed=1)
+    assert save_results([_video_result()], plans, "t2v", fps=None)[0]["fps"] == 8.0
+    plans = plan_outputs("t2v", "b.gif", ["p"], [0], 1, seed=1)
+    assert save_results([_video_result()], plans, "t2v", fps=7)[0]["fps"] == pytest.approx(100 / 14)
+
+
+def test_written_fps_and_write_decoded_check_the_rate(tmp_path):
+    with pytest.raises(UsageError, match="fps must be between"):
+        M.written_fps("x.gif", 0)
+    with pytest.raises(UsageError, match="fps must be between"):
+        write_decoded(tmp_path / "x.mp4", _video_result().frames, 0, None)
+    assert not (tmp_path / "x.mp4").exists()
