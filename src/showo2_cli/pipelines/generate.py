@@ -124,6 +124,13 @@ def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], fra
     return need
 
 
+def _memory_args(model: Showo2, opts: GenerateOptions, frames: int, video: bool, n_prompts: int) -> tuple:
+    """The arguments of :func:`check_generation_memory` and :func:`generation_tiling` for a run."""
+    vae = model.require_vae()
+    return (model.spec, model.dtype, tuple(opts.size), frames, video, min(opts.batch_size, n_prompts * opts.num_per_prompt),
+            opts.max_memory_gb, model.device, vae.base_dim, vae.tiling, vae.tile)
+
+
 def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
 
@@ -154,8 +161,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     visual = 1 + t_lat * spec.tokens_per_frame(h, w)
     budget = _text_budget(spec)
     max_seq_len = visual + 4 + budget
-    memory = (model.spec, model.dtype, (h, w), frames, video, min(opts.batch_size, len(prompts) * opts.num_per_prompt),
-              opts.max_memory_gb, model.device, vae.base_dim, vae.tiling, vae.tile)
+    memory = _memory_args(model, opts, frames, video, len(prompts))
     check_generation_memory(*memory)
     tiled = generation_tiling(*memory)
     tiles = vae.tiles_used(h, w, tiled)  # a tiled decode blends seams: another image, so it is recorded
@@ -329,11 +335,10 @@ def image_to_video(model: Showo2, image, prompts: list[str], options: GenerateOp
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
     opts.validate(model.spec)
     h, w = opts.size
+    prompts = check_prompts([prompts] if isinstance(prompts, str) else prompts)
     img = M.resize_center_crop(M.image_input(image), (h, w))
     vae = model.require_vae()
     pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)
-    tiled = generation_tiling(model.spec, model.dtype, (h, w), opts.frames, True, 1, opts.max_memory_gb,
-                              model.device, vae.base_dim, vae.tiling, vae.tile)  # the first frame as its decode will be
+    tiled = generation_tiling(*_memory_args(model, opts, opts.frames, True, len(prompts)))  # as its decode will be
     first = vae.encode(pixels, tiled=tiled)[0, :, 0].cpu()
-    return _generate(model, check_prompts([prompts] if isinstance(prompts, str) else prompts), opts, True, opts.frames, first, indices, progress or noop,
-                     on_result, on_step)
+    return _generate(model, prompts, opts, True, opts.frames, first, indices, progress or noop, on_result, on_step)
