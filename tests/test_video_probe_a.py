@@ -72,3 +72,25 @@ def test_a_tiled_decode_is_recorded_in_the_output_parameters(tiny_pipe):
     assert "vae_tiles" not in small.results[0].params and "vae_tiles" not in whole.results[0].params
     assert torch.equal(tiled.results[0].latents, whole.results[0].latents)
     assert np.abs(tiled.frames - whole.frames).max() > 1 / 255  # what the record is for
+
+
+def test_noise_of_another_length_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys, tiny_model_dir):
+    """``t2v --frames 9 --noise`` with a 5-frame video's latents loaded the whole model before
+    saying the shape was wrong (a minute for the 7B); it is judged from the spec first, and the
+    message says which video length the file holds."""
+    from safetensors.torch import save_file
+
+    from showo2_cli.cli import generate, main
+
+    save_file({"noise": torch.zeros(16, 2, 8, 8)}, tmp_path / "n.safetensors")
+    monkeypatch.chdir(tmp_path)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(generate, "load_model", never)
+    rc = main(["t2v", "x", "-m", str(tiny_model_dir), "--frames", "9", "--noise", "n.safetensors", "-o", "o.mp4"])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "expected (16, 3, 8, 8)" in err and "latents of a 5-frame video, not 9" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.safetensors"]

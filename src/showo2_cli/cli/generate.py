@@ -90,7 +90,7 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     name = model_name(model)
     if mine:
         check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(mine) * opts.num_per_prompt),
-                                    runtime)
+                                    runtime, indices, world > 1)
     bundle = load_model(name, device, value(dtype), vae=vae, runtime=runtime, lora=lora)
     notice(f"seed {opts.seed}" if noise is None else f"starting noise from {short(str(noise), 80)}")
     from .. import pipelines as P
@@ -119,9 +119,12 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
          "\n".join(r["output"] for r in records) if records else None)
 
 
-def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, batch: int, runtime) -> None:
-    """Refuse a job that cannot fit before the weights load, when the model's folder tells its
-    spec (our own format; for an official checkpoint the pipeline checks once it is loaded)."""
+def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, batch: int, runtime,
+                                indices: list[int] | None = None, part: bool = False) -> None:
+    """Refuse a job that cannot fit, or whose ``--noise`` has the wrong shape, before the weights
+    load, when the model's folder tells its spec (our own format; for an official checkpoint the
+    pipeline checks once it is loaded). ``indices``: the prompts' (this process's of a larger run
+    when ``part``)."""
 
     from .. import pipelines as P
     from ..errors import ModelError
@@ -141,6 +144,12 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
             base_dim = int(read_json(Path(files.vae) / "config.json").get("base_dim", 96))
         except (ModelError, ValueError, TypeError):
             base_dim = 96
+    if opts.noise is not None and indices:
+        from dataclasses import replace
+
+        sized = replace(opts, size=opts.size or spec.default_size(video))
+        P.noise_rows(opts.noise, spec, sized, video, opts.frames if video else 1,
+                     indices, part)
     dev = pick_device(runtime.device)
     P.check_generation_memory(spec, pick_dtype(runtime.dtype, dev), opts.size or spec.default_size(video),
                               opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim,

@@ -11,6 +11,7 @@ from .generate import (
     generation_memory_gb,
     generation_tiling,
     image_to_video,
+    noise_rows,
     text_to_image,
     text_to_video,
 )
@@ -19,4 +20,4 @@ from .understand import CaptionResult, caption, supports_video_understanding
 
 __all__ = ["CaptionOptions", "CaptionResult", "GenerateOptions", "Generated", "caption", "text_to_image",
            "text_to_video", "image_to_video", "seed_for", "estimate_memory_gb", "generation_memory_gb",
-           "check_generation_memory", "generation_tiling", "supports_video_understanding", "MAX_PROMPT_CHARS", "Progress"]
+           "check_generation_memory", "noise_rows", "generation_tiling", "supports_video_understanding", "MAX_PROMPT_CHARS", "Progress"]

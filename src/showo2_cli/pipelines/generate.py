@@ -131,6 +131,46 @@ def _memory_args(model: Showo2, opts: GenerateOptions, frames: int, video: bool,
             opts.max_memory_gb, model.device, vae.base_dim, vae.tiling, vae.tile)
 
 
+def generation_latent_shape(spec, size: tuple[int, int], frames: int, video: bool) -> tuple[int, ...]:
+    """The latents of one output: (C, T, h, w) for a video of ``frames`` frames, (C, h, w) for an image."""
+    h, w = size[0] // spec.vae_spatial, size[1] // spec.vae_spatial
+    if not video:
+        return (spec.latent_channels, h, w)
+    return (spec.latent_channels, 1 + (frames - 1) // spec.vae_temporal, h, w)
+
+
+def noise_rows(noise: torch.Tensor, spec, opts: GenerateOptions, video: bool, frames: int, indices: list[int],
+               part: bool = False) -> tuple[torch.Tensor, list[int]]:
+    """The given starting noise as (rows, *latent shape) and, for each output (prompt ``indices``
+    x ``num_per_prompt``, in job order), the row it starts from; ``part``: these prompts are part of
+    a larger run. Judged from the shape alone (before a model loads too), except the values."""
+    shape = generation_latent_shape(spec, opts.size, frames, video)
+    noise_all = noise.float()
+    if not video and tuple(noise_all.shape[-4:]) == (shape[0], 1, *shape[1:]):
+        noise_all = noise_all.squeeze(-3)  # an image's latents as --save-latents and encode write them
+    if tuple(noise_all.shape) == shape:
+        noise_all = noise_all[None]
+    n = opts.num_per_prompt
+    jobs = [(i, k) for i in indices for k in range(n)]
+    count = noise_all.shape[0] if tuple(noise_all.shape[1:]) == shape else 0
+    if count in (1, len(jobs)):
+        rows = [0] * len(jobs) if count == 1 else list(range(len(jobs)))
+    elif part and count >= (max(indices) + 1) * n:  # one row per output of the whole run
+        rows = [i * n + k for i, k in jobs]
+    else:
+        whole = " or one per output of the whole prompts file" if part else ""
+        image = f", an image's latents {(shape[0], 1, *shape[1:])}" if not video else ""
+        given = ""
+        if video and noise_all.dim() in (4, 5) and noise_all.shape[-3] != shape[1] and noise_all.shape[-2:] == shape[-2:]:
+            latent_frames = noise_all.shape[-3]
+            given = f": latents of a {1 + spec.vae_temporal * (latent_frames - 1)}-frame video, not {frames}"
+        raise InputError(f"--noise has shape {tuple(noise.shape)}, expected {shape}{image} or "
+                         f"{(len(jobs), *shape)} (one per output{whole}){given}")
+    if not bool(torch.isfinite(noise_all).all()):  # NaN noise gave a black image, silently
+        raise InputError("--noise holds NaN or inf values")
+    return noise_all, rows
+
+
 def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
 
@@ -156,9 +196,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     spec, net, vae = model.spec, model.network, model.require_vae()
     tokenizer, tokens = model.require_tokenizer(), model.tokens
     h, w = opts.size
-    lat_h, lat_w = h // spec.vae_spatial, w // spec.vae_spatial
-    t_lat = 1 + (frames - 1) // spec.vae_temporal if video else 1
-    visual = 1 + t_lat * spec.tokens_per_frame(h, w)
+    latent_shape = generation_latent_shape(spec, (h, w), frames, video)
+    visual = 1 + (latent_shape[1] if video else 1) * spec.tokens_per_frame(h, w)
     budget = _text_budget(spec)
     max_seq_len = visual + 4 + budget
     memory = _memory_args(model, opts, frames, video, len(prompts))
@@ -171,27 +210,9 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
         raise UsageError("one index per prompt is needed")
     negative = dict(zip(indices, opts.negatives_for(len(prompts)), strict=True))
     jobs = [(p, i, k) for i, p in zip(indices, prompts, strict=True) for k in range(opts.num_per_prompt)]
-    latent_shape = (spec.latent_channels, t_lat, lat_h, lat_w) if video else (spec.latent_channels, lat_h, lat_w)
     noise_all, rows = None, None  # rows[j]: the row of the given noise that job j starts from
     if opts.noise is not None:
-        noise_all = opts.noise.float()
-        if not bool(torch.isfinite(noise_all).all()):  # NaN noise gave a black image, silently
-            raise InputError("--noise holds NaN or inf values")
-        if not video and tuple(noise_all.shape[-4:]) == (latent_shape[0], 1, *latent_shape[1:]):
-            noise_all = noise_all.squeeze(-3)  # an image's latents as --save-latents and encode write them
-        if tuple(noise_all.shape) == latent_shape:
-            noise_all = noise_all[None]
-        n = opts.num_per_prompt
-        count = noise_all.shape[0] if tuple(noise_all.shape[1:]) == latent_shape else 0
-        if count in (1, len(jobs)):
-            rows = [0] * len(jobs) if count == 1 else list(range(len(jobs)))
-        elif part and count >= (max(indices) + 1) * n:  # one row per output of the whole run
-            rows = [i * n + k for _, i, k in jobs]
-        else:
-            whole = " or one per output of the whole prompts file" if part else ""
-            image = f", an image's latents {(latent_shape[0], 1, *latent_shape[1:])}" if not video else ""
-            raise InputError(f"--noise has shape {tuple(opts.noise.shape)}, expected {latent_shape}{image} or "
-                             f"{(len(jobs), *latent_shape)} (one per output{whole})")
+        noise_all, rows = noise_rows(opts.noise, spec, opts, video, frames, indices, part)
     results: list[Generated] = []
     total_steps = math.ceil(len(jobs) / opts.batch_size) * (opts.steps - 1)
     done_steps = 0
