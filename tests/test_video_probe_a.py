@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -94,3 +95,25 @@ def test_noise_of_another_length_is_refused_before_the_model_loads(tmp_path, mon
     err = capsys.readouterr().err
     assert "expected (16, 3, 8, 8)" in err and "latents of a 5-frame video, not 9" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n.safetensors"]
+
+
+@pytest.mark.parametrize(("fps", "said"), [(8, None), (7, None), (30, 33.33), (240, 50)])
+def test_a_gif_rate_far_from_the_asked_one_is_said(fps, said):
+    """``t2v -o x.gif --fps 240`` wrote a 50 fps GIF (its delays are whole centiseconds, at least
+    2) without a word; a rate more than 5% off the asked one now gets a notice (the CLI prints it)."""
+    note = M.fps_note("x.gif", fps)
+    assert (note is None) == (said is None)
+    if said is not None:
+        assert f"{fps:g} fps is written as {said:.4g} fps" in note
+    assert M.fps_note("x.mp4", fps) is None
+
+
+def test_t2v_gif_notice(tmp_path, monkeypatch, capsys, tiny_model_dir):
+    from showo2_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["t2v", "x", "-m", str(tiny_model_dir), "--frames", "5", "--steps", "2", "--size", "16",
+               "--fps", "240", "--seed", "1", "-o", "o.gif"])
+    assert rc == 0
+    assert "240 fps is written as 50 fps" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o.json").read_text())["fps"] == 50.0

@@ -84,6 +84,9 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     mine = [prompts[i] for i in indices]
     plans = O.plan_outputs(kind, output, mine, indices, opts.num_per_prompt, opts.seed, overwrite,
                            len(prompts) * opts.num_per_prompt, save_latents)
+    note = M.fps_note(plans[0].path, fps) if plans and kind != "t2i" else None
+    if note:
+        notice(note)
     if image is not None:
         M.read_image(image)  # a bad image fails before the model loads
     opts.noise = O.load_noise(noise)

@@ -166,6 +166,9 @@ def decode(
                          f"use {'/'.join(M.VIDEO_WRITE_EXTS)}")
     M.check_output_path(out, overwrite, probe=True)
     M.check_output_size(out, z.shape[2] * 8, z.shape[3] * 8)  # before the VAE decodes for minutes
+    note = M.fps_note(out, fps) if fps is not None and frames_out > 1 else None
+    if note:
+        notice(note)
     dev = pick_device(device)
     dt = pick_dtype(value(dtype), dev)
     # the VAE is the user's choice (--vae, --model, else the default model); a path recorded in the

@@ -95,6 +95,7 @@ from .video import (
     VIDEO_WRITE_EXTS,
     Media,
     check_output_size,
+    fps_note,
     read_media,
     read_video,
     uniform_indices,
@@ -163,4 +164,5 @@ __all__ = [
     "check_output_name",
     "check_output_size",
     "written_fps",
+    "fps_note",
 ]

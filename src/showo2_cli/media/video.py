@@ -159,6 +159,16 @@ def written_fps(path: PathLike, fps: float) -> float:
     return fps
 
 
+def fps_note(path: PathLike, fps: float) -> str | None:
+    """What to tell a user who asked for ``fps`` when ``path`` plays more than 5% off it (a GIF's
+    rate is ``100 / delay``: 8 fps plays at 8.33, unsaid; 30 at 33.3 and 240 at 50, said), else None."""
+    rate = written_fps(path, fps)
+    if abs(rate - float(fps)) <= 0.05 * float(fps):
+        return None
+    return (f"a GIF's frame delays are whole centiseconds, at least 2: {float(fps):g} fps is written as "
+            f"{rate:.4g} fps (use .mp4 or .webm for this rate)")
+
+
 def _gif_delay(fps: float) -> int:
     return max(2, int(round(100.0 / fps)))
 
