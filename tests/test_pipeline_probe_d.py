@@ -88,3 +88,52 @@ def test_a_pipeline_call_under_a_default_device_makes_no_device_mode_calls(pipe,
         pipe.caption(np.full((32, 32, 3), 90, np.uint8), "What?", max_new_tokens=3)
     assert torch.equal(got, want)
     assert calls[0] < 20  # the pipeline's own argument handling only (hundreds per step before)
+
+
+class Recording:
+    """transformers' streamer protocol: ``put(ids)`` and ``end()``."""
+
+    def __init__(self):
+        self.puts, self.ends = [], 0
+
+    def put(self, value):
+        self.puts.append(value)
+
+    def end(self):
+        self.ends += 1
+
+
+def test_caption_feeds_a_transformers_streamer(pipe):
+    """``pipe.caption(image, q, streamer=TextStreamer(tok))``, transformers' streaming idiom, was a
+    TypeError (only ``on_text=`` existed). A streamer is now fed as ``generate(streamer=)`` feeds it:
+    the prompt's ids, then each new id, then ``end()`` (also on failure, so a reading thread ends)."""
+    import threading
+
+    from transformers import TextIteratorStreamer
+
+    from showo2_cli import api
+
+    image = np.full((32, 32, 3), 90, np.uint8)
+    kwargs = {"max_new_tokens": 6, "temperature": 1.0, "seed": 3}
+    alone = api.caption(pipe.model, image, api.CaptionOptions(questions=["What?"], **kwargs))
+    recording = Recording()
+    assert pipe.caption(image, "What?", streamer=recording, **kwargs) == alone.answers[0]
+    prompt, *new = recording.puts
+    assert prompt.dim() == 2 and prompt.shape[0] == 1 and prompt.dtype == torch.long
+    assert all(t.shape == (1,) for t in new) and len(new) == alone.token_counts[0] and recording.ends == 1
+
+    streamer = TextIteratorStreamer(pipe.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    thread = threading.Thread(target=pipe.caption, args=(image, "What?"), kwargs={"streamer": streamer, **kwargs})
+    thread.start()
+    text = "".join(streamer)
+    thread.join()
+    assert text.strip() == alone.answers[0].strip()
+
+    failing = Recording()
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        pipe.caption(np.full((32, 32, 3), 9.0), "What?", streamer=failing)
+    assert failing.ends == 1 and failing.puts == []
+    with pytest.raises(ValueError, match="a streamer takes one answer, got 2 questions"):
+        pipe.caption(image, ["What?", "Why?"], streamer=Recording())
+    with pytest.raises(TypeError, match="streamer must have put"):
+        pipe.caption(image, "What?", streamer=print)

@@ -532,10 +532,12 @@ class Showo2Pipeline:
     @one_call_at_a_time
     def caption(self, image, question: str | list[str] | None = None, *, max_new_tokens: int = 300,
                 temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None,
-                seed: int | None = None, **options) -> str | list[str]:
+                seed: int | None = None, streamer=None, **options) -> str | list[str]:
         """Answer a question (``None``: describe it) about an image or a video (a path, a PIL image,
         an array or tensor, or a video's frames as a list of images); a list of questions gives a
-        list of answers. Other ``CaptionOptions`` fields
+        list of answers. ``streamer``: transformers' ``TextStreamer`` / ``TextIteratorStreamer`` (or
+        anything with ``put`` and ``end``), fed as ``generate(streamer=)`` feeds it, for one
+        question. Other ``CaptionOptions`` fields
         (``frames``, ``mask_mode``, ``template``, ``size``, ...) pass through."""
         if question is not None and not isinstance(question, (str, list, tuple)):
             raise TypeError(f"question must be a string or a list of strings, got {type(question).__name__}")
@@ -544,7 +546,7 @@ class Showo2Pipeline:
         opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k, seed=seed, **options)
         with python_names(CAPTION_NAMES):
-            answers = caption(self.model, image, opts).answers
+            answers = caption(self.model, image, opts, streamer=streamer).answers
         return answers if isinstance(question, (list, tuple)) else answers[0]
 
 

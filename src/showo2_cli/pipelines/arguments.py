@@ -64,7 +64,7 @@ CAPTION_NAMES = {
 GENERATE_HINTS = {
     "do_sample": "pass temperature > 0 to sample (0, the default, is greedy)", "generator": "pass seed= (an int)",
     "max_length": "pass max_new_tokens=", "num_beams": "beam search is not offered",
-    "num_return_sequences": "call again with another seed", "streamer": "stream with api.caption(..., on_text=)",
+    "num_return_sequences": "call again with another seed",
     "stop": "stop strings are Conversation.ask's (TextSampling(stop_strings=...))",
     "questions": "pass question= (a list for several)",
 }

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from ..dialogue import encode_media
+from ..errors import UsageError
 from ..loading import Showo2, require_model
 from ..modeling.attention import omni_attention_mask
 from ..options import CaptionOptions
@@ -53,12 +54,16 @@ def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: f
 @torch.no_grad()
 def caption(model: Showo2, source, options: CaptionOptions | None = None,
             on_text: Callable[[int, str], None] | None = None, progress: Progress | None = None,
-            on_done: Callable[[int, str], None] | None = None) -> CaptionResult:
+            on_done: Callable[[int, str], None] | None = None, streamer=None) -> CaptionResult:
     """Answer questions about an image or a video (one fresh prompt per question, no history):
     a path, a PIL image, an array or tensor, or a video's frames (:func:`~showo2_cli.dialogue.encode_media`).
 
     ``on_text(i, piece)`` receives answer ``i``'s text as it is produced (for streaming) and
-    ``on_done(i, answer)`` the finished answer.
+    ``on_done(i, answer)`` the finished answer. ``streamer``: transformers' streaming object (a
+    ``TextStreamer``, a ``TextIteratorStreamer`` read in another thread, or anything with ``put``
+    and ``end``), fed as ``generate(streamer=)`` feeds it: the prompt's ids ``(1, L)`` (which
+    ``skip_prompt=True`` skips), each new id ``(1,)`` (the stop token too), then ``end()``, also
+    when the call fails; one question a call, as transformers' streamers take one sequence.
     """
     require_model(model)
     if options is not None and not isinstance(options, CaptionOptions):
@@ -68,6 +73,21 @@ def caption(model: Showo2, source, options: CaptionOptions | None = None,
     if opts.seed is None and opts.sampling().sampled:  # drawn answers: the seed is drawn (from torch's
         # generator, so torch.manual_seed repeats a run) and recorded in the result's options
         opts = replace(opts, seed=int(torch.randint(0, 2**31, (1,))))
+    if streamer is not None:
+        if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+            raise TypeError(f"streamer must have put() and end() (transformers' TextStreamer), got "
+                            f"{type(streamer).__name__}")
+        if len(opts.questions) > 1:
+            raise UsageError(f"a streamer takes one answer, got {len(opts.questions)} questions: ask them one at "
+                             "a time (or use on_text(i, piece))")
+        try:
+            return _caption(model, source, opts, on_text, progress, on_done, streamer)
+        finally:
+            streamer.end()
+    return _caption(model, source, opts, on_text, progress, on_done, None)
+
+
+def _caption(model: Showo2, source, opts: CaptionOptions, on_text, progress, on_done, streamer) -> CaptionResult:
     progress = progress or noop
     spec, net = model.spec, model.network
     tokenizer, tokens = model.require_tokenizer(), model.tokens
@@ -96,7 +116,12 @@ def caption(model: Showo2, source, options: CaptionOptions | None = None,
             embeds, mask = embeds[:, head_len:], None
         stream = TextStream(tokenizer, stop, on_text=None if on_text is None else lambda piece, i=i: on_text(i, piece))
 
+        if streamer is not None:
+            streamer.put(layout.input_ids.cpu())
+
         def on_token(tok: int, i=i, stream=stream) -> None:
+            if streamer is not None:
+                streamer.put(torch.tensor([tok]))
             stream.push(tok)
             progress(f"answer {i + 1}/{len(questions)}", len(stream.produced), opts.max_new_tokens)
 
