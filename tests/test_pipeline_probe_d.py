@@ -137,3 +137,25 @@ def test_caption_feeds_a_transformers_streamer(pipe):
         pipe.caption(image, ["What?", "Why?"], streamer=Recording())
     with pytest.raises(TypeError, match="streamer must have put"):
         pipe.caption(image, "What?", streamer=print)
+
+
+def test_diffusers_memory_and_placement_calls_are_answered(pipe):
+    """``pipe.enable_attention_slicing()`` and ``enable_xformers_memory_efficient_attention()``, habits of
+    diffusers code, were AttributeErrors about a missing attribute; they are now one clear error
+    that names what to use, and the ``disable_*`` counterparts are harmless. ``pipe.to(torch.bfloat16,
+    "cpu")`` said "--device must be ..., got 'torch.bfloat16'" (a CLI option the caller never used)
+    and ``to(..., silence_dtype_warnings=True)`` was a TypeError; diffusers takes the latter and
+    says which argument comes first for the former."""
+    with pytest.raises(ValueError, match="attention slicing is not offered.*enable_model_cpu_offload"):
+        pipe.enable_attention_slicing()
+    with pytest.raises(ValueError, match=r"xformers attention is not offered.*RuntimeOptions\(attn="):
+        pipe.enable_xformers_memory_efficient_attention()
+    assert pipe.disable_attention_slicing() is None and pipe.disable_xformers_memory_efficient_attention() is None
+
+    with pytest.raises(ValueError, match=r"device first and the dtype second"):
+        pipe.to(torch.bfloat16, "cpu")
+    assert pipe.dtype == torch.float32
+    with pytest.raises(ValueError, match="^device must be auto") as error:
+        pipe.to("gpu")
+    assert "--device" not in str(error.value)
+    assert pipe.to("cpu", torch.float32, silence_dtype_warnings=True) is pipe and pipe.dtype == torch.float32

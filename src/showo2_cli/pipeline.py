@@ -178,15 +178,21 @@ class Showo2Pipeline:
                            overwrite=overwrite, extra=extra)
 
     @one_call_at_a_time
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Showo2Pipeline:
-        """Move network and VAE together (not after offload is enabled: the hooks place them)."""
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None, *,
+           silence_dtype_warnings: bool = False) -> Showo2Pipeline:
+        """Move network and VAE together (not after offload is enabled: the hooks place them), as
+        diffusers' ``to``: ``to(device)``, ``to(dtype)``, ``to(device, dtype)``, or by keyword;
+        ``silence_dtype_warnings`` is taken (no dtype warning is ever given here)."""
         if self.offload != "none":
             raise UsageError(f"this pipeline uses {self.offload} CPU offload, which places the weights itself; "
                              "load it again to move it with .to()")
-        if isinstance(device, torch.dtype) and dtype is None:
+        if isinstance(device, torch.dtype):
+            if dtype is not None:
+                raise ValueError("pass the device first and the dtype second: .to(device, dtype)")
             device, dtype = None, device
-        self.model.to(device=pick_device(str(device)) if device is not None else None,
-                      dtype=checked_dtype(dtype) if dtype is not None else None)
+        with python_names({"--device": "device"}):
+            self.model.to(device=pick_device(str(device)) if device is not None else None,
+                          dtype=checked_dtype(dtype) if dtype is not None else None)
         return self
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device | None = None) -> None:
@@ -225,6 +231,23 @@ class Showo2Pipeline:
     def disable_vae_slicing(self) -> None:
         """Decode a batch at once again: forwards to ``vae.disable_slicing()``."""
         self._vae().disable_slicing()
+
+    def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
+        """Not offered (diffusers' memory habit): a UsageError that says what to use instead."""
+        raise UsageError("attention slicing is not offered: every layer runs its attention in one call of the "
+                         "backend RuntimeOptions(attn=...) picks (sdpa by default); to save memory use "
+                         "enable_model_cpu_offload(), enable_vae_tiling() or a smaller batch_size")
+
+    def enable_xformers_memory_efficient_attention(self, attention_op=None) -> None:
+        """Not offered: a UsageError naming the attention backends there are."""
+        raise UsageError("xformers attention is not offered: pick the attention backend with "
+                         "from_pretrained(..., runtime=RuntimeOptions(attn='sdpa'|'eager'|'flex'))")
+
+    def disable_attention_slicing(self) -> None:
+        """Nothing to undo: attention is never sliced (diffusers' counterpart call is harmless here)."""
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        """Nothing to undo: xformers is never used."""
 
     def _vae(self):
         if self.vae is None:
