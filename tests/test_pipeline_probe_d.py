@@ -159,3 +159,21 @@ def test_diffusers_memory_and_placement_calls_are_answered(pipe):
         pipe.to("gpu")
     assert "--device" not in str(error.value)
     assert pipe.to("cpu", torch.float32, silence_dtype_warnings=True) is pipe and pipe.dtype == torch.float32
+
+
+def test_caption_warns_of_sampling_arguments_greedy_decoding_ignores(pipe):
+    """``pipe.caption(image, q, top_p=0.9)`` decoded greedily (temperature 0 by default) and dropped
+    ``top_p`` without a word; the CLI gives a notice for this, and transformers' ``generate`` a
+    UserWarning. The pipeline now warns, naming its own arguments; the answer is unchanged."""
+    import warnings
+
+    image = np.full((32, 32, 3), 90, np.uint8)
+    greedy = pipe.caption(image, "What?", max_new_tokens=3)
+    with pytest.warns(UserWarning, match=r"^top_p, min_p, seed have no effect at temperature 0 \(decoding is greedy\)"):
+        assert pipe.caption(image, "What?", max_new_tokens=3, top_p=0.9, min_p=0.1, seed=2) == greedy
+    with pytest.warns(UserWarning, match="^top_k has no effect"):
+        pipe.caption(image, "What?", max_new_tokens=3, top_k=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe.caption(image, "What?", max_new_tokens=3, temperature=0.7, top_p=0.9, seed=2)
+        pipe.caption(image, "What?", max_new_tokens=3, repetition_penalty=1.1)  # applies to greedy decoding too

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -568,6 +569,11 @@ class Showo2Pipeline:
         check_caption_kwargs(options, {f.name for f in fields(CaptionOptions)} - {"questions"})
         opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k, seed=seed, **options)
+        unused = [CAPTION_NAMES.get(name, name) for name in opts.sampling().unused_sampling_options()]
+        if unused:  # the CLI's notice; transformers' generate warns alike when do_sample is off
+            warnings.warn(f"{', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at temperature "
+                          f"{temperature:g} (decoding is greedy): pass temperature > 0 to sample", UserWarning,
+                          stacklevel=3)
         with python_names(CAPTION_NAMES):
             answers = caption(self.model, image, opts, streamer=streamer).answers
         return answers if isinstance(question, (list, tuple)) else answers[0]

@@ -56,7 +56,7 @@ PYTHON_NAMES = {
 CAPTION_NAMES = {
     "--size": "size", "--frames": "frames", "--max-new-tokens": "max_new_tokens", "--temperature": "temperature",
     "--top-p": "top_p", "--top-k": "top_k", "--seed": "seed", "--mask": "mask_mode", "--template": "template",
-    "--repetition-penalty": "repetition_penalty", "--max-memory": "max_memory_gb",
+    "--repetition-penalty": "repetition_penalty", "--max-memory": "max_memory_gb", "--min-p": "min_p",
 }
 
 
