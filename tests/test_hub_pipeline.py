@@ -674,7 +674,7 @@ def test_pipeline_seeds_outputs_and_arguments_as_diffusers_does(pipe):
     for kwargs, kind, words in ((dict(height=0), ValueError, "height"), (dict(prompt=None), TypeError, "prompt"),
                                 (dict(num_images_per_prompt=None), TypeError, "num_images_per_prompt"),
                                 (dict(negative_prompt=["x", "y"]), ValueError, "negative prompts"),
-                                (dict(height=17), ValueError, "^height/width must be positive multiples of 16"),
+                                (dict(height=17), ValueError, "^width/height must be positive multiples of 16"),
                                 (dict(num_inference_steps=1), ValueError, "^num_inference_steps must be"),
                                 (dict(guidance_scale=101.0), ValueError, "^guidance_scale must be"),
                                 (dict(latents=torch.zeros(1, 2)), Exception, "^latents has shape"),

@@ -177,3 +177,11 @@ def test_caption_warns_of_sampling_arguments_greedy_decoding_ignores(pipe):
         warnings.simplefilter("error")
         pipe.caption(image, "What?", max_new_tokens=3, temperature=0.7, top_p=0.9, seed=2)
         pipe.caption(image, "What?", max_new_tokens=3, repetition_penalty=1.1)  # applies to greedy decoding too
+
+
+def test_a_size_error_gives_width_and_height_in_the_order_it_names_them(pipe):
+    """``pipe(p, height=80, width=48)`` said "height/width must be positive multiples of 16 ..., got
+    48x80": the CLI's WIDTHxHEIGHT under the pipeline's names in the other order, so it read as a
+    height of 48. The names now come in the order of the numbers."""
+    with pytest.raises(ValueError, match=r"^width/height must be positive multiples of 16 up to 4096, got 50x80$"):
+        pipe("a cat", height=80, width=50, num_inference_steps=2)

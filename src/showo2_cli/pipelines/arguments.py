@@ -46,7 +46,7 @@ def device_from_map(device_map) -> str:
 
 
 PYTHON_NAMES = {
-    "--size": "height/width", "--steps": "num_inference_steps", "--guidance": "guidance_scale",
+    "--size": "width/height", "--steps": "num_inference_steps", "--guidance": "guidance_scale",
     "--noise": "latents", "-n/--num-images": "num_images_per_prompt", "--num-images": "num_images_per_prompt",
     "--batch-size": "batch_size", "--frames": "num_frames", "--sampler": "sampler", "--shift": "shift",
     "--seed": "seed", "--negative-prompt": "negative_prompt", "--offload": "enable_model_cpu_offload()",
