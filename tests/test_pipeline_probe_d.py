@@ -185,3 +185,17 @@ def test_a_size_error_gives_width_and_height_in_the_order_it_names_them(pipe):
     height of 48. The names now come in the order of the numbers."""
     with pytest.raises(ValueError, match=r"^width/height must be positive multiples of 16 up to 4096, got 50x80$"):
         pipe("a cat", height=80, width=50, num_inference_steps=2)
+
+
+def test_a_seed_from_torchs_global_generator_is_the_same_under_a_default_device(pipe):
+    """With neither ``generator`` nor ``seed``, the pipeline drew its seed with ``torch.randint``
+    outside the library's CPU pinning: under a caller's default device it came from that device's
+    generator (``torch.manual_seed(5)`` then gave another image under ``set_default_device("cuda")``
+    than without) or failed (``Tensor.item() cannot be called on meta tensors``). The whole call now
+    runs as with the CPU default."""
+    torch.manual_seed(5)
+    want = pipe("a cat", num_inference_steps=2, output_type="latent").images
+    torch.manual_seed(5)
+    with torch.device("meta"):
+        got = pipe("a cat", num_inference_steps=2, output_type="latent").images
+    assert got.device.type == "cpu" and torch.equal(got, want)

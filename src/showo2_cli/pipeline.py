@@ -50,7 +50,7 @@ from .pipelines.arguments import (
     real_number,
     whole_number,
 )
-from .runtime import enable_offload, one_call_at_a_time, pick_device, pick_dtype
+from .runtime import cpu_by_default, enable_offload, one_call_at_a_time, pick_device, pick_dtype
 from .sampling import StopSampling
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -412,6 +412,7 @@ class Showo2Pipeline:
 
     # ---- generation -------------------------------------------------------------------------
     @one_call_at_a_time
+    @cpu_by_default  # the seed drawn from torch's global CPU generator, whatever the caller's default device
     def __call__(self, prompt: str | list[str] | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, generator: torch.Generator | list | None = None, *,
                  height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
@@ -554,6 +555,7 @@ class Showo2Pipeline:
 
     # ---- understanding ----------------------------------------------------------------------
     @one_call_at_a_time
+    @cpu_by_default
     def caption(self, image, question: str | list[str] | None = None, *, max_new_tokens: int = 300,
                 temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None,
                 seed: int | None = None, streamer=None, **options) -> str | list[str]:
