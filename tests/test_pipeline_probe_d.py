@@ -171,8 +171,9 @@ def test_caption_warns_of_sampling_arguments_greedy_decoding_ignores(pipe):
     greedy = pipe.caption(image, "What?", max_new_tokens=3)
     with pytest.warns(UserWarning, match=r"^top_p, min_p, seed have no effect at temperature 0 \(decoding is greedy\)"):
         assert pipe.caption(image, "What?", max_new_tokens=3, top_p=0.9, min_p=0.1, seed=2) == greedy
-    with pytest.warns(UserWarning, match="^top_k has no effect"):
+    with pytest.warns(UserWarning, match="^top_k has no effect") as caught:
         pipe.caption(image, "What?", max_new_tokens=3, top_k=5)
+    assert caught[0].filename == __file__  # points at the caller's line
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pipe.caption(image, "What?", max_new_tokens=3, temperature=0.7, top_p=0.9, seed=2)

@@ -575,7 +575,7 @@ class Showo2Pipeline:
         if unused:  # the CLI's notice; transformers' generate warns alike when do_sample is off
             warnings.warn(f"{', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at temperature "
                           f"{temperature:g} (decoding is greedy): pass temperature > 0 to sample", UserWarning,
-                          stacklevel=3)
+                          stacklevel=4)  # the caller of pipe.caption (past the lock and the pinning)
         with python_names(CAPTION_NAMES):
             answers = caption(self.model, image, opts, streamer=streamer).answers
         return answers if isinstance(question, (list, tuple)) else answers[0]
