@@ -158,6 +158,11 @@ def test_diffusers_memory_and_placement_calls_are_answered(pipe):
     with pytest.raises(ValueError, match="^device must be auto") as error:
         pipe.to("gpu")
     assert "--device" not in str(error.value)
+    for call in (lambda: type(pipe).from_pretrained("demo", device="gpu"),
+                 lambda: pipe.enable_model_cpu_offload(device="gpu")):
+        with pytest.raises(ValueError, match="^device must be auto"):
+            call()
+    assert pipe.offload == "none"
     assert pipe.to("cpu", torch.float32, silence_dtype_warnings=True) is pipe and pipe.dtype == torch.float32
 
 

@@ -53,6 +53,8 @@ from .pipelines.arguments import (
 from .runtime import cpu_by_default, enable_offload, one_call_at_a_time, pick_device, pick_dtype
 from .sampling import StopSampling
 
+#: the device errors of runtime.pick_device as a Python caller reads them
+DEVICE_NAMES = {"--device": "device"}
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 #: diffusers scheduler classes -> the ``sampler`` they select (``pipe.scheduler = ...``)
 SCHEDULER_SAMPLERS = {"FlowMatchEulerDiscreteScheduler": "flow-euler", "FlowMatchHeunDiscreteScheduler": "heun",
@@ -129,7 +131,8 @@ class Showo2Pipeline:
                 raise ValueError("pass device or device_map, not both")
             device = device_from_map(device_map)
         name = with_revision(name, revision)
-        dev = pick_device(str(device or "cpu"))
+        with python_names(DEVICE_NAMES):
+            dev = pick_device(str(device or "cpu"))
         if isinstance(torch_dtype, str) and torch_dtype == "auto":  # transformers' "auto": the device's best
             dtype = pick_dtype("auto", dev)
         else:
@@ -191,7 +194,7 @@ class Showo2Pipeline:
             if dtype is not None:
                 raise ValueError("pass the device first and the dtype second: .to(device, dtype)")
             device, dtype = None, device
-        with python_names({"--device": "device"}):
+        with python_names(DEVICE_NAMES):
             self.model.to(device=pick_device(str(device)) if device is not None else None,
                           dtype=checked_dtype(dtype) if dtype is not None else None)
         return self
@@ -210,7 +213,8 @@ class Showo2Pipeline:
             return
         if self.offload != "none":
             raise UsageError(f"{self.offload} CPU offload is already enabled; load the pipeline again to change it")
-        dev = pick_device(str(device or "auto"))
+        with python_names(DEVICE_NAMES):
+            dev = pick_device(str(device or "auto"))
         if gpu_id is not None and dev.startswith("cuda"):
             dev = f"cuda:{int(gpu_id)}"
         self.model.to(device="cpu")
