@@ -190,11 +190,36 @@ def main(argv: list[str] | None = None) -> int:
         for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY"):
             os.environ.setdefault(var, "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    with warnings.catch_warnings(), _signals(), _escaping_output():
+    with warnings.catch_warnings(), _signals(), _closed_streams(), _escaping_output():
         if not STATE["debug"]:  # stderr carries notices and one error line; library warnings only with --debug
             warnings.simplefilter("ignore")
         _TERMINATED[0] = False
         return _main(args, exit_types, abort_types, click_types)
+
+
+@contextmanager
+def _closed_streams():
+    """While a command runs, a stdout or stderr the process was started without (``showo2 ... >&-``;
+    Python then has ``None`` for it) is the null device, as :func:`common.write` treats it, so a
+    command or library that writes or flushes it does not fail with an internal error (or a
+    traceback from the error report itself) after its work is done."""
+    replaced = []
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            try:
+                setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+                replaced.append(name)
+            except OSError:
+                pass
+    try:
+        yield
+    finally:
+        for name in replaced:
+            stream, _ = getattr(sys, name), setattr(sys, name, None)
+            try:
+                stream.close()
+            except (OSError, ValueError, AttributeError):
+                pass
 
 
 @contextmanager
