@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+import pytest
+
+import showo2_cli
 from showo2_cli.cli import main
 
 
@@ -21,3 +25,44 @@ def test_closed_stdout_and_stderr_still_give_the_exit_code(monkeypatch):
     monkeypatch.setattr(sys, "stdout", None)
     monkeypatch.setattr(sys, "stderr", None)
     assert main(["caption", "/nonexistent/x.png"]) == 3
+
+
+def test_a_weight_file_that_cannot_be_mapped_is_out_of_memory_not_corrupt(monkeypatch):
+    # under `ulimit -v` safetensors' mmap fails with ENOMEM: that read "not a safetensors or PyTorch
+    # checkpoint (truncated or corrupt ...)", exit 4, for the intact bundled demo
+    from showo2_cli import weights
+    from showo2_cli.errors import is_out_of_memory
+
+    def no_room(path):
+        raise RuntimeError(f"unable to mmap 14430436 bytes from file <{path}>: Cannot allocate memory (12)")
+
+    monkeypatch.setattr(weights, "_load_safetensors", no_room)
+    demo = Path(showo2_cli.__file__).parent / "assets" / "demo" / "vae" / "diffusion_pytorch_model.safetensors"
+    with pytest.raises(RuntimeError) as caught:  # not ModelError: the CLI's out-of-memory report takes it (exit 6)
+        weights.read_state_dict(demo)
+    assert is_out_of_memory(caught.value)
+    # what else an address-space limit raises: a library that cannot be mapped, wrapped by its importer
+    try:
+        try:
+            raise ImportError("libtorch_cpu.so: failed to map segment from shared object")
+        except ImportError as inner:
+            raise RuntimeError("Failed to import diffusers.models because of the following error") from inner
+    except RuntimeError as e:
+        assert is_out_of_memory(e)
+    assert is_out_of_memory(OSError(12, "Cannot allocate memory"))
+    assert not is_out_of_memory(RuntimeError("Failed to import diffusers.models"))
+    assert not is_out_of_memory(FileNotFoundError(2, "No such file", "out of memory.png"))
+
+
+def test_the_error_report_needs_no_allocation_heavy_regex(monkeypatch, capsys):
+    # under a low `ulimit -v` the report's first-use regex compile raised MemoryError: a traceback
+    from types import SimpleNamespace
+
+    from showo2_cli import cli
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(cli, "re", SimpleNamespace(sub=no_memory, compile=no_memory))
+    assert cli._fail("out of memory\nsecond line", 6, "resource") == 6
+    assert capsys.readouterr().err == "showo2: error: out of memory second line\n"

@@ -20,6 +20,7 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Any
 
@@ -95,9 +96,21 @@ def one_line(text: Any, limit: int = 200) -> str:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """An allocation failure: MemoryError, or torch's RuntimeError (CPU: "can't allocate
-    memory"; CUDA: OutOfMemoryError, "out of memory")."""
-    if isinstance(exc, MemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text
-                                              or "failed to allocate" in text)
+    memory"; CUDA: OutOfMemoryError, "out of memory"), or, under an address-space limit
+    (``ulimit -v``), a memory map or a shared library that could not be mapped (``ENOMEM``:
+    "Cannot allocate memory", "failed to map segment"), also as the cause of another error (a
+    library's "Failed to import ..." wrapping it)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
+            return True
+        text = str(exc).lower()
+        if isinstance(exc, (RuntimeError, ImportError)) and any(
+                marker in text for marker in _OUT_OF_MEMORY):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+_OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "out of memory", "failed to allocate",
+                  "failed to map segment", "std::bad_alloc")

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelError, one_line, short
+from .errors import ModelError, is_out_of_memory, one_line, short
 
 MAX_CONFIG_BYTES = 16 * 2**20
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -164,9 +164,11 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
         obj: Any = _load_safetensors(path) if safetensors else _load_pickle(path)
     except ModelError:  # an OSError too: said as it is
         raise
-    except OSError as e:
-        raise ModelError(f"cannot read weights '{path}' ({e.strerror or one_line(e)})") from e
     except Exception as e:
+        if is_out_of_memory(e):  # no room to map the file (`ulimit -v`): a memory error, not a corrupt file
+            raise
+        if isinstance(e, OSError):
+            raise ModelError(f"cannot read weights '{path}' ({e.strerror or one_line(e)})") from e
         raise unreadable_pickle(path, e, "weights") from e
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):

@@ -139,18 +139,25 @@ _register()
 
 # ---- entry point ------------------------------------------------------------------------------
 
+# compiled at import: compiling it in _fail allocates, and an error report under a low `ulimit -v`
+# failed with MemoryError (a traceback in place of the one line)
+_LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*")
+
+
 def _fail(message: str, code: int, kind: str) -> int:
     # one line, whatever the message held (line and paragraph separators included), and no raw
     # control characters from file names reach the terminal
-    message = re.sub(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*", " ", message).strip() or kind
-    message = safe_text(message)
+    try:
+        message = safe_text(_LINE_BREAKS.sub(" ", message).strip() or kind)
+    except MemoryError:  # no room even for the message: say what the exit code says
+        message = kind
     try:
         write(sys.stderr, f"showo2: error: {message}\n")
         if STATE["json"] or _json_requested(_ARGS):
             write(sys.stdout, json.dumps({"error": {"kind": kind, "message": message, "exit_code": code}}) + "\n")
         sys.stderr.flush()
         sys.stdout.flush()
-    except (OSError, ValueError):  # a closed or broken stdout/stderr: the exit code still tells
+    except (OSError, ValueError, MemoryError):  # a closed or broken stdout/stderr: the exit code still tells
         pass
     return code
 
