@@ -66,3 +66,40 @@ def test_the_error_report_needs_no_allocation_heavy_regex(monkeypatch, capsys):
     monkeypatch.setattr(cli, "re", SimpleNamespace(sub=no_memory, compile=no_memory))
     assert cli._fail("out of memory\nsecond line", 6, "resource") == 6
     assert capsys.readouterr().err == "showo2: error: out of memory second line\n"
+
+
+class _FullDisk:
+    """A stdout on a full disk (`> /dev/full`): every write or flush fails with ENOSPC."""
+
+    encoding, errors = "utf-8", "strict"
+
+    def write(self, text=""):
+        raise OSError(28, "No space left on device")
+
+    flush = write
+
+    def isatty(self):
+        return False
+
+
+def test_a_stdout_that_refuses_output_is_an_output_error(monkeypatch, capsys):
+    # `showo2 --version > /dev/full` (or a caption's answer on a full disk) was "internal error:
+    # OSError: [Errno 28] ...", exit 1
+    from showo2_cli.cli import common
+
+    err = capsys.readouterr  # capsys holds stderr; stdout is the full disk
+    monkeypatch.setattr(sys, "stdout", _FullDisk())
+    assert main(["--version"]) == 5
+    assert err().err == "showo2: error: cannot write to standard output (No space left on device)\n"
+    with pytest.raises(OSError) as caught:  # the library's OutputError, an OSError too
+        common.emit({"a": 1}, "a")
+    assert getattr(caught.value, "exit_code", None) == 5
+
+    class Gone(_FullDisk):
+        def write(self, text=""):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        flush = write
+
+    monkeypatch.setattr(sys, "stdout", Gone())  # a reader gone away (`| head -c1`) stays the quiet 141
+    assert main(["--version"]) == 141

@@ -99,7 +99,7 @@ def _root(
     if debug:
         STATE["debug"] = True
     if version:
-        sys.stdout.write(f"showo2 {__version__}\n")
+        write(sys.stdout, f"showo2 {__version__}\n")
         raise typer.Exit(0)
     if ctx.invoked_subcommand is None and not ctx.resilient_parsing:  # `showo2 --debug`: as `showo2`
         _main(["--help"], *_click_exceptions())

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import short
+from ..errors import OutputError, short
 from ..options import ATTN_BACKENDS, OFFLOAD_MODES, QUANTIZE, SAMPLERS, VAE_TILING
 
 
@@ -66,14 +66,36 @@ def notice_unused_sampling(opts) -> None:
 
 
 def write(stream, text: str) -> None:
-    """Write text that may hold undecodable file names (surrogates) whatever the stream's encoding."""
+    """Write text that may hold undecodable file names (surrogates) whatever the stream's encoding;
+    a stream that refuses it (a full disk, ``> /dev/full``) is an :class:`OutputError` (exit 5),
+    a reader gone away (``| head -c1``) stays a ``BrokenPipeError``."""
     if stream is None:
         return
     try:
-        stream.write(text)
-    except UnicodeEncodeError:
-        encoding = getattr(stream, "encoding", None) or "utf-8"
-        stream.write(text.encode(encoding, "backslashreplace").decode(encoding, "replace"))
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:
+            encoding = getattr(stream, "encoding", None) or "utf-8"
+            stream.write(text.encode(encoding, "backslashreplace").decode(encoding, "replace"))
+    except OSError as e:
+        raise _refused(stream, e) from e
+
+
+def flush(stream) -> None:
+    """Flush stdout or stderr, with :func:`write`'s errors."""
+    if stream is None:
+        return
+    try:
+        stream.flush()
+    except OSError as e:
+        raise _refused(stream, e) from e
+
+
+def _refused(stream, e: OSError) -> OSError:
+    if isinstance(e, BrokenPipeError):
+        return e
+    name = "standard output" if stream is sys.stdout else "standard error" if stream is sys.stderr else "the output"
+    return OutputError(f"cannot write to {name} ({e.strerror or e})")
 
 
 def emit(result: dict, plain: str | None = None) -> None:
@@ -82,8 +104,7 @@ def emit(result: dict, plain: str | None = None) -> None:
         write(sys.stdout, json.dumps(result, default=str) + "\n")
     elif plain is not None:
         write(sys.stdout, plain + ("" if plain.endswith("\n") else "\n"))
-    if sys.stdout is not None:
-        sys.stdout.flush()
+    flush(sys.stdout)
     STATE["emitted"] = True  # the command's result is out: an interruption now changes nothing
 
 

@@ -28,6 +28,7 @@ from .common import (
     VaeOpt,
     VaeTilingOpt,
     emit,
+    flush,
     load_model,
     notice,
     notice_unused_sampling,
@@ -85,11 +86,11 @@ def caption(
 
     def on_text(i: int, piece: str) -> None:  # write(): a stdout that cannot hold a character gets it escaped
         write(sys.stdout, piece.replace("\n", " "))
-        sys.stdout.flush()
+        flush(sys.stdout)
 
     def on_done(i: int, answer: str) -> None:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        write(sys.stdout, "\n")
+        flush(sys.stdout)
 
     with ProgressReporter() if not live else nullcontext() as bar:
         result = P.caption(bundle, media, opts, on_text=on_text if live else None, progress=bar,
