@@ -103,3 +103,38 @@ def test_a_stdout_that_refuses_output_is_an_output_error(monkeypatch, capsys):
 
     monkeypatch.setattr(sys, "stdout", Gone())  # a reader gone away (`| head -c1`) stays the quiet 141
     assert main(["--version"]) == 141
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="no SIGHUP here")
+def test_a_hangup_cleans_up_as_ctrl_c_does_and_nohup_is_respected(monkeypatch, capsys):
+    # a closed terminal (SIGHUP) killed a command by signal: no `finally`, a half-written temporary
+    # output left behind, a training run without its checkpoint
+    import os
+    import signal
+    import time
+
+    from showo2_cli import cli
+
+    cleaned = []
+
+    def command(*args, **kwargs):
+        assert callable(signal.getsignal(signal.SIGHUP))  # checked before the signal: never kills pytest
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(5)
+        finally:
+            cleaned.append(True)
+        return 0
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        monkeypatch.setattr(cli, "app", command)
+        assert cli.main(["info", "demo"]) == 129
+        assert cleaned == [True] and capsys.readouterr().err == "showo2: error: hung up\n"
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # restored
+
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # under nohup a hangup stays ignored
+        monkeypatch.setattr(cli, "app", lambda *a, **k: 0 if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else 1)
+        assert cli.main(["info", "demo"]) == 0
+    finally:
+        signal.signal(signal.SIGHUP, old)

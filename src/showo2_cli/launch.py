@@ -6,7 +6,7 @@ windows it cannot see: the command line's own imports (about a second) and the i
 shutdown after it returned (libraries' exit handlers and teardown, about a second more). A signal
 in the first used to print an import traceback and kill the process by signal; in the second (a
 second Ctrl-C while the first one's clean-up finishes) an "Exception ignored in atexit callback"
-traceback or a death by SIGINT. Here the first is one line and exit 130 (143 for SIGTERM), and an
+traceback or a death by SIGINT. Here the first is one line and exit 130 (143 for SIGTERM, 129 for SIGHUP), and an
 interrupted command ends at once with its code (:func:`exit_with`).
 """
 
@@ -23,20 +23,26 @@ class _Terminated(KeyboardInterrupt):
 
 
 def _terminated(signum, frame):
-    raise _Terminated()
+    raise _Terminated(signum)
+
+
+#: what ends the program as Ctrl-C does, besides Ctrl-C: SIGTERM, and SIGHUP (a closed terminal)
+_STOPS = (signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
 
 
 def main() -> None:
     atexit.register(_ignore_signals)  # registered first, so it runs last of the exit handlers
-    previous = _install(signal.SIGTERM, _terminated)
+    previous = {sig: _install(sig, _terminated) for sig in _STOPS  # a SIGHUP ignored (nohup) stays so
+                if sig == signal.SIGTERM or signal.getsignal(sig) == signal.SIG_DFL}
     try:
         from .cli import main as cli_main
     except KeyboardInterrupt as e:
-        code = 143 if isinstance(e, _Terminated) else 130
+        code = 128 + e.args[0] if isinstance(e, _Terminated) else 130
         _say("showo2: error: interrupted\n")
         exit_with(code)
-    if previous is not None:
-        _install(signal.SIGTERM, previous)
+    for sig, handler in previous.items():
+        if handler is not None:
+            _install(sig, handler)
     code = cli_main()
     exit_with(code)
 
@@ -53,8 +59,9 @@ def _ignore_signals() -> None:
     that have Python handlers to their default action, so a Ctrl-C in the last moments (library
     teardown, a second or two after a command that succeeded) killed the process by SIGINT, its
     output complete. Ignored signals stay ignored: the exit code stays the command's."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        _install(sig, signal.SIG_IGN)
+    for sig in (signal.SIGINT, *_STOPS):
+        if signal.getsignal(sig) is not None:
+            _install(sig, signal.SIG_IGN)
 
 
 def exit_with(code: int) -> None:
@@ -64,8 +71,8 @@ def exit_with(code: int) -> None:
     signal. Otherwise a signal during the shutdown ends it at once with the same code, and after
     the exit handlers it is ignored (:func:`_ignore_signals`). After a Hub download was given up,
     the exit is the interruption's: its worker threads are not waited for."""
-    if code in (130, 143) or _downloads_abandoned():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+    if code in (129, 130, 143) or _downloads_abandoned():
+        for sig in (signal.SIGINT, *_STOPS):
             _install(sig, signal.SIG_IGN)
         run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
         if run_exit_handlers is not None:
@@ -80,7 +87,7 @@ def exit_with(code: int) -> None:
         _flush()
         os._exit(code)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, *_STOPS):
         if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored Ctrl-C (a background job) stays so
             _install(sig, now)
     sys.exit(code)

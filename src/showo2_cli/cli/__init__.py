@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(), _signals(), _closed_streams(), _escaping_output():
         if not STATE["debug"]:  # stderr carries notices and one error line; library warnings only with --debug
             warnings.simplefilter("ignore")
-        _TERMINATED[0] = False
+        _TERMINATED[0] = 0
         return _main(args, exit_types, abort_types, click_types)
 
 
@@ -253,21 +253,26 @@ def _escaping_output():
                 pass
 
 
-_TERMINATED = [False]  # set by the SIGTERM handler: an interruption then exits 143, not 130
+_TERMINATED = [0]  # the signal the SIGTERM/SIGHUP handler caught: an interruption then exits 128 + it, not 130
 
 
 def _interrupted() -> int:
     _hold_signals()  # a second Ctrl-C while this one is reported changes nothing
     if STATE.get("emitted"):  # it came after the command's result was out: the command succeeded
         return 0
-    return _fail("terminated", 143, "interrupted") if _TERMINATED[0] else _fail("interrupted", 130, "interrupted")
+    if _TERMINATED[0]:
+        import signal
+
+        said = "hung up" if _TERMINATED[0] == getattr(signal, "SIGHUP", None) else "terminated"
+        return _fail(said, 128 + _TERMINATED[0], "interrupted")
+    return _fail("interrupted", 130, "interrupted")
 
 
 def _hold_signals() -> None:
-    """From now until main() returns, Ctrl-C and SIGTERM do nothing (:func:`_signals` restores them)."""
+    """From now until main() returns, Ctrl-C, SIGTERM and SIGHUP do nothing (:func:`_signals` restores them)."""
     import signal
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, *_hangup()):
         try:
             if signal.getsignal(sig) not in (None, signal.SIG_IGN):
                 signal.signal(sig, lambda signum, frame: None)
@@ -275,15 +280,23 @@ def _hold_signals() -> None:
             pass
 
 
+def _hangup() -> tuple:
+    """SIGHUP where the system has it (the terminal closed, an ssh session dropped)."""
+    import signal
+
+    return (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+
+
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is (so ``finally`` blocks and temporary-file clean-ups
-    run exactly as for Ctrl-C); exits 143."""
+    """SIGTERM or SIGHUP, raised where the program is (so ``finally`` blocks and temporary-file
+    clean-ups run exactly as for Ctrl-C); exits 143 (129 for SIGHUP)."""
 
 
 @contextmanager
 def _signals():
-    """One signal policy for every command: SIGTERM behaves like Ctrl-C (clean up, then exit 143;
-    Ctrl-C exits 130). Training installs its own handler that first saves a checkpoint."""
+    """One signal policy for every command: SIGTERM and SIGHUP behave like Ctrl-C (clean up, then
+    exit 143 or 129; Ctrl-C exits 130); a SIGHUP ignored by the parent (``nohup``) stays ignored.
+    Training installs its own handler that first saves a checkpoint."""
     import signal
     import threading
 
@@ -292,7 +305,7 @@ def _signals():
         return
 
     def on_term(signum, frame):
-        _TERMINATED[0] = True
+        _TERMINATED[0] = signum
         raise Terminated()
 
     try:
@@ -300,11 +313,14 @@ def _signals():
     except (ValueError, OSError):
         yield
         return
+    old_hup = {sig: signal.signal(sig, on_term) for sig in _hangup() if signal.getsignal(sig) == signal.SIG_DFL}
     old_int = signal.getsignal(signal.SIGINT)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+        for sig, handler in old_hup.items():
+            signal.signal(sig, handler)
         if old_int is not None:
             signal.signal(signal.SIGINT, old_int)
 

@@ -94,7 +94,7 @@ def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = Fal
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back for a few quick file operations that must not be cut in two
+    """Hold Ctrl-C, SIGTERM and SIGHUP back for a few quick file operations that must not be cut in two
     (create and remove a probe file, rename a finished output into place): a signal that comes
     meanwhile is acted on (its handler called) when the block ends. Only the main thread can
     change handlers; elsewhere this does nothing."""
@@ -103,8 +103,8 @@ def signals_deferred() -> Iterator[None]:
         return
     caught: list[int] = []
     old = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) is None:  # a handler set outside Python: left alone
+    for sig in (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())):
+        if signal.getsignal(sig) in (None, signal.SIG_IGN):  # set outside Python, or ignored: left alone
             continue
         try:
             old[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))

@@ -13,7 +13,7 @@ from .schema import TrainConfig
 
 
 class StopRequest:
-    """SIGINT/SIGTERM set a flag the loop polls; a second Ctrl-C interrupts at once."""
+    """SIGINT/SIGTERM/SIGHUP set a flag the loop polls (a checkpoint is saved); a second Ctrl-C interrupts at once."""
 
     def __init__(self):
         self.requested = False
@@ -27,7 +27,9 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())):
+                if sig == signal.SIGHUP and signal.getsignal(sig) in (None, signal.SIG_IGN):  # nohup: stays ignored
+                    continue
                 self._old[sig] = signal.signal(sig, self._handler)
         return self
 
