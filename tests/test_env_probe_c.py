@@ -138,3 +138,13 @@ def test_a_hangup_cleans_up_as_ctrl_c_does_and_nohup_is_respected(monkeypatch, c
         assert cli.main(["info", "demo"]) == 0
     finally:
         signal.signal(signal.SIGHUP, old)
+
+
+def test_a_download_that_fails_on_a_local_file_names_it():
+    # HF_HOME pointing at a file: "downloading model 'acme/tiny' failed: Not a directory" said
+    # neither which file nor that the cache (not the Hub) was the trouble
+    from showo2_cli.hub_download import as_model_error
+
+    e = as_model_error("acme/tiny", "model", NotADirectoryError(20, "Not a directory", "/home/u/hf/token"))
+    assert str(e) == "downloading model 'acme/tiny' failed: '/home/u/hf/token': Not a directory"
+    assert getattr(e, "exit_code", None) == 4

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tqdm.std import tqdm as _std_tqdm
 
-from .errors import ModelError
+from .errors import ModelError, short
 
 Progress = Callable[[str, int, int], None]
 
@@ -487,7 +487,9 @@ def as_model_error(repo_id: str, what: str, e: Exception, revision: str | None =
         return ModelError(f"downloading {what} '{repo_id}' failed: a file arrived with another size than the Hub at "
                           f"{endpoint()} announced; the cache keeps no half model (pull again)")
     if isinstance(e, OSError):
-        return ModelError(f"downloading {what} '{repo_id}' failed: {_first_line(e.strerror or str(e))}")
+        # a local file (the cache, the token file under HF_HOME): which one, or "Not a directory" says nothing
+        where = f"'{short(os.fsdecode(e.filename), 200)}': " if isinstance(e.filename, (str, bytes)) else ""
+        return ModelError(f"downloading {what} '{repo_id}' failed: {where}{_first_line(e.strerror or str(e))}")
     if isinstance(e, ValueError):  # HFValidationError, an unusable listing or file entry, a Xet-only file
         return ModelError(f"{what} '{repo_id}' cannot be downloaded from the Hub at {endpoint()}: {_first_line(str(e))}")
     return e
