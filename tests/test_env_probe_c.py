@@ -148,3 +148,17 @@ def test_a_download_that_fails_on_a_local_file_names_it():
     e = as_model_error("acme/tiny", "model", NotADirectoryError(20, "Not a directory", "/home/u/hf/token"))
     assert str(e) == "downloading model 'acme/tiny' failed: '/home/u/hf/token': Not a directory"
     assert getattr(e, "exit_code", None) == 4
+
+
+def test_a_deleted_current_folder_is_one_line_before_torch_loads(monkeypatch, capsys):
+    # `mkdir d; cd d; rmdir ../d; showo2 caption /abs/x.png`: oneMKL "FATAL ERROR: Cannot load
+    # libtorch_cpu.so" and exit 2, a usage error's code
+    import os
+
+    def gone():
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(os, "getcwd", gone)
+    assert main(["info", "demo"]) == 5
+    assert capsys.readouterr().err.startswith("showo2: error: the current folder no longer exists")
+    assert main(["--version"]) == 0  # what needs no folder and no torch still works

@@ -197,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY"):
             os.environ.setdefault(var, "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if _folder_gone() and args and args[0] != "help" and not {"-h", "--help", "--version"} & set(args):
+        # torch's own libraries cannot load there either (oneMKL: "FATAL ERROR: Cannot load
+        # libtorch_cpu.so", exit 2): say what is wrong before anything imports it
+        return _fail("the current folder no longer exists (it was deleted or moved): cd to an existing folder "
+                     "and run the command again", 5, "output")
     with warnings.catch_warnings(), _signals(), _closed_streams(), _escaping_output():
         if not STATE["debug"]:  # stderr carries notices and one error line; library warnings only with --debug
             warnings.simplefilter("ignore")
@@ -458,6 +463,17 @@ def _memory_advice(args: list[str]) -> str:
     parts = ([f"lower {either(lower)}"] if lower else []) + ([f"try {either(other)}"] if other else []) + \
         (["keep the memory guard on: --max-memory"] if "--max-memory" in opts else [])
     return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _folder_gone() -> bool:
+    """Whether the current folder was deleted under the shell that started us."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    except OSError:  # unreadable, or a path longer than the system returns: still there
+        return False
+    return False
 
 
 def _quiet_stdout() -> None:
