@@ -162,3 +162,27 @@ def test_a_deleted_current_folder_is_one_line_before_torch_loads(monkeypatch, ca
     assert main(["info", "demo"]) == 5
     assert capsys.readouterr().err.startswith("showo2: error: the current folder no longer exists")
     assert main(["--version"]) == 0  # what needs no folder and no torch still works
+
+
+def test_out_of_file_descriptors_the_server_says_so_in_one_line_not_a_flood():
+    # `ulimit -n 64` and 100 clients: asyncio logged each failed accept() with a traceback,
+    # 288 000 lines of stderr in 40 s
+    import errno
+    import logging
+
+    from showo2_cli.serve.app import FileLimitNotice
+
+    def accept_failed():
+        try:
+            raise OSError(errno.EMFILE, "Too many open files")
+        except OSError:
+            return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "socket.accept() out of system resource",
+                                     (), sys.exc_info())
+
+    notice = FileLimitNotice(every=10.0)
+    first, second = accept_failed(), accept_failed()
+    assert notice.filter(first) and not notice.filter(second)
+    assert first.exc_info is None and first.levelname == "WARNING"
+    assert first.getMessage().startswith("cannot accept a connection: Too many open files")
+    other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "something else", (), None)
+    assert notice.filter(other) and other.getMessage() == "something else"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hmac
 import json
 import logging
@@ -456,6 +457,36 @@ def bind_socket(host: str, port: int):
     return sock
 
 
+class FileLimitNotice(logging.Filter):
+    """Out of file descriptors (``ulimit -n``, many clients), asyncio logs every failed ``accept()``
+    with its traceback, thousands a second (288 000 lines of stderr in 40 s at ``ulimit -n 64``):
+    instead, one line at most every ``every`` seconds; connections wait until others close."""
+
+    def __init__(self, every: float = 10.0):
+        super().__init__()
+        self.every, self.last = every, -math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
+            return True
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return False
+        self.last = now
+        try:
+            import resource
+
+            limit = f"; ulimit -n is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+        except (ImportError, OSError, ValueError):
+            limit = ""
+        record.msg = (f"cannot accept a connection: {exc.strerror}{limit}; new connections wait until "
+                      "others close (raise the limit for more clients)")
+        record.args, record.exc_info, record.exc_text, record.levelno, record.levelname = \
+            (), None, None, logging.WARNING, "WARNING"
+        return True
+
+
 def serve(model, config: ServerConfig, sock, drain_timeout: float = 60.0, log_level: str = "info",
           on_ready: Callable[[str], None] | None = None) -> None:
     """Run the server on ``sock`` until SIGTERM/SIGINT, then drain: no new connections, running and
@@ -463,7 +494,12 @@ def serve(model, config: ServerConfig, sock, drain_timeout: float = 60.0, log_le
     from .connections import more_open_files
 
     more_open_files()
-    server_for(model, config, sock, drain_timeout, log_level, on_ready).run(sockets=[sock])
+    notice = FileLimitNotice()  # out of file descriptors: one line now and then, not a traceback per accept()
+    logging.getLogger("asyncio").addFilter(notice)
+    try:
+        server_for(model, config, sock, drain_timeout, log_level, on_ready).run(sockets=[sock])
+    finally:
+        logging.getLogger("asyncio").removeFilter(notice)
 
 
 def server_for(model, config: ServerConfig, sock, drain_timeout: float = 60.0, log_level: str = "info",
