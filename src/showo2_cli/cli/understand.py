@@ -95,8 +95,8 @@ def caption(
     with ProgressReporter() if not live else nullcontext() as bar:
         result = P.caption(bundle, media, opts, on_text=on_text if live else None, progress=bar,
                            on_done=on_done if live else None)
-    if seed is None and result.options["seed"] is not None:  # sampled: the seed drawn repeats the answers
-        notice(f"seed {result.options['seed']}")
+    if seed is None and result.options.get("seed") is not None:  # sampled: the seed drawn repeats the answers
+        notice(f"seed {result.options.get('seed')}")
     if not live:
         emit({"media": str(media), "kind": result.kind,
               "answers": [{"question": q, "answer": a, "tokens": n}
