@@ -25,6 +25,8 @@ MAX_PROMPTS_FILE_BYTES = 64 * 1024 * 1024
 MAX_VIDEO_FRAMES = 1 + 4 * 64
 #: Most frames sampled from a video for understanding.
 MAX_CAPTION_FRAMES = 512
+#: Sampling grid points (``--steps``, ``num_inference_steps``): steps - 1 model calls, so at least 2.
+STEPS_RANGE = (2, 10_000)
 #: Most outputs per prompt, and per batch.
 MAX_PER_PROMPT = 1000
 MAX_BATCH = 1024
@@ -376,7 +378,7 @@ class GenerateOptions:
             if not (isinstance(h, int) and isinstance(w, int)) or h <= 0 or w <= 0 or h % m or w % m \
                     or h > 4096 or w > 4096:
                 raise UsageError(f"--size must be positive multiples of {m} up to 4096, got {short(w)}x{short(h)}")
-        check_int("--steps", self.steps, 2, 10000)
+        check_int("--steps", self.steps, *STEPS_RANGE)
         check_number("--guidance", self.guidance, 0, 100)
         check_number("--shift", self.shift, 0, 1e6, low_open=True)
         check_int("-n/--num-images", self.num_per_prompt, 1, MAX_PER_PROMPT)

@@ -34,7 +34,7 @@ from diffusers.utils import BaseOutput
 
 from .errors import ModelError, UsageError
 from .loading import Showo2, load
-from .options import OFFLOAD_MODES, CaptionOptions, GenerateOptions, RuntimeOptions
+from .options import OFFLOAD_MODES, STEPS_RANGE, CaptionOptions, GenerateOptions, RuntimeOptions
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
 from .pipelines.arguments import (
     CAPTION_NAMES,
@@ -454,7 +454,8 @@ class Showo2Pipeline:
         if latents is not None and not isinstance(latents, torch.Tensor):
             raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
         self._interrupt = False
-        opts = GenerateOptions(size=size, steps=whole_number(num_inference_steps, "num_inference_steps", True),
+        opts = GenerateOptions(size=size, steps=whole_number(num_inference_steps, "num_inference_steps", True,
+                                                                     *STEPS_RANGE),
                                guidance=real_number(guidance_scale, "guidance_scale"), seed=seeds[0] if seeds else seed,
                                shift=real_number(shift if shift is not None else self.default_shift, "shift"),
                                num_per_prompt=n, batch_size=whole_number(batch_size, "batch_size"),

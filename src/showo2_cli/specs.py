@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .errors import UsageError
+from .options import STEPS_RANGE
 
 # Tasks a checkpoint was trained for. The released checkpoints cannot generate video (spec §0).
 IMAGE_UND = "image-understanding"
@@ -229,7 +230,7 @@ class ModelSpec:
             # blamed an option the user never gave)
             (self.und_mask_mode in ("official", "training"), "und_mask_mode must be 'official' or 'training'"),
             (self.und_template in ("official", "training"), "und_template must be 'official' or 'training'"),
-            (2 <= self.steps <= 10000, "steps must be between 2 and 10000"),
+            (STEPS_RANGE[0] <= self.steps <= STEPS_RANGE[1], "steps must be between {} and {}".format(*STEPS_RANGE)),
             (self.max_seq_len <= MAX_SEQ_LEN_LIMIT, f"max_seq_len must be at most {MAX_SEQ_LEN_LIMIT}"),
             (_number(self.guidance) and 0 <= self.guidance <= 100, "guidance must be a number from 0 to 100"),
             (_number(self.shift) and 0 < self.shift <= 1e6, "shift must be a number above 0"),

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError, short
-from ..options import GenerateOptions, check_fps, check_prompts, random_seed, video_frames
+from ..options import STEPS_RANGE, GenerateOptions, check_fps, check_prompts, random_seed, video_frames
 from .common import (
     AttnOpt,
     CompileOpt,
@@ -37,7 +37,7 @@ from .common import (
 )
 
 SizeOpt = Annotated[str | None, typer.Option("--size", help="N or WIDTHxHEIGHT, multiples of 16, at most 4096 (default: the model's resolution).")]
-StepsOpt = Annotated[int | None, typer.Option("--steps", min=2, max=10000, help="Sampling grid points; steps-1 model calls (default: the model's, 50 for the official ones, 30 for the demo).")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", min=STEPS_RANGE[0], max=STEPS_RANGE[1], help="Sampling grid points; steps-1 model calls (default: the model's, 50 for the official ones, 30 for the demo).")]
 GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale, 0 to 100 (default: the model's, 5.0 official, 4.0 demo; 0 = none).")]
 ShiftOpt = Annotated[float | None, typer.Option("--shift", help="Time-grid shift towards the noise end, > 0 (default: the model's, 3.0).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Base seed, 0 to 2^63-1 (random if absent; printed and recorded; not used with --noise).")]

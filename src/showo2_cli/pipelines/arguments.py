@@ -109,8 +109,9 @@ def prompt_list(prompt, name: str = "prompt") -> list[str]:
     raise TypeError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}")
 
 
-def whole_number(value, name: str, optional: bool = False) -> int | None:
-    """A whole number (numpy integers too); ``None`` only where ``optional``; 0 or less refused."""
+def whole_number(value, name: str, optional: bool = False, low: int = 1, high: int | None = None) -> int | None:
+    """A whole number (numpy integers too) from ``low`` (to ``high`` when given: the message then
+    names the whole range); ``None`` only where ``optional``."""
     if value is None and optional:
         return None
     try:
@@ -119,8 +120,10 @@ def whole_number(value, name: str, optional: bool = False) -> int | None:
         number = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be a whole number, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"{name} must be at least 1, got {number}")
+    if high is not None and not low <= number <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {number}")
+    if number < low:
+        raise ValueError(f"{name} must be at least {low}, got {number}")
     return number
 
 

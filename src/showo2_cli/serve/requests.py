@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import short
+from ..options import STEPS_RANGE
 from .body import Upload, decode_data_url, logit_bias_field, message_text, number_field, seed_field
 from .errors import ApiError
 
@@ -318,7 +319,7 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
             raise ApiError(422, f"'size' {size} is over this server's limit of {config.max_size} pixels "
                                 "a side", "over_limit", "size")
         hw = (h, w)
-    steps = number_field(body, "steps", 2, 10000, None, integer=True, limit=config.max_steps)
+    steps = number_field(body, "steps", *STEPS_RANGE, None, integer=True, limit=config.max_steps)
     seed = seed_field(body)
     guidance = number_field(body, "guidance", 0, 100, None)
     negative = body.get("negative_prompt")

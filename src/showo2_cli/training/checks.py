@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..media.geometry import MAX_SIDE
-from ..options import MAX_VIDEO_FRAMES
+from ..options import MAX_VIDEO_FRAMES, STEPS_RANGE
 from .schema import (
     DEVICES,
     FIT_STATS,
@@ -224,8 +224,9 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
     if cfg.mode == "showo2" and r.sample_every and not r.sample_prompts and \
             not any(s.kind == "shapes" and s.role == "t2i" for s in cfg.data):
         raise field_error(w + "run.sample_prompts", "give the prompts for the previews (run.sample_every is set)")
-    if r.sample_steps is not None and not 2 <= r.sample_steps <= 10000:  # what t2i's --steps takes
-        raise field_error(w + "run.sample_steps", f"must be between 2 and 10000, got {r.sample_steps}")
+    low, high = STEPS_RANGE  # what t2i's --steps takes
+    if r.sample_steps is not None and not low <= r.sample_steps <= high:
+        raise field_error(w + "run.sample_steps", f"must be between {low} and {high}, got {r.sample_steps}")
     _one_of(r.mixed_precision, MIXED_PRECISION, w + "run.mixed_precision")
     _one_of(r.device, DEVICES, w + "run.device")
     _positive(r.num_workers, w + "run.num_workers", zero_ok=True)
