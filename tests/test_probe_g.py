@@ -11,3 +11,23 @@ def test_num_inference_steps_names_the_one_range(tiny_pipe, steps):
     # 0 said "must be at least 1", yet 1 was refused too ("between 2 and 10000")
     with pytest.raises(ValueError, match=rf"^num_inference_steps must be between 2 and 10000, got {steps}$"):
         tiny_pipe("a", num_inference_steps=steps, seed=1)
+
+
+def test_generation_writes_every_video_format_decode_writes(tmp_path):
+    """t2v/i2v refused .mkv and .mov though the video writer (and decode) writes them with the
+    recorded parameters inside; generation now takes every written format that holds them."""
+    import numpy as np
+
+    from showo2_cli import media as M
+    from showo2_cli.errors import UsageError
+    from showo2_cli.saving import output_extension
+
+    frames = np.zeros((5, 16, 16, 3), np.uint8)
+    for ext in M.VIDEO_WRITE_EXTS:
+        assert output_extension("t2v", f"x{ext}") == ext == output_extension("i2v", f"x{ext.upper()}").lower()
+        M.write_video(tmp_path / f"v{ext}", frames, 8.0, metadata={"seed": 3})
+        assert M.read_metadata(tmp_path / f"v{ext}")["seed"] == 3  # the record is inside
+    for ext in M.RECORDING_IMAGE_EXTS:
+        assert output_extension("t2i", f"x{ext}") == ext
+    with pytest.raises(UsageError, match="for t2i: use .png"):
+        output_extension("t2i", "x.bmp")  # no metadata in a BMP: the parameters would be lost

@@ -54,8 +54,6 @@ MASK_MODES = ("official", "training")
 OFFLOAD_MODES = {"none": "everything on the device", "model": "one component (network or VAE) on the device at a time",
                  "sequential": "one layer on the device at a time (least memory, slowest)"}
 TEMPLATES = ("official", "training")
-IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".webp")
-VIDEO_OUTPUTS = (".mp4", ".webm", ".gif")
 
 
 def check_number(option: str, value: float | None, low: float | None = None, high: float | None = None,

@@ -22,10 +22,8 @@ from . import __version__
 from . import media as M
 from .errors import InputError, OutputError, OutputExists, UsageError
 from .options import (
-    IMAGE_OUTPUTS,
     MAX_PROMPT_CHARS,
     MAX_PROMPTS_FILE_BYTES,
-    VIDEO_OUTPUTS,
     check_text,
     seed_for,
     short,
@@ -33,7 +31,8 @@ from .options import (
 
 #: Largest noise tensor accepted, in elements (a 4096 x 4096 latent video of 257 frames is less).
 MAX_NOISE_ELEMENTS = 1 << 31
-KIND_EXTS = {"t2i": IMAGE_OUTPUTS, "t2v": VIDEO_OUTPUTS, "i2v": VIDEO_OUTPUTS}
+#: What generation writes: every written format that holds the recorded parameters (BMP has no metadata).
+KIND_EXTS = {"t2i": M.RECORDING_IMAGE_EXTS, "t2v": M.VIDEO_WRITE_EXTS, "i2v": M.VIDEO_WRITE_EXTS}
 DEFAULT_EXT = {"t2i": ".png", "t2v": ".mp4", "i2v": ".mp4"}
 
 

@@ -50,7 +50,7 @@ SamplerOpt = Annotated[Sampler, typer.Option("--sampler", "--scheduler", help="T
 FramesOpt = Annotated[int, typer.Option("--frames", help="Frames, 1+4k (others rounded up with a notice).")]
 FpsOpt = Annotated[float, typer.Option("--fps", help="Frames per second of the output (0.5 to 240).")]
 NegativeOpt = Annotated[str, typer.Option("--negative-prompt", help="What guidance steers away from, in place of the official empty prompt (no effect with --guidance 0 or 1).")]
-VIDEO_HELP = "out.mp4/.webm/.gif"
+VIDEO_HELP = "out.mp4/.webm/.gif/.mov/.mkv"
 
 
 def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | None, opts: GenerateOptions,

@@ -103,6 +103,10 @@ from .video import (
     written_fps,
 )
 
+#: The image formats written with the recorded parameters inside (``write_image``'s ``metadata``):
+#: all but BMP, which has no place for them, so generation writes these.
+RECORDING_IMAGE_EXTS: tuple[str, ...] = tuple(ext for ext in IMAGE_WRITE_EXTS if ext != ".bmp")
+
 
 def written_formats() -> str:
     """The extensions a frame or frames are written as (decode's), as the messages name them."""
@@ -113,6 +117,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTS",
     "IMAGE_WRITE_EXTS",
+    "RECORDING_IMAGE_EXTS",
     "MAX_DECODED_BYTES",
     "MAX_FPS",
     "MIN_FPS",
