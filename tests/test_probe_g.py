@@ -31,3 +31,19 @@ def test_generation_writes_every_video_format_decode_writes(tmp_path):
         assert output_extension("t2i", f"x{ext}") == ext
     with pytest.raises(UsageError, match="for t2i: use .png"):
         output_extension("t2i", "x.bmp")  # no metadata in a BMP: the parameters would be lost
+
+
+def test_a_tile_alone_smaller_than_the_default_stride_says_what_to_pass(tiny_pipe):
+    # enable_tiling(tile_sample_min_height=128) failed naming a stride of 192 the caller never gave
+    from showo2_cli.errors import UsageError
+
+    vae = tiny_pipe.vae
+    before = (vae.tile, vae.tiling)
+    with pytest.raises(UsageError) as e:
+        vae.enable_tiling(tile_sample_min_height=128)
+    assert str(e.value) == ("tile_sample_stride_height (192, the current one: an unset stride keeps its value) must "
+                            "not exceed tile_sample_min_height (128): the tiles would leave gaps; pass "
+                            "tile_sample_stride_height=96 (or any multiple of 8 up to 128)")
+    assert (vae.tile, vae.tiling) == before  # nothing changed
+    with pytest.raises(UsageError, match=r"^tile_sample_stride_width \(72\) must not exceed .*width=48 "):
+        vae.enable_tiling(tile_sample_min_width=64, tile_sample_stride_width=72)

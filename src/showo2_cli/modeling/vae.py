@@ -303,10 +303,14 @@ class WanVAE(nn.Module):
                                  f"to 65536, got {v!r}")
             checked.append(v)
         tile = tuple(checked)
-        for size, stride, side in ((tile[0], tile[2], "height"), (tile[1], tile[3], "width")):
-            if stride > size:
-                raise UsageError(f"tile_sample_stride_{side} ({stride}) must not exceed tile_sample_min_{side} "
-                                 f"({size}): the tiles would leave gaps")
+        for size, stride, side, given in ((tile[0], tile[2], "height", tile_sample_stride_height),
+                                          (tile[1], tile[3], "width", tile_sample_stride_width)):
+            if stride > size:  # as diffusers, an unset stride keeps its value (nothing is derived)
+                kept = "" if given is not None else ", the current one: an unset stride keeps its value"
+                fit = max(SPATIAL_FACTOR, size * 3 // 4 // SPATIAL_FACTOR * SPATIAL_FACTOR)  # the defaults' 3/4
+                raise UsageError(f"tile_sample_stride_{side} ({stride}{kept}) must not exceed tile_sample_min_{side} "
+                                 f"({size}): the tiles would leave gaps; pass tile_sample_stride_{side}={fit} "
+                                 f"(or any multiple of {SPATIAL_FACTOR} up to {size})")
         self.tile = tile
         self.tiling = "on"
 
