@@ -47,3 +47,26 @@ def test_a_tile_alone_smaller_than_the_default_stride_says_what_to_pass(tiny_pip
     assert (vae.tile, vae.tiling) == before  # nothing changed
     with pytest.raises(UsageError, match=r"^tile_sample_stride_width \(72\) must not exceed .*width=48 "):
         vae.enable_tiling(tile_sample_min_width=64, tile_sample_stride_width=72)
+
+
+def test_decode_in_tiles_records_the_tiles(tiny_model_dir, tmp_path, capsys):
+    """`decode --vae-tiling on` blends tile seams (other pixels than a whole decode) but recorded
+    nothing of it, as generation and encode do (`vae_tiles`)."""
+    import json
+
+    import torch
+
+    from showo2_cli import media as M
+    from showo2_cli.cli import main
+    from showo2_cli.pipelines.latents import save_latents
+
+    z = torch.randn(16, 1, 34, 34, generator=torch.Generator().manual_seed(0))  # 272 px: more than a 256 px tile
+    save_latents(tmp_path / "z.safetensors", z, {"format": "showo2-latents", "version": 1, "kind": "image"})
+    outs = {}
+    for mode in ("on", "off"):
+        out = tmp_path / f"{mode}.png"
+        assert main(["decode", str(tmp_path / "z.safetensors"), "-o", str(out), "--model", str(tiny_model_dir),
+                     "--vae-tiling", mode, "--json"]) == 0
+        outs[mode] = (json.loads(capsys.readouterr().out), M.read_metadata(out))
+    assert outs["on"][0]["vae_tiles"] == outs["on"][1]["vae_tiles"] == [256, 256, 192, 192]
+    assert "vae_tiles" not in outs["off"][0] and "vae_tiles" not in outs["off"][1]

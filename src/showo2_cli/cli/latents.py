@@ -184,11 +184,15 @@ def decode(
                "VAE (pass --vae to choose)")
     z, _ = L.load_latents(latents, z_dim=vae_model.z_dim)
     with status(f"decoding {z.shape[1]} latent frame(s)"):
-        frames = L.decode(z, vae_model, max_memory_gb=max_memory)
+        frames, tiles = L.decode_tiled(z, vae_model, max_memory_gb=max_memory)
     rate = M.written_fps(out, fps or meta.get("fps") or 8.0)  # what the file plays at (a GIF's is coarser)
-    L.write_decoded(out, frames, rate, {"decoded_from": str(latents), "vae": vae_name, "fps": rate}, overwrite)
+    record = {"decoded_from": str(latents), "vae": vae_name, "fps": rate}
+    if tiles is not None:  # tiles blend their seams: other frames than a whole decode's
+        record["vae_tiles"] = list(tiles)
+    L.write_decoded(out, frames, rate, record, overwrite)
     t, h, w = frames.shape[:3]
-    emit({"output": str(out), "frames": int(t), "width": int(w), "height": int(h), "fps": rate if t > 1 else None},
+    emit({"output": str(out), "frames": int(t), "width": int(w), "height": int(h), "fps": rate if t > 1 else None,
+          **({"vae_tiles": record["vae_tiles"]} if tiles is not None else {})},
          f"{out}  {t} frame(s) {w}x{h}" + (f" at {rate:g} fps" if t > 1 else ""))
 
 

@@ -202,7 +202,18 @@ def _check_latents_metadata(p: Path, meta: dict) -> None:
 @cpu_by_default
 @torch.no_grad()
 def decode(latents: torch.Tensor, vae: WanVAE, max_memory_gb: float | None = None) -> np.ndarray:
-    """Normalised latents ``(C, T', h, w)`` -> uint8 frames ``(T, H, W, 3)`` (official truncation).
+    """Normalised latents ``(C, T', h, w)`` -> uint8 frames ``(T, H, W, 3)`` (official truncation);
+    :func:`decode_tiled` says the tiles it ran in too."""
+    return decode_tiled(latents, vae, max_memory_gb)[0]
+
+
+@cpu_by_default
+@torch.no_grad()
+def decode_tiled(latents: torch.Tensor, vae: WanVAE,
+                 max_memory_gb: float | None = None) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """:func:`decode`, and the tiles the VAE ran in (:meth:`WanVAE.tiles_used`: tile height, width,
+    stride height, width in pixels), or None when it decoded whole: a tiled decode blends seams,
+    so its frames differ and the record says so (``vae_tiles``), as generation's and encode's do.
 
     Refuses (:class:`ResourceError`) latents whose decoding is estimated to need more memory
     than ``max_memory_gb`` (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available). An
@@ -225,7 +236,7 @@ def decode(latents: torch.Tensor, vae: WanVAE, max_memory_gb: float | None = Non
     check_memory(vae.decode_memory_gb(t, h, w, tiled), f"decoding {tuple(latents.shape)} latents to {frames} frame(s) "
                  f"of {8 * w}x{8 * h}", max_memory_gb, vae.device, TILING_ADVICE if vae.tiling == "off" else "")
     pixels = vae.decode(latents[None].to(vae.device), tiled=tiled)[0]
-    return M.tensor_to_frames(pixels.cpu())
+    return M.tensor_to_frames(pixels.cpu()), vae.tiles_used(8 * h, 8 * w, tiled)
 
 
 def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None, metadata: dict | None,
@@ -242,4 +253,4 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
     raise UsageError(f"unsupported output extension '{ext or path}': use {M.written_formats()}")
 
 
-__all__ = ["encode", "decode", "EncodeOptions", "EncodeResult", "save_latents", "load_latents", "write_decoded"]
+__all__ = ["encode", "decode", "decode_tiled", "EncodeOptions", "EncodeResult", "save_latents", "load_latents", "write_decoded"]
