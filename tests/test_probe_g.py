@@ -70,3 +70,36 @@ def test_decode_in_tiles_records_the_tiles(tiny_model_dir, tmp_path, capsys):
         outs[mode] = (json.loads(capsys.readouterr().out), M.read_metadata(out))
     assert outs["on"][0]["vae_tiles"] == outs["on"][1]["vae_tiles"] == [256, 256, 192, 192]
     assert "vae_tiles" not in outs["off"][0] and "vae_tiles" not in outs["off"][1]
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_an_interrupted_run_lists_the_outputs_it_wrote(tiny_model_dir, tmp_path, capsys, monkeypatch, json_mode):
+    """Ctrl-C after two of four outputs kept them on disk but listed none: the caller could not
+    tell what was written. They are listed on stdout (in --json's one object) before exit 130."""
+    import json
+
+    from showo2_cli import saving
+    from showo2_cli.cli import main
+
+    real, calls = saving.save_results, []
+
+    def save_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(saving, "save_results", save_then_interrupt)
+    args = ["t2i", "a", "-n", "4", "--batch-size", "1", "--steps", "2", "--seed", "5", "--model", str(tiny_model_dir),
+            "-o", str(tmp_path / "x.png")] + (["--json"] if json_mode else [])
+    assert main(args) == 130
+    out, err = capsys.readouterr()
+    written = [str(tmp_path / "x-000.png"), str(tmp_path / "x-001.png")]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["x-000.png", "x-001.png"]
+    assert err.endswith("showo2: error: interrupted\n"), err
+    if json_mode:
+        report = json.loads(out)
+        assert [r["output"] for r in report["outputs"]] == written and report["seed"] == 5
+        assert report["error"]["exit_code"] == 130
+    else:
+        assert out.splitlines() == written

@@ -151,10 +151,17 @@ def _fail(message: str, code: int, kind: str) -> int:
         message = safe_text(_LINE_BREAKS.sub(" ", message).strip() or kind)
     except MemoryError:  # no room even for the message: say what the exit code says
         message = kind
+    done, listing = STATE.get("partial") or ({}, None)  # what the command finished before it failed
     try:
-        write(sys.stderr, f"showo2: error: {message}\n")
         if STATE["json"] or _json_requested(_ARGS):
-            write(sys.stdout, json.dumps({"error": {"kind": kind, "message": message, "exit_code": code}}) + "\n")
+            write(sys.stderr, f"showo2: error: {message}\n")
+            write(sys.stdout, json.dumps({"error": {"kind": kind, "message": message, "exit_code": code}, **done},
+                                         default=str) + "\n")
+        else:
+            if listing:  # on stdout as a finished run lists them, before the error
+                write(sys.stdout, listing + "\n")
+                sys.stdout.flush()
+            write(sys.stderr, f"showo2: error: {message}\n")
         sys.stderr.flush()
         sys.stdout.flush()
     except (OSError, ValueError, MemoryError):  # a closed or broken stdout/stderr: the exit code still tells
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     _ARGS[:] = args
     # fresh state for every call (main() may run several times in one process)
     STATE.update(debug=debug_from_env() or debug_at is not None, json=False, quiet=False,
-                 emitted=False)
+                 emitted=False, partial=None)
     if not STATE["debug"]:  # the libraries' own logging stays quiet unless --debug
         for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY"):
             os.environ.setdefault(var, "error")

@@ -108,6 +108,13 @@ def emit(result: dict, plain: str | None = None) -> None:
     STATE["emitted"] = True  # the command's result is out: an interruption now changes nothing
 
 
+def partial(result: dict, plain: str | None) -> None:
+    """What a command finished before it failed or was interrupted (the outputs already written):
+    the error report carries it (``--json``: beside ``error`` in the one object; else the plain
+    text on stdout, as :func:`emit` would give it), so the caller learns what is on disk."""
+    STATE["partial"] = (result, plain)
+
+
 def setup(json_mode: bool, quiet: bool) -> None:
     STATE["json"], STATE["quiet"] = json_mode, quiet
 

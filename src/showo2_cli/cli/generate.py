@@ -31,6 +31,7 @@ from .common import (
     load_model,
     model_name,
     notice,
+    partial,
     runtime_options,
     setup,
     value,
@@ -108,18 +109,27 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
         records.extend(O.save_results([item], [plans[len(records)]], kind, fps, image, overwrite, noise=noise))
 
     part = indices if world > 1 else None  # several processes: each has part of the run
-    if mine:
-        with ProgressReporter() as bar:
-            if kind == "t2i":
-                P.text_to_image(bundle, mine, opts, progress=bar, indices=part, on_result=save)
-            elif kind == "t2v":
-                P.text_to_video(bundle, mine, opts, progress=bar, indices=part, on_result=save)
-            else:
-                P.image_to_video(bundle, image, mine, opts, progress=bar, indices=part, on_result=save)
+
+    def report() -> tuple[dict, str | None]:
+        return ({"outputs": records, "seed": opts.seed, "rank": rank, "world_size": world},
+                "\n".join(r["output"] for r in records) if records else None)
+
+    try:
+        if mine:
+            with ProgressReporter() as bar:
+                if kind == "t2i":
+                    P.text_to_image(bundle, mine, opts, progress=bar, indices=part, on_result=save)
+                elif kind == "t2v":
+                    P.text_to_video(bundle, mine, opts, progress=bar, indices=part, on_result=save)
+                else:
+                    P.image_to_video(bundle, image, mine, opts, progress=bar, indices=part, on_result=save)
+    except BaseException:  # Ctrl-C or a failure after some outputs were written: say which
+        if records:
+            partial(*report())
+        raise
     if len(records) != len(plans):
         raise UsageError(f"{len(records)} result(s) but {len(plans)} planned output(s)")
-    emit({"outputs": records, "seed": opts.seed, "rank": rank, "world_size": world},
-         "\n".join(r["output"] for r in records) if records else None)
+    emit(*report())
 
 
 def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, batch: int, runtime,
