@@ -109,7 +109,7 @@ def test_outputs_made_in_half_precision_record_the_dtype(tiny_model_dir):
     opts = P.GenerateOptions(steps=2, seed=1)
     plain = P.text_to_image(load(tiny_model_dir), ["x"], opts)[0]
     half = P.text_to_image(load(tiny_model_dir, dtype=torch.bfloat16), ["x"], opts)[0]
-    assert "dtype" not in plain.params and half.params["dtype"] == "bfloat16"
+    assert "dtype" not in plain.params and half.params["dtype"] == "bf16"  # --dtype's name: a re-run passes it back
     assert (plain.frames != half.frames).any()  # (this random model's flow head starts at zero: same latents)
 
 

@@ -103,3 +103,67 @@ def test_an_interrupted_run_lists_the_outputs_it_wrote(tiny_model_dir, tmp_path,
         assert report["error"]["exit_code"] == 130
     else:
         assert out.splitlines() == written
+
+
+#: recorded keys that are facts about the output, not options of the run that made it
+FACTS = {"showo2_version", "kind", "output", "prompt_tokens", "prompt_tokens_used", "negative_prompt_tokens",
+         "steps_done", "noise_row"}
+AS_OPTION = {"seed": "--seed", "steps": "--steps", "guidance": "--guidance", "shift": "--shift",
+             "sampler": "--sampler", "vae": "--vae", "quantize": "--quantize", "dtype": "--dtype",
+             "negative_prompt": "--negative-prompt", "frames": "--frames", "fps": "--fps", "noise": "--noise"}
+
+
+def record_to_args(record: dict) -> list[str]:
+    """An output's recorded parameters as the command line that makes it again (README: outputs are
+    re-created from their records); a key with no way back fails."""
+    args = [record["kind"]] + ([record["image"]] if "image" in record else []) + [record["prompt"]]
+    for key, value in record.items():
+        if key in AS_OPTION:
+            args += [AS_OPTION[key], str(value)]
+        elif key == "model":
+            args += ["--model", value + (f"@{record['model_revision']}" if "model_revision" in record else "")]
+        elif key == "lora":
+            args += [a for path in value for a in ("--lora", path)]
+        elif key == "vae_tiles":
+            assert value == [256, 256, 192, 192], "only the default tiles have an option"
+            args += ["--vae-tiling", "on"]
+        else:
+            assert key in FACTS | {"prompt", "image", "width", "height", "model_revision"}, f"{key} has no option"
+    return args + ["--size", f"{record['width']}x{record['height']}"]
+
+
+def test_a_record_passes_back_as_options_from_another_folder(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """A bf16 output recorded "dtype": "bfloat16", which --dtype refuses, and a model given as a
+    relative folder was recorded as typed, naming nothing from another folder: the record is now
+    what the options take (bf16, an absolute folder), and passing it back makes the same image."""
+    import json
+
+    import numpy as np
+
+    from showo2_cli import media as M
+    from showo2_cli.cli import main
+
+    (tmp_path / "here").mkdir()
+    (tmp_path / "there").mkdir()
+    (tmp_path / "here" / "m").symlink_to(tiny_model_dir)
+    monkeypatch.chdir(tmp_path / "here")
+    assert main(["t2i", "a red ball", "--model", "./m", "--dtype", "bf16", "--vae-tiling", "on", "--size", "272x256",
+                 "--steps", "3", "--seed", "4", "--sampler", "heun", "--shift", "2.5", "--guidance", "3",
+                 "--negative-prompt", "blue", "-o", str(tmp_path / "a.png"), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)["outputs"][0]
+    assert first["dtype"] == "bf16" and first["model"] == str(tmp_path / "here" / "m")
+    monkeypatch.chdir(tmp_path / "there")
+    assert main([*record_to_args(first), "-o", str(tmp_path / "b.png"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)["outputs"][0]
+    assert {**again, "output": ""} == {**first, "output": ""}
+    assert np.array_equal(np.asarray(M.read_image(tmp_path / "a.png")), np.asarray(M.read_image(tmp_path / "b.png")))
+
+
+def test_an_input_file_is_recorded_absolute(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from showo2_cli.saving import result_metadata
+
+    monkeypatch.chdir(tmp_path)
+    meta = result_metadata(SimpleNamespace(params={}), "i2v", 8.0, "first.png", "noise.safetensors")
+    assert meta["image"] == str(tmp_path / "first.png") and meta["noise"] == str(tmp_path / "noise.safetensors")

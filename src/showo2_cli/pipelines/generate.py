@@ -13,7 +13,7 @@ import torch
 from .. import media as M
 from ..errors import InputError, ModelError, UsageError
 from ..loading import Showo2, require_model
-from ..options import GenerateOptions, check_prompts, seed_for
+from ..options import DTYPES, GenerateOptions, check_prompts, seed_for
 from ..runtime import cpu_by_default
 from ..sampling import StepCallback, StopSampling, generate_latents, uses_uncond
 from ..sequences import generation_layout
@@ -258,7 +258,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             seed = seeds[j] if rows is None else None  # given noise: no seed made this output
             params = {"prompt": prompt, "seed": seed, "steps": opts.steps, "guidance": opts.guidance,
                       "shift": opts.shift, "sampler": opts.method, "width": w, "height": h,
-                      "model": model.files.name if model.files else spec.name}
+                      "model": model.files.recorded_name() if model.files else spec.name}
             if getattr(model.files, "revision", None):  # "1.5B" names other weights once main moves on
                 params["model_revision"] = model.files.revision
             if getattr(model, "adapters", None):
@@ -270,7 +270,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             if tiles is not None:
                 params["vae_tiles"] = list(tiles)  # (tile height, width, stride height, width) in pixels
             if model.dtype != torch.float32:  # bf16/fp16 round every layer: an fp32 run of it differs
-                params["dtype"] = str(model.dtype).removeprefix("torch.")
+                name = str(model.dtype).removeprefix("torch.")
+                params["dtype"] = DTYPES.get(name, name)  # --dtype's name (bf16), which a re-run passes back
             if stopped[0]:  # a step callback ended the sampling (perhaps at the last step)
                 params["steps_done"] = reached[0]
             if rows is not None:  # started from the given noise, not from the seed
