@@ -33,7 +33,6 @@ from .hub import (  # names to folders (re-exported: the loading API users know)
     WAN_VAE_FILE,
     WAN_VAE_REPO,
     bundled_demo_path,
-    existing_path,
     find_tokenizer,
     find_vae,
     find_weights,
@@ -75,13 +74,6 @@ class ModelFiles:
     vae: Path | None = None
     missing: list[tuple[str, str]] = field(default_factory=list)  # (piece, how to get it)
     revision: str | None = None  # the Hugging Face commit of a cached repo's snapshot
-    local: bool = False  # named by a path (not demo, a variant or a repo id)
-
-    def recorded_name(self) -> str:
-        """The model as an output records it: a local folder as its absolute path (a relative one
-        named nothing from another folder; a run folder's checkpoint, the weights used), else the
-        name given (demo, a variant, a repo id)."""
-        return os.path.abspath(self.root) if self.local else self.name
 
     def pieces(self) -> list[Path]:
         """Every file or folder the model was read from (the root, weights, configs, tokenizer, VAE)."""
@@ -115,8 +107,7 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
     fmt = "showo2" if "showo2" in config else "official"
     if fmt == "official":
         check_official_config(config, cfg_path)
-    files = ModelFiles(label, root, fmt, config, find_weights(root), revision=snapshot_revision(root),
-                       local=label != "demo" and existing_path(name) is not None)
+    files = ModelFiles(label, root, fmt, config, find_weights(root), revision=snapshot_revision(root))
     if not files.weights:
         files.missing.append(("weights", f"no model.safetensors / pytorch_model.bin in '{root}'"))
     if fmt == "official":
@@ -307,7 +298,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     vae_model = load_vae(files.vae, dtype=dtype) if files.vae is not None else None
     bundle = Showo2(spec, network, tokenizer, tokens, vae_model, files)
     bundle.adapters = adapters
-    bundle.vae_given = os.path.abspath(os.fspath(vae)) if vae is not None else None  # found from any folder
+    bundle.vae_given = os.fspath(vae) if vae is not None else None
     bundle.to(device=device)
     apply(bundle, runtime)
     bundle.load_seconds = time.perf_counter() - start

@@ -247,7 +247,7 @@ def merge_adapters(network: torch.nn.Module, refs) -> list[str]:
             raise ModelError(f"LoRA adapter '{folder}' cannot be applied: {one_line(e)}") from None
         load_adapter_state(network, state, str(folder), adapter_name=name)
         unload(network, merge=True, adapter_name=name)
-        done.append(os.path.abspath(folder))  # recorded: found from any folder
+        done.append(str(folder))
     return done
 
 

@@ -211,12 +211,6 @@ def load_noise(path: str | os.PathLike | None):
     return noise
 
 
-def _recorded_path(path) -> str:
-    """A file an output was made from, as recorded: absolute, so a re-run from another folder
-    finds it (anything else, e.g. an image given in memory, as text)."""
-    return os.path.abspath(path) if isinstance(path, (str, os.PathLike)) else str(path)
-
-
 def result_metadata(item, kind: str, fps: float | None = None, image: str | os.PathLike | None = None,
                     noise: str | os.PathLike | None = None) -> dict:
     """The parameters recorded with an output (inside the file and in its sidecar)."""
@@ -224,9 +218,9 @@ def result_metadata(item, kind: str, fps: float | None = None, image: str | os.P
     if kind != "t2i":
         meta["fps"] = fps
     if image is not None:
-        meta["image"] = _recorded_path(image)
+        meta["image"] = str(image)
     if noise is not None:  # the starting noise came from this file (row ``noise_row``), not the seed
-        meta["noise"] = _recorded_path(noise)
+        meta["noise"] = str(noise)
     return meta
 
 

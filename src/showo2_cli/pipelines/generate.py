@@ -258,7 +258,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             seed = seeds[j] if rows is None else None  # given noise: no seed made this output
             params = {"prompt": prompt, "seed": seed, "steps": opts.steps, "guidance": opts.guidance,
                       "shift": opts.shift, "sampler": opts.method, "width": w, "height": h,
-                      "model": model.files.recorded_name() if model.files else spec.name}
+                      "model": model.files.name if model.files else spec.name}
             if getattr(model.files, "revision", None):  # "1.5B" names other weights once main moves on
                 params["model_revision"] = model.files.revision
             if getattr(model, "adapters", None):
