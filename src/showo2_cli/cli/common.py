@@ -18,7 +18,16 @@ from typing import Annotated
 import typer
 
 from ..errors import OutputError, short
-from ..options import ATTN_BACKENDS, OFFLOAD_MODES, QUANTIZE, SAMPLERS, VAE_TILING
+from ..options import (
+    ATTN_BACKENDS,
+    DTYPES,
+    MASK_MODES,
+    OFFLOAD_MODES,
+    QUANTIZE,
+    SAMPLERS,
+    TEMPLATES,
+    VAE_TILING,
+)
 
 
 def debug_from_env() -> bool:
@@ -232,11 +241,9 @@ class Device(str, Enum):
     mps = "mps"
 
 
-class Dtype(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
+#: ``--dtype``: auto and every name of the one dtype table (``bf16`` and ``bfloat16`` alike, any case),
+#: as ``init``, ``convert`` and the Python API take them
+Dtype = Enum("Dtype", {"auto": "auto", **{name: name for name in DTYPES}}, type=str)
 
 
 Sampler = Enum("Sampler", {name: name for name in SAMPLERS}, type=str)
@@ -248,14 +255,8 @@ VaeTiling = Enum("VaeTiling", {name: name for name in VAE_TILING}, type=str)
 Quantize = Enum("Quantize", {name: name for name in QUANTIZE}, type=str)
 
 
-class MaskMode(str, Enum):
-    official = "official"
-    training = "training"
-
-
-class Template(str, Enum):
-    official = "official"
-    training = "training"
+MaskMode = Enum("MaskMode", {name: name for name in MASK_MODES}, type=str)
+Template = Enum("Template", {name: name for name in TEMPLATES}, type=str)
 
 
 def value(choice) -> str | None:
@@ -267,7 +268,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No notices or progress on stderr.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="auto: bf16 on CUDA, fp32 elsewhere.")]
+DtypeOpt = Annotated[Dtype, typer.Option("--dtype", case_sensitive=False, help="auto: bf16 on CUDA, fp32 elsewhere.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name, folder or Hugging Face repo id, "
                                               "repo@revision to pin one (default: $SHOWO2_MODEL, the cached official "
                                               "1.5B, then the bundled demo).")]

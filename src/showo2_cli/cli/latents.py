@@ -29,7 +29,7 @@ from .common import (
 )
 
 #: encode/decode default to float32 (latents to compare or reuse elsewhere); auto is the model commands' default
-LatentsDtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="fp32 by default (exact latents); auto: bf16 on "
+LatentsDtypeOpt = Annotated[Dtype, typer.Option("--dtype", case_sensitive=False, help="fp32 by default (exact latents); auto: bf16 on "
                                                 "CUDA, fp32 elsewhere.")]
 
 
