@@ -1,14 +1,102 @@
-"""One shell: an option means the same thing in every command that takes it."""
+"""One shell: an option means the same thing in every command that takes it, and every command
+answers the same class of failure with the same exit code and error envelope (in-process)."""
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
+from enum import Enum
 from pathlib import Path
 
 import pytest
+import typer.main
 
-from showo2_cli.cli import main
+from showo2_cli.cli import app, main
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "showo2_cli" / "assets" / "demo"
+
+
+def _commands() -> dict:
+    return dict(typer.main.get_command(app).commands)
+
+
+def _aspects(param) -> dict:
+    """What an option is, aspect by aspect: its names, type (an enum's choices), default, range, help."""
+    annotation = param.type_descriptor.annotation
+    choices = None
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        choices = tuple(m.value for m in annotation)
+    default = getattr(param.default, "value", param.default)
+    return {"names": (tuple(sorted(param.opts)), tuple(param.secondary_opts)),
+            "type": (choices or getattr(annotation, "__name__", repr(annotation)), param.multiple, param.is_flag,
+                     getattr(param.type_descriptor.parameter_info, "case_sensitive", True)),
+            "default": default, "range": (param.min, param.max), "help": param.help}
+
+
+#: deliberate, documented differences: option -> the aspects that differ between commands, and why
+DELIBERATE = {
+    "--output": {"type", "help"},  # each command names what it writes; a file name is text (a trailing / is seen)
+    "--dtype": {"type", "default", "help"},  # encode/decode fp32 (exact latents); convert keep; init no auto
+    "--frames": {"default", "range", "help"},  # sampled (caption, chat), generated (t2v, i2v), read (encode)
+    "--seed": {"default", "help"},  # what it seeds: sampling, noise, a posterior sample, new weights
+    "--fps": {"default", "help"},  # decode keeps the source's rate
+    "--size": {"help"},  # encode: 432 for a VAE alone
+    "--batch-size": {"default"},  # videos one at a time
+    "--max-steps": {"default", "help"},  # serve: a request limit; train: the run length
+    "--mask": {"help"},  # chat: the first turn's
+    "--template": {"help"},  # chat: the first turn's
+}
+
+
+def test_every_shared_option_means_the_same_in_every_command():
+    by_name: dict[str, dict[str, dict]] = defaultdict(dict)
+    for command, cmd in _commands().items():
+        for param in cmd.params:
+            if param.param_type_name == "option":
+                by_name[max(param.opts, key=len)][command] = _aspects(param)
+    drift = []
+    for name, per_command in sorted(by_name.items()):
+        for aspect in ("names", "type", "default", "range", "help"):
+            if aspect in DELIBERATE.get(name, ()):
+                continue
+            seen = defaultdict(list)
+            for command, aspects in per_command.items():
+                seen[repr(aspects[aspect])].append(command)
+            if len(seen) > 1:
+                drift.append(f"{name} {aspect}: " + " | ".join(f"{','.join(c)}={v}" for v, c in seen.items()))
+    assert drift == [], "\n".join(drift)
+
+
+def test_model_commands_share_the_model_options():
+    """Every command that loads a model takes --vae (chat and serve did not), --device, --dtype, --quiet;
+    the runtime options (README "Memory and speed options") go with --lora on every resident model."""
+    commands = _commands()
+    options = {name: {o for p in cmd.params for o in p.opts} for name, cmd in commands.items()}
+    model_commands = sorted(name for name, opts in options.items() if "--model" in opts)
+    assert model_commands == ["caption", "chat", "decode", "encode", "i2v", "serve", "t2i", "t2v"]
+    for name in model_commands:
+        assert {"--vae", "--device", "--dtype", "--quiet", "--vae-tiling"} <= options[name], name
+    for name in ("caption", "chat", "serve", "t2i", "t2v", "i2v"):
+        assert {"--attn", "--compile", "--quantize", "--lora"} <= options[name], name
+
+
+@pytest.mark.parametrize("command", ["chat", "serve"])
+def test_chat_and_serve_take_vae(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SHOWO2_MODEL", raising=False)
+    args = [command, "--vae", str(tmp_path / "no-vae"), "--quiet", "--model", str(DEMO)]
+    code = main(args + (["--port", "0"] if command == "serve" else []))
+    out, err = capsys.readouterr()
+    assert code == 4 and out == ""
+    assert err == f"showo2: error: VAE '{tmp_path / 'no-vae'}' does not exist\n"
+
+
+def test_chat_with_a_given_vae_runs(capsys, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no question: the chat ends at once
+    assert main(["chat", "--vae", str(DEMO / "vae"), "--model", str(DEMO), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("name", ["bfloat16", "BF16", "Float32", "fp32"])
@@ -30,3 +118,68 @@ def test_dtype_takes_every_name_of_the_dtype_table(name, tmp_path, capsys):
     else:  # bf16 ran: close to fp32, not equal
         assert all(abs(ref[k] - got[k]).max() < 0.1 for k in ref)
         assert any((ref[k] != got[k]).any() for k in ref)
+
+
+# ---- one failure of each class per command: the README's exit-code table ---------------------
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("shell")
+    Image.new("RGB", (32, 32), "red").save(d / "a.png")
+    for name in ("exists.png", "exists.mp4", "exists.safetensors"):
+        (d / name).write_bytes(b"x")
+    (d / "exists").mkdir()
+    (d / "exists" / "f").write_text("x")
+    (d / "bad.toml").write_text("nonsense = [\n")
+    return d
+
+
+USAGE, INPUT, MODEL, OUTPUT = 2, 3, 4, 5
+KINDS = {2: "usage", 3: "input", 4: "model", 5: "output"}
+# {d}: the fixture folder; every case fails before a model loads
+CASES = [
+    ("caption", USAGE, "{d}/a.png --temperature -1"), ("caption", INPUT, "{d}/missing.png"),
+    ("caption", MODEL, "{d}/a.png -m {d}/none"),
+    ("t2i", USAGE, "x --steps 1 -o {d}/o.png"), ("t2i", INPUT, "--prompts-file {d}/none.txt -o {d}/o.png"),
+    ("t2i", MODEL, "x -m {d}/none -o {d}/o.png"), ("t2i", OUTPUT, "x -o {d}/exists.png"),
+    ("t2v", USAGE, "x --fps 0 -o {d}/o.mp4"), ("t2v", INPUT, "x --noise {d}/none.safetensors -o {d}/o.mp4"),
+    ("t2v", MODEL, "x -m {d}/none -o {d}/o.mp4"), ("t2v", OUTPUT, "x -o {d}/exists.mp4"),
+    ("i2v", USAGE, "{d}/a.png x --frames 0 -o {d}/o.mp4"), ("i2v", INPUT, "{d}/missing.png x -o {d}/o.mp4"),
+    ("i2v", MODEL, "{d}/a.png x -m {d}/none -o {d}/o.mp4"), ("i2v", OUTPUT, "{d}/a.png x -o {d}/exists.mp4"),
+    ("encode", USAGE, "{d}/a.png --dtype int3"), ("encode", INPUT, "{d}/missing.png"),
+    ("encode", MODEL, "{d}/a.png -m {d}/none -o {d}/l.safetensors"),
+    ("encode", OUTPUT, "{d}/a.png -o {d}/exists.safetensors"),
+    ("decode", USAGE, "{d}/exists.safetensors --fps 0"), ("decode", INPUT, "{d}/none.safetensors"),
+    ("decode", OUTPUT, "{d}/exists.safetensors -o {d}/exists.png"),
+    ("info", USAGE, "demo --bogus"), ("info", MODEL, "{d}/none"),
+    ("convert", USAGE, "demo -o {d}/c --dtype int3"), ("convert", MODEL, "{d}/none -o {d}/c"),
+    ("convert", OUTPUT, "demo -o {d}/exists"),
+    ("init", USAGE, "--spec nope -o {d}/i"), ("init", OUTPUT, "-o {d}/exists"),
+    ("models", USAGE, "--bogus"), ("pull", USAGE, "--bogus"), ("pull", MODEL, "{d}/none"),
+    ("train", USAGE, "{d}/bad.toml"),
+    ("chat", USAGE, "--temperature -1"), ("chat", INPUT, "{d}/missing.png"), ("chat", MODEL, "-m {d}/none"),
+    ("serve", USAGE, "--port 99999"), ("serve", MODEL, "-m {d}/none --port 0"),
+]
+JSON_COMMANDS = {"caption", "t2i", "t2v", "i2v", "encode", "decode", "info", "convert", "init", "models", "pull",
+                 "train"}
+
+
+@pytest.mark.parametrize("command,code,args", CASES, ids=[f"{c}-{KINDS[k]}" for c, k, _ in CASES])
+def test_each_failure_class_has_its_exit_code_in_every_command(command, code, args, files, capsys, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    argv = [command, *args.format(d=files).split()]
+    before = sorted(p.name for p in files.iterdir())
+    for json_mode in ((False, True) if command in JSON_COMMANDS else (False,)):
+        assert main(argv + (["--json"] if json_mode else [])) == code
+        out, err = capsys.readouterr()
+        assert err.startswith("showo2: error: ") and err.count("\n") == 1, err
+        if json_mode:  # the error, and nothing else, on stdout
+            assert json.loads(out) == {"error": {"kind": KINDS[code], "message": err[15:-1], "exit_code": code}}
+        else:
+            assert out == ""
+    assert sorted(p.name for p in files.iterdir()) == before  # nothing left behind

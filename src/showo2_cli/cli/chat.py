@@ -27,9 +27,12 @@ from .common import (
     DeviceOpt,
     DtypeOpt,
     LoraOpt,
+    MaskMode,
     ModelOpt,
     QuantizeOpt,
     QuietOpt,
+    Template,
+    VaeOpt,
     VaeTilingOpt,
 )
 
@@ -362,11 +365,12 @@ def chat(
     max_context: Annotated[int | None, typer.Option(
         "--max-context", help="Prompt + answer token budget; beyond it the oldest turns leave the context "
         "(default: the model's position range).")] = None,
-    mask: Annotated[str | None, typer.Option("--mask", help="official or training: the first turn's mask "
-                                             "(default: the checkpoint's).")] = None,
-    template: Annotated[str | None, typer.Option("--template", help="official or training: the first turn's "
-                                                 "template (default: the checkpoint's).")] = None,
-    model: ModelOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    mask: Annotated[MaskMode | None, typer.Option("--mask", help="official or training: the first turn's mask "
+                                                  "(default: the checkpoint's).")] = None,
+    template: Annotated[Template | None, typer.Option("--template", help="official or training: the first "
+                                                      "turn's template (default: the checkpoint's).")] = None,
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa", compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto",
     quantize: QuantizeOpt = "none",
     quiet: QuietOpt = False,
@@ -381,7 +385,7 @@ def chat(
     from ..options import CaptionOptions
 
     opts = CaptionOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                          seed=seed, frames=frames, mask_mode=mask, template=template,
+                          seed=seed, frames=frames, mask_mode=C.value(mask), template=C.value(template),
                           repetition_penalty=repetition_penalty, min_p=min_p)
     opts.validate()
     C.notice_unused_sampling(opts)
@@ -397,7 +401,7 @@ def chat(
 
     from ..chat import Conversation
 
-    bundle = C.load_model(model, device, dtype, runtime=runtime, lora=lora)
+    bundle = C.load_model(model, device, dtype, vae=vae, runtime=runtime, lora=lora)
     conv = Conversation(bundle, system, options=opts, max_context=max_context, on_notice=C.notice)
     for path in media or []:
         conv.attach(path, name=str(path))

@@ -17,6 +17,7 @@ from .common import (
     ModelOpt,
     QuantizeOpt,
     QuietOpt,
+    VaeOpt,
     VaeTilingOpt,
 )
 
@@ -53,7 +54,8 @@ def serve(
     drain_timeout: Annotated[float, typer.Option(
         "--drain-timeout", help="On SIGTERM/Ctrl-C, seconds to let running and queued requests finish "
         "before cancelling them.")] = 60.0,
-    model: ModelOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa", compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto",
     quantize: QuantizeOpt = "none",
     quiet: QuietOpt = False,
@@ -92,7 +94,7 @@ def serve(
     sock = S.bind_socket(host, port)  # a busy port fails before the model loads
     try:
         name = C.model_name(model)
-        bundle = C.load_model(name, device, dtype, runtime=runtime, lora=lora)
+        bundle = C.load_model(name, device, dtype, vae=vae, runtime=runtime, lora=lora)
         config = S.ServerConfig(model_id=name, api_key=key, max_queue=max_queue, max_tokens=max_tokens,
                                 max_n=max_n, max_steps=max_steps, max_size=max_size,
                                 max_body_bytes=int(max_body_mb * 1024 * 1024),

@@ -140,7 +140,7 @@ def train(
     pre_encode: Annotated[bool, typer.Option("--pre-encode", help="Only fill the latent caches (every [[data]] source with `cache` and a `size`) with the run's VAE, then stop; training then reads latents instead of running the VAE.")] = False,
     shard: Annotated[str | None, typer.Option("--shard", help="With --pre-encode: K/N encodes items K, K+N, ... (run N processes, K = 0..N-1, e.g. one per core); default: the accelerate rank/world.")] = None,
     json_mode: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress or notices on stderr.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No notices or progress on stderr.")] = False,
 ):
     """Train Show-o2 (stage 1, stage 2, from scratch) or a Wan VAE, as a config file describes.
 
