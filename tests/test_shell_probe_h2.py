@@ -183,3 +183,13 @@ def test_each_failure_class_has_its_exit_code_in_every_command(command, code, ar
         else:
             assert out == ""
     assert sorted(p.name for p in files.iterdir()) == before  # nothing left behind
+
+
+def test_pull_demo_is_a_model_already_here(capsys):
+    """`showo2 models` lists demo as it lists every variant; `showo2 pull demo` said "'demo' is
+    neither a known variant nor a Hugging Face repo id" (exit 4). It has nothing to download."""
+    assert main(["pull", "demo", "--json"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert err == "" and result["repo"] is None and result["downloaded"] == [] and result["missing"] == []
+    assert Path(result["path"]) == DEMO.resolve() and Path(result["pieces"]["VAE"]) == DEMO.resolve() / "vae"

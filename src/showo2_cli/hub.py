@@ -493,7 +493,7 @@ class PullResult:
     """What :func:`pull` did: the model's folder, each piece's location, the repos it fetched."""
 
     name: str
-    repo_id: str
+    repo_id: str | None  # None for the bundled demo (nothing to download)
     path: Path
     pieces: dict[str, str | None] = field(default_factory=dict)
     downloaded: list[str] = field(default_factory=list)
@@ -506,6 +506,9 @@ def pull(name: str, progress: Progress | None = None) -> PullResult:
     are not fetched again; with ``HF_HUB_OFFLINE`` set, only the cache is consulted."""
     from .loading import find_files
 
+    if str(name) == "demo":  # listed by `showo2 models` as every variant is, and already here
+        root = resolve_root("demo")[1]
+        return PullResult("demo", None, root, _pieces(find_files(root)))
     base, revision = split_revision(name)
     repo = repo_id_for(base)
     if repo is None:
@@ -525,7 +528,11 @@ def pull(name: str, progress: Progress | None = None) -> PullResult:
         downloaded.append(companion)
     if downloaded:
         files = find_files(snap)
-    pieces = {"config": str(files.root / "config.json"), "weights": ", ".join(str(p) for p in files.weights) or None,
-              "tokenizer": str(files.tokenizer) if files.tokenizer else None,
-              "VAE": str(files.vae) if files.vae else None}
-    return PullResult(str(name), repo, snap, pieces, downloaded, [p for p, _ in files.missing])
+    return PullResult(str(name), repo, snap, _pieces(files), downloaded, [p for p, _ in files.missing])
+
+
+def _pieces(files) -> dict[str, str | None]:
+    """Where each piece of a pulled model is (``showo2 pull --json``'s ``pieces``)."""
+    return {"config": str(files.root / "config.json"), "weights": ", ".join(str(p) for p in files.weights) or None,
+            "tokenizer": str(files.tokenizer) if files.tokenizer else None,
+            "VAE": str(files.vae) if files.vae else None}

@@ -277,7 +277,8 @@ def pull(
         result = pull_model(model, progress=progress)
     for piece in result.missing:
         notice(f"note: {piece} still missing after the pull (see: showo2 info {model})")
-    state = f"downloaded {', '.join(result.downloaded)}" if result.downloaded else "already in the cache"
+    state = (f"downloaded {', '.join(result.downloaded)}" if result.downloaded else
+             "bundled with showo2, nothing to download" if result.repo_id is None else "already in the cache")
     emit({"model": model, "repo": result.repo_id, "path": str(result.path), "downloaded": result.downloaded,
           "pieces": result.pieces, "missing": result.missing}, f"{model}: {state}  ({result.path})")
 
