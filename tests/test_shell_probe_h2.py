@@ -193,3 +193,34 @@ def test_pull_demo_is_a_model_already_here(capsys):
     result = json.loads(out)
     assert err == "" and result["repo"] is None and result["downloaded"] == [] and result["missing"] == []
     assert Path(result["path"]) == DEMO.resolve() and Path(result["pieces"]["VAE"]) == DEMO.resolve() / "vae"
+
+
+def test_encode_with_a_model_and_a_vae_keeps_the_models_resolution(tmp_path, capsys):
+    """--vae replaces the model's VAE and nothing else (as in t2i): `encode -m demo --vae V` encoded
+    at 432 px, the size for a VAE alone, instead of the demo's 64."""
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    for extra, side in (([], 64), (["--vae", str(DEMO / "vae")], 64)):
+        out = tmp_path / f"{len(extra)}.safetensors"
+        assert main(["encode", str(image), "--model", str(DEMO), "-o", str(out), "--json", *extra]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert (result["height"], result["width"], result["shape"][2:]) == (side, side, [side // 8, side // 8])
+
+
+@pytest.mark.parametrize("command", ["encode", "decode", "t2i"])
+def test_a_missing_vae_is_one_message_in_every_command(command, tmp_path, capsys):
+    """encode and decode load a VAE alone: a missing --vae said "PATH: VAE not found (no such file or
+    folder)" there, "VAE 'PATH' does not exist" in every other command."""
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (16, 16), "blue").save(image)
+    latents = tmp_path / "z.safetensors"
+    assert main(["encode", str(image), "--model", str(DEMO), "-o", str(latents), "--quiet"]) == 0
+    first = {"encode": image, "decode": latents, "t2i": "x"}[command]
+    out = tmp_path / ("o.safetensors" if command == "encode" else "o.png")
+    assert main([command, str(first), "--vae", str(tmp_path / "none"), "-o", str(out), "--quiet"]) == 4
+    assert capsys.readouterr().err == f"showo2: error: VAE '{tmp_path / 'none'}' does not exist\n"
+    assert not out.exists()

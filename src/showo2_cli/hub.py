@@ -274,12 +274,18 @@ def find_tokenizer(root: Path, config: dict, llm_repo: str | None) -> Path | Non
     return None
 
 
+def explicit_vae(path: str | os.PathLike) -> Path:
+    """A VAE the user named (``--vae``, ``load(vae=)``), ``~`` expanded: one check and one message
+    for every command (``encode`` and ``decode`` load a VAE alone, the others with a model)."""
+    found = existing_path(path)
+    if found is None:
+        raise ModelError(f"VAE '{short(str(path), 200)}' does not exist")
+    return found
+
+
 def find_vae(root: Path, explicit: str | os.PathLike | None) -> Path | None:
     if explicit:
-        path = existing_path(explicit)
-        if path is None:
-            raise ModelError(f"VAE '{short(str(explicit), 200)}' does not exist")
-        return path
+        return explicit_vae(explicit)
     if (root / "vae" / "config.json").exists():  # the model's own VAE, then $SHOWO2_VAE, then the cache
         return root / "vae"
     pths = sorted(root.glob("Wan2.1_VAE*.pth")) + sorted(root.glob("Wan2.1_VAE*.safetensors"))

@@ -424,10 +424,11 @@ def default_model() -> tuple[str, str]:
 def resolve_vae(model: str | None = None, vae: str | os.PathLike | None = None,
                 dtype: torch.dtype = torch.float32, device="cpu"):
     """(WanVAE, where it came from): an explicit path, else the named model's, else the default model's."""
+    from .hub import explicit_vae
     from .modeling.vae_files import load_vae
 
     if vae is not None:
-        return load_vae(vae, dtype=dtype, device=device), str(vae)
+        return load_vae(explicit_vae(vae), dtype=dtype, device=device), str(vae)
     name = model if model is not None else default_model()[0]
     files = find_files(name)
     if files.vae is None:

@@ -75,6 +75,7 @@ def encode(
     source = M.read_media(media, first=None if frames is None else M.round_frames(frames, "up"),
                           max_bytes=decode_budget(max_memory))
 
+    from ..hub import explicit_vae
     from ..loading import find_files
     from ..model_config import spec_from_files
     from ..pipelines import latents as L
@@ -83,18 +84,18 @@ def encode(
     dev = pick_device(device)
     dt = pick_dtype(value(dtype), dev)
     resolution = None
-    if vae is None:
+    if vae is None or model is not None:  # a model: its resolution, and its VAE unless --vae names another
         name = model_name(model)
-        files = find_files(name)
+        files = find_files(name, vae=vae)
         if files.vae is None:
             raise ModelError(f"model '{name}' has no VAE: pass --vae PATH")
-        vae_path = files.vae
+        vae_path = files.vae  # --vae when given (checked by find_files)
         if files.format == "showo2":
             resolution = spec_from_files(files, {}).resolution
         else:
             resolution = int(files.config.get("image_latent_height") or 27) * 16
-    else:
-        vae_path = vae
+    else:  # a VAE alone
+        vae_path = explicit_vae(vae)
     hw = requested or ((resolution, resolution) if resolution else (432, 432))
     with status("loading the VAE"):
         from ..modeling.vae_files import load_vae
