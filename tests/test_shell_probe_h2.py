@@ -224,3 +224,12 @@ def test_a_missing_vae_is_one_message_in_every_command(command, tmp_path, capsys
     assert main([command, str(first), "--vae", str(tmp_path / "none"), "-o", str(out), "--quiet"]) == 4
     assert capsys.readouterr().err == f"showo2: error: VAE '{tmp_path / 'none'}' does not exist\n"
     assert not out.exists()
+
+
+def test_info_defaults_to_the_model_the_other_commands_use(capsys, monkeypatch):
+    """Every model command takes $SHOWO2_MODEL (then the cached 1.5B, then the demo) when no model
+    is named; `showo2 info` alone was a usage error (exit 2: missing argument)."""
+    monkeypatch.setenv("SHOWO2_MODEL", str(DEMO))
+    assert main(["info", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == str(DEMO) and result["spec"]["hidden_size"] == 128

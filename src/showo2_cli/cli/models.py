@@ -22,6 +22,7 @@ from .common import (
     VaeOpt,
     emit,
     fetch_if_needed,
+    model_name,
     notice,
     setup,
     status,
@@ -59,13 +60,16 @@ def _check_output_folder(path: Path, overwrite: bool) -> None:
 
 
 def info(
-    model: Annotated[str, typer.Argument(help="Model name, folder or Hugging Face repo id.")],
+    model: Annotated[str | None, typer.Argument(
+        help="Model name, folder or Hugging Face repo id (default: the one the other commands use: "
+             "$SHOWO2_MODEL, the cached official 1.5B, then the bundled demo).")] = None,
     vae: VaeOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
     """Show a model's spec, parameter counts, dtype and where each file was found."""
     setup(json_mode, quiet)
+    model = model_name(model)
     from ..loading import build_network, find_files, parameter_counts
     from ..model_config import spec_from_files
     from ..weights import read_state_dict
