@@ -174,10 +174,10 @@ def test_a_mistyped_model_name_gets_a_suggestion(capsys, tmp_path, monkeypatch):
 
 
 def test_a_refused_choice_reads_without_pydantics_prefix(capsys):
-    # "Invalid value for '--dtype': Value error, 'bfloat16' is not one of ..."
-    assert main(["t2i", "a cat", "--dtype", "bfloat16"]) == 2
+    # "Invalid value for '--dtype': Value error, 'int8' is not one of ..."
+    assert main(["t2i", "a cat", "--dtype", "int8"]) == 2
     err = capsys.readouterr().err
-    assert "Invalid value for '--dtype': 'bfloat16' is not one of 'auto', 'fp32', 'bf16', 'fp16'" in err, err
+    assert "Invalid value for '--dtype': 'int8' is not one of 'auto', 'fp32', 'float32', 'bf16'" in err, err
     assert "Value error" not in err
 
 
