@@ -73,9 +73,11 @@ def test_model_commands_share_the_model_options():
     commands = _commands()
     options = {name: {o for p in cmd.params for o in p.opts} for name, cmd in commands.items()}
     model_commands = sorted(name for name, opts in options.items() if "--model" in opts)
-    assert model_commands == ["caption", "chat", "decode", "encode", "i2v", "serve", "t2i", "t2v"]
+    assert model_commands == ["caption", "chat", "decode", "encode", "i2v", "info", "serve", "t2i", "t2v"]
     for name in model_commands:
-        assert {"--vae", "--device", "--dtype", "--quiet", "--vae-tiling"} <= options[name], name
+        assert {"--vae", "--quiet"} <= options[name], name
+        if name != "info":  # info reads the files, runs nothing
+            assert {"--device", "--dtype", "--vae-tiling"} <= options[name], name
     for name in ("caption", "chat", "serve", "t2i", "t2v", "i2v"):
         assert {"--attn", "--compile", "--quantize", "--lora"} <= options[name], name
 
@@ -233,3 +235,8 @@ def test_info_defaults_to_the_model_the_other_commands_use(capsys, monkeypatch):
     assert main(["info", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == str(DEMO) and result["spec"]["hidden_size"] == 128
+    # and -m/--model names it as in every other model command (the notice says to pass --model)
+    assert main(["info", "-m", "demo", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "demo"
+    assert main(["info", "demo", "--model", str(DEMO)]) == 2
+    assert "two models given" in capsys.readouterr().err

@@ -10,12 +10,13 @@ from typing import Annotated
 
 import typer
 
-from ..errors import ModelError, OutputError
+from ..errors import ModelError, OutputError, UsageError, short
 from ..options import check_dtype
 from .common import (
     JsonOpt,
     LoraOpt,
     MaxMemOpt,
+    ModelOpt,
     OverwriteOpt,
     ProgressReporter,
     QuietOpt,
@@ -63,13 +64,16 @@ def info(
     model: Annotated[str | None, typer.Argument(
         help="Model name, folder or Hugging Face repo id (default: the one the other commands use: "
              "$SHOWO2_MODEL, the cached official 1.5B, then the bundled demo).")] = None,
+    model_opt: ModelOpt = None,
     vae: VaeOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
     """Show a model's spec, parameter counts, dtype and where each file was found."""
     setup(json_mode, quiet)
-    model = model_name(model)
+    if model is not None and model_opt is not None and model != model_opt:
+        raise UsageError(f"two models given: '{short(model)}' and --model '{short(model_opt)}'; give one")
+    model = model_name(model if model is not None else model_opt)
     from ..loading import build_network, find_files, parameter_counts
     from ..model_config import spec_from_files
     from ..weights import read_state_dict
