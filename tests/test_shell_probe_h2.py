@@ -240,3 +240,11 @@ def test_info_defaults_to_the_model_the_other_commands_use(capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)["model"] == "demo"
     assert main(["info", "demo", "--model", str(DEMO)]) == 2
     assert "two models given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option,limit", [("--fps", "0.5 to 240"), ("--size", "at most 4096")])
+def test_help_states_the_limits_every_command_enforces(option, limit):
+    """decode's --fps and encode's --size enforce the limits t2v's and t2i's do, but their help
+    did not say so."""
+    helps = {name: p.help for name, cmd in _commands().items() for p in cmd.params if option in p.opts}
+    assert len(helps) >= 3 and all(limit in text for text in helps.values()), helps
