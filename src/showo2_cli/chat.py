@@ -33,6 +33,7 @@ from .dialogue import (
     TextSampling,
     TurnTokens,
     VisualInput,
+    check_streamer,
     conversation_layout,
     encode_media,
     encode_user_text,
@@ -259,7 +260,7 @@ class Conversation:
     @cpu_by_default
     def ask(self, question: str, sampling: TextSampling | None = None,
             on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
-            prefix: str = "") -> str:
+            prefix: str = "", streamer=None) -> str:
         """Answer ``question`` (with the pending media) given the turns before it; return the answer.
 
         ``prefix`` starts the answer and the model continues it (a prefill, as an API request that
@@ -268,12 +269,23 @@ class Conversation:
 
         ``sampling`` defaults to the options' (greedy). ``on_text(piece)`` streams the answer;
         setting ``cancel`` stops generation (:class:`~showo2_cli.dialogue.Cancelled` is raised and
-        the turn is not recorded). The finished turn is ``self.turns[-1]``.
+        the turn is not recorded). ``streamer``: transformers' streaming object, fed as
+        :func:`~showo2_cli.pipelines.caption` feeds it (the prompt's ids ``(1, L)``, each new id
+        ``(1,)``, then ``end()``, also when the question fails). The finished turn is ``self.turns[-1]``.
 
         A question that fails (refused as :class:`~showo2_cli.errors.ContextTooLong`, cancelled,
         any error) changes nothing: no turn leaves the context and the pending media stay for the
         next question, as an unsent message keeps its attachments (``pending.clear()`` drops them).
         """
+        if streamer is None:
+            return self._ask(question, sampling, on_text, cancel, prefix, None)
+        check_streamer(streamer)
+        try:
+            return self._ask(question, sampling, on_text, cancel, prefix, streamer)
+        finally:
+            streamer.end()
+
+    def _ask(self, question, sampling, on_text, cancel, prefix, streamer) -> str:
         with self._lock:
             start = time.perf_counter()
             sampling = sampling or self.sampling()
@@ -292,7 +304,7 @@ class Conversation:
                                                   self.mask_mode, self.template)
             out = generate_answer(self.model, layout, visuals, replace(sampling, max_new_tokens=limit),
                                   on_text=on_text, cancel=cancel, prefix=p_ids,
-                                  prefix_spaced=bool(head) and head != prefix)
+                                  prefix_spaced=bool(head) and head != prefix, streamer=streamer)
             turn = Turn(question.strip(), prefix + out.text, list(self.pending), q_ids, p_ids + out.token_ids,
                         out.stopped, out.prompt_tokens, time.perf_counter() - start, out.generated)
             self._first, self._carried, self.pending = first, carried, []

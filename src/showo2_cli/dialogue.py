@@ -265,12 +265,19 @@ class Answer:
     generated: int = 0  # tokens the model produced (those a stop string cut included), the stop token not
 
 
+def check_streamer(streamer) -> None:
+    """A ``streamer=`` must be transformers' kind of streaming object: ``put`` and ``end``."""
+    if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+        raise TypeError(f"streamer must have put() and end() (transformers' TextStreamer), got "
+                        f"{type(streamer).__name__}")
+
+
 @cpu_by_default
 @torch.no_grad()
 def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], sampling: TextSampling,
                     on_text: Callable[[str], None] | None = None,
                     cancel: threading.Event | None = None, prefix: Sequence[int] = (),
-                    prefix_spaced: bool = False) -> Answer:
+                    prefix_spaced: bool = False, streamer=None) -> Answer:
     """Decode one answer from a conversation prompt (greedy unless ``sampling`` says otherwise).
 
     ``on_text(piece)`` receives the answer's text as it grows, the pieces adding up to the
@@ -279,6 +286,8 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
     one first appears (the answer is the text before it). ``prefix``: the ids of the answer's
     start, which the layout ends with (a reply being continued); the text is what follows it
     (``prefix_spaced``: the given start ended in whitespace, left out of ``prefix``).
+    ``streamer`` (checked by :func:`check_streamer`) is fed as ``generate(streamer=)`` feeds
+    it: the prompt's ids ``(1, L)``, then each new id ``(1,)``; the caller calls its ``end()``.
     """
     net, tokenizer, tokens = model.network, model.require_tokenizer(), model.tokens
     stop = (tokens.end,)
@@ -293,8 +302,12 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
     def on_token(tok: int) -> bool:
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
+        if streamer is not None:
+            streamer.put(torch.tensor([tok]))
         return stream.push(tok)
 
+    if streamer is not None:
+        streamer.put(layout.input_ids.cpu())
     out = generate(net, embeds, mask, sampling, on_token=on_token)
     text = stream.finish()
     # a stop string cut the answer: its ids are the kept text's; else the model's own ids
@@ -303,5 +316,5 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
 
 
 __all__ = ["Answer", "Cancelled", "DEFAULT_SYSTEM", "PromptPieces", "TextSampling", "TurnTokens",
-           "VisualInput", "conversation_layout", "encode_media", "encode_user_text", "generate_answer",
-           "prompt_length", "system_ids"]
+           "VisualInput", "check_streamer", "conversation_layout", "encode_media", "encode_user_text",
+           "generate_answer", "prompt_length", "system_ids"]

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from ..dialogue import encode_media
+from ..dialogue import check_streamer, encode_media
 from ..errors import UsageError
 from ..loading import Showo2, require_model
 from ..modeling.attention import omni_attention_mask
@@ -74,9 +74,7 @@ def caption(model: Showo2, source, options: CaptionOptions | None = None,
         # generator, so torch.manual_seed repeats a run) and recorded in the result's options
         opts = replace(opts, seed=int(torch.randint(0, 2**31, (1,))))
     if streamer is not None:
-        if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
-            raise TypeError(f"streamer must have put() and end() (transformers' TextStreamer), got "
-                            f"{type(streamer).__name__}")
+        check_streamer(streamer)
         if len(opts.questions) > 1:
             raise UsageError(f"a streamer takes one answer, got {len(opts.questions)} questions: ask them one at "
                              "a time (or use on_text(i, piece))")
