@@ -56,3 +56,48 @@ def test_conversation_ask_feeds_a_transformers_streamer(demo):
     assert failing.ends == 1 and failing.puts == [] and len(conv.turns) == 2
     with pytest.raises(TypeError, match="streamer must have put"):
         conv.ask("Why?", streamer=print)
+
+
+def test_sampled_answers_record_their_seed_and_repeat(demo):
+    """A sampled chat without a seed drew its tokens from torch's global generator and its transcript
+    kept neither temperature nor seed: nothing repeated it. Each generated turn now records its
+    sampling (the seed drawn included), and that record repeats the answer."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.dialogue import TextSampling
+
+    image = np.full((32, 32, 3), 90, np.uint8)
+    hot = TextSampling(max_new_tokens=12, temperature=50.0)
+    conv = Conversation(demo)
+    conv.attach(image)
+    answers = [conv.ask("What color is it?", hot), conv.ask("What shape is it?", hot)]
+    records = [t["sampling"] for t in conv.to_json()["turns"]]
+    assert [r["temperature"] for r in records] == [50.0, 50.0] and all(isinstance(r["seed"], int) for r in records)
+    again = Conversation(demo)
+    again.attach(image)
+    fields = {k: v for k, v in records[0].items() if k not in ("stop_strings", "logit_bias")}
+    assert again.ask("What color is it?", TextSampling(**fields)) == answers[0]
+    assert again.ask("What shape is it?", TextSampling(**{**fields, "seed": records[1]["seed"]})) == answers[1]
+    assert again.turns[1].sampling == records[1]
+    other = Conversation(demo)
+    other.attach(image)
+    assert other.ask("What color is it?", TextSampling(**{**fields, "seed": fields["seed"] + 1})) != answers[0]
+    conv.add_turn("Given?", "yes")
+    assert conv.to_json()["turns"][-1]["sampling"] is None  # given, not generated
+
+
+def test_chat_command_prints_the_seed_it_draws(demo, tmp_path):
+    """``showo2 chat --temperature 0.8`` printed no seed (caption prints ``seed N``): the chat could not
+    be repeated. It now draws one seed for the chat, says it, and /save records it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from showo2_cli.cli import app
+
+    out = tmp_path / "chat.json"
+    result = CliRunner().invoke(app, ["chat", "--model", "demo", "--temperature", "0.8", "--max-new-tokens", "4"],
+                                input=f"hi\n/save {out}\n")
+    assert result.exit_code == 0, result.output
+    seeds = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("seed ")]
+    assert len(seeds) == 1
+    assert json.loads(out.read_text())["turns"][0]["sampling"]["seed"] == int(seeds[0])

@@ -23,7 +23,9 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
 
 from . import __version__
 from .dialogue import (
@@ -60,6 +62,7 @@ class Turn:
     prompt_tokens: int = 0  # prompt length when it was answered (0: history given, not generated)
     seconds: float = 0.0
     generated_tokens: int = 0  # tokens the model produced for it (a stop string's cut ones included)
+    sampling: dict | None = None  # how it was decoded (seed included): None for a turn given, not generated
 
     def tokens(self, with_answer: bool = True, media: list[VisualInput] | None = None) -> TurnTokens:
         return TurnTokens(self.question_ids, media if media is not None else self.media,
@@ -68,7 +71,19 @@ class Turn:
     def describe(self) -> dict:
         return {"question": self.question, "answer": self.answer, "media": [m.describe() for m in self.media],
                 "prompt_tokens": self.prompt_tokens, "answer_tokens": len(self.answer_ids),
-                "finish_reason": "stop" if self.stopped else "length", "seconds": round(self.seconds, 3)}
+                "finish_reason": "stop" if self.stopped else "length", "seconds": round(self.seconds, 3),
+                "sampling": self.sampling}
+
+
+def sampling_record(sampling: TextSampling) -> dict:
+    """What repeats an answer's decoding, as JSON: every :class:`TextSampling` field but the stop
+    token (the model's own)."""
+    record = asdict(sampling)
+    del record["stop_ids"]
+    record["stop_strings"] = list(sampling.stop_strings)
+    if sampling.logit_bias is not None:
+        record["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
+    return record
 
 
 #: what :class:`Conversation` does when a question and its answer do not fit the context
@@ -267,7 +282,10 @@ class Conversation:
         ends with an assistant message asks): the text returned and streamed is the continuation,
         the turn recorded holds the whole answer.
 
-        ``sampling`` defaults to the options' (greedy). ``on_text(piece)`` streams the answer;
+        ``sampling`` defaults to the options' (greedy). Sampled without a seed, the answer's seed is
+        drawn (from torch's generator, so ``torch.manual_seed`` repeats a chat, as
+        :func:`~showo2_cli.pipelines.caption` does); the turn records it with the other sampling
+        values (``Turn.sampling``, the transcript's ``sampling``). ``on_text(piece)`` streams the answer;
         setting ``cancel`` stops generation (:class:`~showo2_cli.dialogue.Cancelled` is raised and
         the turn is not recorded). ``streamer``: transformers' streaming object, fed as
         :func:`~showo2_cli.pipelines.caption` feeds it (the prompt's ids ``(1, L)``, each new id
@@ -290,6 +308,8 @@ class Conversation:
             start = time.perf_counter()
             sampling = sampling or self.sampling()
             sampling.validate()
+            if sampling.sampled and sampling.seed is None:  # recorded below: the transcript repeats it
+                sampling = replace(sampling, seed=int(torch.randint(0, 2**31, (1,))))
             q_ids = self._question_ids(question)
             if not isinstance(prefix, str):
                 raise UsageError("an answer prefix must be text")
@@ -306,7 +326,8 @@ class Conversation:
                                   on_text=on_text, cancel=cancel, prefix=p_ids,
                                   prefix_spaced=bool(head) and head != prefix, streamer=streamer)
             turn = Turn(question.strip(), prefix + out.text, list(self.pending), q_ids, p_ids + out.token_ids,
-                        out.stopped, out.prompt_tokens, time.perf_counter() - start, out.generated)
+                        out.stopped, out.prompt_tokens, time.perf_counter() - start, out.generated,
+                        sampling_record(sampling))
             self._first, self._carried, self.pending = first, carried, []
             self.turns.append(turn)
             for text in notices:
@@ -344,4 +365,4 @@ class Conversation:
         return os.fspath(path)
 
 
-__all__ = ["Cancelled", "Conversation", "MAX_MEDIA_PER_TURN", "Turn", "context_budget"]
+__all__ = ["Cancelled", "Conversation", "MAX_MEDIA_PER_TURN", "Turn", "context_budget", "sampling_record"]

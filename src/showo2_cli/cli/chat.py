@@ -356,7 +356,8 @@ def chat(
     min_p: Annotated[float | None, typer.Option(
         "--min-p", help="Min-p sampling (with --temperature): drop tokens less likely than this times the most "
         "likely one.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.")] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Seed for sampling (random if absent; printed, and recorded by /save).")] = None,
     repetition_penalty: Annotated[float | None, typer.Option(
         "--repetition-penalty", help="Above 1 discourages repeating the answer's tokens (transformers' "
         "penalty; 1.1 is usual).")] = None,
@@ -402,6 +403,12 @@ def chat(
     from ..chat import Conversation
 
     bundle = C.load_model(model, device, dtype, vae=vae, runtime=runtime, lora=lora)
+    if opts.seed is None and opts.sampling().sampled:  # every answer of the chat is drawn with it: printed
+        # as caption prints its seed, so --seed N repeats the chat (each turn's transcript records it)
+        from ..options import random_seed
+
+        opts.seed = random_seed()
+        C.notice(f"seed {opts.seed}")
     conv = Conversation(bundle, system, options=opts, max_context=max_context, on_notice=C.notice)
     for path in media or []:
         conv.attach(path, name=str(path))
