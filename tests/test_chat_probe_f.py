@@ -101,3 +101,43 @@ def test_chat_command_prints_the_seed_it_draws(demo, tmp_path):
     seeds = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("seed ")]
     assert len(seeds) == 1
     assert json.loads(out.read_text())["turns"][0]["sampling"]["seed"] == int(seeds[0])
+
+
+def test_a_chat_that_outgrows_memory_is_refused_and_goes_on(demo):
+    """Chat prompts grow with every turn, and their forward with the prompt's square, yet only video
+    questions were checked against the memory limit: a long chat on a large model ran out of memory
+    (killed, the session lost). A question whose prompt and answer would not fit is now refused
+    (``ResourceError``, exit class 6) before anything is allocated, and the chat is as it was."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.errors import ResourceError
+    from showo2_cli.options import CaptionOptions
+    from showo2_cli.pipelines.understand import answer_memory_gb
+
+    image = np.full((32, 32, 3), 90, np.uint8)
+    conv = Conversation(demo, options=CaptionOptions(max_new_tokens=4, max_memory_gb=0.02))
+    conv.attach(image)
+    assert conv.ask("What color is it?")
+    long = " ".join(["red"] * 1500)
+    with pytest.raises(ResourceError, match=r"a conversation of \d+ prompt tokens needs about .* --max-memory; "
+                                            "lower --max-context"):
+        conv.ask(long)
+    assert len(conv.turns) == 1 and conv.notices == []
+    conv.attach(image)
+    assert conv.ask("What shape is it?") and len(conv.turns) == 2 and not conv.pending
+    # the estimate grows with the prompt's square, and its answer's KV cache
+    assert answer_memory_gb(demo, 2000, 0) > 3 * answer_memory_gb(demo, 1000, 0)
+    assert answer_memory_gb(demo, 1000, 100) > answer_memory_gb(demo, 1000, 0)
+
+
+def test_an_image_caption_is_checked_against_the_memory_limit(demo):
+    """``caption`` checked a video's sequence against ``max_memory_gb`` but never an image question's
+    prompt, however long the question: now both are."""
+    from showo2_cli import api
+    from showo2_cli.errors import ResourceError
+
+    image = np.full((32, 32, 3), 90, np.uint8)
+    question = " ".join(["red"] * 1500)
+    with pytest.raises(ResourceError, match=r"answering a prompt of \d+ tokens needs about"):
+        api.caption(demo, image, api.CaptionOptions(questions=[question], max_new_tokens=2, max_memory_gb=0.02))
+    assert api.caption(demo, image, api.CaptionOptions(questions=["What?"], max_new_tokens=2,
+                                                       max_memory_gb=0.02)).answers[0]

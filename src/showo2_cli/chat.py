@@ -228,9 +228,9 @@ class Conversation:
             turns[0] = replace(turns[0], visuals=[*carried, *turns[0].visuals])
         return turns
 
-    def _fit(self, current: TurnTokens, max_new_tokens: int) -> tuple[int, list[VisualInput], int, list[str]]:
+    def _fit(self, current: TurnTokens, max_new_tokens: int) -> tuple[int, list[VisualInput], int, int, list[str]]:
         """Drop the oldest turns until prompt + answer fit. Return the context's first turn, the media
-        carried from dropped turns, the answer's token budget and the notices saying so; the
+        carried from dropped turns, the prompt's length, the answer's token budget and the notices saying so; the
         conversation itself (notices included) is changed only when the answer is done
         (:meth:`ask`), so a refused or cancelled question changes nothing."""
         first, carried, dropped = self._start, self._carried, 0
@@ -262,7 +262,18 @@ class Conversation:
                            f"turn{'s' if dropped > 1 else ''} left the context{kept}")
         if room < max_new_tokens:
             notices.append(f"the answer is limited to {room} tokens by the context budget of {self.max_context}")
-        return first, carried, min(room, max_new_tokens), notices
+        return first, carried, length, min(room, max_new_tokens), notices
+
+    def _check_memory(self, prompt_tokens: int, answer_tokens: int) -> None:
+        """Refuse (:class:`~showo2_cli.errors.ResourceError`) a question whose prompt and answer would
+        not fit the memory limit (``options.max_memory_gb``, else ``$SHOWO2_MAX_MEMORY_GB``, else
+        the memory available), as a caption is checked: the forward over the prompt grows with its
+        square, the KV cache with prompt + answer."""
+        from .pipelines.understand import check_answer_memory
+
+        check_answer_memory(self.model, prompt_tokens, answer_tokens,
+                            f"a conversation of {prompt_tokens} prompt tokens", self.options.max_memory_gb,
+                            "lower --max-context so older turns leave the context, or /reset")
 
     def _notice(self, text: str) -> None:
         self.notices.append(text)
@@ -319,7 +330,8 @@ class Conversation:
             head = prefix.rstrip()
             p_ids = encode_user_text(self.model.require_tokenizer(), head) if head else []
             current = TurnTokens(q_ids, list(self.pending), prefix=p_ids)
-            first, carried, limit, notices = self._fit(current, sampling.max_new_tokens)
+            first, carried, length, limit, notices = self._fit(current, sampling.max_new_tokens)
+            self._check_memory(length, limit)  # before the prompt's mask and activations are allocated
             layout, visuals = conversation_layout(self._context(current, first, carried), self._pieces,
                                                   self.mask_mode, self.template)
             out = generate_answer(self.model, layout, visuals, replace(sampling, max_new_tokens=limit),

@@ -28,6 +28,7 @@ from .common import (
     DtypeOpt,
     LoraOpt,
     MaskMode,
+    MaxMemOpt,
     ModelOpt,
     QuantizeOpt,
     QuietOpt,
@@ -373,7 +374,7 @@ def chat(
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa", compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto",
-    quantize: QuantizeOpt = "none",
+    quantize: QuantizeOpt = "none", max_memory: MaxMemOpt = None,
     quiet: QuietOpt = False,
 ):
     """Chat about images and videos, and generate images, with one resident model.
@@ -387,7 +388,7 @@ def chat(
 
     opts = CaptionOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                           seed=seed, frames=frames, mask_mode=C.value(mask), template=C.value(template),
-                          repetition_penalty=repetition_penalty, min_p=min_p)
+                          repetition_penalty=repetition_penalty, min_p=min_p, max_memory_gb=max_memory)
     opts.validate()
     C.notice_unused_sampling(opts)
     dtype = getattr(dtype, "value", dtype)

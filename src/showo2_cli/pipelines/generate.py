@@ -41,7 +41,7 @@ def _text_budget(spec) -> int:
 
 def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dtype: torch.dtype | None = None,
                        vae_base_dim: int | None = None, latent_frames: int = 1, vae_tiled: bool = False,
-                       vae_tile: tuple[int, int, int, int] | None = None) -> float:
+                       vae_tile: tuple[int, int, int, int] | None = None, llm_only: bool = False) -> float:
     """A rough upper bound (GB) of the memory one generation job needs beyond the weights: the
     largest of one guided step's activations (``rows`` sequences of ``seq_len``: attention scores,
     the hidden- and MLP-width activations of the widest layer, the mask) and the VAE decoding one
@@ -50,7 +50,8 @@ def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dty
     other. ``model`` is a loaded :class:`Showo2` or a :class:`ModelSpec` (then give ``dtype``;
     the VAE is taken as the real Wan2.1 one, base_dim 96, unless ``vae_base_dim`` says;
     ``vae_tiled``: the decode runs in spatial tiles, of ``vae_tile`` (the loaded VAE's, else
-    diffusers' default))."""
+    diffusers' default)). ``llm_only``: a forward of the LLM alone (answering text: the flow head
+    does not run)."""
     from ..modeling.vae import DEFAULT_TILE, decode_memory_bytes
 
     spec = model.spec if isinstance(model, Showo2) else model
@@ -61,9 +62,10 @@ def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dty
     if vae_tile is None:
         vae_tile = model.vae.tile if isinstance(model, Showo2) and model.vae is not None else DEFAULT_TILE
     bytes_per = torch.finfo(dtype).bits // 8
-    width = max(spec.hidden_size, spec.head_hidden)
-    inner = max(spec.intermediate_size, spec.head_intermediate)
-    attn = rows * max(spec.num_heads, spec.head_heads) * seq_len * seq_len * bytes_per
+    head = (0, 0, 0) if llm_only else (spec.head_hidden, spec.head_intermediate, spec.head_heads)
+    width = max(spec.hidden_size, head[0])
+    inner = max(spec.intermediate_size, head[1])
+    attn = rows * max(spec.num_heads, head[2]) * seq_len * seq_len * bytes_per
     # Per position, the largest layer's transients: its SwiGLU MLP holds up to four tensors of the
     # intermediate width (gate, its activation, up, their product) beside about eight of the hidden
     # width (residual, norm, q/k/v with the kv heads repeated, attention and projection outputs).

@@ -50,6 +50,28 @@ def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: f
     return need
 
 
+def answer_memory_gb(model: Showo2, prompt_tokens: int, answer_tokens: int) -> float:
+    """A rough upper bound (GB) of the memory one answer needs beyond the weights: the LLM's forward
+    over the prompt (its attention, activations and mask grow with the prompt's square) plus the KV
+    cache of prompt and answer (the answer's tokens run one at a time)."""
+    from .generate import estimate_memory_gb
+
+    spec = model.spec
+    kv = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * (prompt_tokens + answer_tokens)
+    return estimate_memory_gb(model, 1, prompt_tokens, 0, llm_only=True) + kv * model.dtype.itemsize / 1e9
+
+
+def check_answer_memory(model: Showo2, prompt_tokens: int, answer_tokens: int, what: str,
+                        max_memory_gb: float | None = None, advice: str = "") -> float:
+    """Refuse (:class:`ResourceError`) an answer whose prompt and answer would not fit the memory
+    limit (:func:`~showo2_cli.runtime.check_memory`), before the prompt's mask is allocated."""
+    from ..runtime import check_memory
+
+    need = answer_memory_gb(model, prompt_tokens, answer_tokens)
+    check_memory(need, what, max_memory_gb, model.network.device, advice)
+    return need
+
+
 @cpu_by_default
 @torch.no_grad()
 def caption(model: Showo2, source, options: CaptionOptions | None = None,
@@ -105,6 +127,9 @@ def _caption(model: Showo2, source, opts: CaptionOptions, on_text, progress, on_
                                       mask_mode=opts.mask_mode or spec.und_mask_mode,
                                       template=opts.template or spec.und_template, newline=newline,
                                       official_block_len=official_len)
+        answer_room = max(min(opts.max_new_tokens, spec.max_position_embeddings - layout.seq_len), 0)
+        check_answer_memory(model, layout.seq_len, answer_room, f"answering a prompt of {layout.seq_len} tokens",
+                            opts.max_memory_gb, "ask a shorter question")
         embeds, _ = net.embed_inputs(layout.input_ids, [[visual]], layout.slots, torch.ones(1))
         mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
         if len(questions) > 1:
