@@ -119,7 +119,7 @@ def test_a_chat_that_outgrows_memory_is_refused_and_goes_on(demo):
     assert conv.ask("What color is it?")
     long = " ".join(["red"] * 1500)
     with pytest.raises(ResourceError, match=r"a conversation of \d+ prompt tokens needs about .* --max-memory; "
-                                            "lower --max-context"):
+                                            "shorten the conversation"):
         conv.ask(long)
     assert len(conv.turns) == 1 and conv.notices == []
     conv.attach(image)
