@@ -141,3 +141,16 @@ def test_an_image_caption_is_checked_against_the_memory_limit(demo):
         api.caption(demo, image, api.CaptionOptions(questions=[question], max_new_tokens=2, max_memory_gb=0.02))
     assert api.caption(demo, image, api.CaptionOptions(questions=["What?"], max_new_tokens=2,
                                                        max_memory_gb=0.02)).answers[0]
+
+
+def test_a_context_budget_past_the_models_positions_is_said(demo):
+    """``chat --max-context 20000`` on a model of 8192 positions answered a 9000-token prompt without
+    a word: prompts past the position range are allowed (RoPE runs on) but now noticed once."""
+    from showo2_cli.chat import Conversation, context_budget
+
+    said = []
+    Conversation(demo, max_context=context_budget(demo), on_notice=said.append)
+    assert said == []
+    conv = Conversation(demo, max_context=context_budget(demo) + 1, on_notice=said.append)
+    assert len(said) == 1 and f"past the model's position range of {context_budget(demo)}" in said[0]
+    assert conv.notices == said

@@ -134,6 +134,9 @@ class Conversation:
         self._carried: list[VisualInput] = []  # media kept from dropped turns
         self._lock = threading.Lock()
         self.system = DEFAULT_SYSTEM if system is None else system
+        if budget > context_budget(model):  # allowed (RoPE runs on), but said: past what it was trained on
+            self._notice(f"a context budget of {budget} tokens is past the model's position range of "
+                         f"{context_budget(model)}: prompts longer than that get positions it was not trained on")
 
     # ---- state ----------------------------------------------------------------------------------
     @property
