@@ -154,3 +154,27 @@ def test_a_context_budget_past_the_models_positions_is_said(demo):
     conv = Conversation(demo, max_context=context_budget(demo) + 1, on_notice=said.append)
     assert len(said) == 1 and f"past the model's position range of {context_budget(demo)}" in said[0]
     assert conv.notices == said
+
+
+def test_running_out_of_memory_mid_chat_is_said_as_such(demo):
+    """torch's allocators raise RuntimeError (CPU "can't allocate memory", CUDA's OutOfMemoryError):
+    mid-chat that was "internal error: RuntimeError: ... (run with --debug for the traceback)", a
+    bug report for what the rest of the CLI calls "out of memory". The chat still goes on."""
+    import io
+
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli.chat import ChatSession
+
+    conv = Conversation(demo)
+    err = io.StringIO()
+    session = ChatSession(conv, out=io.StringIO(), err=err)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 256000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    conv.ask, ask = boom, conv.ask
+    assert session.handle("What color?")
+    conv.ask = ask
+    assert err.getvalue().startswith("showo2: error: out of memory (") and "internal error" not in err.getvalue()
+    assert session.handle("What color?") and len(conv.turns) == 1

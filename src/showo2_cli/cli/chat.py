@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import one_line
+from ..errors import is_out_of_memory, one_line
 from ..options import check_max_context
 from . import common
 from .common import (
@@ -46,6 +46,8 @@ COMMANDS = {
     "/quit": "leave (also /exit, Ctrl-D)",
     "/help": "this list",
 }
+#: what a question or command that ran out of memory says (the chat goes on)
+OUT_OF_MEMORY = "out of memory (a shorter conversation needs less: /reset, or a lower --max-context)"
 #: /help pads the usages to the longest one up to this many characters
 HELP_WIDTH = 30
 
@@ -87,12 +89,15 @@ class ChatSession:
                 raise
             self.info("(interrupted)")
         except MemoryError:
-            self.error("out of memory")
+            self.error(OUT_OF_MEMORY)
         except BrokenPipeError:  # the reader of the answers went away: the chat ends (exit 141)
             raise
         except Exception as e:  # a bug: one line (the traceback with --debug), the chat goes on
             if common.STATE.get("debug"):
                 traceback.print_exc(file=self.err)
+            if is_out_of_memory(e):  # torch's allocators raise RuntimeError (CUDA's OutOfMemoryError)
+                self.error(OUT_OF_MEMORY)
+                return True
             self.error(f"internal error: {type(e).__name__}: {one_line(e)} "
                        "(run with --debug for the traceback)")
         return True
