@@ -276,7 +276,7 @@ class Conversation:
 
         check_answer_memory(self.model, prompt_tokens, answer_tokens,
                             f"a conversation of {prompt_tokens} prompt tokens", self.options.max_memory_gb,
-                            "shorten the conversation (/reset; a lower --max-context lets older turns leave it)")
+                            "shorten the conversation (fewer or shorter turns)")
 
     def _notice(self, text: str) -> None:
         self.notices.append(text)
