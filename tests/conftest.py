@@ -49,6 +49,19 @@ def random_lora(model_dir: Path, folder: Path) -> Path:
     return save_adapter(folder, network, config)
 
 
+class RecordingStreamer:
+    """A streamer with transformers' protocol (``put(ids)``, ``end()``) that keeps what it is fed."""
+
+    def __init__(self):
+        self.puts, self.ends = [], 0
+
+    def put(self, value):
+        self.puts.append(value)
+
+    def end(self):
+        self.ends += 1
+
+
 def sigint_reaches_child() -> None:
     """``preexec_fn`` for a child a test interrupts with SIGINT: a test run started in the
     background by a shell without job control ignores SIGINT, and a child inherits that (it then

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import RecordingStreamer
 from showo2_cli.loading import bundled_demo_path, load
 
 
@@ -14,19 +15,6 @@ def demo():
     if bundled_demo_path() is None:
         pytest.skip("the bundled demo is not installed")
     return load("demo")
-
-
-class Recording:
-    """transformers' streamer protocol: ``put(ids)`` and ``end()``."""
-
-    def __init__(self):
-        self.puts, self.ends = [], 0
-
-    def put(self, value):
-        self.puts.append(value)
-
-    def end(self):
-        self.ends += 1
 
 
 def test_conversation_ask_feeds_a_transformers_streamer(demo):
@@ -43,14 +31,14 @@ def test_conversation_ask_feeds_a_transformers_streamer(demo):
     conv = Conversation(demo)
     conv.attach(image)
     conv.ask("What color is it?")
-    recording = Recording()
+    recording = RecordingStreamer()
     assert conv.ask("What shape is it?", streamer=recording) == want[1]
     prompt, *new = recording.puts
     assert prompt.shape == (1, conv.turns[-1].prompt_tokens) and prompt.dtype == torch.long
     assert all(t.shape == (1,) for t in new) and recording.ends == 1
     assert demo.tokenizer.decode(torch.cat(new), skip_special_tokens=True).strip() == want[1]
 
-    failing = Recording()
+    failing = RecordingStreamer()
     with pytest.raises(UsageError, match="empty question"):
         conv.ask("  ", streamer=failing)
     assert failing.ends == 1 and failing.puts == [] and len(conv.turns) == 2

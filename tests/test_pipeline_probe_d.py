@@ -8,6 +8,8 @@ import torch
 from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 from torch.utils._device import DeviceContext
 
+from conftest import RecordingStreamer
+
 
 @pytest.fixture(scope="module")
 def pipe(tiny_pipe):
@@ -90,19 +92,6 @@ def test_a_pipeline_call_under_a_default_device_makes_no_device_mode_calls(pipe,
     assert calls[0] < 20  # the pipeline's own argument handling only (hundreds per step before)
 
 
-class Recording:
-    """transformers' streamer protocol: ``put(ids)`` and ``end()``."""
-
-    def __init__(self):
-        self.puts, self.ends = [], 0
-
-    def put(self, value):
-        self.puts.append(value)
-
-    def end(self):
-        self.ends += 1
-
-
 def test_caption_feeds_a_transformers_streamer(pipe):
     """``pipe.caption(image, q, streamer=TextStreamer(tok))``, transformers' streaming idiom, was a
     TypeError (only ``on_text=`` existed). A streamer is now fed as ``generate(streamer=)`` feeds it:
@@ -116,7 +105,7 @@ def test_caption_feeds_a_transformers_streamer(pipe):
     image = np.full((32, 32, 3), 90, np.uint8)
     kwargs = {"max_new_tokens": 6, "temperature": 1.0, "seed": 3}
     alone = api.caption(pipe.model, image, api.CaptionOptions(questions=["What?"], **kwargs))
-    recording = Recording()
+    recording = RecordingStreamer()
     assert pipe.caption(image, "What?", streamer=recording, **kwargs) == alone.answers[0]
     prompt, *new = recording.puts
     assert prompt.dim() == 2 and prompt.shape[0] == 1 and prompt.dtype == torch.long
@@ -129,12 +118,12 @@ def test_caption_feeds_a_transformers_streamer(pipe):
     thread.join()
     assert text.strip() == alone.answers[0].strip()
 
-    failing = Recording()
+    failing = RecordingStreamer()
     with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
         pipe.caption(np.full((32, 32, 3), 9.0), "What?", streamer=failing)
     assert failing.ends == 1 and failing.puts == []
     with pytest.raises(ValueError, match="a streamer takes one answer, got 2 questions"):
-        pipe.caption(image, ["What?", "Why?"], streamer=Recording())
+        pipe.caption(image, ["What?", "Why?"], streamer=RecordingStreamer())
     with pytest.raises(TypeError, match="streamer must have put"):
         pipe.caption(image, "What?", streamer=print)
 
