@@ -194,3 +194,34 @@ def test_a_seed_from_torchs_global_generator_is_the_same_under_a_default_device(
     with torch.device("meta"):
         got = pipe("a cat", num_inference_steps=2, output_type="latent").images
     assert got.device.type == "cpu" and torch.equal(got, want)
+
+
+def test_a_refused_caption_ends_its_streamer(pipe):
+    """Probe J: a caption refused before it ran (two questions, max_new_tokens=0, an unknown keyword,
+    a question that is no string) raised without ``streamer.end()``: a thread reading a
+    ``TextIteratorStreamer`` (transformers' idiom) then waited for ever. Every refusal ends it now."""
+    import threading
+
+    from transformers import TextIteratorStreamer
+
+    from showo2_cli import api
+
+    image = np.full((32, 32, 3), 90, np.uint8)
+    for kwargs in ({"question": ["What?", "Why?"]}, {"question": "What?", "max_new_tokens": 0},
+                   {"question": "What?", "frobnicate": 1}, {"question": 3}):
+        recording = Recording()
+        with pytest.raises((ValueError, TypeError)):
+            pipe.caption(image, streamer=recording, **kwargs)
+        assert recording.ends == 1 and recording.puts == [], kwargs
+    recording = Recording()
+    with pytest.raises(ValueError, match="max-new-tokens"):
+        api.caption(pipe.model, image, api.CaptionOptions(max_new_tokens=0), streamer=recording)
+    assert recording.ends == 1
+
+    streamer = TextIteratorStreamer(pipe.tokenizer, skip_prompt=True)
+    reader = threading.Thread(target=lambda: "".join(streamer), daemon=True)
+    reader.start()
+    with pytest.raises(ValueError, match="a streamer takes one answer"):
+        pipe.caption(image, ["What?", "Why?"], streamer=streamer)
+    reader.join(timeout=10)
+    assert not reader.is_alive()

@@ -39,6 +39,7 @@ from .dialogue import (
     conversation_layout,
     encode_media,
     encode_user_text,
+    ending,
     generate_answer,
     prompt_length,
 )
@@ -309,13 +310,10 @@ class Conversation:
         any error) changes nothing: no turn leaves the context and the pending media stay for the
         next question, as an unsent message keeps its attachments (``pending.clear()`` drops them).
         """
-        if streamer is None:
-            return self._ask(question, sampling, on_text, cancel, prefix, None)
-        check_streamer(streamer)
-        try:
+        if streamer is not None:
+            check_streamer(streamer)
+        with ending(streamer):
             return self._ask(question, sampling, on_text, cancel, prefix, streamer)
-        finally:
-            streamer.end()
 
     def _ask(self, question, sampling, on_text, cancel, prefix, streamer) -> str:
         with self._lock:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -270,6 +271,19 @@ def check_streamer(streamer) -> None:
     if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
         raise TypeError(f"streamer must have put() and end() (transformers' TextStreamer), got "
                         f"{type(streamer).__name__}")
+
+
+@contextmanager
+def ending(streamer):
+    """Call ``streamer.end()`` when the block is left, however (a reader thread of a
+    ``TextIteratorStreamer`` waits for it); nothing for no streamer."""
+    if streamer is None:
+        yield
+        return
+    try:
+        yield
+    finally:
+        streamer.end()
 
 
 @cpu_by_default

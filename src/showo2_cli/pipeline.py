@@ -50,6 +50,7 @@ from .pipelines.arguments import (
     real_number,
     whole_number,
 )
+from .pipelines.understand import check_streamer
 from .runtime import cpu_by_default, enable_offload, one_call_at_a_time, pick_device, pick_dtype
 from .sampling import StopSampling
 
@@ -570,17 +571,23 @@ class Showo2Pipeline:
         anything with ``put`` and ``end``), fed as ``generate(streamer=)`` feeds it, for one
         question. Other ``CaptionOptions`` fields
         (``frames``, ``mask_mode``, ``template``, ``size``, ...) pass through."""
-        if question is not None and not isinstance(question, (str, list, tuple)):
-            raise TypeError(f"question must be a string or a list of strings, got {type(question).__name__}")
-        questions = [] if question is None else [question] if isinstance(question, str) else list(question)
-        check_caption_kwargs(options, {f.name for f in fields(CaptionOptions)} - {"questions"})
-        opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_p=top_p, top_k=top_k, seed=seed, **options)
-        unused = [CAPTION_NAMES.get(name, name) for name in opts.sampling().unused_sampling_options()]
-        if unused:  # the CLI's notice; transformers' generate warns alike when do_sample is off
-            warnings.warn(f"{', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at temperature "
-                          f"{temperature:g} (decoding is greedy): pass temperature > 0 to sample", UserWarning,
-                          stacklevel=4)  # the caller of pipe.caption (past the lock and the pinning)
+        check_streamer(streamer)
+        try:  # a refused call ends the streamer too (caption() ends it from here on): a reader would wait
+            if question is not None and not isinstance(question, (str, list, tuple)):
+                raise TypeError(f"question must be a string or a list of strings, got {type(question).__name__}")
+            questions = [] if question is None else [question] if isinstance(question, str) else list(question)
+            check_caption_kwargs(options, {f.name for f in fields(CaptionOptions)} - {"questions"})
+            opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_p=top_p, top_k=top_k, seed=seed, **options)
+            unused = [CAPTION_NAMES.get(name, name) for name in opts.sampling().unused_sampling_options()]
+            if unused:  # the CLI's notice; transformers' generate warns alike when do_sample is off
+                warnings.warn(f"{', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at "
+                              f"temperature {temperature:g} (decoding is greedy): pass temperature > 0 to sample",
+                              UserWarning, stacklevel=4)  # the caller of pipe.caption (past the lock and the pinning)
+        except BaseException:
+            if streamer is not None:
+                streamer.end()
+            raise
         with python_names(CAPTION_NAMES):
             answers = caption(self.model, image, opts, streamer=streamer).answers
         return answers if isinstance(question, (list, tuple)) else answers[0]

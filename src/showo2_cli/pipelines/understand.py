@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from ..dialogue import check_streamer, encode_media
+from ..dialogue import check_streamer, encode_media, ending
 from ..errors import UsageError
 from ..loading import Showo2, require_model
 from ..modeling.attention import omni_attention_mask
@@ -87,24 +87,21 @@ def caption(model: Showo2, source, options: CaptionOptions | None = None,
     ``skip_prompt=True`` skips), each new id ``(1,)`` (the stop token too), then ``end()``, also
     when the call fails; one question a call, as transformers' streamers take one sequence.
     """
-    require_model(model)
-    if options is not None and not isinstance(options, CaptionOptions):
-        raise TypeError(f"options must be a CaptionOptions, got {type(options).__name__}")
-    opts = options or CaptionOptions()
-    opts.validate()
-    if opts.seed is None and opts.sampling().sampled:  # drawn answers: the seed is drawn (from torch's
-        # generator, so torch.manual_seed repeats a run) and recorded in the result's options
-        opts = replace(opts, seed=int(torch.randint(0, 2**31, (1,))))
     if streamer is not None:
         check_streamer(streamer)
-        if len(opts.questions) > 1:
+    with ending(streamer):  # a refused call ends the streamer too: a thread reading it would wait for ever
+        require_model(model)
+        if options is not None and not isinstance(options, CaptionOptions):
+            raise TypeError(f"options must be a CaptionOptions, got {type(options).__name__}")
+        opts = options or CaptionOptions()
+        opts.validate()
+        if opts.seed is None and opts.sampling().sampled:  # drawn answers: the seed is drawn (from torch's
+            # generator, so torch.manual_seed repeats a run) and recorded in the result's options
+            opts = replace(opts, seed=int(torch.randint(0, 2**31, (1,))))
+        if streamer is not None and len(opts.questions) > 1:
             raise UsageError(f"a streamer takes one answer, got {len(opts.questions)} questions: ask them one at "
                              "a time (or use on_text(i, piece))")
-        try:
-            return _caption(model, source, opts, on_text, progress, on_done, streamer)
-        finally:
-            streamer.end()
-    return _caption(model, source, opts, on_text, progress, on_done, None)
+        return _caption(model, source, opts, on_text, progress, on_done, streamer)
 
 
 def _caption(model: Showo2, source, opts: CaptionOptions, on_text, progress, on_done, streamer) -> CaptionResult:
