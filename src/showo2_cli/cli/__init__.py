@@ -213,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         if not STATE["debug"]:  # stderr carries notices and one error line; library warnings only with --debug
             warnings.simplefilter("ignore")
         _TERMINATED[0] = 0
-        return _main(args, exit_types, abort_types, click_types)
+        try:
+            return _main(args, exit_types, abort_types, click_types)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP while a failure was being reported (the
+            # error line, the outputs written): the report stops there, with the interruption's code
+            _hold_signals()
+            return 128 + _TERMINATED[0] if _TERMINATED[0] else 130
 
 
 @contextmanager

@@ -1,0 +1,34 @@
+"""Probe J: hostile inputs and environments against the newest code (signals during the error
+report, ...)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import pytest
+
+import showo2_cli.cli as cli
+from showo2_cli.cli import main
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
+def test_a_signal_while_a_failure_is_reported_is_the_interruptions_exit(sig, code, tmp_path, capsys, monkeypatch):
+    """A SIGTERM, SIGHUP or Ctrl-C arriving while the error line (or the outputs written before the
+    failure) was being written escaped main(): a traceback and exit 1 from ``showo2``. The report
+    now stops there and the exit code is the interruption's."""
+    written = cli.write
+    sent = []
+
+    def write(stream, text):
+        if stream is sys.stderr and "error" in text and not sent:
+            sent.append(sig)
+            os.kill(os.getpid(), sig)
+        return written(stream, text)
+
+    monkeypatch.setattr(cli, "write", write)
+    assert main(["t2i", "a cat", "--size", "7x7", "-o", str(tmp_path / "x.png")]) == code
+    assert sent == [sig] and not list(tmp_path.iterdir())
+    assert signal.getsignal(signal.SIGTERM) is not None and signal.getsignal(signal.SIGINT) is signal.default_int_handler
