@@ -163,3 +163,9 @@ def test_outputs_of_a_cached_repo_record_its_commit(tiny_model_dir, tmp_path, mo
     pinned = P.text_to_image(load(f"acme/tiny@{commit}"), ["x"], opts)[0]  # what the record re-runs
     assert (pinned.frames == out.frames).all() and pinned.params["model_revision"] == commit
     assert "model_revision" not in P.text_to_image(load(tiny_model_dir), ["x"], opts)[0].params  # a folder
+    # probe J: a snapshot folder typed as a path (or one that only looks like one) recorded its name as
+    # model_revision, and the record's --model PATH@REV named no model; a folder is the weights already
+    fake = tmp_path / "copy" / "models--me--x" / "snapshots" / "my-edit"
+    shutil.copytree(tiny_model_dir, fake)
+    for folder in (repo / "snapshots" / commit, fake):
+        assert "model_revision" not in P.text_to_image(load(folder), ["x"], opts)[0].params

@@ -33,6 +33,7 @@ from .hub import (  # names to folders (re-exported: the loading API users know)
     WAN_VAE_FILE,
     WAN_VAE_REPO,
     bundled_demo_path,
+    existing_path,
     find_tokenizer,
     find_vae,
     find_weights,
@@ -107,7 +108,10 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
     fmt = "showo2" if "showo2" in config else "official"
     if fmt == "official":
         check_official_config(config, cfg_path)
-    files = ModelFiles(label, root, fmt, config, find_weights(root), revision=snapshot_revision(root))
+    # the commit of a snapshot the name (a repo id, a variant) led to; a folder typed is the weights
+    # already (a revision after it, as a record's --model NAME@REV, would name no model)
+    named = str(name) != "demo" and existing_path(str(name)) is None
+    files = ModelFiles(label, root, fmt, config, find_weights(root), revision=snapshot_revision(root) if named else None)
     if not files.weights:
         files.missing.append(("weights", f"no model.safetensors / pytorch_model.bin in '{root}'"))
     if fmt == "official":
