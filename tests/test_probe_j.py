@@ -32,3 +32,26 @@ def test_a_signal_while_a_failure_is_reported_is_the_interruptions_exit(sig, cod
     assert main(["t2i", "a cat", "--size", "7x7", "-o", str(tmp_path / "x.png")]) == code
     assert sent == [sig] and not list(tmp_path.iterdir())
     assert signal.getsignal(signal.SIGTERM) is not None and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+def test_a_callers_sighup_handler_is_put_back(tmp_path, monkeypatch):
+    """main() in a program with its own SIGHUP handler (a reload): after an interruption, the
+    handler was left replaced by the no-op that holds signals while the interruption is reported."""
+    def reload(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGHUP, reload)
+    try:
+        written = cli.write
+
+        def write(stream, text):
+            if stream is sys.stderr and "error" in text:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return written(stream, text)
+
+        monkeypatch.setattr(cli, "write", write)
+        assert main(["t2i", "a cat", "--size", "7x7", "-o", str(tmp_path / "x.png")]) == 143
+        assert signal.getsignal(signal.SIGHUP) is reload
+    finally:
+        signal.signal(signal.SIGHUP, previous)

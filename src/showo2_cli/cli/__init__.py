@@ -330,14 +330,19 @@ def _signals():
     except (ValueError, OSError):
         yield
         return
-    old_hup = {sig: signal.signal(sig, on_term) for sig in _hangup() if signal.getsignal(sig) == signal.SIG_DFL}
+    # every handler _hold_signals may change is put back: a caller's own SIGHUP handler too
+    old_hup = {sig: signal.getsignal(sig) for sig in _hangup()}
+    for sig, handler in old_hup.items():
+        if handler == signal.SIG_DFL:
+            signal.signal(sig, on_term)
     old_int = signal.getsignal(signal.SIGINT)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
         for sig, handler in old_hup.items():
-            signal.signal(sig, handler)
+            if handler is not None:
+                signal.signal(sig, handler)
         if old_int is not None:
             signal.signal(signal.SIGINT, old_int)
 
