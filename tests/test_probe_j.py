@@ -3,6 +3,8 @@ report, ...)."""
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import signal
 import sys
@@ -55,3 +57,19 @@ def test_a_callers_sighup_handler_is_put_back(tmp_path, monkeypatch):
         assert signal.getsignal(signal.SIGHUP) is reload
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+class _FullDisk(io.StringIO):
+    def write(self, text=""):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    flush = write
+
+
+@pytest.mark.parametrize("args", [["--help"], ["t2i", "--help"], ["help", "chat"]])
+def test_help_on_a_full_disk_is_an_output_error(args, monkeypatch, capsys):
+    """``showo2 --help > /dev/full`` (click writes the help itself, not common.write) was
+    "internal error: OSError: [Errno 28] ...", exit 1, as ``--version`` was before probe C."""
+    monkeypatch.setattr(sys, "stdout", _FullDisk())
+    assert main(args) == 5
+    assert capsys.readouterr().err == "showo2: error: cannot write the output (No space left on device)\n"

@@ -394,6 +394,10 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
             traceback.print_exc()
         if is_out_of_memory(e):  # torch's allocators raise RuntimeError
             return _fail(f"out of memory{_memory_advice(_ARGS)}", 6, "resource")
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            # a full disk met outside the project's own writes (click's --help > /dev/full): an output
+            # error (exit 5), as common.write makes it, not a bug
+            return _fail(f"cannot write the output ({e.strerror or e})", 5, "output")
         return _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                      "(run with --debug for the traceback)", 1, "internal")
 
