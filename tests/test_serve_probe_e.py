@@ -143,6 +143,36 @@ def test_other_clients_and_kept_alive_connections_are_served(server):
         s.close()
 
 
+def test_the_unread_body_of_an_answered_request_cannot_hold_the_connection(server):
+    """Probe J: a request answered before its body was read (413 for a declared 100 MB, 404) left
+    uvicorn discarding the rest as it came, with no timeout: a byte every few seconds held the
+    connection for ever (slowloris past the header timeout). It is closed once the timeout passes;
+    a rejected body that came whole leaves the connection kept alive for the next request."""
+    s = _connect(server)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
+    assert s.recv(65536).startswith(b"HTTP/1.1 413 ")
+    s.settimeout(TIMEOUT / 5)
+    start, closed = time.monotonic(), False
+    while not closed and time.monotonic() - start < TIMEOUT + 3:
+        try:
+            s.sendall(b"x")
+            closed = s.recv(65536) == b""
+        except TimeoutError:
+            pass
+        except OSError:  # reset: closed too
+            closed = True
+    assert closed and time.monotonic() - start < TIMEOUT + 3
+    s.close()
+
+    s = _connect(server)
+    s.sendall(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n12345")
+    time.sleep(TIMEOUT / 5)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answers = _read_all(s)
+    assert answers.startswith(b"HTTP/1.1 404 ") and b"HTTP/1.1 200 " in answers
+    s.close()
+
+
 def test_the_open_files_limit_is_raised():
     """With the usual soft limit of 1024 descriptors, a thousand connections stopped the server
     accepting any (asyncio logs "Too many open files" and tries again every second)."""

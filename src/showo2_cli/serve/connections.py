@@ -29,7 +29,8 @@ def _request_timeout(header_timeout: float) -> bytes:
 
 def timed_protocol(header_timeout: float):
     """uvicorn's h11 protocol, closing a connection whose request headers have not all come
-    ``header_timeout`` seconds after it opened or after its last response."""
+    ``header_timeout`` seconds after it opened or after its last response, or whose answered
+    request's unread body (a 413, a 404) is still coming then."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -58,8 +59,8 @@ def timed_protocol(header_timeout: float):
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:  # the headers are in: the request runs
-                self._disarm()
+            if self.conn.their_state is not h11.IDLE and self.conn.our_state is not h11.DONE:
+                self._disarm()  # the headers are in: the request runs (not: the rest of an answered one's body)
 
         def connection_lost(self, exc) -> None:
             self._disarm()
@@ -67,10 +68,16 @@ def timed_protocol(header_timeout: float):
 
         def _headers_late(self) -> None:
             self._header_timer = None
-            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            if self.transport.is_closing():
                 return
             if self.cycle is not None and not self.cycle.response_complete:
                 return  # a response is still being sent
+            if self.conn.their_state is not h11.IDLE:
+                if self.conn.our_state is h11.DONE:  # answered before its body was read (413, 404, 429):
+                    # uvicorn discards the rest as it comes, which a byte now and then made last for ever
+                    log.info("closed a connection whose unread request body still came after %g s", header_timeout)
+                    self.transport.close()
+                return
             if self.conn.trailing_data[0]:  # part of a request came: say why it ends
                 log.info("closed a connection whose request headers did not come within %g s", header_timeout)
                 self.transport.write(answer)
