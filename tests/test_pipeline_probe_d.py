@@ -209,11 +209,11 @@ def test_a_refused_caption_ends_its_streamer(pipe):
     image = np.full((32, 32, 3), 90, np.uint8)
     for kwargs in ({"question": ["What?", "Why?"]}, {"question": "What?", "max_new_tokens": 0},
                    {"question": "What?", "frobnicate": 1}, {"question": 3}):
-        recording = Recording()
+        recording = RecordingStreamer()
         with pytest.raises((ValueError, TypeError)):
             pipe.caption(image, streamer=recording, **kwargs)
         assert recording.ends == 1 and recording.puts == [], kwargs
-    recording = Recording()
+    recording = RecordingStreamer()
     with pytest.raises(ValueError, match="max-new-tokens"):
         api.caption(pipe.model, image, api.CaptionOptions(max_new_tokens=0), streamer=recording)
     assert recording.ends == 1

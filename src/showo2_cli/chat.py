@@ -310,8 +310,7 @@ class Conversation:
         any error) changes nothing: no turn leaves the context and the pending media stay for the
         next question, as an unsent message keeps its attachments (``pending.clear()`` drops them).
         """
-        if streamer is not None:
-            check_streamer(streamer)
+        check_streamer(streamer)
         with ending(streamer):
             return self._ask(question, sampling, on_text, cancel, prefix, streamer)
 

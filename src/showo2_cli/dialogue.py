@@ -267,8 +267,8 @@ class Answer:
 
 
 def check_streamer(streamer) -> None:
-    """A ``streamer=`` must be transformers' kind of streaming object: ``put`` and ``end``."""
-    if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+    """A ``streamer=`` must be None or transformers' kind of streaming object: ``put`` and ``end``."""
+    if streamer is not None and not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
         raise TypeError(f"streamer must have put() and end() (transformers' TextStreamer), got "
                         f"{type(streamer).__name__}")
 

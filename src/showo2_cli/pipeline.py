@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
+from .dialogue import check_streamer
 from .errors import ModelError, UsageError
 from .loading import Showo2, load
 from .options import OFFLOAD_MODES, STEPS_RANGE, CaptionOptions, GenerateOptions, RuntimeOptions
@@ -50,7 +51,6 @@ from .pipelines.arguments import (
     real_number,
     whole_number,
 )
-from .pipelines.understand import check_streamer
 from .runtime import cpu_by_default, enable_offload, one_call_at_a_time, pick_device, pick_dtype
 from .sampling import StopSampling
 

@@ -87,8 +87,7 @@ def caption(model: Showo2, source, options: CaptionOptions | None = None,
     ``skip_prompt=True`` skips), each new id ``(1,)`` (the stop token too), then ``end()``, also
     when the call fails; one question a call, as transformers' streamers take one sequence.
     """
-    if streamer is not None:
-        check_streamer(streamer)
+    check_streamer(streamer)
     with ending(streamer):  # a refused call ends the streamer too: a thread reading it would wait for ever
         require_model(model)
         if options is not None and not isinstance(options, CaptionOptions):
