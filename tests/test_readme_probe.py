@@ -115,3 +115,16 @@ def test_decode_names_every_format_it_writes(tmp_path, capsys):
     assert ".bmp" in capsys.readouterr().out
     assert main(["decode", str(latents), "-m", "demo", "-o", str(tmp_path / "x.bmp"), "--quiet"]) == 0
     assert (tmp_path / "x.bmp").stat().st_size > 0
+
+
+def test_recorded_keys_the_docs_name_are_written():
+    """Every key README or CHANGELOG says an output records is one the code writes (probe A's
+    CHANGELOG said tiled outputs record `vae_tile`; the code, probe B and README say `vae_tiles`)."""
+    code = "\n".join(p.read_text() for d in ("src", "benchmarks") for p in (REPO / d).rglob("*.py"))
+    named = set()
+    for doc in ("README.md", "CHANGELOG.md"):
+        text = (REPO / doc).read_text()
+        named |= set(re.findall(r"\brecord(?:s|ed)?\b[^.;:`]{0,40}`([a-z][a-z0-9_]*)`", text))
+    assert {"vae_tiles", "model_revision", "noise", "steps_done"} <= named
+    missing = sorted(n for n in named if f'"{n}"' not in code and f"'{n}'" not in code)
+    assert not missing, missing
