@@ -117,6 +117,28 @@ def test_decode_names_every_format_it_writes(tmp_path, capsys):
     assert (tmp_path / "x.bmp").stat().st_size > 0
 
 
+def _command_lines(text: str) -> list[str]:
+    """The shell lines of README's indented examples (4 spaces, not inside a fenced block)."""
+    lines, fenced = [], False
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("    ") and not line.startswith("     "):
+            lines.append(line.strip())
+    return lines
+
+
+def test_readme_commands_make_the_folders_they_write_into():
+    """A command writes into an existing folder only (a missing one is exit 5, by design); the
+    prompts-file example under accelerate wrote `-o out/img.png` on a fresh machine: exit 5."""
+    checked = 0
+    for line in _command_lines(README):
+        for folder in re.findall(r"(?:^|\s)-o\s+([^\s/$]+)/\S+", line):
+            checked += 1
+            assert f"mkdir -p {folder} " in line, line
+    assert checked
+
+
 def test_recorded_keys_the_docs_name_are_written():
     """Every key README or CHANGELOG says an output records is one the code writes (probe A's
     CHANGELOG said tiled outputs record `vae_tile`; the code, probe B and README say `vae_tiles`)."""
