@@ -87,21 +87,37 @@ async def _read_json(request, limit: int, timeout: float) -> dict:
     chunks, size = [], 0
     loop = asyncio.get_running_loop()
     start, stream = loop.time(), request.stream().__aiter__()
+
+    def too_slow() -> ApiError:
+        return ApiError(408, f"the request body came too slowly ({size} bytes in {loop.time() - start:.0f} s)",
+                        "request_timeout")
+
+    def add(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is larger than the limit of {limit} bytes", "request_too_large")
+        chunks.append(chunk)
+
     try:
-        while True:
-            left = start + timeout + size / BODY_MIN_RATE - loop.time()
+        if hasattr(asyncio, "timeout_at"):  # Python 3.11+: one timer, moved on as the bytes come
             try:
-                chunk = await asyncio.wait_for(stream.__anext__(), max(left, 0.0))
-            except StopAsyncIteration:
-                break
-            except asyncio.TimeoutError:
-                raise ApiError(408, f"the request body came too slowly ({size} bytes in "
-                                    f"{loop.time() - start:.0f} s)", "request_timeout") from None
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"request body is larger than the limit of {limit} bytes",
-                               "request_too_large")
-            chunks.append(chunk)
+                async with asyncio.timeout_at(start + timeout) as deadline:
+                    async for chunk in stream:
+                        add(chunk)
+                        deadline.reschedule(start + timeout + size / BODY_MIN_RATE)
+            except TimeoutError:
+                raise too_slow() from None
+        else:  # pragma: no cover - Python 3.10: a timed wait a chunk (a task each: ~2% of a 6 MiB upload)
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(stream.__anext__(), max(
+                        start + timeout + size / BODY_MIN_RATE - loop.time(), 0.0))
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise too_slow() from None
+                add(chunk)
     except ClientDisconnect:  # the client went away (or stopped sending) before its body ended
         raise ApiError(400, "the request body ended early (the client stopped sending)",
                        "incomplete_body") from None
