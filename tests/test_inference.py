@@ -150,6 +150,55 @@ def test_questions_share_the_image_prefix_and_answer_as_if_asked_alone(tiny, mas
         assert torch.allclose(torch.stack(shared.step_logits), torch.stack(alone.step_logits), atol=1e-5)
 
 
+def test_a_video_block_running_into_the_question_is_not_shared_between_questions(tiny, monkeypatch):
+    """Parity probe N: the official video block (1 + the configured image tokens) is longer than
+    the pooled tokens of few frames; it then covers the question's first tokens, which the visual
+    tokens attend to. Sharing the head gave the second question the first one's visual states."""
+    import dataclasses
+
+    import numpy as np
+
+    from showo2_cli.options import CaptionOptions
+    from showo2_cli.pipelines.understand import caption
+    from showo2_cli.text_decoding import shared_prefix_length
+
+    tok = tiny.tokens
+    n = 4  # one frame pooled to 2x2 tokens, under the tiny model's 16 configured image tokens
+    layout = understanding_layout([5, 6, 7], n, tok, [1, 2], [3], [4], official_block_len=17)
+    assert int(layout.blocks[0, 0].sum()) > int(layout.slots[0, 0].sum()) + 1  # past eoi
+    assert shared_prefix_length(layout) == 0
+    plain = understanding_layout([5, 6, 7], n, tok, [1, 2], [3], [4])
+    assert shared_prefix_length(plain) == plain.seq_len - 4  # up to eoi, as before
+
+    import showo2_cli.pipelines.understand as understand
+
+    logits = []  # every answer's step logits (the tiny model's answers are all alike)
+
+    def recording(*args, **kwargs):
+        out = generate(*args, **dict(kwargs, keep_logits=True))
+        logits.append(torch.stack(out.step_logits))
+        return out
+
+    monkeypatch.setattr(understand, "generate", recording)
+    video = (np.random.default_rng(0).random((3, 64, 64, 3)) * 255).astype(np.uint8)
+    questions = ["What colour is it?", "Is there a dog in this video, yes or no?", "Why"]
+    spec = tiny.spec
+    tiny.spec = dataclasses.replace(spec, und_video_pool=2)
+    try:
+        def ask(qs):
+            return caption(tiny, video, CaptionOptions(questions=qs, frames=1, max_new_tokens=4,
+                                                       mask_mode="official"))
+        together = ask(questions)
+        alone = [ask([q]) for q in questions]
+    finally:
+        tiny.spec = spec
+    assert together.answers == [a.answers[0] for a in alone]
+    shared, single = logits[:3], logits[3:]
+    assert (single[0] - single[1]).abs().max() > 1e-3  # the questions do change the answers' logits
+    for a, b in zip(shared, single, strict=True):
+        assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
+
+
 @pytest.mark.parametrize("video,negatives", [(False, None), (True, None), (False, [[120, 121], [122] * 12])],
                          ids=["image", "video", "negative-prompts"])
 def test_prefix_cached_sampling_equals_uncached(lively, tiny, video, negatives):

@@ -189,10 +189,16 @@ def choose_token(logits: torch.Tensor, opts: TextSampling, generator: torch.Gene
 
 def shared_prefix_length(layout) -> int:
     """Length of an understanding prompt's question-independent head: everything up to and
-    including the token after the visual slot (``eoi``), and the whole omni block."""
+    including the token after the visual slot (``eoi``); 0 when there is none worth caching.
+
+    The official demos' video block (``official_block_len``: 1 + the configured image token
+    count) is longer than the visual tokens when the frames give fewer pooled tokens than an
+    image has (e.g. 1-3 frames on the 432 model): it then runs past ``eoi`` into the question,
+    and the visual tokens attend to the question's first tokens, so nothing from the block on is
+    the same for two questions (and the rest is not causal, as :func:`generate` takes it)."""
     slot_end = int((layout.slots[..., 0] + layout.slots[..., 1]).max()) + 1
     block_end = int((layout.blocks[..., 0] + layout.blocks[..., 1]).max())
-    return max(slot_end, block_end)
+    return slot_end if block_end <= slot_end else 0
 
 
 @torch.no_grad()

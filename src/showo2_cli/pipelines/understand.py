@@ -128,10 +128,11 @@ def _caption(model: Showo2, source, opts: CaptionOptions, on_text, progress, on_
                             opts.max_memory_gb, "ask a shorter question")
         embeds, _ = net.embed_inputs(layout.input_ids, [[visual]], layout.slots, torch.ones(1))
         mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
-        if len(questions) > 1:
-            if head is None:
-                head_len = shared_prefix_length(layout)
+        if len(questions) > 1 and head_len is None:
+            head_len = shared_prefix_length(layout)  # the same for every question (0: none to share)
+            if head_len:
                 head = prefill(net, embeds[:, :head_len], mask[..., :head_len, :head_len])
+        if head is not None:
             embeds, mask = embeds[:, head_len:], None
         stream = TextStream(tokenizer, stop, on_text=None if on_text is None else lambda piece, i=i: on_text(i, piece))
 
