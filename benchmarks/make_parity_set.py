@@ -375,7 +375,7 @@ class SetMaker:
                       output_hidden_states=True, max_seq_len=max_seq_len, guidance_scale=guidance)
         traj = torch.stack(list(traj))[:, :p_n]
         s_ = torch.linspace(0, 1, steps)
-        grid_t = s_ / (s_ + shift - shift * s_)
+        grid_t = s_ / (s_ + shift - shift * s_) if shift else s_  # the official ode: a shift of 0 is none
         assert torch.allclose(torch.tensor(called + [1.0]), grid_t, atol=1e-6), (called, grid_t)
         tensors = {"modality_positions": positions, "text_tokens": tokens, "final_latents": traj[-1],
                    "fixed_t_fusion_out": caught["fusion"], "fixed_t_t": t, "fixed_t_time_embed": te,

@@ -92,6 +92,15 @@ def test_time_grid_reference_values():
     assert abs(grid[2].item() - (2 / 49) / (3 - 4 / 49)) < 1e-6
 
 
+def test_a_time_shifting_factor_of_0_is_no_shift_as_in_the_official_ode():
+    """The official ``ode`` shifts only ``if time_shifting_factor:``; the formula gave NaN at t=0
+    and 1 elsewhere (a fixture set made with ``time_shifting_factor: 0`` failed, probe N)."""
+    assert torch.equal(time_grid(5, 0.0), torch.linspace(0, 1, 5))
+    assert torch.allclose(time_grid(7, 0), time_grid(7, 1.0), atol=1e-7, rtol=0)  # shift 1 is s, rounded
+    out = sample(lambda x, t: torch.full_like(x, t), torch.zeros(2), time_grid(5, 0.0))
+    assert torch.allclose(out, torch.full((2,), 0.375))  # Euler on v = t over 0, .25, .5, .75
+
+
 def test_euler_makes_k_minus_1_calls_and_never_evaluates_t1():
     calls = []
 

@@ -51,10 +51,15 @@ def _after_step(callback: StepCallback | None, step: int, total: int, t: float,
 
 
 def time_grid(steps: int, shift: float = 3.0) -> torch.Tensor:
-    """The official shifted grid: ``s = linspace(0, 1, steps)`` (float32), ``t = s / (s + k - k*s)``."""
+    """The official shifted grid: ``s = linspace(0, 1, steps)`` (float32), ``t = s / (s + k - k*s)``.
+
+    A shift of 0 is no shift (``t = s``), as the official ``ode`` takes it (``if
+    time_shifting_factor:``); the formula would give 0/0 at ``s = 0`` and 1 everywhere else."""
     if steps < 2:
         raise ValueError("a sampling grid needs at least 2 points")
     s = torch.linspace(0, 1, steps, dtype=torch.float32)
+    if not shift:
+        return s
     return s / (s + shift - shift * s)
 
 
