@@ -455,6 +455,19 @@ def test_resize_and_pad_geometry():
     assert cols.min() == 32 and cols.max() == 46
 
 
+def test_resize_and_pad_rounds_its_scale_as_the_official_code():
+    """Probe N: the official ``resize_and_pad_image`` scales by the float ``target / side``, so a
+    360p or 720p video frame at 432 gets ceil(243.00000000000003) = 244 rows; exact integer
+    arithmetic gave 243, a different resize of every frame."""
+    for w, h in ((640, 360), (1280, 720)):
+        arr = np.asarray(resize_and_pad(Image.new("RGB", (w, h), (255, 255, 255)), 432))
+        rows = np.nonzero(arr[:, 200, 0])[0]
+        assert (rows.min(), rows.max()) == (94, 337)  # 244 rows from y = (432 - 244) // 2
+        arr = np.asarray(resize_and_pad(Image.new("RGB", (h, w), (255, 255, 255)), 432))
+        cols = np.nonzero(arr[200, :, 0])[0]
+        assert (cols.min(), cols.max()) == (94, 337)
+
+
 def test_resize_bad_sizes():
     img = Image.new("RGB", (8, 8))
     for bad in (0, -3, (0, 5), (5,), "32", 2.5, True):

@@ -119,8 +119,11 @@ def resize_and_pad(img: Image.Image, size: int | tuple[int, int]) -> Image.Image
     """Resize (bicubic) so the whole image fits in ``size`` and center it on a black canvas.
 
     The limiting side matches the target exactly; the other is ``ceil(side * scale)`` (capped
-    at the target). The canvas is ``size x size`` for an int, ``h x w`` for ``(h, w)``; the
-    image is pasted at ``((W - w') // 2, (H - h') // 2)``. The result is RGB.
+    at the target), with ``scale`` the float ``target / side`` as the official
+    ``resize_and_pad_image`` computes it: its rounding decides the ceiling (640x360 at 432 is
+    ``ceil(360 * 0.675) = ceil(243.00000000000003)`` = 244 rows, not 243). The canvas is
+    ``size x size`` for an int, ``h x w`` for ``(h, w)``; the image is pasted at
+    ``((W - w') // 2, (H - h') // 2)``. The result is RGB.
     """
     th, tw = _size_hw(size)
     width, height = img.size
@@ -128,10 +131,11 @@ def resize_and_pad(img: Image.Image, size: int | tuple[int, int]) -> Image.Image
         raise UsageError("cannot resize an empty image")
     if img.mode != "RGB":
         img = to_rgb(img)
-    if tw / width <= th / height:
-        new_w, new_h = tw, min(th, max(1, math.ceil(height * tw / width)))
+    scale_w, scale_h = tw / width, th / height
+    if scale_w <= scale_h:
+        new_w, new_h = tw, min(th, max(1, math.ceil(height * scale_w)))
     else:
-        new_w, new_h = min(tw, max(1, math.ceil(width * th / height))), th
+        new_w, new_h = min(tw, max(1, math.ceil(width * scale_h))), th
     if (new_w, new_h) != (width, height):
         img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
     if (new_w, new_h) == (tw, th):
