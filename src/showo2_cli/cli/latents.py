@@ -119,6 +119,9 @@ def decode(
     model: ModelOpt = None,
     vae: VaeOpt = None,
     fps: Annotated[float | None, typer.Option("--fps", help="Frames per second of the output, 0.5 to 240 (default: the source's, else 8).")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="The file holds the VAE's raw latents (diffusers' latent_dist.mean or .sample()), "
+                                      "not normalised ones ((z - latents_mean) / latents_std, what encode writes and Wan pipelines' "
+                                      "output_type='latent' gives).")] = False,
     device: DeviceOpt = "auto",
     dtype: LatentsDtypeOpt = Dtype.fp32,
     max_memory: MaxMemOpt = None,
@@ -155,6 +158,8 @@ def decode(
     from ..runtime import pick_device, pick_dtype
 
     z, meta = L.load_latents(latents)
+    if raw and meta.get("format") == "showo2-latents":  # encode and --save-latents write normalised latents
+        raise UsageError(f"'{short(latents, 80)}' holds normalised latents (its showo2 metadata says so): drop --raw")
     frames_out = 1 + 4 * (z.shape[1] - 1)
     out = output or latents.with_name(_stem(latents.name) + (".png" if frames_out == 1 else ".mp4"))
     if output is None and not overwrite:  # a default name never replaces a file: -1, -2, ...
@@ -184,10 +189,19 @@ def decode(
         notice(f"the latents were encoded with '{short(meta['vae'], 80)}'; decoding with the default model's "
                "VAE (pass --vae to choose)")
     z, _ = L.load_latents(latents, z_dim=vae_model.z_dim)
+    if not meta and not raw:  # written elsewhere: the two conventions look alike, and decode differently
+        notice(f"'{short(latents, 80)}' has no showo2 metadata: decoding it as normalised latents "
+               "((z - latents_mean) / latents_std); pass --raw if it holds the VAE's raw latent_dist values")
+    differ = L.other_statistics(meta, vae_model)
+    if differ:
+        notice(f"the latents were normalised with other statistics ({differ} in their metadata) than this VAE's: "
+               "their pixels will be off (decode with the VAE that encoded them)")
+    if raw:
+        z = L.normalize_raw(z, vae_model)
     with status(f"decoding {z.shape[1]} latent frame(s)"):
         frames, tiles = L.decode_tiled(z, vae_model, max_memory_gb=max_memory)
     rate = M.written_fps(out, fps or meta.get("fps") or 8.0)  # what the file plays at (a GIF's is coarser)
-    record = {"decoded_from": str(latents), "vae": vae_name, "fps": rate}
+    record = {"decoded_from": str(latents), "vae": vae_name, "fps": rate, **({"raw": True} if raw else {})}
     if tiles is not None:  # tiles blend their seams: other frames than a whole decode's
         record["vae_tiles"] = list(tiles)
     L.write_decoded(out, frames, rate, record, overwrite)

@@ -179,6 +179,14 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
     return latents, meta
 
 
+def normalize_raw(latents: torch.Tensor, vae: WanVAE) -> torch.Tensor:
+    """The VAE's raw latents (diffusers' ``AutoencoderKLWan.encode(x).latent_dist.mean`` or
+    ``.sample()``) -> the normalised latents :func:`decode` takes and ``encode`` writes:
+    ``(z - latents_mean) / latents_std`` with the VAE's own statistics (what Wan pipelines do)."""
+    mean, inv_std = vae.stats(latents.dim() + 1)  # shaped for (B, C, ...): the batch axis dropped
+    return (latents.float() - mean[0].to(latents.device)) * inv_std[0].to(latents.device)
+
+
 def _check_latents_metadata(p: Path, meta: dict) -> None:
     """The metadata fields the tools use must have the right types (a latents file may come from
     anywhere); unknown fields are kept as they are."""
@@ -197,6 +205,27 @@ def _check_latents_metadata(p: Path, meta: dict) -> None:
         value = meta.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise bad(key, "a whole number >= 0 or null")
+    for key in ("latents_mean", "latents_std"):
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, list) or len(value) > 4096 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+            raise bad(key, "a list of finite numbers (one a latent channel) or null")
+
+
+def other_statistics(meta: dict, vae: WanVAE) -> str | None:
+    """Which of the normalisation statistics recorded in a latents file's metadata (``encode``
+    writes ``latents_mean``/``latents_std``, rounded to 6 decimals) differ from ``vae``'s, or None:
+    latents normalised with other statistics decode to other pixels, without any error."""
+    differ = []
+    for key in ("latents_mean", "latents_std"):
+        recorded = meta.get(key)
+        if recorded is None:
+            continue
+        own = getattr(vae, key).float().cpu()
+        if len(recorded) != own.numel() or not torch.allclose(torch.tensor(recorded, dtype=torch.float32), own,
+                                                              rtol=1e-5, atol=2e-6):
+            differ.append(key)
+    return "/".join(differ) or None
 
 
 @cpu_by_default
@@ -253,4 +282,5 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
     raise UsageError(f"unsupported output extension '{ext or path}': use {M.written_formats()}")
 
 
-__all__ = ["encode", "decode", "decode_tiled", "EncodeOptions", "EncodeResult", "save_latents", "load_latents", "write_decoded"]
+__all__ = ["encode", "decode", "decode_tiled", "EncodeOptions", "EncodeResult", "save_latents", "load_latents",
+           "normalize_raw", "other_statistics", "write_decoded"]
