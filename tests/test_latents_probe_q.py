@@ -139,3 +139,15 @@ def test_malformed_recorded_statistics_are_refused(tmp_path, value):
     save_file({"latents": torch.zeros(16, 1, 2, 2)}, str(path), metadata={"showo2": json.dumps(meta)})
     with pytest.raises(InputError, match="latents_mean"):
         L.load_latents(path)
+
+
+def test_api_normalize_raw_then_decode_gives_diffusers_pixels(wan):
+    from showo2_cli import api
+    from showo2_cli.modeling.vae_files import load_vae
+
+    dvae, _, x = wan
+    with torch.no_grad():
+        mu = dvae.encode(x).latent_dist.mean
+        ref = _pixels(dvae.decode(mu).sample)
+    ours = api.decode(api.normalize_raw(mu[0], load_vae(VAE_DIR)), load_vae(VAE_DIR))[0]
+    assert np.abs(ours.astype(np.float64) - ref).max() <= 1.0

@@ -25,7 +25,7 @@ for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.to
 _PUBLIC = ("Showo2", "load", "default_model", "resolve_vae", "CaptionOptions", "EncodeOptions", "GenerateOptions",
            "RuntimeOptions", "TextSampling", "caption", "CaptionResult", "text_to_image", "text_to_video",
            "image_to_video", "Generated", "read_prompts", "plan_outputs", "OutputPlan", "load_noise", "save_results",
-           "encode", "EncodeResult", "decode", "save_latents", "load_latents", "write_decoded", "pull", "PullResult",
+           "encode", "EncodeResult", "decode", "save_latents", "load_latents", "normalize_raw", "write_decoded", "pull", "PullResult",
            "enable_offload", "Showo2Pipeline", "Showo2PipelineOutput")
 _EXPORTS = {**{name: "api" for name in _PUBLIC}, "ModelSpec": "specs", "REGISTRY": "specs", "get_spec": "specs"}
 

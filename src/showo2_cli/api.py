@@ -20,7 +20,15 @@ from .loading import Showo2, default_model, load, resolve_vae
 from .options import CaptionOptions, EncodeOptions, GenerateOptions, RuntimeOptions, TextSampling
 from .pipeline import Showo2Pipeline, Showo2PipelineOutput
 from .pipelines import CaptionResult, Generated, caption, image_to_video, text_to_image, text_to_video
-from .pipelines.latents import EncodeResult, decode, encode, load_latents, save_latents, write_decoded
+from .pipelines.latents import (
+    EncodeResult,
+    decode,
+    encode,
+    load_latents,
+    normalize_raw,
+    save_latents,
+    write_decoded,
+)
 from .runtime import check_memory, enable_offload, pick_device, pick_dtype, process_rank
 from .sampling import StopSampling
 from .saving import OutputPlan, load_noise, plan_outputs, read_prompts, save_results
@@ -29,6 +37,6 @@ __all__ = ["Showo2", "load", "default_model", "resolve_vae",
            "CaptionOptions", "EncodeOptions", "GenerateOptions", "RuntimeOptions", "TextSampling",
            "caption", "CaptionResult", "text_to_image", "text_to_video", "image_to_video", "Generated",
            "read_prompts", "plan_outputs", "OutputPlan", "load_noise", "save_results",
-           "encode", "EncodeResult", "decode", "save_latents", "load_latents", "write_decoded",
+           "encode", "EncodeResult", "decode", "save_latents", "load_latents", "normalize_raw", "write_decoded",
            "pick_device", "pick_dtype", "process_rank", "check_memory", "enable_offload",
            "pull", "PullResult", "Showo2Pipeline", "Showo2PipelineOutput", "StopSampling"]
