@@ -151,3 +151,24 @@ def test_api_normalize_raw_then_decode_gives_diffusers_pixels(wan):
         ref = _pixels(dvae.decode(mu).sample)
     ours = api.decode(api.normalize_raw(mu[0], load_vae(VAE_DIR)), load_vae(VAE_DIR))[0]
     assert np.abs(ours.astype(np.float64) - ref).max() <= 1.0
+
+
+def test_metadata_contradicting_the_latents_gets_a_notice(wan, tmp_path, capsys):
+    """Metadata of a 17-frame 128 px video over one 16 px latent frame decoded to one frame without a word."""
+    _, img, _ = wan
+    from showo2_cli.modeling.vae_files import load_vae
+
+    meta = {"format": "showo2-latents", "kind": "video", "frames": 17, "latent_frames": 5, "height": 128, "width": 128}
+    path = L.save_latents(tmp_path / "z.safetensors", torch.zeros(16, 1, 2, 2), meta)
+    assert main(["decode", str(path), "--vae", str(VAE_DIR), "-o", str(tmp_path / "z.png")]) == 0
+    err = capsys.readouterr().err
+    assert "contradicts" in err and "frames 17 (the latents give 1)" in err and "height 128 (the latents give 16)" in err
+    result = L.encode(img, load_vae(VAE_DIR), L.EncodeOptions(size=(32, 32)))
+    assert L.metadata_mismatch(result.metadata, result.latents) is None  # encode's own record agrees
+
+
+def test_a_batch_of_latents_says_to_save_one_a_file(tmp_path):
+    path = tmp_path / "z.safetensors"
+    save_file({"latents": torch.zeros(2, 16, 1, 2, 2)}, str(path))
+    with pytest.raises(InputError, match=r"a batch of 2: save one latent a file \(latents\[i\]\)"):
+        L.load_latents(path)

@@ -192,6 +192,9 @@ def decode(
     if not meta and not raw:  # written elsewhere: the two conventions look alike, and decode differently
         notice(f"'{short(latents, 80)}' has no showo2 metadata: decoding it as normalised latents "
                "((z - latents_mean) / latents_std); pass --raw if it holds the VAE's raw latent_dist values")
+    mismatch = L.metadata_mismatch(meta, z)
+    if mismatch:
+        notice(f"'{short(latents, 80)}' metadata contradicts its latents: {mismatch}; decoding the latents as they are")
     differ = L.other_statistics(meta, vae_model)
     if differ:
         notice(f"the latents were normalised with other statistics ({differ} in their metadata) than this VAE's: "

@@ -170,7 +170,8 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
     if latents.dim() == 3:
         latents = latents[:, None]
     if latents.dim() != 4:
-        raise InputError(f"'{p}': latents must be (C, T, h, w), got shape {tuple(latents.shape)}")
+        batch = f"; a batch of {latents.shape[0]}: save one latent a file (latents[i])" if latents.dim() == 5 else ""
+        raise InputError(f"'{p}': latents must be (C, T, h, w), got shape {tuple(latents.shape)}{batch}")
     if z_dim is not None and latents.shape[0] != z_dim:
         raise InputError(f"'{p}': latents have {latents.shape[0]} channels but the VAE expects {z_dim}")
     latents = latents.float()  # checked after the cast: a float64 1e300 is inf in float32
@@ -210,6 +211,17 @@ def _check_latents_metadata(p: Path, meta: dict) -> None:
         if value is not None and (not isinstance(value, list) or len(value) > 4096 or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
             raise bad(key, "a list of finite numbers (one a latent channel) or null")
+
+
+def metadata_mismatch(meta: dict, latents: torch.Tensor) -> str | None:
+    """What a latents file's metadata says about the frames (``frames``, ``latent_frames``,
+    ``height``, ``width``) that its ``(C, T', h, w)`` tensor contradicts, or None: the tensor is
+    what decodes, so the output is not what the metadata describes."""
+    t, h, w = (int(v) for v in latents.shape[1:])
+    found = {"latent_frames": t, "frames": 1 + 4 * (t - 1), "height": 8 * h, "width": 8 * w}
+    wrong = [f"{key} {meta[key]} (the latents give {found[key]})" for key in found
+             if meta.get(key) is not None and meta[key] != found[key]]
+    return ", ".join(wrong) or None
 
 
 def other_statistics(meta: dict, vae: WanVAE) -> str | None:
@@ -283,4 +295,5 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
 
 
 __all__ = ["encode", "decode", "decode_tiled", "EncodeOptions", "EncodeResult", "save_latents", "load_latents",
-           "normalize_raw", "other_statistics", "write_decoded"]
+           "normalize_raw", "metadata_mismatch", "other_statistics",
+           "write_decoded"]
