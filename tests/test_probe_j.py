@@ -31,11 +31,19 @@ def test_a_signal_while_a_failure_is_reported_is_the_interruptions_exit(sig, cod
         return written(stream, text)
 
     monkeypatch.setattr(cli, "write", write)
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    assert main(["t2i", "a cat", "--size", "7x7", "-o", str(tmp_path / "x.png")]) == code
-    assert sent == [sig] and not list(tmp_path.iterdir())
-    # the handlers the process had (a background job starts with SIGINT ignored) are put back
-    assert {s: signal.getsignal(s) for s in before} == before
+    # as a terminal starts it: under nohup or as a background job the process starts with SIGHUP or
+    # SIGINT ignored, which main() deliberately keeps ignored
+    started = {signal.SIGHUP: signal.getsignal(signal.SIGHUP), signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        assert main(["t2i", "a cat", "--size", "7x7", "-o", str(tmp_path / "x.png")]) == code
+        assert sent == [sig] and not list(tmp_path.iterdir())
+        assert {s: signal.getsignal(s) for s in before} == before  # the handlers it had are put back
+    finally:
+        for s, handler in started.items():
+            signal.signal(s, handler)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
