@@ -25,8 +25,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
-import torch
-
 from . import __version__
 from .dialogue import (
     DEFAULT_SYSTEM,
@@ -45,7 +43,7 @@ from .dialogue import (
 )
 from .errors import ContextTooLong, UsageError, short
 from .loading import Showo2, require_model
-from .options import CaptionOptions, check_max_context, check_unicode
+from .options import CaptionOptions, check_max_context, check_unicode, seed_from_torch
 from .runtime import cpu_by_default
 
 #: Media attached to one question, at most.
@@ -320,7 +318,7 @@ class Conversation:
             sampling = sampling or self.sampling()
             sampling.validate()
             if sampling.sampled and sampling.seed is None:  # recorded below: the transcript repeats it
-                sampling = replace(sampling, seed=int(torch.randint(0, 2**31, (1,))))
+                sampling = replace(sampling, seed=seed_from_torch())
             q_ids = self._question_ids(question)
             if not isinstance(prefix, str):
                 raise UsageError("an answer prefix must be text")

@@ -94,6 +94,11 @@ def one_line(text: Any, limit: int = 200) -> str:
     return short(" ".join(text.split()), limit)
 
 
+#: what an allocation failure says (torch on CPU and CUDA, the loader under `ulimit -v`)
+_OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "out of memory", "failed to allocate",
+                  "failed to map segment", "std::bad_alloc")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """An allocation failure: MemoryError, or torch's RuntimeError (CPU: "can't allocate
     memory"; CUDA: OutOfMemoryError, "out of memory"), or, under an address-space limit
@@ -111,6 +116,3 @@ def is_out_of_memory(exc: BaseException) -> bool:
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
 
-
-_OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "out of memory", "failed to allocate",
-                  "failed to map segment", "std::bad_alloc")

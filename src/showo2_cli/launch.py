@@ -26,8 +26,12 @@ def _terminated(signum, frame):
     raise _Terminated(signum)
 
 
-#: what ends the program as Ctrl-C does, besides Ctrl-C: SIGTERM, and SIGHUP (a closed terminal)
-_STOPS = (signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+#: SIGHUP where the system has it (the terminal closed, an ssh session dropped)
+HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+#: what ends the program as Ctrl-C does, besides Ctrl-C: SIGTERM, and SIGHUP
+_STOPS = (signal.SIGTERM, *HANGUP)
+#: every signal that stops a command (the CLI, training, the protected file renames handle these)
+INTERRUPTS = (signal.SIGINT, *_STOPS)
 
 
 def main() -> None:
@@ -59,7 +63,7 @@ def _ignore_signals() -> None:
     that have Python handlers to their default action, so a Ctrl-C in the last moments (library
     teardown, a second or two after a command that succeeded) killed the process by SIGINT, its
     output complete. Ignored signals stay ignored: the exit code stays the command's."""
-    for sig in (signal.SIGINT, *_STOPS):
+    for sig in INTERRUPTS:
         if signal.getsignal(sig) is not None:
             _install(sig, signal.SIG_IGN)
 
@@ -72,7 +76,7 @@ def exit_with(code: int) -> None:
     the exit handlers it is ignored (:func:`_ignore_signals`). After a Hub download was given up,
     the exit is the interruption's: its worker threads are not waited for."""
     if code in (129, 130, 143) or _downloads_abandoned():
-        for sig in (signal.SIGINT, *_STOPS):
+        for sig in INTERRUPTS:
             _install(sig, signal.SIG_IGN)
         run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
         if run_exit_handlers is not None:
@@ -87,7 +91,7 @@ def exit_with(code: int) -> None:
         _flush()
         os._exit(code)
 
-    for sig in (signal.SIGINT, *_STOPS):
+    for sig in INTERRUPTS:
         if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored Ctrl-C (a background job) stays so
             _install(sig, now)
     sys.exit(code)

@@ -171,6 +171,14 @@ def random_seed() -> int:
     return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
 
 
+def seed_from_torch(high: int = 2**31) -> int:
+    """A seed in ``[0, high)`` drawn from torch's global CPU generator, so ``torch.manual_seed(n)``
+    before a Python call repeats the call (the library's draws; the CLI uses :func:`random_seed`)."""
+    import torch
+
+    return int(torch.randint(0, high, (1,)))
+
+
 def plain_numbers(options) -> None:
     """Turn numpy scalars in an options object's fields into Python numbers (what the checks,
     the seeds and the JSON sidecars take): ``steps=np.int64(4)`` is 4."""

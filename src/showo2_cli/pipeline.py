@@ -28,7 +28,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
@@ -40,12 +39,12 @@ from .pipelines import caption, image_to_video, text_to_image, text_to_video
 from .pipelines.arguments import (
     CAPTION_NAMES,
     PYTHON_NAMES,
-    SEED_LIMIT,
+    call_seeds,
     check_caption_kwargs,
     check_pretrained_kwargs,
     checked_dtype,
     device_from_map,
-    generator_seed,
+    outputs_as,
     prompt_list,
     python_names,
     real_number,
@@ -450,7 +449,7 @@ class Showo2Pipeline:
         video = num_frames is not None or image is not None
         default_h, default_w = self.spec.default_size(video)
         size = None if height is None and width is None else (height or default_h, width or default_w)
-        seeds = self._seeds(generator, seed, len(prompts) * n)
+        seeds = call_seeds(generator, seed, len(prompts) * n)
         on_step = self._step_hook(callback_on_step_end, callback_on_step_end_tensor_inputs)
         if latents is not None and not isinstance(latents, torch.Tensor):
             raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
@@ -475,7 +474,7 @@ class Showo2Pipeline:
                     results += self._run([prompts[i // n]], one, image, video, report, on_step)
             else:  # the API's rule: output k of the run uses the base seed + k
                 results = self._run(prompts, opts, image, video, report, on_step)
-        out = _convert(results, output_type, video)
+        out = outputs_as(results, output_type, video)
         if not return_dict:
             return (out,)
         return Showo2PipelineOutput(frames=out, results=results) if video else \
@@ -544,21 +543,6 @@ class Showo2Pipeline:
 
         return on_step
 
-    @staticmethod
-    def _seeds(generator, seed, count: int) -> list[int] | None:
-        """The base seed (one item) or one seed per output (a list of generators); None: ``seed``."""
-        if generator is None:
-            if seed is None:  # torch's global generator, so torch.manual_seed(...) makes runs repeat
-                return [int(torch.randint(0, SEED_LIMIT, (1,)))]
-            return None
-        if seed is not None:
-            raise ValueError("give generator or seed, not both")
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != count:
-                raise ValueError(f"got {len(generator)} generators for {count} outputs: give one, or one per output")
-            return [generator_seed(g) for g in generator]
-        return [generator_seed(generator)]
-
     # ---- understanding ----------------------------------------------------------------------
     @one_call_at_a_time
     @cpu_by_default
@@ -591,27 +575,6 @@ class Showo2Pipeline:
         with python_names(CAPTION_NAMES):
             answers = caption(self.model, image, opts, streamer=streamer).answers
         return answers if isinstance(question, (list, tuple)) else answers[0]
-
-
-#: the CLI's option names in the library's messages -> what a pipeline caller passes instead
-
-
-def _convert(results, output_type: str, video: bool):
-    """The outputs in diffusers' forms: PIL lists, or one batch (np / pt in [0, 1], latents)."""
-    if output_type == "latent":
-        return torch.stack([r.latents for r in results])
-    if output_type == "pil":
-        return [[_to_pil(f) for f in r.frames] for r in results] if video else [_to_pil(r.frames[0]) for r in results]
-    batch = np.stack([np.stack(r.frames) if video else r.frames[0] for r in results]).astype(np.float32) / 255.0
-    if output_type == "np":
-        return batch
-    return torch.from_numpy(batch).movedim(-1, -3).contiguous()
-
-
-def _to_pil(frame: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(frame)
 
 
 __all__ = ["Showo2Pipeline", "Showo2PipelineOutput", "OFFLOAD_MODES"]

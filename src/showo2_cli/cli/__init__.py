@@ -25,6 +25,7 @@ import typer.core
 
 from .. import __version__
 from ..errors import Showo2Error, is_out_of_memory
+from ..launch import HANGUP, INTERRUPTS
 from .common import STATE, debug_from_env, safe_text, write
 
 
@@ -289,19 +290,12 @@ def _hold_signals() -> None:
     """From now until main() returns, Ctrl-C, SIGTERM and SIGHUP do nothing (:func:`_signals` restores them)."""
     import signal
 
-    for sig in (signal.SIGINT, signal.SIGTERM, *_hangup()):
+    for sig in INTERRUPTS:
         try:
             if signal.getsignal(sig) not in (None, signal.SIG_IGN):
                 signal.signal(sig, lambda signum, frame: None)
         except (ValueError, OSError):  # not the main thread
             pass
-
-
-def _hangup() -> tuple:
-    """SIGHUP where the system has it (the terminal closed, an ssh session dropped)."""
-    import signal
-
-    return (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
 
 
 class Terminated(KeyboardInterrupt):
@@ -331,7 +325,7 @@ def _signals():
         yield
         return
     # every handler _hold_signals may change is put back: a caller's own SIGHUP handler too
-    old_hup = {sig: signal.getsignal(sig) for sig in _hangup()}
+    old_hup = {sig: signal.getsignal(sig) for sig in HANGUP}
     for sig, handler in old_hup.items():
         if handler == signal.SIG_DFL:
             signal.signal(sig, on_term)

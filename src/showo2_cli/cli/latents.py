@@ -188,7 +188,7 @@ def decode(
     if not chosen and meta.get("vae") and not _same_file(meta["vae"], vae_name):
         notice(f"the latents were encoded with '{short(meta['vae'], 80)}'; decoding with the default model's "
                "VAE (pass --vae to choose)")
-    z, _ = L.load_latents(latents, z_dim=vae_model.z_dim)
+    L.check_channels(latents, z, vae_model.z_dim)  # the file was read above: not again
     if not meta and not raw:  # written elsewhere: the two conventions look alike, and decode differently
         notice(f"'{short(latents, 80)}' has no showo2 metadata: decoding it as normalised latents "
                "((z - latents_mean) / latents_std); pass --raw if it holds the VAE's raw latent_dist values")

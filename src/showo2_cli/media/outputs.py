@@ -18,6 +18,7 @@ from pathlib import Path
 
 from showo2_cli.errors import OutputError, OutputExists, Showo2Error, UsageError
 
+from ..launch import INTERRUPTS
 from .probe import PathLike, error_detail, quote_path
 
 
@@ -103,7 +104,7 @@ def signals_deferred() -> Iterator[None]:
         return
     caught: list[int] = []
     old = {}
-    for sig in (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())):
+    for sig in INTERRUPTS:
         if signal.getsignal(sig) in (None, signal.SIG_IGN):  # set outside Python, or ignored: left alone
             continue
         try:

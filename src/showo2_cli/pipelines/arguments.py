@@ -1,7 +1,7 @@
 """The arguments of :class:`~showo2_cli.pipeline.Showo2Pipeline` as the API takes them: diffusers'
 ``from_pretrained`` arguments, prompts, numbers, seeds from generators, dtypes, and images given
 as PIL images, arrays or tensors (read as diffusers' image processor reads them); the library's
-errors renamed with the pipeline's argument names."""
+errors renamed with the pipeline's argument names; and its outputs in diffusers' forms."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from ..options import seed_from_torch
 from ..runtime import torch_dtype
 
 SEED_LIMIT = 2**63 - 1
@@ -149,6 +150,20 @@ def generator_seed(generator) -> int:
     return seed
 
 
+def call_seeds(generator, seed, count: int) -> list[int] | None:
+    """A call's base seed (one item) or one seed per output (a list of generators); None: ``seed``
+    (with neither, one drawn from torch's global generator, so ``torch.manual_seed`` repeats runs)."""
+    if generator is None:
+        return [seed_from_torch(SEED_LIMIT)] if seed is None else None
+    if seed is not None:
+        raise ValueError("give generator or seed, not both")
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != count:
+            raise ValueError(f"got {len(generator)} generators for {count} outputs: give one, or one per output")
+        return [generator_seed(g) for g in generator]
+    return [generator_seed(generator)]
+
+
 #: the dtypes a pipeline computes in (float64 too: it works, for precision studies)
 PIPELINE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -164,3 +179,16 @@ def checked_dtype(value) -> torch.dtype:
     return dtype
 
 
+def outputs_as(results, output_type: str, video: bool):
+    """The outputs in diffusers' forms: PIL lists, or one batch (np / pt in [0, 1], latents)."""
+    if output_type == "latent":
+        return torch.stack([r.latents for r in results])
+    if output_type == "pil":
+        from PIL import Image
+
+        return ([[Image.fromarray(f) for f in r.frames] for r in results] if video
+                else [Image.fromarray(r.frames[0]) for r in results])
+    batch = np.stack([np.stack(r.frames) if video else r.frames[0] for r in results]).astype(np.float32) / 255.0
+    if output_type == "np":
+        return batch
+    return torch.from_numpy(batch).movedim(-1, -3).contiguous()

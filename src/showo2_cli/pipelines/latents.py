@@ -172,12 +172,18 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
     if latents.dim() != 4:
         batch = f"; a batch of {latents.shape[0]}: save one latent a file (latents[i])" if latents.dim() == 5 else ""
         raise InputError(f"'{p}': latents must be (C, T, h, w), got shape {tuple(latents.shape)}{batch}")
-    if z_dim is not None and latents.shape[0] != z_dim:
-        raise InputError(f"'{p}': latents have {latents.shape[0]} channels but the VAE expects {z_dim}")
+    if z_dim is not None:
+        check_channels(p, latents, z_dim)
     latents = latents.float()  # checked after the cast: a float64 1e300 is inf in float32
     if min(latents.shape[1:]) < 1 or not torch.isfinite(latents).all():
         raise InputError(f"'{p}': latents are empty or hold NaN/inf values (as float32)")
     return latents, meta
+
+
+def check_channels(path: str | os.PathLike, latents: torch.Tensor, z_dim: int) -> None:
+    """The latents of ``path`` have the ``z_dim`` channels the decoding VAE expects."""
+    if latents.shape[0] != z_dim:
+        raise InputError(f"'{Path(path)}': latents have {latents.shape[0]} channels but the VAE expects {z_dim}")
 
 
 def normalize_raw(latents: torch.Tensor, vae: WanVAE) -> torch.Tensor:

@@ -12,7 +12,7 @@ from ..dialogue import check_streamer, encode_media, ending
 from ..errors import UsageError
 from ..loading import Showo2, require_model
 from ..modeling.attention import omni_attention_mask
-from ..options import CaptionOptions
+from ..options import CaptionOptions, seed_from_torch
 from ..runtime import cpu_by_default
 from ..sequences import ASSISTANT_PREFIX, SYSTEM_PROMPT, USER_PREFIX, understanding_layout
 from ..specs import VIDEO_UND
@@ -96,7 +96,7 @@ def caption(model: Showo2, source, options: CaptionOptions | None = None,
         opts.validate()
         if opts.seed is None and opts.sampling().sampled:  # drawn answers: the seed is drawn (from torch's
             # generator, so torch.manual_seed repeats a run) and recorded in the result's options
-            opts = replace(opts, seed=int(torch.randint(0, 2**31, (1,))))
+            opts = replace(opts, seed=seed_from_torch())
         if streamer is not None and len(opts.questions) > 1:
             raise UsageError(f"a streamer takes one answer, got {len(opts.questions)} questions: ask them one at "
                              "a time (or use on_text(i, piece))")

@@ -9,6 +9,7 @@ import sys
 import threading
 
 from ..errors import UsageError
+from ..launch import INTERRUPTS
 from .schema import TrainConfig
 
 
@@ -27,7 +28,7 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())):
+            for sig in INTERRUPTS:
                 if sig == signal.SIGHUP and signal.getsignal(sig) in (None, signal.SIG_IGN):  # nohup: stays ignored
                     continue
                 self._old[sig] = signal.signal(sig, self._handler)
