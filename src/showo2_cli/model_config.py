@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .errors import ModelError, UsageError, short
 from .options import MAX_MODEL_SIZE
 from .specs import (
@@ -173,6 +175,21 @@ def _semantic_intermediate(state: dict, sig_cfg: dict, where, base: ModelSpec | 
     return _shape(state, "und_trans.layers.0.mlp.fc1.weight", root)[0]
 
 
+def stored_head_differs(state: dict) -> bool:
+    """Whether the weights hold an ``lm_head`` other than the token embedding. The official loader
+    (diffusers' ``from_pretrained``) sets every stored tensor as it is, so such a head is the one
+    the official model uses, whatever the LLM config's ``tie_word_embeddings`` says (a fine-tune
+    whose head drifted from the embedding); tying it would drop it. Tensors sharing one storage
+    (a tied model's ``.bin``) are the same without reading them."""
+    head, embed = state.get("showo.lm_head.weight"), state.get("showo.model.embed_tokens.weight")
+    if head is None or embed is None or head.shape != embed.shape:
+        return False  # absent (tied, stored once), or a shape the fit check names
+    if (head.dtype == embed.dtype and head.stride() == embed.stride() and head.storage_offset() == embed.storage_offset()
+            and head.untyped_storage().data_ptr() == embed.untyped_storage().data_ptr()):
+        return False
+    return head.dtype != embed.dtype or not torch.equal(head, embed)
+
+
 def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     """A full spec from the official config.json, the LLM/SigLIP configs and the weights' shapes."""
     cfg, root = files.config, files.root
@@ -206,6 +223,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     tied = _typed(llm_cfg, "tie_word_embeddings", "bool", files.llm_config)
     if tied is None:
         tied = base.tie_word_embeddings if base else ("showo.lm_head.weight" not in state)
+    tied = tied and not stored_head_differs(state)
     rope_theta = _typed(llm_cfg, "rope_theta", "number", files.llm_config) or _typed(
         _typed(llm_cfg, "rope_parameters", "dict", files.llm_config) or {}, "rope_theta", "number", files.llm_config)
     grid = int(cfg.get("image_latent_height") or 27)

@@ -1,0 +1,65 @@
+"""Parity probe U (round six): checkpoints as they are stored. Checked against the official
+loader (diffusers 0.31 ``Showo2Qwen2_5.from_pretrained``): every stored tensor is set as it is,
+so a checkpoint whose LLM config says ``tie_word_embeddings: true`` but whose ``lm_head`` differs
+from the embedding runs with that head. These tests build such checkpoints at test time from the
+bundled ``variant-q`` set (tied embeddings)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from showo2_cli.loading import load
+
+VARIANT_Q = Path(__file__).resolve().parent / "data" / "parity_sets" / "variant-q" / "model"
+HEAD, EMBED = "showo.lm_head.weight", "showo.model.embed_tokens.weight"
+
+
+def _copy(tmp_path: Path, change) -> tuple[Path, dict]:
+    folder = tmp_path / "model"
+    shutil.copytree(VARIANT_Q, folder)
+    state = load_file(str(folder / "pytorch_model.safetensors"))
+    state = change(state)
+    save_file(state, str(folder / "pytorch_model.safetensors"))
+    return folder, state
+
+
+def test_a_stored_head_other_than_the_embedding_is_used_though_the_config_says_tied(tmp_path):
+    def drift(state):
+        noise = torch.randn(state[HEAD].shape, generator=torch.Generator().manual_seed(0))
+        return dict(state, **{HEAD: state[HEAD] + 0.05 * noise})
+
+    folder, state = _copy(tmp_path, drift)
+    assert '"tie_word_embeddings": true' in (folder / "llm" / "config.json").read_text()
+    model = load(folder, need=())
+    net = model.network
+    assert model.spec.tie_word_embeddings is False
+    assert torch.equal(net.state_dict()[HEAD], state[HEAD])
+    assert torch.equal(net.state_dict()[EMBED], state[EMBED])
+    x = torch.randn(3, state[EMBED].shape[1], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = net.logits(x)
+    torch.testing.assert_close(got, x @ state[HEAD].T, atol=1e-5, rtol=1e-5)
+    # what the tied head gave: other logits (about 0.2 off here)
+    assert (got - x @ state[EMBED].T).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("how", ["copy", "absent"])
+def test_a_head_equal_to_the_embedding_or_absent_stays_tied(tmp_path, how):
+    def same(state):
+        state = dict(state)
+        if how == "absent":
+            del state[HEAD]
+        else:
+            state[HEAD] = state[EMBED].clone()
+        return state
+
+    folder, state = _copy(tmp_path, same)
+    model = load(folder, need=())
+    assert model.spec.tie_word_embeddings is True
+    net = model.network
+    assert net.showo.lm_head.weight is net.showo.model.embed_tokens.weight
