@@ -63,3 +63,36 @@ def test_a_head_equal_to_the_embedding_or_absent_stays_tied(tmp_path, how):
     assert model.spec.tie_word_embeddings is True
     net = model.network
     assert net.showo.lm_head.weight is net.showo.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("how", ["_orig_mod.", "module._orig_mod.", "_orig_mod.module.", "deepspeed"])
+def test_training_wrappers_are_read_as_the_network_itself(tmp_path, how):
+    """torch.compile's ``_orig_mod.`` (alone or under DDP's ``module.``) and DeepSpeed's model file
+    (``{"module": state, "ds_version": ...}``) hold the same tensors under other names."""
+    from showo2_cli.weights import read_state_dict
+
+    state = load_file(str(VARIANT_Q / "pytorch_model.safetensors"))
+    obj = ({"module": state, "buffer_names": [], "ds_version": "0.16.0", "global_steps": 7} if how == "deepspeed"
+           else {how + k: v for k, v in state.items()})
+    torch.save(obj, tmp_path / "mp_rank_00_model_states.pt")
+    got = read_state_dict(tmp_path / "mp_rank_00_model_states.pt")
+    assert got.keys() == state.keys()
+    assert all(torch.equal(got[k], state[k]) for k in state)
+
+
+def test_weights_under_another_prefix_are_named_in_the_error(tmp_path):
+    from showo2_cli.errors import ModelError
+
+    folder, _ = _copy(tmp_path, lambda state: {"model." + k: v for k, v in state.items()})  # a Lightning module's
+    with pytest.raises(ModelError, match=r"under the prefix 'model\.'"):
+        load(folder, need=())
+
+
+def test_an_official_training_checkpoint_folder_names_its_model_subfolder(tmp_path):
+    from showo2_cli.errors import ModelError
+
+    ckpt = tmp_path / "checkpoint-500"
+    shutil.copytree(VARIANT_Q, ckpt / "unwrapped_model")  # what the official save_checkpoint writes
+    (ckpt / "metadata.json").write_text('{"global_step": 500}')
+    with pytest.raises(ModelError, match=r"no config\.json \(its subfolder 'unwrapped_model' has one"):
+        load(ckpt, need=())

@@ -103,7 +103,7 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
         given = Path(name) if isinstance(name, (str, os.PathLike)) else root
         if given.exists() and not given.is_dir():
             raise ModelError(f"'{given}' is a file, not a Show-o2 model folder (give the folder holding config.json)")
-        raise ModelError(f"'{root}' is not a Show-o2 model folder: it has no config.json")
+        raise ModelError(f"'{root}' is not a Show-o2 model folder: it has no config.json{_subfolder_hint(root)}")
     config = read_json(cfg_path)
     fmt = "showo2" if "showo2" in config else "official"
     if fmt == "official":
@@ -136,6 +136,16 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
     if files.vae is None:
         files.missing.append(("VAE", f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE} (or pass --vae PATH)"))
     return files
+
+
+def _subfolder_hint(root: Path) -> str:
+    """Name a subfolder holding a config.json (an official training checkpoint keeps the model in
+    ``checkpoint-N/unwrapped_model``), for the error of a folder that has none."""
+    try:
+        found = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+    except OSError:
+        return ""
+    return f" (its subfolder '{found[0]}' has one: give that folder)" if len(found) == 1 else ""
 
 
 def missing_message(files: ModelFiles, pieces: tuple[str, ...]) -> str | None:

@@ -130,6 +130,10 @@ def check_depths(spec: ModelSpec, state: dict, where: str) -> None:
 
 def _shape(state: dict, key: str, root: Path) -> tuple[int, ...]:
     if key not in state:
+        under = next((k[:-len(key)] for k in state if k.endswith("." + key)), None)
+        if under is not None:  # a training framework's wrapper (a Lightning module's attribute, ...)
+            raise ModelError(f"weights in '{root}' hold '{key}' under the prefix '{short(under, 60)}': save the "
+                             "network's own state dict (keys without that prefix)")
         raise ModelError(f"weights in '{root}' lack '{key}': not a Show-o2 checkpoint or incomplete")
     return tuple(state[key].shape)
 

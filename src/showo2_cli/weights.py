@@ -3,8 +3,9 @@
 * :func:`read_state_dict`: tensors from ``.safetensors`` (memory-mapped) or from a torch pickle
   (``.pth``/``.bin``/``.pt``/``.ckpt``) loaded only with ``torch.load(weights_only=True)``, so a
   file that would run code on load is refused; a file whose suffix says nothing is judged by its
-  header. Wrappers (``{"state_dict": ...}``, ``{"model": ...}``, DDP's ``module.`` prefixes) are
-  removed; anything that is not a mapping of names to tensors is refused.
+  header. Wrappers (``{"state_dict": ...}``, ``{"model": ...}``, DeepSpeed's ``{"module": ...}``,
+  DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes) are removed; anything that is not
+  a mapping of names to tensors is refused.
 * :func:`check_fit`: the keys, shapes and floating-point dtypes a model expects, checked before
   anything is copied, with one line naming the first problems.
 * :func:`read_json`: a config file (a regular file, at most 16 MiB, not nested absurdly deep).
@@ -27,6 +28,11 @@ from .errors import ModelError, is_out_of_memory, one_line, short
 
 MAX_CONFIG_BYTES = 16 * 2**20
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+#: the entry of a training checkpoint holding the weights (DeepSpeed's ``mp_rank_00_model_states.pt``
+#: keeps them under ``module``), the first found taken
+WRAPPER_KEYS = ("state_dict", "model", "module")
+#: prefixes wrappers add to every key: DDP's and DeepSpeed's ``module.``, torch.compile's ``_orig_mod.``
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
 
 
@@ -171,7 +177,7 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
             raise ModelError(f"cannot read weights '{path}' ({e.strerror or one_line(e)})") from e
         raise unreadable_pickle(path, e, "weights") from e
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
+        for key in WRAPPER_KEYS:
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
@@ -184,9 +190,17 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
     if odd:  # sparse or other layouts: no model stores its weights so
         raise ModelError(f"'{path}' holds tensors in a {str(obj[odd[0]].layout).replace('torch.', '')} layout "
                          f"(e.g. {odd[0]}), not dense weights")
-    state = dict(obj)
-    if all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
+    return unwrapped(dict(obj))
+
+
+def unwrapped(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` less the prefixes that wrappers add to every key (:data:`WRAPPER_PREFIXES`, in any
+    order and number: ``module._orig_mod.`` from a compiled model under DDP)."""
+    while state:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            return state
+        state = {k[len(prefix):]: v for k, v in state.items()}
     return state
 
 
@@ -230,4 +244,4 @@ def check_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Te
 
 
 __all__ = ["MAX_CONFIG_BYTES", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES", "check_fit", "first", "looks_like_safetensors",
-           "one_line", "read_json", "read_state_dict"]
+           "one_line", "read_json", "read_state_dict", "unwrapped"]
