@@ -83,14 +83,13 @@ def test_non_square_config_generates_its_shape_by_default():
     # the official demos generate latent_height x latent_width (config.json): 2x8 tokens of 2x2
     # latent pixels of 8x8 pixels -> 32 high, 128 wide; the text budget leaves room for 2*8+1 tokens
     from showo2_cli.options import GenerateOptions
-    from showo2_cli.pipelines.generate import _text_budget
 
     model = load(VARIANT_T / "model", vae=VARIANT_T / "vae" / "wan21_vae.safetensors")
     spec = model.spec
     assert spec.default_size() == (32, 128) and spec.default_size(video=True) == (32, 128)
     assert GenerateOptions().resolved(spec, video=False).size == (32, 128)
     assert GenerateOptions(size=48).resolved(spec, video=False).size == (48, 48)  # an asked size wins
-    assert _text_budget(spec) == spec.max_seq_len - (2 * 8 + 1) - 4
+    assert spec.text_budget == spec.max_seq_len - (2 * 8 + 1) - 4
     square = REGISTRY["tiny"]
     assert square.default_size() == (square.resolution, square.resolution)
 

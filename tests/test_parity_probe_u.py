@@ -96,3 +96,31 @@ def test_an_official_training_checkpoint_folder_names_its_model_subfolder(tmp_pa
     (ckpt / "metadata.json").write_text('{"global_step": 500}')
     with pytest.raises(ModelError, match=r"no config\.json \(its subfolder 'unwrapped_model' has one"):
         load(ckpt, need=())
+
+
+@pytest.fixture(scope="module")
+def real_1_5b_shapes():
+    """The 1.5B network's state dict on the meta device: the real shapes, no memory."""
+    from showo2_cli.modeling.showo2 import Showo2Model
+    from showo2_cli.specs import REGISTRY
+
+    with torch.device("meta"):
+        return Showo2Model(REGISTRY["1.5B"]).state_dict()
+
+
+@pytest.mark.parametrize("grid,max_seq_len,budget", [(32, 1280, 251), (64, 4352, 251), (27, 1024, 290)])
+def test_an_official_hq_checkpoint_in_any_folder_gets_the_official_sequence_budget(real_1_5b_shapes, grid,
+                                                                                    max_seq_len, budget):
+    """The 1.5B-HQ's config (image_latent_height 32 or 64: 512 or 1024 px) in a folder not named
+    after its repo (``hf download ... --local-dir hq``) gets the official demos' max_seq_len (their
+    yaml: 1280 at 512, 4352 at 1024) and so their 251 prompt tokens; it had 1045 / 4117 and 16."""
+    from showo2_cli.loading import ModelFiles
+    from showo2_cli.model_config import spec_from_files
+
+    config = {"_class_name": "Showo2Qwen2_5", "hidden_size": 1536, "image_latent_height": grid,
+              "image_latent_width": grid, "video_latent_height": 27, "video_latent_width": 27, "patch_size": 2,
+              "llm_model_path": "Qwen/Qwen2.5-1.5B-Instruct", "llm_vocab_size": 151669}
+    spec = spec_from_files(ModelFiles("hq", Path("/models/hq"), "official", config, []), real_1_5b_shapes)
+    assert spec.resolution == grid * 16
+    assert spec.max_seq_len == max_seq_len
+    assert spec.text_budget == budget

@@ -199,8 +199,13 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     cfg, root = files.config, files.root
     embed = _shape(state, "showo.model.embed_tokens.weight", root)
     hidden = embed[1]
+    und = _shape(state, "image_embedder_und.proj.weight", root)
+    grid = int(cfg.get("image_latent_height") or 27)
+    grid_w = int(cfg.get("image_latent_width") or grid)  # (both checked by check_official_config)
+    patch = und[2]
+    resolution = grid * patch * 8
     named = _registry_by_name(files.name, root, hidden)
-    base = named or spec_for_hidden_size(hidden)
+    base = named or spec_for_hidden_size(hidden, resolution)
     llm_cfg = read_json(files.llm_config) if files.llm_config else {}
     sig_cfg = read_json(files.siglip_config) if files.siglip_config else {}
     sig_cfg = _typed(sig_cfg, "vision_config", "dict", files.siglip_config) or sig_cfg
@@ -218,7 +223,6 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     heads = int(llm_cfg.get("num_attention_heads") or base.num_heads)
     head_dim = int(llm_cfg.get("head_dim") or hidden // heads)
     kv_dim = _shape(state, "showo.model.layers.0.self_attn.k_proj.weight", root)[0]
-    und = _shape(state, "image_embedder_und.proj.weight", root)
     clip_dim = und[0]
     if not sig_cfg and (base is None or base.clip_latent_dim != clip_dim):
         raise ModelError(f"cannot tell the semantic layers' head count for '{root}': put the SigLIP "
@@ -230,14 +234,10 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     tied = tied and not stored_head_differs(state)
     rope_theta = _typed(llm_cfg, "rope_theta", "number", files.llm_config) or _typed(
         _typed(llm_cfg, "rope_parameters", "dict", files.llm_config) or {}, "rope_theta", "number", files.llm_config)
-    grid = int(cfg.get("image_latent_height") or 27)
-    grid_w = int(cfg.get("image_latent_width") or grid)  # (both checked by check_official_config)
-    patch = und[2]
     tasks = base.tasks if base else (IMAGE_UND, T2I)
     if "video-und" in files.name.lower() or "video-und" in str(root).lower():
         tasks = tuple(dict.fromkeys((*tasks, VIDEO_UND)))
     pos_rows = _shape(state, "position_embedding.weight", root)[0]
-    resolution = grid * patch * 8
     visual = grid * grid_w + 1
     changes = dict(
         name=files.name, hidden_size=hidden, vocab_size=embed[0],
@@ -269,15 +269,17 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     )
     if named is None:
         # the sequence budget the official code uses: the configured max_seq_len (default 1024),
-        # else the official model of this width's; the text budget is what the visual block leaves
+        # else the official model of this width (and resolution)'s; a larger configured grid keeps
+        # that model's text budget (the official 1024 px demo: 4096 + 1 + 4 + 251 = 4352)
         configured = cfg.get("max_seq_len")
         if configured is not None and (isinstance(configured, bool) or not isinstance(configured, int)):
             raise ModelError(f"'{root / 'config.json'}': max_seq_len must be a whole number, got {_shown(configured)}")
         max_seq = configured if configured is not None else (base.max_seq_len if base is not None else 1024)
         if not 1 <= max_seq <= MAX_SEQ_LEN_LIMIT:
             raise ModelError(f"'{root / 'config.json'}': max_seq_len must be 1 to {MAX_SEQ_LEN_LIMIT}, got {max_seq}")
+        text = base.text_budget if base is not None and configured is None else 16
         changes.update(resolution=resolution, resolutions=(resolution,), video_resolution=resolution,
-                       max_seq_len=max(max_seq, visual + 4 + 16))
+                       max_seq_len=max(max_seq, visual + 4 + text))
     template = base if base is not None else REGISTRY["tiny"]
     spec = template.replace(**changes)
     spec.validate()

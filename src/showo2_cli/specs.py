@@ -143,6 +143,12 @@ class ModelSpec:
             return side, w * self.latent_multiple
         return side, side
 
+    @property
+    def text_budget(self) -> int:
+        """Prompt tokens a generation row holds (the official ``max_text_len``): ``max_seq_len`` less
+        the default size's visual positions (the time slot too) and the 4 frame tokens; at least 16."""
+        return max(self.max_seq_len - (self.tokens_per_frame(*self.default_size()) + 1) - 4, 16)
+
     def tokens_per_frame(self, height: int, width: int) -> int:
         m = self.latent_multiple
         return (height // m) * (width // m)
@@ -335,9 +341,9 @@ def get_spec(name: str) -> ModelSpec:
     raise UsageError(f"unknown model spec '{name}'; known: {', '.join(REGISTRY)}")
 
 
-def spec_for_hidden_size(hidden_size: int) -> ModelSpec | None:
-    """The official spec whose LLM has this width (used to fill in sizes no shape reveals)."""
-    for spec in REGISTRY.values():
-        if spec.hidden_size == hidden_size and spec.name != "tiny":
-            return spec
-    return None
+def spec_for_hidden_size(hidden_size: int, resolution: int | None = None) -> ModelSpec | None:
+    """The official spec whose LLM has this width (used to fill in sizes no shape reveals); of
+    several, the first trained at ``resolution`` (a 512 or 1024 px config is the 1.5B-HQ's)."""
+    found = [spec for spec in REGISTRY.values() if spec.hidden_size == hidden_size and spec.name != "tiny"]
+    at = [spec for spec in found if resolution in spec.resolutions]
+    return (at or found or [None])[0]

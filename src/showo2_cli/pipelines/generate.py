@@ -33,12 +33,6 @@ class Generated:
     params: dict
 
 
-def _text_budget(spec) -> int:
-    """Prompt tokens the model was trained with (max_seq_len - visual positions - 4 at its resolution)."""
-    visual = spec.tokens_per_frame(*spec.default_size()) + 1
-    return max(spec.max_seq_len - visual - 4, 16)
-
-
 def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dtype: torch.dtype | None = None,
                        vae_base_dim: int | None = None, latent_frames: int = 1, vae_tiled: bool = False,
                        vae_tile: tuple[int, int, int, int] | None = None, llm_only: bool = False) -> float:
@@ -86,7 +80,7 @@ def generation_memory_gb(spec, dtype: torch.dtype, size: tuple[int, int], frames
     h, w = size
     t_lat = 1 + (frames - 1) // spec.vae_temporal if video else 1
     visual = 1 + t_lat * spec.tokens_per_frame(h, w)
-    seq_len = visual + 4 + _text_budget(spec)
+    seq_len = visual + 4 + spec.text_budget
     lat_h, lat_w = h // spec.vae_spatial, w // spec.vae_spatial
     return estimate_memory_gb(spec, 2 * max(batch, 1), seq_len, t_lat * lat_h * lat_w, dtype=dtype,
                               vae_base_dim=vae_base_dim, latent_frames=t_lat, vae_tiled=vae_tiled, vae_tile=vae_tile)
@@ -200,7 +194,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     h, w = opts.size
     latent_shape = generation_latent_shape(spec, (h, w), frames, video)
     visual = 1 + (latent_shape[1] if video else 1) * spec.tokens_per_frame(h, w)
-    budget = _text_budget(spec)
+    budget = spec.text_budget
     max_seq_len = visual + 4 + budget
     memory = _memory_args(model, opts, frames, video, len(prompts))
     check_generation_memory(*memory)
