@@ -124,3 +124,24 @@ def test_an_official_hq_checkpoint_in_any_folder_gets_the_official_sequence_budg
     assert spec.resolution == grid * 16
     assert spec.max_seq_len == max_seq_len
     assert spec.text_budget == budget
+
+
+def test_a_tied_model_written_by_safetensors_save_model_loads(tmp_path):
+    """The official ``save_pretrained(safe_serialization=True)`` fails on the tied pair and points to
+    safetensors' ``save_model``, which keeps ``showo.lm_head.weight`` alone; that file was refused
+    as "lack 'showo.model.embed_tokens.weight': not a Show-o2 checkpoint"."""
+    import safetensors.torch
+    from safetensors import safe_open
+
+    original = load(VARIANT_Q, need=()).network
+    folder = tmp_path / "converted"
+    shutil.copytree(VARIANT_Q, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    safetensors.torch.save_model(original, str(folder / "model.safetensors"))
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert HEAD in f.keys() and EMBED not in f.keys()
+    model = load(folder, need=())
+    assert model.spec.tie_word_embeddings is True
+    want = original.state_dict()
+    got = model.network.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)

@@ -194,9 +194,21 @@ def stored_head_differs(state: dict) -> bool:
     return head.dtype != embed.dtype or not torch.equal(head, embed)
 
 
+def restore_tied_embedding(state: dict) -> None:
+    """Put a tied embedding stored only under the head's name back under its own (in place).
+    The official ``save_pretrained(safe_serialization=True)`` fails on the tied pair ("tensors share
+    memory") and points to safetensors' ``save_model``, which keeps one name of a shared tensor, the
+    first in sorted order: ``showo.lm_head.weight``. Only a tied pair loses its embedding so."""
+    if "showo.model.embed_tokens.weight" not in state and "showo.lm_head.weight" in state:
+        state["showo.model.embed_tokens.weight"] = state.pop("showo.lm_head.weight")
+
+
 def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     """A full spec from the official config.json, the LLM/SigLIP configs and the weights' shapes."""
     cfg, root = files.config, files.root
+    llm_cfg = read_json(files.llm_config) if files.llm_config else {}
+    if _typed(llm_cfg, "tie_word_embeddings", "bool", files.llm_config) is not False:
+        restore_tied_embedding(state)
     embed = _shape(state, "showo.model.embed_tokens.weight", root)
     hidden = embed[1]
     und = _shape(state, "image_embedder_und.proj.weight", root)
@@ -206,7 +218,6 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     resolution = grid * patch * 8
     named = _registry_by_name(files.name, root, hidden)
     base = named or spec_for_hidden_size(hidden, resolution)
-    llm_cfg = read_json(files.llm_config) if files.llm_config else {}
     sig_cfg = read_json(files.siglip_config) if files.siglip_config else {}
     sig_cfg = _typed(sig_cfg, "vision_config", "dict", files.siglip_config) or sig_cfg
     if not llm_cfg and base is None:
