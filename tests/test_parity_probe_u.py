@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from showo2_cli.loading import load
 
-VARIANT_Q = Path(__file__).resolve().parent / "data" / "parity_sets" / "variant-q" / "model"
+BUNDLED = Path(__file__).resolve().parent / "data" / "parity_sets"
+VARIANT_Q = BUNDLED / "variant-q" / "model"
 HEAD, EMBED = "showo.lm_head.weight", "showo.model.embed_tokens.weight"
 
 
@@ -145,3 +146,24 @@ def test_a_tied_model_written_by_safetensors_save_model_loads(tmp_path):
     got = model.network.state_dict()
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_an_llm_config_without_rope_theta_gets_the_qwen2_default(tmp_path):
+    """A Qwen2 config that omits ``rope_theta`` runs with transformers' ``Qwen2Config`` default,
+    10000, in the official code; it ran with 1e6 (prompt logits 2.15 off on a set made so).
+    ``variant-b`` was made with rope_theta 10000: its official logits must hold without the key."""
+    import json
+
+    root = BUNDLED / "variant-b"
+    folder = tmp_path / "model"
+    shutil.copytree(root / "model", folder, ignore=shutil.ignore_patterns("*.bin"))
+    llm = json.loads((folder / "llm" / "config.json").read_text())
+    assert llm.pop("rope_theta") == 10000.0
+    (folder / "llm" / "config.json").write_text(json.dumps(llm))
+    model = load(folder, need=())
+    case = load_file(str(root / "cases" / "mmu.safetensors"))
+    with torch.no_grad():
+        hidden, _ = model.network.llm(case["input_embeds"], case["attention_mask_bool"])
+        logits = model.network.logits(hidden)
+    torch.testing.assert_close(logits, case["prompt_logits"], atol=1e-4, rtol=1e-4)
+    assert model.spec.rope_theta == 10000.0

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from .loading import ModelFiles
 
 
+#: transformers' ``Qwen2Config`` default (4.47, the official code's), for an LLM config that omits it
+QWEN2_DEFAULT_ROPE_THETA = 10000.0
+
 _OFFICIAL_INTS = ("hidden_size", "image_latent_dim", "image_latent_height", "image_latent_width", "patch_size",
                   "clip_latent_dim", "llm_vocab_size", "num_diffusion_layers", "video_latent_height",
                   "video_latent_width")
@@ -255,7 +258,8 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         num_layers=_count(state, r"showo\.model\.layers\.(\d+)\."),
         num_heads=heads, head_dim=head_dim, num_kv_heads=kv_dim // head_dim,
         intermediate_size=_shape(state, "showo.model.layers.0.mlp.gate_proj.weight", root)[0],
-        rope_theta=float(rope_theta or (base.rope_theta if base else 1e6)),
+        # a Qwen2 config without it gets transformers' Qwen2Config default, as in the official code
+        rope_theta=float(rope_theta or (QWEN2_DEFAULT_ROPE_THETA if llm_cfg else base.rope_theta if base else 1e6)),
         rms_norm_eps=float(_typed(llm_cfg, "rms_norm_eps", "number", files.llm_config)
                            or (base.rms_norm_eps if base else 1e-6)),
         tie_word_embeddings=bool(tied),
