@@ -167,3 +167,30 @@ def test_an_llm_config_without_rope_theta_gets_the_qwen2_default(tmp_path):
         logits = model.network.logits(hidden)
     torch.testing.assert_close(logits, case["prompt_logits"], atol=1e-4, rtol=1e-4)
     assert model.spec.rope_theta == 10000.0
+
+
+def test_a_siglip_config_without_num_attention_heads_gets_the_siglip_default(tmp_path):
+    """The official code builds the semantic layers from the SigLIP config: one without
+    ``num_attention_heads`` has ``SiglipVisionConfig``'s 12 heads (the registry's 16, or the tiny
+    default, were used). ``variant-b``'s 24-wide layers: 12 heads of 2, as a config naming 12 gives."""
+    import json
+
+    root = BUNDLED / "variant-b"
+    outputs = {}
+    for heads in (12, None):
+        folder = tmp_path / f"heads-{heads}"
+        shutil.copytree(root / "model", folder, ignore=shutil.ignore_patterns("*.bin"))
+        sig = json.loads((folder / "siglip" / "config.json").read_text())
+        sig["vision_config"].pop("num_attention_heads")
+        if heads is not None:
+            sig["vision_config"]["num_attention_heads"] = heads
+        (folder / "siglip" / "config.json").write_text(json.dumps(sig))
+        model = load(folder, need=())
+        assert model.spec.semantic_heads == 12
+        latents = load_file(str(root / "cases" / "mmu.safetensors"))["image_latents"]
+        with torch.no_grad():
+            outputs[heads] = model.network.encode_visual(latents, understanding=True).semantic
+    assert torch.equal(outputs[None], outputs[12])
+    # the fixture's own 3 heads give other semantic features
+    three = load_file(str(root / "cases" / "mmu.safetensors"))["und_trans_out"]
+    assert (outputs[None] - three).abs().max() > 1e-3

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 #: transformers' ``Qwen2Config`` default (4.47, the official code's), for an LLM config that omits it
 QWEN2_DEFAULT_ROPE_THETA = 10000.0
+#: transformers' ``SiglipVisionConfig`` default, for a SigLIP config that omits it
+SIGLIP_DEFAULT_HEADS = 12
 
 _OFFICIAL_INTS = ("hidden_size", "image_latent_dim", "image_latent_height", "image_latent_width", "patch_size",
                   "clip_latent_dim", "llm_vocab_size", "num_diffusion_layers", "video_latent_height",
@@ -267,7 +269,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         clip_latent_dim=clip_dim, latent_channels=und[1], patch_size=patch,
         semantic_layers=_count(state, r"und_trans\.layers\.(\d+)\."),
         semantic_heads=int(_typed(sig_cfg, "num_attention_heads", "int", files.siglip_config)
-                           or (base.semantic_heads if base else 16)),
+                           or (SIGLIP_DEFAULT_HEADS if sig_cfg else base.semantic_heads if base else 16)),
         semantic_intermediate=_semantic_intermediate(state, sig_cfg, files.siglip_config, base, root),
         semantic_eps=float(_typed(sig_cfg, "layer_norm_eps", "number", files.siglip_config) or 1e-6),
         semantic_act=_typed(sig_cfg, "hidden_act", "str", files.siglip_config) or "gelu_pytorch_tanh",
