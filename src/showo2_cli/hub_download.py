@@ -325,7 +325,7 @@ def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, Rem
     from huggingface_hub import constants
 
     from .hub import TOKENIZER_FILES
-    from .tokenizer import MAX_TOKENIZER_FILE_BYTES
+    from .tokenizer import tokenizer_file_limit
     from .weights import MAX_CONFIG_BYTES
 
     total, known = 0, True
@@ -335,7 +335,7 @@ def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, Rem
             known = known and _is_cached(repo_id, name, revision)
             continue
         base = name.rsplit("/", 1)[-1]
-        cap = (MAX_TOKENIZER_FILE_BYTES if base in TOKENIZER_FILES  # the caps the loaders hold them to
+        cap = (tokenizer_file_limit(base) if base in TOKENIZER_FILES  # the caps the loaders hold them to
                else MAX_CONFIG_BYTES if base.endswith(".json") else None)
         if cap is not None and size > cap:
             raise ModelError(f"{what} '{repo_id}' on the Hub has a '{name}' of {size} bytes, more than the "

@@ -21,6 +21,8 @@ MAX_STOP_STRINGS = 16  # TextSampling.stop_strings (OpenAI allows 4)
 MAX_STOP_CHARS = 200
 #: Largest prompts file read.
 MAX_PROMPTS_FILE_BYTES = 64 * 1024 * 1024
+#: Largest config file read (a model's config.json, an adapter's, a training config): Qwen2.5's are 1 KB
+MAX_CONFIG_BYTES = 16 * 2**20
 #: Longest video generated, in pixel frames (1 + 4k).
 MAX_VIDEO_FRAMES = 1 + 4 * 64
 #: Most frames sampled from a video for understanding.

@@ -53,11 +53,7 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
                 data = sys.stdin.buffer.read(MAX_PROMPTS_FILE_BYTES + 1)
             else:
                 M.check_input_file(path, "prompts file")
-                if path.stat().st_size > MAX_PROMPTS_FILE_BYTES:
-                    raise InputError(f"prompts file {where} is too large (more than "
-                                     f"{MAX_PROMPTS_FILE_BYTES // 2**20} MiB)")
-                with open(path, "rb") as fh:
-                    data = fh.read(MAX_PROMPTS_FILE_BYTES + 1)
+                data = M.read_limited(path, MAX_PROMPTS_FILE_BYTES, "prompts file")
         except UsageError:  # a ValueError too: not a file problem
             raise
         except (OSError, ValueError) as e:
@@ -182,7 +178,10 @@ def load_noise(path: str | os.PathLike | None):
         return None
     from safetensors import safe_open
 
+    from .weights import check_safetensors_header
+
     p = M.check_input_file(Path(path), "noise file")
+    check_safetensors_header(p, "noise", InputError)
     try:
         with safe_open(str(p), framework="pt") as f:
             keys = list(f.keys())

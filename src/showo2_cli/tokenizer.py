@@ -39,8 +39,21 @@ def add_showo2_tokens(tokenizer) -> SpecialTokens:
     return SpecialTokens(**ids, eos_token=own if own is not None and own != ids["eos"] else None)
 
 
-#: tokenizer files larger than this are not a tokenizer (Qwen2.5's tokenizer.json is 7 MB)
-MAX_TOKENIZER_FILE_BYTES = 128 * 2**20
+#: tokenizer.json larger than this is not a Qwen2.5 tokenizer (Qwen2.5's is 7.0 MB, Qwen3's 11 MB). The
+#: tokenizers library takes about 40 times a file's size while parsing it: 113 MiB of merges took 48 s
+#: and over 3.4 GB, a 32 MiB one 6.8 s and 1.3 GB.
+MAX_TOKENIZER_FILE_BYTES = 32 * 2**20
+#: merges.txt (Qwen2.5's is 1.7 MB) is denser still: a merge may take 4 bytes of it
+MAX_MERGES_FILE_BYTES = 8 * 2**20
+
+
+def tokenizer_file_limit(name: str) -> int:
+    """The most bytes the tokenizer file ``name`` may have (the rest are configs and vocabularies:
+    :data:`~showo2_cli.options.MAX_CONFIG_BYTES`, 16 MiB; Qwen2.5's vocab.json is 2.8 MB)."""
+    from .options import MAX_CONFIG_BYTES
+
+    return {"tokenizer.json": MAX_TOKENIZER_FILE_BYTES, "merges.txt": MAX_MERGES_FILE_BYTES}.get(name,
+                                                                                                 MAX_CONFIG_BYTES)
 
 
 def load_tokenizer(path: Path):
@@ -56,9 +69,10 @@ def load_tokenizer(path: Path):
             size = file.stat().st_size if file.is_file() else 0
         except OSError:
             size = 0
-        if size > MAX_TOKENIZER_FILE_BYTES:
+        limit = tokenizer_file_limit(name)
+        if size > limit:
             raise ModelError(f"cannot load the tokenizer in '{path}': {name} is {size / 2**20:.0f} MiB, more than "
-                             f"{MAX_TOKENIZER_FILE_BYTES // 2**20} MiB: not a tokenizer file")
+                             f"{limit // 2**20} MiB: not a Qwen2.5 tokenizer file")
     try:
         if (Path(path) / "tokenizer.json").is_file():
             # tokenizer.json as written: its normalizer, pre-tokenizer and added tokens, as the official

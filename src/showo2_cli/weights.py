@@ -16,6 +16,7 @@ Every problem is a :class:`~showo2_cli.errors.ModelError` on one line naming the
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,8 +26,8 @@ from typing import Any
 import torch
 
 from .errors import ModelError, is_out_of_memory, one_line, short
+from .options import MAX_CONFIG_BYTES
 
-MAX_CONFIG_BYTES = 16 * 2**20
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 #: the entry of a training checkpoint holding the weights (DeepSpeed's ``mp_rank_00_model_states.pt``
 #: keeps them under ``module``), the first found taken
@@ -45,20 +46,17 @@ def first(names: Iterable[str], n: int = 3) -> str:
 
 def read_json(path: str | Path) -> dict:
     """A config file: a regular file (never a FIFO or a device, which could block forever), at
-    most 16 MiB, JSON nested at most a few hundred levels, holding an object."""
+    most 16 MiB (read by :func:`~showo2_cli.media.read_limited`: one that grows while being read
+    is not read on), JSON nested at most a few hundred levels, holding an object."""
+    from .media import read_limited
+
     path = Path(path)
     try:
-        if not path.is_file():
-            raise ModelError(f"cannot read '{path}': not a regular file")
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ModelError(f"cannot read '{path}': larger than {MAX_CONFIG_BYTES // 2**20} MiB, not a config")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_limited(path, MAX_CONFIG_BYTES, "config", ModelError).decode("utf-8"))
     except RecursionError as e:
         raise ModelError(f"cannot read '{path}': JSON nested too deeply") from e
     except ModelError:  # an OSError too: said as it is
         raise
-    except OSError as e:
-        raise ModelError(f"cannot read '{path}': {e.strerror or e}") from e
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelError(f"cannot read '{path}': not valid JSON ({one_line(e)})") from e
     if not isinstance(data, dict):
@@ -74,6 +72,42 @@ def looks_like_safetensors(path: Path) -> bool:
     except OSError:
         return False
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30)
+
+
+#: The largest safetensors header the safetensors library reads (its own limit, 100 MB)
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+class _Twice(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _v in pairs]
+    if len(set(keys)) != len(keys):
+        raise _Twice(next(k for i, k in enumerate(keys) if k in keys[:i]))
+    return dict(pairs)
+
+
+def check_safetensors_header(path: Path, what: str, error: type[Exception] = ModelError) -> None:
+    """Refuse a safetensors file whose header names a tensor (or a field of one) twice: the
+    safetensors library takes such a header, one of the two silently, though the format forbids
+    it. The header is read within the library's own bound and never beyond the file's end; a
+    header the library would refuse anyway (too long, truncated, not JSON) is left to it."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            size = os.fstat(fh.fileno()).st_size
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < n <= min(MAX_SAFETENSORS_HEADER, size - 8):
+                return
+            raw = fh.read(n)
+        json.loads(raw, object_pairs_hook=_unique_pairs)
+    except _Twice as e:
+        raise error(f"cannot read {what} '{path}': its header names '{short(str(e), 80)}' twice "
+                    "(which tensor is meant cannot be told)") from None
+    except (OSError, ValueError, RecursionError):  # the library says what is wrong
+        return
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -166,6 +200,8 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"weight file '{path}' is not a regular file")
     suffix = path.suffix.lower()
     safetensors = suffix == ".safetensors" or looks_like_safetensors(path)  # also a .bin holding safetensors
+    if safetensors:
+        check_safetensors_header(path, "weights")
     try:
         obj: Any = _load_safetensors(path) if safetensors else _load_pickle(path)
     except ModelError:  # an OSError too: said as it is
@@ -243,5 +279,5 @@ def check_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Te
         raise ModelError(f"weights in '{where}' do not fit {what}: {', '.join(problems)}")
 
 
-__all__ = ["MAX_CONFIG_BYTES", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES", "check_fit", "first", "looks_like_safetensors",
-           "one_line", "read_json", "read_state_dict", "unwrapped"]
+__all__ = ["MAX_CONFIG_BYTES", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES", "check_fit", "check_safetensors_header", "first",
+           "looks_like_safetensors", "one_line", "read_json", "read_state_dict", "unwrapped"]

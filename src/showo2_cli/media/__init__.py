@@ -86,6 +86,7 @@ from .probe import (
     check_input_file,
     check_video,
     probe_kind,
+    read_limited,
 )
 from .video import (
     MAX_DECODED_BYTES,
@@ -148,6 +149,7 @@ __all__ = [
     "parse_size",
     "pixel_frames",
     "probe_kind",
+    "read_limited",
     "read_image",
     "image_input",
     "array_image",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import Union
 
 from PIL import Image, UnidentifiedImageError
 
-from showo2_cli.errors import InputError, ResourceError, UsageError, one_line, short
+from showo2_cli.errors import InputError, ResourceError, Showo2Error, UsageError, one_line, short
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -111,6 +112,51 @@ def check_input_file(path: PathLike, what: str) -> Path:
     if not os.access(p, os.R_OK):
         raise InputError(f"{prefix}: permission denied")
     return p
+
+
+def read_limited(path: PathLike, limit: int, what: str, error: type[Showo2Error] = InputError) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, in one bounded read: the one reader for
+    the small files a command takes whole (configs, prompts, captions). The file is opened without
+    blocking and judged by its descriptor, so a FIFO (which would wait for a writer for ever), a
+    device (``/dev/zero`` never ends) or a folder is refused before a byte is read, as is a file
+    whose size is over ``limit``; one that grows past ``limit`` while being read is refused after
+    ``limit + 1`` bytes. Every problem is one ``error`` line naming ``what`` and the path."""
+    p = Path(os.fspath(path))
+    prefix = f"cannot read {what} {quote_path(p)}"
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(p, flags)
+    except FileNotFoundError:
+        raise error(f"{prefix}: {'broken symbolic link' if p.is_symlink() else 'no such file'}") from None
+    except OSError as e:  # permission denied, a symbolic link loop, a name too long, ...
+        raise error(f"{prefix}: {error_detail(e)}") from None
+    data, problem = b"", None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            problem = "is a directory, not a file"
+        elif not stat.S_ISREG(st.st_mode):
+            problem = "not a regular file"
+        elif st.st_size <= limit:
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                data = fh.read(limit + 1)
+    except OSError as e:  # an I/O error on a damaged disk
+        problem = error_detail(e)
+    finally:
+        os.close(fd)
+    if problem is not None:
+        raise error(f"{prefix}: {problem}")
+    if st.st_size > limit or len(data) > limit:  # said so, or grew past it while being read
+        raise error(f"{prefix}: larger than {_bytes_text(limit)}")
+    return data
+
+
+def _bytes_text(n: int) -> str:
+    """``16 MiB``, ``64 KiB``, ``100 bytes``."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
 
 
 # ---------------------------------------------------------------------------------------------

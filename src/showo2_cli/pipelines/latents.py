@@ -130,7 +130,10 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
     """Read and validate a latents file written by :func:`save_latents`."""
     from safetensors import safe_open
 
+    from ..weights import check_safetensors_header
+
     p = M.check_input_file(Path(path), "latents file")  # a regular, readable, non-empty file
+    check_safetensors_header(p, "latents", InputError)
     try:
         with safe_open(str(p), framework="pt") as f:
             keys = list(f.keys())

@@ -49,6 +49,8 @@ def read_state(folder: Path, mode: str, state_format: int) -> dict:
     import torch
 
     path = folder / STATE_FILE
+    if not path.is_file():  # a FIFO waited for a writer for ever, a device never ends
+        raise ModelError(f"cannot read the training state '{path}': not a regular file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, empty, not a torch file, or a pickle asking for code

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..options import MAX_CONFIG_BYTES
 from .checks import check_paths, validate
 from .schema import SECTIONS, ConfigError, DataSource, GroupConfig, TrainConfig, WeightsConfig, field_error
 
@@ -127,15 +128,20 @@ def _build(cls, raw: Any, where: str):
 
 def read_raw(path: Path) -> dict:
     """The file's mapping: TOML (``.toml``) or YAML (``.yaml``/``.yml``) or JSON (``.json``)."""
+    from ..media import read_limited
+
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise UsageError(f"config '{path}' does not exist")
     if path.is_dir():
         raise UsageError(f"config '{path}' is a folder, not a file")
     suffix = path.suffix.lower()
+    # a regular file of at most MAX_CONFIG_BYTES, in one bounded read (a FIFO waited for ever, /dev/zero
+    # was read until memory ran out)
+    data = read_limited(path, MAX_CONFIG_BYTES, "config", UsageError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise UsageError(f"cannot read config '{path}': {e}") from e
     try:
         if suffix == ".toml":

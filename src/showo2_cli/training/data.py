@@ -509,20 +509,14 @@ def _record_path(text: str, where: str) -> Path:
 def read_caption_file(path: Path, where: str) -> str:
     """A caption file's text: "" when it is missing (a pair without a caption); a folder, a device,
     a FIFO or a file over :data:`MAX_CAPTION_BYTES` is an input error, checked before reading."""
+    from ..media import read_limited
+
     try:
-        if not path.exists():
+        if not path.exists():  # a pair without a caption
             return ""
-        if not path.is_file():
-            raise InputError(f"{where} '{path}' is not a regular file")
-        if path.stat().st_size > MAX_CAPTION_BYTES:
-            raise InputError(f"{where} '{path}' is over {MAX_CAPTION_BYTES >> 20} MiB: not a caption")
-        with open(path, "rb") as f:
-            data = f.read(MAX_CAPTION_BYTES + 1)
     except OSError as e:
         raise InputError(f"{where} '{path}' cannot be read: {one_line(e, 80)}") from None
-    if len(data) > MAX_CAPTION_BYTES:  # grew while being read
-        raise InputError(f"{where} '{path}' is over {MAX_CAPTION_BYTES >> 20} MiB: not a caption")
-    return data.decode("utf-8", errors="replace").strip()
+    return read_limited(path, MAX_CAPTION_BYTES, where).decode("utf-8", errors="replace").strip()
 
 
 def loader(dataset: TrainingData, sampler: StepSampler, num_workers: int, worker_init_fn=None):
