@@ -76,6 +76,8 @@ def looks_like_safetensors(path: Path) -> bool:
 
 #: The largest safetensors header the safetensors library reads (its own limit, 100 MB)
 MAX_SAFETENSORS_HEADER = 100_000_000
+#: More tensors than any weight file holds (Qwen2.5-72B: 963; a Show-o2 1.5B about 700; Wan2.1's VAE 194)
+MAX_TENSORS = 100_000
 
 
 class _Twice(ValueError):
@@ -90,10 +92,12 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
 
 
 def check_safetensors_header(path: Path, what: str, error: type[Exception] = ModelError) -> None:
-    """Refuse a safetensors file whose header names a tensor (or a field of one) twice: the
-    safetensors library takes such a header, one of the two silently, though the format forbids
-    it. The header is read within the library's own bound and never beyond the file's end; a
-    header the library would refuse anyway (too long, truncated, not JSON) is left to it."""
+    """Refuse a safetensors file whose header lists more than :data:`MAX_TENSORS` tensors (counted
+    in its bytes, before any parsing: a 67 MB header of a million empty tensors took minutes and
+    over 1 GB in the library) or names a tensor (or a field of one) twice (the safetensors library
+    takes such a header, one of the two silently, though the format forbids it). The header is
+    read within the library's own bound and never beyond the file's end; a header the library
+    would refuse anyway (too long, truncated, not JSON) is left to it."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
@@ -102,11 +106,18 @@ def check_safetensors_header(path: Path, what: str, error: type[Exception] = Mod
             if not 0 < n <= min(MAX_SAFETENSORS_HEADER, size - 8):
                 return
             raw = fh.read(n)
+    except OSError:  # the library says what is wrong
+        return
+    count = raw.count(b'"data_offsets"')  # one a tensor (an escaped quote in a name is no match)
+    if count > MAX_TENSORS:
+        raise error(f"cannot read {what} '{path}': its header lists {count} tensors, more than the "
+                    f"{MAX_TENSORS} any model has")
+    try:
         json.loads(raw, object_pairs_hook=_unique_pairs)
     except _Twice as e:
         raise error(f"cannot read {what} '{path}': its header names '{short(str(e), 80)}' twice "
                     "(which tensor is meant cannot be told)") from None
-    except (OSError, ValueError, RecursionError):  # the library says what is wrong
+    except (ValueError, RecursionError):  # not JSON: the library says what is wrong
         return
 
 

@@ -232,3 +232,31 @@ def test_a_jsonl_line_of_gigabytes_is_indexed_without_being_held(tmp_path):
     assert long > MAX_RECORD_BYTES
     with pytest.raises(InputError, match="record 1 is over 8 MiB"):
         records[1]
+
+
+def test_decode_names_a_fifo_or_device_for_what_it_is(tmp_path, capsys):
+    """`decode FIFO` and `decode /dev/zero` said "latents file ... is empty" (their size is 0): the
+    one input-file check (`media.check_input_file`) now says what they are."""
+    from showo2_cli.cli import main
+
+    fifo = tmp_path / "z.safetensors"
+    os.mkfifo(fifo)
+    for given in (fifo, Path("/dev/zero")):
+        assert main(["decode", str(given), "-o", str(tmp_path / "o.png")]) == 3
+        err = capsys.readouterr().err
+        assert f"cannot read latents file '{given}': not a regular file" in err and err.count("\n") == 1
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_safetensors_header_of_a_million_tensors_is_refused_before_parsing(tmp_path):
+    """A 67 MB header of a million empty tensors (under the library's 100 MB bound) took over 200 s
+    and 1.2 GB in `read_state_dict` before anything was said; more tensors than any model has are
+    counted in the header's bytes and refused at once."""
+    from showo2_cli.weights import MAX_TENSORS, read_state_dict
+
+    n = MAX_TENSORS + 1
+    header = ("{" + ",".join(f'"t{i}": {{"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}}'
+                             for i in range(n)) + "}").encode()
+    path = _safetensors(tmp_path / "many.safetensors", header, b"")
+    with pytest.raises(ModelError, match=f"its header lists {n} tensors, more than the {MAX_TENSORS}"):
+        read_state_dict(path)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import InputError, ModelError, UsageError, short
+from ..errors import ModelError, UsageError, short
 from ..options import check_fps
 from .common import (
     DeviceOpt,
@@ -145,13 +145,7 @@ def decode(
             raise UsageError(f"cannot write '{short(output, 80)}': unsupported output extension "
                              f"'{short(output.suffix)}'; use {M.written_formats()}")
         M.check_output_path(output, overwrite, probe=True)
-    try:  # the cheap checks, before importing torch
-        what = ("does not exist" if not latents.exists() else "is a directory" if latents.is_dir()
-                else "is empty" if latents.stat().st_size == 0 else None)
-    except OSError as e:
-        what = f"cannot be read ({e.strerror or e})"
-    if what:
-        raise InputError(f"latents file '{latents}' {what}")
+    M.check_input_file(latents, "latents file")  # the cheap checks, before importing torch (a FIFO was "empty")
 
     from ..loading import resolve_vae
     from ..pipelines import latents as L
