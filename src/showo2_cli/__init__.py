@@ -8,19 +8,8 @@ Attributes are imported lazily so that `showo2 --help` and argument errors do no
 from __future__ import annotations
 
 import importlib
-import logging
 
 __version__ = "0.1.0"
-
-# With torchao installed (``--quantize int8wo``), importing transformers or diffusers imports it, and
-# on a machine without its CUDA kernels it logs a warning per missing extension, torch one about an
-# Enum it registers, and diffusers one about torchao 0.18's removed tensor classes: noise on every
-# command, about nothing the user can act on. bitsandbytes (``--quantize nf4``) on a CPU with
-# AVX512-BF16 warns that the optional ``kernels`` package (a kernel fetched from the Hub) is missing;
-# its own CPU kernels run instead. Only these import-time loggers are quietened.
-for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer",
-              "bitsandbytes.backends.cpu.ops"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
 
 _PUBLIC = ("Showo2", "load", "default_model", "resolve_vae", "CaptionOptions", "EncodeOptions", "GenerateOptions",
            "RuntimeOptions", "TextSampling", "caption", "CaptionResult", "text_to_image", "text_to_video",

@@ -27,6 +27,7 @@ from torch import nn
 from .errors import UsageError
 from .loading import PARAMETER_GROUPS
 from .options import RuntimeOptions
+from .runtime import quiet_imports
 
 #: The parts of the network whose linear layers ``quantize`` converts (the semantic layers, the
 #: projectors and the time embedding stay in the model's dtype: small, and closest to the input).
@@ -71,7 +72,8 @@ def quantize_network(net: nn.Module, method: str = "int8wo") -> int:
     if method != "int8wo":
         raise UsageError(f"unknown quantization '{method}'")
     try:
-        from torchao.quantization import Int8WeightOnlyConfig, quantize_  # its import warnings: see __init__
+        with quiet_imports():  # torchao's import-time warnings
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError as e:
         raise UsageError("--quantize int8wo needs torchao: pip install 'torchao>=0.18,<0.19'") from e
     wanted = _linear_filter(net)
@@ -84,7 +86,8 @@ def _quantize_nf4(net: nn.Module) -> int:
     """Replace each wanted ``nn.Linear`` by a ``bitsandbytes.nn.Linear4bit`` holding its weight in
     NF4 (quantized where the weight lies, CPU or CUDA); compute in the weight's own dtype."""
     try:
-        import bitsandbytes as bnb
+        with quiet_imports():
+            import bitsandbytes as bnb
     except ImportError as e:
         raise UsageError("--quantize nf4 needs bitsandbytes: pip install 'bitsandbytes>=0.50'") from e
     wanted = _linear_filter(net)

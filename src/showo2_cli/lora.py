@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelError, UsageError, one_line, short
+from .runtime import quiet_imports
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -45,7 +46,8 @@ def add_lora(network: torch.nn.Module, rank: int, alpha: float, dropout: float, 
              base: str | None = None, adapter_name: str = "default"):
     """Add a trainable LoRA adapter to ``network`` in place (every other parameter frozen);
     returns peft's ``LoraConfig`` (its target modules are the full names it adapted)."""
-    from peft import LoraConfig, inject_adapter_in_model
+    with quiet_imports():
+        from peft import LoraConfig, inject_adapter_in_model
 
     names = target_names(network, suffixes, within)
     if not names:
@@ -60,7 +62,8 @@ def add_lora(network: torch.nn.Module, rank: int, alpha: float, dropout: float, 
 
 def adapter_state(network: torch.nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
     """The adapter's tensors in peft's saved form (keys without the adapter name)."""
-    from peft import get_peft_model_state_dict
+    with quiet_imports():
+        from peft import get_peft_model_state_dict
 
     return get_peft_model_state_dict(network, adapter_name=adapter_name)
 
@@ -101,7 +104,8 @@ def find_adapter(ref: str | os.PathLike) -> Path:
 
 def read_adapter(ref: str | os.PathLike):
     """(peft LoraConfig, tensors, folder) of an adapter, checked to be one."""
-    from peft import LoraConfig
+    with quiet_imports():
+        from peft import LoraConfig
 
     from .weights import read_json, read_state_dict
 
@@ -196,7 +200,8 @@ def _variant_fields() -> list[str]:
     ``is_lora_variant``: use_dora, alora_invocation_tokens, kasa_config, arrow_config, ...)."""
     import dataclasses
 
-    from peft import LoraConfig
+    with quiet_imports():
+        from peft import LoraConfig
 
     return [f.name for f in dataclasses.fields(LoraConfig) if f.metadata.get("is_lora_variant")]
 
@@ -204,7 +209,8 @@ def _variant_fields() -> list[str]:
 def load_adapter_state(network: torch.nn.Module, state: dict, where: str, adapter_name: str = "default") -> None:
     """Copy saved adapter tensors into the adapter ``adapter_name`` of ``network``; every tensor
     must find its place, with its shape."""
-    from peft import set_peft_model_state_dict
+    with quiet_imports():
+        from peft import set_peft_model_state_dict
 
     own = {k for k in network.state_dict() if f".{adapter_name}." in k}
     try:
@@ -224,7 +230,8 @@ def load_adapter_state(network: torch.nn.Module, state: dict, where: str, adapte
 def merge_adapters(network: torch.nn.Module, refs) -> list[str]:
     """Merge each adapter of ``refs`` into ``network``'s weights, in order (``W += alpha/r * B A``),
     leaving a plain network (no LoRA layers). Returns the adapter folders."""
-    from peft import inject_adapter_in_model
+    with quiet_imports():
+        from peft import inject_adapter_in_model
 
     done = []
     for i, ref in enumerate(refs):
@@ -271,7 +278,8 @@ def _has_linear(network: torch.nn.Module, name: str) -> bool:
 @torch.no_grad()
 def unload(network: torch.nn.Module, merge: bool, adapter_name: str = "default") -> torch.nn.Module:
     """Replace every LoRA layer of ``network`` by its base layer, merging the adapter first when asked."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    with quiet_imports():
+        from peft.tuners.tuners_utils import BaseTunerLayer
 
     layers = [(n, m) for n, m in network.named_modules() if isinstance(m, BaseTunerLayer)]
     for name, module in layers:

@@ -8,6 +8,7 @@ rank/world of a multi-process launch.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from contextlib import contextmanager
@@ -17,6 +18,31 @@ import torch
 
 from .errors import ResourceError, UsageError
 from .options import DTYPES, MAX_MEMORY_ENV, OFFLOAD_MODES, check_device, env_memory_limit
+
+#: Loggers that write about the machine while transformers, diffusers or peft import torchao and
+#: bitsandbytes (installed for ``--quantize``): torchao's missing CUDA extensions, torch's note on an
+#: Enum torchao registers, diffusers' on torchao 0.18's removed tensor classes, bitsandbytes' on the
+#: optional ``kernels`` package (its own CPU kernels run instead). Noise on every command, about
+#: nothing a user can act on, so :func:`quiet_imports` holds it back while those imports run.
+IMPORT_NOISE = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer",
+                "bitsandbytes.backends.cpu.ops")
+
+
+@contextmanager
+def quiet_imports():
+    """Import heavy libraries inside this block: the :data:`IMPORT_NOISE` loggers show only errors
+    meanwhile, and have their own levels back after (the caller's logging configuration is theirs:
+    a level set here for good hid torchao's and torch's later warnings from a program that imported
+    showo2_cli)."""
+    loggers = [logging.getLogger(name) for name in IMPORT_NOISE]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def one_call_at_a_time(method):

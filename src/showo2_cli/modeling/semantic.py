@@ -14,10 +14,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import SiglipVisionConfig
-from transformers.models.siglip.modeling_siglip import SiglipEncoder
 
+from ..runtime import quiet_imports
 from .flow_head import RMSNorm
+
+with quiet_imports():
+    from transformers import SiglipVisionConfig
+    from transformers.models.siglip.modeling_siglip import SiglipEncoder
 
 
 class PatchEmbed(nn.Module):

@@ -21,13 +21,16 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
-from transformers import Qwen2Config, Qwen2ForCausalLM
-from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
+from ..runtime import quiet_imports
 from ..specs import ModelSpec
 from .attention import TRANSFORMERS_ATTENTION, backend_mask, static_flex_on_cpu
 from .flow_head import FinalLayer, ModulatedAttentionBlock, RotaryEmbedding, TimestepEmbedder
 from .semantic import PatchEmbed, fusion_projector, interpolate_position_table, semantic_encoder
+
+with quiet_imports():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
 # transformers renamed the KV-cache keyword (``past_key_values`` -> ``cache``, the old one warns and
 # goes away in 5.40): pass whichever this installed version takes, so nothing warns.

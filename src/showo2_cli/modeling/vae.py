@@ -35,7 +35,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook  # small: not di
 from torch import nn
 
 from ..errors import InputError, ModelError, OutputError, UsageError
-from ..runtime import one_call_at_a_time
+from ..runtime import one_call_at_a_time, quiet_imports
 
 __all__ = [
     "WAN_LATENTS_MEAN",
@@ -67,13 +67,15 @@ DEFAULT_TILE = (256, 256, 192, 192)
 
 def autoencoder_class():
     # Imported lazily: importing diffusers takes a second and most CLI commands don't need it.
-    from diffusers import AutoencoderKLWan
+    with quiet_imports():
+        from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan
 
 
 def _causal_conv_cls():
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+    with quiet_imports():
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
     return WanCausalConv3d
 

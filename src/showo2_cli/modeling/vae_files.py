@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..runtime import quiet_imports
 from ..weights import TORCH_SUFFIXES, WEIGHT_SUFFIXES, check_fit, first, one_line, read_json, read_state_dict
 from .vae import (
     WanVAE,
@@ -68,7 +69,8 @@ def _to_diffusers_layout(sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[
     if "encoder.conv_in.weight" in sd:
         return sd, "diffusers"
     if "encoder.conv1.weight" in sd:
-        from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+        with quiet_imports():
+            from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
         return convert_wan_vae_to_diffusers(sd), "original Wan"
     raise ModelError(
