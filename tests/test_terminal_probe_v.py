@@ -83,3 +83,89 @@ def test_quiet_imports_holds_back_only_while_importing_and_restores_levels():
     finally:
         logger.setLevel(saved[0])
         other.setLevel(saved[1])
+
+
+# ---- hints name options that exist where the message is read ---------------------------------
+
+def _generation_refused(monkeypatch, video: bool = False):
+    """The ResourceError a job over the memory limit raises (the limit from the environment, as a
+    server or a pipeline has it), with the library's own advice."""
+    from showo2_cli.errors import ResourceError
+    from showo2_cli.pipelines.generate import check_generation_memory
+    from showo2_cli.specs import get_spec
+
+    monkeypatch.setenv("SHOWO2_MAX_MEMORY_GB", "0.0001")
+    import torch
+
+    with pytest.raises(ResourceError) as e:
+        check_generation_memory(get_spec("tiny"), torch.float32, (64, 64), 5 if video else 1, video, 2)
+    return e.value
+
+
+def test_a_server_clients_error_names_request_fields_not_command_line_options(monkeypatch):
+    """`showo2 serve` answered a request over the memory limit with "lower --size or --batch-size
+    (raise the limit with --max-memory or SHOWO2_MAX_MEMORY_GB)": options the client cannot pass
+    and `showo2 serve` does not have."""
+    from showo2_cli.serve.errors import api_error_of
+
+    refused = _generation_refused(monkeypatch)
+    assert "--size" in str(refused)  # the command line's message is unchanged
+    err = api_error_of(refused)
+    assert (err.status, err.code) == (422, "too_large")
+    assert "--" not in err.message, err.message
+    assert "lower size or n (raise the limit with the server's SHOWO2_MAX_MEMORY_GB)" in err.message
+    assert "needs about" in err.message and "allowed by SHOWO2_MAX_MEMORY_GB" in err.message
+
+
+def test_a_pipeline_callers_error_names_the_variable_once(monkeypatch):
+    """Showo2Pipeline's renaming turned "--max-memory or SHOWO2_MAX_MEMORY_GB" into
+    "SHOWO2_MAX_MEMORY_GB or SHOWO2_MAX_MEMORY_GB"."""
+    from showo2_cli.errors import ResourceError
+    from showo2_cli.pipelines.arguments import PYTHON_NAMES, python_names
+
+    refused = _generation_refused(monkeypatch, video=True)
+    with pytest.raises(ResourceError) as e, python_names(PYTHON_NAMES):
+        raise refused
+    text = str(e.value)
+    assert "--" not in text
+    assert text.endswith("; lower width/height, num_frames or batch_size (raise the limit with SHOWO2_MAX_MEMORY_GB)")
+
+
+def _option_names_in_messages() -> dict[str, list[str]]:
+    """Every ``--option`` written in a string of the package's code (messages, hints, notices),
+    with where; docstrings and comments left out."""
+    import ast
+    import re
+
+    found: dict[str, list[str]] = {}
+    root = Path(showo2_cli.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                for name in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", node.value):
+                    found.setdefault(name, []).append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_every_option_a_message_names_exists():
+    """A hint that names an option the command line does not have sends the user to --help for
+    nothing: each ``--name`` in the code's strings is an option of some command (or of the tool
+    the hint names: ``hf download --force-download``)."""
+    import typer.main
+
+    from showo2_cli.cli import app
+
+    root = typer.main.get_command(app)
+    options = {o for command in [root, *root.commands.values()] for p in command.params
+               for o in (*p.opts, *p.secondary_opts)}
+    options.add("--help")  # click's, on every command
+    elsewhere = {"--force-download"}  # huggingface_hub's `hf download`
+    found = _option_names_in_messages()
+    assert {"--max-memory", "--overwrite", "--vae", "--size"} <= set(found)  # the scan sees the hints
+    unknown = {name: where for name, where in found.items() if name not in options | elsewhere}
+    assert not unknown, unknown

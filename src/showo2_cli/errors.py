@@ -87,6 +87,14 @@ def short(value: Any, n: int = 40) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+def rename_options(text: str, names: dict[str, str]) -> str:
+    """A message with the command line's option names (the keys of ``names``: ``--size``, or a
+    phrase such as ``--vae-tiling auto``) replaced by what the reader passes instead: a pipeline's
+    argument, a server request's field. The longest name matches first."""
+    pattern = "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True))
+    return re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], str(text))
+
+
 def one_line(text: Any, limit: int = 200) -> str:
     """A (library's) message as one line: terminal escapes removed, whitespace runs collapsed,
     cut to ``limit`` characters with :func:`short`."""

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..options import seed_from_torch
+from ..options import MAX_MEMORY_ENV, seed_from_torch
 from ..runtime import torch_dtype
 
 SEED_LIMIT = 2**63 - 1
@@ -52,7 +52,8 @@ PYTHON_NAMES = {
     "--batch-size": "batch_size", "--frames": "num_frames", "--sampler": "sampler", "--shift": "shift",
     "--seed": "seed", "--negative-prompt": "negative_prompt", "--offload": "enable_model_cpu_offload()",
     "--quantize": "RuntimeOptions(quantize=...)", "--vae-tiling auto": "enable_vae_tiling()",
-    "--vae-tiling": "enable_vae_tiling()", "--max-memory": "SHOWO2_MAX_MEMORY_GB",
+    "--vae-tiling": "enable_vae_tiling()", "--max-memory": MAX_MEMORY_ENV,
+    f"--max-memory or {MAX_MEMORY_ENV}": MAX_MEMORY_ENV,  # the call has no argument for it: the variable once
 }
 CAPTION_NAMES = {
     "--size": "size", "--frames": "frames", "--max-new-tokens": "max_new_tokens", "--temperature": "temperature",
@@ -86,15 +87,12 @@ def check_caption_kwargs(given: dict, allowed) -> None:
 def python_names(names: dict[str, str]):
     """Re-raise the library's errors with the pipeline's argument names for the CLI's options
     (same class, same one line): a Python caller passed ``num_inference_steps``, not ``--steps``."""
-    import re
-
-    from ..errors import InputError, Showo2Error
+    from ..errors import InputError, Showo2Error, rename_options
 
     try:
         yield
     except Showo2Error as e:
-        pattern = "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True))
-        text = re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], str(e))
+        text = rename_options(str(e), names)
         if text == str(e):
             raise
         # the CLI's --noise is a file (an input error); the pipeline's latents= is an argument: a ValueError

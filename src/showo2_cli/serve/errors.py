@@ -13,9 +13,21 @@ from ..errors import (
     Showo2Error,
     UsageError,
     is_out_of_memory,
+    rename_options,
 )
+from ..options import MAX_MEMORY_ENV
 
 log = logging.getLogger("showo2.serve")
+
+#: the command line's options in the library's advice, as a client of this server reads them: the
+#: request's fields, and the server's own memory limit (``showo2 serve`` has no --max-memory)
+SERVE_NAMES = {
+    "--size": "size", "--batch-size": "n", "--num-images": "n", "--steps": "steps", "--guidance": "guidance",
+    "--seed": "seed", "--negative-prompt": "negative_prompt", "--max-new-tokens": "max_tokens",
+    "--temperature": "temperature", "--top-p": "top_p",
+    "lower --frames": "the server reads a fixed number of frames of any video",
+    "--max-memory": f"the server's {MAX_MEMORY_ENV}", f"--max-memory or {MAX_MEMORY_ENV}": f"the server's {MAX_MEMORY_ENV}",
+}
 
 
 class ApiError(Exception):
@@ -44,6 +56,8 @@ def api_error_of(exc: BaseException) -> ApiError:
     from ..dialogue import Cancelled
 
     message = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, Showo2Error):  # its advice names the command line's options
+        message = rename_options(message, SERVE_NAMES)
     if isinstance(exc, Cancelled):
         return ApiError(499, "the request was cancelled", "cancelled")
     if isinstance(exc, ResourceError):
