@@ -56,7 +56,7 @@ def test_the_api_leaves_the_callers_logging_alone_and_writes_nothing(tmp_path):
     image = tmp_path / "red.png"
     Image.new("RGB", (64, 48), (200, 30, 30)).save(image)
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", PROGRAM, str(image)], env=env, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-W", "default", "-c", PROGRAM, str(image)], env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout.strip().splitlines()[-1])
@@ -80,6 +80,18 @@ def test_quiet_imports_holds_back_only_while_importing_and_restores_levels():
         with pytest.raises(ImportError), runtime.quiet_imports():
             import showo2_no_such_module  # noqa: F401
         assert logger.level == logging.DEBUG  # restored after a failed import too
+        import warnings
+
+        note = "`torch.jit.script_method` is deprecated. Please switch to `torch.compile` or `torch.export`."
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            filters = list(warnings.filters)
+            with runtime.quiet_imports():  # torch's inductor, imported by bitsandbytes, says it 14 times
+                warnings.warn(note, DeprecationWarning, stacklevel=1)
+                warnings.warn("the caller's own", DeprecationWarning, stacklevel=1)
+            assert warnings.filters == filters
+            warnings.warn(note, DeprecationWarning, stacklevel=1)
+        assert [str(w.message) for w in seen] == ["the caller's own", note]
     finally:
         logger.setLevel(saved[0])
         other.setLevel(saved[1])

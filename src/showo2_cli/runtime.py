@@ -11,7 +11,8 @@ import functools
 import logging
 import math
 import os
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -28,21 +29,34 @@ IMPORT_NOISE = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.
                 "bitsandbytes.backends.cpu.ops")
 
 
+#: torch's own deprecation of ``torch.jit.script_method``, which torch's inductor still calls when
+#: bitsandbytes (imported by diffusers and peft) compiles its ops: 14 lines under ``-W default``
+#: or pytest, about torch's code
+IMPORT_DEPRECATION = r"`torch\.jit\.script_method` is deprecated"
+
+
 @contextmanager
 def quiet_imports():
     """Import heavy libraries inside this block: the :data:`IMPORT_NOISE` loggers show only errors
-    meanwhile, and have their own levels back after (the caller's logging configuration is theirs:
+    meanwhile, and :data:`IMPORT_DEPRECATION` is not shown; after, the loggers have their own
+    levels back and that one filter is gone (the caller's logging and warning settings are theirs:
     a level set here for good hid torchao's and torch's later warnings from a program that imported
-    showo2_cli)."""
+    showo2_cli). Not ``warnings.catch_warnings``: it would also drop the filters the imported
+    libraries add for themselves."""
     loggers = [logging.getLogger(name) for name in IMPORT_NOISE]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
+    warnings.filterwarnings("ignore", IMPORT_DEPRECATION, DeprecationWarning)
+    ignore = warnings.filters[0]
     try:
         yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+        with suppress(ValueError):
+            warnings.filters.remove(ignore)
+        getattr(warnings, "_filters_mutated", lambda: None)()  # the warnings module's cache of the filters
 
 
 def one_call_at_a_time(method):
