@@ -6,6 +6,7 @@ that exist where the message is read (a server's client, a pipeline caller)."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -181,3 +182,39 @@ def test_every_option_a_message_names_exists():
     assert {"--max-memory", "--overwrite", "--vae", "--size"} <= set(found)  # the scan sees the hints
     unknown = {name: where for name, where in found.items() if name not in options | elsewhere}
     assert not unknown, unknown
+
+
+# ---- progress on a dumb terminal ---------------------------------------------------------------
+
+class _Terminal(io.StringIO):
+    """stderr as a terminal (isatty) that records what is written."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("term", ["dumb", "xterm-256color"])
+def test_a_dumb_terminal_gets_plain_lines_not_a_live_display(monkeypatch, term):
+    """On `TERM=dumb` (Emacs' shell, some CI consoles) rich cannot redraw a line: the progress
+    bars drew nothing and left an empty line on stderr, and `train` showed neither its bar nor
+    its log lines (they were kept for pipes)."""
+    from showo2_cli.cli import common
+    from showo2_cli.training.command import _Renderer
+
+    monkeypatch.setenv("TERM", term)
+    for var in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(var, raising=False)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setitem(common.STATE, "quiet", False)
+    monkeypatch.setitem(common.STATE, "json", False)
+    dumb = term == "dumb"
+    with common.ProgressReporter() as progress:
+        assert (progress.bar is None) == dumb
+        progress("denoising", 1, 3)
+    if dumb:
+        assert terminal.getvalue() == ""
+    renderer = _Renderer(quiet=False, json_mode=False)
+    assert renderer.tty == (not dumb)
+    renderer({"event": "log", "step": 5, "loss": 0.5, "lr": 1e-4, "steps_per_s": 2.0})
+    assert ("step 5  loss 0.5000  lr 1.00e-04  2.00 step/s" in terminal.getvalue()) == dumb

@@ -128,10 +128,19 @@ def setup(json_mode: bool, quiet: bool) -> None:
     STATE["json"], STATE["quiet"] = json_mode, quiet
 
 
+def live_stderr() -> bool:
+    """Whether stderr shows a live display (a spinner, progress bars): a terminal that moves its
+    cursor. A pipe or a file gets none (no ``\\r`` lines in a log), nor does a dumb terminal
+    (``TERM=dumb``: Emacs' shell, some CI consoles), where rich cannot redraw a line and left an
+    empty one."""
+    return (not (STATE["quiet"] or STATE["json"]) and sys.stderr is not None and sys.stderr.isatty()
+            and not stderr_console().is_dumb_terminal)
+
+
 @contextmanager
 def status(message: str):
     """A spinner on stderr while a phase runs (only on a terminal, never with --quiet/--json)."""
-    if STATE["quiet"] or STATE["json"] or sys.stderr is None or not sys.stderr.isatty():
+    if not live_stderr():
         yield
         return
     with stderr_console().status(message):
@@ -145,7 +154,7 @@ class ProgressReporter:
     def __init__(self):
         self.bar = None
         self.tasks: dict[str, int] = {}
-        if not (STATE["quiet"] or STATE["json"]) and sys.stderr is not None and sys.stderr.isatty():
+        if live_stderr():
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,

@@ -50,10 +50,11 @@ class _Renderer:
 
     def __init__(self, quiet: bool, json_mode: bool):
         self.quiet = quiet or json_mode
-        self.tty = sys.stderr.isatty()
         self.progress = None
         self.task = None
         self.console = None
+        # a bar on a terminal that redraws lines; a pipe, a file or a dumb terminal (TERM=dumb) gets log lines
+        self.tty = sys.stderr is not None and sys.stderr.isatty() and not self._console().is_dumb_terminal
 
     def _console(self):
         if self.console is None:
