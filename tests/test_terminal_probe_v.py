@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -218,3 +219,31 @@ def test_a_dumb_terminal_gets_plain_lines_not_a_live_display(monkeypatch, term):
     assert renderer.tty == (not dumb)
     renderer({"event": "log", "step": 5, "loss": 0.5, "lr": 1e-4, "steps_per_s": 2.0})
     assert ("step 5  loss 0.5000  lr 1.00e-04  2.00 step/s" in terminal.getvalue()) == dumb
+
+
+# ---- a prompt longer than the model holds --------------------------------------------------------
+
+def test_a_pipeline_prompt_longer_than_the_model_holds_is_a_warning(tmp_path, capsys):
+    """`showo2 t2i` says when a prompt was cut to the model's text budget; Showo2Pipeline cut it
+    without a word (diffusers' pipelines log the part of a prompt they drop). It now warns, from the
+    caller's line, with the command line's words (one method makes both)."""
+    import warnings
+
+    import torch
+
+    from showo2_cli import Showo2Pipeline
+    from showo2_cli.cli import main
+
+    pipe = Showo2Pipeline.from_pretrained("demo")
+    pipe.set_progress_bar_config(disable=True)
+    note = r"the prompt of output 0 has \d+ tokens; the model's sequence holds 27, so the rest was not used"
+    with pytest.warns(UserWarning, match=note) as seen:
+        out = pipe("a red circle " * 40, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert [w.filename for w in seen] == [__file__]
+    assert out.results[0].params["prompt_tokens"] > 27 == out.results[0].params["prompt_tokens_used"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a prompt that fits: not a word
+        pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+
+    assert main(["t2i", "a red circle " * 40, "-o", str(tmp_path / "x.png"), "--steps", "2", "--seed", "1"]) == 0
+    assert len(re.findall(note, capsys.readouterr().err)) == 1

@@ -102,10 +102,8 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     records: list[dict] = []
 
     def save(item) -> None:  # each output is written as soon as its batch is done (an interruption keeps it)
-        for key, what in (("prompt_tokens", "prompt"), ("negative_prompt_tokens", "negative prompt")):
-            if key in item.params:
-                notice(f"the {what} of output {item.prompt_index} has {item.params[key]} tokens; the model's "
-                       f"sequence holds {item.params['prompt_tokens_used']}, so the rest was not used")
+        for note in item.unused_prompt_notes():
+            notice(note)
         records.extend(O.save_results([item], [plans[len(records)]], kind, fps, image, overwrite, noise=noise))
 
     part = indices if world > 1 else None  # several processes: each has part of the run

@@ -32,6 +32,14 @@ class Generated:
     frames: np.ndarray  # uint8 (T, H, W, 3)
     params: dict
 
+    def unused_prompt_notes(self) -> list[str]:
+        """What of the prompts the model's sequence could not hold, one line each (the command
+        line's notice, the pipeline's warning); empty when all of it was used."""
+        return [f"the {what} of output {self.prompt_index} has {self.params[key]} tokens; the model's sequence "
+                f"holds {self.params['prompt_tokens_used']}, so the rest was not used"
+                for key, what in (("prompt_tokens", "prompt"), ("negative_prompt_tokens", "negative prompt"))
+                if key in self.params]
+
 
 def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dtype: torch.dtype | None = None,
                        vae_base_dim: int | None = None, latent_frames: int = 1, vae_tiled: bool = False,
