@@ -247,3 +247,27 @@ def test_a_pipeline_prompt_longer_than_the_model_holds_is_a_warning(tmp_path, ca
 
     assert main(["t2i", "a red circle " * 40, "-o", str(tmp_path / "x.png"), "--steps", "2", "--seed", "1"]) == 0
     assert len(re.findall(note, capsys.readouterr().err)) == 1
+
+
+# ---- stdout holds the result alone -----------------------------------------------------------
+
+def test_encode_decode_and_convert_print_the_path_alone(tmp_path, capsys, tiny_model_dir):
+    """`out=$(showo2 encode x.png -o z.safetensors); showo2 decode "$out"` failed: encode's stdout
+    was "z.safetensors  latents [16, 1, 8, 8] from 1 frame(s) at 64x64" (decode's and convert's
+    alike), where t2i's is the path alone. The description is now a notice on stderr."""
+    from PIL import Image
+
+    from showo2_cli.cli import main
+
+    image = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
+    latents, decoded, folder = tmp_path / "z.safetensors", tmp_path / "back.png", tmp_path / "converted"
+    for args, path, note in (
+        (["encode", str(image), "-o", str(latents)], latents, "latents [16, 1, 8, 8] from 1 frame(s) at 64x64"),
+        (["decode", str(latents), "-o", str(decoded)], decoded, "1 frame(s) 64x64"),
+        (["convert", str(tiny_model_dir), "-o", str(folder)], folder, "wrote "),
+    ):
+        assert main([*args, "--model", "demo"] if args[0] != "convert" else args) == 0
+        out, err = capsys.readouterr()
+        assert out == f"{path}\n" and path.exists()
+        assert note in err

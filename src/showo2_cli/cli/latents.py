@@ -109,8 +109,8 @@ def encode(
         notice(n)
     L.save_latents(out, result.latents, result.metadata, overwrite=overwrite)
     shape = list(result.latents.shape)
-    emit({"output": str(out), "shape": shape, **result.metadata},
-         f"{out}  latents {shape} from {result.metadata['frames']} frame(s) at {hw[1]}x{hw[0]}")
+    notice(f"latents {shape} from {result.metadata['frames']} frame(s) at {hw[1]}x{hw[0]}")
+    emit({"output": str(out), "shape": shape, **result.metadata}, str(out))  # stdout: the path alone, as t2i's
 
 
 def decode(
@@ -203,9 +203,9 @@ def decode(
         record["vae_tiles"] = list(tiles)
     L.write_decoded(out, frames, rate, record, overwrite)
     t, h, w = frames.shape[:3]
+    notice(f"{t} frame(s) {w}x{h}" + (f" at {rate:g} fps" if t > 1 else ""))
     emit({"output": str(out), "frames": int(t), "width": int(w), "height": int(h), "fps": rate if t > 1 else None,
-          **({"vae_tiles": record["vae_tiles"]} if tiles is not None else {})},
-         f"{out}  {t} frame(s) {w}x{h}" + (f" at {rate:g} fps" if t > 1 else ""))
+          **({"vae_tiles": record["vae_tiles"]} if tiles is not None else {})}, str(out))
 
 
 def _same_file(recorded: str, used: str) -> bool:

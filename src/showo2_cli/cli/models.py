@@ -174,9 +174,10 @@ def convert(
                     extra={"converted_from": str(files.root), **({"lora_merged": adapters} if adapters else {})})
     seconds = time.perf_counter() - start
     size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
+    notice(f"wrote {size / 1e6:.1f} MB in {seconds:.1f} s")
     emit({"output": str(output), "seconds": round(seconds, 2), "bytes": size, "spec": spec.name,
           "dtype": dtype, "tokenizer": tokenizer is not None, "vae": vae_model is not None, "lora": adapters},
-         f"{output}  ({size / 1e6:.1f} MB, {seconds:.1f} s)")
+         str(output))  # stdout: the folder alone, so `$(showo2 convert ...)` is it
 
 
 def init(
