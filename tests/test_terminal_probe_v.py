@@ -271,3 +271,22 @@ def test_encode_decode_and_convert_print_the_path_alone(tmp_path, capsys, tiny_m
         out, err = capsys.readouterr()
         assert out == f"{path}\n" and path.exists()
         assert note in err
+
+
+def test_a_chats_t2i_over_the_memory_limit_names_its_own_options(monkeypatch, tmp_path):
+    """`/t2i a cat -n 4` in a chat over the memory limit said "lower --size or --batch-size", and
+    /t2i refuses --batch-size ("/t2i takes no --batch-size"): it now says -n, which it takes."""
+    import showo2_cli.cli  # noqa: F401  (the commands' shared helpers)
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli.chat import ChatSession
+    from showo2_cli.loading import load
+
+    monkeypatch.chdir(tmp_path)
+    out, err = io.StringIO(), io.StringIO()
+    session = ChatSession(Conversation(load("demo")), out=out, err=err)
+    monkeypatch.setenv("SHOWO2_MAX_MEMORY_GB", "0.00001")
+    assert session.handle("/t2i a cat -n 4 --steps 2 -o never.png")
+    line = err.getvalue().strip()
+    assert line.startswith("showo2: error: generating 4 image(s) at 64x64 needs about") and out.getvalue() == ""
+    assert "; lower --size or -n (raise the limit with --max-memory or SHOWO2_MAX_MEMORY_GB)" in line
+    assert "--batch-size" not in line

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import is_out_of_memory, one_line
+from ..errors import ResourceError, is_out_of_memory, one_line, rename_options
 from ..options import check_max_context
 from . import common
 from .common import (
@@ -200,7 +200,10 @@ class ChatSession:
                              save_latents=p["save_latents"])  # checked before work
         if self.interactive:
             self.info(f"generating (seed {seed}) ...")
-        items = text_to_image(self.conv.model, [prompt], opts)
+        try:
+            items = text_to_image(self.conv.model, [prompt], opts)
+        except ResourceError as e:  # its advice names t2i's --batch-size, which /t2i does not take
+            raise ResourceError(rename_options(str(e), {"--batch-size": "-n"})) from e
         save_results(items, plans, "t2i", overwrite=p["overwrite"])
         for plan, item in zip(plans, items, strict=True):
             self.info(f"saved {plan.path} (seed {item.seed}); attach it with /image {plan.path}")
