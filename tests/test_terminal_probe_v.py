@@ -290,3 +290,25 @@ def test_a_chats_t2i_over_the_memory_limit_names_its_own_options(monkeypatch, tm
     assert line.startswith("showo2: error: generating 4 image(s) at 64x64 needs about") and out.getvalue() == ""
     assert "; lower --size or -n (raise the limit with --max-memory or SHOWO2_MAX_MEMORY_GB)" in line
     assert "--batch-size" not in line
+
+
+def test_train_prints_the_checkpoint_alone(tmp_path, capsys, monkeypatch):
+    """`showo2 train` ended with "<checkpoint>  step 3/3, loss 6.6795, 2.52 step/s, peak RSS 498
+    MiB" on stdout: `showo2 caption -m "$(showo2 train ...)"` named no folder. The figures are now
+    the last line on stderr. (The run's result is given: this is about what is printed.)"""
+    from showo2_cli.cli import main
+    from showo2_cli.training import trainer
+
+    checkpoint = tmp_path / "run" / "checkpoint-000003"
+
+    def train(cfg, **kwargs):
+        return trainer.TrainResult(tmp_path / "run", checkpoint, 3, 3, False, 1.2, 2.5, 6.6795, 498.4)
+
+    monkeypatch.setattr(trainer, "train", train)
+    config = Path(__file__).resolve().parents[1] / "examples" / "train_tiny.toml"
+    assert main(["train", str(config), "--max-steps", "3", "-o", str(tmp_path / "run")]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{checkpoint}\n"
+    assert err.splitlines()[-1] == "done at step 3/3, loss 6.6795, 2.50 step/s, peak RSS 498 MiB"
+    assert main(["train", str(config), "--max-steps", "3", "-o", str(tmp_path / "run"), "--quiet"]) == 0
+    assert capsys.readouterr() == (f"{checkpoint}\n", "")

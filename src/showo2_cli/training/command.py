@@ -210,8 +210,9 @@ def train(
         sys.stdout.write(json.dumps(data, default=str) + "\n")
     else:
         loss = f", loss {result.loss:.4f}" if result.loss is not None else ""
-        sys.stdout.write(f"{result.checkpoint}  step {result.step}/{result.max_steps}{loss}, "
-                         f"{result.steps_per_s:.2f} step/s, peak RSS {result.peak_rss_mb:.0f} MiB\n")
+        renderer.line(f"done at step {result.step}/{result.max_steps}{loss}, {result.steps_per_s:.2f} step/s, "
+                      f"peak RSS {result.peak_rss_mb:.0f} MiB")
+        sys.stdout.write(f"{result.checkpoint}\n")  # the path alone, as every command's output: $(showo2 train ...)
     sys.stdout.flush()
 
 
