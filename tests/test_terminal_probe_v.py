@@ -312,3 +312,26 @@ def test_train_prints_the_checkpoint_alone(tmp_path, capsys, monkeypatch):
     assert err.splitlines()[-1] == "done at step 3/3, loss 6.6795, 2.50 step/s, peak RSS 498 MiB"
     assert main(["train", str(config), "--max-steps", "3", "-o", str(tmp_path / "run"), "--quiet"]) == 0
     assert capsys.readouterr() == (f"{checkpoint}\n", "")
+
+
+def test_caption_interrupted_mid_answer_ends_its_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while `caption` streamed an answer left the line open: a terminal showed
+    "...a yellow sq^Cshowo2: error: interrupted"; and a carriage return in an answer sent the
+    cursor back over it (chat made both spaces, caption only the line break)."""
+    from PIL import Image
+
+    from showo2_cli import pipelines
+    from showo2_cli.cli import main
+
+    image = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
+
+    def caption(model, media, opts, on_text=None, progress=None, on_done=None):
+        on_text(0, "a yellow\r sq")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipelines, "caption", caption)
+    assert main(["caption", str(image), "--model", "demo"]) == 130
+    out, err = capsys.readouterr()
+    assert out == "a yellow  sq\n"
+    assert err.splitlines()[-1] == "showo2: error: interrupted"

@@ -107,7 +107,7 @@ class ChatSession:
 
         def on_text(piece: str) -> None:
             started[0] = True
-            common.write(self.out, piece.replace("\n", " ").replace("\r", " "))
+            common.write(self.out, common.one_answer_line(piece))
             self.out.flush()
 
         # the conversation's notices (a turn left the context, the answer was shortened) come when the

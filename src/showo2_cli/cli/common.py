@@ -66,6 +66,13 @@ def notice(message: str) -> None:
         write(sys.stderr, safe_text(" ".join(str(message).splitlines())) + "\n")
 
 
+def one_answer_line(text: str) -> str:
+    """An answer (or a streamed piece of one) as part of its one line on stdout (``caption``,
+    ``chat``): a line break or a carriage return in it is a space (a ``\\r`` sent a terminal's
+    cursor back over the answer)."""
+    return text.replace("\r", " ").replace("\n", " ")
+
+
 def notice_unused_sampling(opts) -> None:
     """Say so when sampling options are given to a greedy decode (a CaptionOptions' sampling)."""
     unused = opts.sampling().unused_sampling_options()

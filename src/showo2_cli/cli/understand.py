@@ -32,6 +32,7 @@ from .common import (
     load_model,
     notice,
     notice_unused_sampling,
+    one_answer_line,
     runtime_options,
     setup,
     value,
@@ -84,17 +85,27 @@ def caption(
         notice("note: this checkpoint was not trained for video understanding (use a -w-video-und model)")
     live = stream and not STATE["json"]
 
+    open_line = [False]  # an answer's line is being streamed
+
     def on_text(i: int, piece: str) -> None:  # write(): a stdout that cannot hold a character gets it escaped
-        write(sys.stdout, piece.replace("\n", " "))
+        open_line[0] = True
+        write(sys.stdout, one_answer_line(piece))
         flush(sys.stdout)
 
     def on_done(i: int, answer: str) -> None:
         write(sys.stdout, "\n")
         flush(sys.stdout)
+        open_line[0] = False
 
     with ProgressReporter() if not live else nullcontext() as bar:
-        result = P.caption(bundle, media, opts, on_text=on_text if live else None, progress=bar,
-                           on_done=on_done if live else None)
+        try:
+            result = P.caption(bundle, media, opts, on_text=on_text if live else None, progress=bar,
+                               on_done=on_done if live else None)
+        except BaseException:  # Ctrl-C or a failure mid-answer: the error line starts a line of its own
+            if open_line[0]:
+                write(sys.stdout, "\n")
+                flush(sys.stdout)
+            raise
     if seed is None and result.options.get("seed") is not None:  # sampled: the seed drawn repeats the answers
         notice(f"seed {result.options.get('seed')}")
     if not live:
@@ -102,4 +113,4 @@ def caption(
               "answers": [{"question": q, "answer": a, "tokens": n}
                           for q, a, n in zip(result.questions, result.answers, result.token_counts, strict=True)],
               "seconds": round(result.seconds, 3), "frames": result.frames, "options": result.options},
-             "".join(a.replace("\n", " ") + "\n" for a in result.answers))
+             "".join(one_answer_line(a) + "\n" for a in result.answers))
