@@ -324,3 +324,30 @@ def test_adapter_configs_with_odd_values_are_refused_naming_the_file(tmp_path, t
     (adapter / ADAPTER_CONFIG).write_text(json.dumps({**cfg, **change}))
     with pytest.raises(ModelError, match=ADAPTER_CONFIG):
         read_adapter(adapter)
+
+
+def test_saving_an_adapter_asks_no_server(tmp_path, tiny_model_dir, monkeypatch):
+    """peft's default save looked the base up on the Hugging Face Hub (a HEAD request for
+    ``<base>/config.json`` at every checkpoint of a run whose base is a name such as ``demo``):
+    saving an adapter opens no connection and resolves no host; the file holds the adapter only."""
+    import socket
+
+    from showo2_cli.loading import load
+    from showo2_cli.lora import save_adapter
+
+    network = load(tiny_model_dir, dtype=torch.float32).network
+    config = add_lora(network, 2, 4, 0.0, ["q_proj", "lm_head"], [], base="someone/some-base")
+    tried = []
+
+    def refuse(*args, **kwargs):
+        tried.append(args[:2])
+        raise OSError("no network in this test")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    folder = save_adapter(tmp_path / "adapter", network, config)
+    assert tried == []
+    saved = load_file(str(folder / ADAPTER_WEIGHTS))
+    assert saved and all(".lora_A." in k or ".lora_B." in k for k in saved), sorted(saved)[:4]
+    assert any("lm_head.lora_" in k for k in saved)

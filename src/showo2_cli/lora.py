@@ -61,11 +61,14 @@ def add_lora(network: torch.nn.Module, rank: int, alpha: float, dropout: float, 
 
 
 def adapter_state(network: torch.nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """The adapter's tensors in peft's saved form (keys without the adapter name)."""
+    """The adapter's tensors in peft's saved form (keys without the adapter name). Only the
+    adapter: an adapter never resizes the base's embeddings, and peft's default ("auto") asked the
+    Hugging Face Hub for the base's config.json at every save (a 10 s stall per checkpoint where
+    the Hub is slow, and a request naming the base)."""
     with quiet_imports():
         from peft import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(network, adapter_name=adapter_name)
+    return get_peft_model_state_dict(network, adapter_name=adapter_name, save_embedding_layers=False)
 
 
 def save_adapter(folder: Path, network: torch.nn.Module, config, metadata: dict | None = None) -> Path:
