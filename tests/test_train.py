@@ -504,6 +504,11 @@ def test_two_processes_under_accelerate_end_with_identical_weights(tmp_path):
     from showo2_cli.training.params import weights_digest
 
     assert weights_digest(load(tmp_path / "run" / "checkpoint-000004").network) == digests[0]["sha256"]
+    # each line's loss terms are of the same rows: every process's (the per-task terms were process 0's
+    # alone while the loss was averaged over both: loss != ntp + flow by up to 0.04)
+    lines = [m for m in metrics(tmp_path / "run") if "loss" in m]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    assert all(abs(m["loss"] - (m["ntp"] + m["flow"])) < 1e-5 for m in lines), lines
 
 
 def test_pretrained_parts_load_into_a_from_scratch_network(tmp_path):

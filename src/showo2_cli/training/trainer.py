@@ -259,7 +259,10 @@ class Run:
         if self.acc.is_main_process:
             self._write_run_files()
         if cfg.run.log_with:  # accelerate's trackers (process 0 only), beside metrics.jsonl
-            self.acc.init_trackers(TRACKER_RUN, config=flat_config(cfg))
+            # TensorBoard appends to the same folder: what a crashed run logged after the checkpoint we
+            # resume from is purged, as metrics.jsonl's lines are (it showed those steps twice)
+            purge = {"tensorboard": {"purge_step": self.start_step + 1}}
+            self.acc.init_trackers(TRACKER_RUN, config=flat_config(cfg), init_kwargs=purge)
 
     def _total_steps(self) -> int:
         o = self.cfg.optim
@@ -541,15 +544,21 @@ class Run:
     def _log(self, path: Path, step: int, window: dict, lr: float, grad_norm, digest: str) -> None:
         n = max(window["n"], 1)
         now = time.perf_counter()
-        line = {"step": step, "loss": window["loss"] / n}
-        for k in self.objective.log_keys:
-            line[k] = window[k] / n
+        terms = ("loss", *self.objective.log_keys)
+        sums, skipped = [window[k] for k in terms], window["skipped"]
+        if self.world > 1:  # every process's terms averaged (each task's too, not process 0's), skips summed
+            t = torch.tensor([*sums, float(skipped)], dtype=torch.float64, device=self.device)
+            *sums, skipped = self.acc.reduce(t, reduction="sum").tolist()
+            sums, skipped = [v / self.world for v in sums], int(skipped)
+        line = {"step": step}
+        for k, v in zip(terms, sums, strict=True):
+            line[k] = v / n
         line["lr"] = lr
         lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
         if len(lrs) > 1:
             line["lrs"] = lrs
-        if window["skipped"]:
-            line["skipped"] = window["skipped"]  # unreadable or too small items passed over
+        if skipped:
+            line["skipped"] = skipped  # unreadable or too small items passed over (by every process)
         if grad_norm is not None:
             line["grad_norm"] = float(grad_norm)
         line["steps_per_s"] = n / max(now - window["t"], 1e-9)
@@ -558,10 +567,6 @@ class Run:
         if torch.cuda.is_available() and self.device.type == "cuda":
             line["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         line["data"] = digest
-        # the loss averaged over processes (the others see the same lines)
-        if self.world > 1:
-            t = torch.tensor([line["loss"]], device=self.device)
-            line["loss"] = float(self.acc.reduce(t, reduction="mean"))
         self._append(path, line)
         self.emit("log", **line)
         self._track({k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "step"}, step)
