@@ -351,3 +351,31 @@ def test_saving_an_adapter_asks_no_server(tmp_path, tiny_model_dir, monkeypatch)
     saved = load_file(str(folder / ADAPTER_WEIGHTS))
     assert saved and all(".lora_A." in k or ".lora_B." in k for k in saved), sorted(saved)[:4]
     assert any("lm_head.lora_" in k for k in saved)
+
+
+def test_one_adapter_is_a_path_in_python_and_from_pretrained_takes_it(tmp_path, tiny_model_dir):
+    """``load(model, lora=PATH)`` (one adapter, as ``vae=PATH``) took the path's characters for
+    adapters ("--lora: '/' is not a LoRA adapter"); ``Showo2Pipeline.from_pretrained`` had no
+    ``lora=`` at all. Both merge the adapter as ``lora=[PATH]`` does."""
+    from showo2_cli import Showo2Pipeline
+    from showo2_cli.loading import load
+    from showo2_cli.lora import save_adapter
+
+    network = load(tiny_model_dir).network
+    config = add_lora(network, 2, 4, 0.0, ["up_proj"], [], base=str(tiny_model_dir))
+    with torch.no_grad():
+        for name, p in network.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    folder = save_adapter(tmp_path / "adapter", network, config)
+    w = "showo.model.layers.0.mlp.up_proj.weight"
+    base = load(tiny_model_dir).network.state_dict()[w]
+    listed = load(tiny_model_dir, lora=[folder])
+    assert not torch.allclose(listed.network.state_dict()[w], base)
+    for one in (str(folder), folder):
+        model = load(tiny_model_dir, lora=one)
+        assert model.adapters == listed.adapters and len(model.adapters) == 1
+        assert torch.equal(model.network.state_dict()[w], listed.network.state_dict()[w])
+    pipe = Showo2Pipeline.from_pretrained(tiny_model_dir, lora=str(folder))
+    assert pipe.model.adapters == listed.adapters
+    assert torch.equal(pipe.model.network.state_dict()[w], listed.network.state_dict()[w])

@@ -270,11 +270,11 @@ def require_model(model) -> Showo2:
 @cpu_by_default
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          dtype: str | torch.dtype = torch.float32, need: tuple[str, ...] = ("tokenizer", "VAE"),
-         runtime=None, lora: list | tuple = (), local_files_only: bool = False,
+         runtime=None, lora: str | os.PathLike | list | tuple = (), local_files_only: bool = False,
          use_safetensors: bool | None = None) -> Showo2:
     """Load a model by name, folder or cached repo id. ``need`` lists the pieces that must exist;
-    ``lora`` LoRA adapters (folders or training runs, see :mod:`showo2_cli.lora`) merged into
-    the weights in order; ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the
+    ``lora`` a LoRA adapter or a list of them (folders or training runs, see :mod:`showo2_cli.lora`)
+    merged into the weights in order; ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the
     attention backend, quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`),
     applied after the adapters are merged. A repo id that is not cached is downloaded when
     online, unless ``local_files_only``. ``use_safetensors=True`` (diffusers' switch) refuses a
@@ -293,6 +293,8 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
         raise ModelError(message)
     if use_safetensors:
         _require_safetensors(files)
+    if isinstance(lora, (str, os.PathLike)):  # one adapter (its path's characters were taken as paths)
+        lora = [lora]
     for ref in lora:  # a wrong path fails before the weights are read
         find_adapter(ref)
     state = read_state_dict(files.weights)

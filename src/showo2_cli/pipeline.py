@@ -103,7 +103,7 @@ class Showo2Pipeline:
                         local_files_only: bool = False, revision: str | None = None,
                         use_safetensors: bool | None = None, variant: str | None = None,
                         device_map: str | torch.device | None = None, low_cpu_mem_usage: bool = True,
-                        **unsupported: Any) -> Showo2Pipeline:
+                        lora: str | os.PathLike | list | tuple = (), **unsupported: Any) -> Showo2Pipeline:
         """Load by name (``demo``, a folder, a variant such as ``1.5B``, a Hub repo id, which
         ``@revision`` pins: a commit, tag or branch; or ``revision=``). A name that
         is not cached is downloaded with :func:`showo2_cli.hub.pull` when online (``progress`` gets
@@ -112,6 +112,8 @@ class Showo2Pipeline:
         CUDA, then MPS, then the CPU (and bf16 on CUDA unless ``torch_dtype`` says). ``runtime``
         (:class:`~showo2_cli.options.RuntimeOptions`): attention backend, quantization
         (``quantize="nf4"`` or ``"int8wo"``), compilation, VAE tiling, as the CLI options.
+        ``lora``: a LoRA adapter (a folder, a checkpoint or a training run) or a list of them,
+        merged into the weights in order as ``--lora`` does.
 
         diffusers' other arguments: ``use_safetensors=True`` refuses pickled weights (``.bin``,
         ``.pth``); ``device_map`` names one device (``"cuda"``, ``"cuda:1"``; ``"balanced"``
@@ -141,7 +143,7 @@ class Showo2Pipeline:
         if not local_files_only and needs_download(str(name)):
             pull(str(name), progress=progress)
         return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime, local_files_only=local_files_only,
-                        use_safetensors=use_safetensors))
+                        use_safetensors=use_safetensors, lora=lora))
 
     @one_call_at_a_time
     def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True,
