@@ -1,12 +1,15 @@
-"""What runs around the training loop: stop requests (signals), peak memory, trackers, step chunks."""
+"""What runs around the training loop: stop requests (signals), peak memory, trackers, step chunks,
+the window of steps a metrics line averages."""
 
 from __future__ import annotations
 
 import json
+import math
 import resource
 import signal
 import sys
 import threading
+import time
 
 from ..errors import UsageError
 from ..launch import INTERRUPTS
@@ -82,3 +85,55 @@ def chunks(items, n: int):
         if len(chunk) == n:
             yield chunk
             chunk = []
+
+
+class LogWindow:
+    """The steps since the last metrics line: their loss terms' sums, skipped items and count.
+
+    Kept in every checkpoint's training state (:meth:`state`), so the first line after a resume
+    covers the same steps as an uninterrupted run's (the steps between the last line and a
+    checkpoint were dropped from every average after a crash)."""
+
+    def __init__(self, keys):
+        self.keys = ("loss", *keys)
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = dict.fromkeys(self.keys, 0.0)
+        self.n = self.timed = self.skipped = 0  # timed: the steps run by this process since t
+        self.t = time.perf_counter()
+
+    def add(self, out: dict, skipped: int) -> None:
+        for k in self.keys:
+            self.sums[k] += float(out[k].detach())
+        self.n, self.timed, self.skipped = self.n + 1, self.timed + 1, self.skipped + skipped
+
+    def totals(self, acc, world: int) -> tuple[dict, int]:
+        """The sums averaged over the processes (each task's too), the skips summed (a collective:
+        every process calls it)."""
+        sums, skipped = dict(self.sums), self.skipped
+        if world > 1:
+            import torch
+
+            t = torch.tensor([*sums.values(), float(skipped)], dtype=torch.float64, device=acc.device)
+            *values, skipped = acc.reduce(t, reduction="sum").tolist()
+            sums, skipped = {k: v / world for k, v in zip(self.keys, values, strict=True)}, int(skipped)
+        return sums, skipped
+
+    def state(self, acc, world: int) -> dict:
+        sums, skipped = self.totals(acc, world)
+        return {"n": self.n, "sums": sums, "skipped": skipped}
+
+    def restore(self, saved, rank: int) -> None:
+        """What :meth:`state` saved (ignored when absent or damaged: the window starts empty);
+        the skips are counted once, by process 0."""
+        if not isinstance(saved, dict) or not isinstance(saved.get("sums"), dict):
+            return
+        n, sums, skipped = saved.get("n"), saved["sums"], saved.get("skipped", 0)
+        numbers = [sums.get(k) for k in self.keys]
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 10**9 or isinstance(skipped, bool) \
+                or not isinstance(skipped, int) or not 0 <= skipped < 10**12 \
+                or not all(isinstance(v, float) and math.isfinite(v) for v in numbers):
+            return
+        self.sums = dict(zip(self.keys, numbers, strict=True))
+        self.n, self.skipped = n, skipped if rank == 0 else 0

@@ -31,7 +31,7 @@ import torch
 
 from ..errors import ModelError, OutputError, UsageError, short
 from . import checkpoint as ckpt
-from .control import StopRequest, check_trackers, chunks, flat_config, ignore_sigint, peak_rss_mb
+from .control import LogWindow, StopRequest, check_trackers, chunks, flat_config, ignore_sigint, peak_rss_mb
 from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mix, step_keys
 from .objective import objective_for
 from .params import weights_digest
@@ -196,6 +196,7 @@ class Run:
             state = ckpt.read_state(self.resumed_from, cfg.mode, STATE_FORMAT)
         self.start_step = int(state["step"]) if state else 0
         self.elapsed_before = float(state.get("elapsed", 0.0)) if state else 0.0
+        self._saved_window = state.get("log_window") if state else None
 
         # the model
         module, groups, self.report = self.objective.build(state)
@@ -353,6 +354,7 @@ class Run:
     def save(self, step: int) -> Path | None:
         self.acc.wait_for_everyone()
         self._check_finite(step)
+        self._window_state = self.window.state(self.acc, self.world) if getattr(self, "window", None) else None
         path = None
         self.objective.before_save()
         if self.acc.is_main_process:
@@ -382,6 +384,7 @@ class Run:
             "world_size": self.world, "max_steps": self.max_steps,
             "elapsed": self.elapsed_before + (time.perf_counter() - self.t_start),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "log_window": self._window_state,  # the steps since the last metrics line (LogWindow)
         }
         torch.save(state, dst / ckpt.STATE_FILE)
 
@@ -445,7 +448,9 @@ class Run:
         interrupted = False
         last_loss = None
         saved = None  # the step of the last checkpoint written by this loop
-        window = {"n": 0, "loss": 0.0, "skipped": 0, "t": time.perf_counter(), **dict.fromkeys(self.objective.log_keys, 0.0)}
+        window = self.window = LogWindow(self.objective.log_keys)
+        window.restore(self._saved_window, self.rank)
+        last = None  # (lr, grad_norm, data digest) of the last step run here
         rate = None
         samples_written: list[str] = []
         if step == 0 and cfg.run.eval_every:
@@ -471,15 +476,12 @@ class Run:
                     raise UsageError(f"the loss became {loss} at step {step}: lower the learning rate "
                                      "(optim.lr / optim.groups) or check the data")
                 last_loss = loss
-                window["n"] += 1
-                window["skipped"] += sum(s.skipped for s in samples)
-                for k in ("loss", *self.objective.log_keys):
-                    window[k] += float(out[k].detach())
-                digest = self._digest(samples)
+                window.add(out, sum(s.skipped for s in samples))
+                last = (lr, grad_norm, self._digest(samples))
                 self.emit("step", step=step, max_steps=self.max_steps, loss=loss, lr=lr, steps_per_s=rate,
                           eta_s=(stop_at - step) / rate if rate else None)
                 if step % cfg.run.log_every == 0 or step == stop_at:
-                    self._log(metrics_path, step, window, lr, grad_norm, digest)
+                    self._log(metrics_path, step, window, *last)
                 if cfg.run.eval_every and step % cfg.run.eval_every == 0:
                     ev = self.eval_loss()
                     self._append(metrics_path, {"step": step, "eval_loss": ev})
@@ -496,6 +498,8 @@ class Run:
                     break
         if not interrupted and step < stop_at:
             interrupted = True  # the data ended early: cannot happen with endless streams
+        if interrupted and window.n and last is not None:  # the steps since the last line are not lost
+            self._log(metrics_path, step, window, *last)
         if step == self.start_step and self.resumed_from is not None:
             final = self.resumed_from  # nothing new to save
         elif step != saved:  # a stop right after a periodic save: that checkpoint is the final one
@@ -541,18 +545,11 @@ class Run:
             stop.requested = True
         return flag
 
-    def _log(self, path: Path, step: int, window: dict, lr: float, grad_norm, digest: str) -> None:
-        n = max(window["n"], 1)
+    def _log(self, path: Path, step: int, window: LogWindow, lr: float, grad_norm, digest: str) -> None:
+        n = max(window.n, 1)
         now = time.perf_counter()
-        terms = ("loss", *self.objective.log_keys)
-        sums, skipped = [window[k] for k in terms], window["skipped"]
-        if self.world > 1:  # every process's terms averaged (each task's too, not process 0's), skips summed
-            t = torch.tensor([*sums, float(skipped)], dtype=torch.float64, device=self.device)
-            *sums, skipped = self.acc.reduce(t, reduction="sum").tolist()
-            sums, skipped = [v / self.world for v in sums], int(skipped)
-        line = {"step": step}
-        for k, v in zip(terms, sums, strict=True):
-            line[k] = v / n
+        sums, skipped = window.totals(self.acc, self.world)  # every process's (each task's too), skips summed
+        line = {"step": step, **{k: v / n for k, v in sums.items()}}
         line["lr"] = lr
         lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
         if len(lrs) > 1:
@@ -561,7 +558,7 @@ class Run:
             line["skipped"] = skipped  # unreadable or too small items passed over (by every process)
         if grad_norm is not None:
             line["grad_norm"] = float(grad_norm)
-        line["steps_per_s"] = n / max(now - window["t"], 1e-9)
+        line["steps_per_s"] = window.timed / max(now - window.t, 1e-9)
         line["seconds"] = self.elapsed_before + (now - self.t_start)
         line["peak_rss_mb"] = round(peak_rss_mb(), 1)
         if torch.cuda.is_available() and self.device.type == "cuda":
@@ -570,7 +567,7 @@ class Run:
         self._append(path, line)
         self.emit("log", **line)
         self._track({k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "step"}, step)
-        window.update({k: 0.0 for k in ("loss", *self.objective.log_keys)}, n=0, skipped=0, t=now)
+        window.reset()
 
     def _track(self, values: dict, step: int) -> None:
         if self.cfg.run.log_with:
