@@ -419,6 +419,27 @@ def test_metrics_lines_cover_every_step_across_a_crash_and_a_stop(tmp_path):
     assert abs(lines[1][1] - (losses[5] + losses[6]) / 2) < 1e-6 and abs(lines[2][1] - (losses[7] + losses[8]) / 2) < 1e-6
 
 
+def test_items_passed_over_are_named_once_each(tmp_path):
+    """Unreadable media in a pairs file are passed over for other items, as before, and counted in
+    metrics.jsonl; a notice now says which file and why, once per reason (nothing named them)."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "good.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "good.png").read_bytes()[:60])
+    rows = [{"path": "good.png", "caption": "red"}, {"path": "cut.png", "caption": "cut"},
+            {"path": "gone.png", "caption": "missing"}]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw = tiny_config(tmp_path, **{"optim.max_steps": 3, "batch.t2i": 4})
+    raw["data"] = [{"kind": "pairs", "role": "t2i", "path": str(tmp_path / "pairs.jsonl"), "resolution": 64}]
+    del raw["batch"]["mmu"]
+    events = []
+    train(parse_config(raw, source="p"), progress=events.append)
+    said = [e["message"] for e in events if e["event"] == "notice"]
+    assert sum(m.get("skipped", 0) for m in metrics(tmp_path / "run")) >= len(said) == 2, said
+    assert len([m for m in said if "cut.png" in m and "truncated or corrupt" in m]) == 1
+    assert len([m for m in said if "gone.png" in m and "no such file" in m]) == 1
+
+
 def test_resuming_with_another_step_total_says_the_schedule_changed(tmp_path):
     """A cosine schedule is recomputed for a new optim.max_steps (the rate jumps): a notice says so
     with both rates; a checkpoint at or past the total says there is nothing left to train."""

@@ -94,6 +94,8 @@ class _Renderer:
                     if k in ev:
                         parts.append(f"{k} {ev[k]:.4f}")
                 parts += [f"lr {ev['lr']:.2e}", f"{ev['steps_per_s']:.2f} step/s"]
+                if ev.get("skipped"):
+                    parts.append(f"{ev['skipped']} item(s) skipped")
                 self.line("  ".join(parts))
         elif kind == "eval":
             self.line(f"step {ev['step']}: loss on the fixed batch {ev['eval_loss']:.4f}")

@@ -111,6 +111,7 @@ class Sample:
     image_first: bool = True  # understanding: the visual block precedes the first question
     has_visual: bool = True
     skipped: int = 0  # items skipped to reach this one (unreadable or too small)
+    skip_reason: str = ""  # why the last of them was (one line)
 
 
 def clean_caption(text: str) -> str:
@@ -447,8 +448,12 @@ class TrainingData(torch.utils.data.Dataset):
                 sample = self.load(src, item)
             except (InputError, ResourceError) as e:
                 sample, last = None, e
+            else:
+                if sample is None:
+                    last = f"data[{src.index}] item {item} is smaller than min_res={src.spec.min_res}"
             if sample is not None:
                 sample.skipped = skipped
+                sample.skip_reason = one_line(last, 200) if skipped else ""
                 return sample
         why = f"; the last: {one_line(last, 160)}" if last is not None else ""
         raise InputError(f"data[{src.index}]: {self.MAX_SKIPS} consecutive items could not be used "

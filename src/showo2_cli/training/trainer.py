@@ -477,6 +477,7 @@ class Run:
                                      "(optim.lr / optim.groups) or check the data")
                 last_loss = loss
                 window.add(out, sum(s.skipped for s in samples))
+                self._report_skips(samples)
                 last = (lr, grad_norm, self._digest(samples))
                 self.emit("step", step=step, max_steps=self.max_steps, loss=loss, lr=lr, steps_per_s=rate,
                           eta_s=(stop_at - step) / rate if rate else None)
@@ -535,6 +536,17 @@ class Run:
         if len(outs) == 1:
             return outs[0], grad_norm
         return {k: sum(o[k] for o in outs) / len(outs) for k in outs[0]}, grad_norm
+
+    MAX_SKIP_NOTICES = 5
+
+    def _report_skips(self, samples) -> None:
+        """Why items were passed over (unreadable media, a bad record): the first few reasons."""
+        said = self.__dict__.setdefault("_skips_said", set())
+        for s in samples:
+            if s.skipped and s.skip_reason not in said and len(said) < self.MAX_SKIP_NOTICES:
+                said.add(s.skip_reason)
+                more = " (further ones: the 'skipped' counts in metrics.jsonl)" * (len(said) == self.MAX_SKIP_NOTICES)
+                self.notice(f"an item was passed over for another: {s.skip_reason}{more}")
 
     def _should_stop(self, stop: StopRequest) -> bool:
         flag = bool(stop.requested)
