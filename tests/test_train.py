@@ -137,6 +137,18 @@ def test_config_unknown_fields_and_missing_pieces(tmp_path):
         load_config(bad)
 
 
+def test_epochs_over_a_role_without_rows_names_the_roles_there_are(tmp_path):
+    """optim.epochs on a run of t2i rows alone was refused for the default epoch_role ('mmu') with
+    no word of what to set it to."""
+    raw = tiny_config(tmp_path, **{"optim.epochs": 2})
+    del raw["optim"]["max_steps"], raw["batch"]["mmu"]
+    raw["data"] = [{"kind": "shapes", "role": "t2i", "resolution": 64, "size": 8}]
+    with pytest.raises(UsageError, match=r"optim.epoch_role: 'mmu' has batch size 0: .*\(one of t2i\)$"):
+        parse_config(raw, source="c.toml")
+    raw["optim"]["epoch_role"] = "t2i"
+    assert parse_config(raw, source="c.toml").optim.epochs == 2
+
+
 def test_example_configs_are_valid():
     names = sorted(p.name for p in (REPO / "examples").glob("*.toml"))
     assert {"train_tiny.toml", "train_tiny_vae.toml", "showo2_1.5b_stage1.toml", "showo2_1.5b_stage2.toml"} <= set(names)

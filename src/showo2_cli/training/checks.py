@@ -183,7 +183,9 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
     if o.epochs is not None:
         _one_of(o.epoch_role, ROLES, w + "optim.epoch_role")
         if not b.of(o.epoch_role):
-            raise field_error(w + "optim.epoch_role", f"'{o.epoch_role}' has batch size 0")
+            have = [r for r in ROLES if b.of(r)]
+            raise field_error(w + "optim.epoch_role", f"'{o.epoch_role}' has batch size 0: optim.epochs counts "
+                              f"passes over the sources of this role (one of {', '.join(have)})")
         for i, s in cfg.sources(o.epoch_role):
             if s.kind == "shapes" and s.size is None:
                 raise field_error(f"{w}data[{i}].size", "optim.epochs needs a finite dataset: set size for shapes sources")
