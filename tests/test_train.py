@@ -452,6 +452,32 @@ def test_items_passed_over_are_named_once_each(tmp_path):
     assert len([m for m in said if "gone.png" in m and "no such file" in m]) == 1
 
 
+def test_resuming_on_a_data_file_that_grew_says_the_order_changed(tmp_path):
+    """Records appended to a pairs file between a stop and its resume change every later sample (the
+    order is a permutation of the file's items): a notice says so, as for a changed config; an
+    unchanged file resumes with none."""
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (64, 64), (60 * i, 90, 30)).save(tmp_path / f"{i}.png")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"path": f"{i}.png", "caption": f"c{i}"}) + "\n" for i in range(3)))
+    raw = tiny_config(tmp_path, **{"optim.max_steps": 4, "batch.t2i": 1})
+    raw["data"] = [{"kind": "pairs", "role": "t2i", "path": str(data), "resolution": 64}]
+    del raw["batch"]["mmu"]
+
+    def notices():
+        events = []
+        train(parse_config(raw, source="g"), progress=events.append, stop_after=1)
+        return [e["message"] for e in events if e["event"] == "notice"]
+
+    assert notices() == [] and notices() == []
+    with open(data, "a") as f:
+        f.write(json.dumps({"path": "3.png", "caption": "c3"}) + "\n")
+    assert notices() == ["data[0] has 4 items (3 at the checkpoint): the sample order differs from an "
+                         "uninterrupted run"]
+
+
 def test_resuming_with_another_step_total_says_the_schedule_changed(tmp_path):
     """A cosine schedule is recomputed for a new optim.max_steps (the rate jumps): a notice says so
     with both rates; a checkpoint at or past the total says there is nothing left to train."""

@@ -77,6 +77,24 @@ def read_state(folder: Path, mode: str, state_format: int) -> dict:
     return state
 
 
+def order_changes(state: dict, signature: str, sizes: list, world: int) -> list[str]:
+    """What differs from the run that saved ``state`` and makes the sample order differ from an
+    uninterrupted run's: the config's data, batch or seed (``signature``), the number of items of
+    a source (``sizes``: records added to or removed from its files), the number of processes."""
+    said, order = [], "the sample order differs from an uninterrupted run"
+    saved = state.get("data_signature")
+    if saved and saved != signature:
+        said.append(f"the config's data, batch or seed changed since the checkpoint: {order}")
+    elif isinstance(state.get("data_sizes"), list) and len(state["data_sizes"]) == len(sizes):
+        pairs = enumerate(zip(state["data_sizes"], sizes, strict=True))
+        changed = [f"data[{i}] has {b} items ({a} at the checkpoint)" for i, (a, b) in pairs if a != b]
+        if changed:
+            said.append(f"{'; '.join(changed[:3])}: {order}")
+    if state.get("world_size") not in (None, world):
+        said.append(f"resuming with {world} process(es) instead of {state['world_size']}: {order}")
+    return said
+
+
 def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for p in output_dir.iterdir() if output_dir.is_dir() else []:

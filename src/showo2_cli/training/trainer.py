@@ -245,18 +245,12 @@ class Run:
         self.dataset = TrainingData(cfg, self.sources, self.caches)
 
         if state is not None and self.acc.is_main_process:
-            saved = state.get("data_signature")
-            now = json.dumps(cfg.data_signature(), sort_keys=True)
-            if saved and saved != now:
-                self.notice("the config's data, batch or seed changed since the checkpoint: the sample order "
-                            "differs from an uninterrupted run")
             changed = schedule_change(cfg.optim, self.start_step, state.get("max_steps"), self.max_steps,
                                       self.optimizer.param_groups[0]["base_lr"])  # (the metrics' lr)
-            if changed:
-                self.notice(changed)
-            if state.get("world_size") not in (None, self.world):
-                self.notice(f"resuming with {self.world} process(es) instead of {state['world_size']}: the "
-                            "sample order differs from an uninterrupted run")
+            for message in ckpt.order_changes(state, json.dumps(cfg.data_signature(), sort_keys=True),
+                                              [s.size() for s in self.sources], self.world) + [changed]:
+                if message:
+                    self.notice(message)
         if self.acc.is_main_process:
             self._write_run_files()
         if cfg.run.log_with:  # accelerate's trackers (process 0 only), beside metrics.jsonl
@@ -381,6 +375,7 @@ class Run:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "data_signature": json.dumps(self.cfg.data_signature(), sort_keys=True),
+            "data_sizes": [s.size() for s in self.sources],  # items per source (None: endless)
             "world_size": self.world, "max_steps": self.max_steps,
             "elapsed": self.elapsed_before + (time.perf_counter() - self.t_start),
             "ema": self.ema.state_dict() if self.ema is not None else None,
