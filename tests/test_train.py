@@ -406,29 +406,31 @@ def test_metrics_lines_cover_every_step_across_a_crash_and_a_stop(tmp_path):
     resumed run averaged only the steps after the checkpoint (those between the last line and the
     checkpoint were in no line): it now equals the uninterrupted run's. A stop signal writes a line
     for the steps since the last one (they were in none)."""
-    raw = tiny_config(tmp_path / "a", **{"optim.max_steps": 8, "run.log_every": 4, "run.save_every": 2})
+    def config(name, save_every):
+        return tiny_config(tmp_path / name, **{"optim.max_steps": 6, "run.log_every": 3, "run.save_every": save_every})
+
     events = []
-    train(parse_config(raw, source="a"), progress=events.append)
+    train(parse_config(config("a", 0), source="a"), progress=events.append)
     losses = {e["step"]: e["loss"] for e in events if e["event"] == "step"}
     straight = [(m["step"], m["loss"], m["ntp"]) for m in metrics(tmp_path / "a" / "run")]
-    assert [s for s, _, _ in straight] == [4, 8]
+    assert [s for s, _, _ in straight] == [3, 6]
 
-    crash = tiny_config(tmp_path / "b", **{"optim.max_steps": 8, "run.log_every": 4, "run.save_every": 2})
-    train(parse_config(crash, source="b"), stop_after=7)
-    ckpt.write_pointer(tmp_path / "b" / "run", ckpt.checkpoint_name(6))  # killed at step 7, before its save
-    assert train(parse_config(crash, source="b")).resumed_from.name == "checkpoint-000006"
+    crash = config("b", 2)
+    train(parse_config(crash, source="b"), stop_after=5)
+    ckpt.write_pointer(tmp_path / "b" / "run", ckpt.checkpoint_name(4))  # killed at step 5, before its save
+    assert train(parse_config(crash, source="b")).resumed_from.name == "checkpoint-000004"
     assert [(m["step"], m["loss"], m["ntp"]) for m in metrics(tmp_path / "b" / "run")] == straight
 
-    def stop_at_6(event):
-        if event["event"] == "step" and event["step"] == 6:
+    def stop_at_4(event):
+        if event["event"] == "step" and event["step"] == 4:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    stopped = tiny_config(tmp_path / "c", **{"optim.max_steps": 8, "run.log_every": 4, "run.save_every": 0})
-    assert train(parse_config(stopped, source="c"), progress=stop_at_6).interrupted
+    stopped = config("c", 0)
+    assert train(parse_config(stopped, source="c"), progress=stop_at_4).interrupted
     train(parse_config(stopped, source="c"))
     lines = [(m["step"], m["loss"]) for m in metrics(tmp_path / "c" / "run")]
-    assert [s for s, _ in lines] == [4, 6, 8] and lines[0][1] == straight[0][1]
-    assert abs(lines[1][1] - (losses[5] + losses[6]) / 2) < 1e-6 and abs(lines[2][1] - (losses[7] + losses[8]) / 2) < 1e-6
+    assert lines == [(3, straight[0][1]), (4, losses[4]), (6, lines[2][1])]
+    assert abs(lines[2][1] - (losses[5] + losses[6]) / 2) < 1e-6
 
 
 def test_items_passed_over_are_named_once_each(tmp_path):

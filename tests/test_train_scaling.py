@@ -110,26 +110,26 @@ def test_tensorboard_tracker_logs_the_metrics(tmp_path):
 
 
 def test_tensorboard_forgets_the_steps_a_resumed_run_redoes(tmp_path):
-    """A run killed after its checkpoint at step 2 had logged steps 3 and 4; resumed from step 2 it
-    logs them again: TensorBoard shows each step once, with the resumed run's values, as
-    metrics.jsonl does (it showed steps 3 and 4 twice, the dead run's and the new one's)."""
+    """A run killed after its checkpoint at step 2 had logged step 3; resumed from step 2 it logs it
+    again: TensorBoard shows each step once, with the resumed run's values, as metrics.jsonl does
+    (it showed step 3 twice, the dead run's and the new one's)."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from showo2_cli.training import checkpoint as ckpt
 
-    raw = tiny_config(tmp_path, **{"optim.max_steps": 6, "run.log_with": ["tensorboard"], "run.save_every": 2})
-    train(parse_config(raw, source="tb"), stop_after=4)
+    raw = tiny_config(tmp_path, **{"optim.max_steps": 4, "run.log_with": ["tensorboard"], "run.save_every": 2})
+    train(parse_config(raw, source="tb"), stop_after=3)
     run = tmp_path / "run"
     dead = {m["step"]: m["loss"] for m in metrics(run) if "loss" in m}
-    ckpt.write_pointer(run, ckpt.checkpoint_name(2))  # killed before the save at step 4 was published
+    ckpt.write_pointer(run, ckpt.checkpoint_name(2))  # killed before the save at step 3 was published
     raw["seed"] = 1  # (other losses from step 3 on, to tell the two runs' lines apart)
     train(parse_config(raw, source="tb"))
     acc = EventAccumulator(str(run / "logs" / "train"))
     acc.Reload()
     logged = [(e.step, e.value) for e in acc.Scalars("loss")]
     lines = [(m["step"], m["loss"]) for m in metrics(run) if "loss" in m]
-    assert [s for s, _ in logged] == [1, 2, 3, 4, 5, 6] and [s for s, _ in lines] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in logged] == [1, 2, 3, 4] and [s for s, _ in lines] == [1, 2, 3, 4]
     assert all(math.isclose(a, b, rel_tol=1e-6) for (_, a), (_, b) in zip(logged, lines, strict=True))
     assert not math.isclose(lines[2][1], dead[3], rel_tol=1e-6)
 
