@@ -697,6 +697,43 @@ def test_latent_cache_gives_the_same_batches_and_workers_the_same_order(tmp_path
     assert run("workers", **{"run.num_workers": 2}) == plain
 
 
+def test_cached_latents_follow_their_files_when_the_records_change(tmp_path):
+    """The latent cache is per item; a records file edited between runs (a bad line removed) moves
+    the items, and the cache gave each caption the latent of the image that was there before. An
+    entry now names the file it was encoded from and is encoded anew when that is not the item's."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from showo2_cli.training.trainer import Run
+
+    for i, colour in enumerate([(250, 0, 0), (0, 250, 0), (0, 0, 250)]):
+        Image.new("RGB", (64, 64), colour).save(tmp_path / f"{i}.png")
+    data = tmp_path / "pairs.jsonl"
+
+    def write(items):
+        data.write_text("".join(json.dumps({"path": f"{i}.png", "caption": f"c{i}"}) + "\n" for i in items))
+
+    write([0, 1, 2])
+    raw = tiny_config(tmp_path, **{"batch.t2i": 1})
+    raw["data"] = [{"kind": "pairs", "role": "t2i", "path": str(data), "resolution": 64,
+                    "cache": str(tmp_path / "cache")}]
+    del raw["batch"]["mmu"]
+    first = Run(parse_config(raw, source="c")).pre_encode()
+    assert (first["encoded"], first["cached"]) == (3, 0)
+    files = sorted((tmp_path / "cache").rglob("*.safetensors"))
+    before = [load_file(str(f)) for f in files]
+    write([1, 2])  # the first line removed: items 0 and 1 are now the green and blue images
+    again = Run(parse_config(raw, source="c"))
+    counts = again.pre_encode()
+    assert (counts["encoded"], counts["cached"]) == (2, 0), counts
+    after = [load_file(str(f)) for f in files[:2]]
+    for new, old in zip(after, before[1:], strict=True):
+        assert torch.allclose(new["mu"], old["mu"], atol=1e-5)
+    sample = again.dataset.load(again.sources[0], 0)
+    assert sample.text == "c1" and torch.equal(sample.latent["mu"], after[0]["mu"])
+    assert Run(parse_config(raw, source="c")).pre_encode()["cached"] == 2  # unchanged files: read
+
+
 def test_yaml_configs_read_the_same(tmp_path):
     yaml = pytest.importorskip("yaml")
     raw = tiny_config(tmp_path)

@@ -105,6 +105,7 @@ class Sample:
     pixels: np.ndarray | None = None  # uint8 (T, H, W, 3); T = 1 for an image
     latent: dict | None = None  # cached {"mu", "logvar"} float32, instead of pixels
     cache_path: str | None = None  # where the encoded latent should be stored
+    cache_media: str = ""  # the identity of the media it is encoded from (Source.media)
     text: str = ""  # caption (generation, captioning)
     turns: list = field(default_factory=list)  # [(question, answer)] for understanding
     format: str = "tuning"
@@ -177,6 +178,23 @@ class Source:
     def get(self, item: int, pixels: bool = True) -> Sample | None:
         """The item; ``pixels=False`` skips reading media (its latent is cached)."""
         raise NotImplementedError
+
+    def media(self, item: int) -> str | None:
+        """The identity of the file item ``item`` reads (path, size, modification time; "" for none),
+        kept with its cached latent: a cached latent is used only for the same file (editing a
+        records file moves items, and a cache keyed by item alone paired captions with other
+        images' latents). None when the file cannot be found."""
+        return ""
+
+    @staticmethod
+    def _identity(path: Path | None) -> str | None:
+        if path is None:
+            return ""
+        try:
+            st = path.stat()
+            return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        except (OSError, RuntimeError):
+            return None
 
     def signature(self) -> dict:
         """What determines an item's pixels (the latent cache key)."""
@@ -257,6 +275,9 @@ class PairsSource(Source):
             raise InputError(f"{where} must be a path, got {type(cap).__name__}")
         return read_caption_file(_record_path(cap, where), where)
 
+    def media(self, item: int) -> str | None:
+        return self._identity(self._media_path(self.records[item], item))
+
     def get(self, item: int, pixels: bool = True) -> Sample | None:
         rec = self.records[item]
         role = self.spec.role
@@ -306,23 +327,32 @@ class LlavaSource(Source):
                 question = None
         if not turns:
             raise InputError(f"'{self.spec.path}' record {item} has no human/gpt turn pair")
-        media_key = "video" if self.video else "image"
-        ref = rec.get(media_key) or rec.get("image") or rec.get("video")
         sample = Sample(self.spec.role, self.index, item, format=self.format, turns=turns)
-        if isinstance(ref, list):
-            ref = ref[0] if ref else None
-        if ref is not None and ref != "" and not isinstance(ref, str):
-            raise InputError(f"'{self.spec.path}' record {item} {media_key} must be a path, got {type(ref).__name__}")
-        if ref and pixels:
-            p = _record_path(ref, f"'{self.spec.path}' record {item} {media_key}")
-            p = p if p.is_absolute() else self.root / p
+        p = self._media_path(rec, item)
+        if p is not None and pixels:
             sample.pixels = _read_visual(p, self.resolution, self.frames, self.preprocess, self.video,
                                          self.spec.min_res)
             if sample.pixels is None:
                 return None
-        elif not ref:
+        elif p is None:
             sample.has_visual = False
         return sample
+
+    def _media_path(self, rec: dict, item: int) -> Path | None:
+        """The record's image or video (None: a conversation about no media)."""
+        media_key = "video" if self.video else "image"
+        ref = rec.get(media_key) or rec.get("image") or rec.get("video")
+        if isinstance(ref, list):
+            ref = ref[0] if ref else None
+        if ref is not None and ref != "" and not isinstance(ref, str):
+            raise InputError(f"'{self.spec.path}' record {item} {media_key} must be a path, got {type(ref).__name__}")
+        if not ref:
+            return None
+        p = _record_path(ref, f"'{self.spec.path}' record {item} {media_key}")
+        return p if p.is_absolute() else self.root / p
+
+    def media(self, item: int) -> str | None:
+        return self._identity(self._media_path(self.records[item], item))
 
 
 # ---- latent cache ----------------------------------------------------------------------------
@@ -337,20 +367,23 @@ class LatentCache:
     def path(self, item: int) -> Path:
         return self.folder / f"{item // 1000:06d}" / f"{item:09d}.safetensors"
 
-    def get(self, item: int) -> dict | None:
+    def get(self, item: int, media: str = "") -> dict | None:
+        """The cached latent of ``item`` if it was encoded from ``media`` (:meth:`Source.media`)."""
         p = self.path(item)
         if not p.exists():
             return None
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         try:
-            d = load_file(str(p))
-            return {"mu": d["mu"], "logvar": d["logvar"]}
+            with safe_open(str(p), framework="pt") as f:
+                if (f.metadata() or {}).get("media", "") != media:  # another file now: encoded anew
+                    return None
+                return {"mu": f.get_tensor("mu"), "logvar": f.get_tensor("logvar")}
         except Exception:  # a damaged entry is simply re-encoded
             return None
 
     @staticmethod
-    def put(path: str | os.PathLike, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+    def put(path: str | os.PathLike, mu: torch.Tensor, logvar: torch.Tensor, media: str = "") -> None:
         from safetensors.torch import save_file
 
         from ..media import atomic_output
@@ -359,7 +392,7 @@ class LatentCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(path, overwrite=True) as tmp:  # the one atomic writer (full disks -> exit 5)
             save_file({"mu": mu.detach().float().cpu().contiguous(),
-                       "logvar": logvar.detach().float().cpu().contiguous()}, str(tmp))
+                       "logvar": logvar.detach().float().cpu().contiguous()}, str(tmp), metadata={"media": media})
 
 
 # ---- the role streams and the dataset ----------------------------------------------------------
@@ -462,14 +495,15 @@ class TrainingData(torch.utils.data.Dataset):
     def load(self, src: Source, item: int) -> Sample | None:
         """Item ``item`` of ``src``: its cached latent when there is one, else its pixels."""
         cache = self.caches.get(src.index)
-        hit = cache.get(item) if cache is not None else None
+        media = src.media(item) if cache is not None else None
+        hit = cache.get(item, media) if media is not None else None
         sample = src.get(item, pixels=hit is None)
         if sample is None:
             return None
         if hit is not None:
             sample.latent = hit
-        elif cache is not None and sample.has_visual:
-            sample.cache_path = str(cache.path(item))
+        elif media is not None and sample.has_visual:
+            sample.cache_path, sample.cache_media = str(cache.path(item)), media
         return sample
 
 

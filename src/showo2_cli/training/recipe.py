@@ -197,7 +197,7 @@ def encode_missing(samples: list[Sample], vae, device, autocast=contextlib.nullc
         for i, s in enumerate(group):
             s.latent = {"mu": mu[i].clone(), "logvar": logvar[i].clone()}
             if s.cache_path:
-                LatentCache.put(s.cache_path, s.latent["mu"], s.latent["logvar"])
+                LatentCache.put(s.cache_path, s.latent["mu"], s.latent["logvar"], s.cache_media)
 
 
 def prepare_items(samples: list[Sample], ctx: RecipeContext, generator: torch.Generator) -> list[dict]:

@@ -339,7 +339,11 @@ class Showo2Objective:
             pending = []
             for item in range(k, size, n):
                 done += 1
-                if cache.path(item).exists():
+                try:
+                    fresh = cache.get(item, src.media(item) or "") is not None  # (of the same file)
+                except (InputError, ResourceError):
+                    fresh = False
+                if fresh:
                     counts["cached"] += 1
                     continue
                 try:
