@@ -379,3 +379,20 @@ def test_one_adapter_is_a_path_in_python_and_from_pretrained_takes_it(tmp_path, 
     pipe = Showo2Pipeline.from_pretrained(tiny_model_dir, lora=str(folder))
     assert pipe.model.adapters == listed.adapters
     assert torch.equal(pipe.model.network.state_dict()[w], listed.network.state_dict()[w])
+
+
+def test_resuming_with_another_alpha_keeps_the_checkpoints(tmp_path, tiny_model_dir):
+    """[lora] alpha scales the trained update (alpha / r * B A): resuming with another one changed
+    the model at once, silently. The checkpoint's alpha and dropout are kept, with a notice, so the
+    run continues as if uninterrupted."""
+    straight = train(parse_config(lora_config(tmp_path, tiny_model_dir, "a", **{"optim.max_steps": 3}), source="a"))
+    raw = lora_config(tmp_path, tiny_model_dir, "b", **{"optim.max_steps": 3})
+    train(parse_config(raw, source="b"), stop_after=2)
+    events = []
+    resumed = train(parse_config(set_dotted(raw, {"lora.alpha": 32.0}), source="b"), progress=events.append)
+    said = [e["message"] for e in events if e["event"] == "notice"]
+    assert len(said) == 1 and "lora.alpha/dropout (32, 0) differ from the checkpoint's (8, 0)" in said[0], said
+    assert [m["loss"] for m in metrics(tmp_path / "b")] == [m["loss"] for m in metrics(tmp_path / "a")]
+    assert json.loads((resumed.checkpoint / ADAPTER_CONFIG).read_text())["lora_alpha"] == 8
+    a, b = (load_file(str(r.checkpoint / ADAPTER_WEIGHTS)) for r in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -145,21 +145,26 @@ class Showo2Objective:
         cfg, run = self.cfg, self.run
         self.lora = None
         if cfg.lora.rank:  # the base every time (a LoRA checkpoint holds only the adapter)
-            from ..lora import add_lora, load_adapter_state, read_adapter
+            from ..lora import ADAPTER_WEIGHTS, add_lora, load_adapter_state, read_adapter
 
             self.spec, self.network, self.tokenizer, self.tokens, self.vae = build_showo2(cfg, None)
             lo = cfg.lora
-            with torch.random.fork_rng(devices=[]):  # peft draws lora_A from the global generator
-                torch.manual_seed(cfg.seed)
-                self.lora = add_lora(self.network, lo.rank, lo.alpha, lo.dropout, lo.target_modules, lo.within,
-                                     base=cfg.model.init or cfg.model.init_spec)
+            alpha, dropout, tensors = lo.alpha, lo.dropout, None
             if run.resumed_from is not None:
-                from ..lora import ADAPTER_WEIGHTS
-
                 if not (run.resumed_from / ADAPTER_WEIGHTS).exists():
                     raise UsageError(f"{cfg.source}: lora.rank: '{run.resumed_from}' is a full checkpoint, not a "
                                      "LoRA one; resume it without [lora] (or start a new output_dir)")
-                _, tensors, folder = read_adapter(run.resumed_from)
+                saved, tensors, folder = read_adapter(run.resumed_from)
+                if (saved.lora_alpha, saved.lora_dropout) != (alpha, dropout):  # alpha scales the trained update
+                    run.notice(f"lora.alpha/dropout ({alpha:g}, {dropout:g}) differ from the checkpoint's "
+                               f"({saved.lora_alpha:g}, {saved.lora_dropout:g}): resuming keeps the checkpoint's "
+                               "(start a new output_dir to change them)")
+                    alpha, dropout = saved.lora_alpha, saved.lora_dropout
+            with torch.random.fork_rng(devices=[]):  # peft draws lora_A from the global generator
+                torch.manual_seed(cfg.seed)
+                self.lora = add_lora(self.network, lo.rank, alpha, dropout, lo.target_modules, lo.within,
+                                     base=cfg.model.init or cfg.model.init_spec)
+            if tensors is not None:
                 load_adapter_state(self.network, tensors, str(folder))
             groups, report = adapter_groups(self.network, cfg)
         else:
