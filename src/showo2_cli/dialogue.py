@@ -76,6 +76,16 @@ class VisualInput:
     def describe(self) -> dict:
         return {"source": self.source, "kind": self.kind, "frames": self.frames, "tokens": self.positions}
 
+    @property
+    def released(self) -> bool:
+        """Its tokens were let go (:meth:`release`): only their shape is left."""
+        return self.tokens.device.type == "meta"
+
+    def release(self) -> VisualInput:
+        """The same record without its tokens' memory (a ``meta`` tensor of their shape and dtype):
+        what a chat keeps of a medium that left its context, which the transcript still describes."""
+        return self if self.released else replace(self, tokens=self.tokens.to("meta"))
+
 
 @cpu_by_default
 @torch.no_grad()
