@@ -66,3 +66,52 @@ def test_the_medium_carried_from_a_dropped_turn_keeps_its_tokens(demo):
     answers = [conv.ask("What color is the shape?", short) for _ in range(3)]
     assert answers == ["green"] * 3 and conv._start > 4 and conv._carried
     assert _held(conv.turns)[4] == ["cpu"] and conv._carried[0] is conv.turns[4].media[0]
+
+
+class _Payload:
+    """Stands for what a request brings and what its job makes (uploads, images): weakly referable."""
+
+    def __init__(self, size: int):
+        self.data = bytearray(size)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_an_idle_server_worker_keeps_nothing_of_the_last_request(fails):
+    import asyncio
+    import gc
+    import time
+    import weakref
+
+    from showo2_cli.serve.worker import Job, Worker
+
+    refs = []
+
+    async def one_request() -> str:
+        upload = _Payload(1 << 20)
+
+        def fn(job):
+            made = _Payload(1 << 20)
+            refs.extend([weakref.ref(upload), weakref.ref(made), weakref.ref(job)])
+            if fails:
+                raise ValueError("bad input")
+            return made
+
+        job = Job(fn, asyncio.get_running_loop())
+        worker.submit(job)
+        kind, value = await job.events.get()
+        return kind
+
+    worker = Worker(max_queue=2)
+    worker.start()
+    try:
+        assert asyncio.run(one_request()) == ("error" if fails else "done")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # the worker is soon back to waiting, holding nothing
+            gc.collect()
+            if all(r() is None for r in refs):
+                break
+            time.sleep(0.02)
+        assert len(refs) == 3 and [r() for r in refs] == [None, None, None]
+        assert worker.counts["failed" if fails else "completed"] == 1 and worker.waiting == 0
+    finally:
+        worker.stop(5)

@@ -79,8 +79,6 @@ class Worker:
                 self.counts["cancelled"] += 1
 
     def _loop(self) -> None:
-        from ..dialogue import Cancelled
-
         while True:
             with self._cv:
                 while not self._waiting and not self._stop:
@@ -89,23 +87,29 @@ class Worker:
                     return
                 job = self._waiting.popleft()
                 self.running = job
-            try:
-                if job.cancel.is_set():
-                    raise Cancelled("cancelled")
-                job.started = True
-                result = job.fn(job)
-            except BaseException as e:  # every failure goes back to its request, the thread lives on
-                kind = "cancelled" if isinstance(e, Cancelled) else "failed"
-                with self._cv:
-                    self.counts[kind] += 1
-                job.emit("error", shutting_down() if job.abandoned and kind == "cancelled" else e)
-            else:
-                with self._cv:
-                    self.counts["completed"] += 1
-                job.emit("done", result)
-            finally:
-                with self._cv:
-                    self.running = None
+            self._run(job)
+            job = None  # an idle worker keeps nothing of the last request (its body, images, result)
+
+    def _run(self, job: Job) -> None:
+        from ..dialogue import Cancelled
+
+        try:
+            if job.cancel.is_set():
+                raise Cancelled("cancelled")
+            job.started = True
+            result = job.fn(job)
+        except BaseException as e:  # every failure goes back to its request, the thread lives on
+            kind = "cancelled" if isinstance(e, Cancelled) else "failed"
+            with self._cv:
+                self.counts[kind] += 1
+            job.emit("error", shutting_down() if job.abandoned and kind == "cancelled" else e)
+        else:
+            with self._cv:
+                self.counts["completed"] += 1
+            job.emit("done", result)
+        finally:
+            with self._cv:
+                self.running = None
 
     def abandon(self) -> None:
         """The drain timeout: stop the running job and every waiting one; each is answered 503."""
