@@ -44,6 +44,14 @@ def test_a_long_chat_lets_go_of_the_media_of_turns_that_left_the_context(demo):
     assert conv.turns[0].media[0].tokens.shape == conv.turns[-1].media[0].tokens.shape
     conv.ask("and now?", short)  # the context goes on without the released ones
     assert len(conv.turns) == 10
+    # an app that restores the turns into a new, larger conversation: those let go stay out of it
+    gone = conv._start
+    assert _held(conv.turns[:gone]) == [["meta"]] * gone
+    restored = Conversation(demo, max_context=4096)
+    restored.turns.extend(conv.turns)
+    restored.ask("and then?", short)
+    in_context = [t["in_context"] for t in restored.to_json()["turns"]]
+    assert in_context == [False] * gone + [True] * (11 - gone)
 
 
 def test_the_medium_carried_from_a_dropped_turn_keeps_its_tokens(demo):

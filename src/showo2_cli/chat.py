@@ -166,8 +166,14 @@ class Conversation:
     @property
     def _start(self) -> int:
         """The oldest turn in the context: turns removed from ``turns`` (an app's undo or retry)
-        may leave fewer turns than had left the context, and a new turn must not start outside it."""
-        return min(self._first, len(self.turns))
+        may leave fewer turns than had left the context, and a new turn must not start outside it.
+        A turn whose media were let go (it left a context: turns moved from another conversation)
+        cannot come back into it."""
+        start = min(self._first, len(self.turns))
+        for i in range(len(self.turns) - 1, start - 1, -1):
+            if any(m.released for m in self.turns[i].media):
+                return i + 1
+        return start
 
     def reset(self) -> None:
         """Forget every turn and pending medium (the system prompt stays)."""
