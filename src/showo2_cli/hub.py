@@ -3,7 +3,7 @@
 Everything goes through ``huggingface_hub``: its cache (``HF_HOME`` / ``HF_HUB_CACHE``), its
 endpoint (``HF_ENDPOINT``), its offline switch (``HF_HUB_OFFLINE``), its token, its
 downloads and its ``.incomplete`` files. This module only decides *which* files: a Show-o2
-checkpoint is its ``config.json`` plus one set of weights (the set :func:`loading.find_weights`
+checkpoint is its ``config.json`` plus one set of weights (the set :func:`find_weights`
 would read: safetensors before pickles, never both), its tokenizer files, and its VAE; the official
 repos keep the tokenizer and the LLM config in the Qwen2.5 repo, the SigLIP config in the SigLIP
 repo and the VAE in ``Wan-AI/Wan2.1-T2V-14B`` (``Wan2.1_VAE.pth`` only, not the 14B weights), so
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import ModelError, UsageError, short
-from .hub_download import cache_ref_readable, download_files, offline, remote_listing
+from .hub_download import cache_ref_readable, download_files, offline, remote_listing, repo_cache_folder
 from .weights import read_json
 
 Progress = Callable[[str, int, int], None]
@@ -114,8 +114,18 @@ WAN_VAE_REPO, WAN_VAE_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
 WAN_VAE_DIFFUSERS_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
 
+def _in_cache(repo_id: str, revision: str | None = None) -> bool:
+    """Whether huggingface_hub's cache lookups may find something of ``repo_id``: its folder is in
+    the cache (they find nothing otherwise; a miss, the usual case, then skips importing them, most
+    of the time of ``showo2 models``) and its ``refs`` pointer can be read (:func:`cache_ref_readable`)."""
+    try:
+        return repo_cache_folder(repo_id).is_dir() and cache_ref_readable(repo_id, revision)
+    except (OSError, ValueError):
+        return False
+
+
 def hf_cached_file(repo_id: str, filename: str) -> Path | None:
-    if not cache_ref_readable(repo_id):
+    if not _in_cache(repo_id):
         return None
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -316,7 +326,7 @@ def shared_vae() -> Path | None:
 
 
 def weight_files(names: set[str], folder: str = "") -> list[str]:
-    """The weight files of ``folder`` in a repo listing, chosen in :func:`loading.find_weights`'s
+    """The weight files of ``folder`` in a repo listing, chosen in :func:`find_weights`'s
     order (a shard index and its shards, a single safetensors, pickled shards, a single pickle)."""
     prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
     here = sorted(n[len(prefix):] for n in names if n.startswith(prefix) and "/" not in n[len(prefix):])
@@ -404,10 +414,10 @@ def cached_snapshot(repo_id: str, role: str = "model", revision: str | None = No
     selects from it, so a half-finished download is not a model; without a listing (an older
     cache, a single file fetched by ``hf download``), the folder when it holds a config.json and a
     whole weight set (a tokenizer file for ``role="tokenizer"``). ``revision``: that commit, tag or branch (default ``main``)."""
+    if not _in_cache(repo_id, revision):
+        return None
     from huggingface_hub import snapshot_download
 
-    if not cache_ref_readable(repo_id, revision):
-        return None
     listing = _cached_listing(repo_id, revision)
     patterns = None
     if listing is not None:
@@ -464,7 +474,7 @@ def needs_download(name: str) -> bool:
     snap = cached_snapshot(repo, revision=revision)
     if snap is None:
         return True
-    from .loading import find_files
+    from .model_files import find_files
 
     try:
         return bool(_companions(find_files(snap)))
@@ -507,10 +517,10 @@ class PullResult:
 
 
 def pull(name: str, progress: Progress | None = None) -> PullResult:
-    """Make a model loadable offline: its repo, then whatever :func:`loading.find_files` still
+    """Make a model loadable offline: its repo, then whatever :func:`model_files.find_files` still
     misses (the tokenizer from the LLM repo, the SigLIP config, the Wan2.1 VAE file). Cached pieces
     are not fetched again; with ``HF_HUB_OFFLINE`` set, only the cache is consulted."""
-    from .loading import find_files
+    from .model_files import find_files
 
     if str(name) == "demo":  # listed by `showo2 models` as every variant is, and already here
         root = resolve_root("demo")[1]

@@ -58,13 +58,18 @@ def offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def repo_cache_folder(repo_id: str) -> Path:
+    """The folder of a model repo in the Hugging Face cache (``models--OWNER--NAME``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+
+
 def cache_ref_readable(repo_id: str, revision: str | None = None) -> bool:
     """Whether the cache's ``refs/<revision>`` pointer (which huggingface_hub reads to find a
     snapshot) is absent or a regular file: a FIFO there would block every lookup forever."""
     try:
-        from huggingface_hub import constants
-
-        ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
+        ref = repo_cache_folder(repo_id) / "refs" / (revision or "main")
         return not ref.exists() or ref.is_file()
     except (OSError, ValueError):
         return False
@@ -147,9 +152,7 @@ class _Bytes:
 
 
 def _blobs(repo_id: str) -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "blobs"
+    return repo_cache_folder(repo_id) / "blobs"
 
 
 def _names(folder: Path) -> set[str]:

@@ -1,4 +1,5 @@
-"""Resolve a model name to files, read the official or our own format, and build the bundle.
+"""Resolve a model name to files (:mod:`showo2_cli.model_files`), read the official or our own
+format, and build the bundle.
 
 A model is named by a local folder, a registry name (``1.5B``, ``7B``, ...), or a Hugging Face
 repo id: found in the local cache, else downloaded when online (:mod:`showo2_cli.hub`; never with
@@ -21,36 +22,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .errors import ModelError
-from .hub import (  # names to folders (re-exported: the loading API users know)
-    WAN_VAE_FILE,
-    WAN_VAE_REPO,
-    bundled_demo_path,
-    existing_path,
-    find_tokenizer,
-    find_vae,
-    find_weights,
-    local_or_cached_dir,
-    resolve_root,
-    snapshot_revision,
-)
+from .hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path
 from .hub import cached_snapshot as hf_cached_snapshot
-from .model_config import check_depths, check_official_config, spec_from_files
+from .model_config import check_depths, spec_from_files
+from .model_files import ModelFiles, find_files, missing_message  # re-exported: the loading API users know
 from .runtime import cpu_by_default, torch_dtype
 from .sequences import SpecialTokens
-from .specs import (
-    ModelSpec,
-    get_spec,
-    spec_for_hidden_size,
-)
-from .weights import check_fit, read_json, read_state_dict
+from .specs import ModelSpec, get_spec
+from .weights import check_fit, read_state_dict
 
 FORMAT_VERSION = 1
 OFFICIAL_FIELDS = (
@@ -58,104 +43,6 @@ OFFICIAL_FIELDS = (
     "image_latent_dim", "image_latent_height", "image_latent_width", "llm_model_path", "llm_vocab_size",
     "load_from_showo", "num_diffusion_layers", "patch_size", "video_latent_height", "video_latent_width",
 )
-# ---- finding files ----------------------------------------------------------------------------
-
-@dataclass
-class ModelFiles:
-    """Where each piece of a model was found (None = missing)."""
-
-    name: str
-    root: Path
-    format: str  # "official" or "showo2"
-    config: dict
-    weights: list[Path]
-    llm_config: Path | None = None
-    siglip_config: Path | None = None
-    tokenizer: Path | None = None
-    vae: Path | None = None
-    missing: list[tuple[str, str]] = field(default_factory=list)  # (piece, how to get it)
-    revision: str | None = None  # the Hugging Face commit of a cached repo's snapshot
-
-    def pieces(self) -> list[Path]:
-        """Every file or folder the model was read from (the root, weights, configs, tokenizer, VAE)."""
-        return [p for p in (self.root, *self.weights, self.llm_config, self.siglip_config, self.tokenizer, self.vae)
-                if p is not None]
-
-    def describe(self) -> dict:
-        return {
-            "root": str(self.root), "format": self.format, "weights": [str(p) for p in self.weights],
-            "llm_config": _s(self.llm_config), "siglip_config": _s(self.siglip_config),
-            "tokenizer": _s(self.tokenizer), "vae": _s(self.vae),
-        }
-
-
-def _s(p):
-    return str(p) if p is not None else None
-
-
-def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
-               local_files_only: bool = False) -> ModelFiles:
-    """Locate every piece of a model; missing pieces are listed in ``missing`` with a hint
-    (``local_files_only``: never download, see :func:`showo2_cli.hub.resolve_root`)."""
-    label, root = resolve_root(name, local_files_only)
-    cfg_path = root / "config.json"
-    if not cfg_path.exists():
-        given = Path(name) if isinstance(name, (str, os.PathLike)) else root
-        if given.exists() and not given.is_dir():
-            raise ModelError(f"'{given}' is a file, not a Show-o2 model folder (give the folder holding config.json)")
-        raise ModelError(f"'{root}' is not a Show-o2 model folder: it has no config.json{_subfolder_hint(root)}")
-    config = read_json(cfg_path)
-    fmt = "showo2" if "showo2" in config else "official"
-    if fmt == "official":
-        check_official_config(config, cfg_path)
-    # the commit of a snapshot the name (a repo id, a variant) led to; a folder typed is the weights
-    # already (a revision after it, as a record's --model NAME@REV, would name no model)
-    named = str(name) != "demo" and existing_path(str(name)) is None
-    files = ModelFiles(label, root, fmt, config, find_weights(root), revision=snapshot_revision(root) if named else None)
-    if not files.weights:
-        files.missing.append(("weights", f"no model.safetensors / pytorch_model.bin in '{root}'"))
-    if fmt == "official":
-        llm_ref = config.get("llm_model_path")
-        files.llm_config = local_or_cached_dir(llm_ref, root, "config.json")
-        files.llm_config = files.llm_config / "config.json" if files.llm_config else None
-        sig = local_or_cached_dir(config.get("clip_pretrained_model_path"), root, "config.json")
-        files.siglip_config = sig / "config.json" if sig else None
-        llm_repo = llm_ref
-        if not llm_ref or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(llm_ref)):
-            guess = spec_for_hidden_size(int(config.get("hidden_size", 0) or 0))
-            llm_repo = guess.llm_repo_id if guess else None
-        files.tokenizer = find_tokenizer(root, config, llm_repo)
-        if files.tokenizer is None:
-            repo = llm_repo or "Qwen/Qwen2.5-1.5B-Instruct"
-            files.missing.append(("tokenizer", f"hf download {repo}"))
-    else:
-        files.tokenizer = find_tokenizer(root, {}, None)
-        if files.tokenizer is None:
-            files.missing.append(("tokenizer", f"no tokenizer files in '{root}'"))
-    files.vae = find_vae(root, vae)
-    if files.vae is None:
-        files.missing.append(("VAE", f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE} (or pass --vae PATH)"))
-    return files
-
-
-def _subfolder_hint(root: Path) -> str:
-    """Name a subfolder holding a config.json (an official training checkpoint keeps the model in
-    ``checkpoint-N/unwrapped_model``), for the error of a folder that has none."""
-    try:
-        found = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
-    except OSError:
-        return ""
-    return f" (its subfolder '{found[0]}' has one: give that folder)" if len(found) == 1 else ""
-
-
-def missing_message(files: ModelFiles, pieces: tuple[str, ...]) -> str | None:
-    wanted = [(p, h) for p, h in files.missing if p in pieces]
-    if not wanted:
-        return None
-    parts = "; ".join(f"{p} ({h})" for p, h in wanted)
-    return f"model '{files.name}' is incomplete: missing {parts}"
-
-
 # ---- building the network ---------------------------------------------------------------------
 
 def check_state_dict(model: torch.nn.Module, state: dict, where: str) -> None:

@@ -10,8 +10,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from .errors import ModelError, UsageError, short
 from .options import MAX_MODEL_SIZE
 from .specs import (
@@ -190,6 +188,8 @@ def stored_head_differs(state: dict) -> bool:
     the official model uses, whatever the LLM config's ``tie_word_embeddings`` says (a fine-tune
     whose head drifted from the embedding); tying it would drop it. Tensors sharing one storage
     (a tied model's ``.bin``) are the same without reading them."""
+    import torch
+
     head, embed = state.get("showo.lm_head.weight"), state.get("showo.model.embed_tokens.weight")
     if head is None or embed is None or head.shape != embed.shape:
         return False  # absent (tied, stored once), or a shape the fit check names

@@ -210,6 +210,16 @@ def env_memory_limit() -> float | None:
     return value
 
 
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / torchrun, else (0, 1)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        rank = int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0, 1
+    return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)
+
+
 @dataclass
 class RuntimeOptions:
     """Where and how a model runs: ``device`` (auto|cpu|cuda[:N]|mps), ``dtype`` (auto|fp32|bf16|fp16),

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import ResourceError, UsageError
-from .options import DTYPES, MAX_MEMORY_ENV, OFFLOAD_MODES, check_device, env_memory_limit
+from .options import DTYPES, MAX_MEMORY_ENV, OFFLOAD_MODES, check_device, env_memory_limit, process_rank
 
 #: Loggers that write about the machine while transformers, diffusers or peft import torchao and
 #: bitsandbytes (installed for ``--quantize``): torchao's missing CUDA extensions, torch's note on an
@@ -172,16 +172,6 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype.lower() == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return torch_dtype(dtype)
-
-
-def process_rank() -> tuple[int, int]:
-    """(rank, world size) under `accelerate launch` / torchrun, else (0, 1)."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        rank = int(os.environ.get("RANK", "0") or 0)
-    except ValueError:
-        return 0, 1
-    return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)
 
 
 # ---- CPU offload ------------------------------------------------------------------------------

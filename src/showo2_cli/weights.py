@@ -21,9 +21,7 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelError, is_out_of_memory, one_line, short
 from .options import MAX_CONFIG_BYTES
@@ -35,6 +33,9 @@ WRAPPER_KEYS = ("state_dict", "model", "module")
 #: prefixes wrappers add to every key: DDP's and DeepSpeed's ``module.``, torch.compile's ``_orig_mod.``
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
+
+if TYPE_CHECKING:  # torch is imported where tensors are read: the configs (read_json) and the hub's
+    import torch  # lookups that use them stay torch-free (`showo2 models` answers without it)
 
 
 def first(names: Iterable[str], n: int = 3) -> str:
@@ -129,6 +130,8 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_pickle(path: Path) -> Any:
     """``torch.load`` restricted to tensors and plain containers, mmap'd when the format allows."""
+    import torch
+
     with warnings.catch_warnings():  # torch warns about odd pickles on stderr: the error says it
         warnings.simplefilter("ignore")
         try:
@@ -201,6 +204,8 @@ def _starts_like_torch(path: Path) -> bool:
 
 
 def _read_one(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     try:
         exists, regular = path.exists(), path.is_file()
     except OSError as e:  # a name no file can have (a shard index may name anything): longer than the system takes

@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError, short
-from ..options import STEPS_RANGE, GenerateOptions, check_fps, check_prompts, random_seed, video_frames
+from ..options import (
+    STEPS_RANGE,
+    GenerateOptions,
+    check_fps,
+    check_prompts,
+    process_rank,
+    random_seed,
+    video_frames,
+)
 from .common import (
     AttnOpt,
     CompileOpt,
@@ -61,7 +69,6 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     """The one generation command: every check before the model loads, then generate and save."""
     from .. import media as M
     from .. import saving as O
-    from ..runtime import process_rank
 
     runtime = runtime_options(device, dtype, opts.max_memory_gb, *accel)
     opts.size = M.parse_size(size)

@@ -69,6 +69,7 @@ def encode(
     if seed is not None and not sample:
         notice("--seed has no effect without --sample (the posterior mean has no noise)")
     M.check_output_path(out, overwrite, probe=True)
+    M.probe_kind(media)  # read_media's first check, before torch is imported: a missing input fails at once
     # the input is read and checked before anything loads: the frames --frames uses (1+4k), else all
     from ..runtime import decode_budget
 

@@ -74,14 +74,16 @@ def info(
     if model is not None and model_opt is not None and model != model_opt:
         raise UsageError(f"two models given: '{short(model)}' and --model '{short(model_opt)}'; give one")
     model = model_name(model if model is not None else model_opt)
-    from ..loading import build_network, find_files, parameter_counts
-    from ..model_config import spec_from_files
-    from ..weights import read_state_dict
+    from ..model_files import find_files
 
     fetch_if_needed(model)
     files = find_files(model, vae=vae)
     if not files.weights:
         raise ModelError(f"model '{model}' has no weights in '{files.root}'")
+    from ..loading import build_network, parameter_counts  # torch: after the cheap checks of the name
+    from ..model_config import spec_from_files
+    from ..weights import read_state_dict
+
     start = time.perf_counter()
     state = read_state_dict(files.weights)
     spec = spec_from_files(files, state)
@@ -213,7 +215,7 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
     """The known variants: which are present locally (and where), what is missing, how to get it."""
     setup(json_mode, quiet)
     from ..hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path, cached_snapshot, shared_vae
-    from ..loading import find_files
+    from ..model_files import find_files
     from ..specs import REGISTRY
 
     try:
