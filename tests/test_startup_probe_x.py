@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -37,6 +38,8 @@ print(json.dumps(report))
 def test_cheap_commands_and_early_errors_leave_the_model_libraries_unimported(tmp_path):
     exists = tmp_path / "exists.png"
     exists.write_bytes(b"")
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (32, 32), "red").save(picture)
     commands = [
         (["--help"], 0, None),
         (["t2i", "--help"], 0, None),
@@ -45,6 +48,12 @@ def test_cheap_commands_and_early_errors_leave_the_model_libraries_unimported(tm
         (["t2i", "a cat", "-o", str(exists)], 5, "exists; pass --overwrite"),
         (["encode", str(tmp_path / "missing.png"), "-o", str(tmp_path / "m.safetensors")], 3, "no such file"),
         (["info", str(tmp_path / "no-model")], 4, "no model"),
+        # a mistyped --model, in every command that loads one
+        (["t2i", "a cat", "-m", "1.5bb", "-o", str(tmp_path / "b.png")], 4, "did you mean '1.5B'?"),
+        (["t2v", "a cat", "-m", str(tmp_path / "no-model"), "-o", str(tmp_path / "b.mp4")], 4, "no model"),
+        (["caption", str(picture), "-m", "7c"], 4, "not a known variant"),
+        (["chat", "-m", "1.5b-w-video"], 4, "did you mean '1.5B-w-video-und'?"),
+        (["serve", "--port", "0", "-m", str(tmp_path / "no-model")], 4, "no model"),
     ]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}

@@ -188,6 +188,16 @@ def snapshot_revision(root: Path) -> str | None:
     return None
 
 
+def check_name(name: str | os.PathLike) -> None:
+    """:func:`resolve_root`'s error for a name that names nothing (not demo, an existing path, a
+    variant or a repo id), said without the network and without torch: a mistyped ``--model``
+    fails before the command line imports the model libraries (seconds). Other names pass."""
+    text = str(name)
+    if text == "demo" or existing_path(text) is not None or repo_id_for(split_revision(text)[0]) is not None:
+        return
+    resolve_root(text, local_files_only=True)
+
+
 def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tuple[str, Path]:
     """Turn a model name into a local folder: demo, a path, a registry name, or a cached repo id
     (downloaded when online, unless ``local_files_only``)."""

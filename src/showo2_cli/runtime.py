@@ -2,7 +2,8 @@
 
 The one dtype table (names in :data:`showo2_cli.options.DTYPES`), the one device picker, CPU
 offload (accelerate's hooks), the memory guard every command consults before allocating, and the
-rank/world of a multi-process launch.
+rank/world of a multi-process launch (:func:`~showo2_cli.options.process_rank`, torch-free so the
+command line plans its outputs before importing torch).
 """
 
 from __future__ import annotations

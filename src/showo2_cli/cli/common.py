@@ -221,10 +221,13 @@ def load_model(model: str | None, device: str, dtype: str, vae: Path | None = No
     attention backend, compilation, VAE tiling and quantization, applied by ``load``; the
     ``--lora`` adapters are merged into the weights first."""
     offload = runtime.offload if runtime is not None else offload
+    from ..hub import check_name
+
+    model = model_name(model)
+    check_name(model)  # a name that names nothing fails before torch is imported
     from ..loading import load
     from ..runtime import enable_offload, pick_device, pick_dtype
 
-    model = model_name(model)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     fetch_if_needed(model)

@@ -144,16 +144,17 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
     pipeline checks once it is loaded). ``indices``: the prompts' (this process's of a larger run
     when ``part``)."""
 
+    from ..model_files import find_files
+
+    files = find_files(name)  # a name that names nothing fails here, before torch is imported
+    if files.format != "showo2":
+        return
     from .. import pipelines as P
     from ..errors import ModelError
-    from ..loading import find_files
     from ..model_config import spec_from_files
     from ..runtime import pick_device, pick_dtype
     from ..weights import read_json
 
-    files = find_files(name)
-    if files.format != "showo2":
-        return
     spec = spec_from_files(files, {})
     video = kind != "t2i"
     base_dim = 96
