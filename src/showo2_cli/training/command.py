@@ -27,7 +27,9 @@ class TrainingInterrupted(Showo2Error):
 def _parse_set(items: list[str] | None) -> dict:
     """``--set a.b=VALUE`` pairs; VALUE in TOML syntax (``1e-4``, ``true``, ``"text"``, ``[1, 2]``),
     anything unparsable is taken as a plain string."""
-    import tomllib
+    from .config import toml_module
+
+    tomllib = toml_module()
 
     out = {}
     for item in items or []:

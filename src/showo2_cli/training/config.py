@@ -126,6 +126,16 @@ def _build(cls, raw: Any, where: str):
 
 # ---- reading ------------------------------------------------------------------------------------
 
+def toml_module() -> types.ModuleType:
+    """The TOML reader: the standard library's ``tomllib`` (Python 3.11+), else its backport
+    ``tomli`` (a dependency on Python 3.10), the same API."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
 def read_raw(path: Path) -> dict:
     """The file's mapping: TOML (``.toml``) or YAML (``.yaml``/``.yml``) or JSON (``.json``)."""
     from ..media import read_limited
@@ -145,9 +155,7 @@ def read_raw(path: Path) -> dict:
         raise UsageError(f"cannot read config '{path}': {e}") from e
     try:
         if suffix == ".toml":
-            import tomllib
-
-            raw = tomllib.loads(text)
+            raw = toml_module().loads(text)
         elif suffix in (".yaml", ".yml"):
             try:
                 import yaml
@@ -160,7 +168,7 @@ def read_raw(path: Path) -> dict:
             raise UsageError(f"config '{path}': unknown format '{suffix or '(none)'}'; use .toml, .yaml or .json")
     except UsageError:
         raise
-    except Exception as e:  # tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError
+    except Exception as e:  # TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError
         detail = " ".join(str(e).split())
         raise UsageError(f"config '{path}' is not valid {suffix.lstrip('.').upper()}: {detail}") from e
     if raw is None:

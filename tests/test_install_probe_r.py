@@ -1,0 +1,58 @@
+"""Probe R: the package as users install it (a wheel, an sdist, Python 3.10, the declared
+dependency floors)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import showo2_cli
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = Path(showo2_cli.__file__).resolve().parents[1]
+
+
+def test_toml_configs_read_without_the_standard_librarys_tomllib(monkeypatch, tmp_path):
+    # Python 3.10 has no tomllib: `showo2 train config.toml` (and every --set) was "internal error:
+    # ModuleNotFoundError: No module named 'tomllib'"; there the backport tomli (a dependency on
+    # 3.10) reads it. Here the module this interpreter reads TOML with plays the backport's part.
+    import importlib
+
+    from showo2_cli.training.command import _parse_set
+    from showo2_cli.training.config import read_raw
+
+    reader = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "tomli", reader)
+    config = tmp_path / "c.toml"
+    config.write_text('mode = "showo2"\nseed = 3\n[optim]\nlr = 1e-4\n', encoding="utf-8")
+    assert read_raw(config) == {"mode": "showo2", "seed": 3, "optim": {"lr": 1e-4}}
+    assert _parse_set(["optim.lr=2e-5", "batch.t2i=[1, 2]", "run.name=plain text"]) == {
+        "optim.lr": 2e-5, "batch.t2i": [1, 2], "run.name": "plain text"}
+
+
+def test_pyproject_declares_the_backport_for_python_310():
+    from showo2_cli.training.config import toml_module
+
+    meta = toml_module().loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert meta["requires-python"] == ">=3.10"
+    assert any(d.replace(" ", "").startswith("tomli>=") and "python_version<'3.11'" in d.replace(" ", "")
+               for d in meta["dependencies"])
+
+
+@pytest.mark.slow
+def test_python_dash_m_runs_the_command(tmp_path):
+    # `python -m showo2_cli` (where pip's script folder is not on PATH) was "No module named
+    # showo2_cli.__main__"; it is the `showo2` command
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    version = subprocess.run([sys.executable, "-m", "showo2_cli", "--version"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert (version.returncode, version.stdout.strip()) == (0, f"showo2 {showo2_cli.__version__}")
+    bad = subprocess.run([sys.executable, "-m", "showo2_cli", "caption", str(tmp_path / "none.png")], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 3 and bad.stderr.count("\n") == 1 and "none.png" in bad.stderr
+
