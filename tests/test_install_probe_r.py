@@ -56,3 +56,33 @@ def test_python_dash_m_runs_the_command(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 3 and bad.stderr.count("\n") == 1 and "none.png" in bad.stderr
 
+
+
+@pytest.mark.slow
+def test_the_sdist_holds_the_tests_their_data_docs_and_license(tmp_path):
+    # the sdist had the package and tests/test_*.py only: no conftest.py, tests/data, docs, examples,
+    # CHANGELOG or license text, so its tests could not run; and no LICENSE file existed
+    import shutil
+    import tarfile
+
+    if not (REPO / "MANIFEST.in").is_file():
+        pytest.fail("no MANIFEST.in: the sdist holds only what setuptools finds by itself")
+    tree = tmp_path / "tree"
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", ".hypothesis", "build")
+    tree.mkdir()
+    for name in ("pyproject.toml", "MANIFEST.in", "README.md", "CHANGELOG.md", "LICENSE"):
+        shutil.copy2(REPO / name, tree / name)
+    for name in ("src", "tests", "docs", "examples", "benchmarks"):
+        shutil.copytree(REPO / name, tree / name, ignore=junk)
+    out = tmp_path / "dist"
+    subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(out)!r})"],
+                   cwd=tree, check=True, capture_output=True, timeout=300)
+    (sdist,) = out.glob("showo2-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()}
+    for needed in ("LICENSE", "CHANGELOG.md", "README.md", "tests/conftest.py", "tests/local_hub.py",
+                   "docs/cli.md", "examples/train_tiny.toml", "src/showo2_cli/assets/demo/model.safetensors"):
+        assert needed in names, needed
+    data = [n for n in names if n.startswith("tests/data/")]
+    assert len(data) == sum(1 for p in (REPO / "tests" / "data").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert not any("__pycache__" in n for n in names)
