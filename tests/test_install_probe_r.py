@@ -86,3 +86,34 @@ def test_the_sdist_holds_the_tests_their_data_docs_and_license(tmp_path):
     data = [n for n in names if n.startswith("tests/data/")]
     assert len(data) == sum(1 for p in (REPO / "tests" / "data").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert not any("__pycache__" in n for n in names)
+
+
+@pytest.mark.parametrize("method, module, needs", [("int8wo", "torchao", "torchao 0.18"),
+                                                   ("nf4", "bitsandbytes", "bitsandbytes >= 0.50")])
+def test_a_missing_quantization_library_names_the_extra(monkeypatch, method, module, needs):
+    # the message named a bare package range ("pip install 'torchao>=0.18,<0.19'"), another than
+    # README's `pip install 'showo2[quant]'`, which keeps the tested range in one place
+    import torch
+
+    from showo2_cli.acceleration import quantize_network
+    from showo2_cli.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, module, None)  # not installed
+    with pytest.raises(UsageError) as caught:
+        quantize_network(torch.nn.Sequential(torch.nn.Linear(4, 4)), method)
+    assert str(caught.value) == f"--quantize {method} needs {needs}: pip install 'showo2[quant]'"
+
+
+def test_a_missing_wandb_names_the_extra(monkeypatch):
+    from types import SimpleNamespace
+
+    import accelerate.utils
+
+    from showo2_cli.errors import UsageError
+    from showo2_cli.training.control import check_trackers
+
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    cfg = SimpleNamespace(source="c.toml", run=SimpleNamespace(log_with=["wandb"]))
+    with pytest.raises(UsageError, match=r"^c.toml: run.log_with\[0\]: 'wandb' is not installed "
+                                         r"\(pip install 'showo2\[wandb\]'\)$"):
+        check_trackers(cfg)

@@ -75,7 +75,7 @@ def quantize_network(net: nn.Module, method: str = "int8wo") -> int:
         with quiet_imports():  # torchao's import-time warnings
             from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError as e:
-        raise UsageError("--quantize int8wo needs torchao: pip install 'torchao>=0.18,<0.19'") from e
+        raise UsageError("--quantize int8wo needs torchao 0.18: pip install 'showo2[quant]'") from e
     wanted = _linear_filter(net)
     count = sum(1 for name, m in net.named_modules() if wanted(m, name))
     quantize_(net, Int8WeightOnlyConfig(), filter_fn=wanted)
@@ -89,7 +89,7 @@ def _quantize_nf4(net: nn.Module) -> int:
         with quiet_imports():
             import bitsandbytes as bnb
     except ImportError as e:
-        raise UsageError("--quantize nf4 needs bitsandbytes: pip install 'bitsandbytes>=0.50'") from e
+        raise UsageError("--quantize nf4 needs bitsandbytes >= 0.50: pip install 'showo2[quant]'") from e
     wanted = _linear_filter(net)
     names = [name for name, m in net.named_modules() if wanted(m, name)]
     for name in names:

@@ -60,7 +60,7 @@ def check_trackers(cfg: TrainConfig) -> list[str]:
 
     for i, name in enumerate(cfg.run.log_with):
         if not getattr(au, f"is_{name}_available", lambda: False)():
-            package = {"comet_ml": "comet-ml"}.get(name, name)
+            package = {"comet_ml": "comet-ml", "wandb": "'showo2[wandb]'"}.get(name, name)  # an extra where there is one
             raise UsageError(f"{cfg.source}: run.log_with[{i}]: '{name}' is not installed (pip install {package})")
     return list(cfg.run.log_with)
 
