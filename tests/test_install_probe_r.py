@@ -98,7 +98,8 @@ def test_a_missing_quantization_library_names_the_extra(monkeypatch, method, mod
     from showo2_cli.acceleration import quantize_network
     from showo2_cli.errors import UsageError
 
-    monkeypatch.setitem(sys.modules, module, None)  # not installed
+    for name in [n for n in sys.modules if n.startswith(f"{module}.")] + [module]:
+        monkeypatch.setitem(sys.modules, name, None)  # not installed (nor imported before)
     with pytest.raises(UsageError) as caught:
         quantize_network(torch.nn.Sequential(torch.nn.Linear(4, 4)), method)
     assert str(caught.value) == f"--quantize {method} needs {needs}: pip install 'showo2[quant]'"
@@ -117,3 +118,23 @@ def test_a_missing_wandb_names_the_extra(monkeypatch):
     with pytest.raises(UsageError, match=r"^c.toml: run.log_with\[0\]: 'wandb' is not installed "
                                          r"\(pip install 'showo2\[wandb\]'\)$"):
         check_trackers(cfg)
+
+
+#: (package, newest release measured failing, oldest measured working): CHANGELOG, probe R
+MEASURED_FLOORS = [("transformers", "4.57.6", "5.0.0"), ("huggingface_hub", "1.17.0", "1.18.0"),
+                   ("tokenizers", "0.22.0", "0.22.1"), ("typer", "0.17.3", "0.20.0"), ("av", "17.0.0", "17.1.0"),
+                   ("pillow", "11.0.0", "11.3.0"), ("peft", "0.17.1", "0.18.0"), ("diffusers", "0.35.2", "0.36.0"),
+                   ("safetensors", "0.4.2", "0.4.3")]
+
+
+@pytest.mark.parametrize("name, failing, working", MEASURED_FLOORS)
+def test_declared_ranges_start_where_the_measured_floors_are(name, failing, working):
+    # the declared floors (transformers 4.57, huggingface_hub 0.30, typer 0.12, PyAV 12, Pillow 10,
+    # ...) let pip keep releases on which showo2 fails: see CHANGELOG, probe R
+    from packaging.requirements import Requirement
+
+    from showo2_cli.training.config import toml_module
+
+    deps = toml_module().loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    (spec,) = [Requirement(d).specifier for d in deps if Requirement(d).name.lower() == name]
+    assert failing not in spec and working in spec
