@@ -40,6 +40,14 @@ class Generated:
                 for key, what in (("prompt_tokens", "prompt"), ("negative_prompt_tokens", "negative prompt"))
                 if key in self.params]
 
+    def prompt_used(self, tokenizer) -> str:
+        """The prompt as far as the model's sequence held it (the whole prompt when it fit): what a
+        server answers as OpenAI's ``revised_prompt``, the prompt the image was made from."""
+        if "prompt_tokens" not in self.params:
+            return self.prompt
+        ids = _encode_prompt(tokenizer, self.prompt)[:self.params["prompt_tokens_used"]]
+        return tokenizer.decode(ids).rstrip("\ufffd")  # a character cut mid-way is not shown as one
+
 
 def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dtype: torch.dtype | None = None,
                        vae_base_dim: int | None = None, latent_frames: int = 1, vae_tiled: bool = False,

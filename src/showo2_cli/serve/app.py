@@ -112,7 +112,7 @@ def _images_job(model, plan: ImagePlan, job: Job) -> list[dict]:
             meta = {**item.params, "showo2_version": __version__, "kind": "t2i"}
             M.write_image(path, item.frames[0], metadata=meta, quality=plan.output_compression)
             out.append({"b64_json": base64.b64encode(path.read_bytes()).decode("ascii"),
-                        "revised_prompt": plan.prompt, "seed": item.seed})
+                        "revised_prompt": item.prompt_used(model.require_tokenizer()), "seed": item.seed})
     return out
 
 
