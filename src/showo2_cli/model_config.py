@@ -24,7 +24,7 @@ from .specs import (
 from .weights import read_json
 
 if TYPE_CHECKING:
-    from .loading import ModelFiles
+    from .model_files import ModelFiles
 
 
 #: transformers' ``Qwen2Config`` default (4.47, the official code's), for an LLM config that omits it

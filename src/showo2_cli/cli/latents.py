@@ -77,8 +77,8 @@ def encode(
                           max_bytes=decode_budget(max_memory))
 
     from ..hub import explicit_vae
-    from ..loading import find_files
     from ..model_config import spec_from_files
+    from ..model_files import find_files
     from ..pipelines import latents as L
     from ..runtime import pick_device, pick_dtype
 

@@ -131,8 +131,9 @@ def convert(
     check_output_folder(output, overwrite)
     import torch
 
-    from ..loading import build_network, find_files, save_folder
+    from ..loading import build_network, save_folder
     from ..model_config import spec_from_files
+    from ..model_files import find_files
     from ..modeling.vae_files import load_vae
     from ..runtime import torch_dtype
     from ..tokenizer import add_showo2_tokens, load_tokenizer
