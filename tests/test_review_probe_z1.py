@@ -37,3 +37,23 @@ def test_the_servers_revised_prompt_is_the_part_of_the_prompt_the_image_was_made
     short = "a blue square"
     (out,) = _images_job(demo, ImagePlan(short, 1, (32, 32), 1, 2, None), _Job())
     assert out["revised_prompt"] == short
+
+
+def test_a_chats_t2i_says_when_the_prompt_was_longer_than_the_model_holds(demo, tmp_path, monkeypatch, capsys):
+    """`showo2 t2i` and the pipeline say so; the chat's `/t2i` cut the prompt without a word."""
+    import io
+
+    import showo2_cli.cli  # noqa: F401  (the commands' shared helpers)
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli.chat import ChatSession
+
+    monkeypatch.chdir(tmp_path)
+    session = ChatSession(Conversation(demo), out=io.StringIO(), err=io.StringIO())
+    long = " ".join(["a red circle on a white background"] * 10)
+    assert session.handle(f"/t2i {long} -o long.png --steps 2 --seed 1 --size 32x32")
+    assert session.handle("/t2i a blue square -o short.png --steps 2 --seed 1 --size 32x32")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["the prompt of output 0 has 70 tokens; the model's sequence holds 27, so the rest was not used",
+                     "saved long.png (seed 1); attach it with /image long.png",
+                     "saved short.png (seed 1); attach it with /image short.png"]
+    assert (tmp_path / "long.png").exists() and (tmp_path / "short.png").exists()

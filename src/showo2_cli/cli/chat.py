@@ -206,6 +206,8 @@ class ChatSession:
             raise ResourceError(rename_options(str(e), {"--batch-size": "-n"})) from e
         save_results(items, plans, "t2i", overwrite=p["overwrite"])
         for plan, item in zip(plans, items, strict=True):
+            for note in item.unused_prompt_notes():  # as `showo2 t2i` says it
+                self.info(note)
             self.info(f"saved {plan.path} (seed {item.seed}); attach it with /image {plan.path}")
 
 
