@@ -57,3 +57,28 @@ def test_a_chats_t2i_says_when_the_prompt_was_longer_than_the_model_holds(demo, 
                      "saved long.png (seed 1); attach it with /image long.png",
                      "saved short.png (seed 1); attach it with /image short.png"]
     assert (tmp_path / "long.png").exists() and (tmp_path / "short.png").exists()
+
+
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "tokenizer.json"])
+def test_a_tokenizer_file_that_is_not_a_regular_file_is_refused_by_name(tmp_path, name):
+    """README (probe W): a FIFO or a device given as a tokenizer file is refused before it is read.
+    transformers passes over what is not a file: a FIFO `tokenizer_config.json` loaded the tokenizer
+    without its config and `showo2 t2i` ran; a FIFO `tokenizer.json` said "Couldn't instantiate the
+    backend tokenizer from one of:"."""
+    import os
+    import shutil
+
+    from showo2_cli.errors import ModelError
+    from showo2_cli.hub import bundled_demo_path
+    from showo2_cli.tokenizer import load_tokenizer
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(bundled_demo_path() / file, folder / file)
+    assert load_tokenizer(folder)("a red circle")["input_ids"]
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    with pytest.raises(ModelError) as e:
+        load_tokenizer(folder)
+    assert str(e.value) == f"cannot load the tokenizer in '{folder}': {name} is not a regular file (a FIFO, a device or a folder)"

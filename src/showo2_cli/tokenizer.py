@@ -67,8 +67,12 @@ def load_tokenizer(path: Path):
         file = Path(path) / name
         try:
             size = file.stat().st_size if file.is_file() else 0
+            odd = size == 0 and file.exists() and not file.is_file()
         except OSError:
-            size = 0
+            size, odd = 0, False
+        if odd:  # transformers passes over what is not a file: another tokenizer, or none, without a word
+            raise ModelError(f"cannot load the tokenizer in '{path}': {name} is not a regular file "
+                             "(a FIFO, a device or a folder)")
         limit = tokenizer_file_limit(name)
         if size > limit:
             raise ModelError(f"cannot load the tokenizer in '{path}': {name} is {size / 2**20:.0f} MiB, more than "
