@@ -50,13 +50,14 @@ def test_a_chats_t2i_says_when_the_prompt_was_longer_than_the_model_holds(demo, 
     monkeypatch.chdir(tmp_path)
     session = ChatSession(Conversation(demo), out=io.StringIO(), err=io.StringIO())
     long = " ".join(["a red circle on a white background"] * 10)
-    assert session.handle(f"/t2i {long} -o long.png --steps 2 --seed 1 --size 32x32")
+    assert session.handle(f"/t2i {long} -o long.png --steps 2 --seed 1 --size 32x32 -n 2")
     assert session.handle("/t2i a blue square -o short.png --steps 2 --seed 1 --size 32x32")
     lines = capsys.readouterr().err.splitlines()
-    assert lines == ["the prompt of output 0 has 70 tokens; the model's sequence holds 27, so the rest was not used",
-                     "saved long.png (seed 1); attach it with /image long.png",
+    assert lines == ["prompt 0 has 70 tokens; the model's sequence holds 27, so the rest was not used",
+                     "saved long-000.png (seed 1); attach it with /image long-000.png",
+                     "saved long-001.png (seed 2); attach it with /image long-001.png",
                      "saved short.png (seed 1); attach it with /image short.png"]
-    assert (tmp_path / "long.png").exists() and (tmp_path / "short.png").exists()
+    assert (tmp_path / "long-001.png").exists() and (tmp_path / "short.png").exists()
 
 
 @pytest.mark.parametrize("name", ["tokenizer_config.json", "tokenizer.json"])
@@ -82,3 +83,25 @@ def test_a_tokenizer_file_that_is_not_a_regular_file_is_refused_by_name(tmp_path
     with pytest.raises(ModelError) as e:
         load_tokenizer(folder)
     assert str(e.value) == f"cannot load the tokenizer in '{folder}': {name} is not a regular file (a FIFO, a device or a folder)"
+
+
+def test_a_long_prompt_is_named_once_by_its_index_among_the_prompts(demo, tmp_path, capsys):
+    """`showo2 t2i --prompts-file` (a short prompt, then a long one) with `-n 2` said "the prompt of
+    output 1 has 70 tokens ..." twice: output 1 is the short prompt's second image (multi-001.png);
+    prompt 1 made outputs 2 and 3. The note names the prompt, once."""
+    from showo2_cli.cli import main
+
+    long = " ".join(["a red circle on a white background"] * 10)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"a blue square\n{long}\n")
+    negative = " ".join(["a blue square"] * 20)
+    assert main(["t2i", "--prompts-file", str(prompts), "-n", "2", "--steps", "2", "--seed", "1", "--size", "32x32",
+                 "--negative-prompt", negative, "-o", str(tmp_path / "multi.png")]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "so the rest was not used" in line]
+    assert notes == ["the negative prompt of prompt 0 has 60 tokens; the model's sequence holds 27, so the rest was "
+                     "not used",
+                     "prompt 1 has 70 tokens; the model's sequence holds 27, so the rest was not used",
+                     "the negative prompt of prompt 1 has 60 tokens; the model's sequence holds 27, so the rest was "
+                     "not used"]
+    assert sorted(p.name for p in tmp_path.glob("multi-*.png")) == [f"multi-00{k}.png" for k in range(4)]

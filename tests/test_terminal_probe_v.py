@@ -236,7 +236,7 @@ def test_a_pipeline_prompt_longer_than_the_model_holds_is_a_warning(tmp_path, ca
 
     pipe = Showo2Pipeline.from_pretrained("demo")
     pipe.set_progress_bar_config(disable=True)
-    note = r"the prompt of output 0 has \d+ tokens; the model's sequence holds 27, so the rest was not used"
+    note = r"prompt 0 has \d+ tokens; the model's sequence holds 27, so the rest was not used"
     with pytest.warns(UserWarning, match=note) as seen:
         out = pipe("a red circle " * 40, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert [w.filename for w in seen] == [__file__]

@@ -476,7 +476,7 @@ class Showo2Pipeline:
                     results += self._run([prompts[i // n]], one, image, video, report, on_step)
             else:  # the API's rule: output k of the run uses the base seed + k
                 results = self._run(prompts, opts, image, video, report, on_step)
-        for note in (note for item in results for note in item.unused_prompt_notes()):  # diffusers warns alike
+        for note in dict.fromkeys(note for item in results for note in item.unused_prompt_notes()):  # as diffusers
             warnings.warn(note, UserWarning, stacklevel=4)  # to the caller, past the lock and the pinning
         out = outputs_as(results, output_type, video)
         if not return_dict:

@@ -205,9 +205,9 @@ class ChatSession:
         except ResourceError as e:  # its advice names t2i's --batch-size, which /t2i does not take
             raise ResourceError(rename_options(str(e), {"--batch-size": "-n"})) from e
         save_results(items, plans, "t2i", overwrite=p["overwrite"])
+        for note in dict.fromkeys(n for item in items for n in item.unused_prompt_notes()):  # as `showo2 t2i`
+            self.info(note)
         for plan, item in zip(plans, items, strict=True):
-            for note in item.unused_prompt_notes():  # as `showo2 t2i` says it
-                self.info(note)
             self.info(f"saved {plan.path} (seed {item.seed}); attach it with /image {plan.path}")
 
 

@@ -107,10 +107,13 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     from .. import pipelines as P
 
     records: list[dict] = []
+    said: set[str] = set()  # a prompt's notes, once for all its outputs
 
     def save(item) -> None:  # each output is written as soon as its batch is done (an interruption keeps it)
         for note in item.unused_prompt_notes():
-            notice(note)
+            if note not in said:
+                said.add(note)
+                notice(note)
         records.extend(O.save_results([item], [plans[len(records)]], kind, fps, image, overwrite, noise=noise))
 
     part = indices if world > 1 else None  # several processes: each has part of the run

@@ -34,10 +34,11 @@ class Generated:
 
     def unused_prompt_notes(self) -> list[str]:
         """What of the prompts the model's sequence could not hold, one line each (the command
-        line's notice, the pipeline's warning); empty when all of it was used."""
-        return [f"the {what} of output {self.prompt_index} has {self.params[key]} tokens; the model's sequence "
+        line's notice, the pipeline's warning); empty when all of it was used. The lines name the
+        prompt (its index among the run's prompts), so every output of one prompt has the same."""
+        return [f"{what}{self.prompt_index} has {self.params[key]} tokens; the model's sequence "
                 f"holds {self.params['prompt_tokens_used']}, so the rest was not used"
-                for key, what in (("prompt_tokens", "prompt"), ("negative_prompt_tokens", "negative prompt"))
+                for key, what in (("prompt_tokens", "prompt "), ("negative_prompt_tokens", "the negative prompt of prompt "))
                 if key in self.params]
 
     def prompt_used(self, tokenizer) -> str:
