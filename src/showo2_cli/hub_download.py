@@ -248,6 +248,21 @@ def _bounded(call: Callable, meter: _Bytes, repo_id: str, what: str):
     return box["value"]
 
 
+def hub_httpx():
+    """The HTTP library huggingface_hub's session is built on: ``httpx`` on hub 1, ``httpx2`` (a
+    separate package with its own classes) on hub 2. Streams wrapped and errors classified must be
+    its own: an ``httpx.SyncByteStream`` is an "async stream" to an ``httpx2`` response, and an
+    ``httpx2.ConnectError`` is no ``httpx.HTTPError``."""
+    from huggingface_hub import utils
+
+    try:
+        return utils.httpx  # exported since hub 1.32 (httpx2 on hub 2)
+    except AttributeError:  # hub 1.18-1.31 export none: theirs is httpx
+        import httpx
+
+        return httpx
+
+
 class _Capped:
     """A response body that raises :class:`Overrun` past ``limit`` bytes (wraps httpx's stream)."""
 
@@ -273,9 +288,7 @@ def _cap_listing(response) -> None:
     """huggingface_hub session hook: the body of a listing this thread asked for is capped."""
     message = getattr(_LISTING, "message", None)
     if message is not None and response.request.method == "GET" and "/api/" in response.request.url.path:
-        import httpx
-
-        class Stream(_Capped, httpx.SyncByteStream):
+        class Stream(_Capped, hub_httpx().SyncByteStream):
             pass
 
         response.stream = Stream(response.stream, MAX_LISTING_BYTES, message)
@@ -449,7 +462,6 @@ def _status(e: BaseException) -> int | None:
 def as_model_error(repo_id: str, what: str, e: Exception, revision: str | None = None) -> Exception:
     """A Hub, network or listing failure as a one-line :class:`ModelError` (anything else
     unchanged: a bug)."""
-    import httpx
     from huggingface_hub.errors import (
         GatedRepoError,
         LocalEntryNotFoundError,
@@ -460,6 +472,7 @@ def as_model_error(repo_id: str, what: str, e: Exception, revision: str | None =
 
     if isinstance(e, ModelError):
         return e
+    httpx = hub_httpx()
     if isinstance(e, GatedRepoError):
         return ModelError(f"{what} '{repo_id}' is gated on the Hub: accept its terms on the model page and "
                           f"{_login_hint()}, then pull again")
