@@ -34,7 +34,10 @@ _STOPS = (signal.SIGTERM, *HANGUP)
 INTERRUPTS = (signal.SIGINT, *_STOPS)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The one entry of the program: the ``showo2`` script, ``python -m showo2_cli``,
+    ``python -m showo2_cli.cli`` and ``python -m showo2_cli.training`` (``argv``: the arguments,
+    ``sys.argv[1:]`` when None) all run this, so signals, exit codes and error lines are the same."""
     atexit.register(_ignore_signals)  # registered first, so it runs last of the exit handlers
     previous = {sig: _install(sig, _terminated) for sig in _STOPS  # a SIGHUP ignored (nohup) stays so
                 if sig == signal.SIGTERM or signal.getsignal(sig) == signal.SIG_DFL}
@@ -47,7 +50,7 @@ def main() -> None:
     for sig, handler in previous.items():
         if handler is not None:
             _install(sig, handler)
-    code = cli_main()
+    code = cli_main(argv)
     exit_with(code)
 
 

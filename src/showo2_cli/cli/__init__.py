@@ -499,12 +499,3 @@ def _quiet_stdout() -> None:
     except (OSError, ValueError, AttributeError):
         pass
 
-
-def entry() -> None:
-    from ..launch import exit_with
-
-    exit_with(main())
-
-
-if __name__ == "__main__":
-    entry()

@@ -1,5 +1,6 @@
-"""``python -m showo2_cli.cli ...`` (what ``accelerate launch -m`` starts): the ``showo2`` command."""
+"""``python -m showo2_cli.cli ...`` (what ``accelerate launch -m`` starts): the ``showo2`` command,
+through its one entry (:func:`showo2_cli.launch.main`)."""
 
-from . import entry
+from ..launch import main
 
-entry()
+main()

@@ -10,17 +10,21 @@ from __future__ import annotations
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .. import cli
-    from .command import train
+def train_args(argv: list[str]) -> list[str]:
+    """``showo2``'s arguments for ``showo2_cli.training``'s: ``train`` in front (after ``--debug``,
+    a global option that goes before the command)."""
+    front = [a for a in argv if a == "--debug"]
+    return [*front, "train", *[a for a in argv if a != "--debug"]]
 
-    names = {c.name or getattr(c.callback, "__name__", None) for c in cli.app.registered_commands}
-    if "train" not in names:
-        cli.app.command("train")(train)
-    args = list(sys.argv[1:] if argv is None else argv)
-    front = [a for a in args if a == "--debug"]  # a global option: it goes before the command
-    return cli.main([*front, "train", *[a for a in args if a != "--debug"]])
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``showo2 train`` in this process and return its exit code."""
+    from .. import cli
+
+    return cli.main(train_args(list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..launch import main as program
+
+    program(train_args(sys.argv[1:]))  # the program's one entry: signals and exit codes as `showo2 train`'s
