@@ -69,8 +69,11 @@ def notice(message: str) -> None:
 def one_answer_line(text: str) -> str:
     """An answer (or a streamed piece of one) as part of its one line on stdout (``caption``,
     ``chat``): a line break or a carriage return in it is a space (a ``\\r`` sent a terminal's
-    cursor back over the answer)."""
-    return text.replace("\r", " ").replace("\n", " ")
+    cursor back over the answer), and every other control character is shown escaped
+    (:func:`safe_text`): a model's text cannot move the cursor, retitle or clear the terminal.
+    A tab is kept (it only moves to the next tab stop on the same line). ``--json`` keeps the
+    exact text (JSON escapes it)."""
+    return safe_text(text.replace("\r", " ").replace("\n", " "))
 
 
 def notice_unused_sampling(opts) -> None:
