@@ -14,6 +14,7 @@
 #   run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=560)
 # Wheels found in .whl/ are unpacked into a temporary folder put first on the path.
 set -uo pipefail
+case "${1:-}" in -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0;; esac
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 py="${PYTHON:-python3}"

@@ -3,6 +3,7 @@
 # decode, models; chat, serve, pull, convert, init and train have their own README sections).
 # MODEL defaults to the bundled demo; OUT to a fresh folder.
 set -euo pipefail
+case "${1:-}" in -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0;; esac
 MODEL=${MODEL:-demo}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"

@@ -50,3 +50,112 @@ def test_every_python_m_form_is_the_showo2_program(tmp_path, module, args):
                        cwd=tmp_path)
     assert (r.returncode, r.stderr) == (0, "alive\n"), (r.returncode, r.stderr[-2000:])
     assert json.loads(r.stdout)
+
+
+# ---- example and benchmark scripts: --help prints usage and creates nothing -------------------
+
+_HELP_ALL = r"""
+import contextlib, io, os, runpy, sys
+results = {}
+for script in sys.argv[1:]:
+    out = io.StringIO()
+    sys.argv = [script, "--help"]
+    code = None
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        code = e.code
+    results[script] = [code, "usage:" in out.getvalue()]
+sys.__stdout__.write(__import__("json").dumps(results))
+"""
+
+
+def _files(root) -> dict[str, int]:
+    found = {}
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in (".git", "__pycache__", ".ruff_cache", ".pytest_cache")]
+        for name in names:
+            path = os.path.join(folder, name)
+            found[path] = os.stat(path).st_mtime_ns
+    return found
+
+
+@pytest.mark.slow
+def test_every_script_answers_help_with_usage_and_writes_nothing(tmp_path):
+    """`python examples/demo/make_caption_style.py --help` wrote 256 images and style.json into a
+    folder named `--help`; `make_tokenizer.py --help` rebuilt the demo's tokenizer; the shell
+    scripts ran their commands (gpu.sh: eight minutes of benchmarks)."""
+    repo = REPO
+    scripts = sorted(str(p) for p in [*repo.glob("examples/**/*.py"), *repo.glob("benchmarks/*.py")])
+    before = _files(repo)
+    r = subprocess.run([sys.executable, "-c", _HELP_ALL, *scripts], capture_output=True, text=True, timeout=300,
+                       env=_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads(r.stdout.splitlines()[-1])
+    for shell in [*repo.glob("examples/*.sh"), *repo.glob("benchmarks/*.sh")]:
+        s = subprocess.run(["bash", str(shell), "--help"], capture_output=True, text=True, timeout=60, env=_env(),
+                           cwd=tmp_path)
+        results[str(shell)] = [s.returncode, bool(s.stdout.strip()) and not s.stderr]
+    commands = {s for s in results if s.endswith(".sh") or "__main__" in open(s).read() or "parse_args" in open(s).read()}
+    assert {s: results[s] for s in commands if results[s] not in ([0, True], [None, True])} == {}
+    assert sorted(os.listdir(tmp_path)) == []  # nothing in the working folder (no `--help` folder)
+    after = _files(repo)
+    assert {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)} == set()
+    assert len(commands) >= 25
+
+
+# ---- a model's answer cannot drive the terminal -------------------------------------------------
+
+#: what tiny random models answer: ESC sequences (cursor up, clear screen, window title), BEL, a C1
+#: CSI, DEL, a line separator; the tab stays (it moves to the next tab stop on the same line)
+HOSTILE = "red\x1b[2A\x1b[2J\x1b]0;pwned\x07\x9b31m\x7f\u2028\tsq\r\nuare"
+SHOWN = "red\\x1b[2A\\x1b[2J\\x1b]0;pwned\\x07\\x9b31m\\x7f\\u2028\tsq  uare"
+
+
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+def test_caption_shows_an_answers_control_characters_escaped(tmp_path, capsys, monkeypatch, stream):
+    """`caption` wrote a model's ESC sequences, BEL, C1 and DEL to the terminal as they were (a
+    tiny random model's answer held \\x03, \\x7f, \\x12); `--json` keeps the exact answer."""
+    from PIL import Image
+
+    from showo2_cli import pipelines
+    from showo2_cli.cli import main
+
+    image = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
+    real = pipelines.caption
+
+    def caption(model, media, opts, on_text=None, progress=None, on_done=None):
+        result = real(model, media, opts, progress=progress)
+        result.answers[:] = [HOSTILE]
+        if on_text is not None:
+            for piece in (HOSTILE[:5], HOSTILE[5:20], HOSTILE[20:]):  # an escape cut between pieces
+                on_text(0, piece)
+            on_done(0, HOSTILE)
+        return result
+
+    monkeypatch.setattr(pipelines, "caption", caption)
+    args = ["caption", str(image), "--model", "demo", "--max-new-tokens", "2", stream]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert out == SHOWN + "\n" and "\x1b" not in err
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["answers"][0]["answer"] == HOSTILE
+
+
+def test_chat_shows_an_answers_control_characters_escaped(monkeypatch):
+    from typer.testing import CliRunner
+
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli import app
+
+    def ask(self, question, sampling=None, on_text=None, **kwargs):
+        for piece in (HOSTILE[:5], HOSTILE[5:20], HOSTILE[20:]):
+            on_text(piece)
+        return HOSTILE
+
+    monkeypatch.setattr(Conversation, "ask", ask)
+    result = CliRunner().invoke(app, ["chat", "--model", "demo", "--max-new-tokens", "2"], input="hi\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == SHOWN + "\n"

@@ -7,8 +7,8 @@ LLaVA-style conversation file.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,11 @@ from showo2_cli.training import shapes as S
 REPO = Path(__file__).resolve().parents[2]
 
 
-def main() -> int:
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "runs" / "demo-caption-style"
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", nargs="?", type=Path, default=REPO / "runs" / "demo-caption-style",
+                    help="folder for images/ and style.json (default: runs/demo-caption-style)")
+    out = ap.parse_args(argv).out
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     rows = []

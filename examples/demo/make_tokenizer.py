@@ -7,6 +7,7 @@ vocabulary, and Show-o2's additions ([PAD], <image>, <|vid_start|>, <|vid_end|>)
 the model loads, exactly as for the real tokenizer.
 """
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from showo2_cli.sequences import ASSISTANT_PREFIX, SYSTEM_PROMPT, USER_PREFIX
 from showo2_cli.tokenizer import add_showo2_tokens, train_bpe_tokenizer
 from showo2_cli.training import shapes as S
 
+argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help: usage, nothing written
 rng = np.random.default_rng(0)
 texts = []
 for i in range(4000):
