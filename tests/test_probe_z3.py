@@ -159,3 +159,39 @@ def test_chat_shows_an_answers_control_characters_escaped(monkeypatch):
     result = CliRunner().invoke(app, ["chat", "--model", "demo", "--max-new-tokens", "2"], input="hi\n")
     assert result.exit_code == 0, result.output
     assert result.stdout == SHOWN + "\n"
+
+
+# ---- several processes: only the main one reports an interruption -------------------------------
+
+@pytest.mark.parametrize("rank, said", [("0", True), ("1", False)])
+def test_an_interruption_is_said_by_the_main_process_alone(tmp_path, capsys, monkeypatch, rank, said):
+    """Under `accelerate launch --num_processes 2` a Ctrl-C reached both processes, and both printed
+    "showo2: error: interrupted at step 150/100000; saved ..." (and `t2i`'s "interrupted")."""
+    from PIL import Image
+
+    from showo2_cli import pipelines
+    from showo2_cli.cli import main
+    from showo2_cli.training import trainer
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    image = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
+
+    def caption(model, media, opts, on_text=None, progress=None, on_done=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipelines, "caption", caption)
+    assert main(["caption", str(image), "--model", "demo", "--no-stream"]) == 130
+    assert capsys.readouterr() == ("", "showo2: error: interrupted\n" if said else "")
+
+    checkpoint = tmp_path / "run" / "checkpoint-000150"
+    monkeypatch.setattr(trainer, "train", lambda cfg, **kwargs: trainer.TrainResult(
+        tmp_path / "run", checkpoint, 150, 1000, True, 30.0, 5.0, 1.6, 498.4, world_size=2))
+    config = REPO / "examples" / "train_tiny.toml"
+    assert main(["train", str(config), "-o", str(tmp_path / "run"), "--quiet"]) == 130
+    line = (f"showo2: error: interrupted at step 150/1000; saved {checkpoint}; run the same command again to "
+            "resume\n")
+    assert capsys.readouterr() == ("", line if said else "")
+    assert main(["caption", str(tmp_path / "none.png"), "--model", "demo"]) == 3  # other errors: every process
+    assert "none.png" in capsys.readouterr().err

@@ -26,6 +26,7 @@ import typer.core
 from .. import __version__
 from ..errors import Showo2Error, is_out_of_memory
 from ..launch import HANGUP, INTERRUPTS
+from ..options import process_rank
 from .common import STATE, debug_from_env, safe_text, write
 
 
@@ -146,6 +147,10 @@ _LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*")
 
 
 def _fail(message: str, code: int, kind: str) -> int:
+    if kind == "interrupted" and process_rank()[0] != 0:
+        # a launch's Ctrl-C or SIGTERM reaches every process: the main one says it, once
+        # (as training's metrics and result lines come from process 0 alone)
+        return code
     # one line, whatever the message held (line and paragraph separators included), and no raw
     # control characters from file names reach the terminal
     try:
