@@ -195,3 +195,60 @@ def test_an_interruption_is_said_by_the_main_process_alone(tmp_path, capsys, mon
     assert capsys.readouterr() == ("", line if said else "")
     assert main(["caption", str(tmp_path / "none.png"), "--model", "demo"]) == 3  # other errors: every process
     assert "none.png" in capsys.readouterr().err
+
+
+# ---- latents and noise files that cannot be mapped: out of memory, as weights -------------------
+
+def _sparse_safetensors(path, key: str, shape: list[int], metadata: dict | None = None):
+    """A valid safetensors file of float32 zeros, sparse: its size on disk is its header's."""
+    import struct
+
+    count = 1
+    for d in shape:
+        count *= d
+    header = {key: {"dtype": "F32", "shape": shape, "data_offsets": [0, count * 4]}}
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + count * 4)
+    return path
+
+
+def test_latents_and_noise_that_cannot_be_mapped_are_out_of_memory(tmp_path, capsys, monkeypatch):
+    """Under `ulimit -v` safetensors' memory map of a large latents (`decode`) or `--noise` file
+    fails with ENOMEM: that read "not a safetensors file or truncated", exit 3, for an intact file,
+    while weights in the same case say "out of memory", exit 6 (the same mechanism now)."""
+    import safetensors
+
+    from showo2_cli.cli import main
+
+    latents = _sparse_safetensors(tmp_path / "z.safetensors", "latents", [16, 1, 64, 64], {"showo2": "{}"})
+    noise = _sparse_safetensors(tmp_path / "n.safetensors", "noise", [16, 1, 64, 64])
+
+    def no_room(path, framework=None, **kwargs):
+        raise RuntimeError(f"unable to mmap {os.path.getsize(path)} bytes from file <{path}>: "
+                           "Cannot allocate memory (12)")
+
+    monkeypatch.setattr(safetensors, "safe_open", no_room)
+    assert main(["decode", str(latents), "--model", "demo", "-o", str(tmp_path / "d.png")]) == 6
+    assert capsys.readouterr().err.startswith("showo2: error: out of memory")
+    assert main(["t2i", "a cat", "--model", "demo", "--noise", str(noise), "-o", str(tmp_path / "t.png")]) == 6
+    assert capsys.readouterr().err.startswith("showo2: error: out of memory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.safetensors", "z.safetensors"]
+    monkeypatch.undo()  # a file that is damaged is still said so
+    (tmp_path / "bad.safetensors").write_bytes(latents.read_bytes()[:200])
+    assert main(["decode", str(tmp_path / "bad.safetensors"), "--model", "demo", "-o", str(tmp_path / "d.png")]) == 3
+
+
+@pytest.mark.slow
+def test_a_huge_sparse_latents_file_under_an_address_space_limit_is_out_of_memory(tmp_path):
+    latents = _sparse_safetensors(tmp_path / "z.safetensors", "latents", [16, 1, 4096, 8192], {"showo2": "{}"})
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+            "from showo2_cli.launch import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code, "decode", str(latents), "-o", str(tmp_path / "d.png")],
+                          capture_output=True, text=True, timeout=180, env=_env(), cwd=tmp_path)
+    assert (proc.returncode, proc.stderr.split(" (")[0]) == (6, "showo2: error: out of memory"), proc.stderr[-800:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.safetensors"]

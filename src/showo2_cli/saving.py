@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import __version__
 from . import media as M
-from .errors import InputError, OutputError, OutputExists, UsageError
+from .errors import InputError, OutputError, OutputExists, UsageError, is_out_of_memory
 from .options import (
     MAX_PROMPT_CHARS,
     MAX_PROMPTS_FILE_BYTES,
@@ -203,6 +203,8 @@ def load_noise(path: str | os.PathLike | None):
     except InputError:
         raise
     except Exception as e:
+        if is_out_of_memory(e):  # no room to map the file (`ulimit -v`): a memory error, as for weights
+            raise
         raise InputError(f"cannot read noise '{p}': not a safetensors file or truncated") from e
     noise = noise.float()  # checked after the cast: a float64 1e300 is inf in float32
     if not noise.isfinite().all():

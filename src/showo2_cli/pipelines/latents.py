@@ -19,7 +19,7 @@ import torch
 
 from .. import __version__
 from .. import media as M
-from ..errors import InputError, UsageError, short
+from ..errors import InputError, UsageError, is_out_of_memory, short
 from ..modeling.vae import WanVAE
 from ..options import EncodeOptions
 from ..runtime import check_memory, cpu_by_default, pick_tiling
@@ -154,6 +154,8 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
     except InputError:
         raise
     except Exception as e:
+        if is_out_of_memory(e):  # no room to map the file (`ulimit -v`): a memory error, as for weights
+            raise
         raise InputError(f"cannot read latents '{p}': not a safetensors file or truncated "
                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
     try:
