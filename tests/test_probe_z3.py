@@ -252,3 +252,34 @@ def test_a_huge_sparse_latents_file_under_an_address_space_limit_is_out_of_memor
                           capture_output=True, text=True, timeout=180, env=_env(), cwd=tmp_path)
     assert (proc.returncode, proc.stderr.split(" (")[0]) == (6, "showo2: error: out of memory"), proc.stderr[-800:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.safetensors"]
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_a_signal_after_trains_result_keeps_exit_0(tmp_path, capsys, monkeypatch, json_mode):
+    """`showo2 train` wrote its result past the CLI's `emit`: a SIGTERM right after the checkpoint's
+    path was out made it exit 143 with "showo2: error: terminated" (with --json a second object,
+    the error, followed the result), where every other command's result keeps exit 0."""
+    from showo2_cli import cli
+    from showo2_cli.training import trainer
+
+    real = cli.app
+
+    def signal_as_the_command_returns(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt  # the signal lands after the command's return, before the exit
+
+    monkeypatch.setattr(cli, "app", signal_as_the_command_returns)
+    checkpoint = tmp_path / "run" / "checkpoint-000003"
+    monkeypatch.setattr(trainer, "train", lambda cfg, **kwargs: trainer.TrainResult(
+        tmp_path / "run", checkpoint, 3, 3, False, 1.2, 2.5, 6.6795, 498.4))
+    args = ["train", str(REPO / "examples" / "train_tiny.toml"), "-o", str(tmp_path / "run"), "--quiet"]
+    assert cli.main(args + (["--json"] if json_mode else [])) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    if json_mode:
+        assert json.loads(out)["checkpoint"] == str(checkpoint)
+    else:
+        assert out == f"{checkpoint}\n"
+    config = REPO / "examples" / "train_tiny.toml"
+    assert cli.main(["train", str(config), "--check"]) == 0  # --check's line is a result too
+    assert capsys.readouterr().out.startswith(f"{config}: valid (")

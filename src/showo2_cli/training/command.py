@@ -6,7 +6,6 @@ same command (that form is what ``accelerate launch -m`` and ``torchrun -m`` sta
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -152,8 +151,10 @@ def train(
     Runs unchanged under `accelerate launch` (one process per device; see the README).
     Ctrl-C saves a checkpoint and exits with code 130; running the command again resumes it.
     """
+    from ..cli.common import emit, setup  # the CLI's one result writer (this module is train's CLI face)
     from .config import load_config
 
+    setup(json_mode, quiet)
     overrides = _parse_set(set_)
     if output is not None:
         overrides["output_dir"] = str(output.resolve())
@@ -166,11 +167,8 @@ def train(
         raise UsageError(f"--stop-after must be positive, got {stop_after}")
     cfg = load_config(config, overrides=overrides)
     if check:
-        resolved = cfg.to_dict()
-        if json_mode:
-            sys.stdout.write(json.dumps({"config": str(config), "valid": True, "resolved": resolved}, default=str) + "\n")
-        else:
-            sys.stdout.write(f"{config}: valid ({cfg.mode} mode, {len(cfg.data)} source(s), output {cfg.output_dir})\n")
+        emit({"config": str(config), "valid": True, "resolved": cfg.to_dict()},
+             f"{config}: valid ({cfg.mode} mode, {len(cfg.data)} source(s), output {cfg.output_dir})")
         return
 
     shard_kn = _parse_shard(shard) if shard is not None else None
@@ -186,12 +184,9 @@ def train(
             raise TrainingInterrupted("pre-encoding interrupted; the entries written so far are kept") from None
         finally:
             renderer.close()
-        if json_mode:
-            sys.stdout.write(json.dumps(summary) + "\n")
-        else:
-            sys.stdout.write(f"pre-encoded {summary['encoded']} item(s) in {summary['seconds']:.1f} s "
-                             f"({summary['cached']} already cached, {summary['skipped']} unreadable; "
-                             f"shard {summary['shard'][0]}/{summary['shard'][1]})\n")
+        emit(summary, f"pre-encoded {summary['encoded']} item(s) in {summary['seconds']:.1f} s "
+                      f"({summary['cached']} already cached, {summary['skipped']} unreadable; "
+                      f"shard {summary['shard'][0]}/{summary['shard'][1]})")
         return
 
     from .trainer import train as run_training
@@ -210,14 +205,12 @@ def train(
         return
     data = result.to_dict()
     data["wall_seconds"] = round(time.perf_counter() - start, 2)
-    if json_mode:
-        sys.stdout.write(json.dumps(data, default=str) + "\n")
-    else:
+    if not json_mode:
         loss = f", loss {result.loss:.4f}" if result.loss is not None else ""
         renderer.line(f"done at step {result.step}/{result.max_steps}{loss}, {result.steps_per_s:.2f} step/s, "
                       f"peak RSS {result.peak_rss_mb:.0f} MiB")
-        sys.stdout.write(f"{result.checkpoint}\n")  # the path alone, as every command's output: $(showo2 train ...)
-    sys.stdout.flush()
+    # the path alone, as every command's output ($(showo2 train ...)); once out, a late signal keeps exit 0
+    emit(data, f"{result.checkpoint}")
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
