@@ -193,7 +193,12 @@ def test_an_interruption_is_said_by_the_main_process_alone(tmp_path, capsys, mon
     line = (f"showo2: error: interrupted at step 150/1000; saved {checkpoint}; run the same command again to "
             "resume\n")
     assert capsys.readouterr() == ("", line if said else "")
-    assert main(["caption", str(tmp_path / "none.png"), "--model", "demo"]) == 3  # other errors: every process
+    # an input error every process finds: the main one says it; another says it only when no
+    # launcher ends it (here: none, and no wait) (probe AA)
+    from showo2_cli import cli
+
+    monkeypatch.setattr(cli, "_MAIN_GRACE_S", 0.0)
+    assert main(["caption", str(tmp_path / "none.png"), "--model", "demo"]) == 3
     assert "none.png" in capsys.readouterr().err
 
 

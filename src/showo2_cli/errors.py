@@ -30,6 +30,9 @@ class Showo2Error(Exception):
 
     exit_code = 1
     kind = "error"
+    # under a launch of several processes: every process finds this error alike (so the main one
+    # alone says it); None: as its kind goes (usage and input errors are alike, see cli._fail)
+    alike: bool | None = None
 
 
 class UsageError(Showo2Error, ValueError):

@@ -307,3 +307,46 @@ def pick_tiling(mode: str, untiled_gb: float, tiled_gb: float, option: float | N
         return False
     limit, _source = memory_limit_gb(option, device)
     return limit is not None and untiled_gb > limit and tiled_gb < untiled_gb
+
+
+
+@contextmanager
+def launch_group():
+    """The processes of a launch (``accelerate launch`` / torchrun: WORLD_SIZE, RANK, MASTER_ADDR,
+    MASTER_PORT), joined over gloo for what they must agree on before the model loads (a drawn seed,
+    the whole run's outputs checked): yields a :class:`LaunchGroup`, or None for one process (or
+    no launcher's rendezvous). accelerate's ``PartialState`` does not join CPU processes started
+    with ``--multi_gpu``, so torch.distributed is used directly, and left as it was found."""
+    rank, world = process_rank()
+    if world <= 1 or not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+        yield None
+        return
+    import torch.distributed as dist
+
+    joined = not dist.is_initialized()
+    if joined:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        yield LaunchGroup(rank)
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+class LaunchGroup:
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def shared(self, value):
+        """Process 0's ``value``, in every process."""
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        """Wait until every process is here (each has checked; none writes before)."""
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -146,10 +146,51 @@ _register()
 _LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*")
 
 
-def _fail(message: str, code: int, kind: str) -> int:
-    if kind == "interrupted" and process_rank()[0] != 0:
-        # a launch's Ctrl-C or SIGTERM reaches every process: the main one says it, once
-        # (as training's metrics and result lines come from process 0 alone)
+# errors every process of a launch finds alike (it checks the whole run); the others (the model,
+# memory, a write) may be one process's own
+_SAID_BY_MAIN = frozenset({"interrupted", "usage", "input"})
+_MAIN_GRACE_S = 5.0  # how long another process waits for the main one to say the same error
+
+
+class _Ended(Exception):
+    """The launcher's signal, during :func:`_main_said_it`'s wait."""
+
+
+def _main_said_it() -> bool:
+    """In a process other than the main one of a launch, with an error every process finds alike:
+    wait (up to :data:`_MAIN_GRACE_S`) for the launcher to end this process, which it does once the
+    main process has failed and said it. True then; False when nothing came (the main process did
+    not fail alike, or no launcher watches): this process says it itself."""
+    import signal
+    import time
+
+    def ended(signum, frame):
+        raise _Ended
+
+    if _MAIN_GRACE_S <= 0:
+        return False
+    before = {}
+    try:
+        for sig in INTERRUPTS:  # Python runs the handler in this thread, whichever thread the signal hit
+            if signal.getsignal(sig) not in (None, signal.SIG_IGN):  # nohup's SIGHUP stays ignored
+                before[sig] = signal.signal(sig, ended)
+        time.sleep(_MAIN_GRACE_S)
+        return False
+    except _Ended:
+        return True
+    except (ValueError, OSError):  # not the main thread: no handler, no wait
+        return False
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _fail(message: str, code: int, kind: str, alike: bool | None = None) -> int:
+    alike = kind in _SAID_BY_MAIN if alike is None else alike
+    if alike and process_rank()[0] != 0 and (kind == "interrupted" or _main_said_it()):
+        # a launch's Ctrl-C or SIGTERM reaches every process, and a bad option or input fails each
+        # alike (the launcher then ends the others): the main one says it, once, as training's
+        # metrics and result lines come from process 0 alone; the exit code is the same everywhere
         return code
     # one line, whatever the message held (line and paragraph separators included), and no raw
     # control characters from file names reach the terminal
@@ -383,7 +424,7 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
             return 141
         if STATE["debug"]:  # the traceback, then the same line and exit code as without --debug
             traceback.print_exc()
-        return _fail(" ".join(str(e).split("\n")), e.exit_code, e.kind)
+        return _fail(" ".join(str(e).split("\n")), e.exit_code, e.kind, e.alike)
     except MemoryError:
         if STATE["debug"]:
             traceback.print_exc()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import UsageError, short
+from ..errors import Showo2Error, UsageError, short
 from ..options import (
     STEPS_RANGE,
     GenerateOptions,
@@ -76,7 +76,8 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
         if opts.seed is not None:
             notice("--seed has no effect with --noise (the noise file is the starting point)")
         opts.seed = None
-    elif opts.seed is None:
+    drawn = noise is None and opts.seed is None
+    if drawn:
         opts.seed = random_seed()
     opts.validate()
     check_fps(fps)
@@ -88,6 +89,8 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
         prompt, prompts_file = None, Path("-")
     prompts = check_prompts(O.read_prompts(prompt, prompts_file))
     rank, world = process_rank()
+    if world > 1:
+        _agree(kind, output, prompts, opts, drawn, overwrite, save_latents)
     indices = list(range(len(prompts)))[rank::world]
     mine = [prompts[i] for i in indices]
     plans = O.plan_outputs(kind, output, mine, indices, opts.num_per_prompt, opts.seed, overwrite,
@@ -103,7 +106,8 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
         check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(mine) * opts.num_per_prompt),
                                     runtime, indices, world > 1)
     bundle = load_model(name, device, value(dtype), vae=vae, runtime=runtime, lora=lora)
-    notice(f"seed {opts.seed}" if noise is None else f"starting noise from {short(str(noise), 80)}")
+    if rank == 0:  # one run, one seed (agreed above): the main process says it
+        notice(f"seed {opts.seed}" if noise is None else f"starting noise from {short(str(noise), 80)}")
     from .. import pipelines as P
 
     records: list[dict] = []
@@ -138,6 +142,27 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     if len(records) != len(plans):
         raise UsageError(f"{len(records)} result(s) but {len(plans)} planned output(s)")
     emit(*report())
+
+
+def _agree(kind: str, output, prompts: list[str], opts: GenerateOptions, drawn: bool, overwrite: bool,
+           save_latents: bool) -> None:
+    """Several processes make one run: process 0's drawn seed in every process (output k uses
+    seed + k, whichever process makes it), and every process checks the whole run's outputs (so a
+    taken name fails all alike: the main process says it) before any of them writes."""
+    from .. import saving as O
+    from ..runtime import launch_group
+
+    with launch_group() as group:
+        if drawn and group is not None:
+            opts.seed = int(group.shared(opts.seed))
+        try:
+            O.plan_outputs(kind, output, prompts, list(range(len(prompts))), opts.num_per_prompt, opts.seed,
+                           overwrite, None, save_latents)
+        except Showo2Error as e:
+            e.alike = True
+            raise
+        if group is not None:
+            group.barrier()
 
 
 def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, batch: int, runtime,
