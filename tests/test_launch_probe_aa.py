@@ -109,6 +109,21 @@ def test_an_error_every_process_finds_is_said_by_process_0(tmp_path, capsys, mon
     assert capsys.readouterr() == ("", said) and waits == [5.0, 5.0]
 
 
+@pytest.mark.parametrize("args", [["t2i", "-", "-o", "x.png"], ["t2v", "--prompts-file", "-", "-o", "x.mp4"]])
+def test_prompts_from_stdin_are_refused_under_a_launch(tmp_path, capsys, monkeypatch, args):
+    """The launcher gives stdin to process 0 alone: process 1 failed with 'prompts file stdin holds
+    no prompt' and process 0 said 'terminated'. Now every process refuses it alike, before reading."""
+    import io
+
+    monkeypatch.chdir(tmp_path)
+    _launch(monkeypatch, 0)
+    monkeypatch.setattr("sys.stdin", io.StringIO("a\nb\n"))
+    assert main([*args, "--seed", "1"]) == 2
+    assert capsys.readouterr() == ("", "showo2: error: prompts from stdin reach only the first of several "
+                                       "processes: use --prompts-file FILE under a launch\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def _prompts(folder: Path, n: int) -> Path:
     path = folder / "p.txt"
     path.write_text("".join(f"prompt {i}\n" for i in range(n)))

@@ -87,8 +87,12 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
         if prompts_file is not None:
             raise UsageError("PROMPT '-' reads the prompts from stdin: give it or --prompts-file, not both")
         prompt, prompts_file = None, Path("-")
-    prompts = check_prompts(O.read_prompts(prompt, prompts_file))
     rank, world = process_rank()
+    if world > 1 and prompts_file is not None and str(prompts_file) == "-":
+        # the launcher hands stdin to process 0 alone: the others read nothing
+        raise UsageError("prompts from stdin reach only the first of several processes: use --prompts-file FILE "
+                         "under a launch")
+    prompts = check_prompts(O.read_prompts(prompt, prompts_file))
     if world > 1:
         _agree(kind, output, prompts, opts, drawn, overwrite, save_latents)
     indices = list(range(len(prompts)))[rank::world]
