@@ -34,6 +34,7 @@ def test_caption_cli_prints_and_records_the_drawn_seed(tiny_model_dir, tmp_path,
     from PIL import Image
 
     from showo2_cli.cli import main
+    from showo2_cli.cli.common import one_answer_line
 
     image = tmp_path / "grey.png"
     Image.new("RGB", (32, 32), (200, 200, 200)).save(image)
@@ -44,4 +45,5 @@ def test_caption_cli_prints_and_records_the_drawn_seed(tiny_model_dir, tmp_path,
     seed = int(err.split("seed ", 1)[1].split()[0])  # printed on stderr, as t2i prints its seed
     assert main([*args, "--seed", str(seed), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert again["options"]["seed"] == seed and again["answers"][0]["answer"].replace("\n", " ") + "\n" == out
+    # the printed line is the recorded answer as a terminal is shown it (control characters escaped)
+    assert again["options"]["seed"] == seed and one_answer_line(again["answers"][0]["answer"]) + "\n" == out

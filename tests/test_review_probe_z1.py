@@ -45,9 +45,12 @@ def test_a_chats_t2i_says_when_the_prompt_was_longer_than_the_model_holds(demo, 
 
     import showo2_cli.cli  # noqa: F401  (the commands' shared helpers)
     from showo2_cli.chat import Conversation
+    from showo2_cli.cli import common
     from showo2_cli.cli.chat import ChatSession
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(common.STATE, "quiet", False)  # an earlier command of the run may have left --quiet/--json
+    monkeypatch.setitem(common.STATE, "json", False)
     session = ChatSession(Conversation(demo), out=io.StringIO(), err=io.StringIO())
     long = " ".join(["a red circle on a white background"] * 10)
     assert session.handle(f"/t2i {long} -o long.png --steps 2 --seed 1 --size 32x32 -n 2")

@@ -24,10 +24,12 @@ from .options import DTYPES, MAX_MEMORY_ENV, OFFLOAD_MODES, check_device, env_me
 #: Loggers that write about the machine while transformers, diffusers or peft import torchao and
 #: bitsandbytes (installed for ``--quantize``): torchao's missing CUDA extensions, torch's note on an
 #: Enum torchao registers, diffusers' on torchao 0.18's removed tensor classes, bitsandbytes' on the
-#: optional ``kernels`` package (its own CPU kernels run instead). Noise on every command, about
-#: nothing a user can act on, so :func:`quiet_imports` holds it back while those imports run.
+#: optional ``kernels`` package (its own CPU kernels run instead), and ``kernels`` itself (installed
+#: by transformers 5.25) on skipping its Hub trust check offline when bitsandbytes asks it for a CPU
+#: kernel. Noise on every command, about nothing a user can act on, so :func:`quiet_imports` holds
+#: it back while those imports run.
 IMPORT_NOISE = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer",
-                "bitsandbytes.backends.cpu.ops")
+                "bitsandbytes.backends.cpu.ops", "kernels")
 
 
 #: torch's own deprecation of ``torch.jit.script_method``, which torch's inductor still calls when
