@@ -23,7 +23,10 @@ headers to a ``fail`` answer (``{"X-Error-Code": "GatedRepo"}``, ``{"Retry-After
 ``endless[path] = True`` answers it with a body without a length that never ends (``endless["api"]``:
 the listing);
 ``token = "hf_..."`` makes every repo private: a request without ``Authorization: Bearer <token>``
-is answered 401 (as the Hub answers a private repo, or a token it refuses).
+is answered 401 (as the Hub answers a private repo, or a token it refuses);
+``private[repo] = "hf_..."`` does so for one repo; ``gated[repo] = "hf_..."`` makes one repo gated, its
+terms accepted by that token only: a request without a token is answered 401, with another 403, both
+with ``X-Error-Code: GatedRepo`` (as the Hub answers).
 Every request is recorded in :attr:`requests` (method, path).
 """
 
@@ -77,6 +80,8 @@ class LocalHub:
         self.redirect: dict[str, bool] = {}
         self.endless: dict[str, bool] = {}
         self.token: str | None = None
+        self.private: dict[str, str] = {}
+        self.gated: dict[str, str] = {}
         self.stopping = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -164,6 +169,11 @@ class LocalHub:
                     return self.send(401, b'{"error": "Invalid credentials in Authorization header"}',
                                      {"Content-Type": "application/json",
                                       "X-Error-Message": "Invalid credentials in Authorization header"}, head=head)
+                refused = self.refused(parts[2:] if parts[:2] == ["api", "models"] else parts)
+                if refused:
+                    status, headers = refused
+                    return self.send(status, b'{"error": "Access to this model is restricted"}',
+                                     {"Content-Type": "application/json", **headers}, head=head)
                 if parts[:2] == ["api", "models"]:
                     return self.api(parts[2:], url.query)
                 repo, rest = self.find_repo(parts)
@@ -172,6 +182,16 @@ class LocalHub:
                 if len(rest) >= 3 and rest[0] == "resolve":
                     return self.resolve(repo, rest[1], "/".join(rest[2:]), head)
                 return self.not_found("EntryNotFound", head=head)
+
+            def refused(self, parts: list[str]) -> tuple[int, dict] | None:
+                """The answer to a request for a private or gated repo without its token."""
+                repo_id, sent = "/".join(parts[:2]), self.headers.get("Authorization")
+                if repo_id in hub.private and sent != f"Bearer {hub.private[repo_id]}":
+                    return 401, {"X-Error-Message": "Invalid credentials in Authorization header"}
+                if repo_id in hub.gated and sent != f"Bearer {hub.gated[repo_id]}":
+                    return 401 if sent is None else 403, {"X-Error-Code": "GatedRepo",
+                                                          "X-Error-Message": "Access to this model is restricted"}
+                return None
 
             def api(self, parts: list[str], query: str):
                 repo, rest = self.find_repo(parts)

@@ -483,6 +483,107 @@ def test_a_private_or_gated_repo_says_how_to_give_a_token_and_hf_token_is_sent(h
         download_model("acme/gated")
 
 
+def test_hub_arguments_of_from_pretrained_and_load_work_as_in_huggingface_hub(hub, tmp_path, monkeypatch,
+                                                                              tiny_model_dir):
+    """cache_dir (looked in and downloaded into), token (a string sent, False none even with HF_TOKEN
+    set, True the saved one), force_download, use_auth_token: as huggingface_hub takes them, for
+    that call only; a private repo (401) and a gated one (403) say what to do, never the token."""
+    import traceback
+
+    import huggingface_hub.constants as C
+    import torch
+
+    from showo2_cli import Showo2Pipeline, api
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(C, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no stored login
+    src = tiny_model_dir
+    hub.add_folder("acme/private", src)
+    hub.private["acme/private"] = "hf_right"
+    mine = tmp_path / "my-cache"
+    pipe = Showo2Pipeline.from_pretrained("acme/private", cache_dir=mine, token="hf_right")  # was a ValueError
+    weight = pipe.network.state_dict()["showo.model.embed_tokens.weight"]
+    assert (mine / "models--acme--private" / "snapshots").is_dir() and not hub.cache.exists()  # there, only there
+    fetched = sorted(hub.downloads())
+    assert len(fetched) == len([p for p in src.rglob("*") if p.is_file()])
+    hub.requests.clear()
+    assert api.pull("acme/private", cache_dir=str(mine)).downloaded == []
+    assert api.load("acme/private", cache_dir=mine).spec == pipe.spec
+    assert hub.requests == []  # found in that cache: nothing asked
+    with pytest.raises(ModelError, match="not in the Hugging Face cache and local_files_only"):
+        api.load("acme/private", local_files_only=True)  # the default cache has not got it: the call's own only
+    again = api.load("acme/private", cache_dir=mine, token="hf_right", force_download=True)
+    assert sorted(hub.downloads()) == fetched  # every file of the model again
+    assert torch.equal(again.network.state_dict()["showo.model.embed_tokens.weight"], weight)
+    with pytest.raises(ModelError, match="the token given as token= has no access"):  # its old name
+        Showo2Pipeline.from_pretrained("acme/private", cache_dir=tmp_path / "c2", use_auth_token="hf_wrong")
+
+    def refused(match: str, **kwargs) -> str:
+        with pytest.raises(ModelError, match=match) as e:
+            api.load("acme/private", cache_dir=tmp_path / "empty", **kwargs)
+        text = "".join(traceback.format_exception(e.value))
+        assert "\n" not in str(e.value) and "hf_right" not in text and "hf_wrong" not in str(e.value)
+        return str(e.value)
+
+    refused(r"HTTP 401 \(access refused\): log in with hf auth login or set HF_TOKEN \(or pass token=\), then")
+    refused("the token given as token= has no access to it; check it", token="hf_wrong")
+    refused("token=True but no Hugging Face token is saved: log in with hf auth login or set HF_TOKEN", token=True)
+    monkeypatch.setenv("HF_TOKEN", "hf_right")
+    refused("HTTP 401 .*token=False sends no token: pass token=True", token=False)  # HF_TOKEN not sent
+    monkeypatch.setattr(C, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)  # it said "the token in use has no access"
+    refused("no token was sent because HF_HUB_DISABLE_IMPLICIT_TOKEN is set: unset it")
+    assert api.pull("acme/private", cache_dir=tmp_path / "c3", token=True).missing == []  # explicit: sent
+    monkeypatch.setattr(C, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+    hub.add_folder("acme/gated", src)
+    hub.gated["acme/gated"] = "hf_accepted"
+    hints = {False: "token=False sends no token", "hf_right": "the token given as token= has no access"}
+    for token, hint in hints.items():  # the Hub answers 401 without a token, 403 with one not accepted
+        with pytest.raises(ModelError, match=f"'acme/gated' is gated on the Hub: accept its terms .*{hint}") as e:
+            Showo2Pipeline.from_pretrained("acme/gated", token=token)
+        assert "hf_right" not in "".join(traceback.format_exception(e.value))
+    assert api.pull("acme/gated", token="hf_accepted").missing == []
+    with pytest.raises(ValueError, match="force_download=True needs the Hub, local_files_only=True forbids it"):
+        api.load("acme/gated", force_download=True, local_files_only=True)
+    with pytest.raises(ValueError, match="token= must be a Hugging Face token") as e:
+        api.load("acme/gated", token="hf_right\r\nX-Injected: 1")
+    assert "hf_right" not in str(e.value)
+    with pytest.raises(TypeError, match="token must be a string, True, False or None"):
+        api.load("acme/gated", token=123)
+    with pytest.raises(ValueError, match="is not a folder"):
+        api.load("acme/gated", cache_dir=src / "config.json")
+
+
+def test_a_token_file_that_is_not_a_file_or_a_token_no_header_carries_fails_at_once(hub, tmp_path, monkeypatch):
+    """huggingface_hub reads the token file for every request: a FIFO there (or a pipe,
+    ``HF_TOKEN_PATH=<(pass hf)``) blocked the listing until the stall limit said the Hub "sent
+    nothing"; a token a header cannot carry was a 401 or an ascii codec error. Each is now one line
+    naming where the token comes from, before any request, never the token."""
+    import huggingface_hub.constants as C
+
+    from showo2_cli.hub import download_model
+
+    monkeypatch.setenv("SHOWO2_HUB_STALL_SECONDS", "2")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    repo = small_repo(hub, "acme/private")
+    hub.private[repo] = "hf_right"
+    fifo = tmp_path / "token-fifo"
+    os.mkfifo(fifo)
+    for path, match in ((fifo, "is not a regular file, and huggingface_hub reads it for every request"),
+                        (tmp_path, "is not a regular file"), (tmp_path / "bad", r"cannot be read \(UnicodeDecodeError\)")):
+        (tmp_path / "bad").write_bytes(b"hf_\xff\xfe")
+        monkeypatch.setattr(C, "HF_TOKEN_PATH", str(path))
+        with pytest.raises(ModelError, match=f"the token file '{path}' \\(HF_TOKEN_PATH, else HF_HOME/token\\) {match}"):
+            download_model(repo)
+    for bad in ("hf_right x", "hf_righté", "hf_right\x7f"):
+        monkeypatch.setenv("HF_TOKEN", bad)
+        with pytest.raises(ModelError, match=r"the token in use \(HF_TOKEN, .*\) holds a space, a control or a non-ASCII") as e:
+            download_model(repo)
+        assert "hf_right" not in str(e.value)
+    assert hub.requests == []  # refused before asking
+    monkeypatch.setenv("HF_TOKEN", "hf_right")  # the variable comes first: the file is not read
+    assert (download_model(repo) / "model.safetensors").is_file()
+
+
 def test_file_download_errors_name_the_http_status(hub):
     from showo2_cli.hub import download_model
 
@@ -522,6 +623,8 @@ def test_models_reports_what_loading_finds_in_the_cache(hub, tmp_path, monkeypat
     """`showo2 models` looks a cached variant up as loading does (a repo carrying its own tokenizer
     and VAE is ready; it said "missing tokenizer, VAE"), honours $SHOWO2_VAE, and names a cached
     model whose config is damaged instead of calling it ready or missing."""
+    import huggingface_hub
+
     from showo2_cli.cli import main
     from showo2_cli.hub import pull
     from showo2_cli.loading import init_model
@@ -548,7 +651,11 @@ def test_models_reports_what_loading_finds_in_the_cache(hub, tmp_path, monkeypat
     config.write_text("{not json")
     row = rows()["1.5B"]
     assert not row["present"] and "not valid JSON" in row["damaged"]
-    assert row["get"] == ["hf download showlab/show-o2-1.5B --force-download"]
+    assert row["get"] == ["showo2 pull 1.5B --force-download"]  # the files it loads, not the whole repo
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    assert main(["pull", "1.5B", "--force-download", "--json"]) == 0  # the damaged copy replaced
+    assert json.loads(capsys.readouterr().out)["downloaded"] == ["showlab/show-o2-1.5B"] and rows()["1.5B"]["present"]
 
 
 @pytest.mark.slow
@@ -574,6 +681,40 @@ def test_cli_pull_interrupted_or_stalled_exits_at_once_and_cleans_up(hub, tmp_pa
     out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 4 and "stalled" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not [b for b in blobs_of(hub, repo) if b.endswith(".incomplete")]
+
+
+@pytest.mark.slow
+def test_cli_reads_the_token_as_huggingface_hub_does_and_never_writes_it(hub, tmp_path, tiny_model_dir):
+    """`showo2 pull` and a command with a Hub name take the token `hf auth login` saved under
+    HF_HOME (HF_HOME/hub the cache), and HF_TOKEN / HF_HUB_DISABLE_IMPLICIT_TOKEN as huggingface_hub
+    does; refusals are one line naming what to do. The token is in no output and no file written."""
+    token = "hf_SeCrEt0123456789abcdef"
+    hub.add_folder("acme/private", tiny_model_dir)
+    hub.private["acme/private"] = token
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "token").write_text(token + "\n")  # as hf auth login saves it
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_OFFLINE="0", PYTHONPATH=str(REPO / "src"),
+               OMP_NUM_THREADS="1")
+    run = [sys.executable, "-m", "showo2_cli.cli"]
+    outs = [subprocess.run([*run, "pull", "acme/private", "--json"], env=env, capture_output=True, text=True,
+                           timeout=300)]
+    assert outs[0].returncode == 0, outs[0].stderr
+    assert json.loads(outs[0].stdout)["path"].startswith(str(home / "hub" / "models--acme--private"))
+    other = {**env, "HF_HUB_CACHE": str(tmp_path / "other")}
+    out = subprocess.run([*run, "pull", "acme/private"], env={**other, "HF_TOKEN": token,
+                         "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 4 and len(out.stderr.strip().splitlines()) == 1, out.stderr  # it said "the token in use"
+    assert "no token was sent because HF_HUB_DISABLE_IMPLICIT_TOKEN is set: unset it" in out.stderr
+    outs.append(out)
+    outs.append(subprocess.run([*run, "t2i", "a red circle", "-m", "acme/private", "-o", str(tmp_path / "c.png"),
+                                "--steps", "3", "--json"], env=env, capture_output=True, text=True, timeout=300))
+    assert outs[-1].returncode == 0 and (tmp_path / "c.png").is_file(), outs[-1].stderr
+    for out in outs:
+        assert token not in out.stdout + out.stderr and token[8:] not in out.stdout + out.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != home / "token"]
+    assert len(written) > 10 and not [p for p in written if token[8:].encode() in p.read_bytes()]
 
 
 @pytest.mark.slow
@@ -1059,10 +1200,10 @@ def test_from_pretrained_takes_diffusers_loading_arguments(tiny_model_dir, tmp_p
     assert plain.device.type == "cpu"
     with pytest.raises(ValueError, match="one weight set"):
         Showo2Pipeline.from_pretrained(tiny_model_dir, variant="fp16")
-    with pytest.raises(ValueError, match="HF_HUB_CACHE"):
-        Showo2Pipeline.from_pretrained(tiny_model_dir, cache_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="HF_TOKEN"):
-        Showo2Pipeline.from_pretrained(tiny_model_dir, token="hf_x")
+    with pytest.raises(ValueError, match="HTTPS_PROXY"):  # huggingface_hub takes no per-call proxies
+        Showo2Pipeline.from_pretrained(tiny_model_dir, proxies={"https": "http://127.0.0.1:9"})
+    with pytest.raises(ValueError, match="whole of its repo or folder"):
+        Showo2Pipeline.from_pretrained(tiny_model_dir, subfolder="unet")
     with pytest.raises(ValueError, match="one device"):
         Showo2Pipeline.from_pretrained(tiny_model_dir, device_map={"": 0})
     with pytest.raises(ValueError, match="not both"):

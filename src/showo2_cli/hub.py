@@ -2,7 +2,8 @@
 
 Everything goes through ``huggingface_hub``: its cache (``HF_HOME`` / ``HF_HUB_CACHE``), its
 endpoint (``HF_ENDPOINT``), its offline switch (``HF_HUB_OFFLINE``), its token, its
-downloads and its ``.incomplete`` files. This module only decides *which* files: a Show-o2
+downloads and its ``.incomplete`` files; a Python call's own ``cache_dir`` and ``token``
+(:mod:`showo2_cli.hub_auth`) stand for the environment's for that call. This module only decides *which* files: a Show-o2
 checkpoint is its ``config.json`` plus one set of weights (the set :func:`find_weights`
 would read: safetensors before pickles, never both), its tokenizer files, and its VAE; the official
 repos keep the tokenizer and the LLM config in the Qwen2.5 repo, the SigLIP config in the SigLIP
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import ModelError, UsageError, short
+from .hub_auth import access
 from .hub_download import cache_ref_readable, download_files, offline, remote_listing, repo_cache_folder
 from .weights import read_json
 
@@ -130,7 +132,7 @@ def hf_cached_file(repo_id: str, filename: str) -> Path | None:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(repo_id, filename)
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=access().cache_dir)
         return Path(found) if isinstance(found, str) and os.path.exists(found) else None
     except Exception:
         return None
@@ -399,7 +401,7 @@ def _cached_listing(repo_id: str, revision: str | None = None) -> list[str] | No
     except ImportError:
         return None
     try:
-        return [f.path for f in get_cached_repo_tree(repo_id, revision=revision)]
+        return [f.path for f in get_cached_repo_tree(repo_id, revision=revision, cache_dir=access().cache_dir)]
     except Exception:
         return None
 
@@ -408,7 +410,7 @@ def _cached_config(repo_id: str, revision: str | None = None) -> dict | None:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision, cache_dir=access().cache_dir)
         if isinstance(found, str):
             return read_json(found)
     except (OSError, ModelError):
@@ -434,7 +436,8 @@ def cached_snapshot(repo_id: str, role: str = "model", revision: str | None = No
         patterns = (model_files(listing, _cached_config(repo_id, revision)) if role == "model"
                     else tokenizer_repo_files(listing))
     try:
-        snap = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns, revision=revision))
+        snap = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns, revision=revision,
+                                      cache_dir=access().cache_dir))
     except Exception:
         return None
     if listing is None and not _looks_complete(snap, role):  # e.g. `hf download REPO config.json` alone
@@ -456,12 +459,14 @@ def _looks_complete(snap: Path, role: str) -> bool:
 
 # ---- downloading (the machinery is in hub_download) --------------------------------------------------
 
-def download_model(repo_id: str, progress: Progress | None = None, revision: str | None = None) -> Path:
-    """Fetch a Show-o2 repo's own files (:func:`model_files`) into the cache; return the snapshot."""
+def download_model(repo_id: str, progress: Progress | None = None, revision: str | None = None,
+                   force_download: bool = False) -> Path:
+    """Fetch a Show-o2 repo's own files (:func:`model_files`) into the cache (again where cached,
+    with ``force_download``); return the snapshot."""
     remote = remote_listing(repo_id, "model", revision)
     if "config.json" not in remote:
         raise ModelError(f"'{repo_id}' on the Hub is not a Show-o2 model: it has no config.json")
-    snap = download_files(repo_id, ["config.json"], None, "model", revision, remote)
+    snap = download_files(repo_id, ["config.json"], None, "model", revision, remote, force_download)
     try:
         config = read_json(snap / "config.json")
     except ModelError as e:
@@ -469,18 +474,22 @@ def download_model(repo_id: str, progress: Progress | None = None, revision: str
     files = model_files(list(remote), config if isinstance(config, dict) else None)
     if len(files) == 1:
         raise ModelError(f"'{repo_id}' on the Hub has no weights (model.safetensors / pytorch_model.bin)")
-    return download_files(repo_id, files, progress, "model", revision, remote)
+    rest = [f for f in files if f != "config.json"] if force_download else files  # config.json: just fetched
+    return download_files(repo_id, rest, progress, "model", revision, remote, force_download)
+
+
+def is_hub_name(name: str | os.PathLike) -> bool:
+    """A variant or repo id (maybe ``@revision``) that names no local folder: a name the Hub serves."""
+    return str(name) != "demo" and existing_path(name) is None and repo_id_for(split_revision(name)[0]) is not None
 
 
 def needs_download(name: str) -> bool:
     """True for a variant or repo id (maybe ``@revision``) that is not a local folder and may be
     fetched (online): not cached, or cached without a companion :func:`pull` would fetch."""
-    if str(name) == "demo" or existing_path(name) is not None:
+    if not is_hub_name(name) or offline():
         return False
     base, revision = split_revision(name)
     repo = repo_id_for(base)
-    if repo is None or offline():
-        return False
     snap = cached_snapshot(repo, revision=revision)
     if snap is None:
         return True
@@ -526,10 +535,23 @@ class PullResult:
     missing: list[str] = field(default_factory=list)
 
 
-def pull(name: str, progress: Progress | None = None) -> PullResult:
+def pull(name: str, progress: Progress | None = None, *, force_download: bool = False,
+         cache_dir: str | os.PathLike | None = None, token: bool | str | None = None) -> PullResult:
     """Make a model loadable offline: its repo, then whatever :func:`model_files.find_files` still
     misses (the tokenizer from the LLM repo, the SigLIP config, the Wan2.1 VAE file). Cached pieces
-    are not fetched again; with ``HF_HUB_OFFLINE`` set, only the cache is consulted."""
+    are not fetched again; ``force_download`` fetches the model repo's files anew (the companion
+    repos, which other models share, only when missing); with ``HF_HUB_OFFLINE`` set, only the cache is consulted.
+    ``cache_dir`` and ``token`` are huggingface_hub's, for this call (default: the environment's,
+    or those of the running :func:`~showo2_cli.hub_download.hub_access`)."""
+    from contextlib import nullcontext
+
+    from .hub_auth import hub_access
+
+    with hub_access(cache_dir, token) if cache_dir is not None or token is not None else nullcontext():
+        return _pull(name, progress, force_download)
+
+
+def _pull(name: str, progress: Progress | None, force_download: bool) -> PullResult:
     from .model_files import find_files
 
     if str(name) == "demo":  # listed by `showo2 models` as every variant is, and already here
@@ -540,10 +562,12 @@ def pull(name: str, progress: Progress | None = None) -> PullResult:
     if repo is None:
         raise ModelError(f"'{name}' is neither a known variant nor a Hugging Face repo id (owner/name, "
                          "maybe @revision)")
+    if force_download and offline():
+        raise ModelError(f"force_download needs the Hub, but HF_HUB_OFFLINE is set; '{name}' was not fetched again")
     downloaded = []
-    snap = cached_snapshot(repo, revision=revision)
+    snap = None if force_download else cached_snapshot(repo, revision=revision)
     if snap is None:
-        snap = download_model(repo, progress, revision)
+        snap = download_model(repo, progress, revision, force_download)
         downloaded.append(repo if revision is None else f"{repo}@{revision}")
     files = find_files(snap)
     for companion, what in _companions(files):

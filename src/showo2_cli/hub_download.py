@@ -17,6 +17,9 @@ checked before anything is fetched, checksums checked after, and errors as one l
   instead of filling the memory.
 * Each newly downloaded file is checked against the size in the Hub's listing, and each LFS
   file against its sha256.
+* The cache folder and the token are a call's own where it gave them (:mod:`showo2_cli.hub_auth`):
+  every lookup and request here reads them through :func:`~showo2_cli.hub_auth.access`, and no
+  message holds the token.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from tqdm.std import tqdm as _std_tqdm
 
 from .errors import ModelError, short
+from .hub_auth import access, check_token, hidden, hub_cache, login_hint, redact
 
 Progress = Callable[[str, int, int], None]
 
@@ -60,9 +64,7 @@ def offline() -> bool:
 
 def repo_cache_folder(repo_id: str) -> Path:
     """The folder of a model repo in the Hugging Face cache (``models--OWNER--NAME``)."""
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    return hub_cache() / f"models--{repo_id.replace('/', '--')}"
 
 
 def cache_ref_readable(repo_id: str, revision: str | None = None) -> bool:
@@ -187,10 +189,9 @@ def remove_stale_partials(repo_id: str) -> list[str]:
     writes ``<blob>.<random>.incomplete`` under the blob's lock and deletes it on an error, so one
     whose lock is free was left by a killed process and is never reused. Returns the names removed."""
     from filelock import FileLock, Timeout
-    from huggingface_hub import constants
 
     blobs = _blobs(repo_id)
-    locks = Path(constants.HF_HUB_CACHE) / ".locks" / blobs.parent.name
+    locks = hub_cache() / ".locks" / blobs.parent.name
     removed = []
     for name in sorted(_names(blobs)):
         if not name.endswith(".incomplete") or not (locks / f"{name.split('.')[0]}.lock").is_file():
@@ -304,22 +305,24 @@ def remote_listing(repo_id: str, what: str, revision: str | None = None) -> dict
     """The repo's files with their sizes and LFS checksums (one API call, bounded)."""
     from huggingface_hub import HfApi, get_session
 
+    check_token()
     hooks = get_session().event_hooks["response"]
     if _cap_listing not in hooks:
         hooks.append(_cap_listing)
+    token = access().token
 
     def call():
         _LISTING.message = (f"the listing of {what} '{repo_id}' from the Hub at {endpoint()} is longer than "
                             f"{MAX_LISTING_BYTES // 2**20} MiB; not read further")
         try:
-            return HfApi().model_info(repo_id, revision=revision, files_metadata=True, timeout=_timeout())
+            return HfApi().model_info(repo_id, revision=revision, files_metadata=True, timeout=_timeout(), token=token)
         finally:
             _LISTING.message = None
 
     try:
         info = _bounded(call, _Bytes("listing", None), repo_id, what)
     except Exception as e:
-        raise as_model_error(repo_id, what, e, revision) from e
+        raise as_model_error(repo_id, what, e, revision) from hidden(e)
     return {s.rfilename: RemoteFile(s.size, s.lfs.sha256 if s.lfs else None) for s in info.siblings or []}
 
 
@@ -327,19 +330,17 @@ def _is_cached(repo_id: str, filename: str, revision: str | None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(repo_id, filename, revision=revision)
+        found = try_to_load_from_cache(repo_id, filename, revision=revision, cache_dir=access().cache_dir)
     except Exception:
         return False
     return isinstance(found, str) and os.path.exists(found)
 
 
 def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, RemoteFile],
-                revision: str | None = None) -> int | None:
+                revision: str | None = None, force: bool = False) -> int | None:
     """Before downloading: a config or tokenizer file larger than its loader reads is refused,
     and so is a download larger than the cache folder's free space. Returns the bytes the listing
-    announces for the files not cached yet (None when it leaves a size out)."""
-    from huggingface_hub import constants
-
+    announces for the files not cached yet (all of them with ``force``; None when it leaves a size out)."""
     from .hub import TOKENIZER_FILES
     from .tokenizer import tokenizer_file_limit
     from .weights import MAX_CONFIG_BYTES
@@ -348,7 +349,7 @@ def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, Rem
     for name in files:
         size = remote[name].size if name in remote else None
         if size is None:
-            known = known and _is_cached(repo_id, name, revision)
+            known = known and not force and _is_cached(repo_id, name, revision)
             continue
         base = name.rsplit("/", 1)[-1]
         cap = (tokenizer_file_limit(base) if base in TOKENIZER_FILES  # the caps the loaders hold them to
@@ -356,9 +357,10 @@ def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, Rem
         if cap is not None and size > cap:
             raise ModelError(f"{what} '{repo_id}' on the Hub has a '{name}' of {size} bytes, more than the "
                              f"{cap // 2**20} MiB a {base} may have; not downloaded")
-        if not _is_cached(repo_id, name, revision):
+        if force or not _is_cached(repo_id, name, revision):
             total += size
-    folder = Path(constants.HF_HUB_CACHE)
+    cache = hub_cache()
+    folder = cache
     while not folder.exists() and folder.parent != folder:
         folder = folder.parent
     try:
@@ -367,8 +369,8 @@ def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, Rem
         return total if known else None
     if total > free:
         raise ModelError(f"{what} '{repo_id}' needs {total / 1e9:.1f} GB but the Hugging Face cache at "
-                         f"{constants.HF_HUB_CACHE} has {free / 1e9:.1f} GB free; free some space "
-                         "(or set HF_HUB_CACHE) and pull again")
+                         f"{cache} has {free / 1e9:.1f} GB free; free some space "
+                         "(or use another cache: HF_HUB_CACHE, cache_dir=) and pull again")
     return total if known else None
 
 
@@ -408,34 +410,57 @@ def _verify(repo_id: str, what: str, snap: Path, files: list[str], remote: dict[
 
 
 def download_files(repo_id: str, files: list[str] | None, progress: Progress | None, what: str,
-             revision: str | None = None, remote: dict[str, RemoteFile] | None = None) -> Path:
+             revision: str | None = None, remote: dict[str, RemoteFile] | None = None,
+             force_download: bool = False) -> Path:
     """``snapshot_download`` of the selected files, bounded (:func:`_bounded`), sizes checked first
-    and LFS checksums after (with ``remote``, the listing); errors as one-line :class:`ModelError`."""
+    and LFS checksums after (with ``remote``, the listing); errors as one-line :class:`ModelError`.
+    ``force_download``: fetched again even where cached (huggingface_hub's ``force_download``)."""
     from huggingface_hub import snapshot_download
 
     if not cache_ref_readable(repo_id, revision):
         raise ModelError(f"the Hugging Face cache entry of '{repo_id}' is damaged: its refs/{revision or 'main'} is "
                          "not a regular file (delete that file and pull again)")
+    check_token()
     limit = None
     if remote is not None and files is not None:
-        limit = check_sizes(repo_id, what, files, remote, revision)
+        limit = check_sizes(repo_id, what, files, remote, revision, force=force_download)
     overrun = (f"downloading {what} '{repo_id}' stopped: the Hub at {endpoint()} sent more than the {limit} bytes "
                "its listing announces; nothing of it is kept")
     meter = _Bytes(f"downloading {repo_id}", progress, limit, overrun)
     remove_stale_partials(repo_id)
-    before = _names(_blobs(repo_id))
+    if force_download and files is not None:
+        _drop_copies(repo_id, revision, files)
+    before = set() if force_download else _names(_blobs(repo_id))  # forced: every file is new, checked
+    where = access()
 
     def call():
         return snapshot_download(repo_id, allow_patterns=files, tqdm_class=meter.bar_class(), revision=revision,
-                                 etag_timeout=_timeout())
+                                 etag_timeout=_timeout(), cache_dir=where.cache_dir, token=where.token,
+                                 force_download=force_download)
 
     try:
         snap = Path(_bounded(call, meter, repo_id, what))
     except Exception as e:
-        raise as_model_error(repo_id, what, e, revision) from e
+        raise as_model_error(repo_id, what, e, revision) from hidden(e)
     if remote is not None and files is not None:
         _verify(repo_id, what, snap, files, remote, before)
     return snap
+
+
+def _drop_copies(repo_id: str, revision: str | None, files: list[str]) -> None:
+    """Before a forced download: remove the snapshot's entries of ``files`` that are not links into
+    ``blobs/`` (a file edited in place, e.g. by ``sed -i``, or a copy where links are not made):
+    huggingface_hub fetches the blob again but keeps such an entry, so the damage would stay."""
+    folder = repo_cache_folder(repo_id)
+    try:
+        ref = folder / "refs" / (revision or "main")
+        commit = ref.read_text(encoding="ascii").strip() if ref.is_file() else revision
+        for name in files if commit else ():
+            entry = folder / "snapshots" / commit / name
+            if entry.is_file() and not entry.is_symlink():
+                entry.unlink()
+    except (OSError, ValueError):  # nothing to drop, or no such commit: the download says what is wrong
+        pass
 
 
 def _chain(e: BaseException) -> list[BaseException]:
@@ -461,10 +486,18 @@ def _status(e: BaseException) -> int | None:
 
 def as_model_error(repo_id: str, what: str, e: Exception, revision: str | None = None) -> Exception:
     """A Hub, network or listing failure as a one-line :class:`ModelError` (anything else
-    unchanged: a bug)."""
+    unchanged: a bug), without the token (:func:`redact`)."""
+    error = _as_model_error(repo_id, what, e, revision)
+    if isinstance(error, ModelError) and error is not e:
+        return ModelError(redact(str(error)))
+    return error
+
+
+def _as_model_error(repo_id: str, what: str, e: Exception, revision: str | None = None) -> Exception:
     from huggingface_hub.errors import (
         GatedRepoError,
         LocalEntryNotFoundError,
+        LocalTokenNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -472,18 +505,21 @@ def as_model_error(repo_id: str, what: str, e: Exception, revision: str | None =
 
     if isinstance(e, ModelError):
         return e
+    if isinstance(e, LocalTokenNotFoundError):
+        return ModelError(f"token=True but no Hugging Face token is saved: log in with hf auth login or set HF_TOKEN "
+                          f"(or pass the token as token=) to download {what} '{repo_id}'")
     httpx = hub_httpx()
     if isinstance(e, GatedRepoError):
         return ModelError(f"{what} '{repo_id}' is gated on the Hub: accept its terms on the model page and "
-                          f"{_login_hint()}, then pull again")
+                          f"{login_hint()}, then pull again")
     if isinstance(e, RepositoryNotFoundError):
-        return ModelError(f"{what} '{repo_id}' is not on the Hub at {endpoint()} (or it is private: {_login_hint()})")
+        return ModelError(f"{what} '{repo_id}' is not on the Hub at {endpoint()} (or it is private: {login_hint()})")
     if isinstance(e, RevisionNotFoundError):
         return ModelError(f"{what} '{repo_id}' has no revision '{revision or 'main'}' on the Hub")
     status = _status(e)
     if status in (401, 403):
         return ModelError(f"downloading {what} '{repo_id}' failed: the Hub at {endpoint()} answered HTTP {status} "
-                          f"(access refused): {_login_hint()}, then pull again")
+                          f"(access refused): {login_hint()}, then pull again")
     if status == 429:
         return ModelError(f"downloading {what} '{repo_id}' failed: the Hub at {endpoint()} answered HTTP 429 (too many "
                           "requests); wait a while, then pull again")
@@ -509,19 +545,6 @@ def as_model_error(repo_id: str, what: str, e: Exception, revision: str | None =
     if isinstance(e, ValueError):  # HFValidationError, an unusable listing or file entry, a Xet-only file
         return ModelError(f"{what} '{repo_id}' cannot be downloaded from the Hub at {endpoint()}: {_first_line(str(e))}")
     return e
-
-
-def _login_hint() -> str:
-    """How to give the Hub a token, or, when one is set, that it is the one refused."""
-    try:
-        from huggingface_hub import get_token
-
-        token = get_token()
-    except Exception:  # e.g. an OIDC exchange that failed
-        token = None
-    if token:
-        return "the token in use (HF_TOKEN, else the one of hf auth login) has no access to it; check it"
-    return "log in with hf auth login or set HF_TOKEN"
 
 
 def _first_line(text: str, n: int = 160) -> str:

@@ -158,7 +158,8 @@ def require_model(model) -> Showo2:
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          dtype: str | torch.dtype = torch.float32, need: tuple[str, ...] = ("tokenizer", "VAE"),
          runtime=None, lora: str | os.PathLike | list | tuple = (), local_files_only: bool = False,
-         use_safetensors: bool | None = None) -> Showo2:
+         use_safetensors: bool | None = None, cache_dir: str | os.PathLike | None = None,
+         token: bool | str | None = None, force_download: bool = False) -> Showo2:
     """Load a model by name, folder or cached repo id. ``need`` lists the pieces that must exist;
     ``lora`` a LoRA adapter or a list of them (folders or training runs, see :mod:`showo2_cli.lora`)
     merged into the weights in order; ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the
@@ -166,7 +167,10 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     applied after the adapters are merged. A repo id that is not cached is downloaded when
     online, unless ``local_files_only``. ``use_safetensors=True`` (diffusers' switch) refuses a
     model whose weights or VAE file are pickles (``.bin``/``.pth``, which are otherwise read with
-    ``torch.load(weights_only=True)``) before anything is read."""
+    ``torch.load(weights_only=True)``) before anything is read. ``cache_dir``, ``token`` and
+    ``force_download`` are huggingface_hub's, for this call (see
+    :meth:`~showo2_cli.pipeline.Showo2Pipeline.from_pretrained`; ``force_download`` pulls the
+    model again with :func:`showo2_cli.hub.pull`)."""
     from .acceleration import apply
     from .lora import find_adapter, merge_adapters
     from .modeling.vae_files import load_vae
@@ -174,7 +178,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
 
     start = time.perf_counter()
     dtype = torch_dtype(dtype)
-    files = find_files(name, vae=vae, local_files_only=local_files_only)
+    files = _find_on_hub(name, vae, local_files_only, cache_dir, token, force_download)
     message = missing_message(files, ("weights", *need))
     if message:
         raise ModelError(message)
@@ -206,6 +210,22 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     apply(bundle, runtime)
     bundle.load_seconds = time.perf_counter() - start
     return bundle
+
+
+def _find_on_hub(name, vae, local_files_only: bool, cache_dir, token, force_download: bool) -> ModelFiles:
+    """:func:`find_files` with the Hub arguments of :func:`load` (none given: the caller's)."""
+    from contextlib import nullcontext
+
+    from .hub import is_hub_name, pull
+    from .hub_auth import hub_access
+
+    if force_download and local_files_only:
+        raise ValueError("force_download=True needs the Hub, local_files_only=True forbids it: pass one")
+    given = cache_dir is not None or token is not None
+    with hub_access(cache_dir, token) if given else nullcontext():
+        if force_download and is_hub_name(name):
+            pull(str(name), force_download=True)
+        return find_files(name, vae=vae, local_files_only=local_files_only)
 
 
 def _require_safetensors(files: ModelFiles) -> None:

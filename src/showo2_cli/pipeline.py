@@ -101,6 +101,8 @@ class Showo2Pipeline:
                         device: str | torch.device | None = None, vae: str | os.PathLike | None = None,
                         runtime: RuntimeOptions | None = None, progress=None,
                         local_files_only: bool = False, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, token: bool | str | None = None,
+                        force_download: bool = False, proxies: dict | None = None, subfolder: str | None = None,
                         use_safetensors: bool | None = None, variant: str | None = None,
                         device_map: str | torch.device | None = None, low_cpu_mem_usage: bool = True,
                         lora: str | os.PathLike | list | tuple = (), **unsupported: Any) -> Showo2Pipeline:
@@ -115,19 +117,29 @@ class Showo2Pipeline:
         ``lora``: a LoRA adapter (a folder, a checkpoint or a training run) or a list of them,
         merged into the weights in order as ``--lora`` does.
 
+        The Hub arguments mean what they mean to huggingface_hub, for this call only:
+        ``cache_dir`` is the cache looked in and downloaded into (default ``HF_HUB_CACHE``);
+        ``token`` a string is sent, ``False`` sends none (even with ``HF_TOKEN`` set), ``True``
+        needs the saved one (``hf auth login`` or ``HF_TOKEN``), None (``use_auth_token``, its old
+        name) sends the saved one unless ``HF_HUB_DISABLE_IMPLICIT_TOKEN`` is set; ``force_download``
+        fetches the model repo's files again (the tokenizer and VAE repos it shares with other
+        models only when missing). ``proxies`` and ``subfolder`` other than None are refused:
+        huggingface_hub takes no per-call proxies (set ``HTTPS_PROXY``), and a Show-o2 model is the
+        whole of its repo or folder (name the folder itself).
+
         diffusers' other arguments: ``use_safetensors=True`` refuses pickled weights (``.bin``,
         ``.pth``); ``device_map`` names one device (``"cuda"``, ``"cuda:1"``; ``"balanced"``
         or ``"auto"``: the best one) as ``device`` does, since the model runs on one device;
         ``low_cpu_mem_usage`` is accepted either way (weights are always memory-mapped, built in place);
         ``variant`` must be None (Show-o2 repos publish one weight set: ``torch_dtype`` picks the
-        precision); ``torch_dtype="auto"`` is bf16 on CUDA, float32 elsewhere. ``cache_dir``, ``token``
-        and ``proxies`` are read from the environment (``HF_HUB_CACHE``, ``HF_TOKEN``,
-        ``HTTPS_PROXY``), as huggingface_hub does: other values than None are refused."""
-        from .hub import needs_download, pull, with_revision
+        precision); ``torch_dtype="auto"`` is bf16 on CUDA, float32 elsewhere."""
+        from .hub import is_hub_name, needs_download, pull, with_revision
+        from .hub_auth import hub_access
 
         if not isinstance(name, (str, os.PathLike)):
             raise TypeError(f"from_pretrained needs a model name or folder, got {type(name).__name__}")
-        check_pretrained_kwargs(unsupported, variant)
+        token = check_pretrained_kwargs(unsupported, variant, proxies, subfolder, token, force_download,
+                                        local_files_only)
         if device_map is not None:
             if device is not None:
                 raise ValueError("pass device or device_map, not both")
@@ -140,10 +152,11 @@ class Showo2Pipeline:
         else:
             dtype = checked_dtype(torch_dtype) if torch_dtype is not None else \
                 pick_dtype("auto" if str(device) == "auto" else "fp32", dev)
-        if not local_files_only and needs_download(str(name)):
-            pull(str(name), progress=progress)
-        return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime, local_files_only=local_files_only,
-                        use_safetensors=use_safetensors, lora=lora))
+        with hub_access(cache_dir, token):  # this call's cache and token, for the pull and the load alike
+            if not local_files_only and (force_download and is_hub_name(name) or needs_download(str(name))):
+                pull(str(name), progress=progress, force_download=force_download)
+            return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime,
+                            local_files_only=local_files_only, use_safetensors=use_safetensors, lora=lora))
 
     @one_call_at_a_time
     def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True,

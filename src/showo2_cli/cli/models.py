@@ -254,7 +254,7 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
                     missing.append("VAE")
                 else:
                     damaged = str(e)
-                    get.append(f"hf download {spec.repo_id} --force-download")
+                    get.append(f"showo2 pull {name} --force-download")
         if missing:
             get.insert(0, f"showo2 pull {name}")
         rows.append({"name": name, "repo": spec.repo_id, "present": not missing and damaged is None,
@@ -275,18 +275,21 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
 def pull(
     model: Annotated[str, typer.Argument(help="A variant (1.5B, 7B, 1.5B-HQ, ...) or a Hugging Face repo id; "
                                          "NAME@REVISION pins a commit, tag or branch.")],
+    force_download: Annotated[bool, typer.Option(
+        "--force-download", help="Fetch the model repo's files again even where cached (a damaged copy); its "
+                                 "tokenizer and VAE repos, which other models share, only when missing.")] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ):
     """Download a model and what it needs (tokenizer, VAE) into the Hugging Face cache, to run offline.
 
-    Only the files it loads come: config.json and one set of weights (safetensors before pickles), the tokenizer files and LLM config of its Qwen2.5 repo, the SigLIP config and Wan2.1_VAE.pth. Cached pieces are not fetched again; an interrupted pull keeps the files it finished and fetches the rest anew. HF_HOME / HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured.
+    Only the files it loads come: config.json and one set of weights (safetensors before pickles), the tokenizer files and LLM config of its Qwen2.5 repo, the SigLIP config and Wan2.1_VAE.pth. Cached pieces are not fetched again; an interrupted pull keeps the files it finished and fetches the rest anew. HF_HOME / HF_HUB_CACHE (the cache, for pull and every other command alike: there is no --cache-dir), HF_ENDPOINT, HF_TOKEN / HF_TOKEN_PATH (or hf auth login; no --token, which ps and the shell history would show), HF_HUB_DISABLE_IMPLICIT_TOKEN and HF_HUB_OFFLINE are honoured.
     """
     setup(json_mode, quiet)
     from ..hub import pull as pull_model
 
     with ProgressReporter() as progress:
-        result = pull_model(model, progress=progress)
+        result = pull_model(model, progress=progress, force_download=force_download)
     for piece in result.missing:
         notice(f"note: {piece} still missing after the pull (see: showo2 info {model})")
     state = (f"downloaded {', '.join(result.downloaded)}" if result.downloaded else

@@ -18,23 +18,28 @@ from ..runtime import torch_dtype
 SEED_LIMIT = 2**63 - 1
 
 
-#: diffusers ``from_pretrained`` arguments that huggingface_hub reads from the environment here
-ENV_ARGUMENTS = {"cache_dir": "HF_HUB_CACHE", "token": "HF_TOKEN", "use_auth_token": "HF_TOKEN",
-                 "proxies": "HTTPS_PROXY", "force_download": "HF_HUB_CACHE (delete the cached snapshot)"}
-
-
-def check_pretrained_kwargs(unsupported: dict, variant) -> None:
-    """diffusers' ``from_pretrained`` arguments that do not apply: one clear ValueError each."""
+def check_pretrained_kwargs(unsupported: dict, variant, proxies, subfolder, token, force_download: bool,
+                            local_files_only: bool) -> bool | str | None:
+    """diffusers' ``from_pretrained`` arguments that do not apply: one clear error each. Returns
+    the token (``use_auth_token`` is its old name)."""
     if variant is not None:
         raise ValueError(f"variant={variant!r}: Show-o2 repos publish one weight set; pass torch_dtype "
                          "(e.g. torch.bfloat16) for the precision")
     for key, value in unsupported.items():
-        if key in ENV_ARGUMENTS and value in (None, False):  # the default a generic loader passes along
-            continue
-        if key in ENV_ARGUMENTS:
-            raise ValueError(f"from_pretrained takes no {key}=: set {ENV_ARGUMENTS[key]} in the environment, "
-                             "which huggingface_hub reads")
-        raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
+        if key != "use_auth_token":
+            raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
+        if value is not None and token is not None:
+            raise ValueError("pass token or use_auth_token (its old name), not both")
+        token = value if value is not None else token
+    if proxies is not None:
+        raise ValueError("from_pretrained takes no proxies=: huggingface_hub takes none per call; set HTTPS_PROXY "
+                         "(and HTTP_PROXY) in the environment")
+    if subfolder:
+        raise ValueError(f"subfolder={subfolder!r}: a Show-o2 model is the whole of its repo or folder; name the "
+                         "folder itself (a path, or a repo id whose top holds config.json)")
+    if force_download and local_files_only:
+        raise ValueError("force_download=True needs the Hub, local_files_only=True forbids it: pass one")
+    return token
 
 
 def device_from_map(device_map) -> str:

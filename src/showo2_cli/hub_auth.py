@@ -1,0 +1,184 @@
+"""The cache folder and the token of a Hub call, as huggingface_hub's ``cache_dir`` and ``token``
+take them, and messages that never hold the token.
+
+By default both are huggingface_hub's: the cache ``HF_HUB_CACHE`` (``HF_HOME/hub``), the token
+``HF_TOKEN`` or the one ``hf auth login`` saved (``HF_TOKEN_PATH``), none with
+``HF_HUB_DISABLE_IMPLICIT_TOKEN``. A Python call that gives its own
+(``from_pretrained(..., cache_dir=, token=)``, ``api.load``, ``api.pull``) runs inside
+:func:`hub_access`, which sets them for that call alone (a context variable: other threads and
+later calls keep theirs); :mod:`showo2_cli.hub` and :mod:`showo2_cli.hub_download` read them
+through :func:`access` and :func:`hub_cache` for every lookup and request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError, short
+
+#: where huggingface_hub reads a token from the environment (HF_TOKEN first)
+TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+SAVED = "the token in use (HF_TOKEN, else the one of hf auth login)"
+
+
+@dataclass(frozen=True)
+class HubAccess:
+    """Where the cache is and which token is sent, as huggingface_hub's ``cache_dir`` and ``token``
+    take them: ``cache_dir`` None is ``HF_HUB_CACHE``; ``token`` a string is sent, False sends none
+    (even with ``HF_TOKEN`` set), True needs the saved one, None sends the saved one unless
+    ``HF_HUB_DISABLE_IMPLICIT_TOKEN`` is set."""
+
+    cache_dir: str | None = None
+    token: bool | str | None = None
+
+    def __repr__(self) -> str:  # never the token itself
+        token = "'***'" if isinstance(self.token, str) else repr(self.token)
+        return f"HubAccess(cache_dir={self.cache_dir!r}, token={token})"
+
+
+_ACCESS: ContextVar[HubAccess | None] = ContextVar("showo2_hub_access", default=None)
+_ENVIRONMENT = HubAccess()  # huggingface_hub's own: HF_HUB_CACHE, the saved token
+
+
+def access() -> HubAccess:
+    """The cache folder and token of the running call (:func:`hub_access`), else the environment's."""
+    return _ACCESS.get() or _ENVIRONMENT
+
+
+def checked_access(cache_dir=None, token=None) -> HubAccess:
+    """``cache_dir`` and ``token`` as a Python caller passes them, checked (``~`` expanded)."""
+    if cache_dir is not None:
+        if not isinstance(cache_dir, (str, os.PathLike)) or not os.fspath(cache_dir).strip():
+            raise ValueError(f"cache_dir must name a folder, got {short(repr(cache_dir), 80)}")
+        cache_dir = str(Path(os.fspath(cache_dir)).expanduser())
+        if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+            raise ValueError(f"cache_dir '{short(cache_dir, 200)}' is not a folder")
+    if token is not None and not isinstance(token, (bool, str)):
+        raise TypeError(f"token must be a string, True, False or None, got {type(token).__name__}")
+    if isinstance(token, str) and (not token or not token.isprintable() or token != token.strip() or " " in token):
+        # an HTTP header cannot carry it, and the library's error would quote it
+        raise ValueError("token= must be a Hugging Face token: not empty, without spaces or control characters")
+    return HubAccess(cache_dir, token)
+
+
+@contextmanager
+def hub_access(cache_dir=None, token=None) -> Iterator[HubAccess]:
+    """Use ``cache_dir`` and ``token`` (huggingface_hub's meanings, see :class:`HubAccess`) for the
+    Hub lookups and downloads inside the block; leaving it restores the caller's."""
+    mark = _ACCESS.set(checked_access(cache_dir, token))
+    try:
+        yield access()
+    finally:
+        _ACCESS.reset(mark)
+
+
+def hub_cache() -> Path:
+    """The Hugging Face cache folder in use: ``cache_dir=`` of the running call, else ``HF_HUB_CACHE``."""
+    from huggingface_hub import constants
+
+    return Path(access().cache_dir or constants.HF_HUB_CACHE)
+
+
+def hidden(e: BaseException) -> BaseException | None:
+    """``e`` as the cause of the error raised for it, or None where its text (or its causes')
+    quotes the token (:func:`redact`): a traceback then shows only the one-line message."""
+    seen, x = [], e
+    while x is not None and all(x is not y for y in seen):
+        seen.append(x)
+        x = x.__cause__ or x.__context__
+    return None if any(redact(str(x)) != str(x) for x in seen) else e
+
+
+def _token_file() -> Path | None:
+    """The file huggingface_hub reads the saved token from when no variable holds one (``HF_TOKEN_PATH``,
+    else ``HF_HOME/token``); None when a variable holds one."""
+    from huggingface_hub import constants
+
+    if any((os.environ.get(name) or "").strip() for name in TOKEN_VARIABLES):
+        return None
+    return Path(constants.HF_TOKEN_PATH)
+
+
+def _saved_token() -> str | None:
+    """huggingface_hub's saved token, never waiting: a token file that is a FIFO (or a folder) is none."""
+    from huggingface_hub import get_token
+
+    path = _token_file()
+    try:
+        if path is not None and (path.exists() or path.is_symlink()) and not path.is_file():
+            return None
+        return get_token()
+    except Exception:  # an unreadable file, an OIDC exchange that failed
+        return None
+
+
+def _token_sent() -> tuple[str | None, str]:
+    """The token a request of the running call sends (huggingface_hub's rules, :class:`HubAccess`)
+    and where it comes from, for messages (which never hold the token itself)."""
+    from huggingface_hub import constants
+
+    given = access().token
+    if isinstance(given, str):
+        return given, "the token given as token="
+    if given is False:
+        return None, "token=False"
+    saved = _saved_token()
+    if given is None and constants.HF_HUB_DISABLE_IMPLICIT_TOKEN:
+        return None, "HF_HUB_DISABLE_IMPLICIT_TOKEN" if saved else ""
+    return saved, SAVED
+
+
+def check_token() -> None:
+    """Before a request: the token huggingface_hub will send can be read without waiting (it reads
+    the token file for every request: a FIFO there would block each one, a pipe gives it once) and
+    an HTTP header can carry it. Raises a one-line :class:`ModelError` naming the source, never the token."""
+    from huggingface_hub import constants
+
+    given = access().token
+    if isinstance(given, str) or given is False or given is None and constants.HF_HUB_DISABLE_IMPLICIT_TOKEN:
+        return
+    path = _token_file()
+    if path is not None and (path.exists() or path.is_symlink()) and not path.is_file():
+        raise ModelError(f"the token file '{short(str(path), 200)}' (HF_TOKEN_PATH, else HF_HOME/token) is not a "
+                         "regular file, and huggingface_hub reads it for every request: write the token to a file, "
+                         "or set HF_TOKEN")
+    from huggingface_hub import get_token
+
+    try:
+        token = get_token()
+    except (OSError, UnicodeDecodeError) as e:  # a token file without read permission, not text
+        raise ModelError(f"the token file '{short(str(path), 200)}' (HF_TOKEN_PATH, else HF_HOME/token) cannot be "
+                         f"read ({type(e).__name__}): write the token to it again (hf auth login), or set HF_TOKEN") from None
+    if token and not (token.isascii() and token.isprintable() and " " not in token):
+        raise ModelError(f"{SAVED} holds a space, a control or a non-ASCII character, which no Hugging Face token "
+                         "has: check it")
+
+
+def login_hint() -> str:
+    """How to give the Hub a token, or, when one was sent, that it is the one refused."""
+    token, source = _token_sent()
+    if token:
+        return f"{source} has no access to it; check it"
+    if source == "token=False":
+        return "token=False sends no token: pass token=True (the one of hf auth login or HF_TOKEN) or the token itself"
+    if source == "HF_HUB_DISABLE_IMPLICIT_TOKEN":
+        return ("no token was sent because HF_HUB_DISABLE_IMPLICIT_TOKEN is set: unset it, or pass the token "
+                "explicitly (token=True in Python)")
+    python = _ACCESS.get() is not None  # inside from_pretrained, or a call given cache_dir= or token=
+    return "log in with hf auth login or set HF_TOKEN" + (" (or pass token=)" if python else "")
+
+
+def redact(text: str) -> str:
+    """``text`` without the token a request of the running call sends (nor ``HF_TOKEN``'s): a
+    library's error may quote the header it could not send."""
+    secrets = {access().token if isinstance(access().token, str) else None, _saved_token(),
+               *(os.environ.get(name) for name in TOKEN_VARIABLES)}
+    for secret in sorted((x.strip() for x in secrets if isinstance(x, str) and len(x.strip()) >= 4), key=len,
+                         reverse=True):
+        text = text.replace(secret, "***")
+    return text
