@@ -684,10 +684,15 @@ def test_cli_pull_interrupted_or_stalled_exits_at_once_and_cleans_up(hub, tmp_pa
 
 
 @pytest.mark.slow
-def test_cli_reads_the_token_as_huggingface_hub_does_and_never_writes_it(hub, tmp_path, tiny_model_dir):
-    """`showo2 pull` and a command with a Hub name take the token `hf auth login` saved under
-    HF_HOME (HF_HOME/hub the cache), and HF_TOKEN / HF_HUB_DISABLE_IMPLICIT_TOKEN as huggingface_hub
-    does; refusals are one line naming what to do. The token is in no output and no file written."""
+def test_cli_reads_the_token_as_huggingface_hub_does_and_never_writes_it(hub, tmp_path, tiny_model_dir, monkeypatch,
+                                                                        capsys):
+    """`showo2 pull` takes the token `hf auth login` saved under HF_HOME (HF_HOME/hub the cache),
+    and HF_TOKEN / HF_HUB_DISABLE_IMPLICIT_TOKEN as huggingface_hub does; refusals are one line
+    naming what to do. The token is in no output and no file written (a `t2i --json` of the model too)."""
+    import huggingface_hub.constants as C
+
+    from showo2_cli.cli import main
+
     token = "hf_SeCrEt0123456789abcdef"
     hub.add_folder("acme/private", tiny_model_dir)
     hub.private["acme/private"] = token
@@ -698,21 +703,22 @@ def test_cli_reads_the_token_as_huggingface_hub_does_and_never_writes_it(hub, tm
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_OFFLINE="0", PYTHONPATH=str(REPO / "src"),
                OMP_NUM_THREADS="1")
     run = [sys.executable, "-m", "showo2_cli.cli"]
-    outs = [subprocess.run([*run, "pull", "acme/private", "--json"], env=env, capture_output=True, text=True,
-                           timeout=300)]
-    assert outs[0].returncode == 0, outs[0].stderr
-    assert json.loads(outs[0].stdout)["path"].startswith(str(home / "hub" / "models--acme--private"))
-    other = {**env, "HF_HUB_CACHE": str(tmp_path / "other")}
-    out = subprocess.run([*run, "pull", "acme/private"], env={**other, "HF_TOKEN": token,
-                         "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}, capture_output=True, text=True, timeout=300)
+    texts = []
+    out = subprocess.run([*run, "pull", "acme/private"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and f"({home / 'hub' / 'models--acme--private'}" in out.stdout, out.stderr
+    texts.append(out.stdout + out.stderr)
+    out = subprocess.run([*run, "pull", "acme/private"], env={**env, "HF_HUB_CACHE": str(tmp_path / "other"),
+                         "HF_TOKEN": token, "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 4 and len(out.stderr.strip().splitlines()) == 1, out.stderr  # it said "the token in use"
     assert "no token was sent because HF_HUB_DISABLE_IMPLICIT_TOKEN is set: unset it" in out.stderr
-    outs.append(out)
-    outs.append(subprocess.run([*run, "t2i", "a red circle", "-m", "acme/private", "-o", str(tmp_path / "c.png"),
-                                "--steps", "3", "--json"], env=env, capture_output=True, text=True, timeout=300))
-    assert outs[-1].returncode == 0 and (tmp_path / "c.png").is_file(), outs[-1].stderr
-    for out in outs:
-        assert token not in out.stdout + out.stderr and token[8:] not in out.stdout + out.stderr
+    texts.append(out.stdout + out.stderr)
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(home / "hub"))  # the pulled model, in process (a subprocess: 7 s)
+    monkeypatch.setattr(C, "HF_TOKEN_PATH", str(home / "token"))
+    assert main(["t2i", "a red circle", "-m", "acme/private", "-o", str(tmp_path / "c.png"), "--steps", "3",
+                 "--json"]) == 0
+    texts.append("".join(capsys.readouterr()))
+    assert (tmp_path / "c.json").is_file() and all(token[8:] not in text for text in texts)
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p != home / "token"]
     assert len(written) > 10 and not [p for p in written if token[8:].encode() in p.read_bytes()]
 
