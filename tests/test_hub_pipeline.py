@@ -533,6 +533,7 @@ def test_hub_arguments_of_from_pretrained_and_load_work_as_in_huggingface_hub(hu
     monkeypatch.setattr(C, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)  # it said "the token in use has no access"
     refused("no token was sent because HF_HUB_DISABLE_IMPLICIT_TOKEN is set: unset it")
     assert api.pull("acme/private", cache_dir=tmp_path / "c3", token=True).missing == []  # explicit: sent
+    assert api.pull("acme/private", cache_dir=tmp_path / "c4", token="hf_right\n").missing == []  # read from a file
     monkeypatch.setattr(C, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
     hub.add_folder("acme/gated", src)
     hub.gated["acme/gated"] = "hf_accepted"

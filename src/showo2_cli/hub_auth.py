@@ -60,9 +60,12 @@ def checked_access(cache_dir=None, token=None) -> HubAccess:
             raise ValueError(f"cache_dir '{short(cache_dir, 200)}' is not a folder")
     if token is not None and not isinstance(token, (bool, str)):
         raise TypeError(f"token must be a string, True, False or None, got {type(token).__name__}")
-    if isinstance(token, str) and (not token or not token.isprintable() or token != token.strip() or " " in token):
-        # an HTTP header cannot carry it, and the library's error would quote it
-        raise ValueError("token= must be a Hugging Face token: not empty, without spaces or control characters")
+    if isinstance(token, str):
+        token = token.strip()  # as read from a file (open(...).read()): huggingface_hub cleans its own alike
+        if not token or not (token.isascii() and token.isprintable()) or " " in token:
+            # an HTTP header cannot carry it, and the library's error would quote it
+            raise ValueError("token= must be a Hugging Face token: not empty, without spaces, control or non-ASCII "
+                             "characters")
     return HubAccess(cache_dir, token)
 
 
@@ -153,7 +156,8 @@ def check_token() -> None:
         token = get_token()
     except (OSError, UnicodeDecodeError) as e:  # a token file without read permission, not text
         raise ModelError(f"the token file '{short(str(path), 200)}' (HF_TOKEN_PATH, else HF_HOME/token) cannot be "
-                         f"read ({type(e).__name__}): write the token to it again (hf auth login), or set HF_TOKEN") from None
+                         f"read ({getattr(e, 'strerror', None) or type(e).__name__}): write the token to it again (hf "
+                         "auth login), or set HF_TOKEN") from None
     if token and not (token.isascii() and token.isprintable() and " " not in token):
         raise ModelError(f"{SAVED} holds a space, a control or a non-ASCII character, which no Hugging Face token "
                          "has: check it")
