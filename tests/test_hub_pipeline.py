@@ -560,6 +560,7 @@ def test_a_token_file_that_is_not_a_file_or_a_token_no_header_carries_fails_at_o
     nothing"; a token a header cannot carry was a 401 or an ascii codec error. Each is now one line
     naming where the token comes from, before any request, never the token."""
     import huggingface_hub.constants as C
+    import huggingface_hub.errors
 
     from showo2_cli.hub import download_model
 
@@ -580,6 +581,15 @@ def test_a_token_file_that_is_not_a_file_or_a_token_no_header_carries_fails_at_o
         with pytest.raises(ModelError, match=r"the token in use \(HF_TOKEN, .*\) holds a space, a control or a non-ASCII") as e:
             download_model(repo)
         assert "hf_right" not in str(e.value)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(C, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    for name in ("HF_OIDC_ID_TOKEN", "GITHUB_ACTIONS", "ACTIONS_ID_TOKEN_REQUEST_URL"):
+        monkeypatch.delenv(name, raising=False)
+    if hasattr(huggingface_hub.errors, "OIDCError"):  # huggingface_hub's CI token exchange (1.30+), outside a CI
+        monkeypatch.setenv("HF_OIDC_RESOURCE", repo)
+        with pytest.raises(ModelError, match="no Hugging Face token could be had through OIDC: .*HF_OIDC_RESOURCE"):
+            download_model(repo)  # was "internal error: OIDCError" (a traceback from the API)
+        monkeypatch.delenv("HF_OIDC_RESOURCE")
     assert hub.requests == []  # refused before asking
     monkeypatch.setenv("HF_TOKEN", "hf_right")  # the variable comes first: the file is not read
     assert (download_model(repo) / "model.safetensors").is_file()

@@ -150,10 +150,12 @@ def check_token() -> None:
         raise ModelError(f"the token file '{short(str(path), 200)}' (HF_TOKEN_PATH, else HF_HOME/token) is not a "
                          "regular file, and huggingface_hub reads it for every request: write the token to a file, "
                          "or set HF_TOKEN")
-    from huggingface_hub import get_token
+    from huggingface_hub import errors, get_token
 
     try:
         token = get_token()
+    except getattr(errors, "OIDCError", ()) as e:  # HF_OIDC_RESOURCE set (huggingface_hub >= 1.30), no CI token
+        raise ModelError(f"no Hugging Face token could be had through OIDC: {redact(_first_line(str(e)))}") from None
     except (OSError, UnicodeDecodeError) as e:  # a token file without read permission, not text
         raise ModelError(f"the token file '{short(str(path), 200)}' (HF_TOKEN_PATH, else HF_HOME/token) cannot be "
                          f"read ({getattr(e, 'strerror', None) or type(e).__name__}): write the token to it again (hf "
@@ -175,6 +177,10 @@ def login_hint() -> str:
                 "explicitly (token=True in Python)")
     python = _ACCESS.get() is not None  # inside from_pretrained, or a call given cache_dir= or token=
     return "log in with hf auth login or set HF_TOKEN" + (" (or pass token=)" if python else "")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def redact(text: str) -> str:
