@@ -460,7 +460,8 @@ def test_a_private_or_gated_repo_says_how_to_give_a_token_and_hf_token_is_sent(h
     repo = small_repo(hub, "acme/private")
     hub.token = "hf_right"
     hints = {None: "log in with hf auth login or set HF_TOKEN",
-             "hf_wrong": r"the token in use \(HF_TOKEN, .*\) has no access to it; check it"}
+             "hf_wrong": r"the token in use \(HF_TOKEN, which comes before the one of hf auth login\) has no access "
+                         "to it; check it"}
     for token, hint in hints.items():
         if token:
             monkeypatch.setenv("HF_TOKEN", token)
@@ -578,7 +579,8 @@ def test_a_token_file_that_is_not_a_file_or_a_token_no_header_carries_fails_at_o
             download_model(repo)
     for bad in ("hf_right x", "hf_righté", "hf_right\x7f"):
         monkeypatch.setenv("HF_TOKEN", bad)
-        with pytest.raises(ModelError, match=r"the token in use \(HF_TOKEN, .*\) holds a space, a control or a non-ASCII") as e:
+        with pytest.raises(ModelError, match=r"the token in use \(HF_TOKEN, .*\) holds a space, a control or a non-ASCII"
+                           ) as e:
             download_model(repo)
         assert "hf_right" not in str(e.value)
     monkeypatch.delenv("HF_TOKEN")
@@ -591,6 +593,11 @@ def test_a_token_file_that_is_not_a_file_or_a_token_no_header_carries_fails_at_o
             download_model(repo)  # was "internal error: OIDCError" (a traceback from the API)
         monkeypatch.delenv("HF_OIDC_RESOURCE")
     assert hub.requests == []  # refused before asking
+    (tmp_path / "saved").write_text("hf_stale\n")
+    monkeypatch.setattr(C, "HF_TOKEN_PATH", str(tmp_path / "saved"))
+    with pytest.raises(ModelError, match=rf"the token in use \(the one hf auth login saved in '{tmp_path / 'saved'}'\) "
+                       "has no access to it"):
+        download_model(repo)
     monkeypatch.setenv("HF_TOKEN", "hf_right")  # the variable comes first: the file is not read
     assert (download_model(repo) / "model.safetensors").is_file()
 

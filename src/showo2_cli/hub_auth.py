@@ -23,7 +23,6 @@ from .errors import ModelError, short
 
 #: where huggingface_hub reads a token from the environment (HF_TOKEN first)
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-SAVED = "the token in use (HF_TOKEN, else the one of hf auth login)"
 
 
 @dataclass(frozen=True)
@@ -107,6 +106,17 @@ def _token_file() -> Path | None:
     return Path(constants.HF_TOKEN_PATH)
 
 
+def _saved_source() -> str:
+    """Where huggingface_hub's saved token comes from, for messages: the variable it reads first
+    (a stale ``HF_TOKEN`` hides a fresh ``hf auth login``), the OIDC exchange, or the token file."""
+    if os.environ.get("HF_OIDC_RESOURCE"):
+        return "the token had through OIDC (HF_OIDC_RESOURCE)"
+    for name in TOKEN_VARIABLES:
+        if (os.environ.get(name) or "").strip():
+            return f"the token in use ({name}, which comes before the one of hf auth login)"
+    return f"the token in use (the one hf auth login saved in '{short(str(_token_file()), 200)}')"
+
+
 def _saved_token() -> str | None:
     """huggingface_hub's saved token, never waiting: a token file that is a FIFO (or a folder) is none."""
     from huggingface_hub import get_token
@@ -133,7 +143,7 @@ def _token_sent() -> tuple[str | None, str]:
     saved = _saved_token()
     if given is None and constants.HF_HUB_DISABLE_IMPLICIT_TOKEN:
         return None, "HF_HUB_DISABLE_IMPLICIT_TOKEN" if saved else ""
-    return saved, SAVED
+    return saved, _saved_source()
 
 
 def check_token() -> None:
@@ -161,7 +171,7 @@ def check_token() -> None:
                          f"read ({getattr(e, 'strerror', None) or type(e).__name__}): write the token to it again (hf "
                          "auth login), or set HF_TOKEN") from None
     if token and not (token.isascii() and token.isprintable() and " " not in token):
-        raise ModelError(f"{SAVED} holds a space, a control or a non-ASCII character, which no Hugging Face token "
+        raise ModelError(f"{_saved_source()} holds a space, a control or a non-ASCII character, which no Hugging Face token "
                          "has: check it")
 
 
