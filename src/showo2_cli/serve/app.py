@@ -11,11 +11,12 @@ import logging
 import math
 import re
 import secrets
+import signal
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -523,6 +524,23 @@ def server_for(model, config: ServerConfig, sock, drain_timeout: float = 60.0, l
             super().handle_exit(sig, frame)
             # drained: exit normally instead of re-raising the signal afterwards
             getattr(self, "_captured_signals", []).clear()
+
+        @contextmanager
+        def capture_signals(self):
+            # SIGHUP (the terminal closed, an ssh session dropped, a service manager's hang-up) drains as
+            # SIGTERM does: uvicorn handles SIGINT and SIGTERM only, and the command line's handler raised
+            # its interruption inside the event loop (a traceback, the running requests cut off)
+            hangup = getattr(signal, "SIGHUP", None)
+            before = None
+            if hangup is not None and threading.current_thread() is threading.main_thread() \
+                    and signal.getsignal(hangup) not in (None, signal.SIG_IGN):  # nohup's stays ignored
+                before = signal.signal(hangup, self.handle_exit)
+            try:
+                with super().capture_signals():
+                    yield
+            finally:
+                if before is not None:
+                    signal.signal(hangup, before)
 
         async def startup(self, sockets=None):
             await super().startup(sockets=sockets)

@@ -4,13 +4,17 @@ client that connects and sends nothing, or one byte of header at a time (slowlor
 and a file descriptor until it goes away; a thousand of them use up the usual 1024 descriptors and
 the server accepts no one any more. Here the headers of each request must come within a time
 (then the connection is closed, with a 408 when part of a request came); the body's pace is
-checked where it is read (:func:`~showo2_cli.serve.body.read_json`)."""
+checked where it is read (:func:`~showo2_cli.serve.body.read_json`). uvicorn has no write timeout
+either: a client that stops reading its answer (a 16 MiB JSON of images, an event stream) held
+the answer's bytes, its connection and a SIGTERM's exit for ever; here the answer must be taken at
+the body's pace too, or the connection is dropped."""
 
 from __future__ import annotations
 
 import json
 import logging
 
+from .body import BODY_MIN_RATE
 from .errors import ApiError
 
 log = logging.getLogger("showo2.serve")
@@ -27,10 +31,12 @@ def _request_timeout(header_timeout: float) -> bytes:
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
-def timed_protocol(header_timeout: float):
+def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE):
     """uvicorn's h11 protocol, closing a connection whose request headers have not all come
     ``header_timeout`` seconds after it opened or after its last response, or whose answered
-    request's unread body (a 413, a 404) is still coming then."""
+    request's unread body (a 413, a 404) is still coming then; and dropping one whose client
+    leaves its answer unread for ``header_timeout`` seconds plus one for each ``min_rate`` bytes
+    unsent (counted when the answer stalls: over uvicorn's high-water mark, or at the close)."""
     try:
         import h11
         from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -40,8 +46,12 @@ def timed_protocol(header_timeout: float):
 
     answer = _request_timeout(header_timeout)
 
+    def write_time(pending: int) -> float:  # as a request's body must come: grace, then a pace
+        return header_timeout + pending / min_rate
+
     class TimedH11Protocol(H11Protocol):
         _header_timer = None
+        _write_timer = None
 
         def _arm(self) -> None:
             self._disarm()
@@ -60,6 +70,50 @@ def timed_protocol(header_timeout: float):
             super().on_response_complete()
             if not self.transport.is_closing():  # the next request's headers get their own time
                 self._arm()
+            self._watch_writes()  # closed after the answer (Connection: close, HTTP/1.0) with bytes unsent
+
+        # ---- the answer must be read: a write timeout -------------------------------------------------
+
+        def _watch_writes(self) -> None:
+            """Time the client's reading while the answer waits for it: while writing is paused (more
+            than the high-water mark unsent) or the connection closes with bytes unsent."""
+            pending = self.transport.get_write_buffer_size()
+            if not pending or not (self.flow.write_paused or self.transport.is_closing()):
+                self._unwatch_writes()
+            elif self._write_timer is None:
+                self._write_timer = self.loop.call_later(write_time(pending), self._unread, pending)
+
+        def _unwatch_writes(self) -> None:
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._watch_writes()
+
+        def resume_writing(self) -> None:  # the client took most of it: the next stall gets its own time
+            super().resume_writing()
+            self._unwatch_writes()
+            self._watch_writes()
+
+        def shutdown(self) -> None:
+            super().shutdown()
+            self._watch_writes()
+
+        def timeout_keep_alive_handler(self) -> None:
+            super().timeout_keep_alive_handler()
+            self._watch_writes()
+
+        def _unread(self, pending: int) -> None:
+            self._write_timer = None
+            left = self.transport.get_write_buffer_size()
+            if left and not self.transport.is_closing() and not self.flow.write_paused:
+                return  # pragma: no cover - resumed meanwhile (resume_writing disarms)
+            if left:
+                log.info("dropped a connection whose client did not read its answer (%d bytes unsent after "
+                         "%.0f s)", left, write_time(pending))
+                self.transport.abort()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -68,6 +122,7 @@ def timed_protocol(header_timeout: float):
 
         def connection_lost(self, exc) -> None:
             self._disarm()
+            self._unwatch_writes()
             super().connection_lost(exc)
 
         def _headers_late(self) -> None:
@@ -86,6 +141,7 @@ def timed_protocol(header_timeout: float):
                 log.info("closed a connection whose request headers did not come within %g s", header_timeout)
                 self.transport.write(answer)
             self.transport.close()
+            self._watch_writes()
 
     return TimedH11Protocol
 
