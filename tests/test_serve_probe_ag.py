@@ -141,3 +141,72 @@ def test_sighup_drains_as_sigterm_does():
         assert "Traceback" not in err and "error" not in err.lower(), err
     finally:
         server.stop()
+
+
+# ---- the timeouts as options (vLLM's --timeout-keep-alive, llama.cpp's --timeout) ----------------
+
+def test_the_timeouts_are_options(monkeypatch, capsys):
+    """The keep-alive (uvicorn's 5 s) and the request timeout (15 s) were fixed: behind a proxy that
+    keeps upstream connections open longer (nginx's keepalive_timeout, 60 s), the server closed an
+    idle one as the proxy sent a request on it (a 502 for a POST, which proxies do not retry)."""
+    import showo2_cli.serve as S
+    from showo2_cli.cli import common, main
+
+    seen = {}
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(S, "serve", lambda bundle, config, sock, **k: seen.update(config=config))
+    assert main(["serve", "--port", "0", "--timeout-keep-alive", "75", "--request-timeout", "30", "--quiet"]) == 0
+    assert (seen["config"].keep_alive_timeout, seen["config"].request_timeout) == (75, 30)
+    for option in ("--timeout-keep-alive", "--request-timeout"):
+        assert main(["serve", "--port", "0", option, "0"]) == 2
+        assert capsys.readouterr().err == f"showo2: error: {option} must be between 0.1 and 86400 seconds, got 0\n"
+
+
+def test_an_idle_connection_stays_open_for_the_keep_alive():
+    """The header timer closed a kept-alive connection at the request timeout even when the
+    keep-alive was longer; the keep-alive now sets both."""
+    import uvicorn
+
+    from showo2_cli.serve import ServerConfig, bind_socket
+    from showo2_cli.serve.app import server_for
+
+    sock = bind_socket("127.0.0.1", 0)
+    srv = server_for(None, ServerConfig(request_timeout=0.3, keep_alive_timeout=3.0), sock, log_level="error")
+    assert isinstance(srv, uvicorn.Server) and srv.config.timeout_keep_alive == 3.0
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.02)
+    try:
+        client = socket.create_connection(sock.getsockname()[:2], timeout=10)
+        for _ in range(2):
+            client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"}"):  # the whole answer (headers and body may come apart)
+                chunk = client.recv(65536)
+                assert chunk, f"closed after {answer!r}"
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200")
+            time.sleep(1.0)  # idle longer than the request timeout, shorter than the keep-alive
+        client.close()
+    finally:
+        srv.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def test_the_no_key_warning_comes_only_for_an_address_it_listens_on(monkeypatch, capsys):
+    """`serve --host 192.0.2.1` (not this machine's) printed the no-API-key warning before its one
+    error line; the warning now comes once the address is bound, as it still does for 0.0.0.0."""
+    import showo2_cli.serve as S
+    from showo2_cli.cli import common, main
+
+    monkeypatch.delenv(S.API_KEY_ENV, raising=False)
+    assert main(["serve", "--host", "192.0.2.1", "--port", "8000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("showo2: error: cannot listen on 192.0.2.1:8000: ") and err.count("\n") == 1, err
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(S, "serve", lambda *a, **k: None)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 0
+    assert capsys.readouterr().err.startswith("warning: listening on 0.0.0.0 without an API key")

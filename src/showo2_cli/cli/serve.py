@@ -54,6 +54,12 @@ def serve(
     drain_timeout: Annotated[float, typer.Option(
         "--drain-timeout", help="On SIGTERM/Ctrl-C, seconds to let running and queued requests finish "
         "before cancelling them.")] = 60.0,
+    request_timeout: Annotated[float, typer.Option(
+        "--request-timeout", help="Seconds a client has to send a request's headers, and beyond them to "
+        "send its body or read its answer at 8 KiB/s or faster; slower: 408 and closed.")] = 15.0,
+    timeout_keep_alive: Annotated[float, typer.Option(
+        "--timeout-keep-alive", help="Seconds an idle connection stays open after an answer (behind a proxy "
+        "that keeps connections open, make it longer than the proxy's).")] = 5.0,
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa", compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto",
@@ -78,6 +84,9 @@ def serve(
         raise UsageError(f"--max-body-mb must be between 0.001 and 4096, got {max_body_mb}")
     if not 0 <= drain_timeout <= 86400:
         raise UsageError(f"--drain-timeout must be between 0 and 86400 seconds, got {drain_timeout}")
+    for option, seconds in (("--request-timeout", request_timeout), ("--timeout-keep-alive", timeout_keep_alive)):
+        if not 0.1 <= seconds <= 86400:  # also NaN
+            raise UsageError(f"{option} must be between 0.1 and 86400 seconds, got {seconds:g}")
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -88,17 +97,18 @@ def serve(
 
     key = S.api_key_from(api_key)
     origins = S.origins_from(allow_origin)
-    if not _is_loopback(host) and not key:
+    sock = S.bind_socket(host, port)  # a busy port fails before the model loads
+    if not _is_loopback(host) and not key:  # (not before an address it cannot listen on: one error line)
         C.notice(f"warning: listening on {host} without an API key: anyone who can reach it can use the "
                  f"model (set --api-key or {S.API_KEY_ENV})")
-    sock = S.bind_socket(host, port)  # a busy port fails before the model loads
     try:
         name = C.model_name(model)
         bundle = C.load_model(name, device, dtype, vae=vae, runtime=runtime, lora=lora)
         config = S.ServerConfig(model_id=name, api_key=key, max_queue=max_queue, max_tokens=max_tokens,
                                 max_n=max_n, max_steps=max_steps, max_size=max_size,
                                 max_body_bytes=int(max_body_mb * 1024 * 1024),
-                                max_image_pixels=max_input_pixels, allow_origins=origins)
+                                max_image_pixels=max_input_pixels, allow_origins=origins,
+                                request_timeout=request_timeout, keep_alive_timeout=timeout_keep_alive)
         S.serve(bundle, config, sock, drain_timeout=drain_timeout, log_level="warning" if quiet else "info",
                 on_ready=lambda url: C.notice(f"serving '{name}' on {url} (OpenAI API under {url}/v1)"))
     finally:

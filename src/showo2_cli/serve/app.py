@@ -550,7 +550,8 @@ def server_for(model, config: ServerConfig, sock, drain_timeout: float = 60.0, l
                 on_ready(f"http://{shown}:{port}")
 
     cfg = uvicorn.Config(app, log_level=log_level, lifespan="on", server_header=False,
-                         http=timed_protocol(config.request_timeout),
+                         http=timed_protocol(config.request_timeout, keep_alive=config.keep_alive_timeout),
+                         timeout_keep_alive=config.keep_alive_timeout,
                          timeout_graceful_shutdown=math.ceil(drain_timeout) + 5,
                          access_log=log_level in ("info", "debug"))
     return Server(cfg)

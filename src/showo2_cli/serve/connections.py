@@ -31,9 +31,10 @@ def _request_timeout(header_timeout: float) -> bytes:
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
-def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE):
+def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE, keep_alive: float = 0.0):
     """uvicorn's h11 protocol, closing a connection whose request headers have not all come
-    ``header_timeout`` seconds after it opened or after its last response, or whose answered
+    ``header_timeout`` seconds after it opened or after its last response (``keep_alive`` seconds
+    when longer: uvicorn's own timer closes an idle one then), or whose answered
     request's unread body (a 413, a 404) is still coming then; and dropping one whose client
     leaves its answer unread for ``header_timeout`` seconds plus one for each ``min_rate`` bytes
     unsent (counted when the answer stalls: over uvicorn's high-water mark, or at the close)."""
@@ -53,9 +54,9 @@ def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE):
         _header_timer = None
         _write_timer = None
 
-        def _arm(self) -> None:
+        def _arm(self, seconds: float = header_timeout) -> None:
             self._disarm()
-            self._header_timer = self.loop.call_later(header_timeout, self._headers_late)
+            self._header_timer = self.loop.call_later(seconds, self._headers_late)
 
         def _disarm(self) -> None:
             if self._header_timer is not None:
@@ -69,7 +70,7 @@ def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE):
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing():  # the next request's headers get their own time
-                self._arm()
+                self._arm(max(header_timeout, keep_alive))
             self._watch_writes()  # closed after the answer (Connection: close, HTTP/1.0) with bytes unsent
 
         # ---- the answer must be read: a write timeout -------------------------------------------------

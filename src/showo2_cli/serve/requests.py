@@ -34,7 +34,9 @@ class ServerConfig:
     max_size: int = 1024  # generated image side, pixels
     max_text_chars: int = 262_144  # characters of text in one chat request (32 a token of an 8k context)
     allow_origins: tuple[str, ...] = ()  # browser origins allowed by CORS ("*": any); none: no CORS
-    request_timeout: float = 15.0  # seconds for a request's headers, and for its body beyond BODY_MIN_RATE
+    request_timeout: float = 15.0  # seconds for a request's headers, and for its body and its answer beyond
+    # BODY_MIN_RATE
+    keep_alive_timeout: float = 5.0  # seconds an idle connection stays open after an answer (uvicorn's default)
 
 
 @dataclass
