@@ -210,3 +210,24 @@ def test_the_no_key_warning_comes_only_for_an_address_it_listens_on(monkeypatch,
     monkeypatch.setattr(S, "serve", lambda *a, **k: None)
     assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 0
     assert capsys.readouterr().err.startswith("warning: listening on 0.0.0.0 without an API key")
+
+
+def test_a_second_server_on_the_same_port_fails_before_loading(monkeypatch, capsys):
+    """Two `showo2 serve --port P` started together both bound P (SO_REUSEADDR lets sockets that
+    do not listen yet share a port): the second loaded the model too, then died at uvicorn's
+    listen() with a traceback and "internal error" (exit 1). The port is now listened on as it is
+    bound, so the second fails at once, as for any port in use."""
+    import showo2_cli.serve as S
+    from showo2_cli.cli import common, main
+
+    loaded = []
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr(S, "serve", lambda *a, **k: None)
+    first = S.bind_socket("127.0.0.1", 0)  # the first server, loading its model
+    port = first.getsockname()[1]
+    try:
+        assert main(["serve", "--port", str(port)]) == 2
+        assert capsys.readouterr().err == f"showo2: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+        assert loaded == []
+    finally:
+        first.close()

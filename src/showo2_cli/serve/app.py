@@ -438,8 +438,16 @@ def _usage(result: dict) -> dict:
 
 # ---- running it -------------------------------------------------------------------------------------
 
+#: connections the kernel holds for the server before it accepts them (uvicorn's default)
+BACKLOG = 2048
+
+
 def bind_socket(host: str, port: int):
-    """A bound (not yet listening) TCP socket, so a busy port fails before the model loads."""
+    """A listening TCP socket, so a busy port fails before the model loads. It listens at once:
+    with SO_REUSEADDR (a restart must not wait for the last connections' TIME_WAIT) Linux lets two
+    sockets bind one port while neither listens, and a second ``serve`` started during the first's
+    load also loaded the model, then died with a traceback. Connections made during the load wait
+    in the backlog and are answered once the model is loaded."""
     import socket
 
     try:
@@ -451,6 +459,7 @@ def bind_socket(host: str, port: int):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
+        sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

@@ -69,8 +69,9 @@ def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE, keep_
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing():  # the next request's headers get their own time
-                self._arm(max(header_timeout, keep_alive))
+            if not self.transport.is_closing():  # the next request's headers get their own time (an idle
+                # connection the keep-alive's, when longer; the unread body of an answered one only this)
+                self._arm(max(header_timeout, keep_alive) if self.conn.their_state is h11.IDLE else header_timeout)
             self._watch_writes()  # closed after the answer (Connection: close, HTTP/1.0) with bytes unsent
 
         # ---- the answer must be read: a write timeout -------------------------------------------------
