@@ -87,6 +87,25 @@ def test_a_client_that_stops_reading_its_answer_is_dropped():
         client.close()
 
 
+def test_a_client_reading_slower_than_the_pace_is_dropped():
+    """A trickle (4 KiB every 50 ms: 80 KiB/s) under the pace (1 MiB/s here, 8 KiB/s in `serve`)
+    is no better than a stall: it would hold the answer for as long as it takes."""
+    with uvicorn_with(timeout=0.5, min_rate=2**20) as (server, port, thread):
+        client = _ask(port)
+        got, start = 0, time.time()
+        try:
+            while server.server_state.connections and time.time() - start < 30:
+                got += len(client.recv(4096))
+                time.sleep(0.05)
+        except ConnectionResetError:
+            pass
+        assert not server.server_state.connections and got < ANSWER // 4
+        with pytest.raises(ConnectionResetError):  # reset: what the kernel held is dropped too
+            while client.recv(1 << 20):
+                pass
+        client.close()
+
+
 def test_a_stalled_reader_does_not_hold_the_server_s_exit():
     """SIGTERM (should_exit) with a client not reading: uvicorn waited for the connection until its
     graceful-shutdown timeout (60 s here before, serve's --drain-timeout + 5), logging an error."""

@@ -6,13 +6,15 @@ the server accepts no one any more. Here the headers of each request must come w
 (then the connection is closed, with a 408 when part of a request came); the body's pace is
 checked where it is read (:func:`~showo2_cli.serve.body.read_json`). uvicorn has no write timeout
 either: a client that stops reading its answer (a 16 MiB JSON of images, an event stream) held
-the answer's bytes, its connection and a SIGTERM's exit for ever; here the answer must be taken at
-the body's pace too, or the connection is dropped."""
+the answer's bytes, its connection and a SIGTERM's exit for ever; here a stalled answer must be
+taken at the body's pace, or the connection is dropped."""
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
+import struct
 
 from .body import BODY_MIN_RATE
 from .errors import ApiError
@@ -35,9 +37,10 @@ def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE, keep_
     """uvicorn's h11 protocol, closing a connection whose request headers have not all come
     ``header_timeout`` seconds after it opened or after its last response (``keep_alive`` seconds
     when longer: uvicorn's own timer closes an idle one then), or whose answered
-    request's unread body (a 413, a 404) is still coming then; and dropping one whose client
-    leaves its answer unread for ``header_timeout`` seconds plus one for each ``min_rate`` bytes
-    unsent (counted when the answer stalls: over uvicorn's high-water mark, or at the close)."""
+    request's unread body (a 413, a 404) is still coming then; and dropping one whose client takes
+    less than ``min_rate`` bytes a second of its stalled answer (more than uvicorn's high-water mark
+    unsent, or bytes unsent at the close) over each ``header_timeout`` seconds (nginx's
+    ``send_timeout``, with a pace)."""
     try:
         import h11
         from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -46,9 +49,6 @@ def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE, keep_
         return "h11"
 
     answer = _request_timeout(header_timeout)
-
-    def write_time(pending: int) -> float:  # as a request's body must come: grace, then a pace
-        return header_timeout + pending / min_rate
 
     class TimedH11Protocol(H11Protocol):
         _header_timer = None
@@ -83,7 +83,7 @@ def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE, keep_
             if not pending or not (self.flow.write_paused or self.transport.is_closing()):
                 self._unwatch_writes()
             elif self._write_timer is None:
-                self._write_timer = self.loop.call_later(write_time(pending), self._unread, pending)
+                self._write_timer = self.loop.call_later(header_timeout, self._unread, pending)
 
         def _unwatch_writes(self) -> None:
             if self._write_timer is not None:
@@ -107,15 +107,24 @@ def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE, keep_
             super().timeout_keep_alive_handler()
             self._watch_writes()
 
-        def _unread(self, pending: int) -> None:
+        def _unread(self, before: int) -> None:
+            """A look at a stalled answer: the client must have taken ``min_rate`` bytes a second
+            since the last look (or all that was left), else it is dropped."""
             self._write_timer = None
             left = self.transport.get_write_buffer_size()
-            if left and not self.transport.is_closing() and not self.flow.write_paused:
-                return  # pragma: no cover - resumed meanwhile (resume_writing disarms)
-            if left:
-                log.info("dropped a connection whose client did not read its answer (%d bytes unsent after "
-                         "%.0f s)", left, write_time(pending))
-                self.transport.abort()
+            if not left:
+                return
+            if before - left >= min(before, header_timeout * min_rate):
+                self._watch_writes()  # reading at the pace: the next look
+                return
+            log.info("dropped a connection whose client did not read its answer (%d bytes unsent, %d taken in "
+                     "%g s)", left, max(before - left, 0), header_timeout)
+            sock = self.transport.get_extra_info("socket")
+            try:  # a reset: the kernel drops what it holds for the client too (a close would send it on)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except (AttributeError, OSError):  # pragma: no cover - not a TCP socket
+                pass
+            self.transport.abort()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
