@@ -55,8 +55,8 @@ def serve(
         "--drain-timeout", help="On SIGTERM/Ctrl-C, seconds to let running and queued requests finish "
         "before cancelling them.")] = 60.0,
     request_timeout: Annotated[float, typer.Option(
-        "--request-timeout", help="Seconds a client has to send a request's headers, and beyond them to "
-        "send its body or read its answer at 8 KiB/s or faster; slower: 408 and closed.")] = 15.0,
+        "--request-timeout", help="Seconds a client has to send a request's headers, and the grace before its "
+        "body must average 8 KiB/s; a stalled answer must be read at 8 KiB/s over each such period.")] = 15.0,
     timeout_keep_alive: Annotated[float, typer.Option(
         "--timeout-keep-alive", help="Seconds an idle connection stays open after an answer (behind a proxy "
         "that keeps connections open, make it longer than the proxy's).")] = 5.0,
