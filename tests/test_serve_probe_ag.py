@@ -250,3 +250,40 @@ def test_a_second_server_on_the_same_port_fails_before_loading(monkeypatch, caps
         assert loaded == []
     finally:
         first.close()
+
+
+def test_a_forced_exit_stops_the_jobs_and_shuts_the_app_down(capfd, caplog):
+    """A second Ctrl-C (uvicorn's force exit) skipped the app's shutdown: its task died cancelled as
+    the loop ended ("ERROR: Traceback ... CancelledError" in the log) and the running job was never
+    told to stop. Now the jobs are stopped (answered 503) and the app shuts down."""
+    import asyncio
+
+    from showo2_cli.dialogue import Cancelled
+    from showo2_cli.serve import Job, ServerConfig, bind_socket
+    from showo2_cli.serve.app import server_for
+
+    sock = bind_socket("127.0.0.1", 0)
+    srv = server_for(None, ServerConfig(), sock, log_level="info")
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.02)
+    started = threading.Event()
+
+    def long_job(job):
+        started.set()
+        job.cancel.wait(60)
+        raise Cancelled("cancelled")
+
+    job = Job(long_job, asyncio.new_event_loop())
+    srv.config.app.state.worker.submit(job)
+    assert started.wait(30)
+    srv.should_exit = srv.force_exit = True
+    thread.join(60)
+    sock.close()
+    err = capfd.readouterr().err
+    assert not thread.is_alive() and job.cancel.is_set() and job.abandoned
+    assert "Traceback" not in err and "Application shutdown complete" in err, err
+    assert "forced exit (a second Ctrl-C): 1 request(s) stopped" in caplog.messages
+    job.loop.close()

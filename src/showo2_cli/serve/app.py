@@ -551,6 +551,14 @@ def server_for(model, config: ServerConfig, sock, drain_timeout: float = 60.0, l
                 if before is not None:
                     signal.signal(hangup, before)
 
+        async def shutdown(self, sockets=None):
+            await super().shutdown(sockets=sockets)
+            if self.force_exit:  # uvicorn skips the app's shutdown, whose task then died cancelled at the
+                # loop's end: a traceback in the log. Stop the jobs (at their next step: the thread must not
+                # be running the model as the interpreter ends) and shut the app down instead
+                app.state.worker.abandon("forced exit (a second Ctrl-C)")
+                await self.lifespan.shutdown()
+
         async def startup(self, sockets=None):
             await super().startup(sockets=sockets)
             if on_ready is not None and not self.should_exit:

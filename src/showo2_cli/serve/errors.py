@@ -44,8 +44,9 @@ class ApiError(Exception):
 
 
 def shutting_down() -> ApiError:
-    """A request still running (or still sending its body) when the drain timeout ends."""
-    return ApiError(503, "the server is shutting down: the request was stopped at the drain timeout",
+    """A request still running (or still sending its body) when the drain timeout ends (or a
+    second Ctrl-C forces the exit)."""
+    return ApiError(503, "the server is shutting down: the request was stopped before it finished",
                     "shutting_down", type_="server_error")
 
 

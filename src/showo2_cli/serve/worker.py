@@ -111,8 +111,9 @@ class Worker:
             with self._cv:
                 self.running = None
 
-    def abandon(self) -> None:
-        """The drain timeout: stop the running job and every waiting one; each is answered 503."""
+    def abandon(self, why: str = "drain timeout") -> None:
+        """The drain timeout (or a forced exit): stop the running job and every waiting one; each is
+        answered 503."""
         with self._cv:
             jobs = list(self._waiting) + ([self.running] if self.running is not None else [])
             for job in jobs:
@@ -123,7 +124,7 @@ class Worker:
                 job.emit("error", shutting_down())
             self._waiting.clear()
         if jobs:
-            log.warning("drain timeout: %d request(s) stopped", len(jobs))
+            log.warning("%s: %d request(s) stopped", why, len(jobs))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the running job, cancel any still waiting, end the thread."""
