@@ -183,15 +183,16 @@ def test_the_timeouts_are_options(monkeypatch, capsys):
 
 def test_an_idle_connection_stays_open_for_the_keep_alive():
     """The header timer closed a kept-alive connection at the request timeout even when the
-    keep-alive was longer; the keep-alive now sets both."""
+    keep-alive was longer; the keep-alive now holds an idle one, and a request begun on it still
+    has the request timeout for its headers."""
     import uvicorn
 
     from showo2_cli.serve import ServerConfig, bind_socket
     from showo2_cli.serve.app import server_for
 
     sock = bind_socket("127.0.0.1", 0)
-    srv = server_for(None, ServerConfig(request_timeout=0.3, keep_alive_timeout=3.0), sock, log_level="error")
-    assert isinstance(srv, uvicorn.Server) and srv.config.timeout_keep_alive == 3.0
+    srv = server_for(None, ServerConfig(request_timeout=0.3, keep_alive_timeout=30.0), sock, log_level="error")
+    assert isinstance(srv, uvicorn.Server) and srv.config.timeout_keep_alive == 30.0
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -208,6 +209,11 @@ def test_an_idle_connection_stays_open_for_the_keep_alive():
                 answer += chunk
             assert answer.startswith(b"HTTP/1.1 200")
             time.sleep(1.0)  # idle longer than the request timeout, shorter than the keep-alive
+        client.sendall(b"GET /health HTTP/1.1\r\n")  # but a request begun must come whole in the request
+        answer = b""  # timeout, not the keep-alive's 30 s (the client gives up at 10 s)
+        while chunk := client.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 ")
         client.close()
     finally:
         srv.should_exit = True

@@ -53,9 +53,11 @@ def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE, keep_
     class TimedH11Protocol(H11Protocol):
         _header_timer = None
         _write_timer = None
+        _idle = False  # the header timer is the keep-alive's (longer than the request timeout)
 
         def _arm(self, seconds: float = header_timeout) -> None:
             self._disarm()
+            self._idle = seconds > header_timeout
             self._header_timer = self.loop.call_later(seconds, self._headers_late)
 
         def _disarm(self) -> None:
@@ -130,6 +132,8 @@ def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE, keep_
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE and self.conn.our_state is not h11.DONE:
                 self._disarm()  # the headers are in: the request runs (not: the rest of an answered one's body)
+            elif self._idle and self.conn.their_state is h11.IDLE:  # a kept-alive connection's next request
+                self._arm()  # began: its headers get the request timeout from now, not the keep-alive's
 
         def connection_lost(self, exc) -> None:
             self._disarm()
