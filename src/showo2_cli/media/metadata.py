@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -25,6 +26,9 @@ _EXIF_UNICODE_PREFIX = b"UNICODE\x00"
 JPEG_MAX_EXIF_BYTES = 65533
 #: Key listing the texts shortened so that the metadata fits in a JPEG's EXIF.
 TRUNCATED_KEY = "metadata_truncated"
+#: The most bytes of a text tag (the ``comment``) in a QuickTime ``.mov``: FFmpeg's mov muxer
+#: writes its length in 16 bits, so a longer one wrapped (96,220 bytes read back as the last 30,684)
+MOV_MAX_TEXT_BYTES = 65535
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,32 +79,51 @@ def _exif_comment(metadata: dict[str, Any]) -> bytes:
     return min(ascii_json, unicode_json, key=len)
 
 
-def exif_with_metadata(metadata: dict[str, Any], max_bytes: int | None = None) -> bytes:
-    """EXIF whose UserComment holds ``metadata`` as JSON (see :func:`_exif_comment`).
-
-    With ``max_bytes`` (a JPEG's :data:`JPEG_MAX_EXIF_BYTES`), metadata that does not fit has its
-    longest texts (the prompts) shortened, longest first, until it does, and lists their keys
-    under :data:`TRUNCATED_KEY`; the sidecar ``.json`` keeps them whole.
-    """
-    data = _exif_bytes(_exif_comment(metadata))
-    if max_bytes is None or len(data) <= max_bytes:
-        return data
+def fit_metadata(metadata: dict[str, Any], size: Callable[[dict[str, Any]], int], max_bytes: int,
+                 where: str) -> dict[str, Any]:
+    """``metadata`` itself when ``size(metadata)`` (its bytes as a format stores it) is at most
+    ``max_bytes``; else a copy whose longest texts (the prompts) are shortened, longest first,
+    until it fits, their keys listed under :data:`TRUNCATED_KEY` (the sidecar ``.json`` keeps them
+    whole). ``where`` names the place for the error when even that cannot make it fit."""
+    used = size(metadata)
+    if used <= max_bytes:
+        return metadata
     shortened = dict(metadata)
     shortened[TRUNCATED_KEY] = []
-    while len(data) > max_bytes:
+    while used > max_bytes:
         texts = [(len(v), k) for k, v in shortened.items() if isinstance(v, str) and len(v) > 16]
         if not texts:
-            raise ValueError(f"the metadata does not fit in {max_bytes} bytes of EXIF")
+            raise ValueError(f"the metadata does not fit in {max_bytes} bytes of {where}")
         _, key = max(texts)
         value = shortened[key]
-        over = len(data) - max_bytes
-        # at most 12 bytes a character (a surrogate pair as two escapes): cut at least that much
-        keep = max(16, min(len(value) * 3 // 4, len(value) - over // 12 - 1))
+        over = used - max_bytes
+        # at most 12 bytes a character (a surrogate pair as two escapes): cut at least that much,
+        # and at most half, so that texts of like length end alike (the first one was cut to 16)
+        keep = max(16, min(len(value) * 3 // 4, max(len(value) // 2, len(value) - over // 12 - 1)))
         shortened[key] = value[:keep]
         if key not in shortened[TRUNCATED_KEY]:
             shortened[TRUNCATED_KEY].append(key)
-        data = _exif_bytes(_exif_comment(shortened))
-    return data
+        used = size(shortened)
+    return shortened
+
+
+def exif_with_metadata(metadata: dict[str, Any], max_bytes: int | None = None) -> bytes:
+    """EXIF whose UserComment holds ``metadata`` as JSON (see :func:`_exif_comment`).
+
+    With ``max_bytes`` (a JPEG's :data:`JPEG_MAX_EXIF_BYTES`), metadata that does not fit is
+    shortened by :func:`fit_metadata`.
+    """
+    if max_bytes is not None:
+        metadata = fit_metadata(metadata, lambda m: len(_exif_bytes(_exif_comment(m))), max_bytes, "EXIF")
+    return _exif_bytes(_exif_comment(metadata))
+
+
+def container_comment(metadata: dict[str, Any], muxer: str) -> str:
+    """A video container's ``comment`` tag: :func:`metadata_json`, shortened by
+    :func:`fit_metadata` where the container holds less (:data:`MOV_MAX_TEXT_BYTES`)."""
+    if muxer == "mov":
+        metadata = fit_metadata(metadata, lambda m: len(metadata_json(m)), MOV_MAX_TEXT_BYTES, "a .mov comment")
+    return metadata_json(metadata)
 
 
 # ---------------------------------------------------------------------------------------------

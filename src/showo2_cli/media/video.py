@@ -17,7 +17,7 @@ from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
 
 from .geometry import check_count
 from .image import PIL_FORMATS, image_input, is_animated, read_image, write_image
-from .metadata import metadata_json
+from .metadata import container_comment, metadata_json
 from .outputs import atomic_output
 from .probe import (
     PathLike,
@@ -516,7 +516,7 @@ def write_av(tmp: Path, arr: np.ndarray, fps: float, ext: str, metadata: dict[st
     options = {"movflags": "+faststart"} if muxer in ("mp4", "mov") else {}
     with av.open(str(tmp), mode="w", format=muxer, options=options) as container:
         if metadata:
-            container.metadata["comment"] = metadata_json(metadata)
+            container.metadata["comment"] = container_comment(metadata, muxer)
         stream = container.add_stream(codec, rate=rate)
         stream.width = w + pad_w
         stream.height = h + pad_h

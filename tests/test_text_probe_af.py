@@ -1,0 +1,45 @@
+"""Probe AF: the text people type (prompts, questions, prompts files, chat lines) and where it
+ends up (file metadata, the terminal)."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+import pytest
+
+from showo2_cli.media import write_video
+from showo2_cli.media.metadata import TRUNCATED_KEY, read_metadata
+from showo2_cli.options import MAX_PROMPT_CHARS
+
+MOV_MAX_TEXT_BYTES = 65535  # a QuickTime text tag's 16-bit length
+_FRAMES = np.full((1, 16, 16, 3), 90, np.uint8)
+
+
+@pytest.mark.parametrize("ext", [".mov", ".mp4"])
+def test_a_video_keeps_its_longest_prompt_metadata_readable(tmp_path, ext):
+    # the longest prompt and negative prompt of ZWJ emoji: 96 KB of JSON comment. FFmpeg's mov
+    # muxer writes a text's length in 16 bits: the comment read back as its last 30,684 bytes
+    # (96,220 mod 65,536), not JSON, so the .mov's parameters were lost without a word
+    family = "\U0001f469\u200d\U0001f469\u200d\U0001f467"
+    prompt = (family * MAX_PROMPT_CHARS)[:MAX_PROMPT_CHARS]
+    meta = {"prompt": prompt, "negative_prompt": "\u202e" + prompt[: MAX_PROMPT_CHARS - 1], "seed": 7}
+    p = write_video(tmp_path / f"v{ext}", _FRAMES, 8.0, metadata=meta)
+    with av.open(str(p)) as c:
+        comment = c.metadata["comment"]
+    assert len(comment.encode()) <= MOV_MAX_TEXT_BYTES if ext == ".mov" else len(comment) > MOV_MAX_TEXT_BYTES
+    back = read_metadata(p)
+    assert back is not None and back["seed"] == 7
+    if ext == ".mp4":  # an mp4 holds it whole
+        assert back == meta
+        return
+    assert back[TRUNCATED_KEY] == ["negative_prompt", "prompt"] or back[TRUNCATED_KEY] == ["prompt", "negative_prompt"]
+    for key in ("prompt", "negative_prompt"):  # each text a true beginning of the one written
+        assert meta[key].startswith(back[key]) and len(back[key]) > 1000
+    assert json.loads(comment) == back
+
+
+def test_a_short_mov_comment_is_unchanged(tmp_path):
+    meta = {"prompt": "一只猫 \u202ecat" * 100, "seed": 1}
+    assert read_metadata(write_video(tmp_path / "v.mov", _FRAMES, 8.0, metadata=meta)) == meta
