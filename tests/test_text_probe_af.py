@@ -4,6 +4,7 @@ ends up (file metadata, the terminal)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import av
 import numpy as np
@@ -13,6 +14,7 @@ from showo2_cli.media import write_video
 from showo2_cli.media.metadata import TRUNCATED_KEY, read_metadata
 from showo2_cli.options import MAX_PROMPT_CHARS
 
+DEMO = Path(__file__).resolve().parents[1] / "src" / "showo2_cli" / "assets" / "demo"
 MOV_MAX_TEXT_BYTES = 65535  # a QuickTime text tag's 16-bit length
 _FRAMES = np.full((1, 16, 16, 3), 90, np.uint8)
 
@@ -43,3 +45,23 @@ def test_a_video_keeps_its_longest_prompt_metadata_readable(tmp_path, ext):
 def test_a_short_mov_comment_is_unchanged(tmp_path):
     meta = {"prompt": "一只猫 \u202ecat" * 100, "seed": 1}
     assert read_metadata(write_video(tmp_path / "v.mov", _FRAMES, 8.0, metadata=meta)) == meta
+
+
+# ---- the chat's standard input ------------------------------------------------------------------
+
+def test_a_chat_script_saved_with_a_byte_order_mark_runs_its_first_command(monkeypatch):
+    """`showo2 chat < script.txt` of a script Notepad saved (UTF-8 with its mark): the first line
+    "\ufeff/image x.png" did not start with "/" and was asked as a question (the demo answered it).
+    Only the stream's opening mark goes; one later in the text is the user's."""
+    import io
+    import sys
+
+    from showo2_cli.cli.chat import LineTooLong, _lines, _pipe_lines
+
+    data = b"\xef\xbb\xbf/image x.png\r\n\xef\xbb\xbfwhat?\n"
+    assert list(_pipe_lines(io.BytesIO(data), 100)) == ["/image x.png", "\ufeffwhat?"]
+    # the mark counts toward a line's limit, and a long opening line is still refused whole
+    lines = list(_pipe_lines(io.BytesIO(b"\xef\xbb\xbf" + b"y" * 99 + b"\n/quit\n"), 100))
+    assert isinstance(lines[0], LineTooLong) and lines[0].size == 103 and lines[1:] == ["/quit"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\ufeff/help\n\ufeffx\n"))  # a stdin without bytes
+    assert list(_lines(False, False)) == ["/help", "\ufeffx"]

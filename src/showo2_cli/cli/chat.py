@@ -300,11 +300,14 @@ class LineTooLong:
 def _pipe_lines(stream, max_bytes: int):
     """Lines of a binary stream (undecodable bytes replaced), none held longer than ``max_bytes``:
     a longer one (``/dev/zero`` has no line end) is read on in ``max_bytes`` pieces and dropped,
-    given as a :class:`LineTooLong`."""
+    given as a :class:`LineTooLong`. A byte-order mark opening the stream (a script saved by
+    Notepad) is dropped, as a prompts file's is: ``\ufeff/image x.png`` was asked as a question."""
+    first = True
     while True:
         raw = stream.readline(max_bytes + 1)
         if not raw:
             return
+        opening, first = first, False
         if len(raw) > max_bytes and not raw.endswith(b"\n"):
             size = len(raw)
             while raw and not raw.endswith(b"\n"):
@@ -312,7 +315,8 @@ def _pipe_lines(stream, max_bytes: int):
                 size += len(raw)
             yield LineTooLong(size)
             continue
-        yield raw.decode("utf-8", "replace").rstrip("\r\n")
+        text = raw.decode("utf-8", "replace").rstrip("\r\n")
+        yield text.removeprefix("\ufeff") if opening else text
 
 
 def _lines(interactive: bool, show_prompt: bool, max_bytes: int = 2**20):
@@ -322,8 +326,8 @@ def _lines(interactive: bool, show_prompt: bool, max_bytes: int = 2**20):
     if not interactive:
         stream = getattr(sys.stdin, "buffer", None)
         if stream is None:
-            for line in sys.stdin:
-                yield line.rstrip("\r\n")
+            for i, line in enumerate(sys.stdin):
+                yield (line.removeprefix("\ufeff") if i == 0 else line).rstrip("\r\n")
             return
         yield from _pipe_lines(stream, max_bytes)
         return
