@@ -65,3 +65,28 @@ def test_a_chat_script_saved_with_a_byte_order_mark_runs_its_first_command(monke
     assert isinstance(lines[0], LineTooLong) and lines[0].size == 103 and lines[1:] == ["/quit"]
     monkeypatch.setattr(sys, "stdin", io.StringIO("\ufeff/help\n\ufeffx\n"))  # a stdin without bytes
     assert list(_lines(False, False)) == ["/help", "\ufeffx"]
+
+
+# ---- prompts files ------------------------------------------------------------------------------
+
+def test_a_prompts_file_ends_its_lines_as_any_editor_saves_them(tmp_path):
+    """A file with classic Mac OS line ends (a lone CR) was one prompt "a cat\\rb dog\\rc fox" (one
+    image, the whole text in its name and metadata); two files joined by `cat`, each with its
+    byte-order mark, had the second mark inside a prompt (the model saw a zero-width space)."""
+    from showo2_cli.errors import InputError
+    from showo2_cli.options import MAX_PROMPT_CHARS
+    from showo2_cli.saving import read_prompts
+
+    f = tmp_path / "p.txt"
+    for data, want in [
+        (b"a cat\rb dog\rc fox", ["a cat", "b dog", "c fox"]),
+        (b"a cat\r\n\r\nb dog\r\n", ["a cat", "b dog"]),  # a blank line between: not a prompt
+        (b"\xef\xbb\xbfa cat\n\xef\xbb\xbfb dog\n\xef\xbb\xbf\n", ["a cat", "b dog"]),
+        ("\ufeffa\u2028b\x0cc\x85d\n e\u0301 \t".encode(), ["a\u2028b\x0cc\x85d", "e\u0301"]),  # NFD kept as typed
+        ("a\rb".encode("utf-16"), ["a", "b"]),
+    ]:
+        f.write_bytes(data)
+        assert read_prompts(None, f) == want, data
+    f.write_bytes(b"ok\r" + b"x" * (MAX_PROMPT_CHARS + 1) + b"\r")
+    with pytest.raises(InputError, match="line 2: a prompt of 10001 characters is too long"):
+        read_prompts(None, f)

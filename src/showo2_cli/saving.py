@@ -75,9 +75,12 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
         if "\x00" in text:  # no text holds NUL: UTF-16 saved without its byte-order mark reads so as UTF-8
             raise InputError(f"prompts file {where} is not text: line {text.count(chr(10), 0, text.index(chr(0))) + 1} "
                              "holds a NUL character (UTF-16 without a byte-order mark?)")
-        # lines end at "\n" (and "\r\n") only: a form feed or U+2028 inside a line is not a new prompt
-        text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the first prompt
-        lines = [(i, line.strip()) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
+        # lines end at "\n", "\r\n" or a lone "\r" (classic Mac OS files: such a file was one prompt
+        # holding carriage returns); a form feed or U+2028 inside a line is not a new prompt. A
+        # byte-order mark opening a line (the first, or one of files joined by `cat`) is not text.
+        lines = [(i, line.strip().lstrip("\ufeff").strip())
+                 for i, line in enumerate(re.split("\r\n?|\n", text), 1)]
+        lines = [(i, line) for i, line in lines if line]
         for i, line in lines:
             if len(line) > MAX_PROMPT_CHARS:
                 raise InputError(f"prompts file {where} line {i}: a prompt of {len(line)} characters is too long "
