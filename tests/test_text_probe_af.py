@@ -90,3 +90,22 @@ def test_a_prompts_file_ends_its_lines_as_any_editor_saves_them(tmp_path):
     f.write_bytes(b"ok\r" + b"x" * (MAX_PROMPT_CHARS + 1) + b"\r")
     with pytest.raises(InputError, match="line 2: a prompt of 10001 characters is too long"):
         read_prompts(None, f)
+
+
+# ---- the terminal -------------------------------------------------------------------------------
+
+def test_bidirectional_overrides_are_shown_escaped_in_messages_and_answers(tmp_path, capsys):
+    """A file name (or a model's answer) holding U+202E RIGHT-TO-LEFT OVERRIDE made a terminal that
+    orders text right to left show the rest of the error line reversed; such controls are escaped
+    as ESC already was, while right-to-left text and its invisible marks stay as written."""
+    from showo2_cli.cli import main
+    from showo2_cli.cli.common import one_answer_line, safe_text
+
+    controls = "".join(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+    assert safe_text(controls) == "\\u202a\\u202b\\u202c\\u202d\\u202e\\u2066\\u2067\\u2068\\u2069"
+    arabic = "\u0642\u0637\u0629 \u200fcat\u200e \u05d7\u05ea\u05d5\u05dc"
+    assert safe_text(arabic) == arabic and one_answer_line("a\u202eb\nc") == "a\\u202eb c"
+    name = tmp_path / "nope\u202egpj.exe.jpg"
+    assert main(["caption", str(name), "--model", str(DEMO)]) == 3
+    err = capsys.readouterr().err
+    assert "\u202e" not in err and "nope\\u202egpj.exe.jpg" in err and err.count("\n") == 1

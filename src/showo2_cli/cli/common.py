@@ -41,13 +41,18 @@ STATE = {"debug": debug_from_env(), "json": False, "quiet": False}
 
 def safe_text(text: str) -> str:
     """Text for a terminal: control characters (ESC, BEL, vertical tab, form feed, U+2028, ...)
-    are shown escaped, so a file name cannot drive the terminal or break a one-line message."""
+    are shown escaped, so a file name cannot drive the terminal or break a one-line message; so
+    are the bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069: the
+    "Trojan Source" set rustc lints), which made a terminal that orders text right to left show
+    the rest of a line reversed (``'nope\u202e.jpg': no such file``). Right-to-left letters and
+    the invisible marks (U+200E, U+200F) are text and stay."""
     out = []
     for ch in str(text):
         o = ord(ch)
         if ch in "\n\t":
             out.append(ch)
-        elif o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0 or ch in "\u2028\u2029\u0085":
+        elif (o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0 or ch in "\u2028\u2029\u0085"
+              or 0x202A <= o <= 0x202E or 0x2066 <= o <= 0x2069):
             out.append(ch.encode("unicode_escape").decode("ascii"))
         else:
             out.append(ch)
