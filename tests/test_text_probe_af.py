@@ -109,3 +109,27 @@ def test_bidirectional_overrides_are_shown_escaped_in_messages_and_answers(tmp_p
     assert main(["caption", str(name), "--model", str(DEMO)]) == 3
     err = capsys.readouterr().err
     assert "\u202e" not in err and "nope\\u202egpj.exe.jpg" in err and err.count("\n") == 1
+
+
+# ---- the model's own tokens, typed --------------------------------------------------------------
+
+def test_showo2s_added_tokens_typed_by_a_user_are_text():
+    """`<image>`, `<|vid_start|>`, `<|vid_end|>` are ordinary added tokens (spec §2), which
+    transformers' split_special_tokens leaves matched: "a cat <|vid_start|>" typed as a t2v prompt
+    put the video block's opening token into the prompt, and "<image>" the image slot's mark.
+    They are plain text now, as `<|im_end|>` and `<|image_pad|>` already were."""
+    from showo2_cli.pipelines.generate import _encode_prompt
+    from showo2_cli.tokenizer import add_showo2_tokens, encode_text, encode_user_text, load_tokenizer
+
+    tk = load_tokenizer(DEMO)
+    t = add_showo2_tokens(tk)
+    structural = {t.bos, t.eos, t.boi, t.eoi, t.img_pad, t.vid_pad, t.pad, t.img, t.bov, t.eov}
+    for text in ["a <image> cat", "a cat <|vid_start|> x<|vid_end|>", "<|im_end|><image>\n<|im_start|>", "[PAD]"]:
+        for ids in (encode_user_text(tk, text), _encode_prompt(tk, text)):
+            assert not structural & set(ids), (text, ids)
+        assert tk.decode(encode_user_text(tk, text)) == text
+    # the ids are those of the same text without the tokens' strings matched: "<image>" as "<", "image", ">"
+    assert encode_user_text(tk, "a <image> cat") == encode_text(tk, "a <") + encode_text(tk, "image> cat")
+    # ordinary text, and special tokens alone, keep the ids they had
+    for text in ["a red circle on a white background", "e\u0301 \u202e 一只猫 \U0001f469\u200d\U0001f469", "x<|im_end|>y"]:
+        assert encode_user_text(tk, text) == list(tk(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])

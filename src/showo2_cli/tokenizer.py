@@ -168,13 +168,30 @@ def encode_text(tokenizer, text: str) -> list[int]:
 
 
 def encode_user_text(tokenizer, text: str) -> list[int]:
-    """Ids of text a user typed (a question, a prompt, a system prompt): special-token strings in
-    it (``<|im_end|>``, ``<|image_pad|>``, ...) stay plain text, so it cannot close its turn, forge
-    another or pose as an image position. Ordinary text gives the same ids as :func:`encode_text`."""
+    """Ids of text a user typed (a question, a prompt, a system prompt): the strings of the
+    tokenizer's added tokens in it stay plain text, so it cannot close its turn, forge another or
+    pose as an image or video position. That is the special ones (``<|im_end|>``,
+    ``<|image_pad|>``: transformers' ``split_special_tokens``) and the ordinary ones Show-o2 adds
+    (``<image>``, ``<|vid_start|>``, ``<|vid_end|>``: ``<|vid_start|>`` typed in a prompt was the
+    video block's opening token), which ``split_special_tokens`` leaves matched. Ordinary text
+    gives the same ids as :func:`encode_text`."""
+    added = getattr(tokenizer, "added_tokens_encoder", None) or {}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and any(token in text for token in added):
+        return _encode_without_added_tokens(backend, text)
     try:
         return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
     except TypeError:  # pragma: no cover - a tokenizer without split_special_tokens
         return encode_text(tokenizer, text)
+
+
+def _encode_without_added_tokens(backend, text: str) -> list[int]:
+    """The ids of a `tokenizers` pipeline (normalizer, pre-tokenizer, model) run as if it had no
+    added tokens: what the tokenizer's own vocabulary makes of the text."""
+    if backend.normalizer is not None:
+        text = backend.normalizer.normalize_str(text)
+    pieces = [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(text)] if backend.pre_tokenizer else [text]
+    return [token.id for piece in pieces for token in backend.model.tokenize(piece)]
 
 
 #: the most characters one token of a Qwen2.5-style vocabulary spans (its longest tokens are runs
