@@ -133,3 +133,25 @@ def test_showo2s_added_tokens_typed_by_a_user_are_text():
     # ordinary text, and special tokens alone, keep the ids they had
     for text in ["a red circle on a white background", "e\u0301 \u202e 一只猫 \U0001f469\u200d\U0001f469", "x<|im_end|>y"]:
         assert encode_user_text(tk, text) == list(tk(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+# ---- the server's JSON --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("role", ["user", "system", "assistant"])
+@pytest.mark.parametrize("text", [5, None, ["a"], {"t": 1}])
+def test_a_text_part_without_a_string_is_named(role, text):
+    """`{"type": "text", "text": 5}` was "unsupported content part (use text, image_url or
+    video_url)" in a user message and "content may only hold text parts" in a system one: it was
+    a text part, its text was not a string."""
+    from showo2_cli.serve import ApiError, ServerConfig, parse_chat
+
+    msgs = [{"role": "user", "content": "hi"}] if role == "assistant" else []
+    msgs.append({"role": role, "content": [{"type": "text", "text": "ok"}, {"type": "text", "text": text}]})
+    with pytest.raises(ApiError) as e:
+        parse_chat({"messages": msgs}, ServerConfig())
+    i = len(msgs) - 1
+    assert (e.value.status, e.value.code, e.value.param) == (400, "invalid_type", f"messages[{i}].content[1].text")
+    assert str(e.value).startswith(f"messages[{i}].content[1].text must be a string, got ")
+    plan = parse_chat({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                 {"type": "text", "text": "b"}]}]}, ServerConfig())
+    assert plan.turns[0].question == "a\nb"  # text parts as before

@@ -250,6 +250,18 @@ def seed_field(body: dict) -> int | None:
     return number_field({"seed": seed}, "seed", 0, 2**63 - 1, None, integer=True)
 
 
+def text_part(part, param: str) -> str | None:
+    """The text of a content part ``{"type": "text", "text": ...}``; None for a part of another
+    type. A text part whose ``text`` is not a string is a 400 naming it (it was "unsupported
+    content part (use text, ...)", for a part that was one)."""
+    if not isinstance(part, dict) or part.get("type") != "text":
+        return None
+    if not isinstance(part.get("text"), str):
+        raise ApiError(400, f"{param}.text must be a string, got {short(part.get('text'))}", "invalid_type",
+                       f"{param}.text")
+    return part["text"]
+
+
 def message_text(value, what: str, param: str, refusal: bool = False) -> str:
     """Message content: a string or a list of text parts (images are refused here); with
     ``refusal`` (an assistant message) also OpenAI's ``{"type": "refusal", "refusal": ...}`` parts,
@@ -260,9 +272,10 @@ def message_text(value, what: str, param: str, refusal: bool = False) -> str:
         return value
     if isinstance(value, list):
         out = []
-        for part in value:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                out.append(part["text"])
+        for j, part in enumerate(value):
+            text = text_part(part, f"{param}.content[{j}]")
+            if text is not None:
+                out.append(text)
             elif refusal and isinstance(part, dict) and part.get("type") == "refusal" and \
                     isinstance(part.get("refusal"), str):
                 out.append(part["refusal"])

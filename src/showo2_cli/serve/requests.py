@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ..errors import short
 from ..options import STEPS_RANGE
-from .body import Upload, decode_data_url, logit_bias_field, message_text, number_field, seed_field
+from .body import Upload, decode_data_url, logit_bias_field, message_text, number_field, seed_field, text_part
 from .errors import ApiError
 
 #: Environment variable holding the API key when ``--api-key`` is not given.
@@ -194,8 +194,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                 for j, part in enumerate(content):
                     p = f"{param}.content[{j}]"
                     kind = part.get("type") if isinstance(part, dict) else None
-                    if kind == "text" and isinstance(part.get("text"), str):
-                        text_parts.append(part["text"])
+                    text = text_part(part, p)
+                    if text is not None:
+                        text_parts.append(text)
                     elif kind in ("image_url", "video_url"):  # video_url: vLLM's part for a video
                         ref = part.get(kind)
                         url = ref.get("url") if isinstance(ref, dict) else ref
