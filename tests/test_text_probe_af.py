@@ -155,3 +155,31 @@ def test_a_text_part_without_a_string_is_named(role, text):
     plan = parse_chat({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
                                                                  {"type": "text", "text": "b"}]}]}, ServerConfig())
     assert plan.turns[0].question == "a\nb"  # text parts as before
+
+
+def test_a_run_plans_at_most_a_million_outputs(tmp_path, monkeypatch):
+    """A 64 MiB prompts file (the size allowed) of one-letter lines is 32 million prompts: reading
+    it took 6 GB, and planning its outputs (about 1 KB and a few stat calls each, all before the
+    model loads) would have taken 30 GB; `-n 1000` multiplied it. The prompts file stops reading
+    past the limit, and a run of more outputs is refused before any plan is made."""
+    from showo2_cli import saving
+    from showo2_cli.errors import InputError, UsageError
+    from showo2_cli.saving import plan_outputs, read_prompts
+
+    monkeypatch.setattr(saving, "MAX_OUTPUTS", 5, raising=False)  # the rule, on a small scale
+    f = tmp_path / "p.txt"
+    f.write_text("a\n\n b\r" * 2 + "c\n")
+    assert read_prompts(None, f) == ["a", "b", "a", "b", "c"]
+    f.write_text("a\n\n b\r" * 3)
+    with pytest.raises(InputError, match=r"holds more than 5 prompts, more than one run makes: split it"):
+        read_prompts(None, f)
+    monkeypatch.chdir(tmp_path)
+    assert len(plan_outputs("t2i", None, ["a"], [0], 5, seed=1)) == 5
+    with pytest.raises(UsageError, match=r"^6 outputs \(3 prompts x 2\) are more than one run makes \(5\)"):
+        plan_outputs("t2i", "x.png", ["a", "b", "c"], [0, 1, 2], 2, seed=1)
+    with pytest.raises(UsageError, match=r"^10 outputs \(1 prompts x 2\)"):  # a launch: the run's total
+        plan_outputs("t2i", "x.png", ["a"], [0], 2, seed=1, total_jobs=10)
+    assert list(tmp_path.iterdir()) == [f]  # nothing written
+    from showo2_cli.options import MAX_OUTPUTS
+
+    assert MAX_OUTPUTS == 1_000_000

@@ -31,6 +31,10 @@ MAX_CAPTION_FRAMES = 512
 STEPS_RANGE = (2, 10_000)
 #: Most outputs per prompt, and per batch.
 MAX_PER_PROMPT = 1000
+#: Most outputs one run makes (prompts x -n), and so most prompts a prompts file holds: each is
+#: planned, its files checked, before the model loads (about 1 KB a plan; a 64 MiB file of 32
+#: million one-letter lines took 6 GB to read and would take 30 GB to plan)
+MAX_OUTPUTS = 1_000_000
 MAX_BATCH = 1024
 
 #: The flow-matching ODE solvers (``sampling.SAMPLERS`` implements each); keys drive ``--sampler``.

@@ -22,6 +22,7 @@ from . import __version__
 from . import media as M
 from .errors import InputError, OutputError, OutputExists, UsageError, is_out_of_memory
 from .options import (
+    MAX_OUTPUTS,
     MAX_PROMPT_CHARS,
     MAX_PROMPTS_FILE_BYTES,
     check_text,
@@ -73,24 +74,35 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
             raise InputError(f"prompts file {where} is not UTF-8 text (nor UTF-16 text: it holds "
                              f"U+{ord(odd.group()):04X} at character {odd.start()})")
         if "\x00" in text:  # no text holds NUL: UTF-16 saved without its byte-order mark reads so as UTF-8
-            raise InputError(f"prompts file {where} is not text: line {text.count(chr(10), 0, text.index(chr(0))) + 1} "
+            raise InputError(f"prompts file {where} is not text: line {_line_at(text, text.index(chr(0)))} "
                              "holds a NUL character (UTF-16 without a byte-order mark?)")
         # lines end at "\n", "\r\n" or a lone "\r" (classic Mac OS files: such a file was one prompt
         # holding carriage returns); a form feed or U+2028 inside a line is not a new prompt. A
         # byte-order mark opening a line (the first, or one of files joined by `cat`) is not text.
-        lines = [(i, line.strip().lstrip("\ufeff").strip())
-                 for i, line in enumerate(re.split("\r\n?|\n", text), 1)]
-        lines = [(i, line) for i, line in lines if line]
-        for i, line in lines:
+        # Read line by line, never more than MAX_OUTPUTS prompts held.
+        found = 0
+        for match in re.finditer("[^\r\n]+", text):
+            line = match.group().strip().lstrip("\ufeff").strip()
+            if not line:
+                continue
             if len(line) > MAX_PROMPT_CHARS:
-                raise InputError(f"prompts file {where} line {i}: a prompt of {len(line)} characters is too long "
-                                 f"(at most {MAX_PROMPT_CHARS})")
-        if not lines:
+                raise InputError(f"prompts file {where} line {_line_at(text, match.start())}: a prompt of "
+                                 f"{len(line)} characters is too long (at most {MAX_PROMPT_CHARS})")
+            found += 1
+            if found > MAX_OUTPUTS:
+                raise InputError(f"prompts file {where} holds more than {MAX_OUTPUTS:,} prompts, more than one run "
+                                 "makes: split it")
+            prompts.append(line)
+        if not found:
             raise InputError(f"prompts file {where} holds no prompt")
-        prompts += [line for _, line in lines]
     if not prompts:
         raise UsageError("give a PROMPT, '-' to read the prompts from stdin, or --prompts-file")
     return prompts
+
+
+def _line_at(text: str, index: int) -> int:
+    """The number (from 1) of the line of a prompts file holding ``text[index]``."""
+    return len(re.findall("\r\n?|\n", text[:index])) + 1
 
 
 def latents_beside(path: Path) -> Path:
@@ -144,6 +156,9 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
     absent unless ``overwrite``), so nothing fails after the work is done."""
     ext = output_extension(kind, output)
     total = len(prompts) * n if total_jobs is None else total_jobs
+    if max(total, len(prompts) * n) > MAX_OUTPUTS:  # before a plan is made: ~1 KB and a few stat calls each
+        raise UsageError(f"{max(total, len(prompts) * n):,} outputs ({len(prompts):,} prompts x {n}) are more than "
+                         f"one run makes ({MAX_OUTPUTS:,}): split the prompts into several runs")
     plans = []
     taken: set[Path] = set()  # default names already given to an earlier output of this run
     for p, i in zip(prompts, indices, strict=True):
