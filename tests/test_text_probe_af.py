@@ -183,3 +183,26 @@ def test_a_run_plans_at_most_a_million_outputs(tmp_path, monkeypatch):
     from showo2_cli.options import MAX_OUTPUTS
 
     assert MAX_OUTPUTS == 1_000_000
+
+
+def test_user_and_name_fields_must_be_strings():
+    """A message's `name` of another type (5) was taken without a word, and so was the images
+    endpoint's `user` (["x"]), which the chat endpoint already refused."""
+    from showo2_cli.serve import ApiError, ServerConfig, parse_chat
+    from showo2_cli.serve.requests import parse_images
+    from showo2_cli.specs import get_spec
+
+    cases = [
+        (lambda: parse_chat({"messages": [{"role": "user", "content": "hi", "name": 5}]}, ServerConfig()),
+         "messages[0].name"),
+        (lambda: parse_chat({"messages": [{"role": "user", "content": "hi"}], "user": ["x"]}, ServerConfig()), "user"),
+        (lambda: parse_images({"prompt": "a cat", "user": ["x"]}, ServerConfig(), get_spec("tiny")), "user"),
+    ]
+    for call, param in cases:
+        with pytest.raises(ApiError) as e:
+            call()
+        assert (e.value.status, e.value.code, e.value.param, str(e.value)) == (
+            400, "invalid_type", param, f"'{param}' must be a string")
+    plan = parse_chat({"messages": [{"role": "user", "content": "hi", "name": "ann"}], "user": "u1"}, ServerConfig())
+    assert plan.turns[0].question == "hi"
+    assert parse_images({"prompt": "a cat", "user": "u1"}, ServerConfig(), get_spec("tiny")).prompt == "a cat"

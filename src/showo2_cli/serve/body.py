@@ -250,6 +250,13 @@ def seed_field(body: dict) -> int | None:
     return number_field({"seed": seed}, "seed", 0, 2**63 - 1, None, integer=True)
 
 
+def optional_string(value, param: str) -> None:
+    """A field that is a string when given (a request's ``user``, a message's ``name``): another
+    type is a 400 naming it, as OpenAI answers (it was taken without a word)."""
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"'{param}' must be a string", "invalid_type", param)
+
+
 def text_part(part, param: str) -> str | None:
     """The text of a content part ``{"type": "text", "text": ...}``; None for a part of another
     type. A text part whose ``text`` is not a string is a 400 naming it (it was "unsupported

@@ -10,7 +10,16 @@ from dataclasses import dataclass, field
 
 from ..errors import short
 from ..options import STEPS_RANGE
-from .body import Upload, decode_data_url, logit_bias_field, message_text, number_field, seed_field, text_part
+from .body import (
+    Upload,
+    decode_data_url,
+    logit_bias_field,
+    message_text,
+    number_field,
+    optional_string,
+    seed_field,
+    text_part,
+)
 from .errors import ApiError
 
 #: Environment variable holding the API key when ``--api-key`` is not given.
@@ -156,8 +165,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     top_k = int(top_k) if top_k is not None and top_k > 0 else None  # vLLM: -1 (or 0) is off
     min_p = number_field(body, "min_p", 0, 1, None)
     min_p = float(min_p) if min_p else None
-    if body.get("user") is not None and not isinstance(body.get("user"), str):
-        raise ApiError(400, "'user' must be a string", "invalid_type", "user")
+    optional_string(body.get("user"), "user")
     bias = logit_bias_field(body.get("logit_bias"))
     stream = body.get("stream")
     stream = False if stream is None else stream  # OpenAI: "boolean or null"
@@ -184,6 +192,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             prev_role = role
         role = msg.get("role")
         content = msg.get("content")
+        optional_string(msg.get("name"), f"{param}.name")
         if role in ("system", "developer"):
             system_parts.append(message_text(content, f"a {role} message's", param))
         elif role == "user":
@@ -297,6 +306,7 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
             raise ApiError(400, f"'{name}' is not supported: this endpoint makes images from the prompt alone "
                                 "(no edits)", "unsupported_parameter", name)
 
+    optional_string(body.get("user"), "user")
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, "'prompt' must be a non-empty string", "invalid_value", "prompt")
