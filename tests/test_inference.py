@@ -431,7 +431,7 @@ def test_typer_runner_and_subprocess(tiny_model_dir, tmp_path):
     assert json.loads(proc.stdout)["outputs"][0]["output"] == str(out) and out.exists()
 
 
-def test_accelerate_two_processes_share_the_prompts(tiny_model_dir, tmp_path):
+def test_accelerate_two_processes_share_the_outputs(tiny_model_dir, tmp_path):
     if shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists():
         pytest.skip("accelerate launcher not installed")
     launcher = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
@@ -445,17 +445,18 @@ def test_accelerate_two_processes_share_the_prompts(tiny_model_dir, tmp_path):
     (tmp_path / "d").mkdir()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert sorted((r["rank"], r["world_size"]) for r in reports) == [(0, 2), (1, 2)]
-    mine = {r["rank"]: sorted(Path(o["output"]).name for o in r["outputs"]) for r in reports}
-    assert mine == {0: ["img-000.png", "img-002.png", "img-004.png"], 1: ["img-001.png", "img-003.png"]}
+    report = json.loads(proc.stdout)  # one object, from process 0, the run's outputs in order
+    assert (report["rank"], report["world_size"]) == (0, 2)
+    assert [Path(o["output"]).name for o in report["outputs"]] == [f"img-{i:03d}.png" for i in range(5)]
     files = sorted(p.name for p in (tmp_path / "d").glob("*.png"))
     assert files == [f"img-{i:03d}.png" for i in range(5)]
     seeds = [json.loads((tmp_path / "d" / f"img-{i:03d}.json").read_text())["seed"] for i in range(5)]
     assert seeds == [9 + i for i in range(5)]
     single = load(tiny_model_dir)
     ref = P.text_to_image(single, ["prompt 3"], P.GenerateOptions(steps=2, seed=9), indices=[3])[0]
-    assert np.array_equal(np.asarray(M.read_image(tmp_path / "d" / "img-003.png")), ref.frames[0])
+    # process 1 made outputs 3 and 4 in one batch (shares of 3 and 2): float rounding apart from it alone
+    made = np.asarray(M.read_image(tmp_path / "d" / "img-003.png")).astype(int)
+    assert np.abs(made - ref.frames[0].astype(int)).max() <= 1
 
 
 def test_examples_run_on_a_tiny_model(tiny_model_dir, tmp_path, media_dir):

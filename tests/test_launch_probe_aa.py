@@ -31,33 +31,47 @@ def _launch(monkeypatch, rank: int) -> None:
 def test_a_drawn_seed_is_process_0s_in_every_process(tmp_path, capsys, monkeypatch):
     """Each process drew its own seed and printed it (`seed 537772640`, `seed 69175513`): no one
     --seed repeated the run. Now the agreed seed (process 0's) names every output's seed + k.
-    (The processes run one after the other here: process 1 checks after process 0 wrote.)"""
+    (The processes run one after the other here: process 0 checks after process 1 wrote, and
+    lists what process 1 handed over: probe AE.)"""
     monkeypatch.chdir(tmp_path)
-    for rank in (0, 1):
-        if rank:
+    for rank in (1, 0):
+        if not rank:
             for f in tmp_path.glob("x-*"):
                 f.rename(tmp_path / ("kept-" + f.name))
         _launch(monkeypatch, rank)
+        _Group.rank = rank
         monkeypatch.setattr(runtime, "launch_group", _group, raising=False)
         assert main(["t2i", "--prompts-file", str(_prompts(tmp_path, 3)), "-o", "x.png", "--steps", "2"]) == 0
         out, err = capsys.readouterr()
-        assert out.split() == (["x-000.png", "x-002.png"] if rank == 0 else ["x-001.png"])
+        assert out.split() == (["x-000.png", "x-001.png", "x-002.png"] if rank == 0 else [])
         assert [line for line in err.splitlines() if line.startswith("seed")] == (["seed 1234"] if rank == 0 else [])
-    sidecars = ["kept-x-000.json", "x-001.json", "kept-x-002.json"]
+    sidecars = ["x-000.json", "x-001.json", "kept-x-002.json"]
     assert [json.loads((tmp_path / f).read_text())["seed"] for f in sidecars] == [1234, 1235, 1236]
     assert _Group.barriers == 2  # each process's outputs checked before any process wrote
 
 
 class _Group:
-    """Process 0 drew 1234; each process's checks done."""
+    """Process 0 drew 1234; each process's checks done; process 1's outputs handed to process 0."""
     barriers = 0
+    rank = 0
+    handed = None
+
+    def __init__(self):
+        self.calls = 0
 
     def shared(self, value):
-        return 1234
+        self.calls += 1
+        return 1234 if self.calls == 1 else value  # the seed, then the run's verdict (none failed)
 
     def barrier(self):
         assert not list(Path.cwd().glob("x-*.png"))  # no process has written yet
         _Group.barriers += 1
+
+    def gathered(self, value):
+        if self.rank:
+            _Group.handed = value
+            return None
+        return [value, _Group.handed]
 
 
 @contextlib.contextmanager
@@ -146,7 +160,7 @@ def test_two_launched_processes_make_one_run(tmp_path):
     seed = int(seeds[0].split()[1])
     assert [json.loads((tmp_path / f"x-{i:03d}.json").read_text())["seed"] for i in range(3)] == \
         [seed, seed + 1, seed + 2]
-    assert sorted(proc.stdout.split()) == ["x-000.png", "x-001.png", "x-002.png"]
+    assert proc.stdout.split() == ["x-000.png", "x-001.png", "x-002.png"]  # one list, in order (probe AE)
 
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert again.returncode != 0

@@ -224,6 +224,30 @@ def process_rank() -> tuple[int, int]:
     return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)
 
 
+def launch_rendezvous() -> bool:
+    """Whether this process is one of a launch's several with the launcher's rendezvous to join
+    (MASTER_ADDR and MASTER_PORT, as ``accelerate launch`` and torchrun set them)."""
+    return process_rank()[1] > 1 and bool(os.environ.get("MASTER_ADDR")) and bool(os.environ.get("MASTER_PORT"))
+
+
+def process_share(total: int, batch_size: int, rank: int, world: int) -> range:
+    """The outputs of a run (positions in the one-process order: prompt by prompt, ``-n`` each)
+    that process ``rank`` of ``world`` makes: one contiguous share, none larger than
+    ceil(total / world) (as accelerate's ``split_between_processes``). The shares are cut at the
+    one-process run's batch boundaries (every ``batch_size`` outputs) where such a cut keeps them
+    that even: each output is then computed in the same batch as one process computes it, bit for
+    bit. Else they are cut evenly by output (the first ``total % world`` take one more) and a batch
+    split between two processes computes its outputs in smaller batches (float rounding only)."""
+    largest = -(-total // world)
+    whole = largest // batch_size * batch_size  # whole batches within the even share
+    if whole and total - whole * (world - 1) <= largest:
+        start = min(rank * whole, total)
+        return range(start, total if rank == world - 1 else min(start + whole, total))
+    base, extra = divmod(total, world)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (rank < extra))
+
+
 @dataclass
 class RuntimeOptions:
     """Where and how a model runs: ``device`` (auto|cpu|cuda[:N]|mps), ``dtype`` (auto|fp32|bf16|fp16),

@@ -19,7 +19,15 @@ from pathlib import Path
 import torch
 
 from .errors import ResourceError, UsageError
-from .options import DTYPES, MAX_MEMORY_ENV, OFFLOAD_MODES, check_device, env_memory_limit, process_rank
+from .options import (
+    DTYPES,
+    MAX_MEMORY_ENV,
+    OFFLOAD_MODES,
+    check_device,
+    env_memory_limit,
+    launch_rendezvous,
+    process_rank,
+)
 
 #: Loggers that write about the machine while transformers, diffusers or peft import torchao and
 #: bitsandbytes (installed for ``--quantize``): torchao's missing CUDA extensions, torch's note on an
@@ -336,23 +344,31 @@ def pick_tiling(mode: str, untiled_gb: float, tiled_gb: float, option: float | N
     return limit is not None and untiled_gb > limit and tiled_gb < untiled_gb
 
 
+#: Seconds a launch's processes wait for each other (gloo's timeout, 30 minutes by default, would
+#: end a run whose shares take longer); a week
+LAUNCH_WAIT = 7 * 24 * 3600
+
 
 @contextmanager
 def launch_group():
     """The processes of a launch (``accelerate launch`` / torchrun: WORLD_SIZE, RANK, MASTER_ADDR,
-    MASTER_PORT), joined over gloo for what they must agree on before the model loads (a drawn seed,
-    the whole run's outputs checked): yields a :class:`LaunchGroup`, or None for one process (or
-    no launcher's rendezvous). accelerate's ``PartialState`` does not join CPU processes started
-    with ``--multi_gpu``, so torch.distributed is used directly, and left as it was found."""
+    MASTER_PORT), joined over gloo for what they must agree on (a drawn seed, the whole run's
+    outputs checked before any is written, what each wrote): yields a :class:`LaunchGroup`, or None
+    for one process (or no launcher's rendezvous). accelerate's ``PartialState`` does not join CPU
+    processes started with ``--multi_gpu``, so torch.distributed is used directly, and left as it
+    was found. Its collectives may wait for another process's whole share of a run (hours of
+    video): their timeout is :data:`LAUNCH_WAIT`, and the launcher ends the processes when one fails."""
     rank, world = process_rank()
-    if world <= 1 or not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+    if not launch_rendezvous():
         yield None
         return
+    import datetime
+
     import torch.distributed as dist
 
     joined = not dist.is_initialized()
     if joined:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=LAUNCH_WAIT))
     try:
         yield LaunchGroup(rank)
     finally:
@@ -377,3 +393,20 @@ class LaunchGroup:
         import torch.distributed as dist
 
         dist.barrier()
+
+    def gathered(self, value) -> list | None:
+        """Every process's ``value`` (a small picklable one), in process 0 as a list in rank order
+        (None in the others), once every process has come here. The wait for the others (their
+        shares of the run) polls, so Ctrl-C or the launcher's SIGTERM ends it at once (gloo's
+        blocking wait would hold the signal until the last process came)."""
+        import time
+
+        import torch.distributed as dist
+
+        arrived = dist.barrier(async_op=True)
+        while not arrived.is_completed():
+            time.sleep(0.05)
+        arrived.wait()
+        everyone = [None] * dist.get_world_size() if self.rank == 0 else None
+        dist.gather_object(value, everyone, dst=0)
+        return everyone

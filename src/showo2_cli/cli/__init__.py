@@ -27,7 +27,7 @@ from .. import __version__
 from ..errors import Showo2Error, is_out_of_memory
 from ..launch import HANGUP, INTERRUPTS
 from ..options import process_rank
-from .common import STATE, debug_from_env, safe_text, write
+from .common import STATE, debug_from_env, held_notices, notice, safe_text, write
 
 
 class _Formatter(typer.core.TyperGroup.context_class.formatter_class):
@@ -192,6 +192,8 @@ def _fail(message: str, code: int, kind: str, alike: bool | None = None) -> int:
         # alike (the launcher then ends the others): the main one says it, once, as training's
         # metrics and result lines come from process 0 alone; the exit code is the same everywhere
         return code
+    for line in held_notices():  # kept for the main process of a launch, which will not say them now
+        notice(line)
     # one line, whatever the message held (line and paragraph separators included), and no raw
     # control characters from file names reach the terminal
     try:
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     _ARGS[:] = args
     # fresh state for every call (main() may run several times in one process)
     STATE.update(debug=debug_from_env() or debug_at is not None, json=False, quiet=False,
-                 emitted=False, partial=None)
+                 emitted=False, partial=None, held=None, said=None)
     if not STATE["debug"]:  # the libraries' own logging stays quiet unless --debug
         for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY"):
             os.environ.setdefault(var, "error")
@@ -424,22 +426,28 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
             return 141
         if STATE["debug"]:  # the traceback, then the same line and exit code as without --debug
             traceback.print_exc()
-        return _fail(" ".join(str(e).split("\n")), e.exit_code, e.kind, e.alike)
-    except MemoryError:
+        return _fail(*describe(e), e.alike)
+    except Exception as e:  # out of memory, a full disk, or a bug: still one line unless --debug
         if STATE["debug"]:
             traceback.print_exc()
-        return _fail("out of memory", 6, "resource")
-    except Exception as e:  # a bug: still one line unless --debug
-        if STATE["debug"]:
-            traceback.print_exc()
-        if is_out_of_memory(e):  # torch's allocators raise RuntimeError
-            return _fail(f"out of memory{_memory_advice(_ARGS)}", 6, "resource")
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            # a full disk met outside the project's own writes (click's --help > /dev/full): an output
-            # error (exit 5), as common.write makes it, not a bug
-            return _fail(f"cannot write the output ({e.strerror or e})", 5, "output")
-        return _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                     "(run with --debug for the traceback)", 1, "internal")
+        return _fail(*describe(e))
+
+
+def describe(e: Exception) -> tuple[str, int, str]:
+    """The message, exit code and kind the command line reports for a failure (another process
+    of a launch reports one of these for the process that met it)."""
+    if isinstance(e, Showo2Error):
+        return " ".join(str(e).split("\n")), e.exit_code, e.kind
+    if isinstance(e, MemoryError):
+        return "out of memory", 6, "resource"
+    if is_out_of_memory(e):  # torch's allocators raise RuntimeError
+        return f"out of memory{_memory_advice(_ARGS)}", 6, "resource"
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        # a full disk met outside the project's own writes (click's --help > /dev/full): an output
+        # error (exit 5), as common.write makes it, not a bug
+        return f"cannot write the output ({e.strerror or e})", 5, "output"
+    return (f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            "(run with --debug for the traceback)", 1, "internal")
 
 
 def _dash_argument_hint(e: Exception, args: list[str]) -> str:

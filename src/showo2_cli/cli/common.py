@@ -66,9 +66,35 @@ def stderr_console():
 
 
 def notice(message: str) -> None:
-    """One line on stderr (a newline from a file's metadata cannot forge a second one)."""
+    """One line on stderr (a newline from a file's metadata cannot forge a second one). In one
+    run of a launch's processes (:func:`one_voice`), another process than the main one keeps it for
+    the main one to say, once, and the main one keeps what it said."""
+    line = " ".join(str(message).splitlines())
+    if STATE.get("held") is not None:
+        STATE["held"].append(line)
+        return
+    if STATE.get("said") is not None:
+        STATE["said"].add(line)
     if not STATE["quiet"] and not STATE["json"]:
-        write(sys.stderr, safe_text(" ".join(str(message).splitlines())) + "\n")
+        write(sys.stderr, safe_text(line) + "\n")
+
+
+def one_voice() -> None:
+    """This command is one run made by a launch's several processes (:func:`~showo2_cli.options.process_rank`):
+    from now on the main process says the notices, each once (it says those another process kept
+    that it did not say itself: :func:`held_notices`), and alone shows live progress."""
+    from ..options import launch_rendezvous, process_rank
+
+    if launch_rendezvous() and process_rank()[0]:
+        STATE["held"] = []
+    elif launch_rendezvous():
+        STATE["said"] = set()
+
+
+def held_notices() -> list[str]:
+    """The notices this process kept for the main one (see :func:`one_voice`), now given up."""
+    held, STATE["held"] = STATE.get("held") or [], None
+    return held
 
 
 def one_answer_line(text: str) -> str:
@@ -148,7 +174,8 @@ def live_stderr() -> bool:
     cursor. A pipe or a file gets none (no ``\\r`` lines in a log), nor does a dumb terminal
     (``TERM=dumb``: Emacs' shell, some CI consoles), where rich cannot redraw a line and left an
     empty one."""
-    return (not (STATE["quiet"] or STATE["json"]) and sys.stderr is not None and sys.stderr.isatty()
+    return (not (STATE["quiet"] or STATE["json"]) and STATE.get("held") is None  # a launch's main process only
+            and sys.stderr is not None and sys.stderr.isatty()
             and not stderr_console().is_dumb_terminal)
 
 

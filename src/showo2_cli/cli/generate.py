@@ -15,6 +15,7 @@ from ..options import (
     check_fps,
     check_prompts,
     process_rank,
+    process_share,
     random_seed,
     video_frames,
 )
@@ -39,6 +40,7 @@ from .common import (
     load_model,
     model_name,
     notice,
+    one_voice,
     partial,
     runtime_options,
     setup,
@@ -65,8 +67,11 @@ VIDEO_HELP = "out.mp4/.webm/.gif/.mov/.mkv"
 def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | None, opts: GenerateOptions,
         model: str | None, vae: Path | None, device: str, dtype, noise: Path | None, save_latents: bool,
         fps: float | None, image: Path | None, size: str | None, overwrite: bool, accel: tuple = (),
-        lora: list[Path] | None = None) -> None:
-    """The one generation command: every check before the model loads, then generate and save."""
+        lora: list[Path] | None = None) -> int:
+    """The one generation command: every check before the model loads, then generate and save.
+    Under a launch of several processes, each makes its share of the run's outputs
+    (:func:`~showo2_cli.options.process_share`: the results do not depend on the number of
+    processes) and process 0 reports the whole run, once (:func:`_report_once`)."""
     from .. import media as M
     from .. import saving as O
 
@@ -93,12 +98,60 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
         raise UsageError("prompts from stdin reach only the first of several processes: use --prompts-file FILE "
                          "under a launch")
     prompts = check_prompts(O.read_prompts(prompt, prompts_file))
-    if world > 1:
-        _agree(kind, output, prompts, opts, drawn, overwrite, save_latents)
-    indices = list(range(len(prompts)))[rank::world]
-    mine = [prompts[i] for i in indices]
-    plans = O.plan_outputs(kind, output, mine, indices, opts.num_per_prompt, opts.seed, overwrite,
-                           len(prompts) * opts.num_per_prompt, save_latents)
+    with _launch_group(world) as group:
+        if drawn and group is not None:  # one run, one seed: process 0's (output k uses seed + k anywhere)
+            opts.seed = int(group.shared(opts.seed))
+        try:  # every process plans (and checks) the whole run's outputs: a taken name fails all alike
+            plans = O.plan_outputs(kind, output, prompts, list(range(len(prompts))), opts.num_per_prompt, opts.seed,
+                                   overwrite, None, save_latents)
+        except Showo2Error as e:
+            e.alike = True
+            raise
+        if group is not None:
+            group.barrier()  # none writes before every process has checked
+        share = process_share(len(plans), opts.batch_size, rank, world)
+        records: list[dict] = []
+
+        def report(done: list[dict]) -> tuple[dict, str | None]:
+            return ({"outputs": done, "seed": opts.seed, "rank": 0 if group else rank, "world_size": world},
+                    "\n".join(r["output"] for r in done) if done else None)
+
+        try:
+            _make(kind, prompts, plans[share.start:share.stop], share if world > 1 else None, opts, model, vae,
+                  device, dtype, noise, fps, image, overwrite, runtime, lora, records)
+        except BaseException as e:  # a failure or Ctrl-C after some outputs were written: say which
+            if records:
+                partial(*report(records))
+            if group is None or not isinstance(e, Exception):  # one process (or an interruption: every one has it)
+                raise
+            failure = e
+        else:
+            failure = None
+        if group is not None:
+            return _report_once(group, rank, records, failure, report)
+    emit(*report(records))
+    return 0
+
+
+def _launch_group(world: int):
+    """The launch's processes joined (:func:`~showo2_cli.runtime.launch_group`); for one process,
+    nothing (torch is not imported before the checks)."""
+    if world <= 1:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    from ..runtime import launch_group
+
+    return launch_group()
+
+
+def _make(kind: str, prompts: list[str], plans: list, share: range | None, opts: GenerateOptions, model, vae,
+          device, dtype, noise, fps, image, overwrite: bool, runtime, lora, records: list[dict]) -> None:
+    """Load the model and make the outputs of ``share`` (all: None) of the run as ``plans``,
+    each saved (and its record added to ``records``) as soon as its batch is done."""
+    from .. import media as M
+    from .. import saving as O
+
     note = M.fps_note(plans[0].path, fps) if plans and kind != "t2i" else None
     if note:
         notice(note)
@@ -106,15 +159,14 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
         M.read_image(image)  # a bad image fails before the model loads
     opts.noise = O.load_noise(noise)
     name = model_name(model)
-    if mine:
-        check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(mine) * opts.num_per_prompt),
-                                    runtime, indices, world > 1)
+    if not plans:  # this process's share of a launch is empty: it loads nothing
+        return
+    check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(plans)), runtime, len(prompts))
     bundle = load_model(name, device, value(dtype), vae=vae, runtime=runtime, lora=lora)
-    if rank == 0:  # one run, one seed (agreed above): the main process says it
+    if process_rank()[0] == 0:  # one run, one seed (agreed): the main process says it
         notice(f"seed {opts.seed}" if noise is None else f"starting noise from {short(str(noise), 80)}")
     from .. import pipelines as P
 
-    records: list[dict] = []
     said: set[str] = set()  # a prompt's notes, once for all its outputs
 
     def save(item) -> None:  # each output is written as soon as its batch is done (an interruption keeps it)
@@ -124,57 +176,61 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
                 notice(note)
         records.extend(O.save_results([item], [plans[len(records)]], kind, fps, image, overwrite, noise=noise))
 
-    part = indices if world > 1 else None  # several processes: each has part of the run
-
-    def report() -> tuple[dict, str | None]:
-        return ({"outputs": records, "seed": opts.seed, "rank": rank, "world_size": world},
-                "\n".join(r["output"] for r in records) if records else None)
-
-    try:
-        if mine:
-            with ProgressReporter() as bar:
-                if kind == "t2i":
-                    P.text_to_image(bundle, mine, opts, progress=bar, indices=part, on_result=save)
-                elif kind == "t2v":
-                    P.text_to_video(bundle, mine, opts, progress=bar, indices=part, on_result=save)
-                else:
-                    P.image_to_video(bundle, image, mine, opts, progress=bar, indices=part, on_result=save)
-    except BaseException:  # Ctrl-C or a failure after some outputs were written: say which
-        if records:
-            partial(*report())
-        raise
+    with ProgressReporter() as bar:
+        if kind == "t2i":
+            P.text_to_image(bundle, prompts, opts, progress=bar, on_result=save, outputs=share)
+        elif kind == "t2v":
+            P.text_to_video(bundle, prompts, opts, progress=bar, on_result=save, outputs=share)
+        else:
+            P.image_to_video(bundle, image, prompts, opts, progress=bar, on_result=save, outputs=share)
     if len(records) != len(plans):
         raise UsageError(f"{len(records)} result(s) but {len(plans)} planned output(s)")
-    emit(*report())
 
 
-def _agree(kind: str, output, prompts: list[str], opts: GenerateOptions, drawn: bool, overwrite: bool,
-           save_latents: bool) -> None:
-    """Several processes make one run: process 0's drawn seed in every process (output k uses
-    seed + k, whichever process makes it), and every process checks the whole run's outputs (so a
-    taken name fails all alike: the main process says it) before any of them writes."""
-    from .. import saving as O
-    from ..runtime import launch_group
+def _report_once(group, rank: int, records: list[dict], failure: Exception | None, report) -> int:
+    """One run of a launch's processes, reported once: each hands process 0 what it wrote, the
+    notices it kept and how it failed; process 0 says the notices it has not said, then lists the
+    whole run's outputs in the one-process order (each process made a contiguous share), or, if a
+    process failed, those written and the first failure's one line. Every process exits with its code."""
+    import traceback
 
-    with launch_group() as group:
-        if drawn and group is not None:
-            opts.seed = int(group.shared(opts.seed))
-        try:
-            O.plan_outputs(kind, output, prompts, list(range(len(prompts))), opts.num_per_prompt, opts.seed,
-                           overwrite, None, save_latents)
-        except Showo2Error as e:
-            e.alike = True
-            raise
-        if group is not None:
-            group.barrier()
+    from . import describe
+    from .common import STATE, held_notices
+
+    if failure is not None and STATE["debug"]:
+        traceback.print_exception(failure)
+    mine = {"records": records, "notices": held_notices(), "failure": describe(failure) if failure else None}
+    everyone = group.gathered(mine)
+    verdict = None
+    if rank == 0:
+        records = [r for part in everyone for r in part["records"]]
+        for part in everyone[1:]:
+            for line in part["notices"]:
+                if line not in STATE["said"]:
+                    notice(line)
+        verdict = next((part["failure"] for part in everyone if part["failure"]), None)
+    verdict = group.shared(verdict)
+    if rank != 0:  # process 0 reports the run (its outputs, or its failure)
+        STATE["emitted"] = verdict is None
+        return verdict[1] if verdict else 0
+    if verdict is None:
+        emit(*report(records))
+        return 0
+    if records:
+        partial(*report(records))
+    if failure is not None:
+        raise failure
+    message, code, kind = verdict
+    error = Showo2Error(message)
+    error.exit_code, error.kind = code, kind
+    raise error
 
 
 def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, batch: int, runtime,
-                                indices: list[int] | None = None, part: bool = False) -> None:
-    """Refuse a job that cannot fit, or whose ``--noise`` has the wrong shape, before the weights
-    load, when the model's folder tells its spec (our own format; for an official checkpoint the
-    pipeline checks once it is loaded). ``indices``: the prompts' (this process's of a larger run
-    when ``part``)."""
+                                prompts: int = 1) -> None:
+    """Refuse a job that cannot fit, or whose ``--noise`` has the wrong shape for the run's
+    ``prompts``, before the weights load, when the model's folder tells its spec (our own format;
+    for an official checkpoint the pipeline checks once it is loaded)."""
 
     from ..model_files import find_files
 
@@ -195,12 +251,11 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
             base_dim = int(read_json(Path(files.vae) / "config.json").get("base_dim", 96))
         except (ModelError, ValueError, TypeError):
             base_dim = 96
-    if opts.noise is not None and indices:
+    if opts.noise is not None:
         from dataclasses import replace
 
         sized = replace(opts, size=opts.size or spec.default_size(video))
-        P.noise_rows(opts.noise, spec, sized, video, opts.frames if video else 1,
-                     indices, part)
+        P.noise_rows(opts.noise, spec, sized, video, opts.frames if video else 1, list(range(prompts)))
     dev = pick_device(runtime.device)
     P.check_generation_memory(spec, pick_dtype(runtime.dtype, dev), opts.size or spec.default_size(video),
                               opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim,
@@ -228,10 +283,11 @@ def t2i(
 ):
     """Text to image."""
     setup(json_mode, quiet)
+    one_voice()
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=1, method=value(sampler), max_memory_gb=max_memory,
                            negative_prompt=negative_prompt)
-    run("t2i", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, None, None,
+    return run("t2i", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, None, None,
         size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize), lora)
 
 
@@ -250,10 +306,11 @@ def t2v(
 ):
     """Text to video (needs a checkpoint trained for video generation, e.g. the bundled demo)."""
     setup(json_mode, quiet)
+    one_voice()
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=max_memory, negative_prompt=negative_prompt)
-    run("t2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, None,
+    return run("t2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, None,
         size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize), lora)
 
 
@@ -273,10 +330,11 @@ def i2v(
 ):
     """Image to video: the image's latent is the fixed first latent frame."""
     setup(json_mode, quiet)
+    one_voice()
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=max_memory, negative_prompt=negative_prompt)
-    run("i2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, image,
+    return run("i2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, image,
         size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize), lora)
 
 

@@ -4,14 +4,14 @@ flow matching through the flow head; plus the memory estimate every job is check
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .. import media as M
-from ..errors import InputError, ModelError, UsageError
+from ..errors import InputError, ModelError, UsageError, short
 from ..loading import Showo2, require_model
 from ..options import DTYPES, GenerateOptions, check_prompts, seed_for
 from ..runtime import cpu_by_default
@@ -137,10 +137,11 @@ def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], fra
     return need
 
 
-def _memory_args(model: Showo2, opts: GenerateOptions, frames: int, video: bool, n_prompts: int) -> tuple:
-    """The arguments of :func:`check_generation_memory` and :func:`generation_tiling` for a run."""
+def _memory_args(model: Showo2, opts: GenerateOptions, frames: int, video: bool, count: int) -> tuple:
+    """The arguments of :func:`check_generation_memory` and :func:`generation_tiling` for a run of
+    ``count`` outputs."""
     vae = model.require_vae()
-    return (model.spec, model.dtype, tuple(opts.size), frames, video, min(opts.batch_size, n_prompts * opts.num_per_prompt),
+    return (model.spec, model.dtype, tuple(opts.size), frames, video, min(opts.batch_size, count),
             opts.max_memory_gb, model.device, vae.base_dim, vae.tiling, vae.tile)
 
 
@@ -202,10 +203,27 @@ def _encode_prompt(tokenizer, text: str) -> list[int]:
     return encode_user_text(tokenizer, text.replace("\n", " ")) if text.strip() else []
 
 
+def _outputs_made(outputs, total: int) -> list[int] | None:
+    """``outputs`` (which of a run's ``total`` outputs to make, positions in the run's order) as a
+    list, checked; None: all of them."""
+    if outputs is None:
+        return None
+    try:
+        chosen = None if isinstance(outputs, (str, bytes, dict)) else list(outputs)
+    except TypeError:  # not iterable
+        chosen = None
+    if chosen is None or not all(isinstance(j, int) and not isinstance(j, bool) for j in chosen):
+        raise TypeError("outputs must be a range (or a list) of output positions")
+    if any(not 0 <= j < total for j in chosen) or len(set(chosen)) != len(chosen):
+        raise UsageError(f"outputs must be distinct positions among the run's {total} output(s), got {short(str(outputs), 60)}")
+    return chosen
+
+
 @torch.no_grad()
 def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: bool, frames: int,
               first_frame: torch.Tensor | None, indices: list[int] | None, progress: Progress,
-              on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
+              on_result: OnResult | None = None, on_step: OnStep | None = None,
+              outputs: list[int] | None = None) -> list[Generated]:
     spec, net, vae = model.spec, model.network, model.require_vae()
     tokenizer, tokens = model.require_tokenizer(), model.tokens
     h, w = opts.size
@@ -213,10 +231,6 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     visual = 1 + (latent_shape[1] if video else 1) * spec.tokens_per_frame(h, w)
     budget = spec.text_budget
     max_seq_len = visual + 4 + budget
-    memory = _memory_args(model, opts, frames, video, len(prompts))
-    check_generation_memory(*memory)
-    tiled = generation_tiling(*memory)
-    tiles = vae.tiles_used(h, w, tiled)  # a tiled decode blends seams: another image, so it is recorded
     part = indices is not None  # these prompts are part of a larger run (several processes)
     indices = list(range(len(prompts))) if indices is None else list(indices)
     if len(indices) != len(prompts):
@@ -224,8 +238,16 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     negative = dict(zip(indices, opts.negatives_for(len(prompts)), strict=True))
     jobs = [(p, i, k) for i, p in zip(indices, prompts, strict=True) for k in range(opts.num_per_prompt)]
     noise_all, rows = None, None  # rows[j]: the row of the given noise that job j starts from
-    if opts.noise is not None:
+    if opts.noise is not None:  # judged for the whole run, as one process judges it
         noise_all, rows = noise_rows(opts.noise, spec, opts, video, frames, indices, part)
+    outputs = _outputs_made(outputs, len(jobs))
+    if outputs is not None:  # a share of the run's outputs (several processes): each as the whole run makes it
+        jobs = [jobs[j] for j in outputs]
+        rows = None if rows is None else [rows[j] for j in outputs]
+    memory = _memory_args(model, opts, frames, video, len(jobs))
+    check_generation_memory(*memory)
+    tiled = generation_tiling(*memory)
+    tiles = vae.tiles_used(h, w, tiled)  # a tiled decode blends seams: another image, so it is recorded
     results: list[Generated] = []
     total_steps = math.ceil(len(jobs) / opts.batch_size) * (opts.steps - 1)
     done_steps = 0
@@ -338,34 +360,42 @@ def _require(model: Showo2, task: str, what: str, options=None) -> None:
 @cpu_by_default
 def text_to_image(model: Showo2, prompts: list[str], options: GenerateOptions | None = None,
                   progress: Progress | None = None, indices: list[int] | None = None,
-                  on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
+                  on_result: OnResult | None = None, on_step: OnStep | None = None,
+                  outputs: Sequence[int] | None = None) -> list[Generated]:
     """Generate ``num_per_prompt`` images per prompt, in batches, with classifier-free guidance
-    (``on_result``: see :data:`OnResult`; ``on_step``: see :data:`OnStep`)."""
+    (``on_result``: see :data:`OnResult`; ``on_step``: see :data:`OnStep`). ``outputs``: make only
+    these of the run's outputs (positions in its order, prompt by prompt, ``num_per_prompt`` each),
+    each with the seed (or ``noise`` row) the whole run gives it: a process's share of a launch
+    (:func:`~showo2_cli.options.process_share`)."""
     _require(model, T2I, "text-to-image", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=False)
     opts.validate(model.spec)
     return _generate(model, check_prompts([prompts] if isinstance(prompts, str) else prompts), opts, False, 1, None, indices, progress or noop, on_result,
-                     on_step)
+                     on_step, outputs)
 
 
 @cpu_by_default
 def text_to_video(model: Showo2, prompts: list[str], options: GenerateOptions | None = None,
                   progress: Progress | None = None, indices: list[int] | None = None,
-                  on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
-    """Generate videos of ``options.frames`` frames (1+4k) per prompt."""
+                  on_result: OnResult | None = None, on_step: OnStep | None = None,
+                  outputs: Sequence[int] | None = None) -> list[Generated]:
+    """Generate videos of ``options.frames`` frames (1+4k) per prompt (``outputs``: as for
+    :func:`text_to_image`)."""
     _require(model, T2V, "text-to-video", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
     opts.validate(model.spec)
     return _generate(model, check_prompts([prompts] if isinstance(prompts, str) else prompts), opts, True, opts.frames, None, indices, progress or noop,
-                     on_result, on_step)
+                     on_result, on_step, outputs)
 
 
 @cpu_by_default
 def image_to_video(model: Showo2, image, prompts: list[str], options: GenerateOptions | None = None,
                    progress: Progress | None = None, indices: list[int] | None = None,
-                   on_result: OnResult | None = None, on_step: OnStep | None = None) -> list[Generated]:
+                   on_result: OnResult | None = None, on_step: OnStep | None = None,
+                   outputs: Sequence[int] | None = None) -> list[Generated]:
     """Animate an image (a path, or a PIL image, array or tensor: :func:`~showo2_cli.media.image_input`):
-    its clean latent is latent frame 0 and stays fixed (spec §6.5, §8.4)."""
+    its clean latent is latent frame 0 and stays fixed (spec §6.5, §8.4); ``outputs``: as for
+    :func:`text_to_image`."""
     _require(model, I2V, "image-to-video", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
     opts.validate(model.spec)
@@ -374,6 +404,10 @@ def image_to_video(model: Showo2, image, prompts: list[str], options: GenerateOp
     img = M.resize_center_crop(M.image_input(image), (h, w))
     vae = model.require_vae()
     pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)
-    tiled = generation_tiling(*_memory_args(model, opts, opts.frames, True, len(prompts)))  # as its decode will be
+    total = len(prompts) * opts.num_per_prompt
+    chosen = _outputs_made(outputs, total)
+    count = total if chosen is None else len(chosen)
+    tiled = generation_tiling(*_memory_args(model, opts, opts.frames, True, count))  # as its decode will be
     first = vae.encode(pixels, tiled=tiled)[0, :, 0].cpu()
-    return _generate(model, prompts, opts, True, opts.frames, first, indices, progress or noop, on_result, on_step)
+    return _generate(model, prompts, opts, True, opts.frames, first, indices, progress or noop, on_result, on_step,
+                     outputs)
