@@ -161,6 +161,23 @@ def test_a_failure_on_one_process_is_said_once_by_process_0(tmp_path, capsys, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x-000.gif", "x-000.json", "x-001.gif", "x-001.json"]
 
 
+def test_a_process_killed_before_handing_over_is_one_line(tmp_path, capsys, monkeypatch):
+    """Process 1 killed (SIGKILL) while process 0 waited for it: gloo's 'Connection closed by
+    peer' was an internal error, and the outputs process 0 had written were not listed."""
+    monkeypatch.chdir(tmp_path)
+
+    class Killed(_Group):
+        def gathered(self, value):
+            raise RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:18643")
+
+    _as_process(monkeypatch, Killed(0))
+    assert main(["t2i", "a red circle", "-o", "x.png", "--steps", "2", "--size", "32", "--seed", "9", "-n", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "x-000.png\n"
+    assert err.splitlines()[-1] == ("showo2: error: another process of the launch ended before it handed over its "
+                                    "outputs (the launcher's report names it)")
+
+
 def test_only_the_main_process_shows_live_progress(monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     monkeypatch.setenv("TERM", "xterm")

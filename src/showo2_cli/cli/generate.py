@@ -200,7 +200,13 @@ def _report_once(group, rank: int, records: list[dict], failure: Exception | Non
     if failure is not None and STATE["debug"]:
         traceback.print_exception(failure)
     mine = {"records": records, "notices": held_notices(), "failure": describe(failure) if failure else None}
-    everyone = group.gathered(mine)
+    if records:
+        partial(*report(records))  # what this process wrote, should the others not come
+    try:
+        everyone = group.gathered(mine)
+    except RuntimeError as e:  # gloo's "Connection closed by peer": a process was killed (SIGKILL, OOM killer)
+        raise Showo2Error("another process of the launch ended before it handed over its outputs "
+                          "(the launcher's report names it)") from e
     verdict = None
     if rank == 0:
         records = [r for part in everyone for r in part["records"]]
