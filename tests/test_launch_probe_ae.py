@@ -8,8 +8,10 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +53,7 @@ def test_a_share_of_the_outputs_is_made_as_the_whole_run_makes_it():
     opts = GenerateOptions(size=(32, 32), steps=2, seed=40, num_per_prompt=2, batch_size=2)
     prompts = ["a red circle on a white background", "a blue square"]
     whole = api.text_to_image(model, prompts, opts)
-    part = api.text_to_image(model, prompts, opts, outputs=range(2, 4))  # the second batch
+    part = api.text_to_image(model, prompts, opts, outputs=api.process_share(4, 2, 1, 2))  # the second batch
     assert [(g.prompt_index, g.seed) for g in part] == [(1, 42), (1, 43)]
     for mine, ref in zip(part, whole[2:], strict=True):
         assert torch.equal(mine.latents, ref.latents) and np.array_equal(mine.frames, ref.frames)
@@ -135,8 +137,9 @@ def test_one_list_in_run_order_and_each_notice_once(tmp_path, capsys, monkeypatc
 
 def test_a_failure_on_one_process_is_said_once_by_process_0(tmp_path, capsys, monkeypatch):
     """Process 1's full disk: it said its error and the launcher ended process 0 mid-run
-    ('terminated', a second error line). Now process 1 says nothing and exits with its code;
-    process 0 finishes its share, lists what the run wrote, then process 1's one line."""
+    ('terminated', a second error line). Now process 1 says nothing, waits for the launcher to end
+    it (after process 0 has reported) and exits with its code; process 0 finishes its share, lists
+    what the run wrote, then process 1's one line."""
     monkeypatch.chdir(tmp_path)
     args = ["t2v", "a red circle", "-n", "3", "-o", "x.gif", "--frames", "1", "--steps", "2", "--size", "32",
             "--seed", "9"]
@@ -146,10 +149,19 @@ def test_a_failure_on_one_process_is_said_once_by_process_0(tmp_path, capsys, mo
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    waits = []
+
+    def ended_by_launcher(seconds):  # the launcher's SIGTERM, once process 0 has reported and exited
+        waits.append(seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_sleep(2)
+
+    real_sleep = time.sleep
     with monkeypatch.context() as m:
         m.setattr(saving, "_save_one", full)
+        m.setattr(time, "sleep", ended_by_launcher)
         assert main(args) == 5
-    assert capsys.readouterr() == ("", "")
+    assert capsys.readouterr() == ("", "") and waits == [5.0]  # it did not exit before process 0 reported
     assert second.handed["failure"] == ("cannot write the output (No space left on device)", 5, "output")
     assert list(tmp_path.iterdir()) == []  # nothing of output 2, not a part
 
@@ -210,7 +222,7 @@ def test_two_launched_processes_fail_once(tmp_path):
     said = [line for line in proc.stderr.splitlines() if line.startswith(("showo2:", "using", "seed"))]
     assert said[0].startswith("using the bundled demo model") and said[1].startswith("seed ")
     assert said[2:] == ["showo2: error: cannot write the output (No space left on device)"], proc.stderr[-2000:]
-    assert proc.stderr.count("exitcode  : 5") == 2  # the launcher's summary: both processes exited 5
+    assert proc.stderr.count("exitcode  : 5") == 2, proc.stderr[-2000:]  # the launcher's summary: both exited 5
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "full_disk_on_1.py", "x-000.gif", "x-000.json", "x-000.latents.safetensors",
         "x-001.gif", "x-001.json", "x-001.latents.safetensors"]

@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from .hub import PullResult, pull
 from .loading import Showo2, default_model, load, resolve_vae
-from .options import CaptionOptions, EncodeOptions, GenerateOptions, RuntimeOptions, TextSampling
+from .options import (
+    CaptionOptions,
+    EncodeOptions,
+    GenerateOptions,
+    RuntimeOptions,
+    TextSampling,
+    process_share,
+)
 from .pipeline import Showo2Pipeline, Showo2PipelineOutput
 from .pipelines import CaptionResult, Generated, caption, image_to_video, text_to_image, text_to_video
 from .pipelines.latents import (
@@ -38,5 +45,5 @@ __all__ = ["Showo2", "load", "default_model", "resolve_vae",
            "caption", "CaptionResult", "text_to_image", "text_to_video", "image_to_video", "Generated",
            "read_prompts", "plan_outputs", "OutputPlan", "load_noise", "save_results",
            "encode", "EncodeResult", "decode", "save_latents", "load_latents", "normalize_raw", "write_decoded",
-           "pick_device", "pick_dtype", "process_rank", "check_memory", "enable_offload",
+           "pick_device", "pick_dtype", "process_rank", "process_share", "check_memory", "enable_offload",
            "pull", "PullResult", "Showo2Pipeline", "Showo2PipelineOutput", "StopSampling"]

@@ -216,19 +216,21 @@ def _report_once(group, rank: int, records: list[dict], failure: Exception | Non
                     notice(line)
         verdict = next((part["failure"] for part in everyone if part["failure"]), None)
     verdict = group.shared(verdict)
-    if rank != 0:  # process 0 reports the run (its outputs, or its failure)
-        STATE["emitted"] = verdict is None
-        return verdict[1] if verdict else 0
     if verdict is None:
-        emit(*report(records))
+        if rank == 0:
+            emit(*report(records))
+        STATE["emitted"] = True  # the run's result is out (process 0 says it)
         return 0
-    if records:
-        partial(*report(records))
-    if failure is not None:
-        raise failure
+    if rank == 0:
+        if records:
+            partial(*report(records))
+        if failure is not None:
+            raise failure
+    # the run's first failure, as its process met it: process 0 says it; another process exits
+    # with its code once the launcher ends it (as process 0 exits), so process 0's report is whole
     message, code, kind = verdict
     error = Showo2Error(message)
-    error.exit_code, error.kind = code, kind
+    error.exit_code, error.kind, error.alike = code, kind, True
     raise error
 
 
