@@ -116,7 +116,7 @@ class Showo2:
     def parameter_counts(self) -> dict[str, int]:
         counts = parameter_counts(self.network.state_dict(keep_vars=True), self.spec.tie_word_embeddings)
         if self.vae is not None:
-            counts["vae"] = sum(p.numel() for p in self.vae.parameters())
+            counts["vae"] = self.vae.num_parameters()  # loaded or not
         return counts
 
 
@@ -159,7 +159,8 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
          dtype: str | torch.dtype = torch.float32, need: tuple[str, ...] = ("tokenizer", "VAE"),
          runtime=None, lora: str | os.PathLike | list | tuple = (), local_files_only: bool = False,
          use_safetensors: bool | None = None, cache_dir: str | os.PathLike | None = None,
-         token: bool | str | None = None, force_download: bool = False) -> Showo2:
+         token: bool | str | None = None, force_download: bool = False,
+         vae_parts: tuple[str, ...] = ("encoder", "decoder")) -> Showo2:
     """Load a model by name, folder or cached repo id. ``need`` lists the pieces that must exist;
     ``lora`` a LoRA adapter or a list of them (folders or training runs, see :mod:`showo2_cli.lora`)
     merged into the weights in order; ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the
@@ -170,14 +171,17 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     ``torch.load(weights_only=True)``) before anything is read. ``cache_dir``, ``token`` and
     ``force_download`` are huggingface_hub's, for this call (see
     :meth:`~showo2_cli.pipeline.Showo2Pipeline.from_pretrained`; ``force_download`` pulls the
-    model again with :func:`showo2_cli.hub.pull`)."""
+    model again with :func:`showo2_cli.hub.pull`). ``vae_parts``: the halves of
+    the VAE loaded now, ``encoder`` (what captions and image-to-video use) and ``decoder`` (what
+    generation uses); the VAE file is checked whole, and a part left out loads on first use."""
     from .acceleration import apply
     from .lora import find_adapter, merge_adapters
-    from .modeling.vae_files import load_vae
+    from .modeling.vae_files import check_parts, load_vae
     from .tokenizer import add_showo2_tokens, load_tokenizer
 
     start = time.perf_counter()
     dtype = torch_dtype(dtype)
+    vae_parts = check_parts(vae_parts)
     files = _find_on_hub(name, vae, local_files_only, cache_dir, token, force_download)
     message = missing_message(files, ("weights", *need))
     if message:
@@ -202,7 +206,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
         if len(tokenizer) > spec.vocab_size:
             raise ModelError(f"tokenizer in '{files.tokenizer}' has {len(tokenizer)} entries after Show-o2's "
                              f"additions but the model has {spec.vocab_size} rows: wrong tokenizer")
-    vae_model = load_vae(files.vae, dtype=dtype) if files.vae is not None else None
+    vae_model = load_vae(files.vae, dtype=dtype, parts=vae_parts) if files.vae is not None else None
     bundle = Showo2(spec, network, tokenizer, tokens, vae_model, files)
     bundle.adapters = adapters
     bundle.vae_given = os.fspath(vae) if vae is not None else None
@@ -345,15 +349,16 @@ def default_model() -> tuple[str, str]:
 
 
 def resolve_vae(model: str | None = None, vae: str | os.PathLike | None = None,
-                dtype: torch.dtype = torch.float32, device="cpu"):
-    """(WanVAE, where it came from): an explicit path, else the named model's, else the default model's."""
+                dtype: torch.dtype = torch.float32, device="cpu", parts: tuple[str, ...] = ("encoder", "decoder")):
+    """(WanVAE, where it came from): an explicit path, else the named model's, else the default
+    model's; ``parts`` as :func:`~showo2_cli.modeling.vae_files.load_vae`'s."""
     from .hub import explicit_vae
     from .modeling.vae_files import load_vae
 
     if vae is not None:
-        return load_vae(explicit_vae(vae), dtype=dtype, device=device), str(vae)
+        return load_vae(explicit_vae(vae), dtype=dtype, device=device, parts=parts), str(vae)
     name = model if model is not None else default_model()[0]
     files = find_files(name)
     if files.vae is None:
         raise ModelError(f"model '{name}' has no VAE: pass --vae PATH")
-    return load_vae(files.vae, dtype=dtype, device=device), str(files.vae)
+    return load_vae(files.vae, dtype=dtype, device=device, parts=parts), str(files.vae)

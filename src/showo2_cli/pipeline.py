@@ -132,7 +132,8 @@ class Showo2Pipeline:
         or ``"auto"``: the best one) as ``device`` does, since the model runs on one device;
         ``low_cpu_mem_usage`` is accepted either way (weights are always memory-mapped, built in place);
         ``variant`` must be None (Show-o2 repos publish one weight set: ``torch_dtype`` picks the
-        precision); ``torch_dtype="auto"`` is bf16 on CUDA, float32 elsewhere."""
+        precision); ``torch_dtype="auto"`` is bf16 on CUDA, float32 elsewhere. The VAE's
+        encoder, which only captions and image-to-video use, loads on their first call, then stays."""
         from .hub import is_hub_name, needs_download, pull, with_revision
         from .hub_auth import hub_access
 
@@ -156,7 +157,8 @@ class Showo2Pipeline:
             if not local_files_only and (force_download and is_hub_name(name) or needs_download(str(name))):
                 pull(str(name), progress=progress, force_download=force_download)
             return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime,
-                            local_files_only=local_files_only, use_safetensors=use_safetensors, lora=lora))
+                            local_files_only=local_files_only, use_safetensors=use_safetensors, lora=lora,
+                            vae_parts=("decoder",)))
 
     @one_call_at_a_time
     def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True,

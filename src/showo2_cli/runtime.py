@@ -231,6 +231,8 @@ def enable_offload(bundle, mode: str, device: str | torch.device) -> None:
     from accelerate import cpu_offload, cpu_offload_with_hook
 
     dev = torch.device(device)
+    if bundle.vae is not None:
+        bundle.vae.load_parts()  # the hooks hold what is there: a part loaded later would have none
     parts = [m for m in (bundle.network, bundle.vae) if m is not None]
     if any(getattr(m, "execution_device", None) is not None for m in parts):
         raise UsageError("offload is already enabled on this model")

@@ -249,12 +249,14 @@ def fetch_if_needed(model: str) -> None:
 
 
 def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE"),
-               offload: str = "none", runtime=None, lora: list[Path] | None = None):
+               offload: str = "none", runtime=None, lora: list[Path] | None = None,
+               vae_parts: tuple[str, ...] = ("encoder", "decoder")):
     """Resolve (downloading when needed), load, and place the model: on the device, or with
     ``offload`` in CPU memory behind accelerate's hooks that run it on the device. ``runtime``
     (:class:`~showo2_cli.options.RuntimeOptions`, its ``offload`` taking precedence) brings the
     attention backend, compilation, VAE tiling and quantization, applied by ``load``; the
-    ``--lora`` adapters are merged into the weights first."""
+    ``--lora`` adapters are merged into the weights first. ``vae_parts``: the halves of the VAE the
+    command uses (the others load on first use, see ``loading.load``)."""
     offload = runtime.offload if runtime is not None else offload
     from ..hub import check_name
 
@@ -268,7 +270,7 @@ def load_model(model: str | None, device: str, dtype: str, vae: Path | None = No
     fetch_if_needed(model)
     with status(f"loading {short(model, 60)}"):
         bundle = load(model, vae=vae, device="cpu" if offload != "none" else dev, dtype=dt, need=need,
-                      runtime=runtime, lora=tuple(lora or ()))
+                      runtime=runtime, lora=tuple(lora or ()), vae_parts=vae_parts)
     for folder in bundle.adapters:
         notice(f"merged the LoRA adapter {folder}")
     enable_offload(bundle, offload, dev)

@@ -101,7 +101,7 @@ def encode(
     with status("loading the VAE"):
         from ..modeling.vae_files import load_vae
 
-        vae_model = load_vae(vae_path, dtype=dt, device=dev)
+        vae_model = load_vae(vae_path, dtype=dt, device=dev, parts=("encoder",))
         vae_model.tiling = value(vae_tiling)
     with status(f"encoding {media.name}"):
         result = L.encode(source, vae_model, EncodeOptions(size=hw, frames=frames, sample=sample, seed=seed),
@@ -178,7 +178,7 @@ def decode(
     if not chosen:
         model = model_name(None)
     with status("loading the VAE"):
-        vae_model, vae_name = resolve_vae(model, vae, dtype=dt, device=dev)
+        vae_model, vae_name = resolve_vae(model, vae, dtype=dt, device=dev, parts=("decoder",))
         vae_model.tiling = value(vae_tiling)
     if not chosen and meta.get("vae") and not _same_file(meta["vae"], vae_name):
         notice(f"the latents were encoded with '{short(meta['vae'], 80)}'; decoding with the default model's "

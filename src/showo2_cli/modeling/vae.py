@@ -37,14 +37,8 @@ from torch import nn
 from ..errors import InputError, ModelError, OutputError, UsageError
 from ..runtime import one_call_at_a_time, quiet_imports
 
-__all__ = [
-    "WAN_LATENTS_MEAN",
-    "WAN_LATENTS_STD",
-    "WanVAE",
-    "decode_memory_bytes",
-    "encode_memory_bytes",
-    "single_frame_conv2d",
-]
+__all__ = ["VAE_PARTS", "WAN_LATENTS_MEAN", "WAN_LATENTS_STD", "NotLoaded", "WanVAE", "decode_memory_bytes",
+           "encode_memory_bytes", "single_frame_conv2d"]
 
 # Per-channel latent statistics of the Wan2.1 VAE (spec 3.4), channel order 0..15.
 WAN_LATENTS_MEAN: tuple[float, ...] = (
@@ -62,7 +56,28 @@ TEMPORAL_FACTOR = 4
 #: defaults for AutoencoderKLWan (256-pixel tiles every 192 pixels, the 64-pixel overlap blended).
 DEFAULT_TILE = (256, 256, 192, 192)
 
+#: The VAE's two halves, as the modules of diffusers' ``AutoencoderKLWan`` each runs: encoding
+#: pixels uses only the first, decoding latents only the second. A VAE loaded with some of them
+#: (``load_vae(parts=)``) loads the others from the same file on first use.
+VAE_PARTS: dict[str, tuple[str, ...]] = {"encoder": ("encoder", "quant_conv"), "decoder": ("post_quant_conv", "decoder")}
 
+
+class NotLoaded(nn.Module):
+    """Stands in for a module of the VAE that is not loaded yet (see :data:`VAE_PARTS`): no weights,
+    so moving, counting or hooking the VAE never meets it. It keeps the module built on 'meta'
+    (not a submodule), which loading fills; ``numel`` is what it will hold."""
+
+    def __init__(self, part: str, module: nn.Module) -> None:
+        super().__init__()
+        self.part = part
+        object.__setattr__(self, "meta_module", module)  # not registered: .to() and state_dict() skip it
+        self.numel = sum(p.numel() for p in module.parameters())
+
+    def forward(self, *args, **kwargs):
+        raise ModelError(f"the VAE's {self.part} is not loaded (WanVAE.load_parts('{self.part}') loads it)")
+
+    def extra_repr(self) -> str:
+        return f"{self.part}, {self.numel} parameters"
 
 
 def autoencoder_class():
@@ -203,6 +218,8 @@ class WanVAE(nn.Module):
         self.fast_single_frame = fast_single_frame
         self.tiling = "auto"  # auto|on|off: the pipelines' choice per job (runtime.pick_tiling)
         self.tile = DEFAULT_TILE  # the tile sizes when tiling (enable_tiling)
+        #: loads parts left out on load (``part_loader(self, parts)``; set by ``load_vae(parts=)``)
+        self.part_loader = None
         self.train(model.training)  # the wrapper's mode is its model's (eval when loaded)
         self._call_lock = threading.RLock()  # see runtime.one_call_at_a_time
 
@@ -244,6 +261,31 @@ class WanVAE(nn.Module):
         if self.execution_device is not None:  # offloaded (runtime.enable_offload): where it runs
             return self.execution_device
         return next(self.model.parameters()).device
+
+    @property
+    def loaded_parts(self) -> tuple[str, ...]:
+        """The parts of :data:`VAE_PARTS` whose weights are loaded."""
+        return tuple(part for part, names in VAE_PARTS.items()
+                     if not any(isinstance(getattr(self.model, n, None), NotLoaded) for n in names))
+
+    def load_parts(self, *parts: str) -> None:
+        """Load the named parts (all when none is named) if they were left out on load: from the
+        file the VAE came from, at the VAE's device and dtype, then kept. Encoding and decoding
+        call it themselves."""
+        unknown = [p for p in parts if p not in VAE_PARTS]
+        if unknown:
+            raise ValueError(f"unknown VAE part {unknown[0]!r}: the parts are {', '.join(VAE_PARTS)}")
+        with self._call_lock:  # two threads' first calls load a part once
+            missing = tuple(p for p in (parts or VAE_PARTS) if p not in self.loaded_parts)
+            if missing:
+                if self.part_loader is None:
+                    raise ModelError(f"the VAE's {missing[0]} is not loaded and this VAE has no file to load it from")
+                self.part_loader(self, missing)
+
+    def num_parameters(self) -> int:
+        """Parameters of the whole VAE, loaded or not."""
+        return sum(p.numel() for p in self.model.parameters()) + sum(
+            m.numel for m in self.model.children() if isinstance(m, NotLoaded))
 
     def num_latent_frames(self, num_frames: int) -> int:
         """Latent frames for ``num_frames`` pixel frames (1 + 4k -> 1 + k)."""
@@ -365,6 +407,7 @@ class WanVAE(nn.Module):
     def encode_moments(self, pixels: torch.Tensor, tiled: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw posterior ``(mu, logvar)``, float32, 5-D (B, z, T', h, w); logvar clamped to [-30, 20]."""
         x = self._check_pixels(pixels)
+        self.load_parts("encoder")
         if x.dim() == 4:
             x = x.unsqueeze(2)
         x = x.to(device=self.device, dtype=self.dtype)
@@ -404,6 +447,7 @@ class WanVAE(nn.Module):
         Output is float32 and clamped to [-1, 1]. ``tiled``: see :meth:`tiled`.
         """
         z = self._check_latents(latents)
+        self.load_parts("decoder")
         image = z.dim() == 4
         if image:
             z = z.unsqueeze(2)
@@ -471,6 +515,7 @@ class WanVAE(nn.Module):
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
         folder = Path(folder)
+        self.load_parts()  # the whole VAE is written
         self.model.register_to_config(
             latents_mean=[float(v) for v in self.latents_mean.float().tolist()],
             latents_std=[float(v) for v in self.latents_std.float().tolist()],

@@ -4,6 +4,7 @@ before anything is built; every failure is one line naming the file."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Mapping
@@ -17,6 +18,8 @@ from ..errors import ModelError
 from ..runtime import quiet_imports
 from ..weights import TORCH_SUFFIXES, WEIGHT_SUFFIXES, check_fit, first, one_line, read_json, read_state_dict
 from .vae import (
+    VAE_PARTS,
+    NotLoaded,
     WanVAE,
     autoencoder_class,
     move_to,
@@ -45,24 +48,75 @@ def load_vae(
     path: str | Path,
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
+    parts: tuple[str, ...] | list[str] = tuple(VAE_PARTS),
 ) -> WanVAE:
     """Load a Wan2.1 VAE from an original ``.pth``, a ``.safetensors`` file or a diffusers folder.
 
     A ``config.json`` beside the weights (diffusers or original constructor kwargs) supplies the
     architecture options and ``latents_mean``/``latents_std``; base_dim, z_dim and the channel
     counts always come from the weights' shapes. Without one, the Wan2.1 defaults apply.
-    Every failure is a one-line `ModelError` naming the file.
+    ``parts``: the halves of :data:`~showo2_cli.modeling.vae.VAE_PARTS` to load now (the whole
+    file is checked either way); the others load from the same file on first use
+    (:meth:`WanVAE.load_parts`), with the same values. Every failure is a one-line `ModelError`
+    naming the file.
     """
+    parts = check_parts(parts)
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     weights, config_path = vae_source(Path(path).expanduser())
+    stamp = _stamp(weights)
+    sd, kwargs, layout = _read(weights, config_path)
+    model = _build_and_load(sd, kwargs, weights, layout, dtype, device, parts)
+    vae = WanVAE(model)
+    if len(parts) < len(VAE_PARTS):
+        vae.part_loader = functools.partial(_load_later, weights, stamp, dtype)
+    return vae
+
+
+def check_parts(parts) -> tuple[str, ...]:
+    """``parts`` as a tuple of :data:`VAE_PARTS` names, at least one; a ValueError otherwise."""
+    parts = (parts,) if isinstance(parts, str) else tuple(parts)
+    unknown = [p for p in parts if p not in VAE_PARTS]
+    if unknown or not parts:
+        raise ValueError(f"VAE parts must be some of {', '.join(VAE_PARTS)}, got {list(parts)!r}")
+    return parts
+
+
+def _stamp(weights: Path) -> tuple[int, int]:
+    info = weights.stat()
+    return info.st_size, info.st_mtime_ns
+
+
+def _read(weights: Path, config_path: Path | None) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    """(diffusers-layout state dict, checked constructor kwargs, the file's layout)."""
     sd, layout = _to_diffusers_layout(read_state_dict(weights), weights)
     kwargs = _init_kwargs(read_json(config_path)) if config_path is not None else {}
     kwargs.update(_infer_kwargs(sd, weights))
     _check_sizes(kwargs, config_path or weights)
     _check_stats(kwargs, config_path or weights)
-    model = _build_and_load(sd, kwargs, weights, layout, dtype, device)
-    return WanVAE(model)
+    return sd, kwargs, layout
 
+
+def _load_later(weights: Path, stamp: tuple, load_dtype: torch.dtype, vae: WanVAE, parts: tuple[str, ...]) -> None:
+    """Load ``parts`` of ``vae`` (loaded in part from ``weights``) as loading them at first would
+    have: into the modules built then, in the dtype of the load, then to the VAE's present device,
+    dtype and mode. All or nothing: every tensor is checked before any is placed."""
+    try:
+        same = _stamp(weights) == stamp
+    except OSError:
+        same = False
+    if not same:
+        raise ModelError(f"{weights}: the VAE file changed or went away since it was loaded; load the model again")
+    sd, _ = _to_diffusers_layout(read_state_dict(weights), weights)
+    modules = {name: getattr(vae.model, name).meta_module for part in parts for name in VAE_PARTS[part]}
+    states = {name: {k[len(name) + 1:]: v for k, v in sd.items() if k.startswith(name + ".")} for name in modules}
+    for name, module in modules.items():
+        check_fit(module.state_dict(), states[name], weights, what=f"the VAE's {name}")
+    first_param = next(vae.model.parameters())
+    for name, module in modules.items():
+        module.load_state_dict(states[name], strict=True, assign=True)
+        move_to(module, torch.device("cpu"), load_dtype)
+        move_to(module, first_param.device, first_param.dtype)
+        setattr(vae.model, name, module.train(vae.model.training).requires_grad_(first_param.requires_grad))
 
 
 def _to_diffusers_layout(sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -176,6 +230,7 @@ def _build_and_load(
     layout: str,
     dtype: torch.dtype,
     device: torch.device,
+    parts: tuple[str, ...] = tuple(VAE_PARTS),
 ) -> nn.Module:
     cls = autoencoder_class()
     try:
@@ -185,6 +240,11 @@ def _build_and_load(
         raise ModelError(f"{path}: VAE config cannot build AutoencoderKLWan ({one_line(exc)})") from exc
     arch = f"base_dim {model.config.base_dim}, z_dim {model.config.z_dim}"
     check_fit(model.state_dict(), sd, path, what=f"a Wan2.1 VAE ({arch}; {layout} layout)")
+    left_out = [name for part, names in VAE_PARTS.items() if part not in parts for name in names]
+    for part, names in VAE_PARTS.items():
+        for name in names if part not in parts else ():
+            setattr(model, name, NotLoaded(part, getattr(model, name)))
+    sd = {k: v for k, v in sd.items() if k.split(".", 1)[0] not in left_out}
     try:
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as exc:
