@@ -240,10 +240,9 @@ def _build_and_load(
         raise ModelError(f"{path}: VAE config cannot build AutoencoderKLWan ({one_line(exc)})") from exc
     arch = f"base_dim {model.config.base_dim}, z_dim {model.config.z_dim}"
     check_fit(model.state_dict(), sd, path, what=f"a Wan2.1 VAE ({arch}; {layout} layout)")
-    left_out = [name for part, names in VAE_PARTS.items() if part not in parts for name in names]
-    for part, names in VAE_PARTS.items():
-        for name in names if part not in parts else ():
-            setattr(model, name, NotLoaded(part, getattr(model, name)))
+    left_out = {name: part for part, names in VAE_PARTS.items() if part not in parts for name in names}
+    for name, part in left_out.items():  # kept on 'meta' inside the stand-in, for WanVAE.load_parts
+        setattr(model, name, NotLoaded(part, getattr(model, name)))
     sd = {k: v for k, v in sd.items() if k.split(".", 1)[0] not in left_out}
     try:
         model.load_state_dict(sd, strict=True, assign=True)
