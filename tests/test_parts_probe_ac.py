@@ -135,3 +135,17 @@ def test_chat_loads_the_decoder_on_its_first_t2i(monkeypatch, tmp_path, capsys, 
     assert main(["chat", "--quiet"]) == 0
     assert [b.vae.loaded_parts for b in bundles] == [parts]
     assert (tmp_path / "gen.png").is_file() == bool(lines)
+
+
+def test_encode_loads_the_encoder_and_decode_the_decoder(monkeypatch, tmp_path, capsys):
+    from PIL import Image
+
+    import showo2_cli.modeling.vae_files as vae_files
+
+    loaded, real = [], vae_files.load_vae  # encode calls it, decode through loading.resolve_vae
+    monkeypatch.setattr(vae_files, "load_vae", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+    Image.new("RGB", (40, 24), (200, 30, 30)).save(tmp_path / "in.png")
+    lat, out = tmp_path / "in.safetensors", tmp_path / "out.png"
+    assert main(["encode", str(tmp_path / "in.png"), "-o", str(lat), "--quiet"]) == 0
+    assert main(["decode", str(lat), "-o", str(out), "--quiet"]) == 0
+    assert [v.loaded_parts for v in loaded] == [("encoder",), ("decoder",)] and out.is_file()
