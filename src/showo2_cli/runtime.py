@@ -256,7 +256,6 @@ def enable_offload(bundle, mode: str, device: str | torch.device) -> None:
 # ---- memory guard -----------------------------------------------------------------------------
 
 
-
 def available_memory_gb(device: str | torch.device = "cpu") -> float | None:
     """Memory a job on ``device`` can use now: free GPU memory on CUDA, else the available RAM
     (``MemAvailable``, capped by a cgroup limit when there is one). None when unknown."""

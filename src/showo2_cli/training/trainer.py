@@ -425,7 +425,6 @@ class Run:
 
     _lock = None  # the key of the output_dir's lock, held while the run lasts
 
-
     def _train(self) -> TrainResult:
         cfg = self.cfg
         self.t_start = time.perf_counter()
