@@ -6,7 +6,6 @@ same command (that form is what ``accelerate launch -m`` and ``torchrun -m`` sta
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -50,19 +49,15 @@ class _Renderer:
     """Training events on stderr: a rich progress bar on a terminal, plain log lines otherwise."""
 
     def __init__(self, quiet: bool, json_mode: bool):
+        # the CLI's one answer to "does stderr show a live display" (this module is train's CLI face)
+        from ..cli.common import live_stderr, stderr_console
+
         self.quiet = quiet or json_mode
         self.progress = None
         self.task = None
-        self.console = None
+        self.console = stderr_console()
         # a bar on a terminal that redraws lines; a pipe, a file or a dumb terminal (TERM=dumb) gets log lines
-        self.tty = sys.stderr is not None and sys.stderr.isatty() and not self._console().is_dumb_terminal
-
-    def _console(self):
-        if self.console is None:
-            from rich.console import Console
-
-            self.console = Console(stderr=True, highlight=False, soft_wrap=True)
-        return self.console
+        self.tty = live_stderr()
 
     def line(self, text: str) -> None:
         if self.quiet:
@@ -70,7 +65,7 @@ class _Renderer:
         if self.progress is not None:
             self.progress.console.print(text, markup=False, highlight=False)
         else:
-            self._console().print(text, markup=False, highlight=False)
+            self.console.print(text, markup=False, highlight=False)
 
     def __call__(self, ev: dict) -> None:
         kind = ev.get("event")
@@ -123,7 +118,7 @@ class _Renderer:
 
         self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 console=self._console(), transient=False)
+                                 console=self.console, transient=False)
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=step, stats="")
 
