@@ -105,6 +105,12 @@ def one_line(text: Any, limit: int = 200) -> str:
     return short(" ".join(text.split()), limit)
 
 
+def error_detail(exc: BaseException) -> str:
+    """A short one-line description of an exception, for the end of a message (its type's name when
+    it says nothing)."""
+    return one_line(exc) or type(exc).__name__
+
+
 #: what an allocation failure says (torch on CPU and CUDA, the loader under `ulimit -v`)
 _OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "out of memory", "failed to allocate",
                   "failed to map segment", "std::bad_alloc")

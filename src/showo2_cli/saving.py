@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import __version__
 from . import media as M
-from .errors import InputError, OutputError, OutputExists, UsageError, is_out_of_memory
+from .errors import InputError, OutputError, OutputExists, UsageError
 from .options import (
     MAX_OUTPUTS,
     MAX_PROMPT_CHARS,
@@ -47,20 +47,17 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
         stdin = str(prompts_file) == "-"
         path = Path(prompts_file)
         where = "stdin" if stdin else f"'{path}'"
-        try:
-            if stdin:
-                if sys.stdin is None:
-                    raise InputError("prompts file stdin is closed")
+        if stdin:
+            if sys.stdin is None:
+                raise InputError("prompts file stdin is closed")
+            try:
                 data = sys.stdin.buffer.read(MAX_PROMPTS_FILE_BYTES + 1)
-            else:
-                M.check_input_file(path, "prompts file")
-                data = M.read_limited(path, MAX_PROMPTS_FILE_BYTES, "prompts file")
-        except UsageError:  # a ValueError too: not a file problem
-            raise
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read prompts file {where}: {getattr(e, 'strerror', None) or e}") from e
-        if len(data) > MAX_PROMPTS_FILE_BYTES:
-            raise InputError(f"prompts from {where} are too large (more than {MAX_PROMPTS_FILE_BYTES // 2**20} MiB)")
+            except (OSError, ValueError) as e:  # a closed or non-binary stream
+                raise InputError(f"cannot read prompts file stdin: {getattr(e, 'strerror', None) or e}") from e
+            if len(data) > MAX_PROMPTS_FILE_BYTES:
+                raise InputError(f"prompts from stdin are too large (more than {MAX_PROMPTS_FILE_BYTES // 2**20} MiB)")
+        else:  # the one bounded reader judges the file (missing, a folder, a FIFO, too large) before reading
+            data = M.read_limited(path, MAX_PROMPTS_FILE_BYTES, "prompts file")
         # UTF-8 (a BOM allowed), or UTF-16 with its BOM (what Windows editors save as "Unicode")
         encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8"
         try:
@@ -194,36 +191,17 @@ def load_noise(path: str | os.PathLike | None):
     Its shape and dtype are judged from the header before any tensor is read."""
     if path is None:
         return None
-    from safetensors import safe_open
+    from .weights import read_one_tensor
 
-    from .weights import check_safetensors_header
+    def pick(keys: list[str], p: Path) -> str:
+        if "noise" not in keys and len(keys) != 1:
+            raise InputError(f"noise file '{p}' must hold one tensor (or one named 'noise')")
+        return "noise" if "noise" in keys else keys[0]
 
-    p = M.check_input_file(Path(path), "noise file")
-    check_safetensors_header(p, "noise", InputError)
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            keys = list(f.keys())
-            key = "noise" if "noise" in keys else (keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise InputError(f"noise file '{p}' must hold one tensor (or one named 'noise')")
-            sl = f.get_slice(key)
-            shape, dtype = tuple(sl.get_shape()), str(sl.get_dtype())
-            if not shape or len(shape) > 6 or any(d <= 0 for d in shape):
-                raise InputError(f"noise '{p}' has shape {shape}: not a latent")
-            count = 1
-            for d in shape:
-                count *= d
-            if count > MAX_NOISE_ELEMENTS:
-                raise InputError(f"noise '{p}' declares {count} values (shape {shape}): far larger than any latent")
-            if dtype not in ("F32", "F16", "BF16", "F64"):
-                raise InputError(f"noise '{p}' must be floating-point values, got {dtype}")
-            noise = f.get_tensor(key)
-    except InputError:
-        raise
-    except Exception as e:
-        if is_out_of_memory(e):  # no room to map the file (`ulimit -v`): a memory error, as for weights
-            raise
-        raise InputError(f"cannot read noise '{p}': not a safetensors file or truncated") from e
+    noise, _meta = read_one_tensor(path, "noise", pick, MAX_NOISE_ELEMENTS)
+    p = Path(path)
+    if not noise.dim() or noise.dim() > 6 or not noise.numel():
+        raise InputError(f"noise '{p}' has shape {tuple(noise.shape)}: not a latent")
     noise = noise.float()  # checked after the cast: a float64 1e300 is inf in float32
     if not noise.isfinite().all():
         raise InputError(f"noise '{p}' must be finite in float32, got NaN/inf values")

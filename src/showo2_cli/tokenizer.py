@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import ModelError, error_detail
 from .sequences import SpecialTokens
 
 # The Qwen2.5 special tokens in id order (151643...151664), then Show-o2's four additions.
@@ -94,7 +94,7 @@ def load_tokenizer(path: Path):
         if "custom code" in str(e) or "trust_remote_code" in str(e):
             raise ModelError(f"the tokenizer in '{path}' asks to run Python code from its folder (auto_map): "
                              "showo2 never runs code from model files") from None
-        raise ModelError(f"cannot load the tokenizer in '{path}': {str(e).splitlines()[0]}") from e
+        raise ModelError(f"cannot load the tokenizer in '{path}': {error_detail(e)}") from e
 
 
 def _model_config_for_tokenizer(path: Path):

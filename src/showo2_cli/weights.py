@@ -19,11 +19,11 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelError, is_out_of_memory, one_line, short
+from .errors import InputError, ModelError, error_detail, is_out_of_memory, one_line, short
 from .options import MAX_CONFIG_BYTES
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -120,6 +120,53 @@ def check_safetensors_header(path: Path, what: str, error: type[Exception] = Mod
                     "(which tensor is meant cannot be told)") from None
     except (ValueError, RecursionError):  # not JSON: the library says what is wrong
         return
+
+
+#: Bytes a value of each floating-point dtype a latent (or starting noise) may be stored in, by its
+#: safetensors name
+FLOAT_WIDTHS = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+#: The torch names of the other safetensors dtypes (what a message says)
+OTHER_DTYPE_NAMES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32",
+                     "U32": "uint32", "I64": "int64", "U64": "uint64", "F8_E4M3": "float8_e4m3fn",
+                     "F8_E5M2": "float8_e5m2"}
+
+
+def read_one_tensor(path: str | os.PathLike, what: str, pick: Callable[[list[str], Path], str],
+                    max_elements: int) -> tuple[torch.Tensor, dict[str, str]]:
+    """One floating-point tensor of a small ``.safetensors`` file a user gives (latents, starting
+    noise) and the file's metadata: the one reader of both. The file is a regular, readable,
+    non-empty one; its header is bounded (:func:`check_safetensors_header`); ``pick(keys, path)``
+    names the tensor (or raises); its declared size (at most ``max_elements``, and no more than
+    the file holds) and dtype are judged from the header before a byte of it is read. Every
+    problem is one :class:`~showo2_cli.errors.InputError` line naming the file; running out of
+    memory mapping it stays a memory error."""
+    from safetensors import safe_open
+
+    from .media import check_input_file
+
+    p = check_input_file(Path(path), f"{what} file")
+    check_safetensors_header(p, what, InputError)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            key = pick(list(f.keys()), p)
+            sl = f.get_slice(key)
+            shape, dtype = tuple(sl.get_shape()), str(sl.get_dtype())
+            count = 1
+            for d in shape:
+                count *= d
+            if count > max_elements or count * FLOAT_WIDTHS.get(dtype, 1) > p.stat().st_size:
+                raise InputError(f"'{p}': the header declares {what} of shape {shape}, which this file "
+                                 f"({p.stat().st_size} bytes) cannot hold or no model could decode")
+            if dtype not in FLOAT_WIDTHS:
+                raise InputError(f"'{p}': {what} must be floating point (float32, float16, bfloat16 or float64), "
+                                 f"got {OTHER_DTYPE_NAMES.get(dtype, dtype)}")
+            return f.get_tensor(key), dict(f.metadata() or {})
+    except InputError:
+        raise
+    except Exception as e:
+        if is_out_of_memory(e):  # no room to map the file (`ulimit -v`): a memory error, as for weights
+            raise
+        raise InputError(f"cannot read {what} '{p}': not a safetensors file or truncated ({error_detail(e)})") from e
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -13,7 +13,6 @@ from ..options import (
     STEPS_RANGE,
     GenerateOptions,
     check_fps,
-    check_prompts,
     process_rank,
     process_share,
     random_seed,
@@ -97,7 +96,7 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
         # the launcher hands stdin to process 0 alone: the others read nothing
         raise UsageError("prompts from stdin reach only the first of several processes: use --prompts-file FILE "
                          "under a launch")
-    prompts = check_prompts(O.read_prompts(prompt, prompts_file))
+    prompts = O.read_prompts(prompt, prompts_file)  # checked prompts (the pipeline checks them again)
     with _launch_group(world) as group:
         if drawn and group is not None:  # one run, one seed: process 0's (output k uses seed + k anywhere)
             opts.seed = int(group.shared(opts.seed))

@@ -18,7 +18,14 @@ from typing import Union
 
 from PIL import Image, UnidentifiedImageError
 
-from showo2_cli.errors import InputError, ResourceError, Showo2Error, UsageError, one_line, short
+from showo2_cli.errors import (
+    InputError,
+    ResourceError,
+    Showo2Error,
+    UsageError,
+    error_detail,
+    short,
+)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -41,11 +48,6 @@ def quote_path(path: PathLike) -> str:
     """The path quoted for a one-line message."""
     text = os.fspath(path)
     return "'" + text.replace("\n", "\\n").replace("\r", "\\r") + "'"
-
-
-def error_detail(exc: BaseException) -> str:
-    """A short one-line description of an exception, for the end of a message."""
-    return one_line(exc) or type(exc).__name__
 
 
 def resolve_max_pixels(max_pixels: int | None) -> int:
@@ -82,6 +84,21 @@ def too_large(kind: str, path: PathLike, width: int, height: int, limit: int) ->
     )
 
 
+def _missing(path: PathLike, what: str, error: type[Showo2Error] = InputError) -> Showo2Error:
+    """The one message for an input path that does not exist: a broken symbolic link, a URL (the
+    tools fetch none), else no such file."""
+    p = Path(os.fspath(path))
+    if p.is_symlink():
+        return error(f"cannot read {what} {quote_path(p)}: broken symbolic link")
+    text = os.fspath(path)  # a URL (the CLI's Path made "https://x" "https:/x"): say so
+    collapsed = re.match(r"(?i)(https?|ftps?|s3|gs|hf|file):/(?!/)", text) if isinstance(text, str) else None
+    if collapsed:
+        text = collapsed[1] + ("://" if collapsed[1].lower() != "file" else ":///") + text[collapsed.end():]
+    if isinstance(text, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", text):
+        return error(f"cannot read {what} {short(text, 80)}: URLs are not fetched; download the file and pass its path")
+    return error(f"cannot read {what} {quote_path(p)}: no such file")
+
+
 def check_input_file(path: PathLike, what: str) -> Path:
     """Refuse a missing path, a folder, a special file or an empty file."""
     try:
@@ -91,16 +108,7 @@ def check_input_file(path: PathLike, what: str) -> Path:
     prefix = f"cannot read {what} {quote_path(p)}"
     try:
         if not p.exists():
-            if p.is_symlink():
-                raise InputError(f"{prefix}: broken symbolic link")
-            text = os.fspath(path)  # a URL (the CLI's Path made "https://x" "https:/x"): say so
-            collapsed = re.match(r"(?i)(https?|ftps?|s3|gs|hf|file):/(?!/)", text) if isinstance(text, str) else None
-            if collapsed:
-                text = collapsed[1] + ("://" if collapsed[1].lower() != "file" else ":///") + text[collapsed.end():]
-            if isinstance(text, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", text):
-                raise InputError(f"cannot read {what} {short(text, 80)}: URLs are not fetched; download the file "
-                                 "and pass its path")
-            raise InputError(f"{prefix}: no such file")
+            raise _missing(path, what)
         if p.is_dir():
             raise InputError(f"{prefix}: is a directory, not a file")
         if not p.is_file():
@@ -127,7 +135,7 @@ def read_limited(path: PathLike, limit: int, what: str, error: type[Showo2Error]
     try:
         fd = os.open(p, flags)
     except FileNotFoundError:
-        raise error(f"{prefix}: {'broken symbolic link' if p.is_symlink() else 'no such file'}") from None
+        raise _missing(path, what, error) from None
     except OSError as e:  # permission denied, a symbolic link loop, a name too long, ...
         raise error(f"{prefix}: {error_detail(e)}") from None
     data, problem = b"", None

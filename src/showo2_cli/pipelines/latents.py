@@ -19,7 +19,7 @@ import torch
 
 from .. import __version__
 from .. import media as M
-from ..errors import InputError, UsageError, is_out_of_memory, short
+from ..errors import InputError, UsageError, short
 from ..modeling.vae import WanVAE
 from ..options import EncodeOptions
 from ..runtime import check_memory, cpu_by_default, pick_tiling
@@ -128,36 +128,15 @@ MAX_LATENT_ELEMENTS = 1 << 29
 
 def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[torch.Tensor, dict]:
     """Read and validate a latents file written by :func:`save_latents`."""
-    from safetensors import safe_open
+    from ..weights import read_one_tensor
 
-    from ..weights import check_safetensors_header
+    def pick(keys: list[str], p: Path) -> str:
+        if "latents" not in keys:
+            raise InputError(f"'{p}' holds no 'latents' tensor (found: {', '.join(keys[:5]) or 'nothing'})")
+        return "latents"
 
-    p = M.check_input_file(Path(path), "latents file")  # a regular, readable, non-empty file
-    check_safetensors_header(p, "latents", InputError)
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            keys = list(f.keys())
-            raw_meta = (f.metadata() or {}).get("showo2")
-            if "latents" not in keys:
-                raise InputError(f"'{p}' holds no 'latents' tensor (found: {', '.join(keys[:5]) or 'nothing'})")
-            # judged from the header before a byte of it is read: the shape and the file's real size
-            sl = f.get_slice("latents")
-            shape = tuple(sl.get_shape())
-            count = 1
-            for d in shape:
-                count *= d
-            width = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}.get(str(sl.get_dtype()), 1)
-            if count > MAX_LATENT_ELEMENTS or count * width > p.stat().st_size:
-                raise InputError(f"'{p}': the header declares latents of shape {shape}, which this file "
-                                 f"({p.stat().st_size} bytes) cannot hold or no model could decode")
-            latents = f.get_tensor("latents")
-    except InputError:
-        raise
-    except Exception as e:
-        if is_out_of_memory(e):  # no room to map the file (`ulimit -v`): a memory error, as for weights
-            raise
-        raise InputError(f"cannot read latents '{p}': not a safetensors file or truncated "
-                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+    latents, file_meta = read_one_tensor(path, "latents", pick, MAX_LATENT_ELEMENTS)
+    p, raw_meta = Path(path), file_meta.get("showo2")
     try:
         meta = json.loads(raw_meta) if raw_meta else {}
         if not isinstance(meta, dict):
@@ -167,9 +146,6 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
     except ValueError as e:
         raise InputError(f"'{p}' has malformed showo2 metadata ({e})") from e
     _check_latents_metadata(p, meta)
-    if latents.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        raise InputError(f"'{p}': latents must be floating point (float32, float16, bfloat16 or float64), got "
-                         f"{str(latents.dtype).replace('torch.', '')}")
     if latents.dim() == 5 and latents.shape[0] == 1:
         latents = latents[0]
     if latents.dim() == 3:

@@ -13,7 +13,7 @@ import re
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from ..errors import short
+from ..errors import error_detail, short
 from .errors import ApiError, shutting_down
 
 
@@ -147,8 +147,7 @@ def parse_body(raw: bytes) -> dict:
     try:
         data = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
-        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ApiError(400, f"the request body is not valid JSON: {detail}", "invalid_json") from None
+        raise ApiError(400, f"the request body is not valid JSON: {error_detail(e)}", "invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", "invalid_json")
     where = _invalid_text(data) if _SURROGATE_ESCAPE.search(raw) else None  # only an escape makes one

@@ -141,13 +141,9 @@ def read_raw(path: Path) -> dict:
     from ..media import read_limited
 
     path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        raise UsageError(f"config '{path}' does not exist")
-    if path.is_dir():
-        raise UsageError(f"config '{path}' is a folder, not a file")
     suffix = path.suffix.lower()
-    # a regular file of at most MAX_CONFIG_BYTES, in one bounded read (a FIFO waited for ever, /dev/zero
-    # was read until memory ran out)
+    # a regular file of at most MAX_CONFIG_BYTES, in one bounded read that judges it (missing, a URL, a
+    # folder; a FIFO waited for ever, /dev/zero was read until memory ran out)
     data = read_limited(path, MAX_CONFIG_BYTES, "config", UsageError)
     try:
         text = data.decode("utf-8")

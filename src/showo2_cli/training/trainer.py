@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelError, OutputError, UsageError, short
+from ..errors import ModelError, OutputError, UsageError, error_detail, short
 from . import checkpoint as ckpt
 from .control import LogWindow, StopRequest, check_trackers, chunks, flat_config, ignore_sigint, peak_rss_mb
 from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mix, step_keys
@@ -216,7 +216,7 @@ class Run:
                 self.optimizer.load_state_dict(state["optimizer"])
             except (ValueError, KeyError, TypeError, RuntimeError) as e:
                 raise ModelError(f"'{self.resumed_from / ckpt.STATE_FILE}': the optimizer state does not fit this "
-                                 f"model ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+                                 f"model ({error_detail(e)})") from None
             for param, moments in self.optimizer.state.items():  # load_state_dict checks no shapes
                 for key, value in moments.items():
                     if key != "step" and torch.is_tensor(value) and value.shape != param.shape:

@@ -1,0 +1,117 @@
+"""One of each mechanism (probe AH): where two copies of a check had drifted apart, the one
+mechanism left gives every caller the same answer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from showo2_cli.errors import InputError, UsageError
+from showo2_cli.pipelines import latents as latents_module
+from showo2_cli.pipelines.latents import load_latents
+from showo2_cli.saving import load_noise, read_prompts
+from showo2_cli.training.config import load_config
+
+
+def _both(path) -> tuple[str, str]:
+    """The messages of the noise reader and of the latents reader for the same file, the path
+    shown as PATH and the word each uses for its tensor as X."""
+    with pytest.raises(InputError) as noise:
+        load_noise(path)
+    with pytest.raises(InputError) as latents:
+        load_latents(path)
+    return (str(noise.value).replace(str(path), "PATH").replace("noise", "X"),
+            str(latents.value).replace(str(path), "PATH").replace("latents", "X"))
+
+
+def test_noise_and_latents_files_are_judged_by_one_reader(tmp_path, monkeypatch):
+    """`--noise` and `decode`'s latents are the same kind of file (one float tensor of a small
+    safetensors file), read by two near-copies that had drifted: a garbage noise file said
+    "not a safetensors file or truncated" without the reason the latents reader gives, an int64
+    one "must be floating-point values, got I64" where latents say "floating point (float32, ...),
+    got int64", and a size over the limit was said two ways. One reader now says each alike."""
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_text("hello, this is not a tensor file")
+    noise_msg, latents_msg = _both(garbage)
+    assert noise_msg == latents_msg
+    assert noise_msg == ("cannot read X 'PATH': not a safetensors file or truncated "
+                         "(Error while deserializing header: header too large)")
+
+    for name in ("noise", "latents"):  # each named as its reader looks for it
+        save_file({name: torch.zeros(16, 2, 4, 4, dtype=torch.int64)}, str(tmp_path / f"{name}-int.safetensors"))
+    with pytest.raises(InputError) as exc:
+        load_noise(tmp_path / "noise-int.safetensors")
+    assert str(exc.value) == (f"'{tmp_path / 'noise-int.safetensors'}': noise must be floating point "
+                              "(float32, float16, bfloat16 or float64), got int64")
+    with pytest.raises(InputError) as exc:
+        load_latents(tmp_path / "latents-int.safetensors")
+    assert str(exc.value) == (f"'{tmp_path / 'latents-int.safetensors'}': latents must be floating point "
+                              "(float32, float16, bfloat16 or float64), got int64")
+
+    both = tmp_path / "both.safetensors"  # one tensor named for each reader: both read it
+    save_file({"noise": torch.ones(16, 2, 4, 4), "latents": torch.ones(16, 2, 4, 4)}, str(both))
+    assert load_noise(both).shape == (16, 2, 4, 4)
+    assert load_latents(both)[0].shape == (16, 2, 4, 4)
+    monkeypatch.setattr("showo2_cli.saving.MAX_NOISE_ELEMENTS", 100)  # 512 values: over either limit
+    monkeypatch.setattr(latents_module, "MAX_LATENT_ELEMENTS", 100)
+    noise_msg, latents_msg = _both(both)
+    assert noise_msg == latents_msg == ("'PATH': the header declares X of shape (16, 2, 4, 4), which this "
+                                        f"file ({both.stat().st_size} bytes) cannot hold or no model could decode")
+
+
+def test_a_small_file_read_whole_is_judged_once_and_alike(tmp_path, monkeypatch):
+    """The prompts file was judged twice (`check_input_file`, then the bounded reader), and a
+    training config a third way ("config 'x' does not exist", a URL "does not exist" too), while
+    the bounded reader said "no such file" and did not say that URLs are not fetched. The one
+    bounded reader now judges each: a URL is named as one, a missing file or a folder is said as
+    for every other input, and an empty prompts file is a file that holds no prompt, as one of
+    blank lines is."""
+    empty, blank = tmp_path / "empty.txt", tmp_path / "blank.txt"
+    empty.write_bytes(b"")
+    blank.write_text("\n  \n\n")
+    for path in (empty, blank):
+        with pytest.raises(InputError) as exc:
+            read_prompts(None, path)
+        assert str(exc.value) == f"prompts file '{path}' holds no prompt"
+
+    for read, what, error in ((lambda p: read_prompts(None, p), "prompts file", InputError),
+                              (load_config, "config", UsageError)):
+        with pytest.raises(error) as exc:
+            read("https://example.com/run.toml")
+        assert str(exc.value) == (f"cannot read {what} https://example.com/run.toml: URLs are not fetched; "
+                                  "download the file and pass its path")
+        with pytest.raises(error) as exc:
+            read(tmp_path / "missing.toml")
+        assert str(exc.value) == f"cannot read {what} '{tmp_path / 'missing.toml'}': no such file"
+        (tmp_path / "folder.toml").mkdir(exist_ok=True)
+        with pytest.raises(error) as exc:
+            read(tmp_path / "folder.toml")
+        assert str(exc.value) == f"cannot read {what} '{tmp_path / 'folder.toml'}': is a directory, not a file"
+
+
+def test_an_exception_that_says_nothing_is_still_a_one_line_error(monkeypatch):
+    """Five places wrote their own "first line of the exception" (`str(e).splitlines()[0]`) beside
+    the project's `error_detail`; the tokenizer's copy had lost the fallback, so a library error
+    with an empty message (an `AssertionError()` inside transformers) escaped as `IndexError: list
+    index out of range`, a traceback, instead of the tokenizer's one-line ModelError. Each now
+    uses `error_detail` (moved to `errors`, beside `one_line`), which names the type instead."""
+    from pathlib import Path
+
+    import transformers
+
+    import showo2_cli
+    from showo2_cli.errors import ModelError
+    from showo2_cli.tokenizer import load_tokenizer
+
+    def says_nothing(*args, **kwargs):
+        raise AssertionError()
+
+    monkeypatch.setattr(transformers.PreTrainedTokenizerFast, "from_pretrained", says_nothing)
+    folder = Path(showo2_cli.__file__).parent / "assets" / "demo"
+    with pytest.raises(ModelError) as exc:
+        load_tokenizer(folder)
+    assert str(exc.value) == f"cannot load the tokenizer in '{folder}': AssertionError"
+    from showo2_cli.errors import error_detail
+
+    assert error_detail(ValueError("first\n  second")) == "first second"
