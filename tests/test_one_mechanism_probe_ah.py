@@ -90,6 +90,28 @@ def test_a_small_file_read_whole_is_judged_once_and_alike(tmp_path, monkeypatch)
         assert str(exc.value) == f"cannot read {what} '{tmp_path / 'folder.toml'}': is a directory, not a file"
 
 
+def test_each_generation_default_has_one_source():
+    """The default video length (17), frame rate (8) and sampler (euler) were written again in
+    each command's signature, the options, the pipeline, the savers and the video reader: a
+    default changed in one place would have left the others behind. Each is now read from its one
+    constant in :mod:`showo2_cli.options`."""
+    import inspect
+
+    from showo2_cli import options, sampling
+    from showo2_cli.cli import generate
+
+    assert (options.DEFAULT_VIDEO_FRAMES, options.DEFAULT_FPS, options.DEFAULT_SAMPLER) == (17, 8.0, "euler")
+    for command in (generate.t2v, generate.i2v):
+        params = inspect.signature(command).parameters
+        assert params["frames"].default == options.DEFAULT_VIDEO_FRAMES
+        assert params["fps"].default == options.DEFAULT_FPS
+    for command in (generate.t2i, generate.t2v, generate.i2v):
+        assert inspect.signature(command).parameters["sampler"].default == options.DEFAULT_SAMPLER
+    assert options.GenerateOptions().frames == options.DEFAULT_VIDEO_FRAMES
+    assert options.GenerateOptions().method == options.DEFAULT_SAMPLER
+    assert inspect.signature(sampling.sample).parameters["method"].default == options.DEFAULT_SAMPLER
+
+
 def test_an_exception_that_says_nothing_is_still_a_one_line_error(monkeypatch):
     """Five places wrote their own "first line of the exception" (`str(e).splitlines()[0]`) beside
     the project's `error_detail`; the tokenizer's copy had lost the fallback, so a library error

@@ -23,6 +23,10 @@ MAX_STOP_CHARS = 200
 MAX_PROMPTS_FILE_BYTES = 64 * 1024 * 1024
 #: Largest config file read (a model's config.json, an adapter's, a training config): Qwen2.5's are 1 KB
 MAX_CONFIG_BYTES = 16 * 2**20
+#: A generated video's length when none is given, in pixel frames (1 + 4k).
+DEFAULT_VIDEO_FRAMES = 17
+#: The frame rate a written video gets when none is given (nor recorded in its latents).
+DEFAULT_FPS = 8.0
 #: Longest video generated, in pixel frames (1 + 4k).
 MAX_VIDEO_FRAMES = 1 + 4 * 64
 #: Most frames sampled from a video for understanding.
@@ -42,6 +46,8 @@ SAMPLERS = {"euler": "Euler, the official sampler", "heun": "Heun (2nd order; tw
             "flow-euler": "diffusers FlowMatchEulerDiscreteScheduler on the official grid (same as euler)",
             "unipc": "diffusers UniPC multistep with flow sigmas (fewer steps)",
             "dpm++": "diffusers DPM-Solver++ 2M with flow sigmas (fewer steps)"}
+#: The sampler when none is named: the official Euler.
+DEFAULT_SAMPLER = "euler"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: dtype names -> canonical name (the one dtype table; ``runtime.torch_dtype`` maps it to torch).
 DTYPES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
@@ -389,8 +395,8 @@ class GenerateOptions:
     seed: int | None = None  # base seed; output k of prompt p uses seed + p*n + k
     num_per_prompt: int = 1
     batch_size: int = 4
-    frames: int = 17  # videos: pixel frames (1+4k)
-    method: str = "euler"  # a key of SAMPLERS
+    frames: int = DEFAULT_VIDEO_FRAMES  # videos: pixel frames (1+4k)
+    method: str = DEFAULT_SAMPLER  # a key of SAMPLERS
     noise: Any = None  # exact starting noise: a tensor (N, C, [T,] h, w) or one sample
     cache_prefix: bool = True  # reuse the text prefix's keys/values at every step
     max_memory_gb: float | None = None  # refuse jobs estimated to need more

@@ -34,7 +34,15 @@ from diffusers.utils import BaseOutput
 from .dialogue import check_streamer
 from .errors import ModelError, UsageError
 from .loading import Showo2, load
-from .options import OFFLOAD_MODES, STEPS_RANGE, CaptionOptions, GenerateOptions, RuntimeOptions
+from .options import (
+    DEFAULT_SAMPLER,
+    DEFAULT_VIDEO_FRAMES,
+    OFFLOAD_MODES,
+    STEPS_RANGE,
+    CaptionOptions,
+    GenerateOptions,
+    RuntimeOptions,
+)
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
 from .pipelines.arguments import (
     CAPTION_NAMES,
@@ -82,7 +90,7 @@ class Showo2Pipeline:
         self._call_lock = threading.RLock()
         self.model = model
         self.offload = "none"
-        self.sampler = "euler"  # the default of ``sampler=``; ``pipe.scheduler = ...`` sets it
+        self.sampler = DEFAULT_SAMPLER  # the default of ``sampler=``; ``pipe.scheduler = ...`` sets it
         self.default_shift: float | None = None
         self._progress_bar_config: dict = {}
         self._interrupt = False  # a step callback sets it to end the sampling (diffusers' ``pipe._interrupt``)
@@ -476,7 +484,7 @@ class Showo2Pipeline:
                                guidance=real_number(guidance_scale, "guidance_scale"), seed=seeds[0] if seeds else seed,
                                shift=real_number(shift if shift is not None else self.default_shift, "shift"),
                                num_per_prompt=n, batch_size=whole_number(batch_size, "batch_size"),
-                               frames=whole_number(num_frames, "num_frames", True) or (17 if video else 1),
+                               frames=whole_number(num_frames, "num_frames", True) or (DEFAULT_VIDEO_FRAMES if video else 1),
                                method=sampler or self.sampler, noise=latents, negative_prompt=negatives)
         resolved = opts.resolved(self.spec, video)  # checked once, by the API below
         self._num_timesteps, self._guidance_scale = resolved.steps - 1, resolved.guidance

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from .modeling.attention import omni_attention_mask
+from .options import DEFAULT_SAMPLER
 from .options import SAMPLERS as OPTION_SAMPLERS
 from .sequences import Layout
 
@@ -160,7 +161,7 @@ SAMPLERS = {"euler": euler_step, "heun": heun_step, "flow-euler": None, "unipc":
 assert set(SAMPLERS) == set(OPTION_SAMPLERS), "options.SAMPLERS and sampling.SAMPLERS must name the same samplers"
 
 
-def sample(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, method: str = "euler",
+def sample(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, method: str = DEFAULT_SAMPLER,
            callback: StepCallback | None = None, trajectory: list | None = None,
            shift: float = 3.0) -> torch.Tensor:
     """Integrate ``dx/dt = velocity(x, t)`` over ``grid`` from ``x0`` (noise) and return the final state.
@@ -229,7 +230,7 @@ def guided_velocity_fn(network, layout: Layout, guidance: float, trim: bool = Tr
 
 
 def generate_latents(network, layout: Layout, noise: torch.Tensor, guidance: float, steps: int, shift: float,
-                     method: str = "euler", trim: bool = True, cache_prefix: bool = False,
+                     method: str = DEFAULT_SAMPLER, trim: bool = True, cache_prefix: bool = False,
                      first_frame_as_cond: bool = False, callback=None, trajectory: list | None = None) -> torch.Tensor:
     """Integrate from ``noise`` (float32, conditional rows only) to clean latents."""
     velocity = guided_velocity_fn(network, layout, guidance, trim=trim, cache_prefix=cache_prefix,

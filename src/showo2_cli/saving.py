@@ -22,6 +22,7 @@ from . import __version__
 from . import media as M
 from .errors import InputError, OutputError, OutputExists, UsageError
 from .options import (
+    DEFAULT_FPS,
     MAX_OUTPUTS,
     MAX_PROMPT_CHARS,
     MAX_PROMPTS_FILE_BYTES,
@@ -221,7 +222,7 @@ def result_metadata(item, kind: str, fps: float | None = None, image: str | os.P
     return meta
 
 
-def save_results(results, plans: list[OutputPlan], kind: str, fps: float | None = 8.0,
+def save_results(results, plans: list[OutputPlan], kind: str, fps: float | None = DEFAULT_FPS,
                  image: str | os.PathLike | None = None, overwrite: bool = False,
                  noise: str | os.PathLike | None = None) -> list[dict]:
     """Write each result as planned and return one record per output (what the sidecar holds).
@@ -252,7 +253,7 @@ def _save_one(plan: OutputPlan, item, kind: str, fps: float | None, image, overw
     output's)."""
     from .pipelines.latents import save_latents
 
-    rate = M.written_fps(plan.path, 8.0 if fps is None else fps) if kind != "t2i" else None  # a GIF's is coarser
+    rate = M.written_fps(plan.path, DEFAULT_FPS if fps is None else fps) if kind != "t2i" else None  # a GIF's is coarser
     meta = result_metadata(item, kind, rate, image, noise)
     record = {"output": str(plan.path), **meta}
     with M.output_group():

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import ModelError, UsageError, short
-from ..options import check_fps
+from ..options import DEFAULT_FPS, check_fps
 from .common import (
     DeviceOpt,
     Dtype,
@@ -119,7 +119,7 @@ def decode(
     output: Annotated[str | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp/.bmp for one frame, .mp4/.webm/.gif/.mov/.mkv for videos.")] = None,
     model: ModelOpt = None,
     vae: VaeOpt = None,
-    fps: Annotated[float | None, typer.Option("--fps", help="Frames per second of the output, 0.5 to 240 (default: the source's, else 8).")] = None,
+    fps: Annotated[float | None, typer.Option("--fps", help=f"Frames per second of the output, 0.5 to 240 (default: the source's, else {DEFAULT_FPS:g}).")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="The file holds the VAE's raw latents (diffusers' latent_dist.mean or .sample()), "
                                       "not normalised ones ((z - latents_mean) / latents_std, what encode writes and Wan pipelines' "
                                       "output_type='latent' gives).")] = False,
@@ -198,7 +198,7 @@ def decode(
         z = L.normalize_raw(z, vae_model)
     with status(f"decoding {z.shape[1]} latent frame(s)"):
         frames, tiles = L.decode_tiled(z, vae_model, max_memory_gb=max_memory)
-    rate = M.written_fps(out, fps or meta.get("fps") or 8.0)  # what the file plays at (a GIF's is coarser)
+    rate = M.written_fps(out, fps or meta.get("fps") or DEFAULT_FPS)  # what the file plays at (a GIF's is coarser)
     record = {"decoded_from": str(latents), "vae": vae_name, "fps": rate, **({"raw": True} if raw else {})}
     if tiles is not None:  # tiles blend their seams: other frames than a whole decode's
         record["vae_tiles"] = list(tiles)

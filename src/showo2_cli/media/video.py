@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
+from showo2_cli.options import DEFAULT_FPS
 
 from .geometry import check_count
 from .image import PIL_FORMATS, image_input, is_animated, read_image, write_image
@@ -120,7 +121,7 @@ def _frame_rate(stream: Any) -> float:
             value = 0.0
         if math.isfinite(value) and 0 < value <= MAX_FPS:
             return max(value, MIN_FPS)
-    return 8.0
+    return DEFAULT_FPS
 
 
 #: the largest side each output format takes (libjpeg, libwebp, GIF's 16-bit fields, libx264)

@@ -21,7 +21,7 @@ from .. import __version__
 from .. import media as M
 from ..errors import InputError, UsageError, short
 from ..modeling.vae import WanVAE
-from ..options import EncodeOptions
+from ..options import DEFAULT_FPS, EncodeOptions
 from ..runtime import check_memory, cpu_by_default, pick_tiling
 
 TILING_ADVICE = "tile the VAE with --vae-tiling auto"
@@ -277,7 +277,7 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
                              f"use {'/'.join(M.VIDEO_WRITE_EXTS)}")
         return M.write_image(path, frames[0], metadata=metadata, overwrite=overwrite)
     if ext in M.VIDEO_EXTS:
-        return M.write_video(path, frames, 8.0 if fps is None else fps, overwrite=overwrite, metadata=metadata)
+        return M.write_video(path, frames, DEFAULT_FPS if fps is None else fps, overwrite=overwrite, metadata=metadata)
     raise UsageError(f"unsupported output extension '{ext or path}': use {M.written_formats()}")
 
 
