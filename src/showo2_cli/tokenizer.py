@@ -132,8 +132,6 @@ def byte_level_tokenizer():
     id pattern as the parity fixtures (real id = tiny id + 151387 for every special token).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     byte_chars = pre_tokenizers.ByteLevel.alphabet()
     # GPT-2's byte -> printable-character map, ordered by byte value
     mapping = _bytes_to_unicode()
@@ -142,6 +140,16 @@ def byte_level_tokenizer():
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
+    return _with_qwen_tokens(tok)
+
+
+def _with_qwen_tokens(tok):
+    """A fast tokenizer over the ``tokenizers`` object ``tok``, its learned or byte vocabulary
+    followed by the Qwen2.5 special tokens (in Qwen order), ``<|im_end|>`` ending a turn and
+    ``<|endoftext|>`` padding, as a Qwen2.5 tokenizer has them: the one finish of the small
+    tokenizers that tiny and from-scratch models use."""
+    from transformers import PreTrainedTokenizerFast
+
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False)
     fast.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
     fast.eos_token = "<|im_end|>"
@@ -213,7 +221,6 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int = 512):
     captions become single tokens, so answers take a few decoding steps instead of one per byte.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -221,8 +228,4 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int = 512):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=[], show_progress=False)
     tok.train_from_iterator(list(texts), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False)
-    fast.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
-    fast.eos_token = "<|im_end|>"
-    fast.pad_token = "<|endoftext|>"
-    return fast
+    return _with_qwen_tokens(tok)
