@@ -112,6 +112,23 @@ def test_each_generation_default_has_one_source():
     assert inspect.signature(sampling.sample).parameters["method"].default == options.DEFAULT_SAMPLER
 
 
+def test_the_answer_length_default_has_one_source():
+    """300 tokens an answer was written in `caption`'s and `chat`'s signatures, CaptionOptions,
+    TextSampling, Showo2Pipeline.caption and the server's default max_tokens."""
+    import inspect
+
+    from showo2_cli import options
+    from showo2_cli.cli.chat import chat
+    from showo2_cli.cli.understand import caption
+    from showo2_cli.pipeline import Showo2Pipeline
+
+    assert options.DEFAULT_MAX_NEW_TOKENS == 300
+    for function in (caption, chat, Showo2Pipeline.caption):
+        assert inspect.signature(function).parameters["max_new_tokens"].default == options.DEFAULT_MAX_NEW_TOKENS
+    assert options.CaptionOptions().max_new_tokens == options.TextSampling().max_new_tokens == 300
+    assert options.ServerConfig().default_max_tokens == options.DEFAULT_MAX_NEW_TOKENS
+
+
 def test_an_exception_that_says_nothing_is_still_a_one_line_error(monkeypatch):
     """Five places wrote their own "first line of the exception" (`str(e).splitlines()[0]`) beside
     the project's `error_detail`; the tokenizer's copy had lost the fallback, so a library error
@@ -137,3 +154,29 @@ def test_an_exception_that_says_nothing_is_still_a_one_line_error(monkeypatch):
     from showo2_cli.errors import error_detail
 
     assert error_detail(ValueError("first\n  second")) == "first second"
+
+
+def test_the_servers_limits_have_one_source():
+    """`showo2 serve`'s option defaults (--max-queue 16, --max-tokens 2048, --max-n 4, --max-steps
+    200, --max-size 1024, --max-body-mb 20, --max-input-pixels 4096*4096, --drain-timeout 60) were
+    written again beside ServerConfig's (and the drain timeout twice more in serve/app). The CLI,
+    which must not import the server (FastAPI) to show --help, now reads them from ServerConfig,
+    moved to the torch-free options beside the other options objects."""
+    import inspect
+
+    from showo2_cli import serve
+    from showo2_cli.cli.serve import serve as serve_command
+    from showo2_cli.options import DRAIN_TIMEOUT, ServerConfig
+    from showo2_cli.serve.app import server_for
+
+    assert serve.ServerConfig is ServerConfig
+    params = inspect.signature(serve_command).parameters
+    config = ServerConfig()
+    for option, field in (("max_queue", "max_queue"), ("max_tokens", "max_tokens"), ("max_n", "max_n"),
+                          ("max_steps", "max_steps"), ("max_size", "max_size"),
+                          ("max_input_pixels", "max_image_pixels")):
+        assert params[option].default == getattr(config, field), option
+    assert params["max_body_mb"].default * 2**20 == config.max_body_bytes == 20 * 2**20
+    assert params["drain_timeout"].default == DRAIN_TIMEOUT == 60.0
+    assert inspect.signature(serve.serve).parameters["drain_timeout"].default == DRAIN_TIMEOUT
+    assert inspect.signature(server_for).parameters["drain_timeout"].default == DRAIN_TIMEOUT

@@ -287,6 +287,8 @@ class RuntimeOptions:
             raise UsageError(f"--compile must be true or false, got {short(self.compile)}")
 
 
+#: Most tokens an answer gets when no limit is given (a caption, a chat turn, a server reply).
+DEFAULT_MAX_NEW_TOKENS = 300
 #: temperatures below this decode greedily (vLLM's threshold): the logits would overflow
 MIN_TEMPERATURE = 1e-5
 
@@ -295,7 +297,7 @@ MIN_TEMPERATURE = 1e-5
 class TextSampling:
     """How answer tokens are chosen: greedy at temperature 0 (the official demos), else sampled."""
 
-    max_new_tokens: int = 300
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
@@ -352,7 +354,7 @@ class TextSampling:
 @dataclass
 class CaptionOptions:
     questions: list[str] = field(default_factory=list)  # empty: "Describe the image/video."
-    max_new_tokens: int = 300
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0  # 0 = greedy, as the official demos
     top_k: int | None = None
     top_p: float | None = None
@@ -472,3 +474,30 @@ class EncodeOptions:
     def validate(self) -> None:
         check_int("--frames", self.frames, 1, 100_000)
         check_seed(self.seed)
+
+
+#: Seconds ``showo2 serve`` waits, on its way out, for the running and queued requests to finish.
+DRAIN_TIMEOUT = 60.0
+
+
+@dataclass
+class ServerConfig:
+    """The limits of ``showo2 serve`` (its options' defaults are these), checked in its requests."""
+
+    model_id: str = "demo"
+    api_key: str | None = None
+    max_queue: int = 16  # requests waiting behind the running one
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096  # per input image
+    max_images: int = 8  # input images per chat request
+    max_messages: int = 256
+    default_max_tokens: int = DEFAULT_MAX_NEW_TOKENS  # a chat request without max_tokens
+    max_tokens: int = 2048
+    max_n: int = 4
+    max_steps: int = 200
+    max_size: int = 1024  # generated image side, pixels
+    max_text_chars: int = 262_144  # characters of text in one chat request (32 a token of an 8k context)
+    allow_origins: tuple[str, ...] = ()  # browser origins allowed by CORS ("*": any); none: no CORS
+    request_timeout: float = 15.0  # seconds for a request's headers, and for its body and its answer beyond
+    # BODY_MIN_RATE
+    keep_alive_timeout: float = 5.0  # seconds an idle connection stays open after an answer (uvicorn's default)

@@ -35,6 +35,7 @@ from .dialogue import check_streamer
 from .errors import ModelError, UsageError
 from .loading import Showo2, load
 from .options import (
+    DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_SAMPLER,
     DEFAULT_VIDEO_FRAMES,
     OFFLOAD_MODES,
@@ -573,7 +574,7 @@ class Showo2Pipeline:
     # ---- understanding ----------------------------------------------------------------------
     @one_call_at_a_time
     @cpu_by_default
-    def caption(self, image, question: str | list[str] | None = None, *, max_new_tokens: int = 300,
+    def caption(self, image, question: str | list[str] | None = None, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                 temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None,
                 seed: int | None = None, streamer=None, **options) -> str | list[str]:
         """Answer a question (``None``: describe it) about an image or a video (a path, a PIL image,

@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from ..errors import ResourceError, is_out_of_memory, one_line, rename_options
-from ..options import check_max_context
+from ..options import DEFAULT_MAX_NEW_TOKENS, check_max_context
 from . import common
 from .common import (
     AttnOpt,
@@ -362,7 +362,7 @@ def chat(
     system: Annotated[str | None, typer.Option(
         "--system", "-s", help="The system prompt (default: 'You are a helpful assistant.').")] = None,
     max_new_tokens: Annotated[int, typer.Option(
-        "--max-new-tokens", help="At most this many tokens per answer.")] = 300,
+        "--max-new-tokens", help="At most this many tokens per answer.")] = DEFAULT_MAX_NEW_TOKENS,
     temperature: Annotated[float, typer.Option(
         "--temperature", help="0 = greedy (default); > 0 samples.")] = 0.0,
     top_p: Annotated[float | None, typer.Option(

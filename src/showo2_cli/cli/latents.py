@@ -97,7 +97,7 @@ def encode(
             resolution = int(files.config.get("image_latent_height") or 27) * 16
     else:  # a VAE alone
         vae_path = explicit_vae(vae)
-    hw = requested or ((resolution, resolution) if resolution else (432, 432))
+    hw = requested or ((resolution, resolution) if resolution else EncodeOptions.size)
     with status("loading the VAE"):
         from ..modeling.vae_files import load_vae
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..options import DRAIN_TIMEOUT, ServerConfig
 from . import common
 from .common import (
     AttnOpt,
@@ -42,24 +43,24 @@ def serve(
         "(CORS); repeatable (default: $SHOWO2_ORIGINS, comma-separated; none: browsers on other origins "
         "are refused).")] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting behind the running one; "
-                                           "more get 429.")] = 16,
+                                           "more get 429.")] = ServerConfig.max_queue,
     max_tokens: Annotated[int, typer.Option(
-        "--max-tokens", help="Largest max_tokens of a chat request.")] = 2048,
-    max_n: Annotated[int, typer.Option("--max-n", help="Largest n (images) of an image request.")] = 4,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="Largest steps of an image request.")] = 200,
-    max_size: Annotated[int, typer.Option("--max-size", help="Largest generated image side, pixels.")] = 1024,
-    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, MiB.")] = 20.0,
+        "--max-tokens", help="Largest max_tokens of a chat request.")] = ServerConfig.max_tokens,
+    max_n: Annotated[int, typer.Option("--max-n", help="Largest n (images) of an image request.")] = ServerConfig.max_n,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Largest steps of an image request.")] = ServerConfig.max_steps,
+    max_size: Annotated[int, typer.Option("--max-size", help="Largest generated image side, pixels.")] = ServerConfig.max_size,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, MiB.")] = ServerConfig.max_body_bytes / 2**20,
     max_input_pixels: Annotated[int, typer.Option(
-        "--max-input-pixels", help="Largest input image, pixels.")] = 4096 * 4096,
+        "--max-input-pixels", help="Largest input image, pixels.")] = ServerConfig.max_image_pixels,
     drain_timeout: Annotated[float, typer.Option(
         "--drain-timeout", help="On SIGTERM/Ctrl-C, seconds to let running and queued requests finish "
-        "before cancelling them.")] = 60.0,
+        "before cancelling them.")] = DRAIN_TIMEOUT,
     request_timeout: Annotated[float, typer.Option(
         "--request-timeout", help="Seconds a client has to send a request's headers, and the grace before its "
-        "body must average 8 KiB/s; a stalled answer must be read at 8 KiB/s over each such period.")] = 15.0,
+        "body must average 8 KiB/s; a stalled answer must be read at 8 KiB/s over each such period.")] = ServerConfig.request_timeout,
     timeout_keep_alive: Annotated[float, typer.Option(
         "--timeout-keep-alive", help="Seconds an idle connection stays open after an answer (behind a proxy "
-        "that keeps connections open, make it longer than the proxy's).")] = 5.0,
+        "that keeps connections open, make it longer than the proxy's).")] = ServerConfig.keep_alive_timeout,
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     attn: AttnOpt = "sdpa", compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto",

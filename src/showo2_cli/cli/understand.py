@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ..options import DEFAULT_MAX_NEW_TOKENS
 from .common import (
     STATE,
     AttnOpt,
@@ -43,7 +44,7 @@ from .common import (
 def caption(
     media: Annotated[Path, typer.Argument(help="An image or a video.")],
     question: Annotated[list[str] | None, typer.Option("--question", "-q", metavar="<str>", help="A question; repeat for several (default: describe it).")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="At most this many tokens per answer.")] = 300,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="At most this many tokens per answer.")] = DEFAULT_MAX_NEW_TOKENS,
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy (default); > 0 samples.")] = 0.0,
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling (with --temperature).")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature).")] = None,

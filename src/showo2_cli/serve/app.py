@@ -24,6 +24,7 @@ from urllib.parse import unquote
 from .. import __version__
 from .. import media as M
 from ..errors import Showo2Error, UsageError, short
+from ..options import DRAIN_TIMEOUT
 from .body import BODIES_AT_ONCE, BodyBudget, Upload, read_json
 from .errors import ApiError, api_error_of, shutting_down
 from .requests import ChatPlan, ImagePlan, ServerConfig, parse_chat, parse_images
@@ -497,7 +498,7 @@ class FileLimitNotice(logging.Filter):
         return True
 
 
-def serve(model, config: ServerConfig, sock, drain_timeout: float = 60.0, log_level: str = "info",
+def serve(model, config: ServerConfig, sock, drain_timeout: float = DRAIN_TIMEOUT, log_level: str = "info",
           on_ready: Callable[[str], None] | None = None) -> None:
     """Run the server on ``sock`` until SIGTERM/SIGINT, then drain: no new connections, running and
     queued requests finish (at most ``drain_timeout`` seconds, then they are cancelled)."""
@@ -512,7 +513,7 @@ def serve(model, config: ServerConfig, sock, drain_timeout: float = 60.0, log_le
         logging.getLogger("asyncio").removeFilter(notice)
 
 
-def server_for(model, config: ServerConfig, sock, drain_timeout: float = 60.0, log_level: str = "info",
+def server_for(model, config: ServerConfig, sock, drain_timeout: float = DRAIN_TIMEOUT, log_level: str = "info",
                on_ready: Callable[[str], None] | None = None):
     """The uvicorn server :func:`serve` runs (``.run(sockets=[sock])``; ``should_exit`` stops it)."""
     import uvicorn

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import short
-from ..options import STEPS_RANGE
+from ..options import STEPS_RANGE, ServerConfig  # ServerConfig: here too, where it always was
 from .body import (
     Upload,
     decode_data_url,
@@ -25,27 +25,6 @@ from .errors import ApiError
 #: Environment variable holding the API key when ``--api-key`` is not given.
 API_KEY_ENV = "SHOWO2_API_KEY"
 ORIGINS_ENV = "SHOWO2_ORIGINS"  # comma-separated browser origins allowed to call the API (CORS)
-
-
-@dataclass
-class ServerConfig:
-    model_id: str = "demo"
-    api_key: str | None = None
-    max_queue: int = 16  # requests waiting behind the running one
-    max_body_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096  # per input image
-    max_images: int = 8  # input images per chat request
-    max_messages: int = 256
-    default_max_tokens: int = 300
-    max_tokens: int = 2048
-    max_n: int = 4
-    max_steps: int = 200
-    max_size: int = 1024  # generated image side, pixels
-    max_text_chars: int = 262_144  # characters of text in one chat request (32 a token of an 8k context)
-    allow_origins: tuple[str, ...] = ()  # browser origins allowed by CORS ("*": any); none: no CORS
-    request_timeout: float = 15.0  # seconds for a request's headers, and for its body and its answer beyond
-    # BODY_MIN_RATE
-    keep_alive_timeout: float = 5.0  # seconds an idle connection stays open after an answer (uvicorn's default)
 
 
 @dataclass
