@@ -180,3 +180,22 @@ def test_the_servers_limits_have_one_source():
     assert params["drain_timeout"].default == DRAIN_TIMEOUT == 60.0
     assert inspect.signature(serve.serve).parameters["drain_timeout"].default == DRAIN_TIMEOUT
     assert inspect.signature(server_for).parameters["drain_timeout"].default == DRAIN_TIMEOUT
+
+
+def test_the_largest_image_side_has_one_source():
+    """4096 pixels a side was media.geometry.MAX_SIDE (parse_size, training's resolution check),
+    specs.MAX_RESOLUTION (a spec's resolutions), CaptionOptions' --size check, serve's --max-size
+    range and the --size help of t2i/t2v/i2v and encode. One options.MAX_SIDE now serves each."""
+    from showo2_cli import media as M
+    from showo2_cli.options import MAX_SIDE, CaptionOptions
+    from showo2_cli.specs import ModelSpec
+
+    assert MAX_SIDE == M.MAX_SIDE == 4096
+    assert M.parse_size(str(MAX_SIDE)) == (MAX_SIDE, MAX_SIDE)
+    with pytest.raises(UsageError, match=f"at most {MAX_SIDE}x{MAX_SIDE}"):
+        M.parse_size(str(MAX_SIDE + 16))
+    CaptionOptions(size=MAX_SIDE).validate()
+    with pytest.raises(UsageError, match="--size"):
+        CaptionOptions(size=MAX_SIDE + 16).validate()
+    with pytest.raises(UsageError, match=f"a resolution of {MAX_SIDE + 16} pixels is over {MAX_SIDE}"):
+        ModelSpec(name="big", resolution=MAX_SIDE + 16).validate()

@@ -21,6 +21,8 @@ MAX_STOP_STRINGS = 16  # TextSampling.stop_strings (OpenAI allows 4)
 MAX_STOP_CHARS = 200
 #: Largest prompts file read.
 MAX_PROMPTS_FILE_BYTES = 64 * 1024 * 1024
+#: The largest image side (pixels) any command takes (``--size``) and any model spec names.
+MAX_SIDE = 4096
 #: Largest config file read (a model's config.json, an adapter's, a training config): Qwen2.5's are 1 KB
 MAX_CONFIG_BYTES = 16 * 2**20
 #: A generated video's length when none is given, in pixel frames (1 + 4k).
@@ -382,7 +384,7 @@ class CaptionOptions:
         check_int("--frames", self.frames, 1, MAX_CAPTION_FRAMES)
         check_choice("--mask", self.mask_mode, MASK_MODES)
         check_choice("--template", self.template, TEMPLATES)
-        check_int("--size", self.size, 16, 4096)
+        check_int("--size", self.size, 16, MAX_SIDE)
         check_number("--max-memory", self.max_memory_gb, 0)
         for q in self.questions:
             check_text(q, "question")

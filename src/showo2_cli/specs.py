@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .errors import UsageError
-from .options import STEPS_RANGE
+from .options import MAX_SIDE, STEPS_RANGE
 
 # Tasks a checkpoint was trained for. The released checkpoints cannot generate video (spec §0).
 IMAGE_UND = "image-understanding"
@@ -23,10 +23,6 @@ T2V = "t2v"
 I2V = "i2v"
 ALL_TASKS = (IMAGE_UND, VIDEO_UND, T2I, T2V, I2V)
 VELOCITY_LAYOUTS = ("raster", "patch")  # ModelSpec.velocity_layout (spec §6.4; "raster" is official)
-
-
-#: The largest image side a model spec may name (the largest ``--size`` any command takes)
-MAX_RESOLUTION = 4096
 
 
 #: the longest sequence budget a spec may declare (the real models use 1024 to about 7000)
@@ -215,9 +211,9 @@ class ModelSpec:
         self._validate_rope_scaling()
         self._validate_llm_config()
         side = max([self.resolution, self.video_resolution, *self.resolutions])
-        if side > MAX_RESOLUTION:
+        if side > MAX_SIDE:
             raise UsageError(f"invalid model spec '{self.name}': a resolution of {side} pixels is over "
-                             f"{MAX_RESOLUTION}")
+                             f"{MAX_SIDE}")
         checks = [
             (self.hidden_size == self.num_heads * self.head_dim, "hidden_size must equal num_heads*head_dim"),
             (self.num_heads % self.num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"),

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import ModelError, UsageError, short
-from ..options import DEFAULT_FPS, check_fps
+from ..options import DEFAULT_FPS, MAX_SIDE, EncodeOptions, check_fps
 from .common import (
     DeviceOpt,
     Dtype,
@@ -38,7 +38,7 @@ def encode(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Latents file (.safetensors); default <media>.latents.safetensors.")] = None,
     model: ModelOpt = None,
     vae: VaeOpt = None,
-    size: Annotated[str | None, typer.Option("--size", help="N or WIDTHxHEIGHT, multiples of 16, at most 4096 (default: the model's resolution, 432 for a VAE alone).")] = None,
+    size: Annotated[str | None, typer.Option("--size", help=f"N or WIDTHxHEIGHT, multiples of 16, at most {MAX_SIDE} (default: the model's resolution, {EncodeOptions.size[0]} for a VAE alone).")] = None,
     frames: Annotated[int | None, typer.Option("--frames", min=1, max=100000, help="Videos: use the first N frames (rounded up to 1+4k). Default: all, rounded down.")] = None,
     sample: Annotated[bool, typer.Option("--sample", help="Draw the posterior sample (official training/understanding behaviour) instead of the mean.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for --sample, 0 to 2^63-1.")] = None,
@@ -53,7 +53,7 @@ def encode(
     """Encode an image or a video into Wan2.1 VAE latents with metadata."""
     setup(json_mode, quiet)
     from .. import media as M
-    from ..options import EncodeOptions, RuntimeOptions
+    from ..options import RuntimeOptions
 
     if output is not None:  # taken as text: a trailing '/' is seen (a Path drops it)
         M.check_output_name(output)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import DRAIN_TIMEOUT, ServerConfig
+from ..options import DRAIN_TIMEOUT, MAX_SIDE, ServerConfig
 from . import common
 from .common import (
     AttnOpt,
@@ -76,7 +76,7 @@ def serve(
     runtime = C.runtime_options(device, dtype, attn=attn, compile_=compile_, vae_tiling=vae_tiling, quantize=quantize)
     limits = (("--port", port, 0, 65535), ("--max-queue", max_queue, 0, 100_000),
               ("--max-tokens", max_tokens, 1, 1_000_000), ("--max-n", max_n, 1, 128),
-              ("--max-steps", max_steps, *STEPS_RANGE), ("--max-size", max_size, 16, 4096),
+              ("--max-steps", max_steps, *STEPS_RANGE), ("--max-size", max_size, 16, MAX_SIDE),
               ("--max-input-pixels", max_input_pixels, 1, 2**31))
     for option, number, low, high in limits:
         if not low <= number <= high:

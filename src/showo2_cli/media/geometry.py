@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from showo2_cli.errors import UsageError, short
+from showo2_cli.options import MAX_SIDE  # the largest side parse_size accepts
 
 from .image import to_rgb
 
@@ -38,8 +39,6 @@ def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-#: Largest generation/encoding side accepted by :func:`parse_size` (pixels, per side).
-MAX_SIDE = 4096
 
 
 def parse_size(text: str | int | None, multiple: int = 16, option: str = "--size") -> tuple[int, int] | None:

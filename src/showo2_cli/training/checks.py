@@ -7,8 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from ..errors import UsageError
-from ..media.geometry import MAX_SIDE
-from ..options import MAX_VIDEO_FRAMES, STEPS_RANGE
+from ..options import MAX_SIDE, MAX_VIDEO_FRAMES, STEPS_RANGE
 from .schema import (
     DEVICES,
     FIT_STATS,
