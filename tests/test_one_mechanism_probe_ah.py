@@ -38,16 +38,13 @@ def test_noise_and_latents_files_are_judged_by_one_reader(tmp_path, monkeypatch)
     assert noise_msg == ("cannot read X 'PATH': not a safetensors file or truncated "
                          "(Error while deserializing header: header too large)")
 
-    for name in ("noise", "latents"):  # each named as its reader looks for it
-        save_file({name: torch.zeros(16, 2, 4, 4, dtype=torch.int64)}, str(tmp_path / f"{name}-int.safetensors"))
-    with pytest.raises(InputError) as exc:
-        load_noise(tmp_path / "noise-int.safetensors")
-    assert str(exc.value) == (f"'{tmp_path / 'noise-int.safetensors'}': noise must be floating point "
-                              "(float32, float16, bfloat16 or float64), got int64")
-    with pytest.raises(InputError) as exc:
-        load_latents(tmp_path / "latents-int.safetensors")
-    assert str(exc.value) == (f"'{tmp_path / 'latents-int.safetensors'}': latents must be floating point "
-                              "(float32, float16, bfloat16 or float64), got int64")
+    for name, read in (("noise", load_noise), ("latents", load_latents)):  # each named as its reader looks for it
+        path = tmp_path / f"{name}-int.safetensors"
+        save_file({name: torch.zeros(16, 2, 4, 4, dtype=torch.int64)}, str(path))
+        with pytest.raises(InputError) as exc:
+            read(path)
+        assert str(exc.value) == (f"'{path}': {name} must be floating point (float32, float16, bfloat16 or "
+                                  "float64), got int64")
 
     both = tmp_path / "both.safetensors"  # one tensor named for each reader: both read it
     save_file({"noise": torch.ones(16, 2, 4, 4), "latents": torch.ones(16, 2, 4, 4)}, str(both))
