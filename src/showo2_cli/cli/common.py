@@ -189,25 +189,34 @@ def status(message: str):
         yield
 
 
+def progress_bar(transient: bool = True, stats: bool = False):
+    """The one rich progress bar on stderr: the task's name, the bar, done/total, (with ``stats``
+    the task's ``stats`` field, as ``train`` shows loss and rate,) time elapsed and time left
+    (labelled ``eta`` beside the stats). A ``transient`` bar is wiped when done."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    middle = [TextColumn("{task.fields[stats]}")] if stats else []
+    eta = [TextColumn("eta")] if stats else []
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *middle,
+                    TimeElapsedColumn(), *eta, TimeRemainingColumn(), console=stderr_console(), transient=transient)
+
+
 class ProgressReporter:
     """Rich progress bars on stderr for the library's ``progress(phase, done, total)`` callback
-    (the one progress renderer of the model commands; training has its own bar over the same rich)."""
+    (the model commands' renderer; training's renderer shows the same :func:`progress_bar`)."""
 
     def __init__(self):
         self.bar = None
         self.tasks: dict[str, int] = {}
         if live_stderr():
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TimeRemainingColumn(), console=stderr_console(), transient=True)
+            self.bar = progress_bar()
 
     def __enter__(self):
         if self.bar is not None:

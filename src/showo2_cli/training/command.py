@@ -107,18 +107,9 @@ class _Renderer:
             self.close()
 
     def _start_bar(self, step: int, total: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from ..cli.common import progress_bar
 
-        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 console=self.console, transient=False)
+        self.progress = progress_bar(transient=False, stats=True)
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=step, stats="")
 
