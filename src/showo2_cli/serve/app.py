@@ -282,6 +282,13 @@ def create_app(model, config: ServerConfig):
             raise ApiError(404, f"model {name[:80]!r} is not served here (this server serves "
                                 f"'{config.model_id}')", "model_not_found", "model")
 
+    async def request_body(request: Request) -> dict:
+        """A POST's JSON object, after the key and drain checks, for the served model."""
+        check(request)
+        body = await read_json(request, config.max_body_bytes, config.request_timeout, budget)
+        check_model(body)
+        return body
+
     def model_card() -> dict:
         return {"id": config.model_id, "object": "model", "created": int(state["started"]),
                 "owned_by": "showo2"}
@@ -332,9 +339,7 @@ def create_app(model, config: ServerConfig):
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         try:
-            check(request)
-            body = await read_json(request, config.max_body_bytes, config.request_timeout, budget)
-            check_model(body)
+            body = await request_body(request)
             plan = parse_chat(body, config)
             outside = sorted(t for t in plan.logit_bias or {} if t >= model.spec.vocab_size)
             if outside:
@@ -393,9 +398,7 @@ def create_app(model, config: ServerConfig):
     @app.post("/v1/images/generations")
     async def images_generations(request: Request):
         try:
-            check(request)
-            body = await read_json(request, config.max_body_bytes, config.request_timeout, budget)
-            check_model(body)
+            body = await request_body(request)
             plan = parse_images(body, config, model.spec)
             job = submit(lambda job: _images_job(model, plan, job))
             data = await outcome(request, job)
