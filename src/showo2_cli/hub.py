@@ -58,6 +58,12 @@ def existing_path(name: str | os.PathLike) -> Path | None:
         return None
 
 
+def is_local(name: str | os.PathLike) -> bool:
+    """``demo`` or an existing path: a name the Hugging Face Hub has no part in (no revision, no
+    snapshot, no download)."""
+    return str(name) == "demo" or existing_path(str(name)) is not None
+
+
 def split_revision(name: str | os.PathLike) -> tuple[str, str | None]:
     """``owner/name@rev`` or ``variant@rev`` -> ``(name, rev)``; anything else (a path, which may
     hold an ``@``) -> ``(name, None)``."""
@@ -79,7 +85,7 @@ def with_revision(name: str | os.PathLike, revision: str | None) -> str | os.Pat
         raise UsageError(f"revision must be a commit, tag or branch name, got {revision!r}")
     if split_revision(text)[1] is not None:
         raise UsageError(f"'{text}' already names a revision; give it once")
-    if text == "demo" or existing_path(text) is not None or repo_id_for(text) is None:
+    if is_local(text) or repo_id_for(text) is None:
         raise UsageError(f"revision= applies to a Hugging Face repo id or a variant, not to '{text}'")
     return f"{text}@{revision}"
 
@@ -195,7 +201,7 @@ def check_name(name: str | os.PathLike) -> None:
     variant or a repo id), said without the network and without torch: a mistyped ``--model``
     fails before the command line imports the model libraries (seconds). Other names pass."""
     text = str(name)
-    if text == "demo" or existing_path(text) is not None or repo_id_for(split_revision(text)[0]) is not None:
+    if is_local(text) or repo_id_for(split_revision(text)[0]) is not None:
         return
     resolve_root(text, local_files_only=True)
 
@@ -480,7 +486,7 @@ def download_model(repo_id: str, progress: Progress | None = None, revision: str
 
 def is_hub_name(name: str | os.PathLike) -> bool:
     """A variant or repo id (maybe ``@revision``) that names no local folder: a name the Hub serves."""
-    return str(name) != "demo" and existing_path(name) is None and repo_id_for(split_revision(name)[0]) is not None
+    return not is_local(name) and repo_id_for(split_revision(name)[0]) is not None
 
 
 def needs_download(name: str) -> bool:

@@ -17,10 +17,10 @@ from .errors import ModelError
 from .hub import (
     WAN_VAE_FILE,
     WAN_VAE_REPO,
-    existing_path,
     find_tokenizer,
     find_vae,
     find_weights,
+    is_local,
     local_or_cached_dir,
     resolve_root,
     snapshot_revision,
@@ -80,7 +80,7 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
         check_official_config(config, cfg_path)
     # the commit of a snapshot the name (a repo id, a variant) led to; a folder typed is the weights
     # already (a revision after it, as a record's --model NAME@REV, would name no model)
-    named = str(name) != "demo" and existing_path(str(name)) is None
+    named = not is_local(name)
     files = ModelFiles(label, root, fmt, config, find_weights(root), revision=snapshot_revision(root) if named else None)
     if not files.weights:
         files.missing.append(("weights", f"no model.safetensors / pytorch_model.bin in '{root}'"))
