@@ -129,3 +129,98 @@ def test_local_commands_make_no_connection(hub, tiny_model_dir, tmp_path):
     assert set(result["codes"].values()) == {0}, result["codes"]
     assert result["connections"] == []
     assert hub.requests == []
+
+
+# ---- probe AI: the switch shared by threads ------------------------------------------------------
+
+def _in_another_thread(block, body):
+    """Run ``body()`` while another thread is inside ``block()``; returns what body returned."""
+    import threading
+
+    inside, done = threading.Event(), threading.Event()
+
+    def hold():
+        with block():
+            inside.set()
+            done.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert inside.wait(60)
+        return body()
+    finally:
+        done.set()
+        holder.join(60)
+
+
+def test_import_blocks_of_two_threads_ending_out_of_order_leave_the_switch_as_the_caller_had_it(monkeypatch):
+    """Two threads' first model loads overlap (``api.load`` in two threads): their import blocks
+    ended in the other order than they began, and the second put back the 'offline' it had found,
+    so the whole process stayed offline (every later pull refused: 'HF_HUB_OFFLINE is set')."""
+    import threading
+
+    import huggingface_hub.constants as C
+
+    from showo2_cli.runtime import hub_offline
+
+    def first(a_in, b_in, a_out, seen):
+        with hub_offline():
+            a_in.set()
+            b_in.wait(60)
+        a_out.set()
+
+    def second(a_in, b_in, a_out, seen):
+        a_in.wait(60)
+        with hub_offline():
+            seen.append(C.HF_HUB_OFFLINE)
+            b_in.set()
+            a_out.wait(60)
+            seen.append(C.HF_HUB_OFFLINE)  # the first block ended, this one still holds it
+
+    for caller in (False, True):
+        monkeypatch.setattr(C, "HF_HUB_OFFLINE", caller)
+        events, seen = (threading.Event(), threading.Event(), threading.Event()), []
+        threads = [threading.Thread(target=f, args=(*events, seen)) for f in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert seen == [True, True]
+        assert C.HF_HUB_OFFLINE is caller
+
+
+def test_a_download_asked_for_runs_while_another_thread_imports(monkeypatch, tmp_path):
+    """A pull (or a load that downloads) in one thread while another imports a library inside
+    quiet_imports: the download was refused ('HF_HUB_OFFLINE is set', which nobody had set). It now
+    runs, with the Hub reachable for it, and the import block holds the switch again after."""
+    import huggingface_hub.constants as C
+
+    from showo2_cli import hub as hub_names
+    from showo2_cli.errors import ModelError
+    from showo2_cli.hub_download import offline
+    from showo2_cli.runtime import quiet_imports
+
+    with LocalHub() as server:
+        monkeypatch.setattr(C, "ENDPOINT", server.url)
+        monkeypatch.setattr(C, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+        weights = bytes(range(256)) * 200
+        server.add("acme/small", {"config.json": b"{}", "model.safetensors": weights})
+
+        def download():
+            snap = hub_names.download_model("acme/small")
+            assert C.HF_HUB_OFFLINE is True  # back on for the import still running
+            assert offline() is False  # the caller's setting, not the block's
+            return snap
+
+        snap = _in_another_thread(quiet_imports, download)
+        assert (snap / "model.safetensors").read_bytes() == weights
+        assert any(path.startswith("/api/models/acme/small") for _, path in server.requests)
+        assert C.HF_HUB_OFFLINE is False
+
+        monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)  # offline by the caller: refused, and said so
+        with pytest.raises(ModelError, match="HF_HUB_OFFLINE is set"):
+            _in_another_thread(quiet_imports, lambda: hub_names.resolve_root("acme/other"))
+        assert C.HF_HUB_OFFLINE is True

@@ -13,6 +13,7 @@ through :func:`access` and :func:`hub_cache` for every lookup and request.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -84,6 +85,76 @@ def hub_cache() -> Path:
     from huggingface_hub import constants
 
     return Path(access().cache_dir or constants.HF_HUB_CACHE)
+
+
+# ---- the offline switch -----------------------------------------------------------------------
+# huggingface_hub reads its HF_HUB_OFFLINE switch (``constants.HF_HUB_OFFLINE``) at each request,
+# for the whole process. Import blocks (:func:`hub_offline`) and downloads asked for
+# (:func:`hub_online`) may overlap in threads (two models loaded at once, a pull beside a load), so
+# the switch is counted, not saved and put back by each block: a save-and-restore left it on for
+# good when two blocks ended out of order, and a download was refused while another thread imported.
+_SWITCH = threading.Lock()
+_HELD = {"imports": 0, "downloads": 0, "caller": False}  # "caller": the switch as it was before the imports
+
+
+def _set_switch() -> None:
+    from huggingface_hub import constants
+
+    if _HELD["imports"]:
+        constants.HF_HUB_OFFLINE = bool(_HELD["caller"]) or not _HELD["downloads"]
+
+
+@contextmanager
+def hub_offline() -> Iterator[None]:
+    """huggingface_hub offline (its ``HF_HUB_OFFLINE`` switch, which it reads at each request, and
+    the ``kernels`` package at each ``get_kernel``) while a library imports, then as the caller had it.
+
+    Importing a library must not reach the network: bitsandbytes >= 0.50 (imported by diffusers
+    and peft wherever it is installed, by ``--quantize nf4``) asks ``kernels`` for a CPU kernel on
+    AVX512-BF16 CPUs, and ``kernels`` (installed by transformers 5.25) then asked the Hub for the
+    publisher's trust status and the kernel's versions, and would download the kernel's binary and
+    load it. Offline, ``kernels`` uses a kernel already in its cache, else bitsandbytes its own CPU
+    code. The switch is process-wide: it is on while any thread is in such a block and no download
+    asked for (:func:`hub_online`: ``showo2 pull``, a model not in the cache) runs; while one runs,
+    the Hub stays reachable for it (an import meanwhile may then reach it too)."""
+    from huggingface_hub import constants
+
+    with _SWITCH:
+        if not _HELD["imports"]:
+            _HELD["caller"] = constants.HF_HUB_OFFLINE
+        _HELD["imports"] += 1
+        _set_switch()
+    try:
+        yield
+    finally:
+        with _SWITCH:
+            _HELD["imports"] -= 1
+            _set_switch()
+            if not _HELD["imports"]:
+                constants.HF_HUB_OFFLINE = _HELD["caller"]
+
+
+@contextmanager
+def hub_online() -> Iterator[None]:
+    """A download the user asked for: the Hub is reachable for it (as ``HF_HUB_OFFLINE`` is set by
+    the caller) even while another thread imports inside :func:`hub_offline`."""
+    with _SWITCH:
+        _HELD["downloads"] += 1
+        _set_switch()
+    try:
+        yield
+    finally:
+        with _SWITCH:
+            _HELD["downloads"] -= 1
+            _set_switch()
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE`` as the caller set it (not as an import block holds it meanwhile)."""
+    from huggingface_hub import constants
+
+    with _SWITCH:
+        return bool(_HELD["caller"] if _HELD["imports"] else constants.HF_HUB_OFFLINE)
 
 
 def hidden(e: BaseException) -> BaseException | None:

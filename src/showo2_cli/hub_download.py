@@ -36,7 +36,7 @@ from pathlib import Path
 from tqdm.std import tqdm as _std_tqdm
 
 from .errors import ModelError, short
-from .hub_auth import access, check_token, hidden, hub_cache, login_hint, redact
+from .hub_auth import access, check_token, hidden, hub_cache, hub_online, login_hint, offline, redact
 
 Progress = Callable[[str, int, int], None]
 
@@ -54,12 +54,6 @@ def endpoint() -> str:
     from huggingface_hub import constants
 
     return constants.ENDPOINT
-
-
-def offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
 
 
 def repo_cache_folder(repo_id: str) -> Path:
@@ -231,13 +225,14 @@ def _bounded(call: Callable, meter: _Bytes, repo_id: str, what: str):
                     pass
 
     worker = threading.Thread(target=work, name=f"showo2-hub-{repo_id}", daemon=True)
-    worker.start()
     try:
-        while worker.is_alive():
-            worker.join(0.1)
-            if worker.is_alive() and meter.stalled(window):
-                raise ModelError(f"downloading {what} '{repo_id}' stalled: the Hub at {endpoint()} sent nothing for "
-                                 f"{window:g} s ({STALL_ENV} sets the limit); pull again")
+        with hub_online():  # another thread's import block must not make this download offline
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.1)
+                if worker.is_alive() and meter.stalled(window):
+                    raise ModelError(f"downloading {what} '{repo_id}' stalled: the Hub at {endpoint()} sent nothing "
+                                     f"for {window:g} s ({STALL_ENV} sets the limit); pull again")
     except BaseException:
         ABANDONED.set()
         remove_started()

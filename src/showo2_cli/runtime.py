@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .errors import ResourceError, UsageError
+from .hub_auth import hub_offline
 from .options import (
     DTYPES,
     MAX_MEMORY_ENV,
@@ -47,37 +48,13 @@ IMPORT_DEPRECATION = r"`torch\.jit\.script_method` is deprecated"
 
 
 @contextmanager
-def hub_offline():
-    """huggingface_hub offline (its ``HF_HUB_OFFLINE`` switch, which it reads at each request, and
-    the ``kernels`` package at each ``get_kernel``) for the block, as it was after.
-
-    Importing a library must not reach the network: bitsandbytes >= 0.50 (imported by diffusers
-    and peft wherever it is installed, by ``--quantize nf4``) asks ``kernels`` for a CPU kernel on
-    AVX512-BF16 CPUs, and ``kernels`` (installed by transformers 5.25) then asked the Hub for the
-    publisher's trust status and the kernel's versions, and would download the kernel's binary and
-    load it (huggingface_hub first fetched its ``/api/agent-harnesses`` list for the request's
-    user agent): two requests on every model load of every command, a silent code download where
-    the Hub answers. Offline, ``kernels`` uses a kernel already in its cache, else bitsandbytes its
-    own CPU code. A download asked for (``showo2 pull``, a model not in the cache) runs outside
-    these blocks. The switch is process-wide: a download in another thread that starts while a
-    library imports here is refused as offline."""
-    from huggingface_hub import constants
-
-    offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = offline
-
-
-@contextmanager
 def quiet_imports():
     """Import heavy libraries inside this block: the :data:`IMPORT_NOISE` loggers show only errors
     meanwhile, and :data:`IMPORT_DEPRECATION` is not shown; after, the loggers have their own
     levels back and that one filter is gone (the caller's logging and warning settings are theirs:
     a level set here for good hid torchao's and torch's later warnings from a program that imported
     showo2_cli). Not ``warnings.catch_warnings``: it would also drop the filters the imported
-    libraries add for themselves. The Hub is offline meanwhile (:func:`hub_offline`)."""
+    libraries add for themselves. The Hub is offline meanwhile (:func:`~showo2_cli.hub_auth.hub_offline`)."""
     loggers = [logging.getLogger(name) for name in IMPORT_NOISE]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
