@@ -555,6 +555,33 @@ def test_hub_arguments_of_from_pretrained_and_load_work_as_in_huggingface_hub(hu
         api.load("acme/gated", cache_dir=src / "config.json")
 
 
+def test_a_pipeline_from_the_hub_encodes_after_the_model_is_fetched_again(hub, tmp_path, tiny_model_dir):
+    """Probe AI: Showo2Pipeline.from_pretrained loads the VAE's decoder; its encoder loads from the
+    same file on the first caption. A force_download of the model meanwhile (another pipeline,
+    ``pull --force-download``) writes the same blobs again: the first caption failed with 'the VAE
+    file changed or went away since it was loaded'. A blob of the cache is named by its content's
+    hash, so the same name is the same file; the encoder loaded equals an eager load's."""
+    import torch
+
+    from showo2_cli import Showo2Pipeline
+    from showo2_cli.modeling.vae_files import load_vae
+
+    hub.add_folder("acme/tiny", tiny_model_dir)
+    mine = tmp_path / "my-cache"
+    pipe = Showo2Pipeline.from_pretrained("acme/tiny", cache_dir=mine, token="hf_any")
+    assert pipe.vae.loaded_parts == ("decoder",)
+    vae_file = Path(pipe.model.files.vae) / "diffusion_pytorch_model.safetensors"
+    before = vae_file.stat().st_mtime_ns
+    Showo2Pipeline.from_pretrained("acme/tiny", cache_dir=mine, force_download=True)
+    assert vae_file.stat().st_mtime_ns != before  # written again
+    pixels = torch.rand(1, 3, 1, 32, 32) * 2 - 1
+    eager = load_vae(tiny_model_dir / "vae")
+    assert torch.equal(pipe.vae.encode(pixels), eager.encode(pixels))  # was a ModelError
+    assert pipe.vae.loaded_parts == ("encoder", "decoder")
+    for key, value in eager.model.encoder.state_dict().items():
+        assert torch.equal(pipe.vae.model.encoder.state_dict()[key], value)
+
+
 def test_a_token_file_that_is_not_a_file_or_a_token_no_header_carries_fails_at_once(hub, tmp_path, monkeypatch):
     """huggingface_hub reads the token file for every request: a FIFO there (or a pipe,
     ``HF_TOKEN_PATH=<(pass hf)``) blocked the listing until the stall limit said the Hub "sent

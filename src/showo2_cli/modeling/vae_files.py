@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,13 @@ def check_parts(parts) -> tuple[str, ...]:
     return parts
 
 
-def _stamp(weights: Path) -> tuple[int, int]:
-    info = weights.stat()
+def _stamp(weights: Path) -> tuple:
+    """What says the file is still the one loaded: its size and time, or, for a file of a Hugging
+    Face cache (a link into ``blobs/``, each named by its content's hash), that blob's name and
+    size: ``pull --force-download`` writes the same blob again (new time, the same bytes, checked)."""
+    info, real = weights.stat(), Path(os.path.realpath(weights))
+    if real.parent.name == "blobs" and len(real.name) in (40, 64) and all(c in "0123456789abcdef" for c in real.name):
+        return str(real), info.st_size
     return info.st_size, info.st_mtime_ns
 
 
