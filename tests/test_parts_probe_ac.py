@@ -149,3 +149,22 @@ def test_encode_loads_the_encoder_and_decode_the_decoder(monkeypatch, tmp_path, 
     assert main(["encode", str(tmp_path / "in.png"), "-o", str(lat), "--quiet"]) == 0
     assert main(["decode", str(lat), "-o", str(out), "--quiet"]) == 0
     assert [v.loaded_parts for v in loaded] == [("encoder",), ("decoder",)] and out.is_file()
+
+
+def test_a_part_first_used_under_inference_mode_loads_as_ordinary_tensors():
+    """Probe AI: a caption or encode run by a caller inside ``torch.inference_mode()`` loaded the
+    left-out half as inference tensors, unlike an eager load's: a later encode with autograd (a
+    gradient through the VAE, training on the same bundle) failed with 'Inference tensors do not
+    track version counter'."""
+    full = load_vae(DEMO_VAE)
+    dec = load_vae(DEMO_VAE, parts=("decoder",))
+    pixels = torch.rand(1, 3, 1, 16, 16) * 2 - 1
+    with torch.inference_mode():
+        assert torch.equal(dec.encode(pixels), full.encode(pixels))
+    assert not any(p.is_inference() for p in dec.model.parameters())
+    grads = []
+    for vae in (full, dec):
+        x = pixels.clone().requires_grad_(True)
+        vae.encode(x).sum().backward()  # was a RuntimeError for the lazily loaded encoder
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1])

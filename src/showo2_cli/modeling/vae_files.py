@@ -102,10 +102,12 @@ def _read(weights: Path, config_path: Path | None) -> tuple[dict[str, torch.Tens
     return sd, kwargs, layout
 
 
+@torch.inference_mode(False)  # a caller's inference mode would make the weights inference tensors (no autograd)
 def _load_later(weights: Path, stamp: tuple, load_dtype: torch.dtype, vae: WanVAE, parts: tuple[str, ...]) -> None:
     """Load ``parts`` of ``vae`` (loaded in part from ``weights``) as loading them at first would
     have: into the modules built then, in the dtype of the load, then to the VAE's present device,
-    dtype and mode. All or nothing: every tensor is checked before any is placed."""
+    dtype and mode, ordinary tensors even where the first use runs under ``torch.inference_mode()``.
+    All or nothing: every tensor is checked before any is placed."""
     try:
         same = _stamp(weights) == stamp
     except OSError:
