@@ -168,3 +168,15 @@ def test_a_part_first_used_under_inference_mode_loads_as_ordinary_tensors():
         vae.encode(x).sum().backward()  # was a RuntimeError for the lazily loaded encoder
         grads.append(x.grad)
     assert torch.equal(grads[0], grads[1])
+
+
+def test_a_part_named_twice_is_one_part_and_the_other_still_loads_on_first_use():
+    """Probe AI: parts=("decoder", "decoder") (api.load's vae_parts) counted as both halves, so the
+    VAE kept no file to load the encoder from: 'the VAE's encoder is not loaded and this VAE has no
+    file to load it from' on the first encode."""
+    full = load_vae(DEMO_VAE)
+    dec = load_vae(DEMO_VAE, parts=["decoder", "decoder"])
+    assert dec.loaded_parts == ("decoder",)
+    pixels = torch.rand(1, 3, 1, 16, 16) * 2 - 1
+    assert torch.equal(dec.encode(pixels), full.encode(pixels))
+    _same_weights(dec.model, full.model)

@@ -74,8 +74,8 @@ def load_vae(
 
 
 def check_parts(parts) -> tuple[str, ...]:
-    """``parts`` as a tuple of :data:`VAE_PARTS` names, at least one; a ValueError otherwise."""
-    parts = (parts,) if isinstance(parts, str) else tuple(parts)
+    """``parts`` as a tuple of :data:`VAE_PARTS` names, at least one, each once; a ValueError otherwise."""
+    parts = (parts,) if isinstance(parts, str) else tuple(dict.fromkeys(parts))
     unknown = [p for p in parts if p not in VAE_PARTS]
     if unknown or not parts:
         raise ValueError(f"VAE parts must be some of {', '.join(VAE_PARTS)}, got {list(parts)!r}")
