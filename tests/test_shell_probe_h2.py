@@ -197,6 +197,31 @@ def test_pull_demo_is_a_model_already_here(capsys):
     assert Path(result["path"]) == DEMO.resolve() and Path(result["pieces"]["VAE"]) == DEMO.resolve() / "vae"
 
 
+def test_pull_of_a_local_folder_named_like_a_repo_is_that_folder(tmp_path, monkeypatch, capsys):
+    """Probe AI: every command loads a folder in the current directory before a Hub repo of the same
+    name (hub.is_local), but `showo2 pull acme/showo2-tiny` asked the Hub for the repo (here: not
+    reachable, exit 4 'not in the Hugging Face cache'), and `pull ./folder` was 'neither a known
+    variant nor a Hugging Face repo id'. Both are the folder now, with nothing to download."""
+    import shutil
+
+    import huggingface_hub.constants as C
+
+    monkeypatch.setattr(C, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: any request fails
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+    shutil.copytree(DEMO, tmp_path / "acme" / "showo2-tiny")
+    monkeypatch.chdir(tmp_path)
+    for name in ("acme/showo2-tiny", "./acme/showo2-tiny"):
+        assert main(["pull", name, "--json"]) == 0
+        out, err = capsys.readouterr()
+        result = json.loads(out)
+        assert err == "" and result["repo"] is None and result["downloaded"] == [] and result["missing"] == []
+        assert Path(result["path"]) == tmp_path / "acme" / "showo2-tiny"
+    assert main(["pull", "acme/showo2-tiny", "--force-download"]) == 0  # as api.load(force_download=True) does
+    assert capsys.readouterr().out.startswith("acme/showo2-tiny: a local folder, nothing to download")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_encode_with_a_model_and_a_vae_keeps_the_models_resolution(tmp_path, capsys):
     """--vae replaces the model's VAE and nothing else (as in t2i): `encode -m demo --vae V` encoded
     at 432 px, the size for a VAE alone, instead of the demo's 64."""

@@ -534,7 +534,7 @@ class PullResult:
     """What :func:`pull` did: the model's folder, each piece's location, the repos it fetched."""
 
     name: str
-    repo_id: str | None  # None for the bundled demo (nothing to download)
+    repo_id: str | None  # None for the bundled demo or a local folder (nothing to download)
     path: Path
     pieces: dict[str, str | None] = field(default_factory=dict)
     downloaded: list[str] = field(default_factory=list)
@@ -560,9 +560,10 @@ def pull(name: str, progress: Progress | None = None, *, force_download: bool = 
 def _pull(name: str, progress: Progress | None, force_download: bool) -> PullResult:
     from .model_files import find_files
 
-    if str(name) == "demo":  # listed by `showo2 models` as every variant is, and already here
-        root = resolve_root("demo")[1]
-        return PullResult("demo", None, root, _pieces(find_files(root)))
+    if is_local(name):  # the demo (listed by `showo2 models` as every variant is) or a folder: already here,
+        root = resolve_root(name)[1].absolute()  # and what every command loads by that name (a folder first)
+        files = find_files(root)
+        return PullResult(str(name), None, root, _pieces(files), missing=[p for p, _ in files.missing])
     base, revision = split_revision(name)
     repo = repo_id_for(base)
     if repo is None:

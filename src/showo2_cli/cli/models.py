@@ -293,7 +293,8 @@ def pull(
     for piece in result.missing:
         notice(f"note: {piece} still missing after the pull (see: showo2 info {model})")
     state = (f"downloaded {', '.join(result.downloaded)}" if result.downloaded else
-             "bundled with showo2, nothing to download" if result.repo_id is None else "already in the cache")
+             "already in the cache" if result.repo_id is not None else
+             "bundled with showo2, nothing to download" if model == "demo" else "a local folder, nothing to download")
     emit({"model": model, "repo": result.repo_id, "path": str(result.path), "downloaded": result.downloaded,
           "pieces": result.pieces, "missing": result.missing}, f"{model}: {state}  ({result.path})")
 
