@@ -8,6 +8,10 @@ By default both are huggingface_hub's: the cache ``HF_HUB_CACHE`` (``HF_HOME/hub
 :func:`hub_access`, which sets them for that call alone (a context variable: other threads and
 later calls keep theirs); :mod:`showo2_cli.hub` and :mod:`showo2_cli.hub_download` read them
 through :func:`access` and :func:`hub_cache` for every lookup and request.
+
+Also huggingface_hub's process-wide offline switch as threads share it: held on while libraries
+import (:func:`hub_offline`), kept off for a download asked for (:func:`hub_online`), and read as
+the caller set it (:func:`offline`).
 """
 
 from __future__ import annotations
