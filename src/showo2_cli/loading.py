@@ -207,6 +207,9 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
             raise ModelError(f"tokenizer in '{files.tokenizer}' has {len(tokenizer)} entries after Show-o2's "
                              f"additions but the model has {spec.vocab_size} rows: wrong tokenizer")
     vae_model = load_vae(files.vae, dtype=dtype, parts=vae_parts) if files.vae is not None else None
+    wrong = vae_model is not None and spec.vae_mismatch(vae_model)
+    if wrong:  # (a config's vae_temporal 2 made 17 frames of --frames 9, silently)
+        raise ModelError(f"the model in '{files.root}' does not fit its VAE '{files.vae}': its config says {wrong}")
     bundle = Showo2(spec, network, tokenizer, tokens, vae_model, files)
     bundle.adapters = adapters
     bundle.vae_given = os.fspath(vae) if vae is not None else None

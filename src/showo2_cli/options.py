@@ -170,8 +170,10 @@ def check_fps(fps: float | None) -> float | None:
 
 def video_frames(frames: int) -> tuple[int, str | None]:
     """A video length for generation: 1 + 4k frames; others are rounded up (with the notice)."""
+    from .specs import WAN21  # (specs imports this module; both are torch-free)
+
     check_int("--frames", frames, 1, MAX_VIDEO_FRAMES)
-    rounded = 1 + 4 * math.ceil((frames - 1) / 4)
+    rounded = WAN21.round_frames(frames)
     note = f"frames must be 1+4k: {frames} was rounded to {rounded}" if rounded != frames else None
     return rounded, note
 
@@ -443,7 +445,9 @@ class GenerateOptions:
         check_seed(self.seed)
         check_number("--max-memory", self.max_memory_gb, 0)
         check_int("--frames", self.frames, 1, MAX_VIDEO_FRAMES)
-        if (self.frames - 1) % 4:
+        from .specs import WAN21
+
+        if not WAN21.is_valid_frames(self.frames):
             raise UsageError(f"--frames must be 1+4k, got {self.frames}")
         negatives = self.negative_prompt if isinstance(self.negative_prompt, list) else [self.negative_prompt]
         for text in negatives:

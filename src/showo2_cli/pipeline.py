@@ -328,6 +328,9 @@ class Showo2Pipeline:
         if value.z_dim != self.spec.latent_channels:
             raise ValueError(f"the VAE has {value.z_dim} latent channels; this model's flow head makes "
                              f"{self.spec.latent_channels}")
+        wrong = self.spec.vae_mismatch(value)
+        if wrong:
+            raise ValueError(f"the VAE does not fit this model: its spec says {wrong}")
         self.model.vae = value
 
     @property

@@ -10,6 +10,7 @@ falls back to the registry only for values that no shape reveals (head counts, R
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 
 from .errors import UsageError
@@ -144,6 +145,50 @@ class ModelSpec:
         """Prompt tokens a generation row holds (the official ``max_text_len``): ``max_seq_len`` less
         the default size's visual positions (the time slot too) and the 4 frame tokens; at least 16."""
         return max(self.max_seq_len - (self.tokens_per_frame(*self.default_size()) + 1) - 4, 16)
+
+    # frame counts: the VAE's temporal compression (``vae_temporal``, 4 for Wan2.1) is written here only
+
+    def is_valid_frames(self, n: int) -> bool:
+        """True if the VAE takes ``n`` pixel frames: ``1 + vae_temporal * k`` with ``k >= 0`` (1, 5, 9, ...)."""
+        return (not isinstance(n, bool) and isinstance(n, numbers.Integral) and n >= 1
+                and (n - 1) % self.vae_temporal == 0)
+
+    def round_frames(self, n: int, mode: str = "up") -> int:
+        """The nearest valid frame count at or above (``"up"``) or below (``"down"``) ``n``: 16 -> 17
+        (up) or 13 (down); 17 -> 17. Counts below 1 (0) give 1 in both modes; a negative count is a
+        :class:`UsageError`."""
+        n = whole_count(n, "the number of frames")
+        if mode not in ("up", "down"):
+            raise UsageError(f"round mode must be 'up' or 'down', got {mode!r}")
+        if n < 0:
+            raise UsageError(f"the number of frames cannot be negative, got {n}")
+        if n <= 1:
+            return 1
+        k, step = n - 1, self.vae_temporal
+        return 1 + step * (k // step if mode == "down" else -(-k // step))
+
+    def latent_frames(self, n: int) -> int:
+        """Latent frames of ``n`` pixel frames: ``1 + (n - 1) // vae_temporal`` (17 -> 5)."""
+        n = whole_count(n, "the number of frames")
+        if n < 1:
+            raise UsageError(f"the number of frames must be at least 1, got {n}")
+        return 1 + (n - 1) // self.vae_temporal
+
+    def pixel_frames(self, t_latent: int) -> int:
+        """Pixel frames decoded from ``t_latent`` latent frames: ``1 + vae_temporal * (t_latent - 1)`` (5 -> 17)."""
+        t_latent = whole_count(t_latent, "the number of latent frames")
+        if t_latent < 1:
+            raise UsageError(f"the number of latent frames must be at least 1, got {t_latent}")
+        return 1 + self.vae_temporal * (t_latent - 1)
+
+    def vae_mismatch(self, vae) -> str | None:
+        """Which of this spec's VAE factors (``vae_spatial``, ``vae_temporal``) the VAE's own
+        (``spatial_factor``, ``temporal_factor``, read from its config) contradicts, or None: the
+        latents generated are the spec's shape, and the VAE decodes them by its own."""
+        wrong = [f"{key} {mine} but the VAE's is {theirs}" for key, mine, theirs in (
+            ("vae_spatial", self.vae_spatial, vae.spatial_factor), ("vae_temporal", self.vae_temporal, vae.temporal_factor))
+            if mine != theirs]
+        return "; ".join(wrong) or None
 
     def tokens_per_frame(self, height: int, width: int) -> int:
         m = self.latent_multiple
@@ -292,9 +337,19 @@ class ModelSpec:
                                  "high_freq_factor must differ")
 
 
+def whole_count(n, what: str) -> int:
+    """``n`` as an int (numpy integers too); a :class:`UsageError` naming ``what`` for anything else."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise UsageError(f"{what} must be a whole number, got {n!r}")
+    return int(n)
+
+
 def _number(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
 
+
+#: the formulas (frame counts, sizes) of the default Wan2.1 VAE geometry, for when no model is at hand
+WAN21 = ModelSpec(name="wan2.1", description="the Wan2.1 VAE's geometry (8x spatial, 4x temporal)")
 
 _QWEN_1_5B = dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, head_dim=128,
                   intermediate_size=8960, tie_word_embeddings=True, llm_repo_id="Qwen/Qwen2.5-1.5B-Instruct")

@@ -155,7 +155,7 @@ def decode(
     z, meta = L.load_latents(latents)
     if raw and meta.get("format") == "showo2-latents":  # encode and --save-latents write normalised latents
         raise UsageError(f"'{short(latents, 80)}' holds normalised latents (its showo2 metadata says so): drop --raw")
-    frames_out = 1 + 4 * (z.shape[1] - 1)
+    frames_out = M.pixel_frames(int(z.shape[1]))
     out = output or latents.with_name(_stem(latents.name) + (".png" if frames_out == 1 else ".mp4"))
     if output is None and not overwrite:  # a default name never replaces a file: -1, -2, ...
         out = M.unique_path(out)

@@ -11,6 +11,8 @@ from PIL import Image
 
 from showo2_cli.errors import UsageError, short
 from showo2_cli.options import MAX_SIDE  # the largest side parse_size accepts
+from showo2_cli.specs import WAN21
+from showo2_cli.specs import whole_count as check_count  # noqa: F401  (media.video uses it)
 
 from .image import to_rgb
 
@@ -184,45 +186,9 @@ def tensor_to_frames(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return t.to(torch.uint8).permute(1, 2, 3, 0).contiguous().numpy()
 
 
-def check_count(n: int, what: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise UsageError(f"{what} must be a whole number, got {n!r}")
-    return int(n)
-
-
-def is_valid_frames(n: int) -> bool:
-    """True if ``n`` is a frame count the video VAE accepts: ``1 + 4k`` with ``k >= 0``."""
-    return not isinstance(n, bool) and isinstance(n, (int, np.integer)) and n >= 1 and (n - 1) % 4 == 0
-
-
-def round_frames(n: int, mode: str = "up") -> int:
-    """The nearest valid frame count (``1 + 4k``) at or above (``"up"``) or below (``"down"``) ``n``.
-
-    16 -> 17 (up) or 13 (down); 17 -> 17. Counts below 1 (0) give 1 in both modes, the
-    smallest valid count; a negative count is a :class:`UsageError`.
-    """
-    n = check_count(n, "the number of frames")
-    if mode not in ("up", "down"):
-        raise UsageError(f"round mode must be 'up' or 'down', got {mode!r}")
-    if n < 0:
-        raise UsageError(f"the number of frames cannot be negative, got {n}")
-    if n <= 1:
-        return 1
-    k = (n - 1) // 4 if mode == "down" else -(-(n - 1) // 4)
-    return 1 + 4 * k
-
-
-def latent_frames(n: int) -> int:
-    """Latent frames for ``n`` pixel frames: ``1 + (n - 1) // 4`` (the VAE's 4x temporal stride)."""
-    n = check_count(n, "the number of frames")
-    if n < 1:
-        raise UsageError(f"the number of frames must be at least 1, got {n}")
-    return 1 + (n - 1) // 4
-
-
-def pixel_frames(t_latent: int) -> int:
-    """Pixel frames decoded from ``t_latent`` latent frames: ``1 + 4 * (t_latent - 1)``."""
-    t_latent = check_count(t_latent, "the number of latent frames")
-    if t_latent < 1:
-        raise UsageError(f"the number of latent frames must be at least 1, got {t_latent}")
-    return 1 + 4 * (t_latent - 1)
+# frame counts of the Wan2.1 VAE (4x temporal compression), for when no model is at hand: the formulas
+# are ModelSpec's (with a loaded model, ``model.spec.latent_frames(n)`` ...)
+is_valid_frames = WAN21.is_valid_frames
+round_frames = WAN21.round_frames
+latent_frames = WAN21.latent_frames
+pixel_frames = WAN21.pixel_frames

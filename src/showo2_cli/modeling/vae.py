@@ -213,6 +213,7 @@ class WanVAE(nn.Module):
             )
         if not bool(torch.isfinite(std).all()) or bool((std == 0).any()):
             raise ModelError("VAE latents_std contains zero or non-finite values")
+        check_temporal(model.config)
         self.register_buffer("latents_mean", mean)
         self.register_buffer("latents_std", std)
         self.fast_single_frame = fast_single_frame
@@ -246,7 +247,9 @@ class WanVAE(nn.Module):
 
     @property
     def temporal_factor(self) -> int:
-        return TEMPORAL_FACTOR
+        """Pixel frames per latent frame past the first: 2 for each block of the config's
+        ``temperal_downsample`` that the encoder applies (its last block never does): 4 for Wan2.1."""
+        return temporal_factor(self.model.config)
 
     @property
     def in_channels(self) -> int:
@@ -286,14 +289,6 @@ class WanVAE(nn.Module):
         """Parameters of the whole VAE, loaded or not."""
         return sum(p.numel() for p in self.model.parameters()) + sum(
             m.numel for m in self.model.children() if isinstance(m, NotLoaded))
-
-    def num_latent_frames(self, num_frames: int) -> int:
-        """Latent frames for ``num_frames`` pixel frames (1 + 4k -> 1 + k)."""
-        return 1 + (num_frames - 1) // TEMPORAL_FACTOR
-
-    def num_pixel_frames(self, num_latent_frames: int) -> int:
-        """Pixel frames decoded from ``num_latent_frames`` latent frames (1 + k -> 1 + 4k)."""
-        return 1 + TEMPORAL_FACTOR * (num_latent_frames - 1)
 
     def decode_memory_gb(self, latent_frames: int, height: int, width: int, tiled: bool = False) -> float:
         """A rough upper bound of the memory (GB) decoding one ``(z, T', h, w)`` latent takes.
@@ -555,6 +550,28 @@ class WanVAE(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+
+
+def temporal_factor(config) -> int:
+    """The temporal compression a Wan VAE config (diffusers' keys) builds: ``2 ** n`` for the ``n``
+    blocks but the last with ``temperal_downsample`` set (``[False, True, True]``: 4)."""
+    blocks = len(config.get("dim_mult") or (1, 2, 4, 4)) - 1
+    flags = config.get("temperal_downsample") or (False, True, True)
+    return 2 ** sum(bool(f) for f in list(flags)[:blocks])
+
+
+def check_temporal(config, where: str = "VAE") -> None:
+    """A :class:`ModelError` unless the config compresses time as Wan2.1 does (:data:`TEMPORAL_FACTOR`):
+    every frame count of the project (``ModelSpec.latent_frames`` ...) is written for it."""
+    blocks = len(config.get("dim_mult") or (1, 2, 4, 4)) - 1
+    flags = config.get("temperal_downsample")
+    if flags is not None and (not isinstance(flags, (list, tuple)) or len(flags) < blocks):
+        raise ModelError(f"{where} config temperal_downsample must be a list of at least {blocks} entries "
+                         f"(one a block), got {str(flags)[:60]}")
+    factor = temporal_factor(config)
+    if factor != TEMPORAL_FACTOR:
+        raise ModelError(f"{where} config (dim_mult, temperal_downsample) compresses time "
+                         f"{factor}x but a Wan2.1 VAE compresses it {TEMPORAL_FACTOR}x")
 
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:

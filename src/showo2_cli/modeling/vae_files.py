@@ -23,6 +23,7 @@ from .vae import (
     NotLoaded,
     WanVAE,
     autoencoder_class,
+    check_temporal,
     move_to,
     resolve_device,
     resolve_dtype,
@@ -166,6 +167,7 @@ def _check_sizes(kwargs: dict[str, Any], where: Path) -> None:
         v = kwargs.get(key)
         if v is not None and (v is not wanted if isinstance(wanted, bool) else isinstance(v, bool) or v != wanted):
             raise ModelError(f"{where}: VAE config {key} = {str(v)[:40]} but a Wan2.1 VAE has {wanted}")
+    check_temporal(kwargs, f"{where}: VAE")
     v = kwargs.get("dropout")
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
         raise ModelError(f"{where}: VAE config dropout must be a number in [0, 1), got {str(v)[:40]}")

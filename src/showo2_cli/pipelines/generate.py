@@ -95,7 +95,7 @@ def generation_memory_gb(spec, dtype: torch.dtype, size: tuple[int, int], frames
     """:func:`estimate_memory_gb` for ``batch`` outputs of ``size`` (height, width) pixels and
     ``frames`` pixel frames, with classifier-free guidance (two rows per output)."""
     h, w = size
-    t_lat = 1 + (frames - 1) // spec.vae_temporal if video else 1
+    t_lat = spec.latent_frames(frames) if video else 1
     visual = 1 + t_lat * spec.tokens_per_frame(h, w)
     seq_len = visual + 4 + spec.text_budget
     lat_h, lat_w = h // spec.vae_spatial, w // spec.vae_spatial
@@ -150,7 +150,7 @@ def generation_latent_shape(spec, size: tuple[int, int], frames: int, video: boo
     h, w = size[0] // spec.vae_spatial, size[1] // spec.vae_spatial
     if not video:
         return (spec.latent_channels, h, w)
-    return (spec.latent_channels, 1 + (frames - 1) // spec.vae_temporal, h, w)
+    return (spec.latent_channels, spec.latent_frames(frames), h, w)
 
 
 def noise_rows(noise: torch.Tensor, spec, opts: GenerateOptions, video: bool, frames: int, indices: list[int],
@@ -177,7 +177,7 @@ def noise_rows(noise: torch.Tensor, spec, opts: GenerateOptions, video: bool, fr
         given = ""
         if video and noise_all.dim() in (4, 5) and noise_all.shape[-3] != shape[1] and noise_all.shape[-2:] == shape[-2:]:
             latent_frames = noise_all.shape[-3]
-            given = f": latents of a {1 + spec.vae_temporal * (latent_frames - 1)}-frame video, not {frames}"
+            given = f": latents of a {spec.pixel_frames(latent_frames)}-frame video, not {frames}"
         raise InputError(f"--noise has shape {tuple(noise.shape)}, expected {shape}{image} or "
                          f"{(len(jobs), *shape)} (one per output{whole}){given}")
     if not bool(torch.isfinite(noise_all).all()):  # NaN noise gave a black image, silently

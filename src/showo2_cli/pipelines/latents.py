@@ -205,7 +205,7 @@ def metadata_mismatch(meta: dict, latents: torch.Tensor) -> str | None:
     ``height``, ``width``) that its ``(C, T', h, w)`` tensor contradicts, or None: the tensor is
     what decodes, so the output is not what the metadata describes."""
     t, h, w = (int(v) for v in latents.shape[1:])
-    found = {"latent_frames": t, "frames": 1 + 4 * (t - 1), "height": 8 * h, "width": 8 * w}
+    found = {"latent_frames": t, "frames": M.pixel_frames(t), "height": 8 * h, "width": 8 * w}
     wrong = [f"{key} {meta[key]} (the latents give {found[key]})" for key in found
              if meta.get(key) is not None and meta[key] != found[key]]
     return ", ".join(wrong) or None
@@ -257,8 +257,10 @@ def decode_tiled(latents: torch.Tensor, vae: WanVAE,
         batch = latents.dim() in (4, 5) and latents.shape[1] == vae.z_dim
         raise ValueError(f"latents must be ({vae.z_dim}, T, h, w) or ({vae.z_dim}, h, w), got {tuple(latents.shape)}"
                          + ("; decode a batch one latent at a time (latents[i])" if batch else ""))
+    if min(latents.shape) == 0:  # what the latents hold, not an argument's range: an input error
+        raise InputError(f"latents have an empty dimension (shape {tuple(latents.shape)})")
     t, h, w = (int(v) for v in latents.shape[1:])
-    frames = 1 + 4 * (t - 1)
+    frames = M.pixel_frames(t)
     tiled = pick_tiling(vae.tiling, vae.decode_memory_gb(t, h, w), vae.decode_memory_gb(t, h, w, True),
                         max_memory_gb, vae.device)
     check_memory(vae.decode_memory_gb(t, h, w, tiled), f"decoding {tuple(latents.shape)} latents to {frames} frame(s) "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..options import MAX_SIDE, MAX_VIDEO_FRAMES, STEPS_RANGE
+from ..specs import WAN21
 from .schema import (
     DEVICES,
     FIT_STATS,
@@ -312,9 +313,9 @@ def _validate_source(s: DataSource, w: str, mode: str) -> None:
     if s.frames is not None:
         if not 1 <= s.frames <= MAX_VIDEO_FRAMES:
             raise field_error(w + ".frames", f"must be 1 to {MAX_VIDEO_FRAMES}, got {s.frames}")
-        if s.role in ("t2v", "vae") and (s.frames - 1) % 4:
-            lower = 1 + (s.frames - 1) // 4 * 4
-            raise field_error(w + ".frames", f"the VAE needs 1 + 4k frames (e.g. {lower} or {lower + 4}), got {s.frames}")
+        if s.role in ("t2v", "vae") and not WAN21.is_valid_frames(s.frames):
+            lower, upper = WAN21.round_frames(s.frames, "down"), WAN21.round_frames(s.frames, "up")
+            raise field_error(w + ".frames", f"the VAE needs 1 + 4k frames (e.g. {lower} or {upper}), got {s.frames}")
         if s.role in ("t2i", "mmu") and s.frames != 1:
             raise field_error(w + ".frames", f"role '{s.role}' is for images; frames must be 1 or unset")
         if s.role == "t2v" and s.frames < 5:

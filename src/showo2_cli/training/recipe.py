@@ -345,6 +345,6 @@ def visual_positions_for(role: str, resolution: int, frames: int, spec, pool: in
     grid = resolution // spec.latent_multiple
     if role == "mmu_vid":
         return 1 + frames * pool * pool
-    t = 1 + (frames - 1) // spec.vae_temporal if role == "t2v" else 1
+    t = spec.latent_frames(frames) if role == "t2v" else 1
     return 1 + t * grid * grid
 

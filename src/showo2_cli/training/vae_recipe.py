@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..specs import WAN21
 
 
 def decode_unclamped(model, z: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,7 @@ def fit_latent_stats(vae, pixel_batches: list[torch.Tensor]) -> tuple[list[float
 def latent_shape(vae, pixels: torch.Tensor) -> tuple[int, ...]:
     """Shape of the latent of ``pixels (B, 3, T, H, W)``."""
     b, _, t, h, w = pixels.shape
-    return (b, vae.z_dim, 1 + (t - 1) // vae.temporal_factor, h // vae.spatial_factor, w // vae.spatial_factor)
+    return (b, vae.z_dim, WAN21.latent_frames(t), h // vae.spatial_factor, w // vae.spatial_factor)
 
 
 def build_vae(path: str | None, base_dim: int, seed: int, init_logvar: float | None = None):

@@ -1,0 +1,91 @@
+"""Probe AM: one formula for frame counts (``ModelSpec``'s, from the VAE's temporal compression),
+``ServerConfig.validate()`` for the CLI and the Python API alike, and the server's own log lines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from showo2_cli.errors import InputError, ModelError, UsageError
+
+# ---- frame counts: ModelSpec's methods, one formula ----------------------------------------------
+
+
+def test_frame_formulas_are_the_specs_and_follow_its_vae_temporal():
+    """The formulas are ``ModelSpec`` methods over ``vae_temporal`` (a literal 4 was written in
+    five places); the media helpers, the generation options and the latent shapes use them."""
+    from showo2_cli import media as M
+    from showo2_cli.options import video_frames
+    from showo2_cli.pipelines.generate import generation_latent_shape
+    from showo2_cli.specs import WAN21, get_spec
+
+    assert (WAN21.latent_frames(17), WAN21.pixel_frames(5), WAN21.round_frames(16), WAN21.round_frames(16, "down")) \
+        == (5, 17, 17, 13)
+    two = get_spec("tiny").replace(vae_temporal=2)
+    assert (two.latent_frames(17), two.pixel_frames(9), two.round_frames(16), two.round_frames(16, "down")) \
+        == (9, 17, 17, 15)
+    assert [two.is_valid_frames(n) for n in (0, 1, 2, 3, 4, 5)] == [False, True, False, True, False, True]
+    assert generation_latent_shape(two, (64, 64), 9, True) == (16, 5, 8, 8)
+    for n in range(0, 70):  # the copies agree, the notice included
+        assert M.round_frames(n) == WAN21.round_frames(n) and M.round_frames(n, "down") == WAN21.round_frames(n, "down")
+        if n >= 1:
+            assert video_frames(n)[0] == WAN21.round_frames(n) == M.pixel_frames(M.latent_frames(WAN21.round_frames(n)))
+    assert video_frames(10) == (13, "frames must be 1+4k: 10 was rounded to 13")
+    for bad, message in ((0, "the number of latent frames must be at least 1, got 0"),
+                         (2.0, "the number of latent frames must be a whole number, got 2.0")):
+        with pytest.raises(UsageError, match=message):
+            WAN21.pixel_frames(bad)
+
+
+def _wan_vae(tmp_path, flags):
+    from diffusers import AutoencoderKLWan
+
+    model = AutoencoderKLWan(base_dim=8, z_dim=16, num_res_blocks=1, temperal_downsample=flags)
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def test_a_vae_compressing_time_otherwise_is_refused(tmp_path):
+    """A VAE config whose ``temperal_downsample`` compresses time 2x loaded, and the wrapper said
+    ``temporal_factor`` 4 (a constant): 17 frames encoded to 9 latent frames where every count of
+    the project (metadata, generation shapes, decode) said 5. Now its factor is read from its
+    config, and a VAE that is not 4x (Wan2.1's) is refused on load, or when handed in."""
+    from showo2_cli.modeling.vae import WanVAE
+    from showo2_cli.modeling.vae_files import load_vae
+
+    assert WanVAE.random(base_dim=8).temporal_factor == 4
+    model = _wan_vae(tmp_path, [False, False, True])
+    with pytest.raises(ModelError, match="compresses time 2x but a Wan2.1 VAE compresses it 4x"):
+        load_vae(tmp_path)
+    with pytest.raises(ModelError, match="compresses time 2x"):
+        WanVAE(model)
+
+
+def test_a_zero_frame_decode_is_an_input_error():
+    """Latents with no frame are input that cannot be used (exit 3), not a wrong option value (2),
+    whichever way they come: the formula's own check (a UsageError) is not what answers."""
+    from showo2_cli import api
+    from showo2_cli.modeling.vae import WanVAE
+
+    vae = WanVAE.random(base_dim=8)
+    with pytest.raises(InputError, match=r"latents have an empty dimension \(shape \(16, 0, 4, 4\)\)") as e:
+        api.decode(torch.zeros(16, 0, 4, 4), vae)
+    assert not isinstance(e.value, UsageError)
+
+
+def test_a_model_whose_config_contradicts_its_vae_is_refused(tmp_path):
+    """A model config with ``vae_temporal`` 2 beside its (4x) Wan2.1 VAE loaded, and ``t2v --frames 9``
+    wrote 17 frames (its latents' 5 frames decoded 4x), the sidecar saying 17, without a word."""
+    import json
+    import shutil
+
+    from showo2_cli import api
+    from showo2_cli.hub import bundled_demo_path
+
+    folder = tmp_path / "m"
+    shutil.copytree(bundled_demo_path(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["showo2"]["spec"]["vae_temporal"] = 2
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="its config says vae_temporal 2 but the VAE's is 4"):
+        api.load(str(folder))
