@@ -89,3 +89,44 @@ def test_a_model_whose_config_contradicts_its_vae_is_refused(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="its config says vae_temporal 2 but the VAE's is 4"):
         api.load(str(folder))
+
+
+# ---- ServerConfig.validate(): the CLI's checks, for a Python caller too -------------------------
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(max_queue=-1), "max_queue must be between 0 and 100000, got -1"),
+    (dict(max_body_bytes=0), "max_body_bytes must be between 1024 and 4294967296, got 0"),
+    (dict(request_timeout=float("nan")), "request_timeout must be between 0.1 and 86400 seconds, got nan"),
+    (dict(keep_alive_timeout="5"), "keep_alive_timeout must be between 0.1 and 86400 seconds, got 5"),
+    (dict(max_n=True), "max_n must be a whole number between 1 and 128, got True"),
+    (dict(max_steps=10**6), "max_steps must be between 2 and 10000, got 1000000"),
+    (dict(default_max_tokens=0), "default_max_tokens must be between 1 and 1000000, got 0"),
+    (dict(api_key="a key"), "api_key must be None or printable ASCII without spaces"),
+    (dict(allow_origins="http://localhost:3000"), "allow_origins must be a tuple of"),
+    (dict(allow_origins=("http://x/path",)), "allow_origins must be a tuple of"),
+    (dict(model_id=""), "model_id must be a non-empty printable name"),
+])
+def test_a_python_callers_config_is_checked(change, message):
+    """``create_app``/``server_for``/``serve`` took any config: ``max_queue=-1`` refused every request behind a running one
+    (429), ``max_body_bytes=0`` every body (413), a NaN timeout reached uvicorn's timers."""
+    from showo2_cli.serve import ServerConfig, create_app
+
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        create_app(None, ServerConfig(**change))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-queue", "-1"], "--max-queue must be between 0 and 100000, got -1"),
+    (["--max-input-pixels", "0"], "--max-input-pixels must be between 1 and 2147483648, got 0"),
+    (["--max-steps", "0"], "--max-steps must be between 2 and 10000, got 0"),
+    (["--timeout-keep-alive", "nan"], "--timeout-keep-alive must be between 0.1 and 86400 seconds, got nan"),
+])
+def test_the_cli_says_its_option_names(monkeypatch, capsys, argv, message):
+    """The command line's checks are ServerConfig's, its messages in the options' names, before any
+    model loads."""
+    from showo2_cli.cli import common, main
+
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["serve", "--port", "0", *argv]) == 2
+    assert capsys.readouterr().err == f"showo2: error: {message}\n"

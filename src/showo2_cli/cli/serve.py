@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Annotated
 
 import typer
 
-from ..options import DRAIN_TIMEOUT, MAX_SIDE, ServerConfig
+from ..options import DRAIN_TIMEOUT, ServerConfig
 from . import common
 from .common import (
     AttnOpt,
@@ -70,24 +71,24 @@ def serve(
     """Serve the model over HTTP with the OpenAI API (chat completions, image generations, models)."""
     C = common
     C.setup(False, quiet)
-    from ..errors import UsageError
-    from ..options import STEPS_RANGE
+    from ..errors import UsageError, rename_options
     dtype = getattr(dtype, "value", dtype)
     runtime = C.runtime_options(device, dtype, attn=attn, compile_=compile_, vae_tiling=vae_tiling, quantize=quantize)
-    limits = (("--port", port, 0, 65535), ("--max-queue", max_queue, 0, 100_000),
-              ("--max-tokens", max_tokens, 1, 1_000_000), ("--max-n", max_n, 1, 128),
-              ("--max-steps", max_steps, *STEPS_RANGE), ("--max-size", max_size, 16, MAX_SIDE),
-              ("--max-input-pixels", max_input_pixels, 1, 2**31))
-    for option, number, low, high in limits:
-        if not low <= number <= high:
-            raise UsageError(f"{option} must be between {low} and {high}, got {number}")
-    if not 0.001 <= max_body_mb <= 4096:
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, got {port}")
+    if not 0.001 <= max_body_mb <= 4096:  # (in MiB: ServerConfig's bytes are checked with the rest)
         raise UsageError(f"--max-body-mb must be between 0.001 and 4096, got {max_body_mb}")
     if not 0 <= drain_timeout <= 86400:
         raise UsageError(f"--drain-timeout must be between 0 and 86400 seconds, got {drain_timeout}")
-    for option, seconds in (("--request-timeout", request_timeout), ("--timeout-keep-alive", timeout_keep_alive)):
-        if not 0.1 <= seconds <= 86400:  # also NaN
-            raise UsageError(f"{option} must be between 0.1 and 86400 seconds, got {seconds:g}")
+    # the limits are ServerConfig's checks (a Python caller's too), in the options' names
+    config = ServerConfig(max_queue=max_queue, max_tokens=max_tokens, max_n=max_n, max_steps=max_steps,
+                          max_size=max_size, max_body_bytes=int(max_body_mb * 1024 * 1024),
+                          max_image_pixels=max_input_pixels, request_timeout=request_timeout,
+                          keep_alive_timeout=timeout_keep_alive)
+    try:
+        config.validate()
+    except UsageError as e:
+        raise UsageError(rename_options(str(e), ServerConfig.OPTIONS)) from None
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -105,11 +106,7 @@ def serve(
     try:
         name = C.model_name(model)
         bundle = C.load_model(name, device, dtype, vae=vae, runtime=runtime, lora=lora)
-        config = S.ServerConfig(model_id=name, api_key=key, max_queue=max_queue, max_tokens=max_tokens,
-                                max_n=max_n, max_steps=max_steps, max_size=max_size,
-                                max_body_bytes=int(max_body_mb * 1024 * 1024),
-                                max_image_pixels=max_input_pixels, allow_origins=origins,
-                                request_timeout=request_timeout, keep_alive_timeout=timeout_keep_alive)
+        config = dataclasses.replace(config, model_id=name, api_key=key, allow_origins=origins)
         S.serve(bundle, config, sock, drain_timeout=drain_timeout, log_level="warning" if quiet else "info",
                 on_ready=lambda url: C.notice(f"serving '{name}' on {url} (OpenAI API under {url}/v1)"))
     finally:

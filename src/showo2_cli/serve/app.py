@@ -202,6 +202,7 @@ def create_app(model, config: ServerConfig):
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    config.validate()  # a Python caller's limits as the command line's (max_queue=-1 refused all waiting)
     worker = Worker(config.max_queue)
     budget = BodyBudget(BODIES_AT_ONCE * config.max_body_bytes)
     state = {"draining": False, "started": time.time()}

@@ -9,7 +9,12 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import short
-from ..options import STEPS_RANGE, ServerConfig  # ServerConfig: here too, where it always was
+from ..options import (  # ServerConfig: here too, where it always was
+    STEPS_RANGE,
+    ServerConfig,
+    is_bearer_token,
+    is_origin,
+)
 from .body import (
     Upload,
     decode_data_url,
@@ -348,7 +353,7 @@ def origins_from(options: list[str] | None) -> tuple[str, ...]:
         given = [o for o in os.environ.get(ORIGINS_ENV, "").split(",") if o.strip()]
     origins = []
     for origin in (o.strip() for o in given):
-        if origin not in ("*", "null") and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+", origin):
+        if not is_origin(origin):
             raise UsageError(f"--allow-origin must be *, null or scheme://host[:port] (no path), got "
                              f"'{short(origin)}'")
         origins.append(origin.lower() if origin != "*" else origin)
@@ -367,7 +372,7 @@ def api_key_from(option: str | None) -> str | None:
     if not key:
         return None
     key = key.strip()
-    if not key or not all(33 <= ord(c) <= 126 for c in key):
+    if not is_bearer_token(key):
         raise UsageError(f"{where} must be printable ASCII without spaces (what a client sends as "
                          "'Authorization: Bearer KEY')" + ("" if key else ", not blank"))
     return key
