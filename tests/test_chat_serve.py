@@ -453,7 +453,7 @@ def test_parse_chat_requests():
     bare = {"type": "image_url", "image_url": img}  # the older form: the URL itself
     image_only = parse_chat({"messages": [{"role": "user", "content": [bare]}]}, cfg)
     assert image_only.turns[0].question == "Describe the image."
-    assert image_only.max_tokens == cfg.default_max_tokens
+    assert image_only.max_tokens == cfg.max_tokens == 64  # the default (300), within the server's limit (probe AM)
 
     def status(body):
         with pytest.raises(ApiError) as e:
@@ -496,7 +496,7 @@ def test_parse_chat_requests():
             parse_chat({"messages": [user], key: value}, cfg)
         assert (e.value.status, e.value.code, e.value.param) == (400, "unsupported_parameter", key)
     off = {"logprobs": False, "tools": [], "response_format": {"type": "text"}, "presence_penalty": 0}
-    assert parse_chat({"messages": [user], **off}, cfg).max_tokens == cfg.default_max_tokens
+    assert parse_chat({"messages": [user], **off}, cfg).max_tokens == cfg.max_tokens == 64  # the default, within the limit (probe AM)
     assert parse_chat({"messages": [user], "stream": None}, cfg).stream is False  # "boolean or null"
     greeted = parse_chat({"messages": [{"role": "system", "content": "Be brief."},
                                        {"role": "assistant", "content": "Hi!"}, {"role": "assistant", "content": "Ask."},

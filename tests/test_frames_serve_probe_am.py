@@ -130,3 +130,14 @@ def test_the_cli_says_its_option_names(monkeypatch, capsys, argv, message):
     monkeypatch.setattr(common, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     assert main(["serve", "--port", "0", *argv]) == 2
     assert capsys.readouterr().err == f"showo2: error: {message}\n"
+
+
+def test_a_chat_without_max_tokens_stays_within_the_servers_limit():
+    """``showo2 serve --max-tokens 100``: a request without ``max_tokens`` generated the default 300
+    tokens, over the limit the same request asking for 101 was refused (422) for."""
+    from showo2_cli.serve import ServerConfig, parse_chat
+
+    msgs = [{"role": "user", "content": "hi"}]
+    assert parse_chat({"messages": msgs}, ServerConfig(max_tokens=100)).max_tokens == 100
+    assert parse_chat({"messages": msgs}, ServerConfig()).max_tokens == ServerConfig().default_max_tokens == 300
+    assert parse_chat({"messages": msgs, "max_tokens": 7}, ServerConfig(max_tokens=100)).max_tokens == 7

@@ -132,8 +132,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(key)
     given = max_tokens is not None
-    max_tokens = number_field({key: max_tokens}, key, 1, 1_000_000, config.default_max_tokens, integer=True,
-                         limit=config.max_tokens)
+    # without one, the server's default, within its limit (--max-tokens 100 generated 300 tokens)
+    max_tokens = number_field({key: max_tokens}, key, 1, 1_000_000, min(config.default_max_tokens, config.max_tokens),
+                              integer=True, limit=config.max_tokens)
     temperature = number_field(body, "temperature", 0, 2, 0.0)
     top_p = number_field(body, "top_p", 0, 1, None)
     if top_p == 0:  # only the most likely token is left (OpenAI allows 0): greedy decoding
