@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import pytest
 import torch
 
@@ -141,3 +144,49 @@ def test_a_chat_without_max_tokens_stays_within_the_servers_limit():
     assert parse_chat({"messages": msgs}, ServerConfig(max_tokens=100)).max_tokens == 100
     assert parse_chat({"messages": msgs}, ServerConfig()).max_tokens == ServerConfig().default_max_tokens == 300
     assert parse_chat({"messages": msgs, "max_tokens": 7}, ServerConfig(max_tokens=100)).max_tokens == 7
+
+
+def test_server_for_checks_its_own_arguments():
+    from showo2_cli.serve import ServerConfig, bind_socket
+    from showo2_cli.serve.app import server_for
+
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        with pytest.raises(UsageError, match="drain_timeout must be between 0 and 86400 seconds, got nan"):
+            server_for(None, ServerConfig(), sock, drain_timeout=math.nan)
+        with pytest.raises(UsageError, match="log_level must be one of critical, error, warning, info"):
+            server_for(None, ServerConfig(), sock, log_level="loud")  # was uvicorn's KeyError
+    finally:
+        sock.close()
+
+
+# ---- the server's own log lines -----------------------------------------------------------------
+
+
+@pytest.fixture
+def serve_logger():
+    logger = logging.getLogger("showo2.serve")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield logger
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+@pytest.mark.parametrize("level, shown", [("info", ["INFO:     dropped a slow client", "WARNING:  stopped"]),
+                                          ("warning", ["WARNING:  stopped"])])
+def test_the_servers_own_lines_follow_uvicorns_log_level(serve_logger, capsys, level, shown):
+    """``showo2.serve``'s INFO lines (a dropped slow client, a connection closed for its timeout)
+    had no handler and were lost; its warnings came out bare, without uvicorn's level prefix. They
+    are on uvicorn's stderr handler now, at the server's log level (``--quiet``: warnings)."""
+    from showo2_cli.serve import ServerConfig, bind_socket
+    from showo2_cli.serve.app import server_for
+
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        server_for(None, ServerConfig(), sock, log_level=level)
+    finally:
+        sock.close()
+    capsys.readouterr()
+    serve_logger.info("dropped a slow client")
+    serve_logger.warning("stopped")
+    out = capsys.readouterr()
+    assert out.err.splitlines() == shown and out.out == ""

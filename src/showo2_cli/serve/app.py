@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import errno
 import hmac
 import json
@@ -502,6 +503,25 @@ class FileLimitNotice(logging.Filter):
         return True
 
 
+def log_config(log_level: str | int) -> dict:
+    """uvicorn's logging config (its lines on stderr, the access log on stdout) with the server's own
+    logger, ``showo2.serve`` (dropped slow clients, stopped requests, internal errors), on uvicorn's
+    stderr handler and format at ``log_level``: without a handler its INFO lines were lost and its
+    warnings came out bare. A :class:`UsageError` for a level uvicorn does not know."""
+    from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
+
+    if isinstance(log_level, str) and log_level.lower() in LOG_LEVELS:
+        level = LOG_LEVELS[log_level.lower()]
+    elif isinstance(log_level, int) and not isinstance(log_level, bool) and 0 <= log_level <= logging.CRITICAL:
+        level = log_level
+    else:
+        raise UsageError(f"log_level must be one of {', '.join(LOG_LEVELS)} (or a logging level number), "
+                         f"got {short(log_level)}")
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"][log.name] = {"handlers": ["default"], "level": level, "propagate": False}
+    return config
+
+
 def serve(model, config: ServerConfig, sock, drain_timeout: float = DRAIN_TIMEOUT, log_level: str = "info",
           on_ready: Callable[[str], None] | None = None) -> None:
     """Run the server on ``sock`` until SIGTERM/SIGINT, then drain: no new connections, running and
@@ -524,6 +544,9 @@ def server_for(model, config: ServerConfig, sock, drain_timeout: float = DRAIN_T
 
     from .connections import timed_protocol
 
+    if isinstance(drain_timeout, bool) or not isinstance(drain_timeout, (int, float)) or not 0 <= drain_timeout <= 86400:
+        raise UsageError(f"drain_timeout must be between 0 and 86400 seconds, got {short(drain_timeout)}")
+    level = log_config(log_level)  # (a wrong level was a KeyError from uvicorn)
     app = create_app(model, config)
 
     class Server(uvicorn.Server):
@@ -571,7 +594,7 @@ def server_for(model, config: ServerConfig, sock, drain_timeout: float = DRAIN_T
                 shown = f"[{host}]" if ":" in host else host
                 on_ready(f"http://{shown}:{port}")
 
-    cfg = uvicorn.Config(app, log_level=log_level, lifespan="on", server_header=False,
+    cfg = uvicorn.Config(app, log_level=log_level, log_config=level, lifespan="on", server_header=False,
                          http=timed_protocol(config.request_timeout, keep_alive=config.keep_alive_timeout),
                          timeout_keep_alive=config.keep_alive_timeout,
                          timeout_graceful_shutdown=math.ceil(drain_timeout) + 5,
