@@ -190,3 +190,18 @@ def test_the_servers_own_lines_follow_uvicorns_log_level(serve_logger, capsys, l
     serve_logger.warning("stopped")
     out = capsys.readouterr()
     assert out.err.splitlines() == shown and out.out == ""
+
+
+def test_the_access_log_follows_the_level_in_any_case(serve_logger):
+    """``log_level="INFO"`` (uvicorn takes any case) turned the access log off: it was on for the
+    lowercase names only."""
+    from showo2_cli.serve import ServerConfig, bind_socket
+    from showo2_cli.serve.app import server_for
+
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        shown = [server_for(None, ServerConfig(), sock, log_level=level).config.access_log
+                 for level in ("INFO", "info", "Debug", 20, "WARNING", logging.ERROR)]
+    finally:
+        sock.close()
+    assert shown == [True, True, True, True, False, False]

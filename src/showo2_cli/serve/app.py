@@ -546,7 +546,7 @@ def server_for(model, config: ServerConfig, sock, drain_timeout: float = DRAIN_T
 
     if isinstance(drain_timeout, bool) or not isinstance(drain_timeout, (int, float)) or not 0 <= drain_timeout <= 86400:
         raise UsageError(f"drain_timeout must be between 0 and 86400 seconds, got {short(drain_timeout)}")
-    level = log_config(log_level)  # (a wrong level was a KeyError from uvicorn)
+    logs = log_config(log_level)  # (a wrong level was a KeyError from uvicorn)
     app = create_app(model, config)
 
     class Server(uvicorn.Server):
@@ -594,9 +594,9 @@ def server_for(model, config: ServerConfig, sock, drain_timeout: float = DRAIN_T
                 shown = f"[{host}]" if ":" in host else host
                 on_ready(f"http://{shown}:{port}")
 
-    cfg = uvicorn.Config(app, log_level=log_level, log_config=level, lifespan="on", server_header=False,
+    cfg = uvicorn.Config(app, log_level=log_level, log_config=logs, lifespan="on", server_header=False,
                          http=timed_protocol(config.request_timeout, keep_alive=config.keep_alive_timeout),
                          timeout_keep_alive=config.keep_alive_timeout,
                          timeout_graceful_shutdown=math.ceil(drain_timeout) + 5,
-                         access_log=log_level in ("info", "debug"))
+                         access_log=logs["loggers"][log.name]["level"] <= logging.INFO)  # ("INFO" too)
     return Server(cfg)
