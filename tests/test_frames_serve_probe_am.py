@@ -205,3 +205,24 @@ def test_the_access_log_follows_the_level_in_any_case(serve_logger):
     finally:
         sock.close()
     assert shown == [True, True, True, True, False, False]
+
+
+def test_the_queue_holds_max_queue_behind_the_next_to_run():
+    """``max_queue`` requests wait behind the running one; a burst that came before the worker
+    thread took the first job got one fewer (``--max-queue 4``: 4 answered, not 5, a flaky
+    ``test_server_queue_under_32_concurrent_requests`` on a busy machine)."""
+    import asyncio
+
+    from showo2_cli.serve import Job, QueueFull, Worker
+
+    loop = asyncio.new_event_loop()
+    try:
+        for max_queue in (0, 2):
+            worker = Worker(max_queue)  # not started: nothing is taken from the queue
+            for _ in range(max_queue + 1):
+                worker.submit(Job(lambda job: None, loop))
+            with pytest.raises(QueueFull):
+                worker.submit(Job(lambda job: None, loop))
+            assert worker.waiting == max_queue + 1 and worker.counts["rejected"] == 1
+    finally:
+        loop.close()

@@ -64,7 +64,9 @@ class Worker:
         with self._cv:
             if self._stop:
                 raise ApiError(503, "the server is shutting down", "shutting_down", type_="server_error")
-            if (self.running is not None or self._waiting) and len(self._waiting) >= self.max_queue:
+            # max_queue wait behind the running job; while none runs, the first in line is the next
+            # to run, not a waiting one (a burst that came before the worker took it got one fewer)
+            if len(self._waiting) >= self.max_queue + (self.running is None):
                 self.counts["rejected"] += 1
                 raise QueueFull
             self._waiting.append(job)
