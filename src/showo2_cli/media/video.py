@@ -47,9 +47,10 @@ VIDEO_CONTAINERS: dict[str, tuple[str, tuple[str, ...]]] = {
     ".mkv": ("matroska", ("libx264", "libvpx-vp9", "mpeg4")),
     ".webm": ("webm", ("libvpx-vp9", "libvpx")),
 }
-# encoder options: high quality, constant-quality mode
+# encoder options: high quality, constant quality. x264's macroblock tree is off: its AVX-512 code
+# reads memory it never wrote, so the same frames gave another file when the heap held other bytes
 _CODEC_OPTIONS: dict[str, dict[str, str]] = {
-    "libx264": {"crf": "18", "preset": "medium"},
+    "libx264": {"crf": "18", "preset": "medium", "x264-params": "mbtree=0"},
     "mpeg4": {"qscale": "2"},
     "libvpx-vp9": {"crf": "24", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"},
     "libvpx": {"crf": "8", "b": "20M", "deadline": "good", "cpu-used": "2"},
@@ -514,7 +515,8 @@ def write_av(tmp: Path, arr: np.ndarray, fps: float, ext: str, metadata: dict[st
     if pad_h or pad_w:  # yuv420p needs even sizes: repeat the last row/column
         arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     rate = Fraction(fps).limit_denominator(1001)
-    options = {"movflags": "+faststart"} if muxer in ("mp4", "mov") else {}
+    # bitexact: no random Matroska/WebM segment UID, no muxer version string: same frames, same bytes
+    options = {"fflags": "+bitexact", **({"movflags": "+faststart"} if muxer in ("mp4", "mov") else {})}
     with av.open(str(tmp), mode="w", format=muxer, options=options) as container:
         if metadata:
             container.metadata["comment"] = container_comment(metadata, muxer)
@@ -550,6 +552,8 @@ def write_video(
 ) -> Path:
     """Write ``uint8 (T, H, W, 3)`` RGB frames as a video atomically; the format comes from the extension.
 
+    * The same frames, fps and metadata give the same bytes (muxed bit-exact, libx264's
+      ``mbtree`` off: see ``_CODEC_OPTIONS``).
     * ``.mp4``/``.mov``: H.264 (``libx264``, crf 18, yuv420p, BT.709 tagged, faststart), or
       ``mpeg4`` if this PyAV has no libx264. ``.mkv``: the same codecs.
     * ``.webm``: VP9 (``libvpx-vp9``, crf 24), or VP8 (``libvpx``).
