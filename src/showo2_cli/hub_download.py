@@ -25,6 +25,7 @@ checked before anything is fetched, checksums checked after, and errors as one l
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import threading
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from tqdm.std import tqdm as _std_tqdm
 
-from .errors import ModelError, short
+from .errors import ModelError, UsageError, short
 from .hub_auth import access, check_token, hidden, hub_cache, hub_online, login_hint, offline, redact
 
 Progress = Callable[[str, int, int], None]
@@ -72,12 +73,16 @@ def cache_ref_readable(repo_id: str, revision: str | None = None) -> bool:
 
 
 def stall_seconds() -> float:
+    """``$SHOWO2_HUB_STALL_SECONDS`` (default 120); anything but a number of seconds > 0 is a
+    UsageError naming it (0, negative and NaN were taken as the default, silently)."""
     raw = os.environ.get(STALL_ENV, "").strip()
     try:
         value = float(raw) if raw else 120.0
     except ValueError:
-        raise ModelError(f"{STALL_ENV} must be a number of seconds, got {raw[:40]!r}") from None
-    return value if value > 0 else 120.0
+        value = math.nan
+    if not value > 0:
+        raise UsageError(f"{STALL_ENV} must be a number of seconds > 0, got {raw[:40]!r}")
+    return value
 
 
 @dataclass

@@ -225,20 +225,44 @@ def env_memory_limit() -> float | None:
     return value
 
 
-def process_rank() -> tuple[int, int]:
-    """(rank, world size) under `accelerate launch` / torchrun, else (0, 1)."""
+def launch_env(name: str, low: int, high: int | None = None) -> int | None:
+    """The launch variable ``name`` (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_PORT) as a whole number
+    in ``low``..``high``, None when unset or empty; anything else is a UsageError naming it (a
+    value set by hand, not by a launcher, ran the wrong share of a run or failed deep inside)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
     try:
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        rank = int(os.environ.get("RANK", "0") or 0)
+        value = int(raw) if raw.lstrip("+-").isdigit() else None
     except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise UsageError(f"{name} must be a whole number {bound}, got {short(raw)!r}")
+    return value
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / torchrun (WORLD_SIZE and RANK, both set as
+    launchers set them), else (0, 1). WORLD_SIZE of 2 or more with RANK unset or not below it is a
+    UsageError naming the variable (each process would run the wrong share of the run)."""
+    world = launch_env("WORLD_SIZE", 1) or 1
+    if world == 1:
         return 0, 1
-    return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)
+    rank = launch_env("RANK", 0, world - 1)
+    if rank is None:
+        raise UsageError(f"WORLD_SIZE={world} is set but RANK is not: a launch sets both "
+                         "(accelerate launch, torchrun), else unset WORLD_SIZE")
+    return rank, world
 
 
 def launch_rendezvous() -> bool:
     """Whether this process is one of a launch's several with the launcher's rendezvous to join
-    (MASTER_ADDR and MASTER_PORT, as ``accelerate launch`` and torchrun set them)."""
-    return process_rank()[1] > 1 and bool(os.environ.get("MASTER_ADDR")) and bool(os.environ.get("MASTER_PORT"))
+    (MASTER_ADDR and MASTER_PORT, as ``accelerate launch`` and torchrun set them; a MASTER_PORT
+    that is no port is a UsageError naming it)."""
+    if process_rank()[1] == 1 or not os.environ.get("MASTER_ADDR", "").strip():
+        return False
+    return launch_env("MASTER_PORT", 1, 65535) is not None
 
 
 def process_share(total: int, batch_size: int, rank: int, world: int) -> range:

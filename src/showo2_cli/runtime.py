@@ -26,6 +26,7 @@ from .options import (
     OFFLOAD_MODES,
     check_device,
     env_memory_limit,
+    launch_env,
     launch_rendezvous,
     process_rank,
 )
@@ -176,7 +177,10 @@ def pick_device(device: str = "auto") -> str:
     if device == "mps" and not mps:
         raise UsageError("--device mps: MPS is not available")
     if device == "cuda" and process_rank()[1] > 1:  # one GPU per process under accelerate/torchrun
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
+        local = launch_env("LOCAL_RANK", 0) or 0
+        if local >= torch.cuda.device_count():
+            raise UsageError(f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        device = f"cuda:{local}"
     return device
 
 

@@ -24,7 +24,7 @@ import typer
 import typer.core
 
 from .. import __version__
-from ..errors import Showo2Error, is_out_of_memory
+from ..errors import Showo2Error, UsageError, is_out_of_memory
 from ..launch import HANGUP, INTERRUPTS
 from ..options import process_rank
 from .common import STATE, debug_from_env, held_notices, notice, safe_text, write
@@ -185,9 +185,17 @@ def _main_said_it() -> bool:
             signal.signal(sig, handler)
 
 
+def _rank() -> int:
+    """This process's rank, for saying an error: 0 when the launch variables are themselves the error."""
+    try:
+        return process_rank()[0]
+    except UsageError:
+        return 0
+
+
 def _fail(message: str, code: int, kind: str, alike: bool | None = None) -> int:
     alike = kind in _SAID_BY_MAIN if alike is None else alike
-    if alike and process_rank()[0] != 0 and (kind == "interrupted" or _main_said_it()):
+    if alike and _rank() != 0 and (kind == "interrupted" or _main_said_it()):
         # a launch's Ctrl-C or SIGTERM reaches every process, and a bad option or input fails each
         # alike (the launcher then ends the others): the main one says it, once, as training's
         # metrics and result lines come from process 0 alone; the exit code is the same everywhere
