@@ -1465,3 +1465,38 @@ def test_to_takes_the_devices_and_dtypes_torch_names():
     for bad in ("cuda:x", "gpu", "cpu:x"):
         with pytest.raises(ValueError, match="cuda:N"):
             pipe.to(bad)
+
+
+def test_force_download_repairs_snapshot_entries_that_lead_out_of_the_cache(hub, tmp_path):
+    """A snapshot entry that is a link out of the repo's blobs (to /etc/passwd-like files, or to
+    nothing) or an empty folder where the file belongs: ``--force-download`` fetched the blob again
+    but kept the entry, so the damage stayed ("not valid JSON", "is a directory") and the file
+    outside the cache was read on every load (probe AL). Now the entry is replaced; what a link
+    pointed to is left alone; a folder with files in it is one line naming it."""
+    from showo2_cli.hub import download_model
+
+    repo = small_repo(hub)
+    snap = download_model(repo)
+    outside = tmp_path / "passwd"
+    outside.write_text("root:x:0:0\n")
+    config, weights = snap / "config.json", snap / "model.safetensors"
+    config.unlink()
+    config.symlink_to(outside)
+    weights.unlink()
+    weights.symlink_to(tmp_path / "nowhere")
+    assert download_model(repo, force_download=True) == snap
+    assert config.read_bytes() == b"{}" and weights.read_bytes() == bytes(range(256)) * 200
+    for entry in (config, weights):
+        assert entry.resolve().parent == (hub.cache / "models--acme--small" / "blobs").resolve()
+    assert outside.read_text() == "root:x:0:0\n"  # the link's target untouched
+    config.unlink()
+    config.mkdir()
+    with pytest.raises(ModelError, match="unreadable config.json .the Hub's, or the cache's copy.*--force-download"):
+        download_model(repo)  # it said "'acme/small' on the Hub has an unreadable config.json"
+    assert download_model(repo, force_download=True) == snap and config.read_bytes() == b"{}"
+    config.unlink()
+    config.mkdir()
+    (config / "mine.txt").write_text("keep")
+    with pytest.raises(ModelError, match="config.json is a folder with files in it"):
+        download_model(repo, force_download=True)
+    assert (config / "mine.txt").read_text() == "keep"

@@ -476,7 +476,8 @@ def download_model(repo_id: str, progress: Progress | None = None, revision: str
     try:
         config = read_json(snap / "config.json")
     except ModelError as e:
-        raise ModelError(f"'{repo_id}' on the Hub has an unreadable config.json: {e}") from e
+        raise ModelError(f"'{repo_id}' has an unreadable config.json (the Hub's, or the cache's copy): {e}; "
+                         f"showo2 pull {repo_id} --force-download fetches it again") from e
     files = model_files(list(remote), config if isinstance(config, dict) else None)
     if len(files) == 1:
         raise ModelError(f"'{repo_id}' on the Hub has no weights (model.safetensors / pytorch_model.bin)")

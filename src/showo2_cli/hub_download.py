@@ -449,18 +449,34 @@ def download_files(repo_id: str, files: list[str] | None, progress: Progress | N
 
 def _drop_copies(repo_id: str, revision: str | None, files: list[str]) -> None:
     """Before a forced download: remove the snapshot's entries of ``files`` that are not links into
-    ``blobs/`` (a file edited in place, e.g. by ``sed -i``, or a copy where links are not made):
-    huggingface_hub fetches the blob again but keeps such an entry, so the damage would stay."""
+    ``blobs/`` (a file edited in place, e.g. by ``sed -i``, or a copy where links are not made; a
+    link that leads out of the repo's blobs, to ``/etc/passwd`` or nowhere; an empty folder where
+    the file belongs): huggingface_hub fetches the blob again but keeps such an entry, so the
+    damage would stay. A link is removed, never what it points to; a folder with files in it is a
+    ModelError naming it (its files are not this tool's to delete)."""
     folder = repo_cache_folder(repo_id)
+    kept = None
     try:
         ref = folder / "refs" / (revision or "main")
         commit = ref.read_text(encoding="ascii").strip() if ref.is_file() else revision
+        blobs = _blobs(repo_id).resolve()
         for name in files if commit else ():
             entry = folder / "snapshots" / commit / name
-            if entry.is_file() and not entry.is_symlink():
+            if entry.is_symlink():
+                if entry.resolve().parent != blobs:
+                    entry.unlink()
+            elif entry.is_dir():
+                if any(entry.iterdir()):
+                    kept = (name, entry)
+                    break
+                entry.rmdir()
+            elif entry.is_file():
                 entry.unlink()
     except (OSError, ValueError):  # nothing to drop, or no such commit: the download says what is wrong
         pass
+    if kept is not None:
+        raise ModelError(f"the Hugging Face cache entry of '{repo_id}' is damaged: {kept[0]} is a folder with files "
+                         f"in it ({kept[1]}); delete it and pull again")
 
 
 def _chain(e: BaseException) -> list[BaseException]:
