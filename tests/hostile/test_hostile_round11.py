@@ -101,3 +101,16 @@ def test_a_hub_stall_limit_that_is_no_positive_number_names_the_variable(monkeyp
     assert stall_seconds() == 2.5
     monkeypatch.delenv("SHOWO2_HUB_STALL_SECONDS")
     assert stall_seconds() == 120.0
+
+
+def test_a_bad_origins_variable_names_the_variable_not_the_option(monkeypatch):
+    """``SHOWO2_ORIGINS='not a url'`` said "--allow-origin must be ..." (an option not given),
+    and a tab in it reached the terminal raw."""
+    from showo2_cli.serve import ORIGINS_ENV, origins_from
+
+    monkeypatch.setenv(ORIGINS_ENV, "https://ok.example,http://a\tb")
+    with pytest.raises(UsageError, match=r"^SHOWO2_ORIGINS must be \*, null or scheme://host\[:port\] \(no path\), "
+                                         r"got 'http://a\\tb'$"):
+        origins_from(None)
+    with pytest.raises(UsageError, match="^--allow-origin must be"):
+        origins_from(["not a url"])

@@ -349,14 +349,13 @@ def origins_from(options: list[str] | None) -> tuple[str, ...]:
     browser's ``Origin``: no path, no trailing slash; ``app://``, ``tauri://`` for desktop apps)."""
     from ..errors import UsageError, short
 
-    given = list(options or [])
-    if not given:
-        given = [o for o in os.environ.get(ORIGINS_ENV, "").split(",") if o.strip()]
+    given, where = list(options or []), "--allow-origin"
+    if not given:  # a bad value there is named as the variable, not as an option the user did not give
+        given, where = [o for o in os.environ.get(ORIGINS_ENV, "").split(",") if o.strip()], ORIGINS_ENV
     origins = []
     for origin in (o.strip() for o in given):
         if not is_origin(origin):
-            raise UsageError(f"--allow-origin must be *, null or scheme://host[:port] (no path), got "
-                             f"'{short(origin)}'")
+            raise UsageError(f"{where} must be *, null or scheme://host[:port] (no path), got {short(origin)!r}")
         origins.append(origin.lower() if origin != "*" else origin)
     return tuple(dict.fromkeys(origins))
 
