@@ -75,6 +75,24 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def gif_screen(gif: bytes, width: int, height: int) -> bytes:
+    """``gif`` with its logical screen (the canvas every frame paints on) set to width x height."""
+    return gif[:6] + struct.pack("<HH", width, height) + gif[10:]
+
+
+def png_with_chunk_claim(png: bytes, kind: bytes, length: int) -> bytes:
+    """``png`` with a ``kind`` chunk after IHDR whose length field claims ``length`` bytes (a
+    hundred follow, then the real IDAT): a reader that trusts the length allocates it."""
+    return png[:33] + struct.pack(">I", length) + kind + b"icc\0\0" + bytes(100) + png[33:]
+
+
+def mp4_sample_count(mp4: bytes, count: int) -> bytes:
+    """``mp4`` whose time-to-sample table (``stts``) says its first run has ``count`` samples:
+    the index lists frames the file does not hold."""
+    i = mp4.index(b"stts")
+    return mp4[: i + 12] + struct.pack(">I", count) + mp4[i + 16:]
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims width x height with a tiny (and far too short) IDAT."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
@@ -197,6 +215,11 @@ def build_media(d: Path, media_dir: Path | None) -> dict[str, Path]:
     put("image-named.mp4", good["png"])  # an image with a video name
     put("bomb-20000.png", png_header_only(20000, 20000))
     put("one-pixel.png", image_bytes(np.array([[[200, 30, 30]]], np.uint8), "PNG"))
+    # round eleven: files that pass a first look and fail the decode, in a few hundred bytes
+    put("gif-screen-65535.gif", gif_screen(good["gif"], 65535, 65535))
+    put("png-header-only.png", good["png"][:33])  # the signature and IHDR, then nothing
+    put("png-iccp-2gb.png", png_with_chunk_claim(good["png"], b"iCCP", 0x7FFFFFFF))
+    put("mp4-stts-1e9.mp4", mp4_sample_count(good["mp4"], 10**9))
     write_audio_only(d / "audio-only.mp4")
     f["audio-only.mp4"] = d / "audio-only.mp4"
     write_no_frames(d / "zero-frames.mp4")
@@ -495,6 +518,8 @@ def hostile_cases(corpus: dict[str, dict[str, Path]], tiny: Path) -> list[Case]:
         ("random.mp4", "not an image or video"), ("text.png", "not an image or video"),
         ("audio-only.mp4", "no video stream"), ("zero-frames.mp4", "no video stream"),
         ("a-folder.png", "directory"), ("real-truncated.mp4", "truncated"), ("real-truncated.jpg", "truncated"),
+        ("png-header-only.png", "not an image or video"), ("png-iccp-2gb.png", "not an image or video"),
+        ("mp4-stts-1e9.mp4", "lists 1000000000 frames"),
     ]
     for name, needle in bad_media:
         if name not in media:
@@ -513,6 +538,8 @@ def hostile_cases(corpus: dict[str, dict[str, Path]], tiny: Path) -> list[Case]:
         "no-such-file.png", "no such file")
     add("encode/bomb-20000.png", ["encode", media["bomb-20000.png"], "-o", "o.safetensors", *m], 6,
         "bomb-20000.png", "too large", what="PNG header claiming 20000x20000")
+    add("encode/gif-screen-65535.gif", ["encode", media["gif-screen-65535.gif"], "-o", "o.safetensors", *m], 6,
+        "gif-screen-65535.gif", "too large", what="GIF whose logical screen is 65535x65535")
     add("caption/bomb-20000.png", ["caption", media["bomb-20000.png"], *m], 6, "bomb-20000.png", "too large")
     add("i2v/bomb-20000.png", ["i2v", media["bomb-20000.png"], "p", *m], 6, "bomb-20000.png", "too large")
     add("encode/max-pixels-env", ["encode", media["ok.png"], "-o", "o.safetensors", *m], 6, "ok.png", "3,072",
