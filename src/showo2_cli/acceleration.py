@@ -107,11 +107,15 @@ def _quantize_nf4(net: nn.Module) -> int:
 
 def compile_network(net: nn.Module) -> None:
     """``torch.compile`` the LLM forward and every flow-head block in place (``nn.Module.compile``:
-    the modules keep their names and weights; the first call of each shape compiles)."""
+    the modules keep their names and weights; the first call of each shape compiles). A flow head
+    left out on load (``load(heads=)``) is not there to compile."""
+    from .modeling.vae import NotLoaded
+
     net.showo.model.compile()
-    for block in net.diffusion_head_a:
-        block.compile()
-    net.diffusion_head_b.compile()
+    if not isinstance(net.diffusion_head_a, NotLoaded):
+        for block in net.diffusion_head_a:
+            block.compile()
+        net.diffusion_head_b.compile()
 
 
 def weight_bytes(module: nn.Module) -> int:

@@ -38,6 +38,7 @@ from .specs import ModelSpec, get_spec
 from .weights import check_fit, read_state_dict
 
 FORMAT_VERSION = 1
+ALL_HEADS = ("lm_head", "flow_head")  # the keys of modeling.showo2.HEADS (that module imports torch's world)
 OFFICIAL_FIELDS = (
     "add_qk_norm", "add_time_embeds", "clip_latent_dim", "clip_pretrained_model_path", "hidden_size",
     "image_latent_dim", "image_latent_height", "image_latent_width", "llm_model_path", "llm_vocab_size",
@@ -51,19 +52,24 @@ def check_state_dict(model: torch.nn.Module, state: dict, where: str) -> None:
     check_fit(model.state_dict(), state, where, optional={"showo.lm_head.weight"} if tied else ())
 
 
-def build_network(spec: ModelSpec, state: dict | None, dtype: torch.dtype, where: str = "weights"):
-    """The Show-o2 network; with a state dict, built on 'meta' and filled without extra copies."""
+def build_network(spec: ModelSpec, state: dict | None, dtype: torch.dtype, where: str = "weights",
+                  heads: tuple[str, ...] = ALL_HEADS):
+    """The Show-o2 network; with a state dict, built on 'meta' and filled without extra copies.
+    ``heads``: the heads built (:data:`~showo2_cli.modeling.showo2.HEADS`); the weights are checked
+    whole, a head left out is neither converted nor kept (``Showo2Model.leave_out``)."""
     from .modeling.showo2 import Showo2Model
 
     if state is None:
         model = Showo2Model(spec)
         model.init_weights(seed=0)
+        model.leave_out(heads)
         return model.to(dtype)
     check_depths(spec, state, where)  # before building: a config's sizes are not trusted
     with torch.device("meta"):
         model = Showo2Model(spec)
     check_state_dict(model, state, where)
-    state = {k: (v if v.dtype == dtype else v.to(dtype)) for k, v in state.items()}
+    left_out = tuple(name + "." for name in model.leave_out(heads))
+    state = {k: (v if v.dtype == dtype else v.to(dtype)) for k, v in state.items() if not k.startswith(left_out)}
     if spec.tie_word_embeddings:
         state.pop("showo.lm_head.weight", None)
     model.load_state_dict(state, strict=False, assign=True)
@@ -115,6 +121,13 @@ class Showo2:
 
     def parameter_counts(self) -> dict[str, int]:
         counts = parameter_counts(self.network.state_dict(keep_vars=True), self.spec.tie_word_embeddings)
+        from .modeling.vae import NotLoaded
+
+        for name, module in self.network.named_modules():  # a head left out counts (as the VAE's parts)
+            if isinstance(module, NotLoaded):
+                group = next(g for g, prefixes in PARAMETER_GROUPS.items() if (name + ".").startswith(prefixes))
+                counts[group] += module.numel
+                counts["total"] += module.numel
         if self.vae is not None:
             counts["vae"] = self.vae.num_parameters()  # loaded or not
         return counts
@@ -160,7 +173,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
          runtime=None, lora: str | os.PathLike | list | tuple = (), local_files_only: bool = False,
          use_safetensors: bool | None = None, cache_dir: str | os.PathLike | None = None,
          token: bool | str | None = None, force_download: bool = False,
-         vae_parts: tuple[str, ...] = ("encoder", "decoder")) -> Showo2:
+         vae_parts: tuple[str, ...] = ("encoder", "decoder"), heads: tuple[str, ...] = ALL_HEADS) -> Showo2:
     """Load a model by name, folder or cached repo id. ``need`` lists the pieces that must exist;
     ``lora`` a LoRA adapter or a list of them (folders or training runs, see :mod:`showo2_cli.lora`)
     merged into the weights in order; ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the
@@ -173,7 +186,10 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     :meth:`~showo2_cli.pipeline.Showo2Pipeline.from_pretrained`; ``force_download`` pulls the
     model again with :func:`showo2_cli.hub.pull`). ``vae_parts``: the halves of
     the VAE loaded now, ``encoder`` (what captions and image-to-video use) and ``decoder`` (what
-    generation uses); the VAE file is checked whole, and a part left out loads on first use."""
+    generation uses); the VAE file is checked whole, and a part left out loads on first use.
+    ``heads``: the network's heads kept, ``lm_head`` (text) and ``flow_head`` (generation); the
+    weights are checked whole, and a head left out is not converted, moved, quantized or compiled,
+    and calling it is a :class:`ModelError` (a tied ``lm_head`` is the embedding: always kept)."""
     from .acceleration import apply
     from .lora import find_adapter, merge_adapters
     from .modeling.vae_files import check_parts, load_vae
@@ -194,9 +210,12 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
         find_adapter(ref)
     state = read_state_dict(files.weights)
     spec = spec_from_files(files, state)
-    network = build_network(spec, state, dtype, where=str(files.root)).eval()
+    # LoRA adapters are merged into the whole network (an adapter may name a head's layers), then
+    # the heads not kept are left out
+    network = build_network(spec, state, dtype, where=str(files.root), heads=ALL_HEADS if lora else heads).eval()
     del state
     adapters = merge_adapters(network, lora) if lora else []
+    network.leave_out(heads)
     tokenizer = tokens = None
     if files.tokenizer is not None:
         tokenizer = load_tokenizer(files.tokenizer)

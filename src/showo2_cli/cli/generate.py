@@ -166,7 +166,8 @@ def _make(kind: str, prompts: list[str], plans: list, share: range | None, opts:
         return
     check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(plans)), runtime, len(prompts))
     bundle = load_model(name, device, value(dtype), vae=vae, runtime=runtime, lora=lora,  # t2i/t2v never encode
-                        vae_parts=("encoder", "decoder") if kind == "i2v" else ("decoder",))
+                        vae_parts=("encoder", "decoder") if kind == "i2v" else ("decoder",),
+                        heads=("flow_head",))  # nor the language head (an untied one is its own weights)
     if process_rank()[0] == 0:  # one run, one seed (agreed): the main process says it
         notice(f"seed {opts.seed}" if noise is None else f"starting noise from {short(str(noise), 80)}")
     from .. import pipelines as P

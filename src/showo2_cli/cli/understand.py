@@ -79,7 +79,8 @@ def caption(
     else:
         M.check_video(media)  # so does a truncated or damaged video (without decoding it)
 
-    bundle = load_model(model, device, value(dtype), vae=vae, runtime=runtime, lora=lora, vae_parts=("encoder",))
+    bundle = load_model(model, device, value(dtype), vae=vae, runtime=runtime, lora=lora, vae_parts=("encoder",),
+                        heads=("lm_head",))  # a caption never runs the flow head
     from .. import pipelines as P  # torch: after load_model's check of the model's name
     if kind == "video" and not P.supports_video_understanding(bundle):
         notice("note: this checkpoint was not trained for video understanding (use a -w-video-und model)")

@@ -27,6 +27,7 @@ from ..specs import ModelSpec
 from .attention import TRANSFORMERS_ATTENTION, backend_mask, static_flex_on_cpu
 from .flow_head import FinalLayer, ModulatedAttentionBlock, RotaryEmbedding, TimestepEmbedder
 from .semantic import PatchEmbed, fusion_projector, interpolate_position_table, semantic_encoder
+from .vae import NotLoaded
 
 with quiet_imports():
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -58,6 +59,12 @@ def qwen2_config(spec: ModelSpec) -> Qwen2Config:
     )
     config._attn_implementation = "sdpa"
     return config
+
+
+#: The heads that read the LLM's final states, by name, and their modules: the language head (text:
+#: captions, chat) and the flow head (velocities: generation). A command that runs one can leave the
+#: other out (``Showo2Model.leave_out``, ``loading.load(heads=)``).
+HEADS = {"lm_head": ("showo.lm_head",), "flow_head": ("diff_proj", "diffusion_head_a", "diffusion_head_b")}
 
 
 # ---- the output layout: raster-chunk (official, spec §6.4) or patch-aligned ----------------
@@ -184,6 +191,34 @@ class Showo2Model(nn.Module):
         self.head_rotary.reset_buffers(device)
         if self.spec.tie_word_embeddings:
             self.showo.lm_head.weight = llm.embed_tokens.weight
+
+    def left_out_modules(self, heads: tuple[str, ...]) -> list[str]:
+        """Names of the modules of the :data:`HEADS` not in ``heads`` (a tied ``lm_head`` is the
+        token embedding, which every command runs: never left out)."""
+        heads = (heads,) if isinstance(heads, str) else tuple(heads)
+        unknown = [h for h in heads if h not in HEADS]
+        if unknown:
+            raise ValueError(f"unknown head {unknown[0]!r}: the heads are {', '.join(HEADS)}")
+        return [name for head, names in HEADS.items() if head not in heads
+                and not (head == "lm_head" and self.spec.tie_word_embeddings) for name in names]
+
+    def leave_out(self, heads: tuple[str, ...]) -> list[str]:
+        """Replace the modules of the heads not in ``heads`` by :class:`NotLoaded` stand-ins (their
+        weights go to 'meta', so moving, quantizing, hooking or compiling the network never meets
+        them): a command that never runs a head does not hold it. Returns the names replaced."""
+        heads = (heads,) if isinstance(heads, str) else tuple(heads)
+        names = self.left_out_modules(heads)
+        for name in names:
+            parent, _, child = name.rpartition(".")
+            owner = self.get_submodule(parent) if parent else self
+            module = getattr(owner, child)
+            if isinstance(module, NotLoaded):
+                continue
+            head = next(h for h, ns in HEADS.items() if name in ns)
+            message = (f"the network's {head} is not loaded (the model was loaded with heads={heads!r}: "
+                       "load it with every head)")
+            setattr(owner, child, NotLoaded(head, module.to("meta"), message))
+        return names
 
     def init_weights(self, seed: int | None = None) -> None:
         """Training-from-scratch initialisation, following the official choices (spec §6.3)."""
