@@ -16,8 +16,8 @@ from showo2_cli import api
 from showo2_cli.cli import main
 from showo2_cli.errors import ModelError
 from showo2_cli.loading import ALL_HEADS, load
+from showo2_cli.modeling.parts import NotLoaded
 from showo2_cli.modeling.showo2 import HEADS
-from showo2_cli.modeling.vae import NotLoaded
 from showo2_cli.options import CaptionOptions
 from showo2_cli.specs import get_spec
 

@@ -27,7 +27,7 @@ def _same_weights(a, b) -> None:
 
 
 def test_a_half_loaded_vae_holds_no_weights_of_the_other_and_loads_them_equal_on_first_use():
-    from showo2_cli.modeling.vae import NotLoaded
+    from showo2_cli.modeling.parts import NotLoaded
 
     full = load_vae(DEMO_VAE, dtype=torch.bfloat16)
     dec = load_vae(DEMO_VAE, dtype=torch.bfloat16, parts=("decoder",))

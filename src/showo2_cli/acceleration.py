@@ -109,7 +109,7 @@ def compile_network(net: nn.Module) -> None:
     """``torch.compile`` the LLM forward and every flow-head block in place (``nn.Module.compile``:
     the modules keep their names and weights; the first call of each shape compiles). A flow head
     left out on load (``load(heads=)``) is not there to compile."""
-    from .modeling.vae import NotLoaded
+    from .modeling.parts import NotLoaded
 
     net.showo.model.compile()
     if not isinstance(net.diffusion_head_a, NotLoaded):

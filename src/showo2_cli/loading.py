@@ -121,7 +121,7 @@ class Showo2:
 
     def parameter_counts(self) -> dict[str, int]:
         counts = parameter_counts(self.network.state_dict(keep_vars=True), self.spec.tie_word_embeddings)
-        from .modeling.vae import NotLoaded
+        from .modeling.parts import NotLoaded
 
         for name, module in self.network.named_modules():  # a head left out counts (as the VAE's parts)
             if isinstance(module, NotLoaded):

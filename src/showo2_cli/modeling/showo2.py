@@ -26,8 +26,8 @@ from ..runtime import quiet_imports
 from ..specs import ModelSpec
 from .attention import TRANSFORMERS_ATTENTION, backend_mask, static_flex_on_cpu
 from .flow_head import FinalLayer, ModulatedAttentionBlock, RotaryEmbedding, TimestepEmbedder
+from .parts import NotLoaded
 from .semantic import PatchEmbed, fusion_projector, interpolate_position_table, semantic_encoder
-from .vae import NotLoaded
 
 with quiet_imports():
     from transformers import Qwen2Config, Qwen2ForCausalLM

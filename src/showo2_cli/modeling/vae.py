@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import InputError, ModelError, OutputError, UsageError
 from ..runtime import one_call_at_a_time, quiet_imports
+from .parts import NotLoaded  # importable from here too, where it was first
 
 __all__ = ["VAE_PARTS", "WAN_LATENTS_MEAN", "WAN_LATENTS_STD", "NotLoaded", "WanVAE", "decode_memory_bytes",
            "encode_memory_bytes", "single_frame_conv2d"]
@@ -60,30 +61,6 @@ DEFAULT_TILE = (256, 256, 192, 192)
 #: pixels uses only the first, decoding latents only the second. A VAE loaded with some of them
 #: (``load_vae(parts=)``) loads the others from the same file on first use.
 VAE_PARTS: dict[str, tuple[str, ...]] = {"encoder": ("encoder", "quant_conv"), "decoder": ("post_quant_conv", "decoder")}
-
-
-class NotLoaded(nn.Module):
-    """Stands in for a module that is not loaded (a part of the VAE, see :data:`VAE_PARTS`, or a
-    head of the network, see ``Showo2Model.leave_out``): no weights, so moving, counting or hooking
-    its owner never meets it. It keeps the module on 'meta' (not a submodule), which a later load
-    fills; ``numel`` is what it holds when loaded. ``message``: what calling it says (by default,
-    how the VAE loads the part)."""
-
-    def __init__(self, part: str, module: nn.Module, message: str | None = None) -> None:
-        super().__init__()
-        self.part = part
-        object.__setattr__(self, "meta_module", module)  # not registered: .to() and state_dict() skip it
-        self.numel = sum(p.numel() for p in module.parameters())
-        self.message = message or f"the VAE's {part} is not loaded (WanVAE.load_parts('{part}') loads it)"
-
-    def forward(self, *args, **kwargs):
-        raise ModelError(self.message)
-
-    def __iter__(self):  # a ModuleList left out (the flow head's blocks) is not run by iterating it either
-        raise ModelError(self.message)
-
-    def extra_repr(self) -> str:
-        return f"{self.part}, {self.numel} parameters"
 
 
 def autoencoder_class():
