@@ -69,6 +69,26 @@ def sigint_reaches_child() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def wait_started(server, timeout: float = 30.0) -> None:
+    """Wait until a uvicorn ``server`` (running in another thread) has started, at most ``timeout`` s."""
+    import time
+
+    deadline = time.time() + timeout
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the server did not start"
+
+
+def run_in_thread(server, sock):
+    """Run a uvicorn ``server`` on ``sock`` in a daemon thread; return the thread once it has started."""
+    import threading
+
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_started(server)
+    return thread
+
+
 PARITY_DIR = shared_dir("parity", "SHOWO2_PARITY_DIR")
 MEDIA_DIR = shared_dir("media", "SHOWO2_MEDIA_DIR")
 

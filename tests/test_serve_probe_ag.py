@@ -10,6 +10,8 @@ from contextlib import contextmanager
 
 import pytest
 
+from conftest import run_in_thread, wait_started
+
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
@@ -38,12 +40,7 @@ def uvicorn_with(timeout: float, min_rate: float):
     config = uvicorn.Config(big_answer, http=timed_protocol(timeout, min_rate), log_level="error",
                             lifespan="off", timeout_graceful_shutdown=120)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.02)
-    assert server.started
+    thread = run_in_thread(server, sock)
     try:
         yield server, sock.getsockname()[1], thread
     finally:
@@ -153,9 +150,7 @@ def test_sighup_drains_as_sigterm_does():
     finished = []
 
     def job_then_hangup():
-        deadline = time.time() + 30
-        while not srv.started and time.time() < deadline:
-            time.sleep(0.02)
+        wait_started(srv)
         started = threading.Event()
 
         def job_fn(job):
@@ -209,11 +204,7 @@ def test_an_idle_connection_stays_open_for_the_keep_alive():
     sock = bind_socket("127.0.0.1", 0)
     srv = server_for(None, ServerConfig(request_timeout=0.3, keep_alive_timeout=30.0), sock, log_level="error")
     assert isinstance(srv, uvicorn.Server) and srv.config.timeout_keep_alive == 30.0
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.02)
+    thread = run_in_thread(srv, sock)
     try:
         client = socket.create_connection(sock.getsockname()[:2], timeout=10)
         for _ in range(2):
@@ -286,11 +277,7 @@ def test_a_forced_exit_stops_the_jobs_and_shuts_the_app_down(capfd):
 
     sock = bind_socket("127.0.0.1", 0)
     srv = server_for(None, ServerConfig(), sock, log_level="info")
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.02)
+    thread = run_in_thread(srv, sock)
     started = threading.Event()
 
     def long_job(job):

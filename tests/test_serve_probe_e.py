@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from contextlib import contextmanager
 
 import pytest
+
+from conftest import run_in_thread
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -26,12 +27,7 @@ def running_server(**config):
 
     sock = bind_socket("127.0.0.1", 0)
     srv = server_for(None, ServerConfig(model_id="demo", **config), sock, log_level="error")
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.02)
-    assert srv.started
+    thread = run_in_thread(srv, sock)
     try:
         yield sock.getsockname()[:2]
     finally:
