@@ -21,7 +21,7 @@ import numpy as np
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--video", default="/work/shared/media/video1.mp4")
+    ap.add_argument("--video", default=str(Path(__file__).resolve().parents[2] / "shared" / "media" / "video1.mp4"))
     ap.add_argument("--size", type=int, default=432)
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--repeats", type=int, default=6)
