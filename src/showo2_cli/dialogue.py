@@ -120,7 +120,7 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
             M.read_image(source, max_pixels=max_pixels)
         img = M.resize_center_crop(img, side)
         pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)  # (1,3,1,H,W)
-        latents = _vae_encode(vae, pixels, opts)[:, :, 0]
+        latents = _vae_encode(vae, pixels, opts, _noise_generator(opts))[:, :, 0]
         visual = net.encode_visual(latents, understanding=True).fused[0]
         return VisualInput("image", visual, None, 1, label)
     from .pipelines.understand import check_caption_memory  # (that module imports this one)
@@ -133,16 +133,24 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
     padded = [np.asarray(M.resize_and_pad(Image.fromarray(f), side)) for f in video.frames]
     pixels = M.frames_to_tensor(np.stack(padded)).permute(1, 0, 2, 3)[:, :, None]  # (K,3,1,H,W)
     pixels = pixels.to(vae.device)
-    latents = torch.cat([_vae_encode(vae, pixels[i:i + 1], opts) for i in range(pixels.shape[0])])[:, :, 0]
+    # one generator for all the frames: frame k's noise is the k-th slice of one (K, ...) draw, as the
+    # official demo's single ``randn_like`` over its batch of K one-frame videos (never one draw repeated)
+    gen = _noise_generator(opts)
+    latents = torch.cat([_vae_encode(vae, pixels[i:i + 1], opts, gen) for i in range(pixels.shape[0])])[:, :, 0]
     visual = net.pooled_frame_tokens(latents, spec.und_video_pool)
     return VisualInput("video", visual, spec.config_tokens + 1, count, label)
 
 
-def _vae_encode(vae, pixels: torch.Tensor, opts: CaptionOptions) -> torch.Tensor:
-    """The posterior mean, or the official demos' stochastic sample (``vae_sample``), as ``caption``."""
-    gen = None
-    if opts.vae_sample:
-        gen = torch.Generator(device="cpu").manual_seed(opts.seed if opts.seed is not None else 0)
+def _noise_generator(opts: CaptionOptions) -> torch.Generator | None:
+    """The generator of the stochastic VAE sample (``vae_sample``), seeded by the options' seed (0 if none)."""
+    if not opts.vae_sample:
+        return None
+    return torch.Generator(device="cpu").manual_seed(opts.seed if opts.seed is not None else 0)
+
+
+def _vae_encode(vae, pixels: torch.Tensor, opts: CaptionOptions, gen: torch.Generator | None) -> torch.Tensor:
+    """The posterior mean, or the official demos' stochastic sample (``vae_sample``, noise drawn from
+    ``gen``: a video's frames draw theirs in turn from one generator), as ``caption``."""
     return vae.encode(pixels, sample=opts.vae_sample, generator=gen).to(vae.device)
 
 
