@@ -324,7 +324,8 @@ class SetMaker:
                          video_frames=f)
 
     # ---- (c) / (e1) / (f) generation --------------------------------------------------------
-    def _generate(self, name, model, prompts, grid, frames, max_seq_len, guidance, steps, fixed_t, extra=None):
+    def _generate(self, name, model, prompts, grid, frames, max_seq_len, guidance, steps, fixed_t, extra=None,
+                  first_frame=None):
         from models import omni_attn_mask_naive
         from models.misc import prepare_gen_input
         from transport import Sampler, create_transport
@@ -344,6 +345,10 @@ class SetMaker:
         shape = (p_n, 16, frames, p * grid_h, p * grid_w) if video else (p_n, 16, p * grid_h, p * grid_w)
         x = torch.randn(shape, generator=self.gen)
         z = torch.randn(shape, generator=self.gen).to(torch.bfloat16).float()
+        cond_kw = {}
+        if first_frame is not None:  # image-to-video: a clean latent in frame 0, its velocity zeroed (spec §6.5)
+            x[:, :, 0], z[:, :, 0] = first_frame, first_frame
+            cond_kw = {"first_frame_as_cond": True}
         t = torch.full((2 * p_n,), fixed_t)
         mask = omni_attn_mask_naive(2 * p_n, max_seq_len, positions, "cpu").to(torch.float32)
         allowed = omni_attn_mask_naive(2 * p_n, max_seq_len, positions, "cpu", inverted=False).bool()
@@ -352,14 +357,14 @@ class SetMaker:
                  model.showo.model.norm.register_forward_hook(lambda mod, i, o: caught.__setitem__("hidden", o))]
         with torch.no_grad():
             _, v = model(tokens, image_latents=torch.cat([x, x]), t=t, attention_mask=mask, modality_positions=positions,
-                         output_hidden_states=True, max_seq_len=max_seq_len)
+                         output_hidden_states=True, max_seq_len=max_seq_len, **cond_kw)
             for h in hooks:
                 h.remove()
             te = model.time_embed(t, torch.float32)
             tep = model.time_embed_proj(te) if hasattr(model, "time_embed_proj") else te.clone()  # equal widths
             vg = model.t2i_generate(image_latents=torch.cat([x, x]), t=t.clone(), text_tokens=tokens,
                                     attention_mask=mask, modality_positions=positions, max_seq_len=max_seq_len,
-                                    guidance_scale=guidance)[:p_n]
+                                    guidance_scale=guidance, **cond_kw)[:p_n]
             called = []
             transport = create_transport(path_type="Linear", prediction="velocity", loss_weight=None, train_eps=None,
                                          sample_eps=None, snr_type="lognorm", do_shift=True,
@@ -372,7 +377,7 @@ class SetMaker:
                 return model.t2i_generate(xx, tt, **kw)
 
             traj = fn(torch.cat([z, z]), model_fn, text_tokens=tokens, attention_mask=mask, modality_positions=positions,
-                      output_hidden_states=True, max_seq_len=max_seq_len, guidance_scale=guidance)
+                      output_hidden_states=True, max_seq_len=max_seq_len, guidance_scale=guidance, **cond_kw)
         traj = torch.stack(list(traj))[:, :p_n]
         s_ = torch.linspace(0, 1, steps)
         grid_t = s_ / (s_ + shift - shift * s_) if shift else s_  # the official ode: a shift of 0 is none
@@ -395,6 +400,8 @@ class SetMaker:
                 "fixed_t": fixed_t, "latent_shape_per_sample": list(shape[1:]),
                 "prompts_cut_to_max_text_len": [len(p) > max_text_len for p in prompt_ids],
                 "z_init_note": "drawn as float32 normal, rounded to bfloat16, back to float32"}
+        if first_frame is not None:
+            info["first_frame_as_cond"] = True
         info.update(extra or {})
         self.save(name, tensors, info)
 
@@ -407,6 +414,19 @@ class SetMaker:
         s = self.s
         self._generate("t2v", self.model, s["t2v_prompts"], (self.g.grid, self.grid_w), s["t2v_latent_frames"], s["t2v_max_seq_len"],
                        s["t2v_guidance"], s["t2v_steps"], s["t2v_fixed_t"])
+
+    def case_i2v(self):
+        """Image-to-video (spec §6.5, §8.4): the model forward's ``first_frame_as_cond``, which zeroes
+        the velocity of latent frame 0, with a VAE-encoded image's latent (the mean) as that frame of
+        the fixed-t latent and of the initial noise, for every prompt; one time token for the video.
+        No released script runs it: this is the official forward and sampler with that switch on."""
+        s = self.s
+        frames = s.get("i2v_latent_frames", max(s["t2v_latent_frames"], 2))
+        first = torch.cat([self.encode(smooth(self.gen, list(s["vae_image_shape"])))[0][:, :, 0]
+                           for _ in s.get("i2v_prompts", s["t2v_prompts"])])
+        self._generate("i2v", self.model, s.get("i2v_prompts", s["t2v_prompts"]), (self.g.grid, self.grid_w), frames,
+                       s.get("i2v_max_seq_len", s["t2v_max_seq_len"]), s.get("i2v_guidance", s["t2v_guidance"]),
+                       s.get("i2v_steps", s["t2v_steps"]), s.get("i2v_fixed_t", s["t2v_fixed_t"]), first_frame=first)
 
     def case_t2i_dynres(self):
         from models.misc import interpolate_pos_encoding
@@ -463,7 +483,7 @@ def main(argv=None) -> int:
     maker.build_model()
     maker.build_vae()
     for step in (maker.case_vae, maker.case_omni_mask, maker.case_mmu, maker.case_vid_und, maker.case_t2i,
-                 maker.case_t2v, maker.case_t2i_dynres):
+                 maker.case_t2v, maker.case_t2i_dynres, maker.case_i2v):
         step()
     maker.write_meta(args.spec.stem if args.spec else args.variant)
     print(f"wrote {args.out}: cases {sorted(maker.cases)}")

@@ -4,7 +4,8 @@
 by ``benchmarks/make_parity_set.py``; see the README there).
 
 Every file in ``cases/`` is a case; each is rebuilt from the ids, latents, noise, t values and
-layouts stored in it (or in ``meta.json``) and compared with the stored outputs. Nothing here
+layouts stored in it (or in ``meta.json``) and compared with the stored outputs. A generation case
+whose ``meta.json`` entry says ``first_frame_as_cond`` (``i2v``) is run as image-to-video. Nothing here
 depends on the public set's seeds, sizes or config values. The model is loaded through
 :func:`showo2_cli.loading.load`, the same path users get.
 """
@@ -112,7 +113,7 @@ def test_case(root, name):
     model, data, info = model_of(root), case(root, name), meta["cases"].get(name, {})
     if name in handlers:
         handlers[name](model, data, info, meta)
-    elif name.startswith(("t2i", "t2v")):
+    elif name.startswith(("t2i", "t2v", "i2v")):
         check_generation(root, name, model, data, info, meta)
     else:
         pytest.fail(f"unknown parity case '{name}': no checker for it")
@@ -272,6 +273,7 @@ def check_generation(root, name, model, data, info, meta):
     model = _model_for(root, name, model, info, tmp_root)
     net, tok = model.network, model.tokens
     video = data["z_init_per_prompt"].dim() == 5
+    first = bool(info.get("first_frame_as_cond"))  # image-to-video: frame 0 is the clean condition
     layout = generation_layout(info["prompt_ids"], int(info["num_image_tokens_incl_time"]), tok,
                                int(info["max_seq_len"]), video=video)
     assert torch.equal(layout.input_ids, data["text_tokens"]), f"{name}: token layout differs"
@@ -294,13 +296,16 @@ def check_generation(root, name, model, data, info, meta):
         embeds = net.embed_sequence(layout.input_ids, [[fused[i]] for i in range(rows)], layout.slots, time_token[:, None])
         hidden, _ = net.llm(embeds, mask)
         close(f"{name}:fixed_t_llm_last_hidden", hidden, data["fixed_t_llm_last_hidden"], **SINGLE)
-    v = net.velocity(layout.input_ids, x2, t, layout.blocks, mask)
+    v = net.velocity(layout.input_ids, x2, t, layout.blocks, mask, first_frame_as_cond=first)
     close(f"{name}:fixed_t_velocity", v, data["fixed_t_velocity"], **SINGLE)
     g = float(info["guidance_scale"])
     batch = rows // 2
     close(f"{name}:fixed_t_velocity_guided", guided(v[:batch], v[batch:], g), data["fixed_t_velocity_guided"], **SINGLE)
-    v_trim = guided_velocity_fn(net, layout, g, trim=True)(x, float(t[0]))
+    v_trim = guided_velocity_fn(net, layout, g, trim=True, first_frame_as_cond=first)(x, float(t[0]))
     close(f"{name}:fixed_t_velocity_guided(trimmed)", v_trim, data["fixed_t_velocity_guided"], **SINGLE)
+    if first:
+        v_cached = guided_velocity_fn(net, layout, g, cache_prefix=True, first_frame_as_cond=True)(x, float(t[0]))
+        close(f"{name}:fixed_t_velocity_guided(cached prefix)", v_cached, data["fixed_t_velocity_guided"], **SINGLE)
 
     # the full sampler
     grid = time_grid(int(info["num_steps"]), float(info["time_shifting_factor"]))
@@ -308,7 +313,7 @@ def check_generation(root, name, model, data, info, meta):
         close(f"{name}:sampler_t_grid", grid, data["sampler_t_grid"], atol=1e-7, rtol=0)
     trajectory: list = []
     final = generate_latents(net, layout, data["z_init_per_prompt"], g, int(info["num_steps"]),
-                             float(info["time_shifting_factor"]), trajectory=trajectory)
+                             float(info["time_shifting_factor"]), trajectory=trajectory, first_frame_as_cond=first)
     if "sampler_trajectory" in data:
         close(f"{name}:sampler_trajectory", torch.stack(trajectory), data["sampler_trajectory"], **SAMPLER)
     close(f"{name}:final_latents", final, data["final_latents"], **SAMPLER)
