@@ -22,6 +22,7 @@ from showo2_cli import media as M
 from showo2_cli.dialogue import encode_media
 from showo2_cli.loading import load
 from showo2_cli.options import CaptionOptions
+from showo2_cli.pipelines.understand import caption
 
 VARIANT_G = Path(__file__).resolve().parent / "data" / "parity_sets" / "variant-g"
 
@@ -72,3 +73,24 @@ def test_an_image_draws_the_same_noise_as_before(model):
     eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(5))
     want = net.encode_visual((mean + torch.exp(0.5 * logvar) * eps)[:, :, 0], understanding=True).fused[0]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_seed_is_used_by_the_vae_sample_even_when_decoding_is_greedy():
+    assert CaptionOptions(seed=3).unused_sampling_options() == ["--seed"]
+    assert CaptionOptions(seed=3, vae_sample=True).unused_sampling_options() == []  # no "has no effect" notice
+    assert CaptionOptions(seed=3, vae_sample=True, top_k=5).unused_sampling_options() == ["--top-k"]
+
+
+@torch.no_grad()
+def test_a_vae_sample_without_a_seed_is_drawn_and_recorded(model):
+    """As the official demo's draw, each run's noise is its own (not always seed 0), and the seed
+    recorded in the result repeats it."""
+    image = _still_video(model.spec.resolution, 1)[0]
+    opts = CaptionOptions(vae_sample=True, max_new_tokens=3)
+    torch.manual_seed(0)
+    first = caption(model, image, opts)
+    second = caption(model, image, opts)
+    seeds = first.options["seed"], second.options["seed"]
+    assert None not in seeds and seeds[0] != seeds[1]
+    again = caption(model, image, CaptionOptions(vae_sample=True, max_new_tokens=3, seed=seeds[0]))
+    assert again.answers == first.answers and again.options["seed"] == seeds[0]

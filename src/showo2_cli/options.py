@@ -406,6 +406,17 @@ class CaptionOptions:
         return TextSampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed,
                             repetition_penalty=self.repetition_penalty, min_p=self.min_p)
 
+    def unused_sampling_options(self) -> list[str]:
+        """The sampling options given that change nothing: the seed also seeds ``vae_sample``'s noise."""
+        unused = self.sampling().unused_sampling_options()
+        return [name for name in unused if not (name == "--seed" and self.vae_sample)]
+
+    @property
+    def draws(self) -> bool:
+        """Whether the answers depend on random draws (sampled tokens or the stochastic VAE sample),
+        so that a seed is drawn when none is given."""
+        return self.sampling().sampled or self.vae_sample
+
     def validate(self) -> None:
         self.sampling().validate()
         check_int("--frames", self.frames, 1, MAX_CAPTION_FRAMES)

@@ -594,7 +594,7 @@ class Showo2Pipeline:
             check_caption_kwargs(options, {f.name for f in fields(CaptionOptions)} - {"questions"})
             opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_p=top_p, top_k=top_k, seed=seed, **options)
-            unused = [CAPTION_NAMES.get(name, name) for name in opts.sampling().unused_sampling_options()]
+            unused = [CAPTION_NAMES.get(name, name) for name in opts.unused_sampling_options()]
             if unused:  # the CLI's notice; transformers' generate warns alike when do_sample is off
                 warnings.warn(f"{', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at "
                               f"temperature {temperature:g} (decoding is greedy): pass temperature > 0 to sample",

@@ -109,7 +109,7 @@ def one_answer_line(text: str) -> str:
 
 def notice_unused_sampling(opts) -> None:
     """Say so when sampling options are given to a greedy decode (a CaptionOptions' sampling)."""
-    unused = opts.sampling().unused_sampling_options()
+    unused = opts.unused_sampling_options()
     if unused:
         verb = "has" if len(unused) == 1 else "have"
         notice(f"{', '.join(unused)} {verb} no effect without --temperature above 0 (decoding is greedy)")

@@ -49,7 +49,7 @@ def caption(
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling (with --temperature).")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature).")] = None,
     min_p: Annotated[float | None, typer.Option("--min-p", help="Min-p sampling (with --temperature): drop tokens less likely than this times the most likely one.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling (random if absent; printed and recorded).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling and for --vae-sample's noise (random if absent; printed and recorded).")] = None,
     repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty", help="Above 1 discourages repeating the answer's tokens (transformers' penalty; 1.1 is usual).")] = None,
     frames: Annotated[int | None, typer.Option("--frames", help="Video: frames sampled uniformly (default 32 for the real models).")] = None,
     mask: Annotated[MaskMode | None, typer.Option("--mask", help="official (the demos' shifted block) or training (training-consistent block); default: what the checkpoint declares (official for the released ones).")] = None,

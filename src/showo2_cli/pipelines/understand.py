@@ -94,7 +94,7 @@ def caption(model: Showo2, source, options: CaptionOptions | None = None,
             raise TypeError(f"options must be a CaptionOptions, got {type(options).__name__}")
         opts = options or CaptionOptions()
         opts.validate()
-        if opts.seed is None and opts.sampling().sampled:  # drawn answers: the seed is drawn (from torch's
+        if opts.seed is None and opts.draws:  # drawn answers or VAE noise: the seed is drawn (from torch's
             # generator, so torch.manual_seed repeats a run) and recorded in the result's options
             opts = replace(opts, seed=seed_from_torch())
         if streamer is not None and len(opts.questions) > 1:
