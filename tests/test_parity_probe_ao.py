@@ -6,6 +6,9 @@
   for it, so all K frames got the same noise (a still video's frames came out identical).
   Checked against the official ``WanVAE_.sample`` after ``torch.manual_seed(seed)``: 1.4e-6
   now, 7.8 before (tiny VAE of the public set).
+* ``--vae-sample`` without a seed drew seed 0's noise on every run (the official draw is new each
+  run), and ``--seed`` with it was called unused for greedy answers: a seed is now drawn and
+  recorded, and the notice leaves ``--seed`` out.
 * Image-to-video (``first_frame_as_cond``) parity runs as the ``i2v`` case of every bundled set
   (``tests/test_parity.py``, made by ``benchmarks/make_parity_set.py``).
 """
