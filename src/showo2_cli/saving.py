@@ -154,11 +154,12 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
     absent unless ``overwrite``), so nothing fails after the work is done."""
     ext = output_extension(kind, output)
     total = len(prompts) * n if total_jobs is None else total_jobs
-    if max(total, len(prompts) * n) > MAX_OUTPUTS:  # before a plan is made: ~1 KB and a few stat calls each
+    if max(total, len(prompts) * n) > MAX_OUTPUTS:  # before a plan is made: ~1 KB each
         raise UsageError(f"{max(total, len(prompts) * n):,} outputs ({len(prompts):,} prompts x {n}) are more than "
                          f"one run makes ({MAX_OUTPUTS:,}): split the prompts into several runs")
     plans = []
     taken: set[Path] = set()  # default names already given to an earlier output of this run
+    folders = M.OutputFolders(overwrite)  # one listing of each folder, not a dozen stat calls a name
     for p, i in zip(prompts, indices, strict=True):
         for k in range(n):
             default = None
@@ -166,7 +167,8 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
                 tag = f"noise{i * n + k}" if seed is None else seed_for(seed, i, k, n)
                 path = default = Path(f"{M.slugify(p)}-{tag}{ext}")
                 if not overwrite:  # free for the media file, its sidecar and latents, and not given out yet
-                    path = M.unique_path(path, lambda c: OutputPlan.beside(c, save_latents).files()[1:], taken)
+                    path = M.unique_path(path, lambda c: OutputPlan.beside(c, save_latents).files()[1:], taken,
+                                         folders)
                 taken.add(path)
             elif total == 1:
                 path = Path(output)
@@ -175,15 +177,13 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
                 width = max(3, len(str(total - 1)))
                 path = out.with_name(f"{out.stem}-{i * n + k:0{width}d}{out.suffix}")
             plans.append(OutputPlan.beside(path, save_latents, default if not overwrite else None))
-    probed: set[Path] = set()
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for plan in plans:
-        for f in plan.files():
+        for f in map(str, plan.files()):
             if f in seen:
                 raise UsageError(f"two outputs would be written to '{short(f, 80)}'")
             seen.add(f)
-            M.check_output_path(f, overwrite, probe=f.parent not in probed)
-            probed.add(f.parent)
+            folders.check(f)  # as M.check_output_path, the first name of each folder probed
     return plans
 
 

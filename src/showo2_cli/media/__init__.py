@@ -37,7 +37,8 @@ submodule.
 * :mod:`~showo2_cli.media.video`: :class:`Media`, :func:`read_video`, :func:`read_media`,
   :func:`write_video`.
 * :mod:`~showo2_cli.media.geometry`: sizes, resizing, tensor conversion, frame counts.
-* :mod:`~showo2_cli.media.outputs`: :func:`check_output_path`, :func:`atomic_output`, file names.
+* :mod:`~showo2_cli.media.outputs`: :func:`check_output_path` (:class:`OutputFolders` for many),
+  :func:`atomic_output`, file names.
 * :mod:`~showo2_cli.media.metadata`: :func:`read_metadata`, :func:`read_png_metadata`.
 """
 
@@ -63,6 +64,7 @@ from .geometry import (
 from .image import IMAGE_WRITE_EXTS, array_image, image_input, read_image, to_rgb, write_image
 from .metadata import METADATA_KEY, PARAMETERS_KEY, read_metadata, read_png_metadata
 from .outputs import (
+    OutputFolders,
     atomic_folder,
     atomic_output,
     check_folder_keeps_inputs,
@@ -142,6 +144,7 @@ __all__ = [
     "is_write_error",
     "check_input_file",
     "check_output_path",
+    "OutputFolders",
     "check_video",
     "frames_to_tensor",
     "is_valid_frames",

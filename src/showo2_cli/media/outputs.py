@@ -93,6 +93,90 @@ def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = Fal
     return p
 
 
+class OutputFolders:
+    """:func:`check_output_path` for many outputs at a time (a prompts file of a million lines):
+    each folder is checked (and probed) once, with the first name in it, exactly as
+    :func:`check_output_path` does, then listed once; every later name in it is judged against
+    that listing: absent (and not the same name in another case or Unicode form, which a
+    case-insensitive file system would take for it), or a plain file with ``overwrite``, within
+    the folder's name and path limits. Anything else (a name present, a link, a folder that cannot
+    be listed) goes through :func:`check_output_path` itself, so every check and message stays
+    that one's. The listing is a snapshot: :func:`atomic_output` checks again when writing."""
+
+    def __init__(self, overwrite: bool = False, probe: bool = True):
+        self.overwrite = overwrite
+        self.probe = probe
+        self._checked: set[str] = set()
+        self._listings: dict[str, _Listing | None] = {}
+
+    def check(self, path: PathLike) -> None:
+        """What :func:`check_output_path` (``probe`` for the first name of each folder) says of ``path``."""
+        raw = os.fspath(path)
+        folder, name = os.path.split(raw)  # text, not Path: a million Paths hashed cost seconds
+        if folder not in self._checked:
+            check_output_path(raw, self.overwrite, probe=self.probe)
+            self._checked.add(folder)
+            return
+        listing = self._listing(folder)
+        if listing is None or not listing.clear(str(raw), name, self.overwrite):
+            check_output_path(raw, self.overwrite)
+
+    def present(self, path: PathLike) -> bool:
+        """Whether something (a file, a folder, a link, even a broken one) is at ``path``, as
+        ``path.exists() or path.is_symlink()`` says, from the listing of its folder."""
+        raw = os.fspath(path)
+        folder, name = os.path.split(raw)
+        listing = self._listing(folder)
+        if listing is None or name not in listing.kinds and _folded(name) in listing.folded:
+            p = Path(raw)  # no listing, or another case of a present name: the file system is asked
+            return p.exists() or p.is_symlink()
+        return name in listing.kinds
+
+    def _listing(self, folder: str) -> _Listing | None:
+        if folder not in self._listings:
+            self._listings[folder] = _Listing.read(folder or ".")
+        return self._listings[folder]
+
+
+def _folded(name: str) -> str:
+    """A name as a case- and normalisation-insensitive file system (macOS, Windows) compares it."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+class _Listing:
+    """One folder's entries: each name and whether it is a plain file (not a link), with the
+    folder's limits on a name's and a path's length in bytes."""
+
+    def __init__(self, kinds: dict[str, bool], name_max: int, path_max: int):
+        self.kinds = kinds
+        self.folded = {_folded(name) for name in kinds}
+        self.name_max = name_max
+        self.path_max = path_max
+
+    @classmethod
+    def read(cls, folder: str) -> _Listing | None:
+        """The listing of ``folder``, or None where it cannot be read (each name is then asked)."""
+        try:
+            with os.scandir(folder) as entries:
+                kinds = {e.name: e.is_file(follow_symlinks=False) for e in entries}
+            name_max = int(os.pathconf(folder, "PC_NAME_MAX"))
+            path_max = int(os.pathconf(folder, "PC_PATH_MAX"))
+        except (OSError, ValueError, AttributeError):
+            return None
+        return cls(kinds, name_max, path_max)
+
+    def clear(self, raw: str, name: str, overwrite: bool) -> bool:
+        """Whether the output ``raw`` (named ``name`` in this folder) passes every check of
+        :func:`check_output_path` by this listing alone; False: ask that function."""
+        if (not name or name in (".", "..") or raw == "-" or not raw.strip() or raw.endswith(("/", os.sep))
+                or "\x00" in raw or len(os.fsencode(name)) > self.name_max or len(os.fsencode(raw)) >= self.path_max):
+            return False
+        plain = self.kinds.get(name)
+        if plain is None:  # absent, unless the file system takes another case of a present name for it
+            return _folded(name) not in self.folded
+        return plain and overwrite
+
+
 @contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold Ctrl-C, SIGTERM and SIGHUP back for a few quick file operations that must not be cut in two
@@ -426,15 +510,18 @@ def _normal_mode(p: Path, folder: bool = False) -> None:
         pass
 
 
-def unique_path(path: PathLike, companions=None, taken: set | frozenset = frozenset()) -> Path:
+def unique_path(path: PathLike, companions=None, taken: set | frozenset = frozenset(),
+                folders: OutputFolders | None = None) -> Path:
     """``path`` if it is free, else the first free ``stem-1.ext``, ``stem-2.ext``, ... A name is
     free when nothing is there, nor at any of ``companions(name)`` (the files written beside it,
-    such as a sidecar), and it is not in ``taken`` (names already given out)."""
+    such as a sidecar), and it is not in ``taken`` (names already given out). ``folders``: ask
+    its listings (one per folder) instead of the file system for each name."""
     p = Path(os.fspath(path))
+    present = folders.present if folders is not None else (lambda f: f.exists() or f.is_symlink())
 
     def free(candidate: Path) -> bool:
         files = [candidate, *(companions(candidate) if companions else ())]
-        return candidate not in taken and not any(f.exists() or f.is_symlink() for f in files)
+        return candidate not in taken and not any(present(f) for f in files)
 
     candidate, i = p, 0
     while not free(candidate):

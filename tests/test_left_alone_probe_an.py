@@ -1,0 +1,96 @@
+"""What the last probes left alone (probe AN): planning many outputs with one listing per folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _count_file_calls(mp) -> list[int]:
+    """Counts the file-system calls made through ``os`` (pathlib asks through these) while ``mp``
+    (a MonkeyPatch context) lasts."""
+    count = [0]
+    for name in ("stat", "lstat", "access", "scandir", "listdir", "pathconf"):
+        real = getattr(os, name)
+
+        def counted(*args, _real=real, **kwargs):
+            count[0] += 1
+            return _real(*args, **kwargs)
+
+        mp.setattr(os, name, counted)
+    return count
+
+
+def test_planning_many_outputs_asks_each_folder_once_not_each_name(tmp_path, monkeypatch):
+    """A prompts file of a million lines was planned with about 14 stat calls per output (minutes
+    before the first output); each folder is now checked once and listed once, whatever the count."""
+    from showo2_cli.saving import plan_outputs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "a-1.png").write_bytes(b"x")  # a default name taken: the next free one is chosen
+    prompts = [f"p{i}" for i in range(1000)]
+    for output in ("out/x.png", None):
+        with pytest.MonkeyPatch.context() as mp:
+            calls = _count_file_calls(mp)
+            plans = plan_outputs("t2i", output, prompts, list(range(1000)), 1, seed=1, save_latents=True)
+        assert len(plans) == 1000 and len({p.path for p in plans}) == 1000
+        assert calls[0] < 60, calls[0]  # was about 15,000 (3 files an output)
+    assert str(plans[0].path) == "p0-1.png" and plans[0].latents == Path("p0-1.latents.safetensors")
+    many = plan_outputs("t2i", None, ["a"] * 3, [0, 1, 2], 1, seed=None)
+    assert [str(p.path) for p in many] == ["a-noise0.png", "a-noise1.png", "a-noise2.png"]
+    taken = plan_outputs("t2i", None, ["a"], [0], 1, seed=1)  # a-1.png exists: its -1 is free
+    assert [str(p.path) for p in taken] == ["a-1-1.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.png", "out"]  # nothing written
+
+
+def test_planning_by_listing_keeps_every_check_of_the_one_checker(tmp_path, monkeypatch):
+    """Every name after a folder's first is judged from the listing: what check_output_path
+    refuses there (a file present, a folder, a link, a name too long) is still refused with its
+    words, and --overwrite still replaces plain files (not folders)."""
+    from showo2_cli.errors import OutputError, OutputExists
+    from showo2_cli.saving import plan_outputs
+
+    out = tmp_path / "o"
+    out.mkdir()
+    prompts, idx = ["a", "b", "c", "d"], [0, 1, 2, 3]
+    (out / "x-002.png").write_bytes(b"old")
+    with pytest.raises(OutputExists, match=r"x-002.png' exists; pass --overwrite to replace it"):
+        plan_outputs("t2i", out / "x.png", prompts, idx, 1, seed=1)
+    assert len(plan_outputs("t2i", out / "x.png", prompts, idx, 1, seed=1, overwrite=True)) == 4
+    (out / "x-003.json").mkdir()
+    with pytest.raises(OutputError, match=r"x-003.json'?: it is a directory"):
+        plan_outputs("t2i", out / "x.png", prompts, idx, 1, seed=1, overwrite=True)
+    (out / "x-003.json").rmdir()
+    (out / "x-001.png").symlink_to(tmp_path / "nowhere.png")  # a broken link is something there
+    with pytest.raises(OutputExists, match=r"x-001.png' exists"):
+        plan_outputs("t2i", out / "x.png", prompts, idx, 1, seed=1)
+    (out / "x-001.png").unlink()
+    os.mkfifo(out / "x-003.png")
+    with pytest.raises(OutputError, match=r"x-003.png'? ?: it exists and is not a regular file"):
+        plan_outputs("t2i", out / "x.png", prompts, idx, 1, seed=1, overwrite=True)
+    (out / "x-003.png").unlink()
+    stem = "s" * 240  # x-000.png and .json fit in 255 bytes, .latents.safetensors does not
+    with pytest.raises(OutputError, match=r"the file name is (too long|longer than 255 bytes)"):
+        plan_outputs("t2i", out / f"{stem}.png", prompts, idx, 1, seed=1, save_latents=True)
+    assert sorted(p.name for p in out.iterdir()) == ["x-002.png"]
+
+
+def test_another_case_of_a_present_name_is_asked_of_the_file_system(tmp_path, monkeypatch):
+    """A case-insensitive file system (macOS, Windows) takes X-001.PNG for a present x-001.png:
+    a name present in the listing in another case or Unicode form is asked of the file system."""
+    from showo2_cli import media as M
+
+    (tmp_path / "x-001.png").write_bytes(b"x")
+    (tmp_path / "caf\u0065\u0301.png").write_bytes(b"x")  # NFD, as macOS stores it
+    folders = M.OutputFolders(overwrite=False)
+    asked = []
+    folders.check(tmp_path / "first.png")
+    real = M.outputs.check_output_path
+    monkeypatch.setattr(M.outputs, "check_output_path", lambda p, *a, **k: asked.append(Path(p).name) or real(p, *a, **k))
+    for name in ("X-001.PNG", "caf\u00e9.png", "other.png"):
+        folders.check(tmp_path / name)
+    assert asked == ["X-001.PNG", "caf\u00e9.png"]
+    assert folders.present(tmp_path / "x-001.png") and not folders.present(tmp_path / "X-001.PNG")
