@@ -1,4 +1,5 @@
-"""What the last probes left alone (probe AN): planning many outputs with one listing per folder."""
+"""What the last probes left alone (probe AN): planning many outputs with one listing per folder,
+a bounded wait for a launch's rendezvous."""
 
 from __future__ import annotations
 
@@ -94,3 +95,79 @@ def test_another_case_of_a_present_name_is_asked_of_the_file_system(tmp_path, mo
         folders.check(tmp_path / name)
     assert asked == ["X-001.PNG", "caf\u00e9.png"]
     assert folders.present(tmp_path / "x-001.png") and not folders.present(tmp_path / "X-001.PNG")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join_in_thread(seconds: float = 90):
+    """``launch_group()`` entered in a thread: what it raised (or "joined"), None while it still waits."""
+    import threading
+
+    from showo2_cli.runtime import launch_group
+
+    box: list = [None]
+
+    def enter():
+        try:
+            with launch_group():
+                box[0] = "joined"
+        except BaseException as e:  # noqa: BLE001 (the test judges it)
+            box[0] = e
+
+    t = threading.Thread(target=enter, daemon=True)  # the old code's week-long wait is left behind
+    t.start()
+    t.join(seconds)
+    return box[0]
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_launch_nobody_joins_ends_after_the_rendezvous_wait_naming_the_address(monkeypatch, rank):
+    """WORLD_SIZE/RANK/MASTER_ADDR set by hand with nothing listening (or nobody coming) waited for
+    the launch's week-long collective timeout; the rendezvous now has its own wait
+    (SHOWO2_RENDEZVOUS_SECONDS, default 600 s) and ends in one line naming the address."""
+    from showo2_cli import options
+    from showo2_cli.errors import UsageError
+
+    port = _free_port()
+    for k, v in {"WORLD_SIZE": "2", "RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                 "SHOWO2_RENDEZVOUS_SECONDS": "1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    error = _join_in_thread()
+    assert isinstance(error, UsageError), error
+    where = f"127.0.0.1:{port}"
+    said = (f"no launch answered at {where} (MASTER_ADDR:MASTER_PORT) within 1 s" if rank else
+            f"the launch's other 1 process(es) did not join at {where} within 1 s")
+    assert str(error).startswith(f"process {rank} of 2: {said} (SHOWO2_RENDEZVOUS_SECONDS sets the wait)"), error
+    assert "\n" not in str(error) and options.RENDEZVOUS_WAIT == 600
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+
+
+def test_the_rendezvous_wait_is_checked_and_a_taken_port_is_said(monkeypatch):
+    import socket
+
+    from showo2_cli.errors import UsageError
+
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for k, v in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                     "SHOWO2_RENDEZVOUS_SECONDS": "5"}.items():
+            monkeypatch.setenv(k, v)
+        error = _join_in_thread()
+    assert isinstance(error, UsageError) and f"cannot listen at 127.0.0.1:{port} for the launch: the port is in use" \
+        in str(error), error
+    for bad in ("0", "-3", "nan", "soon"):
+        monkeypatch.setenv("SHOWO2_RENDEZVOUS_SECONDS", bad)
+        error = _join_in_thread()
+        assert isinstance(error, UsageError) and str(error) == \
+            f"SHOWO2_RENDEZVOUS_SECONDS must be a number of seconds > 0, got {bad!r}", error

@@ -25,7 +25,6 @@ checked before anything is fetched, checksums checked after, and errors as one l
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import shutil
 import threading
@@ -36,8 +35,9 @@ from pathlib import Path
 
 from tqdm.std import tqdm as _std_tqdm
 
-from .errors import ModelError, UsageError, short
+from .errors import ModelError, short
 from .hub_auth import access, check_token, hidden, hub_cache, hub_online, login_hint, offline, redact
+from .options import env_seconds
 
 Progress = Callable[[str, int, int], None]
 
@@ -75,14 +75,7 @@ def cache_ref_readable(repo_id: str, revision: str | None = None) -> bool:
 def stall_seconds() -> float:
     """``$SHOWO2_HUB_STALL_SECONDS`` (default 120); anything but a number of seconds > 0 is a
     UsageError naming it (0, negative and NaN were taken as the default, silently)."""
-    raw = os.environ.get(STALL_ENV, "").strip()
-    try:
-        value = float(raw) if raw else 120.0
-    except ValueError:
-        value = math.nan
-    if not value > 0:
-        raise UsageError(f"{STALL_ENV} must be a number of seconds > 0, got {raw[:40]!r}")
-    return value
+    return env_seconds(STALL_ENV, 120.0)
 
 
 @dataclass

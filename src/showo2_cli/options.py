@@ -225,6 +225,25 @@ def env_memory_limit() -> float | None:
     return value
 
 
+def env_seconds(name: str, default: float) -> float:
+    """``$name`` as a number of seconds > 0, ``default`` when unset or empty; anything else is a
+    UsageError naming it (0, negative and NaN are no wait; ``inf`` is no limit)."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise UsageError(f"{name} must be a number of seconds > 0, got {raw[:40]!r}")
+    return value
+
+
+#: How long a launch's processes wait to join each other at MASTER_ADDR:MASTER_PORT (seconds; the
+#: rendezvous alone: their collectives wait runtime.LAUNCH_WAIT); torchrun's join timeout, 600 s
+RENDEZVOUS_ENV = "SHOWO2_RENDEZVOUS_SECONDS"
+RENDEZVOUS_WAIT = 600.0
+
+
 def launch_env(name: str, low: int, high: int | None = None) -> int | None:
     """The launch variable ``name`` (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_PORT) as a whole number
     in ``low``..``high``, None when unset or empty; anything else is a UsageError naming it (a
