@@ -1,5 +1,5 @@
 """What the last probes left alone (probe AN): planning many outputs with one listing per folder,
-a bounded wait for a launch's rendezvous."""
+a bounded wait for a launch's rendezvous, the run lock closed."""
 
 from __future__ import annotations
 
@@ -171,3 +171,48 @@ def test_the_rendezvous_wait_is_checked_and_a_taken_port_is_said(monkeypatch):
         error = _join_in_thread()
         assert isinstance(error, UsageError) and str(error) == \
             f"SHOWO2_RENDEZVOUS_SECONDS must be a number of seconds > 0, got {bad!r}", error
+
+
+def _free_to_lock(folder: Path) -> bool:
+    """Whether a new open of the folder's lock file gets the lock (flock: one holder per open file)."""
+    import fcntl
+
+    from showo2_cli.training.trainer import LOCK_FILE
+
+    with open(folder / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+
+def test_pre_encoding_releases_the_run_lock_however_it_ends(tmp_path, monkeypatch):
+    """`train --pre-encode` took the output folder's lock and never closed it: the file stayed open
+    (a ResourceWarning at exit) and the folder held until the process ended."""
+    from showo2_cli.training import checkpoint as ckpt
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.trainer import Run
+    from test_train import tiny_config
+
+    raw = tiny_config(tmp_path)
+    for d in raw["data"]:
+        d["size"], d["cache"] = 2, str(tmp_path / "cache")
+    summary = Run(parse_config(raw, source="c")).pre_encode()
+    assert summary["encoded"] == 4 and summary["items"] == 4
+    assert _free_to_lock(tmp_path / "run") and not ckpt._HELD
+
+    def fails(*args, **kwargs):
+        assert not _free_to_lock(tmp_path / "run")  # held while it runs
+        raise KeyboardInterrupt
+
+    real_setup = Run.setup
+
+    def setup_then_fail(self):
+        real_setup(self)
+        monkeypatch.setattr(self.objective, "pre_encode", fails)
+
+    monkeypatch.setattr(Run, "setup", setup_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        Run(parse_config(raw, source="c")).pre_encode()
+    assert _free_to_lock(tmp_path / "run") and not ckpt._HELD

@@ -18,11 +18,13 @@ leftover temporary folders are removed on the next start.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, OutputError
 from ..hub import CHECKPOINT_NAME as _NAME
 from ..hub import LATEST, STATE_FILE
 from ..hub import latest_checkpoint as latest_checkpoint  # (the run-folder readers live in hub)
@@ -134,3 +136,47 @@ def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None],
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+# ---- one run per folder ---------------------------------------------------------------------------
+
+LOCK_FILE = ".showo2-train.lock"
+_HELD: dict[str, Any] = {}  # output folders this process holds, by resolved path
+
+
+def hold_folder(output_dir: Path) -> str | None:
+    """Hold ``output_dir`` for this run (an advisory lock the OS drops when the process ends): a
+    second ``train`` on the same folder interleaved its metrics and pruned the other's checkpoints.
+    Returns the key to release with :func:`release_folder` (None: not taken here)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): unguarded
+        return None
+    key = str(output_dir.resolve())
+    if key in _HELD:  # this process holds it already (a Run set up by hand before)
+        return None
+    fh = open(output_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the whole run; closed by release_folder)
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            pid = fh.read(20).strip()
+            raise OutputError(f"'{output_dir}' is in use by another showo2 train run{f' (pid {pid})' if pid else ''}: "
+                              "wait for it to end, or choose another output_dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+    except BaseException:  # refused, a full disk, Ctrl-C: the file is not left open
+        fh.close()
+        raise
+    _HELD[key] = fh
+    return key
+
+
+def release_folder(key: str | None) -> None:
+    """Release what :func:`hold_folder` took: its lock file closed."""
+    fh = _HELD.pop(key, None) if key is not None else None
+    if fh is not None:
+        fh.close()

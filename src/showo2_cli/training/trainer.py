@@ -25,12 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..errors import ModelError, OutputError, UsageError, error_detail, short
 from . import checkpoint as ckpt
+from .checkpoint import LOCK_FILE as LOCK_FILE  # (the folder's lock lives with its checkpoints)
 from .control import LogWindow, StopRequest, check_trackers, chunks, flat_config, ignore_sigint, peak_rss_mb
 from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mix, step_keys
 from .objective import objective_for
@@ -91,44 +91,6 @@ def _mixed_precision(cfg: TrainConfig, cpu: bool) -> str:
 
 # ---- the run ------------------------------------------------------------------------------------
 
-LOCK_FILE = ".showo2-train.lock"
-_HELD: dict[str, Any] = {}  # output folders this process holds, by resolved path
-
-
-def _lock_run(output_dir: Path):
-    """Hold ``output_dir`` for this run (an advisory lock the OS drops when the process ends): a
-    second ``train`` on the same folder interleaved its metrics and pruned the other's checkpoints.
-    Returns the key to release with :func:`_unlock_run` (None: not taken here)."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): unguarded
-        return None
-    key = str(output_dir.resolve())
-    if key in _HELD:  # this process holds it already (a Run set up by hand before)
-        return None
-    fh = open(output_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the whole run)
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.seek(0)
-        pid = fh.read(20).strip()
-        fh.close()
-        raise OutputError(f"'{output_dir}' is in use by another showo2 train run{f' (pid {pid})' if pid else ''}: "
-                          "wait for it to end, or choose another output_dir") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()}\n")
-    fh.flush()
-    _HELD[key] = fh
-    return key
-
-
-def _unlock_run(key: str | None) -> None:
-    fh = _HELD.pop(key, None) if key is not None else None
-    if fh is not None:
-        fh.close()
-
-
 class Run:
     """One invocation of a training run (build, resume, loop, save)."""
 
@@ -182,7 +144,7 @@ class Run:
                 raise OutputError(f"cannot create output_dir '{self.output_dir}': {e.strerror or e}") from e
             if not os.access(self.output_dir, os.W_OK):
                 raise OutputError(f"output_dir '{self.output_dir}' is read-only")
-            self._lock = _lock_run(self.output_dir)  # before cleaning: another run's staging is not ours
+            self._lock = ckpt.hold_folder(self.output_dir)  # before cleaning: another run's staging is not ours
             for p in ckpt.clean_partials(self.output_dir):
                 self.notice(f"removed the incomplete checkpoint '{p.name}' left by an earlier crash")
         self.acc.wait_for_everyone()
@@ -334,9 +296,13 @@ class Run:
     def pre_encode(self, shard: tuple[int, int] | None = None, batch_size: int = 32) -> dict:
         """Encode every item of every cached, finite source that is not cached yet (this process's
         share: items ``k, k+n, ...`` of shard ``(k, n)``, by default the process rank of the world),
-        so that training reads latents instead of running the VAE."""
-        self.setup()
-        return self.objective.pre_encode(shard if shard is not None else (self.rank, self.world), batch_size)
+        so that training reads latents instead of running the VAE. The output folder is held
+        while it runs, and released however it ends (as :meth:`run`)."""
+        try:
+            self.setup()
+            return self.objective.pre_encode(shard if shard is not None else (self.rank, self.world), batch_size)
+        finally:
+            self._release()
 
     def _digest(self, samples) -> str:
         h = hashlib.sha1()
@@ -420,10 +386,14 @@ class Run:
                 self._remove_new_output()  # without a checkpoint goes (an interruption saves one)
                 raise
         finally:
-            _unlock_run(self._lock)  # the folder is free for the next run (in this process too)
-            self._lock = None
+            self._release()
 
     _lock = None  # the key of the output_dir's lock, held while the run lasts
+
+    def _release(self) -> None:
+        """Free the output folder for the next run (in this process too): its lock file closed."""
+        ckpt.release_folder(self._lock)
+        self._lock = None
 
     def _train(self) -> TrainResult:
         cfg = self.cfg
