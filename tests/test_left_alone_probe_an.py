@@ -1,5 +1,5 @@
 """What the last probes left alone (probe AN): planning many outputs with one listing per folder,
-a bounded wait for a launch's rendezvous, the run lock closed."""
+a bounded wait for a launch's rendezvous, the run lock closed, one force-download step."""
 
 from __future__ import annotations
 
@@ -216,3 +216,44 @@ def test_pre_encoding_releases_the_run_lock_however_it_ends(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         Run(parse_config(raw, source="c")).pre_encode()
     assert _free_to_lock(tmp_path / "run") and not ckpt._HELD
+
+
+def test_one_hub_step_before_a_load_and_heads_left_out_once(monkeypatch):
+    """from_pretrained and load each held the 'force_download on a Hub name: pull again' step; it
+    is loading.fetch now (from_pretrained's with its progress and the pull of missing pieces).
+    load() left the heads out twice without a LoRA: once now."""
+    from showo2_cli import hub, loading
+    from showo2_cli.errors import ModelError
+    from showo2_cli.modeling.showo2 import Showo2Model
+    from showo2_cli.pipeline import Showo2Pipeline
+
+    pulls = []
+
+    def pull(name, progress=None, *, force_download=False, **kwargs):
+        pulls.append((name, progress, force_download))
+        raise ModelError("pulled")
+
+    monkeypatch.setattr(hub, "pull", pull)
+
+    def progress(*args):
+        return None
+
+    with pytest.raises(ModelError, match="pulled"):
+        Showo2Pipeline.from_pretrained("1.5B", force_download=True, progress=progress)
+    with pytest.raises(ModelError, match="pulled"):
+        loading.load("1.5B", force_download=True)
+    assert pulls == [("1.5B", progress, True), ("1.5B", None, True)]
+    for call in (lambda: loading.load("1.5B", force_download=True, local_files_only=True),
+                 lambda: Showo2Pipeline.from_pretrained("1.5B", force_download=True, local_files_only=True)):
+        with pytest.raises(ValueError, match="force_download=True needs the Hub, local_files_only=True forbids it"):
+            call()
+    loading.fetch("demo", force_download=True, when_needed=True)  # the bundled demo: nothing to pull
+    assert len(pulls) == 2
+
+    left = []
+    real = Showo2Model.leave_out
+    monkeypatch.setattr(Showo2Model, "leave_out", lambda self, heads: left.append(tuple(heads)) or real(self, heads))
+    model = loading.load("demo", heads=("lm_head",))
+    assert left == [("lm_head",)]
+    assert type(model.network.showo.lm_head).__name__ != "NotLoaded" and \
+        sum(type(m).__name__ == "NotLoaded" for m in model.network.modules()) >= 1

@@ -215,7 +215,8 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     network = build_network(spec, state, dtype, where=str(files.root), heads=ALL_HEADS if lora else heads).eval()
     del state
     adapters = merge_adapters(network, lora) if lora else []
-    network.leave_out(heads)
+    if lora:  # (without adapters build_network left them out already)
+        network.leave_out(heads)
     tokenizer = tokens = None
     if files.tokenizer is not None:
         tokenizer = load_tokenizer(files.tokenizer)
@@ -242,16 +243,29 @@ def _find_on_hub(name, vae, local_files_only: bool, cache_dir, token, force_down
     """:func:`find_files` with the Hub arguments of :func:`load` (none given: the caller's)."""
     from contextlib import nullcontext
 
-    from .hub import is_hub_name, pull
     from .hub_auth import hub_access
+
+    given = cache_dir is not None or token is not None
+    with hub_access(cache_dir, token) if given else nullcontext():
+        fetch(name, force_download, local_files_only)
+        return find_files(name, vae=vae, local_files_only=local_files_only)
+
+
+def fetch(name, force_download: bool = False, local_files_only: bool = False, progress=None,
+          when_needed: bool = False) -> None:
+    """The one Hub step before a load (:func:`load`, ``Showo2Pipeline.from_pretrained``):
+    ``force_download`` on a Hub name (a variant, a repo id) pulls it again (the model repo's files
+    anew, :func:`showo2_cli.hub.pull`); ``when_needed`` also pulls a Hub name that is not cached or
+    lacks a piece (its tokenizer, its VAE), as ``from_pretrained`` does. ``progress`` gets the
+    bytes. ``local_files_only`` forbids both (with ``force_download``: a ValueError)."""
+    from .hub import is_hub_name, needs_download, pull
 
     if force_download and local_files_only:
         raise ValueError("force_download=True needs the Hub, local_files_only=True forbids it: pass one")
-    given = cache_dir is not None or token is not None
-    with hub_access(cache_dir, token) if given else nullcontext():
-        if force_download and is_hub_name(name):
-            pull(str(name), force_download=True)
-        return find_files(name, vae=vae, local_files_only=local_files_only)
+    if local_files_only:
+        return
+    if force_download and is_hub_name(name) or when_needed and needs_download(str(name)):
+        pull(str(name), progress=progress, force_download=force_download)
 
 
 def _require_safetensors(files: ModelFiles) -> None:

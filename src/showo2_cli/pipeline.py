@@ -33,7 +33,7 @@ from diffusers.utils import BaseOutput
 
 from .dialogue import check_streamer
 from .errors import ModelError, UsageError
-from .loading import Showo2, load
+from .loading import Showo2, fetch, load
 from .options import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_SAMPLER,
@@ -143,7 +143,7 @@ class Showo2Pipeline:
         ``variant`` must be None (Show-o2 repos publish one weight set: ``torch_dtype`` picks the
         precision); ``torch_dtype="auto"`` is bf16 on CUDA, float32 elsewhere. The VAE's
         encoder, which only captions and image-to-video use, loads on their first call, then stays."""
-        from .hub import is_hub_name, needs_download, pull, with_revision
+        from .hub import with_revision
         from .hub_auth import hub_access
 
         if not isinstance(name, (str, os.PathLike)):
@@ -163,8 +163,7 @@ class Showo2Pipeline:
             dtype = checked_dtype(torch_dtype) if torch_dtype is not None else \
                 pick_dtype("auto" if str(device) == "auto" else "fp32", dev)
         with hub_access(cache_dir, token):  # this call's cache and token, for the pull and the load alike
-            if not local_files_only and (force_download and is_hub_name(name) or needs_download(str(name))):
-                pull(str(name), progress=progress, force_download=force_download)
+            fetch(name, force_download, local_files_only, progress, when_needed=True)
             return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime,
                             local_files_only=local_files_only, use_safetensors=use_safetensors, lora=lora,
                             vae_parts=("decoder",)))
