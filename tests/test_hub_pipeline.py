@@ -314,17 +314,23 @@ def test_a_hub_that_stops_answering_fails_in_bounded_time(hub, monkeypatch):
 def test_two_processes_one_cache_a_stall_ends_only_its_own_download_and_a_killed_ones_leftovers_go(hub, monkeypatch):
     """Process B holds the weight file's lock and writes its .incomplete after A began: A stalls
     waiting and gives up without deleting B's file (it did before). B killed, its .incomplete
-    (never reused: the name is B's own) is removed by the next pull, which completes."""
+    (never reused: the name is B's own) is removed by the next pull, which completes.
+
+    Nothing here waits on the clock (it failed once on a loaded machine): A may give up only once
+    B's file is written (however slow B is to write it), the HTTP timeouts are generous, and A's
+    abandoned worker (which takes the lock when B dies and finishes A's download) is waited for
+    before the next pull, whose clean-up skips a file whose lock is held."""
     import signal
     import threading
     import time
 
     import huggingface_hub.constants as C
 
+    from showo2_cli import hub_download
     from showo2_cli.hub import download_model
 
     for name in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
-        monkeypatch.setattr(C, name, 1)
+        monkeypatch.setattr(C, name, 60)  # the local Hub answers; a loaded machine may take seconds
     repo = small_repo(hub)
     sha = hub.repos[repo].etag("model.safetensors")
     blobs, locks = hub.cache / "models--acme--small" / "blobs", hub.cache / ".locks" / "models--acme--small"
@@ -335,6 +341,12 @@ def test_two_processes_one_cache_a_stall_ends_only_its_own_download_and_a_killed
     locks.mkdir(parents=True)
     b = subprocess.Popen([sys.executable, "-c", code, str(locks / f"{sha}.lock"), str(other)], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
+    written = threading.Event()
+    real_stalled = hub_download._Bytes.stalled
+    # A's stall is judged as always, but only once B's file is there: B writes after A began, before A gives up
+    deadline = time.monotonic() + 120  # (a B that never writes still ends the test, failing it)
+    monkeypatch.setattr(hub_download._Bytes, "stalled", lambda meter, window: (
+        written.is_set() or time.monotonic() > deadline) and real_stalled(meter, window))
     try:
         assert b.stdout.readline().strip() == "locked"
 
@@ -344,16 +356,25 @@ def test_two_processes_one_cache_a_stall_ends_only_its_own_download_and_a_killed
             time.sleep(0.3)
             b.stdin.write("go\n")
             b.stdin.flush()
+            if b.stdout.readline().strip() == "written":
+                written.set()
 
-        threading.Thread(target=write_when_a_waits, daemon=True).start()
+        writer = threading.Thread(target=write_when_a_waits, daemon=True)
+        writer.start()
         monkeypatch.setenv("SHOWO2_HUB_STALL_SECONDS", "2")
         with pytest.raises(ModelError, match="stalled"):
             download_model(repo)
-        assert b.stdout.readline().strip() == "written" and other.is_file()  # B's download is B's
+        writer.join(60)
+        assert written.is_set() and other.is_file()  # B's download is B's
+        abandoned = [t for t in threading.enumerate() if t.name == f"showo2-hub-{repo}"]  # waiting for B's lock
+        assert abandoned
     finally:
         b.send_signal(signal.SIGKILL)
         b.wait()
-    monkeypatch.setenv("SHOWO2_HUB_STALL_SECONDS", "60")  # the retry may wait for the abandoned worker's lock
+    for t in abandoned:  # A's worker gets the lock B held and finishes; the next pull's clean-up then finds it free
+        t.join(120)
+    assert not any(t.is_alive() for t in abandoned)
+    monkeypatch.setenv("SHOWO2_HUB_STALL_SECONDS", "60")
     assert (download_model(repo) / "model.safetensors").is_file()
     assert not other.exists() and not [n for n in blobs_of(hub, repo) if n.endswith(".incomplete")]
 
