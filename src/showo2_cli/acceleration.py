@@ -48,6 +48,8 @@ def apply(bundle, options: RuntimeOptions | None):
         bundle.quantize = options.quantize
     if options.compile:
         compile_network(net)
+    if net.head_loader is not None:  # a head loaded on first use gets the same (loading.HeadLoader)
+        net.head_loader.runtime = options
     if bundle.vae is not None:
         bundle.vae.tiling = options.vae_tiling
     return bundle
@@ -109,9 +111,15 @@ def compile_network(net: nn.Module) -> None:
     """``torch.compile`` the LLM forward and every flow-head block in place (``nn.Module.compile``:
     the modules keep their names and weights; the first call of each shape compiles). A flow head
     left out on load (``load(heads=)``) is not there to compile."""
+    net.showo.model.compile()
+    compile_flow_head(net)
+
+
+def compile_flow_head(net: nn.Module) -> None:
+    """``torch.compile`` each flow-head block of ``net`` (the network, or the modules of a head
+    loaded later under their names in it), if loaded."""
     from .modeling.parts import NotLoaded
 
-    net.showo.model.compile()
     if not isinstance(net.diffusion_head_a, NotLoaded):
         for block in net.diffusion_head_a:
             block.compile()

@@ -80,6 +80,89 @@ def build_network(spec: ModelSpec, state: dict | None, dtype: torch.dtype, where
     return model
 
 
+class HeadLoader:
+    """Loads a head of the network left out on load (``load(heads=)``) on its first use, as loading
+    it then would have: the same tensors from the same files (checked unchanged since, by
+    :func:`~showo2_cli.weights.file_stamp`), converted to the load's dtype, on the load's device,
+    quantized and compiled as the network was (``runtime``, recorded by ``acceleration.apply``),
+    then moved to the network's present device and dtype, in its mode. All or nothing: every
+    tensor is checked before any is placed. Not with LoRA adapters (their merge is not replayed:
+    ``load`` keeps every head a caller may run)."""
+
+    def __init__(self, weights, dtype: torch.dtype, device, where: str):
+        import threading
+
+        from .weights import file_stamp
+
+        self.weights = [Path(p) for p in weights]
+        self.stamps = [file_stamp(p) for p in self.weights]
+        self.dtype, self.device, self.where = dtype, torch.device(device), where
+        self.runtime = None  # the RuntimeOptions applied to the network (acceleration.apply)
+        self.lock = threading.Lock()  # two threads' first calls load a head once
+
+    def __getstate__(self) -> dict:  # copy.deepcopy / pickle: a lock is not copied, a new one is made
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        import threading
+
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
+    @torch.inference_mode(False)  # a caller's inference mode would make the weights inference tensors
+    def __call__(self, network, heads: tuple[str, ...]) -> None:
+        from .acceleration import compile_flow_head, quantize_network
+        from .modeling.parts import NotLoaded
+        from .modeling.showo2 import HEADS
+        from .weights import file_stamp
+
+        with self.lock:
+            names = [n for h in heads for n in HEADS[h] if isinstance(network.get_submodule(n), NotLoaded)]
+            if not names:
+                return
+            for path, stamp in zip(self.weights, self.stamps, strict=True):
+                try:
+                    same = file_stamp(path) == stamp
+                except OSError:
+                    same = False
+                if not same:
+                    raise ModelError(f"{path}: the weights file changed or went away since the model was loaded; "
+                                     "load the model again")
+            state = read_state_dict(self.weights)
+            holder = torch.nn.Module()  # the head's modules under their names in the network
+            holder.spec = network.spec
+            for name in names:
+                module = network.get_submodule(name).meta_module
+                prefix = name + "."
+                part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                check_fit(module.state_dict(), part, self.where, what=f"the network's {name}")
+                part = {k: (v if v.dtype == self.dtype else v.to(self.dtype)) for k, v in part.items()}
+                module.load_state_dict(part, strict=True, assign=True)
+                parent, _, child = name.rpartition(".")
+                owner = holder
+                for step in parent.split(".") if parent else ():
+                    if not hasattr(owner, step):
+                        owner.add_module(step, torch.nn.Module())
+                    owner = getattr(owner, step)
+                owner.add_module(child, module)
+            del state
+            holder.to(device=self.device)
+            runtime = self.runtime
+            if runtime is not None and runtime.quantize != "none":
+                quantize_network(holder, runtime.quantize)
+            if runtime is not None and runtime.compile and hasattr(holder, "diffusion_head_a"):
+                compile_flow_head(holder)
+            here = network.image_embedder_gen.proj.weight  # where and how the network is now
+            if here.device != self.device:
+                holder.to(device=here.device)
+            if here.dtype != self.dtype:
+                holder.to(dtype=here.dtype)
+            for name in names:
+                parent, _, child = name.rpartition(".")
+                owner = network.get_submodule(parent) if parent else network
+                setattr(owner, child, holder.get_submodule(name).train(network.training))
+
+
 # ---- the bundle -------------------------------------------------------------------------------
 
 class Showo2:
@@ -173,7 +256,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
          runtime=None, lora: str | os.PathLike | list | tuple = (), local_files_only: bool = False,
          use_safetensors: bool | None = None, cache_dir: str | os.PathLike | None = None,
          token: bool | str | None = None, force_download: bool = False,
-         vae_parts: tuple[str, ...] = ("encoder", "decoder"), heads: tuple[str, ...] = ALL_HEADS) -> Showo2:
+         vae_parts: tuple[str, ...] = ("encoder", "decoder"), heads: tuple[str, ...] | None = ALL_HEADS) -> Showo2:
     """Load a model by name, folder or cached repo id. ``need`` lists the pieces that must exist;
     ``lora`` a LoRA adapter or a list of them (folders or training runs, see :mod:`showo2_cli.lora`)
     merged into the weights in order; ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the
@@ -187,9 +270,14 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     model again with :func:`showo2_cli.hub.pull`). ``vae_parts``: the halves of
     the VAE loaded now, ``encoder`` (what captions and image-to-video use) and ``decoder`` (what
     generation uses); the VAE file is checked whole, and a part left out loads on first use.
-    ``heads``: the network's heads kept, ``lm_head`` (text) and ``flow_head`` (generation); the
-    weights are checked whole, and a head left out is not converted, moved, quantized or compiled,
-    and calling it is a :class:`ModelError` (a tied ``lm_head`` is the embedding: always kept)."""
+    ``heads``: the network's heads loaded now, ``lm_head`` (text) and ``flow_head`` (generation),
+    by default both (``model.network`` is then the whole network, for ``state_dict()``, training or
+    ``add_lora``); ``()`` or None: each on its first use. The weights are checked whole; a head left
+    out is not converted, moved, quantized or compiled until it is first run, then loaded from the
+    same files as loading it now would have (:class:`HeadLoader`; a file changed since is a
+    :class:`ModelError`). With ``lora`` the adapters are merged on load, not again later: None
+    loads every head, and a head not named in a tuple is left out for good (calling it is a
+    :class:`ModelError`). A tied ``lm_head`` is the embedding: always there."""
     from .acceleration import apply
     from .lora import find_adapter, merge_adapters
     from .modeling.vae_files import check_parts, load_vae
@@ -208,15 +296,18 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
         lora = [lora]
     for ref in lora:  # a wrong path fails before the weights are read
         find_adapter(ref)
+    loader = HeadLoader(files.weights, dtype, device, str(files.root))  # (the files' stamps before reading)
     state = read_state_dict(files.weights)
     spec = spec_from_files(files, state)
+    if heads is None:
+        heads = ALL_HEADS if lora else ()
     # LoRA adapters are merged into the whole network (an adapter may name a head's layers), then
-    # the heads not kept are left out
+    # the heads not kept are left out for good; without adapters they load on first use
     network = build_network(spec, state, dtype, where=str(files.root), heads=ALL_HEADS if lora else heads).eval()
     del state
     adapters = merge_adapters(network, lora) if lora else []
-    if lora:  # (without adapters build_network left them out already)
-        network.leave_out(heads)
+    if network.leave_out(heads) and not lora:
+        network.head_loader = loader
     tokenizer = tokens = None
     if files.tokenizer is not None:
         tokenizer = load_tokenizer(files.tokenizer)

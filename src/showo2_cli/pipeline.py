@@ -189,7 +189,9 @@ class Showo2Pipeline:
         if self.offload != "none":
             raise UsageError(f"this pipeline uses {self.offload} CPU offload, whose hooks hold the weights; save it "
                              "before enabling offload")
-        state = getattr(self.network, "_orig_mod", self.network).state_dict()  # torch.compile's wrapper: its module
+        network = getattr(self.network, "_orig_mod", self.network)  # torch.compile's wrapper: its module
+        network.load_heads()  # the whole network is written (a head not yet run loads first)
+        state = network.state_dict()
         odd = next((k for k, v in state.items() if type(v) is not torch.Tensor or v.is_meta), None)
         if odd is not None:
             raise UsageError(f"the weights are quantized or offloaded ({odd}); load the model again without "

@@ -217,6 +217,8 @@ def enable_offload(bundle, mode: str, device: str | torch.device) -> None:
     dev = torch.device(device)
     if bundle.vae is not None:
         bundle.vae.load_parts()  # the hooks hold what is there: a part loaded later would have none
+    if mode == "sequential":  # (model offload moves the network whole: a head loaded later moves with it)
+        bundle.network.load_heads()
     parts = [m for m in (bundle.network, bundle.vae) if m is not None]
     if any(getattr(m, "execution_device", None) is not None for m in parts):
         raise UsageError("offload is already enabled on this model")

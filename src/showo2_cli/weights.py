@@ -303,6 +303,17 @@ def unwrapped(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def file_stamp(weights: Path) -> tuple:
+    """What says a weight file (a model's or a VAE's, read again for a part loaded on first use) is
+    still the one loaded: its size and time, or, for a file of a Hugging Face cache (a link into
+    ``blobs/``, each named by its content's hash), that blob's name and size: ``pull
+    --force-download`` writes the same blob again (new time, the same bytes, checked)."""
+    info, real = weights.stat(), Path(os.path.realpath(weights))
+    if real.parent.name == "blobs" and len(real.name) in (40, 64) and all(c in "0123456789abcdef" for c in real.name):
+        return str(real), info.st_size
+    return info.st_size, info.st_mtime_ns
+
+
 def read_state_dict(paths: Path | str | Sequence[Path | str]) -> dict[str, torch.Tensor]:
     """All tensors of one weight file or of several shards, never unpickling code."""
     if isinstance(paths, (str, Path)):

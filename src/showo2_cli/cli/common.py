@@ -259,14 +259,15 @@ def fetch_if_needed(model: str) -> None:
 
 def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE"),
                offload: str = "none", runtime=None, lora: list[Path] | None = None,
-               vae_parts: tuple[str, ...] = ("encoder", "decoder"), heads: tuple[str, ...] = ("lm_head", "flow_head")):
+               vae_parts: tuple[str, ...] = ("encoder", "decoder"), heads: tuple[str, ...] | None = None):
     """Resolve (downloading when needed), load, and place the model: on the device, or with
     ``offload`` in CPU memory behind accelerate's hooks that run it on the device. ``runtime``
     (:class:`~showo2_cli.options.RuntimeOptions`, its ``offload`` taking precedence) brings the
     attention backend, compilation, VAE tiling and quantization, applied by ``load``; the
     ``--lora`` adapters are merged into the weights first. ``vae_parts``: the halves of the VAE the
     command uses (the others load on first use, see ``loading.load``); ``heads``: the network's heads
-    it runs (a one-shot command leaves the other out: not converted, moved or held)."""
+    loaded now, the others on first use (None: each on first use; with ``--lora`` every head now,
+    and a one-shot command's other head never)."""
     offload = runtime.offload if runtime is not None else offload
     from ..hub import check_name
 

@@ -116,6 +116,9 @@ class Showo2Model(nn.Module):
 
     #: Where an offloaded network runs (set by ``runtime.enable_offload``); None = where its weights are.
     execution_device: torch.device | None = None
+    #: Loads a head left out on load from the weights' files, on first use (``loading.HeadLoader``,
+    #: set by ``loading.load``); None: a head left out stays out (calling it is a ModelError).
+    head_loader = None
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -219,6 +222,22 @@ class Showo2Model(nn.Module):
                        "load it with every head)")
             setattr(owner, child, NotLoaded(head, module.to("meta"), message))
         return names
+
+    def loaded_heads(self) -> tuple[str, ...]:
+        """The :data:`HEADS` whose weights are loaded."""
+        return tuple(h for h, names in HEADS.items() if not any(isinstance(self.get_submodule(n), NotLoaded)
+                                                                 for n in names))
+
+    def load_heads(self, *heads: str) -> None:
+        """Load the named heads (all when none is named) if they were left out on load: from the
+        files the network came from, as loading them then would have (``loading.HeadLoader``), then
+        kept. The methods that run a head call it themselves."""
+        unknown = [h for h in heads if h not in HEADS]
+        if unknown:
+            raise ValueError(f"unknown head {unknown[0]!r}: the heads are {', '.join(HEADS)}")
+        missing = tuple(h for h in (heads or HEADS) if h not in self.loaded_heads())
+        if missing and self.head_loader is not None:
+            self.head_loader(self, missing)  # (a head without a loader stays out: calling it says so)
 
     def init_weights(self, seed: int | None = None) -> None:
         """Training-from-scratch initialisation, following the official choices (spec §6.3)."""
@@ -398,6 +417,7 @@ class Showo2Model(nn.Module):
 
     @apply_forward_hook
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.load_heads("lm_head")
         return self.showo.lm_head(hidden)
 
     @apply_forward_hook
@@ -408,6 +428,7 @@ class Showo2Model(nn.Module):
         ``cond (B, M, D_f)`` is ``time_embed(t)`` per block; ``blocks (B, M, 2)`` the
         (offset, length) spans where modulation applies.
         """
+        self.load_heads("flow_head")
         b, length, _ = hidden.shape
         x = self.diff_proj(hidden)
         block_index = block_index_map(blocks, length).to(x.device)
@@ -431,6 +452,7 @@ class Showo2Model(nn.Module):
         """Run the text prefixes (``input_ids[b, :lengths[b]]``) once through the LLM and the flow head."""
         from transformers import DynamicCache
 
+        self.load_heads("flow_head")
         lengths = torch.as_tensor(lengths, dtype=torch.long)
         width = int(lengths.max())
         ids = input_ids[:, :width].to(self.device)
@@ -471,6 +493,7 @@ class Showo2Model(nn.Module):
         ``repeats``: ``x_t`` holds the latents of ``B / repeats`` rows, shared by ``repeats``
         copies (:meth:`shared_visual_tokens`); the velocity is returned for all ``B`` rows.
         """
+        self.load_heads("flow_head")
         is_image = x_t.dim() == 4
         video = x_t[:, :, None] if is_image else x_t
         _, c, frames, h, w = video.shape

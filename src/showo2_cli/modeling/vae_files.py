@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,16 @@ from torch import nn
 
 from ..errors import ModelError
 from ..runtime import quiet_imports
-from ..weights import TORCH_SUFFIXES, WEIGHT_SUFFIXES, check_fit, first, one_line, read_json, read_state_dict
+from ..weights import (
+    TORCH_SUFFIXES,
+    WEIGHT_SUFFIXES,
+    check_fit,
+    file_stamp,
+    first,
+    one_line,
+    read_json,
+    read_state_dict,
+)
 from .vae import (
     VAE_PARTS,
     NotLoaded,
@@ -65,7 +73,7 @@ def load_vae(
     parts = check_parts(parts)
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     weights, config_path = vae_source(Path(path).expanduser())
-    stamp = _stamp(weights)
+    stamp = file_stamp(weights)
     sd, kwargs, layout = _read(weights, config_path)
     model = _build_and_load(sd, kwargs, weights, layout, dtype, device, parts)
     vae = WanVAE(model)
@@ -81,16 +89,6 @@ def check_parts(parts) -> tuple[str, ...]:
     if unknown or not parts:
         raise ValueError(f"VAE parts must be some of {', '.join(VAE_PARTS)}, got {list(parts)!r}")
     return parts
-
-
-def _stamp(weights: Path) -> tuple:
-    """What says the file is still the one loaded: its size and time, or, for a file of a Hugging
-    Face cache (a link into ``blobs/``, each named by its content's hash), that blob's name and
-    size: ``pull --force-download`` writes the same blob again (new time, the same bytes, checked)."""
-    info, real = weights.stat(), Path(os.path.realpath(weights))
-    if real.parent.name == "blobs" and len(real.name) in (40, 64) and all(c in "0123456789abcdef" for c in real.name):
-        return str(real), info.st_size
-    return info.st_size, info.st_mtime_ns
 
 
 def _read(weights: Path, config_path: Path | None) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
@@ -110,7 +108,7 @@ def _load_later(weights: Path, stamp: tuple, load_dtype: torch.dtype, vae: WanVA
     dtype and mode, ordinary tensors even where the first use runs under ``torch.inference_mode()``.
     All or nothing: every tensor is checked before any is placed."""
     try:
-        same = _stamp(weights) == stamp
+        same = file_stamp(weights) == stamp
     except OSError:
         same = False
     if not same:

@@ -32,7 +32,7 @@ def build_showo2(cfg: TrainConfig, resume_from: Path | None):
         vae_path = None
         if resume_from is None and cfg.model.vae:
             vae_path = ckpt.resolve_run_path(cfg.model.vae)
-        bundle = load(where, vae=vae_path, dtype=torch.float32, need=("tokenizer",))
+        bundle = load(where, vae=vae_path, dtype=torch.float32, need=("tokenizer",), heads=("lm_head", "flow_head"))
         vae = bundle.vae
         if vae is None:
             if resume_from is not None:
