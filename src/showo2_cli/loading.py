@@ -138,6 +138,7 @@ class HeadLoader:
                 check_fit(module.state_dict(), part, self.where, what=f"the network's {name}")
                 part = {k: (v if v.dtype == self.dtype else v.to(self.dtype)) for k, v in part.items()}
                 module.load_state_dict(part, strict=True, assign=True)
+                module.train(network.training)  # before quantizing, as load's .eval() came before it
                 parent, _, child = name.rpartition(".")
                 owner = holder
                 for step in parent.split(".") if parent else ():
@@ -160,7 +161,7 @@ class HeadLoader:
             for name in names:
                 parent, _, child = name.rpartition(".")
                 owner = network.get_submodule(parent) if parent else network
-                setattr(owner, child, holder.get_submodule(name).train(network.training))
+                setattr(owner, child, holder.get_submodule(name))
 
 
 # ---- the bundle -------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ def parameter_counts(state: dict[str, torch.Tensor], tied: bool = False) -> dict
     for k, v in state.items():
         if tied and k == "showo.lm_head.weight":
             continue
-        key = k if v.device.type == "meta" else (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        key = k if v.device.type == "meta" else _storage_key(v)
         if key in seen:
             continue
         seen.add(key)
@@ -239,6 +240,15 @@ def parameter_counts(state: dict[str, torch.Tensor], tied: bool = False) -> dict
                 counts[group] += v.numel()
     counts["total"] = sum(counts.values())
     return counts
+
+
+def _storage_key(v: torch.Tensor) -> tuple:
+    """What two names of one shared tensor have in common: its storage and view, or, for a wrapper
+    tensor without a storage of its own (torchao's int8 weights, ``--quantize int8wo``), the object."""
+    try:
+        return v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)
+    except RuntimeError:  # "Attempted to access the data pointer on an invalid python storage"
+        return ("object", id(v))
 
 
 def require_model(model) -> Showo2:
