@@ -131,15 +131,91 @@ def test_a_weights_file_changed_before_first_use_is_one_clear_error(tiny_model_d
     assert api.caption(model, image, api.CaptionOptions(max_new_tokens=2)).answers  # the rest still runs
 
 
-def test_with_lora_every_head_loads_at_once_and_a_head_left_out_stays_out(tiny_model_dir, tmp_path):
-    from conftest import random_lora
+def _adapter(model_dir, folder, targets, seed, **config):
+    """A LoRA adapter of rank 2 on ``targets`` (layer-name suffixes) with random B matrices, its
+    config then given ``config``'s fields (peft's: alpha_pattern, use_rslora, ...)."""
+    from showo2_cli.lora import ADAPTER_CONFIG, add_lora, save_adapter
 
-    adapter = random_lora(tiny_model_dir, tmp_path / "adapter")
-    assert load(tiny_model_dir, lora=[adapter], heads=None).network.loaded_heads() == ALL_HEADS
-    part = load(tiny_model_dir, lora=[adapter], heads=("lm_head",))  # a caption's: the merge is not replayed
-    assert part.network.head_loader is None
-    with pytest.raises(ModelError, match="the network's flow_head is not loaded"):
-        api.text_to_image(part, ["a red circle"], api.GenerateOptions(steps=2, seed=1))
+    net = load(model_dir).network
+    lora_config = add_lora(net, 2, 4.0, 0.0, targets, ())
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    save_adapter(folder, net, lora_config)
+    raw = json.loads((folder / ADAPTER_CONFIG).read_text())
+    (folder / ADAPTER_CONFIG).write_text(json.dumps({**raw, **config}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapters(untied, tmp_path_factory):
+    """Two adapters merged in order: one over the LLM, the flow head and the untied lm_head with a
+    per-layer alpha and rsLoRA scaling, one over the flow head's attention alone."""
+    tmp = tmp_path_factory.mktemp("adapters")
+    first = _adapter(untied, tmp / "a", ["q_proj", "fc1", "linear", "lm_head"], 1, use_rslora=True,
+                     alpha_pattern={"diffusion_head_b.linear": 9.0, "lm_head": 3.0})
+    second = _adapter(untied, tmp / "b", ["diffusion_head_a.0.self_attn.q_proj", "o_proj"], 2)
+    return [first, second]
+
+
+@pytest.mark.parametrize("option", ["fp32", "bf16", "int8wo"])
+def test_lora_adapters_are_merged_into_a_head_loaded_later_as_on_load(untied, adapters, image, option):
+    kwargs, _ = OPTIONS[option]
+    if option == "int8wo":
+        pytest.importorskip("torchao")
+    eager = load(untied, lora=adapters, heads=ALL_HEADS, **kwargs)
+    lazy = load(untied, lora=adapters, heads=(), **kwargs)
+    assert lazy.network.loaded_heads() == () and lazy.adapters == eager.adapters
+    base = load(untied, heads=ALL_HEADS, **kwargs).network.state_dict()
+    got, want = _use(lazy, image), _use(eager, image)
+    assert got[0] == want[0] and torch.equal(got[2], want[2])
+    se, sl = _plain(eager.network.state_dict()), _plain(lazy.network.state_dict())
+    assert set(sl) == set(se)
+    for k, v in se.items():
+        assert sl[k].dtype == v.dtype and torch.equal(sl[k], v), k
+    if option != "int8wo":
+        for k in ("diffusion_head_b.linear.weight", "diffusion_head_a.0.self_attn.q_proj.weight",
+                  "showo.lm_head.weight"):
+            assert not torch.equal(sl[k], base[k]), k  # merged into the heads loaded later
+
+
+def test_lora_merges_only_into_what_is_loaded(tiny_model_dir, adapters, untied, tmp_path):
+    """A caption's load (no flow head) builds no flow-head weights to merge into and drop: the
+    adapters' flow-head layers are matched and checked on 'meta' alone."""
+    part = load(untied, lora=adapters, heads=("lm_head",))
+    assert isinstance(part.network.diffusion_head_a, NotLoaded)
+    assert all(p.is_meta for p in part.network.diffusion_head_a.meta_module.parameters())
+    recorded = part.network.head_loader.adapters  # the flow-head layers each adapter adapts, for later
+    assert [folder for folder, _ in recorded] == [str(a) for a in adapters]
+    assert all(names and all(n.startswith(FLOW) for n in names) for _, names in recorded)
+    assert "diffusion_head_a.0.self_attn.q_proj" in recorded[1][1] and "diffusion_head_a.1.self_attn.o_proj" in recorded[1][1]
+    # an adapter whose flow-head tensor does not fit still fails the load, before any use
+    from safetensors.torch import load_file, save_file
+
+    from showo2_cli.lora import ADAPTER_WEIGHTS
+
+    bad = tmp_path / "bad"
+    shutil.copytree(adapters[1], bad)
+    state = load_file(str(bad / ADAPTER_WEIGHTS))
+    key = next(k for k in state if k.startswith("diffusion_head_a.0.self_attn.q_proj.lora_B"))
+    state[key] = state[key][:-1].contiguous()
+    save_file(state, str(bad / ADAPTER_WEIGHTS))
+    with pytest.raises(ModelError, match="does not fit this model"):
+        load(untied, lora=[bad], heads=("lm_head",))
+
+
+def test_a_lora_adapter_changed_before_first_use_is_one_clear_error(untied, adapters, tmp_path, image):
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapters[1], folder)
+    model = load(untied, lora=[folder], heads=("lm_head",))
+    from showo2_cli.lora import ADAPTER_WEIGHTS
+
+    (folder / ADAPTER_WEIGHTS).unlink()
+    with pytest.raises(ModelError, match="the LoRA adapter file changed or went away"):
+        api.text_to_image(model, ["a red circle"], api.GenerateOptions(steps=2, seed=1))
+    assert isinstance(model.network.diffusion_head_a, NotLoaded)
 
 
 def _spy_loads(monkeypatch) -> list:
@@ -215,3 +291,17 @@ def test_parameter_counts_of_an_int8_quantized_model(tiny_model_dir):
     pytest.importorskip("torchao")
     quantized = load(tiny_model_dir, runtime=RuntimeOptions(quantize="int8wo"))
     assert quantized.parameter_counts() == load(tiny_model_dir).parameter_counts()
+
+
+def test_a_head_that_would_not_fit_the_memory_limit_is_refused_before_it_is_read(tiny_model_dir, monkeypatch):
+    from showo2_cli.errors import ResourceError
+    from showo2_cli.options import MAX_MEMORY_ENV
+
+    model = load(tiny_model_dir, heads=("lm_head",))
+    monkeypatch.setenv(MAX_MEMORY_ENV, "0.0001")  # 100 kB: less than the tiny flow head
+    with pytest.raises(ResourceError, match=r"loading the network's flow_head needs about"):
+        model.network.load_heads("flow_head")
+    assert isinstance(model.network.diffusion_head_a, NotLoaded)
+    monkeypatch.delenv(MAX_MEMORY_ENV)
+    model.network.load_heads("flow_head")
+    assert model.network.loaded_heads() == ALL_HEADS

@@ -20,6 +20,7 @@ other set. Pickle files are read only with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -83,11 +84,10 @@ def build_network(spec: ModelSpec, state: dict | None, dtype: torch.dtype, where
 class HeadLoader:
     """Loads a head of the network left out on load (``load(heads=)``) on its first use, as loading
     it then would have: the same tensors from the same files (checked unchanged since, by
-    :func:`~showo2_cli.weights.file_stamp`), converted to the load's dtype, on the load's device,
-    quantized and compiled as the network was (``runtime``, recorded by ``acceleration.apply``),
-    then moved to the network's present device and dtype, in its mode. All or nothing: every
-    tensor is checked before any is placed. Not with LoRA adapters (their merge is not replayed:
-    ``load`` keeps every head a caller may run)."""
+    :func:`~showo2_cli.weights.file_stamp`, adapters' included), converted to the load's dtype,
+    with the LoRA adapters merged on load merged into it (:func:`~showo2_cli.lora.merge_recorded`),
+    then moved to the network's present device and dtype. All or nothing: every tensor is checked
+    before any is placed."""
 
     def __init__(self, weights, dtype: torch.dtype, device, where: str):
         import threading
@@ -96,9 +96,24 @@ class HeadLoader:
 
         self.weights = [Path(p) for p in weights]
         self.stamps = [file_stamp(p) for p in self.weights]
+        self.adapters: list = []  # LoRA adapters merged on load: (folder, layers of the heads left out)
+        self.file_stamps = list(self.stamps)
         self.dtype, self.device, self.where = dtype, torch.device(device), where
         self.runtime = None  # the RuntimeOptions applied to the network (acceleration.apply)
         self.lock = threading.Lock()  # two threads' first calls load a head once
+
+    @property
+    def files(self) -> list[Path]:
+        """The files a head is read from: the weights, and the adapters recorded for the heads."""
+        from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+        return self.weights + [Path(f) / n for f, names in self.adapters if names for n in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)]
+
+    def record_adapters(self) -> None:
+        """Stamp the adapters' files as they are now (``load`` calls it after merging them)."""
+        from .weights import file_stamp
+
+        self.file_stamps = self.stamps + [file_stamp(p) for p in self.files[len(self.weights):]]
 
     def __getstate__(self) -> dict:  # copy.deepcopy / pickle: a lock is not copied, a new one is made
         return {k: v for k, v in self.__dict__.items() if k != "lock"}
@@ -112,27 +127,33 @@ class HeadLoader:
     @torch.inference_mode(False)  # a caller's inference mode would make the weights inference tensors
     def __call__(self, network, heads: tuple[str, ...]) -> None:
         from .acceleration import compile_flow_head, quantize_network
+        from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_recorded
         from .modeling.parts import NotLoaded
         from .modeling.showo2 import HEADS
+        from .runtime import check_memory
         from .weights import file_stamp
 
         with self.lock:
             names = [n for h in heads for n in HEADS[h] if isinstance(network.get_submodule(n), NotLoaded)]
             if not names:
                 return
-            for path, stamp in zip(self.weights, self.stamps, strict=True):
+            for path, stamp in zip(self.files, self.file_stamps, strict=True):
                 try:
                     same = file_stamp(path) == stamp
                 except OSError:
                     same = False
                 if not same:
-                    raise ModelError(f"{path}: the weights file changed or went away since the model was loaded; "
+                    what = "LoRA adapter file" if path.name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) else "weights file"
+                    raise ModelError(f"{path}: the {what} changed or went away since the model was loaded; "
                                      "load the model again")
+            size = sum(network.get_submodule(n).numel for n in names) * self.dtype.itemsize / 1e9
+            check_memory(size, f"loading the network's {' and '.join(heads)}", None, self.device,
+                         "free some memory first")  # (before anything is read)
             state = read_state_dict(self.weights)
             holder = torch.nn.Module()  # the head's modules under their names in the network
             holder.spec = network.spec
             for name in names:
-                module = network.get_submodule(name).meta_module
+                module = copy.deepcopy(network.get_submodule(name).meta_module)  # (a failure leaves the stand-in whole)
                 prefix = name + "."
                 part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
                 check_fit(module.state_dict(), part, self.where, what=f"the network's {name}")
@@ -147,6 +168,7 @@ class HeadLoader:
                     owner = getattr(owner, step)
                 owner.add_module(child, module)
             del state
+            merge_recorded(holder, self.adapters, names)  # (on the CPU in the load's dtype, as on load)
             holder.to(device=self.device)
             runtime = self.runtime
             if runtime is not None and runtime.quantize != "none":
@@ -309,14 +331,13 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     loader = HeadLoader(files.weights, dtype, device, str(files.root))  # (the files' stamps before reading)
     state = read_state_dict(files.weights)
     spec = spec_from_files(files, state)
-    if heads is None:
-        heads = ALL_HEADS if lora else ()
-    # LoRA adapters are merged into the whole network (an adapter may name a head's layers), then
-    # the heads not kept are left out for good; without adapters they load on first use
-    network = build_network(spec, state, dtype, where=str(files.root), heads=ALL_HEADS if lora else heads).eval()
+    network = build_network(spec, state, dtype, where=str(files.root), heads=() if heads is None else heads).eval()
     del state
-    adapters = merge_adapters(network, lora) if lora else []
-    if network.leave_out(heads) and not lora:
+    # LoRA adapters are merged into what is loaded; a head left out is matched and checked on 'meta',
+    # and merged when it loads (HeadLoader)
+    adapters = merge_adapters(network, lora, record=loader.adapters) if lora else []
+    loader.record_adapters()
+    if network.loaded_heads() != ALL_HEADS:
         network.head_loader = loader
     tokenizer = tokens = None
     if files.tokenizer is not None:

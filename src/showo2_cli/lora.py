@@ -14,6 +14,7 @@ Loading never runs code: the weights are safetensors and the config is JSON.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -230,35 +231,97 @@ def load_adapter_state(network: torch.nn.Module, state: dict, where: str, adapte
                          f"place, {len(missing)} missing; e.g. {example})")
 
 
-def merge_adapters(network: torch.nn.Module, refs) -> list[str]:
+def merge_adapters(network: torch.nn.Module, refs, record: list | None = None) -> list[str]:
     """Merge each adapter of ``refs`` into ``network``'s weights, in order (``W += alpha/r * B A``),
-    leaving a plain network (no LoRA layers). Returns the adapter folders."""
-    with quiet_imports():
-        from peft import inject_adapter_in_model
+    leaving a plain network (no LoRA layers). Returns the adapter folders. A part of the network
+    left out (a :class:`~showo2_cli.modeling.parts.NotLoaded` head) takes part on 'meta': its
+    layers are matched and the adapter's tensors checked against them, but nothing is merged nor
+    held; ``record`` (a list) then gets, per adapter, ``(folder, the names of the layers it adapts
+    there)``, for :func:`merge_recorded` when that part loads."""
+    from contextlib import ExitStack
 
     done = []
-    for i, ref in enumerate(refs):
-        config, state, folder = read_adapter(ref)
-        name = f"lora{i}"
-        targets = config.target_modules
-        if isinstance(targets, str):  # peft: a regular expression over the full module names
-            if targets != "all-linear" and not _matches_linear(network, targets):
-                raise ModelError(f"LoRA adapter '{folder}': target_modules {short(targets, 60)!r} matches no "
-                                 "linear layer of this model")
-        else:
-            missing = [t for t in sorted(targets) if not _has_linear(network, t)]
-            if missing:
-                raise ModelError(f"LoRA adapter '{folder}' targets layers this model does not have (e.g. {missing[0]})")
-        config.inference_mode = True
-        try:
-            inject_adapter_in_model(config, network, adapter_name=name)
-        except (ValueError, TypeError, ImportError, NotImplementedError, AttributeError, KeyError,
-                RecursionError) as e:  # peft refuses (or fails on) what it cannot apply
-            raise ModelError(f"LoRA adapter '{folder}' cannot be applied: {one_line(e)}") from None
-        load_adapter_state(network, state, str(folder), adapter_name=name)
-        unload(network, merge=True, adapter_name=name)
-        done.append(str(folder))
+    with ExitStack() as stack:
+        left_out = stack.enter_context(_left_out_on_meta(network))
+        for i, ref in enumerate(refs):
+            config, state, folder = read_adapter(ref)
+            targets = config.target_modules
+            if isinstance(targets, str):  # peft: a regular expression over the full module names
+                if targets != "all-linear" and not _matches_linear(network, targets):
+                    raise ModelError(f"LoRA adapter '{folder}': target_modules {short(targets, 60)!r} matches no "
+                                     "linear layer of this model")
+            else:
+                missing = [t for t in sorted(targets) if not _has_linear(network, t)]
+                if missing:
+                    raise ModelError(f"LoRA adapter '{folder}' targets layers this model does not have (e.g. {missing[0]})")
+            names = _merge_one(network, config, state, folder, f"lora{i}", left_out)
+            if record is not None:
+                record.append((str(folder), names))
+            done.append(str(folder))
     return done
+
+
+def merge_recorded(network: torch.nn.Module, recorded: list, within: list[str]) -> None:
+    """Merge the adapters of ``recorded`` (what :func:`merge_adapters` recorded) into the layers
+    under ``within`` (modules of ``network`` that were left out then and are loaded now, under
+    their names at the time), as merging them then would have: the same layers, ranks, scales and
+    tensors, in the same order, through peft."""
+    for i, (folder, names) in enumerate(recorded):
+        names = [n for n in names if any(n == w or n.startswith(w + ".") for w in within)]
+        if not names:
+            continue
+        config, state, folder = read_adapter(folder)
+        config.target_modules = set(names)  # the layers matched then, by their full names
+        state = {k: v for k, v in state.items() if k.split(".lora_")[0] in names}
+        with warnings.catch_warnings():  # the patterns of the other layers (matched on load) match none here
+            warnings.filterwarnings("ignore", message=".*_pattern keys did not match", category=RuntimeWarning)
+            _merge_one(network, config, state, folder, f"lora{i}", [])
+
+
+def _merge_one(network: torch.nn.Module, config, state: dict, folder, name: str, left_out: list[str]) -> list[str]:
+    """Inject, fill and merge one adapter; returns the names of the layers it adapted under ``left_out``."""
+    with quiet_imports():
+        from peft import inject_adapter_in_model
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+    config.inference_mode = True
+    try:
+        inject_adapter_in_model(config, network, adapter_name=name)
+    except (ValueError, TypeError, ImportError, NotImplementedError, AttributeError, KeyError,
+            RecursionError) as e:  # peft refuses (or fails on) what it cannot apply
+        raise ModelError(f"LoRA adapter '{folder}' cannot be applied: {one_line(e)}") from None
+    with warnings.catch_warnings():  # a part left out: its tensors are checked, not copied (torch says so)
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
+        load_adapter_state(network, state, str(folder), adapter_name=name)
+    names = [n for n, m in network.named_modules() if isinstance(m, BaseTunerLayer)
+             and any(n == w or n.startswith(w + ".") for w in left_out)]
+    unload(network, merge=True, adapter_name=name)
+    return names
+
+
+class _left_out_on_meta:
+    """Put the 'meta' modules of the network's left-out parts in place of their stand-ins for the
+    block (so adapters match and are checked against the whole network); the stand-ins go back
+    after. Yields the names of those parts."""
+
+    def __init__(self, network: torch.nn.Module):
+        from .modeling.parts import NotLoaded
+
+        self.network = network
+        self.stand_ins = [(n, m) for n, m in network.named_modules() if isinstance(m, NotLoaded)]
+
+    def _put(self, which: str) -> None:
+        for name, stand_in in self.stand_ins:
+            parent, _, child = name.rpartition(".")
+            owner = self.network.get_submodule(parent) if parent else self.network
+            setattr(owner, child, stand_in.meta_module if which == "meta" else stand_in)
+
+    def __enter__(self) -> list[str]:
+        self._put("meta")
+        return [n for n, _ in self.stand_ins]
+
+    def __exit__(self, *exc) -> None:
+        self._put("stand-in")
 
 
 def _matches_linear(network: torch.nn.Module, pattern: str) -> bool:
@@ -286,7 +349,7 @@ def unload(network: torch.nn.Module, merge: bool, adapter_name: str = "default")
 
     layers = [(n, m) for n, m in network.named_modules() if isinstance(m, BaseTunerLayer)]
     for name, module in layers:
-        if merge:
+        if merge and not module.get_base_layer().weight.is_meta:  # (a part left out: nothing to merge into)
             try:
                 module.merge(safe_merge=True, adapter_names=[adapter_name])
             except (ValueError, NotImplementedError) as e:  # NaNs in the merged weights; a layer peft cannot merge
