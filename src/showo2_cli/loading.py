@@ -306,10 +306,9 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     by default both (``model.network`` is then the whole network, for ``state_dict()``, training or
     ``add_lora``); ``()`` or None: each on its first use. The weights are checked whole; a head left
     out is not converted, moved, quantized or compiled until it is first run, then loaded from the
-    same files as loading it now would have (:class:`HeadLoader`; a file changed since is a
-    :class:`ModelError`). With ``lora`` the adapters are merged on load, not again later: None
-    loads every head, and a head not named in a tuple is left out for good (calling it is a
-    :class:`ModelError`). A tied ``lm_head`` is the embedding: always there."""
+    same files as loading it now would have (:class:`HeadLoader`: ``lora`` adapters, dtype,
+    device, quantization and compilation alike; a file changed since is a :class:`ModelError`).
+    A tied ``lm_head`` is the embedding: always there."""
     from .acceleration import apply
     from .lora import find_adapter, merge_adapters
     from .modeling.vae_files import check_parts, load_vae

@@ -416,7 +416,7 @@ def chat(
             M.check_video(path)
 
     bundle = C.load_model(model, device, dtype, vae=vae, runtime=runtime, lora=lora, vae_parts=("encoder",),
-                          heads=None if lora else ("lm_head",))  # the decoder and flow head on the first /t2i
+                          heads=("lm_head",))  # the decoder and flow head on the first /t2i
     from ..chat import Conversation  # torch: after load_model's check of the model's name
     if opts.seed is None and opts.sampling().sampled:  # every answer of the chat is drawn with it: printed
         # as caption prints its seed, so --seed N repeats the chat (each turn's transcript records it)

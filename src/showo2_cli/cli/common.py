@@ -266,8 +266,7 @@ def load_model(model: str | None, device: str, dtype: str, vae: Path | None = No
     attention backend, compilation, VAE tiling and quantization, applied by ``load``; the
     ``--lora`` adapters are merged into the weights first. ``vae_parts``: the halves of the VAE the
     command uses (the others load on first use, see ``loading.load``); ``heads``: the network's heads
-    loaded now, the others on first use (None: each on first use; with ``--lora`` every head now,
-    and a one-shot command's other head never)."""
+    loaded now, the others on first use (None: each on first use)."""
     offload = runtime.offload if runtime is not None else offload
     from ..hub import check_name
 
