@@ -305,3 +305,23 @@ def test_a_head_that_would_not_fit_the_memory_limit_is_refused_before_it_is_read
     monkeypatch.delenv(MAX_MEMORY_ENV)
     model.network.load_heads("flow_head")
     assert model.network.loaded_heads() == ALL_HEADS
+
+
+def test_the_pipeline_loads_each_head_on_first_use_and_saves_them_all(untied, image, tmp_path):
+    from safetensors.torch import load_file
+
+    from showo2_cli import Showo2Pipeline
+
+    pipe = Showo2Pipeline.from_pretrained(untied)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.network.loaded_heads() == ()
+    answer = pipe.caption(image, max_new_tokens=3)
+    assert pipe.network.loaded_heads() == ("lm_head",)
+    eager = load(untied, heads=ALL_HEADS)
+    assert answer == api.caption(eager, image, api.CaptionOptions(max_new_tokens=3)).answers[0]
+    pipe("a red circle", num_inference_steps=2, seed=1)
+    assert pipe.network.loaded_heads() == ALL_HEADS
+    fresh = Showo2Pipeline.from_pretrained(untied)  # nothing run: save_pretrained loads the heads first
+    fresh.save_pretrained(tmp_path / "saved")
+    saved, source = load_file(str(tmp_path / "saved" / "model.safetensors")), load_file(str(untied / "model.safetensors"))
+    assert set(saved) == set(source) and all(torch.equal(saved[k], source[k]) for k in source)

@@ -124,7 +124,9 @@ class Showo2Pipeline:
         (:class:`~showo2_cli.options.RuntimeOptions`): attention backend, quantization
         (``quantize="nf4"`` or ``"int8wo"``), compilation, VAE tiling, as the CLI options.
         ``lora``: a LoRA adapter (a folder, a checkpoint or a training run) or a list of them,
-        merged into the weights in order as ``--lora`` does.
+        merged into the weights in order as ``--lora`` does. The network's heads load on first
+        use (``load(heads=())``): the flow head with the first generation, an untied ``lm_head``
+        with the first :meth:`caption`; :meth:`save_pretrained` loads what is missing first.
 
         The Hub arguments mean what they mean to huggingface_hub, for this call only:
         ``cache_dir`` is the cache looked in and downloaded into (default ``HF_HUB_CACHE``);
@@ -166,7 +168,7 @@ class Showo2Pipeline:
             fetch(name, force_download, local_files_only, progress, when_needed=True)
             return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime,
                             local_files_only=local_files_only, use_safetensors=use_safetensors, lora=lora,
-                            vae_parts=("decoder",)))
+                            vae_parts=("decoder",), heads=()))  # each head on first use (a caption, a generation)
 
     @one_call_at_a_time
     def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True,
