@@ -231,6 +231,7 @@ def _spy_loads(monkeypatch) -> list:
     return bundles
 
 
+@pytest.mark.slow  # (several commands' worth of work)
 def test_chat_holds_no_flow_head_until_a_t2i(monkeypatch, untied, tmp_path):
     from typer.testing import CliRunner
 
@@ -255,6 +256,7 @@ def _post(address, path: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow  # (several commands' worth of work)
 def test_serve_loads_each_head_on_the_first_request_that_runs_it(monkeypatch, untied):
     pytest.importorskip("fastapi")
     from showo2_cli import serve as S
@@ -307,6 +309,7 @@ def test_a_head_that_would_not_fit_the_memory_limit_is_refused_before_it_is_read
     assert model.network.loaded_heads() == ALL_HEADS
 
 
+@pytest.mark.slow  # (several commands' worth of work)
 def test_the_pipeline_loads_each_head_on_first_use_and_saves_them_all(untied, image, tmp_path):
     from safetensors.torch import load_file
 
