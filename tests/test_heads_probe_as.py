@@ -327,3 +327,24 @@ def test_the_pipeline_loads_each_head_on_first_use_and_saves_them_all(untied, im
     fresh.save_pretrained(tmp_path / "saved")
     saved, source = load_file(str(tmp_path / "saved" / "model.safetensors")), load_file(str(untied / "model.safetensors"))
     assert set(saved) == set(source) and all(torch.equal(saved[k], source[k]) for k in source)
+
+
+def test_two_first_uses_at_once_load_the_head_once(tiny_model_dir, monkeypatch):
+    import threading
+
+    import showo2_cli.loading as loading
+
+    model = load(tiny_model_dir, heads=("lm_head",))
+    reads, real = [], loading.read_state_dict
+
+    def counted(paths):
+        reads.append(paths)
+        return real(paths)
+
+    monkeypatch.setattr(loading, "read_state_dict", counted)
+    threads = [threading.Thread(target=model.network.load_heads, args=("flow_head",)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(reads) == 1 and model.network.loaded_heads() == ALL_HEADS
