@@ -238,11 +238,8 @@ def merge_adapters(network: torch.nn.Module, refs, record: list | None = None) -
     layers are matched and the adapter's tensors checked against them, but nothing is merged nor
     held; ``record`` (a list) then gets, per adapter, ``(folder, the names of the layers it adapts
     there)``, for :func:`merge_recorded` when that part loads."""
-    from contextlib import ExitStack
-
     done = []
-    with ExitStack() as stack:
-        left_out = stack.enter_context(_left_out_on_meta(network))
+    with _left_out_on_meta(network) as left_out:
         for i, ref in enumerate(refs):
             config, state, folder = read_adapter(ref)
             targets = config.target_modules

@@ -225,19 +225,15 @@ class Showo2Model(nn.Module):
 
     def loaded_heads(self) -> tuple[str, ...]:
         """The :data:`HEADS` whose weights are loaded."""
-        return tuple(h for h, names in HEADS.items() if not any(isinstance(self.get_submodule(n), NotLoaded)
-                                                                 for n in names))
+        return tuple(h for h, ns in HEADS.items() if not any(isinstance(self.get_submodule(n), NotLoaded) for n in ns))
 
     def load_heads(self, *heads: str) -> None:
-        """Load the named heads (all when none is named) if they were left out on load: from the
-        files the network came from, as loading them then would have (``loading.HeadLoader``), then
-        kept. The methods that run a head call it themselves."""
-        unknown = [h for h in heads if h not in HEADS]
-        if unknown:
-            raise ValueError(f"unknown head {unknown[0]!r}: the heads are {', '.join(HEADS)}")
+        """Load the named heads (all when none is named) left out on load, as loading them then
+        would have (``loading.HeadLoader``), and keep them; the methods that run a head call it."""
+        self.left_out_modules(heads)  # (checks the names)
         missing = tuple(h for h in (heads or HEADS) if h not in self.loaded_heads())
-        if missing and self.head_loader is not None:
-            self.head_loader(self, missing)  # (a head without a loader stays out: calling it says so)
+        if missing and self.head_loader is not None:  # (without one, calling the head says it is not loaded)
+            self.head_loader(self, missing)
 
     def init_weights(self, seed: int | None = None) -> None:
         """Training-from-scratch initialisation, following the official choices (spec §6.3)."""
