@@ -69,7 +69,11 @@ OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("option", list(OPTIONS))
+SLOW = pytest.mark.slow  # (the same path as a neighbour's: in the slow suite, for the fast one's time)
+
+
+@pytest.mark.parametrize("option", [pytest.param(o, marks=SLOW) if o in ("fp16", "moved-to-bf16") else o
+                                    for o in OPTIONS])
 def test_a_head_loaded_on_first_use_is_the_eager_loads_bit_for_bit(untied, image, option):
     kwargs, after = OPTIONS[option]
     if option == "int8wo":
@@ -159,7 +163,7 @@ def adapters(untied, tmp_path_factory):
     return [first, second]
 
 
-@pytest.mark.parametrize("option", ["fp32", "int8wo"])
+@pytest.mark.parametrize("option", ["fp32", pytest.param("int8wo", marks=SLOW)])
 def test_lora_adapters_are_merged_into_a_head_loaded_later_as_on_load(untied, adapters, image, option):
     kwargs, _ = OPTIONS[option]
     if option == "int8wo":
