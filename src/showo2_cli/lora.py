@@ -2,7 +2,8 @@
 
 An adapter is a folder in peft's own layout (what ``PeftModel.save_pretrained`` writes):
 ``adapter_model.safetensors`` (the low-rank ``lora_A``/``lora_B`` matrices, keys without the
-adapter name) and ``adapter_config.json`` (peft's ``LoraConfig``: rank, alpha, target modules,
+adapter name and with peft's ``base_model.model.`` prefix, so ``PeftModel.from_pretrained(network,
+folder)`` loads it) and ``adapter_config.json`` (peft's ``LoraConfig``: rank, alpha, target modules,
 ``base_model_name_or_path``). ``showo2 train`` writes one into every checkpoint of a run with a
 ``[lora]`` section; ``--lora PATH`` (any model command) merges one or more into the weights of
 whatever base model loads, in order; ``showo2 convert BASE --lora PATH -o OUT`` writes the merged
@@ -25,6 +26,7 @@ from .runtime import quiet_imports
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 FORMAT = "1"  # the showo2_lora value in the weights' safetensors metadata
+PEFT_PREFIX = "base_model.model."  # the keys' prefix in what PeftModel.save_pretrained writes
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -77,12 +79,20 @@ def save_adapter(folder: Path, network: torch.nn.Module, config, metadata: dict 
     renamed into place when complete, so never seen half-written)."""
     from safetensors.torch import save_file
 
+    import copy
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().contiguous().cpu() for k, v in adapter_state(network).items()}
+    # the keys as PeftModel.save_pretrained writes them (peft's PeftModel.from_pretrained found no
+    # tensor under the bare names and kept a zero adapter, with a warning only)
+    state = {PEFT_PREFIX + k: v.detach().float().contiguous().cpu() for k, v in adapter_state(network).items()}
     meta = {"format": "pt", "showo2_lora": FORMAT, **{k: str(v) for k, v in (metadata or {}).items()}}
     save_file(state, str(folder / ADAPTER_WEIGHTS), metadata=meta)
-    config.save_pretrained(str(folder))
+    saved = copy.copy(config)  # as peft saves it (inference_mode), its targets in a fixed order: peft keeps a
+    saved.inference_mode = True  # set, whose order changed with each process's string hashing
+    if not isinstance(saved.target_modules, str):
+        saved.target_modules = sorted(saved.target_modules)
+    saved.save_pretrained(str(folder))
     return folder
 
 
@@ -217,6 +227,7 @@ def load_adapter_state(network: torch.nn.Module, state: dict, where: str, adapte
         from peft import set_peft_model_state_dict
 
     own = {k for k in network.state_dict() if f".{adapter_name}." in k}
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}  # peft's saved keys, or bare ones
     try:
         result = set_peft_model_state_dict(network, state, adapter_name=adapter_name)
     except RuntimeError as e:  # size mismatch: another base model
