@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from showo2_cli.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from showo2_cli.training.config import parse_config
-from showo2_cli.training.trainer import train
+from showo2_cli.training.trainer import LOCK_FILE, train
 from test_lora import lora_config
 
 
@@ -44,3 +44,52 @@ def test_a_lora_checkpoint_loads_with_peft_itself_as_it_merges_with_lora(tmp_pat
     assert by_peft.keys() == by_showo2.keys()
     assert all(torch.equal(by_peft[k], by_showo2[k]) for k in base)
     assert any(not torch.equal(by_showo2[k], base[k]) for k in base)
+
+
+def _files(folder) -> dict:
+    """Every file's modification time (the lock that a run takes while it lasts aside)."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))
+            if p.name != LOCK_FILE}
+
+
+def test_a_run_folder_of_another_model_is_refused_and_left_as_it_was(tmp_path, tiny_model_dir):
+    """A config starting from another model pointed at a run folder resumed that run: it trained the
+    folder's weights (not the config's model), wrote checkpoints into it and pruned its old ones."""
+    from showo2_cli.errors import OutputError
+    from test_train import tiny_config
+
+    first = tiny_config(tmp_path, **{"optim.max_steps": 2, "run.save_every": 1, "run.keep_last": 1})
+    train(parse_config(first, source="a.toml"))
+    run = tmp_path / "run"
+    before = _files(run)
+    other = lora_config(tmp_path, tiny_model_dir, **{"lora.rank": 0, "optim.max_steps": 4})
+    assert other["output_dir"] == str(run)
+    with pytest.raises(OutputError) as err:
+        train(parse_config(other, source="b.toml"))
+    message = str(err.value)
+    assert "holds another run" in message and "model.init_spec 'tiny'" in message and str(tiny_model_dir) in message
+    assert _files(run) == before
+    # the same run resumes (its config again, and the same model under another spelling of its path)
+    again = tiny_config(tmp_path, **{"optim.max_steps": 3, "run.save_every": 1, "run.keep_last": 1})
+    assert train(parse_config(again, source="a.toml")).step == 3
+    base = lora_config(tmp_path / "l", tiny_model_dir, **{"optim.max_steps": 1})
+    train(parse_config(base, source="c.toml"))
+    base["model"]["init"] = str(tiny_model_dir / ".." / tiny_model_dir.name)
+    base["optim"]["max_steps"] = 2
+    assert train(parse_config(base, source="c.toml")).step == 2
+
+
+def test_a_resume_with_another_learning_rate_uses_it_and_says_so(tmp_path):
+    """The checkpoint's optimizer state brought its learning rate (and weight decay) back: a resume
+    with --set optim.lr=... trained on at the old rate, without a word."""
+    from test_train import metrics, tiny_config
+
+    changes = {"optim.max_steps": 4, "optim.schedule": "constant", "optim.warmup_steps": 0}
+    raw = tiny_config(tmp_path, **changes)
+    train(parse_config(raw, source="a.toml"), stop_after=2)
+    raw["optim"]["lr"] = 2e-4
+    events = []
+    train(parse_config(raw, source="a.toml"), progress=events.append)
+    assert [m["lr"] for m in metrics(tmp_path / "run")] == [1e-3, 1e-3, 2e-4, 2e-4]
+    notes = [e["message"] for e in events if e["event"] == "notice"]
+    assert len(notes) == 1 and "lr of group 'default' 0.0002 (the checkpoint's: 0.001)" in notes[0], notes

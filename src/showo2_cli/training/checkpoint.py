@@ -97,6 +97,72 @@ def order_changes(state: dict, signature: str, sizes: list, world: int) -> list[
     return said
 
 
+#: the optimizer settings of each AdamW group that a checkpoint's state would bring back
+OPTIMIZER_SETTINGS = ("base_lr", "weight_decay", "betas", "eps")
+
+
+def optimizer_settings(groups: list[dict]) -> list[dict]:
+    return [{k: (tuple(g[k]) if k == "betas" else g[k]) for k in OPTIMIZER_SETTINGS if k in g} for g in groups]
+
+
+def restore_settings(groups: list[dict], wanted: list[dict]) -> str | None:
+    """Put the config's optimizer settings (``wanted``: :func:`optimizer_settings` of the groups
+    built from it) back into ``groups`` after the checkpoint's optimizer state was loaded, which
+    brings the checkpoint's back (a resume with ``--set optim.lr=...`` kept the old rate, silently);
+    the notice naming what changed, or None."""
+    changed = []
+    for g, want in zip(groups, wanted, strict=True):
+        for key, value in want.items():
+            old = tuple(g[key]) if key == "betas" else g.get(key)
+            if old != value:
+                what = f"{'lr' if key == 'base_lr' else key} of group '{g.get('name', '?')}'"
+                said = f"{what} {value} (the checkpoint's: {old})"
+                changed += [said] if said not in changed else []  # (a group's decay and no-decay halves)
+                g[key] = value
+    if not changed:
+        return None
+    more = f" and {len(changed) - 2} more" if len(changed) > 2 else ""
+    return (f"the optimizer settings differ from the checkpoint's: {'; '.join(changed[:2])}{more}: "
+            "the config's apply from here on, unlike an uninterrupted run")
+
+
+def check_same_run(output_dir: Path, model) -> None:
+    """Refuse (:class:`OutputError`) to resume the checkpoints of ``output_dir`` when the run that
+    wrote them (its ``train_config.json``) started from another model than ``model`` (the config's
+    ModelConfig: ``model.init`` / ``model.init_spec``). Nothing is said when it cannot be told (no
+    readable record; a model folder that is no longer where it was)."""
+    import json
+    import os
+
+    try:
+        saved = json.loads((output_dir / "train_config.json").read_text(encoding="utf-8"))["config"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not isinstance(saved, dict):
+        return
+
+    def same(a, b) -> bool:
+        if a == b:
+            return True
+        if not (isinstance(a, str) and isinstance(b, str)):
+            return False
+        if not os.path.exists(a):  # moved or removed since: the run cannot be told apart by it
+            return True
+        try:
+            return os.path.exists(b) and os.path.samefile(a, b)
+        except OSError:
+            return False
+
+    def what(init, init_spec) -> str:
+        return f"model.init '{init}'" if init else f"model.init_spec '{init_spec}'"
+
+    was = saved.get("init"), saved.get("init_spec")
+    now = model.init, model.init_spec
+    if bool(was[0]) != bool(now[0]) or not same(was[0], now[0]) or (not now[0] and was[1] != now[1]):
+        raise OutputError(f"'{output_dir}' holds another run (it started from {what(*was)}, this config from "
+                          f"{what(*now)}): choose another output_dir, or resume that run with its own config")
+
+
 def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for p in output_dir.iterdir() if output_dir.is_dir() else []:

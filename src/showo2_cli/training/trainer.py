@@ -154,7 +154,8 @@ class Run:
                               "resume (the default) or choose another output_dir")
         self.resumed_from = latest if self.resume else None
         state = None
-        if self.resumed_from is not None:
+        if self.resumed_from is not None:  # (another run's would be trained on, its checkpoints pruned: refused)
+            ckpt.check_same_run(self.output_dir, cfg.model)
             state = ckpt.read_state(self.resumed_from, cfg.mode, STATE_FORMAT)
         self.start_step = int(state["step"]) if state else 0
         self.elapsed_before = float(state.get("elapsed", 0.0)) if state else 0.0
@@ -174,6 +175,7 @@ class Run:
             if state is not None and state.get("ema"):
                 self.ema.load_state_dict(state["ema"])
         if state is not None:
+            wanted = ckpt.optimizer_settings(self.optimizer.param_groups)
             try:
                 self.optimizer.load_state_dict(state["optimizer"])
             except (ValueError, KeyError, TypeError, RuntimeError) as e:
@@ -185,6 +187,8 @@ class Run:
                         raise ModelError(f"'{self.resumed_from / ckpt.STATE_FILE}': the optimizer state does not "
                                          f"fit this model ({key} of shape {tuple(value.shape)} for a parameter "
                                          f"of shape {tuple(param.shape)})")
+            if settings := ckpt.restore_settings(self.optimizer.param_groups, wanted):
+                self.notice(settings)
             rng = state.get("rng") or {}
             if "torch" in rng:
                 torch.set_rng_state(rng["torch"])
