@@ -77,9 +77,9 @@ def adapter_state(network: torch.nn.Module, adapter_name: str = "default") -> di
 def save_adapter(folder: Path, network: torch.nn.Module, config, metadata: dict | None = None) -> Path:
     """Write the adapter of ``network`` into ``folder`` (created; inside a checkpoint that is
     renamed into place when complete, so never seen half-written)."""
-    from safetensors.torch import save_file
-
     import copy
+
+    from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
