@@ -5,6 +5,7 @@ format."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import pytest
@@ -93,3 +94,31 @@ def test_a_resume_with_another_learning_rate_uses_it_and_says_so(tmp_path):
     assert [m["lr"] for m in metrics(tmp_path / "run")] == [1e-3, 1e-3, 2e-4, 2e-4]
     notes = [e["message"] for e in events if e["event"] == "notice"]
     assert len(notes) == 1 and "lr of group 'default' 0.0002 (the checkpoint's: 0.001)" in notes[0], notes
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format_version": 2}, "was written by a newer showo2 (format_version 2; this one reads 1): upgrade showo2"),
+    ({"format_version": "1"}, "format_version must be a whole number"),
+    ({"spec.future_knob": 3}, "unknown model spec field(s): future_knob (written by a newer showo2? upgrade showo2)"),
+])
+def test_a_model_folder_of_a_newer_format_is_refused_in_one_line(tmp_path, tiny_model_dir, capsys, change, message):
+    """config.json's showo2.format_version was written and never read: a folder of a later layout
+    loaded as this one's, silently."""
+    import shutil
+
+    from showo2_cli.cli import main
+    from showo2_cli.errors import ModelError
+    from showo2_cli.loading import load
+
+    folder = tmp_path / "newer"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    key, value = next(iter(change.items()))
+    section = config["showo2"]["spec"] if key.startswith("spec.") else config["showo2"]
+    section[key.removeprefix("spec.")] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=re.escape(message)):
+        load(folder)
+    assert main(["info", str(folder)]) == 4
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

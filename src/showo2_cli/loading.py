@@ -31,14 +31,13 @@ import torch
 from .errors import ModelError
 from .hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path
 from .hub import cached_snapshot as hf_cached_snapshot
-from .model_config import check_depths, spec_from_files
+from .model_config import FORMAT_VERSION, check_depths, spec_from_files
 from .model_files import ModelFiles, find_files, missing_message  # re-exported: the loading API users know
 from .runtime import cpu_by_default, torch_dtype
 from .sequences import SpecialTokens
 from .specs import ModelSpec, get_spec
 from .weights import check_fit, read_state_dict
 
-FORMAT_VERSION = 1
 ALL_HEADS = ("lm_head", "flow_head")  # the keys of modeling.showo2.HEADS (that module imports torch's world)
 OFFICIAL_FIELDS = (
     "add_qk_norm", "add_time_embeds", "clip_latent_dim", "clip_pretrained_model_path", "hidden_size",

@@ -59,6 +59,11 @@ def _shown(value) -> str:
     return short(json.dumps(value, default=str))
 
 
+#: the layout of a showo2 model folder this version writes (``config.json``'s
+#: ``showo2.format_version``); a folder of a later one is refused rather than misread
+FORMAT_VERSION = 1
+
+
 def check_spec_fields(raw: dict, where: Path | str) -> None:
     """Every field of a ``showo2.spec`` section must have its declared type (and sizes a sane
     range) before a network is built from it: a config is read from disk, maybe a download."""
@@ -320,11 +325,18 @@ def spec_from_files(files: ModelFiles, state: dict) -> ModelSpec:
         raw = files.config["showo2"]
         if not isinstance(raw, dict) or not isinstance(raw.get("spec"), dict):
             raise ModelError(f"'{files.root / 'config.json'}' has a malformed 'showo2' section")
-        check_spec_fields(raw["spec"], files.root / "config.json")
+        where, version = files.root / "config.json", raw.get("format_version", FORMAT_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ModelError(f"'{where}': format_version must be a whole number, got {_shown(version)}")
+        if version > FORMAT_VERSION:  # another layout: read as this one's, it loaded silently
+            raise ModelError(f"'{where}' was written by a newer showo2 (format_version {version}; this one "
+                             f"reads {FORMAT_VERSION}): upgrade showo2")
+        check_spec_fields(raw["spec"], where)
         try:
             return ModelSpec.from_dict(raw["spec"])
         except (UsageError, TypeError, ValueError) as e:
-            raise ModelError(f"'{files.root / 'config.json'}': {e}") from e
+            newer = " (written by a newer showo2? upgrade showo2)" if str(e).startswith("unknown model spec") else ""
+            raise ModelError(f"'{where}': {e}{newer}") from e
     try:
         return spec_from_official(files, state)
     except (UsageError, ValueError, ZeroDivisionError) as e:  # sizes that make no model
