@@ -163,6 +163,23 @@ def check_same_run(output_dir: Path, model) -> None:
                           f"{what(*now)}): choose another output_dir, or resume that run with its own config")
 
 
+def share_folder(src: Path, dst: Path) -> None:
+    """``dst`` made a copy of the folder ``src`` whose files are hard links to ``src``'s (copies where
+    the file system has none): the frozen VAE that a checkpoint and its ``ema/`` model both hold is
+    on the disk once, and each folder still loads alone (a copy of ``ema/`` copies the files)."""
+    import os
+
+    dst.mkdir()
+    for p in sorted(src.iterdir()):
+        if p.is_dir():
+            share_folder(p, dst / p.name)
+            continue
+        try:
+            os.link(p, dst / p.name)
+        except OSError:
+            shutil.copy2(p, dst / p.name)
+
+
 def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for p in output_dir.iterdir() if output_dir.is_dir() else []:

@@ -274,8 +274,9 @@ class Showo2Objective:
         if self.run.ema is not None:  # the averaged weights as a model folder of their own
             (dst / EMA_DIR).mkdir()
             with self.run.ema_weights():
-                write_folder(dst / EMA_DIR, self.spec, net.state_dict(), tokenizer=self.tokenizer, vae=self.vae,
+                write_folder(dst / EMA_DIR, self.spec, net.state_dict(), tokenizer=self.tokenizer,
                              extra={"training": {**info["training"], "ema_decay": self.cfg.ema.decay}})
+            ckpt.share_folder(dst / "vae", dst / EMA_DIR / "vae")  # the same frozen VAE, not a second copy
 
     # -- previews --
     def preview(self, step: int, out_dir: Path) -> list[str]:
