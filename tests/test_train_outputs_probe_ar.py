@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from showo2_cli.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from showo2_cli.training.config import parse_config
 from showo2_cli.training.trainer import LOCK_FILE, train
+from test_hub_pipeline import hub  # noqa: F401  (the fixture: a local Hub)
 from test_lora import lora_config
 
 
@@ -142,3 +143,28 @@ def test_the_ema_model_shares_the_checkpoints_vae_and_loads_alone(tmp_path):
     shutil.rmtree(tmp_path / "run")  # the copy needs nothing of the run
     ema, vae = load(alone), load(alone).vae.state_dict()
     assert ema.spec.name == "tiny" and vae and all(torch.isfinite(v).all() for v in vae.values())
+
+
+def test_a_lora_checkpoint_given_as_a_model_says_how_to_load_it(tmp_path, capsys, hub):  # noqa: F811
+    """`--model runs/lora` (a LoRA run's checkpoint) said only "not a Show-o2 model folder: it has
+    no config.json"; an adapter repo on the Hub, and `--lora user/repo`, said as little."""
+    from showo2_cli.cli import main
+
+    adapter = tmp_path / "run" / "checkpoint-000004"
+    adapter.mkdir(parents=True)
+    (adapter / ADAPTER_CONFIG).write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "demo"}))
+    (adapter / ADAPTER_WEIGHTS).write_bytes(b"\0" * 16)
+    assert main(["info", str(adapter)]) == 4
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"(it is a LoRA adapter: give its base model and the adapter, --model demo --lora {adapter})")
+    assert "\n" not in err
+
+    hub.add("me/style-lora", {ADAPTER_CONFIG: (adapter / ADAPTER_CONFIG).read_bytes(), ADAPTER_WEIGHTS: b"\0" * 16})
+    assert main(["pull", "me/style-lora"]) == 4
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("(it is a LoRA adapter: hf download me/style-lora --local-dir DIR, then --lora DIR with its "
+                        "base model)"), err
+    assert main(["t2i", "a red circle", "--model", "demo", "--lora", "me/style-lora", "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not exist (adapters on the Hub: hf download me/style-lora --local-dir DIR, then --lora DIR)" in err
+    assert not (tmp_path / "x.png").exists()

@@ -153,6 +153,8 @@ def bundled_demo_path() -> Path:
 #: A training run folder's pointer to its newest complete checkpoint, and a checkpoint's state file
 LATEST = "latest"
 STATE_FILE = "trainer_state.pt"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # a LoRA adapter folder (peft's layout: showo2_cli.lora)
+ADAPTER_CONFIG = "adapter_config.json"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -471,7 +473,9 @@ def download_model(repo_id: str, progress: Progress | None = None, revision: str
     with ``force_download``); return the snapshot."""
     remote = remote_listing(repo_id, "model", revision)
     if "config.json" not in remote:
-        raise ModelError(f"'{repo_id}' on the Hub is not a Show-o2 model: it has no config.json")
+        adapter = f" (it is a LoRA adapter: hf download {repo_id} --local-dir DIR, then --lora DIR with its base " \
+                  "model)" if ADAPTER_CONFIG in remote else ""
+        raise ModelError(f"'{repo_id}' on the Hub is not a Show-o2 model: it has no config.json{adapter}")
     snap = download_files(repo_id, ["config.json"], None, "model", revision, remote, force_download)
     try:
         config = read_json(snap / "config.json")

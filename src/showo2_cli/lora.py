@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 
 from .errors import ModelError, UsageError, one_line, short
+from .hub import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from .runtime import quiet_imports
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 FORMAT = "1"  # the showo2_lora value in the weights' safetensors metadata
 PEFT_PREFIX = "base_model.model."  # the keys' prefix in what PeftModel.save_pretrained writes
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -109,7 +108,11 @@ def find_adapter(ref: str | os.PathLike) -> Path:
         if latest is not None:
             p = latest
     if not p.exists():
-        raise UsageError(f"--lora: '{ref}' does not exist")
+        from .hub import REPO_ID
+
+        hub = f" (adapters on the Hub: hf download {ref} --local-dir DIR, then --lora DIR)" \
+            if REPO_ID.fullmatch(str(ref)) else ""
+        raise UsageError(f"--lora: '{ref}' does not exist{hub}")
     if not p.is_dir() or not (p / ADAPTER_WEIGHTS).is_file() or not (p / ADAPTER_CONFIG).is_file():
         raise ModelError(f"--lora: '{ref}' is not a LoRA adapter (a folder with {ADAPTER_WEIGHTS} and "
                          f"{ADAPTER_CONFIG}, or a training run of a config with a [lora] section)")

@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import ModelError, short
 from .hub import (
+    ADAPTER_CONFIG,
     WAN_VAE_FILE,
     WAN_VAE_REPO,
     find_tokenizer,
@@ -110,7 +111,15 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
 
 def _subfolder_hint(root: Path) -> str:
     """Name a subfolder holding a config.json (an official training checkpoint keeps the model in
-    ``checkpoint-N/unwrapped_model``), for the error of a folder that has none."""
+    ``checkpoint-N/unwrapped_model``), or say the folder is a LoRA adapter (a checkpoint of a
+    ``[lora]`` run: its base loads with it), for the error of a folder that has none."""
+    if (root / ADAPTER_CONFIG).is_file():
+        try:
+            base = read_json(root / ADAPTER_CONFIG).get("base_model_name_or_path")
+        except (ModelError, AttributeError):
+            base = None
+        base = short(base, 60) if isinstance(base, str) and base and base.isprintable() else "BASE"
+        return f" (it is a LoRA adapter: give its base model and the adapter, --model {base} --lora {root})"
     try:
         found = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
     except OSError:
