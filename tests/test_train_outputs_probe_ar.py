@@ -168,3 +168,25 @@ def test_a_lora_checkpoint_given_as_a_model_says_how_to_load_it(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert "does not exist (adapters on the Hub: hf download me/style-lora --local-dir DIR, then --lora DIR)" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_vae_training_run_folder_is_a_vae_for_every_command(tmp_path, tiny_model_dir):
+    """`--vae runs/tiny-vae` (the run folder of examples/train_tiny_vae.toml) was "no VAE found",
+    while `--model`, `--lora`, a config's `model.vae` and `package.py --vae` take a run folder for its
+    latest checkpoint."""
+    from showo2_cli.loading import load
+    from showo2_cli.modeling.vae_files import load_vae
+    from showo2_cli.training import checkpoint as ckpt
+
+    run = tmp_path / "vae-run"
+    vae = load_vae(tiny_model_dir / "vae")
+    for step in (2, 4):  # what a `mode = "vae"` run writes: checkpoint-N/{vae/, trainer_state.pt}, latest
+        with torch.no_grad():
+            for p in vae.parameters():
+                p.add_(0.01)
+        vae.save_pretrained(run / ckpt.checkpoint_name(step) / "vae")
+        (run / ckpt.checkpoint_name(step) / ckpt.STATE_FILE).write_bytes(b"")
+    ckpt.write_pointer(run, ckpt.checkpoint_name(4))
+    want = vae.state_dict()
+    got = load(tiny_model_dir, vae=run).vae.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

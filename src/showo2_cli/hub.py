@@ -306,11 +306,13 @@ def find_tokenizer(root: Path, config: dict, llm_repo: str | None) -> Path | Non
 
 def explicit_vae(path: str | os.PathLike) -> Path:
     """A VAE the user named (``--vae``, ``load(vae=)``), ``~`` expanded: one check and one message
-    for every command (``encode`` and ``decode`` load a VAE alone, the others with a model)."""
+    for every command (``encode`` and ``decode`` load a VAE alone, the others with a model). A
+    training run folder (``mode = "vae"``) stands for its latest checkpoint, as for ``--model``,
+    ``--lora`` and a config's ``model.vae``."""
     found = existing_path(path)
     if found is None:
         raise ModelError(f"VAE '{short(str(path), 200)}' does not exist")
-    return found
+    return resolve_run_path(found)
 
 
 def find_vae(root: Path, explicit: str | os.PathLike | None) -> Path | None:
@@ -332,7 +334,7 @@ def shared_vae() -> Path | None:
         path = existing_path(env)
         if path is None:
             raise ModelError(f"$SHOWO2_VAE names '{short(env, 200)}', which does not exist")
-        return path
+        return resolve_run_path(path)
     found = hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
     if found is not None:
         return found

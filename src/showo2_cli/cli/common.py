@@ -338,8 +338,9 @@ DtypeOpt = Annotated[Dtype, typer.Option("--dtype", case_sensitive=False, help="
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name, folder or Hugging Face repo id, "
                                               "repo@revision to pin one (default: $SHOWO2_MODEL, the cached official "
                                               "1.5B, then the bundled demo).")]
-VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_VAE.pth, a .safetensors or a diffusers "
-                                             "folder (default: the model's, then $SHOWO2_VAE).")]
+VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_VAE.pth, a .safetensors, a diffusers "
+                                             "folder or a VAE training run (its latest checkpoint) (default: the "
+                                             "model's, then $SHOWO2_VAE).")]
 OffloadOpt = Annotated[Offload, typer.Option("--offload", help="Keep the weights in CPU memory (accelerate): model = one "
                                              "component on the device at a time, sequential = one layer at a time (least memory, slowest).")]
 LoraOpt = Annotated[list[Path] | None, typer.Option("--lora", metavar="<path>", help="A LoRA adapter (a folder with adapter_model.safetensors, "
