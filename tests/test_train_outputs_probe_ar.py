@@ -190,3 +190,31 @@ def test_a_vae_training_run_folder_is_a_vae_for_every_command(tmp_path, tiny_mod
     want = vae.state_dict()
     got = load(tiny_model_dir, vae=run).vae.state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_lora_run_on_a_run_folder_resumes_on_the_base_it_was_trained_on(tmp_path):
+    """`model.init = "runs/base"` (a run folder) stands for its latest checkpoint: the adapter named
+    the run folder, and a resumed LoRA run rebuilt its base from it, so once the base run had gone on
+    the adapter continued on other weights than it was trained on (not the uninterrupted run's)."""
+    from test_train import tiny_config
+
+    base = tmp_path / "base" / "run"
+    train(parse_config(tiny_config(tmp_path / "base", **{"optim.max_steps": 1}), source="base.toml"))
+
+    def lora(name):
+        raw = tiny_config(tmp_path / name, **{"optim.max_steps": 2, "lora": {"rank": 2, "alpha": 4}})
+        raw["model"] = {"init": str(base)}
+        return parse_config(raw, source=f"{name}.toml")
+
+    straight = train(lora("a")).checkpoint
+    assert json.loads((straight / ADAPTER_CONFIG).read_text())["base_model_name_or_path"] == \
+        str(base / "checkpoint-000001")
+    train(lora("b"), stop_after=1)
+    train(parse_config(tiny_config(tmp_path / "base", **{"optim.max_steps": 2}), source="base.toml"))
+    assert (base / "latest").read_text().strip() == "checkpoint-000002"  # the base run went on
+    events = []
+    resumed = train(lora("b"), progress=events.append).checkpoint
+    a, b = load_file(str(straight / ADAPTER_WEIGHTS)), load_file(str(resumed / ADAPTER_WEIGHTS))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any("resumes on the checkpoint it was trained on, checkpoint-000001" in e.get("message", "")
+               for e in events)

@@ -6,6 +6,7 @@ checkpoints as loadable model folders, and text-to-image previews through the ge
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -124,6 +125,18 @@ def load_partial(network: torch.nn.Module, wc, where: str) -> int:
     return loaded
 
 
+def _checkpoint_of(folder: str, run_folder: str) -> bool:
+    """Whether ``folder`` is a checkpoint (still there) of the training run folder ``run_folder``."""
+    from ..hub import CHECKPOINT_NAME
+
+    p = Path(folder)
+    try:
+        return bool(CHECKPOINT_NAME.match(p.name)) and (p / ckpt.STATE_FILE).is_file() \
+            and p.parent.samefile(run_folder)
+    except OSError:
+        return False
+
+
 class Showo2Objective:
     """The Show-o2 mode of a :class:`~.trainer.Run` (see :class:`~.objective.Objective`)."""
 
@@ -147,9 +160,10 @@ class Showo2Objective:
         if cfg.lora.rank:  # the base every time (a LoRA checkpoint holds only the adapter)
             from ..lora import ADAPTER_WEIGHTS, add_lora, load_adapter_state, read_adapter
 
-            self.spec, self.network, self.tokenizer, self.tokens, self.vae = build_showo2(cfg, None)
             lo = cfg.lora
             alpha, dropout, tensors = lo.alpha, lo.dropout, None
+            # a run folder as model.init stands for its latest checkpoint: the adapter names that one
+            base = str(ckpt.resolve_run_path(cfg.model.init)) if cfg.model.init else None
             if run.resumed_from is not None:
                 if not (run.resumed_from / ADAPTER_WEIGHTS).exists():
                     raise UsageError(f"{cfg.source}: lora.rank: '{run.resumed_from}' is a full checkpoint, not a "
@@ -160,10 +174,18 @@ class Showo2Objective:
                                f"({saved.lora_alpha:g}, {saved.lora_dropout:g}): resuming keeps the checkpoint's "
                                "(start a new output_dir to change them)")
                     alpha, dropout = saved.lora_alpha, saved.lora_dropout
+                was = saved.base_model_name_or_path
+                if base and was and was != base and _checkpoint_of(was, cfg.model.init):
+                    run.notice(f"model.init '{cfg.model.init}' now stands for {Path(base).name}: the adapter "
+                               f"resumes on the checkpoint it was trained on, {Path(was).name}")
+                    base = was  # (the run went on: the adapter on its newer weights was not a resume)
+            if base and base != cfg.model.init:
+                cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init=base))
+            self.spec, self.network, self.tokenizer, self.tokens, self.vae = build_showo2(cfg, None)
             with torch.random.fork_rng(devices=[]):  # peft draws lora_A from the global generator
                 torch.manual_seed(cfg.seed)
                 self.lora = add_lora(self.network, lo.rank, alpha, dropout, lo.target_modules, lo.within,
-                                     base=cfg.model.init or cfg.model.init_spec)
+                                     base=base or cfg.model.init_spec)
             if tensors is not None:
                 load_adapter_state(self.network, tensors, str(folder))
             groups, report = adapter_groups(self.network, cfg)
