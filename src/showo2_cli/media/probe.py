@@ -13,6 +13,7 @@ import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 from typing import Union
 
@@ -26,6 +27,8 @@ from showo2_cli.errors import (
     error_detail,
     short,
 )
+
+from .frame_index import INDEXED_FORMATS, FrameIndex
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -308,18 +311,23 @@ def _first_ffmpeg_error(logs: list) -> str | None:
     return None
 
 
-def _check_packets(p: Path, prefix: str) -> None:
+def _check_packets(p: Path, prefix: str) -> FrameIndex | None:
     """Demux the first video stream (no decoding, so no decoder threads) and refuse the file if
     FFmpeg logs an error or flags a packet as corrupt: that is how a truncated or damaged
-    mp4/webm/mkv shows, while decoding it would quietly end early."""
+    mp4/webm/mkv shows, while decoding it would quietly end early. Returns what the packets say
+    of the frames (:class:`FrameIndex`) for the containers that store it, else None."""
     import av
+
+    index = None
 
     with _ffmpeg_errors() as logs:
         try:
             with av.open(str(p), metadata_errors="replace") as container:
                 streams = video_streams(container)[:1]
                 if not streams:
-                    return  # judged by the caller ("no video stream")
+                    return None  # judged by the caller ("no video stream")
+                if set((container.format.name or "").split(",")) & INDEXED_FORMATS and streams[0].time_base:
+                    index = FrameIndex(Fraction(streams[0].time_base))
                 try:
                     listed = int(streams[0].frames or 0)  # mp4/mov: the sample table's count
                 except Exception:
@@ -331,6 +339,8 @@ def _check_packets(p: Path, prefix: str) -> None:
                             f"{prefix}: truncated or corrupt (a damaged packet at pts {packet.pts})"
                         )
                     packets += bool(packet.size)
+                    if index is not None and packet.size and not packet.is_discard:
+                        index.add(packet.pts, packet.is_keyframe)
                     found = _first_ffmpeg_error(logs)
                     if found:
                         raise InputError(f"{prefix}: truncated or corrupt ({found})")
@@ -347,6 +357,7 @@ def _check_packets(p: Path, prefix: str) -> None:
         found = _first_ffmpeg_error(logs)
         if found:
             raise InputError(f"{prefix}: truncated or corrupt ({found})")
+    return index.finish() if index is not None else None
 
 
 #: Decoding a GIF paints every frame on the whole canvas: at most this many canvas pixels over
@@ -420,9 +431,10 @@ def _check_gif_frames(p: Path, prefix: str, width: int, height: int) -> None:
         raise InputError(f"{prefix}: truncated or corrupt GIF ({error_detail(e)})") from e
 
 
-def check_video_structure(p: Path, prefix: str, limit: int) -> None:
+def check_video_structure(p: Path, prefix: str, limit: int) -> FrameIndex | None:
     """What can be checked of a video without decoding it (GIFs excepted): not a still image,
-    not too large, no truncated or damaged packet."""
+    not too large, no truncated or damaged packet. Returns the :class:`FrameIndex` the packets
+    gave (MP4/MOV, Matroska/WebM, GIF), else None."""
     header = _pil_header(p)
     if header is not None and not (header[0] == "GIF" and header[2]) and header[0] != "MPEG":
         raise InputError(f"{prefix}: it is a still image, not a video")
@@ -431,8 +443,27 @@ def check_video_structure(p: Path, prefix: str, limit: int) -> None:
         if width * height > limit:
             raise too_large("video", p, width, height, limit)
         _check_gif_frames(p, prefix, width, height)
-    else:
-        _check_packets(p, prefix)
+        return _gif_index(p)
+    return _check_packets(p, prefix)
+
+
+def _gif_index(p: Path) -> FrameIndex | None:
+    """A GIF's frames as FFmpeg's demuxer times them (each frame's delay: a GIF that holds its
+    first frame 5 s and then plays at 10 fps), for sampling over its time; None if it cannot say."""
+    import av
+
+    try:
+        with av.open(str(p), metadata_errors="replace") as container:
+            streams = video_streams(container)[:1]
+            if not streams or not streams[0].time_base:
+                return None
+            index = FrameIndex(Fraction(streams[0].time_base))
+            for packet in container.demux(streams[0]):
+                if packet.size:
+                    index.add(packet.pts, packet.is_keyframe)
+            return index.finish()
+    except Exception:  # the GIF was judged by PIL already: without an index it is read in order
+        return None
 
 
 def check_video(path: PathLike, max_pixels: int | None = None) -> None:

@@ -16,6 +16,7 @@ from PIL import Image
 from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
 from showo2_cli.options import DEFAULT_FPS
 
+from .frame_index import decode_picked, uniform_indices
 from .geometry import check_count
 from .image import PIL_FORMATS, image_input, is_animated, read_image, write_image
 from .metadata import container_comment, metadata_json
@@ -95,19 +96,6 @@ class Media:
     def num_frames(self) -> int:
         """Number of frames held (``T``)."""
         return int(self.frames.shape[0])
-
-
-def uniform_indices(n_total: int, num_frames: int) -> list[int]:
-    """The official uniform sampling: ``[int(i) for i in np.linspace(0, n_total - 1, num_frames)]``.
-
-    Always ``num_frames`` indices, first and last frame included; repeats when the video is
-    shorter than ``num_frames``.
-    """
-    if n_total < 1:
-        raise UsageError(f"cannot sample frames from a video with {n_total} frames")
-    if num_frames < 1:
-        raise UsageError(f"the number of frames to sample must be at least 1, got {num_frames}")
-    return [int(i) for i in np.linspace(0, n_total - 1, num_frames)]
 
 
 def _frame_rate(stream: Any) -> float:
@@ -216,9 +204,10 @@ def read_video(
 
     Args:
         path: the video file.
-        num_frames: if given, return exactly this many frames sampled uniformly with
-            :func:`uniform_indices` over all frames of the video (duplicates when it is
-            shorter). Otherwise all frames.
+        num_frames: if given, return exactly this many frames sampled uniformly over the video
+            (duplicates when it is shorter): at a constant frame rate the official indices
+            (:func:`uniform_indices`), at a variable one the frames shown at evenly spaced
+            instants (:meth:`~showo2_cli.media.frame_index.FrameIndex.pick`). Otherwise all frames.
         max_pixels: refuse frames with more pixels (default ``$SHOWO2_MAX_PIXELS`` or
             :data:`DEFAULT_MAX_PIXELS`).
         max_frames: refuse to return more frames than this.
@@ -233,9 +222,11 @@ def read_video(
     rotation (phone videos) is applied in multiples of 90 degrees, and non-square pixels (a sample
     aspect ratio other than 1: DVD, HDV, anamorphic footage) are scaled to the display aspect, as a
     player shows them (720x480 at 32:27 is read 853x480). Frames whose size changes mid-stream are
-    scaled to the first frame's (display) size. When ``num_frames`` is given and the
-    container states its frame count, one decoding pass suffices; otherwise frames are counted
-    first (a second pass, nothing kept).
+    scaled to the first frame's (display) size. When ``num_frames`` is given, an MP4/MOV or
+    Matroska/WebM file is decoded only in the groups of pictures that hold the sampled frames
+    (:func:`~showo2_cli.media.frame_index.decode_picked`: an hour of video costs about
+    ``num_frames`` groups of pictures); another container is decoded in order, in one pass where
+    it states its frame count, else after counting them (a second pass, nothing kept).
 
     Raises:
         InputError: missing/empty/corrupt file, no video stream, no decodable frame, a still
@@ -254,7 +245,8 @@ def read_video(
     budget = MAX_DECODED_BYTES if max_bytes is None else max(1, min(int(max_bytes), MAX_DECODED_BYTES))
     p = check_input_file(path, "video")
     prefix = f"cannot read video {quote_path(p)}"
-    check_video_structure(p, prefix, limit)
+    index = check_video_structure(p, prefix, limit)
+    index = index if index is not None and index.usable and len(index) > 0 else None
 
     def open_stream() -> tuple[Any, Any]:
         try:
@@ -315,6 +307,26 @@ def read_video(
     except BaseException:
         container.close()
         raise
+    def convert(frame: Any, position: int, kept: dict[int, np.ndarray], keep_all: bool) -> None:
+        """Check the frame (its size may change mid-stream, the memory budget) and keep it as RGB."""
+        if frame.width * frame.height > limit:
+            raise too_large("video", p, frame.width, frame.height, limit)
+        if (len(kept) + 1) * frame_bytes > budget or (keep_all and position + 1 > max_frames):
+            raise ResourceError(
+                f"video {quote_path(p)} is too long to decode: more than {len(kept)} frames of "
+                f"{width}x{height} (limit {max_frames} frames / {budget / 1e9:.1f} GB); "
+                "sample fewer frames or raise --max-memory"
+            )
+        arr = frame.to_ndarray(format="rgb24", width=width, height=height)
+        kept[position] = _rotate(arr, int(getattr(frame, "rotation", 0) or 0))
+
+    def failing(count: int, e: Exception) -> Exception:
+        if isinstance(e, (InputError, ResourceError)):
+            return e
+        if isinstance(e, MemoryError):
+            return ResourceError(f"video {quote_path(p)} is too large to decode in memory")
+        return InputError(f"{prefix}: truncated or corrupt data after frame {count} ({error_detail(e)})")
+
     def decode(container: Any, stream: Any, keep: set[int] | None) -> tuple[dict[int, np.ndarray], int]:
         """Decode every frame; convert those whose index is in ``keep`` (all if None)."""
         kept: dict[int, np.ndarray] = {}
@@ -326,32 +338,36 @@ def read_video(
                 if frame.width * frame.height > limit:  # the size may change mid-stream
                     raise too_large("video", p, frame.width, frame.height, limit)
                 if keep is None or count in keep:
-                    if (len(kept) + 1) * frame_bytes > budget or (keep is None and count + 1 > max_frames):
-                        raise ResourceError(
-                            f"video {quote_path(p)} is too long to decode: more than {len(kept)} frames of "
-                            f"{width}x{height} (limit {max_frames} frames / {budget / 1e9:.1f} GB); "
-                            "sample fewer frames or raise --max-memory"
-                        )
-                    arr = frame.to_ndarray(format="rgb24", width=width, height=height)
-                    kept[count] = _rotate(arr, int(getattr(frame, "rotation", 0) or 0))
+                    convert(frame, count, kept, keep is None)
                 count += 1
-        except (InputError, ResourceError):
-            raise
-        except MemoryError as e:
-            raise ResourceError(f"video {quote_path(p)} is too large to decode in memory") from e
         except Exception as e:
-            raise InputError(
-                f"{prefix}: truncated or corrupt data after frame {count} ({error_detail(e)})"
-            ) from e
+            raise failing(count, e) from e
         return kept, count
+
+    def decode_seeking(container: Any, stream: Any, picks: list[int]) -> dict[int, np.ndarray] | None:
+        """Only the groups of pictures holding ``picks`` (:func:`decode_picked`); None: read in order."""
+        kept: dict[int, np.ndarray] = {}
+        try:
+            done = decode_picked(container, stream, index, picks, lambda f, pos: convert(f, pos, kept, False))
+        except Exception as e:
+            raise failing(len(kept), e) from e
+        return kept if done is not None else None
     try:
         if num_frames is None:
             kept, total = decode(container, stream, None)
             indices = list(range(total))
-        elif header_frames > 0:
-            indices = uniform_indices(header_frames, num_frames)
-            kept, total = decode(container, stream, set(indices))
-            if total != header_frames and total > 0:  # the header lied: sample again
+        elif index is not None or header_frames > 0:
+            count = len(index) if index is not None else header_frames
+            indices = index.pick(num_frames) if index is not None else uniform_indices(count, num_frames)
+            seeked = decode_seeking(container, stream, indices) if index is not None else None
+            if seeked is not None:
+                kept, total = seeked, count
+            else:
+                if index is not None:  # the stream did not keep to its index: read it in order
+                    container.close()
+                    container, stream = open_stream()
+                kept, total = decode(container, stream, set(indices))
+            if total != count and total > 0:  # the header lied: sample again
                 container.close()
                 indices = uniform_indices(total, num_frames)
                 container, stream = open_stream()

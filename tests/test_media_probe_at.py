@@ -1,0 +1,176 @@
+"""Video as phones and cameras make it, read for understanding (probe AT).
+
+A question about a video sees ``K`` sampled frames: only the groups of pictures that hold them
+are decoded (an hour of video is not decoded whole to answer it), and a variable-frame-rate video
+is sampled over its time, not its count of frames. Every file is generated here, small.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from showo2_cli.media import read_video, uniform_indices
+from showo2_cli.media.frame_index import FrameIndex, decode_picked
+
+W, H, BITS = 72, 48, 9  # each frame carries its number in 9 black/white stripes 8 pixels wide
+
+
+def _numbered(i: int) -> np.ndarray:
+    frame = np.zeros((H, W, 3), np.uint8)
+    for b in range(BITS):
+        if i >> b & 1:
+            frame[:, b * 8:(b + 1) * 8] = 255
+    return frame
+
+
+def _number(frame: np.ndarray) -> int:
+    return sum(1 << b for b in range(BITS) if frame[:, b * 8 + 2:b * 8 + 6].mean() > 128)
+
+
+def _encode(path, pts: list[int], time_base: Fraction, gop: int = 25, fmt: str | None = None, bframes: int = 2):
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.time_base = time_base
+        s.options = {"preset": "ultrafast", "crf": "12", "g": str(gop), "keyint_min": str(gop),
+                     "sc_threshold": "0", "bf": str(bframes)}
+        for i, t in enumerate(pts):
+            vf = av.VideoFrame.from_ndarray(_numbered(i), format="rgb24")
+            vf.pts, vf.time_base = t, time_base
+            for pkt in s.encode(vf):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+
+
+class _Counting:
+    """``av.open`` whose containers count the frames they decode."""
+
+    def __init__(self, real_open):
+        self.real_open, self.decoded = real_open, 0
+
+    def __call__(self, *args, **kwargs):
+        counter, container = self, self.real_open(*args, **kwargs)
+
+        class Container:
+            def __getattr__(self, name):
+                return getattr(container, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                container.close()
+
+            def decode(self, *streams, **kw):
+                for frame in container.decode(*streams, **kw):
+                    counter.decoded += 1
+                    yield frame
+
+        return Container()
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_a_long_video_decodes_only_the_groups_of_pictures_it_samples(tmp_path, monkeypatch, ext):
+    """Every frame of the video was decoded to keep 8 of them (an MKV, whose header gives no frame
+    count, twice: 1000 decoded for 500 frames); a 2-hour 160x96 MP4 took 36 s for 32 frames, and
+    30 minutes of MKV 14 s. Now only the groups of pictures holding the sampled frames are decoded,
+    and the frames are the same ones."""
+    p = tmp_path / f"long.{ext}"
+    n = 500  # 20 s at 25 fps, a keyframe every second
+    _encode(p, list(range(n)), Fraction(1, 25), gop=25)
+    counting = _Counting(av.open)
+    monkeypatch.setattr(av, "open", counting)
+    m = read_video(p, num_frames=8)
+    assert [_number(f) for f in m.frames] == uniform_indices(n, 8)
+    assert m.total_frames == n
+    assert counting.decoded <= 8 * 25 + 8  # at most a group of pictures for each (and a few frames of look-ahead)
+    counting.decoded = 0
+    whole = read_video(p)  # all frames: read in order, as before
+    assert counting.decoded == n and [_number(f) for f in whole.frames[::50]] == list(range(0, n, 50))
+    assert np.array_equal(whole.frames[uniform_indices(n, 8)], m.frames)  # the same pixels as decoding in order
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_a_variable_frame_rate_video_is_sampled_over_its_time(tmp_path, ext):
+    """A clip of 10 frames in its first second and then two frames 10 s apart (a phone holding a
+    still, a screen recording) gave frames 0, 2, 5, 8, 11: four of five from the first second of
+    twenty. Now the frames shown at 0, 5, 10, 15 and 20 s."""
+    p = tmp_path / f"vfr.{ext}"
+    _encode(p, [*range(10), 100, 200], Fraction(1, 10), gop=4)
+    assert [_number(f) for f in read_video(p, num_frames=5).frames] == [0, 9, 10, 10, 11]
+    assert [_number(f) for f in read_video(p, num_frames=2).frames] == [0, 11]
+    assert [_number(f) for f in read_video(p, num_frames=1).frames] == [0]
+
+
+def test_a_constant_rate_keeps_the_official_indices():
+    """Timestamps rounded to the time base (29.97 fps at 1/600 s, 240 fps in milliseconds) are a
+    constant rate: the official ``linspace`` indices, exactly."""
+    for tb, rate in ((Fraction(1, 600), Fraction(30000, 1001)), (Fraction(1, 1000), Fraction(240))):
+        index = FrameIndex(tb)
+        for i in range(997):
+            index.add(round(i / rate / tb), keyframe=i % 30 == 0)
+        index.finish()
+        assert index.evenly_spaced()
+        for k in (1, 2, 5, 32, 1000):
+            assert index.pick(k) == uniform_indices(997, k)
+
+
+def test_b_frames_a_late_start_and_files_without_timestamps_keep_their_order(tmp_path):
+    """B-frames (negative decoding timestamps), a first frame at 10 s, and an AVI (which stores no
+    presentation timestamps: it is read in order) give frame i at position i."""
+    for name, fmt, start in (("b.mp4", None, 0), ("late.mp4", None, 250), ("late.mkv", None, 250),
+                             ("b.avi", "avi", 0)):
+        p = tmp_path / name
+        _encode(p, [start + i for i in range(25)], Fraction(1, 25), gop=12, fmt=fmt, bframes=3)
+        assert [_number(f) for f in read_video(p, num_frames=5).frames] == [0, 6, 12, 18, 24], name
+        assert [_number(f) for f in read_video(p).frames] == list(range(25)), name
+
+
+def test_a_stream_that_does_not_keep_to_its_index_is_read_in_order(tmp_path, monkeypatch):
+    """Where a picked frame does not come out at its timestamp, the picked decode gives up (None)
+    and the video is read in order, with the same frames."""
+    p = tmp_path / "v.mp4"
+    _encode(p, list(range(100)), Fraction(1, 25), gop=10)
+    expected = [_number(f) for f in read_video(p, num_frames=6).frames]
+
+    class Frame:
+        def __init__(self, pts):
+            self.pts = pts
+
+    class Fake:
+        def decode(self, stream):
+            yield from (Frame(t) for t in (0, 1, 3))  # frame 2 never comes
+
+        def seek(self, *a, **kw):
+            pass
+
+    index = FrameIndex(Fraction(1, 25))
+    for t in range(5):
+        index.add(t, keyframe=t == 0)
+    assert decode_picked(Fake(), None, index.finish(), [0, 2], lambda f, pos: None) is None
+
+    import showo2_cli.media.video as video_module
+
+    monkeypatch.setattr(video_module, "decode_picked", lambda *a, **kw: None)
+    assert [_number(f) for f in read_video(p, num_frames=6).frames] == expected == uniform_indices(100, 6)
+
+
+def test_a_gif_is_sampled_over_its_frame_delays(tmp_path, media_dir):
+    """A GIF's frames last their own delays: one that holds its first frame 5 s, plays ten frames
+    in a second and holds the last gave frames 0, 2, 5, 8, 11 (ten of twelve frames are one second
+    of six); now the frames shown at 0, 1.5, 3, 4.5 and 6 s. A GIF at an even rate keeps the
+    official indices (the shared waves.gif: 12 and 13 centisecond delays)."""
+    from PIL import Image
+
+    frames = [Image.fromarray(_numbered(i)) for i in range(12)]
+    frames[0].save(tmp_path / "hold.gif", save_all=True, append_images=frames[1:],
+                   duration=[5000] + [100] * 10 + [5000], loop=0)
+    assert [_number(f) for f in read_video(tmp_path / "hold.gif", num_frames=5).frames] == [0, 0, 0, 0, 11]
+    waves = media_dir / "waves.gif"
+    if waves.is_file():
+        assert np.array_equal(read_video(waves, num_frames=8).frames, read_video(waves).frames[uniform_indices(17, 8)])
