@@ -174,3 +174,76 @@ def test_a_gif_is_sampled_over_its_frame_delays(tmp_path, media_dir):
     waves = media_dir / "waves.gif"
     if waves.is_file():
         assert np.array_equal(read_video(waves, num_frames=8).frames, read_video(waves).frames[uniform_indices(17, 8)])
+
+
+@pytest.mark.parametrize("ext", ["png", "webp"])
+def test_an_apng_or_animated_webp_file_is_a_video_as_the_same_file_opened_with_pil(tmp_path, ext):
+    """An animated PNG or WebP file was read as its first frame (captioned as a still, animated by
+    i2v), while the same file opened with PIL and given to the Python API was a video, and an
+    animated GIF file a video too. Now the file is a video like a GIF, sampled over its frame
+    delays (the PIL image too), and refused where an image goes."""
+    from PIL import Image
+
+    from showo2_cli.errors import InputError
+    from showo2_cli.media import check_video, image_input, probe_kind, read_image, read_media
+
+    p = tmp_path / f"hold.{ext}"
+    frames = [Image.fromarray(_numbered(i)) for i in range(12)]
+    frames[0].save(p, save_all=True, append_images=frames[1:], duration=[5000] + [100] * 10 + [5000], loop=0,
+                   **({"lossless": True} if ext == "webp" else {}))
+    assert probe_kind(p) == "video"
+    check_video(p)  # what the CLI checks before loading a model (FFmpeg reads no animated WebP)
+    m = read_media(p, num_frames=5)
+    assert m.kind == "video" and m.total_frames == 12 and m.fps == pytest.approx(12 / 11.0)
+    assert [_number(f) for f in m.frames] == [0, 0, 0, 0, 11]
+    assert [_number(f) for f in read_media(p, first=3).frames] == [0, 1, 2]
+    with Image.open(p) as im:
+        assert [_number(f) for f in read_media(im, num_frames=5).frames] == [0, 0, 0, 0, 11]
+        with pytest.raises(ValueError, match="animated"):
+            image_input(im)
+    with pytest.raises(InputError, match="animated"):
+        read_image(p)
+    with pytest.raises(InputError, match="animated"):
+        image_input(p)
+    one = tmp_path / f"one.{ext}"
+    frames[5].save(one)
+    assert probe_kind(one) == "image" and _number(np.asarray(read_image(one))) == 5
+
+
+@pytest.mark.slow
+def test_the_server_takes_an_animation_sent_as_the_image_type_it_is(tmp_path, monkeypatch):
+    """OpenAI clients send a GIF as ``data:image/gif`` (its MIME type, animated or not): an animated
+    one was refused with 400 "the data URL says image/*, but it holds a video". An animated GIF,
+    PNG or WebP is now taken as the video it is; a video sent as ``image/png`` is still refused."""
+    pytest.importorskip("fastapi")
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from showo2_cli import chat
+    from showo2_cli.api import load
+    from showo2_cli.media import probe_kind
+    from showo2_cli.serve import ServerConfig, create_app
+
+    attached = []  # what the chat was given (not encoded: the model's own run is other tests')
+    monkeypatch.setattr(chat.Conversation, "attach", lambda self, path, **kw: attached.append(probe_kind(path)))
+
+    def data(mime: str, raw: bytes) -> dict:
+        url = f"data:{mime};base64,{base64.b64encode(raw).decode()}"
+        return {"model": "demo", "max_tokens": 1, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What happens?"}, {"type": "image_url", "image_url": {"url": url}}]}]}
+
+    frames = [Image.fromarray(_numbered(i)) for i in range(3)]
+    mp4 = tmp_path / "v.mp4"
+    _encode(mp4, list(range(5)), Fraction(1, 25))
+    with TestClient(create_app(load("demo"), ServerConfig(model_id="demo"))) as http:
+        for fmt, mime in (("GIF", "image/gif"), ("PNG", "image/png"), ("WEBP", "image/webp")):
+            buf = io.BytesIO()
+            frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+            r = http.post("/v1/chat/completions", json=data(mime, buf.getvalue()))
+            assert r.status_code == 200, (fmt, r.text)
+        assert attached == ["video"] * 3
+        r = http.post("/v1/chat/completions", json=data("image/png", mp4.read_bytes()))
+        assert r.status_code == 400 and "holds a video" in r.json()["error"]["message"]

@@ -13,6 +13,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
 
+from .animation import ANIMATED_FORMATS
 from .metadata import (
     JPEG_MAX_EXIF_BYTES,
     METADATA_KEY,
@@ -44,6 +45,7 @@ _READ_DESCRIPTION = "a PNG/JPEG/WebP/BMP/TIFF/GIF image"
 READ_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "TGA", "ICO", "CUR", "ICNS", "PCX",
                 "SGI", "SUN", "PSD", "QOI", "AVIF", "JPEG2000", "DDS", "IM", "XBM", "XPM")
 _EXIF_ORIENTATION = 0x0112
+_ANIMATION_NAMES = {"GIF": "GIF", "PNG": "PNG", "WEBP": "WebP"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +231,7 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
 
     Raises:
         InputError: missing/empty/unreadable file, not an image, truncated or corrupt data,
-            or a video (including an animated GIF).
+            or a video (including an animated GIF, APNG or WebP).
         ResourceError: too many pixels.
     """
     limit = resolve_max_pixels(max_pixels)
@@ -255,8 +257,8 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
                 raise too_large("image", p, width, height, limit)
             if im.format == "MPEG":
                 raise InputError(f"{prefix}: it is a video, not an image")
-            if im.format == "GIF" and getattr(im, "is_animated", False):
-                raise InputError(f"{prefix}: it is an animated GIF (a video), not an image")
+            if im.format in ANIMATED_FORMATS and is_animated(im):
+                raise InputError(f"{prefix}: it is an animated {_ANIMATION_NAMES[im.format]} (a video), not an image")
             if width <= 0 or height <= 0:
                 raise InputError(f"{prefix}: the image has no pixels ({width}x{height})")
             if im.format in ("JPEG", "MPO"):

@@ -28,6 +28,7 @@ from showo2_cli.errors import (
     short,
 )
 
+from .animation import ANIMATED_FORMATS
 from .frame_index import INDEXED_FORMATS, FrameIndex
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -187,9 +188,9 @@ def _pil_header(p: Path, max_pixels: int | None = None) -> tuple[str, tuple[int,
                 fmt = im.format or ""
                 size = im.size
                 animated = False
-                if fmt == "GIF":
+                if fmt in ANIMATED_FORMATS:
                     try:
-                        animated = bool(getattr(im, "is_animated", False))
+                        animated = bool(getattr(im, "is_animated", False)) and int(im.n_frames) > 1
                     except Exception:  # a broken second frame: judged when decoding
                         animated = False
                 return fmt, size, animated
@@ -243,9 +244,9 @@ def av_video_info(p: Path) -> bool:
 def probe_kind(path: PathLike, max_pixels: int | None = None) -> str:
     """Return ``"image"`` or ``"video"`` for a media file, judged by its content, not its name.
 
-    A GIF with more than one frame is a video, a one-frame GIF an image; any other still format
-    PIL reads is an image (animated PNG/WebP count as images: their first frame is used); a
-    container FFmpeg opens with a video stream (mp4, webm, mov, mkv, avi, ...) is a video.
+    A GIF, PNG or WebP with more than one frame (an animation: APNG, animated WebP) is a video,
+    with one frame an image; any other still format PIL reads is an image; a container FFmpeg
+    opens with a video stream (mp4, webm, mov, mkv, avi, ...) is a video.
 
     Raises:
         InputError: missing path, a directory, an empty file, or content that is neither.
@@ -254,7 +255,7 @@ def probe_kind(path: PathLike, max_pixels: int | None = None) -> str:
     header = _pil_header(p, max_pixels)  # (a bomb is refused against the caller's pixel limit)
     if header is not None:
         fmt, _size, animated = header
-        if fmt == "GIF":
+        if fmt in ANIMATED_FORMATS:
             return "video" if animated else "image"
         if fmt != "MPEG":  # PIL only identifies MPEG streams, it cannot decode them
             return "image"
@@ -405,12 +406,22 @@ def gif_frame_count(p: Path, stop_after: int | None = None) -> int:
         return count
 
 
+def _pil_frame_count(p: Path) -> int:
+    """The frames an APNG's or animated WebP's header declares (0 if it cannot be read)."""
+    try:
+        with warnings.catch_warnings(), Image.open(p) as im:
+            warnings.simplefilter("ignore")
+            return int(getattr(im, "n_frames", 1))
+    except Exception:
+        return 0
+
+
 def _check_gif_frames(p: Path, prefix: str, width: int, height: int) -> None:
-    """Decode every frame of a GIF with PIL, which (unlike FFmpeg) reports a truncated or
-    damaged frame instead of silently ending the animation there; first refuse a GIF whose
-    frames would paint more than :data:`MAX_GIF_PIXEL_FRAMES` canvas pixels."""
+    """Decode every frame of a GIF (or an APNG, an animated WebP) with PIL, which (unlike FFmpeg)
+    reports a truncated or damaged frame instead of silently ending the animation there; first
+    refuse one whose frames would paint more than :data:`MAX_GIF_PIXEL_FRAMES` canvas pixels."""
     canvas = max(width * height, 1)
-    frames = gif_frame_count(p, stop_after=MAX_GIF_PIXEL_FRAMES // canvas)
+    frames = gif_frame_count(p, stop_after=MAX_GIF_PIXEL_FRAMES // canvas) or _pil_frame_count(p)
     if frames * canvas > MAX_GIF_PIXEL_FRAMES:
         raise ResourceError(f"video {quote_path(p)} is too large to decode: more than {frames - 1} frames on "
                             f"a {width}x{height} canvas (at most {MAX_GIF_PIXEL_FRAMES // canvas} at that size)")
@@ -436,15 +447,28 @@ def check_video_structure(p: Path, prefix: str, limit: int) -> FrameIndex | None
     not too large, no truncated or damaged packet. Returns the :class:`FrameIndex` the packets
     gave (MP4/MOV, Matroska/WebM, GIF), else None."""
     header = _pil_header(p)
-    if header is not None and not (header[0] == "GIF" and header[2]) and header[0] != "MPEG":
+    if header is not None and not (header[0] in ANIMATED_FORMATS and header[2]) and header[0] != "MPEG":
         raise InputError(f"{prefix}: it is a still image, not a video")
-    if header is not None and header[0] == "GIF":
+    if header is not None and header[0] in ANIMATED_FORMATS:
         width, height = header[1]
         if width * height > limit:
             raise too_large("video", p, width, height, limit)
         _check_gif_frames(p, prefix, width, height)
-        return _gif_index(p)
+        return _gif_index(p) if header[0] == "GIF" else None
     return _check_packets(p, prefix)
+
+
+def animation_format(path: PathLike) -> str | None:
+    """``"GIF"``, ``"PNG"`` or ``"WEBP"`` for an animation in a still-image format (a video whose
+    MIME type is ``image/*``), else None."""
+    header = _pil_header(Path(os.fspath(path)))
+    return header[0] if header is not None and header[0] in ANIMATED_FORMATS and header[2] else None
+
+
+def pil_animation(p: Path) -> bool:
+    """True for an animation FFmpeg does not read and Pillow does (APNG, animated WebP): its
+    frames are read with Pillow (a GIF's with FFmpeg)."""
+    return animation_format(p) in ("PNG", "WEBP")
 
 
 def _gif_index(p: Path) -> FrameIndex | None:
@@ -480,6 +504,8 @@ def check_video(path: PathLike, max_pixels: int | None = None) -> None:
     p = check_input_file(path, "video")
     prefix = f"cannot read video {quote_path(p)}"
     check_video_structure(p, prefix, limit)
+    if pil_animation(p):  # an APNG or animated WebP: checked whole by Pillow (FFmpeg reads no animated WebP)
+        return
     try:
         with av.open(str(p), metadata_errors="replace") as container:
             streams = video_streams(container)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -16,6 +17,7 @@ from PIL import Image
 from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
 from showo2_cli.options import DEFAULT_FPS
 
+from .animation import PilFrames
 from .frame_index import decode_picked, uniform_indices
 from .geometry import check_count
 from .image import PIL_FORMATS, image_input, is_animated, read_image, write_image
@@ -26,6 +28,7 @@ from .probe import (
     check_input_file,
     check_video_structure,
     error_detail,
+    pil_animation,
     probe_kind,
     quote_path,
     resolve_max_pixels,
@@ -247,6 +250,8 @@ def read_video(
     prefix = f"cannot read video {quote_path(p)}"
     index = check_video_structure(p, prefix, limit)
     index = index if index is not None and index.usable and len(index) > 0 else None
+    if pil_animation(p):  # an APNG or animated WebP: FFmpeg reads no animated WebP
+        return _read_pil_animation(p, prefix, num_frames, limit, max_frames, first, budget)
 
     def open_stream() -> tuple[Any, Any]:
         try:
@@ -400,6 +405,20 @@ def read_video(
     return Media(kind="video", frames=out, fps=fps, source=str(p), total_frames=total)
 
 
+def _read_pil_animation(p: Path, prefix: str, num_frames, limit: int, max_frames: int, first, budget: int) -> Media:
+    """An APNG's or animated WebP's frames, read with Pillow and sampled over their delays."""
+    try:
+        with warnings.catch_warnings(), Image.open(p) as im:
+            warnings.simplefilter("ignore")
+            return _media_in_memory(im, num_frames, limit, max_frames, first, budget, name=str(p))
+    except (InputError, ResourceError, UsageError):
+        raise
+    except MemoryError as e:
+        raise ResourceError(f"video {quote_path(p)} is too large to decode in memory") from e
+    except Exception as e:  # checked whole before: a file changed meanwhile
+        raise InputError(f"{prefix}: truncated or corrupt ({error_detail(e)})") from e
+
+
 def read_media(
     path,
     num_frames: int | None = None,
@@ -427,29 +446,14 @@ def read_media(
     return Media(kind="image", frames=frames, fps=None, source=os.fspath(path), total_frames=1)
 
 
-class _PilFrames:
-    """The frames of an animated PIL image, each read when it is indexed (seek + copy)."""
-
-    def __init__(self, image: Image.Image):
-        self.image = image
-
-    def __len__(self) -> int:
-        return int(self.image.n_frames)
-
-    def __getitem__(self, i: int) -> Image.Image:
-        self.image.seek(i)
-        frame = self.image.copy()
-        return frame.convert("RGBA") if frame.mode == "P" else frame  # the palette of this frame
-
-
-def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_bytes) -> Media:
+def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_bytes, name: str = "<frames>") -> Media:
     if num_frames is not None:
         num_frames = check_count(num_frames, "the number of frames to read")
     if isinstance(source, Image.Image) and is_animated(source):  # a GIF, APNG or WebP opened by PIL
-        source = _PilFrames(source)
+        source = PilFrames(source)
     elif isinstance(source, (list, tuple)) and len(source) == 1:
         source = source[0]  # one frame: an image (a list of one image is no video)
-    is_frames = isinstance(source, (list, tuple, _PilFrames)) or \
+    is_frames = isinstance(source, (list, tuple, PilFrames)) or \
         (getattr(source, "ndim", 0) == 4 and source.shape[0] > 1)
     if not is_frames:
         frames = np.array(image_input(source, max_pixels), dtype=np.uint8)[None]
@@ -457,8 +461,9 @@ def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_byte
     total = len(source)
     if total < 1:
         raise UsageError("a video given as frames needs at least one frame")
-    picked = uniform_indices(total, num_frames) if num_frames is not None else \
-        range(min(total, first) if first is not None else total)
+    index = source.index() if isinstance(source, PilFrames) else None  # an animation's frame delays
+    picked = (index.pick(num_frames) if index is not None else uniform_indices(total, num_frames)) \
+        if num_frames is not None else range(min(total, first) if first is not None else total)
     if len(picked) > max_frames:
         raise ResourceError(f"the video has {len(picked)} frames, more than the limit of {max_frames}")
     budget = MAX_DECODED_BYTES if max_bytes is None else max(1, min(int(max_bytes), MAX_DECODED_BYTES))
@@ -473,7 +478,9 @@ def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_byte
                                 f"{frame.nbytes * len(picked) / 2**30:.1f} GiB, more than the memory limit of "
                                 f"{budget / 2**30:.1f} GiB")
         frames.append(frame)
-    return Media(kind="video", frames=np.stack(frames), fps=None, source="<frames>", total_frames=total)
+    fps = source.fps() if isinstance(source, PilFrames) and index is not None else None
+    fps = None if fps is None else min(max(fps, MIN_FPS), MAX_FPS)
+    return Media(kind="video", frames=np.stack(frames), fps=fps, source=name, total_frames=total)
 
 
 # ---------------------------------------------------------------------------------------------

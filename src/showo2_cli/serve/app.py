@@ -59,7 +59,8 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
             try:
                 if upload.declared is not None:  # what its data URL says it is, it must be
                     found = M.probe_kind(path, config.max_image_pixels)
-                    if found != upload.declared:
+                    # an animated GIF, PNG or WebP is a video whose type is image/gif, png, webp
+                    if found != upload.declared and not (upload.declared == "image" and M.animation_format(path)):
                         said = upload.expected or f"the data URL says {upload.declared}/*"
                         raise ApiError(400, f"{param}: {said}, but it holds "
                                             f"{'an' if found == 'image' else 'a'} {found}",
