@@ -131,6 +131,25 @@ def test_b_frames_a_late_start_and_files_without_timestamps_keep_their_order(tmp
         assert [_number(f) for f in read_video(p).frames] == list(range(25)), name
 
 
+def test_a_trimmed_phone_video_starts_at_its_edit(tmp_path):
+    """A video cut without re-encoding (a phone's trim: the MP4 edit list starts 7 frames into a
+    group of pictures) shows frames 7 to 29: the frames before the edit are decoded but not shown,
+    and the sampled frames are the shown ones, seeking or not."""
+    src, cut = tmp_path / "src.mp4", tmp_path / "trimmed.mp4"
+    _encode(src, list(range(30)), Fraction(1, 25), gop=10)
+    with av.open(str(src)) as i, av.open(str(cut), "w") as o:
+        si = i.streams.video[0]
+        so = o.add_stream_from_template(si)
+        shift = int(Fraction(7, 25) / si.time_base)
+        for pkt in i.demux(si):
+            if pkt.dts is not None:
+                pkt.pts, pkt.dts, pkt.stream = pkt.pts - shift, pkt.dts - shift, so
+                o.mux(pkt)
+    assert [_number(f) for f in read_video(cut).frames] == list(range(7, 30))
+    m = read_video(cut, num_frames=5)
+    assert [_number(f) for f in m.frames] == [7 + i for i in uniform_indices(23, 5)] and m.total_frames == 23
+
+
 def test_a_stream_that_does_not_keep_to_its_index_is_read_in_order(tmp_path, monkeypatch):
     """Where a picked frame does not come out at its timestamp, the picked decode gives up (None)
     and the video is read in order, with the same frames."""
