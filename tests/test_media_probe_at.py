@@ -266,3 +266,24 @@ def test_the_server_takes_an_animation_sent_as_the_image_type_it_is(tmp_path, mo
         assert attached == ["video"] * 3
         r = http.post("/v1/chat/completions", json=data("image/png", mp4.read_bytes()))
         assert r.status_code == 400 and "holds a video" in r.json()["error"]["message"]
+
+
+def test_a_phone_photo_with_a_gain_map_opened_with_pil_is_one_picture(tmp_path):
+    """An Ultra HDR JPEG (Pixel 8 and later, recent Galaxy phones) carries its gain map as a second
+    picture in its MPF data, which Pillow opens as a 2-frame ``MPO``: given to the Python API as
+    ``Image.open(path)`` it was refused as "an animated image of 2 frames" (an image's place) or
+    failed as a video whose frames differ in size (a video's place), while its path read fine. It
+    is now the photo, as its path reads."""
+    from PIL import Image
+
+    from showo2_cli.media import image_input, read_image, read_media
+
+    p = tmp_path / "pixel.jpg"
+    photo = Image.fromarray(_numbered(300))
+    photo.save(p, format="MPO", save_all=True, append_images=[Image.new("RGB", (36, 24), (128, 128, 128))],
+               quality=95, subsampling=0)
+    with Image.open(p) as im:
+        assert im.format == "MPO" and im.n_frames == 2
+        assert np.array_equal(np.asarray(image_input(im)), np.asarray(read_image(p)))
+        m = read_media(im)
+        assert m.kind == "image" and _number(m.frames[0]) == 300

@@ -158,8 +158,12 @@ def array_image(value, max_pixels: int | None = None) -> Image.Image:
 
 
 def is_animated(image: Image.Image) -> bool:
-    """A PIL image holding several frames (GIF, APNG, WebP, TIFF pages ...)."""
-    return bool(getattr(image, "is_animated", False)) and int(getattr(image, "n_frames", 1)) > 1
+    """A PIL image holding an animation: a GIF, APNG or WebP of several frames. Not the other
+    formats Pillow opens with several frames: a JPEG with a second picture in its MPF data (the gain
+    map of an Ultra HDR phone photo, a camera's preview: Pillow's ``MPO``) or a multi-page TIFF is
+    one picture, its first frame, as its file is read by path."""
+    return image.format in ANIMATED_FORMATS and bool(getattr(image, "is_animated", False)) and \
+        int(getattr(image, "n_frames", 1)) > 1
 
 
 def image_input(source, max_pixels: int | None = None, what: str = "image") -> Image.Image:
@@ -257,7 +261,7 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
                 raise too_large("image", p, width, height, limit)
             if im.format == "MPEG":
                 raise InputError(f"{prefix}: it is a video, not an image")
-            if im.format in ANIMATED_FORMATS and is_animated(im):
+            if is_animated(im):
                 raise InputError(f"{prefix}: it is an animated {_ANIMATION_NAMES[im.format]} (a video), not an image")
             if width <= 0 or height <= 0:
                 raise InputError(f"{prefix}: the image has no pixels ({width}x{height})")
