@@ -287,3 +287,25 @@ def test_a_phone_photo_with_a_gain_map_opened_with_pil_is_one_picture(tmp_path):
         assert np.array_equal(np.asarray(image_input(im)), np.asarray(read_image(p)))
         m = read_media(im)
         assert m.kind == "image" and _number(m.frames[0]) == 300
+
+
+def test_a_heic_photo_is_refused_in_one_line_not_read_as_a_video_of_one_tile(tmp_path):
+    """An iPhone's HEIC photo is a grid of tiles in a HEIF file (``tiled.heic``: 96x128 in 64x64
+    tiles, written by pillow-heif). Pillow reads no HEIF, and FFmpeg opens one as a video stream a
+    tile: ``caption photo.heic`` answered about a one-frame "video" of its top-left tile. It is now
+    refused (exit 3) with what to do; a tile is never taken for a video."""
+    from pathlib import Path
+
+    from showo2_cli.errors import InputError
+    from showo2_cli.media import check_video, image_input, probe_kind, read_image, read_media
+    from showo2_cli.media.probe import video_streams
+
+    heic = Path(__file__).parent / "data" / "media" / "tiled.heic"
+    for read in (probe_kind, read_image, read_video, read_media, check_video, image_input):
+        with pytest.raises(InputError, match=r"a HEIF \(HEIC\) photo.*convert it to JPEG"):
+            read(heic)
+    with av.open(str(heic)) as c:
+        assert len(c.streams.video) == 4 and video_streams(c) == []  # the four tiles are parts of a picture
+    mp4 = tmp_path / "v.mp4"  # an MP4's ftyp is no HEIF
+    _encode(mp4, list(range(3)), Fraction(1, 25))
+    assert probe_kind(mp4) == "video"

@@ -27,6 +27,7 @@ from .probe import (
     PathLike,
     av_video_info,
     check_input_file,
+    check_not_heif_photo,
     decompression_bomb,
     error_detail,
     quote_path,
@@ -251,6 +252,7 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
             try:
                 im = Image.open(fh, formats=READ_FORMATS)
             except UnidentifiedImageError as e:
+                check_not_heif_photo(p, prefix)
                 if av_video_info(p):
                     raise InputError(f"{prefix}: it is a video, not an image") from e
                 raise InputError(

@@ -211,10 +211,36 @@ def _pil_header(p: Path, max_pixels: int | None = None) -> tuple[str, tuple[int,
 
 def video_streams(container) -> list:
     """The container's video streams that are moving pictures: not the cover art an audio file
-    carries as an ``attached_pic`` "video" stream."""
+    carries as an ``attached_pic`` "video" stream, nor a ``dependent`` one that is only a part of
+    a picture (a tile of a HEIF photo's grid)."""
     from av.stream import Disposition
 
-    return [s for s in container.streams.video if not (int(s.disposition) & int(Disposition.attached_pic))]
+    skip = int(Disposition.attached_pic) | int(Disposition.dependent)
+    return [s for s in container.streams.video if not (int(s.disposition) & skip)]
+
+
+#: the ``ftyp`` brands of a HEIF still image (an iPhone's or a Galaxy's HEIC photo), and of a HEIF
+#: image sequence: FFmpeg opens a still as a one-frame video, and a tiled one (as phones write
+#: them) as one video stream a tile
+_HEIF_STILL_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"mif2"})
+_HEIF_SEQUENCE_BRANDS = frozenset({b"msf1", b"hevc", b"hevx", b"hevm", b"hevs"})
+
+
+def check_not_heif_photo(p: Path, prefix: str) -> None:
+    """Refuse a HEIF (HEIC) still image, which this tool does not decode (Pillow reads none, and
+    FFmpeg gives a tiled one's first tile as a one-frame video), in one line that says what to do."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return
+    if len(head) < 16 or head[4:8] != b"ftyp":
+        return
+    body = head[8:max(16, min(int.from_bytes(head[:4], "big"), len(head)))]
+    brands = {body[:4]} | {body[i:i + 4] for i in range(8, len(body) - 3, 4)}  # major, then compatible
+    if brands & _HEIF_STILL_BRANDS and not brands & _HEIF_SEQUENCE_BRANDS:
+        raise InputError(f"{prefix}: a HEIF (HEIC) photo, which this tool does not decode: convert it to JPEG "
+                         "or PNG first (or open it with pillow-heif and pass the PIL image)")
 
 
 def _av_container(p: Path) -> str | None:
@@ -259,6 +285,7 @@ def probe_kind(path: PathLike, max_pixels: int | None = None) -> str:
             return "video" if animated else "image"
         if fmt != "MPEG":  # PIL only identifies MPEG streams, it cannot decode them
             return "image"
+    check_not_heif_photo(p, f"cannot read media file {quote_path(p)}")
     found = _av_container(p)
     if found == "video":
         return "video"
@@ -447,6 +474,8 @@ def check_video_structure(p: Path, prefix: str, limit: int) -> FrameIndex | None
     not too large, no truncated or damaged packet. Returns the :class:`FrameIndex` the packets
     gave (MP4/MOV, Matroska/WebM, GIF), else None."""
     header = _pil_header(p)
+    if header is None:
+        check_not_heif_photo(p, prefix)
     if header is not None and not (header[0] in ANIMATED_FORMATS and header[2]) and header[0] != "MPEG":
         raise InputError(f"{prefix}: it is a still image, not a video")
     if header is not None and header[0] in ANIMATED_FORMATS:
