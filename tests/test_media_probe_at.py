@@ -309,3 +309,44 @@ def test_a_heic_photo_is_refused_in_one_line_not_read_as_a_video_of_one_tile(tmp
     mp4 = tmp_path / "v.mp4"  # an MP4's ftyp is no HEIF
     _encode(mp4, list(range(3)), Fraction(1, 25))
     assert probe_kind(mp4) == "video"
+
+
+@pytest.mark.parametrize(("matrix", "corner"), [
+    ((-1, 0, 0, 1), "top-right"),  # mirrored (a selfie camera's): was read turned upside down
+    ((1, 0, 0, -1), "bottom-left"),  # flipped upside down
+    ((0, 1, 1, 0), "top-left"),  # transposed: a quarter turn and a mirror
+    ((0, -1, -1, 0), "bottom-right"),
+    ((0, -1, 1, 0), "bottom-left"),  # plain quarter turns and a half turn, as before
+    ((-1, 0, 0, -1), "bottom-right"),
+])
+def test_a_mirrored_video_is_shown_mirrored_not_turned(tmp_path, matrix, corner):
+    """A display matrix that mirrors (``a`` or ``d`` negative, or a quarter turn with a flip) was
+    read by its rotation angle alone: a mirrored video came out turned 180 degrees. The whole
+    matrix is applied now, as FFmpeg's autorotation (and a player) shows it."""
+    import struct
+
+    p = tmp_path / "stored.mp4"
+    frames = np.zeros((3, 32, 64, 3), np.uint8)
+    frames[:, :8, :8] = (255, 0, 0)  # red stored top-left
+    with av.open(str(p), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = i
+            for pkt in s.encode(vf):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    data = bytearray(p.read_bytes())
+    at = data.find(b"tkhd") + 4 + 4 + 4 * 5 + 8 + 8  # the track header's matrix (version 0)
+    a, b, c_, d = (v * 65536 for v in matrix)
+    data[at:at + 36] = struct.pack(">9i", a, b, 0, c_, d, 0, 0, 0, 1 << 30)  # what an editor writes
+    shown = tmp_path / "shown.mp4"
+    shown.write_bytes(bytes(data))
+    for m in (read_video(shown), read_video(shown, num_frames=2)):
+        f = m.frames[0]
+        assert f.shape == ((64, 32, 3) if matrix[0] == 0 else (32, 64, 3))
+        ys, xs = np.nonzero(f[..., 0] > 200)
+        where = ("top" if ys.mean() < f.shape[0] / 2 else "bottom") + "-" + ("left" if xs.mean() < f.shape[1] / 2 else "right")
+        assert where == corner

@@ -187,8 +187,36 @@ def display_width(stream: Any, width: int) -> int:
     return width
 
 
-def _rotate(arr: np.ndarray, rotation: int) -> np.ndarray:
-    """Apply a display-matrix rotation (degrees counter-clockwise, multiples of 90 only)."""
+def _display_matrix(frame: Any) -> tuple[int, int, int, int] | None:
+    """The 2x2 part ``(a, b, c, d)`` of a frame's display matrix (16.16 fixed point), if it has one."""
+    try:
+        from av.sidedata.sidedata import Type
+
+        data = frame.side_data.get(Type.DISPLAYMATRIX)
+        if data is None:
+            return None
+        m = np.frombuffer(bytes(data), dtype=np.int32)
+        return int(m[0]), int(m[1]), int(m[3]), int(m[4])
+    except Exception:  # an older PyAV, odd side data: the rotation alone
+        return None
+
+
+def _orient(arr: np.ndarray, frame: Any) -> np.ndarray:
+    """``arr`` as a player shows ``frame``: its display matrix applied in multiples of 90 degrees,
+    mirroring included (a stored point ``(x, y)`` is shown at ``(a x + c y, b x + d y)``, FFmpeg's
+    convention; a mirrored selfie has ``a < 0``), else its rotation (degrees counter-clockwise);
+    another angle is left as stored."""
+    matrix = _display_matrix(frame)
+    if matrix is not None:
+        a, b, c, d = (0 if abs(v) < 64 else (1 if v > 0 else -1) for v in matrix)  # signs (zero: < 1/1000)
+        if a == d == 0 and b and c:  # a quarter turn: rows become columns
+            shown = arr.transpose(1, 0, 2)[::b, ::c]
+        elif b == c == 0 and a and d:
+            shown = arr[::d, ::a]
+        else:
+            return arr
+        return np.ascontiguousarray(shown) if shown is not arr else arr
+    rotation = int(getattr(frame, "rotation", 0) or 0)
     if not rotation or rotation % 90:
         return arr
     k = (rotation // 90) % 4
@@ -222,7 +250,7 @@ def read_video(
             the frame count, and while decoding.
 
     The frame rate is the stream's average rate (then its guessed rate, then 8.0). A display
-    rotation (phone videos) is applied in multiples of 90 degrees, and non-square pixels (a sample
+    matrix (a phone's rotation, a mirror) is applied in multiples of 90 degrees, and non-square pixels (a sample
     aspect ratio other than 1: DVD, HDV, anamorphic footage) are scaled to the display aspect, as a
     player shows them (720x480 at 32:27 is read 853x480). Frames whose size changes mid-stream are
     scaled to the first frame's (display) size. When ``num_frames`` is given, an MP4/MOV or
@@ -323,7 +351,7 @@ def read_video(
                 "sample fewer frames or raise --max-memory"
             )
         arr = frame.to_ndarray(format="rgb24", width=width, height=height)
-        kept[position] = _rotate(arr, int(getattr(frame, "rotation", 0) or 0))
+        kept[position] = _orient(arr, frame)
 
     def failing(count: int, e: Exception) -> Exception:
         if isinstance(e, (InputError, ResourceError)):
