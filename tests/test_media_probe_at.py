@@ -350,3 +350,44 @@ def test_a_mirrored_video_is_shown_mirrored_not_turned(tmp_path, matrix, corner)
         ys, xs = np.nonzero(f[..., 0] > 200)
         where = ("top" if ys.mean() < f.shape[0] / 2 else "bottom") + "-" + ("left" if xs.mean() < f.shape[1] / 2 else "right")
         assert where == corner
+
+
+def test_frames_are_fitted_as_they_are_decoded_so_a_large_video_is_never_held_whole(tmp_path):
+    """Captioning held every sampled frame at its decoded size before padding them to the model's
+    square: 32 frames of a 4K phone video are 0.8 GB, for 18 MB of 432x432 input. ``fit`` is
+    applied to each frame as it is decoded (understanding pads with it): the same pixels, and the
+    decoded frames are never all held (here 16 frames of 640x480, 14.7 MB, against 0.2 MB fitted)."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from showo2_cli.media import resize_and_pad
+
+    p = tmp_path / "vga.mp4"
+    with av.open(str(p), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 640, 480, "yuv420p"
+        s.options = {"preset": "ultrafast"}
+        for i in range(16):
+            frame = np.zeros((480, 640, 3), np.uint8)
+            frame[:, i * 40:(i + 1) * 40] = 255
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts = i
+            for pkt in s.encode(vf):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+
+    def pad(f):
+        return np.asarray(resize_and_pad(Image.fromarray(f), 64))
+
+    whole = read_video(p, num_frames=16)
+    tracemalloc.start()
+    try:
+        fitted = read_video(p, num_frames=16, fit=pad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert fitted.frames.shape == (16, 64, 64, 3)
+    assert np.array_equal(fitted.frames, np.stack([pad(f) for f in whole.frames]))
+    assert peak < 8 * 640 * 480 * 3  # a few decoded frames at a time (3.7 MB), never the 16 (14.7 MB)

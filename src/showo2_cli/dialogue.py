@@ -128,10 +128,15 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
     check_caption_memory(model, count, side, opts.max_memory_gb)  # before any frame is decoded
     from .runtime import decode_budget
 
-    video = in_memory or M.read_video(source, num_frames=count, max_pixels=max_pixels,
-                                      max_bytes=decode_budget(opts.max_memory_gb))
-    padded = [np.asarray(M.resize_and_pad(Image.fromarray(f), side)) for f in video.frames]
-    pixels = M.frames_to_tensor(np.stack(padded)).permute(1, 0, 2, 3)[:, :, None]  # (K,3,1,H,W)
+    def pad(frame: np.ndarray) -> np.ndarray:
+        return np.asarray(M.resize_and_pad(Image.fromarray(frame), side))
+
+    if in_memory is not None:
+        padded = np.stack([pad(f) for f in in_memory.frames])
+    else:  # each frame padded as it is decoded: 32 frames of a 4K video are never held whole
+        padded = M.read_video(source, num_frames=count, max_pixels=max_pixels,
+                              max_bytes=decode_budget(opts.max_memory_gb), fit=pad).frames
+    pixels = M.frames_to_tensor(padded).permute(1, 0, 2, 3)[:, :, None]  # (K,3,1,H,W)
     pixels = pixels.to(vae.device)
     # one generator for all the frames: frame k's noise is the k-th slice of one (K, ...) draw, as the
     # official demo's single ``randn_like`` over its batch of K one-frame videos (never one draw repeated)

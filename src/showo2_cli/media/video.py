@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -230,6 +230,7 @@ def read_video(
     max_frames: int = 100000,
     first: int | None = None,
     max_bytes: int | None = None,
+    fit: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Media:
     """Decode a video (mp4, webm, mov, mkv, avi, animated GIF, ...) with PyAV to RGB frames.
 
@@ -248,6 +249,9 @@ def read_video(
             limit, :func:`showo2_cli.runtime.decode_budget`); never more than
             :data:`MAX_DECODED_BYTES`. Checked from the header before decoding where it states
             the frame count, and while decoding.
+        fit: applied to each kept frame as soon as it is decoded (say, the resize a model's input
+            needs), so only fitted frames are held: 32 frames of a 4K video are 0.8 GB decoded,
+            18 MB at 432x432. The limits above are still judged on the decoded size.
 
     The frame rate is the stream's average rate (then its guessed rate, then 8.0). A display
     matrix (a phone's rotation, a mirror) is applied in multiples of 90 degrees, and non-square pixels (a sample
@@ -279,7 +283,7 @@ def read_video(
     index = check_video_structure(p, prefix, limit)
     index = index if index is not None and index.usable and len(index) > 0 else None
     if pil_animation(p):  # an APNG or animated WebP: FFmpeg reads no animated WebP
-        return _read_pil_animation(p, prefix, num_frames, limit, max_frames, first, budget)
+        return _read_pil_animation(p, prefix, num_frames, limit, max_frames, first, budget, fit)
 
     def open_stream() -> tuple[Any, Any]:
         try:
@@ -351,7 +355,7 @@ def read_video(
                 "sample fewer frames or raise --max-memory"
             )
         arr = frame.to_ndarray(format="rgb24", width=width, height=height)
-        kept[position] = _orient(arr, frame)
+        kept[position] = _orient(arr, frame) if fit is None else fit(_orient(arr, frame))
 
     def failing(count: int, e: Exception) -> Exception:
         if isinstance(e, (InputError, ResourceError)):
@@ -433,12 +437,13 @@ def read_video(
     return Media(kind="video", frames=out, fps=fps, source=str(p), total_frames=total)
 
 
-def _read_pil_animation(p: Path, prefix: str, num_frames, limit: int, max_frames: int, first, budget: int) -> Media:
+def _read_pil_animation(p: Path, prefix: str, num_frames, limit: int, max_frames: int, first, budget: int,
+                        fit) -> Media:
     """An APNG's or animated WebP's frames, read with Pillow and sampled over their delays."""
     try:
         with warnings.catch_warnings(), Image.open(p) as im:
             warnings.simplefilter("ignore")
-            return _media_in_memory(im, num_frames, limit, max_frames, first, budget, name=str(p))
+            return _media_in_memory(im, num_frames, limit, max_frames, first, budget, name=str(p), fit=fit)
     except (InputError, ResourceError, UsageError):
         raise
     except MemoryError as e:
@@ -474,7 +479,8 @@ def read_media(
     return Media(kind="image", frames=frames, fps=None, source=os.fspath(path), total_frames=1)
 
 
-def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_bytes, name: str = "<frames>") -> Media:
+def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_bytes, name: str = "<frames>",
+                     fit=None) -> Media:
     if num_frames is not None:
         num_frames = check_count(num_frames, "the number of frames to read")
     if isinstance(source, Image.Image) and is_animated(source):  # a GIF, APNG or WebP opened by PIL
@@ -496,16 +502,18 @@ def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_byte
         raise ResourceError(f"the video has {len(picked)} frames, more than the limit of {max_frames}")
     budget = MAX_DECODED_BYTES if max_bytes is None else max(1, min(int(max_bytes), MAX_DECODED_BYTES))
     frames: list[np.ndarray] = []
+    first_shape = None
     for i in picked:
         frame = np.asarray(image_input(source[i], max_pixels, f"video frame {i}"), dtype=np.uint8)
-        if frames and frame.shape != frames[0].shape:
+        first_shape = first_shape or frame.shape
+        if frame.shape != first_shape:
             raise ValueError(f"video frame {i} is {frame.shape[1]}x{frame.shape[0]}, frame 0 "
-                             f"{frames[0].shape[1]}x{frames[0].shape[0]}: the frames of a video share one size")
+                             f"{first_shape[1]}x{first_shape[0]}: the frames of a video share one size")
         if frame.nbytes * len(picked) > budget:
             raise ResourceError(f"{len(picked)} frames of {frame.shape[1]}x{frame.shape[0]} need "
                                 f"{frame.nbytes * len(picked) / 2**30:.1f} GiB, more than the memory limit of "
                                 f"{budget / 2**30:.1f} GiB")
-        frames.append(frame)
+        frames.append(frame if fit is None else fit(frame))
     fps = source.fps() if isinstance(source, PilFrames) and index is not None else None
     fps = None if fps is None else min(max(fps, MIN_FPS), MAX_FPS)
     return Media(kind="video", frames=np.stack(frames), fps=fps, source=name, total_frames=total)
