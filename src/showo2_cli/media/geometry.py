@@ -1,10 +1,12 @@
-"""Sizes, resizing, conversion between frames and model tensors, and valid frame counts."""
+"""Sizes, resizing, frames as a player shows them (display aspect and matrix), conversion between frames
+and model tensors, and valid frame counts."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -144,6 +146,68 @@ def resize_and_pad(img: Image.Image, size: int | tuple[int, int]) -> Image.Image
     canvas = Image.new("RGB", (tw, th), (0, 0, 0))
     canvas.paste(img, ((tw - new_w) // 2, (th - new_h) // 2))
     return canvas
+
+
+# ---------------------------------------------------------------------------------------------
+# video frames as a player shows them
+# ---------------------------------------------------------------------------------------------
+
+
+#: sample aspect ratios outside these bounds are taken as corrupt headers and ignored (real ones,
+#: DV and HDV to anamorphic film, lie between 1/2 and 2)
+_SAR_BOUNDS = (Fraction(1, 10), Fraction(10))
+
+
+def display_width(stream: Any, width: int) -> int:
+    """The width a player shows ``width`` stored pixels at: scaled by the stream's sample aspect
+    ratio (non-square pixels: a 720x480 DVD frame with SAR 32:27 is shown 853x480, as ffmpeg's
+    ``scale=iw*sar:ih``); ``width`` when the pixels are square or the ratio is unset or absurd."""
+    for owner in (stream, getattr(stream, "codec_context", None)):
+        try:
+            sar = Fraction(owner.sample_aspect_ratio) if owner is not None and owner.sample_aspect_ratio else None
+        except Exception:
+            sar = None
+        if sar is not None and sar > 0:
+            if sar == 1 or not _SAR_BOUNDS[0] <= sar <= _SAR_BOUNDS[1]:
+                return width
+            return max(1, int(round(width * sar)))
+    return width
+
+
+def _display_matrix(frame: Any) -> tuple[int, int, int, int] | None:
+    """The 2x2 part ``(a, b, c, d)`` of a frame's display matrix (16.16 fixed point), if it has one."""
+    try:
+        from av.sidedata.sidedata import Type
+
+        data = frame.side_data.get(Type.DISPLAYMATRIX)
+        if data is None:
+            return None
+        m = np.frombuffer(bytes(data), dtype=np.int32)
+        return int(m[0]), int(m[1]), int(m[3]), int(m[4])
+    except Exception:  # an older PyAV, odd side data: the rotation alone
+        return None
+
+
+def orient(arr: np.ndarray, frame: Any) -> np.ndarray:
+    """``arr`` as a player shows ``frame``: its display matrix applied in multiples of 90 degrees,
+    mirroring included (a stored point ``(x, y)`` is shown at ``(a x + c y, b x + d y)``, FFmpeg's
+    convention; a mirrored selfie has ``a < 0``), else its rotation (degrees counter-clockwise);
+    another angle is left as stored."""
+    matrix = _display_matrix(frame)
+    if matrix is not None:
+        a, b, c, d = (0 if abs(v) < 64 else (1 if v > 0 else -1) for v in matrix)  # signs (zero: < 1/1000)
+        if a == d == 0 and b and c:  # a quarter turn: rows become columns
+            shown = arr.transpose(1, 0, 2)[::b, ::c]
+        elif b == c == 0 and a and d:
+            shown = arr[::d, ::a]
+        else:
+            return arr
+        return np.ascontiguousarray(shown) if shown is not arr else arr
+    rotation = int(getattr(frame, "rotation", 0) or 0)
+    if not rotation or rotation % 90:
+        return arr
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(arr, k=k)) if k else arr
 
 
 # ---------------------------------------------------------------------------------------------
