@@ -197,12 +197,12 @@ def test_lora_merges_only_into_what_is_loaded(tiny_model_dir, adapters, untied, 
     # an adapter whose flow-head tensor does not fit still fails the load, before any use
     from safetensors.torch import load_file, save_file
 
-    from showo2_cli.lora import ADAPTER_WEIGHTS
+    from showo2_cli.lora import ADAPTER_WEIGHTS, PEFT_PREFIX
 
     bad = tmp_path / "bad"
     shutil.copytree(adapters[1], bad)
     state = load_file(str(bad / ADAPTER_WEIGHTS))
-    key = next(k for k in state if k.startswith("diffusion_head_a.0.self_attn.q_proj.lora_B"))
+    key = next(k for k in state if k.removeprefix(PEFT_PREFIX).startswith("diffusion_head_a.0.self_attn.q_proj.lora_B"))
     state[key] = state[key][:-1].contiguous()
     save_file(state, str(bad / ADAPTER_WEIGHTS))
     with pytest.raises(ModelError, match="does not fit this model"):
@@ -213,7 +213,7 @@ def test_a_lora_adapter_changed_before_first_use_is_one_clear_error(untied, adap
     folder = tmp_path / "adapter"
     shutil.copytree(adapters[1], folder)
     model = load(untied, lora=[folder], heads=("lm_head",))
-    from showo2_cli.lora import ADAPTER_WEIGHTS
+    from showo2_cli.lora import ADAPTER_WEIGHTS, PEFT_PREFIX
 
     (folder / ADAPTER_WEIGHTS).unlink()
     with pytest.raises(ModelError, match="the LoRA adapter file changed or went away"):

@@ -283,7 +283,7 @@ def merge_recorded(network: torch.nn.Module, recorded: list, within: list[str]) 
             continue
         config, state, folder = read_adapter(folder)
         config.target_modules = set(names)  # the layers matched then, by their full names
-        state = {k: v for k, v in state.items() if k.split(".lora_")[0] in names}
+        state = {k: v for k, v in state.items() if k.removeprefix(PEFT_PREFIX).split(".lora_")[0] in names}
         with warnings.catch_warnings():  # the patterns of the other layers (matched on load) match none here
             warnings.filterwarnings("ignore", message=".*_pattern keys did not match", category=RuntimeWarning)
             _merge_one(network, config, state, folder, f"lora{i}", [])
