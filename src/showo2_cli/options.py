@@ -76,7 +76,9 @@ def check_number(option: str, value: float | None, low: float | None = None, hig
     """A finite number in [low, high] (or (low, high] with ``low_open``); None passes."""
     if value is None:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # (an int is finite; math.isfinite(10**400) raises OverflowError: an int too large for a float)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int)
+                                                                             or math.isfinite(value))
     ok = ok and (high is None or value <= high)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
@@ -97,7 +99,8 @@ def check_int(option: str, value: int | None, low: int, high: int) -> None:
 
 def check_seed(seed: int | None, option: str = "--seed") -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-        raise UsageError(f"{option} must be between 0 and 2^63-1, got {short(seed)}")
+        whole = "" if isinstance(seed, int) and not isinstance(seed, bool) else "a whole number "  # 4.0, "4"
+        raise UsageError(f"{option} must be {whole}between 0 and 2^63-1, got {short(seed)}")
 
 
 #: The largest size a model config may declare (positions, widths, layers), and so the largest
