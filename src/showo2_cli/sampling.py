@@ -55,13 +55,18 @@ def time_grid(steps: int, shift: float = 3.0) -> torch.Tensor:
     """The official shifted grid: ``s = linspace(0, 1, steps)`` (float32), ``t = s / (s + k - k*s)``.
 
     A shift of 0 is no shift (``t = s``), as the official ``ode`` takes it (``if
-    time_shifting_factor:``); the formula would give 0/0 at ``s = 0`` and 1 everywhere else."""
+    time_shifting_factor:``); the formula would give 0/0 at ``s = 0`` and 1 everywhere else.
+    The grid starts at t = 0 whatever the shift: a shift too small for float32 (below about
+    1e-45, where ``s + k - k*s`` is 0 at ``s = 0``) made that point 0/0, a NaN that sampled a
+    black image."""
     if steps < 2:
         raise ValueError("a sampling grid needs at least 2 points")
     s = torch.linspace(0, 1, steps, dtype=torch.float32)
     if not shift:
         return s
-    return s / (s + shift - shift * s)
+    t = s / (s + shift - shift * s)
+    t[0] = 0.0  # (0 / k: the same value for every shift float32 holds)
+    return t
 
 
 def guided(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -122,7 +127,39 @@ def diffusers_scheduler(name: str, grid: torch.Tensor, shift: float):
         sched.set_timesteps(len(sigmas))
     else:
         raise ValueError(f"unknown scheduler '{name}'")
+    # the steps run in order from the first: diffusers otherwise looks the first timestep up in
+    # its (integer) timesteps, and where two are equal (many steps, or a shift far from 1) it
+    # started from the second and ran one step past the end (IndexError, AssertionError)
+    sched.set_begin_index(0)
     return sched
+
+
+def check_schedule(method: str, steps: int, shift: float) -> None:
+    """Refuse (a :class:`~showo2_cli.errors.UsageError` naming the options) a diffusers scheduler
+    whose noise levels for ``steps`` and ``shift`` are not a strictly falling sequence in (0, 1)
+    in float32: UniPC and DPM-Solver++ compute their own flow sigmas from the shift, and where two
+    of them are equal (``--sampler unipc --steps 50 --shift 1e6``) or one rounds to 0 or 1 (a shift
+    near 0) they divide by zero and sample NaN latents, a black image (or, all 0, leave the noise
+    as it is). Checked before any model
+    call; the official grid (``euler``, ``heun``, ``flow-euler``) takes every steps and shift."""
+    from .errors import UsageError
+
+    if method not in ("unipc", "dpm++"):
+        return
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):  # (numpy's divide-by-zero on stderr)
+        warnings.simplefilter("ignore")
+        sigmas = diffusers_scheduler(method, time_grid(steps, shift), shift).sigmas[:-1].double()  # the final 0 aside
+    if bool(torch.isfinite(sigmas).all() and (sigmas > 0).all() and (sigmas < 1).all()
+            and (sigmas[:-1] > sigmas[1:]).all()):
+        return
+    raise UsageError(f"--sampler {method} cannot sample --steps {steps} at --shift {shift:g}: its noise levels "
+                     "are not distinct values between 0 and 1 in float32 (NaN latents, or the noise left as "
+                     "it is); use a shift nearer the "
+                     "official 3, fewer steps, or --sampler euler")
 
 
 def sample_scheduled(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, name: str, shift: float = 3.0,

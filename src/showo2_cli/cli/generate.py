@@ -269,6 +269,10 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
 
         sized = replace(opts, size=opts.size or spec.default_size(video))
         P.noise_rows(opts.noise, spec, sized, video, opts.frames if video else 1, list(range(prompts)))
+    from ..sampling import check_schedule
+
+    check_schedule(opts.method, spec.steps if opts.steps is None else opts.steps,  # before the weights load
+                   spec.shift if opts.shift is None else opts.shift)
     dev = pick_device(runtime.device)
     P.check_generation_memory(spec, pick_dtype(runtime.dtype, dev), opts.size or spec.default_size(video),
                               opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim,

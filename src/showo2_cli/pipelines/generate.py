@@ -15,7 +15,7 @@ from ..errors import InputError, ModelError, UsageError, short
 from ..loading import Showo2, require_model
 from ..options import DTYPES, GenerateOptions, check_prompts, seed_for
 from ..runtime import cpu_by_default
-from ..sampling import StepCallback, StopSampling, generate_latents, uses_uncond
+from ..sampling import StepCallback, StopSampling, check_schedule, generate_latents, uses_uncond
 from ..sequences import generation_layout
 from ..specs import I2V, T2I, T2V
 from ..tokenizer import encode_user_text
@@ -370,6 +370,7 @@ def text_to_image(model: Showo2, prompts: list[str], options: GenerateOptions | 
     _require(model, T2I, "text-to-image", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=False)
     opts.validate(model.spec)
+    check_schedule(opts.method, opts.steps, opts.shift)  # before any model work
     return _generate(model, check_prompts([prompts] if isinstance(prompts, str) else prompts), opts, False, 1, None, indices, progress or noop, on_result,
                      on_step, outputs)
 
@@ -384,6 +385,7 @@ def text_to_video(model: Showo2, prompts: list[str], options: GenerateOptions | 
     _require(model, T2V, "text-to-video", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
     opts.validate(model.spec)
+    check_schedule(opts.method, opts.steps, opts.shift)  # before any model work
     return _generate(model, check_prompts([prompts] if isinstance(prompts, str) else prompts), opts, True, opts.frames, None, indices, progress or noop,
                      on_result, on_step, outputs)
 
@@ -399,6 +401,7 @@ def image_to_video(model: Showo2, image, prompts: list[str], options: GenerateOp
     _require(model, I2V, "image-to-video", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
     opts.validate(model.spec)
+    check_schedule(opts.method, opts.steps, opts.shift)  # before any model work
     h, w = opts.size
     prompts = check_prompts([prompts] if isinstance(prompts, str) else prompts)
     img = M.resize_center_crop(M.image_input(image), (h, w))
