@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelError
+from .errors import ModelError, UsageError
 from .hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path
 from .hub import cached_snapshot as hf_cached_snapshot
 from .model_config import FORMAT_VERSION, check_depths, spec_from_files
 from .model_files import ModelFiles, find_files, missing_message  # re-exported: the loading API users know
-from .runtime import cpu_by_default, torch_dtype
+from .runtime import cpu_by_default, dtype_label, enable_offload, load_placement, torch_dtype
 from .sequences import SpecialTokens
 from .specs import ModelSpec, get_spec
 from .weights import check_fit, read_state_dict
@@ -196,6 +196,7 @@ class Showo2:
         self.vae, self.files, self.load_seconds = vae, files, load_seconds
         self.adapters: list[str] = []  # LoRA adapters merged into the weights on load
         self.quantize = "none"  # weight-only quantization applied on load (recorded with generated outputs)
+        self.offload = "none"  # CPU offload (runtime.enable_offload): accelerate's hooks place the weights
         self.vae_given: str | None = None  # a VAE given to load() in place of the model's (recorded likewise)
 
     @property
@@ -207,6 +208,12 @@ class Showo2:
         return self.network.dtype
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> Showo2:
+        if dtype is not None and self.quantize != "none" and torch_dtype(dtype) != self.dtype:
+            # the quantized layers keep their own dtype (torchao's scales, bitsandbytes' compute dtype):
+            # the result would be a mix of both (diffusers and transformers refuse this cast too)
+            raise UsageError(f"a model quantized on load ({self.quantize}) keeps its dtype "
+                             f"{dtype_label(self.dtype)}: load it again in {dtype_label(torch_dtype(dtype))} "
+                             "(--dtype, torch_dtype=) to quantize that")
         self.network.to(device=device, dtype=dtype)
         if self.vae is not None:
             self.vae.to(device=device, dtype=dtype)
@@ -282,8 +289,8 @@ def require_model(model) -> Showo2:
 
 
 @cpu_by_default
-def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-         dtype: str | torch.dtype = torch.float32, need: tuple[str, ...] = ("tokenizer", "VAE"),
+def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device | None = None,
+         dtype: str | torch.dtype | None = None, need: tuple[str, ...] = ("tokenizer", "VAE"),
          runtime=None, lora: str | os.PathLike | list | tuple = (), local_files_only: bool = False,
          use_safetensors: bool | None = None, cache_dir: str | os.PathLike | None = None,
          token: bool | str | None = None, force_download: bool = False,
@@ -292,7 +299,9 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     ``lora`` a LoRA adapter or a list of them (folders or training runs, see :mod:`showo2_cli.lora`)
     merged into the weights in order; ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the
     attention backend, quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`),
-    applied after the adapters are merged. A repo id that is not cached is downloaded when
+    applied after the adapters are merged, then its CPU offload (:func:`showo2_cli.runtime.enable_offload`);
+    its ``device`` and ``dtype`` (when not ``auto``) place the model unless ``device``/``dtype`` are
+    given (default: the CPU in float32; arguments that disagree with them are refused). A repo id that is not cached is downloaded when
     online, unless ``local_files_only``. ``use_safetensors=True`` (diffusers' switch) refuses a
     model whose weights or VAE file are pickles (``.bin``/``.pth``, which are otherwise read with
     ``torch.load(weights_only=True)``) before anything is read. ``cache_dir``, ``token`` and
@@ -314,7 +323,10 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     from .tokenizer import add_showo2_tokens, load_tokenizer
 
     start = time.perf_counter()
-    dtype = torch_dtype(dtype)
+    if runtime is not None:
+        runtime.validate()  # a bad option fails before the weights are read
+    device, dtype = load_placement(runtime, device, dtype)
+    offload = runtime.offload if runtime is not None else "none"
     vae_parts = check_parts(vae_parts)
     files = _find_on_hub(name, vae, local_files_only, cache_dir, token, force_download)
     message = missing_message(files, ("weights", *need))
@@ -353,8 +365,9 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     bundle = Showo2(spec, network, tokenizer, tokens, vae_model, files)
     bundle.adapters = adapters
     bundle.vae_given = os.fspath(vae) if vae is not None else None
-    bundle.to(device=device)
+    bundle.to(device=device if offload == "none" else "cpu")  # offloaded: kept in CPU memory, run on device
     apply(bundle, runtime)
+    enable_offload(bundle, offload, device)
     bundle.load_seconds = time.perf_counter() - start
     return bundle
 

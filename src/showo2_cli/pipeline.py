@@ -90,7 +90,6 @@ class Showo2Pipeline:
         # one call at a time (runtime.one_call_at_a_time): a call's state lives here, as diffusers keeps it
         self._call_lock = threading.RLock()
         self.model = model
-        self.offload = "none"
         self.sampler = DEFAULT_SAMPLER  # the default of ``sampler=``; ``pipe.scheduler = ...`` sets it
         self.default_shift: float | None = None
         self._progress_bar_config: dict = {}
@@ -122,7 +121,9 @@ class Showo2Pipeline:
         folders and the cache are used). Default placement is diffusers': the CPU in float32; ``device="auto"`` picks
         CUDA, then MPS, then the CPU (and bf16 on CUDA unless ``torch_dtype`` says). ``runtime``
         (:class:`~showo2_cli.options.RuntimeOptions`): attention backend, quantization
-        (``quantize="nf4"`` or ``"int8wo"``), compilation, VAE tiling, as the CLI options.
+        (``quantize="nf4"`` or ``"int8wo"``), compilation, VAE tiling and CPU offload (``offload=``), as
+        the CLI options; its ``device`` and ``dtype`` (when not ``auto``) stand for ``device`` and
+        ``torch_dtype`` when those are not given.
         ``lora``: a LoRA adapter (a folder, a checkpoint or a training run) or a list of them,
         merged into the weights in order as ``--lora`` does. The network's heads load on first
         use (``load(heads=())``): the flow head with the first generation, an untied ``lm_head``
@@ -157,6 +158,9 @@ class Showo2Pipeline:
                 raise ValueError("pass device or device_map, not both")
             device = device_from_map(device_map)
         name = with_revision(name, revision)
+        if runtime is not None:  # its device and dtype stand for the arguments not given (load refuses a clash)
+            device = device if device is not None or runtime.device == "auto" else runtime.device
+            torch_dtype = torch_dtype if torch_dtype is not None or runtime.dtype == "auto" else runtime.dtype
         with python_names(DEVICE_NAMES):
             dev = pick_device(str(device or "cpu"))
         if isinstance(torch_dtype, str) and torch_dtype == "auto":  # transformers' "auto": the device's best
@@ -248,7 +252,12 @@ class Showo2Pipeline:
             dev = f"cuda:{int(gpu_id)}"
         self.model.to(device="cpu")
         enable_offload(self.model, mode, dev)
-        self.offload = mode
+
+    @property
+    def offload(self) -> str:
+        """The CPU offload in use: ``none``, ``model`` or ``sequential`` (``enable_*_cpu_offload()``
+        or ``from_pretrained(..., runtime=RuntimeOptions(offload=...))``)."""
+        return self.model.offload
 
     def enable_vae_tiling(self) -> None:
         """Encode/decode in tiles (diffusers' ``pipe.enable_vae_tiling()``; ``--vae-tiling on``)."""

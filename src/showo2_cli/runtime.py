@@ -194,6 +194,26 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return torch_dtype(dtype)
 
 
+def load_placement(runtime, device=None, dtype=None) -> tuple[str | torch.device, torch.dtype]:
+    """Where ``loading.load`` builds a model: its ``device``/``dtype`` arguments, else the
+    :class:`~showo2_cli.options.RuntimeOptions`' own when not ``auto``, else the CPU in float32
+    (diffusers' default). An argument and an option that disagree are a :class:`UsageError`: one of
+    them would be ignored."""
+    rt_device = runtime.device if runtime is not None and runtime.device != "auto" else None
+    rt_dtype = runtime.dtype if runtime is not None and runtime.dtype != "auto" else None
+    if rt_device is not None:
+        chosen = pick_device(rt_device)
+        if device is not None and torch.device(str(device)) != torch.device(chosen):
+            raise UsageError(f"device '{device}' and RuntimeOptions(device='{rt_device}') disagree: pass one")
+        device = device if device is not None else chosen
+    if rt_dtype is not None:
+        if dtype is not None and torch_dtype(dtype) != torch_dtype(rt_dtype):
+            raise UsageError(f"dtype {dtype_label(torch_dtype(dtype))} and RuntimeOptions(dtype='{rt_dtype}') "
+                             "disagree: pass one")
+        dtype = dtype if dtype is not None else rt_dtype
+    return (device if device is not None else "cpu"), torch_dtype(dtype if dtype is not None else torch.float32)
+
+
 # ---- CPU offload ------------------------------------------------------------------------------
 
 def enable_offload(bundle, mode: str, device: str | torch.device) -> None:
@@ -237,6 +257,7 @@ def enable_offload(bundle, mode: str, device: str | torch.device) -> None:
             cpu_offload(m, dev)
     for m in parts:
         m.execution_device = dev
+    bundle.offload = mode
 
 
 # ---- memory guard -----------------------------------------------------------------------------

@@ -279,11 +279,12 @@ def load_model(model: str | None, device: str, dtype: str, vae: Path | None = No
     dt = pick_dtype(dtype, dev)
     fetch_if_needed(model)
     with status(f"loading {short(model, 60)}"):
-        bundle = load(model, vae=vae, device="cpu" if offload != "none" else dev, dtype=dt, need=need,
-                      runtime=runtime, lora=tuple(lora or ()), vae_parts=vae_parts, heads=heads)
+        bundle = load(model, vae=vae, device=dev, dtype=dt, need=need, runtime=runtime, lora=tuple(lora or ()),
+                      vae_parts=vae_parts, heads=heads)  # load applies runtime's offload
     for folder in bundle.adapters:
         notice(f"merged the LoRA adapter {folder}")
-    enable_offload(bundle, offload, dev)
+    if runtime is None:
+        enable_offload(bundle, offload, dev)
     return bundle
 
 

@@ -1,0 +1,66 @@
+"""Option combinations through the Python API (probe AP): every field of ``RuntimeOptions`` given
+to ``load`` / ``Showo2Pipeline.from_pretrained`` takes effect (offload, device and dtype were
+silently ignored), and a quantized model is not cast to another dtype behind its quantized layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from showo2_cli import Showo2Pipeline, api
+from showo2_cli.errors import UsageError
+from showo2_cli.options import RuntimeOptions
+
+
+def _image(pipe) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    return np.asarray(pipe("a red circle", num_inference_steps=3, generator=torch.Generator().manual_seed(5),
+                           output_type="np").images)
+
+
+@pytest.fixture(scope="module")
+def plain() -> np.ndarray:
+    return _image(Showo2Pipeline.from_pretrained("demo"))
+
+
+@pytest.mark.parametrize(("how", "mode"), [("pipeline", "model"), ("api.load", "sequential")])
+def test_runtime_offload_is_applied_on_load(plain, how, mode):
+    runtime = RuntimeOptions(offload=mode)
+    if how == "pipeline":
+        pipe = Showo2Pipeline.from_pretrained("demo", runtime=runtime)
+    else:
+        pipe = Showo2Pipeline(api.load("demo", runtime=runtime))
+    assert pipe.offload == pipe.model.offload == mode  # was "none": the option was dropped
+    assert pipe.network.execution_device == pipe.vae.execution_device == torch.device("cpu")
+    if mode == "sequential":  # accelerate's hooks hold the weights between calls
+        assert next(pipe.network.showo.model.layers[0].parameters()).device.type == "meta"
+    with pytest.raises(UsageError, match="offload"):
+        pipe.to("cpu")  # the hooks place the weights
+    with pytest.raises(UsageError, match="already enabled"):
+        pipe.enable_model_cpu_offload() if mode == "sequential" else pipe.enable_sequential_cpu_offload()
+    assert np.array_equal(_image(pipe), plain)  # the same numbers as without offload
+
+
+def test_runtime_dtype_and_device_place_the_model():
+    assert Showo2Pipeline.from_pretrained("demo", runtime=RuntimeOptions(dtype="bf16")).dtype == torch.bfloat16
+    model = api.load("demo", runtime=RuntimeOptions(device="cpu", dtype="bfloat16"))
+    assert model.dtype == model.vae.dtype == torch.bfloat16 and model.device.type == "cpu"
+    assert api.load("demo", runtime=RuntimeOptions()).dtype == torch.float32  # auto: load's own default
+    with pytest.raises(UsageError, match="disagree"):  # one of them would be ignored
+        Showo2Pipeline.from_pretrained("demo", torch_dtype=torch.float32, runtime=RuntimeOptions(dtype="bf16"))
+    with pytest.raises(UsageError, match="disagree"):
+        api.load("demo", dtype="fp16", runtime=RuntimeOptions(dtype="bf16"))
+
+
+@pytest.mark.parametrize("method", ["int8wo", "nf4"])
+def test_quantized_model_keeps_its_dtype(method):
+    pytest.importorskip("torchao" if method == "int8wo" else "bitsandbytes")
+    pipe = Showo2Pipeline.from_pretrained("demo", runtime=RuntimeOptions(quantize=method))
+    before = {k: (v.dtype, type(v)) for k, v in pipe.network.state_dict().items()}
+    with pytest.raises(UsageError, match="load it again in bf16"):
+        pipe.to(torch.bfloat16)  # was a silent mix: plain layers bf16, quantized ones fp32
+    with pytest.raises(UsageError, match="quantized"):
+        pipe.model.to(dtype="fp16")
+    assert {k: (v.dtype, type(v)) for k, v in pipe.network.state_dict().items()} == before
+    assert pipe.to("cpu", torch.float32).dtype == torch.float32  # its own dtype: nothing to change
