@@ -64,3 +64,23 @@ def test_quantized_model_keeps_its_dtype(method):
         pipe.model.to(dtype="fp16")
     assert {k: (v.dtype, type(v)) for k, v in pipe.network.state_dict().items()} == before
     assert pipe.to("cpu", torch.float32).dtype == torch.float32  # its own dtype: nothing to change
+
+
+@pytest.mark.parametrize("command", [["t2i", "x", "-o", "{tmp}/x.png"], ["caption", "{tmp}/none.png"]])
+def test_nf4_with_sequential_offload_fails_before_loading(tmp_path, monkeypatch, capsys, command):
+    import showo2_cli.loading
+    from showo2_cli.cli import main
+
+    with pytest.raises(UsageError, match="cannot hold bitsandbytes 4-bit"):
+        RuntimeOptions(quantize="nf4", offload="sequential").validate()
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(showo2_cli.loading, "load", never)  # was: loaded and quantized, then refused
+    (tmp_path / "none.png").write_bytes(b"")
+    argv = [a.format(tmp=tmp_path) for a in command] + ["--quantize", "nf4", "--offload", "sequential"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot hold bitsandbytes 4-bit weights" in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()

@@ -305,6 +305,12 @@ def process_share(total: int, batch_size: int, rank: int, world: int) -> range:
     return range(start, start + base + (rank < extra))
 
 
+#: accelerate re-creates each offloaded weight as a plain tensor, without the 4-bit quantization
+#: state bitsandbytes keeps on it (diffusers refuses this pairing too)
+NF4_SEQUENTIAL = ("--offload sequential cannot hold bitsandbytes 4-bit weights (--quantize nf4); "
+                  "use --offload model")
+
+
 @dataclass
 class RuntimeOptions:
     """Where and how a model runs: ``device`` (auto|cpu|cuda[:N]|mps), ``dtype`` (auto|fp32|bf16|fp16),
@@ -334,6 +340,8 @@ class RuntimeOptions:
         check_choice("--attn", self.attn, tuple(ATTN_BACKENDS), allow_none=False)
         check_choice("--vae-tiling", self.vae_tiling, tuple(VAE_TILING), allow_none=False)
         check_choice("--quantize", self.quantize, tuple(QUANTIZE), allow_none=False)
+        if self.quantize == "nf4" and self.offload == "sequential":  # known before the weights load
+            raise UsageError(NF4_SEQUENTIAL)
         if not isinstance(self.compile, bool):
             raise UsageError(f"--compile must be true or false, got {short(self.compile)}")
 

@@ -23,6 +23,7 @@ from .hub_auth import hub_offline
 from .options import (
     DTYPES,
     MAX_MEMORY_ENV,
+    NF4_SEQUENTIAL,
     OFFLOAD_MODES,
     RENDEZVOUS_ENV,
     RENDEZVOUS_WAIT,
@@ -243,10 +244,7 @@ def enable_offload(bundle, mode: str, device: str | torch.device) -> None:
     if any(getattr(m, "execution_device", None) is not None for m in parts):
         raise UsageError("offload is already enabled on this model")
     if mode == "sequential" and any(getattr(p, "quant_state", None) is not None for p in bundle.network.parameters()):
-        # accelerate re-creates each offloaded weight as a plain tensor, without the 4-bit
-        # quantization state bitsandbytes keeps on it (diffusers refuses this pairing too)
-        raise UsageError("--offload sequential cannot hold bitsandbytes 4-bit weights (--quantize nf4); "
-                         "use --offload model")
+        raise UsageError(NF4_SEQUENTIAL)  # (RuntimeOptions.validate says it before a load)
     if mode == "model":
         hooks = [cpu_offload_with_hook(m, dev)[1] for m in parts]
         for hook, other in zip(hooks, hooks[1:] + hooks[:1], strict=True):
