@@ -84,3 +84,26 @@ def test_nf4_with_sequential_offload_fails_before_loading(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "cannot hold bitsandbytes 4-bit weights" in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("options", [["--dtype", "bf16"], ["--vae-tiling", "on", "--size", "272x64"]],
+                         ids=["bf16", "vae-tiles"])
+def test_decode_of_saved_latents_repeats_the_output(tmp_path, options):
+    """``t2i --save-latents`` then ``decode`` (default options) gives the output's pixels: the
+    decode follows the tiles and dtype the latents file records (it decoded whole in fp32: a tiled
+    288-pixel output came back 120/255 off, a bf16 one 3/255)."""
+    from PIL import Image
+
+    from showo2_cli.cli import main
+
+    out, again = tmp_path / "x.png", tmp_path / "again.png"
+    assert main(["t2i", "a red circle", "-o", str(out), "--seed", "1", "--steps", "2", "--save-latents",
+                 "--quiet", *options]) == 0
+    assert main(["decode", str(tmp_path / "x.latents.safetensors"), "-o", str(again), "--quiet"]) == 0
+    pixels = [np.asarray(Image.open(p).convert("RGB"), dtype=np.int16) for p in (out, again)]
+    assert np.array_equal(*pixels)
+    if options[0] == "--vae-tiling":  # --vae-tiling off still decodes whole, as asked
+        assert main(["decode", str(tmp_path / "x.latents.safetensors"), "-o", str(tmp_path / "whole.png"),
+                     "--quiet", "--vae-tiling", "off"]) == 0
+        whole = np.asarray(Image.open(tmp_path / "whole.png").convert("RGB"), dtype=np.int16)
+        assert np.abs(whole - pixels[0]).max() > 8

@@ -255,8 +255,7 @@ class Showo2Pipeline:
 
     @property
     def offload(self) -> str:
-        """The CPU offload in use: ``none``, ``model`` or ``sequential`` (``enable_*_cpu_offload()``
-        or ``from_pretrained(..., runtime=RuntimeOptions(offload=...))``)."""
+        """The CPU offload in use: ``none``, ``model`` or ``sequential`` (``RuntimeOptions(offload=)`` too)."""
         return self.model.offload
 
     def enable_vae_tiling(self) -> None:

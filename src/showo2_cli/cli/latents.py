@@ -32,6 +32,11 @@ from .common import (
 LatentsDtypeOpt = Annotated[Dtype, typer.Option("--dtype", case_sensitive=False, help="fp32 by default (exact latents); auto: bf16 on "
                                                 "CUDA, fp32 elsewhere.")]
 
+DecodeDtypeOpt = Annotated[Dtype | None, typer.Option(
+    "--dtype", case_sensitive=False, show_default=False,
+    help="Default: the dtype a generated output's latents record (its --dtype), else fp32; auto: bf16 on CUDA, "
+         "fp32 elsewhere.")]
+
 
 def encode(
     media: Annotated[Path, typer.Argument(help="An image or a video.")],
@@ -124,7 +129,7 @@ def decode(
                                       "not normalised ones ((z - latents_mean) / latents_std, what encode writes and Wan pipelines' "
                                       "output_type='latent' gives).")] = False,
     device: DeviceOpt = "auto",
-    dtype: LatentsDtypeOpt = Dtype.fp32,
+    dtype: DecodeDtypeOpt = None,
     max_memory: MaxMemOpt = None,
     vae_tiling: VaeTilingOpt = "auto",
     overwrite: OverwriteOpt = False,
@@ -137,7 +142,8 @@ def decode(
     from ..options import RuntimeOptions
 
     check_fps(fps)
-    RuntimeOptions(device, value(dtype), max_memory, vae_tiling=value(vae_tiling)).validate()
+    RuntimeOptions(device, value(dtype) if dtype is not None else "fp32", max_memory,
+                   vae_tiling=value(vae_tiling)).validate()
     writable = M.IMAGE_WRITE_EXTS + M.VIDEO_WRITE_EXTS
     if output is not None:  # taken as text: a trailing '/' is seen (a Path drops it)
         M.check_output_name(output)
@@ -170,8 +176,12 @@ def decode(
     note = M.fps_note(out, fps) if fps is not None and frames_out > 1 else None
     if note:
         notice(note)
+    # a generated output's latents decode as that output was decoded (its dtype and VAE tiles)
+    tiles, made_in = L.recorded_decoding(meta)
     dev = pick_device(device)
-    dt = pick_dtype(value(dtype), dev)
+    dt = pick_dtype(value(dtype) if dtype is not None else made_in or "fp32", dev)
+    if dtype is None and made_in:
+        notice(f"decoding in {made_in}, as the output was made (--dtype fp32 to change)")
     # the VAE is the user's choice (--vae, --model, else the default model); a path recorded in the
     # latents file is only a hint: a data file never chooses which files the program opens
     chosen = vae is not None or model is not None
@@ -180,6 +190,11 @@ def decode(
     with status("loading the VAE"):
         vae_model, vae_name = resolve_vae(model, vae, dtype=dt, device=dev, parts=("decoder",))
         vae_model.tiling = value(vae_tiling)
+        if tiles is not None and value(vae_tiling) != "off":
+            vae_model.enable_tiling(*tiles)
+            if value(vae_tiling) == "auto":
+                notice(f"decoding in the VAE tiles the output was decoded in ({tiles[0]}x{tiles[1]} pixels; "
+                       "--vae-tiling off decodes whole)")
     if not chosen and meta.get("vae") and not _same_file(meta["vae"], vae_name):
         notice(f"the latents were encoded with '{short(meta['vae'], 80)}'; decoding with the default model's "
                "VAE (pass --vae to choose)")

@@ -237,6 +237,20 @@ def decode(latents: torch.Tensor, vae: WanVAE, max_memory_gb: float | None = Non
 
 @cpu_by_default
 @torch.no_grad()
+def recorded_decoding(meta: dict) -> tuple[tuple[int, int, int, int] | None, str | None]:
+    """The VAE tiles and the dtype that a generated output's latents (``--save-latents``, whose
+    metadata records them as ``vae_tiles`` and ``dtype``) were decoded with, so that decoding them
+    again repeats the output; None for what the metadata does not say (or says unusably). An
+    encoded file's ``vae_tiles`` are the encoder's: nothing to repeat."""
+    if meta.get("kind") not in ("t2i", "t2v", "i2v"):
+        return None, None
+    tiles = meta.get("vae_tiles")
+    ok = isinstance(tiles, list) and len(tiles) == 4 and all(type(v) is int and 8 <= v <= 65536 for v in tiles)
+    ok = ok and tiles[2] <= tiles[0] and tiles[3] <= tiles[1]
+    dtype = meta.get("dtype")
+    return (tuple(tiles) if ok else None), (dtype if dtype in ("bf16", "fp16") else None)
+
+
 def decode_tiled(latents: torch.Tensor, vae: WanVAE,
                  max_memory_gb: float | None = None) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
     """:func:`decode`, and the tiles the VAE ran in (:meth:`WanVAE.tiles_used`: tile height, width,
@@ -283,6 +297,6 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
     raise UsageError(f"unsupported output extension '{ext or path}': use {M.written_formats()}")
 
 
-__all__ = ["encode", "decode", "decode_tiled", "EncodeOptions", "EncodeResult", "save_latents", "load_latents",
+__all__ = ["encode", "decode", "decode_tiled", "recorded_decoding", "EncodeOptions", "EncodeResult", "save_latents", "load_latents",
            "normalize_raw", "metadata_mismatch", "other_statistics",
            "write_decoded"]
