@@ -107,3 +107,19 @@ def test_decode_of_saved_latents_repeats_the_output(tmp_path, options):
                      "--quiet", "--vae-tiling", "off"]) == 0
         whole = np.asarray(Image.open(tmp_path / "whole.png").convert("RGB"), dtype=np.int16)
         assert np.abs(whole - pixels[0]).max() > 8
+
+
+@pytest.mark.parametrize("attn", ["flex", "sdpa"])
+def test_compile_with_flex_on_the_cpu_is_static(monkeypatch, attn):
+    """``t2i --attn flex --compile`` ended on the CPU in inductor's CppCompileError after minutes of
+    compiling (the outer compile traced flex attention with dynamic shapes, which torch's CPU flex
+    template cannot build); with static compiles it writes its image (68 s on the parity weights,
+    measured by hand: too slow for this suite). Here: the compile calls' arguments."""
+    from showo2_cli.acceleration import compile_network
+
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **kw: calls.append(kw))
+    model = api.load("demo", runtime=RuntimeOptions(attn=attn))
+    compile_network(model.network)
+    assert len(calls) == 2 + len(model.network.diffusion_head_a)  # the LLM, each flow-head block, the last layer
+    assert all(kw == ({"dynamic": False} if attn == "flex" else {}) for kw in calls)

@@ -111,19 +111,29 @@ def compile_network(net: nn.Module) -> None:
     """``torch.compile`` the LLM forward and every flow-head block in place (``nn.Module.compile``:
     the modules keep their names and weights; the first call of each shape compiles). A flow head
     left out on load (``load(heads=)``) is not there to compile."""
-    net.showo.model.compile()
-    compile_flow_head(net)
+    kw = compile_options(net.attn, net.image_embedder_gen.proj.weight.device)
+    net.showo.model.compile(**kw)
+    compile_flow_head(net, **kw)
 
 
-def compile_flow_head(net: nn.Module) -> None:
+def compile_options(attn: str, device) -> dict:
+    """``torch.compile``'s arguments for a network running ``attn`` on ``device``: with flex
+    attention on the CPU the compile is for static shapes, as
+    :func:`~showo2_cli.modeling.attention._flex`'s own (the outer compile traces flex attention
+    itself, and torch's CPU flex template does not build with the dynamic shapes a second shape
+    would bring: ``--attn flex --compile`` ended in a C++ compile error)."""
+    return {"dynamic": False} if attn == "flex" and torch.device(device).type == "cpu" else {}
+
+
+def compile_flow_head(net: nn.Module, **kw) -> None:
     """``torch.compile`` each flow-head block of ``net`` (the network, or the modules of a head
-    loaded later under their names in it), if loaded."""
+    loaded later under their names in it), if loaded; ``kw``: :func:`compile_options`."""
     from .modeling.parts import NotLoaded
 
     if not isinstance(net.diffusion_head_a, NotLoaded):
         for block in net.diffusion_head_a:
-            block.compile()
-        net.diffusion_head_b.compile()
+            block.compile(**kw)
+        net.diffusion_head_b.compile(**kw)
 
 
 def weight_bytes(module: nn.Module) -> int:

@@ -125,7 +125,7 @@ class HeadLoader:
 
     @torch.inference_mode(False)  # a caller's inference mode would make the weights inference tensors
     def __call__(self, network, heads: tuple[str, ...]) -> None:
-        from .acceleration import compile_flow_head, quantize_network
+        from .acceleration import compile_flow_head, compile_options, quantize_network
         from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_recorded
         from .modeling.parts import NotLoaded
         from .modeling.showo2 import HEADS
@@ -173,7 +173,7 @@ class HeadLoader:
             if runtime is not None and runtime.quantize != "none":
                 quantize_network(holder, runtime.quantize)
             if runtime is not None and runtime.compile and hasattr(holder, "diffusion_head_a"):
-                compile_flow_head(holder)
+                compile_flow_head(holder, **compile_options(network.attn, self.device))
             here = network.image_embedder_gen.proj.weight  # where and how the network is now
             if here.device != self.device:
                 holder.to(device=here.device)
