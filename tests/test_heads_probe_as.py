@@ -213,7 +213,7 @@ def test_a_lora_adapter_changed_before_first_use_is_one_clear_error(untied, adap
     folder = tmp_path / "adapter"
     shutil.copytree(adapters[1], folder)
     model = load(untied, lora=[folder], heads=("lm_head",))
-    from showo2_cli.lora import ADAPTER_WEIGHTS, PEFT_PREFIX
+    from showo2_cli.lora import ADAPTER_WEIGHTS
 
     (folder / ADAPTER_WEIGHTS).unlink()
     with pytest.raises(ModelError, match="the LoRA adapter file changed or went away"):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from showo2_cli.errors import InputError, ModelError
 from showo2_cli.modeling import vae as vae_mod
+from showo2_cli.modeling import vae_single_frame
 from showo2_cli.modeling.vae import WAN_LATENTS_MEAN, WAN_LATENTS_STD, WanVAE
 from showo2_cli.modeling.vae_files import load_vae
 
@@ -70,7 +71,7 @@ class _Count3d:
     """Counts calls of the 3-D `WanCausalConv3d.forward` (the fast path's fallback included)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        cls = vae_mod._causal_conv_cls()
+        cls = vae_single_frame._causal_conv_cls()
         original = cls.forward
         self.calls = 0
 
@@ -174,7 +175,7 @@ def test_fast_path_equals_3d_on_random_weights(monkeypatch):
 
 
 def test_fast_path_context_restores_forward(small_random):
-    convs = [m for m in small_random.model.modules() if isinstance(m, vae_mod._causal_conv_cls())]
+    convs = [m for m in small_random.model.modules() if isinstance(m, vae_single_frame._causal_conv_cls())]
     with vae_mod.single_frame_conv2d(small_random.model):
         with vae_mod.single_frame_conv2d(small_random.model):
             assert all("forward" in m.__dict__ for m in convs)

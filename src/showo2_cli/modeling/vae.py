@@ -12,10 +12,8 @@ The network itself is diffusers' `AutoencoderKLWan` (same layers, same numerics 
 * spatial tiling (``tiling``: auto/on/off, :meth:`WanVAE.tiled`) with diffusers' own tiled
   encode/decode of ``AutoencoderKLWan`` (256-pixel tiles every 192 pixels, the overlap blended),
   and memory estimates that use the tile size;
-* a single-frame fast path: with one input frame and no causal cache, a causal 3x3x3 convolution
-  sees two zero-padded frames and the real one, so only the last temporal slice of its kernel
-  touches data. Running it as a 2-D convolution with ``weight[:, :, -1]`` is exact and about
-  halves the cost of encoding/decoding images.
+* a single-frame fast path (:mod:`~showo2_cli.modeling.vae_single_frame`): one frame through a
+  causal 3x3x3 convolution as an exact 2-D convolution, about half the cost for images.
 """
 
 from __future__ import annotations
@@ -24,19 +22,18 @@ import contextlib
 import math
 import operator
 import threading
-import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers.utils.accelerate_utils import apply_forward_hook  # small: not diffusers' models
 from torch import nn
 
 from ..errors import InputError, ModelError, OutputError, UsageError
 from ..runtime import one_call_at_a_time, quiet_imports
 from .parts import NotLoaded  # importable from here too, where it was first
+from .vae_single_frame import single_frame_conv2d  # importable from here too, where it was first
 
 __all__ = ["VAE_PARTS", "WAN_LATENTS_MEAN", "WAN_LATENTS_STD", "NotLoaded", "WanVAE", "decode_memory_bytes",
            "encode_memory_bytes", "single_frame_conv2d"]
@@ -69,84 +66,6 @@ def autoencoder_class():
         from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan
-
-
-def _causal_conv_cls():
-    with quiet_imports():
-        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
-
-    return WanCausalConv3d
-
-
-# --------------------------------------------------------------------------------------------
-# Single-frame fast path
-# --------------------------------------------------------------------------------------------
-
-
-def _single_frame_forward(self, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
-    """`WanCausalConv3d.forward` replacement, bound to one conv instance while the fast path is on.
-
-    With no cache, the causal conv zero-pads ``2 * pad_t`` frames in front. For one input frame and
-    ``2 * pad_t == k_t - 1`` the padded clip is exactly ``k_t`` frames long, the output has one frame,
-    and every kernel slice but the last multiplies zeros: a 2-D conv with ``weight[:, :, -1]`` is
-    the same computation. Anything else goes to the original forward.
-    """
-    pad = self._padding  # (w, w, h, h, 2*pad_t, 0)
-    if (
-        cache_x is None
-        and x.dim() == 5
-        and x.shape[2] == 1
-        and pad[4] == self.kernel_size[0] - 1
-        and pad[5] == 0
-        and pad[0] == pad[1]
-        and pad[2] == pad[3]
-        and self.dilation[0] == 1
-        and self.padding_mode == "zeros"
-    ):
-        out = F.conv2d(
-            x[:, :, 0],
-            self.weight[:, :, -1],
-            self.bias,
-            stride=self.stride[1:],
-            padding=(pad[2], pad[0]),
-            dilation=self.dilation[1:],
-            groups=self.groups,
-        )
-        return out.unsqueeze(2)
-    return type(self).forward(self, x, cache_x)
-
-
-@contextlib.contextmanager
-def single_frame_conv2d(model: nn.Module) -> Iterator[None]:
-    """While active, every `WanCausalConv3d` of ``model`` runs single-frame, cache-less calls as conv2d.
-
-    Exact by construction (see `_single_frame_forward`); calls with a cache or several frames use
-    the original 3-D path. Nesting is allowed; the instance-level override is removed on exit. A
-    conv under an accelerate hook (sequential offload) keeps its hook: the forward the hook calls
-    (``_old_forward``) is the one replaced, so offloaded decoding computes exactly the same.
-    """
-    conv_cls = _causal_conv_cls()
-    patched = []
-    try:
-        for module in model.modules():
-            if not isinstance(module, conv_cls):
-                continue
-            hooked = "_hf_hook" in module.__dict__ and "_old_forward" in module.__dict__
-            attr = "_old_forward" if hooked else "forward"
-            current = module.__dict__.get(attr)
-            if hooked and getattr(current, "__func__", None) is _single_frame_forward:
-                continue  # nested
-            if not hooked and attr in module.__dict__:
-                continue  # already overridden (nested, or someone else's)
-            setattr(module, attr, types.MethodType(_single_frame_forward, module))
-            patched.append((module, attr, current))
-        yield
-    finally:
-        for module, attr, previous in patched:
-            if previous is None:
-                delattr(module, attr)
-            else:
-                setattr(module, attr, previous)
 
 
 # --------------------------------------------------------------------------------------------
