@@ -23,7 +23,8 @@ from showo2_cli import api, runtime, saving
 from showo2_cli.cli import main
 from showo2_cli.cli.common import STATE, live_stderr
 from showo2_cli.errors import UsageError
-from showo2_cli.options import GenerateOptions, process_share
+from showo2_cli.options import GenerateOptions
+from showo2_cli.processes import process_share
 
 SRC = str(Path(showo2_cli.__path__[0]).parent)  # the sources under test
 

@@ -131,7 +131,7 @@ def test_a_launch_nobody_joins_ends_after_the_rendezvous_wait_naming_the_address
     """WORLD_SIZE/RANK/MASTER_ADDR set by hand with nothing listening (or nobody coming) waited for
     the launch's week-long collective timeout; the rendezvous now has its own wait
     (SHOWO2_RENDEZVOUS_SECONDS, default 600 s) and ends in one line naming the address."""
-    from showo2_cli import options
+    from showo2_cli import processes
     from showo2_cli.errors import UsageError
 
     port = _free_port()
@@ -145,7 +145,7 @@ def test_a_launch_nobody_joins_ends_after_the_rendezvous_wait_naming_the_address
     said = (f"no launch answered at {where} (MASTER_ADDR:MASTER_PORT) within 1 s" if rank else
             f"the launch's other 1 process(es) did not join at {where} within 1 s")
     assert str(error).startswith(f"process {rank} of 2: {said} (SHOWO2_RENDEZVOUS_SECONDS sets the wait)"), error
-    assert "\n" not in str(error) and options.RENDEZVOUS_WAIT == 600
+    assert "\n" not in str(error) and processes.RENDEZVOUS_WAIT == 600
     import torch.distributed as dist
 
     assert not dist.is_initialized()

@@ -23,7 +23,6 @@ from .options import (
     GenerateOptions,
     RuntimeOptions,
     TextSampling,
-    process_share,
 )
 from .pipeline import Showo2Pipeline, Showo2PipelineOutput
 from .pipelines import CaptionResult, Generated, caption, image_to_video, text_to_image, text_to_video
@@ -36,7 +35,8 @@ from .pipelines.latents import (
     save_latents,
     write_decoded,
 )
-from .runtime import check_memory, enable_offload, pick_device, pick_dtype, process_rank
+from .processes import process_rank, process_share
+from .runtime import check_memory, enable_offload, pick_device, pick_dtype
 from .sampling import StopSampling
 from .saving import OutputPlan, load_noise, plan_outputs, read_prompts, save_results
 

@@ -2,7 +2,7 @@
 
 The one dtype table (names in :data:`showo2_cli.options.DTYPES`), the one device picker, CPU
 offload (accelerate's hooks), the memory guard every command consults before allocating, and the
-rank/world of a multi-process launch (:func:`~showo2_cli.options.process_rank`, torch-free so the
+rank/world of a multi-process launch (:func:`~showo2_cli.processes.process_rank`, torch-free so the
 command line plans its outputs before importing torch).
 """
 
@@ -25,15 +25,11 @@ from .options import (
     MAX_MEMORY_ENV,
     NF4_SEQUENTIAL,
     OFFLOAD_MODES,
-    RENDEZVOUS_ENV,
-    RENDEZVOUS_WAIT,
     check_device,
     env_memory_limit,
     env_seconds,
-    launch_env,
-    launch_rendezvous,
-    process_rank,
 )
+from .processes import RENDEZVOUS_ENV, RENDEZVOUS_WAIT, launch_env, launch_rendezvous, process_rank
 
 #: Loggers that write about the machine while transformers, diffusers or peft import torchao and
 #: bitsandbytes (installed for ``--quantize``): torchao's missing CUDA extensions, torch's note on an
@@ -386,7 +382,7 @@ def join_launch(rank: int, world: int) -> None:
     (torch's ``env://`` rendezvous: process 0 serves the store, the others connect, torchrun's agent
     store used where it runs one), but with two timeouts, as torchrun keeps its join timeout apart
     from the collectives': the rendezvous waits ``$SHOWO2_RENDEZVOUS_SECONDS`` (default
-    :data:`~showo2_cli.options.RENDEZVOUS_WAIT`) for every process to arrive, the collectives
+    :data:`~showo2_cli.processes.RENDEZVOUS_WAIT`) for every process to arrive, the collectives
     after it :data:`LAUNCH_WAIT`. A rendezvous that fails (nothing listening at a hand-set or
     unreachable MASTER_ADDR, processes that never came, a port in use) is a UsageError naming the
     address, not a week's wait.

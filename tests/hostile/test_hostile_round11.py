@@ -11,7 +11,7 @@ import pytest
 
 from showo2_cli.cli import main
 from showo2_cli.errors import UsageError
-from showo2_cli.options import launch_rendezvous, process_rank
+from showo2_cli.processes import launch_rendezvous, process_rank
 
 LAUNCH = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

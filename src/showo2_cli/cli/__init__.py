@@ -26,7 +26,7 @@ import typer.core
 from .. import __version__
 from ..errors import Showo2Error, UsageError, is_out_of_memory
 from ..launch import HANGUP, INTERRUPTS
-from ..options import process_rank
+from ..processes import process_rank
 from .common import STATE, debug_from_env, held_notices, notice, safe_text, write
 
 

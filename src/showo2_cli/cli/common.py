@@ -80,10 +80,10 @@ def notice(message: str) -> None:
 
 
 def one_voice() -> None:
-    """This command is one run made by a launch's several processes (:func:`~showo2_cli.options.process_rank`):
+    """This command is one run made by a launch's several processes (:func:`~showo2_cli.processes.process_rank`):
     from now on the main process says the notices, each once (it says those another process kept
     that it did not say itself: :func:`held_notices`), and alone shows live progress."""
-    from ..options import launch_rendezvous, process_rank
+    from ..processes import launch_rendezvous, process_rank
 
     if launch_rendezvous() and process_rank()[0]:
         STATE["held"] = []

@@ -17,11 +17,10 @@ from ..options import (
     STEPS_RANGE,
     GenerateOptions,
     check_fps,
-    process_rank,
-    process_share,
     random_seed,
     video_frames,
 )
+from ..processes import process_rank, process_share
 from .common import (
     AttnOpt,
     CompileOpt,
@@ -73,7 +72,7 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
         lora: list[Path] | None = None) -> int:
     """The one generation command: every check before the model loads, then generate and save.
     Under a launch of several processes, each makes its share of the run's outputs
-    (:func:`~showo2_cli.options.process_share`: the results do not depend on the number of
+    (:func:`~showo2_cli.processes.process_share`: the results do not depend on the number of
     processes) and process 0 reports the whole run, once (:func:`_report_once`)."""
     from .. import media as M
     from .. import saving as O

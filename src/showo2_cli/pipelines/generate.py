@@ -366,7 +366,7 @@ def text_to_image(model: Showo2, prompts: list[str], options: GenerateOptions | 
     (``on_result``: see :data:`OnResult`; ``on_step``: see :data:`OnStep`). ``outputs``: make only
     these of the run's outputs (positions in its order, prompt by prompt, ``num_per_prompt`` each),
     each with the seed (or ``noise`` row) the whole run gives it: a process's share of a launch
-    (:func:`~showo2_cli.options.process_share`)."""
+    (:func:`~showo2_cli.processes.process_share`)."""
     _require(model, T2I, "text-to-image", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=False)
     opts.validate(model.spec)
