@@ -65,9 +65,6 @@ from .sampling import StopSampling
 #: the device errors of runtime.pick_device as a Python caller reads them
 DEVICE_NAMES = {"--device": "device"}
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-#: diffusers scheduler classes -> the ``sampler`` they select (``pipe.scheduler = ...``)
-SCHEDULER_SAMPLERS = {"FlowMatchEulerDiscreteScheduler": "flow-euler", "FlowMatchHeunDiscreteScheduler": "heun",
-                      "UniPCMultistepScheduler": "unipc", "DPMSolverMultistepScheduler": "dpm++"}
 
 
 @dataclass
@@ -372,16 +369,10 @@ class Showo2Pipeline:
         """A diffusers scheduler standing for the sampler used by default, with the model's time
         shift (its ``config`` serves ``OtherScheduler.from_config(pipe.scheduler.config)``);
         assign one to change the sampler."""
-        from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
-
-        from .sampling import diffusers_scheduler, time_grid
+        from .sampling import scheduler_for
 
         shift = self.default_shift if self.default_shift is not None else self.spec.shift
-        if self.sampler in ("euler", "flow-euler"):
-            return FlowMatchEulerDiscreteScheduler(shift=shift)
-        if self.sampler == "heun":
-            return FlowMatchHeunDiscreteScheduler(shift=shift)
-        return diffusers_scheduler(self.sampler, time_grid(self.spec.steps, shift), shift)
+        return scheduler_for(self.sampler, self.spec.steps, shift)
 
     @scheduler.setter
     def scheduler(self, value) -> None:
@@ -390,31 +381,9 @@ class Showo2Pipeline:
         Heun, ``UniPCMultistepScheduler`` / ``DPMSolverMultistepScheduler`` (with flow sigmas) the
         multistep solvers. A shift given explicitly (``shift=`` / ``flow_shift=``) replaces the
         model's; any other setting that differs from what the sampler does is refused, not ignored."""
-        from .sampling import diffusers_scheduler, time_grid
+        from .sampling import sampler_of_scheduler
 
-        base = next((c for c in type(value).__mro__ if c.__name__ in SCHEDULER_SAMPLERS), None)  # subclasses too
-        name = SCHEDULER_SAMPLERS[base.__name__] if base is not None else None
-        if name is None:
-            raise TypeError(f"scheduler {type(value).__name__} is not supported: use one of "
-                            f"{', '.join(SCHEDULER_SAMPLERS)} (or sampler=...)")
-        config = dict(getattr(value, "config", {}) or {})
-        key = "flow_shift" if name in ("unipc", "dpm++") else "shift"
-        given = key not in set(config.get("_use_default_values") or ())  # diffusers records the defaults
-        shift = float(config[key]) if given and config.get(key) is not None else None
-        if name in ("unipc", "dpm++") and not (config.get("use_flow_sigmas")
-                                               and config.get("prediction_type") == "flow_prediction"):
-            raise ValueError(f"{type(value).__name__} must be made with use_flow_sigmas=True and "
-                             "prediction_type='flow_prediction' for a flow-matching model")
-        s = shift if shift is not None else self.spec.shift
-        reference = diffusers_scheduler(name, time_grid(self.spec.steps, s), s) if name in ("unipc", "dpm++") \
-            else base(shift=s)
-        name = "euler" if name == "flow-euler" else name  # the official Euler: the same updates
-        odd = [k for k, v in config.items() if not k.startswith("_") and k not in (key, "num_train_timesteps")
-               and reference.config.get(k, v) != v]
-        if odd:
-            raise ValueError(f"{type(value).__name__}: {odd[0]}={config[odd[0]]!r} is not supported by this "
-                             f"pipeline's {name} sampler (it would be ignored; leave it at "
-                             f"{reference.config.get(odd[0])!r})")
+        name, shift = sampler_of_scheduler(value, self.spec.steps, self.spec.shift)
         self.sampler = name
         self.default_shift = shift
 

@@ -134,6 +134,54 @@ def diffusers_scheduler(name: str, grid: torch.Tensor, shift: float):
     return sched
 
 
+#: diffusers scheduler classes -> the ``sampler`` they select (``Showo2Pipeline.scheduler = ...``)
+SCHEDULER_SAMPLERS = {"FlowMatchEulerDiscreteScheduler": "flow-euler", "FlowMatchHeunDiscreteScheduler": "heun",
+                      "UniPCMultistepScheduler": "unipc", "DPMSolverMultistepScheduler": "dpm++"}
+
+
+def scheduler_for(sampler: str, steps: int, shift: float):
+    """A diffusers scheduler standing for ``sampler`` with the time shift ``shift`` (its ``config``
+    serves ``OtherScheduler.from_config(scheduler.config)``)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+
+    if sampler in ("euler", "flow-euler"):
+        return FlowMatchEulerDiscreteScheduler(shift=shift)
+    if sampler == "heun":
+        return FlowMatchHeunDiscreteScheduler(shift=shift)
+    return diffusers_scheduler(sampler, time_grid(steps, shift), shift)
+
+
+def sampler_of_scheduler(value, steps: int, model_shift: float) -> tuple[str, float | None]:
+    """The sampler a diffusers scheduler selects, and the shift it gives explicitly (``shift=`` /
+    ``flow_shift=``; None: the model's ``model_shift``): ``FlowMatchEulerDiscreteScheduler`` the
+    official Euler (the same updates), ``FlowMatchHeun...`` Heun, ``UniPCMultistepScheduler`` /
+    ``DPMSolverMultistepScheduler`` (with flow sigmas) the multistep solvers. Any other setting
+    that differs from what the sampler does is refused (TypeError/ValueError), not ignored."""
+    base = next((c for c in type(value).__mro__ if c.__name__ in SCHEDULER_SAMPLERS), None)  # subclasses too
+    name = SCHEDULER_SAMPLERS[base.__name__] if base is not None else None
+    if name is None:
+        raise TypeError(f"scheduler {type(value).__name__} is not supported: use one of "
+                        f"{', '.join(SCHEDULER_SAMPLERS)} (or sampler=...)")
+    config = dict(getattr(value, "config", {}) or {})
+    key = "flow_shift" if name in ("unipc", "dpm++") else "shift"
+    given = key not in set(config.get("_use_default_values") or ())  # diffusers records the defaults
+    shift = float(config[key]) if given and config.get(key) is not None else None
+    if name in ("unipc", "dpm++") and not (config.get("use_flow_sigmas")
+                                           and config.get("prediction_type") == "flow_prediction"):
+        raise ValueError(f"{type(value).__name__} must be made with use_flow_sigmas=True and "
+                         "prediction_type='flow_prediction' for a flow-matching model")
+    s = shift if shift is not None else model_shift
+    reference = diffusers_scheduler(name, time_grid(steps, s), s) if name in ("unipc", "dpm++") else base(shift=s)
+    name = "euler" if name == "flow-euler" else name  # the official Euler: the same updates
+    odd = [k for k, v in config.items() if not k.startswith("_") and k not in (key, "num_train_timesteps")
+           and reference.config.get(k, v) != v]
+    if odd:
+        raise ValueError(f"{type(value).__name__}: {odd[0]}={config[odd[0]]!r} is not supported by this "
+                         f"pipeline's {name} sampler (it would be ignored; leave it at "
+                         f"{reference.config.get(odd[0])!r})")
+    return name, shift
+
+
 def check_schedule(method: str, steps: int, shift: float) -> None:
     """Refuse (a :class:`~showo2_cli.errors.UsageError` naming the options) a diffusers scheduler
     whose noise levels for ``steps`` and ``shift`` are not a strictly falling sequence in (0, 1)
