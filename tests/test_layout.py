@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from showo2_cli.errors import UsageError
 from showo2_cli.modeling.attention import extend_mask_for_decoding, omni_attention_mask
-from showo2_cli.modeling.flow_head import TimestepEmbedder, llama3_inv_freq
-from showo2_cli.modeling.showo2 import block_index_map, pack_velocity, unpack_velocity
+from showo2_cli.modeling.flow_head import TimestepEmbedder, llama3_inv_freq, pack_velocity, unpack_velocity
+from showo2_cli.modeling.showo2 import block_index_map
 from showo2_cli.sampling import sample, time_grid
 from showo2_cli.sequences import SpecialTokens, generation_layout, understanding_layout
 

@@ -4,7 +4,8 @@ The head reads the LLM's final normed hidden states (through ``diff_proj``), run
 ``head_layers`` DiT-style blocks over the *whole* sequence with the omni mask, and predicts
 ``p*p*C`` velocity values per position. adaLN modulation applies only at positions inside a
 visual block; text and pad positions pass through the plain pre-norm block (shift 0, scale 0,
-gate 1). Attention is GQA with per-head RMS QK-norm applied before a llama3-scaled RoPE.
+gate 1). Attention is GQA with per-head RMS QK-norm applied before a llama3-scaled RoPE. Its
+output rows and the latent they stand for: :func:`unpack_velocity` / :func:`pack_velocity`.
 """
 
 from __future__ import annotations
@@ -195,3 +196,31 @@ class FinalLayer(nn.Module):
         shift, scale = self.adaLN_modulation(cond).chunk(2, dim=-1)
         shift, scale = per_position(shift, block_index, 0.0), per_position(scale, block_index, 0.0)
         return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+# ---- the output layout: raster-chunk (official, spec §6.4) or patch-aligned ----------------
+
+def unpack_velocity(rows: torch.Tensor, frames: int, height: int, width: int, channels: int,
+                    layout: str = "raster", patch_size: int = 2) -> torch.Tensor:
+    """Rows ``(T*N, p*p*C)`` -> latent ``(C, T, h, w)`` (``ModelSpec.velocity_layout``).
+
+    ``raster`` (official): row ``r`` of a frame holds raster positions ``4r .. 4r+3`` of the full
+    ``h x w`` grid (``p*p`` consecutive positions, channel fastest); not a 2x2 spatial patch.
+    ``patch``: row ``r`` holds the ``p x p`` patch at grid position ``r`` (row-major), the patch the
+    same token embeds; within a row the order is (patch row, patch column, channel).
+    """
+    if layout == "patch":
+        p = patch_size
+        return (rows.reshape(frames, height // p, width // p, p, p, channels)
+                .permute(5, 0, 1, 3, 2, 4).reshape(channels, frames, height, width))
+    per_row = rows.shape[-1] // channels
+    return rows.reshape(frames, -1, per_row, channels).reshape(frames, height, width, channels).permute(3, 0, 1, 2)
+
+
+def pack_velocity(latent: torch.Tensor, patch_size: int = 2, layout: str = "raster") -> torch.Tensor:
+    """Inverse of :func:`unpack_velocity`: ``(C, T, h, w)`` -> ``(T*N, p*p*C)`` (training targets)."""
+    c, t, h, w = latent.shape
+    p = patch_size
+    if layout == "patch":
+        return latent.reshape(c, t, h // p, p, w // p, p).permute(1, 2, 4, 3, 5, 0).reshape(-1, p * p * c)
+    return latent.permute(1, 2, 3, 0).reshape(t, -1, p * p * c).reshape(-1, p * p * c)

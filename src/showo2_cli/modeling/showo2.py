@@ -25,7 +25,7 @@ from torch import nn
 from ..runtime import quiet_imports
 from ..specs import ModelSpec
 from .attention import TRANSFORMERS_ATTENTION, backend_mask, static_flex_on_cpu
-from .flow_head import FinalLayer, ModulatedAttentionBlock, RotaryEmbedding, TimestepEmbedder
+from .flow_head import FinalLayer, ModulatedAttentionBlock, RotaryEmbedding, TimestepEmbedder, unpack_velocity
 from .parts import NotLoaded
 from .semantic import PatchEmbed, fusion_projector, interpolate_position_table, semantic_encoder
 
@@ -65,34 +65,6 @@ def qwen2_config(spec: ModelSpec) -> Qwen2Config:
 #: captions, chat) and the flow head (velocities: generation). A command that runs one can leave the
 #: other out (``Showo2Model.leave_out``, ``loading.load(heads=)``).
 HEADS = {"lm_head": ("showo.lm_head",), "flow_head": ("diff_proj", "diffusion_head_a", "diffusion_head_b")}
-
-
-# ---- the output layout: raster-chunk (official, spec §6.4) or patch-aligned ----------------
-
-def unpack_velocity(rows: torch.Tensor, frames: int, height: int, width: int, channels: int,
-                    layout: str = "raster", patch_size: int = 2) -> torch.Tensor:
-    """Rows ``(T*N, p*p*C)`` -> latent ``(C, T, h, w)`` (``ModelSpec.velocity_layout``).
-
-    ``raster`` (official): row ``r`` of a frame holds raster positions ``4r .. 4r+3`` of the full
-    ``h x w`` grid (``p*p`` consecutive positions, channel fastest); not a 2x2 spatial patch.
-    ``patch``: row ``r`` holds the ``p x p`` patch at grid position ``r`` (row-major), the patch the
-    same token embeds; within a row the order is (patch row, patch column, channel).
-    """
-    if layout == "patch":
-        p = patch_size
-        return (rows.reshape(frames, height // p, width // p, p, p, channels)
-                .permute(5, 0, 1, 3, 2, 4).reshape(channels, frames, height, width))
-    per_row = rows.shape[-1] // channels
-    return rows.reshape(frames, -1, per_row, channels).reshape(frames, height, width, channels).permute(3, 0, 1, 2)
-
-
-def pack_velocity(latent: torch.Tensor, patch_size: int = 2, layout: str = "raster") -> torch.Tensor:
-    """Inverse of :func:`unpack_velocity`: ``(C, T, h, w)`` -> ``(T*N, p*p*C)`` (training targets)."""
-    c, t, h, w = latent.shape
-    p = patch_size
-    if layout == "patch":
-        return latent.reshape(c, t, h // p, p, w // p, p).permute(1, 2, 4, 3, 5, 0).reshape(-1, p * p * c)
-    return latent.permute(1, 2, 3, 0).reshape(t, -1, p * p * c).reshape(-1, p * p * c)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..modeling.attention import omni_attention_mask
-from ..modeling.showo2 import pack_velocity
+from ..modeling.flow_head import pack_velocity
 from ..sequences import IGNORE
 from ..sequences import TrainingRows as TextBuilder  # the row writer lives with the inference rows
 from .data import Sample
