@@ -30,7 +30,7 @@ def main() -> None:
     import av
     from PIL import Image
 
-    import showo2_cli.media.video as V
+    import showo2_cli.media.video_write as V
     from showo2_cli.media import read_video
 
     source = read_video(args.video, num_frames=args.frames).frames

@@ -90,7 +90,7 @@ def test_a_write_that_fails_midway_leaves_no_file(tmp_path, exc, monkeypatch):
     import numpy as np
 
     from showo2_cli import media as M
-    from showo2_cli.media import video
+    from showo2_cli.media import video_write as video
 
     real = video.write_av
 

@@ -34,8 +34,8 @@ submodule.
 * :mod:`~showo2_cli.media.probe`: file checks, :func:`probe_kind`, the pixel limit,
   :func:`check_video`.
 * :mod:`~showo2_cli.media.image`: :func:`read_image`, :func:`write_image`.
-* :mod:`~showo2_cli.media.video`: :class:`Media`, :func:`read_video`, :func:`read_media`,
-  :func:`write_video`.
+* :mod:`~showo2_cli.media.video`: :class:`Media`, :func:`read_video`, :func:`read_media`;
+  :mod:`~showo2_cli.media.video_write`: :func:`write_video`.
 * :mod:`~showo2_cli.media.geometry`: sizes, resizing, display aspect and matrix, tensor conversion,
   frame counts; :mod:`~showo2_cli.media.frame_index`: which frames of a video to decode;
   :mod:`~showo2_cli.media.animation`: APNG, animated WebP and GIF frames read with Pillow.
@@ -97,14 +97,16 @@ from .video import (
     MAX_DECODED_BYTES,
     MAX_FPS,
     MIN_FPS,
-    VIDEO_CONTAINERS,
-    VIDEO_WRITE_EXTS,
     Media,
-    check_output_size,
-    fps_note,
     read_media,
     read_video,
     uniform_indices,
+)
+from .video_write import (
+    VIDEO_CONTAINERS,
+    VIDEO_WRITE_EXTS,
+    check_output_size,
+    fps_note,
     write_video,
     written_fps,
 )

@@ -373,7 +373,7 @@ def write_image(
             f"(supported: {', '.join(IMAGE_WRITE_EXTS)})"
         )
     arr = _as_rgb_array(pixels)
-    from .video import check_output_size  # (video imports this module)
+    from .video_write import check_output_size  # (video_write imports this module)
 
     check_output_size(p, arr.shape[0], arr.shape[1])
     fmt = PIL_FORMATS[ext]
