@@ -170,7 +170,7 @@ def test_out_of_file_descriptors_the_server_says_so_in_one_line_not_a_flood():
     import errno
     import logging
 
-    from showo2_cli.serve.app import FileLimitNotice
+    from showo2_cli.serve.connections import FileLimitNotice
 
     def accept_failed():
         try:

@@ -26,7 +26,8 @@ of this server (``max_tokens``, ``n``, ``steps``, size, image pixels, image coun
 503 shutting down, 500 a bug (one line in the log, never a crash).
 """
 
-from .app import bind_socket, create_app, serve
+from .app import create_app, serve
+from .connections import bind_socket
 from .errors import ApiError, api_error_of
 from .requests import (
            API_KEY_ENV,

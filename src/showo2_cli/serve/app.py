@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import errno
 import hmac
 import json
 import logging
@@ -445,65 +444,6 @@ def _usage(result: dict) -> dict:
 
 # ---- running it -------------------------------------------------------------------------------------
 
-#: connections the kernel holds for the server before it accepts them (uvicorn's default)
-BACKLOG = 2048
-
-
-def bind_socket(host: str, port: int):
-    """A listening TCP socket, so a busy port fails before the model loads. It listens at once:
-    with SO_REUSEADDR (a restart must not wait for the last connections' TIME_WAIT) Linux lets two
-    sockets bind one port while neither listens, and a second ``serve`` started during the first's
-    load also loaded the model, then died with a traceback. Connections made during the load wait
-    in the backlog and are answered once the model is loaded."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise UsageError(f"--host '{host}' cannot be resolved ({e.strerror or e})") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-        sock.listen(BACKLOG)
-    except OSError as e:
-        sock.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-class FileLimitNotice(logging.Filter):
-    """Out of file descriptors (``ulimit -n``, many clients), asyncio logs every failed ``accept()``
-    with its traceback, thousands a second (288 000 lines of stderr in 40 s at ``ulimit -n 64``):
-    instead, one line at most every ``every`` seconds; connections wait until others close."""
-
-    def __init__(self, every: float = 10.0):
-        super().__init__()
-        self.every, self.last = every, -math.inf
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
-            return True
-        now = time.monotonic()
-        if now - self.last < self.every:
-            return False
-        self.last = now
-        try:
-            import resource
-
-            limit = f"; ulimit -n is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
-        except (ImportError, OSError, ValueError):
-            limit = ""
-        record.msg = (f"cannot accept a connection: {exc.strerror}{limit}; new connections wait until "
-                      "others close (raise the limit for more clients)")
-        record.args, record.exc_info, record.exc_text, record.levelno, record.levelname = \
-            (), None, None, logging.WARNING, "WARNING"
-        return True
-
-
 def log_config(log_level: str | int) -> dict:
     """uvicorn's logging config (its lines on stderr, the access log on stdout) with the server's own
     logger, ``showo2.serve`` (dropped slow clients, stopped requests, internal errors), on uvicorn's
@@ -527,7 +467,7 @@ def serve(model, config: ServerConfig, sock, drain_timeout: float = DRAIN_TIMEOU
           on_ready: Callable[[str], None] | None = None) -> None:
     """Run the server on ``sock`` until SIGTERM/SIGINT, then drain: no new connections, running and
     queued requests finish (at most ``drain_timeout`` seconds, then they are cancelled)."""
-    from .connections import more_open_files
+    from .connections import FileLimitNotice, more_open_files
 
     more_open_files()
     notice = FileLimitNotice()  # out of file descriptors: one line now and then, not a traceback per accept()

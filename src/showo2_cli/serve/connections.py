@@ -7,15 +7,20 @@ the server accepts no one any more. Here the headers of each request must come w
 checked where it is read (:func:`~showo2_cli.serve.body.read_json`). uvicorn has no write timeout
 either: a client that stops reading its answer (a 16 MiB JSON of images, an event stream) held
 the answer's bytes, its connection and a SIGTERM's exit for ever; here a stalled answer must be
-taken at the body's pace, or the connection is dropped."""
+taken at the body's pace, or the connection is dropped. Also the listening socket
+(:func:`bind_socket`) and the one-line notice when file descriptors run out."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
 import socket
 import struct
+import time
 
+from ..errors import UsageError
 from .body import BODY_MIN_RATE
 from .errors import ApiError
 
@@ -178,3 +183,60 @@ def more_open_files(wanted: int = MAX_OPEN_FILES) -> int:
         except (ValueError, OSError):  # pragma: no cover - a sandbox may refuse; the old limit stays
             pass
     return soft
+
+
+#: connections the kernel holds for the server before it accepts them (uvicorn's default)
+BACKLOG = 2048
+
+
+def bind_socket(host: str, port: int):
+    """A listening TCP socket, so a busy port fails before the model loads. It listens at once:
+    with SO_REUSEADDR (a restart must not wait for the last connections' TIME_WAIT) Linux lets two
+    sockets bind one port while neither listens, and a second ``serve`` started during the first's
+    load also loaded the model, then died with a traceback. Connections made during the load wait
+    in the backlog and are answered once the model is loaded."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError(f"--host '{host}' cannot be resolved ({e.strerror or e})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class FileLimitNotice(logging.Filter):
+    """Out of file descriptors (``ulimit -n``, many clients), asyncio logs every failed ``accept()``
+    with its traceback, thousands a second (288 000 lines of stderr in 40 s at ``ulimit -n 64``):
+    instead, one line at most every ``every`` seconds; connections wait until others close."""
+
+    def __init__(self, every: float = 10.0):
+        super().__init__()
+        self.every, self.last = every, -math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
+            return True
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return False
+        self.last = now
+        try:
+            import resource
+
+            limit = f"; ulimit -n is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+        except (ImportError, OSError, ValueError):
+            limit = ""
+        record.msg = (f"cannot accept a connection: {exc.strerror}{limit}; new connections wait until "
+                      "others close (raise the limit for more clients)")
+        record.args, record.exc_info, record.exc_text, record.levelno, record.levelname = \
+            (), None, None, logging.WARNING, "WARNING"
+        return True
