@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from .errors import ModelError, UsageError, short
 from .hub_auth import access
 from .hub_download import cache_ref_readable, download_files, offline, remote_listing, repo_cache_folder
+from .run_folders import ADAPTER_CONFIG, resolve_run_path
 from .weights import read_json
 
 Progress = Callable[[str, int, int], None]
@@ -146,47 +147,6 @@ def hf_cached_file(repo_id: str, filename: str) -> Path | None:
 
 def bundled_demo_path() -> Path:
     return Path(__file__).resolve().parent / "assets" / "demo"
-
-
-# ---- training run folders -------------------------------------------------------------------
-
-#: A training run folder's pointer to its newest complete checkpoint, and a checkpoint's state file
-LATEST = "latest"
-STATE_FILE = "trainer_state.pt"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"  # a LoRA adapter folder (peft's layout: showo2_cli.lora)
-ADAPTER_CONFIG = "adapter_config.json"
-CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
-
-
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The folder ``latest`` names, or None when there is none (a dangling pointer is an error)."""
-    output_dir = Path(output_dir)
-    pointer = output_dir / LATEST
-    if not pointer.exists() and not pointer.is_symlink():
-        return None
-    if not pointer.is_file():  # a folder, a FIFO (reading it would wait forever), a dangling link
-        raise ModelError(f"'{pointer}' is not a regular file: it should name the latest checkpoint")
-    try:
-        with open(pointer, "rb") as fh:
-            name = fh.read(4097).decode("utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelError(f"'{pointer}' cannot be read as a checkpoint name ({type(e).__name__})") from None
-    if not CHECKPOINT_NAME.match(name):
-        raise ModelError(f"'{pointer}' does not name a checkpoint (it holds {name!r})")
-    folder = output_dir / name
-    if not (folder / STATE_FILE).exists():
-        raise ModelError(f"'{pointer}' points at '{folder}', which is missing or incomplete")
-    return folder
-
-
-def resolve_run_path(path: str | os.PathLike) -> Path:
-    """A training run folder stands for its latest checkpoint; anything else is returned as is."""
-    p = Path(path)
-    if p.is_dir() and (p / LATEST).exists():
-        found = latest_checkpoint(p)
-        if found is not None:
-            return found
-    return p
 
 
 def snapshot_revision(root: Path) -> str | None:

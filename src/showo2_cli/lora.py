@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelError, UsageError, one_line, short
-from .hub import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from .run_folders import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from .runtime import quiet_imports
 
 FORMAT = "1"  # the showo2_lora value in the weights' safetensors metadata
@@ -98,7 +98,7 @@ def save_adapter(folder: Path, network: torch.nn.Module, config, metadata: dict 
 def find_adapter(ref: str | os.PathLike) -> Path:
     """The adapter folder named by ``ref``: the folder itself, its ``adapter_model.safetensors``,
     a training checkpoint or a training run folder (its latest checkpoint)."""
-    from .hub import latest_checkpoint
+    from .run_folders import latest_checkpoint
 
     p = Path(ref).expanduser()
     if p.is_file() and p.name == ADAPTER_WEIGHTS:

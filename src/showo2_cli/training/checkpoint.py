@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, OutputError
-from ..hub import CHECKPOINT_NAME as _NAME
-from ..hub import LATEST, STATE_FILE
-from ..hub import latest_checkpoint as latest_checkpoint  # (the run-folder readers live in hub)
-from ..hub import resolve_run_path as resolve_run_path
+from ..run_folders import CHECKPOINT_NAME as _NAME
+from ..run_folders import LATEST, STATE_FILE
+from ..run_folders import latest_checkpoint as latest_checkpoint  # (the run-folder readers live there)
+from ..run_folders import resolve_run_path as resolve_run_path
 
 EMA_DIR = "ema"  # inside a checkpoint: the EMA weights (a loadable model folder, or an adapter)
 

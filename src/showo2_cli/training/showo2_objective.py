@@ -127,7 +127,7 @@ def load_partial(network: torch.nn.Module, wc, where: str) -> int:
 
 def _checkpoint_of(folder: str, run_folder: str) -> bool:
     """Whether ``folder`` is a checkpoint (still there) of the training run folder ``run_folder``."""
-    from ..hub import CHECKPOINT_NAME
+    from ..run_folders import CHECKPOINT_NAME
 
     p = Path(folder)
     try:
