@@ -235,8 +235,6 @@ def decode(latents: torch.Tensor, vae: WanVAE, max_memory_gb: float | None = Non
     return decode_tiled(latents, vae, max_memory_gb)[0]
 
 
-@cpu_by_default
-@torch.no_grad()
 def recorded_decoding(meta: dict) -> tuple[tuple[int, int, int, int] | None, str | None]:
     """The VAE tiles and the dtype that a generated output's latents (``--save-latents``, whose
     metadata records them as ``vae_tiles`` and ``dtype``) were decoded with, so that decoding them
@@ -251,6 +249,8 @@ def recorded_decoding(meta: dict) -> tuple[tuple[int, int, int, int] | None, str
     return (tuple(tiles) if ok else None), (dtype if dtype in ("bf16", "fp16") else None)
 
 
+@cpu_by_default
+@torch.no_grad()
 def decode_tiled(latents: torch.Tensor, vae: WanVAE,
                  max_memory_gb: float | None = None) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
     """:func:`decode`, and the tiles the VAE ran in (:meth:`WanVAE.tiles_used`: tile height, width,
