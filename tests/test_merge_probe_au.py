@@ -30,3 +30,22 @@ def test_decode_tiled_keeps_its_no_grad_and_cpu_default(monkeypatch):
         frames, _ = L.decode_tiled(z, vae)
     assert np.array_equal(frames, want)
     assert L.recorded_decoding({"kind": "t2i", "vae_tiles": [64, 64, 48, 48], "dtype": "bf16"}) == ((64, 64, 48, 48), "bf16")
+
+
+def test_a_refused_save_of_a_quantized_pipeline_loads_no_head(tmp_path):
+    """``from_pretrained`` leaves the heads to their first use (probe AS) and ``save_pretrained``
+    loads them before writing; a quantized pipeline (probe AP), which cannot be saved, loaded and
+    quantized its flow head (the 1.5B's 876 M parameters) only to refuse."""
+    import pytest
+
+    pytest.importorskip("torchao", reason="--quantize int8wo needs torchao")
+    from showo2_cli.errors import UsageError
+    from showo2_cli.options import RuntimeOptions
+    from showo2_cli.pipeline import Showo2Pipeline
+
+    pipe = Showo2Pipeline.from_pretrained("demo", runtime=RuntimeOptions(quantize="int8wo"))
+    before = pipe.network.loaded_heads()
+    assert "flow_head" not in before
+    with pytest.raises(UsageError, match=r"quantized \(int8wo\)"):
+        pipe.save_pretrained(tmp_path / "saved")
+    assert pipe.network.loaded_heads() == before and not (tmp_path / "saved").exists()

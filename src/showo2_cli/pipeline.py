@@ -192,13 +192,16 @@ class Showo2Pipeline:
         if self.offload != "none":
             raise UsageError(f"this pipeline uses {self.offload} CPU offload, whose hooks hold the weights; save it "
                              "before enabling offload")
+        quantized = "--quantize to save it"
+        if self.model.quantize != "none":  # refused before a head left out is loaded (and quantized) for nothing
+            raise UsageError(f"the weights are quantized ({self.model.quantize}); load the model again without "
+                             + quantized)
         network = getattr(self.network, "_orig_mod", self.network)  # torch.compile's wrapper: its module
         network.load_heads()  # the whole network is written (a head not yet run loads first)
         state = network.state_dict()
         odd = next((k for k, v in state.items() if type(v) is not torch.Tensor or v.is_meta), None)
         if odd is not None:
-            raise UsageError(f"the weights are quantized or offloaded ({odd}); load the model again without "
-                             "--quantize to save it")
+            raise UsageError(f"the weights are quantized or offloaded ({odd}); load the model again without " + quantized)
         extra = {"saved_from": self.model.files.name if self.model.files else self.spec.name}
         if self.model.adapters:
             extra["lora_merged"] = list(self.model.adapters)
