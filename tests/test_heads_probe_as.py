@@ -352,3 +352,18 @@ def test_two_first_uses_at_once_load_the_head_once(tiny_model_dir, monkeypatch):
     for t in threads:
         t.join(60)
     assert len(reads) == 1 and model.network.loaded_heads() == ALL_HEADS
+
+
+def test_a_head_loaded_under_a_callers_default_device_merges_its_lora_as_on_load(untied, adapters):
+    """``load`` runs with torch's CPU default (``cpu_by_default``) but a head's first use need not
+    (``network.load_heads()``, ``save_pretrained``, ``enable_sequential_cpu_offload``): under a
+    notebook's ``torch.set_default_device``, peft made the adapters' layers there and merged
+    nothing sound (on 'meta': 7 flow-head weights left on 'meta')."""
+    eager = load(untied, lora=adapters, heads=ALL_HEADS).network.state_dict()
+    lazy = load(untied, lora=adapters, heads=())
+    with torch.device("meta"):
+        lazy.network.load_heads()
+    got = lazy.network.state_dict()
+    assert set(got) == set(eager)
+    for k, v in eager.items():
+        assert not got[k].is_meta and torch.equal(got[k], v), k

@@ -123,6 +123,7 @@ class HeadLoader:
         self.__dict__.update(state)
         self.lock = threading.Lock()
 
+    @cpu_by_default  # as load: a caller's default device ("cuda", "meta") made peft's LoRA layers there
     @torch.inference_mode(False)  # a caller's inference mode would make the weights inference tensors
     def __call__(self, network, heads: tuple[str, ...]) -> None:
         from .acceleration import compile_flow_head, compile_options, quantize_network
