@@ -367,3 +367,23 @@ def test_a_head_loaded_under_a_callers_default_device_merges_its_lora_as_on_load
     assert set(got) == set(eager)
     for k, v in eager.items():
         assert not got[k].is_meta and torch.equal(got[k], v), k
+
+
+def test_a_head_of_a_model_offloaded_on_load_loads_in_cpu_memory(untied, monkeypatch):
+    """``load(device="cuda", runtime=RuntimeOptions(offload="model"))`` keeps the weights in CPU
+    memory (quantized there, ``apply``); a head left out went through the GPU on its first use
+    (checked against GPU memory, quantized there: on a machine without CUDA, an AssertionError)."""
+    import showo2_cli.runtime as runtime
+
+    runtime_options = RuntimeOptions(offload="model")
+    eager = load(untied, device="cuda", runtime=runtime_options, heads=ALL_HEADS).network.state_dict()
+    lazy = load(untied, device="cuda", runtime=runtime_options, heads=())
+    asked = []
+    real = runtime.check_memory
+    monkeypatch.setattr(runtime, "check_memory", lambda gb, what, limit, device, *a: (asked.append(str(device)),
+                                                                                       real(gb, what, limit, device, *a)))
+    lazy.network.load_heads()
+    assert asked == ["cpu"]
+    got = lazy.network.state_dict()
+    for k, v in eager.items():
+        assert got[k].device.type == "cpu" and torch.equal(got[k], v), k

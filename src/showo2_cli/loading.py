@@ -339,7 +339,8 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
         lora = [lora]
     for ref in lora:  # a wrong path fails before the weights are read
         find_adapter(ref)
-    loader = HeadLoader(files.weights, dtype, device, str(files.root))  # (the files' stamps before reading)
+    # (the files' stamps before reading; a head loads where the load puts the weights: offloaded, the CPU)
+    loader = HeadLoader(files.weights, dtype, device if offload == "none" else "cpu", str(files.root))
     state = read_state_dict(files.weights)
     spec = spec_from_files(files, state)
     network = build_network(spec, state, dtype, where=str(files.root), heads=() if heads is None else heads).eval()
