@@ -258,22 +258,21 @@ def fetch_if_needed(model: str) -> None:
 
 
 def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE"),
-               offload: str = "none", runtime=None, lora: list[Path] | None = None,
+               runtime=None, lora: list[Path] | None = None,
                vae_parts: tuple[str, ...] = ("encoder", "decoder"), heads: tuple[str, ...] | None = None):
     """Resolve (downloading when needed), load, and place the model: on the device, or with
-    ``offload`` in CPU memory behind accelerate's hooks that run it on the device. ``runtime``
-    (:class:`~showo2_cli.options.RuntimeOptions`, its ``offload`` taking precedence) brings the
-    attention backend, compilation, VAE tiling and quantization, applied by ``load``; the
+    ``runtime``'s ``offload`` in CPU memory behind accelerate's hooks that run it on the device.
+    ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) also brings the attention backend,
+    compilation, VAE tiling and quantization, all applied by ``loading.load``; the
     ``--lora`` adapters are merged into the weights first. ``vae_parts``: the halves of the VAE the
     command uses (the others load on first use, see ``loading.load``); ``heads``: the network's heads
     loaded now, the others on first use (None: each on first use)."""
-    offload = runtime.offload if runtime is not None else offload
     from ..hub import check_name
 
     model = model_name(model)
     check_name(model)  # a name that names nothing fails before torch is imported
     from ..loading import load
-    from ..runtime import enable_offload, pick_device, pick_dtype
+    from ..runtime import pick_device, pick_dtype
 
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
@@ -283,8 +282,6 @@ def load_model(model: str | None, device: str, dtype: str, vae: Path | None = No
                       vae_parts=vae_parts, heads=heads)  # load applies runtime's offload
     for folder in bundle.adapters:
         notice(f"merged the LoRA adapter {folder}")
-    if runtime is None:
-        enable_offload(bundle, offload, dev)
     return bundle
 
 
