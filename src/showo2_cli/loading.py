@@ -215,7 +215,14 @@ class Showo2:
             raise UsageError(f"a model quantized on load ({self.quantize}) keeps its dtype "
                              f"{dtype_label(self.dtype)}: load it again in {dtype_label(torch_dtype(dtype))} "
                              "(--dtype, torch_dtype=) to quantize that")
+        # the RoPE tables stay float32, as a load in any dtype builds them (a cast rounded them: bf16
+        # after the load gave other images than a bf16 load); `network.to` alone casts them, as torch does
+        tables = {n: b for n, b in self.network.named_buffers() if n.endswith("inv_freq") and not b.is_meta}
         self.network.to(device=device, dtype=dtype)
+        for name, table in tables.items():
+            owner, _, leaf = name.rpartition(".")
+            module = self.network.get_submodule(owner)
+            module._buffers[leaf] = table.to(module._buffers[leaf].device)
         if self.vae is not None:
             self.vae.to(device=device, dtype=dtype)
         return self
@@ -292,7 +299,7 @@ def require_model(model) -> Showo2:
 @cpu_by_default
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, need: tuple[str, ...] = ("tokenizer", "VAE"),
-         runtime=None, lora: str | os.PathLike | list | tuple = (), local_files_only: bool = False,
+         runtime=None, lora: str | os.PathLike | list | tuple | None = (), local_files_only: bool = False,
          use_safetensors: bool | None = None, cache_dir: str | os.PathLike | None = None,
          token: bool | str | None = None, force_download: bool = False,
          vae_parts: tuple[str, ...] = ("encoder", "decoder"), heads: tuple[str, ...] | None = ALL_HEADS) -> Showo2:
@@ -335,8 +342,12 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
         raise ModelError(message)
     if use_safetensors:
         _require_safetensors(files)
-    if isinstance(lora, (str, os.PathLike)):  # one adapter (its path's characters were taken as paths)
+    if lora is None:  # no adapter, as `()` (an optional argument passed on; it raised TypeError)
+        lora = ()
+    elif isinstance(lora, (str, os.PathLike)):  # one adapter (its path's characters were taken as paths)
         lora = [lora]
+    elif not isinstance(lora, (list, tuple)):
+        raise TypeError(f"lora must be a path or a list of paths, got {type(lora).__name__}")
     for ref in lora:  # a wrong path fails before the weights are read
         find_adapter(ref)
     # (the files' stamps before reading; a head loads where the load puts the weights: offloaded, the CPU)

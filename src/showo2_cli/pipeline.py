@@ -110,7 +110,7 @@ class Showo2Pipeline:
                         force_download: bool = False, proxies: dict | None = None, subfolder: str | None = None,
                         use_safetensors: bool | None = None, variant: str | None = None,
                         device_map: str | torch.device | None = None, low_cpu_mem_usage: bool = True,
-                        lora: str | os.PathLike | list | tuple = (), **unsupported: Any) -> Showo2Pipeline:
+                        lora: str | os.PathLike | list | tuple | None = (), **unsupported: Any) -> Showo2Pipeline:
         """Load by name (``demo``, a folder, a variant such as ``1.5B``, a Hub repo id, which
         ``@revision`` pins: a commit, tag or branch; or ``revision=``). A name that
         is not cached is downloaded with :func:`showo2_cli.hub.pull` when online (``progress`` gets
