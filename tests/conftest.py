@@ -69,6 +69,26 @@ def sigint_reaches_child() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def write_h264(path, frames, rate: int = 25, options: dict | None = None) -> Path:
+    """``frames`` (uint8 (T, H, W, 3)) written as an H.264 video at ``path``, one frame per tick of
+    ``1/rate``; ``options``: the encoder's (e.g. ``{"preset": "ultrafast"}``)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=rate)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        if options:
+            s.options = dict(options)
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = i
+            for pkt in s.encode(vf):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return Path(path)
+
+
 def wait_started(server, timeout: float = 30.0) -> None:
     """Wait until a uvicorn ``server`` (running in another thread) has started, at most ``timeout`` s."""
     import time

@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import write_h264
 from showo2_cli.media import read_video, uniform_indices
 from showo2_cli.media.frame_index import FrameIndex, decode_picked
 
@@ -338,16 +339,7 @@ def test_a_mirrored_video_is_shown_mirrored_not_turned(tmp_path, matrix, corner)
     p = tmp_path / "stored.mp4"
     frames = np.zeros((3, 32, 64, 3), np.uint8)
     frames[:, :8, :8] = (255, 0, 0)  # red stored top-left
-    with av.open(str(p), "w") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
-            vf.pts = i
-            for pkt in s.encode(vf):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
+    write_h264(p, frames)
     data = bytearray(p.read_bytes())
     at = data.find(b"tkhd") + 4 + 4 + 4 * 5 + 8 + 8  # the track header's matrix (version 0)
     a, b, c_, d = (v * 65536 for v in matrix)
@@ -374,19 +366,10 @@ def test_frames_are_fitted_as_they_are_decoded_so_a_large_video_is_never_held_wh
     from showo2_cli.media import resize_and_pad
 
     p = tmp_path / "vga.mp4"
-    with av.open(str(p), "w") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 640, 480, "yuv420p"
-        s.options = {"preset": "ultrafast"}
-        for i in range(16):
-            frame = np.zeros((480, 640, 3), np.uint8)
-            frame[:, i * 40:(i + 1) * 40] = 255
-            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            vf.pts = i
-            for pkt in s.encode(vf):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
+    frames = np.zeros((16, 480, 640, 3), np.uint8)
+    for i in range(16):
+        frames[i, :, i * 40:(i + 1) * 40] = 255
+    write_h264(p, frames, options={"preset": "ultrafast"})
 
     def pad(f):
         return np.asarray(resize_and_pad(Image.fromarray(f), 64))
