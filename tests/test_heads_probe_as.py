@@ -191,8 +191,8 @@ def test_lora_merges_only_into_what_is_loaded(tiny_model_dir, adapters, untied, 
     assert isinstance(part.network.diffusion_head_a, NotLoaded)
     assert all(p.is_meta for p in part.network.diffusion_head_a.meta_module.parameters())
     recorded = part.network.head_loader.adapters  # the flow-head layers each adapter adapts, for later
-    assert [folder for folder, _ in recorded] == [str(a) for a in adapters]
-    assert all(names and all(n.startswith(FLOW) for n in names) for _, names in recorded)
+    assert [folder for folder, *_ in recorded] == [str(a) for a in adapters]
+    assert all(names and all(n.startswith(FLOW) for n in names) for _, names, *_ in recorded)
     assert "diffusion_head_a.0.self_attn.q_proj" in recorded[1][1] and "diffusion_head_a.1.self_attn.o_proj" in recorded[1][1]
     # an adapter whose flow-head tensor does not fit still fails the load, before any use
     from safetensors.torch import load_file, save_file

@@ -159,11 +159,12 @@ def test_a_lora_checkpoint_given_as_a_model_says_how_to_load_it(tmp_path, capsys
     hub.add("me/style-lora", {ADAPTER_CONFIG: (adapter / ADAPTER_CONFIG).read_bytes(), ADAPTER_WEIGHTS: b"\0" * 16})
     assert main(["pull", "me/style-lora"]) == 4
     err = capsys.readouterr().err.strip()
-    assert err.endswith("(it is a LoRA adapter: hf download me/style-lora --local-dir DIR, then --lora DIR with its "
-                        "base model)"), err
-    assert main(["t2i", "a red circle", "--model", "demo", "--lora", "me/style-lora", "-o", str(tmp_path / "x.png")]) == 2
+    assert err.endswith("(it is a LoRA adapter: give it as --lora me/style-lora with its base model)"), err
+    # --lora takes the repo id (probe BB): downloaded, then read and refused (its config names no layers)
+    assert main(["t2i", "a red circle", "--model", "demo", "--lora", "me/style-lora", "-o", str(tmp_path / "x.png")]) == 4
     err = capsys.readouterr().err.strip()
-    assert "does not exist (adapters on the Hub: hf download me/style-lora --local-dir DIR, then --lora DIR)" in err
+    assert "--lora" in err and "models--me--style-lora" in err and "only plain LoRA adapters" in err, err
+    assert "\n" not in err
     assert not (tmp_path / "x.png").exists()
 
 

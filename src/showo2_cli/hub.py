@@ -168,6 +168,16 @@ def check_name(name: str | os.PathLike) -> None:
     resolve_root(text, local_files_only=True)
 
 
+def check_adapter_name(ref: str | os.PathLike) -> None:
+    """A ``--lora`` that is neither an existing path nor a Hugging Face repo id (maybe
+    ``@revision``) is a :class:`UsageError`, said without torch: a mistyped adapter path fails
+    before any model library is imported or any weight read."""
+    text = str(ref)
+    if existing_path(text) is None and not is_repo_id(split_revision(text)[0]):
+        raise UsageError(f"--lora: '{short(text, 200)}' does not exist (give an adapter folder, a training run or a "
+                         "Hugging Face repo id: owner/name, maybe @revision)")
+
+
 def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tuple[str, Path]:
     """Turn a model name into a local folder: demo, a path, a registry name, or a cached repo id
     (downloaded when online, unless ``local_files_only``)."""
@@ -435,8 +445,8 @@ def download_model(repo_id: str, progress: Progress | None = None, revision: str
     with ``force_download``); return the snapshot."""
     remote = remote_listing(repo_id, "model", revision)
     if "config.json" not in remote:
-        adapter = f" (it is a LoRA adapter: hf download {repo_id} --local-dir DIR, then --lora DIR with its base " \
-                  "model)" if ADAPTER_CONFIG in remote else ""
+        adapter = f" (it is a LoRA adapter: give it as --lora {repo_id} with its base model)" \
+            if ADAPTER_CONFIG in remote else ""
         raise ModelError(f"'{repo_id}' on the Hub is not a Show-o2 model: it has no config.json{adapter}")
     snap = download_files(repo_id, ["config.json"], None, "model", revision, remote, force_download)
     try:

@@ -95,7 +95,7 @@ class HeadLoader:
 
         self.weights = [Path(p) for p in weights]
         self.stamps = [file_stamp(p) for p in self.weights]
-        self.adapters: list = []  # LoRA adapters merged on load: (folder, layers of the heads left out)
+        self.adapters: list = []  # LoRA adapters merged on load: (folder, layers of the heads left out, weight)
         self.file_stamps = list(self.stamps)
         self.dtype, self.device, self.where = dtype, torch.device(device), where
         self.runtime = None  # the RuntimeOptions applied to the network (acceleration.apply)
@@ -106,7 +106,7 @@ class HeadLoader:
         """The files a head is read from: the weights, and the adapters recorded for the heads."""
         from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
-        return self.weights + [Path(f) / n for f, names in self.adapters if names for n in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)]
+        return self.weights + [Path(f) / n for f, names, *_ in self.adapters if names for n in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)]
 
     def record_adapters(self) -> None:
         """Stamp the adapters' files as they are now (``load`` calls it after merging them)."""
@@ -325,8 +325,11 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     same files as loading it now would have (:class:`HeadLoader`: ``lora`` adapters, dtype,
     device, quantization and compilation alike; a file changed since is a :class:`ModelError`).
     A tied ``lm_head`` is the embedding: always there."""
+    from contextlib import nullcontext
+
     from .acceleration import apply
-    from .lora import find_adapter, merge_adapters
+    from .hub_auth import hub_access
+    from .lora import adapted_layers, fetch_adapter, merge_adapters, read_adapter
     from .modeling.vae_files import check_parts, load_vae
     from .tokenizer import add_showo2_tokens, load_tokenizer
 
@@ -348,8 +351,16 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
         lora = [lora]
     elif not isinstance(lora, (list, tuple)):
         raise TypeError(f"lora must be a path or a list of paths, got {type(lora).__name__}")
-    for ref in lora:  # a wrong path fails before the weights are read
-        find_adapter(ref)
+    with hub_access(cache_dir, token) if cache_dir is not None or token is not None else nullcontext():
+        typed, lora = lora, [fetch_adapter(ref, local_files_only) for ref in lora]  # a repo id: its cached folder
+    # every adapter read and checked before the weights are: its files, and its tensors against the
+    # layers' shapes where the config gives them (a showo2 folder's; an official config needs the weights)
+    early = spec_from_files(files, {}) if files.format == "showo2" else None
+    for ref in lora:
+        if early is not None:
+            adapted_layers(early, ref)
+        else:
+            read_adapter(ref)
     # (the files' stamps before reading; a head loads where the load puts the weights: offloaded, the CPU)
     loader = HeadLoader(files.weights, dtype, device if offload == "none" else "cpu", str(files.root))
     state = read_state_dict(files.weights)
@@ -359,6 +370,8 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     # LoRA adapters are merged into what is loaded; a head left out is matched and checked on 'meta',
     # and merged when it loads (HeadLoader)
     adapters = merge_adapters(network, lora, record=loader.adapters) if lora else []
+    # (recorded with the outputs: a repo id as given, not its folder in this machine's cache)
+    adapters = [str(t) if f is not t else a for t, f, a in zip(typed, lora, adapters, strict=True)]
     loader.record_adapters()
     if network.loaded_heads() != ALL_HEADS:
         network.head_loader = loader

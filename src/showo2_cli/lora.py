@@ -95,6 +95,50 @@ def save_adapter(folder: Path, network: torch.nn.Module, config, metadata: dict 
     return folder
 
 
+def fetch_adapter(ref: str | os.PathLike, local_files_only: bool = False, progress=None) -> str | os.PathLike:
+    """The local form of the adapter ``ref``: ``ref`` itself when it is a path (a path comes first,
+    as for models), else, for a Hugging Face repo id (``owner/name``, maybe ``@revision``), the
+    cache's snapshot folder holding its ``adapter_config.json`` and ``adapter_model.safetensors``,
+    downloaded first where not cached (through the project's one download path, sizes and
+    checksums checked, ``progress`` getting the bytes) unless ``HF_HUB_OFFLINE`` or
+    ``local_files_only``. Anything else is returned as it is (:func:`find_adapter` says what is wrong)."""
+    from .hub import existing_path, is_repo_id, split_revision
+
+    if existing_path(ref) is not None:
+        return ref
+    repo, revision = split_revision(ref)
+    if not is_repo_id(repo):
+        return ref
+    from huggingface_hub import try_to_load_from_cache
+
+    from .hub_auth import access, offline
+    from .hub_download import download_files, remote_listing
+
+    pinned = repo if revision is None else f"{repo}@{revision}"
+    try:
+        cached = [try_to_load_from_cache(repo, n, revision=revision, cache_dir=access().cache_dir)
+                  for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)]
+    except (OSError, ValueError):
+        cached = [None]
+    if all(isinstance(c, str) for c in cached):
+        return Path(cached[0]).parent
+    if offline() or local_files_only:
+        why = "HF_HUB_OFFLINE is set" if offline() else "local_files_only is set"
+        raise ModelError(f"--lora: '{pinned}' is not a local folder, and no LoRA adapter of that repo id is in the "
+                         f"Hugging Face cache ({why}); download it while online")
+    try:
+        remote = remote_listing(repo, "LoRA adapter", revision)
+    except ModelError as e:  # (a mistyped relative path, runs/my-lora, is shaped like a repo id)
+        raise ModelError(f"--lora: '{pinned}' is not a local folder, and {e}") from None
+    if ADAPTER_CONFIG not in remote or ADAPTER_WEIGHTS not in remote:
+        model = " (it is a model: give it as --model)" if "config.json" in remote and ADAPTER_CONFIG not in remote else ""
+        pickle = (" (its adapter_model.bin is a pickle: only safetensors adapters are downloaded)"
+                  if "adapter_model.bin" in remote else "")
+        raise ModelError(f"--lora: '{pinned}' on the Hub is not a LoRA adapter: it has no {ADAPTER_CONFIG} and "
+                         f"{ADAPTER_WEIGHTS} at its top{model or pickle}")
+    return download_files(repo, [ADAPTER_CONFIG, ADAPTER_WEIGHTS], progress, "LoRA adapter", revision, remote)
+
+
 def find_adapter(ref: str | os.PathLike) -> Path:
     """The adapter folder named by ``ref``: the folder itself, its ``adapter_model.safetensors``,
     a training checkpoint or a training run folder (its latest checkpoint)."""
@@ -108,11 +152,11 @@ def find_adapter(ref: str | os.PathLike) -> Path:
         if latest is not None:
             p = latest
     if not p.exists():
-        from .hub import REPO_ID
-
-        hub = f" (adapters on the Hub: hf download {ref} --local-dir DIR, then --lora DIR)" \
-            if REPO_ID.fullmatch(str(ref)) else ""
-        raise UsageError(f"--lora: '{ref}' does not exist{hub}")
+        raise UsageError(f"--lora: '{ref}' does not exist (give an adapter folder, a training run or a "
+                         "Hugging Face repo id: owner/name, maybe @revision)")
+    if p.is_dir() and not (p / ADAPTER_WEIGHTS).exists() and (p / "adapter_model.bin").is_file():
+        raise ModelError(f"--lora: '{ref}' holds adapter_model.bin, a pickle (peft's older format), which is not "
+                         f"loaded: only {ADAPTER_WEIGHTS} (what peft's save_pretrained writes by default)")
     if not p.is_dir() or not (p / ADAPTER_WEIGHTS).is_file() or not (p / ADAPTER_CONFIG).is_file():
         raise ModelError(f"--lora: '{ref}' is not a LoRA adapter (a folder with {ADAPTER_WEIGHTS} and "
                          f"{ADAPTER_CONFIG}, or a training run of a config with a [lora] section)")
@@ -148,6 +192,10 @@ def read_adapter(ref: str | os.PathLike):
     if not state or not all("lora_" in k for k in state):
         raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}' holds no LoRA tensors")
     odd = next((k for k, t in state.items() if not t.is_floating_point()), None)
+    if odd is None:  # (found here, before any model loads; merging refused them only at the end)
+        nan = next((k for k, t in state.items() if not torch.isfinite(t).all()), None)
+        if nan is not None:
+            raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}': {nan} holds NaN or infinite values")
     if odd is not None:  # an integer adapter would be truncated into the weights
         raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}': {odd} is {str(state[odd].dtype).replace('torch.', '')}, "
                          "not a floating-point tensor")
@@ -245,39 +293,56 @@ def load_adapter_state(network: torch.nn.Module, state: dict, where: str, adapte
                          f"place, {len(missing)} missing; e.g. {example})")
 
 
-def merge_adapters(network: torch.nn.Module, refs, record: list | None = None) -> list[str]:
-    """Merge each adapter of ``refs`` into ``network``'s weights, in order (``W += alpha/r * B A``),
-    leaving a plain network (no LoRA layers). Returns the adapter folders. A part of the network
-    left out (a :class:`~showo2_cli.modeling.parts.NotLoaded` head) takes part on 'meta': its
-    layers are matched and the adapter's tensors checked against them, but nothing is merged nor
-    held; ``record`` (a list) then gets, per adapter, ``(folder, the names of the layers it adapts
-    there)``, for :func:`merge_recorded` when that part loads."""
+def merge_adapters(network: torch.nn.Module, refs, record: list | None = None, weight: float = 1.0) -> list[str]:
+    """Merge each adapter of ``refs`` into ``network``'s weights, in order (``W += weight * alpha/r
+    * B A``), leaving a plain network (no LoRA layers). Returns the adapter folders. A part of the
+    network left out (a :class:`~showo2_cli.modeling.parts.NotLoaded` head) takes part on 'meta':
+    its layers are matched and the adapter's tensors checked against them, but nothing is merged
+    nor held; ``record`` (a list) then gets, per adapter, ``(folder, the names of the layers it
+    adapts there, weight)``, for :func:`merge_recorded` when that part loads."""
     done = []
     with _left_out_on_meta(network) as left_out:
         for i, ref in enumerate(refs):
-            config, state, folder = read_adapter(ref)
-            targets = config.target_modules
-            if isinstance(targets, str):  # peft: a regular expression over the full module names
-                if targets != "all-linear" and not _matches_linear(network, targets):
-                    raise ModelError(f"LoRA adapter '{folder}': target_modules {short(targets, 60)!r} matches no "
-                                     "linear layer of this model")
-            else:
-                missing = [t for t in sorted(targets) if not _has_linear(network, t)]
-                if missing:
-                    raise ModelError(f"LoRA adapter '{folder}' targets layers this model does not have (e.g. {missing[0]})")
-            names = _merge_one(network, config, state, folder, f"lora{i}", left_out)
+            folder, names = _apply(network, ref, f"lora{i}", left_out, weight)
             if record is not None:
-                record.append((str(folder), names))
+                record.append((str(folder), names, weight))
             done.append(str(folder))
     return done
 
 
+def adapted_layers(spec, ref) -> tuple[str, list[str]]:
+    """(folder, the full names of the layers it adapts) of the adapter ``ref`` on a network of
+    ``spec``, its tensors checked against those layers' shapes: on 'meta', so nothing is read but
+    the adapter and nothing is allocated (what a load checks before it reads the weights)."""
+    from .modeling.showo2 import Showo2Model
+
+    with torch.device("meta"):
+        skeleton = Showo2Model(spec)
+    folder, names = _apply(skeleton, ref, "adapter", [n for n, _ in skeleton.named_children()], 1.0)
+    return str(folder), names
+
+
+def _apply(network: torch.nn.Module, ref, name: str, left_out: list[str], weight: float) -> tuple[Path, list[str]]:
+    """Read the adapter ``ref``, match its targets in ``network`` and merge it (:func:`_merge_one`)."""
+    config, state, folder = read_adapter(ref)
+    targets = config.target_modules
+    if isinstance(targets, str):  # peft: a regular expression over the full module names
+        if targets != "all-linear" and not _matches_linear(network, targets):
+            raise ModelError(f"LoRA adapter '{folder}': target_modules {short(targets, 60)!r} matches no "
+                             "linear layer of this model")
+    else:
+        missing = [t for t in sorted(targets) if not _has_linear(network, t)]
+        if missing:
+            raise ModelError(f"LoRA adapter '{folder}' targets layers this model does not have (e.g. {missing[0]})")
+    return folder, _merge_one(network, config, state, folder, name, left_out, weight)
+
+
 def merge_recorded(network: torch.nn.Module, recorded: list, within: list[str]) -> None:
-    """Merge the adapters of ``recorded`` (what :func:`merge_adapters` recorded) into the layers
-    under ``within`` (modules of ``network`` that were left out then and are loaded now, under
-    their names at the time), as merging them then would have: the same layers, ranks, scales and
-    tensors, in the same order, through peft."""
-    for i, (folder, names) in enumerate(recorded):
+    """Merge the adapters of ``recorded`` (what :func:`merge_adapters` recorded: ``(folder, names)``
+    or ``(folder, names, weight)``) into the layers under ``within`` (modules of ``network`` that
+    were left out then and are loaded now, under their names at the time), as merging them then
+    would have: the same layers, ranks, scales, weights and tensors, in the same order, through peft."""
+    for i, (folder, names, *weight) in enumerate(recorded):
         names = [n for n in names if any(n == w or n.startswith(w + ".") for w in within)]
         if not names:
             continue
@@ -286,11 +351,13 @@ def merge_recorded(network: torch.nn.Module, recorded: list, within: list[str]) 
         state = {k: v for k, v in state.items() if k.removeprefix(PEFT_PREFIX).split(".lora_")[0] in names}
         with warnings.catch_warnings():  # the patterns of the other layers (matched on load) match none here
             warnings.filterwarnings("ignore", message=".*_pattern keys did not match", category=RuntimeWarning)
-            _merge_one(network, config, state, folder, f"lora{i}", [])
+            _merge_one(network, config, state, folder, f"lora{i}", [], weight[0] if weight else 1.0)
 
 
-def _merge_one(network: torch.nn.Module, config, state: dict, folder, name: str, left_out: list[str]) -> list[str]:
-    """Inject, fill and merge one adapter; returns the names of the layers it adapted under ``left_out``."""
+def _merge_one(network: torch.nn.Module, config, state: dict, folder, name: str, left_out: list[str],
+               weight: float = 1.0) -> list[str]:
+    """Inject, fill and merge one adapter (its scale times ``weight``, diffusers' adapter weight);
+    returns the names of the layers it adapted under ``left_out``."""
     with quiet_imports():
         from peft import inject_adapter_in_model
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -304,8 +371,11 @@ def _merge_one(network: torch.nn.Module, config, state: dict, folder, name: str,
     with warnings.catch_warnings():  # a part left out: its tensors are checked, not copied (torch says so)
         warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
         load_adapter_state(network, state, str(folder), adapter_name=name)
-    names = [n for n, m in network.named_modules() if isinstance(m, BaseTunerLayer)
-             and any(n == w or n.startswith(w + ".") for w in left_out)]
+    layers = [(n, m) for n, m in network.named_modules() if isinstance(m, BaseTunerLayer)]
+    if weight != 1.0:  # (1.0: the scale untouched, the merge bit for bit what it was)
+        for _, module in layers:
+            module.scaling[name] *= weight
+    names = [n for n, _ in layers if any(n == w or n.startswith(w + ".") for w in left_out)]
     unload(network, merge=True, adapter_name=name)
     return names
 

@@ -44,6 +44,7 @@ from .options import (
     GenerateOptions,
     RuntimeOptions,
 )
+from .pipeline_lora import LoraLoaderMixin
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
 from .pipelines.arguments import (
     CAPTION_NAMES,
@@ -79,9 +80,9 @@ class Showo2PipelineOutput(BaseOutput):
     results: list | None = None
 
 
-class Showo2Pipeline:
+class Showo2Pipeline(LoraLoaderMixin):
     """A loaded Show-o2 model with diffusers' calling conventions. Calls on one pipeline (generation,
-    ``caption``, ``to``) run one at a time: threads sharing it wait their turn."""
+    ``caption``, ``to``, ``load_lora_weights``) run one at a time: threads sharing it wait their turn."""
 
     def __init__(self, model: Showo2):
         # one call at a time (runtime.one_call_at_a_time): a call's state lives here, as diffusers keeps it
@@ -122,7 +123,8 @@ class Showo2Pipeline:
         the CLI options; its ``device`` and ``dtype`` (when not ``auto``) stand for ``device`` and
         ``torch_dtype`` when those are not given.
         ``lora``: a LoRA adapter (a folder, a checkpoint or a training run) or a list of them,
-        merged into the weights in order as ``--lora`` does. The network's heads load on first
+        merged into the weights in order as ``--lora`` does (or a Hugging Face repo id; later:
+        :meth:`load_lora_weights`, bit for bit the same). The network's heads load on first
         use (``load(heads=())``): the flow head with the first generation, an untied ``lm_head``
         with the first :meth:`caption`; :meth:`save_pretrained` loads what is missing first.
 

@@ -341,8 +341,20 @@ VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_
                                              "model's, then $SHOWO2_VAE).")]
 OffloadOpt = Annotated[Offload, typer.Option("--offload", help="Keep the weights in CPU memory (accelerate): model = one "
                                              "component on the device at a time, sequential = one layer at a time (least memory, slowest).")]
-LoraOpt = Annotated[list[Path] | None, typer.Option("--lora", metavar="<path>", help="A LoRA adapter (a folder with adapter_model.safetensors, "
-                                                    "or a `showo2 train` run with [lora]) merged into the model's weights; "
+def _existing_adapters(refs: list[Path] | None) -> list[Path] | None:
+    """``--lora``'s check as the command line is parsed, before the command runs: a path that does
+    not exist and is no Hugging Face repo id fails first, without torch (it failed after the
+    imports, the default model's lookup and the model files' checks: about 20 s on a busy machine)."""
+    from ..hub import check_adapter_name
+
+    for ref in refs or ():
+        check_adapter_name(ref)
+    return refs
+
+
+LoraOpt = Annotated[list[Path] | None, typer.Option("--lora", metavar="<path>", callback=_existing_adapters, help="A LoRA adapter (a folder with adapter_model.safetensors, "
+                                                    "a `showo2 train` run with [lora], or a Hugging Face repo id, "
+                                                    "repo@revision to pin one) merged into the model's weights; "
                                                     "repeatable, applied in order.")]
 MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB "
                                                  "(default: $SHOWO2_MAX_MEMORY_GB, else the memory available now; 0: no limit).")]

@@ -145,9 +145,10 @@ def convert(
     files = find_files(src, vae=vae)
     if not files.weights:
         raise ModelError(f"'{src}' has no weights")
-    from ..lora import find_adapter, merge_adapters
+    from ..lora import fetch_adapter, find_adapter, merge_adapters
 
-    adapter_folders = [find_adapter(ref) for ref in lora or []]
+    lora = [fetch_adapter(ref) for ref in lora or []]  # a repo id: its cached (or downloaded) folder
+    adapter_folders = [find_adapter(ref) for ref in lora]
     from ..media import check_folder_keeps_inputs
 
     if overwrite:  # replacing a folder that holds the source, its VAE or an adapter would delete it

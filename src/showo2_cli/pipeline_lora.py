@@ -1,0 +1,192 @@
+"""LoRA adapters after loading, with diffusers' names: ``pipe.load_lora_weights(...)`` and
+``pipe.unload_lora_weights()`` (the mixin :class:`LoraLoaderMixin` of
+:class:`~showo2_cli.pipeline.Showo2Pipeline`).
+
+An adapter is merged into the weights as ``from_pretrained(lora=)`` merges it (this project runs
+merged adapters only: no LoRA layer is left in the network), so loading one after
+``from_pretrained`` gives, bit for bit, what giving it to ``from_pretrained`` gives: the layers it
+adapts are copied to the CPU, merged there by the same peft merge as on load
+(:func:`showo2_cli.lora.merge_recorded`), and copied back; a head not loaded yet records the
+adapter and merges it when it loads (``loading.HeadLoader``), as on load.
+
+``unload_lora_weights`` restores the weights as they were before the first ``load_lora_weights``
+bit for bit: not by subtracting (floating point does not give the base back) but from the copies
+of the adapted layers' weights kept in CPU memory by the first merge into each (so an adapter over
+every linear layer keeps a second copy of those weights until unloaded); a head loaded since is
+left out again and loads anew on its next use. Adapters given to ``from_pretrained(lora=)`` are part
+of the loaded model and stay.
+
+diffusers' ``fuse_lora`` / ``unfuse_lora`` are not provided: every adapter here is fused already
+(``load_lora_weights`` is diffusers' load then ``fuse_lora``), and unfusing by subtraction is what
+``unload_lora_weights`` avoids. Refused, as diffusers refuses to fuse into them: quantized weights
+(``int8wo``/``nf4``: the merge would round into the quantization grid, and unloading could not
+restore them), CPU offload (accelerate's hooks hold the weights) and compiled networks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from .errors import ModelError, UsageError
+from .runtime import cpu_by_default, one_call_at_a_time
+
+
+class LoraLoaderMixin:
+    """``load_lora_weights`` / ``unload_lora_weights`` for a pipeline holding a loaded model in
+    ``self.model`` (:class:`~showo2_cli.loading.Showo2`)."""
+
+    @one_call_at_a_time
+    @cpu_by_default  # as load: a caller's default device ("cuda", "meta") made peft's LoRA layers there
+    @torch.inference_mode(False)  # a caller's inference mode would make the merged weights inference tensors
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict: str | os.PathLike, adapter_name: str | None = None,
+                          *, weight: float = 1.0, revision: str | None = None, local_files_only: bool = False,
+                          cache_dir: str | os.PathLike | None = None, token: bool | str | None = None) -> str:
+        """Merge the LoRA adapter of a folder (peft's layout: ``adapter_model.safetensors`` and
+        ``adapter_config.json``), a ``showo2 train`` checkpoint or run, or a Hugging Face repo id
+        (``owner/name``, ``@revision`` or ``revision=`` pins one; downloaded into the cache unless
+        cached, ``local_files_only`` or ``HF_HUB_OFFLINE``; ``cache_dir`` and ``token`` as in
+        :meth:`from_pretrained`) into the weights, scaled by ``weight`` (diffusers'
+        ``set_adapters(..., adapter_weights=)``; 1.0: the adapter's own alpha/r). ``adapter_name``
+        (default ``default_0``, ``default_1``, ...) must be new. The adapter is read and checked
+        against the model's layers before any weight changes. Returns the adapter's name."""
+        from .hub import with_revision
+        from .hub_auth import hub_access
+        from .lora import adapted_layers, fetch_adapter
+
+        ref = pretrained_model_name_or_path_or_dict
+        if not isinstance(ref, (str, os.PathLike)):
+            raise TypeError(f"load_lora_weights takes an adapter folder or a Hugging Face repo id, got "
+                            f"{type(ref).__name__} (a state dict is not taken: save it with peft first)")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise TypeError(f"weight must be a finite number, got {weight!r}")
+        names = [entry["name"] for entry in self._lora_loaded]
+        if adapter_name is None:
+            adapter_name = next(f"default_{i}" for i in range(len(names) + 1) if f"default_{i}" not in names)
+        if not isinstance(adapter_name, str) or not adapter_name.strip():
+            raise ValueError(f"adapter_name must be a non-empty string, got {adapter_name!r}")
+        if adapter_name in names:
+            raise ValueError(f"adapter name {adapter_name!r} is already in use (loaded: {', '.join(names)}); "
+                             "pass another adapter_name, or unload_lora_weights() first")
+        network = self._lora_network("load a LoRA adapter into")
+        ref = with_revision(ref, revision)
+        with hub_access(cache_dir, token):
+            fetched = fetch_adapter(ref, local_files_only)
+        folder, layers = adapted_layers(self.model.spec, fetched)  # (read and checked: nothing changed yet)
+        stand_ins = _stand_ins(network)
+        later = [n for n in layers if any(n == p or n.startswith(p + ".") for p in stand_ins)]
+        now = [n for n in layers if n not in later]
+        loader = network.head_loader
+        if later and loader is None:
+            raise ModelError("this network has heads left out without a loader to load them; load the model again")
+        saved = self.__dict__.get("_lora_saved")
+        if saved is None:
+            saved = {"originals": {}, "recorded": len(loader.adapters) if loader is not None else 0,
+                     "adapters": len(self.model.adapters), "left_out": _left_out_heads(network)}
+        _merge_on_cpu(network, folder, now, weight, saved["originals"])
+        if later:  # merged when the head loads, as on load
+            loader.adapters.append((folder, later, float(weight)))
+            loader.record_adapters()
+        self.__dict__["_lora_saved"] = saved
+        shown = str(ref) if fetched is not ref else folder  # a repo id as given, not its folder in the cache
+        self.model.adapters.append(shown if weight == 1.0 else {"path": shown, "weight": float(weight)})
+        self._lora_loaded.append({"name": adapter_name, "path": shown, "weight": float(weight)})
+        return adapter_name
+
+    @one_call_at_a_time
+    @torch.inference_mode(False)
+    def unload_lora_weights(self) -> None:
+        """Take out every adapter :meth:`load_lora_weights` merged: the weights are those from
+        before its first call again, bit for bit (see the module's notes); nothing to do when none
+        was loaded."""
+        saved = self.__dict__.get("_lora_saved")
+        if saved is None:
+            return
+        network = self._lora_network("unload LoRA adapters from")
+        from .modeling.showo2 import HEADS
+
+        with torch.no_grad():
+            for name, original in saved["originals"].items():
+                if not any(name == p or name.startswith(p + ".") for p in _stand_ins(network)):
+                    network.get_parameter(name).copy_(original)
+        reload = [h for h in saved["left_out"] if h in network.loaded_heads()]
+        if reload:  # loaded since, with the adapters merged in: left out again, to load anew on first use
+            network.leave_out(tuple(h for h in HEADS if h not in reload))
+        loader = network.head_loader
+        if loader is not None:
+            del loader.adapters[saved["recorded"]:]
+            loader.record_adapters()
+        del self.model.adapters[saved["adapters"]:]
+        del self.__dict__["_lora_saved"]
+        self._lora_loaded.clear()
+
+    def get_list_adapters(self) -> list[str]:
+        """The names of the adapters :meth:`load_lora_weights` merged, in order."""
+        return [entry["name"] for entry in self._lora_loaded]
+
+    @property
+    def _lora_loaded(self) -> list[dict]:
+        return self.__dict__.setdefault("_lora_entries", [])
+
+    def _lora_network(self, doing: str):
+        """The network, where merging into it and restoring it can be exact; else a UsageError."""
+        if self.model.offload != "none":
+            raise UsageError(f"cannot {doing} a pipeline with {self.model.offload} CPU offload (accelerate's hooks "
+                             "hold the weights); do it before enable_model_cpu_offload()")
+        if self.model.quantize != "none":
+            raise UsageError(f"cannot {doing} {self.model.quantize}-quantized weights (the merge would not be exact, "
+                             "nor restorable); pass the adapter as from_pretrained(lora=...) instead")
+        network = self.model.network
+        loader = getattr(getattr(network, "_orig_mod", network), "head_loader", None)
+        runtime = getattr(loader, "runtime", None)
+        if hasattr(network, "_orig_mod") or getattr(runtime, "compile", False) or any(
+                getattr(m, "_compiled_call_impl", None) is not None for m in network.modules()):
+            raise UsageError(f"cannot {doing} a compiled network; pass the adapter as from_pretrained(lora=...), "
+                             "or load it before compiling")
+        return network
+
+
+def _stand_ins(network) -> list[str]:
+    from .modeling.parts import NotLoaded
+
+    return [n for n, m in network.named_modules() if isinstance(m, NotLoaded)]
+
+
+def _left_out_heads(network) -> tuple[str, ...]:
+    from .modeling.showo2 import HEADS
+
+    return tuple(h for h in HEADS if h not in network.loaded_heads())
+
+
+@torch.no_grad()
+def _merge_on_cpu(network, folder: str, names: list[str], weight: float, originals: dict) -> None:
+    """Merge the adapter of ``folder`` into the layers ``names`` of ``network`` as the load merges
+    it (on the CPU, in the weights' dtype, through :func:`~showo2_cli.lora.merge_recorded`), keeping
+    each weight's first value in ``originals``. All or nothing: the network changes only after
+    every layer merged."""
+    from .lora import merge_recorded
+
+    if not names:
+        return
+    holder = torch.nn.Module()  # the layers under their names in the network, their weights on the CPU
+    holder.spec = network.spec
+    for name in names:
+        layer = network.get_submodule(name)
+        copy = torch.nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
+        copy.weight = torch.nn.Parameter(layer.weight.detach().to("cpu", copy=True), requires_grad=False)
+        owner = holder
+        parent, _, child = name.rpartition(".")
+        for step in parent.split(".") if parent else ():
+            if not hasattr(owner, step):
+                owner.add_module(step, torch.nn.Module())
+            owner = getattr(owner, step)
+        owner.add_module(child, copy)
+    merge_recorded(holder, [(folder, names, weight)], names)
+    for name in names:
+        key = name + ".weight"
+        if key not in originals:
+            originals[key] = network.get_parameter(key).detach().to("cpu", copy=True)
+    for name in names:
+        network.get_submodule(name).weight.copy_(holder.get_submodule(name).weight)
