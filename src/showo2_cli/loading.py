@@ -355,7 +355,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
         typed, lora = lora, [fetch_adapter(ref, local_files_only) for ref in lora]  # a repo id: its cached folder
     # every adapter read and checked before the weights are: its files, and its tensors against the
     # layers' shapes where the config gives them (a showo2 folder's; an official config needs the weights)
-    early = spec_from_files(files, {}) if files.format == "showo2" else None
+    early = spec_from_files(files, {}) if lora and files.format == "showo2" else None
     for ref in lora:
         if early is not None:
             adapted_layers(early, ref)

@@ -353,8 +353,8 @@ def _existing_adapters(refs: list[Path] | None) -> list[Path] | None:
 
 
 LoraOpt = Annotated[list[Path] | None, typer.Option("--lora", metavar="<path>", callback=_existing_adapters, help="A LoRA adapter (a folder with adapter_model.safetensors, "
-                                                    "a `showo2 train` run with [lora], or a Hugging Face repo id, "
-                                                    "repo@revision to pin one) merged into the model's weights; "
+                                                    "a Hugging Face repo id, repo@revision to pin one, "
+                                                    "or a `showo2 train` run with [lora]) merged into the model's weights; "
                                                     "repeatable, applied in order.")]
 MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB "
                                                  "(default: $SHOWO2_MAX_MEMORY_GB, else the memory available now; 0: no limit).")]
