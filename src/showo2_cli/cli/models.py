@@ -145,10 +145,12 @@ def convert(
     files = find_files(src, vae=vae)
     if not files.weights:
         raise ModelError(f"'{src}' has no weights")
-    from ..lora import fetch_adapter, find_adapter, merge_adapters
+    from ..lora import fetch_adapter, find_adapter, merge_adapters, read_adapter
 
-    lora = [fetch_adapter(ref) for ref in lora or []]  # a repo id: its cached (or downloaded) folder
+    typed, lora = list(lora or []), [fetch_adapter(ref) for ref in lora or []]  # a repo id: its cached folder
     adapter_folders = [find_adapter(ref) for ref in lora]
+    for ref in lora:  # each read and checked (files, values) before the weights are
+        read_adapter(ref)
     from ..media import check_folder_keeps_inputs
 
     if overwrite:  # replacing a folder that holds the source, its VAE or an adapter would delete it
@@ -162,7 +164,8 @@ def convert(
         network = build_network(spec, {k: v for k, v in state.items()}, torch.float32 if lora else ref_dtype,
                                 where=str(files.root))
         if lora:  # merged in float32, written in the chosen dtype (keep: the checkpoint's own)
-            adapters = merge_adapters(network, lora)
+            adapters = merge_adapters(network, lora)  # (recorded: a repo id as given, not its cache folder)
+            adapters = [str(t) if f is not t else a for t, f, a in zip(typed, lora, adapters, strict=True)]
             kept = {k: v.dtype for k, v in state.items()}
             state = {k: v.to(kept.get(k, v.dtype)) for k, v in network.state_dict().items()}
         del network
