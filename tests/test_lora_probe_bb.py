@@ -205,3 +205,15 @@ def test_adapters_are_checked_before_the_weights_are_read(untied, adapters, tmp_
     with pytest.raises(ModelError, match="diffusion_head_b.linear.lora_B.* holds NaN or infinite values"):
         load(untied, lora=[nan], heads=())  # (a head left out: its merge, which refused NaN, came at first use)
     assert reads == []
+
+    # an official config's sizes come from the weights: checked once they are read, before the network is built
+    from conftest import PARITY_DIR
+
+    if not PARITY_DIR.is_dir():
+        pytest.skip("no parity fixtures")
+    builds = []
+    build = loading.build_network
+    monkeypatch.setattr(loading, "build_network", lambda *a, **k: builds.append(a) or build(*a, **k))
+    with pytest.raises(ModelError, match="does not fit this model"):  # (its flow-head tensor one row too many)
+        load(PARITY_DIR / "model", vae=sorted((PARITY_DIR / "vae").glob("*.pth"))[0], lora=[wide])
+    assert builds == []

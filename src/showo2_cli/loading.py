@@ -365,6 +365,8 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     loader = HeadLoader(files.weights, dtype, device if offload == "none" else "cpu", str(files.root))
     state = read_state_dict(files.weights)
     spec = spec_from_files(files, state)
+    for ref in lora if early is None else ():  # an official config: its sizes known now, before the network is built
+        adapted_layers(spec, ref)
     network = build_network(spec, state, dtype, where=str(files.root), heads=() if heads is None else heads).eval()
     del state
     # LoRA adapters are merged into what is loaded; a head left out is matched and checked on 'meta',
