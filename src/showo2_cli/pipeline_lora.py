@@ -60,8 +60,11 @@ class LoraLoaderMixin:
         if not isinstance(ref, (str, os.PathLike)):
             raise TypeError(f"load_lora_weights takes an adapter folder or a Hugging Face repo id, got "
                             f"{type(ref).__name__} (a state dict is not taken: save it with peft first)")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        from .pipelines.arguments import real_number
+
+        if weight is None or not math.isfinite(real_number(weight, "weight")):  # (numpy's numbers too)
             raise TypeError(f"weight must be a finite number, got {weight!r}")
+        weight = float(weight)
         names = [entry["name"] for entry in self._lora_loaded]
         if adapter_name is None:
             adapter_name = next(f"default_{i}" for i in range(len(names) + 1) if f"default_{i}" not in names)
