@@ -136,6 +136,14 @@ def check_depths(spec: ModelSpec, state: dict, where: str) -> None:
                          f"embedding is {tuple(emb.shape)}")
 
 
+def _declared_depth(declared: int | None, deleted: int, state: dict, pattern: str) -> int:
+    """A depth as the official constructor builds it: from the config that states it (less the
+    ``deleted`` last layers: SigLIP's), else the blocks the weights hold. The official loader
+    ignores blocks beyond the stated depth and fails on fewer; ``check_depths`` refuses both
+    before anything is built, where counting the weights ran another network than the official."""
+    return max(int(declared) - deleted, 0) if declared is not None else _count(state, pattern)
+
+
 def _shape(state: dict, key: str, root: Path) -> tuple[int, ...]:
     if key not in state:
         under = next((k[:-len(key)] for k in state if k.endswith("." + key)), None)
@@ -262,7 +270,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     visual = grid * grid_w + 1
     changes = dict(
         name=files.name, hidden_size=hidden, vocab_size=embed[0],
-        num_layers=_count(state, r"showo\.model\.layers\.(\d+)\."),
+        num_layers=_declared_depth(llm_cfg.get("num_hidden_layers"), 0, state, DEPTHS[0][1]),
         num_heads=heads, head_dim=head_dim, num_kv_heads=kv_dim // head_dim,
         intermediate_size=_shape(state, "showo.model.layers.0.mlp.gate_proj.weight", root)[0],
         # a Qwen2 config without it gets transformers' Qwen2Config default, as in the official code
@@ -272,7 +280,8 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         tie_word_embeddings=bool(tied),
         max_position_embeddings=int(_typed(llm_cfg, "max_position_embeddings", "int", files.llm_config) or 32768),
         clip_latent_dim=clip_dim, latent_channels=und[1], patch_size=patch,
-        semantic_layers=_count(state, r"und_trans\.layers\.(\d+)\."),
+        semantic_layers=_declared_depth(_typed(sig_cfg, "num_hidden_layers", "int", files.siglip_config), 1, state,
+                                        DEPTHS[1][1]),
         semantic_heads=int(_typed(sig_cfg, "num_attention_heads", "int", files.siglip_config)
                            or (SIGLIP_DEFAULT_HEADS if sig_cfg else base.semantic_heads if base else 16)),
         semantic_intermediate=_semantic_intermediate(state, sig_cfg, files.siglip_config, base, root),
@@ -282,7 +291,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         rope_scaling=_llm_rope_scaling(llm_cfg, files.llm_config),
         position_embedding_rows=pos_rows,
         head_hidden=_shape(state, "diffusion_head_b.linear.weight", root)[1],
-        head_layers=_count(state, r"diffusion_head_a\.(\d+)\."),
+        head_layers=_declared_depth(cfg.get("num_diffusion_layers"), 0, state, DEPTHS[2][1]),
         head_dim_flow=q_norm,
         head_heads=_shape(state, "diffusion_head_a.0.self_attn.q_proj.weight", root)[0] // q_norm,
         head_kv_heads=_shape(state, "diffusion_head_a.0.self_attn.k_proj.weight", root)[0] // q_norm,
