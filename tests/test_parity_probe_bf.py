@@ -52,7 +52,7 @@ def test_weights_of_another_depth_than_the_config_states_are_refused(tmp_path, p
     with pytest.raises(ModelError) as info:
         load(folder, need=())
     message = str(info.value)
-    assert re.search(rf"the config says {field} = {n} but the weights hold {n + change} such block", message), message
+    assert re.search(rf"the config says {field} = {n} \(of an official checkpoint: [^)]*\) but the weights hold {n + change} ", message), message
     assert info.value.exit_code == 4 and "\n" not in message
 
 

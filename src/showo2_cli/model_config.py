@@ -117,19 +117,21 @@ def _count(state: dict, pattern: str) -> int:
     return len({m.group(1) for k in state if (m := rx.match(k))})
 
 
-#: (spec field, key pattern whose group(1) counts the blocks) of every repeated block.
-DEPTHS = (("num_layers", r"showo\.model\.layers\.(\d+)\."), ("semantic_layers", r"und_trans\.layers\.(\d+)\."),
-          ("head_layers", r"diffusion_head_a\.(\d+)\."))
+#: (spec field, key pattern whose group(1) counts the blocks, where an official checkpoint states
+#: that depth) of every repeated block.
+DEPTHS = (("num_layers", r"showo\.model\.layers\.(\d+)\.", "llm/config.json's num_hidden_layers"),
+          ("semantic_layers", r"und_trans\.layers\.(\d+)\.", "the SigLIP config's num_hidden_layers less 1"),
+          ("head_layers", r"diffusion_head_a\.(\d+)\.", "config.json's num_diffusion_layers"))
 
 
 def check_depths(spec: ModelSpec, state: dict, where: str) -> None:
     """Every depth (and the width) a config declares must be what the weights hold: compared from
     the keys and shapes before a network is built, so an absurd config fails at once."""
-    for field_name, pattern in DEPTHS:
+    for field_name, pattern, official in DEPTHS:
         have, want = _count(state, pattern), getattr(spec, field_name)
         if have != want:
-            raise ModelError(f"'{where}': the config says {field_name} = {want} but the weights hold {have} "
-                             "such block(s)")
+            raise ModelError(f"'{where}': the config says {field_name} = {want} (of an official checkpoint: "
+                             f"{official}) but the weights hold {have} such block(s)")
     emb = state.get("showo.model.embed_tokens.weight")
     if emb is not None and tuple(emb.shape) != (spec.vocab_size, spec.hidden_size):
         raise ModelError(f"'{where}': the config says vocab {spec.vocab_size} x hidden {spec.hidden_size} but the "
