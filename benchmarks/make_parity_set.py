@@ -52,6 +52,16 @@ PUBLIC = dict(
     mask_layout={"B": 2, "LEN": 24, "modality_positions": [[[3, 6], [12, 5]], [[2, 9], [0, 0]]]},
 )
 
+#: what the "7b" and "1.5b" variants share (see there)
+_SHAPES_OF_RELEASED = dict(
+    rope_theta=1e6, clip_latent_dim=48, siglip_intermediate_size=179, siglip_layers_before_deletion=3, siglip_heads=16,
+    head_hidden=32, head_dim=4, head_intermediate=128, head_heads=8, head_kv_heads=2, num_diffusion_layers=2,
+    image_latent_height=3, vae_image_shape=[1, 3, 1, 48, 48], t2i_guidance=7.5, time_shifting_factor=3.0,
+    mmu_max_new_tokens=10, t2v_guidance=5.0, t2v_steps=3, vid_und_question="Describe the video.",
+    vid_und_max_new_tokens=6, dynres_max_seq_len=40, dynres_prompt="a red car",
+)
+_RELEASED_LLM_EXTRA = dict(torch_dtype="bfloat16", bos_token_id=151643, eos_token_id=151645)
+
 VARIANTS = {
     # other widths and depths, an odd token grid, untied embeddings (as in the 7B), two prompts per
     # generation case, more latent frames, a non-ASCII question and a prompt exactly max_text_len long
@@ -100,6 +110,24 @@ VARIANTS = {
         dynres_max_seq_len=30, dynres_prompt='ab  cd\n', dynres_fixed_t=1.0,
         mask_layout={"B": 1, "LEN": 20, "modality_positions": [[[19, 1], [1, 17]]]},
     ),
+    # the released checkpoints' proportions at tiny width (probe BF): "7b" Qwen2.5-7B's 7:1 GQA,
+    # intermediate 5.29x hidden, rope_theta 1e6, untied, a larger LLM config table, and a flow head
+    # NARROWER than the LLM; "1.5b" Qwen2.5-1.5B's 6:1 GQA, 5.83x, tied, a flow head WIDER than the
+    # LLM. Both: the flow head's 4:1 GQA and 4x MLP, SigLIP-so400m's 16 heads and 3.74x MLP, the
+    # real LLM configs' window fields and token ids, 8 / 4 video-understanding frames.
+    "7b": dict(_SHAPES_OF_RELEASED, seed=7070, hidden_size=56, llm_intermediate_size=296, llm_layers=2, llm_heads=7,
+               llm_kv_heads=1, llm_config_vocab_size=600, tie_word_embeddings=False, vae_video_shape=[1, 3, 9, 24, 24],
+               t2i_prompts=["a photo of a cat", "an astronaut riding a horse on the moon, highly detailed"],
+               t2i_max_seq_len=30, t2i_steps=5, t2i_fixed_t=0.5, mmu_question="Describe the image in detail.",
+               t2v_prompts=["a dog runs on the beach"], t2v_latent_frames=5, t2v_max_seq_len=64, t2v_fixed_t=0.3,
+               vid_und_frames=8, dynres_grid=4, dynres_fixed_t=0.2,
+               llm_config_extra=dict(_RELEASED_LLM_EXTRA, max_window_layers=28, sliding_window=131072)),
+    "1.5b": dict(_SHAPES_OF_RELEASED, seed=1515, hidden_size=24, llm_intermediate_size=140, llm_layers=3, llm_heads=12,
+                 llm_kv_heads=2, llm_config_vocab_size=560, tie_word_embeddings=True, vae_video_shape=[1, 3, 5, 24, 24],
+                 t2i_prompts=["a photo of a cat"], t2i_max_seq_len=24, t2i_steps=6, t2i_fixed_t=0.8,
+                 mmu_question="What is shown?", t2v_prompts=["fireworks"], t2v_latent_frames=3, t2v_max_seq_len=40,
+                 t2v_fixed_t=0.7, vid_und_frames=4, dynres_grid=5, dynres_fixed_t=0.4,
+                 llm_config_extra=dict(_RELEASED_LLM_EXTRA, max_window_layers=21, sliding_window=32768)),
 }
 
 VAE_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632,
