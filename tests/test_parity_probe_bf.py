@@ -67,3 +67,18 @@ def test_the_stated_depths_are_the_official_ones():
         hidden, _ = model.network.llm(case["input_embeds"], case["attention_mask_bool"])
         logits = model.network.logits(hidden)
     torch.testing.assert_close(logits, case["prompt_logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_a_config_that_states_no_depth_takes_the_weights_count(tmp_path):
+    """An LLM config without ``num_hidden_layers`` (and a SigLIP config without it) keeps the
+    earlier reading: the blocks the weights hold."""
+    import json
+
+    folder = tmp_path / "model"
+    shutil.copytree(VARIANT_B / "model", folder, ignore=shutil.ignore_patterns("*.bin"))
+    for path, inner in ((folder / "llm" / "config.json", None), (folder / "siglip" / "config.json", "vision_config")):
+        cfg = json.loads(path.read_text())
+        (cfg[inner] if inner else cfg).pop("num_hidden_layers")
+        path.write_text(json.dumps(cfg))
+    spec = load(folder, need=()).spec
+    assert (spec.num_layers, spec.semantic_layers) == (3, 3)
