@@ -376,6 +376,8 @@ def test_a_head_of_a_model_offloaded_on_load_loads_in_cpu_memory(untied, monkeyp
     import showo2_cli.runtime as runtime
 
     runtime_options = RuntimeOptions(offload="model")
+    if not torch.cuda.is_available():  # (load checks the device now, probe BA): the weights stay in CPU
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # memory, the GPU is only named
     eager = load(untied, device="cuda", runtime=runtime_options, heads=ALL_HEADS).network.state_dict()
     lazy = load(untied, device="cuda", runtime=runtime_options, heads=())
     asked = []

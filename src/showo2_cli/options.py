@@ -265,10 +265,17 @@ class RuntimeOptions:
 
     def __post_init__(self) -> None:
         plain_numbers(self)
+        # a torch.device / torch.dtype (or "torch.bfloat16") is its name, as the Python API takes them
+        for name in ("device", "dtype"):
+            value = getattr(self, name)
+            if type(value).__module__ == "torch" and type(value).__name__ in ("device", "dtype"):
+                value = str(value)
+            if isinstance(value, str):
+                setattr(self, name, value.removeprefix("torch."))
 
     def validate(self) -> None:
         check_device(self.device)
-        check_dtype(self.dtype)
+        check_dtype(self.dtype, ("auto", "float64"))  # (float64: Python callers', as load's dtype=; not the CLI's)
         check_number("--max-memory", self.max_memory_gb, 0)
         if self.max_memory_gb is None:
             env_memory_limit()  # a bad $SHOWO2_MAX_MEMORY_GB fails now, not after the model loads

@@ -52,7 +52,6 @@ from .pipelines.arguments import (
     call_seeds,
     check_caption_kwargs,
     check_pretrained_kwargs,
-    checked_dtype,
     device_from_map,
     outputs_as,
     prompt_list,
@@ -60,7 +59,14 @@ from .pipelines.arguments import (
     real_number,
     whole_number,
 )
-from .runtime import cpu_by_default, enable_offload, one_call_at_a_time, pick_device, pick_dtype
+from .runtime import (
+    cpu_by_default,
+    enable_offload,
+    load_placement,
+    one_call_at_a_time,
+    pick_device,
+    python_dtype,
+)
 from .sampling import StopSampling
 
 #: the device errors of runtime.pick_device as a Python caller reads them
@@ -157,16 +163,11 @@ class Showo2Pipeline(LoraLoaderMixin):
                 raise ValueError("pass device or device_map, not both")
             device = device_from_map(device_map)
         name = with_revision(name, revision)
-        if runtime is not None:  # its device and dtype stand for the arguments not given (load refuses a clash)
-            device = device if device is not None or runtime.device == "auto" else runtime.device
-            torch_dtype = torch_dtype if torch_dtype is not None or runtime.dtype == "auto" else runtime.dtype
         with python_names(DEVICE_NAMES):
-            dev = pick_device(str(device or "cpu"))
-        if isinstance(torch_dtype, str) and torch_dtype == "auto":  # transformers' "auto": the device's best
-            dtype = pick_dtype("auto", dev)
-        else:
-            dtype = checked_dtype(torch_dtype) if torch_dtype is not None else \
-                pick_dtype("auto" if str(device) == "auto" else "fp32", dev)
+            if runtime is not None:
+                runtime.validate()
+            # api.load's one reading of device, torch_dtype ("auto" too) and the options', before any download
+            dev, dtype = load_placement(runtime, device, torch_dtype)
         with hub_access(cache_dir, token):  # this call's cache and token, for the pull and the load alike
             fetch(name, force_download, local_files_only, progress, when_needed=True)
             return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime,
@@ -230,8 +231,8 @@ class Showo2Pipeline(LoraLoaderMixin):
                 raise ValueError("pass the device first and the dtype second: .to(device, dtype)")
             device, dtype = None, device
         with python_names(DEVICE_NAMES):
-            self.model.to(device=pick_device(str(device)) if device is not None else None,
-                          dtype=checked_dtype(dtype) if dtype is not None else None)
+            device = pick_device(str(device)) if device is not None else None
+            self.model.to(device=device, dtype=python_dtype(dtype, device or self.model.device) if dtype is not None else None)
         return self
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device | None = None) -> None:

@@ -173,7 +173,7 @@ def pick_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
+        raise UsageError(f"--device {device}: no CUDA device is available")
     if device == "mps" and not mps:
         raise UsageError("--device mps: MPS is not available")
     if device == "cuda" and process_rank()[1] > 1:  # one GPU per process under accelerate/torchrun
@@ -191,24 +191,76 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return torch_dtype(dtype)
 
 
-def load_placement(runtime, device=None, dtype=None) -> tuple[str | torch.device, torch.dtype]:
-    """Where ``loading.load`` builds a model: its ``device``/``dtype`` arguments, else the
-    :class:`~showo2_cli.options.RuntimeOptions`' own when not ``auto``, else the CPU in float32
-    (diffusers' default). An argument and an option that disagree are a :class:`UsageError`: one of
-    them would be ignored."""
-    rt_device = runtime.device if runtime is not None and runtime.device != "auto" else None
-    rt_dtype = runtime.dtype if runtime is not None and runtime.dtype != "auto" else None
-    if rt_device is not None:
-        chosen = pick_device(rt_device)
-        if device is not None and torch.device(str(device)) != torch.device(chosen):
+#: the dtypes a Python caller may compute in: the CLI's (:data:`TORCH_DTYPES`) and float64
+PYTHON_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def python_device(device: str | torch.device) -> str:
+    """A device a Python caller passes (``"auto"``, ``"cpu"``, ``"cuda:0"``, ``"MPS"``, a
+    ``torch.device``), checked and resolved as ``--device`` is (:func:`pick_device`); a wrong one is
+    one :class:`UsageError` line naming ``device`` and the accepted values."""
+    from .errors import rename_options
+
+    try:
+        return pick_device(str(device))
+    except UsageError as e:
+        raise UsageError(rename_options(str(e), {"--device": "device"})) from None
+
+
+def python_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """A dtype a Python caller passes: ``"auto"`` (bf16 on CUDA, float32 elsewhere, as ``--dtype
+    auto``), a name of the dtype table (any case, ``torch.`` prefix or not) or a torch dtype, of
+    float32, bfloat16, float16, or float64 (the one Python callers get beyond the CLI's)."""
+    if isinstance(dtype, str) and dtype.strip().lower() == "auto":
+        return pick_dtype("auto", str(device))
+    name = str(dtype).lower().removeprefix("torch.") if isinstance(dtype, (str, torch.dtype)) else None
+    if name in ("float64", "fp64", "double"):
+        return torch.float64
+    try:
+        found = torch_dtype(dtype) if name is not None else None
+    except UsageError:
+        found = None
+    if found not in PYTHON_DTYPES:
+        from .errors import short
+
+        raise UsageError(f"dtype must be auto, fp32, bf16, fp16 or float64 (a name or a torch dtype), got "
+                         f"'{short(dtype)}'")
+    return found
+
+
+def _is_auto(value) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
+def load_placement(runtime, device=None, dtype=None) -> tuple[str, torch.dtype]:
+    """Where ``loading.load`` (and ``Showo2Pipeline.from_pretrained``) builds a model, the one
+    reading of the placement arguments: ``device`` (:func:`python_device`) and ``dtype``
+    (:func:`python_dtype`), else the :class:`~showo2_cli.options.RuntimeOptions`' own when not
+    ``auto``, else the CPU in float32 (diffusers' default). ``"auto"`` passed as an argument is the
+    best one (CUDA, then MPS, then the CPU; bf16 on CUDA), and defers to the options' explicit
+    value as an argument not given does (``torch_dtype="auto"`` with ``RuntimeOptions(dtype="bf16")``
+    is bf16). A given argument and an option that disagree are a :class:`UsageError`: one of them
+    would be ignored."""
+    auto_device, auto_dtype = _is_auto(device), _is_auto(dtype)
+    device = None if auto_device else device
+    dtype = None if auto_dtype else dtype
+    rt_device = runtime.device if runtime is not None and not _is_auto(runtime.device) else None
+    rt_dtype = runtime.dtype if runtime is not None and not _is_auto(runtime.dtype) else None
+    if device is not None:
+        dev = python_device(device)
+        if rt_device is not None and torch.device(dev) != torch.device(pick_device(rt_device)):
             raise UsageError(f"device '{device}' and RuntimeOptions(device='{rt_device}') disagree: pass one")
-        device = device if device is not None else chosen
-    if rt_dtype is not None:
-        if dtype is not None and torch_dtype(dtype) != torch_dtype(rt_dtype):
-            raise UsageError(f"dtype {dtype_label(torch_dtype(dtype))} and RuntimeOptions(dtype='{rt_dtype}') "
-                             "disagree: pass one")
-        dtype = dtype if dtype is not None else rt_dtype
-    return (device if device is not None else "cpu"), torch_dtype(dtype if dtype is not None else torch.float32)
+    else:
+        dev = pick_device(rt_device if rt_device is not None else "auto" if auto_device else "cpu")
+    if dtype is not None:
+        dt = python_dtype(dtype, dev)
+        if rt_dtype is not None and dt != python_dtype(rt_dtype):
+            raise UsageError(f"dtype {dtype_label(dt)} and RuntimeOptions(dtype='{rt_dtype}') disagree: pass one")
+    elif rt_dtype is not None:
+        dt = python_dtype(rt_dtype)
+    else:
+        dt = pick_dtype("auto" if auto_dtype or auto_device else "fp32", dev)
+    return dev, dt
 
 
 # ---- CPU offload ------------------------------------------------------------------------------

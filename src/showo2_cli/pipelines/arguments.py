@@ -13,7 +13,6 @@ import torch
 
 from ..errors import UsageError
 from ..options import MAX_MEMORY_ENV, seed_from_torch
-from ..runtime import torch_dtype
 
 SEED_LIMIT = 2**63 - 1
 
@@ -165,21 +164,6 @@ def call_seeds(generator, seed, count: int) -> list[int] | None:
             raise ValueError(f"got {len(generator)} generators for {count} outputs: give one, or one per output")
         return [generator_seed(g) for g in generator]
     return [generator_seed(generator)]
-
-
-#: the dtypes a pipeline computes in (float64 too: it works, for precision studies)
-PIPELINE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
-def checked_dtype(value) -> torch.dtype:
-    """A ``torch_dtype`` (a torch dtype or a name) the pipeline computes in."""
-    if isinstance(value, str) and value.lower().removeprefix("torch.") in ("float64", "fp64", "double"):
-        return torch.float64  # the names of the one dtype the pipeline takes beyond the CLI's
-    dtype = torch_dtype(value)
-    if dtype not in PIPELINE_DTYPES:
-        raise UsageError(f"torch_dtype must be torch.float32, torch.bfloat16, torch.float16 (or torch.float64), "
-                         f"got {dtype}")
-    return dtype
 
 
 def outputs_as(results, output_type: str, video: bool):
