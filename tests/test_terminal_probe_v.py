@@ -127,7 +127,8 @@ def test_a_server_clients_error_names_request_fields_not_command_line_options(mo
     err = api_error_of(refused)
     assert (err.status, err.code) == (422, "too_large")
     assert "--" not in err.message, err.message
-    assert "lower size or n (raise the limit with the server's SHOWO2_MAX_MEMORY_GB)" in err.message
+    assert ("lower size or n (raise the limit with the server's max-memory setting or SHOWO2_MAX_MEMORY_GB)"
+            in err.message)  # (serve has --max-memory since probe BA)
     assert "needs about" in err.message and "allowed by SHOWO2_MAX_MEMORY_GB" in err.message
 
 
@@ -142,7 +143,8 @@ def test_a_pipeline_callers_error_names_the_variable_once(monkeypatch):
         raise refused
     text = str(e.value)
     assert "--" not in text
-    assert text.endswith("; lower width/height, num_frames or batch_size (raise the limit with SHOWO2_MAX_MEMORY_GB)")
+    assert text.endswith("; lower width/height, num_frames or batch_size (raise the limit with "
+                         "RuntimeOptions(max_memory_gb=...) or SHOWO2_MAX_MEMORY_GB)")  # (its limit since probe BA)
 
 
 def _option_names_in_messages() -> dict[str, list[str]]:

@@ -135,7 +135,7 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
         padded = np.stack([pad(f) for f in in_memory.frames])
     else:  # each frame padded as it is decoded: 32 frames of a 4K video are never held whole
         padded = M.read_video(source, num_frames=count, max_pixels=max_pixels,
-                              max_bytes=decode_budget(opts.max_memory_gb), fit=pad).frames
+                              max_bytes=decode_budget(model.memory_limit(opts.max_memory_gb)), fit=pad).frames
     pixels = M.frames_to_tensor(padded).permute(1, 0, 2, 3)[:, :, None]  # (K,3,1,H,W)
     pixels = pixels.to(vae.device)
     # one generator for all the frames: frame k's noise is the k-th slice of one (K, ...) draw, as the

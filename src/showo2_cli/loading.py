@@ -199,6 +199,13 @@ class Showo2:
         self.quantize = "none"  # weight-only quantization applied on load (recorded with generated outputs)
         self.offload = "none"  # CPU offload (runtime.enable_offload): accelerate's hooks place the weights
         self.vae_given: str | None = None  # a VAE given to load() in place of the model's (recorded likewise)
+        self.max_memory_gb: float | None = None  # RuntimeOptions' memory limit: its jobs' when theirs is None
+
+    def memory_limit(self, option: float | None) -> float | None:
+        """A job's memory limit (``max_memory_gb`` of its options) or, when it gives none, the one
+        the model was loaded with (``RuntimeOptions.max_memory_gb``: ``serve --max-memory``, a chat's
+        ``/t2i``); None leaves it to ``$SHOWO2_MAX_MEMORY_GB``, else the memory available."""
+        return option if option is not None else self.max_memory_gb
 
     @property
     def device(self) -> torch.device:
@@ -308,8 +315,10 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     merged into the weights in order; ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the
     attention backend, quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`),
     applied after the adapters are merged, then its CPU offload (:func:`showo2_cli.runtime.enable_offload`);
-    its ``device`` and ``dtype`` (when not ``auto``) place the model unless ``device``/``dtype`` are
-    given (default: the CPU in float32; arguments that disagree with them are refused). A repo id that is not cached is downloaded when
+    its ``max_memory_gb`` is the memory limit of the model's jobs that give none; its ``device`` and
+    ``dtype`` (when not ``auto``) place the model unless ``device``/``dtype`` are given (default: the
+    CPU in float32; ``"auto"`` the best; arguments that disagree with them are refused: the one
+    reading of these values, :func:`showo2_cli.runtime.load_placement`). A repo id that is not cached is downloaded when
     online, unless ``local_files_only``. ``use_safetensors=True`` (diffusers' switch) refuses a
     model whose weights or VAE file are pickles (``.bin``/``.pth``, which are otherwise read with
     ``torch.load(weights_only=True)``) before anything is read. ``cache_dir``, ``token`` and
@@ -393,6 +402,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     bundle = Showo2(spec, network, tokenizer, tokens, vae_model, files)
     bundle.adapters = adapters
     bundle.vae_given = os.fspath(vae) if vae is not None else None
+    bundle.max_memory_gb = runtime.max_memory_gb if runtime is not None else None
     bundle.to(device=device if offload == "none" else "cpu")  # offloaded: kept in CPU memory, run on device
     apply(bundle, runtime)
     enable_offload(bundle, offload, device)

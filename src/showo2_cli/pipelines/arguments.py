@@ -56,8 +56,9 @@ PYTHON_NAMES = {
     "--batch-size": "batch_size", "--frames": "num_frames", "--sampler": "sampler", "--shift": "shift",
     "--seed": "seed", "--negative-prompt": "negative_prompt", "--offload": "enable_model_cpu_offload()",
     "--quantize": "RuntimeOptions(quantize=...)", "--vae-tiling auto": "enable_vae_tiling()",
-    "--vae-tiling": "enable_vae_tiling()", "--max-memory": MAX_MEMORY_ENV,
-    f"--max-memory or {MAX_MEMORY_ENV}": MAX_MEMORY_ENV,  # the call has no argument for it: the variable once
+    "--vae-tiling": "enable_vae_tiling()", "--max-memory": "RuntimeOptions(max_memory_gb=...)",
+    # the limit a pipeline is loaded with (from_pretrained(runtime=)), else the variable: each named once
+    f"--max-memory or {MAX_MEMORY_ENV}": f"RuntimeOptions(max_memory_gb=...) or {MAX_MEMORY_ENV}",
 }
 CAPTION_NAMES = {
     "--size": "size", "--frames": "frames", "--max-new-tokens": "max_new_tokens", "--temperature": "temperature",

@@ -142,7 +142,7 @@ def _memory_args(model: Showo2, opts: GenerateOptions, frames: int, video: bool,
     ``count`` outputs."""
     vae = model.require_vae()
     return (model.spec, model.dtype, tuple(opts.size), frames, video, min(opts.batch_size, count),
-            opts.max_memory_gb, model.device, vae.base_dim, vae.tiling, vae.tile)
+            model.memory_limit(opts.max_memory_gb), model.device, vae.base_dim, vae.tiling, vae.tile)
 
 
 def generation_latent_shape(spec, size: tuple[int, int], frames: int, video: bool) -> tuple[int, ...]:

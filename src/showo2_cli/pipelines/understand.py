@@ -45,8 +45,8 @@ def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: f
     seq = frames * spec.und_video_pool ** 2 + 512
     encode = model.vae.encode_memory_gb(1, side, side) if model.vae is not None else 0.0
     need = pixels / 1e9 + max(encode, estimate_memory_gb(model, 1, seq, 0))
-    check_memory(need, f"understanding {frames} frame(s) at {side}x{side}", max_memory_gb, model.network.device,
-                 "lower --frames")
+    check_memory(need, f"understanding {frames} frame(s) at {side}x{side}", model.memory_limit(max_memory_gb),
+                 model.network.device, "lower --frames")
     return need
 
 
@@ -68,7 +68,7 @@ def check_answer_memory(model: Showo2, prompt_tokens: int, answer_tokens: int, w
     from ..runtime import check_memory
 
     need = answer_memory_gb(model, prompt_tokens, answer_tokens)
-    check_memory(need, what, max_memory_gb, model.network.device, advice)
+    check_memory(need, what, model.memory_limit(max_memory_gb), model.network.device, advice)
     return need
 
 

@@ -26,7 +26,9 @@ SERVE_NAMES = {
     "--seed": "seed", "--negative-prompt": "negative_prompt", "--max-new-tokens": "max_tokens",
     "--temperature": "temperature", "--top-p": "top_p",
     "lower --frames": "the server reads a fixed number of frames of any video",
-    "--max-memory": f"the server's {MAX_MEMORY_ENV}", f"--max-memory or {MAX_MEMORY_ENV}": f"the server's {MAX_MEMORY_ENV}",
+    # the limit is the server's (``serve --max-memory``, else the variable), which a client cannot pass
+    "--max-memory": "the server's max-memory setting",
+    f"--max-memory or {MAX_MEMORY_ENV}": f"the server's max-memory setting or {MAX_MEMORY_ENV}",
 }
 
 
