@@ -167,7 +167,7 @@ class Showo2Pipeline(LoraLoaderMixin):
             if runtime is not None:
                 runtime.validate()
             # api.load's one reading of device, torch_dtype ("auto" too) and the options', before any download
-            dev, dtype = load_placement(runtime, device, torch_dtype)
+            dev, dtype = load_placement(runtime, device, torch_dtype, "torch_dtype")
         with hub_access(cache_dir, token):  # this call's cache and token, for the pull and the load alike
             fetch(name, force_download, local_files_only, progress, when_needed=True)
             return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime,

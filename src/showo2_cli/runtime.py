@@ -207,23 +207,24 @@ def python_device(device: str | torch.device) -> str:
         raise UsageError(rename_options(str(e), {"--device": "device"})) from None
 
 
-def python_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+def python_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu", name: str = "dtype") -> torch.dtype:
     """A dtype a Python caller passes: ``"auto"`` (bf16 on CUDA, float32 elsewhere, as ``--dtype
     auto``), a name of the dtype table (any case, ``torch.`` prefix or not) or a torch dtype, of
-    float32, bfloat16, float16, or float64 (the one Python callers get beyond the CLI's)."""
+    float32, bfloat16, float16, or float64 (the one Python callers get beyond the CLI's). ``name``:
+    the caller's argument, for the message (``torch_dtype`` in ``from_pretrained``)."""
     if isinstance(dtype, str) and dtype.strip().lower() == "auto":
         return pick_dtype("auto", str(device))
-    name = str(dtype).lower().removeprefix("torch.") if isinstance(dtype, (str, torch.dtype)) else None
-    if name in ("float64", "fp64", "double"):
+    key = str(dtype).lower().removeprefix("torch.") if isinstance(dtype, (str, torch.dtype)) else None
+    if key in ("float64", "fp64", "double"):
         return torch.float64
     try:
-        found = torch_dtype(dtype) if name is not None else None
+        found = torch_dtype(dtype) if key is not None else None
     except UsageError:
         found = None
     if found not in PYTHON_DTYPES:
         from .errors import short
 
-        raise UsageError(f"dtype must be auto, fp32, bf16, fp16 or float64 (a name or a torch dtype), got "
+        raise UsageError(f"{name} must be auto, fp32, bf16, fp16 or float64 (a name or a torch dtype), got "
                          f"'{short(dtype)}'")
     return found
 
@@ -232,7 +233,7 @@ def _is_auto(value) -> bool:
     return isinstance(value, str) and value.strip().lower() == "auto"
 
 
-def load_placement(runtime, device=None, dtype=None) -> tuple[str, torch.dtype]:
+def load_placement(runtime, device=None, dtype=None, dtype_name: str = "dtype") -> tuple[str, torch.dtype]:
     """Where ``loading.load`` (and ``Showo2Pipeline.from_pretrained``) builds a model, the one
     reading of the placement arguments: ``device`` (:func:`python_device`) and ``dtype``
     (:func:`python_dtype`), else the :class:`~showo2_cli.options.RuntimeOptions`' own when not
@@ -240,7 +241,7 @@ def load_placement(runtime, device=None, dtype=None) -> tuple[str, torch.dtype]:
     best one (CUDA, then MPS, then the CPU; bf16 on CUDA), and defers to the options' explicit
     value as an argument not given does (``torch_dtype="auto"`` with ``RuntimeOptions(dtype="bf16")``
     is bf16). A given argument and an option that disagree are a :class:`UsageError`: one of them
-    would be ignored."""
+    would be ignored. ``dtype_name``: the caller's name of ``dtype``, for the messages."""
     auto_device, auto_dtype = _is_auto(device), _is_auto(dtype)
     device = None if auto_device else device
     dtype = None if auto_dtype else dtype
@@ -253,9 +254,9 @@ def load_placement(runtime, device=None, dtype=None) -> tuple[str, torch.dtype]:
     else:
         dev = pick_device(rt_device if rt_device is not None else "auto" if auto_device else "cpu")
     if dtype is not None:
-        dt = python_dtype(dtype, dev)
+        dt = python_dtype(dtype, dev, dtype_name)
         if rt_dtype is not None and dt != python_dtype(rt_dtype):
-            raise UsageError(f"dtype {dtype_label(dt)} and RuntimeOptions(dtype='{rt_dtype}') disagree: pass one")
+            raise UsageError(f"{dtype_name} {dtype_label(dt)} and RuntimeOptions(dtype='{rt_dtype}') disagree: pass one")
     elif rt_dtype is not None:
         dt = python_dtype(rt_dtype)
     else:
