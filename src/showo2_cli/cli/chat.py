@@ -19,22 +19,15 @@ from typing import Annotated
 import typer
 
 from ..errors import ResourceError, is_out_of_memory, one_line, rename_options
-from ..options import DEFAULT_MAX_NEW_TOKENS, check_max_context
+from ..options import DEFAULT_MAX_NEW_TOKENS, RuntimeOptions, check_max_context
 from . import common
 from .common import (
-    AttnOpt,
-    CompileOpt,
-    DeviceOpt,
-    DtypeOpt,
     LoraOpt,
     MaskMode,
-    MaxMemOpt,
     ModelOpt,
-    QuantizeOpt,
     QuietOpt,
     Template,
     VaeOpt,
-    VaeTilingOpt,
 )
 
 COMMANDS = {
@@ -356,6 +349,7 @@ def _lines(interactive: bool, show_prompt: bool, max_bytes: int = 2**20):
             return
 
 
+@common.with_runtime_options
 def chat(
     media: Annotated[list[Path] | None, typer.Argument(
         help="Images or videos for the first question.")] = None,
@@ -385,10 +379,7 @@ def chat(
                                                   "(default: the checkpoint's).")] = None,
     template: Annotated[Template | None, typer.Option("--template", help="official or training: the first "
                                                       "turn's template (default: the checkpoint's).")] = None,
-    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    attn: AttnOpt = "sdpa", compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto",
-    quantize: QuantizeOpt = "none", max_memory: MaxMemOpt = None,
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, runtime: RuntimeOptions = None,
     quiet: QuietOpt = False,
 ):
     """Chat about images and videos, and generate images, with one resident model.
@@ -402,11 +393,9 @@ def chat(
 
     opts = CaptionOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                           seed=seed, frames=frames, mask_mode=C.value(mask), template=C.value(template),
-                          repetition_penalty=repetition_penalty, min_p=min_p, max_memory_gb=max_memory)
+                          repetition_penalty=repetition_penalty, min_p=min_p, max_memory_gb=runtime.max_memory_gb)
     opts.validate()
     C.notice_unused_sampling(opts)
-    dtype = getattr(dtype, "value", dtype)
-    runtime = C.runtime_options(device, dtype, attn=attn, compile_=compile_, vae_tiling=vae_tiling, quantize=quantize)
     if max_context is not None:  # before the model loads
         check_max_context(max_context)
     for path in media or []:  # a bad file fails before the model loads
@@ -415,7 +404,7 @@ def chat(
         else:
             M.check_video(path)
 
-    bundle = C.load_model(model, device, dtype, vae=vae, runtime=runtime, lora=lora, vae_parts=("encoder",),
+    bundle = C.load_model(model, runtime, vae=vae, lora=lora, vae_parts=("encoder",),
                           heads=("lm_head",))  # the decoder and flow head on the first /t2i
     from ..chat import Conversation  # torch: after load_model's check of the model's name
     if opts.seed is None and opts.sampling().sampled:  # every answer of the chat is drawn with it: printed

@@ -257,16 +257,17 @@ def fetch_if_needed(model: str) -> None:
             pull(model, progress=progress)
 
 
-def load_model(model: str | None, device: str, dtype: str, vae: Path | None = None, need=("tokenizer", "VAE"),
-               runtime=None, lora: list[Path] | None = None,
-               vae_parts: tuple[str, ...] = ("encoder", "decoder"), heads: tuple[str, ...] | None = None):
-    """Resolve (downloading when needed), load, and place the model: on the device, or with
-    ``runtime``'s ``offload`` in CPU memory behind accelerate's hooks that run it on the device.
-    ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) also brings the attention backend,
-    compilation, VAE tiling and quantization, all applied by ``loading.load``; the
-    ``--lora`` adapters are merged into the weights first. ``vae_parts``: the halves of the VAE the
-    command uses (the others load on first use, see ``loading.load``); ``heads``: the network's heads
-    loaded now, the others on first use (None: each on first use)."""
+def load_model(model: str | None, runtime, vae: Path | None = None, need=("tokenizer", "VAE"),
+               lora: list[Path] | None = None, vae_parts: tuple[str, ...] = ("encoder", "decoder"),
+               heads: tuple[str, ...] | None = None):
+    """Resolve (downloading when needed), load, and place the model as ``runtime``
+    (:class:`~showo2_cli.options.RuntimeOptions`, the command's :func:`with_runtime_options`) says:
+    its device and dtype, its ``offload`` (weights in CPU memory behind accelerate's hooks that run
+    them on the device), attention backend, compilation, VAE tiling, quantization and memory limit,
+    all applied by ``loading.load``; the ``--lora`` adapters are merged into the weights first.
+    ``vae_parts``: the halves of the VAE the command uses (the others load on first use, see
+    ``loading.load``); ``heads``: the network's heads loaded now, the others on first use (None:
+    each on first use)."""
     from ..hub import check_name
 
     model = model_name(model)
@@ -274,8 +275,8 @@ def load_model(model: str | None, device: str, dtype: str, vae: Path | None = No
     from ..loading import load
     from ..runtime import pick_device, pick_dtype
 
-    dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
+    dev = pick_device(runtime.device)
+    dt = pick_dtype(runtime.dtype, dev)
     fetch_if_needed(model)
     with status(f"loading {short(model, 60)}"):
         bundle = load(model, vae=vae, device=dev, dtype=dt, need=need, runtime=runtime, lora=tuple(lora or ()),
@@ -285,25 +286,7 @@ def load_model(model: str | None, device: str, dtype: str, vae: Path | None = No
     return bundle
 
 
-def runtime_options(device: str, dtype, max_memory: float | None = None, offload="none", attn="sdpa",
-                    compile_: bool = False, vae_tiling="auto", quantize="none"):
-    """The command's :class:`~showo2_cli.options.RuntimeOptions`, validated (before any model loads)."""
-    from ..options import RuntimeOptions
-
-    runtime = RuntimeOptions(device, value(dtype), max_memory, offload=value(offload), attn=value(attn),
-                             compile=compile_, vae_tiling=value(vae_tiling), quantize=value(quantize))
-    runtime.validate()
-    return runtime
-
-
 # ---- option types shared by the commands (choices are enums, so --help lists them) -------------
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
 
 #: ``--dtype``: auto and every name of the one dtype table (``bf16`` and ``bfloat16`` alike, any case),
 #: as ``init``, ``convert`` and the Python API take them
@@ -367,3 +350,44 @@ VaeTilingOpt = Annotated[VaeTiling, typer.Option("--vae-tiling", help="Decode/en
 QuantizeOpt = Annotated[Quantize, typer.Option("--quantize", help="Weight-only quantization of the LLM and flow head: "
                                                "none, int8wo (int8 weights with per-row scales, torchao) or nf4 "
                                                "(4-bit NormalFloat weights, bitsandbytes).")]
+
+
+#: The runtime options of every command that runs the model (``caption``, ``t2i``, ``t2v``,
+#: ``i2v``, ``chat``, ``serve``), one per field of :class:`~showo2_cli.options.RuntimeOptions`, in
+#: ``--help``'s order: (parameter, option type, default). :func:`with_runtime_options` gives them to
+#: a command, so none can leave one out.
+RUNTIME_PARAMS = (("device", DeviceOpt, "auto"), ("dtype", DtypeOpt, "auto"), ("max_memory", MaxMemOpt, None),
+                  ("offload", OffloadOpt, "none"), ("attn", AttnOpt, "sdpa"), ("compile_", CompileOpt, False),
+                  ("vae_tiling", VaeTilingOpt, "auto"), ("quantize", QuantizeOpt, "none"))
+
+
+def with_runtime_options(command):
+    """A command that runs the model takes every runtime option, declared once here: its
+    parameter ``runtime`` becomes the options of :data:`RUNTIME_PARAMS` (in its place in
+    ``--help``), and the command gets them as one validated
+    :class:`~showo2_cli.options.RuntimeOptions` (checked before anything else runs), which
+    :func:`load_model` hands to ``loading.load``, the one place that applies them."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(command, eval_str=True)
+    params = list(signature.parameters.values())
+    at = [p.name for p in params].index("runtime")
+    added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
+             for name, kind, default in RUNTIME_PARAMS]
+    params[at:at + 1] = added
+
+    @functools.wraps(command)
+    def run(**kwargs):
+        from ..options import RuntimeOptions
+
+        v = {name: value(kwargs.pop(name)) for name, _kind, _default in RUNTIME_PARAMS}
+        runtime = RuntimeOptions(v["device"], v["dtype"], v["max_memory"], offload=v["offload"], attn=v["attn"],
+                                 compile=v["compile_"], vae_tiling=v["vae_tiling"], quantize=v["quantize"])
+        runtime.validate()  # before the command's own checks, and long before any model loads
+        return command(runtime=runtime, **kwargs)
+
+    run.__signature__ = signature.replace(parameters=params)
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    del run.__wrapped__  # typer reads the signature above, not the command's
+    return run

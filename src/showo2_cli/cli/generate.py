@@ -16,37 +16,30 @@ from ..options import (
     MAX_SIDE,
     STEPS_RANGE,
     GenerateOptions,
+    RuntimeOptions,
     check_fps,
     random_seed,
     video_frames,
 )
 from ..processes import process_rank, process_share
 from .common import (
-    AttnOpt,
-    CompileOpt,
-    DeviceOpt,
-    DtypeOpt,
     JsonOpt,
     LoraOpt,
-    MaxMemOpt,
     ModelOpt,
-    OffloadOpt,
     OverwriteOpt,
     ProgressReporter,
-    QuantizeOpt,
     QuietOpt,
     Sampler,
     VaeOpt,
-    VaeTilingOpt,
     emit,
     load_model,
     model_name,
     notice,
     one_voice,
     partial,
-    runtime_options,
     setup,
     value,
+    with_runtime_options,
 )
 
 SizeOpt = Annotated[str | None, typer.Option("--size", help=f"N or WIDTHxHEIGHT, multiples of 16, at most {MAX_SIDE} (default: the model's resolution).")]
@@ -67,8 +60,8 @@ VIDEO_HELP = "out.mp4/.webm/.gif/.mov/.mkv"
 
 
 def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | None, opts: GenerateOptions,
-        model: str | None, vae: Path | None, device: str, dtype, noise: Path | None, save_latents: bool,
-        fps: float | None, image: Path | None, size: str | None, overwrite: bool, accel: tuple = (),
+        model: str | None, vae: Path | None, runtime: RuntimeOptions, noise: Path | None, save_latents: bool,
+        fps: float | None, image: Path | None, size: str | None, overwrite: bool,
         lora: list[Path] | None = None) -> int:
     """The one generation command: every check before the model loads, then generate and save.
     Under a launch of several processes, each makes its share of the run's outputs
@@ -77,7 +70,6 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     from .. import media as M
     from .. import saving as O
 
-    runtime = runtime_options(device, dtype, opts.max_memory_gb, *accel)
     opts.size = M.parse_size(size)
     if noise is not None:  # the outputs start from the file's noise: no seed is used or recorded
         if opts.seed is not None:
@@ -120,7 +112,7 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
 
         try:
             _make(kind, prompts, plans[share.start:share.stop], share if world > 1 else None, opts, model, vae,
-                  device, dtype, noise, fps, image, overwrite, runtime, lora, records)
+                  noise, fps, image, overwrite, runtime, lora, records)
         except BaseException as e:  # a failure or Ctrl-C after some outputs were written: say which
             if records:
                 partial(*report(records))
@@ -148,7 +140,7 @@ def _launch_group(world: int):
 
 
 def _make(kind: str, prompts: list[str], plans: list, share: range | None, opts: GenerateOptions, model, vae,
-          device, dtype, noise, fps, image, overwrite: bool, runtime, lora, records: list[dict]) -> None:
+          noise, fps, image, overwrite: bool, runtime, lora, records: list[dict]) -> None:
     """Load the model and make the outputs of ``share`` (all: None) of the run as ``plans``,
     each saved (and its record added to ``records``) as soon as its batch is done."""
     from .. import media as M
@@ -164,7 +156,7 @@ def _make(kind: str, prompts: list[str], plans: list, share: range | None, opts:
     if not plans:  # this process's share of a launch is empty: it loads nothing
         return
     check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(plans)), runtime, len(prompts))
-    bundle = load_model(name, device, value(dtype), vae=vae, runtime=runtime, lora=lora,  # t2i/t2v never encode
+    bundle = load_model(name, runtime, vae=vae, lora=lora,  # t2i/t2v never encode
                         vae_parts=("encoder", "decoder") if kind == "i2v" else ("decoder",),
                         heads=("flow_head",))  # nor the language head (an untied one is its own weights)
     if process_rank()[0] == 0:  # one run, one seed (agreed): the main process says it
@@ -285,6 +277,7 @@ def _frames(frames: int) -> int:
     return rounded
 
 
+@with_runtime_options
 def t2i(
     prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' reads the prompts from stdin, one a line (or use --prompts-file).")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp; several outputs get -000, -001, ...")] = None,
@@ -292,21 +285,20 @@ def t2i(
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 4, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, negative_prompt: NegativeOpt = "", sampler: SamplerOpt = DEFAULT_SAMPLER,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none", attn: AttnOpt = "sdpa",
-    compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto", quantize: QuantizeOpt = "none",
+    runtime: RuntimeOptions = None,
     overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Text to image."""
     setup(json_mode, quiet)
     one_voice()
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
-                           batch_size=batch_size, frames=1, method=value(sampler), max_memory_gb=max_memory,
+                           batch_size=batch_size, frames=1, method=value(sampler), max_memory_gb=runtime.max_memory_gb,
                            negative_prompt=negative_prompt)
-    return run("t2i", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, None, None,
-        size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize), lora)
+    return run("t2i", prompt, prompts_file, output, opts, model, vae, runtime, noise, save_latents, None, None,
+        size, overwrite, lora)
 
 
+@with_runtime_options
 def t2v(
     prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' reads the prompts from stdin, one a line (or use --prompts-file).")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
@@ -315,9 +307,7 @@ def t2v(
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, negative_prompt: NegativeOpt = "", sampler: SamplerOpt = DEFAULT_SAMPLER,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none", attn: AttnOpt = "sdpa",
-    compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto", quantize: QuantizeOpt = "none",
+    runtime: RuntimeOptions = None,
     overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Text to video (needs a checkpoint trained for video generation, e.g. the bundled demo)."""
@@ -325,11 +315,12 @@ def t2v(
     one_voice()
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
-                           max_memory_gb=max_memory, negative_prompt=negative_prompt)
-    return run("t2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, None,
-        size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize), lora)
+                           max_memory_gb=runtime.max_memory_gb, negative_prompt=negative_prompt)
+    return run("t2v", prompt, prompts_file, output, opts, model, vae, runtime, noise, save_latents, fps, None,
+        size, overwrite, lora)
 
 
+@with_runtime_options
 def i2v(
     image: Annotated[Path, typer.Argument(help="The first frame.")],
     prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' reads the prompts from stdin, one a line (or use --prompts-file).")] = None,
@@ -339,9 +330,7 @@ def i2v(
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, negative_prompt: NegativeOpt = "", sampler: SamplerOpt = DEFAULT_SAMPLER,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto", max_memory: MaxMemOpt = None, offload: OffloadOpt = "none", attn: AttnOpt = "sdpa",
-    compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto", quantize: QuantizeOpt = "none",
+    runtime: RuntimeOptions = None,
     overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Image to video: the image's latent is the fixed first latent frame."""
@@ -349,9 +338,9 @@ def i2v(
     one_voice()
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
-                           max_memory_gb=max_memory, negative_prompt=negative_prompt)
-    return run("i2v", prompt, prompts_file, output, opts, model, vae, device, dtype, noise, save_latents, fps, image,
-        size, overwrite, (value(offload), attn, compile_, vae_tiling, quantize), lora)
+                           max_memory_gb=runtime.max_memory_gb, negative_prompt=negative_prompt)
+    return run("i2v", prompt, prompts_file, output, opts, model, vae, runtime, noise, save_latents, fps, image,
+        size, overwrite, lora)
 
 
 __all__ = ["t2i", "t2v", "i2v", "run"]

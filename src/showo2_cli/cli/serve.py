@@ -8,19 +8,13 @@ from typing import Annotated
 
 import typer
 
-from ..options import DRAIN_TIMEOUT, ServerConfig
+from ..options import DRAIN_TIMEOUT, RuntimeOptions, ServerConfig
 from . import common
 from .common import (
-    AttnOpt,
-    CompileOpt,
-    DeviceOpt,
-    DtypeOpt,
     LoraOpt,
     ModelOpt,
-    QuantizeOpt,
     QuietOpt,
     VaeOpt,
-    VaeTilingOpt,
 )
 
 
@@ -33,6 +27,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@common.with_runtime_options
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for every interface: "
                                       "then set an API key).")] = "127.0.0.1",
@@ -62,18 +57,13 @@ def serve(
     timeout_keep_alive: Annotated[float, typer.Option(
         "--timeout-keep-alive", help="Seconds an idle connection stays open after an answer (behind a proxy "
         "that keeps connections open, make it longer than the proxy's).")] = ServerConfig.keep_alive_timeout,
-    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    attn: AttnOpt = "sdpa", compile_: CompileOpt = False, vae_tiling: VaeTilingOpt = "auto",
-    quantize: QuantizeOpt = "none",
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, runtime: RuntimeOptions = None,
     quiet: QuietOpt = False,
 ):
     """Serve the model over HTTP with the OpenAI API (chat completions, image generations, models)."""
     C = common
     C.setup(False, quiet)
     from ..errors import UsageError, rename_options
-    dtype = getattr(dtype, "value", dtype)
-    runtime = C.runtime_options(device, dtype, attn=attn, compile_=compile_, vae_tiling=vae_tiling, quantize=quantize)
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {port}")
     if not 0.001 <= max_body_mb <= 4096:  # (in MiB: ServerConfig's bytes are checked with the rest)
@@ -105,7 +95,7 @@ def serve(
                  f"model (set --api-key or {S.API_KEY_ENV})")
     try:
         name = C.model_name(model)
-        bundle = C.load_model(name, device, dtype, vae=vae, runtime=runtime, lora=lora)
+        bundle = C.load_model(name, runtime, vae=vae, lora=lora)
         config = dataclasses.replace(config, model_id=name, api_key=key, allow_origins=origins)
         S.serve(bundle, config, sock, drain_timeout=drain_timeout, log_level="warning" if quiet else "info",
                 on_ready=lambda url: C.notice(f"serving '{name}' on {url} (OpenAI API under {url}/v1)"))

@@ -9,38 +9,31 @@ from typing import Annotated
 
 import typer
 
-from ..options import DEFAULT_MAX_NEW_TOKENS
+from ..options import DEFAULT_MAX_NEW_TOKENS, RuntimeOptions
 from .common import (
     STATE,
-    AttnOpt,
-    CompileOpt,
-    DeviceOpt,
-    DtypeOpt,
     JsonOpt,
     LoraOpt,
     MaskMode,
-    MaxMemOpt,
     ModelOpt,
-    OffloadOpt,
     ProgressReporter,
-    QuantizeOpt,
     QuietOpt,
     Template,
     VaeOpt,
-    VaeTilingOpt,
     emit,
     flush,
     load_model,
     notice,
     notice_unused_sampling,
     one_answer_line,
-    runtime_options,
     setup,
     value,
+    with_runtime_options,
     write,
 )
 
 
+@with_runtime_options
 def caption(
     media: Annotated[Path, typer.Argument(help="An image or a video.")],
     question: Annotated[list[str] | None, typer.Option("--question", "-q", metavar="<str>", help="A question; repeat for several (default: describe it).")] = None,
@@ -56,9 +49,7 @@ def caption(
     template: Annotated[Template | None, typer.Option("--template", help="official (demo prompt) or training (stage-2 whitespace); default: what the checkpoint declares.")] = None,
     vae_sample: Annotated[bool, typer.Option("--vae-sample", help="Encode with the stochastic VAE sample, as the official demo.")] = False,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they are produced.")] = True,
-    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
-    max_memory: MaxMemOpt = None, offload: OffloadOpt = "none", attn: AttnOpt = "sdpa", compile_: CompileOpt = False,
-    vae_tiling: VaeTilingOpt = "auto", quantize: QuantizeOpt = "none",
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, runtime: RuntimeOptions = None,
     json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Answer questions about an image or a video (one answer per line on stdout)."""
@@ -68,18 +59,17 @@ def caption(
 
     opts = CaptionOptions(questions=list(question or []), max_new_tokens=max_new_tokens, temperature=temperature,
                           top_k=top_k, top_p=top_p, seed=seed, frames=frames, mask_mode=value(mask),
-                          template=value(template), vae_sample=vae_sample, max_memory_gb=max_memory,
+                          template=value(template), vae_sample=vae_sample, max_memory_gb=runtime.max_memory_gb,
                           repetition_penalty=repetition_penalty, min_p=min_p)
     opts.validate()
     notice_unused_sampling(opts)
-    runtime = runtime_options(device, dtype, None, offload, attn, compile_, vae_tiling, quantize)
     kind = M.probe_kind(media)
     if kind == "image":
         M.read_image(media)  # a broken or too large picture fails before the model loads
     else:
         M.check_video(media)  # so does a truncated or damaged video (without decoding it)
 
-    bundle = load_model(model, device, value(dtype), vae=vae, runtime=runtime, lora=lora, vae_parts=("encoder",),
+    bundle = load_model(model, runtime, vae=vae, lora=lora, vae_parts=("encoder",),
                         heads=("lm_head",))  # a caption never runs the flow head
     from .. import pipelines as P  # torch: after load_model's check of the model's name
     if kind == "video" and not P.supports_video_understanding(bundle):
