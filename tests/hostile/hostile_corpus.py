@@ -19,7 +19,9 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -466,7 +468,7 @@ class Case:
     json: bool = True
     env: dict[str, str] = field(default_factory=dict)
     existing: dict[str, bytes] = field(default_factory=dict)  # files put in the case folder first
-    timeout: float = 90.0
+    timeout: float = 300.0  # a hang detector: 90 s was reached by sound runs on a loaded 2-core machine
 
 
 @dataclass
@@ -773,6 +775,67 @@ def run_case(case: Case, work: Path, env: dict[str, str]) -> Result:
         code, stdout, stderr = -999, str(e.stdout or ""), f"(killed after {case.timeout:.0f} s) {e.stderr or ''}"
     seconds = time.perf_counter() - start
     return Result(case, code, stdout, stderr, seconds, folder, before, snapshot(folder))
+
+
+@contextmanager
+def _fds_captured():
+    """What native code writes to file descriptors 1 and 2 while the block runs (libav's and
+    torch's C++ logs bypass ``sys.stdout``/``sys.stderr``): ``[stdout, stderr]``, filled on exit."""
+    got = ["", ""]
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(out_f.fileno(), 1)
+        os.dup2(err_f.fileno(), 2)
+        try:
+            yield got
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            for i, f in enumerate((out_f, err_f)):
+                f.seek(0)
+                got[i] = f.read().decode("utf-8", "replace")
+
+
+def run_case_in_process(case: Case, work: Path, hf_cache: Path) -> Result:
+    """:func:`run_case`, through the CLI's entry point in this process (what ``showo2`` runs after
+    its imports): the case folder as the working directory, the environment of :func:`base_env`
+    plus the case's, huggingface_hub's import-time constants to match, and stdout/stderr caught at
+    both the Python and the file-descriptor level. One case at a time (the working directory and
+    the environment belong to the process)."""
+    import time
+
+    import huggingface_hub.constants as C
+    import pytest
+
+    from showo2_cli.cli import main
+
+    folder = work / case.name.replace("/", "__").replace(" ", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    for rel, data in case.existing.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    before = snapshot(folder)
+    args = [*case.args, "--json"] if case.json and case.args and case.args[0] not in ("teleport",) else list(case.args)
+    env = {**base_env(hf_cache), **case.env}
+    out, err = io.StringIO(), io.StringIO()
+    start = time.perf_counter()
+    with pytest.MonkeyPatch.context() as mp:
+        for k in set(os.environ) - set(env):
+            mp.delenv(k)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.setattr(C, "HF_HUB_OFFLINE", True)
+        mp.setattr(C, "HF_HUB_CACHE", str(hf_cache))
+        mp.chdir(folder)
+        with _fds_captured() as native, redirect_stdout(out), redirect_stderr(err):
+            code = main(args)  # an exception escaping here fails the test: a traceback in a subprocess
+    seconds = time.perf_counter() - start
+    return Result(case, code, out.getvalue() + native[0], err.getvalue() + native[1], seconds, folder, before,
+                  snapshot(folder))
 
 
 def check_case(r: Result) -> list[str]:

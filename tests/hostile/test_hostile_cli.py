@@ -1,12 +1,16 @@
-"""Every subcommand, as a real subprocess, against the hostile corpus (see hostile_corpus.py).
+"""Every subcommand against the hostile corpus (see hostile_corpus.py).
 
 For each bad case: the documented exit code, exactly one line on stderr that starts with
 ``showo2: error:`` and names the file and the problem (no traceback), with ``--json`` a JSON
 error object and nothing else on stdout (without it, nothing on stdout), no file created or
-changed in the case's folder, and the pickle payload never runs. The corpus runs once, on a few
-worker threads; the per-command tests below only look at the results.
+changed in the case's folder, and the pickle payload never runs. The whole corpus runs once,
+in-process through the CLI's entry point (stdout/stderr caught down to the file descriptors);
+a sample that covers every command, every exit code and both output modes also runs as real
+subprocesses, which must answer exactly as the in-process run did. The per-command tests below
+only look at the results.
 
-``SHOWO2_HOSTILE_REPORT=FILE python -m pytest tests/hostile`` also writes the corpus table.
+``SHOWO2_HOSTILE_REPORT=FILE python -m pytest tests/hostile`` also writes the corpus table;
+``SHOWO2_HOSTILE_SUBPROCESS=all`` runs every case as a subprocess too (about 180 of them).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from hostile_corpus import (
     corpus_table,
     hostile_cases,
     run_case,
+    run_case_in_process,
     snapshot,
 )
 
@@ -38,27 +43,55 @@ def corpus(tmp_path_factory, tiny_model_dir):
     return corpus_for(tmp_path_factory, tiny_model_dir, MEDIA_DIR if MEDIA_DIR.is_dir() else None)
 
 
+#: the cases also run as real subprocesses, in the fast suite: every exit code and both output modes,
+#: libav's native stderr, an environment variable read by the child, a pickle payload
+SUBPROCESS_SAMPLE = (
+    "unknown-command (plain)", "t2i/steps-negative (plain)", "train/not-toml.toml (plain)", "encode/truncated.mp4 (plain)",
+    "encode/max-pixels-env", "decode/output-read-only-fs", "info/model-pickle-payload",
+)
+#: and in the slow suite (``-m slow``): the other commands, the pickle payloads through a loader
+SUBPROCESS_SAMPLE_SLOW = (
+    "caption/corrupt.jpg", "i2v/bomb-20000.png", "t2v/too-big-for-memory", "convert/output-exists", "init/bad-dtype",
+    "models/unknown-option", "decode/meta-evil-vae", "t2i/model-pickle-payload", "encode/vae-pickle-payload",
+)
+
+
 @pytest.fixture(scope="module")
-def results(corpus, tiny_model_dir, tmp_path_factory):
-    root, marker, files = corpus
-    cases = hostile_cases(files, tiny_model_dir)
+def cases(corpus, tiny_model_dir):
+    cases = hostile_cases(corpus[2], tiny_model_dir)
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "case names must be unique"
+    return cases
+
+
+@pytest.fixture(scope="module")
+def results(corpus, cases, tiny_model_dir, tmp_path_factory):
+    root, marker, _ = corpus
     work = tmp_path_factory.mktemp("hostile-runs")
     hf_cache = tmp_path_factory.mktemp("empty-hf-cache")
-    env = base_env(hf_cache)
     inputs_before = snapshot(root)
-    # the slowest first, so the pool does not end on a long tail
-    order = sorted(cases, key=lambda c: 0 if c.args[0] in ("t2i", "t2v", "i2v", "convert", "info") else 1)
-    with ThreadPoolExecutor(WORKERS) as pool:
-        done = list(pool.map(lambda c: run_case(c, work, env), order))
-    by_name = {r.case.name: r for r in done}
-    ordered = [by_name[c.name] for c in cases]
+    ordered = [run_case_in_process(c, work, hf_cache) for c in cases]
     report = os.environ.get("SHOWO2_HOSTILE_REPORT")
     if report:
         Path(report).write_text(corpus_table(ordered, root, tiny_model_dir), encoding="utf-8")
     return {"results": ordered, "inputs_before": inputs_before, "inputs_after": snapshot(root),
             "marker": marker, "root": root}
+
+
+def _subprocess_results(names, corpus, cases, tmp_path_factory) -> dict:
+    """The cases named (every case with ``SHOWO2_HOSTILE_SUBPROCESS=all``) run as subprocesses."""
+    root, marker, _ = corpus
+    every = os.environ.get("SHOWO2_HOSTILE_SUBPROCESS") == "all"
+    chosen = [c for c in cases if every or c.name in names]
+    assert every or len(chosen) == len(names), "a sampled case is not in the corpus"
+    work = tmp_path_factory.mktemp("hostile-subprocess-runs")
+    env = base_env(tmp_path_factory.mktemp("empty-hf-cache"))
+    inputs_before = snapshot(root)
+    # the slowest first, so the pool does not end on a long tail
+    order = sorted(chosen, key=lambda c: 0 if c.args[0] in ("t2i", "t2v", "i2v", "convert", "info") else 1)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        done = list(pool.map(lambda c: run_case(c, work, env), order))
+    return {"results": done, "inputs_before": inputs_before, "inputs_after": snapshot(root), "marker": marker}
 
 
 COMMANDS = ["caption", "t2i", "t2v", "i2v", "encode", "decode", "info", "convert", "init", "models", "train", "other"]
@@ -95,6 +128,43 @@ def test_no_input_was_modified(results):
 def test_nothing_was_written_to_the_read_only_places(results):
     for name in ("/proc", "/sys"):
         assert not [p for p in os.listdir(name) if "showo2" in p]
+
+
+def _answer_as_in_process(results, ran: dict) -> None:
+    """Each subprocess behaves (as :func:`check_case` says) and answers with the exit code, stderr
+    and stdout of its in-process run (the case folder's own path aside): the in-process corpus
+    stands for what ``showo2`` does."""
+    in_process = {r.case.name: r for r in results["results"]}
+
+    def said(result):
+        return [text.replace(str(result.folder), "CASE") for text in (result.stderr, result.stdout)]
+
+    failures = []
+    for r in ran["results"]:
+        mine = in_process[r.case.name]
+        problems = check_case(r)
+        if r.code != mine.code or said(r) != said(mine):
+            problems.append(f"in-process: exit {mine.code}, {said(mine)!r}; subprocess: exit {r.code}, {said(r)!r}")
+        if problems:
+            failures.append(f"{r.case.name}: {'; '.join(problems)}")
+    assert not failures, "\n".join(failures)
+    assert not ran["marker"].exists()
+    assert ran["inputs_before"] == ran["inputs_after"]
+
+
+def test_subprocesses_answer_as_the_in_process_runs(results, corpus, cases, tmp_path_factory):
+    ran = _subprocess_results(SUBPROCESS_SAMPLE, corpus, cases, tmp_path_factory)
+    assert {r.case.code for r in ran["results"]} == {r.case.code for r in results["results"]}
+    assert {r.case.json for r in ran["results"]} == {True, False}
+    _answer_as_in_process(results, ran)
+
+
+@pytest.mark.slow
+def test_more_subprocesses_answer_as_the_in_process_runs(results, corpus, cases, tmp_path_factory):
+    ran = _subprocess_results(SUBPROCESS_SAMPLE_SLOW, corpus, cases, tmp_path_factory)
+    both = {_command(name) for name in (*SUBPROCESS_SAMPLE, *SUBPROCESS_SAMPLE_SLOW)}
+    assert both == set(COMMANDS), set(COMMANDS) - both
+    _answer_as_in_process(results, ran)
 
 
 def test_debug_shows_the_traceback(corpus, tiny_model_dir, tmp_path):
