@@ -103,6 +103,13 @@ def _quantize_nf4(net: nn.Module) -> int:
         if old.bias is not None:
             new.bias = nn.Parameter(old.bias.data, requires_grad=False)
         new.weight = new.weight.to(old.weight.device)  # the quantization happens here
+        # bitsandbytes' CPU inference path (in eval mode, on a CPU with AVX512-BF16) repacks the
+        # weight in place on its first forward: it asserts on a layer whose rows are not a multiple
+        # of 32 (a 151669-row lm_head), computes in bf16 whatever the compute dtype, and keeps the
+        # block scales in bf16, so the numbers would depend on the mode and the CPU. The layers
+        # stay on the dequantize-and-matmul path the project measured, and take the module's mode.
+        new.support_avx512bf16_for_cpu = False
+        new.train(old.training)
         setattr(net.get_submodule(parent_name) if parent_name else net, child, new)
     return len(names)
 
