@@ -56,3 +56,33 @@ def test_nf4_layers_follow_the_models_mode_and_eval_changes_no_number(untied, he
             assert torch.equal(head(x), exact)
             assert api.caption(model, image, opts).answers == first and len(first[0]) > 0
     assert head.weight.quant_state.dtype == torch.float32  # the block scales were not repacked to bf16
+
+
+@pytest.mark.parametrize("method", ["int8wo", "nf4"])
+def test_a_quantized_load_lets_go_of_the_weights_file(untied, tmp_path, method):
+    """The weights file is memory-mapped on load; quantizing reads all of it, and its pages stayed
+    in the process while any unquantized tensor kept the mapping open (the 1.5B-wide test model:
+    1.83 GB RSS after an int8wo load instead of 0.87 GB, fp32's 0.45 GB). The tensors left
+    unquantized now have memory of their own, so the file is no longer mapped, eagerly loaded
+    heads or heads loaded on first use alike; the numbers are the same."""
+    import gc
+    import shutil
+    from pathlib import Path
+
+    pytest.importorskip("torchao" if method == "int8wo" else "bitsandbytes")
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc/self/maps (Linux)")
+    folder = shutil.copytree(untied, tmp_path / "m")  # a file no other test maps
+    weights = str(next(folder.glob("*.safetensors")).resolve())
+    reference = load(untied, runtime=RuntimeOptions(quantize=method))
+    for heads in (None, ()):
+        model = load(folder, runtime=RuntimeOptions(quantize=method), heads=heads)
+        model.network.load_heads()
+        gc.collect()
+        assert weights not in maps.read_text(), heads
+        want = reference.network.state_dict()
+        for key, value in model.network.state_dict().items():  # (quantized tensors compare by their data)
+            if type(value) is torch.Tensor:
+                assert torch.equal(value, want[key]), key
+        del model

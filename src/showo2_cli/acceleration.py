@@ -69,10 +69,27 @@ def _linear_filter(net) -> callable:
 def quantize_network(net: nn.Module, method: str = "int8wo") -> int:
     """Weight-only ``int8wo`` (torchao) or ``nf4`` (bitsandbytes) for the LLM's and flow head's
     linear layers; returns how many were quantized."""
-    if method == "nf4":
-        return _quantize_nf4(net)
-    if method != "int8wo":
+    if method not in ("int8wo", "nf4"):
         raise UsageError(f"unknown quantization '{method}'")
+    count = _quantize_nf4(net) if method == "nf4" else _quantize_int8(net)
+    _release_weight_file(net)
+    return count
+
+
+def _release_weight_file(net: nn.Module) -> None:
+    """Give the tensors left unquantized memory of their own. A load memory-maps the weights file
+    and its tensors live in that mapping; quantizing read every page of the quantized weights, and
+    those pages stayed in the process (its RSS) for as long as any other tensor of the file kept
+    the mapping open: on the 1.5B-wide test model an int8wo load held 1.83 GB after loading, the
+    fp32 load 0.45 GB. A copy of the rest (the embedding, the semantic layers, norms and biases)
+    lets the mapping close."""
+    with torch.no_grad():
+        for t in [*net.parameters(), *net.buffers()]:
+            if type(t) in (torch.Tensor, nn.Parameter) and t.device.type == "cpu":
+                t.data = t.data.clone()
+
+
+def _quantize_int8(net: nn.Module) -> int:
     try:
         with quiet_imports():  # torchao's import-time warnings
             from torchao.quantization import Int8WeightOnlyConfig, quantize_
