@@ -62,7 +62,7 @@ def test_nf4_layers_follow_the_models_mode_and_eval_changes_no_number(untied, he
 def test_a_quantized_load_lets_go_of_the_weights_file(untied, tmp_path, method):
     """The weights file is memory-mapped on load; quantizing reads all of it, and its pages stayed
     in the process while any unquantized tensor kept the mapping open (the 1.5B-wide test model:
-    1.83 GB RSS after an int8wo load instead of 0.87 GB, fp32's 0.45 GB). The tensors left
+    1.84 GB RSS after an int8wo load instead of 0.88 GB, fp32's 0.45 GB). The tensors left
     unquantized now have memory of their own, so the file is no longer mapped, eagerly loaded
     heads or heads loaded on first use alike; the numbers are the same."""
     import gc
