@@ -247,7 +247,13 @@ class Showo2:
         return self.tokenizer
 
     def parameter_counts(self) -> dict[str, int]:
-        counts = parameter_counts(self.network.state_dict(keep_vars=True), self.spec.tie_word_embeddings)
+        state = self.network.state_dict(keep_vars=True)
+        for name, v in list(state.items()):  # bitsandbytes' 4-bit weight (--quantize nf4): two codes a byte,
+            shape = getattr(getattr(v, "quant_state", None), "shape", None)  # its state saved beside it
+            if shape is not None and name in state:
+                state = {k: t for k, t in state.items() if not k.startswith(name + ".")}
+                state[name] = torch.empty(shape, device="meta")  # counted as the weight it stands for
+        counts = parameter_counts(state, self.spec.tie_word_embeddings)
         from .modeling.parts import NotLoaded
 
         for name, module in self.network.named_modules():  # a head left out counts (as the VAE's parts)
