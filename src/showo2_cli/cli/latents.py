@@ -75,20 +75,10 @@ def encode(
         notice("--seed has no effect without --sample (the posterior mean has no noise)")
     M.check_output_path(out, overwrite, probe=True)
     M.probe_kind(media)  # read_media's first check, before torch is imported: a missing input fails at once
-    # the input is read and checked before anything loads: the frames --frames uses (1+4k), else all
-    from ..runtime import decode_budget
-
-    source = M.read_media(media, first=None if frames is None else M.round_frames(frames, "up"),
-                          max_bytes=decode_budget(max_memory))
-
     from ..hub import explicit_vae
     from ..model_config import spec_from_files
     from ..model_files import find_files
-    from ..pipelines import latents as L
-    from ..runtime import pick_device, pick_dtype
 
-    dev = pick_device(device)
-    dt = pick_dtype(value(dtype), dev)
     resolution = None
     if vae is None or model is not None:  # a model: its resolution, and its VAE unless --vae names another
         name = model_name(model)
@@ -103,6 +93,14 @@ def encode(
     else:  # a VAE alone
         vae_path = explicit_vae(vae)
     hw = requested or ((resolution, resolution) if resolution else EncodeOptions.size)
+    from ..pipelines import latents as L
+    from ..runtime import pick_device, pick_dtype
+
+    # the input is read and checked before the VAE loads: the frames --frames uses (1+4k), else all,
+    # each resized to the output's size as it is decoded
+    source = L.read_source(media, hw, frames, max_memory)
+    dev = pick_device(device)
+    dt = pick_dtype(value(dtype), dev)
     with status("loading the VAE"):
         from ..modeling.vae_files import load_vae
 

@@ -18,7 +18,7 @@ from showo2_cli.options import DEFAULT_FPS
 
 from .animation import PilFrames
 from .frame_index import decode_picked, uniform_indices
-from .geometry import check_count, display_width, orient
+from .geometry import check_count, display_orientation, display_width, orient
 from .image import image_input, is_animated, read_image
 from .probe import (
     PathLike,
@@ -54,6 +54,8 @@ class Media:
             sampled (``num_frames``), this is still the *source* rate.
         source: the path it was read from.
         total_frames: how many frames the source has (``>= T`` unless sampling repeated frames).
+        decoded_size: ``(width, height)`` of the frames as decoded (after rotation), before a
+            ``fit`` made them smaller; None: the frames' own size.
     """
 
     kind: str
@@ -61,6 +63,12 @@ class Media:
     fps: float | None
     source: str
     total_frames: int
+    decoded_size: tuple[int, int] | None = None
+
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the frames as decoded, before any ``fit``."""
+        return self.decoded_size or (self.width, self.height)
 
     @property
     def width(self) -> int:
@@ -121,7 +129,8 @@ def read_video(
             the frame count, and while decoding.
         fit: applied to each kept frame as soon as it is decoded (say, the resize a model's input
             needs), so only fitted frames are held: 32 frames of a 4K video are 0.8 GB decoded,
-            18 MB at 432x432. The limits above are still judged on the decoded size.
+            18 MB at 432x432. ``max_bytes`` is then judged on the fitted frames (what is kept),
+            ``max_pixels`` on the decoded ones; :attr:`Media.decoded_size` keeps the decoded size.
 
     The frame rate is the stream's average rate (then its guessed rate, then 8.0). A display
     matrix (a phone's rotation, a mirror) is applied in multiples of 90 degrees, and non-square pixels (a sample
@@ -205,27 +214,50 @@ def read_video(
         # a count from the duration is only an estimate (a 5-frame video may last hours):
         # then the limit is enforced while decoding
         exact = num_frames is not None or header_frames > 0
-        if exact and wanted_count * frame_bytes > budget:
-            raise ResourceError(
-                f"video {quote_path(p)} is too large to decode: {wanted_count} frames of "
-                f"{width}x{height} need {wanted_count * frame_bytes / 1e9:.1f} GB "
-                f"(limit {budget / 1e9:.1f} GB); sample fewer frames or raise --max-memory"
-            )
+
+        def check_count_fits(kept_bytes: int, size: str) -> None:
+            if exact and wanted_count * kept_bytes > budget:
+                raise ResourceError(
+                    f"video {quote_path(p)} is too large to decode: {wanted_count} frames of "
+                    f"{size} need {wanted_count * kept_bytes / 1e9:.1f} GB "
+                    f"(limit {budget / 1e9:.1f} GB); sample fewer frames or raise --max-memory"
+                )
+
+        if fit is None:  # else judged on the first fitted frame, before any other is decoded
+            check_count_fits(frame_bytes, f"{width}x{height}")
     except BaseException:
         container.close()
         raise
+    # what one kept frame takes (the fitted size once known) and the first frame's decoded size
+    kept_frame: dict[str, Any] = {"bytes": frame_bytes, "shape": "", "decoded": None, "orientation": None}
+
     def convert(frame: Any, position: int, kept: dict[int, np.ndarray], keep_all: bool) -> None:
         """Check the frame (its size may change mid-stream, the memory budget) and keep it as RGB."""
         if frame.width * frame.height > limit:
             raise too_large("video", p, frame.width, frame.height, limit)
-        if (len(kept) + 1) * frame_bytes > budget or (keep_all and position + 1 > max_frames):
-            raise ResourceError(
+        def too_long() -> ResourceError:
+            return ResourceError(
                 f"video {quote_path(p)} is too long to decode: more than {len(kept)} frames of "
-                f"{width}x{height} (limit {max_frames} frames / {budget / 1e9:.1f} GB); "
-                "sample fewer frames or raise --max-memory"
+                f"{kept_frame['shape'] or f'{width}x{height}'} (limit {max_frames} frames / "
+                f"{budget / 1e9:.1f} GB); sample fewer frames or raise --max-memory"
             )
-        arr = frame.to_ndarray(format="rgb24", width=width, height=height)
-        kept[position] = orient(arr, frame) if fit is None else fit(orient(arr, frame))
+
+        if (fit is None and (len(kept) + 1) * frame_bytes > budget) or (keep_all and position + 1 > max_frames):
+            raise too_long()
+        if kept_frame["orientation"] is None:  # the stream's, read from one frame (see display_orientation)
+            kept_frame["orientation"] = display_orientation(frame)
+        arr = orient(frame.to_ndarray(format="rgb24", width=width, height=height), orientation=kept_frame["orientation"])
+        if kept_frame["decoded"] is None:
+            kept_frame["decoded"] = (int(arr.shape[1]), int(arr.shape[0]))
+        if fit is not None:  # judged on what is kept: one decoded frame at a time is never held longer
+            arr = fit(arr)
+            if not kept_frame["shape"]:  # the first fitted frame: what every kept frame takes
+                kept_frame["bytes"] = max(int(arr.nbytes), 1)
+                kept_frame["shape"] = f"{arr.shape[1]}x{arr.shape[0]}"
+                check_count_fits(kept_frame["bytes"], kept_frame["shape"])
+            if (len(kept) + 1) * kept_frame["bytes"] > budget:
+                raise too_long()
+        kept[position] = arr
 
     def failing(count: int, e: Exception) -> Exception:
         if isinstance(e, (InputError, ResourceError)):
@@ -304,7 +336,8 @@ def read_video(
                 del kept[idx]
     except (KeyError, ValueError) as e:
         raise InputError(f"{prefix}: frames could not be decoded consistently ({error_detail(e)})") from e
-    return Media(kind="video", frames=out, fps=fps, source=str(p), total_frames=total)
+    return Media(kind="video", frames=out, fps=fps, source=str(p), total_frames=total,
+                 decoded_size=kept_frame["decoded"] if fit is not None else None)
 
 
 def _read_pil_animation(p: Path, prefix: str, num_frames, limit: int, max_frames: int, first, budget: int,
@@ -329,6 +362,7 @@ def read_media(
     max_frames: int = 100000,
     first: int | None = None,
     max_bytes: int | None = None,
+    fit: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Media:
     """Read an image or a video: a file (chosen by :func:`probe_kind`), or media in memory.
 
@@ -337,16 +371,19 @@ def read_media(
     a PIL image, an array or a tensor is an image (:func:`~showo2_cli.media.image.image_input`),
     and a list of them, or a ``(T, H, W, 3)`` / ``(T, 3, H, W)`` array or tensor with ``T > 1``,
     is a video's frames (what a video pipeline returns), whose ``fps`` is unknown (None).
+    ``fit`` is applied to each frame as it is read (:func:`read_video`): only fitted frames are held.
     """
     if not isinstance(path, (str, os.PathLike)):
-        return _media_in_memory(path, num_frames, max_pixels, max_frames, first, max_bytes)
+        return _media_in_memory(path, num_frames, max_pixels, max_frames, first, max_bytes, fit=fit)
     kind = probe_kind(path, max_pixels)
     if kind == "video":
         return read_video(path, num_frames=num_frames, max_pixels=max_pixels, max_frames=max_frames, first=first,
-                          max_bytes=max_bytes)
-    img = read_image(path, max_pixels=max_pixels)
-    frames = np.array(img, dtype=np.uint8)[None]  # writable copy
-    return Media(kind="image", frames=frames, fps=None, source=os.fspath(path), total_frames=1)
+                          max_bytes=max_bytes, fit=fit)
+    frame = np.array(read_image(path, max_pixels=max_pixels), dtype=np.uint8)  # writable copy
+    decoded = (int(frame.shape[1]), int(frame.shape[0]))
+    frames = (frame if fit is None else np.asarray(fit(frame), dtype=np.uint8))[None]
+    return Media(kind="image", frames=frames, fps=None, source=os.fspath(path), total_frames=1,
+                 decoded_size=decoded if fit is not None else None)
 
 
 def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_bytes, name: str = "<frames>",
@@ -360,8 +397,11 @@ def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_byte
     is_frames = isinstance(source, (list, tuple, PilFrames)) or \
         (getattr(source, "ndim", 0) == 4 and source.shape[0] > 1)
     if not is_frames:
-        frames = np.array(image_input(source, max_pixels), dtype=np.uint8)[None]
-        return Media(kind="image", frames=frames, fps=None, source="<image>", total_frames=1)
+        frame = np.array(image_input(source, max_pixels), dtype=np.uint8)
+        decoded = (int(frame.shape[1]), int(frame.shape[0]))
+        frames = (frame if fit is None else np.asarray(fit(frame), dtype=np.uint8))[None]
+        return Media(kind="image", frames=frames, fps=None, source="<image>", total_frames=1,
+                     decoded_size=decoded if fit is not None else None)
     total = len(source)
     if total < 1:
         raise UsageError("a video given as frames needs at least one frame")
@@ -379,11 +419,13 @@ def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_byte
         if frame.shape != first_shape:
             raise ValueError(f"video frame {i} is {frame.shape[1]}x{frame.shape[0]}, frame 0 "
                              f"{first_shape[1]}x{first_shape[0]}: the frames of a video share one size")
-        if frame.nbytes * len(picked) > budget:
-            raise ResourceError(f"{len(picked)} frames of {frame.shape[1]}x{frame.shape[0]} need "
-                                f"{frame.nbytes * len(picked) / 2**30:.1f} GiB, more than the memory limit of "
+        kept = frame if fit is None else fit(frame)  # the memory limit is judged on what is kept
+        if kept.nbytes * len(picked) > budget:
+            raise ResourceError(f"{len(picked)} frames of {kept.shape[1]}x{kept.shape[0]} need "
+                                f"{kept.nbytes * len(picked) / 2**30:.1f} GiB, more than the memory limit of "
                                 f"{budget / 2**30:.1f} GiB")
-        frames.append(frame if fit is None else fit(frame))
+        frames.append(kept)
     fps = source.fps() if isinstance(source, PilFrames) and index is not None else None
     fps = None if fps is None else min(max(fps, MIN_FPS), MAX_FPS)
-    return Media(kind="video", frames=np.stack(frames), fps=fps, source=name, total_frames=total)
+    return Media(kind="video", frames=np.stack(frames), fps=fps, source=name, total_frames=total,
+                 decoded_size=(int(first_shape[1]), int(first_shape[0])) if fit is not None else None)

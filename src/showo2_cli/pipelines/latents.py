@@ -37,8 +37,26 @@ class EncodeResult:
     notices: list[str] = field(default_factory=list)
 
 
+def read_source(source, size: int | tuple[int, int], frames: int | None = None,
+                max_memory_gb: float | None = None) -> M.Media:
+    """Read what :func:`encode` encodes (a path, or media in memory): an image, or a video's first
+    ``frames`` frames (rounded up to 1+4k; all without), each resized and center-cropped to ``size``
+    as it is decoded, so a long 4K video is never held at its decoded size
+    (:attr:`~showo2_cli.media.Media.decoded_size` keeps that size)."""
+    from PIL import Image
+
+    from ..runtime import decode_budget
+
+    def fit(frame: np.ndarray) -> np.ndarray:
+        return np.asarray(M.resize_center_crop(Image.fromarray(frame), size))
+
+    first = None if frames is None else M.round_frames(frames, "up")  # only the frames used
+    return M.read_media(source, first=first, max_bytes=decode_budget(max_memory_gb), fit=fit)
+
+
 def prepare_frames(media: M.Media, size: tuple[int, int], frames: int | None, notices: list[str]) -> np.ndarray:
-    """Pick the frames (1+4k, with a notice when rounded) and resize/crop each to ``size``."""
+    """Pick the frames (1+4k, with a notice when rounded) and resize/crop each to ``size`` (frames
+    :func:`read_source` fitted already are taken as they are)."""
     arr = media.frames
     if media.kind == "video":
         total = arr.shape[0]
@@ -56,6 +74,9 @@ def prepare_frames(media: M.Media, size: tuple[int, int], frames: int | None, no
             elif n != frames:
                 notices.append(f"frames must be 1+4k: {frames} was rounded to {n}")
         arr = arr[:n]
+    th, tw = (size, size) if isinstance(size, int) else tuple(size)
+    if arr.shape[1:3] == (th, tw):  # read at the size already (resizing to its own size changes nothing)
+        return arr
     from PIL import Image
 
     out = [np.asarray(M.resize_center_crop(Image.fromarray(f), size)) for f in arr]
@@ -74,13 +95,7 @@ def encode(source, vae: WanVAE, options: EncodeOptions | None = None,
     (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on the VAE's device)."""
     opts = options or EncodeOptions()
     notices: list[str] = []
-    first = None if opts.frames is None else M.round_frames(opts.frames, "up")  # only the frames used
-    if not isinstance(source, M.Media):
-        from ..runtime import decode_budget
-
-        media = M.read_media(source, first=first, max_bytes=decode_budget(max_memory_gb))
-    else:
-        media = source
+    media = source if isinstance(source, M.Media) else read_source(source, opts.size, opts.frames, max_memory_gb)
     source = source if isinstance(source, (str, os.PathLike)) else media.source
     n_frames = 1 if media.kind == "image" else min(M.round_frames(opts.frames or media.num_frames, "up"),
                                                    max(M.round_frames(media.num_frames, "down"), 1))
@@ -101,7 +116,7 @@ def encode(source, vae: WanVAE, options: EncodeOptions | None = None,
         "source": str(source), "kind": media.kind, "frames": int(frames.shape[0]),
         "latent_frames": int(latents.shape[1]), "fps": media.fps, "height": int(frames.shape[1]),
         "width": int(frames.shape[2]), "source_frames": media.total_frames,
-        "source_size": [media.width, media.height], "vae": vae_name or "", "sample": opts.sample,
+        "source_size": list(media.source_size), "vae": vae_name or "", "sample": opts.sample,
         "seed": opts.seed, "normalization": "(mu - mean) / std, Wan2.1 constants",
         "latents_mean": [round(float(x), 6) for x in vae.latents_mean],
         "latents_std": [round(float(x), 6) for x in vae.latents_std],
@@ -297,6 +312,6 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
     raise UsageError(f"unsupported output extension '{ext or path}': use {M.written_formats()}")
 
 
-__all__ = ["encode", "decode", "decode_tiled", "recorded_decoding", "EncodeOptions", "EncodeResult", "save_latents", "load_latents",
+__all__ = ["encode", "read_source", "decode", "decode_tiled", "recorded_decoding", "EncodeOptions", "EncodeResult", "save_latents", "load_latents",
            "normalize_raw", "metadata_mismatch", "other_statistics",
            "write_decoded"]
