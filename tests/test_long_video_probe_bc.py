@@ -90,7 +90,7 @@ def test_decoded_frames_are_freed_as_they_are_read_not_left_to_the_garbage_colle
     gc.disable()
     try:
         media = M.read_video(p, fit=lambda f: np.ascontiguousarray(f[:8, :8]))
-        alive = sum(isinstance(o, av.VideoFrame) for o in gc.get_objects())
+        alive = sum(type(o) is av.VideoFrame for o in gc.get_objects())
     finally:
         gc.enable()
     assert media.num_frames == 17 and alive <= 2  # not the 17 decoded
@@ -104,3 +104,25 @@ def test_decoded_frames_are_freed_as_they_are_read_not_left_to_the_garbage_colle
             c.mux(s.encode(frame))
         c.mux(s.encode())
     assert M.read_video(tmp_path / "turned.mp4").frames.shape == (5, 64, 48, 3)
+
+
+def test_caption_demuxes_a_video_once_from_the_check_before_loading_to_the_read(tmp_path, monkeypatch, capsys):
+    """``caption`` checked a video's packets before the model loaded (a damaged file fails at once),
+    then read_video checked them all again: every packet demuxed twice (1.6 s for a two-hour
+    video). The check of an unchanged file is remembered; a file changed since is checked anew."""
+    import os
+
+    from showo2_cli.media import probe
+
+    calls = []
+    real = probe._check_packets
+    monkeypatch.setattr(probe, "_check_packets", lambda p, prefix: calls.append(p) or real(p, prefix))
+    p = _video(tmp_path / "clip.mp4", 9, 48, 64)
+    assert main(["caption", str(p), "--frames", "4", "--max-new-tokens", "2", "--seed", "0", "--no-stream"]) == 0
+    assert len(calls) == 1
+    first = M.read_video(p, num_frames=4).frames
+    assert len(calls) == 1
+    _video(p, 9, 48, 64)  # written again: another file at the same path
+    os.utime(p, ns=(1, 1))
+    assert np.array_equal(M.read_video(p, num_frames=4).frames, first)
+    assert len(calls) == 2

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import re
 import stat
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
@@ -469,10 +471,48 @@ def _check_gif_frames(p: Path, prefix: str, width: int, height: int) -> None:
         raise InputError(f"{prefix}: truncated or corrupt GIF ({error_detail(e)})") from e
 
 
+#: The structures of the last files checked whole (:func:`check_video_structure`), by the file's
+#: identity: a video checked before a model loads is not demuxed again when its frames are read.
+_CHECKED: OrderedDict[tuple, FrameIndex | None] = OrderedDict()
+_CHECKED_LOCK = threading.Lock()
+_CHECKED_FILES = 8
+
+
+def _file_identity(p: Path) -> tuple | None:
+    """What tells a regular file's content apart without reading it (path, device, inode, size,
+    modification and change times in ns); None for anything else (a FIFO is read once)."""
+    try:
+        st = os.stat(p)
+        return (os.path.realpath(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) \
+            if stat.S_ISREG(st.st_mode) else None
+    except (OSError, ValueError):
+        return None
+
+
 def check_video_structure(p: Path, prefix: str, limit: int) -> FrameIndex | None:
     """What can be checked of a video without decoding it (GIFs excepted): not a still image,
     not too large, no truncated or damaged packet. Returns the :class:`FrameIndex` the packets
-    gave (MP4/MOV, Matroska/WebM, GIF), else None."""
+    gave (MP4/MOV, Matroska/WebM, GIF), else None.
+
+    A file that passed is not checked again while it is unchanged (the same identity, see
+    :func:`_file_identity`): ``caption`` checks a video before the model loads and then reads it,
+    and a two-hour video's packets took 1.6 s to demux each time."""
+    identity = _file_identity(p)
+    key = None if identity is None else (*identity, limit)
+    with _CHECKED_LOCK:
+        if key is not None and key in _CHECKED:
+            _CHECKED.move_to_end(key)
+            return _CHECKED[key]
+    index = _check_structure(p, prefix, limit)
+    if key is not None and key == (*(_file_identity(p) or ()), limit):  # unchanged while checked
+        with _CHECKED_LOCK:
+            _CHECKED[key] = index
+            while len(_CHECKED) > _CHECKED_FILES:
+                _CHECKED.popitem(last=False)
+    return index
+
+
+def _check_structure(p: Path, prefix: str, limit: int) -> FrameIndex | None:
     header = _pil_header(p)
     if header is None:
         check_not_heif_photo(p, prefix)
