@@ -118,6 +118,7 @@ def test_caption_demuxes_a_video_once_from_the_check_before_loading_to_the_read(
     real = probe._check_packets
     monkeypatch.setattr(probe, "_check_packets", lambda p, prefix: calls.append(p) or real(p, prefix))
     p = _video(tmp_path / "clip.mp4", 9, 48, 64)
+    os.utime(p, ns=(10**18, 10**18))  # written in 2001 (a file written this second is checked each time)
     assert main(["caption", str(p), "--frames", "4", "--max-new-tokens", "2", "--seed", "0", "--no-stream"]) == 0
     assert len(calls) == 1
     first = M.read_video(p, num_frames=4).frames
@@ -126,3 +127,7 @@ def test_caption_demuxes_a_video_once_from_the_check_before_loading_to_the_read(
     os.utime(p, ns=(1, 1))
     assert np.array_equal(M.read_video(p, num_frames=4).frames, first)
     assert len(calls) == 2
+    fresh = _video(tmp_path / "fresh.mp4", 9, 48, 64)  # just written: its times may not tell a rewrite
+    M.check_video(fresh)
+    M.read_video(fresh, num_frames=4)
+    assert len(calls) == 4

@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -504,7 +505,10 @@ def check_video_structure(p: Path, prefix: str, limit: int) -> FrameIndex | None
             _CHECKED.move_to_end(key)
             return _CHECKED[key]
     index = _check_structure(p, prefix, limit)
-    if key is not None and key == (*(_file_identity(p) or ()), limit):  # unchanged while checked
+    # unchanged while checked, and not modified in the last seconds: a rewrite within the file
+    # system's clock tick keeps the times (and often the size), as git's "racy" index entries
+    settled = identity is not None and time.time_ns() - identity[4] > 2_000_000_000
+    if settled and key == (*(_file_identity(p) or ()), limit):
         with _CHECKED_LOCK:
             _CHECKED[key] = index
             while len(_CHECKED) > _CHECKED_FILES:
