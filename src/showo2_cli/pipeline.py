@@ -71,6 +71,8 @@ from .sampling import StopSampling
 
 #: the device errors of runtime.pick_device as a Python caller reads them
 DEVICE_NAMES = {"--device": "device"}
+#: the adapter errors of lora/hub (``--lora: 'x' does not exist``) as from_pretrained's caller reads them
+LORA_NAMES = {"--lora:": "lora:"}
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
@@ -170,9 +172,10 @@ class Showo2Pipeline(LoraLoaderMixin):
             dev, dtype = load_placement(runtime, device, torch_dtype, "torch_dtype")
         with hub_access(cache_dir, token):  # this call's cache and token, for the pull and the load alike
             fetch(name, force_download, local_files_only, progress, when_needed=True)
-            return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime,
-                            local_files_only=local_files_only, use_safetensors=use_safetensors, lora=lora,
-                            vae_parts=("decoder",), heads=()))  # each head on first use (a caption, a generation)
+            with python_names(LORA_NAMES):
+                return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime,
+                                local_files_only=local_files_only, use_safetensors=use_safetensors, lora=lora,
+                                vae_parts=("decoder",), heads=()))  # each head on first use (a caption, a generation)
 
     @one_call_at_a_time
     def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True,

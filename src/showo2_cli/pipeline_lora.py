@@ -31,7 +31,11 @@ import os
 import torch
 
 from .errors import ModelError, UsageError
+from .pipelines.arguments import python_names, real_number
 from .runtime import cpu_by_default, one_call_at_a_time
+
+#: the adapter errors of lora/hub (``--lora: 'x' does not exist``) as load_lora_weights' caller reads them
+LORA_NAMES = {"--lora:": "load_lora_weights:"}
 
 
 class LoraLoaderMixin:
@@ -60,8 +64,6 @@ class LoraLoaderMixin:
         if not isinstance(ref, (str, os.PathLike)):
             raise TypeError(f"load_lora_weights takes an adapter folder or a Hugging Face repo id, got "
                             f"{type(ref).__name__} (a state dict is not taken: save it with peft first)")
-        from .pipelines.arguments import real_number
-
         if weight is None or not math.isfinite(real_number(weight, "weight")):  # (numpy's numbers too)
             raise TypeError(f"weight must be a finite number, got {weight!r}")
         weight = float(weight)
@@ -75,9 +77,9 @@ class LoraLoaderMixin:
                              "pass another adapter_name, or unload_lora_weights() first")
         network = self._lora_network("load a LoRA adapter into")
         ref = with_revision(ref, revision)
-        with hub_access(cache_dir, token):
+        with python_names(LORA_NAMES), hub_access(cache_dir, token):  # (lora's messages name --lora)
             fetched = fetch_adapter(ref, local_files_only)
-        folder, layers = adapted_layers(self.model.spec, fetched)  # (read and checked: nothing changed yet)
+            folder, layers = adapted_layers(self.model.spec, fetched)  # (read and checked: nothing changed yet)
         stand_ins = _stand_ins(network)
         later = [n for n in layers if any(n == p or n.startswith(p + ".") for p in stand_ins)]
         now = [n for n in layers if n not in later]

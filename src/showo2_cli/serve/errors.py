@@ -20,7 +20,7 @@ from ..options import MAX_MEMORY_ENV
 log = logging.getLogger("showo2.serve")
 
 #: the command line's options in the library's advice, as a client of this server reads them: the
-#: request's fields, and the server's own memory limit (``showo2 serve`` has no --max-memory)
+#: request's fields, and the server's own memory limit (``serve --max-memory``, which no request sets)
 SERVE_NAMES = {
     "--size": "size", "--batch-size": "n", "--num-images": "n", "--steps": "steps", "--guidance": "guidance",
     "--seed": "seed", "--negative-prompt": "negative_prompt", "--max-new-tokens": "max_tokens",
