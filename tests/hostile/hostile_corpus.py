@@ -755,16 +755,22 @@ def base_env(hf_cache: Path) -> dict[str, str]:
     return env
 
 
-def run_case(case: Case, work: Path, env: dict[str, str]) -> Result:
-    import time
-
+def _prepared(case: Case, work: Path) -> tuple[Path, dict, list[str]]:
+    """The case's folder under ``work`` with its ``existing`` files written, a snapshot of it, and
+    the command line (``--json`` added where the case asks): what both runners start from."""
     folder = work / case.name.replace("/", "__").replace(" ", "_")
     folder.mkdir(parents=True, exist_ok=True)
     for rel, data in case.existing.items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(data)
-    before = snapshot(folder)
     args = [*case.args, "--json"] if case.json and case.args and case.args[0] not in ("teleport",) else list(case.args)
+    return folder, snapshot(folder), args
+
+
+def run_case(case: Case, work: Path, env: dict[str, str]) -> Result:
+    import time
+
+    folder, before, args = _prepared(case, work)
     start = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-m", "showo2_cli.cli", *args], cwd=folder,
@@ -813,13 +819,7 @@ def run_case_in_process(case: Case, work: Path, hf_cache: Path) -> Result:
 
     from showo2_cli.cli import main
 
-    folder = work / case.name.replace("/", "__").replace(" ", "_")
-    folder.mkdir(parents=True, exist_ok=True)
-    for rel, data in case.existing.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(data)
-    before = snapshot(folder)
-    args = [*case.args, "--json"] if case.json and case.args and case.args[0] not in ("teleport",) else list(case.args)
+    folder, before, args = _prepared(case, work)
     env = {**base_env(hf_cache), **case.env}
     out, err = io.StringIO(), io.StringIO()
     start = time.perf_counter()
