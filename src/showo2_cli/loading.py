@@ -310,6 +310,23 @@ def require_model(model) -> Showo2:
 
 
 @cpu_by_default
+
+def check_adapters(files, lora) -> bool:
+    """Read and check the LoRA adapters ``lora`` (folders) before a model's weights are read: their
+    files and values, and, where the model's config gives the layers' shapes (a showo2-format
+    folder's; an official config needs the weights), their tensors against those shapes. Returns
+    whether the shapes were checked (else the caller checks them once the weights give the spec:
+    :func:`~showo2_cli.lora.adapted_layers`). ``load`` and ``convert --lora`` alike."""
+    from .lora import adapted_layers, read_adapter
+
+    early = spec_from_files(files, {}) if lora and files.format == "showo2" else None
+    for ref in lora:
+        if early is not None:
+            adapted_layers(early, ref)
+        else:
+            read_adapter(ref)
+    return early is not None
+
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, need: tuple[str, ...] = ("tokenizer", "VAE"),
          runtime=None, lora: str | os.PathLike | list | tuple | None = (), local_files_only: bool = False,
@@ -344,7 +361,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
 
     from .acceleration import apply
     from .hub_auth import hub_access
-    from .lora import adapted_layers, fetch_adapter, merge_adapters, read_adapter
+    from .lora import adapted_layers, fetch_adapter, merge_adapters
     from .modeling.vae_files import check_parts, load_vae
     from .tokenizer import add_showo2_tokens, load_tokenizer
 
@@ -368,19 +385,13 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
         raise TypeError(f"lora must be a path or a list of paths, got {type(lora).__name__}")
     with hub_access(cache_dir, token) if cache_dir is not None or token is not None else nullcontext():
         typed, lora = lora, [fetch_adapter(ref, local_files_only) for ref in lora]  # a repo id: its cached folder
-    # every adapter read and checked before the weights are: its files, and its tensors against the
-    # layers' shapes where the config gives them (a showo2 folder's; an official config needs the weights)
-    early = spec_from_files(files, {}) if lora and files.format == "showo2" else None
-    for ref in lora:
-        if early is not None:
-            adapted_layers(early, ref)
-        else:
-            read_adapter(ref)
+    # every adapter read and checked before the weights are (its tensors' shapes too where the config gives them)
+    shapes_checked = check_adapters(files, lora)
     # (the files' stamps before reading; a head loads where the load puts the weights: offloaded, the CPU)
     loader = HeadLoader(files.weights, dtype, device if offload == "none" else "cpu", str(files.root))
     state = read_state_dict(files.weights)
     spec = spec_from_files(files, state)
-    for ref in lora if early is None else ():  # an official config: its sizes known now, before the network is built
+    for ref in () if shapes_checked else lora:  # an official config: its sizes known now, before the network is built
         adapted_layers(spec, ref)
     network = build_network(spec, state, dtype, where=str(files.root), heads=() if heads is None else heads).eval()
     del state

@@ -131,7 +131,7 @@ def convert(
     check_output_folder(output, overwrite)
     import torch
 
-    from ..loading import build_network, save_folder
+    from ..loading import build_network, check_adapters, save_folder
     from ..model_config import spec_from_files
     from ..model_files import find_files
     from ..modeling.vae_files import load_vae
@@ -145,12 +145,11 @@ def convert(
     files = find_files(src, vae=vae)
     if not files.weights:
         raise ModelError(f"'{src}' has no weights")
-    from ..lora import fetch_adapter, find_adapter, merge_adapters, read_adapter
+    from ..lora import fetch_adapter, find_adapter, merge_adapters
 
     typed, lora = list(lora or []), [fetch_adapter(ref) for ref in lora or []]  # a repo id: its cached folder
     adapter_folders = [find_adapter(ref) for ref in lora]
-    for ref in lora:  # each read and checked (files, values) before the weights are
-        read_adapter(ref)
+    check_adapters(files, lora)  # each read and checked (files, values, shapes where known) before the weights are
     from ..media import check_folder_keeps_inputs
 
     if overwrite:  # replacing a folder that holds the source, its VAE or an adapter would delete it
