@@ -132,6 +132,24 @@ def test_a_server_clients_error_names_request_fields_not_command_line_options(mo
     assert "needs about" in err.message and "allowed by SHOWO2_MAX_MEMORY_GB" in err.message
 
 
+def test_a_server_clients_tiling_advice_names_the_servers_setting():
+    """A server started with `--vae-tiling off` told a client over the memory limit to "tile the
+    VAE with --vae-tiling auto", an option no request has (probe BG's find)."""
+    import torch
+
+    from showo2_cli.errors import ResourceError
+    from showo2_cli.pipelines.generate import check_generation_memory
+    from showo2_cli.serve.errors import api_error_of
+    from showo2_cli.specs import get_spec
+
+    kwargs = dict(vae_tiling="off", device="cpu")
+    with pytest.raises(ResourceError) as e:
+        check_generation_memory(get_spec("tiny"), torch.float32, (2048, 2048), 1, False, 1, 0.05, **kwargs)
+    assert "--vae-tiling auto" in str(e.value)  # the command line's advice
+    message = api_error_of(e.value).message
+    assert "--" not in message and "the server's vae-tiling setting at auto" in message, message
+
+
 def test_a_pipeline_callers_error_names_the_variable_once(monkeypatch):
     """Showo2Pipeline's renaming turned "--max-memory or SHOWO2_MAX_MEMORY_GB" into
     "SHOWO2_MAX_MEMORY_GB or SHOWO2_MAX_MEMORY_GB"."""

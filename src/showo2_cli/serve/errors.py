@@ -29,6 +29,8 @@ SERVE_NAMES = {
     # the limit is the server's (``serve --max-memory``, else the variable), which a client cannot pass
     "--max-memory": "the server's max-memory setting",
     f"--max-memory or {MAX_MEMORY_ENV}": f"the server's max-memory setting or {MAX_MEMORY_ENV}",
+    # a server started with ``--vae-tiling off``: tiling is the server's setting too
+    "--vae-tiling auto": "the server's vae-tiling setting at auto",
 }
 
 
