@@ -147,7 +147,8 @@ class HeadLoader:
                     raise ModelError(f"{path}: the {what} changed or went away since the model was loaded; "
                                      "load the model again")
             size = sum(network.get_submodule(n).numel for n in names) * self.dtype.itemsize / 1e9
-            check_memory(size, f"loading the network's {' and '.join(heads)}", None, self.device,
+            limit = getattr(self.runtime, "max_memory_gb", None)  # the model's limit, as its jobs' (0: none)
+            check_memory(size, f"loading the network's {' and '.join(heads)}", limit, self.device,
                          "free some memory first")  # (before anything is read)
             state = read_state_dict(self.weights)
             holder = torch.nn.Module()  # the head's modules under their names in the network

@@ -1,0 +1,38 @@
+"""Probe BH: the evening's features used together (runtime options of probe BA, LoRA adapters of
+BB, quantization of BD, checkpoint depths of BF). A head loaded on first use is checked against the
+model's own memory limit (``RuntimeOptions(max_memory_gb=)``, ``--max-memory``), as its jobs are."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from showo2_cli import api
+from showo2_cli.errors import ResourceError
+from showo2_cli.loading import load
+from showo2_cli.modeling.parts import NotLoaded
+from showo2_cli.options import RuntimeOptions
+
+
+def _flow_head_left_out(model) -> bool:
+    return isinstance(model.network.get_submodule("diffusion_head_a"), NotLoaded)
+
+
+def test_a_head_loaded_on_first_use_takes_the_models_memory_limit(monkeypatch):
+    """The lazy head's memory check passed no limit: ``--max-memory 0`` (no limit) was overridden by
+    ``$SHOWO2_MAX_MEMORY_GB``, and a ``--max-memory`` below the head's size loaded it all the same."""
+    opts = api.GenerateOptions(steps=2, seed=1, size=64)
+    monkeypatch.setenv("SHOWO2_MAX_MEMORY_GB", "0.0001")  # 100 KB: below the demo flow head's 7.3 MB
+    unlimited = load("demo", heads=(), runtime=RuntimeOptions(max_memory_gb=0))
+    assert _flow_head_left_out(unlimited)
+    images = api.text_to_image(unlimited, ["a red circle"], opts)  # (old: "... allowed by SHOWO2_MAX_MEMORY_GB")
+    assert len(images) == 1 and not _flow_head_left_out(unlimited)
+    monkeypatch.delenv("SHOWO2_MAX_MEMORY_GB")
+    # 6.9 MB: the 64-pixel job (6.65 MB) fits, the flow head (7.27 MB of fp32 weights) does not
+    limited = load("demo", heads=(), runtime=RuntimeOptions(max_memory_gb=0.0069))
+    with pytest.raises(ResourceError, match=r"^loading the network's flow_head needs about 7\.3 MB, more than the "
+                                            r"6\.9 MB allowed by --max-memory"):
+        api.text_to_image(limited, ["a red circle"], opts)  # (old: loaded and generated)
+    assert _flow_head_left_out(limited)  # refused before anything was read: the model is as it was
+    assert all(torch.isfinite(p).all() for p in limited.network.parameters())
+    assert limited.network.loaded_heads() == ("lm_head",)  # (tied: the embedding)
