@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from showo2_cli import api
-from showo2_cli.errors import ResourceError
+from showo2_cli.errors import ResourceError, UsageError
 from showo2_cli.loading import load
 from showo2_cli.modeling.parts import NotLoaded
 from showo2_cli.options import RuntimeOptions
@@ -36,3 +36,25 @@ def test_a_head_loaded_on_first_use_takes_the_models_memory_limit(monkeypatch):
     assert _flow_head_left_out(limited)  # refused before anything was read: the model is as it was
     assert all(torch.isfinite(p).all() for p in limited.network.parameters())
     assert limited.network.loaded_heads() == ("lm_head",)  # (tied: the embedding)
+
+
+@pytest.mark.parametrize("quantize", ["int8wo", "nf4"])
+def test_float64_with_quantization_is_one_line_before_loading(quantize, monkeypatch):
+    """float64 (BA: taken from Python) with int8wo or nf4 (BD) read the weights, then failed inside
+    torchao (AssertionError "Unsupported input dtype") or bitsandbytes (ValueError)."""
+    from showo2_cli import Showo2Pipeline, loading
+
+    pytest.importorskip("torchao" if quantize == "int8wo" else "bitsandbytes")
+    monkeypatch.setattr(loading, "read_state_dict", lambda *a, **k: pytest.fail("the weights were read"))
+    message = rf"^RuntimeOptions\(quantize='{quantize}'\) quantizes fp32, bf16 or fp16 weights, not float64: pass another "
+    with pytest.raises(UsageError, match=message + "dtype"):
+        load("demo", dtype="float64", runtime=RuntimeOptions(quantize=quantize))
+    with pytest.raises(UsageError, match=message + "dtype"):
+        api.load("demo", device="auto", runtime=RuntimeOptions(dtype=torch.float64, quantize=quantize))
+    with pytest.raises(UsageError, match=message + "torch_dtype"):
+        Showo2Pipeline.from_pretrained("demo", torch_dtype=torch.float64, runtime=RuntimeOptions(quantize=quantize))
+    monkeypatch.undo()
+    pipe = Showo2Pipeline.from_pretrained("demo", runtime=RuntimeOptions(quantize=quantize))
+    with pytest.raises(UsageError, match=r"keeps its dtype fp32: quantization takes fp32, bf16 or fp16 weights, not float64$"):
+        pipe.to(torch.float64)  # (it said: load it again in float64 to quantize that)
+    assert pipe.dtype == torch.float32

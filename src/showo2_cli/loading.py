@@ -220,9 +220,10 @@ class Showo2:
         if dtype is not None and self.quantize != "none" and torch_dtype(dtype) != self.dtype:
             # the quantized layers keep their own dtype (torchao's scales, bitsandbytes' compute dtype):
             # the result would be a mix of both (diffusers and transformers refuse this cast too)
-            raise UsageError(f"a model quantized on load ({self.quantize}) keeps its dtype "
-                             f"{dtype_label(self.dtype)}: load it again in {dtype_label(torch_dtype(dtype))} "
-                             "(--dtype, torch_dtype=) to quantize that")
+            wanted = torch_dtype(dtype)
+            raise UsageError(f"a model quantized on load ({self.quantize}) keeps its dtype {dtype_label(self.dtype)}: "
+                             + ("quantization takes fp32, bf16 or fp16 weights, not float64" if wanted == torch.float64
+                                else f"load it again in {dtype_label(wanted)} (--dtype, torch_dtype=) to quantize that"))
         # the RoPE tables stay float32, as a load in any dtype builds them (a cast rounded them: bf16
         # after the load gave other images than a bf16 load); `network.to` alone casts them, as torch does
         tables = {n: b for n, b in self.network.named_buffers() if n.endswith("inv_freq") and not b.is_meta}

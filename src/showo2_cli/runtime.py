@@ -261,6 +261,10 @@ def load_placement(runtime, device=None, dtype=None, dtype_name: str = "dtype") 
         dt = python_dtype(rt_dtype)
     else:
         dt = pick_dtype("auto" if auto_dtype or auto_device else "fp32", dev)
+    quantize = getattr(runtime, "quantize", "none")
+    if dt == torch.float64 and quantize != "none":  # (torchao asserted, bitsandbytes raised, after the weights were read)
+        raise UsageError(f"RuntimeOptions(quantize='{quantize}') quantizes fp32, bf16 or fp16 weights, not float64: "
+                         f"pass another {dtype_name}, or no quantize")
     return dev, dt
 
 
