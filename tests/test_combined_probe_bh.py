@@ -58,3 +58,21 @@ def test_float64_with_quantization_is_one_line_before_loading(quantize, monkeypa
     with pytest.raises(UsageError, match=r"keeps its dtype fp32: quantization takes fp32, bf16 or fp16 weights, not float64$"):
         pipe.to(torch.float64)  # (it said: load it again in float64 to quantize that)
     assert pipe.dtype == torch.float32
+
+
+def test_a_refused_adapter_under_sequential_offload_names_the_call_that_enabled_it(tmp_path):
+    """``load_lora_weights`` after ``enable_sequential_cpu_offload()`` said "do it before
+    enable_model_cpu_offload()"; the pipeline generates as before after the refusal."""
+    from showo2_cli import Showo2Pipeline
+    from showo2_cli.lora import add_lora, save_adapter
+
+    net = load("demo").network
+    save_adapter(tmp_path / "a", net, add_lora(net, 2, 4.0, 0.0, ["q_proj"], ()))
+    pipe = Showo2Pipeline.from_pretrained("demo")
+    pipe.enable_sequential_cpu_offload()
+    with pytest.raises(UsageError, match=r"sequential CPU offload .*; do it before enable_sequential_cpu_offload\(\)$"):
+        pipe.load_lora_weights(tmp_path / "a")
+    assert pipe.get_list_adapters() == [] and pipe.model.adapters == []
+    latents = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="latent",
+                   generator=torch.Generator().manual_seed(1)).images
+    assert latents.shape == (1, 16, 8, 8) and torch.isfinite(latents).all()

@@ -139,7 +139,7 @@ class LoraLoaderMixin:
         """The network, where merging into it and restoring it can be exact; else a UsageError."""
         if self.model.offload != "none":
             raise UsageError(f"cannot {doing} a pipeline with {self.model.offload} CPU offload (accelerate's hooks "
-                             "hold the weights); do it before enable_model_cpu_offload()")
+                             f"hold the weights); do it before enable_{self.model.offload}_cpu_offload()")
         if self.model.quantize != "none":
             raise UsageError(f"cannot {doing} {self.model.quantize}-quantized weights (the merge would not be exact, "
                              "nor restorable); pass the adapter as from_pretrained(lora=...) instead")
