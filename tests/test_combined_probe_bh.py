@@ -38,6 +38,22 @@ def test_a_head_loaded_on_first_use_takes_the_models_memory_limit(monkeypatch):
     assert limited.network.loaded_heads() == ("lm_head",)  # (tied: the embedding)
 
 
+def test_a_pipelines_head_refused_by_its_limit_names_the_python_argument_and_writes_nothing(tmp_path):
+    """What loads a pipeline's heads outside a call (save_pretrained, sequential offload) loaded them
+    past ``RuntimeOptions(max_memory_gb=)``; refused now, the message names that, not --max-memory."""
+    from showo2_cli import Showo2Pipeline
+
+    pipe = Showo2Pipeline.from_pretrained("demo", runtime=RuntimeOptions(max_memory_gb=0.0069))
+    allowed = r"more than the 6\.9 MB allowed by RuntimeOptions\(max_memory_gb=\.\.\.\)"
+    with pytest.raises(ResourceError, match=r"^loading the network's flow_head needs about 7\.3 MB, " + allowed) as e:
+        pipe.save_pretrained(tmp_path / "saved")
+    assert "--" not in str(e.value) and not (tmp_path / "saved").exists()
+    with pytest.raises(ResourceError, match=allowed) as e:
+        pipe.enable_sequential_cpu_offload()
+    assert "--" not in str(e.value) and pipe.offload == "none"
+    assert _flow_head_left_out(pipe.model)
+
+
 @pytest.mark.parametrize("quantize", ["int8wo", "nf4"])
 def test_float64_with_quantization_is_one_line_before_loading(quantize, monkeypatch):
     """float64 (BA: taken from Python) with int8wo or nf4 (BD) read the weights, then failed inside

@@ -48,6 +48,7 @@ from .pipeline_lora import LoraLoaderMixin
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
 from .pipelines.arguments import (
     CAPTION_NAMES,
+    MEMORY_NAMES,
     PYTHON_NAMES,
     call_seeds,
     check_caption_kwargs,
@@ -203,7 +204,8 @@ class Showo2Pipeline(LoraLoaderMixin):
             raise UsageError(f"the weights are quantized ({self.model.quantize}); load the model again without "
                              + quantized)
         network = getattr(self.network, "_orig_mod", self.network)  # torch.compile's wrapper: its module
-        network.load_heads()  # the whole network is written (a head not yet run loads first)
+        with python_names(MEMORY_NAMES):
+            network.load_heads()  # the whole network is written (a head not yet run loads first)
         state = network.state_dict()
         odd = next((k for k, v in state.items() if type(v) is not torch.Tensor or v.is_meta), None)
         if odd is not None:
@@ -257,7 +259,8 @@ class Showo2Pipeline(LoraLoaderMixin):
         if gpu_id is not None and dev.startswith("cuda"):
             dev = f"cuda:{int(gpu_id)}"
         self.model.to(device="cpu")
-        enable_offload(self.model, mode, dev)
+        with python_names(MEMORY_NAMES):  # (sequential loads the heads left out first)
+            enable_offload(self.model, mode, dev)
 
     @property
     def offload(self) -> str:

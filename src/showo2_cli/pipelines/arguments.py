@@ -60,6 +60,8 @@ PYTHON_NAMES = {
     # the limit a pipeline is loaded with (from_pretrained(runtime=)), else the variable: each named once
     f"--max-memory or {MAX_MEMORY_ENV}": f"RuntimeOptions(max_memory_gb=...) or {MAX_MEMORY_ENV}",
 }
+#: the memory limit's names alone: for what loads weights (a head left out, offload's) outside a call
+MEMORY_NAMES = {k: v for k, v in PYTHON_NAMES.items() if k.startswith("--max-memory")}
 CAPTION_NAMES = {
     "--size": "size", "--frames": "frames", "--max-new-tokens": "max_new_tokens", "--temperature": "temperature",
     "--top-p": "top_p", "--top-k": "top_k", "--seed": "seed", "--mask": "mask_mode", "--template": "template",
