@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -68,6 +69,27 @@ def sigint_reaches_child() -> None:
     runs on, exit 0, as Unix intends for background jobs); the child gets the default back."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+
+
+def write_adapter(model_dir, folder, targets, seed, **config) -> Path:
+    """A rank-2 LoRA adapter of the model in ``model_dir`` on ``targets`` (layer-name suffixes) with
+    random B matrices, its config then given ``config``'s fields (peft's: alpha_pattern, use_rslora, ...)."""
+    import torch
+
+    from showo2_cli.loading import load
+    from showo2_cli.lora import ADAPTER_CONFIG, add_lora, save_adapter
+
+    net = load(model_dir).network
+    lora_config = add_lora(net, 2, 4.0, 0.0, targets, ())
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    save_adapter(folder, net, lora_config)
+    raw = json.loads((folder / ADAPTER_CONFIG).read_text())
+    (folder / ADAPTER_CONFIG).write_text(json.dumps({**raw, **config}))
+    return folder
 
 def write_h264(path, frames, rate: int = 25, options: dict | None = None) -> Path:
     """``frames`` (uint8 (T, H, W, 3)) written as an H.264 video at ``path``, one frame per tick of

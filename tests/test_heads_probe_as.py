@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import torch
 
-from conftest import run_in_thread
+from conftest import run_in_thread, write_adapter
 from showo2_cli import api
 from showo2_cli.errors import ModelError
 from showo2_cli.loading import ALL_HEADS, load
@@ -134,32 +134,15 @@ def test_a_weights_file_changed_before_first_use_is_one_clear_error(tiny_model_d
     assert api.caption(model, image, api.CaptionOptions(max_new_tokens=2)).answers  # the rest still runs
 
 
-def _adapter(model_dir, folder, targets, seed, **config):
-    """A LoRA adapter of rank 2 on ``targets`` (layer-name suffixes) with random B matrices, its
-    config then given ``config``'s fields (peft's: alpha_pattern, use_rslora, ...)."""
-    from showo2_cli.lora import ADAPTER_CONFIG, add_lora, save_adapter
-
-    net = load(model_dir).network
-    lora_config = add_lora(net, 2, 4.0, 0.0, targets, ())
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    save_adapter(folder, net, lora_config)
-    raw = json.loads((folder / ADAPTER_CONFIG).read_text())
-    (folder / ADAPTER_CONFIG).write_text(json.dumps({**raw, **config}))
-    return folder
-
 
 @pytest.fixture(scope="module")
 def adapters(untied, tmp_path_factory):
     """Two adapters merged in order: one over the LLM, the flow head and the untied lm_head with a
     per-layer alpha and rsLoRA scaling, one over the flow head's attention alone."""
     tmp = tmp_path_factory.mktemp("adapters")
-    first = _adapter(untied, tmp / "a", ["q_proj", "fc1", "linear", "lm_head"], 1, use_rslora=True,
+    first = write_adapter(untied, tmp / "a", ["q_proj", "fc1", "linear", "lm_head"], 1, use_rslora=True,
                      alpha_pattern={"diffusion_head_b.linear": 9.0, "lm_head": 3.0})
-    second = _adapter(untied, tmp / "b", ["diffusion_head_a.0.self_attn.q_proj", "o_proj"], 2)
+    second = write_adapter(untied, tmp / "b", ["diffusion_head_a.0.self_attn.q_proj", "o_proj"], 2)
     return [first, second]
 
 

@@ -5,16 +5,16 @@ Face repo id (a local Hub on 127.0.0.1); adapters are read and checked before th
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 import torch
 
+from conftest import write_adapter
 from showo2_cli import Showo2Pipeline
 from showo2_cli.errors import ModelError, UsageError
 from showo2_cli.loading import load
-from showo2_cli.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, add_lora, save_adapter
+from showo2_cli.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX
 from showo2_cli.modeling.parts import NotLoaded
 from showo2_cli.specs import get_spec
 from test_hub_pipeline import hub, offline  # noqa: F401  (the local Hub fixture)
@@ -29,30 +29,15 @@ def untied(tmp_path_factory):
     return init_model(spec, tmp_path_factory.mktemp("bb") / "untied", seed=3, vae_base_dim=4)
 
 
-def _adapter(model_dir, folder, targets, seed, **config):
-    """A rank-2 adapter on ``targets`` (name suffixes) with random B matrices, its config then given
-    ``config``'s fields."""
-    net = load(model_dir).network
-    lora_config = add_lora(net, 2, 4.0, 0.0, targets, ())
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    save_adapter(folder, net, lora_config)
-    raw = json.loads((folder / ADAPTER_CONFIG).read_text())
-    (folder / ADAPTER_CONFIG).write_text(json.dumps({**raw, **config}))
-    return folder
-
 
 @pytest.fixture(scope="module")
 def adapters(untied, tmp_path_factory):
     """Over the LLM, the flow head and the untied lm_head (alpha_pattern, rsLoRA), then over the
     flow head's attention alone."""
     tmp = tmp_path_factory.mktemp("adapters")
-    return [_adapter(untied, tmp / "a", ["q_proj", "fc1", "linear", "lm_head"], 1, use_rslora=True,
+    return [write_adapter(untied, tmp / "a", ["q_proj", "fc1", "linear", "lm_head"], 1, use_rslora=True,
                      alpha_pattern={"diffusion_head_b.linear": 9.0, "lm_head": 3.0}),
-            _adapter(untied, tmp / "b", ["diffusion_head_a.0.self_attn.q_proj", "o_proj"], 2)]
+            write_adapter(untied, tmp / "b", ["diffusion_head_a.0.self_attn.q_proj", "o_proj"], 2)]
 
 
 def _whole(pipe) -> dict:

@@ -48,12 +48,15 @@ from .pipeline_lora import LoraLoaderMixin
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
 from .pipelines.arguments import (
     CAPTION_NAMES,
+    DEVICE_NAMES,
     MEMORY_NAMES,
     PYTHON_NAMES,
     call_seeds,
     check_caption_kwargs,
+    check_output_type,
     check_pretrained_kwargs,
     device_from_map,
+    lora_names,
     outputs_as,
     prompt_list,
     python_names,
@@ -69,12 +72,6 @@ from .runtime import (
     python_dtype,
 )
 from .sampling import StopSampling
-
-#: the device errors of runtime.pick_device as a Python caller reads them
-DEVICE_NAMES = {"--device": "device"}
-#: the adapter errors of lora/hub (``--lora: 'x' does not exist``) as from_pretrained's caller reads them
-LORA_NAMES = {"--lora:": "lora:"}
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 @dataclass
@@ -173,7 +170,7 @@ class Showo2Pipeline(LoraLoaderMixin):
             dev, dtype = load_placement(runtime, device, torch_dtype, "torch_dtype")
         with hub_access(cache_dir, token):  # this call's cache and token, for the pull and the load alike
             fetch(name, force_download, local_files_only, progress, when_needed=True)
-            with python_names(LORA_NAMES):
+            with python_names(lora_names("lora")):
                 return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime,
                                 local_files_only=local_files_only, use_safetensors=use_safetensors, lora=lora,
                                 vae_parts=("decoder",), heads=()))  # each head on first use (a caption, a generation)
@@ -456,8 +453,7 @@ class Showo2Pipeline(LoraLoaderMixin):
         ``latents``; setting ``pipe._interrupt = True`` ends the sampling there: the outputs in
         progress are decoded from the latents reached, later batches are not made).
         ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos)."""
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        check_output_type(output_type)
         prompts = prompt_list(prompt)
         negatives = [""] * len(prompts) if negative_prompt is None else prompt_list(negative_prompt, "negative_prompt")
         if len(negatives) == 1:

@@ -31,11 +31,11 @@ import os
 import torch
 
 from .errors import ModelError, UsageError
-from .pipelines.arguments import python_names, real_number
+from .pipelines.arguments import lora_names, python_names, real_number
 from .runtime import cpu_by_default, one_call_at_a_time
 
 #: the adapter errors of lora/hub (``--lora: 'x' does not exist``) as load_lora_weights' caller reads them
-LORA_NAMES = {"--lora:": "load_lora_weights:"}
+LORA_NAMES = lora_names("load_lora_weights")
 
 
 class LoraLoaderMixin:

@@ -62,6 +62,16 @@ PYTHON_NAMES = {
 }
 #: the memory limit's names alone: for what loads weights (a head left out, offload's) outside a call
 MEMORY_NAMES = {k: v for k, v in PYTHON_NAMES.items() if k.startswith("--max-memory")}
+#: the device errors of runtime.pick_device as a Python caller reads them
+DEVICE_NAMES = {"--device": "device"}
+
+
+def lora_names(argument: str) -> dict[str, str]:
+    """The adapter errors of lora/hub (``--lora: 'x' does not exist``) as a Python caller reads
+    them: naming its own argument (``lora``, ``load_lora_weights``)."""
+    return {"--lora:": f"{argument}:"}
+
+
 CAPTION_NAMES = {
     "--size": "size", "--frames": "frames", "--max-new-tokens": "max_new_tokens", "--temperature": "temperature",
     "--top-p": "top_p", "--top-k": "top_k", "--seed": "seed", "--mask": "mask_mode", "--template": "template",
@@ -167,6 +177,15 @@ def call_seeds(generator, seed, count: int) -> list[int] | None:
             raise ValueError(f"got {len(generator)} generators for {count} outputs: give one, or one per output")
         return [generator_seed(g) for g in generator]
     return [generator_seed(generator)]
+
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def check_output_type(output_type) -> None:
+    """A pipeline call's ``output_type``: one of diffusers' forms this pipeline makes."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
 
 
 def outputs_as(results, output_type: str, video: bool):
