@@ -326,8 +326,9 @@ def _apply(network: torch.nn.Module, ref, name: str, left_out: list[str], weight
     """Read the adapter ``ref``, match its targets in ``network`` and merge it (:func:`_merge_one`)."""
     config, state, folder = read_adapter(ref)
     targets = config.target_modules
+    literal_patterns(network, config, folder)  # (peft's regular expressions, as names)
     if isinstance(targets, str):  # peft: a regular expression over the full module names
-        if targets != "all-linear" and not _matches_linear(network, targets):
+        if targets != "all-linear" and not any(_has_linear(network, n) for n in config.target_modules):
             raise ModelError(f"LoRA adapter '{folder}': target_modules {short(targets, 60)!r} matches no "
                              "linear layer of this model")
     else:
@@ -405,14 +406,67 @@ class _left_out_on_meta:
         self._put("stand-in")
 
 
-def _matches_linear(network: torch.nn.Module, pattern: str) -> bool:
-    import re
+#: Seconds all of one adapter's regular expressions may take to match the model's module names
+MATCH_SECONDS = 2.0
+_PLAIN_KEY = r"[\w.-]+"  # a rank_pattern/alpha_pattern key peft's re matches in linear time: names and dots
 
-    try:
-        rx = re.compile(pattern)
-    except re.error as e:
-        raise ModelError(f"LoRA target_modules {short(pattern, 60)!r} is not a regular expression ({e})") from None
-    return any(rx.fullmatch(n) for n, m in network.named_modules() if isinstance(m, torch.nn.Linear))
+
+def literal_patterns(network: torch.nn.Module, config, folder) -> None:
+    """Replace the regular expressions of an adapter's ``config`` (a string ``target_modules`` or
+    ``exclude_modules``; ``rank_pattern``/``alpha_pattern`` keys beyond names and dots) by the
+    literal module names of ``network`` they match, matched here by the ``regex`` engine within
+    :data:`MATCH_SECONDS` in all: peft matches them with ``re``, whose backtracking a hostile
+    pattern (``(.*)*x``) keeps busy for hours, uninterruptibly. peft then compares names only."""
+    import re
+    import time
+
+    import regex
+
+    deadline = time.monotonic() + MATCH_SECONDS
+    names = [n for n, _ in network.named_modules() if n]
+
+    def compiled(pattern: str, field: str, template: str = "{}"):
+        try:
+            re.compile(template.format(pattern))
+            return regex.compile(template.format(pattern))
+        except (re.error, regex.error, OverflowError, RecursionError) as e:
+            raise ModelError(f"LoRA adapter '{folder}': {field} {short(pattern, 60)!r} is not a regular expression "
+                             f"({one_line(e, 80)})") from None
+
+    def hits(rx, field: str, pattern: str, how: str = "fullmatch") -> list[str]:
+        found = []
+        for n in names:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                if getattr(rx, how)(n, timeout=left):
+                    found.append(n)
+            except TimeoutError:
+                raise ModelError(f"LoRA adapter '{folder}': {field} {short(pattern, 60)!r} takes over {MATCH_SECONDS:g} "
+                                 "s to match this model's layer names (a regular expression with nested "
+                                 "repetition?)") from None
+        return found
+
+    for field in ("target_modules", "exclude_modules"):
+        pattern = getattr(config, field, None)
+        if isinstance(pattern, str) and pattern != "all-linear":
+            setattr(config, field, set(hits(compiled(pattern, field), field, pattern)))
+    for field in ("rank_pattern", "alpha_pattern"):
+        table = getattr(config, field, None) or {}
+        if all(re.fullmatch(_PLAIN_KEY, k) for k in table):
+            continue
+        targets = config.target_modules
+        targeted = [n for n, m in network.named_modules() if n and (
+            isinstance(m, torch.nn.Linear) if targets == "all-linear"
+            else n in targets or any(n.endswith("." + t) for t in targets))]
+        literal = {}
+        for key, value in table.items():  # peft's get_pattern_key: the first key matching a name's end
+            rx = compiled(key, f"{field} key", r"(.*\.)?({})$")
+            for n in hits(rx, f"{field} key", key, "match"):
+                if n in targeted:
+                    literal.setdefault(re.escape(n), value)
+        setattr(config, field, literal)
 
 
 def _has_linear(network: torch.nn.Module, name: str) -> bool:
