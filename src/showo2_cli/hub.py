@@ -173,6 +173,8 @@ def check_adapter_name(ref: str | os.PathLike) -> None:
     ``@revision``) is a :class:`UsageError`, said without torch: a mistyped adapter path fails
     before any model library is imported or any weight read."""
     text = str(ref)
+    if not text.strip():  # (a path of "" is the current folder: a run folder's adapter would load unasked)
+        raise UsageError("--lora: the name is empty (give an adapter folder, a training run or a Hugging Face repo id)")
     if existing_path(text) is None and not is_repo_id(split_revision(text)[0]):
         raise UsageError(f"--lora: '{short(text, 200)}' does not exist (give an adapter folder, a training run or a "
                          "Hugging Face repo id: owner/name, maybe @revision)")

@@ -102,8 +102,10 @@ def fetch_adapter(ref: str | os.PathLike, local_files_only: bool = False, progre
     downloaded first where not cached (through the project's one download path, sizes and
     checksums checked, ``progress`` getting the bytes) unless ``HF_HUB_OFFLINE`` or
     ``local_files_only``. Anything else is returned as it is (:func:`find_adapter` says what is wrong)."""
-    from .hub import existing_path, is_repo_id, split_revision
+    from .hub import check_adapter_name, existing_path, is_repo_id, split_revision
 
+    if not str(ref).strip():
+        check_adapter_name(ref)  # (its one refusal of an empty name)
     if existing_path(ref) is not None:
         return ref
     repo, revision = split_revision(ref)

@@ -19,7 +19,7 @@ import torch
 from conftest import write_adapter
 from showo2_cli import lora
 from showo2_cli.cli import main
-from showo2_cli.errors import ModelError
+from showo2_cli.errors import ModelError, UsageError
 from showo2_cli.loading import load
 
 HOSTILE = "(.*)*x"  # under re: 2**len(name) steps on a layer name that holds no x
@@ -104,3 +104,25 @@ def test_a_pattern_over_the_time_limit_is_one_line_naming_it(tiny_model_dir, mer
     with pytest.raises(ModelError, match=r"target_modules '\.\*q_proj' takes over 0 s to match this model's layer"):
         load(tiny_model_dir, lora=[folder], need=())
 
+
+def test_an_empty_lora_is_refused_not_read_as_the_current_folder(tiny_model_dir, merged, tmp_path, monkeypatch,
+                                                                  capsys):
+    """``--lora ""`` (typer's Path made it '.') merged the adapter in the current folder unasked."""
+    monkeypatch.chdir(variant(merged[0], tmp_path / "adapter_here"))
+    out = tmp_path / "x.png"
+    for empty in ("", " "):
+        assert main(["t2i", "a red circle", "--model", str(tiny_model_dir), "--lora", empty, "-o", str(out),
+                     "--steps", "2"]) == 2
+        err = capsys.readouterr().err
+        assert "--lora: the name is empty" in err and len(err.strip().splitlines()) == 1, err
+        with pytest.raises(UsageError, match="lora: the name is empty"):
+            load(tiny_model_dir, lora=[empty], need=())
+    assert not out.exists()
+
+
+def test_a_lora_name_is_echoed_as_typed(capsys, tmp_path):
+    """A URL given as --lora is named as given (typer's Path turned '//' into '/')."""
+    url = "https://huggingface.co/acme/x"
+    assert main(["t2i", "a red circle", "--lora", url, "-o", str(tmp_path / "x.png"), "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"--lora: '{url}' does not exist" in err and len(err.strip().splitlines()) == 1, err

@@ -324,7 +324,7 @@ VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_
                                              "model's, then $SHOWO2_VAE).")]
 OffloadOpt = Annotated[Offload, typer.Option("--offload", help="Keep the weights in CPU memory (accelerate): model = one "
                                              "component on the device at a time, sequential = one layer at a time (least memory, slowest).")]
-def _existing_adapters(refs: list[Path] | None) -> list[Path] | None:
+def _existing_adapters(refs: list[str] | None) -> list[str] | None:
     """``--lora``'s check as the command line is parsed, before the command runs: a path that does
     not exist and is no Hugging Face repo id fails first, without torch (it failed after the
     imports, the default model's lookup and the model files' checks: about 20 s on a busy machine)."""
@@ -335,7 +335,7 @@ def _existing_adapters(refs: list[Path] | None) -> list[Path] | None:
     return refs
 
 
-LoraOpt = Annotated[list[Path] | None, typer.Option("--lora", metavar="<path>", callback=_existing_adapters, help="A LoRA adapter (a folder with adapter_model.safetensors, "
+LoraOpt = Annotated[list[str] | None, typer.Option("--lora", metavar="<path>", callback=_existing_adapters, help="A LoRA adapter (a folder with adapter_model.safetensors, "
                                                     "a Hugging Face repo id, repo@revision to pin one, "
                                                     "or a `showo2 train` run with [lora]) merged into the model's weights; "
                                                     "repeatable, applied in order.")]
