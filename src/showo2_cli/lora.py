@@ -195,7 +195,9 @@ def read_adapter(ref: str | os.PathLike):
         raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}' holds no LoRA tensors")
     odd = next((k for k, t in state.items() if not t.is_floating_point()), None)
     if odd is None:  # (found here, before any model loads; merging refused them only at the end)
-        nan = next((k for k, t in state.items() if not torch.isfinite(t).all()), None)
+        # (float8 has no isfinite of its own: its values are checked as float32, which holds them exactly)
+        nan = next((k for k, t in state.items() if not torch.isfinite(t.float() if t.itemsize == 1 else t).all()),
+                   None)
         if nan is not None:
             raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}': {nan} holds NaN or infinite values")
     if odd is not None:  # an integer adapter would be truncated into the weights

@@ -126,3 +126,28 @@ def test_a_lora_name_is_echoed_as_typed(capsys, tmp_path):
     assert main(["t2i", "a red circle", "--lora", url, "-o", str(tmp_path / "x.png"), "--steps", "2"]) == 2
     err = capsys.readouterr().err
     assert f"--lora: '{url}' does not exist" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_a_float8_adapter_merges_as_its_float32_values_and_its_nan_is_named(tiny_model_dir, merged, tmp_path, dtype):
+    """float8_e4m3fn tensors were an internal error (torch has no isfinite for them); e5m2 loaded."""
+    from safetensors.torch import load_file, save_file
+
+    def with_tensors(name, change):
+        folder = variant(merged[0], tmp_path / name)
+        weights = folder / lora.ADAPTER_WEIGHTS
+        save_file({k: change(v) for k, v in load_file(weights).items()}, weights)
+        return folder
+
+    low = with_tensors("f8", lambda t: t.to(dtype))
+    wide = with_tensors("f32", lambda t: t.to(dtype).float())  # the same values in float32
+    got = load(tiny_model_dir, lora=[low], need=()).network.state_dict()
+    want = load(tiny_model_dir, lora=[wide], need=()).network.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert any(not torch.equal(want[k], merged[1][k]) for k in want)  # (float8 rounded the adapter)
+    nan = with_tensors("nan", lambda t: torch.full_like(t, float("nan")).to(dtype))
+    with pytest.raises(ModelError, match="holds NaN or infinite values"):
+        load(tiny_model_dir, lora=[nan], need=())
+    assert main(["t2i", "x", "--model", str(tiny_model_dir), "--lora", str(nan), "-o", str(tmp_path / "x.png"),
+                 "--steps", "2"]) == 4
+    assert not (tmp_path / "x.png").exists()
