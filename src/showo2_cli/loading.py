@@ -311,8 +311,6 @@ def require_model(model) -> Showo2:
     return model
 
 
-@cpu_by_default
-
 def check_adapters(files, lora) -> bool:
     """Read and check the LoRA adapters ``lora`` (folders) before a model's weights are read: their
     files and values, and, where the model's config gives the layers' shapes (a showo2-format
@@ -329,6 +327,8 @@ def check_adapters(files, lora) -> bool:
             read_adapter(ref)
     return early is not None
 
+
+@cpu_by_default
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, need: tuple[str, ...] = ("tokenizer", "VAE"),
          runtime=None, lora: str | os.PathLike | list | tuple | None = (), local_files_only: bool = False,
