@@ -363,7 +363,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
 
     from .acceleration import apply
     from .hub_auth import hub_access
-    from .lora import adapted_layers, fetch_adapter, merge_adapters
+    from .lora import adapted_layers, as_given, fetch_adapter, merge_adapters
     from .modeling.vae_files import check_parts, load_vae
     from .tokenizer import add_showo2_tokens, load_tokenizer
 
@@ -400,8 +400,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     # LoRA adapters are merged into what is loaded; a head left out is matched and checked on 'meta',
     # and merged when it loads (HeadLoader)
     adapters = merge_adapters(network, lora, record=loader.adapters) if lora else []
-    # (recorded with the outputs: a repo id as given, not its folder in this machine's cache)
-    adapters = [str(t) if f is not t else a for t, f, a in zip(typed, lora, adapters, strict=True)]
+    adapters = [as_given(t, f, a) for t, f, a in zip(typed, lora, adapters, strict=True)]
     loader.record_adapters()
     if network.loaded_heads() != ALL_HEADS:
         network.head_loader = loader

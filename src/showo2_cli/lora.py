@@ -141,6 +141,13 @@ def fetch_adapter(ref: str | os.PathLike, local_files_only: bool = False, progre
     return download_files(repo, [ADAPTER_CONFIG, ADAPTER_WEIGHTS], progress, "LoRA adapter", revision, remote)
 
 
+def as_given(ref, fetched, recorded):
+    """What outputs record of the adapter ``ref`` (as the caller typed it) that
+    :func:`fetch_adapter` turned into ``fetched``: a repo id as given, not its folder in this
+    machine's cache; else ``recorded`` (the adapter's folder)."""
+    return str(ref) if fetched is not ref else recorded
+
+
 def find_adapter(ref: str | os.PathLike) -> Path:
     """The adapter folder named by ``ref``: the folder itself, its ``adapter_model.safetensors``,
     a training checkpoint or a training run folder (its latest checkpoint)."""

@@ -58,7 +58,7 @@ class LoraLoaderMixin:
         against the model's layers before any weight changes. Returns the adapter's name."""
         from .hub import with_revision
         from .hub_auth import hub_access
-        from .lora import adapted_layers, fetch_adapter
+        from .lora import adapted_layers, as_given, fetch_adapter
 
         ref = pretrained_model_name_or_path_or_dict
         if not isinstance(ref, (str, os.PathLike)):
@@ -95,7 +95,7 @@ class LoraLoaderMixin:
             loader.adapters.append((folder, later, float(weight)))
             loader.record_adapters()
         self.__dict__["_lora_saved"] = saved
-        shown = str(ref) if fetched is not ref else folder  # a repo id as given, not its folder in the cache
+        shown = as_given(ref, fetched, folder)
         self.model.adapters.append(shown if weight == 1.0 else {"path": shown, "weight": float(weight)})
         self._lora_loaded.append({"name": adapter_name, "path": shown, "weight": float(weight)})
         return adapter_name

@@ -195,6 +195,10 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
 PYTHON_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
+def _is_auto(value) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
 def python_device(device: str | torch.device) -> str:
     """A device a Python caller passes (``"auto"``, ``"cpu"``, ``"cuda:0"``, ``"MPS"``, a
     ``torch.device``), checked and resolved as ``--device`` is (:func:`pick_device`); a wrong one is
@@ -212,7 +216,7 @@ def python_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu", n
     auto``), a name of the dtype table (any case, ``torch.`` prefix or not) or a torch dtype, of
     float32, bfloat16, float16, or float64 (the one Python callers get beyond the CLI's). ``name``:
     the caller's argument, for the message (``torch_dtype`` in ``from_pretrained``)."""
-    if isinstance(dtype, str) and dtype.strip().lower() == "auto":
+    if _is_auto(dtype):
         return pick_dtype("auto", str(device))
     key = str(dtype).lower().removeprefix("torch.") if isinstance(dtype, (str, torch.dtype)) else None
     if key in ("float64", "fp64", "double"):
@@ -227,10 +231,6 @@ def python_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu", n
         raise UsageError(f"{name} must be auto, fp32, bf16, fp16 or float64 (a name or a torch dtype), got "
                          f"'{short(dtype)}'")
     return found
-
-
-def _is_auto(value) -> bool:
-    return isinstance(value, str) and value.strip().lower() == "auto"
 
 
 def load_placement(runtime, device=None, dtype=None, dtype_name: str = "dtype") -> tuple[str, torch.dtype]:

@@ -145,7 +145,7 @@ def convert(
     files = find_files(src, vae=vae)
     if not files.weights:
         raise ModelError(f"'{src}' has no weights")
-    from ..lora import fetch_adapter, find_adapter, merge_adapters
+    from ..lora import as_given, fetch_adapter, find_adapter, merge_adapters
 
     typed, lora = list(lora or []), [fetch_adapter(ref) for ref in lora or []]  # a repo id: its cached folder
     adapter_folders = [find_adapter(ref) for ref in lora]
@@ -163,8 +163,7 @@ def convert(
         network = build_network(spec, {k: v for k, v in state.items()}, torch.float32 if lora else ref_dtype,
                                 where=str(files.root))
         if lora:  # merged in float32, written in the chosen dtype (keep: the checkpoint's own)
-            adapters = merge_adapters(network, lora)  # (recorded: a repo id as given, not its cache folder)
-            adapters = [str(t) if f is not t else a for t, f, a in zip(typed, lora, adapters, strict=True)]
+            adapters = [as_given(t, f, a) for t, f, a in zip(typed, lora, merge_adapters(network, lora), strict=True)]
             kept = {k: v.dtype for k, v in state.items()}
             state = {k: v.to(kept.get(k, v.dtype)) for k, v in network.state_dict().items()}
         del network
