@@ -5,21 +5,34 @@
 
 Sections (one process each, so a native crash in one, e.g. flex attention, loses nothing else):
 
-* t2i at 432x432, 50 steps, guidance 5 (cond + uncond), s/image at batch 1 and 4, through
-  ``sampling.generate_latents`` as the pipeline calls it (prefix cache, shared dual path);
-* caption: greedy tokens/s after a 729-token image prompt (``text_decoding.generate``);
-* peak GPU memory (``torch.cuda.max_memory_allocated``) of each;
-* attention variants, 10 guided t2i steps each: sdpa (default), flex (transformers'
-  ``flex_attention`` for the LLM), and ``torch.compile`` of the LLM and flow-head blocks;
-* the 7B-shaped network's peak memory for t2i (batch 1), weights built directly in bf16.
+* t2i at 432x432, 50 steps (50 guided model calls; the command line's ``--steps 51``), guidance 5
+  (cond + uncond), s/image at batch 1 and 4, through ``sampling.generate_latents`` as the pipeline
+  calls it (noise drawn on the CPU, prefix cache, shared dual path), the network holding what
+  ``showo2 t2i`` loads (no ``lm_head``);
+* caption: greedy tokens/s after a 729-token image prompt (``text_decoding.generate``), the time
+  to the first token (the prompt's forward) and the decoding rate after it (no flow head, as
+  ``showo2 caption`` loads);
+* peak GPU memory of each timed run: ``torch.cuda.max_memory_allocated`` (tensors; ``peak_gib``)
+  and ``max_memory_reserved`` (what torch's caching allocator took from the card; nvidia-smi shows
+  that plus the CUDA context), both reset after the warm-up;
+* attention variants, 10 guided t2i steps each, set as ``--attn`` / ``--compile`` set them
+  (``Showo2Model.set_attention``, ``acceleration.compile_network``): sdpa (default), flex (the
+  omni mask as a flex ``BlockMask`` in the LLM and the flow head), and ``torch.compile`` of the LLM
+  and flow-head blocks; the warm-up's time (the compiles) and torch.compile's graph count before
+  and after the timed run (a recompile per step would show there) are recorded;
+* the 7B-shaped network's memory for t2i (batch 1): the weights as loaded (``weights_gib``, the
+  tensors held after the build) and the run's peak, in bf16 and with ``--quantize nf4``.
 
-Weights are random (built on the device, no files), so only time and memory mean anything.
+Weights are random, built on the device in bf16 (never a float32 copy there; no files), so only
+time and memory mean anything. The record is written after each measurement, so a section
+stopped by its time limit keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -36,40 +49,60 @@ from showo2_cli.text_decoding import generate
 
 REAL_IDS = dict(bos=151644, eos=151645, boi=151652, eoi=151653, img_pad=151655, vid_pad=151656, pad=151665,
                 img=151666, bov=151667, eov=151668)
+#: what each command loads (``load(heads=)``): t2i the flow head only, caption the language head only
+T2I_HEADS, CAPTION_HEADS = ("flow_head",), ("lm_head",)
 
 
 def sync(device):
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def reset_peak(device):
     if device.type == "cuda":
+        sync(device)
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_gib(device) -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+def gib(value: int) -> float:
+    return value / 2**30
 
 
-def make_network(spec, device, dtype):
-    """Random weights straight on the device (meta build, ``to_empty``, small normal values)."""
+def peak(device) -> dict:
+    """The peak since :func:`reset_peak`: tensors (``peak_gib``) and the allocator's reserve."""
+    if device.type != "cuda":
+        return {"peak_gib": None, "peak_reserved_gib": None}
+    return {"peak_gib": gib(torch.cuda.max_memory_allocated(device)),
+            "peak_reserved_gib": gib(torch.cuda.max_memory_reserved(device))}
+
+
+def held_gib(device) -> float | None:
+    """Memory the live tensors hold now (the weights, after a build)."""
+    return gib(torch.cuda.memory_allocated(device)) if device.type == "cuda" else None
+
+
+def make_network(spec, device, dtype, heads: tuple[str, ...] | None = None):
+    """Random weights straight on the device in ``dtype``: built on 'meta', cast there, then
+    ``to_empty`` and filled in place, so no float32 copy of the network (the 7B's: 34 GB) is ever
+    on the device. ``heads``: the heads a command loads (``load(heads=)``), the others left out."""
+    from showo2_cli.modeling.showo2 import Showo2Model
+
     with torch.device("meta"):
-        from showo2_cli.modeling.showo2 import Showo2Model
-
         net = Showo2Model(spec)
-    net = net.to_empty(device=device).to(dtype)
+    if heads is not None:
+        net.leave_out(heads)
+    net = net.to(dtype).to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, p in net.named_parameters():
             if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen, device=device, dtype=torch.float32).mul_(0.02).to(dtype))
+                p.normal_(0.0, 0.02, generator=gen)
             elif "norm" in name and name.endswith("weight"):
                 p.fill_(1)
             else:
                 p.zero_()
-    net.reset_buffers()
+    net.reset_buffers()  # the RoPE tables, float32 as a load builds them
     return net.eval()
 
 
@@ -79,23 +112,43 @@ def ids(spec) -> SpecialTokens:
     return SpecialTokens(**{k: spec.vocab_size - (151669 - v) for k, v in REAL_IDS.items()})
 
 
-def t2i(net, spec, batch: int, steps: int, device, prompt_len: int = 64) -> dict:
+def compile_stats() -> dict:
+    """torch.compile's counts so far: graphs compiled and graph breaks (0 when nothing compiled)."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs": int(counters["stats"]["unique_graphs"]), "graph_breaks": int(sum(counters["graph_break"].values()))}
+
+
+@torch.no_grad()
+def t2i(net, spec, batch: int, steps: int, device, prompt_len: int = 64, warmup_steps: int = 2,
+        on_warmup=None) -> dict:
+    """``steps`` guided model calls (``steps + 1`` grid points) after a warm-up of ``warmup_steps``
+    (``on_warmup(seconds)`` is told its time: with ``--compile``, the compiles)."""
     tok = ids(spec)
     grid = spec.image_latent_grid
     prompts = [[(i * 7 + j) % 1000 + 100 for j in range(prompt_len)] for i in range(batch)]
     layout = generation_layout(prompts, grid * grid + 1, tok, spec.max_seq_len)
+    # as the pipeline: float32 noise drawn on the CPU, the sampler's state moved to the device per call
     noise = torch.randn(batch, spec.latent_channels, 2 * grid, 2 * grid, generator=torch.Generator().manual_seed(0))
-    generate_latents(net, layout, noise.to(device), 5.0, 3, 3.0, cache_prefix=True)  # warm-up
-    reset_peak(device)
-    sync(device)
     start = time.perf_counter()
-    generate_latents(net, layout, noise.to(device), 5.0, steps + 1, 3.0, cache_prefix=True)
+    generate_latents(net, layout, noise, 5.0, warmup_steps + 1, 3.0, cache_prefix=True)
+    sync(device)
+    warmup = time.perf_counter() - start
+    if on_warmup is not None:
+        on_warmup(warmup)
+    before = compile_stats()
+    reset_peak(device)
+    start = time.perf_counter()
+    latents = generate_latents(net, layout, noise, 5.0, steps + 1, 3.0, cache_prefix=True)
     sync(device)
     seconds = time.perf_counter() - start
-    return {"batch": batch, "steps": steps, "seconds": seconds, "s_per_image": seconds / batch,
-            "peak_gib": peak_gib(device)}
+    return {"batch": batch, "steps": steps, "model_calls": steps, "cli_steps": steps + 1, "seconds": seconds,
+            "s_per_image": seconds / batch, "s_per_step": seconds / steps, **peak(device),
+            "warmup_seconds": warmup, "finite": bool(torch.isfinite(latents).all()),
+            "compiled_graphs_in_timed_run": compile_stats()["graphs"] - before["graphs"]}
 
 
+@torch.no_grad()
 def caption(net, spec, new_tokens: int, device) -> dict:
     tok = ids(spec)
     grid = spec.image_latent_grid
@@ -104,35 +157,50 @@ def caption(net, spec, new_tokens: int, device) -> dict:
     question = [200 + i for i in range(16)]
 
     def once(n):
+        first = []
+
+        def on_token(_token):  # the token's id is on the host: the work before it is done
+            if not first:
+                first.append(time.perf_counter())
+
+        start = time.perf_counter()
         visual = net.encode_visual(latents.to(device)).fused[0]
         layout = understanding_layout(question, visual.shape[0], tok, system, [], [], mask_mode="official",
                                       official_block_len=grid * grid + 1)
         embeds, _ = net.embed_inputs(layout.input_ids, [[visual]], layout.slots, torch.ones(1))
         mask = omni_attention_mask(layout.blocks, layout.seq_len, device=device)
-        return generate(net, embeds, mask, TextSampling(max_new_tokens=n))
-
-    with torch.no_grad():
-        once(4)
-        reset_peak(device)
+        out = generate(net, embeds, mask, TextSampling(max_new_tokens=n), on_token=on_token)
         sync(device)
-        start = time.perf_counter()
-        out = once(new_tokens)
-        sync(device)
-    seconds = time.perf_counter() - start
-    return {"new_tokens": len(out.token_ids), "seconds": seconds, "tokens_per_s": len(out.token_ids) / seconds,
-            "peak_gib": peak_gib(device)}
+        return out, layout.seq_len, first[0] - start, time.perf_counter() - start
+
+    once(4)
+    reset_peak(device)
+    out, prompt_len, first_s, seconds = once(new_tokens)
+    n = len(out.token_ids)
+    return {"prompt_tokens": prompt_len, "new_tokens": n, "seconds": seconds, "tokens_per_s": n / seconds,
+            "first_token_s": first_s,
+            "decode_tokens_per_s": (n - 1) / (seconds - first_s) if n > 1 and seconds > first_s else None,
+            **peak(device)}
 
 
-def attention_variant(variant: str, spec, device, dtype, steps: int) -> dict:
-    """One guided t2i run of ``steps`` steps with the LLM's attention as ``variant``."""
-    net = make_network(spec, device, dtype)
+def configure(net, variant: str) -> None:
+    """The attention variant as the command line sets it: ``--attn flex`` (the LLM's and the flow
+    head's attention over a flex BlockMask of the same mask) or ``--compile``."""
+    from showo2_cli.acceleration import compile_network
+
     if variant == "flex":
-        net.showo.set_attn_implementation("flex_attention")
+        net.set_attention("flex")
     elif variant == "compile":
-        net.showo.model = torch.compile(net.showo.model)
-        for i, block in enumerate(net.diffusion_head_a):
-            net.diffusion_head_a[i] = torch.compile(block)
-    return t2i(net, spec, 1, steps, device)
+        compile_network(net)
+    elif variant != "sdpa":
+        raise ValueError(f"unknown attention variant {variant!r}")
+
+
+def attention_variant(variant: str, spec, device, dtype, steps: int, on_warmup=None) -> dict:
+    """One guided t2i run of ``steps`` steps with the network set up as ``variant``."""
+    net = make_network(spec, device, dtype, T2I_HEADS)
+    configure(net, variant)
+    return {"attn": net.attn, **t2i(net, spec, 1, steps, device, on_warmup=on_warmup)}
 
 
 def guarded(fn, *args, **kwargs):
@@ -147,7 +215,7 @@ def versions() -> dict:
     import importlib.metadata
 
     found = {}
-    for name in ("transformers", "diffusers", "accelerate", "bitsandbytes"):
+    for name in ("transformers", "diffusers", "accelerate", "bitsandbytes", "triton"):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -158,34 +226,59 @@ def versions() -> dict:
 SECTIONS = ("t2i", "caption", "attn-sdpa", "attn-flex", "attn-compile", "7b", "7b-nf4")
 
 
-def run_section(section: str, smoke: bool, steps: int, tokens: int) -> dict:
+def run_section(section: str, smoke: bool, steps: int, tokens: int, save=lambda record: None) -> dict:
+    """Measure ``section``; ``save(record)`` is called with the record so far after each stage."""
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     dtype = torch.bfloat16
     spec = get_spec("tiny" if smoke else ("7B" if section.startswith("7b") else "1.5B"))
-    record = {"section": section, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "versions": versions(), "dtype": "bf16", "spec": spec.name, "smoke": smoke}
+    record = {"section": section, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "cuda": torch.version.cuda, "versions": versions(), "dtype": "bf16",
+              "spec": spec.name, "smoke": smoke, "finished": False}
     start = time.perf_counter()
+    save(record)
     if section.startswith("attn-"):
-        record["result"] = guarded(attention_variant, section[5:], spec, device, dtype, 1 if smoke else 10)
+        def on_warmup(seconds):  # kept if the timed run does not finish in the section's time
+            record["warmup_seconds"] = seconds
+            save(record)
+
+        record["result"] = guarded(attention_variant, section[5:], spec, device, dtype, 1 if smoke else 10, on_warmup)
     else:
+        heads = CAPTION_HEADS if section == "caption" else T2I_HEADS
         reset_peak(device)
-        net = make_network(spec, device, dtype)
+        net = make_network(spec, device, dtype, heads)
+        record["heads"] = list(heads)
         record["params"] = sum(p.numel() for p in net.parameters())
+        record["build_peak_gib"] = peak(device)["peak_gib"]
         if section == "7b-nf4":  # --quantize nf4: bitsandbytes 4-bit LLM and flow head
             from showo2_cli.acceleration import quantize_network
 
+            record["weights_gib_bf16"] = held_gib(device)
             record["quantized_layers"] = quantize_network(net, "nf4")
-            record["weights_gib_bf16_peak"] = peak_gib(device)
-            reset_peak(device)
-        record["weights_gib"] = peak_gib(device)
+            sync(device)
+            record["quantize_peak_gib"] = peak(device)["peak_gib"]
+        record["weights_gib"] = held_gib(device)
+        save(record)
         if section == "t2i":
-            record["result"] = [guarded(t2i, net, spec, b, steps, device) for b in (1, 4)]
+            record["result"] = []
+            for b in (1, 4):
+                record["result"].append(guarded(t2i, net, spec, b, steps, device))
+                save(record)
         elif section == "caption":
             record["result"] = guarded(caption, net, spec, tokens, device)
         elif section.startswith("7b"):
             record["result"] = guarded(t2i, net, spec, 1, 1 if smoke else 2, device)
     record["seconds"] = time.perf_counter() - start
+    record["finished"] = True
+    save(record)
     return record
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Write ``record`` as JSON at ``path`` whole or not at all (a kill mid-write leaves the last one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -193,14 +286,12 @@ def main(argv=None) -> int:
     ap.add_argument("--section", choices=SECTIONS, required=True, help="one measurement (one process each)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--smoke", action="store_true", help="CPU, the tiny spec, few steps (checks the script runs)")
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=50, help="guided model calls per image (the CLI's --steps minus 1)")
     ap.add_argument("--tokens", type=int, default=128)
     args = ap.parse_args(argv)
-    record = run_section(args.section, args.smoke, 2 if args.smoke else args.steps, 4 if args.smoke else args.tokens)
-    text = json.dumps(record, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    save = (lambda record: write_record(args.out, record)) if args.out else (lambda record: None)
+    record = run_section(args.section, args.smoke, 2 if args.smoke else args.steps, 4 if args.smoke else args.tokens,
+                         save)
     print(json.dumps({k: v for k, v in record.items() if k != "trace"})[:2000], flush=True)
     return 0
 

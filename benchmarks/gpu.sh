@@ -3,7 +3,7 @@
 # 432x432 50 steps s/image at batch 1 and 4, caption tokens/s, peak memory), sdpa vs flex vs
 # torch.compile, and the 7B-shaped network's peak memory for t2i, in bf16 and with --quantize nf4.
 # Random weights built on the GPU (no downloads, no files). Each section runs in its own process
-# under its own time limit (8 minutes in all), so one that crashes or hangs loses nothing else.
+# under its own time limit (8.25 minutes in all), so one that crashes or hangs loses nothing else.
 #
 #   bash benchmarks/gpu.sh            # writes $OUT/gpu.json (or benchmarks/results/gpu-<date>.json)
 #   bash benchmarks/gpu.sh --smoke    # CPU: the tiny spec, a few steps (checks the script runs;
@@ -36,23 +36,36 @@ if [ "${1:-}" != "--smoke" ]; then
 fi
 export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
 parts=()
-# seconds per section: t2i (2 x 50 steps + warm-up) caption attn x3 (10 steps each, compile warm-up) 7b
-sections="t2i:150 caption:45 attn-sdpa:35 attn-flex:60 attn-compile:100 7b:45 7b-nf4:45"
+# seconds per section (each includes its ~10 s of imports and CUDA start): t2i (2 x 50 steps +
+# warm-up), caption, attn x3 (10 steps each after a warm-up that compiles: flex's kernels, and for
+# --compile three graphs of the 28-layer LLM, its first prompt, its first step and the next ones),
+# 7b (bf16 and nf4)
+sections="t2i:100 caption:45 attn-sdpa:35 attn-flex:75 attn-compile:150 7b:45 7b-nf4:45"
 [ "${1:-}" != "--smoke" ] || sections="t2i:60 caption:60 attn-sdpa:60 7b:60 7b-nf4:60"
 for pair in $sections; do
   section="${pair%%:*}"; limit="${pair##*:}"
   part="$out_dir/gpu-part-$section.json"
-  rm -f "$part"
-  timeout "$limit" "$py" "$here/bench_gpu.py" --section "$section" --out "$part" "$@"
-  rc=$?
-  [ -f "$part" ] || printf '{"section": "%s", "error": "exited %s (124 = over its %s s limit)"}\n' "$section" "$rc" "$limit" > "$part"
-  parts+=("$part")
+  rm -f "$part" "$part.tmp"
+  timeout --kill-after=10 "$limit" "$py" "$here/bench_gpu.py" --section "$section" --out "$part" "$@"
+  parts+=("$section" "$?" "$limit" "$part")
 done
-"$py" - "$out" "${parts[@]}" <<'PY'
+# One file of every section: a section that crashed or ran out of time keeps what it had written
+# (bench_gpu.py writes its record after each stage) with the exit status beside it.
+"$py" - "$out" "${parts[@]}" <<'PY' || exit 2
 import json, sys
-out, parts = sys.argv[1], sys.argv[2:]
-merged = {json.load(open(p))["section"]: json.load(open(p)) for p in parts}
-json.dump(merged, open(out, "w"), indent=1)
+out, rest = sys.argv[1], sys.argv[2:]
+merged = {}
+for section, rc, limit, part in zip(*[iter(rest)] * 4):
+    try:
+        with open(part) as fh:
+            record = json.load(fh)
+    except (OSError, ValueError) as e:
+        record = {"section": section, "error": f"no record ({type(e).__name__})"}
+    if rc != "0":
+        record["exit"] = f"exited {rc}" + (f" (over its {limit} s limit)" if rc in ("124", "137") else "")
+    merged[section] = record
+with open(out, "w") as fh:
+    json.dump(merged, fh, indent=1)
 PY
-rm -f "${parts[@]}"
+for ((i = 3; i < ${#parts[@]}; i += 4)); do rm -f "${parts[i]}" "${parts[i]}.tmp"; done
 echo "wrote $out"

@@ -1,0 +1,146 @@
+"""The GPU benchmark's run (benchmarks/gpu.sh, bench_gpu.py) and the CUDA-only paths of the memory
+guard and the out-of-memory message, checked on the CPU (probe BL).
+
+No test here pretends to run on a GPU: the benchmark's functions run on the CPU with the tiny spec,
+and the CUDA queries of the memory guard are replaced by fixed numbers to check its arithmetic."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_gpu  # noqa: E402
+
+from showo2_cli.specs import get_spec  # noqa: E402
+
+
+class _Allocations(TorchDispatchMode):
+    """Every tensor an operation makes off 'meta': (dtype, numel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self.made.append((t.dtype, t.numel()))
+        return out
+
+
+def test_the_network_is_built_on_the_device_in_bf16_without_a_float32_copy():
+    """make_network built the network in float32 on the device (``to_empty``), then cast it, and
+    drew each weight as a float32 tensor: for the 7B, 34 GB of float32 on the GPU before the 17 GB
+    of bf16, and the section's "weights" figure read that peak."""
+    spec = get_spec("tiny")
+    largest = spec.vocab_size * spec.hidden_size
+    with _Allocations() as seen:
+        net = bench_gpu.make_network(spec, torch.device("cpu"), torch.bfloat16)
+    big_fp32 = [n for dtype, n in seen.made if dtype == torch.float32 and n >= largest // 4]
+    assert big_fp32 == []
+    weights = {p.dtype for p in net.parameters()}
+    assert weights == {torch.bfloat16}
+    w = net.showo.model.embed_tokens.weight.detach().float()
+    assert 0.015 < float(w.std()) < 0.025 and abs(float(w.mean())) < 0.005  # normal(0, 0.02)
+    # the RoPE tables stay float32, as a load builds them
+    assert net.showo.model.rotary_emb.inv_freq.dtype == torch.float32
+
+
+def test_the_network_holds_the_heads_the_command_loads():
+    """The sections held every head (a t2i of the 7B held its untied 544 M-parameter lm_head, which
+    ``showo2 t2i`` never loads): each now holds what its command loads."""
+    spec = get_spec("tiny")
+    full = bench_gpu.make_network(spec, torch.device("cpu"), torch.bfloat16)
+    caption = bench_gpu.make_network(spec, torch.device("cpu"), torch.bfloat16, bench_gpu.CAPTION_HEADS)
+    assert full.loaded_heads() == ("lm_head", "flow_head")
+    assert caption.loaded_heads() == ("lm_head",)
+    head = sum(p.numel() for n, p in full.named_parameters() if n.startswith(("diff_proj.", "diffusion_head")))
+    assert head > 0
+    assert sum(p.numel() for p in caption.parameters()) == sum(p.numel() for p in full.parameters()) - head
+
+
+def test_the_attention_variants_are_set_as_the_command_line_sets_them(monkeypatch):
+    """The flex variant only switched transformers' backend: the LLM took the boolean omni mask as
+    an additive score (``score + mask``: nothing masked) and the flow head stayed on sdpa; the
+    compile variant wrapped the modules itself instead of ``--compile``'s ``compile_network``."""
+    import showo2_cli.acceleration as acceleration
+    from showo2_cli.modeling.attention import backend_mask
+
+    spec = get_spec("tiny")
+    net = bench_gpu.make_network(spec, torch.device("cpu"), torch.bfloat16, bench_gpu.T2I_HEADS)
+    bench_gpu.configure(net, "flex")
+    assert net.attn == "flex" and net.showo.config._attn_implementation == "flex_attention"
+    mask = torch.ones(1, 1, 4, 4, dtype=torch.bool).tril()
+    assert type(backend_mask(mask, net.attn, torch.bfloat16)).__name__ == "BlockMask"
+    compiled = []
+    monkeypatch.setattr(acceleration, "compile_network", compiled.append)
+    bench_gpu.configure(net, "compile")
+    assert compiled == [net]
+    with pytest.raises(ValueError):
+        bench_gpu.configure(net, "flash")
+
+
+def test_a_section_saves_its_record_after_each_stage():
+    """A section wrote its record once, at its end: one stopped by its time limit (the compile
+    section's warm-up) left nothing of what it had measured."""
+    saved = []
+    record = bench_gpu.run_section("t2i", True, 2, 2, save=lambda r: saved.append(json.loads(json.dumps(r))))
+    assert [s["finished"] for s in saved] == [False, False, False, False, True]
+    assert [len(s.get("result", [])) for s in saved] == [0, 0, 1, 2, 2]
+    assert record["heads"] == ["flow_head"]
+    first, fourth = record["result"]
+    assert (first["batch"], fourth["batch"]) == (1, 4)
+    assert first["model_calls"] == 2 and first["cli_steps"] == 3 and first["finite"]
+    assert first["compiled_graphs_in_timed_run"] == 0
+    assert first["peak_gib"] is None and record["weights_gib"] is None  # no GPU: no figure, not 0
+
+
+def _fake_python(tmp_path: Path) -> Path:
+    """A PYTHON for gpu.sh whose bench_gpu.py runs are replaced by what sections do when they fail:
+    t2i is killed by its time limit after writing a partial record, caption dies leaving half a
+    JSON file, attn-sdpa ends normally; anything else (the merge) is the real interpreter."""
+    script = tmp_path / "python"
+    script.write_text(f"""#!/bin/bash
+if [[ "$1" == *bench_gpu.py ]]; then
+  section="$3"; out="$5"
+  case "$section" in
+    t2i) echo '{{"section": "t2i", "finished": false, "weights_gib": 3.5, "result": [{{"batch": 1}}]}}' > "$out"; exit 124;;
+    caption) printf '{{"section": "caption", "resu' > "$out"; exit 139;;
+    *) echo "{{\\"section\\": \\"$section\\", \\"finished\\": true}}" > "$out"; exit 0;;
+  esac
+fi
+exec {sys.executable} "$@"
+""")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
+def test_gpu_sh_keeps_every_sections_record_when_one_fails(tmp_path):
+    """A section that left a partial or broken record made the merge raise: gpu.sh then deleted
+    every section's record and printed "wrote" a file that did not exist (one bad section lost the
+    whole run)."""
+    env = {**os.environ, "PYTHON": str(_fake_python(tmp_path)), "OUT": str(tmp_path / "out")}
+    r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), "--smoke"], capture_output=True, text=True,
+                       timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    merged = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert list(merged) == ["t2i", "caption", "attn-sdpa", "7b", "7b-nf4"]
+    assert merged["t2i"]["result"] == [{"batch": 1}] and merged["t2i"]["weights_gib"] == 3.5
+    assert merged["t2i"]["exit"] == "exited 124 (over its 60 s limit)"
+    assert merged["caption"]["error"] == "no record (JSONDecodeError)" and merged["caption"]["exit"] == "exited 139"
+    assert merged["attn-sdpa"] == {"section": "attn-sdpa", "finished": True}
+    assert sorted(os.listdir(tmp_path / "out")) == ["gpu.json"]  # the parts are gone once merged
+
+
