@@ -144,3 +144,22 @@ def test_gpu_sh_keeps_every_sections_record_when_one_fails(tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["gpu.json"]  # the parts are gone once merged
 
 
+# ---- the CUDA paths of the memory guard and the out-of-memory message ---------------------------
+
+def test_the_memory_guard_on_cuda_counts_what_the_allocator_holds_unused(monkeypatch):
+    """On CUDA the guard read ``mem_get_info``'s free memory alone: after a first job (a chat's,
+    a server's) torch's allocator keeps the freed blocks, which the card counts as used, so a second
+    job of the same size was refused ("needs about 5 GB, more than the 2 GB of available memory")."""
+    from showo2_cli import runtime
+    from showo2_cli.errors import ResourceError
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 10**9, 80 * 10**9))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 10 * 10**9)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 4 * 10**9)
+    monkeypatch.delenv(runtime.MAX_MEMORY_ENV, raising=False)
+    assert runtime.available_memory_gb("cuda:0") == pytest.approx(8.0)
+    runtime.check_memory(5.0, "generating 1 image(s) at 432x432", device="cuda:0")
+    with pytest.raises(ResourceError, match="needs about 9.0 GB, more than the 8.0 GB of available memory"):
+        runtime.check_memory(9.0, "generating 1 image(s) at 432x432", device="cuda:0")
+
+

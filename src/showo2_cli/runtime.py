@@ -315,13 +315,16 @@ def enable_offload(bundle, mode: str, device: str | torch.device) -> None:
 
 
 def available_memory_gb(device: str | torch.device = "cpu") -> float | None:
-    """Memory a job on ``device`` can use now: free GPU memory on CUDA, else the available RAM
-    (``MemAvailable``, capped by a cgroup limit when there is one). None when unknown."""
+    """Memory a job on ``device`` can use now: on CUDA the card's free memory plus what torch's
+    caching allocator holds unused (freed by an earlier job of this process: it serves this job's
+    tensors first, and is given back to the card before an allocation fails), else the available
+    RAM (``MemAvailable``, capped by a cgroup limit when there is one). None when unknown."""
     dev = torch.device(device)
     if dev.type == "cuda":
         try:
             free, _total = torch.cuda.mem_get_info(dev)
-            return free / 1e9
+            cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+            return (free + max(cached, 0)) / 1e9
         except Exception:
             return None
     found: float | None = None
