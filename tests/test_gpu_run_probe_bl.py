@@ -163,3 +163,15 @@ def test_the_memory_guard_on_cuda_counts_what_the_allocator_holds_unused(monkeyp
         runtime.check_memory(9.0, "generating 1 image(s) at 432x432", device="cuda:0")
 
 
+def test_cublas_out_of_gpu_memory_is_the_memory_error():
+    """cuBLAS failing to allocate its workspace (the first matrix product on a nearly full card)
+    was "internal error ... (run with --debug for the traceback)", exit 1; it is out of memory."""
+    from showo2_cli.cli import describe
+    from showo2_cli.errors import is_out_of_memory
+
+    e = RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+    assert is_out_of_memory(e)
+    message, code, kind = describe(e)
+    assert (code, kind) == (6, "resource") and message.startswith("out of memory")
+    assert not is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx`"))
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))

@@ -111,14 +111,16 @@ def error_detail(exc: BaseException) -> str:
     return one_line(exc) or type(exc).__name__
 
 
-#: what an allocation failure says (torch on CPU and CUDA, the loader under `ulimit -v`)
+#: what an allocation failure says (torch on CPU and CUDA, the loader under `ulimit -v`; cuBLAS out of
+#: GPU memory, as torch's TORCH_CUDABLAS_CHECK (ATen/cuda/Exceptions.h) words it: "CUDA error:
+#: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
 _OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "out of memory", "failed to allocate",
-                  "failed to map segment", "std::bad_alloc")
+                  "failed to map segment", "std::bad_alloc", "_status_alloc_failed")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """An allocation failure: MemoryError, or torch's RuntimeError (CPU: "can't allocate
-    memory"; CUDA: OutOfMemoryError, "out of memory"), or, under an address-space limit
+    memory"; CUDA: OutOfMemoryError, "out of memory", cuBLAS' "CUBLAS_STATUS_ALLOC_FAILED"), or, under an address-space limit
     (``ulimit -v``), a memory map or a shared library that could not be mapped (``ENOMEM``:
     "Cannot allocate memory", "failed to map segment"), also as the cause of another error (a
     library's "Failed to import ..." wrapping it)."""
