@@ -20,8 +20,9 @@ Sections (one process each, so a native crash in one, e.g. flex attention, loses
   omni mask as a flex ``BlockMask`` in the LLM and the flow head), and ``torch.compile`` of the LLM
   and flow-head blocks; the warm-up's time (the compiles) and torch.compile's graph count before
   and after the timed run (a recompile per step would show there) are recorded;
-* the 7B-shaped network's memory for t2i (batch 1): the weights as loaded (``weights_gib``, the
-  tensors held after the build) and the run's peak, in bf16 and with ``--quantize nf4``.
+* the 7B-shaped network's memory for t2i (batch 1): the weights as loaded (``weights_gib``: what
+  they hold, ``acceleration.weight_bytes``; ``allocated_gib``: every tensor on the GPU after the
+  build) and the run's peak, in bf16 and with ``--quantize nf4``.
 
 Weights are random, built on the device in bf16 (never a float32 copy there; no files), so only
 time and memory mean anything. The record is written after each measurement, so a section
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from showo2_cli.acceleration import weight_bytes
 from showo2_cli.modeling.attention import omni_attention_mask
 from showo2_cli.options import TextSampling
 from showo2_cli.sampling import generate_latents
@@ -122,8 +124,9 @@ def compile_stats() -> dict:
 @torch.no_grad()
 def t2i(net, spec, batch: int, steps: int, device, prompt_len: int = 64, warmup_steps: int = 2,
         on_warmup=None) -> dict:
-    """``steps`` guided model calls (``steps + 1`` grid points) after a warm-up of ``warmup_steps``
-    (``on_warmup(seconds)`` is told its time: with ``--compile``, the compiles)."""
+    """``steps`` guided model calls (``steps + 1`` grid points) after a warm-up of ``warmup_steps``;
+    ``on_warmup(calls, seconds)`` is told the warm-up's time after each of its calls (with
+    ``--compile`` or flex: the compiles; the first call compiles the prompt's and a step's graphs)."""
     tok = ids(spec)
     grid = spec.image_latent_grid
     prompts = [[(i * 7 + j) % 1000 + 100 for j in range(prompt_len)] for i in range(batch)]
@@ -131,11 +134,14 @@ def t2i(net, spec, batch: int, steps: int, device, prompt_len: int = 64, warmup_
     # as the pipeline: float32 noise drawn on the CPU, the sampler's state moved to the device per call
     noise = torch.randn(batch, spec.latent_channels, 2 * grid, 2 * grid, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
-    generate_latents(net, layout, noise, 5.0, warmup_steps + 1, 3.0, cache_prefix=True)
+
+    def warming(i, _n, _t, _x):  # (the state is on the CPU: the call's work is done)
+        if on_warmup is not None:
+            on_warmup(i, time.perf_counter() - start)
+
+    generate_latents(net, layout, noise, 5.0, warmup_steps + 1, 3.0, cache_prefix=True, callback=warming)
     sync(device)
     warmup = time.perf_counter() - start
-    if on_warmup is not None:
-        on_warmup(warmup)
     before = compile_stats()
     reset_peak(device)
     start = time.perf_counter()
@@ -237,8 +243,8 @@ def run_section(section: str, smoke: bool, steps: int, tokens: int, save=lambda 
     start = time.perf_counter()
     save(record)
     if section.startswith("attn-"):
-        def on_warmup(seconds):  # kept if the timed run does not finish in the section's time
-            record["warmup_seconds"] = seconds
+        def on_warmup(calls, seconds):  # kept if the section does not finish in its time
+            record["warmup"] = {"calls": calls, "seconds": seconds, **compile_stats()}
             save(record)
 
         record["result"] = guarded(attention_variant, section[5:], spec, device, dtype, 1 if smoke else 10, on_warmup)
@@ -252,11 +258,12 @@ def run_section(section: str, smoke: bool, steps: int, tokens: int, save=lambda 
         if section == "7b-nf4":  # --quantize nf4: bitsandbytes 4-bit LLM and flow head
             from showo2_cli.acceleration import quantize_network
 
-            record["weights_gib_bf16"] = held_gib(device)
+            record["weights_gib_bf16"] = gib(weight_bytes(net))
             record["quantized_layers"] = quantize_network(net, "nf4")
             sync(device)
             record["quantize_peak_gib"] = peak(device)["peak_gib"]
-        record["weights_gib"] = held_gib(device)
+        record["weights_gib"] = gib(weight_bytes(net))  # what the weights hold (4-bit data and scales for nf4)
+        record["allocated_gib"] = held_gib(device)  # every live tensor on the GPU (the weights, RoPE tables)
         save(record)
         if section == "t2i":
             record["result"] = []

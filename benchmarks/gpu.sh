@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # GPU figures for showo2 (issue 12 item 5): the 1.5B-shaped network at full depth in bf16 (t2i
-# 432x432 50 steps s/image at batch 1 and 4, caption tokens/s, peak memory), sdpa vs flex vs
-# torch.compile, and the 7B-shaped network's peak memory for t2i, in bf16 and with --quantize nf4.
-# Random weights built on the GPU (no downloads, no files). Each section runs in its own process
-# under its own time limit (8.25 minutes in all), so one that crashes or hangs loses nothing else.
+# 432x432 50 steps s/image at batch 1 and 4, caption tokens/s, peak memory: torch's
+# max_memory_allocated and max_memory_reserved of each timed run), sdpa vs flex vs torch.compile,
+# and the 7B-shaped network's weights and peak memory for t2i, in bf16 and with --quantize nf4.
+# Random weights built on the GPU in bf16 (no downloads, no files). Each section runs in its own
+# process under its own time limit (8.25 minutes in all), so one that crashes or hangs loses
+# nothing else; each writes its record after every stage, so one stopped by its limit keeps what
+# it measured (gpu.json notes its exit status).
 #
 #   bash benchmarks/gpu.sh            # writes $OUT/gpu.json (or benchmarks/results/gpu-<date>.json)
 #   bash benchmarks/gpu.sh --smoke    # CPU: the tiny spec, a few steps (checks the script runs;
-#                                     # skips flex and compile: flex aborts natively on CPU, compile takes minutes)
+#                                     # skips flex and compile: both compile for minutes on a CPU)
 #
 # On the lent GPU machine, whose image lacks diffusers and bitsandbytes and reaches no registry:
 # first, here, `python benchmarks/gpu_wheels.py` (fills .whl/), then one device call:

@@ -73,7 +73,35 @@ def main(argv=None) -> int:
             print(f"{wheel.name}: {wheel.stat().st_size / 2**20:.1f} MiB")
     total = sum(w.stat().st_size for w in args.out.glob("*.whl"))
     print(f"{args.out}: {total / 2**20:.1f} MiB in all")
+    tree = travelling_bytes(ROOT)
+    if tree is not None:
+        whole = tree + (total if args.out.resolve() == (ROOT / ".whl").resolve() else 0)
+        print(f"the device call sends about {whole / 2**20:.1f} MiB (the tree git sees and .whl/; the limit is "
+              f"{TRAVEL_LIMIT // 2**20} MiB)")
+        if whole > TRAVEL_LIMIT:
+            print("error: over the device call's limit: the call would be refused", file=sys.stderr)
+            return 1
     return 0
+
+
+#: what one device call may send: the working tree (tracked and untracked-not-ignored files) and
+#: the carried paths (the tool library's device/README.md, "Limits")
+TRAVEL_LIMIT = 64 * 2**20
+
+
+def travelling_bytes(root: Path) -> int | None:
+    """Bytes of the files git tracks or sees untracked (not ignored) under ``root``; None outside git."""
+    try:
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    total = 0
+    for name in {n for n in listed.decode(errors="surrogateescape").split("\0") if n}:
+        path = root / name
+        if path.is_file() and not path.is_symlink():
+            total += path.stat().st_size
+    return total
 
 
 if __name__ == "__main__":

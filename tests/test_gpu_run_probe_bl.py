@@ -104,7 +104,12 @@ def test_a_section_saves_its_record_after_each_stage():
     assert (first["batch"], fourth["batch"]) == (1, 4)
     assert first["model_calls"] == 2 and first["cli_steps"] == 3 and first["finite"]
     assert first["compiled_graphs_in_timed_run"] == 0
-    assert first["peak_gib"] is None and record["weights_gib"] is None  # no GPU: no figure, not 0
+    assert first["peak_gib"] is None and record["allocated_gib"] is None  # no GPU: no figure, not 0
+    assert record["weights_gib"] == pytest.approx(record["params"] * 2 / 2**30, rel=1e-3)  # bf16 (+ RoPE tables)
+    saved.clear()
+    bench_gpu.run_section("attn-sdpa", True, 1, 2, save=lambda r: saved.append(json.loads(json.dumps(r))))
+    assert [s.get("warmup", {}).get("calls") for s in saved] == [None, 1, 2, 2]  # after each warm-up call
+    assert saved[-1]["finished"] and saved[-1]["result"]["attn"] == "sdpa"
 
 
 def _fake_python(tmp_path: Path) -> Path:
@@ -175,3 +180,20 @@ def test_cublas_out_of_gpu_memory_is_the_memory_error():
     assert (code, kind) == (6, "resource") and message.startswith("out of memory")
     assert not is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx`"))
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+
+
+def test_gpu_wheels_counts_what_the_device_call_sends(tmp_path):
+    """The device call sends the tree git sees (tracked and untracked files, not ignored ones) and
+    the carried .whl/, 64 MiB at most: gpu_wheels.py says how much that is before the call."""
+    import gpu_wheels
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("/.whl/\nbig\n")
+    (tmp_path / "tracked").write_bytes(b"x" * 1000)
+    (tmp_path / "big").write_bytes(b"x" * 5000)
+    (tmp_path / ".whl").mkdir()
+    (tmp_path / ".whl" / "a.whl").write_bytes(b"x" * 7000)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "tracked"], check=True)
+    (tmp_path / "untracked").write_bytes(b"x" * 300)
+    assert gpu_wheels.travelling_bytes(tmp_path) == 1000 + 300 + len("/.whl/\nbig\n")
+    assert gpu_wheels.travelling_bytes(tmp_path / "nowhere") is None
