@@ -49,7 +49,7 @@ for pair in $sections; do
   section="${pair%%:*}"; limit="${pair##*:}"
   part="$out_dir/gpu-part-$section.json"
   rm -f "$part" "$part.tmp"
-  timeout --kill-after=10 "$limit" "$py" "$here/bench_gpu.py" --section "$section" --out "$part" "$@"
+  timeout --kill-after=5 "$limit" "$py" "$here/bench_gpu.py" --section "$section" --out "$part" "$@"
   parts+=("$section" "$?" "$limit" "$part")
 done
 # One file of every section: a section that crashed or ran out of time keeps what it had written

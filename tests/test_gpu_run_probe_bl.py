@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,34 @@ def test_gpu_wheels_counts_what_the_device_call_sends(tmp_path):
     (tmp_path / "untracked").write_bytes(b"x" * 300)
     assert gpu_wheels.travelling_bytes(tmp_path) == 1000 + 300 + len("/.whl/\nbig\n")
     assert gpu_wheels.travelling_bytes(tmp_path / "nowhere") is None
+
+
+def test_a_cuda_index_past_the_machines_gpus_is_a_usage_error(monkeypatch, tmp_path, capsys):
+    """``--device cuda:3`` on a one-GPU machine passed every check and failed at the weights' first
+    move with torch's "CUDA error: invalid device ordinal": "internal error", exit 1 (only
+    LOCAL_RANK was checked against the GPUs). CUDA is made to look present (nothing runs on it)."""
+    from showo2_cli import runtime
+    from showo2_cli.cli import main
+    from showo2_cli.errors import UsageError
+    from showo2_cli.pipeline import Showo2Pipeline
+
+    pipe = Showo2Pipeline(types.SimpleNamespace(offload="none"))  # (the device is checked before the model moves)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert runtime.pick_device("cuda:0") == "cuda:0" and runtime.pick_device("cuda") == "cuda"
+    with pytest.raises(UsageError, match=r"^--device cuda:1: this machine has 1 CUDA device\(s\), cuda:0$"):
+        runtime.pick_device("cuda:1")
+    with pytest.raises(UsageError, match=r"^device cuda:3: this machine has 1 CUDA device"):
+        runtime.python_device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UsageError, match=r"has 2 CUDA device\(s\), cuda:0 to cuda:1$"):
+        runtime.pick_device("CUDA:7")
+    out = tmp_path / "x.png"
+    assert main(["t2i", "a red circle", "--device", "cuda:5", "-o", str(out)]) == 2
+    assert "--device cuda:5: this machine has 2 CUDA device(s)" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(UsageError, match=r"^device cuda:4: this machine has 2"):
+        pipe.enable_model_cpu_offload(gpu_id=4)
+    assert pipe.offload == "none"

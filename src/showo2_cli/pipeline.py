@@ -253,8 +253,8 @@ class Showo2Pipeline(LoraLoaderMixin):
             raise UsageError(f"{self.offload} CPU offload is already enabled; load the pipeline again to change it")
         with python_names(DEVICE_NAMES):
             dev = pick_device(str(device or "auto"))
-        if gpu_id is not None and dev.startswith("cuda"):
-            dev = f"cuda:{int(gpu_id)}"
+            if gpu_id is not None and dev.startswith("cuda"):
+                dev = pick_device(f"cuda:{int(gpu_id)}")
         self.model.to(device="cpu")
         with python_names(MEMORY_NAMES):  # (sequential loads the heads left out first)
             enable_offload(self.model, mode, dev)

@@ -174,6 +174,10 @@ def pick_device(device: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA device is available")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()  # (torch's "invalid device ordinal" came at the first move)
+        raise UsageError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0"
+                         + (f" to cuda:{count - 1}" if count > 1 else ""))
     if device == "mps" and not mps:
         raise UsageError("--device mps: MPS is not available")
     if device == "cuda" and process_rank()[1] > 1:  # one GPU per process under accelerate/torchrun
