@@ -209,11 +209,15 @@ def attention_variant(variant: str, spec, device, dtype, steps: int, on_warmup=N
     return {"attn": net.attn, **t2i(net, spec, 1, steps, device, on_warmup=on_warmup)}
 
 
+def error_record(e: Exception) -> dict:
+    return {"error": f"{type(e).__name__}: {e}"[:500], "trace": traceback.format_exc()[-1500:]}
+
+
 def guarded(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except Exception as e:
-        return {"error": f"{type(e).__name__}: {e}"[:500], "trace": traceback.format_exc()[-1500:]}
+        return error_record(e)
 
 
 def versions() -> dict:
@@ -242,38 +246,41 @@ def run_section(section: str, smoke: bool, steps: int, tokens: int, save=lambda 
               "spec": spec.name, "smoke": smoke, "finished": False}
     start = time.perf_counter()
     save(record)
-    if section.startswith("attn-"):
-        def on_warmup(calls, seconds):  # kept if the section does not finish in its time
-            record["warmup"] = {"calls": calls, "seconds": seconds, **compile_stats()}
-            save(record)
-
-        record["result"] = guarded(attention_variant, section[5:], spec, device, dtype, 1 if smoke else 10, on_warmup)
-    else:
-        heads = CAPTION_HEADS if section == "caption" else T2I_HEADS
-        reset_peak(device)
-        net = make_network(spec, device, dtype, heads)
-        record["heads"] = list(heads)
-        record["params"] = sum(p.numel() for p in net.parameters())
-        record["build_peak_gib"] = peak(device)["peak_gib"]
-        if section == "7b-nf4":  # --quantize nf4: bitsandbytes 4-bit LLM and flow head
-            from showo2_cli.acceleration import quantize_network
-
-            record["weights_gib_bf16"] = gib(weight_bytes(net))
-            record["quantized_layers"] = quantize_network(net, "nf4")
-            sync(device)
-            record["quantize_peak_gib"] = peak(device)["peak_gib"]
-        record["weights_gib"] = gib(weight_bytes(net))  # what the weights hold (4-bit data and scales for nf4)
-        record["allocated_gib"] = held_gib(device)  # every live tensor on the GPU (the weights, RoPE tables)
-        save(record)
-        if section == "t2i":
-            record["result"] = []
-            for b in (1, 4):
-                record["result"].append(guarded(t2i, net, spec, b, steps, device))
+    try:
+        if section.startswith("attn-"):
+            def on_warmup(calls, seconds):  # kept if the section does not finish in its time
+                record["warmup"] = {"calls": calls, "seconds": seconds, **compile_stats()}
                 save(record)
-        elif section == "caption":
-            record["result"] = guarded(caption, net, spec, tokens, device)
-        elif section.startswith("7b"):
-            record["result"] = guarded(t2i, net, spec, 1, 1 if smoke else 2, device)
+
+            record["result"] = guarded(attention_variant, section[5:], spec, device, dtype, 1 if smoke else 10, on_warmup)
+        else:
+            heads = CAPTION_HEADS if section == "caption" else T2I_HEADS
+            reset_peak(device)
+            net = make_network(spec, device, dtype, heads)
+            record["heads"] = list(heads)
+            record["params"] = sum(p.numel() for p in net.parameters())
+            record["build_peak_gib"] = peak(device)["peak_gib"]
+            if section == "7b-nf4":  # --quantize nf4: bitsandbytes 4-bit LLM and flow head
+                from showo2_cli.acceleration import quantize_network
+
+                record["weights_gib_bf16"] = gib(weight_bytes(net))
+                record["quantized_layers"] = quantize_network(net, "nf4")
+                sync(device)
+                record["quantize_peak_gib"] = peak(device)["peak_gib"]
+            record["weights_gib"] = gib(weight_bytes(net))  # what the weights hold (4-bit data and scales for nf4)
+            record["allocated_gib"] = held_gib(device)  # every live tensor on the GPU (the weights, RoPE tables)
+            save(record)
+            if section == "t2i":
+                record["result"] = []
+                for b in (1, 4):
+                    record["result"].append(guarded(t2i, net, spec, b, steps, device))
+                    save(record)
+            elif section == "caption":
+                record["result"] = guarded(caption, net, spec, tokens, device)
+            elif section.startswith("7b"):
+                record["result"] = guarded(t2i, net, spec, 1, 1 if smoke else 2, device)
+    except Exception as e:  # a stage outside guarded() (the build, the quantization): said in the record
+        record.update(error_record(e))
     record["seconds"] = time.perf_counter() - start
     record["finished"] = True
     save(record)

@@ -113,6 +113,22 @@ def test_a_section_saves_its_record_after_each_stage():
     assert saved[-1]["finished"] and saved[-1]["result"]["attn"] == "sdpa"
 
 
+def test_a_failing_stage_outside_the_timed_runs_is_said_in_the_record(monkeypatch):
+    """The build and the nf4 quantization ran unguarded: a bitsandbytes that cannot load its CUDA
+    library ended the section with a traceback, its record saying nothing of why."""
+    import showo2_cli.acceleration as acceleration
+    from showo2_cli.errors import UsageError
+
+    def refuse(net, method):
+        raise UsageError("--quantize nf4 needs bitsandbytes >= 0.50: pip install 'showo2[quant]'")
+
+    monkeypatch.setattr(acceleration, "quantize_network", refuse)
+    saved = []
+    record = bench_gpu.run_section("7b-nf4", True, 1, 2, save=saved.append)
+    assert record["error"].startswith("UsageError: --quantize nf4 needs bitsandbytes") and "result" not in record
+    assert record["finished"] and saved[-1] is record
+
+
 def _fake_python(tmp_path: Path) -> Path:
     """A PYTHON for gpu.sh whose bench_gpu.py runs are replaced by what sections do when they fail:
     t2i is killed by its time limit after writing a partial record, caption dies leaving half a
