@@ -19,7 +19,8 @@ Sections (one process each, so a native crash in one, e.g. flex attention, loses
   (``Showo2Model.set_attention``, ``acceleration.compile_network``): sdpa (default), flex (the
   omni mask as a flex ``BlockMask`` in the LLM and the flow head), and ``torch.compile`` of the LLM
   and flow-head blocks; the warm-up's time (the compiles) and torch.compile's graph count before
-  and after the timed run (a recompile per step would show there) are recorded;
+  and after the timed run (a recompile per step would show there) are recorded, and one step's
+  velocity is compared with plain sdpa's on the same weights (``agreement_with_sdpa``);
 * the 7B-shaped network's memory for t2i (batch 1): the weights as loaded (``weights_gib``: what
   they hold, ``acceleration.weight_bytes``; ``allocated_gib``: every tensor on the GPU after the
   build) and the run's peak, in bf16 and with ``--quantize nf4``.
@@ -191,22 +192,55 @@ def caption(net, spec, new_tokens: int, device) -> dict:
 
 def configure(net, variant: str) -> None:
     """The attention variant as the command line sets it: ``--attn flex`` (the LLM's and the flow
-    head's attention over a flex BlockMask of the same mask) or ``--compile``."""
+    head's attention over a flex BlockMask of the same mask), ``--attn eager`` or ``--compile``."""
     from showo2_cli.acceleration import compile_network
 
-    if variant == "flex":
-        net.set_attention("flex")
+    if variant in ("flex", "eager"):
+        net.set_attention(variant)
     elif variant == "compile":
         compile_network(net)
     elif variant != "sdpa":
         raise ValueError(f"unknown attention variant {variant!r}")
 
 
+@torch.no_grad()
+def agreement(net, spec, variant: str) -> dict:
+    """The guided velocity of one step (a 2-point grid: the latents moved by it) as ``variant``
+    computes it against the same step in plain sdpa (``--compile``: run eager), on the same
+    weights and noise: the largest difference beside the velocity's own scale, so a variant that
+    computes something else shows in the figures (on random weights in bf16, not a pass mark)."""
+    tok = ids(spec)
+    grid = spec.image_latent_grid
+    layout = generation_layout([[100 + j for j in range(64)]], grid * grid + 1, tok, spec.max_seq_len)
+    noise = torch.randn(1, spec.latent_channels, 2 * grid, 2 * grid, generator=torch.Generator().manual_seed(1))
+
+    def velocity():
+        return generate_latents(net, layout, noise, 5.0, 2, 3.0, cache_prefix=True) - noise
+
+    got = velocity()
+    if variant == "compile":
+        with torch.compiler.set_stance("force_eager"):
+            want = velocity()
+    else:
+        attn = net.attn
+        net.set_attention("sdpa")
+        try:
+            want = velocity()
+        finally:
+            net.set_attention(attn)
+    return {"max_abs_diff": float((got - want).abs().max()), "reference_abs_max": float(want.abs().max()),
+            "reference_rms": float(want.pow(2).mean().sqrt()), "finite": bool(torch.isfinite(got).all())}
+
+
 def attention_variant(variant: str, spec, device, dtype, steps: int, on_warmup=None) -> dict:
-    """One guided t2i run of ``steps`` steps with the network set up as ``variant``."""
+    """One guided t2i run of ``steps`` steps with the network set up as ``variant`` (and, for a
+    variant other than sdpa, its :func:`agreement` with sdpa)."""
     net = make_network(spec, device, dtype, T2I_HEADS)
     configure(net, variant)
-    return {"attn": net.attn, **t2i(net, spec, 1, steps, device, on_warmup=on_warmup)}
+    result = {"attn": net.attn, **t2i(net, spec, 1, steps, device, on_warmup=on_warmup)}
+    if variant != "sdpa":
+        result["agreement_with_sdpa"] = guarded(agreement, net, spec, variant)
+    return result
 
 
 def error_record(e: Exception) -> dict:

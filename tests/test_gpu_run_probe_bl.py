@@ -93,6 +93,29 @@ def test_the_attention_variants_are_set_as_the_command_line_sets_them(monkeypatc
         bench_gpu.configure(net, "flash")
 
 
+def test_a_variant_is_compared_with_sdpa_on_the_same_step(monkeypatch):
+    """The flex and compile figures came with nothing to show they computed the same thing (the
+    flex variant did not: no mask). ``agreement`` runs one step both ways: eager attention (cheap
+    on the CPU, unlike flex's compile) agrees with sdpa to bf16 rounding, and the network is left
+    as it was set; a variant whose velocity is off by 1 shows it."""
+    spec = get_spec("tiny")
+    net = bench_gpu.make_network(spec, torch.device("cpu"), torch.bfloat16, bench_gpu.T2I_HEADS)
+    bench_gpu.configure(net, "eager")
+    same = bench_gpu.agreement(net, spec, "eager")
+    assert net.attn == "eager" and same["finite"]
+    assert 0 < same["reference_rms"] and same["max_abs_diff"] <= 0.05 * same["reference_abs_max"]
+    seen, real, offsets = [], bench_gpu.generate_latents, iter([1.0, 0.0])
+
+    def off_by_one_as_set(*args, **kwargs):
+        seen.append(net.attn)
+        return real(*args, **kwargs) + next(offsets)
+
+    monkeypatch.setattr(bench_gpu, "generate_latents", off_by_one_as_set)
+    other = bench_gpu.agreement(net, spec, "eager")
+    assert seen == ["eager", "sdpa"] and net.attn == "eager"
+    assert other["max_abs_diff"] == pytest.approx(1.0, abs=0.05)
+
+
 def test_a_section_saves_its_record_after_each_stage():
     """A section wrote its record once, at its end: one stopped by its time limit (the compile
     section's warm-up) left nothing of what it had measured."""
