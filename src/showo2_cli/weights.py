@@ -15,6 +15,7 @@ Every problem is a :class:`~showo2_cli.errors.ModelError` on one line naming the
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -179,6 +180,7 @@ def _load_pickle(path: Path) -> Any:
     """``torch.load`` restricted to tensors and plain containers, mmap'd when the format allows."""
     import torch
 
+    _check_stored(path)
     with warnings.catch_warnings():  # torch warns about odd pickles on stderr: the error says it
         warnings.simplefilter("ignore")
         try:
@@ -187,6 +189,25 @@ def _load_pickle(path: Path) -> Any:
             if "mmap" not in str(e):
                 raise
             return torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) format
+
+
+def _check_stored(path: Path) -> None:
+    """A torch zip archive must hold its entries uncompressed, as ``torch.save`` writes them: mapped
+    (``mmap=True``), a compressed entry's tensors were its compressed bytes taken as values (a
+    re-zipped checkpoint loaded as garbage, silently), and inflated they could be any size."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            packed = next((i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED), None)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return  # (torch says what is wrong with it)
+    if packed is not None:
+        raise ModelError(f"cannot read weights '{path}': its zip entries are compressed (e.g. {short(packed, 80)}), "
+                         "which torch.save never writes (a re-zipped checkpoint?); save the tensors again with "
+                         "torch.save or safetensors")
 
 
 def _pickled_code(path: Path) -> str | None:
@@ -272,9 +293,9 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:
         if is_out_of_memory(e):  # no room to map the file (`ulimit -v`): a memory error, not a corrupt file
             raise
-        if isinstance(e, OSError):
+        if isinstance(e, OSError) and not (e.errno == errno.EINVAL and not safetensors):
             raise ModelError(f"cannot read weights '{path}' ({e.strerror or one_line(e)})") from e
-        raise unreadable_pickle(path, e, "weights") from e
+        raise unreadable_pickle(path, e, "weights") from e  # (torch's zip reader: EINVAL for a truncated archive)
     if isinstance(obj, Mapping):
         for key in WRAPPER_KEYS:
             if isinstance(obj.get(key), Mapping):
