@@ -5,12 +5,135 @@ hostile ``.bin`` is one line; an adapter's strength is ``--lora-weight`` on ever
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 
-from showo2_cli.errors import ModelError
+import showo2_cli
+from conftest import write_adapter
+from showo2_cli import Showo2Pipeline
+from showo2_cli.errors import ModelError, UsageError
+from showo2_cli.loading import load
+from showo2_cli.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from test_hub_pipeline import hub, offline  # noqa: F401  (the local Hub fixture)
+
+DEMO = Path(showo2_cli.__file__).parent / "assets" / "demo"
+PICKLE = "adapter_model.bin"
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    """An adapter of the demo over its LLM and flow head (safetensors), its ``.bin`` twin (peft's
+    older save: ``torch.save`` of the same tensors), and a second adapter."""
+    from safetensors.torch import load_file
+
+    tmp = tmp_path_factory.mktemp("bn")
+    st = write_adapter(DEMO, tmp / "st", ["q_proj", "fc1", "linear"], 1)
+    old = tmp / "old"
+    old.mkdir()
+    shutil.copy(st / ADAPTER_CONFIG, old)
+    torch.save(load_file(str(st / ADAPTER_WEIGHTS)), old / PICKLE)
+    other = write_adapter(DEMO, tmp / "other", ["o_proj", "diffusion_head_a.0.self_attn.q_proj"], 2)
+    return {"st": st, "old": old, "other": other}
+
+
+def _whole(network) -> dict:
+    network.load_heads()
+    return {k: v.clone() for k, v in network.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def states(adapters):
+    return {"base": _whole(load(DEMO).network), "st": _whole(load(DEMO, lora=adapters["st"]).network)}
+
+
+def _copy_with(folder: Path, where: Path, state: dict | None = None, data: bytes | None = None) -> Path:
+    where.mkdir()
+    shutil.copy(folder / ADAPTER_CONFIG, where)
+    if state is not None:
+        torch.save(state, where / PICKLE)
+    else:
+        (where / PICKLE).write_bytes(data)
+    return where
+
+
+def test_a_bin_adapter_merges_as_its_safetensors_twin(adapters, states, tmp_path):
+    """`--lora` of a folder holding peft's older adapter_model.bin was refused by name."""
+    old = adapters["old"]
+    assert _same(_whole(load(DEMO, lora=old).network), states["st"])
+    later = tmp_path / "later"
+    shutil.copytree(old, later)
+    bundle = load(DEMO, lora=[later / PICKLE], heads=())  # the file itself; the heads merged on first use
+    assert bundle.adapters == [str(later)]
+    was = os.stat(later / PICKLE)
+    os.utime(later / PICKLE, ns=(1, 1))  # a head left out loads from files checked unchanged: the .bin too
+    with pytest.raises(ModelError, match=r"adapter_model.bin: the LoRA adapter file changed"):
+        bundle.network.load_heads()
+    os.utime(later / PICKLE, ns=(was.st_atime_ns, was.st_mtime_ns))
+    assert _same(_whole(bundle.network), states["st"])
+    pipe = Showo2Pipeline.from_pretrained(DEMO)
+    pipe.load_lora_weights(old)
+    assert _same(_whole(pipe.network), states["st"])
+
+    from showo2_cli.lora import adapter_files, read_adapter
+
+    both = tmp_path / "both"  # peft's order: the safetensors file where both are
+    shutil.copytree(adapters["other"], both)
+    shutil.copy(old / PICKLE, both)
+    assert adapter_files(both)[0].name == ADAPTER_WEIGHTS and read_adapter(both)[0].target_modules == \
+        read_adapter(adapters["other"])[0].target_modules
+    with pytest.raises(UsageError, match="holds adapter_model.safetensors too"):
+        load(DEMO, lora=both / PICKLE)
+
+
+def test_a_bin_adapter_is_checked_as_a_safetensors_one_and_a_hostile_one_is_one_line(adapters, tmp_path, capsys,
+                                                                                       monkeypatch):
+    from safetensors.torch import load_file
+
+    import showo2_cli.loading as loading
+    from showo2_cli.cli import main
+
+    state = load_file(str(adapters["st"] / ADAPTER_WEIGHTS))
+    key = next(k for k in state if "diffusion_head_b.linear.lora_B" in k)
+    marker = tmp_path / "ran"
+
+    class Code:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    data = (adapters["old"] / PICKLE).read_bytes()
+    deflated = tmp_path / "deflated.zip"
+    with zipfile.ZipFile(adapters["old"] / PICKLE) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    cases = {
+        "nan": ({**state, key: torch.full_like(state[key], float("nan"))}, None, "holds NaN or infinite values"),
+        "int": ({**state, key: state[key].to(torch.int32)}, None, "is int32, not a floating-point tensor"),
+        "wide": ({**state, key: torch.zeros(state[key].shape[0] + 1, 2)}, None, "does not fit this model"),
+        "code": ({**state, "x.lora_A.weight": Code()}, None, "for safety.*it references posix.system"),
+        "truncated": (None, data[: len(data) - 40], "truncated or corrupt"),
+        "rezipped": (None, deflated.read_bytes(), "zip entries are compressed"),  # (was read as garbage values)
+    }
+    calls = []
+    real = loading.read_state_dict
+    monkeypatch.setattr(loading, "read_state_dict", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for name, (tensors, raw, message) in cases.items():
+        folder = _copy_with(adapters["st"], tmp_path / name, tensors, raw)
+        out = tmp_path / f"{name}.png"
+        code = main(["t2i", "a red circle", "-o", str(out), "--lora", str(folder), "--steps", "2", "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == ModelError.exit_code and not out.exists(), (name, err)
+        assert err.count("\n") == 0 and str(folder) in err and re.search(message, err), (name, err)
+    assert calls == [] and not marker.exists()  # refused before the model's weights were read; nothing ran
 
 
 def test_model_weights_in_a_rezipped_torch_archive_are_refused_not_read_as_garbage(tmp_path):
@@ -30,3 +153,22 @@ def test_model_weights_in_a_rezipped_torch_archive_are_refused_not_read_as_garba
     (tmp_path / "cut.bin").write_bytes((tmp_path / "plain.bin").read_bytes()[:-30])
     with pytest.raises(ModelError, match=r"cut.bin': truncated or corrupt"):  # (was "(Invalid argument)")
         read_state_dict(tmp_path / "cut.bin")
+
+
+def test_a_hub_repo_with_only_a_bin_adapter_downloads_it(hub, adapters, states, monkeypatch):  # noqa: F811
+    """A repo id whose adapter is adapter_model.bin said "is not a LoRA adapter ... only safetensors"."""
+    old, st = adapters["old"], adapters["st"]
+    hub.add("acme/old-style", {ADAPTER_CONFIG: (old / ADAPTER_CONFIG).read_bytes(), PICKLE: (old / PICKLE).read_bytes(),
+                               "README.md": b"# old\n"})
+    hub.add("acme/both", {ADAPTER_CONFIG: (st / ADAPTER_CONFIG).read_bytes(), PICKLE: (old / PICKLE).read_bytes(),
+                          ADAPTER_WEIGHTS: (st / ADAPTER_WEIGHTS).read_bytes()})
+    bundle = load(DEMO, lora="acme/old-style")
+    assert bundle.adapters == ["acme/old-style"] and _same(_whole(bundle.network), states["st"])
+    assert sorted(hub.downloads()) == ["acme/old-style:adapter_config.json", "acme/old-style:adapter_model.bin"]
+    assert _same(_whole(load(DEMO, lora="acme/both").network), states["st"])
+    assert sorted(d for d in hub.downloads() if d.startswith("acme/both")) == [
+        "acme/both:adapter_config.json", "acme/both:adapter_model.safetensors"]  # (safetensors first)
+    offline(monkeypatch)
+    asked = len(hub.requests)
+    assert _same(_whole(load(DEMO, lora="acme/old-style").network), states["st"])  # from the cache
+    assert len(hub.requests) == asked

@@ -104,9 +104,9 @@ class HeadLoader:
     @property
     def files(self) -> list[Path]:
         """The files a head is read from: the weights, and the adapters recorded for the heads."""
-        from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+        from .lora import adapter_files
 
-        return self.weights + [Path(f) / n for f, names, *_ in self.adapters if names for n in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)]
+        return self.weights + [p for f, names, *_ in self.adapters if names for p in adapter_files(f)]
 
     def record_adapters(self) -> None:
         """Stamp the adapters' files as they are now (``load`` calls it after merging them)."""
@@ -127,7 +127,7 @@ class HeadLoader:
     @torch.inference_mode(False)  # a caller's inference mode would make the weights inference tensors
     def __call__(self, network, heads: tuple[str, ...]) -> None:
         from .acceleration import compile_flow_head, compile_options, quantize_network
-        from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_recorded
+        from .lora import merge_recorded
         from .modeling.parts import NotLoaded
         from .modeling.showo2 import HEADS
         from .runtime import check_memory
@@ -137,13 +137,13 @@ class HeadLoader:
             names = [n for h in heads for n in HEADS[h] if isinstance(network.get_submodule(n), NotLoaded)]
             if not names:
                 return
-            for path, stamp in zip(self.files, self.file_stamps, strict=True):
+            for i, (path, stamp) in enumerate(zip(self.files, self.file_stamps, strict=True)):
                 try:
                     same = file_stamp(path) == stamp
                 except OSError:
                     same = False
                 if not same:
-                    what = "LoRA adapter file" if path.name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) else "weights file"
+                    what = "LoRA adapter file" if i >= len(self.weights) else "weights file"
                     raise ModelError(f"{path}: the {what} changed or went away since the model was loaded; "
                                      "load the model again")
             size = sum(network.get_submodule(n).numel for n in names) * self.dtype.itemsize / 1e9

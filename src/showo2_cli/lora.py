@@ -4,12 +4,15 @@ An adapter is a folder in peft's own layout (what ``PeftModel.save_pretrained`` 
 ``adapter_model.safetensors`` (the low-rank ``lora_A``/``lora_B`` matrices, keys without the
 adapter name and with peft's ``base_model.model.`` prefix, so ``PeftModel.from_pretrained(network,
 folder)`` loads it) and ``adapter_config.json`` (peft's ``LoraConfig``: rank, alpha, target modules,
-``base_model_name_or_path``). ``showo2 train`` writes one into every checkpoint of a run with a
-``[lora]`` section; ``--lora PATH`` (any model command) merges one or more into the weights of
+``base_model_name_or_path``); where there is no safetensors file, ``adapter_model.bin`` (peft's
+older pickle of the same tensors, still common on the Hub) is read instead. ``showo2 train``
+writes one into every checkpoint of a run with a ``[lora]`` section; ``--lora PATH`` (any model command) merges one or more into the weights of
 whatever base model loads, in order; ``showo2 convert BASE --lora PATH -o OUT`` writes the merged
 model as a full folder.
 
-Loading never runs code: the weights are safetensors and the config is JSON.
+Loading never runs code: the weights are safetensors, or a pickle read with
+``torch.load(weights_only=True)`` (the project's one reader, ``weights.read_state_dict``), and the
+config is JSON.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelError, UsageError, one_line, short
-from .run_folders import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from .run_folders import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS
 from .runtime import quiet_imports
 
 FORMAT = "1"  # the showo2_lora value in the weights' safetensors metadata
@@ -98,10 +101,10 @@ def save_adapter(folder: Path, network: torch.nn.Module, config, metadata: dict 
 def fetch_adapter(ref: str | os.PathLike, local_files_only: bool = False, progress=None) -> str | os.PathLike:
     """The local form of the adapter ``ref``: ``ref`` itself when it is a path (a path comes first,
     as for models), else, for a Hugging Face repo id (``owner/name``, maybe ``@revision``), the
-    cache's snapshot folder holding its ``adapter_config.json`` and ``adapter_model.safetensors``,
-    downloaded first where not cached (through the project's one download path, sizes and
-    checksums checked, ``progress`` getting the bytes) unless ``HF_HUB_OFFLINE`` or
-    ``local_files_only``. Anything else is returned as it is (:func:`find_adapter` says what is wrong)."""
+    cache's snapshot folder holding its ``adapter_config.json`` and ``adapter_model.safetensors``
+    (or ``adapter_model.bin`` where the repo has no safetensors), downloaded first where not
+    cached (through the project's one download path, sizes and checksums checked, ``progress``
+    getting the bytes) unless ``HF_HUB_OFFLINE`` or ``local_files_only``. Anything else is returned as it is (:func:`find_adapter` says what is wrong)."""
     from .hub import check_adapter_name, existing_path, is_repo_id, split_revision
 
     if not str(ref).strip():
@@ -118,13 +121,15 @@ def fetch_adapter(ref: str | os.PathLike, local_files_only: bool = False, progre
 
     pinned = repo if revision is None else f"{repo}@{revision}"
     try:
-        cached = [try_to_load_from_cache(repo, n, revision=revision, cache_dir=access().cache_dir)
-                  for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)]
+        cached = {n: try_to_load_from_cache(repo, n, revision=revision, cache_dir=access().cache_dir)
+                  for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_PICKLE)}
     except (OSError, ValueError):
-        cached = [None]
-    if all(isinstance(c, str) for c in cached):
-        return Path(cached[0]).parent
-    if offline() or local_files_only:
+        cached = {}
+    local = offline() or local_files_only  # (then a cached .bin serves: the safetensors cannot be asked for)
+    for weights in (ADAPTER_WEIGHTS, ADAPTER_PICKLE) if local else (ADAPTER_WEIGHTS,):
+        if isinstance(cached.get(ADAPTER_CONFIG), str) and isinstance(cached.get(weights), str):
+            return Path(cached[ADAPTER_CONFIG]).parent
+    if local:
         why = "HF_HUB_OFFLINE is set" if offline() else "local_files_only is set"
         raise ModelError(f"--lora: '{pinned}' is not a local folder, and no LoRA adapter of that repo id is in the "
                          f"Hugging Face cache ({why}); download it while online")
@@ -132,13 +137,12 @@ def fetch_adapter(ref: str | os.PathLike, local_files_only: bool = False, progre
         remote = remote_listing(repo, "LoRA adapter", revision)
     except ModelError as e:  # (a mistyped relative path, runs/my-lora, is shaped like a repo id)
         raise ModelError(f"--lora: '{pinned}' is not a local folder, and {e}") from None
-    if ADAPTER_CONFIG not in remote or ADAPTER_WEIGHTS not in remote:
+    weights = next((n for n in (ADAPTER_WEIGHTS, ADAPTER_PICKLE) if n in remote), None)  # safetensors first
+    if ADAPTER_CONFIG not in remote or weights is None:
         model = " (it is a model: give it as --model)" if "config.json" in remote and ADAPTER_CONFIG not in remote else ""
-        pickle = (" (its adapter_model.bin is a pickle: only safetensors adapters are downloaded)"
-                  if "adapter_model.bin" in remote else "")
         raise ModelError(f"--lora: '{pinned}' on the Hub is not a LoRA adapter: it has no {ADAPTER_CONFIG} and "
-                         f"{ADAPTER_WEIGHTS} at its top{model or pickle}")
-    return download_files(repo, [ADAPTER_CONFIG, ADAPTER_WEIGHTS], progress, "LoRA adapter", revision, remote)
+                         f"{ADAPTER_WEIGHTS} (or {ADAPTER_PICKLE}) at its top{model}")
+    return download_files(repo, [ADAPTER_CONFIG, weights], progress, "LoRA adapter", revision, remote)
 
 
 def as_given(ref, fetched, recorded):
@@ -148,27 +152,38 @@ def as_given(ref, fetched, recorded):
     return str(ref) if fetched is not ref else recorded
 
 
+def adapter_files(folder: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights, config) of the adapter folder ``folder``: its ``adapter_model.safetensors``, or
+    where there is none its ``adapter_model.bin`` (peft's older pickle), as peft picks them."""
+    folder = Path(folder)
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.exists() and not weights.is_symlink() and (folder / ADAPTER_PICKLE).is_file():
+        weights = folder / ADAPTER_PICKLE
+    return weights, folder / ADAPTER_CONFIG
+
+
 def find_adapter(ref: str | os.PathLike) -> Path:
-    """The adapter folder named by ``ref``: the folder itself, its ``adapter_model.safetensors``,
-    a training checkpoint or a training run folder (its latest checkpoint)."""
+    """The adapter folder named by ``ref``: the folder itself, its weights file
+    (``adapter_model.safetensors`` or ``adapter_model.bin``), a training checkpoint or a training
+    run folder (its latest checkpoint)."""
     from .run_folders import latest_checkpoint
 
     p = Path(ref).expanduser()
-    if p.is_file() and p.name == ADAPTER_WEIGHTS:
+    if p.is_file() and p.name in (ADAPTER_WEIGHTS, ADAPTER_PICKLE):
+        if p.name == ADAPTER_PICKLE and (p.parent / ADAPTER_WEIGHTS).exists():  # (the folder would read the other)
+            raise UsageError(f"--lora: '{ref}': its folder holds {ADAPTER_WEIGHTS} too, which is what loads from "
+                             "it; give the folder, or move the .bin to a folder of its own")
         p = p.parent
-    if p.is_dir() and not (p / ADAPTER_WEIGHTS).is_file():
+    if p.is_dir() and not adapter_files(p)[0].is_file():
         latest = latest_checkpoint(p)
         if latest is not None:
             p = latest
     if not p.exists():
         raise UsageError(f"--lora: '{ref}' does not exist (give an adapter folder, a training run or a "
                          "Hugging Face repo id: owner/name, maybe @revision)")
-    if p.is_dir() and not (p / ADAPTER_WEIGHTS).exists() and (p / "adapter_model.bin").is_file():
-        raise ModelError(f"--lora: '{ref}' holds adapter_model.bin, a pickle (peft's older format), which is not "
-                         f"loaded: only {ADAPTER_WEIGHTS} (what peft's save_pretrained writes by default)")
-    if not p.is_dir() or not (p / ADAPTER_WEIGHTS).is_file() or not (p / ADAPTER_CONFIG).is_file():
-        raise ModelError(f"--lora: '{ref}' is not a LoRA adapter (a folder with {ADAPTER_WEIGHTS} and "
-                         f"{ADAPTER_CONFIG}, or a training run of a config with a [lora] section)")
+    if not p.is_dir() or not all(f.is_file() for f in adapter_files(p)):
+        raise ModelError(f"--lora: '{ref}' is not a LoRA adapter (a folder with {ADAPTER_WEIGHTS} or "
+                         f"{ADAPTER_PICKLE} and {ADAPTER_CONFIG}, or a training run of a config with a [lora] section)")
     return p
 
 
@@ -180,7 +195,7 @@ def read_adapter(ref: str | os.PathLike):
     from .weights import read_json, read_state_dict
 
     folder = find_adapter(ref)
-    cfg_path = folder / ADAPTER_CONFIG
+    weights, cfg_path = adapter_files(folder)
     try:
         raw = read_json(cfg_path)  # the project's config reader: regular file, size and depth bounded
     except ModelError as e:
@@ -194,21 +209,21 @@ def read_adapter(ref: str | os.PathLike):
         raise ModelError(f"--lora: '{cfg_path}': {e}") from None
     if config.use_dora or not config.target_modules:
         raise ModelError(f"--lora: '{cfg_path}': only plain LoRA adapters with target_modules are supported")
-    try:
-        state = read_state_dict(folder / ADAPTER_WEIGHTS)
+    try:  # (a .bin: torch.load(weights_only=True), memory-mapped; a pickle that would run code is refused)
+        state = read_state_dict(weights)
     except ModelError as e:
         raise ModelError(f"--lora: {e}") from None
     if not state or not all("lora_" in k for k in state):
-        raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}' holds no LoRA tensors")
+        raise ModelError(f"--lora: '{weights}' holds no LoRA tensors")
     odd = next((k for k, t in state.items() if not t.is_floating_point()), None)
     if odd is None:  # (found here, before any model loads; merging refused them only at the end)
         # (float8 has no isfinite of its own: its values are checked as float32, which holds them exactly)
         nan = next((k for k, t in state.items() if not torch.isfinite(t.float() if t.itemsize == 1 else t).all()),
                    None)
         if nan is not None:
-            raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}': {nan} holds NaN or infinite values")
+            raise ModelError(f"--lora: '{weights}': {nan} holds NaN or infinite values")
     if odd is not None:  # an integer adapter would be truncated into the weights
-        raise ModelError(f"--lora: '{folder / ADAPTER_WEIGHTS}': {odd} is {str(state[odd].dtype).replace('torch.', '')}, "
+        raise ModelError(f"--lora: '{weights}': {odd} is {str(state[odd].dtype).replace('torch.', '')}, "
                          "not a floating-point tensor")
     # the ranks size the adapter peft allocates: they must be those of the saved tensors
     saved = {int(t.shape[0]) for k, t in state.items() if "lora_A" in k and t.dim() == 2}

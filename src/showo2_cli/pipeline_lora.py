@@ -48,8 +48,8 @@ class LoraLoaderMixin:
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict: str | os.PathLike, adapter_name: str | None = None,
                           *, weight: float = 1.0, revision: str | None = None, local_files_only: bool = False,
                           cache_dir: str | os.PathLike | None = None, token: bool | str | None = None) -> str:
-        """Merge the LoRA adapter of a folder (peft's layout: ``adapter_model.safetensors`` and
-        ``adapter_config.json``), a ``showo2 train`` checkpoint or run, or a Hugging Face repo id
+        """Merge the LoRA adapter of a folder (peft's layout: ``adapter_model.safetensors``, or
+        ``adapter_model.bin``, and ``adapter_config.json``), a ``showo2 train`` checkpoint or run, or a Hugging Face repo id
         (``owner/name``, ``@revision`` or ``revision=`` pins one; downloaded into the cache unless
         cached, ``local_files_only`` or ``HF_HUB_OFFLINE``; ``cache_dir`` and ``token`` as in
         :meth:`from_pretrained`) into the weights, scaled by ``weight`` (diffusers'

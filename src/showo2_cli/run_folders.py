@@ -15,6 +15,7 @@ LATEST = "latest"
 STATE_FILE = "trainer_state.pt"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # a LoRA adapter folder (peft's layout: showo2_cli.lora)
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_PICKLE = "adapter_model.bin"  # peft's older weights file (a torch pickle), read where no safetensors is
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 

@@ -335,8 +335,8 @@ def _existing_adapters(refs: list[str] | None) -> list[str] | None:
     return refs
 
 
-LoraOpt = Annotated[list[str] | None, typer.Option("--lora", metavar="<path>", callback=_existing_adapters, help="A LoRA adapter (a folder with adapter_model.safetensors, "
-                                                    "a Hugging Face repo id, repo@revision to pin one, "
+LoraOpt = Annotated[list[str] | None, typer.Option("--lora", metavar="<path>", callback=_existing_adapters, help="A LoRA adapter (a folder with adapter_model.safetensors "
+                                                    "or adapter_model.bin, a Hugging Face repo id, repo@revision to pin one, "
                                                     "or a `showo2 train` run with [lora]) merged into the model's weights; "
                                                     "repeatable, applied in order.")]
 MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB "
