@@ -5,6 +5,7 @@ hostile ``.bin`` is one line; an adapter's strength is ``--lora-weight`` on ever
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -172,3 +173,81 @@ def test_a_hub_repo_with_only_a_bin_adapter_downloads_it(hub, adapters, states, 
     asked = len(hub.requests)
     assert _same(_whole(load(DEMO, lora="acme/old-style").network), states["st"])  # from the cache
     assert len(hub.requests) == asked
+
+
+def test_lora_weight_on_the_command_line_is_load_lora_weights_weight_and_is_recorded(adapters, states, tmp_path,
+                                                                                     capsys):
+    """`--lora` had no strength (Python's load_lora_weights(weight=) only)."""
+    import numpy as np
+    from PIL import Image
+
+    from showo2_cli import api
+    from showo2_cli.cli import main
+    from showo2_cli.options import GenerateOptions
+
+    st, old = adapters["st"], adapters["old"]
+    pipe = Showo2Pipeline.from_pretrained(DEMO)
+    pipe.load_lora_weights(st, weight=0.5)
+    pipe.load_lora_weights(old, weight=-1.25)
+    given = load(DEMO, lora=[(st, 0.5), {"path": str(old), "weight": -1.25}])
+    assert _same(_whole(given.network), _whole(pipe.network))
+    assert given.adapters == pipe.model.adapters == [{"path": str(st), "weight": 0.5},
+                                                    {"path": str(old), "weight": -1.25}]
+    half, full, base = _whole(given.network), states["st"], states["base"]
+    k = "diffusion_head_b.linear.weight"  # (the .bin at -1.25 adapts the same layers: 0.5 - 1.25 = -0.75)
+    torch.testing.assert_close(half[k] - base[k], -0.75 * (full[k] - base[k]), atol=1e-6, rtol=1e-4)
+
+    out = tmp_path / "scaled.png"
+    code = main(["t2i", "a red circle", "-o", str(out), "--seed", "5", "--steps", "3", "--lora", str(st), "--lora",
+                 str(old), "--lora-weight", "0.5", "--lora-weight", "-1.25", "--json"])
+    record = json.loads(capsys.readouterr().out)["outputs"][0]
+    assert code == 0 and record["lora"] == [{"path": str(st), "weight": 0.5}, {"path": str(old), "weight": -1.25}]
+    assert json.loads(Image.open(out).text["showo2"])["lora"] == record["lora"]
+    mine = api.text_to_image(given, ["a red circle"], GenerateOptions(steps=3, seed=5))[0]
+    assert mine.params["lora"] == record["lora"]
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), mine.frames[0])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lora-weight", "nan"], "--lora-weight must be a finite number from -100 to 100"),
+    (["--lora-weight", "inf"], "--lora-weight must be a finite number"),
+    (["--lora-weight", "1e999"], "--lora-weight must be a finite number"),
+    (["--lora-weight", "-101"], "--lora-weight must be a finite number from -100 to 100"),
+    (["--lora-weight", "half"], "Invalid value for '--lora-weight'"),
+    (["--lora-weight", "1", "--lora-weight", "1"], "2 --lora-weight for 1 --lora: give one weight per adapter"),
+])
+def test_bad_lora_weights_are_one_line_before_anything_loads(adapters, tmp_path, capsys, monkeypatch, args, message):
+    import showo2_cli.loading as loading
+    from showo2_cli.cli import main
+
+    monkeypatch.setattr(loading, "load", lambda *a, **k: pytest.fail("loaded"))
+    for command in (["t2i", "x", "-o", str(tmp_path / "x.png")], ["caption", str(tmp_path / "none.png"), "-q", "x"],
+                    ["chat"], ["serve", "--port", "0"], ["convert", "demo", "-o", str(tmp_path / "conv")]):
+        code = main([*command, "--lora", str(adapters["st"]), *args, "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == UsageError.exit_code and message in err and "\n" not in err, (command, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_python_lora_weights_are_checked_alike(adapters):
+    pipe = Showo2Pipeline.from_pretrained(DEMO)
+    for weight in (float("nan"), 1e300, "0.5", True):
+        with pytest.raises(UsageError, match=r"lora: the weight of '.*st' must be a"):
+            load(DEMO, lora=[(adapters["st"], weight)])
+    with pytest.raises(TypeError, match=r"a weighted adapter is a pair inside the list: lora=\[\(path, weight\)\]"):
+        load(DEMO, lora=(adapters["st"], 0.5))
+    with pytest.raises(UsageError, match="weight must be a finite number from -100 to 100"):
+        pipe.load_lora_weights(adapters["st"], weight=1000)  # (1e300 made every merged weight infinite)
+    assert pipe.model.adapters == []
+
+
+def test_convert_merges_at_the_weight_and_records_it(adapters, tmp_path, capsys):
+    from showo2_cli.cli import main
+
+    out = tmp_path / "merged"
+    assert main(["convert", "demo", "-o", str(out), "--lora", str(adapters["old"]), "--lora-weight", "0.5",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lora"] == [{"path": str(adapters["old"]), "weight": 0.5}]
+    assert json.loads((out / "config.json").read_text())["showo2"]["lora_merged"] == [{"path": str(adapters["old"]),
+                                                                             "weight": 0.5}]
+    assert _same(_whole(load(out).network), _whole(load(DEMO, lora=[(adapters["st"], 0.5)]).network))

@@ -337,8 +337,9 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
          vae_parts: tuple[str, ...] = ("encoder", "decoder"), heads: tuple[str, ...] | None = ALL_HEADS) -> Showo2:
     """Load a model by name, folder or cached repo id. ``need`` lists the pieces that must exist;
     ``lora`` a LoRA adapter or a list of them (folders or training runs, see :mod:`showo2_cli.lora`)
-    merged into the weights in order; ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the
-    attention backend, quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`),
+    merged into the weights in order, each at its strength where given as ``(path, weight)`` (or
+    ``{"path", "weight"}``, as outputs record it; :func:`~showo2_cli.lora.given_adapters`);
+    ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the attention backend, quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`),
     applied after the adapters are merged, then its CPU offload (:func:`showo2_cli.runtime.enable_offload`);
     its ``max_memory_gb`` is the memory limit of the model's jobs that give none; its ``device`` and
     ``dtype`` (when not ``auto``) place the model unless ``device``/``dtype`` are given (default: the
@@ -363,7 +364,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
 
     from .acceleration import apply
     from .hub_auth import hub_access
-    from .lora import adapted_layers, as_given, fetch_adapter, merge_adapters
+    from .lora import adapted_layers, as_given, fetch_adapter, given_adapters, merge_adapters
     from .modeling.vae_files import check_parts, load_vae
     from .tokenizer import add_showo2_tokens, load_tokenizer
 
@@ -379,14 +380,10 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
         raise ModelError(message)
     if use_safetensors:
         _require_safetensors(files)
-    if lora is None:  # no adapter, as `()` (an optional argument passed on; it raised TypeError)
-        lora = ()
-    elif isinstance(lora, (str, os.PathLike)):  # one adapter (its path's characters were taken as paths)
-        lora = [lora]
-    elif not isinstance(lora, (list, tuple)):
-        raise TypeError(f"lora must be a path or a list of paths, got {type(lora).__name__}")
+    given = given_adapters(lora)  # (each maybe with its weight)
+    typed, weights = [ref for ref, _ in given], [weight for _, weight in given]
     with hub_access(cache_dir, token) if cache_dir is not None or token is not None else nullcontext():
-        typed, lora = lora, [fetch_adapter(ref, local_files_only) for ref in lora]  # a repo id: its cached folder
+        lora = [fetch_adapter(ref, local_files_only) for ref in typed]  # a repo id: its cached folder
     # every adapter read and checked before the weights are (its tensors' shapes too where the config gives them)
     shapes_checked = check_adapters(files, lora)
     # (the files' stamps before reading; a head loads where the load puts the weights: offloaded, the CPU)
@@ -399,8 +396,8 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     del state
     # LoRA adapters are merged into what is loaded; a head left out is matched and checked on 'meta',
     # and merged when it loads (HeadLoader)
-    adapters = merge_adapters(network, lora, record=loader.adapters) if lora else []
-    adapters = [as_given(t, f, a) for t, f, a in zip(typed, lora, adapters, strict=True)]
+    adapters = merge_adapters(network, lora, record=loader.adapters, weights=weights) if lora else []
+    adapters = [as_given(t, f, a, w) for t, f, a, w in zip(typed, lora, adapters, weights, strict=True)]
     loader.record_adapters()
     if network.loaded_heads() != ALL_HEADS:
         network.head_loader = loader

@@ -145,11 +145,41 @@ def fetch_adapter(ref: str | os.PathLike, local_files_only: bool = False, progre
     return download_files(repo, [ADAPTER_CONFIG, weights], progress, "LoRA adapter", revision, remote)
 
 
-def as_given(ref, fetched, recorded):
+def as_given(ref, fetched, recorded, weight: float = 1.0):
     """What outputs record of the adapter ``ref`` (as the caller typed it) that
     :func:`fetch_adapter` turned into ``fetched``: a repo id as given, not its folder in this
-    machine's cache; else ``recorded`` (the adapter's folder)."""
-    return str(ref) if fetched is not ref else recorded
+    machine's cache; else ``recorded`` (the adapter's folder); merged at another ``weight`` than 1,
+    ``{"path": that, "weight": weight}`` (a form :func:`given_adapters` takes back)."""
+    shown = str(ref) if fetched is not ref else recorded
+    return shown if weight == 1.0 else {"path": shown, "weight": float(weight)}
+
+
+def given_adapters(lora) -> list[tuple[str | os.PathLike, float]]:
+    """``(adapter, weight)`` of each adapter of ``lora`` (``load(lora=)``): a path or repo id, or a
+    list of them, each maybe with its strength as a pair ``(path, weight)`` or as outputs record it,
+    ``{"path": ..., "weight": ...}`` (a weight checked by
+    :func:`~showo2_cli.options.check_lora_weight`; none: 1, the adapter as trained)."""
+    from .options import check_lora_weight
+
+    if lora is None:  # no adapter, as `()` (an optional argument passed on; it raised TypeError)
+        return []
+    if isinstance(lora, (str, os.PathLike)):  # one adapter (its path's characters were taken as paths)
+        lora = [lora]
+    elif not isinstance(lora, (list, tuple)):
+        raise TypeError(f"lora must be a path or a list of paths, got {type(lora).__name__}")
+    given = []
+    for entry in lora:
+        ref, weight = entry, 1.0
+        if isinstance(entry, dict) and "path" in entry and set(entry) <= {"path", "weight"}:
+            ref, weight = entry["path"], entry.get("weight", 1.0)
+        elif isinstance(entry, (tuple, list)) and len(entry) == 2:
+            ref, weight = entry
+        if not isinstance(ref, (str, os.PathLike)):
+            raise TypeError(f"lora takes paths or repo ids, each maybe as a pair (path, weight), got "
+                            f"{short(entry, 60)} ({type(entry).__name__}); a weighted adapter is a pair "
+                            "inside the list: lora=[(path, weight)]")
+        given.append((ref, check_lora_weight(weight, f"lora: the weight of '{short(ref, 60)}'")))
+    return given
 
 
 def adapter_files(folder: str | os.PathLike) -> tuple[Path, Path]:
@@ -319,16 +349,20 @@ def load_adapter_state(network: torch.nn.Module, state: dict, where: str, adapte
                          f"place, {len(missing)} missing; e.g. {example})")
 
 
-def merge_adapters(network: torch.nn.Module, refs, record: list | None = None, weight: float = 1.0) -> list[str]:
+def merge_adapters(network: torch.nn.Module, refs, record: list | None = None,
+                   weights: list[float] | None = None) -> list[str]:
     """Merge each adapter of ``refs`` into ``network``'s weights, in order (``W += weight * alpha/r
-    * B A``), leaving a plain network (no LoRA layers). Returns the adapter folders. A part of the
+    * B A``, its weight from ``weights``, one per adapter, else 1), leaving a plain network (no LoRA layers). Returns the adapter folders. A part of the
     network left out (a :class:`~showo2_cli.modeling.parts.NotLoaded` head) takes part on 'meta':
     its layers are matched and the adapter's tensors checked against them, but nothing is merged
     nor held; ``record`` (a list) then gets, per adapter, ``(folder, the names of the layers it
     adapts there, weight)``, for :func:`merge_recorded` when that part loads."""
     done = []
+    weights = [1.0] * len(refs) if weights is None else list(weights)
+    if len(weights) != len(refs):
+        raise ValueError(f"merge_adapters: {len(refs)} adapters but {len(weights)} weights")
     with _left_out_on_meta(network) as left_out:
-        for i, ref in enumerate(refs):
+        for i, (ref, weight) in enumerate(zip(refs, weights, strict=True)):
             folder, names = _apply(network, ref, f"lora{i}", left_out, weight)
             if record is not None:
                 record.append((str(folder), names, weight))

@@ -115,6 +115,27 @@ def check_max_context(value) -> None:
                          f"got {short(value)}")
 
 
+#: The largest strength a LoRA adapter is merged at, either way (ComfyUI's LoraLoader takes -100 to
+#: 100): 1e300 made every merged weight infinite, refused by the merge only after the model loaded.
+MAX_LORA_WEIGHT = 100.0
+
+
+def check_lora_weight(value, what: str = "the LoRA weight") -> float:
+    """A LoRA adapter's strength (``--lora-weight``, ``lora=[(path, weight)]``,
+    ``load_lora_weights(weight=)``): a finite number
+    from -:data:`MAX_LORA_WEIGHT` to :data:`MAX_LORA_WEIGHT` (1: the adapter as trained, 0: none,
+    negative: subtracted). Returns it as a float."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UsageError(f"{what} must be a number, got {short(value)} ({type(value).__name__})")
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > MAX_LORA_WEIGHT:
+        raise UsageError(f"{what} must be a finite number from -{MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g} "
+                         f"(1: the adapter as trained), got {short(value)}")
+    return number
+
+
 def check_unicode(text: str, what: str) -> str:
     """``text`` when it can be written as UTF-8: a command-line argument holding bytes that are
     not UTF-8 arrives with lone surrogates (``\\udcff`` for the byte 0xff), which no tokenizer,

@@ -128,8 +128,8 @@ class Showo2Pipeline(LoraLoaderMixin):
         (``quantize="nf4"`` or ``"int8wo"``), compilation, VAE tiling and CPU offload (``offload=``), as
         the CLI options; its ``device`` and ``dtype`` (when not ``auto``) stand for ``device`` and
         ``torch_dtype`` when those are not given.
-        ``lora``: a LoRA adapter (a folder, a checkpoint or a training run) or a list of them,
-        merged into the weights in order as ``--lora`` does (or a Hugging Face repo id; later:
+        ``lora``: a LoRA adapter (a folder, a checkpoint, a training run or a Hugging Face repo id)
+        or a list of them, each maybe ``(path, weight)``, merged in order as ``--lora`` does (later:
         :meth:`load_lora_weights`, bit for bit the same). The network's heads load on first
         use (``load(heads=())``): the flow head with the first generation, an untied ``lm_head``
         with the first :meth:`caption`; :meth:`save_pretrained` loads what is missing first.

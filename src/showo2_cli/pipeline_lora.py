@@ -31,6 +31,7 @@ import os
 import torch
 
 from .errors import ModelError, UsageError
+from .options import check_lora_weight
 from .pipelines.arguments import lora_names, python_names, real_number
 from .runtime import cpu_by_default, one_call_at_a_time
 
@@ -53,8 +54,9 @@ class LoraLoaderMixin:
         (``owner/name``, ``@revision`` or ``revision=`` pins one; downloaded into the cache unless
         cached, ``local_files_only`` or ``HF_HUB_OFFLINE``; ``cache_dir`` and ``token`` as in
         :meth:`from_pretrained`) into the weights, scaled by ``weight`` (diffusers'
-        ``set_adapters(..., adapter_weights=)``; 1.0: the adapter's own alpha/r). ``adapter_name``
-        (default ``default_0``, ``default_1``, ...) must be new. The adapter is read and checked
+        ``set_adapters(..., adapter_weights=)``; 1.0: the adapter's own alpha/r; -100 to 100), as
+        ``from_pretrained(lora=[(path, weight)])`` and ``--lora PATH --lora-weight WEIGHT`` merge it.
+        ``adapter_name`` (default ``default_0``, ``default_1``, ...) must be new. The adapter is read and checked
         against the model's layers before any weight changes. Returns the adapter's name."""
         from .hub import with_revision
         from .hub_auth import hub_access
@@ -66,7 +68,7 @@ class LoraLoaderMixin:
                             f"{type(ref).__name__} (a state dict is not taken: save it with peft first)")
         if weight is None or not math.isfinite(real_number(weight, "weight")):  # (numpy's numbers too)
             raise TypeError(f"weight must be a finite number, got {weight!r}")
-        weight = float(weight)
+        weight = check_lora_weight(float(weight), "weight")  # (bounded as --lora-weight)
         names = [entry["name"] for entry in self._lora_loaded]
         if adapter_name is None:
             adapter_name = next(f"default_{i}" for i in range(len(names) + 1) if f"default_{i}" not in names)
@@ -95,9 +97,9 @@ class LoraLoaderMixin:
             loader.adapters.append((folder, later, float(weight)))
             loader.record_adapters()
         self.__dict__["_lora_saved"] = saved
-        shown = as_given(ref, fetched, folder)
-        self.model.adapters.append(shown if weight == 1.0 else {"path": shown, "weight": float(weight)})
-        self._lora_loaded.append({"name": adapter_name, "path": shown, "weight": float(weight)})
+        shown = as_given(ref, fetched, folder, weight)
+        self.model.adapters.append(shown)
+        self._lora_loaded.append({"name": adapter_name, "path": as_given(ref, fetched, folder), "weight": weight})
         return adapter_name
 
     @one_call_at_a_time

@@ -23,6 +23,7 @@ from ..options import DEFAULT_MAX_NEW_TOKENS, RuntimeOptions, check_max_context
 from . import common
 from .common import (
     LoraOpt,
+    LoraWeightOpt,
     MaskMode,
     ModelOpt,
     QuietOpt,
@@ -379,7 +380,8 @@ def chat(
                                                   "(default: the checkpoint's).")] = None,
     template: Annotated[Template | None, typer.Option("--template", help="official or training: the first "
                                                       "turn's template (default: the checkpoint's).")] = None,
-    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, runtime: RuntimeOptions = None,
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, lora_weight: LoraWeightOpt = None,
+    runtime: RuntimeOptions = None,
     quiet: QuietOpt = False,
 ):
     """Chat about images and videos, and generate images, with one resident model.
@@ -388,6 +390,7 @@ def chat(
     """
     C = common
     C.setup(False, quiet)
+    lora = C.adapters(lora, lora_weight)  # (a weight per adapter: checked before anything else)
     from .. import media as M
     from ..options import CaptionOptions
 

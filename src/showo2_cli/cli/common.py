@@ -258,13 +258,13 @@ def fetch_if_needed(model: str) -> None:
 
 
 def load_model(model: str | None, runtime, vae: Path | None = None, need=("tokenizer", "VAE"),
-               lora: list[Path] | None = None, vae_parts: tuple[str, ...] = ("encoder", "decoder"),
+               lora: list | None = None, vae_parts: tuple[str, ...] = ("encoder", "decoder"),
                heads: tuple[str, ...] | None = None):
     """Resolve (downloading when needed), load, and place the model as ``runtime``
     (:class:`~showo2_cli.options.RuntimeOptions`, the command's :func:`with_runtime_options`) says:
     its device and dtype, its ``offload`` (weights in CPU memory behind accelerate's hooks that run
     them on the device), attention backend, compilation, VAE tiling, quantization and memory limit,
-    all applied by ``loading.load``; the ``--lora`` adapters are merged into the weights first.
+    all applied by ``loading.load``; the adapters (:func:`adapters`) are merged into the weights first.
     ``vae_parts``: the halves of the VAE the command uses (the others load on first use, see
     ``loading.load``); ``heads``: the network's heads loaded now, the others on first use (None:
     each on first use)."""
@@ -281,8 +281,10 @@ def load_model(model: str | None, runtime, vae: Path | None = None, need=("token
     with status(f"loading {short(model, 60)}"):
         bundle = load(model, vae=vae, device=dev, dtype=dt, need=need, runtime=runtime, lora=tuple(lora or ()),
                       vae_parts=vae_parts, heads=heads)  # load applies runtime's offload
-    for folder in bundle.adapters:
-        notice(f"merged the LoRA adapter {folder}")
+    for adapter in bundle.adapters:
+        scaled = isinstance(adapter, dict)  # {"path", "weight"}: merged at another strength than 1
+        notice(f"merged the LoRA adapter {adapter['path'] if scaled else adapter}"
+               + (f" at weight {adapter['weight']:g}" if scaled else ""))
     return bundle
 
 
@@ -339,6 +341,38 @@ LoraOpt = Annotated[list[str] | None, typer.Option("--lora", metavar="<path>", c
                                                     "or adapter_model.bin, a Hugging Face repo id, repo@revision to pin one, "
                                                     "or a `showo2 train` run with [lora]) merged into the model's weights; "
                                                     "repeatable, applied in order.")]
+
+
+def _checked_weights(weights: list[float] | None) -> list[float] | None:
+    """``--lora-weight``'s check as the command line is parsed: each a finite number within
+    :data:`~showo2_cli.options.MAX_LORA_WEIGHT` ("nan", "inf" and 1e999 parse as numbers)."""
+    from ..options import check_lora_weight
+
+    for weight in weights or ():
+        check_lora_weight(weight, "--lora-weight")
+    return weights
+
+
+LoraWeightOpt = Annotated[list[float] | None, typer.Option(
+    "--lora-weight", metavar="<weight>", callback=_checked_weights, help="The strength of each --lora adapter, in "
+    "their order, one per --lora: WEIGHT times its update (1: as trained, 0.5: half, 0: none, negative: subtracted; "
+    "-100 to 100; diffusers' adapter_weights). Default: 1 each.")]
+
+
+def adapters(lora: list[str] | None, weights: list[float] | None) -> list:
+    """The adapters of ``--lora`` with their ``--lora-weight`` as ``load(lora=)`` takes them:
+    ``(path, weight)`` pairs, one weight per adapter (else a UsageError), or the paths alone."""
+    from ..errors import UsageError
+
+    lora = list(lora or ())
+    if not weights:
+        return lora
+    if len(weights) != len(lora):
+        raise UsageError(f"{len(weights)} --lora-weight for {len(lora)} --lora: give one weight per adapter, in the "
+                         "order of the --lora options")
+    return [(ref, float(weight)) for ref, weight in zip(lora, weights, strict=True)]
+
+
 MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB "
                                                  "(default: $SHOWO2_MAX_MEMORY_GB, else the memory available now; 0: no limit).")]
 AttnOpt = Annotated[Attn, typer.Option("--attn", help="Attention backend of the LLM and flow head: sdpa (default), "

@@ -25,12 +25,14 @@ from ..processes import process_rank, process_share
 from .common import (
     JsonOpt,
     LoraOpt,
+    LoraWeightOpt,
     ModelOpt,
     OverwriteOpt,
     ProgressReporter,
     QuietOpt,
     Sampler,
     VaeOpt,
+    adapters,
     emit,
     load_model,
     model_name,
@@ -62,7 +64,7 @@ VIDEO_HELP = "out.mp4/.webm/.gif/.mov/.mkv"
 def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | None, opts: GenerateOptions,
         model: str | None, vae: Path | None, runtime: RuntimeOptions, noise: Path | None, save_latents: bool,
         fps: float | None, image: Path | None, size: str | None, overwrite: bool,
-        lora: list[Path] | None = None) -> int:
+        lora: list | None = None) -> int:
     """The one generation command: every check before the model loads, then generate and save.
     Under a launch of several processes, each makes its share of the run's outputs
     (:func:`~showo2_cli.processes.process_share`: the results do not depend on the number of
@@ -281,7 +283,8 @@ def _frames(frames: int) -> int:
 def t2i(
     prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' reads the prompts from stdin, one a line (or use --prompts-file).")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="out.png/.jpg/.webp; several outputs get -000, -001, ...")] = None,
-    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, lora_weight: LoraWeightOpt = None,
+    size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 4, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, negative_prompt: NegativeOpt = "", sampler: SamplerOpt = DEFAULT_SAMPLER,
@@ -295,7 +298,7 @@ def t2i(
                            batch_size=batch_size, frames=1, method=value(sampler), max_memory_gb=runtime.max_memory_gb,
                            negative_prompt=negative_prompt)
     return run("t2i", prompt, prompts_file, output, opts, model, vae, runtime, noise, save_latents, None, None,
-        size, overwrite, lora)
+        size, overwrite, adapters(lora, lora_weight))
 
 
 @with_runtime_options
@@ -303,7 +306,8 @@ def t2v(
     prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' reads the prompts from stdin, one a line (or use --prompts-file).")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
     frames: FramesOpt = DEFAULT_VIDEO_FRAMES, fps: FpsOpt = DEFAULT_FPS,
-    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, lora_weight: LoraWeightOpt = None,
+    size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, negative_prompt: NegativeOpt = "", sampler: SamplerOpt = DEFAULT_SAMPLER,
@@ -317,7 +321,7 @@ def t2v(
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=runtime.max_memory_gb, negative_prompt=negative_prompt)
     return run("t2v", prompt, prompts_file, output, opts, model, vae, runtime, noise, save_latents, fps, None,
-        size, overwrite, lora)
+        size, overwrite, adapters(lora, lora_weight))
 
 
 @with_runtime_options
@@ -326,7 +330,8 @@ def i2v(
     prompt: Annotated[str | None, typer.Argument(help="The prompt; '-' reads the prompts from stdin, one a line (or use --prompts-file).")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help=VIDEO_HELP)] = None,
     frames: FramesOpt = DEFAULT_VIDEO_FRAMES, fps: FpsOpt = DEFAULT_FPS,
-    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, size: SizeOpt = None, steps: StepsOpt = None,
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, lora_weight: LoraWeightOpt = None,
+    size: SizeOpt = None, steps: StepsOpt = None,
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, negative_prompt: NegativeOpt = "", sampler: SamplerOpt = DEFAULT_SAMPLER,
@@ -340,7 +345,7 @@ def i2v(
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=runtime.max_memory_gb, negative_prompt=negative_prompt)
     return run("i2v", prompt, prompts_file, output, opts, model, vae, runtime, noise, save_latents, fps, image,
-        size, overwrite, lora)
+        size, overwrite, adapters(lora, lora_weight))
 
 
 __all__ = ["t2i", "t2v", "i2v", "run"]

@@ -15,6 +15,7 @@ from ..options import check_dtype
 from .common import (
     JsonOpt,
     LoraOpt,
+    LoraWeightOpt,
     MaxMemOpt,
     ModelOpt,
     OverwriteOpt,
@@ -27,6 +28,9 @@ from .common import (
     notice,
     setup,
     status,
+)
+from .common import (
+    adapters as weighted,
 )
 
 
@@ -120,6 +124,7 @@ def convert(
     dtype: Annotated[str, typer.Option("--dtype", help="keep, bf16, fp16 or fp32.")] = "keep",
     vae: VaeOpt = None,
     lora: LoraOpt = None,
+    lora_weight: LoraWeightOpt = None,
     overwrite: OverwriteOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -127,6 +132,7 @@ def convert(
     """Rewrite a checkpoint as a pickle-free safetensors folder that loads memory-mapped
     (with --lora: the adapters merged into its weights, a full model of its own)."""
     setup(json_mode, quiet)
+    lora = weighted(lora, lora_weight)  # (a weight per adapter: checked before anything else)
     check_dtype(dtype, extra=("keep",))
     check_output_folder(output, overwrite)
     import torch
@@ -145,9 +151,11 @@ def convert(
     files = find_files(src, vae=vae)
     if not files.weights:
         raise ModelError(f"'{src}' has no weights")
-    from ..lora import as_given, fetch_adapter, find_adapter, merge_adapters
+    from ..lora import as_given, fetch_adapter, find_adapter, given_adapters, merge_adapters
 
-    typed, lora = list(lora or []), [fetch_adapter(ref) for ref in lora or []]  # a repo id: its cached folder
+    given = given_adapters(lora)  # (path, weight) of each, in order
+    typed, weights = [ref for ref, _ in given], [weight for _, weight in given]
+    lora = [fetch_adapter(ref) for ref in typed]  # a repo id: its cached folder
     adapter_folders = [find_adapter(ref) for ref in lora]
     check_adapters(files, lora)  # each read and checked (files, values, shapes where known) before the weights are
     from ..media import check_folder_keeps_inputs
@@ -163,7 +171,8 @@ def convert(
         network = build_network(spec, {k: v for k, v in state.items()}, torch.float32 if lora else ref_dtype,
                                 where=str(files.root))
         if lora:  # merged in float32, written in the chosen dtype (keep: the checkpoint's own)
-            adapters = [as_given(t, f, a) for t, f, a in zip(typed, lora, merge_adapters(network, lora), strict=True)]
+            merged = merge_adapters(network, lora, weights=weights)
+            adapters = [as_given(*each) for each in zip(typed, lora, merged, weights, strict=True)]
             kept = {k: v.dtype for k, v in state.items()}
             state = {k: v.to(kept.get(k, v.dtype)) for k, v in network.state_dict().items()}
         del network

@@ -12,6 +12,7 @@ from ..options import DRAIN_TIMEOUT, RuntimeOptions, ServerConfig
 from . import common
 from .common import (
     LoraOpt,
+    LoraWeightOpt,
     ModelOpt,
     QuietOpt,
     VaeOpt,
@@ -57,12 +58,14 @@ def serve(
     timeout_keep_alive: Annotated[float, typer.Option(
         "--timeout-keep-alive", help="Seconds an idle connection stays open after an answer (behind a proxy "
         "that keeps connections open, make it longer than the proxy's).")] = ServerConfig.keep_alive_timeout,
-    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, runtime: RuntimeOptions = None,
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, lora_weight: LoraWeightOpt = None,
+    runtime: RuntimeOptions = None,
     quiet: QuietOpt = False,
 ):
     """Serve the model over HTTP with the OpenAI API (chat completions, image generations, models)."""
     C = common
     C.setup(False, quiet)
+    lora = C.adapters(lora, lora_weight)  # (a weight per adapter: checked before anything else)
     from ..errors import UsageError, rename_options
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {port}")

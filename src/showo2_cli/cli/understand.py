@@ -14,12 +14,14 @@ from .common import (
     STATE,
     JsonOpt,
     LoraOpt,
+    LoraWeightOpt,
     MaskMode,
     ModelOpt,
     ProgressReporter,
     QuietOpt,
     Template,
     VaeOpt,
+    adapters,
     emit,
     flush,
     load_model,
@@ -49,11 +51,13 @@ def caption(
     template: Annotated[Template | None, typer.Option("--template", help="official (demo prompt) or training (stage-2 whitespace); default: what the checkpoint declares.")] = None,
     vae_sample: Annotated[bool, typer.Option("--vae-sample", help="Encode with the stochastic VAE sample, as the official demo.")] = False,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they are produced.")] = True,
-    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, runtime: RuntimeOptions = None,
+    model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, lora_weight: LoraWeightOpt = None,
+    runtime: RuntimeOptions = None,
     json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Answer questions about an image or a video (one answer per line on stdout)."""
     setup(json_mode, quiet)
+    lora = adapters(lora, lora_weight)  # (a weight per adapter: checked before anything else)
     from .. import media as M
     from ..options import CaptionOptions
 
