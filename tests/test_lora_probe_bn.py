@@ -251,3 +251,22 @@ def test_convert_merges_at_the_weight_and_records_it(adapters, tmp_path, capsys)
     assert json.loads((out / "config.json").read_text())["showo2"]["lora_merged"] == [{"path": str(adapters["old"]),
                                                                              "weight": 0.5}]
     assert _same(_whole(load(out).network), _whole(load(DEMO, lora=[(adapters["st"], 0.5)]).network))
+    assert main(["info", str(out), "--json"]) == 0  # (it said nothing of the adapters in the weights)
+    assert json.loads(capsys.readouterr().out)["lora_merged"] == [{"path": str(adapters["old"]), "weight": 0.5}]
+    assert main(["info", str(out)]) == 0
+    assert f"LoRA       merged into the weights: {adapters['old']} at weight 0.5" in capsys.readouterr().out
+
+
+def test_a_chat_transcript_records_the_adapters_and_their_weights(adapters, tmp_path, capsys, monkeypatch):
+    """`chat --lora A` then /save wrote a transcript naming the model alone, as if the base had answered."""
+    import io
+    import sys
+
+    from showo2_cli.cli import main
+
+    out = tmp_path / "chat.json"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"What is this?\n/save {out}\n"))
+    assert main(["chat", "--lora", str(adapters["old"]), "--lora-weight", "0.25", "--seed", "1",
+                 "--max-new-tokens", "4", "--quiet"]) == 0
+    transcript = json.loads(out.read_text())
+    assert transcript["model"] == "demo" and transcript["lora"] == [{"path": str(adapters["old"]), "weight": 0.25}]

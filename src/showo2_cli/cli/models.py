@@ -108,6 +108,11 @@ def info(
              f"max_seq_len {spec.max_seq_len}",
              f"tasks      {', '.join(spec.tasks)}"]
     lines.append("parameters " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
+    merged = _merged_adapters(files)
+    if merged:  # (`convert --lora`, save_pretrained after load_lora_weights: the adapters are in the weights)
+        result["lora_merged"] = merged
+        lines.append("LoRA       merged into the weights: " + ", ".join(
+            f"{a['path']} at weight {a['weight']:g}" if isinstance(a, dict) else str(a) for a in merged))
     pieces = [("tokenizer", files.tokenizer), ("VAE", files.vae)]
     if files.format != "showo2":  # a showo2 folder's config.json holds the whole spec
         pieces += [("LLM config", files.llm_config), ("SigLIP config", files.siglip_config)]
@@ -308,6 +313,22 @@ def pull(
              "bundled with showo2, nothing to download" if model == "demo" else "a local folder, nothing to download")
     emit({"model": model, "repo": result.repo_id, "path": str(result.path), "downloaded": result.downloaded,
           "pieces": result.pieces, "missing": result.missing}, f"{model}: {state}  ({result.path})")
+
+
+def _merged_adapters(files) -> list:
+    """The LoRA adapters a showo2-format folder's config records as merged into its weights
+    (``showo2.lora_merged``: paths or repo ids, ``{"path", "weight"}`` where merged at another
+    strength); [] for other formats or none."""
+    from ..weights import read_json
+
+    if files.format != "showo2":
+        return []
+    section = read_json(Path(files.root) / "config.json").get("showo2")
+    merged = section.get("lora_merged") if isinstance(section, dict) else None
+    if not isinstance(merged, list):
+        return []
+    return [a for a in merged if isinstance(a, str) or isinstance(a, dict) and isinstance(a.get("path"), str)
+            and isinstance(a.get("weight"), (int, float))]
 
 
 def _pixels(spec) -> str:
