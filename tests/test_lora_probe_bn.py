@@ -29,8 +29,8 @@ PICKLE = "adapter_model.bin"
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
-    """An adapter of the demo over its LLM and flow head (safetensors), its ``.bin`` twin (peft's
-    older save: ``torch.save`` of the same tensors), and a second adapter."""
+    """An adapter of the demo over its LLM and flow head (safetensors) and its ``.bin`` twin (peft's
+    older save: ``torch.save`` of the same tensors)."""
     from safetensors.torch import load_file
 
     tmp = tmp_path_factory.mktemp("bn")
@@ -39,8 +39,7 @@ def adapters(tmp_path_factory):
     old.mkdir()
     shutil.copy(st / ADAPTER_CONFIG, old)
     torch.save(load_file(str(st / ADAPTER_WEIGHTS)), old / PICKLE)
-    other = write_adapter(DEMO, tmp / "other", ["o_proj", "diffusion_head_a.0.self_attn.q_proj"], 2)
-    return {"st": st, "old": old, "other": other}
+    return {"st": st, "old": old}
 
 
 def _whole(network) -> dict:
@@ -87,11 +86,10 @@ def test_a_bin_adapter_merges_as_its_safetensors_twin(adapters, states, tmp_path
 
     from showo2_cli.lora import adapter_files, read_adapter
 
-    both = tmp_path / "both"  # peft's order: the safetensors file where both are
-    shutil.copytree(adapters["other"], both)
-    shutil.copy(old / PICKLE, both)
-    assert adapter_files(both)[0].name == ADAPTER_WEIGHTS and read_adapter(both)[0].target_modules == \
-        read_adapter(adapters["other"])[0].target_modules
+    both = tmp_path / "both"  # peft's order: the safetensors file where both are (this .bin would be refused)
+    shutil.copytree(adapters["st"], both)
+    torch.save({"x.lora_A.weight": torch.full((2, 2), float("nan"))}, both / PICKLE)
+    assert adapter_files(both)[0].name == ADAPTER_WEIGHTS and read_adapter(both)[2] == both
     with pytest.raises(UsageError, match="holds adapter_model.safetensors too"):
         load(DEMO, lora=both / PICKLE)
 
