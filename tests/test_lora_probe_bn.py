@@ -164,6 +164,9 @@ def test_a_hub_repo_with_only_a_bin_adapter_downloads_it(hub, adapters, states, 
     bundle = load(DEMO, lora="acme/old-style")
     assert bundle.adapters == ["acme/old-style"] and _same(_whole(bundle.network), states["st"])
     assert sorted(hub.downloads()) == ["acme/old-style:adapter_config.json", "acme/old-style:adapter_model.bin"]
+    asked, hub.fail["api"] = len(hub.requests), 503  # cached: loaded again without the Hub, as safetensors are
+    assert load(DEMO, lora="acme/old-style", heads=()).adapters == ["acme/old-style"] and len(hub.requests) == asked
+    del hub.fail["api"]
     assert _same(_whole(load(DEMO, lora="acme/both").network), states["st"])
     assert sorted(d for d in hub.downloads() if d.startswith("acme/both")) == [
         "acme/both:adapter_config.json", "acme/both:adapter_model.safetensors"]  # (safetensors first)

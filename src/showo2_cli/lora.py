@@ -125,11 +125,10 @@ def fetch_adapter(ref: str | os.PathLike, local_files_only: bool = False, progre
                   for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_PICKLE)}
     except (OSError, ValueError):
         cached = {}
-    local = offline() or local_files_only  # (then a cached .bin serves: the safetensors cannot be asked for)
-    for weights in (ADAPTER_WEIGHTS, ADAPTER_PICKLE) if local else (ADAPTER_WEIGHTS,):
+    for weights in (ADAPTER_WEIGHTS, ADAPTER_PICKLE):  # (a .bin is cached where the repo had no safetensors)
         if isinstance(cached.get(ADAPTER_CONFIG), str) and isinstance(cached.get(weights), str):
             return Path(cached[ADAPTER_CONFIG]).parent
-    if local:
+    if offline() or local_files_only:
         why = "HF_HUB_OFFLINE is set" if offline() else "local_files_only is set"
         raise ModelError(f"--lora: '{pinned}' is not a local folder, and no LoRA adapter of that repo id is in the "
                          f"Hugging Face cache ({why}); download it while online")
