@@ -376,7 +376,8 @@ class Conversation:
             turns.append({**t.describe(), "in_context": i >= self._start})
         adapters = list(getattr(self.model, "adapters", None) or ())  # (merged: the answers are theirs too)
         return {"format": "showo2-chat", "version": 1, "showo2_version": __version__, "model": self.name,
-                **({"lora": adapters} if adapters else {}), "system": self.system, "template": self.template, "mask_mode": self.mask_mode,
+                **({"lora": adapters} if adapters else {}), "system": self.system, "template": self.template,
+                "mask_mode": self.mask_mode,
                 "max_context": self.max_context, "turns": turns,
                 "pending_media": [m.describe() for m in self.pending], "notices": list(self.notices),
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

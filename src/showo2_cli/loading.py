@@ -339,8 +339,9 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     ``lora`` a LoRA adapter or a list of them (folders or training runs, see :mod:`showo2_cli.lora`)
     merged into the weights in order, each at its strength where given as ``(path, weight)`` (or
     ``{"path", "weight"}``, as outputs record it; :func:`~showo2_cli.lora.given_adapters`);
-    ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the attention backend, quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`),
-    applied after the adapters are merged, then its CPU offload (:func:`showo2_cli.runtime.enable_offload`);
+    ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the attention backend,
+    quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`), applied after
+    the adapters are merged, then its CPU offload (:func:`showo2_cli.runtime.enable_offload`);
     its ``max_memory_gb`` is the memory limit of the model's jobs that give none; its ``device`` and
     ``dtype`` (when not ``auto``) place the model unless ``device``/``dtype`` are given (default: the
     CPU in float32; ``"auto"`` the best; arguments that disagree with them are refused: the one

@@ -6,9 +6,10 @@ adapter name and with peft's ``base_model.model.`` prefix, so ``PeftModel.from_p
 folder)`` loads it) and ``adapter_config.json`` (peft's ``LoraConfig``: rank, alpha, target modules,
 ``base_model_name_or_path``); where there is no safetensors file, ``adapter_model.bin`` (peft's
 older pickle of the same tensors, still common on the Hub) is read instead. ``showo2 train``
-writes one into every checkpoint of a run with a ``[lora]`` section; ``--lora PATH`` (any model command) merges one or more into the weights of
-whatever base model loads, in order; ``showo2 convert BASE --lora PATH -o OUT`` writes the merged
-model as a full folder.
+writes one into every checkpoint of a run with a ``[lora]`` section; ``--lora PATH`` (any model
+command) merges one or more into the weights of whatever base model loads, in order, each at its
+``--lora-weight``; ``showo2 convert BASE --lora PATH -o OUT`` writes the merged model as a full
+folder.
 
 Loading never runs code: the weights are safetensors, or a pickle read with
 ``torch.load(weights_only=True)`` (the project's one reader, ``weights.read_state_dict``), and the
@@ -104,7 +105,8 @@ def fetch_adapter(ref: str | os.PathLike, local_files_only: bool = False, progre
     cache's snapshot folder holding its ``adapter_config.json`` and ``adapter_model.safetensors``
     (or ``adapter_model.bin`` where the repo has no safetensors), downloaded first where not
     cached (through the project's one download path, sizes and checksums checked, ``progress``
-    getting the bytes) unless ``HF_HUB_OFFLINE`` or ``local_files_only``. Anything else is returned as it is (:func:`find_adapter` says what is wrong)."""
+    getting the bytes) unless ``HF_HUB_OFFLINE`` or ``local_files_only``. Anything else is
+    returned as it is (:func:`find_adapter` says what is wrong)."""
     from .hub import check_adapter_name, existing_path, is_repo_id, split_revision
 
     if not str(ref).strip():
@@ -351,11 +353,12 @@ def load_adapter_state(network: torch.nn.Module, state: dict, where: str, adapte
 def merge_adapters(network: torch.nn.Module, refs, record: list | None = None,
                    weights: list[float] | None = None) -> list[str]:
     """Merge each adapter of ``refs`` into ``network``'s weights, in order (``W += weight * alpha/r
-    * B A``, its weight from ``weights``, one per adapter, else 1), leaving a plain network (no LoRA layers). Returns the adapter folders. A part of the
-    network left out (a :class:`~showo2_cli.modeling.parts.NotLoaded` head) takes part on 'meta':
-    its layers are matched and the adapter's tensors checked against them, but nothing is merged
-    nor held; ``record`` (a list) then gets, per adapter, ``(folder, the names of the layers it
-    adapts there, weight)``, for :func:`merge_recorded` when that part loads."""
+    * B A``, its weight from ``weights``, one per adapter, else 1), leaving a plain network (no LoRA
+    layers). Returns the adapter folders. A part of the network left out (a
+    :class:`~showo2_cli.modeling.parts.NotLoaded` head) takes part on 'meta': its layers are matched
+    and the adapter's tensors checked against them, but nothing is merged nor held; ``record`` (a
+    list) then gets, per adapter, ``(folder, the names of the layers it adapts there, weight)``, for
+    :func:`merge_recorded` when that part loads."""
     done = []
     weights = [1.0] * len(refs) if weights is None else list(weights)
     if len(weights) != len(refs):

@@ -50,14 +50,15 @@ class LoraLoaderMixin:
                           *, weight: float = 1.0, revision: str | None = None, local_files_only: bool = False,
                           cache_dir: str | os.PathLike | None = None, token: bool | str | None = None) -> str:
         """Merge the LoRA adapter of a folder (peft's layout: ``adapter_model.safetensors``, or
-        ``adapter_model.bin``, and ``adapter_config.json``), a ``showo2 train`` checkpoint or run, or a Hugging Face repo id
-        (``owner/name``, ``@revision`` or ``revision=`` pins one; downloaded into the cache unless
-        cached, ``local_files_only`` or ``HF_HUB_OFFLINE``; ``cache_dir`` and ``token`` as in
-        :meth:`from_pretrained`) into the weights, scaled by ``weight`` (diffusers'
-        ``set_adapters(..., adapter_weights=)``; 1.0: the adapter's own alpha/r; -100 to 100), as
+        ``adapter_model.bin``, and ``adapter_config.json``), a ``showo2 train`` checkpoint or run,
+        or a Hugging Face repo id (``owner/name``, ``@revision`` or ``revision=`` pins one;
+        downloaded into the cache unless cached, ``local_files_only`` or ``HF_HUB_OFFLINE``;
+        ``cache_dir`` and ``token`` as in :meth:`from_pretrained`) into the weights, scaled by
+        ``weight`` (diffusers' ``set_adapters(..., adapter_weights=)``; 1.0: the adapter's own
+        alpha/r; -100 to 100), as
         ``from_pretrained(lora=[(path, weight)])`` and ``--lora PATH --lora-weight WEIGHT`` merge it.
-        ``adapter_name`` (default ``default_0``, ``default_1``, ...) must be new. The adapter is read and checked
-        against the model's layers before any weight changes. Returns the adapter's name."""
+        ``adapter_name`` (default ``default_0``, ``default_1``, ...) must be new. The adapter is read
+        and checked against the model's layers before any weight changes. Returns the adapter's name."""
         from .hub import with_revision
         from .hub_auth import hub_access
         from .lora import adapted_layers, as_given, fetch_adapter
