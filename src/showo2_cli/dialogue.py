@@ -115,7 +115,10 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
     else:
         in_memory = M.read_media(source, num_frames=count, max_pixels=max_pixels)
         kind, label = in_memory.kind, name or in_memory.source
+    from .pipelines.understand import check_caption_memory  # (that module imports this one)
+
     if kind == "image":
+        check_caption_memory(model, 1, side, opts.max_memory_gb, video=False)  # before the VAE encodes it
         img = Image.fromarray(in_memory.frames[0]) if in_memory is not None else \
             M.read_image(source, max_pixels=max_pixels)
         img = M.resize_center_crop(img, side)
@@ -123,8 +126,6 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
         latents = _vae_encode(vae, pixels, opts, _noise_generator(opts))[:, :, 0]
         visual = net.encode_visual(latents, understanding=True).fused[0]
         return VisualInput("image", visual, None, 1, label)
-    from .pipelines.understand import check_caption_memory  # (that module imports this one)
-
     check_caption_memory(model, count, side, opts.max_memory_gb)  # before any frame is decoded
     from .runtime import decode_budget
 

@@ -125,8 +125,9 @@ class HeadLoader:
 
     @cpu_by_default  # as load: a caller's default device ("cuda", "meta") made peft's LoRA layers there
     @torch.inference_mode(False)  # a caller's inference mode would make the weights inference tensors
-    def __call__(self, network, heads: tuple[str, ...]) -> None:
+    def __call__(self, network, heads: tuple[str, ...], judged: bool = False) -> None:
         from .acceleration import compile_flow_head, compile_options, quantize_network
+        from .footprint import in_gb, network_bytes
         from .lora import merge_recorded
         from .modeling.parts import NotLoaded
         from .modeling.showo2 import HEADS
@@ -146,10 +147,12 @@ class HeadLoader:
                     what = "LoRA adapter file" if i >= len(self.weights) else "weights file"
                     raise ModelError(f"{path}: the {what} changed or went away since the model was loaded; "
                                      "load the model again")
-            size = sum(network.get_submodule(n).numel for n in names) * self.dtype.itemsize / 1e9
-            limit = getattr(self.runtime, "max_memory_gb", None)  # the model's limit, as its jobs' (0: none)
-            check_memory(size, f"loading the network's {' and '.join(heads)}", limit, self.device,
-                         "free some memory first")  # (before anything is read)
+            if not judged:  # (a job judged them with its own limit: footprint.weights_gb)
+                runtime = self.runtime
+                quantize = runtime.quantize if runtime is not None else "none"
+                limit = getattr(runtime, "max_memory_gb", None)  # the model's limit, as its jobs' (0: none)
+                check_memory(0.0, f"loading the network's {' and '.join(heads)}", limit, self.device,  # the network's
+                             "free some memory first", in_gb(network_bytes(network, self.dtype, quantize)))  # once loaded
             state = read_state_dict(self.weights)
             holder = torch.nn.Module()  # the head's modules under their names in the network
             holder.spec = network.spec

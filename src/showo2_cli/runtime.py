@@ -385,29 +385,46 @@ def _gb(value: float) -> str:
     return f"{value * 1e6:.1f} KB"
 
 
+def _counted(need_gb: float, weights: tuple[float, float], source: str) -> tuple[float, float]:
+    """(the job's whole need, the weights in it): with a limit given, every weight the job runs
+    counts; against the memory available now, only the weights not loaded yet (the rest already
+    took theirs)."""
+    total, loaded = weights
+    counted = total - loaded if source == "available memory" else total
+    return need_gb + counted, counted
+
+
 def check_memory(need_gb: float, what: str, option: float | None = None,
-                 device: str | torch.device = "cpu", advice: str = "") -> None:
-    """Raise :class:`ResourceError` when ``need_gb`` (an estimate) exceeds the memory limit."""
+                 device: str | torch.device = "cpu", advice: str = "",
+                 weights: tuple[float, float] = (0.0, 0.0)) -> None:
+    """Raise :class:`ResourceError` when ``need_gb`` (an estimate of the job's working memory) plus
+    the ``weights`` it runs (:func:`weights_gb`: all of them, loaded or not, when a limit is given;
+    those not loaded yet against the memory available) exceeds the memory limit."""
     limit, source = memory_limit_gb(option, device)
-    if limit is None or need_gb <= limit:
+    if limit is None:
+        return
+    need, counted = _counted(need_gb, weights, source)
+    if need <= limit:
         return
     where = "of available memory" if source == "available memory" else f"allowed by {source}"
-    raise ResourceError(f"{what} needs about {_gb(need_gb)}, more than the {_gb(limit)} {where}"
+    held = (f" ({_gb(counted)} of weights" + (f", {_gb(need_gb)} to run" if need_gb > 0 else "") + ")"
+            if counted > 0 else "")
+    raise ResourceError(f"{what} needs about {_gb(need)}{held}, more than the {_gb(limit)} {where}"
                         + (f"; {advice}" if advice else "")
                         + f" (raise the limit with --max-memory or {MAX_MEMORY_ENV})")
 
 
 def pick_tiling(mode: str, untiled_gb: float, tiled_gb: float, option: float | None = None,
-                device: str | torch.device = "cpu") -> bool:
+                device: str | torch.device = "cpu", weights: tuple[float, float] = (0.0, 0.0)) -> bool:
     """Whether a VAE job runs in spatial tiles: ``on``/``off`` as said; ``auto`` tiles only a job
-    whose untiled estimate exceeds the memory limit when tiling lowers it (so every job that fits
-    today is computed exactly as before)."""
+    whose untiled estimate (with its ``weights``, as :func:`check_memory` counts them) exceeds the
+    memory limit when tiling lowers it (so every job that fits today is computed exactly as before)."""
     if mode == "on":
         return True
     if mode != "auto":
         return False
-    limit, _source = memory_limit_gb(option, device)
-    return limit is not None and untiled_gb > limit and tiled_gb < untiled_gb
+    limit, source = memory_limit_gb(option, device)
+    return limit is not None and _counted(untiled_gb, weights, source)[0] > limit and tiled_gb < untiled_gb
 
 
 #: Seconds a launch's processes wait for each other (gloo's timeout, 30 minutes by default, would

@@ -373,8 +373,9 @@ def adapters(lora: list[str] | None, weights: list[float] | None) -> list:
     return [(ref, float(weight)) for ref, weight in zip(lora, weights, strict=True)]
 
 
-MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB "
-                                                 "(default: $SHOWO2_MAX_MEMORY_GB, else the memory available now; 0: no limit).")]
+MaxMemOpt = Annotated[float | None, typer.Option("--max-memory", help="Refuse a job estimated to need more than this many GB: "
+                                                 "the weights it runs plus its working memory (default: $SHOWO2_MAX_MEMORY_GB, "
+                                                 "else the memory available now; 0: no limit).")]
 AttnOpt = Annotated[Attn, typer.Option("--attn", help="Attention backend of the LLM and flow head: sdpa (default), "
                                         "eager, or flex (flex attention over the omni block mask; compiled, best on CUDA).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the LLM and flow head (the first call of "

@@ -266,10 +266,14 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
 
     check_schedule(opts.method, spec.steps if opts.steps is None else opts.steps,  # before the weights load
                    spec.shift if opts.shift is None else opts.shift)
+    from ..footprint import GENERATION_PARTS, I2V_PARTS, files_weights_gb
+
     dev = pick_device(runtime.device)
-    P.check_generation_memory(spec, pick_dtype(runtime.dtype, dev), opts.size or spec.default_size(video),
+    dtype = pick_dtype(runtime.dtype, dev)
+    weights = files_weights_gb(spec, dtype, runtime.quantize, files.vae, *(I2V_PARTS if kind == "i2v" else GENERATION_PARTS))
+    P.check_generation_memory(spec, dtype, opts.size or spec.default_size(video),
                               opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim,
-                              runtime.vae_tiling)
+                              runtime.vae_tiling, weights=weights)
 
 
 def _frames(frames: int) -> int:

@@ -199,13 +199,15 @@ class Showo2Model(nn.Module):
         """The :data:`HEADS` whose weights are loaded."""
         return tuple(h for h, ns in HEADS.items() if not any(isinstance(self.get_submodule(n), NotLoaded) for n in ns))
 
-    def load_heads(self, *heads: str) -> None:
+    def load_heads(self, *heads: str, judged: bool = False) -> None:
         """Load the named heads (all when none is named) left out on load, as loading them then
-        would have (``loading.HeadLoader``), and keep them; the methods that run a head call it."""
+        would have (``loading.HeadLoader``), and keep them; the methods that run a head call it.
+        ``judged``: a job whose memory check counted the heads' weights loads them (the loader
+        does not judge them again against the model's limit, which the job's own may replace)."""
         self.left_out_modules(heads)  # (checks the names)
         missing = tuple(h for h in (heads or HEADS) if h not in self.loaded_heads())
         if missing and self.head_loader is not None:  # (without one, calling the head says it is not loaded)
-            self.head_loader(self, missing)
+            self.head_loader(self, missing, judged=judged)
 
     def init_weights(self, seed: int | None = None) -> None:
         """Training-from-scratch initialisation, following the official choices (spec §6.3)."""

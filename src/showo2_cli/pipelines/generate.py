@@ -105,25 +105,28 @@ def generation_memory_gb(spec, dtype: torch.dtype, size: tuple[int, int], frames
 
 def generation_tiling(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
                       max_memory_gb: float | None = None, device="cpu", vae_base_dim: int = 96,
-                      vae_tiling: str = "off", vae_tile: tuple[int, int, int, int] | None = None) -> bool:
+                      vae_tiling: str = "off", vae_tile: tuple[int, int, int, int] | None = None,
+                      weights: tuple[float, float] = (0.0, 0.0)) -> bool:
     """Whether the job's VAE decode runs in tiles (:func:`showo2_cli.runtime.pick_tiling`)."""
     from ..runtime import pick_tiling
 
     args = (spec, dtype, size, frames, video, batch, vae_base_dim)
     return pick_tiling(vae_tiling, generation_memory_gb(*args, vae_tile=vae_tile),
-                       generation_memory_gb(*args, vae_tiled=True, vae_tile=vae_tile), max_memory_gb, device)
+                       generation_memory_gb(*args, vae_tiled=True, vae_tile=vae_tile), max_memory_gb, device, weights)
 
 
 def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
                             max_memory_gb: float | None = None, device="cpu", vae_base_dim: int = 96,
-                            vae_tiling: str = "off", vae_tile: tuple[int, int, int, int] | None = None) -> float:
+                            vae_tiling: str = "off", vae_tile: tuple[int, int, int, int] | None = None,
+                            weights: tuple[float, float] = (0.0, 0.0)) -> float:
     """Refuse (:class:`ResourceError`, the estimate in the message) a job that would not fit
     the memory limit (``max_memory_gb``, else ``$SHOWO2_MAX_MEMORY_GB``, else what is available
-    on ``device``); return the estimate (with a tiled decode when ``vae_tiling`` picks it)."""
+    on ``device``) with the ``weights`` it runs (:func:`~showo2_cli.footprint.weights_gb`); return
+    the estimate of its working memory (with a tiled decode when ``vae_tiling`` picks it)."""
     from ..runtime import check_memory
 
     tiled = generation_tiling(spec, dtype, size, frames, video, batch, max_memory_gb, device, vae_base_dim,
-                              vae_tiling, vae_tile)
+                              vae_tiling, vae_tile, weights)
     need = generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim, vae_tiled=tiled,
                                 vae_tile=vae_tile)
     h, w = size
@@ -133,16 +136,20 @@ def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], fra
     if vae_tiling == "off" and generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim,
                                                     vae_tiled=True, vae_tile=vae_tile) < need:
         advice += ", or tile the VAE with --vae-tiling auto"
-    check_memory(need, what, max_memory_gb, device, advice)
+    check_memory(need, what, max_memory_gb, device, advice, weights)
     return need
 
 
-def _memory_args(model: Showo2, opts: GenerateOptions, frames: int, video: bool, count: int) -> tuple:
+def _memory_args(model: Showo2, opts: GenerateOptions, frames: int, video: bool, count: int,
+                 image: bool = False) -> tuple:
     """The arguments of :func:`check_generation_memory` and :func:`generation_tiling` for a run of
-    ``count`` outputs."""
+    ``count`` outputs (``image``: from an image, which the VAE's encoder encodes first)."""
+    from ..footprint import GENERATION_PARTS, I2V_PARTS, weights_gb
+
     vae = model.require_vae()
     return (model.spec, model.dtype, tuple(opts.size), frames, video, min(opts.batch_size, count),
-            model.memory_limit(opts.max_memory_gb), model.device, vae.base_dim, vae.tiling, vae.tile)
+            model.memory_limit(opts.max_memory_gb), model.device, vae.base_dim, vae.tiling, vae.tile,
+            weights_gb(model, *(I2V_PARTS if image else GENERATION_PARTS)))
 
 
 def generation_latent_shape(spec, size: tuple[int, int], frames: int, video: bool) -> tuple[int, ...]:
@@ -244,8 +251,9 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     if outputs is not None:  # a share of the run's outputs (several processes): each as the whole run makes it
         jobs = [jobs[j] for j in outputs]
         rows = None if rows is None else [rows[j] for j in outputs]
-    memory = _memory_args(model, opts, frames, video, len(jobs))
+    memory = _memory_args(model, opts, frames, video, len(jobs), first_frame is not None)
     check_generation_memory(*memory)
+    net.load_heads("flow_head", judged=True)  # (a head left out on load: counted in the check above)
     tiled = generation_tiling(*memory)
     tiles = vae.tiles_used(h, w, tiled)  # a tiled decode blends seams: another image, so it is recorded
     results: list[Generated] = []
@@ -410,7 +418,9 @@ def image_to_video(model: Showo2, image, prompts: list[str], options: GenerateOp
     total = len(prompts) * opts.num_per_prompt
     chosen = _outputs_made(outputs, total)
     count = total if chosen is None else len(chosen)
-    tiled = generation_tiling(*_memory_args(model, opts, opts.frames, True, count))  # as its decode will be
+    memory = _memory_args(model, opts, opts.frames, True, count, image=True)
+    check_generation_memory(*memory)  # before the image is encoded
+    tiled = generation_tiling(*memory)  # as its decode will be
     first = vae.encode(pixels, tiled=tiled)[0, :, 0].cpu()
     return _generate(model, prompts, opts, True, opts.frames, first, indices, progress or noop, on_result, on_step,
                      outputs)

@@ -20,6 +20,7 @@ import torch
 from .. import __version__
 from .. import media as M
 from ..errors import InputError, UsageError, short
+from ..footprint import in_gb, vae_bytes
 from ..modeling.vae import WanVAE
 from ..options import DEFAULT_FPS, EncodeOptions
 from ..runtime import check_memory, cpu_by_default, pick_tiling
@@ -100,11 +101,12 @@ def encode(source, vae: WanVAE, options: EncodeOptions | None = None,
     n_frames = 1 if media.kind == "image" else min(M.round_frames(opts.frames or media.num_frames, "up"),
                                                    max(M.round_frames(media.num_frames, "down"), 1))
     h, w = (opts.size, opts.size) if isinstance(opts.size, int) else tuple(opts.size)
+    weights = in_gb(vae_bytes(vae, ("encoder",)))
     tiled = pick_tiling(vae.tiling, vae.encode_memory_gb(n_frames, h, w), vae.encode_memory_gb(n_frames, h, w, True),
-                        max_memory_gb, vae.device)
+                        max_memory_gb, vae.device, weights)
     advice = "lower --size or --frames" + (f", or {TILING_ADVICE}" if vae.tiling == "off" else "")
     check_memory(vae.encode_memory_gb(n_frames, h, w, tiled), f"encoding {n_frames} frame(s) at {w}x{h}",
-                 max_memory_gb, vae.device, advice)
+                 max_memory_gb, vae.device, advice, weights)
     frames = prepare_frames(media, opts.size, opts.frames, notices)
     pixels = M.frames_to_tensor(frames)[None]  # (1, 3, T, H, W)
     gen = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
@@ -290,10 +292,12 @@ def decode_tiled(latents: torch.Tensor, vae: WanVAE,
         raise InputError(f"latents have an empty dimension (shape {tuple(latents.shape)})")
     t, h, w = (int(v) for v in latents.shape[1:])
     frames = M.pixel_frames(t)
+    weights = in_gb(vae_bytes(vae, ("decoder",)))
     tiled = pick_tiling(vae.tiling, vae.decode_memory_gb(t, h, w), vae.decode_memory_gb(t, h, w, True),
-                        max_memory_gb, vae.device)
+                        max_memory_gb, vae.device, weights)
     check_memory(vae.decode_memory_gb(t, h, w, tiled), f"decoding {tuple(latents.shape)} latents to {frames} frame(s) "
-                 f"of {8 * w}x{8 * h}", max_memory_gb, vae.device, TILING_ADVICE if vae.tiling == "off" else "")
+                 f"of {8 * w}x{8 * h}", max_memory_gb, vae.device, TILING_ADVICE if vae.tiling == "off" else "",
+                 weights)
     pixels = vae.decode(latents[None].to(vae.device), tiled=tiled)[0]
     return M.tensor_to_frames(pixels.cpu()), vae.tiles_used(8 * h, 8 * w, tiled)
 

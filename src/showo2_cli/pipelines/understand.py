@@ -33,10 +33,12 @@ class CaptionResult:
     options: dict
 
 
-def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: float | None = None) -> float:
-    """Refuse (:class:`ResourceError`) a video question whose frames and sequence would not fit:
-    the decoded frames (uint8 and float32 pixels) plus the larger of the VAE encoding one frame
-    (the frames are encoded one at a time) and one forward over every frame's tokens."""
+def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: float | None = None,
+                         video: bool = True) -> float:
+    """Refuse (:class:`ResourceError`) a question about an image or a video whose frames and
+    sequence would not fit: the decoded frames (uint8 and float32 pixels) plus the larger of the
+    VAE encoding one frame (the frames are encoded one at a time) and, for a video, one forward over
+    every frame's tokens (an image's forward is the answer's: :func:`check_answer_memory`)."""
     from ..runtime import check_memory
     from .generate import estimate_memory_gb
 
@@ -44,10 +46,19 @@ def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: f
     pixels = frames * side * side * 3 * (1 + 4 * 2)
     seq = frames * spec.und_video_pool ** 2 + 512
     encode = model.vae.encode_memory_gb(1, side, side) if model.vae is not None else 0.0
-    need = pixels / 1e9 + max(encode, estimate_memory_gb(model, 1, seq, 0))
-    check_memory(need, f"understanding {frames} frame(s) at {side}x{side}", model.memory_limit(max_memory_gb),
-                 model.network.device, "lower --frames")
+    need = pixels / 1e9 + max(encode, estimate_memory_gb(model, 1, seq, 0) if video else 0.0)
+    what = f"understanding {frames} frame(s) at {side}x{side}" if video else f"encoding an image at {side}x{side}"
+    check_memory(need, what, model.memory_limit(max_memory_gb), model.network.device,
+                 "lower --frames" if video else "lower --size", understanding_weights(model))
     return need
+
+
+def understanding_weights(model: Showo2) -> tuple[float, float]:
+    """The weights an answer runs (:func:`~showo2_cli.footprint.weights_gb`): the network without
+    its flow head, and the VAE's encoder (a caption's and a chat's alike, media or not)."""
+    from ..footprint import UNDERSTANDING_PARTS, weights_gb
+
+    return weights_gb(model, *UNDERSTANDING_PARTS)
 
 
 def answer_memory_gb(model: Showo2, prompt_tokens: int, answer_tokens: int) -> float:
@@ -68,7 +79,9 @@ def check_answer_memory(model: Showo2, prompt_tokens: int, answer_tokens: int, w
     from ..runtime import check_memory
 
     need = answer_memory_gb(model, prompt_tokens, answer_tokens)
-    check_memory(need, what, model.memory_limit(max_memory_gb), model.network.device, advice)
+    check_memory(need, what, model.memory_limit(max_memory_gb), model.network.device, advice,
+                 understanding_weights(model))
+    model.network.load_heads("lm_head", judged=True)  # (a head left out on load: counted above)
     return need
 
 

@@ -1,0 +1,119 @@
+"""The weights a job runs, in bytes: what the memory guard (:func:`showo2_cli.runtime.check_memory`)
+adds to a job's working memory, so the limit counts the same whether a head or a VAE half is loaded
+now or on first use, and whichever entry point runs the job."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+#: Bytes a parameter of a quantized linear layer keeps (``--quantize``): int8wo one byte (and a
+#: scale per row), nf4 half a byte and a float32 scale per block of 64.
+QUANTIZED_BYTES = {"int8wo": 1.0, "nf4": 0.5 + 4 / 64}
+#: The parts each kind of job runs: the network's heads (``modeling.showo2.HEADS``; the rest of the
+#: network runs in every job of the network) and the VAE's halves (``modeling.vae.VAE_PARTS``).
+GENERATION_PARTS = (("flow_head",), ("decoder",))
+I2V_PARTS = (("flow_head",), ("encoder", "decoder"))
+UNDERSTANDING_PARTS = (("lm_head",), ("encoder",))
+
+
+def parameter_bytes(module: torch.nn.Module, prefix: str, dtype: torch.dtype, quantize: str, wanted) -> list:
+    """(name, bytes, loaded) of each parameter of ``module`` and of the parts left out in it (a
+    ``NotLoaded`` stand-in, counted from the module it stands for), in ``dtype``; a quantized
+    linear layer's weight (``wanted(module, name)``) at :data:`QUANTIZED_BYTES`."""
+    from .modeling.parts import NotLoaded
+
+    found, seen = [], set()
+
+    def walk(mod, name, loaded):
+        if isinstance(mod, NotLoaded):
+            return walk(mod.meta_module, name, False)
+        quantized = quantize in QUANTIZED_BYTES and wanted is not None and wanted(mod, name)
+        for leaf, p in mod.named_parameters(recurse=False):
+            if id(p) in seen:  # a tied lm_head is the embedding: counted once
+                continue
+            seen.add(id(p))
+            shape = getattr(getattr(p, "quant_state", None), "shape", None)  # bitsandbytes' packed 4-bit weight
+            numel = math.prod(shape) if shape is not None else p.numel()
+            per = QUANTIZED_BYTES[quantize] if quantized and leaf == "weight" else dtype.itemsize
+            found.append((f"{name}.{leaf}" if name else leaf, numel * per, loaded))
+        for child, sub in mod.named_children():
+            walk(sub, f"{name}.{child}" if name else child, loaded)
+
+    walk(module, prefix, True)
+    return found
+
+
+def network_bytes(net: torch.nn.Module, dtype: torch.dtype, quantize: str = "none",
+                  heads: tuple[str, ...] | None = None) -> list:
+    """:func:`parameter_bytes` of the network without the heads not in ``heads`` (None: all of
+    them), its linear layers that ``quantize`` converts (acceleration's ``QUANTIZED_PREFIXES``,
+    not a tied ``lm_head``) at that method's bytes."""
+    from .acceleration import QUANTIZED_PREFIXES
+    from .modeling.showo2 import HEADS
+
+    net = getattr(net, "_orig_mod", net)  # compiled
+    tied = bool(getattr(net.spec, "tie_word_embeddings", False))
+
+    def wanted(module, name):
+        return (isinstance(module, torch.nn.Linear) and name.startswith(QUANTIZED_PREFIXES)
+                and not (tied and name == "showo.lm_head"))
+
+    skip = tuple(n + "." for h, ns in HEADS.items() if heads is not None and h not in heads for n in ns)
+    return [(n, b, ok) for n, b, ok in parameter_bytes(net, "", dtype, quantize, wanted)
+            if not (n + ".").startswith(skip or ("\0",))]
+
+
+def in_gb(parts: list) -> tuple[float, float]:
+    """(all, loaded now) of :func:`parameter_bytes`' entries, in GB."""
+    return sum(b for _n, b, _ok in parts) / 1e9, sum(b for _n, b, ok in parts if ok) / 1e9
+
+
+def weights_gb(model, heads: tuple[str, ...] = (), vae_parts: tuple[str, ...] = (),
+               network: bool = True) -> tuple[float, float]:
+    """The weights a job runs and how much of them is loaded now, in GB: the network (``network``)
+    without the heads it does not run (``heads``: those it runs) and the VAE's ``vae_parts``, in
+    the load's dtype (the linear layers ``quantize`` converts at its bytes). Whether a part is
+    loaded now (``heads=()`` at load, a VAE half) or where offload keeps it does not change the
+    first number, which a memory limit counts: one verdict for an eager and a lazy load."""
+    parts = network_bytes(model.network, model.dtype, model.quantize, heads) if network else []
+    return in_gb(parts + vae_bytes(model.vae, vae_parts))
+
+
+def vae_bytes(vae, parts: tuple[str, ...]) -> list:
+    """:func:`parameter_bytes` of the VAE's ``parts`` (``encoder``, ``decoder``); none without a VAE."""
+    from .modeling.vae import VAE_PARTS
+
+    if not parts or vae is None:
+        return []
+    keep = tuple(n + "." for p in parts for n in VAE_PARTS[p])
+    return [(n, b, ok) for n, b, ok in parameter_bytes(vae.model, "", vae.dtype, "none", None) if n.startswith(keep)]
+
+
+def files_weights_gb(spec, dtype: torch.dtype, quantize: str, vae_file, heads: tuple[str, ...],
+                     vae_parts: tuple[str, ...]) -> tuple[float, float]:
+    """:func:`weights_gb` of a model before it loads (none of it loaded): the network of ``spec``
+    built on 'meta', the VAE's parts counted from its safetensors header (``vae_file``: a file or
+    a diffusers folder; another format, or none, counts nothing here: the check after the load does)."""
+    from .modeling.showo2 import Showo2Model
+    from .modeling.vae import VAE_PARTS
+
+    with torch.device("meta"):
+        net = Showo2Model(spec)
+    total = in_gb(network_bytes(net, dtype, quantize, heads))[0]
+    path = None if vae_file is None else Path(vae_file)
+    if path is not None and path.is_dir():
+        path = path / "diffusion_pytorch_model.safetensors"
+    if path is not None and path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        keep = tuple(n + "." for p in vae_parts for n in VAE_PARTS[p])
+        try:
+            with safe_open(str(path), "pt") as f:
+                numel = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(keep))
+        except Exception:  # an unreadable header: the load says what is wrong with it
+            numel = 0
+        total += numel * dtype.itemsize / 1e9
+    return total, 0.0

@@ -1,0 +1,96 @@
+"""Probe BM: one memory guard, one verdict. A memory limit counts the weights a job runs (loaded
+now or on first use) plus its working memory, so the same job under the same limit is refused or
+run alike by every entry point, with heads loaded eagerly or lazily."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from showo2_cli import Showo2Pipeline, api
+from showo2_cli.errors import ResourceError
+from showo2_cli.loading import load
+from showo2_cli.modeling.parts import NotLoaded
+from showo2_cli.options import RuntimeOptions
+
+OPTS = dict(steps=2, seed=1, size=64)
+
+
+@pytest.fixture(scope="module")
+def models():
+    """The demo loaded eagerly (both heads, both VAE halves) and lazily (no head, no VAE half)."""
+    return load("demo"), load("demo", heads=(), vae_parts=("encoder",))
+
+
+def _verdict(run) -> str:
+    try:
+        run()
+    except ResourceError as e:
+        return "refused: " + str(e).split(" needs about ")[1].split(",")[0]
+    return "ran"
+
+
+def test_the_weights_a_job_runs_are_counted_alike_loaded_or_not(models):
+    # the demo's network without a separate lm_head (tied: the embedding) is 2.86 M fp32 parameters,
+    # the VAE's decoder 2.07 M of its 3.60 M: what t2i runs, whichever of it is loaded now
+    from showo2_cli.footprint import GENERATION_PARTS, UNDERSTANDING_PARTS, files_weights_gb, weights_gb
+
+    eager, lazy = models
+    assert weights_gb(eager, *GENERATION_PARTS) == pytest.approx((0.0197127, 0.0197127), abs=1e-7)
+    assert weights_gb(lazy, *GENERATION_PARTS) == pytest.approx((0.0197127, 0.0041902), abs=1e-7)  # (the trunk)
+    assert weights_gb(lazy, *UNDERSTANDING_PARTS)[0] == weights_gb(eager, *UNDERSTANDING_PARTS)[0] == \
+        pytest.approx(0.0103469, abs=1e-7)
+    # before a load, from the spec and the VAE's header: the same figure (the command line's early check)
+    files = eager.files
+    assert files_weights_gb(eager.spec, torch.float32, "none", files.vae, *GENERATION_PARTS) == \
+        pytest.approx((0.0197127, 0.0), abs=1e-7)
+    assert files_weights_gb(eager.spec, torch.bfloat16, "none", files.vae, *GENERATION_PARTS)[0] == \
+        pytest.approx(weights_gb(eager, *GENERATION_PARTS)[0] / 2, abs=1e-7)
+
+
+@pytest.mark.parametrize("limit, verdict", [
+    (0.0069, "refused: 26.4 MB (19.7 MB of weights"),  # old: eager ran, lazy refused the flow head's 7.3 MB
+    (0.015, "refused: 26.4 MB (19.7 MB of weights"),  # old: both ran (6.65 MB of working memory < 15 MB)
+    (0.03, "ran"),
+])
+def test_one_job_one_limit_one_verdict_across_entry_points(models, limit, verdict):
+    eager, lazy = models
+    limited = RuntimeOptions(max_memory_gb=limit)
+    runs = {
+        "api, eager, job's limit": lambda: api.text_to_image(eager, ["a red circle"],
+                                                              api.GenerateOptions(**OPTS, max_memory_gb=limit)),
+        "api, lazy, job's limit": lambda: api.text_to_image(lazy, ["a red circle"],
+                                                             api.GenerateOptions(**OPTS, max_memory_gb=limit)),
+        "api, lazy, model's limit": lambda: api.text_to_image(load("demo", heads=(), runtime=limited),
+                                                               ["a red circle"], api.GenerateOptions(**OPTS)),
+        "pipeline, model's limit": lambda: Showo2Pipeline.from_pretrained("demo", runtime=limited)(
+            "a red circle", num_inference_steps=2, height=64, width=64, generator=torch.Generator().manual_seed(1)),
+    }
+    got = {name: _verdict(run) for name, run in runs.items()}
+    assert all(v.startswith(verdict) for v in got.values()), got
+
+
+def test_a_jobs_own_limit_reaches_the_head_it_loads(models):
+    """The head loaded on a job's first use was judged by the model's limit alone: a job given no
+    limit (``max_memory_gb=0``) on a model loaded with a small one was refused by the head's load,
+    and a job's own small limit let the head load (its check counted no weights)."""
+    small = load("demo", heads=(), runtime=RuntimeOptions(max_memory_gb=0.0001))
+    images = api.text_to_image(small, ["a red circle"], api.GenerateOptions(**OPTS, max_memory_gb=0))
+    assert len(images) == 1  # (old: "loading the network's flow_head needs about 7.3 MB ... 0.1 MB")
+    free = load("demo", heads=(), runtime=RuntimeOptions(max_memory_gb=0))
+    with pytest.raises(ResourceError, match=r"^generating 1 image\(s\) at 64x64 needs about 26\.4 MB"):
+        api.text_to_image(free, ["a red circle"], api.GenerateOptions(**OPTS, max_memory_gb=0.0069))
+    assert isinstance(free.network.get_submodule("diffusion_head_a"), NotLoaded)  # (old: loaded, then ran)
+
+
+def test_an_image_to_caption_is_judged_before_the_vae_encodes_it(models):
+    """An image question checked only the LLM's forward, after the VAE had encoded the image at
+    --size (the real VAE: 0.93 GB at 432x432), and counted no weights."""
+    eager, _lazy = models
+    image = np.full((32, 32, 3), 90, np.uint8)
+    opts = api.CaptionOptions(max_new_tokens=2, size=1024, max_memory_gb=0.05)
+    with pytest.raises(ResourceError, match=r"^encoding an image at 1024x1024 needs about 9\d\d\.\d MB \(10\.3 MB of "
+                                            r"weights, 9\d\d\.\d MB to run\), more than the 50\.0 MB allowed") as e:
+        api.caption(eager, image, opts)  # (old: encoded it, then answered)
+    assert "lower --size" in str(e.value)
