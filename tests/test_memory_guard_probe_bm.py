@@ -19,8 +19,10 @@ OPTS = dict(steps=2, seed=1, size=64)
 
 @pytest.fixture(scope="module")
 def models():
-    """The demo loaded eagerly (both heads, both VAE halves) and lazily (no head, no VAE half)."""
-    return load("demo"), load("demo", heads=(), vae_parts=("encoder",))
+    """The demo loaded eagerly (both heads, both VAE halves), lazily (no head, the VAE's encoder
+    alone) and under a sequential CPU offload (accelerate's hooks hold the weights)."""
+    return (load("demo"), load("demo", heads=(), vae_parts=("encoder",)),
+            load("demo", heads=("flow_head",), runtime=RuntimeOptions(offload="sequential")))
 
 
 def _verdict(run) -> str:
@@ -36,7 +38,7 @@ def test_the_weights_a_job_runs_are_counted_alike_loaded_or_not(models):
     # the VAE's decoder 2.07 M of its 3.60 M: what t2i runs, whichever of it is loaded now
     from showo2_cli.footprint import GENERATION_PARTS, UNDERSTANDING_PARTS, files_weights_gb, weights_gb
 
-    eager, lazy = models
+    eager, lazy, _offloaded = models
     assert weights_gb(eager, *GENERATION_PARTS) == pytest.approx((0.0197127, 0.0197127), abs=1e-7)
     assert weights_gb(lazy, *GENERATION_PARTS) == pytest.approx((0.0197127, 0.0041902), abs=1e-7)  # (the trunk)
     assert weights_gb(lazy, *UNDERSTANDING_PARTS)[0] == weights_gb(eager, *UNDERSTANDING_PARTS)[0] == \
@@ -55,13 +57,15 @@ def test_the_weights_a_job_runs_are_counted_alike_loaded_or_not(models):
     (0.03, "ran"),
 ])
 def test_one_job_one_limit_one_verdict_across_entry_points(models, limit, verdict):
-    eager, lazy = models
+    eager, lazy, offloaded = models
     limited = RuntimeOptions(max_memory_gb=limit)
     runs = {
         "api, eager, job's limit": lambda: api.text_to_image(eager, ["a red circle"],
                                                               api.GenerateOptions(**OPTS, max_memory_gb=limit)),
         "api, lazy, job's limit": lambda: api.text_to_image(lazy, ["a red circle"],
                                                              api.GenerateOptions(**OPTS, max_memory_gb=limit)),
+        "api, offloaded, job's limit": lambda: api.text_to_image(offloaded, ["a red circle"],
+                                                                  api.GenerateOptions(**OPTS, max_memory_gb=limit)),
         "api, lazy, model's limit": lambda: api.text_to_image(load("demo", heads=(), runtime=limited),
                                                                ["a red circle"], api.GenerateOptions(**OPTS)),
         "pipeline, model's limit": lambda: Showo2Pipeline.from_pretrained("demo", runtime=limited)(
@@ -87,10 +91,57 @@ def test_a_jobs_own_limit_reaches_the_head_it_loads(models):
 def test_an_image_to_caption_is_judged_before_the_vae_encodes_it(models):
     """An image question checked only the LLM's forward, after the VAE had encoded the image at
     --size (the real VAE: 0.93 GB at 432x432), and counted no weights."""
-    eager, _lazy = models
+    eager, _lazy, _offloaded = models
     image = np.full((32, 32, 3), 90, np.uint8)
     opts = api.CaptionOptions(max_new_tokens=2, size=1024, max_memory_gb=0.05)
     with pytest.raises(ResourceError, match=r"^encoding an image at 1024x1024 needs about 9\d\d\.\d MB \(10\.3 MB of "
                                             r"weights, 9\d\d\.\d MB to run\), more than the 50\.0 MB allowed") as e:
         api.caption(eager, image, opts)  # (old: encoded it, then answered)
     assert "lower --size" in str(e.value)
+
+
+@pytest.mark.slow  # (a command's load and a server's)
+def test_t2i_and_serve_give_one_verdict_under_one_limit(tmp_path, monkeypatch, capsys):
+    """`t2i --max-memory 0.0069` wrote an image where `serve --max-memory 0.0069` refused its first
+    (the flow head, loaded on first use, was the only weights ever checked)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    pytest.importorskip("fastapi")
+    from conftest import run_in_thread
+    from showo2_cli import serve as S
+    from showo2_cli.cli import main
+    from showo2_cli.serve import ServerConfig, bind_socket
+    from showo2_cli.serve.app import server_for
+
+    monkeypatch.delenv("SHOWO2_MAX_MEMORY_GB", raising=False)
+    out = tmp_path / "x.png"
+    args = ["t2i", "a red circle", "-o", str(out), "--steps", "2", "--seed", "1", "--size", "64"]
+    assert main([*args, "--max-memory", "0.0069"]) == 6 and not out.exists()  # (old: 0, the image written)
+    assert "needs about 26.4 MB (19.7 MB of weights, 6.7 MB to run)" in capsys.readouterr().err
+    started = []
+    monkeypatch.setattr(S, "serve", lambda bundle, config, *a, **k: started.append((bundle, config)))
+    assert main(["serve", "--model", "demo", "--port", "0", "--quiet", "--max-memory", "0.0069"]) == 0
+    model, config = started[0]
+    sock = bind_socket("127.0.0.1", 0)
+    server = server_for(model, ServerConfig(model_id=config.model_id, max_queue=4), sock, log_level="error")
+    thread = run_in_thread(server, sock)
+    host, port = sock.getsockname()[:2]
+    body = json.dumps({"prompt": "a red circle", "seed": 1, "steps": 2, "size": "64x64"}).encode()
+    request = urllib.request.Request(f"http://{host}:{port}/v1/images/generations", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=300)
+        assert e.value.code == 422
+        message = json.loads(e.value.read())["error"]["message"]
+        assert "needs about 26.4 MB (19.7 MB of weights, 6.7 MB to run)" in message, message
+        model.max_memory_gb = 0.03  # (as `serve --max-memory 0.03`): both run
+        with urllib.request.urlopen(request, timeout=300) as response:
+            assert response.status == 200
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    assert main([*args, "--max-memory", "0.03"]) == 0 and out.exists()

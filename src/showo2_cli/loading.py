@@ -151,8 +151,9 @@ class HeadLoader:
                 runtime = self.runtime
                 quantize = runtime.quantize if runtime is not None else "none"
                 limit = getattr(runtime, "max_memory_gb", None)  # the model's limit, as its jobs' (0: none)
-                check_memory(0.0, f"loading the network's {' and '.join(heads)}", limit, self.device,  # the network's
-                             "free some memory first", in_gb(network_bytes(network, self.dtype, quantize)))  # once loaded
+                weights = in_gb(network_bytes(network, self.dtype, quantize))  # the network's, once the head is in
+                check_memory(0.0, f"loading the network's {' and '.join(heads)}", limit, self.device,
+                             "free some memory first", weights)  # (before anything is read)
             state = read_state_dict(self.weights)
             holder = torch.nn.Module()  # the head's modules under their names in the network
             holder.spec = network.spec

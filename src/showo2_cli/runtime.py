@@ -398,7 +398,7 @@ def check_memory(need_gb: float, what: str, option: float | None = None,
                  device: str | torch.device = "cpu", advice: str = "",
                  weights: tuple[float, float] = (0.0, 0.0)) -> None:
     """Raise :class:`ResourceError` when ``need_gb`` (an estimate of the job's working memory) plus
-    the ``weights`` it runs (:func:`weights_gb`: all of them, loaded or not, when a limit is given;
+    the ``weights`` it runs (:func:`~showo2_cli.footprint.weights_gb`: all of them, loaded or not, when a limit is given;
     those not loaded yet against the memory available) exceeds the memory limit."""
     limit, source = memory_limit_gb(option, device)
     if limit is None:
