@@ -49,7 +49,7 @@ def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: f
     need = pixels / 1e9 + max(encode, estimate_memory_gb(model, 1, seq, 0) if video else 0.0)
     what = f"understanding {frames} frame(s) at {side}x{side}" if video else f"encoding an image at {side}x{side}"
     check_memory(need, what, model.memory_limit(max_memory_gb), model.network.device,
-                 "lower --frames" if video else "lower --size", understanding_weights(model))
+                 "lower --frames" if video else "", understanding_weights(model))  # (an image is read at the model's size)
     return need
 
 
