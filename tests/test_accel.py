@@ -324,7 +324,7 @@ def test_generation_guard_uses_the_tile_size():
     spec = get_spec("1.5B")
     job = (spec, torch.bfloat16, (1024, 1024), 1, False, 1)  # t2i: the VAE decode dominates
     full, tiled = generation_memory_gb(*job), generation_memory_gb(*job, vae_tiled=True)
-    assert tiled < full / 2  # 10.1 -> 3.4 GB
+    assert tiled < full * 0.7  # 5.1 -> 3.4 GB (bf16 decode activations since probe BM; the LLM's step is the rest)
     limit = (full + tiled) / 2
     with pytest.raises(ResourceError, match="--vae-tiling auto"):
         check_generation_memory(*job, max_memory_gb=limit, vae_tiling="off")

@@ -145,3 +145,49 @@ def test_t2i_and_serve_give_one_verdict_under_one_limit(tmp_path, monkeypatch, c
         thread.join(30)
         sock.close()
     assert main([*args, "--max-memory", "0.03"]) == 0 and out.exists()
+
+
+@pytest.mark.parametrize("offload", ["none", "model", "sequential"])
+def test_the_check_before_loading_counts_the_weights_the_device_will_hold(offload, monkeypatch):
+    """The command line's check before a load judges what the loaded model's check will: the weights
+    with a limit; against a GPU's free memory, those a load puts there (none under an offload, which
+    keeps them in CPU memory, where the loaded model's check finds them loaded)."""
+    from showo2_cli import runtime as R
+    from showo2_cli.cli.generate import check_memory_before_loading
+    from showo2_cli.options import GenerateOptions
+
+    monkeypatch.delenv("SHOWO2_MAX_MEMORY_GB", raising=False)
+    monkeypatch.setattr(R, "pick_device", lambda device="auto": "cuda:0")  # (a GPU with 10 MB free)
+    monkeypatch.setattr(R, "available_memory_gb", lambda device="cpu": 0.010)
+    opts = GenerateOptions(steps=2, size=(64, 64))
+    runtime = RuntimeOptions(offload=offload)  # bf16 on the GPU: 9.9 MB of weights, 3.4 MB to run
+    if offload == "none":
+        with pytest.raises(ResourceError, match=r"needs about 13\.\d MB \(9\.9 MB of weights, 3\.\d MB to run\), more "
+                                                r"than the 10\.0 MB of available memory"):
+            check_memory_before_loading("demo", "t2i", opts, 1, runtime)
+    else:
+        check_memory_before_loading("demo", "t2i", opts, 1, runtime)
+    with pytest.raises(ResourceError, match=r"needs about 13\.\d MB \(9\.9 MB of weights"):  # a limit counts them all
+        check_memory_before_loading("demo", "t2i", GenerateOptions(steps=2, size=(64, 64), max_memory_gb=0.01), 1,
+                                    runtime)
+
+
+def test_a_generations_vae_estimate_is_in_the_models_dtype(models):
+    """The generation estimate counted the VAE's decode in 4-byte activations whatever the dtype,
+    while the VAE runs in the model's (measured on the CPU, demo VAE, one 512x512 frame: 444 MB in
+    float32, 227 MB in bf16): a bf16 job's decode was estimated at twice its size (the 1.5B at
+    1024x1024: 10.1 GB untiled where 5.1 GB is the bf16 figure)."""
+    from showo2_cli.pipelines.generate import generation_memory_gb
+    from showo2_cli.specs import get_spec
+
+    eager = models[0]
+    spec, vae = eager.spec, eager.vae
+    try:
+        for dtype in (torch.float32, torch.bfloat16):
+            vae_part = generation_memory_gb(spec, dtype, (512, 512), 1, False, 1, vae.base_dim)
+            assert vae_part == pytest.approx(vae.to(dtype=dtype).decode_memory_gb(1, 64, 64))  # (the VAE's own)
+    finally:
+        vae.to(dtype=torch.float32)
+    big = get_spec("1.5B")
+    assert generation_memory_gb(big, torch.bfloat16, (1024, 1024), 1, False, 1) == pytest.approx(5.058, abs=1e-3)
+    assert generation_memory_gb(big, torch.float32, (1024, 1024), 1, False, 1) == pytest.approx(10.091, abs=1e-3)

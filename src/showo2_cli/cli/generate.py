@@ -266,11 +266,15 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
 
     check_schedule(opts.method, spec.steps if opts.steps is None else opts.steps,  # before the weights load
                    spec.shift if opts.shift is None else opts.shift)
+    import torch
+
     from ..footprint import GENERATION_PARTS, I2V_PARTS, files_weights_gb
 
     dev = pick_device(runtime.device)
     dtype = pick_dtype(runtime.dtype, dev)
     weights = files_weights_gb(spec, dtype, runtime.quantize, files.vae, *(I2V_PARTS if kind == "i2v" else GENERATION_PARTS))
+    if runtime.offload != "none" and torch.device(dev).type != "cpu":  # offload keeps them in CPU memory: none
+        weights = (weights[0], weights[0])  # takes the device's room at load (a limit still counts them all)
     P.check_generation_memory(spec, dtype, opts.size or spec.default_size(video),
                               opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim,
                               runtime.vae_tiling, weights=weights)

@@ -85,7 +85,8 @@ def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dty
     t = max(latent_frames, 1)
     per_frame = max(video_tokens // t, 1)
     side = max(int(math.isqrt(per_frame)), 1)
-    vae = decode_memory_bytes(vae_base_dim, t, side, max(per_frame // side, 1), tiled=vae_tiled, tile=vae_tile)
+    vae = decode_memory_bytes(vae_base_dim, t, side, max(per_frame // side, 1), bytes_per,  # (the VAE runs in
+                              tiled=vae_tiled, tile=vae_tile)  # the model's dtype, as WanVAE.decode_memory_gb says)
     return max(attn + acts + mask, vae) / 1e9
 
 
