@@ -277,7 +277,7 @@ class RuntimeOptions:
 
     device: str = "auto"
     dtype: str = "auto"
-    max_memory_gb: float | None = None  # refuse jobs estimated to need more (0: no limit)
+    max_memory_gb: float | None = None  # refuse jobs estimated to need more: weights run + working memory (0: no limit)
     offload: str = "none"
     attn: str = "sdpa"  # a key of ATTN_BACKENDS
     compile: bool = False  # torch.compile the LLM and flow head (the first call of each shape compiles)
@@ -387,7 +387,7 @@ class CaptionOptions:
     template: str | None = None  # "official" (demo prompt) or "training" (stage-2); None = the checkpoint's
     vae_sample: bool = False  # the official demos draw a stochastic VAE sample; default is the mean
     size: int | None = None  # pixels per side; default the model's resolution
-    max_memory_gb: float | None = None  # refuse videos estimated to need more (0: no limit)
+    max_memory_gb: float | None = None  # refuse questions estimated to need more: weights run + working memory (0: none)
     repetition_penalty: float | None = None  # > 1 discourages repeating the answer's tokens
     min_p: float | None = None  # min-p sampling (with a temperature)
 
@@ -435,7 +435,7 @@ class GenerateOptions:
     method: str = DEFAULT_SAMPLER  # a key of SAMPLERS
     noise: Any = None  # exact starting noise: a tensor (N, C, [T,] h, w) or one sample
     cache_prefix: bool = True  # reuse the text prefix's keys/values at every step
-    max_memory_gb: float | None = None  # refuse jobs estimated to need more
+    max_memory_gb: float | None = None  # refuse jobs estimated to need more: weights run + working memory
     #: the text guidance steers away from (the unconditional rows' prompt; "" is the official
     #: empty prompt): one for every prompt, or a list with one per prompt
     negative_prompt: str | list[str] = ""
