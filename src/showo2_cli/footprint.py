@@ -63,7 +63,7 @@ def network_bytes(net: torch.nn.Module, dtype: torch.dtype, quantize: str = "non
 
     skip = tuple(n + "." for h, ns in HEADS.items() if heads is not None and h not in heads for n in ns)
     return [(n, b, ok) for n, b, ok in parameter_bytes(net, "", dtype, quantize, wanted)
-            if not (n + ".").startswith(skip or ("\0",))]
+            if not (n + ".").startswith(skip)]
 
 
 def in_gb(parts: list) -> tuple[float, float]:
