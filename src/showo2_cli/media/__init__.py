@@ -38,7 +38,7 @@ submodule.
   :mod:`~showo2_cli.media.video_write`: :func:`write_video`.
 * :mod:`~showo2_cli.media.geometry`: sizes, resizing, display aspect and matrix, tensor conversion,
   frame counts; :mod:`~showo2_cli.media.frame_index`: which frames of a video to decode;
-  :mod:`~showo2_cli.media.animation`: APNG, animated WebP and GIF frames read with Pillow.
+  :mod:`~showo2_cli.media.animation`: APNG, animated WebP and AVIF, and GIF frames read with Pillow.
 * :mod:`~showo2_cli.media.outputs`: :func:`check_output_path` (:class:`OutputFolders` for many),
   :func:`atomic_output`, file names.
 * :mod:`~showo2_cli.media.metadata`: :func:`read_metadata`, :func:`read_png_metadata`.

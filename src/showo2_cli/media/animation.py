@@ -1,5 +1,5 @@
-"""Animations in still-image formats read with Pillow (APNG, animated WebP, and a GIF given as a PIL
-image): their frames, and each frame's time, so they are sampled as a video is."""
+"""Animations in still-image formats read with Pillow (APNG, animated WebP and AVIF, and a GIF given as
+a PIL image): their frames, and each frame's time, so they are sampled as a video is."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from PIL import Image
 
 from .frame_index import FrameIndex
 
-#: the formats whose several frames are an animation (TIFF pages and an MPO's stereo views are not)
-ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
+#: the formats whose several frames are an animation (TIFF pages and an MPO's stereo views are not);
+#: an AVIF image sequence (what browsers play, and converters such as ezgif or ffmpeg write) included
+ANIMATED_FORMATS = ("GIF", "PNG", "WEBP", "AVIF")
 #: a frame delay this short or shorter (milliseconds) is played as 100 ms, as browsers play it (and
 #: FFmpeg plays a GIF's): many files hold 0 for "as fast as possible"
 MIN_DELAY_MS = 10

@@ -46,7 +46,7 @@ _READ_DESCRIPTION = "a PNG/JPEG/WebP/BMP/TIFF/GIF image"
 READ_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "TGA", "ICO", "CUR", "ICNS", "PCX",
                 "SGI", "SUN", "PSD", "QOI", "AVIF", "JPEG2000", "DDS", "IM", "XBM", "XPM")
 _EXIF_ORIENTATION = 0x0112
-_ANIMATION_NAMES = {"GIF": "GIF", "PNG": "PNG", "WEBP": "WebP"}
+_ANIMATION_NAMES = {"GIF": "GIF", "PNG": "PNG", "WEBP": "WebP", "AVIF": "AVIF"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def array_image(value, max_pixels: int | None = None) -> Image.Image:
 
 
 def is_animated(image: Image.Image) -> bool:
-    """A PIL image holding an animation: a GIF, APNG or WebP of several frames. Not the other
+    """A PIL image holding an animation: a GIF, APNG, WebP or AVIF of several frames. Not the other
     formats Pillow opens with several frames: a JPEG with a second picture in its MPF data (the gain
     map of an Ultra HDR phone photo, a camera's preview: Pillow's ``MPO``) or a multi-page TIFF is
     one picture, its first frame, as its file is read by path."""
@@ -236,7 +236,7 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
 
     Raises:
         InputError: missing/empty/unreadable file, not an image, truncated or corrupt data,
-            or a video (including an animated GIF, APNG or WebP).
+            or a video (including an animated GIF, APNG, WebP or AVIF).
         ResourceError: too many pixels.
     """
     limit = resolve_max_pixels(max_pixels)

@@ -273,7 +273,7 @@ def av_video_info(p: Path) -> bool:
 def probe_kind(path: PathLike, max_pixels: int | None = None) -> str:
     """Return ``"image"`` or ``"video"`` for a media file, judged by its content, not its name.
 
-    A GIF, PNG or WebP with more than one frame (an animation: APNG, animated WebP) is a video,
+    A GIF, PNG, WebP or AVIF with more than one frame (an animation: APNG, animated WebP or AVIF) is a video,
     with one frame an image; any other still format PIL reads is an image; a container FFmpeg
     opens with a video stream (mp4, webm, mov, mkv, avi, ...) is a video.
 
@@ -437,7 +437,7 @@ def gif_frame_count(p: Path, stop_after: int | None = None) -> int:
 
 
 def _pil_frame_count(p: Path) -> int:
-    """The frames an APNG's or animated WebP's header declares (0 if it cannot be read)."""
+    """The frames an APNG's, animated WebP's or AVIF's header declares (0 if it cannot be read)."""
     try:
         with warnings.catch_warnings(), Image.open(p) as im:
             warnings.simplefilter("ignore")
@@ -447,7 +447,7 @@ def _pil_frame_count(p: Path) -> int:
 
 
 def _check_gif_frames(p: Path, prefix: str, width: int, height: int) -> None:
-    """Decode every frame of a GIF (or an APNG, an animated WebP) with PIL, which (unlike FFmpeg)
+    """Decode every frame of a GIF (or an APNG, an animated WebP or AVIF) with PIL, which (unlike FFmpeg)
     reports a truncated or damaged frame instead of silently ending the animation there; first
     refuse one whose frames would paint more than :data:`MAX_GIF_PIXEL_FRAMES` canvas pixels."""
     canvas = max(width * height, 1)
@@ -532,16 +532,17 @@ def _check_structure(p: Path, prefix: str, limit: int) -> FrameIndex | None:
 
 
 def animation_format(path: PathLike) -> str | None:
-    """``"GIF"``, ``"PNG"`` or ``"WEBP"`` for an animation in a still-image format (a video whose
+    """``"GIF"``, ``"PNG"``, ``"WEBP"`` or ``"AVIF"`` for an animation in a still-image format (a video whose
     MIME type is ``image/*``), else None."""
     header = _pil_header(Path(os.fspath(path)))
     return header[0] if header is not None and header[0] in ANIMATED_FORMATS and header[2] else None
 
 
 def pil_animation(p: Path) -> bool:
-    """True for an animation FFmpeg does not read and Pillow does (APNG, animated WebP): its
-    frames are read with Pillow (a GIF's with FFmpeg)."""
-    return animation_format(p) in ("PNG", "WEBP")
+    """True for an animation FFmpeg does not read, or not as one video, and Pillow does (APNG,
+    animated WebP; an animated AVIF, in which FFmpeg finds its still first picture as a stream of
+    its own before the sequence): its frames are read with Pillow (a GIF's with FFmpeg)."""
+    return animation_format(p) in ("PNG", "WEBP", "AVIF")
 
 
 def _gif_index(p: Path) -> FrameIndex | None:
@@ -577,7 +578,7 @@ def check_video(path: PathLike, max_pixels: int | None = None) -> None:
     p = check_input_file(path, "video")
     prefix = f"cannot read video {quote_path(p)}"
     check_video_structure(p, prefix, limit)
-    if pil_animation(p):  # an APNG or animated WebP: checked whole by Pillow (FFmpeg reads no animated WebP)
+    if pil_animation(p):  # an APNG, animated WebP or AVIF: checked whole by Pillow (FFmpeg reads no animated WebP)
         return
     try:
         with av.open(str(p), metadata_errors="replace") as container:

@@ -161,7 +161,7 @@ def read_video(
     prefix = f"cannot read video {quote_path(p)}"
     index = check_video_structure(p, prefix, limit)
     index = index if index is not None and index.usable and len(index) > 0 else None
-    if pil_animation(p):  # an APNG or animated WebP: FFmpeg reads no animated WebP
+    if pil_animation(p):  # an APNG, animated WebP or AVIF: FFmpeg reads no animated WebP
         return _read_pil_animation(p, prefix, num_frames, limit, max_frames, first, budget, fit)
 
     def open_stream() -> tuple[Any, Any]:
@@ -342,7 +342,7 @@ def read_video(
 
 def _read_pil_animation(p: Path, prefix: str, num_frames, limit: int, max_frames: int, first, budget: int,
                         fit) -> Media:
-    """An APNG's or animated WebP's frames, read with Pillow and sampled over their delays."""
+    """An APNG's, animated WebP's or AVIF's frames, read with Pillow and sampled over their delays."""
     try:
         with warnings.catch_warnings(), Image.open(p) as im:
             warnings.simplefilter("ignore")
@@ -390,7 +390,7 @@ def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_byte
                      fit=None) -> Media:
     if num_frames is not None:
         num_frames = check_count(num_frames, "the number of frames to read")
-    if isinstance(source, Image.Image) and is_animated(source):  # a GIF, APNG or WebP opened by PIL
+    if isinstance(source, Image.Image) and is_animated(source):  # a GIF, APNG, WebP or AVIF opened by PIL
         source = PilFrames(source)
     elif isinstance(source, (list, tuple)) and len(source) == 1:
         source = source[0]  # one frame: an image (a list of one image is no video)
