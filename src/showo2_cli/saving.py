@@ -60,7 +60,7 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
         else:  # the one bounded reader judges the file (missing, a folder, a FIFO, too large) before reading
             data = M.read_limited(path, MAX_PROMPTS_FILE_BYTES, "prompts file")
         # UTF-8 (a BOM allowed), or UTF-16 with its BOM (what Windows editors save as "Unicode")
-        encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8"
+        encoding = M.text_encoding(data)
         try:
             text = data.decode(encoding)
         except UnicodeDecodeError as e:

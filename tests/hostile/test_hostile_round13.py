@@ -65,3 +65,54 @@ def test_i2v_refuses_an_animated_avif_in_one_line_before_loading(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 3 and "it is an animated AVIF (a video), not an image" in err, err
     assert len(err.strip().splitlines()) == 1 and sorted(x.name for x in tmp_path.iterdir()) == ["a.avif"]
+
+
+# ---- text files as Windows tools save them: a UTF-8 byte-order mark, UTF-16 ----------------------
+
+RECORDS = [{"path": "a.png", "prompt": "a cat"}, {"path": "b.png", "prompt": "un café"}]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_training_records_saved_with_a_byte_order_mark_or_as_utf16_are_read_whole(tmp_path, encoding):
+    """A LLaVA ``.json`` array opening with a UTF-8 byte-order mark (Notepad, PowerShell's
+    ``-Encoding UTF8``) was "not a JSON array (LLaVA format) nor JSONL", a UTF-16 one (Notepad's
+    "Unicode") "not UTF-8 text"; a UTF-16 ``.jsonl`` (what Windows PowerShell's ``>`` writes) was
+    split at the byte 0A: its first record was "not valid JSON" and skipped while training (its
+    caption never trained on), the others read by accident, and the last NUL byte was a record of
+    its own. Both are read as the same records as their UTF-8 copy."""
+    import json
+
+    from showo2_cli.training.records import Records, build_index
+    from showo2_cli.training.schema import DataSource
+
+    lines = tmp_path / "d.jsonl"
+    lines.write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in RECORDS).encode(encoding))
+    array = tmp_path / "d.json"
+    array.write_bytes(json.dumps(RECORDS, ensure_ascii=False).encode(encoding))
+    for path, kind in ((lines, "pairs"), (array, "llava")):
+        records = Records(*build_index(DataSource(kind=kind, role="t2i", path=str(path)), tmp_path / "index"))
+        assert [records[i] for i in range(len(records))] == RECORDS, path
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_caption_file_with_a_byte_order_mark_or_in_utf16_is_its_text(tmp_path, encoding):
+    """A pair's ``.txt`` caption opening with a UTF-8 byte-order mark was trained on with U+FEFF
+    before its first word (str.split keeps it: it is no space); a UTF-16 one as U+FFFD, U+FFFD
+    and a NUL between every letter."""
+    from showo2_cli.training.data import clean_caption, read_caption_file
+
+    (tmp_path / "a.txt").write_bytes("un café rouge\r\n".encode(encoding))
+    assert clean_caption(read_caption_file(tmp_path / "a.txt", "caption")) == "un café rouge"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_training_config_saved_by_notepad_is_read(tmp_path, encoding):
+    """`showo2 train cfg.toml` of a config saved with a byte-order mark: "config 'cfg.toml' is not
+    valid TOML: Invalid statement (at line 1, column 1)" (exit 2), whatever the settings."""
+    from showo2_cli.training.config import read_raw
+
+    text = 'mode = "showo2"\n[optim]\nmax_steps = 3\n'
+    (tmp_path / "cfg.toml").write_bytes(text.encode(encoding))
+    (tmp_path / "cfg.json").write_bytes('{"mode": "showo2", "optim": {"max_steps": 3}}'.encode(encoding))
+    for name in ("cfg.toml", "cfg.json"):
+        assert read_raw(tmp_path / name) == {"mode": "showo2", "optim": {"max_steps": 3}}

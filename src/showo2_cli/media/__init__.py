@@ -92,6 +92,7 @@ from .probe import (
     check_video,
     probe_kind,
     read_limited,
+    text_encoding,
 )
 from .video import (
     MAX_DECODED_BYTES,
@@ -159,6 +160,7 @@ __all__ = [
     "pixel_frames",
     "probe_kind",
     "read_limited",
+    "text_encoding",
     "read_image",
     "image_input",
     "array_image",

@@ -166,6 +166,15 @@ def read_limited(path: PathLike, limit: int, what: str, error: type[Showo2Error]
     return data
 
 
+def text_encoding(head: bytes) -> str:
+    """The encoding of a text file a user saved, from its first bytes ``head``: UTF-16 when it opens
+    with UTF-16's byte-order mark (what Windows editors save as "Unicode", and what Windows
+    PowerShell's ``>`` and ``Out-File`` write), else UTF-8 with its byte-order mark, if any, dropped
+    (``utf-8-sig``: what Notepad and PowerShell's ``-Encoding UTF8`` write). The one choice for the
+    text files a command reads (prompts, training configs, captions, JSON and JSONL records)."""
+    return "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+
+
 def _bytes_text(n: int) -> str:
     """``16 MiB``, ``64 KiB``, ``100 bytes``."""
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):

@@ -138,15 +138,15 @@ def toml_module() -> types.ModuleType:
 
 def read_raw(path: Path) -> dict:
     """The file's mapping: TOML (``.toml``) or YAML (``.yaml``/``.yml``) or JSON (``.json``)."""
-    from ..media import read_limited
+    from ..media import read_limited, text_encoding
 
     path = Path(path)
     suffix = path.suffix.lower()
     # a regular file of at most MAX_CONFIG_BYTES, in one bounded read that judges it (missing, a URL, a
     # folder; a FIFO waited for ever, /dev/zero was read until memory ran out)
     data = read_limited(path, MAX_CONFIG_BYTES, "config", UsageError)
-    try:
-        text = data.decode("utf-8")
+    try:  # UTF-8 (a byte-order mark, as Notepad writes, was "not valid TOML"), or UTF-16 with its mark
+        text = data.decode(text_encoding(data))
     except UnicodeDecodeError as e:
         raise UsageError(f"cannot read config '{path}': {e}") from e
     try:

@@ -547,15 +547,19 @@ def _record_path(text: str, where: str) -> Path:
 
 def read_caption_file(path: Path, where: str) -> str:
     """A caption file's text: "" when it is missing (a pair without a caption); a folder, a device,
-    a FIFO or a file over :data:`MAX_CAPTION_BYTES` is an input error, checked before reading."""
-    from ..media import read_limited
+    a FIFO or a file over :data:`MAX_CAPTION_BYTES` is an input error, checked before reading. UTF-8
+    (its byte-order mark dropped: it was trained on as a character opening the caption) or UTF-16
+    with its byte-order mark (Notepad's "Unicode": it was trained on as NULs and U+FFFD); bytes
+    that are not text are read as U+FFFD."""
+    from ..media import read_limited, text_encoding
 
     try:
         if not path.exists():  # a pair without a caption
             return ""
     except OSError as e:
         raise InputError(f"{where} '{path}' cannot be read: {one_line(e, 80)}") from None
-    return read_limited(path, MAX_CAPTION_BYTES, where).decode("utf-8", errors="replace").strip()
+    data = read_limited(path, MAX_CAPTION_BYTES, where)
+    return data.decode(text_encoding(data), errors="replace").strip()
 
 
 def loader(dataset: TrainingData, sampler: StepSampler, num_workers: int, worker_init_fn=None):

@@ -66,17 +66,29 @@ def _scan_lines(path: Path, out_offsets: Path) -> None:
         out.write(np.asarray(offsets, dtype="<u8").tobytes())
 
 
+def _encoding(path: Path) -> str:
+    """The text encoding of a records file (:func:`~showo2_cli.media.text_encoding`: UTF-8, a
+    byte-order mark dropped, or UTF-16 with its mark)."""
+    from ..media import text_encoding
+
+    with open(path, "rb") as f:
+        return text_encoding(f.read(2))
+
+
 def iter_json_array(path: Path, chunk: int = 1 << 20):
-    """Elements of a top-level JSON array, parsed incrementally (the file is never loaded whole)."""
+    """Elements of a top-level JSON array, parsed incrementally (the file is never loaded whole).
+    UTF-8 (a byte-order mark, as Windows tools write, was "not a JSON array") or UTF-16 with its mark."""
     import codecs
 
     decoder = json.JSONDecoder()
-    utf8 = codecs.getincrementaldecoder("utf-8")()
+    encoding = _encoding(path)
+    text = codecs.getincrementaldecoder(encoding)()
     with open(path, "rb") as f:
         try:
-            yield from _json_array(path, f, chunk, decoder, utf8)
+            yield from _json_array(path, f, chunk, decoder, text)
         except UnicodeDecodeError as e:
-            raise InputError(f"'{path}' is not UTF-8 text (byte {e.start} of a chunk)") from None
+            raise InputError(f"'{path}' is not {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text "
+                             f"(byte {e.start} of a chunk)") from None
 
 
 def _json_array(path: Path, f, chunk: int, decoder, utf8):
@@ -144,7 +156,8 @@ def build_index(source: DataSource, index_dir: Path) -> tuple[Path, Path]:
             _scan_lines(records, offsets)
         return records, offsets
     key = _file_key(path)
-    if path.suffix.lower() == ".jsonl":
+    jsonl = path.suffix.lower() == ".jsonl"
+    if jsonl and _encoding(path) != "utf-16":
         offsets = index_dir / f"{key}.u64"
         if not offsets.exists():
             _scan_lines(path, offsets)
@@ -155,10 +168,23 @@ def build_index(source: DataSource, index_dir: Path) -> tuple[Path, Path]:
         from ..media import atomic_output
 
         with atomic_output(records, overwrite=True) as tmp, open(tmp, "w", encoding="utf-8") as out:
-            for element in iter_json_array(path):
-                out.write(json.dumps(element, ensure_ascii=False) + "\n")
+            if jsonl:  # UTF-16 (PowerShell's `>`): its lines split at the byte 0A lost the first record
+                _to_utf8(path, out)
+            else:
+                for element in iter_json_array(path):
+                    out.write(json.dumps(element, ensure_ascii=False) + "\n")
         _scan_lines(records, offsets)
     return records, offsets
+
+
+def _to_utf8(path: Path, out, chunk: int = 1 << 20) -> None:
+    """A UTF-16 JSONL file's text written to ``out`` (UTF-8), a piece at a time, lines as they are."""
+    try:
+        with open(path, encoding="utf-16", newline="") as f:
+            while piece := f.read(chunk):
+                out.write(piece)
+    except UnicodeDecodeError as e:
+        raise InputError(f"'{path}' is not UTF-16 text (byte {e.start} of a chunk)") from None
 
 
 def _list_folder(folder: Path, out: Path) -> None:
