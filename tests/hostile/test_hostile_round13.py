@@ -116,3 +116,59 @@ def test_a_training_config_saved_by_notepad_is_read(tmp_path, encoding):
     (tmp_path / "cfg.json").write_bytes('{"mode": "showo2", "optim": {"max_steps": 3}}'.encode(encoding))
     for name in ("cfg.toml", "cfg.json"):
         assert read_raw(tmp_path / name) == {"mode": "showo2", "optim": {"max_steps": 3}}
+
+
+# ---- a file dropped on the terminal in the chat -------------------------------------------------
+
+@pytest.mark.parametrize("typed", [
+    "My\\ Photo.jpg ",  # macOS Terminal and iTerm: spaces escaped, a space after
+    "'it'\\''s.jpg' ",  # GNOME's terminal: quoted as a shell quotes (a quote inside)
+    "file://{root}/My%20Photo.jpg",  # a file manager's copied file
+    "file://localhost{root}/caf%C3%A9%201.png",
+    "'My Photo.jpg'", "My Photo.jpg", "a\\b.jpg", "it's.jpg",  # as typed (as before)
+])
+def test_chat_attaches_a_file_as_the_terminal_pastes_it(tmp_path, monkeypatch, typed):
+    """`/image My\\ Photo.jpg` (a file dragged onto macOS Terminal), `/image 'it'\\''s.jpg'` (onto
+    GNOME's) and `/image file:///.../My%20Photo.jpg` were "no such file" (or "URLs are not
+    fetched"): the name was taken as typed but for surrounding quotes. The name a shell reads, or
+    the URL's path, is taken when the name as typed is no file."""
+    import io
+
+    from showo2_cli.cli.chat import ChatSession
+
+    names = {"My Photo.jpg", "it's.jpg", "a\\b.jpg", "café 1.png"}
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    attached = []
+
+    class Conv:
+        on_notice = model = None
+
+        def attach(self, path, name=None):
+            attached.append(path)
+            raise KeyboardInterrupt  # what is attached is under test, not the model
+
+    with pytest.raises(KeyboardInterrupt):
+        ChatSession(Conv(), out=io.StringIO(), err=io.StringIO()).handle("/image " + typed.format(root=tmp_path))
+    assert len(attached) == 1 and attached[0].is_file() and attached[0].name in names, attached
+
+
+def test_chat_names_a_missing_dropped_file_as_typed(tmp_path, monkeypatch):
+    import io
+
+    from showo2_cli.cli.chat import ChatSession
+
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+
+    class Conv:
+        on_notice = model = None
+
+        def attach(self, path, name=None):
+            from showo2_cli.media import check_input_file
+
+            check_input_file(path, "media file")
+
+    assert ChatSession(Conv(), out=io.StringIO(), err=err).handle("/image no\\ such.jpg") is True
+    assert "no\\ such.jpg" in err.getvalue() and "no such file" in err.getvalue()

@@ -144,7 +144,7 @@ class ChatSession:
         elif name in ("/image", "/video", "/attach"):
             if not rest:
                 raise UsageError("/image needs a file: /image PATH")
-            path = _user_path(_unquote(rest), "/image")
+            path = _attached_path(rest)
             visual = self.conv.attach(path, name=str(path))
             self.info(f"attached {path} ({visual.kind}): it goes with your next question")
             from ..pipelines import supports_video_understanding
@@ -267,6 +267,36 @@ def _user_path(text: str, what: str) -> Path:
     if "\0" in text:
         raise UsageError(f"{what}: a file name cannot contain a NUL character")
     return Path(os.path.expanduser(text))
+
+
+def _attached_path(text: str) -> Path:
+    """The file of ``/image TEXT``: the name as typed (quotes around it removed) when that is a file;
+    else the one word a shell reads in it, which is how terminals paste a file dropped on them
+    (macOS Terminal and iTerm escape its spaces, ``My\\ Photo.jpg``; GNOME's terminal quotes it,
+    ``'it'\\''s.jpg'``), or the path of a ``file://`` URL (a file manager's copied file), when
+    that is one. A name that is none of these is said missing as typed."""
+    from urllib.parse import unquote, urlsplit
+
+    typed = _unquote(text)
+    tried = [typed]
+    try:
+        words = shlex.split(text)
+    except ValueError:  # an unbalanced quote: a name is as typed
+        words = []
+    if len(words) == 1:
+        tried.append(words[0])
+    for name in list(tried):
+        url = urlsplit(name) if name[:7].lower() == "file://" else None
+        if url is not None and url.netloc in ("", "localhost"):
+            tried.append(unquote(url.path))
+    for name in tried:
+        path = _user_path(name, "/image")
+        try:
+            if path.exists():
+                return path
+        except (OSError, ValueError):  # a name too long for the file system: said by the reader
+            pass
+    return _user_path(typed, "/image")
 
 
 def _unquote(text: str) -> str:
