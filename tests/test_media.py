@@ -295,7 +295,9 @@ class TestBadInputs:
             read_image(p, max_pixels=10**6)  # our limit and the size, not PIL's limit (178956970)
         assert_names(exc, p)
         assert "178956970" not in str(exc.value)
-        with pytest.raises(ResourceError):
+        with pytest.raises(ResourceError, match="400,000,000 pixels is more than the limit of 399,999,999 "):
+            read_image(p, max_pixels=400_000_000 - 1)  # over twice PIL's limit: still ours that is said
+        with pytest.raises(InputError, match="truncated"):  # within a limit raised past PIL's: decoded (probe BO)
             read_image(p, max_pixels=10**9)
 
     def test_audio_only_file(self, tmp_path):

@@ -172,3 +172,28 @@ def test_chat_names_a_missing_dropped_file_as_typed(tmp_path, monkeypatch):
 
     assert ChatSession(Conv(), out=io.StringIO(), err=err).handle("/image no\\ such.jpg") is True
     assert "no\\ such.jpg" in err.getvalue() and "no such file" in err.getvalue()
+
+
+# ---- a pixel limit raised by the user is the limit -------------------------------------------------
+
+def test_an_image_within_a_raised_pixel_limit_is_read_whatever_pillows_own_limit(tmp_path, monkeypatch):
+    """`SHOWO2_MAX_PIXELS=250000000 showo2 caption scan.png` of a 14000x14000 scan (196 million
+    pixels, within the limit the user set as the previous message said) was refused with Pillow's
+    "Image size (196000000 pixels) exceeds limit of 178956970 pixels, could be decompression bomb
+    DOS attack" (exit 6): Pillow refuses more than twice its own ``MAX_IMAGE_PIXELS`` whatever the
+    tool's limit. Pillow's limit is made small here (the same check, on images of a few KB)."""
+    from showo2_cli.errors import ResourceError
+    from showo2_cli.media import probe_kind, read_image, read_media
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses over 2000 pixels
+    Image.new("RGB", (60, 50), "red").save(tmp_path / "scan.png")  # 3000 pixels
+    assert probe_kind(tmp_path / "scan.png", max_pixels=5000) == "image"
+    assert np.asarray(read_image(tmp_path / "scan.png", max_pixels=5000)).shape == (50, 60, 3)
+    monkeypatch.setenv("SHOWO2_MAX_PIXELS", "5000")
+    assert read_media(tmp_path / "scan.png").frames.shape == (1, 50, 60, 3)
+    Image.new("RGB", (100, 100), "red").save(tmp_path / "big.png")  # over the limit: said against it
+    with pytest.raises(ResourceError, match="10,000 pixels is more than the limit of 5,000"):
+        read_image(tmp_path / "big.png")
+    Image.new("RGB", (200, 100), "red").save(tmp_path / "bomb.png")  # Pillow's refusal: said against it too
+    with pytest.raises(ResourceError, match="20,000 pixels is more than the limit of 5,000"):
+        probe_kind(tmp_path / "bomb.png")

@@ -58,7 +58,8 @@ def quote_path(path: PathLike) -> str:
 
 
 def resolve_max_pixels(max_pixels: int | None) -> int:
-    """``max_pixels`` if given, else ``$SHOWO2_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`."""
+    """``max_pixels`` if given, else ``$SHOWO2_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`; Pillow is
+    let open images of that many pixels (:func:`_let_pillow_open`)."""
     if max_pixels is None:
         raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
         if not raw:
@@ -71,7 +72,23 @@ def resolve_max_pixels(max_pixels: int | None) -> int:
             raise UsageError(f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {raw[:40]!r}")
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
         raise UsageError(f"max_pixels must be a positive whole number, got {max_pixels!r}")
+    _let_pillow_open(max_pixels)
     return max_pixels
+
+
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def _let_pillow_open(limit: int) -> None:
+    """Raise Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``: a warning above it,
+    an error above twice it, 179 million pixels by default) to ``limit`` where that is higher: an
+    image within a limit the user raised (``SHOWO2_MAX_PIXELS``, ``max_pixels``) was refused with
+    Pillow's message, which nothing the user could set changed. Never lowered (another caller's
+    larger limit stands; each reader checks its own limit from the header, before decoding), and
+    left alone when Pillow's check is off (None)."""
+    with _PILLOW_LIMIT_LOCK:
+        if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 def decompression_bomb(path: PathLike, exc: BaseException, limit: int | None = None) -> ResourceError:
@@ -193,6 +210,7 @@ def _pil_header(p: Path, max_pixels: int | None = None) -> tuple[str, tuple[int,
 
     Raises :class:`ResourceError` for a decompression bomb.
     """
+    max_pixels = resolve_max_pixels(max_pixels)  # (Pillow is let open what the limit allows)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd chunks/EXIF: a header is all we want
