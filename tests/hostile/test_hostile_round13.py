@@ -4,6 +4,8 @@ animation as APNG or WebP was a video. Each test fails on the code before its fi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, features
@@ -197,3 +199,22 @@ def test_an_image_within_a_raised_pixel_limit_is_read_whatever_pillows_own_limit
     Image.new("RGB", (200, 100), "red").save(tmp_path / "bomb.png")  # Pillow's refusal: said against it too
     with pytest.raises(ResourceError, match="20,000 pixels is more than the limit of 5,000"):
         probe_kind(tmp_path / "bomb.png")
+
+
+def test_a_pairs_folder_lists_the_extensions_browsers_and_phones_write(tmp_path):
+    """A pairs folder of pictures saved from a browser on Windows (Chrome and Edge name a JPEG
+    ``.jfif``), AVIF images, ``.m4v`` (Apple's exports) or ``.3gp`` (phones) videos was "folder
+    ... holds no images or videos" (or those files were left out, silently): the listing took
+    seven image and six video extensions, though every file is read by its content."""
+    import json
+
+    from showo2_cli.training.records import Records, build_index
+    from showo2_cli.training.schema import DataSource
+
+    names = ["a.jfif", "b.AVIF", "c.m4v", "d.3gp", "e.apng", "f.mpg"]
+    for name in names + ["notes.md", ".hidden.jfif"]:
+        (tmp_path / "data" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "data" / name).write_bytes(b"x")
+    records = Records(*build_index(DataSource(kind="pairs", role="t2i", path=str(tmp_path / "data")), tmp_path / "i"))
+    assert sorted(Path(records[i]["path"]).name for i in range(len(records))) == names
+    assert json.dumps(records[0]).count(".txt") == 1

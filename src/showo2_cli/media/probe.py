@@ -36,10 +36,13 @@ from .frame_index import INDEXED_FORMATS, FrameIndex
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Extensions usually holding still images (for listing folders; kinds are probed by content).
-IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-#: Extensions usually holding videos (an animated GIF is a video).
-VIDEO_EXTS: tuple[str, ...] = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
+#: Extensions usually holding still images (for listing folders; kinds are probed by content):
+#: ``.jfif`` is what Chrome and Edge on Windows name a JPEG they save, ``.avif`` what browsers serve.
+IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".avif", ".bmp", ".tif", ".tiff")
+#: Extensions usually holding videos (an animated GIF or APNG is a video): ``.m4v`` (Apple's
+#: exports), ``.3gp`` (phones), ``.mpg``/``.mpeg`` and ``.ogv`` too.
+VIDEO_EXTS: tuple[str, ...] = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".apng", ".m4v", ".3gp", ".mpg",
+                               ".mpeg", ".ogv")
 #: Largest image / video frame (width * height) read by default; env ``SHOWO2_MAX_PIXELS``.
 DEFAULT_MAX_PIXELS: int = 8192 * 8192
 #: Environment variable overriding :data:`DEFAULT_MAX_PIXELS`.
