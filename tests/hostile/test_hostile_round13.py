@@ -218,3 +218,29 @@ def test_a_pairs_folder_lists_the_extensions_browsers_and_phones_write(tmp_path)
     records = Records(*build_index(DataSource(kind="pairs", role="t2i", path=str(tmp_path / "data")), tmp_path / "i"))
     assert sorted(Path(records[i]["path"]).name for i in range(len(records))) == names
     assert json.dumps(records[0]).count(".txt") == 1
+
+
+@pytest.mark.parametrize("chunk", ["zTXt", "iTXt"])
+def test_a_png_whose_compressed_metadata_pillow_refuses_is_said_so(tmp_path, chunk, capsys):
+    """A PNG holding a compressed text chunk of over 1 MB (an XMP packet, ImageMagick's raw EXIF or
+    XMP profile) was "not an image or video this tool can read (unknown format, truncated or
+    corrupt)" (caption, encode) or "truncated or corrupt file" (i2v): Pillow refuses its metadata
+    (a guard against zlib bombs), not its pixels. One line says so, and what to do; nothing written."""
+    from PIL import PngImagePlugin
+
+    from showo2_cli.cli import main
+    from showo2_cli.media import probe_kind, read_image
+
+    info = PngImagePlugin.PngInfo()
+    (info.add_text if chunk == "zTXt" else info.add_itxt)("XML:com.adobe.xmp", "x" * (1 << 20) + "y", zip=True)
+    p = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), "red").save(p, pnginfo=info)
+    for read in (probe_kind, read_image):
+        with pytest.raises(InputError, match=r"its metadata .* is more than Pillow reads; remove it \(mogrify -strip"):
+            read(p)
+    for args in (["caption", str(p)], ["i2v", str(p), "a cat", "-o", str(tmp_path / "o.mp4")]):
+        code = main([*args, "--model", "/nonexistent/model"])
+        err = capsys.readouterr().err
+        assert code == 3 and "more than Pillow reads" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["photo.png"]
+

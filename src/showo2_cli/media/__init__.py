@@ -32,7 +32,8 @@ The package re-exports everything below; import from ``showo2_cli.media`` rather
 submodule.
 
 * :mod:`~showo2_cli.media.probe`: file checks, :func:`probe_kind`, the pixel limit,
-  :func:`check_video`.
+  :func:`check_video`; :mod:`~showo2_cli.media.files`: :func:`read_limited` (the small files read
+  whole: configs, prompts, captions) and :func:`text_encoding`.
 * :mod:`~showo2_cli.media.image`: :func:`read_image`, :func:`write_image`.
 * :mod:`~showo2_cli.media.video`: :class:`Media`, :func:`read_video`, :func:`read_media`;
   :mod:`~showo2_cli.media.video_write`: :func:`write_video`.
@@ -51,6 +52,7 @@ from showo2_cli.errors import OutputError as OutputError
 from showo2_cli.errors import ResourceError as ResourceError
 from showo2_cli.errors import UsageError as UsageError
 
+from .files import read_limited, text_encoding
 from .geometry import (
     MAX_SIDE,
     frames_to_tensor,
@@ -91,8 +93,6 @@ from .probe import (
     check_input_file,
     check_video,
     probe_kind,
-    read_limited,
-    text_encoding,
 )
 from .video import (
     MAX_DECODED_BYTES,

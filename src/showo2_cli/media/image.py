@@ -30,6 +30,7 @@ from .probe import (
     check_not_heif_photo,
     decompression_bomb,
     error_detail,
+    metadata_refused,
     quote_path,
     resolve_max_pixels,
     too_large,
@@ -280,7 +281,7 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
     except PermissionError as e:
         raise InputError(f"{prefix}: permission denied") from e
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, EOFError, struct.error, ...
-        raise InputError(f"{prefix}: truncated or corrupt file ({error_detail(e)})") from e
+        raise metadata_refused(p, e) or InputError(f"{prefix}: truncated or corrupt file ({error_detail(e)})") from e
 
     try:
         with warnings.catch_warnings():

@@ -104,6 +104,20 @@ def decompression_bomb(path: PathLike, exc: BaseException, limit: int | None = N
     return ResourceError(f"image {quote_path(path)} is too large: {error_detail(exc)}")
 
 
+def metadata_refused(path: PathLike, exc: BaseException) -> InputError | None:
+    """Pillow refused a PNG for its metadata, not its pixels: a compressed text chunk (zTXt, iTXt:
+    XMP, ImageMagick's raw EXIF or XMP profile) or an ICC profile of more than 1 MB once
+    decompressed, or text chunks of more than 64 MB (``PngImagePlugin.MAX_TEXT_CHUNK`` and
+    ``MAX_TEXT_MEMORY``, its guards against zlib bombs). Said as such, with what to do: it was
+    "not an image or video this tool can read" (or "truncated or corrupt")."""
+    text = str(exc)
+    if not isinstance(exc, ValueError) or ("MAX_TEXT_CHUNK" not in text and "MAX_TEXT_MEMORY" not in text):
+        return None
+    return InputError(f"cannot read image {quote_path(path)}: its metadata (a compressed text chunk or ICC profile "
+                      "over 1 MB, or text over 64 MB) is more than Pillow reads; remove it (mogrify -strip, or "
+                      "exiftool -all=) and try again")
+
+
 def too_large(kind: str, path: PathLike, width: int, height: int, limit: int) -> ResourceError:
     return ResourceError(
         f"{kind} {quote_path(path)} is too large: {width}x{height} = {width * height:,} pixels is more than "
@@ -111,7 +125,7 @@ def too_large(kind: str, path: PathLike, width: int, height: int, limit: int) ->
     )
 
 
-def _missing(path: PathLike, what: str, error: type[Showo2Error] = InputError) -> Showo2Error:
+def missing_input(path: PathLike, what: str, error: type[Showo2Error] = InputError) -> Showo2Error:
     """The one message for an input path that does not exist: a broken symbolic link, a URL (the
     tools fetch none), else no such file."""
     p = Path(os.fspath(path))
@@ -135,7 +149,7 @@ def check_input_file(path: PathLike, what: str) -> Path:
     prefix = f"cannot read {what} {quote_path(p)}"
     try:
         if not p.exists():
-            raise _missing(path, what)
+            raise missing_input(path, what)
         if p.is_dir():
             raise InputError(f"{prefix}: is a directory, not a file")
         if not p.is_file():
@@ -147,60 +161,6 @@ def check_input_file(path: PathLike, what: str) -> Path:
     if not os.access(p, os.R_OK):
         raise InputError(f"{prefix}: permission denied")
     return p
-
-
-def read_limited(path: PathLike, limit: int, what: str, error: type[Showo2Error] = InputError) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes, in one bounded read: the one reader for
-    the small files a command takes whole (configs, prompts, captions). The file is opened without
-    blocking and judged by its descriptor, so a FIFO (which would wait for a writer for ever), a
-    device (``/dev/zero`` never ends) or a folder is refused before a byte is read, as is a file
-    whose size is over ``limit``; one that grows past ``limit`` while being read is refused after
-    ``limit + 1`` bytes. Every problem is one ``error`` line naming ``what`` and the path."""
-    p = Path(os.fspath(path))
-    prefix = f"cannot read {what} {quote_path(p)}"
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(p, flags)
-    except FileNotFoundError:
-        raise _missing(path, what, error) from None
-    except OSError as e:  # permission denied, a symbolic link loop, a name too long, ...
-        raise error(f"{prefix}: {error_detail(e)}") from None
-    data, problem = b"", None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            problem = "is a directory, not a file"
-        elif not stat.S_ISREG(st.st_mode):
-            problem = "not a regular file"
-        elif st.st_size <= limit:
-            with os.fdopen(os.dup(fd), "rb") as fh:
-                data = fh.read(limit + 1)
-    except OSError as e:  # an I/O error on a damaged disk
-        problem = error_detail(e)
-    finally:
-        os.close(fd)
-    if problem is not None:
-        raise error(f"{prefix}: {problem}")
-    if st.st_size > limit or len(data) > limit:  # said so, or grew past it while being read
-        raise error(f"{prefix}: larger than {_bytes_text(limit)}")
-    return data
-
-
-def text_encoding(head: bytes) -> str:
-    """The encoding of a text file a user saved, from its first bytes ``head``: UTF-16 when it opens
-    with UTF-16's byte-order mark (what Windows editors save as "Unicode", and what Windows
-    PowerShell's ``>`` and ``Out-File`` write), else UTF-8 with its byte-order mark, if any, dropped
-    (``utf-8-sig``: what Notepad and PowerShell's ``-Encoding UTF8`` write). The one choice for the
-    text files a command reads (prompts, training configs, captions, JSON and JSONL records)."""
-    return "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
-
-
-def _bytes_text(n: int) -> str:
-    """``16 MiB``, ``64 KiB``, ``100 bytes``."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n} bytes"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,11 +189,15 @@ def _pil_header(p: Path, max_pixels: int | None = None) -> tuple[str, tuple[int,
                 return fmt, size, animated
     except Image.DecompressionBombError as e:
         raise decompression_bomb(p, e, max_pixels) from e
+    except ValueError as e:
+        refused = metadata_refused(p, e)
+        if refused is not None:
+            raise refused from None
+        return None
     except (
         UnidentifiedImageError,
         OSError,
         SyntaxError,
-        ValueError,
         EOFError,
         IndexError,
         KeyError,
