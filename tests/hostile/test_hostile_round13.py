@@ -244,3 +244,32 @@ def test_a_png_whose_compressed_metadata_pillow_refuses_is_said_so(tmp_path, chu
         assert code == 3 and "more than Pillow reads" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(x.name for x in tmp_path.iterdir()) == ["photo.png"]
 
+
+def test_records_written_on_windows_or_with_a_relative_caption_file_are_read(tmp_path, monkeypatch):
+    """A data set made on Windows names its files ``images\\cat.png`` (os.path.join there): on
+    Linux every record was "no such file" and passed over, the run failing after 64 of them; a
+    record's relative ``caption_file`` was taken from the working folder, not the records file's,
+    so a run started elsewhere trained on empty captions (the unconditional row), silently."""
+    import json
+
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.data import make_sources
+    from test_train import tiny_config
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "captions").mkdir()
+    Image.new("RGB", (32, 32), "red").save(data / "images" / "cat.png")
+    (data / "captions" / "cat.txt").write_text("a red cat")
+    records = [{"path": "images\\cat.png", "caption_file": "captions\\cat.txt"},
+               {"image": "images/cat.png", "caption_file": "captions/cat.txt"}]
+    (data / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.chdir(tmp_path)  # not the records' folder
+    cfg = parse_config(tiny_config(tmp_path, data=[{"kind": "pairs", "role": "t2i", "path": str(data / "d.jsonl"),
+                                                    "resolution": 32}], batch={"t2i": 1}), source="c.toml")
+    source = make_sources(cfg, get_spec("tiny"), tmp_path / "index")[0]
+    for item in (0, 1):
+        sample = source.get(item)
+        assert sample.text == "a red cat" and sample.pixels.shape == (1, 32, 32, 3), item
+        assert sample.pixels[0, 16, 16].tolist() == [255, 0, 0]

@@ -257,8 +257,7 @@ class PairsSource(Source):
     def _media_path(self, rec: dict, i: int) -> Path:
         for key in ("path", "image", "video", "file_name", "file"):
             if isinstance(rec.get(key), str) and rec[key]:
-                p = _record_path(rec[key], f"'{self.spec.path}' record {i} {key}")
-                return p if p.is_absolute() else self.root / p
+                return _record_path(rec[key], f"'{self.spec.path}' record {i} {key}", self.root)
         raise InputError(f"'{self.spec.path}' record {i} has no path/image/video field")
 
     def _caption(self, rec: dict, i: int) -> str:
@@ -273,7 +272,7 @@ class PairsSource(Source):
         where = f"'{self.spec.path}' record {i} caption_file"
         if not isinstance(cap, str):
             raise InputError(f"{where} must be a path, got {type(cap).__name__}")
-        return read_caption_file(_record_path(cap, where), where)
+        return read_caption_file(_record_path(cap, where, self.root), where)
 
     def media(self, item: int) -> str | None:
         return self._identity(self._media_path(self.records[item], item))
@@ -348,8 +347,7 @@ class LlavaSource(Source):
             raise InputError(f"'{self.spec.path}' record {item} {media_key} must be a path, got {type(ref).__name__}")
         if not ref:
             return None
-        p = _record_path(ref, f"'{self.spec.path}' record {item} {media_key}")
-        return p if p.is_absolute() else self.root / p
+        return _record_path(ref, f"'{self.spec.path}' record {item} {media_key}", self.root)
 
     def media(self, item: int) -> str | None:
         return self._identity(self._media_path(self.records[item], item))
@@ -538,11 +536,22 @@ def collate(samples: list[Sample]) -> list[Sample]:
 MAX_CAPTION_BYTES = 1 << 20
 
 
-def _record_path(text: str, where: str) -> Path:
+def _record_path(text: str, where: str, root: Path) -> Path:
+    """The file a record names: ``~`` expanded, a relative path taken from ``root`` (the records
+    file's folder, or the source's ``root``: a relative ``caption_file`` was taken from the working
+    folder, so a run started elsewhere trained on empty captions). A path written on Windows
+    (``images\\cat.jpg``: a data set made there) is read with ``/`` where only that names a file:
+    every such record was unreadable, passed over."""
     try:
-        return Path(text).expanduser()
+        p = Path(text).expanduser()
     except RuntimeError as e:  # "~nosuchuser/..."
         raise InputError(f"{where}: {one_line(e, 80)}") from None
+    p = p if p.is_absolute() else root / p
+    if "\\" in text and not os.path.lexists(p):
+        other = _record_path(text.replace("\\", "/"), where, root)
+        if os.path.lexists(other):
+            return other
+    return p
 
 
 def read_caption_file(path: Path, where: str) -> str:
