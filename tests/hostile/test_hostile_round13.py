@@ -205,13 +205,14 @@ def test_a_pairs_folder_lists_the_extensions_browsers_and_phones_write(tmp_path)
     """A pairs folder of pictures saved from a browser on Windows (Chrome and Edge name a JPEG
     ``.jfif``), AVIF images, ``.m4v`` (Apple's exports) or ``.3gp`` (phones) videos was "folder
     ... holds no images or videos" (or those files were left out, silently): the listing took
-    seven image and six video extensions, though every file is read by its content."""
+    seven image and six video extensions, though every file is read by its content. An iPhone's
+    ``.HEIC`` photos were left out likewise: now listed, each is refused saying what to do."""
     import json
 
     from showo2_cli.training.records import Records, build_index
     from showo2_cli.training.schema import DataSource
 
-    names = ["a.jfif", "b.AVIF", "c.m4v", "d.3gp", "e.apng", "f.mpg"]
+    names = ["a.jfif", "b.AVIF", "c.m4v", "d.3gp", "e.apng", "f.mpg", "g.HEIC"]
     for name in names + ["notes.md", ".hidden.jfif"]:
         (tmp_path / "data" / name).parent.mkdir(exist_ok=True)
         (tmp_path / "data" / name).write_bytes(b"x")
