@@ -303,3 +303,31 @@ def test_a_training_video_is_fitted_frame_by_frame_not_held_at_its_size(tmp_path
     assert pixels.shape == (17, 64, 64, 3) and np.array_equal(pixels, expected)
     assert peak < 8 << 20, f"{peak / 2**20:.1f} MiB"  # (3.8 MiB; 15.4 MiB before)
     assert _read_visual(tmp_path / "clip.mp4", 64, 17, "crop", True, 481) is None  # min_res: the decoded size
+
+
+def test_a_hugging_face_imagefolder_trains_on_its_captions(tmp_path):
+    """A data folder in the Hugging Face ``imagefolder`` layout (images and a ``metadata.jsonl`` of
+    ``{"file_name": ..., "text": ...}``) was listed as images with ``.txt`` captions: it has none,
+    so every image trained as the empty caption (the unconditional row), silently. Its records are
+    read now, the file names taken from the folder."""
+    import json
+
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.data import make_sources
+    from test_train import tiny_config
+
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    colours = {"red": (255, 0, 0), "blue": (0, 0, 255)}
+    for name, rgb in colours.items():
+        Image.new("RGB", (32, 32), rgb).save(data / "train" / f"{name}.png")
+    (data / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"train/{n}.png", "text": f"a {n} square"})
+                                                 + "\n" for n in colours))
+    cfg = parse_config(tiny_config(tmp_path, data=[{"kind": "pairs", "role": "t2i", "path": str(data),
+                                                    "resolution": 32}], batch={"t2i": 1}), source="c.toml")
+    source = make_sources(cfg, get_spec("tiny"), tmp_path / "index")[0]
+    assert source.size() == 2
+    for item, (name, rgb) in enumerate(colours.items()):
+        sample = source.get(item)
+        assert sample.text == f"a {name} square" and sample.pixels[0, 16, 16].tolist() == list(rgb)

@@ -18,6 +18,8 @@ from .schema import DataSource
 #: one record (a JSONL line, an element of a JSON array): larger is no caption or conversation,
 #: and parsing it would take memory without bound (a 400 MB line was killed at 22 GB)
 MAX_RECORD_BYTES = 8 << 20
+#: the records of a Hugging Face ``imagefolder`` data set, in its folder
+METADATA_FILE = "metadata.jsonl"
 
 
 def _file_key(path: Path) -> str:
@@ -140,11 +142,15 @@ def _json_array(path: Path, f, chunk: int, decoder, utf8):
 def build_index(source: DataSource, index_dir: Path) -> tuple[Path, Path]:
     """(records file, offsets file) for a pairs/llava source, building them once.
 
-    A ``.jsonl`` is indexed in place; a folder of pairs becomes a listing JSONL; a ``.json``
+    A ``.jsonl`` is indexed in place; a folder of pairs becomes a listing JSONL, unless it holds a
+    ``metadata.jsonl`` (a Hugging Face ``imagefolder``: its records name the files, ``file_name``,
+    and their captions; listed, every caption was empty, the unconditional row); a ``.json``
     array is converted to JSONL incrementally. Safe to call from several processes at once.
     """
     path = Path(source.path)
     index_dir.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and (path / METADATA_FILE).is_file():
+        path = path / METADATA_FILE  # its relative file names are the folder's (the source's root)
     if path.is_dir():
         key = _folder_key(path)
         records = index_dir / f"{key}.listing.jsonl"
