@@ -331,3 +331,20 @@ def test_a_hugging_face_imagefolder_trains_on_its_captions(tmp_path):
     for item, (name, rgb) in enumerate(colours.items()):
         sample = source.get(item)
         assert sample.text == f"a {name} square" and sample.pixels[0, 16, 16].tolist() == list(rgb)
+
+
+def test_a_pairs_folder_takes_a_caption_file_as_kohya_names_it(tmp_path):
+    """kohya-ss's captioners (make_captions.py) write ``image.caption``: a folder of such pairs
+    trained every image as the empty caption, silently. A ``.caption`` is read where no ``.txt`` is."""
+    from showo2_cli.training.data import read_caption_file
+    from showo2_cli.training.records import Records, build_index
+    from showo2_cli.training.schema import DataSource
+
+    for name in ("a", "b"):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "a.caption").write_text("a black square")
+    (tmp_path / "b.caption").write_text("not this one")
+    (tmp_path / "b.txt").write_text("the txt first")
+    records = Records(*build_index(DataSource(kind="pairs", role="t2i", path=str(tmp_path)), tmp_path / ".index"))
+    captions = [read_caption_file(Path(records[i]["caption_file"]), "caption") for i in range(len(records))]
+    assert captions == ["a black square", "the txt first"]

@@ -204,7 +204,10 @@ def _list_folder(folder: Path, out: Path) -> None:
             for name in sorted(filenames):
                 p = Path(dirpath) / name
                 if p.suffix.lower() in exts and not name.startswith("."):
-                    f.write(json.dumps({"path": str(p), "caption_file": str(p.with_suffix(".txt"))}) + "\n")
+                    caption = p.with_suffix(".txt")  # else kohya-ss's captioners' .caption (empty: none)
+                    if not caption.exists() and p.with_suffix(".caption").is_file():
+                        caption = p.with_suffix(".caption")
+                    f.write(json.dumps({"path": str(p), "caption_file": str(caption)}) + "\n")
                     count += 1
         if count == 0:  # inside the writer: nothing is published
             raise InputError(f"folder '{folder}' holds no images or videos")
