@@ -33,7 +33,7 @@ submodule.
 
 * :mod:`~showo2_cli.media.probe`: file checks, :func:`probe_kind`, the pixel limit,
   :func:`check_video`; :mod:`~showo2_cli.media.files`: :func:`read_limited` (the small files read
-  whole: configs, prompts, captions) and :func:`text_encoding`.
+  whole: configs, prompts, captions), :func:`text_encoding` and :func:`decode_text`.
 * :mod:`~showo2_cli.media.image`: :func:`read_image`, :func:`write_image`.
 * :mod:`~showo2_cli.media.video`: :class:`Media`, :func:`read_video`, :func:`read_media`;
   :mod:`~showo2_cli.media.video_write`: :func:`write_video`.
@@ -52,7 +52,7 @@ from showo2_cli.errors import OutputError as OutputError
 from showo2_cli.errors import ResourceError as ResourceError
 from showo2_cli.errors import UsageError as UsageError
 
-from .files import read_limited, text_encoding
+from .files import decode_text, read_limited, text_encoding
 from .geometry import (
     MAX_SIDE,
     frames_to_tensor,
@@ -160,6 +160,7 @@ __all__ = [
     "pixel_frames",
     "probe_kind",
     "read_limited",
+    "decode_text",
     "text_encoding",
     "read_image",
     "image_input",

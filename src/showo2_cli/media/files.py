@@ -50,12 +50,19 @@ def read_limited(path: PathLike, limit: int, what: str, error: type[Showo2Error]
 
 
 def text_encoding(head: bytes) -> str:
-    """The encoding of a text file a user saved, from its first bytes ``head``: UTF-16 when it opens
-    with UTF-16's byte-order mark (what Windows editors save as "Unicode", and what Windows
-    PowerShell's ``>`` and ``Out-File`` write), else UTF-8 with its byte-order mark, if any, dropped
-    (``utf-8-sig``: what Notepad and PowerShell's ``-Encoding UTF8`` write). The one choice for the
-    text files a command reads (prompts, training configs, captions, JSON and JSONL records)."""
-    return "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    """The encoding of a text file a user saved, from its first bytes ``head``: ``"utf-16"`` when it
+    opens with UTF-16's byte-order mark (what Windows editors save as "Unicode", and what Windows
+    PowerShell's ``>`` and ``Out-File`` write), else ``"utf-8"``, whose byte-order mark (what Notepad
+    and PowerShell's ``-Encoding UTF8`` write) is no text: :func:`decode_text` drops it. The one
+    choice for the text files a command reads (prompts, training configs, captions, records)."""
+    return "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8"
+
+
+def decode_text(data: bytes, errors: str = "strict") -> str:
+    """The text of a file a user saved (:func:`text_encoding`), a UTF-8 byte-order mark dropped; the
+    position of a :class:`UnicodeDecodeError` is the byte's in the file."""
+    text = data.decode(text_encoding(data), errors)
+    return text[1:] if text[:1] == "\ufeff" else text
 
 
 def _bytes_text(n: int) -> str:

@@ -138,7 +138,7 @@ def toml_module() -> types.ModuleType:
 
 def read_raw(path: Path) -> dict:
     """The file's mapping: TOML (``.toml``) or YAML (``.yaml``/``.yml``) or JSON (``.json``)."""
-    from ..media import read_limited, text_encoding
+    from ..media import decode_text, read_limited
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -146,7 +146,7 @@ def read_raw(path: Path) -> dict:
     # folder; a FIFO waited for ever, /dev/zero was read until memory ran out)
     data = read_limited(path, MAX_CONFIG_BYTES, "config", UsageError)
     try:  # UTF-8 (a byte-order mark, as Notepad writes, was "not valid TOML"), or UTF-16 with its mark
-        text = data.decode(text_encoding(data))
+        text = decode_text(data)
     except UnicodeDecodeError as e:
         raise UsageError(f"cannot read config '{path}': {e}") from e
     try:

@@ -562,15 +562,14 @@ def read_caption_file(path: Path, where: str) -> str:
     (its byte-order mark dropped: it was trained on as a character opening the caption) or UTF-16
     with its byte-order mark (Notepad's "Unicode": it was trained on as NULs and U+FFFD); bytes
     that are not text are read as U+FFFD."""
-    from ..media import read_limited, text_encoding
+    from ..media import decode_text, read_limited
 
     try:
         if not path.exists():  # a pair without a caption
             return ""
     except OSError as e:
         raise InputError(f"{where} '{path}' cannot be read: {one_line(e, 80)}") from None
-    data = read_limited(path, MAX_CAPTION_BYTES, where)
-    return data.decode(text_encoding(data), errors="replace").strip()
+    return decode_text(read_limited(path, MAX_CAPTION_BYTES, where), errors="replace").strip()
 
 
 def loader(dataset: TrainingData, sampler: StepSampler, num_workers: int, worker_init_fn=None):

@@ -69,12 +69,12 @@ def _scan_lines(path: Path, out_offsets: Path) -> None:
 
 
 def _encoding(path: Path) -> str:
-    """The text encoding of a records file (:func:`~showo2_cli.media.text_encoding`: UTF-8, a
-    byte-order mark dropped, or UTF-16 with its mark)."""
+    """The text encoding of a records file, for an incremental decoder: UTF-16 with its byte-order
+    mark, else UTF-8 with its mark, if any, dropped (:func:`~showo2_cli.media.text_encoding`)."""
     from ..media import text_encoding
 
     with open(path, "rb") as f:
-        return text_encoding(f.read(2))
+        return "utf-16" if text_encoding(f.read(2)) == "utf-16" else "utf-8-sig"
 
 
 def iter_json_array(path: Path, chunk: int = 1 << 20):
