@@ -31,9 +31,10 @@ Layout
 The package re-exports everything below; import from ``showo2_cli.media`` rather than from a
 submodule.
 
-* :mod:`~showo2_cli.media.probe`: file checks, :func:`probe_kind`, the pixel limit,
-  :func:`check_video`; :mod:`~showo2_cli.media.files`: :func:`read_limited` (the small files read
-  whole: configs, prompts, captions), :func:`text_encoding` and :func:`decode_text`.
+* :mod:`~showo2_cli.media.files`: :func:`check_input_file` (every reader's first check),
+  :func:`read_limited` (the small files read whole: configs, prompts, captions),
+  :func:`text_encoding` and :func:`decode_text`; :mod:`~showo2_cli.media.probe`:
+  :func:`probe_kind`, the pixel limit, :func:`check_video`.
 * :mod:`~showo2_cli.media.image`: :func:`read_image`, :func:`write_image`.
 * :mod:`~showo2_cli.media.video`: :class:`Media`, :func:`read_video`, :func:`read_media`;
   :mod:`~showo2_cli.media.video_write`: :func:`write_video`.

@@ -1,15 +1,63 @@
-"""The small files a command reads whole (configs, prompts, captions, training records): one bounded
-reader that never blocks or reads without end, and the one choice of their text encoding."""
+"""Input files: the first check of every reader (:func:`check_input_file`: a missing path, a folder,
+a device, an empty file, a Git LFS pointer), and the small files a command reads whole (configs,
+prompts, captions, training records): one bounded reader that never blocks or reads without end,
+and the one choice of their text encoding."""
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
+from typing import Union
 
-from showo2_cli.errors import InputError, Showo2Error, error_detail
+from showo2_cli.errors import InputError, Showo2Error, UsageError, error_detail, short
 
-from .probe import PathLike, missing_input, quote_path
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def quote_path(path: PathLike) -> str:
+    """The path quoted for a one-line message."""
+    text = os.fspath(path)
+    return "'" + text.replace("\n", "\\n").replace("\r", "\\r") + "'"
+
+
+def missing_input(path: PathLike, what: str, error: type[Showo2Error] = InputError) -> Showo2Error:
+    """The one message for an input path that does not exist: a broken symbolic link, a URL (the
+    tools fetch none), else no such file."""
+    p = Path(os.fspath(path))
+    if p.is_symlink():
+        return error(f"cannot read {what} {quote_path(p)}: broken symbolic link")
+    text = os.fspath(path)  # a URL (the CLI's Path made "https://x" "https:/x"): say so
+    collapsed = re.match(r"(?i)(https?|ftps?|s3|gs|hf|file):/(?!/)", text) if isinstance(text, str) else None
+    if collapsed:
+        text = collapsed[1] + ("://" if collapsed[1].lower() != "file" else ":///") + text[collapsed.end():]
+    if isinstance(text, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", text):
+        return error(f"cannot read {what} {short(text, 80)}: URLs are not fetched; download the file and pass its path")
+    return error(f"cannot read {what} {quote_path(p)}: no such file")
+
+
+def check_input_file(path: PathLike, what: str) -> Path:
+    """Refuse a missing path, a folder, a special file or an empty file."""
+    try:
+        p = Path(os.fspath(path))
+    except TypeError as e:
+        raise UsageError(f"not a file path: {short(repr(path), 60)} (a {type(path).__name__})") from e
+    prefix = f"cannot read {what} {quote_path(p)}"
+    try:
+        if not p.exists():
+            raise missing_input(path, what)
+        if p.is_dir():
+            raise InputError(f"{prefix}: is a directory, not a file")
+        if not p.is_file():
+            raise InputError(f"{prefix}: not a regular file")
+        if p.stat().st_size == 0:
+            raise InputError(f"{prefix}: empty file")
+    except OSError as e:  # permission denied on a parent folder, name too long, ...
+        raise InputError(f"{prefix}: {error_detail(e)}") from e
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{prefix}: permission denied")
+    return p
 
 
 def read_limited(path: PathLike, limit: int, what: str, error: type[Showo2Error] = InputError) -> bytes:

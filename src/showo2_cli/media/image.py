@@ -14,6 +14,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
 
 from .animation import ANIMATED_FORMATS
+from .files import PathLike, check_input_file, quote_path
 from .metadata import (
     JPEG_MAX_EXIF_BYTES,
     METADATA_KEY,
@@ -24,14 +25,11 @@ from .metadata import (
 )
 from .outputs import atomic_output
 from .probe import (
-    PathLike,
     av_video_info,
-    check_input_file,
     check_not_heif_photo,
     decompression_bomb,
     error_detail,
     metadata_refused,
-    quote_path,
     resolve_max_pixels,
     too_large,
 )

@@ -11,7 +11,8 @@ from PIL import Image, UnidentifiedImageError
 
 from showo2_cli.errors import InputError
 
-from .probe import PathLike, check_input_file, error_detail, quote_path
+from .files import PathLike, check_input_file, quote_path
+from .probe import error_detail
 
 #: PNG tEXt key holding the compact JSON metadata written by :func:`write_image`.
 METADATA_KEY = "showo2"

@@ -19,7 +19,8 @@ from pathlib import Path
 from showo2_cli.errors import OutputError, OutputExists, Showo2Error, UsageError
 
 from ..launch import INTERRUPTS
-from .probe import PathLike, error_detail, quote_path
+from .files import PathLike, quote_path
+from .probe import error_detail
 
 
 def check_output_name(path: PathLike) -> None:

@@ -1,8 +1,9 @@
-"""File checks and probing: what a media file is, whether it can be read, whether it is too large.
+"""Probing: what a media file is, whether it can be read, whether it is too large.
 
 Files are judged by their content (headers, container structure), decoding as little as
-possible. :func:`check_input_file` and :func:`resolve_max_pixels` are the first checks of every
-reader in :mod:`showo2_cli.media`; :func:`check_video` checks a video without decoding it.
+possible. :func:`~showo2_cli.media.files.check_input_file` and :func:`resolve_max_pixels` are
+the first checks of every reader in :mod:`showo2_cli.media`; :func:`check_video` checks a video
+without decoding it.
 """
 
 from __future__ import annotations
@@ -18,23 +19,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
-from typing import Union
 
 from PIL import Image, UnidentifiedImageError
 
 from showo2_cli.errors import (
     InputError,
     ResourceError,
-    Showo2Error,
     UsageError,
     error_detail,
-    short,
 )
 
 from .animation import ANIMATED_FORMATS
+from .files import PathLike, check_input_file, quote_path
 from .frame_index import INDEXED_FORMATS, FrameIndex
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 #: Extensions usually holding still images (for listing folders; kinds are probed by content):
 #: ``.jfif`` is what Chrome and Edge on Windows name a JPEG they save, ``.avif`` what browsers serve;
@@ -54,12 +51,6 @@ MAX_PIXELS_ENV = "SHOWO2_MAX_PIXELS"
 # ---------------------------------------------------------------------------------------------
 # small helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def quote_path(path: PathLike) -> str:
-    """The path quoted for a one-line message."""
-    text = os.fspath(path)
-    return "'" + text.replace("\n", "\\n").replace("\r", "\\r") + "'"
 
 
 def resolve_max_pixels(max_pixels: int | None) -> int:
@@ -125,44 +116,6 @@ def too_large(kind: str, path: PathLike, width: int, height: int, limit: int) ->
         f"{kind} {quote_path(path)} is too large: {width}x{height} = {width * height:,} pixels is more than "
         f"the limit of {limit:,} (set {MAX_PIXELS_ENV} to raise it)"
     )
-
-
-def missing_input(path: PathLike, what: str, error: type[Showo2Error] = InputError) -> Showo2Error:
-    """The one message for an input path that does not exist: a broken symbolic link, a URL (the
-    tools fetch none), else no such file."""
-    p = Path(os.fspath(path))
-    if p.is_symlink():
-        return error(f"cannot read {what} {quote_path(p)}: broken symbolic link")
-    text = os.fspath(path)  # a URL (the CLI's Path made "https://x" "https:/x"): say so
-    collapsed = re.match(r"(?i)(https?|ftps?|s3|gs|hf|file):/(?!/)", text) if isinstance(text, str) else None
-    if collapsed:
-        text = collapsed[1] + ("://" if collapsed[1].lower() != "file" else ":///") + text[collapsed.end():]
-    if isinstance(text, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", text):
-        return error(f"cannot read {what} {short(text, 80)}: URLs are not fetched; download the file and pass its path")
-    return error(f"cannot read {what} {quote_path(p)}: no such file")
-
-
-def check_input_file(path: PathLike, what: str) -> Path:
-    """Refuse a missing path, a folder, a special file or an empty file."""
-    try:
-        p = Path(os.fspath(path))
-    except TypeError as e:
-        raise UsageError(f"not a file path: {short(repr(path), 60)} (a {type(path).__name__})") from e
-    prefix = f"cannot read {what} {quote_path(p)}"
-    try:
-        if not p.exists():
-            raise missing_input(path, what)
-        if p.is_dir():
-            raise InputError(f"{prefix}: is a directory, not a file")
-        if not p.is_file():
-            raise InputError(f"{prefix}: not a regular file")
-        if p.stat().st_size == 0:
-            raise InputError(f"{prefix}: empty file")
-    except OSError as e:  # permission denied on a parent folder, name too long, ...
-        raise InputError(f"{prefix}: {error_detail(e)}") from e
-    if not os.access(p, os.R_OK):
-        raise InputError(f"{prefix}: permission denied")
-    return p
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,17 +17,15 @@ from showo2_cli.errors import InputError, ResourceError, UsageError
 from showo2_cli.options import DEFAULT_FPS
 
 from .animation import PilFrames
+from .files import PathLike, check_input_file, quote_path
 from .frame_index import decode_picked, uniform_indices
 from .geometry import check_count, display_orientation, display_width, orient
 from .image import image_input, is_animated, read_image
 from .probe import (
-    PathLike,
-    check_input_file,
     check_video_structure,
     error_detail,
     pil_animation,
     probe_kind,
-    quote_path,
     resolve_max_pixels,
     too_large,
     video_streams,

@@ -14,10 +14,11 @@ from PIL import Image
 
 from showo2_cli.errors import OutputError, UsageError
 
+from .files import PathLike, quote_path
 from .image import PIL_FORMATS, write_image
 from .metadata import container_comment, metadata_json
 from .outputs import atomic_output
-from .probe import PathLike, error_detail, quote_path
+from .probe import error_detail
 from .video import MAX_FPS, MIN_FPS
 
 #: Extensions :func:`write_video` can write (plus image extensions for a single frame).
