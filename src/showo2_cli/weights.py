@@ -282,6 +282,11 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"weight file '{path}' is missing")
     if not regular:  # a FIFO or a device would block or never end
         raise ModelError(f"weight file '{path}' is not a regular file")
+    from .media import LFS_ADVICE, lfs_pointer
+
+    if lfs_pointer(path, path.stat().st_size):  # was "not a safetensors or PyTorch checkpoint"
+        raise ModelError(f"weight file '{path}' is a Git LFS pointer, not the weights ({LFS_ADVICE}, or get the "
+                         "model with showo2 pull)")
     suffix = path.suffix.lower()
     safetensors = suffix == ".safetensors" or looks_like_safetensors(path)  # also a .bin holding safetensors
     if safetensors:

@@ -348,3 +348,35 @@ def test_a_pairs_folder_takes_a_caption_file_as_kohya_names_it(tmp_path):
     records = Records(*build_index(DataSource(kind="pairs", role="t2i", path=str(tmp_path)), tmp_path / ".index"))
     captions = [read_caption_file(Path(records[i]["caption_file"]), "caption") for i in range(len(records))]
     assert captions == ["a black square", "the txt first"]
+
+
+POINTER = (b"version https://git-lfs.github.com/spec/v1\n"
+           b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 3145728\n")
+
+
+def test_git_lfs_pointers_are_said_to_be_pointers(tiny_model_dir, tmp_path, capsys):
+    """`git clone` of a Hugging Face model or data set where git-lfs is not installed leaves a
+    130-byte pointer in place of each large file: a model folder so cloned was "not a safetensors
+    or PyTorch checkpoint (truncated or corrupt: ... header too large)" (exit 4), a picture "not a
+    PNG/JPEG/WebP/BMP/TIFF/GIF image (unknown format, truncated or corrupt)", or "not an image or
+    video this tool can read" (exit 3). Each is said to be a Git LFS pointer, with what to do."""
+    import shutil
+
+    from showo2_cli.cli import main
+    from showo2_cli.errors import ModelError
+    from showo2_cli.loading import load
+    from showo2_cli.media import probe_kind, read_image
+
+    (tmp_path / "cat.png").write_bytes(POINTER)
+    for read in (probe_kind, read_image):
+        with pytest.raises(InputError, match=r"cat.png': a Git LFS pointer, not the file \(.*git lfs pull"):
+            read(tmp_path / "cat.png")
+    cloned = tmp_path / "cloned"
+    shutil.copytree(tiny_model_dir, cloned)
+    weights = next(p for p in sorted(cloned.glob("*.safetensors")))
+    weights.write_bytes(POINTER)
+    with pytest.raises(ModelError, match=r"is a Git LFS pointer, not the weights \(.*git lfs pull"):
+        load(cloned, need=())
+    assert main(["caption", str(tmp_path / "cat.png"), "--model", str(cloned)]) == 3
+    err = capsys.readouterr().err
+    assert "a Git LFS pointer" in err and len(err.strip().splitlines()) == 1, err

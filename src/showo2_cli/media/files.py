@@ -37,8 +37,29 @@ def missing_input(path: PathLike, what: str, error: type[Showo2Error] = InputErr
     return error(f"cannot read {what} {quote_path(p)}: no such file")
 
 
+#: how a Git LFS pointer file begins: a repository cloned without Git LFS (``git clone`` of a Hugging
+#: Face model or data set where git-lfs is not installed) holds one, of about 130 bytes, in place
+#: of each large file (weights, images, videos)
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+#: what to do about one
+LFS_ADVICE = "the repository was cloned without Git LFS: run 'git lfs install' and 'git lfs pull' in it"
+
+
+def lfs_pointer(path: Path, size: int) -> bool:
+    """Whether the regular file ``path`` of ``size`` bytes is a Git LFS pointer (at most 1 KB,
+    opening with :data:`LFS_POINTER`, as the Git LFS specification has it)."""
+    if size > 1024:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(LFS_POINTER)) == LFS_POINTER
+    except OSError:  # said by the reader
+        return False
+
+
 def check_input_file(path: PathLike, what: str) -> Path:
-    """Refuse a missing path, a folder, a special file or an empty file."""
+    """Refuse a missing path, a folder, a special file, an empty file or a Git LFS pointer (it was
+    "not an image", "not a video this tool can read" or "not a safetensors file")."""
     try:
         p = Path(os.fspath(path))
     except TypeError as e:
@@ -51,8 +72,11 @@ def check_input_file(path: PathLike, what: str) -> Path:
             raise InputError(f"{prefix}: is a directory, not a file")
         if not p.is_file():
             raise InputError(f"{prefix}: not a regular file")
-        if p.stat().st_size == 0:
+        size = p.stat().st_size
+        if size == 0:
             raise InputError(f"{prefix}: empty file")
+        if lfs_pointer(p, size):
+            raise InputError(f"{prefix}: a Git LFS pointer, not the file ({LFS_ADVICE})")
     except OSError as e:  # permission denied on a parent folder, name too long, ...
         raise InputError(f"{prefix}: {error_detail(e)}") from e
     if not os.access(p, os.R_OK):
