@@ -282,11 +282,14 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"weight file '{path}' is missing")
     if not regular:  # a FIFO or a device would block or never end
         raise ModelError(f"weight file '{path}' is not a regular file")
-    from .media import LFS_ADVICE, lfs_pointer
+    from .media import LFS_ADVICE, MARKUP_ADVICE, lfs_pointer, markup
 
     if lfs_pointer(path, path.stat().st_size):  # was "not a safetensors or PyTorch checkpoint"
         raise ModelError(f"weight file '{path}' is a Git LFS pointer, not the weights ({LFS_ADVICE}, or get the "
                          "model with showo2 pull)")
+    found = markup(path)
+    if found is not None:  # `wget` of a "blob" link: "not a safetensors ... header too large"
+        raise ModelError(f"weight file '{path}' is {found}, not the weights ({MARKUP_ADVICE[found]})")
     suffix = path.suffix.lower()
     safetensors = suffix == ".safetensors" or looks_like_safetensors(path)  # also a .bin holding safetensors
     if safetensors:

@@ -380,3 +380,34 @@ def test_git_lfs_pointers_are_said_to_be_pointers(tiny_model_dir, tmp_path, caps
     assert main(["caption", str(tmp_path / "cat.png"), "--model", str(cloned)]) == 3
     err = capsys.readouterr().err
     assert "a Git LFS pointer" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_saved_web_page_or_an_svg_is_said_to_be_one(tiny_model_dir, tmp_path, capsys):
+    """`wget https://huggingface.co/.../blob/main/model.safetensors` (or a GitHub "blob" link, or a
+    sign-in page) saves the HTML page: a picture so saved was "not an image or video this tool can
+    read (unknown format, truncated or corrupt)", weights "not a safetensors or PyTorch checkpoint
+    (... header too large)"; an SVG drawing was "not a PNG/JPEG/... image". Each is said as what it
+    is, with what to do, before anything loads."""
+    import shutil
+
+    from showo2_cli.cli import main
+    from showo2_cli.errors import ModelError
+    from showo2_cli.loading import load
+    from showo2_cli.media import probe_kind, read_image, read_video
+
+    page = b"\n<!DOCTYPE html>\n<html class=\"\" lang=\"en\">\n<head><title>cat.png</title></head></html>\n"
+    (tmp_path / "cat.png").write_bytes(page)
+    (tmp_path / "clip.mp4").write_bytes(page)
+    (tmp_path / "logo.png").write_bytes(b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>\n')
+    for read, name, said in ((probe_kind, "cat.png", "an HTML page"), (read_image, "cat.png", "an HTML page"),
+                             (read_video, "clip.mp4", "an HTML page"), (read_image, "logo.png", "an SVG drawing")):
+        with pytest.raises(InputError, match=f"{name}': it is {said} "):
+            read(tmp_path / name)
+    cloned = tmp_path / "saved"
+    shutil.copytree(tiny_model_dir, cloned)
+    next(p for p in sorted(cloned.glob("*.safetensors"))).write_bytes(page)
+    with pytest.raises(ModelError, match="is an HTML page, not the weights"):
+        load(cloned, need=())
+    assert main(["i2v", str(tmp_path / "logo.png"), "a cat", "-o", str(tmp_path / "o.mp4")]) == 3
+    err = capsys.readouterr().err
+    assert "it is an SVG drawing (this tool reads no vector graphics" in err and len(err.strip().splitlines()) == 1

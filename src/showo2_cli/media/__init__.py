@@ -53,7 +53,7 @@ from showo2_cli.errors import OutputError as OutputError
 from showo2_cli.errors import ResourceError as ResourceError
 from showo2_cli.errors import UsageError as UsageError
 
-from .files import LFS_ADVICE, decode_text, lfs_pointer, read_limited, text_encoding
+from .files import LFS_ADVICE, MARKUP_ADVICE, decode_text, lfs_pointer, markup, read_limited, text_encoding
 from .geometry import (
     MAX_SIDE,
     frames_to_tensor,
@@ -164,6 +164,8 @@ __all__ = [
     "decode_text",
     "lfs_pointer",
     "LFS_ADVICE",
+    "markup",
+    "MARKUP_ADVICE",
     "text_encoding",
     "read_image",
     "image_input",

@@ -48,18 +48,40 @@ LFS_ADVICE = "the repository was cloned without Git LFS: run 'git lfs install' a
 def lfs_pointer(path: Path, size: int) -> bool:
     """Whether the regular file ``path`` of ``size`` bytes is a Git LFS pointer (at most 1 KB,
     opening with :data:`LFS_POINTER`, as the Git LFS specification has it)."""
-    if size > 1024:
-        return False
+    return size <= 1024 and _head(path).startswith(LFS_POINTER)
+
+
+def markup(path: Path) -> str | None:
+    """What a file that is markup, not media or weights, is: ``"an HTML page"`` (what ``wget`` or
+    ``curl`` of a web page's address saves: a Hugging Face or GitHub "blob" link, a sign-in page),
+    ``"an SVG drawing"`` (vector graphics, which no reader here rasterizes), else None."""
+    head = _head(path).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    if head.startswith(b"<svg") or (head.startswith((b"<?xml", b"<!doctype svg")) and b"<svg" in head):
+        return "an SVG drawing"
+    return None
+
+
+#: what to do about :func:`markup`
+MARKUP_ADVICE = {"an HTML page": "a web page was saved, not the file: download the file itself, from a Hugging "
+                                 "Face 'resolve' or a GitHub 'raw' link",
+                 "an SVG drawing": "this tool reads no vector graphics: export it as PNG first"}
+
+
+def _head(path: Path, size: int = 512) -> bytes:
+    """The first ``size`` bytes of a regular file (nothing where it cannot be read: said by the reader)."""
     try:
         with open(path, "rb") as fh:
-            return fh.read(len(LFS_POINTER)) == LFS_POINTER
-    except OSError:  # said by the reader
-        return False
+            return fh.read(size)
+    except OSError:
+        return b""
 
 
 def check_input_file(path: PathLike, what: str) -> Path:
-    """Refuse a missing path, a folder, a special file, an empty file or a Git LFS pointer (it was
-    "not an image", "not a video this tool can read" or "not a safetensors file")."""
+    """Refuse a missing path, a folder, a special file, an empty file, a Git LFS pointer or a web
+    page (:func:`markup`; they were "not an image", "not a video this tool can read" or "not a
+    safetensors file")."""
     try:
         p = Path(os.fspath(path))
     except TypeError as e:
@@ -77,6 +99,9 @@ def check_input_file(path: PathLike, what: str) -> Path:
             raise InputError(f"{prefix}: empty file")
         if lfs_pointer(p, size):
             raise InputError(f"{prefix}: a Git LFS pointer, not the file ({LFS_ADVICE})")
+        found = markup(p)
+        if found is not None:
+            raise InputError(f"{prefix}: it is {found} ({MARKUP_ADVICE[found]})")
     except OSError as e:  # permission denied on a parent folder, name too long, ...
         raise InputError(f"{prefix}: {error_detail(e)}") from e
     if not os.access(p, os.R_OK):
