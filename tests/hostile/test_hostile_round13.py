@@ -411,3 +411,34 @@ def test_a_saved_web_page_or_an_svg_is_said_to_be_one(tiny_model_dir, tmp_path, 
     assert main(["i2v", str(tmp_path / "logo.png"), "a cat", "-o", str(tmp_path / "o.mp4")]) == 3
     err = capsys.readouterr().err
     assert "it is an SVG drawing (this tool reads no vector graphics" in err and len(err.strip().splitlines()) == 1
+
+
+def test_conversations_as_llama_factory_and_trl_write_them_train_with_their_pictures(tmp_path):
+    """Conversation data in the OpenAI-style ShareGPT layout LLaMA-Factory and TRL read
+    (``messages`` of ``{role, content}``, pictures in an ``images`` list) was "record 0 has no
+    conversations", every record passed over; LLaVA's ``conversations`` with an ``images`` list
+    trained as text-only conversations, their pictures never seen, silently."""
+    import json
+
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.data import make_sources
+    from test_train import tiny_config
+
+    for name, rgb in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        Image.new("RGB", (32, 32), rgb).save(tmp_path / f"{name}.png")
+    records = [
+        {"messages": [{"role": "user", "content": "<image>What colour is it?"},
+                      {"role": "assistant", "content": "Red."}], "images": ["red.png"]},
+        {"conversations": [{"from": "human", "value": "<image>And this?"}, {"from": "gpt", "value": "Blue."}],
+         "images": ["blue.png"]},
+    ]
+    (tmp_path / "chat.json").write_text(json.dumps(records))
+    cfg = parse_config(tiny_config(tmp_path, data=[{"kind": "llava", "role": "mmu", "path": str(tmp_path / "chat.json"),
+                                                    "resolution": 32}], batch={"mmu": 1}), source="c.toml")
+    source = make_sources(cfg, get_spec("tiny"), tmp_path / "index")[0]
+    expected = [([("<image>What colour is it?", "Red.")], (255, 0, 0)), ([("<image>And this?", "Blue.")], (0, 0, 255))]
+    for item, (turns, rgb) in enumerate(expected):
+        sample = source.get(item)
+        assert sample.turns == turns and sample.has_visual, item
+        assert sample.pixels is not None and sample.pixels[0, 16, 16].tolist() == list(rgb)

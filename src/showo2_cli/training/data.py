@@ -313,18 +313,21 @@ class LlavaSource(Source):
 
     def get(self, item: int, pixels: bool = True) -> Sample | None:
         rec = self.records[item]
-        convs = rec.get("conversations")
+        # LLaVA's conversations of {from, value}, or the {role, content} messages of the OpenAI-style
+        # ShareGPT data LLaMA-Factory and TRL read ("has no conversations": every record passed over)
+        convs = rec.get("conversations") if rec.get("conversations") is not None else rec.get("messages")
         if not isinstance(convs, list) or not convs:
             raise InputError(f"'{self.spec.path}' record {item} has no conversations")
         turns, question = [], None
         for turn in convs:
-            if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            text = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
+            if not isinstance(text, str):
                 raise InputError(f"'{self.spec.path}' record {item} has a malformed conversation turn")
-            who = str(turn.get("from", "")).lower()
+            who = str(turn.get("from", turn.get("role", ""))).lower()
             if who in ("human", "user"):
-                question = turn["value"]
+                question = text
             elif who in ("gpt", "assistant") and question is not None:
-                turns.append((question, turn["value"]))
+                turns.append((question, text))
                 question = None
         if not turns:
             raise InputError(f"'{self.spec.path}' record {item} has no human/gpt turn pair")
@@ -342,7 +345,9 @@ class LlavaSource(Source):
     def _media_path(self, rec: dict, item: int) -> Path | None:
         """The record's image or video (None: a conversation about no media)."""
         media_key = "video" if self.video else "image"
-        ref = rec.get(media_key) or rec.get("image") or rec.get("video")
+        # "images"/"videos": LLaMA-Factory's lists (a record naming its picture so trained without it, silently)
+        ref = rec.get(media_key) or rec.get(media_key + "s") or rec.get("image") or rec.get("video") or \
+            rec.get("images") or rec.get("videos")
         if isinstance(ref, list):
             ref = ref[0] if ref else None
         if ref is not None and ref != "" and not isinstance(ref, str):
