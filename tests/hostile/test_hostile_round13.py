@@ -307,9 +307,9 @@ def test_a_training_video_is_fitted_frame_by_frame_not_held_at_its_size(tmp_path
 
 def test_a_hugging_face_imagefolder_trains_on_its_captions(tmp_path):
     """A data folder in the Hugging Face ``imagefolder`` layout (images and a ``metadata.jsonl`` of
-    ``{"file_name": ..., "text": ...}``) was listed as images with ``.txt`` captions: it has none,
-    so every image trained as the empty caption (the unconditional row), silently. Its records are
-    read now, the file names taken from the folder."""
+    ``{"file_name": ..., "text": ...}``, or a ``metadata.csv``) was listed as images with ``.txt``
+    captions: it has none, so every image trained as the empty caption (the unconditional row),
+    silently. Its records are read now, the file names taken from the folder."""
     import json
 
     from showo2_cli.specs import get_spec
@@ -331,6 +331,12 @@ def test_a_hugging_face_imagefolder_trains_on_its_captions(tmp_path):
     for item, (name, rgb) in enumerate(colours.items()):
         sample = source.get(item)
         assert sample.text == f"a {name} square" and sample.pixels[0, 16, 16].tolist() == list(rgb)
+    # its metadata.csv, as Excel saves it (a byte-order mark, CRLF, a caption quoted for its comma)
+    (data / "metadata.jsonl").unlink()
+    (data / "metadata.csv").write_bytes('file_name,text\r\ntrain/red.png,"a red square, alone"\r\n'
+                                        'train/blue.png,a blue square\r\n'.encode("utf-8-sig"))
+    source = make_sources(cfg, get_spec("tiny"), tmp_path / "index")[0]
+    assert [source.get(i).text for i in range(source.size())] == ["a red square, alone", "a blue square"]
 
 
 def test_a_pairs_folder_takes_a_caption_file_as_kohya_names_it(tmp_path):

@@ -18,8 +18,8 @@ from .schema import DataSource
 #: one record (a JSONL line, an element of a JSON array): larger is no caption or conversation,
 #: and parsing it would take memory without bound (a 400 MB line was killed at 22 GB)
 MAX_RECORD_BYTES = 8 << 20
-#: the records of a Hugging Face ``imagefolder`` data set, in its folder
-METADATA_FILE = "metadata.jsonl"
+#: the records of a Hugging Face ``imagefolder`` data set, in its folder (JSONL or CSV)
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 
 
 def _file_key(path: Path) -> str:
@@ -143,14 +143,15 @@ def build_index(source: DataSource, index_dir: Path) -> tuple[Path, Path]:
     """(records file, offsets file) for a pairs/llava source, building them once.
 
     A ``.jsonl`` is indexed in place; a folder of pairs becomes a listing JSONL, unless it holds a
-    ``metadata.jsonl`` (a Hugging Face ``imagefolder``: its records name the files, ``file_name``,
-    and their captions; listed, every caption was empty, the unconditional row); a ``.json``
-    array is converted to JSONL incrementally. Safe to call from several processes at once.
+    ``metadata.jsonl`` or ``metadata.csv`` (a Hugging Face ``imagefolder``: its records name the
+    files, ``file_name``, and their captions; listed, every caption was empty, the unconditional
+    row); a ``.json`` array, and a ``.csv`` with a header line, are converted to JSONL
+    incrementally. Safe to call from several processes at once.
     """
     path = Path(source.path)
     index_dir.mkdir(parents=True, exist_ok=True)
-    if path.is_dir() and (path / METADATA_FILE).is_file():
-        path = path / METADATA_FILE  # its relative file names are the folder's (the source's root)
+    if path.is_dir():  # its relative file names are the folder's (the source's root)
+        path = next((path / name for name in METADATA_FILES if (path / name).is_file()), path)
     if path.is_dir():
         key = _folder_key(path)
         records = index_dir / f"{key}.listing.jsonl"
@@ -176,11 +177,28 @@ def build_index(source: DataSource, index_dir: Path) -> tuple[Path, Path]:
         with atomic_output(records, overwrite=True) as tmp, open(tmp, "w", encoding="utf-8") as out:
             if jsonl:  # UTF-16 (PowerShell's `>`): its lines split at the byte 0A lost the first record
                 _to_utf8(path, out)
+            elif path.suffix.lower() == ".csv":
+                for row in _csv_rows(path):
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
             else:
                 for element in iter_json_array(path):
                     out.write(json.dumps(element, ensure_ascii=False) + "\n")
         _scan_lines(records, offsets)
     return records, offsets
+
+
+def _csv_rows(path: Path):
+    """The rows of a CSV file with a header line (a Hugging Face ``imagefolder``'s ``metadata.csv``),
+    each a record of its named fields, streamed: UTF-8 (Excel's byte-order mark dropped) or UTF-16
+    with its mark; a row's fields past the header are left out."""
+    import csv
+
+    try:
+        with open(path, encoding=_encoding(path), newline="") as f:
+            for row in csv.DictReader(f):
+                yield {k: v for k, v in row.items() if k is not None}
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise InputError(f"'{path}' is not a CSV file with a header line ({one_line(e, 120)})") from None
 
 
 def _to_utf8(path: Path, out, chunk: int = 1 << 20) -> None:
