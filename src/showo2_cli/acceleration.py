@@ -44,7 +44,8 @@ def apply(bundle, options: RuntimeOptions | None):
     if options.attn != "sdpa":
         net.set_attention(options.attn)
     if options.quantize != "none":
-        quantize_network(net, options.quantize)
+        if bundle.quantize == "none":  # (loading.load quantizes as it places the weights: placement.place)
+            quantize_network(net, options.quantize)
         bundle.quantize = options.quantize
     if options.compile:
         compile_network(net)
@@ -55,28 +56,39 @@ def apply(bundle, options: RuntimeOptions | None):
     return bundle
 
 
-def _linear_filter(net) -> callable:
+def _linear_filter(net, within: str | None = None) -> callable:
     tied = bool(getattr(net.spec, "tie_word_embeddings", False))
 
     def wanted(module: nn.Module, name: str) -> bool:
         if not isinstance(module, nn.Linear) or not name.startswith(QUANTIZED_PREFIXES):
+            return False
+        if within is not None and name != within and not name.startswith(within + "."):
             return False
         return not (tied and name == "showo.lm_head")  # a tied head shares the (unquantized) embedding
 
     return wanted
 
 
-def quantize_network(net: nn.Module, method: str = "int8wo") -> int:
+def quantized_size(net: nn.Module, within: str) -> int:
+    """Weights (elements) that :func:`quantize_network` quantizes under the module named ``within``."""
+    wanted = _linear_filter(net, within)
+    return sum(m.weight.numel() for name, m in net.named_modules() if wanted(m, name))
+
+
+def quantize_network(net: nn.Module, method: str = "int8wo", within: str | None = None) -> int:
     """Weight-only ``int8wo`` (torchao) or ``nf4`` (bitsandbytes) for the LLM's and flow head's
-    linear layers; returns how many were quantized."""
+    linear layers (only those under the module named ``within``, when given: one group of
+    :func:`showo2_cli.placement.place`, whose tensors have memory of their own); returns how many
+    were quantized."""
     if method not in ("int8wo", "nf4"):
         raise UsageError(f"unknown quantization '{method}'")
-    count = _quantize_nf4(net) if method == "nf4" else _quantize_int8(net)
-    _release_weight_file(net)
+    count = _quantize_nf4(net, within) if method == "nf4" else _quantize_int8(net, within)
+    if within is None:
+        release_weight_file(net)
     return count
 
 
-def _release_weight_file(net: nn.Module) -> None:
+def release_weight_file(net: nn.Module) -> None:
     """Give the tensors left unquantized memory of their own. A load memory-maps the weights file
     and its tensors live in that mapping; quantizing read every page of the quantized weights, and
     those pages stayed in the process (its RSS) for as long as any other tensor of the file kept
@@ -89,19 +101,20 @@ def _release_weight_file(net: nn.Module) -> None:
                 t.data = t.data.clone()
 
 
-def _quantize_int8(net: nn.Module) -> int:
+def _quantize_int8(net: nn.Module, within: str | None) -> int:
     try:
         with quiet_imports():  # torchao's import-time warnings
             from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError as e:
         raise UsageError("--quantize int8wo needs torchao 0.18: pip install 'showo2[quant]'") from e
-    wanted = _linear_filter(net)
+    wanted = _linear_filter(net, within)
     count = sum(1 for name, m in net.named_modules() if wanted(m, name))
-    quantize_(net, Int8WeightOnlyConfig(), filter_fn=wanted)
+    if count:
+        quantize_(net, Int8WeightOnlyConfig(), filter_fn=wanted)
     return count
 
 
-def _quantize_nf4(net: nn.Module) -> int:
+def _quantize_nf4(net: nn.Module, within: str | None) -> int:
     """Replace each wanted ``nn.Linear`` by a ``bitsandbytes.nn.Linear4bit`` holding its weight in
     NF4 (quantized where the weight lies, CPU or CUDA); compute in the weight's own dtype."""
     try:
@@ -109,7 +122,7 @@ def _quantize_nf4(net: nn.Module) -> int:
             import bitsandbytes as bnb
     except ImportError as e:
         raise UsageError("--quantize nf4 needs bitsandbytes >= 0.50: pip install 'showo2[quant]'") from e
-    wanted = _linear_filter(net)
+    wanted = _linear_filter(net, within)
     names = [name for name, m in net.named_modules() if wanted(m, name)]
     for name in names:
         old = net.get_submodule(name)

@@ -53,10 +53,12 @@ def check_state_dict(model: torch.nn.Module, state: dict, where: str) -> None:
 
 
 def build_network(spec: ModelSpec, state: dict | None, dtype: torch.dtype, where: str = "weights",
-                  heads: tuple[str, ...] = ALL_HEADS):
+                  heads: tuple[str, ...] = ALL_HEADS, placed: bool = False):
     """The Show-o2 network; with a state dict, built on 'meta' and filled without extra copies.
     ``heads``: the heads built (:data:`~showo2_cli.modeling.showo2.HEADS`); the weights are checked
-    whole, a head left out is neither converted nor kept (``Showo2Model.leave_out``)."""
+    whole, a head left out is neither converted nor kept (``Showo2Model.leave_out``). ``placed``:
+    the weights are checked and left on 'meta' for :func:`~showo2_cli.placement.place` (the RoPE
+    tables built on the CPU)."""
     from .modeling.showo2 import Showo2Model
 
     if state is None:
@@ -69,6 +71,9 @@ def build_network(spec: ModelSpec, state: dict | None, dtype: torch.dtype, where
         model = Showo2Model(spec)
     check_state_dict(model, state, where)
     left_out = tuple(name + "." for name in model.leave_out(heads))
+    if placed:
+        model.reset_buffers("cpu")
+        return model
     state = {k: (v if v.dtype == dtype else v.to(dtype)) for k, v in state.items() if not k.startswith(left_out)}
     if spec.tie_word_embeddings:
         state.pop("showo.lm_head.weight", None)
@@ -126,11 +131,11 @@ class HeadLoader:
     @cpu_by_default  # as load: a caller's default device ("cuda", "meta") made peft's LoRA layers there
     @torch.inference_mode(False)  # a caller's inference mode would make the weights inference tensors
     def __call__(self, network, heads: tuple[str, ...], judged: bool = False) -> None:
-        from .acceleration import compile_flow_head, compile_options, quantize_network
+        from .acceleration import compile_flow_head, compile_options
         from .footprint import in_gb, network_bytes
-        from .lora import merge_recorded
         from .modeling.parts import NotLoaded
         from .modeling.showo2 import HEADS
+        from .placement import attach, place_from_files
         from .runtime import check_memory
         from .weights import file_stamp
 
@@ -162,22 +167,14 @@ class HeadLoader:
                 prefix = name + "."
                 part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
                 check_fit(module.state_dict(), part, self.where, what=f"the network's {name}")
-                part = {k: (v if v.dtype == self.dtype else v.to(self.dtype)) for k, v in part.items()}
-                module.load_state_dict(part, strict=True, assign=True)
                 module.train(network.training)  # before quantizing, as load's .eval() came before it
-                parent, _, child = name.rpartition(".")
-                owner = holder
-                for step in parent.split(".") if parent else ():
-                    if not hasattr(owner, step):
-                        owner.add_module(step, torch.nn.Module())
-                    owner = getattr(owner, step)
-                owner.add_module(child, module)
-            del state
-            merge_recorded(holder, self.adapters, names)  # (on the CPU in the load's dtype, as on load)
-            holder.to(device=self.device)
+                attach(holder, name, module)
             runtime = self.runtime
-            if runtime is not None and runtime.quantize != "none":
-                quantize_network(holder, runtime.quantize)
+            quantize = runtime.quantize if runtime is not None else "none"
+            # as on load: quantized, each group read with memory of its own, merged (on the CPU in the
+            # load's dtype), moved and quantized in turn; else assigned from the mapped file, as a load's
+            place_from_files(holder, names, self.weights, state, self.dtype, self.device, self.adapters, quantize)
+            del state
             if runtime is not None and runtime.compile and hasattr(holder, "diffusion_head_a"):
                 compile_flow_head(holder, **compile_options(network.attn, self.device))
             here = network.image_embedder_gen.proj.weight  # where and how the network is now
@@ -345,7 +342,9 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     ``{"path", "weight"}``, as outputs record it; :func:`~showo2_cli.lora.given_adapters`);
     ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`) brings the attention backend,
     quantization, compilation and VAE tiling (:func:`showo2_cli.acceleration.apply`), applied after
-    the adapters are merged, then its CPU offload (:func:`showo2_cli.runtime.enable_offload`);
+    the adapters are merged (a quantized network is placed layer by layer, each layer merged, moved
+    and quantized before the next is read: :mod:`showo2_cli.placement`), then its CPU offload
+    (:func:`showo2_cli.runtime.enable_offload`);
     its ``max_memory_gb`` is the memory limit of the model's jobs that give none; its ``device`` and
     ``dtype`` (when not ``auto``) place the model unless ``device``/``dtype`` are given (default: the
     CPU in float32; ``"auto"`` the best; arguments that disagree with them are refused: the one
@@ -370,7 +369,9 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     from .acceleration import apply
     from .hub_auth import hub_access
     from .lora import adapted_layers, as_given, fetch_adapter, given_adapters, merge_adapters
+    from .modeling.parts import NotLoaded
     from .modeling.vae_files import check_parts, load_vae
+    from .placement import place_from_files
     from .tokenizer import add_showo2_tokens, load_tokenizer
 
     start = time.perf_counter()
@@ -397,11 +398,18 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     spec = spec_from_files(files, state)
     for ref in () if shapes_checked else lora:  # an official config: its sizes known now, before the network is built
         adapted_layers(spec, ref)
-    network = build_network(spec, state, dtype, where=str(files.root), heads=() if heads is None else heads).eval()
-    del state
-    # LoRA adapters are merged into what is loaded; a head left out is matched and checked on 'meta',
-    # and merged when it loads (HeadLoader)
+    # quantized: the network is placed group by group (placement.place), its adapters merged and
+    # each layer quantized on its device as it comes, so the whole unquantized network never exists
+    quantize = runtime.quantize if runtime is not None else "none"
+    network = build_network(spec, state, dtype, where=str(files.root), heads=() if heads is None else heads,
+                            placed=quantize != "none").eval()
+    # LoRA adapters are merged into what is loaded; a head left out (or a network to be placed) is
+    # matched and checked on 'meta', and merged when it loads (HeadLoader, placement.place)
     adapters = merge_adapters(network, lora, record=loader.adapters, weights=weights) if lora else []
+    recorded = list(loader.adapters)  # (to be placed: every layer; the head loader keeps its heads')
+    if quantize != "none":
+        out = tuple(n + "." for n, m in network.named_modules() if isinstance(m, NotLoaded))
+        loader.adapters[:] = [(f, [n for n in names if (n + ".").startswith(out)], *w) for f, names, *w in recorded]
     adapters = [as_given(t, f, a, w) for t, f, a, w in zip(typed, lora, adapters, weights, strict=True)]
     loader.record_adapters()
     if network.loaded_heads() != ALL_HEADS:
@@ -421,9 +429,19 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
         raise ModelError(f"the model in '{files.root}' does not fit its VAE '{files.vae}': its config says {wrong}")
     bundle = Showo2(spec, network, tokenizer, tokens, vae_model, files)
     bundle.adapters = adapters
+    bundle.quantize = quantize  # (quantized as placed: apply leaves it)
     bundle.vae_given = os.fspath(vae) if vae is not None else None
     bundle.max_memory_gb = runtime.max_memory_gb if runtime is not None else None
-    bundle.to(device=device if offload == "none" else "cpu")  # offloaded: kept in CPU memory, run on device
+    target = device if offload == "none" else "cpu"  # offloaded: kept in CPU memory, run on device
+    if quantize == "none":
+        bundle.to(device=target)
+    else:  # each layer read, merged, moved and quantized in turn
+        place_from_files(network, [n for n, _ in network.named_children()], files.weights, state, dtype, target,
+                         recorded, quantize)
+        network.tie_lm_head()
+        if vae_model is not None:
+            vae_model.to(device=target)
+    del state
     apply(bundle, runtime)
     enable_offload(bundle, offload, device)
     bundle.load_seconds = time.perf_counter() - start

@@ -400,16 +400,25 @@ def _apply(network: torch.nn.Module, ref, name: str, left_out: list[str], weight
     return folder, _merge_one(network, config, state, folder, name, left_out, weight)
 
 
-def merge_recorded(network: torch.nn.Module, recorded: list, within: list[str]) -> None:
+def merge_recorded(network: torch.nn.Module, recorded: list, within: list[str], read: dict | None = None) -> None:
     """Merge the adapters of ``recorded`` (what :func:`merge_adapters` recorded: ``(folder, names)``
     or ``(folder, names, weight)``) into the layers under ``within`` (modules of ``network`` that
     were left out then and are loaded now, under their names at the time), as merging them then
-    would have: the same layers, ranks, scales, weights and tensors, in the same order, through peft."""
+    would have: the same layers, ranks, scales, weights and tensors, in the same order, through peft.
+    ``read``: a dict keeping each adapter as read (:func:`read_adapter`) for the next call (a load
+    placing its groups one by one, :func:`showo2_cli.placement.place`)."""
+    import copy
+
     for i, (folder, names, *weight) in enumerate(recorded):
         names = [n for n in names if any(n == w or n.startswith(w + ".") for w in within)]
         if not names:
             continue
-        config, state, folder = read_adapter(folder)
+        if read is None or folder not in read:
+            found = read_adapter(folder)
+            if read is not None:
+                read[folder] = found
+        config, state, folder = read[folder] if read is not None else found
+        config = copy.deepcopy(config)  # (its target_modules are set below)
         config.target_modules = set(names)  # the layers matched then, by their full names
         state = {k: v for k, v in state.items() if k.removeprefix(PEFT_PREFIX).split(".lora_")[0] in names}
         with warnings.catch_warnings():  # the patterns of the other layers (matched on load) match none here
@@ -438,7 +447,9 @@ def _merge_one(network: torch.nn.Module, config, state: dict, folder, name: str,
     if weight != 1.0:  # (1.0: the scale untouched, the merge bit for bit what it was)
         for _, module in layers:
             module.scaling[name] *= weight
-    names = [n for n, _ in layers if any(n == w or n.startswith(w + ".") for w in left_out)]
+    # (a layer still on 'meta': of a part left out, or of a network placed later, placement.place)
+    names = [n for n, m in layers if m.get_base_layer().weight.is_meta
+             or any(n == w or n.startswith(w + ".") for w in left_out)]
     unload(network, merge=True, adapter_name=name)
     return names
 

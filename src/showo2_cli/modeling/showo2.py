@@ -158,14 +158,19 @@ class Showo2Model(nn.Module):
                 module.gradient_checkpointing = enable
         self.head_checkpointing = enable
 
-    def reset_buffers(self) -> None:
-        """Rebuild the non-persistent buffers (RoPE tables), e.g. after building on 'meta'."""
-        device = self.device
+    def reset_buffers(self, device=None) -> None:
+        """Rebuild the non-persistent buffers (RoPE tables), e.g. after building on 'meta', on
+        ``device`` (by default the network's), and tie a tied ``lm_head`` to the embedding."""
+        device = self.device if device is None else device
         llm = self.showo.model
         llm.rotary_emb = type(llm.rotary_emb)(self.showo.config).to(device)
         self.head_rotary.reset_buffers(device)
+        self.tie_lm_head()
+
+    def tie_lm_head(self) -> None:
+        """A tied ``lm_head`` takes the token embedding's tensor (after the embedding was assigned)."""
         if self.spec.tie_word_embeddings:
-            self.showo.lm_head.weight = llm.embed_tokens.weight
+            self.showo.lm_head.weight = self.showo.model.embed_tokens.weight
 
     def left_out_modules(self, heads: tuple[str, ...]) -> list[str]:
         """Names of the modules of the :data:`HEADS` not in ``heads`` (a tied ``lm_head`` is the

@@ -1,0 +1,129 @@
+"""A network's weights placed one group at a time: a quantized load (``--quantize``) and a head
+loaded on first use (:class:`~showo2_cli.loading.HeadLoader`).
+
+A group is one transformer layer (of the LLM, of the semantic layers), one flow-head block, the
+``lm_head``, or another part of the network that holds no list of layers (the embedding, a
+projector). Each group in turn is read (:class:`~showo2_cli.weights.TensorReader`: memory of its
+own), converted to the load's dtype, given the LoRA adapters merged on load
+(:func:`~showo2_cli.lora.merge_recorded`: adapters merge before quantizing), moved to its device
+and quantized (:func:`~showo2_cli.acceleration.quantize_network`); its unquantized copy is let go
+before the next group is read. So no more than about one layer's unquantized weights exist
+beyond the quantized model at any time, in CPU memory and on the device alike (the 7B in bf16
+used to be placed whole on the GPU, about 17 GB, before it was quantized). Each step is the
+one a load of the whole network takes, tensor by tensor, so the weights are the same bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+def _holds_list(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.ModuleList) for m in module.modules())
+
+
+def groups(module: nn.Module, name: str) -> Iterator[tuple[str, bool]]:
+    """``(name, whole)`` of the groups of ``module`` (named ``name`` in its network), in order: a
+    module holding no list of layers is one group (``whole``); one that does is split into its
+    children, its own tensors (if any) a group of their own (not ``whole``)."""
+    if not _holds_list(module):
+        yield name, True
+        return
+    if _own_keys(module):
+        yield name, False
+    for child_name, child in module.named_children():
+        yield from groups(child, f"{name}.{child_name}")
+
+
+def _own_keys(module: nn.Module) -> list[str]:
+    """The names of the module's own parameters and persistent buffers (not its children's)."""
+    return [n for n, p in module._parameters.items() if p is not None] + [
+        n for n, b in module._buffers.items() if b is not None and n not in module._non_persistent_buffers_set]
+
+
+@torch.no_grad()
+def place(holder: nn.Module, names: list[str], read: Callable[[str], torch.Tensor], dtype: torch.dtype,
+          device, adapters: list = (), quantize: str = "none") -> None:
+    """Fill the modules ``names`` of ``holder`` (a network, or a module holding a network's modules
+    under their names; their tensors on 'meta', fit-checked) group by group: each tensor ``read``
+    by its full name, converted to ``dtype``, the recorded LoRA ``adapters`` merged, moved to
+    ``device`` and quantized (``quantize``: ``none``, ``int8wo``, ``nf4``). A left-out head
+    (:class:`~showo2_cli.modeling.parts.NotLoaded`) and a tied ``lm_head`` (the embedding's tensor)
+    are not groups."""
+    from .acceleration import quantize_network, quantized_size
+    from .lora import merge_recorded
+    from .modeling.parts import NotLoaded
+
+    tied = bool(getattr(getattr(holder, "spec", None), "tie_word_embeddings", False))
+    read_adapters: dict = {}  # each adapter read once
+    todo = [g for top in names for g in groups(holder.get_submodule(top), top)]
+    if quantize != "none":  # the largest to quantize first: quantizing a layer takes several times its
+        # bytes for a moment (torchao's int8 on the CPU: a 0.47 GB lm_head +1.7 GB), best while little else is held
+        todo.sort(key=lambda g: -quantized_size(holder, g[0]) if g[1] else 0)
+    for group, whole in todo:
+        module = holder.get_submodule(group)
+        if isinstance(module, NotLoaded) or (tied and group == "showo.lm_head"):
+            continue
+        if not whole:  # (tensors of a module holding layers: moved as read, no adapter targets them)
+            module.load_state_dict({k: _as(read(f"{group}.{k}"), dtype).to(device) for k in _own_keys(module)},
+                                   strict=False, assign=True)
+            continue
+        module.load_state_dict({k: _as(read(f"{group}.{k}"), dtype) for k in module.state_dict()},
+                               strict=True, assign=True)
+        if adapters:  # (peft walks only the group: it alone, under its name, in a holder of its own)
+            merge_recorded(attach(nn.Module(), group, module), adapters, [group], read_adapters)
+        module.to(device=device)
+        if quantize != "none":
+            quantize_network(holder, quantize, within=group)
+
+
+def place_from_files(holder: nn.Module, names: list[str], weights, state: dict, dtype: torch.dtype, device,
+                     adapters: list, quantize: str) -> None:
+    """:func:`place` the modules ``names`` of ``holder`` from the weight files ``weights``
+    (``state``: what :func:`~showo2_cli.weights.read_state_dict` read of them, memory-mapped): a
+    quantized load through a :class:`~showo2_cli.weights.TensorReader` (each group read with memory
+    of its own, converted, merged, moved, quantized and let go in turn); any other assigned from
+    ``state``, as an unquantized load is."""
+    from .acceleration import release_weight_file
+    from .weights import TensorReader
+
+    if quantize == "none":
+        place(holder, names, state.__getitem__, dtype, device, adapters)
+        return
+    with TensorReader(weights, state) as read:
+        place(holder, names, read, dtype, device, adapters, quantize)
+    if not read.own_memory:  # a pickle's tensors, mapped: what was not converted or moved gets its own memory
+        release_weight_file(holder)
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free blocks back to the system (glibc's ``malloc_trim``; elsewhere nothing):
+    the groups read and let go leave free blocks that glibc keeps (an 8-layer 1.5B-wide int8wo load:
+    RSS 1.87 GB after it, 1.71 GB trimmed, what the load holding the file's pages had before)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def attach(holder: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """Put ``module`` into ``holder`` under its dotted ``name`` (plain modules made for the parts
+    of the name missing); returns ``holder``."""
+    parent, _, child = name.rpartition(".")
+    owner = holder
+    for step in parent.split(".") if parent else ():
+        if not hasattr(owner, step):
+            owner.add_module(step, nn.Module())
+        owner = getattr(owner, step)
+    owner.add_module(child, module)
+    return holder
