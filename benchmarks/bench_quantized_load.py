@@ -16,6 +16,13 @@ before the next one (``/proc/self/clear_refs``):
 * ``quantize``: ``acceleration.apply`` (``quantize_network``: each linear layer quantized, then the
   tensors left unquantized copied out of the mapping).
 
+Since probe BK a quantized load places the network group by group instead (``placement.place``:
+each layer read with memory of its own, converted, merged, moved and quantized in turn), the stage
+``place+quantize``; ``build`` then only checks the file and builds on 'meta', and ``place`` and
+``quantize`` (the VAE, the other options) have nothing left to do. ``--code LABEL=SRC ...`` runs every
+variant under each source folder in turn (the code before and after a change, side by side and
+interleaved, each row labelled).
+
 and the RSS after the load. Variants are ``FILE->LOAD:METHOD``, e.g. ``bf16->fp32:int8wo`` (a
 bf16 file, as the official releases ship, loaded in float32, the CPU's default, then quantized).
 
@@ -30,6 +37,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -104,13 +112,21 @@ def child(variant: str, folder: str, out_path: Path) -> None:
     loading.build_network = timed("build", loading.build_network)
     loading.Showo2.to = timed("place", loading.Showo2.to)
     acceleration.apply = timed("quantize", acceleration.apply)
+    try:  # since probe BK a quantized load places and quantizes the network layer by layer here
+        import showo2_cli.placement as placement
+    except ImportError:  # (the code before it, measured side by side)
+        placement = None
+    if placement is not None:
+        placement.place = timed("place+quantize", placement.place)
     _, _, method = variant.partition(":")
     load_dtype = variant.split("->")[1].split(":")[0]
     start = _status()
+    began = time.perf_counter()
     model = loading.load(folder, need=(), dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[load_dtype],
                          runtime=RuntimeOptions(quantize=method))
+    seconds = time.perf_counter() - began
     end = _status()
-    result = {"variant": variant, "rss_start": start["VmRSS"], "rss_after_load": end["VmRSS"],
+    result = {"variant": variant, "seconds": seconds, "rss_start": start["VmRSS"], "rss_after_load": end["VmRSS"],
               "rss_file_after_load": end.get("RssFile"), "peak_overall": max(s["peak"] for s in stages.values()),
               "weight_bytes": weight_bytes(model.network), "stages": stages,
               "file_bytes": (Path(folder) / "model.safetensors").stat().st_size}
@@ -125,6 +141,8 @@ def main() -> None:
     ap.add_argument("--semantic-layers", type=int, default=1)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--results", type=Path, default=HERE / "results" / "quantized-load.json")
+    ap.add_argument("--code", nargs="*", default=[],
+                    help="LABEL=SRC: run each variant with each of these source folders in turn (side by side)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -136,17 +154,20 @@ def main() -> None:
     folders = make_folders(args)
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    codes = [c.partition("=")[::2] for c in args.code] or [("this", None)]
     for variant in args.variants:
-        out = args.work / "result.json"
-        out.unlink(missing_ok=True)
-        folder = folders[variant.split("->")[0]]
-        subprocess.run([sys.executable, __file__, "--child", variant, "--folder", folder, "--out", str(out)],
-                       check=True, env=env)
-        row = json.loads(out.read_text())
-        rows.append(row)
-        gb = {k: round(v / 1e9, 2) for k, v in row.items() if isinstance(v, int)}
-        per_stage = {k: round(s["peak"] / 1e9, 2) for k, s in row["stages"].items()}
-        print(variant, gb, "stage peaks GB:", per_stage, flush=True)
+        for label, src in codes:  # interleaved: each variant under each code, one after the other
+            out = args.work / "result.json"
+            out.unlink(missing_ok=True)
+            folder = folders[variant.split("->")[0]]
+            child_env = {**env, "PYTHONPATH": src} if src else env
+            subprocess.run([sys.executable, __file__, "--child", variant, "--folder", folder, "--out", str(out)],
+                           check=True, env=child_env)
+            row = {"code": label, **json.loads(out.read_text())}
+            rows.append(row)
+            gb = {k: round(v / 1e9, 2) for k, v in row.items() if isinstance(v, int)}
+            per_stage = {k: round(s["peak"] / 1e9, 2) for k, s in row["stages"].items()}
+            print(label, variant, gb, f"{row['seconds']:.2f} s", "stage peaks GB:", per_stage, flush=True)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps({"machine": platform.platform(), "python": sys.version.split()[0],
                                         "layers": [args.llm_layers, args.head_layers, args.semantic_layers],
