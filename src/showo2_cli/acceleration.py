@@ -14,9 +14,10 @@
 4-bit goes through bitsandbytes, not torchao: torchao 0.18's int4 weight-only formats need CUDA
 (``plain`` needs ``mslk``, ``tile_packed_to_4d`` CUDA, ``plain_int32`` has no CPU kernel), while
 bitsandbytes' NF4 runs on both. The swap is done here rather than by accelerate's
-``load_and_quantize_model`` or transformers' ``BitsAndBytesConfig``: those quantize while loading
-into an empty (meta) model, whereas this network is built and its weights checked and merged
-(LoRA) first; the layer, its packing and its kernels are bitsandbytes' own.
+``load_and_quantize_model`` or transformers' ``BitsAndBytesConfig``: a load quantizes each layer
+as it places it into the network built on 'meta' (:mod:`showo2_cli.placement`), but only after
+its weights are checked and its LoRA adapters merged, which those do not do; the layer, its
+packing and its kernels are bitsandbytes' own.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ QUANTIZED_PREFIXES = PARAMETER_GROUPS["llm"] + PARAMETER_GROUPS["flow_head"]
 
 def apply(bundle, options: RuntimeOptions | None):
     """Apply ``options``' attention backend, quantization, compilation and VAE tiling to a loaded
-    :class:`~showo2_cli.loading.Showo2` (already on its device); returns the bundle."""
+    :class:`~showo2_cli.loading.Showo2` (already on its device; ``loading.load`` quantizes as it
+    places the weights, so a bundle quantized already is left so); returns the bundle."""
     if options is None:
         return bundle
     options.validate()

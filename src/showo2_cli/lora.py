@@ -356,7 +356,8 @@ def merge_adapters(network: torch.nn.Module, refs, record: list | None = None,
     * B A``, its weight from ``weights``, one per adapter, else 1), leaving a plain network (no LoRA
     layers). Returns the adapter folders. A part of the network left out (a
     :class:`~showo2_cli.modeling.parts.NotLoaded` head) takes part on 'meta': its layers are matched
-    and the adapter's tensors checked against them, but nothing is merged nor held; ``record`` (a
+    and the adapter's tensors checked against them, but nothing is merged nor held (so too a network
+    whose weights are still on 'meta', placed after: :mod:`showo2_cli.placement`); ``record`` (a
     list) then gets, per adapter, ``(folder, the names of the layers it adapts there, weight)``, for
     :func:`merge_recorded` when that part loads."""
     done = []
@@ -429,7 +430,7 @@ def merge_recorded(network: torch.nn.Module, recorded: list, within: list[str], 
 def _merge_one(network: torch.nn.Module, config, state: dict, folder, name: str, left_out: list[str],
                weight: float = 1.0) -> list[str]:
     """Inject, fill and merge one adapter (its scale times ``weight``, diffusers' adapter weight);
-    returns the names of the layers it adapted under ``left_out``."""
+    returns the names of the layers it adapted under ``left_out`` or still on 'meta'."""
     with quiet_imports():
         from peft import inject_adapter_in_model
         from peft.tuners.tuners_utils import BaseTunerLayer
