@@ -181,13 +181,13 @@ def test_no_more_than_one_layer_is_unquantized_when_placed_or_quantized(untied, 
     model = loading.load(folder, lora=adapters, heads=heads, runtime=RuntimeOptions(quantize=method))
     model.network.load_heads()
     monkeypatch.undo()
-    total = sum(1 for n, m in model.network.named_modules() if acceleration._linear_filter(model.network)(m, n))
+    total = sum(1 for n, m in model.network.named_modules() if acceleration.quantized_filter(model.network)(m, n))
     assert total == 35 and model.network.loaded_heads() == ("lm_head", "flow_head")
     assert {kind for kind, _ in seen} == {"quantize", "to"}
     assert max(n for _, n in seen) == 8, seen  # one group's at most, never the whole network's
     from showo2_cli.placement import groups
 
-    wanted = acceleration._linear_filter(model.network)
+    wanted = acceleration.quantized_filter(model.network)
     per_group = [sum(1 for n, m in model.network.get_submodule(g).named_modules(prefix=g) if wanted(m, n))
                  for top, _ in model.network.named_children()
                  for g, _ in groups(model.network.get_submodule(top), top)]

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .errors import UsageError
-from .loading import PARAMETER_GROUPS
+from .footprint import PARAMETER_GROUPS
 from .options import RuntimeOptions
 from .runtime import quiet_imports
 
@@ -58,7 +58,9 @@ def apply(bundle, options: RuntimeOptions | None):
     return bundle
 
 
-def _linear_filter(net, within: str | None = None) -> callable:
+def quantized_filter(net, within: str | None = None) -> callable:
+    """``wanted(module, name)``: whether ``--quantize`` converts that layer of ``net`` (a linear layer
+    of the LLM or flow head, not a tied ``lm_head``; only under the module named ``within``, when given)."""
     tied = bool(getattr(net.spec, "tie_word_embeddings", False))
 
     def wanted(module: nn.Module, name: str) -> bool:
@@ -73,7 +75,7 @@ def _linear_filter(net, within: str | None = None) -> callable:
 
 def quantized_size(net: nn.Module, within: str) -> int:
     """Weights (elements) that :func:`quantize_network` quantizes under the module named ``within``."""
-    wanted = _linear_filter(net, within)
+    wanted = quantized_filter(net, within)
     return sum(m.weight.numel() for name, m in net.named_modules() if wanted(m, name))
 
 
@@ -109,7 +111,7 @@ def _quantize_int8(net: nn.Module, within: str | None) -> int:
             from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError as e:
         raise UsageError("--quantize int8wo needs torchao 0.18: pip install 'showo2[quant]'") from e
-    wanted = _linear_filter(net, within)
+    wanted = quantized_filter(net, within)
     count = sum(1 for name, m in net.named_modules() if wanted(m, name))
     if count:
         quantize_(net, Int8WeightOnlyConfig(), filter_fn=wanted)
@@ -124,7 +126,7 @@ def _quantize_nf4(net: nn.Module, within: str | None) -> int:
             import bitsandbytes as bnb
     except ImportError as e:
         raise UsageError("--quantize nf4 needs bitsandbytes >= 0.50: pip install 'showo2[quant]'") from e
-    wanted = _linear_filter(net, within)
+    wanted = quantized_filter(net, within)
     names = [name for name, m in net.named_modules() if wanted(m, name)]
     for name in names:
         old = net.get_submodule(name)

@@ -51,16 +51,11 @@ def network_bytes(net: torch.nn.Module, dtype: torch.dtype, quantize: str = "non
     """:func:`parameter_bytes` of the network without the heads not in ``heads`` (None: all of
     them), its linear layers that ``quantize`` converts (acceleration's ``QUANTIZED_PREFIXES``,
     not a tied ``lm_head``) at that method's bytes."""
-    from .acceleration import QUANTIZED_PREFIXES
+    from .acceleration import quantized_filter
     from .modeling.showo2 import HEADS
 
     net = getattr(net, "_orig_mod", net)  # compiled
-    tied = bool(getattr(net.spec, "tie_word_embeddings", False))
-
-    def wanted(module, name):
-        return (isinstance(module, torch.nn.Linear) and name.startswith(QUANTIZED_PREFIXES)
-                and not (tied and name == "showo.lm_head"))
-
+    wanted = quantized_filter(net)
     skip = tuple(n + "." for h, ns in HEADS.items() if heads is not None and h not in heads for n in ns)
     return [(n, b, ok) for n, b, ok in parameter_bytes(net, "", dtype, quantize, wanted)
             if not (n + ".").startswith(skip)]
@@ -117,3 +112,39 @@ def files_weights_gb(spec, dtype: torch.dtype, quantize: str, vae_file, heads: t
             numel = 0
         total += numel * dtype.itemsize / 1e9
     return total, 0.0
+
+
+#: The parts of the network, by the prefixes of their weights' names (``info``'s counts, and what
+#: ``--quantize`` converts: acceleration's ``QUANTIZED_PREFIXES``).
+PARAMETER_GROUPS = {
+    "llm": ("showo.",), "semantic": ("image_embedder_und.", "position_embedding.", "und_trans."),
+    "projector+fusion": ("image_embedder_gen.", "fusion_proj."), "time": ("time_embed.", "time_embed_proj."),
+    "flow_head": ("diff_proj.", "diffusion_head_a.", "diffusion_head_b."),
+}
+
+
+def parameter_counts(state: dict[str, torch.Tensor], tied: bool = False) -> dict[str, int]:
+    """Parameters per part of the network (a tied lm_head, or any shared tensor, counted once)."""
+    counts = dict.fromkeys(PARAMETER_GROUPS, 0)
+    seen = set()
+    for k, v in state.items():
+        if tied and k == "showo.lm_head.weight":
+            continue
+        key = k if v.device.type == "meta" else _storage_key(v)
+        if key in seen:
+            continue
+        seen.add(key)
+        for group, prefixes in PARAMETER_GROUPS.items():
+            if k.startswith(prefixes):
+                counts[group] += v.numel()
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def _storage_key(v: torch.Tensor) -> tuple:
+    """What two names of one shared tensor have in common: its storage and view, or, for a wrapper
+    tensor without a storage of its own (torchao's int8 weights, ``--quantize int8wo``), the object."""
+    try:
+        return v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)
+    except RuntimeError:  # "Attempted to access the data pointer on an invalid python storage"
+        return ("object", id(v))

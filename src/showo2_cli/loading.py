@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelError, UsageError
+from .footprint import PARAMETER_GROUPS, parameter_counts  # (re-exported)
 from .hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path
 from .hub import cached_snapshot as hf_cached_snapshot
 from .model_config import FORMAT_VERSION, check_depths, spec_from_files
@@ -267,40 +268,6 @@ class Showo2:
         if self.vae is not None:
             counts["vae"] = self.vae.num_parameters()  # loaded or not
         return counts
-
-
-PARAMETER_GROUPS = {
-    "llm": ("showo.",), "semantic": ("image_embedder_und.", "position_embedding.", "und_trans."),
-    "projector+fusion": ("image_embedder_gen.", "fusion_proj."), "time": ("time_embed.", "time_embed_proj."),
-    "flow_head": ("diff_proj.", "diffusion_head_a.", "diffusion_head_b."),
-}
-
-
-def parameter_counts(state: dict[str, torch.Tensor], tied: bool = False) -> dict[str, int]:
-    """Parameters per part of the network (a tied lm_head, or any shared tensor, counted once)."""
-    counts = dict.fromkeys(PARAMETER_GROUPS, 0)
-    seen = set()
-    for k, v in state.items():
-        if tied and k == "showo.lm_head.weight":
-            continue
-        key = k if v.device.type == "meta" else _storage_key(v)
-        if key in seen:
-            continue
-        seen.add(key)
-        for group, prefixes in PARAMETER_GROUPS.items():
-            if k.startswith(prefixes):
-                counts[group] += v.numel()
-    counts["total"] = sum(counts.values())
-    return counts
-
-
-def _storage_key(v: torch.Tensor) -> tuple:
-    """What two names of one shared tensor have in common: its storage and view, or, for a wrapper
-    tensor without a storage of its own (torchao's int8 weights, ``--quantize int8wo``), the object."""
-    try:
-        return v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)
-    except RuntimeError:  # "Attempted to access the data pointer on an invalid python storage"
-        return ("object", id(v))
 
 
 def require_model(model) -> Showo2:
