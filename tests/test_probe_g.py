@@ -29,7 +29,7 @@ def test_generation_writes_every_video_format_decode_writes(tmp_path):
         assert M.read_metadata(tmp_path / f"v{ext}")["seed"] == 3  # the record is inside
     for ext in M.RECORDING_IMAGE_EXTS:
         assert output_extension("t2i", f"x{ext}") == ext
-    with pytest.raises(UsageError, match="for t2i: use .png"):
+    with pytest.raises(UsageError, match=r"extension .\.bmp.; use \.png, \.jpg, \.jpeg, \.webp for t2i"):
         output_extension("t2i", "x.bmp")  # no metadata in a BMP: the parameters would be lost
 
 

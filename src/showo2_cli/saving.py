@@ -140,7 +140,7 @@ def output_extension(kind: str, output: str | os.PathLike | None) -> str:
     M.check_output_name(output)
     ext = Path(output).suffix.lower()
     if ext not in allowed:
-        raise UsageError(f"unsupported output extension '{short(ext or output)}' for {kind}: use {', '.join(allowed)}")
+        raise M.extension_refused(output, f"use {', '.join(allowed)} for {kind}")
     return ext
 
 

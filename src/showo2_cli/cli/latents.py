@@ -67,7 +67,7 @@ def encode(
     if output is None and not overwrite:  # a default name never replaces a file: -1, -2, ...
         out = M.unique_path(out)
     if out.suffix.lower() != ".safetensors":  # as every other output: .SafeTensors too
-        raise UsageError(f"latents are written as .safetensors, got '{short(out, 80)}'")
+        raise M.extension_refused(out, "latents are written as .safetensors")
     requested = M.parse_size(size)
     RuntimeOptions(device, value(dtype), max_memory, vae_tiling=value(vae_tiling)).validate()
     EncodeOptions(frames=frames, sample=sample, seed=seed).validate()
@@ -147,8 +147,7 @@ def decode(
         M.check_output_name(output)
         output = Path(output)
         if output.suffix.lower() not in writable:
-            raise UsageError(f"cannot write '{short(output, 80)}': unsupported output extension "
-                             f"'{short(output.suffix)}'; use {M.written_formats()}")
+            raise M.extension_refused(output, f"use {M.written_formats()}")
         M.check_output_path(output, overwrite, probe=True)
     M.check_input_file(latents, "latents file")  # the cheap checks, before importing torch (a FIFO was "empty")
 
@@ -165,7 +164,7 @@ def decode(
         out = M.unique_path(out)
     ext = out.suffix.lower()
     if ext not in writable:
-        raise UsageError(f"unsupported output extension '{ext}': use {M.written_formats()}")
+        raise M.extension_refused(out, f"use {M.written_formats()}")
     if ext in M.IMAGE_EXTS and frames_out != 1:
         raise UsageError(f"'{out}' is an image but the latents hold {frames_out} frames: "
                          f"use {'/'.join(M.VIDEO_WRITE_EXTS)}")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from showo2_cli.errors import InputError, OutputError, ResourceError, UsageError
+from showo2_cli.errors import InputError, OutputError, ResourceError
 
 from .animation import ANIMATED_FORMATS
 from .files import PathLike, check_input_file, quote_path
@@ -23,7 +23,7 @@ from .metadata import (
     metadata_json,
     metadata_summary,
 )
-from .outputs import atomic_output
+from .outputs import atomic_output, extension_refused
 from .probe import (
     av_video_info,
     check_not_heif_photo,
@@ -367,10 +367,7 @@ def write_image(
     p = Path(os.fspath(path))
     ext = p.suffix.lower()
     if ext not in PIL_FORMATS:
-        raise UsageError(
-            f"cannot write image {quote_path(p)}: unknown extension {ext or '(none)'!r} "
-            f"(supported: {', '.join(IMAGE_WRITE_EXTS)})"
-        )
+        raise extension_refused(path, f"use {', '.join(IMAGE_WRITE_EXTS)} for an image")
     arr = _as_rgb_array(pixels)
     from .video_write import check_output_size  # (video_write imports this module)
 

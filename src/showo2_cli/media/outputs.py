@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-from showo2_cli.errors import OutputError, OutputExists, Showo2Error, UsageError
+from showo2_cli.errors import OutputError, OutputExists, Showo2Error, UsageError, short
 
 from ..launch import INTERRUPTS
 from .files import PathLike, quote_path
@@ -39,6 +39,20 @@ def check_output_name(path: PathLike) -> None:
         raise OutputError(f"cannot write {quote_path(raw)}: it is a directory; give a file name")
     if raw.endswith(("/", os.sep)):
         raise OutputError(f"cannot write {quote_path(raw)}: it names a folder (it ends in '/'); give a file name")
+
+
+def extension_refused(path: PathLike, use: str) -> UsageError:
+    """The one refusal of an output name whose extension a writer does not take (``use``: what to
+    do instead, "use .png, .jpg for t2i"). A name with no extension says so rather than being
+    quoted as one: ``out`` and ``out.`` have none, nor has ``.png``, a hidden file's whole name."""
+    p = Path(os.fspath(path))
+    if p.suffix:
+        why = f"unsupported output extension '{p.suffix.lower()[:40]}'"
+    elif p.name.startswith(".") and "." not in p.name[1:]:
+        why = "a leading '.' makes the name a hidden file's, with no extension"
+    else:
+        why = "the name has no extension"
+    return UsageError(f"cannot write {quote_path(short(os.fspath(path), 200))}: {why}; {use}")
 
 
 def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = False) -> Path:

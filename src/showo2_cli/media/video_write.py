@@ -17,7 +17,7 @@ from showo2_cli.errors import OutputError, UsageError
 from .files import PathLike, quote_path
 from .image import PIL_FORMATS, write_image
 from .metadata import container_comment, metadata_json
-from .outputs import atomic_output
+from .outputs import atomic_output, extension_refused
 from .probe import error_detail
 from .video import MAX_FPS, MIN_FPS
 
@@ -208,10 +208,8 @@ def write_video(
             )
         return write_image(p, arr[0], metadata=metadata, overwrite=overwrite)
     if ext not in VIDEO_WRITE_EXTS:
-        raise UsageError(
-            f"cannot write video {quote_path(p)}: unknown extension {ext or '(none)'!r} "
-            f"(supported: {', '.join(VIDEO_WRITE_EXTS)}, or an image extension for one frame)"
-        )
+        raise extension_refused(path, f"use {', '.join(VIDEO_WRITE_EXTS)} for a video, or an image extension "
+                                      "for one frame")
     fps_value = check_write_fps(fps)
     if metadata and "fps" in metadata and ext == ".gif":  # record the rate the file plays at
         metadata = {**metadata, "fps": written_fps(p, fps_value)}

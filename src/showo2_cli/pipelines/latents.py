@@ -313,7 +313,7 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
         return M.write_image(path, frames[0], metadata=metadata, overwrite=overwrite)
     if ext in M.VIDEO_EXTS:
         return M.write_video(path, frames, DEFAULT_FPS if fps is None else fps, overwrite=overwrite, metadata=metadata)
-    raise UsageError(f"unsupported output extension '{ext or path}': use {M.written_formats()}")
+    raise M.extension_refused(path, f"use {M.written_formats()}")
 
 
 __all__ = ["encode", "read_source", "decode", "decode_tiled", "recorded_decoding", "EncodeOptions", "EncodeResult", "save_latents", "load_latents",
