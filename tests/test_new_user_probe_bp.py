@@ -51,3 +51,31 @@ def test_the_python_writers_say_the_same(tmp_path):
     with pytest.raises(UsageError, match=r"/clip': the name has no extension; use \.mp4, .* for a video"):
         write_video(tmp_path / "clip", np.stack([frame] * 5), fps=8)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["t2i", "a", "red", "circle"], "; quote a prompt of several words: 'a red circle'"),
+    (["t2v", "a", "red", "circle", "--steps", "3"], "; quote a prompt of several words: 'a red circle'"),
+    (["i2v", "c.png", "a", "circle", "moving", "up"], "; quote a prompt of several words: 'a circle moving up'"),
+    (["t2i", "a cat", "cat.png"], "; name the output with -o: -o cat.png"),
+    (["t2i", "a", "cat", "cat.png"], "; quote a prompt of several words: 'a cat', and name the output with -o: -o cat.png"),
+    (["caption", "c.png", "What", "color is it?"], "; ask a question with -q: -q 'What color is it?'"),
+    (["encode", "c.png", "c.safetensors"], "; name the output with -o: -o c.safetensors"),
+    (["decode", "c.safetensors", "c.mp4"], "; name the output with -o: -o c.mp4"),
+])
+def test_extra_arguments_say_what_they_were_meant_as(tmp_path, monkeypatch, capsys, argv, hint):
+    """`showo2 t2i a red circle` (an unquoted prompt) said only "Got unexpected extra argument(s)
+    (red circle)"; ollama takes such words as one prompt: here the error says to quote them, and
+    likewise for a question without -q or an output without -o."""
+    monkeypatch.chdir(tmp_path)
+    code, message = _error(capsys, argv)
+    assert code == 2
+    assert "unexpected extra argument" in message and hint in message, message
+    assert message.endswith(f"(see: showo2 {argv[0]} --help)")
+    assert os.listdir(tmp_path) == []
+
+
+def test_extra_arguments_with_nothing_to_suggest_keep_the_plain_message(capsys):
+    for argv in (["models", "foo"], ["info", "demo", "extra"], ["encode", "c.png", "foo", "c.safetensors"]):
+        code, message = _error(capsys, argv)
+        assert code == 2 and message.startswith("Got unexpected extra argument") and ";" not in message, message

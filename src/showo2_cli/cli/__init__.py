@@ -427,7 +427,7 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
         message = e.format_message().replace("\n", " ").replace(": Value error, ", ": ")
         ctx = getattr(e, "ctx", None)
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        return _fail(message + _dash_argument_hint(e, args) + where, 2, "usage")
+        return _fail(message + _dash_argument_hint(e, args) + _extra_argument_hint(e, args) + where, 2, "usage")
     except Showo2Error as e:
         if isinstance(e.__cause__, BrokenPipeError):
             _quiet_stdout()
@@ -472,6 +472,36 @@ def _dash_argument_hint(e: Exception, args: list[str]) -> str:
         if arg.startswith(name) and any(ch.isspace() for ch in arg):
             return f"; an argument that starts with '-' goes after '--', which ends the options: -- {shlex.quote(arg)}"
     return ""
+
+
+def _extra_argument_hint(e: Exception, args: list[str]) -> str:
+    """For "Got unexpected extra argument": what the words were likely meant as, in the command's
+    own terms (``t2i a red circle``: a prompt to quote; ``caption x.png What color``: a question for
+    -q; ``t2i "a cat" out.png``: an output for -o)."""
+    import shlex
+    from pathlib import Path
+
+    ctx = getattr(e, "ctx", None)
+    if type(e).__name__ != "UsageError" or ctx is None or "extra argument" not in e.format_message():
+        return ""
+    try:  # the command's own parser, over its own arguments, tells the extra words from the rest
+        from .. import media as M
+
+        rest = args[args.index(ctx.info_name) + 1:]
+        values, extras, _ = ctx.command.make_parser(ctx).parse_args(args=list(rest))
+        opts = {o for p in ctx.command.params for o in getattr(p, "opts", ())}
+    except Exception:  # a hint only: never a second error
+        return ""
+    outputs = M.IMAGE_WRITE_EXTS + M.VIDEO_WRITE_EXTS + (".safetensors",)
+    out = extras.pop() if extras and "-o" in opts and Path(extras[-1]).suffix.lower() in outputs else None
+    hints = []
+    if extras and isinstance(values.get("prompt"), str):
+        hints.append(f"quote a prompt of several words: {shlex.quote(' '.join([values['prompt'], *extras]))}")
+    elif extras and "-q" in opts:
+        hints.append(f"ask a question with -q: -q {shlex.quote(' '.join(extras))}")
+    if out is not None:
+        hints.append(f"name the output with -o: -o {shlex.quote(out)}")
+    return "; " + ", and ".join(hints) if hints and (out is None or not extras or len(hints) == 2) else ""
 
 
 def _json_requested(args: list[str]) -> bool:
