@@ -79,3 +79,17 @@ def test_extra_arguments_with_nothing_to_suggest_keep_the_plain_message(capsys):
     for argv in (["models", "foo"], ["info", "demo", "extra"], ["encode", "c.png", "foo", "c.safetensors"]):
         code, message = _error(capsys, argv)
         assert code == 2 and message.startswith("Got unexpected extra argument") and ";" not in message, message
+
+
+def test_a_mistyped_spec_gets_the_closest_name_as_a_mistyped_model_does(tmp_path, monkeypatch, capsys):
+    """`showo2 init --spec tiy` listed the specs but, unlike `--model dmeo`, suggested none."""
+    monkeypatch.chdir(tmp_path)
+    code, message = _error(capsys, ["init", "--spec", "tiy", "-o", "m"])
+    assert code == 2 and message.endswith("; did you mean 'tiny'?"), message
+    code, message = _error(capsys, ["init", "--spec", "7b-video", "-o", "m"])
+    assert code == 2 and message.endswith("; did you mean '7B-w-video-und'?"), message
+    code, message = _error(capsys, ["init", "--spec", "qwen", "-o", "m"])
+    assert code == 2 and "did you mean" not in message, message
+    code, message = _error(capsys, ["info", "dmeo"])  # the one suggestion, shared with --model
+    assert code == 4 and message.endswith("; did you mean 'demo'?"), message
+    assert os.listdir(tmp_path) == []

@@ -90,6 +90,16 @@ def short(value: Any, n: int = 40) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+def did_you_mean(text: str, names: Any) -> str:
+    """``"; did you mean 'demo'?"`` for a mistyped name among ``names`` (any case), else ``""``:
+    the one suggestion for a name the toolkit knows (a model, a spec), as click suggests commands."""
+    import difflib
+
+    known = {str(n).lower(): str(n) for n in names}
+    close = difflib.get_close_matches(str(text).lower(), known, n=1, cutoff=0.6)
+    return f"; did you mean '{known[close[0]]}'?" if close else ""
+
+
 def rename_options(text: str, names: dict[str, str]) -> str:
     """A message with the command line's option names (the keys of ``names``: ``--size``, or a
     phrase such as ``--vae-tiling auto``) replaced by what the reader passes instead: a pipeline's

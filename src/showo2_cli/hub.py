@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import ModelError, UsageError, short
+from .errors import ModelError, UsageError, did_you_mean, short
 from .hub_auth import access
 from .hub_download import cache_ref_readable, download_files, offline, remote_listing, repo_cache_folder
 from .run_folders import ADAPTER_CONFIG, resolve_run_path
@@ -216,13 +216,9 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tup
     if spec is not None:  # a spec without weights anywhere (tiny): made by init, not loaded
         raise ModelError(f"'{text}' is a model spec with no published weights: make a random one with "
                          f"showo2 init --spec {spec.name} -o DIR, then load DIR")
-    import difflib
-
-    names = {n.lower(): n for n in [*(k for k, v in REGISTRY.items() if v.repo_id), "demo"]}
-    close = difflib.get_close_matches(text.lower(), names, n=1, cutoff=0.6)
-    guess = f"; did you mean '{names[close[0]]}'?" if close else ""
-    raise ModelError(f"no model '{short(text, 80)}': not a folder, not a known variant ({', '.join(names.values())}), "
-                     f"not a Hugging Face repo id{guess}")
+    names = [*(k for k, v in REGISTRY.items() if v.repo_id), "demo"]
+    raise ModelError(f"no model '{short(text, 80)}': not a folder, not a known variant ({', '.join(names)}), "
+                     f"not a Hugging Face repo id{did_you_mean(text, names)}")
 
 
 def find_weights(root: Path) -> list[Path]:

@@ -13,7 +13,7 @@ import dataclasses
 import numbers
 from dataclasses import dataclass, field
 
-from .errors import UsageError
+from .errors import UsageError, did_you_mean, short
 from .options import MAX_SIDE, STEPS_RANGE
 
 # Tasks a checkpoint was trained for. The released checkpoints cannot generate video (spec §0).
@@ -389,7 +389,7 @@ def get_spec(name: str) -> ModelSpec:
     for key, spec in REGISTRY.items():
         if key.lower() == name.lower():
             return spec
-    raise UsageError(f"unknown model spec '{name}'; known: {', '.join(REGISTRY)}")
+    raise UsageError(f"unknown model spec '{short(name, 80)}'; known: {', '.join(REGISTRY)}{did_you_mean(name, REGISTRY)}")
 
 
 def spec_for_hidden_size(hidden_size: int, resolution: int | None = None) -> ModelSpec | None:
