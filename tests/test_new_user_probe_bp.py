@@ -93,3 +93,36 @@ def test_a_mistyped_spec_gets_the_closest_name_as_a_mistyped_model_does(tmp_path
     code, message = _error(capsys, ["info", "dmeo"])  # the one suggestion, shared with --model
     assert code == 4 and message.endswith("; did you mean 'demo'?"), message
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow  # seven model loads, a video among them
+def test_readme_opening_and_generation_commands_run_one_after_another(tmp_path, monkeypatch, capsys):
+    """README's opening command wrote circle.png, then its Generation section's first example
+    wrote circle.png again (exit 5: it exists) and so did the stdin one: a new user copying the
+    README top to bottom met two errors. Each command now runs after the ones before it (the demo,
+    two sampling steps each to stay fast)."""
+    import io
+    import shlex
+    import sys
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    opening = readme[readme.index("On a fresh machine"):].split("\n\n")[1]
+    lines = [part.strip() for part in opening.split("&&") if part.strip().startswith("showo2 ")]
+    generation = readme[readme.index("### Generation"):].split("\n\n")[1]
+    lines += [line.strip() for line in generation.splitlines()]
+    assert len(lines) == 7, lines
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("a red circle on a white background\na blue square on a black background\n")
+    for line in lines:
+        stdin, _, command = line.rpartition("|") if line.startswith("echo ") else ("", "", line)
+        argv = shlex.split(command, comments=True)
+        assert argv[0] == "showo2", line
+        data = ("\n".join(shlex.split(stdin)[1:]) + "\n").encode()
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+        fast = ["--steps", "2"] if argv[1] in ("t2i", "t2v", "i2v") else []
+        assert main([*argv[1:], "--model", "demo", *fast]) == 0, (line, capsys.readouterr().err)
+    capsys.readouterr()
+    for name in ("circle.png", "red.png", "out-000.png", "out-007.png", "blue.png", "square.mp4", "up.gif"):
+        assert (tmp_path / name).is_file(), name
