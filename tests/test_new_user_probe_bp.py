@@ -126,3 +126,24 @@ def test_readme_opening_and_generation_commands_run_one_after_another(tmp_path, 
     capsys.readouterr()
     for name in ("circle.png", "red.png", "out-000.png", "out-007.png", "blue.png", "square.mp4", "up.gif"):
         assert (tmp_path / name).is_file(), name
+
+
+def test_prompts_read_from_a_terminal_say_so_before_waiting(tmp_path, monkeypatch, capsys):
+    """`showo2 t2i -` typed at a terminal waited for stdin and said nothing: it looked hung. (The
+    output is taken, so each run stops after reading its prompts, before any model loads.)"""
+    import io
+    import sys
+
+    class Terminal(io.TextIOWrapper):
+        def isatty(self):
+            return True
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken.png").write_bytes(b"mine")
+    for kind, quiet, said in ((Terminal, [], 1), (io.TextIOWrapper, [], 0), (Terminal, ["--quiet"], 0)):
+        monkeypatch.setattr(sys, "stdin", kind(io.BytesIO(b"a red circle\n"), encoding="utf-8"))
+        assert main(["t2i", "-", "-o", "taken.png", "--model", "demo", *quiet]) == 5
+        err = capsys.readouterr().err
+        assert err.count("reading the prompts from the terminal, one a line; Ctrl-D ends them\n") == said, err
+        assert "'taken.png' exists" in err and sys.stdin.read() == ""  # the prompts were read
+    assert (tmp_path / "taken.png").read_bytes() == b"mine"

@@ -3,6 +3,7 @@ outputs, generate, save (all in the library), render."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -93,6 +94,8 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
         # the launcher hands stdin to process 0 alone: the others read nothing
         raise UsageError("prompts from stdin reach only the first of several processes: use --prompts-file FILE "
                          "under a launch")
+    if prompts_file is not None and str(prompts_file) == "-" and sys.stdin is not None and sys.stdin.isatty():
+        notice("reading the prompts from the terminal, one a line; Ctrl-D ends them")  # not a silent hang
     prompts = O.read_prompts(prompt, prompts_file)  # checked prompts (the pipeline checks them again)
     with _launch_group(world) as group:
         if drawn and group is not None:  # one run, one seed: process 0's (output k uses seed + k anywhere)
