@@ -82,7 +82,8 @@ def test_extra_arguments_with_nothing_to_suggest_keep_the_plain_message(capsys):
 
 
 def test_a_mistyped_spec_gets_the_closest_name_as_a_mistyped_model_does(tmp_path, monkeypatch, capsys):
-    """`showo2 init --spec tiy` listed the specs but, unlike `--model dmeo`, suggested none."""
+    """`showo2 init --spec tiy` listed the specs and `showo2 pull dmeo` said it was no variant, but
+    unlike `--model dmeo` neither suggested the closest name."""
     monkeypatch.chdir(tmp_path)
     code, message = _error(capsys, ["init", "--spec", "tiy", "-o", "m"])
     assert code == 2 and message.endswith("; did you mean 'tiny'?"), message
@@ -92,6 +93,8 @@ def test_a_mistyped_spec_gets_the_closest_name_as_a_mistyped_model_does(tmp_path
     assert code == 2 and "did you mean" not in message, message
     code, message = _error(capsys, ["info", "dmeo"])  # the one suggestion, shared with --model
     assert code == 4 and message.endswith("; did you mean 'demo'?"), message
+    code, message = _error(capsys, ["pull", "7B-video@main"])  # and with pull, which suggested nothing
+    assert code == 4 and message.endswith("; did you mean '7B-w-video-und'?"), message
     assert os.listdir(tmp_path) == []
 
 

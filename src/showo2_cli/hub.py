@@ -216,9 +216,16 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tup
     if spec is not None:  # a spec without weights anywhere (tiny): made by init, not loaded
         raise ModelError(f"'{text}' is a model spec with no published weights: make a random one with "
                          f"showo2 init --spec {spec.name} -o DIR, then load DIR")
-    names = [*(k for k, v in REGISTRY.items() if v.repo_id), "demo"]
+    names = model_names()
     raise ModelError(f"no model '{short(text, 80)}': not a folder, not a known variant ({', '.join(names)}), "
                      f"not a Hugging Face repo id{did_you_mean(text, names)}")
+
+
+def model_names() -> list[str]:
+    """The names a model goes by without a path or a repo id: the published variants, then demo."""
+    from .specs import REGISTRY
+
+    return [*(k for k, v in REGISTRY.items() if v.repo_id), "demo"]
 
 
 def find_weights(root: Path) -> list[Path]:
@@ -542,8 +549,8 @@ def _pull(name: str, progress: Progress | None, force_download: bool) -> PullRes
     base, revision = split_revision(name)
     repo = repo_id_for(base)
     if repo is None:
-        raise ModelError(f"'{name}' is neither a known variant nor a Hugging Face repo id (owner/name, "
-                         "maybe @revision)")
+        raise ModelError(f"'{short(name, 80)}' is neither a known variant nor a Hugging Face repo id (owner/name, "
+                         f"maybe @revision){did_you_mean(base, model_names())}")
     if force_download and offline():
         raise ModelError(f"force_download needs the Hub, but HF_HUB_OFFLINE is set; '{name}' was not fetched again")
     downloaded = []
