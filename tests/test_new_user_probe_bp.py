@@ -150,3 +150,22 @@ def test_prompts_read_from_a_terminal_say_so_before_waiting(tmp_path, monkeypatc
         assert err.count("reading the prompts from the terminal, one a line; Ctrl-D ends them\n") == said, err
         assert "'taken.png' exists" in err and sys.stdin.read() == ""  # the prompts were read
     assert (tmp_path / "taken.png").read_bytes() == b"mine"
+
+
+def test_a_file_where_an_output_folder_should_be_is_not_called_missing(tmp_path, monkeypatch, capsys):
+    """`showo2 convert demo -o circle.png/x` (circle.png a file) said "folder '.../circle.png' does
+    not exist"; `t2i -o circle.png/x.png` already said it "is not a folder"."""
+    from showo2_cli.errors import OutputError
+    from showo2_cli.media import atomic_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "circle.png").write_bytes(b"mine")
+    for argv in (["convert", "demo", "-o", "circle.png/x"], ["init", "--spec", "tiny", "-o", "circle.png/x"]):
+        code, message = _error(capsys, argv)
+        assert code == 5 and message.endswith("circle.png' is not a folder") and "exist" not in message, message
+    code, message = _error(capsys, ["init", "--spec", "tiny", "-o", "nowhere/x"])
+    assert code == 5 and message.endswith("nowhere' does not exist"), message
+    with pytest.raises(OutputError, match=r"circle\.png' is not a folder$"):
+        with atomic_folder(tmp_path / "circle.png" / "x"):
+            pass
+    assert sorted(os.listdir(tmp_path)) == ["circle.png"] and (tmp_path / "circle.png").read_bytes() == b"mine"

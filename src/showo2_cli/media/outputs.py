@@ -435,7 +435,9 @@ def atomic_folder(path: PathLike, overwrite: bool = False, durable: bool = False
         raise OutputError(f"{quote_path(target)} exists and is not a folder")
     parent = target.parent
     if not parent.is_dir():
-        raise OutputError(f"cannot write {quote_path(target)}: folder {quote_path(parent)} does not exist")
+        where = f"{quote_path(parent)} is not a folder" if parent.exists() else \
+            f"folder {quote_path(parent)} does not exist"
+        raise OutputError(f"cannot write {quote_path(target)}: {where}")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {quote_path(target)}: folder {quote_path(parent)} is read-only")
     tmp = None
