@@ -169,3 +169,22 @@ def test_a_file_where_an_output_folder_should_be_is_not_called_missing(tmp_path,
         with atomic_folder(tmp_path / "circle.png" / "x"):
             pass
     assert sorted(os.listdir(tmp_path)) == ["circle.png"] and (tmp_path / "circle.png").read_bytes() == b"mine"
+
+
+def test_a_path_whose_tilde_the_shell_left_names_the_path_meant(tmp_path, monkeypatch, capsys):
+    """`showo2 t2i x --output=~/out.png` (bash expands '~' only at a word's start, not after '=')
+    said only "folder '~' does not exist"."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    said = " (the shell left '~' as typed, as it does in quotes or after '=': write {})"
+    for argv, meant, code in ((["t2i", "a cat", "--output=~/out.png"], home / "out.png", 5),
+                              (["caption", "~/photo.jpg"], home / "photo.jpg", 3),
+                              (["init", "--spec", "tiny", "-o", "~/m"], home / "m", 5)):
+        got, message = _error(capsys, argv)
+        assert got == code and message.endswith(said.format(meant)), message
+    for argv in (["t2i", "a cat", "-o", "nodir/x.png"], ["caption", "a~/photo.jpg"], ["caption", "~nosuchuser/x.png"]):
+        got, message = _error(capsys, argv)
+        assert got in (3, 5) and "'~'" not in message, message
+    assert sorted(os.listdir(tmp_path)) == ["home"] and os.listdir(home) == []

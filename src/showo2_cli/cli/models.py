@@ -57,7 +57,10 @@ def _check_output_folder(path: Path, overwrite: bool) -> None:
         raise OutputError(f"cannot replace '{path}': it is the current folder or holds it (choose another folder)")
     parent = full.parent
     if not parent.is_dir():  # as check_output_path says it for a file
-        gone = f"'{parent}' is not a folder" if parent.exists() else f"folder '{parent}' does not exist"
+        from ..media.files import unexpanded_home
+
+        gone = f"'{parent}' is not a folder" if parent.exists() else \
+            f"folder '{parent}' does not exist{unexpanded_home(path)}"
         raise OutputError(f"cannot write '{path}': {gone}")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".probe.", suffix=".tmp", dir=parent))

@@ -34,7 +34,7 @@ def missing_input(path: PathLike, what: str, error: type[Showo2Error] = InputErr
         text = collapsed[1] + ("://" if collapsed[1].lower() != "file" else ":///") + text[collapsed.end():]
     if isinstance(text, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", text):
         return error(f"cannot read {what} {short(text, 80)}: URLs are not fetched; download the file and pass its path")
-    return error(f"cannot read {what} {quote_path(p)}: no such file")
+    return error(f"cannot read {what} {quote_path(p)}: no such file{unexpanded_home(path)}")
 
 
 #: how a Git LFS pointer file begins: a repository cloned without Git LFS (``git clone`` of a Hugging

@@ -19,7 +19,7 @@ from pathlib import Path
 from showo2_cli.errors import OutputError, OutputExists, Showo2Error, UsageError, short
 
 from ..launch import INTERRUPTS
-from .files import PathLike, quote_path
+from .files import PathLike, quote_path, unexpanded_home
 from .probe import error_detail
 
 
@@ -81,7 +81,8 @@ def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = Fal
             raise OutputError(f"cannot write {quote_path(p)}: it exists and is not a regular file (a device, FIFO "
                               "or socket)")
         if not parent.exists():
-            raise OutputError(f"cannot write {quote_path(p)}: folder {quote_path(parent)} does not exist")
+            raise OutputError(f"cannot write {quote_path(p)}: folder {quote_path(parent)} does not exist"
+                              f"{unexpanded_home(p)}")
         if not parent.is_dir():
             raise OutputError(f"cannot write {quote_path(p)}: {quote_path(parent)} is not a folder")
         if (p.exists() or p.is_symlink()) and not overwrite:
@@ -436,7 +437,7 @@ def atomic_folder(path: PathLike, overwrite: bool = False, durable: bool = False
     parent = target.parent
     if not parent.is_dir():
         where = f"{quote_path(parent)} is not a folder" if parent.exists() else \
-            f"folder {quote_path(parent)} does not exist"
+            f"folder {quote_path(parent)} does not exist{unexpanded_home(target)}"
         raise OutputError(f"cannot write {quote_path(target)}: {where}")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {quote_path(target)}: folder {quote_path(parent)} is read-only")
