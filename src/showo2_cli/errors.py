@@ -21,6 +21,7 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import errno
+import os
 import re
 from typing import Any
 
@@ -88,6 +89,19 @@ def short(value: Any, n: int = 40) -> str:
     """A value as shown inside a one-line message: at most ``n`` characters."""
     text = str(value)
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def unexpanded_home(path: Any) -> str:
+    """For a path that does not exist and starts with ``~``: that the shell left it as typed (it
+    expands ``~`` only unquoted at the start of a word, not in ``--output=~/x.png`` nor in quotes),
+    and the path meant; else ``""``."""
+    text = os.fspath(path)
+    if not isinstance(text, str) or not re.match(r"~[\w.-]*(/|$)", text):
+        return ""
+    meant = os.path.expanduser(text)
+    if meant == text:
+        return ""
+    return f" (the shell left '~' as typed, as it does in quotes or after '=': write {short(meant, 120)})"
 
 
 def did_you_mean(text: str, names: Any) -> str:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import ModelError, OutputError, UsageError, short
+from ..errors import ModelError, OutputError, UsageError, short, unexpanded_home
 from ..options import check_dtype
 from .common import (
     JsonOpt,
@@ -57,8 +57,6 @@ def _check_output_folder(path: Path, overwrite: bool) -> None:
         raise OutputError(f"cannot replace '{path}': it is the current folder or holds it (choose another folder)")
     parent = full.parent
     if not parent.is_dir():  # as check_output_path says it for a file
-        from ..media.files import unexpanded_home
-
         gone = f"'{parent}' is not a folder" if parent.exists() else \
             f"folder '{parent}' does not exist{unexpanded_home(path)}"
         raise OutputError(f"cannot write '{path}': {gone}")

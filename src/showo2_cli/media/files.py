@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 from typing import Union
 
-from showo2_cli.errors import InputError, Showo2Error, UsageError, error_detail, short
+from showo2_cli.errors import InputError, Showo2Error, UsageError, error_detail, short, unexpanded_home
 
 PathLike = Union[str, "os.PathLike[str]"]
 

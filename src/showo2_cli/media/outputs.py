@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-from showo2_cli.errors import OutputError, OutputExists, Showo2Error, UsageError, short
+from showo2_cli.errors import OutputError, OutputExists, Showo2Error, UsageError, short, unexpanded_home
 
 from ..launch import INTERRUPTS
-from .files import PathLike, quote_path, unexpanded_home
+from .files import PathLike, quote_path
 from .probe import error_detail
 
 
