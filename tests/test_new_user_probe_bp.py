@@ -188,3 +188,24 @@ def test_a_path_whose_tilde_the_shell_left_names_the_path_meant(tmp_path, monkey
         got, message = _error(capsys, argv)
         assert got in (3, 5) and "'~'" not in message, message
     assert sorted(os.listdir(tmp_path)) == ["home"] and os.listdir(home) == []
+
+
+def test_the_media_and_the_words_given_the_other_way_round_are_named(tmp_path, monkeypatch, capsys):
+    """`showo2 i2v "a red circle moving up" circle.png` said "cannot read image 'a red circle moving
+    up': no such file" and `showo2 caption "What color is it?" circle.png` (where the hint above
+    would take circle.png for a question) now say which comes first."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "circle.png")
+    code, message = _error(capsys, ["i2v", "a red circle moving up", "circle.png", "-o", "up.mp4"])
+    assert (code, message) == (2, "the image comes first, then the prompt: showo2 i2v circle.png 'a red circle moving up'")
+    code, message = _error(capsys, ["caption", "What color is it?", "circle.png"])
+    assert code == 2 and message.endswith("; the image or video comes first: circle.png -q 'What color is it?' "
+                                          "(see: showo2 caption --help)"), message
+    long = "a" * 5000  # longer than a file name may be: no internal error, and a bounded line
+    code, message = _error(capsys, ["i2v", long, "circle.png"])
+    assert code == 2 and message.startswith("the image comes first") and len(message) < 400, message
+    code, message = _error(capsys, ["i2v", long, "a cat"])
+    assert code == 3 and "name too long" in message, message
+    assert sorted(os.listdir(tmp_path)) == ["circle.png"]

@@ -24,10 +24,10 @@ import typer
 import typer.core
 
 from .. import __version__
-from ..errors import Showo2Error, UsageError, is_out_of_memory
+from ..errors import Showo2Error, UsageError, is_out_of_memory, short
 from ..launch import HANGUP, INTERRUPTS
 from ..processes import process_rank
-from .common import STATE, debug_from_env, held_notices, notice, safe_text, write
+from .common import STATE, debug_from_env, held_notices, is_file, notice, safe_text, write
 
 
 class _Formatter(typer.core.TyperGroup.context_class.formatter_class):
@@ -481,6 +481,9 @@ def _extra_argument_hint(e: Exception, args: list[str]) -> str:
     import shlex
     from pathlib import Path
 
+    def q(text: str) -> str:  # as typed, within a one-line message
+        return short(shlex.quote(text), 120)
+
     ctx = getattr(e, "ctx", None)
     if type(e).__name__ != "UsageError" or ctx is None or "extra argument" not in e.format_message():
         return ""
@@ -495,12 +498,15 @@ def _extra_argument_hint(e: Exception, args: list[str]) -> str:
     outputs = M.IMAGE_WRITE_EXTS + M.VIDEO_WRITE_EXTS + (".safetensors",)
     out = extras.pop() if extras and "-o" in opts and Path(extras[-1]).suffix.lower() in outputs else None
     hints = []
-    if extras and isinstance(values.get("prompt"), str):
-        hints.append(f"quote a prompt of several words: {shlex.quote(' '.join([values['prompt'], *extras]))}")
+    media = values.get("media")
+    if len(extras) == 1 and isinstance(media, str) and "-q" in opts and is_file(extras[0]) and not is_file(media):
+        hints.append(f"the image or video comes first: {q(extras[0])} -q {q(media)}")
+    elif extras and isinstance(values.get("prompt"), str):
+        hints.append(f"quote a prompt of several words: {q(' '.join([values['prompt'], *extras]))}")
     elif extras and "-q" in opts:
-        hints.append(f"ask a question with -q: -q {shlex.quote(' '.join(extras))}")
+        hints.append(f"ask a question with -q: -q {q(' '.join(extras))}")
     if out is not None:
-        hints.append(f"name the output with -o: -o {shlex.quote(out)}")
+        hints.append(f"name the output with -o: -o {q(out)}")
     return "; " + ", and ".join(hints) if hints and (out is None or not extras or len(hints) == 2) else ""
 
 

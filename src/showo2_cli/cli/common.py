@@ -39,6 +39,14 @@ def debug_from_env() -> bool:
 STATE = {"debug": debug_from_env(), "json": False, "quiet": False}
 
 
+def is_file(text: str) -> bool:
+    """Whether a word the user typed names an existing file (for advice on misplaced arguments)."""
+    try:
+        return os.path.isfile(text)
+    except (OSError, ValueError):  # a name too long, a NUL
+        return False
+
+
 def safe_text(text: str) -> str:
     """Text for a terminal: control characters (ESC, BEL, vertical tab, form feed, U+2028, ...)
     are shown escaped, so a file name cannot drive the terminal or break a one-line message; so

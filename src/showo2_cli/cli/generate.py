@@ -3,6 +3,7 @@ outputs, generate, save (all in the library), render."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -35,6 +36,7 @@ from .common import (
     VaeOpt,
     adapters,
     emit,
+    is_file,
     load_model,
     model_name,
     notice,
@@ -352,6 +354,9 @@ def i2v(
     """Image to video: the image's latent is the fixed first latent frame."""
     setup(json_mode, quiet)
     one_voice()
+    if prompt not in (None, "-") and not is_file(str(image)) and is_file(prompt):  # `i2v "a cat" cat.png`
+        raise UsageError(f"the image comes first, then the prompt: showo2 i2v {short(shlex.quote(prompt), 120)} "
+                         f"{short(shlex.quote(str(image)), 120)}")
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
                            max_memory_gb=runtime.max_memory_gb, negative_prompt=negative_prompt)
