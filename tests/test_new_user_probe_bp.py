@@ -209,3 +209,11 @@ def test_the_media_and_the_words_given_the_other_way_round_are_named(tmp_path, m
     code, message = _error(capsys, ["i2v", long, "a cat"])
     assert code == 3 and "name too long" in message, message
     assert sorted(os.listdir(tmp_path)) == ["circle.png"]
+
+
+def test_a_question_of_several_words_after_q_is_quoted_whole(capsys):
+    """`caption x.png -q What color is it?` suggested `-q 'color is it?'`, losing the -q's own word."""
+    for argv, hint in ((["caption", "c.png", "-q", "What", "color", "is", "it?"], "-q 'What color is it?'"),
+                       (["caption", "c.png", "-q", "Hi", "--question", "What", "color"], "-q 'What color'")):
+        code, message = _error(capsys, argv)
+        assert code == 2 and f"; quote a question of several words: {hint} (see" in message, message

@@ -475,11 +475,9 @@ def _dash_argument_hint(e: Exception, args: list[str]) -> str:
 
 
 def _extra_argument_hint(e: Exception, args: list[str]) -> str:
-    """For "Got unexpected extra argument": what the words were likely meant as, in the command's
-    own terms (``t2i a red circle``: a prompt to quote; ``caption x.png What color``: a question for
-    -q; ``t2i "a cat" out.png``: an output for -o)."""
+    """For "Got unexpected extra argument": what the words were likely meant as (``t2i a red circle``:
+    a prompt to quote; ``caption x.png What color``: a question for -q; ``out.png``: an output for -o)."""
     import shlex
-    from pathlib import Path
 
     def q(text: str) -> str:  # as typed, within a one-line message
         return short(shlex.quote(text), 120)
@@ -496,15 +494,18 @@ def _extra_argument_hint(e: Exception, args: list[str]) -> str:
     except Exception:  # a hint only: never a second error
         return ""
     outputs = M.IMAGE_WRITE_EXTS + M.VIDEO_WRITE_EXTS + (".safetensors",)
-    out = extras.pop() if extras and "-o" in opts and Path(extras[-1]).suffix.lower() in outputs else None
+    out = extras.pop() if extras and "-o" in opts and os.path.splitext(extras[-1])[1].lower() in outputs else None
     hints = []
     media = values.get("media")
     if len(extras) == 1 and isinstance(media, str) and "-q" in opts and is_file(extras[0]) and not is_file(media):
         hints.append(f"the image or video comes first: {q(extras[0])} -q {q(media)}")
     elif extras and isinstance(values.get("prompt"), str):
         hints.append(f"quote a prompt of several words: {q(' '.join([values['prompt'], *extras]))}")
-    elif extras and "-q" in opts:
-        hints.append(f"ask a question with -q: -q {q(' '.join(extras))}")
+    elif extras and "-q" in opts:  # right after a -q's value (`-q What color`): that question's words
+        last = max((i for i, a in enumerate(rest) if a in ("-q", "--question")), default=len(rest))
+        words = rest[last + 1:last + 2] if rest[last + 2:last + 2 + len(extras)] == extras else []
+        hints.append(f"{'quote a question of several words' if words else 'ask a question with -q'}: "
+                     f"-q {q(' '.join([*words, *extras]))}")
     if out is not None:
         hints.append(f"name the output with -o: -o {q(out)}")
     return "; " + ", and ".join(hints) if hints and (out is None or not extras or len(hints) == 2) else ""
