@@ -21,6 +21,14 @@ import torch
 from torch import nn
 
 
+#: A tied ``lm_head`` and the embedding whose tensor it is (``Showo2Model.tie_lm_head``).
+TIED_HEAD, TIED_EMBEDDING = "showo.lm_head", "showo.model.embed_tokens"
+
+
+def _names(holder: nn.Module) -> set[str]:
+    return {name for name, _ in holder.named_modules()}
+
+
 def _holds_list(module: nn.Module) -> bool:
     return any(isinstance(m, nn.ModuleList) for m in module.modules())
 
@@ -52,12 +60,16 @@ def place(holder: nn.Module, names: list[str], read: Callable[[str], torch.Tenso
     by its full name, converted to ``dtype``, the recorded LoRA ``adapters`` merged, moved to
     ``device`` and quantized (``quantize``: ``none``, ``int8wo``, ``nf4``). A left-out head
     (:class:`~showo2_cli.modeling.parts.NotLoaded`) and a tied ``lm_head`` (the embedding's tensor)
-    are not groups."""
+    are not groups (a tied ``lm_head``'s adapters merge into that tensor with the embedding's, as
+    merging into the whole network does)."""
     from .acceleration import quantize_network, quantized_size
     from .lora import merge_recorded
     from .modeling.parts import NotLoaded
 
     tied = bool(getattr(getattr(holder, "spec", None), "tie_word_embeddings", False))
+    tied_head = None  # (a tied lm_head: its adapters merge into the embedding's tensor, as on a whole load)
+    if tied and adapters and TIED_HEAD in _names(holder) and TIED_EMBEDDING in _names(holder):
+        tied_head = holder.get_submodule(TIED_HEAD)
     read_adapters: dict = {}  # each adapter read once
     todo = [g for top in names for g in groups(holder.get_submodule(top), top)]
     if quantize != "none":  # the largest to quantize first: quantizing a layer takes several times its
@@ -65,7 +77,7 @@ def place(holder: nn.Module, names: list[str], read: Callable[[str], torch.Tenso
         todo.sort(key=lambda g: -quantized_size(holder, g[0]) if g[1] else 0)
     for group, whole in todo:
         module = holder.get_submodule(group)
-        if isinstance(module, NotLoaded) or (tied and group == "showo.lm_head"):
+        if isinstance(module, NotLoaded) or (tied and group == TIED_HEAD):
             continue
         if not whole:  # (tensors of a module holding layers: moved as read, no adapter targets them)
             module.load_state_dict({k: _as(read(f"{group}.{k}"), dtype).to(device) for k in _own_keys(module)},
@@ -74,7 +86,12 @@ def place(holder: nn.Module, names: list[str], read: Callable[[str], torch.Tenso
         module.load_state_dict({k: _as(read(f"{group}.{k}"), dtype) for k in module.state_dict()},
                                strict=True, assign=True)
         if adapters:  # (peft walks only the group: it alone, under its name, in a holder of its own)
-            merge_recorded(attach(nn.Module(), group, module), adapters, [group], read_adapters)
+            within, alone = [group], attach(nn.Module(), group, module)
+            if tied_head is not None and group == TIED_EMBEDDING:  # the tied lm_head is this tensor
+                tied_head.weight = module.weight
+                within.append(TIED_HEAD)
+                attach(alone, TIED_HEAD, tied_head)
+            merge_recorded(alone, adapters, within, read_adapters)
         module.to(device=device)
         if quantize != "none":
             quantize_network(holder, quantize, within=group)

@@ -1,0 +1,42 @@
+"""Probe BQ: a review of the merged probes BK to BP (quantize as placed, one memory guard, .bin
+adapters and weights, hostile data formats, new-user hints) read together."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_placement_probe_bk import _quantized_after, _same, _tensors
+
+from showo2_cli.loading import load
+from showo2_cli.options import RuntimeOptions
+from showo2_cli.specs import get_spec
+
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory):
+    """A tiny model whose ``lm_head`` is the token embedding (as the 1.5B's, Qwen2.5-1.5B), and an
+    adapter over ``q_proj`` and that ``lm_head``."""
+    from conftest import write_adapter
+    from showo2_cli.loading import init_model
+
+    tmp = tmp_path_factory.mktemp("bq")
+    folder = init_model(get_spec("tiny").replace(name="tied", tie_word_embeddings=True), tmp / "tied",
+                        seed=5, vae_base_dim=4)
+    return folder, write_adapter(folder, tmp / "a", ["q_proj", "lm_head"], 1)
+
+
+def test_a_tied_lm_heads_adapter_is_merged_by_a_quantized_load_too(tied):
+    """Placed layer by layer (``--quantize``), the tied ``lm_head`` was no group of its own and its
+    adapter's update was dropped, silently: the embedding (and so every answer's logits) was that of
+    the model without it, while the same load unquantized merged it. Now the same bits as the whole
+    network loaded, merged and then quantized, at two weights of the same folder."""
+    pytest.importorskip("torchao")
+    folder, adapter = tied
+    lora = [(adapter, 0.5), (adapter, 1.5)]
+    reference = _tensors(_quantized_after(folder, "int8wo", torch.float32, lora).network)
+    plain = load(folder).network.showo.model.embed_tokens.weight
+    assert not torch.equal(reference["showo.model.embed_tokens.weight#"], plain)  # (the adapter changes it)
+    model = load(folder, lora=lora, runtime=RuntimeOptions(quantize="int8wo"))
+    net = model.network
+    assert net.showo.lm_head.weight is net.showo.model.embed_tokens.weight  # (still tied)
+    assert not _same(reference, _tensors(net))
