@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_placement_probe_bk import _quantized_after, _same, _tensors
 
 from showo2_cli.loading import load
 from showo2_cli.options import RuntimeOptions
 from showo2_cli.specs import get_spec
+from test_placement_probe_bk import _quantized_after, _same, _tensors
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-
 #: A tied ``lm_head`` and the embedding whose tensor it is (``Showo2Model.tie_lm_head``).
 TIED_HEAD, TIED_EMBEDDING = "showo.lm_head", "showo.model.embed_tokens"
 
