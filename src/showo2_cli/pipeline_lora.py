@@ -175,6 +175,7 @@ def _merge_on_cpu(network, folder: str, names: list[str], weight: float, origina
     each weight's first value in ``originals``. All or nothing: the network changes only after
     every layer merged."""
     from .lora import merge_recorded
+    from .placement import attach
 
     if not names:
         return
@@ -184,13 +185,7 @@ def _merge_on_cpu(network, folder: str, names: list[str], weight: float, origina
         layer = network.get_submodule(name)
         copy = torch.nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
         copy.weight = torch.nn.Parameter(layer.weight.detach().to("cpu", copy=True), requires_grad=False)
-        owner = holder
-        parent, _, child = name.rpartition(".")
-        for step in parent.split(".") if parent else ():
-            if not hasattr(owner, step):
-                owner.add_module(step, torch.nn.Module())
-            owner = getattr(owner, step)
-        owner.add_module(child, copy)
+        attach(holder, name, copy)
     merge_recorded(holder, [(folder, names, weight)], names)
     for name in names:
         key = name + ".weight"
