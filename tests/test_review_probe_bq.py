@@ -40,3 +40,24 @@ def test_a_tied_lm_heads_adapter_is_merged_by_a_quantized_load_too(tied):
     net = model.network
     assert net.showo.lm_head.weight is net.showo.model.embed_tokens.weight  # (still tied)
     assert not _same(reference, _tensors(net))
+
+
+def test_a_head_loaded_outside_a_job_counts_the_network_once_it_is_in_not_the_heads_still_out(tmp_path):
+    """A head loaded on first use outside a job (``network.load_heads("flow_head")``) is checked
+    against the model's limit as the network's weights once it is in; the other head, still left
+    out (an untied ``lm_head``), was counted too, so a limit that a generation job passed refused
+    the very head that job loads."""
+    from showo2_cli.errors import ResourceError
+    from showo2_cli.footprint import weights_gb
+    from showo2_cli.loading import init_model
+
+    folder = init_model(get_spec("tiny").replace(name="untied", tie_word_embeddings=False), tmp_path / "m",
+                        seed=5, vae_base_dim=4)
+    model = load(folder, heads=())
+    with_head, whole = weights_gb(model, ("flow_head",))[0], weights_gb(model, ("flow_head", "lm_head"))[0]
+    assert whole > with_head * 1.05  # (the lm_head's weights tell the two apart)
+    model.network.head_loader.runtime = RuntimeOptions(max_memory_gb=with_head * 1.01)
+    model.network.load_heads("flow_head")  # (refused before: "needs about" the whole network)
+    assert model.network.loaded_heads() == ("flow_head",)
+    with pytest.raises(ResourceError, match="loading the network's lm_head needs about"):
+        model.network.load_heads("lm_head")  # (the whole network once it is in: over the limit)

@@ -157,7 +157,8 @@ class HeadLoader:
                 runtime = self.runtime
                 quantize = runtime.quantize if runtime is not None else "none"
                 limit = getattr(runtime, "max_memory_gb", None)  # the model's limit, as its jobs' (0: none)
-                weights = in_gb(network_bytes(network, self.dtype, quantize))  # the network's, once the head is in
+                # the network's once the heads are in (not the heads still left out after: counted when they load)
+                weights = in_gb(network_bytes(network, self.dtype, quantize, (*network.loaded_heads(), *heads)))
                 check_memory(0.0, f"loading the network's {' and '.join(heads)}", limit, self.device,
                              "free some memory first", weights)  # (before anything is read)
             state = read_state_dict(self.weights)
