@@ -183,6 +183,7 @@ def _load_pickle(path: Path) -> Any:
     _check_stored(path)
     with warnings.catch_warnings():  # torch warns about odd pickles on stderr: the error says it
         warnings.simplefilter("ignore")
+        _check_claims(path)
         try:
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
@@ -194,20 +195,74 @@ def _load_pickle(path: Path) -> Any:
 def _check_stored(path: Path) -> None:
     """A torch zip archive must hold its entries uncompressed, as ``torch.save`` writes them: mapped
     (``mmap=True``), a compressed entry's tensors were its compressed bytes taken as values (a
-    re-zipped checkpoint loaded as garbage, silently), and inflated they could be any size."""
+    re-zipped checkpoint loaded as garbage, silently), and inflated they could be any size. Nor may
+    it name an entry twice, which torch.save never does: torch reads the first copy, Python's zipfile
+    and other tools the last, so which tensor is meant cannot be told (never pick one silently)."""
     import zipfile
 
     try:
         if not zipfile.is_zipfile(path):
             return
         with zipfile.ZipFile(path) as archive:
-            packed = next((i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED), None)
+            entries = archive.infolist()
+            packed = next((i.filename for i in entries if i.compress_type != zipfile.ZIP_STORED), None)
     except (OSError, zipfile.BadZipFile, ValueError, EOFError):
         return  # (torch says what is wrong with it)
+    seen: set[str] = set()
+    twice = next((i.filename for i in entries if i.filename in seen or seen.add(i.filename)), None)
+    if twice is not None:
+        raise ModelError(f"cannot read weights '{path}': its zip archive holds {short(twice, 80)} twice, with "
+                         "nothing to tell which copy is meant (torch.save writes each entry once)")
     if packed is not None:
         raise ModelError(f"cannot read weights '{path}': its zip entries are compressed (e.g. {short(packed, 80)}), "
                          "which torch.save never writes (a re-zipped checkpoint?); save the tensors again with "
                          "torch.save or safetensors")
+
+
+def _check_claims(path: Path) -> None:
+    """A legacy (non-zip) ``torch.save`` file must hold the bytes its storages claim: torch
+    allocates each storage at the size its pickle names before reading the data (a 486-byte file
+    claiming 10^10 floats asked for 40 GB: "out of memory"). The claims are read with an unpickler
+    that imports nothing and calls none of the file's names (its own stand-ins only)."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    class _Stub:  # what every name the pickle asks for becomes: calling or building it does nothing
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __setstate__(self, state):
+            pass
+
+    claims: dict[str, int] = {}
+
+    class _Claims(pickle.Unpickler):
+        def find_class(self, module, name):
+            storage = getattr(torch, name, None) if module == "torch" and name.endswith("Storage") else None
+            return storage if isinstance(storage, type) and hasattr(storage, "dtype") else _Stub
+
+        def persistent_load(self, pid):
+            if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] in ("storage", b"storage"):
+                kind, key, numel = pid[1], pid[2], pid[4]
+                if isinstance(kind, type) and isinstance(numel, int):
+                    claims[str(key)] = max(claims.get(str(key), 0), numel * torch._utils._element_size(kind.dtype))
+            return _Stub()
+
+    try:
+        if zipfile.is_zipfile(path):  # (mapped: a storage is its record, whatever the pickle claims)
+            return
+        with open(path, "rb") as fh:
+            for _ in range(4):  # magic number, protocol version, system info, the object
+                _Claims(fh).load()
+    except Exception:  # not a legacy torch file, or a broken one: torch says what is wrong with it
+        if not claims:
+            return
+    size, claimed = path.stat().st_size, sum(claims.values())
+    if claimed > size:
+        raise ModelError(f"cannot read weights '{path}': its tensors claim {claimed:,} bytes but the file holds "
+                         f"{size:,} (truncated or corrupt)")
 
 
 def _pickled_code(path: Path) -> str | None:
@@ -318,6 +373,11 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
     if odd:  # sparse or other layouts: no model stores its weights so
         raise ModelError(f"'{path}' holds tensors in a {str(obj[odd[0]].layout).replace('torch.', '')} layout "
                          f"(e.g. {odd[0]}), not dense weights")
+    big = next((k for k, v in obj.items() if v.numel() * v.element_size() > v.untyped_storage().nbytes()), None)
+    if big is not None:  # strides of 0 (or overlapping): 16 stored floats read as 10^12 values, which any use
+        t = obj[big]     # (a NaN check, a merge) would allocate: "out of memory" from a 64-byte record
+        raise ModelError(f"'{path}': {short(big, 80)} claims {tuple(t.shape)} ({t.numel():,} values) from "
+                         f"{t.untyped_storage().nbytes():,} stored bytes (strides {t.stride()}): not dense weights")
     return unwrapped(dict(obj))
 
 
