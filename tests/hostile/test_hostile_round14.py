@@ -1,7 +1,9 @@
 """Hostile inputs, round fourteen (probe BS): tonight's new surfaces as a hostile adapter or data set
 would use them. A legacy ``.bin`` whose pickle claimed more bytes than its file had torch allocate
-them; a tensor of zero strides read 16 stored floats as 10^12 values. Each test fails on the code
-before its fix."""
+them; a tensor of zero strides read 16 stored floats as 10^12 values; an imagefolder's
+``metadata.jsonl`` read files outside its folder; a conversation naming several pictures trained
+with its first; a converted records file's errors named the index, not the user's file. Each test
+fails on the code before its fix."""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
-from showo2_cli.errors import ModelError
+from showo2_cli.errors import InputError, ModelError
 
 KEY = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 
@@ -134,3 +137,96 @@ def test_a_zip_archive_naming_a_tensor_twice_is_refused(tmp_path):
         archive.writestr(entry, struct.pack("<16f", *[float("nan")] * 16))
     with pytest.raises(ModelError, match=rf"its zip archive holds {entry} twice, with nothing to tell which copy"):
         read_state_dict(path)
+
+
+def _imagefolder(tmp_path: Path, records: list[dict]):
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.data import make_sources
+    from test_train import tiny_config
+
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = parse_config(tiny_config(tmp_path, data=[{"kind": "pairs", "role": "t2i", "path": str(data),
+                                                    "resolution": 32}], batch={"t2i": 1}), source="c.toml")
+    return make_sources(cfg, get_spec("tiny"), tmp_path / "index")[0]
+
+
+def test_an_imagefolder_reads_no_file_outside_its_folder(tmp_path):
+    """A data folder's ``metadata.jsonl`` (or ``.csv``) names its files relative to the folder, and
+    Hugging Face ``datasets`` reads only the files found in the folder (a record is matched to a file
+    by its relative name; ``../x`` or ``/x`` matches none). Here such names were read: a hostile
+    data set's ``../secret.png``, ``/abs/secret.png`` or ``caption_file`` ``../../etc/hostname``
+    trained on files the user never gave. They are refused (the item is passed over, said why); a
+    name within the folder, and a link the folder holds, read as before."""
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(secret)
+    (tmp_path / "secret.txt").write_text("a secret")
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "data" / "sub" / "red.png")
+    (tmp_path / "data" / "linked.png").symlink_to(secret)
+    records = [{"file_name": "../secret.png", "text": "a"}, {"file_name": str(secret), "text": "b"},
+               {"file_name": "sub/../../secret.png", "text": "c"}, {"file_name": "..\\secret.png", "text": "d"},
+               {"file_name": "sub/red.png", "caption_file": "../secret.txt"},
+               {"file_name": "sub/red.png", "caption_file": str(tmp_path / "secret.txt")},
+               {"file_name": "sub/./red.png", "text": "red"}, {"file_name": "linked.png", "text": "linked"}]
+    source = _imagefolder(tmp_path, records)
+    for i in range(6):
+        with pytest.raises(InputError, match=rf"record {i} (file_name|caption_file) '.*' is outside the data folder"):
+            source.get(i)
+    assert [(s.text, s.pixels[0, 16, 16].tolist()) for s in map(source.get, (6, 7))] == [
+        ("red", [255, 0, 0]), ("linked", [9, 9, 9])]
+
+
+def test_a_conversation_naming_several_pictures_is_passed_over_not_trained_on_the_first(tmp_path):
+    """LLaMA-Factory's ``images`` list (and LLaVA records with one) may name several pictures, one
+    for each ``<image>`` of the text: the conversation trained with the first picture alone, the
+    words about the others kept, silently. Show-o2 trains one picture a conversation: such a record
+    is refused (the item passed over, said why); a list of one reads as before."""
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.data import make_sources
+    from test_train import tiny_config
+
+    for name, rgb in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        Image.new("RGB", (32, 32), rgb).save(tmp_path / f"{name}.png")
+    turns = [{"role": "user", "content": "<image><image>Which is red?"}, {"role": "assistant", "content": "The first."}]
+    rows = [{"messages": turns, "images": ["a.png", "b.png"]},
+            {"messages": turns, "images": ["a.png"] * 10_000},
+            {"messages": turns[:1] + [{"role": "assistant", "content": "red"}], "images": ["a.png"]}]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = parse_config(tiny_config(tmp_path, data=[{"kind": "llava", "role": "mmu", "path": str(tmp_path / "chat.jsonl"),
+                                                    "resolution": 32}], batch={"mmu": 1}), source="c.toml")
+    source = make_sources(cfg, get_spec("tiny"), tmp_path / "index")[0]
+    for i, n in ((0, 2), (1, 10_000)):
+        with pytest.raises(InputError, match=rf"record {i} names {n} images: a conversation trains with one image"):
+            source.get(i)
+    sample = source.get(2)
+    assert sample.turns[0][1] == "red" and sample.pixels[0, 16, 16].tolist() == [255, 0, 0]
+
+
+def test_a_converted_records_file_is_named_in_its_errors_not_its_index(tmp_path):
+    """A ``.json`` array or a ``.csv`` is converted to an index JSONL under the run's folder; an
+    element that is not an object, or one over the 8 MiB a record may have (a CSV row of a million
+    columns), was said of ``'.../index/2ded787efd41dddf3eea.jsonl' record 0``, a file the user never
+    made. The user's file is named, in the loader's workers too."""
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.data import make_sources
+    from test_train import tiny_config
+
+    array, folder = tmp_path / "chat.json", tmp_path / "data"
+    array.write_text('[1, {"conversations": []}]')
+    folder.mkdir()  # a metadata.csv row of 90 fields named in 100 KB each: a 9 MB record
+    names = [f"c{i}" + "n" * 100_000 for i in range(90)]
+    (folder / "metadata.csv").write_text(",".join(["file_name", *names]) + "\nx.png" + ",y" * 90 + "\n")
+    for kind, path, shown, why in (("llava", array, array, "is not a JSON object"),
+                                   ("pairs", folder, folder, "is over 8 MiB")):
+        cfg = parse_config(tiny_config(tmp_path, data=[{"kind": kind, "role": "t2i" if kind == "pairs" else "mmu",
+                                                        "path": str(path), "resolution": 32}],
+                                       batch={"t2i" if kind == "pairs" else "mmu": 1}), source="c.toml")
+        source = make_sources(cfg, get_spec("tiny"), tmp_path / "index")[0]
+        for records in (source.records, pickle.loads(pickle.dumps(source.records))):  # (as a worker has it)
+            with pytest.raises(InputError, match=rf"^'{shown}' record 0 {why}"):
+                records[0]

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError, ResourceError, UsageError, one_line
-from .records import Records, build_index
+from ..errors import InputError, ResourceError, UsageError, one_line, short
+from .records import METADATA_FILES, Records, build_index
 from .schema import DataSource, TrainConfig
 
 INDEX_DIR = ".data-index"
@@ -249,6 +249,8 @@ class PairsSource(Source):
         super().__init__(index, spec, cfg, geometry)
         self.records = records
         self.root = Path(spec.root) if spec.root else Path(spec.path).parent if Path(spec.path).is_file() else Path(spec.path)
+        folder = Path(spec.path)  # an imagefolder's metadata names files of its folder only (as datasets reads it)
+        self.confined = folder.is_dir() and any((folder / name).is_file() for name in METADATA_FILES)
 
     def size(self):
         return len(self.records)
@@ -259,7 +261,7 @@ class PairsSource(Source):
     def _media_path(self, rec: dict, i: int) -> Path:
         for key in ("path", "image", "video", "file_name", "file"):
             if isinstance(rec.get(key), str) and rec[key]:
-                return _record_path(rec[key], f"'{self.spec.path}' record {i} {key}", self.root)
+                return _record_path(rec[key], f"'{self.spec.path}' record {i} {key}", self.root, self.confined)
         raise InputError(f"'{self.spec.path}' record {i} has no path/image/video field")
 
     def _caption(self, rec: dict, i: int) -> str:
@@ -274,7 +276,7 @@ class PairsSource(Source):
         where = f"'{self.spec.path}' record {i} caption_file"
         if not isinstance(cap, str):
             raise InputError(f"{where} must be a path, got {type(cap).__name__}")
-        return read_caption_file(_record_path(cap, where, self.root), where)
+        return read_caption_file(_record_path(cap, where, self.root, self.confined), where)
 
     def media(self, item: int) -> str | None:
         return self._identity(self._media_path(self.records[item], item))
@@ -348,7 +350,10 @@ class LlavaSource(Source):
         # "images"/"videos": LLaMA-Factory's lists (a record naming its picture so trained without it, silently)
         ref = rec.get(media_key) or rec.get(media_key + "s") or rec.get("image") or rec.get("video") or \
             rec.get("images") or rec.get("videos")
-        if isinstance(ref, list):
+        if isinstance(ref, list):  # one picture a conversation: the others were dropped, the words about them kept
+            if len(ref) > 1:
+                raise InputError(f"'{self.spec.path}' record {item} names {len(ref)} {media_key}s: a conversation "
+                                 f"trains with one {media_key} (split it into a record for each)")
             ref = ref[0] if ref else None
         if ref is not None and ref != "" and not isinstance(ref, str):
             raise InputError(f"'{self.spec.path}' record {item} {media_key} must be a path, got {type(ref).__name__}")
@@ -421,7 +426,7 @@ def make_sources(cfg: TrainConfig, model_spec, index_dir: Path) -> list[Source]:
         if s.kind == "shapes":
             out.append(ShapesSource(i, s, cfg, geometry))
         else:
-            records = Records(*build_index(s, index_dir))
+            records = Records(*build_index(s, index_dir), name=s.path)
             if len(records) == 0:
                 raise UsageError(f"{cfg.source}: data[{i}].path: '{s.path}' holds no records")
             cls = PairsSource if s.kind == "pairs" else LlavaSource
@@ -543,12 +548,20 @@ def collate(samples: list[Sample]) -> list[Sample]:
 MAX_CAPTION_BYTES = 1 << 20
 
 
-def _record_path(text: str, where: str, root: Path) -> Path:
+def _record_path(text: str, where: str, root: Path, confined: bool = False) -> Path:
     """The file a record names: ``~`` expanded, a relative path taken from ``root`` (the records
     file's folder, or the source's ``root``: a relative ``caption_file`` was taken from the working
     folder, so a run started elsewhere trained on empty captions). A path written on Windows
     (``images\\cat.jpg``: a data set made there) is read with ``/`` where only that names a file:
-    every such record was unreadable, passed over."""
+    every such record was unreadable, passed over. ``confined`` (a data folder's ``metadata.jsonl``
+    or ``metadata.csv``): the name must be of a file in ``root`` (not absolute, no ``..`` out of it),
+    as Hugging Face ``datasets`` reads only the files found in the folder, matched to the records by
+    their names: a hostile data set's ``../../home/me/.ssh/id_rsa`` or ``/etc/passwd`` was read."""
+    if confined:
+        parts = os.path.normpath(text.replace("\\", "/")).split("/")
+        if os.path.isabs(text) or text.startswith(("~", "\\")) or ".." in parts:
+            raise InputError(f"{where} {short(text, 80)!r} is outside the data folder '{root}': an imagefolder's "
+                             "metadata names the files of its folder, relative to it")
     try:
         p = Path(text).expanduser()
     except RuntimeError as e:  # "~nosuchuser/..."

@@ -234,8 +234,9 @@ def _list_folder(folder: Path, out: Path) -> None:
 class Records:
     """Random access to the records of an indexed JSONL file (offsets memory-mapped)."""
 
-    def __init__(self, records: Path, offsets: Path):
+    def __init__(self, records: Path, offsets: Path, name: str | None = None):
         self.records, self.offsets_path = Path(records), Path(offsets)
+        self.name = name or str(records)  # what errors call it: the user's file, not its converted index
         size = self.offsets_path.stat().st_size // 8
         self._offsets = np.memmap(self.offsets_path, dtype="<u8", mode="r", shape=(size,)) if size else np.zeros(0, "<u8")
 
@@ -247,18 +248,18 @@ class Records:
             f.seek(int(self._offsets[i]))
             line = f.readline(MAX_RECORD_BYTES + 1)
         if len(line) > MAX_RECORD_BYTES:
-            raise InputError(f"'{self.records}' record {i} is over {MAX_RECORD_BYTES >> 20} MiB: not a caption or "
+            raise InputError(f"'{self.name}' record {i} is over {MAX_RECORD_BYTES >> 20} MiB: not a caption or "
                              "conversation")
         try:
             value = json.loads(line)
         except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; nesting too deep
-            raise InputError(f"'{self.records}' record {i} is not valid JSON: {one_line(e, 120)}") from None
+            raise InputError(f"'{self.name}' record {i} is not valid JSON: {one_line(e, 120)}") from None
         if not isinstance(value, dict):
-            raise InputError(f"'{self.records}' record {i} is not a JSON object")
+            raise InputError(f"'{self.name}' record {i} is not a JSON object")
         return value
 
     def __getstate__(self):  # workers re-open the memmap
-        return {"records": self.records, "offsets": self.offsets_path}
+        return {"records": self.records, "offsets": self.offsets_path, "name": self.name}
 
     def __setstate__(self, state):
-        self.__init__(state["records"], state["offsets"])
+        self.__init__(state["records"], state["offsets"], state.get("name"))
