@@ -1,0 +1,37 @@
+"""Probe BR: the evening's features used together (quantized placed loads, LoRA strengths,
+``.bin`` adapters, lazy heads, the memory guard)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from showo2_cli.loading import ALL_HEADS, load
+from showo2_cli.options import RuntimeOptions
+from test_placement_probe_bk import _quantized_after, _same, _tensors
+
+
+@pytest.fixture(scope="module")
+def lm_head_adapter(tmp_path_factory):
+    """An adapter of the demo (whose ``lm_head`` is tied to the embedding) over its ``lm_head``
+    and the LLM's ``q_proj``."""
+    from conftest import write_adapter
+
+    return write_adapter("demo", tmp_path_factory.mktemp("br") / "lm", ["lm_head", "q_proj"], 3)
+
+
+def test_a_tied_lm_heads_adapter_is_merged_by_a_quantized_load(lm_head_adapter):
+    """A tied ``lm_head`` is the embedding's tensor, not a group placed: a quantized load left its
+    adapter out (the embedding and ``lm_head`` those of the base model, silently), where the
+    unquantized load merges it into the shared tensor. Eager and lazy heads, at a weight of 0.5."""
+    pytest.importorskip("torchao")
+    lora = [(str(lm_head_adapter), 0.5)]
+    reference = _tensors(_quantized_after("demo", "int8wo", torch.float32, lora).network)
+    plain = _tensors(load("demo", runtime=RuntimeOptions(quantize="int8wo")).network)
+    changed = {k for k in _same(reference, plain) if k.startswith(("showo.lm_head", "showo.model.embed_tokens"))}
+    assert changed == {"showo.lm_head.weight#", "showo.model.embed_tokens.weight#"}  # the adapter counts
+    for heads in (ALL_HEADS, ()):
+        model = load("demo", lora=lora, heads=heads, runtime=RuntimeOptions(quantize="int8wo"))
+        model.network.load_heads()
+        assert model.network.showo.lm_head.weight is model.network.showo.model.embed_tokens.weight
+        assert not _same(reference, _tensors(model.network)), heads
