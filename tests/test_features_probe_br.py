@@ -35,3 +35,20 @@ def test_a_tied_lm_heads_adapter_is_merged_by_a_quantized_load(lm_head_adapter):
         model.network.load_heads()
         assert model.network.showo.lm_head.weight is model.network.showo.model.embed_tokens.weight
         assert not _same(reference, _tensors(model.network)), heads
+
+
+def test_an_adapter_of_the_embedding_says_it_is_no_linear_layer(lm_head_adapter, tmp_path):
+    """An adapter whose targets include ``embed_tokens`` (Unsloth's continued pretraining) was
+    told the model has no such layer; it has one, an embedding, which no merge here takes."""
+    import json
+    import shutil
+
+    from showo2_cli.errors import ModelError
+    from showo2_cli.lora import ADAPTER_CONFIG
+
+    folder = shutil.copytree(lm_head_adapter, tmp_path / "emb")
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    (folder / ADAPTER_CONFIG).write_text(json.dumps({**config, "target_modules": ["embed_tokens", "lm_head"]}))
+    with pytest.raises(ModelError, match=r"targets embed_tokens \(Embedding, not a linear layer\): only adapters "
+                                         "of linear layers"):
+        load("demo", lora=[folder])

@@ -396,6 +396,10 @@ def _apply(network: torch.nn.Module, ref, name: str, left_out: list[str], weight
                              "linear layer of this model")
     else:
         missing = [t for t in sorted(targets) if not _has_linear(network, t)]
+        other = next((t for t in missing if _named(network, t)), None)  # (an embedding: Unsloth's embed_tokens)
+        if other is not None:
+            raise ModelError(f"LoRA adapter '{folder}' targets {other} ({type(_named(network, other)).__name__}, not "
+                             "a linear layer): only adapters of linear layers can be merged")
         if missing:
             raise ModelError(f"LoRA adapter '{folder}' targets layers this model does not have (e.g. {missing[0]})")
     return folder, _merge_one(network, config, state, folder, name, left_out, weight)
@@ -541,6 +545,14 @@ def literal_patterns(network: torch.nn.Module, config, folder) -> None:
                 if n in targeted:
                     literal.setdefault(re.escape(n), value)
         setattr(config, field, literal)
+
+
+def _named(network: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    """The module of ``network`` named ``name``, or the first whose name ends with it; None."""
+    try:
+        return network.get_submodule(name)
+    except AttributeError:
+        return next((m for n, m in network.named_modules() if n.endswith("." + name)), None)
 
 
 def _has_linear(network: torch.nn.Module, name: str) -> bool:
