@@ -52,3 +52,34 @@ def test_an_adapter_of_the_embedding_says_it_is_no_linear_layer(lm_head_adapter,
     with pytest.raises(ModelError, match=r"targets embed_tokens \(Embedding, not a linear layer\): only adapters "
                                          "of linear layers"):
         load("demo", lora=[folder])
+
+
+@pytest.mark.parametrize("name", ["metadata.csv", "metadata.jsonl"])
+def test_an_imagefolder_without_a_caption_column_is_refused(tmp_path, name):
+    """A Hugging Face imagefolder whose captions' column is named otherwise (``description``)
+    trained every image on an empty caption (the unconditional row), silently; ``text`` reads."""
+    import json
+
+    from showo2_cli.errors import InputError
+    from showo2_cli.training.records import Records, build_index
+    from showo2_cli.training.schema import DataSource
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rows = [{"file_name": f"{i}.png", "description": f"photo {i}"} for i in range(2)]
+
+    def write(rows):
+        if name.endswith(".csv"):
+            lines = [",".join(rows[0])] + [",".join(r.values()) for r in rows]
+        else:
+            lines = [json.dumps(r) for r in rows]
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    write(rows)
+    source = DataSource(kind="pairs", path=str(folder))
+    with pytest.raises(InputError, match=rf"'{folder / name}' has no caption field \(prompt, caption, text\): "
+                                         "its fields are file_name, description; name the captions' column text"):
+        build_index(source, tmp_path / "index")
+    write([{"file_name": r["file_name"], "text": r["description"]} for r in rows])
+    records = Records(*build_index(source, tmp_path / "index2"))
+    assert [records[i]["text"] for i in range(len(records))] == ["photo 0", "photo 1"]

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ResourceError, UsageError, one_line, short
-from .records import METADATA_FILES, Records, build_index
+from .records import CAPTION_FIELDS, METADATA_FILES, Records, build_index
 from .schema import DataSource, TrainConfig
 
 INDEX_DIR = ".data-index"
@@ -265,7 +265,7 @@ class PairsSource(Source):
         raise InputError(f"'{self.spec.path}' record {i} has no path/image/video field")
 
     def _caption(self, rec: dict, i: int) -> str:
-        for key in ("prompt", "caption", "text"):
+        for key in CAPTION_FIELDS:
             if isinstance(rec.get(key), str):
                 return rec[key]
             if rec.get(key) is not None:  # a list or a number was read as no caption (the unconditional row)

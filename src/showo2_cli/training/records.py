@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, one_line
+from ..errors import InputError, one_line, short
 from .schema import DataSource
 
 #: one record (a JSONL line, an element of a JSON array): larger is no caption or conversation,
@@ -20,6 +20,8 @@ from .schema import DataSource
 MAX_RECORD_BYTES = 8 << 20
 #: the records of a Hugging Face ``imagefolder`` data set, in its folder (JSONL or CSV)
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+#: a pairs record's caption, the first of these fields it has (else a ``caption_file`` to read)
+CAPTION_FIELDS = ("prompt", "caption", "text")
 
 
 def _file_key(path: Path) -> str:
@@ -152,6 +154,8 @@ def build_index(source: DataSource, index_dir: Path) -> tuple[Path, Path]:
     index_dir.mkdir(parents=True, exist_ok=True)
     if path.is_dir():  # its relative file names are the folder's (the source's root)
         path = next((path / name for name in METADATA_FILES if (path / name).is_file()), path)
+        if path.is_file() and source.kind == "pairs":
+            _check_caption_field(path)
     if path.is_dir():
         key = _folder_key(path)
         records = index_dir / f"{key}.listing.jsonl"
@@ -185,6 +189,25 @@ def build_index(source: DataSource, index_dir: Path) -> tuple[Path, Path]:
                     out.write(json.dumps(element, ensure_ascii=False) + "\n")
         _scan_lines(records, offsets)
     return records, offsets
+
+
+def _check_caption_field(path: Path) -> None:
+    """An ``imagefolder``'s metadata file names its captions' field as :data:`CAPTION_FIELDS` do
+    (its first record tells): a column named otherwise (``description``) trained on empty
+    captions, the unconditional row, silently."""
+    if path.suffix == ".csv":
+        first = next(_csv_rows(path), {})
+    else:
+        with open(path, encoding=_encoding(path), errors="replace") as f:
+            line = f.readline(MAX_RECORD_BYTES)
+        try:
+            first = json.loads(line)
+        except ValueError:
+            return  # (a malformed record is said where it is read)
+    if isinstance(first, dict) and first and not any(k in first for k in (*CAPTION_FIELDS, "caption_file")):
+        raise InputError(f"'{path}' has no caption field ({', '.join(CAPTION_FIELDS)}): its fields are "
+                         f"{', '.join(short(k, 30) for k in list(first)[:8])}; name the captions' column text, as a "
+                         "Hugging Face imagefolder's")
 
 
 def _csv_rows(path: Path):
