@@ -13,23 +13,11 @@ import av
 import numpy as np
 import pytest
 
-from conftest import write_h264
+from conftest import NUMBERED_SIZE, frame_number, numbered_frame, write_h264
 from showo2_cli.media import read_video, uniform_indices
 from showo2_cli.media.frame_index import FrameIndex, decode_picked
 
-W, H, BITS = 72, 48, 9  # each frame carries its number in 9 black/white stripes 8 pixels wide
-
-
-def _numbered(i: int) -> np.ndarray:
-    frame = np.zeros((H, W, 3), np.uint8)
-    for b in range(BITS):
-        if i >> b & 1:
-            frame[:, b * 8:(b + 1) * 8] = 255
-    return frame
-
-
-def _number(frame: np.ndarray) -> int:
-    return sum(1 << b for b in range(BITS) if frame[:, b * 8 + 2:b * 8 + 6].mean() > 128)
+W, H = NUMBERED_SIZE
 
 
 def _encode(path, pts: list[int], time_base: Fraction, gop: int = 25, fmt: str | None = None, bframes: int = 2):
@@ -40,7 +28,7 @@ def _encode(path, pts: list[int], time_base: Fraction, gop: int = 25, fmt: str |
         s.options = {"preset": "ultrafast", "crf": "12", "g": str(gop), "keyint_min": str(gop),
                      "sc_threshold": "0", "bf": str(bframes)}
         for i, t in enumerate(pts):
-            vf = av.VideoFrame.from_ndarray(_numbered(i), format="rgb24")
+            vf = av.VideoFrame.from_ndarray(numbered_frame(i), format="rgb24")
             vf.pts, vf.time_base = t, time_base
             for pkt in s.encode(vf):
                 c.mux(pkt)
@@ -87,12 +75,12 @@ def test_a_long_video_decodes_only_the_groups_of_pictures_it_samples(tmp_path, m
     counting = _Counting(av.open)
     monkeypatch.setattr(av, "open", counting)
     m = read_video(p, num_frames=8)
-    assert [_number(f) for f in m.frames] == uniform_indices(n, 8)
+    assert [frame_number(f) for f in m.frames] == uniform_indices(n, 8)
     assert m.total_frames == n
     assert counting.decoded <= 8 * 10 + 8  # at most a group of pictures for each (and a few frames of look-ahead)
     counting.decoded = 0
     whole = read_video(p)  # all frames: read in order, as before
-    assert counting.decoded == n and [_number(f) for f in whole.frames[::50]] == list(range(0, n, 50))
+    assert counting.decoded == n and [frame_number(f) for f in whole.frames[::50]] == list(range(0, n, 50))
     assert np.array_equal(whole.frames[uniform_indices(n, 8)], m.frames)  # the same pixels as decoding in order
 
 
@@ -103,9 +91,9 @@ def test_a_variable_frame_rate_video_is_sampled_over_its_time(tmp_path, ext):
     twenty. Now the frames shown at 0, 5, 10, 15 and 20 s."""
     p = tmp_path / f"vfr.{ext}"
     _encode(p, [*range(10), 100, 200], Fraction(1, 10), gop=4)
-    assert [_number(f) for f in read_video(p, num_frames=5).frames] == [0, 9, 10, 10, 11]
-    assert [_number(f) for f in read_video(p, num_frames=2).frames] == [0, 11]
-    assert [_number(f) for f in read_video(p, num_frames=1).frames] == [0]
+    assert [frame_number(f) for f in read_video(p, num_frames=5).frames] == [0, 9, 10, 10, 11]
+    assert [frame_number(f) for f in read_video(p, num_frames=2).frames] == [0, 11]
+    assert [frame_number(f) for f in read_video(p, num_frames=1).frames] == [0]
 
 
 def test_a_constant_rate_keeps_the_official_indices():
@@ -128,8 +116,8 @@ def test_b_frames_a_late_start_and_files_without_timestamps_keep_their_order(tmp
                              ("b.avi", "avi", 0)):
         p = tmp_path / name
         _encode(p, [start + i for i in range(25)], Fraction(1, 25), gop=12, fmt=fmt, bframes=3)
-        assert [_number(f) for f in read_video(p, num_frames=5).frames] == [0, 6, 12, 18, 24], name
-        assert [_number(f) for f in read_video(p).frames] == list(range(25)), name
+        assert [frame_number(f) for f in read_video(p, num_frames=5).frames] == [0, 6, 12, 18, 24], name
+        assert [frame_number(f) for f in read_video(p).frames] == list(range(25)), name
 
 
 def test_a_trimmed_phone_video_starts_at_its_edit(tmp_path):
@@ -146,9 +134,9 @@ def test_a_trimmed_phone_video_starts_at_its_edit(tmp_path):
             if pkt.dts is not None:
                 pkt.pts, pkt.dts, pkt.stream = pkt.pts - shift, pkt.dts - shift, so
                 o.mux(pkt)
-    assert [_number(f) for f in read_video(cut).frames] == list(range(7, 30))
+    assert [frame_number(f) for f in read_video(cut).frames] == list(range(7, 30))
     m = read_video(cut, num_frames=5)
-    assert [_number(f) for f in m.frames] == [7 + i for i in uniform_indices(23, 5)] and m.total_frames == 23
+    assert [frame_number(f) for f in m.frames] == [7 + i for i in uniform_indices(23, 5)] and m.total_frames == 23
 
 
 def test_a_stream_that_does_not_keep_to_its_index_is_read_in_order(tmp_path, monkeypatch):
@@ -156,7 +144,7 @@ def test_a_stream_that_does_not_keep_to_its_index_is_read_in_order(tmp_path, mon
     and the video is read in order, with the same frames."""
     p = tmp_path / "v.mp4"
     _encode(p, list(range(100)), Fraction(1, 25), gop=10)
-    expected = [_number(f) for f in read_video(p, num_frames=6).frames]
+    expected = [frame_number(f) for f in read_video(p, num_frames=6).frames]
 
     class Frame:
         def __init__(self, pts):
@@ -177,7 +165,7 @@ def test_a_stream_that_does_not_keep_to_its_index_is_read_in_order(tmp_path, mon
     import showo2_cli.media.video as video_module
 
     monkeypatch.setattr(video_module, "decode_picked", lambda *a, **kw: None)
-    assert [_number(f) for f in read_video(p, num_frames=6).frames] == expected == uniform_indices(100, 6)
+    assert [frame_number(f) for f in read_video(p, num_frames=6).frames] == expected == uniform_indices(100, 6)
 
 
 def test_a_gif_is_sampled_over_its_frame_delays(tmp_path):
@@ -187,12 +175,12 @@ def test_a_gif_is_sampled_over_its_frame_delays(tmp_path):
     and 13 centiseconds, as the shared waves.gif has) keeps the official indices."""
     from PIL import Image
 
-    frames = [Image.fromarray(_numbered(i)) for i in range(12)]
+    frames = [Image.fromarray(numbered_frame(i)) for i in range(12)]
     frames[0].save(tmp_path / "hold.gif", save_all=True, append_images=frames[1:],
                    duration=[5000] + [100] * 10 + [5000], loop=0)
-    assert [_number(f) for f in read_video(tmp_path / "hold.gif", num_frames=5).frames] == [0, 0, 0, 0, 11]
+    assert [frame_number(f) for f in read_video(tmp_path / "hold.gif", num_frames=5).frames] == [0, 0, 0, 0, 11]
     frames[0].save(tmp_path / "even.gif", save_all=True, append_images=frames[1:], duration=[120, 130] * 6, loop=0)
-    assert [_number(f) for f in read_video(tmp_path / "even.gif", num_frames=5).frames] == uniform_indices(12, 5)
+    assert [frame_number(f) for f in read_video(tmp_path / "even.gif", num_frames=5).frames] == uniform_indices(12, 5)
 
 
 @pytest.mark.parametrize("ext", ["png", "webp"])
@@ -207,17 +195,17 @@ def test_an_apng_or_animated_webp_file_is_a_video_as_the_same_file_opened_with_p
     from showo2_cli.media import check_video, image_input, probe_kind, read_image, read_media
 
     p = tmp_path / f"hold.{ext}"
-    frames = [Image.fromarray(_numbered(i)) for i in range(12)]
+    frames = [Image.fromarray(numbered_frame(i)) for i in range(12)]
     frames[0].save(p, save_all=True, append_images=frames[1:], duration=[5000] + [100] * 10 + [5000], loop=0,
                    **({"lossless": True} if ext == "webp" else {}))
     assert probe_kind(p) == "video"
     check_video(p)  # what the CLI checks before loading a model (FFmpeg reads no animated WebP)
     m = read_media(p, num_frames=5)
     assert m.kind == "video" and m.total_frames == 12 and m.fps == pytest.approx(12 / 11.0)
-    assert [_number(f) for f in m.frames] == [0, 0, 0, 0, 11]
-    assert [_number(f) for f in read_media(p, first=3).frames] == [0, 1, 2]
+    assert [frame_number(f) for f in m.frames] == [0, 0, 0, 0, 11]
+    assert [frame_number(f) for f in read_media(p, first=3).frames] == [0, 1, 2]
     with Image.open(p) as im:
-        assert [_number(f) for f in read_media(im, num_frames=5).frames] == [0, 0, 0, 0, 11]
+        assert [frame_number(f) for f in read_media(im, num_frames=5).frames] == [0, 0, 0, 0, 11]
         with pytest.raises(ValueError, match="animated"):
             image_input(im)
     with pytest.raises(InputError, match="animated"):
@@ -226,7 +214,7 @@ def test_an_apng_or_animated_webp_file_is_a_video_as_the_same_file_opened_with_p
         image_input(p)
     one = tmp_path / f"one.{ext}"
     frames[5].save(one)
-    assert probe_kind(one) == "image" and _number(np.asarray(read_image(one))) == 5
+    assert probe_kind(one) == "image" and frame_number(np.asarray(read_image(one))) == 5
 
 
 def test_the_server_takes_an_animation_sent_as_the_image_type_it_is(tmp_path, monkeypatch):
@@ -264,7 +252,7 @@ def test_the_server_takes_an_animation_sent_as_the_image_type_it_is(tmp_path, mo
         return {"model": "demo", "max_tokens": 1, "messages": [{"role": "user", "content": [
             {"type": "text", "text": "What happens?"}, {"type": "image_url", "image_url": {"url": url}}]}]}
 
-    frames = [Image.fromarray(_numbered(i)) for i in range(3)]
+    frames = [Image.fromarray(numbered_frame(i)) for i in range(3)]
     mp4 = tmp_path / "v.mp4"
     _encode(mp4, list(range(5)), Fraction(1, 25))
     model = SimpleNamespace(spec=SimpleNamespace(vocab_size=1000, latent_multiple=16))
@@ -290,14 +278,14 @@ def test_a_phone_photo_with_a_gain_map_opened_with_pil_is_one_picture(tmp_path):
     from showo2_cli.media import image_input, read_image, read_media
 
     p = tmp_path / "pixel.jpg"
-    photo = Image.fromarray(_numbered(300))
+    photo = Image.fromarray(numbered_frame(300))
     photo.save(p, format="MPO", save_all=True, append_images=[Image.new("RGB", (36, 24), (128, 128, 128))],
                quality=95, subsampling=0)
     with Image.open(p) as im:
         assert im.format == "MPO" and im.n_frames == 2
         assert np.array_equal(np.asarray(image_input(im)), np.asarray(read_image(p)))
         m = read_media(im)
-        assert m.kind == "image" and _number(m.frames[0]) == 300
+        assert m.kind == "image" and frame_number(m.frames[0]) == 300
 
 
 def test_a_heic_photo_is_refused_in_one_line_not_read_as_a_video_of_one_tile(tmp_path):

@@ -10,21 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
+from conftest import frame_number, numbered_frame
 from showo2_cli.errors import InputError
-
-W, H, BITS = 72, 48, 9  # each frame carries its number in 9 black/white stripes 8 pixels wide
-
-
-def _numbered(i: int) -> np.ndarray:
-    frame = np.zeros((H, W, 3), np.uint8)
-    for b in range(BITS):
-        if i >> b & 1:
-            frame[:, b * 8:(b + 1) * 8] = 255
-    return frame
-
-
-def _number(frame: np.ndarray) -> int:
-    return sum(1 << b for b in range(BITS) if frame[:, b * 8 + 2:b * 8 + 6].mean() > 128)
 
 
 @pytest.mark.skipif(not features.check("avif"), reason="this Pillow reads no AVIF")
@@ -37,23 +24,23 @@ def test_an_animated_avif_is_a_video_not_its_first_picture(tmp_path):
     from showo2_cli.media import check_video, image_input, probe_kind, read_image, read_media
 
     p = tmp_path / "hold.avif"
-    frames = [Image.fromarray(_numbered(i)) for i in range(12)]
+    frames = [Image.fromarray(numbered_frame(i)) for i in range(12)]
     frames[0].save(p, save_all=True, append_images=frames[1:], duration=[5000] + [100] * 10 + [5000], quality=95)
     assert probe_kind(p) == "video"
     check_video(p)
     m = read_media(p, num_frames=5)
     assert m.kind == "video" and m.total_frames == 12 and m.fps == pytest.approx(12 / 11.0)
-    assert [_number(f) for f in m.frames] == [0, 0, 0, 0, 11]  # the frames shown at 0, 1.5, 3, 4.5, 6 s
-    assert [_number(f) for f in read_media(p, first=3).frames] == [0, 1, 2]
+    assert [frame_number(f) for f in m.frames] == [0, 0, 0, 0, 11]  # the frames shown at 0, 1.5, 3, 4.5, 6 s
+    assert [frame_number(f) for f in read_media(p, first=3).frames] == [0, 1, 2]
     with Image.open(p) as im:
-        assert [_number(f) for f in read_media(im, num_frames=5).frames] == [0, 0, 0, 0, 11]
+        assert [frame_number(f) for f in read_media(im, num_frames=5).frames] == [0, 0, 0, 0, 11]
         with pytest.raises(ValueError, match="animated"):
             image_input(im)
     with pytest.raises(InputError, match="animated AVIF"):
         read_image(p)
     one = tmp_path / "one.avif"
     frames[5].save(one, quality=95)
-    assert probe_kind(one) == "image" and _number(np.asarray(read_image(one))) == 5
+    assert probe_kind(one) == "image" and frame_number(np.asarray(read_image(one))) == 5
 
 
 @pytest.mark.skipif(not features.check("avif"), reason="this Pillow reads no AVIF")
@@ -61,7 +48,7 @@ def test_i2v_refuses_an_animated_avif_in_one_line_before_loading(tmp_path, capsy
     from showo2_cli.cli import main
 
     p = tmp_path / "a.avif"
-    frames = [Image.fromarray(_numbered(i)) for i in range(3)]
+    frames = [Image.fromarray(numbered_frame(i)) for i in range(3)]
     frames[0].save(p, save_all=True, append_images=frames[1:], duration=100)
     code = main(["i2v", str(p), "a cat", "-o", str(tmp_path / "o.mp4"), "--model", "/nonexistent/model"])
     err = capsys.readouterr().err
