@@ -218,9 +218,9 @@ def test_a_converted_records_file_is_named_in_its_errors_not_its_index(tmp_path)
 
     array, folder = tmp_path / "chat.json", tmp_path / "data"
     array.write_text('[1, {"conversations": []}]')
-    folder.mkdir()  # a metadata.csv row of 90 fields named in 100 KB each: a 9 MB record
+    folder.mkdir()  # a metadata.csv row of 90 fields named in 100 KB each (and its captions' text): a 9 MB record
     names = [f"c{i}" + "n" * 100_000 for i in range(90)]
-    (folder / "metadata.csv").write_text(",".join(["file_name", *names]) + "\nx.png" + ",y" * 90 + "\n")
+    (folder / "metadata.csv").write_text(",".join(["file_name", "text", *names]) + "\nx.png,a caption" + ",y" * 90 + "\n")
     for kind, path, shown, why in (("llava", array, array, "is not a JSON object"),
                                    ("pairs", folder, folder, "is over 8 MiB")):
         cfg = parse_config(tiny_config(tmp_path, data=[{"kind": kind, "role": "t2i" if kind == "pairs" else "mmu",
