@@ -211,6 +211,26 @@ class Showo2:
         ``/t2i``); None leaves it to ``$SHOWO2_MAX_MEMORY_GB``, else the memory available."""
         return option if option is not None else self.max_memory_gb
 
+    def record(self) -> dict:
+        """What a result records of the load that made it (generated files' metadata, ``t2i --json``,
+        ``caption --json``): the model (and its revision), the adapters merged (with their weights),
+        ``--vae``, ``--quantize`` and a dtype other than fp32, each where it changes the output."""
+        from .options import DTYPES
+
+        params = {"model": self.files.name if self.files else self.spec.name}
+        if getattr(self.files, "revision", None):  # "1.5B" names other weights once main moves on
+            params["model_revision"] = self.files.revision
+        if self.adapters:
+            params["lora"] = list(self.adapters)  # merged into the weights on load
+        if self.vae_given:  # --vae: another VAE decodes (and encodes) differently
+            params["vae"] = self.vae_given
+        if self.quantize != "none":  # it changes the output: a run without it differs
+            params["quantize"] = self.quantize
+        if self.dtype != torch.float32:  # bf16/fp16 round every layer: an fp32 run of it differs
+            name = str(self.dtype).removeprefix("torch.")
+            params["dtype"] = DTYPES.get(name, name)  # --dtype's name (bf16), which a re-run passes back
+        return params
+
     @property
     def device(self) -> torch.device:
         return self.network.device

@@ -237,31 +237,54 @@ def _report_once(group, rank: int, records: list[dict], failure: Exception | Non
     raise error
 
 
-def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, batch: int, runtime,
-                                prompts: int = 1) -> None:
-    """Refuse a job that cannot fit, or whose ``--noise`` has the wrong shape for the run's
-    ``prompts``, before the weights load, when the model's folder tells its spec (our own format;
-    for an official checkpoint the pipeline checks once it is loaded)."""
-
+def _before_loading(name: str, runtime, parts: tuple) -> tuple | None:
+    """What a memory check before the load needs of the model ``name`` (``parts``: the heads and VAE
+    halves its job runs, :data:`~showo2_cli.footprint.GENERATION_PARTS`...): its spec, dtype, device,
+    VAE's base_dim (None: no VAE) and the weights it runs, the loaded check's figures; None when its
+    folder does not tell its spec (an official checkpoint: the pipeline checks once it is loaded)."""
     from ..model_files import find_files
 
     files = find_files(name)  # a name that names nothing fails here, before torch is imported
     if files.format != "showo2":
-        return
-    from .. import pipelines as P
+        return None
     from ..errors import ModelError
     from ..model_config import spec_from_files
     from ..runtime import pick_device, pick_dtype
     from ..weights import read_json
 
     spec = spec_from_files(files, {})
-    video = kind != "t2i"
-    base_dim = 96
+    base_dim = None if files.vae is None else 96
     if files.vae is not None and (Path(files.vae) / "config.json").is_file():
         try:
             base_dim = int(read_json(Path(files.vae) / "config.json").get("base_dim", 96))
         except (ModelError, ValueError, TypeError):
             base_dim = 96
+    import torch
+
+    from ..footprint import files_weights_gb
+
+    dev = pick_device(runtime.device)
+    dtype = pick_dtype(runtime.dtype, dev)
+    weights = files_weights_gb(spec, dtype, runtime.quantize, files.vae, *parts)
+    if runtime.offload != "none" and torch.device(dev).type != "cpu":  # offload keeps them in CPU memory: none
+        weights = (weights[0], weights[0])  # takes the device's room at load (a limit still counts them all)
+    return spec, dtype, dev, base_dim, weights
+
+
+def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, batch: int, runtime,
+                                prompts: int = 1) -> None:
+    """Refuse a job that cannot fit, or whose ``--noise`` has the wrong shape for the run's
+    ``prompts``, before the weights load, when the model's folder tells its spec (our own format;
+    for an official checkpoint the pipeline checks once it is loaded)."""
+    from ..footprint import GENERATION_PARTS, I2V_PARTS
+
+    known = _before_loading(name, runtime, I2V_PARTS if kind == "i2v" else GENERATION_PARTS)
+    if known is None:
+        return
+    from .. import pipelines as P
+
+    spec, dtype, dev, base_dim, weights = known
+    video = kind != "t2i"
     if opts.noise is not None:
         from dataclasses import replace
 
@@ -271,18 +294,28 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
 
     check_schedule(opts.method, spec.steps if opts.steps is None else opts.steps,  # before the weights load
                    spec.shift if opts.shift is None else opts.shift)
-    import torch
-
-    from ..footprint import GENERATION_PARTS, I2V_PARTS, files_weights_gb
-
-    dev = pick_device(runtime.device)
-    dtype = pick_dtype(runtime.dtype, dev)
-    weights = files_weights_gb(spec, dtype, runtime.quantize, files.vae, *(I2V_PARTS if kind == "i2v" else GENERATION_PARTS))
-    if runtime.offload != "none" and torch.device(dev).type != "cpu":  # offload keeps them in CPU memory: none
-        weights = (weights[0], weights[0])  # takes the device's room at load (a limit still counts them all)
     P.check_generation_memory(spec, dtype, opts.size or spec.default_size(video),
-                              opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim,
+                              opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim or 96,
                               runtime.vae_tiling, weights=weights)
+
+
+def check_caption_before_loading(name: str, kind: str, opts, runtime) -> None:
+    """``caption``'s check before the load: the encoding of its image or video frames (the loaded
+    check of :func:`~showo2_cli.pipelines.understand.check_caption_memory`, the same figures), with
+    the weights an answer runs, so a caption that cannot fit is refused before a long load."""
+    from ..footprint import UNDERSTANDING_PARTS
+
+    known = _before_loading(name, runtime, UNDERSTANDING_PARTS)
+    if known is None:
+        return
+    from ..pipelines.understand import check_understanding_memory
+
+    spec, dtype, dev, base_dim, weights = known
+    if base_dim is None:  # no VAE: the load's own error says so
+        return
+    video = kind == "video"
+    check_understanding_memory(spec, dtype, (opts.frames or spec.und_video_frames) if video else 1,
+                               opts.size or spec.resolution, video, opts.max_memory_gb, dev, base_dim, weights)
 
 
 def _frames(frames: int) -> int:

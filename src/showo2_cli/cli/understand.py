@@ -25,6 +25,7 @@ from .common import (
     emit,
     flush,
     load_model,
+    model_name,
     notice,
     notice_unused_sampling,
     one_answer_line,
@@ -73,6 +74,9 @@ def caption(
     else:
         M.check_video(media)  # so does a truncated or damaged video (without decoding it)
 
+    from .generate import check_caption_before_loading
+
+    check_caption_before_loading(model_name(model), kind, opts, runtime)  # the loaded check's verdict, before it
     bundle = load_model(model, runtime, vae=vae, lora=lora, vae_parts=("encoder",),
                         heads=("lm_head",))  # a caption never runs the flow head
     from .. import pipelines as P  # torch: after load_model's check of the model's name
@@ -104,7 +108,7 @@ def caption(
     if seed is None and result.options.get("seed") is not None:  # sampled: the seed drawn repeats the answers
         notice(f"seed {result.options.get('seed')}")
     if not live:
-        emit({"media": str(media), "kind": result.kind,
+        emit({"media": str(media), "kind": result.kind, **bundle.record(),  # the load, as t2i's records say it
               "answers": [{"question": q, "answer": a, "tokens": n}
                           for q, a, n in zip(result.questions, result.answers, result.token_counts, strict=True)],
               "seconds": round(result.seconds, 3), "frames": result.frames, "options": result.options},

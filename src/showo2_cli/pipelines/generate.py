@@ -13,7 +13,7 @@ import torch
 from .. import media as M
 from ..errors import InputError, ModelError, UsageError, short
 from ..loading import Showo2, require_model
-from ..options import DTYPES, GenerateOptions, check_prompts, seed_for
+from ..options import GenerateOptions, check_prompts, seed_for
 from ..runtime import cpu_by_default
 from ..sampling import StepCallback, StopSampling, check_schedule, generate_latents, uses_uncond
 from ..sequences import generation_layout
@@ -301,21 +301,14 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             arr = M.tensor_to_frames(pixels)
             seed = seeds[j] if rows is None else None  # given noise: no seed made this output
             params = {"prompt": prompt, "seed": seed, "steps": opts.steps, "guidance": opts.guidance,
-                      "shift": opts.shift, "sampler": opts.method, "width": w, "height": h,
-                      "model": model.files.name if model.files else spec.name}
-            if getattr(model.files, "revision", None):  # "1.5B" names other weights once main moves on
-                params["model_revision"] = model.files.revision
-            if getattr(model, "adapters", None):
-                params["lora"] = list(model.adapters)  # merged into the weights on load
-            if getattr(model, "vae_given", None):  # --vae: another VAE decodes (and encodes) differently
-                params["vae"] = model.vae_given
-            if getattr(model, "quantize", "none") != "none":  # it changes the output: a run without it differs
-                params["quantize"] = model.quantize
+                      "shift": opts.shift, "sampler": opts.method, "width": w, "height": h}
+            loaded = model.record()  # the model, its adapters, --vae, --quantize, the dtype (caption's too)
+            dtype = loaded.pop("dtype", None)
+            params.update(loaded)
             if tiles is not None:
                 params["vae_tiles"] = list(tiles)  # (tile height, width, stride height, width) in pixels
-            if model.dtype != torch.float32:  # bf16/fp16 round every layer: an fp32 run of it differs
-                name = str(model.dtype).removeprefix("torch.")
-                params["dtype"] = DTYPES.get(name, name)  # --dtype's name (bf16), which a re-run passes back
+            if dtype is not None:
+                params["dtype"] = dtype
             if stopped[0]:  # a step callback ended the sampling (perhaps at the last step)
                 params["steps_done"] = reached[0]
             if rows is not None:  # started from the given noise, not from the seed

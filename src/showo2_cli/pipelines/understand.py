@@ -39,17 +39,30 @@ def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: f
     sequence would not fit: the decoded frames (uint8 and float32 pixels) plus the larger of the
     VAE encoding one frame (the frames are encoded one at a time) and, for a video, one forward over
     every frame's tokens (an image's forward is the answer's: :func:`check_answer_memory`)."""
+    vae = model.vae
+    return check_understanding_memory(model.spec, model.dtype, frames, side, video, model.memory_limit(max_memory_gb),
+                                      model.network.device, None if vae is None else vae.base_dim,
+                                      understanding_weights(model), None if vae is None else vae.dtype)
+
+
+def check_understanding_memory(spec, dtype: torch.dtype, frames: int, side: int, video: bool,
+                               max_memory_gb: float | None, device, vae_base_dim: int | None,
+                               weights: tuple[float, float], vae_dtype: torch.dtype | None = None) -> float:
+    """:func:`check_caption_memory` of a model by its spec (``vae_base_dim`` None: no VAE), loaded or
+    not: the command line's check before the load gives the loaded check's verdict and figures."""
+    from ..modeling.vae import encode_memory_bytes
     from ..runtime import check_memory
     from .generate import estimate_memory_gb
 
-    spec = model.spec
     pixels = frames * side * side * 3 * (1 + 4 * 2)
     seq = frames * spec.und_video_pool ** 2 + 512
-    encode = model.vae.encode_memory_gb(1, side, side) if model.vae is not None else 0.0
-    need = pixels / 1e9 + max(encode, estimate_memory_gb(model, 1, seq, 0) if video else 0.0)
+    encode = 0.0 if vae_base_dim is None else \
+        encode_memory_bytes(vae_base_dim, 1, side, side, torch.finfo(vae_dtype or dtype).bits // 8) / 1e9
+    forward = estimate_memory_gb(spec, 1, seq, 0, dtype=dtype, vae_base_dim=vae_base_dim or 96) if video else 0.0
+    need = pixels / 1e9 + max(encode, forward)
     what = f"understanding {frames} frame(s) at {side}x{side}" if video else f"encoding an image at {side}x{side}"
-    check_memory(need, what, model.memory_limit(max_memory_gb), model.network.device,
-                 "lower --frames" if video else "", understanding_weights(model))  # (an image is read at the model's size)
+    check_memory(need, what, max_memory_gb, device, "lower --frames" if video else "",
+                 weights)  # (an image is read at the model's size)
     return need
 
 
