@@ -71,7 +71,7 @@ def test_streamed_caption_survives_a_stdout_that_cannot_hold_the_answer(tmp_path
                                seconds=0.0, frames=1, options={})
 
     monkeypatch.setattr(P, "caption", fake_caption)
-    monkeypatch.setattr(understand, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(understand, "load_model", lambda *a, **k: SimpleNamespace(record=dict))  # (its outputs record the load)
     for extra in ([], ["--no-stream"]):
         out = _Ascii()
         monkeypatch.setattr(sys, "stdout", out)
