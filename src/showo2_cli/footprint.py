@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # (torch: imported where used, so a command's early checks stay cheap)
+    import torch
 
 #: Bytes a parameter of a quantized linear layer keeps (``--quantize``): int8wo one byte (and a
 #: scale per row), nf4 half a byte and a float32 scale per block of 64.
@@ -92,6 +94,8 @@ def files_weights_gb(spec, dtype: torch.dtype, quantize: str, vae_file, heads: t
     """:func:`weights_gb` of a model before it loads (none of it loaded): the network of ``spec``
     built on 'meta', the VAE's parts counted from its safetensors header (``vae_file``: a file or
     a diffusers folder; another format, or none, counts nothing here: the check after the load does)."""
+    import torch
+
     from .modeling.showo2 import Showo2Model
     from .modeling.vae import VAE_PARTS
 
