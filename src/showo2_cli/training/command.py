@@ -175,13 +175,19 @@ def train(
                       f"shard {summary['shard'][0]}/{summary['shard'][1]})")
         return
 
-    from .trainer import train as run_training
+    from .control import StopRequest
+    from .trainer import Run
 
     start = time.perf_counter()
+    run = Run(cfg, resume=resume, progress=renderer, stop_after=stop_after)
     try:
-        result = run_training(cfg, resume=resume, progress=renderer, stop_after=stop_after)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started
-        raise TrainingInterrupted("interrupted before a checkpoint could be saved") from None
+        result = run.run()
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started, or after the run ended
+        if run.result is None:
+            raise TrainingInterrupted("interrupted before a checkpoint could be saved") from None
+        result = run.result  # the run had ended and its checkpoint was written: the signal changes nothing
+        if not result.interrupted:
+            renderer.line(f"note: a stop signal came after the last step: the run is complete ({result.checkpoint})")
     finally:
         renderer.close()
     if result.interrupted:
@@ -189,14 +195,15 @@ def train(
                                   f"{result.checkpoint}; run the same command again to resume")
     if not _is_main():
         return
-    data = result.to_dict()
-    data["wall_seconds"] = round(time.perf_counter() - start, 2)
-    if not json_mode:
-        loss = f", loss {result.loss:.4f}" if result.loss is not None else ""
-        renderer.line(f"done at step {result.step}/{result.max_steps}{loss}, {result.steps_per_s:.2f} step/s, "
-                      f"peak RSS {result.peak_rss_mb:.0f} MiB")
-    # the path alone, as every command's output ($(showo2 train ...)); once out, a late signal keeps exit 0
-    emit(data, f"{result.checkpoint}")
+    with StopRequest():  # a complete run's result goes out whole; a signal now only sets a flag
+        data = result.to_dict()
+        data["wall_seconds"] = round(time.perf_counter() - start, 2)
+        if not json_mode:
+            loss = f", loss {result.loss:.4f}" if result.loss is not None else ""
+            renderer.line(f"done at step {result.step}/{result.max_steps}{loss}, {result.steps_per_s:.2f} step/s, "
+                          f"peak RSS {result.peak_rss_mb:.0f} MiB")
+        # the path alone, as every command's output ($(showo2 train ...)); once out, a late signal keeps exit 0
+        emit(data, f"{result.checkpoint}")
 
 
 def _parse_shard(text: str) -> tuple[int, int]:

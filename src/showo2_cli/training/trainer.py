@@ -393,6 +393,7 @@ class Run:
             self._release()
 
     _lock = None  # the key of the output_dir's lock, held while the run lasts
+    result: TrainResult | None = None  # set once the run has ended and its last checkpoint is written
 
     def _release(self) -> None:
         """Free the output folder for the next run (in this process too): its lock file closed."""
@@ -462,26 +463,31 @@ class Run:
                     self.emit("samples", step=step, paths=paths)
                 if cfg.run.save_every and step % cfg.run.save_every == 0 and step < stop_at:
                     final, saved = self.save(step), step
-                if self._should_stop(stop):
+                if step < stop_at and self._should_stop(stop):  # (after the last step: the run is complete)
                     interrupted = True
                     break
-        if not interrupted and step < stop_at:
-            interrupted = True  # the data ended early: cannot happen with endless streams
-        if interrupted and window.n and last is not None:  # the steps since the last line are not lost
-            self._log(metrics_path, step, window, *last)
-        if step == self.start_step and self.resumed_from is not None:
-            final = self.resumed_from  # nothing new to save
-        elif step != saved:  # a stop right after a periodic save: that checkpoint is the final one
-            final = self.save(step)
-        seconds = time.perf_counter() - self.t_start
-        done = step - self.start_step
-        if self.world > 1:
-            self._write_rank_digest(step)
-        result = TrainResult(self.output_dir, final, step, self.max_steps, interrupted,
-                             seconds, done / seconds if seconds > 0 else 0.0, last_loss, peak_rss_mb(),
-                             self.resumed_from, self.world, samples_written)
-        self.emit("done", **result.to_dict())
-        self.acc.end_training()
+            # still under the stop handler: a signal from here on waits for the final checkpoint and
+            # the result (it used to interrupt the save, or report a complete run as interrupted)
+            if not interrupted and step < stop_at:
+                interrupted = True  # the data ended early: cannot happen with endless streams
+            if interrupted and window.n and last is not None:  # the steps since the last line are not lost
+                self._log(metrics_path, step, window, *last)
+            if step == self.start_step and self.resumed_from is not None:
+                final = self.resumed_from  # nothing new to save
+            elif step != saved:  # a stop right after a periodic save: that checkpoint is the final one
+                final = self.save(step)
+            seconds = time.perf_counter() - self.t_start
+            done = step - self.start_step
+            if self.world > 1:
+                self._write_rank_digest(step)
+            result = TrainResult(self.output_dir, final, step, self.max_steps, interrupted,
+                                 seconds, done / seconds if seconds > 0 else 0.0, last_loss, peak_rss_mb(),
+                                 self.resumed_from, self.world, samples_written)
+            self.acc.end_training()
+            if stop.requested and not interrupted:
+                self.notice(f"a stop signal came after the last step: the run is complete ({final})")
+            self.result = result  # complete: a signal after this changes nothing (the command's caller reads it)
+            self.emit("done", **result.to_dict())
         return result
 
     def _step(self, step: int, chunk: list) -> tuple[dict, object]:
