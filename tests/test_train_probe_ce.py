@@ -4,11 +4,15 @@ EMA weights stored once, what eval_loss means, absurd numbers in a config."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 
+import pytest
 import torch
 
 from showo2_cli.training import checkpoint as ckpt
+from showo2_cli.training.config import parse_config
+from showo2_cli.training.schema import ConfigError
 from test_train import metrics, tiny_config, write_toml
 
 
@@ -41,3 +45,31 @@ def test_a_stop_signal_after_the_last_step_leaves_a_complete_run(tmp_path, monke
     assert ckpt.latest_checkpoint(run).name == "checkpoint-000003"
     assert torch.load(run / "checkpoint-000003" / ckpt.STATE_FILE, weights_only=True)["step"] == 3
     assert [m["step"] for m in metrics(run) if "loss" in m] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"optim.max_steps": 10**9 + 1}, "optim.max_steps"),
+    ({"optim.warmup_steps": 10**21}, "optim.warmup_steps"),
+    ({"run.log_every": 10**20}, "run.log_every"),
+    ({"run.save_every": 10**21}, "run.save_every"),
+    ({"ema": {"decay": 0.9, "start_step": 10**23}}, "ema.start_step"),
+    ({"optim.eps": 1e30}, "optim.eps"),  # AdamW's updates ~lr*m/1e30: weights that never move
+    ({"optim.weight_decay": 1e10}, "optim.weight_decay"),
+    ({"loss.ntp": 1e300}, "loss.ntp"),  # the first step's loss inf, after the model had loaded
+    ({"lora": {"rank": 4, "alpha": 1e300}}, "lora.alpha"),  # the first loss NaN
+])
+def test_numbers_no_run_can_mean_are_one_line_before_anything_loads(tmp_path, change, field):
+    with pytest.raises(ConfigError, match=rf"{re.escape(field)}: must be at most"):
+        parse_config(tiny_config(tmp_path, **change), source="c")
+    valid = {k: (10**9 if isinstance(v, int) and v > 10**9 else v) for k, v in change.items()}
+    if all(isinstance(v, int) for v in valid.values()):  # the end of the range is taken
+        parse_config(tiny_config(tmp_path, **valid), source="c")
+
+
+def test_max_steps_beyond_any_run_is_refused_on_the_command_line(tmp_path, capsys):
+    from showo2_cli.cli import main
+
+    config = write_toml(tmp_path / "c.toml", tiny_config(tmp_path))
+    assert main(["train", str(config), "--check", "--max-steps", str(10**24)]) == 2
+    assert "--max-steps must be between 1 and 1000000000" in capsys.readouterr().err
+    assert main(["train", str(config), "--check", "--max-steps", str(10**9)]) == 0

@@ -16,6 +16,7 @@ from .schema import (
     GEN_ROLES,
     KINDS,
     MAX_BATCH,
+    MAX_STEPS,
     MIXED_PRECISION,
     MODES,
     PREPROCESS,
@@ -46,6 +47,25 @@ def _positive(value, where, zero_ok=False):
 
 MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6  # a data source's share: relative weights beyond these mix nothing sensible
 MAX_LR = 10.0  # far above any AdamW rate (1e-5 .. 1e-3); 1e30 saved 1e30 weights, 1e39 overflowed
+
+
+MAX_LOSS_WEIGHT = 1e6  # a loss term's weight: 1e300 made the first step's loss inf, after the model had loaded
+MAX_EPS = 1.0  # AdamW's eps is about 1e-8; above 1 it swamps every update (1e30: weights that never move)
+MAX_WEIGHT_DECAY = 10.0  # usual values 0 to 0.1; 1e10 made the weights non-finite at the first save
+MAX_LORA_ALPHA = 65536.0  # adapters use alpha about rank to 2 x rank; 1e300 made the first loss NaN
+MAX_EPOCHS = 10**6
+
+
+def _steps(value, where, zero_ok=False):
+    """A count of steps (a total, an interval): positive (or 0 = off) and at most :data:`MAX_STEPS`."""
+    _positive(value, where, zero_ok)
+    if value is not None and value > MAX_STEPS:
+        raise field_error(where, f"must be at most {MAX_STEPS} steps, got {value!r}")
+
+
+def _at_most(value, high, where, why):
+    if value is not None and value > high:
+        raise field_error(where, f"must be at most {high:g} ({why}), got {value!r}")
 
 
 def _learning_rate(value, where):
@@ -162,14 +182,17 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
         _strings(g.patterns, gw + ".patterns")
         _learning_rate(g.lr, gw + ".lr")
         _positive(g.weight_decay, gw + ".weight_decay", zero_ok=True)
+        _at_most(g.weight_decay, MAX_WEIGHT_DECAY, gw + ".weight_decay", "usual values are 0 to 0.1")
     _positive(o.weight_decay, w + "optim.weight_decay", zero_ok=True)
+    _at_most(o.weight_decay, MAX_WEIGHT_DECAY, w + "optim.weight_decay", "usual values are 0 to 0.1")
     if len(o.betas) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1
                                     for x in o.betas):
         raise field_error(w + "optim.betas", f"must be two numbers in [0, 1), got {o.betas!r}")
     o.betas = [float(x) for x in o.betas]
     _positive(o.eps, w + "optim.eps")
+    _at_most(o.eps, MAX_EPS, w + "optim.eps", "AdamW's eps is about 1e-8; a larger one swamps every update")
     _one_of(o.schedule, SCHEDULES, w + "optim.schedule")
-    _positive(o.warmup_steps, w + "optim.warmup_steps", zero_ok=True)
+    _steps(o.warmup_steps, w + "optim.warmup_steps", zero_ok=True)
     if o.warmup_ratio is not None and not 0 <= o.warmup_ratio < 1:
         raise field_error(w + "optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}")
     if o.warmup_ratio is not None and o.warmup_steps:
@@ -178,8 +201,9 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
         raise field_error(w + "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
     if (o.max_steps is None) == (o.epochs is None):
         raise field_error(w + "optim.max_steps", "set exactly one of optim.max_steps and optim.epochs")
-    _positive(o.max_steps, w + "optim.max_steps")
+    _steps(o.max_steps, w + "optim.max_steps")
     _positive(o.epochs, w + "optim.epochs")
+    _at_most(o.epochs, MAX_EPOCHS, w + "optim.epochs", "passes over the data")
     if o.epochs is not None:
         _one_of(o.epoch_role, ROLES, w + "optim.epoch_role")
         if not b.of(o.epoch_role):
@@ -194,8 +218,9 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
         raise field_error(w + "optim.grad_accumulation", f"must be between 1 and 4096, got {o.grad_accumulation}")
 
     lo = cfg.loss
-    _positive(lo.ntp, w + "loss.ntp", zero_ok=True)
-    _positive(lo.flow, w + "loss.flow", zero_ok=True)
+    for name in ("ntp", "flow"):
+        _positive(getattr(lo, name), f"{w}loss.{name}", zero_ok=True)
+        _at_most(getattr(lo, name), MAX_LOSS_WEIGHT, f"{w}loss.{name}", "a loss term's weight")
     if not 0 <= lo.cond_dropout <= 1:
         raise field_error(w + "loss.cond_dropout", f"must be a probability in [0, 1], got {lo.cond_dropout}")
     _one_of(lo.t_sampling, T_SAMPLING, w + "loss.t_sampling")
@@ -206,6 +231,7 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
     v = cfg.vae_loss
     for name in ("l1", "l2", "kl"):
         _positive(getattr(v, name), f"{w}vae_loss.{name}", zero_ok=True)
+        _at_most(getattr(v, name), MAX_LOSS_WEIGHT, f"{w}vae_loss.{name}", "a loss term's weight")
     if cfg.mode == "vae" and v.l1 == 0 and v.l2 == 0:
         raise field_error(w + "vae_loss", "l1 and l2 are both 0: no reconstruction loss")
     _one_of(v.fit_latent_stats, FIT_STATS, w + "vae_loss.fit_latent_stats")
@@ -213,15 +239,15 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
     e = cfg.ema
     if not 0.0 <= e.decay < 1.0:
         raise field_error(w + "ema.decay", f"must be in [0, 1) (0 = off), got {e.decay}")
-    _positive(e.start_step, w + "ema.start_step", zero_ok=True)
+    _steps(e.start_step, w + "ema.start_step", zero_ok=True)
     _one_of(cfg.batch.split, SPLITS, w + "batch.split")
 
     r = cfg.run
-    _positive(r.save_every, w + "run.save_every", zero_ok=True)
+    _steps(r.save_every, w + "run.save_every", zero_ok=True)
     _positive(r.keep_last, w + "run.keep_last", zero_ok=True)
-    _positive(r.log_every, w + "run.log_every")
-    _positive(r.eval_every, w + "run.eval_every", zero_ok=True)
-    _positive(r.sample_every, w + "run.sample_every", zero_ok=True)
+    _steps(r.log_every, w + "run.log_every")
+    _steps(r.eval_every, w + "run.eval_every", zero_ok=True)
+    _steps(r.sample_every, w + "run.sample_every", zero_ok=True)
     _strings(r.sample_prompts, w + "run.sample_prompts")
     if cfg.mode == "showo2" and r.sample_every and not r.sample_prompts and \
             not any(s.kind == "shapes" and s.role == "t2i" for s in cfg.data):
@@ -250,6 +276,7 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
         if not 1 <= lo.rank <= 4096:
             raise field_error(w + "lora.rank", f"must be between 1 and 4096 (0 = off), got {lo.rank}")
         _positive(lo.alpha, w + "lora.alpha")
+        _at_most(lo.alpha, MAX_LORA_ALPHA, w + "lora.alpha", "adapters use about rank to 2 x rank")
         if not 0 <= lo.dropout < 1:
             raise field_error(w + "lora.dropout", f"must be in [0, 1), got {lo.dropout}")
         if not lo.target_modules:

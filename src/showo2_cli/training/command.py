@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from ..errors import Showo2Error, UsageError
+from .schema import MAX_STEPS
 
 
 class TrainingInterrupted(Showo2Error):
@@ -145,12 +146,12 @@ def train(
     if output is not None:
         overrides["output_dir"] = str(output.resolve())
     if max_steps is not None:
-        if max_steps < 1:
-            raise UsageError(f"--max-steps must be positive, got {max_steps}")
+        if not 1 <= max_steps <= MAX_STEPS:
+            raise UsageError(f"--max-steps must be between 1 and {MAX_STEPS}, got {max_steps}")
         overrides["optim.max_steps"] = max_steps
         overrides["optim.epochs"] = None
-    if stop_after is not None and stop_after < 1:
-        raise UsageError(f"--stop-after must be positive, got {stop_after}")
+    if stop_after is not None and not 1 <= stop_after <= MAX_STEPS:
+        raise UsageError(f"--stop-after must be between 1 and {MAX_STEPS}, got {stop_after}")
     cfg = load_config(config, overrides=overrides)
     if check:
         emit({"config": str(config), "valid": True, "resolved": cfg.to_dict()},

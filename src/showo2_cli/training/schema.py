@@ -27,6 +27,7 @@ SPLITS = ("role", "none")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive")  # accelerate's names
 #: Samples per step and process for one role ([batch]): beyond it a step could not fit anywhere
 MAX_BATCH = 4096
+MAX_STEPS = 10**9  # optimizer steps (and step intervals): a billion is years of any run, far past any real one
 
 
 class ConfigError(UsageError):

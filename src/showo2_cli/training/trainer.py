@@ -36,7 +36,7 @@ from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mi
 from .objective import objective_for
 from .params import weights_digest
 from .schedule import lr_factor, schedule_change, warmup_steps
-from .schema import TrainConfig
+from .schema import MAX_STEPS, TrainConfig
 
 Progress = Callable[[dict], None]
 STATE_FORMAT = 1
@@ -234,7 +234,11 @@ class Run:
         if length is None:
             raise UsageError(f"{self.cfg.source}: optim.epochs: role '{o.epoch_role}' has an endless source")
         per_step = self.cfg.batch.of(o.epoch_role) * self.world * o.grad_accumulation
-        return max(1, math.ceil(length * o.epochs / per_step))
+        steps = max(1, math.ceil(length * o.epochs / per_step))
+        if steps > MAX_STEPS:
+            raise UsageError(f"{self.cfg.source}: optim.epochs: {o.epochs:g} passes over {length} items make {steps} "
+                             f"steps, more than {MAX_STEPS}")
+        return steps
 
     def _write_run_files(self) -> None:
         info = {"config": self.cfg.to_dict(), "source": self.cfg.source, "world_size": self.world,
