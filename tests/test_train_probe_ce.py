@@ -13,6 +13,7 @@ import torch
 from showo2_cli.training import checkpoint as ckpt
 from showo2_cli.training.config import parse_config
 from showo2_cli.training.schema import ConfigError
+from showo2_cli.training.trainer import train
 from test_train import metrics, tiny_config, write_toml
 
 
@@ -73,3 +74,38 @@ def test_max_steps_beyond_any_run_is_refused_on_the_command_line(tmp_path, capsy
     assert main(["train", str(config), "--check", "--max-steps", str(10**24)]) == 2
     assert "--max-steps must be between 1 and 1000000000" in capsys.readouterr().err
     assert main(["train", str(config), "--check", "--max-steps", str(10**9)]) == 0
+
+
+def test_eval_loss_is_the_held_out_sets_mean_for_any_number_of_processes(tmp_path):
+    """eval_loss was the loss of the first training step's batch (training items, a set that grew
+    with the number of processes, noise drawn per process). A [[data]] source with split = "eval"
+    is held out (never trained on: the training losses are those of the run without it) and
+    eval_loss is the mean over all of its items, the same whatever the processes share."""
+    from showo2_cli.training.evaluation import eval_batches, eval_totals
+    from showo2_cli.training.trainer import Run
+
+    def config(name, held_out):
+        raw = tiny_config(tmp_path / name, **{"optim.max_steps": 2, "run.eval_every": 2})
+        if held_out:
+            raw["data"].append({"kind": "shapes", "role": "t2i", "resolution": 64, "size": 5, "split": "eval"})
+        return parse_config(raw, source=name)
+
+    events = []
+    train(config("plain", False), progress=events.append)
+    assert any("one fixed batch of training items" in e.get("message", "") for e in events)
+    train(config("held", True))
+    plain, held = metrics(tmp_path / "plain" / "run"), metrics(tmp_path / "held" / "run")
+    assert [m["loss"] for m in plain if "loss" in m] == [m["loss"] for m in held if "loss" in m]
+    evals = [m["eval_loss"] for m in held if "eval_loss" in m]
+    assert len(evals) == 2 and evals != [m["eval_loss"] for m in plain if "eval_loss" in m]
+
+    run = Run(config("held", True))
+    try:
+        run.setup()  # resumes the held run's checkpoint-000002
+        assert [len(b) for b in eval_batches(run)] == [2, 2, 1]  # batch.t2i = 2 over its 5 items
+        one = eval_totals(run, 0, 1)
+        two = eval_totals(run, 0, 2) + eval_totals(run, 1, 2)
+        assert one[1] == two[1] == 5
+        assert abs(one[0] / 5 - evals[1]) < 1e-12 and abs(two[0] / 5 - evals[1]) < 1e-9
+    finally:
+        ckpt.release_folder(run._lock)

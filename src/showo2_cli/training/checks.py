@@ -10,6 +10,7 @@ from ..errors import UsageError
 from ..options import MAX_SIDE, MAX_VIDEO_FRAMES, STEPS_RANGE
 from ..specs import WAN21
 from .schema import (
+    DATA_SPLITS,
     DEVICES,
     FIT_STATS,
     FORMATS,
@@ -163,7 +164,8 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
             raise field_error(f"{w}batch.{role}", f"is {b.of(role)} but no [[data]] source has role = \"{role}\"")
     for i, s in enumerate(cfg.data):
         if not b.of(s.role):
-            raise field_error(f"{w}data[{i}].role", f"'{s.role}' has batch size 0: set batch.{s.role}")
+            raise field_error(f"{w}data[{i}].role", f"'{s.role}' has batch size 0: set batch.{s.role}"
+                              + " (a held-out source is evaluated in batches of that size)" * (s.split == "eval"))
 
     o = cfg.optim
     _learning_rate(o.lr, w + "optim.lr")
@@ -312,6 +314,9 @@ def check_paths(cfg: TrainConfig, prefix: str = "<config>") -> None:
 
 def _validate_source(s: DataSource, w: str, mode: str) -> None:
     _one_of(s.kind, KINDS, w + ".kind")
+    _one_of(s.split, DATA_SPLITS, w + ".split")
+    if s.split == "eval" and s.kind == "shapes" and s.size is None:
+        raise field_error(w + ".size", "a held-out (split = \"eval\") shapes source needs a size: eval_loss covers all of it")
     _one_of(s.role, ROLES, w + ".role")
     if mode == "vae" and s.role != "vae":
         raise field_error(w + ".role", f"mode = \"vae\" trains on role = \"vae\" sources, got '{s.role}'")

@@ -95,7 +95,7 @@ class _Renderer:
                     parts.append(f"{ev['skipped']} item(s) skipped")
                 self.line("  ".join(parts))
         elif kind == "eval":
-            self.line(f"step {ev['step']}: loss on the fixed batch {ev['eval_loss']:.4f}")
+            self.line(f"step {ev['step']}: eval_loss {ev['eval_loss']:.4f}")
         elif kind == "checkpoint":
             self.line(f"saved {ev['path']}")
         elif kind == "samples":
@@ -177,16 +177,16 @@ def train(
         return
 
     from .control import StopRequest
-    from .trainer import Run
+    from .trainer import train as run_training
 
     start = time.perf_counter()
-    run = Run(cfg, resume=resume, progress=renderer, stop_after=stop_after)
+    runs = []
     try:
-        result = run.run()
+        result = run_training(cfg, resume=resume, progress=renderer, stop_after=stop_after, on_run=runs.append)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started, or after the run ended
-        if run.result is None:
+        if not runs or runs[0].result is None:
             raise TrainingInterrupted("interrupted before a checkpoint could be saved") from None
-        result = run.result  # the run had ended and its checkpoint was written: the signal changes nothing
+        result = runs[0].result  # the run had ended and its checkpoint was written: the signal changes nothing
         if not result.interrupted:
             renderer.line(f"note: a stop signal came after the last step: the run is complete ({result.checkpoint})")
     finally:

@@ -24,6 +24,7 @@ MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 FIT_STATS = ("auto", "yes", "no")
 SPLITS = ("role", "none")
+DATA_SPLITS = ("train", "eval")  # a [[data]] source's split
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive")  # accelerate's names
 #: Samples per step and process for one role ([batch]): beyond it a step could not fit anywhere
 MAX_BATCH = 4096
@@ -83,6 +84,8 @@ class DataSource:
     cache: str | None = None  # folder for pre-encoded VAE latents (mean and log-variance)
     crop: int | None = None  # vae role: random square crops of this side (default: no crop)
     pool: int | None = None  # mmu_vid: per-frame token grid after pooling (default: the model's)
+    # "train", or "eval": held out, never trained on; eval_loss (run.eval_every) is its whole set's mean loss
+    split: str = "train"
 
 
 @dataclass
@@ -180,7 +183,7 @@ class RunConfig:
     save_every: int = 1000  # steps between checkpoints (a final one is always written)
     keep_last: int = 3  # checkpoints kept (0 keeps all)
     log_every: int = 10  # steps between metrics lines
-    eval_every: int = 0  # steps between losses on a fixed batch (0: off)
+    eval_every: int = 0  # steps between eval_loss lines (0: off): the split = "eval" sources' mean loss, else one fixed batch's
     sample_every: int = 0  # steps between preview images (0: off)
     sample_prompts: list = field(default_factory=list)
     sample_steps: int | None = None  # sampler grid points (default: the model's)
@@ -215,7 +218,8 @@ class TrainConfig:
         return [r for r in ROLES if self.batch.of(r) > 0]
 
     def sources(self, role: str) -> list[tuple[int, DataSource]]:
-        return [(i, s) for i, s in enumerate(self.data) if s.role == role]
+        """The training sources of ``role`` (not the held-out ``split = "eval"`` ones), with their index."""
+        return [(i, s) for i, s in enumerate(self.data) if s.role == role and s.split != "eval"]
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -224,7 +228,9 @@ class TrainConfig:
 
     def data_signature(self) -> dict:
         """What fixes the sample order: resuming with a different signature changes the data."""
-        sig = {"seed": self.seed, "data": [dataclasses.asdict(s) for s in self.data],
+        # the training sources as written before the split field existed (the signature of earlier runs)
+        data = [{k: v for k, v in dataclasses.asdict(s).items() if k != "split"} for s in self.data if s.split != "eval"]
+        sig = {"seed": self.seed, "data": data,
                "batch": {r: self.batch.of(r) for r in ROLES}, "mode": self.mode}
         if self.optim.grad_accumulation != 1:  # (absent at 1: the signature of earlier runs)
             sig["grad_accumulation"] = self.optim.grad_accumulation

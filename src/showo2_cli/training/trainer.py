@@ -32,7 +32,7 @@ from ..errors import ModelError, OutputError, UsageError, error_detail, short
 from . import checkpoint as ckpt
 from .checkpoint import LOCK_FILE as LOCK_FILE  # (the folder's lock lives with its checkpoints)
 from .control import LogWindow, StopRequest, check_trackers, chunks, flat_config, ignore_sigint, peak_rss_mb
-from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mix, step_keys
+from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mix
 from .objective import objective_for
 from .params import weights_digest
 from .schedule import lr_factor, schedule_change, warmup_steps
@@ -203,18 +203,22 @@ class Run:
         if self.acc.is_main_process:
             make_sources(cfg, self.objective.spec, index_dir)  # builds the file indexes once
         self.acc.wait_for_everyone()
-        self.sources = make_sources(cfg, self.objective.spec, index_dir)
+        self.sources = make_sources(cfg, self.objective.spec, index_dir)  # (the held-out ones too: caches)
+        self.train_sources = [s for s in self.sources if s.spec.split != "eval"]
         self.batch_roles = {r: cfg.batch.of(r) for r in roles}
         self.max_steps = self._total_steps()
         self.warmup = warmup_steps(cfg.optim, self.max_steps)
         self.caches = self.objective.prepare_data()
-        self.dataset = TrainingData(cfg, self.sources, self.caches)
+        self.dataset = TrainingData(cfg, self.train_sources, self.caches)
+        if cfg.run.eval_every and len(self.train_sources) == len(self.sources):
+            self.notice("run.eval_every without a held-out source: eval_loss is the loss of one fixed batch of "
+                        "training items (add a [[data]] source with split = \"eval\" for a held-out loss)")
 
         if state is not None and self.acc.is_main_process:
             changed = schedule_change(cfg.optim, self.start_step, state.get("max_steps"), self.max_steps,
                                       self.optimizer.param_groups[0]["base_lr"])  # (the metrics' lr)
             for message in ckpt.order_changes(state, json.dumps(cfg.data_signature(), sort_keys=True),
-                                              [s.size() for s in self.sources], self.world) + [changed]:
+                                              [s.size() for s in self.train_sources], self.world) + [changed]:
                 if message:
                     self.notice(message)
         if self.acc.is_main_process:
@@ -229,7 +233,7 @@ class Run:
         o = self.cfg.optim
         if o.max_steps is not None:
             return int(o.max_steps)
-        dataset = TrainingData(self.cfg, self.sources)
+        dataset = TrainingData(self.cfg, self.train_sources)
         length = dataset.role_length(o.epoch_role)
         if length is None:
             raise UsageError(f"{self.cfg.source}: optim.epochs: role '{o.epoch_role}' has an endless source")
@@ -266,14 +270,14 @@ class Run:
         return torch.Generator().manual_seed(mix(self.cfg.seed, *tag, self.rank))
 
     @contextlib.contextmanager
-    def _seeded_global_rng(self, *tag):
+    def seeded_global_rng(self, *tag, rank: int | None = None):
         """torch's global generators seeded from (seed, tag, process) for the duration, the caller's
         state put back after: what draws from them in a forward (dropout: ``[lora] dropout``) is
         then fixed by the step like the rest of it, so a resumed run (whose data loader and model
         set-up draw from the global generator) and a run after another in one process repeat it."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(mix(self.cfg.seed, "global", *tag, self.rank))
+            torch.manual_seed(mix(self.cfg.seed, "global", *tag, self.rank if rank is None else rank))
             yield
 
     def _set_lr(self, step: int) -> float:
@@ -349,7 +353,7 @@ class Run:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "data_signature": json.dumps(self.cfg.data_signature(), sort_keys=True),
-            "data_sizes": [s.size() for s in self.sources],  # items per source (None: endless)
+            "data_sizes": [s.size() for s in self.train_sources],  # items per source (None: endless)
             "world_size": self.world, "max_steps": self.max_steps,
             "elapsed": self.elapsed_before + (time.perf_counter() - self.t_start),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -363,15 +367,15 @@ class Run:
         out_dir.mkdir(exist_ok=True)
         return self.objective.preview(step, out_dir)
 
-    # -- eval on a fixed batch --
-    @torch.no_grad()
+    # -- eval_loss --
+    eval_set: list | None = None  # what eval_loss covers (built at its first use)
+    eval_skips_said = False
+
     def eval_loss(self) -> float:
-        keys = step_keys(self.batch_roles, 0, self.rank, self.world)
-        samples = [self.dataset[k] for k in keys]
-        with self._seeded_global_rng("eval"):
-            out = self._forward(samples, self._generator("eval"))
-        loss = self.acc.reduce(out["loss"].detach().float().reshape(1), reduction="mean")
-        return float(loss)
+        """The held-out sources' mean loss, else one fixed batch's (:mod:`.evaluation`)."""
+        from .evaluation import eval_loss
+
+        return eval_loss(self)
 
     # -- the loop --
     _created_output = False
@@ -501,7 +505,7 @@ class Run:
         outs, grad_norm = [], None
         for j, samples in enumerate(chunk):
             generator = self._generator("step", step) if len(chunk) == 1 else self._generator("step", step, j)
-            with self.acc.accumulate(self.module), self._seeded_global_rng("step", step, j):
+            with self.acc.accumulate(self.module), self.seeded_global_rng("step", step, j):
                 outs.append(self._forward(samples, generator, backward=True))
                 if self.cfg.optim.grad_clip > 0 and self.acc.sync_gradients:
                     grad_norm = self.acc.clip_grad_norm_(self.module.parameters(), self.cfg.optim.grad_clip)
@@ -577,6 +581,11 @@ class Run:
 
 
 def train(cfg: TrainConfig, resume: bool = True, progress: Progress | None = None,
-          stop_after: int | None = None) -> TrainResult:
-    """Run (or resume) the training run described by ``cfg``; see :mod:`showo2_cli.training`."""
-    return Run(cfg, resume=resume, progress=progress, stop_after=stop_after).run()
+          stop_after: int | None = None, on_run: Callable[[Run], None] | None = None) -> TrainResult:
+    """Run (or resume) the training run described by ``cfg``; see :mod:`showo2_cli.training`.
+    ``on_run`` is given the :class:`Run` before it starts (its ``result`` is set once the run has
+    ended and its last checkpoint is written, even if a signal then cuts the return short)."""
+    run = Run(cfg, resume=resume, progress=progress, stop_after=stop_after)
+    if on_run is not None:
+        on_run(run)
+    return run.run()
