@@ -208,7 +208,7 @@ def test_lora_ema_is_an_adapter_of_its_own_and_chat_serve_take_lora(tmp_path, ti
     a, b = load_file(str(online / ADAPTER_WEIGHTS)), load_file(str(ema / ADAPTER_WEIGHTS))
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
     state = torch.load(online / ckpt.STATE_FILE, weights_only=True)["ema"]
-    assert len(state["shadow_params"]) == len(a)  # lora_A and lora_B of every adapted layer, nothing else
+    assert "shadow_params" not in state and state["shadow_params_in"] == "ema"  # its weights: ema/ alone (probe CE)
     assert load(tiny_model_dir, lora=[ema]).adapters == [str(ema)]
     for command in (["chat", "--quiet"], ["serve", "--port", "0", "--quiet"]):
         assert main([*command, "--model", str(tiny_model_dir), "--lora", str(tmp_path / "missing")]) == \

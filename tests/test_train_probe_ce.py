@@ -14,7 +14,7 @@ from showo2_cli.training import checkpoint as ckpt
 from showo2_cli.training.config import parse_config
 from showo2_cli.training.schema import ConfigError
 from showo2_cli.training.trainer import train
-from test_train import metrics, tiny_config, write_toml
+from test_train import metrics, model_state, tiny_config, write_toml
 
 
 def test_a_stop_signal_after_the_last_step_leaves_a_complete_run(tmp_path, monkeypatch, capsys):
@@ -109,3 +109,53 @@ def test_eval_loss_is_the_held_out_sets_mean_for_any_number_of_processes(tmp_pat
         assert abs(one[0] / 5 - evals[1]) < 1e-12 and abs(two[0] / 5 - evals[1]) < 1e-9
     finally:
         ckpt.release_folder(run._lock)
+
+
+def test_the_ema_weights_are_stored_once_and_resume_bit_for_bit(tmp_path, tiny_model_dir):
+    """trainer_state.pt held a second copy of the EMA weights that ema/ holds (the demo: 11.5 MB of
+    its 34.6 MB). They are read back from ema/ on resume, bit for bit (the same final weights as a
+    run that never stopped, full and LoRA); a checkpoint with the copy in its state still resumes."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from showo2_cli.lora import ADAPTER_WEIGHTS
+    from showo2_cli.training.trainer import Run
+    from test_lora import lora_config
+
+    ema = {"decay": 0.9, "start_step": 1}
+
+    def full(name):
+        return parse_config(tiny_config(tmp_path / name, **{"optim.max_steps": 4, "ema": ema}), source=name)
+
+    a = train(full("a")).checkpoint
+    state = torch.load(a / ckpt.STATE_FILE, weights_only=True)
+    assert "shadow_params" not in state["ema"] and state["ema"]["optimization_step"] == 4
+    assert (a / ckpt.STATE_FILE).stat().st_size < 2.2 * (a / "model.safetensors").stat().st_size  # AdamW's 2 moments
+
+    # a checkpoint written before: the EMA weights in the state (and none read from ema/)
+    b = train(full("b"), stop_after=2).checkpoint
+    run = Run(full("b"))
+    try:
+        run.setup()
+        shadow = [t.clone() for t in run.ema.shadow_params]
+    finally:
+        ckpt.release_folder(run._lock)
+    state = torch.load(b / ckpt.STATE_FILE, weights_only=True)
+    state["ema"] = {**{k: v for k, v in state["ema"].items() if k != "shadow_params_in"}, "shadow_params": shadow}
+    torch.save(state, b / ckpt.STATE_FILE)
+    shutil.rmtree(b / ckpt.EMA_DIR)
+    b = train(full("b")).checkpoint
+    for folder in ("", ckpt.EMA_DIR):
+        ours, straight = model_state(b / folder), model_state(a / folder)
+        assert ours.keys() == straight.keys() and all(torch.equal(ours[k], straight[k]) for k in ours)
+
+    def lora(name):
+        return parse_config(lora_config(tmp_path, tiny_model_dir, name, **{"optim.max_steps": 4, "ema": ema}), source=name)
+
+    a = train(lora("la")).checkpoint
+    train(lora("lb"), stop_after=2)
+    b = train(lora("lb")).checkpoint
+    for folder in (b, b / ckpt.EMA_DIR):
+        ours, straight = load_file(str(folder / ADAPTER_WEIGHTS)), load_file(str(a / folder.relative_to(b) / ADAPTER_WEIGHTS))
+        assert ours.keys() == straight.keys() and all(torch.equal(ours[k], straight[k]) for k in ours)

@@ -263,3 +263,27 @@ def release_folder(key: str | None) -> None:
     fh = _HELD.pop(key, None) if key is not None else None
     if fh is not None:
         fh.close()
+
+
+def ema_state(ema) -> dict:
+    """An EMA's (diffusers' ``EMAModel``) state for the training state, without its weights: the
+    checkpoint's ``ema/`` folder holds them already (a second copy was as large as the model)."""
+    state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+    return {**state, "shadow_params_in": EMA_DIR}
+
+
+def read_ema(checkpoint: Path, state: dict, objective) -> list:
+    """The EMA weights of ``checkpoint`` for ``EMAModel.shadow_params``, read by its objective from
+    the ``ema/`` folder that :func:`ema_state` points at (written in float32 from those weights, so
+    bit for bit what was averaged), on the devices of the parameters they follow."""
+    import torch
+
+    folder = checkpoint / EMA_DIR
+    if state.get("shadow_params_in") != EMA_DIR or not folder.is_dir():
+        raise ModelError(f"'{checkpoint}': the training state keeps the EMA weights in {EMA_DIR}/, which is "
+                         "missing: resume from another checkpoint")
+    params = objective.ema_parameters()
+    shadow = objective.read_ema(folder)
+    if len(shadow) != len(params) or any(t.shape != p.shape for t, p in zip(shadow, params, strict=False)):
+        raise ModelError(f"'{folder}': the EMA weights do not fit this model")
+    return [t.detach().to(device=p.device, dtype=torch.float32).clone() for t, p in zip(shadow, params, strict=True)]

@@ -54,6 +54,10 @@ class Objective(Protocol):
     def ema_parameters(self) -> list:
         """The parameters an EMA follows."""
 
+    def read_ema(self, folder: Path) -> list:
+        """The EMA weights a checkpoint's ``ema/`` folder (``folder``) holds, as tensors in the order
+        of :meth:`ema_parameters` (a resume reads them there, not from a second copy in the state)."""
+
     def digest_target(self) -> torch.nn.Module:
         """The module whose weights every process must agree on (the rank digests)."""
 

@@ -271,6 +271,34 @@ class Showo2Objective:
         params = self.unwrapped().parameters()
         return [p for p in params if p.requires_grad] if self.lora is not None else list(params)
 
+    def read_ema(self, folder: Path) -> list:
+        net = self.unwrapped()
+        params = self.ema_parameters()
+        if self.lora is not None:  # the adapter loaded into the live layers, read out, the trained one put back
+            from ..lora import load_adapter_state, read_adapter
+
+            trained = [p.detach().clone() for p in params]
+            try:
+                load_adapter_state(net, read_adapter(folder)[1], str(folder))
+                return [p.detach().clone() for p in params]
+            finally:
+                with torch.no_grad():
+                    for p, t in zip(params, trained, strict=True):
+                        p.copy_(t)
+        from ..weights import read_state_dict
+
+        saved = read_state_dict(folder / "model.safetensors")
+        names = {}  # every name of each parameter (a tied embedding is stored under one of them)
+        for name, p in net.named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), []).append(name)
+        out = []
+        for p in params:
+            found = next((saved[n] for n in names.get(id(p), []) if n in saved), None)
+            if found is None or found.shape != p.shape:
+                raise ModelError(f"'{folder}': the EMA weights do not fit this model ({names.get(id(p), ['?'])[0]})")
+            out.append(found.float())
+        return out
+
     def digest_target(self) -> torch.nn.Module:
         return self.unwrapped()
 

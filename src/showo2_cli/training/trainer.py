@@ -173,7 +173,9 @@ class Run:
             self.ema = EMAModel(self.objective.ema_parameters(), decay=cfg.ema.decay,
                                 update_after_step=cfg.ema.start_step)
             if state is not None and state.get("ema"):
-                self.ema.load_state_dict(state["ema"])
+                self.ema.load_state_dict(state["ema"])  # (a checkpoint before 'shadow_params_in' holds them here)
+                if state["ema"].get("shadow_params") is None:  # read from the checkpoint's ema/ folder
+                    self.ema.shadow_params = ckpt.read_ema(self.resumed_from, state["ema"], self.objective)
         if state is not None:
             wanted = ckpt.optimizer_settings(self.optimizer.param_groups)
             try:
@@ -356,7 +358,7 @@ class Run:
             "data_sizes": [s.size() for s in self.train_sources],  # items per source (None: endless)
             "world_size": self.world, "max_steps": self.max_steps,
             "elapsed": self.elapsed_before + (time.perf_counter() - self.t_start),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema": ckpt.ema_state(self.ema) if self.ema is not None else None,  # (its weights: in ema/)
             "log_window": self._window_state,  # the steps since the last metrics line (LogWindow)
         }
         torch.save(state, dst / ckpt.STATE_FILE)

@@ -149,6 +149,11 @@ class VaeObjective:
     def ema_parameters(self) -> list:
         return list(self.unwrapped().model.parameters())
 
+    def read_ema(self, folder: Path) -> list:
+        from ..modeling.vae_files import load_vae
+
+        return [p.detach().float() for p in load_vae(folder / "vae").model.parameters()]
+
     def digest_target(self) -> nn.Module:
         return self.unwrapped()
 
