@@ -161,7 +161,8 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
             raise field_error(f"{w}batch", "every batch size is 0: set batch.t2i, batch.mmu, batch.t2v or batch.mmu_vid")
     for role in ROLES:
         if b.of(role) and not cfg.sources(role):
-            raise field_error(f"{w}batch.{role}", f"is {b.of(role)} but no [[data]] source has role = \"{role}\"")
+            held_out = " to train on (the split = \"eval\" ones are held out)" * any(s.role == role for s in cfg.data)
+            raise field_error(f"{w}batch.{role}", f"is {b.of(role)} but no [[data]] source has role = \"{role}\"{held_out}")
     for i, s in enumerate(cfg.data):
         if not b.of(s.role):
             raise field_error(f"{w}data[{i}].role", f"'{s.role}' has batch size 0: set batch.{s.role}"
