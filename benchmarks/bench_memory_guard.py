@@ -1,12 +1,13 @@
 """A job's measured peak memory against the memory guard's estimate (probe BM).
 
-    python benchmarks/bench_memory_guard.py [--model demo|wide] [--cases t2i,t2v,i2v,caption,encode,decode]
+    python benchmarks/bench_memory_guard.py [--model demo|wide] [--cases t2i,t2v,i2v,caption,chat,encode,decode]
 
 Each case runs in a fresh process: the model loads, the same job runs once at the smallest size (so
 imports and first-call set-ups are not counted), then the peak resident memory is reset
 (``/proc/self/clear_refs``, Linux) and the job runs at the size measured. It prints the job's peak
 over the memory held before it (``VmHWM - VmRSS``), the weights the job runs (what the guard adds
-to its estimate) and the guard's estimate of the job's working memory. ``wide``: a random model of
+to its estimate) and the guard's estimate of the job's working memory. ``chat``: a question of text
+alone (no image: the guard counts no VAE encoder, probe CA), its prompt of about SIZE words. ``wide``: a random model of
 wider layers (LLM 512/2048, flow head 512/2048, VAE base_dim 32) written to a temporary folder.
 Peaks are in MB; they do not depend on the machine's load, seconds are not printed.
 """
@@ -26,6 +27,7 @@ CASES = {  # name: (command, size, frames)
     "t2v": [("t2v", s, f) for s, f in ((64, 17), (128, 17), (256, 9))],
     "i2v": [("i2v", s, f) for s, f in ((64, 17), (128, 17))],
     "caption": [("caption", s, 1) for s in (256, 432)],
+    "chat": [("chat", s, 1) for s in (16, 256, 1024)],
     "encode": [("encode", s, f) for s, f in ((256, 1), (512, 1), (256, 17))],
     "decode": [("decode", s, f) for s, f in ((256, 1), (512, 1), (256, 17))],
 }
@@ -73,6 +75,20 @@ def _job(model, command: str, size: int, frames: int):
 
         side = spec.resolution
         return run, (answer_memory_gb(model, 64, 8) + vae.encode_memory_gb(1, side, side)) * 1e9
+    if command == "chat":
+        from showo2_cli.chat import Conversation
+        from showo2_cli.options import CaptionOptions
+        from showo2_cli.pipelines.understand import answer_memory_gb
+
+        question = " ".join(["what"] * size) + "?"
+        chat = Conversation(model, options=CaptionOptions(max_new_tokens=8))
+
+        def run():
+            chat.reset()
+            return chat.ask(question)
+
+        run()  # (once before: the prompt's length the guard judges)
+        return run, answer_memory_gb(model, chat.turns[-1].prompt_tokens, 8) * 1e9
     if command == "encode":
         clip = np.random.default_rng(0).integers(0, 255, (frames, size, size, 3), dtype=np.uint8)
 
@@ -101,7 +117,8 @@ def child(model_name: str, command: str, size: int, frames: int) -> None:
 
     model = api.load(model_name)
     small = 64 if command not in ("caption",) else 64
-    warm, _ = _job(model, command, small, 1 if command in ("t2i", "caption") else min(frames, 5))
+    warm, _ = _job(model, command, small if command != "chat" else 16,
+                   1 if command in ("t2i", "caption", "chat") else min(frames, 5))
     warm()
     run, work = _job(model, command, size, frames)
     gc.collect()
@@ -110,7 +127,8 @@ def child(model_name: str, command: str, size: int, frames: int) -> None:
     Path("/proc/self/clear_refs").write_text("5")
     run()
     peak = _status("VmHWM") - before
-    print(json.dumps({"job": f"{command} {size}px x{frames}", "peak_mb": round(peak / 1e6, 1),
+    job = f"{command} of {size} words" if command == "chat" else f"{command} {size}px x{frames}"
+    print(json.dumps({"job": job, "peak_mb": round(peak / 1e6, 1),
                       "estimate_mb": round(work / 1e6, 1), "ratio": round(work / max(peak, 1), 2)}))
 
 

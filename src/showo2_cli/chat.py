@@ -272,16 +272,17 @@ class Conversation:
             notices.append(f"the answer is limited to {room} tokens by the context budget of {self.max_context}")
         return first, carried, length, min(room, max_new_tokens), notices
 
-    def _check_memory(self, prompt_tokens: int, answer_tokens: int) -> None:
+    def _check_memory(self, prompt_tokens: int, answer_tokens: int, media: bool = True) -> None:
         """Refuse (:class:`~showo2_cli.errors.ResourceError`) a question whose prompt and answer would
         not fit the memory limit (``options.max_memory_gb``, else ``$SHOWO2_MAX_MEMORY_GB``, else
         the memory available), as a caption is checked: the forward over the prompt grows with its
-        square, the KV cache with prompt + answer."""
+        square, the KV cache with prompt + answer; the weights, the VAE's encoder only when the
+        prompt holds media (``media``)."""
         from .pipelines.understand import check_answer_memory
 
         check_answer_memory(self.model, prompt_tokens, answer_tokens,
                             f"a conversation of {prompt_tokens} prompt tokens", self.options.max_memory_gb,
-                            "shorten the conversation (fewer or shorter turns)")
+                            "shorten the conversation (fewer or shorter turns)", media)
 
     def _notice(self, text: str) -> None:
         self.notices.append(text)
@@ -335,9 +336,10 @@ class Conversation:
             p_ids = encode_user_text(self.model.require_tokenizer(), head) if head else []
             current = TurnTokens(q_ids, list(self.pending), prefix=p_ids)
             first, carried, length, limit, notices = self._fit(current, sampling.max_new_tokens)
-            self._check_memory(length, limit)  # before the prompt's mask and activations are allocated
-            layout, visuals = conversation_layout(self._context(current, first, carried), self._pieces,
-                                                  self.mask_mode, self.template)
+            context = self._context(current, first, carried)
+            # before the prompt's mask and activations are allocated; a prompt of text alone runs no VAE
+            self._check_memory(length, limit, any(t.visuals for t in context))
+            layout, visuals = conversation_layout(context, self._pieces, self.mask_mode, self.template)
             out = generate_answer(self.model, layout, visuals, replace(sampling, max_new_tokens=limit),
                                   on_text=on_text, cancel=cancel, prefix=p_ids,
                                   prefix_spaced=bool(head) and head != prefix, streamer=streamer)

@@ -5,7 +5,6 @@ now or on first use, and whichever entry point runs the job."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # (torch: imported where used, so a command's early checks stay cheap)
@@ -18,7 +17,8 @@ QUANTIZED_BYTES = {"int8wo": 1.0, "nf4": 0.5 + 4 / 64}
 #: network runs in every job of the network) and the VAE's halves (``modeling.vae.VAE_PARTS``).
 GENERATION_PARTS = (("flow_head",), ("decoder",))
 I2V_PARTS = (("flow_head",), ("encoder", "decoder"))
-UNDERSTANDING_PARTS = (("lm_head",), ("encoder",))
+UNDERSTANDING_PARTS = (("lm_head",), ("encoder",))  # an answer about an image or a video
+TEXT_PARTS = (("lm_head",), ())  # an answer about text alone (a chat question, a request without an image)
 
 
 def parameter_bytes(module: torch.nn.Module, prefix: str, dtype: torch.dtype, quantize: str, wanted) -> list:
@@ -92,29 +92,27 @@ def vae_bytes(vae, parts: tuple[str, ...]) -> list:
 def files_weights_gb(spec, dtype: torch.dtype, quantize: str, vae_file, heads: tuple[str, ...],
                      vae_parts: tuple[str, ...]) -> tuple[float, float]:
     """:func:`weights_gb` of a model before it loads (none of it loaded): the network of ``spec``
-    built on 'meta', the VAE's parts counted from its safetensors header (``vae_file``: a file or
-    a diffusers folder; another format, or none, counts nothing here: the check after the load does)."""
+    built on 'meta', the VAE's parts counted from the safetensors header of the VAE the load reads
+    (``vae_file``: the model's own, ``--vae`` or ``$SHOWO2_VAE``, a file or a folder:
+    :func:`~showo2_cli.modeling.vae_files.header_sizes`; a pickled file, or none, counts nothing
+    here: the check after the load does)."""
     import torch
 
+    from .errors import ModelError
     from .modeling.showo2 import Showo2Model
     from .modeling.vae import VAE_PARTS
+    from .modeling.vae_files import header_sizes
 
     with torch.device("meta"):
         net = Showo2Model(spec)
     total = in_gb(network_bytes(net, dtype, quantize, heads))[0]
-    path = None if vae_file is None else Path(vae_file)
-    if path is not None and path.is_dir():
-        path = path / "diffusion_pytorch_model.safetensors"
-    if path is not None and path.suffix == ".safetensors" and path.is_file():
-        from safetensors import safe_open
-
-        keep = tuple(n + "." for p in vae_parts for n in VAE_PARTS[p])
-        try:
-            with safe_open(str(path), "pt") as f:
-                numel = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(keep))
-        except Exception:  # an unreadable header: the load says what is wrong with it
-            numel = 0
-        total += numel * dtype.itemsize / 1e9
+    try:
+        sizes = None if vae_file is None else header_sizes(vae_file)
+    except ModelError:  # an unreadable header: the load says what is wrong with it
+        sizes = None
+    if sizes is not None:
+        counts = sizes[1]
+        total += sum(counts.get(n, 0) for p in vae_parts for n in VAE_PARTS[p]) * dtype.itemsize / 1e9
     return total, 0.0
 
 

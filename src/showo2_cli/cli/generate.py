@@ -162,7 +162,7 @@ def _make(kind: str, prompts: list[str], plans: list, share: range | None, opts:
     name = model_name(model)
     if not plans:  # this process's share of a launch is empty: it loads nothing
         return
-    check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(plans)), runtime, len(prompts))
+    check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(plans)), runtime, len(prompts), vae)
     bundle = load_model(name, runtime, vae=vae, lora=lora,  # t2i/t2v never encode
                         vae_parts=("encoder", "decoder") if kind == "i2v" else ("decoder",),
                         heads=("flow_head",))  # nor the language head (an untied one is its own weights)
@@ -237,14 +237,16 @@ def _report_once(group, rank: int, records: list[dict], failure: Exception | Non
     raise error
 
 
-def _before_loading(name: str, runtime, parts: tuple) -> tuple | None:
+def _before_loading(name: str, runtime, parts: tuple, vae=None) -> tuple | None:
     """What a memory check before the load needs of the model ``name`` (``parts``: the heads and VAE
-    halves its job runs, :data:`~showo2_cli.footprint.GENERATION_PARTS`...): its spec, dtype, device,
-    VAE's base_dim (None: no VAE) and the weights it runs, the loaded check's figures; None when its
-    folder does not tell its spec (an official checkpoint: the pipeline checks once it is loaded)."""
+    halves its job runs, :data:`~showo2_cli.footprint.GENERATION_PARTS`...) with the VAE the load
+    will read (``vae``: ``--vae``; else the model's own, then ``$SHOWO2_VAE``): its spec, dtype,
+    device, the VAE's base_dim (None: no VAE) and the weights it runs, the loaded check's figures;
+    None when its folder does not tell its spec (an official checkpoint: the pipeline checks once
+    it is loaded)."""
     from ..model_files import find_files
 
-    files = find_files(name)  # a name that names nothing fails here, before torch is imported
+    files = find_files(name, vae)  # a name that names nothing fails here, before torch is imported
     if files.format != "showo2":
         return None
     from ..errors import ModelError
@@ -262,7 +264,14 @@ def _before_loading(name: str, runtime, parts: tuple) -> tuple | None:
     import torch
 
     from ..footprint import files_weights_gb
+    from ..modeling.vae_files import header_sizes
 
+    try:
+        header = None if files.vae is None else header_sizes(files.vae)
+    except ModelError:  # a VAE the load cannot read: its own error says why, not a guess of its size
+        return None
+    if header is not None and header[0] is not None:  # the weights' shapes decide it, as the load's
+        base_dim = header[0]
     dev = pick_device(runtime.device)
     dtype = pick_dtype(runtime.dtype, dev)
     weights = files_weights_gb(spec, dtype, runtime.quantize, files.vae, *parts)
@@ -272,13 +281,13 @@ def _before_loading(name: str, runtime, parts: tuple) -> tuple | None:
 
 
 def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, batch: int, runtime,
-                                prompts: int = 1) -> None:
+                                prompts: int = 1, vae=None) -> None:
     """Refuse a job that cannot fit, or whose ``--noise`` has the wrong shape for the run's
     ``prompts``, before the weights load, when the model's folder tells its spec (our own format;
     for an official checkpoint the pipeline checks once it is loaded)."""
     from ..footprint import GENERATION_PARTS, I2V_PARTS
 
-    known = _before_loading(name, runtime, I2V_PARTS if kind == "i2v" else GENERATION_PARTS)
+    known = _before_loading(name, runtime, I2V_PARTS if kind == "i2v" else GENERATION_PARTS, vae)
     if known is None:
         return
     from .. import pipelines as P
@@ -299,13 +308,13 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
                               runtime.vae_tiling, weights=weights)
 
 
-def check_caption_before_loading(name: str, kind: str, opts, runtime) -> None:
+def check_caption_before_loading(name: str, kind: str, opts, runtime, vae=None) -> None:
     """``caption``'s check before the load: the encoding of its image or video frames (the loaded
     check of :func:`~showo2_cli.pipelines.understand.check_caption_memory`, the same figures), with
     the weights an answer runs, so a caption that cannot fit is refused before a long load."""
     from ..footprint import UNDERSTANDING_PARTS
 
-    known = _before_loading(name, runtime, UNDERSTANDING_PARTS)
+    known = _before_loading(name, runtime, UNDERSTANDING_PARTS, vae)
     if known is None:
         return
     from ..pipelines.understand import check_understanding_memory

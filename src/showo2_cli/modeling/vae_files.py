@@ -302,3 +302,36 @@ def vae_source(path: Path) -> tuple[Path, Path | None]:
         path = _single_weight_file(path)
     config = path.parent / "config.json"
     return path, (config if config.is_file() else None)
+
+
+#: The original Wan layout's names of the modules outside the encoder and the decoder, in diffusers' names.
+_ORIGINAL_NAMES = {"conv1": "quant_conv", "conv2": "post_quant_conv"}
+
+
+def header_sizes(path: str | Path) -> tuple[int | None, dict[str, int]] | None:
+    """(base_dim, parameters per top-level module in diffusers' names) of the VAE that
+    :func:`load_vae` would read from ``path``, from its safetensors header alone (no tensor is
+    read; a header of too many tensors or a name given twice is refused first, as the load refuses
+    it): the memory guard's figures before a load. None for a pickled file (no header to read); a
+    :class:`ModelError` for a header that cannot be read."""
+    weights, _config = vae_source(Path(path).expanduser())
+    if weights.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    from ..errors import error_detail
+    from ..weights import check_safetensors_header
+
+    check_safetensors_header(weights, "weights")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # (safetensors' own errors are no OSError subclass)
+        raise ModelError(f"cannot read weights '{weights}' ({error_detail(e)})") from e
+    conv_in = shapes.get("encoder.conv_in.weight") or shapes.get("encoder.conv1.weight")
+    counts: dict[str, int] = {}
+    for key, shape in shapes.items():
+        top = key.split(".", 1)[0]
+        top = _ORIGINAL_NAMES.get(top, top)
+        counts[top] = counts.get(top, 0) + math.prod(shape)
+    return (int(conv_in[0]) if conv_in else None), counts

@@ -66,12 +66,13 @@ def check_understanding_memory(spec, dtype: torch.dtype, frames: int, side: int,
     return need
 
 
-def understanding_weights(model: Showo2) -> tuple[float, float]:
+def understanding_weights(model: Showo2, media: bool = True) -> tuple[float, float]:
     """The weights an answer runs (:func:`~showo2_cli.footprint.weights_gb`): the network without
-    its flow head, and the VAE's encoder (a caption's and a chat's alike, media or not)."""
-    from ..footprint import UNDERSTANDING_PARTS, weights_gb
+    its flow head, and the VAE's encoder when its prompt holds media (``media``: a caption's
+    always; a chat's or a request's only with an image or a video in it)."""
+    from ..footprint import TEXT_PARTS, UNDERSTANDING_PARTS, weights_gb
 
-    return weights_gb(model, *UNDERSTANDING_PARTS)
+    return weights_gb(model, *(UNDERSTANDING_PARTS if media else TEXT_PARTS))
 
 
 def answer_memory_gb(model: Showo2, prompt_tokens: int, answer_tokens: int) -> float:
@@ -86,14 +87,16 @@ def answer_memory_gb(model: Showo2, prompt_tokens: int, answer_tokens: int) -> f
 
 
 def check_answer_memory(model: Showo2, prompt_tokens: int, answer_tokens: int, what: str,
-                        max_memory_gb: float | None = None, advice: str = "") -> float:
+                        max_memory_gb: float | None = None, advice: str = "", media: bool = True) -> float:
     """Refuse (:class:`ResourceError`) an answer whose prompt and answer would not fit the memory
-    limit (:func:`~showo2_cli.runtime.check_memory`), before the prompt's mask is allocated."""
+    limit (:func:`~showo2_cli.runtime.check_memory`), before the prompt's mask is allocated; the
+    weights counted are those of an answer about media, or about text alone (``media`` False: no
+    VAE encoder, :func:`understanding_weights`)."""
     from ..runtime import check_memory
 
     need = answer_memory_gb(model, prompt_tokens, answer_tokens)
     check_memory(need, what, model.memory_limit(max_memory_gb), model.network.device, advice,
-                 understanding_weights(model))
+                 understanding_weights(model, media))
     model.network.load_heads("lm_head", judged=True)  # (a head left out on load: counted above)
     return need
 
