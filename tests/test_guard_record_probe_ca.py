@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import showo2_cli
+from conftest import write_adapter
 from showo2_cli import api
 from showo2_cli.chat import Conversation
 from showo2_cli.cli import main
@@ -149,3 +151,29 @@ def test_the_check_before_loading_counts_the_vae_the_load_reads(tmp_path, capsys
 
     base_dim, counts = header_sizes(vae)  # from the header alone
     assert base_dim == 8 and counts["encoder"] + counts["quant_conv"] == 400400
+
+
+LOAD_FIELDS = ("model", "model_revision", "lora", "vae", "quantize", "dtype")
+#: the fields of a transcript saved before this probe (what a reader of one reads)
+OLD_FIELDS = ("format", "version", "showo2_version", "model", "lora", "system", "template", "mask_mode",
+              "max_context", "turns", "pending_media", "notices", "saved_at")
+
+
+def test_save_records_the_load_as_t2i_json_does(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SHOWO2_MAX_MEMORY_GB", raising=False)
+    adapter = write_adapter(DEMO, tmp_path / "a", ["q_proj", "fc1", "linear"], 1)
+    load_options = ["--lora", str(adapter), "--lora-weight", "0.5", "--dtype", "bf16", "--quantize", "int8wo"]
+    capsys.readouterr()
+    assert main(["t2i", "a red circle", "-o", str(tmp_path / "x.png"), "--steps", "2", "--seed", "1",
+                 "--json", *load_options]) == 0
+    made = json.loads(capsys.readouterr().out)["outputs"][0]
+    saved = tmp_path / "chat.json"
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"What is red?\n/save {saved}\n"))
+    assert main(["chat", "--max-new-tokens", "2", *load_options]) == 0
+    transcript = json.loads(saved.read_text())
+    record = {k: made[k] for k in LOAD_FIELDS if k in made}
+    assert record["dtype"] == "bf16" and record["quantize"] == "int8wo" and record["lora"][0]["weight"] == 0.5
+    assert {k: transcript[k] for k in LOAD_FIELDS if k in transcript} == record  # old: model and lora alone
+    # a transcript keeps every field of the old format, so a reader of one reads the other
+    assert transcript["format"] == "showo2-chat" and transcript["version"] == 1
+    assert set(OLD_FIELDS) <= set(transcript) and transcript["turns"][0]["question"] == "What is red?"

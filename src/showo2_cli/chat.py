@@ -371,14 +371,15 @@ class Conversation:
 
     # ---- transcript -----------------------------------------------------------------------------
     def to_json(self) -> dict:
-        """The transcript: system prompt, every turn (``in_context`` false once dropped), notices;
-        ``lora``: the adapters merged into the model (as generated files record them), when any."""
+        """The transcript: the load that made its answers (the model, named as ``name`` says, its
+        revision, the adapters merged with their weights, ``--vae``, ``--quantize``, the dtype: the
+        one record generated files and ``caption --json`` carry, :meth:`Showo2.record`), system
+        prompt, every turn (``in_context`` false once dropped), notices."""
         turns = []
         for i, t in enumerate(self.turns):
             turns.append({**t.describe(), "in_context": i >= self._start})
-        adapters = list(getattr(self.model, "adapters", None) or ())  # (merged: the answers are theirs too)
-        return {"format": "showo2-chat", "version": 1, "showo2_version": __version__, "model": self.name,
-                **({"lora": adapters} if adapters else {}), "system": self.system, "template": self.template,
+        return {"format": "showo2-chat", "version": 1, "showo2_version": __version__,
+                **self.model.record(), "model": self.name, "system": self.system, "template": self.template,
                 "mask_mode": self.mask_mode,
                 "max_context": self.max_context, "turns": turns,
                 "pending_media": [m.describe() for m in self.pending], "notices": list(self.notices),
