@@ -177,3 +177,21 @@ def test_save_records_the_load_as_t2i_json_does(tmp_path, capsys, monkeypatch):
     # a transcript keeps every field of the old format, so a reader of one reads the other
     assert transcript["format"] == "showo2-chat" and transcript["version"] == 1
     assert set(OLD_FIELDS) <= set(transcript) and transcript["turns"][0]["question"] == "What is red?"
+
+
+def test_a_vae_headers_sizes_are_the_loaded_vaes_in_either_layout(tmp_path):
+    """The header's counts, by the diffusers module each tensor loads into, are the loaded VAE's:
+    a diffusers-layout file and the original Wan layout (``conv1``/``conv2`` are the quant convs)."""
+    from conftest import shared_dir
+    from showo2_cli.modeling.vae_files import header_sizes, load_vae
+
+    files = [_vae_of_another_size(tmp_path / "vae8.safetensors")]
+    original = shared_dir("parity", "SHOWO2_PARITY_DIR") / "vae" / "wan21_vae.safetensors"
+    if original.is_file():  # (the parity fixtures' tiny Wan2.1 VAE, in the original layout)
+        files.append(original)
+    for path in files:
+        vae = load_vae(path)
+        loaded: dict[str, int] = {}
+        for name, p in vae.model.named_parameters():
+            loaded[name.split(".")[0]] = loaded.get(name.split(".")[0], 0) + p.numel()
+        assert header_sizes(path) == (vae.base_dim, loaded)
