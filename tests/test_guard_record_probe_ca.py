@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from conftest import write_adapter
 from showo2_cli import api
 from showo2_cli.chat import Conversation
 from showo2_cli.cli import main
-from showo2_cli.errors import ResourceError
+from showo2_cli.errors import ModelError, ResourceError
 from showo2_cli.loading import load
 from showo2_cli.options import CaptionOptions, RuntimeOptions
 
@@ -132,6 +133,8 @@ def test_the_check_before_loading_counts_the_vae_the_load_reads(tmp_path, capsys
     assert main(["caption", str(image), "--vae", str(broken), "--max-memory", "0.006"]) == 4
     assert capsys.readouterr().err.strip().splitlines()[-1] == unreadable and "broken.safetensors" in unreadable
 
+    real_load = understand.load_model
+
     def spy(*args, **kwargs):  # the commands' load: never reached
         raise AssertionError("the weights were read")
 
@@ -151,6 +154,16 @@ def test_the_check_before_loading_counts_the_vae_the_load_reads(tmp_path, capsys
 
     base_dim, counts = header_sizes(vae)  # from the header alone
     assert base_dim == 8 and counts["encoder"] + counts["quant_conv"] == 400400
+    # nor is a special file opened for its header (a FIFO would wait for a writer for ever): a socket
+    # file, which fails at once where opened, gives the load's "not a regular file", not the open's error
+    special = tmp_path / "s.safetensors"
+    monkeypatch.setattr(understand, "load_model", real_load)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(special))
+        with pytest.raises(ModelError, match="is not a regular file"):
+            header_sizes(special)
+        assert main(["caption", str(image), "--vae", str(special), "--max-memory", "0.006"]) == 4
+        assert capsys.readouterr().err.strip().endswith(f"weight file '{special}' is not a regular file")
 
 
 LOAD_FIELDS = ("model", "model_revision", "lora", "vae", "quantize", "dtype")

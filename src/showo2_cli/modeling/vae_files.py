@@ -317,6 +317,8 @@ def header_sizes(path: str | Path) -> tuple[int | None, dict[str, int]] | None:
     weights, _config = vae_source(Path(path).expanduser())
     if weights.suffix.lower() != ".safetensors":
         return None
+    if not weights.is_file():  # a FIFO would block the read (the load refuses it so)
+        raise ModelError(f"weight file '{weights}' is not a regular file")
     from safetensors import safe_open
 
     from ..errors import error_detail
