@@ -314,11 +314,26 @@ def guided_velocity_fn(network, layout: Layout, guidance: float, trim: bool = Tr
     return velocity
 
 
+def still_video(latents: torch.Tensor) -> bool:
+    """Whether ``latents`` (B, C, [T,] h, w) are video latents of one frame: under image to
+    video, the conditioning frame alone (nothing of it is sampled)."""
+    return latents.dim() == 5 and latents.shape[2] == 1
+
+
 def generate_latents(network, layout: Layout, noise: torch.Tensor, guidance: float, steps: int, shift: float,
                      method: str = DEFAULT_SAMPLER, trim: bool = True, cache_prefix: bool = False,
                      first_frame_as_cond: bool = False, callback=None, trajectory: list | None = None) -> torch.Tensor:
-    """Integrate from ``noise`` (float32, conditional rows only) to clean latents."""
-    velocity = guided_velocity_fn(network, layout, guidance, trim=trim, cache_prefix=cache_prefix,
-                                  first_frame_as_cond=first_frame_as_cond)
+    """Integrate from ``noise`` (float32, conditional rows only) to clean latents.
+
+    A video whose only latent frame is the condition (``first_frame_as_cond`` and one latent
+    frame: image to video of one frame) has nothing to sample: the network's velocity of the
+    conditioning frame is 0, so it is 0 everywhere, and the network is not run (the steps and
+    their callbacks still are)."""
+    if first_frame_as_cond and still_video(noise):
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            return torch.zeros_like(x)
+    else:
+        velocity = guided_velocity_fn(network, layout, guidance, trim=trim, cache_prefix=cache_prefix,
+                                      first_frame_as_cond=first_frame_as_cond)
     return sample(velocity, noise.float(), time_grid(steps, shift), method=method, callback=callback,
                   trajectory=trajectory, shift=shift)

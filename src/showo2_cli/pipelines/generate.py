@@ -254,7 +254,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
         rows = None if rows is None else [rows[j] for j in outputs]
     memory = _memory_args(model, opts, frames, video, len(jobs), first_frame is not None)
     check_generation_memory(*memory)
-    net.load_heads("flow_head", judged=True)  # (a head left out on load: counted in the check above)
+    if first_frame is None or latent_shape[1] > 1:  # (a one-frame image to video runs no head: see
+        net.load_heads("flow_head", judged=True)  # generate_latents; a head left out on load: counted above)
     tiled = generation_tiling(*memory)
     tiles = vae.tiles_used(h, w, tiled)  # a tiled decode blends seams: another image, so it is recorded
     results: list[Generated] = []

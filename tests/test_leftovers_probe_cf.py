@@ -1,0 +1,63 @@
+"""Fidelity and waste leftovers (probe CF)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from showo2_cli import pipelines as P
+from showo2_cli import sampling
+
+
+def _image(side: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpm++"])
+def test_one_frame_image_to_video_runs_no_network(tiny_model_dir, monkeypatch, sampler):
+    """``i2v --frames 1``: the only latent frame is the image's, fixed, so nothing is sampled. It
+    ran the LLM and the flow head at every step (and loaded the flow head) for a velocity that is
+    0; the same output now comes without them, the step callbacks still called."""
+    from showo2_cli.loading import load
+
+    model = load(tiny_model_dir, heads=())
+    image = _image(model.spec.video_resolution)
+    opts = P.GenerateOptions(seed=3, steps=4, frames=1, guidance=4.0, method=sampler, batch_size=1)
+    steps = []
+
+    def on_step(i, n, t, x):
+        steps.append((i, n, tuple(x.shape)))
+
+    fast = P.image_to_video(model, image, ["x", "y"], opts, on_step=on_step)
+    assert "flow_head" not in model.network.loaded_heads()  # never loaded
+    assert [s[:2] for s in steps] == [(i, 3) for i in range(1, 4)] * 2
+    with monkeypatch.context() as m:  # the old path: the network run at every step
+        m.setattr(sampling, "still_video", lambda latents: False)
+        slow = P.image_to_video(model, image, ["x", "y"], opts)
+    assert "flow_head" in model.network.loaded_heads()
+    for a, b in zip(fast, slow, strict=True):
+        assert torch.equal(a.latents, b.latents) and np.array_equal(a.frames, b.frames)
+        assert a.params == b.params and a.frames.shape[0] == 1
+
+
+def test_one_frame_image_to_video_calls_no_velocity(tiny_model_dir, monkeypatch):
+    """The network's velocity (and the prefix cache's text forward) are not called at all."""
+    from showo2_cli.loading import load
+
+    model = load(tiny_model_dir)
+    net = type(model.network)
+
+    def boom(*a, **k):
+        raise AssertionError("the network ran")
+
+    for name in ("velocity", "velocity_with_prefix", "prefix_cache"):
+        monkeypatch.setattr(net, name, boom)
+    image = _image(model.spec.video_resolution)
+    for cache in (False, True):
+        out = P.image_to_video(model, image, ["x"], P.GenerateOptions(seed=1, steps=3, frames=1, cache_prefix=cache))
+        assert out[0].latents.shape[1] == 1
+    with pytest.raises(AssertionError, match="the network ran"):  # more frames do sample
+        P.image_to_video(model, image, ["x"], P.GenerateOptions(seed=1, steps=3, frames=5))
