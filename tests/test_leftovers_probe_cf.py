@@ -59,3 +59,40 @@ def test_one_frame_image_to_video_calls_no_velocity(tiny_model_dir, monkeypatch)
         assert out[0].latents.shape[1] == 1
     with pytest.raises(AssertionError, match="the network ran"):  # more frames do sample
         P.image_to_video(model, image, ["x"], P.GenerateOptions(seed=1, steps=3, frames=5))
+
+
+def test_a_dynamic_rope_scaling_is_refused_in_one_line(tmp_path, tiny_model_dir, capsys):
+    """A ``dynamic`` (NTK) RoPE scaling: the official code recomputes every position's frequencies
+    from the whole sequence's length at each step (and keeps the longest length seen); the KV cache
+    here kept the keys rotated at their own time, so answers past ``max_position_embeddings``
+    differed, silently. Such a config is refused on load, both formats; linear still loads."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from showo2_cli.cli import main
+    from showo2_cli.errors import ModelError
+    from showo2_cli.loading import load
+
+    variant = Path(__file__).resolve().parent / "data" / "parity_sets" / "variant-m"
+    official = tmp_path / "official"
+    shutil.copytree(variant / "model", official)
+    shutil.copy(variant / "vae" / "wan21_vae.safetensors", official / "wan21_vae.safetensors")
+    config = official / "llm" / "config.json"
+    data = json.loads(config.read_text())
+    for scaling in ({"rope_type": "dynamic", "factor": 2.0}, {"type": "dynamic", "factor": 4.0}):
+        config.write_text(json.dumps({**data, "rope_scaling": scaling}))
+        with pytest.raises(ModelError, match=r"rope_scaling 'dynamic' \(NTK\) is not supported.*key/value cache"):
+            load(official, need=())
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    spec_file = folder / "config.json"
+    saved = json.loads(spec_file.read_text())
+    saved["showo2"]["spec"]["rope_scaling"] = {"rope_type": "dynamic", "factor": 2.0}
+    spec_file.write_text(json.dumps(saved))
+    assert main(["info", str(folder)]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'dynamic' (NTK) is not supported" in err[0]
+    saved["showo2"]["spec"]["rope_scaling"] = {"rope_type": "linear", "factor": 2.0}
+    spec_file.write_text(json.dumps(saved))
+    assert load(folder, need=()).spec.rope_scaling == {"rope_type": "linear", "factor": 2.0}

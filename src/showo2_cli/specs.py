@@ -309,6 +309,11 @@ class ModelSpec:
         if kind != "default" and kind not in ROPE_INIT_FUNCTIONS:
             raise UsageError(f"invalid model spec '{self.name}': rope_scaling must be an object with a rope_type "
                              f"among default, {', '.join(sorted(ROPE_INIT_FUNCTIONS))}, got {str(scaling)[:60]}")
+        if kind == "dynamic":
+            raise UsageError(f"invalid model spec '{self.name}': rope_scaling 'dynamic' (NTK) is not supported: the "
+                             "official code recomputes every position's frequencies from the whole sequence's length "
+                             "(the longest it has seen) at each step, which a key/value cache cannot reproduce past "
+                             "max_position_embeddings; use 'linear' or 'yarn', or no rope_scaling")
         try:  # transformers' own check of the type's numbers (factor, ...)
             Qwen2Config(hidden_size=self.hidden_size, num_attention_heads=self.num_heads, head_dim=self.head_dim,
                         num_key_value_heads=self.num_kv_heads, rope_theta=self.rope_theta,
