@@ -96,3 +96,22 @@ def test_a_dynamic_rope_scaling_is_refused_in_one_line(tmp_path, tiny_model_dir,
     saved["showo2"]["spec"]["rope_scaling"] = {"rope_type": "linear", "factor": 2.0}
     spec_file.write_text(json.dumps(saved))
     assert load(folder, need=()).spec.rope_scaling == {"rope_type": "linear", "factor": 2.0}
+
+
+def test_a_dtype_move_keeps_the_vae_statistics_of_a_load_in_that_dtype():
+    """``pipe.to(torch.bfloat16)`` (or ``model.to(dtype=)``) rounded the VAE's ``latents_mean`` /
+    ``latents_std`` to bf16, which a bf16 load keeps float32: the same latents decoded 7/255 apart
+    on the demo's VAE (20/255 on the parity set's). A move now equals the load, buffers and decoded pixels
+    (``Showo2.to`` moves the VAE with ``nn.Module.to``, which the pipeline's ``to`` calls)."""
+    from showo2_cli.loading import load
+
+    moved = load("demo")
+    moved.to(dtype=torch.bfloat16)
+    loaded = load("demo", dtype=torch.bfloat16)
+    for name in ("latents_mean", "latents_std"):
+        a, b = getattr(moved.vae, name), getattr(loaded.vae, name)
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b), name
+    z = torch.randn(1, moved.spec.latent_channels, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(moved.vae.decode(z), loaded.vae.decode(z))
+    moved.vae.bfloat16().float()  # any cast, and back: the float32 load's statistics
+    assert torch.equal(moved.vae.latents_std, load("demo").vae.latents_std)

@@ -126,6 +126,18 @@ class WanVAE(nn.Module):
         self.train(model.training)  # the wrapper's mode is its model's (eval when loaded)
         self._call_lock = threading.RLock()  # see runtime.one_call_at_a_time
 
+    def _apply(self, fn, recurse: bool = True):
+        """Moves and casts (``to``, ``bfloat16()``, ...) keep ``latents_mean``/``latents_std``
+        float32, as a load in any dtype builds them: a cast rounded them, and the same latents
+        decoded up to 20/255 apart after ``.to(torch.bfloat16)`` than after a bf16 load."""
+        stats = {k: self._buffers[k] for k in ("latents_mean", "latents_std")}
+        super()._apply(fn, recurse)
+        for k, table in stats.items():
+            moved = self._buffers[k]
+            if moved is not None and moved.dtype != table.dtype and not moved.is_meta:
+                self._buffers[k] = table.to(moved.device)
+        return self
+
     def __getstate__(self) -> dict:  # copy.deepcopy / pickle: a lock is not copied, a new one is made
         return {k: v for k, v in super().__getstate__().items() if k != "_call_lock"}
 
