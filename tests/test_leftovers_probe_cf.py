@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +140,55 @@ def test_the_shift_help_gives_the_first_step_every_sampler_takes():
         sigmas = sampling.diffusers_scheduler(method, grid, shift).sigmas
         assert abs(float(sigmas[1]) - level) < 0.01 and bool((sigmas[:-2] > sigmas[1:-1]).all())
     sampling.check_schedule("dpm++", steps, shift)  # a valid schedule: not refused
+
+
+def test_one_frame_i2v_from_the_command_line_loads_no_head(tmp_path, monkeypatch, media_dir):
+    """``showo2 i2v IMAGE --frames 1`` loaded the flow head (1.75 GB of the 1.5B in bf16) for a
+    video it never samples; it now loads neither head, and saves the network path's latents."""
+    from showo2_cli.cli import generate, main
+
+    loaded = []
+    real = generate.load_model
+
+    def spy(*args, **kwargs):
+        loaded.append(real(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(generate, "load_model", spy)
+    photo = next(p for p in sorted(media_dir.iterdir()) if p.suffix == ".jpg")
+    args = ["i2v", str(photo), "a cat", "--size", "64", "--steps", "3", "--seed", "2", "--save-latents"]
+    assert main([*args, "--frames", "1", "-o", str(tmp_path / "one.mp4")]) == 0
+    assert "flow_head" not in loaded[-1].network.loaded_heads()
+    from safetensors.torch import load_file
+
+    from showo2_cli import media as M
+    from showo2_cli.loading import load
+
+    saved = next(iter(load_file(tmp_path / "one.latents.safetensors").values()))
+    with monkeypatch.context() as m:  # the network path, every head loaded: the same latents
+        m.setattr(sampling, "still_video", lambda latents: False)
+        model = load("demo")
+        opts = P.GenerateOptions(seed=2, steps=3, frames=1, size=(64, 64))
+        ran = P.image_to_video(model, M.read_image(photo), ["a cat"], opts)[0]
+    assert torch.equal(saved.reshape(ran.latents.shape), ran.latents)
+
+
+def test_one_frame_i2v_is_judged_without_the_flow_head(tiny_model_dir):
+    """The memory check of a one-frame ``i2v`` counted the flow head's weights, which it no longer
+    loads or runs: a limit between the two (with the job's working memory) refused it."""
+    from showo2_cli.footprint import weights_gb
+    from showo2_cli.loading import load
+
+    model = load(tiny_model_dir, heads=())
+    side = model.spec.video_resolution
+    without = weights_gb(model, (), ("encoder", "decoder"))[0]
+    with_head = weights_gb(model, ("flow_head",), ("encoder", "decoder"))[0]
+    assert with_head > without
+    run = P.generation_memory_gb(model.spec, model.dtype, (side, side), 1, True, 1, model.vae.base_dim,
+                                 vae_tile=model.vae.tile)
+    opts = P.GenerateOptions(seed=1, steps=2, frames=1, max_memory_gb=run + (without + with_head) / 2)
+    assert len(P.image_to_video(model, _image(side), ["x"], opts)) == 1
+    from showo2_cli.errors import ResourceError
+
+    with pytest.raises(ResourceError):  # five frames run the head: refused at that limit
+        P.image_to_video(model, _image(side), ["x"], replace(opts, frames=5))

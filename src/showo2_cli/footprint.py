@@ -19,6 +19,16 @@ GENERATION_PARTS = (("flow_head",), ("decoder",))
 I2V_PARTS = (("flow_head",), ("encoder", "decoder"))
 UNDERSTANDING_PARTS = (("lm_head",), ("encoder",))  # an answer about an image or a video
 TEXT_PARTS = (("lm_head",), ())  # an answer about text alone (a chat question, a request without an image)
+#: A one-frame video from an image: its only latent frame is the image's, so no head runs.
+STILL_PARTS = ((), ("encoder", "decoder"))
+
+
+def generation_parts(from_image: bool, frames: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The parts a generation job runs: :data:`GENERATION_PARTS`, :data:`I2V_PARTS` from an
+    image, :data:`STILL_PARTS` for one frame from an image (nothing is sampled)."""
+    if not from_image:
+        return GENERATION_PARTS
+    return STILL_PARTS if frames == 1 else I2V_PARTS
 
 
 def parameter_bytes(module: torch.nn.Module, prefix: str, dtype: torch.dtype, quantize: str, wanted) -> list:

@@ -152,6 +152,7 @@ def _make(kind: str, prompts: list[str], plans: list, share: range | None, opts:
     each saved (and its record added to ``records``) as soon as its batch is done."""
     from .. import media as M
     from .. import saving as O
+    from ..footprint import generation_parts
 
     note = M.fps_note(plans[0].path, fps) if plans and kind != "t2i" else None
     if note:
@@ -163,9 +164,9 @@ def _make(kind: str, prompts: list[str], plans: list, share: range | None, opts:
     if not plans:  # this process's share of a launch is empty: it loads nothing
         return
     check_memory_before_loading(name, kind, opts, min(opts.batch_size, len(plans)), runtime, len(prompts), vae)
-    bundle = load_model(name, runtime, vae=vae, lora=lora,  # t2i/t2v never encode
-                        vae_parts=("encoder", "decoder") if kind == "i2v" else ("decoder",),
-                        heads=("flow_head",))  # nor the language head (an untied one is its own weights)
+    heads, vae_parts = generation_parts(kind == "i2v", opts.frames)  # (i2v of one frame, the image's: no head)
+    bundle = load_model(name, runtime, vae=vae, lora=lora, vae_parts=vae_parts,  # t2i/t2v never encode
+                        heads=heads)  # nor the language head (an untied one is its own weights)
     if process_rank()[0] == 0:  # one run, one seed (agreed): the main process says it
         notice(f"seed {opts.seed}" if noise is None else f"starting noise from {short(str(noise), 80)}")
     from .. import pipelines as P
@@ -285,9 +286,9 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
     """Refuse a job that cannot fit, or whose ``--noise`` has the wrong shape for the run's
     ``prompts``, before the weights load, when the model's folder tells its spec (our own format;
     for an official checkpoint the pipeline checks once it is loaded)."""
-    from ..footprint import GENERATION_PARTS, I2V_PARTS
+    from ..footprint import generation_parts
 
-    known = _before_loading(name, runtime, I2V_PARTS if kind == "i2v" else GENERATION_PARTS, vae)
+    known = _before_loading(name, runtime, generation_parts(kind == "i2v", opts.frames), vae)
     if known is None:
         return
     from .. import pipelines as P

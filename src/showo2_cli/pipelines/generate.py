@@ -145,12 +145,12 @@ def _memory_args(model: Showo2, opts: GenerateOptions, frames: int, video: bool,
                  image: bool = False) -> tuple:
     """The arguments of :func:`check_generation_memory` and :func:`generation_tiling` for a run of
     ``count`` outputs (``image``: from an image, which the VAE's encoder encodes first)."""
-    from ..footprint import GENERATION_PARTS, I2V_PARTS, weights_gb
+    from ..footprint import generation_parts, weights_gb
 
     vae = model.require_vae()
     return (model.spec, model.dtype, tuple(opts.size), frames, video, min(opts.batch_size, count),
             model.memory_limit(opts.max_memory_gb), model.device, vae.base_dim, vae.tiling, vae.tile,
-            weights_gb(model, *(I2V_PARTS if image else GENERATION_PARTS)))
+            weights_gb(model, *generation_parts(image, frames)))
 
 
 def generation_latent_shape(spec, size: tuple[int, int], frames: int, video: bool) -> tuple[int, ...]:
