@@ -7,6 +7,8 @@
   Int8WeightOnlyConfig())``: int8 weights, one float scale per output row), ``nf4`` with
   bitsandbytes (``bnb.nn.Linear4bit``, NF4 codes in blocks of 64 weights, each block's scale
   itself quantized; runs on CUDA and, with bitsandbytes >= 0.50 (the version tested), on the CPU);
+  a layer larger than :data:`QUANTIZE_CHUNK` weights (the untied ``lm_head``) is quantized by
+  chunks of rows into the same library tensor, bit for bit, its scratch bounded by the chunk;
 * ``compile``: ``torch.compile`` of the LLM forward and of each flow-head block;
 * ``vae_tiling``: diffusers' spatial tiling of ``AutoencoderKLWan`` (``auto``: only for a job that
   would not fit the memory limit untiled, see :func:`showo2_cli.runtime.pick_tiling`).
@@ -21,6 +23,8 @@ packing and its kernels are bitsandbytes' own.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -105,6 +109,15 @@ def release_weight_file(net: nn.Module) -> None:
                 t.data = t.data.clone()
 
 
+#: Weights (elements) of one linear layer quantized at once. The quantizers' scratch is several float32
+#: copies of what they quantize (torchao's int8: ``input * (1 / scale)``, its rounding, ``+ zero_point``
+#: and the clamp, two 4-byte copies at a time; bitsandbytes' NF4 on the CPU (its default kernel): the
+#: weight in float32, the scaled copy, its clamp and the int32 codes), so a larger layer (the untied
+#: ``lm_head``: 151669 x 1536 in the 1.5B, 152064 x 3584 in the 7B) is quantized in chunks of output
+#: rows (:func:`_by_rows`): the scratch is the chunk's, 8 M weights (32 MB in float32), not the layer's.
+QUANTIZE_CHUNK = 1 << 23
+
+
 def _quantize_int8(net: nn.Module, within: str | None) -> int:
     try:
         with quiet_imports():  # torchao's import-time warnings
@@ -112,15 +125,71 @@ def _quantize_int8(net: nn.Module, within: str | None) -> int:
     except ImportError as e:
         raise UsageError("--quantize int8wo needs torchao 0.18: pip install 'showo2[quant]'") from e
     wanted = quantized_filter(net, within)
-    count = sum(1 for name, m in net.named_modules() if wanted(m, name))
-    if count:
-        quantize_(net, Int8WeightOnlyConfig(), filter_fn=wanted)
-    return count
+    names = [name for name, m in net.named_modules() if wanted(m, name)]
+    config = Int8WeightOnlyConfig()
+    if any(net.get_submodule(name).weight.numel() <= QUANTIZE_CHUNK for name in names):
+        quantize_(net, config, filter_fn=lambda m, name: wanted(m, name) and m.weight.numel() <= QUANTIZE_CHUNK)
+    for name in names:  # (the larger: by rows, the same bits)
+        module = net.get_submodule(name)
+        if module.weight.numel() > QUANTIZE_CHUNK:
+            module.weight = nn.Parameter(_int8_by_rows(module.weight.detach(), config), requires_grad=False)
+    return len(names)
+
+
+def _int8_by_rows(weight: torch.Tensor, config):
+    """torchao's int8 weight of ``weight`` (``Int8Tensor.from_hp``, as ``quantize_`` makes it) quantized
+    in chunks of rows: its scales (and zero points) are one per output row (``PerRow``), computed from
+    that row alone, so each chunk's rows, scales and zero points are the whole weight's, bit for bit."""
+    from torchao.quantization import Int8Tensor, PerRow
+    from torchao.quantization.utils import recommended_inductor_config_setter
+
+    if not isinstance(config.granularity, PerRow):  # (another granularity would not split by rows)
+        raise ValueError(f"int8 by rows needs PerRow scales, not {config.granularity}")
+    if config.set_inductor_config:  # (what quantize_'s transform does)
+        recommended_inductor_config_setter()
+    rows = weight.shape[0]
+    first = {}
+
+    def quantize(chunk):
+        q = Int8Tensor.from_hp(chunk, granularity=config.granularity)
+        extra = [n for n in q.optional_tensor_data_names if n != "zero_point" and getattr(q, n) is not None]
+        if extra:
+            raise ValueError(f"int8 by rows: unexpected per-tensor data {extra}")
+        first.setdefault("q", q)
+        return q.qdata, q.scale, q.zero_point
+
+    qdata, scale, zero_point = _by_rows(weight, quantize, (rows, rows, rows))
+    q = first["q"]
+    return Int8Tensor(qdata, scale, list(q.block_size), q.dtype, zero_point=zero_point,
+                      act_quant_kwargs=q.act_quant_kwargs, reduce_range=q.reduce_range)
+
+
+def _by_rows(weight: torch.Tensor, quantize, lengths, multiple: int = 1) -> list[torch.Tensor]:
+    """``quantize`` (a chunk of rows of the 2-D ``weight`` -> tensors) applied to chunks of at most
+    :data:`QUANTIZE_CHUNK` weights (whole rows, a multiple of ``multiple`` weights, but the last), its
+    outputs written in turn into tensors of first dimension ``lengths`` (the whole weight's), each
+    chunk's outputs let go before the next chunk is quantized."""
+    n_rows, width = weight.shape
+    step = multiple // math.gcd(width, multiple)  # rows whose weights are a multiple of `multiple`
+    rows = max(step, QUANTIZE_CHUNK // width // step * step)
+    out, at = [], [0] * len(lengths)
+    for start in range(0, n_rows, rows):
+        parts = quantize(weight[start:start + rows])
+        if not out:
+            out = [torch.empty((n, *p.shape[1:]), dtype=p.dtype, device=p.device) for p, n in zip(parts, lengths, strict=True)]
+        for i, p in enumerate(parts):
+            out[i][at[i]:at[i] + p.shape[0]].copy_(p)
+            at[i] += p.shape[0]
+        del parts
+    if at != list(lengths):
+        raise ValueError(f"quantizing by rows gave {at} rows, not {list(lengths)}")
+    return out
 
 
 def _quantize_nf4(net: nn.Module, within: str | None) -> int:
     """Replace each wanted ``nn.Linear`` by a ``bitsandbytes.nn.Linear4bit`` holding its weight in
-    NF4 (quantized where the weight lies, CPU or CUDA); compute in the weight's own dtype."""
+    NF4 (quantized where the weight lies, CPU or CUDA; a weight larger than :data:`QUANTIZE_CHUNK`
+    by rows, :func:`_nf4_by_rows`); compute in the weight's own dtype."""
     try:
         with quiet_imports():
             import bitsandbytes as bnb
@@ -136,7 +205,10 @@ def _quantize_nf4(net: nn.Module, within: str | None) -> int:
         new.weight = bnb.nn.Params4bit(old.weight.data, requires_grad=False, quant_type="nf4", module=new)
         if old.bias is not None:
             new.bias = nn.Parameter(old.bias.data, requires_grad=False)
-        new.weight = new.weight.to(old.weight.device)  # the quantization happens here
+        if old.weight.numel() > QUANTIZE_CHUNK:
+            new.weight = _nf4_by_rows(new.weight)
+        else:
+            new.weight = new.weight.to(old.weight.device)  # the quantization happens here
         # bitsandbytes' CPU inference path (in eval mode, on a CPU with AVX512-BF16) repacks the
         # weight in place on its first forward: it asserts on a layer whose rows are not a multiple
         # of 32 (a 151669-row lm_head), computes in bf16 whatever the compute dtype, and keeps the
@@ -146,6 +218,42 @@ def _quantize_nf4(net: nn.Module, within: str | None) -> int:
         new.train(old.training)
         setattr(net.get_submodule(parent_name) if parent_name else net, child, new)
     return len(names)
+
+
+def _nf4_by_rows(param):
+    """The ``bitsandbytes.nn.Params4bit`` that ``param.to(its device)`` makes (``quantize_4bit``: NF4
+    codes in blocks of ``blocksize`` consecutive weights, each block's absmax; with
+    ``compress_statistics``, those absmax quantized in turn around their mean), quantized in chunks of
+    rows whose weights are a multiple of the block: each block, its codes and absmax are the whole
+    weight's, bit for bit; the absmax (1/16 of the float32 weight) are then compressed whole, as
+    ``quantize_4bit`` does."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import QuantState, get_4bit_type, quantize_blockwise
+
+    weight, size = param.data, param.data.numel()
+
+    def quantize(chunk):
+        codes, state = bnb.functional.quantize_4bit(chunk, blocksize=param.blocksize, compress_statistics=False,
+                                                    quant_type=param.quant_type, quant_storage=param.quant_storage)
+        return codes, state.absmax
+
+    per_item = 2 * param.quant_storage.itemsize  # (4-bit codes per stored item)
+    codes, absmax = _by_rows(weight, quantize, (-(-size // per_item), -(-size // param.blocksize)),
+                             multiple=param.blocksize * per_item)
+    code = get_4bit_type(param.quant_type, device=weight.device)
+    kw = {"shape": weight.shape, "dtype": weight.dtype, "blocksize": param.blocksize, "code": code,
+          "quant_type": param.quant_type}
+    if param.compress_statistics:
+        offset = absmax.mean()
+        qabsmax, state2 = quantize_blockwise(absmax - offset, blocksize=256)
+        state = QuantState(absmax=qabsmax, offset=offset, state2=state2, **kw)
+    else:
+        state = QuantState(absmax=absmax, **kw)
+    if param.module is not None:
+        param.module.quant_state = state
+    return bnb.nn.Params4bit(codes, requires_grad=False, quant_state=state, blocksize=param.blocksize,
+                             compress_statistics=param.compress_statistics, quant_type=param.quant_type,
+                             quant_storage=param.quant_storage, module=param.module, bnb_quantized=True)
 
 
 def compile_network(net: nn.Module) -> None:

@@ -71,8 +71,8 @@ def place(holder: nn.Module, names: list[str], read: Callable[[str], torch.Tenso
         tied_head = holder.get_submodule(TIED_HEAD)
     read_adapters: dict = {}  # each adapter read once
     todo = [g for top in names for g in groups(holder.get_submodule(top), top)]
-    if quantize != "none":  # the largest to quantize first: quantizing a layer takes several times its
-        # bytes for a moment (torchao's int8 on the CPU: a 0.47 GB lm_head +1.7 GB), best while little else is held
+    if quantize != "none":  # the largest to quantize first: quantizing takes several times the bytes of what
+        # it quantizes at once (a layer, or acceleration.QUANTIZE_CHUNK weights of a larger one), best while little else is held
         todo.sort(key=lambda g: -quantized_size(holder, g[0]) if g[1] else 0)
     for group, whole in todo:
         module = holder.get_submodule(group)
