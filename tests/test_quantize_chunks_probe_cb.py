@@ -92,7 +92,7 @@ def test_an_lm_heads_quantization_scratch_is_bounded_by_the_chunk(monkeypatch, m
 def test_quantized_by_rows_is_the_layer_quantized_whole(monkeypatch, method, dtype, rows, width):
     """Every quantized tensor (int8 data, scales, zero points; NF4 codes, absmax, their 8-bit
     compression, its offset and scales) and a forward's output, for widths that are and are not a
-    multiple of NF4's 64-weight block, an odd weight count (its last block short) and a zero row."""
+    multiple of NF4's 64-weight block, a last block short, an odd weight count and a zero row."""
     _needs(method)
     monkeypatch.setattr(acceleration, "QUANTIZE_CHUNK", WHOLE)
     whole = _head(rows, width, dtype)
@@ -111,6 +111,8 @@ def test_quantized_by_rows_is_the_layer_quantized_whole(monkeypatch, method, dty
     assert len(reference) >= (3 if method == "int8wo" else 9), sorted(reference)
     assert not _same(reference, chunked)
     assert type(parts.showo.lm_head.weight) is type(whole.showo.lm_head.weight)
+    if method == "nf4" and rows * width % 2:  # (bitsandbytes compiles its dequantization for an odd
+        return                                  # weight count: 17 s; the tensors are equal, checked above)
     x = torch.randn(3, width, generator=torch.Generator().manual_seed(1)).to(dtype)
     with torch.no_grad():
         assert torch.equal(whole.showo.lm_head(x), parts.showo.lm_head(x))
@@ -141,7 +143,8 @@ def test_a_load_quantized_in_chunks_is_the_load_quantized_whole(monkeypatch, unt
         assert not _same(reference, loaded(1000, heads, offload)), (heads, offload)
 
 
-@pytest.mark.parametrize("method", ["int8wo", pytest.param("nf4", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["int8wo", "nf4"])
 def test_the_demos_caption_and_image_are_those_of_each_layer_quantized_whole(monkeypatch, method):
     """The demo (a tied ``lm_head``: the embedding's tensor, left unquantized) with its layers in
     chunks: the same tensors, caption and t2i latents."""
