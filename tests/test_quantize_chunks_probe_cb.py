@@ -110,7 +110,13 @@ def test_quantized_by_rows_is_the_layer_quantized_whole(monkeypatch, method, dty
     reference, chunked = _tensors(whole), _tensors(parts)
     assert len(reference) >= (3 if method == "int8wo" else 9), sorted(reference)
     assert not _same(reference, chunked)
-    assert type(parts.showo.lm_head.weight) is type(whole.showo.lm_head.weight)
+    a, b = whole.showo.lm_head.weight, parts.showo.lm_head.weight
+    assert type(a) is type(b) and a.shape == b.shape and a.dtype == b.dtype and not b.requires_grad
+    names = [*getattr(a, "tensor_attribute_names", ()), *getattr(a, "optional_tensor_attribute_names", ())] or [
+        "blocksize", "compress_statistics", "quant_type", "quant_storage", "bnb_quantized"]
+    assert [getattr(b, n) for n in names] == [getattr(a, n) for n in names], names
+    if method == "nf4":  # (the layer holds the weight's state, as Params4bit.to leaves it)
+        assert parts.showo.lm_head.quant_state is b.quant_state and b.module is parts.showo.lm_head
     if method == "nf4" and rows * width % 2:  # (bitsandbytes compiles its dequantization for an odd
         return                                  # weight count: 17 s; the tensors are equal, checked above)
     x = torch.randn(3, width, generator=torch.Generator().manual_seed(1)).to(dtype)
