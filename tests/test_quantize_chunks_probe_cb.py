@@ -86,7 +86,7 @@ def test_an_lm_heads_quantization_scratch_is_bounded_by_the_chunk(monkeypatch, m
     assert 0 < spy.largest <= chunk
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [*DTYPES, pytest.param(torch.float16, id="fp16", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method", ["int8wo", "nf4"])
 @pytest.mark.parametrize(("rows", "width"), [(1001, 96), (517, 40), (333, 7), (260, 100)])
 def test_quantized_by_rows_is_the_layer_quantized_whole(monkeypatch, method, dtype, rows, width):
