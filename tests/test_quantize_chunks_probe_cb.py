@@ -125,10 +125,8 @@ def test_quantized_by_rows_is_the_layer_quantized_whole(monkeypatch, method, dty
 
 
 @pytest.mark.parametrize(("method", "dtype"), [("int8wo", torch.float32),
-                                               pytest.param("nf4", torch.bfloat16, marks=pytest.mark.slow),
-                                               pytest.param("int8wo", torch.bfloat16, marks=pytest.mark.slow),
-                                               pytest.param("nf4", torch.float32, marks=pytest.mark.slow)],
-                         ids=["int8wo-fp32", "nf4-bf16", "int8wo-bf16", "nf4-fp32"])
+                                               pytest.param("nf4", torch.bfloat16, marks=pytest.mark.slow)],
+                         ids=["int8wo-fp32", "nf4-bf16"])
 def test_a_load_quantized_in_chunks_is_the_load_quantized_whole(monkeypatch, untied, method, dtype):  # noqa: F811
     """The untied tiny model with two LoRA adapters merged, eager and lazy heads and ``--offload
     model``, every layer in chunks (at most 1000 weights): every tensor equal to the load quantizing
