@@ -135,6 +135,28 @@ PARITY_DIR = shared_dir("parity", "SHOWO2_PARITY_DIR")
 MEDIA_DIR = shared_dir("media", "SHOWO2_MEDIA_DIR")
 
 
+def official_vae_input(vae, pixels):
+    """What a fixture's VAE input gives here, for a set made with the official code, which takes
+    inputs the VAE here refuses by design (a clear one-line ``InputError``, README "Latents and
+    frames"): the official ``WanVAE_.encode`` reads frames in chunks 1, 4, 4, ... and drops a
+    trailing partial chunk, so its latents of T frames ARE those of the first ``1 + 4k``; a size
+    that is not a multiple of 8 has no such equivalent (the official strided convolutions pad it).
+    Returns ``(pixels to encode or None, number of frames its latents decode to)``, after checking
+    that the whole input is refused in one line whenever it is not itself what is encoded."""
+    from showo2_cli.errors import InputError
+    from showo2_cli.modeling.vae import SPATIAL_FACTOR, TEMPORAL_FACTOR
+
+    frames = pixels.shape[2] if pixels.dim() == 5 else 1
+    kept = 1 + (frames - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR
+    used = pixels[:, :, :kept] if pixels.dim() == 5 else pixels
+    spatial_ok = not any(s % SPATIAL_FACTOR for s in pixels.shape[-2:])
+    if kept != frames or not spatial_ok:
+        with pytest.raises(InputError) as refused:
+            vae.encode(pixels)
+        assert "\n" not in str(refused.value), str(refused.value)
+    return (used if spatial_ok else None), kept
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A randomly initialised `tiny` model folder (showo2 format, byte tokenizer, small VAE)."""

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import official_vae_input
 from showo2_cli.errors import InputError, ModelError
 from showo2_cli.modeling import vae as vae_mod
 from showo2_cli.modeling import vae_single_frame
@@ -223,7 +224,9 @@ def test_diffusers_round_trip(tiny, case, tmp_path):
     with torch.no_grad():
         for prefix in PREFIXES:
             z = case[f"{prefix}_latent_mean_normalized"]
-            assert torch.equal(tiny.encode(case[f"{prefix}_input"]), loaded.encode(case[f"{prefix}_input"]))
+            pixels, _ = official_vae_input(tiny, case[f"{prefix}_input"])
+            if pixels is not None:
+                assert torch.equal(tiny.encode(pixels), loaded.encode(pixels))
             assert torch.equal(tiny.decode(z), loaded.decode(z))
 
 
@@ -340,12 +343,15 @@ def test_not_a_vae_and_missing_paths(tmp_path):
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_encode_parity(tiny, case, prefix):
     expected = case[f"{prefix}_latent_mean_normalized"]
+    pixels, _ = official_vae_input(tiny, case[f"{prefix}_input"])  # the frames the official encoder reads
+    if pixels is None:
+        pytest.skip("a size the VAE here refuses (not a multiple of 8): checked refused in one line")
     with torch.no_grad():
-        z = tiny.encode(case[f"{prefix}_input"])
+        z = tiny.encode(pixels)
     assert z.shape == expected.shape and z.dtype == torch.float32
     torch.testing.assert_close(z, expected, atol=ATOL_LATENT, rtol=0)
     # the raw mean and logvar too
-    mu, logvar = tiny.encode_moments(case[f"{prefix}_input"])
+    mu, logvar = tiny.encode_moments(pixels)
     torch.testing.assert_close(mu, case[f"{prefix}_latent_mean_raw"], atol=ATOL_LATENT, rtol=0)
     torch.testing.assert_close(logvar, case[f"{prefix}_latent_logvar"], atol=ATOL_LATENT, rtol=0)
 
@@ -366,10 +372,11 @@ def test_sample_quirk(tiny, case, prefix):
     z = case[f"{prefix}_latent_mean_normalized"]
     std = torch.exp(0.5 * case[f"{prefix}_latent_logvar"].clamp(-30, 20))
     eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(7))
+    pixels, _ = official_vae_input(tiny, case[f"{prefix}_input"])
+    if pixels is None:
+        pytest.skip("a size the VAE here refuses (not a multiple of 8): checked refused in one line")
     with torch.no_grad():
-        sampled = tiny.encode(
-            case[f"{prefix}_input"], sample=True, generator=torch.Generator().manual_seed(7)
-        )
+        sampled = tiny.encode(pixels, sample=True, generator=torch.Generator().manual_seed(7))
     # noise scale is the RAW posterior std, not divided by the latent std
     torch.testing.assert_close(sampled, z + std * eps, atol=ATOL_LATENT, rtol=0)
 
