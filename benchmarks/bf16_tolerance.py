@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from showo2_cli.loading import load
 from showo2_cli.modeling.attention import additive_mask, omni_attention_mask
+from showo2_cli.modeling.vae import SPATIAL_FACTOR, TEMPORAL_FACTOR
 from showo2_cli.options import TextSampling
 from showo2_cli.sampling import generate_latents, guided_velocity_fn
 from showo2_cli.sequences import generation_layout, understanding_layout
@@ -52,7 +53,11 @@ def vae_path(model, case) -> dict:
     out = {}
     for p in sorted({k.split("_input")[0] for k in case if k.endswith("_input")}):
         pixels = case[f"{p}_input"].to(model.vae.dtype if hasattr(model.vae, "dtype") else torch.float32)
-        out[f"vae:{p}_latent_mean_normalized"] = diff(model.vae.encode(pixels), case[f"{p}_latent_mean_normalized"])
+        if pixels.dim() == 5:  # the official encoder reads the first 1 + 4k frames (chunks 1, 4, 4, ...)
+            pixels = pixels[:, :, :1 + (pixels.shape[2] - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR]
+        if not any(s % SPATIAL_FACTOR for s in pixels.shape[-2:]):  # other sizes are refused here
+            out[f"vae:{p}_latent_mean_normalized"] = diff(model.vae.encode(pixels),
+                                                          case[f"{p}_latent_mean_normalized"])
         out[f"vae:{p}_decoded"] = diff(model.vae.decode(case[f"{p}_latent_mean_normalized"]),
                                        case[f"{p}_decoded_unclamped"].clamp(-1, 1))
     return out
@@ -115,8 +120,9 @@ def omni_path(case, info) -> dict:
         add = additive_mask(mask, dtype)
         # blocked entries must stay hugely negative (softmax weight exactly 0) and allowed ones 0
         out[f"omni_mask:additive_{dtype}".replace("torch.", "")] = {
-            "blocked_value": float(add[~mask].max()), "allowed_value": float(add[mask].abs().max()),
-            "softmax_of_blocked_is_zero": bool(torch.softmax(add.float(), -1)[~mask].max() == 0)}
+            "blocked_value": float(add[~mask].max()) if (~mask).any() else None,  # a one-block layout blocks nothing
+            "allowed_value": float(add[mask].abs().max()) if mask.any() else None,
+            "softmax_of_blocked_is_zero": bool((torch.softmax(add.float(), -1)[~mask] == 0).all())}
     return out
 
 
