@@ -13,7 +13,8 @@ from a reference set (``--tokenizer-from``, default the public set): its 282 ids
 recipe, not by the sizes.
 
 A variant is a set of overrides of the public spec (``VARIANTS``), or a JSON file of them
-(``--spec FILE``). Nothing of the official code is vendored; see ``official_harness.py``.
+(``--spec FILE``; ``parity_specs/`` holds later rounds' draws, see its README). Nothing of the
+official code is vendored; see ``official_harness.py``.
 """
 
 from __future__ import annotations
