@@ -5,6 +5,7 @@ Face repo id (a local Hub on 127.0.0.1); adapters are read and checked before th
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -199,6 +200,17 @@ def test_adapters_are_checked_before_the_weights_are_read(untied, adapters, tmp_
     builds = []
     build = loading.build_network
     monkeypatch.setattr(loading, "build_network", lambda *a, **k: builds.append(a) or build(*a, **k))
+    # only the widened flow-head output pair, which every Show-o2 has (a set of another depth lacks
+    # the tiny model's other adapted layers, which is another refusal)
+    official_wide = tmp_path / "official-wide"
+    shutil.copytree(wide, official_wide)
+    state = load_file(str(official_wide / ADAPTER_WEIGHTS))
+    save_file({k: v for k, v in state.items() if k.removeprefix(PEFT_PREFIX).startswith("diffusion_head_b.linear.")},
+              str(official_wide / ADAPTER_WEIGHTS))
+    config = json.loads((official_wide / ADAPTER_CONFIG).read_text())
+    config["target_modules"] = [t for t in config["target_modules"] if t.startswith("diffusion_head_b.linear")]
+    config["alpha_pattern"] = {k: v for k, v in config["alpha_pattern"].items() if k.startswith("diffusion_head_b")}
+    (official_wide / ADAPTER_CONFIG).write_text(json.dumps(config))
     with pytest.raises(ModelError, match="does not fit this model"):  # (its flow-head tensor one row too many)
-        load(PARITY_DIR / "model", vae=sorted((PARITY_DIR / "vae").glob("*.pth"))[0], lora=[wide])
+        load(PARITY_DIR / "model", vae=sorted((PARITY_DIR / "vae").glob("*.pth"))[0], lora=[official_wide])
     assert builds == []
