@@ -64,10 +64,10 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
         try:
             text = data.decode(encoding)
         except UnicodeDecodeError as e:
-            raise InputError(f"prompts file {where} is not {'UTF-8 (nor UTF-16)' if encoding == 'utf-16' else 'UTF-8'} "
+            raise InputError(f"prompts file {where} is not {'UTF-8 (nor UTF-16)' if encoding.startswith('utf-16') else 'UTF-8'} "
                              f"text (byte {e.start})") from e
         # any bytes decode as UTF-16: text has no control characters and no second byte-order mark
-        odd = re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\ufeff\ufffe\uffff]", text) if encoding == "utf-16" else None
+        odd = re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\ufeff\ufffe\uffff]", text) if encoding.startswith("utf-16") else None
         if odd is not None:
             raise InputError(f"prompts file {where} is not UTF-8 text (nor UTF-16 text: it holds "
                              f"U+{ord(odd.group()):04X} at character {odd.start()})")

@@ -149,10 +149,18 @@ def read_limited(path: PathLike, limit: int, what: str, error: type[Showo2Error]
 def text_encoding(head: bytes) -> str:
     """The encoding of a text file a user saved, from its first bytes ``head``: ``"utf-16"`` when it
     opens with UTF-16's byte-order mark (what Windows editors save as "Unicode", and what Windows
-    PowerShell's ``>`` and ``Out-File`` write), else ``"utf-8"``, whose byte-order mark (what Notepad
-    and PowerShell's ``-Encoding UTF8`` write) is no text: :func:`decode_text` drops it. The one
-    choice for the text files a command reads (prompts, training configs, captions, records)."""
-    return "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8"
+    PowerShell's ``>`` and ``Out-File`` write); ``"utf-16-le"`` / ``"utf-16-be"`` when one of its
+    first two bytes is NUL and the other is not (UTF-16 saved without the mark: .NET's
+    ``Encoding.Unicode`` streams, Python's ``"utf-16-le"``; Python's :func:`json.loads` reads JSON
+    bytes so, RFC 4627's rule, where UTF-8 text holds no NUL); else ``"utf-8"``, whose byte-order
+    mark (what Notepad and PowerShell's ``-Encoding UTF8`` write) is no text: :func:`decode_text`
+    drops it. The one choice for the text files a command reads (prompts, training configs,
+    captions, records); every UTF-16 one starts with ``"utf-16"``."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    if len(head) >= 2 and (head[0] == 0) != (head[1] == 0):
+        return "utf-16-be" if head[0] == 0 else "utf-16-le"
+    return "utf-8"
 
 
 def decode_text(data: bytes, errors: str = "strict") -> str:

@@ -71,12 +71,14 @@ def _scan_lines(path: Path, out_offsets: Path) -> None:
 
 
 def _encoding(path: Path) -> str:
-    """The text encoding of a records file, for an incremental decoder: UTF-16 with its byte-order
-    mark, else UTF-8 with its mark, if any, dropped (:func:`~showo2_cli.media.text_encoding`)."""
+    """The text encoding of a records file, for an incremental decoder: UTF-16 (with its byte-order
+    mark, or without it where a NUL opens it), else UTF-8 with its mark, if any, dropped
+    (:func:`~showo2_cli.media.text_encoding`)."""
     from ..media import text_encoding
 
     with open(path, "rb") as f:
-        return "utf-16" if text_encoding(f.read(2)) == "utf-16" else "utf-8-sig"
+        encoding = text_encoding(f.read(2))
+    return encoding if encoding.startswith("utf-16") else "utf-8-sig"
 
 
 def iter_json_array(path: Path, chunk: int = 1 << 20):
@@ -91,7 +93,7 @@ def iter_json_array(path: Path, chunk: int = 1 << 20):
         try:
             yield from _json_array(path, f, chunk, decoder, text)
         except UnicodeDecodeError as e:
-            raise InputError(f"'{path}' is not {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text "
+            raise InputError(f"'{path}' is not {'UTF-16' if encoding.startswith('utf-16') else 'UTF-8'} text "
                              f"(byte {e.start} of a chunk)") from None
 
 
@@ -168,7 +170,7 @@ def build_index(source: DataSource, index_dir: Path) -> tuple[Path, Path]:
         return records, offsets
     key = _file_key(path)
     jsonl = path.suffix.lower() == ".jsonl"
-    if jsonl and _encoding(path) != "utf-16":
+    if jsonl and not _encoding(path).startswith("utf-16"):
         offsets = index_dir / f"{key}.u64"
         if not offsets.exists():
             _scan_lines(path, offsets)
@@ -227,7 +229,7 @@ def _csv_rows(path: Path):
 def _to_utf8(path: Path, out, chunk: int = 1 << 20) -> None:
     """A UTF-16 JSONL file's text written to ``out`` (UTF-8), a piece at a time, lines as they are."""
     try:
-        with open(path, encoding="utf-16", newline="") as f:
+        with open(path, encoding=_encoding(path), newline="") as f:
             while piece := f.read(chunk):
                 out.write(piece)
     except UnicodeDecodeError as e:
