@@ -34,3 +34,26 @@ def test_records_and_prompts_in_utf16_without_a_byte_order_mark_are_read_whole(t
     prompts = tmp_path / "prompts.txt"
     prompts.write_bytes("a red circle\r\nun café bleu\r\n".encode(encoding))
     assert read_prompts(prompts_file=prompts) == ["a red circle", "un café bleu"]
+
+
+def test_a_gifs_delays_of_one_centisecond_play_at_10_fps_as_in_a_browser(tmp_path):
+    """A GIF's delays of 0 or 1 centisecond play at 10 fps in every browser (Chrome, Firefox and
+    Safari show a delay of 10 ms or less as 100 ms; an APNG's or WebP's were read so already), but
+    FFmpeg reads 1 cs as it is: a clip whose first ten frames are held 1 cs and the next ten 10 cs
+    (a browser plays all twenty at 10 fps) was sampled as if its first half flashed by in 0.1 s
+    (five frames picked: 0, 11, 14, 16, 19); now 0, 4, 9, 14, 19 at 10 fps, as the same
+    animation as an APNG is read."""
+    from PIL import Image
+
+    from conftest import frame_number, numbered_frame
+    from showo2_cli.media import read_video
+
+    frames = [Image.fromarray(numbered_frame(i)) for i in range(20)]
+    for ext in ("gif", "png"):
+        frames[0].save(tmp_path / f"clip.{ext}", save_all=True, append_images=frames[1:], loop=0,
+                       duration=[10] * 10 + [100] * 10)
+        media = read_video(tmp_path / f"clip.{ext}", num_frames=5)
+        assert [frame_number(f) for f in media.frames] == [0, 4, 9, 14, 19], ext
+        assert media.fps == pytest.approx(10.0), ext
+    frames[0].save(tmp_path / "fast.gif", save_all=True, append_images=frames[1:], loop=0, duration=10)
+    assert read_video(tmp_path / "fast.gif").fps == pytest.approx(10.0)

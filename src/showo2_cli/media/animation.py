@@ -12,9 +12,11 @@ from .frame_index import FrameIndex
 #: the formats whose several frames are an animation (TIFF pages and an MPO's stereo views are not);
 #: an AVIF image sequence (what browsers play, and converters such as ezgif or ffmpeg write) included
 ANIMATED_FORMATS = ("GIF", "PNG", "WEBP", "AVIF")
-#: a frame delay this short or shorter (milliseconds) is played as 100 ms, as browsers play it (and
-#: FFmpeg plays a GIF's): many files hold 0 for "as fast as possible"
+#: a frame delay this short or shorter (milliseconds) is played as :data:`PLAYED_DELAY_MS`, as
+#: browsers (Chrome, Firefox, Safari) play a GIF's, APNG's or WebP's: many files hold 0 for "as fast
+#: as possible", and GIF makers 1 centisecond (FFmpeg reads 0 so, 1 as 100 fps)
 MIN_DELAY_MS = 10
+PLAYED_DELAY_MS = 100
 
 
 class PilFrames:
@@ -38,7 +40,7 @@ class PilFrames:
             value = float(self.image.info.get("duration") or 0)
         except (TypeError, ValueError):
             value = 0.0
-        return int(round(value)) if value > MIN_DELAY_MS and value < 2**40 else 100
+        return int(round(value)) if value > MIN_DELAY_MS and value < 2**40 else PLAYED_DELAY_MS
 
     def index(self) -> FrameIndex:
         """Each frame's start time (milliseconds) from the frame delays, read by stepping through

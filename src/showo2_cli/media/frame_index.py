@@ -62,12 +62,17 @@ class FrameIndex:
         keyframes: the timestamps of the keyframes (decoding can start there), ascending.
         usable: False when a packet had no timestamp or two frames share one: then nothing here
             is trusted and the video is read in order.
+        shown: every frame's start as it is played, where that is not its timestamp (a GIF's
+            delays of 10 ms or less play as 100 ms in browsers), in ticks; None: the timestamps.
+        duration: the length as played, the last frame's delay included (ticks), with ``shown``.
     """
 
     time_base: Fraction
     pts: array = field(default_factory=lambda: array("q"))
     keyframes: array = field(default_factory=lambda: array("q"))
     usable: bool = True
+    shown: array | None = None
+    duration: int = 0
 
     def add(self, pts: int | None, keyframe: bool) -> None:
         """One packet of the stream (in decoding order)."""
@@ -90,12 +95,24 @@ class FrameIndex:
     def __len__(self) -> int:
         return len(self.pts)
 
+    def times(self) -> np.ndarray:
+        """Each frame's start as played (ticks, presentation order): ``shown``, else the timestamps."""
+        times = self.shown if self.shown is not None and len(self.shown) == len(self.pts) else self.pts
+        return np.frombuffer(times, dtype=np.int64)
+
+    def rate(self) -> float | None:
+        """Frames per second as played (each frame's delay counted, the last's too), where ``shown``
+        tells; None otherwise."""
+        if self.shown is None or self.duration <= 0 or not len(self.pts):
+            return None
+        return float(len(self.pts) / (self.duration * self.time_base))
+
     def evenly_spaced(self) -> bool:
         """Every gap between consecutive frames is within :data:`EVEN_TOLERANCE` of the median gap
         (or one tick)."""
         if len(self.pts) < 3:
             return True
-        gaps = np.diff(np.frombuffer(self.pts, dtype=np.int64))
+        gaps = np.diff(self.times())
         median = float(np.median(gaps))
         return bool(np.abs(gaps - median).max() <= max(EVEN_TOLERANCE * median, 1.0))
 
@@ -108,7 +125,7 @@ class FrameIndex:
         n = len(self.pts)
         if self.evenly_spaced() or num_frames < 2:
             return uniform_indices(n, num_frames)
-        pts = np.frombuffer(self.pts, dtype=np.int64)
+        pts = self.times()
         first, span = int(pts[0]), int(pts[-1] - pts[0])
         instants = [first + span * k // (num_frames - 1) for k in range(num_frames)]  # exact integers
         return [int(np.searchsorted(pts, t, side="right")) - 1 for t in instants]

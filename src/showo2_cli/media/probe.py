@@ -14,6 +14,7 @@ import stat
 import threading
 import time
 import warnings
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from showo2_cli.errors import (
     error_detail,
 )
 
-from .animation import ANIMATED_FORMATS
+from .animation import ANIMATED_FORMATS, MIN_DELAY_MS, PLAYED_DELAY_MS
 from .files import PathLike, check_input_file, quote_path
 from .frame_index import INDEXED_FORMATS, FrameIndex
 
@@ -496,7 +497,10 @@ def pil_animation(p: Path) -> bool:
 
 def _gif_index(p: Path) -> FrameIndex | None:
     """A GIF's frames as FFmpeg's demuxer times them (each frame's delay: a GIF that holds its
-    first frame 5 s and then plays at 10 fps), for sampling over its time; None if it cannot say."""
+    first frame 5 s and then plays at 10 fps), for sampling over its time; None if it cannot say.
+    Each frame is shown (``FrameIndex.shown``) for its delay as browsers play it: one of 10 ms or
+    less as 100 ms (:data:`~showo2_cli.media.animation.MIN_DELAY_MS`, the rule an APNG's or WebP's
+    delays are read by), where FFmpeg reads a 1-centisecond delay as it is (100 fps)."""
     import av
 
     try:
@@ -505,9 +509,16 @@ def _gif_index(p: Path) -> FrameIndex | None:
             if not streams or not streams[0].time_base:
                 return None
             index = FrameIndex(Fraction(streams[0].time_base))
+            floor = Fraction(MIN_DELAY_MS, 1000) / index.time_base  # in ticks
+            played = max(1, round(Fraction(PLAYED_DELAY_MS, 1000) / index.time_base))
+            shown, start = array("q"), 0
             for packet in container.demux(streams[0]):
                 if packet.size:
                     index.add(packet.pts, packet.is_keyframe)
+                    shown.append(start)
+                    delay = int(packet.duration or 0)
+                    start += delay if floor < delay < 2**40 else played
+            index.shown, index.duration = shown, start
             return index.finish()
     except Exception:  # the GIF was judged by PIL already: without an index it is read in order
         return None

@@ -192,6 +192,8 @@ def read_video(
             raise too_large("video", p, max(width, shown), height, limit)
         width = shown
         fps = _frame_rate(stream)
+        if index is not None and index.rate() is not None:  # a GIF's rate as it is played
+            fps = min(max(index.rate(), MIN_FPS), MAX_FPS)
         frame_bytes = width * height * 3
         try:
             header_frames = int(stream.frames or 0)
