@@ -57,3 +57,37 @@ def test_a_gifs_delays_of_one_centisecond_play_at_10_fps_as_in_a_browser(tmp_pat
         assert media.fps == pytest.approx(10.0), ext
     frames[0].save(tmp_path / "fast.gif", save_all=True, append_images=frames[1:], loop=0, duration=10)
     assert read_video(tmp_path / "fast.gif").fps == pytest.approx(10.0)
+
+
+def test_trl_vision_records_with_content_as_a_list_of_parts_train_with_their_pictures(tmp_path):
+    """TRL's vision data sets (and transformers' chat templates) give a message's ``content`` as a
+    list of parts: ``[{"type": "image"}, {"type": "text", "text": ...}]``. Every such record was "a
+    malformed conversation turn", passed over (a run on such data trained on nothing). They read as
+    the server reads OpenAI's parts (text parts joined by newlines, a picture part as LLaVA's
+    ``<image>``); a part neither text nor a picture is still refused, naming it."""
+    from PIL import Image
+
+    from showo2_cli.errors import InputError
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.data import make_sources
+    from test_train import tiny_config
+
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "red.png")
+    user = [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]
+    records = [
+        {"messages": [{"role": "user", "content": user},
+                      {"role": "assistant", "content": [{"type": "text", "text": "Red."}]}], "images": ["red.png"]},
+        {"messages": [{"role": "user", "content": [{"type": "audio"}]},
+                      {"role": "assistant", "content": "Red."}], "images": ["red.png"]},
+    ]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = parse_config(tiny_config(tmp_path, data=[{"kind": "llava", "role": "mmu", "path": str(tmp_path / "chat.jsonl"),
+                                                    "resolution": 32}], batch={"mmu": 1}), source="c.toml")
+    source = make_sources(cfg, get_spec("tiny"), tmp_path / "index")[0]
+    sample = source.get(0)
+    assert sample.turns == [("<image>\nWhat colour is it?", "Red.")] and sample.has_visual
+    assert sample.pixels is not None and sample.pixels[0, 16, 16].tolist() == [255, 0, 0]
+    with pytest.raises(InputError, match=r"record 1 has a malformed conversation turn \(content part 0 is audio, "
+                                         r"not text or a picture\)"):
+        source.get(1)

@@ -260,12 +260,12 @@ def text_part(part, param: str) -> str | None:
     """The text of a content part ``{"type": "text", "text": ...}``; None for a part of another
     type. A text part whose ``text`` is not a string is a 400 naming it (it was "unsupported
     content part (use text, ...)", for a part that was one)."""
-    if not isinstance(part, dict) or part.get("type") != "text":
-        return None
-    if not isinstance(part.get("text"), str):
-        raise ApiError(400, f"{param}.text must be a string, got {short(part.get('text'))}", "invalid_type",
-                       f"{param}.text")
-    return part["text"]
+    from ..messages import text_of_part
+
+    try:
+        return text_of_part(part)
+    except TypeError as e:
+        raise ApiError(400, f"{param}.{e}", "invalid_type", f"{param}.text") from None
 
 
 def message_text(value, what: str, param: str, refusal: bool = False) -> str:

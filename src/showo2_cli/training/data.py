@@ -7,7 +7,8 @@ Sources (one ``[[data]]`` table each):
 * ``pairs``: image/video + caption pairs, from a folder (media files with a ``.txt`` caption of
   the same stem) or a ``.jsonl`` of ``{"path": ..., "prompt": ...}`` (spec §14.2).
 * ``llava``: LLaVA-style conversations (``.json`` array or ``.jsonl``) with ``image`` (or
-  ``video``) and ``conversations: [{from: human|gpt, value}]`` (spec §12.2).
+  ``video``) and ``conversations: [{from: human|gpt, value}]`` (spec §12.2), or ``messages`` of
+  ``{role, content}``, a content a string or TRL's list of text and image parts.
 
 Nothing is held in memory: files are indexed once (byte offsets in a memory-mapped ``.u64``
 file under ``<output_dir>/.data-index``) and records are read by seeking. The order is a pure
@@ -21,8 +22,8 @@ function of the position, so resuming at step ``s`` reproduces the data exactly:
 
 VAE latents can be cached (``cache = "folder"``): the frozen VAE's posterior mean and
 log-variance per item, both in the normalised latent space, one safetensors file each, written
-atomically, keyed by the source, the
-geometry and the VAE's weights. The posterior sample is still drawn fresh every step.
+atomically, keyed by the source, the geometry and the VAE's weights. The posterior sample is still
+drawn fresh every step.
 """
 
 from __future__ import annotations
@@ -38,15 +39,13 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ResourceError, UsageError, one_line, short
+from ..messages import content_text
 from .records import CAPTION_FIELDS, METADATA_FILES, Records, build_index
 from .schema import DataSource, TrainConfig
 
 INDEX_DIR = ".data-index"
-_BOILERPLATE = re.compile(
-    r"^(the image (features|depicts|shows|showcases|displays|captures|presents|portrays)|"
-    r"this image (features|depicts|shows|showcases|displays|captures|presents|portrays)|"
-    r"the video (features|depicts|shows|showcases|displays|captures|presents|portrays)|"
-    r"in this image,?|in the image,?)\s+", re.IGNORECASE)
+_BOILERPLATE = re.compile(r"^((the image|this image|the video) (features|depicts|shows|showcases|displays|captures|"
+                          r"presents|portrays)|in this image,?|in the image,?)\s+", re.IGNORECASE)
 
 
 # ---- deterministic hashing and permutations --------------------------------------------------
@@ -322,9 +321,10 @@ class LlavaSource(Source):
             raise InputError(f"'{self.spec.path}' record {item} has no conversations")
         turns, question = [], None
         for turn in convs:
-            text = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
-            if not isinstance(text, str):
-                raise InputError(f"'{self.spec.path}' record {item} has a malformed conversation turn")
+            try:  # a string, or a list of text and image parts (TRL's vision records: they were passed over)
+                text = content_text(turn.get("value", turn.get("content")) if isinstance(turn, dict) else None)
+            except ValueError as e:
+                raise InputError(f"'{self.spec.path}' record {item} has a malformed conversation turn ({e})") from None
             who = str(turn.get("from", turn.get("role", ""))).lower()
             if who in ("human", "user"):
                 question = text
