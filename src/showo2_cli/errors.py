@@ -122,10 +122,13 @@ def rename_options(text: str, names: dict[str, str]) -> str:
     return re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], str(text))
 
 
-def one_line(text: Any, limit: int = 200) -> str:
+def one_line(text: Any, limit: int = 200, word: int | None = None) -> str:
     """A (library's) message as one line: terminal escapes removed, whitespace runs collapsed,
-    cut to ``limit`` characters with :func:`short`."""
+    each word longer than ``word`` characters (a value quoted whole) cut to that many, then the
+    whole cut to ``limit`` characters with :func:`short`."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
+    if word is not None:
+        text = re.sub(rf"\S{{{word + 1},}}", lambda m: short(m.group(), word), text)
     return short(" ".join(text.split()), limit)
 
 

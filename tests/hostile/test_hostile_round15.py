@@ -91,3 +91,22 @@ def test_trl_vision_records_with_content_as_a_list_of_parts_train_with_their_pic
     with pytest.raises(InputError, match=r"record 1 has a malformed conversation turn \(content part 0 is audio, "
                                          r"not text or a picture\)"):
         source.get(1)
+
+
+@pytest.mark.parametrize("args", [
+    ["t2i", *["word"] * 20000],  # a paragraph pasted unquoted
+    ["t2i", "a red circle", "w" * 100000],
+    ["t2i", "a red circle", "--sampler", "9" * 100000],
+    ["t2i", "a red circle", "--x" + "9" * 100000],
+    ["x" + "9" * 100000],
+])
+def test_clicks_messages_quote_a_pasted_paragraph_or_a_huge_word_cut(args, capsys):
+    """click quotes what was typed whole: "Got unexpected extra argument(s) (...)" of a pasted
+    paragraph, "Invalid value for '--sampler'", "No such option" and "No such command" of a 10^5-
+    character word were 100 KB "lines" (the hints after them already cut at 120 characters). Each
+    word is cut at 120 characters and the message at 400, the hints and ``--help`` pointer kept."""
+    from showo2_cli.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 700 and err.endswith("--help)"), err[:300]

@@ -24,7 +24,7 @@ import typer
 import typer.core
 
 from .. import __version__
-from ..errors import Showo2Error, UsageError, is_out_of_memory, short
+from ..errors import Showo2Error, UsageError, is_out_of_memory, one_line, short
 from ..launch import HANGUP, INTERRUPTS
 from ..processes import process_rank
 from .common import STATE, debug_from_env, held_notices, is_file, notice, safe_text, write
@@ -423,8 +423,8 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
         if type(e).__name__ == "NoArgsIsHelpError":
             sys.stderr.write(e.format_message() + "\n")
             return 2
-        # typer checks values with pydantic, whose message for a refused choice opens "Value error, "
-        message = e.format_message().replace("\n", " ").replace(": Value error, ", ": ")
+        # pydantic's refusal opens "Value error, "; click quotes what was typed whole (a pasted paragraph: 100 KB)
+        message = one_line(e.format_message().replace(": Value error, ", ": "), 400, word=120)
         ctx = getattr(e, "ctx", None)
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         return _fail(message + _dash_argument_hint(e, args) + _extra_argument_hint(e, args) + where, 2, "usage")
