@@ -10,6 +10,8 @@ falls back to the registry only for values that no shape reveals (head counts, R
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import numbers
 from dataclasses import dataclass, field
 
@@ -314,13 +316,35 @@ class ModelSpec:
                              "official code recomputes every position's frequencies from the whole sequence's length "
                              "(the longest it has seen) at each step, which a key/value cache cannot reproduce past "
                              "max_position_embeddings; use 'linear' or 'yarn', or no rope_scaling")
-        try:  # transformers' own check of the type's numbers (factor, ...)
+        values = [x for v in scaling.values() for x in (v if isinstance(v, list) else [v])]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in values):  # NaN passes every "< 1" test
+            raise UsageError(f"invalid model spec '{self.name}': rope_scaling {str(scaling)[:60]}: its numbers must "
+                             "be finite")
+        # transformers' own check of the type's numbers (factor, ...); since transformers 5 it logs what
+        # it refuses ("factor field must be a float or int >= 1, got 0.0") and builds the RoPE anyway:
+        # a linear factor of 0 made every position's rotation NaN, every answer garbage (exit 0)
+        refused: list[str] = []
+        catch = logging.Handler(logging.WARNING)
+        catch.emit = lambda record: refused.extend(  # its refusals, not its advice  # type: ignore[method-assign]
+            [m] if "field must" in (m := record.getMessage()) or m.startswith("Missing") else [])
+        rope_log = logging.getLogger("transformers.modeling_rope_utils")
+        level, propagate = rope_log.level, rope_log.propagate
+        rope_log.addHandler(catch)
+        rope_log.setLevel(logging.WARNING)
+        rope_log.propagate = False
+        try:
             Qwen2Config(hidden_size=self.hidden_size, num_attention_heads=self.num_heads, head_dim=self.head_dim,
                         num_key_value_heads=self.num_kv_heads, rope_theta=self.rope_theta,
                         max_position_embeddings=self.max_position_embeddings, rope_scaling=dict(scaling))
         except (KeyError, ValueError, TypeError) as e:
+            refused.insert(0, str(e))
+        finally:
+            rope_log.removeHandler(catch)
+            rope_log.setLevel(level)
+            rope_log.propagate = propagate
+        if refused:
             raise UsageError(f"invalid model spec '{self.name}': rope_scaling {str(scaling)[:60]}: "
-                             f"{str(e).strip(chr(34))[:160]}") from None
+                             f"{refused[0].replace('`', '').strip(chr(34))[:160]}")
 
     def _validate_rope_scaling(self) -> None:
         """The flow head's RoPE scaling: none, ``default``, or ``llama3`` with its four numbers."""

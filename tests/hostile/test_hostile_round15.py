@@ -110,3 +110,37 @@ def test_clicks_messages_quote_a_pasted_paragraph_or_a_huge_word_cut(args, capsy
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and len(err) < 700 and err.endswith("--help)"), err[:300]
+
+
+@pytest.mark.parametrize("scaling, needle", [
+    ({"rope_type": "linear", "factor": 0.0}, "factor field must be a float or int >= 1, got 0.0"),
+    ({"rope_type": "yarn", "factor": -1.0}, "factor field must be a float or int >= 1, got -1.0"),
+    ({"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}, "short_factor field must have length 8"),
+    ({"rope_type": "dynamic", "factor": float("nan")}, "its numbers must be finite"),
+])
+def test_a_rope_scaling_transformers_refuses_is_a_model_error_not_nan_positions(tiny_model_dir, tmp_path, scaling,
+                                                                                 needle):
+    """A model folder whose LLM RoPE scaling has a linear factor of 0 (or NaN) loaded, and every
+    position's rotation was NaN: each answer garbage, exit 0. The spec check handed the scaling to
+    transformers' Qwen2Config, which raised on bad numbers up to transformers 4; transformers 5 logs
+    what it refuses and builds the RoPE anyway. Its refusals are the model error now; NaN (which
+    passes its "< 1" tests) too; a factor it accepts still loads."""
+    import dataclasses
+    import shutil
+
+    from showo2_cli.errors import ModelError, UsageError
+    from showo2_cli.loading import load
+    from showo2_cli.specs import get_spec
+
+    with pytest.raises(UsageError, match=r"invalid model spec 'tiny': rope_scaling .*" + needle.replace("(", r"\(")):
+        dataclasses.replace(get_spec("tiny"), rope_scaling=scaling).validate()
+    dataclasses.replace(get_spec("tiny"), rope_scaling={"rope_type": "linear", "factor": 2.0}).validate()
+    if scaling["rope_type"] != "linear":
+        return
+    folder = tmp_path / "m"  # a model folder saying so: a model error (exit 4) before anything is built
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["showo2"]["spec"]["rope_scaling"] = scaling
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=needle):
+        load(folder, need=())
