@@ -144,3 +144,21 @@ def test_a_rope_scaling_transformers_refuses_is_a_model_error_not_nan_positions(
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match=needle):
         load(folder, need=())
+
+
+@pytest.mark.parametrize("head", [b"\xff\x0a\xfa\x1f", b"\x00\x00\x00\x0cJXL \r\n\x87\n\x00\x00\x00\x14ftypjxl "])
+def test_a_jpeg_xl_photo_is_said_to_be_one(tmp_path, head, capsys):
+    """A JPEG XL image (a bare codestream or its ISO container: what `file` names so; GIMP, darktable
+    and Apple's ProRAW previews write them) was "not an image or video this tool can read (unknown
+    format, truncated or corrupt)" of a sound file; neither Pillow nor this FFmpeg decodes one. It is
+    said to be one, with what to do, as a HEIC photo is; a folder lists ``.jxl`` to refuse it so."""
+    from showo2_cli.cli import main
+    from showo2_cli.media import IMAGE_EXTS
+
+    photo = tmp_path / "photo.jxl"
+    photo.write_bytes(head + bytes(64))
+    for args in (["caption", str(photo)], ["i2v", str(photo), "a cat", "-o", str(tmp_path / "v.mp4")]):
+        assert main([*args, "--quiet"]) == 3
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "a JPEG XL image, which this tool does not decode: convert it" in err
+    assert ".jxl" in IMAGE_EXTS and not (tmp_path / "v.mp4").exists()

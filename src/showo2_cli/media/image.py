@@ -26,7 +26,7 @@ from .metadata import (
 from .outputs import atomic_output, extension_refused
 from .probe import (
     av_video_info,
-    check_not_heif_photo,
+    check_undecoded_photo,
     decompression_bomb,
     error_detail,
     metadata_refused,
@@ -251,7 +251,7 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
             try:
                 im = Image.open(fh, formats=READ_FORMATS)
             except UnidentifiedImageError as e:
-                check_not_heif_photo(p, prefix)
+                check_undecoded_photo(p, prefix)
                 if av_video_info(p):
                     raise InputError(f"{prefix}: it is a video, not an image") from e
                 raise InputError(

@@ -36,9 +36,9 @@ from .frame_index import INDEXED_FORMATS, FrameIndex
 
 #: Extensions usually holding still images (for listing folders; kinds are probed by content):
 #: ``.jfif`` is what Chrome and Edge on Windows name a JPEG they save, ``.avif`` what browsers serve;
-#: ``.heic``/``.heif`` (iPhone photos) are listed to be refused, each with what to do, not left out.
-IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".avif", ".heic", ".heif", ".bmp", ".tif",
-                               ".tiff")
+#: ``.heic``/``.heif`` (iPhone photos) and ``.jxl`` are listed to be refused, each with what to do, not left out.
+IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".avif", ".heic", ".heif", ".jxl", ".bmp",
+                               ".tif", ".tiff")
 #: Extensions usually holding videos (an animated GIF or APNG is a video): ``.m4v`` (Apple's
 #: exports), ``.3gp`` (phones), ``.mpg``/``.mpeg`` and ``.ogv`` too.
 VIDEO_EXTS: tuple[str, ...] = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".apng", ".m4v", ".3gp", ".mpg",
@@ -177,16 +177,23 @@ def video_streams(container) -> list:
 #: them) as one video stream a tile
 _HEIF_STILL_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"mif2"})
 _HEIF_SEQUENCE_BRANDS = frozenset({b"msf1", b"hevc", b"hevx", b"hevm", b"hevs"})
+#: a JPEG XL file opens with its bare codestream's marker, or with its ISO container's signature box
+_JXL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
 
 
-def check_not_heif_photo(p: Path, prefix: str) -> None:
-    """Refuse a HEIF (HEIC) still image, which this tool does not decode (Pillow reads none, and
-    FFmpeg gives a tiled one's first tile as a one-frame video), in one line that says what to do."""
+def check_undecoded_photo(p: Path, prefix: str) -> None:
+    """Refuse a photo in a format this tool does not decode, in one line that says what to do (it was
+    "unknown format, truncated or corrupt"): a HEIF (HEIC) still image (Pillow reads none, and
+    FFmpeg gives a tiled one's first tile as a one-frame video), a JPEG XL image (neither Pillow nor
+    this FFmpeg decodes one: what `file` calls "JPEG XL codestream" or "container")."""
     try:
         with open(p, "rb") as fh:
             head = fh.read(64)
     except OSError:
         return
+    if head.startswith(_JXL_SIGNATURES):
+        raise InputError(f"{prefix}: a JPEG XL image, which this tool does not decode: convert it to PNG or JPEG "
+                         "first (djxl photo.jxl photo.png)")
     if len(head) < 16 or head[4:8] != b"ftyp":
         return
     body = head[8:max(16, min(int.from_bytes(head[:4], "big"), len(head)))]
@@ -238,7 +245,7 @@ def probe_kind(path: PathLike, max_pixels: int | None = None) -> str:
             return "video" if animated else "image"
         if fmt != "MPEG":  # PIL only identifies MPEG streams, it cannot decode them
             return "image"
-    check_not_heif_photo(p, f"cannot read media file {quote_path(p)}")
+    check_undecoded_photo(p, f"cannot read media file {quote_path(p)}")
     found = _av_container(p)
     if found == "video":
         return "video"
@@ -469,7 +476,7 @@ def check_video_structure(p: Path, prefix: str, limit: int) -> FrameIndex | None
 def _check_structure(p: Path, prefix: str, limit: int) -> FrameIndex | None:
     header = _pil_header(p)
     if header is None:
-        check_not_heif_photo(p, prefix)
+        check_undecoded_photo(p, prefix)
     if header is not None and not (header[0] in ANIMATED_FORMATS and header[2]) and header[0] != "MPEG":
         raise InputError(f"{prefix}: it is a still image, not a video")
     if header is not None and header[0] in ANIMATED_FORMATS:
