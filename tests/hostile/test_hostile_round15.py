@@ -162,3 +162,29 @@ def test_a_jpeg_xl_photo_is_said_to_be_one(tmp_path, head, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "a JPEG XL image, which this tool does not decode: convert it" in err
     assert ".jxl" in IMAGE_EXTS and not (tmp_path / "v.mp4").exists()
+
+
+@pytest.mark.parametrize("tags, kind", [({254: 1, 50706: b"\x01\x04\x00\x00"}, "a camera raw (DNG) photo"),
+                                        ({254: 1}, "a reduced-resolution copy of another image")])
+def test_a_camera_raw_photo_is_refused_not_read_as_its_small_preview(tmp_path, tags, kind, capsys):
+    """A DNG (phones' RAW and ProRAW photos) or another raw built as a TIFF opens with a small preview
+    (NewSubFileType 1), the first page Pillow reads: `caption IMG_0001.DNG` described a 64x43
+    thumbnail, exit 0 (i2v and encode used it too). Such a file is refused with what to do; a TIFF
+    that is no preview still reads."""
+    from PIL import Image, TiffImagePlugin
+
+    from showo2_cli.cli import main
+    from showo2_cli.media import IMAGE_EXTS, read_image
+
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    for tag, value in tags.items():
+        info[tag] = value
+        if isinstance(value, bytes):
+            info.tagtype[tag] = 1
+    raw = tmp_path / "IMG_0001.DNG"
+    Image.new("RGB", (64, 43), (200, 30, 30)).save(raw, format="TIFF", tiffinfo=info)
+    assert main(["caption", str(raw), "--quiet"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{kind}" in err and "reads only its 64x43 preview" in err
+    Image.new("RGB", (64, 43), (200, 30, 30)).save(tmp_path / "plain.tif", format="TIFF")
+    assert read_image(tmp_path / "plain.tif").size == (64, 43) and ".dng" in IMAGE_EXTS

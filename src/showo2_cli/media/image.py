@@ -268,6 +268,8 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
                 raise InputError(f"{prefix}: the image has no pixels ({width}x{height})")
             if im.format in ("JPEG", "MPO"):
                 _check_jpeg_scans(p, width * height, prefix)
+            if im.format == "TIFF":
+                _check_not_raw_preview(im, prefix)
             im.load()
             orientation = _exif_orientation(im)  # while the file is open (PNG eXIf may follow the data)
     except (InputError, ResourceError):
@@ -294,6 +296,19 @@ def read_image(path: PathLike, max_pixels: int | None = None) -> Image.Image:
         raise ResourceError(f"image {quote_path(p)} is too large to convert in memory") from e
     except Exception as e:
         raise InputError(f"{prefix}: unsupported colour mode {im.mode!r} ({error_detail(e)})") from e
+
+
+def _check_not_raw_preview(im: Image.Image, prefix: str) -> None:
+    """Refuse a camera raw photo: a DNG (phones' RAW and ProRAW, Lightroom's exports) or another raw
+    built as a TIFF (NEF, ARW, ...) opens with a small preview whose first page Pillow reads; it was
+    captioned, encoded and animated silently, at its 256x171 or so. A TIFF whose first page says it
+    is DNG, or a reduced-resolution copy of another image (NewSubFileType bit 0), is refused so."""
+    tags = getattr(im, "tag_v2", {})
+    subfile = tags.get(254, 0)
+    if 50706 in tags or (isinstance(subfile, int) and subfile & 1):
+        kind = "a camera raw (DNG) photo" if 50706 in tags else "a reduced-resolution copy of another image (a raw photo?)"
+        raise InputError(f"{prefix}: {kind}: Pillow reads only its {im.size[0]}x{im.size[1]} preview, and this tool "
+                         "develops no raw photos: export it as JPEG or PNG first (darktable, Lightroom, rawpy)")
 
 
 #: a progressive JPEG is decoded scan by scan, each pass over the whole image: an ordinary one has

@@ -36,9 +36,10 @@ from .frame_index import INDEXED_FORMATS, FrameIndex
 
 #: Extensions usually holding still images (for listing folders; kinds are probed by content):
 #: ``.jfif`` is what Chrome and Edge on Windows name a JPEG they save, ``.avif`` what browsers serve;
-#: ``.heic``/``.heif`` (iPhone photos) and ``.jxl`` are listed to be refused, each with what to do, not left out.
-IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".avif", ".heic", ".heif", ".jxl", ".bmp",
-                               ".tif", ".tiff")
+#: ``.heic``/``.heif`` (iPhone photos), ``.jxl`` and ``.dng`` (phones' raw photos) are listed to be refused,
+#: each with what to do, not left out.
+IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".avif", ".heic", ".heif", ".jxl", ".dng",
+                               ".bmp", ".tif", ".tiff")
 #: Extensions usually holding videos (an animated GIF or APNG is a video): ``.m4v`` (Apple's
 #: exports), ``.3gp`` (phones), ``.mpg``/``.mpeg`` and ``.ogv`` too.
 VIDEO_EXTS: tuple[str, ...] = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".apng", ".m4v", ".3gp", ".mpg",
