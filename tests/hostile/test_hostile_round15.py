@@ -188,3 +188,27 @@ def test_a_camera_raw_photo_is_refused_not_read_as_its_small_preview(tmp_path, t
     assert len(err.splitlines()) == 1 and f"{kind}" in err and "reads only its 64x43 preview" in err
     Image.new("RGB", (64, 43), (200, 30, 30)).save(tmp_path / "plain.tif", format="TIFF")
     assert read_image(tmp_path / "plain.tif").size == (64, 43) and ".dng" in IMAGE_EXTS
+
+
+def test_a_records_file_edited_while_a_run_reads_it_is_said_to_have_changed(tmp_path):
+    """A JSONL file is indexed once (each line's offset) and read by seeking. Edited while a run read
+    it (a typo fixed, a bad line deleted), the lines moved: the records after the edit were "not
+    valid JSON" of a valid file, or, a line deleted among lines of one length, each item read the
+    next record, silently (item 1 trained on record 2's picture and caption). A read now checks the
+    file is as it was indexed (size and modification time; in loader workers too)."""
+    import pickle
+
+    from showo2_cli.errors import InputError
+    from showo2_cli.training.records import Records, build_index
+    from showo2_cli.training.schema import DataSource
+
+    path = tmp_path / "d.jsonl"
+    records = [{"path": f"{i}.png", "prompt": f"caption {i}"} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    read = Records(*build_index(DataSource(kind="pairs", role="t2i", path=str(path)), tmp_path / "index"))
+    assert read[1] == records[1]
+    in_worker = pickle.loads(pickle.dumps(read))
+    path.write_text("".join(json.dumps(r) + "\n" for r in records[1:]))  # the first line deleted
+    for records_of in (read, in_worker):
+        with pytest.raises(InputError, match=r"d.jsonl' changed since it was indexed \(record 1 is no longer where"):
+            records_of[1]

@@ -259,17 +259,23 @@ def _list_folder(folder: Path, out: Path) -> None:
 class Records:
     """Random access to the records of an indexed JSONL file (offsets memory-mapped)."""
 
-    def __init__(self, records: Path, offsets: Path, name: str | None = None):
+    def __init__(self, records: Path, offsets: Path, name: str | None = None, stamp: tuple[int, int] | None = None):
         self.records, self.offsets_path = Path(records), Path(offsets)
         self.name = name or str(records)  # what errors call it: the user's file, not its converted index
         size = self.offsets_path.stat().st_size // 8
         self._offsets = np.memmap(self.offsets_path, dtype="<u8", mode="r", shape=(size,)) if size else np.zeros(0, "<u8")
+        # the file as indexed (size, modification time): an edit while a run reads it moved the lines, and
+        # the records after it were "not valid JSON" of a valid file, or another line, silently
+        self.stamp = stamp if stamp is not None else _stamp(os.stat(self.records))
 
     def __len__(self) -> int:
         return int(self._offsets.shape[0])
 
     def __getitem__(self, i: int) -> dict:
         with open(self.records, "rb") as f:
+            if _stamp(os.fstat(f.fileno())) != self.stamp:
+                raise InputError(f"'{self.name}' changed since it was indexed (record {i} is no longer where it was): "
+                                 "restart the run to index it again")
             f.seek(int(self._offsets[i]))
             line = f.readline(MAX_RECORD_BYTES + 1)
         if len(line) > MAX_RECORD_BYTES:
@@ -284,7 +290,11 @@ class Records:
         return value
 
     def __getstate__(self):  # workers re-open the memmap
-        return {"records": self.records, "offsets": self.offsets_path, "name": self.name}
+        return {"records": self.records, "offsets": self.offsets_path, "name": self.name, "stamp": self.stamp}
 
     def __setstate__(self, state):
-        self.__init__(state["records"], state["offsets"], state.get("name"))
+        self.__init__(state["records"], state["offsets"], state.get("name"), state.get("stamp"))
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns
