@@ -85,6 +85,14 @@ class ResourceError(Showo2Error):
 
 # ---- the one way values and exception texts are shown inside a one-line message ---------------
 
+def non_finite(what: str) -> ModelError:
+    """The error for a model whose outputs came out NaN or infinite (``what``: "sampling gave
+    latents", "the language head gave scores"): decoded, they were a black picture or a run of
+    token 0 ("\\x00\\x00..."), exit 0."""
+    return ModelError(f"{what} that are NaN or infinite: the model's weights hold NaN or infinity, or half "
+                      "precision overflowed (try --dtype bf16 or fp32)")
+
+
 def short(value: Any, n: int = 40) -> str:
     """A value as shown inside a one-line message: at most ``n`` characters."""
     text = str(value)

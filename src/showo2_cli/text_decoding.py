@@ -23,6 +23,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from .errors import non_finite
 from .modeling.showo2 import truncate_cache
 from .options import TextSampling
 
@@ -172,6 +173,8 @@ def choose_token(logits: torch.Tensor, opts: TextSampling, generator: torch.Gene
     once per answer) adjust the logits first."""
     if processors is None:
         processors = logits_processors(opts, logits.shape[-1])
+    if not bool(torch.isfinite(logits).all()):  # argmax of NaN scores is token 0: answers of "\x00\x00...", exit 0
+        raise non_finite("the language head gave scores")
     scores = logits.float()
     if len(processors):
         ids = torch.tensor([list(answer)], dtype=torch.long, device=scores.device)

@@ -212,3 +212,34 @@ def test_a_records_file_edited_while_a_run_reads_it_is_said_to_have_changed(tmp_
     for records_of in (read, in_worker):
         with pytest.raises(InputError, match=r"d.jsonl' changed since it was indexed \(record 1 is no longer where"):
             records_of[1]
+
+
+def test_a_model_whose_outputs_are_nan_is_a_model_error_not_a_black_picture(tiny_model_dir, tmp_path, capsys):
+    """A checkpoint holding a NaN (a corrupt or badly converted file; half precision overflowing does
+    the same) made `t2i` write an all-black picture and latents that `decode` itself refuses, and
+    `caption` answer five NUL characters (the argmax of NaN scores is token 0), both exit 0. Sampled
+    latents and the language head's scores are checked: one line, exit 4, nothing written."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from showo2_cli.cli import main
+
+    for key, args in (("diff_proj.0.weight", ["t2i", "a cat", "-o", str(tmp_path / "x.png"), "--save-latents",
+                                               "--steps", "2"]),
+                      ("showo.model.layers.0.mlp.down_proj.weight", ["caption", str(tmp_path / "in.png"),
+                                                                     "--max-new-tokens", "3", "--json"])):
+        folder = tmp_path / key
+        shutil.copytree(tiny_model_dir, folder)
+        state = load_file(folder / "model.safetensors")
+        state[key] = state[key].clone()
+        state[key].view(-1)[0] = float("nan")
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        from PIL import Image
+
+        Image.new("RGB", (64, 64), (255, 0, 0)).save(tmp_path / "in.png")
+        assert main([*args, "--model", str(folder), "--quiet"]) == 4, key
+        captured = capsys.readouterr()
+        assert len(captured.err.strip().splitlines()) == 1 and "NaN or infinite" in captured.err
+        assert "answer" not in captured.out
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["in.png"]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import media as M
-from ..errors import InputError, ModelError, UsageError, short
+from ..errors import InputError, ModelError, UsageError, non_finite, short
 from ..loading import Showo2, require_model
 from ..options import GenerateOptions, check_prompts, seed_for
 from ..runtime import cpu_by_default
@@ -295,6 +295,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
                                    callback=step)
         if first_frame is not None:  # the multistep solvers' updates move a still frame by float rounding
             latents = _keep_first_frame(latents, first_frame)
+        if not bool(torch.isfinite(latents).all()):  # decoded, a black picture (and `decode` refuses its latents)
+            raise non_finite("sampling gave latents")
         done_steps += opts.steps - 1
         progress("decoding", 0, len(batch))
         for j, (prompt, i, _k) in enumerate(batch):
