@@ -243,3 +243,29 @@ def test_a_model_whose_outputs_are_nan_is_a_model_error_not_a_black_picture(tiny
         assert len(captured.err.strip().splitlines()) == 1 and "NaN or infinite" in captured.err
         assert "answer" not in captured.out
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["in.png"]
+
+
+def test_an_apng_whose_header_lists_more_frames_than_it_holds_is_said_corrupt(tmp_path, capsys):
+    """An APNG's ``acTL`` chunk claiming 2^31 - 1 frames over the 2 the file holds was "too large to
+    decode: more than 2147483646 frames on a 16x16 canvas" (exit 6, a limit to raise), where the
+    file is corrupt; its frames are counted from its chunks (one ``fcTL`` each, none decoded), as an
+    AVI's lying header is said ("lists ... frames and holds ...", exit 3). A true APNG still reads."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from showo2_cli.cli import main
+    from showo2_cli.media import read_video
+
+    frames = [Image.new("RGB", (16, 16), (60 * i, 0, 0)) for i in range(2)]
+    good = tmp_path / "good.png"
+    frames[0].save(good, save_all=True, append_images=frames[1:], duration=100)
+    data = good.read_bytes()
+    at = data.index(b"acTL")
+    body = b"acTL" + struct.pack(">II", 2**31 - 1, 0)
+    (tmp_path / "lying.png").write_bytes(data[:at] + body + struct.pack(">I", zlib.crc32(body)) + data[at + 16:])
+    assert main(["caption", str(tmp_path / "lying.png"), "--quiet"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "truncated or corrupt (the file lists 2147483647 frames and holds 2)" in err
+    assert read_video(good).frames.shape[0] == 2

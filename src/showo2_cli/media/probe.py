@@ -394,6 +394,22 @@ def gif_frame_count(p: Path, stop_after: int | None = None) -> int:
         return count
 
 
+def png_frame_count(p: Path, stop_after: int | None = None) -> int:
+    """Frames of an APNG counted from its chunks (one ``fcTL`` a frame), none decoded: its ``acTL``
+    header's count may lie (stops counting past ``stop_after``; 0 for a file that is no PNG)."""
+    count = 0
+    with open(p, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return 0
+        while stop_after is None or count <= stop_after:
+            head = f.read(8)
+            if len(head) < 8 or head[4:] == b"IEND":
+                break
+            count += head[4:] == b"fcTL"
+            f.seek(int.from_bytes(head[:4], "big") + 4, 1)  # the data and its CRC
+    return count
+
+
 def _pil_frame_count(p: Path) -> int:
     """The frames an APNG's, animated WebP's or AVIF's header declares (0 if it cannot be read)."""
     try:
@@ -410,6 +426,9 @@ def _check_gif_frames(p: Path, prefix: str, width: int, height: int) -> None:
     refuse one whose frames would paint more than :data:`MAX_GIF_PIXEL_FRAMES` canvas pixels."""
     canvas = max(width * height, 1)
     frames = gif_frame_count(p, stop_after=MAX_GIF_PIXEL_FRAMES // canvas) or _pil_frame_count(p)
+    held = png_frame_count(p, stop_after=frames)
+    if 0 < held < frames:  # an APNG's acTL listing 2^31 frames over 2 was "too large to decode" (exit 6)
+        raise InputError(f"{prefix}: truncated or corrupt (the file lists {frames} frames and holds {held})")
     if frames * canvas > MAX_GIF_PIXEL_FRAMES:
         raise ResourceError(f"video {quote_path(p)} is too large to decode: more than {frames - 1} frames on "
                             f"a {width}x{height} canvas (at most {MAX_GIF_PIXEL_FRAMES // canvas} at that size)")
