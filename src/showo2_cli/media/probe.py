@@ -538,14 +538,16 @@ def _gif_index(p: Path) -> FrameIndex | None:
             index = FrameIndex(Fraction(streams[0].time_base))
             floor = Fraction(MIN_DELAY_MS, 1000) / index.time_base  # in ticks
             played = max(1, round(Fraction(PLAYED_DELAY_MS, 1000) / index.time_base))
-            shown, start = array("q"), 0
+            shown, start, replaced = array("q"), 0, False
             for packet in container.demux(streams[0]):
                 if packet.size:
                     index.add(packet.pts, packet.is_keyframe)
                     shown.append(start)
                     delay = int(packet.duration or 0)
+                    replaced |= not floor < delay < 2**40
                     start += delay if floor < delay < 2**40 else played
-            index.shown, index.duration = shown, start
+            if replaced:  # (else FFmpeg's times and rate are the browsers')
+                index.shown, index.duration = shown, start
             return index.finish()
     except Exception:  # the GIF was judged by PIL already: without an index it is read in order
         return None
