@@ -64,6 +64,11 @@ class ModelError(Showo2Error, OSError):
     kind = "model"
 
 
+class NonFiniteOutput(ModelError):
+    """A model whose outputs came out NaN or infinite (:func:`non_finite`): the model's fault, not
+    the request's (the server answers 500, where another model error is a 400)."""
+
+
 class OutputError(Showo2Error, OSError):
     """An output that cannot be written (already exists, read-only, missing folder); an
     ``OSError`` too, as Python reports a file that cannot be written."""
@@ -85,11 +90,11 @@ class ResourceError(Showo2Error):
 
 # ---- the one way values and exception texts are shown inside a one-line message ---------------
 
-def non_finite(what: str) -> ModelError:
+def non_finite(what: str) -> NonFiniteOutput:
     """The error for a model whose outputs came out NaN or infinite (``what``: "sampling gave
     latents", "the language head gave scores"): decoded, they were a black picture or a run of
     token 0 ("\\x00\\x00..."), exit 0."""
-    return ModelError(f"{what} that are NaN or infinite: the model's weights hold NaN or infinity, or half "
+    return NonFiniteOutput(f"{what} that are NaN or infinite: the model's weights hold NaN or infinity, or half "
                       "precision overflowed (try --dtype bf16 or fp32)")
 
 

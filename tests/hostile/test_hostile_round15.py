@@ -221,7 +221,8 @@ def test_a_model_whose_outputs_are_nan_is_a_model_error_not_a_black_picture(tiny
     """A checkpoint holding a NaN (a corrupt or badly converted file; half precision overflowing does
     the same) made `t2i` write an all-black picture and latents that `decode` itself refuses, and
     `caption` answer five NUL characters (the argmax of NaN scores is token 0), both exit 0. Sampled
-    latents and the language head's scores are checked: one line, exit 4, nothing written."""
+    latents and the language head's scores are checked: one line, exit 4, nothing written (the
+    server: 500)."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -246,6 +247,11 @@ def test_a_model_whose_outputs_are_nan_is_a_model_error_not_a_black_picture(tiny
         assert len(captured.err.strip().splitlines()) == 1 and "NaN or infinite" in captured.err
         assert "answer" not in captured.out
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["in.png"]
+    from showo2_cli.errors import non_finite
+    from showo2_cli.serve.errors import api_error_of
+
+    answer = api_error_of(non_finite("sampling gave latents"))  # the served model's fault: a 500, not a 400
+    assert (answer.status, answer.code) == (500, "server_error") and "NaN or infinite" in str(answer)
 
 
 def test_an_apng_whose_header_lists_more_frames_than_it_holds_is_said_corrupt(tmp_path, capsys):

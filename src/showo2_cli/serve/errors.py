@@ -9,6 +9,7 @@ from ..errors import (
     ContextTooLong,
     InputError,
     ModelError,
+    NonFiniteOutput,
     ResourceError,
     Showo2Error,
     UsageError,
@@ -73,6 +74,8 @@ def api_error_of(exc: BaseException) -> ApiError:
         return ApiError(400, message, "context_length_exceeded", "messages")
     if isinstance(exc, UsageError):
         return ApiError(400, message, "invalid_value")
+    if isinstance(exc, NonFiniteOutput):  # the served model's fault, not the request's
+        return ApiError(500, message, "server_error")
     if isinstance(exc, ModelError):
         return ApiError(400, message, "unsupported")
     if is_out_of_memory(exc):
