@@ -424,7 +424,7 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
             sys.stderr.write(e.format_message() + "\n")
             return 2
         # pydantic's refusal opens "Value error, "; click quotes what was typed whole (a pasted paragraph: 100 KB)
-        message = one_line(e.format_message().replace(": Value error, ", ": "), 400, word=120)
+        message = one_line(e.format_message().replace(": Value error, ", ": "), 500, word=200)
         ctx = getattr(e, "ctx", None)
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         return _fail(message + _dash_argument_hint(e, args) + _extra_argument_hint(e, args) + where, 2, "usage")
