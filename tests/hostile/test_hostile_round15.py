@@ -120,7 +120,8 @@ def test_clicks_messages_quote_a_pasted_paragraph_or_a_huge_word_cut(args, capsy
     ({"rope_type": "linear", "factor": 0.0}, "factor field must be a float or int >= 1, got 0.0"),
     ({"rope_type": "yarn", "factor": -1.0}, "factor field must be a float or int >= 1, got -1.0"),
     ({"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}, "short_factor field must have length 8"),
-    ({"rope_type": "dynamic", "factor": float("nan")}, "its numbers must be finite"),
+    ({"rope_type": "linear", "factor": float("nan")}, "its numbers must be finite"),
+    ({"rope_type": "dynamic", "factor": 2.0}, "is not supported: the official code recomputes"),
 ])
 def test_a_rope_scaling_transformers_refuses_is_a_model_error_not_nan_positions(tiny_model_dir, tmp_path, scaling,
                                                                                  needle):
