@@ -218,9 +218,10 @@ def test_a_training_state_that_would_run_code_is_refused_by_name(tmp_path):
 def test_a_run_that_fails_at_its_first_loss_leaves_no_folder_and_yaml_text_numbers_are_explained(tmp_path):
     """A loss that became inf at step 1 left the new run folder (with train_config.json) behind;
     YAML's `lr: 1e-4` (text under YAML 1.1) was "must be a number, got '1e-4'" with no reason."""
-    cfg = tiny_config(tmp_path, **{"optim.max_steps": 2, "loss.ntp": 3e38})
+    config = parse_config(tiny_config(tmp_path, **{"optim.max_steps": 2}), source="c")
+    config.loss.ntp = 3e38  # past the config's own cap (probe CE), set as a Python caller could
     with pytest.raises(UsageError, match="the loss became inf at step 1"):
-        train(parse_config(cfg, source="c"))
+        train(config)
     assert not (tmp_path / "run").exists()
     with pytest.raises(UsageError, match="YAML reads 1e-4 as text; write 1.0e-4"):
         parse_config(tiny_config(tmp_path, **{"optim.lr": "1e-4"}), source="c")
