@@ -306,7 +306,7 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
                    spec.shift if opts.shift is None else opts.shift)
     P.check_generation_memory(spec, dtype, opts.size or spec.default_size(video),
                               opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim or 96,
-                              runtime.vae_tiling, weights=weights)
+                              runtime.vae_tiling, weights=weights, from_image=kind == "i2v")
 
 
 def check_caption_before_loading(name: str, kind: str, opts, runtime, vae=None) -> None:

@@ -92,50 +92,55 @@ def estimate_memory_gb(model, rows: int, seq_len: int, video_tokens: int, *, dty
 
 def generation_memory_gb(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
                          vae_base_dim: int = 96, vae_tiled: bool = False,
-                         vae_tile: tuple[int, int, int, int] | None = None) -> float:
+                         vae_tile: tuple[int, int, int, int] | None = None, from_image: bool = False) -> float:
     """:func:`estimate_memory_gb` for ``batch`` outputs of ``size`` (height, width) pixels and
-    ``frames`` pixel frames, with classifier-free guidance (two rows per output)."""
+    ``frames`` pixel frames, with classifier-free guidance (two rows per output); ``from_image``:
+    image to video, whose one latent frame, the image's, is not sampled (the network does not run:
+    the VAE's decode alone, as :data:`~showo2_cli.footprint.STILL_PARTS` counts no head)."""
     h, w = size
     t_lat = spec.latent_frames(frames) if video else 1
     visual = 1 + t_lat * spec.tokens_per_frame(h, w)
     seq_len = visual + 4 + spec.text_budget
     lat_h, lat_w = h // spec.vae_spatial, w // spec.vae_spatial
-    return estimate_memory_gb(spec, 2 * max(batch, 1), seq_len, t_lat * lat_h * lat_w, dtype=dtype,
+    rows = 0 if from_image and video and t_lat == 1 else 2 * max(batch, 1)
+    return estimate_memory_gb(spec, rows, seq_len, t_lat * lat_h * lat_w, dtype=dtype,
                               vae_base_dim=vae_base_dim, latent_frames=t_lat, vae_tiled=vae_tiled, vae_tile=vae_tile)
 
 
 def generation_tiling(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
                       max_memory_gb: float | None = None, device="cpu", vae_base_dim: int = 96,
                       vae_tiling: str = "off", vae_tile: tuple[int, int, int, int] | None = None,
-                      weights: tuple[float, float] = (0.0, 0.0)) -> bool:
+                      weights: tuple[float, float] = (0.0, 0.0), from_image: bool = False) -> bool:
     """Whether the job's VAE decode runs in tiles (:func:`showo2_cli.runtime.pick_tiling`)."""
     from ..runtime import pick_tiling
 
     args = (spec, dtype, size, frames, video, batch, vae_base_dim)
-    return pick_tiling(vae_tiling, generation_memory_gb(*args, vae_tile=vae_tile),
-                       generation_memory_gb(*args, vae_tiled=True, vae_tile=vae_tile), max_memory_gb, device, weights)
+    return pick_tiling(vae_tiling, generation_memory_gb(*args, vae_tile=vae_tile, from_image=from_image),
+                       generation_memory_gb(*args, vae_tiled=True, vae_tile=vae_tile, from_image=from_image),
+                       max_memory_gb, device, weights)
 
 
 def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
                             max_memory_gb: float | None = None, device="cpu", vae_base_dim: int = 96,
                             vae_tiling: str = "off", vae_tile: tuple[int, int, int, int] | None = None,
-                            weights: tuple[float, float] = (0.0, 0.0)) -> float:
+                            weights: tuple[float, float] = (0.0, 0.0), from_image: bool = False) -> float:
     """Refuse (:class:`ResourceError`, the estimate in the message) a job that would not fit
     the memory limit (``max_memory_gb``, else ``$SHOWO2_MAX_MEMORY_GB``, else what is available
     on ``device``) with the ``weights`` it runs (:func:`~showo2_cli.footprint.weights_gb`); return
-    the estimate of its working memory (with a tiled decode when ``vae_tiling`` picks it)."""
+    the estimate of its working memory (with a tiled decode when ``vae_tiling`` picks it;
+    ``from_image``: image to video, :func:`generation_memory_gb`)."""
     from ..runtime import check_memory
 
     tiled = generation_tiling(spec, dtype, size, frames, video, batch, max_memory_gb, device, vae_base_dim,
-                              vae_tiling, vae_tile, weights)
+                              vae_tiling, vae_tile, weights, from_image)
     need = generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim, vae_tiled=tiled,
-                                vae_tile=vae_tile)
+                                vae_tile=vae_tile, from_image=from_image)
     h, w = size
     what = (f"generating {batch} video(s) of {frames} frames at {w}x{h}" if video
             else f"generating {batch} image(s) at {w}x{h}")
     advice = "lower --size, --frames or --batch-size" if video else "lower --size or --batch-size"
     if vae_tiling == "off" and generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim,
-                                                    vae_tiled=True, vae_tile=vae_tile) < need:
+                                                    vae_tiled=True, vae_tile=vae_tile, from_image=from_image) < need:
         advice += ", or tile the VAE with --vae-tiling auto"
     check_memory(need, what, max_memory_gb, device, advice, weights)
     return need
@@ -150,7 +155,7 @@ def _memory_args(model: Showo2, opts: GenerateOptions, frames: int, video: bool,
     vae = model.require_vae()
     return (model.spec, model.dtype, tuple(opts.size), frames, video, min(opts.batch_size, count),
             model.memory_limit(opts.max_memory_gb), model.device, vae.base_dim, vae.tiling, vae.tile,
-            weights_gb(model, *generation_parts(image, frames)))
+            weights_gb(model, *generation_parts(image, frames)), image)
 
 
 def generation_latent_shape(spec, size: tuple[int, int], frames: int, video: bool) -> tuple[int, ...]:
