@@ -1,7 +1,7 @@
 """Memory and time of quantizing one large linear layer whole or by chunks of rows (probe CB).
 
 An untied ``lm_head`` of the 1.5B's shape (151669 x 1536, random, seed 0; ``--rows``/``--width``
-for another, e.g. the 7B's 152064 x 3584) is quantized by ``acceleration.quantize_network`` with
+for another, e.g. the 7B's 151669 x 3584) is quantized by ``acceleration.quantize_network`` with
 ``int8wo`` and ``nf4``, in float32 and bfloat16, each in a fresh process, with
 ``acceleration.QUANTIZE_CHUNK`` at its default (the layer by chunks of rows) and at a value no layer
 exceeds (the layer whole, as before probe CB): the process's peak RSS over the RSS before

@@ -7,7 +7,7 @@
   Int8WeightOnlyConfig())``: int8 weights, one float scale per output row), ``nf4`` with
   bitsandbytes (``bnb.nn.Linear4bit``, NF4 codes in blocks of 64 weights, each block's scale
   itself quantized; runs on CUDA and, with bitsandbytes >= 0.50 (the version tested), on the CPU);
-  a layer larger than :data:`QUANTIZE_CHUNK` weights (the untied ``lm_head``) is quantized by
+  a layer larger than :data:`QUANTIZE_CHUNK` weights (an untied ``lm_head``, the MLP layers) is quantized by
   chunks of rows into the same library tensor, bit for bit, its scratch bounded by the chunk;
 * ``compile``: ``torch.compile`` of the LLM forward and of each flow-head block;
 * ``vae_tiling``: diffusers' spatial tiling of ``AutoencoderKLWan`` (``auto``: only for a job that
@@ -112,8 +112,8 @@ def release_weight_file(net: nn.Module) -> None:
 #: Weights (elements) of one linear layer quantized at once. The quantizers' scratch is several float32
 #: copies of what they quantize (torchao's int8: ``input * (1 / scale)``, its rounding, ``+ zero_point``
 #: and the clamp, two 4-byte copies at a time; bitsandbytes' NF4 on the CPU (its default kernel): the
-#: weight in float32, the scaled copy, its clamp and the int32 codes), so a larger layer (the untied
-#: ``lm_head``: 151669 x 1536 in the 1.5B, 152064 x 3584 in the 7B) is quantized in chunks of output
+#: weight in float32, the scaled copy, its clamp and the int32 codes), so a larger layer (the 7B's untied
+#: ``lm_head``, 151669 x 3584; the LLM's MLP layers, 8960 x 1536 in the 1.5B; the flow head's) is quantized in chunks of output
 #: rows (:func:`_by_rows`): the scratch is the chunk's, 8 M weights (32 MB in float32), not the layer's.
 QUANTIZE_CHUNK = 1 << 23
 
