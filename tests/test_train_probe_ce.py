@@ -159,3 +159,15 @@ def test_the_ema_weights_are_stored_once_and_resume_bit_for_bit(tmp_path, tiny_m
     for folder in (b, b / ckpt.EMA_DIR):
         ours, straight = load_file(str(folder / ADAPTER_WEIGHTS)), load_file(str(a / folder.relative_to(b) / ADAPTER_WEIGHTS))
         assert ours.keys() == straight.keys() and all(torch.equal(ours[k], straight[k]) for k in ours)
+
+
+def test_a_small_loss_is_shown_in_its_digits_not_as_zero(capsys):
+    """A held-out eval_loss of 1.2e-05 (the demo's, probe CG) printed "eval_loss 0.0000": the log
+    lines now keep four decimals where they show something and four significant digits below."""
+    from showo2_cli.training.command import _Renderer
+
+    renderer = _Renderer(quiet=False, json_mode=False)
+    renderer({"event": "eval", "step": 4, "eval_loss": 1.2e-5})
+    renderer({"event": "eval", "step": 8, "eval_loss": 6.85927})
+    err = capsys.readouterr().err
+    assert "step 4: eval_loss 1.200e-05" in err and "step 8: eval_loss 6.8593" in err

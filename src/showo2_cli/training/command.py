@@ -46,6 +46,12 @@ def _parse_set(items: list[str] | None) -> dict:
     return out
 
 
+def loss_text(value: float) -> str:
+    """A loss as the log lines show it: four decimals, or four significant digits where those
+    would print 0.0000 (a converged run's 1.2e-05; NaN and inf as Python writes them)."""
+    return f"{value:.4f}" if value == 0 or not abs(value) < 5e-5 else f"{value:.3e}"
+
+
 class _Renderer:
     """Training events on stderr: a rich progress bar on a terminal, plain log lines otherwise."""
 
@@ -83,19 +89,19 @@ class _Renderer:
             if self.progress is not None:
                 loss = ev["loss"]
                 self.progress.update(self.task, completed=ev["step"],
-                                     stats=f"loss {loss:.4f}  lr {ev['lr']:.2e}  {ev['steps_per_s'] or 0:.2f} step/s")
+                                     stats=f"loss {loss_text(loss)}  lr {ev['lr']:.2e}  {ev['steps_per_s'] or 0:.2f} step/s")
         elif kind == "log":
             if not self.tty:
-                parts = [f"step {ev['step']}", f"loss {ev['loss']:.4f}"]
+                parts = [f"step {ev['step']}", f"loss {loss_text(ev['loss'])}"]
                 for k in ("ntp", "flow", "l1", "l2", "kl"):
                     if k in ev:
-                        parts.append(f"{k} {ev[k]:.4f}")
+                        parts.append(f"{k} {loss_text(ev[k])}")
                 parts += [f"lr {ev['lr']:.2e}", f"{ev['steps_per_s']:.2f} step/s"]
                 if ev.get("skipped"):
                     parts.append(f"{ev['skipped']} item(s) skipped")
                 self.line("  ".join(parts))
         elif kind == "eval":
-            self.line(f"step {ev['step']}: eval_loss {ev['eval_loss']:.4f}")
+            self.line(f"step {ev['step']}: eval_loss {loss_text(ev['eval_loss'])}")
         elif kind == "checkpoint":
             self.line(f"saved {ev['path']}")
         elif kind == "samples":
@@ -200,7 +206,7 @@ def train(
         data = result.to_dict()
         data["wall_seconds"] = round(time.perf_counter() - start, 2)
         if not json_mode:
-            loss = f", loss {result.loss:.4f}" if result.loss is not None else ""
+            loss = f", loss {loss_text(result.loss)}" if result.loss is not None else ""
             renderer.line(f"done at step {result.step}/{result.max_steps}{loss}, {result.steps_per_s:.2f} step/s, "
                           f"peak RSS {result.peak_rss_mb:.0f} MiB")
         # the path alone, as every command's output ($(showo2 train ...)); once out, a late signal keeps exit 0
