@@ -40,7 +40,7 @@ import torch
 
 from ..errors import InputError, ResourceError, UsageError, one_line, short
 from ..messages import content_text
-from .records import CAPTION_FIELDS, METADATA_FILES, Records, build_index
+from .records import CAPTION_FIELDS, METADATA_FILES, Records, RecordsChanged, build_index
 from .schema import DataSource, TrainConfig
 
 INDEX_DIR = ".data-index"
@@ -489,6 +489,8 @@ class TrainingData(torch.utils.data.Dataset):
             src, item = self.pick(role, n + skipped * 7919)
             try:
                 sample = self.load(src, item)
+            except RecordsChanged:  # not an item to pass over: each after it would be read from moved lines
+                raise
             except (InputError, ResourceError) as e:
                 sample, last = None, e
             else:

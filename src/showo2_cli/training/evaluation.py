@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError, ResourceError
 from .data import TrainingData, mix, step_keys
+from .records import RecordsChanged
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Run
@@ -56,11 +57,15 @@ def eval_totals(run: Run, rank: int, world: int) -> torch.Tensor:
             for get in batches[i % len(batches)]:
                 try:
                     sample = get()
+                except RecordsChanged:  # a held-out file edited since it was indexed: stop, as training does
+                    raise
                 except (InputError, ResourceError):
                     sample = None
                 samples += [sample] if sample is not None else []
                 skipped += sample is None
-            if not samples:
+            if not samples:  # a batch none of whose items could be read: still counted as passed over
+                if i < len(batches):
+                    total[2] += skipped
                 continue
             # batch 0 draws what the fixed batch always drew on process 0
             with run.seeded_global_rng("eval", rank=i):

@@ -256,6 +256,11 @@ def _list_folder(folder: Path, out: Path) -> None:
             raise InputError(f"folder '{folder}' holds no images or videos")
 
 
+class RecordsChanged(InputError):
+    """A records file edited since it was indexed: every read after it would be of moved lines, so a
+    run stops on it (restarted, it indexes the file again) rather than passing its items over."""
+
+
 class Records:
     """Random access to the records of an indexed JSONL file (offsets memory-mapped)."""
 
@@ -274,7 +279,7 @@ class Records:
     def __getitem__(self, i: int) -> dict:
         with open(self.records, "rb") as f:
             if _stamp(os.fstat(f.fileno())) != self.stamp:
-                raise InputError(f"'{self.name}' changed since it was indexed (record {i} is no longer where it was): "
+                raise RecordsChanged(f"'{self.name}' changed since it was indexed (record {i} is no longer where it was): "
                                  "restart the run to index it again")
             f.seek(int(self._offsets[i]))
             line = f.readline(MAX_RECORD_BYTES + 1)
