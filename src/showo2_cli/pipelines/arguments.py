@@ -59,6 +59,8 @@ PYTHON_NAMES = {
     "--vae-tiling": "enable_vae_tiling()", "--max-memory": "RuntimeOptions(max_memory_gb=...)",
     # the limit a pipeline is loaded with (from_pretrained(runtime=)), else the variable: each named once
     f"--max-memory or {MAX_MEMORY_ENV}": f"RuntimeOptions(max_memory_gb=...) or {MAX_MEMORY_ENV}",
+    # a model whose outputs overflowed half precision (errors.non_finite): the dtype it was loaded in
+    "--dtype bf16 or fp32": "from_pretrained(torch_dtype=torch.bfloat16 or torch.float32)",
 }
 #: the memory limit's names alone: for what loads weights (a head left out, offload's) outside a call
 MEMORY_NAMES = {k: v for k, v in PYTHON_NAMES.items() if k.startswith("--max-memory")}
@@ -76,6 +78,7 @@ CAPTION_NAMES = {
     "--size": "size", "--frames": "frames", "--max-new-tokens": "max_new_tokens", "--temperature": "temperature",
     "--top-p": "top_p", "--top-k": "top_k", "--seed": "seed", "--mask": "mask_mode", "--template": "template",
     "--repetition-penalty": "repetition_penalty", "--max-memory": "max_memory_gb", "--min-p": "min_p",
+    "--dtype bf16 or fp32": PYTHON_NAMES["--dtype bf16 or fp32"],
 }
 
 

@@ -32,6 +32,8 @@ SERVE_NAMES = {
     f"--max-memory or {MAX_MEMORY_ENV}": f"the server's max-memory setting or {MAX_MEMORY_ENV}",
     # a server started with ``--vae-tiling off``: tiling is the server's setting too
     "--vae-tiling auto": "the server's vae-tiling setting at auto",
+    # a model whose outputs overflowed half precision (errors.non_finite): the server's --dtype
+    "--dtype bf16 or fp32": "the server's dtype setting at bf16 or fp32",
 }
 
 
