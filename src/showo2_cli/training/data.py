@@ -489,9 +489,9 @@ class TrainingData(torch.utils.data.Dataset):
             src, item = self.pick(role, n + skipped * 7919)
             try:
                 sample = self.load(src, item)
-            except RecordsChanged:  # not an item to pass over: each after it would be read from moved lines
-                raise
             except (InputError, ResourceError) as e:
+                if isinstance(e, RecordsChanged):  # not an item to pass over: the lines after it moved
+                    raise
                 sample, last = None, e
             else:
                 if sample is None:
@@ -594,8 +594,6 @@ def read_caption_file(path: Path, where: str) -> str:
 
 def loader(dataset: TrainingData, sampler: StepSampler, num_workers: int, worker_init_fn=None):
     """A DataLoader over whole steps (workers prefetch pixels; encoding stays in the trainer)."""
-    kwargs = {}
-    if num_workers > 0:
-        kwargs = {"num_workers": num_workers, "prefetch_factor": 2, "persistent_workers": False,
-                  "worker_init_fn": worker_init_fn}
+    kwargs = {"num_workers": num_workers, "prefetch_factor": 2, "persistent_workers": False,
+              "worker_init_fn": worker_init_fn} if num_workers > 0 else {}
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, **kwargs)
