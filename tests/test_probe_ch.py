@@ -108,3 +108,31 @@ def test_the_nan_error_names_the_dtype_a_server_client_or_python_caller_reads(ti
         with pytest.raises(NonFiniteOutput, match=r"\(try from_pretrained\(torch_dtype=torch.bfloat16 or "
                                                   r"torch.float32\)\)$"):
             call()
+
+
+@pytest.mark.parametrize("key, scaling, needle", [
+    ("rope_scaling", {"factor": 2.0}, "rope_scaling must be an object with a rope_type among default, dynamic"),
+    ("rope_scaling", {"type": "dynamic", "factor": 2.0}, "rope_scaling 'dynamic' (NTK) is not supported"),
+    ("rope_scaling", {"type": "linear", "factor": 0.0}, "factor field must be a float or int >= 1, got 0.0"),
+    ("rope_parameters", {"rope_type": "linear", "factor": float("nan"), "rope_theta": 1e6}, "must be finite"),
+])
+def test_an_official_configs_rope_scaling_is_checked_as_a_showo2_configs(tmp_path, key, scaling, needle):
+    """The official format's RoPE scaling met the same checks as the showo2 format's, except one with
+    numbers and no type ({"factor": 2.0}: refused in a showo2 config, and the official code's
+    transformers stops on it), which loaded as plain RoPE, its factor dropped silently."""
+    import shutil
+
+    from conftest import PARITY_DIR
+    from showo2_cli.errors import ModelError
+    from showo2_cli.loading import load
+
+    if not (PARITY_DIR / "model" / "config.json").is_file():
+        pytest.skip(f"no parity fixtures at {PARITY_DIR}")
+    folder = tmp_path / "official"
+    shutil.copytree(PARITY_DIR / "model", folder, ignore=shutil.ignore_patterns("pytorch_model.bin"))
+    config = json.loads((folder / "llm" / "config.json").read_text())
+    config.pop("rope_scaling")
+    config[key] = scaling
+    (folder / "llm" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        load(folder, need=())

@@ -177,7 +177,9 @@ def _typed(cfg: dict, key: str, kind: str, where) -> Any:
 def _llm_rope_scaling(llm_cfg: dict, where) -> dict | None:
     """The Qwen2 config's RoPE scaling as the official code's transformers reads it: ``rope_scaling``
     (``type`` the older name of ``rope_type``), else a newer config's ``rope_parameters`` less its
-    ``rope_theta``; None for plain RoPE."""
+    ``rope_theta``; None for plain RoPE. A scaling with numbers and no type (``{"factor": 2.0}``) is
+    kept, for the spec's check to refuse as it refuses it in a showo2 config (the official code's
+    transformers looks up a RoPE of type None and stops); it was read as plain RoPE."""
     scaling = _typed(llm_cfg, "rope_scaling", "dict", where)
     if scaling is None:
         params = _typed(llm_cfg, "rope_parameters", "dict", where) or {}
@@ -185,7 +187,7 @@ def _llm_rope_scaling(llm_cfg: dict, where) -> dict | None:
     scaling = dict(scaling)
     if "type" in scaling:
         scaling.setdefault("rope_type", scaling.pop("type"))
-    return scaling if scaling.get("rope_type", "default") != "default" else None
+    return scaling if scaling and scaling.get("rope_type") != "default" else None
 
 
 def _semantic_intermediate(state: dict, sig_cfg: dict, where, base: ModelSpec | None, root: Path) -> int:
