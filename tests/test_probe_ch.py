@@ -45,8 +45,8 @@ def test_a_held_out_file_edited_during_the_run_stops_it_saying_so(tmp_path):
     records = [_record(i, "red.png") for i in range(3)]
     edited = []
 
-    def edit(ev):  # the first line deleted after step 1, before its evaluation
-        if ev.get("event") == "log" and ev.get("step") == 1:
+    def edit(ev):  # the first line deleted once the run has started, before its first evaluation
+        if ev.get("event") == "start":
             edited.append(1)
             (tmp_path / "a" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[1:]))
 
