@@ -136,3 +136,28 @@ def test_an_official_configs_rope_scaling_is_checked_as_a_showo2_configs(tmp_pat
     (folder / "llm" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         load(folder, need=())
+
+
+def test_an_error_in_a_loader_worker_is_one_line(tmp_path):
+    """With `run.num_workers`, torch re-raises a worker's error in the run as its type with the text
+    "Caught InputError in DataLoader worker process 0. Original Traceback (...)": the whole traceback
+    was the command line's error line. It keeps its type and its own message."""
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.control import chunks
+    from showo2_cli.training.data import StepSampler, TrainingData, loader, make_sources
+    from showo2_cli.training.records import RecordsChanged
+    from test_train import tiny_config
+
+    path = tmp_path / "d.jsonl"
+    records = [{"path": f"{i}.png", "prompt": f"caption {i}"} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = [{"kind": "pairs", "role": "t2i", "path": str(path), "resolution": 32}]
+    cfg = parse_config(tiny_config(tmp_path, data=data, batch={"t2i": 1}), source="c.toml")
+    dataset = TrainingData(cfg, make_sources(cfg, get_spec("tiny"), tmp_path / "index"), {})
+    path.write_text("".join(json.dumps(r) + "\n" for r in records[1:]))
+    with pytest.raises(InputError) as caught:
+        list(chunks(loader(dataset, StepSampler({"t2i": 1}, 0, 2, 0, 1), num_workers=1), 1))
+    assert caught.type is RecordsChanged
+    assert str(caught.value).startswith(f"'{path}' changed since it was indexed (record ")
+    assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from ..errors import UsageError
+from ..errors import Showo2Error, UsageError
 from ..launch import INTERRUPTS
 from .schema import TrainConfig
 
@@ -77,10 +77,26 @@ def flat_config(cfg: TrainConfig) -> dict:
     return out
 
 
+def worker_errors(items):
+    """``items`` (a DataLoader's batches) with a library error raised in a loader worker given back with
+    its own one-line message: torch re-raises it in the training process as its type with the text
+    "Caught InputError in DataLoader worker process 0. Original Traceback (...)", the whole traceback
+    (what the command line then printed as the error line), the message its last line."""
+    try:
+        yield from items
+    except Showo2Error as e:
+        text, name = str(e), type(e).__name__
+        last = text.rstrip().splitlines()[-1] if text.startswith(f"Caught {name} in DataLoader worker") else ""
+        if f"{name}: " not in last:
+            raise
+        raise type(e)(last.split(f"{name}: ", 1)[1]) from None
+
+
 def chunks(items, n: int):
-    """Consecutive lists of ``n`` items (a shorter last one is dropped: not a whole step)."""
+    """Consecutive lists of ``n`` items (a shorter last one is dropped: not a whole step); a loader
+    worker's library error as :func:`worker_errors` gives it."""
     chunk = []
-    for item in items:
+    for item in worker_errors(items):
         chunk.append(item)
         if len(chunk) == n:
             yield chunk
