@@ -216,14 +216,14 @@ def test_debug_and_pixel_variables_read_as_documented(monkeypatch, tmp_path):
 
 def test_a_prompts_file_holding_nul_is_not_text(tmp_path):
     """A prompts file saved as UTF-16 without its byte-order mark decoded as UTF-8 with a NUL after
-    every letter: "a cat" made the prompts "a\\0 \\0c\\0a\\0t\\0" and "\\0" (two images, exit 0)."""
+    every letter: "a cat" made the prompts "a\\0 \\0c\\0a\\0t\\0" and "\\0" (two images, exit 0).
+    It was then refused; round 15 reads it as the UTF-16 it is. A NUL in UTF-8 text is refused."""
     from showo2_cli.errors import InputError
     from showo2_cli.saving import read_prompts
 
     path = tmp_path / "p.txt"
-    path.write_bytes("a cat\nred\n".encode("utf-16-le"))
-    with pytest.raises(InputError, match="line 1 holds a NUL character"):
-        read_prompts(None, path)
+    path.write_bytes("a cat\nred\n".encode("utf-16-le"))  # since round 15 (probe CD): read as UTF-16
+    assert read_prompts(None, path) == ["a cat", "red"]
     path.write_bytes(b"ok\nbad\0 one\n")
     with pytest.raises(InputError, match="line 2 holds a NUL character"):
         read_prompts(None, path)
