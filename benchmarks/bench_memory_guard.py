@@ -22,6 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proc_memory import reset_peak, status  # noqa: E402
+
 CASES = {  # name: (command, size, frames)
     "t2i": [("t2i", s, 1) for s in (64, 256, 512)],
     "t2v": [("t2v", s, f) for s, f in ((64, 17), (128, 17), (256, 9))],
@@ -31,13 +35,6 @@ CASES = {  # name: (command, size, frames)
     "encode": [("encode", s, f) for s, f in ((256, 1), (512, 1), (256, 17))],
     "decode": [("decode", s, f) for s, f in ((256, 1), (512, 1), (256, 17))],
 }
-
-
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def _job(model, command: str, size: int, frames: int):
@@ -123,10 +120,10 @@ def child(model_name: str, command: str, size: int, frames: int) -> None:
     run, work = _job(model, command, size, frames)
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the warm-up freed goes back, so it is not counted as held
-    before = _status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
+    before = status()["VmRSS"]
+    reset_peak()
     run()
-    peak = _status("VmHWM") - before
+    peak = status()["VmHWM"] - before
     job = f"{command} of {size} words" if command == "chat" else f"{command} {size}px x{frames}"
     print(json.dumps({"job": job, "peak_mb": round(peak / 1e6, 1),
                       "estimate_mb": round(work / 1e6, 1), "ratio": round(work / max(peak, 1), 2)}))

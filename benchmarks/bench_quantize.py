@@ -37,17 +37,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from proc_memory import reset_peak, status  # noqa: E402
+
 VARIANTS = ("fp32", "bf16", "int8wo", "int8wo-bf16", "nf4", "nf4-bf16")
 
-
-def _status() -> dict:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(rest.split()[0]) * 1024
-    return out
 
 
 def child(variant: str, args, out_path: Path) -> None:
@@ -86,9 +81,8 @@ def child(variant: str, args, out_path: Path) -> None:
     sizes = {"total": weight_bytes(net), "llm": group_bytes(PARAMETER_GROUPS["llm"]),
              "flow_head": group_bytes(PARAMETER_GROUPS["flow_head"]),
              "llm_layer": weight_bytes(net.showo.model.layers[0]), "head_layer": weight_bytes(net.diffusion_head_a[0])}
-    after_load = _status()["VmRSS"]
-    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM: the peak from here on
-        f.write("5")
+    after_load = status()["VmRSS"]
+    reset_peak()
 
     gen = torch.Generator().manual_seed(1)
     side = args.size // spec.vae_spatial
@@ -113,7 +107,7 @@ def child(variant: str, args, out_path: Path) -> None:
         start = time.perf_counter()
         tokens = generate(net, embeds, causal, TextSampling(max_new_tokens=16)).token_ids
         t_decode = time.perf_counter() - start
-    peak = _status()["VmHWM"]
+    peak = status()["VmHWM"]
     torch.save({"velocity": v, "logits": logits, "argmax": all_logits.argmax(-1), "tokens": torch.tensor(tokens)},
                out_path)
     print(json.dumps({"variant": variant, "bytes": sizes, "rss_after_load": after_load, "peak_rss_compute": peak,

@@ -24,17 +24,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from proc_memory import reset_peak, status  # noqa: E402
+
 WHOLE = 1 << 40
 
-
-def _status() -> dict:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(rest.split()[0]) * 1024
-    return out
 
 
 def child(method: str, dtype_name: str, chunked: bool, rows: int, width: int) -> dict:
@@ -61,13 +56,12 @@ def child(method: str, dtype_name: str, chunked: bool, rows: int, width: int) ->
     warm.spec, warm.showo = None, nn.Module()
     warm.showo.lm_head = nn.Linear(64, 8, dtype=dtype)
     quantize_network(warm, method)  # (the library's imports and first call, outside the measure)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status()["VmRSS"]
+    reset_peak()
+    before = status()["VmRSS"]
     began = time.perf_counter()
     quantize_network(net, method)
     seconds = time.perf_counter() - began
-    after = _status()
+    after = status()
     return {"method": method, "dtype": dtype_name, "chunked": chunked, "rows": rows, "width": width,
             "layer_bytes": rows * width * dtype.itemsize, "quantized_bytes": weight_bytes(net),
             "peak_over_before": after["VmHWM"] - before, "seconds": seconds,

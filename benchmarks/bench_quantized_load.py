@@ -41,23 +41,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from proc_memory import reset_peak, status  # noqa: E402
+
 VARIANTS = ("fp32->fp32:none", "fp32->fp32:int8wo", "fp32->fp32:nf4", "bf16->bf16:none", "bf16->bf16:int8wo",
             "bf16->bf16:nf4", "bf16->fp32:int8wo", "bf16->fp32:nf4")
 
 
-def _status() -> dict:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                out[key] = int(rest.split()[0]) * 1024
-    return out
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the present RSS
 
 
 def make_folders(args) -> dict:
@@ -100,10 +91,10 @@ def child(variant: str, folder: str, out_path: Path) -> None:
 
     def timed(name, fn):
         def wrapper(*a, **kw):
-            _reset_peak()
-            before = _status()
+            reset_peak()
+            before = status()
             result = fn(*a, **kw)
-            after = _status()
+            after = status()
             stages[name] = {"rss_before": before["VmRSS"], "peak": after["VmHWM"], "rss_after": after["VmRSS"]}
             return result
         return wrapper
@@ -120,12 +111,12 @@ def child(variant: str, folder: str, out_path: Path) -> None:
         placement.place = timed("place+quantize", placement.place)
     _, _, method = variant.partition(":")
     load_dtype = variant.split("->")[1].split(":")[0]
-    start = _status()
+    start = status()
     began = time.perf_counter()
     model = loading.load(folder, need=(), dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[load_dtype],
                          runtime=RuntimeOptions(quantize=method))
     seconds = time.perf_counter() - began
-    end = _status()
+    end = status()
     result = {"variant": variant, "seconds": seconds, "rss_start": start["VmRSS"], "rss_after_load": end["VmRSS"],
               "rss_file_after_load": end.get("RssFile"), "peak_overall": max(s["peak"] for s in stages.values()),
               "weight_bytes": weight_bytes(model.network), "stages": stages,
