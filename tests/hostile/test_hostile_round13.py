@@ -61,14 +61,16 @@ def test_i2v_refuses_an_animated_avif_in_one_line_before_loading(tmp_path, capsy
 RECORDS = [{"path": "a.png", "prompt": "a cat"}, {"path": "b.png", "prompt": "un café"}]
 
 
-@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be"])
 def test_training_records_saved_with_a_byte_order_mark_or_as_utf16_are_read_whole(tmp_path, encoding):
     """A LLaVA ``.json`` array opening with a UTF-8 byte-order mark (Notepad, PowerShell's
     ``-Encoding UTF8``) was "not a JSON array (LLaVA format) nor JSONL", a UTF-16 one (Notepad's
     "Unicode") "not UTF-8 text"; a UTF-16 ``.jsonl`` (what Windows PowerShell's ``>`` writes) was
     split at the byte 0A: its first record was "not valid JSON" and skipped while training (its
     caption never trained on), the others read by accident, and the last NUL byte was a record of
-    its own. Both are read as the same records as their UTF-8 copy."""
+    its own. Both are read as the same records as their UTF-8 copy. UTF-16 without its mark
+    (``utf-16-le``/``-be``, round fifteen) was split so too: a NUL in one of the first two bytes,
+    not both, is UTF-16 (RFC 4627's rule, :func:`json.loads`'s for JSON bytes)."""
     import json
 
     from showo2_cli.training.records import Records, build_index
