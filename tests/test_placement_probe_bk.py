@@ -90,12 +90,18 @@ def test_the_demos_caption_and_image_are_those_of_the_whole_network_quantized(me
     _needs(method)
     reference, placed = _quantized_after("demo", method, torch.float32), load("demo", runtime=RuntimeOptions(quantize=method))
     assert not _same(_tensors(reference.network), _tensors(placed.network))
+    same_caption_and_image(placed, reference)
+
+
+def same_caption_and_image(model, reference) -> None:
+    """Assert two loads of the demo answer a caption alike (a non-empty answer) and sample the same
+    latents of one image, bit for bit."""
     opts, image = api.CaptionOptions(max_new_tokens=6), torch.full((1, 3, 64, 64), 0.5)
     gen = api.GenerateOptions(seed=3, steps=3)
     with torch.no_grad():
-        answers = api.caption(placed, image, opts).answers
+        answers = api.caption(model, image, opts).answers
         assert answers == api.caption(reference, image, opts).answers and answers[0]
-        a, b = (api.text_to_image(m, ["a red circle"], gen)[0].latents for m in (placed, reference))
+        a, b = (api.text_to_image(m, ["a red circle"], gen)[0].latents for m in (model, reference))
     assert torch.equal(a, b)
 
 

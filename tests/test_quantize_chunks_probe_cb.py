@@ -11,11 +11,11 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from showo2_cli import acceleration, api
+from showo2_cli import acceleration
 from showo2_cli.acceleration import quantize_network
 from showo2_cli.loading import ALL_HEADS, load
 from showo2_cli.options import RuntimeOptions
-from test_placement_probe_bk import _needs, _same, untied  # noqa: F401  (untied: a fixture)
+from test_placement_probe_bk import _needs, _same, same_caption_and_image, untied  # noqa: F401  (untied: a fixture)
 from test_placement_probe_bk import _tensors as _data_tensors
 
 WHOLE = 1 << 40  # (a QUANTIZE_CHUNK no layer exceeds: every layer quantized whole, as before probe CB)
@@ -158,10 +158,4 @@ def test_the_demos_caption_and_image_are_those_of_each_layer_quantized_whole(mon
     monkeypatch.setattr(acceleration, "QUANTIZE_CHUNK", 500)
     parts = load("demo", runtime=RuntimeOptions(quantize=method))
     assert not _same(_tensors(whole.network), _tensors(parts.network))
-    opts, image = api.CaptionOptions(max_new_tokens=6), torch.full((1, 3, 64, 64), 0.5)
-    gen = api.GenerateOptions(seed=3, steps=3)
-    with torch.no_grad():
-        answers = api.caption(parts, image, opts).answers
-        assert answers == api.caption(whole, image, opts).answers and answers[0]
-        a, b = (api.text_to_image(m, ["a red circle"], gen)[0].latents for m in (parts, whole))
-    assert torch.equal(a, b)
+    same_caption_and_image(parts, whole)
