@@ -471,9 +471,10 @@ def is_hub_name(name: str | os.PathLike) -> bool:
     return not is_local(name) and repo_id_for(split_revision(name)[0]) is not None
 
 
-def needs_download(name: str) -> bool:
+def needs_download(name: str, vae: str | os.PathLike | None = None) -> bool:
     """True for a variant or repo id (maybe ``@revision``) that is not a local folder and may be
-    fetched (online): not cached, or cached without a companion :func:`pull` would fetch."""
+    fetched (online): not cached, or cached without a companion :func:`pull` would fetch (``vae``:
+    a VAE given by the caller, so the Wan2.1 VAE is no companion)."""
     if not is_hub_name(name) or offline():
         return False
     base, revision = split_revision(name)
@@ -484,13 +485,14 @@ def needs_download(name: str) -> bool:
     from .model_files import find_files
 
     try:
-        return bool(_companions(find_files(snap)))
+        return bool(_companions(find_files(snap), vae is not None))
     except ModelError:  # a damaged model: loading says what is wrong
         return False
 
 
-def _companions(files) -> list[tuple[str, str]]:
-    """(repo, what) of each companion repo :func:`pull` fetches for what ``files`` (find_files) misses."""
+def _companions(files, vae_given: bool = False) -> list[tuple[str, str]]:
+    """(repo, what) of each companion repo :func:`pull` fetches for what ``files`` (find_files) misses
+    (``vae_given``: the load reads the caller's VAE, so the Wan2.1 VAE repo's is none)."""
     from .specs import spec_for_hidden_size
 
     config, out = files.config, []
@@ -506,7 +508,7 @@ def _companions(files) -> list[tuple[str, str]]:
         sig = config.get("clip_pretrained_model_path")
         if files.siglip_config is None and isinstance(sig, str) and is_repo_id(sig):
             out.append((sig, "SigLIP config"))
-    if files.vae is None:
+    if files.vae is None and not vae_given:
         out.append((WAN_VAE_REPO, "VAE"))
     return out
 
@@ -524,22 +526,28 @@ class PullResult:
 
 
 def pull(name: str, progress: Progress | None = None, *, force_download: bool = False,
-         cache_dir: str | os.PathLike | None = None, token: bool | str | None = None) -> PullResult:
+         cache_dir: str | os.PathLike | None = None, token: bool | str | None = None,
+         vae: str | os.PathLike | None = None) -> PullResult:
     """Make a model loadable offline: its repo, then whatever :func:`model_files.find_files` still
     misses (the tokenizer from the LLM repo, the SigLIP config, the Wan2.1 VAE file). Cached pieces
     are not fetched again; ``force_download`` fetches the model repo's files anew (the companion
     repos, which other models share, only when missing); with ``HF_HUB_OFFLINE`` set, only the cache is consulted.
     ``cache_dir`` and ``token`` are huggingface_hub's, for this call (default: the environment's,
-    or those of the running :func:`~showo2_cli.hub_download.hub_access`)."""
+    or those of the running :func:`~showo2_cli.hub_download.hub_access`). ``vae``: the VAE the
+    caller's load reads instead (``--vae``, ``load(vae=)``): it must exist, said before any download,
+    and the Wan2.1 VAE is not fetched for it."""
     from contextlib import nullcontext
+
+    if vae is not None:
+        explicit_vae(vae)  # a VAE that is not there: the load's own error, before anything is fetched
 
     from .hub_auth import hub_access
 
     with hub_access(cache_dir, token) if cache_dir is not None or token is not None else nullcontext():
-        return _pull(name, progress, force_download)
+        return _pull(name, progress, force_download, vae is not None)
 
 
-def _pull(name: str, progress: Progress | None, force_download: bool) -> PullResult:
+def _pull(name: str, progress: Progress | None, force_download: bool, vae_given: bool = False) -> PullResult:
     from .model_files import find_files
 
     if is_local(name):  # the demo (listed by `showo2 models` as every variant is) or a folder: already here,
@@ -559,7 +567,7 @@ def _pull(name: str, progress: Progress | None, force_download: bool) -> PullRes
         snap = download_model(repo, progress, revision, force_download)
         downloaded.append(repo if revision is None else f"{repo}@{revision}")
     files = find_files(snap)
-    for companion, what in _companions(files):
+    for companion, what in _companions(files, vae_given):
         remote = remote_listing(companion, what)  # sizes and checksums
         chosen = (tokenizer_repo_files(list(remote)) if what == "tokenizer" else
                   ["config.json"] if what == "SigLIP config" else [WAN_VAE_FILE])

@@ -444,25 +444,26 @@ def _find_on_hub(name, vae, local_files_only: bool, cache_dir, token, force_down
 
     given = cache_dir is not None or token is not None
     with hub_access(cache_dir, token) if given else nullcontext():
-        fetch(name, force_download, local_files_only)
+        fetch(name, force_download, local_files_only, vae=vae)
         return find_files(name, vae=vae, local_files_only=local_files_only)
 
 
 def fetch(name, force_download: bool = False, local_files_only: bool = False, progress=None,
-          when_needed: bool = False) -> None:
+          when_needed: bool = False, vae=None) -> None:
     """The one Hub step before a load (:func:`load`, ``Showo2Pipeline.from_pretrained``):
     ``force_download`` on a Hub name (a variant, a repo id) pulls it again (the model repo's files
     anew, :func:`showo2_cli.hub.pull`); ``when_needed`` also pulls a Hub name that is not cached or
     lacks a piece (its tokenizer, its VAE), as ``from_pretrained`` does. ``progress`` gets the
-    bytes. ``local_files_only`` forbids both (with ``force_download``: a ValueError)."""
+    bytes. ``local_files_only`` forbids both (with ``force_download``: a ValueError). ``vae``: the
+    load's own VAE (``load(vae=)``), so the Wan2.1 VAE is not fetched for it."""
     from .hub import is_hub_name, needs_download, pull
 
     if force_download and local_files_only:
         raise ValueError("force_download=True needs the Hub, local_files_only=True forbids it: pass one")
     if local_files_only:
         return
-    if force_download and is_hub_name(name) or when_needed and needs_download(str(name)):
-        pull(str(name), progress=progress, force_download=force_download)
+    if force_download and is_hub_name(name) or when_needed and needs_download(str(name), vae):
+        pull(str(name), progress=progress, force_download=force_download, vae=vae)
 
 
 def _require_safetensors(files: ModelFiles) -> None:

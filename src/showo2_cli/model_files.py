@@ -18,6 +18,7 @@ from .hub import (
     ADAPTER_CONFIG,
     WAN_VAE_FILE,
     WAN_VAE_REPO,
+    explicit_vae,
     find_tokenizer,
     find_vae,
     find_weights,
@@ -68,6 +69,8 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
                local_files_only: bool = False) -> ModelFiles:
     """Locate every piece of a model; missing pieces are listed in ``missing`` with a hint
     (``local_files_only``: never download, see :func:`showo2_cli.hub.resolve_root`)."""
+    if vae:  # a --vae that is not there fails before the model is resolved (and maybe downloaded)
+        vae = explicit_vae(vae)
     label, root = resolve_root(name, local_files_only)
     cfg_path = root / "config.json"
     if not cfg_path.exists():

@@ -169,7 +169,7 @@ class Showo2Pipeline(LoraLoaderMixin):
             # api.load's one reading of device, torch_dtype ("auto" too) and the options', before any download
             dev, dtype = load_placement(runtime, device, torch_dtype, "torch_dtype")
         with hub_access(cache_dir, token):  # this call's cache and token, for the pull and the load alike
-            fetch(name, force_download, local_files_only, progress, when_needed=True)
+            fetch(name, force_download, local_files_only, progress, when_needed=True, vae=vae)
             with python_names(lora_names("lora")):
                 return cls(load(name, vae=vae, device=dev, dtype=dtype, runtime=runtime,
                                 local_files_only=local_files_only, use_safetensors=use_safetensors, lora=lora,

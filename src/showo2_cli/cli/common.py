@@ -254,15 +254,18 @@ def model_name(model: str | None) -> str:
     return name
 
 
-def fetch_if_needed(model: str) -> None:
-    """A variant or repo id that is not cached, when online: pull it (and its tokenizer and VAE)
-    with progress bars, before anything loads it."""
-    from ..hub import needs_download, pull
+def fetch_if_needed(model: str, vae: Path | None = None) -> None:
+    """A variant or repo id that is not cached, when online: pull it (and its tokenizer, and its VAE
+    unless ``vae``, the command's ``--vae``, is given) with progress bars, before anything loads it
+    or reads it (the checks before a load call it too)."""
+    from ..hub import explicit_vae, needs_download, pull
 
-    if needs_download(model):
+    if vae is not None:
+        explicit_vae(vae)  # a --vae that is not there: the load's own line, before any download is announced
+    if needs_download(model, vae):
         notice(f"downloading {model} into the Hugging Face cache")
         with ProgressReporter() as progress:
-            pull(model, progress=progress)
+            pull(model, progress=progress, vae=vae)
 
 
 def load_model(model: str | None, runtime, vae: Path | None = None, need=("tokenizer", "VAE"),
@@ -285,7 +288,7 @@ def load_model(model: str | None, runtime, vae: Path | None = None, need=("token
 
     dev = pick_device(runtime.device)
     dt = pick_dtype(runtime.dtype, dev)
-    fetch_if_needed(model)
+    fetch_if_needed(model, vae)
     with status(f"loading {short(model, 60)}"):
         bundle = load(model, vae=vae, device=dev, dtype=dt, need=need, runtime=runtime, lora=tuple(lora or ()),
                       vae_parts=vae_parts, heads=heads)  # load applies runtime's offload

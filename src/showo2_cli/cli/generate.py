@@ -246,7 +246,9 @@ def _before_loading(name: str, runtime, parts: tuple, vae=None) -> tuple | None:
     None when its folder does not tell its spec (an official checkpoint: the pipeline checks once
     it is loaded)."""
     from ..model_files import find_files
+    from .common import fetch_if_needed
 
+    fetch_if_needed(name, vae)  # the load's own download (notice, progress bars), not a silent one of its own
     files = find_files(name, vae)  # a name that names nothing fails here, before torch is imported
     if files.format != "showo2":
         return None

@@ -82,7 +82,7 @@ def info(
     model = model_name(model if model is not None else model_opt)
     from ..model_files import find_files
 
-    fetch_if_needed(model)
+    fetch_if_needed(model, vae)
     files = find_files(model, vae=vae)
     if not files.weights:
         raise ModelError(f"model '{model}' has no weights in '{files.root}'")
@@ -154,7 +154,7 @@ def convert(
 
     target_dtype = None if dtype == "keep" else torch_dtype(dtype)
     start = time.perf_counter()
-    fetch_if_needed(src)
+    fetch_if_needed(src, vae)
     files = find_files(src, vae=vae)
     if not files.weights:
         raise ModelError(f"'{src}' has no weights")
