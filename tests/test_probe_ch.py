@@ -111,7 +111,7 @@ def test_the_nan_error_names_the_dtype_a_server_client_or_python_caller_reads(ti
 
 
 @pytest.mark.parametrize("key, scaling, needle", [
-    ("rope_scaling", {"factor": 2.0}, "rope_scaling must be an object with a rope_type among default, dynamic"),
+    ("rope_scaling", {"factor": 2.0}, "rope_scaling must be an object with a rope_type among default, linear"),
     ("rope_scaling", {"type": "dynamic", "factor": 2.0}, "rope_scaling 'dynamic' (NTK) is not supported"),
     ("rope_scaling", {"type": "linear", "factor": 0.0}, "factor field must be a float or int >= 1, got 0.0"),
     ("rope_parameters", {"rope_type": "linear", "factor": float("nan"), "rope_theta": 1e6}, "must be finite"),

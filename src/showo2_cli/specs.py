@@ -50,7 +50,7 @@ class ModelSpec:
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
     hidden_act: str = "silu"  # the MLP activation (the Qwen2 config's hidden_act)
-    rope_scaling: dict | None = None  # the Qwen2 config's rope_scaling (linear, dynamic, yarn, ...); None: plain RoPE
+    rope_scaling: dict | None = None  # the Qwen2 config's rope_scaling (linear, yarn, ...; dynamic is refused); None: plain RoPE
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 32768
     # --- semantic layers (SigLIP-so400m minus its last layer) ---
@@ -309,8 +309,9 @@ class ModelSpec:
             return
         kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else None
         if kind != "default" and kind not in ROPE_INIT_FUNCTIONS:
+            offered = sorted(set(ROPE_INIT_FUNCTIONS) - {"dynamic"})  # refused below: not offered
             raise UsageError(f"invalid model spec '{self.name}': rope_scaling must be an object with a rope_type "
-                             f"among default, {', '.join(sorted(ROPE_INIT_FUNCTIONS))}, got {str(scaling)[:60]}")
+                             f"among default, {', '.join(offered)}, got {str(scaling)[:60]}")
         if kind == "dynamic":
             raise UsageError(f"invalid model spec '{self.name}': rope_scaling 'dynamic' (NTK) is not supported: the "
                              "official code recomputes every position's frequencies from the whole sequence's length "
