@@ -5,30 +5,12 @@ Against a real HTTP server on 127.0.0.1 in the Hub's layout (``local_hub``), cou
 
 from __future__ import annotations
 
-import pytest
 from PIL import Image
 
-from local_hub import LocalHub
 from showo2_cli.cli import main
+from test_hub_pipeline import hub  # noqa: F401  (the local Hub fixture)
 
 WAN_REPO, WAN_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A local Hub, and huggingface_hub pointed at it with an empty cache (env and constants)."""
-    import huggingface_hub.constants as C
-
-    with LocalHub() as server:
-        cache = tmp_path / "hf-cache"
-        for k, v in {"HF_ENDPOINT": server.url, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "0"}.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.delenv("SHOWO2_VAE", raising=False)
-        monkeypatch.setattr(C, "ENDPOINT", server.url)
-        monkeypatch.setattr(C, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(C, "HF_HUB_CACHE", str(cache))
-        monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
-        yield server
 
 
 def _files(folder, skip=()) -> list[str]:
@@ -36,7 +18,7 @@ def _files(folder, skip=()) -> list[str]:
                   if p.is_file() and not any(p.relative_to(folder).as_posix().startswith(s) for s in skip))
 
 
-def test_a_model_the_check_before_the_load_needs_is_downloaded_as_the_load_does(hub, tiny_model_dir, tmp_path,
+def test_a_model_the_check_before_the_load_needs_is_downloaded_as_the_load_does(hub, tiny_model_dir, tmp_path,  # noqa: F811
                                                                                  monkeypatch, capsys):
     """`t2i -m owner/name` of a repo not yet cached: the memory check before the load used to fetch it
     silently (find_files downloads an uncached repo id), so the load's "downloading ..." notice and
@@ -62,7 +44,7 @@ def test_a_model_the_check_before_the_load_needs_is_downloaded_as_the_load_does(
     assert hub.requests == [] and "downloading" not in capsys.readouterr().err
 
 
-def _novae_repo(hub, model, tmp_path):
+def _novae_repo(hub, model, tmp_path):  # noqa: F811
     """A repo of ``model`` without its VAE (so the Wan2.1 VAE is its companion), and a picture."""
     hub.add_folder("acme/cj-novae", model, skip=("vae/*",))
     hub.add(WAN_REPO, {WAN_FILE: b"\0" * 20_000})
@@ -71,7 +53,7 @@ def _novae_repo(hub, model, tmp_path):
     return image
 
 
-def test_a_vae_that_is_not_there_fails_before_the_model_is_downloaded(hub, tiny_model_dir, tmp_path, capsys):
+def test_a_vae_that_is_not_there_fails_before_the_model_is_downloaded(hub, tiny_model_dir, tmp_path, capsys):  # noqa: F811
     """`--vae` naming nothing, with a model not yet cached: the load's own line, and nothing asked of the
     Hub (the model was downloaded first, by the check before the load, then the VAE's error said)."""
     image = _novae_repo(hub, tiny_model_dir, tmp_path)
@@ -83,7 +65,7 @@ def test_a_vae_that_is_not_there_fails_before_the_model_is_downloaded(hub, tiny_
     assert hub.requests == [] and not out.exists()
 
 
-def test_a_vae_given_is_why_the_wan_vae_is_not_downloaded(hub, tiny_model_dir, tmp_path, capsys):
+def test_a_vae_given_is_why_the_wan_vae_is_not_downloaded(hub, tiny_model_dir, tmp_path, capsys):  # noqa: F811
     """A model without a VAE of its own, run with `--vae` (or `from_pretrained(vae=)`): its load reads
     that VAE, so the Wan2.1 VAE repo's file (508 MB on the Hub) is no companion to fetch."""
     from showo2_cli import Showo2Pipeline
