@@ -113,9 +113,13 @@ def release_weight_file(net: nn.Module) -> None:
 #: copies of what they quantize (torchao's int8: ``input * (1 / scale)``, its rounding, ``+ zero_point``
 #: and the clamp, two 4-byte copies at a time; bitsandbytes' NF4 on the CPU (its default kernel): the
 #: weight in float32, the scaled copy, its clamp and the int32 codes), so a larger layer (the 7B's untied
-#: ``lm_head``, 151669 x 3584; the LLM's MLP layers, 8960 x 1536 in the 1.5B; the flow head's) is quantized in chunks of output
-#: rows (:func:`_by_rows`): the scratch is the chunk's, 8 M weights (32 MB in float32), not the layer's.
-QUANTIZE_CHUNK = 1 << 23
+#: ``lm_head``, 151669 x 3584; its MLP layers, 18944 x 3584; the flow head's larger ones) is quantized in
+#: chunks of output rows (:func:`_by_rows`): the scratch is the chunk's, 16 M weights, not the layer's.
+#: Not smaller: a float32 copy of 16 M weights (64 MiB) is above glibc's largest mmap threshold (32 MiB),
+#: so it goes back to the system when freed; chunks of 8 M weights (32 MiB copies) stayed in the heap,
+#: and a bf16 load at the 1.5B's widths (its 8960 x 1536 MLP layers chunked) peaked 0.08 GB higher
+#: than with those layers quantized whole.
+QUANTIZE_CHUNK = 1 << 24
 
 
 def _quantize_int8(net: nn.Module, within: str | None) -> int:
