@@ -37,6 +37,7 @@ def test_the_weights_a_job_runs_are_counted_alike_loaded_or_not(models):
     # the demo's network without a separate lm_head (tied: the embedding) is 2.86 M fp32 parameters,
     # the VAE's decoder 2.07 M of its 3.60 M: what t2i runs, whichever of it is loaded now
     from showo2_cli.footprint import GENERATION_PARTS, UNDERSTANDING_PARTS, files_weights_gb, weights_gb
+    from showo2_cli.modeling.vae_files import header_sizes
 
     eager, lazy, _offloaded = models
     assert weights_gb(eager, *GENERATION_PARTS) == pytest.approx((0.0197127, 0.0197127), abs=1e-7)
@@ -44,10 +45,10 @@ def test_the_weights_a_job_runs_are_counted_alike_loaded_or_not(models):
     assert weights_gb(lazy, *UNDERSTANDING_PARTS)[0] == weights_gb(eager, *UNDERSTANDING_PARTS)[0] == \
         pytest.approx(0.0103469, abs=1e-7)
     # before a load, from the spec and the VAE's header: the same figure (the command line's early check)
-    files = eager.files
-    assert files_weights_gb(eager.spec, torch.float32, "none", files.vae, *GENERATION_PARTS) == \
+    sizes = header_sizes(eager.files.vae)
+    assert files_weights_gb(eager.spec, torch.float32, "none", sizes, *GENERATION_PARTS) == \
         pytest.approx((0.0197127, 0.0), abs=1e-7)
-    assert files_weights_gb(eager.spec, torch.bfloat16, "none", files.vae, *GENERATION_PARTS)[0] == \
+    assert files_weights_gb(eager.spec, torch.bfloat16, "none", sizes, *GENERATION_PARTS)[0] == \
         pytest.approx(weights_gb(eager, *GENERATION_PARTS)[0] / 2, abs=1e-7)
 
 

@@ -99,29 +99,23 @@ def vae_bytes(vae, parts: tuple[str, ...]) -> list:
     return [(n, b, ok) for n, b, ok in parameter_bytes(vae.model, "", vae.dtype, "none", None) if n.startswith(keep)]
 
 
-def files_weights_gb(spec, dtype: torch.dtype, quantize: str, vae_file, heads: tuple[str, ...],
+def files_weights_gb(spec, dtype: torch.dtype, quantize: str, vae_sizes, heads: tuple[str, ...],
                      vae_parts: tuple[str, ...]) -> tuple[float, float]:
     """:func:`weights_gb` of a model before it loads (none of it loaded): the network of ``spec``
-    built on 'meta', the VAE's parts counted from the safetensors header of the VAE the load reads
-    (``vae_file``: the model's own, ``--vae`` or ``$SHOWO2_VAE``, a file or a folder:
-    :func:`~showo2_cli.modeling.vae_files.header_sizes`; a pickled file, or none, counts nothing
-    here: the check after the load does)."""
+    built on 'meta', the VAE's parts counted from ``vae_sizes``, the safetensors header of the VAE
+    the load reads (the model's own, ``--vae`` or ``$SHOWO2_VAE``:
+    :func:`~showo2_cli.modeling.vae_files.header_sizes`; None, for a pickled file or no VAE, counts
+    nothing here: the check after the load does)."""
     import torch
 
-    from .errors import ModelError
     from .modeling.showo2 import Showo2Model
     from .modeling.vae import VAE_PARTS
-    from .modeling.vae_files import header_sizes
 
     with torch.device("meta"):
         net = Showo2Model(spec)
     total = in_gb(network_bytes(net, dtype, quantize, heads))[0]
-    try:
-        sizes = None if vae_file is None else header_sizes(vae_file)
-    except ModelError:  # an unreadable header: the load says what is wrong with it
-        sizes = None
-    if sizes is not None:
-        counts = sizes[1]
+    if vae_sizes is not None:
+        counts = vae_sizes[1]
         total += sum(counts.get(n, 0) for p in vae_parts for n in VAE_PARTS[p]) * dtype.itemsize / 1e9
     return total, 0.0
 

@@ -258,12 +258,6 @@ def _before_loading(name: str, runtime, parts: tuple, vae=None) -> tuple | None:
     from ..weights import read_json
 
     spec = spec_from_files(files, {})
-    base_dim = None if files.vae is None else 96
-    if files.vae is not None and (Path(files.vae) / "config.json").is_file():
-        try:
-            base_dim = int(read_json(Path(files.vae) / "config.json").get("base_dim", 96))
-        except (ModelError, ValueError, TypeError):
-            base_dim = 96
     import torch
 
     from ..footprint import files_weights_gb
@@ -273,11 +267,17 @@ def _before_loading(name: str, runtime, parts: tuple, vae=None) -> tuple | None:
         header = None if files.vae is None else header_sizes(files.vae)
     except ModelError:  # a VAE the load cannot read: its own error says why, not a guess of its size
         return None
+    base_dim = None if files.vae is None else 96
     if header is not None and header[0] is not None:  # the weights' shapes decide it, as the load's
         base_dim = header[0]
+    elif files.vae is not None and (Path(files.vae) / "config.json").is_file():  # a pickled file's folder
+        try:
+            base_dim = int(read_json(Path(files.vae) / "config.json").get("base_dim", 96))
+        except (ModelError, ValueError, TypeError):
+            base_dim = 96
     dev = pick_device(runtime.device)
     dtype = pick_dtype(runtime.dtype, dev)
-    weights = files_weights_gb(spec, dtype, runtime.quantize, files.vae, *parts)
+    weights = files_weights_gb(spec, dtype, runtime.quantize, header, *parts)
     if runtime.offload != "none" and torch.device(dev).type != "cpu":  # offload keeps them in CPU memory: none
         weights = (weights[0], weights[0])  # takes the device's room at load (a limit still counts them all)
     return spec, dtype, dev, base_dim, weights
