@@ -228,9 +228,11 @@ def create_app(model, config: ServerConfig):
 
         extra = {"allow_private_network": True} if "allow_private_network" in \
             inspect.signature(CORSMiddleware.__init__).parameters else {}
-        # SDKs send their own headers; a page's SDK reads Retry-After (429, 503) only when it is exposed
+        # SDKs send their own headers; a page's SDK reads Retry-After (429, 503) and x-should-retry (a
+        # 500 that would fail again) only when they are exposed
         app.add_middleware(CORSMiddleware, allow_origins=list(config.allow_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=["Retry-After"], max_age=600, **extra)
+                           allow_headers=["*"], expose_headers=["Retry-After", "x-should-retry"], max_age=600,
+                           **extra)
     app.router.redirect_slashes = False
     app.add_middleware(CleanPath)
     app.add_middleware(OriginCheck, allowed=config.allow_origins)  # outermost: before anything runs
@@ -242,6 +244,8 @@ def create_app(model, config: ServerConfig):
             headers = {"Connection": "close"}
         if err.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
+        if err.retry is not None:  # the OpenAI SDKs retry every 500 twice: not one that would fail again
+            headers = {**(headers or {}), "x-should-retry": "true" if err.retry else "false"}
         return JSONResponse(err.body(), status_code=err.status if err.status != 499 else 400, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)

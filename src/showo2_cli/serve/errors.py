@@ -38,12 +38,14 @@ SERVE_NAMES = {
 
 
 class ApiError(Exception):
-    """A request the server refuses: its HTTP status and the OpenAI error fields."""
+    """A request the server refuses: its HTTP status and the OpenAI error fields. ``retry=False``:
+    sending the request again cannot help, though its status is one the OpenAI SDKs retry (a 500);
+    the answer then says so in ``x-should-retry: false``, the header those SDKs obey."""
 
     def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 type_: str | None = None):
+                 type_: str | None = None, retry: bool | None = None):
         super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
+        self.status, self.message, self.code, self.param, self.retry = status, message, code, param, retry
         self.type = type_ or ("server_error" if status >= 500 else "invalid_request_error")
 
     def body(self) -> dict:
@@ -76,8 +78,8 @@ def api_error_of(exc: BaseException) -> ApiError:
         return ApiError(400, message, "context_length_exceeded", "messages")
     if isinstance(exc, UsageError):
         return ApiError(400, message, "invalid_value")
-    if isinstance(exc, NonFiniteOutput):  # the served model's fault, not the request's
-        return ApiError(500, message, "server_error")
+    if isinstance(exc, NonFiniteOutput):  # the served model's fault, not the request's: and the same again
+        return ApiError(500, message, "server_error", retry=False)  # (the SDKs ran it 3 times)
     if isinstance(exc, ModelError):
         return ApiError(400, message, "unsupported")
     if is_out_of_memory(exc):
