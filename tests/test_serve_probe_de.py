@@ -85,3 +85,45 @@ def test_a_nan_answer_is_not_run_again_by_the_sdks_retries(server):
         assert r.status_code == 500 and "x-should-retry" in r.headers["access-control-expose-headers"].lower()
     answer = client.chat.completions.create(model="demo", messages=HI, max_tokens=4)  # weights back: answered
     assert answer.choices[0].message.content.startswith("a ")
+
+
+def test_served_model_names_as_vllm_takes_them(server, monkeypatch, capsys):
+    """A server answered to the --model name alone (a path, `name@revision`, or `demo`), shown to every
+    client in /v1/models: a client that sends its own model name (an app configured for `gpt-4o`, an
+    image tool sending `dall-e-3`) got 404 and could not be pointed at it. `--served-model-name`, as
+    vLLM's (llama-server's --alias): the first name is the id, the others are names it answers to."""
+    from conftest import run_in_thread
+    from showo2_cli import serve as S
+    from showo2_cli.cli import main
+    from showo2_cli.serve import bind_socket
+    from showo2_cli.serve.app import server_for
+
+    started = []
+    monkeypatch.setattr(S, "serve", lambda bundle, config, *a, **k: started.append(config))
+    assert main(["serve", "--model", "demo", "--port", "0", "--quiet", "--served-model-name", "showo2-demo",
+                 "--served-model-name", "dall-e-3", "--served-model-name", "showo2-demo"]) == 0  # (old: 2)
+    config = started[0]
+    assert (config.model_id, config.model_aliases) == ("showo2-demo", ("dall-e-3",))
+    capsys.readouterr()
+    assert main(["serve", "--port", "0", "--served-model-name", " "]) == 2 and len(started) == 1
+    assert "--served-model-name must be a non-empty printable name" in capsys.readouterr().err
+
+    sock = bind_socket("127.0.0.1", 0)
+    srv = server_for(server[0], config, sock, log_level="error")
+    thread = run_in_thread(srv, sock)
+    host, port = sock.getsockname()[:2]
+    try:
+        client = openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key="x", max_retries=0)
+        assert [m.id for m in client.models.list()] == ["showo2-demo", "dall-e-3"]
+        assert client.models.retrieve("dall-e-3").id == "dall-e-3"
+        images = client.images.generate(model="dall-e-3", prompt="a red circle", size="64x64",
+                                        extra_body={"steps": 2, "seed": 1})
+        assert len(images.data) == 1 and images.data[0].b64_json
+        answer = client.chat.completions.create(model="showo2-demo", messages=HI, max_tokens=3)
+        assert answer.model == "showo2-demo" and answer.choices[0].message.content
+        with pytest.raises(openai.NotFoundError, match="serves 'showo2-demo', 'dall-e-3'"):
+            client.chat.completions.create(model="demo", messages=HI, max_tokens=3)  # named: that name alone
+    finally:
+        srv.should_exit = True
+        thread.join(30)
+        sock.close()

@@ -520,7 +520,8 @@ DRAIN_TIMEOUT = 60.0
 class ServerConfig:
     """The limits of ``showo2 serve`` (its options' defaults are these), checked in its requests."""
 
-    model_id: str = "demo"
+    model_id: str = "demo"  # the model's name in the API (its id in /v1/models and in answers)
+    model_aliases: tuple[str, ...] = ()  # other names requests may give it (``--served-model-name`` after the first)
     api_key: str | None = None
     max_queue: int = 16  # requests waiting behind the running one
     max_body_bytes: int = 20 * 1024 * 1024
@@ -544,7 +545,7 @@ class ServerConfig:
               "max_tokens": (1, 1_000_000), "max_n": (1, 128), "max_steps": STEPS_RANGE, "max_size": (16, MAX_SIDE),
               "max_text_chars": (1, 2**31)}
     #: the ``showo2 serve`` option of each field, for its messages (``errors.rename_options``)
-    OPTIONS = {"model_id": "--model", "api_key": "--api-key", "allow_origins": "--allow-origin",
+    OPTIONS = {"model_id": "--model", "model_aliases": "--served-model-name", "api_key": "--api-key", "allow_origins": "--allow-origin",
                "max_queue": "--max-queue", "max_image_pixels": "--max-input-pixels", "max_tokens": "--max-tokens",
                "max_n": "--max-n", "max_steps": "--max-steps", "max_size": "--max-size",
                "request_timeout": "--request-timeout", "keep_alive_timeout": "--timeout-keep-alive"}
@@ -555,6 +556,10 @@ class ServerConfig:
         and ``server_for()``) with a Python caller's config, before anything starts."""
         if not isinstance(self.model_id, str) or not self.model_id.strip() or not self.model_id.isprintable():
             raise UsageError(f"model_id must be a non-empty printable name, got {short(self.model_id)!r}")
+        aliases = self.model_aliases
+        if isinstance(aliases, str) or not isinstance(aliases, (tuple, list)) or not all(
+                isinstance(a, str) and a.strip() and a.isprintable() for a in aliases):
+            raise UsageError(f"model_aliases must be a tuple of non-empty printable names, got {short(aliases)}")
         if self.api_key is not None and not is_bearer_token(self.api_key):
             raise UsageError("api_key must be None or printable ASCII without spaces (what a client sends as "
                              "'Authorization: Bearer KEY')")

@@ -58,6 +58,10 @@ def serve(
     timeout_keep_alive: Annotated[float, typer.Option(
         "--timeout-keep-alive", help="Seconds an idle connection stays open after an answer (behind a proxy "
         "that keeps connections open, make it longer than the proxy's).")] = ServerConfig.keep_alive_timeout,
+    served_model_name: Annotated[list[str] | None, typer.Option(
+        "--served-model-name", metavar="<name>", help="The model's name in the API: its id in /v1/models and in "
+        "answers, and the 'model' a request must give (or none); repeatable: the first is the id, the others are "
+        "names it also answers to, as vLLM's (default: the --model name).")] = None,
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, lora_weight: LoraWeightOpt = None,
     runtime: RuntimeOptions = None,
     quiet: QuietOpt = False,
@@ -66,13 +70,17 @@ def serve(
     C = common
     C.setup(False, quiet)
     lora = C.adapters(lora, lora_weight)  # (a weight per adapter: checked before anything else)
-    from ..errors import UsageError, rename_options
+    from ..errors import UsageError, rename_options, short
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {port}")
     if not 0.001 <= max_body_mb <= 4096:  # (in MiB: ServerConfig's bytes are checked with the rest)
         raise UsageError(f"--max-body-mb must be between 0.001 and 4096, got {max_body_mb}")
     if not 0 <= drain_timeout <= 86400:
         raise UsageError(f"--drain-timeout must be between 0 and 86400 seconds, got {drain_timeout}")
+    names = list(dict.fromkeys(served_model_name or ()))
+    bad = next((n for n in names if not n.strip() or not n.isprintable()), None)
+    if bad is not None:
+        raise UsageError(f"--served-model-name must be a non-empty printable name, got {short(bad)!r}")
     # the limits are ServerConfig's checks (a Python caller's too), in the options' names
     config = ServerConfig(max_queue=max_queue, max_tokens=max_tokens, max_n=max_n, max_steps=max_steps,
                           max_size=max_size, max_body_bytes=int(max_body_mb * 1024 * 1024),
@@ -99,8 +107,10 @@ def serve(
     try:
         name = C.model_name(model)
         bundle = C.load_model(name, runtime, vae=vae, lora=lora)
-        config = dataclasses.replace(config, model_id=name, api_key=key, allow_origins=origins)
+        config = dataclasses.replace(config, model_id=names[0] if names else name, model_aliases=tuple(names[1:]),
+                                     api_key=key, allow_origins=origins)
+        shown = ", ".join(f"'{n}'" for n in (names or [name]))
         S.serve(bundle, config, sock, drain_timeout=drain_timeout, log_level="warning" if quiet else "info",
-                on_ready=lambda url: C.notice(f"serving '{name}' on {url} (OpenAI API under {url}/v1)"))
+                on_ready=lambda url: C.notice(f"serving {shown} on {url} (OpenAI API under {url}/v1)"))
     finally:
         sock.close()

@@ -3,7 +3,8 @@
 Endpoints (JSON in and out, errors always ``{"error": {"message", "type", "param", "code"}}``):
 
 * ``GET /health``: status, queue depth and counters (no key needed);
-* ``GET /v1/models`` and ``GET /v1/models/{id}``: the one served model;
+* ``GET /v1/models`` and ``GET /v1/models/{id}``: the one served model, under each of its names
+  (``--served-model-name``);
 * ``POST /v1/chat/completions``: system/user/assistant messages (an assistant message may open
   the chat; a closing one is a reply to continue, as Ollama does), text and ``image_url`` (or vLLM's ``video_url``) parts (``data:`` URLs only: the server never fetches
   anything; images or videos, judged by content, matching the declared ``image/*`` or ``video/*``), greedy unless ``temperature`` > 0, ``top_p``, ``max_tokens`` (or

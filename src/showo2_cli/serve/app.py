@@ -284,9 +284,10 @@ def create_app(model, config: ServerConfig):
             return
         if not isinstance(name, str):
             raise ApiError(400, "'model' must be a string", "invalid_type", "model")
-        if name != config.model_id:
-            raise ApiError(404, f"model {name[:80]!r} is not served here (this server serves "
-                                f"'{config.model_id}')", "model_not_found", "model")
+        if name not in names:
+            served = ", ".join(f"'{n}'" for n in names)
+            raise ApiError(404, f"model {name[:80]!r} is not served here (this server serves {served})",
+                           "model_not_found", "model")
 
     async def request_body(request: Request) -> dict:
         """A POST's JSON object, after the key and drain checks, for the served model."""
@@ -295,9 +296,10 @@ def create_app(model, config: ServerConfig):
         check_model(body)
         return body
 
-    def model_card() -> dict:
-        return {"id": config.model_id, "object": "model", "created": int(state["started"]),
-                "owned_by": "showo2"}
+    names = (config.model_id, *dict.fromkeys(a for a in config.model_aliases if a != config.model_id))
+
+    def model_card(name: str) -> dict:
+        return {"id": name, "object": "model", "created": int(state["started"]), "owned_by": "showo2"}
 
     def submit(fn) -> Job:
         job = Job(fn, asyncio.get_running_loop())
@@ -329,7 +331,7 @@ def create_app(model, config: ServerConfig):
     async def list_models(request: Request):
         try:
             check(request)
-            return JSONResponse({"object": "list", "data": [model_card()]})
+            return JSONResponse({"object": "list", "data": [model_card(n) for n in names]})  # (vLLM's: each name)
         except Exception as e:
             return error(e)
 
@@ -338,7 +340,7 @@ def create_app(model, config: ServerConfig):
         try:
             check(request)
             check_model({"model": name})
-            return JSONResponse(model_card())
+            return JSONResponse(model_card(name))
         except Exception as e:
             return error(e)
 
