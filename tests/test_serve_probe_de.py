@@ -3,7 +3,9 @@ process, over the demo model, driven by the SDK with its defaults (retries on)."
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import time
 
 import pytest
 
@@ -27,7 +29,7 @@ def server():
     thread = run_in_thread(srv, sock)
     host, port = sock.getsockname()[:2]
     try:
-        yield model, f"http://{host}:{port}"
+        yield model, f"http://{host}:{port}", srv.config.app.state.worker
     finally:
         srv.should_exit = True
         thread.join(30)
@@ -63,7 +65,7 @@ def test_a_nan_answer_is_not_run_again_by_the_sdks_retries(server):
     ``x-should-retry: false``, the SDKs' header for it, exposed to pages on allowed origins."""
     import httpx
 
-    model, url = server
+    model, url, _ = server
     client = openai.OpenAI(base_url=url + "/v1", api_key="x")  # max_retries=2, the SDK's default
     calls = {
         "chat": lambda: client.chat.completions.create(model="demo", messages=HI, max_tokens=4),
@@ -127,3 +129,44 @@ def test_served_model_names_as_vllm_takes_them(server, monkeypatch, capsys):
         srv.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def test_a_client_gone_stops_the_rest_of_its_images(server, monkeypatch):
+    """A chat request's images and videos are read and encoded one by one on the worker before the
+    answer; a client that went away meanwhile was noticed only after all of its message's (eight videos
+    in one message: 6 s more of the worker, with the next requests waiting). Each is now checked for.
+    The first encoding here waits until the server has cancelled the job (its client gone)."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    import showo2_cli.chat as chat
+
+    _, url, worker = server
+    encoded = []
+    real = chat.encode_media
+
+    def encode_media(*args, **kwargs):
+        if not encoded:  # the first picture: wait until the server has seen the client go
+            assert worker.running is not None and worker.running.cancel.wait(30)
+        encoded.append(kwargs.get("name"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chat, "encode_media", encode_media)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(buf, format="PNG")
+    picture = {"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+                                                  + base64.b64encode(buf.getvalue()).decode()}}
+    body = {"messages": [{"role": "user", "content": [picture] * 8 + [{"type": "text", "text": "what?"}]}],
+            "max_tokens": 2}
+    before = httpx.get(url + "/health").json()["cancelled"]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/chat/completions", json=body, timeout=1.0)
+    for _ in range(300):
+        health = httpx.get(url + "/health").json()
+        if not health["running"] and health["cancelled"] > before:
+            break
+        time.sleep(0.05)
+    assert health["cancelled"] == before + 1 and not health["running"]
+    assert encoded == ["image 1"]  # (old: all eight, image 1 to image 8)

@@ -42,7 +42,7 @@ _SERVER_SIDE_HINT = re.compile(r"\s*\(set \w+ to raise [^)]*\)")
 
 def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
     from ..chat import Conversation
-    from ..dialogue import TextSampling
+    from ..dialogue import Cancelled, TextSampling
 
     # OpenAI's way: a history is never cut; an answer without max_tokens gets the room left
     conv = Conversation(model, plan.system, name=config.model_id,
@@ -76,10 +76,10 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
 
         for turn in plan.turns:
             for upload in turn.images:
+                if job.cancel.is_set():  # a client gone stops the rest of its images and videos, each read and
+                    raise Cancelled("cancelled")  # encoded in turn (all of a message's went on: 8 videos, 6 s)
                 attach(upload)
             if job.cancel.is_set():
-                from ..dialogue import Cancelled
-
                 raise Cancelled("cancelled")
             if turn.answer is not None:
                 conv.add_turn(turn.question, turn.answer)
