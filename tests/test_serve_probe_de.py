@@ -109,6 +109,12 @@ def test_served_model_names_as_vllm_takes_them(server, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["serve", "--port", "0", "--served-model-name", " "]) == 2 and len(started) == 1
     assert "--served-model-name must be a non-empty printable name" in capsys.readouterr().err
+    from showo2_cli.errors import UsageError
+    from showo2_cli.serve import ServerConfig
+
+    for aliases in ("dall-e-3", ("ok", ""), ("a\nb",)):  # (a string is not a tuple of names)
+        with pytest.raises(UsageError, match="model_aliases must be a tuple of non-empty printable names"):
+            ServerConfig(model_aliases=aliases).validate()
 
     sock = bind_socket("127.0.0.1", 0)
     srv = server_for(server[0], config, sock, log_level="error")
