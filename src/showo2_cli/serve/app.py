@@ -77,7 +77,7 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
         for turn in plan.turns:
             for upload in turn.images:
                 if job.cancel.is_set():  # a client gone stops the rest of its images and videos, each read and
-                    raise Cancelled("cancelled")  # encoded in turn (all of a message's went on: 8 videos, 6 s)
+                    raise Cancelled("cancelled")  # encoded in turn (all of a message's went on: 8 videos, ~7 s)
                 attach(upload)
             if job.cancel.is_set():
                 raise Cancelled("cancelled")
