@@ -22,6 +22,9 @@ MAX_STOP_STRINGS = 16  # TextSampling.stop_strings (OpenAI allows 4)
 MAX_STOP_CHARS = 200
 #: Largest prompts file read.
 MAX_PROMPTS_FILE_BYTES = 64 * 1024 * 1024
+#: A record's text, the first of these fields it has: a training pairs record's caption, a ``.jsonl``
+#: or ``.json`` prompts file's prompt (the official GenEval and DPG-Bench files name it ``prompt``)
+CAPTION_FIELDS = ("prompt", "caption", "text")
 #: The largest image side (pixels) any command takes (``--size``) and any model spec names.
 MAX_SIDE = 4096
 #: Largest config file read (a model's config.json, an adapter's, a training config): Qwen2.5's are 1 KB

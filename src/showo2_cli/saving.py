@@ -22,9 +22,9 @@ from . import __version__
 from . import media as M
 from .errors import InputError, OutputError, OutputExists, UsageError
 from .options import (
+    CAPTION_FIELDS,
     DEFAULT_FPS,
     MAX_OUTPUTS,
-    MAX_PROMPT_CHARS,
     MAX_PROMPTS_FILE_BYTES,
     check_text,
     seed_for,
@@ -39,8 +39,10 @@ DEFAULT_EXT = {"t2i": ".png", "t2v": ".mp4", "i2v": ".mp4"}
 
 
 def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | None = None) -> list[str]:
-    """The prompt and/or the non-empty lines of the prompts file ('-': stdin). An empty or over-long
-    prompt is a usage error; an unreadable, empty or non-UTF-8 prompts file an input error naming it."""
+    """The prompt and/or the prompts of the prompts file ('-': stdin): its non-empty lines, or its
+    JSON records for a ``.jsonl``/``.ndjson`` or ``.json`` file (:data:`JSON_PROMPTS_SUFFIXES`). An
+    empty or over-long prompt is a usage error; an unreadable, empty or non-UTF-8 prompts file, or
+    a record that is no prompt, an input error naming it (and the line)."""
     prompts: list[str] = []
     if prompt is not None:
         prompts.append(check_text(prompt, "prompt"))
@@ -74,28 +76,108 @@ def read_prompts(prompt: str | None = None, prompts_file: str | os.PathLike | No
         if "\x00" in text:  # no text holds NUL: UTF-16 saved without its byte-order mark reads so as UTF-8
             raise InputError(f"prompts file {where} is not text: line {_line_at(text, text.index(chr(0)))} "
                              "holds a NUL character (UTF-16 without a byte-order mark?)")
-        # lines end at "\n", "\r\n" or a lone "\r" (classic Mac OS files: such a file was one prompt
-        # holding carriage returns); a form feed or U+2028 inside a line is not a new prompt. A
-        # byte-order mark opening a line (the first, or one of files joined by `cat`) is not text.
-        # Read line by line, never more than MAX_OUTPUTS prompts held.
+        # a .jsonl file (GenEval's metadata) holds a JSON record a line, a .json file (DPG-Bench's) an
+        # array of them: each a prompt, or an object with a prompt field (read as text lines, such a
+        # file made an image of every line's JSON, or of its brackets). Stdin is text lines.
+        suffix = "" if stdin else path.suffix.lower()
+        items = _json_prompts(text, where, suffix) if suffix in JSON_PROMPTS_SUFFIXES else _line_prompts(text)
         found = 0
-        for match in re.finditer("[^\r\n]+", text):
-            line = match.group().strip().lstrip("\ufeff").strip()
-            if not line:
-                continue
-            if len(line) > MAX_PROMPT_CHARS:
-                raise InputError(f"prompts file {where} line {_line_at(text, match.start())}: a prompt of "
-                                 f"{len(line)} characters is too long (at most {MAX_PROMPT_CHARS})")
+        for start, item in items:
+            try:
+                check_text(item, "prompt")
+            except UsageError as e:
+                raise InputError(f"prompts file {where} line {_line_at(text, start)}: {e}") from None
             found += 1
             if found > MAX_OUTPUTS:
                 raise InputError(f"prompts file {where} holds more than {MAX_OUTPUTS:,} prompts, more than one run "
                                  "makes: split it")
-            prompts.append(line)
+            prompts.append(item)
         if not found:
             raise InputError(f"prompts file {where} holds no prompt")
     if not prompts:
         raise UsageError("give a PROMPT, '-' to read the prompts from stdin, or --prompts-file")
     return prompts
+
+
+#: prompts files read as JSON records rather than text lines: JSON Lines, and a JSON array
+JSON_PROMPTS_SUFFIXES = (".jsonl", ".ndjson", ".json")
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+_JSON_BLANK = re.compile("[ \t\r\n\ufeff]*")  # JSON's whitespace, and a byte-order mark opening a line
+
+
+def _line_prompts(text: str):
+    """(offset, prompt) of each non-blank line of a text prompts file. Lines end at "\n", "\r\n"
+    or a lone "\r" (classic Mac OS files: such a file was one prompt holding carriage returns); a
+    form feed or U+2028 inside a line is not a new prompt. A byte-order mark opening a line (the
+    first, or one of files joined by `cat`) is not text. Lazy: never more than asked for is held."""
+    for match in re.finditer("[^\r\n]+", text):
+        line = match.group().strip().lstrip("\ufeff").strip()
+        if line:
+            yield match.start(), line
+
+
+def _json_prompts(text: str, where: str, suffix: str):
+    """(offset, prompt) of each record of a JSON Lines prompts file (a blank line is none), or of
+    each element of a ``.json`` one's top-level array, parsed one at a time. A record is the prompt
+    itself or an object holding it in one of :data:`~showo2_cli.options.CAPTION_FIELDS` (the
+    official evaluation files' ``prompt``); it is taken exactly (JSON says where it starts and ends)."""
+    decoder = json.JSONDecoder()
+
+    def parse(start: int, source: str = text, base: int = 0) -> tuple[object, int]:
+        """The value at text[start], from ``source`` (text itself, or the line at ``base``), and its end."""
+        try:
+            value, stop = decoder.raw_decode(source, start - base)
+            return value, stop + base
+        except json.JSONDecodeError as e:
+            raise InputError(f"prompts file {where} line {_line_at(text, e.pos + base)}: not valid JSON "
+                             f"({e.msg})") from None
+        except RecursionError:
+            raise InputError(f"prompts file {where} line {_line_at(text, start)}: JSON nested too deeply") from None
+
+    def prompt(value: object, start: int) -> str:
+        if isinstance(value, dict):
+            field = next((k for k in CAPTION_FIELDS if k in value), None)
+            if field is None:
+                raise InputError(f"prompts file {where} line {_line_at(text, start)}: a record without a prompt "
+                                 f"({', '.join(CAPTION_FIELDS)}); its fields are {short(', '.join(value), 80)}")
+            value = value[field]
+        if not isinstance(value, str):
+            raise InputError(f"prompts file {where} line {_line_at(text, start)}: the prompt is "
+                             f"{_JSON_TYPES.get(type(value), 'not a string')}, not a string")
+        return value
+
+    def blank(start: int) -> int:  # the first position at or after start that is not JSON whitespace
+        return _JSON_BLANK.match(text, start).end()
+
+    if suffix != ".json":
+        for match in re.finditer("[^\r\n]+", text):
+            start = blank(match.start())
+            if start < match.end():
+                value, end = parse(start, match.group(), match.start())  # never into the next line
+                if blank(end) < match.end():
+                    raise InputError(f"prompts file {where} line {_line_at(text, start)}: more than one JSON "
+                                     "value on a line (JSON Lines holds one record a line)")
+                yield start, prompt(value, start)
+        return
+    pos = blank(0)
+    if not text.startswith("[", pos):
+        raise InputError(f"prompts file {where} is not a JSON array of prompts (strings, or objects with a "
+                         f"{' or '.join(CAPTION_FIELDS)} field)")
+    pos = blank(pos + 1)
+    closed = text.startswith("]", pos)
+    while not closed:
+        value, end = parse(pos)
+        yield pos, prompt(value, pos)
+        pos = blank(end)
+        closed = text.startswith("]", pos)
+        if not closed and not text.startswith(",", pos):
+            raise InputError(f"prompts file {where} line {_line_at(text, pos)}: not valid JSON (expected ',' or "
+                             "']' after an element)")
+        pos = blank(pos + 1) if not closed else pos
+    if blank(pos + 1) < len(text):
+        raise InputError(f"prompts file {where} line {_line_at(text, blank(pos + 1))}: not valid JSON (text after "
+                         "the array)")
 
 
 def _line_at(text: str, index: int) -> int:

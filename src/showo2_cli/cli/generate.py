@@ -53,7 +53,7 @@ GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifie
 ShiftOpt = Annotated[float | None, typer.Option("--shift", help="Time-grid shift towards the noise end, > 0 (default: the model's, 3.0). Below 1 the steps crowd the clean end: at 0.01 the first of 30 steps takes the noise level from 1 to 0.22, poor images with every --sampler.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Base seed, 0 to 2^63-1 (random if absent; printed and recorded; not used with --noise).")]
 NumOpt = Annotated[int, typer.Option("--num-images", "-n", min=1, max=1000, help="Outputs per prompt.")]
-PromptsFileOpt = Annotated[Path | None, typer.Option("--prompts-file", help="One prompt a line; '-' reads stdin.")]
+PromptsFileOpt = Annotated[Path | None, typer.Option("--prompts-file", help="One prompt a line; a .jsonl: one JSON record a line, a .json: an array of them (a record: the prompt, or an object with a prompt, caption or text field); '-' reads stdin (lines).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=1024, help="Outputs generated together.")]
 NoiseOpt = Annotated[Path | None, typer.Option("--noise", help="Exact starting noise (.safetensors), to reproduce a run.")]
 SaveLatOpt = Annotated[bool, typer.Option("--save-latents", help="Also write <output>.latents.safetensors.")]

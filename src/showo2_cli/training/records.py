@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, one_line, short
+from ..options import CAPTION_FIELDS
 from .schema import DataSource
 
 #: one record (a JSONL line, an element of a JSON array): larger is no caption or conversation,
@@ -20,8 +21,6 @@ from .schema import DataSource
 MAX_RECORD_BYTES = 8 << 20
 #: the records of a Hugging Face ``imagefolder`` data set, in its folder (JSONL or CSV)
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
-#: a pairs record's caption, the first of these fields it has (else a ``caption_file`` to read)
-CAPTION_FIELDS = ("prompt", "caption", "text")
 
 
 def _file_key(path: Path) -> str:

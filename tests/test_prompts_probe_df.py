@@ -1,0 +1,72 @@
+"""Probe DF: the prompts users type and the files they keep them in (JSON Lines and JSON prompts
+files, line breaks inside a prompt, a prompt that starts with '-')."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from showo2_cli.cli import main
+from showo2_cli.errors import InputError
+from showo2_cli.saving import read_prompts
+
+# the official evaluation files' shapes: GenEval's metadata (JSON Lines) and DPG-Bench's (an array)
+GENEVAL = [{"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"},
+           {"tag": "colors", "include": [{"class": "cow", "count": 1, "color": "red"}], "prompt": "a red cow  "}]
+DPG = [{"prompt": "Seven brown\nbottles, \"glass\"", "prompt_file_name": "a.txt"}, {"prompt": "一只猫", "x": 1}]
+
+
+def test_json_lines_and_json_prompts_files_give_their_prompts(tmp_path):
+    """`t2i --prompts-file geneval_metadata.jsonl` (the official GenEval prompts) made an image of
+    each line's JSON text, and DPG-Bench's `.json` one of each of its 4,262 lines ("[", "{",
+    '"prompt": "...",'): 1,065 prompts became 4,262 wrong images without a word. A record is the
+    prompt, exactly as the official evaluation scripts take it (`json.loads(line)["prompt"]`)."""
+    jsonl = tmp_path / "geneval.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in GENEVAL) + "\n\n", encoding="utf-8")
+    assert read_prompts(None, jsonl) == ["a photo of a bench", "a red cow  "]
+    dpg = tmp_path / "dpg.json"
+    dpg.write_text(json.dumps(DPG, indent=4, ensure_ascii=False), encoding="utf-8")
+    assert read_prompts(None, dpg) == ["Seven brown\nbottles, \"glass\"", "一只猫"]
+    # a record may be the prompt itself, or name it caption or text (the training records' fields);
+    # UTF-16 with its mark and CRLF as for text files
+    mixed = tmp_path / "m.JSONL"
+    mixed.write_bytes('"a cat"\r\n{"caption": "b dog"}\r\n{"text": "c fox", "prompt": "d owl"}\r\n'.encode("utf-16"))
+    assert read_prompts("first", mixed) == ["first", "a cat", "b dog", "d owl"]
+    # a text file keeps its lines, whatever they look like
+    txt = tmp_path / "p.txt"
+    txt.write_text(json.dumps(GENEVAL[0]) + "\n")
+    assert read_prompts(None, txt) == [json.dumps(GENEVAL[0])]
+
+
+@pytest.mark.parametrize(("name", "body", "message"), [
+    ("a.jsonl", '{"prompt": "ok"}\n{"tag": 1, "include": []}\n', "line 2: a record without a prompt .*its fields are tag, include"),
+    ("b.jsonl", '{"prompt": 5}\n', "line 1: the prompt is a number, not a string"),
+    ("c.jsonl", '{"prompt": "a"\n"b"\n', "line 1: not valid JSON"),  # never read on into the next line
+    ("d.jsonl", '{"prompt": "a"} {"prompt": "b"}\n', "line 1: more than one JSON value on a line"),
+    ("e.jsonl", "[" * 100_000 + "\n", "line 1: JSON nested too deeply"),
+    ("f.jsonl", '"ok"\n{"prompt": "\\ud800"}\n', "line 2: the prompt is not valid UTF-8 text: a lone surrogate"),
+    ("g.jsonl", '{"prompt": " "}\n', "line 1: empty prompt"),
+    ("h.json", '{"prompt": "a"}', "is not a JSON array of prompts"),
+    ("i.json", '["a",\n"b" "c"]', "line 2: not valid JSON"),
+    ("j.json", '["a"] ["b"]', "line 1: not valid JSON \\(text after the array\\)"),
+    ("k.json", "[null]", "line 1: the prompt is null, not a string"),
+    ("l.json", "[]", "holds no prompt"),
+    ("m.json", '["' + "x" * 10_001 + '"]', "line 1: a prompt of 10001 characters is too long"),
+])
+def test_a_bad_json_prompts_file_is_one_line_naming_where(tmp_path, name, body, message):
+    (tmp_path / name).write_text(body, encoding="utf-8")
+    with pytest.raises(InputError, match=message) as info:
+        read_prompts(None, tmp_path / name)
+    assert "\n" not in str(info.value) and info.value.exit_code == 3
+
+
+def test_t2i_makes_the_images_of_a_json_lines_prompts_file(tiny_model_dir, tmp_path, capsys):
+    jsonl = tmp_path / "geneval.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in GENEVAL) + "\n", encoding="utf-8")
+    rc = main(["t2i", "--prompts-file", str(jsonl), "-m", str(tiny_model_dir), "--steps", "2", "--seed", "5",
+               "-o", str(tmp_path / "o.png"), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert [json.loads((tmp_path / f"o-00{i}.json").read_text())["prompt"] for i in (0, 1)] == \
+        ["a photo of a bench", "a red cow  "]
+    assert not (tmp_path / "o-002.png").exists()
