@@ -70,3 +70,24 @@ def test_t2i_makes_the_images_of_a_json_lines_prompts_file(tiny_model_dir, tmp_p
     assert [json.loads((tmp_path / f"o-00{i}.json").read_text())["prompt"] for i in (0, 1)] == \
         ["a photo of a bench", "a red cow  "]
     assert not (tmp_path / "o-002.png").exists()
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["t2i", "-a red circle", "-o", "m.png"], "goes after '--', which ends the options (give them before it): -- '-a red circle'"),
+    (["t2i", "--", "-a red circle", "-o", "m.png", "--seed", "3"],
+     "; '--' ends the options, so give them before it: showo2 t2i -o m.png --seed 3 -- '-a red circle' ("),
+    (["t2i", "--steps", "3", "--", "--json", "-o", "my file.png", "--overwrite"],
+     "give them before it: showo2 t2i --steps 3 -o 'my file.png' --overwrite -- --json ("),
+    (["i2v", "c.png", "--", "-up", "--frames", "5"], "give them before it: showo2 i2v c.png --frames 5 -- -up ("),
+    (["caption", "c.png", "--", "-q", "-what?"], "give them before it: showo2 caption c.png -q '-what?' ("),
+])
+def test_a_prompt_that_starts_with_a_dash_is_shown_its_whole_command_line(tmp_path, monkeypatch, capsys, argv, hint):
+    """`showo2 t2i "-a red circle" -o m.png` is told such a prompt goes after '--'; doing so,
+    `showo2 t2i -- "-a red circle" -o m.png` was told "quote a prompt of several words: '-a red
+    circle -o', and name the output with -o: -o m.png": the options after '--' were taken for words
+    of the prompt. The hint now gives the line with the options before '--' (which runs)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and hint in err and "quote a prompt" not in err, err
+    assert list(tmp_path.iterdir()) == []

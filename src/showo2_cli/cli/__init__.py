@@ -470,7 +470,8 @@ def _dash_argument_hint(e: Exception, args: list[str]) -> str:
         if arg == "--":
             break
         if arg.startswith(name) and any(ch.isspace() for ch in arg):
-            return f"; an argument that starts with '-' goes after '--', which ends the options: -- {shlex.quote(arg)}"
+            return (f"; an argument that starts with '-' goes after '--', which ends the options (give them "
+                    f"before it): -- {shlex.quote(arg)}")
     return ""
 
 
@@ -493,6 +494,11 @@ def _extra_argument_hint(e: Exception, args: list[str]) -> str:
         opts = {o for p in ctx.command.params for o in getattr(p, "opts", ())}
     except Exception:  # a hint only: never a second error
         return ""
+    after = rest[rest.index("--") + 1:] if "--" in rest else []
+    if extras and len(extras) <= len(after) and any(word in opts for word in extras):
+        # `t2i -- '-a cat' -o x.png`: after '--' an option is one more argument (the dash hint says to
+        # put such a prompt there): the options go before it
+        return f"; '--' ends the options, so give them before it: {_options_first(ctx, rest, len(extras))}"
     outputs = M.IMAGE_WRITE_EXTS + M.VIDEO_WRITE_EXTS + (".safetensors",)
     out = extras.pop() if extras and "-o" in opts and os.path.splitext(extras[-1])[1].lower() in outputs else None
     hints = []
@@ -509,6 +515,26 @@ def _extra_argument_hint(e: Exception, args: list[str]) -> str:
     if out is not None:
         hints.append(f"name the output with -o: -o {q(out)}")
     return "; " + ", and ".join(hints) if hints and (out is None or not extras or len(hints) == 2) else ""
+
+
+def _options_first(ctx, rest: list[str], extra: int) -> str:
+    """The command line ``rest`` (a command's arguments) with the options among its last ``extra``
+    words (after its ``--``, left over by the arguments) moved before the ``--``, shell-quoted (for a hint)."""
+    import shlex
+
+    cut = rest.index("--")
+    values = {o for p in ctx.command.params if getattr(p, "is_flag", None) is False
+              and not getattr(p, "count", False) for o in getattr(p, "opts", ())}
+    flags = {o for p in ctx.command.params for o in getattr(p, "opts", ())} - values
+    moved, kept, tail = [], rest[cut + 1:len(rest) - extra], rest[len(rest) - extra:]
+    i = 0
+    while i < len(tail):
+        word = tail[i]
+        take = 2 if word in values else 1 if word in flags else 0
+        (moved if take else kept).extend(tail[i:i + max(take, 1)])
+        i += max(take, 1)
+    words = [ctx.command_path, *rest[:cut], *moved, *(["--", *kept] if kept else [])]
+    return short(" ".join(shlex.quote(w) if i else w for i, w in enumerate(words)), 160)
 
 
 def _json_requested(args: list[str]) -> bool:
