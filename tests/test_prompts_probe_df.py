@@ -91,3 +91,39 @@ def test_a_prompt_that_starts_with_a_dash_is_shown_its_whole_command_line(tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and hint in err and "quote a prompt" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_line_break_in_a_prompt_is_one_space_whichever_the_line_end(monkeypatch):
+    """`t2i $'a red circle\\non white'` gave the image of "a red circle on white" (a line break is a
+    space), but the same prompt pasted from Windows (`\\r\\n`) or an old Mac (`\\r`) kept its carriage
+    return as a token: another image (the demo's pixels up to 223 levels apart), from the command
+    line, a server request or the Python API alike. Negative prompts likewise. The token rows
+    guidance runs on (prompt, then negative) are compared, the sampling is not run."""
+    import torch
+
+    from showo2_cli import api
+    from showo2_cli.pipelines import generate
+
+    torch.set_num_threads(1)
+    model = api.load("demo")
+    layout = generate.generation_layout
+
+    class Rows(Exception):
+        pass
+
+    def rows(*args, **kwargs):
+        raise Rows(layout(*args, **kwargs).input_ids.tolist())
+
+    monkeypatch.setattr(generate, "generation_layout", rows)
+
+    def tokens(prompt: str, negative: str) -> list[list[int]]:
+        with pytest.raises(Rows) as info:
+            api.text_to_image(model, [prompt], api.GenerateOptions(seed=4, steps=2, negative_prompt=negative))
+        return info.value.args[0]
+
+    plain = tokens("a red circle on white", "dark blue")
+    assert plain[0] != plain[1]
+    for typed, negative in [("a red circle\r\non white", "dark\r\nblue"), ("a red circle\ron white", "dark\rblue"),
+                            ("a red circle\non white", "dark\nblue")]:
+        assert tokens(typed, negative) == plain, repr(typed)
+    assert tokens("a red circle on  white", "dark blue") != plain  # two spaces are two

@@ -4,6 +4,7 @@ flow matching through the flow head; plus the memory estimate every job is check
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -210,10 +211,11 @@ def _keep_first_frame(latents: torch.Tensor, first_frame: torch.Tensor) -> torch
 
 
 def _encode_prompt(tokenizer, text: str) -> list[int]:
-    """A prompt's (or negative prompt's) tokens, line breaks as spaces, special-token strings as
-    plain text (a prompt cannot end its row early or pose as an image position); a blank one is
-    the official empty prompt."""
-    return encode_user_text(tokenizer, text.replace("\n", " ")) if text.strip() else []
+    """A prompt's (or negative prompt's) tokens, each line break (``\\n``, ``\\r\\n`` or a lone
+    ``\\r``, as a prompts file's lines end) one space, special-token strings as plain text (a
+    prompt cannot end its row early or pose as an image position); a blank one is the official
+    empty prompt."""
+    return encode_user_text(tokenizer, re.sub("\r\n?|\n", " ", text)) if text.strip() else []
 
 
 def _outputs_made(outputs, total: int) -> list[int] | None:
