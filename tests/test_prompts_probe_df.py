@@ -127,3 +127,27 @@ def test_a_line_break_in_a_prompt_is_one_space_whichever_the_line_end(monkeypatc
                             ("a red circle\non white", "dark\nblue")]:
         assert tokens(typed, negative) == plain, repr(typed)
     assert tokens("a red circle on  white", "dark blue") != plain  # two spaces are two
+
+
+@pytest.mark.parametrize(("line", "prompt", "output"), [
+    ("a cat's hat and a dog's bone -o x.png", "a cat's hat and a dog's bone", "x.png"),
+    ("l'eau de l'île", "l'eau de l'île", None),
+    ('a 5" floppy disk and a 3.5" one', 'a 5" floppy disk and a 3.5" one', None),
+    (r"a sign reading C:\Users\me", r"a sign reading C:\Users\me", None),
+    # shell quoting of whole words still holds, for the prompt and for option values
+    ("'a red circle' --negative-prompt 'a blue one' -o \"my file.png\"", "a red circle", "my file.png"),
+    ('"a cat -o x" --output="b c.png"', "a cat -o x", "b c.png"),
+    (r"a cat -o my\ file.png", "a cat", "my file.png"),
+    ("-o d.png -- a cat's -- hat", "a cat's -- hat", "d.png"),
+])
+def test_a_chat_t2i_prompt_keeps_its_apostrophes_and_quotes(line, prompt, output):
+    """A chat's `/t2i a cat's hat and a dog's bone` made (and recorded) "a cats hat and a dogs bone":
+    the line was split by `shlex`, which took the two apostrophes for a quoted span; `l'eau de
+    l'île` became "leau de lîle", inch marks vanished and backslashes were dropped. `showo2 t2i
+    "a cat's hat"` had the apostrophes."""
+    from showo2_cli.cli.chat import parse_t2i
+
+    got, params = parse_t2i(line)
+    assert got == prompt and params["output"] == output
+    if "--negative-prompt" in line:
+        assert params["negative_prompt"] == "a blue one"

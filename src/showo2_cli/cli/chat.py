@@ -225,7 +225,7 @@ def parse_t2i(rest: str) -> tuple[str, dict]:
                for o in (*q.opts, *q.secondary_opts) if q.name in T2I_IN_CHAT}
     others = {o for q in command.params for o in getattr(q, "opts", ()) if q.name not in T2I_IN_CHAT}
     names = ", ".join(sorted({q.opts[0] for q in options.values()}))
-    args, words, given, i = _split(rest), [], [], 0
+    args, words, given, i = _prompt_words(rest), [], [], 0
     while i < len(args):
         a = args[i]
         flag = a.split("=", 1)[0] if a.startswith("--") else a
@@ -304,6 +304,33 @@ def _unquote(text: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     return text
+
+
+#: a word a shell would quote: from a quote opening a word (or an option's value, `--output="a b.png"`)
+#: to the same quote closing it
+_QUOTED_WORD = re.compile(r"""(-[^\s='"]+=)?(["'])(.*?)\2(?=\s|$)""", re.S)
+_BLANK = re.compile(r"\s*")
+_PLAIN_WORD = re.compile(r"(?:\\\s|\S)+")  # a backslash keeps a space in its word (`my\ file.png`)
+
+
+def _prompt_words(text: str) -> list[str]:
+    """The words of a ``/t2i`` line as a prompt needs them: a word quoted whole (``'a red circle'``,
+    ``"out file.png"``) is the text between its quotes, as a shell reads it, but a quote or a
+    backslash inside a word is the word's own character. ``shlex.split`` took the apostrophes of
+    ``a cat's hat and a dog's bone`` for a quoted span ("a cats hat and a dogs bone"), an inch mark
+    ``5"`` likewise, and dropped the backslashes of ``C:\\Users``."""
+    words, pos = [], 0
+    while (pos := _BLANK.match(text, pos).end()) < len(text):
+        quoted = _QUOTED_WORD.match(text, pos)
+        if quoted is not None:
+            words.append((quoted.group(1) or "") + quoted.group(3))
+            pos = quoted.end()
+        else:
+            plain = _PLAIN_WORD.match(text, pos)
+            words.append(re.sub(r"\\(\s)", r"\1", plain.group()))
+            pos = plain.end()
+    return words
+
 
 
 def _split(text: str) -> list[str]:
