@@ -151,3 +151,19 @@ def test_a_chat_t2i_prompt_keeps_its_apostrophes_and_quotes(line, prompt, output
     assert got == prompt and params["output"] == output
     if "--negative-prompt" in line:
         assert params["negative_prompt"] == "a blue one"
+
+
+def test_a_chat_script_with_lone_carriage_returns_is_read_line_by_line():
+    """`showo2 chat x.png < script.txt` of a script saved with classic Mac OS line ends asked the
+    whole script as one question ("what color?\\r/t2i a red circle -o c.png\\r/quit": the demo
+    answered it, no image, no quit), where a prompts file, and a stdin read as text, end a line
+    at a lone CR."""
+    import io
+
+    from showo2_cli.cli.chat import LineTooLong, _pipe_lines
+
+    script = b"\xef\xbb\xbfwhat color?\r/t2i a red circle -o c.png\r/quit\r"
+    assert list(_pipe_lines(io.BytesIO(script), 100)) == ["what color?", "/t2i a red circle -o c.png", "/quit"]
+    assert list(_pipe_lines(io.BytesIO(b"a\r\nb\rc\n"), 100)) == ["a", "b", "c"]
+    (long,) = _pipe_lines(io.BytesIO(b"x\r" * 60), 100)  # still one unended line over the limit: dropped
+    assert isinstance(long, LineTooLong) and long.size == 120

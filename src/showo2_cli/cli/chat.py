@@ -352,7 +352,8 @@ def _pipe_lines(stream, max_bytes: int):
     """Lines of a binary stream (undecodable bytes replaced), none held longer than ``max_bytes``:
     a longer one (``/dev/zero`` has no line end) is read on in ``max_bytes`` pieces and dropped,
     given as a :class:`LineTooLong`. A byte-order mark opening the stream (a script saved by
-    Notepad) is dropped, as a prompts file's is: ``\ufeff/image x.png`` was asked as a question."""
+    Notepad) is dropped, as a prompts file's is: ``\ufeff/image x.png`` was asked as a question.
+    Lines end at ``\n``, ``\r\n`` or a lone ``\r``."""
     first = True
     while True:
         raw = stream.readline(max_bytes + 1)
@@ -367,7 +368,9 @@ def _pipe_lines(stream, max_bytes: int):
             yield LineTooLong(size)
             continue
         text = raw.decode("utf-8", "replace").rstrip("\r\n")
-        yield text.removeprefix("\ufeff") if opening else text
+        # a lone CR ends a line too (a classic Mac OS script), as in a prompts file and as Python's
+        # text stdin reads it: the whole script was asked as one question, its commands included
+        yield from (text.removeprefix("\ufeff") if opening else text).split("\r")
 
 
 def _lines(interactive: bool, show_prompt: bool, max_bytes: int = 2**20):
