@@ -180,9 +180,11 @@ def check_adapter_name(ref: str | os.PathLike) -> None:
                          "Hugging Face repo id: owner/name, maybe @revision)")
 
 
-def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tuple[str, Path]:
+def resolve_root(name: str | os.PathLike, local_files_only: bool = False,
+                 vae_given: bool = False) -> tuple[str, Path]:
     """Turn a model name into a local folder: demo, a path, a registry name, or a cached repo id
-    (downloaded when online, unless ``local_files_only``)."""
+    (downloaded when online, unless ``local_files_only``; ``vae_given``: the caller's load reads
+    another VAE, so a repo's own ``vae/`` is neither needed in the cache nor downloaded)."""
     text = str(name)
     if text == "demo":
         root = bundled_demo_path()
@@ -201,7 +203,7 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tup
     base, revision = split_revision(text)
     repo = repo_id_for(base)
     if repo is not None:
-        snap = cached_snapshot(repo, revision=revision)
+        snap = cached_snapshot(repo, revision=revision, vae_given=vae_given)
         if snap is not None:
             return text, snap
         if offline() or local_files_only:
@@ -209,7 +211,7 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False) -> tup
             folder = "not a local folder, " if "/" in text else ""  # a mistyped path looks like a repo id
             raise ModelError(f"model '{text}' is {folder}not in the Hugging Face cache and {why}; "
                              f"get it while online with: showo2 pull {text}")
-        return text, download_model(repo, revision=revision)  # the companions (tokenizer, VAE): showo2 pull
+        return text, download_model(repo, revision=revision, vae_given=vae_given)  # the companions (tokenizer, VAE): showo2 pull
     from .specs import REGISTRY
 
     spec = next((v for k, v in REGISTRY.items() if k.lower() == text.lower()), None)
@@ -279,35 +281,50 @@ def find_tokenizer(root: Path, config: dict, llm_repo: str | None) -> Path | Non
     return None
 
 
-def explicit_vae(path: str | os.PathLike) -> Path:
+def explicit_vae(path: str | os.PathLike, progress: Progress | None = None, local_files_only: bool = False) -> Path:
     """A VAE the user named (``--vae``, ``load(vae=)``), ``~`` expanded: one check and one message
     for every command (``encode`` and ``decode`` load a VAE alone, the others with a model). A
     training run folder (``mode = "vae"``) stands for its latest checkpoint, as for ``--model``,
-    ``--lora`` and a config's ``model.vae``."""
+    ``--lora`` and a config's ``model.vae``. A name that is no path but a Hub repo id (maybe
+    ``@revision``) is that repo's VAE, cached or downloaded (:func:`showo2_cli.hub_vae.fetch_vae`:
+    ``progress``, ``local_files_only`` and ``HF_HUB_OFFLINE`` as for a model)."""
     found = existing_path(path)
     if found is None:
+        from .hub_vae import fetch_vae, vae_repo
+
+        if vae_repo(path) is not None:
+            return fetch_vae(path, progress, local_files_only)
         raise ModelError(f"VAE '{short(str(path), 200)}' does not exist")
     return resolve_run_path(found)
 
 
-def find_vae(root: Path, explicit: str | os.PathLike | None) -> Path | None:
-    if explicit:
-        return explicit_vae(explicit)
-    if (root / "vae" / "config.json").exists():  # the model's own VAE, then $SHOWO2_VAE, then the cache
+def own_vae(root: Path) -> Path | None:
+    """The VAE a model folder holds itself (``vae/``, a ``Wan2.1_VAE*`` file), or None."""
+    if (root / "vae" / "config.json").exists():
         return root / "vae"
     pths = sorted(root.glob("Wan2.1_VAE*.pth")) + sorted(root.glob("Wan2.1_VAE*.safetensors"))
-    if pths:
-        return pths[0]
-    return shared_vae()
+    return pths[0] if pths else None
 
 
-def shared_vae() -> Path | None:
-    """The VAE a model without its own takes: ``$SHOWO2_VAE`` (an error when it does not exist),
-    else the Wan2.1 VAE in the Hugging Face cache (the single file, else the diffusers repo's)."""
+def find_vae(root: Path, explicit: str | os.PathLike | None, local_files_only: bool = False) -> Path | None:
+    if explicit:
+        return explicit_vae(explicit, local_files_only=local_files_only)
+    found = own_vae(root)  # the model's own VAE, then $SHOWO2_VAE, then the cache
+    return found if found is not None else shared_vae(local_files_only)
+
+
+def shared_vae(local_files_only: bool = False) -> Path | None:
+    """The VAE a model without its own takes: ``$SHOWO2_VAE`` (a path or a Hub repo id, as
+    ``--vae``; an error when it names nothing), else the Wan2.1 VAE in the Hugging Face cache (the
+    single file, else the diffusers repo's)."""
     env = os.environ.get("SHOWO2_VAE", "").strip()
     if env:
         path = existing_path(env)
         if path is None:
+            from .hub_vae import fetch_vae, vae_repo
+
+            if vae_repo(env) is not None:
+                return fetch_vae(env, local_files_only=local_files_only)
             raise ModelError(f"$SHOWO2_VAE names '{short(env, 200)}', which does not exist")
         return resolve_run_path(path)
     found = hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
@@ -348,14 +365,16 @@ def tokenizer_files(names: set[str], folder: str = "") -> list[str]:
     return [prefix + n for n in TOKENIZER_FILES if prefix + n in names]
 
 
-def model_files(listing: list[str], config: dict | None) -> list[str]:
-    """The files of a Show-o2 repo to fetch: config, one weight set, tokenizer files, a VAE, and
-    the LLM/SigLIP config folders when ``config`` points inside the repo (``llm_model_path: llm``)."""
+def model_files(listing: list[str], config: dict | None, vae_given: bool = False) -> list[str]:
+    """The files of a Show-o2 repo to fetch: config, one weight set, tokenizer files, a VAE (none
+    with ``vae_given``: the load reads the caller's), and the LLM/SigLIP config folders when
+    ``config`` points inside the repo (``llm_model_path: llm``)."""
     names = {n for n in listing if _safe_name(n)}
     chosen = ["config.json", *weight_files(names), *tokenizer_files(names), *tokenizer_files(names, "tokenizer")]
-    if "vae/config.json" in names:
+    if "vae/config.json" in names and not vae_given:
         chosen += ["vae/config.json", *weight_files(names, "vae")]
-    chosen += sorted(n for n in names if re.fullmatch(r"Wan2\.1_VAE[^/]*\.(pth|safetensors)", n))[:1]
+    if not vae_given:
+        chosen += sorted(n for n in names if re.fullmatch(r"Wan2\.1_VAE[^/]*\.(pth|safetensors)", n))[:1]
     for key in ("llm_model_path", "clip_pretrained_model_path"):
         ref = (config or {}).get(key)
         if isinstance(ref, str) and ref.strip("/") and not ref.startswith("/"):
@@ -403,14 +422,16 @@ def _cached_config(repo_id: str, revision: str | None = None) -> dict | None:
     return None
 
 
-def cached_snapshot(repo_id: str, role: str = "model", revision: str | None = None) -> Path | None:
+def cached_snapshot(repo_id: str, role: str = "model", revision: str | None = None,
+                    vae_given: bool = False) -> Path | None:
     """The cached snapshot folder of ``repo_id`` without any network access, or None.
 
     Where huggingface_hub recorded the repo's file listing, the snapshot must hold every file that
     :func:`model_files` (``role="model"``) or :func:`tokenizer_repo_files` (``role="tokenizer"``)
     selects from it, so a half-finished download is not a model; without a listing (an older
     cache, a single file fetched by ``hf download``), the folder when it holds a config.json and a
-    whole weight set (a tokenizer file for ``role="tokenizer"``). ``revision``: that commit, tag or branch (default ``main``)."""
+    whole weight set (a tokenizer file for ``role="tokenizer"``). ``revision``: that commit, tag or branch (default ``main``);
+    ``vae_given``: a model's own VAE is not needed (the load reads the caller's)."""
     if not _in_cache(repo_id, revision):
         return None
     from huggingface_hub import snapshot_download
@@ -418,7 +439,7 @@ def cached_snapshot(repo_id: str, role: str = "model", revision: str | None = No
     listing = _cached_listing(repo_id, revision)
     patterns = None
     if listing is not None:
-        patterns = (model_files(listing, _cached_config(repo_id, revision)) if role == "model"
+        patterns = (model_files(listing, _cached_config(repo_id, revision), vae_given) if role == "model"
                     else tokenizer_repo_files(listing))
     try:
         snap = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns, revision=revision,
@@ -445,9 +466,9 @@ def _looks_complete(snap: Path, role: str) -> bool:
 # ---- downloading (the machinery is in hub_download) --------------------------------------------------
 
 def download_model(repo_id: str, progress: Progress | None = None, revision: str | None = None,
-                   force_download: bool = False) -> Path:
-    """Fetch a Show-o2 repo's own files (:func:`model_files`) into the cache (again where cached,
-    with ``force_download``); return the snapshot."""
+                   force_download: bool = False, vae_given: bool = False) -> Path:
+    """Fetch a Show-o2 repo's own files (:func:`model_files`; its VAE's not with ``vae_given``) into
+    the cache (again where cached, with ``force_download``); return the snapshot."""
     remote = remote_listing(repo_id, "model", revision)
     if "config.json" not in remote:
         adapter = f" (it is a LoRA adapter: give it as --lora {repo_id} with its base model)" \
@@ -459,7 +480,7 @@ def download_model(repo_id: str, progress: Progress | None = None, revision: str
     except ModelError as e:
         raise ModelError(f"'{repo_id}' has an unreadable config.json (the Hub's, or the cache's copy): {e}; "
                          f"showo2 pull {repo_id} --force-download fetches it again") from e
-    files = model_files(list(remote), config if isinstance(config, dict) else None)
+    files = model_files(list(remote), config if isinstance(config, dict) else None, vae_given)
     if len(files) == 1:
         raise ModelError(f"'{repo_id}' on the Hub has no weights (model.safetensors / pytorch_model.bin)")
     rest = [f for f in files if f != "config.json"] if force_download else files  # config.json: just fetched
@@ -479,13 +500,16 @@ def needs_download(name: str, vae: str | os.PathLike | None = None) -> bool:
         return False
     base, revision = split_revision(name)
     repo = repo_id_for(base)
-    snap = cached_snapshot(repo, revision=revision)
+    snap = cached_snapshot(repo, revision=revision, vae_given=vae is not None)
     if snap is None:
         return True
+    from .hub_vae import env_vae_download
     from .model_files import find_files
 
+    if vae is None and env_vae_download(snap) is not None:  # $SHOWO2_VAE's repo, for a model without a VAE
+        return True
     try:
-        return bool(_companions(find_files(snap), vae is not None))
+        return bool(_companions(find_files(snap, local_files_only=True), vae is not None))
     except ModelError:  # a damaged model: loading says what is wrong
         return False
 
@@ -538,8 +562,8 @@ def pull(name: str, progress: Progress | None = None, *, force_download: bool = 
     and the Wan2.1 VAE is not fetched for it."""
     from contextlib import nullcontext
 
-    if vae is not None:
-        explicit_vae(vae)  # a VAE that is not there: the load's own error, before anything is fetched
+    if vae is not None:  # a VAE that is not there: the load's own error, before anything is fetched
+        explicit_vae(vae, progress)  # (a Hub repo id's VAE: fetched first)
 
     from .hub_auth import hub_access
 
@@ -562,11 +586,17 @@ def _pull(name: str, progress: Progress | None, force_download: bool, vae_given:
     if force_download and offline():
         raise ModelError(f"force_download needs the Hub, but HF_HUB_OFFLINE is set; '{name}' was not fetched again")
     downloaded = []
-    snap = None if force_download else cached_snapshot(repo, revision=revision)
+    snap = None if force_download else cached_snapshot(repo, revision=revision, vae_given=vae_given)
     if snap is None:
-        snap = download_model(repo, progress, revision, force_download)
+        snap = download_model(repo, progress, revision, force_download, vae_given)
         downloaded.append(repo if revision is None else f"{repo}@{revision}")
-    files = find_files(snap)
+    from .hub_vae import env_vae_download, fetch_vae
+
+    env = None if vae_given else env_vae_download(snap)
+    if env is not None:  # a model without a VAE of its own takes $SHOWO2_VAE's: a Hub repo not yet cached
+        fetch_vae(env, progress)
+        downloaded.append(env)
+    files = find_files(snap, local_files_only=True)
     for companion, what in _companions(files, vae_given):
         remote = remote_listing(companion, what)  # sizes and checksums
         chosen = (tokenizer_repo_files(list(remote)) if what == "tokenizer" else

@@ -455,13 +455,16 @@ def fetch(name, force_download: bool = False, local_files_only: bool = False, pr
     anew, :func:`showo2_cli.hub.pull`); ``when_needed`` also pulls a Hub name that is not cached or
     lacks a piece (its tokenizer, its VAE), as ``from_pretrained`` does. ``progress`` gets the
     bytes. ``local_files_only`` forbids both (with ``force_download``: a ValueError). ``vae``: the
-    load's own VAE (``load(vae=)``), so the Wan2.1 VAE is not fetched for it."""
-    from .hub import is_hub_name, needs_download, pull
+    load's own VAE (``load(vae=)``), so the Wan2.1 VAE is not fetched for it; a Hub repo id there
+    is fetched first (its VAE's files only, ``progress`` too)."""
+    from .hub import explicit_vae, is_hub_name, needs_download, pull
 
     if force_download and local_files_only:
         raise ValueError("force_download=True needs the Hub, local_files_only=True forbids it: pass one")
     if local_files_only:
         return
+    if vae is not None:
+        explicit_vae(vae, progress)
     if force_download and is_hub_name(name) or when_needed and needs_download(str(name), vae):
         pull(str(name), progress=progress, force_download=force_download, vae=vae)
 

@@ -69,9 +69,10 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
                local_files_only: bool = False) -> ModelFiles:
     """Locate every piece of a model; missing pieces are listed in ``missing`` with a hint
     (``local_files_only``: never download, see :func:`showo2_cli.hub.resolve_root`)."""
+    vae_given = bool(vae)
     if vae:  # a --vae that is not there fails before the model is resolved (and maybe downloaded)
-        vae = explicit_vae(vae)
-    label, root = resolve_root(name, local_files_only)
+        vae = explicit_vae(vae, local_files_only=local_files_only)
+    label, root = resolve_root(name, local_files_only, vae_given)
     cfg_path = root / "config.json"
     if not cfg_path.exists():
         given = Path(name) if isinstance(name, (str, os.PathLike)) else root
@@ -106,7 +107,7 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
         files.tokenizer = find_tokenizer(root, {}, None)
         if files.tokenizer is None:
             files.missing.append(("tokenizer", f"no tokenizer files in '{root}'"))
-    files.vae = find_vae(root, vae)
+    files.vae = find_vae(root, vae, local_files_only)
     if files.vae is None:
         files.missing.append(("VAE", f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE} (or pass --vae PATH)"))
     return files

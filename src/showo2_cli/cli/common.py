@@ -258,14 +258,28 @@ def fetch_if_needed(model: str, vae: Path | None = None) -> None:
     """A variant or repo id that is not cached, when online: pull it (and its tokenizer, and its VAE
     unless ``vae``, the command's ``--vae``, is given) with progress bars, before anything loads it
     or reads it (the checks before a load call it too)."""
-    from ..hub import explicit_vae, needs_download, pull
+    from ..hub import needs_download, pull
 
     if vae is not None:
-        explicit_vae(vae)  # a --vae that is not there: the load's own line, before any download is announced
+        fetch_vae_if_needed(vae)
     if needs_download(model, vae):
         notice(f"downloading {model} into the Hugging Face cache")
         with ProgressReporter() as progress:
             pull(model, progress=progress, vae=vae)
+
+
+def fetch_vae_if_needed(vae: Path) -> Path:
+    """``--vae``'s VAE: a path that does not exist is the load's own line, before any download is
+    announced; a Hub repo id not cached yet is downloaded (its VAE's files only), announced, with
+    progress bars. Returns where it is."""
+    from ..hub import explicit_vae
+    from ..hub_vae import needs_vae_download
+
+    if not needs_vae_download(vae):
+        return explicit_vae(vae)
+    notice(f"downloading the VAE {vae} into the Hugging Face cache")
+    with ProgressReporter() as progress:
+        return explicit_vae(vae, progress)
 
 
 def load_model(model: str | None, runtime, vae: Path | None = None, need=("tokenizer", "VAE"),
@@ -333,7 +347,8 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name,
                                               "repo@revision to pin one (default: $SHOWO2_MODEL, the cached official "
                                               "1.5B, then the bundled demo).")]
 VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_VAE.pth, a .safetensors, a diffusers "
-                                             "folder or a VAE training run (its latest checkpoint) (default: the "
+                                             "folder, a VAE training run (its latest checkpoint) or a Hugging Face "
+                                             "repo id, repo@revision (its vae/ or its root) (default: the "
                                              "model's, then $SHOWO2_VAE).")]
 OffloadOpt = Annotated[Offload, typer.Option("--offload", help="Keep the weights in CPU memory (accelerate): model = one "
                                              "component on the device at a time, sequential = one layer at a time (least memory, slowest).")]

@@ -21,6 +21,7 @@ from .common import (
     VaeOpt,
     VaeTilingOpt,
     emit,
+    fetch_vae_if_needed,
     model_name,
     notice,
     setup,
@@ -75,10 +76,11 @@ def encode(
         notice("--seed has no effect without --sample (the posterior mean has no noise)")
     M.check_output_path(out, overwrite, probe=True)
     M.probe_kind(media)  # read_media's first check, before torch is imported: a missing input fails at once
-    from ..hub import explicit_vae
     from ..model_config import spec_from_files
     from ..model_files import find_files
 
+    if vae is not None:  # a Hub repo id's VAE: its download announced, with progress
+        vae_path = fetch_vae_if_needed(vae)
     resolution = None
     if vae is None or model is not None:  # a model: its resolution, and its VAE unless --vae names another
         name = model_name(model)
@@ -90,8 +92,6 @@ def encode(
             resolution = spec_from_files(files, {}).resolution
         else:
             resolution = int(files.config.get("image_latent_height") or 27) * 16
-    else:  # a VAE alone
-        vae_path = explicit_vae(vae)
     hw = requested or ((resolution, resolution) if resolution else EncodeOptions.size)
     from ..pipelines import latents as L
     from ..runtime import pick_device, pick_dtype
@@ -184,6 +184,8 @@ def decode(
     chosen = vae is not None or model is not None
     if not chosen:
         model = model_name(None)
+    if vae is not None:  # a Hub repo id's VAE: its download announced, with progress
+        fetch_vae_if_needed(vae)
     with status("loading the VAE"):
         vae_model, vae_name = resolve_vae(model, vae, dtype=dt, device=dev, parts=("decoder",))
         vae_model.tiling = value(vae_tiling)

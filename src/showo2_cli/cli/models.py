@@ -238,7 +238,7 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
     from ..specs import REGISTRY
 
     try:
-        vae, vae_error = shared_vae(), None  # a VAE for a model without its own ($SHOWO2_VAE, the cache)
+        vae, vae_error = shared_vae(local_files_only=True), None  # a VAE for a model without its own ($SHOWO2_VAE, the cache)
     except ModelError as e:  # $SHOWO2_VAE names nothing: every model without its own VAE misses it
         vae, vae_error = None, str(e)
         notice(f"note: {e}")

@@ -1,0 +1,124 @@
+"""A VAE named by a Hugging Face repo id (``--vae``, ``$SHOWO2_VAE``, ``load(vae=)``), as diffusers
+users name one: ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` (its VAE in ``vae/``), a repo holding a
+VAE at its root (a diffusers ``config.json`` and weights, or a ``Wan2.1_VAE*.pth`` /
+``.safetensors`` file), maybe ``@revision``.
+
+The rules are the model's (:mod:`showo2_cli.hub`): an existing path comes first; a cached
+snapshot holding the VAE's files is used without a request; ``HF_HUB_OFFLINE`` (or
+``local_files_only``) with nothing cached is one line; otherwise only the VAE's files are
+downloaded (never the rest of a pipeline repo), with a ``progress(phase, done, total)`` callback.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import ModelError, short
+from .hub import Progress, _safe_name, existing_path, is_repo_id, split_revision, weight_files
+from .hub_auth import access
+from .hub_download import download_files, offline, remote_listing
+
+#: What a name ending so is: a weight file (a mistyped path), never a repo id to ask the Hub for.
+FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".json")
+WAN_FILE = re.compile(r"Wan2\.1_VAE[^/]*\.(pth|safetensors)")
+
+
+def vae_repo(ref: str | os.PathLike) -> tuple[str, str | None] | None:
+    """``(repo, revision)`` when ``ref`` names no existing path and reads as a Hub repo id (maybe
+    ``@revision``); None otherwise (a path, a missing file: ``vaes/wan.pth`` is a file name)."""
+    text = str(ref)
+    if existing_path(text) is not None or text.lower().endswith(FILE_SUFFIXES):
+        return None
+    repo, revision = split_revision(text)
+    return (repo, revision) if is_repo_id(repo) else None
+
+
+def vae_files(listing) -> list[str]:
+    """The files of a repo's VAE: its ``vae/`` folder (a diffusers pipeline repo: config and one
+    weight set), else a ``Wan2.1_VAE*`` file at its root, else its root ``config.json`` and one
+    weight set (a repo of the VAE alone); [] when it has none."""
+    names = {n for n in listing if _safe_name(n)}
+    sub = weight_files(names, "vae")
+    if "vae/config.json" in names and sub:
+        return ["vae/config.json", *sub]
+    wan = sorted(n for n in names if WAN_FILE.fullmatch(n))[:1]  # find_vae's order: .pth, then .safetensors
+    if wan:
+        return wan
+    root = weight_files(names)
+    if "config.json" in names and root:
+        return ["config.json", *root]
+    return []
+
+
+def _location(snap: Path, files: list[str]) -> Path:
+    """The folder or file :func:`~showo2_cli.modeling.vae_files.load_vae` reads from ``files``."""
+    if files[0] == "vae/config.json":
+        return snap / "vae"
+    return snap / files[0] if WAN_FILE.fullmatch(files[0]) else snap
+
+
+def cached_vae(repo: str, revision: str | None = None) -> Path | None:
+    """The VAE of ``repo`` in the Hugging Face cache, without any request: a snapshot holding every
+    file :func:`vae_files` selects from the recorded listing (or, without one, the files found)."""
+    from .hub import _in_cache
+
+    if not _in_cache(repo, revision):
+        return None
+    from huggingface_hub import snapshot_download
+
+    from .hub import _cached_listing
+
+    listing = _cached_listing(repo, revision)
+    try:
+        snap = Path(snapshot_download(repo, local_files_only=True, revision=revision, cache_dir=access().cache_dir,
+                                      allow_patterns=vae_files(listing) if listing is not None else None))
+    except Exception:
+        return None
+    if listing is None:
+        listing = [p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()]
+    files = vae_files(listing)
+    if not files or not all((snap / f).is_file() for f in files):
+        return None
+    return _location(snap, files)
+
+
+def needs_vae_download(ref: str | os.PathLike | None) -> bool:
+    """A VAE named by a repo id that is not cached, when online (:func:`fetch_vae` would download)."""
+    found = vae_repo(ref) if ref is not None else None
+    return found is not None and not offline() and cached_vae(*found) is None
+
+
+def fetch_vae(ref: str | os.PathLike, progress: Progress | None = None, local_files_only: bool = False) -> Path:
+    """The VAE a repo id (maybe ``@revision``) names: cached, or its files (:func:`vae_files`)
+    downloaded; offline or ``local_files_only`` with nothing cached, a one-line :class:`ModelError`."""
+    found = vae_repo(ref)
+    if found is None:
+        raise ModelError(f"VAE '{short(str(ref), 200)}' does not exist")
+    repo, revision = found
+    snap = cached_vae(repo, revision)
+    if snap is not None:
+        return snap
+    if offline() or local_files_only:
+        why = "HF_HUB_OFFLINE is set" if offline() else "local_files_only is set"
+        raise ModelError(f"VAE '{short(str(ref), 200)}' is not a local path, not in the Hugging Face cache and {why}; "
+                         "get it while online (run the command once without it)")
+    remote = remote_listing(repo, "VAE", revision)
+    files = vae_files(remote)
+    if not files:
+        raise ModelError(f"'{repo}' on the Hub has no Wan2.1 VAE: no vae/config.json with weights, no "
+                         "Wan2.1_VAE.pth, no config.json with weights at its root")
+    snap = download_files(repo, files, progress, "VAE", revision, remote)
+    return _location(snap, files)
+
+
+def env_vae_download(root: Path) -> str | None:
+    """``$SHOWO2_VAE`` when the model folder ``root`` has no VAE of its own (so its load takes that
+    one) and it names a Hub repo not cached yet, online: the VAE :func:`~showo2_cli.hub.pull`
+    fetches with the model; None otherwise."""
+    from .hub import own_vae
+
+    env = os.environ.get("SHOWO2_VAE", "").strip()
+    return env if env and own_vae(root) is None and needs_vae_download(env) else None

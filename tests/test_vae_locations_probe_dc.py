@@ -1,0 +1,124 @@
+"""The VAE and model locations users give, and the checks before a load (probe DC).
+
+Against a real HTTP server on 127.0.0.1 in the Hub's layout (``local_hub``), counting its requests:
+``--vae`` / ``$SHOWO2_VAE`` / ``from_pretrained(vae=)`` as a Hub repo id, and a model repo with its
+own ``vae/`` run with another VAE.
+"""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from showo2_cli.cli import main
+from test_hub_pipeline import hub, offline  # noqa: F401  (the local Hub fixture)
+
+PIPE = "acme/wan-diffusers"
+
+
+def _pixels(path) -> bytes:
+    with Image.open(path) as im:
+        return im.convert("RGB").tobytes()
+
+
+def _pipeline_repo(hub, vae_dir, repo=PIPE):  # noqa: F811
+    """A diffusers pipeline repo as Wan-AI/Wan2.1-T2V-1.3B-Diffusers is laid out: its VAE in vae/, and a
+    transformer and a text encoder (big here) nobody asked for."""
+    return hub.add(repo, {"model_index.json": json.dumps({"_class_name": "WanPipeline"}).encode(),
+                          "vae/config.json": vae_dir / "config.json",
+                          "vae/diffusion_pytorch_model.safetensors": vae_dir / "diffusion_pytorch_model.safetensors",
+                          "transformer/config.json": b"{}", "transformer/diffusion_pytorch_model.safetensors": b"\0" * 60_000,
+                          "text_encoder/model.safetensors": b"\0" * 60_000})
+
+
+def test_a_vae_named_by_repo_id_is_fetched_alone_announced_and_offline_after(hub, tiny_model_dir, tmp_path,  # noqa: F811
+                                                                              monkeypatch, capsys):
+    """`--vae owner/name` was "VAE 'owner/name' does not exist": a diffusers user's repo id. Now its
+    vae/ alone is downloaded (announced), a second run asks the Hub nothing, offline an uncached one
+    is one line with no request, and @revision pins a version."""
+    first = _pipeline_repo(hub, tiny_model_dir / "vae")
+    out = tmp_path / "x.png"
+    args = ["t2i", "a red circle", "-m", str(tiny_model_dir), "-o", str(out), "--steps", "2", "--seed", "1"]
+    offline(monkeypatch)
+    assert main([*args, "--vae", PIPE]) == 4
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not in the Hugging Face cache and HF_HUB_OFFLINE is set" in err, err
+    assert hub.requests == [] and not out.exists()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    import huggingface_hub.constants as C
+
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+    assert main([*args, "--vae", PIPE]) == 0
+    assert f"downloading the VAE {PIPE} into the Hugging Face cache" in capsys.readouterr().err
+    assert sorted(hub.downloads()) == [f"{PIPE}:vae/config.json", f"{PIPE}:vae/diffusion_pytorch_model.safetensors"]
+    hub.requests.clear()
+    again = tmp_path / "y.png"
+    assert main(["t2i", "a red circle", "-m", str(tiny_model_dir), "-o", str(again), "--steps", "2", "--seed", "1",
+                 "--vae", PIPE, "--json"]) == 0
+    assert hub.requests == [] and json.loads(capsys.readouterr().out)["outputs"][0]["vae"] == PIPE
+    assert _pixels(again) == _pixels(out)  # the same VAE: the same picture
+    # a newer main, and the old one pinned: the pinned one is what the cache has, with no download
+    hub.add(PIPE, {**hub.repos[PIPE].files, "README.md": b"# new\n"})
+    hub.requests.clear()
+    pinned = tmp_path / "z.png"
+    assert main(["t2i", "a red circle", "-m", str(tiny_model_dir), "-o", str(pinned), "--steps", "2", "--seed", "1",
+                 "--vae", f"{PIPE}@{first.sha}"]) == 0
+    assert hub.requests == []
+    assert _pixels(pinned) == _pixels(out)
+
+
+def test_a_vae_repo_at_its_root_for_encode_the_api_and_the_environment(hub, tiny_model_dir, tmp_path,  # noqa: F811
+                                                                       monkeypatch, capsys):
+    """A repo holding the VAE at its root (a diffusers VAE repo), given to `encode --vae`,
+    `Showo2Pipeline.from_pretrained(vae=)` and `$SHOWO2_VAE` for a model without a VAE of its own; a
+    repo with no VAE is one line."""
+    from showo2_cli import Showo2Pipeline
+    from showo2_cli.hub import pull
+
+    vae_dir = tiny_model_dir / "vae"
+    hub.add("acme/vae-root", {"config.json": vae_dir / "config.json", "README.md": b"# a VAE\n",
+                              "diffusion_pytorch_model.safetensors": vae_dir / "diffusion_pytorch_model.safetensors"})
+    hub.add("acme/not-a-vae", {"README.md": b"# nothing\n"})
+    image = tmp_path / "red.png"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(image)
+    lat = tmp_path / "red.safetensors"
+    assert main(["encode", str(image), "--vae", "acme/vae-root", "-o", str(lat), "--size", "32"]) == 0
+    assert "downloading the VAE acme/vae-root" in capsys.readouterr().err and lat.is_file()
+    assert sorted(hub.downloads()) == ["acme/vae-root:config.json", "acme/vae-root:diffusion_pytorch_model.safetensors"]
+    assert main(["encode", str(image), "--vae", "acme/not-a-vae", "-o", str(tmp_path / "n.safetensors")]) == 4
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[1:] == ["showo2: error: 'acme/not-a-vae' on the Hub has no Wan2.1 VAE: no vae/config.json with "
+                                "weights, no Wan2.1_VAE.pth, no config.json with weights at its root"], err
+    hub.requests.clear()
+    pipe = Showo2Pipeline.from_pretrained(tiny_model_dir, vae="acme/vae-root")
+    assert pipe.model.vae is not None and hub.requests == []  # cached: no request
+    # $SHOWO2_VAE as a repo id, for a model repo without a VAE: pulled with it, no Wan2.1 VAE
+    hub.add_folder("acme/novae", tiny_model_dir, skip=("vae/*",))
+    _pipeline_repo(hub, vae_dir)
+    monkeypatch.setenv("SHOWO2_VAE", PIPE)
+    hub.requests.clear()
+    result = pull("acme/novae")
+    assert PIPE in result.downloaded and result.pieces["VAE"].endswith("vae") and not result.missing
+    assert [d for d in hub.downloads() if d.startswith(PIPE)] == [f"{PIPE}:vae/config.json",
+                                                                   f"{PIPE}:vae/diffusion_pytorch_model.safetensors"]
+    assert not any(d.startswith("Wan-AI/") for d in hub.downloads())
+
+
+def test_a_model_repo_with_its_own_vae_run_with_another_fetches_no_vae(hub, tiny_model_dir, tmp_path, capsys):  # noqa: F811
+    """A showo2 repo holding vae/, run with --vae: its vae/ was downloaded whole (never read). Now only
+    what the load reads; run later without --vae, its vae/ is fetched then (and only it)."""
+    hub.add_folder("acme/own", tiny_model_dir)
+    out = tmp_path / "x.png"
+    vae = tiny_model_dir / "vae"
+    assert main(["t2i", "a red circle", "-m", "acme/own", "--vae", str(vae), "-o", str(out), "--steps", "2"]) == 0
+    assert "downloading acme/own" in capsys.readouterr().err
+    assert not any(d.startswith("acme/own:vae/") for d in hub.downloads()), hub.downloads()
+    model_files = sorted(d for d in hub.downloads())
+    hub.requests.clear()
+    assert main(["t2i", "a red circle", "-m", "acme/own", "--vae", str(vae), "-o", str(tmp_path / "y.png"),
+                 "--steps", "2"]) == 0
+    assert hub.requests == []  # complete for what it runs: no request
+    assert main(["t2i", "a red circle", "-m", "acme/own", "-o", str(tmp_path / "z.png"), "--steps", "2"]) == 0
+    assert sorted(hub.downloads()) == ["acme/own:vae/config.json", "acme/own:vae/diffusion_pytorch_model.safetensors"]
+    assert len(model_files) + 2 == sum(1 for p in tiny_model_dir.rglob("*") if p.is_file())
