@@ -122,3 +122,83 @@ def test_a_model_repo_with_its_own_vae_run_with_another_fetches_no_vae(hub, tiny
     assert main(["t2i", "a red circle", "-m", "acme/own", "-o", str(tmp_path / "z.png"), "--steps", "2"]) == 0
     assert sorted(hub.downloads()) == ["acme/own:vae/config.json", "acme/own:vae/diffusion_pytorch_model.safetensors"]
     assert len(model_files) + 2 == sum(1 for p in tiny_model_dir.rglob("*") if p.is_file())
+
+
+def _resident(path) -> int:
+    """How many pages of the file ``path`` are in the page cache (``mincore``)."""
+    import ctypes
+    import mmap
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                                                             ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    size = os.path.getsize(path)
+    vec = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert libc.mincore(ctypes.c_void_p(address), size, vec) == 0
+        libc.munmap(ctypes.c_void_p(address), size)
+    finally:
+        os.close(fd)
+    return sum(v & 1 for v in vec)
+
+
+def test_a_pickled_vae_is_counted_before_the_load_without_reading_its_data(tmp_path, capsys, monkeypatch):
+    """A `.pth` VAE (as Wan2.1_VAE.pth) counted no weights in the check before a load (None: "a pickled
+    file has no header"), so `--max-memory` judged a smaller job than the loaded check does. Its
+    tensors' sizes now come from its pickle, storages memory-mapped and never read."""
+    import os
+
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    from showo2_cli import api
+    from showo2_cli.cli import generate, understand
+    from showo2_cli.errors import ResourceError
+    from showo2_cli.loading import load
+    from showo2_cli.modeling.vae import WanVAE
+    from showo2_cli.modeling.vae_files import header_sizes
+
+    monkeypatch.delenv("SHOWO2_MAX_MEMORY_GB", raising=False)
+    monkeypatch.delenv("SHOWO2_VAE", raising=False)
+    src = tmp_path / "vae8.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: t.contiguous() for k, t in WanVAE.random(base_dim=8, seed=1).model.state_dict().items()}, str(src))
+    pth = tmp_path / "Wan2.1_VAE.pth"
+    torch.save(load_file(str(src)), pth)
+    assert header_sizes(pth) == header_sizes(src) and header_sizes(pth)[0] == 8
+    image = tmp_path / "in.png"
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(image)
+    loaded = load("demo", vae=pth)
+    with pytest.raises(ResourceError) as e:
+        api.caption(loaded, str(image), api.CaptionOptions(max_new_tokens=2, max_memory_gb=0.006))
+    after = str(e.value)
+    assert after.startswith("encoding an image at 64x64 needs about 7.7 MB (5.8 MB of weights, 1.9 MB to run)")
+
+    def spy(*args, **kwargs):  # the commands' load: never reached
+        raise AssertionError("the weights were read")
+
+    monkeypatch.setattr(understand, "load_model", spy)
+    monkeypatch.setattr(generate, "load_model", spy)
+    capsys.readouterr()
+    assert main(["caption", str(image), "--vae", str(pth), "--max-memory", "0.006"]) == 6
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"showo2: error: {after}"
+    # its data is never read: of a 40 MB pickle dropped from the page cache, sizing it brings back
+    # under 1 MB (the zip directory and the pickle; torch.load without mmap: all 40 MB)
+    big = tmp_path / "big.pth"
+    torch.save({"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3, 3), "decoder.big": torch.ones(10_000_000)}, big)
+    fd = os.open(big, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    if _resident(big) * 4096 > 1_000_000:
+        pytest.skip("this file system keeps the file in memory (tmpfs?): its pages cannot be told")
+    base, counts = header_sizes(big)
+    assert (base, counts["decoder"]) == (8, 10_000_000)
+    assert _resident(big) * 4096 < 1_000_000, _resident(big)

@@ -310,15 +310,32 @@ _ORIGINAL_NAMES = {"conv1": "quant_conv", "conv2": "post_quant_conv"}
 
 def header_sizes(path: str | Path) -> tuple[int | None, dict[str, int]] | None:
     """(base_dim, parameters per top-level module in diffusers' names) of the VAE that
-    :func:`load_vae` would read from ``path``, from its safetensors header alone (no tensor is
-    read; a header of too many tensors or a name given twice is refused first, as the load refuses
-    it): the memory guard's figures before a load. None for a pickled file (no header to read); a
-    :class:`ModelError` for a header that cannot be read."""
+    :func:`load_vae` would read from ``path``, with no tensor read: a safetensors file from its
+    header (a header of too many tensors or a name given twice is refused first, as the load refuses
+    it), a pickled one (``Wan2.1_VAE.pth``, a ``.bin``) in torch's zip format from its pickle, its
+    storages memory-mapped and never touched (``torch.load(mmap=True, weights_only=True)``, through
+    the load's own reader and checks): the memory guard's figures before a load. None for a legacy
+    (non-zip) pickle, which torch can only read whole; a :class:`ModelError` for a file that cannot
+    be read."""
     weights, _config = vae_source(Path(path).expanduser())
-    if weights.suffix.lower() != ".safetensors":
-        return None
     if not weights.is_file():  # a FIFO would block the read (the load refuses it so)
         raise ModelError(f"weight file '{weights}' is not a regular file")
+    if weights.suffix.lower() != ".safetensors":
+        shapes = _pickled_shapes(weights)
+        if shapes is None:
+            return None
+    else:
+        shapes = _header_shapes(weights)
+    conv_in = shapes.get("encoder.conv_in.weight") or shapes.get("encoder.conv1.weight")
+    counts: dict[str, int] = {}
+    for key, shape in shapes.items():
+        top = key.split(".", 1)[0]
+        top = _ORIGINAL_NAMES.get(top, top)
+        counts[top] = counts.get(top, 0) + math.prod(shape)
+    return (int(conv_in[0]) if conv_in else None), counts
+
+
+def _header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
     from ..errors import error_detail
@@ -327,13 +344,22 @@ def header_sizes(path: str | Path) -> tuple[int | None, dict[str, int]] | None:
     check_safetensors_header(weights, "weights")
     try:
         with safe_open(str(weights), "pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # (safetensors' own errors are no OSError subclass)
         raise ModelError(f"cannot read weights '{weights}' ({error_detail(e)})") from e
-    conv_in = shapes.get("encoder.conv_in.weight") or shapes.get("encoder.conv1.weight")
-    counts: dict[str, int] = {}
-    for key, shape in shapes.items():
-        top = key.split(".", 1)[0]
-        top = _ORIGINAL_NAMES.get(top, top)
-        counts[top] = counts.get(top, 0) + math.prod(shape)
-    return (int(conv_in[0]) if conv_in else None), counts
+
+
+def _pickled_shapes(weights: Path) -> dict[str, tuple[int, ...]] | None:
+    """The tensors' shapes of a pickled file in torch's zip format, read as the load reads it but
+    memory-mapped (no storage byte is read); None for a legacy pickle (torch reads it whole)."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(weights):
+            return None
+    except OSError:
+        return None
+    state = read_state_dict(weights)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    del state
+    return shapes
