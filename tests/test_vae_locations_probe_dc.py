@@ -202,3 +202,47 @@ def test_a_pickled_vae_is_counted_before_the_load_without_reading_its_data(tmp_p
     base, counts = header_sizes(big)
     assert (base, counts["decoder"]) == (8, 10_000_000)
     assert _resident(big) * 4096 < 1_000_000, _resident(big)
+
+
+def test_sizes_are_judged_by_the_models_patch_size_before_it_loads(tmp_path_factory, tmp_path, monkeypatch, capsys):
+    """The check before a load took every model's sizes as the released 16 px: `t2i --size 48` on a
+    patch_size 4 model (multiples of 32) was refused only once the model had loaded, and `--size 40`
+    on a patch_size 1 model (multiples of 8) was refused though the model takes it (so was `/t2i` in
+    chat). The model's config.json, at hand, decides now."""
+    import io
+
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli import generate
+    from showo2_cli.cli.chat import ChatSession
+    from showo2_cli.loading import init_model, load
+    from showo2_cli.specs import get_spec
+
+    models = tmp_path_factory.mktemp("patches")
+    p4, p1 = models / "p4", models / "p1"
+    init_model(get_spec("tiny").replace(patch_size=4), p4, seed=0, vae_base_dim=4)
+    init_model(get_spec("tiny").replace(patch_size=1), p1, seed=0, vae_base_dim=4)
+    real_load = generate.load_model
+
+    def spy(*args, **kwargs):  # the command's load: never reached
+        raise AssertionError("the weights were read")
+
+    monkeypatch.setattr(generate, "load_model", spy)
+    out = tmp_path / "x.png"
+    assert main(["t2i", "a red circle", "-m", str(p4), "--size", "48", "--steps", "2", "-o", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "showo2: error: --size sides must be multiples of 32 (VAE x patch), got 48x48"
+    monkeypatch.setenv("SHOWO2_MODEL", str(p4))  # the model the environment names, likewise
+    assert main(["t2i", "a red circle", "--size", "48", "--steps", "2", "-o", str(out)]) == 2
+    assert "multiples of 32" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setattr(generate, "load_model", real_load)
+    assert main(["t2i", "a red circle", "-m", str(p1), "--size", "40", "--steps", "2", "--seed", "1",
+                 "-o", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.size == (40, 40)
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    session = ChatSession(Conversation(load(p1)), out=io.StringIO(), err=err)
+    assert session.handle("/t2i a red circle --steps 2 --size 24x40 -o chat.png")
+    assert err.getvalue() == ""
+    with Image.open(tmp_path / "chat.png") as im:
+        assert im.size == (24, 40)

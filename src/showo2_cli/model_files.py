@@ -113,6 +113,27 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
     return files
 
 
+def spec_at_hand(name: str | os.PathLike | None):
+    """The :class:`~showo2_cli.specs.ModelSpec` a showo2-format model's ``config.json`` tells, when
+    that config is at hand without a download (the demo, a folder, a cached snapshot): what the
+    checks before a load judge sizes by (a ``patch_size`` 4 model takes multiples of 32 px, one of
+    1 multiples of 8). None for no name, a name the cache lacks, an official checkpoint (its
+    geometry is in its weights' shapes) or a config that cannot be read: the load says more."""
+    if name is None:
+        return None
+    from .errors import UsageError
+    from .model_config import spec_from_files
+
+    try:
+        label, root = resolve_root(name, local_files_only=True)
+        config = read_json(root / "config.json")
+        if not isinstance(config, dict) or "showo2" not in config:
+            return None
+        return spec_from_files(ModelFiles(label, root, "showo2", config, []), {})
+    except (ModelError, UsageError, OSError, ValueError, TypeError):
+        return None
+
+
 def _subfolder_hint(root: Path) -> str:
     """Name a subfolder holding a config.json (an official training checkpoint keeps the model in
     ``checkpoint-N/unwrapped_model``), or say the folder is a LoRA adapter (a checkpoint of a

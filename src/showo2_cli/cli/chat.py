@@ -184,9 +184,10 @@ class ChatSession:
         prompt, p = parse_t2i(rest)
         seed = random_seed() if p["seed"] is None else p["seed"]
         opts = GenerateOptions(seed=seed, steps=p["steps"], guidance=p["guidance"], shift=p["shift"],
-                               size=M.parse_size(p["size"]), num_per_prompt=p["num_images"],
-                               method=common.value(p["sampler"]), negative_prompt=p["negative_prompt"])
-        opts.validate()
+                               size=M.parse_size(p["size"], self.conv.model.spec.latent_multiple),
+                               num_per_prompt=p["num_images"], method=common.value(p["sampler"]),
+                               negative_prompt=p["negative_prompt"])
+        opts.validate(self.conv.model.spec)  # the sizes the resident model takes (its patch_size)
         output = None if p["output"] is None else os.path.expanduser(p["output"])  # as text: a final '/' is seen
         if output is not None:
             _user_path(output, "/t2i -o")  # a NUL is refused

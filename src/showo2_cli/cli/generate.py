@@ -3,6 +3,7 @@ outputs, generate, save (all in the library), render."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -74,8 +75,11 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     processes) and process 0 reports the whole run, once (:func:`_report_once`)."""
     from .. import media as M
     from .. import saving as O
+    from ..model_files import spec_at_hand
 
-    opts.size = M.parse_size(size)
+    # sizes as the model takes them (its patch_size) when its config is at hand, else the released 16 px
+    spec = spec_at_hand(model if model is not None else os.environ.get("SHOWO2_MODEL") or None)
+    opts.size = M.parse_size(size, spec.latent_multiple if spec is not None else 16)
     if noise is not None:  # the outputs start from the file's noise: no seed is used or recorded
         if opts.seed is not None:
             notice("--seed has no effect with --noise (the noise file is the starting point)")
@@ -83,7 +87,7 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     drawn = noise is None and opts.seed is None
     if drawn:
         opts.seed = random_seed()
-    opts.validate()
+    opts.validate(spec)
     check_fps(fps)
     if opts.negative_prompt.strip() and opts.guidance in (0.0, 1.0):
         notice(f"--negative-prompt has no effect with --guidance {opts.guidance:g} (no unconditional branch)")
