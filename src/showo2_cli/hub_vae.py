@@ -102,9 +102,9 @@ def fetch_vae(ref: str | os.PathLike, progress: Progress | None = None, local_fi
     if snap is not None:
         return snap
     if offline() or local_files_only:
-        why = "HF_HUB_OFFLINE is set" if offline() else "local_files_only is set"
+        why = "HF_HUB_OFFLINE is set" if offline() else "only the cache is looked in (local_files_only)"
         raise ModelError(f"VAE '{short(str(ref), 200)}' is not a local path, not in the Hugging Face cache and {why}; "
-                         "get it while online (run the command once without it)")
+                         "any command given it online downloads it")
     remote = remote_listing(repo, "VAE", revision)
     files = vae_files(remote)
     if not files:
