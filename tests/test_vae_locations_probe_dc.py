@@ -79,7 +79,7 @@ def test_a_vae_repo_at_its_root_for_encode_the_api_and_the_environment(hub, tiny
     vae_dir = tiny_model_dir / "vae"
     hub.add("acme/vae-root", {"config.json": vae_dir / "config.json", "README.md": b"# a VAE\n",
                               "diffusion_pytorch_model.safetensors": vae_dir / "diffusion_pytorch_model.safetensors"})
-    hub.add("acme/not-a-vae", {"README.md": b"# nothing\n"})
+    hub.add("acme/not-a-vae", {"config.json": b"{}", "pytorch_model.bin": b"\0" * 20_000})  # (an official model)
     image = tmp_path / "red.png"
     Image.new("RGB", (32, 32), (255, 0, 0)).save(image)
     lat = tmp_path / "red.safetensors"
@@ -89,7 +89,9 @@ def test_a_vae_repo_at_its_root_for_encode_the_api_and_the_environment(hub, tiny
     assert main(["encode", str(image), "--vae", "acme/not-a-vae", "-o", str(tmp_path / "n.safetensors")]) == 4
     err = capsys.readouterr().err.strip()
     assert err.splitlines()[1:] == ["showo2: error: 'acme/not-a-vae' on the Hub has no Wan2.1 VAE: no vae/config.json with "
-                                "weights, no Wan2.1_VAE.pth, no config.json with weights at its root"], err
+                                "weights, no Wan2.1_VAE.pth, no config.json with diffusion_pytorch_model weights at "
+                                    "its root"], err
+    assert not any(d.startswith("acme/not-a-vae") for d in hub.downloads())  # a model's weights are no VAE
     hub.requests.clear()
     pipe = Showo2Pipeline.from_pretrained(tiny_model_dir, vae="acme/vae-root")
     assert pipe.model.vae is not None and hub.requests == []  # cached: no request
@@ -246,3 +248,21 @@ def test_sizes_are_judged_by_the_models_patch_size_before_it_loads(tmp_path_fact
     assert err.getvalue() == ""
     with Image.open(tmp_path / "chat.png") as im:
         assert im.size == (24, 40)
+
+
+def test_vae_is_taken_as_typed_and_an_empty_one_is_refused(hub, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """`--vae` was a Path: `./acme/vae` (a folder meant, mistyped) became `acme/vae`, which now reads as a
+    repo id, and `--vae ""` became `.`, the current folder: its first weight file was loaded as the VAE
+    (any `.pth` there) and recorded as "vae": ".". Now text as typed, and an empty one is one line."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"x": torch.zeros(2)}, tmp_path / "stray.pth")
+    out = tmp_path / "x.png"
+    args = ["t2i", "a red circle", "--steps", "2", "-o", str(out)]
+    assert main([*args, "--vae", "./acme/vae"]) == 4
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "showo2: error: VAE './acme/vae' does not exist"
+    assert main([*args, "--vae", ""]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "showo2: error: --vae: the name is empty (give a VAE file or folder, or a Hugging Face repo id)"
+    assert hub.requests == [] and not out.exists()

@@ -23,6 +23,8 @@ from .hub_download import download_files, offline, remote_listing
 
 #: What a name ending so is: a weight file (a mistyped path), never a repo id to ask the Hub for.
 FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".json")
+#: The weight files of a diffusers VAE folder, as ``load_vae`` reads one (safetensors first).
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 WAN_FILE = re.compile(r"Wan2\.1_VAE[^/]*\.(pth|safetensors)")
 
 
@@ -39,7 +41,8 @@ def vae_repo(ref: str | os.PathLike) -> tuple[str, str | None] | None:
 def vae_files(listing) -> list[str]:
     """The files of a repo's VAE: its ``vae/`` folder (a diffusers pipeline repo: config and one
     weight set), else a ``Wan2.1_VAE*`` file at its root, else its root ``config.json`` and one
-    weight set (a repo of the VAE alone); [] when it has none."""
+    ``diffusion_pytorch_model`` file (a repo of the VAE alone, as diffusers saves one; a model's
+    ``model.safetensors`` or ``pytorch_model.bin`` is no VAE); [] when it has none."""
     names = {n for n in listing if _safe_name(n)}
     sub = weight_files(names, "vae")
     if "vae/config.json" in names and sub:
@@ -47,7 +50,7 @@ def vae_files(listing) -> list[str]:
     wan = sorted(n for n in names if WAN_FILE.fullmatch(n))[:1]  # find_vae's order: .pth, then .safetensors
     if wan:
         return wan
-    root = weight_files(names)
+    root = [n for n in DIFFUSERS_WEIGHTS if n in names][:1]  # (a model's own weights at its root are no VAE)
     if "config.json" in names and root:
         return ["config.json", *root]
     return []
@@ -109,7 +112,7 @@ def fetch_vae(ref: str | os.PathLike, progress: Progress | None = None, local_fi
     files = vae_files(remote)
     if not files:
         raise ModelError(f"'{repo}' on the Hub has no Wan2.1 VAE: no vae/config.json with weights, no "
-                         "Wan2.1_VAE.pth, no config.json with weights at its root")
+                         "Wan2.1_VAE.pth, no config.json with diffusion_pytorch_model weights at its root")
     snap = download_files(repo, files, progress, "VAE", revision, remote)
     return _location(snap, files)
 

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import OutputError, short
+from ..errors import OutputError, UsageError, short
 from ..options import (
     ATTN_BACKENDS,
     DTYPES,
@@ -254,7 +254,7 @@ def model_name(model: str | None) -> str:
     return name
 
 
-def fetch_if_needed(model: str, vae: Path | None = None) -> None:
+def fetch_if_needed(model: str, vae: str | os.PathLike | None = None) -> None:
     """A variant or repo id that is not cached, when online: pull it (and its tokenizer, and its VAE
     unless ``vae``, the command's ``--vae``, is given) with progress bars, before anything loads it
     or reads it (the checks before a load call it too)."""
@@ -268,7 +268,7 @@ def fetch_if_needed(model: str, vae: Path | None = None) -> None:
             pull(model, progress=progress, vae=vae)
 
 
-def fetch_vae_if_needed(vae: Path) -> Path:
+def fetch_vae_if_needed(vae: str | os.PathLike) -> Path:
     """``--vae``'s VAE: a path that does not exist is the load's own line, before any download is
     announced; a Hub repo id not cached yet is downloaded (its VAE's files only), announced, with
     progress bars. Returns where it is."""
@@ -346,7 +346,15 @@ DtypeOpt = Annotated[Dtype, typer.Option("--dtype", case_sensitive=False, help="
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name, folder or Hugging Face repo id, "
                                               "repo@revision to pin one (default: $SHOWO2_MODEL, the cached official "
                                               "1.5B, then the bundled demo).")]
-VaeOpt = Annotated[Path | None, typer.Option("--vae", help="A VAE alone: Wan2.1_VAE.pth, a .safetensors, a diffusers "
+def _vae_name(ref: str | None) -> str | None:
+    """``--vae`` as typed (text, not a ``Path``, which made ``./acme/vae`` ``acme/vae``: a folder
+    meant, read as a Hub repo id); an empty one is refused (a ``Path`` made it the current folder)."""
+    if ref is not None and not ref.strip():
+        raise UsageError("--vae: the name is empty (give a VAE file or folder, or a Hugging Face repo id)")
+    return ref
+
+
+VaeOpt = Annotated[str | None, typer.Option("--vae", metavar="<path>", callback=_vae_name, help="A VAE alone: Wan2.1_VAE.pth, a .safetensors, a diffusers "
                                              "folder, a VAE training run (its latest checkpoint) or a Hugging Face "
                                              "repo id, repo@revision (its vae/ or its root) (default: the "
                                              "model's, then $SHOWO2_VAE).")]
