@@ -314,7 +314,8 @@ def test_showo2_vae_is_the_fallback_after_the_models_own(tmp_path, monkeypatch):
     """--help says "the model's, then $SHOWO2_VAE": the variable overrode the demo's own VAE (a
     real Wan VAE would break it), and a path that did not exist was ignored silently."""
     from showo2_cli.errors import ModelError
-    from showo2_cli.hub import bundled_demo_path, find_vae
+    from showo2_cli.hub import bundled_demo_path
+    from showo2_cli.hub_vae import find_vae
 
     other = tmp_path / "other-vae"
     other.mkdir()

@@ -123,7 +123,7 @@ WAN_VAE_REPO, WAN_VAE_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
 WAN_VAE_DIFFUSERS_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
 
-def _in_cache(repo_id: str, revision: str | None = None) -> bool:
+def in_cache(repo_id: str, revision: str | None = None) -> bool:
     """Whether huggingface_hub's cache lookups may find something of ``repo_id``: its folder is in
     the cache (they find nothing otherwise; a miss, the usual case, then skips importing them, most
     of the time of ``showo2 models``) and its ``refs`` pointer can be read (:func:`cache_ref_readable`)."""
@@ -134,7 +134,7 @@ def _in_cache(repo_id: str, revision: str | None = None) -> bool:
 
 
 def hf_cached_file(repo_id: str, filename: str) -> Path | None:
-    if not _in_cache(repo_id):
+    if not in_cache(repo_id):
         return None
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -281,61 +281,6 @@ def find_tokenizer(root: Path, config: dict, llm_repo: str | None) -> Path | Non
     return None
 
 
-def explicit_vae(path: str | os.PathLike, progress: Progress | None = None, local_files_only: bool = False) -> Path:
-    """A VAE the user named (``--vae``, ``load(vae=)``), ``~`` expanded: one check and one message
-    for every command (``encode`` and ``decode`` load a VAE alone, the others with a model). A
-    training run folder (``mode = "vae"``) stands for its latest checkpoint, as for ``--model``,
-    ``--lora`` and a config's ``model.vae``. A name that is no path but a Hub repo id (maybe
-    ``@revision``) is that repo's VAE, cached or downloaded (:func:`showo2_cli.hub_vae.fetch_vae`:
-    ``progress``, ``local_files_only`` and ``HF_HUB_OFFLINE`` as for a model)."""
-    found = existing_path(path)
-    if found is None:
-        from .hub_vae import fetch_vae, vae_repo
-
-        if vae_repo(path) is not None:
-            return fetch_vae(path, progress, local_files_only)
-        raise ModelError(f"VAE '{short(str(path), 200)}' does not exist")
-    return resolve_run_path(found)
-
-
-def own_vae(root: Path) -> Path | None:
-    """The VAE a model folder holds itself (``vae/``, a ``Wan2.1_VAE*`` file), or None."""
-    if (root / "vae" / "config.json").exists():
-        return root / "vae"
-    pths = sorted(root.glob("Wan2.1_VAE*.pth")) + sorted(root.glob("Wan2.1_VAE*.safetensors"))
-    return pths[0] if pths else None
-
-
-def find_vae(root: Path, explicit: str | os.PathLike | None, local_files_only: bool = False) -> Path | None:
-    if explicit:
-        return explicit_vae(explicit, local_files_only=local_files_only)
-    found = own_vae(root)  # the model's own VAE, then $SHOWO2_VAE, then the cache
-    return found if found is not None else shared_vae(local_files_only)
-
-
-def shared_vae(local_files_only: bool = False) -> Path | None:
-    """The VAE a model without its own takes: ``$SHOWO2_VAE`` (a path or a Hub repo id, as
-    ``--vae``; an error when it names nothing), else the Wan2.1 VAE in the Hugging Face cache (the
-    single file, else the diffusers repo's)."""
-    env = os.environ.get("SHOWO2_VAE", "").strip()
-    if env:
-        path = existing_path(env)
-        if path is None:
-            from .hub_vae import fetch_vae, vae_repo
-
-            if vae_repo(env) is not None:
-                return fetch_vae(env, local_files_only=local_files_only)
-            raise ModelError(f"$SHOWO2_VAE names '{short(env, 200)}', which does not exist")
-        return resolve_run_path(path)
-    found = hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
-    if found is not None:
-        return found
-    snap = hf_cached_file(WAN_VAE_DIFFUSERS_REPO, "vae/config.json")
-    if snap is not None:
-        return snap.parent
-    return None
-
-
 # ---- which files --------------------------------------------------------------------------------
 
 
@@ -369,7 +314,7 @@ def model_files(listing: list[str], config: dict | None, vae_given: bool = False
     """The files of a Show-o2 repo to fetch: config, one weight set, tokenizer files, a VAE (none
     with ``vae_given``: the load reads the caller's), and the LLM/SigLIP config folders when
     ``config`` points inside the repo (``llm_model_path: llm``)."""
-    names = {n for n in listing if _safe_name(n)}
+    names = {n for n in listing if safe_name(n)}
     chosen = ["config.json", *weight_files(names), *tokenizer_files(names), *tokenizer_files(names, "tokenizer")]
     if "vae/config.json" in names and not vae_given:
         chosen += ["vae/config.json", *weight_files(names, "vae")]
@@ -384,7 +329,7 @@ def model_files(listing: list[str], config: dict | None, vae_given: bool = False
     return list(dict.fromkeys(chosen))
 
 
-def _safe_name(name: str) -> bool:
+def safe_name(name: str) -> bool:
     """A relative file name inside the repo: no ``..`` or ``.`` parts, not absolute, no backslash."""
     return (isinstance(name, str) and bool(name) and not name.startswith("/") and "\\" not in name
             and all(part not in ("", ".", "..") for part in name.split("/")))
@@ -392,14 +337,14 @@ def _safe_name(name: str) -> bool:
 
 def tokenizer_repo_files(listing: list[str]) -> list[str]:
     """From an LLM repo (Qwen2.5): its config.json and tokenizer files, never its weights."""
-    names = {n for n in listing if _safe_name(n)}
+    names = {n for n in listing if safe_name(n)}
     return [n for n in ("config.json",) if n in names] + tokenizer_files(names)
 
 
 # ---- the cache ----------------------------------------------------------------------------------
 
 
-def _cached_listing(repo_id: str, revision: str | None = None) -> list[str] | None:
+def cached_listing(repo_id: str, revision: str | None = None) -> list[str] | None:
     try:
         from huggingface_hub import get_cached_repo_tree  # huggingface_hub >= 1.x records tree listings
     except ImportError:
@@ -432,11 +377,11 @@ def cached_snapshot(repo_id: str, role: str = "model", revision: str | None = No
     cache, a single file fetched by ``hf download``), the folder when it holds a config.json and a
     whole weight set (a tokenizer file for ``role="tokenizer"``). ``revision``: that commit, tag or branch (default ``main``);
     ``vae_given``: a model's own VAE is not needed (the load reads the caller's)."""
-    if not _in_cache(repo_id, revision):
+    if not in_cache(repo_id, revision):
         return None
     from huggingface_hub import snapshot_download
 
-    listing = _cached_listing(repo_id, revision)
+    listing = cached_listing(repo_id, revision)
     patterns = None
     if listing is not None:
         patterns = (model_files(listing, _cached_config(repo_id, revision), vae_given) if role == "model"
@@ -563,6 +508,8 @@ def pull(name: str, progress: Progress | None = None, *, force_download: bool = 
     from contextlib import nullcontext
 
     if vae is not None:  # a VAE that is not there: the load's own error, before anything is fetched
+        from .hub_vae import explicit_vae
+
         explicit_vae(vae, progress)  # (a Hub repo id's VAE: fetched first)
 
     from .hub_auth import hub_access

@@ -1,7 +1,10 @@
-"""A VAE named by a Hugging Face repo id (``--vae``, ``$SHOWO2_VAE``, ``load(vae=)``), as diffusers
-users name one: ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` (its VAE in ``vae/``), a repo holding a
-VAE at its root (a diffusers ``config.json`` and weights, or a ``Wan2.1_VAE*.pth`` /
-``.safetensors`` file), maybe ``@revision``.
+"""Where the VAE a load reads is: ``--vae`` (:func:`explicit_vae`), a model folder's own
+(:func:`own_vae`), ``$SHOWO2_VAE`` or the cached Wan2.1 VAE (:func:`shared_vae`).
+
+``--vae``, ``$SHOWO2_VAE`` and ``load(vae=)`` may name a Hugging Face repo id, maybe
+``@revision``, as diffusers users name a VAE: ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` (its VAE in
+``vae/``), or a repo holding one at its root (a diffusers ``config.json`` with
+``diffusion_pytorch_model`` weights, or a ``Wan2.1_VAE*.pth`` / ``.safetensors`` file).
 
 The rules are the model's (:mod:`showo2_cli.hub`): an existing path comes first; a cached
 snapshot holding the VAE's files is used without a request; ``HF_HUB_OFFLINE`` (or
@@ -17,9 +20,23 @@ import re
 from pathlib import Path
 
 from .errors import ModelError, short
-from .hub import Progress, _safe_name, existing_path, is_repo_id, split_revision, weight_files
+from .hub import (
+    WAN_VAE_DIFFUSERS_REPO,
+    WAN_VAE_FILE,
+    WAN_VAE_REPO,
+    Progress,
+    cached_listing,
+    existing_path,
+    hf_cached_file,
+    in_cache,
+    is_repo_id,
+    safe_name,
+    split_revision,
+    weight_files,
+)
 from .hub_auth import access
 from .hub_download import download_files, offline, remote_listing
+from .run_folders import resolve_run_path
 
 #: What a name ending so is: a weight file (a mistyped path), never a repo id to ask the Hub for.
 FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".json")
@@ -43,7 +60,7 @@ def vae_files(listing) -> list[str]:
     weight set), else a ``Wan2.1_VAE*`` file at its root, else its root ``config.json`` and one
     ``diffusion_pytorch_model`` file (a repo of the VAE alone, as diffusers saves one; a model's
     ``model.safetensors`` or ``pytorch_model.bin`` is no VAE); [] when it has none."""
-    names = {n for n in listing if _safe_name(n)}
+    names = {n for n in listing if safe_name(n)}
     sub = weight_files(names, "vae")
     if "vae/config.json" in names and sub:
         return ["vae/config.json", *sub]
@@ -66,15 +83,11 @@ def _location(snap: Path, files: list[str]) -> Path:
 def cached_vae(repo: str, revision: str | None = None) -> Path | None:
     """The VAE of ``repo`` in the Hugging Face cache, without any request: a snapshot holding every
     file :func:`vae_files` selects from the recorded listing (or, without one, the files found)."""
-    from .hub import _in_cache
-
-    if not _in_cache(repo, revision):
+    if not in_cache(repo, revision):
         return None
     from huggingface_hub import snapshot_download
 
-    from .hub import _cached_listing
-
-    listing = _cached_listing(repo, revision)
+    listing = cached_listing(repo, revision)
     try:
         snap = Path(snapshot_download(repo, local_files_only=True, revision=revision, cache_dir=access().cache_dir,
                                       allow_patterns=vae_files(listing) if listing is not None else None))
@@ -121,7 +134,58 @@ def env_vae_download(root: Path) -> str | None:
     """``$SHOWO2_VAE`` when the model folder ``root`` has no VAE of its own (so its load takes that
     one) and it names a Hub repo not cached yet, online: the VAE :func:`~showo2_cli.hub.pull`
     fetches with the model; None otherwise."""
-    from .hub import own_vae
-
     env = os.environ.get("SHOWO2_VAE", "").strip()
     return env if env and own_vae(root) is None and needs_vae_download(env) else None
+
+
+# ---- the VAE a load reads ---------------------------------------------------------------------
+
+def explicit_vae(path: str | os.PathLike, progress: Progress | None = None, local_files_only: bool = False) -> Path:
+    """A VAE the user named (``--vae``, ``load(vae=)``), ``~`` expanded: one check and one message
+    for every command (``encode`` and ``decode`` load a VAE alone, the others with a model). A
+    training run folder (``mode = "vae"``) stands for its latest checkpoint, as for ``--model``,
+    ``--lora`` and a config's ``model.vae``. A name that is no path but a Hub repo id (maybe
+    ``@revision``) is that repo's VAE, cached or downloaded (:func:`fetch_vae`:
+    ``progress``, ``local_files_only`` and ``HF_HUB_OFFLINE`` as for a model)."""
+    found = existing_path(path)
+    if found is None:
+        if vae_repo(path) is not None:
+            return fetch_vae(path, progress, local_files_only)
+        raise ModelError(f"VAE '{short(str(path), 200)}' does not exist")
+    return resolve_run_path(found)
+
+
+def own_vae(root: Path) -> Path | None:
+    """The VAE a model folder holds itself (``vae/``, a ``Wan2.1_VAE*`` file), or None."""
+    if (root / "vae" / "config.json").exists():
+        return root / "vae"
+    pths = sorted(root.glob("Wan2.1_VAE*.pth")) + sorted(root.glob("Wan2.1_VAE*.safetensors"))
+    return pths[0] if pths else None
+
+
+def find_vae(root: Path, explicit: str | os.PathLike | None, local_files_only: bool = False) -> Path | None:
+    if explicit:
+        return explicit_vae(explicit, local_files_only=local_files_only)
+    found = own_vae(root)  # the model's own VAE, then $SHOWO2_VAE, then the cache
+    return found if found is not None else shared_vae(local_files_only)
+
+
+def shared_vae(local_files_only: bool = False) -> Path | None:
+    """The VAE a model without its own takes: ``$SHOWO2_VAE`` (a path or a Hub repo id, as
+    ``--vae``; an error when it names nothing), else the Wan2.1 VAE in the Hugging Face cache (the
+    single file, else the diffusers repo's)."""
+    env = os.environ.get("SHOWO2_VAE", "").strip()
+    if env:
+        path = existing_path(env)
+        if path is None:
+            if vae_repo(env) is not None:
+                return fetch_vae(env, local_files_only=local_files_only)
+            raise ModelError(f"$SHOWO2_VAE names '{short(env, 200)}', which does not exist")
+        return resolve_run_path(path)
+    found = hf_cached_file(WAN_VAE_REPO, WAN_VAE_FILE)
+    if found is not None:
+        return found
+    snap = hf_cached_file(WAN_VAE_DIFFUSERS_REPO, "vae/config.json")
+    if snap is not None:
+        return snap.parent
+    return None

@@ -457,7 +457,8 @@ def fetch(name, force_download: bool = False, local_files_only: bool = False, pr
     bytes. ``local_files_only`` forbids both (with ``force_download``: a ValueError). ``vae``: the
     load's own VAE (``load(vae=)``), so the Wan2.1 VAE is not fetched for it; a Hub repo id there
     is fetched first (its VAE's files only, ``progress`` too)."""
-    from .hub import explicit_vae, is_hub_name, needs_download, pull
+    from .hub import is_hub_name, needs_download, pull
+    from .hub_vae import explicit_vae
 
     if force_download and local_files_only:
         raise ValueError("force_download=True needs the Hub, local_files_only=True forbids it: pass one")
@@ -589,7 +590,7 @@ def resolve_vae(model: str | None = None, vae: str | os.PathLike | None = None,
                 dtype: torch.dtype = torch.float32, device="cpu", parts: tuple[str, ...] = ("encoder", "decoder")):
     """(WanVAE, where it came from): an explicit path, else the named model's, else the default
     model's; ``parts`` as :func:`~showo2_cli.modeling.vae_files.load_vae`'s."""
-    from .hub import explicit_vae
+    from .hub_vae import explicit_vae
     from .modeling.vae_files import load_vae
 
     if vae is not None:

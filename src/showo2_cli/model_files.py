@@ -18,15 +18,14 @@ from .hub import (
     ADAPTER_CONFIG,
     WAN_VAE_FILE,
     WAN_VAE_REPO,
-    explicit_vae,
     find_tokenizer,
-    find_vae,
     find_weights,
     is_local,
     local_or_cached_dir,
     resolve_root,
     snapshot_revision,
 )
+from .hub_vae import explicit_vae, find_vae
 from .model_config import check_official_config
 from .specs import spec_for_hidden_size
 from .weights import read_json

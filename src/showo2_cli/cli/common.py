@@ -272,8 +272,7 @@ def fetch_vae_if_needed(vae: str | os.PathLike) -> Path:
     """``--vae``'s VAE: a path that does not exist is the load's own line, before any download is
     announced; a Hub repo id not cached yet is downloaded (its VAE's files only), announced, with
     progress bars. Returns where it is."""
-    from ..hub import explicit_vae
-    from ..hub_vae import needs_vae_download
+    from ..hub_vae import explicit_vae, needs_vae_download
 
     if not needs_vae_download(vae):
         return explicit_vae(vae)

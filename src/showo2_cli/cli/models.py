@@ -233,7 +233,8 @@ def init(
 def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
     """The known variants: which are present locally (and where), what is missing, how to get it."""
     setup(json_mode, quiet)
-    from ..hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path, cached_snapshot, shared_vae
+    from ..hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path, cached_snapshot
+    from ..hub_vae import shared_vae
     from ..model_files import find_files
     from ..specs import REGISTRY
 
