@@ -17,6 +17,13 @@ from test_hub_pipeline import hub, offline  # noqa: F401  (the local Hub fixture
 PIPE = "acme/wan-diffusers"
 
 
+def online(monkeypatch):
+    import huggingface_hub.constants as C
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+
+
 def _pixels(path) -> bytes:
     with Image.open(path) as im:
         return im.convert("RGB").tobytes()
@@ -45,10 +52,7 @@ def test_a_vae_named_by_repo_id_is_fetched_alone_announced_and_offline_after(hub
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not in the Hugging Face cache and HF_HUB_OFFLINE is set" in err, err
     assert hub.requests == [] and not out.exists()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    import huggingface_hub.constants as C
-
-    monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+    online(monkeypatch)
     assert main([*args, "--vae", PIPE]) == 0
     assert f"downloading the VAE {PIPE} into the Hugging Face cache" in capsys.readouterr().err
     assert sorted(hub.downloads()) == [f"{PIPE}:vae/config.json", f"{PIPE}:vae/diffusion_pytorch_model.safetensors"]
@@ -107,7 +111,8 @@ def test_a_vae_repo_at_its_root_for_encode_the_api_and_the_environment(hub, tiny
     assert not any(d.startswith("Wan-AI/") for d in hub.downloads())
 
 
-def test_a_model_repo_with_its_own_vae_run_with_another_fetches_no_vae(hub, tiny_model_dir, tmp_path, capsys):  # noqa: F811
+def test_a_model_repo_with_its_own_vae_run_with_another_fetches_no_vae(hub, tiny_model_dir, tmp_path,  # noqa: F811
+                                                                       monkeypatch, capsys):
     """A showo2 repo holding vae/, run with --vae: its vae/ was downloaded whole (never read). Now only
     what the load reads; run later without --vae, its vae/ is fetched then (and only it)."""
     hub.add_folder("acme/own", tiny_model_dir)
@@ -121,6 +126,12 @@ def test_a_model_repo_with_its_own_vae_run_with_another_fetches_no_vae(hub, tiny
     assert main(["t2i", "a red circle", "-m", "acme/own", "--vae", str(vae), "-o", str(tmp_path / "y.png"),
                  "--steps", "2"]) == 0
     assert hub.requests == []  # complete for what it runs: no request
+    offline(monkeypatch)  # without --vae, offline: the cache lacks the VAE, and the line says so
+    assert main(["t2i", "a red circle", "-m", "acme/own", "-o", str(tmp_path / "z.png"), "--steps", "2"]) == 4
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "showo2: error: model 'acme/own' is in the Hugging Face cache without its own VAE (fetched for a run with "
+        "--vae) and HF_HUB_OFFLINE is set: pass --vae, or get it while online with: showo2 pull acme/own")
+    online(monkeypatch)
     assert main(["t2i", "a red circle", "-m", "acme/own", "-o", str(tmp_path / "z.png"), "--steps", "2"]) == 0
     assert sorted(hub.downloads()) == ["acme/own:vae/config.json", "acme/own:vae/diffusion_pytorch_model.safetensors"]
     assert len(model_files) + 2 == sum(1 for p in tiny_model_dir.rglob("*") if p.is_file())

@@ -208,6 +208,10 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False,
             return text, snap
         if offline() or local_files_only:
             why = "HF_HUB_OFFLINE is set" if offline() else "local_files_only is set"
+            if not vae_given and cached_snapshot(repo, revision=revision, vae_given=True) is not None:
+                raise ModelError(f"model '{text}' is in the Hugging Face cache without its own VAE (fetched for a "
+                                 f"run with --vae) and {why}: pass --vae, or get it while online with: "
+                                 f"showo2 pull {text}")
             folder = "not a local folder, " if "/" in text else ""  # a mistyped path looks like a repo id
             raise ModelError(f"model '{text}' is {folder}not in the Hugging Face cache and {why}; "
                              f"get it while online with: showo2 pull {text}")
