@@ -8,6 +8,7 @@ own ``vae/`` run with another VAE.
 from __future__ import annotations
 
 import json
+import shutil
 
 from PIL import Image
 
@@ -109,6 +110,15 @@ def test_a_vae_repo_at_its_root_for_encode_the_api_and_the_environment(hub, tiny
     assert [d for d in hub.downloads() if d.startswith(PIPE)] == [f"{PIPE}:vae/config.json",
                                                                    f"{PIPE}:vae/diffusion_pytorch_model.safetensors"]
     assert not any(d.startswith("Wan-AI/") for d in hub.downloads())
+    # a local folder without a VAE, $SHOWO2_VAE a repo not yet cached: downloaded, announced, as --vae's
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare, ignore=shutil.ignore_patterns("vae"))
+    monkeypatch.setenv("SHOWO2_VAE", "acme/vae-env")
+    hub.add("acme/vae-env", hub.repos["acme/vae-root"].files)
+    assert main(["t2i", "a red circle", "-m", str(bare), "-o", str(tmp_path / "env.png"), "--steps", "2"]) == 0
+    assert "downloading the VAE acme/vae-env into the Hugging Face cache" in capsys.readouterr().err
+    assert sorted(d for d in hub.downloads() if d.startswith("acme/vae-env")) == [
+        "acme/vae-env:config.json", "acme/vae-env:diffusion_pytorch_model.safetensors"]
 
 
 def test_a_model_repo_with_its_own_vae_run_with_another_fetches_no_vae(hub, tiny_model_dir, tmp_path,  # noqa: F811

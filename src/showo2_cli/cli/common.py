@@ -257,8 +257,9 @@ def model_name(model: str | None) -> str:
 def fetch_if_needed(model: str, vae: str | os.PathLike | None = None) -> None:
     """A variant or repo id that is not cached, when online: pull it (and its tokenizer, and its VAE
     unless ``vae``, the command's ``--vae``, is given) with progress bars, before anything loads it
-    or reads it (the checks before a load call it too)."""
-    from ..hub import needs_download, pull
+    or reads it (the checks before a load call it too). A local model without a VAE of its own
+    takes ``$SHOWO2_VAE``'s: a Hub repo id there not cached yet is downloaded here, announced."""
+    from ..hub import is_local, needs_download, pull, resolve_root
 
     if vae is not None:
         fetch_vae_if_needed(vae)
@@ -266,6 +267,16 @@ def fetch_if_needed(model: str, vae: str | os.PathLike | None = None) -> None:
         notice(f"downloading {model} into the Hugging Face cache")
         with ProgressReporter() as progress:
             pull(model, progress=progress, vae=vae)
+    elif vae is None and is_local(model):  # (a Hub model's pull fetches it with the model)
+        from ..errors import ModelError
+        from ..hub_vae import env_vae_download
+
+        try:
+            env = env_vae_download(resolve_root(model, local_files_only=True)[1])
+        except ModelError:  # a folder that is no model: the load says what is wrong
+            env = None
+        if env is not None:
+            fetch_vae_if_needed(env)
 
 
 def fetch_vae_if_needed(vae: str | os.PathLike) -> Path:
