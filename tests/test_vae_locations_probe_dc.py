@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from PIL import Image
 
@@ -287,3 +288,15 @@ def test_vae_is_taken_as_typed_and_an_empty_one_is_refused(hub, tmp_path, monkey
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         "showo2: error: --vae: the name is empty (give a VAE file or folder, or a Hugging Face repo id)"
     assert hub.requests == [] and not out.exists()
+
+
+def test_a_hugging_face_cache_entry_given_as_the_model_names_what_to_give(tmp_path, capsys):
+    """`-m ~/.cache/huggingface/hub/models--owner--name` (the folder `hf download` fills) was "not a
+    Show-o2 model folder: it has no config.json", with no word of what to give instead."""
+    entry = tmp_path / "models--acme--m"
+    shutil.copytree(Path(__file__).parents[1] / "src" / "showo2_cli" / "assets" / "demo", entry / "snapshots" / "abc")
+    assert main(["t2i", "a red circle", "-m", str(entry), "-o", str(tmp_path / "x.png"), "--steps", "2"]) == 4
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"showo2: error: '{entry}' is not a Show-o2 model folder: it has no config.json (it is a Hugging Face "
+        "cache's entry of 'acme/m': give a folder under its snapshots/, or the repo id acme/m where that cache is "
+        "HF_HUB_CACHE)")

@@ -144,6 +144,10 @@ def _subfolder_hint(root: Path) -> str:
             base = None
         base = short(base, 60) if isinstance(base, str) and base and base.isprintable() else "BASE"
         return f" (it is a LoRA adapter: give its base model and the adapter, --model {base} --lora {root})"
+    if root.name.startswith("models--") and "--" in root.name[8:] and (root / "snapshots").is_dir():
+        repo = root.name[8:].replace("--", "/", 1)  # huggingface_hub's cache folder of a repo
+        return (f" (it is a Hugging Face cache's entry of '{short(repo, 100)}': give a folder under its snapshots/, "
+                f"or the repo id {short(repo, 100)} where that cache is HF_HUB_CACHE)")
     try:
         found = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
     except OSError:
