@@ -337,7 +337,8 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     ``dtype`` (when not ``auto``) place the model unless ``device``/``dtype`` are given (default: the
     CPU in float32; ``"auto"`` the best; arguments that disagree with them are refused: the one
     reading of these values, :func:`showo2_cli.runtime.load_placement`). A repo id that is not cached is downloaded when
-    online, unless ``local_files_only``. ``use_safetensors=True`` (diffusers' switch) refuses a
+    online, unless ``local_files_only``; ``vae`` is a VAE's file or folder, or a repo id whose VAE
+    (its ``vae/`` or its root) is fetched so (:func:`showo2_cli.hub_vae.explicit_vae`). ``use_safetensors=True`` (diffusers' switch) refuses a
     model whose weights or VAE file are pickles (``.bin``/``.pth``, which are otherwise read with
     ``torch.load(weights_only=True)``) before anything is read. ``cache_dir``, ``token`` and
     ``force_download`` are huggingface_hub's, for this call (see
