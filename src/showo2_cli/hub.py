@@ -507,8 +507,9 @@ def pull(name: str, progress: Progress | None = None, *, force_download: bool = 
     repos, which other models share, only when missing); with ``HF_HUB_OFFLINE`` set, only the cache is consulted.
     ``cache_dir`` and ``token`` are huggingface_hub's, for this call (default: the environment's,
     or those of the running :func:`~showo2_cli.hub_download.hub_access`). ``vae``: the VAE the
-    caller's load reads instead (``--vae``, ``load(vae=)``): it must exist, said before any download,
-    and the Wan2.1 VAE is not fetched for it."""
+    caller's load reads instead (``--vae``, ``load(vae=)``): it must exist (a repo id's VAE is
+    fetched first), said before any download, and neither the Wan2.1 VAE nor the model's own
+    ``vae/`` is fetched for it."""
     from contextlib import nullcontext
 
     if vae is not None:  # a VAE that is not there: the load's own error, before anything is fetched
