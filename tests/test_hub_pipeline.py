@@ -869,8 +869,9 @@ def test_pipeline_seeds_outputs_and_arguments_as_diffusers_does(pipe):
     gens = [torch.Generator().manual_seed(30), torch.Generator().manual_seed(4)]
     out = pipe(["a", "b"], generator=gens, **call)
     assert [r.seed for r in out.results] == [30, 4]
-    solo = pipe(["b"], seed=4, **call).images[0]
-    assert np.array_equal(np.asarray(out.images[1]), np.asarray(solo))
+    solo = pipe(["b"], seed=4, **call).images[0]  # the generators' outputs are batched (batch_size, as diffusers):
+    gens = [torch.Generator().manual_seed(30), torch.Generator().manual_seed(4)]  # one at a time, each is its seed's
+    assert np.array_equal(np.asarray(pipe(["a", "b"], generator=gens, batch_size=1, **call).images[1]), np.asarray(solo))
     torch.manual_seed(0)
     one = pipe("q", **call).results[0].seed
     torch.manual_seed(0)
@@ -989,8 +990,9 @@ def test_callback_on_step_end_sees_changes_and_interrupts_the_sampling(pipe):
         several = pipe(["a", "b", "c"], callback_on_step_end=stop_after_two, **{**call, "batch_size": 2})
         assert [r.params["steps_done"] for r in several.results] == [2, 2]
         gens = [torch.Generator().manual_seed(k) for k in range(3)]
-        assert len(pipe("a", num_images_per_prompt=3, generator=gens, callback_on_step_end=stop_after_two,
-                        **{k: v for k, v in call.items() if k != "seed"}).results) == 1
+        one_run = {**{k: v for k, v in call.items() if k != "seed"}, "batch_size": 2}  # generators: batches too
+        assert [r.params["steps_done"] for r in pipe("a", num_images_per_prompt=3, generator=gens,
+                                                     callback_on_step_end=stop_after_two, **one_run).results] == [2, 2]
 
         def stop_at_the_end(p, i, t, kwargs):
             p._interrupt = i == 3

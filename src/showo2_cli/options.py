@@ -432,6 +432,9 @@ class GenerateOptions:
     guidance: float | None = None  # default the model's
     shift: float | None = None  # default the model's (3.0)
     seed: int | None = None  # base seed; output k of prompt p uses seed + p*n + k
+    #: one seed per output of the run, in its order (diffusers' list of generators): output j uses
+    #: seeds[j] in place of seed + j, in the batches ``batch_size`` makes; None: from ``seed``
+    seeds: list[int] | None = None
     num_per_prompt: int = 1
     batch_size: int = 4
     frames: int = DEFAULT_VIDEO_FRAMES  # videos: pixel frames (1+4k)
@@ -445,6 +448,8 @@ class GenerateOptions:
 
     def __post_init__(self) -> None:
         plain_numbers(self)
+        if isinstance(self.seeds, (list, tuple)):  # numpy's integers as Python's, as plain_numbers does
+            self.seeds = [v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v for v in self.seeds]
         if isinstance(self.size, int) and not isinstance(self.size, bool):
             self.size = (self.size, self.size)  # one side: a square
         elif isinstance(self.size, list):
@@ -476,6 +481,11 @@ class GenerateOptions:
         check_int("--batch-size", self.batch_size, 1, MAX_BATCH)
         check_choice("--sampler", self.method, tuple(SAMPLERS), allow_none=False)
         check_seed(self.seed)
+        if self.seeds is not None:
+            if isinstance(self.seeds, (str, bytes)) or not isinstance(self.seeds, (list, tuple)) or not self.seeds:
+                raise UsageError(f"seeds must be a list of seeds, one per output, got {short(self.seeds)}")
+            for one in self.seeds:
+                check_seed(one, "each of seeds")
         check_number("--max-memory", self.max_memory_gb, 0)
         check_int("--frames", self.frames, 1, MAX_VIDEO_FRAMES)
         from .specs import WAN21

@@ -14,7 +14,8 @@ Everything delegates to the functions of :mod:`showo2_cli.api` (``load``, ``text
 Seeds follow diffusers' habits and stay equal to the CLI's: a freshly seeded generator's seed is
 the base seed, so ``pipe(p, generator=torch.Generator().manual_seed(7))`` gives the image
 ``showo2 t2i p --seed 7`` writes; each call then advances the generator (calling again with it
-gives new images, reproducibly); a list of generators seeds one output each; with neither
+gives new images, reproducibly); a list of generators seeds one output each (``GenerateOptions.seeds``,
+in the run's batches); with neither
 ``generator`` nor ``seed`` the seed comes from torch's global generator (``torch.manual_seed``).
 """
 
@@ -24,7 +25,7 @@ import os
 import threading
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -474,6 +475,7 @@ class Showo2Pipeline(LoraLoaderMixin):
         opts = GenerateOptions(size=size, steps=whole_number(num_inference_steps, "num_inference_steps", True,
                                                                      *STEPS_RANGE),
                                guidance=real_number(guidance_scale, "guidance_scale"), seed=seeds[0] if seeds else seed,
+                               seeds=seeds if seeds is not None and len(seeds) > 1 else None,  # one per output
                                shift=real_number(shift if shift is not None else self.default_shift, "shift"),
                                num_per_prompt=n, batch_size=whole_number(batch_size, "batch_size"),
                                frames=whole_number(num_frames, "num_frames", True) or (DEFAULT_VIDEO_FRAMES if video else 1),
@@ -481,16 +483,8 @@ class Showo2Pipeline(LoraLoaderMixin):
         resolved = opts.resolved(self.spec, video)  # checked once, by the API below
         self._num_timesteps, self._guidance_scale = resolved.steps - 1, resolved.guidance
         with self._progress(progress) as report, python_names(PYTHON_NAMES):
-            if seeds is not None and len(seeds) > 1 and latents is None:
-                results = []  # a generator per output: one output at a time, each with its own seed
-                for i, seed_i in enumerate(seeds):
-                    if self._interrupt:  # a step callback ended the run: later outputs are not made
-                        break
-                    one = replace(opts, num_per_prompt=1, seed=seed_i, batch_size=1,
-                                  negative_prompt=[negatives[i // n]])
-                    results += self._run([prompts[i // n]], one, image, video, report, on_step)
-            else:  # the API's rule: output k of the run uses the base seed + k
-                results = self._run(prompts, opts, image, video, report, on_step)
+            # one run, in batches of batch_size: output k uses the base seed + k, or its own generator's seed
+            results = self._run(prompts, opts, image, video, report, on_step)
         for note in dict.fromkeys(note for item in results for note in item.unused_prompt_notes()):  # as diffusers
             warnings.warn(note, UserWarning, stacklevel=4)  # to the caller, past the lock and the pinning
         out = outputs_as(results, output_type, video)

@@ -218,6 +218,18 @@ def _encode_prompt(tokenizer, text: str) -> list[int]:
     return encode_user_text(tokenizer, re.sub("\r\n?|\n", " ", text)) if text.strip() else []
 
 
+def _output_seeds(opts: GenerateOptions, indices: list[int], part: bool) -> Callable[[int, int], int]:
+    """``seed_of(prompt_index, k)``: the seed of output ``k`` of a prompt: ``opts.seeds`` at the
+    output's position in the run (one per output, checked here), else the base seed's rule."""
+    n = opts.num_per_prompt
+    if opts.seeds is None:
+        return lambda i, k: seed_for(opts.seed, i, k, n)
+    needed = (max(indices) + 1) * n if part else len(indices) * n  # a share of a run: its positions
+    if len(opts.seeds) != needed and not (part and len(opts.seeds) > needed):
+        raise UsageError(f"got {len(opts.seeds)} seeds for {needed} outputs: give one per output")
+    return lambda i, k: opts.seeds[i * n + k]
+
+
 def _outputs_made(outputs, total: int) -> list[int] | None:
     """``outputs`` (which of a run's ``total`` outputs to make, positions in the run's order) as a
     list, checked; None: all of them."""
@@ -255,6 +267,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
     noise_all, rows = None, None  # rows[j]: the row of the given noise that job j starts from
     if opts.noise is not None:  # judged for the whole run, as one process judges it
         noise_all, rows = noise_rows(opts.noise, spec, opts, video, frames, indices, part)
+    seed_of = _output_seeds(opts, indices, part)
     outputs = _outputs_made(outputs, len(jobs))
     if outputs is not None:  # a share of the run's outputs (several processes): each as the whole run makes it
         jobs = [jobs[j] for j in outputs]
@@ -273,7 +286,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
         ids = [_encode_prompt(tokenizer, p) for p, _, _ in batch]
         neg_ids = [_encode_prompt(tokenizer, negative[i]) for _, i, _ in batch]
         layout = generation_layout(ids, visual, tokens, max_seq_len, video=video, negatives=neg_ids)
-        seeds = [seed_for(opts.seed, i, k, opts.num_per_prompt) for _, i, k in batch]
+        seeds = [seed_of(i, k) for _, i, k in batch]
         if noise_all is not None:
             noise = noise_all[rows[start:start + len(batch)]].clone()
         else:

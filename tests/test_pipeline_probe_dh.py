@@ -1,0 +1,62 @@
+"""Probe DH: the diffusers-shaped pipeline as diffusers users call it (tiny model, in process)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipe):
+    return tiny_pipe
+
+
+def gens(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_a_list_of_generators_is_one_batched_run(pipe):
+    """diffusers' per-image generators (`generator=[... for i in range(n)]`) made one output at a
+    time: batch_size ignored, the denoising bar and progress restarting per output, a step
+    callback seeing one output's latents. Now one run in batches, each output its generator's."""
+    from showo2_cli import api
+
+    call = dict(num_inference_steps=4, guidance_scale=3.0, output_type="latent")
+    seen, shapes = [], []
+
+    def step(p, i, t, kwargs):
+        shapes.append(tuple(kwargs["latents"].shape))
+        return kwargs
+
+    out = pipe("a red circle", num_images_per_prompt=3, generator=gens(5, 9, 2), batch_size=3,
+               progress=lambda phase, done, total: seen.append((phase, done, total)),
+               callback_on_step_end=step, **call)
+    assert [r.seed for r in out.results] == [5, 9, 2]
+    assert shapes == [(3, *out.images.shape[1:])] * 3  # one batch of three, three steps
+    denoising = [(done, total) for phase, done, total in seen if phase == "denoising"]
+    assert denoising == [(1, 3), (2, 3), (3, 3)]  # one bar of 3 steps (was 3 bars counting 1..3 each)
+    # the API's per-output seeds: the same run, and the same batches
+    same = api.text_to_image(pipe.model, ["a red circle"], api.GenerateOptions(
+        steps=4, guidance=3.0, seed=0, seeds=[5, 9, 2], num_per_prompt=3, batch_size=3))
+    assert torch.equal(torch.stack([r.latents for r in same]), out.images)
+    # each output is its generator's seed's: one at a time, bit for bit a call with that seed alone
+    single = pipe("a red circle", num_images_per_prompt=3, generator=gens(5, 9, 2), batch_size=1, **call).images
+    assert torch.equal(single[1], pipe("a red circle", seed=9, **call).images[0])
+    assert torch.allclose(single, out.images, atol=1e-3)  # batching moves float rounding only
+    # several prompts, num_images_per_prompt each: the generators in the run's order
+    two = pipe(["a", "b"], num_images_per_prompt=2, generator=gens(1, 2, 3, 4), **call)
+    assert [(r.prompt, r.seed) for r in two.results] == [("a", 1), ("a", 2), ("b", 3), ("b", 4)]
+
+
+def test_per_output_seeds_are_checked(pipe):
+    from showo2_cli import api
+
+    with pytest.raises(ValueError, match="got 2 seeds for 3 outputs"):
+        api.text_to_image(pipe.model, ["a"], api.GenerateOptions(steps=2, seeds=[1, 2], num_per_prompt=3))
+    for bad in ("12", 7, [1, -1], [1.5], []):
+        with pytest.raises(ValueError, match="seeds"):
+            api.GenerateOptions(steps=2, seeds=bad).validate()
+    assert api.GenerateOptions(seeds=[np.int64(3)]).seeds == [3] and type(api.GenerateOptions(
+        seeds=[np.int64(3)]).seeds[0]) is int
+
