@@ -60,3 +60,14 @@ def test_per_output_seeds_are_checked(pipe):
     assert api.GenerateOptions(seeds=[np.int64(3)]).seeds == [3] and type(api.GenerateOptions(
         seeds=[np.int64(3)]).seeds[0]) is int
 
+
+def test_a_step_callback_returning_nan_is_named(pipe):
+    """A callback's NaN latents were reported after the run as the model's own NaN ('the model's
+    weights hold NaN or infinity, or half precision overflowed'), which sent users to their weights."""
+
+    def nan(p, i, t, kwargs):
+        return {"latents": kwargs["latents"] * float("nan")}
+
+    with pytest.raises(ValueError, match="step callback returned latents holding NaN or infinite"):
+        pipe("a", num_inference_steps=3, seed=1, callback_on_step_end=nan)
+

@@ -48,6 +48,8 @@ def _after_step(callback: StepCallback | None, step: int, total: int, t: float,
     if not isinstance(replaced, torch.Tensor) or replaced.shape != x.shape:
         raise ValueError(f"a step callback must return None or latents of shape {tuple(x.shape)}, got "
                          f"{tuple(replaced.shape) if isinstance(replaced, torch.Tensor) else type(replaced).__name__}")
+    if not bool(torch.isfinite(replaced).all()):  # else reported at the end as the model's NaN (weights, fp16)
+        raise ValueError("a step callback returned latents holding NaN or infinite values")
     return replaced.to(device=x.device, dtype=x.dtype), stop
 
 
