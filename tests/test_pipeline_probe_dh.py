@@ -71,3 +71,32 @@ def test_a_step_callback_returning_nan_is_named(pipe):
     with pytest.raises(ValueError, match="step callback returned latents holding NaN or infinite"):
         pipe("a", num_inference_steps=3, seed=1, callback_on_step_end=nan)
 
+
+def test_loads_and_moves_inside_inference_mode_make_ordinary_weights(tiny_model_dir, tmp_path):
+    """`with torch.inference_mode():` around a notebook cell's `from_pretrained` (or `pipe.to`)
+    made the weights inference tensors, unlike the heads and VAE halves loaded later (those run
+    outside inference mode): `load_lora_weights` then failed with 'Inplace update to inference
+    tensor outside InferenceMode is not allowed', and so did autograd through the weights."""
+    from conftest import random_lora
+    from showo2_cli import Showo2Pipeline
+
+    adapter = random_lora(tiny_model_dir, tmp_path / "lora")
+    with torch.inference_mode():
+        pipe = Showo2Pipeline.from_pretrained(tiny_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    tensors = lambda p: [*p.network.parameters(), *p.network.buffers(), *p.vae.parameters(), *p.vae.buffers()]  # noqa: E731
+    assert not any(t.is_inference() for t in tensors(pipe))
+    call = dict(num_inference_steps=3, seed=1, output_type="latent")
+    base = pipe("a", **call).images
+    with torch.inference_mode():
+        pipe.to(torch.float64)
+        pipe.to(torch.float32)
+    assert not any(t.is_inference() for t in tensors(pipe))
+    weights = {k: v.clone() for k, v in pipe.network.state_dict().items()}
+    with torch.inference_mode():
+        pipe.load_lora_weights(str(adapter))
+    merged = pipe.network.state_dict()
+    assert sum(not torch.equal(merged[k], v) for k, v in weights.items()) == 2 * pipe.spec.num_layers  # q and v of each layer
+    pipe.unload_lora_weights()
+    assert all(torch.equal(pipe.network.state_dict()[k], v) for k, v in weights.items())
+    assert torch.equal(pipe("a", **call).images, base)

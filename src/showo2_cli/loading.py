@@ -239,6 +239,7 @@ class Showo2:
     def dtype(self) -> torch.dtype:
         return self.network.dtype
 
+    @torch.inference_mode(False)  # moved weights made in a caller's inference mode would be inference tensors
     def to(self, device=None, dtype: torch.dtype | None = None) -> Showo2:
         if dtype is not None and self.quantize != "none" and torch_dtype(dtype) != self.dtype:
             # the quantized layers keep their own dtype (torchao's scales, bitsandbytes' compute dtype):
@@ -318,6 +319,7 @@ def check_adapters(files, lora) -> bool:
 
 
 @cpu_by_default
+@torch.inference_mode(False)  # a caller's inference mode would make the weights inference tensors (as HeadLoader)
 def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, need: tuple[str, ...] = ("tokenizer", "VAE"),
          runtime=None, lora: str | os.PathLike | list | tuple | None = (), local_files_only: bool = False,
