@@ -100,3 +100,30 @@ def test_loads_and_moves_inside_inference_mode_make_ordinary_weights(tiny_model_
     pipe.unload_lora_weights()
     assert all(torch.equal(pipe.network.state_dict()[k], v) for k, v in weights.items())
     assert torch.equal(pipe("a", **call).images, base)
+
+
+def test_diffusers_lora_calls_say_what_to_call(pipe, tiny_model_dir, tmp_path):
+    """diffusers' LoRA script (`load_lora_weights`, then `fuse_lora()` or `set_adapters(...)`) met
+    an AttributeError on its second line; the adapters are merged on load here."""
+    from conftest import random_lora
+
+    adapter = random_lora(tiny_model_dir, tmp_path / "lora")
+    weights = {k: v.clone() for k, v in pipe.network.state_dict().items()}
+    pipe.load_lora_weights(str(adapter), adapter_name="style")
+    try:
+        merged = {k: v.clone() for k, v in pipe.network.state_dict().items()}
+        pipe.fuse_lora()  # fused already: nothing changes
+        pipe.fuse_lora(lora_scale=np.float32(1.0))
+        pipe.enable_lora()
+        assert all(torch.equal(pipe.network.state_dict()[k], v) for k, v in merged.items())
+        for call, hint in ((lambda: pipe.fuse_lora(lora_scale=0.5), r"weight=0\.5"),
+                           (lambda: pipe.set_adapters(["style"], adapter_weights=[0.5]), r"weight=\.\.\."),
+                           (pipe.unfuse_lora, "unload_lora_weights"), (pipe.disable_lora, "unload_lora_weights"),
+                           (lambda: pipe.delete_adapters("style"), "unload_lora_weights")):
+            with pytest.raises(ValueError, match=hint) as refused:
+                call()
+            assert "merged into the weights" in str(refused.value) and "\n" not in str(refused.value)
+        assert all(torch.equal(pipe.network.state_dict()[k], v) for k, v in merged.items())
+    finally:
+        pipe.unload_lora_weights()
+    assert all(torch.equal(pipe.network.state_dict()[k], v) for k, v in weights.items())

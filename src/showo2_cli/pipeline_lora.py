@@ -18,7 +18,9 @@ of the loaded model and stay.
 
 diffusers' ``fuse_lora`` / ``unfuse_lora`` are not provided: every adapter here is fused already
 (``load_lora_weights`` is diffusers' load then ``fuse_lora``), and unfusing by subtraction is what
-``unload_lora_weights`` avoids. Refused, as diffusers refuses to fuse into them: quantized weights
+``unload_lora_weights`` avoids. Called, ``fuse_lora()`` does nothing (at ``lora_scale=1.0``), nor
+does ``enable_lora()`` (merged adapters are always on); ``unfuse_lora``, ``set_adapters``,
+``disable_lora`` and ``delete_adapters`` are ValueErrors naming what to call instead. Refused, as diffusers refuses to fuse into them: quantized weights
 (``int8wo``/``nf4``: the merge would round into the quantization grid, and unloading could not
 restore them), CPU offload (accelerate's hooks hold the weights) and compiled networks.
 """
@@ -34,6 +36,9 @@ from .errors import ModelError, UsageError
 from .options import check_lora_weight
 from .pipelines.arguments import lora_names, python_names, real_number
 from .runtime import cpu_by_default, one_call_at_a_time
+
+#: why diffusers' live-adapter calls are not offered (the start of their errors)
+_MERGED = "LoRA adapters are merged into the weights when loaded here (no live adapter layers)"
 
 #: the adapter errors of lora/hub (``--lora: 'x' does not exist``) as load_lora_weights' caller reads them
 LORA_NAMES = lora_names("load_lora_weights")
@@ -129,6 +134,36 @@ class LoraLoaderMixin:
         del self.model.adapters[saved["adapters"]:]
         del self.__dict__["_lora_saved"]
         self._lora_loaded.clear()
+
+    # diffusers' calls for live (unmerged) adapters: an error that says what to call here (they
+    # were AttributeErrors, which a diffusers LoRA script met on its second line)
+    def fuse_lora(self, components=None, lora_scale: float = 1.0, safe_fusing: bool = False,
+                  adapter_names: list[str] | None = None) -> None:
+        """Nothing to do at ``lora_scale=1.0``: :meth:`load_lora_weights` has fused its adapter
+        already, at its ``weight``. Another scale is a ValueError naming that ``weight``."""
+        if real_number(lora_scale, "lora_scale") != 1.0:
+            raise UsageError(_MERGED + f"; to fuse at {lora_scale:g}, unload_lora_weights() and load it again "
+                             f"with load_lora_weights(path, weight={lora_scale:g})")
+
+    def unfuse_lora(self, components=None) -> None:
+        """Not offered: a ValueError naming :meth:`unload_lora_weights`, which restores the weights."""
+        raise UsageError(_MERGED + "; unload_lora_weights() takes them out (restoring the weights bit for bit)")
+
+    def set_adapters(self, adapter_names, adapter_weights=None) -> None:
+        """Not offered: a ValueError naming ``load_lora_weights(weight=)``."""
+        raise UsageError(_MERGED + ", at the weight given then: unload_lora_weights() and load them again "
+                         "with load_lora_weights(path, weight=...)")
+
+    def disable_lora(self) -> None:
+        """Not offered: a ValueError naming :meth:`unload_lora_weights`."""
+        raise UsageError(_MERGED + "; unload_lora_weights() takes them out")
+
+    def enable_lora(self) -> None:
+        """Nothing to do: merged adapters are always on."""
+
+    def delete_adapters(self, adapter_names) -> None:
+        """Not offered: a ValueError naming :meth:`unload_lora_weights` (which takes out every adapter)."""
+        raise UsageError(_MERGED + "; unload_lora_weights() takes them all out (then load the ones to keep again)")
 
     def get_list_adapters(self) -> list[str]:
         """The names of the adapters :meth:`load_lora_weights` merged, in order."""
