@@ -127,3 +127,34 @@ def test_diffusers_lora_calls_say_what_to_call(pipe, tiny_model_dir, tmp_path):
     finally:
         pipe.unload_lora_weights()
     assert all(torch.equal(pipe.network.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_outputs_record_a_component_assigned_in_python(tiny_model_dir):
+    """`pipe.vae = ...` / `pipe.network = ...` (diffusers' component swap) made outputs whose
+    records named only the model, as if its own VAE and network had made them: a re-run from the
+    record gave other pixels without a word. The records now say so; the parts loaded, assigned
+    back, record nothing again, and a compiled wrapper of the same network is no swap."""
+    import copy
+
+    from showo2_cli import Showo2Pipeline
+
+    pipe = Showo2Pipeline.from_pretrained(tiny_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(num_inference_steps=2, seed=1)
+    own_vae, own_network = pipe.vae, pipe.network
+    assert {"vae", "network"}.isdisjoint(pipe("a", **call).results[0].params)
+    other = copy.deepcopy(own_vae)
+    with torch.no_grad():
+        other.model.decoder.conv_out.bias.add_(0.5)  # another VAE of the same shape
+    pipe.vae = other
+    swapped = pipe("a", **call).results[0]
+    assert swapped.params["vae"] == "assigned in Python (pipe.vae = ...)"
+    assert pipe.model.record()["vae"] == swapped.params["vae"]  # (what captions and chats record too)
+    pipe.vae = own_vae
+    assert "vae" not in pipe("a", **call).results[0].params
+    pipe.network = copy.deepcopy(own_network)
+    assert pipe("a", **call).results[0].params["network"] == "assigned in Python (pipe.network = ...)"
+    pipe.network = own_network
+    assert "network" not in pipe("a", **call).results[0].params
+    pipe.transformer = torch.compile(own_network)  # (compiled when first run: not run here)
+    assert "network" not in pipe.model.record()

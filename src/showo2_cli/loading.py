@@ -203,6 +203,7 @@ class Showo2:
         self.quantize = "none"  # weight-only quantization applied on load (recorded with generated outputs)
         self.offload = "none"  # CPU offload (runtime.enable_offload): accelerate's hooks place the weights
         self.vae_given: str | None = None  # a VAE given to load() in place of the model's (recorded likewise)
+        self.network_given: str | None = None  # a network assigned in place of the loaded one (recorded)
         self.max_memory_gb: float | None = None  # RuntimeOptions' memory limit: its jobs' when theirs is None
 
     def memory_limit(self, option: float | None) -> float | None:
@@ -224,6 +225,8 @@ class Showo2:
             params["lora"] = list(self.adapters)  # merged into the weights on load
         if self.vae_given:  # --vae: another VAE decodes (and encodes) differently
             params["vae"] = self.vae_given
+        if self.network_given:  # (pipe.network = ...): not the model's weights
+            params["network"] = self.network_given
         if self.quantize != "none":  # it changes the output: a run without it differs
             params["quantize"] = self.quantize
         if self.dtype != torch.float32:  # bf16/fp16 round every layer: an fp32 run of it differs

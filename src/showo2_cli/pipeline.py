@@ -95,6 +95,9 @@ class Showo2Pipeline(LoraLoaderMixin):
         # one call at a time (runtime.one_call_at_a_time): a call's state lives here, as diffusers keeps it
         self._call_lock = threading.RLock()
         self.model = model
+        # the parts loaded and their records: one assigned in their place is recorded as such (_given)
+        self._loaded_parts = {"network": (getattr(model.network, "_orig_mod", model.network), model.network_given),
+                              "vae": (model.vae, model.vae_given)}
         self.sampler = DEFAULT_SAMPLER  # the default of ``sampler=``; ``pipe.scheduler = ...`` sets it
         self.default_shift: float | None = None
         self._progress_bar_config: dict = {}
@@ -323,6 +326,7 @@ class Showo2Pipeline(LoraLoaderMixin):
                 inner.spec != self.spec:  # another network must be one of the same model
             raise ValueError("the network is of another model than this pipeline's (its spec differs)")
         self.model.network = value
+        self.model.network_given = self._given("network", inner)
 
     transformer = network
 
@@ -350,6 +354,11 @@ class Showo2Pipeline(LoraLoaderMixin):
         if wrong:
             raise ValueError(f"the VAE does not fit this model: its spec says {wrong}")
         self.model.vae = value
+        self.model.vae_given = self._given("vae", value)
+
+    def _given(self, part: str, value) -> str | None:  # a part's record: as loaded, or assigned
+        loaded, recorded = self._loaded_parts[part]
+        return recorded if value is loaded else f"assigned in Python (pipe.{part} = ...)"
 
     @property
     def tokenizer(self):
