@@ -158,3 +158,15 @@ def test_outputs_record_a_component_assigned_in_python(tiny_model_dir):
     assert "network" not in pipe("a", **call).results[0].params
     pipe.transformer = torch.compile(own_network)  # (compiled when first run: not run here)
     assert "network" not in pipe.model.record()
+
+
+def test_a_list_of_images_of_two_sizes_says_it_is_read_as_a_video(pipe):
+    """`pipe.caption([photo_a, photo_b])`, transformers' batch habit, said only that 'the frames
+    of a video share one size': the list is one video's frames here (README), and the error now
+    says so and what to do for several images."""
+    from PIL import Image
+
+    images = [Image.new("RGB", (32, 32)), Image.new("RGB", (48, 32))]
+    with pytest.raises(ValueError, match=r"share one size; a list of images is one video's frames \(several "
+                                         r"images: one call each\)"):
+        pipe.caption(images, "what is it?", max_new_tokens=2)

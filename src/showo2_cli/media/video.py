@@ -417,8 +417,10 @@ def _media_in_memory(source, num_frames, max_pixels, max_frames, first, max_byte
         frame = np.asarray(image_input(source[i], max_pixels, f"video frame {i}"), dtype=np.uint8)
         first_shape = first_shape or frame.shape
         if frame.shape != first_shape:
+            listed = "; a list of images is one video's frames (several images: one call each)" \
+                if isinstance(source, (list, tuple)) else ""
             raise ValueError(f"video frame {i} is {frame.shape[1]}x{frame.shape[0]}, frame 0 "
-                             f"{first_shape[1]}x{first_shape[0]}: the frames of a video share one size")
+                             f"{first_shape[1]}x{first_shape[0]}: the frames of a video share one size{listed}")
         kept = frame if fit is None else fit(frame)  # the memory limit is judged on what is kept
         if kept.nbytes * len(picked) > budget:
             raise ResourceError(f"{len(picked)} frames of {kept.shape[1]}x{kept.shape[0]} need "
