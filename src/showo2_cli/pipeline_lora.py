@@ -20,9 +20,10 @@ diffusers' ``fuse_lora`` / ``unfuse_lora`` are not provided: every adapter here 
 (``load_lora_weights`` is diffusers' load then ``fuse_lora``), and unfusing by subtraction is what
 ``unload_lora_weights`` avoids. Called, ``fuse_lora()`` does nothing (at ``lora_scale=1.0``), nor
 does ``enable_lora()`` (merged adapters are always on); ``unfuse_lora``, ``set_adapters``,
-``disable_lora`` and ``delete_adapters`` are ValueErrors naming what to call instead. Refused, as diffusers refuses to fuse into them: quantized weights
-(``int8wo``/``nf4``: the merge would round into the quantization grid, and unloading could not
-restore them), CPU offload (accelerate's hooks hold the weights) and compiled networks.
+``disable_lora`` and ``delete_adapters`` are ValueErrors naming what to call instead. Refused, as
+diffusers refuses to fuse into them: quantized weights (``int8wo``/``nf4``: the merge would round
+into the quantization grid, and unloading could not restore them), CPU offload (accelerate's hooks
+hold the weights) and compiled networks.
 """
 
 from __future__ import annotations
