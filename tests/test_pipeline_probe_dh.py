@@ -44,6 +44,9 @@ def test_a_list_of_generators_is_one_batched_run(pipe):
     single = pipe("a red circle", num_images_per_prompt=3, generator=gens(5, 9, 2), batch_size=1, **call).images
     assert torch.equal(single[1], pipe("a red circle", seed=9, **call).images[0])
     assert torch.allclose(single, out.images, atol=1e-3)  # batching moves float rounding only
+    # generators seeded as --seed 7 -n 2 seeds its outputs (7, 8): the command's images, bit for bit
+    assert torch.equal(pipe("a", num_images_per_prompt=2, generator=gens(7, 8), **call).images,
+                       pipe("a", num_images_per_prompt=2, seed=7, **call).images)
     # several prompts, num_images_per_prompt each: the generators in the run's order
     two = pipe(["a", "b"], num_images_per_prompt=2, generator=gens(1, 2, 3, 4), **call)
     assert [(r.prompt, r.seed) for r in two.results] == [("a", 1), ("a", 2), ("b", 3), ("b", 4)]
