@@ -173,3 +173,11 @@ def test_a_list_of_images_of_two_sizes_says_it_is_read_as_a_video(pipe):
     with pytest.raises(ValueError, match=r"share one size; a list of images is one video's frames \(several "
                                          r"images: one call each\)"):
         pipe.caption(images, "what is it?", max_new_tokens=2)
+
+
+def test_a_list_of_one_generator_for_several_outputs_says_what_one_means(pipe):
+    """`generator=[g]` with two outputs said 'got 1 generators for 2 outputs: give one, or one per
+    output' (one was given); it says a single generator goes outside a list."""
+    with pytest.raises(ValueError, match=r"a list of 1 generators for 2 outputs: give one generator \(not in a "
+                                         r"list\) for all, or a list of one per output"):
+        pipe("a", num_images_per_prompt=2, generator=gens(3), num_inference_steps=2)

@@ -177,7 +177,8 @@ def call_seeds(generator, seed, count: int) -> list[int] | None:
         raise ValueError("give generator or seed, not both")
     if isinstance(generator, (list, tuple)):
         if len(generator) != count:
-            raise ValueError(f"got {len(generator)} generators for {count} outputs: give one, or one per output")
+            raise ValueError(f"got a list of {len(generator)} generators for {count} outputs: give one generator "
+                             "(not in a list) for all, or a list of one per output")
         return [generator_seed(g) for g in generator]
     return [generator_seed(generator)]
 
