@@ -41,8 +41,10 @@ def check_official_config(config: dict, where: Path) -> None:
     """The official config.json fields the loader reads must have their types."""
     for key in _OFFICIAL_INTS:
         value = config.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < MAX_MODEL_SIZE):
-            raise ModelError(f"'{where}': '{key}' must be a positive whole number, got {_shown(value)}")
+        least = 0 if key == "num_diffusion_layers" else 1  # the official flow head may have no block
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not least <= value < MAX_MODEL_SIZE):
+            kind = "a whole number from 0" if least == 0 else "a positive whole number"
+            raise ModelError(f"'{where}': '{key}' must be {kind}, got {_shown(value)}")
     for key in ("llm_model_path", "clip_pretrained_model_path"):
         value = config.get(key)
         if value is not None and not isinstance(value, str):
@@ -260,7 +262,18 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     if not sig_cfg and (base is None or base.clip_latent_dim != clip_dim):
         raise ModelError(f"cannot tell the semantic layers' head count for '{root}': put the SigLIP "
                          f"config.json at clip_pretrained_model_path ('{short(str(cfg.get('clip_pretrained_model_path')), 200)}')")
-    q_norm = _shape(state, "diffusion_head_a.0.self_attn.q_norm.weight", root)[0]
+    head_layers = _declared_depth(cfg.get("num_diffusion_layers"), 0, state, DEPTHS[2][1])
+    head_hidden = _shape(state, "diffusion_head_b.linear.weight", root)[1]
+    if head_layers:
+        q_norm = _shape(state, "diffusion_head_a.0.self_attn.q_norm.weight", root)[0]
+        head_widths = dict(
+            head_dim_flow=q_norm,
+            head_heads=_shape(state, "diffusion_head_a.0.self_attn.q_proj.weight", root)[0] // q_norm,
+            head_kv_heads=_shape(state, "diffusion_head_a.0.self_attn.k_proj.weight", root)[0] // q_norm,
+            head_intermediate=_shape(state, "diffusion_head_a.0.mlp.gate_proj.weight", root)[0])
+    else:  # no block (the official constructor builds none for num_diffusion_layers 0): no widths to read,
+        # and none used; one head as wide as the head keeps the spec consistent
+        head_widths = dict(head_dim_flow=head_hidden, head_heads=1, head_kv_heads=1, head_intermediate=head_hidden)
     tied = _typed(llm_cfg, "tie_word_embeddings", "bool", files.llm_config)
     if tied is None:
         tied = base.tie_word_embeddings if base else ("showo.lm_head.weight" not in state)
@@ -294,12 +307,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         hidden_act=_typed(llm_cfg, "hidden_act", "str", files.llm_config) or "silu",
         rope_scaling=_llm_rope_scaling(llm_cfg, files.llm_config),
         position_embedding_rows=pos_rows,
-        head_hidden=_shape(state, "diffusion_head_b.linear.weight", root)[1],
-        head_layers=_declared_depth(cfg.get("num_diffusion_layers"), 0, state, DEPTHS[2][1]),
-        head_dim_flow=q_norm,
-        head_heads=_shape(state, "diffusion_head_a.0.self_attn.q_proj.weight", root)[0] // q_norm,
-        head_kv_heads=_shape(state, "diffusion_head_a.0.self_attn.k_proj.weight", root)[0] // q_norm,
-        head_intermediate=_shape(state, "diffusion_head_a.0.mlp.gate_proj.weight", root)[0],
+        head_hidden=head_hidden, head_layers=head_layers, **head_widths,
         image_latent_grid=grid, image_latent_grid_width=grid_w if grid_w != grid else None, tasks=tasks,
     )
     if named is None:

@@ -239,7 +239,7 @@ class ModelSpec:
         """Check the sizes are positive and mutually consistent; raise UsageError naming the first problem."""
         positive = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
                     "vocab_size", "max_position_embeddings", "clip_latent_dim", "semantic_heads",
-                    "semantic_intermediate", "position_embedding_rows", "head_hidden", "head_layers", "head_heads",
+                    "semantic_intermediate", "position_embedding_rows", "head_hidden", "head_heads",
                     "head_kv_heads", "head_dim_flow", "head_intermediate", "latent_channels", "patch_size",
                     "vae_spatial", "vae_temporal", "image_latent_grid", "resolution", "video_resolution",
                     "max_seq_len", "video_frames", "und_video_frames", "und_video_pool", "steps")
@@ -253,8 +253,11 @@ class ModelSpec:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise UsageError(f"invalid model spec '{self.name}': {key} must be a positive number, "
                                  f"got {str(value)[:20]}")
-        if self.semantic_layers < 0:
-            raise UsageError(f"invalid model spec '{self.name}': semantic_layers must not be negative")
+        for key in ("semantic_layers", "head_layers"):  # none is an official depth (SigLIP depth 1, no flow block)
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f"invalid model spec '{self.name}': {key} must be a whole number from 0, "
+                                 f"got {str(value)[:20]}")
         self._validate_rope_scaling()
         self._validate_llm_config()
         side = max([self.resolution, self.video_resolution, *self.resolutions])

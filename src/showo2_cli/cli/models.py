@@ -105,7 +105,8 @@ def info(
              f"LLM        Qwen2.5: hidden {spec.hidden_size}, {spec.num_layers} layers, {spec.num_heads}/{spec.num_kv_heads} heads, "
              f"vocab {spec.vocab_size}, tied embeddings {spec.tie_word_embeddings}",
              f"semantic   {spec.semantic_layers} SigLIP layers of width {spec.clip_latent_dim}, position table {spec.position_embedding_rows}",
-             f"flow head  {spec.head_layers} blocks of width {spec.head_hidden} ({spec.head_heads}/{spec.head_kv_heads} heads x {spec.head_dim_flow})",
+             f"flow head  {spec.head_layers} blocks of width {spec.head_hidden}"
+             + (f" ({spec.head_heads}/{spec.head_kv_heads} heads x {spec.head_dim_flow})" if spec.head_layers else ""),
              f"geometry   {_pixels(spec)}, {spec.config_grid[0]}x{spec.config_grid[1]} tokens, patch {spec.patch_size}, "
              f"max_seq_len {spec.max_seq_len}",
              f"tasks      {', '.join(spec.tasks)}"]
