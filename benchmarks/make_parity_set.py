@@ -10,7 +10,8 @@ its README gives case by case (the official classes at tiny random sizes, float3
 ``model/`` (config.json, llm/, siglip/, the .bin and .safetensors), ``vae/`` (.pth, safetensors,
 config.json), ``cases/*.safetensors`` and ``meta.json``. The byte-level tokenizer files are taken
 from a reference set (``--tokenizer-from``, default the public set): its 282 ids are fixed by the
-recipe, not by the sizes.
+recipe, not by the sizes; a tokenizer with more added tokens (other special-token ids) needs the
+spec's ``llm_vocab_size`` at least its length.
 
 A variant is a set of overrides of the public spec (``VARIANTS``), or a JSON file of them
 (``--spec FILE``; ``parity_specs/`` holds later rounds' draws, see its README). Nothing of the
@@ -202,7 +203,9 @@ class SetMaker:
 
         self.tok, self.ids = get_text_tokenizer(str(model_dir / "llm"), add_showo_tokens=True,
                                                 return_showo_token_ids=True, llm_name="qwen2_5")
-        assert len(self.tok) == 282, len(self.tok)
+        # the public tokenizer has 282 entries; another --tokenizer-from (more added tokens: other
+        # special-token ids) needs a table of at least its length (spec llm_vocab_size)
+        assert len(self.tok) <= g.vocab, (len(self.tok), g.vocab)
         self.state_info = {"num_keys": len(state), "tied_lm_head": s["tie_word_embeddings"],
                            "num_params_unique": sum(p.numel() for p in model.parameters())}
 
