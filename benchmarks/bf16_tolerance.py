@@ -71,10 +71,13 @@ def understanding_path(name, model, case, info, video: bool) -> dict:
         side = int(round(case["video_tokens_after_interp_frame0"].shape[1] ** 0.5))
         visual = net.pooled_frame_tokens(latents, side)
     else:
-        visual = net.encode_visual(latents).fused[0]
+        # understanding's position table: the first configured-grid rows of a larger one (the
+        # official demos), not generation's interpolation
+        visual = net.encode_visual(latents, understanding=True).fused[0]
+    # the official mask block: the configured grid's tokens + 1, a non-square grid too
     layout = understanding_layout(info["question_ids"], visual.shape[0], tok, system=info["system_prompt_ids"],
                                   user_prefix=info["role_a_ids"], assistant_prefix=info["role_b_ids"],
-                                  mask_mode="official", official_block_len=model.spec.image_latent_grid ** 2 + 1)
+                                  mask_mode="official", official_block_len=model.spec.config_tokens + 1)
     embeds, _ = net.embed_inputs(layout.input_ids, [[visual]], layout.slots, torch.ones(1))
     mask = omni_attention_mask(layout.blocks, layout.seq_len)
     hidden, _ = net.llm(embeds, mask)

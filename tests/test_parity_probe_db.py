@@ -12,18 +12,23 @@ blocks, made with the official code): its blocks dropped and ``num_diffusion_lay
 whose output projections (attention ``o_proj``, MLP ``down_proj``) are zero adds nothing to its
 input, so variant-b with those zeroed is the same network with 3 blocks: the velocities must be
 equal, and must differ from variant-b's own (the blocks did something).
+
+Also: ``benchmarks/bf16_tolerance.py``'s understanding path on a non-square grid (bundled
+variant-t), which its float32 reference run got wrong.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import REPO
 from showo2_cli.errors import ModelError
 from showo2_cli.loading import load
 from showo2_cli.modeling.attention import omni_attention_mask
@@ -88,3 +93,23 @@ def test_a_negative_flow_head_depth_is_still_refused(tmp_path):
         load(_variant_b(tmp_path, "negative", negative), need=())
     assert "'num_diffusion_layers' must be a whole number from 0, got -1" in str(info.value)
     assert info.value.exit_code == 4 and "\n" not in str(info.value)
+
+
+def test_the_bf16_benchmark_reproduces_the_official_understanding_in_float32():
+    """``benchmarks/bf16_tolerance.py`` compares bf16 with the official float32 outputs, its own
+    float32 run being the reference (about 0 apart). On a non-square grid (variant-t's 2x8; also
+    probe-db-tall's 3x2 over a 3x3 table) it built the understanding mask's block from the grid's
+    HEIGHT squared (5 positions, not 17) and added generation's interpolated position table, not
+    understanding's first rows: its float32 column was 0.65 of the peak off the official mmu prompt
+    logits (4.2 here, 0.65 on probe-db-tall), where the parity tests find 0."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bf16_tolerance import understanding_path
+
+    root = Path(__file__).resolve().parent / "data" / "parity_sets" / "variant-t"
+    model = load(root / "model", need=())
+    case = load_file(str(root / "cases" / "mmu.safetensors"))
+    info = json.loads((root / "meta.json").read_text())["cases"]["mmu"]
+    with torch.no_grad():
+        out = understanding_path("mmu", model, case, info, video=False)
+    assert out["mmu:prompt_logits"]["max_abs"] < 1e-4, out
+    assert out["mmu:greedy_ids"]["identical"], out
