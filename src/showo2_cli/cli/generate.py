@@ -265,7 +265,7 @@ def _before_loading(name: str, runtime, parts: tuple, vae=None) -> tuple | None:
     import torch
 
     from ..footprint import files_weights_gb
-    from ..modeling.vae_files import header_sizes
+    from ..modeling.vae_files import check_base_dim, header_sizes
 
     try:
         header = None if files.vae is None else header_sizes(files.vae)
@@ -275,9 +275,10 @@ def _before_loading(name: str, runtime, parts: tuple, vae=None) -> tuple | None:
     if header is not None and header[0] is not None:  # the weights' shapes decide it, as the load's
         base_dim = header[0]
     elif files.vae is not None and (Path(files.vae) / "config.json").is_file():  # a pickled file's folder
-        try:
-            base_dim = int(read_json(Path(files.vae) / "config.json").get("base_dim", 96))
-        except (ModelError, ValueError, TypeError):
+        config = Path(files.vae) / "config.json"
+        try:  # (the load takes it from the weights' shapes: a config's 1e308 or 10^9 is no figure to guess by)
+            base_dim = check_base_dim(read_json(config).get("base_dim", 96), config)
+        except ModelError:
             base_dim = 96
     dev = pick_device(runtime.device)
     dtype = pick_dtype(runtime.dtype, dev)

@@ -37,7 +37,7 @@ from .vae import (
     resolve_dtype,
 )
 
-__all__ = ["load_vae"]
+__all__ = ["check_base_dim", "header_sizes", "load_vae"]
 
 # Names the diffusers weights file of a folder may have (safetensors preferred).
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -169,6 +169,13 @@ def _check_sizes(kwargs: dict[str, Any], where: Path) -> None:
     v = kwargs.get("dropout")
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
         raise ModelError(f"{where}: VAE config dropout must be a number in [0, 1), got {str(v)[:40]}")
+
+
+def check_base_dim(value, where: Path) -> int:
+    """``value`` when it is a base_dim a Wan-architecture VAE can have (a whole number in
+    1..``_SIZE_LIMITS``'s bound); a one-line :class:`ModelError` naming ``where`` otherwise."""
+    _check_sizes({"base_dim": value}, where)
+    return value
 
 
 def _init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -327,6 +334,10 @@ def header_sizes(path: str | Path) -> tuple[int | None, dict[str, int]] | None:
     else:
         shapes = _header_shapes(weights)
     conv_in = shapes.get("encoder.conv_in.weight") or shapes.get("encoder.conv1.weight")
+    if conv_in is not None:  # what the load refuses, refused here (a base_dim of 10^9 in an empty tensor
+        if len(conv_in) != 5:  # was a job "needing 409600 GB", exit 6, where the file is broken)
+            raise ModelError(f"{weights}: encoder conv_in weight has shape {conv_in}; expected a 5-D Conv3d weight")
+        check_base_dim(conv_in[0], weights)
     counts: dict[str, int] = {}
     for key, shape in shapes.items():
         top = key.split(".", 1)[0]

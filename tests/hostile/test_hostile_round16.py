@@ -1,0 +1,51 @@
+"""Hostile inputs, round sixteen (probe DA): the code added since round fifteen (the memory guard
+before a load reading ``--vae``'s header, held-out eval sources, ``messages.py``'s content parts)
+and the readers users' files reach. Each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+DEMO_VAE = Path(__file__).parents[2] / "src/showo2_cli/assets/demo/vae/diffusion_pytorch_model.safetensors"
+
+
+def test_a_vae_header_whose_conv_in_claims_a_huge_base_dim_is_the_loads_error_not_out_of_memory(tmp_path, capsys):
+    """The check before a load takes the VAE's base_dim from its header's ``encoder.conv_in.weight``
+    shape; a broken file whose (empty) conv_in claims 10^9 output channels made ``t2i`` say the job
+    "needs about 409600.0 GB ... lower --size or --batch-size", exit 6 (a limit to raise), where the
+    load refuses the file (exit 4). The header's base_dim is judged as the load judges it."""
+    from safetensors.torch import load_file, save_file
+
+    from showo2_cli.cli import main
+
+    sd = load_file(str(DEMO_VAE))
+    sd["encoder.conv_in.weight"] = torch.zeros(10**9, 0, 3, 3, 3)  # no bytes: the header alone lies
+    save_file(sd, str(tmp_path / "vae.safetensors"))
+    out = tmp_path / "x.png"
+    assert main(["t2i", "a red circle", "-o", str(out), "--vae", str(tmp_path / "vae.safetensors")]) == 4
+    err = capsys.readouterr().err
+    assert "base_dim = 1000000000 is outside 1..1024" in err and "GB" not in err
+    assert list(tmp_path.iterdir()) == [tmp_path / "vae.safetensors"]
+
+
+@pytest.mark.parametrize("base_dim", ["1e308", "1e999", "1000000000"])
+def test_a_pickled_vaes_config_with_an_absurd_base_dim_does_not_stop_a_job_the_load_runs(tmp_path, base_dim, capsys):
+    """For a pickled VAE (no header) the check before a load guessed its base_dim from the folder's
+    config.json: ``"base_dim": 1e308`` was an internal error (OverflowError, exit 1) and 10^9 a job
+    "needing 409600 GB" (exit 6), though the load takes base_dim from the weights' shapes and runs
+    it. A config's base_dim outside what a VAE can have is no figure to guess by."""
+    from safetensors.torch import load_file
+
+    from showo2_cli.cli import main
+
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    torch.save(load_file(str(DEMO_VAE)), folder / "Wan2.1_VAE.pth")
+    (folder / "config.json").write_text(f'{{"base_dim": {base_dim}}}')
+    out = tmp_path / "x.png"
+    assert main(["t2i", "a red circle", "-o", str(out), "--vae", str(folder), "--steps", "2"]) == 0, \
+        capsys.readouterr().err
+    assert out.is_file()
