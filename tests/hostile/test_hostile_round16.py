@@ -4,6 +4,7 @@ and the readers users' files reach. Each test fails on the code before its fix."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,37 @@ def test_a_pickled_vaes_config_with_an_absurd_base_dim_does_not_stop_a_job_the_l
     assert main(["t2i", "a red circle", "-o", str(out), "--vae", str(folder), "--steps", "2"]) == 0, \
         capsys.readouterr().err
     assert out.is_file()
+
+
+def test_a_lone_surrogate_in_a_records_text_is_passed_over_not_the_end_of_the_run(tmp_path):
+    """JSON's ``"\\ud83d"`` escape (an emoji cut in half by a tool that counts UTF-16 units, as
+    JavaScript's ``slice`` does; ``JSON.stringify`` writes it so) reads as a lone surrogate: a caption
+    or a conversation turn holding one ended the run with "internal error: TypeError: TextEncodeInput
+    must be Union[...]" (exit 1) when the tokenizer met it. It is an input error naming the record,
+    the item passed over as any unreadable one."""
+    from PIL import Image
+
+    from showo2_cli.errors import InputError
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.data import TrainingData, make_sources
+    from test_train import tiny_config
+
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "red.png")
+    (tmp_path / "pairs.jsonl").write_text('{"path": "red.png", "prompt": "a red \\ud83d square"}\n'
+                                          '{"path": "red.png", "prompt": "a red square"}\n')
+    turns = [{"from": "human", "value": "what \\udc00?"}, {"from": "gpt", "value": "red"}]
+    (tmp_path / "chat.jsonl").write_text(json.dumps({"image": "red.png", "conversations": turns}).replace("\\\\", "\\")
+                                         + "\n")
+    cfg = parse_config(tiny_config(tmp_path, data=[
+        {"kind": "pairs", "role": "t2i", "path": str(tmp_path / "pairs.jsonl"), "resolution": 32},
+        {"kind": "llava", "role": "mmu", "path": str(tmp_path / "chat.jsonl"), "resolution": 32}],
+        batch={"t2i": 1, "mmu": 1}), source="c.toml")
+    pairs, chat = make_sources(cfg, get_spec("tiny"), tmp_path / "index")
+    data = TrainingData(cfg, [pairs, chat])
+    with pytest.raises(InputError, match=r"pairs.jsonl' record 0's text is not valid UTF-8 text: a lone surrogate "
+                                         r"U\+D83D at character 7"):
+        data.load(pairs, 0)
+    assert data.load(pairs, 1).text == "a red square"
+    with pytest.raises(InputError, match=r"chat.jsonl' record 0's text .* a lone surrogate U\+DC00"):
+        data.load(chat, 0)

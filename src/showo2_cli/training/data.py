@@ -40,6 +40,7 @@ import torch
 
 from ..errors import InputError, ResourceError, UsageError, one_line, short
 from ..messages import content_text
+from ..options import check_unicode
 from .records import CAPTION_FIELDS, METADATA_FILES, Records, RecordsChanged, build_index
 from .schema import DataSource, TrainConfig
 
@@ -512,11 +513,23 @@ class TrainingData(torch.utils.data.Dataset):
         sample = src.get(item, pixels=hit is None)
         if sample is None:
             return None
+        _check_unicode(sample, src, item)
         if hit is not None:
             sample.latent = hit
         elif media is not None and sample.has_visual:
             sample.cache_path, sample.cache_media = str(cache.path(item)), media
         return sample
+
+
+def _check_unicode(sample: Sample, src: Source, item: int) -> None:
+    """An item whose text JSON's ``"\\ud83d"`` escape left a lone surrogate in (an emoji cut in half by
+    a tool counting UTF-16 units) is an input error, passed over: the tokenizer's TypeError ended the run."""
+    where = f"'{src.spec.path}' record {item}" if src.spec.path else f"data[{src.index}] item {item}"
+    for text in (sample.text, *(t for turn in sample.turns for t in turn)):
+        try:
+            check_unicode(text, f"{where}'s text")
+        except UsageError as e:
+            raise InputError(str(e)) from None
 
 
 def step_keys(roles: dict[str, int], step: int, rank: int, world: int) -> list[tuple[str, int]]:
