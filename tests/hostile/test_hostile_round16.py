@@ -84,3 +84,36 @@ def test_a_lone_surrogate_in_a_records_text_is_passed_over_not_the_end_of_the_ru
     assert data.load(pairs, 1).text == "a red square"
     with pytest.raises(InputError, match=r"chat.jsonl' record 0's text .* a lone surrogate U\+DC00"):
         data.load(chat, 0)
+
+
+def _gif(frames: int, screen: int, at: int) -> bytes:
+    """A GIF of ``frames`` one-pixel frames placed at (at, at) on a ``screen`` x ``screen`` logical screen."""
+    image = bytes([0x21, 0xF9, 4, 0, 10, 0, 0, 0, 0x2C]) + at.to_bytes(2, "little") * 2 + b"\x01\x00\x01\x00\x00" \
+        + b"\x02\x02\x44\x01\x00"  # LZW: clear, pixel 0, end
+    return b"GIF89a" + screen.to_bytes(2, "little") * 2 + b"\xf0\x00\x00" + b"\x00\x00\x00\xff\xff\xff" \
+        + b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00" * (frames > 1) + image * frames + b"\x3b"
+
+
+@pytest.mark.parametrize("frames, max_pixels", [(1, None), (3, None), (3, 4 * 10**9)])
+def test_a_gif_placing_its_frames_far_outside_its_screen_is_corrupt_not_a_limit_to_raise(tmp_path, frames, max_pixels,
+                                                                                        monkeypatch, capsys):
+    """Pillow grows a GIF's canvas to hold a frame wherever the file places it (browsers clip frames
+    to the logical screen): a 100-byte GIF of a 16x16 screen placing its frame at 60000,60000 was
+    "too large: 3,600,960,064 pixels is more than the limit ... (set SHOWO2_MAX_PIXELS to raise
+    it)", exit 6, and with the limit raised "too large to decode: more than 0 frames on a
+    60001x60001 canvas (at most 0 at that size)". The file is corrupt: exit 3, nothing allocated."""
+    from showo2_cli.cli import main
+
+    if max_pixels:
+        monkeypatch.setenv("SHOWO2_MAX_PIXELS", str(max_pixels))
+    path = tmp_path / "far.gif"
+    path.write_bytes(_gif(frames, 16, 60000))
+    assert main(["caption", str(path)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "far.gif': truncated or corrupt (its frames reach " in err, err
+    assert err.endswith("outside its logical screen of 16x16)"), err
+    path.write_bytes(_gif(frames, 16, 4))  # inside its screen: read
+    if frames == 1:
+        from showo2_cli.media import read_image
+
+        assert read_image(path).size == (16, 16)

@@ -89,11 +89,14 @@ def _let_pillow_open(limit: int) -> None:
             Image.MAX_IMAGE_PIXELS = limit
 
 
-def decompression_bomb(path: PathLike, exc: BaseException, limit: int | None = None) -> ResourceError:
+def decompression_bomb(path: PathLike, exc: BaseException, limit: int | None = None) -> ResourceError | InputError:
     """PIL refused an image as a decompression bomb: say its size against OUR limit, not PIL's."""
     limit = resolve_max_pixels(limit)
     m = re.search(r"\((\d+) pixels\)", str(exc))
     if m and int(m.group(1)) > limit:
+        beyond = _gif_beyond_screen("image", path, f"{int(m.group(1)):,} pixels", limit)
+        if beyond is not None:
+            return beyond
         return ResourceError(f"image {quote_path(path)} is too large: {int(m.group(1)):,} pixels is more than the "
                              f"limit of {limit:,} (set {MAX_PIXELS_ENV} to raise it)")
     return ResourceError(f"image {quote_path(path)} is too large: {error_detail(exc)}")
@@ -113,7 +116,29 @@ def metadata_refused(path: PathLike, exc: BaseException) -> InputError | None:
                       "exiftool -all=) and try again")
 
 
-def too_large(kind: str, path: PathLike, width: int, height: int, limit: int) -> ResourceError:
+def _gif_beyond_screen(kind: str, path: PathLike, reach: str, limit: int) -> InputError | None:
+    """A GIF whose logical screen fits ``limit`` but whose frames ``reach`` past it (Pillow grows
+    its canvas to hold a frame wherever the file places it): a 213-byte file placing a frame at
+    60000,60000 was "too large ... set SHOWO2_MAX_PIXELS to raise it" (a limit to raise, exit 6),
+    where browsers clip frames to the screen. Said to be corrupt (exit 3); None for another file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(10)
+    except (OSError, TypeError, ValueError):  # "<array>", a file gone: the size is what is said
+        return None
+    if len(head) < 10 or head[:6] not in (b"GIF87a", b"GIF89a"):
+        return None
+    width, height = int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
+    if not 0 < width * height <= limit:
+        return None
+    return InputError(f"cannot read {kind} {quote_path(path)}: truncated or corrupt (its frames reach {reach}, "
+                      f"outside its logical screen of {width}x{height})")
+
+
+def too_large(kind: str, path: PathLike, width: int, height: int, limit: int) -> ResourceError | InputError:
+    beyond = _gif_beyond_screen(kind, path, f"{width}x{height}", limit)
+    if beyond is not None:
+        return beyond
     return ResourceError(
         f"{kind} {quote_path(path)} is too large: {width}x{height} = {width * height:,} pixels is more than "
         f"the limit of {limit:,} (set {MAX_PIXELS_ENV} to raise it)"
@@ -430,6 +455,9 @@ def _check_gif_frames(p: Path, prefix: str, width: int, height: int) -> None:
     if 0 < held < frames:  # an APNG's acTL listing 2^31 frames over 2 was "too large to decode" (exit 6)
         raise InputError(f"{prefix}: truncated or corrupt (the file lists {frames} frames and holds {held})")
     if frames * canvas > MAX_GIF_PIXEL_FRAMES:
+        beyond = _gif_beyond_screen("video", p, f"{width}x{height}", MAX_GIF_PIXEL_FRAMES // max(frames, 1))
+        if beyond is not None:
+            raise beyond
         raise ResourceError(f"video {quote_path(p)} is too large to decode: more than {frames - 1} frames on "
                             f"a {width}x{height} canvas (at most {MAX_GIF_PIXEL_FRAMES // canvas} at that size)")
     try:
