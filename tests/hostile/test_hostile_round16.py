@@ -117,3 +117,43 @@ def test_a_gif_placing_its_frames_far_outside_its_screen_is_corrupt_not_a_limit_
         from showo2_cli.media import read_image
 
         assert read_image(path).size == (16, 16)
+
+
+def test_held_out_items_beyond_what_each_evaluation_can_cover_are_refused_before_training(tmp_path, monkeypatch):
+    """eval_loss lists every item of the held-out sources at each evaluation: a ``split = "eval"``
+    shapes source of ``size = 1e30`` was accepted and the run's first evaluation (step 0) filled the
+    memory listing them (1.4 GB in a minute, never ending). A size over 10^6 is a config error; a
+    held-out records file of more items is refused at that first evaluation, before a step runs."""
+    from types import SimpleNamespace
+
+    from showo2_cli.errors import InputError
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training import evaluation
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.data import make_sources
+    from showo2_cli.training.schema import ConfigError
+    from test_train import tiny_config
+
+    def config(source: dict) -> dict:
+        raw = tiny_config(tmp_path, **{"optim.max_steps": 2, "run.eval_every": 1})
+        raw["data"].append({"role": "t2i", "resolution": 32, "split": "eval", **source})
+        return raw
+
+    with pytest.raises(ConfigError, match=r"data\[2\]\.size: must be at most 1e\+06 \(eval_loss covers every "
+                                          r"held-out item at each evaluation\), got 10{30}"):
+        parse_config(config({"kind": "shapes", "size": 10**30}), source="c.toml")
+    parse_config(config({"kind": "shapes", "size": 10**6}), source="c.toml")
+
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "red.png")
+    (tmp_path / "held.jsonl").write_text('{"path": "red.png", "prompt": "red"}\n' * 3)
+    monkeypatch.setattr(evaluation, "MAX_EVAL_ITEMS", 2)  # (a file of 10^6 records takes long to write)
+    cfg = parse_config(config({"kind": "pairs", "path": str(tmp_path / "held.jsonl")}), source="c.toml")
+    sources = make_sources(cfg, get_spec("tiny"), tmp_path / "index")
+    run = SimpleNamespace(cfg=cfg, sources=sources, caches={})
+    with pytest.raises(InputError, match="c.toml: eval_loss would cover 3 held-out items at each evaluation, more "
+                                         "than 2: hold out a sample of them"):
+        evaluation.eval_batches(run)
+    monkeypatch.setattr(evaluation, "MAX_EVAL_ITEMS", 3)
+    assert [len(b) for b in evaluation.eval_batches(run)] == [2, 1]  # batch.t2i = 2

@@ -17,6 +17,7 @@ from .schema import (
     GEN_ROLES,
     KINDS,
     MAX_BATCH,
+    MAX_EVAL_ITEMS,
     MAX_STEPS,
     MIXED_PRECISION,
     MODES,
@@ -363,6 +364,8 @@ def _validate_source(s: DataSource, w: str, mode: str) -> None:
         if s.kind != "shapes":
             raise field_error(w + ".size", "only shapes sources have a size (a folder/file has its own)")
         _positive(s.size, w + ".size")
+        if s.split == "eval":
+            _at_most(s.size, MAX_EVAL_ITEMS, w + ".size", "eval_loss covers every held-out item at each evaluation")
     _positive(s.weight, w + ".weight")
     if s.weight is not None and not MIN_WEIGHT <= s.weight <= MAX_WEIGHT:  # 1e308 overflowed the mixing sum
         raise field_error(w + ".weight", f"must be between {MIN_WEIGHT:g} and {MAX_WEIGHT:g}, got {s.weight!r}")

@@ -18,6 +18,7 @@ import torch
 from ..errors import InputError, ResourceError
 from .data import TrainingData, mix, step_keys
 from .records import RecordsChanged
+from .schema import MAX_EVAL_ITEMS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Run
@@ -31,6 +32,10 @@ def eval_batches(run: Run) -> list[list]:
     if not held_out:
         keys = step_keys(run.batch_roles, 0, 0, 1)
         return [[lambda k=k: run.dataset[k] for k in keys]]
+    items = sum(src.size() for src in held_out)
+    if items > MAX_EVAL_ITEMS:  # (a records file: a shapes source's size is checked with the config)
+        raise InputError(f"{run.cfg.source}: eval_loss would cover {items:,} held-out items at each evaluation, more "
+                         f"than {MAX_EVAL_ITEMS:,}: hold out a sample of them")
     data = TrainingData(run.cfg, held_out, run.caches)
     batches = []
     for src in held_out:

@@ -29,6 +29,9 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvc
 #: Samples per step and process for one role ([batch]): beyond it a step could not fit anywhere
 MAX_BATCH = 4096
 MAX_STEPS = 10**9  # optimizer steps (and step intervals): a billion is years of any run, far past any real one
+#: Items of the held-out sources eval_loss covers, all of them at each evaluation (a list of them is made):
+#: a shapes source of size 10^30 filled the memory at the first one
+MAX_EVAL_ITEMS = 10**6
 
 
 class ConfigError(UsageError):
