@@ -157,3 +157,18 @@ def test_held_out_items_beyond_what_each_evaluation_can_cover_are_refused_before
         evaluation.eval_batches(run)
     monkeypatch.setattr(evaluation, "MAX_EVAL_ITEMS", 3)
     assert [len(b) for b in evaluation.eval_batches(run)] == [2, 1]  # batch.t2i = 2
+
+
+def test_a_held_out_source_of_a_role_no_source_trains_is_told_so_not_sent_in_a_circle(tmp_path):
+    """A held-out t2v source in a run training t2i and mmu was told "'t2v' has batch size 0: set
+    batch.t2v (a held-out source is evaluated in batches of that size)", and with batch.t2v set
+    "batch.t2v: is 1 but no [[data]] source has role = "t2v" to train on": each message asked for
+    what the other refused. The first says what is wrong."""
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.schema import ConfigError
+    from test_train import tiny_config
+
+    raw = tiny_config(tmp_path)
+    raw["data"].append({"kind": "shapes", "role": "t2v", "resolution": 64, "size": 2, "split": "eval"})
+    with pytest.raises(ConfigError, match=r"data\[2\]\.role: 't2v' is held out but no \[\[data\]\] source trains it"):
+        parse_config(raw, source="c.toml")

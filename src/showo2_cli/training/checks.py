@@ -165,6 +165,9 @@ def validate(cfg: TrainConfig, prefix: str = "<config>") -> None:
             held_out = " to train on (the split = \"eval\" ones are held out)" * any(s.role == role for s in cfg.data)
             raise field_error(f"{w}batch.{role}", f"is {b.of(role)} but no [[data]] source has role = \"{role}\"{held_out}")
     for i, s in enumerate(cfg.data):
+        if s.split == "eval" and not cfg.sources(s.role):  # ("set batch.X" was said, then refused so)
+            raise field_error(f"{w}data[{i}].role", f"'{s.role}' is held out but no [[data]] source trains it: "
+                              "a held-out source is evaluated with a role the run trains")
         if not b.of(s.role):
             raise field_error(f"{w}data[{i}].role", f"'{s.role}' has batch size 0: set batch.{s.role}"
                               + " (a held-out source is evaluated in batches of that size)" * (s.split == "eval"))
