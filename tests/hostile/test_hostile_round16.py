@@ -172,3 +172,21 @@ def test_a_held_out_source_of_a_role_no_source_trains_is_told_so_not_sent_in_a_c
     raw["data"].append({"kind": "shapes", "role": "t2v", "resolution": 64, "size": 2, "split": "eval"})
     with pytest.raises(ConfigError, match=r"data\[2\]\.role: 't2v' is held out but no \[\[data\]\] source trains it"):
         parse_config(raw, source="c.toml")
+
+
+@pytest.mark.parametrize("value", [3e38, 1e20])
+def test_starting_noise_of_absurd_magnitude_is_the_users_file_not_the_models_nan(tmp_path, value, capsys):
+    """``--noise`` is a standard normal draw (or latents): a file of 3e38 overflowed the sampler and
+    was said to be the model's fault ("sampling gave latents that are NaN or infinite: the model's
+    weights hold NaN or infinity", exit 4); one of 1e20 made a picture of noise, exit 0. The file is
+    refused (exit 3) before the model loads, nothing written."""
+    from safetensors.torch import save_file
+
+    from showo2_cli.cli import main
+
+    save_file({"noise": torch.full((16, 8, 8), value)}, str(tmp_path / "noise.safetensors"))
+    out = tmp_path / "x.png"
+    assert main(["t2i", "a red circle", "-o", str(out), "--noise", str(tmp_path / "noise.safetensors")]) == 3
+    assert f"--noise holds a value of magnitude {value:.3g}: starting noise is a standard normal draw" in \
+        capsys.readouterr().err
+    assert not out.exists()
