@@ -190,3 +190,18 @@ def test_starting_noise_of_absurd_magnitude_is_the_users_file_not_the_models_nan
     assert f"--noise holds a value of magnitude {value:.3g}: starting noise is a standard normal draw" in \
         capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", [3e38, 1e20])
+def test_latents_of_absurd_magnitude_are_refused_not_decoded_to_a_black_picture(tmp_path, value, capsys):
+    """A latents file of 3e38 (finite in float32) decoded to an all-black PNG and one of 1e20 to a
+    grey one, exit 0. A VAE's latents are a few units: refused (exit 3), nothing written."""
+    from safetensors.torch import save_file
+
+    from showo2_cli.cli import main
+
+    save_file({"latents": torch.full((16, 1, 8, 8), value)}, str(tmp_path / "x.latents.safetensors"))
+    out = tmp_path / "x.png"
+    assert main(["decode", str(tmp_path / "x.latents.safetensors"), "-o", str(out)]) == 3
+    assert f"latents hold a value of magnitude {value:.3g}: a VAE's latents are a few units" in capsys.readouterr().err
+    assert not out.exists()

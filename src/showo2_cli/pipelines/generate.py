@@ -20,6 +20,7 @@ from ..sampling import StepCallback, StopSampling, check_schedule, generate_late
 from ..sequences import generation_layout
 from ..specs import I2V, T2I, T2V
 from ..tokenizer import encode_user_text
+from .latents import MAX_LATENT_ABS
 from .progress import Progress, noop
 
 # ---- generation -------------------------------------------------------------------------------
@@ -167,12 +168,6 @@ def generation_latent_shape(spec, size: tuple[int, int], frames: int, video: boo
     return (spec.latent_channels, spec.latent_frames(frames), h, w)
 
 
-#: The largest magnitude a ``--noise`` value may have: a standard normal draw or normalised latents
-#: lie within a few units; 3e38 overflowed the sampler (said to be the model's NaN weights, exit 4)
-#: and 1e20 made a picture of noise, exit 0.
-MAX_NOISE_ABS = 1e4
-
-
 def noise_rows(noise: torch.Tensor, spec, opts: GenerateOptions, video: bool, frames: int, indices: list[int],
                part: bool = False) -> tuple[torch.Tensor, list[int]]:
     """The given starting noise as (rows, *latent shape) and, for each output (prompt ``indices``
@@ -203,9 +198,9 @@ def noise_rows(noise: torch.Tensor, spec, opts: GenerateOptions, video: bool, fr
     if not bool(torch.isfinite(noise_all).all()):  # NaN noise gave a black image, silently
         raise InputError("--noise holds NaN or inf values")
     largest = float(noise_all.abs().max()) if noise_all.numel() else 0.0
-    if largest > MAX_NOISE_ABS:
+    if largest > MAX_LATENT_ABS:
         raise InputError(f"--noise holds a value of magnitude {largest:.3g}: starting noise is a standard normal draw "
-                         f"(or latents), a few units at most (at most {MAX_NOISE_ABS:g} is taken)")
+                         f"(or latents), a few units at most (at most {MAX_LATENT_ABS:g} is taken)")
     return noise_all, rows
 
 

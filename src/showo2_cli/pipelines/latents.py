@@ -141,6 +141,10 @@ def save_latents(path: str | os.PathLike, latents: torch.Tensor, metadata: dict,
 
 #: Largest latents accepted (elements): 16 channels x 65 latent frames x 512 x 512 is less.
 MAX_LATENT_ELEMENTS = 1 << 29
+#: The largest magnitude of a latent (or starting noise) value read from a file: normalised latents and
+#: a standard normal draw are a few units; 3e38 decoded to a black picture, exit 0 (as starting noise it
+#: overflowed the sampler, said to be the model's NaN weights) and 1e20 to a grey one.
+MAX_LATENT_ABS = 1e4
 
 
 def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[torch.Tensor, dict]:
@@ -175,6 +179,10 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
     latents = latents.float()  # checked after the cast: a float64 1e300 is inf in float32
     if min(latents.shape[1:]) < 1 or not torch.isfinite(latents).all():
         raise InputError(f"'{p}': latents are empty or hold NaN/inf values (as float32)")
+    largest = float(latents.abs().max())
+    if largest > MAX_LATENT_ABS:
+        raise InputError(f"'{p}': latents hold a value of magnitude {largest:.3g}: a VAE's latents are a few units "
+                         f"at most (at most {MAX_LATENT_ABS:g} is taken)")
     return latents, meta
 
 
