@@ -205,3 +205,20 @@ def test_latents_of_absurd_magnitude_are_refused_not_decoded_to_a_black_picture(
     assert main(["decode", str(tmp_path / "x.latents.safetensors"), "-o", str(out)]) == 3
     assert f"latents hold a value of magnitude {value:.3g}: a VAE's latents are a few units" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.json"])
+def test_a_utf16_records_file_cut_inside_its_last_character_is_said_so(tmp_path, name):
+    """A UTF-16 records file of an odd number of bytes (a download or copy cut short) was "not
+    UTF-16 text (byte 0 of a chunk)": no byte 0 was wrong, and no chunk is the user's."""
+    from showo2_cli.errors import InputError
+    from showo2_cli.training.records import build_index
+    from showo2_cli.training.schema import DataSource
+
+    record = {"path": "a.png", "prompt": "a red circle"}
+    text = json.dumps(record) + "\n" if name.endswith("l") else json.dumps([record])
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-16-le") + b"x")
+    with pytest.raises(InputError, match=rf"'{path}' is not UTF-16 text: it ends inside a character \(cut short\?\)"):
+        build_index(DataSource(kind="pairs", role="t2i", path=str(path)), tmp_path / "index")
+    assert not list((tmp_path / "index").glob("*.jsonl"))  # no half-written index

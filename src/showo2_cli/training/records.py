@@ -92,8 +92,15 @@ def iter_json_array(path: Path, chunk: int = 1 << 20):
         try:
             yield from _json_array(path, f, chunk, decoder, text)
         except UnicodeDecodeError as e:
-            raise InputError(f"'{path}' is not {'UTF-16' if encoding.startswith('utf-16') else 'UTF-8'} text "
-                             f"(byte {e.start} of a chunk)") from None
+            raise _not_text(path, "UTF-16" if encoding.startswith("utf-16") else "UTF-8", e) from None
+
+
+def _not_text(path: Path, encoding: str, e: UnicodeDecodeError) -> InputError:
+    """A records file that is not ``encoding`` text; one cut inside its last character said so (a
+    UTF-16 file of an odd number of bytes was "not UTF-16 text (byte 0 of a chunk)")."""
+    if e.reason in ("truncated data", "unexpected end of data"):
+        return InputError(f"'{path}' is not {encoding} text: it ends inside a character (cut short?)")
+    return InputError(f"'{path}' is not {encoding} text (byte {e.start} of a chunk)")
 
 
 def _json_array(path: Path, f, chunk: int, decoder, utf8):
@@ -232,7 +239,7 @@ def _to_utf8(path: Path, out, chunk: int = 1 << 20) -> None:
             while piece := f.read(chunk):
                 out.write(piece)
     except UnicodeDecodeError as e:
-        raise InputError(f"'{path}' is not UTF-16 text (byte {e.start} of a chunk)") from None
+        raise _not_text(path, "UTF-16", e) from None
 
 
 def _list_folder(folder: Path, out: Path) -> None:
