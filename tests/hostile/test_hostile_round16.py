@@ -222,3 +222,22 @@ def test_a_utf16_records_file_cut_inside_its_last_character_is_said_so(tmp_path,
     with pytest.raises(InputError, match=rf"'{path}' is not UTF-16 text: it ends inside a character \(cut short\?\)"):
         build_index(DataSource(kind="pairs", role="t2i", path=str(path)), tmp_path / "index")
     assert not list((tmp_path / "index").glob("*.jsonl"))  # no half-written index
+
+
+@pytest.mark.parametrize("held_out", [False, True])
+def test_eval_loss_names_the_items_it_passes_over_as_what_they_are(held_out, monkeypatch):
+    """Without a held-out source eval_loss is the loss of one fixed batch of training items, but an
+    unreadable one among them was said to be a "held-out item"."""
+    from types import SimpleNamespace
+
+    from showo2_cli.training import evaluation
+
+    said = []
+    split = "eval" if held_out else "train"
+    run = SimpleNamespace(world=1, rank=0, eval_skips_said=False, notice=said.append,
+                          sources=[SimpleNamespace(spec=SimpleNamespace(split=split))])
+    monkeypatch.setattr(evaluation, "eval_totals", lambda run, rank, world: torch.tensor([3.0, 2.0, 1.0],
+                                                                                          dtype=torch.float64))
+    assert evaluation.eval_loss(run) == 1.5
+    items = "held-out item(s)" if held_out else "item(s) of its fixed batch"
+    assert said == [f"eval_loss passes over 1 {items} that could not be read"]

@@ -88,9 +88,11 @@ def eval_loss(run: Run) -> float:
     if run.world > 1:
         total = run.acc.reduce(total.to(run.device), reduction="sum").cpu()
     loss, n, skipped = total.tolist()
+    # (without a held-out source: the fixed batch's training items, which were called held-out)
+    items = "held-out item(s)" if any(s.spec.split == "eval" for s in run.sources) else "item(s) of its fixed batch"
     if not n:
-        raise InputError(f"{run.cfg.source}: eval_loss: none of the {int(skipped)} held-out item(s) could be read")
+        raise InputError(f"{run.cfg.source}: eval_loss: none of the {int(skipped)} {items} could be read")
     if skipped and not run.eval_skips_said:
         run.eval_skips_said = True
-        run.notice(f"eval_loss passes over {int(skipped)} held-out item(s) that could not be read")
+        run.notice(f"eval_loss passes over {int(skipped)} {items} that could not be read")
     return loss / n
