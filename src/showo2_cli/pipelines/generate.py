@@ -197,7 +197,7 @@ def noise_rows(noise: torch.Tensor, spec, opts: GenerateOptions, video: bool, fr
                          f"{(len(jobs), *shape)} (one per output{whole}){given}")
     if not bool(torch.isfinite(noise_all).all()):  # NaN noise gave a black image, silently
         raise InputError("--noise holds NaN or inf values")
-    largest = float(noise_all.abs().max()) if noise_all.numel() else 0.0
+    largest = max(-float(noise_all.min()), float(noise_all.max())) if noise_all.numel() else 0.0  # (no copy)
     if largest > MAX_LATENT_ABS:
         raise InputError(f"--noise holds a value of magnitude {largest:.3g}: starting noise is a standard normal draw "
                          f"(or latents), a few units at most (at most {MAX_LATENT_ABS:g} is taken)")
