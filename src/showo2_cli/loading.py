@@ -37,7 +37,7 @@ from .model_files import ModelFiles, find_files, missing_message  # re-exported:
 from .runtime import cpu_by_default, dtype_label, enable_offload, load_placement, torch_dtype
 from .sequences import SpecialTokens
 from .specs import ModelSpec, get_spec
-from .weights import check_fit, read_state_dict
+from .weights import TensorReader, check_fit, read_state_dict
 
 ALL_HEADS = ("lm_head", "flow_head")  # the keys of modeling.showo2.HEADS (that module imports torch's world)
 OFFICIAL_FIELDS = (
@@ -54,12 +54,12 @@ def check_state_dict(model: torch.nn.Module, state: dict, where: str) -> None:
 
 
 def build_network(spec: ModelSpec, state: dict | None, dtype: torch.dtype, where: str = "weights",
-                  heads: tuple[str, ...] = ALL_HEADS, placed: bool = False):
+                  heads: tuple[str, ...] = ALL_HEADS, placed: bool = False, read=None):
     """The Show-o2 network; with a state dict, built on 'meta' and filled without extra copies.
     ``heads``: the heads built (:data:`~showo2_cli.modeling.showo2.HEADS`); the weights are checked
     whole, a head left out is neither converted nor kept (``Showo2Model.leave_out``). ``placed``:
     the weights are checked and left on 'meta' for :func:`~showo2_cli.placement.place` (the RoPE
-    tables built on the CPU)."""
+    tables built on the CPU). ``read``: a ``TensorReader`` converting a tensor in chunks (else whole)."""
     from .modeling.showo2 import Showo2Model
 
     if state is None:
@@ -75,7 +75,8 @@ def build_network(spec: ModelSpec, state: dict | None, dtype: torch.dtype, where
     if placed:
         model.reset_buffers("cpu")
         return model
-    state = {k: (v if v.dtype == dtype else v.to(dtype)) for k, v in state.items() if not k.startswith(left_out)}
+    state = {k: (v if v.dtype == dtype else read(k, dtype) if read is not None else v.to(dtype))
+             for k, v in state.items() if not k.startswith(left_out)}
     if spec.tie_word_embeddings:
         state.pop("showo.lm_head.weight", None)
     model.load_state_dict(state, strict=False, assign=True)
@@ -395,8 +396,10 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     # quantized: the network is placed group by group (placement.place), its adapters merged and
     # each layer quantized on its device as it comes, so the whole unquantized network never exists
     quantize = runtime.quantize if runtime is not None else "none"
-    network = build_network(spec, state, dtype, where=str(files.root), heads=() if heads is None else heads,
-                            placed=quantize != "none").eval()
+    converted = quantize == "none" and any(v.dtype != dtype for v in state.values())  # (then read in chunks)
+    with TensorReader(files.weights, state, mapped=True) if converted else nullcontext() as read:
+        network = build_network(spec, state, dtype, where=str(files.root), heads=() if heads is None else heads,
+                                placed=quantize != "none", read=read).eval()
     # LoRA adapters are merged into what is loaded; a head left out (or a network to be placed) is
     # matched and checked on 'meta', and merged when it loads (HeadLoader, placement.place)
     adapters = merge_adapters(network, lora, record=loader.adapters, weights=weights) if lora else []

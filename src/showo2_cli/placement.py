@@ -52,11 +52,11 @@ def _own_keys(module: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def place(holder: nn.Module, names: list[str], read: Callable[[str], torch.Tensor], dtype: torch.dtype,
+def place(holder: nn.Module, names: list[str], read: Callable[[str, torch.dtype], torch.Tensor], dtype: torch.dtype,
           device, adapters: list = (), quantize: str = "none") -> None:
     """Fill the modules ``names`` of ``holder`` (a network, or a module holding a network's modules
     under their names; their tensors on 'meta', fit-checked) group by group: each tensor ``read``
-    by its full name, converted to ``dtype``, the recorded LoRA ``adapters`` merged, moved to
+    by its full name in ``dtype`` (:class:`~showo2_cli.weights.TensorReader`), the recorded LoRA ``adapters`` merged, moved to
     ``device`` and quantized (``quantize``: ``none``, ``int8wo``, ``nf4``). A left-out head
     (:class:`~showo2_cli.modeling.parts.NotLoaded`) and a tied ``lm_head`` (the embedding's tensor)
     are not groups (a tied ``lm_head``'s adapters merge into that tensor with the embedding's, as
@@ -79,10 +79,10 @@ def place(holder: nn.Module, names: list[str], read: Callable[[str], torch.Tenso
         if isinstance(module, NotLoaded) or (tied and group == TIED_HEAD):
             continue
         if not whole:  # (tensors of a module holding layers: moved as read, no adapter targets them)
-            module.load_state_dict({k: _as(read(f"{group}.{k}"), dtype).to(device) for k in _own_keys(module)},
+            module.load_state_dict({k: read(f"{group}.{k}", dtype).to(device) for k in _own_keys(module)},
                                    strict=False, assign=True)
             continue
-        module.load_state_dict({k: _as(read(f"{group}.{k}"), dtype) for k in module.state_dict()},
+        module.load_state_dict({k: read(f"{group}.{k}", dtype) for k in module.state_dict()},
                                strict=True, assign=True)
         if adapters:  # (peft walks only the group: it alone, under its name, in a holder of its own)
             within, alone = [group], attach(nn.Module(), group, module)
@@ -102,12 +102,13 @@ def place_from_files(holder: nn.Module, names: list[str], weights, state: dict, 
     (``state``: what :func:`~showo2_cli.weights.read_state_dict` read of them, memory-mapped): a
     quantized load through a :class:`~showo2_cli.weights.TensorReader` (each group read with memory
     of its own, converted, merged, moved, quantized and let go in turn); any other assigned from
-    ``state``, as an unquantized load is."""
+    ``state``, as an unquantized load is (a tensor converted read by the reader, in chunks)."""
     from .acceleration import release_weight_file
     from .weights import TensorReader
 
     if quantize == "none":
-        place(holder, names, state.__getitem__, dtype, device, adapters)
+        with TensorReader(weights, state, mapped=True) as read:
+            place(holder, names, read, dtype, device, adapters)
         return
     with TensorReader(weights, state) as read:
         place(holder, names, read, dtype, device, adapters, quantize)
@@ -126,10 +127,6 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def attach(holder: nn.Module, name: str, module: nn.Module) -> nn.Module:
