@@ -37,7 +37,8 @@ from .model_files import ModelFiles, find_files, missing_message  # re-exported:
 from .runtime import cpu_by_default, dtype_label, enable_offload, load_placement, torch_dtype
 from .sequences import SpecialTokens
 from .specs import ModelSpec, get_spec
-from .weights import TensorReader, check_fit, read_state_dict
+from .tensor_reader import TensorReader
+from .weights import check_fit, read_state_dict
 
 ALL_HEADS = ("lm_head", "flow_head")  # the keys of modeling.showo2.HEADS (that module imports torch's world)
 OFFICIAL_FIELDS = (

@@ -3,7 +3,7 @@ loaded on first use (:class:`~showo2_cli.loading.HeadLoader`).
 
 A group is one transformer layer (of the LLM, of the semantic layers), one flow-head block, the
 ``lm_head``, or another part of the network that holds no list of layers (the embedding, a
-projector). Each group in turn is read (:class:`~showo2_cli.weights.TensorReader`: memory of its
+projector). Each group in turn is read (:class:`~showo2_cli.tensor_reader.TensorReader`: memory of its
 own), converted to the load's dtype, given the LoRA adapters merged on load
 (:func:`~showo2_cli.lora.merge_recorded`: adapters merge before quantizing), moved to its device
 and quantized (:func:`~showo2_cli.acceleration.quantize_network`); its unquantized copy is let go
@@ -56,7 +56,7 @@ def place(holder: nn.Module, names: list[str], read: Callable[[str, torch.dtype]
           device, adapters: list = (), quantize: str = "none") -> None:
     """Fill the modules ``names`` of ``holder`` (a network, or a module holding a network's modules
     under their names; their tensors on 'meta', fit-checked) group by group: each tensor ``read``
-    by its full name in ``dtype`` (:class:`~showo2_cli.weights.TensorReader`), the recorded LoRA ``adapters`` merged, moved to
+    by its full name in ``dtype`` (:class:`~showo2_cli.tensor_reader.TensorReader`), the recorded LoRA ``adapters`` merged, moved to
     ``device`` and quantized (``quantize``: ``none``, ``int8wo``, ``nf4``). A left-out head
     (:class:`~showo2_cli.modeling.parts.NotLoaded`) and a tied ``lm_head`` (the embedding's tensor)
     are not groups (a tied ``lm_head``'s adapters merge into that tensor with the embedding's, as
@@ -94,17 +94,18 @@ def place(holder: nn.Module, names: list[str], read: Callable[[str, torch.dtype]
         module.to(device=device)
         if quantize != "none":
             quantize_network(holder, quantize, within=group)
+            getattr(read, "let_go", lambda: None)()  # (a pickle's pages of the group, read: handed back)
 
 
 def place_from_files(holder: nn.Module, names: list[str], weights, state: dict, dtype: torch.dtype, device,
                      adapters: list, quantize: str) -> None:
     """:func:`place` the modules ``names`` of ``holder`` from the weight files ``weights``
     (``state``: what :func:`~showo2_cli.weights.read_state_dict` read of them, memory-mapped): a
-    quantized load through a :class:`~showo2_cli.weights.TensorReader` (each group read with memory
+    quantized load through a :class:`~showo2_cli.tensor_reader.TensorReader` (each group read with memory
     of its own, converted, merged, moved, quantized and let go in turn); any other assigned from
     ``state``, as an unquantized load is (a tensor converted read by the reader, in chunks)."""
     from .acceleration import release_weight_file
-    from .weights import TensorReader
+    from .tensor_reader import TensorReader
 
     if quantize == "none":
         with TensorReader(weights, state, mapped=True) as read:

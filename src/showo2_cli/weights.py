@@ -417,118 +417,6 @@ def read_state_dict(paths: Path | str | Sequence[Path | str]) -> dict[str, torch
     return state
 
 
-def _data_starts(path: Path) -> dict[str, int]:
-    """Where each tensor's bytes start in a safetensors file (header already checked and read by the
-    library); empty where the file is not little-endian-readable as stored (a big-endian host)."""
-    import sys
-
-    if sys.byteorder != "little":
-        return {}
-    with open(path, "rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(n))
-    return {k: 8 + n + int(v["data_offsets"][0]) for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v}
-
-
-#: Elements of a tensor converted to another dtype at once (:class:`TensorReader`): a bf16 file loaded
-#: in float32 reads the 1.5B's 151669 x 1536 embedding (0.47 GB in bf16) in chunks of rows written
-#: into its float32 tensor, instead of whole beside it (+0.47 GB at the load's peak).
-CONVERT_CHUNK = 1 << 24
-
-
-class TensorReader:
-    """Reads the tensors of weight files one at a time, each with memory of its own: a load that
-    converts, quantizes and drops each layer in turn (:func:`showo2_cli.placement.place`) then
-    holds about one layer unquantized at a time. A memory-mapped tensor (what
-    :func:`read_state_dict` gives) would keep every page it read in the process until the whole
-    file is let go (a 0.47 GB ``lm_head`` read through the mapping: +0.46 GB of file pages until
-    then; read here, with safetensors' ``pread`` backend: +0.45 GB, all given back on ``del``).
-    ``state``: :func:`read_state_dict`'s reading of the same ``paths`` (checked: names, shapes,
-    dtypes); a pickle's tensors (``.bin``, which has no such reader) are taken from it, memory-
-    mapped (``own_memory`` is then False). ``mapped``: a tensor already in the dtype asked for is
-    ``state``'s, the mapping's (an unquantized load assigns it, read lazily); only a tensor
-    converted is read. Call it with a name and the dtype wanted (:data:`CONVERT_CHUNK` elements
-    read and converted at a time, into the converted tensor: never the whole stored tensor beside
-    it); :meth:`close` when done."""
-
-    def __init__(self, paths: Sequence[Path | str], state: Mapping[str, torch.Tensor], mapped: bool = False):
-        from safetensors import safe_open
-
-        self.state, self.handles, self.found, self.mapped, self.files = state, [], {}, mapped, {}
-        try:
-            for path in [Path(p) for p in paths]:
-                if not (path.suffix.lower() == ".safetensors" or looks_like_safetensors(path)):
-                    continue
-                handle = safe_open(str(path), framework="pt", backend="pread")
-                self.handles.append(handle)
-                starts = _data_starts(path)
-                for key, stored in unwrapped({k: k for k in handle.keys()}).items():
-                    self.found[key] = (handle, stored, path, starts.get(stored))
-        except Exception as e:
-            self.close()
-            raise ModelError(f"cannot read weights '{path}' ({error_detail(e)})") from e
-        self.own_memory = all(k in self.found for k in state)
-
-    def __call__(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        mapped = self.state[key]
-        same = dtype is None or mapped.dtype == dtype
-        if key not in self.found or (same and self.mapped):
-            return mapped if same else mapped.to(dtype)
-        handle, stored, path, start = self.found[key]
-        try:
-            if same or mapped.dim() == 0 or mapped.numel() <= CONVERT_CHUNK or start is None:
-                tensor = handle.get_tensor(stored)
-                return tensor if same else tensor.to(dtype)
-            return self._converted(mapped, dtype, path, start)
-        except ModelError:
-            raise
-        except Exception as e:  # the file changed since it was checked (truncated, replaced)
-            if is_out_of_memory(e):
-                raise
-            raise ModelError(f"cannot read '{key}' from weights '{path}' ({error_detail(e)})") from e
-
-    def _converted(self, mapped: torch.Tensor, dtype: torch.dtype, path: Path, start: int) -> torch.Tensor:
-        """``mapped``'s values (stored from byte ``start`` of ``path``) in ``dtype``: chunks of rows read
-        into one buffer of the stored dtype, each converted into the result (``copy_`` converts as
-        ``.to`` does: the same bits). safetensors' ``get_slice`` is no help here: its ``pread``
-        backend reads the whole tensor for any slice, its ``mmap`` one keeps the pages it read."""
-        import torch
-
-        rows, row = len(mapped), max(mapped[0].numel(), 1)
-        step = min(max(CONVERT_CHUNK // row, 1), rows)
-        out = torch.empty(mapped.shape, dtype=dtype)
-        buffer = torch.empty((step, *mapped.shape[1:]), dtype=mapped.dtype)
-        raw = memoryview(buffer.view(-1).view(torch.uint8).numpy())
-        row_bytes = row * mapped.element_size()
-        fh = self.files.get(path)
-        if fh is None:
-            fh = self.files[path] = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
-        for first in range(0, rows, step):
-            n = min(step, rows - first)
-            want, done = n * row_bytes, 0
-            while done < want:
-                got = os.preadv(fh.fileno(), [raw[done:want]], start + first * row_bytes + done)  # (into the buffer)
-                if not got:
-                    raise ModelError(f"cannot read weights '{path}' (the file ends early: it changed since it was checked)")
-                done += got
-            out[first:first + n].copy_(buffer[:n])
-        return out
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.__exit__(None, None, None)
-        for fh in self.files.values():
-            fh.close()
-        self.handles, self.files = [], {}
-
-    def __enter__(self) -> TensorReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def check_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], where: str | Path,
               optional: Iterable[str] = (), what: str = "the model") -> None:
     """Strict key, shape and dtype check of ``state`` against ``expected`` (a model's
@@ -554,5 +442,5 @@ def check_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Te
         raise ModelError(f"weights in '{where}' do not fit {what}: {', '.join(problems)}")
 
 
-__all__ = ["MAX_CONFIG_BYTES", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES", "TensorReader", "check_fit", "check_safetensors_header", "first",
+__all__ = ["MAX_CONFIG_BYTES", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES", "check_fit", "check_safetensors_header", "first",
            "looks_like_safetensors", "one_line", "read_json", "read_state_dict", "unwrapped"]
