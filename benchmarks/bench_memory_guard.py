@@ -8,7 +8,8 @@ imports and first-call set-ups are not counted), then the peak resident memory i
 over the memory held before it (``VmHWM - VmRSS``), the weights the job runs (what the guard adds
 to its estimate) and the guard's estimate of the job's working memory. ``chat``: a question of text
 alone (no image: the guard counts no VAE encoder, probe CA), its prompt of about SIZE words. ``wide``: a random model of
-wider layers (LLM 512/2048, flow head 512/2048, VAE base_dim 32) written to a temporary folder.
+wider layers (LLM 512/2048, flow head 512/2048, VAE base_dim 32) written to a temporary folder; ``vae96``: the tiny
+network with a random VAE of the real Wan2.1 architecture (base_dim 96), for the VAE's own cases.
 Peaks are in MB; they do not depend on the machine's load, seconds are not printed.
 """
 
@@ -34,6 +35,10 @@ CASES = {  # name: (command, size, frames)
     "chat": [("chat", s, 1) for s in (16, 256, 1024)],
     "encode": [("encode", s, f) for s, f in ((256, 1), (512, 1), (256, 17))],
     "decode": [("decode", s, f) for s, f in ((256, 1), (512, 1), (256, 17))],
+    # the video terms across lengths (probe DD): frames 1, 5, 9, 17 (latent frames 1, 2, 3, 5) at two sizes
+    "decode-frames": [("decode", s, f) for s in (128, 256) for f in (1, 5, 9, 17)],
+    "encode-frames": [("encode", s, f) for s in (128, 256) for f in (1, 5, 9, 17)],
+    "t2v-frames": [("t2v", s, f) for s in (128, 256) for f in (5, 9, 17)],
 }
 
 
@@ -153,6 +158,10 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         name = str(wide_model(Path(tmp))) if args.model == "wide" else args.model
+        if args.model == "vae96":
+            from showo2_cli.loading import init_model
+
+            name = str(init_model("tiny", Path(tmp) / "vae96", seed=0, vae_base_dim=96))
         for case in args.cases.split(","):
             for command, size, frames in CASES[case]:
                 env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -23,8 +23,11 @@ each layer read with memory of its own, converted, merged, moved and quantized i
 variant under each source folder in turn (the code before and after a change, side by side and
 interleaved, each row labelled).
 
-and the RSS after the load. Variants are ``FILE->LOAD:METHOD``, e.g. ``bf16->fp32:int8wo`` (a
-bf16 file, as the official releases ship, loaded in float32, the CPU's default, then quantized).
+and the RSS after the load (its file-backed part, ``RssFile``, and the proportional set size, ``Pss``,
+after it). Variants are ``FILE->LOAD:METHOD``, e.g. ``bf16->fp32:int8wo`` (a bf16 file, as the
+official releases ship, loaded in float32, the CPU's default, then quantized); a FILE ending in
+``.bin`` (``bf16.bin->fp32:none``) is the same weights pickled (``pytorch_model.bin``, ``torch.save``),
+read with ``torch.load(weights_only=True, mmap=True)``.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_quantized_load.py   # -> benchmarks/results/quantized-load.json
 """
@@ -43,7 +46,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from proc_memory import reset_peak, status  # noqa: E402
+from proc_memory import pss, reset_peak, status  # noqa: E402
 
 VARIANTS = ("fp32->fp32:none", "fp32->fp32:int8wo", "fp32->fp32:nf4", "bf16->bf16:none", "bf16->bf16:int8wo",
             "bf16->bf16:nf4", "bf16->fp32:int8wo", "bf16->fp32:nf4")
@@ -75,6 +78,18 @@ def make_folders(args) -> dict:
                     if p.dim() >= 2:
                         p.copy_(torch.randn(p.shape, generator=g) * 0.02)
         save_folder(dst, spec, net.state_dict(), dtype=dtype)
+    for label in ("fp32", "bf16"):  # the same weights pickled, as older checkpoints ship
+        dst = args.work / f"wide-{label}-bin"
+        folders[f"{label}.bin"] = str(dst)
+        if dst.exists():
+            continue
+        from safetensors.torch import load_file
+
+        tmp = args.work / f"wide-{label}-bin.part"
+        tmp.mkdir(exist_ok=True)
+        (tmp / "config.json").write_text((Path(folders[label]) / "config.json").read_text())
+        torch.save(load_file(str(Path(folders[label]) / "model.safetensors")), tmp / "pytorch_model.bin")
+        tmp.rename(dst)
     return folders
 
 
@@ -118,9 +133,9 @@ def child(variant: str, folder: str, out_path: Path) -> None:
     seconds = time.perf_counter() - began
     end = status()
     result = {"variant": variant, "seconds": seconds, "rss_start": start["VmRSS"], "rss_after_load": end["VmRSS"],
-              "rss_file_after_load": end.get("RssFile"), "peak_overall": max(s["peak"] for s in stages.values()),
+              "rss_file_after_load": end.get("RssFile"), "pss_after_load": pss(), "peak_overall": max(s["peak"] for s in stages.values()),
               "weight_bytes": weight_bytes(model.network), "stages": stages,
-              "file_bytes": (Path(folder) / "model.safetensors").stat().st_size}
+              "file_bytes": sum(p.stat().st_size for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin"))}
     out_path.write_text(json.dumps(result))
 
 

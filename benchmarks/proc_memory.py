@@ -4,7 +4,8 @@ memory benchmarks share.
 ``status()`` reads ``/proc/self/status``'s sizes in bytes (``VmRSS``, the resident set now;
 ``VmHWM``, its peak; ``RssAnon``/``RssFile``, its anonymous and file-backed parts);
 ``reset_peak()`` sets ``VmHWM`` back to the present RSS (``/proc/self/clear_refs``), so the next
-peak read is that of what runs after it."""
+peak read is that of what runs after it. ``pss()`` is the proportional set size
+(``/proc/self/smaps_rollup``: a file's pages counted once over the processes that map them)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,12 @@ def reset_peak() -> None:
     """Reset ``VmHWM`` to the present RSS: a later ``status()["VmHWM"]`` is the peak since now."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
+def pss() -> int:
+    """The process's proportional set size in bytes (``Pss`` of ``/proc/self/smaps_rollup``)."""
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
