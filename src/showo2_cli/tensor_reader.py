@@ -86,6 +86,9 @@ def _page_out(address: int, size: int) -> None:
         pass
 
 
+_PREADV = hasattr(os, "preadv")  # (not on Windows, nor on macOS before 11: a tensor is then converted whole)
+
+
 #: Elements of a tensor converted to another dtype at once (:class:`TensorReader`): a bf16 file loaded
 #: in float32 reads the 1.5B's 151669 x 1536 embedding (0.47 GB in bf16) in chunks of rows written
 #: into its float32 tensor, instead of whole beside it (+0.47 GB at the load's peak).
@@ -137,7 +140,7 @@ class TensorReader:
             return mapped if same else _converted_from_mapping(mapped, dtype, self._page_out)
         handle, stored, path, start = self.found[key]
         try:
-            if same or mapped.dim() == 0 or mapped.numel() <= CONVERT_CHUNK or start is None:
+            if same or mapped.dim() == 0 or mapped.numel() <= CONVERT_CHUNK or start is None or not _PREADV:
                 tensor = handle.get_tensor(stored)
                 return tensor if same else tensor.to(dtype)
             return self._converted(mapped, dtype, path, start)
