@@ -314,7 +314,7 @@ def test_file_sources_stream_from_an_index(tmp_path):
     media.mkdir()
     for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
         Image.new("RGB", (40 + 8 * i, 32), colour).save(media / f"img{i}.png")
-        (media / f"img{i}.txt").write_text(f"The image shows colour {i}\n")
+        (media / f"img{i}.txt").write_text(f"The image features colour {i}\n")
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"path": f"media/img{i}.png", "prompt": f"p{i}"}) + "\n"
                                                   for i in range(3)))
     llava = [{"image": f"img{i}.png", "conversations": [{"from": "human", "value": "What?\n<image>"},
@@ -331,7 +331,7 @@ def test_file_sources_stream_from_an_index(tmp_path):
     sources = make_sources(cfg, get_spec("tiny"), tmp_path / "index")
     assert [s.size() for s in sources] == [3, 3, 4]
     sample = sources[0].get(1)
-    assert sample.pixels.shape == (1, 32, 32, 3) and sample.text == "Colour 1"  # boilerplate stripped
+    assert sample.pixels.shape == (1, 32, 32, 3) and sample.text == "colour 1"  # the official phrase removed
     assert sources[1].get(2).text == "p2"
     sample = sources[2].get(0)
     assert sample.turns == [("What?\n<image>", "a0")] and sample.pixels.shape == (1, 32, 32, 3)

@@ -90,7 +90,7 @@ def test_a_caption_file_with_a_byte_order_mark_or_in_utf16_is_its_text(tmp_path,
     """A pair's ``.txt`` caption opening with a UTF-8 byte-order mark was trained on with U+FEFF
     before its first word (str.split keeps it: it is no space); a UTF-16 one as U+FFFD, U+FFFD
     and a NUL between every letter."""
-    from showo2_cli.training.data import clean_caption, read_caption_file
+    from showo2_cli.training.captions import clean_caption, read_caption_file
 
     (tmp_path / "a.txt").write_bytes("un café rouge\r\n".encode(encoding))
     assert clean_caption(read_caption_file(tmp_path / "a.txt", "caption")) == "un café rouge"
@@ -331,7 +331,7 @@ def test_a_hugging_face_imagefolder_trains_on_its_captions(tmp_path):
 def test_a_pairs_folder_takes_a_caption_file_as_kohya_names_it(tmp_path):
     """kohya-ss's captioners (make_captions.py) write ``image.caption``: a folder of such pairs
     trained every image as the empty caption, silently. A ``.caption`` is read where no ``.txt`` is."""
-    from showo2_cli.training.data import read_caption_file
+    from showo2_cli.training.captions import read_caption_file
     from showo2_cli.training.records import Records, build_index
     from showo2_cli.training.schema import DataSource
 

@@ -256,7 +256,7 @@ def test_data_paths_that_are_not_files_or_folders_are_refused(tmp_path):
 
 def test_caption_files_are_read_only_when_they_are_regular_and_small(tmp_path):
     """A FIFO caption file hung training beyond Ctrl-C; /dev/zero grew without bound."""
-    from showo2_cli.training.data import MAX_CAPTION_BYTES, read_caption_file
+    from showo2_cli.training.captions import MAX_CAPTION_BYTES, read_caption_file
 
     os.mkfifo(tmp_path / "fifo.txt")
     (tmp_path / "zero.txt").symlink_to("/dev/zero")

@@ -10,6 +10,7 @@ from ..errors import UsageError
 from ..options import MAX_SIDE, MAX_VIDEO_FRAMES, STEPS_RANGE
 from ..specs import WAN21
 from .schema import (
+    CAPTION_RULES,
     DATA_SPLITS,
     DEVICES,
     FIT_STATS,
@@ -363,6 +364,11 @@ def _validate_source(s: DataSource, w: str, mode: str) -> None:
             raise field_error(w + ".format", f"only understanding roles (mmu, mmu_vid) have a format, not '{s.role}'")
     if s.preprocess is not None:
         _one_of(s.preprocess, PREPROCESS, w + ".preprocess")
+    if s.captions is not None:
+        _one_of(s.captions, CAPTION_RULES, w + ".captions")
+        if s.kind != "pairs" or s.role == "vae":
+            raise field_error(w + ".captions", "only pairs sources of a t2i, t2v, mmu or mmu_vid role have captions "
+                                               "to clean")
     if s.size is not None:
         if s.kind != "shapes":
             raise field_error(w + ".size", "only shapes sources have a size (a folder/file has its own)")

@@ -5,7 +5,8 @@ Sources (one ``[[data]]`` table each):
 * ``shapes``: the synthetic shapes world (:mod:`showo2_cli.training.shapes`); item ``i`` is the
   scene drawn from ``numpy.random.default_rng([seed, source, i])``.
 * ``pairs``: image/video + caption pairs, from a folder (media files with a ``.txt`` caption of
-  the same stem) or a ``.jsonl`` of ``{"path": ..., "prompt": ...}`` (spec §14.2).
+  the same stem) or a ``.jsonl`` of ``{"path": ..., "prompt": ...}`` (spec §14.2); captions
+  cleaned as the official dataset does, or by the source's ``captions`` rule (:mod:`.captions`).
 * ``llava``: LLaVA-style conversations (``.json`` array or ``.jsonl``) with ``image`` (or
   ``video``) and ``conversations: [{from: human|gpt, value}]`` (spec §12.2), or ``messages`` of
   ``{role, content}``, a content a string or TRL's list of text and image parts.
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +41,11 @@ import torch
 from ..errors import InputError, ResourceError, UsageError, one_line, short
 from ..messages import content_text
 from ..options import check_unicode
+from .captions import clean_caption, read_caption_file
 from .records import CAPTION_FIELDS, METADATA_FILES, Records, RecordsChanged, build_index
 from .schema import DataSource, TrainConfig
 
 INDEX_DIR = ".data-index"
-_BOILERPLATE = re.compile(r"^((the image|this image|the video) (features|depicts|shows|showcases|displays|captures|"
-                          r"presents|portrays)|in this image,?|in the image,?)\s+", re.IGNORECASE)
 
 
 # ---- deterministic hashing and permutations --------------------------------------------------
@@ -113,15 +112,6 @@ class Sample:
     has_visual: bool = True
     skipped: int = 0  # items skipped to reach this one (unreadable or too small)
     skip_reason: str = ""  # why the last of them was (one line)
-
-
-def clean_caption(text: str) -> str:
-    """The official T2I caption cleanup: newlines removed, boilerplate openings stripped."""
-    text = " ".join(str(text).replace("\n", " ").split())
-    stripped = _BOILERPLATE.sub("", text)
-    if stripped != text and stripped:
-        stripped = stripped[0].upper() + stripped[1:]
-    return stripped
 
 
 # ---- pixels ----------------------------------------------------------------------------------
@@ -290,14 +280,14 @@ class PairsSource(Source):
                                          self.preprocess, self.video, self.spec.min_res)
             if sample.pixels is None:
                 return None
-        text = self._caption(rec, item)
-        if role in ("t2i", "t2v"):
-            sample.text = clean_caption(text)
-        elif role in ("mmu", "mmu_vid"):
-            sample.text = text
-            sample.turns = [("", text)]
-        else:
+        if role == "vae":
             sample.pixels = self._random_crop(sample.pixels, item)
+            return sample
+        # the official cleanup (phrases removed from generation captions only), or the source's `captions`
+        sample.text = clean_caption(self._caption(rec, item), self.spec.captions or "official",
+                                    generation=role in ("t2i", "t2v"))
+        if role in ("mmu", "mmu_vid"):
+            sample.turns = [("", sample.text)]
         return sample
 
 
@@ -559,10 +549,6 @@ def collate(samples: list[Sample]) -> list[Sample]:
     return samples
 
 
-#: A caption file larger than this is not a caption (a device such as /dev/zero, a wrong file)
-MAX_CAPTION_BYTES = 1 << 20
-
-
 def _record_path(text: str, where: str, root: Path, confined: bool = False) -> Path:
     """The file a record names: ``~`` expanded, a relative path taken from ``root`` (the records
     file's folder, or the source's ``root``: a relative ``caption_file`` was taken from the working
@@ -587,22 +573,6 @@ def _record_path(text: str, where: str, root: Path, confined: bool = False) -> P
         if os.path.lexists(other):
             return other
     return p
-
-
-def read_caption_file(path: Path, where: str) -> str:
-    """A caption file's text: "" when it is missing (a pair without a caption); a folder, a device,
-    a FIFO or a file over :data:`MAX_CAPTION_BYTES` is an input error, checked before reading. UTF-8
-    (its byte-order mark dropped: it was trained on as a character opening the caption) or UTF-16
-    with its byte-order mark (Notepad's "Unicode": it was trained on as NULs and U+FFFD); bytes
-    that are not text are read as U+FFFD."""
-    from ..media import decode_text, read_limited
-
-    try:
-        if not path.exists():  # a pair without a caption
-            return ""
-    except OSError as e:
-        raise InputError(f"{where} '{path}' cannot be read: {one_line(e, 80)}") from None
-    return decode_text(read_limited(path, MAX_CAPTION_BYTES, where), errors="replace").strip()
 
 
 def loader(dataset: TrainingData, sampler: StepSampler, num_workers: int, worker_init_fn=None):

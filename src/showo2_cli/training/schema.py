@@ -17,6 +17,7 @@ GEN_ROLES = ("t2i", "t2v")
 UND_ROLES = ("mmu", "mmu_vid")
 FORMATS = ("captioning", "pretraining", "tuning")
 PREPROCESS = ("crop", "pad")
+CAPTION_RULES = ("official", "openings", "verbatim")  # pairs sources' caption cleanup (training/captions.py)
 SCHEDULES = ("constant", "cosine")
 UNGROUPED = ("train", "frozen")
 T_SAMPLING = ("logit_normal", "uniform")
@@ -80,6 +81,8 @@ class DataSource:
     frames: int | None = None  # t2v: pixel frames (1+4k); mmu_vid: frames sampled; vae: 1 = images
     format: str | None = None  # understanding: captioning | pretraining | tuning
     preprocess: str | None = None  # crop (resize + center crop) | pad (resize + pad on black)
+    # pairs: official (default: the official dataset's cleanup) | openings (its phrases at the start only) | verbatim
+    captions: str | None = None
     size: int | None = None  # shapes: number of distinct scenes (default: a new scene every sample)
     weight: float = 1.0  # share of its role's samples when a role has several sources
     max_seq_len: int | None = None  # token budget of a row (default: the model's max_seq_len)
@@ -231,8 +234,10 @@ class TrainConfig:
 
     def data_signature(self) -> dict:
         """What fixes the sample order: resuming with a different signature changes the data."""
-        # the training sources as written before the split field existed (the signature of earlier runs)
-        data = [{k: v for k, v in dataclasses.asdict(s).items() if k != "split"} for s in self.data if s.split != "eval"]
+        # the training sources as written before the split and captions fields existed (the signature of
+        # earlier runs; neither moves the order)
+        data = [{k: v for k, v in dataclasses.asdict(s).items() if k not in ("split", "captions")}
+                for s in self.data if s.split != "eval"]
         sig = {"seed": self.seed, "data": data,
                "batch": {r: self.batch.of(r) for r in ROLES}, "mode": self.mode}
         if self.optim.grad_accumulation != 1:  # (absent at 1: the signature of earlier runs)

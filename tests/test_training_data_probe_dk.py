@@ -1,0 +1,86 @@
+"""Training data as the official recipe prepares it (probe DK): the caption cleanup of ``pairs``
+sources against the official ``remove_prefix`` (datasets/utils.py) and the official
+``data['prompt'].replace('\\n', '')`` (datasets/image_text_dataset.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from showo2_cli.errors import UsageError
+from showo2_cli.specs import get_spec
+from showo2_cli.training.config import parse_config
+from showo2_cli.training.data import make_sources
+
+# the official functions' outputs on these captions (computed with the official datasets/utils.py)
+CAPTIONS = [
+    "The image features a red circle.\nIn the image, a cat sits on a mat.",
+    "a sign reading This is Sparta",
+    "a cat\non a mat",
+    "The image shows a cat",
+    "In this image, we see two dogs",
+    "This is a photo.\r\nThe photo depicts a dog",
+]
+OFFICIAL_T2I = ["a red circle.a cat sits on a mat.", "a sign reading Sparta", "a caton a mat",
+                "The image shows a cat", "two dogs", "a photo.\ra dog"]
+OFFICIAL_MMU = [c.replace("\n", "") for c in CAPTIONS]  # captioning targets keep their phrases
+OPENINGS_T2I = ["a red circle. In the image, a cat sits on a mat.", "a sign reading This is Sparta", "a cat on a mat",
+                "The image shows a cat", "two dogs", "a photo. The photo depicts a dog"]
+
+
+def _config(tmp_path, data, batch):
+    return parse_config({"mode": "showo2", "output_dir": str(tmp_path / "run"), "model": {"init_spec": "tiny"},
+                         "data": data, "batch": batch, "optim": {"max_steps": 1}}, source="c.toml")
+
+
+def _sources(tmp_path, **source):
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "a.png")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"path": "a.png", "prompt": c}) + "\n" for c in CAPTIONS))
+    data = [{"kind": "pairs", "role": role, "path": str(tmp_path / "pairs.jsonl"), "resolution": 32, **source}
+            for role in ("t2i", "mmu")]
+    return make_sources(_config(tmp_path, data, {"t2i": 1, "mmu": 1}), get_spec("tiny"), tmp_path / "index")
+
+
+def test_pairs_captions_are_cleaned_as_the_official_dataset_does(tmp_path):
+    """The default was "the official cleanup" in name only: openings of its own list stripped (the
+    first letter capitalised), lines joined with a space, phrases left inside; 153 of 3006 random
+    captions came out as the official's."""
+    t2i, mmu = _sources(tmp_path)
+    assert [t2i.get(i, pixels=False).text for i in range(len(CAPTIONS))] == OFFICIAL_T2I
+    samples = [mmu.get(i, pixels=False) for i in range(len(CAPTIONS))]
+    assert [s.text for s in samples] == OFFICIAL_MMU
+    assert [s.turns for s in samples] == [[("", c)] for c in OFFICIAL_MMU]
+
+
+def test_the_openings_and_verbatim_caption_rules(tmp_path):
+    t2i, mmu = _sources(tmp_path, captions="openings")
+    assert [t2i.get(i, pixels=False).text for i in range(len(CAPTIONS))] == OPENINGS_T2I
+    assert mmu.get(1, pixels=False).text == "a sign reading This is Sparta"
+    assert mmu.get(0, pixels=False).text == "The image features a red circle. In the image, a cat sits on a mat."
+    t2i, mmu = _sources(tmp_path, captions="verbatim")
+    assert [t2i.get(i, pixels=False).text for i in range(len(CAPTIONS))] == CAPTIONS
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ({"kind": "pairs", "captions": "strip"}, "must be one of official, openings, verbatim"),
+    ({"kind": "shapes", "captions": "openings"}, "only pairs sources"),
+])
+def test_a_caption_rule_is_checked(tmp_path, source, message):
+    data = [{"role": "t2i", "resolution": 32, **source}]
+    if source["kind"] == "pairs":
+        (tmp_path / "p.jsonl").write_text('{"path": "a.png", "prompt": "x"}\n')
+        data[0]["path"] = str(tmp_path / "p.jsonl")
+    with pytest.raises(UsageError, match=message) as e:
+        _config(tmp_path, data, {"t2i": 1})
+    assert "data[0].captions" in str(e.value)
+
+
+def test_the_caption_rule_does_not_move_the_data_order(tmp_path):
+    """A resumed run whose config now names a caption rule keeps its order (no 'data changed' note)."""
+    (tmp_path / "p.jsonl").write_text('{"path": "a.png", "prompt": "x"}\n')
+    source = {"kind": "pairs", "role": "t2i", "path": str(tmp_path / "p.jsonl")}
+    before = _config(tmp_path, [source], {"t2i": 1}).data_signature()
+    assert _config(tmp_path, [{**source, "captions": "verbatim"}], {"t2i": 1}).data_signature() == before
+
