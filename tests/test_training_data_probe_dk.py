@@ -84,3 +84,25 @@ def test_the_caption_rule_does_not_move_the_data_order(tmp_path):
     before = _config(tmp_path, [source], {"t2i": 1}).data_signature()
     assert _config(tmp_path, [{**source, "captions": "verbatim"}], {"t2i": 1}).data_signature() == before
 
+
+@pytest.mark.parametrize("length", [5, 26, 27, 60])
+def test_a_long_caption_is_cut_to_keep_its_eos_as_officially(length):
+    """A captioning row over its budget was cut whole (``ids[:max_seq_len]``): its caption ran to
+    the last position and the [eos] was lost, never supervised. The official ``format_sequence_und``
+    gets the caption cut to ``max_text_len = max_seq_len - P - 4`` and ends every row with [eos]
+    (checked against it on 7 lengths, up to P = 730 in 1024 positions)."""
+    from types import SimpleNamespace
+
+    from showo2_cli.sequences import IGNORE, TrainingRows
+    from showo2_cli.tokenizer import add_showo2_tokens, byte_level_tokenizer
+
+    tok = byte_level_tokenizer()
+    tk = add_showo2_tokens(tok)
+    text = ("abcdefghij" * 6)[:length]
+    row = SimpleNamespace(format="captioning", text=text, turns=[("", text)], has_visual=True, source=0)
+    ids, labels, slot = TrainingRows(tok, tk).understanding(row, 10, 40)
+    kept = list(text.encode())[:40 - 10 - 4]
+    assert ids == [tk.bos, tk.boi, *[tk.img_pad] * 10, tk.eoi, *kept, tk.eos]
+    assert labels == [tk.bos, tk.boi, *[IGNORE] * 10, tk.eoi, *kept, tk.eos]
+    assert slot == (2, 10)
+

@@ -197,7 +197,9 @@ class TrainingRows:
                 ids.extend(block)
                 labels.extend([tk.boi] + [IGNORE] * num_visual + [tk.eoi])
             answer = sample.text or (sample.turns[0][1] if sample.turns else "")
-            put(self.encode(answer, MAX_TARGET_TOKENS) + [tk.eos], True)
+            # cut to the row's text budget so that its [eos] stays (the official max_text_len =
+            # max_seq_len - P - 4): a caption cut with the row ended without one, unsupervised
+            put(self.encode(answer, max_seq_len - len(ids) - 1) + [tk.eos], True)
         else:
             for i, (question, answer) in enumerate(sample.turns):
                 q = question.replace("<image>", "").strip()
