@@ -13,6 +13,7 @@ from showo2_cli.errors import UsageError
 from showo2_cli.specs import get_spec
 from showo2_cli.training.config import parse_config
 from showo2_cli.training.data import make_sources
+from test_hub_pipeline import hub, offline  # noqa: F401  (the local Hub fixture)
 
 # the official functions' outputs on these captions (computed with the official datasets/utils.py)
 CAPTIONS = [
@@ -106,3 +107,30 @@ def test_a_long_caption_is_cut_to_keep_its_eos_as_officially(length):
     assert labels == [tk.bos, tk.boi, *[IGNORE] * 10, tk.eoi, *kept, tk.eos]
     assert slot == (2, 10)
 
+
+def test_a_config_s_model_vae_takes_a_hub_repo_id_as_vae_does(hub, tiny_model_dir, tmp_path, monkeypatch,  # noqa: F811
+                                                               capsys):
+    """``model.vae = "owner/name"`` was read as a path beside the config ('.../owner/name' does not
+    exist) where ``--vae`` takes a repo id (probe DC's hub_vae): now the same rules: offline and not
+    cached one line (exit 4, nothing asked), online its vae/ alone downloaded and announced, then
+    found in the cache with no request."""
+    from showo2_cli.cli import main
+    from test_vae_locations_probe_dc import PIPE, _pipeline_repo, online
+
+    _pipeline_repo(hub, tiny_model_dir / "vae")
+    config = tmp_path / "vae.toml"
+    config.write_text(f'mode = "vae"\nseed = 0\noutput_dir = "run"\n[model]\nvae = "{PIPE}"\n'
+                      '[[data]]\nkind = "shapes"\nrole = "vae"\nresolution = 32\nsize = 2\n[batch]\nvae = 1\n'
+                      '[optim]\nmax_steps = 1\n[vae_loss]\nstats_samples = 1\n[run]\ndevice = "cpu"\nsave_every = 0\n')
+    offline(monkeypatch)
+    assert main(["train", str(config)]) == 4
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not in the Hugging Face cache and HF_HUB_OFFLINE is set" in err, err
+    assert hub.requests == [] and not (tmp_path / "run").exists()
+    online(monkeypatch)
+    assert main(["train", str(config)]) == 0
+    assert f"downloading the VAE {PIPE} into the Hugging Face cache" in capsys.readouterr().err
+    assert sorted(hub.downloads()) == [f"{PIPE}:vae/config.json", f"{PIPE}:vae/diffusion_pytorch_model.safetensors"]
+    hub.requests.clear()
+    assert main(["train", str(config), "-o", str(tmp_path / "again"), "--quiet"]) == 0
+    assert hub.requests == []

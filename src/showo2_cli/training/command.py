@@ -164,6 +164,12 @@ def train(
              f"{config}: valid ({cfg.mode} mode, {len(cfg.data)} source(s), output {cfg.output_dir})")
         return
 
+    from ..hub_vae import needs_vae_download
+
+    if needs_vae_download(cfg.model.vae):  # a Hub repo id not cached: its VAE's files fetched now, announced
+        from ..cli.common import fetch_vae_if_needed
+
+        cfg.model.vae = str(fetch_vae_if_needed(cfg.model.vae))
     shard_kn = _parse_shard(shard) if shard is not None else None
     if shard_kn is not None and not pre_encode:
         raise UsageError("--shard is for --pre-encode")

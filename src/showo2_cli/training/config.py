@@ -240,11 +240,21 @@ def _resolve(base: Path, value: str | None, always_path: bool = False) -> str | 
     return value
 
 
+def _resolve_vae(base: Path, value: str | None) -> str | None:
+    """``model.vae``: a path relative to the config file, or, naming no file there, a Hub repo id
+    (maybe ``@revision``) as ``--vae`` takes one (:mod:`showo2_cli.hub_vae`), kept as a name."""
+    from ..hub_vae import vae_repo
+
+    if value and not (base / Path(value).expanduser()).exists() and vae_repo(value) is not None:
+        return value
+    return _resolve(base, value, always_path=True)
+
+
 def _resolve_paths(cfg: TrainConfig, base: Path) -> None:
     if cfg.output_dir and not Path(cfg.output_dir).expanduser().is_absolute():
         cfg.output_dir = str((base / cfg.output_dir).resolve())
     cfg.model.init = _resolve(base, cfg.model.init)
-    cfg.model.vae = _resolve(base, cfg.model.vae, always_path=True)
+    cfg.model.vae = _resolve_vae(base, cfg.model.vae)
     cfg.model.tokenizer = _resolve(base, cfg.model.tokenizer)
     for w in cfg.model.weights:
         w.path = _resolve(base, w.path)

@@ -52,7 +52,8 @@ class ModelConfig:
     init_spec: str | None = None  # or: a registry spec ("tiny", "1.5B", ...) built from scratch
     spec: dict = field(default_factory=dict)  # ModelSpec field overrides: of init_spec (e.g. num_layers = 4), or of
     #                                            init's spec where every weight still fits (e.g. velocity_layout)
-    vae: str | None = None  # VAE file/folder, or a `showo2 train` VAE run folder (its latest checkpoint)
+    # VAE file/folder, a `showo2 train` VAE run folder (its latest checkpoint), or a Hub repo id as --vae takes
+    vae: str | None = None
     vae_base_dim: int = 8  # width of a random Wan-architecture VAE when `vae` is not given (96 = real)
     vae_init_logvar: float = -6.0  # random VAE: initial posterior log-variance (narrow, so the decoder
     #                                 sees the encoder's signal from the first step)

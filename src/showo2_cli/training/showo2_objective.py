@@ -24,6 +24,7 @@ from .vae_recipe import build_vae
 
 def build_showo2(cfg: TrainConfig, resume_from: Path | None):
     """(spec, network fp32, tokenizer, tokens, vae) from a checkpoint, an init model or a spec."""
+    from ..hub_vae import explicit_vae
     from ..loading import build_network, load
     from ..specs import get_spec
     from ..tokenizer import add_showo2_tokens, byte_level_tokenizer, load_tokenizer
@@ -32,7 +33,7 @@ def build_showo2(cfg: TrainConfig, resume_from: Path | None):
         where = resume_from if resume_from is not None else ckpt.resolve_run_path(cfg.model.init)
         vae_path = None
         if resume_from is None and cfg.model.vae:
-            vae_path = ckpt.resolve_run_path(cfg.model.vae)
+            vae_path = explicit_vae(cfg.model.vae)
         bundle = load(where, vae=vae_path, dtype=torch.float32, need=("tokenizer",), heads=("lm_head", "flow_head"))
         vae = bundle.vae
         if vae is None:

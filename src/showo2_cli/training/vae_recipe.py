@@ -86,12 +86,12 @@ def latent_shape(vae, pixels: torch.Tensor) -> tuple[int, ...]:
 
 def build_vae(path: str | None, base_dim: int, seed: int, init_logvar: float | None = None):
     """A VAE from a file/folder/run folder, or a random Wan-architecture one."""
+    from ..hub_vae import explicit_vae
     from ..modeling.vae import WanVAE
     from ..modeling.vae_files import load_vae
-    from . import checkpoint as ckpt
 
-    if path:
-        return load_vae(ckpt.resolve_run_path(path))
+    if path:  # a file, a folder, a run folder, or a Hub repo id (cached, else downloaded), as --vae
+        return load_vae(explicit_vae(path))
     vae = WanVAE.random(base_dim=base_dim, seed=seed)
     if init_logvar is not None:  # the log-variance half of the posterior projection's bias
         with torch.no_grad():
