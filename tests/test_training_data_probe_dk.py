@@ -134,3 +134,19 @@ def test_a_config_s_model_vae_takes_a_hub_repo_id_as_vae_does(hub, tiny_model_di
     hub.requests.clear()
     assert main(["train", str(config), "-o", str(tmp_path / "again"), "--quiet"]) == 0
     assert hub.requests == []
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_a_caption_file_s_lines_are_joined_whatever_its_line_ends(tmp_path, end):
+    """A ``.txt`` caption saved on Windows gave the official rule (which deletes "\\n" only) a
+    caption joined by carriage returns ("a cat\\ron a mat"); its line ends are now read as Python's
+    text mode reads them, so every file gives the caption the official rule gives "a cat\\non a mat"."""
+    from showo2_cli.training.captions import read_caption_file
+
+    (tmp_path / "a.txt").write_bytes(f"The image features a cat{end}on a mat{end}".encode())
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "pairs.jsonl").write_text('{"path": "a.png", "caption_file": "a.txt"}\n')
+    src = make_sources(_config(tmp_path, [{"kind": "pairs", "role": "t2i", "path": str(tmp_path / "pairs.jsonl")}],
+                               {"t2i": 1}), get_spec("tiny"), tmp_path / "index")[0]
+    assert src.get(0, pixels=False).text == "a caton a mat"
+    assert read_caption_file(tmp_path / "a.txt", "c") == "The image features a cat\non a mat"

@@ -62,7 +62,7 @@ def read_caption_file(path: Path, where: str) -> str:
     a FIFO or a file over :data:`MAX_CAPTION_BYTES` is an input error, checked before reading. UTF-8
     (its byte-order mark dropped: it was trained on as a character opening the caption) or UTF-16
     with its byte-order mark (Notepad's "Unicode": it was trained on as NULs and U+FFFD); bytes
-    that are not text are read as U+FFFD."""
+    that are not text are read as U+FFFD; every line end is ``"\n"``."""
     from ..errors import InputError, one_line
     from ..media import decode_text, read_limited
 
@@ -71,4 +71,7 @@ def read_caption_file(path: Path, where: str) -> str:
             return ""
     except OSError as e:
         raise InputError(f"{where} '{path}' cannot be read: {one_line(e, 80)}") from None
-    return decode_text(read_limited(path, MAX_CAPTION_BYTES, where), errors="replace").strip()
+    text = decode_text(read_limited(path, MAX_CAPTION_BYTES, where), errors="replace")
+    # line ends read as Python's text mode reads them (a Windows file's "\r\n" is "\n"): the official
+    # rule deletes "\n" only, and its lines came out joined by a carriage return
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
