@@ -20,7 +20,7 @@ from ..sampling import StepCallback, StopSampling, check_schedule, generate_late
 from ..sequences import generation_layout
 from ..specs import I2V, T2I, T2V
 from ..tokenizer import encode_user_text
-from .latents import MAX_LATENT_ABS
+from .latents import check_latent_values
 from .progress import Progress, noop
 
 # ---- generation -------------------------------------------------------------------------------
@@ -195,12 +195,8 @@ def noise_rows(noise: torch.Tensor, spec, opts: GenerateOptions, video: bool, fr
             given = f": latents of a {spec.pixel_frames(latent_frames)}-frame video, not {frames}"
         raise InputError(f"--noise has shape {tuple(noise.shape)}, expected {shape}{image} or "
                          f"{(len(jobs), *shape)} (one per output{whole}){given}")
-    if not bool(torch.isfinite(noise_all).all()):  # NaN noise gave a black image, silently
-        raise InputError("--noise holds NaN or inf values")
-    largest = max(-float(noise_all.min()), float(noise_all.max())) if noise_all.numel() else 0.0  # (no copy)
-    if largest > MAX_LATENT_ABS:
-        raise InputError(f"--noise holds a value of magnitude {largest:.3g}: starting noise is a standard normal draw "
-                         f"(or latents), a few units at most (at most {MAX_LATENT_ABS:g} is taken)")
+    # NaN noise gave a black image, silently; 3e38 overflowed the sampler
+    check_latent_values(noise_all, "--noise holds", "starting noise is a standard normal draw (or latents),")
     return noise_all, rows
 
 

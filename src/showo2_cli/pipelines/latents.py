@@ -147,6 +147,23 @@ MAX_LATENT_ELEMENTS = 1 << 29
 MAX_LATENT_ABS = 1e4
 
 
+def check_latent_values(latents: torch.Tensor, holds: str, typical: str) -> None:
+    """The one check of what latents (or starting noise) hold, for every reader: a latents file
+    (``decode``), ``--noise`` (the pipeline's ``latents=``), latents given to :func:`decode`. NaN
+    or infinity, or a magnitude over :data:`MAX_LATENT_ABS` (``typical`` says what such values
+    are), is an :class:`InputError` beginning ``holds`` (decoded, a black or grey picture)."""
+    if not latents.numel():
+        return
+    low, high = torch.aminmax(latents.detach())  # (no copy of a 2 GB file's values)
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high)):  # (NaN is propagated)
+        raise InputError(f"{holds} NaN/inf values")
+    largest = max(-low, high)
+    if largest > MAX_LATENT_ABS:
+        raise InputError(f"{holds} a value of magnitude {largest:.3g}: {typical} a few units at most "
+                         f"(at most {MAX_LATENT_ABS:g} is taken)")
+
+
 def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[torch.Tensor, dict]:
     """Read and validate a latents file written by :func:`save_latents`."""
     from ..weights import read_one_tensor
@@ -177,12 +194,9 @@ def load_latents(path: str | os.PathLike, z_dim: int | None = None) -> tuple[tor
     if z_dim is not None:
         check_channels(p, latents, z_dim)
     latents = latents.float()  # checked after the cast: a float64 1e300 is inf in float32
-    if min(latents.shape[1:]) < 1 or not torch.isfinite(latents).all():
-        raise InputError(f"'{p}': latents are empty or hold NaN/inf values (as float32)")
-    largest = max(-float(latents.min()), float(latents.max()))  # (no copy of a 2 GB file's values)
-    if largest > MAX_LATENT_ABS:
-        raise InputError(f"'{p}': latents hold a value of magnitude {largest:.3g}: a VAE's latents are a few units "
-                         f"at most (at most {MAX_LATENT_ABS:g} is taken)")
+    if min(latents.shape[1:]) < 1:
+        raise InputError(f"'{p}': latents are empty (shape {tuple(latents.shape)})")
+    check_latent_values(latents, f"'{p}': latents hold", "a VAE's latents are")  # (as float32)
     return latents, meta
 
 
@@ -298,6 +312,7 @@ def decode_tiled(latents: torch.Tensor, vae: WanVAE,
                          + ("; decode a batch one latent at a time (latents[i])" if batch else ""))
     if min(latents.shape) == 0:  # what the latents hold, not an argument's range: an input error
         raise InputError(f"latents have an empty dimension (shape {tuple(latents.shape)})")
+    check_latent_values(latents, "latents hold", "a VAE's latents are")  # (3e38 or NaN decoded to a black picture)
     t, h, w = (int(v) for v in latents.shape[1:])
     frames = M.pixel_frames(t)
     weights = in_gb(vae_bytes(vae, ("decoder",)))
