@@ -109,7 +109,8 @@ def serve(
         bundle = C.load_model(name, runtime, vae=vae, lora=lora)
         config = dataclasses.replace(config, model_id=names[0] if names else name, model_aliases=tuple(names[1:]),
                                      api_key=key, allow_origins=origins)
-        shown = ", ".join(f"'{n}'" for n in (names or [name]))
+        # the model loaded, and the names clients give it (a log said only 'gpt-4o', not which model that was)
+        shown = f"'{name}'" + (" as " + ", ".join(f"'{n}'" for n in names) if names and names != [name] else "")
         S.serve(bundle, config, sock, drain_timeout=drain_timeout, log_level="warning" if quiet else "info",
                 on_ready=lambda url: C.notice(f"serving {shown} on {url} (OpenAI API under {url}/v1)"))
     finally:
