@@ -41,3 +41,17 @@ def test_latents_given_to_decode_are_judged_as_a_latents_files_are(decoder, valu
     # an image's (C, h, w) latents and bf16 ones go through the same check
     with pytest.raises(InputError, match="latents hold"):
         api.decode(bad[:, 0].to(torch.bfloat16), decoder)
+
+
+def test_the_servers_notice_names_the_model_loaded_and_the_names_it_answers_to(monkeypatch, capsys):
+    """`serve -m demo --served-model-name gpt-4o` said "serving 'gpt-4o' on URL": the log no longer
+    told which model was loaded (the records of its images name it; its log did not)."""
+    from showo2_cli import serve as S
+    from showo2_cli.cli import main
+
+    monkeypatch.setattr(S, "serve", lambda bundle, config, sock, **k: k["on_ready"]("http://127.0.0.1:1"))
+    assert main(["serve", "--model", "demo", "--port", "0", "--served-model-name", "gpt-4o",
+                 "--served-model-name", "dall-e-3"]) == 0
+    err = capsys.readouterr().err
+    assert "serving 'demo' as 'gpt-4o', 'dall-e-3' on http://127.0.0.1:1 (OpenAI API under http://127.0.0.1:1/v1)" \
+        in err, err
