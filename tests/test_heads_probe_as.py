@@ -319,16 +319,16 @@ def test_the_pipeline_loads_each_head_on_first_use_and_saves_them_all(untied, im
 def test_two_first_uses_at_once_load_the_head_once(tiny_model_dir, monkeypatch):
     import threading
 
-    import showo2_cli.loading as loading
+    import showo2_cli.placement as placement  # (the head loader's module)
 
     model = load(tiny_model_dir, heads=("lm_head",))
-    reads, real = [], loading.read_state_dict
+    reads, real = [], placement.read_state_dict
 
     def counted(paths):
         reads.append(paths)
         return real(paths)
 
-    monkeypatch.setattr(loading, "read_state_dict", counted)
+    monkeypatch.setattr(placement, "read_state_dict", counted)
     threads = [threading.Thread(target=model.network.load_heads, args=("flow_head",)) for _ in range(3)]
     for t in threads:
         t.start()

@@ -55,7 +55,7 @@ def apply(bundle, options: RuntimeOptions | None):
         bundle.quantize = options.quantize
     if options.compile:
         compile_network(net)
-    if net.head_loader is not None:  # a head loaded on first use gets the same (loading.HeadLoader)
+    if net.head_loader is not None:  # a head loaded on first use gets the same (placement.HeadLoader)
         net.head_loader.runtime = options
     if bundle.vae is not None:
         bundle.vae.tiling = options.vae_tiling

@@ -20,7 +20,6 @@ other set. Pickle files are read only with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -34,6 +33,7 @@ from .hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path
 from .hub import cached_snapshot as hf_cached_snapshot
 from .model_config import FORMAT_VERSION, check_depths, spec_from_files
 from .model_files import ModelFiles, find_files, missing_message  # re-exported: the loading API users know
+from .placement import HeadLoader
 from .runtime import cpu_by_default, dtype_label, enable_offload, load_placement, torch_dtype
 from .sequences import SpecialTokens
 from .specs import ModelSpec, get_spec
@@ -86,110 +86,6 @@ def build_network(spec: ModelSpec, state: dict | None, dtype: torch.dtype, where
     if leftover:
         raise ModelError(f"weights in '{where}' left {len(leftover)} tensor(s) unset (e.g. {leftover[0]})")
     return model
-
-
-class HeadLoader:
-    """Loads a head of the network left out on load (``load(heads=)``) on its first use, as loading
-    it then would have: the same tensors from the same files (checked unchanged since, by
-    :func:`~showo2_cli.weights.file_stamp`, adapters' included), converted to the load's dtype,
-    with the LoRA adapters merged on load merged into it (:func:`~showo2_cli.lora.merge_recorded`),
-    then moved to the network's present device and dtype. All or nothing: every tensor is checked
-    before any is placed."""
-
-    def __init__(self, weights, dtype: torch.dtype, device, where: str):
-        import threading
-
-        from .weights import file_stamp
-
-        self.weights = [Path(p) for p in weights]
-        self.stamps = [file_stamp(p) for p in self.weights]
-        self.adapters: list = []  # LoRA adapters merged on load: (folder, layers of the heads left out, weight)
-        self.file_stamps = list(self.stamps)
-        self.dtype, self.device, self.where = dtype, torch.device(device), where
-        self.runtime = None  # the RuntimeOptions applied to the network (acceleration.apply)
-        self.lock = threading.Lock()  # two threads' first calls load a head once
-
-    @property
-    def files(self) -> list[Path]:
-        """The files a head is read from: the weights, and the adapters recorded for the heads."""
-        from .lora import adapter_files
-
-        return self.weights + [p for f, names, *_ in self.adapters if names for p in adapter_files(f)]
-
-    def record_adapters(self) -> None:
-        """Stamp the adapters' files as they are now (``load`` calls it after merging them)."""
-        from .weights import file_stamp
-
-        self.file_stamps = self.stamps + [file_stamp(p) for p in self.files[len(self.weights):]]
-
-    def __getstate__(self) -> dict:  # copy.deepcopy / pickle: a lock is not copied, a new one is made
-        return {k: v for k, v in self.__dict__.items() if k != "lock"}
-
-    def __setstate__(self, state: dict) -> None:
-        import threading
-
-        self.__dict__.update(state)
-        self.lock = threading.Lock()
-
-    @cpu_by_default  # as load: a caller's default device ("cuda", "meta") made peft's LoRA layers there
-    @torch.inference_mode(False)  # a caller's inference mode would make the weights inference tensors
-    def __call__(self, network, heads: tuple[str, ...], judged: bool = False) -> None:
-        from .acceleration import compile_flow_head, compile_options
-        from .footprint import in_gb, network_bytes
-        from .modeling.parts import NotLoaded
-        from .modeling.showo2 import HEADS
-        from .placement import attach, place_from_files
-        from .runtime import check_memory
-        from .weights import file_stamp
-
-        with self.lock:
-            names = [n for h in heads for n in HEADS[h] if isinstance(network.get_submodule(n), NotLoaded)]
-            if not names:
-                return
-            for i, (path, stamp) in enumerate(zip(self.files, self.file_stamps, strict=True)):
-                try:
-                    same = file_stamp(path) == stamp
-                except OSError:
-                    same = False
-                if not same:
-                    what = "LoRA adapter file" if i >= len(self.weights) else "weights file"
-                    raise ModelError(f"{path}: the {what} changed or went away since the model was loaded; "
-                                     "load the model again")
-            if not judged:  # (a job judged them with its own limit: footprint.weights_gb)
-                runtime = self.runtime
-                quantize = runtime.quantize if runtime is not None else "none"
-                limit = getattr(runtime, "max_memory_gb", None)  # the model's limit, as its jobs' (0: none)
-                # the network's once the heads are in (not the heads still left out after: counted when they load)
-                weights = in_gb(network_bytes(network, self.dtype, quantize, (*network.loaded_heads(), *heads)))
-                check_memory(0.0, f"loading the network's {' and '.join(heads)}", limit, self.device,
-                             "free some memory first", weights)  # (before anything is read)
-            state = read_state_dict(self.weights)
-            holder = torch.nn.Module()  # the head's modules under their names in the network
-            holder.spec = network.spec
-            for name in names:
-                module = copy.deepcopy(network.get_submodule(name).meta_module)  # (a failure leaves the stand-in whole)
-                prefix = name + "."
-                part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-                check_fit(module.state_dict(), part, self.where, what=f"the network's {name}")
-                module.train(network.training)  # before quantizing, as load's .eval() came before it
-                attach(holder, name, module)
-            runtime = self.runtime
-            quantize = runtime.quantize if runtime is not None else "none"
-            # as on load: quantized, each group read with memory of its own, merged (on the CPU in the
-            # load's dtype), moved and quantized in turn; else assigned from the mapped file, as a load's
-            place_from_files(holder, names, self.weights, state, self.dtype, self.device, self.adapters, quantize)
-            del state
-            if runtime is not None and runtime.compile and hasattr(holder, "diffusion_head_a"):
-                compile_flow_head(holder, **compile_options(network.attn, self.device))
-            here = network.image_embedder_gen.proj.weight  # where and how the network is now
-            if here.device != self.device:
-                holder.to(device=here.device)
-            if here.dtype != self.dtype:
-                holder.to(dtype=here.dtype)
-            for name in names:
-                parent, _, child = name.rpartition(".")
-                owner = network.get_submodule(parent) if parent else network
-                setattr(owner, child, holder.get_submodule(name))
 
 
 # ---- the bundle -------------------------------------------------------------------------------
@@ -357,7 +253,7 @@ def load(name: str | os.PathLike, *, vae: str | os.PathLike | None = None, devic
     by default both (``model.network`` is then the whole network, for ``state_dict()``, training or
     ``add_lora``); ``()`` or None: each on its first use. The weights are checked whole; a head left
     out is not converted, moved, quantized or compiled until it is first run, then loaded from the
-    same files as loading it now would have (:class:`HeadLoader`: ``lora`` adapters, dtype,
+    same files as loading it now would have (:class:`~showo2_cli.placement.HeadLoader`: ``lora`` adapters, dtype,
     device, quantization and compilation alike; a file changed since is a :class:`ModelError`).
     A tied ``lm_head`` is the embedding: always there."""
     from contextlib import nullcontext

@@ -62,6 +62,7 @@ from .pipelines.arguments import (
     prompt_list,
     python_names,
     real_number,
+    step_hook,
     whole_number,
 )
 from .runtime import (
@@ -72,7 +73,6 @@ from .runtime import (
     pick_device,
     python_dtype,
 )
-from .sampling import StopSampling
 
 
 @dataclass
@@ -477,7 +477,7 @@ class Showo2Pipeline(LoraLoaderMixin):
         default_h, default_w = self.spec.default_size(video)
         size = None if height is None and width is None else (height or default_h, width or default_w)
         seeds = call_seeds(generator, seed, len(prompts) * n)
-        on_step = self._step_hook(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        on_step = step_hook(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
         if latents is not None and not isinstance(latents, torch.Tensor):
             raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
         self._interrupt = False
@@ -532,38 +532,6 @@ class Showo2Pipeline(LoraLoaderMixin):
     def interrupt(self) -> bool:
         """True once a step callback has set ``pipe._interrupt``: the rest of the sampling is skipped."""
         return self._interrupt
-
-    def _step_hook(self, callback, tensor_inputs):
-        """The API's ``on_step``: diffusers' ``callback_on_step_end`` (a function or a
-        ``PipelineCallback``, whose ``tensor_inputs`` it takes), and ``pipe._interrupt`` looked at
-        after every step even without a callback (a progress callable or another thread may set it)."""
-        if tensor_inputs is not None and (isinstance(tensor_inputs, str)
-                                          or any(name != "latents" for name in tensor_inputs)):
-            raise ValueError(f"callback_on_step_end_tensor_inputs can only name 'latents', got {tensor_inputs!r}")
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback_on_step_end must be callable, got {type(callback).__name__}")
-        inputs = getattr(callback, "tensor_inputs", None)
-        inputs = list(inputs if inputs is not None else tensor_inputs if tensor_inputs is not None else ["latents"])
-        if any(name != "latents" for name in inputs):
-            raise ValueError(f"the callback's tensor_inputs can only name 'latents', got {inputs!r}")
-
-        def on_step(step: int, total: int, t: float, latents: torch.Tensor):
-            new = None
-            if callback is not None:
-                guidance = self._guidance_scale
-                out = callback(self, step - 1, torch.tensor(t), {"latents": latents} if inputs else {})
-                if out is not None and not isinstance(out, dict):
-                    raise TypeError(f"callback_on_step_end must return a dict (or None), got {type(out).__name__}")
-                if self._guidance_scale != guidance:  # diffusers' CFG cut-off idiom: it would be ignored
-                    self._guidance_scale = guidance
-                    raise ValueError("callback_on_step_end changed pipe._guidance_scale: the guidance scale is "
-                                     "fixed for a call here (pass guidance_scale=; it cannot change between steps)")
-                new = (out or {}).get("latents")
-            if self._interrupt:  # the latents it returned are the result
-                raise StopSampling(new)
-            return new
-
-        return on_step
 
     # ---- understanding ----------------------------------------------------------------------
     @one_call_at_a_time

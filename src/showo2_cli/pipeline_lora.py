@@ -7,7 +7,7 @@ merged adapters only: no LoRA layer is left in the network), so loading one afte
 ``from_pretrained`` gives, bit for bit, what giving it to ``from_pretrained`` gives: the layers it
 adapts are copied to the CPU, merged there by the same peft merge as on load
 (:func:`showo2_cli.lora.merge_recorded`), and copied back; a head not loaded yet records the
-adapter and merges it when it loads (``loading.HeadLoader``), as on load.
+adapter and merges it when it loads (``placement.HeadLoader``), as on load.
 
 ``unload_lora_weights`` restores the weights as they were before the first ``load_lora_weights``
 bit for bit: not by subtracting (floating point does not give the base back) but from the copies

@@ -1,5 +1,5 @@
 """A network's weights placed one group at a time: a quantized load (``--quantize``) and a head
-loaded on first use (:class:`~showo2_cli.loading.HeadLoader`).
+loaded on first use (:class:`HeadLoader`).
 
 A group is one transformer layer (of the LLM, of the semantic layers), one flow-head block, the
 ``lm_head``, or another part of the network that holds no list of layers (the embedding, a
@@ -15,10 +15,16 @@ one a load of the whole network takes, tensor by tensor, so the weights are the 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from .errors import ModelError
+from .runtime import cpu_by_default
+from .weights import check_fit, read_state_dict
 
 #: A tied ``lm_head`` and the embedding whose tensor it is (``Showo2Model.tie_lm_head``).
 TIED_HEAD, TIED_EMBEDDING = "showo.lm_head", "showo.model.embed_tokens"
@@ -141,3 +147,108 @@ def attach(holder: nn.Module, name: str, module: nn.Module) -> nn.Module:
         owner = getattr(owner, step)
     owner.add_module(child, module)
     return holder
+
+
+# ---- a head left out on load, loaded on its first use -------------------------------------------
+
+class HeadLoader:
+    """Loads a head of the network left out on load (``load(heads=)``) on its first use, as loading
+    it then would have: the same tensors from the same files (checked unchanged since, by
+    :func:`~showo2_cli.weights.file_stamp`, adapters' included), converted to the load's dtype,
+    with the LoRA adapters merged on load merged into it (:func:`~showo2_cli.lora.merge_recorded`),
+    then moved to the network's present device and dtype. All or nothing: every tensor is checked
+    before any is placed."""
+
+    def __init__(self, weights, dtype: torch.dtype, device, where: str):
+        import threading
+
+        from .weights import file_stamp
+
+        self.weights = [Path(p) for p in weights]
+        self.stamps = [file_stamp(p) for p in self.weights]
+        self.adapters: list = []  # LoRA adapters merged on load: (folder, layers of the heads left out, weight)
+        self.file_stamps = list(self.stamps)
+        self.dtype, self.device, self.where = dtype, torch.device(device), where
+        self.runtime = None  # the RuntimeOptions applied to the network (acceleration.apply)
+        self.lock = threading.Lock()  # two threads' first calls load a head once
+
+    @property
+    def files(self) -> list[Path]:
+        """The files a head is read from: the weights, and the adapters recorded for the heads."""
+        from .lora import adapter_files
+
+        return self.weights + [p for f, names, *_ in self.adapters if names for p in adapter_files(f)]
+
+    def record_adapters(self) -> None:
+        """Stamp the adapters' files as they are now (``load`` calls it after merging them)."""
+        from .weights import file_stamp
+
+        self.file_stamps = self.stamps + [file_stamp(p) for p in self.files[len(self.weights):]]
+
+    def __getstate__(self) -> dict:  # copy.deepcopy / pickle: a lock is not copied, a new one is made
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        import threading
+
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
+    @cpu_by_default  # as load: a caller's default device ("cuda", "meta") made peft's LoRA layers there
+    @torch.inference_mode(False)  # a caller's inference mode would make the weights inference tensors
+    def __call__(self, network, heads: tuple[str, ...], judged: bool = False) -> None:
+        from .acceleration import compile_flow_head, compile_options
+        from .footprint import in_gb, network_bytes
+        from .modeling.parts import NotLoaded
+        from .modeling.showo2 import HEADS
+        from .runtime import check_memory
+        from .weights import file_stamp
+
+        with self.lock:
+            names = [n for h in heads for n in HEADS[h] if isinstance(network.get_submodule(n), NotLoaded)]
+            if not names:
+                return
+            for i, (path, stamp) in enumerate(zip(self.files, self.file_stamps, strict=True)):
+                try:
+                    same = file_stamp(path) == stamp
+                except OSError:
+                    same = False
+                if not same:
+                    what = "LoRA adapter file" if i >= len(self.weights) else "weights file"
+                    raise ModelError(f"{path}: the {what} changed or went away since the model was loaded; "
+                                     "load the model again")
+            if not judged:  # (a job judged them with its own limit: footprint.weights_gb)
+                runtime = self.runtime
+                quantize = runtime.quantize if runtime is not None else "none"
+                limit = getattr(runtime, "max_memory_gb", None)  # the model's limit, as its jobs' (0: none)
+                # the network's once the heads are in (not the heads still left out after: counted when they load)
+                weights = in_gb(network_bytes(network, self.dtype, quantize, (*network.loaded_heads(), *heads)))
+                check_memory(0.0, f"loading the network's {' and '.join(heads)}", limit, self.device,
+                             "free some memory first", weights)  # (before anything is read)
+            state = read_state_dict(self.weights)
+            holder = torch.nn.Module()  # the head's modules under their names in the network
+            holder.spec = network.spec
+            for name in names:
+                module = copy.deepcopy(network.get_submodule(name).meta_module)  # (a failure leaves the stand-in whole)
+                prefix = name + "."
+                part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                check_fit(module.state_dict(), part, self.where, what=f"the network's {name}")
+                module.train(network.training)  # before quantizing, as load's .eval() came before it
+                attach(holder, name, module)
+            runtime = self.runtime
+            quantize = runtime.quantize if runtime is not None else "none"
+            # as on load: quantized, each group read with memory of its own, merged (on the CPU in the
+            # load's dtype), moved and quantized in turn; else assigned from the mapped file, as a load's
+            place_from_files(holder, names, self.weights, state, self.dtype, self.device, self.adapters, quantize)
+            del state
+            if runtime is not None and runtime.compile and hasattr(holder, "diffusion_head_a"):
+                compile_flow_head(holder, **compile_options(network.attn, self.device))
+            here = network.image_embedder_gen.proj.weight  # where and how the network is now
+            if here.device != self.device:
+                holder.to(device=here.device)
+            if here.dtype != self.dtype:
+                holder.to(dtype=here.dtype)
+            for name in names:
+                parent, _, child = name.rpartition(".")
+                owner = network.get_submodule(parent) if parent else network
+                setattr(owner, child, holder.get_submodule(name))

@@ -78,7 +78,7 @@ def test_ordinary_images_keep_the_exact_torchvision_resize(media_dir):
 # ---- GIFs whose frames paint a huge canvas -------------------------------------------------------
 
 def test_gif_frames_are_counted_without_decoding(media_dir, tmp_path):
-    from showo2_cli.media.probe import gif_frame_count
+    from showo2_cli.media.animation import gif_frame_count
 
     real = media_dir / "waves.gif"
     with Image.open(real) as im:

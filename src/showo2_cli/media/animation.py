@@ -1,9 +1,13 @@
 """Animations in still-image formats read with Pillow (APNG, animated WebP and AVIF, and a GIF given as
-a PIL image): their frames, and each frame's time, so they are sampled as a video is."""
+a PIL image): their frames, and each frame's time, so they are sampled as a video is; and their
+frames counted from the file's structure without decoding any (a GIF's blocks, an APNG's chunks),
+which the probe's checks judge a file by."""
 
 from __future__ import annotations
 
+import warnings
 from fractions import Fraction
+from pathlib import Path
 
 from PIL import Image
 
@@ -59,3 +63,69 @@ class PilFrames:
         too, as FFmpeg rates a GIF), once :meth:`index` read it; None before."""
         return len(self) * 1000.0 / self.duration_ms if self.duration_ms > 0 else None
 
+
+# ---- frames counted from a file's structure, none decoded ---------------------------------------
+
+def gif_frame_count(p: Path, stop_after: int | None = None) -> int:
+    """Frames of a GIF counted from its block structure, without decoding any (stops counting
+    past ``stop_after``); a damaged structure ends the count there."""
+    with open(p, "rb") as f:
+        head = f.read(13)
+        if len(head) < 13 or head[:3] != b"GIF":
+            return 0
+        if head[10] & 0x80:
+            f.seek(3 << ((head[10] & 7) + 1), 1)  # the global colour table
+
+        def skip_sub_blocks() -> bool:
+            while True:
+                size = f.read(1)
+                if not size:
+                    return False
+                if size[0] == 0:
+                    return True
+                f.seek(size[0], 1)
+
+        count = 0
+        while stop_after is None or count <= stop_after:
+            kind = f.read(1)
+            if kind == b"\x21":  # an extension: its label, then sub-blocks
+                if not f.read(1) or not skip_sub_blocks():
+                    break
+            elif kind == b"\x2c":  # an image: its descriptor, local colour table, LZW size, data
+                desc = f.read(9)
+                if len(desc) < 9:
+                    break
+                if desc[8] & 0x80:
+                    f.seek(3 << ((desc[8] & 7) + 1), 1)
+                if not f.read(1) or not skip_sub_blocks():
+                    break
+                count += 1
+            else:  # the trailer (0x3b), the end of the file or garbage
+                break
+        return count
+
+
+def png_frame_count(p: Path, stop_after: int | None = None) -> int:
+    """Frames of an APNG counted from its chunks (one ``fcTL`` a frame), none decoded: its ``acTL``
+    header's count may lie (stops counting past ``stop_after``; 0 for a file that is no PNG)."""
+    count = 0
+    with open(p, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return 0
+        while stop_after is None or count <= stop_after:
+            head = f.read(8)
+            if len(head) < 8 or head[4:] == b"IEND":
+                break
+            count += head[4:] == b"fcTL"
+            f.seek(int.from_bytes(head[:4], "big") + 4, 1)  # the data and its CRC
+    return count
+
+
+def declared_frame_count(p: Path) -> int:
+    """The frames an APNG's, animated WebP's or AVIF's header declares (0 if it cannot be read)."""
+    try:
+        with warnings.catch_warnings(), Image.open(p) as im:
+            warnings.simplefilter("ignore")
+            return int(getattr(im, "n_frames", 1))
+    except Exception:
+        return 0

@@ -30,7 +30,14 @@ from showo2_cli.errors import (
     error_detail,
 )
 
-from .animation import ANIMATED_FORMATS, MIN_DELAY_MS, PLAYED_DELAY_MS
+from .animation import (
+    ANIMATED_FORMATS,
+    MIN_DELAY_MS,
+    PLAYED_DELAY_MS,
+    declared_frame_count,
+    gif_frame_count,
+    png_frame_count,
+)
 from .files import PathLike, check_input_file, quote_path
 from .frame_index import INDEXED_FORMATS, FrameIndex
 
@@ -380,77 +387,12 @@ def _check_packets(p: Path, prefix: str) -> FrameIndex | None:
 MAX_GIF_PIXEL_FRAMES = 2**30
 
 
-def gif_frame_count(p: Path, stop_after: int | None = None) -> int:
-    """Frames of a GIF counted from its block structure, without decoding any (stops counting
-    past ``stop_after``); a damaged structure ends the count there."""
-    with open(p, "rb") as f:
-        head = f.read(13)
-        if len(head) < 13 or head[:3] != b"GIF":
-            return 0
-        if head[10] & 0x80:
-            f.seek(3 << ((head[10] & 7) + 1), 1)  # the global colour table
-
-        def skip_sub_blocks() -> bool:
-            while True:
-                size = f.read(1)
-                if not size:
-                    return False
-                if size[0] == 0:
-                    return True
-                f.seek(size[0], 1)
-
-        count = 0
-        while stop_after is None or count <= stop_after:
-            kind = f.read(1)
-            if kind == b"\x21":  # an extension: its label, then sub-blocks
-                if not f.read(1) or not skip_sub_blocks():
-                    break
-            elif kind == b"\x2c":  # an image: its descriptor, local colour table, LZW size, data
-                desc = f.read(9)
-                if len(desc) < 9:
-                    break
-                if desc[8] & 0x80:
-                    f.seek(3 << ((desc[8] & 7) + 1), 1)
-                if not f.read(1) or not skip_sub_blocks():
-                    break
-                count += 1
-            else:  # the trailer (0x3b), the end of the file or garbage
-                break
-        return count
-
-
-def png_frame_count(p: Path, stop_after: int | None = None) -> int:
-    """Frames of an APNG counted from its chunks (one ``fcTL`` a frame), none decoded: its ``acTL``
-    header's count may lie (stops counting past ``stop_after``; 0 for a file that is no PNG)."""
-    count = 0
-    with open(p, "rb") as f:
-        if f.read(8) != b"\x89PNG\r\n\x1a\n":
-            return 0
-        while stop_after is None or count <= stop_after:
-            head = f.read(8)
-            if len(head) < 8 or head[4:] == b"IEND":
-                break
-            count += head[4:] == b"fcTL"
-            f.seek(int.from_bytes(head[:4], "big") + 4, 1)  # the data and its CRC
-    return count
-
-
-def _pil_frame_count(p: Path) -> int:
-    """The frames an APNG's, animated WebP's or AVIF's header declares (0 if it cannot be read)."""
-    try:
-        with warnings.catch_warnings(), Image.open(p) as im:
-            warnings.simplefilter("ignore")
-            return int(getattr(im, "n_frames", 1))
-    except Exception:
-        return 0
-
-
 def _check_gif_frames(p: Path, prefix: str, width: int, height: int) -> None:
     """Decode every frame of a GIF (or an APNG, an animated WebP or AVIF) with PIL, which (unlike FFmpeg)
     reports a truncated or damaged frame instead of silently ending the animation there; first
     refuse one whose frames would paint more than :data:`MAX_GIF_PIXEL_FRAMES` canvas pixels."""
     canvas = max(width * height, 1)
-    frames = gif_frame_count(p, stop_after=MAX_GIF_PIXEL_FRAMES // canvas) or _pil_frame_count(p)
+    frames = gif_frame_count(p, stop_after=MAX_GIF_PIXEL_FRAMES // canvas) or declared_frame_count(p)
     held = png_frame_count(p, stop_after=frames)
     if 0 < held < frames:  # an APNG's acTL listing 2^31 frames over 2 was "too large to decode" (exit 6)
         raise InputError(f"{prefix}: truncated or corrupt (the file lists {frames} frames and holds {held})")

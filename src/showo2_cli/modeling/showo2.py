@@ -88,7 +88,7 @@ class Showo2Model(nn.Module):
 
     #: Where an offloaded network runs (set by ``runtime.enable_offload``); None = where its weights are.
     execution_device: torch.device | None = None
-    #: Loads a head left out on load from the weights' files, on first use (``loading.HeadLoader``,
+    #: Loads a head left out on load from the weights' files, on first use (``placement.HeadLoader``,
     #: set by ``loading.load``); None: a head left out stays out (calling it is a ModelError).
     head_loader = None
 
@@ -206,7 +206,7 @@ class Showo2Model(nn.Module):
 
     def load_heads(self, *heads: str, judged: bool = False) -> None:
         """Load the named heads (all when none is named) left out on load, as loading them then
-        would have (``loading.HeadLoader``), and keep them; the methods that run a head call it.
+        would have (``placement.HeadLoader``), and keep them; the methods that run a head call it.
         ``judged``: a job whose memory check counted the heads' weights loads them (the loader
         does not judge them again against the model's limit, which the job's own may replace)."""
         self.left_out_modules(heads)  # (checks the names)

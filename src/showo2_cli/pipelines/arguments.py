@@ -1,7 +1,8 @@
 """The arguments of :class:`~showo2_cli.pipeline.Showo2Pipeline` as the API takes them: diffusers'
 ``from_pretrained`` arguments, prompts, numbers, seeds from generators, dtypes, and images given
 as PIL images, arrays or tensors (read as diffusers' image processor reads them); the library's
-errors renamed with the pipeline's argument names; and its outputs in diffusers' forms."""
+errors renamed with the pipeline's argument names; diffusers' ``callback_on_step_end`` as the
+API's step callback (:func:`step_hook`); and its outputs in diffusers' forms."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from ..errors import UsageError
 from ..options import MAX_MEMORY_ENV, seed_from_torch
+from ..sampling import StopSampling
 
 SEED_LIMIT = 2**63 - 1
 
@@ -205,3 +207,37 @@ def outputs_as(results, output_type: str, video: bool):
     if output_type == "np":
         return batch
     return torch.from_numpy(batch).movedim(-1, -3).contiguous()
+
+
+def step_hook(pipe, callback, tensor_inputs):
+    """The API's ``on_step`` for a call of the pipeline ``pipe``: diffusers' ``callback_on_step_end``
+    (a function or a ``PipelineCallback``, whose ``tensor_inputs`` it takes), and
+    ``pipe._interrupt`` looked at after every step even without a callback (a progress callable or
+    another thread may set it)."""
+    if tensor_inputs is not None and (isinstance(tensor_inputs, str)
+                                      or any(name != "latents" for name in tensor_inputs)):
+        raise ValueError(f"callback_on_step_end_tensor_inputs can only name 'latents', got {tensor_inputs!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback_on_step_end must be callable, got {type(callback).__name__}")
+    inputs = getattr(callback, "tensor_inputs", None)
+    inputs = list(inputs if inputs is not None else tensor_inputs if tensor_inputs is not None else ["latents"])
+    if any(name != "latents" for name in inputs):
+        raise ValueError(f"the callback's tensor_inputs can only name 'latents', got {inputs!r}")
+
+    def on_step(step: int, total: int, t: float, latents: torch.Tensor):
+        new = None
+        if callback is not None:
+            guidance = pipe._guidance_scale
+            out = callback(pipe, step - 1, torch.tensor(t), {"latents": latents} if inputs else {})
+            if out is not None and not isinstance(out, dict):
+                raise TypeError(f"callback_on_step_end must return a dict (or None), got {type(out).__name__}")
+            if pipe._guidance_scale != guidance:  # diffusers' CFG cut-off idiom: it would be ignored
+                pipe._guidance_scale = guidance
+                raise ValueError("callback_on_step_end changed pipe._guidance_scale: the guidance scale is "
+                                 "fixed for a call here (pass guidance_scale=; it cannot change between steps)")
+            new = (out or {}).get("latents")
+        if pipe._interrupt:  # the latents it returned are the result
+            raise StopSampling(new)
+        return new
+
+    return on_step
