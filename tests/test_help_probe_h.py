@@ -71,3 +71,26 @@ def test_piped_help_is_plain_and_whole():
     assert "…" not in out and "\x1b[" not in out
     assert "--repetition-penalty <float>" in out and "$SHOWO2_MAX_MEMORY_GB," in out
     assert max(map(len, out.splitlines())) <= 80
+
+
+def test_size_help_states_the_rule_the_check_applies(capsys):
+    """`--size` said "multiples of 16" for every model, but sizes are judged by the model's own
+    patch size (probe DC): 8 x patch, so a patch-4 model refuses 48 and a patch-1 one takes 40
+    (probe DO). The help names the rule; the check follows it for each patch size."""
+    import dataclasses
+
+    from showo2_cli.errors import UsageError
+    from showo2_cli.media.geometry import parse_size
+    from showo2_cli.specs import get_spec
+
+    assert main(["t2i", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "multiples of 8 x the model's patch size (16 for the released models)" in text
+    assert "multiples of 16," not in text
+    base = get_spec("1.5B")
+    assert base.latent_multiple == 16
+    for patch, taken, refused in ((1, "40", "36"), (2, "48", "40"), (4, "96", "48")):
+        multiple = dataclasses.replace(base, patch_size=patch).latent_multiple
+        assert multiple == 8 * patch and parse_size(taken, multiple) == (int(taken),) * 2
+        with pytest.raises(UsageError, match=f"multiples of {multiple}"):
+            parse_size(refused, multiple)

@@ -48,7 +48,7 @@ from .common import (
     with_runtime_options,
 )
 
-SizeOpt = Annotated[str | None, typer.Option("--size", help=f"N or WIDTHxHEIGHT, multiples of 16, at most {MAX_SIDE} (default: the model's resolution).")]
+SizeOpt = Annotated[str | None, typer.Option("--size", help=f"N or WIDTHxHEIGHT, multiples of 8 x the model's patch size (16 for the released models), at most {MAX_SIDE} (default: the model's resolution).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", min=STEPS_RANGE[0], max=STEPS_RANGE[1], help="Sampling grid points; steps-1 model calls (default: the model's, 50 for the official ones, 30 for the demo).")]
 GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale, 0 to 100 (default: the model's, 5.0 official, 4.0 demo; 0 = none).")]
 ShiftOpt = Annotated[float | None, typer.Option("--shift", help="Time-grid shift towards the noise end, > 0 (default: the model's, 3.0). Below 1 the steps crowd the clean end: at 0.01 the first of 30 steps takes the noise level from 1 to 0.22, poor images with every --sampler.")]

@@ -59,9 +59,9 @@ def serve(
         "--timeout-keep-alive", help="Seconds an idle connection stays open after an answer (behind a proxy "
         "that keeps connections open, make it longer than the proxy's).")] = ServerConfig.keep_alive_timeout,
     served_model_name: Annotated[list[str] | None, typer.Option(
-        "--served-model-name", metavar="<name>", help="The model's name in the API: its id in /v1/models and in "
-        "answers, and the 'model' a request must give (or none); repeatable: the first is the id, the others are "
-        "names it also answers to, as vLLM's (default: the --model name).")] = None,
+        "--served-model-name", metavar="<name>", help="The model's name in the API: its id in answers, listed in "
+        "/v1/models, and the 'model' a request must give (or none); repeatable: the first is the id, the others are "
+        "names it also answers to, listed after it, as vLLM's (default: the --model name).")] = None,
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, lora_weight: LoraWeightOpt = None,
     runtime: RuntimeOptions = None,
     quiet: QuietOpt = False,
