@@ -163,3 +163,15 @@ def test_readme_layout_table_names_every_module():
     assert present - named == set(), "modules the README's layout table does not name"
     anywhere = {p.name for p in src.rglob("*.py")} | present  # (a package's row names its modules)
     assert named - anywhere == set(), "names in the layout table that are no module"
+
+
+def test_readme_states_the_latent_magnitude_limit_where_noise_and_decode_are_described():
+    """Probe DA refused `--noise` and `decode` latents of magnitude over 1e4 (exit 3); the README said
+    so for `--noise` ("as `decode` takes latents") but its `decode` paragraph did not (probe DO)."""
+    from showo2_cli.pipelines.latents import MAX_LATENT_ABS
+
+    text = " ".join(README.split())
+    stated = re.findall(r"magnitude at most (\d+(?:\.\d+)?e\d+)", text)
+    assert stated and {float(s) for s in stated} == {MAX_LATENT_ABS}
+    start = text.index("`decode` takes such normalised latents from elsewhere")
+    assert "magnitude at most" in text[start:text.index("a file without `showo2`", start)]

@@ -1,6 +1,7 @@
 """The files a generation run reads and writes, the same for the Python API and the command line.
 
-* :func:`read_prompts`: a prompt and/or a prompts file (one a line; ``-`` reads stdin);
+* :func:`read_prompts`: a prompt and/or a prompts file (one a line, or JSON records for a ``.jsonl``,
+  ``.ndjson`` or ``.json`` file; ``-`` reads stdin's lines);
 * :func:`plan_outputs`: one :class:`OutputPlan` per output (the image or video, its sidecar JSON and,
   when asked, its latents file), every path checked before any work starts;
 * :func:`load_noise`: exact starting noise from a ``.safetensors`` file, judged from its header;
