@@ -262,7 +262,8 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
                 get.append(f"hf download {spec.llm_repo_id}")
             if vae is None:
                 missing.append("VAE")
-                get.append(f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE}")
+                if vae_error is None:  # (with $SHOWO2_VAE set the load reads its VAE, never the Wan2.1 one)
+                    get.append(f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE}")
         else:  # what loading it would find: the same lookups as `showo2 info`, no network
             try:
                 for piece, hint in find_files(snap).missing:
@@ -303,7 +304,7 @@ def pull(
 ):
     """Download a model and what it needs (tokenizer, VAE) into the Hugging Face cache, to run offline.
 
-    Only the files it loads come: config.json and one set of weights (safetensors before pickles), the tokenizer files and LLM config of its Qwen2.5 repo, the SigLIP config and Wan2.1_VAE.pth. Cached pieces are not fetched again; an interrupted pull keeps the files it finished and fetches the rest anew. HF_HOME / HF_HUB_CACHE (the cache, for pull and every other command alike: there is no --cache-dir), HF_ENDPOINT, HF_TOKEN / HF_TOKEN_PATH (or hf auth login; no --token, which ps and the shell history would show), HF_HUB_DISABLE_IMPLICIT_TOKEN and HF_HUB_OFFLINE are honoured.
+    Only the files it loads come: config.json and one set of weights (safetensors before pickles), the tokenizer files and LLM config of its Qwen2.5 repo, the SigLIP config and Wan2.1_VAE.pth (or, for a model without a VAE of its own, the VAE $SHOWO2_VAE names). Cached pieces are not fetched again; an interrupted pull keeps the files it finished and fetches the rest anew. HF_HOME / HF_HUB_CACHE (the cache, for pull and every other command alike: there is no --cache-dir), HF_ENDPOINT, HF_TOKEN / HF_TOKEN_PATH (or hf auth login; no --token, which ps and the shell history would show), HF_HUB_DISABLE_IMPLICIT_TOKEN and HF_HUB_OFFLINE are honoured.
     """
     setup(json_mode, quiet)
     from ..hub import pull as pull_model
