@@ -175,3 +175,19 @@ def test_readme_states_the_latent_magnitude_limit_where_noise_and_decode_are_des
     assert stated and {float(s) for s in stated} == {MAX_LATENT_ABS}
     start = text.index("`decode` takes such normalised latents from elsewhere")
     assert "magnitude at most" in text[start:text.index("a file without `showo2`", start)]
+
+
+def test_readme_says_how_prompts_file_lines_are_read(tmp_path):
+    """Probe DF left text prompts files' stripping and skipping of blank lines alone as "documented"
+    (the official `splitlines()` keeps both); the README did not say it (probe DO). It does, and the
+    reader does what it says; a JSON Lines record is taken exactly, spaces and all."""
+    from showo2_cli.saving import read_prompts
+
+    text = " ".join(README.split())
+    assert "stripped of surrounding whitespace, blank lines skipped" in text
+    lines = tmp_path / "p.txt"
+    lines.write_bytes(b"  a red circle \r\n\r\n \t \n\ta blue square\n")
+    assert read_prompts(None, lines) == ["a red circle", "a blue square"]
+    records = tmp_path / "p.jsonl"
+    records.write_text('{"prompt": " a red circle "}\n\n"a blue square"\n')
+    assert read_prompts(None, records) == [" a red circle ", "a blue square"]
