@@ -191,3 +191,21 @@ def test_readme_says_how_prompts_file_lines_are_read(tmp_path):
     records = tmp_path / "p.jsonl"
     records.write_text('{"prompt": " a red circle "}\n\n"a blue square"\n')
     assert read_prompts(None, records) == [" a red circle ", "a blue square"]
+
+
+def test_the_default_models_notice_is_one_line_for_caption(tmp_path, monkeypatch, capsys):
+    """"else the bundled demo, with a one-line notice saying which": `showo2 caption photo.png` (the
+    README's second command on a fresh machine) printed it twice, once for its check before the
+    load and once for the load (probe DO)."""
+    import huggingface_hub.constants as C
+    from PIL import Image
+
+    from showo2_cli.cli import main
+
+    monkeypatch.delenv("SHOWO2_MODEL", raising=False)
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "hub"))  # no official model cached
+    image = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(image)
+    assert main(["caption", str(image), "--max-new-tokens", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("using the bundled demo model") == 1, err

@@ -76,7 +76,8 @@ def caption(
 
     from .generate import check_caption_before_loading
 
-    check_caption_before_loading(model_name(model), kind, opts, runtime, vae)  # the loaded check's verdict, before it
+    model = model_name(model)  # (once: the default model's notice is one line)
+    check_caption_before_loading(model, kind, opts, runtime, vae)  # the loaded check's verdict, before it
     bundle = load_model(model, runtime, vae=vae, lora=lora, vae_parts=("encoder",),
                         heads=("lm_head",))  # a caption never runs the flow head
     from .. import pipelines as P  # torch: after load_model's check of the model's name
