@@ -30,9 +30,9 @@ def test_models_offers_no_wan_vae_download_when_showo2_vae_names_another(tmp_pat
     (probe DO). `showo2 pull NAME`, which it still offers, fetches that repo's VAE."""
     import json
 
-    from showo2_cli.cli import main
-
     import huggingface_hub.constants as C
+
+    from showo2_cli.cli import main
 
     for name, value in {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}.items():  # nothing cached
         monkeypatch.setenv(name, value)
