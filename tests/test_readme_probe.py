@@ -209,3 +209,15 @@ def test_the_default_models_notice_is_one_line_for_caption(tmp_path, monkeypatch
     assert main(["caption", str(image), "--max-new-tokens", "2"]) == 0
     err = capsys.readouterr().err
     assert err.count("using the bundled demo model") == 1, err
+
+
+def test_readme_names_every_place_a_vae_is_looked_for():
+    """The VAE lookup order names each cached repo `hub_vae.shared_vae` takes (probe DO: the cached
+    diffusers repo's `vae/`, looked in after the Wan2.1 file, was not named)."""
+    from showo2_cli.hub import WAN_VAE_DIFFUSERS_REPO, WAN_VAE_FILE, WAN_VAE_REPO
+
+    text = " ".join(README.split())
+    start = text.index("and the Wan2.1 VAE (`--vae PATH`, else")
+    order = text[start:text.index("A missing piece is named", start)]
+    assert f"`{WAN_VAE_REPO}`/`{WAN_VAE_FILE}` in the cache" in order
+    assert f"the `vae/` of `{WAN_VAE_DIFFUSERS_REPO}` in the cache" in order
