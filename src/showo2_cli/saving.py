@@ -133,6 +133,9 @@ def _json_prompts(text: str, where: str, suffix: str):
         except json.JSONDecodeError as e:
             raise InputError(f"prompts file {where} line {_line_at(text, e.pos + base)}: not valid JSON "
                              f"({e.msg})") from None
+        except ValueError:  # Python's limit on an integer's digits: "internal error: ValueError", exit 1
+            raise InputError(f"prompts file {where} line {_line_at(text, start)}: a number of more than "
+                             f"{sys.get_int_max_str_digits():,} digits, not a prompt") from None
         except RecursionError:
             raise InputError(f"prompts file {where} line {_line_at(text, start)}: JSON nested too deeply") from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,9 @@ def _json_array(path: Path, f, chunk: int, decoder, utf8):
             if eof:
                 raise InputError(f"'{path}' is not valid JSON: {e}") from e
             cut = True
+        except ValueError:  # an integer over Python's digit limit ("internal error: ValueError", exit 1)
+            raise InputError(f"'{path}' holds a number of more than {sys.get_int_max_str_digits():,} digits: "
+                             "not a caption or conversation") from None
         if (end if not cut else len(buf)) - pos > MAX_RECORD_BYTES:
             raise InputError(f"'{path}' holds an element over {MAX_RECORD_BYTES >> 20} MiB: not a caption or "
                              "conversation")

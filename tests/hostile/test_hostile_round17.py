@@ -1,0 +1,49 @@
+"""Hostile inputs, round seventeen (probe DL): this morning's new surfaces (JSON prompts files,
+chat ``/t2i``'s word splitter, ``--vae`` as a Hub repo id, ``seeds``, the latent magnitude limit,
+pickled VAE shapes). Each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+DIGITS = sys.get_int_max_str_digits() or 4300
+
+
+@pytest.mark.parametrize("name,text", [
+    ("p.jsonl", '"a red circle"\n' + "7" * (DIGITS + 1) + "\n"),
+    ("p.ndjson", '{"prompt": "a", "id": ' + "7" * (DIGITS + 1) + "}\n"),
+    ("p.json", '["a red circle", ' + "7" * (DIGITS + 1) + "]"),
+])
+def test_a_json_prompts_file_with_a_number_over_pythons_digit_limit_is_an_input_error(tmp_path, capsys, name, text):
+    """A number of more digits than Python converts (4300) in a JSON prompts file was "internal
+    error: ValueError: Exceeds the limit (4300 digits) for integer string conversion", exit 1: json
+    raises a ValueError that is no JSONDecodeError. It is the record's input error (exit 3), with its
+    line, and nothing is written."""
+    from showo2_cli.cli import main
+
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    out = tmp_path / "x.png"
+    assert main(["t2i", "--prompts-file", str(tmp_path / name), "-o", str(out)]) == 3
+    err = capsys.readouterr().err
+    line = 1 if name.endswith(".json") else (2 if name == "p.jsonl" else 1)
+    assert f"prompts file '{tmp_path / name}' line {line}: a number of more than {DIGITS:,} digits" in err
+    assert "internal error" not in err and "ValueError" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 64])
+def test_a_records_array_with_a_number_over_pythons_digit_limit_is_an_input_error(tmp_path, chunk):
+    """The same number in a training records ``.json`` array (read in chunks) was an uncaught
+    ValueError ("internal error", exit 1); whether the number is cut by a chunk's end or not, it is
+    an :class:`InputError` naming the file."""
+    from showo2_cli.errors import InputError
+    from showo2_cli.training.records import iter_json_array
+
+    path = tmp_path / "r.json"
+    path.write_text('[{"caption": "a"}, {"caption": "b", "id": ' + "1" * (DIGITS + 1) + "}]", encoding="utf-8")
+    items = iter_json_array(path, chunk=chunk)
+    assert next(items) == {"caption": "a"}
+    with pytest.raises(InputError, match=f"holds a number of more than {DIGITS:,} digits"):
+        next(items)
