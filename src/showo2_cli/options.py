@@ -485,6 +485,9 @@ class GenerateOptions:
             if isinstance(self.seeds, (str, bytes)) or not isinstance(self.seeds, (list, tuple)) or not self.seeds:
                 raise UsageError(f"seeds must be a list of seeds, one per output, got {short(self.seeds)}")
             for one in self.seeds:
+                if one is None:  # (seed=None draws one; in seeds it reached torch: "internal error: RuntimeError")
+                    raise UsageError("each of seeds must be a whole number between 0 and 2^63-1, got None "
+                                     "(leave seeds out to draw them)")
                 check_seed(one, "each of seeds")
         check_number("--max-memory", self.max_memory_gb, 0)
         check_int("--frames", self.frames, 1, MAX_VIDEO_FRAMES)

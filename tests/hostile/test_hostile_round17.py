@@ -47,3 +47,16 @@ def test_a_records_array_with_a_number_over_pythons_digit_limit_is_an_input_erro
     assert next(items) == {"caption": "a"}
     with pytest.raises(InputError, match=f"holds a number of more than {DIGITS:,} digits"):
         next(items)
+
+
+def test_a_seeds_list_holding_none_is_a_usage_error_before_any_work():
+    """``GenerateOptions(seeds=[None])`` passed validation (``check_seed`` takes None as "no
+    --seed") and reached ``torch.Generator.manual_seed``: "RuntimeError: manual_seed expected a
+    long, but got NoneType" after the model ran. Each of seeds is a seed."""
+    from showo2_cli.errors import UsageError
+    from showo2_cli.options import GenerateOptions
+
+    for seeds in ([None], [3, None]):
+        with pytest.raises(UsageError, match="each of seeds must be a whole number .* got None"):
+            GenerateOptions(seeds=seeds).validate()
+    GenerateOptions(seeds=[0, 2**63 - 1]).validate()
