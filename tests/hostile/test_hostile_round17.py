@@ -60,3 +60,37 @@ def test_a_seeds_list_holding_none_is_a_usage_error_before_any_work():
         with pytest.raises(UsageError, match="each of seeds must be a whole number .* got None"):
             GenerateOptions(seeds=seeds).validate()
     GenerateOptions(seeds=[0, 2**63 - 1]).validate()
+
+
+def test_chat_t2i_word_splitting_is_linear_in_the_line():
+    """``_prompt_words`` looked for a quoted word's closing quote with ``(["'])(.*?)\\2(?=\\s|$)``
+    from every word opening with a quote: over ``'x 'x 'x ...`` (no quote closes a word) each
+    search ran to the line's end, 13 s for a 48 KB line and hours for the 1 MiB a chat line may be.
+    The closing quote is looked for once per stretch of the line; counted here (no timing): the
+    characters the closing-quote searches scan stay within a few times the line's length."""
+    from showo2_cli.cli import chat
+
+    line = "'x \"y " * 20_000  # 120,000 characters, 40,000 words opening with a quote, none closing
+    scanned = []
+
+    class Counting:  # the closing-quote pattern, counting the characters each search may scan
+        def __init__(self, pattern):
+            self.pattern = pattern
+
+        def search(self, text, pos=0):
+            match = self.pattern.search(text, pos)
+            scanned.append((match.end() if match else len(text)) - pos)
+            return match
+
+    saved = dict(chat._CLOSING)
+    try:
+        chat._CLOSING.update({q: Counting(p) for q, p in saved.items()})
+        words = chat._prompt_words(line)
+    finally:
+        chat._CLOSING.update(saved)
+    assert words == line.split()
+    assert sum(scanned) <= 3 * len(line)
+    # what a shell reads stays: quoted words, a glued option value, quotes inside words, backslashes
+    assert chat._prompt_words("""'a red circle' -o="out file.png" a cat's 5" C:\\Users my\\ file""") == [
+        "a red circle", "-o=out file.png", "a", "cat's", '5"', "C:\\Users", "my file"]
+    assert chat._prompt_words("'' \"\" 'open") == ["", "", "'open"]
