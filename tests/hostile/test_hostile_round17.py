@@ -94,3 +94,28 @@ def test_chat_t2i_word_splitting_is_linear_in_the_line():
     assert chat._prompt_words("""'a red circle' -o="out file.png" a cat's 5" C:\\Users my\\ file""") == [
         "a red circle", "-o=out file.png", "a", "cat's", '5"', "C:\\Users", "my file"]
     assert chat._prompt_words("'' \"\" 'open") == ["", "", "'open"]
+
+
+def test_a_request_for_another_model_is_told_a_few_of_thousands_of_served_names():
+    """A request naming a model not served was answered with every served name in its 404 message:
+    with 3,000 ``--served-model-name`` aliases of 200 characters and a 100,000-character id, one
+    mistyped ``model`` got a 1.3 MB error. It names four, each shortened, and how many more (all
+    of them in ``/v1/models``)."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from showo2_cli.loading import load
+    from showo2_cli.serve import ServerConfig
+    from showo2_cli.serve.app import create_app
+
+    names = tuple(f"name-{i}-" + "é" * 200 for i in range(3000))
+    config = ServerConfig(model_id="x" * 100_000, model_aliases=names)
+    config.validate()
+    with TestClient(create_app(load("demo"), config)) as http:
+        answer = http.get("/v1/models/nope")
+        assert answer.status_code == 404 and len(answer.content) < 1000
+        message = answer.json()["error"]["message"]
+        assert message.startswith("model 'nope' is not served here (this server serves 'xxx")
+        assert message.endswith("and 2,997 more names: GET /v1/models lists them)") and "name-3-" not in message
+        assert http.get("/v1/models/" + names[2999]).status_code == 200
+        assert len(http.get("/v1/models").json()["data"]) == 3001

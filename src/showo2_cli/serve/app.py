@@ -36,6 +36,8 @@ except ImportError:  # pragma: no cover - serve checks for FastAPI before it get
     Request = None
 
 log = logging.getLogger("showo2.serve")
+#: the served names a request for another model is told (``/v1/models`` lists them all)
+NAMES_SHOWN = 4
 _SERVER_SIDE_HINT = re.compile(r"\s*\(set \w+ to raise [^)]*\)")
 
 # ---- the jobs (run on the worker thread) ---------------------------------------------------------
@@ -284,8 +286,10 @@ def create_app(model, config: ServerConfig):
             return
         if not isinstance(name, str):
             raise ApiError(400, "'model' must be a string", "invalid_type", "model")
-        if name not in names:
-            served = ", ".join(f"'{n}'" for n in names)
+        if name not in names:  # a few of the names, each shortened: 3,000 aliases made a 1.3 MB error
+            served = ", ".join(f"'{short(n, 80)}'" for n in names[:NAMES_SHOWN])
+            if len(names) > NAMES_SHOWN:
+                served += f" and {len(names) - NAMES_SHOWN:,} more names: GET /v1/models lists them"
             raise ApiError(404, f"model {name[:80]!r} is not served here (this server serves {served})",
                            "model_not_found", "model")
 
