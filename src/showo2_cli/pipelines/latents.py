@@ -340,5 +340,5 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
 
 
 __all__ = ["encode", "read_source", "decode", "decode_tiled", "recorded_decoding", "EncodeOptions", "EncodeResult", "save_latents", "load_latents",
-           "normalize_raw", "metadata_mismatch", "other_statistics",
+           "check_latent_values", "normalize_raw", "metadata_mismatch", "other_statistics",
            "write_decoded"]
