@@ -185,8 +185,10 @@ def _json_prompts(text: str, where: str, suffix: str):
 
 
 def _line_at(text: str, index: int) -> int:
-    """The number (from 1) of the line of a prompts file holding ``text[index]``."""
-    return len(re.findall("\r\n?|\n", text[:index])) + 1
+    """The number (from 1) of the line of a prompts file holding ``text[index]``: line ends ("\n",
+    "\r\n", a lone "\r") counted in place (a list of them, and a copy of the text before, took
+    540 MB and 14 s for a record after 67 million blank lines)."""
+    return text.count("\n", 0, index) + text.count("\r", 0, index) - text.count("\r\n", 0, index) + 1
 
 
 def latents_beside(path: Path) -> Path:
