@@ -281,7 +281,7 @@ def _attached_path(text: str) -> Path:
     typed = _unquote(text)
     tried = [typed]
     try:
-        words = shlex.split(text)
+        words = _shell_words(text)
     except ValueError:  # an unbalanced quote: a name is as typed
         words = []
     if len(words) == 1:
@@ -351,10 +351,22 @@ def _closing_quote(text: str, quote: str, start: int, found: dict) -> int | None
     return at
 
 
+#: The longest text read as shell words: ``shlex`` builds a word a character at a time, quadratic
+#: in its length (a 1 MiB ``/image`` or ``/save`` line of ``a\ a\ ...`` took about a minute); no
+#: file name a shell quotes is longer (PATH_MAX is 4096 bytes, quoting at most quadruples it).
+MAX_SHELL_TEXT = 1 << 16
+
+
+def _shell_words(text: str) -> list[str]:
+    """``shlex.split(text)``, or plain blank-separated words for a text over :data:`MAX_SHELL_TEXT`
+    (a ValueError for an unbalanced quote, as shlex's)."""
+    return shlex.split(text) if len(text) <= MAX_SHELL_TEXT else text.split()
+
+
 def _split(text: str) -> list[str]:
     """Shell-like words; an unbalanced quote (``a cat's hat``) falls back to plain spaces."""
     try:
-        return shlex.split(text)
+        return _shell_words(text)
     except ValueError:
         return text.split()
 
