@@ -248,7 +248,8 @@ def test_a_cuda_index_past_the_machines_gpus_is_a_usage_error(monkeypatch, tmp_p
     from showo2_cli.errors import UsageError
     from showo2_cli.pipeline import Showo2Pipeline
 
-    pipe = Showo2Pipeline(types.SimpleNamespace(offload="none"))  # (the device is checked before the model moves)
+    pipe = Showo2Pipeline(types.SimpleNamespace(offload="none", network=None, network_given=None, vae=None,
+                                                 vae_given=None))  # (the device is checked before the model moves)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
