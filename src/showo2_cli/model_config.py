@@ -239,6 +239,10 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     grid = int(cfg.get("image_latent_height") or 27)
     grid_w = int(cfg.get("image_latent_width") or grid)  # (both checked by check_official_config)
     patch = und[2]
+    stated = cfg.get("patch_size")  # (checked by check_official_config)
+    if stated is not None and stated != patch:  # the official constructor builds its patch embeddings from it
+        raise ModelError(f"'{root / 'config.json'}': patch_size is {stated} but the weights' patch embedding is "
+                         f"{patch} wide: not the model the official code builds from this config")
     resolution = grid * patch * 8
     named = _registry_by_name(files.name, root, hidden)
     base = named or spec_for_hidden_size(hidden, resolution)

@@ -133,6 +133,33 @@ def spec_at_hand(name: str | os.PathLike | None):
         return None
 
 
+#: the official constructor's ``patch_size`` (a config.json that omits it) and the Wan2.1 VAE's
+#: spatial factor: an official checkpoint's sides are multiples of their product
+OFFICIAL_DEFAULT_PATCH, VAE_SPATIAL = 2, 8
+
+
+def size_multiple_at_hand(name: str | os.PathLike | None) -> int | None:
+    """The multiple of pixels an OFFICIAL checkpoint's sides must be, from its ``config.json`` at
+    hand (as :func:`spec_at_hand`): 8 x its ``patch_size``, from which the official constructor
+    builds both patch embeddings (the weights must fit it; 2 when absent). None for anything else
+    (a showo2 config: :func:`spec_at_hand` tells; a name not at hand; a config that cannot be read
+    or a ``patch_size`` of the wrong type: the load says more)."""
+    if name is None:
+        return None
+    from .errors import UsageError
+
+    try:
+        label, root = resolve_root(name, local_files_only=True)
+        config = read_json(root / "config.json")
+        if not isinstance(config, dict) or "showo2" in config:
+            return None
+        check_official_config(config, root / "config.json")
+    except (ModelError, UsageError, OSError, ValueError, TypeError):
+        return None
+    patch = config.get("patch_size")
+    return VAE_SPATIAL * (OFFICIAL_DEFAULT_PATCH if patch is None else patch)
+
+
 def _subfolder_hint(root: Path) -> str:
     """Name a subfolder holding a config.json (an official training checkpoint keeps the model in
     ``checkpoint-N/unwrapped_model``), or say the folder is a LoRA adapter (a checkpoint of a

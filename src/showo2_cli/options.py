@@ -463,14 +463,16 @@ class GenerateOptions:
                        shift=spec.shift if self.shift is None else self.shift,
                        seed=random_seed() if self.seed is None else self.seed)
 
-    def validate(self, spec=None) -> None:
-        """Check every value; without a spec, only the values that do not depend on the model."""
+    def validate(self, spec=None, multiple: int | None = None) -> None:
+        """Check every value; without a spec, only the values that do not depend on the model, and
+        the sizes by ``multiple`` (what an official ``config.json``'s ``patch_size`` says before a
+        load) or else the released models' 16 px."""
         if self.noise is not None and not hasattr(self.noise, "float"):  # a tensor (api.load_noise reads a file)
             raise TypeError(f"noise must be a torch.Tensor (api.load_noise(path) reads a file), got "
                             f"{type(self.noise).__name__}")
         if self.size is not None:
             h, w = self.size
-            m = spec.latent_multiple if spec is not None else 16
+            m = spec.latent_multiple if spec is not None else multiple or 16
             if not (isinstance(h, int) and isinstance(w, int)) or h <= 0 or w <= 0 or h % m or w % m \
                     or h > 4096 or w > 4096:
                 raise UsageError(f"--size must be positive multiples of {m} up to 4096, got {short(w)}x{short(h)}")

@@ -75,11 +75,13 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     processes) and process 0 reports the whole run, once (:func:`_report_once`)."""
     from .. import media as M
     from .. import saving as O
-    from ..model_files import spec_at_hand
+    from ..model_files import size_multiple_at_hand, spec_at_hand
 
     # sizes as the model takes them (its patch_size) when its config is at hand, else the released 16 px
-    spec = spec_at_hand(model if model is not None else os.environ.get("SHOWO2_MODEL") or None)
-    opts.size = M.parse_size(size, spec.latent_multiple if spec is not None else 16)
+    name = model if model is not None else os.environ.get("SHOWO2_MODEL") or None
+    spec = spec_at_hand(name)
+    multiple = spec.latent_multiple if spec is not None else size_multiple_at_hand(name)
+    opts.size = M.parse_size(size, multiple)
     if noise is not None:  # the outputs start from the file's noise: no seed is used or recorded
         if opts.seed is not None:
             notice("--seed has no effect with --noise (the noise file is the starting point)")
@@ -87,7 +89,7 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     drawn = noise is None and opts.seed is None
     if drawn:
         opts.seed = random_seed()
-    opts.validate(spec)
+    opts.validate(spec, multiple)
     check_fps(fps)
     if opts.negative_prompt.strip() and opts.guidance in (0.0, 1.0):
         notice(f"--negative-prompt has no effect with --guidance {opts.guidance:g} (no unconditional branch)")
