@@ -6,8 +6,9 @@ when absent), so its sides are multiples of 8 x that. A set made with the offici
 test, but ``showo2 t2i -m THAT_FOLDER --size 24`` was refused before the load ("multiples of 16"):
 the check before a load read only a showo2 config's spec and took every official checkpoint as
 patch 2, so the CLI could make none of the sizes such a model takes but the multiples of 16. And
-a ``patch_size`` other than the weights' loaded at the weights' width, where the official
-constructor builds another network and its loader fails.
+a ``patch_size`` (or ``image_latent_dim``, ``clip_latent_dim``, ``hidden_size``,
+``llm_vocab_size``) other than the weights' loaded at the weights' sizes, where the official
+constructor builds another network from the config and its loader fails on the weights.
 """
 
 from __future__ import annotations
@@ -70,9 +71,21 @@ def spec_of(folder: Path):
     return spec_from_files(files, read_state_dict(files.weights))
 
 
-def test_a_patch_size_other_than_the_weights_is_refused_in_one_line(tmp_path):
-    with pytest.raises(ModelError, match=r"patch_size is 1 but the weights' patch embedding is 2 wide") as e:
-        spec_of(official_with_patch(tmp_path, 1))
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("patch_size", 1, "patch_size is 1 but the weights' patch embedding is 2 wide"),
+    ("clip_latent_dim", 24, "clip_latent_dim is 24 but the weights' semantic patch embedding is 16 wide"),
+    ("hidden_size", 48, "hidden_size is 48 but the weights' token embedding is 32 wide"),
+    ("image_latent_dim", 4, "image_latent_dim is 4 but the weights' patch embedding takes 16 latent channels"),
+    ("llm_vocab_size", 300, "llm_vocab_size is 300 but the weights' token embedding has 282 rows")])
+def test_a_config_size_other_than_the_weights_is_refused_in_one_line(tmp_path, key, value, message):
+    folder = official_with_patch(tmp_path, 2)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, **{key: value})))
+    with pytest.raises(ModelError, match=f"{message}: not the model the official code builds") as e:
+        spec_of(folder)
     assert "\n" not in str(e.value)
+
+
+def test_a_config_without_a_patch_size_takes_the_weights(tmp_path):
     spec = spec_of(official_with_patch(tmp_path, None))  # absent: the weights' (the official default 2)
     assert spec.patch_size == 2 and spec.latent_multiple == 16

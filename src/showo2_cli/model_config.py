@@ -239,10 +239,18 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     grid = int(cfg.get("image_latent_height") or 27)
     grid_w = int(cfg.get("image_latent_width") or grid)  # (both checked by check_official_config)
     patch = und[2]
-    stated = cfg.get("patch_size")  # (checked by check_official_config)
-    if stated is not None and stated != patch:  # the official constructor builds its patch embeddings from it
-        raise ModelError(f"'{root / 'config.json'}': patch_size is {stated} but the weights' patch embedding is "
-                         f"{patch} wide: not the model the official code builds from this config")
+    # the official constructor builds its patch embeddings and fusion, and resizes the LLM's token
+    # table, from these config.json fields (checked by check_official_config): weights of other
+    # sizes are not the model it builds, and its loader fails on them
+    for key, held, what in (("patch_size", patch, "patch embedding is {} wide"),
+                            ("image_latent_dim", und[1], "patch embedding takes {} latent channels"),
+                            ("clip_latent_dim", und[0], "semantic patch embedding is {} wide"),
+                            ("hidden_size", hidden, "token embedding is {} wide"),
+                            ("llm_vocab_size", embed[0], "token embedding has {} rows")):
+        stated = cfg.get(key)
+        if stated is not None and stated != held:
+            raise ModelError(f"'{root / 'config.json'}': {key} is {stated} but the weights' {what.format(held)}: "
+                             "not the model the official code builds from this config")
     resolution = grid * patch * 8
     named = _registry_by_name(files.name, root, hidden)
     base = named or spec_for_hidden_size(hidden, resolution)
