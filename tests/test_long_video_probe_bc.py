@@ -60,10 +60,14 @@ def test_encode_fits_each_frame_as_it_is_decoded_and_encodes_the_same_latents(tm
     assert media.frames.shape == (17, 48, 64, 3) and media.source_size == (640, 480)
 
 
-def test_the_memory_limit_judges_the_frames_encode_keeps_not_their_decoded_size(tmp_path):
+def test_the_memory_limit_judges_the_frames_encode_keeps_not_their_decoded_size(tmp_path, monkeypatch):
     """``encode --max-memory`` refused a video whose decoded frames exceed the limit although only
     the resized ones are kept: 17 frames of 1280x720 (47 MB) against 30 MB, for 0.2 MB of 64x64
-    frames and a VAE estimate of 19 MB. Now encoded; a limit the kept frames exceed still refuses."""
+    frames and a VAE estimate of 19 MB. Now encoded; a limit the kept frames exceed still refuses.
+    (The CPU heap's allowance for a video, probe DN's 0.44 GB, is not this test's subject: left out.)"""
+    import showo2_cli.runtime as R
+
+    monkeypatch.setattr(R, "HEAP_BLOCKS", 0)
     p = _video(tmp_path / "hd.mp4", 17, 720, 1280)
     out = tmp_path / "hd.safetensors"
     assert main(["encode", str(p), "--vae", str(VAE_DIR), "--size", "64", "--max-memory", "0.03",

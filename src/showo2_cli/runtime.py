@@ -394,15 +394,37 @@ def _counted(need_gb: float, weights: tuple[float, float], source: str) -> tuple
     return need_gb + counted, counted
 
 
+#: The largest block glibc's malloc hands out from its heap: its mmap threshold rises to the size of
+#: each larger block freed, up to ``DEFAULT_MMAP_THRESHOLD_MAX`` (32 MiB on a 64-bit system); a block
+#: under it, freed, stays in the process (the heap's free holes are not given back).
+HEAP_BLOCK_BYTES = 32 * 2**20
+#: How many such blocks a video job's heap keeps beside its tensors on the CPU: the most measured
+#: (probe DN, ``benchmarks/results/memory-guard-heap.json``: RSS peak with glibc as it is minus the
+#: peak of the tensors alone, ``MALLOC_MMAP_THRESHOLD_=65536``, 64-256 px, 5-33 frames: 622.6 MB,
+#: the real architecture's decode of 33 frames at 128 px) in blocks, rounded up (19), and one more.
+HEAP_BLOCKS = 20
+
+
+def heap_allowance_gb(device: str | torch.device = "cpu", video: bool = True) -> float:
+    """The memory the CPU's allocator keeps beyond a video job's tensors (:data:`HEAP_BLOCKS` of
+    :data:`HEAP_BLOCK_BYTES`), which :func:`check_memory` adds to its estimate: the VAE's chunks of
+    4 frames and the sampling steps before them free blocks under glibc's threshold that the heap
+    keeps (measured 0.03-0.62 GB, growing with the frames at 128 px). 0 for a job of one frame (its estimate holds
+    without it) and on another device (its caching allocator is not glibc's)."""
+    return HEAP_BLOCKS * HEAP_BLOCK_BYTES / 1e9 if video and torch.device(device).type == "cpu" else 0.0
+
+
 def check_memory(need_gb: float, what: str, option: float | None = None,
                  device: str | torch.device = "cpu", advice: str = "",
-                 weights: tuple[float, float] = (0.0, 0.0)) -> None:
+                 weights: tuple[float, float] = (0.0, 0.0), video: bool = False) -> None:
     """Raise :class:`ResourceError` when ``need_gb`` (an estimate of the job's working memory) plus
     the ``weights`` it runs (:func:`~showo2_cli.footprint.weights_gb`: all of them, loaded or not, when a limit is given;
-    those not loaded yet against the memory available) exceeds the memory limit."""
+    those not loaded yet against the memory available) exceeds the memory limit. ``video``: a job of
+    more than one frame, whose need counts :func:`heap_allowance_gb` on the CPU."""
     limit, source = memory_limit_gb(option, device)
     if limit is None:
         return
+    need_gb += heap_allowance_gb(device, video)
     need, counted = _counted(need_gb, weights, source)
     if need <= limit:
         return
@@ -415,16 +437,19 @@ def check_memory(need_gb: float, what: str, option: float | None = None,
 
 
 def pick_tiling(mode: str, untiled_gb: float, tiled_gb: float, option: float | None = None,
-                device: str | torch.device = "cpu", weights: tuple[float, float] = (0.0, 0.0)) -> bool:
+                device: str | torch.device = "cpu", weights: tuple[float, float] = (0.0, 0.0),
+                video: bool = False) -> bool:
     """Whether a VAE job runs in spatial tiles: ``on``/``off`` as said; ``auto`` tiles only a job
-    whose untiled estimate (with its ``weights``, as :func:`check_memory` counts them) exceeds the
-    memory limit when tiling lowers it (so every job that fits today is computed exactly as before)."""
+    whose untiled estimate (with its ``weights`` and ``video``'s allowance, as :func:`check_memory`
+    counts them) exceeds the memory limit when tiling lowers it (so every job that fits today is
+    computed exactly as before)."""
     if mode == "on":
         return True
     if mode != "auto":
         return False
     limit, source = memory_limit_gb(option, device)
-    return limit is not None and _counted(untiled_gb, weights, source)[0] > limit and tiled_gb < untiled_gb
+    need = untiled_gb + heap_allowance_gb(device, video)
+    return limit is not None and _counted(need, weights, source)[0] > limit and tiled_gb < untiled_gb
 
 
 #: Seconds a launch's processes wait for each other (gloo's timeout, 30 minutes by default, would

@@ -119,7 +119,7 @@ def generation_tiling(spec, dtype: torch.dtype, size: tuple[int, int], frames: i
     args = (spec, dtype, size, frames, video, batch, vae_base_dim)
     return pick_tiling(vae_tiling, generation_memory_gb(*args, vae_tile=vae_tile, from_image=from_image),
                        generation_memory_gb(*args, vae_tiled=True, vae_tile=vae_tile, from_image=from_image),
-                       max_memory_gb, device, weights)
+                       max_memory_gb, device, weights, video and frames > 1)
 
 
 def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], frames: int, video: bool, batch: int,
@@ -130,7 +130,8 @@ def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], fra
     the memory limit (``max_memory_gb``, else ``$SHOWO2_MAX_MEMORY_GB``, else what is available
     on ``device``) with the ``weights`` it runs (:func:`~showo2_cli.footprint.weights_gb`); return
     the estimate of its working memory (with a tiled decode when ``vae_tiling`` picks it;
-    ``from_image``: image to video, :func:`generation_memory_gb`)."""
+    ``from_image``: image to video, :func:`generation_memory_gb`; a video's check adds the CPU
+    heap's allowance, :func:`~showo2_cli.runtime.heap_allowance_gb`, not in the number returned)."""
     from ..runtime import check_memory
 
     tiled = generation_tiling(spec, dtype, size, frames, video, batch, max_memory_gb, device, vae_base_dim,
@@ -144,7 +145,7 @@ def check_generation_memory(spec, dtype: torch.dtype, size: tuple[int, int], fra
     if vae_tiling == "off" and generation_memory_gb(spec, dtype, size, frames, video, batch, vae_base_dim,
                                                     vae_tiled=True, vae_tile=vae_tile, from_image=from_image) < need:
         advice += ", or tile the VAE with --vae-tiling auto"
-    check_memory(need, what, max_memory_gb, device, advice, weights)
+    check_memory(need, what, max_memory_gb, device, advice, weights, video and frames > 1)
     return need
 
 

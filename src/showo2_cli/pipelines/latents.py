@@ -103,10 +103,10 @@ def encode(source, vae: WanVAE, options: EncodeOptions | None = None,
     h, w = (opts.size, opts.size) if isinstance(opts.size, int) else tuple(opts.size)
     weights = in_gb(vae_bytes(vae, ("encoder",)))
     tiled = pick_tiling(vae.tiling, vae.encode_memory_gb(n_frames, h, w), vae.encode_memory_gb(n_frames, h, w, True),
-                        max_memory_gb, vae.device, weights)
+                        max_memory_gb, vae.device, weights, n_frames > 1)
     advice = "lower --size or --frames" + (f", or {TILING_ADVICE}" if vae.tiling == "off" else "")
     check_memory(vae.encode_memory_gb(n_frames, h, w, tiled), f"encoding {n_frames} frame(s) at {w}x{h}",
-                 max_memory_gb, vae.device, advice, weights)
+                 max_memory_gb, vae.device, advice, weights, n_frames > 1)
     frames = prepare_frames(media, opts.size, opts.frames, notices)
     pixels = M.frames_to_tensor(frames)[None]  # (1, 3, T, H, W)
     gen = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
@@ -317,10 +317,10 @@ def decode_tiled(latents: torch.Tensor, vae: WanVAE,
     frames = M.pixel_frames(t)
     weights = in_gb(vae_bytes(vae, ("decoder",)))
     tiled = pick_tiling(vae.tiling, vae.decode_memory_gb(t, h, w), vae.decode_memory_gb(t, h, w, True),
-                        max_memory_gb, vae.device, weights)
+                        max_memory_gb, vae.device, weights, t > 1)
     check_memory(vae.decode_memory_gb(t, h, w, tiled), f"decoding {tuple(latents.shape)} latents to {frames} frame(s) "
                  f"of {8 * w}x{8 * h}", max_memory_gb, vae.device, TILING_ADVICE if vae.tiling == "off" else "",
-                 weights)
+                 weights, t > 1)
     pixels = vae.decode(latents[None].to(vae.device), tiled=tiled)[0]
     return M.tensor_to_frames(pixels.cpu()), vae.tiles_used(8 * h, 8 * w, tiled)
 
