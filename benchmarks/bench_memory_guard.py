@@ -10,7 +10,9 @@ to its estimate) and the guard's estimate of the job's working memory. ``chat``:
 alone (no image: the guard counts no VAE encoder, probe CA), its prompt of about SIZE words. ``wide``: a random model of
 wider layers (LLM 512/2048, flow head 512/2048, VAE base_dim 32) written to a temporary folder; ``vae96``: the tiny
 network with a random VAE of the real Wan2.1 architecture (base_dim 96), for the VAE's own cases.
-Peaks are in MB; they do not depend on the machine's load, seconds are not printed.
+The estimate of a video job (more than one frame) counts the CPU heap's allowance, as the guard does
+(``runtime.heap_allowance_gb``). Peaks are in MB; they do not depend on the machine's load; the
+job's seconds are printed for comparisons side by side (``MALLOC_MMAP_THRESHOLD_`` set or not).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,6 +42,9 @@ CASES = {  # name: (command, size, frames)
     "decode-frames": [("decode", s, f) for s in (128, 256) for f in (1, 5, 9, 17)],
     "encode-frames": [("encode", s, f) for s in (128, 256) for f in (1, 5, 9, 17)],
     "t2v-frames": [("t2v", s, f) for s in (128, 256) for f in (5, 9, 17)],
+    # every video job on the CPU at 64-256 px and 5-33 frames (probe DN: the heap allowance)
+    "video-cpu": [(c, s, f) for c in ("t2v", "i2v", "decode", "encode") for s in (64, 128, 256) for f in (5, 17, 33)],
+    "vae-cpu": [(c, s, f) for c in ("decode", "encode") for s in (64, 128) for f in (5, 17, 33)],
 }
 
 
@@ -50,6 +56,7 @@ def _job(model, command: str, size: int, frames: int):
     from showo2_cli import api
     from showo2_cli.pipelines import latents as L
     from showo2_cli.pipelines.generate import generation_memory_gb
+    from showo2_cli.runtime import heap_allowance_gb
 
     spec, vae = model.spec, model.vae
     steps = 2
@@ -66,7 +73,7 @@ def _job(model, command: str, size: int, frames: int):
             return api.image_to_video(model, image, "a red circle", opts)
 
         work = generation_memory_gb(spec, model.dtype, (size, size), frames, video, 1, vae.base_dim, vae_tile=vae.tile)
-        return run, work * 1e9
+        return run, (work + heap_allowance_gb(vae.device, video and frames > 1)) * 1e9
     if command == "caption":
         image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
 
@@ -98,14 +105,14 @@ def _job(model, command: str, size: int, frames: int):
             return L.encode(list(clip) if frames > 1 else clip[0], vae, api.EncodeOptions(size=(size, size),
                                                                                           frames=frames))
 
-        return run, vae.encode_memory_gb(frames, size, size) * 1e9
+        return run, (vae.encode_memory_gb(frames, size, size) + heap_allowance_gb(vae.device, frames > 1)) * 1e9
     t = 1 + (frames - 1) // 4
     z = torch.randn(vae.z_dim, t, size // 8, size // 8)
 
     def run():
         return L.decode(z, vae)
 
-    return run, vae.decode_memory_gb(t, size // 8, size // 8) * 1e9
+    return run, (vae.decode_memory_gb(t, size // 8, size // 8) + heap_allowance_gb(vae.device, t > 1)) * 1e9
 
 
 def child(model_name: str, command: str, size: int, frames: int) -> None:
@@ -127,11 +134,14 @@ def child(model_name: str, command: str, size: int, frames: int) -> None:
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the warm-up freed goes back, so it is not counted as held
     before = status()["VmRSS"]
     reset_peak()
+    start = time.perf_counter()
     run()
+    seconds = time.perf_counter() - start
     peak = status()["VmHWM"] - before
     job = f"{command} of {size} words" if command == "chat" else f"{command} {size}px x{frames}"
     print(json.dumps({"job": job, "peak_mb": round(peak / 1e6, 1),
-                      "estimate_mb": round(work / 1e6, 1), "ratio": round(work / max(peak, 1), 2)}))
+                      "estimate_mb": round(work / 1e6, 1), "ratio": round(work / max(peak, 1), 2),
+                      "seconds": round(seconds, 2)}))
 
 
 def wide_model(folder: Path) -> Path:
