@@ -18,17 +18,19 @@ if TYPE_CHECKING:
     import torch
 
 
-def _data_starts(path: Path) -> dict[str, int]:
-    """Where each tensor's bytes start in a safetensors file (header already checked and read by the
-    library); empty where the file is not little-endian-readable as stored (a big-endian host)."""
+def _data_starts(fh) -> dict[str, tuple[int, int]]:
+    """Where each tensor's bytes start in the safetensors file open as ``fh``, and how many there
+    are (header already checked and read by the library; read here from the same open file the
+    tensors are read from); empty where the file is not little-endian-readable as stored (a
+    big-endian host)."""
     import sys
 
     if sys.byteorder != "little":
         return {}
-    with open(path, "rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(n))
-    return {k: 8 + n + int(v["data_offsets"][0]) for k, v in header.items()
+    n = int.from_bytes(os.pread(fh.fileno(), 8, 0), "little")
+    header = json.loads(os.pread(fh.fileno(), n, 8))
+    return {k: (8 + n + int(v["data_offsets"][0]), int(v["data_offsets"][1]) - int(v["data_offsets"][0]))
+            for k, v in header.items()
             if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v}
 
 
@@ -119,9 +121,16 @@ class TensorReader:
             for path in [Path(p) for p in paths]:
                 if not (path.suffix.lower() == ".safetensors" or looks_like_safetensors(path)):
                     continue
+                # the file the chunks are read from (:meth:`_converted`), opened with the library's handle
+                # and checked to be the same file: one opened later would be whatever is at that path then
+                # (a file replaced during the load gave its tensors converted and the old one's the rest)
+                fh = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+                self.files[path] = fh
                 handle = safe_open(str(path), framework="pt", backend="pread")
                 self.handles.append(handle)
-                starts = _data_starts(path)
+                if not os.path.samestat(os.fstat(fh.fileno()), os.stat(path)):
+                    raise OSError("the file was replaced while it was being opened")
+                starts = _data_starts(fh) if _PREADV else {}
                 for key, stored in unwrapped({k: k for k in handle.keys()}).items():
                     self.found[key] = (handle, stored, path, starts.get(stored))
         except Exception as e:
@@ -143,7 +152,10 @@ class TensorReader:
             if same or mapped.dim() == 0 or mapped.numel() <= CONVERT_CHUNK or start is None or not _PREADV:
                 tensor = handle.get_tensor(stored)
                 return tensor if same else tensor.to(dtype)
-            return self._converted(mapped, dtype, path, start)
+            if start[1] != mapped.numel() * mapped.element_size():  # not the tensor read_state_dict checked
+                raise ModelError(f"cannot read '{key}' from weights '{path}' (it holds {start[1]:,} bytes, not "
+                                 f"the {mapped.numel() * mapped.element_size():,} checked: the file changed since)")
+            return self._converted(mapped, dtype, path, start[0])
         except ModelError:
             raise
         except Exception as e:  # the file changed since it was checked (truncated, replaced)
@@ -164,9 +176,7 @@ class TensorReader:
         buffer = torch.empty((step, *mapped.shape[1:]), dtype=mapped.dtype)
         raw = memoryview(buffer.view(-1).view(torch.uint8).numpy())
         row_bytes = row * mapped.element_size()
-        fh = self.files.get(path)
-        if fh is None:
-            fh = self.files[path] = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+        fh = self.files[path]  # (opened with the library's handle: the same file)
         for first in range(0, rows, step):
             n = min(step, rows - first)
             want, done = n * row_bytes, 0
