@@ -50,3 +50,28 @@ def test_a_file_of_another_layout_since_the_check_is_refused(tmp_path, monkeypat
     os.replace(other, path)  # replaced before the reader opens it: 'a' is 128 x 16 there
     with W.TensorReader([path], state) as read, pytest.raises(ModelError, match="the file changed since"):
         read("a", torch.float32)  # before: its 128 rows, then 'b''s and 'c''s bytes read as its other 128
+
+
+def test_a_refusal_advises_tiling_only_where_it_lowers_the_estimate():
+    """``decode``/``encode`` with ``--vae-tiling off`` over the limit: a video whose frames are no
+    larger than one tile (128 px: tiled or not, the same 826.5 MB) was told "tile the VAE with
+    --vae-tiling auto", which then refused it with the same figure; 320 px, where tiles lower it,
+    still is (as a generation's refusal advises)."""
+    from showo2_cli import api
+    from showo2_cli.errors import ResourceError
+    from showo2_cli.options import EncodeOptions
+    from showo2_cli.pipelines.latents import decode, encode
+
+    vae, _ = api.resolve_vae("demo")
+    vae.tiling = "off"
+    small = vae.decode_memory_gb(9, 16, 16)
+    assert vae.decode_memory_gb(9, 16, 16, True) == small  # (one tile: nothing to lower)
+    with pytest.raises(ResourceError, match="needs about") as refused:
+        decode(torch.zeros(16, 9, 16, 16), vae, max_memory_gb=small / 2)
+    assert "--vae-tiling" not in str(refused.value)
+    with pytest.raises(ResourceError, match="lower --size or --frames \\(") as refused:  # (no ", or tile")
+        encode(torch.zeros(33, 128, 128, 3, dtype=torch.uint8), vae, EncodeOptions(size=128), max_memory_gb=0.1)
+    big = vae.decode_memory_gb(1, 40, 40)
+    assert vae.decode_memory_gb(1, 40, 40, True) < big
+    with pytest.raises(ResourceError, match="tile the VAE with --vae-tiling auto"):
+        decode(torch.zeros(16, 1, 40, 40), vae, max_memory_gb=big / 4)

@@ -29,6 +29,12 @@ TILING_ADVICE = "tile the VAE with --vae-tiling auto"
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
+
+def _tiling_helps(vae: WanVAE, whole_gb: float, tiled_gb: float) -> bool:
+    """Whether a refusal advises :data:`TILING_ADVICE`: tiling is off and lowers the estimate (a
+    frame no larger than one tile is computed whole either way), as a generation's refusal advises it."""
+    return vae.tiling == "off" and tiled_gb < whole_gb
+
 # ---- sizes and frames -------------------------------------------------------------------------
 
 @dataclass
@@ -102,10 +108,10 @@ def encode(source, vae: WanVAE, options: EncodeOptions | None = None,
                                                    max(M.round_frames(media.num_frames, "down"), 1))
     h, w = (opts.size, opts.size) if isinstance(opts.size, int) else tuple(opts.size)
     weights = in_gb(vae_bytes(vae, ("encoder",)))
-    tiled = pick_tiling(vae.tiling, vae.encode_memory_gb(n_frames, h, w), vae.encode_memory_gb(n_frames, h, w, True),
-                        max_memory_gb, vae.device, weights, n_frames > 1)
-    advice = "lower --size or --frames" + (f", or {TILING_ADVICE}" if vae.tiling == "off" else "")
-    check_memory(vae.encode_memory_gb(n_frames, h, w, tiled), f"encoding {n_frames} frame(s) at {w}x{h}",
+    whole, in_tiles = vae.encode_memory_gb(n_frames, h, w), vae.encode_memory_gb(n_frames, h, w, True)
+    tiled = pick_tiling(vae.tiling, whole, in_tiles, max_memory_gb, vae.device, weights, n_frames > 1)
+    advice = "lower --size or --frames" + (f", or {TILING_ADVICE}" if _tiling_helps(vae, whole, in_tiles) else "")
+    check_memory(in_tiles if tiled else whole, f"encoding {n_frames} frame(s) at {w}x{h}",
                  max_memory_gb, vae.device, advice, weights, n_frames > 1)
     frames = prepare_frames(media, opts.size, opts.frames, notices)
     pixels = M.frames_to_tensor(frames)[None]  # (1, 3, T, H, W)
@@ -316,11 +322,11 @@ def decode_tiled(latents: torch.Tensor, vae: WanVAE,
     t, h, w = (int(v) for v in latents.shape[1:])
     frames = M.pixel_frames(t)
     weights = in_gb(vae_bytes(vae, ("decoder",)))
-    tiled = pick_tiling(vae.tiling, vae.decode_memory_gb(t, h, w), vae.decode_memory_gb(t, h, w, True),
-                        max_memory_gb, vae.device, weights, t > 1)
-    check_memory(vae.decode_memory_gb(t, h, w, tiled), f"decoding {tuple(latents.shape)} latents to {frames} frame(s) "
-                 f"of {8 * w}x{8 * h}", max_memory_gb, vae.device, TILING_ADVICE if vae.tiling == "off" else "",
-                 weights, t > 1)
+    whole, in_tiles = vae.decode_memory_gb(t, h, w), vae.decode_memory_gb(t, h, w, True)
+    tiled = pick_tiling(vae.tiling, whole, in_tiles, max_memory_gb, vae.device, weights, t > 1)
+    check_memory(in_tiles if tiled else whole, f"decoding {tuple(latents.shape)} latents to {frames} frame(s) "
+                 f"of {8 * w}x{8 * h}", max_memory_gb, vae.device,
+                 TILING_ADVICE if _tiling_helps(vae, whole, in_tiles) else "", weights, t > 1)
     pixels = vae.decode(latents[None].to(vae.device), tiled=tiled)[0]
     return M.tensor_to_frames(pixels.cpu()), vae.tiles_used(8 * h, 8 * w, tiled)
 
