@@ -123,7 +123,9 @@ def test_the_answer_length_default_has_one_source():
     for function in (caption, chat, Showo2Pipeline.caption):
         assert inspect.signature(function).parameters["max_new_tokens"].default == options.DEFAULT_MAX_NEW_TOKENS
     assert options.CaptionOptions().max_new_tokens == options.TextSampling().max_new_tokens == 300
-    assert options.ServerConfig().default_max_tokens == options.DEFAULT_MAX_NEW_TOKENS
+    from showo2_cli.serve_config import ServerConfig
+
+    assert ServerConfig().default_max_tokens == options.DEFAULT_MAX_NEW_TOKENS
 
 
 def test_an_exception_that_says_nothing_is_still_a_one_line_error(monkeypatch):
@@ -163,8 +165,8 @@ def test_the_servers_limits_have_one_source():
 
     from showo2_cli import serve
     from showo2_cli.cli.serve import serve as serve_command
-    from showo2_cli.options import DRAIN_TIMEOUT, ServerConfig
     from showo2_cli.serve.app import server_for
+    from showo2_cli.serve_config import DRAIN_TIMEOUT, ServerConfig
 
     assert serve.ServerConfig is ServerConfig
     params = inspect.signature(serve_command).parameters

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ..options import DRAIN_TIMEOUT, RuntimeOptions, ServerConfig
+from ..options import RuntimeOptions
+from ..serve_config import DRAIN_TIMEOUT, ServerConfig
 from . import common
 from .common import (
     LoraOpt,

@@ -24,7 +24,7 @@ from urllib.parse import unquote
 from .. import __version__
 from .. import media as M
 from ..errors import Showo2Error, UsageError, short
-from ..options import DRAIN_TIMEOUT
+from ..serve_config import DRAIN_TIMEOUT
 from .body import BODIES_AT_ONCE, BodyBudget, Upload, read_json
 from .errors import ApiError, api_error_of, shutting_down
 from .requests import ChatPlan, ImagePlan, ServerConfig, parse_chat, parse_images

@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import short
-from ..options import (  # ServerConfig: here too, where it always was
-    STEPS_RANGE,
+from ..options import STEPS_RANGE
+from ..serve_config import (  # (ServerConfig: here too, where it always was)
     ServerConfig,
     is_bearer_token,
     is_origin,
