@@ -320,11 +320,11 @@ def test_showo2_vae_is_the_fallback_after_the_models_own(tmp_path, monkeypatch):
     other = tmp_path / "other-vae"
     other.mkdir()
     monkeypatch.setenv("SHOWO2_VAE", str(other))
-    assert find_vae(bundled_demo_path(), None) == bundled_demo_path() / "vae"
-    assert find_vae(tmp_path / "no-vae-here", None) == other
+    assert find_vae(bundled_demo_path()) == bundled_demo_path() / "vae"
+    assert find_vae(tmp_path / "no-vae-here") == other
     monkeypatch.setenv("SHOWO2_VAE", str(tmp_path / "missing"))
     with pytest.raises(ModelError, match="SHOWO2_VAE names .*missing.*does not exist"):
-        find_vae(tmp_path / "no-vae-here", None)
+        find_vae(tmp_path / "no-vae-here")
 
 
 # ---- CLI --------------------------------------------------------------------------------------

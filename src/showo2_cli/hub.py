@@ -121,6 +121,10 @@ def is_repo_id(text: str) -> bool:
 
 WAN_VAE_REPO, WAN_VAE_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
 WAN_VAE_DIFFUSERS_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+#: A Wan2.1 VAE file in a repo or folder (the original layout's single file, as its repos name it)
+WAN_VAE_FILES = re.compile(r"Wan2\.1_VAE[^/]*\.(pth|safetensors)")
+#: The weight files of a diffusers VAE folder, as ``load_vae`` reads one (safetensors first)
+DIFFUSERS_VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
 def in_cache(repo_id: str, revision: str | None = None) -> bool:
@@ -323,7 +327,7 @@ def model_files(listing: list[str], config: dict | None, vae_given: bool = False
     if "vae/config.json" in names and not vae_given:
         chosen += ["vae/config.json", *weight_files(names, "vae")]
     if not vae_given:
-        chosen += sorted(n for n in names if re.fullmatch(r"Wan2\.1_VAE[^/]*\.(pth|safetensors)", n))[:1]
+        chosen += sorted(n for n in names if WAN_VAE_FILES.fullmatch(n))[:1]
     for key in ("llm_model_path", "clip_pretrained_model_path"):
         ref = (config or {}).get(key)
         if isinstance(ref, str) and ref.strip("/") and not ref.startswith("/"):

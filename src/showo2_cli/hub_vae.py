@@ -16,13 +16,14 @@ Torch-free.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from .errors import ModelError, short
 from .hub import (
+    DIFFUSERS_VAE_WEIGHTS,
     WAN_VAE_DIFFUSERS_REPO,
     WAN_VAE_FILE,
+    WAN_VAE_FILES,
     WAN_VAE_REPO,
     Progress,
     cached_listing,
@@ -40,9 +41,6 @@ from .run_folders import resolve_run_path
 
 #: What a name ending so is: a weight file (a mistyped path), never a repo id to ask the Hub for.
 FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".json")
-#: The weight files of a diffusers VAE folder, as ``load_vae`` reads one (safetensors first).
-DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-WAN_FILE = re.compile(r"Wan2\.1_VAE[^/]*\.(pth|safetensors)")
 
 
 def vae_repo(ref: str | os.PathLike) -> tuple[str, str | None] | None:
@@ -64,10 +62,10 @@ def vae_files(listing) -> list[str]:
     sub = weight_files(names, "vae")
     if "vae/config.json" in names and sub:
         return ["vae/config.json", *sub]
-    wan = sorted(n for n in names if WAN_FILE.fullmatch(n))[:1]  # find_vae's order: .pth, then .safetensors
+    wan = sorted(n for n in names if WAN_VAE_FILES.fullmatch(n))[:1]  # find_vae's order: .pth, then .safetensors
     if wan:
         return wan
-    root = [n for n in DIFFUSERS_WEIGHTS if n in names][:1]  # (a model's own weights at its root are no VAE)
+    root = [n for n in DIFFUSERS_VAE_WEIGHTS if n in names][:1]  # (a model's own weights at its root are no VAE)
     if "config.json" in names and root:
         return ["config.json", *root]
     return []
@@ -77,7 +75,7 @@ def _location(snap: Path, files: list[str]) -> Path:
     """The folder or file :func:`~showo2_cli.modeling.vae_files.load_vae` reads from ``files``."""
     if files[0] == "vae/config.json":
         return snap / "vae"
-    return snap / files[0] if WAN_FILE.fullmatch(files[0]) else snap
+    return snap / files[0] if WAN_VAE_FILES.fullmatch(files[0]) else snap
 
 
 def cached_vae(repo: str, revision: str | None = None) -> Path | None:
@@ -163,9 +161,8 @@ def own_vae(root: Path) -> Path | None:
     return pths[0] if pths else None
 
 
-def find_vae(root: Path, explicit: str | os.PathLike | None, local_files_only: bool = False) -> Path | None:
-    if explicit:
-        return explicit_vae(explicit, local_files_only=local_files_only)
+def find_vae(root: Path, local_files_only: bool = False) -> Path | None:
+    """The VAE a model folder's load reads when none is given (a given one: :func:`explicit_vae`)."""
     found = own_vae(root)  # the model's own VAE, then $SHOWO2_VAE, then the cache
     return found if found is not None else shared_vae(local_files_only)
 

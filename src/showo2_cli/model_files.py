@@ -106,7 +106,7 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
         files.tokenizer = find_tokenizer(root, {}, None)
         if files.tokenizer is None:
             files.missing.append(("tokenizer", f"no tokenizer files in '{root}'"))
-    files.vae = find_vae(root, vae, local_files_only)
+    files.vae = vae if vae_given else find_vae(root, local_files_only)  # (a --vae: resolved above)
     if files.vae is None:
         files.missing.append(("VAE", f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE} (or pass --vae PATH)"))
     return files

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..hub import DIFFUSERS_VAE_WEIGHTS
 from ..runtime import quiet_imports
 from ..weights import (
     TORCH_SUFFIXES,
@@ -38,9 +39,6 @@ from .vae import (
 )
 
 __all__ = ["check_base_dim", "header_sizes", "load_vae"]
-
-# Names the diffusers weights file of a folder may have (safetensors preferred).
-_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 # Original (WanVAE_) constructor kwargs -> diffusers AutoencoderKLWan kwargs.
 _ORIGINAL_CONFIG_KEYS = {
@@ -272,7 +270,7 @@ def _build_and_load(
 def _diffusers_folder(folder: Path) -> Path | None:
     for candidate in (folder, folder / "vae"):
         if (candidate / "config.json").is_file() and any(
-            (candidate / n).is_file() for n in _DIFFUSERS_WEIGHTS
+            (candidate / n).is_file() for n in DIFFUSERS_VAE_WEIGHTS
         ):
             return candidate
     return None
@@ -304,7 +302,7 @@ def vae_source(path: Path) -> tuple[Path, Path | None]:
     if path.is_dir():
         folder = _diffusers_folder(path)
         if folder is not None:
-            weights = next(folder / n for n in _DIFFUSERS_WEIGHTS if (folder / n).is_file())
+            weights = next(folder / n for n in DIFFUSERS_VAE_WEIGHTS if (folder / n).is_file())
             return weights, folder / "config.json"
         path = _single_weight_file(path)
     config = path.parent / "config.json"
