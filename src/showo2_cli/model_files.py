@@ -112,62 +112,47 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
     return files
 
 
-def _config_at_hand(name: str | os.PathLike | None) -> tuple[str, Path, dict] | None:
-    """(label, folder, config.json) of a model whose config is at hand without a download (the
-    demo, a folder, a cached snapshot); None for no name, a name the cache lacks or a config that
-    cannot be read (the load says more)."""
-    if name is None:
-        return None
-    from .errors import UsageError
+#: the official constructor's ``patch_size`` (a config.json that omits it) and the Wan2.1 VAE's
+#: spatial factor: an official checkpoint's sides are multiples of their product; the released
+#: models' (patch 2) multiple, where no config is at hand
+OFFICIAL_DEFAULT_PATCH, VAE_SPATIAL = 2, 8
+RELEASED_MULTIPLE = VAE_SPATIAL * OFFICIAL_DEFAULT_PATCH
 
+
+def sizes_at_hand(name: str | os.PathLike | None):
+    """``(spec, multiple)``: what the checks before a load judge sizes by, from the model's
+    ``config.json`` when it is at hand without a download (the demo, a folder, a cached snapshot),
+    read once. A showo2-format config: its :class:`~showo2_cli.specs.ModelSpec` and that spec's
+    multiple (a ``patch_size`` 4 model takes multiples of 32 px, one of 1 multiples of 8). An
+    official one: no spec (its other sizes are in its weights' shapes) and 8 x its ``patch_size``,
+    from which the official constructor builds both patch embeddings (2 when absent). Otherwise
+    (no name, not at hand, a config that makes no spec): ``(None, RELEASED_MULTIPLE)``, and the
+    load says more."""
+    from .errors import UsageError
+    from .model_config import spec_from_files
+
+    unknown = None, RELEASED_MULTIPLE
+    if name is None:
+        return unknown
     try:
         label, root = resolve_root(name, local_files_only=True)
         config = read_json(root / "config.json")
     except (ModelError, UsageError, OSError, ValueError, TypeError):
-        return None
-    return (label, root, config) if isinstance(config, dict) else None
-
-
-def spec_at_hand(name: str | os.PathLike | None):
-    """The :class:`~showo2_cli.specs.ModelSpec` a showo2-format model's ``config.json`` tells, when
-    that config is at hand: what the checks before a load judge sizes by (a ``patch_size`` 4 model
-    takes multiples of 32 px, one of 1 multiples of 8). None for an official checkpoint (its other
-    sizes are in its weights' shapes: :func:`size_multiple_at_hand` tells its sizes), a config not
-    at hand or one that does not make a spec: the load says more."""
-    from .errors import UsageError
-    from .model_config import spec_from_files
-
-    found = _config_at_hand(name)
-    if found is None or "showo2" not in found[2]:
-        return None
-    label, root, config = found
-    try:
-        return spec_from_files(ModelFiles(label, root, "showo2", config, []), {})
-    except (ModelError, UsageError, ValueError, TypeError):
-        return None
-
-
-#: the official constructor's ``patch_size`` (a config.json that omits it) and the Wan2.1 VAE's
-#: spatial factor: an official checkpoint's sides are multiples of their product
-OFFICIAL_DEFAULT_PATCH, VAE_SPATIAL = 2, 8
-
-
-def size_multiple_at_hand(name: str | os.PathLike | None) -> int | None:
-    """The multiple of pixels an OFFICIAL checkpoint's sides must be, from its ``config.json`` at
-    hand: 8 x its ``patch_size``, from which the official constructor builds both patch embeddings
-    (the weights must fit it; 2 when absent). None for anything else (a showo2 config:
-    :func:`spec_at_hand` tells; a config not at hand, or a ``patch_size`` of the wrong type: the
-    load says more)."""
-    found = _config_at_hand(name)
-    if found is None or "showo2" in found[2]:
-        return None
-    label, root, config = found
+        return unknown
+    if not isinstance(config, dict):
+        return unknown
+    if "showo2" in config:
+        try:
+            spec = spec_from_files(ModelFiles(label, root, "showo2", config, []), {})
+        except (ModelError, UsageError, ValueError, TypeError):
+            return unknown
+        return spec, spec.latent_multiple
     try:
         check_official_config(config, root / "config.json")
     except ModelError:
-        return None
+        return unknown
     patch = config.get("patch_size")
-    return VAE_SPATIAL * (OFFICIAL_DEFAULT_PATCH if patch is None else patch)
+    return None, VAE_SPATIAL * (OFFICIAL_DEFAULT_PATCH if patch is None else patch)
 
 
 def _subfolder_hint(root: Path) -> str:

@@ -75,13 +75,11 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
     processes) and process 0 reports the whole run, once (:func:`_report_once`)."""
     from .. import media as M
     from .. import saving as O
-    from ..model_files import size_multiple_at_hand, spec_at_hand
+    from ..model_files import sizes_at_hand
 
     # sizes as the model takes them (its patch_size: its spec's, or an official config.json's) when its
     # config is at hand, else the released 16 px
-    name = model if model is not None else os.environ.get("SHOWO2_MODEL") or None
-    spec = spec_at_hand(name)
-    multiple = spec.latent_multiple if spec is not None else size_multiple_at_hand(name) or 16
+    spec, multiple = sizes_at_hand(model if model is not None else os.environ.get("SHOWO2_MODEL") or None)
     opts.size = M.parse_size(size, multiple)
     if noise is not None:  # the outputs start from the file's noise: no seed is used or recorded
         if opts.seed is not None:
