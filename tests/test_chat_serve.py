@@ -484,11 +484,11 @@ def test_parse_chat_requests():
     assert status({"messages": [user], "max_tokens": -1}) == 400
     # a null max_completion_tokens does not hide max_tokens
     assert parse_chat({"messages": [user], "max_tokens": 2, "max_completion_tokens": None}, cfg).max_tokens == 2
-    # stop: a string or up to 4 strings; parameters that would change the reply are refused, not ignored
+    # stop: a string or up to 16 strings; parameters that would change the reply are refused, not ignored
     assert parse_chat({"messages": [user], "stop": "red"}, cfg).stop == ("red",)
     assert parse_chat({"messages": [user], "stop": ["a", "b"]}, cfg).stop == ("a", "b")
     assert parse_chat({"messages": [user], "stop": None}, cfg).stop == ()
-    for bad in ([""], ["a"] * 5, 3, [1]):
+    for bad in ([""], ["a"] * 17, 3, [1]):
         assert status({"messages": [user], "stop": bad}) == 400
     for key, value in (("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function"}]),
                        ("response_format", {"type": "json_object"})):

@@ -73,3 +73,37 @@ def test_the_root_and_v1_say_what_is_served(url):
                "/v1/models, GET /health" in message, path
     r = httpx.get(url + "/v2/whatever", timeout=30)  # a path nothing is known about: no guess
     assert r.status_code == 404 and r.json()["error"]["message"] == "no such endpoint: GET '/v2/whatever'"
+
+
+def _streamed_text(response) -> tuple[str, str]:
+    import json
+
+    text, finish = "", None
+    for line in response.iter_lines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            for choice in json.loads(line[6:])["choices"]:
+                text += choice["delta"].get("content") or ""
+                finish = choice["finish_reason"] or finish
+    return text, finish
+
+
+def test_a_stop_list_longer_than_openais_is_taken(url):
+    """Continue sends its stop list uncapped to any server but OpenAI's, Groq's, Azure's and Jan's
+    (``getMaxStopWords``: ``Infinity``), as vLLM, llama.cpp and Ollama take any number, and a
+    template's list holds 9 and more (Qwen's FIM and chat tokens, blank lines): each such request
+    was a 400 "'stop' may hold at most 4 strings". The server now takes the 16 the library does."""
+    stop = ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+            "<|file_sep|>", "<|im_start|>", "<|im_end|>", "\n\n", " moving"]  # the demo: "a red circle moving ..."
+    body = {"model": "demo", "messages": HI, "max_tokens": 12, "temperature": 0, "top_p": 1, "frequency_penalty": 0,
+            "presence_penalty": 0, "stream": True, "stop": stop}  # Continue's toChatBody, as it sends it
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        assert _streamed_text(r) == ("a red circle", "stop")
+    r = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False, "stop": stop[:9] + [" red"] * 7},
+                   timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "a"
+    r = httpx.post(url + "/v1/chat/completions", json={**body, "stop": [f"s{i}" for i in range(17)]}, timeout=60)
+    assert r.status_code == 400
+    assert r.json()["error"] | {"message": None} == {"message": None, "type": "invalid_request_error",
+                                                      "param": "stop", "code": "invalid_value"}
+    assert r.json()["error"]["message"] == "'stop' may hold at most 16 strings, got 17"

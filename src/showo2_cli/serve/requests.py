@@ -89,8 +89,10 @@ _UNSUPPORTED_CHAT = {
 
 
 def _stop_strings(body: dict) -> tuple[str, ...]:
-    """OpenAI's ``stop``: null, a string or a list of up to 4 non-empty strings."""
-    from ..options import MAX_STOP_CHARS
+    """OpenAI's ``stop``: null, a string or a list of non-empty strings, up to the 16 the library
+    takes (OpenAI takes 4; vLLM, llama.cpp and Ollama any number, and clients send them uncapped:
+    Continue caps its list for OpenAI's, Groq's, Azure's and Jan's servers only)."""
+    from ..options import MAX_STOP_CHARS, MAX_STOP_STRINGS
 
     value = body.get("stop")
     if value is None:
@@ -98,8 +100,9 @@ def _stop_strings(body: dict) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
         raise ApiError(400, "'stop' must be a string or a list of strings", "invalid_type", "stop")
-    if len(items) > 4:
-        raise ApiError(400, f"'stop' may hold at most 4 strings, got {len(items)}", "invalid_value", "stop")
+    if len(items) > MAX_STOP_STRINGS:
+        raise ApiError(400, f"'stop' may hold at most {MAX_STOP_STRINGS} strings, got {len(items)}", "invalid_value",
+                       "stop")
     if any(not v or len(v) > MAX_STOP_CHARS for v in items):
         raise ApiError(400, f"each 'stop' string must be 1 to {MAX_STOP_CHARS} characters", "invalid_value",
                        "stop")
