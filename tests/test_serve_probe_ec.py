@@ -43,6 +43,7 @@ OLLAMA_REQUESTS = (
     ("POST", "/api/generate", {"model": "demo", "prompt": "### User:\nhi\n\n", "options": {}, "stream": False,
                                "images": []}),
     ("GET", "/v1/api/tags", None),  # an Ollama client given the OpenAI base URL
+    ("GET", "/api", None),
 )
 
 

@@ -435,7 +435,7 @@ _NOT_SERVED = (
                                           "Azure one, with base URL http://HOST:PORT/v1"),
     # Ollama's own API (Open WebUI's and Continue's Ollama connections, LiteLLM's ollama/ models, the ollama
     # libraries probe /api/version, /api/tags, /api/show, then post to /api/chat or /api/generate)
-    (re.compile(r"(/v1)?/api/"), "Ollama's API is not served here: this server speaks OpenAI's; set the client up "
+    (re.compile(r"(/v1)?/api(/|$)"), "Ollama's API is not served here: this server speaks OpenAI's; set the client up "
                                  "as an OpenAI-compatible connection with base URL http://HOST:PORT/v1 (in LiteLLM "
                                  "the model 'openai/NAME', not 'ollama/NAME')"),
     (re.compile(r"(/v1)?/?$"), "this is showo2's OpenAI-compatible API: POST /v1/chat/completions, POST "
