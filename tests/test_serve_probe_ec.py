@@ -108,3 +108,14 @@ def test_a_stop_list_longer_than_openais_is_taken(url):
     assert r.json()["error"] | {"message": None} == {"message": None, "type": "invalid_request_error",
                                                       "param": "stop", "code": "invalid_value"}
     assert r.json()["error"]["message"] == "'stop' may hold at most 16 strings, got 17"
+
+
+def test_an_anthropic_client_is_told_what_is_served(url):
+    """Claude Code and the Anthropic SDKs given the server's address (``ANTHROPIC_BASE_URL``, as
+    llama.cpp's and vLLM's servers take it) post to ``/v1/messages``: a bare "no such endpoint"."""
+    body = {"model": "demo", "max_tokens": 16, "messages": HI}
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        r = httpx.post(url + path, json=body, headers={"anthropic-version": "2023-06-01"}, timeout=30)
+        assert r.status_code == 404
+        assert "Anthropic's Messages API is not served here: use an OpenAI client, with base URL " \
+               "http://HOST:PORT/v1, and POST /v1/chat/completions" in r.json()["error"]["message"], path

@@ -429,6 +429,8 @@ _NOT_SERVED = (
                                       "/v1/chat/completions"),
     (re.compile(r"/v1/embeddings$"), "embeddings are not served here: Show-o2 generates text and images"),
     (re.compile(r"/v1/responses(/|$)"), "the Responses API is not served here: use POST /v1/chat/completions"),
+    (re.compile(r"/v1/messages(/|$)"), "Anthropic's Messages API is not served here: use an OpenAI client, with "
+                                       "base URL http://HOST:PORT/v1, and POST /v1/chat/completions"),
     (re.compile(r"/v1/images/(edits|variations)$"), "image edits and variations are not served here: POST "
                                                      "/v1/images/generations makes images from a prompt"),
     (re.compile(r"/openai/deployments/"), "Azure OpenAI paths are not served here: use the OpenAI client, not the "
