@@ -151,9 +151,11 @@ def decode(
         M.check_output_path(output, overwrite, probe=True)
     M.check_input_file(latents, "latents file")  # the cheap checks, before importing torch (a FIFO was "empty")
 
+    import torch
+
     from ..loading import resolve_vae
     from ..pipelines import latents as L
-    from ..runtime import pick_device, pick_dtype
+    from ..runtime import dtype_label, pick_device, pick_dtype
 
     z, meta = L.load_latents(latents)
     if raw and meta.get("format") == "showo2-latents":  # encode and --save-latents write normalised latents
@@ -216,11 +218,13 @@ def decode(
     record = {"decoded_from": str(latents), "vae": vae_name, "fps": rate, **({"raw": True} if raw else {})}
     if tiles is not None:  # tiles blend their seams: other frames than a whole decode's
         record["vae_tiles"] = list(tiles)
+    if vae_model.dtype != torch.float32:  # bf16/fp16 round every layer: other pixels than fp32's
+        record["dtype"] = dtype_label(vae_model.dtype)  # --dtype's name, as generation and encode record it
     L.write_decoded(out, frames, rate, record, overwrite)
     t, h, w = frames.shape[:3]
     notice(f"{t} frame(s) {w}x{h}" + (f" at {rate:g} fps" if t > 1 else ""))
     emit({"output": str(out), "frames": int(t), "width": int(w), "height": int(h), "fps": rate if t > 1 else None,
-          **({"vae_tiles": record["vae_tiles"]} if tiles is not None else {})}, str(out))
+          **{k: record[k] for k in ("vae_tiles", "dtype") if k in record}}, str(out))
 
 
 def _same_file(recorded: str, used: str) -> bool:

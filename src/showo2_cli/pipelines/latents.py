@@ -23,7 +23,7 @@ from ..errors import InputError, UsageError, short
 from ..footprint import in_gb, vae_bytes
 from ..modeling.vae import WanVAE
 from ..options import DEFAULT_FPS, EncodeOptions
-from ..runtime import check_memory, cpu_by_default, pick_tiling
+from ..runtime import check_memory, cpu_by_default, dtype_label, pick_tiling
 
 TILING_ADVICE = "tile the VAE with --vae-tiling auto"
 
@@ -132,6 +132,8 @@ def encode(source, vae: WanVAE, options: EncodeOptions | None = None,
     tiles = vae.tiles_used(h, w, tiled)
     if tiles is not None:  # tiles blend their seams: other latents than a whole encode's
         meta["vae_tiles"] = list(tiles)
+    if vae.dtype != torch.float32:  # a half-precision VAE rounds every layer: other latents than fp32's
+        meta["dtype"] = dtype_label(vae.dtype)  # --dtype's name (bf16), as generation records it
     return EncodeResult(latents, meta, notices)
 
 
