@@ -49,3 +49,18 @@ def test_encode_and_decode_record_a_half_precision_dtype(tmp_path, capsys):
         pixels[dtype] = np.asarray(M.read_image(png).convert("RGB"), dtype=np.int16)
     assert int(np.abs(pixels["fp32"] - pixels["bf16"]).max()) > 0  # (18/255 for a 288 px photo)
 
+
+def test_caption_records_the_vae_tiles_it_encoded_in():
+    """A caption whose media the VAE encoded in tiles (``--vae-tiling on`` with frames larger than a
+    tile: the released models' 432 px, or ``CaptionOptions(size=272)``) says so (``vae_tiles``), as
+    generation and ``encode`` do: tiled latents differ from whole ones (a 288 px photo's by 0.21),
+    and so may the answers. The caption's record said nothing of it."""
+    from showo2_cli import api
+    from showo2_cli.options import CaptionOptions, RuntimeOptions
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (272, 272, 3), dtype=np.uint8))
+    model = api.load("demo", runtime=RuntimeOptions(vae_tiling="on"))
+    assert api.caption(model, photo, CaptionOptions(size=272, max_new_tokens=1)).vae_tiles == [256, 256, 192, 192]
+    assert api.caption(model, photo, CaptionOptions(max_new_tokens=1)).vae_tiles is None  # 64 px: within a tile
+    model.vae.tiling = "off"
+    assert api.caption(model, photo, CaptionOptions(size=272, max_new_tokens=1)).vae_tiles is None

@@ -112,5 +112,6 @@ def caption(
         emit({"media": str(media), "kind": result.kind, **bundle.record(),  # the load, as t2i's records say it
               "answers": [{"question": q, "answer": a, "tokens": n}
                           for q, a, n in zip(result.questions, result.answers, result.token_counts, strict=True)],
-              "seconds": round(result.seconds, 3), "frames": result.frames, "options": result.options},
+              "seconds": round(result.seconds, 3), "frames": result.frames, "options": result.options,
+              **({"vae_tiles": result.vae_tiles} if result.vae_tiles is not None else {})},
              "".join(one_answer_line(a) + "\n" for a in result.answers))

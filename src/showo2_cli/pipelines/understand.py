@@ -31,6 +31,10 @@ class CaptionResult:
     seconds: float
     frames: int
     options: dict
+    #: the VAE tiles the media was encoded in (tile height, width, stride height, width in pixels;
+    #: ``--vae-tiling on`` and frames larger than a tile), None when encoded whole: tiles blend
+    #: their seams, so the latents the answers come from differ, and the record says so
+    vae_tiles: list[int] | None = None
 
 
 def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: float | None = None,
@@ -180,7 +184,10 @@ def _caption(model: Showo2, source, opts: CaptionOptions, on_text, progress, on_
         counts.append(len(out.token_ids))
         if on_done is not None:
             on_done(i, answers[-1])
-    return CaptionResult(kind, questions, answers, counts, time.perf_counter() - start, frames, asdict(opts))
+    side = opts.size or spec.resolution  # (encode_media's frames: tiled as the VAE's tiling says)
+    tiles = model.require_vae().tiles_used(side, side)
+    return CaptionResult(kind, questions, answers, counts, time.perf_counter() - start, frames, asdict(opts),
+                         None if tiles is None else list(tiles))
 
 
 def supports_video_understanding(model: Showo2) -> bool:
