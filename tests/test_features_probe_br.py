@@ -83,3 +83,29 @@ def test_an_imagefolder_without_a_caption_column_is_refused(tmp_path, name):
     write([{"file_name": r["file_name"], "text": r["description"]} for r in rows])
     records = Records(*build_index(source, tmp_path / "index2"))
     assert [records[i]["text"] for i in range(len(records))] == ["photo 0", "photo 1"]
+
+
+def test_an_imagefolder_with_split_folders_is_refused_not_trained_without_captions(tmp_path):
+    """Probe EE: a Hugging Face imagefolder with its splits in folders (``train/metadata.jsonl``,
+    ``test/metadata.jsonl``, as ``datasets`` reads them) given by its top folder was listed as a
+    folder of pairs: every image, the test split's too, trained on an empty caption (no ``.txt``)."""
+    import json
+
+    from PIL import Image
+
+    from showo2_cli.errors import InputError
+    from showo2_cli.training.records import Records, build_index
+    from showo2_cli.training.schema import DataSource
+
+    folder = tmp_path / "photos"
+    for split in ("test", "train"):
+        (folder / split).mkdir(parents=True)
+        Image.new("RGB", (32, 32), "red").save(folder / split / "0.png")
+        (folder / split / "metadata.jsonl").write_text(json.dumps({"file_name": "0.png", "text": split}) + "\n")
+    with pytest.raises(InputError, match=rf"folder '{folder}' has no metadata.jsonl or metadata.csv of its own, "
+                                         rf"but '{folder / 'test' / 'metadata.jsonl'}' names captions .*such as "
+                                         rf"'{folder / 'test'}'"):
+        build_index(DataSource(kind="pairs", role="t2i", path=str(folder)), tmp_path / "index")
+    assert not list((tmp_path / "index").iterdir())  # no listing published
+    records = Records(*build_index(DataSource(kind="pairs", role="t2i", path=str(folder / "train")), tmp_path / "i2"))
+    assert [records[i]["text"] for i in range(len(records))] == ["train"]

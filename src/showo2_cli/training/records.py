@@ -222,6 +222,16 @@ def _check_caption_field(path: Path) -> None:
                          "Hugging Face imagefolder's")
 
 
+def _split_folder(folder: Path, metadata: Path) -> InputError:
+    """A folder with no metadata file of its own over one that has one (a Hugging Face imagefolder's
+    ``train/metadata.jsonl``, ``test/...``: its splits) was listed as a folder of pairs: every split's
+    images, the held-out ones too, trained on empty captions (their ``.txt`` files, absent)."""
+    return InputError(f"folder '{folder}' has no {' or '.join(METADATA_FILES)} of its own, but '{metadata}' "
+                      "names captions (a Hugging Face imagefolder's splits): point the source's path at a "
+                      f"split's folder, such as '{metadata.parent}' (a held-out one: another [[data]] source with "
+                      "split = \"eval\")")
+
+
 def _csv_rows(path: Path):
     """The rows of a CSV file with a header line (a Hugging Face ``imagefolder``'s ``metadata.csv``),
     each a record of its named fields, streamed: UTF-8 (Excel's byte-order mark dropped) or UTF-16
@@ -254,6 +264,8 @@ def _list_folder(folder: Path, out: Path) -> None:
     with atomic_output(out, overwrite=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames.sort()
+            if meta := next((name for name in METADATA_FILES if name in filenames), None):
+                raise _split_folder(folder, Path(dirpath) / meta)
             for name in sorted(filenames):
                 p = Path(dirpath) / name
                 if p.suffix.lower() in exts and not name.startswith("."):
