@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,35 @@ def test_tensorboard_forgets_the_steps_a_resumed_run_redoes(tmp_path):
     assert [s for s, _ in logged] == [1, 2, 3, 4] and [s for s, _ in lines] == [1, 2, 3, 4]
     assert all(math.isclose(a, b, rel_tol=1e-6) for (_, a), (_, b) in zip(logged, lines, strict=True))
     assert not math.isclose(lines[2][1], dead[3], rel_tol=1e-6)
+
+
+def test_a_run_killed_before_its_first_checkpoint_leaves_no_line_in_the_next(tmp_path):
+    """Probe EE: a run killed (SIGKILL) before its first checkpoint had written its step-0
+    eval_loss; started again (from step 0, nothing to resume) it kept that line and wrote its own:
+    metrics.jsonl (and TensorBoard) showed step 0 twice. Now both hold what one uninterrupted run
+    writes."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from showo2_cli.training import checkpoint as ckpt
+
+    def lines(run):
+        return [{k: v for k, v in m.items() if k not in ("steps_per_s", "seconds", "peak_rss_mb")} for m in metrics(run)]
+
+    raw = tiny_config(tmp_path, **{"optim.max_steps": 2, "run.log_with": ["tensorboard"], "run.eval_every": 2})
+    train(parse_config(raw, source="tb"), stop_after=1)
+    run = tmp_path / "run"
+    shutil.rmtree(run / ckpt.checkpoint_name(1))  # killed before its save was published: no checkpoint
+    (run / ckpt.LATEST).unlink()
+    train(parse_config(raw, source="tb"))
+    alone = tiny_config(tmp_path / "alone", **{"optim.max_steps": 2, "run.eval_every": 2})
+    train(parse_config(alone, source="tb"))
+    assert [m["step"] for m in lines(run)] == [0, 1, 2, 2]
+    assert lines(run) == lines(tmp_path / "alone" / "run")
+    acc = EventAccumulator(str(run / "logs" / "train"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval_loss")] == [0, 2]
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2]
 
 
 @pytest.mark.slow

@@ -228,7 +228,8 @@ class Run:
         if cfg.run.log_with:  # accelerate's trackers (process 0 only), beside metrics.jsonl
             # TensorBoard appends to the same folder: what a crashed run logged after the checkpoint we
             # resume from is purged, as metrics.jsonl's lines are (it showed those steps twice)
-            purge = {"tensorboard": {"purge_step": self.start_step + 1}}
+            # (a run starting afresh purges it all: the step-0 eval of a run killed before its first save)
+            purge = {"tensorboard": {"purge_step": self.start_step + 1 if self.resumed_from else 0}}
             self.acc.init_trackers(TRACKER_RUN, config=flat_config(cfg), init_kwargs=purge)
 
     def _total_steps(self) -> int:
@@ -257,8 +258,9 @@ class Run:
         if metrics.exists() or metrics.is_symlink():  # drop lines written after the checkpoint we resume from
             if not metrics.is_file():
                 raise OutputError(f"'{metrics}' is not a regular file")
-            keep = []
-            for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+            keep = []  # (none without one: a run killed before its first save had written its step-0 eval)
+            lines = metrics.read_text(encoding="utf-8", errors="replace").splitlines() if self.resumed_from else []
+            for line in lines:
                 try:  # a damaged line (not JSON, no step, a step of null or 1e400) is dropped
                     if int(json.loads(line).get("step", 0)) <= self.start_step:
                         keep.append(line)
