@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import signal
 import sys
@@ -153,3 +154,25 @@ class LogWindow:
             return
         self.sums = dict(zip(self.keys, numbers, strict=True))
         self.n, self.skipped = n, skipped if rank == 0 else 0
+
+    @staticmethod
+    def logged_at(metrics, step: int) -> bool:
+        """Whether ``metrics`` (a run's metrics.jsonl) holds a training line at ``step``: the window a
+        checkpoint of that step saved was logged after it (a stop observed right after a periodic save
+        writes its line then), so a resume starts an empty one. Restored, those steps were averaged
+        into a second line (a stop at step 8, saved at 8: the resumed line at 10 covered steps 1-10,
+        the stop's line at 8 steps 1-8). A damaged line counts as none."""
+        if not os.path.isfile(metrics):  # (absent: nothing was logged; a FIFO is refused later)
+            return False
+        try:
+            with open(metrics, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except (ValueError, RecursionError):
+                        continue
+                    if isinstance(row, dict) and row.get("step") == step and "loss" in row:
+                        return True
+        except OSError:
+            return False
+        return False

@@ -160,6 +160,8 @@ class Run:
         self.start_step = int(state["step"]) if state else 0
         self.elapsed_before = float(state.get("elapsed", 0.0)) if state else 0.0
         self._saved_window = state.get("log_window") if state else None
+        if self._saved_window and LogWindow.logged_at(self.output_dir / "metrics.jsonl", self.start_step):
+            self._saved_window = None  # its steps are in the line a stop wrote after the save
 
         # the model
         module, groups, self.report = self.objective.build(state)
