@@ -170,6 +170,10 @@ class Showo2Objective:
                     raise UsageError(f"{cfg.source}: lora.rank: '{run.resumed_from}' is a full checkpoint, not a "
                                      "LoRA one; resume it without [lora] (or start a new output_dir)")
                 saved, tensors, folder = read_adapter(run.resumed_from)
+                if saved.r != lo.rank:  # (was: "does not fit this model", a size mismatch of peft's)
+                    raise UsageError(f"{cfg.source}: lora.rank: {lo.rank}, the checkpoint '{run.resumed_from}' "
+                                     f"holds a rank-{saved.r} adapter; resume it with rank = {saved.r} (or start "
+                                     "a new output_dir)")
                 if (saved.lora_alpha, saved.lora_dropout) != (alpha, dropout):  # alpha scales the trained update
                     run.notice(f"lora.alpha/dropout ({alpha:g}, {dropout:g}) differ from the checkpoint's "
                                f"({saved.lora_alpha:g}, {saved.lora_dropout:g}): resuming keeps the checkpoint's "
@@ -188,7 +192,12 @@ class Showo2Objective:
                 self.lora = add_lora(self.network, lo.rank, alpha, dropout, lo.target_modules, lo.within,
                                      base=base or cfg.model.init_spec)
             if tensors is not None:
-                load_adapter_state(self.network, tensors, str(folder))
+                try:
+                    load_adapter_state(self.network, tensors, str(folder))
+                except ModelError as e:  # the layers adapted: another target_modules or within
+                    raise UsageError(f"{cfg.source}: lora.target_modules: the checkpoint's adapter does not fit "
+                                     f"the [lora] section ({one_line(e, 200)}); resume it with its target_modules "
+                                     "and within (or start a new output_dir)") from None
             groups, report = adapter_groups(self.network, cfg)
         else:
             from ..lora import ADAPTER_WEIGHTS
