@@ -45,6 +45,7 @@ from showo2_cli.media import (
     write_image,
     write_video,
 )
+from showo2_cli.media.geometry import MAX_RESIZE_FACTOR
 
 MEDIA_DIR = Path(
     os.environ.get("SHOWO2_MEDIA_DIR", str(Path(__file__).resolve().parents[1].parent / "shared" / "media"))
@@ -430,6 +431,21 @@ def test_resize_center_crop_matches_torchvision_formula():
     expected = img.resize((256, 341), Image.Resampling.BICUBIC).crop((0, 42, 256, 298))
     assert out.size == (256, 256)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+
+
+@pytest.mark.parametrize("width,height,side", [(2, 700, 64), (5, 300, 48), (4, 900, 32), (10, 400, 64)])
+def test_resize_center_crop_of_a_thin_strip_matches_torchvision(width, height, side):
+    # a strip this thin is enlarged past MAX_RESIZE_FACTOR times the output, so only the kept region is
+    # resized: one resize(box=) over both axes was up to 21/255 off Resize + CenterCrop (probe ED)
+    img = Image.fromarray(noise_image(height, width))
+    long_side = int(side * height / width)
+    assert side * long_side > MAX_RESIZE_FACTOR * side * side  # the region path
+    top = int(round((long_side - side) / 2.0))
+    expected = img.resize((side, long_side), Image.Resampling.BICUBIC).crop((0, top, side, top + side))
+    np.testing.assert_array_equal(np.asarray(resize_center_crop(img, side)), np.asarray(expected))
+    wide = img.transpose(Image.Transpose.TRANSPOSE)  # the same strip lying down: crosswise offsets
+    expected = wide.resize((long_side, side), Image.Resampling.BICUBIC).crop((top, 0, top + side, side))
+    np.testing.assert_array_equal(np.asarray(resize_center_crop(wide, side)), np.asarray(expected))
 
 
 def test_resize_center_crop_tuple_and_identity():

@@ -109,6 +109,8 @@ def resize_center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.I
         # a very thin image (200000x1) would first become a huge one: resize only the region the
         # crop keeps (the same sampling positions; PIL still reads the pixels around it)
         sx, sy = width / new_w, height / new_h
+        if new_w > width:  # enlarged (a 3x500 strip): Pillow's two passes, one at a time
+            return _resize_region(img, (new_w, new_h), (left, top, left + tw, top + th))
         box = (left * sx, top * sy, (left + tw) * sx, (top + th) * sy)
         return img.resize((tw, th), Image.Resampling.BICUBIC, box=box)
     if (new_w, new_h) != (width, height):
@@ -116,6 +118,33 @@ def resize_center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.I
     if (new_w, new_h) == (tw, th):
         return img
     return img.crop((left, top, left + tw, top + th))
+
+
+def _resize_region(img: Image.Image, size: tuple[int, int], region: tuple[int, int, int, int]) -> Image.Image:
+    """``img.resize(size, BICUBIC).crop(region)`` of an enlarged image without making the whole
+    resized image.
+
+    Pillow enlarges in two passes, rows (horizontal) first, each rounded to 8 bits. One
+    ``resize(box=)`` over both axes does not give the same pixels when its box starts below the
+    top (a 30x20000 strip at 432 was up to 23/255 off on two thirds of its pixels, against
+    torchvision's ``Resize`` + ``CenterCrop``), so the passes are made here one at a time: the rows
+    the vertical pass reads, resized horizontally over the kept columns, then that strip resized
+    vertically over the kept rows. (A reduced image keeps the one ``resize(box=)``: Pillow may
+    reduce rows first, and that call gives its pixels.)
+    """
+    width, height = img.size
+    (new_w, new_h), (left, top, right, bottom) = size, region
+    sx, sy = width / new_w, height / new_h
+    x0, x1, y0, y1 = left * sx, right * sx, top * sy, bottom * sy
+    reach = 2.0 * max(sy, 1.0) + 1.0  # the bicubic window (2 pixels), widened when rows shrink
+    r0, r1 = max(0, math.floor(y0 - reach)), min(height, math.ceil(y1 + reach))
+    strip = img.crop((0, r0, width, r1)) if (r0, r1) != (0, height) else img
+    if (x0, x1) != (0, width) or right - left != width:
+        strip = strip.resize((right - left, r1 - r0), Image.Resampling.BICUBIC, box=(x0, 0, x1, r1 - r0))
+    if (y0, y1) == (r0, r1) and bottom - top == r1 - r0:
+        return strip
+    return strip.resize((right - left, bottom - top), Image.Resampling.BICUBIC,
+                        box=(0, y0 - r0, right - left, y1 - r0))
 
 
 def resize_and_pad(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
