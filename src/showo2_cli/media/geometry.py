@@ -108,11 +108,7 @@ def resize_center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.I
     if new_w * new_h > MAX_RESIZE_FACTOR * tw * th:
         # a very thin image (200000x1) would first become a huge one: resize only the region the
         # crop keeps (the same sampling positions; PIL still reads the pixels around it)
-        sx, sy = width / new_w, height / new_h
-        if new_w > width:  # enlarged (a 3x500 strip): Pillow's two passes, one at a time
-            return _resize_region(img, (new_w, new_h), (left, top, left + tw, top + th))
-        box = (left * sx, top * sy, (left + tw) * sx, (top + th) * sy)
-        return img.resize((tw, th), Image.Resampling.BICUBIC, box=box)
+        return _resize_region(img, (new_w, new_h), (left, top, left + tw, top + th))
     if (new_w, new_h) != (width, height):
         img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
     if (new_w, new_h) == (tw, th):
@@ -121,30 +117,29 @@ def resize_center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.I
 
 
 def _resize_region(img: Image.Image, size: tuple[int, int], region: tuple[int, int, int, int]) -> Image.Image:
-    """``img.resize(size, BICUBIC).crop(region)`` of an enlarged image without making the whole
-    resized image.
+    """``img.resize(size, BICUBIC).crop(region)`` without making the whole resized image.
 
-    Pillow enlarges in two passes, rows (horizontal) first, each rounded to 8 bits. One
-    ``resize(box=)`` over both axes does not give the same pixels when its box starts below the
-    top (a 30x20000 strip at 432 was up to 23/255 off on two thirds of its pixels, against
-    torchvision's ``Resize`` + ``CenterCrop``), so the passes are made here one at a time: the rows
-    the vertical pass reads, resized horizontally over the kept columns, then that strip resized
-    vertically over the kept rows. (A reduced image keeps the one ``resize(box=)``: Pillow may
-    reduce rows first, and that call gives its pixels.)
+    An enlarged image is resized one pass at a time, rows (horizontal) first, as Pillow's whole
+    resize does, each pass rounded to 8 bits: one ``resize(box=)`` over both axes did not give those
+    pixels once its box started below the top (a 30x20000 strip at 432 was up to 23/255 off on two
+    thirds of its pixels, against torchvision's ``Resize`` + ``CenterCrop``). The pixels it reads
+    (the bicubic window, 2 pixels) are cut out first, the boxes taken relative to the cut: Pillow
+    takes a box in float32, whose rounding of a large offset moved the weights. A reduced image
+    keeps the one call, whose pass order (Pillow's choice, by the sizes) matches the whole resize.
     """
     width, height = img.size
     (new_w, new_h), (left, top, right, bottom) = size, region
+    out_w, out_h = right - left, bottom - top
     sx, sy = width / new_w, height / new_h
     x0, x1, y0, y1 = left * sx, right * sx, top * sy, bottom * sy
-    reach = 2.0 * max(sy, 1.0) + 1.0  # the bicubic window (2 pixels), widened when rows shrink
-    r0, r1 = max(0, math.floor(y0 - reach)), min(height, math.ceil(y1 + reach))
-    strip = img.crop((0, r0, width, r1)) if (r0, r1) != (0, height) else img
-    if (x0, x1) != (0, width) or right - left != width:
-        strip = strip.resize((right - left, r1 - r0), Image.Resampling.BICUBIC, box=(x0, 0, x1, r1 - r0))
-    if (y0, y1) == (r0, r1) and bottom - top == r1 - r0:
-        return strip
-    return strip.resize((right - left, bottom - top), Image.Resampling.BICUBIC,
-                        box=(0, y0 - r0, right - left, y1 - r0))
+    bicubic = Image.Resampling.BICUBIC
+    if new_w <= width:  # (cut out, it was another pass order: up to 14/255 off for 640x12000)
+        return img.resize((out_w, out_h), bicubic, box=(x0, y0, x1, y1))
+    c0, c1 = max(0, math.floor(x0 - 3.0)), min(width, math.ceil(x1 + 3.0))  # the window: 2 pixels
+    r0, r1 = max(0, math.floor(y0 - 3.0)), min(height, math.ceil(y1 + 3.0))
+    cut = img.crop((c0, r0, c1, r1)) if (c0, r0, c1, r1) != (0, 0, width, height) else img
+    rows = cut.resize((out_w, r1 - r0), bicubic, box=(x0 - c0, 0, x1 - c0, r1 - r0))
+    return rows.resize((out_w, out_h), bicubic, box=(0, y0 - r0, out_w, y1 - r0))
 
 
 def resize_and_pad(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
