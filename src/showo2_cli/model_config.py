@@ -19,6 +19,7 @@ from .specs import (
     T2I,
     VIDEO_UND,
     ModelSpec,
+    is_finite_number,
     spec_for_hidden_size,
 )
 from .weights import read_json
@@ -70,7 +71,6 @@ def check_spec_fields(raw: dict, where: Path | str) -> None:
     """Every field of a ``showo2.spec`` section must have its declared type (and sizes a sane
     range) before a network is built from it: a config is read from disk, maybe a download."""
     import dataclasses
-    import math
 
     for f in dataclasses.fields(ModelSpec):
         if f.name not in raw:
@@ -85,7 +85,7 @@ def check_spec_fields(raw: dict, where: Path | str) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value < MAX_MODEL_SIZE:
                 raise bad(f"a whole number from {low} to {MAX_MODEL_SIZE - 1}")
         elif kind == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_finite_number(value):  # (10**400: no float)
                 raise bad("a finite number")
         elif kind == "bool":
             if not isinstance(value, bool):
@@ -268,6 +268,9 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     if llm_cfg.get("num_attention_heads") is None and base is None:  # absent or null
         raise ModelError(f"'{files.llm_config}' does not say num_attention_heads")
     heads = int(llm_cfg.get("num_attention_heads") or base.num_heads)
+    if not llm_cfg.get("head_dim") and heads > hidden:  # (each head would be 0 wide)
+        raise ModelError(f"'{files.llm_config or root / 'config.json'}': num_attention_heads is {heads}, more than the "
+                         f"weights' hidden size {hidden}: not the LLM these weights were trained with")
     head_dim = int(llm_cfg.get("head_dim") or hidden // heads)
     kv_dim = _shape(state, "showo.model.layers.0.self_attn.k_proj.weight", root)[0]
     clip_dim = und[0]

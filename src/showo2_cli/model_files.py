@@ -74,6 +74,10 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
     label, root = resolve_root(name, local_files_only, vae_given)
     cfg_path = root / "config.json"
     if not cfg_path.exists():
+        if cfg_path.is_symlink():  # (a link to a removed file, or a loop: no subfolder is the model)
+            from .media.files import missing_input
+
+            raise missing_input(cfg_path, "config", ModelError)
         given = Path(name) if isinstance(name, (str, os.PathLike)) else root
         if given.exists() and not given.is_dir():
             raise ModelError(f"'{given}' is a file, not a Show-o2 model folder (give the folder holding config.json)")
@@ -171,7 +175,8 @@ def _subfolder_hint(root: Path) -> str:
         return (f" (it is a Hugging Face cache's entry of '{short(repo, 100)}': give a folder under its snapshots/, "
                 f"or the repo id {short(repo, 100)} where that cache is HF_HUB_CACHE)")
     try:
-        found = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+        # (a model folder's own VAE in vae/ has a config.json too, and is no model)
+        found = sorted(p.name for p in root.iterdir() if p.name != "vae" and (p / "config.json").is_file())
     except OSError:
         return ""
     return f" (its subfolder '{found[0]}' has one: give that folder)" if len(found) == 1 else ""

@@ -31,6 +31,17 @@ VELOCITY_LAYOUTS = ("raster", "patch")  # ModelSpec.velocity_layout (spec §6.4;
 #: the longest sequence budget a spec may declare (the real models use 1024 to about 7000)
 MAX_SEQ_LEN_LIMIT = 1_048_576
 
+_FLOAT_MAX = 1.7976931348623157e308  # (sys.float_info.max)
+
+
+def is_finite_number(value) -> bool:
+    """A number (never a bool) that is a finite float: NaN, infinities and whole numbers too large
+    for a float (``10**400``: ``math.isfinite`` raises OverflowError on them) are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= _FLOAT_MAX if isinstance(value, int) else math.isfinite(value)
+
+
 @dataclass
 class ModelSpec:
     """Every architectural size and inference default of one Show-o2 variant."""
@@ -114,6 +125,15 @@ class ModelSpec:
     steps: int = 50
     shift: float = 3.0
     tasks: tuple[str, ...] = (IMAGE_UND, T2I)
+
+    def __post_init__(self) -> None:
+        # a whole number where a float is declared (JSON's `"rms_norm_eps": 1`, TOML's `rope_theta =
+        # 10000`) is that float: transformers' configs refuse an int eps, torch overflows on a huge int
+        # theta. One too large for a float stays as given, for validate() to refuse.
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _FLOAT_MAX:
+                setattr(self, name, float(value))
 
     # ---- derived helpers ----
     @property
@@ -250,7 +270,7 @@ class ModelSpec:
                                  f"got {str(value)[:20]}")
         for key in ("rms_norm_eps", "semantic_eps", "head_norm_eps", "rope_theta", "head_rope_theta"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            if not is_finite_number(value) or not 0 < value:
                 raise UsageError(f"invalid model spec '{self.name}': {key} must be a positive number, "
                                  f"got {str(value)[:20]}")
         for key in ("semantic_layers", "head_layers"):  # none is an official depth (SigLIP depth 1, no flow block)
@@ -368,6 +388,10 @@ class ModelSpec:
             if scaling["low_freq_factor"] == scaling["high_freq_factor"]:
                 raise UsageError(f"invalid model spec '{self.name}': head_rope_scaling's low_freq_factor and "
                                  "high_freq_factor must differ")
+
+
+#: the fields declared float (a whole number given for one is taken as that float: ModelSpec.__post_init__)
+FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec) if str(f.type) == "float")
 
 
 def whole_count(n, what: str) -> int:

@@ -1,0 +1,109 @@
+"""Hostile inputs, round eighteen (probe EA): the model configs users write and the files of a model
+folder (showo2 specs with whole numbers where floats are declared, an official LLM config of more
+heads than the weights are wide, a config.json that is a broken link). Each test fails on the code
+before its fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+DEMO = Path(__file__).resolve().parents[2] / "src" / "showo2_cli" / "assets" / "demo"
+PARITY = Path("/work/shared/parity")
+
+
+def _demo_with(tmp_path: Path, **spec) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(DEMO, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["showo2"]["spec"].update(spec)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("field,value", [("rms_norm_eps", 1), ("semantic_eps", 1), ("rope_theta", 10**30),
+                                         ("head_rope_theta", 10**30)])
+def test_a_whole_number_for_a_float_spec_field_is_that_float(tmp_path, field, value):
+    """A showo2 config's `"rms_norm_eps": 1` (a JSON whole number where the spec declares a float)
+    passed the checks and failed building the network: "internal error:
+    StrictDataclassFieldValidationError" (transformers' Qwen2/SigLIP configs refuse an int eps);
+    `"rope_theta": 10**30` was "internal error: OverflowError: int too big to convert". The number is
+    that float, as a TOML override's `rope_theta = 10000` in a training config."""
+    import torch
+
+    from showo2_cli import api
+    from showo2_cli.specs import get_spec
+
+    torch.set_num_threads(1)
+    bundle = api.load(_demo_with(tmp_path, **{field: value}))
+    held = getattr(bundle.spec, field)
+    assert type(held) is float and held == float(value)
+    replaced = get_spec("tiny").replace(**{field: value})
+    assert type(getattr(replaced, field)) is float and getattr(replaced, field) == float(value)
+
+
+@pytest.mark.parametrize("field", ["rope_theta", "rms_norm_eps", "guidance"])
+def test_a_whole_number_too_large_for_a_float_is_a_config_error_before_the_load(tmp_path, capsys, field):
+    """A spec float field of 10**400 (a 401-digit JSON number) was "internal error: OverflowError:
+    int too large to convert to float", exit 1, from the check before the load (`math.isfinite`
+    converts it). It is the config's one line, exit 4, and nothing is written."""
+    from showo2_cli.cli import main
+    from showo2_cli.errors import UsageError
+    from showo2_cli.specs import get_spec
+
+    model = _demo_with(tmp_path, **{field: 10**400})
+    out = tmp_path / "x.png"
+    assert main(["t2i", "a red circle", "--model", str(model), "-o", str(out), "--steps", "2", "--size", "64"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"showo2: error: '{model / 'config.json'}': spec field '{field}' must be a finite "
+                              "number, got 1000000"), err
+    assert "internal error" not in "".join(err) and not out.exists()
+    if field != "guidance":
+        with pytest.raises(UsageError, match=f"{field} must be a positive number"):
+            get_spec("tiny").replace(**{field: 10**400}).validate()
+
+
+@pytest.mark.skipif(not (PARITY / "model").is_dir(), reason="needs the official parity fixtures")
+def test_an_official_llm_config_of_more_heads_than_the_weights_are_wide_says_so(tmp_path):
+    """An official checkpoint whose llm/config.json says num_attention_heads 1000 over weights 64
+    wide was "'config.json': integer division or modulo by zero" (naming the wrong file, saying
+    nothing of the heads). It names the LLM config, the heads and the width."""
+    from showo2_cli import api
+    from showo2_cli.errors import ModelError
+
+    folder = tmp_path / "official"
+    shutil.copytree(PARITY / "model", folder)
+    llm = json.loads((folder / "llm" / "config.json").read_text())
+    llm["num_attention_heads"] = 1000
+    (folder / "llm" / "config.json").write_text(json.dumps(llm))
+    with pytest.raises(ModelError) as e:
+        api.load(folder, vae=PARITY / "vae" / "Wan2.1_VAE_tiny.pth")
+    assert str(e.value) == (f"'{folder / 'llm' / 'config.json'}': num_attention_heads is 1000, more than the "
+                            "weights' hidden size 64: not the LLM these weights were trained with")
+
+
+@pytest.mark.parametrize("link", ["loop", "dangling", None])
+def test_a_model_folder_whose_config_is_a_broken_link_says_so_and_never_points_at_its_vae(tmp_path, link):
+    """A model folder whose config.json is a broken link (a Hugging Face snapshot whose blob was
+    removed, a symlink loop) was "'m' is not a Show-o2 model folder: it has no config.json (its
+    subfolder 'vae' has one: give that folder)": the model's own VAE offered as the model. The link
+    is named broken, and a folder with no config.json never offers its vae/."""
+    from showo2_cli.errors import ModelError
+    from showo2_cli.model_files import find_files
+
+    folder = tmp_path / "m"
+    shutil.copytree(DEMO, folder)
+    (folder / "config.json").unlink()
+    if link == "loop":
+        (folder / "config.json").symlink_to("config.json")
+    elif link == "dangling":
+        (folder / "config.json").symlink_to(tmp_path / "blobs" / "removed")
+    with pytest.raises(ModelError) as e:
+        find_files(folder)
+    if link:
+        assert str(e.value) == f"cannot read config '{folder / 'config.json'}': broken symbolic link"
+    else:
+        assert str(e.value) == f"'{folder}' is not a Show-o2 model folder: it has no config.json"
