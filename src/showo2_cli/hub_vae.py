@@ -60,9 +60,10 @@ def vae_files(listing) -> list[str]:
     ``model.safetensors`` or ``pytorch_model.bin`` is no VAE); [] when it has none."""
     names = {n for n in listing if safe_name(n)}
     sub = weight_files(names, "vae")
-    if "vae/config.json" in names and sub:
+    if "vae/config.json" in names and len(sub) == 1:  # (shards and their index: load_vae reads one file)
         return ["vae/config.json", *sub]
-    wan = sorted(n for n in names if WAN_VAE_FILES.fullmatch(n))[:1]  # find_vae's order: .pth, then .safetensors
+    # own_vae's order: .pth, then .safetensors ("Wan2.1_VAE-x.safetensors" sorts before "Wan2.1_VAE.pth")
+    wan = sorted((n for n in names if WAN_VAE_FILES.fullmatch(n)), key=lambda n: (not n.endswith(".pth"), n))[:1]
     if wan:
         return wan
     root = [n for n in DIFFUSERS_VAE_WEIGHTS if n in names][:1]  # (a model's own weights at its root are no VAE)
@@ -122,8 +123,10 @@ def fetch_vae(ref: str | os.PathLike, progress: Progress | None = None, local_fi
     remote = remote_listing(repo, "VAE", revision)
     files = vae_files(remote)
     if not files:
-        raise ModelError(f"'{repo}' on the Hub has no Wan2.1 VAE: no vae/config.json with weights, no "
-                         "Wan2.1_VAE.pth, no config.json with diffusion_pytorch_model weights at its root")
+        sharded = len(weight_files({n for n in remote if safe_name(n)}, "vae")) > 1
+        raise ModelError(f"'{repo}' on the Hub has no Wan2.1 VAE: no vae/config.json with weights"
+                         f"{' in one file (its vae/ is sharded: showo2 reads a VAE of one weight file)' if sharded else ''}, "
+                         "no Wan2.1_VAE.pth, no config.json with diffusion_pytorch_model weights at its root")
     snap = download_files(repo, files, progress, "VAE", revision, remote)
     return _location(snap, files)
 

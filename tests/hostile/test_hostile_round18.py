@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from test_hub_pipeline import hub  # noqa: F401  (the local Hub on 127.0.0.1)
+
 DEMO = Path(__file__).resolve().parents[2] / "src" / "showo2_cli" / "assets" / "demo"
 PARITY = Path("/work/shared/parity")
 
@@ -107,3 +109,47 @@ def test_a_model_folder_whose_config_is_a_broken_link_says_so_and_never_points_a
         assert str(e.value) == f"cannot read config '{folder / 'config.json'}': broken symbolic link"
     else:
         assert str(e.value) == f"'{folder}' is not a Show-o2 model folder: it has no config.json"
+
+
+def test_a_vae_repo_whose_vae_is_sharded_is_refused_before_any_download(hub, tmp_path, capsys):  # noqa: F811
+    """`--vae owner/name` whose vae/ holds its weights in shards (an index and two files, as
+    diffusers' save_pretrained writes a large model) downloaded every shard, then failed: "several
+    candidate VAE files (...-00001-of-00002..., ...); pass the file itself" (no one file is the VAE).
+    The load reads a VAE of one weight file: such a repo is refused before a download, saying why;
+    and of a repo's Wan2.1_VAE files the .pth is taken first, as a model folder's own VAE is
+    ("Wan2.1_VAE-x.safetensors" sorts before "Wan2.1_VAE.pth": it was taken)."""
+    import io
+
+    import torch
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    from showo2_cli.cli import main
+
+    vae = DEMO / "vae"
+    state = load_file(vae / "diffusion_pytorch_model.safetensors")
+    names = sorted(state)
+    shards = {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), 1):
+        save_file({k: state[k] for k in part}, tmp_path / f"s{i}")
+        shards[f"vae/diffusion_pytorch_model-0000{i}-of-00002.safetensors"] = tmp_path / f"s{i}"
+    index = {"metadata": {}, "weight_map": {k: next(s.split("/")[1] for s, f in shards.items()
+                                                    if k in load_file(f)) for k in names}}
+    hub.add("acme/sharded", {"vae/config.json": vae / "config.json", **shards,
+                             "vae/diffusion_pytorch_model.safetensors.index.json": json.dumps(index).encode()})
+    image = tmp_path / "red.png"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(image)
+    out = tmp_path / "lat.safetensors"
+    assert main(["encode", str(image), "--vae", "acme/sharded", "-o", str(out), "--size", "32"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("showo2: error: 'acme/sharded' on the Hub has no Wan2.1 VAE: no vae/config.json with weights "
+                       "in one file (its vae/ is sharded: showo2 reads a VAE of one weight file), no Wan2.1_VAE.pth, "
+                       "no config.json with diffusion_pytorch_model weights at its root"), err
+    assert hub.downloads() == [] and not out.exists()
+    # the .pth first: here the only one that is a VAE
+    pickled = io.BytesIO()
+    torch.save(state, pickled)
+    hub.add("acme/two", {"Wan2.1_VAE.pth": pickled.getvalue(), "Wan2.1_VAE-fp8.safetensors": b"\0" * 64})
+    assert main(["encode", str(image), "--vae", "acme/two", "-o", str(out), "--size", "32"]) == 0, capsys.readouterr().err
+    assert hub.downloads() == ["acme/two:Wan2.1_VAE.pth"] and out.is_file()
+
