@@ -153,3 +153,23 @@ def test_a_vae_repo_whose_vae_is_sharded_is_refused_before_any_download(hub, tmp
     assert main(["encode", str(image), "--vae", "acme/two", "-o", str(out), "--size", "32"]) == 0, capsys.readouterr().err
     assert hub.downloads() == ["acme/two:Wan2.1_VAE.pth"] and out.is_file()
 
+
+
+def test_a_local_vae_folder_in_shards_says_it_is_sharded(tmp_path):
+    """A VAE folder of shards and their index (`--vae folder`, a model's own vae/) was "several
+    candidate VAE files (...-00001-of-00002..., ...); pass the file itself", though no one shard is
+    the VAE (passing one fails the fit check). It says the VAE is sharded."""
+    from showo2_cli.errors import ModelError
+    from showo2_cli.modeling.vae_files import vae_source
+
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    shutil.copy(DEMO / "vae" / "config.json", folder)
+    for i in (1, 2):
+        shutil.copy(DEMO / "vae" / "diffusion_pytorch_model.safetensors",
+                    folder / f"diffusion_pytorch_model-0000{i}-of-00002.safetensors")
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text('{"weight_map": {}}')
+    with pytest.raises(ModelError) as e:
+        vae_source(folder)
+    assert str(e.value) == (f"{folder}: the VAE is sharded (diffusion_pytorch_model.safetensors.index.json): showo2 "
+                            "reads a VAE of one weight file")

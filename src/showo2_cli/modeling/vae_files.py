@@ -286,6 +286,9 @@ def _single_weight_file(folder: Path) -> Path:
         if len(group) == 1:
             return group[0]
         if len(group) > 1:
+            index = sorted(p.name for p in folder.glob("*.index.json"))
+            if index:  # (no one of the shards is the VAE: passing one fails the fit check)
+                raise ModelError(f"{folder}: the VAE is sharded ({index[0]}): showo2 reads a VAE of one weight file")
             raise ModelError(
                 f"{folder}: several candidate VAE files ({first([p.name for p in group])}); pass the file itself"
             )
