@@ -278,13 +278,10 @@ _UNSUPPORTED = ("layer_replication", "modules_to_save", "trainable_token_indices
 
 def _check_adapter_fields(raw: dict, cfg_path: Path) -> None:
     """The adapter config's fields that loading uses have their types; a plain LoRA adapter only."""
-    import math
+    from .options import is_finite_number as number  # (10**400 too: math.isfinite raised OverflowError on it)
 
     def bad(what: str) -> ModelError:
         return ModelError(f"--lora: '{cfg_path}': {what}")
-
-    def number(v) -> bool:
-        return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
     if not number(raw.get("lora_alpha", 8)) or raw.get("lora_alpha", 8) <= 0:
         raise bad(f"lora_alpha must be a positive number, got {str(raw.get('lora_alpha'))[:20]}")

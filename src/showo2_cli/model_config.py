@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelError, UsageError, short
-from .options import MAX_MODEL_SIZE
+from .options import MAX_MODEL_SIZE, is_finite_number
 from .specs import (
     IMAGE_UND,
     MAX_SEQ_LEN_LIMIT,
@@ -19,7 +19,6 @@ from .specs import (
     T2I,
     VIDEO_UND,
     ModelSpec,
-    is_finite_number,
     spec_for_hidden_size,
 )
 from .weights import read_json

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -72,6 +73,14 @@ MASK_MODES = ("official", "training")
 OFFLOAD_MODES = {"none": "everything on the device", "model": "one component (network or VAE) on the device at a time",
                  "sequential": "one layer on the device at a time (least memory, slowest)"}
 TEMPLATES = ("official", "training")
+
+
+def is_finite_number(value) -> bool:
+    """A number (never a bool) that is a finite float: NaN, infinities and whole numbers too large
+    for a float (``10**400`` from a JSON file: ``math.isfinite`` raises OverflowError on them) are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= sys.float_info.max if isinstance(value, int) else math.isfinite(value)
 
 
 def check_number(option: str, value: float | None, low: float | None = None, high: float | None = None,

@@ -16,7 +16,7 @@ import numbers
 from dataclasses import dataclass, field
 
 from .errors import UsageError, did_you_mean, short
-from .options import MAX_SIDE, STEPS_RANGE
+from .options import MAX_SIDE, STEPS_RANGE, is_finite_number
 
 # Tasks a checkpoint was trained for. The released checkpoints cannot generate video (spec §0).
 IMAGE_UND = "image-understanding"
@@ -30,17 +30,6 @@ VELOCITY_LAYOUTS = ("raster", "patch")  # ModelSpec.velocity_layout (spec §6.4;
 
 #: the longest sequence budget a spec may declare (the real models use 1024 to about 7000)
 MAX_SEQ_LEN_LIMIT = 1_048_576
-
-_FLOAT_MAX = 1.7976931348623157e308  # (sys.float_info.max)
-
-
-def is_finite_number(value) -> bool:
-    """A number (never a bool) that is a finite float: NaN, infinities and whole numbers too large
-    for a float (``10**400``: ``math.isfinite`` raises OverflowError on them) are not."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return abs(value) <= _FLOAT_MAX if isinstance(value, int) else math.isfinite(value)
-
 
 @dataclass
 class ModelSpec:
@@ -132,7 +121,7 @@ class ModelSpec:
         # theta. One too large for a float stays as given, for validate() to refuse.
         for name in FLOAT_FIELDS:
             value = getattr(self, name)
-            if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _FLOAT_MAX:
+            if isinstance(value, int) and not isinstance(value, bool) and is_finite_number(value):
                 setattr(self, name, float(value))
 
     # ---- derived helpers ----

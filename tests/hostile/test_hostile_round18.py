@@ -173,3 +173,41 @@ def test_a_local_vae_folder_in_shards_says_it_is_sharded(tmp_path):
         vae_source(folder)
     assert str(e.value) == (f"{folder}: the VAE is sharded (diffusion_pytorch_model.safetensors.index.json): showo2 "
                             "reads a VAE of one weight file")
+
+
+def test_numbers_too_large_for_a_float_in_the_files_users_give_are_one_line(tmp_path, tiny_model_dir):
+    """A 401-digit whole number where a float is read (JSON has no limit) made `math.isfinite` raise
+    OverflowError: "internal error" (exit 1) for a latents file's metadata `fps` or `latents_mean`
+    (`decode`), a VAE config.json's `latents_mean`, an adapter_config.json's `lora_alpha`,
+    `lora_dropout` or `alpha_pattern`. Each is its file's one-line error
+    (`options.is_finite_number`, the one predicate)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from conftest import random_lora
+    from showo2_cli.errors import InputError, ModelError
+    from showo2_cli.loading import load
+    from showo2_cli.modeling.vae_files import load_vae
+    from showo2_cli.pipelines.latents import load_latents
+
+    huge = 10**400
+    latents = tmp_path / "lat.safetensors"
+    for key, value, want in (("fps", huge, "a number of frames per second"),
+                             ("latents_mean", [huge] * 16, "a list of finite numbers")):
+        save_file({"latents": torch.zeros(16, 1, 4, 4)}, latents, metadata={"showo2": json.dumps({key: value})})
+        with pytest.raises(InputError, match=f"metadata field '{key}' must be {want}"):
+            load_latents(latents)
+    vae = tmp_path / "vae"
+    shutil.copytree(DEMO / "vae", vae)
+    config = json.loads((vae / "config.json").read_text())
+    (vae / "config.json").write_text(json.dumps({**config, "latents_mean": [huge] * 16}))
+    with pytest.raises(ModelError, match="latents_mean contains non-finite values"):
+        load_vae(vae)
+    adapter = random_lora(tiny_model_dir, tmp_path / "adapter")
+    plain = json.loads((adapter / "adapter_config.json").read_text())
+    for change, want in (({"lora_alpha": huge}, "lora_alpha must be a positive number"),
+                         ({"lora_dropout": huge}, "lora_dropout must be a number from 0"),
+                         ({"alpha_pattern": {"x": huge}}, "alpha_pattern must map module names")):
+        (adapter / "adapter_config.json").write_text(json.dumps({**plain, **change}))
+        with pytest.raises(ModelError, match=want):
+            load(tiny_model_dir, lora=[adapter])

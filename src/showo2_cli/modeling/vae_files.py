@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..hub import DIFFUSERS_VAE_WEIGHTS
+from ..options import is_finite_number
 from ..runtime import quiet_imports
 from ..weights import (
     TORCH_SUFFIXES,
@@ -230,7 +231,7 @@ def _check_stats(kwargs: dict[str, Any], source: Path) -> None:
         if not ok or len(values) != z_dim:
             n = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
             raise ModelError(f"{source}: {key} must be a list of {z_dim} numbers (found {n})")
-        if any(isinstance(v, bool) or not math.isfinite(v) for v in values):
+        if not all(map(is_finite_number, values)):  # (10**400 too)
             raise ModelError(f"{source}: {key} contains non-finite values")
         if key == "latents_std" and any(v == 0 for v in values):
             raise ModelError(f"{source}: latents_std contains zero")

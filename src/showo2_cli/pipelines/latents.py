@@ -22,7 +22,7 @@ from .. import media as M
 from ..errors import InputError, UsageError, short
 from ..footprint import in_gb, vae_bytes
 from ..modeling.vae import WanVAE
-from ..options import DEFAULT_FPS, EncodeOptions
+from ..options import DEFAULT_FPS, EncodeOptions, is_finite_number
 from ..runtime import check_memory, cpu_by_default, dtype_label, pick_tiling
 
 TILING_ADVICE = "tile the VAE with --vae-tiling auto"
@@ -230,8 +230,7 @@ def _check_latents_metadata(p: Path, meta: dict) -> None:
         return InputError(f"'{p}': metadata field '{key}' must be {want}, got {shown}")
 
     fps = meta.get("fps")
-    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
-                            or not math.isfinite(fps) or not M.MIN_FPS <= fps <= M.MAX_FPS):
+    if fps is not None and (not is_finite_number(fps) or not M.MIN_FPS <= fps <= M.MAX_FPS):  # (10**400 too)
         raise bad("fps", f"a number of frames per second in [{M.MIN_FPS:g}, {M.MAX_FPS:g}] or null")
     for key in ("vae", "source", "kind", "format"):
         if meta.get(key) is not None and not isinstance(meta[key], str):
@@ -243,7 +242,7 @@ def _check_latents_metadata(p: Path, meta: dict) -> None:
     for key in ("latents_mean", "latents_std"):
         value = meta.get(key)
         if value is not None and (not isinstance(value, list) or len(value) > 4096 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+                map(is_finite_number, value))):  # (10**400 too)
             raise bad(key, "a list of finite numbers (one a latent channel) or null")
 
 
