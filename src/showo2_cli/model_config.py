@@ -166,7 +166,7 @@ def _typed(cfg: dict, key: str, kind: str, where) -> Any:
         return None
     ok = {"bool": lambda v: isinstance(v, bool),
           "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-          "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
+          "number": lambda v: is_finite_number(v) and v > 0,  # (10**400: no float)
           "dict": lambda v: isinstance(v, dict), "str": lambda v: isinstance(v, str)}[kind](value)
     if not ok:
         wanted = {"bool": "true or false", "int": "a positive integer", "number": "a positive number",

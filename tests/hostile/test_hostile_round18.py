@@ -211,3 +211,21 @@ def test_numbers_too_large_for_a_float_in_the_files_users_give_are_one_line(tmp_
         (adapter / "adapter_config.json").write_text(json.dumps({**plain, **change}))
         with pytest.raises(ModelError, match=want):
             load(tiny_model_dir, lora=[adapter])
+
+
+@pytest.mark.skipif(not (PARITY / "model").is_dir(), reason="needs the official parity fixtures")
+@pytest.mark.parametrize("file,key", [("llm", "rope_theta"), ("llm", "rms_norm_eps"), ("siglip", "layer_norm_eps")])
+def test_an_official_config_number_too_large_for_a_float_is_one_line(tmp_path, file, key):
+    """An official checkpoint's LLM or SigLIP config with a 401-digit `rope_theta`, `rms_norm_eps` or
+    `layer_norm_eps` passed the type check (`0 < v < inf` holds for any int) and the load was
+    "internal error: OverflowError: int too large to convert to float"."""
+    from showo2_cli import api
+    from showo2_cli.errors import ModelError
+
+    folder = tmp_path / "official"
+    shutil.copytree(PARITY / "model", folder)
+    config = json.loads((folder / file / "config.json").read_text())
+    (config["vision_config"] if file == "siglip" else config)[key] = 10**400
+    (folder / file / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=f"config.json': {key} must be a positive number"):
+        api.load(folder, vae=PARITY / "vae" / "Wan2.1_VAE_tiny.pth")
