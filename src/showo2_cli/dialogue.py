@@ -137,14 +137,36 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
     else:  # each frame padded as it is decoded: 32 frames of a 4K video are never held whole
         padded = M.read_video(source, num_frames=count, max_pixels=max_pixels,
                               max_bytes=decode_budget(model.memory_limit(opts.max_memory_gb)), fit=pad).frames
+    # a clip shorter than the frames asked for gives repeated frames: with the posterior mean (a
+    # function of the pixels) each distinct frame is encoded once, and its tokens serve every repeat
+    repeats = None if opts.vae_sample else distinct_frames(padded)
+    index = None
+    if repeats is not None:
+        keep, index = repeats
+        padded = padded[keep]
     pixels = M.frames_to_tensor(padded).permute(1, 0, 2, 3)[:, :, None]  # (K,3,1,H,W)
     pixels = pixels.to(vae.device)
     # one generator for all the frames: frame k's noise is the k-th slice of one (K, ...) draw, as the
     # official demo's single ``randn_like`` over its batch of K one-frame videos (never one draw repeated)
     gen = _noise_generator(opts)
     latents = torch.cat([_vae_encode(vae, pixels[i:i + 1], opts, gen) for i in range(pixels.shape[0])])[:, :, 0]
-    visual = net.pooled_frame_tokens(latents, spec.und_video_pool)
+    visual = net.pooled_frame_tokens(latents, spec.und_video_pool, frame_index=index)
     return VisualInput("video", visual, spec.config_tokens + 1, count, label)
+
+
+def distinct_frames(frames: np.ndarray) -> tuple[list[int], torch.Tensor] | None:
+    """The repeats among frames ``(K, H, W, 3)``: (the position of each distinct frame's first
+    appearance, each frame's index among those ``(K,)``); None when every frame is distinct."""
+    first: dict[bytes, int] = {}
+    keep: list[int] = []
+    index = []
+    for k, frame in enumerate(frames):
+        key = frame.tobytes()
+        if key not in first:
+            first[key] = len(keep)
+            keep.append(k)
+        index.append(first[key])
+    return None if len(keep) == len(index) else (keep, torch.tensor(index))
 
 
 def _noise_generator(opts: CaptionOptions) -> torch.Generator | None:

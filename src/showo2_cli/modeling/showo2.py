@@ -299,16 +299,23 @@ class Showo2Model(nn.Module):
         return tokens + self.frame_embedding(rows).to(tokens.dtype)[:, None, :]
 
     @apply_forward_hook
-    def pooled_frame_tokens(self, frame_latents: torch.Tensor, pool: int, understanding: bool = True) -> torch.Tensor:
+    def pooled_frame_tokens(self, frame_latents: torch.Tensor, pool: int, understanding: bool = True,
+                            frame_index: torch.Tensor | None = None) -> torch.Tensor:
         """Video understanding (spec §8.3): per-frame fused tokens resized bilinearly to pool x pool.
 
         ``(K, C, h, w)`` -> ``(K*pool*pool, H)``, frame-major. ``understanding``: as :meth:`encode_visual`'s.
+        ``frame_index`` ``(K,)``: the video's frames as indices into ``frame_latents``, then the
+        distinct frames only (a short clip sampled to more frames than it has repeats frames): each
+        is encoded and pooled once, and the frame embedding still follows the video's order.
         """
         enc = self.encode_visual(frame_latents, understanding=understanding)
         k, _, hidden = enc.fused.shape
         grid = enc.fused.transpose(1, 2).reshape(k, hidden, *enc.grid)
-        pooled = F.interpolate(grid, size=(pool, pool), mode="bilinear", align_corners=False)
-        pooled = self.add_frame_embedding(pooled.flatten(2).transpose(1, 2))
+        pooled = F.interpolate(grid, size=(pool, pool), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+        if frame_index is not None:
+            pooled = pooled[frame_index.to(pooled.device)]
+            k = pooled.shape[0]
+        pooled = self.add_frame_embedding(pooled)
         return pooled.reshape(k * pool * pool, hidden)
 
     # ---- time token (spec §4.5) ---------------------------------------------------------------
