@@ -113,3 +113,79 @@ def test_drawn_vae_sample_encodes_every_frame(demo, monkeypatch):
     assert len(vae_calls) == 3
     per_frame = got.reshape(3, -1, got.shape[-1])
     assert (per_frame[0] - per_frame[1]).abs().max() > 1e-3
+
+
+# ---- long prompts run in causal chunks (text_decoding.run_prompt) ---------------------------
+
+
+def _long_prompt(net, length: int, block: tuple[int, int], seed: int = 0):
+    from showo2_cli.modeling.attention import omni_attention_mask
+
+    gen = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(1, length, net.spec.hidden_size, generator=gen) * 0.5
+    mask = omni_attention_mask(torch.tensor([[list(block)]]), length)
+    return embeds, mask
+
+
+def test_prompt_chunks_keep_a_block_whole_and_end_on_multiples():
+    from showo2_cli.modeling.attention import omni_attention_mask
+    from showo2_cli.text_decoding import prompt_chunks
+
+    mask = omni_attention_mask(torch.tensor([[[40, 730]]]), 1700)  # a block from 40 to 770
+    assert prompt_chunks(mask, 512) == [(0, 1024), (1024, 1536), (1536, 1700)]
+    assert prompt_chunks(mask[..., :785, :785], 512) == [(0, 785)]  # an image prompt: one chunk
+    causal = omni_attention_mask(torch.zeros(1, 1, 2, dtype=torch.long), 1100)
+    assert prompt_chunks(causal, 512) == [(0, 512), (512, 1024), (1024, 1100)]
+    for start, end in prompt_chunks(mask, 512):  # no row of a chunk attends past its end
+        assert not bool(mask[..., start:end, end:].any())
+
+
+def test_long_prompt_runs_in_chunks_with_the_whole_prompts_cache(demo, monkeypatch):
+    """A 1700-position prompt runs as three chunks (1024 + 512 + 164 queries) and gives the last
+    state and every key and value of the whole prompt's forward, bit for bit."""
+    from transformers import DynamicCache
+
+    from showo2_cli.text_decoding import run_prompt
+
+    net = demo.network
+    embeds, mask = _long_prompt(net, 1700, (40, 730))
+    with torch.no_grad():
+        want_h, want_c = net.llm(embeds, mask, past_key_values=DynamicCache(), use_cache=True, last_only=True)
+        calls = []
+        real = net.llm
+
+        def spy(x, m, *args, **kwargs):
+            calls.append((x.shape[1], tuple(m.shape[-2:])))
+            return real(x, m, *args, **kwargs)
+
+        monkeypatch.setattr(net, "llm", spy)
+        got_h, got_c = run_prompt(net, embeds, mask, DynamicCache())
+    assert calls == [(1024, (1024, 1024)), (512, (512, 1536)), (164, (164, 1700))]
+    assert torch.equal(got_h[:, -1], want_h[:, -1])
+    assert got_c.get_seq_length() == want_c.get_seq_length() == 1700
+    for layer in range(len(net.showo.model.layers)):
+        for a, b in zip(_kv(got_c, layer), _kv(want_c, layer), strict=True):
+            assert torch.equal(a, b), layer
+
+
+def _kv(cache, layer):
+    if hasattr(cache, "layers"):
+        return cache.layers[layer].keys, cache.layers[layer].values
+    return cache.key_cache[layer], cache.value_cache[layer]
+
+
+def test_decoding_after_a_long_prompt_is_unchanged(demo, monkeypatch):
+    """Greedy decoding from a chunked 1600-position prompt: the same ids and step logits, bit for
+    bit, as from the prompt run whole (and as the official full recompute, within rounding)."""
+    import showo2_cli.text_decoding as T
+    from showo2_cli.options import TextSampling
+
+    net = demo.network
+    embeds, mask = _long_prompt(net, 1600, (10, 600), seed=3)
+    opts = TextSampling(max_new_tokens=4)
+    got = T.generate(net, embeds, mask, opts, keep_logits=True)
+    monkeypatch.setattr(T, "prompt_chunks", lambda m, chunk=512: [(0, m.shape[-1])])
+    want = T.generate(net, embeds, mask, opts, keep_logits=True)
+    assert got.token_ids == want.token_ids
+    for a, b in zip(got.step_logits, want.step_logits, strict=True):
+        assert torch.equal(a, b)
