@@ -189,3 +189,18 @@ def test_decoding_after_a_long_prompt_is_unchanged(demo, monkeypatch):
     assert got.token_ids == want.token_ids
     for a, b in zip(got.step_logits, want.step_logits, strict=True):
         assert torch.equal(a, b)
+
+
+def test_flex_attention_runs_a_long_prompt_whole(demo, monkeypatch):
+    """Flex attention skips blocked tiles itself and compiles per shape: no chunks there."""
+    from transformers import DynamicCache
+
+    from showo2_cli.text_decoding import run_prompt
+
+    net = demo.network
+    embeds, mask = _long_prompt(net, 1100, (10, 600))
+    calls = []
+    monkeypatch.setattr(net, "attn", "flex")
+    monkeypatch.setattr(net, "llm", lambda x, m, **kw: calls.append(tuple(m.shape[-2:])) or (x[:, -1:], None))
+    run_prompt(net, embeds, mask, DynamicCache())
+    assert calls == [(1100, 1100)]

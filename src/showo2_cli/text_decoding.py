@@ -235,8 +235,9 @@ def run_prompt(model, embeds: torch.Tensor, mask: torch.Tensor, cache):
     each chunk's queries against the keys cached so far and its own: attention then does the
     work of the mask's lower triangle instead of the whole square (a 32-frame video prompt of
     6328 positions: 0.54 of it), and the mask reaches each layer as ``chunk x L`` rows, not
-    ``L x L``. Every position's keys and values, and the last state, are the whole prompt's."""
-    chunks = prompt_chunks(mask)
+    ``L x L``. Every position's keys and values, and the last state, are the whole prompt's.
+    Flex attention already skips the blocked tiles (and compiles once per shape): one chunk there."""
+    chunks = [(0, mask.shape[-1])] if getattr(model, "attn", "sdpa") == "flex" else prompt_chunks(mask)
     for start, end in chunks:
         # the last layer's shortcut (``last_only``) computes its last position's keys on one row,
         # which rounds differently from the whole prompt's: only the prompt's last position takes it
