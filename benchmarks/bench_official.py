@@ -18,6 +18,8 @@ What it does:
    * t2i: ``inference_t2i.py``'s guided sampling (g = 5, Euler, shifted grid, 1024-token rows) for
      ``--t2i-steps`` grid points; the time of every model call (official) or step (ours); final
      latents compared;
+   * video: ``inference_mmu_vid.py``'s prompt (``--video-frames`` frames, each through the dual path
+     and pooled to 14 x 14, the 730-position official block) and the same greedy decoding;
    * caption: ``inference_mmu.py``'s prompt (system prompt, 729 image tokens + time slot,
      question) and ``mmu_generate`` greedy (top_k 1) for ``--tokens`` new tokens against ours
      (``text_decoding.generate``); token ids compared;
@@ -59,6 +61,7 @@ PROMPT_TOKENS = 128
 QUESTION_TOKENS = 16
 SYSTEM_TOKENS = 36
 GUIDANCE = 5.0
+VIDEO_POOL = 14  # inference_mmu_vid.py pools every frame's tokens to 14 x 14
 MAX_SEQ_LEN = 1024
 
 
@@ -97,6 +100,14 @@ def inputs(g, seed: int = 1):
     noise = torch.randn(1, 16, side, side, generator=gen).to(torch.bfloat16).float()
     return dict(prompt=prompt, question=question, system=system, latents=latents, noise=noise,
                 ids=special_ids(g.vocab))
+
+
+def video_latents(g, frames: int):
+    """``frames`` one-frame latents (the VAE's per-frame output the video demo feeds the model)."""
+    import torch
+
+    side = 2 * g.grid
+    return torch.randn(frames, 16, side, side, generator=torch.Generator().manual_seed(2))
 
 
 # ---- workers (one process each) ---------------------------------------------------------------
@@ -142,6 +153,35 @@ def worker_official(args) -> dict:
                                     on_call=lambda: stamps.append(clocks()))
             out.update(step_times(stamps))
             torch.save(torch.chunk(final, 2)[0].float().clone(), Path(args.io) / "latents.pt")
+        elif args.task == "video":
+            import torch.nn.functional as F
+
+            dtype = torch.float32
+            emb = model.showo.model.embed_tokens
+            a = torch.tensor([[ids["bos"], *x["system"]]])
+            b = torch.tensor([[ids["boi"], ids["eoi"], *x["question"]]])
+            lat = video_latents(g, args.video_frames)
+            start = clocks()
+            # inference_mmu_vid.py: every frame through the dual path, pooled bilinearly to 14 x 14
+            und = model.image_embedder_und(lat) + model.position_embedding(model.image_position_ids)
+            und = model.und_trans(und)["last_hidden_state"]
+            image_embeds = model.fusion_proj(torch.cat([und, model.image_embedder_gen(lat)], dim=-1))
+            grid = image_embeds.reshape(lat.shape[0], g.grid, g.grid, -1).permute(0, 3, 1, 2).contiguous()
+            grid = F.interpolate(grid, size=(VIDEO_POOL, VIDEO_POOL), mode="bilinear")
+            image_embeds = grid.permute(0, 2, 3, 1).reshape(-1, image_embeds.size(-1))[None]
+            time_embeds = model.time_embed_proj(model.time_embed(torch.Tensor([[1.0]]), dtype))
+            ea, eb = emb(a), emb(b)
+            embeds = torch.cat([ea, eb[:, :1], time_embeds, image_embeds, eb[:, 1:]], dim=1)
+            from models import omni_attn_mask_naive
+
+            mp = torch.tensor([a.shape[1] + 2, g.grid * g.grid + 1])[None, None]
+            mask = omni_attn_mask_naive(B=1, LEN=embeds.size(1), modalities=mp, device="cpu",
+                                        inverted=True).to(dtype)
+            tokens = model.mmu_generate(input_embeds=embeds, attention_mask=mask, top_k=1,
+                                        max_new_tokens=args.tokens, eos_token=None)
+            out.update(elapsed(start))
+            out["token_ids"] = [int(t) for t in tokens]
+            out["prompt_len"] = embeds.shape[1]
         else:
             dtype = torch.float32
             emb = model.showo.model.embed_tokens
@@ -194,6 +234,19 @@ def worker_ours(args) -> dict:
                                      callback=lambda *a: stamps.append(clocks()))
             out.update(step_times(stamps))
             torch.save(final.float().clone(), Path(args.io) / "latents.pt")
+        elif args.task == "video":
+            lat = video_latents(g, args.video_frames)
+            start = clocks()
+            visual = net.pooled_frame_tokens(lat, VIDEO_POOL)
+            _, time_token = net.time_embedding(torch.ones(1))
+            layout = understanding_layout(x["question"], visual.shape[0], tok, x["system"], [], [],
+                                          mask_mode="official", official_block_len=g.grid * g.grid + 1)
+            embeds = net.embed_sequence(layout.input_ids, [[visual]], layout.slots, time_token[:, None])
+            mask = omni_attention_mask(layout.blocks, layout.seq_len)
+            res = generate(net, embeds, mask, TextSampling(max_new_tokens=args.tokens))
+            out.update(elapsed(start))
+            out["token_ids"] = res.token_ids
+            out["prompt_len"] = embeds.shape[1]
         else:
             start = clocks()
             visual = net.encode_visual(x["latents"]).fused[0]
@@ -219,7 +272,7 @@ def run_worker(args, which: str, task: str, io: Path) -> dict:
     io.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", which, "--task", task, "--model", str(args.model),
            "--io", str(io), "--official", str(args.official), "--t2i-steps", str(args.t2i_steps),
-           "--tokens", str(args.tokens), "--threads", str(args.threads), "--size", args.size]
+           "--tokens", str(args.tokens), "--video-frames", str(args.video_frames), "--threads", str(args.threads), "--size", args.size]
     if args.site:
         cmd += ["--site", str(args.site)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -257,13 +310,14 @@ def main(argv=None) -> int:
     ap.add_argument("--caption-reps", type=int, help="repetitions for the caption (default --reps)")
     ap.add_argument("--t2i-steps", type=int, default=4, help="grid points (model calls = points - 1)")
     ap.add_argument("--tokens", type=int, default=64, help="new caption tokens")
-    ap.add_argument("--only", choices=("t2i", "caption"))
+    ap.add_argument("--video-frames", type=int, default=32, help="frames of the video understanding prompt")
+    ap.add_argument("--only", choices=("t2i", "caption", "video"))
     ap.add_argument("--ours-src", type=Path, help="the showo2 source folder to measure (default: this checkout's src/)")
     ap.add_argument("--model", type=Path, help="checkpoint folder (made if missing)")
     ap.add_argument("--out", type=Path, help="JSON to write (a .md beside it)")
     ap.add_argument("--smoke", action="store_true", help="tiny widths, 1 rep, 3 grid points, 4 tokens (a check)")
     ap.add_argument("--worker", choices=("make", "official", "ours"), help=argparse.SUPPRESS)
-    ap.add_argument("--task", choices=("t2i", "caption", "make"), help=argparse.SUPPRESS)
+    ap.add_argument("--task", choices=("t2i", "caption", "video", "make"), help=argparse.SUPPRESS)
     ap.add_argument("--io", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -289,10 +343,10 @@ def main(argv=None) -> int:
     from official_harness import Geometry
 
     g = Geometry(**json.loads((args.model / "geometry.json").read_text()))
-    tasks = [args.only] if args.only else ["t2i", "caption"]
+    tasks = [args.only] if args.only else ["t2i", "caption", "video"]
     runs: dict = {t: {"official": [], "ours": []} for t in tasks}
     for task in tasks:
-        reps = args.caption_reps if task == "caption" and args.caption_reps else args.reps
+        reps = args.caption_reps if task in ("caption", "video") and args.caption_reps else args.reps
         for rep in range(reps):
             for which in ("official", "ours") if rep % 2 == 0 else ("ours", "official"):
                 io = scratch / f"{task}-{which}-{rep}"
@@ -331,12 +385,15 @@ def main(argv=None) -> int:
             "official_steps_wall": [r["step_wall_seconds"] for r in off],
             "ours_steps_wall": [r["step_wall_seconds"] for r in ours],
         }
-    if "caption" in runs:
-        off, ours = runs["caption"]["official"], runs["caption"]["ours"]
+    for task in ("caption", "video"):
+        if task not in runs:
+            continue
+        off, ours = runs[task]["official"], runs[task]["ours"]
         o_s = statistics.median(r["seconds"] for r in off)
         s_s = statistics.median(r["seconds"] for r in ours)
-        record["caption"] = {
+        record[task] = {
             "new_tokens": args.tokens, "prompt_len": off[0]["prompt_len"],
+            **({"frames": args.video_frames, "pool": VIDEO_POOL} if task == "video" else {}),
             "official_s": o_s, "ours_s": s_s, "speedup": o_s / s_s,
             "token_ids_identical": all(a["token_ids"] == b["token_ids"] for a in off for b in ours),
             "peak_rss_gib": {"official": max(r["peak_rss_gib"] for r in off), "ours": max(r["peak_rss_gib"] for r in ours)},
@@ -344,7 +401,7 @@ def main(argv=None) -> int:
             "speedup_per_rep": [a["seconds"] / b["seconds"] for a, b in zip(off, ours, strict=True)],
             "official_runs_wall_s": [r["wall_seconds"] for r in off], "ours_runs_wall_s": [r["wall_seconds"] for r in ours],
         }
-    print(json.dumps({k: v for k, v in record.items() if k in ("t2i", "caption")}, indent=1))
+    print(json.dumps({k: v for k, v in record.items() if k in ("t2i", "caption", "video")}, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=1) + "\n")
@@ -388,10 +445,14 @@ def markdown(r: dict) -> str:
             "",
             *per_rep_line(t.get("ratio_per_rep"), "ours / official", "{:.2f}x"),
         ]
-    if "caption" in r:
-        c = r["caption"]
+    for task in ("caption", "video"):
+        if task not in r:
+            continue
+        c = r[task]
+        what = (f"{c['frames']} frames pooled to {c['pool']}x{c['pool']} ({c['prompt_len']} positions, "
+                "inference_mmu_vid.py)" if task == "video" else f"a {c['prompt_len']}-position image prompt")
         lines += [
-            f"## caption: {c['new_tokens']} greedy tokens after a {c['prompt_len']}-position image prompt",
+            f"## {task}: {c['new_tokens']} greedy tokens after {what}",
             "",
             "| | official | ours | speed-up |",
             "|---|---:|---:|---:|",
