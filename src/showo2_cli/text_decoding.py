@@ -236,8 +236,11 @@ def run_prompt(model, embeds: torch.Tensor, mask: torch.Tensor, cache):
     work of the mask's lower triangle instead of the whole square (a 32-frame video prompt of
     6328 positions: 0.54 of it), and the mask reaches each layer as ``chunk x L`` rows, not
     ``L x L``. Every position's keys and values, and the last state, are the whole prompt's.
-    Flex attention already skips the blocked tiles (and compiles once per shape): one chunk there."""
-    chunks = [(0, mask.shape[-1])] if getattr(model, "attn", "sdpa") == "flex" else prompt_chunks(mask)
+    Flex attention already skips the blocked tiles (and compiles once per shape): one chunk there.
+    Only on the CPU, whose SDPA kernel is checked to give the same bits (a GPU kernel's tiling may
+    round differently): elsewhere one chunk, as before."""
+    whole = getattr(model, "attn", "sdpa") == "flex" or embeds.device.type != "cpu"
+    chunks = [(0, mask.shape[-1])] if whole else prompt_chunks(mask)
     for start, end in chunks:
         # the last layer's shortcut (``last_only``) computes its last position's keys on one row,
         # which rounds differently from the whole prompt's: only the prompt's last position takes it
