@@ -67,6 +67,8 @@ class VisualInput:
     official_len: int | None  # the official demos' mask block length for videos (None: 1 + n)
     frames: int
     source: str  # what to call it in transcripts: a path or "<image>"
+    #: the VAE tiles its frames were encoded in (:meth:`~showo2_cli.modeling.vae.WanVAE.tiles_used`), None: whole
+    vae_tiles: tuple[int, int, int, int] | None = None
 
     @property
     def positions(self) -> int:
@@ -115,18 +117,18 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
     else:
         in_memory = M.read_media(source, num_frames=count, max_pixels=max_pixels)
         kind, label = in_memory.kind, name or in_memory.source
-    from .pipelines.understand import check_caption_memory  # (that module imports this one)
+    from .pipelines.understand import caption_memory  # (that module imports this one)
 
-    if kind == "image":
-        check_caption_memory(model, 1, side, opts.max_memory_gb, video=False)  # before the VAE encodes it
+    if kind == "image":  # checked before the VAE encodes it; tiled where only tiles fit (--vae-tiling auto)
+        tiled = caption_memory(model, 1, side, opts.max_memory_gb, video=False)[1]
         img = Image.fromarray(in_memory.frames[0]) if in_memory is not None else \
             M.read_image(source, max_pixels=max_pixels)
         img = M.resize_center_crop(img, side)
         pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)  # (1,3,1,H,W)
-        latents = _vae_encode(vae, pixels, opts, _noise_generator(opts))[:, :, 0]
+        latents = _vae_encode(vae, pixels, opts, _noise_generator(opts), tiled)[:, :, 0]
         visual = net.encode_visual(latents, understanding=True).fused[0]
-        return VisualInput("image", visual, None, 1, label)
-    check_caption_memory(model, count, side, opts.max_memory_gb)  # before any frame is decoded
+        return VisualInput("image", visual, None, 1, label, vae.tiles_used(side, side, tiled))
+    tiled = caption_memory(model, count, side, opts.max_memory_gb)[1]  # before any frame is decoded
     from .runtime import decode_budget
 
     def pad(frame: np.ndarray) -> np.ndarray:
@@ -149,9 +151,10 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
     # one generator for all the frames: frame k's noise is the k-th slice of one (K, ...) draw, as the
     # official demo's single ``randn_like`` over its batch of K one-frame videos (never one draw repeated)
     gen = _noise_generator(opts)
-    latents = torch.cat([_vae_encode(vae, pixels[i:i + 1], opts, gen) for i in range(pixels.shape[0])])[:, :, 0]
+    latents = torch.cat([_vae_encode(vae, pixels[i:i + 1], opts, gen, tiled)
+                         for i in range(pixels.shape[0])])[:, :, 0]
     visual = net.pooled_frame_tokens(latents, spec.und_video_pool, frame_index=index)
-    return VisualInput("video", visual, spec.config_tokens + 1, count, label)
+    return VisualInput("video", visual, spec.config_tokens + 1, count, label, vae.tiles_used(side, side, tiled))
 
 
 def distinct_frames(frames: np.ndarray) -> tuple[list[int], torch.Tensor] | None:
@@ -176,10 +179,11 @@ def _noise_generator(opts: CaptionOptions) -> torch.Generator | None:
     return torch.Generator(device="cpu").manual_seed(opts.seed if opts.seed is not None else 0)
 
 
-def _vae_encode(vae, pixels: torch.Tensor, opts: CaptionOptions, gen: torch.Generator | None) -> torch.Tensor:
+def _vae_encode(vae, pixels: torch.Tensor, opts: CaptionOptions, gen: torch.Generator | None,
+                tiled: bool) -> torch.Tensor:
     """The posterior mean, or the official demos' stochastic sample (``vae_sample``, noise drawn from
-    ``gen``: a video's frames draw theirs in turn from one generator), as ``caption``."""
-    return vae.encode(pixels, sample=opts.vae_sample, generator=gen).to(vae.device)
+    ``gen``: a video's frames draw theirs in turn from one generator), as ``caption``; in tiles when ``tiled``."""
+    return vae.encode(pixels, sample=opts.vae_sample, generator=gen, tiled=tiled).to(vae.device)
 
 
 @dataclass

@@ -333,7 +333,8 @@ def check_caption_before_loading(name: str, kind: str, opts, runtime, vae=None) 
         return
     video = kind == "video"
     check_understanding_memory(spec, dtype, (opts.frames or spec.und_video_frames) if video else 1,
-                               opts.size or spec.resolution, video, opts.max_memory_gb, dev, base_dim, weights)
+                               opts.size or spec.resolution, video, opts.max_memory_gb, dev, base_dim, weights,
+                               tiling=runtime.vae_tiling)
 
 
 def _frames(frames: int) -> int:

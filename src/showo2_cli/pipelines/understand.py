@@ -42,32 +42,53 @@ def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: f
     """Refuse (:class:`ResourceError`) a question about an image or a video whose frames and
     sequence would not fit: the decoded frames (uint8 and float32 pixels) plus the larger of the
     VAE encoding one frame (the frames are encoded one at a time) and, for a video, one forward over
-    every frame's tokens (an image's forward is the answer's: :func:`check_answer_memory`)."""
+    every frame's tokens (an image's forward is the answer's: :func:`check_answer_memory`). The VAE's
+    ``tiling`` is counted: ``auto`` encodes in tiles a frame that fits only so (:func:`caption_memory`)."""
+    return caption_memory(model, frames, side, max_memory_gb, video)[0]
+
+
+def caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: float | None = None,
+                   video: bool = True) -> tuple[float, bool]:
+    """:func:`check_caption_memory`, and whether the VAE encodes the frames in tiles
+    (:func:`~showo2_cli.runtime.pick_tiling` of the VAE's ``tiling``, as ``encode`` and generation pick it)."""
     vae = model.vae
     return check_understanding_memory(model.spec, model.dtype, frames, side, video, model.memory_limit(max_memory_gb),
                                       model.network.device, None if vae is None else vae.base_dim,
-                                      understanding_weights(model), None if vae is None else vae.dtype)
+                                      understanding_weights(model), None if vae is None else vae.dtype,
+                                      "off" if vae is None else vae.tiling, None if vae is None else vae.tile)
 
 
 def check_understanding_memory(spec, dtype: torch.dtype, frames: int, side: int, video: bool,
                                max_memory_gb: float | None, device, vae_base_dim: int | None,
-                               weights: tuple[float, float], vae_dtype: torch.dtype | None = None) -> float:
+                               weights: tuple[float, float], vae_dtype: torch.dtype | None = None,
+                               tiling: str = "off", tile: tuple[int, int, int, int] | None = None,
+                               ) -> tuple[float, bool]:
     """:func:`check_caption_memory` of a model by its spec (``vae_base_dim`` None: no VAE), loaded or
-    not: the command line's check before the load gives the loaded check's verdict and figures."""
-    from ..modeling.vae import encode_memory_bytes
-    from ..runtime import check_memory
+    not: the command line's check before the load gives the loaded check's verdict and figures.
+    Returns (the working memory counted, whether the VAE encodes in tiles of ``tile``: ``tiling`` on, or
+    auto when only the tiled encode fits the limit)."""
+    from ..modeling.vae import DEFAULT_TILE, encode_memory_bytes
+    from ..runtime import check_memory, pick_tiling
     from .generate import estimate_memory_gb
 
     pixels = frames * side * side * 3 * (1 + 4 * 2)
     seq = frames * spec.und_video_pool ** 2 + 512
-    encode = 0.0 if vae_base_dim is None else \
-        encode_memory_bytes(vae_base_dim, 1, side, side, torch.finfo(vae_dtype or dtype).bits // 8) / 1e9
     forward = estimate_memory_gb(spec, 1, seq, 0, dtype=dtype, vae_base_dim=vae_base_dim or 96) if video else 0.0
-    need = pixels / 1e9 + max(encode, forward)
+
+    def need_gb(tiled: bool) -> float:
+        encode = 0.0 if vae_base_dim is None else encode_memory_bytes(
+            vae_base_dim, 1, side, side, torch.finfo(vae_dtype or dtype).bits // 8, tiled, tile or DEFAULT_TILE) / 1e9
+        return pixels / 1e9 + max(encode, forward)
+
+    whole, in_tiles = need_gb(False), need_gb(True)
+    tiled = pick_tiling(tiling, whole, in_tiles, max_memory_gb, device, weights)
+    advice = "lower --frames" if video else ""
+    if tiling == "off" and in_tiles < whole:  # as encode and generation advise it
+        advice = ", or ".join(filter(None, [advice, "tile the VAE with --vae-tiling auto"]))
+    need = in_tiles if tiled else whole
     what = f"understanding {frames} frame(s) at {side}x{side}" if video else f"encoding an image at {side}x{side}"
-    check_memory(need, what, max_memory_gb, device, "lower --frames" if video else "",
-                 weights)  # (an image is read at the model's size)
-    return need
+    check_memory(need, what, max_memory_gb, device, advice, weights)  # (an image is read at the model's size)
+    return need, tiled
 
 
 def understanding_weights(model: Showo2, media: bool = True) -> tuple[float, float]:
@@ -184,10 +205,8 @@ def _caption(model: Showo2, source, opts: CaptionOptions, on_text, progress, on_
         counts.append(len(out.token_ids))
         if on_done is not None:
             on_done(i, answers[-1])
-    side = opts.size or spec.resolution  # (encode_media's frames: tiled as the VAE's tiling says)
-    tiles = model.require_vae().tiles_used(side, side)
     return CaptionResult(kind, questions, answers, counts, time.perf_counter() - start, frames, asdict(opts),
-                         None if tiles is None else list(tiles))
+                         None if media.vae_tiles is None else list(media.vae_tiles))
 
 
 def supports_video_understanding(model: Showo2) -> bool:
