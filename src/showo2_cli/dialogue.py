@@ -122,7 +122,7 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
     if kind == "image":  # checked before the VAE encodes it; tiled where only tiles fit (--vae-tiling auto)
         tiled = caption_memory(model, 1, side, opts.max_memory_gb, video=False)[1]
         img = Image.fromarray(in_memory.frames[0]) if in_memory is not None else \
-            M.read_image(source, max_pixels=max_pixels)
+            M.read_image(source, max_pixels=max_pixels, min_side=side)  # (a photo over the limit: reduced)
         img = M.resize_center_crop(img, side)
         pixels = M.frames_to_tensor(np.asarray(img)[None])[None].to(vae.device)  # (1,3,1,H,W)
         latents = _vae_encode(vae, pixels, opts, _noise_generator(opts), tiled)[:, :, 0]

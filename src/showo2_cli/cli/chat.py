@@ -493,7 +493,7 @@ def chat(
         check_max_context(max_context)
     for path in media or []:  # a bad file fails before the model loads
         if M.probe_kind(path) == "image":
-            M.read_image(path)
+            M.read_image(path, min_side=1)  # (a JPEG over the limit: read reduced, as understanding does)
         else:
             M.check_video(path)
 

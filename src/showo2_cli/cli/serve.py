@@ -49,7 +49,7 @@ def serve(
     max_size: Annotated[int, typer.Option("--max-size", help="Largest generated image side, pixels.")] = ServerConfig.max_size,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, MiB.")] = ServerConfig.max_body_bytes / 2**20,
     max_input_pixels: Annotated[int, typer.Option(
-        "--max-input-pixels", help="Largest input image, pixels.")] = ServerConfig.max_image_pixels,
+        "--max-input-pixels", help="Largest input image decoded, pixels (a baseline JPEG over it, a phone photo, is decoded reduced to the model's size).")] = ServerConfig.max_image_pixels,
     drain_timeout: Annotated[float, typer.Option(
         "--drain-timeout", help="On SIGTERM/Ctrl-C, seconds to let running and queued requests finish "
         "before cancelling them.")] = DRAIN_TIMEOUT,

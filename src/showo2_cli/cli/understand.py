@@ -70,7 +70,9 @@ def caption(
     notice_unused_sampling(opts)
     kind = M.probe_kind(media)
     if kind == "image":
-        M.read_image(media)  # a broken or too large picture fails before the model loads
+        # a broken or too large picture fails before the model loads (a JPEG over the limit is read
+        # reduced, as understanding reads it: min_side, the model's size being unknown yet)
+        M.read_image(media, min_side=1)
     else:
         M.check_video(media)  # so does a truncated or damaged video (without decoding it)
 

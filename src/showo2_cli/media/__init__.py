@@ -24,7 +24,9 @@ Conventions
   folder is renamed into place only when the write succeeded, so an error or Ctrl-C never
   leaves a partial file behind.
 * Images larger than ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`, or the environment
-  variable ``SHOWO2_MAX_PIXELS``) are refused from their header, before any pixel is decoded.
+  variable ``SHOWO2_MAX_PIXELS``) are refused from their header, before any pixel is decoded; but
+  ``read_image(min_side=)`` (understanding) decodes a baseline JPEG over it reduced in the DCT, to
+  the smallest scale that keeps ``min_side`` and fits the limit.
 
 Layout
 ------
