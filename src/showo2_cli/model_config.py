@@ -175,7 +175,7 @@ def _typed(cfg: dict, key: str, kind: str, where) -> Any:
     return value
 
 
-def _llm_rope_scaling(llm_cfg: dict, where) -> dict | None:
+def _llm_rope_scaling(llm_cfg: dict, where, max_positions: int) -> dict | None:
     """The Qwen2 config's RoPE scaling as the official code's transformers reads it: ``rope_scaling``
     (``type`` the older name of ``rope_type``), else a newer config's ``rope_parameters`` less its
     ``rope_theta``; None for plain RoPE. A scaling with numbers and no type (``{"factor": 2.0}``) is
@@ -188,6 +188,14 @@ def _llm_rope_scaling(llm_cfg: dict, where) -> dict | None:
     scaling = dict(scaling)
     if "type" in scaling:
         scaling.setdefault("rope_type", scaling.pop("type"))
+    if scaling.get("rope_type") == "yarn":
+        # transformers 4.47 (the official code's) takes YaRN's correction range from the config's
+        # max_position_embeddings and its attention factor from `factor` (or `attention_factor`)
+        # alone; transformers 5 reads the scaling's original_max_position_embeddings, mscale,
+        # mscale_all_dim and truncate, which 4.47 passes over
+        for key in ("mscale", "mscale_all_dim", "truncate"):
+            scaling.pop(key, None)
+        scaling["original_max_position_embeddings"] = max_positions
     return scaling if scaling and scaling.get("rope_type") != "default" else None
 
 
@@ -299,6 +307,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         tasks = tuple(dict.fromkeys((*tasks, VIDEO_UND)))
     pos_rows = _shape(state, "position_embedding.weight", root)[0]
     visual = grid * grid_w + 1
+    max_positions = int(_typed(llm_cfg, "max_position_embeddings", "int", files.llm_config) or 32768)
     changes = dict(
         name=files.name, hidden_size=hidden, vocab_size=embed[0],
         num_layers=_declared_depth(llm_cfg.get("num_hidden_layers"), 0, state, DEPTHS[0][1]),
@@ -309,7 +318,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         rms_norm_eps=float(_typed(llm_cfg, "rms_norm_eps", "number", files.llm_config)
                            or (base.rms_norm_eps if base else 1e-6)),
         tie_word_embeddings=bool(tied),
-        max_position_embeddings=int(_typed(llm_cfg, "max_position_embeddings", "int", files.llm_config) or 32768),
+        max_position_embeddings=max_positions,
         clip_latent_dim=clip_dim, latent_channels=und[1], patch_size=patch,
         semantic_layers=_declared_depth(_typed(sig_cfg, "num_hidden_layers", "int", files.siglip_config), 1, state,
                                         DEPTHS[1][1]),
@@ -319,7 +328,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         semantic_eps=float(_typed(sig_cfg, "layer_norm_eps", "number", files.siglip_config) or 1e-6),
         semantic_act=_typed(sig_cfg, "hidden_act", "str", files.siglip_config) or "gelu_pytorch_tanh",
         hidden_act=_typed(llm_cfg, "hidden_act", "str", files.llm_config) or "silu",
-        rope_scaling=_llm_rope_scaling(llm_cfg, files.llm_config),
+        rope_scaling=_llm_rope_scaling(llm_cfg, files.llm_config, max_positions),
         position_embedding_rows=pos_rows,
         head_hidden=head_hidden, head_layers=head_layers, **head_widths,
         image_latent_grid=grid, image_latent_grid_width=grid_w if grid_w != grid else None, tasks=tasks,
