@@ -182,17 +182,19 @@ def _llm_rope_scaling(llm_cfg: dict, where, max_positions: int) -> dict | None:
     kept, for the spec's check to refuse as it refuses it in a showo2 config (the official code's
     transformers looks up a RoPE of type None and stops); it was read as plain RoPE."""
     scaling = _typed(llm_cfg, "rope_scaling", "dict", where)
+    official_key = scaling is not None
     if scaling is None:
         params = _typed(llm_cfg, "rope_parameters", "dict", where) or {}
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
     scaling = dict(scaling)
     if "type" in scaling:
         scaling.setdefault("rope_type", scaling.pop("type"))
-    if scaling.get("rope_type") == "yarn":
+    if official_key and scaling.get("rope_type") == "yarn":
         # transformers 4.47 (the official code's) takes YaRN's correction range from the config's
         # max_position_embeddings and its attention factor from `factor` (or `attention_factor`)
         # alone; transformers 5 reads the scaling's original_max_position_embeddings, mscale,
-        # mscale_all_dim and truncate, which 4.47 passes over
+        # mscale_all_dim and truncate, which 4.47 passes over (a transformers 5 config's
+        # rope_parameters keep transformers 5's meaning)
         for key in ("mscale", "mscale_all_dim", "truncate"):
             scaling.pop(key, None)
         scaling["original_max_position_embeddings"] = max_positions
