@@ -13,6 +13,7 @@ import re
 import shlex
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -31,14 +32,17 @@ from .common import (
     VaeOpt,
 )
 
+#: a line opening with it starts a message of several lines, one ending with it ends the message (ollama's way)
+MULTILINE = '"""'
 COMMANDS = {
     "/image PATH": "attach an image or a video to the next question (also /video)",
     "/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--size N] [--guidance G] [--shift S] [-n N] "
     "[--negative-prompt TEXT] [--sampler NAME] [--save-latents] [--overwrite]": "generate with the same model",
-    "/reset": "forget the conversation (the system prompt stays)",
+    "/reset": "forget the conversation (the system prompt stays; also /clear)",
     "/save FILE [--overwrite]": "write the transcript as JSON",
-    "/quit": "leave (also /exit, Ctrl-D)",
+    "/quit": "leave (also /exit, /bye, Ctrl-D)",
     "/help": "this list",
+    MULTILINE: f"several lines as one message, up to a line ending with {MULTILINE}",
 }
 #: what a question or command that ran out of memory says (the chat goes on)
 OUT_OF_MEMORY = "out of memory (a shorter conversation needs less: /reset, or a lower --max-context)"
@@ -65,15 +69,16 @@ class ChatSession:
 
     # ---- one line -----------------------------------------------------------------------------
     def handle(self, line: str) -> bool:
-        """Act on one input line; False when the chat should end. Errors are reported, never raised
-        (except Ctrl-C when not on a terminal)."""
+        """Act on one input line (a :class:`Message` is a question, never a command); False when the chat
+        should end. Errors are reported, never raised (except Ctrl-C when not on a terminal)."""
         from ..errors import Showo2Error
 
+        command = not isinstance(line, Message)
         line = line.strip()
         if not line:
             return True
         try:
-            if line.startswith("/"):
+            if command and line.startswith("/"):
                 return self.command(line)
             self.answer(line)
         except Showo2Error as e:
@@ -129,7 +134,7 @@ class ChatSession:
 
         name, _, rest = line.partition(" ")
         name, rest = name.lower(), rest.strip()
-        if name in ("/quit", "/exit", "/q"):
+        if name in ("/quit", "/exit", "/q", "/bye"):  # /bye and /clear: what ollama's users type
             return False
         if name in ("/help", "/?"):
             # a usage longer than HELP_WIDTH (/t2i's options) has its line, its description the next:
@@ -153,9 +158,9 @@ class ChatSession:
                 self.info("note: this checkpoint was not trained for video understanding")
         elif name == "/t2i":
             self.t2i(rest)
-        elif name == "/reset":
+        elif name in ("/reset", "/clear"):
             if rest:
-                raise UsageError("/reset takes no argument")
+                raise UsageError(f"{name} takes no argument")
             self.conv.reset()
             self.info("conversation reset")
         elif name == "/save":
@@ -169,7 +174,8 @@ class ChatSession:
             self.info(f"transcript saved to {path}")
         else:
             raise UsageError(f"unknown command '{name[:40]}' "
-                             "(commands: /image, /t2i, /reset, /save, /quit, /help)")
+                             "(commands: /image, /t2i, /reset, /save, /quit, /help; a question that opens "
+                             f"with / goes between {MULTILINE} marks)")
         return True
 
     def t2i(self, rest: str) -> None:
@@ -403,10 +409,73 @@ def _pipe_lines(stream, max_bytes: int):
         yield from (text.removeprefix("\ufeff") if opening else text).split("\r")
 
 
+class Message(str):
+    """A message of several lines, typed between :data:`MULTILINE` marks: a question, even when it
+    opens with ``/``."""
+
+
+@dataclass
+class Unclosed:
+    """The input ended inside a :data:`MULTILINE` message (its ``lines`` are not asked)."""
+    lines: int
+
+
+_CLEARED = object()  #: what the line reader yields for Ctrl-C at the prompt (a message being typed is dropped)
+
+
+def _messages(lines, max_bytes: int, typing=None):
+    """Lines, a ``\"\"\"`` message's joined into one :class:`Message` as ollama reads them: a line
+    opening with the mark starts it (``\"\"\"one line\"\"\"`` too), the first line ending with it
+    ends it. One over ``max_bytes`` is read to its end, not held: a :class:`LineTooLong`; input ending
+    inside one: :class:`Unclosed`. ``typing(on)`` says when one is being typed (the prompt shows it)."""
+    typing = typing or (lambda _on: None)
+    block, size = None, 0
+    for line in lines:
+        if line is _CLEARED:
+            if block is not None:
+                block = None
+                typing(False)
+            continue
+        if block is None:
+            opening = line.lstrip() if isinstance(line, str) else ""
+            if not opening.startswith(MULTILINE):
+                yield line
+                continue
+            line, block, size = opening[len(MULTILINE):], [], 0
+            if line.rstrip().endswith(MULTILINE):
+                yield Message(line.rstrip()[:-len(MULTILINE)])
+                block = None
+                continue
+            typing(True)
+        if isinstance(line, LineTooLong):
+            size += line.size
+            continue
+        closes = line.rstrip().endswith(MULTILINE)
+        if closes:
+            line = line.rstrip()[:-len(MULTILINE)]
+        if line.strip() or not closes and (block or size):  # the marks' own lines add no blank line
+            size += len(line.encode("utf-8", "surrogatepass")) + 1
+            if size <= max_bytes:
+                block.append(line)
+        if closes:
+            typing(False)
+            yield Message("\n".join(block)) if size <= max_bytes else LineTooLong(size)
+            block = None
+    if block is not None:
+        typing(False)
+        yield Unclosed(len(block))
+
+
 def _lines(interactive: bool, show_prompt: bool, max_bytes: int = 2**20):
-    """Input lines: an editing prompt on a terminal, else plain lines of stdin (undecodable
-    bytes replaced; a line over ``max_bytes`` bytes is a :class:`LineTooLong`). Ctrl-C at the
-    prompt clears the line; Ctrl-D ends."""
+    """Input lines: an editing prompt on a terminal, else plain lines of stdin (undecodable bytes
+    replaced; a line over ``max_bytes`` bytes is a :class:`LineTooLong`), a message's joined
+    (:func:`_messages`; the prompt ``... ``). Ctrl-C at the prompt clears the line (and a message); Ctrl-D ends."""
+    more = [False]
+    yield from _messages(_raw_lines(interactive, show_prompt, more, max_bytes), max_bytes,
+                         lambda on: more.__setitem__(0, on))
+
+
+def _raw_lines(interactive: bool, show_prompt: bool, more: list, max_bytes: int):
     if not interactive:
         stream = getattr(sys.stdin, "buffer", None)
         if stream is None:
@@ -415,24 +484,25 @@ def _lines(interactive: bool, show_prompt: bool, max_bytes: int = 2**20):
             return
         yield from _pipe_lines(stream, max_bytes)
         return
-    prompt = ">>> " if show_prompt else ""
     read = None
+    prompt = (lambda: "... " if more[0] else ">>> ") if show_prompt else (lambda: "")
     try:
         from prompt_toolkit import PromptSession
 
         session = PromptSession()
-        read = lambda: session.prompt(prompt)  # noqa: E731
+        read = lambda: session.prompt(prompt())  # noqa: E731
     except Exception:  # not installed, or no usable terminal
         try:
             import readline  # noqa: F401  (line editing and history for input())
         except ImportError:
             pass
-        read = lambda: input(prompt)  # noqa: E731
+        read = lambda: input(prompt())  # noqa: E731
     while True:
         try:
             yield read()
         except KeyboardInterrupt:
             sys.stderr.write("\n")
+            yield _CLEARED
             continue
         except EOFError:
             if show_prompt:
@@ -476,7 +546,8 @@ def chat(
 ):
     """Chat about images and videos, and generate images, with one resident model.
 
-    Slash commands: /image PATH, /t2i PROMPT [-o FILE], /reset, /save FILE, /quit, /help.
+    Slash commands: /image PATH, /t2i PROMPT [-o FILE], /reset, /save FILE, /quit, /help; a line
+    opening with \"\"\" starts a message of several lines, one ending with \"\"\" sends it.
     """
     C = common
     C.setup(False, quiet)
@@ -523,5 +594,9 @@ def chat(
             session.error(f"a line of {line.size} bytes is longer than any question the context of "
                           f"{conv.max_context} tokens takes (at most {conv.max_chars} characters): skipped")
             continue
+        if isinstance(line, Unclosed):
+            session.error(f'the input ended inside a {MULTILINE} message ({line.lines} '
+                          f'line{"" if line.lines == 1 else "s"}): not asked (a line ending with {MULTILINE} sends it)')
+            break
         if not session.handle(line):
             break

@@ -1,0 +1,99 @@
+"""The chat as people use ollama's and llm's: a message of several lines between \"\"\" marks, and
+ollama's /bye and /clear."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from showo2_cli.loading import bundled_demo_path, load
+
+
+@pytest.fixture(scope="module")
+def demo():
+    if bundled_demo_path() is None:
+        pytest.skip("the bundled demo is not installed")
+    return load("demo")
+
+
+def _read(data: bytes, max_bytes: int = 1000) -> list:
+    from showo2_cli.cli.chat import _messages, _pipe_lines
+
+    return list(_messages(_pipe_lines(io.BytesIO(data), max_bytes), max_bytes))
+
+
+def test_a_message_of_several_lines_between_triple_quotes():
+    """A line of \"\"\" (ollama's mark) was asked as a question, and so was every line after it: a
+    text of several lines (a pasted paragraph, a here-doc's) could not be one question."""
+    from showo2_cli.cli.chat import LineTooLong, Message, Unclosed
+
+    got = _read(b'hi\n"""\nline one\n\n/not a command\nend"""\n/help\n')
+    assert got == ["hi", "line one\n\n/not a command\nend", "/help"]
+    assert [type(x) for x in got] == [str, Message, str]
+    assert _read(b'"""one line"""\n  """ a\nb\n"""\n') == ["one line", " a\nb"]
+    # over the limit: read to its end, not held, said too long; the input goes on after it
+    got = _read(b'"""\n' + b"x" * 60 + b"\n" + b"y" * 60 + b'\n"""\nafter\n', 100)
+    assert isinstance(got[0], LineTooLong) and got[0].size == 122 and got[1:] == ["after"]
+    # the input ends inside a message: said, not asked
+    got = _read(b'"""\nabc\ndef\n')
+    assert len(got) == 1 and isinstance(got[0], Unclosed) and got[0].lines == 2
+
+
+def test_ctrl_c_drops_the_message_being_typed():
+    from showo2_cli.cli.chat import _CLEARED, _messages
+
+    states = []
+    lines = ['"""', "typo", _CLEARED, "next", _CLEARED, '"""a', 'b"""']
+    assert list(_messages(iter(lines), 1000, states.append)) == ["next", "a\nb"]
+    assert states == [True, False, True, False]  # the prompt shows "... " while a message is typed
+
+
+def test_a_message_is_a_question_even_when_it_opens_with_a_slash(demo):
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli.chat import ChatSession, Message
+
+    out, err = io.StringIO(), io.StringIO()
+    conv = Conversation(demo)
+    conv.options.max_new_tokens = 4
+    session = ChatSession(conv, out=out, err=err)
+    assert session.handle("/usr/bin/env is what?") and "unknown command" in err.getvalue()
+    assert '"""' in err.getvalue()  # the error says how to ask it
+    assert not conv.turns
+    assert session.handle(Message("/usr/bin/env is what?\nsay it"))
+    assert [t.question for t in conv.turns] == ["/usr/bin/env is what?\nsay it"]
+    assert out.getvalue().count("\n") == 1  # one answer line
+
+
+def test_ollamas_bye_and_clear(demo):
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli.chat import ChatSession
+
+    err = io.StringIO()
+    conv = Conversation(demo)
+    conv.options.max_new_tokens = 2
+    session = ChatSession(conv, out=io.StringIO(), err=err)
+    assert session.handle("hello") and len(conv.turns) == 1
+    assert session.handle("/clear") and conv.turns == [] and "error" not in err.getvalue()
+    assert session.handle("/CLEAR all") and "/clear takes no argument" in err.getvalue()
+    assert session.handle("/bye") is False
+
+
+def test_a_here_doc_with_a_message_of_several_lines(tmp_path):
+    """Through the command, as a here-doc feeds it: two answers on stdout, the message's lines one
+    question (the transcript records it whole), an unclosed message said on stderr."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from showo2_cli.cli import app
+
+    if bundled_demo_path() is None:
+        pytest.skip("the bundled demo is not installed")
+    out = tmp_path / "chat.json"
+    script = f'"""\nWhat is\n/this?\n"""\nhi\n/save {out}\n"""\nnever asked\n'
+    result = CliRunner().invoke(app, ["chat", "--model", "demo", "--max-new-tokens", "3"], input=script)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2, result.stdout
+    assert [t["question"] for t in json.loads(out.read_text())["turns"]] == ["What is\n/this?", "hi"]
+    assert 'the input ended inside a """ message (1 line): not asked' in result.stderr
