@@ -18,7 +18,7 @@ def demo():
 
 
 def _read(data: bytes, max_bytes: int = 1000) -> list:
-    from showo2_cli.cli.chat import _messages, _pipe_lines
+    from showo2_cli.cli.chat_input import _messages, _pipe_lines
 
     return list(_messages(_pipe_lines(io.BytesIO(data), max_bytes), max_bytes))
 
@@ -26,7 +26,7 @@ def _read(data: bytes, max_bytes: int = 1000) -> list:
 def test_a_message_of_several_lines_between_triple_quotes():
     """A line of \"\"\" (ollama's mark) was asked as a question, and so was every line after it: a
     text of several lines (a pasted paragraph, a here-doc's) could not be one question."""
-    from showo2_cli.cli.chat import LineTooLong, Message, Unclosed
+    from showo2_cli.cli.chat_input import LineTooLong, Message, Unclosed
 
     got = _read(b'hi\n"""\nline one\n\n/not a command\nend"""\n/help\n')
     assert got == ["hi", "line one\n\n/not a command\nend", "/help"]
@@ -41,7 +41,7 @@ def test_a_message_of_several_lines_between_triple_quotes():
 
 
 def test_ctrl_c_drops_the_message_being_typed():
-    from showo2_cli.cli.chat import _CLEARED, _messages
+    from showo2_cli.cli.chat_input import _CLEARED, _messages
 
     states = []
     lines = ['"""', "typo", _CLEARED, "next", _CLEARED, '"""a', 'b"""']
@@ -97,3 +97,34 @@ def test_a_here_doc_with_a_message_of_several_lines(tmp_path):
     assert len(result.stdout.splitlines()) == 2, result.stdout
     assert [t["question"] for t in json.loads(out.read_text())["turns"]] == ["What is\n/this?", "hi"]
     assert 'the input ended inside a """ message (1 line): not asked' in result.stderr
+
+
+def test_a_file_dropped_on_the_terminal_is_attached(demo, tmp_path, monkeypatch):
+    """A file dropped on the terminal at the prompt (without /image) pastes its name: a path
+    opening with / was "unknown command '/home/me/...'", a quoted one ('/home/me/my photo.png', as
+    GNOME's terminal pastes a name with a space) or ~/a.png was asked as a question about no image.
+    A line that names an existing file whole is now attached, as /image attaches it."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli.chat import ChatSession
+    from test_chat_serve import scene, write_scene
+
+    folder = tmp_path / "my photos"
+    folder.mkdir()
+    write_scene(folder / "red circle.png", scene(11, colour="red", shape="circle"))
+    write_scene(tmp_path / "plain.png", scene(3))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    conv = Conversation(demo)
+    conv.options.max_new_tokens = 4
+    session = ChatSession(conv, out=io.StringIO(), err=err)
+    for line in (f"'{folder}/red circle.png'", str(folder / "red circle.png").replace(" ", "\\ "),
+                 "~/plain.png", f"file://{folder}/red%20circle.png"):
+        assert session.handle(line), line
+        assert len(conv.pending) == 1 and not conv.turns, (line, err.getvalue())
+        conv.pending.clear()
+    assert "error" not in err.getvalue()
+    # a word that happens to name a file here is a question, and a missing path is still an error
+    assert session.handle("plain.png") and [t.question for t in conv.turns] == ["plain.png"]
+    assert session.handle(f"{folder}/missing.png") and "unknown command" in err.getvalue()
+    assert session.handle(f"/image '{folder}/red circle.png'") and len(conv.pending) == 1

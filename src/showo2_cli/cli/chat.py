@@ -13,7 +13,6 @@ import re
 import shlex
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +21,7 @@ import typer
 from ..errors import ResourceError, is_out_of_memory, one_line, rename_options
 from ..options import DEFAULT_MAX_NEW_TOKENS, RuntimeOptions, check_max_context
 from . import common
+from .chat_input import MULTILINE, LineTooLong, Message, Unclosed, _lines, _pipe_lines  # noqa: F401
 from .common import (
     LoraOpt,
     LoraWeightOpt,
@@ -32,8 +32,6 @@ from .common import (
     VaeOpt,
 )
 
-#: a line opening with it starts a message of several lines, one ending with it ends the message (ollama's way)
-MULTILINE = '"""'
 COMMANDS = {
     "/image PATH": "attach an image or a video to the next question (also /video)",
     "/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--size N] [--guidance G] [--shift S] [-n N] "
@@ -80,6 +78,9 @@ class ChatSession:
         try:
             if command and line.startswith("/"):
                 return self.command(line)
+            if command and (path := _dropped_file(line)) is not None:  # '/home/me/my photo.png', ~/a.png
+                self.attach(path)
+                return True
             self.answer(line)
         except Showo2Error as e:
             self.error(str(e))
@@ -149,13 +150,7 @@ class ChatSession:
         elif name in ("/image", "/video", "/attach"):
             if not rest:
                 raise UsageError("/image needs a file: /image PATH")
-            path = _attached_path(rest)
-            visual = self.conv.attach(path, name=str(path))
-            self.info(f"attached {path} ({visual.kind}): it goes with your next question")
-            from ..pipelines import supports_video_understanding
-
-            if visual.kind == "video" and not supports_video_understanding(self.conv.model):
-                self.info("note: this checkpoint was not trained for video understanding")
+            self.attach(_attached_path(rest))
         elif name == "/t2i":
             self.t2i(rest)
         elif name in ("/reset", "/clear"):
@@ -172,11 +167,21 @@ class ChatSession:
             path = _user_path(files[0], "/save")
             self.conv.save(path, overwrite=overwrite)
             self.info(f"transcript saved to {path}")
+        elif (path := _dropped_file(line)) is not None:  # a file dropped on the terminal: /home/me/a.png
+            self.attach(path)
         else:
             raise UsageError(f"unknown command '{name[:40]}' "
                              "(commands: /image, /t2i, /reset, /save, /quit, /help; a question that opens "
                              f"with / goes between {MULTILINE} marks)")
         return True
+
+    def attach(self, path: Path) -> None:
+        visual = self.conv.attach(path, name=str(path))
+        self.info(f"attached {path} ({visual.kind}): it goes with your next question")
+        from ..pipelines import supports_video_understanding
+
+        if visual.kind == "video" and not supports_video_understanding(self.conv.model):
+            self.info("note: this checkpoint was not trained for video understanding")
 
     def t2i(self, rest: str) -> None:
         """``/t2i PROMPT [OPTIONS]``: ``showo2 t2i``'s output (image with its parameters inside, plus
@@ -306,6 +311,19 @@ def _attached_path(text: str) -> Path:
     return _user_path(typed, "/image")
 
 
+def _dropped_file(line: str) -> Path | None:
+    """The file a line names whole, as a terminal pastes a file dropped on it (``/home/me/a.png``,
+    ``'/home/me/my photo.png'``, ``My\\ Photo.jpg`` with its folder, a ``file://`` URL), when it is one;
+    else None. Only a name with a ``/``: a word that happens to name a file here stays a question."""
+    if "/" not in line or len(line) > MAX_SHELL_TEXT or "\0" in line:
+        return None
+    path = _attached_path(line)
+    try:
+        return path if path.is_file() else None
+    except (OSError, ValueError):  # a name too long for the file system
+        return None
+
+
 def _unquote(text: str) -> str:
     text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
@@ -375,139 +393,6 @@ def _split(text: str) -> list[str]:
         return _shell_words(text)
     except ValueError:
         return text.split()
-
-
-class LineTooLong:
-    """A stdin line over the chat's limit (its text is not kept): the session says so and goes on."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-
-def _pipe_lines(stream, max_bytes: int):
-    """Lines of a binary stream (undecodable bytes replaced), none held longer than ``max_bytes``:
-    a longer one (``/dev/zero`` has no line end) is read on in ``max_bytes`` pieces and dropped,
-    given as a :class:`LineTooLong`. A byte-order mark opening the stream (a script saved by
-    Notepad) is dropped, as a prompts file's is: ``\ufeff/image x.png`` was asked as a question.
-    Lines end at ``\n``, ``\r\n`` or a lone ``\r``."""
-    first = True
-    while True:
-        raw = stream.readline(max_bytes + 1)
-        if not raw:
-            return
-        opening, first = first, False
-        if len(raw) > max_bytes and not raw.endswith(b"\n"):
-            size = len(raw)
-            while raw and not raw.endswith(b"\n"):
-                raw = stream.readline(max_bytes)
-                size += len(raw)
-            yield LineTooLong(size)
-            continue
-        text = raw.decode("utf-8", "replace").rstrip("\r\n")
-        # a lone CR ends a line too (a classic Mac OS script), as in a prompts file and as Python's
-        # text stdin reads it: the whole script was asked as one question, its commands included
-        yield from (text.removeprefix("\ufeff") if opening else text).split("\r")
-
-
-class Message(str):
-    """A message of several lines, typed between :data:`MULTILINE` marks: a question, even when it
-    opens with ``/``."""
-
-
-@dataclass
-class Unclosed:
-    """The input ended inside a :data:`MULTILINE` message (its ``lines`` are not asked)."""
-    lines: int
-
-
-_CLEARED = object()  #: what the line reader yields for Ctrl-C at the prompt (a message being typed is dropped)
-
-
-def _messages(lines, max_bytes: int, typing=None):
-    """Lines, a ``\"\"\"`` message's joined into one :class:`Message` as ollama reads them: a line
-    opening with the mark starts it (``\"\"\"one line\"\"\"`` too), the first line ending with it
-    ends it. One over ``max_bytes`` is read to its end, not held: a :class:`LineTooLong`; input ending
-    inside one: :class:`Unclosed`. ``typing(on)`` says when one is being typed (the prompt shows it)."""
-    typing = typing or (lambda _on: None)
-    block, size = None, 0
-    for line in lines:
-        if line is _CLEARED:
-            if block is not None:
-                block = None
-                typing(False)
-            continue
-        if block is None:
-            opening = line.lstrip() if isinstance(line, str) else ""
-            if not opening.startswith(MULTILINE):
-                yield line
-                continue
-            line, block, size = opening[len(MULTILINE):], [], 0
-            if line.rstrip().endswith(MULTILINE):
-                yield Message(line.rstrip()[:-len(MULTILINE)])
-                block = None
-                continue
-            typing(True)
-        if isinstance(line, LineTooLong):
-            size += line.size
-            continue
-        closes = line.rstrip().endswith(MULTILINE)
-        if closes:
-            line = line.rstrip()[:-len(MULTILINE)]
-        if line.strip() or not closes and (block or size):  # the marks' own lines add no blank line
-            size += len(line.encode("utf-8", "surrogatepass")) + 1
-            if size <= max_bytes:
-                block.append(line)
-        if closes:
-            typing(False)
-            yield Message("\n".join(block)) if size <= max_bytes else LineTooLong(size)
-            block = None
-    if block is not None:
-        typing(False)
-        yield Unclosed(len(block))
-
-
-def _lines(interactive: bool, show_prompt: bool, max_bytes: int = 2**20):
-    """Input lines: an editing prompt on a terminal, else plain lines of stdin (undecodable bytes
-    replaced; a line over ``max_bytes`` bytes is a :class:`LineTooLong`), a message's joined
-    (:func:`_messages`; the prompt ``... ``). Ctrl-C at the prompt clears the line (and a message); Ctrl-D ends."""
-    more = [False]
-    yield from _messages(_raw_lines(interactive, show_prompt, more, max_bytes), max_bytes,
-                         lambda on: more.__setitem__(0, on))
-
-
-def _raw_lines(interactive: bool, show_prompt: bool, more: list, max_bytes: int):
-    if not interactive:
-        stream = getattr(sys.stdin, "buffer", None)
-        if stream is None:
-            for i, line in enumerate(sys.stdin):
-                yield (line.removeprefix("\ufeff") if i == 0 else line).rstrip("\r\n")
-            return
-        yield from _pipe_lines(stream, max_bytes)
-        return
-    read = None
-    prompt = (lambda: "... " if more[0] else ">>> ") if show_prompt else (lambda: "")
-    try:
-        from prompt_toolkit import PromptSession
-
-        session = PromptSession()
-        read = lambda: session.prompt(prompt())  # noqa: E731
-    except Exception:  # not installed, or no usable terminal
-        try:
-            import readline  # noqa: F401  (line editing and history for input())
-        except ImportError:
-            pass
-        read = lambda: input(prompt())  # noqa: E731
-    while True:
-        try:
-            yield read()
-        except KeyboardInterrupt:
-            sys.stderr.write("\n")
-            yield _CLEARED
-            continue
-        except EOFError:
-            if show_prompt:
-                sys.stdout.write("\n")
-            return
 
 
 @common.with_runtime_options

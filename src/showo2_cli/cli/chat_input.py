@@ -1,0 +1,146 @@
+"""``chat``'s input: lines from a terminal (an editing prompt) or a pipe, the lines of a message
+typed between \"\"\" marks joined into one.
+
+Nothing here knows the model: :mod:`showo2_cli.cli.chat` acts on what these yield.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+#: a line opening with it starts a message of several lines, one ending with it ends the message (ollama's way)
+MULTILINE = '"""'
+
+
+class LineTooLong:
+    """A stdin line over the chat's limit (its text is not kept): the session says so and goes on."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+def _pipe_lines(stream, max_bytes: int):
+    """Lines of a binary stream (undecodable bytes replaced), none held longer than ``max_bytes``:
+    a longer one (``/dev/zero`` has no line end) is read on in ``max_bytes`` pieces and dropped,
+    given as a :class:`LineTooLong`. A byte-order mark opening the stream (a script saved by
+    Notepad) is dropped, as a prompts file's is: ``\ufeff/image x.png`` was asked as a question.
+    Lines end at ``\n``, ``\r\n`` or a lone ``\r``."""
+    first = True
+    while True:
+        raw = stream.readline(max_bytes + 1)
+        if not raw:
+            return
+        opening, first = first, False
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            size = len(raw)
+            while raw and not raw.endswith(b"\n"):
+                raw = stream.readline(max_bytes)
+                size += len(raw)
+            yield LineTooLong(size)
+            continue
+        text = raw.decode("utf-8", "replace").rstrip("\r\n")
+        # a lone CR ends a line too (a classic Mac OS script), as in a prompts file and as Python's
+        # text stdin reads it: the whole script was asked as one question, its commands included
+        yield from (text.removeprefix("\ufeff") if opening else text).split("\r")
+
+
+class Message(str):
+    """A message of several lines, typed between :data:`MULTILINE` marks: a question, even when it
+    opens with ``/``."""
+
+
+@dataclass
+class Unclosed:
+    """The input ended inside a :data:`MULTILINE` message (its ``lines`` are not asked)."""
+    lines: int
+
+
+_CLEARED = object()  #: what the line reader yields for Ctrl-C at the prompt (a message being typed is dropped)
+
+
+def _messages(lines, max_bytes: int, typing=None):
+    """Lines, a ``\"\"\"`` message's joined into one :class:`Message` as ollama reads them: a line
+    opening with the mark starts it (``\"\"\"one line\"\"\"`` too), the first line ending with it
+    ends it. One over ``max_bytes`` is read to its end, not held: a :class:`LineTooLong`; input ending
+    inside one: :class:`Unclosed`. ``typing(on)`` says when one is being typed (the prompt shows it)."""
+    typing = typing or (lambda _on: None)
+    block, size = None, 0
+    for line in lines:
+        if line is _CLEARED:
+            if block is not None:
+                block = None
+                typing(False)
+            continue
+        if block is None:
+            opening = line.lstrip() if isinstance(line, str) else ""
+            if not opening.startswith(MULTILINE):
+                yield line
+                continue
+            line, block, size = opening[len(MULTILINE):], [], 0
+            if line.rstrip().endswith(MULTILINE):
+                yield Message(line.rstrip()[:-len(MULTILINE)])
+                block = None
+                continue
+            typing(True)
+        if isinstance(line, LineTooLong):
+            size += line.size
+            continue
+        closes = line.rstrip().endswith(MULTILINE)
+        if closes:
+            line = line.rstrip()[:-len(MULTILINE)]
+        if line.strip() or not closes and (block or size):  # the marks' own lines add no blank line
+            size += len(line.encode("utf-8", "surrogatepass")) + 1
+            if size <= max_bytes:
+                block.append(line)
+        if closes:
+            typing(False)
+            yield Message("\n".join(block)) if size <= max_bytes else LineTooLong(size)
+            block = None
+    if block is not None:
+        typing(False)
+        yield Unclosed(len(block))
+
+
+def _lines(interactive: bool, show_prompt: bool, max_bytes: int = 2**20):
+    """Input lines: an editing prompt on a terminal, else plain lines of stdin (undecodable bytes
+    replaced; a line over ``max_bytes`` bytes is a :class:`LineTooLong`), a message's joined
+    (:func:`_messages`; the prompt ``... ``). Ctrl-C at the prompt clears the line (and a message); Ctrl-D ends."""
+    more = [False]
+    yield from _messages(_raw_lines(interactive, show_prompt, more, max_bytes), max_bytes,
+                         lambda on: more.__setitem__(0, on))
+
+
+def _raw_lines(interactive: bool, show_prompt: bool, more: list, max_bytes: int):
+    if not interactive:
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:
+            for i, line in enumerate(sys.stdin):
+                yield (line.removeprefix("\ufeff") if i == 0 else line).rstrip("\r\n")
+            return
+        yield from _pipe_lines(stream, max_bytes)
+        return
+    read = None
+    prompt = (lambda: "... " if more[0] else ">>> ") if show_prompt else (lambda: "")
+    try:
+        from prompt_toolkit import PromptSession
+
+        session = PromptSession()
+        read = lambda: session.prompt(prompt())  # noqa: E731
+    except Exception:  # not installed, or no usable terminal
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+        read = lambda: input(prompt())  # noqa: E731
+    while True:
+        try:
+            yield read()
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            yield _CLEARED
+            continue
+        except EOFError:
+            if show_prompt:
+                sys.stdout.write("\n")
+            return
