@@ -315,7 +315,7 @@ def _dropped_file(line: str) -> Path | None:
     """The file a line names whole, as a terminal pastes a file dropped on it (``/home/me/a.png``,
     ``'/home/me/my photo.png'``, ``My\\ Photo.jpg`` with its folder, a ``file://`` URL), when it is one;
     else None. Only a name with a ``/``: a word that happens to name a file here stays a question."""
-    if "/" not in line or len(line) > MAX_SHELL_TEXT or "\0" in line:
+    if "/" not in line or len(line) > 4 * 4096 or "\0" in line:  # PATH_MAX, quoted: a question is not read as words
         return None
     path = _attached_path(line)
     try:
