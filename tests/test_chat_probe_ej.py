@@ -128,3 +128,24 @@ def test_a_file_dropped_on_the_terminal_is_attached(demo, tmp_path, monkeypatch)
     assert session.handle("plain.png") and [t.question for t in conv.turns] == ["plain.png"]
     assert session.handle(f"{folder}/missing.png") and "unknown command" in err.getvalue()
     assert session.handle(f"/image '{folder}/red circle.png'") and len(conv.pending) == 1
+
+
+def test_a_question_refused_for_its_attached_media_says_they_stay(demo, tmp_path):
+    """A video that did not fit --max-context made the question fail with the server's sentence
+    ("Please reduce the length of the messages"), and, the attachment kept for the next question,
+    every next question failed alike with nothing saying why or what helps."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli.chat import ChatSession
+    from test_chat_serve import scene, write_scene
+
+    write_scene(tmp_path / "shape.png", scene(3))
+    err = io.StringIO()
+    conv = Conversation(demo, max_context=36)  # 19 tokens without the image, 39 with it
+    session = ChatSession(conv, out=io.StringIO(), err=err)
+    assert session.handle(f"/image {tmp_path / 'shape.png'}") and session.handle("what?")
+    lines = err.getvalue().splitlines()
+    assert "maximum context length is 36 tokens" in lines[-1], lines
+    assert lines[-1].endswith("(1 attached file stays for your next question: /reset drops it with the "
+                              "conversation)"), lines
+    assert len(conv.pending) == 1 and not conv.turns
+    assert session.handle("/reset") and session.handle("hi") and len(conv.turns) == 1

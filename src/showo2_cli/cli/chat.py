@@ -69,7 +69,7 @@ class ChatSession:
     def handle(self, line: str) -> bool:
         """Act on one input line (a :class:`Message` is a question, never a command); False when the chat
         should end. Errors are reported, never raised (except Ctrl-C when not on a terminal)."""
-        from ..errors import Showo2Error
+        from ..errors import ContextTooLong, Showo2Error
 
         command = not isinstance(line, Message)
         line = line.strip()
@@ -82,6 +82,10 @@ class ChatSession:
                 self.attach(path)
                 return True
             self.answer(line)
+        except ContextTooLong as e:  # a failed question keeps its media: each next one would fail alike
+            n = len(self.conv.pending)
+            self.error(f"{e} ({n} attached file{'s stay' if n > 1 else ' stays'} for your next question: /reset "
+                       "drops it with the conversation)" if n else str(e))
         except Showo2Error as e:
             self.error(str(e))
         except KeyboardInterrupt:
