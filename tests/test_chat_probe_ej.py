@@ -149,3 +149,61 @@ def test_a_question_refused_for_its_attached_media_says_they_stay(demo, tmp_path
                               "conversation)"), lines
     assert len(conv.pending) == 1 and not conv.turns
     assert session.handle("/reset") and session.handle("hi") and len(conv.turns) == 1
+
+
+def test_load_goes_on_with_a_saved_chat(demo, tmp_path, monkeypatch):
+    """/save wrote a transcript nothing read back: a chat could not be taken up again (ollama's
+    /load, llm's -c). /load FILE restores it: the turns, those that had left the context out of it,
+    the image a dropped turn left in the context and the media attached for the next question, so
+    the next question's prompt and answer are the ones the saved chat would have given."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli.chat import ChatSession
+    from showo2_cli.errors import Showo2Error
+    from test_chat_serve import scene, write_scene
+
+    monkeypatch.chdir(tmp_path)
+    write_scene(tmp_path / "a.png", scene(11, colour="red", shape="circle"))
+    write_scene(tmp_path / "b.png", scene(3))
+    old = Conversation(demo, "Answer briefly.", max_context=90)
+    old.options.max_new_tokens = 8
+    old.attach("a.png")
+    for question in ("What color is the shape?", "and?", "more?", "again?"):
+        old.ask(question)
+    old.attach("b.png")
+    flags = [t["in_context"] for t in old.to_json()["turns"]]
+    assert not flags[0] and flags[-1] and old._carried  # the first image stays, carried
+    old.save("chat.json")
+
+    err = io.StringIO()
+    new = Conversation(demo, max_context=90)
+    new.options.max_new_tokens = 8
+    session = ChatSession(new, out=io.StringIO(), err=err)
+    assert session.handle("/load chat.json") and "error" not in err.getvalue()
+    assert new.system == "Answer briefly." and len(new.turns) == 4 and len(new.pending) == 1
+    assert new.prompt_tokens == old.prompt_tokens  # the carried image and b.png included
+    assert [t["in_context"] for t in new.to_json()["turns"]] == flags and len(new._carried) == 1
+    assert new.ask("what now?") == old.ask("what now?")
+    assert new.turns[-1].prompt_tokens == old.turns[-1].prompt_tokens
+    saved, again = old.to_json(), new.to_json()
+    for record in (saved, again):
+        del record["saved_at"], record["notices"]
+        for turn in record["turns"]:
+            del turn["seconds"]
+    assert again == saved
+
+    # a transcript whose image is gone, or no transcript: one error line, the chat as it was
+    (tmp_path / "b.png").unlink()
+    before = new.to_json()["turns"]
+    for line, said in (("/load chat.json", "b.png"), ("/load a.png", "not JSON"), ("/load nothing.json", "nothing.json")):
+        assert session.handle(line)
+        assert said in err.getvalue().splitlines()[-1], err.getvalue()
+        assert new.to_json()["turns"] == before
+    (tmp_path / "x.json").write_text('{"format": "showo2-chat", "version": 1, "turns": [{"question": 1}]}')
+    with pytest.raises(Showo2Error, match="needs a 'question' and an 'answer'"):
+        new.load("x.json")
+    (tmp_path / "y.json").write_text('{"format": "showo2-chat", "version": 1, "turns": [{"question": "a", '
+                                     '"answer": "b", "in_context": false, "media": [{"source": "a.png", '
+                                     '"tokens": 1000000000000}]}]}')
+    with pytest.raises(Showo2Error, match="'tokens' and 'frames' counts"):
+        new.load("y.json")
+    assert new.to_json()["turns"] == before

@@ -385,6 +385,57 @@ class Conversation:
                 "pending_media": [m.describe() for m in self.pending], "notices": list(self.notices),
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
+    def load(self, path: str | os.PathLike) -> int:
+        """Go on with a transcript :meth:`save` wrote: its system prompt, its turns (which had left the
+        context stay out of it), the image a dropped turn left in the context and the media
+        attached for the next question, read again from their files. Checked and read whole before
+        anything changes (a missing file, another format: :class:`~showo2_cli.errors.UsageError` or
+        the media's error, the conversation as it was); return the number of turns."""
+        import json
+
+        from .media import read_limited
+        from .media.files import quote_path
+
+        try:
+            record = json.loads(read_limited(path, MAX_TRANSCRIPT_BYTES, "transcript", UsageError))
+        except RecursionError:
+            raise UsageError(f"cannot read transcript {quote_path(path)}: JSON nested too deeply") from None
+        except ValueError as e:  # bad JSON or UTF-8
+            raise UsageError(f"cannot read transcript {quote_path(path)}: not JSON ({short(str(e))})") from None
+        turns, pending = _transcript_turns(record, path)
+        first = sum(not t["in_context"] for t in turns)
+        system = record.get("system", DEFAULT_SYSTEM)
+        if not isinstance(system, str):
+            raise UsageError(f"transcript {quote_path(path)}: 'system' is not text")
+        self._check_length(system, "the system prompt")
+
+        def media(items, read: bool) -> list[VisualInput]:
+            return [encode_media(self.model, m["source"], self.options, name=m["source"]) if read
+                    else _released(m) for m in items]
+
+        # the image a dropped turn left in the context (as ask() keeps it): the last one, when no turn
+        # in the context has one (media attached since are not of the question that dropped it)
+        later = any(t["media"] for t in turns[first:])
+        source = next((i for i in range(first - 1, -1, -1) if turns[i]["media"]), None) if not later else None
+        carried = [] if source is None else turns[source]["media"][-1:]
+        restored, kept = [], media(carried, True)
+        for i, t in enumerate(turns):
+            turn = Turn(t["question"], t["answer"], media(t["media"], i >= first), None, [], t["stopped"],
+                        t["prompt_tokens"], t["seconds"], t["generated_tokens"], t["sampling"])
+            if t["question"] or i:
+                turn.question_ids = self._question_ids(t["question"])
+            self._check_length(t["answer"], "an answer")
+            turn.answer_ids = encode_user_text(self.model.require_tokenizer(), t["answer"])
+            restored.append(turn)
+        if kept:  # the same record as the dropped turn's, as ask() keeps it
+            restored[source].media[-1] = kept[0]
+        waiting = media(pending, True)
+        with self._lock:
+            self.reset()
+            self.system = system
+            self.turns, self.pending, self._first, self._carried = restored, waiting, first, kept
+        return len(restored)
+
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> str:
         """Write :meth:`to_json` atomically (never a half-written file); return the path."""
         import json
@@ -396,6 +447,62 @@ class Conversation:
                 json.dump(self.to_json(), fh, indent=1, ensure_ascii=False)
                 fh.write("\n")
         return os.fspath(path)
+
+
+#: the largest transcript :meth:`Conversation.load` reads (a config's limit: JSON parsed whole)
+MAX_TRANSCRIPT_BYTES = 16 << 20
+
+
+def _transcript_turns(record, path) -> tuple[list[dict], list[dict]]:
+    """The turns and pending media of a transcript, their fields checked (a question and an answer
+    text each, media with a file name, the turns that left the context before those in it)."""
+    from .media.files import quote_path
+
+    where = f"transcript {quote_path(path)}"
+    if not isinstance(record, dict) or record.get("format") != "showo2-chat":
+        raise UsageError(f"{where} is not a chat transcript (/save writes them)")
+    if record.get("version") != 1:
+        raise UsageError(f"{where} has version {short(record.get('version'))}; this showo2 reads version 1")
+
+    def media(items) -> list[dict]:
+        if not isinstance(items, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("source"), str)
+                and all(type(m.get(k, 1)) is int and 0 < m.get(k, 1) <= 1 << 24 for k in ("tokens", "frames"))
+                for m in items):
+            raise UsageError(f"{where}: media must be a list of objects with a 'source' file name "
+                             "(and their 'tokens' and 'frames' counts)")
+        if len(items) > MAX_MEDIA_PER_TURN:
+            raise UsageError(f"{where}: at most {MAX_MEDIA_PER_TURN} media per question")
+        return items
+
+    turns, seen_in = [], False
+    raw = record.get("turns")
+    if not isinstance(raw, list):
+        raise UsageError(f"{where}: 'turns' must be a list")
+    for t in raw:
+        if not isinstance(t, dict) or not isinstance(t.get("question"), str) or not isinstance(t.get("answer"), str):
+            raise UsageError(f"{where}: every turn needs a 'question' and an 'answer' text")
+        in_context = t.get("in_context", True) is not False
+        if seen_in and not in_context:
+            raise UsageError(f"{where}: a turn out of the context follows one in it")
+        seen_in |= in_context
+        numbers = [t.get(k, 0) for k in ("prompt_tokens", "generated_tokens", "seconds")]
+        turns.append({"question": t["question"], "answer": t["answer"], "media": media(t.get("media", [])),
+                      "in_context": in_context, "stopped": t.get("finish_reason", "stop") != "length",
+                      "prompt_tokens": numbers[0] if isinstance(numbers[0], int) else 0,
+                      "generated_tokens": numbers[1] if isinstance(numbers[1], int) else 0,
+                      "seconds": float(numbers[2]) if isinstance(numbers[2], (int, float)) else 0.0,
+                      "sampling": t["sampling"] if isinstance(t.get("sampling"), dict) else None})
+    return turns, media(record.get("pending_media", []))
+
+
+def _released(described: dict) -> VisualInput:
+    """A medium of a turn that had left the context, as the chat keeps one (:meth:`VisualInput.release`):
+    its record without tokens, the shape of its positions only (never in a prompt again)."""
+    import torch
+
+    return VisualInput(str(described.get("kind", "image")), torch.empty((described.get("tokens", 1) - 1, 0),
+                       device="meta"), None, described.get("frames", 1), described["source"])
 
 
 __all__ = ["Cancelled", "Conversation", "MAX_MEDIA_PER_TURN", "Turn", "context_budget", "sampling_record"]

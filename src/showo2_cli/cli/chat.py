@@ -38,6 +38,7 @@ COMMANDS = {
     "[--negative-prompt TEXT] [--sampler NAME] [--save-latents] [--overwrite]": "generate with the same model",
     "/reset": "forget the conversation (the system prompt stays; also /clear)",
     "/save FILE [--overwrite]": "write the transcript as JSON",
+    "/load FILE": "go on with a transcript /save wrote (its media read again)",
     "/quit": "leave (also /exit, /bye, Ctrl-D)",
     "/help": "this list",
     MULTILINE: f"several lines as one message, up to a line ending with {MULTILINE}",
@@ -171,11 +172,17 @@ class ChatSession:
             path = _user_path(files[0], "/save")
             self.conv.save(path, overwrite=overwrite)
             self.info(f"transcript saved to {path}")
+        elif name == "/load":
+            if not rest:
+                raise UsageError("/load needs a file: /load FILE")
+            path = _attached_path(rest)
+            n = self.conv.load(path)
+            self.info(f"loaded {n} turn{'s' if n != 1 else ''} from {path}")
         elif (path := _dropped_file(line)) is not None:  # a file dropped on the terminal: /home/me/a.png
             self.attach(path)
         else:
             raise UsageError(f"unknown command '{name[:40]}' "
-                             "(commands: /image, /t2i, /reset, /save, /quit, /help; a question that opens "
+                             "(commands: /image, /t2i, /reset, /save, /load, /quit, /help; a question that opens "
                              f"with / goes between {MULTILINE} marks)")
         return True
 
@@ -435,7 +442,7 @@ def chat(
 ):
     """Chat about images and videos, and generate images, with one resident model.
 
-    Slash commands: /image PATH, /t2i PROMPT [-o FILE], /reset, /save FILE, /quit, /help; a line
+    Slash commands: /image PATH, /t2i PROMPT [-o FILE], /reset, /save FILE, /load FILE, /quit, /help; a line
     opening with \"\"\" starts a message of several lines, one ending with \"\"\" sends it.
     """
     C = common
