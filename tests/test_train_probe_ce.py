@@ -105,8 +105,9 @@ def test_eval_loss_is_the_held_out_sets_mean_for_any_number_of_processes(tmp_pat
         assert [len(b) for b in eval_batches(run)] == [2, 2, 1]  # batch.t2i = 2 over its 5 items
         one = eval_totals(run, 0, 1)
         two = eval_totals(run, 0, 2) + eval_totals(run, 1, 2)
-        assert one[1] == two[1] == 5
-        assert abs(one[0] / 5 - evals[1]) < 1e-12 and abs(two[0] / 5 - evals[1]) < 1e-9
+        assert one[0] == two[0] == 5  # (items, passed over, ntp x tokens, tokens, flow x elements, elements)
+        assert one[3] == two[3] == 0  # no mmu item held out: no eval_ntp, eval_loss = loss.flow x eval_flow
+        assert abs(one[4] / one[5] - evals[1]) < 1e-12 and abs(two[4] / two[5] - evals[1]) < 1e-9
     finally:
         ckpt.release_folder(run._lock)
 

@@ -108,6 +108,11 @@ def test_tensorboard_tracker_logs_the_metrics(tmp_path):
         assert e.step == m["step"] and math.isclose(e.value, m["loss"], rel_tol=1e-6)
     assert [e.step for e in acc.Scalars("eval_loss")] == [0, 2, 4]
     assert "ntp" in acc.Tags()["scalars"] and "lr" in acc.Tags()["scalars"]
+    evals = [m for m in lines if "eval_loss" in m]  # each term's eval too (probe EN)
+    for k in ("eval_loss", "eval_ntp", "eval_flow"):
+        got = acc.Scalars(k)
+        assert [e.step for e in got] == [m["step"] for m in evals]
+        assert all(math.isclose(e.value, m[k], rel_tol=1e-6) for e, m in zip(got, evals, strict=True))
 
 
 def test_tensorboard_forgets_the_steps_a_resumed_run_redoes(tmp_path):

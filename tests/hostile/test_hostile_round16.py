@@ -234,10 +234,12 @@ def test_eval_loss_names_the_items_it_passes_over_as_what_they_are(held_out, mon
 
     said = []
     split = "eval" if held_out else "train"
-    run = SimpleNamespace(world=1, rank=0, eval_skips_said=False, notice=said.append,
+    objective = SimpleNamespace(log_keys=("flow",), loss_weights=lambda: {"flow": 1.0})
+    run = SimpleNamespace(world=1, rank=0, eval_skips_said=False, notice=said.append, objective=objective,
                           sources=[SimpleNamespace(spec=SimpleNamespace(split=split))])
-    monkeypatch.setattr(evaluation, "eval_totals", lambda run, rank, world: torch.tensor([3.0, 2.0, 1.0],
+    # (items, passed over, flow x items, items)
+    monkeypatch.setattr(evaluation, "eval_totals", lambda run, rank, world: torch.tensor([2.0, 1.0, 3.0, 2.0],
                                                                                           dtype=torch.float64))
-    assert evaluation.eval_loss(run) == 1.5
+    assert evaluation.eval_metrics(run) == {"eval_loss": 1.5, "eval_flow": 1.5}
     items = "held-out item(s)" if held_out else "item(s) of its fixed batch"
     assert said == [f"eval_loss passes over 1 {items} that could not be read"]

@@ -101,7 +101,8 @@ class _Renderer:
                     parts.append(f"{ev['skipped']} item(s) skipped")
                 self.line("  ".join(parts))
         elif kind == "eval":
-            self.line(f"step {ev['step']}: eval_loss {loss_text(ev['eval_loss'])}")
+            terms = [f"{k} {loss_text(v)}" for k, v in ev.items() if k.startswith("eval_")]
+            self.line(f"step {ev['step']}: " + "  ".join(terms))
         elif kind == "checkpoint":
             self.line(f"saved {ev['path']}")
         elif kind == "samples":

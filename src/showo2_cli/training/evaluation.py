@@ -1,11 +1,18 @@
-"""eval_loss (``run.eval_every``): what a run reports as its evaluation loss.
+"""eval_loss (``run.eval_every``): what a run reports as its evaluation loss, beside each loss term's.
 
-With held-out sources (``[[data]]`` with ``split = "eval"``, never trained on) it is the mean loss
-over every one of their items, as Hugging Face's ``Trainer`` reports ``eval_loss`` over its
-``eval_dataset``; without one, the loss of one fixed batch of training items (the first step's of
-one process: a steady probe of the fit, not a held-out loss; the run says so once). Either way it
-is deterministic (each batch's noise, flow times and caption dropout come from (seed, batch), the
-model in eval mode) and the same number for any number of processes, which share the batches out.
+With held-out sources (``[[data]]`` with ``split = "eval"``, never trained on) it covers every one
+of their items; without one, one fixed batch of training items (the first step's of one process: a
+steady probe of the fit, not a held-out loss; the run says so once). Each loss term of the training
+line (``ntp``, ``flow``; a VAE run's ``l1``, ``l2``, ``kl``) has its mean over that data, ``eval_<term>``:
+over every supervised token (``ntp``) and every flow element (``flow``) as a step's own terms are,
+over the items for a VAE's. ``eval_loss`` combines them with the config's loss weights as each
+step's ``loss`` does (``loss.ntp x eval_ntp + loss.flow x eval_flow``), so it sits on the training
+loss's scale: held-out batches have one role each, and averaging their own losses had mixed flow
+batches' and NTP batches' numbers into a figure no training line was comparable with. A term none
+of the data has (no ``mmu`` item held out: no supervised token) is left out of the line and adds
+nothing to eval_loss, as in a training step without it. Either way it is deterministic (each
+batch's noise, flow times and caption dropout come from (seed, batch), the model in eval mode) and
+the same number for any number of processes, which share the batches out.
 """
 
 from __future__ import annotations
@@ -48,11 +55,15 @@ def eval_batches(run: Run) -> list[list]:
 @torch.no_grad()
 def eval_totals(run: Run, rank: int, world: int) -> torch.Tensor:
     """Process ``rank`` of ``world``'s share of :func:`eval_batches` (batches ``rank``, ``rank +
-    world``, ...): float64 (sum of loss x items, items, items passed over)."""
+    world``, ...): float64 (items, items passed over, then for each of the objective's ``log_keys``:
+    the term's sum (its batch mean x its count) and its count: the batch's ``log_counts`` entry, else
+    its items)."""
     if run.eval_set is None:
         run.eval_set = eval_batches(run)
     batches = run.eval_set
-    total = torch.zeros(3, dtype=torch.float64)
+    keys = run.objective.log_keys
+    counts = getattr(run.objective, "log_counts", {})
+    total = torch.zeros(2 + 2 * len(keys), dtype=torch.float64)
     rounds = math.ceil(len(batches) / world)  # every process runs as many forwards (DDP stays in step)
     run.module.eval()
     try:
@@ -70,24 +81,28 @@ def eval_totals(run: Run, rank: int, world: int) -> torch.Tensor:
                 skipped += sample is None
             if not samples:  # a batch none of whose items could be read: still counted as passed over
                 if i < len(batches):
-                    total[2] += skipped
+                    total[1] += skipped
                 continue
             # batch 0 draws what the fixed batch always drew on process 0
             with run.seeded_global_rng("eval", rank=i):
                 out = run.objective.forward(samples, torch.Generator().manual_seed(mix(run.cfg.seed, "eval", i)), False)
             if i < len(batches):  # (a round past the end repeats a batch only to keep DDP in step)
-                total += torch.tensor([float(out["loss"]) * len(samples), len(samples), skipped], dtype=torch.float64)
+                row = [len(samples), skipped]
+                for k in keys:
+                    n = float(out[counts[k]]) if k in counts else len(samples)
+                    row += [float(out[k]) * n, n]
+                total += torch.tensor(row, dtype=torch.float64)
     finally:
         run.module.train()
     return total
 
 
-def eval_loss(run: Run) -> float:
-    """The mean loss over :func:`eval_batches` (each batch's loss weighted by its items)."""
+def eval_metrics(run: Run) -> dict[str, float]:
+    """``eval_loss`` and ``eval_<term>`` for each loss term the data has (see the module's doc)."""
     total = eval_totals(run, run.rank, run.world)
     if run.world > 1:
         total = run.acc.reduce(total.to(run.device), reduction="sum").cpu()
-    loss, n, skipped = total.tolist()
+    n, skipped, *parts = total.tolist()
     # (without a held-out source: the fixed batch's training items, which were called held-out)
     items = "held-out item(s)" if any(s.spec.split == "eval" for s in run.sources) else "item(s) of its fixed batch"
     if not n:
@@ -95,4 +110,6 @@ def eval_loss(run: Run) -> float:
     if skipped and not run.eval_skips_said:
         run.eval_skips_said = True
         run.notice(f"eval_loss passes over {int(skipped)} {items} that could not be read")
-    return loss / n
+    weights = run.objective.loss_weights()
+    means = {k: parts[2 * j] / parts[2 * j + 1] for j, k in enumerate(run.objective.log_keys) if parts[2 * j + 1]}
+    return {"eval_loss": sum(weights[k] * v for k, v in means.items()), **{f"eval_{k}": v for k, v in means.items()}}

@@ -34,9 +34,16 @@ class Objective(Protocol):
     the device, the data and the prepared module; the objective keeps what it builds."""
 
     log_keys: tuple[str, ...]  # the loss terms its forward returns besides "loss" (metrics lines)
+    # term -> the count its forward returns that the term is a mean over (eval_<term> weights its
+    # batches by it); a term not named is a mean over the batch's items
+    log_counts: dict[str, str]
     spec: object  # the network's ModelSpec once built (None for a VAE alone): the data sources read it
 
     def __init__(self, run: Run) -> None: ...
+
+    def loss_weights(self) -> dict[str, float]:
+        """Each of ``log_keys``' weight in ``loss`` (the config's): eval_loss combines the held-out
+        terms' means so."""
 
     def find_unused_parameters(self) -> bool:
         """Whether DDP must look for parameters without gradients (asked before anything is built)."""

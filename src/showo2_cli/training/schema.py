@@ -91,7 +91,7 @@ class DataSource:
     cache: str | None = None  # folder for pre-encoded VAE latents (mean and log-variance)
     crop: int | None = None  # vae role: random square crops of this side (default: no crop)
     pool: int | None = None  # mmu_vid: per-frame token grid after pooling (default: the model's)
-    # "train", or "eval": held out, never trained on; eval_loss (run.eval_every) is its whole set's mean loss
+    # "train", or "eval": held out, never trained on; eval_loss (run.eval_every) covers its whole set
     split: str = "train"
 
 
@@ -190,7 +190,7 @@ class RunConfig:
     save_every: int = 1000  # steps between checkpoints (a final one is always written)
     keep_last: int = 3  # checkpoints kept (0 keeps all)
     log_every: int = 10  # steps between metrics lines
-    eval_every: int = 0  # steps between eval_loss lines (0: off): the split = "eval" sources' mean loss, else one fixed batch's
+    eval_every: int = 0  # steps between eval_loss lines (0: off): over the split = "eval" sources, else one fixed batch
     sample_every: int = 0  # steps between preview images (0: off)
     sample_prompts: list = field(default_factory=list)
     sample_steps: int | None = None  # sampler grid points (default: the model's)

@@ -142,6 +142,10 @@ class Showo2Objective:
     """The Show-o2 mode of a :class:`~.trainer.Run` (see :class:`~.objective.Objective`)."""
 
     log_keys = ("ntp", "flow")
+    log_counts = {"ntp": "tokens", "flow": "flow_elements"}  # each a mean over the step's tokens / elements
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"ntp": self.cfg.loss.ntp, "flow": self.cfg.loss.flow}
 
     def __init__(self, run):
         self.run, self.cfg = run, run.cfg

@@ -377,11 +377,18 @@ class Run:
     eval_set: list | None = None  # what eval_loss covers (built at its first use)
     eval_skips_said = False
 
-    def eval_loss(self) -> float:
-        """The held-out sources' mean loss, else one fixed batch's (:mod:`.evaluation`)."""
-        from .evaluation import eval_loss
+    def eval_metrics(self) -> dict[str, float]:
+        """eval_loss and each loss term's eval_<term>, over the held-out sources, else one fixed
+        batch (:mod:`.evaluation`)."""
+        from .evaluation import eval_metrics
 
-        return eval_loss(self)
+        return eval_metrics(self)
+
+    def _evaluate(self, path: Path, step: int) -> None:
+        ev = self.eval_metrics()
+        self._append(path, {"step": step, **ev})
+        self._track(ev, step)
+        self.emit("eval", step=step, **ev)
 
     # -- the loop --
     _created_output = False
@@ -437,10 +444,7 @@ class Run:
         rate = None
         samples_written: list[str] = []
         if step == 0 and cfg.run.eval_every:
-            ev = self.eval_loss()
-            self._append(metrics_path, {"step": 0, "eval_loss": ev})
-            self._track({"eval_loss": ev}, 0)
-            self.emit("eval", step=0, eval_loss=ev)
+            self._evaluate(metrics_path, 0)
         with StopRequest() as stop:
             t_prev = time.perf_counter()
             for chunk in chunks(data, n_micro):
@@ -467,10 +471,7 @@ class Run:
                 if step % cfg.run.log_every == 0 or step == stop_at:
                     self._log(metrics_path, step, window, *last)
                 if cfg.run.eval_every and step % cfg.run.eval_every == 0:
-                    ev = self.eval_loss()
-                    self._append(metrics_path, {"step": step, "eval_loss": ev})
-                    self._track({"eval_loss": ev}, step)
-                    self.emit("eval", step=step, eval_loss=ev)
+                    self._evaluate(metrics_path, step)
                 if cfg.run.sample_every and step % cfg.run.sample_every == 0 and self.acc.is_main_process:
                     paths = self.sample_images(step)
                     samples_written += paths

@@ -103,7 +103,12 @@ class VaeObjective:
     """The VAE mode of a :class:`~.trainer.Run` (see :class:`~.objective.Objective`)."""
 
     log_keys = ("l1", "l2", "kl")
+    log_counts: dict = {}  # each term a mean over its batch's items (of one size)
     spec = None  # no Show-o2 network
+
+    def loss_weights(self) -> dict[str, float]:
+        w = self.cfg.vae_loss
+        return {"l1": w.l1, "l2": w.l2, "kl": w.kl}
 
     def __init__(self, run):
         self.run, self.cfg = run, run.cfg
