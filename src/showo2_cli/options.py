@@ -88,16 +88,15 @@ def check_number(option: str, value: float | None, low: float | None = None, hig
     """A finite number in [low, high] (or (low, high] with ``low_open``); None passes."""
     if value is None:
         return
-    # (an int is finite; math.isfinite(10**400) raises OverflowError: an int too large for a float)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int)
-                                                                             or math.isfinite(value))
-    ok = ok and (high is None or value <= high)
+    # (is_finite_number: a Python caller's 10**400 max_memory_gb passed, then overflowed in the memory check)
+    ok = is_finite_number(value) and (high is None or value <= high)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if not ok:
         lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
         hi = "" if high is None else f"<= {high:g}"
-        finite = "a finite number" if isinstance(value, float) and not math.isfinite(value) else "a number"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        finite = "a finite number" if number and not is_finite_number(value) else "a number"
         raise UsageError(f"{option} must be {finite} {' and '.join(x for x in (lo, hi) if x)}, got {short(value)}")
 
 
