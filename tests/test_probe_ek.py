@@ -20,3 +20,28 @@ def test_a_whole_number_too_large_for_a_float_is_no_memory_limit(options):
     options(max_memory_gb=10**300).validate()
     with pytest.raises(UsageError, match="must be a number"):
         check_number("--max-memory", True, 0)
+
+
+LLAMA3 = {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4,
+          "original_max_position_embeddings": 8192}
+LINEAR, YARN = {"rope_type": "linear", "factor": 2}, {"rope_type": "yarn", "factor": 4, "beta_fast": 32}
+
+
+@pytest.mark.parametrize(("field", "scaling", "key", "message"), [
+    ("rope_scaling", LINEAR, "factor", r"rope_scaling .*its numbers must be finite \(a whole number below 2\*\*63\)"),
+    ("rope_scaling", YARN, "beta_fast", r"rope_scaling .*its numbers must be finite"),
+    ("head_rope_scaling", LLAMA3, "factor", r"head_rope_scaling\.factor must be a positive number"),
+    ("head_rope_scaling", LLAMA3, "original_max_position_embeddings",
+     r"head_rope_scaling\.original_max_position_embeddings must be a positive number"),
+])
+def test_a_rope_scaling_number_torch_cannot_hold_is_the_specs_one_line(field, scaling, key, message):
+    """EA made a spec's float fields safe from 10**400, but a model's config.json with
+    ``"rope_scaling": {"rope_type": "linear", "factor": 10**30}`` (or 10**400, or the flow head's
+    llama3 ``factor`` or ``original_max_position_embeddings``) passed validate() and the load was
+    "internal error: OverflowError: int too big to convert" (exit 1) in the RoPE's build."""
+    from showo2_cli.specs import get_spec
+
+    for huge in (10**30, 10**400):
+        with pytest.raises(UsageError, match=message):
+            get_spec("tiny").replace(**{field: {**scaling, key: huge}}).validate()
+    get_spec("tiny").replace(**{field: {**scaling, key: 2**62}}).validate()  # torch holds it: a model is built

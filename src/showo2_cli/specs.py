@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import numbers
 from dataclasses import dataclass, field
 
@@ -330,9 +329,10 @@ class ModelSpec:
                              "(the longest it has seen) at each step, which a key/value cache cannot reproduce past "
                              "max_position_embeddings; use 'linear' or 'yarn', or no rope_scaling")
         values = [x for v in scaling.values() for x in (v if isinstance(v, list) else [v])]
-        if any(isinstance(x, float) and not math.isfinite(x) for x in values):  # NaN passes every "< 1" test
+        # NaN passes every "< 1" test; 10**30 overflowed torch building the RoPE, 10**400 a float
+        if any(_number(x) and not _rope_number(x) or isinstance(x, float) and x != x for x in values):
             raise UsageError(f"invalid model spec '{self.name}': rope_scaling {str(scaling)[:60]}: its numbers must "
-                             "be finite")
+                             "be finite (a whole number below 2**63)")
         # transformers' own check of the type's numbers (factor, ...); since transformers 5 it logs what
         # it refuses ("factor field must be a float or int >= 1, got 0.0") and builds the RoPE anyway:
         # a linear factor of 0 made every position's rotation NaN, every answer garbage (exit 0)
@@ -371,9 +371,9 @@ class ModelSpec:
         if kind == "llama3":
             for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
                 value = scaling.get(key)
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                if not _rope_number(value) or not 0 < value:  # (10**30: it overflowed building the RoPE)
                     raise UsageError(f"invalid model spec '{self.name}': head_rope_scaling.{key} must be a "
-                                     f"positive number, got {str(value)[:20]}")
+                                     f"positive number (a whole number below 2**63), got {str(value)[:20]}")
             if scaling["low_freq_factor"] == scaling["high_freq_factor"]:
                 raise UsageError(f"invalid model spec '{self.name}': head_rope_scaling's low_freq_factor and "
                                  "high_freq_factor must differ")
@@ -392,6 +392,12 @@ def whole_count(n, what: str) -> int:
 
 def _number(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
+
+
+def _rope_number(value) -> bool:
+    """A finite number that torch takes in a RoPE's computation: a whole number beyond int64's range
+    (``"factor": 10**30`` in a config.json) overflowed it ("int too big to convert", exit 1)."""
+    return is_finite_number(value) and (not isinstance(value, int) or abs(value) < 2**63)
 
 
 #: the formulas (frame counts, sizes) of the default Wan2.1 VAE geometry, for when no model is at hand
