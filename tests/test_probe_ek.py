@@ -45,3 +45,30 @@ def test_a_rope_scaling_number_torch_cannot_hold_is_the_specs_one_line(field, sc
         with pytest.raises(UsageError, match=message):
             get_spec("tiny").replace(**{field: {**scaling, key: huge}}).validate()
     get_spec("tiny").replace(**{field: {**scaling, key: 2**62}}).validate()  # torch holds it: a model is built
+
+
+def test_a_chat_transcript_says_its_media_were_encoded_in_tiles():
+    """EG recorded ``vae_tiles`` in ``caption --json`` (tiles blend their seams: other latents,
+    other answers), but a chat's transcript (``/save``, ``Conversation.to_json``) of media encoded
+    with ``--vae-tiling on`` described them as an untiled chat's, though its answers differed
+    (the demo at 272: 'ircle' tiled, 'ght' untiled). Each medium records its tiles, from the one
+    media encoder; ``caption`` takes them from there."""
+    import numpy as np
+
+    from showo2_cli.chat import Conversation
+    from showo2_cli.loading import load
+    from showo2_cli.pipelines import caption
+
+    model = load("demo")
+    image = np.random.default_rng(0).integers(0, 256, (300, 280, 3), dtype=np.uint8)
+    options = CaptionOptions(size=272, max_new_tokens=1, frames=2)
+    for tiling, tiles in (("on", [256, 256, 192, 192]), ("off", None)):
+        model.require_vae().tiling = tiling
+        chat = Conversation(model, options=options)
+        chat.attach(image)
+        chat.attach([image, image[::-1]])  # a video's frames, padded square
+        chat.ask("what?")
+        media = chat.to_json()["turns"][0]["media"]
+        assert [m.get("vae_tiles") for m in media] == [tiles, tiles]
+        assert [m["kind"] for m in media] == ["image", "video"]
+        assert caption(model, image, options).vae_tiles == tiles

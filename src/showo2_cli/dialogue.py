@@ -76,7 +76,8 @@ class VisualInput:
         return 1 + int(self.tokens.shape[0])
 
     def describe(self) -> dict:
-        return {"source": self.source, "kind": self.kind, "frames": self.frames, "tokens": self.positions}
+        return {"source": self.source, "kind": self.kind, "frames": self.frames, "tokens": self.positions,
+                **({"vae_tiles": list(self.vae_tiles)} if self.vae_tiles is not None else {})}
 
     @property
     def released(self) -> bool:
