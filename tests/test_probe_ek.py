@@ -72,3 +72,23 @@ def test_a_chat_transcript_says_its_media_were_encoded_in_tiles():
         assert [m.get("vae_tiles") for m in media] == [tiles, tiles]
         assert [m["kind"] for m in media] == ["image", "video"]
         assert caption(model, image, options).vae_tiles == tiles
+
+
+def test_an_adapters_oversized_rank_is_shown_shortened(tiny_model_dir, tmp_path):
+    """An adapter_config.json's ``r`` of 10**400 (past EA's checks, as a whole number) and a
+    ``rank_pattern`` keyed by a 5000-character name made an error line of 490 and 5000+ characters
+    (the number and the key in full); both are shortened as the project's one-line messages are."""
+    import json
+
+    from conftest import random_lora
+    from showo2_cli.errors import ModelError
+    from showo2_cli.loading import load
+
+    adapter = random_lora(tiny_model_dir, tmp_path / "adapter")
+    plain = json.loads((adapter / "adapter_config.json").read_text())
+    for change, shown in (({"r": 10**400}, "r = 100000000000000000000... but the saved adapter's ranks are [2]"),
+                          ({"rank_pattern": {"q" * 5000: 3}}, "rank_pattern['qqqq")):
+        (adapter / "adapter_config.json").write_text(json.dumps({**plain, **change}))
+        with pytest.raises(ModelError) as refused:
+            load(tiny_model_dir, lora=[adapter])
+        assert shown in str(refused.value) and len(str(refused.value)) < 300, str(refused.value)[:400]

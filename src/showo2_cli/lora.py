@@ -261,12 +261,12 @@ def read_adapter(ref: str | os.PathLike):
     pattern = raw.get("rank_pattern") or {}
     if not isinstance(pattern, dict):
         raise ModelError(f"--lora: '{cfg_path}': rank_pattern must be an object")
-    ranks = {"r": raw.get("r"), **{f"rank_pattern[{k!r}]": v for k, v in pattern.items()}}
+    ranks = {"r": raw.get("r"), **{f"rank_pattern[{short(k, 60)!r}]": v for k, v in pattern.items()}}
     for what, rank in ranks.items():
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ModelError(f"--lora: '{cfg_path}': {what} must be a positive integer, got {str(rank)[:20]}")
         if saved and rank > max(saved):
-            raise ModelError(f"--lora: '{cfg_path}': {what} = {rank} but the saved adapter's ranks are "
+            raise ModelError(f"--lora: '{cfg_path}': {what} = {short(rank, 24)} but the saved adapter's ranks are "
                              f"{sorted(saved)[:4]}")
     return config, state, folder
 
