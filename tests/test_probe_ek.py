@@ -92,3 +92,21 @@ def test_an_adapters_oversized_rank_is_shown_shortened(tiny_model_dir, tmp_path)
         with pytest.raises(ModelError) as refused:
             load(tiny_model_dir, lora=[adapter])
         assert shown in str(refused.value) and len(str(refused.value)) < 300, str(refused.value)[:400]
+
+
+def test_the_pipelines_numbers_too_large_for_a_float_are_refused(tiny_pipe, tiny_model_dir, tmp_path):
+    """``Showo2Pipeline(guidance_scale=10**400)`` (or ``shift=``), ``load_lora_weights(weight=10**400)``
+    and ``lora=[(path, 10**400)]`` raised "OverflowError: int too large to convert to float" from
+    ``float()`` before any check: each is its argument's refusal, the number shown shortened."""
+    from conftest import random_lora
+    from showo2_cli.options import check_lora_weight
+
+    for name in ("guidance_scale", "shift"):
+        with pytest.raises(UsageError, match=rf"{name} must be a finite number"):
+            tiny_pipe("a", num_inference_steps=2, height=64, width=64, **{name: 10**400})
+    with pytest.raises(UsageError, match=r"the LoRA weight must be a finite number from -100 to 100 .*got 1000"):
+        check_lora_weight(10**400)
+    adapter = random_lora(tiny_model_dir, tmp_path / "adapter")
+    with pytest.raises(TypeError, match=r"weight must be a finite number, got 1000") as refused:
+        tiny_pipe.load_lora_weights(adapter, weight=10**400)
+    assert len(str(refused.value)) < 80

@@ -140,7 +140,10 @@ def check_lora_weight(value, what: str = "the LoRA weight") -> float:
 
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise UsageError(f"{what} must be a number, got {short(value)} ({type(value).__name__})")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a whole number too large for a float (10**400)
+        number = math.inf
     if not math.isfinite(number) or abs(number) > MAX_LORA_WEIGHT:
         raise UsageError(f"{what} must be a finite number from -{MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g} "
                          f"(1: the adapter as trained), got {short(value)}")

@@ -33,7 +33,7 @@ import os
 
 import torch
 
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, short
 from .options import check_lora_weight
 from .pipelines.arguments import lora_names, python_names, real_number
 from .runtime import cpu_by_default, one_call_at_a_time
@@ -74,7 +74,7 @@ class LoraLoaderMixin:
             raise TypeError(f"load_lora_weights takes an adapter folder or a Hugging Face repo id, got "
                             f"{type(ref).__name__} (a state dict is not taken: save it with peft first)")
         if weight is None or not math.isfinite(real_number(weight, "weight")):  # (numpy's numbers too)
-            raise TypeError(f"weight must be a finite number, got {weight!r}")
+            raise TypeError(f"weight must be a finite number, got {short(repr(weight))}")
         weight = check_lora_weight(float(weight), "weight")  # (bounded as --lora-weight)
         names = [entry["name"] for entry in self._lora_loaded]
         if adapter_name is None:

@@ -6,6 +6,7 @@ API's step callback (:func:`step_hook`); and its outputs in diffusers' forms."""
 
 from __future__ import annotations
 
+import math
 import operator
 from contextlib import contextmanager
 
@@ -153,7 +154,10 @@ def real_number(value, name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a whole number too large for a float (10**400): infinite, which the checks refuse
+        return math.inf
 
 
 def generator_seed(generator) -> int:
