@@ -95,10 +95,14 @@ def test_an_adapters_oversized_rank_is_shown_shortened(tiny_model_dir, tmp_path)
 
 
 def test_the_pipelines_numbers_too_large_for_a_float_are_refused(tiny_pipe, tiny_model_dir, tmp_path):
-    """``Showo2Pipeline(guidance_scale=10**400)`` (or ``shift=``), ``load_lora_weights(weight=10**400)``
-    and ``lora=[(path, 10**400)]`` raised "OverflowError: int too large to convert to float" from
-    ``float()`` before any check: each is its argument's refusal, the number shown shortened."""
+    """``Showo2Pipeline(guidance_scale=10**400)`` (or ``shift=``), ``load_lora_weights(weight=10**400)``,
+    ``lora=[(path, 10**400)]`` and ``media.write_video(..., fps=10**400)`` raised "OverflowError: int
+    too large to convert to float" from ``float()`` before any check: each is its argument's
+    refusal, the number shown shortened."""
+    import numpy as np
+
     from conftest import random_lora
+    from showo2_cli.media import write_video
     from showo2_cli.options import check_lora_weight
 
     for name in ("guidance_scale", "shift"):
@@ -106,6 +110,9 @@ def test_the_pipelines_numbers_too_large_for_a_float_are_refused(tiny_pipe, tiny
             tiny_pipe("a", num_inference_steps=2, height=64, width=64, **{name: 10**400})
     with pytest.raises(UsageError, match=r"the LoRA weight must be a finite number from -100 to 100 .*got 1000"):
         check_lora_weight(10**400)
+    with pytest.raises(UsageError, match=r"fps must be between 0.1 and 1000, got 1000000") as refused:
+        write_video(tmp_path / "v.mp4", np.zeros((5, 16, 16, 3), np.uint8), fps=10**400)
+    assert len(str(refused.value)) < 80 and not (tmp_path / "v.mp4").exists()
     adapter = random_lora(tiny_model_dir, tmp_path / "adapter")
     with pytest.raises(TypeError, match=r"weight must be a finite number, got 1000") as refused:
         tiny_pipe.load_lora_weights(adapter, weight=10**400)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from showo2_cli.errors import OutputError, UsageError
+from showo2_cli.errors import OutputError, UsageError, short
 
 from .files import PathLike, quote_path
 from .image import PIL_FORMATS, write_image
@@ -61,9 +61,11 @@ def check_write_fps(fps: float) -> float:
     try:
         value = float(fps)
     except (TypeError, ValueError):
-        raise UsageError(f"fps must be a number, got {fps!r}") from None
+        raise UsageError(f"fps must be a number, got {short(repr(fps))}") from None
+    except OverflowError:  # a whole number too large for a float (10**400)
+        value = math.inf
     if not math.isfinite(value) or not MIN_FPS <= value <= MAX_FPS:
-        raise UsageError(f"fps must be between {MIN_FPS:g} and {MAX_FPS:g}, got {fps!r}")
+        raise UsageError(f"fps must be between {MIN_FPS:g} and {MAX_FPS:g}, got {short(repr(fps))}")
     return value
 
 
