@@ -87,7 +87,7 @@ def test_pipeline_refuses_a_colliding_schedule_with_its_argument_names(tiny_pipe
 @pytest.mark.parametrize("value", [10**400, -(10**400), 2**1024], ids=["1e400", "-1e400", "2^1024"])
 def test_a_python_int_too_large_for_a_float_is_a_usage_error(value):
     """``math.isfinite(10**400)`` raises OverflowError: it escaped as one."""
-    with pytest.raises(UsageError, match=r"--guidance must be a number >= 0 and <= 100, got"):
+    with pytest.raises(UsageError, match=r"--guidance must be a finite number >= 0 and <= 100, got"):
         GenerateOptions(guidance=value).validate()
     with pytest.raises(UsageError, match="--temperature must be"):
         TextSampling(temperature=value).validate()
