@@ -229,9 +229,12 @@ def _reduced_jpeg(im: Image.Image, min_side: int, limit: int) -> bool:
     """Set a JPEG over ``limit`` pixels to decode reduced in the DCT (Pillow's ``draft``: 1/2, 1/4 or
     1/8 scale, the full image never allocated) at the smallest scale whose short side is still at
     least ``min_side``, when that many pixels fit ``limit``; False (nothing set) otherwise. Only a
-    baseline JPEG: a progressive one holds every coefficient of the full image while it decodes
-    (about as much memory as the full decode), so it is refused as before."""
-    if im.format not in ("JPEG", "MPO") or im.info.get("progressive") or im.info.get("progression"):
+    baseline JPEG in one scan: a progressive one, or one whose components come in separate scans,
+    holds every coefficient of the full image while it decodes (libjpeg's whole-image coefficient
+    buffer: 2 bytes a pixel and component, as much memory as the full decode or more), so it is
+    refused as before."""
+    if im.format not in ("JPEG", "MPO") or im.info.get("progressive") or im.info.get("progression") \
+            or _first_scan_components(im) != im.layers:
         return False
     width, height = im.size
     short = min(width, height)
@@ -244,6 +247,31 @@ def _reduced_jpeg(im: Image.Image, min_side: int, limit: int) -> bool:
         return False
     im.draft(None, want)
     return im.size[0] * im.size[1] <= limit and min(im.size) >= min_side
+
+
+def _first_scan_components(im: Image.Image) -> int | None:
+    """How many components a JPEG's first scan holds (its SOS header), None if not found: fewer
+    than the frame's means one scan per component (or group), which libjpeg decodes only into a
+    buffer of every coefficient of the full image. Walks the marker segments from the start."""
+    fp, here = im.fp, im.fp.tell()
+    try:
+        fp.seek(0)
+        if fp.read(2) != b"\xff\xd8":
+            return None
+        while True:
+            marker = fp.read(2)
+            while marker[:1] == b"\xff" and marker[1:] == b"\xff":  # fill bytes before a marker
+                marker = marker[1:] + fp.read(1)
+            if len(marker) < 2 or marker[0] != 0xFF:
+                return None
+            head = fp.read(3 if marker[1] == 0xDA else 2)
+            if len(head) < 2:
+                return None
+            if marker[1] == 0xDA:
+                return head[2] if len(head) == 3 else None
+            fp.seek(int.from_bytes(head[:2], "big") - 2, os.SEEK_CUR)
+    finally:
+        fp.seek(here)
 
 
 def read_image(path: PathLike, max_pixels: int | None = None, *, min_side: int | None = None) -> Image.Image:

@@ -1,0 +1,48 @@
+"""Probe EL: prompt chunks (text_decoding.run_prompt) and reduced JPEG reads (media.read_image
+``min_side=``) attacked together: each case fails on the code before the probe."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from showo2_cli.errors import ResourceError
+from showo2_cli.media.image import read_image
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _flat_jpeg(width: int, height: int, separate_scans: bool) -> bytes:
+    """A uniform mid-grey baseline (SOF0) YCbCr JPEG, every coefficient 0, written by hand: its
+    three components in one interleaved scan, or each in a scan of its own (legal baseline, as
+    ``cjpeg -scans`` writes it; Pillow cannot)."""
+    out = b"\xff\xd8" + _segment(0xDB, b"\x00" + b"\x01" * 64)
+    out += _segment(0xC0, struct.pack(">BHHB", 8, height, width, 3) + b"".join(bytes([c, 0x11, 0]) for c in (1, 2, 3)))
+    table = bytes([1] + [0] * 15) + b"\x00"  # one code, '0': DC difference 0 / AC end of block
+    out += _segment(0xC4, b"\x00" + table + b"\x10" + table)
+    blocks = -(-width // 8) * -(-height // 8)
+    for group in [(1,), (2,), (3,)] if separate_scans else [(1, 2, 3)]:
+        out += _segment(0xDA, bytes([len(group)]) + b"".join(bytes([c, 0]) for c in group) + b"\x00\x3f\x00")
+        bits = blocks * len(group) * 2
+        out += b"\x00" * (bits // 8) + (bytes([(1 << (8 - bits % 8)) - 1]) if bits % 8 else b"")
+    return out + b"\xff\xd9"
+
+
+def test_a_jpeg_in_separate_scans_over_the_limit_is_refused_not_reduced(tmp_path):
+    """libjpeg decodes a JPEG whose components come in separate scans only through a buffer of
+    every coefficient of the full image (2 bytes a pixel and component: a 12000x9000 one took
+    625 MB where the interleaved one took 7.5 MB), as a progressive one: over the limit it is
+    refused as the progressive one is; the interleaved one of the same size is read reduced."""
+    one, separate = tmp_path / "one-scan.jpg", tmp_path / "three-scans.jpg"
+    one.write_bytes(_flat_jpeg(2400, 1800, separate_scans=False))
+    separate.write_bytes(_flat_jpeg(2400, 1800, separate_scans=True))
+    im = read_image(one, max_pixels=1_000_000, min_side=432)
+    assert im.size == (600, 450) and im.getpixel((300, 200)) == (128, 128, 128)
+    with pytest.raises(ResourceError, match=r"2400x1800 = 4,320,000 pixels is more than the limit of 1,000,000"):
+        read_image(separate, max_pixels=1_000_000, min_side=432)
+    # within the limit both are read in full, as before
+    assert read_image(separate, max_pixels=5_000_000, min_side=432).size == (2400, 1800)
+
