@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+import torch
 
 from showo2_cli.errors import ResourceError
 from showo2_cli.media.image import read_image
@@ -46,3 +47,34 @@ def test_a_jpeg_in_separate_scans_over_the_limit_is_refused_not_reduced(tmp_path
     # within the limit both are read in full, as before
     assert read_image(separate, max_pixels=5_000_000, min_side=432).size == (2400, 1800)
 
+
+def test_eager_attention_runs_a_long_prompt_whole(monkeypatch):
+    """Eager attention's matmuls over chunk rows round differently from the whole prompt's (keys
+    moved by up to 1.4e-6 on the demo): only the checked SDPA kernel takes chunks, so ``--attn
+    eager`` (the official code's reference) keeps the whole prompt's bits."""
+    from transformers import DynamicCache
+
+    from showo2_cli.loading import load
+    from showo2_cli.modeling.attention import omni_attention_mask
+    from showo2_cli.text_decoding import run_prompt
+
+    net = load("demo", dtype=torch.float32).network
+    net.set_attention("eager")
+    length = 1700
+    embeds = torch.randn(1, length, net.spec.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.5
+    mask = omni_attention_mask(torch.tensor([[[40, 730], [1000, 60]]]), length)
+    with torch.no_grad():
+        want_h, want_c = net.llm(embeds, mask, past_key_values=DynamicCache(), use_cache=True, last_only=True)
+        calls = []
+        real = net.llm
+
+        def spy(x, m, *args, **kwargs):
+            calls.append(tuple(m.shape[-2:]))
+            return real(x, m, *args, **kwargs)
+
+        monkeypatch.setattr(net, "llm", spy)
+        got_h, got_c = run_prompt(net, embeds, mask, DynamicCache())
+    assert calls == [(length, length)]
+    assert torch.equal(got_h[:, -1], want_h[:, -1])
+    for a, b in zip(got_c.layers, want_c.layers, strict=True) if hasattr(got_c, "layers") else ():
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)

@@ -237,9 +237,10 @@ def run_prompt(model, embeds: torch.Tensor, mask: torch.Tensor, cache):
     6328 positions: 0.54 of it), and the mask reaches each layer as ``chunk x L`` rows, not
     ``L x L``. Every position's keys and values, and the last state, are the whole prompt's.
     Flex attention already skips the blocked tiles (and compiles once per shape): one chunk there.
-    Only on the CPU, whose SDPA kernel is checked to give the same bits (a GPU kernel's tiling may
-    round differently): elsewhere one chunk, as before."""
-    whole = getattr(model, "attn", "sdpa") == "flex" or embeds.device.type != "cpu"
+    Only with SDPA on the CPU, whose kernel is checked to give the same bits (a GPU kernel's tiling
+    may round differently; eager attention's matmuls over ``chunk x end`` rows instead of ``L x L``
+    moved keys by up to 1.4e-6 on the demo): elsewhere one chunk, as before."""
+    whole = getattr(model, "attn", "sdpa") != "sdpa" or embeds.device.type != "cpu"
     chunks = [(0, mask.shape[-1])] if whole else prompt_chunks(mask)
     for start, end in chunks:
         # the last layer's shortcut (``last_only``) computes its last position's keys on one row,
