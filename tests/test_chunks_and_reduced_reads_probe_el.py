@@ -48,6 +48,29 @@ def test_a_jpeg_in_separate_scans_over_the_limit_is_refused_not_reduced(tmp_path
     assert read_image(separate, max_pixels=5_000_000, min_side=432).size == (2400, 1800)
 
 
+
+def _flat_lossless_jpeg(width: int, height: int) -> bytes:
+    """A uniform lossless (SOF3, predictor 1) JPEG: every difference 0, so every sample 128."""
+    out = b"\xff\xd8" + _segment(0xC3, struct.pack(">BHHB", 8, height, width, 3)
+                                 + b"".join(bytes([c, 0x11, 0]) for c in (1, 2, 3)))
+    out += _segment(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00")
+    out += _segment(0xDA, b"\x03" + b"".join(bytes([c, 0]) for c in (1, 2, 3)) + b"\x01\x00\x00")
+    bits = width * height * 3
+    out += b"\x00" * (bits // 8) + (bytes([(1 << (8 - bits % 8)) - 1]) if bits % 8 else b"")
+    return out + b"\xff\xd9"
+
+
+def test_a_lossless_jpeg_over_the_limit_is_too_large_not_corrupt(tmp_path):
+    """A lossless JPEG has no DCT to decode reduced in: libjpeg failed on the reduced read and a
+    valid file over the limit was called "truncated or corrupt" (an input error); it is refused as
+    too large, as a progressive one is, and read in full within the limit."""
+    path = tmp_path / "lossless.jpg"
+    path.write_bytes(_flat_lossless_jpeg(2400, 1800))
+    with pytest.raises(ResourceError, match=r"2400x1800 = 4,320,000 pixels is more than the limit of 1,000,000"):
+        read_image(path, max_pixels=1_000_000, min_side=432)
+    im = read_image(path, max_pixels=5_000_000, min_side=432)
+    assert im.size == (2400, 1800) and im.getpixel((1000, 900)) == (128, 128, 128)
+
 def test_eager_attention_runs_a_long_prompt_whole(monkeypatch):
     """Eager attention's matmuls over chunk rows round differently from the whole prompt's (keys
     moved by up to 1.4e-6 on the demo): only the checked SDPA kernel takes chunks, so ``--attn

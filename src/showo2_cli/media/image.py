@@ -225,16 +225,22 @@ def _exif_orientation(im: Image.Image) -> int:
 JPEG_REDUCTION = 64
 
 
+#: the JPEG frames (SOF markers) libjpeg decodes reduced in one pass: sequential DCT, Huffman
+#: (baseline, extended) or arithmetic coded; progressive and lossless ones are not among them
+SEQUENTIAL_JPEG = (0xC0, 0xC1, 0xC9)
+
+
 def _reduced_jpeg(im: Image.Image, min_side: int, limit: int) -> bool:
     """Set a JPEG over ``limit`` pixels to decode reduced in the DCT (Pillow's ``draft``: 1/2, 1/4 or
     1/8 scale, the full image never allocated) at the smallest scale whose short side is still at
     least ``min_side``, when that many pixels fit ``limit``; False (nothing set) otherwise. Only a
-    baseline JPEG in one scan: a progressive one, or one whose components come in separate scans,
-    holds every coefficient of the full image while it decodes (libjpeg's whole-image coefficient
-    buffer: 2 bytes a pixel and component, as much memory as the full decode or more), so it is
-    refused as before."""
+    sequential JPEG in one scan (:data:`SEQUENTIAL_JPEG`): a progressive one, or one whose
+    components come in separate scans, holds every coefficient of the full image while it decodes
+    (libjpeg's whole-image coefficient buffer: 2 bytes a pixel and component, as much memory as the
+    full decode or more), and a lossless one has no DCT to reduce in (libjpeg fails on it), so
+    they are refused as before."""
     if im.format not in ("JPEG", "MPO") or im.info.get("progressive") or im.info.get("progression") \
-            or _first_scan_components(im) != im.layers:
+            or _jpeg_coding(im) not in [(sof, im.layers) for sof in SEQUENTIAL_JPEG]:
         return False
     width, height = im.size
     short = min(width, height)
@@ -249,26 +255,28 @@ def _reduced_jpeg(im: Image.Image, min_side: int, limit: int) -> bool:
     return im.size[0] * im.size[1] <= limit and min(im.size) >= min_side
 
 
-def _first_scan_components(im: Image.Image) -> int | None:
-    """How many components a JPEG's first scan holds (its SOS header), None if not found: fewer
-    than the frame's means one scan per component (or group), which libjpeg decodes only into a
-    buffer of every coefficient of the full image. Walks the marker segments from the start."""
+def _jpeg_coding(im: Image.Image) -> tuple[int | None, int | None]:
+    """A JPEG's frame marker (the last SOF before the first scan, the one Pillow's size is from) and
+    how many components its first scan holds (fewer than the frame's: one scan per component or
+    group, which libjpeg decodes only through a buffer of the full image's coefficients); None
+    where not found. Walks the marker segments from the start, then puts the file back."""
     fp, here = im.fp, im.fp.tell()
+    frame = None
     try:
         fp.seek(0)
         if fp.read(2) != b"\xff\xd8":
-            return None
+            return None, None
         while True:
             marker = fp.read(2)
-            while marker[:1] == b"\xff" and marker[1:] == b"\xff":  # fill bytes before a marker
+            while marker == b"\xff\xff":  # fill bytes before a marker
                 marker = marker[1:] + fp.read(1)
-            if len(marker) < 2 or marker[0] != 0xFF:
-                return None
-            head = fp.read(3 if marker[1] == 0xDA else 2)
-            if len(head) < 2:
-                return None
+            head = fp.read(3 if marker[1:] == b"\xda" else 2)
+            if len(marker) < 2 or marker[0] != 0xFF or len(head) < 2:
+                return frame, None
             if marker[1] == 0xDA:
-                return head[2] if len(head) == 3 else None
+                return frame, head[2] if len(head) == 3 else None
+            if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):  # (DHT, JPG, DAC)
+                frame = marker[1]
             fp.seek(int.from_bytes(head[:2], "big") - 2, os.SEEK_CUR)
     finally:
         fp.seek(here)
