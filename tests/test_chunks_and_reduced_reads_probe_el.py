@@ -101,3 +101,45 @@ def test_eager_attention_runs_a_long_prompt_whole(monkeypatch):
     assert torch.equal(got_h[:, -1], want_h[:, -1])
     for a, b in zip(got_c.layers, want_c.layers, strict=True) if hasattr(got_c, "layers") else ():
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def _peak_above_rss_mb(fn) -> float:
+    """How far the process's peak RSS rose above its RSS while ``fn`` ran (Linux: the peak is reset
+    through ``/proc/self/clear_refs``)."""
+    def status():
+        with open("/proc/self/status") as fh:
+            fields = dict(line.split(":", 1) for line in fh)
+        return (int(fields[key].split()[0]) / 1024 for key in ("VmHWM", "VmRSS"))
+
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pytest.skip("the peak RSS cannot be reset here")
+    _, before = status()
+    fn()
+    peak, _ = status()
+    return peak - before
+
+
+def test_prompt_chunks_reads_the_mask_a_few_rows_at_a_time():
+    """Finding the chunks took the whole mask's column numbers at once, ``L x L`` int64s, 8 times
+    the boolean mask: 343 MB above a 45 MB mask for a one-video prompt (6700 positions), 2.9 GB
+    for a chat of three videos (19500). It reads 64 rows at a time (12 and 25 MB), with the same
+    chunks, batch rows and rows attending to nothing included."""
+    from showo2_cli.modeling.attention import omni_attention_mask
+    from showo2_cli.text_decoding import prompt_chunks
+
+    length = 6000
+    mask = omni_attention_mask(torch.tensor([[[40, 2000], [3000, 900]]]), length)
+    got = []
+    assert _peak_above_rss_mb(lambda: got.append(prompt_chunks(mask))) < 100  # (old code: 275 MB)
+    assert got[0] == [(0, 2048), (2048, 2560), (2560, 4096), (4096, 4608), (4608, 5120), (5120, 5632), (5632, 6000)]
+    # a batch: the chunks hold every row's reach (the second's block over 512), and padding rows
+    # attending to nothing
+    causal = omni_attention_mask(torch.zeros(1, 1, 2, dtype=torch.long), 1200)
+    block = omni_attention_mask(torch.tensor([[[400, 300]]]), 1200)
+    block[..., :3, :] = False
+    assert prompt_chunks(torch.cat([causal, block]), 512) == [(0, 1024), (1024, 1200)]
+    assert prompt_chunks(causal, 512) == [(0, 512), (512, 1024), (1024, 1200)]
+    assert prompt_chunks(causal[..., :3, :3] & False, 2) == [(0, 2), (2, 3)]
