@@ -468,9 +468,10 @@ def _transcript_turns(record, path) -> tuple[list[dict], list[dict]]:
         if not isinstance(items, list) or not all(
                 isinstance(m, dict) and isinstance(m.get("source"), str)
                 and all(type(m.get(k, 1)) is int and 0 < m.get(k, 1) <= 1 << 24 for k in ("tokens", "frames"))
+                and m.get("kind", "image") in ("image", "video") and _tiles_field(m.get("vae_tiles"))
                 for m in items):
             raise UsageError(f"{where}: media must be a list of objects with a 'source' file name "
-                             "(and their 'tokens' and 'frames' counts)")
+                             "(and their 'kind', 'tokens' and 'frames' counts and 'vae_tiles')")
         if len(items) > MAX_MEDIA_PER_TURN:
             raise UsageError(f"{where}: at most {MAX_MEDIA_PER_TURN} media per question")
         return items
@@ -501,8 +502,17 @@ def _released(described: dict) -> VisualInput:
     its record without tokens, the shape of its positions only (never in a prompt again)."""
     import torch
 
-    return VisualInput(str(described.get("kind", "image")), torch.empty((described.get("tokens", 1) - 1, 0),
-                       device="meta"), None, described.get("frames", 1), described["source"])
+    tiles = described.get("vae_tiles")
+    return VisualInput(described.get("kind", "image"), torch.empty((described.get("tokens", 1) - 1, 0),
+                       device="meta"), None, described.get("frames", 1), described["source"],
+                       None if tiles is None else tuple(tiles))
+
+
+def _tiles_field(tiles) -> bool:
+    """A medium's ``vae_tiles`` as :meth:`VisualInput.describe` writes it: absent (encoded whole, or
+    saved before tiles were recorded), or four pixel counts."""
+    return tiles is None or (isinstance(tiles, list) and len(tiles) == 4
+                             and all(type(n) is int and 0 < n <= 1 << 24 for n in tiles))
 
 
 __all__ = ["Cancelled", "Conversation", "MAX_MEDIA_PER_TURN", "Turn", "context_budget", "sampling_record"]
