@@ -66,3 +66,30 @@ def test_load_keeps_the_tiles_of_a_turn_that_left_the_context(demo, tmp_path, mo
     record["turns"][0]["media"][0]["kind"] = "image"
     open("old.json", "w", encoding="utf-8").write(json.dumps(record))
     assert new.load("old.json") == 2 and "vae_tiles" not in new.to_json()["turns"][0]["media"][0]
+
+
+def test_load_of_a_chat_about_media_given_in_memory_says_so(demo, tmp_path):
+    """The Python API's chat about an image or frames given in memory (``chat.attach(array)``)
+    saved them as ``<image>`` and ``<frames>``; ``Conversation.load`` of it said "cannot read media
+    file '<image>': no such file", as though a file had gone. It says they were given in memory, and
+    the chat is as it was."""
+    import numpy as np
+
+    from showo2_cli.chat import Conversation
+
+    frames = [np.full((64, 64, 3), v, np.uint8) for v in (0, 90, 180)]
+    path = tmp_path / "chat.json"
+    for given, label in ((frames[0], "<image>"), (frames, "<frames>")):
+        chat = Conversation(demo)
+        chat.options.max_new_tokens = 1
+        chat.ask("hello")
+        chat.attach(given)
+        chat.save(path, overwrite=True)  # pending
+        other = Conversation(demo)
+        with pytest.raises(Showo2Error, match=f"its {label} was given in memory, not by a file name"):
+            other.load(path)
+        chat.ask("what?")
+        chat.save(path, overwrite=True)  # in the context
+        with pytest.raises(Showo2Error, match=f"its {label} was given in memory"):
+            other.load(path)
+        assert other.turns == []

@@ -410,6 +410,11 @@ class Conversation:
         self._check_length(system, "the system prompt")
 
         def media(items, read: bool) -> list[VisualInput]:
+            for m in items if read else ():
+                if m["source"] in ("<image>", "<frames>") and not os.path.lexists(m["source"]):
+                    raise UsageError(  # (the names media given in memory are described by: no file)
+                        f"transcript {quote_path(path)}: its {m['source']} was given in memory, not by a "
+                        "file name, so it cannot be read again (a chat to take up attaches its media by their paths)")
             return [encode_media(self.model, m["source"], self.options, name=m["source"]) if read
                     else _released(m) for m in items]
 
