@@ -319,7 +319,7 @@ class ModelSpec:
         if scaling is None:
             return
         kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else None
-        if kind != "default" and kind not in ROPE_INIT_FUNCTIONS:
+        if not isinstance(kind, str) or (kind != "default" and kind not in ROPE_INIT_FUNCTIONS):  # (["yarn"])
             offered = sorted(set(ROPE_INIT_FUNCTIONS) - {"dynamic"})  # refused below: not offered
             raise UsageError(f"invalid model spec '{self.name}': rope_scaling must be an object with a rope_type "
                              f"among default, {', '.join(offered)}, got {str(scaling)[:60]}")
@@ -328,11 +328,15 @@ class ModelSpec:
                              "official code recomputes every position's frequencies from the whole sequence's length "
                              "(the longest it has seen) at each step, which a key/value cache cannot reproduce past "
                              "max_position_embeddings; use 'linear' or 'yarn', or no rope_scaling")
-        values = [x for v in scaling.values() for x in (v if isinstance(v, list) else [v])]
-        # NaN passes every "< 1" test; 10**30 overflowed torch building the RoPE, 10**400 a float
-        if any(_number(x) and not _rope_number(x) or isinstance(x, float) and x != x for x in values):
-            raise UsageError(f"invalid model spec '{self.name}': rope_scaling {str(scaling)[:60]}: its numbers must "
-                             "be finite (a whole number below 2**63)")
+        for key, value in scaling.items():
+            if key in ("rope_type", "type") or value is None or (key == "truncate" and isinstance(value, bool)):
+                continue
+            # NaN passes every "< 1" test; 10**30 overflowed torch building the RoPE, 10**400 (a JSON
+            # integer) a float, and a text ("beta_fast": "32") failed deep inside transformers (a
+            # TypeError of its dataclass validation)
+            if not all(_rope_number(x) for x in (value if isinstance(value, list) else [value])):
+                raise UsageError(f"invalid model spec '{self.name}': rope_scaling {str(scaling)[:60]}: its numbers "
+                                 f"must be finite numbers, whole ones below 2**63 ({key} is {short(repr(value), 24)})")
         # transformers' own check of the type's numbers (factor, ...); since transformers 5 it logs what
         # it refuses ("factor field must be a float or int >= 1, got 0.0") and builds the RoPE anyway:
         # a linear factor of 0 made every position's rotation NaN, every answer garbage (exit 0)
