@@ -188,7 +188,11 @@ def _llm_rope_scaling(llm_cfg: dict, where, max_positions: int) -> dict | None:
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
     scaling = dict(scaling)
     if "type" in scaling:
-        scaling.setdefault("rope_type", scaling.pop("type"))
+        # the official code's transformers (4.47) sets rope_type from the older key when a
+        # rope_scaling has both (``{"type": "yarn", "rope_type": "linear"}`` is YaRN there); a newer
+        # config's rope_parameters keep their own rope_type
+        kind = scaling.pop("type")
+        scaling["rope_type"] = kind if official_key else scaling.get("rope_type", kind)
     if official_key and scaling.get("rope_type") == "yarn":
         # transformers 4.47 (the official code's) takes YaRN's correction range from the config's
         # max_position_embeddings and its attention factor from `factor` (or `attention_factor`)
