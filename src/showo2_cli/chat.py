@@ -43,7 +43,7 @@ from .dialogue import (
 )
 from .errors import ContextTooLong, UsageError, short
 from .loading import Showo2, require_model
-from .options import CaptionOptions, check_max_context, check_unicode, seed_from_torch
+from .options import CaptionOptions, check_max_context, check_unicode, is_finite_number, seed_from_torch
 from .runtime import cpu_by_default
 
 #: Media attached to one question, at most.
@@ -492,14 +492,22 @@ def _transcript_turns(record, path) -> tuple[list[dict], list[dict]]:
         if seen_in and not in_context:
             raise UsageError(f"{where}: a turn out of the context follows one in it")
         seen_in |= in_context
+        # records only (never a length the chat computes with): one that cannot be a count or a time
+        # (-5, 10**18 tokens, NaN or 10**400 seconds: float() raised on it, NaN was saved again as
+        # JSON's invalid NaN) is not kept, as a missing one
         numbers = [t.get(k, 0) for k in ("prompt_tokens", "generated_tokens", "seconds")]
         turns.append({"question": t["question"], "answer": t["answer"], "media": media(t.get("media", [])),
                       "in_context": in_context, "stopped": t.get("finish_reason", "stop") != "length",
-                      "prompt_tokens": numbers[0] if isinstance(numbers[0], int) else 0,
-                      "generated_tokens": numbers[1] if isinstance(numbers[1], int) else 0,
-                      "seconds": float(numbers[2]) if isinstance(numbers[2], (int, float)) else 0.0,
+                      "prompt_tokens": numbers[0] if _count(numbers[0]) else 0,
+                      "generated_tokens": numbers[1] if _count(numbers[1]) else 0,
+                      "seconds": float(numbers[2]) if is_finite_number(numbers[2]) and numbers[2] >= 0 else 0.0,
                       "sampling": t["sampling"] if isinstance(t.get("sampling"), dict) else None})
     return turns, media(record.get("pending_media", []))
+
+
+def _count(value) -> bool:
+    """A token count a transcript may record (as media counts are bounded, 2^24)."""
+    return type(value) is int and 0 <= value <= 1 << 24
 
 
 def _released(described: dict) -> VisualInput:
