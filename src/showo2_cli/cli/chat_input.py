@@ -65,7 +65,7 @@ def _messages(lines, max_bytes: int, typing=None):
     ends it. One over ``max_bytes`` is read to its end, not held: a :class:`LineTooLong`; input ending
     inside one: :class:`Unclosed`. ``typing(on)`` says when one is being typed (the prompt shows it)."""
     typing = typing or (lambda _on: None)
-    block, size = None, 0
+    block, size, count = None, 0, 0  # (count: its lines, also those past the limit, not held)
     for line in lines:
         if line is _CLEARED:
             if block is not None:
@@ -77,20 +77,20 @@ def _messages(lines, max_bytes: int, typing=None):
             if not opening.startswith(MULTILINE):
                 yield line
                 continue
-            line, block, size = opening[len(MULTILINE):], [], 0
+            line, block, size, count = opening[len(MULTILINE):], [], 0, 0
             if line.rstrip().endswith(MULTILINE):
                 yield Message(line.rstrip()[:-len(MULTILINE)])
                 block = None
                 continue
             typing(True)
         if isinstance(line, LineTooLong):
-            size += line.size
+            size, count = size + line.size, count + 1
             continue
         closes = line.rstrip().endswith(MULTILINE)
         if closes:
             line = line.rstrip()[:-len(MULTILINE)]
         if line.strip() or not closes and (block or size):  # the marks' own lines add no blank line
-            size += len(line.encode("utf-8", "surrogatepass")) + 1
+            size, count = size + len(line.encode("utf-8", "surrogatepass")) + 1, count + 1
             if size <= max_bytes:
                 block.append(line)
         if closes:
@@ -99,7 +99,7 @@ def _messages(lines, max_bytes: int, typing=None):
             block = None
     if block is not None:
         typing(False)
-        yield Unclosed(len(block))
+        yield Unclosed(count)
 
 
 def _lines(interactive: bool, show_prompt: bool, max_bytes: int = 2**20):
