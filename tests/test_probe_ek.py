@@ -28,7 +28,7 @@ LINEAR, YARN = {"rope_type": "linear", "factor": 2}, {"rope_type": "yarn", "fact
 
 
 @pytest.mark.parametrize(("field", "scaling", "key", "message"), [
-    ("rope_scaling", LINEAR, "factor", r"rope_scaling .*its numbers must be finite \(a whole number below 2\*\*63\)"),
+    ("rope_scaling", LINEAR, "factor", r"rope_scaling .*its numbers must be finite numbers \(factor is .*; a whole number below 2\*\*63\)"),
     ("rope_scaling", YARN, "beta_fast", r"rope_scaling .*its numbers must be finite"),
     ("head_rope_scaling", LLAMA3, "factor", r"head_rope_scaling\.factor must be a positive number"),
     ("head_rope_scaling", LLAMA3, "original_max_position_embeddings",

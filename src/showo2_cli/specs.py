@@ -336,7 +336,7 @@ class ModelSpec:
             # TypeError of its dataclass validation)
             if not all(_rope_number(x) for x in (value if isinstance(value, list) else [value])):
                 raise UsageError(f"invalid model spec '{self.name}': rope_scaling {str(scaling)[:60]}: its numbers "
-                                 f"must be finite numbers, whole ones below 2**63 ({key} is {short(repr(value), 24)})")
+                                 f"must be finite numbers ({key} is {short(repr(value), 24)}; a whole number below 2**63)")
         # transformers' own check of the type's numbers (factor, ...); since transformers 5 it logs what
         # it refuses ("factor field must be a float or int >= 1, got 0.0") and builds the RoPE anyway:
         # a linear factor of 0 made every position's rotation NaN, every answer garbage (exit 0)
