@@ -54,3 +54,28 @@ def test_help_is_readable_on_a_terminal(demo):
     for name in ("/video", "/exit"):  # the aliases that work are named
         assert name in text
     assert [line for line in text.splitlines() if len(line) > 100] == [f"  {u}" for u in COMMANDS if len(u) > 98]
+
+
+def test_a_long_context_is_cut_to_the_fewest_dropped_turns_by_bisection(demo, monkeypatch):
+    """Turns left the context one at a time, each time recounting the whole prompt: a transcript
+    /load-ed with 100,000 turns in its context had not answered after 7 minutes (probe EM)."""
+    from showo2_cli import chat as C
+
+    conv = C.Conversation(demo, max_context=120)
+    for i in range(300):
+        conv.add_turn(f"question {i}", f"answer {i}", [])
+    current = C.TurnTokens(conv._question_ids("What colour is it?"), [])
+
+    def length(first: int) -> int:
+        return C.prompt_length(conv._context(current, first, []), conv._pieces, conv.template)
+
+    expected = next(f for f in range(301) if length(f) + 8 <= 120)  # one turn at a time, as before
+    assert expected > 250
+    calls = []
+    real = C.prompt_length
+    monkeypatch.setattr(C, "prompt_length", lambda *a: calls.append(1) or real(*a))
+    first, carried, prompt, limit, notices = conv._fit(current, 8)
+    assert (first, carried, limit) == (expected, [], 8)
+    assert prompt == real(conv._context(current, first, []), conv._pieces, conv.template)
+    assert notices == [f"context budget of 120 tokens reached: the oldest {expected} turns left the context"]
+    assert len(calls) <= 12  # log2(300) + 3 (it was one per turn dropped: about 290)

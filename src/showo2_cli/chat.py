@@ -241,17 +241,35 @@ class Conversation:
         carried from dropped turns, the prompt's length, the answer's token budget and the notices saying so; the
         conversation itself (notices included) is changed only when the answer is done
         (:meth:`ask`), so a refused or cancelled question changes nothing."""
-        first, carried, dropped = self._start, self._carried, 0
-        while True:
-            length = prompt_length(self._context(current, first, carried), self._pieces, self.template)
-            if length + max_new_tokens <= self.max_context or first == len(self.turns) \
-                    or self.overflow != "drop":
-                break
-            gone = self.turns[first]
-            first += 1
-            dropped += 1
-            later = any(t.media for t in self.turns[first:]) or bool(current.visuals)
-            carried = list((gone.media[-1:] or carried[-1:]) if not later else [])
+        start = self._start
+
+        def carried_from(first: int) -> list[VisualInput]:
+            """The media carried when the turns before ``first`` have left: the last image of the
+            turns that left (else the one carried already), unless a later turn or the question has media."""
+            if first == start:
+                return self._carried
+            if current.visuals or any(t.media for t in self.turns[first:]):
+                return []
+            return next((list(t.media[-1:]) for t in reversed(self.turns[start:first]) if t.media),
+                        self._carried[-1:])
+
+        def length_from(first: int) -> int:
+            return prompt_length(self._context(current, first, carried_from(first)), self._pieces, self.template)
+
+        first, length = start, length_from(start)
+        if length + max_new_tokens > self.max_context and self.overflow == "drop" and first < len(self.turns):
+            # the fewest oldest turns to drop, by bisection: dropping turns never lengthens the prompt, and
+            # one turn at a time recounted the whole prompt per turn (a transcript /load-ed with 100,000
+            # turns in its context had not answered after 7 minutes)
+            lo, hi = start, len(self.turns)  # lo does not fit; hi is where dropping stops, fit or not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if length_from(mid) + max_new_tokens <= self.max_context:
+                    hi = mid
+                else:
+                    lo = mid
+            first, length = hi, length_from(hi)
+        carried, dropped = carried_from(first), first - start
         room = self.max_context - length
         # OpenAI's and vLLM's sentences: clients (LiteLLM's fallbacks) recognise an overflow by them
         if room < 1:
