@@ -153,45 +153,23 @@ def worker_official(args) -> dict:
                                     on_call=lambda: stamps.append(clocks()))
             out.update(step_times(stamps))
             torch.save(torch.chunk(final, 2)[0].float().clone(), Path(args.io) / "latents.pt")
-        elif args.task == "video":
+        else:  # the caption prompt (inference_mmu.py), or a video's (inference_mmu_vid.py)
             import torch.nn.functional as F
 
+            video = args.task == "video"
             dtype = torch.float32
             emb = model.showo.model.embed_tokens
             a = torch.tensor([[ids["bos"], *x["system"]]])
             b = torch.tensor([[ids["boi"], ids["eoi"], *x["question"]]])
-            lat = video_latents(g, args.video_frames)
-            start = clocks()
-            # inference_mmu_vid.py: every frame through the dual path, pooled bilinearly to 14 x 14
-            und = model.image_embedder_und(lat) + model.position_embedding(model.image_position_ids)
-            und = model.und_trans(und)["last_hidden_state"]
-            image_embeds = model.fusion_proj(torch.cat([und, model.image_embedder_gen(lat)], dim=-1))
-            grid = image_embeds.reshape(lat.shape[0], g.grid, g.grid, -1).permute(0, 3, 1, 2).contiguous()
-            grid = F.interpolate(grid, size=(VIDEO_POOL, VIDEO_POOL), mode="bilinear")
-            image_embeds = grid.permute(0, 2, 3, 1).reshape(-1, image_embeds.size(-1))[None]
-            time_embeds = model.time_embed_proj(model.time_embed(torch.Tensor([[1.0]]), dtype))
-            ea, eb = emb(a), emb(b)
-            embeds = torch.cat([ea, eb[:, :1], time_embeds, image_embeds, eb[:, 1:]], dim=1)
-            from models import omni_attn_mask_naive
-
-            mp = torch.tensor([a.shape[1] + 2, g.grid * g.grid + 1])[None, None]
-            mask = omni_attn_mask_naive(B=1, LEN=embeds.size(1), modalities=mp, device="cpu",
-                                        inverted=True).to(dtype)
-            tokens = model.mmu_generate(input_embeds=embeds, attention_mask=mask, top_k=1,
-                                        max_new_tokens=args.tokens, eos_token=None)
-            out.update(elapsed(start))
-            out["token_ids"] = [int(t) for t in tokens]
-            out["prompt_len"] = embeds.shape[1]
-        else:
-            dtype = torch.float32
-            emb = model.showo.model.embed_tokens
-            a = torch.tensor([[ids["bos"], *x["system"]]])
-            b = torch.tensor([[ids["boi"], ids["eoi"], *x["question"]]])
-            lat = x["latents"]
+            lat = video_latents(g, args.video_frames) if video else x["latents"]
             start = clocks()
             und = model.image_embedder_und(lat) + model.position_embedding(model.image_position_ids)
             und = model.und_trans(und)["last_hidden_state"]
             image_embeds = model.fusion_proj(torch.cat([und, model.image_embedder_gen(lat)], dim=-1))
+            if video:  # every frame through the dual path, pooled bilinearly to 14 x 14
+                grid = image_embeds.reshape(lat.shape[0], g.grid, g.grid, -1).permute(0, 3, 1, 2).contiguous()
+                grid = F.interpolate(grid, size=(VIDEO_POOL, VIDEO_POOL), mode="bilinear")
+                image_embeds = grid.permute(0, 2, 3, 1).reshape(-1, image_embeds.size(-1))[None]
             time_embeds = model.time_embed_proj(model.time_embed(torch.Tensor([[1.0]]), dtype))
             ea, eb = emb(a), emb(b)
             embeds = torch.cat([ea, eb[:, :1], time_embeds, image_embeds, eb[:, 1:]], dim=1)
