@@ -212,22 +212,14 @@ def worker_ours(args) -> dict:
                                      callback=lambda *a: stamps.append(clocks()))
             out.update(step_times(stamps))
             torch.save(final.float().clone(), Path(args.io) / "latents.pt")
-        elif args.task == "video":
-            lat = video_latents(g, args.video_frames)
-            start = clocks()
-            visual = net.pooled_frame_tokens(lat, VIDEO_POOL)
-            _, time_token = net.time_embedding(torch.ones(1))
-            layout = understanding_layout(x["question"], visual.shape[0], tok, x["system"], [], [],
-                                          mask_mode="official", official_block_len=g.grid * g.grid + 1)
-            embeds = net.embed_sequence(layout.input_ids, [[visual]], layout.slots, time_token[:, None])
-            mask = omni_attention_mask(layout.blocks, layout.seq_len)
-            res = generate(net, embeds, mask, TextSampling(max_new_tokens=args.tokens))
-            out.update(elapsed(start))
-            out["token_ids"] = res.token_ids
-            out["prompt_len"] = embeds.shape[1]
-        else:
-            start = clocks()
-            visual = net.encode_visual(x["latents"]).fused[0]
+        else:  # the caption prompt, or a video's: its frames pooled to 14 x 14
+            if args.task == "video":
+                lat = video_latents(g, args.video_frames)
+                start = clocks()
+                visual = net.pooled_frame_tokens(lat, VIDEO_POOL)
+            else:
+                start = clocks()
+                visual = net.encode_visual(x["latents"]).fused[0]
             _, time_token = net.time_embedding(torch.ones(1))
             layout = understanding_layout(x["question"], visual.shape[0], tok, x["system"], [], [],
                                           mask_mode="official", official_block_len=g.grid * g.grid + 1)
