@@ -18,9 +18,9 @@ def demo():
 
 
 def _read(data: bytes, max_bytes: int = 1000) -> list:
-    from showo2_cli.cli.chat_input import _messages, _pipe_lines
+    from showo2_cli.cli.chat_input import _messages, pipe_lines
 
-    return list(_messages(_pipe_lines(io.BytesIO(data), max_bytes), max_bytes))
+    return list(_messages(pipe_lines(io.BytesIO(data), max_bytes), max_bytes))
 
 
 def test_a_message_of_several_lines_between_triple_quotes():

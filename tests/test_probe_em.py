@@ -99,10 +99,10 @@ def test_a_transcripts_impossible_counts_and_times_load_as_missing_ones(demo, tm
 def test_input_ending_inside_a_message_over_the_limit_says_its_lines():
     """A here-doc of a \"\"\" and 10^6 lines with no closing mark said "the input ended inside a \"\"\"
     message (524288 lines)": the lines held up to the 1 MiB limit, not the message's."""
-    from showo2_cli.cli.chat_input import Unclosed, _messages, _pipe_lines
+    from showo2_cli.cli.chat_input import Unclosed, _messages, pipe_lines
 
     def read(data: bytes, limit: int) -> list:
-        return list(_messages(_pipe_lines(io.BytesIO(data), limit), limit))
+        return list(_messages(pipe_lines(io.BytesIO(data), limit), limit))
 
     assert read(b'"""\n' + b"x\n" * 10 ** 6, 2 ** 20) == [Unclosed(10 ** 6)]
     assert read(b'"""\nx\ny\n' + b"z" * 50 + b"\nw\n", 20) == [Unclosed(4)]  # a line over the limit counts

@@ -160,10 +160,10 @@ def test_a_chat_script_with_lone_carriage_returns_is_read_line_by_line():
     at a lone CR."""
     import io
 
-    from showo2_cli.cli.chat import LineTooLong, _pipe_lines
+    from showo2_cli.cli.chat_input import LineTooLong, pipe_lines
 
     script = b"\xef\xbb\xbfwhat color?\r/t2i a red circle -o c.png\r/quit\r"
-    assert list(_pipe_lines(io.BytesIO(script), 100)) == ["what color?", "/t2i a red circle -o c.png", "/quit"]
-    assert list(_pipe_lines(io.BytesIO(b"a\r\nb\rc\n"), 100)) == ["a", "b", "c"]
-    (long,) = _pipe_lines(io.BytesIO(b"x\r" * 60), 100)  # still one unended line over the limit: dropped
+    assert list(pipe_lines(io.BytesIO(script), 100)) == ["what color?", "/t2i a red circle -o c.png", "/quit"]
+    assert list(pipe_lines(io.BytesIO(b"a\r\nb\rc\n"), 100)) == ["a", "b", "c"]
+    (long,) = pipe_lines(io.BytesIO(b"x\r" * 60), 100)  # still one unended line over the limit: dropped
     assert isinstance(long, LineTooLong) and long.size == 120

@@ -56,15 +56,15 @@ def test_a_chat_script_saved_with_a_byte_order_mark_runs_its_first_command(monke
     import io
     import sys
 
-    from showo2_cli.cli.chat import LineTooLong, _lines, _pipe_lines
+    from showo2_cli.cli.chat_input import LineTooLong, input_lines, pipe_lines
 
     data = b"\xef\xbb\xbf/image x.png\r\n\xef\xbb\xbfwhat?\n"
-    assert list(_pipe_lines(io.BytesIO(data), 100)) == ["/image x.png", "\ufeffwhat?"]
+    assert list(pipe_lines(io.BytesIO(data), 100)) == ["/image x.png", "\ufeffwhat?"]
     # the mark counts toward a line's limit, and a long opening line is still refused whole
-    lines = list(_pipe_lines(io.BytesIO(b"\xef\xbb\xbf" + b"y" * 99 + b"\n/quit\n"), 100))
+    lines = list(pipe_lines(io.BytesIO(b"\xef\xbb\xbf" + b"y" * 99 + b"\n/quit\n"), 100))
     assert isinstance(lines[0], LineTooLong) and lines[0].size == 103 and lines[1:] == ["/quit"]
     monkeypatch.setattr(sys, "stdin", io.StringIO("\ufeff/help\n\ufeffx\n"))  # a stdin without bytes
-    assert list(_lines(False, False)) == ["/help", "\ufeffx"]
+    assert list(input_lines(False, False)) == ["/help", "\ufeffx"]
 
 
 # ---- prompts files ------------------------------------------------------------------------------

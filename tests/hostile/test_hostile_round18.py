@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PARITY_DIR as PARITY
 from test_hub_pipeline import hub  # noqa: F401  (the local Hub on 127.0.0.1)
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "showo2_cli" / "assets" / "demo"
-PARITY = Path("/work/shared/parity")
 
 
 def _demo_with(tmp_path: Path, **spec) -> Path:

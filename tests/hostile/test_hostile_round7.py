@@ -100,7 +100,7 @@ def test_special_token_strings_in_questions_and_prompts_stay_text(tiny, monkeypa
 def test_a_chat_line_is_never_held_beyond_its_limit():
     """`showo2 chat < /dev/zero` (or any stream without a line end) read one endless line into memory:
     a 200 MB line took 860 MB before it was refused, an endless one all of it."""
-    from showo2_cli.cli.chat import LineTooLong, _pipe_lines
+    from showo2_cli.cli.chat_input import LineTooLong, pipe_lines
 
     class Counting(io.BytesIO):
         largest = 0
@@ -111,7 +111,7 @@ def test_a_chat_line_is_never_held_beyond_its_limit():
             Counting.largest = max(Counting.largest, len(line))
             return line
 
-    lines = list(_pipe_lines(Counting(b"\0" * 5000 + b"\nWhat color?\r\n\xff\n" + b"y" * 100 + b"\n"), 100))
+    lines = list(pipe_lines(Counting(b"\0" * 5000 + b"\nWhat color?\r\n\xff\n" + b"y" * 100 + b"\n"), 100))
     assert isinstance(lines[0], LineTooLong) and lines[0].size == 5001
     assert lines[1:] == ["What color?", "\ufffd", "y" * 100]
     assert Counting.largest <= 101

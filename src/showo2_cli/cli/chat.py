@@ -21,7 +21,7 @@ import typer
 from ..errors import ResourceError, is_out_of_memory, one_line, rename_options
 from ..options import DEFAULT_MAX_NEW_TOKENS, RuntimeOptions, check_max_context
 from . import common
-from .chat_input import MULTILINE, LineTooLong, Message, Unclosed, _lines, _pipe_lines  # noqa: F401
+from .chat_input import MULTILINE, LineTooLong, Message, Unclosed, input_lines
 from .common import (
     LoraOpt,
     LoraWeightOpt,
@@ -485,7 +485,7 @@ def chat(
     session = ChatSession(conv, interactive=interactive)
     # a line longer than any question the context takes (4 bytes a character at most) is never held whole
     limit = 4 * conv.max_chars + 2
-    for line in _lines(interactive, show_prompt, limit):
+    for line in input_lines(interactive, show_prompt, limit):
         if isinstance(line, LineTooLong):
             session.error(f"a line of {line.size} bytes is longer than any question the context of "
                           f"{conv.max_context} tokens takes (at most {conv.max_chars} characters): skipped")

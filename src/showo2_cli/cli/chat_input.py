@@ -20,7 +20,7 @@ class LineTooLong:
         self.size = size
 
 
-def _pipe_lines(stream, max_bytes: int):
+def pipe_lines(stream, max_bytes: int):
     """Lines of a binary stream (undecodable bytes replaced), none held longer than ``max_bytes``:
     a longer one (``/dev/zero`` has no line end) is read on in ``max_bytes`` pieces and dropped,
     given as a :class:`LineTooLong`. A byte-order mark opening the stream (a script saved by
@@ -102,7 +102,7 @@ def _messages(lines, max_bytes: int, typing=None):
         yield Unclosed(count)
 
 
-def _lines(interactive: bool, show_prompt: bool, max_bytes: int = 2**20):
+def input_lines(interactive: bool, show_prompt: bool, max_bytes: int = 2**20):
     """Input lines: an editing prompt on a terminal, else plain lines of stdin (undecodable bytes
     replaced; a line over ``max_bytes`` bytes is a :class:`LineTooLong`), a message's joined
     (:func:`_messages`; the prompt ``... ``). Ctrl-C at the prompt clears the line (and a message); Ctrl-D ends."""
@@ -118,7 +118,7 @@ def _raw_lines(interactive: bool, show_prompt: bool, more: list, max_bytes: int)
             for i, line in enumerate(sys.stdin):
                 yield (line.removeprefix("\ufeff") if i == 0 else line).rstrip("\r\n")
             return
-        yield from _pipe_lines(stream, max_bytes)
+        yield from pipe_lines(stream, max_bytes)
         return
     read = None
     prompt = (lambda: "... " if more[0] else ">>> ") if show_prompt else (lambda: "")
