@@ -255,6 +255,12 @@ def _reduced_jpeg(im: Image.Image, min_side: int, limit: int) -> bool:
     return im.size[0] * im.size[1] <= limit and min(im.size) >= min_side
 
 
+#: the marker segments and fill bytes :func:`_jpeg_coding` reads before it gives up (a photo has a
+#: few dozen segments, up to about 300 with a split ICC profile and extended XMP; a crafted file
+#: millions, each read one by one): past it the JPEG is not decoded reduced (refused as too large)
+JPEG_MAX_MARKER_STEPS = 4096
+
+
 def _jpeg_coding(im: Image.Image) -> tuple[int | None, int | None]:
     """A JPEG's frame marker (the last SOF before the first scan, the one Pillow's size is from) and
     how many components its first scan holds (fewer than the frame's: one scan per component or
@@ -266,10 +272,13 @@ def _jpeg_coding(im: Image.Image) -> tuple[int | None, int | None]:
         fp.seek(0)
         if fp.read(2) != b"\xff\xd8":
             return None, None
-        while True:
+        steps = 0  # segments and fill bytes read: bounded, so a file that lies costs no more than this
+        while steps < JPEG_MAX_MARKER_STEPS:
             marker = fp.read(2)
-            while marker == b"\xff\xff":  # fill bytes before a marker
+            while marker == b"\xff\xff" and steps < JPEG_MAX_MARKER_STEPS:  # fill bytes before a marker
                 marker = marker[1:] + fp.read(1)
+                steps += 1
+            steps += 1
             head = fp.read(3 if marker[1:] == b"\xda" else 2)
             if len(marker) < 2 or marker[0] != 0xFF or len(head) < 2:
                 return frame, None
@@ -278,6 +287,7 @@ def _jpeg_coding(im: Image.Image) -> tuple[int | None, int | None]:
             if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):  # (DHT, JPG, DAC)
                 frame = marker[1]
             fp.seek(int.from_bytes(head[:2], "big") - 2, os.SEEK_CUR)
+        return frame, None  # more segments or fill bytes before the first scan than a photo has
     finally:
         fp.seek(here)
 
