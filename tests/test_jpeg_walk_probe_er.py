@@ -8,7 +8,15 @@ from PIL import Image
 from tests.test_chunks_and_reduced_reads_probe_el import _flat_jpeg
 
 from showo2_cli.errors import ResourceError
+from showo2_cli.loading import bundled_demo_path, load
 from showo2_cli.media import image as M
+
+
+@pytest.fixture(scope="module")
+def demo():
+    if bundled_demo_path() is None:
+        pytest.skip("the bundled demo is not installed")
+    return load("demo")
 
 
 def _with_segments_before_sof(data: bytes, segments: int, fill: int = 0) -> bytes:
@@ -61,7 +69,7 @@ def _carried_from(conv, current, start: int, first: int) -> list:
     return next((list(t.media[-1:]) for t in reversed(conv.turns[start:first]) if t.media), conv._carried[-1:])
 
 
-def test_dropping_turns_never_lengthens_the_prompt_with_carried_media():
+def test_dropping_turns_never_lengthens_the_prompt_with_carried_media(demo):
     """Conversation._fit bisects on "dropping turns never lengthens the prompt". The one way it could
     fail is the image a dropped turn carries into the first kept turn (a video or image longer than
     the turn it lands on): it is one of the dropped turn's own media, so it never is. Checked over
@@ -74,11 +82,8 @@ def test_dropping_turns_never_lengthens_the_prompt_with_carried_media():
 
     from showo2_cli import chat as C
     from showo2_cli.dialogue import VisualInput
-    from showo2_cli.loading import bundled_demo_path, load
 
-    if bundled_demo_path() is None:
-        pytest.skip("the bundled demo is not installed")
-    model = load("demo")
+    model = demo
     rng = random.Random(0)
     carries = 0  # the cases where a dropped turn's image is carried
 
@@ -105,3 +110,35 @@ def test_dropping_turns_never_lengthens_the_prompt_with_carried_media():
             expected = start + next(i for i, n in enumerate(lengths) if n + 1 <= budget + 1)
             assert conv._fit(current, 1)[0] == expected, (case, budget)
     assert carries >= 10, carries  # 23 of the 40
+
+
+def test_load_encodes_a_file_named_by_many_turns_once(demo, tmp_path, monkeypatch):
+    """Conversation.load encoded every medium of every turn in the context again, the same file
+    once per turn naming it: 50 turns naming one photo took 16 s on the demo (10^5: hours). Each
+    file is now read and encoded once; every turn holds the same tokens as before."""
+    import json
+
+    import torch
+
+    from showo2_cli import chat as C
+    from showo2_cli.dialogue import encode_media
+    from test_chat_serve import scene, write_scene
+
+    model = demo
+    write_scene(tmp_path / "a.png", scene(3))
+    write_scene(tmp_path / "b.png", scene(5))
+    conv = C.Conversation(model)
+    for i in range(30):
+        conv.add_turn(f"q {i}", f"a {i}", [encode_media(model, str(tmp_path / ("a.png" if i % 3 else "b.png")),
+                                                        conv.options, name=str(tmp_path / ("a.png" if i % 3 else "b.png")))])
+    conv.save(tmp_path / "chat.json")
+    assert len(json.loads((tmp_path / "chat.json").read_text())["turns"]) == 30
+    calls = []
+    real = C.encode_media
+    monkeypatch.setattr(C, "encode_media", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    again = C.Conversation(model)
+    assert again.load(tmp_path / "chat.json") == 30
+    assert sorted(calls) == sorted({str(tmp_path / "a.png"), str(tmp_path / "b.png")})  # it was 30 encodes
+    for old, new in zip(conv.turns, again.turns, strict=True):
+        assert [m.source for m in old.media] == [m.source for m in new.media]
+        assert all(torch.equal(a.tokens, b.tokens) for a, b in zip(old.media, new.media, strict=True))

@@ -433,8 +433,16 @@ class Conversation:
                     raise UsageError(  # (the names media given in memory are described by: no file)
                         f"transcript {quote_path(path)}: its {m['source']} was given in memory, not by a "
                         "file name, so it cannot be read again (a chat to take up attaches its media by their paths)")
-            return [encode_media(self.model, m["source"], self.options, name=m["source"]) if read
-                    else _released(m) for m in items]
+            return [read_again(m["source"]) if read else _released(m) for m in items]
+
+        encoded: dict[str, VisualInput] = {}
+
+        def read_again(source: str) -> VisualInput:
+            """A recorded file encoded once however many turns name it (each encode reads and decodes
+            it: 50 turns naming one photo took 16 s on the demo, 10^5 would have taken hours)."""
+            if source not in encoded:
+                encoded[source] = encode_media(self.model, source, self.options, name=source)
+            return encoded[source]
 
         # the image a dropped turn left in the context (as ask() keeps it): the last one, when no turn
         # in the context has one (media attached since are not of the question that dropped it)
