@@ -18,11 +18,14 @@ What it does:
    * t2i: ``inference_t2i.py``'s guided sampling (g = 5, Euler, shifted grid, 1024-token rows) for
      ``--t2i-steps`` grid points; the time of every model call (official) or step (ours); final
      latents compared;
+   * t2v: the same sampling on ``--t2v-frames`` latent frames (the frame-major (B, C, T, h, w) latent
+     the official model class takes, rows with bov / eov / vid_pad and t2i's text budget);
    * video: ``inference_mmu_vid.py``'s prompt (``--video-frames`` frames, each through the dual path
      and pooled to 14 x 14, the 730-position official block) and the same greedy decoding;
    * caption: ``inference_mmu.py``'s prompt (system prompt, 729 image tokens + time slot,
      question) and ``mmu_generate`` greedy (top_k 1) for ``--tokens`` new tokens against ours
-     (``text_decoding.generate``); token ids compared;
+     (``text_decoding.generate``); token ids compared; the official model loaded as the scripts do
+     (``from_pretrained``), so its load time beside ours gives load + first token (``--tokens 1``);
 3. writes JSON (+ a Markdown table beside it).
 
 Ours is measured through the library calls the pipelines make (``generate_latents`` with the
@@ -110,6 +113,21 @@ def video_latents(g, frames: int):
     return torch.randn(frames, 16, side, side, generator=torch.Generator().manual_seed(2))
 
 
+def gen_setup(args, g, x):
+    """(latent frames, row length, noise) of a generation task: t2i's one image in 1024-token rows, or
+    t2v's ``--t2v-frames`` latent frames (frame-major, as the official model class takes a
+    (B, C, T, h, w) latent) in rows with the same text budget past the visual block."""
+    import torch
+
+    if args.task == "t2i":
+        return 1, MAX_SEQ_LEN, x["noise"]
+    frames = args.t2v_frames
+    side = 2 * g.grid
+    noise = torch.randn(1, 16, frames, side, side, generator=torch.Generator().manual_seed(3))
+    seq_len = frames * g.grid * g.grid + 1 + (MAX_SEQ_LEN - g.grid * g.grid - 1)
+    return frames, seq_len, noise.to(torch.bfloat16).float()
+
+
 # ---- workers (one process each) ---------------------------------------------------------------
 
 def worker_make(args) -> dict:
@@ -134,24 +152,34 @@ def worker_make(args) -> dict:
 
 def worker_official(args) -> dict:
     import torch
-    from official_harness import gen_token_rows, import_official, load_official, official_sample
+    from official_harness import (
+        gen_token_rows,
+        import_official,
+        load_official,
+        load_official_pretrained,
+        official_sample,
+    )
 
     import_official(args.official, args.site)
-    model, g = load_official(Path(args.model))
+    start = clocks()
+    # the caption measures the scripts' from_pretrained (load time, time to first token); the others
+    # build the model and load its state dict (the same weights, less of the library in the way)
+    model, g = (load_official_pretrained if args.task == "caption" else load_official)(Path(args.model))
+    out = {"load": elapsed(start), "peak_rss_after_load_gib": peak_rss_gib()}
     x = inputs(g)
     ids = x["ids"]
-    out = {"peak_rss_after_load_gib": peak_rss_gib()}
     with torch.no_grad():
-        if args.task == "t2i":
-            num_image_tokens = g.grid * g.grid + 1
-            cond, uncond, mp, mp_null = gen_token_rows(x["prompt"], num_image_tokens, MAX_SEQ_LEN, ids)
+        if args.task in ("t2i", "t2v"):
+            frames, seq_len, noise = gen_setup(args, g, x)
+            cond, uncond, mp, mp_null = gen_token_rows(x["prompt"], frames * g.grid * g.grid + 1, seq_len, ids,
+                                                       video=args.task == "t2v")
             text_tokens = torch.cat([cond, uncond])
             modality_positions = torch.cat([mp, mp_null])
-            z = torch.cat([x["noise"], x["noise"]])
+            z = torch.cat([noise, noise])
             stamps = [clocks()]
-            final = official_sample(model, z, text_tokens, modality_positions, MAX_SEQ_LEN, GUIDANCE, args.t2i_steps,
+            final = official_sample(model, z, text_tokens, modality_positions, seq_len, GUIDANCE, args.t2i_steps,
                                     on_call=lambda: stamps.append(clocks()))
-            out.update(step_times(stamps))
+            out.update(step_times(stamps), row_len=seq_len)
             torch.save(torch.chunk(final, 2)[0].float().clone(), Path(args.io) / "latents.pt")
         else:  # the caption prompt (inference_mmu.py), or a video's (inference_mmu_vid.py)
             import torch.nn.functional as F
@@ -199,18 +227,21 @@ def worker_ours(args) -> dict:
     from showo2_cli.text_decoding import generate
 
     g = Geometry(**json.loads((Path(args.model) / "geometry.json").read_text()))
+    start = clocks()
     model = load(args.model, need=(), dtype=torch.float32)
+    out = {"load": elapsed(start), "peak_rss_after_load_gib": peak_rss_gib()}
     net = model.network
     x = inputs(g)
     tok = SpecialTokens(**x["ids"])
-    out = {"peak_rss_after_load_gib": peak_rss_gib()}
     with torch.no_grad():
-        if args.task == "t2i":
-            layout = generation_layout([x["prompt"]], g.grid * g.grid + 1, tok, MAX_SEQ_LEN)
+        if args.task in ("t2i", "t2v"):
+            frames, seq_len, noise = gen_setup(args, g, x)
+            layout = generation_layout([x["prompt"]], frames * g.grid * g.grid + 1, tok, seq_len,
+                                       video=args.task == "t2v")
             stamps = [clocks()]
-            final = generate_latents(net, layout, x["noise"], GUIDANCE, args.t2i_steps, 3.0, cache_prefix=True,
+            final = generate_latents(net, layout, noise, GUIDANCE, args.t2i_steps, 3.0, cache_prefix=True,
                                      callback=lambda *a: stamps.append(clocks()))
-            out.update(step_times(stamps))
+            out.update(step_times(stamps), row_len=seq_len)
             torch.save(final.float().clone(), Path(args.io) / "latents.pt")
         else:  # the caption prompt, or a video's: its frames pooled to 14 x 14
             if args.task == "video":
@@ -242,7 +273,7 @@ def run_worker(args, which: str, task: str, io: Path) -> dict:
     io.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", which, "--task", task, "--model", str(args.model),
            "--io", str(io), "--official", str(args.official), "--t2i-steps", str(args.t2i_steps),
-           "--tokens", str(args.tokens), "--video-frames", str(args.video_frames), "--threads", str(args.threads), "--size", args.size]
+           "--tokens", str(args.tokens), "--video-frames", str(args.video_frames), "--t2v-frames", str(args.t2v_frames), "--threads", str(args.threads), "--size", args.size]
     if args.site:
         cmd += ["--site", str(args.site)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -281,13 +312,14 @@ def main(argv=None) -> int:
     ap.add_argument("--t2i-steps", type=int, default=4, help="grid points (model calls = points - 1)")
     ap.add_argument("--tokens", type=int, default=64, help="new caption tokens")
     ap.add_argument("--video-frames", type=int, default=32, help="frames of the video understanding prompt")
-    ap.add_argument("--only", choices=("t2i", "caption", "video"))
+    ap.add_argument("--t2v-frames", type=int, default=2, help="latent frames of the t2v task (frames > 1: the video path)")
+    ap.add_argument("--only", choices=("t2i", "t2v", "caption", "video"))
     ap.add_argument("--ours-src", type=Path, help="the showo2 source folder to measure (default: this checkout's src/)")
     ap.add_argument("--model", type=Path, help="checkpoint folder (made if missing)")
     ap.add_argument("--out", type=Path, help="JSON to write (a .md beside it)")
     ap.add_argument("--smoke", action="store_true", help="tiny widths, 1 rep, 3 grid points, 4 tokens (a check)")
     ap.add_argument("--worker", choices=("make", "official", "ours"), help=argparse.SUPPRESS)
-    ap.add_argument("--task", choices=("t2i", "caption", "video", "make"), help=argparse.SUPPRESS)
+    ap.add_argument("--task", choices=("t2i", "t2v", "caption", "video", "make"), help=argparse.SUPPRESS)
     ap.add_argument("--io", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -313,7 +345,7 @@ def main(argv=None) -> int:
     from official_harness import Geometry
 
     g = Geometry(**json.loads((args.model / "geometry.json").read_text()))
-    tasks = [args.only] if args.only else ["t2i", "caption", "video"]
+    tasks = [args.only] if args.only else ["t2i", "t2v", "caption", "video"]
     runs: dict = {t: {"official": [], "ours": []} for t in tasks}
     for task in tasks:
         reps = args.caption_reps if task in ("caption", "video") and args.caption_reps else args.reps
@@ -321,7 +353,7 @@ def main(argv=None) -> int:
             for which in ("official", "ours") if rep % 2 == 0 else ("ours", "official"):
                 io = scratch / f"{task}-{which}-{rep}"
                 res = run_worker(args, which, task, io)
-                if task == "t2i":
+                if task in ("t2i", "t2v"):
                     res["latents"] = torch.load(io / "latents.pt", weights_only=True)
                 runs[task][which].append(res)
 
@@ -333,16 +365,18 @@ def main(argv=None) -> int:
         "note": "one process per measurement; official and ours interleaved (A B, B A, ...); fp32; times are "
                 "process CPU seconds (one thread), wall seconds beside them",
     }
-    if "t2i" in runs:
-        off, ours = runs["t2i"]["official"], runs["t2i"]["ours"]
+    for task in ("t2i", "t2v"):
+        if task not in runs:
+            continue
+        off, ours = runs[task]["official"], runs[task]["ours"]
         o_step = statistics.median(per_step(r) for r in off)
         s_step = statistics.median(per_step(r) for r in ours)
         s_first = statistics.median(r["step_seconds"][0] for r in ours)
         diff = max(float((a["latents"] - b["latents"]).abs().max()) for a in off for b in ours)
         peak = float(off[0]["latents"].abs().max())
-        record["t2i"] = {
-            "grid_points": args.t2i_steps, "guidance": GUIDANCE, "max_seq_len": MAX_SEQ_LEN,
-            "prompt_tokens": PROMPT_TOKENS,
+        record[task] = {
+            "grid_points": args.t2i_steps, **({"latent_frames": args.t2v_frames} if task == "t2v" else {}),
+            "row_len": off[0]["row_len"], "guidance": GUIDANCE, "prompt_tokens": PROMPT_TOKENS,
             "official_s_per_step": o_step, "ours_s_per_step": s_step, "ratio_ours_over_official": s_step / o_step,
             "speedup": o_step / s_step,
             "ours_first_step_s": s_first, "prefix_cache_s_once": max(s_first - s_step, 0.0),
@@ -371,7 +405,11 @@ def main(argv=None) -> int:
             "speedup_per_rep": [a["seconds"] / b["seconds"] for a, b in zip(off, ours, strict=True)],
             "official_runs_wall_s": [r["wall_seconds"] for r in off], "ours_runs_wall_s": [r["wall_seconds"] for r in ours],
         }
-    print(json.dumps({k: v for k, v in record.items() if k in ("t2i", "caption", "video")}, indent=1))
+    record["load_s"] = {which: statistics.median(r["load"]["seconds"] for t in runs for r in runs[t][which])
+                        for which in ("official", "ours")}
+    record["load_wall_s"] = {which: statistics.median(r["load"]["wall_seconds"] for t in runs for r in runs[t][which])
+                             for which in ("official", "ours")}
+    print(json.dumps({k: v for k, v in record.items() if k in ("t2i", "t2v", "caption", "video", "load_s")}, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=1) + "\n")
@@ -395,10 +433,14 @@ def markdown(r: dict) -> str:
         f"{2 * g['grid']}x{2 * g['grid']} latent).",
         "",
     ]
-    if "t2i" in r:
-        t = r["t2i"]
+    for task in ("t2i", "t2v"):
+        if task not in r:
+            continue
+        t = r[task]
+        frames = f", {t['latent_frames']} latent frames (frame-major)" if task == "t2v" else ""
         lines += [
-            f"## t2i: one guided step (cond + uncond), {t['prompt_tokens']}-token prompt, {t['max_seq_len']}-token rows",
+            f"## {task}: one guided step (cond + uncond), {t['prompt_tokens']}-token prompt, "
+            f"{t.get('row_len', t.get('max_seq_len'))}-token rows{frames}",
             "",
             "| | official | ours | ours / official |",
             "|---|---:|---:|---:|",
@@ -415,6 +457,10 @@ def markdown(r: dict) -> str:
             "",
             *per_rep_line(t.get("ratio_per_rep"), "ours / official", "{:.2f}x"),
         ]
+    if "load_s" in r:
+        lines += [f"Load (checkpoint to a model in memory, median of every worker): official "
+                  f"{r['load_s']['official']:.2f} s, ours {r['load_s']['ours']:.2f} s CPU "
+                  f"({r['load_wall_s']['official']:.2f} / {r['load_wall_s']['ours']:.2f} s wall).", ""]
     for task in ("caption", "video"):
         if task not in r:
             continue

@@ -211,16 +211,38 @@ def load_official(folder: Path):
     return model.eval(), g
 
 
-def gen_token_rows(prompt_ids: list[int], num_image_tokens: int, max_seq_len: int, ids: dict):
-    """The official t2i rows via ``models.misc.prepare_gen_input`` (a pass-through tokenizer)."""
+def load_official_pretrained(folder: Path):
+    """The official scripts' load (``Showo2Qwen2_5.from_pretrained(path, use_safetensors=False)``,
+    diffusers' low-memory path where accelerate is installed) of a folder written by
+    :func:`save_official`; its config's ``llm``/``siglip`` paths are relative, so it runs from the folder."""
+    import os
+
+    from models import Showo2Qwen2_5
+
+    folder = Path(folder).resolve()
+    g = Geometry(**json.loads((folder / "geometry.json").read_text()))
+    set_flow_head(g)
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        model = Showo2Qwen2_5.from_pretrained(str(folder), use_safetensors=False)
+    finally:
+        os.chdir(here)
+    return model.eval(), g
+
+
+def gen_token_rows(prompt_ids: list[int], num_image_tokens: int, max_seq_len: int, ids: dict, video: bool = False):
+    """The official t2i (or, ``video``, t2v: bov / eov / vid_pad) rows via ``models.misc.prepare_gen_input``
+    (a pass-through tokenizer)."""
     from models.misc import prepare_gen_input
 
     def tokenizer(prompt, add_special_tokens=False):
         return {"input_ids": list(prompt)}
 
     max_text_len = max_seq_len - num_image_tokens - 4
-    return prepare_gen_input([prompt_ids], tokenizer, num_image_tokens, ids["bos"], ids["eos"], ids["boi"],
-                             ids["eoi"], ids["pad"], ids["img_pad"], max_text_len, "cpu")
+    begin, end, visual_pad = ("bov", "eov", "vid_pad") if video else ("boi", "eoi", "img_pad")
+    return prepare_gen_input([prompt_ids], tokenizer, num_image_tokens, ids["bos"], ids["eos"], ids[begin],
+                             ids[end], ids["pad"], ids[visual_pad], max_text_len, "cpu")
 
 
 def official_sample(model, z, text_tokens, modality_positions, max_seq_len, guidance, steps, shift=3.0,
