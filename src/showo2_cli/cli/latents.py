@@ -75,7 +75,10 @@ def encode(
     if seed is not None and not sample:
         notice("--seed has no effect without --sample (the posterior mean has no noise)")
     M.check_output_path(out, overwrite, probe=True)
-    M.probe_kind(media)  # read_media's first check, before torch is imported: a missing input fails at once
+    # read_media's first checks, before torch is imported: a missing input fails at once, and so does a
+    # truncated or damaged video (a cut-off download was refused only after torch, diffusers and the model)
+    if M.probe_kind(media) == "video":
+        M.check_video(media)
     from ..model_config import spec_from_files
     from ..model_files import find_files
 

@@ -64,7 +64,7 @@ class FrameIndex:
             is trusted and the video is read in order.
         shown: every frame's start as it is played, where that is not its timestamp (a GIF's
             delays of 10 ms or less play as 100 ms in browsers), in ticks; None: the timestamps.
-        duration: the length as played, the last frame's delay included (ticks), with ``shown``.
+        duration: the length as played, the last frame's delay included (ticks; 0: not known).
     """
 
     time_base: Fraction
@@ -101,9 +101,9 @@ class FrameIndex:
         return np.frombuffer(times, dtype=np.int64)
 
     def rate(self) -> float | None:
-        """Frames per second as played (each frame's delay counted, the last's too), where ``shown``
-        tells; None otherwise."""
-        if self.shown is None or self.duration <= 0 or not len(self.pts):
+        """Frames per second as played (each frame's delay counted, the last's too), where
+        ``duration`` tells (a GIF's); None otherwise."""
+        if self.duration <= 0 or not len(self.pts):
             return None
         return float(len(self.pts) / (self.duration * self.time_base))
 

@@ -48,9 +48,13 @@ from .frame_index import INDEXED_FORMATS, FrameIndex
 IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".avif", ".heic", ".heif", ".jxl", ".dng",
                                ".bmp", ".tif", ".tiff")
 #: Extensions usually holding videos (an animated GIF or APNG is a video): ``.m4v`` (Apple's
-#: exports), ``.3gp`` (phones), ``.mpg``/``.mpeg`` and ``.ogv`` too.
+#: exports), ``.3gp`` (phones), ``.mpg``/``.mpeg`` and ``.ogv`` too; what camcorders write (AVCHD's
+#: ``.mts``/``.m2ts``, ``.mod``/``.tod``, DV's ``.dv``, pro cameras' ``.mxf``), a saved HLS stream or
+#: broadcast (``.ts``), DVDs (``.vob``), Flash-era web video (``.flv``/``.f4v``), Windows (``.wmv``/
+#: ``.asf``) and ``.qt``: FFmpeg reads them all.
 VIDEO_EXTS: tuple[str, ...] = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".apng", ".m4v", ".3gp", ".mpg",
-                               ".mpeg", ".ogv")
+                               ".mpeg", ".ogv", ".mts", ".m2ts", ".ts", ".mod", ".tod", ".dv", ".mxf", ".vob",
+                               ".flv", ".f4v", ".wmv", ".asf", ".qt")
 #: Largest image / video frame (width * height) read by default; env ``SHOWO2_MAX_PIXELS``.
 DEFAULT_MAX_PIXELS: int = 8192 * 8192
 #: Environment variable overriding :data:`DEFAULT_MAX_PIXELS`.
@@ -516,8 +520,9 @@ def _gif_index(p: Path) -> FrameIndex | None:
                     delay = int(packet.duration or 0)
                     replaced |= not floor < delay < 2**40
                     start += delay if floor < delay < 2**40 else played
-            if replaced:  # (else FFmpeg's times and rate are the browsers')
-                index.shown, index.duration = shown, start
+            if replaced:  # (else FFmpeg's times are the browsers')
+                index.shown = shown
+            index.duration = start  # the rate as played: FFmpeg's average rate is guessed from the first delays
             return index.finish()
     except Exception:  # the GIF was judged by PIL already: without an index it is read in order
         return None
