@@ -13,6 +13,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from showo2_cli.errors import InputError, OutputError, ResourceError
 
+from . import jpeg_markers
 from .animation import ANIMATED_FORMATS
 from .files import PathLike, check_input_file, quote_path
 from .metadata import (
@@ -255,41 +256,11 @@ def _reduced_jpeg(im: Image.Image, min_side: int, limit: int) -> bool:
     return im.size[0] * im.size[1] <= limit and min(im.size) >= min_side
 
 
-#: the marker segments and fill bytes :func:`_jpeg_coding` reads before it gives up (a photo has a
-#: few dozen segments, up to about 300 with a split ICC profile and extended XMP; a crafted file
-#: millions, each read one by one): past it the JPEG is not decoded reduced (refused as too large)
-JPEG_MAX_MARKER_STEPS = 4096
-
-
 def _jpeg_coding(im: Image.Image) -> tuple[int | None, int | None]:
-    """A JPEG's frame marker (the last SOF before the first scan, the one Pillow's size is from) and
-    how many components its first scan holds (fewer than the frame's: one scan per component or
-    group, which libjpeg decodes only through a buffer of the full image's coefficients); None
-    where not found. Walks the marker segments from the start, then puts the file back."""
-    fp, here = im.fp, im.fp.tell()
-    frame = None
-    try:
-        fp.seek(0)
-        if fp.read(2) != b"\xff\xd8":
-            return None, None
-        steps = 0  # segments and fill bytes read: bounded, so a file that lies costs no more than this
-        while steps < JPEG_MAX_MARKER_STEPS:
-            marker = fp.read(2)
-            while marker == b"\xff\xff" and steps < JPEG_MAX_MARKER_STEPS:  # fill bytes before a marker
-                marker = marker[1:] + fp.read(1)
-                steps += 1
-            steps += 1
-            head = fp.read(3 if marker[1:] == b"\xda" else 2)
-            if len(marker) < 2 or marker[0] != 0xFF or len(head) < 2:
-                return frame, None
-            if marker[1] == 0xDA:
-                return frame, head[2] if len(head) == 3 else None
-            if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):  # (DHT, JPG, DAC)
-                frame = marker[1]
-            fp.seek(int.from_bytes(head[:2], "big") - 2, os.SEEK_CUR)
-        return frame, None  # more segments or fill bytes before the first scan than a photo has
-    finally:
-        fp.seek(here)
+    """A JPEG's frame marker and how many components its first scan holds (:func:`walk_jpeg_markers`;
+    None where not found or past its bound)."""
+    frame, components, within = jpeg_markers.walk_jpeg_markers(im.fp)
+    return (frame, components) if within else (None, None)
 
 
 def read_image(path: PathLike, max_pixels: int | None = None, *, min_side: int | None = None) -> Image.Image:
@@ -328,6 +299,7 @@ def read_image(path: PathLike, max_pixels: int | None = None, *, min_side: int |
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
             else:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            jpeg_markers.check_jpeg_markers(fh, prefix)  # (Pillow's own walk of them has no bound)
             try:
                 im = Image.open(fh, formats=READ_FORMATS)
             except UnidentifiedImageError as e:

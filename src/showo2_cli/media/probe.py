@@ -40,6 +40,7 @@ from .animation import (
 )
 from .files import PathLike, check_input_file, quote_path
 from .frame_index import INDEXED_FORMATS, FrameIndex
+from .jpeg_markers import check_jpeg_markers
 
 #: Extensions usually holding still images (for listing folders; kinds are probed by content):
 #: ``.jfif`` is what Chrome and Edge on Windows name a JPEG they save, ``.avif`` what browsers serve;
@@ -167,6 +168,11 @@ def _pil_header(p: Path, max_pixels: int | None = None) -> tuple[str, tuple[int,
     Raises :class:`ResourceError` for a decompression bomb.
     """
     max_pixels = resolve_max_pixels(max_pixels)  # (Pillow is let open what the limit allows)
+    try:
+        with open(p, "rb") as fh:  # (Pillow's own walk of a JPEG's markers has no bound)
+            check_jpeg_markers(fh, f"cannot read media file {quote_path(p)}")
+    except OSError:
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd chunks/EXIF: a header is all we want

@@ -1,0 +1,62 @@
+"""Probe FD: leftovers of earlier probes, fixed; each case fails on the code before the probe."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from showo2_cli.errors import InputError
+from showo2_cli.media import image as M
+from showo2_cli.media.probe import probe_kind
+
+
+def _jpeg(**save) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def test_a_jpeg_past_the_marker_bound_is_refused_before_pillow_walks_it(tmp_path, monkeypatch):
+    """Pillow's own marker walk at Image.open has no bound: a 16 MiB JPEG of empty comment segments
+    (or fill bytes) before its frame took 7 s per open, and `caption` opened it four times (51 s
+    here). Past JPEG_MAX_MARKER_STEPS the file is now refused, one line, before Pillow opens it, by
+    every reader (the probe of a media file and the image reader); the walk's own cost is bounded."""
+    data = _jpeg()
+    for name, body in [("segments", b"\xff\xfe\x00\x02" * 4097), ("fill", b"\xff" * 4200)]:
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(data[:2] + body + data[2:])
+        with Image.open(path) as im:
+            assert im.size == (64, 48)  # legal JPEG: Pillow reads it
+        with pytest.raises(InputError, match=r"cannot read image .*a JPEG with more than 4096 marker segments"):
+            M.read_image(path)
+        with pytest.raises(InputError, match=r"cannot read media file .*a JPEG with more than 4096 marker"):
+            probe_kind(path)
+    opened = []
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a) or pytest.fail("Pillow opened it"))
+    with pytest.raises(InputError):
+        M.read_image(tmp_path / "segments.jpg")
+    assert opened == []
+
+
+def test_jpegs_with_the_most_metadata_a_writer_makes_still_read(tmp_path):
+    """A real JPEG is never refused: an ICC profile split over 255 APP2 segments (16.7 MB, the most
+    the format allows), 60 KB of EXIF and of XMP, progressive, and an MPO of three pictures read as
+    before (the bound, 4096 steps, is 10x what they hold)."""
+    from showo2_cli.media import jpeg_markers
+    icc = bytes(range(256)) * (65519 * 255 // 256 - 1)
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 60000
+    xmp = b"<x:xmpmeta>" + b"a" * 60000 + b"</x:xmpmeta>"
+    for i, save in enumerate([dict(icc_profile=icc, exif=exif, xmp=xmp), dict(exif=exif, progressive=True)]):
+        path = tmp_path / f"{i}.jpg"
+        path.write_bytes(_jpeg(**save))
+        with open(path, "rb") as fh:
+            frame, components, within = jpeg_markers.walk_jpeg_markers(fh)
+            assert within and components == 3 and frame in (0xC0, 0xC2) and fh.tell() == 0
+        assert M.read_image(path).size == (64, 48)
+        assert probe_kind(path) == "image"
+    mpo = tmp_path / "three.mpo"
+    Image.new("RGB", (64, 48)).save(mpo, "MPO", save_all=True, append_images=[Image.new("RGB", (64, 48))] * 2)
+    assert M.read_image(mpo).size == (64, 48)
