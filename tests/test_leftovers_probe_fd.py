@@ -60,3 +60,51 @@ def test_jpegs_with_the_most_metadata_a_writer_makes_still_read(tmp_path):
     mpo = tmp_path / "three.mpo"
     Image.new("RGB", (64, 48)).save(mpo, "MPO", save_all=True, append_images=[Image.new("RGB", (64, 48))] * 2)
     assert M.read_image(mpo).size == (64, 48)
+
+
+@pytest.mark.parametrize("attach", [False, True])
+def test_load_reads_only_the_media_a_prompt_can_hold(tmp_path, monkeypatch, attach):
+    """/load encoded the media of every turn a transcript says is in its context, each file once:
+    a (hand-made or foreign) transcript naming 10^5 different files read and encoded them all,
+    though the next question keeps only the turns that fit --max-context. Media are now read from
+    the newest turn back until the turns read hold the budget (no prompt can hold an older one), and
+    of the older turns only the image a drop carries: the next question's prompt, answer and notices
+    are those of the conversation that was saved, the image carried (or not, when the question has one)."""
+    from test_chat_serve import scene, write_scene
+
+    from showo2_cli import chat as C
+    from showo2_cli.dialogue import encode_media
+    from showo2_cli.loading import bundled_demo_path, load
+
+    if bundled_demo_path() is None:
+        pytest.skip("the bundled demo is not installed")
+    model = load("demo")
+    files = [str(write_scene(tmp_path / f"{i}.png", scene(i))) for i in range(12)]
+    old = C.Conversation(model, max_context=160)
+    old.options.max_new_tokens = 4
+    for i in range(16):  # 12 turns with an image each, then 4 without: the last image is carried
+        old.add_turn(f"question {i}", f"answer {i}", [encode_media(model, files[i], old.options, name=files[i])]
+                     if i < 12 else [])
+    old.save(tmp_path / "chat.json")
+    calls = []
+    real = C.encode_media
+    monkeypatch.setattr(C, "encode_media", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    new = C.Conversation(model, max_context=160)
+    new.options.max_new_tokens = 4
+    assert new.load(tmp_path / "chat.json") == 16
+    assert calls == [files[11]], calls  # the old code read all 12
+    assert new.to_json()["turns"] == old.to_json()["turns"]  # every turn in the context, as recorded
+    if attach:
+        for conv in (old, new):
+            conv.attach(files[5], name=files[5])
+    assert new.ask("what now?") == old.ask("what now?")
+    assert new.turns[-1].prompt_tokens == old.turns[-1].prompt_tokens
+    assert new.notices == old.notices and "left the context" in new.notices[-1]
+    assert (new._carried == []) == attach and [m.source for m in new._carried] == [m.source for m in old._carried]
+    assert new.ask("and?") == old.ask("and?")
+
+    # a larger budget set afterwards brings no unread turn into a prompt: they stay out of it
+    again = C.Conversation(model, max_context=160)
+    again.load(tmp_path / "chat.json")
+    again.max_context = 4000
+    assert again._start > 10 and again.ask("what now?")

@@ -131,6 +131,9 @@ class Conversation:
         self.notices: list[str] = []
         self._first = 0  # index of the oldest turn still in the context
         self._carried: list[VisualInput] = []  # media kept from dropped turns
+        #: turns a /load left unread (their media records only): those before ``reach`` cannot be in a prompt
+        #: while ``after`` (the turns from ``reach - 1`` on) are still the last and the budget is no larger
+        self._unread: tuple[int, list[Turn], int] = (0, [], 0)
         self._lock = threading.Lock()
         self.system = DEFAULT_SYSTEM if system is None else system
         if budget > context_budget(model):  # allowed (RoPE runs on), but said: past what it was trained on
@@ -168,9 +171,12 @@ class Conversation:
         """The oldest turn in the context: turns removed from ``turns`` (an app's undo or retry)
         may leave fewer turns than had left the context, and a new turn must not start outside it.
         A turn whose media were let go (it left a context: turns moved from another conversation)
-        cannot come back into it."""
+        cannot come back into it (but those :meth:`load` did not read, while what it judged holds)."""
         start = min(self._first, len(self.turns))
-        for i in range(len(self.turns) - 1, start - 1, -1):
+        reach, after, budget = self._unread
+        held = reach and self.max_context <= budget and len(self.turns) >= reach - 1 + len(after) and all(
+            a is b for a, b in zip(self.turns[reach - 1:], after))
+        for i in range(len(self.turns) - 1, max(start, reach if held else 0) - 1, -1):
             if any(m.released for m in self.turns[i].media):
                 return i + 1
         return start
@@ -182,6 +188,7 @@ class Conversation:
         self._carried.clear()
         self.notices.clear()
         self._first = 0
+        self._unread = (0, [], 0)
 
     def attach(self, source, name: str | None = None, max_pixels: int | None = None) -> VisualInput:
         """Encode an image or video now (a path, a PIL image, an array or tensor, or a list of frames:
@@ -451,13 +458,34 @@ class Conversation:
         carried = [] if source is None else turns[source]["media"][-1:]
         restored, kept = [], media(carried, True)
         for i, t in enumerate(turns):
-            turn = Turn(t["question"], t["answer"], media(t["media"], i >= first), None, [], t["stopped"],
+            turn = Turn(t["question"], t["answer"], [], None, [], t["stopped"],
                         t["prompt_tokens"], t["seconds"], t["generated_tokens"], t["sampling"])
             if t["question"] or i:
                 turn.question_ids = self._question_ids(t["question"])
             self._check_length(t["answer"], "an answer")
             turn.answer_ids = encode_user_text(self.model.require_tokenizer(), t["answer"])
             restored.append(turn)
+        # media read from the newest turn back: once the turns read hold the budget (counted as each
+        # the first of a prompt, a lower bound of theirs), no prompt can hold an older one (ask drops it):
+        # those keep their media's records, as a dropped turn does, but the one a drop would carry
+        # (the last of the newest turn with media), so a transcript naming 10^5 files reads a context's worth
+        pieces = PromptPieces.of(self.model, system)
+        base = length = prompt_length([], pieces, self.template)  # each turn counted as a prompt's first (its least)
+        oldest, reach = first, 0  # the oldest turn read; reach: the turns before it unread, if any
+        for i in range(len(turns) - 1, first - 1, -1):
+            turn, oldest = restored[i], i
+            turn.media = media(turns[i]["media"], True)
+            length += prompt_length([turn.tokens()], pieces, self.template) - base
+            if length >= self.max_context:
+                reach = i + 1 if i > first else 0
+                break
+        newer = oldest < len(turns) and bool(turns[oldest]["media"])  # a turn read since has media
+        for i in range(oldest - 1, -1, -1):
+            items = turns[i]["media"]
+            restored[i].media = media(items, False)
+            if i >= first and items and not newer:  # (before first: the carried image, below)
+                restored[i].media[-1:] = media(items[-1:], True)
+            newer = newer or bool(items)
         if kept:  # the same record as the dropped turn's, as ask() keeps it
             restored[source].media[-1] = kept[0]
         waiting = media(pending, True)
@@ -465,6 +493,7 @@ class Conversation:
             self.reset()
             self.system = system
             self.turns, self.pending, self._first, self._carried = restored, waiting, first, kept
+            self._unread = (reach, restored[reach - 1:], self.max_context) if reach else (0, [], 0)
         return len(restored)
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> str:
