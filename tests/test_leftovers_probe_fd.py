@@ -70,11 +70,10 @@ def test_load_reads_only_the_media_a_prompt_can_hold(tmp_path, monkeypatch, atta
     the newest turn back until the turns read hold the budget (no prompt can hold an older one), and
     of the older turns only the image a drop carries: the next question's prompt, answer and notices
     are those of the conversation that was saved, the image carried (or not, when the question has one)."""
-    from test_chat_serve import scene, write_scene
-
     from showo2_cli import chat as C
     from showo2_cli.dialogue import encode_media
     from showo2_cli.loading import bundled_demo_path, load
+    from test_chat_serve import scene, write_scene
 
     if bundled_demo_path() is None:
         pytest.skip("the bundled demo is not installed")

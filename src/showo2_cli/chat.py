@@ -175,7 +175,7 @@ class Conversation:
         start = min(self._first, len(self.turns))
         reach, after, budget = self._unread
         held = reach and self.max_context <= budget and len(self.turns) >= reach - 1 + len(after) and all(
-            a is b for a, b in zip(self.turns[reach - 1:], after))
+            a is b for a, b in zip(self.turns[reach - 1:reach - 1 + len(after)], after, strict=True))
         for i in range(len(self.turns) - 1, max(start, reach if held else 0) - 1, -1):
             if any(m.released for m in self.turns[i].media):
                 return i + 1
