@@ -99,10 +99,31 @@ class Showo2:
         self.vae, self.files, self.load_seconds = vae, files, load_seconds
         self.adapters: list[str] = []  # LoRA adapters merged into the weights on load
         self.quantize = "none"  # weight-only quantization applied on load (recorded with generated outputs)
-        self.offload = "none"  # CPU offload (runtime.enable_offload): accelerate's hooks place the weights
+        # what the weights are in place, shared by every bundle over them (shared()): CPU offload
+        # (runtime.enable_offload: accelerate's hooks place the weights) and the LoRA adapters merged
+        # after the load with what restores them (pipeline_lora)
+        self.weights_state: dict = {"offload": "none", "lora_saved": None, "lora_entries": []}
         self.vae_given: str | None = None  # a VAE given to load() in place of the model's (recorded likewise)
         self.network_given: str | None = None  # a network assigned in place of the loaded one (recorded)
         self.max_memory_gb: float | None = None  # RuntimeOptions' memory limit: its jobs' when theirs is None
+
+    @property
+    def offload(self) -> str:
+        """The CPU offload in use: ``none``, ``model`` or ``sequential``."""
+        return self.weights_state["offload"]
+
+    @offload.setter
+    def offload(self, mode: str) -> None:
+        self.weights_state["offload"] = mode
+
+    def shared(self) -> Showo2:
+        """Another bundle over the same parts (a pipeline made from another's ``components``): the
+        weights and what they are in place (adapters merged, CPU offload, placement) are shared, so
+        a change through either is seen and recorded by both, as diffusers' shared modules are; the
+        parts each uses (``network``, ``vae``, assigned in their place) and their records are its own."""
+        import copy
+
+        return copy.copy(self)  # (adapters and weights_state: the same objects)
 
     def memory_limit(self, option: float | None) -> float | None:
         """A job's memory limit (``max_memory_gb`` of its options) or, when it gives none, the one

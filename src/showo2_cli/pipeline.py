@@ -67,6 +67,7 @@ from .pipelines.arguments import (
 )
 from .runtime import (
     cpu_by_default,
+    disable_offload,
     enable_offload,
     load_placement,
     one_call_at_a_time,
@@ -91,15 +92,33 @@ class Showo2Pipeline(LoraLoaderMixin):
     """A loaded Show-o2 model with diffusers' calling conventions. Calls on one pipeline (generation,
     ``caption``, ``to``, ``load_lora_weights``) run one at a time: threads sharing it wait their turn."""
 
-    def __init__(self, model: Showo2):
+    def __init__(self, model: Showo2 | None = None, network=None, vae=None, tokenizer=None, scheduler=None, *,
+                 transformer=None):
+        """Over a loaded model (``showo2_cli.load(...)``), or diffusers' way, over another pipeline's
+        parts: ``Showo2Pipeline(**pipe.components)``, maybe with some replaced (``vae=``,
+        ``network=`` / ``transformer=``, ``scheduler=``, checked as assigning them is). The two share
+        the weights and what is done to them (``to()``, LoRA adapters, CPU offload), as diffusers'
+        pipelines sharing modules do; a part replaced or a scheduler set on either stays its own."""
+        if not hasattr(model, "network"):  # (a loaded model: loading.Showo2)
+            raise TypeError("Showo2Pipeline needs the loaded model: Showo2Pipeline(showo2_cli.load(...)), "
+                            "Showo2Pipeline(**pipe.components) or Showo2Pipeline.from_pretrained(...), got "
+                            + ("no model" if model is None else f"model={type(model).__name__}"))
+        if network is not None and transformer is not None and network is not transformer:
+            raise ValueError("network and transformer name the same part: pass one of them")
+        if tokenizer is not None and tokenizer is not model.tokenizer:
+            raise ValueError("the tokenizer must be the model's own (its special tokens and ids are the model's)")
         # one call at a time (runtime.one_call_at_a_time): a call's state lives here, as diffusers keeps it
         self._call_lock = threading.RLock()
-        self.model = model
+        self.model = model.shared() if isinstance(model, Showo2) else model  # (parts assigned here: its own)
         # the parts loaded and their records: one assigned in their place is recorded as such (_given)
         self._loaded_parts = {"network": (getattr(model.network, "_orig_mod", model.network), model.network_given),
                               "vae": (model.vae, model.vae_given)}
         self.sampler = DEFAULT_SAMPLER  # the default of ``sampler=``; ``pipe.scheduler = ...`` sets it
         self.default_shift: float | None = None
+        for name, part in (("network", network if network is not None else transformer), ("vae", vae),
+                           ("scheduler", scheduler)):
+            if part is not None:
+                setattr(self, name, part)  # (checked and recorded as assigning it is)
         self._progress_bar_config: dict = {}
         self._interrupt = False  # a step callback sets it to end the sampling (diffusers' ``pipe._interrupt``)
         self._num_timesteps, self._guidance_scale = 0, 0.0  # of the running call (diffusers' attributes)
@@ -231,7 +250,7 @@ class Showo2Pipeline(LoraLoaderMixin):
         ``silence_dtype_warnings`` is taken (no dtype warning is ever given here)."""
         if self.offload != "none":
             raise UsageError(f"this pipeline uses {self.offload} CPU offload, which places the weights itself; "
-                             "load it again to move it with .to()")
+                             "call remove_all_hooks() first to move it with .to()")
         if isinstance(device, torch.dtype):
             if dtype is not None:
                 raise ValueError("pass the device first and the dtype second: .to(device, dtype)")
@@ -254,7 +273,7 @@ class Showo2Pipeline(LoraLoaderMixin):
         if self.offload == mode:  # again: nothing to change (diffusers allows the repeat)
             return
         if self.offload != "none":
-            raise UsageError(f"{self.offload} CPU offload is already enabled; load the pipeline again to change it")
+            raise UsageError(f"{self.offload} CPU offload is already enabled; remove_all_hooks() first to change it")
         with python_names(DEVICE_NAMES):
             dev = pick_device(str(device or "auto"))
             if gpu_id is not None and dev.startswith("cuda"):
@@ -262,6 +281,12 @@ class Showo2Pipeline(LoraLoaderMixin):
         self.model.to(device="cpu")
         with python_names(MEMORY_NAMES):  # (sequential loads the heads left out first)
             enable_offload(self.model, mode, dev)
+
+    @one_call_at_a_time
+    def remove_all_hooks(self) -> None:
+        """Undo :meth:`enable_model_cpu_offload` / :meth:`enable_sequential_cpu_offload` (diffusers'
+        call): the weights stay where the hooks left them; :meth:`to` moves them again."""
+        disable_offload(self.model)
 
     @property
     def offload(self) -> str:
@@ -378,9 +403,23 @@ class Showo2Pipeline(LoraLoaderMixin):
 
     @property
     def components(self) -> dict[str, Any]:
-        """The parts, by name (``transformer`` is ``network``'s diffusers name)."""
-        return {"network": self.model.network, "transformer": self.model.network, "vae": self.model.vae,
-                "tokenizer": self.model.tokenizer}
+        """What the constructor takes, by name: ``Showo2Pipeline(**pipe.components)`` is a second
+        pipeline over the same weights. ``model`` is the loaded model (its spec, files and records),
+        then its parts as this pipeline uses them (``transformer`` is ``network``'s diffusers name)
+        and its ``scheduler``."""
+        return {"model": self.model, "network": self.model.network, "transformer": self.model.network,
+                "vae": self.model.vae, "tokenizer": self.model.tokenizer, "scheduler": self.scheduler}
+
+    @classmethod
+    def from_pipe(cls, pipeline: Showo2Pipeline, **kwargs) -> Showo2Pipeline:
+        """diffusers' ``from_pipe``: a new pipeline over ``pipeline``'s components (no memory added),
+        any of them replaced by ``kwargs`` (``scheduler=``, ``vae=``, ``transformer=``, ...)."""
+        if not isinstance(pipeline, Showo2Pipeline):
+            raise TypeError(f"from_pipe takes a Showo2Pipeline, got {type(pipeline).__name__}")
+        parts = pipeline.components
+        if "transformer" in kwargs or "network" in kwargs:  # one name given: the other follows it
+            del parts["network"], parts["transformer"]
+        return cls(**{**parts, **kwargs})
 
     # ---- schedulers and progress bars (diffusers' attributes) -------------------------------
     @property

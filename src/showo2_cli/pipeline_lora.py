@@ -95,7 +95,8 @@ class LoraLoaderMixin:
         loader = network.head_loader
         if later and loader is None:
             raise ModelError("this network has heads left out without a loader to load them; load the model again")
-        saved = self.__dict__.get("_lora_saved")
+        state = self.model.weights_state  # (shared by the pipelines over these weights)
+        saved = state["lora_saved"]
         if saved is None:
             saved = {"originals": {}, "recorded": len(loader.adapters) if loader is not None else 0,
                      "adapters": len(self.model.adapters), "left_out": _left_out_heads(network)}
@@ -103,7 +104,7 @@ class LoraLoaderMixin:
         if later:  # merged when the head loads, as on load
             loader.adapters.append((folder, later, float(weight)))
             loader.record_adapters()
-        self.__dict__["_lora_saved"] = saved
+        state["lora_saved"] = saved
         shown = as_given(ref, fetched, folder, weight)
         self.model.adapters.append(shown)
         self._lora_loaded.append({"name": adapter_name, "path": as_given(ref, fetched, folder), "weight": weight})
@@ -115,7 +116,8 @@ class LoraLoaderMixin:
         """Take out every adapter :meth:`load_lora_weights` merged: the weights are those from
         before its first call again, bit for bit (see the module's notes); nothing to do when none
         was loaded."""
-        saved = self.__dict__.get("_lora_saved")
+        state = self.model.weights_state
+        saved = state["lora_saved"]
         if saved is None:
             return
         network = self._lora_network("unload LoRA adapters from")
@@ -133,7 +135,7 @@ class LoraLoaderMixin:
             del loader.adapters[saved["recorded"]:]
             loader.record_adapters()
         del self.model.adapters[saved["adapters"]:]
-        del self.__dict__["_lora_saved"]
+        state["lora_saved"] = None
         self._lora_loaded.clear()
 
     # diffusers' calls for live (unmerged) adapters: an error that says what to call here (they
@@ -172,7 +174,7 @@ class LoraLoaderMixin:
 
     @property
     def _lora_loaded(self) -> list[dict]:
-        return self.__dict__.setdefault("_lora_entries", [])
+        return self.model.weights_state["lora_entries"]
 
     def _lora_network(self, doing: str):
         """The network, where merging into it and restoring it can be exact; else a UsageError."""

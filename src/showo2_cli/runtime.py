@@ -315,6 +315,23 @@ def enable_offload(bundle, mode: str, device: str | torch.device) -> None:
     bundle.offload = mode
 
 
+def disable_offload(bundle) -> None:
+    """Take :func:`enable_offload`'s hooks off (diffusers' ``remove_all_hooks``): the weights stay
+    where the hooks last put them (sequential offload's are put back from its CPU copies), and
+    ``.to()`` places them again."""
+    from accelerate.hooks import remove_hook_from_module
+
+    for m in (bundle.network, bundle.vae):
+        if m is not None and getattr(m, "execution_device", None) is not None:
+            remove_hook_from_module(m, recurse=True)
+            m.execution_device = None
+            for module in m.modules():  # accelerate puts the class's forward back as the module's own
+                bound = module.__dict__.get("forward")  # (a bound method, which pickle cannot name)
+                if getattr(bound, "__func__", None) is type(module).forward:
+                    del module.forward
+    bundle.offload = "none"
+
+
 # ---- memory guard -----------------------------------------------------------------------------
 
 
