@@ -72,6 +72,7 @@ from .image import IMAGE_WRITE_EXTS, array_image, image_input, read_image, to_rg
 from .metadata import METADATA_KEY, PARAMETERS_KEY, read_metadata, read_png_metadata
 from .outputs import (
     OutputFolders,
+    append_text,
     atomic_folder,
     atomic_output,
     check_folder_keeps_inputs,
@@ -146,6 +147,7 @@ __all__ = [
     "animation_format",
     "atomic_folder",
     "atomic_output",
+    "append_text",
     "check_folder_keeps_inputs",
     "output_group",
     "signals_deferred",

@@ -343,6 +343,34 @@ def _write_errors(target: Path) -> Iterator[None]:
         raise
 
 
+def append_text(path: PathLike, text: str) -> None:
+    """Append ``text`` to the log file ``path`` (created if absent) whole or not at all: a write
+    that fails part-way (a full disk, a quota) is cut back to the file's old end, so no half line
+    is left for a reader, and raised as :func:`write_failed`'s one :class:`OutputError` naming the
+    file. Ctrl-C and SIGTERM wait for the few system calls of one append."""
+    target = Path(os.fspath(path))
+    data = text.encode("utf-8")
+    with signals_deferred():
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as e:
+            raise write_failed(target, e) from e
+        try:
+            end = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError as e:
+                try:
+                    os.ftruncate(fd, end)
+                except OSError:
+                    pass
+                raise write_failed(target, e) from e
+        finally:
+            os.close(fd)
+
+
 @contextmanager
 def atomic_output(path: PathLike, overwrite: bool = False, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to ``path``.

@@ -575,16 +575,19 @@ class Run:
             self.acc.log(values, step=step)
 
     def _append(self, path: Path, line: dict) -> None:
-        if self.acc.is_main_process:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(line) + "\n")
+        if self.acc.is_main_process:  # a full disk: no half line, an error naming the file
+            from ..media import append_text
+
+            append_text(path, json.dumps(line) + "\n")
 
     def _write_rank_digest(self, step: int) -> None:
         target = self.objective.digest_target()
         folder = self.output_dir / "rank-digests"
         folder.mkdir(exist_ok=True)
-        (folder / f"rank-{self.rank}.json").write_text(json.dumps({"rank": self.rank, "step": step,
-                                                                   "sha256": weights_digest(target)}) + "\n")
+        from ..media import atomic_output
+
+        with atomic_output(folder / f"rank-{self.rank}.json", overwrite=True) as tmp:
+            tmp.write_text(json.dumps({"rank": self.rank, "step": step, "sha256": weights_digest(target)}) + "\n")
 
 
 def train(cfg: TrainConfig, resume: bool = True, progress: Progress | None = None,

@@ -1,0 +1,59 @@
+"""Probe FE: a full disk (ENOSPC), interrupts and odd output paths at every writer.
+
+The real behaviour was checked on a 2 MiB / 200 MiB tmpfs filled to leave less room than each
+output needs; these tests need no root: /dev/full (every write fails with ENOSPC) and, for a write
+cut part-way, the lowest layer (``os.write``) made to fail after a few bytes as a full disk does."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from showo2_cli.errors import OutputError
+from showo2_cli.media import outputs
+from showo2_cli.training.trainer import Run
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+
+
+def _append(path: Path, line: dict) -> None:
+    """``Run._append`` (the metrics.jsonl writer) of a main process."""
+    Run._append(SimpleNamespace(acc=SimpleNamespace(is_main_process=True)), path, line)
+
+
+def test_metrics_line_on_a_full_disk_is_one_error_naming_the_file():
+    # was: the bare OSError, reported as "cannot write the output (No space left on device)"
+    with pytest.raises(OutputError) as e:
+        _append(Path("/dev/full"), {"step": 1, "loss": 2.5})
+    assert str(e.value) == "cannot write '/dev/full': no space left on the device"
+    assert e.value.exit_code == 5
+
+
+def test_metrics_line_cut_by_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch):
+    metrics = tmp_path / "metrics.jsonl"
+    old = json.dumps({"step": 1, "loss": 3.0}) + "\n"
+    metrics.write_text(old)
+    real_write = os.write
+    written = []
+
+    def full_after_40_bytes(fd, data):  # what a disk with 40 bytes left does: a short write, then ENOSPC
+        room = 40 - sum(written)
+        if room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = real_write(fd, bytes(data[:room]))
+        written.append(n)
+        return n
+
+    monkeypatch.setattr(outputs.os, "write", full_after_40_bytes)
+    with pytest.raises(OutputError, match="metrics.jsonl': no space left on the device"):
+        _append(metrics, {"step": 2, "loss": 2.9, "lr": 1e-3, "data": "x" * 64})
+    assert written == [40]  # the line was cut part-way...
+    assert metrics.read_text() == old  # ...and cut back: the old lines whole, no partial one
+    monkeypatch.setattr(outputs.os, "write", real_write)
+    _append(metrics, {"step": 2, "loss": 2.9})  # and the next line follows on a line of its own
+    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == [1, 2]
