@@ -57,3 +57,35 @@ def test_metrics_line_cut_by_a_full_disk_leaves_no_half_line(tmp_path, monkeypat
     monkeypatch.setattr(outputs.os, "write", real_write)
     _append(metrics, {"step": 2, "loss": 2.9})  # and the next line follows on a line of its own
     assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == [1, 2]
+
+
+def _real_enospc() -> OSError:
+    """The OSError a write to a full disk raises (from /dev/full, not made up)."""
+    try:
+        with open("/dev/full", "wb", buffering=0) as f:
+            f.write(b"x")
+    except OSError as e:
+        return e
+    raise AssertionError("/dev/full took a byte")
+
+
+def test_server_with_a_full_temporary_disk_says_so_without_its_paths(caplog):
+    # checked live: `TMPDIR=<full tmpfs> showo2 serve`, the disk filled after startup: a chat request
+    # with an image answered 500 "internal error (OSError)" (a traceback in the log), an image
+    # request 500 "cannot write image '/tmp/.../showo2-serve-3k5v2de1/image-0.png': [Errno 28] ..."
+    from showo2_cli.media.files import quote_path
+    from showo2_cli.serve.errors import api_error_of
+
+    upload = _real_enospc()  # Path.write_bytes of an uploaded image
+    assert upload.errno == errno.ENOSPC
+    generated = OutputError(f"cannot write image {quote_path('/tmp/showo2-serve-x/image-0.png')}: {upload}")
+    generated.__cause__ = upload  # as media.write_image raises it
+    for exc in (upload, generated):
+        err = api_error_of(exc)
+        assert (err.status, err.code, err.type) == (507, "insufficient_storage", "server_error")
+        assert err.message == "the server's disk is full: no space left for its temporary files"
+    assert "showo2-serve-x" in caplog.text  # the path: in the server's log only
+    other = OutputError("cannot write image '/tmp/showo2-serve-x/image-0.png': Input/output error")
+    err = api_error_of(other)
+    assert (err.status, err.message) == (500, "the server cannot write its temporary files")
+    assert api_error_of(OSError(errno.EIO, "Input/output error")).code == "internal_error"  # (unchanged)

@@ -3,6 +3,7 @@ library's errors."""
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from ..errors import (
@@ -10,6 +11,7 @@ from ..errors import (
     InputError,
     ModelError,
     NonFiniteOutput,
+    OutputError,
     ResourceError,
     Showo2Error,
     UsageError,
@@ -84,6 +86,14 @@ def api_error_of(exc: BaseException) -> ApiError:
         return ApiError(400, message, "unsupported")
     if is_out_of_memory(exc):
         return ApiError(500, "out of memory on the server", "out_of_memory")
+    cause = exc.__cause__ if isinstance(exc, OutputError) and exc.__cause__ is not None else exc
+    full = getattr(cause, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(cause)
+    if isinstance(exc, OutputError) or full:  # the server writes nothing but its temporary files
+        log.error("cannot write a temporary file: %s", message)  # where: in the server's log only
+        if full:  # (a request's upload, a generated image before it is sent)
+            return ApiError(507, "the server's disk is full: no space left for its temporary files",
+                            "insufficient_storage")
+        return ApiError(500, "the server cannot write its temporary files", "server_error")
     if isinstance(exc, Showo2Error):
         return ApiError(500, message, "server_error")
     log.error("internal error: %s: %s", type(exc).__name__, message, exc_info=exc)
