@@ -89,3 +89,26 @@ def test_server_with_a_full_temporary_disk_says_so_without_its_paths(caplog):
     err = api_error_of(other)
     assert (err.status, err.message) == (500, "the server cannot write its temporary files")
     assert api_error_of(OSError(errno.EIO, "Input/output error")).code == "internal_error"  # (unchanged)
+
+
+def test_a_small_download_onto_a_nearly_full_cache_says_how_much(tmp_path, monkeypatch):
+    # checked live: `showo2 pull` of a 3 MB repo into a cache on a full 2 MiB tmpfs said "needs 0.0 GB
+    # but the Hugging Face cache at ... has 0.0 GB free"
+    import shutil
+
+    from showo2_cli import hub_download
+    from showo2_cli.errors import ModelError
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(hub_download, "hub_cache", lambda: tmp_path / "hf")
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(hub_download.shutil, "disk_usage", lambda p: real._replace(free=2_093_056))
+    remote = {"config.json": hub_download.RemoteFile(2), "model.safetensors": hub_download.RemoteFile(3 << 20)}
+    with pytest.raises(ModelError) as e:
+        hub_download.check_sizes("acme/big", "model", list(remote), remote)
+    assert "model 'acme/big' needs 3.1 MB but the Hugging Face cache at" in str(e.value)
+    assert "has 2.1 MB free; free some space" in str(e.value)
+    remote["model.safetensors"] = hub_download.RemoteFile(15 * 10**9)
+    with pytest.raises(ModelError, match="needs 15.0 GB but .* has 2.1 MB free"):
+        hub_download.check_sizes("acme/big", "model", list(remote), remote)
+    assert hub_download.check_sizes("acme/big", "model", ["config.json"], remote) == 2  # fits: no refusal

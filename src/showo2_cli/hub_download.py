@@ -361,10 +361,19 @@ def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, Rem
     except OSError:
         return total if known else None
     if total > free:
-        raise ModelError(f"{what} '{repo_id}' needs {total / 1e9:.1f} GB but the Hugging Face cache at "
-                         f"{cache} has {free / 1e9:.1f} GB free; free some space "
+        raise ModelError(f"{what} '{repo_id}' needs {_amount(total)} but the Hugging Face cache at "
+                         f"{cache} has {_amount(free)} free; free some space "
                          "(or use another cache: HF_HUB_CACHE, cache_dir=) and pull again")
     return total if known else None
+
+
+def _amount(size: int) -> str:
+    """Bytes in the unit that shows them: 3.1 GB, 2.4 MB (a small download on a nearly full disk was
+    "needs 0.0 GB but ... has 0.0 GB free"), 512 bytes."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale / 10:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def _sha256(path: Path) -> str:
