@@ -112,3 +112,29 @@ def test_a_small_download_onto_a_nearly_full_cache_says_how_much(tmp_path, monke
     with pytest.raises(ModelError, match="needs 15.0 GB but .* has 2.1 MB free"):
         hub_download.check_sizes("acme/big", "model", list(remote), remote)
     assert hub_download.check_sizes("acme/big", "model", ["config.json"], remote) == 2  # fits: no refusal
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_a_full_disk_under_the_image_and_video_encoders_is_said_as_every_writer_says_it(kind, tmp_path, monkeypatch):
+    # checked live on a full tmpfs: t2v -o v.mp4 said "cannot write video '.../v.mp4': [Errno 28] No space
+    # left on device: '.../.v.mp4.e6581a9f.tmp.mp4'" (a hidden file that no longer exists), t2i "[Errno 28] ..."
+    import numpy as np
+    from PIL import Image
+
+    from showo2_cli.media import video_write, write_image, write_video
+
+    def full(path, *args, **kwargs):  # what PyAV and PIL raise: the OSError naming the file they write
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    out = tmp_path / ("a.png" if kind == "image" else "a.mp4")
+    out.write_bytes(b"old")
+    if kind == "image":
+        monkeypatch.setattr(Image.Image, "save", lambda self, fp, *a, **k: full(fp))
+        write = lambda: write_image(out, np.zeros((16, 16, 3), np.uint8), overwrite=True)  # noqa: E731
+    else:
+        monkeypatch.setattr(video_write, "write_av", full)
+        write = lambda: write_video(out, np.zeros((5, 16, 16, 3), np.uint8), fps=8, overwrite=True)  # noqa: E731
+    with pytest.raises(OutputError) as e:
+        write()
+    assert str(e.value) == f"cannot write {kind} '{out}': no space left on the device"
+    assert out.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [out.name]

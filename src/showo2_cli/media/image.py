@@ -24,7 +24,7 @@ from .metadata import (
     metadata_json,
     metadata_summary,
 )
-from .outputs import atomic_output, extension_refused
+from .outputs import atomic_output, extension_refused, is_write_error, write_failed
 from .probe import (
     av_video_info,
     check_undecoded_photo,
@@ -461,6 +461,7 @@ def write_image(
     with atomic_output(p, overwrite) as tmp:
         try:
             image.save(tmp, format=fmt, **params)
-        except Exception as e:
-            raise OutputError(f"cannot write image {quote_path(p)}: {error_detail(e)}") from e
+        except Exception as e:  # a full disk said as every writer says it
+            raise write_failed(p, e, "image") if is_write_error(e) else \
+                OutputError(f"cannot write image {quote_path(p)}: {error_detail(e)}") from e
     return p

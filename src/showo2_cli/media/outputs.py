@@ -244,10 +244,11 @@ def is_write_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or (isinstance(exc, Exception) and any(k in str(exc) for k in _WRITE_ERROR_TEXTS))
 
 
-def write_failed(target: Path, exc: BaseException) -> OutputError:
-    """An OutputError for an error raised while writing ``target``: a full disk (ENOSPC), a quota
-    (EDQUOT), a read-only file system (EROFS) or any other OS error, including the ones a
-    library reports in its own exception type (safetensors' ``IoError``)."""
+def write_failed(target: Path, exc: BaseException, what: str = "") -> OutputError:
+    """An OutputError for an error raised while writing ``target`` (``what``: "image", "video"): a
+    full disk (ENOSPC), a quota (EDQUOT), a read-only file system (EROFS) or any other OS error,
+    including the ones a library reports in its own exception type (safetensors' ``IoError``);
+    never the name of the temporary file it was written as."""
     import errno
 
     code = getattr(exc, "errno", None)
@@ -259,7 +260,7 @@ def write_failed(target: Path, exc: BaseException) -> OutputError:
     else:
         why = error_detail(exc) if isinstance(exc, OSError) else text.strip().splitlines()[0][:200] if text else \
             type(exc).__name__
-    return OutputError(f"cannot write {quote_path(target)}: {why}")
+    return OutputError(f"cannot write {what + ' ' if what else ''}{quote_path(target)}: {why}")
 
 
 def _make_temp(target: Path) -> Path:

@@ -17,7 +17,7 @@ from showo2_cli.errors import OutputError, UsageError, short
 from .files import PathLike, quote_path
 from .image import PIL_FORMATS, write_image
 from .metadata import container_comment, metadata_json
-from .outputs import atomic_output, extension_refused
+from .outputs import atomic_output, extension_refused, is_write_error, write_failed
 from .probe import error_detail
 from .video import MAX_FPS, MIN_FPS
 
@@ -223,6 +223,7 @@ def write_video(
                 write_av(tmp, arr, fps_value, ext, metadata)
         except OutputError:
             raise
-        except Exception as e:
-            raise OutputError(f"cannot write video {quote_path(p)}: {error_detail(e)}") from e
+        except Exception as e:  # a full disk said as such, not as PyAV names the temporary file
+            raise write_failed(p, e, "video") if is_write_error(e) else \
+                OutputError(f"cannot write video {quote_path(p)}: {error_detail(e)}") from e
     return p
