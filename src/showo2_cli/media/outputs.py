@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -345,29 +346,22 @@ def _write_errors(target: Path) -> Iterator[None]:
 
 
 def append_text(path: PathLike, text: str) -> None:
-    """Append ``text`` to the log file ``path`` (created if absent) whole or not at all: a write
-    that fails part-way (a full disk, a quota) is cut back to the file's old end, so no half line
-    is left for a reader, and raised as :func:`write_failed`'s one :class:`OutputError` naming the
-    file. Ctrl-C and SIGTERM wait for the few system calls of one append."""
-    target = Path(os.fspath(path))
-    data = text.encode("utf-8")
-    with signals_deferred():
+    """Append ``text`` to the log ``path`` whole or not at all: a write cut by a full disk is cut back
+    to the old end (no half line) and raised as :func:`write_failed` says it, naming the file."""
+    target, data = Path(os.fspath(path)), memoryview(text.encode("utf-8"))
+    with signals_deferred():  # (the few system calls of one line)
         try:
             fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as e:
             raise write_failed(target, e) from e
+        end = os.fstat(fd).st_size
         try:
-            end = os.fstat(fd).st_size
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            except OSError as e:
-                try:
-                    os.ftruncate(fd, end)
-                except OSError:
-                    pass
-                raise write_failed(target, e) from e
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
+            raise write_failed(target, e) from e
         finally:
             os.close(fd)
 
