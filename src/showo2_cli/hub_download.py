@@ -37,7 +37,7 @@ from tqdm.std import tqdm as _std_tqdm
 
 from .errors import ModelError, short
 from .hub_auth import access, check_token, hidden, hub_cache, hub_online, login_hint, offline, redact
-from .options import env_seconds
+from .options import env_seconds, gb_text
 
 Progress = Callable[[str, int, int], None]
 
@@ -361,19 +361,10 @@ def check_sizes(repo_id: str, what: str, files: list[str], remote: dict[str, Rem
     except OSError:
         return total if known else None
     if total > free:
-        raise ModelError(f"{what} '{repo_id}' needs {_amount(total)} but the Hugging Face cache at "
-                         f"{cache} has {_amount(free)} free; free some space "
+        raise ModelError(f"{what} '{repo_id}' needs {gb_text(total / 1e9)} but the Hugging Face cache at "
+                         f"{cache} has {gb_text(free / 1e9)} free; free some space "
                          "(or use another cache: HF_HUB_CACHE, cache_dir=) and pull again")
     return total if known else None
-
-
-def _amount(size: int) -> str:
-    """Bytes in the unit that shows them: 3.1 GB, 2.4 MB (a small download on a nearly full disk was
-    "needs 0.0 GB but ... has 0.0 GB free"), 512 bytes."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale / 10:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
 
 
 def _sha256(path: Path) -> str:

@@ -28,6 +28,7 @@ from .options import (
     check_device,
     env_memory_limit,
     env_seconds,
+    gb_text,
 )
 from .processes import RENDEZVOUS_ENV, RENDEZVOUS_WAIT, launch_env, launch_rendezvous, process_rank
 
@@ -394,14 +395,6 @@ def memory_limit_gb(option: float | None = None, device: str | torch.device = "c
     return (value or None), source
 
 
-def _gb(value: float) -> str:
-    """A memory size as people read it: 2.5 GB, 120 MB, 3 KB (never "0.0 GB" beside "0.0 GB")."""
-    for unit, scale in (("GB", 1.0), ("MB", 1e3)):
-        if value * scale >= 1:
-            return f"{value * scale:.1f} {unit}"
-    return f"{value * 1e6:.1f} KB"
-
-
 def _counted(need_gb: float, weights: tuple[float, float], source: str) -> tuple[float, float]:
     """(the job's whole need, the weights in it): with a limit given, every weight the job runs
     counts; against the memory available now, only the weights not loaded yet (the rest already
@@ -446,9 +439,9 @@ def check_memory(need_gb: float, what: str, option: float | None = None,
     if need <= limit:
         return
     where = "of available memory" if source == "available memory" else f"allowed by {source}"
-    held = (f" ({_gb(counted)} of weights" + (f", {_gb(need_gb)} to run" if need_gb > 0 else "") + ")"
+    held = (f" ({gb_text(counted)} of weights" + (f", {gb_text(need_gb)} to run" if need_gb > 0 else "") + ")"
             if counted > 0 else "")
-    raise ResourceError(f"{what} needs about {_gb(need)}{held}, more than the {_gb(limit)} {where}"
+    raise ResourceError(f"{what} needs about {gb_text(need)}{held}, more than the {gb_text(limit)} {where}"
                         + (f"; {advice}" if advice else "")
                         + f" (raise the limit with --max-memory or {MAX_MEMORY_ENV})")
 
