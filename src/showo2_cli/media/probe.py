@@ -215,6 +215,15 @@ def video_streams(container) -> list:
     return [s for s in container.streams.video if not (int(s.disposition) & skip)]
 
 
+def stream_codec(stream, prefix: str):
+    """The codec context of a video stream, which PyAV leaves None where FFmpeg knows no decoder
+    for the stream's codec (a corrupt codec tag, an unsupported codec): :class:`InputError`."""
+    cc = stream.codec_context
+    if cc is None:
+        raise InputError(f"{prefix}: its video stream's codec is unknown (corrupt, or none FFmpeg decodes)")
+    return cc
+
+
 #: the ``ftyp`` brands of a HEIF still image (an iPhone's or a Galaxy's HEIC photo), and of a HEIF
 #: image sequence: FFmpeg opens a still as a one-frame video, and a tiled one (as phones write
 #: them) as one video stream a tile
@@ -555,7 +564,7 @@ def check_video(path: PathLike, max_pixels: int | None = None) -> None:
             streams = video_streams(container)
             if not streams:
                 raise InputError(f"{prefix}: the file has no video stream")
-            cc = streams[0].codec_context
+            cc = stream_codec(streams[0], prefix)
             width, height = int(cc.width or 0), int(cc.height or 0)
     except (InputError, ResourceError):
         raise

@@ -27,6 +27,7 @@ from .probe import (
     pil_animation,
     probe_kind,
     resolve_max_pixels,
+    stream_codec,
     too_large,
     video_streams,
 )
@@ -183,8 +184,8 @@ def read_video(
 
     container, stream = open_stream()
     try:
-        width = int(stream.codec_context.width or 0)
-        height = int(stream.codec_context.height or 0)
+        cc = stream_codec(stream, prefix)
+        width, height = int(cc.width or 0), int(cc.height or 0)
         if width <= 0 or height <= 0:
             raise InputError(f"{prefix}: the video stream has no frame size (corrupt header)")
         shown = display_width(stream, width)  # non-square pixels: frames are read at the display aspect

@@ -214,8 +214,8 @@ def _check_caption_field(path: Path) -> None:
             line = f.readline(MAX_RECORD_BYTES)
         try:
             first = json.loads(line)
-        except ValueError:
-            return  # (a malformed record is said where it is read)
+        except (ValueError, RecursionError):
+            return  # (a malformed record, or one nested too deeply, is said where it is read)
     if isinstance(first, dict) and first and not any(k in first for k in (*CAPTION_FIELDS, "caption_file")):
         raise InputError(f"'{path}' has no caption field ({', '.join(CAPTION_FIELDS)}): its fields are "
                          f"{', '.join(short(k, 30) for k in list(first)[:8])}; name the captions' column text, as a "
