@@ -283,13 +283,11 @@ def seeds_image(work: Path) -> list[Seed]:
     p = work / "exif.jpg"
     im.save(p, "JPEG", exif=exif.tobytes())
     out.append(Seed("exif.jpg", p))
-    p = work / "meta.png"
-    from PIL import PngImagePlugin
+    from showo2_cli.media import write_image
 
-    info = PngImagePlugin.PngInfo()
-    info.add_text("showo2", json.dumps({"prompt": "a red circle", "seed": 1, "steps": 2}))
-    im.save(p, "PNG", pnginfo=info)
-    out.append(Seed("meta.png", p))
+    for ext in ("png", "jpg", "webp"):  # outputs with their parameters, as `showo2 t2i` writes them
+        p = write_image(work / f"meta.{ext}", im, {"prompt": "a red circle", "seed": 1, "steps": 2})
+        out.append(Seed(f"meta.{ext}", Path(p)))
     return out
 
 
@@ -432,9 +430,11 @@ def seeds_server(work: Path) -> list[Seed]:
     (work / "chat.json").write_text(json.dumps(chat))
     (work / "images.json").write_text(json.dumps(images))
     (work / "png").write_bytes(base64.b64decode(_png_data_url().split(",", 1)[1]))
+    (work / "video").mkdir()
+    mp4 = seeds_video(work / "video")[0].path
     return [Seed("/v1/chat/completions", work / "chat.json", "json"),
             Seed("/v1/images/generations", work / "images.json", "json"),
-            Seed("data-url", work / "png")]
+            Seed("data-url", work / "png"), Seed("data-url-video", mp4)]
 
 
 SEEDS = {name: globals()[f"seeds_{name}"] for name in READERS}
@@ -448,12 +448,12 @@ def drive(reader: str, seed: Seed, target: Path, root: Path | None, server=None)
     if reader == "image":
         from showo2_cli.media import read_media, read_metadata
 
+        read_metadata(target)
         read_media(target, num_frames=4)
-        if target.suffix == ".png":
-            read_metadata(target)
     elif reader == "video":
-        from showo2_cli.media import read_media
+        from showo2_cli.media import read_media, read_metadata
 
+        read_metadata(target)
         read_media(target, num_frames=4)
     elif reader == "latents":
         from showo2_cli.pipelines.latents import load_latents  # api.load_latents
@@ -543,20 +543,20 @@ class ServerClient:
     def __call__(self, seed: Seed, target: Path):
         body = target.read_bytes()
         path = seed.label
-        if path == "data-url":  # a mutated picture in a data URL
-            path = "/v1/chat/completions"
+        if path.startswith("data-url"):  # a mutated picture or video in a data URL
+            path, mime = "/v1/chat/completions", "video/mp4" if path.endswith("video") else "image/png"
+            url = f"data:{mime};base64," + base64.b64encode(body).decode()
             body = json.dumps({"model": "demo", "max_tokens": 1, "messages": [{"role": "user", "content": [
-                {"type": "text", "text": "?"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(body).decode()}}]}]
-            }).encode()
+                {"type": "text", "text": "?"}, {"type": "image_url", "image_url": {"url": url}}]}]}).encode()
         r = self.http.post(path, content=body, headers={"content-type": "application/json"})
         if r.status_code >= 500:
-            return f"http-{r.status_code}"
+            return f"defect:http-{r.status_code}"
         if r.status_code >= 400:
             err = r.json().get("error") if r.headers.get("content-type", "").startswith("application/json") else None
-            if not isinstance(err, dict) or not isinstance(err.get("message"), str):
-                return f"http-{r.status_code}-no-error-object"
-        return None
+            if not isinstance(err, dict) or not isinstance(err.get("message"), str) or "\n" in err["message"]:
+                return f"defect:http-{r.status_code}-no-error-object"
+            return f"error:http-{r.status_code}"
+        return "ok"
 
     def close(self):
         self.srv.should_exit = True
@@ -578,6 +578,19 @@ def run(reader: str, count: int, seed: int, timeout: float = 20.0, memory_mb: fl
         seeds = SEEDS[reader](seeds_dir)
         if reader == "server":
             server = ServerClient()
+        for s in seeds:  # each seed as it is reads (and the imports are paid before any mutant is timed)
+            case = work / "warm"
+            shutil.rmtree(case, ignore_errors=True)
+            shutil.copytree(s.root, case) if s.root is not None else case.mkdir()
+            target = case / (s.path.relative_to(s.root) if s.root is not None else s.path.name)
+            if s.root is None:
+                shutil.copy(s.path, target)
+            try:
+                warm = drive(reader, s, target, case if s.root is not None else None, server)
+            except Exception as e:  # noqa: BLE001
+                warm = f"{type(e).__name__}: {e}"
+            if warm not in (None, "ok") and not s.label.endswith((".pt", "pt", "npy")):
+                raise RuntimeError(f"the {reader} seed {s.label} does not read as it is: {warm}")
         old = signal.signal(signal.SIGALRM, _alarm)
         for i in range(count):
             s = seeds[i % len(seeds)]
@@ -606,7 +619,10 @@ def run(reader: str, count: int, seed: int, timeout: float = 20.0, memory_mb: fl
                 exc = e
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            outcome = f"defect:{result}" if isinstance(result, str) else classify(exc)
+            if result == "hang":
+                outcome = "defect:hang"
+            else:
+                outcome = result if isinstance(result, str) else classify(exc)
             if _peak_mb() - before > memory_mb:
                 outcome = "defect:memory"
             leftover = [p.name for p in case.rglob("*") if p.name.startswith(".") and p.is_file()]
