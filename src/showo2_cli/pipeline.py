@@ -46,6 +46,7 @@ from .options import (
     RuntimeOptions,
 )
 from .pipeline_lora import LoraLoaderMixin
+from .pipeline_memory import MemoryTogglesMixin
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
 from .pipelines.arguments import (
     CAPTION_NAMES,
@@ -88,7 +89,7 @@ class Showo2PipelineOutput(BaseOutput):
     results: list | None = None
 
 
-class Showo2Pipeline(LoraLoaderMixin):
+class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
     """A loaded Show-o2 model with diffusers' calling conventions. Calls on one pipeline (generation,
     ``caption``, ``to``, ``load_lora_weights``) run one at a time: threads sharing it wait their turn."""
 
@@ -292,44 +293,6 @@ class Showo2Pipeline(LoraLoaderMixin):
     def offload(self) -> str:
         """The CPU offload in use: ``none``, ``model`` or ``sequential`` (``RuntimeOptions(offload=)`` too)."""
         return self.model.offload
-
-    def enable_vae_tiling(self) -> None:
-        """Encode/decode in tiles (diffusers' ``pipe.enable_vae_tiling()``; ``--vae-tiling on``)."""
-        self._vae().enable_tiling()
-
-    def disable_vae_tiling(self) -> None:
-        """Never tile (``--vae-tiling off``); a freshly loaded pipeline tiles only what would not fit."""
-        self._vae().disable_tiling()
-
-    def enable_vae_slicing(self) -> None:
-        """Decode one output at a time: forwards to ``vae.enable_slicing()``."""
-        self._vae().enable_slicing()
-
-    def disable_vae_slicing(self) -> None:
-        """Decode a batch at once again: forwards to ``vae.disable_slicing()``."""
-        self._vae().disable_slicing()
-
-    def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
-        """Not offered (diffusers' memory habit): a UsageError that says what to use instead."""
-        raise UsageError("attention slicing is not offered: every layer runs its attention in one call of the "
-                         "backend RuntimeOptions(attn=...) picks (sdpa by default); to save memory use "
-                         "enable_model_cpu_offload(), enable_vae_tiling() or a smaller batch_size")
-
-    def enable_xformers_memory_efficient_attention(self, attention_op=None) -> None:
-        """Not offered: a UsageError naming the attention backends there are."""
-        raise UsageError("xformers attention is not offered: pick the attention backend with "
-                         "from_pretrained(..., runtime=RuntimeOptions(attn='sdpa'|'eager'|'flex'))")
-
-    def disable_attention_slicing(self) -> None:
-        """Nothing to undo: attention is never sliced (diffusers' counterpart call is harmless here)."""
-
-    def disable_xformers_memory_efficient_attention(self) -> None:
-        """Nothing to undo: xformers is never used."""
-
-    def _vae(self):
-        if self.vae is None:
-            raise UsageError("this pipeline was loaded without a VAE")
-        return self.vae
 
     # ---- components -------------------------------------------------------------------------
     @property

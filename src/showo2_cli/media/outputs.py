@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -13,7 +12,7 @@ import tempfile
 import threading
 import unicodedata
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -250,10 +249,7 @@ def write_failed(target: Path, exc: BaseException, what: str = "") -> OutputErro
     full disk (ENOSPC), a quota (EDQUOT), a read-only file system (EROFS) or any other OS error,
     including the ones a library reports in its own exception type (safetensors' ``IoError``);
     never the name of the temporary file it was written as."""
-    import errno
-
-    code = getattr(exc, "errno", None)
-    text = str(exc)
+    code, text = getattr(exc, "errno", None), str(exc)
     if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "StorageFull" in text:
         why = "no space left on the device"
     elif code == errno.EROFS or "Read-only file system" in text:
@@ -359,7 +355,7 @@ def append_text(path: PathLike, text: str) -> None:
             while data:
                 data = data[os.write(fd, data):]
         except OSError as e:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.ftruncate(fd, end)
             raise write_failed(target, e) from e
         finally:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError, OutputError, UsageError, error_detail, short
+from ..media import append_text, atomic_output
 from . import checkpoint as ckpt
 from .checkpoint import LOCK_FILE as LOCK_FILE  # (the folder's lock lives with its checkpoints)
 from .control import LogWindow, StopRequest, check_trackers, chunks, flat_config, ignore_sigint, peak_rss_mb
@@ -252,8 +253,6 @@ class Run:
     def _write_run_files(self) -> None:
         info = {"config": self.cfg.to_dict(), "source": self.cfg.source, "world_size": self.world,
                 "max_steps": self.max_steps}
-        from ..media import atomic_output
-
         with atomic_output(self.output_dir / "train_config.json", overwrite=True) as tmp:
             tmp.write_text(json.dumps(info, indent=1, default=str) + "\n")
         metrics = self.output_dir / "metrics.jsonl"
@@ -576,18 +575,14 @@ class Run:
 
     def _append(self, path: Path, line: dict) -> None:
         if self.acc.is_main_process:  # a full disk: no half line, an error naming the file
-            from ..media import append_text
-
             append_text(path, json.dumps(line) + "\n")
 
     def _write_rank_digest(self, step: int) -> None:
-        target = self.objective.digest_target()
         folder = self.output_dir / "rank-digests"
         folder.mkdir(exist_ok=True)
-        from ..media import atomic_output
-
+        record = {"rank": self.rank, "step": step, "sha256": weights_digest(self.objective.digest_target())}
         with atomic_output(folder / f"rank-{self.rank}.json", overwrite=True) as tmp:
-            tmp.write_text(json.dumps({"rank": self.rank, "step": step, "sha256": weights_digest(target)}) + "\n")
+            tmp.write_text(json.dumps(record) + "\n")
 
 
 def train(cfg: TrainConfig, resume: bool = True, progress: Progress | None = None,
