@@ -146,8 +146,12 @@ def per_position(params: torch.Tensor, block_index: torch.Tensor, outside: float
     """Spread per-block values ``(B, M, D)`` to positions ``(B, L, D)``.
 
     ``block_index[b, i]`` is the block that position ``i`` belongs to, or -1; positions outside
-    every block get ``outside`` (0 for shift/scale, 1 for gates).
+    every block get ``outside`` (0 for shift/scale, 1 for gates). ``block_index`` None: every
+    position is in block 0, and the values are returned as ``(B, 1, D)`` for the caller's
+    arithmetic to broadcast (the same numbers, without a ``(B, L, D)`` copy of each).
     """
+    if block_index is None:
+        return params[:, :1]
     idx = block_index.clamp(min=0)[..., None].expand(-1, -1, params.shape[-1])
     gathered = params.gather(1, idx)
     return torch.where(block_index[..., None] >= 0, gathered, torch.full_like(gathered, outside))

@@ -486,13 +486,17 @@ class Showo2Model(nn.Module):
         p = chunk.shape[1]
         pos = prefix.lengths[:, None] + torch.arange(p, device=chunk.device)[None]
         keys = torch.arange(prefix.width, device=chunk.device)[None] < prefix.lengths[:, None]  # (B, Lp)
-        mask = torch.cat([keys[:, None, :].expand(b, p, -1), torch.ones(b, p, p, dtype=torch.bool, device=chunk.device)],
-                         dim=-1)[:, None]
+        # every query of the block sees the same keys (its row's prefix, then the whole block): one
+        # key mask (B, 1, 1, Lp + P) that attention broadcasts, the same numbers as the (B, 1, P, Lp + P)
+        # rows it stands for without building (and converting per layer) P copies of it
+        mask = torch.cat([keys, torch.ones(b, p, dtype=torch.bool, device=chunk.device)], dim=-1)[:, None, None]
+        if self.attn == "flex":  # a BlockMask is built from the dense rows
+            mask = mask.expand(b, 1, p, -1)
         hidden, _ = self.llm(chunk, mask, position_ids=pos, past_key_values=prefix.llm, use_cache=True)
         truncate_cache(prefix.llm, prefix.width)
         x = self.diff_proj(hidden)
         cos, sin = self.head_rotary(pos, x.dtype)
-        inside = torch.zeros(b, p, dtype=torch.long, device=x.device)
+        inside = None  # every position is in block 0 (see flow_head.per_position)
         block_cond = cond[:, None].to(x.dtype)
         mask = backend_mask(mask, self.attn, x.dtype)
         for block, kv in zip(self.diffusion_head_a, prefix.head, strict=True):
