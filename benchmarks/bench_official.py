@@ -20,6 +20,8 @@ What it does:
      latents compared;
    * t2v: the same sampling on ``--t2v-frames`` latent frames (the frame-major (B, C, T, h, w) latent
      the official model class takes, rows with bov / eov / vid_pad and t2i's text budget);
+   * i2v: t2v with a clean first latent frame and ``first_frame_as_cond`` (the official has no i2v
+     script: its model class's forward driven as spec §8.4 describes, frame 0's velocity zeroed);
    * video: ``inference_mmu_vid.py``'s prompt (``--video-frames`` frames, each through the dual path
      and pooled to 14 x 14, the 730-position official block) and the same greedy decoding;
    * caption: ``inference_mmu.py``'s prompt (system prompt, 729 image tokens + time slot,
@@ -66,6 +68,7 @@ SYSTEM_TOKENS = 36
 GUIDANCE = 5.0
 VIDEO_POOL = 14  # inference_mmu_vid.py pools every frame's tokens to 14 x 14
 MAX_SEQ_LEN = 1024
+GEN_TASKS = ("t2i", "t2v", "i2v")  # the flow-matching tasks (t2v and i2v on --t2v-frames latent frames)
 
 
 def peak_rss_gib() -> float:
@@ -124,6 +127,8 @@ def gen_setup(args, g, x):
     frames = args.t2v_frames
     side = 2 * g.grid
     noise = torch.randn(1, 16, frames, side, side, generator=torch.Generator().manual_seed(3))
+    if args.task == "i2v":  # the conditioning image's clean latent in frame 0
+        noise[:, :, 0] = x["latents"][0]
     seq_len = frames * g.grid * g.grid + 1 + (MAX_SEQ_LEN - g.grid * g.grid - 1)
     return frames, seq_len, noise.to(torch.bfloat16).float()
 
@@ -169,16 +174,16 @@ def worker_official(args) -> dict:
     x = inputs(g)
     ids = x["ids"]
     with torch.no_grad():
-        if args.task in ("t2i", "t2v"):
+        if args.task in GEN_TASKS:
             frames, seq_len, noise = gen_setup(args, g, x)
             cond, uncond, mp, mp_null = gen_token_rows(x["prompt"], frames * g.grid * g.grid + 1, seq_len, ids,
-                                                       video=args.task == "t2v")
+                                                       video=args.task != "t2i")
             text_tokens = torch.cat([cond, uncond])
             modality_positions = torch.cat([mp, mp_null])
             z = torch.cat([noise, noise])
             stamps = [clocks()]
             final = official_sample(model, z, text_tokens, modality_positions, seq_len, GUIDANCE, args.t2i_steps,
-                                    on_call=lambda: stamps.append(clocks()))
+                                    on_call=lambda: stamps.append(clocks()), first_frame_as_cond=args.task == "i2v")
             out.update(step_times(stamps), row_len=seq_len)
             torch.save(torch.chunk(final, 2)[0].float().clone(), Path(args.io) / "latents.pt")
         else:  # the caption prompt (inference_mmu.py), or a video's (inference_mmu_vid.py)
@@ -234,12 +239,13 @@ def worker_ours(args) -> dict:
     x = inputs(g)
     tok = SpecialTokens(**x["ids"])
     with torch.no_grad():
-        if args.task in ("t2i", "t2v"):
+        if args.task in GEN_TASKS:
             frames, seq_len, noise = gen_setup(args, g, x)
             layout = generation_layout([x["prompt"]], frames * g.grid * g.grid + 1, tok, seq_len,
-                                       video=args.task == "t2v")
+                                       video=args.task != "t2i")
             stamps = [clocks()]
             final = generate_latents(net, layout, noise, GUIDANCE, args.t2i_steps, 3.0, cache_prefix=True,
+                                     first_frame_as_cond=args.task == "i2v",
                                      callback=lambda *a: stamps.append(clocks()))
             out.update(step_times(stamps), row_len=seq_len)
             torch.save(final.float().clone(), Path(args.io) / "latents.pt")
@@ -312,14 +318,14 @@ def main(argv=None) -> int:
     ap.add_argument("--t2i-steps", type=int, default=4, help="grid points (model calls = points - 1)")
     ap.add_argument("--tokens", type=int, default=64, help="new caption tokens")
     ap.add_argument("--video-frames", type=int, default=32, help="frames of the video understanding prompt")
-    ap.add_argument("--t2v-frames", type=int, default=2, help="latent frames of the t2v task (frames > 1: the video path)")
-    ap.add_argument("--only", choices=("t2i", "t2v", "caption", "video"))
+    ap.add_argument("--t2v-frames", type=int, default=2, help="latent frames of the t2v and i2v tasks (frames > 1: the video path)")
+    ap.add_argument("--only", choices=(*GEN_TASKS, "caption", "video"))
     ap.add_argument("--ours-src", type=Path, help="the showo2 source folder to measure (default: this checkout's src/)")
     ap.add_argument("--model", type=Path, help="checkpoint folder (made if missing)")
     ap.add_argument("--out", type=Path, help="JSON to write (a .md beside it)")
     ap.add_argument("--smoke", action="store_true", help="tiny widths, 1 rep, 3 grid points, 4 tokens (a check)")
     ap.add_argument("--worker", choices=("make", "official", "ours"), help=argparse.SUPPRESS)
-    ap.add_argument("--task", choices=("t2i", "t2v", "caption", "video", "make"), help=argparse.SUPPRESS)
+    ap.add_argument("--task", choices=(*GEN_TASKS, "caption", "video", "make"), help=argparse.SUPPRESS)
     ap.add_argument("--io", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -345,7 +351,7 @@ def main(argv=None) -> int:
     from official_harness import Geometry
 
     g = Geometry(**json.loads((args.model / "geometry.json").read_text()))
-    tasks = [args.only] if args.only else ["t2i", "t2v", "caption", "video"]
+    tasks = [args.only] if args.only else [*GEN_TASKS, "caption", "video"]
     runs: dict = {t: {"official": [], "ours": []} for t in tasks}
     for task in tasks:
         reps = args.caption_reps if task in ("caption", "video") and args.caption_reps else args.reps
@@ -353,7 +359,7 @@ def main(argv=None) -> int:
             for which in ("official", "ours") if rep % 2 == 0 else ("ours", "official"):
                 io = scratch / f"{task}-{which}-{rep}"
                 res = run_worker(args, which, task, io)
-                if task in ("t2i", "t2v"):
+                if task in GEN_TASKS:
                     res["latents"] = torch.load(io / "latents.pt", weights_only=True)
                 runs[task][which].append(res)
 
@@ -365,7 +371,7 @@ def main(argv=None) -> int:
         "note": "one process per measurement; official and ours interleaved (A B, B A, ...); fp32; times are "
                 "process CPU seconds (one thread), wall seconds beside them",
     }
-    for task in ("t2i", "t2v"):
+    for task in GEN_TASKS:
         if task not in runs:
             continue
         off, ours = runs[task]["official"], runs[task]["ours"]
@@ -375,7 +381,7 @@ def main(argv=None) -> int:
         diff = max(float((a["latents"] - b["latents"]).abs().max()) for a in off for b in ours)
         peak = float(off[0]["latents"].abs().max())
         record[task] = {
-            "grid_points": args.t2i_steps, **({"latent_frames": args.t2v_frames} if task == "t2v" else {}),
+            "grid_points": args.t2i_steps, **({"latent_frames": args.t2v_frames} if task != "t2i" else {}),
             "row_len": off[0]["row_len"], "guidance": GUIDANCE, "prompt_tokens": PROMPT_TOKENS,
             "official_s_per_step": o_step, "ours_s_per_step": s_step, "ratio_ours_over_official": s_step / o_step,
             "speedup": o_step / s_step,
@@ -409,7 +415,7 @@ def main(argv=None) -> int:
                         for which in ("official", "ours")}
     record["load_wall_s"] = {which: statistics.median(r["load"]["wall_seconds"] for t in runs for r in runs[t][which])
                              for which in ("official", "ours")}
-    print(json.dumps({k: v for k, v in record.items() if k in ("t2i", "t2v", "caption", "video", "load_s")}, indent=1))
+    print(json.dumps({k: v for k, v in record.items() if k in (*GEN_TASKS, "caption", "video", "load_s")}, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=1) + "\n")
@@ -433,11 +439,13 @@ def markdown(r: dict) -> str:
         f"{2 * g['grid']}x{2 * g['grid']} latent).",
         "",
     ]
-    for task in ("t2i", "t2v"):
+    for task in GEN_TASKS:
         if task not in r:
             continue
         t = r[task]
-        frames = f", {t['latent_frames']} latent frames (frame-major)" if task == "t2v" else ""
+        frames = f", {t['latent_frames']} latent frames (frame-major)" if task != "t2i" else ""
+        if task == "i2v":
+            frames += ", frame 0 the clean condition (its velocity zeroed)"
         lines += [
             f"## {task}: one guided step (cond + uncond), {t['prompt_tokens']}-token prompt, "
             f"{t.get('row_len', t.get('max_seq_len'))}-token rows{frames}",

@@ -246,9 +246,11 @@ def gen_token_rows(prompt_ids: list[int], num_image_tokens: int, max_seq_len: in
 
 
 def official_sample(model, z, text_tokens, modality_positions, max_seq_len, guidance, steps, shift=3.0,
-                    on_call=None):
+                    on_call=None, first_frame_as_cond=False):
     """``inference_t2i.py``'s sampling: the naive omni mask, torchdiffeq Euler on the shifted grid;
-    ``z`` is the doubled (cond, uncond) noise. ``on_call(t)`` is called after every model call."""
+    ``z`` is the doubled (cond, uncond) noise. ``on_call(t)`` is called after every model call.
+    ``first_frame_as_cond``: image to video as the model class's forward does it (spec §8.4: the
+    clean first-frame latent in ``z``, its velocity zeroed; no official script drives it)."""
     from models import omni_attn_mask_naive
     from transport import Sampler, create_transport
 
@@ -267,7 +269,8 @@ def official_sample(model, z, text_tokens, modality_positions, max_seq_len, guid
         return out
 
     return fn(z, model_fn, text_tokens=text_tokens, attention_mask=mask, modality_positions=modality_positions,
-              output_hidden_states=True, max_seq_len=max_seq_len, guidance_scale=guidance)[-1]
+              output_hidden_states=True, max_seq_len=max_seq_len, guidance_scale=guidance,
+              first_frame_as_cond=first_frame_as_cond)[-1]
 
 
 def special_ids(vocab: int) -> dict:
