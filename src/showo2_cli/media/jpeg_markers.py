@@ -15,34 +15,81 @@ from showo2_cli.errors import InputError
 #: millions, each read one by one). A JPEG with more before its first scan is refused unopened.
 JPEG_MAX_MARKER_STEPS = 4096
 
+#: the stray bytes between segments (not 0xFF, not in a segment) :func:`walk_jpeg_markers` lets pass
+#: before the first scan: Pillow skips them one at a time (about 50 ns each; 16 MiB of them, 0.8 s per
+#: open), a writer's slip leaves a few. More is refused unopened, as too many segments are.
+JPEG_MAX_STRAY_BYTES = 1 << 20
+
+# Markers Pillow's walk reads without a length after them (``JpegImagePlugin.MARKER``'s entries with
+# no handler: JPG, RST0-7, SOI, EOI, JPG0-13): each is one step, as a fill byte is. A marker below
+# SOF0 (but 0x00, an escaped 0xFF, and 0xFF, a fill byte) ends Pillow's walk ("no marker found").
+_NO_LENGTH = frozenset([0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)])
+_NOT_FRAMES = (0xC4, 0xC8, 0xCC)  # DHT, JPG, DAC: the rest of SOF0..SOF15 are frames
+
+
+def _skip_stray(fp: BinaryIO, allowance: int) -> tuple[bytes, int]:
+    """Reads past the stray bytes (not 0xFF) at ``fp``'s position, at most ``allowance`` of them:
+    ``(b"\\xff" or b"" at the end of the file or past the allowance, how many were read)``."""
+    read = 0
+    while read <= allowance:
+        chunk = fp.read(min(65536, allowance + 1 - read))
+        at = chunk.find(b"\xff")
+        if at >= 0:
+            fp.seek(at + 1 - len(chunk), os.SEEK_CUR)
+            return b"\xff", read + at
+        read += len(chunk)
+        if not chunk:
+            return b"", read
+    return b"", read
+
 
 def walk_jpeg_markers(fp: BinaryIO) -> tuple[int | None, int | None, bool]:
     """``(frame, components, within)`` of the JPEG in ``fp``: its frame marker (the last SOF before
     the first scan, the one Pillow's size is from), how many components its first scan holds
     (fewer than the frame's: one scan per component or group); None where not found; ``within`` is
-    False when more than :data:`JPEG_MAX_MARKER_STEPS` segments and fill bytes come before the first
-    scan (the walk stopped there). Walks from the start of ``fp``, then puts it back."""
+    False when more than :data:`JPEG_MAX_MARKER_STEPS` segments, fill bytes and markers without a
+    length (RSTn, SOI, EOI), or more than :data:`JPEG_MAX_STRAY_BYTES` stray bytes, come before the
+    first scan (the walk stopped there). The walk is Pillow's (``JpegImageFile._open``), bounded:
+    what Pillow skips, it skips. Walks from the start of ``fp``, then puts it back."""
     here = fp.tell()
     frame = None
     try:
         fp.seek(0)
-        if fp.read(2) != b"\xff\xd8":
+        if fp.read(3) != b"\xff\xd8\xff":  # (Pillow's test: anything else is not its JPEG)
             return None, None, True
-        steps = 0  # segments and fill bytes read: bounded, so a file that lies costs no more than this
+        byte, steps, stray = b"\xff", 0, 0  # steps and stray bytes: bounded, so a file that lies costs no more
         while steps < JPEG_MAX_MARKER_STEPS:
-            marker = fp.read(2)
-            while marker == b"\xff\xff" and steps < JPEG_MAX_MARKER_STEPS:  # fill bytes before a marker
-                marker = marker[1:] + fp.read(1)
-                steps += 1
+            if byte != b"\xff":  # a stray byte between segments (or the end of the file)
+                if not byte:
+                    return frame, None, True
+                byte, skipped = _skip_stray(fp, JPEG_MAX_STRAY_BYTES - stray)
+                stray += skipped + 1
+                if stray > JPEG_MAX_STRAY_BYTES:
+                    return frame, None, False
+                continue
+            marker = fp.read(1)
             steps += 1
-            head = fp.read(3 if marker[1:] == b"\xda" else 2)
-            if len(marker) < 2 or marker[0] != 0xFF or len(head) < 2:
+            if not marker:
                 return frame, None, True
-            if marker[1] == 0xDA:
+            code = marker[0]
+            if code == 0xFF:  # a fill byte before a marker
+                continue
+            if code == 0x00 or code in _NO_LENGTH:  # an escaped 0xFF, RSTn, SOI, EOI...: no length
+                byte = fp.read(1)
+                continue
+            if code < 0xC0:  # not a marker: Pillow stops here ("no marker found")
+                return frame, None, True
+            head = fp.read(3 if code == 0xDA else 2)
+            if len(head) < 2:
+                return frame, None, True
+            if code == 0xDA:
                 return frame, (head[2] if len(head) == 3 else None), True
-            if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):  # (DHT, JPG, DAC)
-                frame = marker[1]
-            fp.seek(int.from_bytes(head[:2], "big") - 2, os.SEEK_CUR)
+            if code <= 0xCF and code not in _NOT_FRAMES:
+                frame = code
+            length = int.from_bytes(head[:2], "big")
+            if length > 2:  # (a length of 0, 1 or 2 holds nothing: Pillow reads on after it)
+                fp.seek(length - 2, os.SEEK_CUR)
+            byte = fp.read(1)
         return frame, None, False  # more segments or fill bytes before the first scan than a photo has
     finally:
         fp.seek(here)
@@ -50,8 +97,10 @@ def walk_jpeg_markers(fp: BinaryIO) -> tuple[int | None, int | None, bool]:
 
 def check_jpeg_markers(fp: BinaryIO, prefix: str) -> None:
     """Refuse (:class:`InputError`, ``prefix: ...``) a JPEG with more than :data:`JPEG_MAX_MARKER_STEPS`
-    segments and fill bytes before its first scan, before Pillow walks them one by one; any other
-    file passes (Pillow judges it)."""
+    segments, fill bytes and markers without a length, or more than :data:`JPEG_MAX_STRAY_BYTES` stray
+    bytes, before its first scan, before Pillow walks them one by one; any other file passes (Pillow
+    judges it)."""
     if not walk_jpeg_markers(fp)[2]:
         raise InputError(f"{prefix}: a JPEG with more than {JPEG_MAX_MARKER_STEPS} marker segments and fill "
-                         "bytes before its image data (a photo has at most a few hundred)")
+                         f"bytes, or {JPEG_MAX_STRAY_BYTES >> 20} MiB of stray bytes, before its image data "
+                         "(a photo has at most a few hundred segments)")
