@@ -100,10 +100,11 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
         ``network=`` / ``transformer=``, ``scheduler=``, checked as assigning them is). The two share
         the weights and what is done to them (``to()``, LoRA adapters, CPU offload), as diffusers'
         pipelines sharing modules do; a part replaced or a scheduler set on either stays its own."""
-        if not hasattr(model, "network"):  # (a loaded model: loading.Showo2)
+        if not hasattr(model, "network") or isinstance(model, Showo2Pipeline):  # (a loaded model: loading.Showo2)
+            got = "no model" if model is None else f"model={type(model).__name__}"  # (a pipeline: from_pipe)
             raise TypeError("Showo2Pipeline needs the loaded model: Showo2Pipeline(showo2_cli.load(...)), "
-                            "Showo2Pipeline(**pipe.components) or Showo2Pipeline.from_pretrained(...), got "
-                            + ("no model" if model is None else f"model={type(model).__name__}"))
+                            "Showo2Pipeline(**pipe.components), Showo2Pipeline.from_pipe(pipe) or "
+                            f"Showo2Pipeline.from_pretrained(...), got {got}")
         if network is not None and transformer is not None and network is not transformer:
             raise ValueError("network and transformer name the same part: pass one of them")
         if tokenizer is not None and tokenizer is not model.tokenizer:

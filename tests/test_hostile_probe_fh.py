@@ -89,3 +89,21 @@ def test_the_stray_bytes_bound_is_a_count_not_a_read_of_the_file(monkeypatch):
     for stray, within in [(9, True), (10, True), (11, False), (100_000, False)]:
         data = _after_soi(clean, b"\xff\x00" + b"\x01" * stray)
         assert jpeg_markers.walk_jpeg_markers(io.BytesIO(data))[2] is within, stray
+
+
+def test_a_pipeline_given_as_the_model_is_a_type_error_naming_from_pipe():
+    """``Showo2Pipeline(pipe)`` (a second pipeline, as ``Showo2Pipeline(model)`` makes the first)
+    passed the "is it a loaded model" check (a pipeline has a ``network``) and failed inside with
+    AttributeError: 'Showo2Pipeline' object has no attribute 'network_given'. It is now the
+    constructor's TypeError, naming ``from_pipe``; the pipeline given is untouched."""
+    from showo2_cli import Showo2Pipeline
+    from showo2_cli.loading import bundled_demo_path, load
+
+    if bundled_demo_path() is None:
+        pytest.skip("the bundled demo is not installed")
+    pipe = Showo2Pipeline(load("demo"))
+    for call in (lambda: Showo2Pipeline(pipe), lambda: Showo2Pipeline(model=pipe),
+                 lambda: Showo2Pipeline(**{**pipe.components, "model": pipe})):
+        with pytest.raises(TypeError, match=r"needs the loaded model: .*from_pipe\(pipe\).*got model=Showo2Pipeline$"):
+            call()
+    assert Showo2Pipeline.from_pipe(pipe).network is pipe.network
