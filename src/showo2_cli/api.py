@@ -6,6 +6,7 @@
     plans = api.plan_outputs("t2i", "circle.png", ["a red circle on a white background"], [0], 1, seed=1)
     api.save_results(images, plans, "t2i")          # the same files `showo2 t2i` writes
     print(api.caption(model, "circle.png").answers[0])
+    api.decode_file("circle.latents.safetensors", model.vae)   # what `showo2 decode` writes
 
     pipe = api.Showo2Pipeline.from_pretrained("demo")   # the diffusers-shaped face over the same functions
     image = pipe("a red circle", generator=torch.Generator().manual_seed(1)).images[0]
@@ -27,8 +28,10 @@ from .options import (
 from .pipeline import Showo2Pipeline, Showo2PipelineOutput
 from .pipelines import CaptionResult, Generated, caption, image_to_video, text_to_image, text_to_video
 from .pipelines.latents import (
+    DecodeResult,
     EncodeResult,
     decode,
+    decode_file,
     encode,
     load_latents,
     normalize_raw,
@@ -44,6 +47,6 @@ __all__ = ["Showo2", "load", "default_model", "resolve_vae",
            "CaptionOptions", "EncodeOptions", "GenerateOptions", "RuntimeOptions", "TextSampling",
            "caption", "CaptionResult", "text_to_image", "text_to_video", "image_to_video", "Generated",
            "read_prompts", "plan_outputs", "OutputPlan", "load_noise", "save_results",
-           "encode", "EncodeResult", "decode", "save_latents", "load_latents", "normalize_raw", "write_decoded",
+           "encode", "EncodeResult", "decode", "decode_file", "DecodeResult", "save_latents", "load_latents", "normalize_raw", "write_decoded",
            "pick_device", "pick_dtype", "process_rank", "process_share", "check_memory", "enable_offload",
            "pull", "PullResult", "Showo2Pipeline", "Showo2PipelineOutput", "StopSampling"]

@@ -209,7 +209,7 @@ def test_first_frames_only_are_decoded(media_dir):
 
 
 def test_default_decode_name_of_a_dot_file():
-    from showo2_cli.cli.latents import _stem
+    from showo2_cli.pipelines.latents import _stem
 
     assert _stem("x.safetensors") == "x" and _stem("x.latents.safetensors") == "x"
     assert _stem(".hidden.safetensors") == ".hidden"

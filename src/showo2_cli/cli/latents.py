@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import ModelError, UsageError, short
+from ..errors import ModelError, short
 from ..options import DEFAULT_FPS, MAX_SIDE, EncodeOptions, check_fps
 from .common import (
     DeviceOpt,
@@ -145,41 +145,21 @@ def decode(
     check_fps(fps)
     RuntimeOptions(device, value(dtype) if dtype is not None else "fp32", max_memory,
                    vae_tiling=value(vae_tiling)).validate()
-    writable = M.IMAGE_WRITE_EXTS + M.VIDEO_WRITE_EXTS
     if output is not None:  # taken as text: a trailing '/' is seen (a Path drops it)
         M.check_output_name(output)
-        output = Path(output)
-        if output.suffix.lower() not in writable:
-            raise M.extension_refused(output, f"use {M.written_formats()}")
-        M.check_output_path(output, overwrite, probe=True)
+        if Path(output).suffix.lower() not in M.IMAGE_WRITE_EXTS + M.VIDEO_WRITE_EXTS:
+            raise M.extension_refused(Path(output), f"use {M.written_formats()}")
+        M.check_output_path(Path(output), overwrite, probe=True)
     M.check_input_file(latents, "latents file")  # the cheap checks, before importing torch (a FIFO was "empty")
-
-    import torch
 
     from ..loading import resolve_vae
     from ..pipelines import latents as L
-    from ..runtime import dtype_label, pick_device, pick_dtype
+    from ..runtime import pick_device, pick_dtype
 
     z, meta = L.load_latents(latents)
-    if raw and meta.get("format") == "showo2-latents":  # encode and --save-latents write normalised latents
-        raise UsageError(f"'{short(latents, 80)}' holds normalised latents (its showo2 metadata says so): drop --raw")
-    frames_out = M.pixel_frames(int(z.shape[1]))
-    out = output or latents.with_name(_stem(latents.name) + (".png" if frames_out == 1 else ".mp4"))
-    if output is None and not overwrite:  # a default name never replaces a file: -1, -2, ...
-        out = M.unique_path(out)
-    ext = out.suffix.lower()
-    if ext not in writable:
-        raise M.extension_refused(out, f"use {M.written_formats()}")
-    if ext in M.IMAGE_EXTS and frames_out != 1:
-        raise UsageError(f"'{out}' is an image but the latents hold {frames_out} frames: "
-                         f"use {'/'.join(M.VIDEO_WRITE_EXTS)}")
-    M.check_output_path(out, overwrite, probe=True)
-    M.check_output_size(out, z.shape[2] * 8, z.shape[3] * 8)  # before the VAE decodes for minutes
-    note = M.fps_note(out, fps) if fps is not None and frames_out > 1 else None
-    if note:
-        notice(note)
+    out = L.decode_output(latents, z, meta, output, raw, overwrite)  # every check of the output, before the load
     # a generated output's latents decode as that output was decoded (its dtype and VAE tiles)
-    tiles, made_in = L.recorded_decoding(meta)
+    made_in = L.recorded_decoding(meta)[1]
     dev = pick_device(device)
     dt = pick_dtype(value(dtype) if dtype is not None else made_in or "fp32", dev)
     if dtype is None and made_in:
@@ -194,40 +174,18 @@ def decode(
     with status("loading the VAE"):
         vae_model, vae_name = resolve_vae(model, vae, dtype=dt, device=dev, parts=("decoder",))
         vae_model.tiling = value(vae_tiling)
-        if tiles is not None and value(vae_tiling) != "off":
-            vae_model.enable_tiling(*tiles)
-            if value(vae_tiling) == "auto":
-                notice(f"decoding in the VAE tiles the output was decoded in ({tiles[0]}x{tiles[1]} pixels; "
-                       "--vae-tiling off decodes whole)")
     if not chosen and meta.get("vae") and not _same_file(meta["vae"], vae_name):
         notice(f"the latents were encoded with '{short(meta['vae'], 80)}'; decoding with the default model's "
                "VAE (pass --vae to choose)")
-    L.check_channels(latents, z, vae_model.z_dim)  # the file was read above: not again
-    if not meta and not raw:  # written elsewhere: the two conventions look alike, and decode differently
-        notice(f"'{short(latents, 80)}' has no showo2 metadata: decoding it as normalised latents "
-               "((z - latents_mean) / latents_std); pass --raw if it holds the VAE's raw latent_dist values")
-    mismatch = L.metadata_mismatch(meta, z)
-    if mismatch:
-        notice(f"'{short(latents, 80)}' metadata contradicts its latents: {mismatch}; decoding the latents as they are")
-    differ = L.other_statistics(meta, vae_model)
-    if differ:
-        notice(f"the latents were normalised with other statistics ({differ} in their metadata) than this VAE's: "
-               "their pixels will be off (decode with the VAE that encoded them)")
-    if raw:
-        z = L.normalize_raw(z, vae_model)
-    with status(f"decoding {z.shape[1]} latent frame(s)"):
-        frames, tiles = L.decode_tiled(z, vae_model, max_memory_gb=max_memory)
-    rate = M.written_fps(out, fps or meta.get("fps") or DEFAULT_FPS)  # what the file plays at (a GIF's is coarser)
-    record = {"decoded_from": str(latents), "vae": vae_name, "fps": rate, **({"raw": True} if raw else {})}
-    if tiles is not None:  # tiles blend their seams: other frames than a whole decode's
-        record["vae_tiles"] = list(tiles)
-    if vae_model.dtype != torch.float32:  # bf16/fp16 round every layer: other pixels than fp32's
-        record["dtype"] = dtype_label(vae_model.dtype)  # --dtype's name, as generation and encode record it
-    L.write_decoded(out, frames, rate, record, overwrite)
-    t, h, w = frames.shape[:3]
+    with status(f"decoding {z.shape[1]} latent frame(s)"):  # (the file was read above: not again)
+        result = L.decode_file(latents, vae_model, out, fps=fps, raw=raw, overwrite=overwrite, vae_name=vae_name,
+                               max_memory_gb=max_memory, loaded=(z, meta), on_notice=notice)
+    t, h, w = result.frames.shape[:3]
+    rate = result.record["fps"]
     notice(f"{t} frame(s) {w}x{h}" + (f" at {rate:g} fps" if t > 1 else ""))
-    emit({"output": str(out), "frames": int(t), "width": int(w), "height": int(h), "fps": rate if t > 1 else None,
-          **{k: record[k] for k in ("vae_tiles", "dtype") if k in record}}, str(out))
+    emit({"output": str(result.output), "frames": int(t), "width": int(w), "height": int(h),
+          "fps": rate if t > 1 else None, **{k: result.record[k] for k in ("vae_tiles", "dtype") if k in result.record}},
+         str(result.output))
 
 
 def _same_file(recorded: str, used: str) -> bool:
@@ -236,9 +194,3 @@ def _same_file(recorded: str, used: str) -> bool:
         return os.path.samefile(recorded, used)
     except (OSError, ValueError):  # gone, unreadable or not a path: not the same
         return False
-
-
-def _stem(name: str) -> str:
-    """``x.safetensors`` -> ``x``, ``x.latents.safetensors`` -> ``x``; a dot file keeps its dot."""
-    dots = len(name) - len(name.lstrip("."))
-    return name[:dots] + name[dots:].split(".")[0]

@@ -332,6 +332,108 @@ def decode_tiled(latents: torch.Tensor, vae: WanVAE,
     return M.tensor_to_frames(pixels.cpu()), vae.tiles_used(8 * h, 8 * w, tiled)
 
 
+def decode_output(latents: str | os.PathLike, z: torch.Tensor, meta: dict, output: str | os.PathLike | None = None,
+                  raw: bool = False, overwrite: bool = False) -> Path:
+    """Where decoding the latents ``z`` (read from the file ``latents``, with its metadata ``meta``)
+    writes, checked before any work: ``output``, else ``<stem>.png`` (one frame) or ``<stem>.mp4``
+    beside the file (a default name never replaces a file: ``-1``, ``-2``, ...). Refuses ``raw`` for
+    latents whose showo2 metadata says they are normalised, an image name for several frames, and a
+    name that cannot be written or whose format cannot hold the frames' size."""
+    p = Path(latents)
+    if raw and meta.get("format") == "showo2-latents":  # encode and --save-latents write normalised latents
+        raise UsageError(f"'{short(p, 80)}' holds normalised latents (its showo2 metadata says so): drop --raw")
+    frames = M.pixel_frames(int(z.shape[1]))
+    if output is not None:  # as text: a trailing '/' is seen (a Path drops it)
+        M.check_output_name(os.fspath(output))
+    out = Path(output) if output is not None else p.with_name(_stem(p.name) + (".png" if frames == 1 else ".mp4"))
+    if output is None and not overwrite:
+        out = M.unique_path(out)
+    ext = out.suffix.lower()
+    if ext not in M.IMAGE_WRITE_EXTS + M.VIDEO_WRITE_EXTS:
+        raise M.extension_refused(out, f"use {M.written_formats()}")
+    if ext in M.IMAGE_EXTS and frames != 1:
+        raise UsageError(f"'{out}' is an image but the latents hold {frames} frames: "
+                         f"use {'/'.join(M.VIDEO_WRITE_EXTS)}")
+    M.check_output_path(out, overwrite, probe=True)
+    M.check_output_size(out, z.shape[2] * 8, z.shape[3] * 8)  # before the VAE decodes for minutes
+    return out
+
+
+@dataclass
+class DecodeResult:
+    output: Path
+    record: dict  # what the output's metadata holds (decoded_from, vae, fps, raw, vae_tiles, dtype)
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    notices: list[str] = field(default_factory=list)
+
+
+def decode_file(latents: str | os.PathLike, vae: WanVAE, output: str | os.PathLike | None = None, *,
+                fps: float | None = None, raw: bool = False, overwrite: bool = False, vae_name: str | None = None,
+                max_memory_gb: float | None = None, loaded: tuple[torch.Tensor, dict] | None = None,
+                on_notice: Callable[[str], None] | None = None) -> DecodeResult:
+    """``showo2 decode``: a latents file (``encode``'s, ``--save-latents``', or another tool's) to an
+    image or a video (:func:`decode_output` names and checks it), recorded as the command records it.
+    A generated output's latents decode in the VAE tiles the output was decoded in (unless the VAE's
+    ``tiling`` is ``off``); ``raw``: the file holds the VAE's raw latents (:func:`normalize_raw`).
+    ``fps``: the output's rate (default: the file's, else 8). What the command prints as notices is
+    in the result's ``notices`` (and given to ``on_notice`` as it comes, before the decoding).
+    ``loaded``: the file's :func:`load_latents`, when read already."""
+    from ..options import check_fps
+
+    check_fps(fps)
+    z, meta = loaded if loaded is not None else load_latents(latents)
+    out = decode_output(latents, z, meta, output, raw, overwrite)
+    notices: list[str] = []
+
+    def say(line: str) -> None:
+        notices.append(line)
+        if on_notice is not None:
+            on_notice(line)
+
+    note = M.fps_note(out, fps) if fps is not None and z.shape[1] > 1 else None
+    if note:
+        say(note)
+    shown = short(latents, 80)
+    check_channels(latents, z, vae.z_dim)
+    tiles = recorded_decoding(meta)[0]  # a generated output's latents decode as that output was decoded
+    if tiles is not None and vae.tiling == "auto":
+        say(f"decoding in the VAE tiles the output was decoded in ({tiles[0]}x{tiles[1]} pixels; "
+            "--vae-tiling off decodes whole)")
+    if not meta and not raw:  # written elsewhere: the two conventions look alike, and decode differently
+        say(f"'{shown}' has no showo2 metadata: decoding it as normalised latents "
+            "((z - latents_mean) / latents_std); pass --raw if it holds the VAE's raw latent_dist values")
+    mismatch = metadata_mismatch(meta, z)
+    if mismatch:
+        say(f"'{shown}' metadata contradicts its latents: {mismatch}; decoding the latents as they are")
+    differ = other_statistics(meta, vae)
+    if differ:
+        say(f"the latents were normalised with other statistics ({differ} in their metadata) than this "
+            "VAE's: their pixels will be off (decode with the VAE that encoded them)")
+    if raw:
+        z = normalize_raw(z, vae)
+    mode, tile = vae.tiling, vae.tile  # the caller's VAE is left as it was given
+    try:
+        if tiles is not None and mode != "off":
+            vae.enable_tiling(*tiles)
+        frames, used = decode_tiled(z, vae, max_memory_gb=max_memory_gb)
+    finally:
+        vae.tiling, vae.tile = mode, tile
+    rate = M.written_fps(out, fps or meta.get("fps") or DEFAULT_FPS)  # what the file plays at (a GIF's is coarser)
+    record = {"decoded_from": str(latents), **({"vae": vae_name} if vae_name else {}), "fps": rate, **({"raw": True} if raw else {})}
+    if used is not None:  # tiles blend their seams: other frames than a whole decode's
+        record["vae_tiles"] = list(used)
+    if vae.dtype != torch.float32:  # bf16/fp16 round every layer: other pixels than fp32's
+        record["dtype"] = dtype_label(vae.dtype)  # --dtype's name, as generation and encode record it
+    write_decoded(out, frames, rate, record, overwrite)
+    return DecodeResult(out, record, frames, notices)
+
+
+def _stem(name: str) -> str:
+    """``x.safetensors`` -> ``x``, ``x.latents.safetensors`` -> ``x``; a dot file keeps its dot."""
+    dots = len(name) - len(name.lstrip("."))
+    return name[:dots] + name[dots:].split(".")[0]
+
+
 def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None, metadata: dict | None,
                   overwrite: bool = False) -> Path:
     """Write decoded frames as an image (one frame, image extension) or a video (at ``fps``; None: 8)."""
@@ -346,6 +448,6 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
     raise M.extension_refused(path, f"use {M.written_formats()}")
 
 
-__all__ = ["encode", "read_source", "decode", "decode_tiled", "recorded_decoding", "EncodeOptions", "EncodeResult", "save_latents", "load_latents",
+__all__ = ["encode", "read_source", "decode", "decode_tiled", "decode_file", "decode_output", "DecodeResult", "recorded_decoding", "EncodeOptions", "EncodeResult", "save_latents", "load_latents",
            "check_latent_values", "normalize_raw", "metadata_mismatch", "other_statistics",
            "write_decoded"]

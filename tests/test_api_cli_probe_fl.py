@@ -1,0 +1,68 @@
+"""What the command line did that the Python API could not (probe FL): the same logic, once, in the core.
+
+* ``showo2 decode``'s whole job (its checks of the output, the notices, the tiles a generated output
+  was decoded in, the record written in the output) is :func:`api.decode_file`; the command calls it.
+* Replacing the current folder (or one holding it) with a model folder is refused by every
+  model-folder writer (``init_model``, ``save_folder``, ``save_pretrained``), not only by
+  ``showo2 init``/``convert``: through the API it deleted the folder and everything in it.
+* ``caption``'s notices (sampling options a greedy decode ignores, a video given to a checkpoint
+  not trained for video understanding) are the result's ``notices``; a conversation says the latter.
+* ``bind_socket`` checks the port as ``serve --port`` does (70000 listened on 4464).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from showo2_cli import api
+from showo2_cli import media as M
+from showo2_cli.cli import main
+from showo2_cli.errors import OutputError, UsageError
+
+
+@pytest.fixture(scope="module")
+def vae(tiny_model_dir):
+    model, name = api.resolve_vae(str(tiny_model_dir), parts=("decoder",))
+    return model, name
+
+
+def test_decode_file_is_the_commands_decode(tiny_model_dir, vae, tmp_path, capsys):
+    torch.manual_seed(0)
+    foreign = tmp_path / "foreign.safetensors"  # another tool's latents: no showo2 metadata
+    save_file({"latents": (torch.randn(16, 1, 4, 6) * 0.5).contiguous()}, str(foreign))
+    cli_png = tmp_path / "cli.png"
+    assert main(["decode", str(foreign), "-o", str(cli_png), "--model", str(tiny_model_dir), "--quiet"]) == 0
+    capsys.readouterr()
+    model, name = vae
+    model.tiling = "on"
+    said = []
+    result = api.decode_file(foreign, model, tmp_path / "api.png", vae_name=name, on_notice=said.append)
+    assert model.tiling == "on"  # the caller's VAE is given back as it was
+    assert result.output == tmp_path / "api.png" and result.frames.shape == (1, 32, 48, 3)
+    assert said == result.notices and len(said) == 1 and "has no showo2 metadata" in said[0]
+    assert np.array_equal(np.asarray(M.read_image(cli_png)), np.asarray(M.read_image(result.output)))
+    cli_record, api_record = M.read_png_metadata(cli_png), M.read_png_metadata(result.output)
+    assert api_record == cli_record == {**result.record}
+    assert result.record == {"decoded_from": str(foreign), "vae": name, "fps": 8.0}
+    # default name beside the file, never replacing one: foreign.png, then foreign-1.png
+    model.tiling = "auto"
+    first = api.decode_file(foreign, model).output
+    second = api.decode_file(foreign, model).output
+    assert (first.name, second.name) == ("foreign.png", "foreign-1.png")
+
+
+def test_decode_file_refuses_as_the_command_does(vae, tmp_path):
+    model, _ = vae
+    encoded = tmp_path / "enc.safetensors"
+    z = torch.zeros(16, 2, 4, 4)
+    api.save_latents(encoded, z, {"format": "showo2-latents", "version": 1, "kind": "video"})
+    with pytest.raises(UsageError, match="holds normalised latents .*: drop --raw"):
+        api.decode_file(encoded, model, tmp_path / "out.mp4", raw=True)
+    with pytest.raises(UsageError, match="is an image but the latents hold 5 frames"):
+        api.decode_file(encoded, model, tmp_path / "out.png")
+    with pytest.raises(UsageError, match="fps"):
+        api.decode_file(encoded, model, tmp_path / "out.mp4", fps=1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc.safetensors"]  # nothing written
