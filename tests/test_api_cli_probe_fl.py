@@ -66,3 +66,22 @@ def test_decode_file_refuses_as_the_command_does(vae, tmp_path):
     with pytest.raises(UsageError, match="fps"):
         api.decode_file(encoded, model, tmp_path / "out.mp4", fps=1000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enc.safetensors"]  # nothing written
+
+
+@pytest.mark.parametrize("where", ["cwd", "parent"])
+def test_model_folder_writers_never_replace_the_current_folder(tiny_model_dir, tmp_path, monkeypatch, where):
+    from showo2_cli.loading import init_model
+
+    here = tmp_path / "project" / "work"
+    here.mkdir(parents=True)
+    (here / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    target = here if where == "cwd" else here.parent
+    with pytest.raises(OutputError, match="it is the current folder or holds it"):
+        init_model("tiny", target, overwrite=True)
+    pipe = api.Showo2Pipeline.from_pretrained(str(tiny_model_dir))
+    with pytest.raises(OutputError, match="it is the current folder or holds it"):
+        pipe.save_pretrained(target, overwrite=True)
+    assert (here / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in here.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in here.parent.iterdir()) == ["work"]

@@ -32,7 +32,12 @@ from .footprint import PARAMETER_GROUPS, parameter_counts  # (re-exported)
 from .hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path
 from .hub import cached_snapshot as hf_cached_snapshot
 from .model_config import FORMAT_VERSION, check_depths, spec_from_files
-from .model_files import ModelFiles, find_files, missing_message  # re-exported: the loading API users know
+from .model_files import (  # re-exported: the loading API users know
+    ModelFiles,
+    check_output_folder,
+    find_files,
+    missing_message,
+)
 from .placement import HeadLoader
 from .runtime import cpu_by_default, dtype_label, enable_offload, load_placement, torch_dtype
 from .sequences import SpecialTokens
@@ -429,6 +434,7 @@ def save_folder(dst: Path, spec: ModelSpec, state: dict[str, torch.Tensor], toke
     which is renamed into place only when complete (a crash never leaves a half-written model)."""
     from .media import atomic_folder
 
+    check_output_folder(dst, overwrite)
     with atomic_folder(Path(dst), overwrite=overwrite) as tmp:  # the one atomic writer: all or nothing
         write_folder(tmp, spec, state, tokenizer, vae, dtype, extra)
     return Path(dst)
@@ -475,7 +481,7 @@ def init_model(spec_name: str | ModelSpec, dst: Path, seed: int = 0, dtype: torc
     from .tokenizer import add_showo2_tokens, byte_level_tokenizer
 
     check_seed(seed)
-
+    check_output_folder(dst, overwrite)  # before anything is built
     spec = spec_name if isinstance(spec_name, ModelSpec) else get_spec(spec_name)
     saved = torch.empty((), dtype=dtype).element_size()
     per_param = 4 + 2 * saved if saved != 4 else 4 + saved  # float32 build, the dtype copy, its bytes

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelError, short
+from .errors import ModelError, OutputError, short, unexpanded_home
 from .hub import (
     ADAPTER_CONFIG,
     WAN_VAE_FILE,
@@ -188,3 +188,41 @@ def missing_message(files: ModelFiles, pieces: tuple[str, ...]) -> str | None:
         return None
     parts = "; ".join(f"{p} ({h})" for p, h in wanted)
     return f"model '{files.name}' is incomplete: missing {parts}"
+
+
+def check_output_folder(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """A model folder to write: its parent exists and takes new entries; it does not exist yet
+    (or ``overwrite``); replacing it would not replace the current folder or one holding it (its
+    files, and everything beside them, were deleted). Probed by creating and removing a hidden
+    folder, so a read-only or pseudo file system fails here, before anything is built. Every
+    model-folder writer (:func:`save_folder`, :func:`init_model`, ``convert``, the pipeline's
+    ``save_pretrained``) checks it."""
+    path = Path(os.fspath(path))
+    try:
+        _check_output_folder(path, overwrite)
+    except OutputError:  # an OSError too: said as it is
+        raise
+    except OSError as e:  # a name too long, a parent that cannot be searched, ...
+        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
+
+
+def _check_output_folder(path: Path, overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"'{path}' exists and is not a folder")
+    if path.exists() and not overwrite:
+        raise OutputError(f"'{path}' already exists; pass --overwrite to replace it")
+    full = path.resolve()
+    here = Path.cwd().resolve()
+    if path.exists() and (full == here or full in here.parents):
+        raise OutputError(f"cannot replace '{path}': it is the current folder or holds it (choose another folder)")
+    parent = full.parent
+    if not parent.is_dir():  # as check_output_path says it for a file
+        gone = f"'{parent}' is not a folder" if parent.exists() else \
+            f"folder '{parent}' does not exist{unexpanded_home(path)}"
+        raise OutputError(f"cannot write '{path}': {gone}")
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".probe.", suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise OutputError(f"cannot write '{path}': cannot create a folder in '{parent}' ({e.strerror or e})") from e

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..errors import ModelError, OutputError, UsageError, short, unexpanded_home
+from ..errors import ModelError, UsageError, short
+from ..model_files import check_output_folder
 from ..options import check_dtype
 from .common import (
     JsonOpt,
@@ -32,38 +32,6 @@ from .common import (
 from .common import (
     adapters as weighted,
 )
-
-
-def check_output_folder(path: Path, overwrite: bool) -> None:
-    """A model folder to write: its parent exists and takes new entries; it does not exist yet
-    (or --overwrite). Probed by creating and removing a hidden folder, so a read-only or pseudo
-    file system fails here, before anything is built."""
-    try:
-        _check_output_folder(path, overwrite)
-    except OutputError:  # an OSError too: said as it is
-        raise
-    except OSError as e:  # a name too long, a parent that cannot be searched, ...
-        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
-
-
-def _check_output_folder(path: Path, overwrite: bool) -> None:
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"'{path}' exists and is not a folder")
-    if path.exists() and not overwrite:
-        raise OutputError(f"'{path}' already exists; pass --overwrite to replace it")
-    full = path.resolve()
-    here = Path.cwd().resolve()
-    if path.exists() and (full == here or full in here.parents):
-        raise OutputError(f"cannot replace '{path}': it is the current folder or holds it (choose another folder)")
-    parent = full.parent
-    if not parent.is_dir():  # as check_output_path says it for a file
-        gone = f"'{parent}' is not a folder" if parent.exists() else \
-            f"folder '{parent}' does not exist{unexpanded_home(path)}"
-        raise OutputError(f"cannot write '{path}': {gone}")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".probe.", suffix=".tmp", dir=parent))
-    except OSError as e:
-        raise OutputError(f"cannot write '{path}': cannot create a folder in '{parent}' ({e.strerror or e})") from e
 
 
 def info(
