@@ -85,3 +85,41 @@ def test_model_folder_writers_never_replace_the_current_folder(tiny_model_dir, t
     assert (here / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in here.iterdir()) == ["notes.txt"]
     assert sorted(p.name for p in here.parent.iterdir()) == ["work"]
+
+
+@pytest.fixture(scope="module")
+def image_only(tiny_model_dir):
+    """The tiny model as a checkpoint not trained for video understanding (the released 1.5B/7B)."""
+    from showo2_cli.specs import VIDEO_UND
+
+    model = api.load(tiny_model_dir)
+    model.spec = model.spec.replace(tasks=tuple(t for t in model.spec.tasks if t != VIDEO_UND))
+    return model
+
+
+def _clip():
+    return [np.full((32, 32, 3), 40 * i, np.uint8) for i in range(5)]  # a video's frames, in memory
+
+
+def test_caption_result_says_what_the_command_says(image_only):
+    from showo2_cli.options import CaptionOptions
+
+    result = api.caption(image_only, _clip(), CaptionOptions(max_new_tokens=2, top_k=5, frames=5))
+    assert result.kind == "video"
+    assert result.notices == [
+        "--top-k has no effect without --temperature above 0 (decoding is greedy)",
+        "note: this checkpoint was not trained for video understanding (use a -w-video-und model)"]
+    image = api.caption(image_only, np.zeros((32, 32, 3), np.uint8), CaptionOptions(max_new_tokens=2))
+    assert image.notices == []
+
+
+def test_a_conversation_says_a_video_is_beyond_its_checkpoint(image_only):
+    from showo2_cli.chat import Conversation
+
+    said = []
+    conv = Conversation(image_only, on_notice=said.append)
+    conv.attach(np.zeros((32, 32, 3), np.uint8))
+    assert said == conv.notices == []
+    conv.attach(_clip())
+    assert said == conv.notices == [
+        "note: this checkpoint was not trained for video understanding (use a -w-video-und model)"]

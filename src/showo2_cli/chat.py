@@ -44,6 +44,7 @@ from .dialogue import (
 from .errors import ContextTooLong, UsageError, short
 from .loading import Showo2, require_model
 from .options import CaptionOptions, check_max_context, check_unicode, is_finite_number, seed_from_torch
+from .pipelines.understand import video_note
 from .runtime import cpu_by_default
 
 #: Media attached to one question, at most.
@@ -197,6 +198,9 @@ class Conversation:
             raise UsageError(f"at most {MAX_MEDIA_PER_TURN} media per question")
         visual = encode_media(self.model, source, self.options, max_pixels=max_pixels, name=name)
         self.pending.append(visual)
+        note = video_note(self.model, visual.kind)
+        if note:  # (the command line's chat says it, the server's answer lists it)
+            self._notice(note)
         return visual
 
     def _question_ids(self, question: str) -> list[int]:

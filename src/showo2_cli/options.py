@@ -200,6 +200,17 @@ def check_dtype(dtype: str, extra: tuple[str, ...] = ("auto",), option: str = "-
         raise UsageError(f"unknown dtype '{short(dtype)}' for {option}; use one of {', '.join(names)}")
 
 
+def unused_sampling_note(options) -> str | None:
+    """What a greedy decode says of the sampling options it was given (``options``: a
+    :class:`TextSampling` or :class:`CaptionOptions`), or None: the command line's notice, a
+    caption's ``notices``."""
+    unused = options.unused_sampling_options()
+    if not unused:
+        return None
+    verb = "has" if len(unused) == 1 else "have"
+    return f"{', '.join(unused)} {verb} no effect without --temperature above 0 (decoding is greedy)"
+
+
 def check_fps(fps: float | None) -> float | None:
     if fps is not None:
         check_number("--fps", fps, 0.5, 240)

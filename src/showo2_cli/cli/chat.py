@@ -186,13 +186,9 @@ class ChatSession:
                              f"with / goes between {MULTILINE} marks)")
         return True
 
-    def attach(self, path: Path) -> None:
+    def attach(self, path: Path) -> None:  # (a video the checkpoint was not trained for: the conversation's notice)
         visual = self.conv.attach(path, name=str(path))
         self.info(f"attached {path} ({visual.kind}): it goes with your next question")
-        from ..pipelines import supports_video_understanding
-
-        if visual.kind == "video" and not supports_video_understanding(self.conv.model):
-            self.info("note: this checkpoint was not trained for video understanding")
 
     def t2i(self, rest: str) -> None:
         """``/t2i PROMPT [OPTIONS]``: ``showo2 t2i``'s output (image with its parameters inside, plus

@@ -117,10 +117,11 @@ def one_answer_line(text: str) -> str:
 
 def notice_unused_sampling(opts) -> None:
     """Say so when sampling options are given to a greedy decode (a CaptionOptions' sampling)."""
-    unused = opts.unused_sampling_options()
-    if unused:
-        verb = "has" if len(unused) == 1 else "have"
-        notice(f"{', '.join(unused)} {verb} no effect without --temperature above 0 (decoding is greedy)")
+    from ..options import unused_sampling_note
+
+    note = unused_sampling_note(opts)
+    if note:
+        notice(note)
 
 
 def write(stream, text: str) -> None:

@@ -83,8 +83,11 @@ def caption(
     bundle = load_model(model, runtime, vae=vae, lora=lora, vae_parts=("encoder",),
                         heads=("lm_head",))  # a caption never runs the flow head
     from .. import pipelines as P  # torch: after load_model's check of the model's name
-    if kind == "video" and not P.supports_video_understanding(bundle):
-        notice("note: this checkpoint was not trained for video understanding (use a -w-video-und model)")
+    from ..pipelines.understand import video_note
+
+    note = video_note(bundle, kind)  # (said before the answers: the result's notices hold it too)
+    if note:
+        notice(note)
     live = stream and not STATE["json"]
 
     open_line = [False]  # an answer's line is being streamed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -12,7 +12,7 @@ from ..dialogue import check_streamer, encode_media, ending
 from ..errors import UsageError
 from ..loading import Showo2, require_model
 from ..modeling.attention import omni_attention_mask
-from ..options import CaptionOptions, seed_from_torch
+from ..options import CaptionOptions, seed_from_torch, unused_sampling_note
 from ..runtime import cpu_by_default
 from ..sequences import ASSISTANT_PREFIX, SYSTEM_PROMPT, USER_PREFIX, understanding_layout
 from ..specs import VIDEO_UND
@@ -35,6 +35,9 @@ class CaptionResult:
     #: ``--vae-tiling on`` and frames larger than a tile), None when encoded whole: tiles blend
     #: their seams, so the latents the answers come from differ, and the record says so
     vae_tiles: list[int] | None = None
+    #: what the command line says of the call on stderr (sampling options a greedy decode does not
+    #: use, a video given to a checkpoint not trained for video understanding), one line each
+    notices: list[str] = field(default_factory=list)
 
 
 def check_caption_memory(model: Showo2, frames: int, side: int, max_memory_gb: float | None = None,
@@ -166,6 +169,7 @@ def _caption(model: Showo2, source, opts: CaptionOptions, on_text, progress, on_
     media = encode_media(model, source, opts)  # the one media encoder (chat and server use it too)
     kind, visual, official_len, frames = media.kind, media.tokens, media.official_len, media.frames
     progress("encoding", 1, 1)
+    notices = [note for note in (unused_sampling_note(opts), video_note(model, kind)) if note]
     questions = opts.questions or ["Describe the image." if kind == "image" else "Describe the video."]
     system, user, assistant = (encode_text(tokenizer, s) for s in (SYSTEM_PROMPT, USER_PREFIX, ASSISTANT_PREFIX))
     newline = encode_text(tokenizer, "\n")
@@ -206,8 +210,16 @@ def _caption(model: Showo2, source, opts: CaptionOptions, on_text, progress, on_
         if on_done is not None:
             on_done(i, answers[-1])
     return CaptionResult(kind, questions, answers, counts, time.perf_counter() - start, frames, asdict(opts),
-                         None if media.vae_tiles is None else list(media.vae_tiles))
+                         None if media.vae_tiles is None else list(media.vae_tiles), notices)
 
 
 def supports_video_understanding(model: Showo2) -> bool:
     return model.spec.supports(VIDEO_UND)
+
+
+def video_note(model: Showo2, kind: str) -> str | None:
+    """The note for a video (``kind``) given to a checkpoint not trained for video understanding
+    (``caption``, a chat's or the server's attached media), or None."""
+    if kind == "video" and not supports_video_understanding(model):
+        return "note: this checkpoint was not trained for video understanding (use a -w-video-und model)"
+    return None
