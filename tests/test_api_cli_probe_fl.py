@@ -123,3 +123,12 @@ def test_a_conversation_says_a_video_is_beyond_its_checkpoint(image_only):
     conv.attach(_clip())
     assert said == conv.notices == [
         "note: this checkpoint was not trained for video understanding (use a -w-video-und model)"]
+
+
+@pytest.mark.parametrize("port", [70000, 65536, -1])
+def test_bind_socket_checks_the_port_as_serve_does(port):
+    from showo2_cli import serve as S
+
+    # 70000 listened on 4464 (the address lookup takes it modulo 65536); -1 blamed the host
+    with pytest.raises(UsageError, match=f"^--port must be between 0 and 65535, got {port}$"):
+        S.bind_socket("127.0.0.1", port)

@@ -14,6 +14,12 @@ from .options import DEFAULT_MAX_NEW_TOKENS, MAX_SIDE, STEPS_RANGE, check_int
 DRAIN_TIMEOUT = 60.0
 
 
+def check_port(port: int) -> None:
+    """A TCP port, 0 (any free one) to 65535: a larger one was taken modulo 65536 by the system's
+    address lookup (70000 listened on 4464) and a negative one was said to be the host's fault."""
+    check_int("--port", port, 0, 65535)
+
+
 @dataclass
 class ServerConfig:
     """The limits of ``showo2 serve`` (its options' defaults are these), checked in its requests."""

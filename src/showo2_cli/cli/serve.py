@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..options import RuntimeOptions
-from ..serve_config import DRAIN_TIMEOUT, ServerConfig
+from ..serve_config import DRAIN_TIMEOUT, ServerConfig, check_port
 from . import common
 from .common import (
     LoraOpt,
@@ -72,8 +72,7 @@ def serve(
     C.setup(False, quiet)
     lora = C.adapters(lora, lora_weight)  # (a weight per adapter: checked before anything else)
     from ..errors import UsageError, rename_options, short
-    if not 0 <= port <= 65535:
-        raise UsageError(f"--port must be between 0 and 65535, got {port}")
+    check_port(port)  # (bind_socket checks it again, for a Python caller)
     if not 0.001 <= max_body_mb <= 4096:  # (in MiB: ServerConfig's bytes are checked with the rest)
         raise UsageError(f"--max-body-mb must be between 0.001 and 4096, got {max_body_mb}")
     if not 0 <= drain_timeout <= 86400:

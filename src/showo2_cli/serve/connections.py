@@ -195,6 +195,9 @@ def bind_socket(host: str, port: int):
     sockets bind one port while neither listens, and a second ``serve`` started during the first's
     load also loaded the model, then died with a traceback. Connections made during the load wait
     in the backlog and are answered once the model is loaded."""
+    from ..serve_config import check_port
+
+    check_port(port)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
