@@ -132,3 +132,27 @@ def test_bind_socket_checks_the_port_as_serve_does(port):
     # 70000 listened on 4464 (the address lookup takes it modulo 65536); -1 blamed the host
     with pytest.raises(UsageError, match=f"^--port must be between 0 and 65535, got {port}$"):
         S.bind_socket("127.0.0.1", port)
+
+
+def test_encode_file_is_the_commands_encode(tiny_model_dir, tmp_path, capsys):
+    from showo2_cli.options import EncodeOptions
+
+    picture = tmp_path / "pic.png"
+    M.write_image(picture, np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    cli_out = tmp_path / "cli.latents.safetensors"
+    assert main(["encode", str(picture), "-o", str(cli_out), "--model", str(tiny_model_dir), "--size", "32",
+                 "--seed", "3", "--quiet"]) == 0
+    capsys.readouterr()
+    model, name = api.resolve_vae(str(tiny_model_dir), parts=("encoder",))
+    opts = EncodeOptions(size=(32, 32), seed=3)
+    first = api.encode_file(picture, model, None, opts, vae_name=name)
+    second = api.encode_file(picture, model, None, opts, vae_name=name)  # a default name never replaces a file
+    assert (first.output.name, second.output.name) == ("pic.png.latents.safetensors", "pic.png.latents-1.safetensors")
+    assert first.notices == ["--seed has no effect without --sample (the posterior mean has no noise)"]
+    (z_cli, meta_cli), (z_api, meta_api) = api.load_latents(cli_out), api.load_latents(first.output)
+    assert torch.equal(z_cli, z_api) and meta_cli == meta_api == first.metadata
+    with pytest.raises(UsageError, match=r"latents are written as \.safetensors"):
+        api.encode_file(picture, model, tmp_path / "out.pt", opts)
+    with pytest.raises(UsageError, match="media given in memory has no file"):
+        api.encode_file(np.zeros((32, 32, 3), np.uint8), model, None, opts)
+    assert not (tmp_path / "out.pt").exists()

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _PUBLIC = ("Showo2", "load", "default_model", "resolve_vae", "CaptionOptions", "EncodeOptions", "GenerateOptions",
            "RuntimeOptions", "TextSampling", "caption", "CaptionResult", "text_to_image", "text_to_video",
            "image_to_video", "Generated", "read_prompts", "plan_outputs", "OutputPlan", "load_noise", "save_results",
-           "encode", "EncodeResult", "decode", "decode_file", "DecodeResult", "save_latents", "load_latents", "normalize_raw",
+           "encode", "encode_file", "EncodeResult", "decode", "decode_file", "DecodeResult", "save_latents", "load_latents", "normalize_raw",
            "write_decoded", "pull", "PullResult",
            "enable_offload", "Showo2Pipeline", "Showo2PipelineOutput")
 _EXPORTS = {**{name: "api" for name in _PUBLIC}, "ModelSpec": "specs", "REGISTRY": "specs", "get_spec": "specs"}

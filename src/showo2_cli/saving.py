@@ -196,6 +196,26 @@ def latents_beside(path: Path) -> Path:
     return path.with_name(path.stem + ".latents.safetensors")
 
 
+def encoded_output(media: str | os.PathLike | None, output: str | os.PathLike | None = None,
+                   overwrite: bool = False) -> Path:
+    """Where ``encode`` writes the latents of the file ``media``: ``output``, else
+    ``<media>.latents.safetensors`` beside it (a default name never replaces a file: ``-1``,
+    ``-2``, ...); a ``.safetensors`` name that can be written, checked before any work."""
+    if output is not None:
+        M.check_output_name(os.fspath(output))  # as text: a trailing '/' is seen (a Path drops it)
+        out = Path(os.fspath(output))
+    elif media is None:
+        raise UsageError("media given in memory has no file to write its latents beside: give the output's name")
+    else:
+        out = Path(os.fspath(media))
+        out = out.with_name(out.name + ".latents.safetensors")
+        if not overwrite:
+            out = M.unique_path(out)
+    if out.suffix.lower() != ".safetensors":  # as every other output: .SafeTensors too
+        raise M.extension_refused(out, "latents are written as .safetensors")
+    return M.check_output_path(out, overwrite, probe=True)
+
+
 @dataclass
 class OutputPlan:
     """Where one output goes: the media file, its sidecar JSON, and its latents (or None)."""

@@ -60,21 +60,14 @@ def encode(
     setup(json_mode, quiet)
     from .. import media as M
     from ..options import RuntimeOptions
+    from ..saving import encoded_output
 
     if output is not None:  # taken as text: a trailing '/' is seen (a Path drops it)
         M.check_output_name(output)
-        output = Path(output)
-    out = output or media.with_name(media.name + ".latents.safetensors")
-    if output is None and not overwrite:  # a default name never replaces a file: -1, -2, ...
-        out = M.unique_path(out)
-    if out.suffix.lower() != ".safetensors":  # as every other output: .SafeTensors too
-        raise M.extension_refused(out, "latents are written as .safetensors")
     requested = M.parse_size(size)
     RuntimeOptions(device, value(dtype), max_memory, vae_tiling=value(vae_tiling)).validate()
     EncodeOptions(frames=frames, sample=sample, seed=seed).validate()
-    if seed is not None and not sample:
-        notice("--seed has no effect without --sample (the posterior mean has no noise)")
-    M.check_output_path(out, overwrite, probe=True)
+    out = encoded_output(media, output, overwrite)  # (the library's encode_file names and checks it again)
     # read_media's first checks, before torch is imported: a missing input fails at once, and so does a
     # truncated or damaged video (a cut-off download was refused only after torch, diffusers and the model)
     if M.probe_kind(media) == "video":
@@ -110,11 +103,10 @@ def encode(
         vae_model = load_vae(vae_path, dtype=dt, device=dev, parts=("encoder",))
         vae_model.tiling = value(vae_tiling)
     with status(f"encoding {media.name}"):
-        result = L.encode(source, vae_model, EncodeOptions(size=hw, frames=frames, sample=sample, seed=seed),
-                            vae_name=str(vae_path), max_memory_gb=max_memory)
+        result = L.encode_file(source, vae_model, out, EncodeOptions(size=hw, frames=frames, sample=sample, seed=seed),
+                               overwrite=overwrite, vae_name=str(vae_path), max_memory_gb=max_memory)
     for n in result.notices:
         notice(n)
-    L.save_latents(out, result.latents, result.metadata, overwrite=overwrite)
     shape = list(result.latents.shape)
     notice(f"latents {shape} from {result.metadata['frames']} frame(s) at {hw[1]}x{hw[0]}")
     emit({"output": str(out), "shape": shape, **result.metadata}, str(out))  # stdout: the path alone, as t2i's

@@ -42,6 +42,7 @@ class EncodeResult:
     latents: torch.Tensor  # (C, T', h, w) float32, normalised
     metadata: dict = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
+    output: Path | None = None  # where encode_file wrote them
 
 
 def read_source(source, size: int | tuple[int, int], frames: int | None = None,
@@ -102,6 +103,8 @@ def encode(source, vae: WanVAE, options: EncodeOptions | None = None,
     (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on the VAE's device)."""
     opts = options or EncodeOptions()
     notices: list[str] = []
+    if opts.seed is not None and not opts.sample:
+        notices.append("--seed has no effect without --sample (the posterior mean has no noise)")
     media = source if isinstance(source, M.Media) else read_source(source, opts.size, opts.frames, max_memory_gb)
     source = source if isinstance(source, (str, os.PathLike)) else media.source
     n_frames = 1 if media.kind == "image" else min(M.round_frames(opts.frames or media.num_frames, "up"),
@@ -135,6 +138,22 @@ def encode(source, vae: WanVAE, options: EncodeOptions | None = None,
     if vae.dtype != torch.float32:  # a half-precision VAE rounds every layer: other latents than fp32's
         meta["dtype"] = dtype_label(vae.dtype)  # --dtype's name (bf16), as generation records it
     return EncodeResult(latents, meta, notices)
+
+
+def encode_file(source, vae: WanVAE, output: str | os.PathLike | None = None, options: EncodeOptions | None = None,
+                *, overwrite: bool = False, vae_name: str | None = None,
+                max_memory_gb: float | None = None) -> EncodeResult:
+    """``showo2 encode``: :func:`encode` ``source`` (a path, or media in memory, then with an
+    ``output``) and write the latents with their metadata to ``output``, else
+    ``<source>.latents.safetensors`` beside it (:func:`~showo2_cli.saving.encoded_output` names
+    and checks it before any work). The result's ``output`` is where they went."""
+    from ..saving import encoded_output
+
+    named = source if isinstance(source, (str, os.PathLike)) else None
+    out = encoded_output(named, output, overwrite)
+    result = encode(source, vae, options, vae_name=vae_name, max_memory_gb=max_memory_gb)
+    result.output = save_latents(out, result.latents, result.metadata, overwrite=overwrite)
+    return result
 
 
 def save_latents(path: str | os.PathLike, latents: torch.Tensor, metadata: dict, overwrite: bool = False) -> Path:
@@ -448,6 +467,6 @@ def write_decoded(path: str | os.PathLike, frames: np.ndarray, fps: float | None
     raise M.extension_refused(path, f"use {M.written_formats()}")
 
 
-__all__ = ["encode", "read_source", "decode", "decode_tiled", "decode_file", "decode_output", "DecodeResult", "recorded_decoding", "EncodeOptions", "EncodeResult", "save_latents", "load_latents",
+__all__ = ["encode", "encode_file", "read_source", "decode", "decode_tiled", "decode_file", "decode_output", "DecodeResult", "recorded_decoding", "EncodeOptions", "EncodeResult", "save_latents", "load_latents",
            "check_latent_values", "normalize_raw", "metadata_mismatch", "other_statistics",
            "write_decoded"]
