@@ -156,3 +156,12 @@ def test_encode_file_is_the_commands_encode(tiny_model_dir, tmp_path, capsys):
     with pytest.raises(UsageError, match="media given in memory has no file"):
         api.encode_file(np.zeros((32, 32, 3), np.uint8), model, None, opts)
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_save_results_takes_the_commands_fps_range(image_only, tmp_path):
+    videos = api.text_to_video(image_only, ["a ball"], api.GenerateOptions(seed=1, steps=2, size=(32, 32), frames=5))
+    plans = api.plan_outputs("t2v", tmp_path / "v.mp4", ["a ball"], [0], 1, seed=1)
+    for fps in (1000, 0.2):  # both were written; `t2v --fps` refuses them
+        with pytest.raises(UsageError, match=f"^--fps must be a number >= 0.5 and <= 240, got {fps}$"):
+            api.save_results(videos, plans, "t2v", fps=fps)
+    assert list(tmp_path.iterdir()) == []

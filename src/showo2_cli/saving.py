@@ -27,6 +27,7 @@ from .options import (
     DEFAULT_FPS,
     MAX_OUTPUTS,
     MAX_PROMPTS_FILE_BYTES,
+    check_fps,
     check_text,
     seed_for,
     short,
@@ -340,6 +341,8 @@ def save_results(results, plans: list[OutputPlan], kind: str, fps: float | None 
     meanwhile moves on to the next free one, as planning does."""
     if len(results) != len(plans):
         raise UsageError(f"{len(results)} result(s) but {len(plans)} planned output(s)")
+    if kind != "t2i":
+        check_fps(fps)  # --fps's range (1000 was written, which the command refuses)
     records = []
     for plan, item in zip(plans, results, strict=True):
         for _attempt in range(100):
