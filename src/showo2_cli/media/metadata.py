@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from showo2_cli.errors import InputError
 
 from .files import PathLike, check_input_file, quote_path
+from .jpeg_markers import check_jpeg_markers
 from .probe import error_detail
 
 #: PNG tEXt key holding the compact JSON metadata written by :func:`write_image`.
@@ -164,7 +165,9 @@ def read_png_metadata(path: PathLike) -> dict[str, Any] | None:
     """
     p = check_input_file(path, "image")
     try:
-        with Image.open(p) as im:
+        with open(p, "rb") as fh:
+            check_jpeg_markers(fh, f"cannot read PNG metadata from {quote_path(p)}")  # (before Pillow's unbounded walk)
+            im = Image.open(fh)
             if im.format != "PNG":
                 raise InputError(
                     f"cannot read PNG metadata from {quote_path(p)}: "
@@ -196,7 +199,9 @@ def read_metadata(path: PathLike) -> dict[str, Any] | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd EXIF: a missing comment is not an error
-            with Image.open(p) as im:
+            with open(p, "rb") as fh:
+                check_jpeg_markers(fh, f"cannot read metadata from {quote_path(p)}")  # (Pillow's walk: unbounded)
+                im = Image.open(fh)
                 fmt = im.format
                 if fmt == "PNG":
                     value = im.info.get(METADATA_KEY) or (getattr(im, "text", {}) or {}).get(METADATA_KEY)
@@ -210,6 +215,8 @@ def read_metadata(path: PathLike) -> dict[str, Any] | None:
                 return None
     except UnidentifiedImageError:
         pass
+    except InputError:
+        raise
     except Exception:
         return None
     import av
