@@ -39,3 +39,24 @@ def test_metadata_of_real_outputs_still_read(tmp_path):
     ok = tmp_path / "few.jpg"
     _many_markers(ok, 100)  # a photo's few hundred segments pass
     assert read_metadata(ok) is None
+
+
+def test_server_refuses_a_pipeline_before_it_starts(tiny_pipe):
+    """create_app / server_for given a Showo2Pipeline (or one from its components) started, then
+    answered every request 500 "internal error (TypeError)": now a TypeError before it starts,
+    and ``pipe.model`` (a pipeline from ``components`` too) is served."""
+    from fastapi.testclient import TestClient
+
+    from showo2_cli import Showo2Pipeline
+    from showo2_cli.serve.app import create_app
+    from showo2_cli.serve_config import ServerConfig
+
+    second = Showo2Pipeline(**tiny_pipe.components)
+    for given in (tiny_pipe, second):
+        with pytest.raises(TypeError, match=r"pipe\.model"):
+            create_app(given, ServerConfig())
+    with TestClient(create_app(second.model, ServerConfig())) as client:
+        answer = client.post("/v1/images/generations",
+                             json={"prompt": "a red circle", "size": "32x32", "steps": 2, "seed": 1})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["data"]) == 1

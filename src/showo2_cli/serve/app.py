@@ -199,8 +199,13 @@ class CleanPath:
 
 
 def create_app(model, config: ServerConfig):
-    """The FastAPI app serving ``model`` (a loaded :class:`~showo2_cli.loading.Showo2`)."""
+    """The FastAPI app serving ``model`` (a loaded :class:`~showo2_cli.loading.Showo2`; a
+    ``Showo2Pipeline``'s is ``pipe.model``)."""
     from fastapi import FastAPI
+
+    from ..loading import require_model
+
+    require_model(model)  # (a pipeline or a name here started a server that answered 500 to every request)
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
