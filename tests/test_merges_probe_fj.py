@@ -60,3 +60,32 @@ def test_server_refuses_a_pipeline_before_it_starts(tiny_pipe):
                              json={"prompt": "a red circle", "size": "32x32", "steps": 2, "seed": 1})
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["data"]) == 1
+
+
+def test_metadata_nested_too_deeply_is_no_metadata(tmp_path):
+    """A PNG text chunk or a video's comment of 100,000 nested brackets: read_png_metadata and
+    read_metadata (a video) raised RecursionError; it is no metadata (None), as other bad JSON is."""
+    from PIL import PngImagePlugin
+
+    from showo2_cli.media import write_video
+
+    deep = "[" * 100_000 + "]" * 100_000
+    info = PngImagePlugin.PngInfo()
+    info.add_text("showo2", deep)
+    png = tmp_path / "deep.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png, pnginfo=info)
+    assert read_png_metadata(png) is None
+    assert read_metadata(png) is None
+    clip = write_video(tmp_path / "deep.mp4", np.zeros((3, 16, 16, 3), np.uint8), fps=8)
+    import av
+
+    with av.open(str(clip)) as container:  # the comment rewritten as one deep array, frames copied
+        out = av.open(str(tmp_path / "deeper.mp4"), "w")
+        out.metadata["comment"] = "[" * 100_000
+        stream = out.add_stream_from_template(container.streams.video[0])
+        for packet in container.demux(container.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+        out.close()
+    assert read_metadata(tmp_path / "deeper.mp4") is None

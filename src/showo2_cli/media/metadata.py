@@ -140,7 +140,7 @@ def _parse_json_dict(text: str | bytes | None) -> dict[str, Any] | None:
         text = text.decode("utf-8", "replace")
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (a text nested deeper than Python's recursion limit: not ours)
         return None
     return value if isinstance(value, dict) else None
 
