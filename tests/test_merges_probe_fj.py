@@ -55,6 +55,8 @@ def test_server_refuses_a_pipeline_before_it_starts(tiny_pipe):
     for given in (tiny_pipe, second):
         with pytest.raises(TypeError, match=r"pipe\.model"):
             create_app(given, ServerConfig())
+    with pytest.raises(TypeError, match="got str"):  # a name: load() it first
+        create_app("demo", ServerConfig())
     with TestClient(create_app(second.model, ServerConfig())) as client:
         answer = client.post("/v1/images/generations",
                              json={"prompt": "a red circle", "size": "32x32", "steps": 2, "seed": 1})
@@ -89,3 +91,22 @@ def test_metadata_nested_too_deeply_is_no_metadata(tmp_path):
                 out.mux(packet)
         out.close()
     assert read_metadata(tmp_path / "deeper.mp4") is None
+
+
+def test_a_gif_in_memory_samples_the_frames_its_path_does(tmp_path):
+    """A 15 fps GIF (delays 70, 70, 60 ms: a GIF's whole centiseconds) is evenly spaced by path
+    (FFmpeg's centisecond ticks: the official linspace) but was not as a PIL image (milliseconds):
+    8 frames of 50 were [0, 6, 13, 21, 27, 34, 42, 49] in memory, [0, 7, 14, ...] by path."""
+    from showo2_cli.media import read_media
+    from showo2_cli.media.frame_index import uniform_indices
+    from showo2_cli.media.video import read_video
+
+    frames = [Image.fromarray(np.full((16, 16, 3), (i * 5, 255 - i * 5, 0), np.uint8)) for i in range(50)]
+    for delays in (([70, 70, 60] * 17)[:50], [20, 30] * 25):
+        path = tmp_path / f"{delays[0]}.gif"
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=delays, loop=0)
+        by_path = [int(f[0, 0, 0]) // 5 for f in read_video(path, num_frames=8).frames]
+        with Image.open(path) as im:
+            in_memory = read_media(im, num_frames=8)
+        assert [int(f[0, 0, 0]) // 5 for f in in_memory.frames] == by_path == uniform_indices(50, 8)
+        assert in_memory.fps == pytest.approx(50 * 1000 / sum(delays))

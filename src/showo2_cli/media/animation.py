@@ -47,13 +47,16 @@ class PilFrames:
         return int(round(value)) if value > MIN_DELAY_MS and value < 2**40 else PLAYED_DELAY_MS
 
     def index(self) -> FrameIndex:
-        """Each frame's start time (milliseconds) from the frame delays, read by stepping through
-        the frames (Pillow decodes an animation frame after frame to seek in it)."""
-        index, start = FrameIndex(Fraction(1, 1000)), 0
+        """Each frame's start time from the frame delays, read by stepping through the frames
+        (Pillow decodes an animation frame after frame to seek in it), in the format's own ticks: a
+        GIF's centiseconds (as FFmpeg times it by path, so a 15 fps GIF's 70, 70, 60 ms delays are
+        evenly spaced in memory too, within one tick), else milliseconds."""
+        tick = 10 if self.image.format == "GIF" else 1  # (milliseconds; Pillow's GIF delays are whole centiseconds)
+        index, start = FrameIndex(Fraction(tick, 1000)), 0
         for i in range(len(self)):
             self.image.seek(i)
             self.image.load()  # an animated WebP tells a frame's delay once it is decoded
-            index.add(start, keyframe=i == 0)
+            index.add(start // tick, keyframe=i == 0)
             start += self.delay_ms()
         self.duration_ms = start
         return index.finish()

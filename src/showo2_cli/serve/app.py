@@ -203,9 +203,10 @@ def create_app(model, config: ServerConfig):
     ``Showo2Pipeline``'s is ``pipe.model``)."""
     from fastapi import FastAPI
 
-    from ..loading import require_model
+    from ..loading import Showo2, require_model
 
-    require_model(model)  # (a pipeline or a name here started a server that answered 500 to every request)
+    if isinstance(model, (str, Path)) or isinstance(getattr(model, "model", None), Showo2):
+        require_model(model)  # (a pipeline or a name here started a server that answered 500 to every request)
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
