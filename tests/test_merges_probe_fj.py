@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -110,3 +111,26 @@ def test_a_gif_in_memory_samples_the_frames_its_path_does(tmp_path):
             in_memory = read_media(im, num_frames=8)
         assert [int(f[0, 0, 0]) // 5 for f in in_memory.frames] == by_path == uniform_indices(50, 8)
         assert in_memory.fps == pytest.approx(50 * 1000 / sum(delays))
+
+
+def test_unwritable_server_temp_is_not_retried():
+    """The server's 500 for temporary files it cannot write (a read-only or forbidden folder; not
+    a full disk, FE's 507) had no x-should-retry: the OpenAI SDKs ran the same generation twice
+    more, each to fail at the same write."""
+    import errno
+
+    from showo2_cli.errors import OutputError
+    from showo2_cli.serve.errors import api_error_of
+
+    def failed(code: int) -> OutputError:
+        try:
+            raise OutputError("cannot write image '/tmp/x/image-0.png'") from OSError(code, os.strerror(code))
+        except OutputError as e:
+            return e
+
+    for code in (errno.EROFS, errno.EACCES):
+        err = api_error_of(failed(code))
+        assert (err.status, err.retry) == (500, False)
+        assert "/tmp/x" not in err.message
+    full = api_error_of(failed(errno.ENOSPC))
+    assert (full.status, full.code, full.retry) == (507, "insufficient_storage", None)  # room may come back

@@ -93,7 +93,8 @@ def api_error_of(exc: BaseException) -> ApiError:
         if full:  # (a request's upload, a generated image before it is sent)
             return ApiError(507, "the server's disk is full: no space left for its temporary files",
                             "insufficient_storage")
-        return ApiError(500, "the server cannot write its temporary files", "server_error")
+        # (a read-only or forbidden folder: the SDKs' two retries would run the same generation again to fail)
+        return ApiError(500, "the server cannot write its temporary files", "server_error", retry=False)
     if isinstance(exc, Showo2Error):
         return ApiError(500, message, "server_error")
     log.error("internal error: %s: %s", type(exc).__name__, message, exc_info=exc)
