@@ -490,8 +490,7 @@ def test_parse_chat_requests():
     assert parse_chat({"messages": [user], "stop": None}, cfg).stop == ()
     for bad in ([""], ["a"] * 17, 3, [1]):
         assert status({"messages": [user], "stop": bad}) == 400
-    for key, value in (("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function"}]),
-                       ("response_format", {"type": "json_object"})):
+    for key, value in (("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function"}])):
         with pytest.raises(ApiError) as e:
             parse_chat({"messages": [user], key: value}, cfg)
         assert (e.value.status, e.value.code, e.value.param) == (400, "unsupported_parameter", key)

@@ -44,6 +44,7 @@ from .sequences import (
     SpecialTokens,
     understanding_layout,
 )
+from .structured import constraint_for
 from .text_decoding import TextStream, generate
 from .tokenizer import encode_text, encode_user_text
 
@@ -358,6 +359,9 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
     stop = (tokens.end,)
     sampling = replace(sampling, stop_ids=stop)
     sampling.validate()
+    if sampling.json_schema is not None and prefix:
+        raise UsageError("a JSON schema holds a whole answer: it cannot continue a given start of one")
+    constraint = constraint_for(tokenizer, sampling)
     if cancel is not None and cancel.is_set():
         raise Cancelled("cancelled")
     embeds, _ = net.embed_inputs(layout.input_ids, [visuals], layout.slots, torch.ones(1))
@@ -373,7 +377,7 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
 
     if streamer is not None:
         streamer.put(layout.input_ids.cpu())
-    out = generate(net, embeds, mask, sampling, on_token=on_token)
+    out = generate(net, embeds, mask, sampling, on_token=on_token, constraint=constraint)
     text = stream.finish()
     # a stop string cut the answer: its ids are the kept text's; else the model's own ids
     ids = encode_user_text(tokenizer, text) if stream.cut is not None else stream.produced

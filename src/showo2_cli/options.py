@@ -361,6 +361,12 @@ class TextSampling:
     logit_bias: dict[int, float] | None = None
     #: min-p sampling: tokens less likely than ``min_p`` times the most likely one are dropped
     min_p: float | None = None
+    #: structured output: the answer is JSON valid against this schema (``{"type": "object"}``: any
+    #: JSON object, JSON mode), by constrained decoding (:mod:`showo2_cli.structured`); None: free text
+    json_schema: dict | None = None
+    #: with ``json_schema``: properties and items the schema does not declare are not written
+    #: (OpenAI's ``strict: true``); False: JSON Schema's rule (allowed unless the schema forbids them)
+    strict_schema: bool = True
 
     def __post_init__(self) -> None:
         plain_numbers(self)
@@ -396,6 +402,12 @@ class TextSampling:
         for text in self.stop_strings:
             if not isinstance(text, str) or not text or len(text) > MAX_STOP_CHARS:
                 raise UsageError(f"a stop string must be 1 to {MAX_STOP_CHARS} characters of text")
+        if not isinstance(self.strict_schema, bool):
+            raise UsageError(f"strict_schema must be True or False, got {short(self.strict_schema)}")
+        if self.json_schema is not None:
+            from .structured import check_schema
+
+            check_schema(self.json_schema, self.strict_schema)
 
 
 @dataclass
@@ -414,6 +426,10 @@ class CaptionOptions:
     max_memory_gb: float | None = None  # refuse questions estimated to need more: weights run + working memory (0: none)
     repetition_penalty: float | None = None  # > 1 discourages repeating the answer's tokens
     min_p: float | None = None  # min-p sampling (with a temperature)
+    #: structured output: each answer is JSON valid against this schema ({"type": "object"}: any JSON
+    #: object); None: free text. ``strict_schema`` as :class:`TextSampling`'s
+    json_schema: dict | None = None
+    strict_schema: bool = True
 
     def __post_init__(self) -> None:
         plain_numbers(self)
@@ -422,7 +438,8 @@ class CaptionOptions:
 
     def sampling(self) -> TextSampling:
         return TextSampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed,
-                            repetition_penalty=self.repetition_penalty, min_p=self.min_p)
+                            repetition_penalty=self.repetition_penalty, min_p=self.min_p,
+                            json_schema=self.json_schema, strict_schema=self.strict_schema)
 
     def unused_sampling_options(self) -> list[str]:
         """The sampling options given that change nothing: the seed also seeds ``vae_sample``'s noise."""

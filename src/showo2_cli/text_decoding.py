@@ -140,12 +140,17 @@ class OpenAIPenalties(LogitsProcessor):
         return scores - counts * self.frequency - (counts > 0).to(scores.dtype) * self.presence
 
 
-def logits_processors(opts: TextSampling, vocab_size: int) -> LogitsProcessorList:
-    """transformers' logits processors for ``opts``, in ``generate``'s order: the penalties and
-    biases, then (sampling only) temperature, top-k, top-p and min-p. Empty for plain greedy decoding."""
+def logits_processors(opts: TextSampling, vocab_size: int, constraint: LogitsProcessor | None = None
+                      ) -> LogitsProcessorList:
+    """transformers' logits processors for ``opts``, in ``generate``'s order: a grammar's
+    ``constraint`` first (:mod:`showo2_cli.structured`: no bias or penalty brings back a token it
+    rules out), the penalties and biases, then (sampling only) temperature, top-k, top-p and min-p.
+    Empty for plain greedy decoding."""
     from .errors import UsageError
 
     procs = LogitsProcessorList()
+    if constraint is not None:
+        procs.append(constraint)
     if opts.repetition_penalty is not None and opts.repetition_penalty != 1.0:
         procs.append(RepetitionPenaltyLogitsProcessor(opts.repetition_penalty))
     if opts.frequency_penalty or opts.presence_penalty:
@@ -182,8 +187,9 @@ def choose_token(logits: torch.Tensor, opts: TextSampling, generator: torch.Gene
         # extreme accepted values (a tiny temperature or repetition penalty) may overflow the
         # scores: +inf is the largest float, NaN is out; what is left is still a distribution
         scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
-        if not bool(torch.isfinite(scores).any()):  # nothing left: the model's own choice
-            scores = logits.float()
+        if not bool(torch.isfinite(scores).any()):  # nothing left: the model's own choice (within a grammar's)
+            held = getattr(processors[0], "holds_answer", False)
+            scores = processors[0](ids, logits.float()[None])[0] if held else logits.float()
     if not opts.sampled:
         return int(torch.argmax(scores))
     probs = torch.softmax(scores, dim=-1)
@@ -271,7 +277,7 @@ def prefill(model, prefix_embeds: torch.Tensor, mask: torch.Tensor):
 @torch.no_grad()
 def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor | None, opts: TextSampling,
              on_token: Callable[[int], None] | None = None, keep_logits: bool = False,
-             cache=None) -> DecodedText:
+             cache=None, constraint: LogitsProcessor | None = None) -> DecodedText:
     """Decode from a prompt given as embeddings ``(1, L, H)`` with its boolean mask ``(1, 1, L, L)``.
 
     ``model`` is a :class:`~showo2_cli.modeling.showo2.Showo2Model`. ``on_token`` is called with
@@ -280,9 +286,12 @@ def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor | None, opts
     stop token is recorded in ``token_ids``. ``cache``: a prompt head already run (:func:`prefill`);
     ``prompt_embeds`` is then only the rest of the prompt and ``mask`` None (the rest attends
     causally to everything before it). The cache is cropped back to its head afterwards, so it
-    serves the next question.
+    serves the next question. ``constraint``: a logits processor holding the answer to a grammar
+    (:func:`~showo2_cli.structured.constraint_for`, required when ``opts.json_schema`` is set).
     """
     opts.validate()
+    if opts.json_schema is not None and constraint is None:
+        raise ValueError("opts.json_schema needs constraint=structured.constraint_for(tokenizer, opts)")
     generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
     head = 0
     if cache is None:
@@ -292,13 +301,14 @@ def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor | None, opts
             raise ValueError("a prefilled cache takes the rest of the prompt with mask=None")
         head = cache.get_seq_length()
     try:
-        return _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head, generator)
+        return _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head, generator, constraint)
     finally:
         if head:
             truncate_cache(cache, head)
 
 
-def _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head, generator) -> DecodedText:
+def _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head, generator,
+            constraint) -> DecodedText:
     if mask is None:  # the rest of a prompt after a prefilled head: causal over all of it
         hidden, cache = model.llm(prompt_embeds, mask, past_key_values=cache, use_cache=True, last_only=True)
     else:
@@ -307,7 +317,7 @@ def _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head
     out = DecodedText()
     embed = model.showo.model.embed_tokens
     position = head + prompt_embeds.shape[1]
-    processors = logits_processors(opts, logits.shape[-1])
+    processors = logits_processors(opts, logits.shape[-1], constraint)
     for step in range(opts.max_new_tokens):
         if keep_logits:
             out.step_logits.append(logits.cpu())

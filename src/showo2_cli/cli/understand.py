@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 from contextlib import nullcontext
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..errors import UsageError
 from ..options import DEFAULT_MAX_NEW_TOKENS, RuntimeOptions
 from .common import (
     STATE,
@@ -36,6 +38,10 @@ from .common import (
 )
 
 
+class AnswerFormat(str, Enum):
+    json = "json"
+
+
 @with_runtime_options
 def caption(
     media: Annotated[Path, typer.Argument(help="An image or a video.")],
@@ -52,6 +58,8 @@ def caption(
     template: Annotated[Template | None, typer.Option("--template", help="official (demo prompt) or training (stage-2 whitespace); default: what the checkpoint declares.")] = None,
     vae_sample: Annotated[bool, typer.Option("--vae-sample", help="Encode with the stochastic VAE sample, as the official demo.")] = False,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they are produced.")] = True,
+    answer_format: Annotated[AnswerFormat | None, typer.Option("--format", help="json: each answer is a JSON object (constrained decoding, as Ollama's --format json).")] = None,
+    json_schema: Annotated[str | None, typer.Option("--json-schema", metavar="<file|json>", help="Each answer is JSON valid against this JSON schema (a file, or the schema's text), no property the schema does not declare; cut only by --max-new-tokens.")] = None,
     model: ModelOpt = None, vae: VaeOpt = None, lora: LoraOpt = None, lora_weight: LoraWeightOpt = None,
     runtime: RuntimeOptions = None,
     json_mode: JsonOpt = False, quiet: QuietOpt = False,
@@ -61,12 +69,19 @@ def caption(
     lora = adapters(lora, lora_weight)  # (a weight per adapter: checked before anything else)
     from .. import media as M
     from ..options import CaptionOptions
+    from ..structured import JSON_OBJECT, read_schema, schema_grammar
 
+    if answer_format is not None and json_schema is not None:
+        raise UsageError("give --format json or --json-schema, not both")
+    schema = read_schema(json_schema) if json_schema is not None else dict(JSON_OBJECT) if answer_format else None
     opts = CaptionOptions(questions=list(question or []), max_new_tokens=max_new_tokens, temperature=temperature,
                           top_k=top_k, top_p=top_p, seed=seed, frames=frames, mask_mode=value(mask),
                           template=value(template), vae_sample=vae_sample, max_memory_gb=runtime.max_memory_gb,
-                          repetition_penalty=repetition_penalty, min_p=min_p)
+                          repetition_penalty=repetition_penalty, min_p=min_p, json_schema=schema,
+                          strict_schema=json_schema is not None)
     opts.validate()
+    if schema is not None:  # xgrammar's verdict (and whether it is installed) before the model loads
+        schema_grammar(schema, opts.strict_schema)
     notice_unused_sampling(opts)
     kind = M.probe_kind(media)
     if kind == "image":

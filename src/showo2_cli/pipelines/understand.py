@@ -16,6 +16,7 @@ from ..options import CaptionOptions, seed_from_torch, unused_sampling_note
 from ..runtime import cpu_by_default
 from ..sequences import ASSISTANT_PREFIX, SYSTEM_PROMPT, USER_PREFIX, understanding_layout
 from ..specs import VIDEO_UND
+from ..structured import constraint_for
 from ..text_decoding import TextStream, generate, prefill, shared_prefix_length
 from ..tokenizer import encode_text, encode_user_text
 from .progress import Progress, noop
@@ -204,7 +205,8 @@ def _caption(model: Showo2, source, opts: CaptionOptions, on_text, progress, on_
             progress(f"answer {i + 1}/{len(questions)}", len(stream.produced), opts.max_new_tokens)
 
         sampling = replace(opts.sampling(), seed=None if opts.seed is None else opts.seed + i, stop_ids=stop)
-        out = generate(net, embeds, mask, sampling, on_token=on_token, cache=head)
+        out = generate(net, embeds, mask, sampling, on_token=on_token, cache=head,
+                       constraint=constraint_for(tokenizer, sampling))
         answers.append(stream.finish())
         counts.append(len(out.token_ids))
         if on_done is not None:

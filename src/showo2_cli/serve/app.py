@@ -88,7 +88,8 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
     sampling = TextSampling(plan.max_tokens, plan.temperature, plan.top_k, plan.top_p, plan.seed,
                             stop_strings=plan.stop, repetition_penalty=plan.repetition_penalty,
                             frequency_penalty=plan.frequency_penalty, presence_penalty=plan.presence_penalty,
-                            logit_bias=plan.logit_bias, min_p=plan.min_p)
+                            logit_bias=plan.logit_bias, min_p=plan.min_p, json_schema=plan.json_schema,
+                            strict_schema=plan.strict_schema)
     answer = conv.ask(plan.turns[-1].question, sampling, on_text=lambda piece: job.emit("text", piece),
                       cancel=job.cancel, prefix=plan.turns[-1].prefix)
     turn = conv.turns[-1]

@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ..errors import short
+from ..errors import Showo2Error, short
 from ..options import STEPS_RANGE
 from ..serve_config import (  # (ServerConfig: here too, where it always was)
     ServerConfig,
@@ -58,6 +58,8 @@ class ChatPlan:
     top_k: int | None = None  # extra fields (vLLM's): top-k and min-p sampling
     min_p: float | None = None
     max_tokens_given: bool = False  # the request set max_tokens: a context it overflows is refused
+    json_schema: dict | None = None  # response_format json_object / json_schema: the answer's schema
+    strict_schema: bool = True
 
 
 #: OpenAI chat fields that would change the reply and that this server cannot honour: refused
@@ -69,7 +71,6 @@ _UNSUPPORTED_CHAT = {
     "functions": lambda v: v in (None, []),
     "tool_choice": lambda v: v in (None, "none", "auto"),
     "function_call": lambda v: v in (None, "none", "auto"),
-    "response_format": lambda v: v is None or v == "text" or (isinstance(v, dict) and v.get("type") == "text"),
     "audio": lambda v: v is None,
     "modalities": lambda v: v in (None, ["text"]),
     "prediction": lambda v: v is None,
@@ -109,6 +110,46 @@ def _stop_strings(body: dict) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _response_format(body: dict) -> tuple[dict | None, bool]:
+    """OpenAI's ``response_format``: ``text`` (or null), ``json_object`` (any JSON object) or
+    ``json_schema`` (``{"name", "schema", "strict"}``): (the answer's schema or None, strict). A
+    schema structured output cannot hold is a 400 naming its place (:func:`~showo2_cli.structured.check_schema`)."""
+    from ..structured import INSTALL_HINT, JSON_OBJECT, available, schema_grammar
+
+    value = body.get("response_format")
+    if value is None or value == "text":
+        return None, True
+    if not isinstance(value, dict):
+        raise ApiError(400, "'response_format' must be an object", "invalid_type", "response_format")
+    kind = value.get("type")
+    if kind == "text":
+        return None, True
+    if kind in ("json_object", "json_schema") and not available():
+        raise ApiError(400, f"'response_format' {kind} is not supported by this server (structured output needs "
+                            f"xgrammar on the server: {INSTALL_HINT})", "unsupported_parameter", "response_format")
+    if kind == "json_object":
+        return dict(JSON_OBJECT), False
+    if kind != "json_schema":
+        raise ApiError(400, f"response_format.type must be text, json_object or json_schema, got {short(kind)}",
+                       "invalid_value", "response_format.type")
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise ApiError(400, "response_format.json_schema must be an object with a 'schema' object",
+                       "invalid_value", "response_format.json_schema")
+    strict = spec.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise ApiError(400, "response_format.json_schema.strict must be true or false", "invalid_type",
+                       "response_format.json_schema.strict")
+    schema = spec.get("schema", {})  # OpenAI: no schema is any JSON value; here an object
+    schema = schema or dict(JSON_OBJECT)
+    try:  # converted here, not in the queue: a schema xgrammar refuses is this request's 400 too
+        schema_grammar(schema, bool(strict))
+    except Showo2Error as e:
+        raise ApiError(400, f"response_format.json_schema.schema: {e}", "invalid_value",
+                       "response_format.json_schema.schema") from None
+    return schema, bool(strict)
+
+
 def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -131,6 +172,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             raise ApiError(400, f"'{name}' is not supported by this server (Show-o2 answers in plain text)",
                            "unsupported_parameter", name)
     stop = _stop_strings(body)
+    json_schema, strict_schema = _response_format(body)
     # max_completion_tokens replaces the deprecated max_tokens; a null one does not hide the other
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(key)
@@ -248,6 +290,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             raise ApiError(400, "Show-o2's chat template cannot open a second assistant turn: a request that ends "
                                 "with an assistant message continues it", "invalid_value", "messages")
         turns[-1].prefix, turns[-1].answer = turns[-1].answer, None
+        if json_schema is not None:
+            raise ApiError(400, "a response_format schema holds a whole reply: it cannot continue a final "
+                                "assistant message", "invalid_value", "response_format")
     if not turns or turns[-1].answer is not None:
         raise ApiError(400, "the last message must be a user message, or an assistant reply to continue after one",
                        "invalid_value", "messages")
@@ -265,7 +310,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                             "the length of the messages.", "context_length_exceeded", "messages")
     return ChatPlan(system, turns, int(max_tokens), float(temperature), top_p, seed, stream,
                     bool(options.get("include_usage", False)), stop, float(frequency), float(presence), bias,
-                    repetition, top_k, min_p, given)
+                    repetition, top_k, min_p, given, json_schema, strict_schema)
 
 
 @dataclass

@@ -1,0 +1,205 @@
+"""Structured output: answers held to a JSON schema (or to any JSON object) by constrained decoding.
+
+The schema becomes a grammar (xgrammar, the library vLLM, SGLang and TensorRT-LLM use), the grammar
+a mask over the vocabulary at each step of the project's one decoding loop
+(:func:`~showo2_cli.text_decoding.generate`): a token that cannot continue a valid answer gets a
+score of -inf before any penalty, bias or sampling, and once the answer is a complete value only the
+stop token is left. So every answer parses and validates, unless ``max_new_tokens`` cut it.
+
+xgrammar converts most of JSON Schema, but passes over a few keywords without a word (the answer
+would then not validate): :func:`check_schema` refuses those by name, torch-free, before any model
+loads. This module imports xgrammar only when a schema is used (``pip install 'showo2[json]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import weakref
+
+from .errors import UsageError, short
+
+#: the schema of JSON mode (OpenAI's ``json_object``, Ollama's ``format: "json"``): any JSON object
+JSON_OBJECT = {"type": "object"}
+#: the largest schema taken, as compact JSON (OpenAI's limit is 15,000 characters of property names
+#: and enum values; a schema of 1 MiB compiles in seconds)
+MAX_SCHEMA_CHARS = 64 * 1024
+#: the deepest schema taken (a schema's nesting is the grammar's recursion)
+MAX_SCHEMA_DEPTH = 32
+
+#: JSON Schema keywords that xgrammar converts without honouring them (checked against xgrammar
+#: 0.2: the grammar is the same with or without them), each refused with why
+UNSUPPORTED = {
+    "not": "a negated schema", "if": "a conditional schema", "then": "a conditional schema",
+    "else": "a conditional schema", "dependentRequired": "dependent properties",
+    "dependentSchemas": "dependent schemas", "dependencies": "dependent properties",
+    "propertyNames": "constraints on property names", "contains": "constraints on some items",
+    "minContains": "constraints on some items", "maxContains": "constraints on some items",
+    "$dynamicRef": "dynamic references", "$recursiveRef": "dynamic references",
+}
+#: keywords whose value is a schema, a list of schemas, or a map of names to schemas
+_SUBSCHEMA = {"items", "additionalProperties", "additionalItems", "unevaluatedItems", "unevaluatedProperties"}
+_SCHEMA_LISTS = {"anyOf", "oneOf", "allOf", "prefixItems"}
+_SCHEMA_MAPS = {"properties", "patternProperties", "$defs", "definitions"}
+
+
+def check_schema(schema, strict: bool = True) -> None:
+    """Refuse (:class:`UsageError`, one line naming the place) a schema that is not a JSON Schema
+    object this module can hold an answer to: too large or deep, a keyword xgrammar would pass over
+    (:data:`UNSUPPORTED`), ``uniqueItems``, ``multipleOf`` on a number that need not be whole, a
+    ``$ref`` outside the schema. Torch-free (the options' ``validate()`` calls it)."""
+    if not isinstance(schema, dict):
+        raise UsageError(f"a JSON schema must be an object, got {type(schema).__name__}")
+    try:
+        text = json.dumps(schema, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise UsageError(f"the JSON schema is not plain JSON: {short(str(e))}") from None
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise UsageError(f"the JSON schema is {len(text):,} characters, more than {MAX_SCHEMA_CHARS:,}")
+    _walk(schema, "#", 0)
+
+
+def _walk(node, where: str, depth: int) -> None:
+    if isinstance(node, bool):  # true: anything; false: nothing
+        return
+    if not isinstance(node, dict):
+        raise UsageError(f"JSON schema {where}: a schema must be an object or a boolean, got {type(node).__name__}")
+    if depth > MAX_SCHEMA_DEPTH:
+        raise UsageError(f"the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels (at {short(where)})")
+    for key, value in node.items():
+        at = f"{where}/{key}"
+        if key in UNSUPPORTED:
+            raise UsageError(f"JSON schema {short(at)}: '{key}' ({UNSUPPORTED[key]}) is not supported in "
+                             "structured output")
+        if key == "uniqueItems" and value is True:
+            raise UsageError(f"JSON schema {short(at)}: 'uniqueItems' is not supported in structured output")
+        if key == "multipleOf" and node.get("type") != "integer":
+            raise UsageError(f"JSON schema {short(at)}: 'multipleOf' is supported on integers only "
+                             "(\"type\": \"integer\")")
+        if key in ("$ref",) and not (isinstance(value, str) and (value == "#" or value.startswith("#/"))):
+            raise UsageError(f"JSON schema {short(at)}: only references inside the schema ('#/...') are "
+                             f"supported, got {short(value)}")
+        if key in _SUBSCHEMA:
+            _walk(value, at, depth + 1)
+        elif key in _SCHEMA_LISTS:
+            if not isinstance(value, list):
+                raise UsageError(f"JSON schema {short(at)}: '{key}' must be a list of schemas")
+            for i, sub in enumerate(value):
+                _walk(sub, f"{at}/{i}", depth + 1)
+        elif key in _SCHEMA_MAPS:
+            if not isinstance(value, dict):
+                raise UsageError(f"JSON schema {short(at)}: '{key}' must be an object of schemas")
+            for name, sub in value.items():
+                _walk(sub, f"{at}/{name}", depth + 1)
+
+
+def read_schema(text: str) -> dict:
+    """A JSON schema given on the command line: JSON text (starting with ``{``) or a file holding it
+    (at most 4 times :data:`MAX_SCHEMA_CHARS` bytes, read by the one bounded reader), checked by
+    :func:`check_schema`. Each problem is one :class:`UsageError` (a file's: its own error) line."""
+    if text.lstrip().startswith("{"):
+        raw, where = text, "--json-schema"
+    else:
+        from .media.files import read_limited
+
+        data = read_limited(text, 4 * MAX_SCHEMA_CHARS, "the JSON schema")
+        raw, where = data.decode("utf-8", errors="replace"), f"'{text}'"
+    try:
+        schema = json.loads(raw)
+    except RecursionError:
+        raise UsageError(f"{where}: JSON nested too deeply") from None
+    except ValueError as e:
+        raise UsageError(f"{where} is not valid JSON ({short(str(e))})") from None
+    check_schema(schema)
+    return schema
+
+
+# xgrammar's own messages start with "[12:35:13] /project/cpp/json_schema_converter.cc:5088: "
+_XGR_PREFIX = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s*")
+
+
+def available() -> bool:
+    """Whether xgrammar is installed (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("xgrammar") is not None
+
+
+#: what to install for structured output
+INSTALL_HINT = "pip install 'showo2[json]'"
+
+
+def _xgrammar():
+    try:
+        import xgrammar
+    except ImportError:
+        raise UsageError(f"structured output (a JSON schema or JSON mode) needs xgrammar: {INSTALL_HINT}") from None
+    return xgrammar
+
+
+def schema_grammar(schema: dict, strict: bool = True):
+    """The xgrammar ``Grammar`` of ``schema`` (checked by :func:`check_schema`): compact JSON, no
+    whitespace between tokens beyond ``", "`` and ``": "`` (a free run of whitespace is where small
+    models loop until the token limit). ``strict``: properties and items the schema does not declare
+    are not written (OpenAI's ``strict: true``); else JSON Schema's own rule (allowed unless forbidden)."""
+    check_schema(schema, strict)
+    xgr = _xgrammar()
+    try:
+        return xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=bool(strict))
+    except (RuntimeError, ValueError) as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        raise UsageError(f"the JSON schema cannot be used: {short(_XGR_PREFIX.sub('', lines[0] if lines else ''))}") \
+            from None
+
+
+#: compilers per tokenizer, then per (vocabulary width, stop ids): building one reads the vocabulary
+_COMPILERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiler(tokenizer, vocab_size: int, stop_ids: tuple[int, ...]):
+    xgr = _xgrammar()
+    by_shape = _COMPILERS.setdefault(tokenizer, {})
+    key = (vocab_size, stop_ids)
+    if key not in by_shape:
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_ids))
+        by_shape[key] = xgr.GrammarCompiler(info, max_threads=1)
+    return by_shape[key]
+
+
+class GrammarConstraint:
+    """A transformers ``LogitsProcessor`` holding one answer to a grammar: called with the answer's
+    ids so far ``(1, n)`` and the scores ``(1, V)``, it advances its matcher by the ids it has not
+    seen and sets the scores of every token the grammar does not allow next to -inf. Once the answer
+    is complete, only ``stop_ids`` are allowed. One per answer (it keeps the answer's state)."""
+
+    holds_answer = True  # decoding never falls back past it (``text_decoding.choose_token``)
+
+    def __init__(self, tokenizer, grammar, stop_ids: tuple[int, ...]):
+        self.tokenizer, self.grammar, self.stop_ids = tokenizer, grammar, tuple(stop_ids)
+        self.matcher = self.mask = None
+        self.seen = 0
+
+    def __call__(self, input_ids, scores):
+        xgr = _xgrammar()
+        if self.matcher is None:  # the vocabulary's width is the scores' (the head may be padded)
+            compiled = _compiler(self.tokenizer, scores.shape[-1], self.stop_ids).compile_grammar(self.grammar)
+            self.matcher = xgr.GrammarMatcher(compiled)
+            self.mask = xgr.allocate_token_bitmask(1, scores.shape[-1])
+        ids = input_ids[0].tolist()
+        for token in ids[self.seen:]:
+            if not self.matcher.accept_token(int(token)):
+                raise RuntimeError(f"token {token} does not continue the answer's grammar")
+        self.seen = len(ids)
+        self.matcher.fill_next_token_bitmask(self.mask)
+        out = scores.float().clone()  # the caller's scores stay as they were
+        xgr.apply_token_bitmask_inplace(out, self.mask.to(out.device))
+        return out
+
+
+def constraint_for(tokenizer, sampling) -> GrammarConstraint | None:
+    """The constraint of ``sampling``'s JSON schema (a :class:`~showo2_cli.options.TextSampling`),
+    None for free text. Raises :class:`UsageError` for a schema that cannot be used."""
+    schema = getattr(sampling, "json_schema", None)
+    if schema is None:
+        return None
+    return GrammarConstraint(tokenizer, schema_grammar(schema, sampling.strict_schema), sampling.stop_ids)

@@ -1,0 +1,180 @@
+"""Structured output (probe FK): answers held to a JSON schema by constrained decoding (xgrammar)
+through the Python API, the CLI's options and a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("xgrammar")
+
+from showo2_cli.errors import UsageError  # noqa: E402
+from showo2_cli.options import CaptionOptions, TextSampling  # noqa: E402
+from showo2_cli.structured import check_schema, read_schema  # noqa: E402
+
+IMAGE = "pexels-taryn-elliott-4144459.jpg"
+WORD = {"type": "string", "maxLength": 12}
+SCHEMAS = {
+    "required fields": {"type": "object", "properties": {"name": WORD, "age": {"type": "integer", "minimum": 0,
+                                                                                "maximum": 120}},
+                        "required": ["name", "age"]},
+    "enum": {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}}, "required": ["color"]},
+    "array": {"type": "object", "properties": {"xs": {"type": "array", "items": {"type": "integer", "minimum": -5,
+                                                                                  "maximum": 5},
+                                                      "minItems": 1, "maxItems": 3}}, "required": ["xs"]},
+    "nested": {"type": "object", "properties": {"box": {"type": "object", "properties": {
+        "w": {"type": "integer", "minimum": 1, "maximum": 99}, "ok": {"type": "boolean"}}, "required": ["w", "ok"]}},
+        "required": ["box"]},
+}
+
+
+def valid(value, schema) -> bool:
+    """The JSON Schema rules these tests' schemas use (strict: no undeclared property)."""
+    if "enum" in schema:
+        return value in schema["enum"]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return (isinstance(value, dict) and set(schema.get("required", [])) <= set(value) <= set(props)
+                and all(valid(v, props[k]) for k, v in value.items()))
+    if kind == "array":
+        return (isinstance(value, list) and schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", 1e9)
+                and all(valid(v, schema["items"]) for v in value))
+    if kind == "integer":
+        return (type(value) is int and schema.get("minimum", -1e18) <= value <= schema.get("maximum", 1e18))
+    if kind == "string":
+        return isinstance(value, str) and len(value) <= schema.get("maxLength", 1e9)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    raise AssertionError(f"the test's validator has no rule for {schema}")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from showo2_cli.loading import load
+
+    return load("demo")
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_answers_parse_and_validate(demo, name):
+    from showo2_cli.chat import Conversation
+
+    schema = SCHEMAS[name]
+    for temperature, seed in ((0.0, None), (1.0, 3)):  # greedy and sampled
+        conv = Conversation(demo)
+        answer = conv.ask("Describe a person.", TextSampling(48, temperature, seed=seed, json_schema=schema))
+        assert conv.turns[-1].stopped, answer  # finished (the stop token), not cut
+        assert valid(json.loads(answer), schema), answer
+
+
+def test_caption_streams_a_valid_answer(demo, media_dir):
+    from showo2_cli.api import caption
+
+    pieces = []
+    schema = SCHEMAS["nested"]
+    r = caption(demo, media_dir / IMAGE, CaptionOptions(questions=["What is it?", "Where?"], max_new_tokens=48,
+                                                         json_schema=schema),
+                on_text=lambda i, p: pieces.append(p))
+    assert "".join(pieces) == "".join(r.answers) and max(r.token_counts) < 48
+    assert all(valid(json.loads(a), schema) for a in r.answers), r.answers
+    assert r.options["json_schema"] == schema  # recorded with the other options
+
+
+def test_without_a_schema_nothing_changes():
+    from showo2_cli.text_decoding import logits_processors
+
+    assert len(logits_processors(TextSampling(), 419)) == 0  # greedy decoding: the plain argmax, as before
+
+
+@pytest.mark.parametrize("schema, named", [
+    ({"type": "object", "not": {"required": ["a"]}}, "'not'"),
+    ({"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}, "uniqueItems"),
+    ({"type": "object", "properties": {"a": {"$ref": "https://example.com/s.json"}}}, "references"),
+    ({"type": "number", "multipleOf": 0.5}, "multipleOf"),
+    ({"type": "object", "if": {}, "then": {}}, "'if'"),
+    ([1], "must be an object"),
+])
+def test_unsupported_schema_is_one_line(schema, named):
+    with pytest.raises(UsageError) as e:
+        check_schema(schema)
+    assert named in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UsageError):
+        CaptionOptions(json_schema=schema).validate()
+
+
+def test_read_schema_text_and_file(tmp_path):
+    assert read_schema('{"type": "object"}') == {"type": "object"}
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps(SCHEMAS["enum"]))
+    assert read_schema(str(f)) == SCHEMAS["enum"]
+    for bad in ("{nope", str(tmp_path / "missing.json")):
+        with pytest.raises(Exception) as e:
+            read_schema(bad)
+        assert "\n" not in str(e.value)
+
+
+def test_a_schema_xgrammar_refuses_is_a_usage_error(demo, media_dir):
+    from showo2_cli.api import caption
+
+    with pytest.raises(UsageError, match="cannot be used"):
+        caption(demo, media_dir / IMAGE, CaptionOptions(json_schema={"$ref": "#/$defs/missing"}))
+
+
+@pytest.fixture(scope="module")
+def server(demo):
+    pytest.importorskip("fastapi")
+    from conftest import run_in_thread
+    from showo2_cli.serve import ServerConfig, bind_socket
+    from showo2_cli.serve.app import server_for
+
+    sock = bind_socket("127.0.0.1", 0)
+    srv = server_for(demo, ServerConfig(model_id="demo"), sock, log_level="error")
+    thread = run_in_thread(srv, sock)
+    host, port = sock.getsockname()[:2]
+    try:
+        yield f"http://{host}:{port}/v1/chat/completions"
+    finally:
+        srv.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def fmt(schema, strict=True):
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": strict}}
+
+
+def test_server_response_format(server):
+    import httpx
+
+    hi = [{"role": "user", "content": "Describe a person."}]
+    for name in ("required fields", "enum"):
+        r = httpx.post(server, json={"messages": hi, "max_tokens": 48, "response_format": fmt(SCHEMAS[name])},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert choice["finish_reason"] == "stop" and valid(json.loads(choice["message"]["content"]), SCHEMAS[name])
+    r = httpx.post(server, json={"messages": hi, "max_tokens": 16, "response_format": {"type": "json_object"}},
+                   timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].startswith("{")
+    # cut by max_tokens: "length", as OpenAI says it
+    r = httpx.post(server, json={"messages": hi, "max_tokens": 3, "response_format": fmt(SCHEMAS["nested"])},
+                   timeout=60)
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+    # streamed: the pieces are the whole answer
+    body = {"messages": hi, "max_tokens": 48, "stream": True, "response_format": fmt(SCHEMAS["array"])}
+    with httpx.stream("POST", server, json=body, timeout=60) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert valid(json.loads(text), SCHEMAS["array"]) and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    # refused in one line, naming what
+    for bad, words in (({"type": "json_schema", "json_schema": {"schema": {"type": "object", "not": {}}}}, "'not'"),
+                       ({"type": "xml"}, "json_object or json_schema"),
+                       (fmt({"type": "banana"}), "banana")):
+        r = httpx.post(server, json={"messages": hi, "response_format": bad}, timeout=60)
+        err = r.json()["error"]
+        assert r.status_code == 400 and words in err["message"] and err["param"].startswith("response_format")
+    prefill = hi + [{"role": "assistant", "content": "{"}]
+    r = httpx.post(server, json={"messages": prefill, "response_format": {"type": "json_object"}}, timeout=60)
+    assert r.status_code == 400
