@@ -95,6 +95,8 @@ def test_without_a_schema_nothing_changes():
     ({"type": "number", "multipleOf": 0.5}, "multipleOf"),
     ({"type": "object", "if": {}, "then": {}}, "'if'"),
     ([1], "must be an object"),
+    ({"type": "string", "pattern": "a(?!b)"}, "lookahead"),
+    ({"type": "object", "patternProperties": {"(?<=x)y": {}}}, "lookahead"),
 ])
 def test_unsupported_schema_is_one_line(schema, named):
     with pytest.raises(UsageError) as e:
@@ -102,6 +104,11 @@ def test_unsupported_schema_is_one_line(schema, named):
     assert named in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UsageError):
         CaptionOptions(json_schema=schema).validate()
+
+
+def test_stop_strings_and_a_schema_are_refused():
+    with pytest.raises(UsageError, match="stop strings"):
+        TextSampling(json_schema={"type": "object"}, stop_strings=("}",)).validate()
 
 
 def test_read_schema_text_and_file(tmp_path):
@@ -175,6 +182,8 @@ def test_server_response_format(server):
         r = httpx.post(server, json={"messages": hi, "response_format": bad}, timeout=60)
         err = r.json()["error"]
         assert r.status_code == 400 and words in err["message"] and err["param"].startswith("response_format")
+    r = httpx.post(server, json={"messages": hi, "stop": "}", "response_format": {"type": "json_object"}}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stop"
     prefill = hi + [{"role": "assistant", "content": "{"}]
     r = httpx.post(server, json={"messages": prefill, "response_format": {"type": "json_object"}}, timeout=60)
     assert r.status_code == 400

@@ -408,6 +408,8 @@ class TextSampling:
             from .structured import check_schema
 
             check_schema(self.json_schema, self.strict_schema)
+            if self.stop_strings:  # a stop string inside the JSON would cut it: an answer that does not parse
+                raise UsageError("stop strings cannot end an answer held to a JSON schema (they would cut the JSON)")
 
 
 @dataclass

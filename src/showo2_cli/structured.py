@@ -37,6 +37,8 @@ UNSUPPORTED = {
     "minContains": "constraints on some items", "maxContains": "constraints on some items",
     "$dynamicRef": "dynamic references", "$recursiveRef": "dynamic references",
 }
+#: a regular expression's lookaround, which xgrammar's regex converter passes over (with a warning)
+_LOOKAROUND = re.compile(r"(?<!\\)\(\?<?[=!]")
 #: keywords whose value is a schema, a list of schemas, or a map of names to schemas
 _SUBSCHEMA = {"items", "additionalProperties", "additionalItems", "unevaluatedItems", "unevaluatedProperties"}
 _SCHEMA_LISTS = {"anyOf", "oneOf", "allOf", "prefixItems"}
@@ -76,7 +78,13 @@ def _walk(node, where: str, depth: int) -> None:
         if key == "multipleOf" and node.get("type") != "integer":
             raise UsageError(f"JSON schema {short(at)}: 'multipleOf' is supported on integers only "
                              "(\"type\": \"integer\")")
-        if key in ("$ref",) and not (isinstance(value, str) and (value == "#" or value.startswith("#/"))):
+        if key == "pattern" and isinstance(value, str) and _LOOKAROUND.search(value):
+            raise UsageError(f"JSON schema {short(at)}: a lookahead or lookbehind in a pattern is not supported in "
+                             "structured output")
+        if key == "patternProperties" and isinstance(value, dict) and any(_LOOKAROUND.search(k) for k in value):
+            raise UsageError(f"JSON schema {short(at)}: a lookahead or lookbehind in a pattern is not supported in "
+                             "structured output")
+        if key == "$ref" and not (isinstance(value, str) and (value == "#" or value.startswith("#/"))):
             raise UsageError(f"JSON schema {short(at)}: only references inside the schema ('#/...') are "
                              f"supported, got {short(value)}")
         if key in _SUBSCHEMA:
@@ -115,7 +123,7 @@ def read_schema(text: str) -> dict:
 
 
 # xgrammar's own messages start with "[12:35:13] /project/cpp/json_schema_converter.cc:5088: "
-_XGR_PREFIX = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s*")
+_XGR_PREFIX = re.compile(r"^(\[[\d:]+\]\s+)?\S+\.(cc|h):\d+:\s*")
 
 
 def available() -> bool:
@@ -148,10 +156,12 @@ def schema_grammar(schema: dict, strict: bool = True):
         return xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=bool(strict))
     except (RuntimeError, ValueError) as e:
         lines = [line for line in str(e).splitlines() if line.strip()]
-        raise UsageError(f"the JSON schema cannot be used: {short(_XGR_PREFIX.sub('', lines[0] if lines else ''))}") \
-            from None
+        why = _XGR_PREFIX.sub("", lines[0] if lines else "")
+        raise UsageError(f"the JSON schema cannot be used: {short(why, 160)}") from None
 
 
+#: the most memory a compiler's cache of compiled grammars holds (the least recently used go first)
+COMPILED_CACHE_BYTES = 64 * 2**20
 #: compilers per tokenizer, then per (vocabulary width, stop ids): building one reads the vocabulary
 _COMPILERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -162,7 +172,9 @@ def _compiler(tokenizer, vocab_size: int, stop_ids: tuple[int, ...]):
     key = (vocab_size, stop_ids)
     if key not in by_shape:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_ids))
-        by_shape[key] = xgr.GrammarCompiler(info, max_threads=1)
+        # compiled grammars are cached (a server answering one schema again compiles it once), within a
+        # bound: xgrammar's default cache has none, and a server's clients may send any number of schemas
+        by_shape[key] = xgr.GrammarCompiler(info, max_threads=1, cache_limit_bytes=COMPILED_CACHE_BYTES)
     return by_shape[key]
 
 

@@ -173,6 +173,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                            "unsupported_parameter", name)
     stop = _stop_strings(body)
     json_schema, strict_schema = _response_format(body)
+    if json_schema is not None and stop:
+        raise ApiError(400, "'stop' cannot end a reply held to a response_format (it would cut the JSON)",
+                       "invalid_value", "stop")
     # max_completion_tokens replaces the deprecated max_tokens; a null one does not hide the other
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(key)
