@@ -116,7 +116,7 @@ def test_read_schema_text_and_file(tmp_path):
     f = tmp_path / "s.json"
     f.write_text(json.dumps(SCHEMAS["enum"]))
     assert read_schema(str(f)) == SCHEMAS["enum"]
-    for bad in ("{nope", str(tmp_path / "missing.json")):
+    for bad in ("{nope", str(tmp_path / "missing.json"), "", str(tmp_path)):
         with pytest.raises(Exception) as e:
             read_schema(bad)
         assert "\n" not in str(e.value)

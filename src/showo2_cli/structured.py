@@ -105,6 +105,8 @@ def read_schema(text: str) -> dict:
     """A JSON schema given on the command line: JSON text (starting with ``{``) or a file holding it
     (at most 4 times :data:`MAX_SCHEMA_CHARS` bytes, read by the one bounded reader), checked by
     :func:`check_schema`. Each problem is one :class:`UsageError` (a file's: its own error) line."""
+    if not text.strip():
+        raise UsageError("--json-schema is empty: give a JSON schema's file or its text")
     if text.lstrip().startswith("{"):
         raw, where = text, "--json-schema"
     else:
