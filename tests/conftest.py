@@ -131,6 +131,21 @@ def run_in_thread(server, sock):
     return thread
 
 
+def enliven(net, seed: int = 1):
+    """Give a network's zero-initialised flow-head layers small random values (the official init
+    makes v = 0), so velocities are non-zero and sampling actually moves; returns ``net``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in net.diffusion_head_a:
+            w = block.adaLN_modulation[-1].weight
+            w.copy_(torch.randn(w.shape, generator=g) * 0.02)
+        lin = net.diffusion_head_b.linear.weight
+        lin.copy_(torch.randn(lin.shape, generator=g) * 0.05)
+    return net
+
+
 PARITY_DIR = shared_dir("parity", "SHOWO2_PARITY_DIR")
 MEDIA_DIR = shared_dir("media", "SHOWO2_MEDIA_DIR")
 

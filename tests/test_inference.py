@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import PARITY_DIR, REPO
+from conftest import PARITY_DIR, REPO, enliven
 from showo2_cli import media as M
 from showo2_cli import pipelines as P
 from showo2_cli.cli import app, main
@@ -42,15 +42,7 @@ def tiny(tiny_model_dir):
 def lively(tiny):
     """The tiny model with its zero-initialised flow-head layers given small random values, so
     velocities are non-zero and sampling actually moves (the official init makes v = 0)."""
-    net = load(tiny.files.root).network
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for block in net.diffusion_head_a:
-            w = block.adaLN_modulation[-1].weight
-            w.copy_(torch.randn(w.shape, generator=g) * 0.02)
-        lin = net.diffusion_head_b.linear.weight
-        lin.copy_(torch.randn(lin.shape, generator=g) * 0.05)
-    return net
+    return enliven(load(tiny.files.root).network)
 
 
 # ---- library ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import enliven
 from showo2_cli.loading import load
 from showo2_cli.modeling import flow_head
 from showo2_cli.sampling import guided_velocity_fn
@@ -17,14 +18,7 @@ def lively(tiny_model_dir):
     """The tiny model with its zero-initialised flow-head layers given small random values (the
     official init makes v = 0), as in test_inference.py."""
     model = load(tiny_model_dir)
-    net = model.network
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for block in net.diffusion_head_a:
-            w = block.adaLN_modulation[-1].weight
-            w.copy_(torch.randn(w.shape, generator=g) * 0.02)
-        lin = net.diffusion_head_b.linear.weight
-        lin.copy_(torch.randn(lin.shape, generator=g) * 0.05)
+    enliven(model.network)
     return model
 
 
