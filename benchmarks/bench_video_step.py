@@ -3,6 +3,9 @@
     python benchmarks/bench_video_step.py --model CHECKPOINT --base OLD/src --frames 4 8 --reps 2 \
         --out benchmarks/results/video-step.json
 
+``--task t2i`` measures the image step instead (one latent frame in ``bench_official.py --only t2i``'s
+1024-token rows, no video tokens; ``--frames`` is then 1).
+
 ``--model`` is an official-format checkpoint made by ``bench_official.py`` (its ``geometry.json``
 beside the weights); ``--base`` the source folder to compare with (this checkout's ``src/`` is the
 other). For each latent frame count, each tree runs in a fresh process (one thread, interleaved
@@ -42,10 +45,10 @@ def worker(args) -> dict:
     g = Geometry(**json.loads((Path(args.model) / "geometry.json").read_text()))
     net = load(args.model, need=(), dtype=torch.float32).network
     x = bo.inputs(g)
-    setup = argparse.Namespace(task="t2v", t2v_frames=args.frames)
+    setup = argparse.Namespace(task=args.task, t2v_frames=args.frames)
     frames, seq_len, noise = bo.gen_setup(setup, g, x)
     layout = generation_layout([x["prompt"]], frames * g.grid * g.grid + 1, SpecialTokens(**x["ids"]), seq_len,
-                               video=True)
+                               video=args.task != "t2i")
     with torch.no_grad():
         velocity = guided_velocity_fn(net, layout, bo.GUIDANCE, cache_prefix=True)
         velocity(noise, 0.3)
@@ -60,8 +63,8 @@ def worker(args) -> dict:
 def run(args, src: Path, frames: int, io: Path) -> dict:
     io.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(src))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", str(args.model), "--frames",
-           str(frames), "--io", str(io)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", str(args.model), "--task", args.task,
+           "--frames", str(frames), "--io", str(io)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"error: worker failed:\n{proc.stderr[-4000:]}")
@@ -75,6 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--base", type=Path, help="the source folder to compare with")
     ap.add_argument("--frames", type=int, nargs="+", default=[4])
+    ap.add_argument("--task", choices=("t2v", "t2i"), default="t2v", help="t2i: the image step (frames 1)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -86,10 +90,12 @@ def main(argv=None) -> int:
         return 0
     import torch
 
+    if args.task == "t2i":
+        args.frames = [1]
     trees = {"base": args.base, "this": HERE.parent / "src"}
     scratch = Path(tempfile.mkdtemp(prefix="showo2-video-step-"))
     record: dict = {"command": "python benchmarks/bench_video_step.py --model CHECKPOINT --base BASE/src "
-                               f"--frames {' '.join(map(str, args.frames))} --reps {args.reps}",
+                               f"--task {args.task} --frames {' '.join(map(str, args.frames))} --reps {args.reps}",
                     "note": "one process per run, one thread, base and this interleaved; process CPU seconds of one "
                             "guided prefix-cached step (cond + uncond rows); a shared host: ratios only",
                     "torch": torch.__version__, "frames": {}}
@@ -114,7 +120,8 @@ def main(argv=None) -> int:
     print(json.dumps(record["frames"], indent=1))
     if args.out:
         args.out.write_text(json.dumps(record, indent=1) + "\n")
-        lines = ["# One guided prefix-cached video step: base against this tree", "", f"    {record['command']}", "",
+        kind = "image" if args.task == "t2i" else "video"
+        lines = [f"# One guided prefix-cached {kind} step: base against this tree", "", f"    {record['command']}", "",
                  record["note"] + ".", "", "| latent frames | row | base s | this s | this / base | peak RSS GiB "
                  "base / this | same bits |", "|---:|---:|---:|---:|---:|---:|---|"]
         for frames, f in record["frames"].items():
