@@ -62,6 +62,15 @@ class ChatPlan:
     strict_schema: bool = True
 
 
+#: Other servers' fields for constrained output (vLLM's ``guided_*`` and ``structured_outputs``,
+#: llama.cpp's ``json_schema`` and ``grammar``): refused with a pointer to ``response_format``, the
+#: one way a schema is given here (ignored, the answer would be free text where JSON was asked for)
+_CONSTRAINTS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
+                "structured_outputs", "json_schema", "grammar")
+#: Fields a client sends to have a tool called, as structured-output clients do in their tool modes
+#: (instructor's ``Mode.TOOLS``, LangChain's ``method="function_calling"``): their 400 names the mode that works
+_TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call")
+
 #: OpenAI chat fields that would change the reply and that this server cannot honour: refused
 #: (400 ``unsupported_parameter``) unless they hold the value meaning "off"
 _UNSUPPORTED_CHAT = {
@@ -77,8 +86,8 @@ _UNSUPPORTED_CHAT = {
     "web_search_options": lambda v: v is None,
     # vLLM's extras this server does not do: refused, not ignored (it takes top_k, min_p,
     # repetition_penalty and continue_final_message)
-    **{k: (lambda v: v is None) for k in ("guided_json", "guided_regex", "guided_choice", "guided_grammar",
-                                          "guided_decoding_backend", "structured_outputs", "prompt_logprobs")},
+    **{k: (lambda v: v in (None, "")) for k in _CONSTRAINTS},  # "": no constraint asked
+    "prompt_logprobs": lambda v: v is None,
     "min_tokens": lambda v: v in (None, 0),
     "ignore_eos": lambda v: v in (None, False),
     "stop_token_ids": lambda v: v in (None, []),
@@ -108,6 +117,15 @@ def _stop_strings(body: dict) -> tuple[str, ...]:
         raise ApiError(400, f"each 'stop' string must be 1 to {MAX_STOP_CHARS} characters", "invalid_value",
                        "stop")
     return tuple(items)
+
+
+def _unsupported_why(name: str) -> str:
+    if name in _CONSTRAINTS:
+        return "for JSON held to a schema, send response_format {\"type\": \"json_schema\", ...}"
+    if name in _TOOL_FIELDS:
+        return ("Show-o2 calls no tools; for JSON held to a schema, send response_format "
+                "{\"type\": \"json_schema\", ...}")
+    return "Show-o2 answers in plain text"
 
 
 def _response_format(body: dict) -> tuple[dict | None, bool]:
@@ -169,7 +187,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             body = {**body, name: None}
     for name, off in _UNSUPPORTED_CHAT.items():
         if name in body and not off(body[name]):
-            raise ApiError(400, f"'{name}' is not supported by this server (Show-o2 answers in plain text)",
+            raise ApiError(400, f"'{name}' is not supported by this server ({_unsupported_why(name)})",
                            "unsupported_parameter", name)
     stop = _stop_strings(body)
     json_schema, strict_schema = _response_format(body)
