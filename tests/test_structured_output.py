@@ -97,6 +97,9 @@ def test_without_a_schema_nothing_changes():
     ([1], "must be an object"),
     ({"type": "string", "pattern": "a(?!b)"}, "lookahead"),
     ({"type": "object", "patternProperties": {"(?<=x)y": {}}}, "lookahead"),
+    # probe FQ: xgrammar holds the format and drops the pattern ('x@y.z' passed '^a+$')
+    ({"type": "object", "properties": {"e": {"type": "string", "format": "email", "pattern": "^a+$"}}},
+     "'pattern' beside a 'format'"),
 ])
 def test_unsupported_schema_is_one_line(schema, named):
     with pytest.raises(UsageError) as e:

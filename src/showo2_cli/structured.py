@@ -49,7 +49,7 @@ def check_schema(schema, strict: bool = True) -> None:
     """Refuse (:class:`UsageError`, one line naming the place) a schema that is not a JSON Schema
     object this module can hold an answer to: too large or deep, a keyword xgrammar would pass over
     (:data:`UNSUPPORTED`), ``uniqueItems``, ``multipleOf`` on a number that need not be whole, a
-    ``$ref`` outside the schema. Torch-free (the options' ``validate()`` calls it)."""
+    ``$ref`` outside the schema, a ``pattern`` beside a ``format``. Torch-free (the options' ``validate()`` calls it)."""
     if not isinstance(schema, dict):
         raise UsageError(f"a JSON schema must be an object, got {type(schema).__name__}")
     try:
@@ -78,6 +78,9 @@ def _walk(node, where: str, depth: int) -> None:
         if key == "multipleOf" and node.get("type") != "integer":
             raise UsageError(f"JSON schema {short(at)}: 'multipleOf' is supported on integers only "
                              "(\"type\": \"integer\")")
+        if key == "pattern" and "format" in node:  # xgrammar holds the format and drops the pattern
+            raise UsageError(f"JSON schema {short(at)}: a 'pattern' beside a 'format' is not supported in structured "
+                             "output (only the format would be held): give one of them")
         if key == "pattern" and isinstance(value, str) and _LOOKAROUND.search(value):
             raise UsageError(f"JSON schema {short(at)}: a lookahead or lookbehind in a pattern is not supported in "
                              "structured output")
