@@ -190,10 +190,16 @@ def missing_message(files: ModelFiles, pieces: tuple[str, ...]) -> str | None:
     return f"model '{files.name}' is incomplete: missing {parts}"
 
 
+#: a folder ``overwrite`` may replace holds one of these (a model folder: the official layout's,
+#: showo2's or diffusers'), or nothing
+_MODEL_FOLDER_MARKS = ("config.json", "model_index.json")
+
+
 def check_output_folder(path: str | os.PathLike, overwrite: bool = False) -> None:
     """A model folder to write: its parent exists and takes new entries; it does not exist yet
     (or ``overwrite``); replacing it would not replace the current folder or one holding it (its
-    files, and everything beside them, were deleted). Probed by creating and removing a hidden
+    files, and everything beside them, were deleted), nor a folder that is neither empty nor a model
+    folder (a home folder). Probed by creating and removing a hidden
     folder, so a read-only or pseudo file system fails here, before anything is built. Every
     model-folder writer (:func:`save_folder`, :func:`init_model`, ``convert``, the pipeline's
     ``save_pretrained``) checks it."""
@@ -215,6 +221,10 @@ def _check_output_folder(path: Path, overwrite: bool) -> None:
     here = Path.cwd().resolve()
     if path.exists() and (full == here or full in here.parents):
         raise OutputError(f"cannot replace '{path}': it is the current folder or holds it (choose another folder)")
+    if path.exists() and any(path.iterdir()) and not any((path / n).is_file() for n in _MODEL_FOLDER_MARKS):
+        # replacing deletes the whole folder: `init -o ~ --overwrite` deleted a home folder
+        raise OutputError(f"cannot replace '{path}': it is not a model folder (no {' or '.join(_MODEL_FOLDER_MARKS)} "
+                          "in it) and is not empty (choose another folder, or empty it first)")
     parent = full.parent
     if not parent.is_dir():  # as check_output_path says it for a file
         gone = f"'{parent}' is not a folder" if parent.exists() else \
