@@ -27,3 +27,14 @@ def test_overwrite_refuses_a_folder_that_is_not_a_model_folder(tmp_path):
     check_output_folder(empty, overwrite=True)  # an empty folder is replaced, as before
     (home / "config.json").write_text("{}")
     check_output_folder(home, overwrite=True)  # a model folder (its config.json) is replaced, as before
+
+
+def test_overwrite_never_replaces_the_home_folder_even_holding_a_config(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.json").write_text("{}")  # (some tool's config.json at the top of a home folder)
+    monkeypatch.setenv("HOME", str(home))
+    for target in (home, tmp_path):
+        with pytest.raises(OutputError, match="it is the home folder or holds it"):
+            check_output_folder(target, overwrite=True)
+    assert (home / "config.json").read_text() == "{}"

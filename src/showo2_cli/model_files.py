@@ -197,7 +197,7 @@ _MODEL_FOLDER_MARKS = ("config.json", "model_index.json")
 
 def check_output_folder(path: str | os.PathLike, overwrite: bool = False) -> None:
     """A model folder to write: its parent exists and takes new entries; it does not exist yet
-    (or ``overwrite``); replacing it would not replace the current folder or one holding it (its
+    (or ``overwrite``); replacing it would not replace the current or home folder or one holding it (its
     files, and everything beside them, were deleted), nor a folder that is neither empty nor a model
     folder (a home folder). Probed by creating and removing a hidden
     folder, so a read-only or pseudo file system fails here, before anything is built. Every
@@ -218,9 +218,13 @@ def _check_output_folder(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise OutputError(f"'{path}' already exists; pass --overwrite to replace it")
     full = path.resolve()
-    here = Path.cwd().resolve()
-    if path.exists() and (full == here or full in here.parents):
-        raise OutputError(f"cannot replace '{path}': it is the current folder or holds it (choose another folder)")
+    for name, place in (("the current folder", Path.cwd), ("the home folder", Path.home)):
+        try:
+            here = place().resolve()
+        except (RuntimeError, OSError, KeyError):  # (no home known)
+            continue
+        if path.exists() and (full == here or full in here.parents):
+            raise OutputError(f"cannot replace '{path}': it is {name} or holds it (choose another folder)")
     if path.exists() and any(path.iterdir()) and not any((path / n).is_file() for n in _MODEL_FOLDER_MARKS):
         # replacing deletes the whole folder: `init -o ~ --overwrite` deleted a home folder
         raise OutputError(f"cannot replace '{path}': it is not a model folder (no {' or '.join(_MODEL_FOLDER_MARKS)} "
