@@ -511,6 +511,9 @@ class GenerateOptions:
             raise TypeError(f"noise must be a torch.Tensor (api.load_noise(path) reads a file), got "
                             f"{type(self.noise).__name__}")
         if self.size is not None:
+            if isinstance(self.size, (str, bytes)) or not isinstance(self.size, (tuple, list)) or len(self.size) != 2:
+                # (unpacked as it was: ValueError/TypeError for (64,), 3.5 or "abc"; "ab" read as b x a)
+                raise UsageError(f"size must be an integer or (height, width), got {short(self.size)}")
             h, w = self.size
             m = spec.latent_multiple if spec is not None else multiple or 16
             if not (isinstance(h, int) and isinstance(w, int)) or h <= 0 or w <= 0 or h % m or w % m \
