@@ -33,3 +33,48 @@ def test_generate_sizes_that_are_pairs_still_validate():
     GenerateOptions(size=(432, 432)).validate()
     with pytest.raises(UsageError, match="multiples of 16"):
         GenerateOptions(size=(64, 30)).validate()
+
+
+def _fuzzer():
+    spec = importlib.util.spec_from_file_location("fuzz_readers", ROOT / "benchmarks" / "fuzz_readers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """The demo model with its weights in two shards and their index (the fuzzer's seed)."""
+    root = tmp_path_factory.mktemp("fn") / "sharded"
+    _fuzzer().more._demo_sharded(root)
+    return root
+
+
+@pytest.mark.parametrize("shard", ["gone", "nul", "long"])
+def test_a_shard_index_naming_a_shard_not_in_the_folder_is_an_incomplete_model(tmp_path, sharded, shard):
+    """A sharded checkpoint whose ``model.safetensors.index.json`` names a shard that is not there
+    (a download cut short; a fuzzed name: a NUL byte, 300 characters): ``load`` stamped each shard
+    before reading any and raised ``FileNotFoundError`` (``ValueError: embedded null byte``,
+    ``OSError: File name too long``); ``showo2 t2i -m FOLDER`` said "internal error", exit 1. Now the
+    model is incomplete (a model error, exit 4, before anything is read) and says which shard."""
+    import json
+    import shutil
+
+    from showo2_cli import api
+    from showo2_cli.errors import ModelError
+
+    root = tmp_path / "sharded"
+    shutil.copytree(sharded, root)
+    index = root / "model.safetensors.index.json"
+    doc = json.loads(index.read_text())
+    if shard == "gone":
+        (root / "model-00002-of-00002.safetensors").unlink()
+        named = "model-00002-of-00002.safetensors"
+    else:
+        named = "a\x00b.safetensors" if shard == "nul" else "x" * 300 + ".safetensors"
+        first = next(iter(doc["weight_map"]))
+        doc["weight_map"][first] = named
+        index.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match=r"is incomplete: missing weights \(1 of the [23] shards its index names") as e:
+        api.load(str(root), need=())
+    assert repr(named)[:40] in str(e.value) and "\x00" not in str(e.value) and "\n" not in str(e.value)

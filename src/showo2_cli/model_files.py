@@ -92,6 +92,10 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
     files = ModelFiles(label, root, fmt, config, find_weights(root), revision=snapshot_revision(root) if named else None)
     if not files.weights:
         files.missing.append(("weights", f"no model.safetensors / pytorch_model.bin in '{root}'"))
+    absent = [p.name for p in files.weights if not os.path.exists(p)]  # (False for a name no file can have)
+    if absent:  # shards a shard index names, not (or not yet) downloaded: was "internal error: FileNotFoundError"
+        files.missing.append(("weights", f"{len(absent)} of the {len(files.weights)} shards its index names "
+                                         f"(e.g. {short(repr(absent[0]), 80)}) are not in '{root}'"))
     if fmt == "official":
         llm_ref = config.get("llm_model_path")
         files.llm_config = local_or_cached_dir(llm_ref, root, "config.json")
