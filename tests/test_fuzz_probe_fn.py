@@ -78,3 +78,54 @@ def test_a_shard_index_naming_a_shard_not_in_the_folder_is_an_incomplete_model(t
     with pytest.raises(ModelError, match=r"is incomplete: missing weights \(1 of the [23] shards its index names") as e:
         api.load(str(root), need=())
     assert repr(named)[:40] in str(e.value) and "\x00" not in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("questions", [5, None, 2.5, True, {"q": 1}])
+def test_caption_questions_that_are_not_a_list_are_a_usage_error(questions):
+    """``CaptionOptions(questions=5)`` (a record's field fuzzed to a number or null): ``validate``
+    iterated it and raised ``TypeError: 'int' object is not iterable``."""
+    from showo2_cli.errors import UsageError
+    from showo2_cli.options import CaptionOptions
+
+    with pytest.raises(UsageError, match=r"^questions must be a list of texts, got "):
+        CaptionOptions(questions=questions).validate()
+    CaptionOptions(questions="what is this?").validate()  # one question
+    CaptionOptions(questions=("a?", "b?")).validate()
+
+
+def test_a_choice_with_a_line_break_is_said_on_one_line():
+    """``GenerateOptions(method="\\n\\n")``: the message quoted the value as it is, over three
+    lines; the one shortening helper (``errors.short``) now writes what does not print escaped."""
+    from showo2_cli.errors import UsageError, short
+    from showo2_cli.options import GenerateOptions
+
+    with pytest.raises(UsageError) as e:
+        GenerateOptions(method="\n\x00\n").validate()
+    assert str(e.value).endswith(r"got '\n\x00\n'") and "\n" not in str(e.value)
+    assert short("é a 💥 b") == "é a 💥 b" and short("x\ty" * 20, 10) == r"x\tyx\t..."
+
+
+@pytest.mark.parametrize("value", ['"512"', "[1]", "{}", "null", "true", "NaN"])
+def test_a_tokenizer_config_whose_model_max_length_is_not_a_number_is_a_model_error(tmp_path, value):
+    """``tokenizer_config.json`` with ``"model_max_length": "512"`` (or a list, a table): transformers
+    keeps it as it is and every text's encoding compared it with an int: ``load`` (and every prompt
+    after it) raised ``TypeError: '>' not supported between instances of 'int' and 'str'``."""
+    import json
+    import shutil
+
+    import showo2_cli
+    from showo2_cli.errors import ModelError
+    from showo2_cli.tokenizer import load_tokenizer
+
+    folder = tmp_path / "tok"
+    demo = Path(showo2_cli.__file__).parent / "assets" / "demo"
+    folder.mkdir()
+    shutil.copy(demo / "tokenizer.json", folder)
+    config = json.loads((demo / "tokenizer_config.json").read_text())
+    config["model_max_length"] = json.loads(value) if value != "NaN" else float("nan")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    if value == "null":  # transformers' default takes its place
+        assert load_tokenizer(folder)("a red circle")["input_ids"]
+        return
+    with pytest.raises(ModelError, match=r"tokenizer_config.json's model_max_length must be a number, got "):
+        load_tokenizer(folder)

@@ -99,8 +99,11 @@ def non_finite(what: str) -> NonFiniteOutput:
 
 
 def short(value: Any, n: int = 40) -> str:
-    """A value as shown inside a one-line message: at most ``n`` characters."""
+    """A value as shown inside a one-line message: at most ``n`` characters, a line break or another
+    character that does not print written as its escape (``\\n``, ``\\x00``)."""
     text = str(value)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= n else text[: n - 3] + "..."
 
 

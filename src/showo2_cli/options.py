@@ -461,6 +461,8 @@ class CaptionOptions:
         check_choice("--template", self.template, TEMPLATES)
         check_int("--size", self.size, 16, MAX_SIDE)
         check_number("--max-memory", self.max_memory_gb, 0)
+        if not isinstance(self.questions, (list, tuple)):  # (a number, None: "TypeError: not iterable")
+            raise UsageError(f"questions must be a list of texts, got {short(self.questions)}")
         for q in self.questions:
             check_text(q, "question")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ModelError, error_detail
+from .errors import ModelError, error_detail, short
 from .sequences import SpecialTokens
 
 # The Qwen2.5 special tokens in id order (151643...151664), then Show-o2's four additions.
@@ -86,15 +86,21 @@ def load_tokenizer(path: Path):
             # tokenizer.json without NFC or with another normalizer) and tokenizer.json's added tokens lost.
             from transformers import PreTrainedTokenizerFast
 
-            return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
-        config = _model_config_for_tokenizer(Path(path))
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True,
-                                             trust_remote_code=False, config=config)
+            tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+        else:
+            config = _model_config_for_tokenizer(Path(path))
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True,
+                                                trust_remote_code=False, config=config)
     except Exception as e:  # transformers raises many types for a broken folder
         if "custom code" in str(e) or "trust_remote_code" in str(e):
             raise ModelError(f"the tokenizer in '{path}' asks to run Python code from its folder (auto_map): "
                              "showo2 never runs code from model files") from None
         raise ModelError(f"cannot load the tokenizer in '{path}': {error_detail(e)}") from e
+    length = tok.model_max_length  # tokenizer_config.json's, taken as it is: compared with every text's length
+    if isinstance(length, bool) or not isinstance(length, (int, float)) or length != length:
+        raise ModelError(f"cannot load the tokenizer in '{path}': tokenizer_config.json's model_max_length must be "
+                         f"a number, got {short(repr(length))}")
+    return tok
 
 
 def _model_config_for_tokenizer(path: Path):
