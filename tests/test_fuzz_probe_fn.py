@@ -129,3 +129,24 @@ def test_a_tokenizer_config_whose_model_max_length_is_not_a_number_is_a_model_er
         return
     with pytest.raises(ModelError, match=r"tokenizer_config.json's model_max_length must be a number, got "):
         load_tokenizer(folder)
+
+
+@pytest.mark.parametrize("odd", ["\u202e\u0661", None, [1.0]])
+def test_a_vae_config_statistic_that_is_not_a_number_is_named(tmp_path, odd):
+    """A VAE ``config.json`` whose ``latents_mean`` holds 16 values, one of them text (a fuzzed
+    one): the error said "must be a list of 16 numbers (found 16)"; it now names the value."""
+    import json
+    import shutil
+
+    import showo2_cli
+    from showo2_cli.errors import ModelError
+    from showo2_cli.modeling.vae_files import load_vae
+
+    folder = tmp_path / "vae"
+    shutil.copytree(Path(showo2_cli.__file__).parent / "assets" / "demo" / "vae", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["latents_mean"][11] = odd
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"latents_mean must be a list of 16 numbers \(found .+ among them\)$") as e:
+        load_vae(folder)
+    assert repr(odd)[:10] in str(e.value)

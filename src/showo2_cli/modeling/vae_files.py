@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, short
 from ..hub import DIFFUSERS_VAE_WEIGHTS
 from ..options import is_finite_number
 from ..runtime import quiet_imports
@@ -227,10 +227,12 @@ def _check_stats(kwargs: dict[str, Any], source: Path) -> None:
         if key not in kwargs:
             continue
         values = kwargs[key]
-        ok = isinstance(values, (list, tuple)) and all(isinstance(v, (int, float)) for v in values)
-        if not ok or len(values) != z_dim:
+        if not isinstance(values, (list, tuple)) or len(values) != z_dim:
             n = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
             raise ModelError(f"{source}: {key} must be a list of {z_dim} numbers (found {n})")
+        odd = [v for v in values if not isinstance(v, (int, float))]
+        if odd:  # (was "must be a list of 16 numbers (found 16)")
+            raise ModelError(f"{source}: {key} must be a list of {z_dim} numbers (found {short(repr(odd[0]))} among them)")
         if not all(map(is_finite_number, values)):  # (10**400 too)
             raise ModelError(f"{source}: {key} contains non-finite values")
         if key == "latents_std" and any(v == 0 for v in values):
