@@ -40,7 +40,10 @@ import traceback
 from pathlib import Path
 
 MEDIA = Path(os.environ.get("SHOWO2_SHARED_MEDIA", "/work/shared/media"))
-READERS = ("image", "video", "latents", "prompts", "transcript", "metadata", "lora", "model", "server")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fuzz_more_readers as more  # noqa: E402 (probe FN's readers: config, options, tokenizer, VAE, shards, cache, JPEG)
+
+READERS = ("image", "video", "latents", "prompts", "transcript", "metadata", "lora", "model", "server") + more.READERS
 
 
 # ---------------------------------------------------------------- the mutator
@@ -220,6 +223,8 @@ def _dumps(value, rng: random.Random) -> bytes:
 def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
     """A mutant of a seed file: ``kind`` is ``bytes``, ``json`` (a JSON document) or ``jsonl``
     (JSON lines); the structured ones are mutated as bytes a fifth of the time."""
+    if kind in more.KINDS:
+        return more.KINDS[kind](data, kind, rng)
     if kind == "bytes" or rng.random() < 0.2:
         return mutate_bytes(data, rng)
     if kind == "jsonl":
@@ -437,7 +442,7 @@ def seeds_server(work: Path) -> list[Seed]:
             Seed("data-url", work / "png"), Seed("data-url-video", mp4)]
 
 
-SEEDS = {name: globals()[f"seeds_{name}"] for name in READERS}
+SEEDS = {name: globals()[f"seeds_{name}"] for name in READERS if name not in more.READERS} | more.SEEDS
 
 
 # ---------------------------------------------------------------- driving a mutant through the reader
@@ -486,8 +491,24 @@ def drive(reader: str, seed: Seed, target: Path, root: Path | None, server=None)
     elif reader == "server":
         return server(seed, target)
     else:
-        raise ValueError(reader)
+        more.drive(reader, seed, target, root)
     return None
+
+
+def _place(s: Seed, data: bytes, case: Path) -> tuple[Path, Path | None]:
+    """The mutant ``data`` of seed ``s`` written in ``case`` (a copy of its folder, hard links but
+    for the mutant): (the mutant's path, the folder, or None for a file alone)."""
+    if s.label.startswith("link:"):
+        return case, more.place(s, data, case)
+    if s.root is not None:
+        shutil.copytree(s.root, case, symlinks=True, copy_function=os.link)
+        target = case / s.path.relative_to(s.root)
+        target.unlink()
+    else:
+        case.mkdir()
+        target = case / s.path.name
+    target.write_bytes(data)
+    return target, case if s.root is not None else None
 
 
 class Hang(BaseException):
@@ -566,8 +587,9 @@ class ServerClient:
 
 
 def run(reader: str, count: int, seed: int, timeout: float = 20.0, memory_mb: float = 2048,
-        save: Path | None = None, work: Path | None = None, log=None) -> collections.Counter:
-    """Run ``count`` mutants of ``reader``'s seeds (round-robin); return the outcome counts."""
+        save: Path | None = None, work: Path | None = None, log=None, start: int = 0) -> collections.Counter:
+    """Run ``count`` mutants of ``reader``'s seeds (round-robin) from mutant ``start``; return the
+    outcome counts."""
     outcomes: collections.Counter = collections.Counter()
     own = work is None
     work = Path(tempfile.mkdtemp(prefix=f"fuzz-{reader}-")) if own else Path(work)
@@ -581,39 +603,29 @@ def run(reader: str, count: int, seed: int, timeout: float = 20.0, memory_mb: fl
         for s in seeds:  # each seed as it is reads (and the imports are paid before any mutant is timed)
             case = work / "warm"
             shutil.rmtree(case, ignore_errors=True)
-            shutil.copytree(s.root, case) if s.root is not None else case.mkdir()
-            target = case / (s.path.relative_to(s.root) if s.root is not None else s.path.name)
-            if s.root is None:
-                shutil.copy(s.path, target)
+            target, root = _place(s, s.path.read_bytes(), case)
             try:
-                warm = drive(reader, s, target, case if s.root is not None else None, server)
+                warm = drive(reader, s, target, root, server)
             except Exception as e:  # noqa: BLE001
                 warm = f"{type(e).__name__}: {e}"
             if warm not in (None, "ok") and not s.label.endswith((".pt", "pt", "npy")):
                 raise RuntimeError(f"the {reader} seed {s.label} does not read as it is: {warm}")
         old = signal.signal(signal.SIGALRM, _alarm)
-        for i in range(count):
+        for i in range(start, start + count):
             s = seeds[i % len(seeds)]
             rng = random.Random(f"{seed}:{i}")
             data = mutate(s.path.read_bytes(), s.kind, rng)
             case = work / f"case-{i % 2}"
             shutil.rmtree(case, ignore_errors=True)
-            if s.root is not None:
-                shutil.copytree(s.root, case, copy_function=os.link)
-                target = case / s.path.relative_to(s.root)
-                target.unlink()
-            else:
-                case.mkdir()
-                target = case / s.path.name
-            target.write_bytes(data)
+            target, root = _place(s, data, case)
             before = _peak_mb()
             exc: BaseException | None = None
             result = None
             signal.setitimer(signal.ITIMER_REAL, timeout)
             try:
-                result = drive(reader, s, target, case if s.root is not None else None, server)
-            except Hang:
-                exc = None
+                result = drive(reader, s, target, root, server)
+            except Hang as e:  # (its traceback says where it was stuck)
+                exc = e
                 result = "hang"
             except (Exception, RecursionError, MemoryError) as e:  # noqa: BLE001 (classified)
                 exc = e
@@ -638,6 +650,8 @@ def run(reader: str, count: int, seed: int, timeout: float = 20.0, memory_mb: fl
             if log is not None and outcome.startswith("defect"):
                 print(f"{reader} seed={seed} i={i} {s.label}: {outcome}: {str(exc)[:200] if exc else ''}",
                       file=log, flush=True)
+            if log is not None and (i + 1 - start) % 200 == 0:  # the counts so far (a long run stopped early)
+                print(f"after {i + 1 - start} mutants:\n{table(reader, outcomes)}", file=log, flush=True)
         signal.signal(signal.SIGALRM, old)
     finally:
         if server is not None:
@@ -661,6 +675,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reader", default="all", choices=READERS + ("all",))
     ap.add_argument("--count", type=int, default=200, help="mutants per reader")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start", type=int, default=0, help="the first mutant's number (to run one again: --count 1)")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds before a mutant counts as a hang")
     ap.add_argument("--memory-mb", type=float, default=2048, help="peak memory growth that counts as a defect")
     ap.add_argument("--save", type=Path, help="folder to keep each defect's mutant and traceback in")
@@ -670,7 +685,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     defects = 0
     for reader in READERS if args.reader == "all" else (args.reader,):
-        outcomes = run(reader, args.count, args.seed, args.timeout, args.memory_mb, args.save, log=sys.stderr)
+        outcomes = run(reader, args.count, args.seed, args.timeout, args.memory_mb, args.save, log=sys.stderr,
+                       start=args.start)
         print(table(reader, outcomes), flush=True)
         defects += sum(n for (_, o), n in outcomes.items() if o.startswith("defect"))
     return 1 if defects else 0
