@@ -162,3 +162,24 @@ def test_a_fixed_set_of_the_new_readers_mutants_comes_out_clean(tmp_path):
         assert sum(outcomes.values()) == count
         assert not [k for k in outcomes if k[1].startswith("defect")], fz.table(reader, outcomes)
         assert any(k[1].startswith("error:") for k in outcomes), reader
+
+
+@pytest.mark.parametrize("rel", ["model.safetensors", "config.json"])
+def test_a_cache_snapshot_link_to_a_name_too_long_is_a_model_error(tmp_path, rel):
+    """A Hugging Face cache entry whose snapshot link points at a name longer than the system takes
+    (a corrupt link; the fuzzer's ``link:`` seeds): ``Path.exists()`` raises ``OSError: [Errno 36]
+    File name too long`` for it, and ``load("owner/name")`` said "internal error". The snapshot's
+    files are now looked for with ``os.path`` (False for such a name): the cache entry is not a
+    whole model, a one-line model error."""
+    import os
+
+    from showo2_cli import api
+    from showo2_cli.errors import ModelError
+
+    more = _fuzzer().more
+    more.seeds_hf_cache(tmp_path)
+    link = tmp_path / "cache" / "models--fuzz--demo" / "snapshots" / more.COMMIT / rel
+    link.unlink()
+    os.symlink("../../blobs/" + "x" * 300, link)
+    with pytest.raises(ModelError, match="not in the Hugging Face cache"):
+        api.load("fuzz/demo", local_files_only=True, cache_dir=str(tmp_path / "cache"), need=())

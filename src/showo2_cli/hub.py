@@ -243,7 +243,7 @@ def find_weights(root: Path) -> list[Path]:
     safetensors, pickled shards, a single pickle) that :func:`weight_files` applies to a repo listing."""
     for index_name in INDEX_FILES:
         index = root / index_name
-        if index.exists():
+        if os.path.exists(index):  # (os.path: False, not OSError, for a link to a name too long)
             try:
                 shards = sorted(set(read_json(index)["weight_map"].values()))
                 if any(not isinstance(x, str) or "/" in x or x.startswith(".") for x in shards):
@@ -252,13 +252,13 @@ def find_weights(root: Path) -> list[Path]:
                 raise ModelError(f"cannot read the shard index '{index}': {e}") from e
             return [root / s for s in shards]
     for name in SINGLE_SAFETENSORS:
-        if (root / name).exists():
+        if os.path.exists(root / name):
             return [root / name]
     shards = sorted(root.glob("pytorch_model-*-of-*.bin"))
     if shards:
         return shards
     for name in SINGLE_BIN:
-        if (root / name).exists():
+        if os.path.exists(root / name):
             return [root / name]
     return []
 
@@ -280,7 +280,7 @@ def local_or_cached_dir(ref: str | None, root: Path, filename: str) -> Path | No
 
 def find_tokenizer(root: Path, config: dict, llm_repo: str | None) -> Path | None:
     for cand in (root, root / "tokenizer"):
-        if (cand / "tokenizer.json").exists() or (cand / "tokenizer_config.json").exists():
+        if os.path.exists(cand / "tokenizer.json") or os.path.exists(cand / "tokenizer_config.json"):
             return cand
     for ref in (config.get("llm_model_path"), llm_repo):
         found = local_or_cached_dir(ref, root, "tokenizer_config.json") or local_or_cached_dir(ref, root, "tokenizer.json")
@@ -408,12 +408,12 @@ def _looks_complete(snap: Path, role: str) -> bool:
     """Without a recorded listing: a model folder needs its config.json and a whole weight set, a
     tokenizer repo a tokenizer file."""
     if role != "model":
-        return any((snap / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+        return any(os.path.isfile(snap / n) for n in ("tokenizer.json", "tokenizer_config.json"))
     try:
         weights = find_weights(snap)
     except ModelError:
         return True  # a damaged shard index: loading says what is wrong
-    return (snap / "config.json").is_file() and bool(weights) and all(p.is_file() for p in weights)
+    return os.path.isfile(snap / "config.json") and bool(weights) and all(os.path.isfile(p) for p in weights)
 
 
 # ---- downloading (the machinery is in hub_download) --------------------------------------------------

@@ -73,7 +73,7 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
         vae = explicit_vae(vae, local_files_only=local_files_only)
     label, root = resolve_root(name, local_files_only, vae_given)
     cfg_path = root / "config.json"
-    if not cfg_path.exists():
+    if not os.path.exists(cfg_path):  # (False, not OSError, for a link to a name too long)
         if cfg_path.is_symlink():  # (a link to a removed file, or a loop: no subfolder is the model)
             from .media.files import missing_input
 
