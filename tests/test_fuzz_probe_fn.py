@@ -164,7 +164,7 @@ def test_a_fixed_set_of_the_new_readers_mutants_comes_out_clean(tmp_path):
         assert any(k[1].startswith("error:") for k in outcomes), reader
 
 
-@pytest.mark.parametrize("rel", ["model.safetensors", "config.json"])
+@pytest.mark.parametrize("rel", ["model.safetensors", "config.json", "vae/config.json"])
 def test_a_cache_snapshot_link_to_a_name_too_long_is_a_model_error(tmp_path, rel):
     """A Hugging Face cache entry whose snapshot link points at a name longer than the system takes
     (a corrupt link; the fuzzer's ``link:`` seeds): ``Path.exists()`` raises ``OSError: [Errno 36]
@@ -180,6 +180,7 @@ def test_a_cache_snapshot_link_to_a_name_too_long_is_a_model_error(tmp_path, rel
     more.seeds_hf_cache(tmp_path)
     link = tmp_path / "cache" / "models--fuzz--demo" / "snapshots" / more.COMMIT / rel
     link.unlink()
-    os.symlink("../../blobs/" + "x" * 300, link)
-    with pytest.raises(ModelError, match="not in the Hugging Face cache"):
-        api.load("fuzz/demo", local_files_only=True, cache_dir=str(tmp_path / "cache"), need=())
+    os.symlink("x" * 300 + "/config.json" if rel.startswith("vae/") else "../../blobs/" + "x" * 300, link)
+    expected = "incomplete: missing VAE" if rel.startswith("vae/") else "not in the Hugging Face cache"
+    with pytest.raises(ModelError, match=expected):
+        api.load("fuzz/demo", local_files_only=True, cache_dir=str(tmp_path / "cache"))

@@ -158,7 +158,7 @@ def explicit_vae(path: str | os.PathLike, progress: Progress | None = None, loca
 
 def own_vae(root: Path) -> Path | None:
     """The VAE a model folder holds itself (``vae/``, a ``Wan2.1_VAE*`` file), or None."""
-    if (root / "vae" / "config.json").exists():
+    if os.path.exists(root / "vae" / "config.json"):  # (os.path: False, not OSError, for a link to a name too long)
         return root / "vae"
     pths = sorted(root.glob("Wan2.1_VAE*.pth")) + sorted(root.glob("Wan2.1_VAE*.safetensors"))
     return pths[0] if pths else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -272,8 +273,8 @@ def _build_and_load(
 
 def _diffusers_folder(folder: Path) -> Path | None:
     for candidate in (folder, folder / "vae"):
-        if (candidate / "config.json").is_file() and any(
-            (candidate / n).is_file() for n in DIFFUSERS_VAE_WEIGHTS
+        if os.path.isfile(candidate / "config.json") and any(  # (os.path: False for a link to a name too long)
+            os.path.isfile(candidate / n) for n in DIFFUSERS_VAE_WEIGHTS
         ):
             return candidate
     return None
