@@ -184,3 +184,21 @@ def test_a_cache_snapshot_link_to_a_name_too_long_is_a_model_error(tmp_path, rel
     expected = "incomplete: missing VAE" if rel.startswith("vae/") else "not in the Hugging Face cache"
     with pytest.raises(ModelError, match=expected):
         api.load("fuzz/demo", local_files_only=True, cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.skipif(not Path("/work/shared/parity/vae/Wan2.1_VAE_tiny.pth").is_file(), reason="needs the parity set")
+def test_an_original_vae_pth_with_a_key_diffusers_cannot_convert_is_a_model_error(tmp_path):
+    """An original-layout ``Wan2.1_VAE.pth`` with a corrupt key (``decoder.upsamples.0\\x7fresidual...``,
+    a fuzzed byte): diffusers' ``convert_wan_vae_to_diffusers`` raised ``ValueError: invalid literal
+    for int()`` out of ``load_vae`` (an internal error). Now a model error naming the file."""
+    import torch
+
+    from showo2_cli.errors import ModelError
+    from showo2_cli.modeling.vae_files import load_vae
+
+    sd = torch.load("/work/shared/parity/vae/Wan2.1_VAE_tiny.pth", map_location="cpu", weights_only=True)
+    key = next(k for k in sd if k.startswith("decoder.upsamples.0."))
+    sd[key.replace("decoder.upsamples.0.", "decoder.upsamples.0\x7f", 1)] = sd.pop(key)
+    torch.save(sd, tmp_path / "Wan2.1_VAE.pth")
+    with pytest.raises(ModelError, match=r"not a Wan2.1 VAE state dict in the original layout \(converting it"):
+        load_vae(tmp_path / "Wan2.1_VAE.pth")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError, short
+from ..errors import ModelError, error_detail, short
 from ..hub import DIFFUSERS_VAE_WEIGHTS
 from ..options import is_finite_number
 from ..runtime import quiet_imports
@@ -133,7 +133,11 @@ def _to_diffusers_layout(sd: dict[str, torch.Tensor], path: Path) -> tuple[dict[
         with quiet_imports():
             from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
-        return convert_wan_vae_to_diffusers(sd), "original Wan"
+        try:
+            return convert_wan_vae_to_diffusers(sd), "original Wan"
+        except (ValueError, KeyError, IndexError) as e:  # a key diffusers cannot place ("decoder.upsamples.x.")
+            raise ModelError(f"{path}: not a Wan2.1 VAE state dict in the original layout (converting it to "
+                             f"diffusers' failed: {error_detail(e)})") from e
     raise ModelError(
         f"{path}: not a Wan2.1 VAE state dict (no encoder.conv1.weight or encoder.conv_in.weight; "
         f"keys start with {first(sorted(sd))})"
