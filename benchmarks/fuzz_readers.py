@@ -637,7 +637,8 @@ def run(reader: str, count: int, seed: int, timeout: float = 20.0, memory_mb: fl
                 outcome = result if isinstance(result, str) else classify(exc)
             if _peak_mb() - before > memory_mb:
                 outcome = "defect:memory"
-            leftover = [p.name for p in case.rglob("*") if p.name.startswith(".") and p.is_file()]
+            leftover = [n for d, _, files in os.walk(case) for n in files  # (os.walk: a broken link is no error)
+                        if n.startswith(".") and os.path.isfile(os.path.join(d, n))]
             if leftover:
                 outcome = "defect:partial-file"
             outcomes[(s.label, outcome)] += 1
