@@ -202,3 +202,20 @@ def test_an_original_vae_pth_with_a_key_diffusers_cannot_convert_is_a_model_erro
     torch.save(sd, tmp_path / "Wan2.1_VAE.pth")
     with pytest.raises(ModelError, match=r"not a Wan2.1 VAE state dict in the original layout \(converting it"):
         load_vae(tmp_path / "Wan2.1_VAE.pth")
+
+
+def test_lora_config_fuzz_leftovers_are_model_errors_in_one_line(tiny_model_dir, tmp_path):
+    """Probe FN's two LoRA leftovers: ``trainable_token_indices: []`` (empty, so let through) made
+    peft build a token adapter whose tensor the file lacks (KeyError out of load); a target name with
+    a line break was quoted over several lines."""
+    from conftest import write_adapter
+    from showo2_cli.errors import ModelError
+    from showo2_cli.loading import load
+
+    empty = write_adapter(tiny_model_dir, tmp_path / "empty", ["q_proj"], 1, trainable_token_indices=[])
+    assert load(tiny_model_dir, lora=str(empty)).adapters  # an empty field is no field: it loads
+    odd = write_adapter(tiny_model_dir, tmp_path / "odd", ["q_proj"], 1,
+                        target_modules=["showo.model.layers.0.self_attn.q_proj\n\nx"])
+    with pytest.raises(ModelError, match="does not have") as e:
+        load(tiny_model_dir, lora=str(odd))
+    assert "\n" not in str(e.value)

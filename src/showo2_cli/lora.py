@@ -238,6 +238,9 @@ def read_adapter(ref: str | os.PathLike):
         config = LoraConfig.from_pretrained(str(folder))
     except (TypeError, ValueError, KeyError, AttributeError, ImportError) as e:
         raise ModelError(f"--lora: '{cfg_path}': {e}") from None
+    for key in _UNSUPPORTED:  # empty ones as absent: peft built a token adapter for `trainable_token_indices: []`
+        if hasattr(config, key) and getattr(config, key) in ([], {}):
+            setattr(config, key, None)
     if config.use_dora or not config.target_modules:
         raise ModelError(f"--lora: '{cfg_path}': only plain LoRA adapters with target_modules are supported")
     try:  # (a .bin: torch.load(weights_only=True), memory-mapped; a pickle that would run code is refused)
@@ -398,7 +401,7 @@ def _apply(network: torch.nn.Module, ref, name: str, left_out: list[str], weight
             raise ModelError(f"LoRA adapter '{folder}' targets {other} ({type(_named(network, other)).__name__}, not "
                              "a linear layer): only adapters of linear layers can be merged")
         if missing:
-            raise ModelError(f"LoRA adapter '{folder}' targets layers this model does not have (e.g. {missing[0]})")
+            raise ModelError(f"LoRA adapter '{folder}' targets layers this model does not have (e.g. {short(missing[0], 120)})")
     return folder, _merge_one(network, config, state, folder, name, left_out, weight)
 
 
