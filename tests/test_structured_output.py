@@ -109,6 +109,49 @@ def test_unsupported_schema_is_one_line(schema, named):
         CaptionOptions(json_schema=schema).validate()
 
 
+def optional(n, **more):
+    return {"type": "object", "properties": {f"p{i}": {} for i in range(n)}, **more}
+
+
+@pytest.mark.parametrize("schema, named", [
+    (optional(1200), "optional properties"),  # FK: 44 s to compile over Qwen2.5's vocabulary
+    (optional(6000), "optional properties"),  # 48 KB: hours
+    ({"type": "object", "properties": {f"o{j}": optional(100) for j in range(4)}}, "optional properties"),
+    (optional(40, minProperties=1), "optional properties"),  # 100 with minProperties: 7.5 s at 20k tokens
+    ({"type": "string", "pattern": "^[a-z]{10000}$"}, "pattern 10,002"),  # 8 s to convert
+    ({"type": "string", "pattern": "^((a{1,100}){1,100})$"}, "pattern 10,002"),
+    ({"type": "object", "patternProperties": {".{0,9999}": {}}}, "patternProperties"),
+    ({"type": "object", "properties": {f"s{i}": {"type": "string", "pattern": "[a-z]{1,1500}"} for i in range(7)}},
+     "in all"),
+])
+def test_costly_schema_is_refused_before_compiling(schema, named):
+    from showo2_cli.structured import schema_grammar
+
+    with pytest.raises(UsageError) as e:
+        schema_grammar(schema)
+    assert named in str(e.value) and "\n" not in str(e.value)
+
+
+def test_honest_schemas_are_within_the_bounds():
+    from showo2_cli.structured import pattern_size, schema_grammar
+
+    assert [pattern_size(p) for p in ("^\\d{3}-\\d{4}$", "(ab){3}", "(a{1,10}){1,10}", "x{2,}", "[\\]a]{5}",
+                                      "\\p{L}{4}", "((a")] == [10, 6, 100, 2, 5, 4, 1]
+    pydantic = {"$defs": {"Step": {"properties": {"explanation": {"type": "string"}, "output": {"type": "string"}},
+                                   "required": ["explanation", "output"], "type": "object"},
+                          "Tree": {"type": "object", "properties": {"v": {"type": "integer"}, "kids": {
+                              "type": "array", "items": {"$ref": "#/$defs/Tree"}}}, "required": ["v", "kids"]}},
+                "properties": {"steps": {"items": {"$ref": "#/$defs/Step"}, "type": "array"},
+                               "final_answer": {"type": "string"}, "tree": {"$ref": "#/$defs/Tree"},
+                               "note": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None}},
+                "required": ["steps", "final_answer"], "type": "object", "additionalProperties": False}
+    form = optional(100)  # a 100-field form, every field optional
+    many = {"type": "object", "properties": {f"o{j}": optional(100) for j in range(3)}}
+    email = {"type": "string", "pattern": "^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,255}$"}
+    for schema in (pydantic, form, many, email, optional(181), optional(32, maxProperties=3)):
+        schema_grammar(schema)
+
+
 def test_stop_strings_and_a_schema_are_refused():
     with pytest.raises(UsageError, match="stop strings"):
         TextSampling(json_schema={"type": "object"}, stop_strings=("}",)).validate()
@@ -181,7 +224,8 @@ def test_server_response_format(server):
     # refused in one line, naming what
     for bad, words in (({"type": "json_schema", "json_schema": {"schema": {"type": "object", "not": {}}}}, "'not'"),
                        ({"type": "xml"}, "json_object or json_schema"),
-                       (fmt({"type": "banana"}), "banana")):
+                       (fmt({"type": "banana"}), "banana"),
+                       (fmt(optional(1200)), "optional properties")):
         r = httpx.post(server, json={"messages": hi, "response_format": bad}, timeout=60)
         err = r.json()["error"]
         assert r.status_code == 400 and words in err["message"] and err["param"].startswith("response_format")

@@ -26,6 +26,18 @@ JSON_OBJECT = {"type": "object"}
 MAX_SCHEMA_CHARS = 64 * 1024
 #: the deepest schema taken (a schema's nesting is the grammar's recursion)
 MAX_SCHEMA_DEPTH = 32
+#: the most compile work a schema may ask for, counted before compiling: an object's optional
+#: properties ``k`` cost ``k**2`` (``k**3`` with ``minProperties``/``maxProperties``, which make
+#: xgrammar count them), summed over the schema's objects. Measured over a 20,000-token vocabulary
+#: (xgrammar 0.2.9): 100 optional properties 0.11 s, 400 2.4 s, 100 with ``minProperties`` 7.5 s;
+#: about 3.6 times that at Qwen2.5's 151,665 tokens. 2**15 takes a 100-field form and 181
+#: optional properties in one object (32 with a property count), about 2 s at worst.
+MAX_SCHEMA_WORK = 2**15
+#: the longest ``pattern`` once its counted repetitions are written out (``[a-z]{1,1000}`` is
+#: 1,000): xgrammar expands them, ``^[a-z]{10000}$`` took 8 s to convert and ``.{0,10000}`` 4.6 s to
+#: compile, 1,000 0.07 s: quadratic); and the most of it in one schema
+MAX_PATTERN_SIZE = 2000
+MAX_PATTERNS_SIZE = 10_000
 
 #: JSON Schema keywords that xgrammar converts without honouring them (checked against xgrammar
 #: 0.2: the grammar is the same with or without them), each refused with why
@@ -58,16 +70,90 @@ def check_schema(schema, strict: bool = True) -> None:
         raise UsageError(f"the JSON schema is not plain JSON: {short(str(e))}") from None
     if len(text) > MAX_SCHEMA_CHARS:
         raise UsageError(f"the JSON schema is {len(text):,} characters, more than {MAX_SCHEMA_CHARS:,}")
-    _walk(schema, "#", 0)
+    work = {"objects": 0, "patterns": 0}
+    _walk(schema, "#", 0, work)
 
 
-def _walk(node, where: str, depth: int) -> None:
+#: a counted repetition of a regular expression: {n}, {m,}, {m,n}
+_COUNT = re.compile(r"\{(\d+)(?:(,)(\d*))?\}")
+#: an escape that takes braces (\p{L}, \u{1F600}, \x{41}): one atom
+_BRACED_ESCAPE = re.compile(r"\\[pPux]\{[^}]*\}")
+
+
+def pattern_size(pattern: str) -> int:
+    """How long ``pattern`` is once its counted repetitions are written out (``(ab){3}`` is 6,
+    ``(a{1,10}){1,10}`` 100, ``a*`` 1): what xgrammar's regex converter expands. A rough measure,
+    made for the bound, not a parser: an unclosed bracket or brace counts as characters."""
+    stack, total, last, i = [], 0, 0, 0
+    while i < len(pattern):
+        c, atom = pattern[i], 1
+        if c == "\\":
+            m = _BRACED_ESCAPE.match(pattern, i)
+            i = m.end() if m else i + 2
+        elif c == "[":
+            j = i + 1 + (pattern[i + 1:i + 2] == "^")
+            j += pattern[j:j + 1] == "]"
+            while j < len(pattern) and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            i = j + 1
+        elif c == "(":
+            stack.append(total)
+            total, last, i = 0, 0, i + 1
+            continue
+        elif c == ")" and stack:
+            atom, total, i = total, stack.pop(), i + 1
+        elif c == "{" and (m := _COUNT.match(pattern, i)):
+            low, comma, high = m.groups()
+            n = max(int(low), int(high) if high else 0) if comma else int(low)
+            total += last * (max(n, 1) - 1)
+            last, i = last * max(n, 1), m.end()
+            continue
+        else:
+            i += 1
+        total, last = total + atom, atom
+    while stack:  # an unclosed group
+        total += stack.pop()
+    return total
+
+
+def _count_work(node: dict, where: str, work: dict) -> None:
+    """Add ``node``'s compile work (:data:`MAX_SCHEMA_WORK`, :data:`MAX_PATTERN_SIZE`) to ``work``;
+    refuse it, naming the place, once over."""
+    props = node.get("properties")
+    if isinstance(props, dict) and props:
+        required = node.get("required") if isinstance(node.get("required"), list) else []
+        k = len(set(props) - {r for r in required if isinstance(r, str)})
+        counted = "minProperties" in node or "maxProperties" in node
+        work["objects"] += k ** 3 if counted else k ** 2
+        if work["objects"] > MAX_SCHEMA_WORK:
+            raise UsageError(
+                f"JSON schema {short(where)}: too many optional properties to compile ({k} here; an object's "
+                f"k optional properties count k², k³ with minProperties/maxProperties, at most {MAX_SCHEMA_WORK:,} "
+                "in all): make more of them required or split the schema")
+    for key in ("pattern", "patternProperties"):
+        value = node.get(key)
+        for pattern in ([value] if key == "pattern" else value if isinstance(value, dict) else ()):
+            if not isinstance(pattern, str):
+                continue
+            size = pattern_size(pattern)
+            work["patterns"] += size
+            if size > MAX_PATTERN_SIZE or work["patterns"] > MAX_PATTERNS_SIZE:
+                raise UsageError(
+                    f"JSON schema {short(where)}/{key}: "
+                    + (f"a pattern {size:,} characters long written out, more than {MAX_PATTERN_SIZE:,}"
+                       if size > MAX_PATTERN_SIZE else
+                       f"the patterns are more than {MAX_PATTERNS_SIZE:,} characters written out in all")
+                    + " (counted repetitions are expanded: bound a string's length with minLength/maxLength)")
+
+
+def _walk(node, where: str, depth: int, work: dict) -> None:
     if isinstance(node, bool):  # true: anything; false: nothing
         return
     if not isinstance(node, dict):
         raise UsageError(f"JSON schema {where}: a schema must be an object or a boolean, got {type(node).__name__}")
     if depth > MAX_SCHEMA_DEPTH:
         raise UsageError(f"the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels (at {short(where)})")
+    _count_work(node, where, work)
     for key, value in node.items():
         at = f"{where}/{key}"
         if key in UNSUPPORTED:
@@ -91,17 +177,17 @@ def _walk(node, where: str, depth: int) -> None:
             raise UsageError(f"JSON schema {short(at)}: only references inside the schema ('#/...') are "
                              f"supported, got {short(value)}")
         if key in _SUBSCHEMA:
-            _walk(value, at, depth + 1)
+            _walk(value, at, depth + 1, work)
         elif key in _SCHEMA_LISTS:
             if not isinstance(value, list):
                 raise UsageError(f"JSON schema {short(at)}: '{key}' must be a list of schemas")
             for i, sub in enumerate(value):
-                _walk(sub, f"{at}/{i}", depth + 1)
+                _walk(sub, f"{at}/{i}", depth + 1, work)
         elif key in _SCHEMA_MAPS:
             if not isinstance(value, dict):
                 raise UsageError(f"JSON schema {short(at)}: '{key}' must be an object of schemas")
             for name, sub in value.items():
-                _walk(sub, f"{at}/{name}", depth + 1)
+                _walk(sub, f"{at}/{name}", depth + 1, work)
 
 
 def read_schema(text: str) -> dict:
