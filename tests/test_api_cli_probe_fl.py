@@ -165,3 +165,29 @@ def test_save_results_takes_the_commands_fps_range(image_only, tmp_path):
         with pytest.raises(UsageError, match=f"^--fps must be a number >= 0.5 and <= 240, got {fps}$"):
             api.save_results(videos, plans, "t2v", fps=fps)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_only_a_model_folder(tmp_path, monkeypatch):
+    """Probe FP: ``showo2 init -o ~ --overwrite`` run from outside the home folder replaced the whole
+    home folder (everything in it deleted) with a tiny model; so would any folder not holding the cwd."""
+    from showo2_cli.model_files import check_output_folder
+
+    home, work, model, empty = (tmp_path / n for n in ("home", "work", "model", "empty"))
+    for folder in (home / "docs", work, model, empty):
+        folder.mkdir(parents=True)
+    (home / "docs" / "thesis.txt").write_text("mine")
+    (work / "notes.txt").write_text("mine")
+    (model / "config.json").write_text("{}")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path / "empty")
+    with pytest.raises(OutputError, match="it is the home folder or holds it"):
+        check_output_folder(home, overwrite=True)
+    (tmp_path / "link").symlink_to(work)
+    for folder in (work, tmp_path / "link", home / "docs"):
+        with pytest.raises(OutputError, match=r"not a model folder \(no config.json or model_index.json in it\) and is not empty"):
+            check_output_folder(folder, overwrite=True)
+    check_output_folder(model, overwrite=True)  # a model folder and an empty one are replaced
+    check_output_folder(tmp_path / "new")
+    monkeypatch.chdir(tmp_path)
+    check_output_folder(empty, overwrite=True)
+    assert (home / "docs" / "thesis.txt").read_text() == "mine" and (work / "notes.txt").read_text() == "mine"
