@@ -264,7 +264,7 @@ def read_adapter(ref: str | os.PathLike):
     pattern = raw.get("rank_pattern") or {}
     if not isinstance(pattern, dict):
         raise ModelError(f"--lora: '{cfg_path}': rank_pattern must be an object")
-    ranks = {"r": raw.get("r"), **{f"rank_pattern[{short(k, 60)!r}]": v for k, v in pattern.items()}}
+    ranks = {"r": raw.get("r"), **{f"rank_pattern['{short(k, 60)}']": v for k, v in pattern.items()}}
     for what, rank in ranks.items():
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ModelError(f"--lora: '{cfg_path}': {what} must be a positive integer, got {str(rank)[:20]}")
@@ -310,7 +310,7 @@ def _check_adapter_fields(raw: dict, cfg_path: Path) -> None:
             raise bad(f"{key} is not supported (only plain LoRA adapters load)")
     bias = raw.get("bias", "none")
     if bias != "none":  # "all"/"lora_only" train the base layers' biases too: not part of W += alpha/r * B A
-        raise bad(f"bias {short(bias, 20)!r} is not supported (it trains the base model's biases); "
+        raise bad(f"bias '{short(bias, 20)}' is not supported (it trains the base model's biases); "
                   "only plain LoRA adapters (bias \"none\") load")
     variant = next((key for key in _variant_fields() if raw.get(key) not in (None, False, [], {})), None)
     if variant is not None:  # DoRA, aLoRA, KaSA, Arrow, ...: another forward and merge than W += alpha/r * B A
@@ -392,7 +392,7 @@ def _apply(network: torch.nn.Module, ref, name: str, left_out: list[str], weight
     literal_patterns(network, config, folder)  # (peft's regular expressions, as names)
     if isinstance(targets, str):  # peft: a regular expression over the full module names
         if targets != "all-linear" and not any(_has_linear(network, n) for n in config.target_modules):
-            raise ModelError(f"LoRA adapter '{folder}': target_modules {short(targets, 60)!r} matches no "
+            raise ModelError(f"LoRA adapter '{folder}': target_modules '{short(targets, 60)}' matches no "
                              "linear layer of this model")
     else:
         missing = [t for t in sorted(targets) if not _has_linear(network, t)]
@@ -508,7 +508,7 @@ def literal_patterns(network: torch.nn.Module, config, folder) -> None:
             re.compile(template.format(pattern))
             return regex.compile(template.format(pattern))
         except (re.error, regex.error, OverflowError, RecursionError) as e:
-            raise ModelError(f"LoRA adapter '{folder}': {field} {short(pattern, 60)!r} is not a regular expression "
+            raise ModelError(f"LoRA adapter '{folder}': {field} '{short(pattern, 60)}' is not a regular expression "
                              f"({one_line(e, 80)})") from None
 
     def hits(rx, field: str, pattern: str, how: str = "fullmatch") -> list[str]:
@@ -521,7 +521,7 @@ def literal_patterns(network: torch.nn.Module, config, folder) -> None:
                 if getattr(rx, how)(n, timeout=left):
                     found.append(n)
             except TimeoutError:
-                raise ModelError(f"LoRA adapter '{folder}': {field} {short(pattern, 60)!r} takes over {MATCH_SECONDS:g} "
+                raise ModelError(f"LoRA adapter '{folder}': {field} '{short(pattern, 60)}' takes over {MATCH_SECONDS:g} "
                                  "s to match this model's layer names (a regular expression with nested "
                                  "repetition?)") from None
         return found

@@ -31,7 +31,7 @@ def launch_env(name: str, low: int, high: int | None = None) -> int | None:
         value = None
     if value is None or value < low or (high is not None and value > high):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
-        raise UsageError(f"{name} must be a whole number {bound}, got {short(raw)!r}")
+        raise UsageError(f"{name} must be a whole number {bound}, got '{short(raw)}'")
     return value
 
 

@@ -59,7 +59,7 @@ class ServerConfig:
         calls it with its options' values, and :func:`showo2_cli.serve.create_app` (so ``serve()``
         and ``server_for()``) with a Python caller's config, before anything starts."""
         if not isinstance(self.model_id, str) or not self.model_id.strip() or not self.model_id.isprintable():
-            raise UsageError(f"model_id must be a non-empty printable name, got {short(self.model_id)!r}")
+            raise UsageError(f"model_id must be a non-empty printable name, got '{short(self.model_id)}'")
         aliases = self.model_aliases
         if isinstance(aliases, str) or not isinstance(aliases, (tuple, list)) or not all(
                 isinstance(a, str) and a.strip() and a.isprintable() for a in aliases):

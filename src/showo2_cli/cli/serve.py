@@ -80,7 +80,7 @@ def serve(
     names = list(dict.fromkeys(served_model_name or ()))
     bad = next((n for n in names if not n.strip() or not n.isprintable()), None)
     if bad is not None:
-        raise UsageError(f"--served-model-name must be a non-empty printable name, got {short(bad)!r}")
+        raise UsageError(f"--served-model-name must be a non-empty printable name, got '{short(bad)}'")
     # the limits are ServerConfig's checks (a Python caller's too), in the options' names
     config = ServerConfig(max_queue=max_queue, max_tokens=max_tokens, max_n=max_n, max_steps=max_steps,
                           max_size=max_size, max_body_bytes=int(max_body_mb * 1024 * 1024),

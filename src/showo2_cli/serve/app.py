@@ -261,7 +261,7 @@ def create_app(model, config: ServerConfig):
     async def http_error(request, exc):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
-        message = f"{message}: {request.method} {short(request.url.path, 120)!r}"
+        message = f"{message}: {request.method} '{short(request.url.path, 120)}'"
         if exc.status_code == 404:
             message += _missing_endpoint_hint(request.url.path)
         response = error(ApiError(exc.status_code, message, code))

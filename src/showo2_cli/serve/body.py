@@ -227,7 +227,7 @@ def logit_bias_field(value) -> dict[int, float] | None:
     out = {}
     for key, bias in value.items():
         if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10):
-            raise ApiError(400, f"'logit_bias' keys must be token ids, got {short(key, 24)!r}", "invalid_value",
+            raise ApiError(400, f"'logit_bias' keys must be token ids, got '{short(key, 24)}'", "invalid_value",
                            "logit_bias")
         if int(key) in out:
             raise ApiError(400, f"'logit_bias' names token {int(key)} twice", "invalid_value", "logit_bias")

@@ -399,7 +399,7 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
         if body.get(key) is not None and body.get(key) not in allowed:
             why = "this model draws opaque images only" if body.get(key) == "transparent" else \
                 f"use one of {', '.join(allowed)}"
-            raise ApiError(400, f"'{key}' {short(body.get(key))!r} is not supported: {why}", "invalid_value", key)
+            raise ApiError(400, f"'{key}' '{short(body.get(key))}' is not supported: {why}", "invalid_value", key)
     for key in ("stream", "partial_images"):  # gpt-image-1's streaming: events this server does not send
         if body.get(key) not in (None, False, 0):
             raise ApiError(400, f"'{key}' is not supported by this server (the images come in one response)",
@@ -424,7 +424,7 @@ def origins_from(options: list[str] | None) -> tuple[str, ...]:
     origins = []
     for origin in (o.strip() for o in given):
         if not is_origin(origin):
-            raise UsageError(f"{where} must be *, null or scheme://host[:port] (no path), got {short(origin)!r}")
+            raise UsageError(f"{where} must be *, null or scheme://host[:port] (no path), got '{short(origin)}'")
         origins.append(origin.lower() if origin != "*" else origin)
     return tuple(dict.fromkeys(origins))
 

@@ -561,7 +561,7 @@ def _record_path(text: str, where: str, root: Path, confined: bool = False) -> P
     if confined:
         parts = os.path.normpath(text.replace("\\", "/")).split("/")
         if os.path.isabs(text) or text.startswith(("~", "\\")) or ".." in parts:
-            raise InputError(f"{where} {short(text, 80)!r} is outside the data folder '{root}': an imagefolder's "
+            raise InputError(f"{where} '{short(text, 80)}' is outside the data folder '{root}': an imagefolder's "
                              "metadata names the files of its folder, relative to it")
     try:
         p = Path(text).expanduser()
