@@ -168,6 +168,26 @@ def test_read_schema_text_and_file(tmp_path):
         assert "\n" not in str(e.value)
 
 
+def test_read_schema_file_encodings(tmp_path):
+    """Probe FR: a schema file is read as editors save it (UTF-8 with a byte-order mark, UTF-16 with
+    its mark), and bytes that are not text are refused in one line, never replaced: a Latin-1 enum
+    value 'caf\xe9' was read as 'caf\ufffd' (the output held to a replacement character), and a
+    byte-order mark made it 'not valid JSON'."""
+    schema = {"enum": ["caf\u00e9", "tea"]}
+    text = json.dumps(schema, ensure_ascii=False)
+    for name, data in (("bom.json", b"\xef\xbb\xbf" + text.encode()), ("u16.json", text.encode("utf-16"))):
+        (tmp_path / name).write_bytes(data)
+        assert read_schema(str(tmp_path / name)) == schema
+    (tmp_path / "latin1.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(UsageError) as e:
+        read_schema(str(tmp_path / "latin1.json"))
+    assert str(e.value).endswith("latin1.json' is not UTF-8 text (byte 14): save the schema as UTF-8")
+    (tmp_path / "odd16.json").write_bytes(b"\xff\xfe" + text.encode("utf-16-le") + b"x")
+    with pytest.raises(UsageError, match=r"is not UTF-8 \(nor UTF-16\) text \(byte 52\)") as e:
+        read_schema(str(tmp_path / "odd16.json"))
+    assert "\n" not in str(e.value)
+
+
 def test_a_schema_xgrammar_refuses_is_a_usage_error(demo, media_dir):
     from showo2_cli.api import caption
 

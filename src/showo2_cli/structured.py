@@ -193,17 +193,23 @@ def _walk(node, where: str, depth: int, work: dict) -> None:
 
 def read_schema(text: str) -> dict:
     """A JSON schema given on the command line: JSON text (starting with ``{``) or a file holding it
-    (at most 4 times :data:`MAX_SCHEMA_CHARS` bytes, read by the one bounded reader), checked by
+    (at most 4 times :data:`MAX_SCHEMA_CHARS` bytes, read by the one bounded reader; UTF-8, a
+    byte-order mark allowed, or UTF-16 with its mark: what editors save), checked by
     :func:`check_schema`. Each problem is one :class:`UsageError` (a file's: its own error) line."""
     if not text.strip():
         raise UsageError("--json-schema is empty: give a JSON schema's file or its text")
     if text.lstrip().startswith("{"):
         raw, where = text, "--json-schema"
     else:
-        from .media.files import read_limited
+        from .media.files import decode_text, read_limited, text_encoding
 
         data = read_limited(text, 4 * MAX_SCHEMA_CHARS, "the JSON schema")
-        raw, where = data.decode("utf-8", errors="replace"), f"'{text}'"
+        where = f"'{text}'"
+        try:  # as saved by an editor (a byte-order mark dropped); never a byte replaced, which changed
+            raw = decode_text(data)  # an enum's 'caf\xe9' (Latin-1) into 'caf\ufffd' without a word
+        except UnicodeDecodeError as e:
+            kind = "UTF-8 (nor UTF-16)" if text_encoding(data).startswith("utf-16") else "UTF-8"
+            raise UsageError(f"{where} is not {kind} text (byte {e.start}): save the schema as UTF-8") from None
     try:
         schema = json.loads(raw)
     except RecursionError:
