@@ -35,7 +35,7 @@ import shutil
 from pathlib import Path
 
 READERS = ("config", "options", "tokenizer", "vae-pth", "vae-folder", "sharded", "hf-cache", "jpeg")
-PARITY = Path(os.environ.get("SHOWO2_PARITY_DIR", "/work/shared/parity"))
+PARITY = Path(os.environ.get("SHOWO2_PARITY_DIR") or Path(__file__).resolve().parents[2] / "shared" / "parity")
 
 # ---------------------------------------------------------------- text (TOML / YAML) mutation
 

@@ -39,7 +39,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-MEDIA = Path(os.environ.get("SHOWO2_SHARED_MEDIA", "/work/shared/media"))
+MEDIA = Path(os.environ.get("SHOWO2_MEDIA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "media")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz_more_readers as more  # noqa: E402 (probe FN's readers: config, options, tokenizer, VAE, shards, cache, JPEG)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -144,6 +145,25 @@ def enliven(net, seed: int = 1):
         lin = net.diffusion_head_b.linear.weight
         lin.copy_(torch.randn(lin.shape, generator=g) * 0.05)
     return net
+
+
+@contextlib.contextmanager
+def serving(model, model_id: str = "demo"):
+    """``showo2 serve`` of ``model`` on a free port of 127.0.0.1, in a thread: yields its base URL
+    (``http://127.0.0.1:PORT``); stopped on exit."""
+    from showo2_cli.serve import ServerConfig, bind_socket
+    from showo2_cli.serve.app import server_for
+
+    sock = bind_socket("127.0.0.1", 0)
+    srv = server_for(model, ServerConfig(model_id=model_id), sock, log_level="error")
+    thread = run_in_thread(srv, sock)
+    host, port = sock.getsockname()[:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(30)
+        sock.close()
 
 
 PARITY_DIR = shared_dir("parity", "SHOWO2_PARITY_DIR")

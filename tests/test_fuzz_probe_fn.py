@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PARITY_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -186,7 +188,7 @@ def test_a_cache_snapshot_link_to_a_name_too_long_is_a_model_error(tmp_path, rel
         api.load("fuzz/demo", local_files_only=True, cache_dir=str(tmp_path / "cache"))
 
 
-@pytest.mark.skipif(not Path("/work/shared/parity/vae/Wan2.1_VAE_tiny.pth").is_file(), reason="needs the parity set")
+@pytest.mark.skipif(not (PARITY_DIR / "vae" / "Wan2.1_VAE_tiny.pth").is_file(), reason="needs the parity set")
 def test_an_original_vae_pth_with_a_key_diffusers_cannot_convert_is_a_model_error(tmp_path):
     """An original-layout ``Wan2.1_VAE.pth`` with a corrupt key (``decoder.upsamples.0\\x7fresidual...``,
     a fuzzed byte): diffusers' ``convert_wan_vae_to_diffusers`` raised ``ValueError: invalid literal
@@ -196,7 +198,7 @@ def test_an_original_vae_pth_with_a_key_diffusers_cannot_convert_is_a_model_erro
     from showo2_cli.errors import ModelError
     from showo2_cli.modeling.vae_files import load_vae
 
-    sd = torch.load("/work/shared/parity/vae/Wan2.1_VAE_tiny.pth", map_location="cpu", weights_only=True)
+    sd = torch.load(PARITY_DIR / "vae" / "Wan2.1_VAE_tiny.pth", map_location="cpu", weights_only=True)
     key = next(k for k in sd if k.startswith("decoder.upsamples.0."))
     sd[key.replace("decoder.upsamples.0.", "decoder.upsamples.0\x7f", 1)] = sd.pop(key)
     torch.save(sd, tmp_path / "Wan2.1_VAE.pth")

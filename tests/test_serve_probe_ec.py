@@ -15,21 +15,11 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def url():
-    from conftest import run_in_thread
+    from conftest import serving
     from showo2_cli.loading import load
-    from showo2_cli.serve import ServerConfig, bind_socket
-    from showo2_cli.serve.app import server_for
 
-    sock = bind_socket("127.0.0.1", 0)
-    srv = server_for(load("demo"), ServerConfig(model_id="demo"), sock, log_level="error")
-    thread = run_in_thread(srv, sock)
-    host, port = sock.getsockname()[:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(30)
-        sock.close()
+    with serving(load("demo")) as base:
+        yield base
 
 
 #: what Ollama clients send first, recorded: Open WebUI's and Continue's Ollama connections probe

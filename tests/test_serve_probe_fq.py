@@ -35,21 +35,11 @@ LLM_SCHEMA = {"messages": ASK, "model": "demo", "max_tokens": 40, "stream": True
 
 @pytest.fixture(scope="module")
 def url():
-    from conftest import run_in_thread
+    from conftest import serving
     from showo2_cli.loading import load
-    from showo2_cli.serve import ServerConfig, bind_socket
-    from showo2_cli.serve.app import server_for
 
-    sock = bind_socket("127.0.0.1", 0)
-    srv = server_for(load("demo"), ServerConfig(model_id="demo"), sock, log_level="error")
-    thread = run_in_thread(srv, sock)
-    host, port = sock.getsockname()[:2]
-    try:
-        yield f"http://{host}:{port}/v1/chat/completions"
-    finally:
-        srv.should_exit = True
-        thread.join(30)
-        sock.close()
+    with serving(load("demo")) as base:
+        yield f"{base}/v1/chat/completions"
 
 
 @pytest.mark.parametrize("field, value", [

@@ -198,20 +198,10 @@ def test_a_schema_xgrammar_refuses_is_a_usage_error(demo, media_dir):
 @pytest.fixture(scope="module")
 def server(demo):
     pytest.importorskip("fastapi")
-    from conftest import run_in_thread
-    from showo2_cli.serve import ServerConfig, bind_socket
-    from showo2_cli.serve.app import server_for
+    from conftest import serving
 
-    sock = bind_socket("127.0.0.1", 0)
-    srv = server_for(demo, ServerConfig(model_id="demo"), sock, log_level="error")
-    thread = run_in_thread(srv, sock)
-    host, port = sock.getsockname()[:2]
-    try:
-        yield f"http://{host}:{port}/v1/chat/completions"
-    finally:
-        srv.should_exit = True
-        thread.join(30)
-        sock.close()
+    with serving(demo) as base:
+        yield f"{base}/v1/chat/completions"
 
 
 def fmt(schema, strict=True):
