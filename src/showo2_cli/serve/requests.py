@@ -247,6 +247,10 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
         if role in ("system", "developer"):
             system_parts.append(message_text(content, f"a {role} message's", param))
         elif role == "user":
+            if msg.get("images") not in (None, []):  # Ollama's own API's field: its images would be dropped
+                raise ApiError(400, f"{param}.images: Ollama's field is not read here: send each image as an "
+                                    "image_url part of the content (data:image/png;base64,...)",
+                               "unsupported_parameter", f"{param}.images")
             text_parts, pics = [], []
             if isinstance(content, str):
                 text_parts.append(content)
@@ -285,9 +289,10 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             else:
                 turns.append(PlannedTurn(text, pics))
         elif role == "assistant":
-            for field in ("tool_calls", "function_call", "audio"):  # dropped silently, the history would lie
+            for field, what in (("tool_calls", "tool calls are"), ("function_call", "tool calls are"),
+                                ("audio", "audio replies are")):  # dropped silently, the history would lie
                 if msg.get(field) not in (None, []):
-                    raise ApiError(400, f"{param}.{field}: tool calls are not supported by this server (Show-o2 "
+                    raise ApiError(400, f"{param}.{field}: {what} not supported by this server (Show-o2 "
                                         "answers in plain text)", "unsupported_parameter", f"{param}.{field}")
             text = message_text(content, "an assistant message's", param, refusal=True)
             if turns and turns[-1].answer is not None and prev_role == "assistant":  # one reply in parts
@@ -352,6 +357,37 @@ _IMAGE_CHOICES = {"quality": ("auto", "standard", "hd", "low", "medium", "high")
                   "moderation": ("auto", "low"), "background": ("auto", "opaque")}
 
 
+def _image_field(body: dict, name: str, alias: str, low: float, high: float, **checks):
+    """The number ``name``, or sent under ``alias``, the name diffusers' pipelines give it (and
+    :class:`~showo2_cli.pipeline.Showo2Pipeline`'s), which clients of diffusers-based image servers
+    send: honoured, not dropped (a request for 50 steps made the default 30 without a word). Each is
+    checked under the name it came by; both, with other values, is a 400."""
+    value = number_field(body, name, low, high, None, **checks)
+    other = number_field(body, alias, low, high, None, **checks)
+    if value is not None and other is not None and value != other:
+        raise ApiError(400, f"'{name}' and '{alias}' name the same setting: send one, not {value} and {other}",
+                       "invalid_value", alias)
+    return other if value is None else value
+
+
+def _image_size(body: dict) -> tuple[object, str]:
+    """OpenAI's ``size``, or diffusers' ``width`` and ``height`` (given together) as ``WxH``; with
+    the name to give it in errors."""
+    given = {k: number_field(body, k, 1, 99_999, None, integer=True) for k in ("width", "height")}
+    size = body.get("size")
+    if all(v is None for v in given.values()):
+        return size, "'size'"
+    if any(v is None for v in given.values()):
+        missing = next(k for k, v in given.items() if v is None)
+        raise ApiError(400, f"'width' and 'height' go together: '{missing}' is missing (or send 'size': "
+                            "'WIDTHxHEIGHT')", "invalid_value", missing)
+    made = f"{given['width']}x{given['height']}"
+    if size not in (None, "auto") and size != made:
+        raise ApiError(400, f"'size' {short(size)} and 'width'/'height' {made} differ: send one", "invalid_value",
+                       "size")
+    return made, "'width'x'height'"
+
+
 def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
     from ..options import MAX_PROMPT_CHARS
 
@@ -367,12 +403,13 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ApiError(400, f"'prompt' is longer than {MAX_PROMPT_CHARS} characters", "invalid_value",
                        "prompt")
-    n = number_field(body, "n", 1, 128, 1, integer=True, limit=config.max_n)
+    n = _image_field(body, "n", "num_images_per_prompt", 1, 128, integer=True, limit=config.max_n)
+    n = 1 if n is None else n
     fmt = body.get("response_format") or "b64_json"
     if fmt != "b64_json":
         raise ApiError(400, "only response_format 'b64_json' is supported", "invalid_value",
                        "response_format")
-    size = body.get("size")
+    size, name = _image_size(body)
     hw = None
     if size not in (None, "auto"):
         if not isinstance(size, str) or not re.fullmatch(r"\d{1,5}x\d{1,5}", size):
@@ -380,15 +417,15 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
         w, h = (int(v) for v in size.split("x"))
         m = spec.latent_multiple
         if w <= 0 or h <= 0 or w % m or h % m:
-            raise ApiError(400, f"'size' sides must be positive multiples of {m}, got {size}",
-                           "invalid_value", "size")
+            raise ApiError(400, f"{name} sides must be positive multiples of {m}, got {size}",
+                           "invalid_value", "size" if name == "'size'" else "width")
         if max(w, h) > config.max_size:
-            raise ApiError(422, f"'size' {size} is over this server's limit of {config.max_size} pixels "
-                                "a side", "over_limit", "size")
+            raise ApiError(422, f"{name} {size} is over this server's limit of {config.max_size} pixels "
+                                "a side", "over_limit", "size" if name == "'size'" else "width")
         hw = (h, w)
-    steps = number_field(body, "steps", *STEPS_RANGE, None, integer=True, limit=config.max_steps)
+    steps = _image_field(body, "steps", "num_inference_steps", *STEPS_RANGE, integer=True, limit=config.max_steps)
     seed = seed_field(body)
-    guidance = number_field(body, "guidance", 0, 100, None)
+    guidance = _image_field(body, "guidance", "guidance_scale", 0, 100)
     negative = body.get("negative_prompt")
     if negative is None:
         negative = ""
