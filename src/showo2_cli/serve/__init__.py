@@ -13,8 +13,9 @@ Endpoints (JSON in and out, errors always ``{"error": {"message", "type", "param
   OpenAI chunk format, ending with ``data: [DONE]``); fields that would change the reply and
   cannot be honoured (``logprobs``, ``tools``, ...) are refused (400);
 * ``POST /v1/images/generations``: ``prompt``, ``n``, ``size``, ``response_format=b64_json``, and
-  the extra fields ``seed``, ``steps``, ``guidance``, ``negative_prompt``; returns PNGs carrying
-  their parameters.
+  the extra fields ``seed``, ``steps``, ``guidance``, ``negative_prompt`` (also under diffusers'
+  names: ``num_inference_steps``, ``guidance_scale``, ``width``/``height``,
+  ``num_images_per_prompt``); returns PNGs carrying their parameters.
 
 Browsers on other origins are let in only by ``--allow-origin`` (CORS).
 
