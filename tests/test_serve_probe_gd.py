@@ -101,3 +101,33 @@ def test_an_assistant_s_audio_is_not_called_a_tool_call(url):
     err = r.json()["error"]
     assert err["param"] == "messages[1].audio" and "audio" in err["message"].split(":", 1)[1], err
     assert "tool" not in err["message"], err
+
+
+def _raw(url, data: bytes) -> bytes:
+    import socket
+
+    host, port = url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /health HTTP/1.1\r\n\r\n",  # no Host
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # a bad chunk size
+    b"GET /health HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+], ids=["no-host", "negative-length", "two-lengths", "bad-chunk", "bad-header-line"])
+def test_what_is_not_http_is_answered_in_the_openai_error_shape(url, request_bytes):
+    """uvicorn answered bytes h11 cannot parse with a text/plain "Invalid HTTP request received.",
+    the one answer of the server not in the OpenAI error shape its clients read."""
+    head, _, body = _raw(url, request_bytes).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert b"application/json" in head.lower() and b"connection: close" in head.lower(), head
+    err = json.loads(body)["error"]
+    assert err["code"] == "invalid_http" and "invalid HTTP request" in err["message"], err
+    assert httpx.get(url + "/health", timeout=10).status_code == 200  # the server goes on

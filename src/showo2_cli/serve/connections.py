@@ -30,12 +30,23 @@ log = logging.getLogger("showo2.serve")
 MAX_OPEN_FILES = 65536
 
 
+def _closing_answer(error: ApiError, reason: bytes) -> bytes:
+    """The whole answer, in the OpenAI error shape, to a request the connection ends after."""
+    body = json.dumps(error.body()).encode()
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (error.status, reason, len(body), body))
+
+
 def _request_timeout(header_timeout: float) -> bytes:
-    """The whole 408 answer to a request whose headers did not all come (in the OpenAI error shape)."""
-    body = json.dumps(ApiError(408, f"the request headers did not all come within {header_timeout:g} s",
-                               "request_timeout").body()).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    """The whole 408 answer to a request whose headers did not all come."""
+    return _closing_answer(ApiError(408, f"the request headers did not all come within {header_timeout:g} s",
+                                    "request_timeout"), b"Request Timeout")
+
+
+#: the answer to bytes that are not HTTP/1.1 (no Host, a negative or doubled Content-Length, headers
+#: over h11's limit as they come, bad chunk sizes): uvicorn's is a text/plain "Invalid HTTP request received."
+BAD_HTTP = _closing_answer(ApiError(400, "invalid HTTP request (a malformed request line, header or chunked body, "
+                                         "or headers too large)", "invalid_http"), b"Bad Request")
 
 
 def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE, keep_alive: float = 0.0):
@@ -144,6 +155,11 @@ def timed_protocol(header_timeout: float, min_rate: float = BODY_MIN_RATE, keep_
             self._disarm()
             self._unwatch_writes()
             super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:  # uvicorn's, for what h11 could not parse
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # not inside an answer already begun
+                self.transport.write(BAD_HTTP)
+            self.transport.close()
 
         def _headers_late(self) -> None:
             self._header_timer = None
