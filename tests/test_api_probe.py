@@ -151,13 +151,13 @@ def test_a_turn_asked_after_removing_turns_is_in_the_context(pipe):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"do_sample": True}, r"^caption\(\) got an unexpected keyword argument 'do_sample': pass temperature > 0"),
+    ({"max_length": 9}, r"^caption\(\) got an unexpected keyword argument 'max_length': pass max_new_tokens="),
     ({"generator": torch.Generator()}, r"^caption\(\) got an unexpected keyword argument 'generator': pass seed="),
     ({"num_beams": 2}, r"'num_beams': beam search is not offered$"),
     ({"colour": 1}, r"^caption\(\) got an unexpected keyword argument 'colour'$"),
 ])
 def test_caption_names_itself_for_an_unknown_argument(pipe, kwargs, message):
-    """pipe.caption(..., do_sample=True) (transformers' generate argument) said
+    """pipe.caption(..., num_beams=2) (transformers' generate argument) said
     `CaptionOptions.__init__() got an unexpected keyword argument`, a class the caller never named."""
     with pytest.raises(TypeError, match=message):
         pipe.caption(np.zeros((32, 32, 3), np.uint8), "What?", **kwargs)

@@ -49,20 +49,25 @@ from .pipeline_lora import LoraLoaderMixin
 from .pipeline_memory import MemoryTogglesMixin
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
 from .pipelines.arguments import (
+    CALL_HINTS,
     CAPTION_NAMES,
     DEVICE_NAMES,
+    GENERATE_HINTS,
     MEMORY_NAMES,
     PYTHON_NAMES,
     call_seeds,
-    check_caption_kwargs,
+    check_kwargs,
     check_output_type,
     check_pretrained_kwargs,
     device_from_map,
     lora_names,
+    negative_prompts,
     outputs_as,
+    pipeline_config,
     prompt_list,
     python_names,
     real_number,
+    sampling_temperature,
     step_hook,
     whole_number,
 )
@@ -75,6 +80,7 @@ from .runtime import (
     pick_device,
     python_dtype,
 )
+from .sampling import uses_uncond
 
 
 @dataclass
@@ -366,6 +372,17 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
         return self.model.dtype
 
     @property
+    def config(self):
+        """diffusers' ``pipe.config`` (a ``FrozenDict``): ``_class_name``, ``_name_or_path``, and each
+        component's ``(library, class name)``."""
+        return pipeline_config(self)
+
+    @property
+    def name_or_path(self) -> str:
+        """The name the model was loaded by (diffusers' ``pipe.name_or_path``)."""
+        return self.config["_name_or_path"]
+
+    @property
     def components(self) -> dict[str, Any]:
         """What the constructor takes, by name: ``Showo2Pipeline(**pipe.components)`` is a second
         pipeline over the same weights. ``model`` is the loaded model (its spec, files and records),
@@ -455,7 +472,7 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
                  shift: float | None = None, batch_size: int = 4, latents: torch.Tensor | None = None,
                  output_type: str = "pil", return_dict: bool = True, negative_prompt: str | list[str] | None = None,
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] | None = None,
-                 progress=None):
+                 progress=None, **unsupported):
         """Text to image; with ``num_frames`` text to video; with ``image`` (a path, PIL image, array
         or tensor) image to video. ``num_inference_steps`` is the number of grid points (steps - 1
         model calls, as ``--steps``); unset values are the model's. ``negative_prompt`` (one, or one
@@ -465,15 +482,13 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
         diffusers (``t``: Show-o2's time, 0 = noise, 1 = clean; the dict it returns may hold new
         ``latents``; setting ``pipe._interrupt = True`` ends the sampling there: the outputs in
         progress are decoded from the latents reached, later batches are not made).
-        ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos)."""
+        ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos). diffusers' arguments
+        this model has no use for (``sigmas``, ``max_sequence_length``, ``prompt_embeds``, ``fps``, ...)
+        are refused by name, saying what to pass instead."""
+        check_kwargs("Showo2Pipeline.__call__", unsupported, hints=CALL_HINTS)
         check_output_type(output_type)
         prompts = prompt_list(prompt)
-        negatives = [""] * len(prompts) if negative_prompt is None else prompt_list(negative_prompt, "negative_prompt")
-        if len(negatives) == 1:
-            negatives *= len(prompts)
-        if len(negatives) != len(prompts):
-            raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts: give one, or one "
-                             "per prompt")
+        negatives = negative_prompts(negative_prompt, len(prompts))
         n = whole_number(num_images_per_prompt, "num_images_per_prompt")
         height, width = whole_number(height, "height", True), whole_number(width, "width", True)
         video = num_frames is not None or image is not None
@@ -493,6 +508,9 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
                                frames=whole_number(num_frames, "num_frames", True) or (DEFAULT_VIDEO_FRAMES if video else 1),
                                method=sampler or self.sampler, noise=latents, negative_prompt=negatives)
         resolved = opts.resolved(self.spec, video)  # checked once, by the API below
+        if any(n.strip() for n in negatives) and not uses_uncond(resolved.guidance):  # the CLI's notice
+            warnings.warn(f"negative_prompt has no effect at guidance_scale {resolved.guidance:g} (no unconditional "
+                          "branch)", UserWarning, stacklevel=4)  # (the caller: past the lock and the pinning)
         self._num_timesteps, self._guidance_scale = resolved.steps - 1, resolved.guidance
         with self._progress(progress) as report, python_names(PYTHON_NAMES):
             # one run, in batches of batch_size: output k uses the base seed + k, or its own generator's seed
@@ -527,8 +545,6 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        from .sampling import uses_uncond
-
         return uses_uncond(self._guidance_scale)
 
     @property
@@ -540,20 +556,23 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
     @one_call_at_a_time
     @cpu_by_default
     def caption(self, image, question: str | list[str] | None = None, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None,
-                seed: int | None = None, streamer=None, **options) -> str | list[str]:
+                temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                seed: int | None = None, streamer=None, do_sample: bool | None = None,
+                **options) -> str | list[str]:
         """Answer a question (``None``: describe it) about an image or a video (a path, a PIL image,
         an array or tensor, or a video's frames as a list of images); a list of questions gives a
         list of answers. ``streamer``: transformers' ``TextStreamer`` / ``TextIteratorStreamer`` (or
         anything with ``put`` and ``end``), fed as ``generate(streamer=)`` feeds it, for one
-        question. Other ``CaptionOptions`` fields
+        question. ``do_sample`` as transformers' ``generate``: decoding is greedy unless it is True or
+        ``temperature`` > 0 (``do_sample=True`` alone samples at temperature 1.0). Other ``CaptionOptions`` fields
         (``frames``, ``mask_mode``, ``template``, ``size``, ...) pass through."""
         check_streamer(streamer)
         try:  # a refused call ends the streamer too (caption() ends it from here on): a reader would wait
             if question is not None and not isinstance(question, (str, list, tuple)):
                 raise TypeError(f"question must be a string or a list of strings, got {type(question).__name__}")
             questions = [] if question is None else [question] if isinstance(question, str) else list(question)
-            check_caption_kwargs(options, {f.name for f in fields(CaptionOptions)} - {"questions"})
+            check_kwargs("caption", options, {f.name for f in fields(CaptionOptions)} - {"questions"}, GENERATE_HINTS)
+            temperature = sampling_temperature(do_sample, temperature)
             opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_p=top_p, top_k=top_k, seed=seed, **options)
             unused = [CAPTION_NAMES.get(name, name) for name in opts.unused_sampling_options()]

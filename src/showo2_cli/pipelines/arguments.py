@@ -87,7 +87,7 @@ CAPTION_NAMES = {
 
 #: transformers' ``generate`` arguments a caption call does not take -> what to pass instead
 GENERATE_HINTS = {
-    "do_sample": "pass temperature > 0 to sample (0, the default, is greedy)", "generator": "pass seed= (an int)",
+    "generator": "pass seed= (an int)",
     "max_length": "pass max_new_tokens=", "num_beams": "beam search is not offered",
     "num_return_sequences": "call again with another seed",
     "stop": "stop strings are Conversation.ask's (TextSampling(stop_strings=...))",
@@ -95,15 +95,60 @@ GENERATE_HINTS = {
 }
 GENERATE_HINTS["stop_strings"] = GENERATE_HINTS["stop"]
 
+_EMBEDS = "Show-o2 has no separate text encoder (its network reads the prompt's tokens): pass prompt= / negative_prompt="
+_ADAPTERS = ("LoRA adapters are merged into the weights when loaded: give the scale as load_lora_weights(..., "
+             "weight=) (attention takes no per-call options)")
+#: diffusers' pipeline-call arguments (FluxPipeline, WanPipeline, WanImageToVideoPipeline, ...) that a
+#: Show-o2 call does not take -> why, and what to pass instead
+CALL_HINTS = {
+    "sigmas": "the time grid is the model's shifted one: pass num_inference_steps= and shift= (or assign "
+              "pipe.scheduler)",
+    "max_sequence_length": "the prompt's token budget is the model's sequence length (spec.max_seq_len less the "
+                           "visual tokens); a longer prompt is cut there, with a warning",
+    "attention_kwargs": _ADAPTERS, "joint_attention_kwargs": _ADAPTERS, "cross_attention_kwargs": _ADAPTERS,
+    "fps": "the model takes no frame rate; give it where the frames are written: export_to_video(frames, path, "
+           "fps=) or api.save_results(..., fps=)",
+    "true_cfg_scale": "pass guidance_scale= (classifier-free guidance, with negative_prompt=)",
+    "guidance_scale_2": "Show-o2 has one network and one guidance scale: pass guidance_scale=",
+    "ip_adapter_image": "IP adapters are not offered; image= is a video's first frame (image to video)",
+    "last_image": "a last frame is not offered: image= is the first frame",
+    "image_embeds": "pass image= (the network embeds it itself)",
+    "callback": "pass callback_on_step_end= (diffusers' current name)",
+    "eta": "the samplers are deterministic ODE solvers (no eta)",
+}
+CALL_HINTS["timesteps"] = CALL_HINTS["sigmas"]
+CALL_HINTS["frame_rate"] = CALL_HINTS["fps"]
+CALL_HINTS["callback_steps"] = CALL_HINTS["callback"]
+CALL_HINTS["ip_adapter_image_embeds"] = CALL_HINTS["negative_ip_adapter_image"] = CALL_HINTS["ip_adapter_image"]
+for _name in ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds",
+              "prompt_attention_mask", "negative_prompt_attention_mask", "prompt_2", "negative_prompt_2"):
+    CALL_HINTS[_name] = _EMBEDS
 
-def check_caption_kwargs(given: dict, allowed) -> None:
-    """A ``caption`` keyword that is no ``CaptionOptions`` field: a TypeError naming ``caption()``
-    (not the options class) and, for transformers' ``generate`` names, what to pass instead."""
+
+def check_kwargs(call: str, given: dict, allowed=(), hints: dict | None = None) -> None:
+    """A keyword ``call`` does not take: a TypeError naming ``call()`` and, for diffusers' or
+    transformers' names for things done otherwise here, what to pass instead."""
     for key in given:
         if key not in allowed:
-            hint = GENERATE_HINTS.get(key)
-            raise TypeError(f"caption() got an unexpected keyword argument {key!r}"
-                            + (f": {hint}" if hint else ""))
+            hint = (hints or {}).get(key)
+            raise TypeError(f"{call}() got an unexpected keyword argument {key!r}" + (f": {hint}" if hint else ""))
+
+
+def sampling_temperature(do_sample, temperature):
+    """A caption's temperature from transformers' ``do_sample`` and ``temperature`` (None: not
+    given): greedy (0) unless sampling is asked for; ``do_sample=True`` alone samples at
+    transformers' default temperature, 1.0. Contradictions are refused, not ignored."""
+    if do_sample is not None and not isinstance(do_sample, bool):
+        raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
+    if temperature is None:
+        return 1.0 if do_sample else 0.0
+    if do_sample is True and isinstance(temperature, (int, float)) and temperature == 0:
+        raise ValueError("do_sample=True needs temperature > 0 (temperature=0 is greedy decoding: pass "
+                         "do_sample=False, or leave temperature out for 1.0)")
+    if do_sample is False and isinstance(temperature, (int, float)) and temperature > 0:
+        raise ValueError(f"do_sample=False decodes greedily, but temperature={temperature:g} samples: pass "
+                         "do_sample=True, or leave temperature out")
+    return temperature
 
 
 @contextmanager
@@ -129,6 +174,16 @@ def prompt_list(prompt, name: str = "prompt") -> list[str]:
     if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
         return list(prompt)
     raise TypeError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}")
+
+
+def negative_prompts(negative_prompt, count: int) -> list[str]:
+    """A call's negative prompts, one per prompt: none given is the official empty prompt."""
+    negatives = [""] * count if negative_prompt is None else prompt_list(negative_prompt, "negative_prompt")
+    if len(negatives) == 1:
+        negatives *= count
+    if len(negatives) != count:
+        raise ValueError(f"got {len(negatives)} negative prompts for {count} prompts: give one, or one per prompt")
+    return negatives
 
 
 def whole_number(value, name: str, optional: bool = False, low: int = 1, high: int | None = None) -> int | None:
@@ -245,3 +300,25 @@ def step_hook(pipe, callback, tensor_inputs):
         return new
 
     return on_step
+
+
+def pipeline_config(pipe):
+    """diffusers' ``pipe.config`` of a pipeline: a ``FrozenDict`` of its class, the name its model
+    was loaded by and, for each component, ``(library, class name)`` as diffusers records them (the
+    library's name for diffusers' and transformers' classes, else the class's module; a
+    ``torch.compile`` wrapper is recorded as what it wraps)."""
+    from diffusers.configuration_utils import FrozenDict
+
+    def library_class(part) -> tuple[str | None, str | None]:
+        if part is None:
+            return (None, None)
+        part = getattr(part, "_orig_mod", part)
+        module = type(part).__module__
+        top = module.split(".")[0]
+        return (top if top in ("diffusers", "transformers") else module, type(part).__name__)
+
+    model = pipe.model
+    name = model.files.name if model.files is not None else model.spec.name
+    config = {"_class_name": type(pipe).__name__, "_name_or_path": str(name)}
+    config.update((key, library_class(part)) for key, part in pipe.components.items())
+    return FrozenDict(config)
