@@ -100,3 +100,45 @@ def test_caption_takes_do_sample_as_transformers_does(pipe):
         pipe.caption(image, "What?", do_sample=False, temperature=0.7, **ask)
     with pytest.raises(TypeError, match=r"^do_sample must be True or False, got 'yes'"):
         pipe.caption(image, "What?", do_sample="yes", **ask)
+
+
+def test_caption_ends_answers_at_stop_strings_and_refuses_an_empty_question_list():
+    """``pipe.caption(image, q, stop_strings=[...])`` (transformers' ``generate(stop_strings=)``)
+    was refused, pointing at ``Conversation.ask``. Each answer now ends where a stop string first
+    appears, as a chat's answer does (the text before it). ``question=[]`` gave a one-item list
+    describing the image (a list of no questions, one answer); it is now refused. (The bundled
+    demo, whose answers are words: the tiny model's are random bytes.)"""
+    from PIL import Image
+
+    from showo2_cli import Showo2Pipeline
+
+    pipe = Showo2Pipeline.from_pretrained("demo")
+    image = Image.new("RGB", (64, 64), (200, 10, 10))
+    ask = dict(max_new_tokens=8)
+    whole = pipe.caption(image, **ask)
+    assert whole == "a red square on a gray background"
+    assert pipe.caption(image, stop_strings=" on", **ask) == "a red square"
+    assert pipe.caption(image, ["Describe the image.", "What shape is it?"], stop_strings=["\x00", "are"],
+                        **ask) == ["a red squ", "squ"]
+    assert pipe.caption(image, stop_strings=["never in it"], **ask) == whole
+    assert pipe.caption(image, temperature=1.5, seed=1, stop_strings="gray", **ask) == "a red square on a"
+    with pytest.raises(TypeError, match=r"^caption\(\) got an unexpected keyword argument 'stop': pass stop_strings="):
+        pipe.caption(image, "What?", stop=" on", **ask)
+    with pytest.raises(ValueError, match="a stop string must be 1 to"):
+        pipe.caption(image, "What?", stop_strings=[""], **ask)
+    with pytest.raises(ValueError, match=r"^question is an empty list: pass None"):
+        pipe.caption(image, [], **ask)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"push_to_hub": True}, r"'push_to_hub': save to a folder, then upload it with huggingface_hub"),
+    ({"variant": "fp16"}, r"'variant': one weight set is written, in the pipeline's dtype"),
+    ({"max_shard_size": "1GB"}, r"'max_shard_size': the weights are written as one model.safetensors"),
+])
+def test_diffusers_save_arguments_not_taken_say_what_to_do_and_write_nothing(pipe, tmp_path, kwargs, message):
+    """diffusers' ``save_pretrained(..., push_to_hub=True / variant= / max_shard_size=)`` were bare
+    "unexpected keyword argument" errors; each now says what to do instead, and nothing is written."""
+    folder = tmp_path / "saved"
+    with pytest.raises(TypeError, match=r"^save_pretrained\(\) got an unexpected keyword argument " + message):
+        pipe.save_pretrained(folder, **kwargs)
+    assert not folder.exists()

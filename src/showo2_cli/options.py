@@ -432,16 +432,24 @@ class CaptionOptions:
     #: object); None: free text. ``strict_schema`` as :class:`TextSampling`'s
     json_schema: dict | None = None
     strict_schema: bool = True
+    #: texts that end each answer where they first appear (not included), as ``TextSampling``'s
+    #: and transformers' ``generate(stop_strings=)``; one string is one stop string
+    stop_strings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         plain_numbers(self)
         if isinstance(self.questions, str):  # one question, not its characters
             self.questions = [self.questions]
+        if isinstance(self.stop_strings, str):
+            self.stop_strings = (self.stop_strings,)
+        elif isinstance(self.stop_strings, list):
+            self.stop_strings = tuple(self.stop_strings)
 
     def sampling(self) -> TextSampling:
         return TextSampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed,
                             repetition_penalty=self.repetition_penalty, min_p=self.min_p,
-                            json_schema=self.json_schema, strict_schema=self.strict_schema)
+                            json_schema=self.json_schema, strict_schema=self.strict_schema,
+                            stop_strings=self.stop_strings)
 
     def unused_sampling_options(self) -> list[str]:
         """The sampling options given that change nothing: the seed also seeds ``vae_sample``'s noise."""

@@ -55,6 +55,7 @@ from .pipelines.arguments import (
     GENERATE_HINTS,
     MEMORY_NAMES,
     PYTHON_NAMES,
+    SAVE_HINTS,
     call_seeds,
     check_kwargs,
     check_output_type,
@@ -208,12 +209,14 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
 
     @one_call_at_a_time
     def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True,
-                        overwrite: bool = False) -> Path:
+                        overwrite: bool = False, **unsupported) -> Path:
         """Write the loaded model (with the LoRA adapters merged on load) as a showo2-format folder
         that :meth:`from_pretrained` loads back: safetensors weights in the model's dtype, config,
         tokenizer, VAE; atomically (a failure leaves no half folder). An existing folder is
         replaced only with ``overwrite=True``. Not after quantization or offload: their weights
-        are not the model's plain tensors (save first, or load it again without them)."""
+        are not the model's plain tensors (save first, or load it again without them). diffusers'
+        ``push_to_hub``, ``variant`` and ``max_shard_size`` are refused, saying what to do instead."""
+        check_kwargs("save_pretrained", unsupported, hints=SAVE_HINTS)
         from .errors import OutputError
         from .loading import save_folder
 
@@ -563,7 +566,8 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
         an array or tensor, or a video's frames as a list of images); a list of questions gives a
         list of answers. ``streamer``: transformers' ``TextStreamer`` / ``TextIteratorStreamer`` (or
         anything with ``put`` and ``end``), fed as ``generate(streamer=)`` feeds it, for one
-        question. ``do_sample`` as transformers' ``generate``: decoding is greedy unless it is True or
+        question; ``stop_strings`` (a string or a list) end each answer where one first appears, as
+        transformers' ``generate(stop_strings=)``. ``do_sample`` as transformers' ``generate``: decoding is greedy unless it is True or
         ``temperature`` > 0 (``do_sample=True`` alone samples at temperature 1.0). Other ``CaptionOptions`` fields
         (``frames``, ``mask_mode``, ``template``, ``size``, ...) pass through."""
         check_streamer(streamer)
@@ -571,6 +575,8 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
             if question is not None and not isinstance(question, (str, list, tuple)):
                 raise TypeError(f"question must be a string or a list of strings, got {type(question).__name__}")
             questions = [] if question is None else [question] if isinstance(question, str) else list(question)
+            if question is not None and not questions:  # a list of no questions would get one answer
+                raise ValueError("question is an empty list: pass None to have it described, or the questions")
             check_kwargs("caption", options, {f.name for f in fields(CaptionOptions)} - {"questions"}, GENERATE_HINTS)
             temperature = sampling_temperature(do_sample, temperature)
             opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,

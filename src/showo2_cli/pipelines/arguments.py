@@ -90,10 +90,9 @@ GENERATE_HINTS = {
     "generator": "pass seed= (an int)",
     "max_length": "pass max_new_tokens=", "num_beams": "beam search is not offered",
     "num_return_sequences": "call again with another seed",
-    "stop": "stop strings are Conversation.ask's (TextSampling(stop_strings=...))",
+    "stop": "pass stop_strings= (transformers' name: a string or a list of them)",
     "questions": "pass question= (a list for several)",
 }
-GENERATE_HINTS["stop_strings"] = GENERATE_HINTS["stop"]
 
 _EMBEDS = "Show-o2 has no separate text encoder (its network reads the prompt's tokens): pass prompt= / negative_prompt="
 _ADAPTERS = ("LoRA adapters are merged into the weights when loaded: give the scale as load_lora_weights(..., "
@@ -123,6 +122,13 @@ CALL_HINTS["ip_adapter_image_embeds"] = CALL_HINTS["negative_ip_adapter_image"] 
 for _name in ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds",
               "prompt_attention_mask", "negative_prompt_attention_mask", "prompt_2", "negative_prompt_2"):
     CALL_HINTS[_name] = _EMBEDS
+
+#: diffusers' ``save_pretrained`` arguments a Show-o2 save does not take -> what to do instead
+SAVE_HINTS = {
+    "push_to_hub": "save to a folder, then upload it with huggingface_hub (HfApi().upload_folder, or hf upload)",
+    "variant": "one weight set is written, in the pipeline's dtype: pipe.to(dtype) first for another precision",
+    "max_shard_size": "the weights are written as one model.safetensors (which loads memory-mapped)",
+}
 
 
 def check_kwargs(call: str, given: dict, allowed=(), hints: dict | None = None) -> None:

@@ -193,16 +193,18 @@ def _caption(model: Showo2, source, opts: CaptionOptions, on_text, progress, on_
                 head = prefill(net, embeds[:, :head_len], mask[..., :head_len, :head_len])
         if head is not None:
             embeds, mask = embeds[:, head_len:], None
-        stream = TextStream(tokenizer, stop, on_text=None if on_text is None else lambda piece, i=i: on_text(i, piece))
+        stream = TextStream(tokenizer, stop, opts.stop_strings,
+                            on_text=None if on_text is None else lambda piece, i=i: on_text(i, piece))
 
         if streamer is not None:
             streamer.put(layout.input_ids.cpu())
 
-        def on_token(tok: int, i=i, stream=stream) -> None:
+        def on_token(tok: int, i=i, stream=stream) -> bool:
             if streamer is not None:
                 streamer.put(torch.tensor([tok]))
-            stream.push(tok)
+            stopped = stream.push(tok)  # true once a stop string appeared: the answer ends there
             progress(f"answer {i + 1}/{len(questions)}", len(stream.produced), opts.max_new_tokens)
+            return stopped
 
         sampling = replace(opts.sampling(), seed=None if opts.seed is None else opts.seed + i, stop_ids=stop)
         out = generate(net, embeds, mask, sampling, on_token=on_token, cache=head,
