@@ -142,3 +142,20 @@ def test_diffusers_save_arguments_not_taken_say_what_to_do_and_write_nothing(pip
     with pytest.raises(TypeError, match=r"^save_pretrained\(\) got an unexpected keyword argument " + message):
         pipe.save_pretrained(folder, **kwargs)
     assert not folder.exists()
+
+
+def test_an_image_where_the_prompt_goes_says_to_pass_image(pipe):
+    """``pipe(image, "it moves")``, WanImageToVideoPipeline's order (its first argument is the
+    image), said only "prompt must be a string or a list of strings, got Image". It now says to
+    pass the image as ``image=``; the call made so is image to video."""
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (200, 10, 10))
+    for given in (image, np.zeros((32, 32, 3), np.uint8), torch.zeros(3, 32, 32), [image]):
+        with pytest.raises(TypeError, match=r"^prompt must be a string or a list of strings, got \w+: pass the "
+                                            r"image as image= \(by name"):
+            pipe(given, "it moves", num_frames=5)  # (WanImageToVideoPipeline's order)
+    with pytest.raises(TypeError, match=r"^prompt must be a string or a list of strings, got int$"):
+        pipe(3, **CALL)
+    out = pipe("it moves", image=image, num_frames=5, generator=torch.Generator().manual_seed(0), **CALL)
+    assert out.frames.shape[0] == 1 and out.frames.ndim == 5

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -175,11 +176,17 @@ def python_names(names: dict[str, str]):
 
 
 def prompt_list(prompt, name: str = "prompt") -> list[str]:
+    """Prompts as a list; an image where the prompt goes (``pipe(image, prompt)``, the order of
+    diffusers' image-to-video pipelines) is told to go in ``image=``."""
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
         return list(prompt)
-    raise TypeError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}")
+    first = prompt[0] if isinstance(prompt, (list, tuple)) and prompt else prompt
+    image = isinstance(first, (np.ndarray, torch.Tensor, os.PathLike)) or hasattr(first, "getpixel")  # (PIL)
+    raise TypeError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}"
+                    + (": pass the image as image= (by name; diffusers' image-to-video pipelines take it first)"
+                       if image else ""))
 
 
 def negative_prompts(negative_prompt, count: int) -> list[str]:
