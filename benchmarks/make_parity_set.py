@@ -182,6 +182,8 @@ class SetMaker:
         llm.update(vocab_size=s["llm_config_vocab_size"], tie_word_embeddings=s["tie_word_embeddings"],
                    bos_token_id=257, eos_token_id=258, max_position_embeddings=4096)
         llm.update(s.get("llm_config_extra") or {})  # other Qwen2 config fields the official code reads
+        for key in s.get("llm_config_drop") or ():  # fields a config leaves out (a transformers 5 config: rope_theta)
+            llm.pop(key, None)
         (model_dir / "llm" / "config.json").write_text(json.dumps(llm, indent=2))
         if s.get("siglip_vision_extra") or s.get("siglip_table_side"):  # other SigLIP vision-config fields
             sig = json.loads((model_dir / "siglip" / "config.json").read_text())
@@ -249,8 +251,10 @@ class SetMaker:
     def case_vae(self):
         s = self.s
         video = torch.rand(s["vae_video_shape"], generator=self.gen) * 2 - 1
-        image = smooth(self.gen, s["vae_image_shape"])
-        self.image_input = image
+        # a batch of images for the VAE case alone (``vae_image_batch``); understanding reads the first
+        shape = list(s["vae_image_shape"])
+        image = smooth(self.gen, [s.get("vae_image_batch", shape[0])] + shape[1:])
+        self.image_input = image[:shape[0]]
         out = {}
         for p, x in (("video", video), ("image", image)):
             with torch.no_grad():
