@@ -12,6 +12,13 @@ Sections (one process each, so a native crash in one, e.g. flex attention, loses
 * caption: greedy tokens/s after a 729-token image prompt (``text_decoding.generate``), the time
   to the first token (the prompt's forward) and the decoding rate after it (no flow head, as
   ``showo2 caption`` loads);
+* the floating-point work of each t2i run as torch counts it (``FlopCounterMode``: 6.2 TFLOP per
+  guided step of the 1.5B at batch 1, 24.9 at batch 4; the 7B's: 21.5) and the rate reached
+  (``achieved_tflop_per_s``; an H100 multiplies bf16 matrices at about 790 TFLOP/s), so a
+  figure far off that scale shows;
+* which kernels ``scaled_dot_product_attention`` ran for t2i and caption (``attention_kernels``:
+  the fused memory-efficient or cuDNN kernel, or a fall back to the unfused math kernel that would
+  make the sdpa figures a slower path's);
 * peak GPU memory of each timed run: ``torch.cuda.max_memory_allocated`` (tensors; ``peak_gib``)
   and ``max_memory_reserved`` (what torch's caching allocator took from the card; nvidia-smi shows
   that plus the CUDA context), both reset after the warm-up;
@@ -124,10 +131,12 @@ def compile_stats() -> dict:
 
 @torch.no_grad()
 def t2i(net, spec, batch: int, steps: int, device, prompt_len: int = 64, warmup_steps: int = 2,
-        on_warmup=None) -> dict:
+        on_warmup=None, count_flops: bool = False) -> dict:
     """``steps`` guided model calls (``steps + 1`` grid points) after a warm-up of ``warmup_steps``;
     ``on_warmup(calls, seconds)`` is told the warm-up's time after each of its calls (with
-    ``--compile`` or flex: the compiles; the first call compiles the prompt's and a step's graphs)."""
+    ``--compile`` or flex: the compiles; the first call compiles the prompt's and a step's graphs).
+    ``count_flops``: also the run's floating-point work (:func:`run_flops`, the prompt's and each
+    step's, counted on extra runs after the timed one) and the rate the timed run reached."""
     tok = ids(spec)
     grid = spec.image_latent_grid
     prompts = [[(i * 7 + j) % 1000 + 100 for j in range(prompt_len)] for i in range(batch)]
@@ -149,10 +158,52 @@ def t2i(net, spec, batch: int, steps: int, device, prompt_len: int = 64, warmup_
     latents = generate_latents(net, layout, noise, 5.0, steps + 1, 3.0, cache_prefix=True)
     sync(device)
     seconds = time.perf_counter() - start
-    return {"batch": batch, "steps": steps, "model_calls": steps, "cli_steps": steps + 1, "seconds": seconds,
-            "s_per_image": seconds / batch, "s_per_step": seconds / steps, **peak(device),
-            "warmup_seconds": warmup, "finite": bool(torch.isfinite(latents).all()),
-            "compiled_graphs_in_timed_run": compile_stats()["graphs"] - before["graphs"]}
+    result = {"batch": batch, "steps": steps, "model_calls": steps, "cli_steps": steps + 1, "seconds": seconds,
+              "s_per_image": seconds / batch, "s_per_step": seconds / steps, **peak(device),
+              "warmup_seconds": warmup, "finite": bool(torch.isfinite(latents).all()),
+              "compiled_graphs_in_timed_run": compile_stats()["graphs"] - before["graphs"]}
+    if count_flops:
+        one, two = (run_flops(lambda n=n: generate_latents(net, layout, noise, 5.0, n, 3.0, cache_prefix=True))
+                    for n in (2, 3))  # the prompt and one step, the prompt and two
+        step, prompt = two - one, 2 * one - two
+        total = prompt + steps * step
+        result.update(tflop=total / 1e12, tflop_per_step=step / 1e12, tflop_prompt=prompt / 1e12,
+                      achieved_tflop_per_s=total / seconds / 1e12)
+    return result
+
+
+def run_flops(run) -> int:
+    """Floating-point operations of ``run()`` as torch counts them (``FlopCounterMode``: matrix
+    products and attention, from their shapes; the same count on any device)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run()
+    return int(counter.get_total_flops())
+
+
+#: the kernels behind ``scaled_dot_product_attention`` (torch's op names, e.g.
+#: ``aten::_scaled_dot_product_efficient_attention``, ``..._flash_attention``, ``..._cudnn_attention``,
+#: ``..._flash_attention_for_cpu``; the unfused fallback: ``aten::_scaled_dot_product_attention_math``)
+SDPA_KERNEL_PREFIX = "aten::_scaled_dot_product_"
+
+
+def attention_kernels(run) -> dict:
+    """Which kernels ``scaled_dot_product_attention`` chose while ``run()`` ran, and how often:
+    the masks the project passes (a boolean omni mask, a broadcast key mask) must not send it to
+    the unfused math kernel, which would make the timings those of a slower path (flash refuses any
+    mask; the memory-efficient and cuDNN kernels take one, under rules of dtype, alignment and
+    shape that differ between versions). Read from the profiler's host-side op names, the same on
+    the CPU and on CUDA."""
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    ops = Counter(e.name for e in prof.events() if e.name.startswith(SDPA_KERNEL_PREFIX))
+    return {"ops": dict(ops), "math_fallback": any("attention_math" in name for name in ops)}
 
 
 @torch.no_grad()
@@ -307,12 +358,15 @@ def run_section(section: str, smoke: bool, steps: int, tokens: int, save=lambda 
             if section == "t2i":
                 record["result"] = []
                 for b in (1, 4):
-                    record["result"].append(guarded(t2i, net, spec, b, steps, device))
+                    record["result"].append(guarded(t2i, net, spec, b, steps, device, count_flops=True))
                     save(record)
+                record["attention_kernels"] = guarded(attention_kernels, lambda: t2i(net, spec, 1, 1, device, warmup_steps=1))
             elif section == "caption":
                 record["result"] = guarded(caption, net, spec, tokens, device)
+                save(record)
+                record["attention_kernels"] = guarded(attention_kernels, lambda: caption(net, spec, 2, device))
             elif section.startswith("7b"):
-                record["result"] = guarded(t2i, net, spec, 1, 1 if smoke else 2, device)
+                record["result"] = guarded(t2i, net, spec, 1, 1 if smoke else 2, device, count_flops=True)
     except Exception as e:  # a stage outside guarded() (the build, the quantization): said in the record
         record.update(error_record(e))
     record["seconds"] = time.perf_counter() - start
