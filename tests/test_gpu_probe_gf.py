@@ -146,3 +146,15 @@ def test_attention_kernels_names_the_kernel_and_says_a_math_fallback():
     with sdpa_kernel([SDPBackend.MATH]):
         math = bench_gpu.attention_kernels(run)
     assert math["math_fallback"] and "aten::_scaled_dot_product_attention_math" in math["ops"]
+
+
+def test_a_failing_flop_count_keeps_the_timings(monkeypatch):
+    def refuse(run):
+        raise RuntimeError("no flop formula")
+
+    monkeypatch.setattr(bench_gpu, "run_flops", refuse)
+    spec = get_spec("tiny")
+    net = bench_gpu.make_network(spec, torch.device("cpu"), torch.bfloat16, bench_gpu.T2I_HEADS)
+    result = bench_gpu.t2i(net, spec, 1, 1, torch.device("cpu"), warmup_steps=1, count_flops=True)
+    assert result["seconds"] > 0 and result["finite"]
+    assert result["error"].startswith("RuntimeError: no flop formula") and "tflop" not in result
