@@ -23,6 +23,7 @@ root="$(dirname "$here")"
 py="${PYTHON:-python3}"
 if compgen -G "$root/.whl/*.whl" > /dev/null; then
   site="$(mktemp -d)"
+  trap 'rm -rf "$site"' EXIT  # (the unpacked wheels: 40 MB left in /tmp by every run)
   "$py" -c 'import sys, zipfile
 for w in sys.argv[2:]:
     zipfile.ZipFile(w).extractall(sys.argv[1])
@@ -38,9 +39,17 @@ if [ "${1:-}" != "--smoke" ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
 export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
+# nothing here needs the network (the device reaches none): a library that tried would fail at once
+# instead of waiting on a connection; output unbuffered, so a section's line shows even if killed
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1
 parts=()
-# seconds per section (each includes its ~10 s of imports and CUDA start): t2i (2 x 50 steps +
-# warm-up; by FLOPs a batch-4 step is under 0.1 s on an H100), caption, attn x3 (10 steps each after
+# seconds per section (each includes its ~10-15 s of imports and CUDA start). By torch's FLOP count
+# (bench_gpu.run_flops, probe GF) a guided 432x432 step of the 1.5B is 6.2 TFLOP at batch 1 and 24.9
+# at batch 4 (the 7B's: 21.5); at 35-50% of an H100's measured 790 bf16 TFLOP/s plus ~10 ms of
+# launches, 25-35 ms and 65-90 ms a step: t2i's 2 x (2 + 50) calls about 7 s (~30 s with its start,
+# of 70), caption's 128 launch-bound tokens 2-4 s (~20 s of 45), attn-sdpa ~15 s of 35, 7b and 7b-nf4
+# ~20-25 s of 45 (the 7B's 17 GB built and quantized on the GPU). flex and compile are compile-bound
+# (below), not FLOP-bound. t2i (2 x 50 steps + warm-up), caption, attn x3 (10 steps each after
 # a warm-up that compiles: flex's kernels; for --compile 7 graphs, three of them the 28-layer LLM's
 # (its prompt, its first step, the next ones): 200 s for the 2-layer tiny spec on this project's
 # 2-core CPU machine, where inductor compiles C++), 7b (bf16 and nf4)

@@ -11,6 +11,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -158,3 +162,39 @@ def test_a_failing_flop_count_keeps_the_timings(monkeypatch):
     result = bench_gpu.t2i(net, spec, 1, 1, torch.device("cpu"), warmup_steps=1, count_flops=True)
     assert result["seconds"] > 0 and result["finite"]
     assert result["error"].startswith("RuntimeError: no flop formula") and "tflop" not in result
+
+
+def test_gpu_sh_runs_offline_and_takes_its_unpacked_wheels_away(tmp_path):
+    """gpu.sh unpacked .whl/ into a folder of mktemp's that it never removed (40 MB left in /tmp by
+    each run), and let a library try the network the device cannot reach. A copy of the script
+    beside a one-file wheel, with a PYTHON whose bench_gpu.py runs record what they were given."""
+    import zipfile
+
+    root = tmp_path / "repo"
+    (root / "benchmarks").mkdir(parents=True)
+    (root / "benchmarks" / "gpu.sh").write_text((REPO / "benchmarks" / "gpu.sh").read_text())
+    (root / ".whl").mkdir()
+    with zipfile.ZipFile(root / ".whl" / "probe_pkg-1.0-py3-none-any.whl", "w") as w:
+        w.writestr("probe_pkg/__init__.py", "")
+    python = tmp_path / "python"
+    python.write_text(f"""#!/bin/bash
+if [[ "$1" == *bench_gpu.py ]]; then
+  {sys.executable} -c 'import json, os, sys, probe_pkg
+json.dump({{"section": sys.argv[1], "offline": os.environ.get("HF_HUB_OFFLINE"),
+           "site": os.path.dirname(os.path.dirname(probe_pkg.__file__))}}, open(sys.argv[2], "w"))' "$3" "$5"
+  exit 0
+fi
+exec {sys.executable} "$@"
+""")
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "PYTHON": str(python), "OUT": str(tmp_path / "out"), "TMPDIR": str(scratch)}
+    r = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh"), "--smoke"], capture_output=True, text=True,
+                       timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    merged = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert {v["offline"] for v in merged.values()} == {"1"}
+    sites = {v["site"] for v in merged.values()}
+    assert len(sites) == 1 and Path(sites.pop()).parent == scratch  # the wheel was on the path, from there
+    assert list(scratch.iterdir()) == []  # and is gone
