@@ -165,7 +165,7 @@ def test_a_failing_flop_count_keeps_the_timings(monkeypatch):
 
 
 def test_gpu_sh_runs_offline_and_takes_its_unpacked_wheels_away(tmp_path):
-    """gpu.sh unpacked .whl/ into a folder of mktemp's that it never removed (40 MB left in /tmp by
+    """gpu.sh unpacked .whl/ into a folder of mktemp's that it never removed (38 MB left in /tmp by
     each run), and let a library try the network the device cannot reach. A copy of the script
     beside a one-file wheel, with a PYTHON whose bench_gpu.py runs record what they were given."""
     import zipfile
