@@ -30,6 +30,16 @@ def omni_attention_mask(modality_positions: torch.Tensor, seq_len: int, device=N
     return (allowed | same_block)[:, None]
 
 
+def sdpa_mask(mask_bool: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The float mask SDPA itself makes of a boolean one (0 where allowed, ``-inf`` where blocked),
+    made once. Given the boolean mask, SDPA converts it in every call, and under autograd each
+    layer's kernel keeps its own converted copy for the backward pass (the LLM's and the flow
+    head's layers: one ``(B, 1, L, L)`` float mask each); given this, every layer gets the same
+    values and keeps the one tensor. Outputs and gradients are the same bits."""
+    return torch.where(mask_bool, torch.zeros((), dtype=dtype, device=mask_bool.device),
+                       torch.full((), float("-inf"), dtype=dtype, device=mask_bool.device))
+
+
 def additive_mask(mask_bool: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The official additive form: 0 where allowed, ``int64.min`` cast to ``dtype`` where blocked."""
     blocked = torch.tensor(torch.iinfo(torch.int64).min, dtype=dtype)
@@ -73,14 +83,15 @@ def flex_block_mask(mask_bool: torch.Tensor, block_size: int = 128):
 
 
 def backend_mask(mask_bool: torch.Tensor | None, attn: str, dtype: torch.dtype):
-    """The boolean mask as ``attn`` takes it: as is for sdpa, additive for eager, a BlockMask for flex."""
+    """The boolean mask as ``attn`` takes it: SDPA's float form (:func:`sdpa_mask`) for sdpa,
+    additive for eager, a BlockMask for flex."""
     if mask_bool is None or not isinstance(mask_bool, torch.Tensor) or mask_bool.dtype != torch.bool:
         return mask_bool  # already converted (or none)
     if attn == "eager":
         return additive_mask(mask_bool, dtype)
     if attn == "flex":
         return flex_block_mask(mask_bool)
-    return mask_bool
+    return sdpa_mask(mask_bool, dtype)
 
 
 _COMPILED_FLEX: dict[bool, object] = {}
@@ -121,14 +132,14 @@ def static_flex_on_cpu() -> None:
     tf_flex.compile_friendly_flex_attention = compile_friendly_flex_attention
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
-    """Attention ``(B, H, Lq, d)`` over keys/values with as many heads, in the backend the mask's
-    form names (see :func:`backend_mask`): BlockMask -> flex, float -> eager, bool -> sdpa."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, attn: str = "sdpa") -> torch.Tensor:
+    """Attention ``(B, H, Lq, d)`` over keys/values with as many heads, in backend ``attn``, the
+    mask in that backend's form (see :func:`backend_mask`; a BlockMask always runs flex)."""
     from torch.nn.attention.flex_attention import BlockMask
 
     if isinstance(mask, BlockMask):
         return _flex(q.device.type)(q, k, v, block_mask=mask)
-    if mask is not None and mask.is_floating_point():
+    if attn == "eager" and mask is not None and mask.is_floating_point():
         scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + mask
         return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -97,6 +97,8 @@ class RotaryEmbedding(nn.Module):
 
 
 class HeadAttention(nn.Module):
+    attn = "sdpa"  # the attention backend (Showo2Model.set_attention sets it with the LLM's)
+
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
@@ -122,7 +124,7 @@ class HeadAttention(nn.Module):
         if rep > 1:
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        out = attend(q, k, v, mask)
+        out = attend(q, k, v, mask, self.attn)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
 
 

@@ -131,6 +131,8 @@ class Showo2Model(nn.Module):
             static_flex_on_cpu()
         self.showo.set_attn_implementation(TRANSFORMERS_ATTENTION[attn])
         self.attn = attn
+        for block in self.diffusion_head_a:
+            block.self_attn.attn = attn
 
     # ---- bookkeeping ------------------------------------------------------------------------
     @property
