@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 from . import __version__
+from .chat_transcript import MAX_MEDIA_PER_TURN, MAX_TRANSCRIPT_BYTES, released_record, transcript_turns
 from .dialogue import (
     DEFAULT_SYSTEM,
     Cancelled,
@@ -41,14 +42,11 @@ from .dialogue import (
     generate_answer,
     prompt_length,
 )
-from .errors import ContextTooLong, UsageError, short
+from .errors import ContextTooLong, InputError, UsageError, short
 from .loading import Showo2, require_model
-from .options import CaptionOptions, check_max_context, check_unicode, is_finite_number, seed_from_torch
+from .options import CaptionOptions, check_max_context, check_unicode, seed_from_torch
 from .pipelines.understand import video_note
 from .runtime import cpu_by_default
-
-#: Media attached to one question, at most.
-MAX_MEDIA_PER_TURN = 8
 
 
 @dataclass
@@ -132,9 +130,9 @@ class Conversation:
         self.notices: list[str] = []
         self._first = 0  # index of the oldest turn still in the context
         self._carried: list[VisualInput] = []  # media kept from dropped turns
-        #: turns a /load left unread (their media records only): those before ``reach`` cannot be in a prompt
-        #: while ``after`` (the turns from ``reach - 1`` on) are still the last and the budget is no larger
-        self._unread: tuple[int, list[Turn], int] = (0, [], 0)
+        #: media of turns in the context that a /load left unread (records only, by id): read when a
+        #: prompt holds their turn (:meth:`_read_unread`), never counted as let go
+        self._unread: dict[int, VisualInput] = {}
         self._lock = threading.Lock()
         self.system = DEFAULT_SYSTEM if system is None else system
         if budget > context_budget(model):  # allowed (RoPE runs on), but said: past what it was trained on
@@ -172,13 +170,10 @@ class Conversation:
         """The oldest turn in the context: turns removed from ``turns`` (an app's undo or retry)
         may leave fewer turns than had left the context, and a new turn must not start outside it.
         A turn whose media were let go (it left a context: turns moved from another conversation)
-        cannot come back into it (but those :meth:`load` did not read, while what it judged holds)."""
+        cannot come back into it (but those :meth:`load` left unread, read when a prompt holds them)."""
         start = min(self._first, len(self.turns))
-        reach, after, budget = self._unread
-        held = reach and self.max_context <= budget and len(self.turns) >= reach - 1 + len(after) and all(
-            a is b for a, b in zip(self.turns[reach - 1:reach - 1 + len(after)], after, strict=True))
-        for i in range(len(self.turns) - 1, max(start, reach if held else 0) - 1, -1):
-            if any(m.released for m in self.turns[i].media):
+        for i in range(len(self.turns) - 1, start - 1, -1):
+            if any(m.released and id(m) not in self._unread for m in self.turns[i].media):
                 return i + 1
         return start
 
@@ -189,7 +184,7 @@ class Conversation:
         self._carried.clear()
         self.notices.clear()
         self._first = 0
-        self._unread = (0, [], 0)
+        self._unread = {}
 
     def attach(self, source, name: str | None = None, max_pixels: int | None = None) -> VisualInput:
         """Encode an image or video now (a path, a PIL image, an array or tensor, or a list of frames:
@@ -365,6 +360,8 @@ class Conversation:
             p_ids = encode_user_text(self.model.require_tokenizer(), head) if head else []
             current = TurnTokens(q_ids, list(self.pending), prefix=p_ids)
             first, carried, length, limit, notices = self._fit(current, sampling.max_new_tokens)
+            while self._read_unread(first, carried):  # their tokens may not be those recorded: fit again
+                first, carried, length, limit, notices = self._fit(current, sampling.max_new_tokens)
             context = self._context(current, first, carried)
             # before the prompt's mask and activations are allocated; a prompt of text alone runs no VAE
             self._check_memory(length, limit, any(t.visuals for t in context))
@@ -382,6 +379,41 @@ class Conversation:
                 self._notice(text)
             return out.text
 
+    def _read_unread(self, first: int, carried: list[VisualInput]) -> bool:
+        """Read the media :meth:`load` left unread that the prompt from turn ``first`` holds (their
+        turns came back into the context: turns removed from ``turns``, a larger ``max_context``),
+        each file once, in place of their records (also in ``carried``). A file that cannot be read
+        any more (gone, changed into something else) leaves its turn, and those before it, out of
+        the context, as a medium let go does, with a notice. Return whether any prompt length may
+        have changed (a medium read whose token count is not its record's, or one that could not
+        be read), so the caller fits the prompt again."""
+        wanted = [m for t in self.turns[first:] for m in t.media if id(m) in self._unread]
+        wanted += [m for m in carried if id(m) in self._unread]
+        if not wanted:
+            return False
+        read: dict[int, VisualInput] = {}
+        by_source: dict[str, VisualInput] = {}
+        changed = False
+        for m in wanted:
+            if id(m) in read:
+                continue
+            del self._unread[id(m)]
+            try:
+                if m.source not in by_source:
+                    by_source[m.source] = encode_media(self.model, m.source, self.options, name=m.source)
+            except (InputError, UsageError) as e:  # (what load says of a file it cannot read again)
+                self._notice(f"{m.source} (a turn /load left unread) can no longer be read ({e}): that turn "
+                             "and those before it stay out of the context")
+                changed = True
+                continue
+            read[id(m)] = by_source[m.source]
+            changed |= read[id(m)].positions != m.positions
+        for t in self.turns:
+            if any(id(m) in read for m in t.media):
+                t.media = [read.get(id(m), m) for m in t.media]
+        carried[:] = [read.get(id(m), m) for m in carried]
+        return changed
+
     def _release_dropped_media(self) -> None:
         """Let go of the tokens of media whose turns left the context (but the one carried): they are
         never in a prompt again, and a long chat with an image now and then would otherwise hold
@@ -389,6 +421,8 @@ class Conversation:
         device). The transcript keeps describing them."""
         keep = {id(v) for v in self._carried}
         for turn in self.turns[:self._start]:
+            for m in turn.media:  # left unread, and now left the context as the chat's own turns do
+                self._unread.pop(id(m), None)
             if any(not (m.released or id(m) in keep) for m in turn.media):
                 turn.media = [m if id(m) in keep else m.release() for m in turn.media]
 
@@ -419,7 +453,13 @@ class Conversation:
         context stay out of it), the image a dropped turn left in the context and the media
         attached for the next question, read again from their files. Checked and read whole before
         anything changes (a missing file, another format: :class:`~showo2_cli.errors.UsageError` or
-        the media's error, the conversation as it was); return the number of turns."""
+        the media's error, the conversation as it was); return the number of turns.
+
+        Of the turns in the context, only those the next prompt can hold (``max_context``) have their
+        media read now; the older ones' media are read when a prompt holds them again (turns removed
+        from ``turns``, a larger ``max_context``), so the context is the saved chat's either way. Such
+        a file that cannot be read then leaves its turn, and those before it, out of the context,
+        with a notice (:meth:`ask` goes on)."""
         import json
 
         from .media import read_limited
@@ -431,7 +471,7 @@ class Conversation:
             raise UsageError(f"cannot read transcript {quote_path(path)}: JSON nested too deeply") from None
         except ValueError as e:  # bad JSON or UTF-8
             raise UsageError(f"cannot read transcript {quote_path(path)}: not JSON ({short(str(e))})") from None
-        turns, pending = _transcript_turns(record, path)
+        turns, pending = transcript_turns(record, path)
         first = sum(not t["in_context"] for t in turns)
         system = record.get("system", DEFAULT_SYSTEM)
         if not isinstance(system, str):
@@ -444,7 +484,7 @@ class Conversation:
                     raise UsageError(  # (the names media given in memory are described by: no file)
                         f"transcript {quote_path(path)}: its {m['source']} was given in memory, not by a "
                         "file name, so it cannot be read again (a chat to take up attaches its media by their paths)")
-            return [read_again(m["source"]) if read else _released(m) for m in items]
+            return [read_again(m["source"]) if read else released_record(m) for m in items]
 
         encoded: dict[str, VisualInput] = {}
 
@@ -475,13 +515,12 @@ class Conversation:
         # (the last of the newest turn with media), so a transcript naming 10^5 files reads a context's worth
         pieces = PromptPieces.of(self.model, system)
         base = length = prompt_length([], pieces, self.template)  # each turn counted as a prompt's first (its least)
-        oldest, reach = first, 0  # the oldest turn read; reach: the turns before it unread, if any
+        oldest = first  # the oldest turn read
         for i in range(len(turns) - 1, first - 1, -1):
             turn, oldest = restored[i], i
             turn.media = media(turns[i]["media"], True)
             length += prompt_length([turn.tokens()], pieces, self.template) - base
             if length >= self.max_context:
-                reach = i + 1 if i > first else 0
                 break
         newer = oldest < len(turns) and bool(turns[oldest]["media"])  # a turn read since has media
         for i in range(oldest - 1, -1, -1):
@@ -497,7 +536,8 @@ class Conversation:
             self.reset()
             self.system = system
             self.turns, self.pending, self._first, self._carried = restored, waiting, first, kept
-            self._unread = (reach, restored[reach - 1:], self.max_context) if reach else (0, [], 0)
+            # the media of turns in the context left unread: read when a prompt holds them again
+            self._unread = {id(m): m for t in restored[first:oldest] for m in t.media if m.released}
         return len(restored)
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> str:
@@ -511,80 +551,6 @@ class Conversation:
                 json.dump(self.to_json(), fh, indent=1, ensure_ascii=False)
                 fh.write("\n")
         return os.fspath(path)
-
-
-#: the largest transcript :meth:`Conversation.load` reads (a config's limit: JSON parsed whole)
-MAX_TRANSCRIPT_BYTES = 16 << 20
-
-
-def _transcript_turns(record, path) -> tuple[list[dict], list[dict]]:
-    """The turns and pending media of a transcript, their fields checked (a question and an answer
-    text each, media with a file name, the turns that left the context before those in it)."""
-    from .media.files import quote_path
-
-    where = f"transcript {quote_path(path)}"
-    if not isinstance(record, dict) or record.get("format") != "showo2-chat":
-        raise UsageError(f"{where} is not a chat transcript (/save writes them)")
-    if record.get("version") != 1:
-        raise UsageError(f"{where} has version {short(record.get('version'))}; this showo2 reads version 1")
-
-    def media(items) -> list[dict]:
-        if not isinstance(items, list) or not all(
-                isinstance(m, dict) and isinstance(m.get("source"), str)
-                and all(type(m.get(k, 1)) is int and 0 < m.get(k, 1) <= 1 << 24 for k in ("tokens", "frames"))
-                and m.get("kind", "image") in ("image", "video") and _tiles_field(m.get("vae_tiles"))
-                for m in items):
-            raise UsageError(f"{where}: media must be a list of objects with a 'source' file name "
-                             "(and their 'kind', 'tokens' and 'frames' counts and 'vae_tiles')")
-        if len(items) > MAX_MEDIA_PER_TURN:
-            raise UsageError(f"{where}: at most {MAX_MEDIA_PER_TURN} media per question")
-        return items
-
-    turns, seen_in = [], False
-    raw = record.get("turns")
-    if not isinstance(raw, list):
-        raise UsageError(f"{where}: 'turns' must be a list")
-    for t in raw:
-        if not isinstance(t, dict) or not isinstance(t.get("question"), str) or not isinstance(t.get("answer"), str):
-            raise UsageError(f"{where}: every turn needs a 'question' and an 'answer' text")
-        in_context = t.get("in_context", True) is not False
-        if seen_in and not in_context:
-            raise UsageError(f"{where}: a turn out of the context follows one in it")
-        seen_in |= in_context
-        # records only (never a length the chat computes with): one that cannot be a count or a time
-        # (-5, 10**18 tokens, NaN or 10**400 seconds: float() raised on it, NaN was saved again as
-        # JSON's invalid NaN) is not kept, as a missing one
-        numbers = [t.get(k, 0) for k in ("prompt_tokens", "generated_tokens", "seconds")]
-        turns.append({"question": t["question"], "answer": t["answer"], "media": media(t.get("media", [])),
-                      "in_context": in_context, "stopped": t.get("finish_reason", "stop") != "length",
-                      "prompt_tokens": numbers[0] if _count(numbers[0]) else 0,
-                      "generated_tokens": numbers[1] if _count(numbers[1]) else 0,
-                      "seconds": float(numbers[2]) if is_finite_number(numbers[2]) and numbers[2] >= 0 else 0.0,
-                      "sampling": t["sampling"] if isinstance(t.get("sampling"), dict) else None})
-    return turns, media(record.get("pending_media", []))
-
-
-def _count(value) -> bool:
-    """A token count a transcript may record (as media counts are bounded, 2^24)."""
-    return type(value) is int and 0 <= value <= 1 << 24
-
-
-def _released(described: dict) -> VisualInput:
-    """A medium of a turn that had left the context, as the chat keeps one (:meth:`VisualInput.release`):
-    its record without tokens, the shape of its positions only (never in a prompt again)."""
-    import torch
-
-    tiles = described.get("vae_tiles")
-    return VisualInput(described.get("kind", "image"), torch.empty((described.get("tokens", 1) - 1, 0),
-                       device="meta"), None, described.get("frames", 1), described["source"],
-                       None if tiles is None else tuple(tiles))
-
-
-def _tiles_field(tiles) -> bool:
-    """A medium's ``vae_tiles`` as :meth:`VisualInput.describe` writes it: absent (encoded whole, or
-    saved before tiles were recorded), or four pixel counts."""
-    return tiles is None or (isinstance(tiles, list) and len(tiles) == 4
-                             and all(type(n) is int and 0 < n <= 1 << 24 for n in tiles))
 
 
 __all__ = ["Cancelled", "Conversation", "MAX_MEDIA_PER_TURN", "Turn", "context_budget", "sampling_record"]
