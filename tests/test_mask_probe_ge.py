@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -86,3 +88,58 @@ def test_sdpa_mask_is_what_sdpa_makes_of_the_boolean_mask():
         sdpa = torch.nn.functional.scaled_dot_product_attention
         assert torch.equal(attention.attend(q, k, v, form), sdpa(q, k, v, attn_mask=mask))
     assert torch.equal(attention.sdpa_mask(mask, torch.float32), backend_mask(mask, "sdpa", torch.float32))
+
+
+def _train_step(tmp_path, name, checkpointing=False):
+    """One optimizer step of a tiny run (a t2i forward, an mmu forward); returns the losses and the
+    distinct float (B, 1, L, L) masks autograd kept, per forward."""
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.trainer import train
+    from test_train import tiny_config
+
+    kept: list[set[int]] = []
+    seen: set[int] = set()
+
+    def pack(t):
+        if t.dim() == 4 and t.shape[1] == 1 and t.shape[-1] == t.shape[-2] > 1 and t.is_floating_point():
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in seen:
+                seen.add(ptr)
+                kept[-1].add(ptr)
+        return t
+
+    import showo2_cli.training.recipe as recipe
+
+    forward = recipe.Showo2Loss.forward
+
+    def counted(self, batch, totals=None):
+        kept.append(set())
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            return forward(self, batch, totals)
+
+    raw = tiny_config(tmp_path / name, **{"optim.max_steps": 1, "run.gradient_checkpointing": checkpointing})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(recipe.Showo2Loss, "forward", counted)
+        train(parse_config(raw, source=name))
+    lines = [json.loads(x) for x in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
+    return [x["loss"] for x in lines if "loss" in x], [len(k) for k in kept]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_training_step_keeps_one_mask_per_forward(tmp_path, monkeypatch, checkpointing):
+    """A real training step (the recipe's forward: the LLM, then the flow head on the generation
+    rows): one float mask kept per forward, the LLM's and the flow head's the same tensor (without
+    checkpointing: 2 + 2 per forward in the tiny model before), and the same loss bits."""
+    losses, kept = _train_step(tmp_path, "new", checkpointing)
+    monkeypatch.setattr(attention, "sdpa_mask", lambda mask_bool, dtype: mask_bool, raising=False)  # the old form
+    import showo2_cli.training.recipe as recipe
+
+    monkeypatch.setattr(recipe, "shared_mask", lambda mask_bool, attn, dtype: mask_bool, raising=False)
+    old_losses, old_kept = _train_step(tmp_path, "old", checkpointing)
+    assert losses == old_losses and len(losses) >= 1
+    assert len(kept) >= 2
+    if checkpointing:  # the layers' inputs are kept (the mask: one float tensor now, the bool before)
+        assert all(n <= 1 for n in kept), kept
+    else:
+        assert all(n == 1 for n in kept), kept
+        assert all(n >= 4 for n in old_kept), old_kept

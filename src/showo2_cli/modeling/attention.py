@@ -40,6 +40,16 @@ def sdpa_mask(mask_bool: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
                        torch.full((), float("-inf"), dtype=dtype, device=mask_bool.device))
 
 
+def shared_mask(mask_bool: torch.Tensor, attn: str, dtype: torch.dtype) -> torch.Tensor:
+    """The mask of a forward whose LLM and flow head both attend under it (training's): under sdpa
+    converted here, once (:func:`sdpa_mask`: 0 and ``-inf``, the same numbers in every float
+    type), so one tensor serves both modules and autograd (or gradient checkpointing) keeps one;
+    the other backends' forms depend on the module's dtype: each module converts it, as given."""
+    if attn == "sdpa" and mask_bool.dtype == torch.bool:
+        return sdpa_mask(mask_bool, dtype)
+    return mask_bool
+
+
 def additive_mask(mask_bool: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The official additive form: 0 where allowed, ``int64.min`` cast to ``dtype`` where blocked."""
     blocked = torch.tensor(torch.iinfo(torch.int64).min, dtype=dtype)
