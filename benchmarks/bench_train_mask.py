@@ -8,7 +8,8 @@ geometry, 1 + 729 * frames positions after a short prompt). The network is the t
 (``--layers`` LLM, ``--head-layers`` flow-head layers), so the masks, whose size depends on the
 sequence and the layer count only, are a visible share of the memory. "old": every layer given the
 boolean mask (SDPA converts it per call and keeps each layer's float copy for the backward);
-"new": the mask converted once per module (``attention.sdpa_mask``). Each run is a fresh process
+"new": the mask converted once, shared by both modules (``attention.shared_mask``, as the training
+recipe does). ``--checkpointing``: with gradient checkpointing (the layers' inputs kept). Each run is a fresh process
 (one thread), interleaved old, new, new, old, ...; reports peak RSS, CPU seconds of the step, the
 mask-sized tensors autograd kept, and whether the two forms' gradients are the same bits.
 """
@@ -47,6 +48,10 @@ def worker(a) -> dict:
         torch.nn.init.normal_(p, std=0.02)
     if a.form == "old":  # the boolean mask to every layer, as before probe GE
         attention.sdpa_mask = lambda mask_bool, dtype: mask_bool
+        attention.shared_mask = lambda mask_bool, attn, dtype: mask_bool
+    if a.checkpointing:
+        net.set_gradient_checkpointing(True)
+        net.train()
     tokens = SpecialTokens(bos=1, eos=2, boi=3, eoi=4, img_pad=5, vid_pad=6, pad=0, img=7, bov=8, eov=9)
     positions = 1 + 729 * a.frames
     layout = generation_layout([[20 + i for i in range(12)]], positions, tokens, positions + 40, video=True)
@@ -62,7 +67,7 @@ def worker(a) -> dict:
         return t
 
     start = time.process_time()
-    mask = omni_attention_mask(blocks, length)
+    mask = attention.shared_mask(omni_attention_mask(blocks, length), net.attn, net.dtype)  # as the recipe does
     visual = net.visual_tokens(x)
     t = torch.full((rows,), 0.4)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -86,6 +91,7 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--head-layers", type=int, default=4)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on (LLM and flow head)")
     ap.add_argument("--form", choices=("old", "new"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
@@ -96,7 +102,7 @@ def main() -> int:
     for rep in range(a.reps):
         for form in (("old", "new") if rep % 2 == 0 else ("new", "old")):
             cmd = [sys.executable, __file__, "--form", form, "--frames", str(a.frames), "--layers", str(a.layers),
-                   "--head-layers", str(a.head_layers)]
+                   "--head-layers", str(a.head_layers)] + (["--checkpointing"] if a.checkpointing else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
             if proc.returncode:
                 print(proc.stderr[-3000:], file=sys.stderr)
@@ -104,7 +110,8 @@ def main() -> int:
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr)
     same = len({r["grads_sha256"] for r in rows}) == 1
-    result = {"frames": a.frames, "layers": a.layers, "head_layers": a.head_layers, "rows": rows,
+    result = {"frames": a.frames, "layers": a.layers, "head_layers": a.head_layers,
+              "checkpointing": a.checkpointing, "rows": rows,
               "gradients_same_bits": same}
     if a.out:
         a.out.write_text(json.dumps(result, indent=1) + "\n")
