@@ -94,3 +94,30 @@ def test_an_unread_turn_whose_file_is_gone_leaves_the_context_with_a_notice(demo
     assert isinstance(answer, str) and new._start == 9
     assert any(files[8] in n and "can no longer be read" in n for n in notices), notices
     assert all(not m.released for t in new.turns[new._start:] for m in t.media)
+
+
+def test_a_failed_read_changes_nothing_and_the_next_question_reads_on(demo, tmp_path, monkeypatch):
+    """Another error while reading them (a memory refusal): the question fails, the media read stay
+    read, the others stay unread (not let go), and the next question gets the saved chat's prompt."""
+    from showo2_cli import chat as C
+    from showo2_cli.errors import ResourceError
+
+    old, files = _saved(demo, tmp_path)
+    new, calls = _loaded(demo, tmp_path, monkeypatch)
+    for conv in (old, new):
+        del conv.turns[-5:]
+    counted = C.encode_media
+
+    def second_refused(*a, **k):
+        if len(calls) == 2:
+            calls.append("refused")
+            raise ResourceError("not enough memory")
+        return counted(*a, **k)
+
+    monkeypatch.setattr(C, "encode_media", second_refused)
+    with pytest.raises(ResourceError):
+        new.ask("what now?")
+    assert len(new.turns) == 11 and not new.notices
+    monkeypatch.setattr(C, "encode_media", counted)
+    assert new.ask("what now?") == old.ask("what now?")
+    assert new.turns[-1].prompt_tokens == old.turns[-1].prompt_tokens and new.notices == old.notices

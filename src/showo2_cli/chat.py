@@ -394,24 +394,28 @@ class Conversation:
         read: dict[int, VisualInput] = {}
         by_source: dict[str, VisualInput] = {}
         changed = False
-        for m in wanted:
-            if id(m) in read:
-                continue
-            del self._unread[id(m)]
-            try:
-                if m.source not in by_source:
-                    by_source[m.source] = encode_media(self.model, m.source, self.options, name=m.source)
-            except (InputError, UsageError) as e:  # (what load says of a file it cannot read again)
-                self._notice(f"{m.source} (a turn /load left unread) can no longer be read ({e}): that turn "
-                             "and those before it stay out of the context")
-                changed = True
-                continue
-            read[id(m)] = by_source[m.source]
-            changed |= read[id(m)].positions != m.positions
-        for t in self.turns:
-            if any(id(m) in read for m in t.media):
-                t.media = [read.get(id(m), m) for m in t.media]
-        carried[:] = [read.get(id(m), m) for m in carried]
+        try:
+            for m in wanted:
+                if id(m) in read or id(m) not in self._unread:
+                    continue
+                try:
+                    if m.source not in by_source:
+                        by_source[m.source] = encode_media(self.model, m.source, self.options, name=m.source)
+                except (InputError, UsageError) as e:  # (what load says of a file it cannot read again)
+                    del self._unread[id(m)]  # a record let go now: its turn cannot be in a prompt
+                    self._notice(f"{m.source} (a turn /load left unread) can no longer be read ({e}): that "
+                                 "turn and those before it stay out of the context")
+                    changed = True
+                    continue
+                read[id(m)] = by_source[m.source]
+                changed |= read[id(m)].positions != m.positions
+        finally:  # what was read stays read (another error, a memory refusal: the rest stay unread)
+            for key in read:
+                del self._unread[key]
+            for t in self.turns:
+                if any(id(m) in read for m in t.media):
+                    t.media = [read.get(id(m), m) for m in t.media]
+            carried[:] = [read.get(id(m), m) for m in carried]
         return changed
 
     def _release_dropped_media(self) -> None:
