@@ -108,6 +108,13 @@ def check_int(option: str, value: int | None, low: int, high: int) -> None:
         raise UsageError(f"{option} must be {whole}between {low} and {high}, got {short(value)}")
 
 
+def check_flag(option: str, value) -> None:
+    """A switch given in Python (``vae_sample=``, ``cache_prefix=``, ``sample=``, ``compile=``): True
+    or False only; a text (``"no"``) or a number was read by its truth, the opposite of what it said."""
+    if not isinstance(value, bool):
+        raise UsageError(f"{option} must be True or False, got " + (f"'{short(value)}'" if isinstance(value, str) else short(value)))
+
+
 def check_seed(seed: int | None, option: str = "--seed") -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
         whole = "" if isinstance(seed, int) and not isinstance(seed, bool) else "a whole number "  # 4.0, "4"
@@ -402,8 +409,7 @@ class TextSampling:
         for text in self.stop_strings:
             if not isinstance(text, str) or not text or len(text) > MAX_STOP_CHARS:
                 raise UsageError(f"a stop string must be 1 to {MAX_STOP_CHARS} characters of text")
-        if not isinstance(self.strict_schema, bool):
-            raise UsageError(f"strict_schema must be True or False, got {short(self.strict_schema)}")
+        check_flag("strict_schema", self.strict_schema)
         if self.json_schema is not None:
             from .structured import check_schema
 
@@ -469,6 +475,7 @@ class CaptionOptions:
         check_choice("--template", self.template, TEMPLATES)
         check_int("--size", self.size, 16, MAX_SIDE)
         check_number("--max-memory", self.max_memory_gb, 0)
+        check_flag("--vae-sample", self.vae_sample)
         if not isinstance(self.questions, (list, tuple)):  # (a number, None: "TypeError: not iterable")
             raise UsageError(f"questions must be a list of texts, got {short(self.questions)}")
         for q in self.questions:
@@ -545,6 +552,7 @@ class GenerateOptions:
                                      "(leave seeds out to draw them)")
                 check_seed(one, "each of seeds")
         check_number("--max-memory", self.max_memory_gb, 0)
+        check_flag("cache_prefix", self.cache_prefix)
         check_int("--frames", self.frames, 1, MAX_VIDEO_FRAMES)
         from .specs import WAN21
 
@@ -579,7 +587,11 @@ class EncodeOptions:
         plain_numbers(self)
 
     def validate(self) -> None:
+        from .specs import size_hw  # (specs imports this module; both are torch-free)
+
+        size_hw(self.size)
         check_int("--frames", self.frames, 1, 100_000)
+        check_flag("--sample", self.sample)
         check_seed(self.seed)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import warnings
 from contextlib import contextmanager, suppress
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ResourceError, UsageError
+from .errors import ResourceError, UsageError, short
 from .hub_auth import hub_offline
 from .options import (
     DTYPES,
@@ -29,6 +28,7 @@ from .options import (
     env_memory_limit,
     env_seconds,
     gb_text,
+    is_finite_number,
 )
 from .processes import RENDEZVOUS_ENV, RENDEZVOUS_WAIT, launch_env, launch_rendezvous, process_rank
 
@@ -231,8 +231,6 @@ def python_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu", n
     except UsageError:
         found = None
     if found not in PYTHON_DTYPES:
-        from .errors import short
-
         raise UsageError(f"{name} must be auto, fp32, bf16, fp16 or float64 (a name or a torch dtype), got "
                          f"'{short(dtype)}'")
     return found
@@ -386,8 +384,10 @@ def memory_limit_gb(option: float | None = None, device: str | torch.device = "c
     ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on ``device``. 0 means no limit."""
     if option is not None:
         value, source = option, "--max-memory"
-        if not math.isfinite(value) or value < 0:
-            raise UsageError(f"{source} must be a number of GB >= 0 (0: no limit), got {value}")
+        # (is_finite_number: "x" was a TypeError here, 10**400 an OverflowError, True a 1 GB limit)
+        if not is_finite_number(value) or value < 0:
+            raise UsageError(f"{source} must be a number of GB >= 0 (0: no limit), got {short(value)}")
+        value = float(value)
     else:
         value, source = env_memory_limit(), MAX_MEMORY_ENV
         if value is None:

@@ -394,6 +394,28 @@ def whole_count(n, what: str) -> int:
     return int(n)
 
 
+def size_hw(size) -> tuple[int, int]:
+    """A resize target as ``(height, width)``: a whole number (a square) or a pair of them (numpy's
+    too), each 1 to :data:`MAX_SIDE` pixels; anything else is a UsageError before any pixel is made
+    (``(10**9, 10**9)`` was a MemoryError inside Pillow, ``10**30`` an OverflowError)."""
+    def whole(v) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if whole(size):
+        h = w = int(size)
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        if not all(whole(v) for v in size):
+            raise UsageError(f"size must be whole numbers, got {short(size)}")
+        h, w = (int(v) for v in size)
+    else:
+        raise UsageError(f"size must be an integer or (height, width), got {short(size)}")
+    if h < 1 or w < 1:
+        raise UsageError(f"size must be positive, got {h}x{w} (height x width)")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise UsageError(f"size must be at most {MAX_SIDE} pixels a side, got {short(h)}x{short(w)} (height x width)")
+    return h, w
+
+
 def _number(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
 

@@ -4,7 +4,6 @@ and model tensors, and valid frame counts."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +12,7 @@ from PIL import Image
 
 from showo2_cli.errors import UsageError, short
 from showo2_cli.options import MAX_SIDE  # the largest side parse_size accepts
-from showo2_cli.specs import WAN21
+from showo2_cli.specs import WAN21, size_hw  # (size_hw: the resizes' target, at most MAX_SIDE)
 from showo2_cli.specs import whole_count as check_count  # noqa: F401  (media.video uses it)
 
 from .image import to_rgb
@@ -25,24 +24,6 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------------------------
 # sizes and resizing
 # ---------------------------------------------------------------------------------------------
-
-
-def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
-    """``size`` as ``(height, width)``; an int is a square."""
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        h = w = int(size)
-    elif isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
-        h, w = size
-        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in (h, w)):
-            raise UsageError(f"size must be whole numbers, got {size!r}")
-        h, w = int(h), int(w)
-    else:
-        raise UsageError(f"size must be an integer or (height, width), got {size!r}")
-    if h < 1 or w < 1:
-        raise UsageError(f"size must be positive, got {h}x{w} (height x width)")
-    return h, w
-
-
 
 
 def parse_size(text: str | int | None, multiple: int = 16, option: str = "--size") -> tuple[int, int] | None:
@@ -95,7 +76,7 @@ def resize_center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.I
     ``Resize(size, BICUBIC) + CenterCrop(size)`` on a PIL image. For ``(h, w)`` the image is
     scaled by ``max(h / H, w / W)`` the same way, then cropped to ``h x w``.
     """
-    th, tw = _size_hw(size)
+    th, tw = size_hw(size)
     width, height = img.size
     if width < 1 or height < 1:
         raise UsageError("cannot resize an empty image")
@@ -152,7 +133,7 @@ def resize_and_pad(img: Image.Image, size: int | tuple[int, int]) -> Image.Image
     ``size x size`` for an int, ``h x w`` for ``(h, w)``; the image is pasted at
     ``((W - w') // 2, (H - h') // 2)``. The result is RGB.
     """
-    th, tw = _size_hw(size)
+    th, tw = size_hw(size)
     width, height = img.size
     if width < 1 or height < 1:
         raise UsageError("cannot resize an empty image")

@@ -102,6 +102,7 @@ def encode(source, vae: WanVAE, options: EncodeOptions | None = None,
     Refuses (:class:`ResourceError`) a job whose estimated memory exceeds ``max_memory_gb``
     (default ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on the VAE's device)."""
     opts = options or EncodeOptions()
+    opts.validate()  # (never run here: a seed of -1, sample="no" and a side of 10**9 went on to torch and Pillow)
     notices: list[str] = []
     if opts.seed is not None and not opts.sample:
         notices.append("--seed has no effect without --sample (the posterior mean has no noise)")

@@ -1,0 +1,91 @@
+"""Probe GC (hostile round twenty-three): what the Python API took that the command line refuses.
+
+``api.encode`` / ``api.encode_file`` never ran ``EncodeOptions.validate()``: a seed the CLI refuses
+(-1) was used, 2**64 or 1.5 were torch's ValueError/RuntimeError, ``sample="no"`` drew a sample and
+recorded ``"sample": "no"``, and a size of 10**9 a side was a bare MemoryError (10**30: an
+OverflowError). ``max_memory_gb="x"`` or ``10**400`` given to ``encode`` / ``decode_file`` were a
+TypeError / OverflowError from the memory guard. Flags given as text (``vae_sample="no"``,
+``cache_prefix="no"``) were read as true. Each is now the project's UsageError, before any work."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from showo2_cli import api
+from showo2_cli.errors import UsageError
+from showo2_cli.media import resize_and_pad, resize_center_crop
+
+
+@pytest.fixture(scope="module")
+def vae(tiny_pipe):
+    return tiny_pipe.model.vae
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "in.png"
+    Image.new("RGB", (40, 24), (200, 40, 10)).save(path)
+    return path
+
+
+_BAD_ENCODE = {
+    "a negative seed": (dict(seed=-1, sample=True), r"--seed must be between 0 and 2\^63-1, got -1"),
+    "a seed past 2**64": (dict(seed=2**64, sample=True), r"--seed must be between 0 and 2\^63-1"),
+    "a fractional seed": (dict(seed=1.5, sample=True), r"--seed must be a whole number"),
+    "a seed as text": (dict(seed="3", sample=True), r"--seed must be a whole number"),
+    "sample as text": (dict(sample="no"), r"--sample must be True or False, got 'no'"),
+    "a side of 10**9": (dict(size=(10**9, 10**9)), r"size must be at most 4096 pixels a side"),
+    "a side of 10**30": (dict(size=10**30), r"size must be at most 4096 pixels a side"),
+    "frames past the bound": (dict(frames=10**30), r"--frames must be between 1 and 100000"),
+}
+
+
+@pytest.mark.parametrize("name", list(_BAD_ENCODE))
+def test_encode_checks_its_options_before_any_work(vae, photo, tmp_path, name):
+    options, message = _BAD_ENCODE[name]
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(UsageError, match=message):
+        api.encode(photo, vae, api.EncodeOptions(**{"size": (16, 16), **options}))
+    with pytest.raises(UsageError, match=message):
+        api.encode_file(photo, vae, out, api.EncodeOptions(**{"size": (16, 16), **options}))
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+@pytest.mark.parametrize("limit", ["x", 10**400, float("nan"), -1, True])
+def test_a_memory_limit_that_is_no_number_of_gb_is_a_usage_error(vae, photo, tmp_path, limit):
+    with pytest.raises(UsageError, match=r"--max-memory must be a"):
+        api.encode(photo, vae, api.EncodeOptions(size=(16, 16)), max_memory_gb=limit)
+    latents = api.encode(photo, vae, api.EncodeOptions(size=(16, 16)))
+    api.save_latents(tmp_path / "l.safetensors", latents.latents, latents.metadata)
+    with pytest.raises(UsageError, match=r"--max-memory must be a"):
+        api.decode_file(tmp_path / "l.safetensors", vae, tmp_path / "d.png", max_memory_gb=limit)
+    assert not (tmp_path / "d.png").exists()
+
+
+def test_encode_still_takes_what_it_took(vae, photo):
+    """numpy's integers, a square side, a sample with a seed: as before."""
+    import numpy as np
+
+    one = api.encode(photo, vae, api.EncodeOptions(size=np.int64(16), sample=True, seed=np.int64(3)))
+    two = api.encode(photo, vae, api.EncodeOptions(size=(16, 16), sample=True, seed=3))
+    assert one.metadata["sample"] is True and one.metadata["seed"] == 3
+    assert (one.latents == two.latents).all()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: api.CaptionOptions(["hi"], vae_sample="no"),
+    lambda: api.GenerateOptions(cache_prefix="no"),
+    lambda: api.EncodeOptions(sample=1),
+], ids=["vae_sample", "cache_prefix", "sample"])
+def test_flags_given_as_text_or_numbers_are_refused(make):
+    with pytest.raises(UsageError, match=r"must be True or False"):
+        make().validate()
+
+
+@pytest.mark.parametrize("resize", [resize_center_crop, resize_and_pad])
+def test_a_resize_past_the_largest_side_is_refused_before_allocating(resize):
+    img = Image.new("RGB", (8, 8))
+    with pytest.raises(UsageError, match=r"size must be at most 4096 pixels a side, got 1000000000x1000000000"):
+        resize(img, (10**9, 10**9))
+    assert resize(img, (16, 4096)).size == (4096, 16)
