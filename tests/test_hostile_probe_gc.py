@@ -89,3 +89,13 @@ def test_a_resize_past_the_largest_side_is_refused_before_allocating(resize):
     with pytest.raises(UsageError, match=r"size must be at most 4096 pixels a side, got 1000000000x1000000000"):
         resize(img, (10**9, 10**9))
     assert resize(img, (16, 4096)).size == (4096, 16)
+
+
+@pytest.mark.parametrize("kind", ["t3i", None, "T2I"])
+def test_plan_outputs_and_save_results_name_an_unknown_kind(tmp_path, kind):
+    """A kind other than t2i, t2v or i2v was a KeyError from inside."""
+    with pytest.raises(UsageError, match=r"kind must be one of t2i, t2v, i2v, got"):
+        api.plan_outputs(kind, tmp_path / "x.png", ["a"], [0], 1, seed=1)
+    with pytest.raises(UsageError, match=r"kind must be one of t2i, t2v, i2v, got"):
+        api.save_results([], [], kind)
+    assert list(tmp_path.iterdir()) == []

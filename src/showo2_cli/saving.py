@@ -27,6 +27,7 @@ from .options import (
     DEFAULT_FPS,
     MAX_OUTPUTS,
     MAX_PROMPTS_FILE_BYTES,
+    check_choice,
     check_fps,
     check_text,
     seed_for,
@@ -242,7 +243,13 @@ class OutputPlan:
         return [f for f in (self.path, self.sidecar, self.latents) if f is not None]
 
 
+def check_kind(kind: str) -> None:
+    """``kind`` of :func:`plan_outputs` / :func:`save_results`: t2i, t2v or i2v (another was a KeyError)."""
+    check_choice("kind", kind, tuple(KIND_EXTS), allow_none=False)
+
+
 def output_extension(kind: str, output: str | os.PathLike | None) -> str:
+    check_kind(kind)
     allowed = KIND_EXTS[kind]
     if output is None:
         return DEFAULT_EXT[kind]
@@ -339,6 +346,7 @@ def save_results(results, plans: list[OutputPlan], kind: str, fps: float | None 
     places together, and a failure or Ctrl-C before then leaves none of them (and, with
     ``overwrite``, the old ones as they were). A default name (no ``-o``) that another run took
     meanwhile moves on to the next free one, as planning does."""
+    check_kind(kind)
     if len(results) != len(plans):
         raise UsageError(f"{len(results)} result(s) but {len(plans)} planned output(s)")
     if kind != "t2i":
