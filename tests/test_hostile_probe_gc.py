@@ -99,3 +99,51 @@ def test_plan_outputs_and_save_results_name_an_unknown_kind(tmp_path, kind):
     with pytest.raises(UsageError, match=r"kind must be one of t2i, t2v, i2v, got"):
         api.save_results([], [], kind)
     assert list(tmp_path.iterdir()) == []
+
+
+def _same_bytes_after(paths, run):
+    before = {p: p.read_bytes() for p in paths}
+    result = run()
+    assert {p: p.read_bytes() for p in paths} == before
+    return result
+
+
+def test_an_output_that_is_one_of_the_runs_inputs_is_refused_even_with_overwrite(tmp_path, tiny_model_dir, capsys):
+    """`t2i --prompts-file cats.json -o cats.png --overwrite` replaced the prompts file with the
+    sidecar; `i2v still.gif -o still.gif --overwrite` replaced the image with the video; a noise
+    file named as the run's latents was replaced by them. Each is refused before the model loads."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from showo2_cli.cli import main
+
+    prompts = tmp_path / "cats.json"
+    prompts.write_text(json.dumps(["a cat"]))
+    still = tmp_path / "still.gif"
+    Image.new("RGB", (32, 32), (9, 9, 200)).save(still)
+    noise = tmp_path / "n.latents.safetensors"
+    save_file({"noise": torch.zeros(1, 16, 2, 2)}, str(noise))
+    model = ["-m", str(tiny_model_dir), "--steps", "2", "--overwrite"]
+    runs = {
+        "--prompts-file": ["t2i", "--prompts-file", str(prompts), "-o", str(tmp_path / "cats.png"), *model],
+        "image": ["i2v", str(still), "a wave", "-o", str(still), "--frames", "5", *model],
+        "--noise": ["t2i", "a cat", "--noise", str(noise), "--save-latents", "-o", str(tmp_path / "n.png"), *model],
+    }
+    for what, args in runs.items():
+        code = _same_bytes_after([prompts, still, noise], lambda args=args: main(args))
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"is the input {what} " in err and "write the output elsewhere" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cats.json", "n.latents.safetensors", "still.gif"]
+
+
+def test_save_results_refuses_to_write_over_its_image_or_noise(tmp_path, tiny_pipe):
+    still = tmp_path / "still.png"
+    Image.new("RGB", (16, 16)).save(still)
+    made = api.text_to_image(tiny_pipe.model, ["a"], api.GenerateOptions(steps=2, seed=1))
+    plans = api.plan_outputs("t2i", still, ["a"], [0], 1, seed=1, overwrite=True)
+    with pytest.raises(UsageError, match=r"the output '.*still\.png' is the input image"):
+        _same_bytes_after([still], lambda: api.save_results(made, plans, "t2i", image=still, overwrite=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["still.png"]

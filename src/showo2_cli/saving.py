@@ -248,6 +248,21 @@ def check_kind(kind: str) -> None:
     check_choice("kind", kind, tuple(KIND_EXTS), allow_none=False)
 
 
+def check_inputs_kept(plans: list[OutputPlan], inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse a run one of whose output files (image or video, sidecar, latents) is one of its
+    inputs (``inputs``: what names it -> its path, e.g. ``{"--prompts-file": path}``): with
+    ``--overwrite`` the prompts file, the image of i2v or the noise was replaced by an output
+    (ffmpeg refuses the same, even with ``-y``)."""
+    given = [(what, str(path)) for what, path in inputs.items() if path is not None and str(path) != "-"]
+    given = [(what, path) for what, path in given if os.path.isfile(path)]
+    for plan in plans if given else []:
+        for f in plan.files():
+            for what, path in given:
+                if os.path.exists(f) and os.path.samefile(f, path):
+                    raise UsageError(f"the output '{short(str(f), 80)}' is the input {what} '{short(path, 80)}': "
+                                     "write the output elsewhere (the input would be replaced)")
+
+
 def output_extension(kind: str, output: str | os.PathLike | None) -> str:
     check_kind(kind)
     allowed = KIND_EXTS[kind]
@@ -349,6 +364,7 @@ def save_results(results, plans: list[OutputPlan], kind: str, fps: float | None 
     check_kind(kind)
     if len(results) != len(plans):
         raise UsageError(f"{len(results)} result(s) but {len(plans)} planned output(s)")
+    check_inputs_kept(plans, {"image": image, "noise": noise})
     if kind != "t2i":
         check_fps(fps)  # --fps's range (1000 was written, which the command refuses)
     records = []

@@ -110,6 +110,7 @@ def run(kind: str, prompt: str | None, prompts_file: Path | None, output: str | 
         try:  # every process plans (and checks) the whole run's outputs: a taken name fails all alike
             plans = O.plan_outputs(kind, output, prompts, list(range(len(prompts))), opts.num_per_prompt, opts.seed,
                                    overwrite, None, save_latents)
+            O.check_inputs_kept(plans, {"--prompts-file": prompts_file, "--noise": noise, "image": image})
         except Showo2Error as e:
             e.alike = True
             raise
