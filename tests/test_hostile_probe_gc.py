@@ -147,3 +147,19 @@ def test_save_results_refuses_to_write_over_its_image_or_noise(tmp_path, tiny_pi
     with pytest.raises(UsageError, match=r"the output '.*still\.png' is the input image"):
         _same_bytes_after([still], lambda: api.save_results(made, plans, "t2i", image=still, overwrite=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["still.png"]
+
+
+def test_a_loop_of_symbolic_links_is_said_as_such(tmp_path):
+    """A loop (a -> b -> a) read "broken symbolic link" alone, as if a target were missing."""
+    from showo2_cli.errors import InputError
+    from showo2_cli.media import read_media
+
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "c.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(InputError, match=r"cannot read media file '.*a\.png': broken symbolic link \(a loop: each link leads"):
+        read_media(tmp_path / "a.png")
+    with pytest.raises(InputError, match=r"cannot read media file '.*c\.png': broken symbolic link$"):
+        read_media(tmp_path / "c.png")
+    with pytest.raises(InputError, match=r"cannot read noise file '.*a\.png': broken symbolic link \(a loop: each link leads"):
+        api.load_noise(tmp_path / "a.png")

@@ -5,6 +5,7 @@ and the one choice of their text encoding."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -27,6 +28,11 @@ def missing_input(path: PathLike, what: str, error: type[Showo2Error] = InputErr
     tools fetch none), else no such file."""
     p = Path(os.fspath(path))
     if p.is_symlink():
+        try:
+            os.stat(p)
+        except OSError as e:  # (a loop of links read "broken symbolic link": nothing is missing)
+            if e.errno == errno.ELOOP:
+                return error(f"cannot read {what} {quote_path(p)}: broken symbolic link (a loop: each link leads to another)")
         return error(f"cannot read {what} {quote_path(p)}: broken symbolic link")
     text = os.fspath(path)  # a URL (the CLI's Path made "https://x" "https:/x"): say so
     collapsed = re.match(r"(?i)(https?|ftps?|s3|gs|hf|file):/(?!/)", text) if isinstance(text, str) else None
