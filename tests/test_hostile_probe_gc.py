@@ -163,3 +163,18 @@ def test_a_loop_of_symbolic_links_is_said_as_such(tmp_path):
         read_media(tmp_path / "c.png")
     with pytest.raises(InputError, match=r"cannot read noise file '.*a\.png': broken symbolic link \(a loop: each link leads"):
         api.load_noise(tmp_path / "a.png")
+
+
+def test_a_chat_started_with_stdin_closed_says_so_before_the_model_loads(monkeypatch, capsys, tiny_model_dir):
+    """`showo2 chat <&-` (Python's sys.stdin is None) loaded the model, then failed with
+    "internal error: TypeError: 'NoneType' object is not iterable" (exit 1)."""
+    from showo2_cli.cli import common, main
+
+    loads = []
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: loads.append(a) or pytest.fail("loaded"))
+    monkeypatch.setattr("sys.stdin", None)
+    assert main(["chat", "-m", str(tiny_model_dir)]) == 3
+    err = capsys.readouterr().err
+    assert err == ("showo2: error: cannot read the questions: standard input is closed (run the chat in a "
+                   "terminal, or pipe the questions in)\n"), err
+    assert loads == []

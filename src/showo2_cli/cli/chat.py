@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import ResourceError, is_out_of_memory, one_line, rename_options
+from ..errors import InputError, ResourceError, is_out_of_memory, one_line, rename_options
 from ..options import DEFAULT_MAX_NEW_TOKENS, RuntimeOptions, check_max_context
 from . import common
 from .chat_input import MULTILINE, LineTooLong, Message, Unclosed, input_lines
@@ -459,6 +459,9 @@ def chat(
             M.read_image(path, min_side=1)  # (a JPEG over the limit: read reduced, as understanding does)
         else:
             M.check_video(path)
+    if sys.stdin is None:  # (`showo2 chat <&-`: "internal error: TypeError" once the model had loaded)
+        raise InputError("cannot read the questions: standard input is closed (run the chat in a terminal, "
+                         "or pipe the questions in)")
 
     bundle = C.load_model(model, runtime, vae=vae, lora=lora, vae_parts=("encoder",),
                           heads=("lm_head",))  # the decoder and flow head on the first /t2i
