@@ -384,8 +384,7 @@ def memory_limit_gb(option: float | None = None, device: str | torch.device = "c
     ``$SHOWO2_MAX_MEMORY_GB``, else the memory available on ``device``. 0 means no limit."""
     if option is not None:
         value, source = option, "--max-memory"
-        # (is_finite_number: "x" was a TypeError here, 10**400 an OverflowError, True a 1 GB limit)
-        if not is_finite_number(value) or value < 0:
+        if not is_finite_number(value) or value < 0:  # ("x": a TypeError, 10**400: an OverflowError)
             raise UsageError(f"{source} must be a number of GB >= 0 (0: no limit), got {short(value)}")
         value = float(value)
     else:
