@@ -178,3 +178,19 @@ def test_a_chat_started_with_stdin_closed_says_so_before_the_model_loads(monkeyp
     assert err == ("showo2: error: cannot read the questions: standard input is closed (run the chat in a "
                    "terminal, or pipe the questions in)\n"), err
     assert loads == []
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: api.GenerateOptions(guidance=__import__("decimal").Decimal("1.5")),
+     "--guidance must be a number >= 0 and <= 100, got 1.5 (Decimal)"),
+    (lambda: api.TextSampling(temperature=__import__("fractions").Fraction(1, 2)),
+     "--temperature must be a number >= 0 and <= 1000, got 1/2 (Fraction)"),
+    (lambda: api.GenerateOptions(steps=__import__("decimal").Decimal(4)),
+     "--steps must be a whole number between 2 and 10000, got 4 (Decimal)"),
+    (lambda: api.EncodeOptions(seed="3"), "--seed must be a whole number between 0 and 2^63-1, got '3'"),
+], ids=["Decimal guidance", "Fraction temperature", "Decimal steps", "text seed"])
+def test_a_refused_value_that_looks_in_range_names_its_type(make, message):
+    """"--guidance must be a number >= 0 and <= 100, got 1.5" (a Decimal) read as a contradiction."""
+    with pytest.raises(UsageError) as e:
+        make().validate()
+    assert str(e.value) == message

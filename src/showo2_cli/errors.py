@@ -107,6 +107,16 @@ def short(value: Any, n: int = 40) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+def given(value: Any) -> str:
+    """A value a check refused, as its message shows it: text quoted (``'3'``), a plain number as
+    it is, anything else with its type (``1.5 (Decimal)``: "must be a number <= 100, got 1.5" misled)."""
+    if isinstance(value, str):
+        return f"'{short(value)}'"
+    if value is None or isinstance(value, (bool, int, float)):
+        return short(value)
+    return f"{short(value)} ({type(value).__name__})"
+
+
 def unexpanded_home(path: Any) -> str:
     """For a path that does not exist and starts with ``~``: that the shell left it as typed (it
     expands ``~`` only unquoted at the start of a word, not in ``--output=~/x.png`` nor in quotes),

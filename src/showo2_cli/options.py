@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import UsageError, short
+from .errors import UsageError, given, short
 
 #: Longest prompt or question accepted, in characters (the models see a few hundred tokens).
 MAX_PROMPT_CHARS = 10_000
@@ -97,7 +97,7 @@ def check_number(option: str, value: float | None, low: float | None = None, hig
         hi = "" if high is None else f"<= {high:g}"
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         finite = "a finite number" if number and not is_finite_number(value) else "a number"
-        raise UsageError(f"{option} must be {finite} {' and '.join(x for x in (lo, hi) if x)}, got {short(value)}")
+        raise UsageError(f"{option} must be {finite} {' and '.join(x for x in (lo, hi) if x)}, got {given(value)}")
 
 
 def check_int(option: str, value: int | None, low: int, high: int) -> None:
@@ -105,20 +105,20 @@ def check_int(option: str, value: int | None, low: int, high: int) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         whole = "" if isinstance(value, int) and not isinstance(value, bool) else "a whole number "  # 5.0 is in range
-        raise UsageError(f"{option} must be {whole}between {low} and {high}, got {short(value)}")
+        raise UsageError(f"{option} must be {whole}between {low} and {high}, got {given(value)}")
 
 
 def check_flag(option: str, value) -> None:
     """A switch given in Python (``vae_sample=``, ``cache_prefix=``, ``sample=``, ``compile=``): True
     or False only; a text (``"no"``) or a number was read by its truth, the opposite of what it said."""
     if not isinstance(value, bool):
-        raise UsageError(f"{option} must be True or False, got " + (f"'{short(value)}'" if isinstance(value, str) else short(value)))
+        raise UsageError(f"{option} must be True or False, got {given(value)}")
 
 
 def check_seed(seed: int | None, option: str = "--seed") -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
         whole = "" if isinstance(seed, int) and not isinstance(seed, bool) else "a whole number "  # 4.0, "4"
-        raise UsageError(f"{option} must be {whole}between 0 and 2^63-1, got {short(seed)}")
+        raise UsageError(f"{option} must be {whole}between 0 and 2^63-1, got {given(seed)}")
 
 
 #: The largest size a model config may declare (positions, widths, layers), and so the largest
