@@ -253,7 +253,8 @@ def check_inputs_kept(plans: list[OutputPlan], inputs: dict[str, str | os.PathLi
     inputs (``inputs``: what names it -> its path, e.g. ``{"--prompts-file": path}``): with
     ``--overwrite`` the prompts file, the image of i2v or the noise was replaced by an output
     (ffmpeg refuses the same, even with ``-y``)."""
-    given = [(what, str(path)) for what, path in inputs.items() if path is not None and str(path) != "-"]
+    given = [(what, os.fspath(path)) for what, path in inputs.items()  # (a PIL image or a tensor: no file)
+             if isinstance(path, (str, os.PathLike)) and os.fspath(path) != "-"]
     given = [(what, path) for what, path in given if os.path.isfile(path)]
     for plan in plans if given else []:
         for f in plan.files():
