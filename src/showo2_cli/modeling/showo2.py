@@ -26,6 +26,7 @@ from ..runtime import quiet_imports
 from ..specs import ModelSpec
 from .attention import TRANSFORMERS_ATTENTION, backend_mask, static_flex_on_cpu
 from .flow_head import FinalLayer, ModulatedAttentionBlock, RotaryEmbedding, TimestepEmbedder, unpack_velocity
+from .mlp import use_gated_mlp
 from .parts import NotLoaded
 from .semantic import PatchEmbed, fusion_projector, interpolate_position_table, semantic_encoder
 
@@ -97,6 +98,7 @@ class Showo2Model(nn.Module):
         self.spec = spec
         s = spec
         self.showo = Qwen2ForCausalLM(qwen2_config(s))
+        use_gated_mlp(self.showo.model.layers)  # the same MLP, in place at inference (modeling/mlp.py)
         self.image_embedder_und = PatchEmbed(s.latent_channels, s.clip_latent_dim, s.patch_size)
         self.image_embedder_gen = PatchEmbed(s.latent_channels, s.hidden_size, s.patch_size)
         self.position_embedding = nn.Embedding(s.position_embedding_rows, s.clip_latent_dim)
