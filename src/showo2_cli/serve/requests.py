@@ -388,6 +388,28 @@ def _image_size(body: dict) -> tuple[object, str]:
     return made, "'width'x'height'"
 
 
+#: the generation settings of Show-o2's pipeline call that this endpoint does not take: a value sent
+#: under one of them would change the image, so it is refused, not dropped
+_PIPELINE_ONLY = ("shift", "sampler", "num_frames", "latents")
+_IMAGE_FIELDS = ("prompt, n (num_images_per_prompt), size (width and height), steps (num_inference_steps), "
+                 "guidance (guidance_scale), seed, negative_prompt")
+
+
+def refuse_pipeline_arguments(body: dict) -> None:
+    """diffusers' call arguments that :class:`~showo2_cli.pipeline.Showo2Pipeline` refuses
+    (``pipelines.arguments.CALL_HINTS``: ``sigmas``, ``true_cfg_scale``, ``max_sequence_length``,
+    ``prompt_2``, ...) and its own settings this endpoint does not take (``shift``, ``sampler``):
+    a 400 naming the field, as the pipeline's TypeError does, not a value dropped without a word
+    (the request ``{"sigmas": [...]}`` ran on the default grid)."""
+    from ..pipelines.arguments import CALL_HINTS  # (torch: loaded in a server with a model)
+
+    for key in (*CALL_HINTS, *_PIPELINE_ONLY):
+        if body.get(key) is not None:
+            why = "Show-o2's pipeline refuses it too" if key in CALL_HINTS else "a setting of the Python pipeline only"
+            raise ApiError(400, f"'{key}' is not taken by this endpoint ({why}); its fields: {_IMAGE_FIELDS}",
+                           "unsupported_parameter", key)
+
+
 def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
     from ..options import MAX_PROMPT_CHARS
 
@@ -395,6 +417,7 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
         if body.get(name) is not None:
             raise ApiError(400, f"'{name}' is not supported: this endpoint makes images from the prompt alone "
                                 "(no edits)", "unsupported_parameter", name)
+    refuse_pipeline_arguments(body)
 
     optional_string(body.get("user"), "user")
     prompt = body.get("prompt")

@@ -1,0 +1,37 @@
+"""Probe GJ: the day's merges read together (probes GB-GG, each written from the same commit)."""
+
+from __future__ import annotations
+
+import pytest
+
+from showo2_cli.pipelines.arguments import CALL_HINTS, check_kwargs
+from showo2_cli.serve import ApiError, ServerConfig
+from showo2_cli.serve.requests import parse_images
+from showo2_cli.specs import get_spec
+
+
+@pytest.mark.parametrize("extra", [{"sigmas": [1.0, 0.5, 0.0]}, {"true_cfg_scale": 4.0}, {"max_sequence_length": 77},
+                                   {"negative_prompt_2": "blur"}, {"shift": 3.0}, {"sampler": "heun"}])
+def test_the_image_endpoint_refuses_what_the_pipeline_refuses_or_it_does_not_take(extra):
+    """Probe GD had the endpoint take diffusers' names (which it dropped); probe GG had the pipeline
+    refuse diffusers' names it has no use for. The endpoint still dropped those without a word: a
+    request with ``sigmas`` or ``true_cfg_scale`` made the default image."""
+    (key,) = extra
+    with pytest.raises(ApiError) as e:
+        parse_images({"prompt": "a cat", **extra}, ServerConfig(), get_spec("tiny"))
+    assert (e.value.status, e.value.code, e.value.param) == (400, "unsupported_parameter", key)
+    assert f"'{key}'" in str(e.value) and "num_inference_steps" in str(e.value)
+
+
+def test_every_call_argument_the_pipeline_refuses_the_endpoint_refuses():
+    spec, config = get_spec("tiny"), ServerConfig()
+    for key in CALL_HINTS:
+        with pytest.raises(TypeError):
+            check_kwargs("Showo2Pipeline.__call__", {key: 1}, hints=CALL_HINTS)
+        with pytest.raises(ApiError) as e:
+            parse_images({"prompt": "a cat", key: 1}, config, spec)
+        assert e.value.param == key
+    # a null is a field left out; the names the endpoint takes still work
+    plan = parse_images({"prompt": "a cat", "sigmas": None, "num_inference_steps": 3, "guidance_scale": 2.0},
+                        config, spec)
+    assert (plan.steps, plan.guidance) == (3, 2.0)
