@@ -141,7 +141,7 @@ def test_a_full_disk_under_the_image_and_video_encoders_is_said_as_every_writer_
 
 
 def test_sizes_are_said_in_the_unit_that_shows_them():
-    from showo2_cli.options import gb_text
+    from showo2_cli.errors import gb_text
 
     assert [gb_text(v) for v in (15.0, 0.99996, 0.0031, 0.0009996, 3e-6)] == [
         "15.0 GB", "1.0 GB", "3.1 MB", "1.0 MB", "3.0 KB"]  # (0.99996 GB was "1000.0 MB")

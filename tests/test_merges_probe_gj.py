@@ -35,3 +35,31 @@ def test_every_call_argument_the_pipeline_refuses_the_endpoint_refuses():
     plan = parse_images({"prompt": "a cat", "sigmas": None, "num_inference_steps": 3, "guidance_scale": 2.0},
                         config, spec)
     assert (plan.steps, plan.guidance) == (3, 2.0)
+
+
+def test_one_stop_string_is_one_stop_string_everywhere():
+    """Probe GG made ``CaptionOptions(stop_strings="END")`` one stop string; ``TextSampling``
+    (``Conversation.ask``'s) still held the string, which the decoder read as the stop strings
+    E, N and D. A number was "TypeError: object of type 'int' has no len()"."""
+    from showo2_cli.errors import UsageError
+    from showo2_cli.options import CaptionOptions, TextSampling
+
+    for opts in (TextSampling(stop_strings="END"), CaptionOptions(stop_strings="END").sampling()):
+        assert opts.stop_strings == ("END",)
+        opts.validate()
+    assert TextSampling(stop_strings=["a", "b"]).stop_strings == ("a", "b")
+    for bad in (5, {"END"}, None):
+        with pytest.raises(UsageError, match=r"^stop_strings must be a text or a list of texts, got "):
+            TextSampling(stop_strings=bad).validate()
+
+
+def test_a_caption_option_refused_in_python_is_named_as_python_names_it(tiny_pipe):
+    """Probe GC checks ``vae_sample`` is True or False (``--vae-sample``); the pipeline's caption
+    said "--vae-sample must be ..." to a Python caller, a name its call does not have."""
+    import numpy as np
+
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"^vae_sample must be True or False, got 'no'"):
+        tiny_pipe.caption(image, "What?", vae_sample="no", max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"^stop_strings must be a text or a list of texts, got 5"):
+        tiny_pipe.caption(image, "What?", stop_strings=5, max_new_tokens=2)

@@ -188,3 +188,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
 
+
+def gb_text(value: float) -> str:
+    """A size in GB as people read it: 2.5 GB, 120.0 MB, 3.0 KB (never "0.0 GB" beside "0.0 GB"):
+    the memory guard's and the Hub cache's free-space messages."""
+    for unit, scale in (("GB", 1.0), ("MB", 1e3)):
+        if round(value * scale, 1) >= 1:  # (0.99996 GB: "1.0 GB", not "1000.0 MB")
+            return f"{value * scale:.1f} {unit}"
+    return f"{value * 1e6:.1f} KB"

@@ -341,6 +341,11 @@ class RuntimeOptions:
             raise UsageError(f"--compile must be true or false, got {short(self.compile)}")
 
 
+def stop_string_tuple(value):
+    """Stop strings as options hold them: a string is one (``"END"`` stopped at each E, N and D)."""
+    return (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else value
+
+
 #: Most tokens an answer gets when no limit is given (a caption, a chat turn, a server reply).
 DEFAULT_MAX_NEW_TOKENS = 300
 #: temperatures below this decode greedily (vLLM's threshold): the logits would overflow
@@ -377,6 +382,7 @@ class TextSampling:
 
     def __post_init__(self) -> None:
         plain_numbers(self)
+        self.stop_strings = stop_string_tuple(self.stop_strings)
 
     @property
     def sampled(self) -> bool:
@@ -404,6 +410,8 @@ class TextSampling:
             check_int("a logit_bias token id", token, 0, 2**31 - 1)
             check_number("a logit_bias value", bias, -100, 100)
         check_seed(self.seed)
+        if not isinstance(self.stop_strings, tuple):  # (5: "TypeError: object of type 'int' has no len()")
+            raise UsageError(f"stop_strings must be a text or a list of texts, got {given(self.stop_strings)}")
         if len(self.stop_strings) > MAX_STOP_STRINGS:
             raise UsageError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop_strings)}")
         for text in self.stop_strings:
@@ -446,10 +454,7 @@ class CaptionOptions:
         plain_numbers(self)
         if isinstance(self.questions, str):  # one question, not its characters
             self.questions = [self.questions]
-        if isinstance(self.stop_strings, str):
-            self.stop_strings = (self.stop_strings,)
-        elif isinstance(self.stop_strings, list):
-            self.stop_strings = tuple(self.stop_strings)
+        self.stop_strings = stop_string_tuple(self.stop_strings)
 
     def sampling(self) -> TextSampling:
         return TextSampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed,
@@ -588,17 +593,7 @@ class EncodeOptions:
 
     def validate(self) -> None:
         from .specs import size_hw  # (specs imports this module; both are torch-free)
-
         size_hw(self.size)
         check_int("--frames", self.frames, 1, 100_000)
         check_flag("--sample", self.sample)
         check_seed(self.seed)
-
-
-def gb_text(value: float) -> str:
-    """A size in GB as people read it: 2.5 GB, 120.0 MB, 3.0 KB (never "0.0 GB" beside "0.0 GB"):
-    the memory guard's and the Hub cache's free-space messages."""
-    for unit, scale in (("GB", 1.0), ("MB", 1e3)):
-        if round(value * scale, 1) >= 1:  # (0.99996 GB: "1.0 GB", not "1000.0 MB")
-            return f"{value * scale:.1f} {unit}"
-    return f"{value * 1e6:.1f} KB"

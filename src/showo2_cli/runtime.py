@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ResourceError, UsageError, short
+from .errors import ResourceError, UsageError, gb_text, short
 from .hub_auth import hub_offline
 from .options import (
     DTYPES,
@@ -27,7 +27,6 @@ from .options import (
     check_device,
     env_memory_limit,
     env_seconds,
-    gb_text,
     is_finite_number,
 )
 from .processes import RENDEZVOUS_ENV, RENDEZVOUS_WAIT, launch_env, launch_rendezvous, process_rank

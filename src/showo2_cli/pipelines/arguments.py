@@ -82,6 +82,7 @@ CAPTION_NAMES = {
     "--size": "size", "--frames": "frames", "--max-new-tokens": "max_new_tokens", "--temperature": "temperature",
     "--top-p": "top_p", "--top-k": "top_k", "--seed": "seed", "--mask": "mask_mode", "--template": "template",
     "--repetition-penalty": "repetition_penalty", "--max-memory": "max_memory_gb", "--min-p": "min_p",
+    "--vae-sample": "vae_sample",
     "--dtype bf16 or fp32": PYTHON_NAMES["--dtype bf16 or fp32"],
 }
 
