@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from showo2_cli.pipelines.arguments import CALL_HINTS, check_kwargs
 from showo2_cli.serve import ApiError, ServerConfig
@@ -63,3 +64,33 @@ def test_a_caption_option_refused_in_python_is_named_as_python_names_it(tiny_pip
         tiny_pipe.caption(image, "What?", vae_sample="no", max_new_tokens=2)
     with pytest.raises(ValueError, match=r"^stop_strings must be a text or a list of texts, got 5"):
         tiny_pipe.caption(image, "What?", stop_strings=5, max_new_tokens=2)
+
+
+def test_under_autocast_the_converted_mask_is_kept_once_per_module(tiny_model_dir):
+    """Probe GE converts the omni mask once per module (``sdpa_mask``) in the module's dtype. Under
+    autocast (training's mixed precision: ``run.mixed_precision: auto`` is bf16 on CUDA) SDPA runs
+    in bf16 and autocast cast the float32 mask in every call: one bf16 copy kept per layer, the
+    copies probe GE removed. Now the mask is made in autocast's dtype: one per module, same bits."""
+    from conftest import enliven
+    from showo2_cli.loading import load
+    from showo2_cli.modeling import attention
+    from showo2_cli.sequences import generation_layout
+    from test_mask_probe_ge import _step
+
+    model = load(tiny_model_dir)
+    enliven(model.network)
+    net = model.network
+    layout = generation_layout([[97, 98, 99, 100], [101] * 9], 1 + 2 * 16, model.tokens, 60, video=True)
+    x = torch.randn(layout.input_ids.shape[0], 16, 2, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, got_grads, saved = _step(net, layout, x)
+        fp32 = attention.sdpa_mask  # the module's dtype (float32) whatever autocast runs in: the old form
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(attention, "sdpa_mask", lambda mask_bool, dtype: torch.where(
+                mask_bool, torch.zeros((), dtype=dtype), torch.full((), float("-inf"), dtype=dtype)))
+            want, want_grads, old_saved = _step(net, layout, x)
+    assert fp32 is attention.sdpa_mask
+    assert len(saved) == 2 and all(dtype == torch.bfloat16 for _, dtype in saved.values()), saved
+    assert len(old_saved) > 2  # (3 here: bf16 copies made by autocast's casts, per call)
+    assert torch.equal(got, want)
+    assert all(torch.equal(grad, want_grads[name]) for name, grad in got_grads.items())

@@ -35,7 +35,12 @@ def sdpa_mask(mask_bool: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     made once. Given the boolean mask, SDPA converts it in every call, and under autograd each
     layer's kernel keeps its own converted copy for the backward pass (the LLM's and the flow
     head's layers: one ``(B, 1, L, L)`` float mask each); given this, every layer gets the same
-    values and keeps the one tensor. Outputs and gradients are the same bits."""
+    values and keeps the one tensor. Outputs and gradients are the same bits. Under autocast the
+    mask is made in autocast's dtype, the one SDPA then runs in: a mask of another dtype is cast in
+    every call (training's bf16 mixed precision kept a bf16 copy per layer again)."""
+    kind = mask_bool.device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):  # (not: torch's lazy device)
+        dtype = torch.get_autocast_dtype(kind)
     return torch.where(mask_bool, torch.zeros((), dtype=dtype, device=mask_bool.device),
                        torch.full((), float("-inf"), dtype=dtype, device=mask_bool.device))
 
