@@ -198,11 +198,12 @@ SDPA_KERNEL_PREFIX = "aten::_scaled_dot_product_"
 
 def attention_kernels(run) -> dict:
     """Which kernels ``scaled_dot_product_attention`` chose while ``run()`` ran, and how often:
-    the masks the project passes (a boolean omni mask, a broadcast key mask) must not send it to
-    the unfused math kernel, which would make the timings those of a slower path (flash refuses any
-    mask; the memory-efficient and cuDNN kernels take one, under rules of dtype, alignment and
-    shape that differ between versions). Read from the profiler's host-side op names, the same on
-    the CPU and on CUDA."""
+    the masks the project passes (the omni mask and the broadcast key mask, in SDPA's float form
+    since probe GE: 0 and ``-inf`` in the query's dtype) must not send it to the unfused math
+    kernel, which would make the timings those of a slower path. Flash refuses any mask, boolean or
+    float; the memory-efficient and cuDNN kernels take either (torch picks the kernel from the
+    mask's shape, not its dtype, and converts a boolean one to this float form itself).
+    Read from the profiler's host-side op names, the same on the CPU and on CUDA."""
     from collections import Counter
 
     from torch.profiler import ProfilerActivity, profile
