@@ -358,7 +358,7 @@ class TextSampling:
 
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
-    top_k: int | None = None
+    top_k: int | None = None  # None or 0: no top-k (as transformers' generate and llama.cpp read 0)
     top_p: float | None = None
     seed: int | None = None
     stop_ids: tuple[int, ...] = ()
@@ -394,14 +394,14 @@ class TextSampling:
         """The options given that only shape sampling, when decoding is greedy (no effect then)."""
         if self.sampled:
             return []
-        given = {"--top-k": self.top_k, "--top-p": self.top_p, "--min-p": self.min_p, "--seed": self.seed}
-        return [name for name, value in given.items() if value is not None]
+        given = {"--top-k": self.top_k or None, "--top-p": self.top_p, "--min-p": self.min_p, "--seed": self.seed}
+        return [name for name, value in given.items() if value is not None]  # top-k 0 is no top-k: nothing given
 
     def validate(self) -> None:
         check_int("--max-new-tokens", self.max_new_tokens, 1, 1_000_000)
         check_number("--temperature", self.temperature, 0, 1000)
         check_number("--top-p", self.top_p, 0, 1, low_open=True)
-        check_int("--top-k", self.top_k, 1, 10_000_000)
+        check_int("--top-k", self.top_k, 0, 10_000_000)  # 0: no top-k (transformers' generate, llama.cpp)
         check_number("--min-p", self.min_p, 0, 1)
         check_number("--repetition-penalty", self.repetition_penalty, 0, 10, low_open=True)
         check_number("frequency_penalty", self.frequency_penalty, -2, 2)

@@ -162,7 +162,7 @@ def logits_processors(opts: TextSampling, vocab_size: int, constraint: LogitsPro
         procs.append(SequenceBiasLogitsProcessor({(int(t),): float(b) for t, b in opts.logit_bias.items()}))
     if opts.sampled:
         procs.append(TemperatureLogitsWarper(float(opts.temperature)))
-        if opts.top_k is not None:
+        if opts.top_k:  # None or 0: no top-k (transformers' TopKLogitsWarper refuses 0)
             procs.append(TopKLogitsWarper(int(opts.top_k)))
         if opts.top_p is not None and opts.top_p < 1:
             procs.append(TopPLogitsWarper(float(opts.top_p)))

@@ -414,7 +414,7 @@ def chat(
         "--temperature", help="0 = greedy (default); > 0 samples.")] = 0.0,
     top_p: Annotated[float | None, typer.Option(
         "--top-p", help="Nucleus sampling (with --temperature).")] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature); 0: no top-k.")] = None,
     min_p: Annotated[float | None, typer.Option(
         "--min-p", help="Min-p sampling (with --temperature): drop tokens less likely than this times the most "
         "likely one.")] = None,

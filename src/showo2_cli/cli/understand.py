@@ -49,7 +49,7 @@ def caption(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="At most this many tokens per answer.")] = DEFAULT_MAX_NEW_TOKENS,
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy (default); > 0 samples.")] = 0.0,
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling (with --temperature).")] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling (with --temperature); 0: no top-k.")] = None,
     min_p: Annotated[float | None, typer.Option("--min-p", help="Min-p sampling (with --temperature): drop tokens less likely than this times the most likely one.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling and for --vae-sample's noise (random if absent; printed and recorded).")] = None,
     repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty", help="Above 1 discourages repeating the answer's tokens (transformers' penalty; 1.1 is usual).")] = None,

@@ -1,0 +1,53 @@
+"""Probe GK: small leftovers users meet (top-k 0, output tensors' device, the server's edges,
+HF_HOME that names no folder, a config without the latent grid, a closed stdout)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from showo2_cli.errors import UsageError
+from showo2_cli.options import CaptionOptions, TextSampling
+
+
+# ---- 1. top_k=0 is "no top-k" everywhere (transformers' generate, llama.cpp; vLLM's -1 or 0) ----
+def test_top_k_zero_means_no_top_k_in_the_options_and_the_decoder():
+    from transformers import TemperatureLogitsWarper
+
+    from showo2_cli.text_decoding import choose_token, logits_processors
+
+    TextSampling(temperature=0.7, top_k=0).validate()  # was: --top-k must be between 1 and 10000000, got 0
+    CaptionOptions(top_k=0, temperature=0.7).sampling().validate()
+    kinds = [type(p) for p in logits_processors(TextSampling(temperature=0.7, top_k=0), 10)]
+    assert kinds == [TemperatureLogitsWarper]  # no TopKLogitsWarper (which refuses 0)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.tensor([2.0, 1.9, 1.8, 1.7])
+    drawn = {choose_token(logits, TextSampling(temperature=50.0, top_k=0), gen) for _ in range(200)}
+    assert drawn == {0, 1, 2, 3}  # every token stays drawable
+    assert TextSampling(top_k=0).unused_sampling_options() == []  # no top-k given: nothing to warn of
+    with pytest.raises(UsageError, match=r"^--top-k must be between 0 and 10000000, got -1$"):
+        TextSampling(temperature=0.7, top_k=-1).validate()
+
+
+def test_top_k_zero_in_the_cli_the_pipeline_and_the_server(tiny_pipe, tmp_path, capsys):
+    from PIL import Image
+
+    from showo2_cli.cli import main
+    from showo2_cli.serve.requests import parse_chat
+    from showo2_cli.serve_config import ServerConfig
+
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "white.png")
+    args = ["caption", str(tmp_path / "white.png"), "--model", "demo", "--max-new-tokens", "3", "--seed", "4"]
+    assert main([*args, "--temperature", "0.7", "--top-k", "0"]) == 0
+    zero = capsys.readouterr()
+    assert zero.err == ""
+    assert main([*args, "--temperature", "0.7"]) == 0
+    assert capsys.readouterr().out == zero.out  # the same draw as no top-k at all
+    assert main([*args, "--top-k", "0"]) == 0
+    assert "--top-k" not in capsys.readouterr().err  # (--seed is named: it has no effect)
+    image = np.full((32, 32, 3), 90, np.uint8)
+    assert tiny_pipe.caption(image, "What?", max_new_tokens=3, temperature=0.7, top_k=0, seed=1) == \
+        tiny_pipe.caption(image, "What?", max_new_tokens=3, temperature=0.7, seed=1)
+    user = {"role": "user", "content": "hi"}
+    assert parse_chat({"messages": [user], "top_k": 0}, ServerConfig()).top_k is None
