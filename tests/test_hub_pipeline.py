@@ -886,7 +886,9 @@ def test_pipeline_seeds_outputs_and_arguments_as_diffusers_does(pipe):
     assert pipe(["a", "b"], seed=1, output_type="np", **call).images.shape == (2, side, side, 3)
     pt = pipe(["a", "b"], seed=1, output_type="pt", **call).images
     assert pt.shape == (2, 3, side, side) and 0 <= float(pt.min()) <= float(pt.max()) <= 1
-    assert pipe(["a", "b"], seed=1, output_type="latent", **call).images.shape[0] == 2
+    assert pt.device == pipe.device  # diffusers' tensors are on the pipeline's device (probe GK)
+    latent = pipe(["a", "b"], seed=1, output_type="latent", **call).images
+    assert latent.shape[0] == 2 and latent.device == pipe.device
     (images,) = pipe("a", seed=1, return_dict=False, **call)
     assert isinstance(images, list) and len(images) == 1
     assert pipe("a", seed=1, height=np.int64(side), num_inference_steps=np.int32(3),

@@ -51,3 +51,21 @@ def test_top_k_zero_in_the_cli_the_pipeline_and_the_server(tiny_pipe, tmp_path, 
         tiny_pipe.caption(image, "What?", max_new_tokens=3, temperature=0.7, seed=1)
     user = {"role": "user", "content": "hi"}
     assert parse_chat({"messages": [user], "top_k": 0}, ServerConfig()).top_k is None
+
+
+# ---- 2. output_type "pt" / "latent" tensors are on the pipeline's device (diffusers') ----------
+def test_pipeline_tensors_come_back_on_the_pipelines_device(tiny_pipe, monkeypatch):
+    """They were made on the CPU whatever the device (``torch.from_numpy``, the results' CPU latents);
+    diffusers returns them on its execution device. The meta device stands in for a GPU here: the
+    tensors follow ``pipe.device``, whatever it is, and the results keep CPU latents for saving."""
+    call = dict(num_inference_steps=2, height=32, width=32, seed=1)
+    for kind in ("pt", "latent"):
+        assert tiny_pipe("a", output_type=kind, **call).images.device == tiny_pipe.device
+    plain = tiny_pipe("a", output_type="latent", **call)
+    monkeypatch.setattr(type(tiny_pipe), "device", property(lambda self: torch.device("meta")))
+    for kind in ("pt", "latent"):
+        out = tiny_pipe("a", output_type=kind, **call)
+        assert out.images.device.type == "meta"
+        assert out.results[0].latents.device.type == "cpu"
+        assert out.images.shape == (plain.images.shape if kind == "latent" else (1, 3, 32, 32))
+    assert isinstance(tiny_pipe("a", output_type="np", **call).images, np.ndarray)  # np and PIL: on the host

@@ -520,7 +520,7 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
             results = self._run(prompts, opts, image, video, report, on_step)
         for note in dict.fromkeys(note for item in results for note in item.unused_prompt_notes()):  # as diffusers
             warnings.warn(note, UserWarning, stacklevel=4)  # to the caller, past the lock and the pinning
-        out = outputs_as(results, output_type, video)
+        out = outputs_as(results, output_type, video, self.device)  # tensors on the pipeline's device
         if not return_dict:
             return (out,)
         return Showo2PipelineOutput(frames=out, results=results) if video else \

@@ -267,10 +267,12 @@ def check_output_type(output_type) -> None:
         raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
 
 
-def outputs_as(results, output_type: str, video: bool):
-    """The outputs in diffusers' forms: PIL lists, or one batch (np / pt in [0, 1], latents)."""
+def outputs_as(results, output_type: str, video: bool, device: torch.device | str = "cpu"):
+    """The outputs in diffusers' forms: PIL lists, or one batch (np / pt in [0, 1], latents). The
+    tensors (``pt``, ``latent``) are on ``device``, the pipeline's (diffusers leaves them on its
+    execution device; a result's own latents stay on the CPU, where saving reads them)."""
     if output_type == "latent":
-        return torch.stack([r.latents for r in results])
+        return torch.stack([r.latents for r in results]).to(device)
     if output_type == "pil":
         from PIL import Image
 
@@ -279,7 +281,7 @@ def outputs_as(results, output_type: str, video: bool):
     batch = np.stack([np.stack(r.frames) if video else r.frames[0] for r in results]).astype(np.float32) / 255.0
     if output_type == "np":
         return batch
-    return torch.from_numpy(batch).movedim(-1, -3).contiguous()
+    return torch.from_numpy(batch).movedim(-1, -3).contiguous().to(device)
 
 
 def step_hook(pipe, callback, tensor_inputs):
