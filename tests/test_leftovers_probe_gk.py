@@ -69,3 +69,53 @@ def test_pipeline_tensors_come_back_on_the_pipelines_device(tiny_pipe, monkeypat
         assert out.results[0].latents.device.type == "cpu"
         assert out.images.shape == (plain.images.shape if kind == "latent" else (1, 3, 32, 32))
     assert isinstance(tiny_pipe("a", output_type="np", **call).images, np.ndarray)  # np and PIL: on the host
+
+
+# ---- 3. the server: `modalities: []`, an absolute-form request line ---------------------------
+def test_an_empty_modalities_list_asks_for_nothing_unusual():
+    from showo2_cli.serve.errors import ApiError
+    from showo2_cli.serve.requests import parse_chat
+    from showo2_cli.serve_config import ServerConfig
+
+    user = {"role": "user", "content": "hi"}
+    for modalities in ([], ["text"], None):  # [] was a 400 unsupported_parameter, as ["audio"]
+        assert parse_chat({"messages": [user], "modalities": modalities}, ServerConfig()).turns
+    with pytest.raises(ApiError) as e:
+        parse_chat({"messages": [user], "modalities": ["text", "audio"]}, ServerConfig())
+    assert (e.value.status, e.value.param) == (400, "modalities")
+
+
+def test_an_absolute_form_target_is_served_by_its_path():
+    """RFC 9112 3.2.2: a server MUST accept the absolute-form (a client told this server is its proxy
+    sends it); h11 passed ``http://host/v1/models`` on as the path, a 404."""
+    import json
+    import socket
+
+    pytest.importorskip("fastapi")
+    from conftest import serving
+    from showo2_cli.loading import load
+    from showo2_cli.serve.app import CleanPath
+
+    def raw(url: str, target: str) -> tuple[int, bytes]:
+        host, port = url.rsplit("/", 1)[1].split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: elsewhere\r\nConnection: close\r\n\r\n".encode())
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        head, _, body = out.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body
+
+    with serving(load("demo")) as url:
+        address = url.split("//", 1)[1]
+        for target in (f"http://{address}/v1/models", "HTTP://example.com:80/v1//models/", "https://x/v1/models?a=1"):
+            status, body = raw(url, target)
+            assert status == 200, (target, body[:200])
+            assert json.loads(body)["data"][0]["id"] == "demo"
+        assert raw(url, "http://x/v1/nothing")[0] == 404  # routed by its path: a path served nowhere
+        assert raw(url, "/v1/models")[0] == 200
+    clean = CleanPath.cleaned
+    assert clean({"type": "http", "path": "http://h", "raw_path": b"http://h"})["path"] == "/"
+    assert clean({"type": "http", "path": "http://h/a%2Fb", "raw_path": b"http://h/a%2Fb"}) == \
+        {"type": "http", "path": "/a/b", "raw_path": b"/a%2Fb"}
+    assert clean({"type": "http", "path": "/v1/http://x"})["path"] == "/v1/http:/x"  # only a target's start

@@ -166,11 +166,16 @@ class OriginCheck:
         await self.app(scope, receive, send)
 
 
+#: an absolute-form request target's scheme and authority (``http://host:port``), which h11 passes on
+ABSOLUTE_FORM = re.compile(r"https?://[^/]*", re.IGNORECASE)
+
+
 class CleanPath:
     """Serve ``/v1/chat/completions/`` and ``/v1//chat/completions`` as ``/v1/chat/completions``
     (clients join a base URL ending in ``/``): the path is taken without repeated or trailing
     slashes, where Starlette would answer a 307 whose ``Location`` comes from the client's
-    ``Host`` header, with no body."""
+    ``Host`` header, with no body. An absolute-form target (``http://host/v1/models``) is served
+    by its path."""
 
     def __init__(self, app):
         self.app = app
@@ -191,6 +196,12 @@ class CleanPath:
         except UnicodeDecodeError:
             written = None
         path = scope.get("path", "") if written is None else written  # no raw path: the decoded one
+        origin = ABSOLUTE_FORM.match(path)
+        if origin:  # `GET http://host/v1/models` (a client told this server is its proxy): routed by its
+            path = path[origin.end():] or "/"  # path, as RFC 9112 3.2.2 asks, uvicorn's host and nginx do
+            scope = {**scope, "path": unquote(path) if written is not None else path}
+            if written is not None:
+                scope["raw_path"] = path.encode("ascii")
         if len(path) <= 1 or not (path.endswith("/") or "//" in path):
             return scope
         trimmed = re.sub(r"/{2,}", "/", path).rstrip("/") or "/"  # also a base URL's '/' + '/v1/...'

@@ -81,7 +81,7 @@ _UNSUPPORTED_CHAT = {
     "tool_choice": lambda v: v in (None, "none", "auto"),
     "function_call": lambda v: v in (None, "none", "auto"),
     "audio": lambda v: v is None,
-    "modalities": lambda v: v in (None, ["text"]),
+    "modalities": lambda v: v in (None, [], ["text"]),  # []: nothing asked (OpenAI's default is text)
     "prediction": lambda v: v is None,
     "web_search_options": lambda v: v is None,
     # vLLM's extras this server does not do: refused, not ignored (it takes top_k, min_p,
