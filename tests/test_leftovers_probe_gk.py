@@ -119,3 +119,49 @@ def test_an_absolute_form_target_is_served_by_its_path():
     assert clean({"type": "http", "path": "http://h/a%2Fb", "raw_path": b"http://h/a%2Fb"}) == \
         {"type": "http", "path": "/a/b", "raw_path": b"/a%2Fb"}
     assert clean({"type": "http", "path": "/v1/http://x"})["path"] == "/v1/http:/x"  # only a target's start
+
+
+# ---- 4. HF_HOME / HF_HUB_CACHE naming no folder ----------------------------------------------
+@pytest.mark.parametrize("variable", ["HF_HOME", "HF_HUB_CACHE"])
+@pytest.mark.parametrize("kind", ["fifo", "file", "under a file"])
+def test_a_hub_variable_naming_no_folder_says_so(variable, kind, tmp_path, monkeypatch, capsys):
+    """HF_HOME a FIFO or a file was "the token file '.../token' ... cannot be read (Not a directory):
+    write the token to it again (hf auth login)"; HF_HUB_CACHE one, "not in the cache"."""
+    import os
+
+    from huggingface_hub import constants
+
+    from showo2_cli.cli import main
+    from showo2_cli.errors import ModelError
+    from showo2_cli.hub_auth import check_hub_folders
+
+    (tmp_path / "file").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    target = tmp_path / {"fifo": "fifo", "file": "file", "under a file": "file/sub"}[kind]
+    home = target if variable == "HF_HOME" else tmp_path / "home"
+    monkeypatch.setenv(variable, str(target))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(target if variable == "HF_HUB_CACHE" else home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing is reached either way
+    what = {"fifo": "it is a FIFO", "file": "it is a regular file", "under a file": "in it is a regular file"}[kind]
+    with pytest.raises(ModelError, match=f"^{variable} names '.*', which is no folder \\(.*{what}\\)"):
+        check_hub_folders()
+    assert main(["pull", "someone/model"]) != 0
+    err = capsys.readouterr().err
+    assert f"{variable} names '" in err and "token" not in err and len(err.strip().splitlines()) == 1, err
+    assert target.exists() or kind == "under a file"  # nothing was made or replaced
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_hub_folders_that_do_not_exist_yet_are_fine(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from showo2_cli.hub_auth import check_hub_folders
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "new" / "home"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "new" / "home" / "hub"))
+    check_hub_folders()
+    assert not (tmp_path / "new").exists()

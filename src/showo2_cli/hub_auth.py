@@ -16,6 +16,7 @@ the caller set it (:func:`offline`).
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Iterator
@@ -85,10 +86,51 @@ def hub_access(cache_dir=None, token=None) -> Iterator[HubAccess]:
 
 
 def hub_cache() -> Path:
-    """The Hugging Face cache folder in use: ``cache_dir=`` of the running call, else ``HF_HUB_CACHE``."""
+    """The Hugging Face cache folder in use: ``cache_dir=`` of the running call, else ``HF_HUB_CACHE``
+    (checked to name a folder, or nothing yet: :func:`check_hub_folders`)."""
     from huggingface_hub import constants
 
+    check_hub_folders()
     return Path(access().cache_dir or constants.HF_HUB_CACHE)
+
+
+def _not_a_folder(path: Path) -> str | None:
+    """What stands where ``path`` or a folder above it should be, when it is no folder (a file, a
+    FIFO); None when they are folders or do not exist yet (huggingface_hub makes them)."""
+    import stat
+
+    for at in (path, *path.parents):
+        try:
+            mode = at.stat().st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as e:  # ENOTDIR: a file above it (found as the loop goes up), a loop of links
+            if e.errno == errno.ENOTDIR:
+                continue
+            return f"it cannot be looked at ({e.strerror})"
+        if stat.S_ISDIR(mode):
+            return None
+        kind = ("a regular file" if stat.S_ISREG(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        return f"it is {kind}" if at == path else f"'{short(str(at), 200)}' in it is {kind}"
+    return None
+
+
+def check_hub_folders() -> None:
+    """``HF_HOME`` and the cache in use (``cache_dir=``, else ``HF_HUB_CACHE``, else ``HF_HOME/hub``)
+    name folders, or nothing yet: a file or a FIFO there was read as a token file that "cannot be
+    read (Not a directory)", or as a model missing from the cache. Raises a one-line :class:`ModelError`."""
+    from huggingface_hub import constants
+
+    given = access().cache_dir
+    cache = ("cache_dir", given) if given else (
+        "HF_HUB_CACHE" if os.environ.get("HF_HUB_CACHE") else "HF_HUB_CACHE (HF_HOME/hub)", constants.HF_HUB_CACHE)
+    home = "HF_HOME" if os.environ.get("HF_HOME") else "HF_HOME (unset: its default)"
+    for name, value in ((home, constants.HF_HOME), cache):
+        wrong = _not_a_folder(Path(value))
+        if wrong:
+            raise ModelError(f"{name} names '{short(str(value), 200)}', which is no folder ({wrong}): point it at a "
+                             "folder (huggingface_hub makes one that does not exist), or unset it")
 
 
 # ---- the offline switch -----------------------------------------------------------------------
@@ -230,6 +272,7 @@ def check_token() -> None:
     given = access().token
     if isinstance(given, str) or given is False or given is None and constants.HF_HUB_DISABLE_IMPLICIT_TOKEN:
         return
+    check_hub_folders()  # HF_HOME a file: the token file "HF_HOME/token" would be "Not a directory"
     path = _token_file()
     if path is not None and (path.exists() or path.is_symlink()) and not path.is_file():
         raise ModelError(f"the token file '{short(str(path), 200)}' (HF_TOKEN_PATH, else HF_HOME/token) is not a "
