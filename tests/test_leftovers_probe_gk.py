@@ -165,3 +165,45 @@ def test_hub_folders_that_do_not_exist_yet_are_fine(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "new" / "home" / "hub"))
     check_hub_folders()
     assert not (tmp_path / "new").exists()
+
+
+# ---- 5. an official config.json without its token grid --------------------------------------
+@pytest.mark.parametrize("removed", [("image_latent_height",), ("image_latent_width",),
+                                     ("image_latent_height", "image_latent_width"), ("null",)])
+def test_an_official_config_without_its_token_grid_is_refused(tmp_path, removed, capsys):
+    """It was read as 27 x 27 (432 px; a missing width as the height) where the official class
+    reads its constructor's default 16 x 16: a silent difference (the position table used as it is
+    here, interpolated there, for a grid of 729 tokens that is not 27 x 27)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from showo2_cli.cli import main
+    from showo2_cli.errors import ModelError
+    from showo2_cli.model_config import spec_from_files
+    from showo2_cli.model_files import find_files
+    from showo2_cli.weights import read_state_dict
+
+    variant = Path(__file__).resolve().parent / "data" / "parity_sets" / "variant-g"
+    folder = tmp_path / "official"
+    shutil.copytree(variant / "model", folder)
+    config = json.loads((folder / "config.json").read_text())
+    if removed == ("null",):
+        config["image_latent_width"] = None  # the official constructor: arange(16 * None), a TypeError
+        removed = ("image_latent_width",)
+    else:
+        for key in removed:
+            del config[key]
+    (folder / "config.json").write_text(json.dumps(config))
+    vae = variant / "vae" / "wan21_vae.safetensors"
+    message = f"{' and '.join(removed)} {'is' if len(removed) == 1 else 'are'} missing: the official class reads 16"
+    with pytest.raises(ModelError, match=message):
+        files = find_files(folder, vae=vae, local_files_only=True)
+        spec_from_files(files, read_state_dict(files.weights))
+    assert main(["info", str(folder), "--vae", str(vae)]) != 0
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    config.update(image_latent_height=3, image_latent_width=3)  # as variant-g records it: loads
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["info", str(folder), "--vae", str(vae)]) == 0
+

@@ -49,6 +49,12 @@ def check_official_config(config: dict, where: Path) -> None:
         value = config.get(key)
         if value is not None and not isinstance(value, str):
             raise ModelError(f"'{where}': '{key}' must be text, got {_shown(value)}")
+    missing = [key for key in ("image_latent_height", "image_latent_width") if config.get(key) is None]
+    if missing:  # the weights cannot tell the grid (SigLIP's table has 729 rows whatever it is)
+        raise ModelError(f"'{where}': {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: the "
+                         "official class reads 16 then (its constructor's default, a 256 px model whose official "
+                         "understanding demo fails at 432 px), and every saved Show-o2 model records its token grid "
+                         "(27 x 27 for the 432 px models): add both")
     value = config.get("add_time_embeds")
     if value is not None and not isinstance(value, bool):
         raise ModelError(f"'{where}': 'add_time_embeds' must be true or false, got {_shown(value)}")
@@ -249,8 +255,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     embed = _shape(state, "showo.model.embed_tokens.weight", root)
     hidden = embed[1]
     und = _shape(state, "image_embedder_und.proj.weight", root)
-    grid = int(cfg.get("image_latent_height") or 27)
-    grid_w = int(cfg.get("image_latent_width") or grid)  # (both checked by check_official_config)
+    grid, grid_w = int(cfg["image_latent_height"]), int(cfg["image_latent_width"])  # (check_official_config's)
     patch = und[2]
     # the official constructor builds its patch embeddings and fusion, and resizes the LLM's token
     # table, from these config.json fields (checked by check_official_config): weights of other

@@ -87,7 +87,7 @@ def encode(
         if files.format == "showo2":
             resolution = spec_from_files(files, {}).resolution
         else:
-            resolution = int(files.config.get("image_latent_height") or 27) * 16
+            resolution = int(files.config["image_latent_height"]) * 16  # (required by check_official_config)
     hw = requested or ((resolution, resolution) if resolution else EncodeOptions.size)
     from ..pipelines import latents as L
     from ..runtime import pick_device, pick_dtype
