@@ -24,7 +24,7 @@ def test_closed_stdout_is_not_an_internal_error(monkeypatch, capsys):
 def test_closed_stdout_and_stderr_still_give_the_exit_code(monkeypatch):
     monkeypatch.setattr(sys, "stdout", None)
     monkeypatch.setattr(sys, "stderr", None)
-    assert main(["caption", "/nonexistent/x.png"]) == 3
+    assert main(["i2v", "/nonexistent/x.png", "a cat"]) == 3  # (a caption's stdout is its answer: refused first, 5)
 
 
 def test_a_weight_file_that_cannot_be_mapped_is_out_of_memory_not_corrupt(monkeypatch):

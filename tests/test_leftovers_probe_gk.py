@@ -207,3 +207,32 @@ def test_an_official_config_without_its_token_grid_is_refused(tmp_path, removed,
     (folder / "config.json").write_text(json.dumps(config))
     assert main(["info", str(folder), "--vae", str(vae)]) == 0
 
+
+# ---- 6. a closed stdout where stdout is the result -------------------------------------------
+def test_a_closed_stdout_is_refused_where_it_is_the_result(monkeypatch, tmp_path, capsys):
+    """``showo2 caption x.png >&-`` exited 0 and the answer was lost (GNU tools: "write error: Bad
+    file descriptor", exit 1). Where stdout is the whole result (answers, info, the list of models,
+    any --json object) a closed one is the output error (5), before any work; path lines after
+    written files and --version only inform, and stay the null device (probe C's choice)."""
+    import sys
+
+    from showo2_cli.cli import main
+
+    monkeypatch.setattr(sys, "stdout", None)
+    said = "standard output is closed (>&-), and {} would be lost there: send it to a file, or to /dev/null to drop it"
+    for args, what in ((["caption", str(tmp_path / "absent.png"), "--model", str(tmp_path / "no-model")], "the answers"),
+                       (["chat", "--model", str(tmp_path / "no-model")], "the answers"),
+                       (["info", "demo"], "the model's details"), (["models"], "the list of models"),
+                       (["t2i", "a cat", "-m", "demo", "--steps", "2", "--size", "32", "-o", str(tmp_path / "j.png"),
+                         "--json"], "the JSON result (--json)")):
+        assert main(args) == 5, args  # before the input, the model or the sampling is looked at
+        assert capsys.readouterr().err == f"showo2: error: {said.format(what)}\n"
+    assert not (tmp_path / "j.png").exists()
+    assert main(["--version"]) == 0
+    assert main(["t2i", "a cat", "-m", "demo", "--steps", "2", "--size", "32", "-o", str(tmp_path / "i.png")]) == 0
+    assert (tmp_path / "i.png").is_file()  # the file is the result: its path line only informs
+    assert sys.stdout is None
+    monkeypatch.setattr(sys, "stdout", open(tmp_path / "out.txt", "w"))  # an open stdout: the answer is there
+    assert main(["info", "demo", "--json"]) == 0
+    sys.stdout.close()
+    assert '"spec"' in (tmp_path / "out.txt").read_text()

@@ -284,7 +284,8 @@ def _closed_streams():
     """While a command runs, a stdout or stderr the process was started without (``showo2 ... >&-``;
     Python then has ``None`` for it) is the null device, as :func:`common.write` treats it, so a
     command or library that writes or flushes it does not fail with an internal error (or a
-    traceback from the error report itself) after its work is done."""
+    traceback from the error report itself) after its work is done. A command whose stdout is its
+    result refuses a closed one first (:func:`.common.setup`)."""
     replaced = []
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:
@@ -293,9 +294,11 @@ def _closed_streams():
                 replaced.append(name)
             except OSError:
                 pass
+    STATE["stdout_closed"] = "stdout" in replaced  # (a command whose stdout is its result refuses it)
     try:
         yield
     finally:
+        STATE["stdout_closed"] = False
         for name in replaced:
             stream, _ = getattr(sys, name), setattr(sys, name, None)
             try:

@@ -442,7 +442,7 @@ def chat(
     opening with \"\"\" starts a message of several lines, one ending with \"\"\" sends it.
     """
     C = common
-    C.setup(False, quiet)
+    C.setup(False, quiet, result="the answers")
     lora = C.adapters(lora, lora_weight)  # (a weight per adapter: checked before anything else)
     from .. import media as M
     from ..options import CaptionOptions

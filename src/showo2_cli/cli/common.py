@@ -174,8 +174,17 @@ def partial(result: dict, plain: str | None) -> None:
     STATE["partial"] = (result, plain)
 
 
-def setup(json_mode: bool, quiet: bool) -> None:
+def setup(json_mode: bool, quiet: bool, result: str | None = None) -> None:
+    """The command's output modes. ``result``: what its stdout carries when that is the whole of
+    its result (a caption's answers, ``info``'s details; every ``--json`` object is), refused at once
+    on a closed stdout (``>&-``), before any work, where it would be lost (GNU tools learn it at the
+    write: "write error: Bad file descriptor", exit 1). Path lines after written files, ``--version``
+    and ``--help`` only inform: a closed stdout stays the null device for them."""
     STATE["json"], STATE["quiet"] = json_mode, quiet
+    if STATE.get("stdout_closed") and (json_mode or result):
+        what = "the JSON result (--json)" if json_mode else result
+        raise OutputError(f"standard output is closed (>&-), and {what} would be lost there: send it to a file, or "
+                          "to /dev/null to drop it")
 
 
 def live_stderr() -> bool:

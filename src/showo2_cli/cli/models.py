@@ -44,7 +44,7 @@ def info(
     quiet: QuietOpt = False,
 ):
     """Show a model's spec, parameter counts, dtype and where each file was found."""
-    setup(json_mode, quiet)
+    setup(json_mode, quiet, result="the model's details")
     if model is not None and model_opt is not None and model != model_opt:
         raise UsageError(f"two models given: '{short(model)}' and --model '{short(model_opt)}'; give one")
     model = model_name(model if model is not None else model_opt)
@@ -201,7 +201,7 @@ def init(
 
 def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
     """The known variants: which are present locally (and where), what is missing, how to get it."""
-    setup(json_mode, quiet)
+    setup(json_mode, quiet, result="the list of models")
     from ..hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path, cached_snapshot
     from ..hub_vae import shared_vae
     from ..model_files import find_files

@@ -65,7 +65,7 @@ def caption(
     json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Answer questions about an image or a video (one answer per line on stdout)."""
-    setup(json_mode, quiet)
+    setup(json_mode, quiet, result="the answers")
     lora = adapters(lora, lora_weight)  # (a weight per adapter: checked before anything else)
     from .. import media as M
     from ..options import CaptionOptions
