@@ -198,7 +198,7 @@ class CleanPath:
         path = scope.get("path", "") if written is None else written  # no raw path: the decoded one
         origin = ABSOLUTE_FORM.match(path)
         if origin:  # `GET http://host/v1/models` (a client told this server is its proxy): routed by its
-            path = path[origin.end():] or "/"  # path, as RFC 9112 3.2.2 asks, uvicorn's host and nginx do
+            path = path[origin.end():] or "/"  # path, as RFC 9112 3.2.2 asks (uvicorn's httptools protocol and nginx do)
             scope = {**scope, "path": unquote(path) if written is not None else path}
             if written is not None:
                 scope["raw_path"] = path.encode("ascii")
