@@ -72,6 +72,19 @@ def sigint_reaches_child() -> None:
 
 
 
+def gated_mlp_linears(seed: int = 0, hidden: int = 24, inner: int = 40):
+    """A gated MLP's gate, up and down projections (bias-free ``nn.Linear``) with seeded random weights."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    mods = [torch.nn.Linear(hidden, inner, bias=False), torch.nn.Linear(hidden, inner, bias=False),
+            torch.nn.Linear(inner, hidden, bias=False)]
+    for m in mods:
+        with torch.no_grad():
+            m.weight.copy_(torch.randn(m.weight.shape, generator=gen))
+    return mods
+
+
 def write_adapter(model_dir, folder, targets, seed, **config) -> Path:
     """A rank-2 LoRA adapter of the model in ``model_dir`` on ``targets`` (layer-name suffixes) with
     random B matrices, its config then given ``config``'s fields (peft's: alpha_pattern, use_rslora, ...)."""

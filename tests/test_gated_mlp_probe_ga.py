@@ -7,26 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import enliven
+from conftest import enliven, gated_mlp_linears
 from showo2_cli.loading import load
 from showo2_cli.modeling.mlp import LLMGatedMLP, gated_mlp
 from showo2_cli.sampling import guided_velocity_fn
 from showo2_cli.sequences import generation_layout
 
 
-def _linears(seed=0, hidden=24, inner=40):
-    gen = torch.Generator().manual_seed(seed)
-    mods = [torch.nn.Linear(hidden, inner, bias=False), torch.nn.Linear(hidden, inner, bias=False),
-            torch.nn.Linear(inner, hidden, bias=False)]
-    for m in mods:
-        with torch.no_grad():
-            m.weight.copy_(torch.randn(m.weight.shape, generator=gen))
-    return mods
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gated_mlp_in_place_is_the_plain_form_bit_for_bit(dtype):
-    gate, up, down = (m.to(dtype) for m in _linears())
+    gate, up, down = (m.to(dtype) for m in gated_mlp_linears())
     x = torch.randn(2, 7, 24, generator=torch.Generator().manual_seed(1)).to(dtype)
     plain = down(F.silu(gate(x)) * up(x))
     with torch.no_grad():
@@ -37,7 +27,7 @@ def test_gated_mlp_in_place_is_the_plain_form_bit_for_bit(dtype):
 
 def test_gated_mlp_keeps_autograd():
     """With autograd on, the plain form: the gradients are those of the formula."""
-    mods = _linears()
+    mods = gated_mlp_linears()
     x = torch.randn(3, 24, generator=torch.Generator().manual_seed(2), requires_grad=True)
     gated_mlp(*mods, x).square().sum().backward()
     got = [x.grad.clone(), *(m.weight.grad.clone() for m in mods)]
@@ -51,7 +41,7 @@ def test_gated_mlp_keeps_autograd():
 
 
 def test_other_activations_keep_the_plain_form():
-    gate, up, down = _linears()
+    gate, up, down = gated_mlp_linears()
     x = torch.randn(4, 24, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(gated_mlp(gate, up, down, x, F.gelu), down(F.gelu(gate(x)) * up(x)))

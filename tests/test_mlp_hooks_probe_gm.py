@@ -7,18 +7,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from conftest import gated_mlp_linears
 from showo2_cli.modeling.mlp import gated_mlp, output_may_be_kept
 
 
-def _mlp(seed=0, hidden=24, inner=40):
-    gen = torch.Generator().manual_seed(seed)
-    mods = [torch.nn.Linear(hidden, inner, bias=False), torch.nn.Linear(hidden, inner, bias=False),
-            torch.nn.Linear(inner, hidden, bias=False)]
-    for m in mods:
-        with torch.no_grad():
-            m.weight.copy_(torch.randn(m.weight.shape, generator=gen))
-    x = torch.randn(2, 5, hidden, generator=gen)
-    return mods, x
+def _mlp(seed=0):
+    mods = gated_mlp_linears(seed)
+    return mods, torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(seed + 10))
 
 
 def _plain(gate, up, down, x):
