@@ -562,14 +562,13 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
                 temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
                 seed: int | None = None, streamer=None, do_sample: bool | None = None,
                 **options) -> str | list[str]:
-        """Answer a question (``None``: describe it) about an image or a video (a path, a PIL image,
-        an array or tensor, or a video's frames as a list of images); a list of questions gives a
-        list of answers. ``streamer``: transformers' ``TextStreamer`` / ``TextIteratorStreamer`` (or
-        anything with ``put`` and ``end``), fed as ``generate(streamer=)`` feeds it, for one
-        question; ``stop_strings`` (a string or a list) end each answer where one first appears, as
-        transformers' ``generate(stop_strings=)``. ``do_sample`` as transformers' ``generate``: decoding is greedy unless it is True or
-        ``temperature`` > 0 (``do_sample=True`` alone samples at temperature 1.0). Other ``CaptionOptions`` fields
-        (``frames``, ``mask_mode``, ``template``, ``size``, ...) pass through."""
+        """Answer a question (``None``: describe it) about an image or a video (a path, a PIL image, an array or
+        tensor, or a video's frames as a list of images); a list of questions gives a list of answers. ``streamer``:
+        transformers' ``TextStreamer`` / ``TextIteratorStreamer`` (or anything with ``put`` and ``end``), fed as
+        ``generate(streamer=)`` feeds it, for one question; ``stop_strings`` (a string or a list) end each answer where
+        one first appears, as transformers' ``generate(stop_strings=)``. ``do_sample`` as transformers' ``generate``:
+        decoding is greedy unless it is True or ``temperature`` > 0 (``do_sample=True`` alone samples at temperature
+        1.0). Other ``CaptionOptions`` fields (``frames``, ``mask_mode``, ``template``, ``size``, ...) pass through."""
         check_streamer(streamer)
         try:  # a refused call ends the streamer too (caption() ends it from here on): a reader would wait
             if question is not None and not isinstance(question, (str, list, tuple)):
@@ -581,6 +580,8 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
             temperature = sampling_temperature(do_sample, temperature)
             opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_p=top_p, top_k=top_k, seed=seed, **options)
+            with python_names(CAPTION_NAMES):  # before the notice reads them ('>=' between str and float)
+                opts.validate()
             unused = [CAPTION_NAMES.get(name, name) for name in opts.unused_sampling_options()]
             if unused:  # the CLI's notice; transformers' generate warns alike when do_sample is off
                 warnings.warn(f"{', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at "

@@ -146,14 +146,17 @@ def sampling_temperature(do_sample, temperature):
     """A caption's temperature from transformers' ``do_sample`` and ``temperature`` (None: not
     given): greedy (0) unless sampling is asked for; ``do_sample=True`` alone samples at
     transformers' default temperature, 1.0. Contradictions are refused, not ignored."""
+    do_sample, temperature = (v.item() if isinstance(v, np.generic) else v for v in (do_sample, temperature))
     if do_sample is not None and not isinstance(do_sample, bool):
         raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
     if temperature is None:
         return 1.0 if do_sample else 0.0
-    if do_sample is True and isinstance(temperature, (int, float)) and temperature == 0:
+    # a bool, inf, nan or 10**400 is left to the options' check ('temperature=1 samples' was said of True)
+    plain = type(temperature) in (int, float) and abs(temperature) <= 1e300 and temperature == temperature
+    if do_sample is True and plain and temperature == 0:
         raise ValueError("do_sample=True needs temperature > 0 (temperature=0 is greedy decoding: pass "
                          "do_sample=False, or leave temperature out for 1.0)")
-    if do_sample is False and isinstance(temperature, (int, float)) and temperature > 0:
+    if do_sample is False and plain and temperature > 0:
         raise ValueError(f"do_sample=False decodes greedily, but temperature={temperature:g} samples: pass "
                          "do_sample=True, or leave temperature out")
     return temperature

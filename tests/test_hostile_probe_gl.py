@@ -1,0 +1,51 @@
+"""Probe GL: today's new surfaces under fuzzing and hostile input (round twenty-four)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from showo2_cli.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipe):
+    return tiny_pipe
+
+
+@pytest.mark.parametrize("temperature", ["0.5", "abc", [0.5]])
+@pytest.mark.parametrize("do_sample", [None, True, False])
+def test_caption_temperature_of_another_type_is_the_usage_error(pipe, temperature, do_sample):
+    """``pipe.caption(image, temperature="0.5")`` raised Python's ``TypeError: '>=' not supported
+    between instances of 'str' and 'float'`` (the greedy-notice check ran before the options were
+    checked); now the options' own one line, under the Python name."""
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(UsageError, match=r"^temperature must be a number") as refused:
+        pipe.caption(image, "what?", max_new_tokens=2, temperature=temperature, do_sample=do_sample)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("temperature, words", [
+    (True, "temperature must be a number"), (float("inf"), "temperature must be a finite number"),
+    (10**400, "temperature must be a finite number"),
+], ids=["bool", "inf", "10**400"])
+def test_caption_do_sample_false_with_a_temperature_that_is_no_number_names_the_number(pipe, temperature, words):
+    """``do_sample=False, temperature=True`` was refused as ``temperature=1 samples`` (a bool read as
+    1), ``temperature=inf`` as a contradiction, and ``10**400`` raised OverflowError formatting it:
+    each is the temperature check's own line now."""
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(UsageError, match=words):
+        pipe.caption(image, "what?", max_new_tokens=2, temperature=temperature, do_sample=False)
+
+
+def test_caption_numpy_do_sample_and_temperature_are_their_python_values(pipe):
+    """``do_sample=np.True_`` (a mask's element, a config read by numpy) was a TypeError, and
+    ``do_sample=False, temperature=np.float32(0.5)`` sampled without a word (the contradiction
+    check saw no number): numpy scalars are their Python values, as the options' other fields."""
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match="do_sample=False decodes greedily"):
+        pipe.caption(image, "what?", max_new_tokens=2, temperature=np.float32(0.5), do_sample=False)
+    with pytest.raises(ValueError, match="do_sample=True needs temperature > 0"):
+        pipe.caption(image, "what?", max_new_tokens=2, temperature=np.float64(0), do_sample=np.True_)
+    sampled = pipe.caption(image, "what?", max_new_tokens=2, do_sample=np.True_, seed=3)
+    assert sampled == pipe.caption(image, "what?", max_new_tokens=2, do_sample=True, seed=3)
