@@ -49,3 +49,27 @@ def test_caption_numpy_do_sample_and_temperature_are_their_python_values(pipe):
         pipe.caption(image, "what?", max_new_tokens=2, temperature=np.float64(0), do_sample=np.True_)
     sampled = pipe.caption(image, "what?", max_new_tokens=2, do_sample=np.True_, seed=3)
     assert sampled == pipe.caption(image, "what?", max_new_tokens=2, do_sample=True, seed=3)
+
+
+@pytest.mark.parametrize("height, width", [(3, 1000), (1000, 3)])
+def test_an_official_grid_whose_images_are_over_the_side_limit_is_refused_at_load(tmp_path, capsys, height, width):
+    """config.json ``image_latent_height`` 1000 was refused (a resolution of 16000 pixels), but
+    ``image_latent_width`` 1000 loaded: ``showo2 info`` showed ``16000x48px`` and ``showo2 t2i`` with
+    no ``--size`` failed after loading with ``--size must be positive multiples of 16 up to 4096, got
+    16000x48``, an option never given. Either side over the limit is the model's error now."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from showo2_cli.cli import main
+
+    variant = Path(__file__).resolve().parent / "data" / "parity_sets" / "variant-g"
+    folder = tmp_path / "official"
+    shutil.copytree(variant / "model", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(image_latent_height=height, image_latent_width=width)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["info", str(folder), "--vae", str(variant / "vae" / "wan21_vae.safetensors")]) == 4
+    err = capsys.readouterr().err
+    assert "16000 pixels" in err and "over 4096" in err and "--size" not in err, err
+    assert len(err.strip().splitlines()) == 1, err

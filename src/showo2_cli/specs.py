@@ -300,6 +300,10 @@ class ModelSpec:
         for ok, what in checks:
             if not ok:
                 raise UsageError(f"invalid model spec '{self.name}': {what}")
+        made = max(*self.default_size(), *self.default_size(video=True))  # a wide grid's (3 x 1000: 48x16000)
+        if made > MAX_SIDE:  # (t2i with no --size said '--size must be ... up to 4096, got 16000x48')
+            raise UsageError(f"invalid model spec '{self.name}': its configured token grid {self.config_grid[0]}x"
+                             f"{self.config_grid[1]} makes images {made} pixels a side, over {MAX_SIDE}")
 
     def _validate_llm_config(self) -> None:
         """The activations and the LLM's RoPE scaling: ones the installed transformers builds (the
