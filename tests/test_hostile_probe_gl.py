@@ -73,3 +73,24 @@ def test_an_official_grid_whose_images_are_over_the_side_limit_is_refused_at_loa
     err = capsys.readouterr().err
     assert "16000 pixels" in err and "over 4096" in err and "--size" not in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture(scope="module")
+def url():
+    pytest.importorskip("fastapi")
+    from conftest import serving
+    from showo2_cli.loading import load
+
+    with serving(load("demo")) as base:
+        yield base
+
+
+@pytest.mark.parametrize("value", [0, False, "", {}, []])
+def test_images_response_format_of_no_value_but_null_is_refused(url, value):
+    """``response_format`` 0, false, "", {} or [] made a b64_json answer (read by its truth), where
+    any other value but "b64_json" is a 400: each is the 400 now; null is the default."""
+    httpx = pytest.importorskip("httpx")
+    body = {"prompt": "a cat", "size": "64x64", "steps": 2, "response_format": value}
+    r = httpx.post(url + "/v1/images/generations", json=body, timeout=60)
+    assert r.status_code == 400, r.text[:200]
+    assert r.json()["error"]["param"] == "response_format"

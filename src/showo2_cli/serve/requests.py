@@ -428,8 +428,8 @@ def parse_images(body: dict, config: ServerConfig, spec) -> ImagePlan:
                        "prompt")
     n = _image_field(body, "n", "num_images_per_prompt", 1, 128, integer=True, limit=config.max_n)
     n = 1 if n is None else n
-    fmt = body.get("response_format") or "b64_json"
-    if fmt != "b64_json":
+    fmt = body.get("response_format")  # (`or`: 0, false, "" and {} were taken as b64_json without a word)
+    if fmt is not None and fmt != "b64_json":
         raise ApiError(400, "only response_format 'b64_json' is supported", "invalid_value",
                        "response_format")
     size, name = _image_size(body)
