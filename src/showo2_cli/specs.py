@@ -14,7 +14,7 @@ import logging
 import numbers
 from dataclasses import dataclass, field
 
-from .errors import UsageError, did_you_mean, short
+from .errors import UsageError, did_you_mean, given, short
 from .options import MAX_SIDE, STEPS_RANGE, is_finite_number
 
 # Tasks a checkpoint was trained for. The released checkpoints cannot generate video (spec §0).
@@ -412,7 +412,7 @@ def size_hw(size) -> tuple[int, int]:
             raise UsageError(f"size must be whole numbers, got {short(size)}")
         h, w = (int(v) for v in size)
     else:
-        raise UsageError(f"size must be an integer or (height, width), got {short(size)}")
+        raise UsageError(f"size must be an integer or (height, width), got {given(size)}")  # ('64': "got 64")
     if h < 1 or w < 1:
         raise UsageError(f"size must be positive, got {h}x{w} (height x width)")
     if h > MAX_SIDE or w > MAX_SIDE:
