@@ -651,7 +651,7 @@ def hostile_cases(corpus: dict[str, dict[str, Path]], tiny: Path) -> list[Case]:
         ("temperature-nan", ["--temperature", "nan"], 2, "--temperature"),
         ("temperature-negative", ["--temperature", "-1"], 2, "--temperature"),
         ("top-p-above-one", ["--temperature", "1", "--top-p", "2"], 2, "--top-p"),
-        ("top-k-zero", ["--temperature", "1", "--top-k", "0"], 2, "--top-k"),
+        ("top-k-negative", ["--temperature", "1", "--top-k", "-1"], 2, "--top-k"),  # 0 is no top-k (probe GK)
         ("frames-zero", ["--frames", "0"], 2, "--frames"),
         ("frames-huge", ["--frames", "1000000000"], 2, "--frames"),
         ("mask-unknown", ["--mask", "sideways"], 2, "--mask"),
