@@ -47,7 +47,7 @@ def _velocities(model, attn: str) -> dict[bool, torch.Tensor]:
     ("attn", "flash", "--attn must be one of sdpa, eager, flex"),
     ("vae_tiling", "yes", "--vae-tiling must be one of auto, on, off"),
     ("quantize", "int4", "--quantize must be one of none, int8wo"),
-    ("compile", "true", "--compile must be true or false"),
+    ("compile", "true", "--compile must be True or False"),
 ])
 def test_runtime_options_are_checked_once(field, value, message):
     opts = RuntimeOptions(**{field: value})

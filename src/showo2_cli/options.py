@@ -337,8 +337,7 @@ class RuntimeOptions:
         check_choice("--quantize", self.quantize, tuple(QUANTIZE), allow_none=False)
         if self.quantize == "nf4" and self.offload == "sequential":  # known before the weights load
             raise UsageError(NF4_SEQUENTIAL)
-        if not isinstance(self.compile, bool):
-            raise UsageError(f"--compile must be true or false, got {short(self.compile)}")
+        check_flag("--compile", self.compile)
 
 
 def stop_string_tuple(value):
