@@ -78,7 +78,7 @@ def app_client():
 
 def test_unserved_openai_endpoints_say_what_to_use(app_client):
     cases = {"/v1/completions": "POST /v1/chat/completions", "/v1/embeddings": "embeddings are not served",
-             "/v1/responses": "Responses API", "/v1/images/edits": "/v1/images/generations",
+             "/v1/responses/resp_1/cancel": "stores no responses", "/v1/images/edits": "/v1/images/generations",
              "/v1/images/variations": "/v1/images/generations",
              "/openai/deployments/demo/chat/completions?api-version=2024-06-01": "Azure OpenAI paths",
              "/chat/completions": "Try /v1/chat/completions", "/images/generations": "Try /v1/images/generations"}

@@ -60,7 +60,7 @@ def test_the_root_and_v1_say_what_is_served(url):
         r = httpx.get(url + path, timeout=30)
         assert r.status_code == 404
         message = r.json()["error"]["message"]
-        assert "OpenAI-compatible API: POST /v1/chat/completions, POST /v1/images/generations, GET " \
+        assert "OpenAI-compatible API: POST /v1/chat/completions, POST /v1/responses, POST /v1/images/generations, GET " \
                "/v1/models, GET /health" in message, path
     r = httpx.get(url + "/v2/whatever", timeout=30)  # a path nothing is known about: no guess
     assert r.status_code == 404 and r.json()["error"]["message"] == "no such endpoint: GET '/v2/whatever'"

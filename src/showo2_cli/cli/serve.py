@@ -43,7 +43,7 @@ def serve(
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting behind the running one; "
                                            "more get 429.")] = ServerConfig.max_queue,
     max_tokens: Annotated[int, typer.Option(
-        "--max-tokens", help="Largest max_tokens of a chat request.")] = ServerConfig.max_tokens,
+        "--max-tokens", help="Largest max_tokens of a chat request (max_output_tokens of a response).")] = ServerConfig.max_tokens,
     max_n: Annotated[int, typer.Option("--max-n", help="Largest n (images) of an image request.")] = ServerConfig.max_n,
     max_steps: Annotated[int, typer.Option("--max-steps", help="Largest steps of an image request.")] = ServerConfig.max_steps,
     max_size: Annotated[int, typer.Option("--max-size", help="Largest generated image side, pixels.")] = ServerConfig.max_size,
@@ -67,7 +67,7 @@ def serve(
     runtime: RuntimeOptions = None,
     quiet: QuietOpt = False,
 ):
-    """Serve the model over HTTP with the OpenAI API (chat completions, image generations, models)."""
+    """Serve the model over HTTP with the OpenAI API (chat completions, responses, image generations, models)."""
     C = common
     C.setup(False, quiet)
     lora = C.adapters(lora, lora_weight)  # (a weight per adapter: checked before anything else)

@@ -12,6 +12,9 @@ Endpoints (JSON in and out, errors always ``{"error": {"message", "type", "param
   ``logit_bias``, extra ``repetition_penalty``, ``stop``, ``stream`` (server-sent events in the
   OpenAI chunk format, ending with ``data: [DONE]``); fields that would change the reply and
   cannot be honoured (``logprobs``, ``tools``, ...) are refused (400);
+* ``POST /v1/responses``: OpenAI's Responses API over the same chat (``input`` items, ``instructions``,
+  ``max_output_tokens``, ``text.format``, ``truncation``, ``stream`` as the typed Responses events);
+  nothing is stored: ``previous_response_id``, ``conversation`` and ``background`` are refused (400);
 * ``POST /v1/images/generations``: ``prompt``, ``n``, ``size``, ``response_format=b64_json``, and
   the extra fields ``seed``, ``steps``, ``guidance``, ``negative_prompt`` (also under diffusers'
   names: ``num_inference_steps``, ``guidance_scale``, ``width``/``height``,

@@ -28,6 +28,7 @@ from .body import BODIES_AT_ONCE, BodyBudget, Upload, read_json
 from .errors import ApiError, api_error_of, shutting_down
 from .middleware import CleanPath, OriginCheck, missing_endpoint_hint
 from .requests import ChatPlan, ImagePlan, ServerConfig, parse_chat, parse_images
+from .responses import parse_responses, stream_events
 from .worker import Job, QueueFull, Worker
 
 try:  # module level: FastAPI resolves the handlers' (string) annotations in these globals
@@ -48,7 +49,7 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
 
     # OpenAI's way: a history is never cut; an answer without max_tokens gets the room left
     conv = Conversation(model, plan.system, name=config.model_id,
-                        overflow="refuse" if plan.max_tokens_given else "shorten")
+                        overflow=plan.overflow or ("refuse" if plan.max_tokens_given else "shorten"))
     with tempfile.TemporaryDirectory(prefix="showo2-serve-") as tmp:
         count = 0
 
@@ -299,15 +300,18 @@ def create_app(model, config: ServerConfig):
         except Exception as e:
             return error(e)
 
+    def check_bias(plan: ChatPlan) -> None:
+        outside = sorted(t for t in plan.logit_bias or {} if t >= model.spec.vocab_size)
+        if outside:
+            raise ApiError(400, f"'logit_bias': token id {outside[0]} is not in the vocabulary (0 to "
+                                f"{model.spec.vocab_size - 1})", "invalid_value", "logit_bias")
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         try:
             body = await request_body(request)
             plan = parse_chat(body, config)
-            outside = sorted(t for t in plan.logit_bias or {} if t >= model.spec.vocab_size)
-            if outside:
-                raise ApiError(400, f"'logit_bias': token id {outside[0]} is not in the vocabulary (0 to "
-                                    f"{model.spec.vocab_size - 1})", "invalid_value", "logit_bias")
+            check_bias(plan)
             job = submit(lambda job: _chat_job(model, config, plan, job))
             rid = "chatcmpl-" + secrets.token_hex(12)
             created = int(time.time())
@@ -357,6 +361,25 @@ def create_app(model, config: ServerConfig):
         finally:
             if not (event and event[0] in ("done", "error")):
                 worker.cancel(job)  # the client went away (or the server is cancelling): stop generating
+
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        plan = None
+        try:
+            plan = parse_responses(await request_body(request), config)
+            check_bias(plan.chat)
+            job = submit(lambda job: _chat_job(model, config, plan.chat, job))
+            if not plan.chat.stream:
+                result = await outcome(request, job)
+                return JSONResponse(plan.response(text=result["answer"], result=result))
+            first = await next_event(request, job, worker)  # an error before the first token keeps its status
+            if first[0] == "error":
+                raise first[1]
+        except Exception as e:
+            return error(e if plan is None else plan.renamed(e))
+        return StreamingResponse(stream_events(plan, first, job.events.get, lambda: worker.cancel(job)),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.post("/v1/images/generations")
     async def images_generations(request: Request):

@@ -79,13 +79,14 @@ class CleanPath:
 
 
 #: what this server serves, for the hint of a 404
-_ROUTES = ("/v1/chat/completions", "/v1/images/generations", "/v1/models")
+_ROUTES = ("/v1/chat/completions", "/v1/responses", "/v1/images/generations", "/v1/models")
 #: OpenAI endpoints this server does not have, and what to say to a client that calls one
 _NOT_SERVED = (
     (re.compile(r"/v1/completions$"), "the legacy completions API is not served here: send 'messages' to POST "
                                       "/v1/chat/completions"),
     (re.compile(r"/v1/embeddings$"), "embeddings are not served here: Show-o2 generates text and images"),
-    (re.compile(r"/v1/responses(/|$)"), "the Responses API is not served here: use POST /v1/chat/completions"),
+    (re.compile(r"/v1/responses/"), "this server stores no responses (store is off): POST /v1/responses answers "
+                                    "at once, or as a stream"),
     (re.compile(r"/v1/messages(/|$)"), "Anthropic's Messages API is not served here: use an OpenAI client, with "
                                        "base URL http://HOST:PORT/v1, and POST /v1/chat/completions"),
     (re.compile(r"/v1/images/(edits|variations)$"), "image edits and variations are not served here: POST "
@@ -97,7 +98,7 @@ _NOT_SERVED = (
     (re.compile(r"(/v1)?/api(/|$)"), "Ollama's API is not served here: this server speaks OpenAI's; set the client up "
                                  "as an OpenAI-compatible connection with base URL http://HOST:PORT/v1 (in LiteLLM "
                                  "the model 'openai/NAME', not 'ollama/NAME')"),
-    (re.compile(r"(/v1)?/?$"), "this is showo2's OpenAI-compatible API: POST /v1/chat/completions, POST "
+    (re.compile(r"(/v1)?/?$"), "this is showo2's OpenAI-compatible API: POST /v1/chat/completions, POST /v1/responses, POST "
                                "/v1/images/generations, GET /v1/models, GET /health"),
 )
 

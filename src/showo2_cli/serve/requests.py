@@ -60,6 +60,8 @@ class ChatPlan:
     max_tokens_given: bool = False  # the request set max_tokens: a context it overflows is refused
     json_schema: dict | None = None  # response_format json_object / json_schema: the answer's schema
     strict_schema: bool = True
+    # a history over the context: None, the chat rule (refused; without max_tokens the answer gets the room
+    overflow: str | None = None  # left); "drop": its oldest turns leave (the Responses API's truncation auto)
 
 
 #: Other servers' fields for constrained output (vLLM's ``guided_*`` and ``structured_outputs``,
