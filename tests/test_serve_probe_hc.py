@@ -298,6 +298,13 @@ def test_the_openai_sdk_against_a_real_server(media_dir, tmp_path):
                                                              {"role": "user", "content": "Again."}],
                                         max_output_tokens=6)
         assert again.usage.input_tokens > r.usage.input_tokens  # the earlier turn is in the prompt
+        long_ago = [{"role": "user", "content": "word " * 2800}, {"role": "assistant", "content": "Noted."},
+                    {"role": "user", "content": "Say hello."}]  # over the demo's 8,192-token context
+        with pytest.raises(openai.BadRequestError, match="maximum context length") as e:
+            client.responses.create(model="demo", input=long_ago, max_output_tokens=4)
+        assert (e.value.body["code"], e.value.body["param"]) == ("context_length_exceeded", "input")
+        dropped = client.responses.create(model="demo", input=long_ago, max_output_tokens=4, truncation="auto")
+        assert dropped.usage.input_tokens < 100 and dropped.truncation == "auto"  # the first turn left
         cut = client.responses.create(model="demo", input="Tell me a long story.", max_output_tokens=2)
         assert (cut.status, cut.incomplete_details.reason, cut.usage.output_tokens) == \
             ("incomplete", "max_output_tokens", 2)
