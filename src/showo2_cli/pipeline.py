@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import torch
 from diffusers.utils import BaseOutput
 
 from .dialogue import check_streamer
-from .errors import ModelError, UsageError
+from .errors import UsageError
 from .loading import Showo2, fetch, load
 from .options import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -47,6 +46,7 @@ from .options import (
 )
 from .pipeline_lora import LoraLoaderMixin
 from .pipeline_memory import MemoryTogglesMixin
+from .pipeline_parts import PartsMixin
 from .pipelines import caption, image_to_video, text_to_image, text_to_video
 from .pipelines.arguments import (
     CALL_HINTS,
@@ -64,7 +64,6 @@ from .pipelines.arguments import (
     lora_names,
     negative_prompts,
     outputs_as,
-    pipeline_config,
     prompt_list,
     python_names,
     real_number,
@@ -96,7 +95,7 @@ class Showo2PipelineOutput(BaseOutput):
     results: list | None = None
 
 
-class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
+class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin, PartsMixin):
     """A loaded Show-o2 model with diffusers' calling conventions. Calls on one pipeline (generation,
     ``caption``, ``to``, ``load_lora_weights``) run one at a time: threads sharing it wait their turn."""
 
@@ -304,96 +303,6 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
         """The CPU offload in use: ``none``, ``model`` or ``sequential`` (``RuntimeOptions(offload=)`` too)."""
         return self.model.offload
 
-    # ---- components -------------------------------------------------------------------------
-    @property
-    def network(self):
-        """The Show-o2 network (LLM, dual path, flow head); diffusers' name for it is ``transformer``.
-        Assignable, as diffusers' components are: ``pipe.network = torch.compile(pipe.network)``,
-        or a module that wraps the network (``_orig_mod``)."""
-        return self.model.network
-
-    @network.setter
-    def network(self, value) -> None:
-        from .modeling.showo2 import Showo2Model
-
-        inner = getattr(value, "_orig_mod", value) if isinstance(value, torch.nn.Module) else value
-        if not isinstance(inner, Showo2Model):  # (torch.compile's wrapper keeps the module in _orig_mod)
-            raise TypeError(f"the network must be a Show-o2 network (or torch.compile of one), got "
-                            f"{type(value).__name__}")
-        if inner is not getattr(self.model.network, "_orig_mod", self.model.network) and \
-                inner.spec != self.spec:  # another network must be one of the same model
-            raise ValueError("the network is of another model than this pipeline's (its spec differs)")
-        self.model.network = value
-        self.model.network_given = self._given("network", inner)
-
-    transformer = network
-
-    @property
-    def vae(self):
-        """The Wan2.1 VAE (:class:`~showo2_cli.modeling.vae.WanVAE`). Assignable: a ``WanVAE``, or a
-        diffusers ``AutoencoderKLWan`` (wrapped, its config's latent statistics used)."""
-        return self.model.require_vae()
-
-    @vae.setter
-    def vae(self, value) -> None:
-        from .modeling.vae import WanVAE, autoencoder_class
-
-        if isinstance(value, autoencoder_class()):
-            try:
-                value = WanVAE(value)
-            except ModelError as e:  # its config's latent statistics do not fit it: a bad argument
-                raise ValueError(str(e)) from None
-        if not isinstance(value, WanVAE):
-            raise TypeError(f"the VAE must be a WanVAE or a diffusers AutoencoderKLWan, got {type(value).__name__}")
-        if value.z_dim != self.spec.latent_channels:
-            raise ValueError(f"the VAE has {value.z_dim} latent channels; this model's flow head makes "
-                             f"{self.spec.latent_channels}")
-        wrong = self.spec.vae_mismatch(value)
-        if wrong:
-            raise ValueError(f"the VAE does not fit this model: its spec says {wrong}")
-        self.model.vae = value
-        self.model.vae_given = self._given("vae", value)
-
-    def _given(self, part: str, value) -> str | None:  # a part's record: as loaded, or assigned
-        loaded, recorded = self._loaded_parts[part]
-        return recorded if value is loaded else f"assigned in Python (pipe.{part} = ...)"
-
-    @property
-    def tokenizer(self):
-        return self.model.tokenizer
-
-    @property
-    def spec(self):
-        return self.model.spec
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    @property
-    def config(self):
-        """diffusers' ``pipe.config`` (a ``FrozenDict``): ``_class_name``, ``_name_or_path``, and each
-        component's ``(library, class name)``."""
-        return pipeline_config(self)
-
-    @property
-    def name_or_path(self) -> str:
-        """The name the model was loaded by (diffusers' ``pipe.name_or_path``)."""
-        return self.config["_name_or_path"]
-
-    @property
-    def components(self) -> dict[str, Any]:
-        """What the constructor takes, by name: ``Showo2Pipeline(**pipe.components)`` is a second
-        pipeline over the same weights. ``model`` is the loaded model (its spec, files and records),
-        then its parts as this pipeline uses them (``transformer`` is ``network``'s diffusers name)
-        and its ``scheduler``."""
-        return {"model": self.model, "network": self.model.network, "transformer": self.model.network,
-                "vae": self.model.vae, "tokenizer": self.model.tokenizer, "scheduler": self.scheduler}
-
     @classmethod
     def from_pipe(cls, pipeline: Showo2Pipeline, **kwargs) -> Showo2Pipeline:
         """diffusers' ``from_pipe``: a new pipeline over ``pipeline``'s components (no memory added),
@@ -404,66 +313,6 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin):
         if "transformer" in kwargs or "network" in kwargs:  # one name given: the other follows it
             del parts["network"], parts["transformer"]
         return cls(**{**parts, **kwargs})
-
-    # ---- schedulers and progress bars (diffusers' attributes) -------------------------------
-    @property
-    def scheduler(self):
-        """A diffusers scheduler standing for the sampler used by default, with the model's time
-        shift (its ``config`` serves ``OtherScheduler.from_config(pipe.scheduler.config)``);
-        assign one to change the sampler."""
-        from .sampling import scheduler_for
-
-        shift = self.default_shift if self.default_shift is not None else self.spec.shift
-        return scheduler_for(self.sampler, self.spec.steps, shift)
-
-    @scheduler.setter
-    def scheduler(self, value) -> None:
-        """``FlowMatchEulerDiscreteScheduler`` selects the official Euler sampler (the same updates,
-        so ``pipe.scheduler = type(s).from_config(s.config)`` changes nothing), ``FlowMatchHeun...``
-        Heun, ``UniPCMultistepScheduler`` / ``DPMSolverMultistepScheduler`` (with flow sigmas) the
-        multistep solvers. A shift given explicitly (``shift=`` / ``flow_shift=``) replaces the
-        model's; any other setting that differs from what the sampler does is refused, not ignored."""
-        from .sampling import sampler_of_scheduler
-
-        name, shift = sampler_of_scheduler(value, self.spec.steps, self.spec.shift)
-        self.sampler = name
-        self.default_shift = shift
-
-    def set_progress_bar_config(self, **kwargs) -> None:
-        """tqdm options of the progress bar every call shows (``disable=True`` hides it)."""
-        self._progress_bar_config = dict(kwargs)
-
-    def progress_bar(self, iterable=None, total=None):
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, total=total, **self._progress_bar_config)
-
-    @contextmanager
-    def _progress(self, given):
-        """The caller's ``progress(phase, done, total)``, else a tqdm bar over the denoising steps."""
-        if given is not None:
-            if not callable(given):
-                raise TypeError(f"progress must be a callable progress(phase, done, total), got {type(given).__name__}")
-            yield given
-            return
-        if self._progress_bar_config.get("disable"):
-            yield None
-            return
-        bars: dict = {}
-
-        def report(phase: str, done: int, total: int) -> None:
-            if phase != "denoising":
-                return
-            bar = bars.get(phase)
-            if bar is None:
-                bar = bars[phase] = self.progress_bar(total=total)
-            bar.update(done - bar.n)
-
-        try:
-            yield report
-        finally:
-            for bar in bars.values():
-                bar.close()
 
     # ---- generation -------------------------------------------------------------------------
     @one_call_at_a_time
