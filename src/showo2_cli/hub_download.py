@@ -35,9 +35,9 @@ from pathlib import Path
 
 from tqdm.std import tqdm as _std_tqdm
 
+from .environment import env_seconds
 from .errors import ModelError, gb_text, short
 from .hub_auth import access, check_token, hidden, hub_cache, hub_online, login_hint, offline, redact
-from .options import env_seconds
 
 Progress = Callable[[str, int, int], None]
 

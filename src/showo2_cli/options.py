@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .environment import MAX_MEMORY_ENV as MAX_MEMORY_ENV  # (re-exported: its users import it from here)
+from .environment import env_memory_limit
 from .errors import UsageError, given, short
 
 #: Longest prompt or question accepted, in characters (the models see a few hundred tokens).
@@ -260,37 +262,6 @@ def plain_numbers(options) -> None:
         value = getattr(options, f.name)
         if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
             setattr(options, f.name, value.item())
-
-
-#: the memory limit for a job when ``--max-memory`` is not given (GB; 0: no limit)
-MAX_MEMORY_ENV = "SHOWO2_MAX_MEMORY_GB"
-
-
-def env_memory_limit() -> float | None:
-    """``$SHOWO2_MAX_MEMORY_GB`` as GB (0: no limit), None when unset; anything else is a UsageError."""
-    raw = os.environ.get(MAX_MEMORY_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise UsageError(f"{MAX_MEMORY_ENV} must be a number of GB, got {short(raw)}") from None
-    if not math.isfinite(value) or value < 0:
-        raise UsageError(f"{MAX_MEMORY_ENV} must be a number of GB >= 0 (0: no limit), got {short(raw)}")
-    return value
-
-
-def env_seconds(name: str, default: float) -> float:
-    """``$name`` as a number of seconds > 0, ``default`` when unset or empty; anything else is a
-    UsageError naming it (0, negative and NaN are no wait; ``inf`` is no limit)."""
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        value = math.nan
-    if not value > 0:
-        raise UsageError(f"{name} must be a number of seconds > 0, got {raw[:40]!r}")
-    return value
 
 
 #: accelerate re-creates each offloaded weight as a plain tensor, without the 4-bit quantization

@@ -17,16 +17,14 @@ from pathlib import Path
 
 import torch
 
+from .environment import MAX_MEMORY_ENV, env_memory_limit, env_seconds
 from .errors import ResourceError, UsageError, gb_text, short
 from .hub_auth import hub_offline
 from .options import (
     DTYPES,
-    MAX_MEMORY_ENV,
     NF4_SEQUENTIAL,
     OFFLOAD_MODES,
     check_device,
-    env_memory_limit,
-    env_seconds,
     is_finite_number,
 )
 from .processes import RENDEZVOUS_ENV, RENDEZVOUS_WAIT, launch_env, launch_rendezvous, process_rank
