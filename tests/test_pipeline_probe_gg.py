@@ -42,10 +42,8 @@ def test_pipe_config_and_name_or_path_are_diffusers(pipe, tiny_model_dir):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"sigmas": [1.0, 0.5]}, r"'sigmas': the time grid is the model's shifted one: pass num_inference_steps= and "
-                             r"shift="),
-    ({"timesteps": [999, 500]}, r"'timesteps': the time grid is the model's shifted one"),
-    ({"max_sequence_length": 64}, r"'max_sequence_length': the prompt's token budget is the model's"),
+    ({"max_sequence_length": 64}, r"'max_sequence_length': Show-o2 has no text encoder whose length a call picks: "
+                                  r".*pipe.spec.text_budget tokens"),
     ({"attention_kwargs": {"scale": 0.5}}, r"'attention_kwargs': LoRA adapters are merged .*weight="),
     ({"joint_attention_kwargs": {"scale": 0.5}}, r"'joint_attention_kwargs': LoRA adapters are merged"),
     ({"prompt_embeds": torch.zeros(1, 4, 8)}, r"'prompt_embeds': Show-o2 has no separate text encoder"),
@@ -54,7 +52,7 @@ def test_pipe_config_and_name_or_path_are_diffusers(pipe, tiny_model_dir):
     ({"colour": 1}, r"^Showo2Pipeline.__call__\(\) got an unexpected keyword argument 'colour'$"),
 ])
 def test_diffusers_call_arguments_not_taken_say_what_to_pass(pipe, kwargs, message):
-    """FluxPipeline's / WanPipeline's ``sigmas``, ``max_sequence_length``, ``attention_kwargs``,
+    """FluxPipeline's / WanPipeline's ``max_sequence_length``, ``attention_kwargs``,
     ``prompt_embeds``, ``fps`` ... were Python's bare "unexpected keyword argument": nothing said
     why, or what does the job here. Each is refused by name with what to pass instead."""
     with pytest.raises(TypeError, match=r"^Showo2Pipeline.__call__\(\) got an unexpected keyword argument " + message

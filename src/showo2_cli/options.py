@@ -18,6 +18,7 @@ from typing import Any
 from .environment import MAX_MEMORY_ENV as MAX_MEMORY_ENV  # (re-exported: its users import it from here)
 from .environment import env_memory_limit
 from .errors import UsageError, given, short
+from .grids import check_grid, grid_list, grid_steps
 
 #: Longest prompt or question accepted, in characters (the models see a few hundred tokens).
 MAX_PROMPT_CHARS = 10_000
@@ -477,9 +478,13 @@ class GenerateOptions:
     #: the text guidance steers away from (the unconditional rows' prompt; "" is the official
     #: empty prompt): one for every prompt, or a list with one per prompt
     negative_prompt: str | list[str] = ""
+    #: a custom grid as diffusers takes it (:mod:`showo2_cli.grids`): noise levels (shifted) or timesteps
+    sigmas: list[float] | None = None
+    timesteps: list[float] | None = None
 
     def __post_init__(self) -> None:
         plain_numbers(self)
+        self.sigmas, self.timesteps = grid_list(self.sigmas), grid_list(self.timesteps)
         if isinstance(self.seeds, (list, tuple)):  # numpy's integers as Python's, as plain_numbers does
             self.seeds = [v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v for v in self.seeds]
         if isinstance(self.size, int) and not isinstance(self.size, bool):
@@ -490,7 +495,8 @@ class GenerateOptions:
     def resolved(self, spec, video: bool) -> GenerateOptions:
         """The options with the model's defaults filled in (and a random seed when none)."""
         return replace(self, size=self.size or spec.default_size(video),
-                       steps=spec.steps if self.steps is None else self.steps,
+                       steps=self.steps if self.steps is not None else
+                       grid_steps(self.sigmas, self.timesteps) or spec.steps,
                        guidance=spec.guidance if self.guidance is None else self.guidance,
                        shift=spec.shift if self.shift is None else self.shift,
                        seed=random_seed() if self.seed is None else self.seed)
@@ -511,6 +517,7 @@ class GenerateOptions:
             if not (isinstance(h, int) and isinstance(w, int)) or h <= 0 or w <= 0 or h % m or w % m \
                     or h > 4096 or w > 4096:
                 raise UsageError(f"--size must be positive multiples of {m} up to 4096, got {short(w)}x{short(h)}")
+        check_grid(self.sigmas, self.timesteps, self.steps, self.method)  # (before --steps: they set it)
         check_int("--steps", self.steps, *STEPS_RANGE)
         check_number("--guidance", self.guidance, 0, 100)
         check_number("--shift", self.shift, 0, 1e6, low_open=True)

@@ -324,7 +324,7 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin, PartsMixin):
                  shift: float | None = None, batch_size: int = 4, latents: torch.Tensor | None = None,
                  output_type: str = "pil", return_dict: bool = True, negative_prompt: str | list[str] | None = None,
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] | None = None,
-                 progress=None, **unsupported):
+                 progress=None, sigmas=None, timesteps=None, **unsupported):
         """Text to image; with ``num_frames`` text to video; with ``image`` (a path, PIL image, array
         or tensor) image to video. ``num_inference_steps`` is the number of grid points (steps - 1
         model calls, as ``--steps``); unset values are the model's. ``negative_prompt`` (one, or one
@@ -334,9 +334,14 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin, PartsMixin):
         diffusers (``t``: Show-o2's time, 0 = noise, 1 = clean; the dict it returns may hold new
         ``latents``; setting ``pipe._interrupt = True`` ends the sampling there: the outputs in
         progress are decoded from the latents reached, later batches are not made).
-        ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos). diffusers' arguments
-        this model has no use for (``sigmas``, ``max_sequence_length``, ``prompt_embeds``, ``fps``, ...)
-        are refused by name, saying what to pass instead."""
+        ``return_dict=False`` returns ``(images,)`` (``(frames,)`` for videos). ``sigmas`` (one noise
+        level per model call, 1 = noise, without the final 0; shifted by ``shift`` as diffusers'
+        flow schedulers shift them) or ``timesteps`` (diffusers' scale, sigma * 1000, used as given)
+        replace the grid, as diffusers' ``retrieve_timesteps`` takes them (:mod:`showo2_cli.grids`;
+        a list, array or tensor; recorded in ``results[i].params``); the samplers whose diffusers
+        scheduler takes no such grid (``heun``; ``dpm++``; ``unipc``'s ``timesteps``) refuse them.
+        diffusers' arguments this model has no use for (``max_sequence_length``, ``prompt_embeds``,
+        ``fps``, ...) are refused by name, saying what to pass instead."""
         check_kwargs("Showo2Pipeline.__call__", unsupported, hints=CALL_HINTS)
         check_output_type(output_type)
         prompts = prompt_list(prompt)
@@ -358,7 +363,8 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin, PartsMixin):
                                shift=real_number(shift if shift is not None else self.default_shift, "shift"),
                                num_per_prompt=n, batch_size=whole_number(batch_size, "batch_size"),
                                frames=whole_number(num_frames, "num_frames", True) or (DEFAULT_VIDEO_FRAMES if video else 1),
-                               method=sampler or self.sampler, noise=latents, negative_prompt=negatives)
+                               method=sampler or self.sampler, noise=latents, negative_prompt=negatives,
+                               sigmas=sigmas, timesteps=timesteps)
         resolved = opts.resolved(self.spec, video)  # checked once, by the API below
         if any(n.strip() for n in negatives) and not uses_uncond(resolved.guidance):  # the CLI's notice
             warnings.warn(f"negative_prompt has no effect at guidance_scale {resolved.guidance:g} (no unconditional "

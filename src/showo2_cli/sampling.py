@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from .grids import grid_times
 from .modeling.attention import omni_attention_mask
 from .options import DEFAULT_SAMPLER
 from .options import SAMPLERS as OPTION_SAMPLERS
@@ -63,12 +64,27 @@ def time_grid(steps: int, shift: float = 3.0) -> torch.Tensor:
     black image."""
     if steps < 2:
         raise ValueError("a sampling grid needs at least 2 points")
-    s = torch.linspace(0, 1, steps, dtype=torch.float32)
+    return shifted(torch.linspace(0, 1, steps, dtype=torch.float32), shift)
+
+
+def shifted(s: torch.Tensor, shift: float) -> torch.Tensor:
+    """The time shift of the official grid, ``t = s / (s + k - k*s)`` (float32; diffusers' flow
+    shift ``k*sigma / (1 + (k-1)*sigma)`` of ``sigma = 1 - s``), 0 kept 0; a shift of 0 is none."""
     if not shift:
         return s
     t = s / (s + shift - shift * s)
-    t[0] = 0.0  # (0 / k: the same value for every shift float32 holds)
+    t[s == 0] = 0.0  # (0 / k: the same value for every shift float32 holds)
     return t
+
+
+def sampling_grid(steps: int, shift: float, sigmas=None, timesteps=None) -> torch.Tensor:
+    """The grid a run samples over: the official one of ``steps`` points, or a custom one given as
+    diffusers takes it (:mod:`showo2_cli.grids`): ``sigmas`` shifted, ``timesteps`` as given."""
+    times = grid_times(sigmas, timesteps)
+    if times is None:
+        return time_grid(steps, shift)
+    t = torch.tensor(times, dtype=torch.float32)
+    return shifted(t, shift) if sigmas is not None else t
 
 
 def guided(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -100,13 +116,13 @@ def heun_step(velocity: Velocity, x: torch.Tensor, t0: float, t1: float, last: b
     return x + (t1 - t0) * 0.5 * (v + v2)
 
 
-def diffusers_scheduler(name: str, grid: torch.Tensor, shift: float):
+def diffusers_scheduler(name: str, grid: torch.Tensor, shift: float, sigmas=None):
     """A diffusers flow-matching scheduler over the sampling grid (sigma = 1 - t):
 
     * ``flow-euler``: ``FlowMatchEulerDiscreteScheduler`` on exactly the official grid (the same
       updates as ``euler``; a test checks it);
     * ``unipc`` / ``dpm++``: multistep solvers (UniPC, DPM-Solver++ 2M) with flow sigmas and the
-      same time shift, for fewer steps.
+      same time shift, for fewer steps; ``sigmas``: UniPC's custom noise levels (which it shifts).
     """
     from diffusers import (
         DPMSolverMultistepScheduler,
@@ -114,19 +130,24 @@ def diffusers_scheduler(name: str, grid: torch.Tensor, shift: float):
         UniPCMultistepScheduler,
     )
 
-    sigmas = (1.0 - grid.double())[:-1].tolist()  # the last grid point (t = 1, sigma 0) is the end
+    levels = (1.0 - grid.double())[:-1].tolist()  # the last grid point (t = 1, sigma 0) is the end
     if name == "flow-euler":
         sched = FlowMatchEulerDiscreteScheduler(shift=1.0)
-        sched.set_timesteps(sigmas=sigmas)
+        sched.set_timesteps(sigmas=levels)
     elif name == "unipc":
         sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
                                         final_sigmas_type="zero")
-        sched.set_timesteps(len(sigmas))
+        if sigmas is None:
+            sched.set_timesteps(len(levels))
+        else:  # (as diffusers' retrieve_timesteps: set_timesteps(sigmas=...), which applies flow_shift)
+            import numpy as np
+
+            sched.set_timesteps(sigmas=np.asarray(sigmas, dtype=np.float64))
     elif name == "dpm++":
         sched = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                             flow_shift=shift, algorithm_type="dpmsolver++", solver_order=2,
                                             final_sigmas_type="zero")
-        sched.set_timesteps(len(sigmas))
+        sched.set_timesteps(len(levels))
     else:
         raise ValueError(f"unknown scheduler '{name}'")
     # the steps run in order from the first: diffusers otherwise looks the first timestep up in
@@ -184,16 +205,26 @@ def sampler_of_scheduler(value, steps: int, model_shift: float) -> tuple[str, fl
     return name, shift
 
 
-def check_schedule(method: str, steps: int, shift: float) -> None:
+def check_schedule(method: str, steps: int, shift: float, sigmas=None, timesteps=None) -> None:
     """Refuse (a :class:`~showo2_cli.errors.UsageError` naming the options) a diffusers scheduler
     whose noise levels for ``steps`` and ``shift`` are not a strictly falling sequence in (0, 1)
     in float32: UniPC and DPM-Solver++ compute their own flow sigmas from the shift, and where two
     of them are equal (``--sampler unipc --steps 50 --shift 1e6``) or one rounds to 0 or 1 (a shift
     near 0) they divide by zero and sample NaN latents, a black image (or, all 0, leave the noise
     as it is). Checked before any model
-    call; the official grid (``euler``, ``heun``, ``flow-euler``) takes every steps and shift."""
+    call; the official grid (``euler``, ``heun``, ``flow-euler``) takes every steps and shift. A
+    custom grid (``sigmas``, ``timesteps``: :mod:`showo2_cli.grids`) must also keep its points
+    distinct in float32 once shifted (a huge shift puts levels near 1 together)."""
     from .errors import UsageError
 
+    given = "--sigmas" if sigmas is not None else "--timesteps" if timesteps is not None else None
+    if given is not None:
+        grid = sampling_grid(steps, shift, sigmas, timesteps)
+        if not bool((grid[:-1] < grid[1:]).all()):
+            at = f" at --shift {shift:g}" if sigmas is not None else ""
+            raise UsageError(f"{given}{at} give times that are not distinct in float32 (two steps would start "
+                             f"from the same point): space the values further apart"
+                             + (", or use a shift nearer 1" if sigmas is not None else ""))
     if method not in ("unipc", "dpm++"):
         return
     import warnings
@@ -202,21 +233,24 @@ def check_schedule(method: str, steps: int, shift: float) -> None:
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):  # (numpy's divide-by-zero on stderr)
         warnings.simplefilter("ignore")
-        sigmas = diffusers_scheduler(method, time_grid(steps, shift), shift).sigmas[:-1].double()  # the final 0 aside
-    if bool(torch.isfinite(sigmas).all() and (sigmas > 0).all() and (sigmas < 1).all()
-            and (sigmas[:-1] > sigmas[1:]).all()):
+        levels = diffusers_scheduler(method, sampling_grid(steps, shift, sigmas, timesteps), shift,
+                                     sigmas).sigmas[:-1].double()  # the final 0 aside
+    if bool(torch.isfinite(levels).all() and (levels > 0).all() and (levels < 1).all()
+            and (levels[:-1] > levels[1:]).all()):
         return
-    raise UsageError(f"--sampler {method} cannot sample --steps {steps} at --shift {shift:g}: its noise levels "
+    what = "these --sigmas" if sigmas is not None else f"--steps {steps}"
+    raise UsageError(f"--sampler {method} cannot sample {what} at --shift {shift:g}: its noise levels "
                      "are not distinct values between 0 and 1 in float32 (NaN latents, or the noise left as "
                      "it is); use a shift nearer the "
                      "official 3, fewer steps, or --sampler euler")
 
 
 def sample_scheduled(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, name: str, shift: float = 3.0,
-                     callback: StepCallback | None = None, trajectory: list | None = None) -> torch.Tensor:
+                     callback: StepCallback | None = None, trajectory: list | None = None,
+                     sigmas=None) -> torch.Tensor:
     """:func:`sample` through a diffusers scheduler. diffusers' flow convention is the reverse of
     Show-o2's (sigma = 1 - t, the model output is ``noise - data``), so the velocity is negated."""
-    sched = diffusers_scheduler(name, grid, shift)
+    sched = diffusers_scheduler(name, grid, shift, sigmas)
     train_steps = float(sched.config.num_train_timesteps)
 
     def advance(x: torch.Tensor, ts, t: float) -> torch.Tensor:
@@ -250,17 +284,19 @@ assert set(SAMPLERS) == set(OPTION_SAMPLERS), "options.SAMPLERS and sampling.SAM
 
 def sample(velocity: Velocity, x0: torch.Tensor, grid: torch.Tensor, method: str = DEFAULT_SAMPLER,
            callback: StepCallback | None = None, trajectory: list | None = None,
-           shift: float = 3.0) -> torch.Tensor:
+           shift: float = 3.0, sigmas=None) -> torch.Tensor:
     """Integrate ``dx/dt = velocity(x, t)`` over ``grid`` from ``x0`` (noise) and return the final state.
 
     ``method`` is a key of :data:`SAMPLERS`. ``callback`` (:data:`StepCallback`) is called after
-    each step; ``trajectory``, when given, receives the state at every grid point.
+    each step; ``trajectory``, when given, receives the state at every grid point. ``sigmas``: the
+    custom noise levels ``grid`` was made from (:func:`sampling_grid`), which UniPC shifts itself.
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler method '{method}'")
     step = SAMPLERS[method]
     if step is None:
-        return sample_scheduled(velocity, x0, grid, method, shift, callback=callback, trajectory=trajectory)
+        return sample_scheduled(velocity, x0, grid, method, shift, callback=callback, trajectory=trajectory,
+                                sigmas=sigmas)
     total = len(grid) - 1
     points = [(float(grid[i]), float(grid[i + 1]), i == total - 1) for i in range(total)]
     return _run_steps(x0, [(t0, lambda x, t0=t0, t1=t1, last=last: step(velocity, x, t0, t1, last))
@@ -324,8 +360,10 @@ def still_video(latents: torch.Tensor) -> bool:
 
 def generate_latents(network, layout: Layout, noise: torch.Tensor, guidance: float, steps: int, shift: float,
                      method: str = DEFAULT_SAMPLER, trim: bool = True, cache_prefix: bool = False,
-                     first_frame_as_cond: bool = False, callback=None, trajectory: list | None = None) -> torch.Tensor:
-    """Integrate from ``noise`` (float32, conditional rows only) to clean latents.
+                     first_frame_as_cond: bool = False, callback=None, trajectory: list | None = None,
+                     sigmas=None, timesteps=None) -> torch.Tensor:
+    """Integrate from ``noise`` (float32, conditional rows only) to clean latents, over the official
+    grid of ``steps`` points or a custom one (``sigmas`` or ``timesteps``: :func:`sampling_grid`).
 
     A video whose only latent frame is the condition (``first_frame_as_cond`` and one latent
     frame: image to video of one frame) has nothing to sample: the network's velocity of the
@@ -337,5 +375,5 @@ def generate_latents(network, layout: Layout, noise: torch.Tensor, guidance: flo
     else:
         velocity = guided_velocity_fn(network, layout, guidance, trim=trim, cache_prefix=cache_prefix,
                                       first_frame_as_cond=first_frame_as_cond)
-    return sample(velocity, noise.float(), time_grid(steps, shift), method=method, callback=callback,
-                  trajectory=trajectory, shift=shift)
+    return sample(velocity, noise.float(), sampling_grid(steps, shift, sigmas, timesteps), method=method,
+                  callback=callback, trajectory=trajectory, shift=shift, sigmas=sigmas)

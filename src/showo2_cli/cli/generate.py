@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from ..errors import Showo2Error, UsageError, short
+from ..grids import parse_grid
 from ..options import (
     DEFAULT_FPS,
     DEFAULT_SAMPLER,
@@ -61,6 +62,8 @@ SaveLatOpt = Annotated[bool, typer.Option("--save-latents", help="Also write <ou
 SamplerOpt = Annotated[Sampler, typer.Option("--sampler", "--scheduler", help="The ODE solver (euler is the official one; flow-euler, unipc and dpm++ are diffusers' schedulers).")]
 FramesOpt = Annotated[int, typer.Option("--frames", help="Frames, 1+4k (others rounded up with a notice).")]
 FpsOpt = Annotated[float, typer.Option("--fps", help="Frames per second of the output (0.5 to 240).")]
+SigmasOpt = Annotated[str | None, typer.Option("--sigmas", help="A custom time grid as diffusers takes it: noise levels, one per model call, from 1 (noise) down, without the final 0, comma-separated (1.0,0.75,0.5,0.25); shifted by --shift as diffusers' flow schedulers shift them (--shift 1: as given, to float32 rounding); sets --steps to their count + 1; samplers euler, flow-euler, unipc; recorded.")]
+TimestepsOpt = Annotated[str | None, typer.Option("--timesteps", help="A custom time grid in diffusers' timesteps (noise level x 1000, from 1000 down; comma-separated: 999,750,500,250), used as given (not shifted); samplers euler, flow-euler; recorded.")]
 NegativeOpt = Annotated[str, typer.Option("--negative-prompt", help="What guidance steers away from, in place of the official empty prompt (no effect with --guidance 0 or 1).")]
 VIDEO_HELP = "out.mp4/.webm/.gif/.mov/.mkv"
 
@@ -311,8 +314,8 @@ def check_memory_before_loading(name: str, kind: str, opts: GenerateOptions, bat
         P.noise_rows(opts.noise, spec, sized, video, opts.frames if video else 1, list(range(prompts)))
     from ..sampling import check_schedule
 
-    check_schedule(opts.method, spec.steps if opts.steps is None else opts.steps,  # before the weights load
-                   spec.shift if opts.shift is None else opts.shift)
+    resolved = opts.resolved(spec, video)  # (steps, shift: the model's where not given, or the custom grid's)
+    check_schedule(opts.method, resolved.steps, resolved.shift, opts.sigmas, opts.timesteps)  # before the load
     P.check_generation_memory(spec, dtype, opts.size or spec.default_size(video),
                               opts.frames if video else 1, video, batch, opts.max_memory_gb, dev, base_dim or 96,
                               runtime.vae_tiling, weights=weights, from_image=kind == "i2v")
@@ -338,6 +341,11 @@ def check_caption_before_loading(name: str, kind: str, opts, runtime, vae=None) 
                                tiling=runtime.vae_tiling)
 
 
+def grid_options(sigmas: str | None, timesteps: str | None) -> dict:
+    """``--sigmas`` / ``--timesteps`` as the options' lists (:func:`showo2_cli.grids.parse_grid`)."""
+    return {"sigmas": parse_grid(sigmas, "--sigmas"), "timesteps": parse_grid(timesteps, "--timesteps")}
+
+
 def _frames(frames: int) -> int:
     rounded, note = video_frames(frames)
     if note:
@@ -354,7 +362,7 @@ def t2i(
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 4, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, negative_prompt: NegativeOpt = "", sampler: SamplerOpt = DEFAULT_SAMPLER,
-    runtime: RuntimeOptions = None,
+    sigmas: SigmasOpt = None, timesteps: TimestepsOpt = None, runtime: RuntimeOptions = None,
     overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Text to image."""
@@ -362,7 +370,7 @@ def t2i(
     one_voice()
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=1, method=value(sampler), max_memory_gb=runtime.max_memory_gb,
-                           negative_prompt=negative_prompt)
+                           negative_prompt=negative_prompt, **grid_options(sigmas, timesteps))
     return run("t2i", prompt, prompts_file, output, opts, model, vae, runtime, noise, save_latents, None, None,
         size, overwrite, adapters(lora, lora_weight))
 
@@ -377,7 +385,7 @@ def t2v(
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, negative_prompt: NegativeOpt = "", sampler: SamplerOpt = DEFAULT_SAMPLER,
-    runtime: RuntimeOptions = None,
+    sigmas: SigmasOpt = None, timesteps: TimestepsOpt = None, runtime: RuntimeOptions = None,
     overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Text to video (needs a checkpoint trained for video generation, e.g. the bundled demo)."""
@@ -385,7 +393,8 @@ def t2v(
     one_voice()
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
-                           max_memory_gb=runtime.max_memory_gb, negative_prompt=negative_prompt)
+                           max_memory_gb=runtime.max_memory_gb, negative_prompt=negative_prompt,
+                           **grid_options(sigmas, timesteps))
     return run("t2v", prompt, prompts_file, output, opts, model, vae, runtime, noise, save_latents, fps, None,
         size, overwrite, adapters(lora, lora_weight))
 
@@ -401,7 +410,7 @@ def i2v(
     guidance: GuidanceOpt = None, shift: ShiftOpt = None, seed: SeedOpt = None, num_images: NumOpt = 1,
     prompts_file: PromptsFileOpt = None, batch_size: BatchOpt = 1, noise: NoiseOpt = None,
     save_latents: SaveLatOpt = False, negative_prompt: NegativeOpt = "", sampler: SamplerOpt = DEFAULT_SAMPLER,
-    runtime: RuntimeOptions = None,
+    sigmas: SigmasOpt = None, timesteps: TimestepsOpt = None, runtime: RuntimeOptions = None,
     overwrite: OverwriteOpt = False, json_mode: JsonOpt = False, quiet: QuietOpt = False,
 ):
     """Image to video: the image's latent is the fixed first latent frame."""
@@ -412,7 +421,8 @@ def i2v(
                          f"{short(shlex.quote(str(image)), 120)}")
     opts = GenerateOptions(steps=steps, guidance=guidance, shift=shift, seed=seed, num_per_prompt=num_images,
                            batch_size=batch_size, frames=_frames(frames), method=value(sampler),
-                           max_memory_gb=runtime.max_memory_gb, negative_prompt=negative_prompt)
+                           max_memory_gb=runtime.max_memory_gb, negative_prompt=negative_prompt,
+                           **grid_options(sigmas, timesteps))
     return run("i2v", prompt, prompts_file, output, opts, model, vae, runtime, noise, save_latents, fps, image,
         size, overwrite, adapters(lora, lora_weight))
 

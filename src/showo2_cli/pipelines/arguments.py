@@ -58,7 +58,7 @@ PYTHON_NAMES = {
     "--size": "width/height", "--steps": "num_inference_steps", "--guidance": "guidance_scale",
     "--noise": "latents", "-n/--num-images": "num_images_per_prompt", "--num-images": "num_images_per_prompt",
     "--batch-size": "batch_size", "--frames": "num_frames", "--sampler": "sampler", "--shift": "shift",
-    "--seed": "seed", "--negative-prompt": "negative_prompt", "--offload": "enable_model_cpu_offload()",
+    "--seed": "seed", "--negative-prompt": "negative_prompt", "--sigmas": "sigmas", "--timesteps": "timesteps", "--offload": "enable_model_cpu_offload()",
     "--quantize": "RuntimeOptions(quantize=...)", "--vae-tiling auto": "enable_vae_tiling()",
     "--vae-tiling": "enable_vae_tiling()", "--max-memory": "RuntimeOptions(max_memory_gb=...)",
     # the limit a pipeline is loaded with (from_pretrained(runtime=)), else the variable: each named once
@@ -102,10 +102,11 @@ _ADAPTERS = ("LoRA adapters are merged into the weights when loaded: give the sc
 #: diffusers' pipeline-call arguments (FluxPipeline, WanPipeline, WanImageToVideoPipeline, ...) that a
 #: Show-o2 call does not take -> why, and what to pass instead
 CALL_HINTS = {
-    "sigmas": "the time grid is the model's shifted one: pass num_inference_steps= and shift= (or assign "
-              "pipe.scheduler)",
-    "max_sequence_length": "the prompt's token budget is the model's sequence length (spec.max_seq_len less the "
-                           "visual tokens); a longer prompt is cut there, with a warning",
+    "max_sequence_length": "Show-o2 has no text encoder whose length a call picks: the prompt's tokens share the "
+                           "network's one sequence with the visual tokens, in a row of the model's fixed length "
+                           "(pipe.spec.text_budget tokens, the official max_text_len), which places the visual "
+                           "tokens; a longer prompt is cut there (with a warning, and params['prompt_tokens'] "
+                           "recorded); to use fewer tokens, shorten the prompt",
     "attention_kwargs": _ADAPTERS, "joint_attention_kwargs": _ADAPTERS, "cross_attention_kwargs": _ADAPTERS,
     "fps": "the model takes no frame rate; give it where the frames are written: export_to_video(frames, path, "
            "fps=) or api.save_results(..., fps=)",
@@ -117,7 +118,6 @@ CALL_HINTS = {
     "callback": "pass callback_on_step_end= (diffusers' current name)",
     "eta": "the samplers are deterministic ODE solvers (no eta)",
 }
-CALL_HINTS["timesteps"] = CALL_HINTS["sigmas"]
 CALL_HINTS["frame_rate"] = CALL_HINTS["fps"]
 CALL_HINTS["callback_steps"] = CALL_HINTS["callback"]
 CALL_HINTS["ip_adapter_image_embeds"] = CALL_HINTS["negative_ip_adapter_image"] = CALL_HINTS["ip_adapter_image"]

@@ -314,7 +314,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
 
         latents = generate_latents(net, layout, noise, opts.guidance, opts.steps, opts.shift, method=opts.method,
                                    cache_prefix=opts.cache_prefix, first_frame_as_cond=first_frame is not None,
-                                   callback=step)
+                                   callback=step, sigmas=opts.sigmas, timesteps=opts.timesteps)
         if first_frame is not None:  # the multistep solvers' updates move a still frame by float rounding
             latents = _keep_first_frame(latents, first_frame)
         if not bool(torch.isfinite(latents).all()):  # decoded, a black picture (and `decode` refuses its latents)
@@ -330,6 +330,9 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
             loaded = model.record()  # the model, its adapters, --vae, --quantize, the dtype (caption's too)
             dtype = loaded.pop("dtype", None)
             params.update(loaded)
+            for grid in ("sigmas", "timesteps"):  # a custom grid: the run is repeated with it (and the shift)
+                if getattr(opts, grid) is not None:
+                    params[grid] = list(getattr(opts, grid))
             if tiles is not None:
                 params["vae_tiles"] = list(tiles)  # (tile height, width, stride height, width) in pixels
             if dtype is not None:
@@ -397,7 +400,7 @@ def text_to_image(model: Showo2, prompts: list[str], options: GenerateOptions | 
     _require(model, T2I, "text-to-image", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=False)
     opts.validate(model.spec)
-    check_schedule(opts.method, opts.steps, opts.shift)  # before any model work
+    check_schedule(opts.method, opts.steps, opts.shift, opts.sigmas, opts.timesteps)  # before any model work
     return _generate(model, check_prompts([prompts] if isinstance(prompts, str) else prompts), opts, False, 1, None, indices, progress or noop, on_result,
                      on_step, outputs)
 
@@ -412,7 +415,7 @@ def text_to_video(model: Showo2, prompts: list[str], options: GenerateOptions | 
     _require(model, T2V, "text-to-video", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
     opts.validate(model.spec)
-    check_schedule(opts.method, opts.steps, opts.shift)  # before any model work
+    check_schedule(opts.method, opts.steps, opts.shift, opts.sigmas, opts.timesteps)  # before any model work
     return _generate(model, check_prompts([prompts] if isinstance(prompts, str) else prompts), opts, True, opts.frames, None, indices, progress or noop,
                      on_result, on_step, outputs)
 
@@ -428,7 +431,7 @@ def image_to_video(model: Showo2, image, prompts: list[str], options: GenerateOp
     _require(model, I2V, "image-to-video", options)
     opts = (options or GenerateOptions()).resolved(model.spec, video=True)
     opts.validate(model.spec)
-    check_schedule(opts.method, opts.steps, opts.shift)  # before any model work
+    check_schedule(opts.method, opts.steps, opts.shift, opts.sigmas, opts.timesteps)  # before any model work
     h, w = opts.size
     prompts = check_prompts([prompts] if isinstance(prompts, str) else prompts)
     img = M.resize_center_crop(M.image_input(image), (h, w))

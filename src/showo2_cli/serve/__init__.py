@@ -18,8 +18,8 @@ Endpoints (JSON in and out, errors always ``{"error": {"message", "type", "param
 * ``POST /v1/images/generations``: ``prompt``, ``n``, ``size``, ``response_format=b64_json``, and
   the extra fields ``seed``, ``steps``, ``guidance``, ``negative_prompt`` (also under diffusers'
   names: ``num_inference_steps``, ``guidance_scale``, ``width``/``height``,
-  ``num_images_per_prompt``); diffusers' arguments the pipeline refuses (``sigmas``,
-  ``true_cfg_scale``, ...) and its ``shift``/``sampler`` are refused (400); returns PNGs carrying
+  ``num_images_per_prompt``); diffusers' arguments the pipeline refuses (``true_cfg_scale``,
+  ...) and its ``shift``/``sampler``/``sigmas``/``timesteps`` are refused (400); returns PNGs carrying
   their parameters.
 
 Browsers on other origins are let in only by ``--allow-origin`` (CORS).

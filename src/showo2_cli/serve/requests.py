@@ -392,15 +392,16 @@ def _image_size(body: dict) -> tuple[object, str]:
 
 #: the generation settings of Show-o2's pipeline call that this endpoint does not take: a value sent
 #: under one of them would change the image, so it is refused, not dropped
-_PIPELINE_ONLY = ("shift", "sampler", "num_frames", "latents")
+_PIPELINE_ONLY = ("shift", "sampler", "num_frames", "latents", "sigmas", "timesteps")
 _IMAGE_FIELDS = ("prompt, n (num_images_per_prompt), size (width and height), steps (num_inference_steps), "
                  "guidance (guidance_scale), seed, negative_prompt")
 
 
 def refuse_pipeline_arguments(body: dict) -> None:
     """diffusers' call arguments that :class:`~showo2_cli.pipeline.Showo2Pipeline` refuses
-    (``pipelines.arguments.CALL_HINTS``: ``sigmas``, ``true_cfg_scale``, ``max_sequence_length``,
-    ``prompt_2``, ...) and its own settings this endpoint does not take (``shift``, ``sampler``):
+    (``pipelines.arguments.CALL_HINTS``: ``true_cfg_scale``, ``max_sequence_length``,
+    ``prompt_2``, ...) and its own settings this endpoint does not take (``shift``, ``sampler``, a
+    custom grid's ``sigmas`` / ``timesteps``):
     a 400 naming the field, as the pipeline's TypeError does, not a value dropped without a word
     (the request ``{"sigmas": [...]}`` ran on the default grid)."""
     from ..pipelines.arguments import CALL_HINTS  # (torch: loaded in a server with a model)

@@ -1,0 +1,109 @@
+"""Custom time grids, as diffusers users pass them (``pipe(..., sigmas=[...])``, ``timesteps=``):
+what they mean here and their checks, torch-free (the options validate them before any model loads).
+
+diffusers' flow convention is sigma = 1 - t (1 is noise, 0 is data). As ``retrieve_timesteps``
+and the schedulers' ``set_timesteps`` take them:
+
+* ``sigmas`` is one noise level per model call, from the noisiest, without the final 0 (which
+  is appended); they go through the time shift, as ``FlowMatchEulerDiscreteScheduler`` and
+  ``UniPCMultistepScheduler(use_flow_sigmas=True)`` shift them (``shift * s / (1 + (shift - 1) * s)``,
+  the official grid's shift): ``1 - linspace(0, 1, steps)[:-1]`` (Flux's ``np.linspace(1, 1/N, N)``)
+  is the default grid. Pass ``shift=1`` for noise levels used as they are.
+* ``timesteps`` are model times in diffusers' scale (sigma * 1000), used as given, unshifted,
+  as ``FlowMatchEulerDiscreteScheduler`` feeds them to the model (it steps over shifted sigmas
+  derived from them, and warns that the two then disagree; here the steps go where the model is
+  evaluated).
+
+Which sampler takes which is diffusers': a scheduler whose ``set_timesteps`` has no such
+argument refuses it (``FlowMatchHeunDiscreteScheduler`` takes neither; ``DPMSolverMultistepScheduler``
+has no ``sigmas``, and its ``timesteps`` fail with flow sigmas in diffusers itself).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .errors import UsageError, short
+
+#: diffusers' training timesteps of a flow-matching scheduler: ``timesteps = sigmas * TRAIN_TIMESTEPS``
+TRAIN_TIMESTEPS = 1000
+
+#: the sampler -> (the diffusers scheduler standing for it, the custom grids it takes)
+CUSTOM_GRIDS = {
+    "euler": ("FlowMatchEulerDiscreteScheduler", ("sigmas", "timesteps")),
+    "flow-euler": ("FlowMatchEulerDiscreteScheduler", ("sigmas", "timesteps")),
+    "heun": ("FlowMatchHeunDiscreteScheduler", ()),
+    "unipc": ("UniPCMultistepScheduler", ("sigmas",)),
+    "dpm++": ("DPMSolverMultistepScheduler", ()),
+}
+
+
+def grid_list(value):
+    """A grid given as a numpy array or a torch tensor (``np.linspace(...)``) as a list of Python
+    floats; anything else as it is (the checks judge it)."""
+    if hasattr(value, "tolist") and getattr(value, "ndim", None) == 1:
+        return [float(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):  # numpy's numbers as Python's (the record is JSON)
+        return [v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v for v in value]
+    return value
+
+
+def parse_grid(text: str | None, option: str) -> list[float] | None:
+    """A grid given on the command line: numbers separated by commas (``1.0,0.75,0.5``)."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in str(text).split(",")]
+    except ValueError:
+        raise UsageError(f"{option} must be numbers separated by commas (1.0,0.75,0.5), got {short(text)}") from None
+
+
+def check_grid(sigmas, timesteps, steps: int | None, method: str) -> None:
+    """Refuse (:class:`UsageError`) a custom grid that cannot be sampled: both kinds given, a sampler
+    whose diffusers scheduler takes no such grid, ``steps`` that disagree with its length, a
+    value that is not a finite number in range, values not strictly falling."""
+    if sigmas is None and timesteps is None:
+        return
+    if sigmas is not None and timesteps is not None:
+        raise UsageError("pass --sigmas or --timesteps, not both (diffusers' retrieve_timesteps refuses both too)")
+    option, values = ("--sigmas", sigmas) if sigmas is not None else ("--timesteps", timesteps)
+    scheduler, takes = CUSTOM_GRIDS.get(method, (None, ()))
+    if scheduler is not None and option[2:] not in takes:
+        instead = ", ".join(m for m, (_, kinds) in CUSTOM_GRIDS.items() if option[2:] in kinds)
+        raise UsageError(f"--sampler {method} takes no custom {option[2:]} (diffusers' {scheduler} cannot set "
+                         f"them for a flow-matching model); the samplers that do: {instead}")
+    if isinstance(values, (str, bytes)) or not isinstance(values, list):
+        raise UsageError(f"{option} must be a list of numbers, got {short(values)}")
+    from .options import STEPS_RANGE  # (options imports this module)
+
+    if not 1 <= len(values) <= STEPS_RANGE[1] - 1:
+        raise UsageError(f"{option} must hold 1 to {STEPS_RANGE[1] - 1} values (one per model call), got "
+                         f"{len(values)}")
+    high, unit = (1.0, "noise levels") if sigmas is not None else (float(TRAIN_TIMESTEPS), "diffusers timesteps")
+    for v in values:
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v) or not 0 < v <= high:
+            raise UsageError(f"{option} are {unit} in (0, {high:g}] (the final 0 is appended), got {short(v)}")
+    if any(a <= b for a, b in zip(values[:-1], values[1:], strict=True)):
+        raise UsageError(f"{option} must fall strictly, from the noisiest (one model call each), got "
+                         f"{short(values, 80)}")
+    if steps is not None and steps != len(values) + 1:
+        raise UsageError(f"--steps {steps} counts grid points ({steps - 1} model calls) but {option} holds "
+                         f"{len(values)}: leave --steps out, or give {len(values) + 1}")
+
+
+def grid_steps(sigmas, timesteps) -> int | None:
+    """The grid points (``--steps``) a custom grid makes: one per value and the final 0."""
+    values = sigmas if sigmas is not None else timesteps
+    return None if values is None else len(values) + 1
+
+
+def grid_times(sigmas, timesteps) -> list[float] | None:
+    """A custom grid as Show-o2 times before the shift, ``1 - sigma`` (computed in float64, so
+    ``1 - s`` of a float32 ``s`` gives ``s`` back), the final 1 (data) included; for
+    ``timesteps`` they are final (unshifted). None: no custom grid."""
+    if sigmas is not None:
+        return [1.0 - float(v) for v in sigmas] + [1.0]
+    if timesteps is not None:
+        return [1.0 - float(v) / TRAIN_TIMESTEPS for v in timesteps] + [1.0]
+    return None
