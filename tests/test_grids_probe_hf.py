@@ -53,14 +53,21 @@ def test_the_default_grid_given_as_sigmas_is_the_default_call_bit_for_bit(pipe, 
     steps = 5
     call = dict(CALL, **KINDS[kind], sampler=sampler, seed=7)
     default = pipe("a red circle", num_inference_steps=steps, **call)
-    for sigmas in (default_sigmas(steps), np.linspace(1.0, 1 / (steps - 1), steps - 1),  # Flux's way
-                   torch.tensor(default_sigmas(steps))):
+    for sigmas in (default_sigmas(steps), np.array(default_sigmas(steps)), torch.tensor(default_sigmas(steps))):
         given = pipe("a red circle", sigmas=sigmas, **call)
         out = given.frames if kind != "t2i" else given.images
         assert torch.equal(out, default.frames if kind != "t2i" else default.images)
         assert given.results[0].params["steps"] == steps and pipe.num_timesteps == steps - 1
     moved = pipe("a red circle", sigmas=[1.0, 0.6, 0.3, 0.1], **call)  # another grid: another result
     assert not torch.equal(moved.results[0].latents, default.results[0].latents)
+
+
+@pytest.mark.parametrize("steps", [5, 30, 50])
+def test_fluxs_linspace_is_the_default_grid_to_float32_rounding(steps):
+    """``np.linspace(1, 1/N, N)`` (FluxPipeline's default sigmas) against the official grid, whose
+    float32 ``torch.linspace`` is one unit in the last place off ``i/N`` for most N."""
+    flux = sampling.sampling_grid(steps, SHIFT, sigmas=np.linspace(1.0, 1 / (steps - 1), steps - 1).tolist())
+    assert (flux - sampling.time_grid(steps, SHIFT)).abs().max() <= 1.2e-7
 
 
 def test_unipc_takes_its_default_sigmas_bit_for_bit(pipe):
@@ -217,3 +224,20 @@ def test_the_command_line_takes_sigmas_and_records_them(tiny_model_dir, tmp_path
         assert main(["t2i", "a cat", "--model", str(tiny_model_dir), *args, "-o", str(bad)]) != 0
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and not bad.exists()
+
+
+def test_the_chats_t2i_takes_them_as_t2i_does(model, tmp_path):
+    """The chat's /t2i reads t2i's own option definitions from a list of names: the new two were
+    refused there as "the model and where it runs are set when the chat starts"."""
+    import io
+
+    from showo2_cli.chat import Conversation
+    from showo2_cli.cli.chat import ChatSession
+
+    screen = io.StringIO()
+    session = ChatSession(Conversation(model), out=screen, err=screen)
+    out = tmp_path / "c.png"
+    assert session.handle(f"/t2i a cat -o {out} --size 32 --seed 2 --sigmas 1,0.6,0.2")
+    assert json.loads(out.with_suffix(".json").read_text())["sigmas"] == [1.0, 0.6, 0.2], screen.getvalue()
+    assert session.handle(f"/t2i a cat -o {tmp_path / 'd.png'} --timesteps 900,300 --sampler unipc")
+    assert "--sampler unipc takes no custom timesteps" in screen.getvalue() and not (tmp_path / "d.png").exists()

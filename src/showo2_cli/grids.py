@@ -7,8 +7,10 @@ and the schedulers' ``set_timesteps`` take them:
 * ``sigmas`` is one noise level per model call, from the noisiest, without the final 0 (which
   is appended); they go through the time shift, as ``FlowMatchEulerDiscreteScheduler`` and
   ``UniPCMultistepScheduler(use_flow_sigmas=True)`` shift them (``shift * s / (1 + (shift - 1) * s)``,
-  the official grid's shift): ``1 - linspace(0, 1, steps)[:-1]`` (Flux's ``np.linspace(1, 1/N, N)``)
-  is the default grid. Pass ``shift=1`` for noise levels used as they are.
+  the official grid's shift): ``1 - torch.linspace(0, 1, steps)[:-1]`` (float32, as float64) is the
+  default grid bit for bit, Flux's ``np.linspace(1, 1/N, N)`` to float32 rounding (torch's
+  float32 linspace is off the exact ``i/N`` by one unit in the last place for most N). Pass
+  ``shift=1`` for noise levels used as they are (to float32 rounding).
 * ``timesteps`` are model times in diffusers' scale (sigma * 1000), used as given, unshifted,
   as ``FlowMatchEulerDiscreteScheduler`` feeds them to the model (it steps over shifted sigmas
   derived from them, and warns that the two then disagree; here the steps go where the model is

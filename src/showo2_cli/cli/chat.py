@@ -198,13 +198,14 @@ class ChatSession:
         from ..options import random_seed
         from ..pipelines import GenerateOptions, text_to_image
         from ..saving import plan_outputs, save_results
+        from .generate import grid_options
 
         prompt, p = parse_t2i(rest)
         seed = random_seed() if p["seed"] is None else p["seed"]
         opts = GenerateOptions(seed=seed, steps=p["steps"], guidance=p["guidance"], shift=p["shift"],
                                size=M.parse_size(p["size"], self.conv.model.spec.latent_multiple),
                                num_per_prompt=p["num_images"], method=common.value(p["sampler"]),
-                               negative_prompt=p["negative_prompt"])
+                               negative_prompt=p["negative_prompt"], **grid_options(p["sigmas"], p["timesteps"]))
         opts.validate(self.conv.model.spec)  # the sizes the resident model takes (its patch_size)
         output = None if p["output"] is None else os.path.expanduser(p["output"])  # as text: a final '/' is seen
         if output is not None:
@@ -227,7 +228,7 @@ class ChatSession:
 #: the t2i options a chat's ``/t2i`` takes; the others choose the model and where it runs (set
 #: when the chat starts) or read files of prompts and noise
 T2I_IN_CHAT = ("output", "size", "steps", "guidance", "shift", "seed", "num_images", "negative_prompt", "sampler",
-               "save_latents", "overwrite")
+               "sigmas", "timesteps", "save_latents", "overwrite")
 
 
 def parse_t2i(rest: str) -> tuple[str, dict]:
