@@ -241,3 +241,22 @@ def test_the_chats_t2i_takes_them_as_t2i_does(model, tmp_path):
     assert json.loads(out.with_suffix(".json").read_text())["sigmas"] == [1.0, 0.6, 0.2], screen.getvalue()
     assert session.handle(f"/t2i a cat -o {tmp_path / 'd.png'} --timesteps 900,300 --sampler unipc")
     assert "--sampler unipc takes no custom timesteps" in screen.getvalue() and not (tmp_path / "d.png").exists()
+
+
+def test_which_sampler_takes_which_grid_is_what_diffusers_schedulers_take():
+    """As ``retrieve_timesteps`` judges a scheduler: by its ``set_timesteps``' arguments; DPM-Solver++
+    names ``timesteps`` but fails on them with flow sigmas, so it is refused too."""
+    import inspect
+
+    import diffusers
+
+    from showo2_cli.grids import CUSTOM_GRIDS
+    from showo2_cli.options import SAMPLERS
+
+    assert set(CUSTOM_GRIDS) == set(SAMPLERS)
+    for sampler, (name, takes) in CUSTOM_GRIDS.items():
+        named = set(inspect.signature(getattr(diffusers, name).set_timesteps).parameters)
+        assert set(takes) <= named & {"sigmas", "timesteps"}, sampler
+    dpm = sampling.diffusers_scheduler("dpm++", sampling.time_grid(5), SHIFT)
+    with pytest.raises(TypeError):
+        dpm.set_timesteps(timesteps=[999, 750, 500, 250])
