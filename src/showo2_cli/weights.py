@@ -180,10 +180,9 @@ def _load_pickle(path: Path) -> Any:
     """``torch.load`` restricted to tensors and plain containers, mmap'd when the format allows."""
     import torch
 
-    _check_stored(path)
     with warnings.catch_warnings():  # torch warns about odd pickles on stderr: the error says it
         warnings.simplefilter("ignore")
-        _check_claims(path)
+        check_pickle(path)
         try:
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
@@ -192,7 +191,19 @@ def _load_pickle(path: Path) -> Any:
             return torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) format
 
 
-def _check_stored(path: Path) -> None:
+def check_pickle(path: Path, what: str = "weights") -> None:
+    """What a ``torch.save`` file must pass before ``torch.load`` reads it (every reader of one: the
+    weights here, a training checkpoint's state): its zip entries stored uncompressed and each
+    named once (:func:`_check_stored`), a legacy file's storages no larger than the file
+    (:func:`_check_claims`), so nothing is allocated at a size the file names before it is checked.
+    Each problem is a :class:`~showo2_cli.errors.ModelError` naming ``what`` and the file."""
+    _check_stored(path, what)
+    with warnings.catch_warnings():  # (torch's deprecation of the typed storages the claims name)
+        warnings.simplefilter("ignore")
+        _check_claims(path, what)
+
+
+def _check_stored(path: Path, what: str = "weights") -> None:
     """A torch zip archive must hold its entries uncompressed, as ``torch.save`` writes them: mapped
     (``mmap=True``), a compressed entry's tensors were its compressed bytes taken as values (a
     re-zipped checkpoint loaded as garbage, silently), and inflated they could be any size. Nor may
@@ -211,15 +222,15 @@ def _check_stored(path: Path) -> None:
     seen: set[str] = set()
     twice = next((i.filename for i in entries if i.filename in seen or seen.add(i.filename)), None)
     if twice is not None:
-        raise ModelError(f"cannot read weights '{path}': its zip archive holds {short(twice, 80)} twice, with "
+        raise ModelError(f"cannot read {what} '{path}': its zip archive holds {short(twice, 80)} twice, with "
                          "nothing to tell which copy is meant (torch.save writes each entry once)")
     if packed is not None:
-        raise ModelError(f"cannot read weights '{path}': its zip entries are compressed (e.g. {short(packed, 80)}), "
+        raise ModelError(f"cannot read {what} '{path}': its zip entries are compressed (e.g. {short(packed, 80)}), "
                          "which torch.save never writes (a re-zipped checkpoint?); save the tensors again with "
                          "torch.save or safetensors")
 
 
-def _check_claims(path: Path) -> None:
+def _check_claims(path: Path, what: str = "weights") -> None:
     """A legacy (non-zip) ``torch.save`` file must hold the bytes its storages claim: torch
     allocates each storage at the size its pickle names before reading the data (a 486-byte file
     claiming 10^10 floats asked for 40 GB: "out of memory"). The claims are read with an unpickler
@@ -261,7 +272,7 @@ def _check_claims(path: Path) -> None:
             return
     size, claimed = path.stat().st_size, sum(claims.values())
     if claimed > size:
-        raise ModelError(f"cannot read weights '{path}': its tensors claim {claimed:,} bytes but the file holds "
+        raise ModelError(f"cannot read {what} '{path}': its tensors claim {claimed:,} bytes but the file holds "
                          f"{size:,} (truncated or corrupt)")
 
 
@@ -442,5 +453,5 @@ def check_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Te
         raise ModelError(f"weights in '{where}' do not fit {what}: {', '.join(problems)}")
 
 
-__all__ = ["MAX_CONFIG_BYTES", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES", "check_fit", "check_safetensors_header", "first",
-           "looks_like_safetensors", "one_line", "read_json", "read_state_dict", "unwrapped"]
+__all__ = ["MAX_CONFIG_BYTES", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES", "check_fit", "check_pickle", "check_safetensors_header",
+           "first", "looks_like_safetensors", "one_line", "read_json", "read_state_dict", "unwrapped"]

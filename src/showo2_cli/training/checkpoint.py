@@ -47,12 +47,17 @@ def write_pointer(output_dir: Path, name: str) -> None:
 
 def read_state(folder: Path, mode: str, state_format: int) -> dict:
     """A checkpoint's ``trainer_state.pt`` (tensors and plain values only: ``weights_only``),
-    checked to be a training state of ``mode``: a damaged one is a :class:`ModelError` naming it."""
+    checked to be a training state of ``mode``: a damaged one is a :class:`ModelError` naming it.
+    The file passes the weights' checks first (:func:`~showo2_cli.weights.check_pickle`): a legacy
+    pickle claiming 10^10 floats had torch allocate 40 GB before reading a byte of them."""
     import torch
+
+    from ..weights import check_pickle
 
     path = folder / STATE_FILE
     if not path.is_file():  # a FIFO waited for a writer for ever, a device never ends
         raise ModelError(f"cannot read the training state '{path}': not a regular file")
+    check_pickle(path, "the training state")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, empty, not a torch file, or a pickle asking for code

@@ -1,0 +1,69 @@
+"""Hostile round twenty-five (probe HB): the files users download and hand us (model folders,
+adapters, pictures, training checkpoints), crafted by someone who read the code. Each test fails
+on the code before its fix."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+
+import pytest
+import torch
+
+from showo2_cli.errors import ModelError
+
+
+def _legacy_state(numel: int | None = None) -> bytes:
+    """A training state as the legacy (non-zip) ``torch.save`` writes it; ``numel``: the size its
+    pickle claims for the one storage (16 floats stored)."""
+    state = {"format": 1, "mode": "t2i", "step": 3, "optimizer": {}, "t": torch.arange(16.0)}
+    buf = io.BytesIO()
+    torch.save(state, buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue()
+    if numel is None:
+        return data
+    found = re.findall(rb"cpuq.K\x10N", data)  # the storage's 16 elements: a BININT1 after the location 'cpu'
+    assert len(found) == 1
+    return data.replace(found[0], found[0][:5] + b"\x8a\x08" + struct.pack("<q", numel) + b"N")
+
+
+def test_a_training_state_claiming_more_than_its_file_holds_is_refused_before_allocating(tmp_path, monkeypatch):
+    """`train` resuming a run folder a user was sent: its `trainer_state.pt` was handed to `torch.load`
+    with none of the weights' checks, and a legacy pickle of 494 bytes claiming 10^10 floats had torch
+    allocate 40 GB before reading any ("DefaultCPUAllocator: can't allocate memory: you tried to
+    allocate 40000000000 bytes", said as "truncated or corrupt"; on a host with the memory, made).
+    The state passes the weights' checks first (`weights.check_pickle`, one mechanism)."""
+    from showo2_cli.training import checkpoint as ckpt
+
+    folder = tmp_path / "checkpoint-000003"
+    folder.mkdir()
+    state = folder / ckpt.STATE_FILE
+    state.write_bytes(_legacy_state(numel=10**10))
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    with pytest.raises(ModelError, match=rf"cannot read the training state '.*': its tensors claim 40,000,000,000 "
+                                         rf"bytes but the file holds {state.stat().st_size} "):
+        ckpt.read_state(folder, "t2i", 1)
+    assert loads == []  # refused before torch read it
+    state.write_bytes(_legacy_state())  # a true legacy state reads as before
+    assert ckpt.read_state(folder, "t2i", 1)["t"].tolist() == list(range(16))
+
+
+def test_a_training_state_with_compressed_entries_is_refused(tmp_path):
+    """A checkpoint re-zipped by a tool (deflated entries, which torch.save never writes) was
+    inflated by torch.load to whatever size its entries name; the weights' rule refuses it."""
+    import zipfile
+
+    from showo2_cli.training import checkpoint as ckpt
+
+    folder = tmp_path / "checkpoint-000003"
+    folder.mkdir()
+    plain = tmp_path / "plain.pt"
+    torch.save({"format": 1, "mode": "t2i", "step": 3, "optimizer": {}, "t": torch.zeros(4096)}, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(folder / ckpt.STATE_FILE, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(ModelError, match=r"cannot read the training state '.*': its zip entries are compressed"):
+        ckpt.read_state(folder, "t2i", 1)
