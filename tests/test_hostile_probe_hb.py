@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +68,44 @@ def test_a_training_state_with_compressed_entries_is_refused(tmp_path):
             dst.writestr(info.filename, src.read(info))
     with pytest.raises(ModelError, match=r"cannot read the training state '.*': its zip entries are compressed"):
         ckpt.read_state(folder, "t2i", 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="no /proc here")
+def test_a_caption_linked_to_a_system_made_file_is_refused_not_trained_on(tmp_path):
+    """A data folder a user downloads (a tarball keeps links) whose `cat.txt` links to
+    `/proc/self/environ`: its size is 0, so the media readers refuse such a file ("empty file"), but
+    the small-file reader read it, and the run's environment (a HF_TOKEN, cloud keys) was the
+    picture's caption, the answer an `mmu` run teaches the model to give. The one bounded reader
+    (`media.read_limited`: captions, configs, prompts, transcripts, schemas) refuses a file of size 0
+    that reads as bytes."""
+    from PIL import Image
+
+    from showo2_cli.errors import InputError
+    from showo2_cli.media import read_limited
+    from showo2_cli.specs import get_spec
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.data import make_sources
+    from test_train import tiny_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (32, 32), "red").save(data / "cat.png")
+    (data / "cat.txt").symlink_to("/proc/self/environ")
+    Image.new("RGB", (32, 32), "blue").save(data / "dog.png")
+    (data / "dog.txt").write_text("a blue dog")
+    cfg = parse_config(tiny_config(tmp_path, data=[{"kind": "pairs", "role": "mmu", "path": str(data),
+                                                    "resolution": 32}], batch={"mmu": 1}), source="c.toml")
+    source = make_sources(cfg, get_spec("tiny"), tmp_path / "index")[0]
+    texts, refused = [], []
+    for item in range(source.size()):
+        try:
+            texts.append(source.get(item).text)
+        except InputError as e:
+            refused.append(str(e))
+    read = len(texts)
+    assert read == 1, "the environment was read as a caption"  # (not printed: it is the host's)
+    assert texts == ["a blue dog"] and len(refused) == 1 and "cat.txt" in refused[0] and "not a regular file" in refused[0], refused
+    with pytest.raises(InputError, match="not a regular file"):
+        read_limited("/proc/self/environ", 1 << 20, "prompts file")
+    (data / "empty.txt").write_bytes(b"")  # an empty file is still its empty text
+    assert read_limited(data / "empty.txt", 10, "caption") == b""

@@ -121,7 +121,10 @@ def read_limited(path: PathLike, limit: int, what: str, error: type[Showo2Error]
     blocking and judged by its descriptor, so a FIFO (which would wait for a writer for ever), a
     device (``/dev/zero`` never ends) or a folder is refused before a byte is read, as is a file
     whose size is over ``limit``; one that grows past ``limit`` while being read is refused after
-    ``limit + 1`` bytes. Every problem is one ``error`` line naming ``what`` and the path."""
+    ``limit + 1`` bytes. A file whose size is 0 but which reads as bytes is one the system makes as
+    it is read (``/proc/self/environ``: the environment, tokens included), no file a user saved: it is
+    refused as the media readers refuse it (a data set's caption link to it was trained on). Every
+    problem is one ``error`` line naming ``what`` and the path."""
     p = Path(os.fspath(path))
     prefix = f"cannot read {what} {quote_path(p)}"
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -145,6 +148,8 @@ def read_limited(path: PathLike, limit: int, what: str, error: type[Showo2Error]
         problem = error_detail(e)
     finally:
         os.close(fd)
+    if problem is None and st.st_size == 0 and data:
+        problem = "not a regular file (the system makes its content as it is read, as /proc's files)"
     if problem is not None:
         raise error(f"{prefix}: {problem}")
     if st.st_size > limit or len(data) > limit:  # said so, or grew past it while being read
