@@ -109,3 +109,35 @@ def test_a_caption_linked_to_a_system_made_file_is_refused_not_trained_on(tmp_pa
         read_limited("/proc/self/environ", 1 << 20, "prompts file")
     (data / "empty.txt").write_bytes(b"")  # an empty file is still its empty text
     assert read_limited(data / "empty.txt", 10, "caption") == b""
+
+
+@pytest.mark.parametrize("pointer", ["../../../victim", "ABSOLUTE", "LINKED"])
+def test_a_forced_pull_deletes_nothing_outside_the_cache(tmp_path, monkeypatch, pointer):
+    """A Hugging Face cache a user was given (a colleague's, a tarball): before `pull --force-download`
+    the entries of the snapshot that are no links into `blobs/` are removed, the snapshot found by the
+    text of `refs/main`. Of `../../../victim` or an absolute folder, or with the snapshot folder a link
+    out of the cache, the files of the pulled names there (`config.json`, `model.safetensors`) were
+    deleted. The commit is a commit hash and the snapshot where the cache holds it, or nothing is
+    dropped (huggingface_hub's own pointers are checked so)."""
+    from showo2_cli.errors import ModelError
+    from showo2_cli.hub_download import download_files
+
+    cache, victim = tmp_path / "cache", tmp_path / "victim"
+    repo = cache / "models--acme--m"
+    for d in (repo / "refs", repo / "snapshots", repo / "blobs", victim):
+        d.mkdir(parents=True)
+    (victim / "config.json").write_text("{}")
+    (victim / "model.safetensors").write_bytes(b"mine")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    text = {"ABSOLUTE": str(victim), "LINKED": commit}.get(pointer, pointer)
+    (repo / "refs" / "main").write_text(text)
+    if pointer == "LINKED":
+        (repo / "snapshots" / commit).symlink_to(victim)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # (the download itself is then refused: only the drop runs)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    with pytest.raises(ModelError):
+        download_files("acme/m", ["config.json", "model.safetensors"], None, "model", force_download=True)
+    assert sorted(p.name for p in victim.iterdir()) == ["config.json", "model.safetensors"]
+    assert (victim / "model.safetensors").read_bytes() == b"mine"

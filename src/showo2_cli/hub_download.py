@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -446,15 +447,27 @@ def _drop_copies(repo_id: str, revision: str | None, files: list[str]) -> None:
     link that leads out of the repo's blobs, to ``/etc/passwd`` or nowhere; an empty folder where
     the file belongs): huggingface_hub fetches the blob again but keeps such an entry, so the
     damage would stay. A link is removed, never what it points to; a folder with files in it is a
-    ModelError naming it (its files are not this tool's to delete)."""
+    ModelError naming it (its files are not this tool's to delete). Only entries inside the snapshot
+    are touched: the commit (``refs/<revision>``'s text, a cache a user was given) is a commit
+    hash, and the snapshot's folder and each entry's folder are where the cache holds them, not
+    links out of it (a ``refs/main`` of ``../../../x`` or ``/home/me`` had the files of that
+    name there deleted)."""
     folder = repo_cache_folder(repo_id)
     kept = None
     try:
         ref = folder / "refs" / (revision or "main")
         commit = ref.read_text(encoding="ascii").strip() if ref.is_file() else revision
+        if not commit or not re.fullmatch(r"[0-9a-f]{40}", commit):
+            return  # no commit of this cache: nothing of it to drop (the download says what is wrong)
+        snapshot = folder / "snapshots" / commit
+        root = snapshot.resolve()
+        if root.parent != (folder / "snapshots").resolve():
+            return  # the snapshot is a link out of the cache: not its files to delete
         blobs = _blobs(repo_id).resolve()
-        for name in files if commit else ():
-            entry = folder / "snapshots" / commit / name
+        for name in files:
+            entry = snapshot / name
+            if not entry.parent.resolve().is_relative_to(root):  # a subfolder linked out of the snapshot
+                continue
             if entry.is_symlink():
                 if entry.resolve().parent != blobs:
                     entry.unlink()
