@@ -141,3 +141,54 @@ def test_a_forced_pull_deletes_nothing_outside_the_cache(tmp_path, monkeypatch, 
         download_files("acme/m", ["config.json", "model.safetensors"], None, "model", force_download=True)
     assert sorted(p.name for p in victim.iterdir()) == ["config.json", "model.safetensors"]
     assert (victim / "model.safetensors").read_bytes() == b"mine"
+
+
+def test_a_damaged_ema_state_is_a_model_error_naming_the_file(tmp_path):
+    """The `ema` entry of a training state a user resumes was handed to diffusers' `EMAModel` as it
+    was: a decay of "x" or 2, a step of "x", a list were "internal error: ValueError: Decay must be
+    between 0 and 1" (exit 1), weights of other shapes "internal error: RuntimeError: The size of
+    tensor a (3) must match ..." at the first update. Each is the file's one line
+    (`checkpoint.restore_ema`); a whole state restores as before."""
+    from diffusers.training_utils import EMAModel
+
+    from showo2_cli.training import checkpoint as ckpt
+
+    net = torch.nn.Linear(4, 3)
+
+    class Objective:
+        @staticmethod
+        def ema_parameters():
+            return list(net.parameters())
+
+    folder = tmp_path / "checkpoint-000001"
+    good = EMAModel(net.parameters(), decay=0.9).state_dict()
+    for change in ({"decay": "x"}, {"decay": 2.0}, {"optimization_step": "x"}, {"power": None},
+                   {"shadow_params": [torch.zeros(3)]}, {"shadow_params": [torch.zeros(5, 4), torch.zeros(3)]}):
+        with pytest.raises(ModelError, match=r"checkpoint-000001/trainer_state.pt'.*(is damaged|do not fit)"):
+            ckpt.restore_ema(EMAModel(net.parameters(), decay=0.9), {**good, **change}, folder, Objective)
+    with pytest.raises(ModelError, match="EMA state is not a table"):
+        ckpt.restore_ema(EMAModel(net.parameters(), decay=0.9), [1, 2], folder, Objective)
+    ema = EMAModel(net.parameters(), decay=0.5)
+    ckpt.restore_ema(ema, {**good, "optimization_step": 7}, folder, Objective)
+    assert ema.decay == 0.9 and ema.optimization_step == 7
+
+
+@pytest.mark.slow
+def test_resuming_a_run_whose_ema_state_is_damaged_exits_4(tmp_path, capsys):
+    """The command line of the test above: `train` resuming a run folder a user was sent."""
+    from conftest import REPO
+    from showo2_cli.cli import main
+    from showo2_cli.training import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    args = ["train", str(REPO / "examples" / "train_tiny.toml"), "-o", str(run), "--set", "run.eval_every=0",
+            "--set", "run.sample_every=0", "--set", "ema.decay=0.9"]
+    assert main(args + ["--max-steps", "1"]) == 0, capsys.readouterr().err
+    path = ckpt.latest_checkpoint(run) / ckpt.STATE_FILE
+    state = torch.load(path, weights_only=True)
+    state["ema"]["decay"] = 2.0
+    torch.save(state, path)
+    capsys.readouterr()
+    assert main(args + ["--max-steps", "2"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trainer_state.pt' is damaged: its EMA state is refused" in err[0], err

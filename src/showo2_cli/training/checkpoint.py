@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError, OutputError
+from ..errors import ModelError, OutputError, error_detail
 from ..run_folders import CHECKPOINT_NAME as _NAME
 from ..run_folders import LATEST, STATE_FILE
 from ..run_folders import latest_checkpoint as latest_checkpoint  # (the run-folder readers live there)
@@ -275,6 +275,28 @@ def ema_state(ema) -> dict:
     checkpoint's ``ema/`` folder holds them already (a second copy was as large as the model)."""
     state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
     return {**state, "shadow_params_in": EMA_DIR}
+
+
+def restore_ema(ema, saved: Any, checkpoint: Path, objective) -> None:
+    """Load ``saved`` (a training state's ``ema`` entry) into ``ema`` (diffusers' ``EMAModel``), the
+    weights from the state itself (a checkpoint before ``shadow_params_in``) or from the checkpoint's
+    ``ema/`` folder (:func:`read_ema`). A damaged entry (not a table, a decay of "x" or 2, a step
+    that is no integer, weights of other shapes) is a :class:`ModelError` naming the file: diffusers'
+    own refusals were internal errors, and weights of the wrong shapes failed at the first update."""
+    where = checkpoint / STATE_FILE
+    if not isinstance(saved, dict):
+        raise ModelError(f"'{where}' is damaged: its EMA state is not a table")
+    try:
+        ema.load_state_dict(saved)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ModelError(f"'{where}' is damaged: its EMA state is refused ({error_detail(e)})") from None
+    if saved.get("shadow_params") is None:  # read from the checkpoint's ema/ folder
+        ema.shadow_params = read_ema(checkpoint, saved, objective)
+        return
+    params = objective.ema_parameters()
+    if len(ema.shadow_params) != len(params) or any(t.shape != p.shape for t, p in zip(ema.shadow_params, params,
+                                                                                         strict=False)):
+        raise ModelError(f"'{where}': its EMA weights do not fit this model")
 
 
 def read_ema(checkpoint: Path, state: dict, objective) -> list:

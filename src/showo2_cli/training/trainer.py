@@ -176,9 +176,7 @@ class Run:
             self.ema = EMAModel(self.objective.ema_parameters(), decay=cfg.ema.decay,
                                 update_after_step=cfg.ema.start_step)
             if state is not None and state.get("ema"):
-                self.ema.load_state_dict(state["ema"])  # (a checkpoint before 'shadow_params_in' holds them here)
-                if state["ema"].get("shadow_params") is None:  # read from the checkpoint's ema/ folder
-                    self.ema.shadow_params = ckpt.read_ema(self.resumed_from, state["ema"], self.objective)
+                ckpt.restore_ema(self.ema, state["ema"], self.resumed_from, self.objective)
         if state is not None:
             wanted = ckpt.optimizer_settings(self.optimizer.param_groups)
             try:
