@@ -148,12 +148,12 @@ def read_limited(path: PathLike, limit: int, what: str, error: type[Showo2Error]
         problem = error_detail(e)
     finally:
         os.close(fd)
-    if problem is None and st.st_size == 0 and data:
-        problem = "not a regular file (the system makes its content as it is read, as /proc's files)"
     if problem is not None:
         raise error(f"{prefix}: {problem}")
     if st.st_size > limit or len(data) > limit:  # said so, or grew past it while being read
         raise error(f"{prefix}: larger than {_bytes_text(limit)}")
+    if st.st_size == 0 and data:
+        raise error(f"{prefix}: not a regular file (the system makes its content as it is read, as /proc's files)")
     return data
 
 
