@@ -196,6 +196,12 @@ class SetMaker:
         self.g = g
         model = build_official(self.kwargs, g)
         randomize(model, seed=s["seed"])
+        # ``lm_head_rows_from``: [[to, from, scale], ...] sets the output row of id ``to`` to ``scale`` x
+        # that of id ``from`` (tied: the embedding row too), e.g. eos taking a token greedy decoding
+        # picks, so the official answer stops on eos before max_new_tokens (an early stop)
+        with torch.no_grad():
+            for to, src, scale in s.get("lm_head_rows_from") or ():
+                model.showo.lm_head.weight[to] = model.showo.lm_head.weight[src] * scale
         self.model = model
         save_official(model, self.kwargs, model_dir, g)  # the .bin and config.json, as save_pretrained
         (model_dir / "geometry.json").unlink()  # the harness's own record; not in the public format
