@@ -347,14 +347,16 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
     if named is None:
         # the sequence budget the official code uses: the configured max_seq_len (default 1024),
         # else the official model of this width (and resolution)'s; a larger configured grid keeps
-        # that model's text budget (the official 1024 px demo: 4096 + 1 + 4 + 251 = 4352)
+        # that model's text budget (the official 1024 px demo: 4096 + 1 + 4 + 251 = 4352). Of no
+        # official width, the official demos' own rule: 1024 rows and at least the HQ demos' 251
+        # prompt tokens (their yaml: 1024 at 432 px, 1280 at 512, 4352 at 1024)
         configured = cfg.get("max_seq_len")
         if configured is not None and (isinstance(configured, bool) or not isinstance(configured, int)):
             raise ModelError(f"'{root / 'config.json'}': max_seq_len must be a whole number, got {_shown(configured)}")
         max_seq = configured if configured is not None else (base.max_seq_len if base is not None else 1024)
         if not 1 <= max_seq <= MAX_SEQ_LEN_LIMIT:
             raise ModelError(f"'{root / 'config.json'}': max_seq_len must be 1 to {MAX_SEQ_LEN_LIMIT}, got {max_seq}")
-        text = base.text_budget if base is not None and configured is None else 16
+        text = 16 if configured is not None else (base or REGISTRY["1.5B-HQ"]).text_budget
         changes.update(resolution=resolution, resolutions=(resolution,), video_resolution=resolution,
                        max_seq_len=max(max_seq, visual + 4 + text))
     template = base if base is not None else REGISTRY["tiny"]
