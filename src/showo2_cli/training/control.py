@@ -44,9 +44,14 @@ class StopRequest:
         return False
 
 
-def ignore_sigint(_worker_id: int) -> None:  # data workers: Ctrl-C is the main process's business
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def ignore_sigint(_worker_id: int) -> None:
+    """Data workers leave stop signals to the training process, which saves and then shuts them
+    down: a Ctrl-C, or a SIGTERM sent to the whole process group (GNU ``timeout``, Slurm's
+    ``scancel``, ``kill -- -PGID``), reaches them too, and a worker killed by it stopped the run with
+    "DataLoader worker ... is killed by signal" instead of a checkpoint. A worker whose training
+    process died exits by itself (torch's watchdog)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def peak_rss_mb() -> float:

@@ -1,0 +1,63 @@
+"""Training interrupted and resumed as fine-tuners' tools do it (probe HE)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from showo2_cli.training import checkpoint as ckpt
+from showo2_cli.training.control import ignore_sigint
+from showo2_cli.training.data import StepSampler, loader
+from test_train import _env, metrics, tiny_config, write_toml
+
+
+class _Pids:
+    """A dataset whose items say which process read them (a loader worker's pid)."""
+
+    def __getitem__(self, key):
+        time.sleep(0.02)
+        return key, os.getpid()
+
+
+def test_a_sigterm_to_the_loader_workers_leaves_the_data_flowing():
+    """A SIGTERM sent to a run's whole process group (GNU `timeout`, Slurm's `scancel`, `kill --
+    -PGID`, a supervisor's stop) reaches its loader workers too (`run.num_workers`): they died of
+    it, and the run stopped with "internal error: RuntimeError: DataLoader worker (pid N) is killed
+    by signal: Terminated" instead of saving where it was. The stop is the training process's
+    business (it saves and exits 130); a worker goes on until the loader shuts it down."""
+    data = loader(_Pids(), StepSampler({"t2i": 1}, 0, 40, 0, 1), num_workers=1, worker_init_fn=ignore_sigint)
+    it = iter(data)
+    (_, worker), = next(it)
+    assert worker != os.getpid()
+    os.kill(worker, signal.SIGTERM)
+    time.sleep(0.3)
+    rest = [batch[0][0] for batch in it]  # (the old sources: RuntimeError, the worker killed)
+    assert rest == [("t2i", n) for n in range(1, 40)]
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_process_group_saves_where_the_run_was(tmp_path):
+    """`showo2 train` with loader workers, stopped by a SIGTERM to its process group: exit 130 and a
+    checkpoint at the step it stopped, as a SIGTERM to the training process alone gives."""
+    raw = tiny_config(tmp_path, **{"optim.max_steps": 100000, "run.num_workers": 2})
+    cfg = write_toml(tmp_path / "c.toml", raw)
+    proc = subprocess.Popen([sys.executable, "-m", "showo2_cli.training", str(cfg), "--quiet"], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    run = tmp_path / "run"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").exists() and len(metrics(run)) >= 3:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "internal error" not in err
+    latest = ckpt.latest_checkpoint(run)
+    assert latest is not None and int(latest.name.split("-")[1]) >= 3
+    assert int(latest.name.split("-")[1]) == metrics(run)[-1]["step"]
