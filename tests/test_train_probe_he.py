@@ -61,3 +61,34 @@ def test_a_sigterm_to_the_process_group_saves_where_the_run_was(tmp_path):
     latest = ckpt.latest_checkpoint(run)
     assert latest is not None and int(latest.name.split("-")[1]) >= 3
     assert int(latest.name.split("-")[1]) == metrics(run)[-1]["step"]
+
+
+def test_a_crash_while_pruning_leaves_no_visible_half_checkpoint(tmp_path, monkeypatch):
+    """`run.keep_last` pruned an old checkpoint with `rmtree` in place: a kill while it ran (a 1.5B
+    checkpoint's files take a while to unlink) left `checkpoint-000001/` with some of its files,
+    a folder of a checkpoint's name that loads as none. The folder is moved aside to a hidden name
+    first, which the next start removes as any staging leftover."""
+    import shutil
+
+    def write(dst):
+        for name in ("config.json", "model.safetensors", ckpt.STATE_FILE):
+            (dst / name).write_text(name)
+
+    for step in (1, 2):
+        ckpt.write_checkpoint(tmp_path, step, write, keep_last=0)
+    real = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):  # the process dies after one file is gone
+        victim = sorted(p for p in __import__("pathlib").Path(path).rglob("*") if p.is_file())[0]
+        victim.unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.write_checkpoint(tmp_path, 3, write, keep_last=2)
+    monkeypatch.setattr(shutil, "rmtree", real)
+    for _, folder in ckpt.list_checkpoints(tmp_path):  # every visible checkpoint is whole
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", ckpt.STATE_FILE]
+    assert ckpt.latest_checkpoint(tmp_path).name == "checkpoint-000003"
+    ckpt.clean_partials(tmp_path)  # (the next start)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000002", "checkpoint-000003", "latest"]

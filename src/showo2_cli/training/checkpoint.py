@@ -222,8 +222,23 @@ def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None],
     if keep_last > 0:
         for _, old in list_checkpoints(output_dir)[:-keep_last]:
             if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_checkpoint(old)
     return final
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Delete a checkpoint folder: moved aside to a hidden name in one step first (what
+    :func:`clean_partials` removes at the next start), so that a crash while its files are unlinked
+    leaves no folder of a checkpoint's name holding part of one."""
+    import tempfile
+
+    try:
+        aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+        os.replace(folder, aside / folder.name)
+    except OSError:  # (removed meanwhile, a read-only folder: deleted in place, as far as it goes)
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 # ---- one run per folder ---------------------------------------------------------------------------
