@@ -92,3 +92,28 @@ def test_a_crash_while_pruning_leaves_no_visible_half_checkpoint(tmp_path, monke
     assert ckpt.latest_checkpoint(tmp_path).name == "checkpoint-000003"
     ckpt.clean_partials(tmp_path)  # (the next start)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000002", "checkpoint-000003", "latest"]
+
+
+@pytest.mark.slow
+def test_a_run_folder_without_its_latest_pointer_resumes_its_newest_checkpoint(tmp_path):
+    """A run folder whose `latest` is gone (deleted, or its checkpoints copied without it, as
+    Hugging Face's Trainer needs none) started again from step 0, silently: its metrics emptied,
+    `latest` then naming the new step-2 checkpoint (what `--model RUN` loads) and the run's own
+    checkpoints overwritten or pruned as the new one went on. It resumes the newest checkpoint
+    folder, with a note; `--no-resume` refuses the folder as it does one with a pointer."""
+    from showo2_cli.errors import OutputError
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.trainer import train
+
+    raw = tiny_config(tmp_path, **{"optim.max_steps": 4, "run.save_every": 2})
+    train(parse_config(raw, source="c"))
+    run = tmp_path / "run"
+    (run / "latest").unlink()
+    with pytest.raises(OutputError, match="already holds checkpoints"):
+        train(parse_config(raw, source="c"), resume=False)
+    events = []
+    more = tiny_config(tmp_path, **{"optim.max_steps": 5, "run.save_every": 2})
+    result = train(parse_config(more, source="c"), progress=events.append)
+    assert result.resumed_from == run / "checkpoint-000004" and result.step == 5
+    assert any("no 'latest'" in e.get("message", "") for e in events if e["event"] == "notice")
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4, 5]

@@ -194,6 +194,16 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def newest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint folder of ``output_dir`` that holds a training state, for a run folder
+    whose ``latest`` pointer is gone (deleted; checkpoints copied without it, as Hugging Face's
+    Trainer needs none): a run there started again from step 0, and overwrote and pruned them.
+    Staging folders are renamed in whole and pruned ones moved aside first, so such a folder is
+    complete; None when there is none."""
+    found = [p for _, p in list_checkpoints(output_dir) if (p / STATE_FILE).is_file()]
+    return found[-1] if found else None
+
+
 def clean_partials(output_dir: Path) -> list[Path]:
     """Remove the staging folders and the temporary files (``latest``, ``metrics.jsonl``,
     ``train_config.json``) a crash may have left behind."""

@@ -150,6 +150,8 @@ class Run:
                 self.notice(f"removed the incomplete checkpoint '{p.name}' left by an earlier crash")
         self.acc.wait_for_everyone()
         latest = ckpt.latest_checkpoint(self.output_dir)
+        if latest is None and (latest := ckpt.newest_checkpoint(self.output_dir)) is not None:
+            self.notice(f"'{self.output_dir}' has no 'latest' pointer: its newest checkpoint is {latest.name}")
         if latest is not None and not self.resume:
             raise OutputError(f"'{self.output_dir}' already holds checkpoints (latest: {latest.name}); "
                               "resume (the default) or choose another output_dir")
