@@ -117,3 +117,62 @@ def test_a_run_folder_without_its_latest_pointer_resumes_its_newest_checkpoint(t
     assert result.resumed_from == run / "checkpoint-000004" and result.step == 5
     assert any("no 'latest'" in e.get("message", "") for e in events if e["event"] == "notice")
     assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4, 5]
+
+
+_HOLDER = """
+import os, sys, time
+from pathlib import Path
+from showo2_cli.training import checkpoint as ckpt
+from showo2_cli.training.control import ignore_sigint
+from showo2_cli.training.data import StepSampler, loader
+
+class Pids:  # (items larger than a pipe holds, as a batch of pixels is)
+    def __getitem__(self, key):
+        return os.getpid(), b"x" * 2**20
+
+ckpt.hold_folder(Path(sys.argv[1]))
+it = iter(loader(Pids(), StepSampler({"t2i": 1}, 0, 10**6, 0, 1), 1, worker_init_fn=ignore_sigint))
+print(next(it)[0][0], flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_s_loader_workers_do_not_hold_its_folder(tmp_path):
+    """A run killed with SIGKILL (the OOM killer's way) left its loader workers running (torch's
+    workers wait for ever to flush what they read) holding the folder's lock, inherited at the
+    fork: the resume was refused with "is in use by another showo2 train run (pid N)", N the dead
+    run. A worker closes its copy of the lock, and a SIGTERM ends an orphaned one."""
+    from showo2_cli.errors import OutputError
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], env=_env(), stdout=subprocess.PIPE,
+                            text=True)
+    worker = int(proc.stdout.readline())
+    try:
+        proc.kill()
+        proc.wait(timeout=60)
+        with pytest.raises(OSError):  # (the old sources' worker is still there too)
+            os.waitpid(worker, os.WNOHANG)  # not our child: the worker is an orphan now
+        key = None
+        for _ in range(50):  # (the worker may need a moment to see its parent gone)
+            try:
+                key = ckpt.hold_folder(tmp_path)
+                break
+            except OutputError:
+                time.sleep(0.1)
+        assert key is not None, "the dead run's loader worker still holds the folder"
+        ckpt.release_folder(key)
+        os.kill(worker, signal.SIGTERM)
+        for _ in range(50):
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("an orphaned loader worker ignores SIGTERM")
+    finally:
+        try:
+            os.kill(worker, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -295,6 +295,15 @@ def release_folder(key: str | None) -> None:
         fh.close()
 
 
+def drop_inherited_holds() -> None:
+    """In a process forked from a run (a data-loader worker): close its copies of the run's lock
+    files, without unlocking them (a flock belongs to the open file, which the run still holds), so
+    the lock ends with the run: a worker left behind by a killed run held it, and the resume was
+    refused as "in use by another showo2 train run"."""
+    while _HELD:
+        _HELD.popitem()[1].close()
+
+
 def ema_state(ema) -> dict:
     """An EMA's (diffusers' ``EMAModel``) state for the training state, without its weights: the
     checkpoint's ``ema/`` folder holds them already (a second copy was as large as the model)."""

@@ -45,13 +45,23 @@ class StopRequest:
 
 
 def ignore_sigint(_worker_id: int) -> None:
-    """Data workers leave stop signals to the training process, which saves and then shuts them
-    down: a Ctrl-C, or a SIGTERM sent to the whole process group (GNU ``timeout``, Slurm's
-    ``scancel``, ``kill -- -PGID``), reaches them too, and a worker killed by it stopped the run with
-    "DataLoader worker ... is killed by signal" instead of a checkpoint. A worker whose training
-    process died exits by itself (torch's watchdog)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    """Set up a data worker. It leaves stop signals to the training process, which saves and then
+    shuts it down: a Ctrl-C, or a SIGTERM sent to the whole process group (GNU ``timeout``, Slurm's
+    ``scancel``, ``kill -- -PGID``), reaches it too, and a worker killed by it stopped the run with
+    "DataLoader worker ... is killed by signal" instead of a checkpoint. A SIGTERM still ends a
+    worker whose training process is gone (killed: torch's workers can wait for ever to flush what
+    they read), and it holds no copy of the run folder's lock (:func:`~.checkpoint.drop_inherited_holds`)."""
+    from .checkpoint import drop_inherited_holds
+
+    drop_inherited_holds()
+    parent = os.getppid()
+
+    def on_term(signum, frame):
+        if os.getppid() != parent:  # orphaned: nobody will shut it down
+            os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def peak_rss_mb() -> float:
