@@ -34,6 +34,7 @@ from .dialogue import (
     TextSampling,
     TurnTokens,
     VisualInput,
+    answer_room,
     check_streamer,
     conversation_layout,
     encode_media,
@@ -276,25 +277,15 @@ class Conversation:
                     lo = mid
             first, length = hi, length_from(hi)
         carried, dropped = carried_from(first), first - start
-        room = self.max_context - length
-        # OpenAI's and vLLM's sentences: clients (LiteLLM's fallbacks) recognise an overflow by them
-        if room < 1:
-            raise ContextTooLong(f"This model's maximum context length is {self.max_context} tokens. However, your "
-                                 f"messages resulted in {length} tokens (with their media). Please reduce the length "
-                                 "of the messages.")
-        if self.overflow == "refuse" and room < max_new_tokens:
-            raise ContextTooLong(f"This model's maximum context length is {self.max_context} tokens. However, you "
-                                 f"requested {length + max_new_tokens} tokens ({length} in the messages, "
-                                 f"{max_new_tokens} in the completion). Please reduce the length of the messages "
-                                 "or completion.")
+        limit, shortened = answer_room(length, max_new_tokens, self.max_context, self.overflow == "refuse")
         notices = []
         if dropped:
             kept = " (its image stays)" if carried else ""
             notices.append(f"context budget of {self.max_context} tokens reached: the oldest {dropped} "
                            f"turn{'s' if dropped > 1 else ''} left the context{kept}")
-        if room < max_new_tokens:
-            notices.append(f"the answer is limited to {room} tokens by the context budget of {self.max_context}")
-        return first, carried, length, min(room, max_new_tokens), notices
+        if shortened:
+            notices.append(shortened)
+        return first, carried, length, limit, notices
 
     def _check_memory(self, prompt_tokens: int, answer_tokens: int, media: bool = True) -> None:
         """Refuse (:class:`~showo2_cli.errors.ResourceError`) a question whose prompt and answer would

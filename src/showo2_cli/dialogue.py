@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import media as M
-from .errors import Showo2Error, UsageError
+from .errors import ContextTooLong, Showo2Error, UsageError
 from .loading import Showo2
 from .modeling.attention import omni_attention_mask
 from .options import CaptionOptions, TextSampling
@@ -307,6 +307,29 @@ def prompt_length(turns: Sequence[TurnTokens], pieces: PromptPieces, template: s
         if turn.answer is not None:
             n += len(turn.answer) + 1
     return n + len(turns[-1].prefix) if turns else n
+
+
+def answer_room(prompt_tokens: int, max_new_tokens: int, context: int, refuse: bool = False,
+                counted: str = "with their media") -> tuple[int, str | None]:
+    """The answer's token budget in a ``context`` of positions after a prompt of ``prompt_tokens``,
+    and the notice when it is shorter than ``max_new_tokens`` (None otherwise). A prompt that leaves
+    no room, or (``refuse``: a request that set its answer's length) less than ``max_new_tokens``,
+    is :class:`~showo2_cli.errors.ContextTooLong`, with OpenAI's and vLLM's sentences (clients such
+    as LiteLLM's fallbacks recognise an overflow by them); ``counted`` says what the count holds.
+    The one rule of a caption, a chat turn and a server request."""
+    room = context - prompt_tokens
+    if room < 1:
+        raise ContextTooLong(f"This model's maximum context length is {context} tokens. However, your "
+                             f"messages resulted in {prompt_tokens} tokens ({counted}). Please reduce the "
+                             "length of the messages.")
+    if refuse and room < max_new_tokens:
+        raise ContextTooLong(f"This model's maximum context length is {context} tokens. However, you "
+                             f"requested {prompt_tokens + max_new_tokens} tokens ({prompt_tokens} in the messages, "
+                             f"{max_new_tokens} in the completion). Please reduce the length of the messages "
+                             "or completion.")
+    if room < max_new_tokens:
+        return room, f"the answer is limited to {room} tokens by the context budget of {context}"
+    return max_new_tokens, None
 
 
 @dataclass

@@ -11,11 +11,10 @@ Everything delegates to the functions of :mod:`showo2_cli.api` (``load``, ``text
 ``text_to_video``, ``image_to_video``, ``caption``) with their option objects, and offload to
 :func:`showo2_cli.runtime.enable_offload`; nothing is computed here that they do not compute.
 
-Seeds follow diffusers' habits and stay equal to the CLI's: a freshly seeded generator's seed is
-the base seed, so ``pipe(p, generator=torch.Generator().manual_seed(7))`` gives the image
-``showo2 t2i p --seed 7`` writes; each call then advances the generator (calling again with it
-gives new images, reproducibly); a list of generators seeds one output each (``GenerateOptions.seeds``,
-in the run's batches); with neither
+Seeds follow diffusers' habits and stay equal to the CLI's: a freshly seeded generator's seed is the base
+seed, so ``pipe(p, generator=torch.Generator().manual_seed(7))`` gives the image ``showo2 t2i p --seed 7``
+writes; each call then advances the generator (calling again with it gives new images, reproducibly); a list
+of generators seeds one output each (``GenerateOptions.seeds``, in the run's batches); with neither
 ``generator`` nor ``seed`` the seed comes from torch's global generator (``torch.manual_seed``).
 """
 
@@ -149,16 +148,15 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin, PartsMixin):
                         use_safetensors: bool | None = None, variant: str | None = None,
                         device_map: str | torch.device | None = None, low_cpu_mem_usage: bool = True,
                         lora: str | os.PathLike | list | tuple | None = (), **unsupported: Any) -> Showo2Pipeline:
-        """Load by name (``demo``, a folder, a variant such as ``1.5B``, a Hub repo id, which
-        ``@revision`` pins: a commit, tag or branch; or ``revision=``). A name that
-        is not cached is downloaded with :func:`showo2_cli.hub.pull` when online (``progress`` gets
-        its bytes) unless ``local_files_only`` (then, as with ``HF_HUB_OFFLINE``, only local
-        folders and the cache are used). Default placement is diffusers': the CPU in float32; ``device="auto"`` picks
-        CUDA, then MPS, then the CPU (and bf16 on CUDA unless ``torch_dtype`` says). ``runtime``
-        (:class:`~showo2_cli.options.RuntimeOptions`): attention backend, quantization
-        (``quantize="nf4"`` or ``"int8wo"``), compilation, VAE tiling and CPU offload (``offload=``), as
-        the CLI options; its ``device`` and ``dtype`` (when not ``auto``) stand for ``device`` and
-        ``torch_dtype`` when those are not given.
+        """Load by name (``demo``, a folder, a variant such as ``1.5B``, a Hub repo id, which ``@revision``
+        pins: a commit, tag or branch; or ``revision=``). A name that is not cached is downloaded with
+        :func:`showo2_cli.hub.pull` when online (``progress`` gets its bytes) unless ``local_files_only`` (then,
+        as with ``HF_HUB_OFFLINE``, only local folders and the cache are used). Default placement is diffusers':
+        the CPU in float32; ``device="auto"`` picks CUDA, then MPS, then the CPU (and bf16 on CUDA unless
+        ``torch_dtype`` says). ``runtime`` (:class:`~showo2_cli.options.RuntimeOptions`): attention backend,
+        quantization (``quantize="nf4"`` or ``"int8wo"``), compilation, VAE tiling and CPU offload
+        (``offload=``), as the CLI options; its ``device`` and ``dtype`` (when not ``auto``) stand for
+        ``device`` and ``torch_dtype`` when those are not given.
         ``lora``: a LoRA adapter (a folder, a checkpoint, a training run or a Hugging Face repo id)
         or a list of them, each maybe ``(path, weight)``, merged in order as ``--lora`` does (later:
         :meth:`load_lora_weights`, bit for bit the same). The network's heads load on first
@@ -447,8 +445,10 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin, PartsMixin):
                 streamer.end()
             raise
         with python_names(CAPTION_NAMES):
-            answers = caption(self.model, image, opts, streamer=streamer).answers
-        return answers if isinstance(question, (list, tuple)) else answers[0]
+            result = caption(self.model, image, opts, streamer=streamer)
+        for line in result.notices[1 if unused else 0:]:  # (the first said above) an answer the context shortened:
+            warnings.warn(line, UserWarning, stacklevel=4)  # a warning, as transformers' generate past max_length
+        return result.answers if isinstance(question, (list, tuple)) else result.answers[0]
 
 
 __all__ = ["Showo2Pipeline", "Showo2PipelineOutput", "OFFLOAD_MODES"]

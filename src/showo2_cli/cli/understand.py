@@ -126,6 +126,11 @@ def caption(
                 write(sys.stdout, "\n")
                 flush(sys.stdout)
             raise
+    from ..options import unused_sampling_note
+
+    for line in result.notices:  # what the call found (an answer the context shortened): said once, after it
+        if line not in (note, unused_sampling_note(opts)):  # (those two were said before the model ran)
+            notice(line)
     if seed is None and result.options.get("seed") is not None:  # sampled: the seed drawn repeats the answers
         notice(f"seed {result.options.get('seed')}")
     if not live:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from ..dialogue import check_streamer, encode_media, ending
+from ..dialogue import answer_room, check_streamer, encode_media, ending
 from ..errors import UsageError
 from ..loading import Showo2, require_model
 from ..modeling.attention import omni_attention_mask
@@ -166,24 +166,35 @@ def _caption(model: Showo2, source, opts: CaptionOptions, on_text, progress, on_
     spec, net = model.spec, model.network
     tokenizer, tokens = model.require_tokenizer(), model.tokens
     start = time.perf_counter()
+    system, user, assistant = (encode_text(tokenizer, s) for s in (SYSTEM_PROMPT, USER_PREFIX, ASSISTANT_PREFIX))
+    asked = [encode_user_text(tokenizer, q) for q in opts.questions]
+    for ids in asked:  # the text alone past the context: refused before the media are read (bos, boi, the
+        # time token, eoi: the least a prompt holds around its visual tokens)
+        answer_room(4 + len(system) + len(user) + len(ids) + len(assistant), opts.max_new_tokens,
+                    spec.max_position_embeddings, counted="before their media")
     progress("encoding", 0, 1)
     media = encode_media(model, source, opts)  # the one media encoder (chat and server use it too)
     kind, visual, official_len, frames = media.kind, media.tokens, media.official_len, media.frames
     progress("encoding", 1, 1)
     notices = [note for note in (unused_sampling_note(opts), video_note(model, kind)) if note]
     questions = opts.questions or ["Describe the image." if kind == "image" else "Describe the video."]
-    system, user, assistant = (encode_text(tokenizer, s) for s in (SYSTEM_PROMPT, USER_PREFIX, ASSISTANT_PREFIX))
+    asked = asked or [encode_user_text(tokenizer, questions[0])]
     newline = encode_text(tokenizer, "\n")
+    layouts, limits = [], []
+    for ids in asked:  # every prompt fits (or the call is refused) before any answer is made
+        layouts.append(understanding_layout(ids, visual.shape[0], tokens, system, user, assistant,
+                                            mask_mode=opts.mask_mode or spec.und_mask_mode,
+                                            template=opts.template or spec.und_template, newline=newline,
+                                            official_block_len=official_len))
+        limit, shortened = answer_room(layouts[-1].seq_len, opts.max_new_tokens, spec.max_position_embeddings)
+        limits.append(limit)
+        if shortened and shortened not in notices:
+            notices.append(shortened)
     answers, counts = [], []
     stop = (tokens.end,)
     head = head_len = None  # the image part of the prompt, run once for every question
-    for i, question in enumerate(questions):
-        layout = understanding_layout(encode_user_text(tokenizer, question), visual.shape[0], tokens, system, user, assistant,
-                                      mask_mode=opts.mask_mode or spec.und_mask_mode,
-                                      template=opts.template or spec.und_template, newline=newline,
-                                      official_block_len=official_len)
-        answer_room = max(min(opts.max_new_tokens, spec.max_position_embeddings - layout.seq_len), 0)
-        check_answer_memory(model, layout.seq_len, answer_room, f"answering a prompt of {layout.seq_len} tokens",
+    for i, (layout, limit) in enumerate(zip(layouts, limits, strict=True)):
+        check_answer_memory(model, layout.seq_len, limit, f"answering a prompt of {layout.seq_len} tokens",
                             opts.max_memory_gb, "ask a shorter question")
         embeds, _ = net.embed_inputs(layout.input_ids, [[visual]], layout.slots, torch.ones(1))
         mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
@@ -199,14 +210,15 @@ def _caption(model: Showo2, source, opts: CaptionOptions, on_text, progress, on_
         if streamer is not None:
             streamer.put(layout.input_ids.cpu())
 
-        def on_token(tok: int, i=i, stream=stream) -> bool:
+        def on_token(tok: int, i=i, stream=stream, limit=limit) -> bool:
             if streamer is not None:
                 streamer.put(torch.tensor([tok]))
             stopped = stream.push(tok)  # true once a stop string appeared: the answer ends there
-            progress(f"answer {i + 1}/{len(questions)}", len(stream.produced), opts.max_new_tokens)
+            progress(f"answer {i + 1}/{len(questions)}", len(stream.produced), limit)
             return stopped
 
-        sampling = replace(opts.sampling(), seed=None if opts.seed is None else opts.seed + i, stop_ids=stop)
+        sampling = replace(opts.sampling(), seed=None if opts.seed is None else opts.seed + i, stop_ids=stop,
+                           max_new_tokens=limit)
         out = generate(net, embeds, mask, sampling, on_token=on_token, cache=head,
                        constraint=constraint_for(tokenizer, sampling))
         answers.append(stream.finish())
