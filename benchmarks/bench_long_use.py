@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_serve import free_port, scene_image  # noqa: E402
 
-PARTS = ("chat", "saveload", "caption", "t2i", "pipelines", "serve")
+PARTS = ("chat", "saveload", "cli", "caption", "t2i", "pipelines", "serve")
 
 
 def sample(pid: str = "self", tmp: str | None = None) -> dict:
@@ -199,14 +199,17 @@ def part_serve(images_b64, calls, every, tmp) -> dict:
                 answer = r.json()["choices"][0]["message"]["content"]
                 first = answer if first is None else first
                 same = answer == first
-                # a growing conversation (text only), streamed, until the server's context refuses it
-                history = history[-40:] + [{"role": "user", "content": f"Turn {i}: and now?"}]
-                with client.stream("POST", f"{url}/v1/chat/completions",
-                                   json={"model": "demo", "max_tokens": 8, "stream": True, "messages": history}) as r:
-                    count(r)
-                    for _ in r.iter_lines():
-                        pass
-                history.append({"role": "assistant", "content": "a shape"})
+                if i % 10 == 0:  # a conversation of long text turns, streamed, until the server's context
+                    # refuses it (400 context_length_exceeded); then its oldest half goes, as clients trim
+                    history.append({"role": "user", "content": f"Turn {i}: " + "and now? " * 120})
+                    with client.stream("POST", f"{url}/v1/chat/completions", json={
+                            "model": "demo", "max_tokens": 8, "stream": True, "messages": history}) as r:
+                        count(r)
+                        for _ in r.iter_lines():
+                            pass
+                    if r.status_code == 400:
+                        history = history[len(history) // 2 // 2 * 2:]
+                    history.append({"role": "assistant", "content": "a shape"})
                 count(client.post(f"{url}/v1/images/generations",
                                   json={"model": "demo", "prompt": f"shape {i}", "size": "64x64", "steps": 2}))
                 if i % every == 0:
@@ -216,6 +219,32 @@ def part_serve(images_b64, calls, every, tmp) -> dict:
         proc.terminate()
         proc.wait(30)
     return {"rows": rows, "seeded_answer": first}
+
+
+def part_cli(images, calls, every, tmp) -> dict:
+    """``showo2 chat`` fed a question, then ``/save`` and ``/load`` of its transcript, ``calls`` times
+    (an image every fifth), past its ``--max-context``; sampled from ``/proc`` after each ``every``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": tmp}
+    transcript = Path(tempfile.mkdtemp(dir=tmp)) / "chat.json"
+    proc = subprocess.Popen([sys.executable, "-m", "showo2_cli.cli", "chat", "--model", "demo", "--max-context", "400",
+                             "--max-new-tokens", "8", "--quiet"], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    rows = []
+    try:
+        for i in range(1, calls + 1):
+            if i % 5 == 1:
+                proc.stdin.write(f"/image {images[i % len(images)]}\n")
+            proc.stdin.write(f"Question {i}: what color is it?\n/save {transcript} --overwrite\n/load {transcript}\n")
+            proc.stdin.flush()
+            if not proc.stdout.readline():  # the answer's line: the question was answered
+                raise SystemExit("the chat ended early")
+            if i % every == 0:
+                rows.append({"calls": i, **sample(str(proc.pid), tmp),
+                             "transcript_kb": round(transcript.stat().st_size / 1024, 1)})
+    finally:
+        proc.stdin.close()
+        proc.wait(60)
+    return {"rows": rows}
 
 
 def main() -> None:
@@ -254,6 +283,8 @@ def main() -> None:
                 res = part_chat(model, images, args.calls, args.every, str(scratch))
             elif p == "saveload":
                 res = part_saveload(model, images, args.calls, args.every, str(scratch))
+            elif p == "cli":
+                res = part_cli(images, args.calls, args.every, str(scratch))
             elif p == "caption":
                 res = part_caption(model, images, args.calls, args.every, str(scratch))
             elif p == "t2i":

@@ -110,3 +110,28 @@ def test_the_command_says_a_shortened_answer_and_refuses_a_prompt_past_the_conte
     assert main(["caption", str(image), "-q", TOO_LONG]) == 2  # one line, the usage error's exit code
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         "showo2: error: This model's maximum context length is")
+
+
+def test_the_server_refuses_a_text_past_the_context_before_reading_its_images(demo):
+    """A request whose text alone cannot fit (9,000 tokens of 8,192) read and encoded each of its
+    images first (a bad one was the error then); it is now the 400 ``context_length_exceeded`` before
+    any is read, as a history of text does with ``max_tokens`` and without."""
+    import base64
+
+    httpx = pytest.importorskip("httpx")
+    from conftest import serving
+
+    image = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n not a picture").decode()
+    with serving(demo) as url:
+        for extra in ({}, {"max_tokens": 5}):
+            messages = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": TOO_LONG[:1500]},
+                        {"role": "user", "content": [{"type": "text", "text": TOO_LONG[:1500]},
+                                                     {"type": "image_url", "image_url": {"url": image}}]}]
+            r = httpx.post(url + "/v1/chat/completions", json={"messages": messages, **extra}, timeout=120)
+            assert r.status_code == 400, r.text
+            error = r.json()["error"]
+            assert error["code"] == "context_length_exceeded" and "before their media" in error["message"]
+        # a text that fits: its image is read, and this one, being no picture, refused for it
+        messages[-1]["content"][0]["text"] = "What is it?"
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": messages[-1:]}, timeout=120)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input", r.text

@@ -287,6 +287,24 @@ class Conversation:
             notices.append(shortened)
         return first, carried, length, limit, notices
 
+    def check_text_fits(self, question: str, max_new_tokens: int, history=(), prefix: str = "") -> None:
+        """Refuse (:class:`~showo2_cli.errors.ContextTooLong`) a question whose text cannot fit the context
+        whatever its media, before any medium is read: ``history`` (``(question, answer)`` pairs to be
+        added first, ``None`` for a greeting's question), the turns in the context now, ``question`` and
+        the answer's ``prefix``, as :meth:`ask` would count them without their media (turns ``"drop"``
+        would let go are not counted). A server request reads and encodes its images before it asks."""
+        tokenizer = self.model.require_tokenizer()
+
+        def ids(text: str) -> list[int]:
+            self._check_length(text, "a message")
+            return encode_user_text(tokenizer, text.strip())
+
+        turns = [] if self.overflow == "drop" else [t.tokens() for t in self.context_turns] + [
+            TurnTokens(None if q is None else ids(q), [], ids(a)) for q, a in history]
+        turns.append(TurnTokens(ids(question), [], prefix=ids(prefix.rstrip()) if prefix.rstrip() else []))
+        answer_room(prompt_length(turns, self._pieces, self.template), max_new_tokens, self.max_context,
+                    self.overflow == "refuse", counted="before their media")
+
     def _check_memory(self, prompt_tokens: int, answer_tokens: int, media: bool = True) -> None:
         """Refuse (:class:`~showo2_cli.errors.ResourceError`) a question whose prompt and answer would
         not fit the memory limit (``options.max_memory_gb``, else ``$SHOWO2_MAX_MEMORY_GB``, else

@@ -50,6 +50,9 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
     # OpenAI's way: a history is never cut; an answer without max_tokens gets the room left
     conv = Conversation(model, plan.system, name=config.model_id,
                         overflow=plan.overflow or ("refuse" if plan.max_tokens_given else "shorten"))
+    # a text that cannot fit whatever its images: refused before they are read and encoded
+    conv.check_text_fits(plan.turns[-1].question, plan.max_tokens, [(t.question, t.answer) for t in plan.turns[:-1]],
+                         plan.turns[-1].prefix)
     with tempfile.TemporaryDirectory(prefix="showo2-serve-") as tmp:
         count = 0
 
