@@ -229,7 +229,7 @@ def part_cli(images, calls, every, tmp) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "showo2_cli.cli", "chat", "--model", "demo", "--max-context", "400",
                              "--max-new-tokens", "8", "--quiet"], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
-    rows = []
+    rows, block = [], time.perf_counter()
     try:
         for i in range(1, calls + 1):
             if i % 5 == 1:
@@ -240,7 +240,9 @@ def part_cli(images, calls, every, tmp) -> dict:
                 raise SystemExit("the chat ended early")
             if i % every == 0:
                 rows.append({"calls": i, **sample(str(proc.pid), tmp),
-                             "transcript_kb": round(transcript.stat().st_size / 1024, 1)})
+                             "transcript_kb": round(transcript.stat().st_size / 1024, 1),
+                             "seconds": round(time.perf_counter() - block, 1)})  # (a shared host: a trend at most)
+                block = time.perf_counter()
     finally:
         proc.stdin.close()
         proc.wait(60)
