@@ -1,4 +1,7 @@
-"""Output paths: early checks, atomic writes (temporary file + rename), free names, slugs."""
+"""Output paths: early checks, atomic writes (temporary file + rename), free names, slugs.
+
+What every write is guarded by (signals held back, write errors said as one line, fsync, modes,
+:func:`append_text`) is in :mod:`~showo2_cli.media.write_safety`, re-exported here."""
 
 from __future__ import annotations
 
@@ -7,20 +10,21 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import tempfile
-import threading
 import unicodedata
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-from showo2_cli.errors import OutputError, OutputExists, Showo2Error, UsageError, short, unexpanded_home
+from showo2_cli.errors import OutputError, OutputExists, UsageError, short, unexpanded_home
 
-from ..launch import INTERRUPTS
 from .files import PathLike, quote_path
 from .probe import error_detail
+from .write_safety import append_text as append_text  # (re-exported: media's users import it from here)
+from .write_safety import fsync_path, normal_mode, signals_deferred, write_errors
+from .write_safety import is_write_error as is_write_error
+from .write_safety import write_failed as write_failed
 
 
 def check_output_name(path: PathLike) -> None:
@@ -193,37 +197,6 @@ class _Listing:
         return plain and overwrite
 
 
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C, SIGTERM and SIGHUP back for a few quick file operations that must not be cut in two
-    (create and remove a probe file, rename a finished output into place): a signal that comes
-    meanwhile is acted on (its handler called) when the block ends. Only the main thread can
-    change handlers; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    old = {}
-    for sig in INTERRUPTS:
-        if signal.getsignal(sig) in (None, signal.SIG_IGN):  # set outside Python, or ignored: left alone
-            continue
-        try:
-            old[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
-        except (ValueError, OSError):
-            pass
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        if caught:
-            handler = old.get(caught[0])
-            if callable(handler):
-                handler(caught[0], None)  # raises KeyboardInterrupt (or the program's own exception)
-            elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), caught[0])
-
-
 def short_name(name: str, limit: int = 100) -> str:
     """At most ``limit`` bytes of ``name`` (file-name limits are in bytes: 100 characters of
     4-byte UTF-8 would not fit), cut on a character boundary."""
@@ -231,33 +204,6 @@ def short_name(name: str, limit: int = 100) -> str:
     if len(raw) <= limit:
         return name
     return os.fsdecode(raw[:limit].decode("utf-8", "ignore").encode("utf-8")) if raw[:limit] else name[:1]
-
-
-_WRITE_ERROR_TEXTS = ("IoError", "os error", "failed writing", "No space left", "file write failed")
-
-
-def is_write_error(exc: BaseException) -> bool:
-    """An OS error while writing, also when a library reports it in its own exception type
-    (safetensors' ``IoError``, torch's "failed writing file")."""
-    if isinstance(exc, Showo2Error):  # ModelError and OutputError are OSErrors, not write failures
-        return False
-    return isinstance(exc, OSError) or (isinstance(exc, Exception) and any(k in str(exc) for k in _WRITE_ERROR_TEXTS))
-
-
-def write_failed(target: Path, exc: BaseException, what: str = "") -> OutputError:
-    """An OutputError for an error raised while writing ``target`` (``what``: "image", "video"): a
-    full disk (ENOSPC), a quota (EDQUOT), a read-only file system (EROFS) or any other OS error,
-    including the ones a library reports in its own exception type (safetensors' ``IoError``);
-    never the name of the temporary file it was written as."""
-    code, text = getattr(exc, "errno", None), str(exc)
-    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "StorageFull" in text:
-        why = "no space left on the device"
-    elif code == errno.EROFS or "Read-only file system" in text:
-        why = "read-only file system"
-    else:
-        why = error_detail(exc) if isinstance(exc, OSError) else text.strip().splitlines()[0][:200] if text else \
-            type(exc).__name__
-    return OutputError(f"cannot write {what + ' ' if what else ''}{quote_path(target)}: {why}")
 
 
 def _make_temp(target: Path) -> Path:
@@ -329,40 +275,6 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
 
 
 @contextmanager
-def _write_errors(target: Path) -> Iterator[None]:
-    """A full disk, a quota or a read-only file system while writing: one :class:`OutputError`."""
-    try:
-        yield
-    except OutputError:
-        raise
-    except Exception as e:
-        if is_write_error(e):
-            raise write_failed(target, e) from e
-        raise
-
-
-def append_text(path: PathLike, text: str) -> None:
-    """Append ``text`` to the log ``path`` whole or not at all: a write cut by a full disk is cut back
-    to the old end (no half line) and raised as :func:`write_failed` says it, naming the file."""
-    target, data = Path(os.fspath(path)), memoryview(text.encode("utf-8"))
-    with signals_deferred():  # (the few system calls of one line)
-        try:
-            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except OSError as e:
-            raise write_failed(target, e) from e
-        end = os.fstat(fd).st_size
-        try:
-            while data:
-                data = data[os.write(fd, data):]
-        except OSError as e:
-            with suppress(OSError):
-                os.ftruncate(fd, end)
-            raise write_failed(target, e) from e
-        finally:
-            os.close(fd)
-
-
-@contextmanager
 def atomic_output(path: PathLike, overwrite: bool = False, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to ``path``.
 
@@ -380,9 +292,9 @@ def atomic_output(path: PathLike, overwrite: bool = False, durable: bool = False
     try:
         with signals_deferred():  # the temporary file exists only once it will be cleaned up
             tmp = _make_temp(target)
-        with _write_errors(target):
+        with write_errors(target):
             yield tmp
-        _normal_mode(tmp)  # writers that replace the file (safetensors does) leave it 0600
+        normal_mode(tmp)  # writers that replace the file (safetensors does) leave it 0600
         if durable:
             fsync_path(tmp)
         group = _GROUP.get()
@@ -468,10 +380,10 @@ def atomic_folder(path: PathLike, overwrite: bool = False, durable: bool = False
             except OSError as e:
                 raise OutputError(f"cannot write {quote_path(target)}: cannot create a folder in "
                                   f"{quote_path(parent)} ({e.strerror or error_detail(e)})") from e
-        with _write_errors(target):
+        with write_errors(target):
             yield tmp
         for f in [tmp, *tmp.rglob("*")]:
-            _normal_mode(f, folder=f.is_dir())
+            normal_mode(f, folder=f.is_dir())
             if durable:
                 fsync_path(f)
         try:
@@ -521,30 +433,6 @@ def check_folder_keeps_inputs(target: PathLike, inputs, rewritable: PathLike | N
             continue
         raise OutputError(f"cannot replace {quote_path(target)}: it {'is' if full == p else 'holds'} the input "
                           f"{quote_path(given)}, which replacing it would delete (choose another folder)")
-
-
-def fsync_path(p: Path) -> None:
-    """Flush a file's or a folder's entries to disk (best effort where the OS refuses)."""
-    try:
-        fd = os.open(p, os.O_RDONLY | (os.O_DIRECTORY if p.is_dir() else 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _normal_mode(p: Path, folder: bool = False) -> None:
-    """Give a finished output the mode of a normal new file (0o666) or folder (0o777) minus the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(p, (0o777 if folder else 0o666) & ~umask)
-    except OSError:
-        pass
 
 
 def unique_path(path: PathLike, companions=None, taken: set | frozenset = frozenset(),
