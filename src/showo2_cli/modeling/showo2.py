@@ -10,6 +10,9 @@ Data flow for one sequence (spec §1): token embeddings; each visual block gets 
 at its first position followed by the fused dual-path tokens of its latent; Qwen2.5 runs with
 the omni-attention mask; the language head reads the final normed states for text, the flow
 head reads the same states for velocities, which are unpacked with the raster-chunk layout.
+
+The network's bookkeeping (dtype and device, the heads left out and loaded, buffers, gradient
+checkpointing, initialisation) is the mixin in :mod:`~showo2_cli.modeling.bookkeeping`.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from torch import nn
 from ..runtime import quiet_imports
 from ..specs import ModelSpec
 from .attention import TRANSFORMERS_ATTENTION, backend_mask, static_flex_on_cpu
+from .bookkeeping import HEADS as HEADS  # (re-exported: its users import it from here)
+from .bookkeeping import BookkeepingMixin
 from .flow_head import FinalLayer, ModulatedAttentionBlock, RotaryEmbedding, TimestepEmbedder, unpack_velocity
 from .mlp import use_gated_mlp
-from .parts import NotLoaded
 from .semantic import PatchEmbed, fusion_projector, interpolate_position_table, semantic_encoder
 
 with quiet_imports():
@@ -62,12 +66,6 @@ def qwen2_config(spec: ModelSpec) -> Qwen2Config:
     return config
 
 
-#: The heads that read the LLM's final states, by name, and their modules: the language head (text:
-#: captions, chat) and the flow head (velocities: generation). A command that runs one can leave the
-#: other out (``Showo2Model.leave_out``, ``loading.load(heads=)``).
-HEADS = {"lm_head": ("showo.lm_head",), "flow_head": ("diff_proj", "diffusion_head_a", "diffusion_head_b")}
-
-
 @dataclass
 class VisualEncoding:
     """Intermediates of the dual path for one batch of frames (useful for parity checks)."""
@@ -79,19 +77,13 @@ class VisualEncoding:
     grid: tuple[int, int]  # patch grid (h', w')
 
 
-class Showo2Model(nn.Module):
+class Showo2Model(BookkeepingMixin, nn.Module):
     """The whole trainable Show-o2 network (the VAE and tokenizer live outside).
 
     The network has no single ``forward``: callers use the methods below. Each public one carries
     diffusers' ``apply_forward_hook``, so an accelerate offload hook (``runtime.enable_offload``)
     brings the network to its execution device whichever method runs first.
     """
-
-    #: Where an offloaded network runs (set by ``runtime.enable_offload``); None = where its weights are.
-    execution_device: torch.device | None = None
-    #: Loads a head left out on load from the weights' files, on first use (``placement.HeadLoader``,
-    #: set by ``loading.load``); None: a head left out stays out (calling it is a ModelError).
-    head_loader = None
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -135,119 +127,6 @@ class Showo2Model(nn.Module):
         self.attn = attn
         for block in self.diffusion_head_a:
             block.self_attn.attn = attn
-
-    # ---- bookkeeping ------------------------------------------------------------------------
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.image_embedder_gen.proj.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        if self.execution_device is not None:
-            return self.execution_device
-        return self.image_embedder_gen.proj.weight.device
-
-    def set_gradient_checkpointing(self, enable: bool = True) -> None:
-        """Recompute activations in the backward instead of keeping them (training only): every
-        Qwen2.5 decoder layer and SigLIP layer (transformers' own checkpointing) and every flow-head
-        block (``torch.utils.checkpoint``), all non-reentrant."""
-        from functools import partial
-
-        from torch.utils.checkpoint import checkpoint
-
-        func = partial(checkpoint, use_reentrant=False)
-        for module in [*self.showo.modules(), *self.und_trans.modules()]:
-            if hasattr(module, "gradient_checkpointing"):
-                module._gradient_checkpointing_func = func
-                module.gradient_checkpointing = enable
-        self.head_checkpointing = enable
-
-    def reset_buffers(self, device=None) -> None:
-        """Rebuild the non-persistent buffers (RoPE tables), e.g. after building on 'meta', on
-        ``device`` (by default the network's), and tie a tied ``lm_head`` to the embedding."""
-        device = self.device if device is None else device
-        llm = self.showo.model
-        llm.rotary_emb = type(llm.rotary_emb)(self.showo.config).to(device)
-        self.head_rotary.reset_buffers(device)
-        self.tie_lm_head()
-
-    def tie_lm_head(self) -> None:
-        """A tied ``lm_head`` takes the token embedding's tensor (after the embedding was assigned)."""
-        if self.spec.tie_word_embeddings:
-            self.showo.lm_head.weight = self.showo.model.embed_tokens.weight
-
-    def left_out_modules(self, heads: tuple[str, ...]) -> list[str]:
-        """Names of the modules of the :data:`HEADS` not in ``heads`` (a tied ``lm_head`` is the
-        token embedding, which every command runs: never left out)."""
-        heads = (heads,) if isinstance(heads, str) else tuple(heads)
-        unknown = [h for h in heads if h not in HEADS]
-        if unknown:
-            raise ValueError(f"unknown head {unknown[0]!r}: the heads are {', '.join(HEADS)}")
-        return [name for head, names in HEADS.items() if head not in heads
-                and not (head == "lm_head" and self.spec.tie_word_embeddings) for name in names]
-
-    def leave_out(self, heads: tuple[str, ...]) -> list[str]:
-        """Replace the modules of the heads not in ``heads`` by :class:`NotLoaded` stand-ins (their
-        weights go to 'meta', so moving, quantizing, hooking or compiling the network never meets
-        them): a command that never runs a head does not hold it. Returns the names replaced."""
-        heads = (heads,) if isinstance(heads, str) else tuple(heads)
-        names = self.left_out_modules(heads)
-        for name in names:
-            parent, _, child = name.rpartition(".")
-            owner = self.get_submodule(parent) if parent else self
-            module = getattr(owner, child)
-            if isinstance(module, NotLoaded):
-                continue
-            head = next(h for h, ns in HEADS.items() if name in ns)
-            message = (f"the network's {head} is not loaded (the model was loaded with heads={heads!r}: "
-                       "load it with every head)")
-            setattr(owner, child, NotLoaded(head, module.to("meta"), message))
-        return names
-
-    def loaded_heads(self) -> tuple[str, ...]:
-        """The :data:`HEADS` whose weights are loaded."""
-        return tuple(h for h, ns in HEADS.items() if not any(isinstance(self.get_submodule(n), NotLoaded) for n in ns))
-
-    def load_heads(self, *heads: str, judged: bool = False) -> None:
-        """Load the named heads (all when none is named) left out on load, as loading them then
-        would have (``placement.HeadLoader``), and keep them; the methods that run a head call it.
-        ``judged``: a job whose memory check counted the heads' weights loads them (the loader
-        does not judge them again against the model's limit, which the job's own may replace)."""
-        self.left_out_modules(heads)  # (checks the names)
-        missing = tuple(h for h in (heads or HEADS) if h not in self.loaded_heads())
-        if missing and self.head_loader is not None:  # (without one, calling the head says it is not loaded)
-            self.head_loader(self, missing, judged=judged)
-
-    def init_weights(self, seed: int | None = None) -> None:
-        """Training-from-scratch initialisation, following the official choices (spec §6.3)."""
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-
-        def normal_(p, std):
-            with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-
-        for name, p in self.named_parameters():
-            if p.dim() >= 2:
-                fan_in = p[0].numel()
-                normal_(p, 0.02 if name.startswith(("showo.", "time_embed.")) else fan_in**-0.5)
-            elif name.endswith("bias"):
-                with torch.no_grad():
-                    p.zero_()
-        for block in self.diffusion_head_a:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.diffusion_head_b.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.diffusion_head_b.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.diffusion_head_b.linear.weight)
-        nn.init.zeros_(self.diffusion_head_b.linear.bias)
-        for mod in self.modules():
-            if hasattr(mod, "eps") and hasattr(mod, "weight") and mod.weight is not None and mod.weight.dim() == 1:
-                nn.init.ones_(mod.weight)
-            if isinstance(mod, nn.LayerNorm):
-                nn.init.ones_(mod.weight)
-                nn.init.zeros_(mod.bias)
-        if self.spec.tie_word_embeddings:
-            self.showo.lm_head.weight = self.showo.model.embed_tokens.weight
 
     # ---- dual path + fusion (spec §4) ---------------------------------------------------------
     @apply_forward_hook
