@@ -3,7 +3,7 @@ many there are, whether they meet at a rendezvous, and which share of a run's ou
 
 Read from the launcher's variables (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and
 checked as options are: a value set by hand that is no launcher's is one line naming it. Torch-free
-(the command line asks before torch loads); :func:`showo2_cli.runtime.launch_group` joins them.
+(the command line asks before torch loads); :func:`showo2_cli.process_group.launch_group` joins them.
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ submodule.
   frame counts; :mod:`~showo2_cli.media.frame_index`: which frames of a video to decode;
   :mod:`~showo2_cli.media.animation`: APNG, animated WebP and AVIF, and GIF frames read with Pillow.
 * :mod:`~showo2_cli.media.outputs`: :func:`check_output_path` (:class:`OutputFolders` for many),
-  :func:`atomic_output`, file names.
+  :func:`atomic_output`, file names; :mod:`~showo2_cli.media.write_safety`: what every write is
+  guarded by (signals deferred, write errors, fsync).
 * :mod:`~showo2_cli.media.metadata`: :func:`read_metadata`, :func:`read_png_metadata`.
 """
 
