@@ -170,7 +170,7 @@ def test_the_record_repeats_the_run(pipe, tmp_path):
     ({"sigmas": [1.0, 0.0]}, r"got 0.0$"),
     ({"sigmas": [1.0, -0.5]}, r"got -0.5$"),
     ({"sigmas": [1.0, True]}, r"got True$"),
-    ({"sigmas": [1.0, "0.5"]}, r"got 0.5$"),
+    ({"sigmas": [1.0, "0.5"]}, r"got '0.5'$"),
     ({"sigmas": []}, r"^--sigmas must hold 1 to 9999 values"),
     ({"sigmas": "1,0.5"}, r"^--sigmas must be a list of numbers"),
     ({"sigmas": np.ones((2, 2))}, r"^--sigmas must be a list of numbers"),

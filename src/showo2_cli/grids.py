@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .errors import UsageError, short
+from .errors import UsageError, given, short
 
 #: diffusers' training timesteps of a flow-matching scheduler: ``timesteps = sigmas * TRAIN_TIMESTEPS``
 TRAIN_TIMESTEPS = 1000
@@ -42,13 +42,33 @@ CUSTOM_GRIDS = {
 
 
 def grid_list(value):
-    """A grid given as a numpy array or a torch tensor (``np.linspace(...)``) as a list of Python
-    floats; anything else as it is (the checks judge it)."""
+    """A grid given as a numpy array or a torch tensor (``np.linspace(...)``), a list or a tuple as a
+    list of plain Python numbers (the record is JSON): each real number as a float (numpy's, torch's 0-d
+    ones, a ``Fraction``), an int kept; anything else as it is, for :func:`check_grid` to refuse
+    (a complex, a string, None; a tensor whose values cannot be read, on the meta device or sparse)."""
     if hasattr(value, "tolist") and getattr(value, "ndim", None) == 1:
-        return [float(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):  # numpy's numbers as Python's (the record is JSON)
-        return [v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v for v in value]
+        try:
+            value = value.tolist()
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     return value
+
+
+def _plain(v):
+    """One value of a grid as a Python int or float where it is a real number (a bool is not one)."""
+    if getattr(v, "ndim", None) == 0 and hasattr(v, "item"):  # numpy's scalars, 0-d arrays and tensors
+        try:
+            v = v.item()
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            return v
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or type(v) is int:
+        return v
+    try:
+        return int(v) if isinstance(v, numbers.Integral) else float(v)
+    except (OverflowError, TypeError, ValueError):
+        return v
 
 
 def parse_grid(text: str | None, option: str) -> list[float] | None:
@@ -84,8 +104,8 @@ def check_grid(sigmas, timesteps, steps: int | None, method: str) -> None:
                          f"{len(values)}")
     high, unit = (1.0, "noise levels") if sigmas is not None else (float(TRAIN_TIMESTEPS), "diffusers timesteps")
     for v in values:
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v) or not 0 < v <= high:
-            raise UsageError(f"{option} are {unit} in (0, {high:g}] (the final 0 is appended), got {short(v)}")
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not 0 < v <= high or not math.isfinite(v):
+            raise UsageError(f"{option} are {unit} in (0, {high:g}] (the final 0 is appended), got {given(v)}")
     if any(a <= b for a, b in zip(values[:-1], values[1:], strict=True)):
         raise UsageError(f"{option} must fall strictly, from the noisiest (one model call each), got "
                          f"{short(values, 80)}")
