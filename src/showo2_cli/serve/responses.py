@@ -56,7 +56,10 @@ class ResponsesPlan:
         """A chat error's words as this request's fields."""
         if text is None:
             return None
-        text = re.sub(r"messages\[(\d+)\]", lambda m: self.names[int(m.group(1))], text)
+        # the chat's own names of its messages (a value the client sent, quoted, stays as it is: a
+        # logit_bias key 'messages[4]' was an IndexError, a 500)
+        text = re.sub(r"(?<!')\bmessages\[(\d+)\]", lambda m: self.names[int(m.group(1))]
+                      if int(m.group(1)) < len(self.names) else m.group(0), text)
         for chat, ours in (("response_format.json_schema", "text.format"), ("response_format", "text.format"),
                            ("max_completion_tokens", "max_output_tokens"), ("max_tokens", "max_output_tokens")):
             text = re.sub(rf"\b{re.escape(chat)}\b", ours, text)
