@@ -51,3 +51,17 @@ def test_real_numbers_of_other_types_are_recorded_as_floats(value, expected):
     opts.validate()
     assert opts.sigmas == expected and all(type(v) is float for v in opts.sigmas)
     assert json.loads(json.dumps(opts.sigmas)) == expected
+
+
+@pytest.mark.parametrize(("other", "message"), [
+    ({"method": {"a": 1}}, r"^--sampler must be one of"),  # was TypeError: unhashable type: 'dict'
+    ({"method": ["euler"]}, r"^--sampler must be one of"),
+    ({"steps": [3]}, r"^--steps must be a whole number"),  # was TypeError: unsupported operand ... 'list' and 'int'
+    ({"steps": "3"}, r"^--steps must be a whole number"),
+])
+def test_a_grid_beside_a_sampler_or_steps_of_a_wrong_type(other, message):
+    """The grid's check ran first and used them as a sampler's name and a count (found by
+    ``benchmarks/fuzz_readers.py --reader options``, its grid records)."""
+    for kind, grid in (("sigmas", [1.0, 0.5]), ("timesteps", [900.0, 400.0])):
+        with pytest.raises(UsageError, match=message):
+            GenerateOptions(**{kind: grid}, **other).validate()

@@ -90,7 +90,8 @@ def check_grid(sigmas, timesteps, steps: int | None, method: str) -> None:
     if sigmas is not None and timesteps is not None:
         raise UsageError("pass --sigmas or --timesteps, not both (diffusers' retrieve_timesteps refuses both too)")
     option, values = ("--sigmas", sigmas) if sigmas is not None else ("--timesteps", timesteps)
-    scheduler, takes = CUSTOM_GRIDS.get(method, (None, ()))
+    # (a sampler or steps of a wrong type are refused by their own checks, after this one)
+    scheduler, takes = CUSTOM_GRIDS.get(method, (None, ())) if isinstance(method, str) else (None, ())
     if scheduler is not None and option[2:] not in takes:
         instead = ", ".join(m for m, (_, kinds) in CUSTOM_GRIDS.items() if option[2:] in kinds)
         raise UsageError(f"--sampler {method} takes no custom {option[2:]} (diffusers' {scheduler} cannot set "
@@ -109,7 +110,7 @@ def check_grid(sigmas, timesteps, steps: int | None, method: str) -> None:
     if any(a <= b for a, b in zip(values[:-1], values[1:], strict=True)):
         raise UsageError(f"{option} must fall strictly, from the noisiest (one model call each), got "
                          f"{short(values, 80)}")
-    if steps is not None and steps != len(values) + 1:
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps != len(values) + 1:
         raise UsageError(f"--steps {steps} counts grid points ({steps - 1} model calls) but {option} holds "
                          f"{len(values)}: leave --steps out, or give {len(values) + 1}")
 
