@@ -136,8 +136,11 @@ def seeds_options(work: Path) -> list:
     for cls, obj in (("GenerateOptions", api.GenerateOptions(seed=1, steps=4, size=(64, 64), guidance=3.0,
                                                              negative_prompt="blurry")),
                      ("CaptionOptions", api.CaptionOptions(max_new_tokens=8, temperature=0.7, top_p=0.9)),
-                     ("EncodeOptions", api.EncodeOptions(size=(64, 64)))):
-        p = work / f"{cls}.json"
+                     ("EncodeOptions", api.EncodeOptions(size=(64, 64))),
+                     # custom grids (probe HK): a record holding each kind, as a sidecar does
+                     ("GenerateOptions:sigmas", api.GenerateOptions(seed=1, size=(64, 64), sigmas=[1.0, 0.75, 0.5, 0.25])),
+                     ("GenerateOptions:timesteps", api.GenerateOptions(seed=1, size=(64, 64), timesteps=[999.0, 500.0]))):
+        p = work / f"{cls.replace(':', '-')}.json"
         p.write_text(json.dumps(_record(obj)))
         out.append(_seed(cls, p, "json"))
     return out
@@ -315,14 +318,18 @@ def drive(reader: str, seed, target: Path, root: Path | None):
             raise UsageError("not JSON") from None
         if not isinstance(record, dict):
             raise UsageError("not a record")
-        cls = getattr(api, seed.label)
+        cls = getattr(api, seed.label.split(":")[0])
         known = {f.name for f in dataclasses.fields(cls)} - {"noise"}  # (a tensor: TypeError by design)
         options = cls(**{k: v for k, v in record.items() if k in known})
-        if seed.label == "GenerateOptions":  # as text_to_image judges them: the model's defaults filled in
+        if seed.label.startswith("GenerateOptions"):  # as text_to_image judges them: the model's defaults filled in
             from fuzz_readers import demo_model
+            from showo2_cli.sampling import check_schedule
 
             options.validate()
-            options.resolved(demo_model().spec, video=False).validate(demo_model().spec)
+            resolved = options.resolved(demo_model().spec, video=False)
+            resolved.validate(demo_model().spec)
+            check_schedule(resolved.method, resolved.steps, resolved.shift, resolved.sigmas, resolved.timesteps)
+            json.dumps([options.sigmas, options.timesteps])  # (the record a run writes)
         else:
             options.validate()
     elif reader == "tokenizer":

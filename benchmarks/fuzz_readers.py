@@ -15,8 +15,8 @@ Readers: image (PNG, JPEG, WebP, BMP, TIFF, GIF, and a photo with its EXIF, writ
 the shared photos), video (mp4, animated GIF), latents (``.safetensors`` as ``showo2 encode``
 writes them, ``.pt``, ``.npy``), prompts (``.txt``, ``.jsonl``, ``.json``), transcript (a chat's
 ``/save``), metadata (a training folder's ``metadata.jsonl``), lora (a peft adapter folder), model
-(the demo model's folder: configs, tokenizer, weights), server (request bodies, data URLs, against
-a real uvicorn on 127.0.0.1).
+(the demo model's folder: configs, tokenizer, weights), server (request bodies of the chat, images
+and Responses endpoints, data URLs, against a real uvicorn on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -432,13 +432,29 @@ def seeds_server(work: Path) -> list[Seed]:
                                      {"type": "image_url", "image_url": {"url": _png_data_url()}}]}]}
     images = {"model": "demo", "prompt": "a red circle", "n": 1, "size": "64x64", "response_format": "b64_json",
               "steps": 2, "seed": 1}
+    # the Responses API (probe HK): every kind of input item, a schema, the fields it takes and echoes
+    responses = {"model": "demo", "max_output_tokens": 2, "temperature": 0, "instructions": "be brief",
+                 "truncation": "auto", "store": False, "metadata": {"k": "v"}, "include": [], "tool_choice": "none",
+                 "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+                 "text": {"verbosity": "low", "format": {"type": "json_schema", "name": "c", "strict": True, "schema": {
+                     "type": "object", "properties": {"c": {"enum": ["red", "blue"]}}, "required": ["c"],
+                     "additionalProperties": False}}},
+                 "input": [{"role": "developer", "content": "answer in JSON"},
+                           {"role": "user", "content": [{"type": "input_text", "text": "what is this?"},
+                                                        {"type": "input_image", "image_url": _png_data_url(),
+                                                         "detail": "auto"}]},
+                           {"type": "message", "role": "assistant", "status": "completed", "id": "msg_1",
+                            "content": [{"type": "output_text", "text": "{\"c\": \"red\"}", "annotations": []}]},
+                           {"role": "user", "content": "and now?"}]}
     (work / "chat.json").write_text(json.dumps(chat))
     (work / "images.json").write_text(json.dumps(images))
+    (work / "responses.json").write_text(json.dumps(responses))
     (work / "png").write_bytes(base64.b64decode(_png_data_url().split(",", 1)[1]))
     (work / "video").mkdir()
     mp4 = seeds_video(work / "video")[0].path
     return [Seed("/v1/chat/completions", work / "chat.json", "json"),
             Seed("/v1/images/generations", work / "images.json", "json"),
+            Seed("/v1/responses", work / "responses.json", "json"),
             Seed("data-url", work / "png"), Seed("data-url-video", mp4)]
 
 
