@@ -323,6 +323,7 @@ def drive(reader: str, seed, target: Path, root: Path | None):
         options = cls(**{k: v for k, v in record.items() if k in known})
         if seed.label.startswith("GenerateOptions"):  # as text_to_image judges them: the model's defaults filled in
             from fuzz_readers import demo_model
+
             from showo2_cli.sampling import check_schedule
 
             options.validate()
