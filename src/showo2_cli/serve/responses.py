@@ -52,14 +52,16 @@ class ResponsesPlan:
     message_id: str = field(default_factory=lambda: "msg_" + secrets.token_hex(24))
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def rename(self, text: str | None) -> str | None:
-        """A chat error's words as this request's fields."""
+    def rename(self, text: str | None, param: str | None = None) -> str | None:
+        """A chat error's words (or its ``param``, the default) as this request's fields. The message the
+        error names by its ``param`` is renamed where the words name it; a client's own value that looks
+        like one (a ``logit_bias`` key ``'messages[4]'``) is quoted back as sent (it was looked up among
+        the items: an IndexError, a 500)."""
         if text is None:
             return None
-        # the chat's own names of its messages (a value the client sent, quoted, stays as it is: a
-        # logit_bias key 'messages[4]' was an IndexError, a 500)
-        text = re.sub(r"(?<!')\bmessages\[(\d+)\]", lambda m: self.names[int(m.group(1))]
-                      if int(m.group(1)) < len(self.names) else m.group(0), text)
+        named = re.match(r"messages\[(\d+)\]", text if param is None else param)
+        if named and int(named.group(1)) < len(self.names):
+            text = text.replace(named.group(0), self.names[int(named.group(1))])
         for chat, ours in (("response_format.json_schema", "text.format"), ("response_format", "text.format"),
                            ("max_completion_tokens", "max_output_tokens"), ("max_tokens", "max_output_tokens")):
             text = re.sub(rf"\b{re.escape(chat)}\b", ours, text)
@@ -67,7 +69,8 @@ class ResponsesPlan:
 
     def renamed(self, exc: BaseException) -> ApiError:
         err = api_error_of(exc)
-        return ApiError(err.status, self.rename(err.message), err.code, self.rename(err.param), err.type, err.retry)
+        return ApiError(err.status, self.rename(err.message, err.param or ""), err.code, self.rename(err.param),
+                        err.type, err.retry)
 
     def response(self, status: str = "completed", text: str | None = None, result: dict | None = None,
                  error: ApiError | None = None) -> dict:
