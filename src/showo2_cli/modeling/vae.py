@@ -50,6 +50,8 @@ WAN_LATENTS_STD: tuple[float, ...] = (
 
 SPATIAL_FACTOR = 8
 TEMPORAL_FACTOR = 4
+#: The range :meth:`WanVAE.encode_moments` clamps the raw posterior log-variance to (diffusers' own).
+LOGVAR_RANGE = (-30.0, 20.0)
 #: Spatial tiles when tiling, in pixels: (height, width, stride height, stride width); diffusers'
 #: defaults for AutoencoderKLWan (256-pixel tiles every 192 pixels, the 64-pixel overlap blended).
 DEFAULT_TILE = (256, 256, 192, 192)
@@ -323,7 +325,7 @@ class WanVAE(nn.Module):
         with self.fast_path(), self.tiled(tiled):
             moments = self.model.encode(x, return_dict=False)[0].parameters
         mu, logvar = moments.float().chunk(2, dim=1)
-        return mu, logvar.clamp(-30.0, 20.0)
+        return mu, logvar.clamp(*LOGVAR_RANGE)
 
     def encode(
         self,

@@ -21,10 +21,8 @@ function of the position, so resuming at step ``s`` reproduces the data exactly:
   source of ``N`` items, item ``perm_e(n mod N)`` with ``e = n // N`` the epoch and ``perm_e`` a
   keyed pseudo-random permutation (a Feistel network: O(1) memory for any ``N``).
 
-VAE latents can be cached (``cache = "folder"``): the frozen VAE's posterior mean and
-log-variance per item, both in the normalised latent space, one safetensors file each, written
-atomically, keyed by the source, the geometry and the VAE's weights. The posterior sample is still
-drawn fresh every step.
+VAE latents can be cached (``cache = "folder"``, :mod:`.latent_cache`): the frozen VAE's posterior
+mean and log-variance per item, used only where an entry is what this run would write.
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ from ..errors import InputError, ResourceError, UsageError, one_line, short
 from ..messages import content_text
 from ..options import check_unicode
 from .captions import clean_caption, read_caption_file
+from .latent_cache import LatentCache
 from .records import CAPTION_FIELDS, METADATA_FILES, Records, RecordsChanged, build_index
 from .schema import DataSource, TrainConfig
 
@@ -105,6 +104,7 @@ class Sample:
     latent: dict | None = None  # cached {"mu", "logvar"} float32, instead of pixels
     cache_path: str | None = None  # where the encoded latent should be stored
     cache_media: str = ""  # the identity of the media it is encoded from (Source.media)
+    cache_note: str = ""  # why the cache's entry was not used though it was there (LatentCache.entry)
     text: str = ""  # caption (generation, captioning)
     turns: list = field(default_factory=list)  # [(question, answer)] for understanding
     format: str = "tuning"
@@ -356,46 +356,6 @@ class LlavaSource(Source):
         return self._identity(self._media_path(self.records[item], item))
 
 
-# ---- latent cache ----------------------------------------------------------------------------
-
-class LatentCache:
-    """Per-item VAE posterior (mean, log-variance) files under ``folder/<key>/``."""
-
-    def __init__(self, folder: str | os.PathLike, key: str):
-        self.folder = Path(folder) / key
-        self.key = key
-
-    def path(self, item: int) -> Path:
-        return self.folder / f"{item // 1000:06d}" / f"{item:09d}.safetensors"
-
-    def get(self, item: int, media: str = "") -> dict | None:
-        """The cached latent of ``item`` if it was encoded from ``media`` (:meth:`Source.media`)."""
-        p = self.path(item)
-        if not p.exists():
-            return None
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                if (f.metadata() or {}).get("media", "") != media:  # another file now: encoded anew
-                    return None
-                return {"mu": f.get_tensor("mu"), "logvar": f.get_tensor("logvar")}
-        except Exception:  # a damaged entry is simply re-encoded
-            return None
-
-    @staticmethod
-    def put(path: str | os.PathLike, mu: torch.Tensor, logvar: torch.Tensor, media: str = "") -> None:
-        from safetensors.torch import save_file
-
-        from ..media import atomic_output
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(path, overwrite=True) as tmp:  # the one atomic writer (full disks -> exit 5)
-            save_file({"mu": mu.detach().float().cpu().contiguous(),
-                       "logvar": logvar.detach().float().cpu().contiguous()}, str(tmp), metadata={"media": media})
-
-
 # ---- the role streams and the dataset ----------------------------------------------------------
 
 def source_geometry(spec: DataSource, model_spec) -> dict:
@@ -499,7 +459,7 @@ class TrainingData(torch.utils.data.Dataset):
         """Item ``item`` of ``src``: its cached latent when there is one, else its pixels."""
         cache = self.caches.get(src.index)
         media = src.media(item) if cache is not None else None
-        hit = cache.get(item, media) if media is not None else None
+        hit, note = cache.entry(item, media) if media is not None else (None, "")
         sample = src.get(item, pixels=hit is None)
         if sample is None:
             return None
@@ -507,7 +467,7 @@ class TrainingData(torch.utils.data.Dataset):
         if hit is not None:
             sample.latent = hit
         elif media is not None and sample.has_visual:
-            sample.cache_path, sample.cache_media = str(cache.path(item)), media
+            sample.cache_path, sample.cache_media, sample.cache_note = str(cache.path(item)), media, note
         return sample
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import ModelError, UsageError
 from ..modeling.attention import omni_attention_mask, shared_mask
 from ..modeling.flow_head import pack_velocity
 from ..sequences import IGNORE
@@ -165,7 +165,7 @@ def encode_missing(samples: list[Sample], vae, device, autocast=contextlib.nullc
     """Fill ``sample.latent`` (normalised posterior mean and log-variance, CPU float32) for every
     sample that has pixels, batching equal shapes; store cache entries where asked."""
     from ..media import frames_to_tensor
-    from .data import LatentCache
+    from .latent_cache import LatentCache, entry_shape
 
     todo: dict[tuple, list[Sample]] = {}
     for s in samples:
@@ -174,7 +174,8 @@ def encode_missing(samples: list[Sample], vae, device, autocast=contextlib.nullc
             todo.setdefault((per_frame, s.pixels.shape), []).append(s)
     if todo and vae is None:
         raise UsageError("training needs the VAE to encode pixels (model.vae)")
-    for (per_frame, _shape), group in todo.items():
+    for (per_frame, shape), group in todo.items():
+        want = entry_shape(group[0].role, *shape[:3], vae)  # one sample's latent, as the cache checks it
         pix = torch.stack([frames_to_tensor(s.pixels) for s in group])  # (B, 3, T, H, W)
         if per_frame:  # video understanding: every frame alone (spec §8.3)
             b, c, t, h, w = pix.shape
@@ -189,11 +190,12 @@ def encode_missing(samples: list[Sample], vae, device, autocast=contextlib.nullc
         # log-variance logvar + 2 log(1/std)), so x1 = mu + e^(logvar/2) eps is the official sample
         logvar = logvar.float() + 2.0 * torch.log(inv_std.to(logvar.device))
         mu, logvar = mu.float().cpu(), logvar.float().cpu()
-        if per_frame:  # (B*T, C, 1, h, w) -> (B, T, C, h, w)
-            mu = mu[:, :, 0].reshape(len(group), -1, *mu.shape[1:2], *mu.shape[-2:])
-            logvar = logvar[:, :, 0].reshape(len(group), -1, *logvar.shape[1:2], *logvar.shape[-2:])
-        elif mu.shape[2] == 1 and group[0].pixels.shape[0] == 1:
-            mu, logvar = mu[:, :, 0], logvar[:, :, 0]
+        b = len(group)  # (B*T, C, 1, h, w) -> (B, T, C, h, w) frame by frame; (B, C, 1, h, w) -> (B, C, h, w)
+        raw = (b * want[0], want[1], 1, *want[2:]) if per_frame else (b, want[0], want[1] if len(want) == 4 else 1, *want[-2:])
+        if tuple(mu.shape) != raw or tuple(logvar.shape) != raw:
+            raise ModelError(f"the VAE encoded pixels of shape {tuple(pix.shape)} to latents of shape "
+                             f"{tuple(mu.shape)}; its z_dim and factors give {raw}")
+        mu, logvar = mu.reshape(b, *want), logvar.reshape(b, *want)
         for i, s in enumerate(group):
             s.latent = {"mu": mu[i].clone(), "logvar": logvar[i].clone()}
             if s.cache_path:

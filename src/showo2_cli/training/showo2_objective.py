@@ -17,7 +17,7 @@ import torch
 from ..errors import ModelError, UsageError, one_line
 from . import checkpoint as ckpt
 from .checkpoint import EMA_DIR
-from .data import LatentCache
+from .latent_cache import LatentCache, entry_shape, logvar_range
 from .schema import GEN_ROLES, UND_ROLES, TrainConfig
 from .vae_recipe import build_vae
 
@@ -246,9 +246,11 @@ class Showo2Objective:
             if src.resolution % spec.latent_multiple:
                 raise UsageError(f"{cfg.source}: data[{src.index}].resolution: {src.resolution} is not a multiple "
                                  f"of {spec.latent_multiple}")
-            if s.cache:
+            if s.cache:  # (its entries are what encode_missing writes from the source's pixels)
                 sig = json.dumps({**src.signature(), "vae": vae_key, "latent_format": 2}, sort_keys=True)
-                caches[src.index] = LatentCache(s.cache, hashlib.sha1(sig.encode()).hexdigest()[:16])
+                shape = entry_shape(s.role, src.frames if src.video else 1, src.resolution, src.resolution, self.vae)
+                caches[src.index] = LatentCache(s.cache, hashlib.sha1(sig.encode()).hexdigest()[:16], shape,
+                                                logvar_range(self.vae))
         acc = run.acc
         t_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
         self.ctx = RecipeContext(spec, TextBuilder(self.tokenizer, self.tokens), self.vae, cfg.loss, max_seq,
@@ -264,6 +266,7 @@ class Showo2Objective:
         from .recipe import batch_counts, prepare_batches
 
         run = self.run
+        self.report_cache_notes(samples)
         batches = prepare_batches(samples, self.ctx, generator, self.cfg.batch.split)
         counts = [batch_counts(b) for b in batches]
         totals = (sum(c[0] for c in counts), sum(c[1] for c in counts)) if len(batches) > 1 else None
@@ -277,6 +280,15 @@ class Showo2Objective:
             for k, v in part.items():
                 out[k] = v.detach() if k not in out else out[k] + v.detach()
         return out
+
+    def report_cache_notes(self, samples) -> None:
+        """Once a run for each latent cache: that it held entries this run does not write."""
+        said = self.__dict__.setdefault("_cache_notes_said", set())
+        for s in samples:
+            folder = Path(s.cache_path).parents[1] if s.cache_note else None
+            if folder is not None and folder not in said:
+                said.add(folder)
+                self.run.notice(s.cache_note)
 
     def unwrapped(self) -> torch.nn.Module:
         return self.run.acc.unwrap_model(self.run.module).network
@@ -423,6 +435,7 @@ class Showo2Objective:
                 if sample is None or sample.latent is not None or not sample.has_visual:
                     counts["skipped" if sample is None else "cached"] += 1
                     continue
+                self.report_cache_notes([sample])
                 pending.append(sample)
                 if len(pending) >= batch_size:
                     encode_missing(pending, self.vae, run.device, autocast)
