@@ -197,3 +197,22 @@ def test_entry_shape_is_what_encode_missing_writes(role, frames, want):
     assert entry_shape(role, frames, 64, 64, vae) == want
     for s in samples:
         assert tuple(s.latent["mu"].shape) == want and tuple(s.latent["logvar"].shape) == want
+
+
+def test_video_sources_entries_hit_on_the_next_run(tmp_path, encoded):
+    """The shape a run expects of a video source's entries is the one it writes: a second pass
+    reads every entry (t2v: the VAE's latent frames; mmu_vid: frame by frame)."""
+    cache = tmp_path / "cache"
+    raw = config(tmp_path, "video", str(cache), size=2, **{"batch.t2i": 0, "batch.t2v": 1, "batch.mmu_vid": 1})
+    raw["data"] = [{"kind": "shapes", "role": "t2v", "resolution": 64, "frames": 5, "size": 2, "cache": str(cache)},
+                   {"kind": "shapes", "role": "mmu_vid", "resolution": 64, "frames": 3, "size": 2,
+                    "cache": str(cache)}]
+    del raw["batch"]["t2i"]
+    assert Run(parse_config(raw, source="video")).pre_encode()["encoded"] == 4
+    shapes = sorted(tuple(_load(f)["mu"].shape) for f in entries(cache))
+    assert shapes == [(3, Z, H, W)] * 2 + [(Z, 2, H, W)] * 2
+    encoded.clear()
+    notes = []
+    again = Run(parse_config(raw, source="video"), progress=notes.append).pre_encode()
+    assert (again["encoded"], again["cached"], encoded) == (0, 4, [])
+    assert not [ev for ev in notes if ev.get("event") == "notice" and "latent cache" in ev["message"]]
