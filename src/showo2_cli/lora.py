@@ -196,8 +196,8 @@ def adapter_files(folder: str | os.PathLike) -> tuple[Path, Path]:
 def find_adapter(ref: str | os.PathLike) -> Path:
     """The adapter folder named by ``ref``: the folder itself, its weights file
     (``adapter_model.safetensors`` or ``adapter_model.bin``), a training checkpoint or a training
-    run folder (its latest checkpoint)."""
-    from .run_folders import latest_checkpoint
+    run folder (its checkpoint: :func:`~showo2_cli.run_folders.run_checkpoint`)."""
+    from .run_folders import run_checkpoint
 
     p = Path(ref).expanduser()
     if p.is_file() and p.name in (ADAPTER_WEIGHTS, ADAPTER_PICKLE):
@@ -206,9 +206,9 @@ def find_adapter(ref: str | os.PathLike) -> Path:
                              "it; give the folder, or move the .bin to a folder of its own")
         p = p.parent
     if p.is_dir() and not adapter_files(p)[0].is_file():
-        latest = latest_checkpoint(p)
-        if latest is not None:
-            p = latest
+        found = run_checkpoint(p)
+        if found is not None:
+            p = found
     if not p.exists():
         raise UsageError(f"--lora: '{ref}' does not exist (give an adapter folder, a training run or a "
                          "Hugging Face repo id: owner/name, maybe @revision)")

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, OutputError, error_detail
-from ..run_folders import CHECKPOINT_NAME as _NAME
 from ..run_folders import LATEST, STATE_FILE
 from ..run_folders import latest_checkpoint as latest_checkpoint  # (the run-folder readers live there)
+from ..run_folders import list_checkpoints as list_checkpoints
+from ..run_folders import newest_checkpoint as newest_checkpoint
 from ..run_folders import resolve_run_path as resolve_run_path
 
 EMA_DIR = "ema"  # inside a checkpoint: the EMA weights (a loadable model folder, or an adapter)
@@ -183,25 +184,6 @@ def share_folder(src: Path, dst: Path) -> None:
             os.link(p, dst / p.name)
         except OSError:
             shutil.copy2(p, dst / p.name)
-
-
-def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    found = []
-    for p in output_dir.iterdir() if output_dir.is_dir() else []:
-        m = _NAME.match(p.name)
-        if m and p.is_dir():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def newest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest checkpoint folder of ``output_dir`` that holds a training state, for a run folder
-    whose ``latest`` pointer is gone (deleted; checkpoints copied without it, as Hugging Face's
-    Trainer needs none): a run there started again from step 0, and overwrote and pruned them.
-    Staging folders are renamed in whole and pruned ones moved aside first, so such a folder is
-    complete; None when there is none."""
-    found = [p for _, p in list_checkpoints(output_dir) if (p / STATE_FILE).is_file()]
-    return found[-1] if found else None
 
 
 def clean_partials(output_dir: Path) -> list[Path]:

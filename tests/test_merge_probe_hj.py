@@ -1,0 +1,64 @@
+"""Today's merged probes read and used together (probe HJ): where HC, HF, HB, HA, HE and HD meet."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from showo2_cli.errors import ModelError
+from showo2_cli.run_folders import LATEST, STATE_FILE, resolve_run_path
+
+
+def _checkpoint(run: Path, step: int, source: Path, state: bool = True) -> Path:
+    """``run/checkpoint-<step>`` holding ``source``'s files and, unless not ``state``, a training state."""
+    folder = run / f"checkpoint-{step:06d}"
+    shutil.copytree(source, folder)
+    if state:
+        (folder / STATE_FILE).write_bytes(b"")  # (its presence marks a complete checkpoint)
+    return folder
+
+
+def test_a_run_folder_without_latest_loads_the_checkpoint_train_resumes(tiny_model_dir, tmp_path):
+    """Probe HE made ``showo2 train`` resume a run folder whose ``latest`` pointer is gone from its
+    newest checkpoint folder holding a training state; ``--lora RUN``, ``--model RUN`` and ``[model]
+    init = RUN`` (HD's README and LoRA example load a run folder so) still read only the pointer:
+    ``--lora RUN`` was "'RUN' is not a LoRA adapter (... or a training run of a config with a [lora]
+    section)", which it is, and ``--model RUN`` found no model. They now stand for the same checkpoint."""
+    from conftest import random_lora
+    from showo2_cli.hub import resolve_root
+    from showo2_cli.loading import load
+    from showo2_cli.lora import find_adapter
+
+    adapter = random_lora(tiny_model_dir, tmp_path / "adapter")
+    lora_run = tmp_path / "lora-run"
+    _checkpoint(lora_run, 1, adapter)
+    newest = _checkpoint(lora_run, 3, adapter)
+    _checkpoint(lora_run, 4, adapter, state=False)  # a copy of the adapter alone: not a checkpoint train resumes
+    assert find_adapter(lora_run) == newest == resolve_run_path(lora_run)
+    with_run = load(tiny_model_dir, lora=[lora_run], need=())
+    with_checkpoint = load(tiny_model_dir, lora=[newest], need=())
+    assert with_run.record()["lora"] == with_checkpoint.record()["lora"]
+    for (name, a), (_, b) in zip(with_run.network.state_dict().items(), with_checkpoint.network.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+
+    model_run = tmp_path / "model-run"
+    kept = _checkpoint(model_run, 2, tiny_model_dir)
+    assert resolve_root(str(model_run))[1] == kept
+    assert load(model_run, need=()).spec == load(tiny_model_dir, need=()).spec
+
+    (lora_run / LATEST).write_text("checkpoint-000001\n")  # the pointer, where there is one, is what counts
+    assert find_adapter(lora_run) == lora_run / "checkpoint-000001" == resolve_run_path(lora_run)
+    (lora_run / LATEST).unlink()
+    (lora_run / LATEST).symlink_to(tmp_path / "nowhere")  # a dangling pointer is still said to be one
+    with pytest.raises(ModelError, match="not a regular file"):
+        find_adapter(lora_run)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert resolve_run_path(empty) == empty
+    with pytest.raises(ModelError, match="is not a LoRA adapter"):
+        find_adapter(empty)
+
