@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import torch
 
 from showo2_cli.errors import ModelError
 from showo2_cli.run_folders import LATEST, STATE_FILE, resolve_run_path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _checkpoint(run: Path, step: int, source: Path, state: bool = True) -> Path:
@@ -62,3 +65,34 @@ def test_a_run_folder_without_latest_loads_the_checkpoint_train_resumes(tiny_mod
     with pytest.raises(ModelError, match="is not a LoRA adapter"):
         find_adapter(empty)
 
+
+def _module_table() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("Layout of `src/showo2_cli/`")
+    return text[start:text.index("\n\n", text.index("| module | owns |", start))]
+
+
+def test_the_readme_module_table_names_every_module():
+    """README's layout table (the module and what it owns) named neither of probe HC's new
+    ``serve/responses.py`` and ``serve/middleware.py``, nor older ones. Every module of
+    ``src/showo2_cli`` is named there: a top-level one as `name.py`, a package's in its row."""
+    table = _module_table()
+    rows = {}
+    for line in table.splitlines():
+        cells = line.split("|")
+        if len(cells) > 2 and cells[1].strip().startswith("`"):
+            rows[cells[1].strip()] = cells[2]
+    src = REPO / "src" / "showo2_cli"
+    missing = []
+    for path in sorted(src.rglob("*.py")):
+        rel = path.relative_to(src)
+        if path.name in ("__init__.py", "__main__.py") or "assets" in rel.parts:
+            continue
+        if len(rel.parts) == 1:
+            if not any(f"`{path.name}`" in key for key in rows):
+                missing.append(str(rel))
+        else:
+            row = next((cells for key, cells in rows.items() if key == f"`{rel.parts[0]}/`"), "")
+            if not re.search(rf"(`|\b){re.escape(path.stem)}(\.py)?\b", row):
+                missing.append(str(rel))
+    assert missing == [], missing
