@@ -96,3 +96,20 @@ def test_the_readme_module_table_names_every_module():
             if not re.search(rf"(`|\b){re.escape(path.stem)}(\.py)?\b", row):
                 missing.append(str(rel))
     assert missing == [], missing
+
+
+def test_the_chat_help_names_every_option_of_t2i_in_the_chat():
+    """Probe HF let the chat's ``/t2i`` take ``--sigmas`` and ``--timesteps`` (``T2I_IN_CHAT``), but
+    the chat's ``/help`` line for ``/t2i`` still listed the options without them. Each option
+    ``/t2i`` takes is named in it, by one of ``t2i``'s own spellings."""
+    from typer.main import get_command
+
+    from showo2_cli.cli import app
+    from showo2_cli.cli.chat import COMMANDS, T2I_IN_CHAT
+
+    usage = next(key for key in COMMANDS if key.startswith("/t2i "))
+    words = set(re.findall(r"-{1,2}[a-z][a-z-]*", usage))
+    command = get_command(app).get_command(None, "t2i")
+    options = {q.name: (*q.opts, *q.secondary_opts) for q in command.params if q.name in T2I_IN_CHAT}
+    assert set(options) == set(T2I_IN_CHAT)
+    assert [name for name, spellings in options.items() if not words & set(spellings)] == []

@@ -35,7 +35,8 @@ from .common import (
 COMMANDS = {
     "/image PATH": "attach an image or a video to the next question (also /video)",
     "/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--size N] [--guidance G] [--shift S] [-n N] "
-    "[--negative-prompt TEXT] [--sampler NAME] [--save-latents] [--overwrite]": "generate with the same model",
+    "[--negative-prompt TEXT] [--sampler NAME] [--sigmas S,...] [--timesteps T,...] [--save-latents] [--overwrite]":
+        "generate with the same model",
     "/reset": "forget the conversation (the system prompt stays; also /clear)",
     "/save FILE [--overwrite]": "write the transcript as JSON",
     "/load FILE": "go on with a transcript /save wrote (its media read again)",
