@@ -113,3 +113,23 @@ def test_the_chat_help_names_every_option_of_t2i_in_the_chat():
     options = {q.name: (*q.opts, *q.secondary_opts) for q in command.params if q.name in T2I_IN_CHAT}
     assert set(options) == set(T2I_IN_CHAT)
     assert [name for name, spellings in options.items() if not words & set(spellings)] == []
+
+
+@pytest.mark.parametrize("key, option", [("sigmas", "--sigmas"), ("timesteps", "--timesteps"), ("shift", "--shift"),
+                                         ("sampler", "--sampler")])
+def test_the_image_endpoint_refuses_a_grid_without_calling_it_python_only(key, option):
+    """The image endpoint's 400 for ``sigmas`` / ``timesteps`` (probe HF), as for ``shift`` and
+    ``sampler``, called them "a setting of the Python pipeline only"; ``showo2 t2i`` takes each too
+    (``--sigmas``, ...). The refusal stands and says where the setting is taken."""
+    from typer.main import get_command
+
+    from showo2_cli.cli import app
+    from showo2_cli.serve import ApiError
+    from showo2_cli.serve.requests import refuse_pipeline_arguments
+
+    t2i = get_command(app).get_command(None, "t2i")
+    assert any(option in q.opts for q in t2i.params)
+    with pytest.raises(ApiError) as e:
+        refuse_pipeline_arguments({"prompt": "a cat", key: [1.0, 0.5] if key in ("sigmas", "timesteps") else 3})
+    assert (e.value.status, e.value.code, e.value.param) == (400, "unsupported_parameter", key)
+    assert "only" not in e.value.message and "showo2 t2i" in e.value.message

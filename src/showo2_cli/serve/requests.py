@@ -408,7 +408,8 @@ def refuse_pipeline_arguments(body: dict) -> None:
 
     for key in (*CALL_HINTS, *_PIPELINE_ONLY):
         if body.get(key) is not None:
-            why = "Show-o2's pipeline refuses it too" if key in CALL_HINTS else "a setting of the Python pipeline only"
+            why = "Show-o2's pipeline refuses it too" if key in CALL_HINTS else \
+                "a setting of the Python pipeline and of showo2 t2i, t2v and i2v"
             raise ApiError(400, f"'{key}' is not taken by this endpoint ({why}); its fields: {_IMAGE_FIELDS}",
                            "unsupported_parameter", key)
 
