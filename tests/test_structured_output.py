@@ -232,7 +232,7 @@ def test_server_response_format(server):
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert valid(json.loads(text), SCHEMAS["array"]) and chunks[-1]["choices"][0]["finish_reason"] == "stop"
     # refused in one line, naming what
-    for bad, words in (({"type": "json_schema", "json_schema": {"schema": {"type": "object", "not": {}}}}, "'not'"),
+    for bad, words in (({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "not": {}}}}, "'not'"),
                        ({"type": "xml"}, "json_object or json_schema"),
                        (fmt({"type": "banana"}), "banana"),
                        (fmt(optional(1200)), "optional properties")):

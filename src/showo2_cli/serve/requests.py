@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ..errors import Showo2Error, short
+from ..errors import Showo2Error, given, short
 from ..options import STEPS_RANGE
 from ..serve_config import (  # (ServerConfig: here too, where it always was)
     ServerConfig,
@@ -100,6 +100,35 @@ _UNSUPPORTED_CHAT = {
 }
 
 
+def check_listed_tools(tools, param: str, shape: str) -> list:
+    """Tools listed with ``tool_choice: "none"`` (none is called; clients send their list with it),
+    checked as OpenAI and vLLM check them, so that what a response echoes is a valid tool list: a
+    list of objects, each a function tool named by a string. ``shape``: ``chat`` (``{"type": "function",
+    "function": {"name", ...}}``), ``functions`` (the legacy ``{"name", ...}``) or ``responses``
+    (``{"type": "function" or "custom", "name", ...}``; the hosted tools are not served here)."""
+    if not isinstance(tools, list):
+        raise ApiError(400, f"'{param}' must be a list", "invalid_type", param)
+    kinds = ("function", "custom") if shape == "responses" else ("function",)
+    for k, tool in enumerate(tools):
+        where = f"{param}[{k}]"
+        if not isinstance(tool, dict):
+            raise ApiError(400, f"'{where}' must be an object", "invalid_type", where)
+        if shape != "functions" and tool.get("type") not in kinds:
+            raise ApiError(400, f"'{where}.type' must be {' or '.join(kinds)} (Show-o2 calls no tools, and serves "
+                                f"no hosted ones), got {given(tool.get('type'))}", "invalid_value", f"{where}.type")
+        fields = tool.get("function") if shape == "chat" else tool
+        at = f"{where}.function" if shape == "chat" else where
+        if not isinstance(fields, dict):
+            raise ApiError(400, f"'{at}' must be an object", "invalid_type", at)
+        if not isinstance(fields.get("name"), str) or not fields["name"]:
+            raise ApiError(400, f"'{at}.name' is required (a string)", "invalid_value", f"{at}.name")
+        for key, kind, what in (("description", str, "a string"), ("parameters", dict, "an object"),
+                                ("strict", bool, "true or false")):
+            if fields.get(key) is not None and not isinstance(fields[key], kind):
+                raise ApiError(400, f"'{at}.{key}' must be {what}", "invalid_type", f"{at}.{key}")
+    return tools
+
+
 def _stop_strings(body: dict) -> tuple[str, ...]:
     """OpenAI's ``stop``: null, a string or a list of non-empty strings, up to the 16 the library
     takes (OpenAI takes 4; vLLM, llama.cpp and Ollama any number, and clients send them uncapped:
@@ -130,6 +159,10 @@ def _unsupported_why(name: str) -> str:
     return "Show-o2 answers in plain text"
 
 
+#: OpenAI's rule for a ``json_schema`` format's ``name``
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def _response_format(body: dict) -> tuple[dict | None, bool]:
     """OpenAI's ``response_format``: ``text`` (or null), ``json_object`` (any JSON object) or
     ``json_schema`` (``{"name", "schema", "strict"}``): (the answer's schema or None, strict). A
@@ -156,6 +189,14 @@ def _response_format(body: dict) -> tuple[dict | None, bool]:
     if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
         raise ApiError(400, "response_format.json_schema must be an object with a 'schema' object",
                        "invalid_value", "response_format.json_schema")
+    name = spec.get("name")  # OpenAI's and vLLM's rule: a named schema (what a response echoes)
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        got = "none" if name is None else given(short(name) if isinstance(name, str) else name)
+        raise ApiError(400, "response_format.json_schema.name is required: a string of 1 to 64 letters, digits, "
+                            f"'_' or '-', got {got}", "invalid_value", "response_format.json_schema.name")
+    if not isinstance(spec.get("description", ""), str):
+        raise ApiError(400, "response_format.json_schema.description must be a string", "invalid_type",
+                       "response_format.json_schema.description")
     strict = spec.get("strict")
     if strict is not None and not isinstance(strict, bool):
         raise ApiError(400, "response_format.json_schema.strict must be true or false", "invalid_type",
@@ -184,8 +225,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
         # "none": the model calls no tool and answers in text, which is what this server does; clients
         # send their tool list with it (OpenAI's meaning: the tools are listed, none is called)
         if body.get(choice) == "none" and body.get(name) is not None:
-            if not isinstance(body[name], list):
-                raise ApiError(400, f"'{name}' must be a list", "invalid_type", name)
+            check_listed_tools(body[name], name, "chat" if name == "tools" else "functions")
             body = {**body, name: None}
     for name, off in _UNSUPPORTED_CHAT.items():
         if name in body and not off(body[name]):

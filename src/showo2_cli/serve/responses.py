@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ..errors import short
 from .body import optional_string
 from .errors import ApiError, api_error_of
-from .requests import ChatPlan, ServerConfig, parse_chat
+from .requests import ChatPlan, ServerConfig, check_listed_tools, parse_chat
 
 #: chat completions' names, which a client sending them here mixed up with the Responses API's
 _CHAT_NAMES = {"messages": "input", "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
@@ -31,6 +31,9 @@ _OWN = {"input", "instructions", "max_output_tokens", "text", "tools", "tool_cho
 #: what a request may ``include`` that refers to items this server never makes (tool calls, reasoning,
 #: stored inputs): taken, as nothing is left out; the one that would change the reply is logprobs
 _LOGPROBS = "message.output_text.logprobs"
+#: a context-length refusal's words for the chat's messages, as this request's input
+_CONTEXT_WORDS = (("your messages resulted", "your input resulted"), ("in the messages", "in the input"),
+                  ("the length of the messages", "the length of the input"), ("the messages hold", "the input holds"))
 #: content parts of a message, by role: the Responses name and the chat part it is
 _USER_PARTS = ("input_text", "input_image")
 _ASSISTANT_PARTS = ("output_text", "input_text", "refusal")
@@ -69,8 +72,11 @@ class ResponsesPlan:
 
     def renamed(self, exc: BaseException) -> ApiError:
         err = api_error_of(exc)
-        return ApiError(err.status, self.rename(err.message, err.param or ""), err.code, self.rename(err.param),
-                        err.type, err.retry)
+        message = self.rename(err.message, err.param or "")
+        if err.code == "context_length_exceeded":  # the chat's "messages" are this request's input; the
+            for chat, ours in _CONTEXT_WORDS:     # sentence clients match on ("maximum context length") stays
+                message = message.replace(chat, ours)
+        return ApiError(err.status, message, err.code, self.rename(err.param), err.type, err.retry)
 
     def response(self, status: str = "completed", text: str | None = None, result: dict | None = None,
                  error: ApiError | None = None) -> dict:
@@ -191,7 +197,8 @@ def _text_format(value) -> dict | None:
     fmt = value.get("format")
     if fmt is None or not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
         return fmt  # (chat's checks: an object, of type text or json_object)
-    return {"type": "json_schema", "json_schema": {k: fmt[k] for k in ("name", "schema", "strict") if k in fmt}}
+    return {"type": "json_schema", "json_schema": {k: fmt[k] for k in ("name", "description", "schema", "strict")
+                                                   if k in fmt}}
 
 
 def _tools(body: dict) -> None:
@@ -203,6 +210,7 @@ def _tools(body: dict) -> None:
     if choice not in (None, "none", "auto", "required") and not isinstance(choice, dict):
         _refuse("tool_choice", "must be none, auto, required or an object", "invalid_value")
     if choice == "none":
+        check_listed_tools(tools or [], "tools", "responses")
         return
     if choice is not None and choice != "auto":
         _refuse("tool_choice", "is not supported by this server (Show-o2 calls no tools)")
@@ -277,6 +285,8 @@ def parse_responses(body: dict, config: ServerConfig) -> ResponsesPlan:
     if truncation == "auto":  # OpenAI's: the oldest items leave a context they do not fit
         plan.chat.overflow = "drop"
     fmt = (body.get("text") or {}).get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and "schema" not in fmt:
+        fmt = {**fmt, "schema": plan.chat.json_schema}  # (the echo's format has one: the schema held to)
     text = {"format": fmt if isinstance(fmt, dict) else {"type": "text"},
             "verbosity": (body.get("text") or {}).get("verbosity") or "medium"}
     plan.echo = {"model": config.model_id, "instructions": body.get("instructions"),
