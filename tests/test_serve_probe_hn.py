@@ -16,6 +16,15 @@ SCHEMA = {"type": "object", "properties": {"colour": {"type": "string"}}, "requi
 DONE = {"finish_reason": "stop", "prompt_tokens": 5, "completion_tokens": 2}
 
 
+@pytest.fixture(scope="module")
+def demo():
+    from showo2_cli.loading import bundled_demo_path, load
+
+    if bundled_demo_path() is None:
+        pytest.skip("the bundled demo is not installed")
+    return load("demo")
+
+
 def _refused(parse, body: dict) -> ApiError:
     with pytest.raises(ApiError) as e:
         parse(body, ServerConfig())
@@ -89,3 +98,39 @@ def test_context_refusals_name_the_input():
     assert "the input holds" in err.message and "messages" not in err.message
     chat = _refused(parse_chat, {"messages": [{"role": "user", "content": "x" * (ServerConfig().max_text_chars + 1)}]})
     assert "the messages hold" in chat.message  # (the chat's own words stay)
+
+
+def test_notices_reach_the_client_as_a_field_clients_ignore(demo, monkeypatch):
+    """The server computed a request's notices (here an answer the context shortened) and sent none: now
+    each answer that has some carries them in ``notices`` (absent otherwise), on both endpoints, streamed
+    or not, as vLLM and llama.cpp add their own fields; the SDK's models take the answers with it."""
+    import dataclasses
+    import json
+
+    httpx = pytest.importorskip("httpx")
+    openai = pytest.importorskip("openai")
+    from conftest import serving
+
+    ask = {"messages": [{"role": "user", "content": "Say hi."}], "temperature": 0, "seed": 1}
+    with serving(demo) as url:
+        plain = httpx.post(url + "/v1/chat/completions", json=ask, timeout=120).json()
+        assert "notices" not in plain  # (nothing to say: no field)
+        monkeypatch.setattr(demo, "spec", dataclasses.replace(
+            demo.spec, max_position_embeddings=plain["usage"]["prompt_tokens"] + 3))
+        said = ["the answer is limited to 3 tokens by the context budget of "
+                f"{plain['usage']['prompt_tokens'] + 3}"]
+        r = httpx.post(url + "/v1/chat/completions", json=ask, timeout=120).json()
+        assert r["notices"] == said and r["choices"][0]["finish_reason"] == "length"
+        assert openai.types.chat.ChatCompletion.model_validate(r).model_extra["notices"] == said
+        with httpx.stream("POST", url + "/v1/chat/completions", json={**ask, "stream": True}, timeout=120) as s:
+            chunks = [json.loads(x[6:]) for x in s.iter_lines() if x.startswith("data: {")]
+        assert [c.get("notices") for c in chunks if c["choices"][0]["finish_reason"]] == [said]
+        assert all("notices" not in c for c in chunks if not c["choices"][0]["finish_reason"])
+        body = {"input": "Say hi.", "temperature": 0, "seed": 1}
+        r = httpx.post(url + "/v1/responses", json=body, timeout=120).json()
+        assert r["notices"] == said and r["status"] == "incomplete"
+        assert openai.types.responses.Response.model_validate(r).model_extra["notices"] == said
+        with httpx.stream("POST", url + "/v1/responses", json={**body, "stream": True}, timeout=120) as s:
+            events = [json.loads(x[6:]) for x in s.iter_lines() if x.startswith("data: {")]
+        assert events[-1]["type"] == "response.incomplete" and events[-1]["response"]["notices"] == said
+        assert "notices" not in events[0]["response"]

@@ -27,7 +27,7 @@ from ..serve_config import DRAIN_TIMEOUT
 from .body import BODIES_AT_ONCE, BodyBudget, Upload, read_json
 from .errors import ApiError, api_error_of, shutting_down
 from .middleware import CleanPath, OriginCheck, missing_endpoint_hint
-from .requests import ChatPlan, ImagePlan, ServerConfig, parse_chat, parse_images
+from .requests import ChatPlan, ImagePlan, ServerConfig, notices_field, parse_chat, parse_images
 from .responses import parse_responses, stream_events
 from .worker import Job, QueueFull, Worker
 
@@ -97,6 +97,8 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
     answer = conv.ask(plan.turns[-1].question, sampling, on_text=lambda piece: job.emit("text", piece),
                       cancel=job.cancel, prefix=plan.turns[-1].prefix)
     turn = conv.turns[-1]
+    for text in conv.notices:  # the operator's copy; the client's is the answer's "notices"
+        log.info("notice to a chat request: %s", text)
     return {"answer": answer, "finish_reason": "stop" if turn.stopped else "length",
             "prompt_tokens": turn.prompt_tokens, "completion_tokens": turn.generated_tokens,
             "notices": list(conv.notices)}
@@ -325,7 +327,7 @@ def create_app(model, config: ServerConfig):
                     "system_fingerprint": f"showo2-{__version__}",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": result["answer"]},
                                  "logprobs": None, "finish_reason": result["finish_reason"]}],
-                    "usage": _usage(result)})
+                    "usage": _usage(result), **notices_field(result)})
             first = await next_event(request, job, worker)  # an error before the first token keeps its status
             if first[0] == "error":
                 raise first[1]
@@ -335,10 +337,11 @@ def create_app(model, config: ServerConfig):
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    def chunk(rid: str, created: int, delta: dict, finish: str | None = None) -> str:
+    def chunk(rid: str, created: int, delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
         payload = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": config.model_id,
                    "system_fingerprint": f"showo2-{__version__}",
-                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                   **(extra or {})}
         return f"data: {json.dumps(payload)}\n\n"
 
     async def _sse(request: Request, job: Job, first, rid: str, created: int, include_usage: bool):
@@ -350,7 +353,7 @@ def create_app(model, config: ServerConfig):
                 if kind == "text":
                     yield chunk(rid, created, {"content": value})
                 elif kind == "done":
-                    yield chunk(rid, created, {}, value["finish_reason"])
+                    yield chunk(rid, created, {}, value["finish_reason"], notices_field(value))
                     if include_usage:
                         usage = {"id": rid, "object": "chat.completion.chunk", "created": created,
                                  "model": config.model_id, "choices": [], "usage": _usage(value)}

@@ -100,6 +100,14 @@ _UNSUPPORTED_CHAT = {
 }
 
 
+def notices_field(result: dict) -> dict:
+    """A chat job's notices (an answer the context shortened, turns it let go, a video given to a model
+    not trained on videos) as the answer's ``notices`` field, absent when there are none: a field
+    OpenAI's clients and SDKs ignore and keep (as vLLM's and llama.cpp's own fields beside OpenAI's), in
+    the body so that a stream has it too (its headers go before the notices are known)."""
+    return {"notices": list(result["notices"])} if result.get("notices") else {}
+
+
 def check_listed_tools(tools, param: str, shape: str) -> list:
     """Tools listed with ``tool_choice: "none"`` (none is called; clients send their list with it),
     checked as OpenAI and vLLM check them, so that what a response echoes is a valid tool list: a

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ..errors import short
 from .body import optional_string
 from .errors import ApiError, api_error_of
-from .requests import ChatPlan, ServerConfig, check_listed_tools, parse_chat
+from .requests import ChatPlan, ServerConfig, check_listed_tools, notices_field, parse_chat
 
 #: chat completions' names, which a client sending them here mixed up with the Responses API's
 _CHAT_NAMES = {"messages": "input", "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
@@ -94,7 +94,7 @@ class ResponsesPlan:
                 "completed_at": int(time.time()) if status == "completed" else None,
                 "error": None if error is None else {"code": _failure_code(error), "message": error.message},
                 "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-                "output": output, "usage": usage, **self.echo}
+                "output": output, "usage": usage, **self.echo, **notices_field(result or {})}
 
     def message(self, text: str, status: str) -> dict:
         return {"id": self.message_id, "type": "message", "status": status, "role": "assistant",
