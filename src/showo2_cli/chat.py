@@ -26,7 +26,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 from . import __version__
-from .chat_transcript import MAX_MEDIA_PER_TURN, MAX_TRANSCRIPT_BYTES, released_record, transcript_turns
+from .chat_transcript import (
+    MAX_MEDIA_PER_TURN,
+    MAX_TRANSCRIPT_BYTES,
+    check_transcript_size,
+    collapsed_notices,
+    released_record,
+    transcript_turns,
+)
 from .dialogue import (
     DEFAULT_SYSTEM,
     Cancelled,
@@ -458,7 +465,7 @@ class Conversation:
                 **self.model.record(), "model": self.name, "system": self.system, "template": self.template,
                 "mask_mode": self.mask_mode,
                 "max_context": self.max_context, "turns": turns,
-                "pending_media": [m.describe() for m in self.pending], "notices": list(self.notices),
+                "pending_media": [m.describe() for m in self.pending], "notices": collapsed_notices(self.notices),
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def load(self, path: str | os.PathLike) -> int:
@@ -554,15 +561,17 @@ class Conversation:
         return len(restored)
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> str:
-        """Write :meth:`to_json` atomically (never a half-written file); return the path."""
+        """Write :meth:`to_json` atomically (never a half-written file); return the path. A transcript
+        larger than :meth:`load` reads (``MAX_TRANSCRIPT_BYTES``) is a :class:`UsageError`, nothing written."""
         import json
 
         from . import media as M
 
+        data = (json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+        check_transcript_size(len(data), len(self.turns), MAX_TRANSCRIPT_BYTES)  # never a file load() refuses
         with M.atomic_output(path, overwrite=overwrite) as tmp:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(self.to_json(), fh, indent=1, ensure_ascii=False)
-                fh.write("\n")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
         return os.fspath(path)
 
 

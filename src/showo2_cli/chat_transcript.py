@@ -14,6 +14,27 @@ MAX_MEDIA_PER_TURN = 8
 MAX_TRANSCRIPT_BYTES = 16 << 20
 
 
+def collapsed_notices(notices: list[str]) -> list[str]:
+    """A conversation's notices as its transcript records them: a run of one notice repeated (a full
+    context lets a turn go at each question: one line a turn) once, with its count."""
+    out: list[str] = []
+    run = 0
+    for k, text in enumerate(notices):
+        run += 1
+        if k + 1 == len(notices) or notices[k + 1] != text:
+            out.append(text if run == 1 else f"{text} ({run} times)")
+            run = 0
+    return out
+
+
+def check_transcript_size(size: int, turns: int, limit: int = MAX_TRANSCRIPT_BYTES) -> None:
+    """Refuse (:class:`UsageError`) to write a transcript of ``size`` bytes that a load would refuse."""
+    if size > limit:
+        raise UsageError(f"the transcript of {turns} turns would be {size / (1 << 20):.1f} MiB, more than the "
+                         f"{limit / (1 << 20):g} MiB a transcript may be to be loaded again: not written (a "
+                         "conversation of fewer turns can be saved; /reset starts a new one)")
+
+
 def transcript_turns(record, path) -> tuple[list[dict], list[dict]]:
     """The turns and pending media of a transcript, their fields checked (a question and an answer
     text each, media with a file name, the turns that left the context before those in it)."""
