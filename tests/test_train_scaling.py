@@ -193,6 +193,8 @@ def test_resume_with_another_world_size_continues_the_loss_curve(tmp_path):
     states = [torch.load(tmp_path / "run" / f"checkpoint-{n:06d}" / "trainer_state.pt", weights_only=True)
               for n in (4, 16)]
     assert [s["world_size"] for s in states] == [2, 1]
+    record = json.loads((tmp_path / "run" / "train_config.json").read_text())  # (probe HN: it said 1 alone)
+    assert [(i["start_step"], i["world_size"]) for i in record["invocations"]] == [(0, 2), (4, 1)]
     evals = {m["step"]: m["eval_loss"] for m in metrics(tmp_path / "run") if "eval_loss" in m}
     assert sorted(evals) == [0, 4, 8, 12, 16]
     # a fresh single-process run from step 0 for comparison: the resumed curve starts where the

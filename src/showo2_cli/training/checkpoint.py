@@ -132,6 +132,37 @@ def restore_settings(groups: list[dict], wanted: list[dict]) -> str | None:
             "the config's apply from here on, unlike an uninterrupted run")
 
 
+#: the run's record in its folder: the config, and the invocations that trained it
+RUN_CONFIG = "train_config.json"
+
+
+def write_run_config(output_dir: Path, info: dict, start_step: int, resumed: bool) -> None:
+    """Write the run's ``train_config.json``: ``info`` (the config, its source, this invocation's
+    ``world_size`` and ``max_steps``, as before) and ``invocations``, each start of the run with its
+    ``start_step``, ``world_size``, ``max_steps`` and time (a run resumed on 2 processes after 1
+    recorded only the last's ``world_size``; each checkpoint's state keeps its own). A resumed run keeps
+    the earlier invocations that started before its checkpoint (those after it are undone, as their
+    metrics lines are); one whose record cannot be read starts the list again."""
+    import json
+    import time
+
+    from ..media import atomic_output
+
+    path = output_dir / RUN_CONFIG
+    earlier: list = []
+    if resumed:
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8")).get("invocations", [])
+            earlier = [e for e in earlier if isinstance(e, dict) and type(e.get("start_step")) is int
+                       and e["start_step"] < start_step]
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError):
+            earlier = []
+    now = {"start_step": start_step, "world_size": info.get("world_size"), "max_steps": info.get("max_steps"),
+           "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps({**info, "invocations": [*earlier, now]}, indent=1, default=str) + "\n")
+
+
 def check_same_run(output_dir: Path, model) -> None:
     """Refuse (:class:`OutputError`) to resume the checkpoints of ``output_dir`` when the run that
     wrote them (its ``train_config.json``) started from another model than ``model`` (the config's

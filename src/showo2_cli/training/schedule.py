@@ -42,3 +42,19 @@ def schedule_change(optim, step: int, saved_total, total: int, base_lr: float) -
     return (f"the checkpoint's run had {saved_total} steps and this one has {total}: the learning-rate schedule "
             f"is recomputed for {total} (at step {step}: {now:.3g} instead of {before:.3g}), unlike an "
             "uninterrupted run")
+
+
+def repeated_items_notes(batch_roles: dict[str, int], role_length, world: int, grad_accumulation: int) -> list[str]:
+    """What a run whose step takes more items of a role than its data holds (``role_length(role)``, None
+    when endless) is told at its start: each step repeats items, as the sampler fills every batch to its
+    size (Hugging Face's Trainer would give one short batch instead: the step's size, and so its loss's
+    scale and its gradient noise, would then depend on how much data there is)."""
+    notes = []
+    for role, batch in batch_roles.items():
+        per_step, length = batch * grad_accumulation * world, role_length(role) if batch else None
+        if length and per_step > length:
+            processes = f" x {world} processes" if world > 1 else ""
+            notes.append(f"a step takes {per_step} {role} items (batch.{role} = {batch} x optim.grad_accumulation = "
+                         f"{grad_accumulation}{processes}), more than the {length} of the data: each step repeats "
+                         f"them, each about {per_step / length:.3g} times (batches are filled to their size)")
+    return notes

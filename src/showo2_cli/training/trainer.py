@@ -36,7 +36,7 @@ from .control import LogWindow, StopRequest, check_trackers, chunks, flat_config
 from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mix
 from .objective import objective_for
 from .params import weights_digest
-from .schedule import lr_factor, schedule_change, warmup_steps
+from .schedule import lr_factor, repeated_items_notes, schedule_change, warmup_steps
 from .schema import MAX_STEPS, TrainConfig
 
 Progress = Callable[[dict], None]
@@ -215,6 +215,8 @@ class Run:
         self.warmup = warmup_steps(cfg.optim, self.max_steps)
         self.caches = self.objective.prepare_data()
         self.dataset = TrainingData(cfg, self.train_sources, self.caches)
+        for message in repeated_items_notes(self.batch_roles, self.dataset.role_length, self.world, cfg.optim.grad_accumulation):
+            self.notice(message)
         if cfg.run.eval_every and len(self.train_sources) == len(self.sources):
             self.notice("run.eval_every without a held-out source: eval_loss is the loss of one fixed batch of "
                         "training items (add a [[data]] source with split = \"eval\" for a held-out loss)")
@@ -253,8 +255,7 @@ class Run:
     def _write_run_files(self) -> None:
         info = {"config": self.cfg.to_dict(), "source": self.cfg.source, "world_size": self.world,
                 "max_steps": self.max_steps}
-        with atomic_output(self.output_dir / "train_config.json", overwrite=True) as tmp:
-            tmp.write_text(json.dumps(info, indent=1, default=str) + "\n")
+        ckpt.write_run_config(self.output_dir, info, self.start_step, self.resumed_from is not None)
         metrics = self.output_dir / "metrics.jsonl"
         if metrics.exists() or metrics.is_symlink():  # drop lines written after the checkpoint we resume from
             if not metrics.is_file():
