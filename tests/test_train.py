@@ -449,6 +449,8 @@ def test_items_passed_over_are_named_once_each(tmp_path):
     events = []
     train(parse_config(raw, source="p"), progress=events.append)
     said = [e["message"] for e in events if e["event"] == "notice"]
+    assert said[0].startswith("a step takes 4 t2i items")  # (probe HN: 4 items a step of 3)
+    said = said[1:]
     assert sum(m.get("skipped", 0) for m in metrics(tmp_path / "run")) >= len(said) == 2, said
     assert len([m for m in said if "cut.png" in m and "truncated or corrupt" in m]) == 1
     assert len([m for m in said if "gone.png" in m and "no such file" in m]) == 1
