@@ -56,3 +56,22 @@ def test_save_refuses_a_transcript_load_would_refuse(demo, tmp_path, monkeypatch
     with pytest.raises(UsageError, match="not written"):
         conv.save(tmp_path / "new.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fits.json"]  # no file, no temporary one
+
+
+def test_the_chat_command_says_it_in_one_line_and_goes_on(demo, tmp_path, monkeypatch):
+    """``showo2 chat``'s ``/save`` of such a transcript: one error line, no file, the chat goes on."""
+    import io
+
+    import showo2_cli.chat as chat
+    import showo2_cli.cli  # noqa: F401  (the commands' shared helpers)
+    from showo2_cli.cli.chat import ChatSession
+
+    conv = chat.Conversation(demo)
+    conv.add_turn("Hi?", "Hello. " * 50)
+    monkeypatch.setattr(chat, "MAX_TRANSCRIPT_BYTES", 200)
+    out, err = io.StringIO(), io.StringIO()
+    session = ChatSession(conv, out=out, err=err)
+    assert session.handle(f"/save {tmp_path / 'chat.json'}")  # (True: the chat goes on)
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1 and "the transcript of 1 turns would be" in lines[0] and "not written" in lines[0]
+    assert list(tmp_path.iterdir()) == [] and "saved" not in out.getvalue()
