@@ -239,6 +239,9 @@ def test_the_server_takes_an_animation_sent_as_the_image_type_it_is(tmp_path, mo
         def __init__(self, *args, **kwargs):
             self.turns, self.notices = [SimpleNamespace(stopped=True, prompt_tokens=1, generated_tokens=1)], []
 
+        def check_text_fits(self, *args, **kwargs):  # (probe HG: the text is checked before the media)
+            pass
+
         def attach(self, path, **kwargs):
             attached.append(probe_kind(path))
 
