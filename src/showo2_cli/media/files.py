@@ -60,8 +60,15 @@ def lfs_pointer(path: Path, size: int) -> bool:
 def markup(path: Path) -> str | None:
     """What a file that is markup, not media or weights, is: ``"an HTML page"`` (what ``wget`` or
     ``curl`` of a web page's address saves: a Hugging Face or GitHub "blob" link, a sign-in page),
-    ``"an SVG drawing"`` (vector graphics, which no reader here rasterizes), else None."""
-    head = _head(path).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    ``"an SVG drawing"`` (vector graphics, which no reader here rasterizes), ``"a PDF document"`` or
+    ``"a PostScript document"`` (EPS too: a page, not a picture; FFmpeg's raw MJPEG reader found the
+    JPEG inside a PDF of a scan or photo and read it as a video of one frame), else None."""
+    raw = _head(path)
+    if raw.startswith(b"%PDF-"):
+        return "a PDF document"
+    if raw.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):  # PostScript and EPS, and EPS with a DOS preview header
+        return "a PostScript document"
+    head = raw.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if head.startswith((b"<!doctype html", b"<html")):
         return "an HTML page"
     if head.startswith(b"<svg") or (head.startswith((b"<?xml", b"<!doctype svg")) and b"<svg" in head):
@@ -72,7 +79,11 @@ def markup(path: Path) -> str | None:
 #: what to do about :func:`markup`
 MARKUP_ADVICE = {"an HTML page": "a web page was saved, not the file: download the file itself, from a Hugging "
                                  "Face 'resolve' or a GitHub 'raw' link",
-                 "an SVG drawing": "this tool reads no vector graphics: export it as PNG first"}
+                 "an SVG drawing": "this tool reads no vector graphics: export it as PNG first",
+                 "a PDF document": "this tool reads no documents: export the page or picture as PNG or JPEG "
+                                   "first, with pdftoppm -png or pdfimages -all",
+                 "a PostScript document": "this tool reads no documents: export the page or picture as PNG or "
+                                          "JPEG first, with gs -sDEVICE=png16m"}
 
 
 def _head(path: Path, size: int = 512) -> bytes:

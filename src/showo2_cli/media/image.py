@@ -320,6 +320,7 @@ def read_image(path: PathLike, max_pixels: int | None = None, *, min_side: int |
                 raise InputError(f"{prefix}: the image has no pixels ({width}x{height})")
             if im.format in ("JPEG", "MPO"):
                 _check_jpeg_scans(p, width * height, prefix)
+                _check_jpeg_data(fh, prefix)
             if im.format == "TIFF":
                 _check_not_raw_preview(im, prefix)
             im.load()
@@ -386,6 +387,17 @@ def _check_jpeg_scans(p: Path, pixels: int, prefix: str) -> None:
     if scans > cap:
         raise InputError(f"{prefix}: a JPEG with more than {cap} scans for {pixels} pixels (a decoding bomb; "
                          "ordinary ones have about 10)")
+
+
+def _check_jpeg_data(fh, prefix: str) -> None:
+    """Refuse a JPEG whose frame claims more blocks than its file holds data for
+    (:func:`~showo2_cli.media.jpeg_markers.missing_scan_data`): libjpeg fills the missing blocks with
+    gray and Pillow says nothing, so a small picture whose header lies was read at the size it claims."""
+    short = jpeg_markers.missing_scan_data(fh)
+    if short is not None:
+        width, height, needed, held = short
+        raise InputError(f"{prefix}: truncated or corrupt JPEG (its header says {width}x{height}, which takes at "
+                         f"least {needed:,} bytes of image data; the file holds {held:,})")
 
 
 # ---------------------------------------------------------------------------------------------
