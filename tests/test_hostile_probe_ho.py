@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -87,3 +88,17 @@ def test_documents_are_refused_as_documents(tmp_path, name, data, kind):
         with pytest.raises(InputError) as e:
             read(path)
         assert f"it is {kind} (this tool reads no documents" in str(e.value), (read, str(e.value))
+
+
+def test_a_pil_jpeg_whose_frame_claims_more_than_its_data_holds_is_refused():
+    """The Python API given ``Image.open(io.BytesIO(data))`` of the same JPEG (as clients decode an
+    upload) took its 2000x2000 of gray; a JPEG whose file is still open is judged as a path is, and
+    an honest one (lazy or loaded) reads as its file does."""
+    with pytest.raises(InputError, match=r"<PIL image>: truncated or corrupt JPEG \(its header says 2000x2000"):
+        media.image_input(Image.open(io.BytesIO(_claiming(_jpeg(), 2000, 2000))))
+    honest = _jpeg((96, 64), quality=80)
+    lazy, loaded = Image.open(io.BytesIO(honest)), Image.open(io.BytesIO(honest))
+    loaded.load()
+    want = media.array_image(np.asarray(Image.open(io.BytesIO(honest)).convert("RGB")))
+    for im in (lazy, loaded):
+        assert media.image_input(im).tobytes() == want.tobytes()

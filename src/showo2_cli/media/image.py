@@ -169,7 +169,8 @@ def is_animated(image: Image.Image) -> bool:
 
 def image_input(source, max_pixels: int | None = None, what: str = "image") -> Image.Image:
     """An image given to the library as an RGB PIL image: a path (:func:`read_image`), a PIL image
-    (converted as a file's pixels are: EXIF orientation applied, 16-bit scaled, alpha dropped) or
+    (converted as a file's pixels are: EXIF orientation applied, 16-bit scaled, alpha dropped; a JPEG
+    whose file is still open judged as :func:`read_image` judges one) or
     an array or tensor
     (:func:`array_image`).
 
@@ -178,6 +179,7 @@ def image_input(source, max_pixels: int | None = None, what: str = "image") -> I
         ValueError: an array of another shape or value range; an animated PIL image (several
             frames: a video's place takes it).
         ResourceError: more pixels than ``max_pixels`` (default ``$SHOWO2_MAX_PIXELS``).
+        InputError: a PIL JPEG whose header claims more than its data holds.
     """
     if isinstance(source, (str, os.PathLike)):
         return read_image(source, max_pixels=max_pixels)
@@ -191,6 +193,11 @@ def image_input(source, max_pixels: int | None = None, what: str = "image") -> I
     limit = resolve_max_pixels(max_pixels)
     if source.width * source.height > limit:
         raise too_large(what, "<PIL image>", source.width, source.height, limit)
+    if source.format in ("JPEG", "MPO") and getattr(source, "fp", None) is not None:
+        try:  # (a JPEG opened from bytes keeps its file: judged as a file is, loaded or not)
+            _check_jpeg_data(source.fp, f"cannot read {what} <PIL image>")
+        except (OSError, ValueError):  # its file closed: nothing to judge
+            pass
     try:
         source.load()  # a lazily opened image whose file was closed fails here, with its reason
     except (OSError, ValueError) as e:
