@@ -68,7 +68,7 @@ def test_streamed_caption_survives_a_stdout_that_cannot_hold_the_answer(tmp_path
             on_text(0, "un caf\u00e9")
             on_done(0, "un caf\u00e9")
         return SimpleNamespace(kind="image", questions=["q"], answers=["un caf\u00e9"], token_counts=[3],
-                               seconds=0.0, frames=1, options={}, vae_tiles=None)
+                               seconds=0.0, frames=1, options={}, vae_tiles=None, notices=[])
 
     monkeypatch.setattr(P, "caption", fake_caption)
     monkeypatch.setattr(understand, "load_model", lambda *a, **k: SimpleNamespace(record=dict))  # (its outputs record the load)
