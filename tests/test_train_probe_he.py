@@ -11,7 +11,7 @@ import time
 import pytest
 
 from showo2_cli.training import checkpoint as ckpt
-from showo2_cli.training.control import ignore_sigint
+from showo2_cli.training.control import worker_init
 from showo2_cli.training.data import StepSampler, loader
 from test_train import _env, metrics, tiny_config, write_toml
 
@@ -30,7 +30,7 @@ def test_a_sigterm_to_the_loader_workers_leaves_the_data_flowing():
     it, and the run stopped with "internal error: RuntimeError: DataLoader worker (pid N) is killed
     by signal: Terminated" instead of saving where it was. The stop is the training process's
     business (it saves and exits 130); a worker goes on until the loader shuts it down."""
-    data = loader(_Pids(), StepSampler({"t2i": 1}, 0, 40, 0, 1), num_workers=1, worker_init_fn=ignore_sigint)
+    data = loader(_Pids(), StepSampler({"t2i": 1}, 0, 40, 0, 1), num_workers=1, worker_init_fn=worker_init)
     it = iter(data)
     (_, worker), = next(it)
     assert worker != os.getpid()
@@ -123,7 +123,7 @@ _HOLDER = """
 import os, sys, time
 from pathlib import Path
 from showo2_cli.training import checkpoint as ckpt
-from showo2_cli.training.control import ignore_sigint
+from showo2_cli.training.control import worker_init
 from showo2_cli.training.data import StepSampler, loader
 
 class Pids:  # (items larger than a pipe holds, as a batch of pixels is)
@@ -131,7 +131,7 @@ class Pids:  # (items larger than a pipe holds, as a batch of pixels is)
         return os.getpid(), b"x" * 2**20
 
 ckpt.hold_folder(Path(sys.argv[1]))
-it = iter(loader(Pids(), StepSampler({"t2i": 1}, 0, 10**6, 0, 1), 1, worker_init_fn=ignore_sigint))
+it = iter(loader(Pids(), StepSampler({"t2i": 1}, 0, 10**6, 0, 1), 1, worker_init_fn=worker_init))
 print(next(it)[0][0], flush=True)
 time.sleep(600)
 """

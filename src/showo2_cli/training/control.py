@@ -44,7 +44,7 @@ class StopRequest:
         return False
 
 
-def ignore_sigint(_worker_id: int) -> None:
+def worker_init(_worker_id: int) -> None:
     """Set up a data worker. It leaves stop signals to the training process, which saves and then
     shuts it down: a Ctrl-C, or a SIGTERM sent to the whole process group (GNU ``timeout``, Slurm's
     ``scancel``, ``kill -- -PGID``), reaches it too, and a worker killed by it stopped the run with

@@ -32,7 +32,7 @@ from ..errors import ModelError, OutputError, UsageError, error_detail, short
 from ..media import append_text, atomic_output
 from . import checkpoint as ckpt
 from .checkpoint import LOCK_FILE as LOCK_FILE  # (the folder's lock lives with its checkpoints)
-from .control import LogWindow, StopRequest, check_trackers, chunks, flat_config, ignore_sigint, peak_rss_mb
+from .control import LogWindow, StopRequest, check_trackers, chunks, flat_config, peak_rss_mb, worker_init
 from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mix
 from .objective import objective_for
 from .params import weights_digest
@@ -434,7 +434,7 @@ class Run:
         metrics_path = self.output_dir / "metrics.jsonl"
         n_micro = cfg.optim.grad_accumulation
         sampler = StepSampler(self.batch_roles, step * n_micro, stop_at * n_micro, self.rank, self.world)
-        data = loader(self.dataset, sampler, cfg.run.num_workers, worker_init_fn=ignore_sigint)
+        data = loader(self.dataset, sampler, cfg.run.num_workers, worker_init_fn=worker_init)
         interrupted = False
         last_loss = None
         saved = None  # the step of the last checkpoint written by this loop
