@@ -29,6 +29,7 @@ from .errors import ApiError, api_error_of, shutting_down
 from .middleware import CleanPath, OriginCheck, missing_endpoint_hint
 from .requests import ChatPlan, ImagePlan, ServerConfig, notices_field, parse_chat, parse_images
 from .responses import parse_responses, stream_events
+from .tools import ToolStream, split_answer
 from .worker import Job, QueueFull, Worker
 
 try:  # module level: FastAPI resolves the handlers' (string) annotations in these globals
@@ -99,7 +100,8 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
     turn = conv.turns[-1]
     for text in conv.notices:  # the operator's copy; the client's is the answer's "notices"
         log.info("notice to a chat request: %s", text)
-    return {"answer": answer, "finish_reason": "stop" if turn.stopped else "length",
+    content, calls, finish = split_answer(plan.tools, answer, turn.stopped)
+    return {"answer": answer, "content": content, "tool_calls": calls, "finish_reason": finish,
             "prompt_tokens": turn.prompt_tokens, "completion_tokens": turn.generated_tokens,
             "notices": list(conv.notices)}
 
@@ -325,15 +327,15 @@ def create_app(model, config: ServerConfig):
                 return JSONResponse({
                     "id": rid, "object": "chat.completion", "created": created, "model": config.model_id,
                     "system_fingerprint": f"showo2-{__version__}",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": result["answer"]},
-                                 "logprobs": None, "finish_reason": result["finish_reason"]}],
+                    "choices": [{"index": 0, "message": _message(result), "logprobs": None,
+                                 "finish_reason": result["finish_reason"]}],
                     "usage": _usage(result), **notices_field(result)})
             first = await next_event(request, job, worker)  # an error before the first token keeps its status
             if first[0] == "error":
                 raise first[1]
         except Exception as e:
             return error(e)
-        return StreamingResponse(_sse(request, job, first, rid, created, plan.include_usage),
+        return StreamingResponse(_sse(request, job, first, rid, created, plan),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -344,17 +346,21 @@ def create_app(model, config: ServerConfig):
                    **(extra or {})}
         return f"data: {json.dumps(payload)}\n\n"
 
-    async def _sse(request: Request, job: Job, first, rid: str, created: int, include_usage: bool):
+    async def _sse(request: Request, job: Job, first, rid: str, created: int, plan: ChatPlan):
         event = first
+        split = ToolStream(plan.tools)
         try:
             yield chunk(rid, created, {"role": "assistant", "content": ""})
             while True:
                 kind, value = event
-                if kind == "text":
-                    yield chunk(rid, created, {"content": value})
-                elif kind == "done":
+                if kind in ("text", "done"):
+                    parts = split.feed(value) if kind == "text" else split.finish(value["content"],
+                                                                                  value["tool_calls"])
+                    for delta in filter(None, map(_delta, parts)):
+                        yield chunk(rid, created, delta)
+                if kind == "done":
                     yield chunk(rid, created, {}, value["finish_reason"], notices_field(value))
-                    if include_usage:
+                    if plan.include_usage:
                         usage = {"id": rid, "object": "chat.completion.chunk", "created": created,
                                  "model": config.model_id, "choices": [], "usage": _usage(value)}
                         yield f"data: {json.dumps(usage)}\n\n"
@@ -377,7 +383,7 @@ def create_app(model, config: ServerConfig):
             job = submit(lambda job: _chat_job(model, config, plan.chat, job))
             if not plan.chat.stream:
                 result = await outcome(request, job)
-                return JSONResponse(plan.response(text=result["answer"], result=result))
+                return JSONResponse(plan.response(text=result["content"], result=result))
             first = await next_event(request, job, worker)  # an error before the first token keeps its status
             if first[0] == "error":
                 raise first[1]
@@ -399,6 +405,27 @@ def create_app(model, config: ServerConfig):
             return error(e)
 
     return app
+
+
+def _message(result: dict) -> dict:
+    """A chat answer's ``message``: its text, and the tools it calls."""
+    calls = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+             for c in result["tool_calls"]]
+    return {"role": "assistant", "content": result["content"], **({"tool_calls": calls} if calls else {})}
+
+
+def _delta(event: tuple) -> dict | None:
+    """A :class:`~showo2_cli.serve.tools.ToolStream` event as a chunk's ``delta`` (None: nothing to send)."""
+    kind, *rest = event
+    if kind == "content":
+        return {"content": rest[0]}
+    if kind == "call":
+        k, call = rest
+        return {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                "function": {"name": call["name"], "arguments": ""}}]}
+    if kind == "arguments" and rest[1]:
+        return {"tool_calls": [{"index": rest[0], "function": {"arguments": rest[1]}}]}
+    return None
 
 
 def _usage(result: dict) -> dict:

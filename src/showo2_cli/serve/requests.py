@@ -26,6 +26,7 @@ from .body import (
     text_part,
 )
 from .errors import ApiError
+from .tools import ToolPlan, calls_text, check_listed_tools, read_tools, result_text
 
 #: Environment variable holding the API key when ``--api-key`` is not given.
 API_KEY_ENV = "SHOWO2_API_KEY"
@@ -62,6 +63,7 @@ class ChatPlan:
     strict_schema: bool = True
     # a history over the context: None, the chat rule (refused; without max_tokens the answer gets the room
     overflow: str | None = None  # left); "drop": its oldest turns leave (the Responses API's truncation auto)
+    tools: ToolPlan | None = None  # the tools the model may call (None: it answers in text)
 
 
 #: Other servers' fields for constrained output (vLLM's ``guided_*`` and ``structured_outputs``,
@@ -69,18 +71,15 @@ class ChatPlan:
 #: one way a schema is given here (ignored, the answer would be free text where JSON was asked for)
 _CONSTRAINTS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
                 "structured_outputs", "json_schema", "grammar")
-#: Fields a client sends to have a tool called, as structured-output clients do in their tool modes
-#: (instructor's ``Mode.TOOLS``, LangChain's ``method="function_calling"``): their 400 names the mode that works
-_TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call")
+#: OpenAI's deprecated function calling (``functions``, ``function_call``): tools do its job
+_TOOL_FIELDS = ("functions", "function_call")
 
 #: OpenAI chat fields that would change the reply and that this server cannot honour: refused
 #: (400 ``unsupported_parameter``) unless they hold the value meaning "off"
 _UNSUPPORTED_CHAT = {
     "logprobs": lambda v: v in (None, False),
     "top_logprobs": lambda v: v in (None, 0),
-    "tools": lambda v: v in (None, []),
     "functions": lambda v: v in (None, []),
-    "tool_choice": lambda v: v in (None, "none", "auto"),
     "function_call": lambda v: v in (None, "none", "auto"),
     "audio": lambda v: v is None,
     "modalities": lambda v: v in (None, [], ["text"]),  # []: nothing asked (OpenAI's default is text)
@@ -108,35 +107,6 @@ def notices_field(result: dict) -> dict:
     return {"notices": list(result["notices"])} if result.get("notices") else {}
 
 
-def check_listed_tools(tools, param: str, shape: str) -> list:
-    """Tools listed with ``tool_choice: "none"`` (none is called; clients send their list with it),
-    checked as OpenAI and vLLM check them, so that what a response echoes is a valid tool list: a
-    list of objects, each a function tool named by a string. ``shape``: ``chat`` (``{"type": "function",
-    "function": {"name", ...}}``), ``functions`` (the legacy ``{"name", ...}``) or ``responses``
-    (``{"type": "function" or "custom", "name", ...}``; the hosted tools are not served here)."""
-    if not isinstance(tools, list):
-        raise ApiError(400, f"'{param}' must be a list", "invalid_type", param)
-    kinds = ("function", "custom") if shape == "responses" else ("function",)
-    for k, tool in enumerate(tools):
-        where = f"{param}[{k}]"
-        if not isinstance(tool, dict):
-            raise ApiError(400, f"'{where}' must be an object", "invalid_type", where)
-        if shape != "functions" and tool.get("type") not in kinds:
-            raise ApiError(400, f"'{where}.type' must be {' or '.join(kinds)} (Show-o2 calls no tools, and serves "
-                                f"no hosted ones), got {given(tool.get('type'))}", "invalid_value", f"{where}.type")
-        fields = tool.get("function") if shape == "chat" else tool
-        at = f"{where}.function" if shape == "chat" else where
-        if not isinstance(fields, dict):
-            raise ApiError(400, f"'{at}' must be an object", "invalid_type", at)
-        if not isinstance(fields.get("name"), str) or not fields["name"]:
-            raise ApiError(400, f"'{at}.name' is required (a string)", "invalid_value", f"{at}.name")
-        for key, kind, what in (("description", str, "a string"), ("parameters", dict, "an object"),
-                                ("strict", bool, "true or false")):
-            if fields.get(key) is not None and not isinstance(fields[key], kind):
-                raise ApiError(400, f"'{at}.{key}' must be {what}", "invalid_type", f"{at}.{key}")
-    return tools
-
-
 def _stop_strings(body: dict) -> tuple[str, ...]:
     """OpenAI's ``stop``: null, a string or a list of non-empty strings, up to the 16 the library
     takes (OpenAI takes 4; vLLM, llama.cpp and Ollama any number, and clients send them uncapped:
@@ -162,8 +132,7 @@ def _unsupported_why(name: str) -> str:
     if name in _CONSTRAINTS:
         return "for JSON held to a schema, send response_format {\"type\": \"json_schema\", ...}"
     if name in _TOOL_FIELDS:
-        return ("Show-o2 calls no tools; for JSON held to a schema, send response_format "
-                "{\"type\": \"json_schema\", ...}")
+        return "the deprecated function calling is not served: send tools and tool_choice"
     return "Show-o2 answers in plain text"
 
 
@@ -219,7 +188,9 @@ def _response_format(body: dict) -> tuple[dict | None, bool]:
     return schema, bool(strict)
 
 
-def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
+def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> ChatPlan:
+    """A chat request as the plan that runs it (a 4xx naming the field); ``tool_shape``: how its
+    ``tools`` are written (``responses``: the Responses API's, whose request this is)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", "invalid_value", "messages")
@@ -229,20 +200,23 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
     n = number_field(body, "n", 1, 128, 1, integer=True)
     if n != 1:
         raise ApiError(400, "'n' must be 1 on this server", "invalid_value", "n")
-    for name, choice in (("tools", "tool_choice"), ("functions", "function_call")):
-        # "none": the model calls no tool and answers in text, which is what this server does; clients
-        # send their tool list with it (OpenAI's meaning: the tools are listed, none is called)
-        if body.get(choice) == "none" and body.get(name) is not None:
-            check_listed_tools(body[name], name, "chat" if name == "tools" else "functions")
-            body = {**body, name: None}
+    tools = read_tools(body, tool_shape)  # (tool_choice "none": the tools are listed, none is called)
+    if body.get("function_call") == "none" and body.get("functions") is not None:
+        check_listed_tools(body["functions"], "functions", "functions")
+        body = {**body, "functions": None}
     for name, off in _UNSUPPORTED_CHAT.items():
         if name in body and not off(body[name]):
             raise ApiError(400, f"'{name}' is not supported by this server ({_unsupported_why(name)})",
                            "unsupported_parameter", name)
     stop = _stop_strings(body)
     json_schema, strict_schema = _response_format(body)
-    if json_schema is not None and stop:
-        raise ApiError(400, "'stop' cannot end a reply held to a response_format (it would cut the JSON)",
+    if tools is not None and json_schema is not None:
+        raise ApiError(400, "'response_format' cannot hold an answer that may be a tool call: send tools or a "
+                            "JSON response_format", "unsupported_parameter", "response_format")
+    held = "a response_format" if json_schema is not None else "tool_choice" if tools and tools.schema() else None
+    json_schema, strict_schema = (tools.schema(), True) if held == "tool_choice" else (json_schema, strict_schema)
+    if held and stop:
+        raise ApiError(400, f"'stop' cannot end a reply held to {held} (it would cut the JSON)",
                        "invalid_value", "stop")
     # max_completion_tokens replaces the deprecated max_tokens; a null one does not hide the other
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
@@ -294,6 +268,9 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
         role = msg.get("role")
         content = msg.get("content")
         optional_string(msg.get("name"), f"{param}.name")
+        if role == "tool":  # a tool's result: a user turn, as Qwen2.5's template feeds it
+            optional_string(msg.get("tool_call_id"), f"{param}.tool_call_id")
+            role, content = "user", result_text(message_text(content, "a tool message's", param))
         if role in ("system", "developer"):
             system_parts.append(message_text(content, f"a {role} message's", param))
         elif role == "user":
@@ -339,12 +316,14 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             else:
                 turns.append(PlannedTurn(text, pics))
         elif role == "assistant":
-            for field, what in (("tool_calls", "tool calls are"), ("function_call", "tool calls are"),
-                                ("audio", "audio replies are")):  # dropped silently, the history would lie
-                if msg.get(field) not in (None, []):
-                    raise ApiError(400, f"{param}.{field}: {what} not supported by this server (Show-o2 "
-                                        "answers in plain text)", "unsupported_parameter", f"{param}.{field}")
+            for field, what in (("function_call", "the deprecated function calls are not supported (send "
+                                                  "tool_calls)"), ("audio", "audio replies are not supported")):
+                if msg.get(field) not in (None, []):  # dropped silently, the history would lie
+                    raise ApiError(400, f"{param}.{field}: {what} by this server", "unsupported_parameter",
+                                   f"{param}.{field}")
             text = message_text(content, "an assistant message's", param, refusal=True)
+            calls = calls_text(msg["tool_calls"], f"{param}.tool_calls") if msg.get("tool_calls") else ""
+            text = "\n".join(t for t in (text, calls) if t)
             if turns and turns[-1].answer is not None and prev_role == "assistant":  # one reply in parts
                 turns[-1].answer = "\n".join(t for t in (turns[-1].answer, text) if t)
             elif not turns:  # the assistant opens the conversation (a greeting); an empty one is nothing
@@ -356,7 +335,8 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
             else:
                 turns[-1].answer = text
         else:
-            raise ApiError(400, f"{param}: unsupported role {str(role)[:20]!r} (use system or developer, user, assistant)",
+            raise ApiError(400, f"{param}: unsupported role {str(role)[:20]!r} (use system or developer, user, "
+                                "assistant, tool)",
                            "invalid_value", param)
     last_role = next((m.get("role") for m in reversed(messages) if m.get("role") not in ("system", "developer")),
                      None)
@@ -367,8 +347,13 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                                 "with an assistant message continues it", "invalid_value", "messages")
         turns[-1].prefix, turns[-1].answer = turns[-1].answer, None
         if json_schema is not None:
-            raise ApiError(400, "a response_format schema holds a whole reply: it cannot continue a final "
-                                "assistant message", "invalid_value", "response_format")
+            raise ApiError(400, f"{held if held == 'tool_choice' else 'a response_format schema'} holds a whole "
+                                "reply: it cannot continue a final assistant message", "invalid_value",
+                           "tool_choice" if held == "tool_choice" else "response_format")
+        k = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
+        if messages[k].get("tool_calls"):
+            raise ApiError(400, f"messages[{k}]: its tool calls' results must follow, as tool messages",
+                           "invalid_value", f"messages[{k}]")
     if not turns or turns[-1].answer is not None:
         raise ApiError(400, "the last message must be a user message, or an assistant reply to continue after one",
                        "invalid_value", "messages")
@@ -378,6 +363,11 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                 raise ApiError(400, "a user message needs some text or an image", "invalid_value", "messages")
             t.question = "Describe the image."
     system = "\n".join(system_parts) if system_parts else None
+    if tools is not None:  # (a system message's text, or Show-o2's default, then the tools)
+        from ..dialogue import DEFAULT_SYSTEM
+
+        system = tools.system(DEFAULT_SYSTEM if system is None else system)
+        system_parts = [system]
     chars = sum(len(t.question or "") + len(t.answer or "") + len(t.prefix) for t in turns) + \
         sum(len(x) for x in system_parts)
     if chars > config.max_text_chars:  # refused before any tokenizing: it cannot fit a context
@@ -386,7 +376,7 @@ def parse_chat(body: dict, config: ServerConfig) -> ChatPlan:
                             "the length of the messages.", "context_length_exceeded", "messages")
     return ChatPlan(system, turns, int(max_tokens), float(temperature), top_p, seed, stream,
                     bool(options.get("include_usage", False)), stop, float(frequency), float(presence), bias,
-                    repetition, top_k, min_p, given, json_schema, strict_schema)
+                    repetition, top_k, min_p, given, json_schema, strict_schema, tools=tools)
 
 
 @dataclass

@@ -18,16 +18,17 @@ from dataclasses import dataclass, field
 from ..errors import short
 from .body import optional_string
 from .errors import ApiError, api_error_of
-from .requests import ChatPlan, ServerConfig, check_listed_tools, notices_field, parse_chat
+from .requests import ChatPlan, ServerConfig, notices_field, parse_chat
+from .tools import ToolStream
 
 #: chat completions' names, which a client sending them here mixed up with the Responses API's
 _CHAT_NAMES = {"messages": "input", "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
                "response_format": "text.format"}
 #: the Responses fields read here, not passed on to the chat request; the rest are (seed, top_k, stop,
 #: logit_bias, ..., and what chat refuses: logprobs, top_logprobs, guided_json, ...)
-_OWN = {"input", "instructions", "max_output_tokens", "text", "tools", "tool_choice", "reasoning", "store",
+_OWN = {"input", "instructions", "max_output_tokens", "text", "reasoning", "store",
         "previous_response_id", "conversation", "background", "truncation", "include", "metadata", "prompt",
-        "stream_options", "parallel_tool_calls", "max_tool_calls", "stream", "temperature", "top_p", "user"}
+        "stream_options", "max_tool_calls", "stream", "temperature", "top_p", "user"}
 #: what a request may ``include`` that refers to items this server never makes (tool calls, reasoning,
 #: stored inputs): taken, as nothing is left out; the one that would change the reply is logprobs
 _LOGPROBS = "message.output_text.logprobs"
@@ -38,7 +39,7 @@ _CONTEXT_WORDS = (("your messages resulted", "your input resulted"), ("in the me
 _USER_PARTS = ("input_text", "input_image")
 _ASSISTANT_PARTS = ("output_text", "input_text", "refusal")
 #: input items that are not messages, and why they are refused
-_NO_TOOLS = "Show-o2 calls no tools, so no tool call or tool output belongs in its conversation"
+_NO_TOOLS = "this server serves function tools, not hosted ones: their calls are not in its conversations"
 _ITEM_WHY = {"reasoning": "Show-o2 makes no reasoning items; send the conversation's messages",
              "item_reference": "this server stores no items (store is off): send the item itself"}
 
@@ -83,8 +84,9 @@ class ResponsesPlan:
         """The ``response`` object: ``in_progress`` with no output yet, ``completed`` or ``incomplete``
         (the answer reached ``max_output_tokens``) with the answer, ``failed`` with the error."""
         if result is not None:
-            status = "completed" if result["finish_reason"] == "stop" else "incomplete"
+            status = "incomplete" if result["finish_reason"] == "length" else "completed"
         output = [] if text is None else [self.message(text, status)]
+        output += [self.call(c, status) for c in (result or {}).get("tool_calls", ())]
         usage = None
         if result is not None:
             p, c = result["prompt_tokens"], result["completion_tokens"]
@@ -99,6 +101,12 @@ class ResponsesPlan:
     def message(self, text: str, status: str) -> dict:
         return {"id": self.message_id, "type": "message", "status": status, "role": "assistant",
                 "content": [] if status == "in_progress" else [self.part(text)]}
+
+    @staticmethod
+    def call(call: dict, status: str) -> dict:
+        """A tool call's ``function_call`` item (its arguments so far while ``in_progress``)."""
+        return {"id": "fc_" + call["id"].removeprefix("call_"), "type": "function_call", "status": status,
+                "call_id": call["id"], "name": call["name"], "arguments": call.get("arguments", "")}
 
     @staticmethod
     def part(text: str) -> dict:
@@ -171,6 +179,10 @@ def _messages(body: dict) -> tuple[list[dict], list[str]]:
         if not isinstance(item, dict):
             raise ApiError(400, f"{param} must be an object", "invalid_value", param)
         kind = item.get("type", "message")
+        if kind in ("function_call", "function_call_output"):
+            messages.append(_tool_item(item, kind, param))
+            names.append(param)
+            continue
         if kind != "message":
             kind = kind if isinstance(kind, str) else short(kind, 40)
             why = _ITEM_WHY.get(kind) or (_NO_TOOLS if kind.endswith(("_call", "_output"))
@@ -184,6 +196,27 @@ def _messages(body: dict) -> tuple[list[dict], list[str]]:
         messages.append({"role": role, "content": _content(item.get("content"), role, param)})
         names.append(param)
     return messages, names
+
+
+def _tool_item(item: dict, kind: str, param: str) -> dict:
+    """A ``function_call`` item as the chat's assistant message calling it, a ``function_call_output``
+    as its tool message."""
+    for key in ("call_id", "name", "arguments") if kind == "function_call" else ("call_id",):
+        if not isinstance(item.get(key), str) or (key != "arguments" and not item[key]):
+            raise ApiError(400, f"{param}.{key} must be a{' non-empty' if key != 'arguments' else ''} string",
+                           "invalid_value", f"{param}.{key}")
+    if kind == "function_call_output":
+        output = item.get("output")
+        if not isinstance(output, (str, list)):
+            raise ApiError(400, f"{param}.output must be a string or a list of parts", "invalid_value",
+                           f"{param}.output")
+        return {"role": "tool", "tool_call_id": item["call_id"], "content": _content(output, "tool", param)}
+    try:
+        json.loads(item["arguments"] or "{}")
+    except ValueError:
+        raise ApiError(400, f"{param}.arguments is not JSON text", "invalid_value", f"{param}.arguments") from None
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}]}
 
 
 def _text_format(value) -> dict | None:
@@ -202,25 +235,12 @@ def _text_format(value) -> dict | None:
 
 
 def _tools(body: dict) -> None:
-    """Tools: none, or a list that ``tool_choice: "none"`` keeps from being called (clients send their
-    list with it); an image generation tool is pointed at the images endpoint."""
-    tools, choice = body.get("tools"), body.get("tool_choice")
-    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-        _refuse("tools", "must be a list of objects", "invalid_type")
-    if choice not in (None, "none", "auto", "required") and not isinstance(choice, dict):
-        _refuse("tool_choice", "must be none, auto, required or an object", "invalid_value")
-    if choice == "none":
-        check_listed_tools(tools or [], "tools", "responses")
-        return
-    if choice is not None and choice != "auto":
-        _refuse("tool_choice", "is not supported by this server (Show-o2 calls no tools)")
-    for k, tool in enumerate(tools or []):
-        if tool.get("type") == "image_generation":
+    """An image generation tool is pointed at the images endpoint (the rest: the chat's tool checks)."""
+    tools = body.get("tools")
+    for k, tool in enumerate(tools if isinstance(tools, list) and body.get("tool_choice") != "none" else ()):
+        if isinstance(tool, dict) and tool.get("type") == "image_generation":
             _refuse(f"tools[{k}]", "image_generation is not served as a tool here: POST /v1/images/generations "
                                    "makes images from a prompt")
-    if tools:
-        _refuse("tools", "are not supported by this server (Show-o2 calls no tools; for JSON held to a schema, "
-                         "send text.format {\"type\": \"json_schema\", ...})")
 
 
 def _metadata(value) -> dict:
@@ -250,9 +270,8 @@ def parse_responses(body: dict, config: ServerConfig) -> ResponsesPlan:
     if body.get("background") not in (None, False):
         _refuse("background", "is not supported: this server stores no responses to poll (send stream: true "
                               "to read the answer as it comes)")
-    for key in ("store", "parallel_tool_calls"):
-        if body.get(key) is not None and not isinstance(body[key], bool):
-            _refuse(key, "must be true or false", "invalid_type")
+    if body.get("store") is not None and not isinstance(body["store"], bool):
+        _refuse("store", "must be true or false", "invalid_type")
     truncation = body.get("truncation")
     if truncation not in (None, "auto", "disabled"):
         _refuse("truncation", "must be auto or disabled", "invalid_value")
@@ -277,7 +296,7 @@ def parse_responses(body: dict, config: ServerConfig) -> ResponsesPlan:
                                                   if k in body})
     plan = ResponsesPlan(None, names)
     try:
-        plan.chat = parse_chat(chat, config)
+        plan.chat = parse_chat(chat, config, tool_shape="responses")
     except ApiError as e:
         raise plan.renamed(e) from None
     for turn in plan.chat.turns:  # the media's names in later errors (an unreadable image)
@@ -302,7 +321,9 @@ def parse_responses(body: dict, config: ServerConfig) -> ResponsesPlan:
 
 async def stream_events(plan: ResponsesPlan, first, events, cancel):
     """The Responses stream (``event: TYPE`` / ``data: JSON``, no ``[DONE]``) of a job whose first event
-    is ``first`` and whose next ones ``events()`` gives; ``cancel()`` when the client leaves first."""
+    is ``first`` and whose next ones ``events()`` gives; ``cancel()`` when the client leaves first. The
+    answer's message item opens at once without tools, at its first text with them; each tool call
+    is a ``function_call`` item after it."""
     seq = 0
 
     def event(kind: str, **fields) -> str:
@@ -310,26 +331,75 @@ async def stream_events(plan: ResponsesPlan, first, events, cancel):
         seq += 1
         return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields, 'sequence_number': seq - 1})}\n\n"
 
+    items: list = []  # the output items opened so far: "message", or a call's id
     where = {"item_id": plan.message_id, "output_index": 0}
     pieces: list[str] = []
+    arguments: dict[int, list[str]] = {}
+    split = ToolStream(plan.chat.tools)
     current = first
+
+    def open_message():
+        items.append("message")
+        yield event("response.output_item.added", output_index=0, item=plan.message("", "in_progress"))
+        yield event("response.content_part.added", **where, content_index=0, part=plan.part(""))
+
+    def close_message(status: str):
+        text = "".join(pieces)
+        yield event("response.output_text.done", **where, content_index=0, text=text, logprobs=[])
+        yield event("response.content_part.done", **where, content_index=0, part=plan.part(text))
+        yield event("response.output_item.done", output_index=0, item=plan.message(text, status))
+
+    def send(part: tuple, status: str):
+        kind, *rest = part
+        if kind == "content":
+            if "message" not in items:
+                yield from open_message()
+            pieces.append(rest[0])
+            yield event("response.output_text.delta", **where, content_index=0, delta=rest[0], logprobs=[])
+            return
+        k, value = rest
+        at = {"item_id": "fc_" + (value["id"] if kind != "arguments" else items[-1]).removeprefix("call_")}
+        if kind == "call":
+            if items == ["message"]:  # the text before the calls is whole
+                yield from close_message(status)
+            items.append(value["id"])
+            arguments[k] = []
+            yield event("response.output_item.added", output_index=len(items) - 1,
+                        item=plan.call({**value, "arguments": ""}, "in_progress"))
+        elif kind == "arguments":
+            arguments[k].append(value)
+            if value:
+                yield event("response.function_call_arguments.delta", **at, output_index=len(items) - 1, delta=value)
+        else:
+            text = "".join(arguments[k])
+            yield event("response.function_call_arguments.done", **at, output_index=len(items) - 1, arguments=text)
+            yield event("response.output_item.done", output_index=len(items) - 1, item=plan.call(value, status))
+
     try:
         yield event("response.created", response=plan.response("in_progress"))
         yield event("response.in_progress", response=plan.response("in_progress"))
-        yield event("response.output_item.added", output_index=0, item=plan.message("", "in_progress"))
-        yield event("response.content_part.added", **where, content_index=0, part=plan.part(""))
+        if plan.chat.tools is None:
+            for line in open_message():
+                yield line
         while True:
             kind, value = current
             if kind == "text":
-                pieces.append(value)
-                yield event("response.output_text.delta", **where, content_index=0, delta=value, logprobs=[])
+                for part in split.feed(value):
+                    for line in send(part, "in_progress"):
+                        yield line
             elif kind == "done":
-                text = "".join(pieces)
-                final = plan.response(text=text, result=value)
-                yield event("response.output_text.done", **where, content_index=0, text=text, logprobs=[])
-                yield event("response.content_part.done", **where, content_index=0, part=plan.part(text))
-                yield event("response.output_item.done", output_index=0, item=final["output"][0])
-                yield event(f"response.{final['status']}", response=final)
+                final = plan.response(text=value["content"], result=value)
+                status = final["status"]
+                for part in split.finish(value["content"], value["tool_calls"]):
+                    for line in send(part, status):
+                        yield line
+                if value["content"] is not None and "message" not in items:  # (an empty answer)
+                    for line in open_message():
+                        yield line
+                if items and items[0] == "message" and len(items) == 1:
+                    for line in close_message(status):
+                        yield line
+                yield event(f"response.{status}", response=final)
                 break
             elif kind == "error":
                 err = plan.renamed(value)
