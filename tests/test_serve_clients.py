@@ -145,20 +145,17 @@ LANGCHAIN_TOOLS_NONE = {
 
 
 def test_tools_listed_with_tool_choice_none_are_taken():
-    """``tool_choice: "none"`` asks for a text answer with no tool called, which is what this server
-    gives: clients (langchain's ``bind_tools``, agents between tool steps) send their tool list with
-    it. It was a 400 ``unsupported_parameter``; tools that may be called are still refused."""
+    """``tool_choice: "none"`` asks for a text answer with no tool called: clients (langchain's
+    ``bind_tools``, agents between tool steps) send their tool list with it; the tools are not offered
+    to the model. Tools that may be called are served since probe IE; the deprecated ``functions``
+    are still refused, pointing at tools."""
     cfg = ServerConfig()
     plan = parse_chat(LANGCHAIN_TOOLS_NONE, cfg)
     assert plan.turns[-1].question == "hi" and plan.max_tokens == 8 and plan.max_tokens_given
+    assert plan.tools is None and plan.system is None
     legacy = {"messages": [USER], "function_call": "none", "functions": [{"name": "f", "parameters": {}}]}
     assert parse_chat(legacy, cfg).turns[-1].question == "hi"
-    refused = [({**LANGCHAIN_TOOLS_NONE, "tool_choice": "auto"}, "tools"),
-               ({k: v for k, v in LANGCHAIN_TOOLS_NONE.items() if k != "tool_choice"}, "tools"),
-               ({**LANGCHAIN_TOOLS_NONE, "tool_choice": "required"}, "tools"),
-               ({**LANGCHAIN_TOOLS_NONE, "tool_choice": {"type": "function", "function": {"name": "GetWeather"}}},
-                "tools"),
-               ({**legacy, "function_call": "auto"}, "functions"),
+    refused = [({**legacy, "function_call": "auto"}, "functions"),
                ({**legacy, "function_call": None, "tool_choice": "none"}, "functions")]  # each has its own switch
     for body, param in refused:
         with pytest.raises(ApiError) as e:
@@ -167,12 +164,12 @@ def test_tools_listed_with_tool_choice_none_are_taken():
     with pytest.raises(ApiError) as e:  # still a list, as OpenAI checks
         parse_chat({**LANGCHAIN_TOOLS_NONE, "tools": {"type": "function"}}, cfg)
     assert (e.value.status, e.value.code, e.value.param) == (400, "invalid_type", "tools")
-    history = {**LANGCHAIN_TOOLS_NONE, "messages": [  # a history with tool calls still cannot be shown
+    history = {**LANGCHAIN_TOOLS_NONE, "messages": [  # a history with tool calls: shown as the template shows it
         USER, {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function", "function": {
             "name": "GetWeather", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "1", "content": "sun"}]}
-    with pytest.raises(ApiError) as e:
-        parse_chat(history, cfg)
-    assert e.value.code == "unsupported_parameter" and e.value.param == "messages[1].tool_calls"
+    turns = parse_chat(history, cfg).turns
+    assert turns[0].answer == '<tool_call>\n{"name": "GetWeather", "arguments": {}}\n</tool_call>'
+    assert turns[1].question == "<tool_response>\nsun\n</tool_response>"
 
 
 def test_a_model_served_by_its_path_is_found_by_its_id():
@@ -233,6 +230,9 @@ def test_a_developer_message_is_a_system_message_and_the_refusal_of_a_role_says_
                                     USER, {"role": "system", "content": "Say it in English."}]}, cfg)
     assert plan.system == "Be brief.\nSay it in English." and plan.turns[-1].question == "hi"
     with pytest.raises(ApiError) as e:
-        parse_chat({"messages": [USER, {"role": "tool", "tool_call_id": "1", "content": "sun"}]}, cfg)
+        parse_chat({"messages": [USER, {"role": "robot", "content": "sun"}]}, cfg)
     assert (e.value.status, e.value.code, e.value.param) == (400, "invalid_value", "messages[1]")
-    assert e.value.message == "messages[1]: unsupported role 'tool' (use system or developer, user, assistant)"
+    assert e.value.message == "messages[1]: unsupported role 'robot' (use system or developer, user, assistant, tool)"
+    with pytest.raises(ApiError) as e:  # a tool's result answers a call (OpenAI's rule)
+        parse_chat({"messages": [USER, {"role": "tool", "tool_call_id": "1", "content": "sun"}]}, cfg)
+    assert (e.value.status, e.value.param) == (400, "messages[1]") and "tool calls" in e.value.message

@@ -59,13 +59,26 @@ def test_other_servers_constraints_are_refused_not_ignored(url, field, value):
     assert r.status_code == 200, r.text
 
 
+def test_instructor_tools_mode_gets_a_call_of_its_schema(url):
+    """instructor's default mode (a named tool) was a 400 pointing at ``response_format``; since probe IE
+    it is served as vLLM serves it: the call's arguments held to the tool's parameters."""
+    pytest.importorskip("xgrammar")
+    r = httpx.post(url, json=INSTRUCTOR_TOOLS, timeout=60)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    call = choice["message"]["tool_calls"][0]["function"]
+    answer = json.loads(call["arguments"])
+    assert call["name"] == "Shape" and set(answer) == {"shape", "color"}
+    assert answer["shape"] in ("circle", "square") and answer["color"] in ("red", "blue")
+
+
 @pytest.mark.parametrize("body, param", [
-    (INSTRUCTOR_TOOLS, "tools"),
     ({"messages": ASK, "model": "demo", "guided_json": SHAPE}, "guided_json"),  # vLLM's
     ({"messages": ASK, "model": "demo", "structured_outputs": {"json": SHAPE}}, "structured_outputs"),
 ])
-def test_tool_and_guided_refusals_name_response_format(url, body, param):
-    """instructor's default mode and vLLM's fields were 400s saying "Show-o2 answers in plain text",
+def test_guided_refusals_name_response_format(url, body, param):
+    """vLLM's guided fields were 400s saying "Show-o2 answers in plain text",
     which has not been the whole truth since structured output (probe FK): the 400 names the
     ``response_format`` that does the job (instructor's ``Mode.JSON_SCHEMA``)."""
     r = httpx.post(url, json=body, timeout=60)

@@ -100,8 +100,9 @@ def test_text_format_is_the_chat_response_format():
     ({"input": [{"role": "user", "content": "hi"},
                 {"role": "assistant", "content": [{"type": "input_image", "image_url": PNG_URL}]}]}, 400,
      "input[1].content[0]", "use output_text or input_text or refusal"),
-    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, 400, "input[0].type",
-     "calls no tools"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, 400, "input[0]",
+     "must answer the tool calls"),
+    ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, 400, "input[0].type", "not hosted ones"),
     ({"input": [{"type": "reasoning", "summary": []}]}, 400, "input[0].type", "no reasoning items"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, 400, "input[0].type", "stores no items"),
     ({"input": "hi", "instructions": 5}, 400, "instructions", "must be a string"),
@@ -126,10 +127,9 @@ def test_text_format_is_the_chat_response_format():
     ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": SCHEMA}}, "stop": "}"}, 400,
      "stop", "cut the JSON"),
     ({"input": "hi", "tools": [{"type": "image_generation"}]}, 400, "tools[0]", "/v1/images/generations"),
-    ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": {}}]}, 400, "tools",
-     "calls no tools"),
+    ({"input": "hi", "tools": [{"type": "custom", "name": "f"}]}, 400, "tools[0].type", "custom tools"),
     ({"input": "hi", "tools": {"type": "function"}}, 400, "tools", "list of objects"),
-    ({"input": "hi", "tool_choice": "required"}, 400, "tool_choice", "calls no tools"),
+    ({"input": "hi", "tool_choice": "required"}, 400, "tool_choice", "needs 'tools'"),
     ({"input": "hi", "tool_choice": 7}, 400, "tool_choice", "none, auto, required"),
     ({"input": "hi", "metadata": {str(k): "v" for k in range(17)}}, 400, "metadata", "16 keys"),
     ({"input": "hi", "metadata": {"k": 1}}, 400, "metadata", "16 keys"),
@@ -371,7 +371,8 @@ def test_the_response_and_its_events_are_what_the_sdk_models_hold():
     and an error once started (``error`` then ``response.failed``, its error renamed)."""
     types = pytest.importorskip("openai.types.responses")
     plan = parse_responses({"input": "hi", "max_output_tokens": 2, "metadata": {"a": "b"}}, ServerConfig())
-    done = {"answer": "Hel lo", "finish_reason": "stop", "prompt_tokens": 5, "completion_tokens": 2}
+    done = {"answer": "Hel lo", "content": "Hel lo", "tool_calls": [], "finish_reason": "stop", "prompt_tokens": 5,
+            "completion_tokens": 2}
     whole = plan.response(text="Hel lo", result=done)
     got = types.Response.model_validate(whole)
     assert (got.output_text, got.status, got.usage.total_tokens, got.metadata) == ("Hel lo", "completed", 7, {"a": "b"})

@@ -61,7 +61,7 @@ def test_the_responses_echo_validates_in_the_sdk():
 
 
 @pytest.mark.parametrize("tool, param", [
-    (7, "tools"), ({"type": "bogus"}, "tools[0].type"), ({"name": "f"}, "tools[0].type"),
+    (7, "tools[0]"), ({"type": "bogus"}, "tools[0].type"), ({"name": "f"}, "tools[0].type"),
     ({"type": "function"}, "tools[0].name"), ({"type": "function", "name": 3}, "tools[0].name"),
     ({"type": "function", "name": "f", "parameters": "x"}, "tools[0].parameters"),
     ({"type": "function", "name": "f", "strict": "yes"}, "tools[0].strict"),

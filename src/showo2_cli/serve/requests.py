@@ -259,6 +259,7 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
     turns: list[PlannedTurn] = []
     images = 0
     role = None
+    calling = False  # the last message called tools (or gave a result of its calls): results may follow
     for i, msg in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(msg, dict):
@@ -270,7 +271,12 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
         optional_string(msg.get("name"), f"{param}.name")
         if role == "tool":  # a tool's result: a user turn, as Qwen2.5's template feeds it
             optional_string(msg.get("tool_call_id"), f"{param}.tool_call_id")
+            if not calling:  # (OpenAI's rule)
+                raise ApiError(400, f"{param}: a tool message must answer the tool calls of the assistant message "
+                                    "before it", "invalid_value", param)
             role, content = "user", result_text(message_text(content, "a tool message's", param))
+        if msg.get("role") not in ("system", "developer"):
+            calling = msg.get("role") == "tool" or bool(msg.get("tool_calls"))
         if role in ("system", "developer"):
             system_parts.append(message_text(content, f"a {role} message's", param))
         elif role == "user":

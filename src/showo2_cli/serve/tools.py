@@ -132,6 +132,7 @@ class ToolStream:
     def feed(self, piece: str) -> list[tuple]:
         self.text += piece
         if self.plan is None:
+            self.sent = len(self.text)
             return [("content", piece)]
         if self.plan.choice == "function":
             events = [] if self.started else [("call", 0, {"id": self.plan.named_id, "name": self.plan.name})]
@@ -237,7 +238,7 @@ def check_listed_tools(tools, param: str, shape: str) -> list:
     "function", "function": {"name", ...}}``), ``functions`` (the legacy ``{"name", ...}``) or
     ``responses`` (``{"type": "function" or "custom", "name", ...}``; the hosted tools are not served)."""
     if not isinstance(tools, list):
-        raise ApiError(400, f"'{param}' must be a list", "invalid_type", param)
+        raise ApiError(400, f"'{param}' must be a list of objects", "invalid_type", param)
     kinds = ("function", "custom") if shape == "responses" else ("function",)
     for k, tool in enumerate(tools):
         where = f"{param}[{k}]"
