@@ -490,7 +490,7 @@ def test_parse_chat_requests():
     assert parse_chat({"messages": [user], "stop": None}, cfg).stop == ()
     for bad in ([""], ["a"] * 17, 3, [1]):
         assert status({"messages": [user], "stop": bad}) == 400
-    for key, value in (("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function"}])):
+    for key, value in (("logprobs", True), ("top_logprobs", 3), ("functions", [{"name": "f"}])):
         with pytest.raises(ApiError) as e:
             parse_chat({"messages": [user], key: value}, cfg)
         assert (e.value.status, e.value.code, e.value.param) == (400, "unsupported_parameter", key)
@@ -552,9 +552,9 @@ def test_parse_chat_requests():
         assert (e.value.code, e.value.param) == ("unsupported_parameter", key)
     called = {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
                                                                     "function": {"name": "f", "arguments": "{}"}}]}
-    with pytest.raises(ApiError) as e:  # the calls were dropped from the history, silently
-        parse_chat({"messages": [user, called, user]}, cfg)
-    assert (e.value.code, e.value.param) == ("unsupported_parameter", "messages[1].tool_calls")
+    with pytest.raises(ApiError) as e:  # the calls were dropped from the history, silently; now their results
+        parse_chat({"messages": [user, called, user]}, cfg)  # must follow them (OpenAI's rule, probe IE)
+    assert (e.value.code, e.value.param) == ("invalid_value", "messages[2]")
     assert status({"messages": [user], "web_search_options": {}}) == 400
     with pytest.raises(ApiError) as e:  # UTF-8-encoded surrogates (CESU-8, WTF-8): a 500 from the tokenizer before
         parse_body(b'{"messages": [{"role": "user", "content": "a\xed\xa0\x80b"}]}')

@@ -276,6 +276,10 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
                                     "before it", "invalid_value", param)
             role, content = "user", result_text(message_text(content, "a tool message's", param))
         if msg.get("role") not in ("system", "developer"):
+            answered = msg.get("role") == "tool" or msg.get("tool_calls")
+            if calling and turns and turns[-1].answer is not None and not answered:
+                raise ApiError(400, f"{param}: the tool calls before it need their results first (tool messages)",
+                               "invalid_value", param)  # (OpenAI's rule)
             calling = msg.get("role") == "tool" or bool(msg.get("tool_calls"))
         if role in ("system", "developer"):
             system_parts.append(message_text(content, f"a {role} message's", param))
