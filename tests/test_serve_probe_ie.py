@@ -105,6 +105,15 @@ def test_required_and_named_are_held_to_the_tools_parameters():
     assert names == [["get_weather"], ["get_time"]]
     assert schema["items"]["anyOf"][1]["properties"]["parameters"] == {"type": "object", "properties": {}}
     assert "maxItems" not in _plan(tools=TOOLS, tool_choice="required").json_schema
+    node = {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}
+    shared = {"type": "function", "function": {"name": "tree", "parameters": {
+        "type": "object", "properties": {"root": {"$ref": "#/$defs/node"}}, "$defs": {"node": node}}}}
+    schema = _plan(tools=[TOOLS[1], shared], tool_choice="required").json_schema  # its $defs: the array's
+    assert schema["$defs"] == {"node": node} and "$defs" not in schema["items"]["anyOf"][1]["properties"]["parameters"]
+    assert _plan(tools=[shared], tool_choice={"type": "function", "function": {"name": "tree"}}).json_schema == \
+        shared["function"]["parameters"]
+    clash = {"type": "function", "function": {"name": "other", "parameters": {"$defs": {"node": {"type": "string"}}}}}
+    assert _refused(parse_chat, {"messages": ASK, "tools": [shared, clash], "tool_choice": "required"}).param == "tools"
 
 
 @pytest.mark.parametrize("body, param, words", [
@@ -119,6 +128,9 @@ def test_required_and_named_are_held_to_the_tools_parameters():
     ({"tools": TOOLS, "tool_choice": "required", "stop": "}"}, "stop", "held to tool_choice"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"not": {}}}}],
       "tool_choice": "required"}, "tools[0].function.parameters", "not"),
+    ({"tools": [TOOLS[1], {"type": "function", "function": {"name": "tree", "parameters": {
+        "type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#"}}}}}}],
+      "tool_choice": "required"}, "tools[1].function.parameters", "'$ref' must point into"),
     ({"messages": [*ASK, {"role": "assistant", "tool_calls": [{"type": "function", "function": {
         "name": "get_time", "arguments": "{oops"}}]}, {"role": "tool", "content": "x"}], "tools": TOOLS},
      "messages[1].tool_calls[0].function.arguments", "not JSON"),

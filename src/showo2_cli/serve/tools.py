@@ -73,7 +73,7 @@ class ToolPlan:
         return {"type": "array", "minItems": 1, **({} if self.parallel else {"maxItems": 1}),
                 "items": {"anyOf": calls} if len(calls) > 1 else calls[0], **defs}
 
-    def split(self, text: str, stopped: bool) -> tuple[str | None, list[dict]]:
+    def split(self, text: str) -> tuple[str | None, list[dict]]:
         """An answer as (its text content, its calls ``[{"id", "name", "arguments"}]``); content is
         None where the answer is calls alone. A call cut by the token limit keeps the arguments written."""
         if self.choice == "function":
@@ -100,6 +100,18 @@ class ToolPlan:
         return text[:start].rstrip() or None, calls[:None if self.parallel else 1]
 
 
+def _outside_ref(node) -> str | None:
+    """A ``$ref`` of a schema that is not to its ``$defs``/``definitions`` (None: there is none)."""
+    if isinstance(node, list):
+        return next((r for r in map(_outside_ref, node) if r is not None), None)
+    if not isinstance(node, dict):
+        return None
+    ref = node.get("$ref")
+    if isinstance(ref, str) and not ref.startswith(("#/$defs/", "#/definitions/")):
+        return ref
+    return next((r for r in map(_outside_ref, node.values()) if r is not None), None)
+
+
 def _whole_items(text: str) -> list:
     """The objects of a JSON array, as many as were written whole (the array may be cut short)."""
     decoder, items, at = json.JSONDecoder(), [], text.find("[") + 1
@@ -116,7 +128,7 @@ def _whole_items(text: str) -> list:
 
 def split_answer(plan: ToolPlan | None, text: str, stopped: bool) -> tuple[str | None, list[dict], str]:
     """(content, calls, finish_reason) of an answer: ``tool_calls`` when calls end it."""
-    content, calls = (text, []) if plan is None else plan.split(text, stopped)
+    content, calls = (text, []) if plan is None else plan.split(text)
     return content, calls, "length" if not stopped else "tool_calls" if calls else "stop"
 
 
@@ -225,6 +237,10 @@ def read_tools(body: dict, shape: str) -> ToolPlan | None:
                 schema_grammar(f.get("parameters") or NO_PARAMETERS, True)
             except Showo2Error as e:
                 raise ApiError(400, f"{at}: {e}", "invalid_value", at) from None
+            ref = None if named else _outside_ref(f.get("parameters") or {})
+            if ref is not None:  # (its root is the array's with tool_choice required)
+                raise ApiError(400, f"{at}: with tool_choice required a '$ref' must point into '#/$defs/' or "
+                                    f"'#/definitions/', got {short(ref, 60)!r}", "invalid_value", at)
     try:
         schema_grammar(plan.schema(), True)
     except Showo2Error as e:
