@@ -53,7 +53,7 @@ def test_a_metadata_jsonl_whose_first_record_nests_too_deeply_is_an_input_error(
     records = Records(*build_index(DataSource(kind="pairs", path=str(folder)), tmp_path / "index"))
     assert len(records) == 2
     assert records[1] == {"file_name": "1.png", "text": "one"}
-    with pytest.raises(InputError, match="record 0 is not valid JSON: maximum recursion depth"):
+    with pytest.raises(InputError, match="record 0 holds JSON nested too deeply"):
         records[0]
 
 

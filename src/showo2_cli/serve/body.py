@@ -13,12 +13,12 @@ import re
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from ..errors import error_detail, short
+from ..errors import json_problem, short
 from .errors import ApiError, shutting_down
 
 
 def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
+    raise ApiError(400, f"the request body is not valid JSON: {name} is not a number JSON allows", "invalid_json")
 
 
 #: the slowest average pace (bytes a second) a request body may come at, after ``timeout`` seconds
@@ -146,8 +146,8 @@ def parse_body(raw: bytes) -> dict:
         raise ApiError(400, "the request body is not UTF-8 JSON", "invalid_json") from None
     try:
         data = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as e:
-        raise ApiError(400, f"the request body is not valid JSON: {error_detail(e)}", "invalid_json") from None
+    except (ValueError, RecursionError) as e:  # nesting and digits past Python's limits said in our words
+        raise ApiError(400, f"the request body {json_problem(e)}", "invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", "invalid_json")
     where = _invalid_text(data) if _SURROGATE_ESCAPE.search(raw) else None  # only an escape makes one

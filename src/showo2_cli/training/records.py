@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, one_line, short
+from ..errors import InputError, json_problem, one_line, short
 from ..options import CAPTION_FIELDS
 from .schema import DataSource
 
@@ -135,7 +135,7 @@ def _json_array(path: Path, f, chunk: int, decoder, utf8):
             cut = end >= len(buf) and not eof  # maybe a number or literal cut by the chunk end
         except (json.JSONDecodeError, RecursionError) as e:
             if eof:
-                raise InputError(f"'{path}' is not valid JSON: {e}") from e
+                raise InputError(f"'{path}' {json_problem(e)}") from e
             cut = True
         except ValueError:  # an integer over Python's digit limit ("internal error: ValueError", exit 1)
             raise InputError(f"'{path}' holds a number of more than {sys.get_int_max_str_digits():,} digits: "
@@ -311,7 +311,7 @@ class Records:
         try:
             value = json.loads(line)
         except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; nesting too deep
-            raise InputError(f"'{self.name}' record {i} is not valid JSON: {one_line(e, 120)}") from None
+            raise InputError(f"'{self.name}' record {i} {json_problem(e, 120)}") from None
         if not isinstance(value, dict):
             raise InputError(f"'{self.name}' record {i} is not a JSON object")
         return value
