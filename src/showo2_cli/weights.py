@@ -184,9 +184,9 @@ def _load_pickle(path: Path) -> Any:
     """``torch.load`` restricted to tensors and plain containers, mmap'd when the format allows."""
     import torch
 
+    check_pickle(path)  # (its own warnings filter)
     with warnings.catch_warnings():  # torch warns about odd pickles on stderr: the error says it
         warnings.simplefilter("ignore")
-        check_pickle(path)
         try:
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
