@@ -15,7 +15,11 @@ keyframes. With it:
   do not come out where its packets said (the caller then decodes in order) is never guessed at.
 
 Only the containers that store presentation timestamps and keyframe tables (MP4/MOV,
-Matroska/WebM: what phones and cameras write) are indexed; others are read in order.
+Matroska/WebM: what phones and cameras write) and MPEG-TS (camcorders' AVCHD, saved HLS and
+broadcast recordings; each PES packet carries its timestamp) are indexed; others are read in order.
+FFmpeg seeks a TS by a binary search over timestamps that may land near, not on, the keyframe asked
+for, so there every seek is checked (:attr:`FrameIndex.checked_seeks`): the keyframe itself must come
+out of the decoder as a keyframe before any later frame, else the video is read in order.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from showo2_cli.errors import UsageError
 
 #: the demuxers whose packets carry reliable presentation timestamps and keyframe flags
 INDEXED_FORMATS = frozenset({"mov", "mp4", "matroska", "webm"})
+#: the demuxers whose packets carry timestamps and keyframe flags (from the codec's parser) but whose
+#: seek is a search over timestamps, not a table: indexed, each seek checked (see the module's note)
+CHECKED_SEEK_FORMATS = frozenset({"mpegts"})
 #: frames are "evenly spaced" (constant rate, the official indices) when every gap between two
 #: frames' timestamps is within this fraction of the median gap, or one tick of the time base
 #: (the rounding of 29.97 fps to a 1/600 or 1/1000 time base, of 240 fps to milliseconds)
@@ -65,6 +72,9 @@ class FrameIndex:
         shown: every frame's start as it is played, where that is not its timestamp (a GIF's
             delays of 10 ms or less play as 100 ms in browsers), in ticks; None: the timestamps.
         duration: the length as played, the last frame's delay included (ticks; 0: not known).
+        checked_seeks: the container's seeks are searches that may miss (MPEG-TS): each is checked
+            as it is decoded, and a timestamp that goes back past the keyframe before the last one
+            (a wrap of the 33-bit clock, a spliced recording) makes the index unusable.
     """
 
     time_base: Fraction
@@ -73,15 +83,23 @@ class FrameIndex:
     usable: bool = True
     shown: array | None = None
     duration: int = 0
+    checked_seeks: bool = False
+    #: where checked seeks go: each keyframe's decoding timestamp (FFmpeg's TS search compares
+    #: decoding timestamps), by its presentation timestamp
+    seek_to: dict[int, int] = field(default_factory=dict)
 
-    def add(self, pts: int | None, keyframe: bool) -> None:
+    def add(self, pts: int | None, keyframe: bool, dts: int | None = None) -> None:
         """One packet of the stream (in decoding order)."""
         if pts is None:
             self.usable = False
             return
+        if self.checked_seeks and len(self.keyframes) > 1 and pts < self.keyframes[-2]:
+            self.usable = False  # the clock went back: sorted timestamps are not the order shown
         self.pts.append(int(pts))
         if keyframe:
             self.keyframes.append(int(pts))
+            if self.checked_seeks:
+                self.seek_to[int(pts)] = int(pts if dts is None else min(dts, pts))
 
     def finish(self) -> FrameIndex:
         """Sort into presentation order; a repeated timestamp makes the index unusable."""
@@ -137,22 +155,29 @@ def decode_picked(container: Any, stream: Any, index: FrameIndex, picks: list[in
     picked frame whenever that skips frames, and hand each to ``keep(frame, position)``.
 
     Returns how many frames were decoded, or None when a picked frame did not come out where the
-    index said (no timestamp, a seek that landed past it, the stream ending first): the caller
-    then reads the video in order. Frames already handed to ``keep`` may be handed again then.
+    index said (no timestamp, a seek that landed past it, the stream ending first) or, where the
+    index's seeks are checked, the keyframe sought did not come out as a keyframe before any later
+    frame (decoding began after it, or at a frame the decoder cannot start from): the caller then
+    reads the video in order. Frames already handed to ``keep`` may be handed again then.
     """
     pts, keys = index.pts, index.keyframes
     decoded, next_pos = 0, 0  # next_pos: the position the decoder gives next without a seek
     frames = container.decode(stream)
     for pos in sorted(set(picks)):
-        want = pts[pos]
+        want, sought = pts[pos], None
         k = bisect.bisect_right(keys, want) - 1
         if k >= 0 and next_pos < len(pts) and keys[k] > pts[next_pos]:  # a keyframe past the next frame
-            container.seek(keys[k], backward=True, any_frame=False, stream=stream)
+            container.seek(index.seek_to.get(keys[k], keys[k]), backward=True, any_frame=False, stream=stream)
             frames = container.decode(stream)
+            sought = keys[k] if index.checked_seeks else None
         for frame in frames:
             decoded += 1
             if frame.pts is None:
                 return None
+            if sought is not None and frame.pts >= sought:  # the first frame from the keyframe on
+                if frame.pts != sought or not frame.key_frame:
+                    return None
+                sought = None
             if frame.pts < want:
                 continue
             if frame.pts != want:

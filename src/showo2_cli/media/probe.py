@@ -39,7 +39,7 @@ from .animation import (
     png_frame_count,
 )
 from .files import PathLike, check_input_file, quote_path
-from .frame_index import INDEXED_FORMATS, FrameIndex
+from .frame_index import CHECKED_SEEK_FORMATS, INDEXED_FORMATS, FrameIndex
 from .jpeg_markers import check_jpeg_markers
 
 #: Extensions usually holding still images (for listing folders; kinds are probed by content):
@@ -366,8 +366,9 @@ def _check_packets(p: Path, prefix: str) -> FrameIndex | None:
                 streams = video_streams(container)[:1]
                 if not streams:
                     return None  # judged by the caller ("no video stream")
-                if set((container.format.name or "").split(",")) & INDEXED_FORMATS and streams[0].time_base:
-                    index = FrameIndex(Fraction(streams[0].time_base))
+                names = set((container.format.name or "").split(","))
+                if names & (INDEXED_FORMATS | CHECKED_SEEK_FORMATS) and streams[0].time_base:
+                    index = FrameIndex(Fraction(streams[0].time_base), checked_seeks=bool(names & CHECKED_SEEK_FORMATS))
                 try:
                     listed = int(streams[0].frames or 0)  # mp4/mov: the sample table's count
                 except Exception:
@@ -380,7 +381,7 @@ def _check_packets(p: Path, prefix: str) -> FrameIndex | None:
                         )
                     packets += bool(packet.size)
                     if index is not None and packet.size and not packet.is_discard:
-                        index.add(packet.pts, packet.is_keyframe)
+                        index.add(packet.pts, packet.is_keyframe, packet.dts)
                     found = _first_ffmpeg_error(logs)
                     if found:
                         raise InputError(f"{prefix}: truncated or corrupt ({found})")
@@ -530,7 +531,7 @@ def _gif_index(p: Path) -> FrameIndex | None:
             shown, start, replaced = array("q"), 0, False
             for packet in container.demux(streams[0]):
                 if packet.size:
-                    index.add(packet.pts, packet.is_keyframe)
+                    index.add(packet.pts, packet.is_keyframe, packet.dts)
                     shown.append(start)
                     delay = int(packet.duration or 0)
                     replaced |= not floor < delay < 2**40
