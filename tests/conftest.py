@@ -105,13 +105,14 @@ def write_adapter(model_dir, folder, targets, seed, **config) -> Path:
     (folder / ADAPTER_CONFIG).write_text(json.dumps({**raw, **config}))
     return folder
 
-def write_h264(path, frames, rate: int = 25, options: dict | None = None) -> Path:
-    """``frames`` (uint8 (T, H, W, 3)) written as an H.264 video at ``path``, one frame per tick of
-    ``1/rate``; ``options``: the encoder's (e.g. ``{"preset": "ultrafast"}``)."""
+def write_h264(path, frames, rate: int = 25, options: dict | None = None, codec: str = "libx264") -> Path:
+    """``frames`` (uint8 (T, H, W, 3)) written as an H.264 video at ``path`` (the container its suffix
+    names), one frame per tick of ``1/rate``; ``options``: the encoder's (e.g. ``{"preset":
+    "ultrafast"}``); ``codec``: another encoder (``mpeg2video``)."""
     import av
 
     with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=rate)
+        s = c.add_stream(codec, rate=rate)
         s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         if options:
             s.options = dict(options)
