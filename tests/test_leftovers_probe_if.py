@@ -133,3 +133,25 @@ def test_a_transport_streams_clock_that_goes_back_is_not_indexed():
     assert index.usable
     index.add(100, True, 100)  # back to the start of the clock
     assert not index.usable
+
+
+def test_a_run_folder_of_model_only_checkpoints_is_not_trained_over(tmp_path):
+    """Checkpoint folders without a training state (model-only copies, a fine-tune's files put there)
+    and no `latest`: a run started afresh over them, replaced `checkpoint-000002` with its own and
+    pruned the others under `run.keep_last`, without a word. It is refused now before a step is
+    trained, naming them, as Hugging Face's example scripts refuse an output folder that is not empty
+    and has no checkpoint to resume."""
+    from showo2_cli.errors import OutputError
+    from showo2_cli.training.config import parse_config
+    from showo2_cli.training.trainer import train
+    from test_train import tiny_config
+
+    raw = tiny_config(tmp_path, **{"optim.max_steps": 2, "run.save_every": 2})
+    mine = tmp_path / "run" / "checkpoint-000002"
+    mine.mkdir(parents=True)
+    (mine / "model.safetensors").write_text("someone's fine-tune")
+    with pytest.raises(OutputError, match=r"holds checkpoint folders none of which has a training state "
+                                          r"\(checkpoint-000002: no trainer_state.pt"):
+        train(parse_config(raw, source="c"))
+    assert sorted(p.name for p in mine.iterdir()) == ["model.safetensors"]
+    assert (mine / "model.safetensors").read_text() == "someone's fine-tune"

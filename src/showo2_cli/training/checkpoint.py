@@ -163,6 +163,27 @@ def write_run_config(output_dir: Path, info: dict, start_step: int, resumed: boo
         tmp.write_text(json.dumps({**info, "invocations": [*earlier, now]}, indent=1, default=str) + "\n")
 
 
+def resume_point(output_dir: Path, resume: bool, notice: Callable[[str], None]) -> Path | None:
+    """The checkpoint a run in ``output_dir`` resumes (None: it starts at step 0): the one ``latest``
+    names, else (the pointer gone) the newest holding a training state, with a notice. Refused
+    (:class:`OutputError`): checkpoints there with ``resume`` off, and checkpoint folders none of
+    which holds a training state (model-only copies), which a run starting afresh would overwrite
+    and prune as it saved its own (Hugging Face's example scripts refuse an output folder that is
+    not empty and holds no checkpoint to resume, the same way)."""
+    latest = latest_checkpoint(output_dir)
+    if latest is None and (latest := newest_checkpoint(output_dir)) is not None:
+        notice(f"'{output_dir}' has no 'latest' pointer: its newest checkpoint is {latest.name}")
+    if latest is not None and not resume:
+        raise OutputError(f"'{output_dir}' already holds checkpoints (latest: {latest.name}); "
+                          "resume (the default) or choose another output_dir")
+    if latest is None and (found := [p.name for _, p in list_checkpoints(output_dir)]):
+        raise OutputError(f"'{output_dir}' holds checkpoint folders none of which has a training state "
+                          f"({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}: no {STATE_FILE}, nothing "
+                          "to resume), which a new run would overwrite and prune: move them away or choose another "
+                          "output_dir")
+    return latest if resume else None
+
+
 def check_same_run(output_dir: Path, model) -> None:
     """Refuse (:class:`OutputError`) to resume the checkpoints of ``output_dir`` when the run that
     wrote them (its ``train_config.json``) started from another model than ``model`` (the config's

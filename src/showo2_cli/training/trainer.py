@@ -149,13 +149,7 @@ class Run:
             for p in ckpt.clean_partials(self.output_dir):
                 self.notice(f"removed the incomplete checkpoint '{p.name}' left by an earlier crash")
         self.acc.wait_for_everyone()
-        latest = ckpt.latest_checkpoint(self.output_dir)
-        if latest is None and (latest := ckpt.newest_checkpoint(self.output_dir)) is not None:
-            self.notice(f"'{self.output_dir}' has no 'latest' pointer: its newest checkpoint is {latest.name}")
-        if latest is not None and not self.resume:
-            raise OutputError(f"'{self.output_dir}' already holds checkpoints (latest: {latest.name}); "
-                              "resume (the default) or choose another output_dir")
-        self.resumed_from = latest if self.resume else None
+        self.resumed_from = ckpt.resume_point(self.output_dir, self.resume, self.notice)
         state = None
         if self.resumed_from is not None:  # (another run's would be trained on, its checkpoints pruned: refused)
             ckpt.check_same_run(self.output_dir, cfg.model)
