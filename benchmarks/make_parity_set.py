@@ -195,7 +195,9 @@ class SetMaker:
             shutil.copy(self.tokenizer_from / "model" / "llm" / name, model_dir / "llm" / name)
         self.g = g
         model = build_official(self.kwargs, g)
-        randomize(model, seed=s["seed"])
+        # the weights' scale (``init_gain``, ``llm_gain``, ``embed_std``; the public set's 1.0 / 1.5 / 0.05
+        # by default): larger draws give the large activations and logits of a trained model
+        randomize(model, seed=s["seed"], **{k: s[k] for k in ("init_gain", "llm_gain", "embed_std") if k in s})
         # ``lm_head_rows_from``: [[to, from, scale], ...] sets the output row of id ``to`` to ``scale`` x
         # that of id ``from`` (tied: the embedding row too), e.g. eos taking a token greedy decoding
         # picks, so the official answer stops on eos before max_new_tokens (an early stop)

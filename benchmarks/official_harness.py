@@ -158,10 +158,13 @@ def build_official(kwargs: dict, g: Geometry):
 
 
 @torch.no_grad()
-def randomize(model: torch.nn.Module, seed: int) -> None:
+def randomize(model: torch.nn.Module, seed: int, init_gain: float = 1.0, llm_gain: float = 1.5,
+              embed_std: float = 0.05) -> None:
     """Redraw every parameter (the official init zeroes the adaLN and output layers, which would
-    make every velocity 0): matrices N(0, gain/sqrt(fan_in)) with gain 1.5 inside the LLM, the
-    token table N(0, 0.05), norm weights 1 + 0.1 N, biases 0.05 N (the parity fixtures' recipe)."""
+    make every velocity 0): matrices N(0, gain/sqrt(fan_in)) with gain ``llm_gain`` (1.5) inside the
+    LLM and ``init_gain`` (1.0) elsewhere, the token table N(0, ``embed_std`` (0.05)), norm weights
+    1 + 0.1 N, biases 0.05 N (the parity fixtures' recipe; the defaults are the public set's, which
+    its meta.json records)."""
     gen = torch.Generator().manual_seed(seed)
     seen = set()
     for name, p in model.named_parameters():
@@ -169,9 +172,9 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
             continue
         seen.add(p.data_ptr())
         if name.endswith("embed_tokens.weight"):
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+            p.copy_(torch.randn(p.shape, generator=gen) * embed_std)
         elif p.dim() >= 2:
-            gain = 1.5 if name.startswith("showo.") else 1.0
+            gain = llm_gain if name.startswith("showo.") else init_gain
             p.copy_(torch.randn(p.shape, generator=gen) * (gain / math.sqrt(p[0].numel())))
         elif "norm" in name and name.endswith("weight"):
             p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))

@@ -334,16 +334,15 @@ def guided_velocity_fn(network, layout: Layout, guidance: float, trim: bool = Tr
 
     @torch.no_grad()
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-        # the unconditional rows carry the same latents as the conditional ones: the network
-        # computes their dual path once (``repeats``) and runs the rest for every row
-        repeats = rows // x.shape[0]
+        # the unconditional rows carry the conditional rows' latents, and the whole batch runs
+        # through the dual path as in the official ``t2i_generate``: computed once and shared, its
+        # tokens were not the official numbers (a kernel may round another batch size otherwise)
+        rows_x = x.to(device).repeat(rows // x.shape[0], *([1] * (x.dim() - 1)))
         t_vec = torch.full((rows,), float(t), dtype=torch.float32, device=device)
         if cache_prefix:
-            v = network.velocity_with_prefix(prefix, x.to(device), t_vec, first_frame_as_cond=first_frame_as_cond,
-                                             repeats=repeats)
+            v = network.velocity_with_prefix(prefix, rows_x, t_vec, first_frame_as_cond=first_frame_as_cond)
         else:
-            v = network.velocity(ids, x.to(device), t_vec, layout.blocks, mask, first_frame_as_cond=first_frame_as_cond,
-                                 repeats=repeats)
+            v = network.velocity(ids, rows_x, t_vec, layout.blocks, mask, first_frame_as_cond=first_frame_as_cond)
         v = v.to(x.device)
         if rows == x.shape[0]:
             return v
