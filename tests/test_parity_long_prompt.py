@@ -64,7 +64,7 @@ def test_long_prompt_t2i_matches_the_official_code(model, meta, data):
     v = net.velocity(layout.input_ids, torch.cat([x, x]), torch.full((2,), t), layout.blocks, mask)
     close("fixed_t_velocity", v, data["fixed_t_velocity"], **SINGLE)
     close("fixed_t_velocity_guided", guided(v[:1], v[1:], g), data["fixed_t_velocity_guided"], **SINGLE)
-    for cached in (False, True):  # the pipeline's way: trimmed rows, shared dual path, cached prefix
+    for cached in (False, True):  # the pipeline's way: trimmed rows, cached prefix
         got = guided_velocity_fn(net, layout, g, cache_prefix=cached)(x, t)
         close(f"fixed_t_velocity_guided(cache_prefix={cached})", got, data["fixed_t_velocity_guided"], **SINGLE)
     final = generate_latents(net, layout, data["z_init_per_prompt"], g, int(meta["num_steps"]),
