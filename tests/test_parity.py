@@ -315,6 +315,7 @@ def check_generation(root, name, model, data, info, meta):
     grid = time_grid(int(info["num_steps"]), float(info["time_shifting_factor"]))
     if "sampler_t_grid" in data:
         close(f"{name}:sampler_t_grid", grid, data["sampler_t_grid"], atol=1e-7, rtol=0)
+
     def sample(noise, trim, trajectory=None):
         return generate_latents(net, layout, noise, g, int(info["num_steps"]), float(info["time_shifting_factor"]),
                                 trim=trim, trajectory=trajectory, first_frame_as_cond=first)
