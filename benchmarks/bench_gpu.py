@@ -7,7 +7,7 @@ Sections (one process each, so a native crash in one, e.g. flex attention, loses
 
 * t2i at 432x432, 50 steps (50 guided model calls; the command line's ``--steps 51``), guidance 5
   (cond + uncond), s/image at batch 1 and 4, through ``sampling.generate_latents`` as the pipeline
-  calls it (noise drawn on the CPU, prefix cache, the dual path on every row), the network holding what
+  calls it (noise drawn on the CPU, prefix cache, shared dual path), the network holding what
   ``showo2 t2i`` loads (no ``lm_head``);
 * caption: greedy tokens/s after a 729-token image prompt (``text_decoding.generate``), the time
   to the first token (the prompt's forward) and the decoding rate after it (no flow head, as

@@ -314,7 +314,10 @@ def guided_velocity_fn(network, layout: Layout, guidance: float, trim: bool = Tr
     """``v(x, t)`` for ``x`` of the conditional rows (B, C, [T,] h, w), guidance applied.
 
     Conditional and unconditional rows run in one batched forward. ``trim`` drops the positions
-    after the visual block (eoi, eos, pads): they cannot influence the velocity. ``cache_prefix``
+    after the visual block (eoi, eos, pads): they cannot influence the velocity, and runs the dual
+    path once for a prompt's two rows, which share their latents (the same numbers to a kernel's
+    rounding at another batch size); untrimmed, every row runs it as the official batch does, each
+    step the official one bit for bit (probe IA). ``cache_prefix``
     computes the text before the block once and reuses its keys/values at every step (needs one
     block per row that is the row's time token plus visual tokens, i.e. a generation layout).
     """
@@ -334,15 +337,20 @@ def guided_velocity_fn(network, layout: Layout, guidance: float, trim: bool = Tr
 
     @torch.no_grad()
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-        # the unconditional rows carry the conditional rows' latents, and the whole batch runs
-        # through the dual path as in the official ``t2i_generate``: computed once and shared, its
-        # tokens were not the official numbers (a kernel may round another batch size otherwise)
-        rows_x = x.to(device).repeat(rows // x.shape[0], *([1] * (x.dim() - 1)))
+        # the unconditional rows carry the conditional rows' latents. Trimmed (the default, already
+        # other op shapes than the official's), the dual path runs once for both and its tokens are
+        # shared (``repeats``); untrimmed, every row runs it as the official ``t2i_generate`` batch
+        # does: the official step bit for bit (a kernel may round another batch size otherwise)
+        repeats, rows_x = rows // x.shape[0], x
+        if not trim:
+            rows_x, repeats = x.repeat(repeats, *([1] * (x.dim() - 1))), 1
         t_vec = torch.full((rows,), float(t), dtype=torch.float32, device=device)
         if cache_prefix:
-            v = network.velocity_with_prefix(prefix, rows_x, t_vec, first_frame_as_cond=first_frame_as_cond)
+            v = network.velocity_with_prefix(prefix, rows_x.to(device), t_vec, first_frame_as_cond=first_frame_as_cond,
+                                             repeats=repeats)
         else:
-            v = network.velocity(ids, rows_x, t_vec, layout.blocks, mask, first_frame_as_cond=first_frame_as_cond)
+            v = network.velocity(ids, rows_x.to(device), t_vec, layout.blocks, mask, first_frame_as_cond=first_frame_as_cond,
+                                 repeats=repeats)
         v = v.to(x.device)
         if rows == x.shape[0]:
             return v

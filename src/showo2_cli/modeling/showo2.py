@@ -337,20 +337,33 @@ class Showo2Model(BookkeepingMixin, nn.Module):
             x = block(x, cond, outside, cos, sin, causal)
         return PrefixCache(cache, head, lengths.to(self.device), width)
 
+    def shared_visual_tokens(self, video: torch.Tensor, repeats: int) -> torch.Tensor:
+        """:meth:`visual_tokens` of ``video (B', C, T, h, w)`` for ``repeats * B'`` rows ordered
+        ``[x; x; ...]`` (conditional rows, then unconditional ones with the same latents).
+
+        The dual path (semantic layers, projector, fusion) sees only the latents, so under
+        classifier-free guidance it runs once and its tokens are shared by every copy, instead of
+        once per copy as the official batch does: the same numbers at ``1/repeats`` of the cost.
+        """
+        tokens = self.visual_tokens(video)
+        return tokens if repeats == 1 else tokens.repeat(repeats, 1, 1)
+
     @apply_forward_hook
     def velocity_with_prefix(self, prefix: PrefixCache, x_t: torch.Tensor, t: torch.Tensor,
-                             first_frame_as_cond: bool = False) -> torch.Tensor:
+                             first_frame_as_cond: bool = False, repeats: int = 1) -> torch.Tensor:
         """:meth:`velocity` for rows whose text prefix is cached: only the visual block is computed.
 
         Every row's block is its time token followed by its visual tokens, at positions
         ``lengths[b] ...``; positions after the block are never computed (they cannot affect it).
+        ``repeats``: ``x_t`` holds the latents of ``B / repeats`` rows, shared by ``repeats``
+        copies (:meth:`shared_visual_tokens`); the velocity is returned for all ``B`` rows.
         """
         self.load_heads("flow_head")
         is_image = x_t.dim() == 4
         video = x_t[:, :, None] if is_image else x_t
         _, c, frames, h, w = video.shape
         cond, time_token = self.time_embedding(t)
-        tokens = self.visual_tokens(video.to(self.device))
+        tokens = self.shared_visual_tokens(video.to(self.device), repeats)
         b = tokens.shape[0]
         chunk = torch.cat([time_token[:, None].to(tokens.dtype), tokens], dim=1)  # (B, P, H)
         p = chunk.shape[1]
@@ -380,17 +393,19 @@ class Showo2Model(BookkeepingMixin, nn.Module):
 
     @apply_forward_hook
     def velocity(self, input_ids: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, blocks: torch.Tensor,
-                 mask: torch.Tensor, first_frame_as_cond: bool = False) -> torch.Tensor:
+                 mask: torch.Tensor, first_frame_as_cond: bool = False, repeats: int = 1) -> torch.Tensor:
         """One flow-matching evaluation for generation (one visual block per sequence).
 
         ``x_t`` is ``(B, C, h, w)`` or ``(B, C, T, h, w)``; ``blocks (B, 1, 2)`` holds
         (time-token position, 1 + T*N); ``mask`` the boolean omni mask ``(B, 1, L, L)``.
-        Returns the velocity in float32 with the shape of ``x_t``.
+        Returns the velocity in float32 with the shape of ``x_t``, for all ``B`` rows; with
+        ``repeats`` > 1, ``x_t`` holds ``B / repeats`` rows shared by that many copies
+        (:meth:`shared_visual_tokens`).
         """
         is_image = x_t.dim() == 4
         video = x_t[:, :, None] if is_image else x_t
         _, c, frames, h, w = video.shape
-        tokens = self.visual_tokens(video)
+        tokens = self.shared_visual_tokens(video, repeats)
         b = tokens.shape[0]
         hidden, cond = self.hidden_states(input_ids, [[tokens[i]] for i in range(b)], blocks, t, mask)
         out = self.flow_head(hidden, cond[:, None], blocks, mask)
