@@ -23,6 +23,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from .decoding_batch import CURRENT as CURRENT_BATCH
 from .errors import non_finite
 from .modeling.showo2 import truncate_cache
 from .options import TextSampling
@@ -318,24 +319,34 @@ def _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head
     embed = model.showo.model.embed_tokens
     position = head + prompt_embeds.shape[1]
     processors = logits_processors(opts, logits.shape[-1], constraint)
-    for step in range(opts.max_new_tokens):
-        if keep_logits:
-            out.step_logits.append(logits.cpu())
-        token = choose_token(logits, opts, generator, out.token_ids, processors)
-        out.token_ids.append(token)
-        if on_token is not None and on_token(token):  # the caller saw its stop (a stop string)
-            out.stopped = True
-            break
-        if token in opts.stop_ids:
-            out.stopped = True
-            break
-        if step == opts.max_new_tokens - 1:
-            break
-        ids = torch.tensor([[token]], device=prompt_embeds.device)
-        pos = torch.tensor([[position]], device=prompt_embeds.device)
-        hidden, cache = model.llm(embed(ids), None, position_ids=pos, past_key_values=cache, use_cache=True)
-        logits = model.logits(hidden[:, -1]).float()[0]
-        position += 1
+    # an answer decoded with others (a server's --parallel): its steps run in their batched call
+    batch = CURRENT_BATCH.get() if not head and opts.max_new_tokens > 1 else None
+    row = batch.join(cache, position, position + opts.max_new_tokens) if batch is not None else None
+    try:
+        for step in range(opts.max_new_tokens):
+            if keep_logits:
+                out.step_logits.append(logits.cpu())
+            token = choose_token(logits, opts, generator, out.token_ids, processors)
+            out.token_ids.append(token)
+            if on_token is not None and on_token(token):  # the caller saw its stop (a stop string)
+                out.stopped = True
+                break
+            if token in opts.stop_ids:
+                out.stopped = True
+                break
+            if step == opts.max_new_tokens - 1:
+                break
+            if row is not None:
+                logits = row.step(token)
+                continue
+            ids = torch.tensor([[token]], device=prompt_embeds.device)
+            pos = torch.tensor([[position]], device=prompt_embeds.device)
+            hidden, cache = model.llm(embed(ids), None, position_ids=pos, past_key_values=cache, use_cache=True)
+            logits = model.logits(hidden[:, -1]).float()[0]
+            position += 1
+    finally:
+        if row is not None:
+            row.leave()
     return out
 
 
