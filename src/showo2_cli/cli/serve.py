@@ -42,6 +42,11 @@ def serve(
         "are refused).")] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting behind the running one; "
                                            "more get 429.")] = ServerConfig.max_queue,
+    parallel: Annotated[int, typer.Option(
+        "--parallel", help="Requests run at once, their answers decoded together in one batched step (continuous "
+        "batching: more answers a second under concurrent clients). 1: one at a time, each answer exactly as "
+        "alone; above 1, an answer decoded beside others equals its answer alone to float rounding, as a "
+        "--batch-size above 1 does.")] = ServerConfig.parallel,
     max_tokens: Annotated[int, typer.Option(
         "--max-tokens", help="Largest max_tokens of a chat request (max_output_tokens of a response).")] = ServerConfig.max_tokens,
     max_n: Annotated[int, typer.Option("--max-n", help="Largest n (images) of an image request.")] = ServerConfig.max_n,
@@ -82,7 +87,7 @@ def serve(
     if bad is not None:
         raise UsageError(f"--served-model-name must be a non-empty printable name, got '{short(bad)}'")
     # the limits are ServerConfig's checks (a Python caller's too), in the options' names
-    config = ServerConfig(max_queue=max_queue, max_tokens=max_tokens, max_n=max_n, max_steps=max_steps,
+    config = ServerConfig(max_queue=max_queue, parallel=parallel, max_tokens=max_tokens, max_n=max_n, max_steps=max_steps,
                           max_size=max_size, max_body_bytes=int(max_body_mb * 1024 * 1024),
                           max_image_pixels=max_input_pixels, request_timeout=request_timeout,
                           keep_alive_timeout=timeout_keep_alive)

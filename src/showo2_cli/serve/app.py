@@ -130,6 +130,29 @@ def _images_job(model, plan: ImagePlan, job: Job) -> list[dict]:
     return out
 
 
+def decoding_batch(model):
+    """The batch the answers of ``--parallel`` jobs decode in, its memory guard the model's: a row
+    joins when the batched KV cache (each row as wide as the longest, its copy while rows come and
+    go) fits the memory limit beside the weights of an answer about text."""
+    from ..decoding_batch import DecodingBatch
+    from ..errors import ResourceError
+    from ..pipelines.understand import understanding_weights
+    from ..runtime import check_memory
+
+    spec = model.spec
+    per_position = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * model.dtype.itemsize
+
+    def fits(rows: int, width: int) -> bool:
+        try:
+            check_memory(2 * rows * width * per_position / 1e9, "a batch of answers", model.memory_limit(None),
+                         model.network.device, weights=understanding_weights(model, False))
+        except ResourceError:
+            return False
+        return True
+
+    return DecodingBatch(model.network, fits)
+
+
 async def next_event(request: Request, job: Job, worker: Worker) -> tuple[str, Any]:
     """The job's next event; the job is cancelled if the client goes away meanwhile (looked at every
     0.25 s, however fast the events come)."""
@@ -165,7 +188,9 @@ def create_app(model, config: ServerConfig):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     config.validate()  # a Python caller's limits as the command line's (max_queue=-1 refused all waiting)
-    worker = Worker(config.max_queue)
+    if config.parallel > 1 and getattr(getattr(model, "network", None), "attn", "sdpa") == "flex":  # (compiled per width)
+        raise UsageError("parallel answers (--parallel above 1) need attention sdpa or eager (--attn), not flex")
+    worker = Worker(config.max_queue, config.parallel, decoding_batch(model) if config.parallel > 1 else None)
     budget = BodyBudget(BODIES_AT_ONCE * config.max_body_bytes)
     state = {"draining": False, "started": time.time()}
 
@@ -286,6 +311,7 @@ def create_app(model, config: ServerConfig):
     async def health():
         return JSONResponse({"status": "draining" if state["draining"] else "ok", "model": config.model_id,
                              "version": __version__, "running": worker.running is not None,
+                             "running_jobs": len(worker.jobs), "parallel": config.parallel,
                              "queued": worker.waiting, "max_queue": config.max_queue,
                              **{**worker.counts, "rejected": worker.counts["rejected"] + budget.rejected}},
                             status_code=503 if state["draining"] else 200)

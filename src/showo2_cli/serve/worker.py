@@ -1,10 +1,11 @@
-"""The one worker thread that owns the model: a bounded queue of jobs, cancellation, draining."""
+"""The worker threads that own the model: a bounded queue of jobs, cancellation, draining."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -42,31 +43,42 @@ class Job:
 
 
 class Worker:
-    """One thread owning the model: one job at a time, at most ``max_queue`` waiting."""
+    """The threads owning the model: ``parallel`` jobs at a time (1: one, as a single thread runs
+    them), at most ``max_queue`` waiting. With ``parallel`` above 1 the running jobs take turns
+    with the model (``batch``'s lock) and their answers decode together
+    (:mod:`showo2_cli.decoding_batch`): one batched step for all of them."""
 
-    def __init__(self, max_queue: int):
-        self.max_queue = max_queue
+    def __init__(self, max_queue: int, parallel: int = 1, batch=None):
+        self.max_queue, self.parallel, self.batch = max_queue, parallel, batch
         self._cv = threading.Condition()
         self._waiting: deque[Job] = deque()
-        self.running: Job | None = None
+        self.jobs: list[Job] = []  # the running ones
         self._stop = False
         self.counts = {"completed": 0, "failed": 0, "cancelled": 0, "rejected": 0}
-        self._thread = threading.Thread(target=self._loop, name="showo2-worker", daemon=True)
+        self._threads = [threading.Thread(target=self._loop, name=f"showo2-worker-{k}", daemon=True)
+                         for k in range(parallel)]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def running(self) -> Job | None:
+        """A running job (the first), None when none runs."""
+        jobs = self.jobs
+        return jobs[0] if jobs else None
+
     def submit(self, job: Job) -> None:
         with self._cv:
             if self._stop:
                 raise ApiError(503, "the server is shutting down", "shutting_down", type_="server_error")
-            # max_queue wait behind the running job; while none runs, the first in line is the next
-            # to run, not a waiting one (a burst that came before the worker took it got one fewer)
-            if len(self._waiting) >= self.max_queue + (self.running is None):
+            # max_queue wait behind the running jobs; while a slot is free, the first in line is the
+            # next to run, not a waiting one (a burst that came before a worker took it got fewer)
+            if len(self._waiting) >= self.max_queue + max(0, self.parallel - len(self.jobs)):
                 self.counts["rejected"] += 1
                 raise QueueFull
             self._waiting.append(job)
@@ -81,6 +93,10 @@ class Worker:
                 self.counts["cancelled"] += 1
 
     def _loop(self) -> None:
+        if self.batch is not None:  # this thread's answers decode in the batch
+            from ..decoding_batch import CURRENT
+
+            CURRENT.set(self.batch)
         while True:
             with self._cv:
                 while not self._waiting and not self._stop:
@@ -88,8 +104,12 @@ class Worker:
                 if not self._waiting and self._stop:
                     return
                 job = self._waiting.popleft()
-                self.running = job
-            self._run(job)
+                self.jobs.append(job)
+            if self.batch is None:
+                self._run(job)
+            else:
+                with self.batch.turn():  # the model is this job's, but while its answer waits for the step
+                    self._run(job)
             job = None  # an idle worker keeps nothing of the last request (its body, images, result)
 
     def _run(self, job: Job) -> None:
@@ -111,13 +131,13 @@ class Worker:
             job.emit("done", result)
         finally:
             with self._cv:
-                self.running = None
+                self.jobs.remove(job)
 
     def abandon(self, why: str = "drain timeout") -> None:
         """The drain timeout (or a forced exit): stop the running job and every waiting one; each is
         answered 503."""
         with self._cv:
-            jobs = list(self._waiting) + ([self.running] if self.running is not None else [])
+            jobs = list(self._waiting) + list(self.jobs)
             for job in jobs:
                 job.abandoned = True
                 job.cancel.set()
@@ -129,11 +149,13 @@ class Worker:
             log.warning("%s: %d request(s) stopped", why, len(jobs))
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the running job, cancel any still waiting, end the thread."""
+        """Finish the running jobs, cancel any still waiting, end the threads."""
         with self._cv:
             self._stop = True
             for job in self._waiting:
                 job.cancel.set()
             self._cv.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        end = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(0.0, end - time.monotonic()))
