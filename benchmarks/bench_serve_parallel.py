@@ -1,0 +1,206 @@
+"""Concurrent chat clients against ``showo2 serve --parallel``: throughput and each request's latency.
+
+Starts a server on 127.0.0.1 for each ``--parallel`` value (default 1, as served before, and 8),
+in turn for ``--rounds`` rounds (interleaved, so both see the same machine), and sends 8 chat
+completions of different prompt lengths and ``max_tokens`` (half greedy, half sampled with a seed)
+all at once (``--full-length``: the end token banned by ``logit_bias``, so every answer is
+``max_tokens`` long, 16 to 72 tokens). Each request is first sent alone (its reference answer); under load every answer is
+compared with it (equal, or where a token differs: batched kernels round differently). Models:
+``demo`` (the bundled one) and ``1.5B-2`` (the 1.5B spec at 2 LLM layers, random weights, the
+demo's tokenizer and VAE: a real-width step, its 151k-word head included).
+
+    python benchmarks/bench_serve_parallel.py --model demo --parallel 1 8 --rounds 2
+    python benchmarks/bench_serve_parallel.py --model 1.5B-2 --parallel 1 8 --results out.json
+    python benchmarks/bench_serve_parallel.py --model demo --agreement 64   # tokens equal to alone?
+
+``--agreement N``: no server; N greedy and N seeded answers (max 48 tokens), each decoded alone
+and then in groups of 8 in one decoding batch, counted: answers whose tokens all equal their
+answer alone, and the first differing step of the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+
+QUESTIONS = ["Hi", "What is a red circle?", "Name a shape.", "Describe a blue square in a few words please.",
+             "Tell me about shapes and colors and sizes, and how they are drawn on a plain background.",
+             "Green?", "What color is the sky on a clear day, and why is it that color?",
+             "Count to five, then name five colors, then five shapes, one a line, in order please."]
+
+
+def body(i: int, end_id: int | None = None) -> dict:
+    b = {"messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)] * (1 + i // 3)}],
+         "max_tokens": 16 + 8 * i}
+    if end_id is not None:  # --full-length: the end token banned, every answer max_tokens long
+        b["logit_bias"] = {str(end_id): -100}
+    if i % 2:
+        b.update(temperature=0.9, seed=100 + i)
+    return b
+
+
+def build(name: str):
+    import torch
+
+    from showo2_cli.loading import Showo2, load
+
+    demo = load("demo")
+    if name == "demo":
+        return demo
+    from showo2_cli.modeling.showo2 import Showo2Model
+    from showo2_cli.specs import REGISTRY
+
+    layers = int(name.split("-")[1])
+    spec = REGISTRY["1.5B"].replace(num_layers=layers, semantic_layers=1, head_layers=1)
+    torch.manual_seed(0)
+    net = Showo2Model(spec).eval()
+    net.init_weights(seed=0)
+    return Showo2(spec, net, demo.tokenizer, demo.tokens, demo.vae, demo.files)
+
+
+def start(model, parallel: int):
+    import uvicorn  # noqa: F401
+
+    from showo2_cli.serve import ServerConfig, bind_socket
+    from showo2_cli.serve.app import server_for
+
+    sock = bind_socket("127.0.0.1", 0)
+    srv = server_for(model, ServerConfig(parallel=parallel, max_tokens=4096), sock, log_level="error")
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host}:{port}"
+    import httpx
+
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return srv, thread, sock, url
+
+
+def ask(url: str, i: int, end_id: int | None = None) -> dict:
+    import httpx
+
+    t = time.perf_counter()
+    r = httpx.post(url + "/v1/chat/completions", json=body(i, end_id), timeout=600)
+    r.raise_for_status()
+    j = r.json()
+    return {"answer": j["choices"][0]["message"]["content"], "tokens": j["usage"]["completion_tokens"],
+            "seconds": time.perf_counter() - t}
+
+
+def one_round(model, parallel: int, n: int, end_id: int | None = None) -> dict:
+    srv, thread, sock, url = start(model, parallel)
+    try:
+        ask(url, 0, end_id)  # warm-up
+        alone = [ask(url, i, end_id) for i in range(n)]
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(n) as ex:
+            together = list(ex.map(lambda i: ask(url, i, end_id), range(n)))
+        wall = time.perf_counter() - t0
+    finally:
+        srv.should_exit = True
+        thread.join(60)
+        sock.close()
+    tokens = sum(r["tokens"] for r in together)
+    lat = [r["seconds"] for r in together]
+    return {"parallel": parallel, "wall_s": round(wall, 3), "tokens": tokens, "tokens_per_s": round(tokens / wall, 2),
+            "latency_s": [round(x, 3) for x in lat], "latency_mean_s": round(statistics.mean(lat), 3),
+            "latency_max_s": round(max(lat), 3), "alone_tokens_per_s": round(
+                sum(r["tokens"] for r in alone) / sum(r["seconds"] for r in alone), 2),
+            "same_as_alone": sum(a["answer"] == b["answer"] for a, b in zip(alone, together, strict=True)),
+            "different": [[a["answer"], b["answer"]] for a, b in zip(alone, together, strict=True) if a["answer"] != b["answer"]][:4]}
+
+
+def agreement(model, n: int, group: int = 8, full_length: bool = False) -> dict:
+    """Answers decoded alone and together (groups of ``group``): how many are the same tokens."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.decoding_batch import CURRENT, DecodingBatch
+    from showo2_cli.dialogue import TextSampling
+
+    def answer(k: int, sampled: bool) -> list[int]:
+        conv = Conversation(model)
+        words = QUESTIONS[k % len(QUESTIONS)].split()
+        question = " ".join(words[k % len(words):] + words[:k % len(words)])  # another question each
+        bias = {model.tokens.end: -100.0} if full_length else None
+        sampling = TextSampling(48, temperature=0.9, seed=k, logit_bias=bias) if sampled else \
+            TextSampling(48, logit_bias=bias)
+        conv.ask(question, sampling)
+        return conv.turns[-1].answer_ids
+
+    out = {}
+    for sampled in (False, True):
+        alone = [answer(k, sampled) for k in range(n)]
+        together: list = [None] * n
+        for start in range(0, n, group):
+            batch = DecodingBatch(model.network)
+
+            def run(k, batch=batch, sampled=sampled, together=together):
+                CURRENT.set(batch)
+                with batch.turn():
+                    together[k] = answer(k, sampled)
+
+            threads = [threading.Thread(target=run, args=(k,)) for k in range(start, min(n, start + group))]
+            with batch.turn():  # every answer queued before the first starts
+                for t in threads:
+                    t.start()
+                while batch.queued < len(threads):
+                    time.sleep(0.01)
+            for t in threads:
+                t.join()
+        differ = [next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+                  for a, b in zip(alone, together, strict=True) if a != b]
+        out["seeded" if sampled else "greedy"] = {
+            "answers": n, "same": n - len(differ), "tokens": sum(map(len, alone)), "first_difference_at": differ}
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="demo", help="demo or 1.5B-N (the 1.5B spec at N LLM layers)")
+    p.add_argument("--parallel", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--requests", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--results", help="write the figures here as JSON")
+    p.add_argument("--full-length", action="store_true", help="ban the end token: every answer max_tokens long")
+    p.add_argument("--agreement", type=int, metavar="N", help="count answers equal alone and together instead")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    model = build(args.model)
+    if args.agreement:
+        out = {"model": args.model, "agreement": agreement(model, args.agreement, full_length=args.full_length),
+               "full_length": args.full_length}
+        print(json.dumps(out))
+        if args.results:
+            with open(args.results, "w") as f:
+                json.dump(out, f, indent=1)
+        return 0
+    rounds = []
+    for _ in range(args.rounds):
+        for parallel in args.parallel:
+            r = one_round(model, parallel, args.requests, model.tokens.end if args.full_length else None)
+            print(json.dumps({k: v for k, v in r.items() if k != "different"}), flush=True)
+            rounds.append(r)
+    out = {"model": args.model, "requests": args.requests, "full_length": args.full_length, "rounds": rounds,
+           "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+                       "threads": torch.get_num_threads()}}
+    if args.results:
+        with open(args.results, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
