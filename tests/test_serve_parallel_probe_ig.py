@@ -247,3 +247,38 @@ def test_parallel_answers_refuse_flex_attention(demo, monkeypatch):
     with pytest.raises(UsageError, match="need attention sdpa or eager"):
         create_app(demo, ServerConfig(parallel=2))
     create_app(demo, ServerConfig(parallel=1))  # one at a time: as before
+
+
+def test_the_drain_timeout_stops_every_running_job():
+    """Worker.abandon (the drain timeout) with ``parallel`` jobs running: each is told to stop and
+    answered 503, as the one running job was; the threads end."""
+    import asyncio
+
+    from showo2_cli.dialogue import Cancelled
+    from showo2_cli.serve import Job, Worker
+
+    loop = asyncio.new_event_loop()
+    try:
+        worker = Worker(4, parallel=3, batch=DecodingBatch(None))
+        started = threading.Semaphore(0)
+
+        def fn(job):
+            started.release()
+            while not job.cancel.is_set():
+                with worker.batch.lock:  # as an answer waiting for the step: the others' turn meanwhile
+                    worker.batch.lock.wait(0.01)
+            raise Cancelled("cancelled")
+
+        jobs = [Job(fn, loop) for _ in range(3)]
+        worker.start()
+        for job in jobs:
+            worker.submit(job)
+        for _ in jobs:
+            assert started.acquire(timeout=30)
+        assert len(worker.jobs) == 3
+        worker.abandon()
+        worker.stop(30)
+        assert all(job.abandoned and job.cancel.is_set() for job in jobs)
+        assert worker.counts["cancelled"] == 3 and worker.jobs == []
+    finally:
+        loop.close()
