@@ -68,3 +68,20 @@ def test_guided_velocity_is_the_official_batchs_bit_for_bit(parity_model, name, 
     assert want.abs().max() > 0
     assert torch.equal(got, want), f"{name}: {float((got - want).abs().max()):.3g} from the official batch's velocity"
 
+
+
+@pytest.mark.parametrize("name", generation_cases())
+@torch.no_grad()
+def test_shared_dual_path_tokens_are_the_official_batchs(parity_model, name):
+    """The trimmed default shares a prompt's dual path between its conditional and unconditional
+    rows (issue 12's saving), its patch convolutions run on the official batch's two copies: the
+    shared tokens are the official batch's bit for bit, one prompt as more (PyTorch's CPU
+    convolution rounded a batch of one otherwise: 1.2e-6 on the public set's t2i)."""
+    net = parity_model.network
+    x = load_file(str(PARITY_DIR / "cases" / f"{name}.safetensors"))["fixed_t_x_per_prompt"]
+    for rows in sorted({1, x.shape[0]}):
+        part = x[:rows]
+        video = part if part.dim() == 5 else part[:, :, None]
+        want = net.visual_tokens(torch.cat([video, video]))
+        got = net.shared_visual_tokens(video, 2)
+        assert torch.equal(got, want), f"{name} ({rows} rows): {float((got - want).abs().max()):.3g}"

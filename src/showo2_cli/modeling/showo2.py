@@ -130,17 +130,22 @@ class Showo2Model(BookkeepingMixin, nn.Module):
 
     # ---- dual path + fusion (spec §4) ---------------------------------------------------------
     @apply_forward_hook
-    def encode_visual(self, latents: torch.Tensor, understanding: bool = False) -> VisualEncoding:
+    def encode_visual(self, latents: torch.Tensor, understanding: bool = False, copies: int = 1) -> VisualEncoding:
         """Latents ``(F, C, h, w)`` (frames flattened) -> fused tokens ``(F, N, H)``.
 
         ``understanding``: the position rule of the official understanding demos (see
-        :meth:`position_rows`) instead of the model's forward's (generation, training)."""
+        :meth:`position_rows`) instead of the model's forward's (generation, training).
+        ``copies``: the tokens stand for that many copies of the latents (:meth:`shared_visual_tokens`):
+        the patch convolutions run on the copies' batch, as the official batch runs them (PyTorch's
+        CPU convolution rounds a batch of one otherwise than a batch of two; the layers after them
+        round each row alike), the rest once."""
         x = latents.to(self.dtype)
-        und = self.image_embedder_und(x)
+        batch = x.repeat(copies, 1, 1, 1) if copies > 1 else x
+        und = self.image_embedder_und(batch)[:x.shape[0]]
         grid = (x.shape[-2] // self.spec.patch_size, x.shape[-1] // self.spec.patch_size)
         pos = self.position_rows(*grid, understanding=understanding)
         semantic = self.und_trans(inputs_embeds=und + pos[None]).last_hidden_state
-        low = self.image_embedder_gen(x)
+        low = self.image_embedder_gen(batch)[:x.shape[0]]
         fused = self.fusion_proj(torch.cat([semantic, low], dim=-1))
         return VisualEncoding(und, semantic, low, fused, grid)
 
@@ -162,13 +167,14 @@ class Showo2Model(BookkeepingMixin, nn.Module):
         return interpolate_position_table(table, grid_h, grid_w)
 
     @apply_forward_hook
-    def visual_tokens(self, latents: torch.Tensor) -> torch.Tensor:
-        """Image ``(B, C, h, w)`` or video ``(B, C, T, h, w)`` -> ``(B, T*N, H)``, frame-major."""
+    def visual_tokens(self, latents: torch.Tensor, copies: int = 1) -> torch.Tensor:
+        """Image ``(B, C, h, w)`` or video ``(B, C, T, h, w)`` -> ``(B, T*N, H)``, frame-major
+        (``copies``: as :meth:`encode_visual`'s)."""
         if latents.dim() == 4:
-            return self.encode_visual(latents).fused
+            return self.encode_visual(latents, copies=copies).fused
         b, c, t, h, w = latents.shape
         frames = latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-        fused = self.encode_visual(frames).fused
+        fused = self.encode_visual(frames, copies=copies).fused
         fused = self.add_frame_embedding(fused.reshape(b, t, *fused.shape[1:]))
         return fused.reshape(b, t * fused.shape[2], fused.shape[3])
 
@@ -344,8 +350,10 @@ class Showo2Model(BookkeepingMixin, nn.Module):
         The dual path (semantic layers, projector, fusion) sees only the latents, so under
         classifier-free guidance it runs once and its tokens are shared by every copy, instead of
         once per copy as the official batch does: the same numbers at ``1/repeats`` of the cost.
+        The patch convolutions (a small part) still run on the copies' batch: batched alone, a
+        prompt's latents rounded otherwise than in the official batch (probe IA).
         """
-        tokens = self.visual_tokens(video)
+        tokens = self.visual_tokens(video, copies=repeats)
         return tokens if repeats == 1 else tokens.repeat(repeats, 1, 1)
 
     @apply_forward_hook
