@@ -62,6 +62,7 @@ def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     from .hub import TOKENIZER_FILES
+    from .media import LFS_ADVICE, lfs_pointer
 
     for name in TOKENIZER_FILES:  # sizes before anything is read
         file = Path(path) / name
@@ -73,6 +74,9 @@ def load_tokenizer(path: Path):
         if odd:  # transformers passes over what is not a file: another tokenizer, or none, without a word
             raise ModelError(f"cannot load the tokenizer in '{path}': {name} is not a regular file "
                              "(a FIFO, a device or a folder)")
+        if size and lfs_pointer(file, size):  # (Qwen2.5's tokenizer.json is an LFS file): was "Expecting value"
+            raise ModelError(f"cannot load the tokenizer in '{path}': {name} is a Git LFS pointer, not the file "
+                             f"({LFS_ADVICE})")
         limit = tokenizer_file_limit(name)
         if size > limit:
             raise ModelError(f"cannot load the tokenizer in '{path}': {name} is {size / 2**20:.0f} MiB, more than "

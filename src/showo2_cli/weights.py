@@ -50,11 +50,14 @@ def read_json(path: str | Path) -> dict:
     """A config file: a regular file (never a FIFO or a device, which could block forever), at
     most 16 MiB (read by :func:`~showo2_cli.media.read_limited`: one that grows while being read
     is not read on), JSON nested at most a few hundred levels, holding an object."""
-    from .media import read_limited
+    from .media import LFS_ADVICE, LFS_POINTER, read_limited
 
     path = Path(path)
     try:
-        data = json.loads(read_limited(path, MAX_CONFIG_BYTES, "config", ModelError).decode("utf-8"))
+        raw = read_limited(path, MAX_CONFIG_BYTES, "config", ModelError)
+        if raw.startswith(LFS_POINTER):  # a clone without Git LFS: was "not valid JSON (Expecting value ...)"
+            raise ModelError(f"'{path}' is a Git LFS pointer, not the file ({LFS_ADVICE})")
+        data = json.loads(raw.decode("utf-8"))
     except RecursionError as e:
         raise ModelError(f"cannot read '{path}': JSON nested too deeply") from e
     except ModelError:  # an OSError too: said as it is

@@ -56,7 +56,16 @@ from showo2_cli.errors import OutputError as OutputError
 from showo2_cli.errors import ResourceError as ResourceError
 from showo2_cli.errors import UsageError as UsageError
 
-from .files import LFS_ADVICE, MARKUP_ADVICE, decode_text, lfs_pointer, markup, read_limited, text_encoding
+from .files import (
+    LFS_ADVICE,
+    LFS_POINTER,
+    MARKUP_ADVICE,
+    decode_text,
+    lfs_pointer,
+    markup,
+    read_limited,
+    text_encoding,
+)
 from .geometry import (
     MAX_SIDE,
     frames_to_tensor,
@@ -170,6 +179,7 @@ __all__ = [
     "decode_text",
     "lfs_pointer",
     "LFS_ADVICE",
+    "LFS_POINTER",
     "markup",
     "MARKUP_ADVICE",
     "text_encoding",
