@@ -12,6 +12,7 @@ import pytest
 
 from showo2_cli.cli import main
 from showo2_cli.errors import ModelError
+from test_hub_pipeline import hub, offline  # noqa: F401  (the local Hub fixture)
 
 ADVICE = "the repository was cloned without Git LFS: run 'git lfs install' and 'git lfs pull' in it"
 
@@ -46,3 +47,53 @@ def test_a_git_lfs_pointer_in_place_of_a_config_or_tokenizer_file_is_named(tiny_
     assert main(["caption", str(image), "-m", str(folder), "--max-new-tokens", "1"]) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a Git LFS pointer, not the file" in err[0]
+
+
+def _interrupted(hub, tiny_model_dir):  # noqa: F811
+    """acme/tiny pulled into the cache, then its weights' link gone and the blob left as huggingface_hub
+    leaves a download that stopped half-way (``<sha256>.incomplete``); the snapshot's folder."""
+    from showo2_cli.hub import pull
+
+    hub.add_folder("acme/tiny", tiny_model_dir)
+    snap = pull("acme/tiny").path
+    blob = (snap / "model.safetensors").resolve()
+    (snap / "model.safetensors").unlink()
+    blob.rename(blob.with_name(blob.name + ".incomplete"))
+    blob.with_name(blob.name + ".incomplete").write_bytes(blob.name.encode())  # a few bytes of it
+    return snap
+
+
+def test_an_interrupted_download_in_the_cache_is_said_so_offline(hub, tiny_model_dir, monkeypatch, capsys):  # noqa: F811
+    """Offline, a cache holding all of a model but the file a download was cut in was "model 'acme/tiny'
+    is not a local folder, not in the Hugging Face cache and HF_HUB_OFFLINE is set": the user saw the
+    cache entry, its config and its tokenizer there. It now names the missing file and the pull that
+    finishes it, for a pinned commit too."""
+    from showo2_cli.loading import load
+
+    snap = _interrupted(hub, tiny_model_dir)
+    offline(monkeypatch)
+    before = len(hub.requests)
+    with pytest.raises(ModelError) as e:
+        load("acme/tiny")
+    assert str(e.value) == ("model 'acme/tiny' is in the Hugging Face cache without model.safetensors (a download "
+                            "that stopped before the end) and HF_HUB_OFFLINE is set; finish it while online with: "
+                            "showo2 pull acme/tiny")
+    pinned = f"acme/tiny@{snap.name}"
+    assert main(["info", "-m", pinned]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"showo2: error: model '{pinned}' is in the Hugging Face cache without model.safetensors (a "
+                   f"download that stopped before the end) and HF_HUB_OFFLINE is set; finish it while online with: "
+                   f"showo2 pull {pinned}"]
+    with pytest.raises(ModelError, match="is not a local folder, not in the Hugging Face cache"):
+        load("acme/absent")  # a repo the cache does not hold: as before
+    assert len(hub.requests) == before
+
+
+def test_an_interrupted_download_is_finished_online_by_the_load(hub, tiny_model_dir):  # noqa: F811
+    """Online, the same cache is completed by the load's own step (the cut file alone is fetched)."""
+    from showo2_cli.loading import load
+
+    _interrupted(hub, tiny_model_dir)
+    before = len(hub.downloads())
+    load("acme/tiny")
+    assert hub.downloads()[before:] == ["acme/tiny:model.safetensors"]

@@ -30,7 +30,14 @@ from pathlib import Path, PurePosixPath
 
 from .errors import ModelError, UsageError, did_you_mean, short
 from .hub_auth import access
-from .hub_download import cache_ref_readable, download_files, offline, remote_listing, repo_cache_folder
+from .hub_download import (
+    cache_ref_readable,
+    cached_commit,
+    download_files,
+    offline,
+    remote_listing,
+    repo_cache_folder,
+)
 from .run_folders import ADAPTER_CONFIG, resolve_run_path
 from .weights import read_json
 
@@ -216,6 +223,10 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False,
                 raise ModelError(f"model '{text}' is in the Hugging Face cache without its own VAE (fetched for a "
                                  f"run with --vae) and {why}: pass --vae, or get it while online with: "
                                  f"showo2 pull {text}")
+            gaps = cache_gaps(repo, revision, vae_given)  # (was "not in the Hugging Face cache")
+            if gaps:
+                raise ModelError(f"model '{text}' is in the Hugging Face cache without {', '.join(gaps[:3])} (a download "
+                                 f"that stopped before the end) and {why}; finish it while online with: showo2 pull {text}")
             folder = "not a local folder, " if "/" in text else ""  # a mistyped path looks like a repo id
             raise ModelError(f"model '{text}' is {folder}not in the Hugging Face cache and {why}; "
                              f"get it while online with: showo2 pull {text}")
@@ -402,6 +413,23 @@ def cached_snapshot(repo_id: str, role: str = "model", revision: str | None = No
     if listing is None and not _looks_complete(snap, role):  # e.g. `hf download REPO config.json` alone
         return None
     return snap
+
+
+def cache_gaps(repo_id: str, revision: str | None = None, vae_given: bool = False) -> list[str]:
+    """The files of the model's selection (:func:`cached_snapshot`'s) that its snapshot in the cache
+    lacks, where the cache holds a snapshot of that revision; [] where it holds none (no network)."""
+    commit = cached_commit(repo_id, revision)
+    try:
+        if commit is None or not (snap := repo_cache_folder(repo_id) / "snapshots" / commit).is_dir():
+            return []
+        if (listing := cached_listing(repo_id, commit)) is not None:
+            config = read_json(snap / "config.json") if os.path.isfile(snap / "config.json") else None
+            return [n for n in model_files(listing, config, vae_given) if not os.path.isfile(snap / n)]
+        weights = [p.relative_to(snap).as_posix() for p in find_weights(snap)]  # _looks_complete's rule
+        gaps = [n for n in ("config.json", *weights) if not os.path.isfile(snap / n)]
+        return gaps if weights else [*gaps, "its weights"]
+    except (OSError, ValueError, ModelError):
+        return []
 
 
 def _looks_complete(snap: Path, role: str) -> bool:

@@ -73,6 +73,19 @@ def cache_ref_readable(repo_id: str, revision: str | None = None) -> bool:
         return False
 
 
+def cached_commit(repo_id: str, revision: str | None = None) -> str | None:
+    """The commit hash ``revision`` (default ``main``) names in the cache: ``refs/<revision>``'s text
+    (a cache a user was given may hold anything there: only a commit hash counts), or the revision
+    itself when it is one; None otherwise (no network)."""
+    ref = repo_cache_folder(repo_id) / "refs" / (revision or "main")
+    try:
+        commit = ref.read_text(encoding="ascii").strip() if cache_ref_readable(repo_id, revision) and \
+            ref.is_file() else revision
+    except (OSError, ValueError):
+        return None
+    return commit if commit and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
 def stall_seconds() -> float:
     """``$SHOWO2_HUB_STALL_SECONDS`` (default 120); anything but a number of seconds > 0 is a
     UsageError naming it (0, negative and NaN were taken as the default, silently)."""
@@ -455,9 +468,8 @@ def _drop_copies(repo_id: str, revision: str | None, files: list[str]) -> None:
     folder = repo_cache_folder(repo_id)
     kept = None
     try:
-        ref = folder / "refs" / (revision or "main")
-        commit = ref.read_text(encoding="ascii").strip() if ref.is_file() else revision
-        if not commit or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        commit = cached_commit(repo_id, revision)
+        if commit is None:
             return  # no commit of this cache: nothing of it to drop (the download says what is wrong)
         snapshot = folder / "snapshots" / commit
         root = snapshot.resolve()
