@@ -157,7 +157,8 @@ def test_missing_pieces_are_named_with_how_to_get_them(tmp_path):
     with pytest.raises(ModelError) as e:
         load(folder)
     msg = str(e.value)
-    assert "tokenizer (hf download Qwen/Qwen2.5-1.5B-Instruct)" in msg and "VAE (hf download Wan-AI/Wan2.1-T2V-14B" in msg
+    assert ("tokenizer (hf download Qwen/Qwen2.5-1.5B-Instruct config.json tokenizer.json tokenizer_config.json "
+            "vocab.json merges.txt)") in msg and "VAE (hf download Wan-AI/Wan2.1-T2V-14B" in msg
 
 
 def test_repo_ids_resolve_from_the_offline_hf_cache(tmp_path, monkeypatch):

@@ -97,3 +97,26 @@ def test_an_interrupted_download_is_finished_online_by_the_load(hub, tiny_model_
     before = len(hub.downloads())
     load("acme/tiny")
     assert hub.downloads()[before:] == ["acme/tiny:model.safetensors"]
+
+
+def test_the_tokenizer_hint_of_an_official_folder_fetches_no_llm_weights(hub, tmp_path, monkeypatch):  # noqa: F811
+    """A folder of the official layout (`hf download showlab/show-o2-1.5B --local-dir X`) lacks the Qwen2.5
+    tokenizer; the hint was `hf download Qwen/Qwen2.5-1.5B-Instruct`, which fetches the whole repo: the
+    LLM's weights too (3.1 GB; the 7B's 15 GB), never read. It now names the files the load reads;
+    followed as the `hf` command line runs it (several names: `snapshot_download(allow_patterns=...)`),
+    the LLM's weights stay on the Hub and the folder then finds its tokenizer."""
+    from huggingface_hub import snapshot_download
+
+    from showo2_cli.model_files import find_files
+    from test_hub_pipeline import official_repos
+
+    repo = official_repos(hub, tmp_path)  # acme/tiny-qwen holds a model.safetensors of 50,000 bytes
+    folder = Path(snapshot_download(repo, local_dir=tmp_path / "local"))
+    hint = dict(find_files(folder).missing)["tokenizer"]
+    assert hint == "hf download acme/tiny-qwen config.json tokenizer.json tokenizer_config.json vocab.json merges.txt"
+    _, _, llm_repo, *names = hint.split()
+    before = len(hub.downloads())
+    snapshot_download(llm_repo, allow_patterns=names)
+    fetched = hub.downloads()[before:]
+    assert fetched and not any(f.endswith(".safetensors") for f in fetched)
+    assert find_files(folder).tokenizer is not None and "tokenizer" not in dict(find_files(folder).missing)

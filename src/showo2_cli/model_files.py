@@ -30,6 +30,11 @@ from .model_config import check_official_config
 from .specs import spec_for_hidden_size
 from .weights import read_json
 
+#: what a Show-o2 load reads of the Qwen2.5 repo (:func:`~showo2_cli.hub.tokenizer_repo_files`'s
+#: picks), as ``hf download REPO FILES...`` takes them: the repo alone also fetched the LLM's weights,
+#: never read (Qwen2.5-1.5B-Instruct's 3.1 GB, 7B-Instruct's 15 GB)
+LLM_REPO_FILES = "config.json tokenizer.json tokenizer_config.json vocab.json merges.txt"
+
 
 @dataclass
 class ModelFiles:
@@ -109,7 +114,7 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
         files.tokenizer = find_tokenizer(root, config, llm_repo)
         if files.tokenizer is None:
             repo = llm_repo or "Qwen/Qwen2.5-1.5B-Instruct"
-            files.missing.append(("tokenizer", f"hf download {repo}"))
+            files.missing.append(("tokenizer", f"hf download {repo} {LLM_REPO_FILES}"))
     else:
         files.tokenizer = find_tokenizer(root, {}, None)
         if files.tokenizer is None:

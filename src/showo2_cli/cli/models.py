@@ -204,7 +204,7 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
     setup(json_mode, quiet, result="the list of models")
     from ..hub import WAN_VAE_FILE, WAN_VAE_REPO, bundled_demo_path, cached_snapshot
     from ..hub_vae import shared_vae
-    from ..model_files import find_files
+    from ..model_files import LLM_REPO_FILES, find_files
     from ..specs import REGISTRY
 
     try:
@@ -227,7 +227,7 @@ def models(json_mode: JsonOpt = False, quiet: QuietOpt = False):
             get.append(f"hf download {spec.repo_id}")
             if spec.llm_repo_id and cached_snapshot(spec.llm_repo_id, role="tokenizer") is None:
                 missing.append("tokenizer")
-                get.append(f"hf download {spec.llm_repo_id}")
+                get.append(f"hf download {spec.llm_repo_id} {LLM_REPO_FILES}")
             if vae is None:
                 missing.append("VAE")
                 if vae_error is None:  # (with $SHOWO2_VAE set the load reads its VAE, never the Wan2.1 one)
