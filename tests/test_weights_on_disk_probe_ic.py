@@ -120,3 +120,29 @@ def test_the_tokenizer_hint_of_an_official_folder_fetches_no_llm_weights(hub, tm
     fetched = hub.downloads()[before:]
     assert fetched and not any(f.endswith(".safetensors") for f in fetched)
     assert find_files(folder).tokenizer is not None and "tokenizer" not in dict(find_files(folder).missing)
+
+
+def test_a_download_into_a_read_only_cache_says_which_cache_and_what_to_do(hub, tiny_model_dir, monkeypatch):  # noqa: F811
+    """A cache on a read-only volume (a Docker volume mounted `:ro`, an NFS share) holding other models:
+    a model not in it was "downloading model 'acme/tiny' failed: '<cache>/models--acme--tiny': Read-only
+    file system", no word of the cache or of HF_HUB_CACHE. huggingface_hub raises that OSError as it
+    creates the repo's folder (seen on a read-only bind mount; root writes through file modes, so the
+    test raises it where huggingface_hub does)."""
+    import errno
+
+    import huggingface_hub
+
+    from showo2_cli.loading import load
+
+    hub.add_folder("acme/tiny", tiny_model_dir)
+    entry = hub.cache / "models--acme--tiny"
+
+    def read_only(repo_id, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(entry))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", read_only)
+    with pytest.raises(ModelError) as e:
+        load("acme/tiny")
+    assert str(e.value) == (f"downloading model 'acme/tiny' failed: '{entry}': Read-only file system; the Hugging Face "
+                            f"cache {hub.cache} cannot be written (a read-only volume?): set HF_HUB_CACHE to a folder "
+                            "you can write, or pull the model where the cache can be written")

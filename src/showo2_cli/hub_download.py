@@ -24,6 +24,7 @@ checked before anything is fetched, checksums checked after, and errors as one l
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -575,7 +576,12 @@ def _as_model_error(repo_id: str, what: str, e: Exception, revision: str | None 
     if isinstance(e, OSError):
         # a local file (the cache, the token file under HF_HOME): which one, or "Not a directory" says nothing
         where = f"'{short(os.fsdecode(e.filename), 200)}': " if isinstance(e.filename, (str, bytes)) else ""
-        return ModelError(f"downloading {what} '{repo_id}' failed: {where}{_first_line(e.strerror or str(e))}")
+        fix = ""
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and where and \
+                Path(os.fsdecode(e.filename)).absolute().is_relative_to(hub_cache().absolute()):
+            fix = (f"; the Hugging Face cache {short(str(hub_cache()), 200)} cannot be written (a read-only volume?): "
+                   "set HF_HUB_CACHE to a folder you can write, or pull the model where the cache can be written")
+        return ModelError(f"downloading {what} '{repo_id}' failed: {where}{_first_line(e.strerror or str(e))}{fix}")
     if isinstance(e, ValueError):  # HFValidationError, an unusable listing or file entry, a Xet-only file
         return ModelError(f"{what} '{repo_id}' cannot be downloaded from the Hub at {endpoint()}: {_first_line(str(e))}")
     return e
