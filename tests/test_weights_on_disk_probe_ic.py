@@ -75,14 +75,14 @@ def test_an_interrupted_download_in_the_cache_is_said_so_offline(hub, tiny_model
     before = len(hub.requests)
     with pytest.raises(ModelError) as e:
         load("acme/tiny")
-    assert str(e.value) == ("model 'acme/tiny' is in the Hugging Face cache without model.safetensors (a download "
-                            "that stopped before the end) and HF_HUB_OFFLINE is set; finish it while online with: "
+    assert str(e.value) == ("model 'acme/tiny' is in the Hugging Face cache without model.safetensors (an "
+                            "interrupted download?) and HF_HUB_OFFLINE is set; finish it while online with: "
                             "showo2 pull acme/tiny")
     pinned = f"acme/tiny@{snap.name}"
     assert main(["info", "-m", pinned]) == 4
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"showo2: error: model '{pinned}' is in the Hugging Face cache without model.safetensors (a "
-                   f"download that stopped before the end) and HF_HUB_OFFLINE is set; finish it while online with: "
+    assert err == [f"showo2: error: model '{pinned}' is in the Hugging Face cache without model.safetensors (an "
+                   f"interrupted download?) and HF_HUB_OFFLINE is set; finish it while online with: "
                    f"showo2 pull {pinned}"]
     with pytest.raises(ModelError, match="is not a local folder, not in the Hugging Face cache"):
         load("acme/absent")  # a repo the cache does not hold: as before

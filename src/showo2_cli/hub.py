@@ -225,8 +225,8 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False,
                                  f"showo2 pull {text}")
             gaps = cache_gaps(repo, revision, vae_given)  # (was "not in the Hugging Face cache")
             if gaps:
-                raise ModelError(f"model '{text}' is in the Hugging Face cache without {', '.join(gaps[:3])} (a download "
-                                 f"that stopped before the end) and {why}; finish it while online with: showo2 pull {text}")
+                raise ModelError(f"model '{text}' is in the Hugging Face cache without {', '.join(gaps[:3])} (an "
+                                 f"interrupted download?) and {why}; finish it while online with: showo2 pull {text}")
             folder = "not a local folder, " if "/" in text else ""  # a mistyped path looks like a repo id
             raise ModelError(f"model '{text}' is {folder}not in the Hugging Face cache and {why}; "
                              f"get it while online with: showo2 pull {text}")
