@@ -31,8 +31,9 @@ import torch
 from ..errors import ModelError, OutputError, UsageError, error_detail, short
 from ..media import append_text, atomic_output
 from . import checkpoint as ckpt
+from .accelerator import make_accelerator
 from .checkpoint import LOCK_FILE as LOCK_FILE  # (the folder's lock lives with its checkpoints)
-from .control import LogWindow, StopRequest, check_trackers, chunks, flat_config, peak_rss_mb, worker_init
+from .control import LogWindow, StopRequest, chunks, flat_config, peak_rss_mb, worker_init
 from .data import INDEX_DIR, StepSampler, TrainingData, loader, make_sources, mix
 from .objective import objective_for
 from .params import weights_digest
@@ -41,7 +42,6 @@ from .schema import MAX_STEPS, TrainConfig
 
 Progress = Callable[[dict], None]
 STATE_FORMAT = 1
-SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")  # accelerate distributed types that shard weights/optimizer state
 TRACKER_DIR, TRACKER_RUN = "logs", "train"  # accelerate trackers write under <output_dir>/logs/train
 
 
@@ -65,31 +65,6 @@ class TrainResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
-# ---- building what a run needs -----------------------------------------------------------------
-
-def _pick_device(cfg: TrainConfig) -> bool:
-    """True to run on CPU."""
-    if cfg.run.device == "cpu":
-        return True
-    if cfg.run.device == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"{cfg.source}: run.device: 'cuda' but no CUDA device is available")
-        return False
-    return not torch.cuda.is_available()
-
-
-def _mixed_precision(cfg: TrainConfig, cpu: bool) -> str:
-    mp = cfg.run.mixed_precision
-    if mp != "auto":
-        return mp
-    env = os.environ.get("ACCELERATE_MIXED_PRECISION")
-    if env in ("no", "bf16", "fp16"):
-        return env
-    if not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
-
-
 # ---- the run ------------------------------------------------------------------------------------
 
 class Run:
@@ -111,28 +86,10 @@ class Run:
 
     # -- setup --
     def setup(self) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
-
         cfg = self.cfg
-        cpu = _pick_device(cfg)
         roles = cfg.roles()
         self.objective = objective_for(cfg, self)
-        find_unused = self.objective.find_unused_parameters()
-        mixed = _mixed_precision(cfg, cpu)
-        if cpu and mixed == "fp16":
-            raise UsageError(f"{cfg.source}: run.mixed_precision: fp16 needs a CUDA device; use bf16 or no on a CPU")
-        trackers = check_trackers(cfg)
-        self.acc = Accelerator(cpu=cpu, mixed_precision=mixed, gradient_accumulation_steps=cfg.optim.grad_accumulation,
-                               log_with=trackers or None, project_dir=str(self.output_dir / TRACKER_DIR) if trackers else None,
-                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)])
-        if torch.cuda.is_available():
-            torch.backends.cuda.matmul.allow_tf32 = cfg.run.tf32
-            torch.backends.cudnn.allow_tf32 = cfg.run.tf32
-        if self.acc.distributed_type.value in SHARDED:
-            raise UsageError(f"accelerate's {self.acc.distributed_type.value} (sharded weights) is not supported by showo2 "
-                             "train: its checkpoints are full weights and optimizer state written by process 0; use "
-                             "DDP (examples/accelerate/), with [lora] and run.gradient_checkpointing to fit a GPU")
+        self.acc = make_accelerator(cfg, self.objective.find_unused_parameters(), self.output_dir / TRACKER_DIR)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
 
