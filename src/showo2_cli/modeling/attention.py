@@ -23,11 +23,24 @@ def omni_attention_mask(modality_positions: torch.Tensor, seq_len: int, device=N
     pos = torch.arange(seq_len, device=device)
     allowed = (pos[None, :] <= pos[:, None]).expand(mp.shape[0], seq_len, seq_len).clone()
     offsets, lengths = mp[..., 0], mp[..., 1]  # (B, M)
-    # inside[b, m, i]: position i lies in block m of sequence b
+    # inside[b, m, i]: position i lies in block m of sequence b (a few (B, L) rows, no L x L temporary
+    # but the mask itself: the blocks are or-ed in one at a time)
     inside = (pos[None, None, :] >= offsets[..., None]) & (pos[None, None, :] < (offsets + lengths)[..., None])
-    inside = inside.float()
-    same_block = torch.einsum("bmi,bmj->bij", inside, inside) > 0
-    return (allowed | same_block)[:, None]
+    for m in range(inside.shape[1]):
+        row = inside[:, m]  # (B, L)
+        allowed |= row[:, :, None] & row[:, None, :]
+    return allowed[:, None]
+
+
+def batch_mask(modality_positions: torch.Tensor, seq_len: int, device=None) -> torch.Tensor:
+    """The omni mask of a batch of rows padded to ``seq_len``: :func:`omni_attention_mask`, or
+    its first row alone ``(1, 1, L, L)`` when every row has the same blocks (a training batch of
+    one role: its generation rows all do), which attention broadcasts over the batch with the same
+    numbers. Padding is never masked, so rows with the same blocks have the same mask."""
+    mp = torch.as_tensor(modality_positions, dtype=torch.long)
+    if mp.dim() == 3 and mp.shape[0] > 1 and bool((mp == mp[:1]).all()):
+        mp = mp[:1]
+    return omni_attention_mask(mp, seq_len, device=device)
 
 
 def sdpa_mask(mask_bool: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

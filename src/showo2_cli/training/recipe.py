@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError, UsageError
-from ..modeling.attention import omni_attention_mask, shared_mask
+from ..modeling.attention import batch_mask, shared_mask
 from ..modeling.flow_head import pack_velocity
 from ..sequences import IGNORE
 from ..sequences import TrainingRows as TextBuilder  # the row writer lives with the inference rows
@@ -294,8 +294,7 @@ class Showo2Loss(nn.Module):
                 tokens = list(net.visual_tokens(g.x))
             for r, tok in zip(g.rows, tokens, strict=True):
                 visual[r] = [tok]
-        mask = shared_mask(omni_attention_mask(batch.slots, batch.input_ids.shape[1], device=net.device),
-                           net.attn, net.dtype)
+        mask = shared_mask(batch_mask(batch.slots, batch.input_ids.shape[1], device=net.device), net.attn, net.dtype)
         hidden, cond = net.hidden_states(batch.input_ids, visual, batch.slots, batch.t, mask)
 
         zero = hidden.new_zeros((), dtype=torch.float32)
@@ -314,7 +313,7 @@ class Showo2Loss(nn.Module):
         n_elems = 0
         if batch.gen_rows:
             idx = torch.tensor(batch.gen_rows, device=hidden.device)
-            every = len(batch.gen_rows) == rows  # (the mask itself then: mask[idx] is a copy)
+            every = len(batch.gen_rows) == rows or len(mask) == 1  # (the mask itself then: mask[idx] is a copy)
             out = net.flow_head(hidden[idx], cond[idx][:, None], batch.slots[idx], mask if every else mask[idx])
             sq = zero
             for j, r in enumerate(batch.gen_rows):
