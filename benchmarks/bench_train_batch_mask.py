@@ -14,8 +14,9 @@ the demo's do) and reports:
 
 * the peak RSS after building and after the steps (``ru_maxrss``);
 * the CPU seconds of the steps after the first (the first pays one-off costs);
-* what autograd kept for the backward (saved tensors, by storage), and the part of it that is
-  ``L x L`` masks (``mask_mb``): the step's peak is at the start of its backward, with all of it live;
+* what autograd kept for the backward (``saved_mb``: saved tensors by storage over the run, the
+  weights they reference included; a storage address a later step reuses counts once), and the
+  ``L x L`` masks among them (``mask_shapes``; ``mask_mb``: the largest one's storage);
 * the per-step losses and grad norms (metrics.jsonl) and a digest of the final weights, which
   must be the same bits in every run.
 
@@ -67,19 +68,22 @@ def worker(a) -> dict:
 
     import torch
 
-    import showo2_cli
     from showo2_cli.training.config import parse_config
     from showo2_cli.training.trainer import Run
 
     torch.set_num_threads(1)
-    marks: dict = {"src": str(Path(showo2_cli.__file__).parents[1])}
+    marks: dict = {}
     step_cpu: list[float] = []
     kept: dict[int, tuple[int, bool]] = {}
+    masks: set[tuple[tuple[int, ...], int]] = set()  # (shape, bytes of its storage)
 
     def pack(t):
         st = t.untyped_storage()
         square = t.dim() >= 2 and t.shape[-1] == t.shape[-2] and t.shape[-1] > 64 and not t.requires_grad
-        kept[st.data_ptr()] = (st.nbytes(), square and t.dtype in (torch.bool, torch.float32, torch.bfloat16))
+        mask = square and t.dtype in (torch.bool, torch.float32, torch.bfloat16)
+        kept[st.data_ptr()] = (st.nbytes(), mask)
+        if mask:
+            masks.add((tuple(t.shape), st.nbytes()))
         return t
 
     def progress(ev):
@@ -101,7 +105,8 @@ def worker(a) -> dict:
     return {**marks, "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "step_cpu_s": [round(x, 2) for x in cpu], "later_steps_cpu_s": round(sum(cpu[1:]) / max(len(cpu) - 1, 1), 2),
             "saved_mb": round(sum(n for n, _ in kept.values()) / 2**20, 1),
-            "mask_mb": round(sum(n for n, m in kept.values() if m) / 2**20, 1),
+            "mask_shapes": sorted(list(shape) for shape, _ in masks),
+            "mask_mb": round(max((n for _, n in masks), default=0) / 2**20, 2),
             "losses": [x["loss"] for x in lines], "grad_norms": [x.get("grad_norm") for x in lines],
             "weights_sha256": digest.hexdigest()[:16]}
 

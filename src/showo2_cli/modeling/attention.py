@@ -34,9 +34,10 @@ def omni_attention_mask(modality_positions: torch.Tensor, seq_len: int, device=N
 
 def batch_mask(modality_positions: torch.Tensor, seq_len: int, device=None) -> torch.Tensor:
     """The omni mask of a batch of rows padded to ``seq_len``: :func:`omni_attention_mask`, or
-    its first row alone ``(1, 1, L, L)`` when every row has the same blocks (a training batch of
-    one role: its generation rows all do), which attention broadcasts over the batch with the same
-    numbers. Padding is never masked, so rows with the same blocks have the same mask."""
+    its first row alone ``(1, 1, L, L)`` when every row has the same blocks (a training forward
+    of image-understanding rows of one format and resolution; generation rows whose captions all
+    fill the text budget), which attention broadcasts over the batch with the same numbers.
+    Padding is never masked, so rows with the same blocks have the same mask."""
     mp = torch.as_tensor(modality_positions, dtype=torch.long)
     if mp.dim() == 3 and mp.shape[0] > 1 and bool((mp == mp[:1]).all()):
         mp = mp[:1]
