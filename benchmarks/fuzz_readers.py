@@ -42,8 +42,10 @@ from pathlib import Path
 MEDIA = Path(os.environ.get("SHOWO2_MEDIA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "media")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz_more_readers as more  # noqa: E402 (probe FN's readers: config, options, tokenizer, VAE, shards, cache, JPEG)
+import fuzz_newest_readers as newest  # noqa: E402 (probe IH's: run folders, latent cache, schema files, /load)
 
-READERS = ("image", "video", "latents", "prompts", "transcript", "metadata", "lora", "model", "server") + more.READERS
+READERS = (("image", "video", "latents", "prompts", "transcript", "metadata", "lora", "model", "server")
+           + more.READERS + newest.READERS)
 
 
 # ---------------------------------------------------------------- the mutator
@@ -225,6 +227,8 @@ def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
     (JSON lines); the structured ones are mutated as bytes a fifth of the time."""
     if kind in more.KINDS:
         return more.KINDS[kind](data, kind, rng)
+    if kind in newest.KINDS:
+        return newest.KINDS[kind](data, kind, rng)
     if kind == "bytes" or rng.random() < 0.2:
         return mutate_bytes(data, rng)
     if kind == "jsonl":
@@ -458,7 +462,8 @@ def seeds_server(work: Path) -> list[Seed]:
             Seed("data-url", work / "png"), Seed("data-url-video", mp4)]
 
 
-SEEDS = {name: globals()[f"seeds_{name}"] for name in READERS if name not in more.READERS} | more.SEEDS
+SEEDS = ({name: globals()[f"seeds_{name}"] for name in READERS if name not in more.READERS + newest.READERS}
+         | more.SEEDS | newest.SEEDS)
 
 
 # ---------------------------------------------------------------- driving a mutant through the reader
@@ -506,6 +511,8 @@ def drive(reader: str, seed: Seed, target: Path, root: Path | None, server=None)
         api.load(str(root))
     elif reader == "server":
         return server(seed, target)
+    elif reader in newest.READERS:
+        newest.drive(reader, seed, target, root)
     else:
         more.drive(reader, seed, target, root)
     return None
@@ -516,6 +523,8 @@ def _place(s: Seed, data: bytes, case: Path) -> tuple[Path, Path | None]:
     for the mutant): (the mutant's path, the folder, or None for a file alone)."""
     if s.label.startswith("link:"):
         return case, more.place(s, data, case)
+    if getattr(s, "placer", None) is not None:  # (a run folder: copied, not linked)
+        return s.placer(s, data, case)
     if s.root is not None:
         shutil.copytree(s.root, case, symlinks=True, copy_function=os.link)
         target = case / s.path.relative_to(s.root)
@@ -654,9 +663,10 @@ def run(reader: str, count: int, seed: int, timeout: float = 20.0, memory_mb: fl
             if _peak_mb() - before > memory_mb:
                 outcome = "defect:memory"
             leftover = [n for d, _, files in os.walk(case) for n in files  # (os.walk: a broken link is no error)
-                        if n.startswith(".") and os.path.isfile(os.path.join(d, n))]
+                        if n.startswith(".") and n != ".showo2-train.lock" and os.path.isfile(os.path.join(d, n))]
             if leftover:
                 outcome = "defect:partial-file"
+                exc = exc or RuntimeError(f"left {', '.join(sorted(leftover)[:3])}")
             outcomes[(s.label, outcome)] += 1
             if outcome.startswith("defect") and save is not None:
                 save.mkdir(parents=True, exist_ok=True)

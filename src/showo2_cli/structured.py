@@ -62,7 +62,7 @@ def check_schema(schema, strict: bool = True) -> None:
     """Refuse (:class:`UsageError`, one line naming the place) a schema that is not a JSON Schema
     object this module can hold an answer to: too large or deep, a keyword xgrammar would pass over
     (:data:`UNSUPPORTED`), ``uniqueItems``, ``multipleOf`` on a number that need not be whole, a
-    ``$ref`` outside the schema, a ``pattern`` beside a ``format``. Torch-free (the options' ``validate()`` calls it)."""
+    ``$ref`` outside the schema, a ``pattern`` beside a ``format``, ``minLength`` or ``maxLength``. Torch-free (the options' ``validate()`` calls it)."""
     if not isinstance(schema, dict):
         raise UsageError(f"a JSON schema must be an object, got {type(schema).__name__}")
     try:
@@ -168,6 +168,10 @@ def _walk(node, where: str, depth: int, work: dict) -> None:
         if key == "pattern" and "format" in node:  # xgrammar holds the format and drops the pattern
             raise UsageError(f"JSON schema {short(at)}: a 'pattern' beside a 'format' is not supported in structured "
                              "output (only the format would be held): give one of them")
+        if key == "pattern" and ("minLength" in node or "maxLength" in node):  # xgrammar drops the lengths
+            raise UsageError(f"JSON schema {short(at)}: a 'pattern' beside 'minLength'/'maxLength' is not supported "
+                             "in structured output (only the pattern would be held): put the length in the pattern "
+                             "(^[a-z]{1,12}$)")
         if key == "pattern" and isinstance(value, str) and _LOOKAROUND.search(value):
             raise UsageError(f"JSON schema {short(at)}: a lookahead or lookbehind in a pattern is not supported in "
                              "structured output")

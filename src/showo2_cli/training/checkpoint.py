@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError, OutputError, error_detail
+from ..errors import ModelError, OutputError, error_detail, short
 from ..run_folders import LATEST, STATE_FILE
 from ..run_folders import latest_checkpoint as latest_checkpoint  # (the run-folder readers live there)
 from ..run_folders import list_checkpoints as list_checkpoints
@@ -101,6 +101,48 @@ def order_changes(state: dict, signature: str, sizes: list, world: int) -> list[
     if state.get("world_size") not in (None, world):
         said.append(f"resuming with {world} process(es) instead of {state['world_size']}: {order}")
     return said
+
+
+def restore_optimizer(optimizer, saved: Any, where: Path) -> None:
+    """Load ``saved`` (a training state's ``optimizer`` entry) into ``optimizer`` (AdamW), checked as
+    ``load_state_dict`` does not: the algorithm's switches (``amsgrad``, ``maximize``, ...) this
+    optimizer's, each moment of its parameter's shape, every value finite, second moments not
+    negative, each step count a whole number from 0 to 10^12. A damaged entry is a
+    :class:`ModelError` naming ``where``: a step of -1e38 overflowed AdamW's bias correction at the
+    first step and ``amsgrad`` switched on raised KeyError (internal errors), a NaN moment made
+    every weight NaN, ``maximize`` would have trained the loss up."""
+    import torch
+
+    def damaged(why: str) -> ModelError:
+        return ModelError(f"'{where}': the optimizer state does not fit this model ({why})")
+
+    # the algorithm's switches (amsgrad, maximize, foreach, fused, ...): never the config's to change,
+    # so a checkpoint's are this optimizer's (amsgrad switched on without its state: KeyError at the step)
+    switches = [k for k, v in optimizer.defaults.items() if isinstance(v, bool) or v is None]
+    wanted = [{k: g.get(k) for k in switches} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError) as e:
+        raise damaged(error_detail(e)) from None
+    for i, (g, want) in enumerate(zip(optimizer.param_groups, wanted, strict=True)):
+        for key, value in want.items():
+            if type(g.get(key)) is not type(value) or g.get(key) != value:
+                raise damaged(f"group {i} has {key} {short(g.get(key))}, not {value}")
+    for param, moments in optimizer.state.items():
+        for key, value in moments.items():
+            if key == "step":
+                number = (torch.is_tensor(value) and value.numel() == 1 and value.dtype != torch.bool
+                          and not value.is_complex()) or type(value) in (int, float)
+                step = float(value) if number else None
+                if step is None or not (0 <= step < 1e12 and step == int(step)):
+                    raise damaged(f"a step count of {short(value) if step is None else format(step, 'g')}")
+            elif not torch.is_tensor(value) or value.shape != param.shape:
+                got = f"of shape {tuple(value.shape)}" if torch.is_tensor(value) else f"a {type(value).__name__}"
+                raise damaged(f"{key} {got} for a parameter of shape {tuple(param.shape)}")
+            elif not value.is_floating_point() or not torch.isfinite(value).all():
+                raise damaged(f"{key} holds {'values that are not finite' if value.is_floating_point() else value.dtype}")
+            elif key in ("exp_avg_sq", "max_exp_avg_sq") and bool((value < 0).any()):
+                raise damaged(f"{key} holds negative values")
 
 
 #: the optimizer settings of each AdamW group that a checkpoint's state would bring back
@@ -194,7 +236,7 @@ def check_same_run(output_dir: Path, model) -> None:
 
     try:
         saved = json.loads((output_dir / "train_config.json").read_text(encoding="utf-8"))["config"]["model"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # (a list 100,000 deep: not JSON to us)
         return
     if not isinstance(saved, dict):
         return

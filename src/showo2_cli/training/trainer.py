@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError, OutputError, UsageError, error_detail, short
+from ..errors import OutputError, UsageError, short
 from ..media import append_text, atomic_output
 from . import checkpoint as ckpt
 from .accelerator import make_accelerator
@@ -132,17 +132,7 @@ class Run:
                 ckpt.restore_ema(self.ema, state["ema"], self.resumed_from, self.objective)
         if state is not None:
             wanted = ckpt.optimizer_settings(self.optimizer.param_groups)
-            try:
-                self.optimizer.load_state_dict(state["optimizer"])
-            except (ValueError, KeyError, TypeError, RuntimeError) as e:
-                raise ModelError(f"'{self.resumed_from / ckpt.STATE_FILE}': the optimizer state does not fit this "
-                                 f"model ({error_detail(e)})") from None
-            for param, moments in self.optimizer.state.items():  # load_state_dict checks no shapes
-                for key, value in moments.items():
-                    if key != "step" and torch.is_tensor(value) and value.shape != param.shape:
-                        raise ModelError(f"'{self.resumed_from / ckpt.STATE_FILE}': the optimizer state does not "
-                                         f"fit this model ({key} of shape {tuple(value.shape)} for a parameter "
-                                         f"of shape {tuple(param.shape)})")
+            ckpt.restore_optimizer(self.optimizer, state["optimizer"], self.resumed_from / ckpt.STATE_FILE)
             if settings := ckpt.restore_settings(self.optimizer.param_groups, wanted):
                 self.notice(settings)
             rng = state.get("rng") or {}
