@@ -68,6 +68,17 @@ def test_an_optimizer_state_with_other_switches_is_refused(tmp_path, switch):
         ckpt.restore_optimizer(opt, saved, tmp_path / "trainer_state.pt")
 
 
+@pytest.mark.parametrize("saved", [None, "0.9", [0.9], torch.tensor([0.9, 0.999]), {"a": 1}])
+def test_the_configs_betas_replace_any_a_damaged_state_holds(saved):
+    """Mutant 174 of ``--reader train-run --seed 53``: a group's ``betas`` None; the resume raised
+    ``TypeError: 'NoneType' object is not iterable`` putting the config's settings back."""
+    groups = [{"name": "x\ny", "betas": saved, "base_lr": 1e-3, "eps": torch.tensor([1e-8, 1e-8])}]
+    said = ckpt.restore_settings(groups, [{"betas": (0.9, 0.999), "base_lr": 1e-3, "eps": 1e-8}])
+    assert groups[0]["betas"] == (0.9, 0.999) and groups[0]["eps"] == 1e-8
+    assert said.startswith("the optimizer settings differ from the checkpoint's: betas of group 'x\\ny' "
+                           "(0.9, 0.999) (the checkpoint's: ") and "\n" not in said
+
+
 def test_a_sound_optimizer_state_is_restored_as_saved(tmp_path):
     _, opt = _adamw()
     saved = opt.state_dict()

@@ -161,12 +161,17 @@ def restore_settings(groups: list[dict], wanted: list[dict]) -> str | None:
     changed = []
     for g, want in zip(groups, wanted, strict=True):
         for key, value in want.items():
-            old = tuple(g[key]) if key == "betas" else g.get(key)
-            if old != value:
-                what = f"{'lr' if key == 'base_lr' else key} of group '{g.get('name', '?')}'"
-                said = f"{what} {value} (the checkpoint's: {old})"
+            old = g.get(key)
+            old = tuple(old) if key == "betas" and isinstance(old, (list, tuple)) else old
+            try:  # (a damaged state's may be anything: None, a tensor, text; the config's apply either way)
+                same = not isinstance(old, bool) and bool(old == value)
+            except (RuntimeError, TypeError, ValueError):
+                same = False
+            if not same:
+                what = f"{'lr' if key == 'base_lr' else key} of group '{short(g.get('name', '?'))}'"
+                said = f"{what} {value} (the checkpoint's: {short(old)})"
                 changed += [said] if said not in changed else []  # (a group's decay and no-decay halves)
-                g[key] = value
+            g[key] = value
     if not changed:
         return None
     more = f" and {len(changed) - 2} more" if len(changed) > 2 else ""
