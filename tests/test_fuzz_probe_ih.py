@@ -177,3 +177,26 @@ def test_a_length_or_a_pattern_alone_is_still_taken():
     check_schema({"type": "string", "minLength": 1, "maxLength": 8})
     check_schema({"type": "object", "properties": {"a": {"type": "string", "pattern": "^a$"},
                                                    "b": {"type": "string", "maxLength": 3}}})
+
+
+@pytest.mark.parametrize("key", ["minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"])
+@pytest.mark.parametrize("count", [-1, -860969361696, 2**31, 2**32 + 3, -0.5])
+def test_a_count_xgrammar_cannot_hold_is_refused_naming_its_place(key, count):
+    """Mutant 978 of ``--reader schema --seed 53``: ``minLength: -860969361696``; xgrammar took it as
+    a 32-bit integer and wrote a grammar it could not parse: ``api.caption`` raised RuntimeError at the
+    first token (the CLI's internal error). ``maxLength: 2**32 + 3`` held answers to 3 characters."""
+    from showo2_cli.structured import check_schema
+
+    kind = {"L": "string", "I": "array", "P": "object"}[key[3]]
+    schema = {"type": "object", "properties": {"a": {"type": kind, key: count}}}
+    with pytest.raises(UsageError, match=re.escape(f"JSON schema #/properties/a/{key}: '{key}' must be a whole "
+                                                   "number from 0 to 2,147,483,647, got ")):
+        check_schema(schema)
+
+
+@pytest.mark.parametrize("count", [0, 3, 2**31 - 1])
+def test_counts_in_range_are_taken(count):
+    from showo2_cli.structured import check_schema
+
+    check_schema({"type": "object", "properties": {"a": {"type": "string", "maxLength": count},
+                                                   "b": {"type": "array", "minItems": 0, "maxItems": count}}})

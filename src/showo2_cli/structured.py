@@ -40,6 +40,12 @@ MAX_SCHEMA_WORK = 2**15
 MAX_PATTERN_SIZE = 1000
 MAX_PATTERNS_SIZE = 4000
 
+#: the counts of JSON Schema (a non-negative integer each) and the largest xgrammar holds: it takes
+#: them as 32-bit integers, so ``minLength: -1`` compiled to a grammar it cannot parse (a RuntimeError
+#: at the answer's first token) and ``maxLength: 2**32 + 3`` held answers to 3 characters
+COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+MAX_COUNT = 2**31 - 1
+
 #: JSON Schema keywords that xgrammar converts without honouring them (checked against xgrammar
 #: 0.2: the grammar is the same with or without them), each refused with why
 UNSUPPORTED = {
@@ -62,7 +68,8 @@ def check_schema(schema, strict: bool = True) -> None:
     """Refuse (:class:`UsageError`, one line naming the place) a schema that is not a JSON Schema
     object this module can hold an answer to: too large or deep, a keyword xgrammar would pass over
     (:data:`UNSUPPORTED`), ``uniqueItems``, ``multipleOf`` on a number that need not be whole, a
-    ``$ref`` outside the schema, a ``pattern`` beside a ``format``, ``minLength`` or ``maxLength``. Torch-free (the options' ``validate()`` calls it)."""
+    ``$ref`` outside the schema, a ``pattern`` beside a ``format``, ``minLength`` or ``maxLength``, a
+    count (:data:`COUNTS`) below 0 or over :data:`MAX_COUNT`. Torch-free (the options' ``validate()`` calls it)."""
     if not isinstance(schema, dict):
         raise UsageError(f"a JSON schema must be an object, got {type(schema).__name__}")
     try:
@@ -144,7 +151,8 @@ def _count_work(node: dict, where: str, work: dict) -> None:
                     + (f"a pattern {size:,} characters long written out, more than {MAX_PATTERN_SIZE:,}"
                        if size > MAX_PATTERN_SIZE else
                        f"the patterns are more than {MAX_PATTERNS_SIZE:,} characters written out in all")
-                    + " (counted repetitions are expanded: bound a string's length with minLength/maxLength)")
+                    + " (counted repetitions are expanded: write a smaller count, or bound the string with "
+                       "minLength/maxLength instead of a pattern)")
 
 
 def _walk(node, where: str, depth: int, work: dict) -> None:
@@ -168,6 +176,10 @@ def _walk(node, where: str, depth: int, work: dict) -> None:
         if key == "pattern" and "format" in node:  # xgrammar holds the format and drops the pattern
             raise UsageError(f"JSON schema {short(at)}: a 'pattern' beside a 'format' is not supported in structured "
                              "output (only the format would be held): give one of them")
+        if key in COUNTS and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and not 0 <= value <= MAX_COUNT:
+            raise UsageError(f"JSON schema {short(at)}: '{key}' must be a whole number from 0 to {MAX_COUNT:,}, "
+                             f"got {short(value)}")
         if key == "pattern" and ("minLength" in node or "maxLength" in node):  # xgrammar drops the lengths
             raise UsageError(f"JSON schema {short(at)}: a 'pattern' beside 'minLength'/'maxLength' is not supported "
                              "in structured output (only the pattern would be held): put the length in the pattern "
