@@ -47,6 +47,10 @@ DAMAGED = {
     "exp_avg a list": lambda s: s.update(exp_avg=[0.0] * 6),
     "exp_avg transposed": lambda s: s.update(exp_avg=s["exp_avg"].t()),
 }
+DAMAGED_TABLES = {  # mutants 318, 324, 372: a state no group names ('int' object has no attribute 'shape')
+    "a state of parameter 999": lambda o: o["state"].update({999: o["state"][0]}),
+    "a state that is no table": lambda o: o["state"].update({1: 5}),
+}
 
 
 @pytest.mark.parametrize("name", list(DAMAGED))
@@ -54,6 +58,15 @@ def test_a_damaged_optimizer_state_is_a_model_error_naming_the_file(tmp_path, na
     _, opt = _adamw()
     with pytest.raises(ModelError, match=r"trainer_state.pt': the optimizer state does not fit this model \("):
         ckpt.restore_optimizer(opt, _state_with(DAMAGED[name]), tmp_path / "trainer_state.pt")
+
+
+@pytest.mark.parametrize("name", list(DAMAGED_TABLES))
+def test_an_optimizer_state_for_parameters_it_lacks_is_refused(tmp_path, name):
+    _, opt = _adamw()
+    saved = opt.state_dict()
+    DAMAGED_TABLES[name](saved)
+    with pytest.raises(ModelError, match=r"the optimizer state does not fit this model \("):
+        ckpt.restore_optimizer(opt, saved, tmp_path / "trainer_state.pt")
 
 
 @pytest.mark.parametrize("switch", [{"amsgrad": True}, {"maximize": True}, {"foreach": "yes"}])

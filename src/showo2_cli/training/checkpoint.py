@@ -129,6 +129,8 @@ def restore_optimizer(optimizer, saved: Any, where: Path) -> None:
             if type(g.get(key)) is not type(value) or g.get(key) != value:
                 raise damaged(f"group {i} has {key} {short(g.get(key))}, not {value}")
     for param, moments in optimizer.state.items():
+        if not torch.is_tensor(param) or not isinstance(moments, dict):  # (kept as saved: no group names it)
+            raise damaged(f"a state for parameter {short(param)}, which no group holds")
         for key, value in moments.items():
             if key == "step":
                 number = (torch.is_tensor(value) and value.numel() == 1 and value.dtype != torch.bool
