@@ -32,7 +32,7 @@ from pathlib import Path
 
 READERS = ("train-run", "latent-cache", "schema", "chat-load")
 
-_TINY = """mode = "showo2"
+TINY = """mode = "showo2"
 seed = 0
 output_dir = "{out}"
 [model]
@@ -110,7 +110,7 @@ def mutate_torch(data: bytes, kind: str, rng: random.Random) -> bytes:
     """A ``torch.save`` file's mutant: its object mutated one to three times and saved again (a
     fifth of the time the bytes instead)."""
     import torch
-    from fuzz_readers import mutate_bytes
+    from fuzz_readers import mutate_bytes, set_at
 
     if rng.random() < 0.2:
         return mutate_bytes(data, rng)
@@ -130,16 +130,7 @@ def mutate_torch(data: bytes, kind: str, rng: random.Random) -> bytes:
         if op == 2 and isinstance(node, list):
             node[:] = [] if node and rng.random() < 0.5 else node * rng.choice((2, 100))
             continue
-        new = _odd_value(rng, node)
-        if not path:
-            value = new
-            continue
-        parent = value
-        for k in path[:-1]:
-            parent = parent[k]
-        if isinstance(parent, tuple):
-            continue
-        parent[path[-1]] = new
+        value = set_at(value, path, _odd_value(rng, node))
     buf = io.BytesIO()
     try:
         torch.save(value, buf)
@@ -196,8 +187,8 @@ def _train_folder(work: Path) -> Path:
     if (root / "run" / "latest").exists():
         return root
     root.mkdir(parents=True, exist_ok=True)
-    (root / "resume.toml").write_text(_TINY.format(out="run", steps=4))
-    (root / "fresh.toml").write_text(_TINY.format(out="fresh", steps=1))
+    (root / "resume.toml").write_text(TINY.format(out="run", steps=4))
+    (root / "fresh.toml").write_text(TINY.format(out="fresh", steps=1))
     cfg = load_config(root / "resume.toml")
     cfg.optim.max_steps = 3
     with contextlib.redirect_stderr(io.StringIO()):

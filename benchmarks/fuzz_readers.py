@@ -201,12 +201,19 @@ def mutate_json_value(value, rng: random.Random):
         if op == 3 and isinstance(node, str):  # unicode into a string
             j = rng.randrange(len(node) + 1)
             new = node[:j] + rng.choice(_TEXTS) + node[j:]
-        if not path:
-            value = new
-            continue
-        parent = value
-        for k in path[:-1]:
-            parent = parent[k]
+        value = set_at(value, path, new)
+    return value
+
+
+def set_at(value, path: tuple, new):
+    """``value`` with the node at ``path`` (keys and indexes) replaced by ``new`` (in place where it
+    can be; a node inside a tuple stays as it was)."""
+    if not path:
+        return new
+    parent = value
+    for k in path[:-1]:
+        parent = parent[k]
+    if not isinstance(parent, tuple):
         parent[path[-1]] = new
     return value
 

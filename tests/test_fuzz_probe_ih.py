@@ -4,15 +4,19 @@ taken when they cannot be held."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from showo2_cli.errors import ModelError, UsageError
 from showo2_cli.training import checkpoint as ckpt
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------- a run folder's training state
 
@@ -112,25 +116,12 @@ def test_a_run_record_nested_past_the_recursion_limit_is_no_record(tmp_path):
     assert [e["start_step"] for e in json.loads((tmp_path / "train_config.json").read_text())["invocations"]] == [3]
 
 
-TINY = """mode = "showo2"
-seed = 0
-output_dir = "run"
-[model]
-init_spec = "tiny"
-vae_base_dim = 4
-[[data]]
-kind = "shapes"
-role = "t2i"
-resolution = 32
-[batch]
-t2i = 2
-[optim]
-lr = 1e-3
-max_steps = 2
-[run]
-save_every = 1
-log_every = 1
-"""
+def _newest_readers():
+    """benchmarks/fuzz_newest_readers.py, for its tiny run's config (``TINY``)."""
+    spec = importlib.util.spec_from_file_location("fuzz_newest_readers", ROOT / "benchmarks" / "fuzz_newest_readers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow
@@ -141,7 +132,7 @@ def test_a_resume_from_a_damaged_optimizer_state_is_refused_in_one_line(tmp_path
     on, every weight NaN after the step."""
     from showo2_cli.training import load_config, train
 
-    (tmp_path / "c.toml").write_text(TINY)
+    (tmp_path / "c.toml").write_text(_newest_readers().TINY.format(out="run", steps=2))
     train(load_config(tmp_path / "c.toml"))
     path = tmp_path / "run" / "checkpoint-000002" / "trainer_state.pt"
     good = path.read_bytes()
