@@ -50,6 +50,7 @@ DAMAGED = {
     "exp_avg_sq negative": lambda s: s["exp_avg_sq"].fill_(-1.0),
     "exp_avg a list": lambda s: s.update(exp_avg=[0.0] * 6),
     "exp_avg transposed": lambda s: s.update(exp_avg=s["exp_avg"].t()),
+    "exp_avg dropped": lambda s: s.pop("exp_avg"),  # mutant 948: KeyError: 'exp_avg' at the first step
 }
 DAMAGED_TABLES = {  # mutants 318, 324, 372: a state no group names ('int' object has no attribute 'shape')
     "a state of parameter 999": lambda o: o["state"].update({999: o["state"][0]}),

@@ -103,11 +103,16 @@ def order_changes(state: dict, signature: str, sizes: list, world: int) -> list[
     return said
 
 
+#: what AdamW keeps for each parameter it has stepped
+ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")
+
+
 def restore_optimizer(optimizer, saved: Any, where: Path) -> None:
     """Load ``saved`` (a training state's ``optimizer`` entry) into ``optimizer`` (AdamW), checked as
     ``load_state_dict`` does not: the algorithm's switches (``amsgrad``, ``maximize``, ...) this
-    optimizer's, each moment of its parameter's shape, every value finite, second moments not
-    negative, each step count a whole number from 0 to 10^12. A damaged entry is a
+    optimizer's, a stepped parameter's state whole (:data:`ADAMW_STATE`), each moment of its
+    parameter's shape, every value finite, second moments not negative, each step count a whole
+    number from 0 to 10^12. A damaged entry is a
     :class:`ModelError` naming ``where``: a step of -1e38 overflowed AdamW's bias correction at the
     first step and ``amsgrad`` switched on raised KeyError (internal errors), a NaN moment made
     every weight NaN, ``maximize`` would have trained the loss up."""
@@ -131,6 +136,9 @@ def restore_optimizer(optimizer, saved: Any, where: Path) -> None:
     for param, moments in optimizer.state.items():
         if not torch.is_tensor(param) or not isinstance(moments, dict):  # (kept as saved: no group names it)
             raise damaged(f"a state for parameter {short(param)}, which no group holds")
+        lacks = [k for k in ADAMW_STATE if moments and k not in moments]  # (empty: a parameter not stepped yet)
+        if lacks:
+            raise damaged(f"the state of a parameter of shape {tuple(param.shape)} lacks {lacks[0]}")
         for key, value in moments.items():
             if key == "step":
                 number = (torch.is_tensor(value) and value.numel() == 1 and value.dtype != torch.bool
