@@ -16,7 +16,9 @@ the shared photos), video (mp4, animated GIF), latents (``.safetensors`` as ``sh
 writes them, ``.pt``, ``.npy``), prompts (``.txt``, ``.jsonl``, ``.json``), transcript (a chat's
 ``/save``), metadata (a training folder's ``metadata.jsonl``), lora (a peft adapter folder), model
 (the demo model's folder: configs, tokenizer, weights), server (request bodies of the chat, images
-and Responses endpoints, data URLs, against a real uvicorn on 127.0.0.1).
+and Responses endpoints, data URLs, against a real uvicorn on 127.0.0.1); probe FN's in
+``fuzz_more_readers.py``; probe IH's (train-run, latent-cache, schema, chat-load) in
+``fuzz_newest_readers.py``.
 """
 
 from __future__ import annotations
