@@ -74,7 +74,9 @@ def check_schema(schema, strict: bool = True) -> None:
         raise UsageError(f"a JSON schema must be an object, got {type(schema).__name__}")
     try:
         text = json.dumps(schema, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as e:
+    except RecursionError:  # (Python's "maximum recursion depth exceeded while encoding ..." is no answer)
+        raise UsageError(f"the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels") from None
+    except (TypeError, ValueError) as e:
         raise UsageError(f"the JSON schema is not plain JSON: {short(str(e))}") from None
     if len(text) > MAX_SCHEMA_CHARS:
         raise UsageError(f"the JSON schema is {len(text):,} characters, more than {MAX_SCHEMA_CHARS:,}")

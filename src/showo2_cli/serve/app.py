@@ -343,7 +343,7 @@ def create_app(model, config: ServerConfig):
     async def chat_completions(request: Request):
         try:
             body = await request_body(request)
-            plan = parse_chat(body, config)
+            plan = await asyncio.to_thread(parse_chat, body, config)  # (a tool's grammar may take seconds)
             check_bias(plan)
             job = submit(lambda job: _chat_job(model, config, plan, job))
             rid = "chatcmpl-" + secrets.token_hex(12)
@@ -404,7 +404,7 @@ def create_app(model, config: ServerConfig):
     async def responses(request: Request):
         plan = None
         try:
-            plan = parse_responses(await request_body(request), config)
+            plan = await asyncio.to_thread(parse_responses, await request_body(request), config)
             check_bias(plan.chat)
             job = submit(lambda job: _chat_job(model, config, plan.chat, job))
             if not plan.chat.stream:

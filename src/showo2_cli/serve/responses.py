@@ -19,7 +19,7 @@ from ..errors import short
 from .body import optional_string
 from .errors import ApiError, api_error_of
 from .requests import ChatPlan, ServerConfig, notices_field, parse_chat
-from .tools import ToolStream
+from .tools import ToolStream, read_arguments
 
 #: chat completions' names, which a client sending them here mixed up with the Responses API's
 _CHAT_NAMES = {"messages": "input", "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
@@ -211,10 +211,7 @@ def _tool_item(item: dict, kind: str, param: str) -> dict:
             raise ApiError(400, f"{param}.output must be a string or a list of parts", "invalid_value",
                            f"{param}.output")
         return {"role": "tool", "tool_call_id": item["call_id"], "content": _content(output, "tool", param)}
-    try:
-        json.loads(item["arguments"] or "{}")
-    except ValueError:
-        raise ApiError(400, f"{param}.arguments is not JSON text", "invalid_value", f"{param}.arguments") from None
+    read_arguments(item["arguments"] or "{}", f"{param}.arguments")
     return {"role": "assistant", "content": None, "tool_calls": [
         {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}]}
 

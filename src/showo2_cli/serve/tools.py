@@ -14,7 +14,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
-from ..errors import Showo2Error, given, short
+from ..errors import Showo2Error, given, json_problem, short
 from .errors import ApiError
 
 #: Qwen2.5's chat template: what follows the system text when tools are given, around their list
@@ -27,6 +27,9 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 _CALL_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 #: a function's parameters when the tool gives none (OpenAI: an empty parameter list)
 NO_PARAMETERS = {"type": "object", "properties": {}}
+#: the deepest a listed tool may nest (objects and lists inside each other): each tool is written into
+#: the prompt as JSON, which Python cannot write past its recursion limit (~1,000 levels, less the stack)
+MAX_TOOL_DEPTH = 128
 
 
 def call_id() -> str:
@@ -89,7 +92,7 @@ class ToolPlan:
         for block in _CALL_BLOCK.findall(text[start:]):
             try:
                 call = json.loads(block)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return text, []  # (vLLM's hermes parser: an answer whose calls do not parse is its text)
             known = isinstance(call, dict) and any(call.get("name") == f["name"] for f in self.functions)
             if not known or not isinstance(call.get("arguments", {}), (dict, str)):
@@ -120,7 +123,7 @@ def _whole_items(text: str) -> list:
             at += 1
         try:
             item, at = decoder.raw_decode(text, at)
-        except ValueError:
+        except (ValueError, RecursionError):  # (nesting past Python's limit: the items before it)
             break
         items.append(item)
     return items
@@ -216,8 +219,8 @@ def read_tools(body: dict, shape: str) -> ToolPlan | None:
             raise ApiError(400, f"'tools[{k}]': custom tools are not served here (function tools are)",
                            "unsupported_parameter", f"tools[{k}].type")
         functions.append(_function_of(tool, shape))
-    names = [f["name"] for f in functions]
-    twice = next((n for n in names if names.count(n) > 1), None)
+    names: set[str] = set()
+    twice = next((f["name"] for f in functions if f["name"] in names or names.add(f["name"])), None)
     if twice is not None:
         raise ApiError(400, f"'tools': two tools are named {short(twice, 64)!r}", "invalid_value", "tools")
     if name is not None and name not in names:
@@ -273,7 +276,21 @@ def check_listed_tools(tools, param: str, shape: str) -> list:
                                 ("strict", bool, "true or false")):
             if fields.get(key) is not None and not isinstance(fields[key], kind):
                 raise ApiError(400, f"'{at}.{key}' must be {what}", "invalid_type", f"{at}.{key}")
+        if _depth(fields) > MAX_TOOL_DEPTH:
+            raise ApiError(400, f"'{at}' nests deeper than {MAX_TOOL_DEPTH} levels (objects and lists inside each "
+                                "other)", "invalid_value", at)
     return tools
+
+
+def _depth(value) -> int:
+    """How deep JSON nests (a scalar 0, ``[]`` 1), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            todo.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 # ---- a conversation's earlier calls and results, as the template shows them ------------------------
@@ -292,14 +309,20 @@ def calls_text(calls, param: str) -> str:
             raise ApiError(400, f"'{at}' must be a function call: {{\"type\": \"function\", \"function\": "
                                 "{\"name\": ..., \"arguments\": ...}}", "invalid_value", at)
         arguments = fn.get("arguments") or "{}"
-        try:
-            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except ValueError:
-            raise ApiError(400, f"'{at}.function.arguments' is not JSON text", "invalid_value",
-                           f"{at}.function.arguments") from None
+        arguments = read_arguments(arguments, f"{at}.function.arguments") if isinstance(arguments, str) else arguments
         blocks.append(CALL_OPEN + "\n" + json.dumps({"name": fn["name"], "arguments": arguments}, ensure_ascii=False)
                       + "\n" + CALL_CLOSE)
     return "\n".join(blocks)
+
+
+def read_arguments(text: str, param: str):
+    """A call's arguments, JSON text, read; a 400 naming ``param`` where they are not (nesting and
+    digits past Python's limits said in the project's words, not Python's)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        why = "is not JSON text" if isinstance(e, json.JSONDecodeError) else json_problem(e)
+        raise ApiError(400, f"'{param}' {why}", "invalid_value", param) from None
 
 
 def result_text(content: str) -> str:
@@ -307,4 +330,5 @@ def result_text(content: str) -> str:
     return f"<tool_response>\n{content}\n</tool_response>"
 
 
-__all__ = ["ToolPlan", "ToolStream", "calls_text", "check_listed_tools", "read_tools", "result_text", "split_answer"]
+__all__ = ["ToolPlan", "ToolStream", "calls_text", "check_listed_tools", "read_arguments", "read_tools",
+           "result_text", "split_answer"]
