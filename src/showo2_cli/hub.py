@@ -5,7 +5,8 @@ endpoint (``HF_ENDPOINT``), its offline switch (``HF_HUB_OFFLINE``), its token, 
 downloads and its ``.incomplete`` files; a Python call's own ``cache_dir`` and ``token``
 (:mod:`showo2_cli.hub_auth`) stand for the environment's for that call. This module only decides *which* files: a Show-o2
 checkpoint is its ``config.json`` plus one set of weights (the set :func:`find_weights`
-would read: safetensors before pickles, never both), its tokenizer files, and its VAE; the official
+would read: safetensors before pickles, never both), its tokenizer files, and its VAE (the rule, in
+:mod:`showo2_cli.hub_files`, re-exported here); the official
 repos keep the tokenizer and the LLM config in the Qwen2.5 repo, the SigLIP config in the SigLIP
 repo and the VAE in ``Wan-AI/Wan2.1-T2V-14B`` (``Wan2.1_VAE.pth`` only, not the 14B weights), so
 :func:`pull` fetches just those files from each.
@@ -26,7 +27,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from .errors import ModelError, UsageError, did_you_mean, short
 from .hub_auth import access
@@ -38,6 +39,18 @@ from .hub_download import (
     remote_listing,
     repo_cache_folder,
 )
+
+# (re-exported: every name of hub_files)
+from .hub_files import DIFFUSERS_VAE_WEIGHTS as DIFFUSERS_VAE_WEIGHTS
+from .hub_files import INDEX_FILES as INDEX_FILES
+from .hub_files import SINGLE_BIN as SINGLE_BIN
+from .hub_files import SINGLE_SAFETENSORS as SINGLE_SAFETENSORS
+from .hub_files import TOKENIZER_FILES as TOKENIZER_FILES
+from .hub_files import WAN_VAE_FILES as WAN_VAE_FILES
+from .hub_files import find_weights, model_files, tokenizer_repo_files
+from .hub_files import safe_name as safe_name
+from .hub_files import tokenizer_files as tokenizer_files
+from .hub_files import weight_files as weight_files
 from .run_folders import ADAPTER_CONFIG, resolve_run_path
 from .weights import read_json
 
@@ -45,12 +58,6 @@ Progress = Callable[[str, int, int], None]
 
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 REVISION = re.compile(r"[\w.-]+(/[\w.-]+)*")  # a commit sha, a tag or a branch (maybe with "/")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja")
-INDEX_FILES = ("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json",
-               "pytorch_model.bin.index.json", "diffusion_pytorch_model.bin.index.json")
-SINGLE_SAFETENSORS = ("model.safetensors", "pytorch_model.safetensors", "diffusion_pytorch_model.safetensors")
-SINGLE_BIN = ("pytorch_model.bin", "diffusion_pytorch_model.bin")
 SIGLIP_REPO = "google/siglip-so400m-patch14-384"
 
 # ---- names --------------------------------------------------------------------------------------
@@ -128,12 +135,6 @@ def is_repo_id(text: str) -> bool:
 
 WAN_VAE_REPO, WAN_VAE_FILE = "Wan-AI/Wan2.1-T2V-14B", "Wan2.1_VAE.pth"
 WAN_VAE_DIFFUSERS_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-#: A Wan2.1 VAE file in a repo or folder (the original layout's single file, as its repos name it)
-WAN_VAE_FILES = re.compile(r"Wan2\.1_VAE[^/]*\.(pth|safetensors)")
-#: The weight files of a diffusers VAE folder, as ``load_vae`` reads one (safetensors first)
-DIFFUSERS_VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-
-
 def in_cache(repo_id: str, revision: str | None = None) -> bool:
     """Whether huggingface_hub's cache lookups may find something of ``repo_id``: its folder is in
     the cache (they find nothing otherwise; a miss, the usual case, then skips importing them, most
@@ -249,31 +250,6 @@ def model_names() -> list[str]:
     return [*(k for k, v in REGISTRY.items() if v.repo_id), "demo"]
 
 
-def find_weights(root: Path) -> list[Path]:
-    """The weight files of a local folder, in the one order (:data:`INDEX_FILES`, then a single
-    safetensors, pickled shards, a single pickle) that :func:`weight_files` applies to a repo listing."""
-    for index_name in INDEX_FILES:
-        index = root / index_name
-        if os.path.exists(index):  # (os.path: False, not OSError, for a link to a name too long)
-            try:
-                shards = sorted(set(read_json(index)["weight_map"].values()))
-                if any(not isinstance(x, str) or "/" in x or x.startswith(".") for x in shards):
-                    raise ValueError("shard names must be file names in the folder")
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise ModelError(f"cannot read the shard index '{index}': {e}") from e
-            return [root / s for s in shards]
-    for name in SINGLE_SAFETENSORS:
-        if os.path.exists(root / name):
-            return [root / name]
-    shards = sorted(root.glob("pytorch_model-*-of-*.bin"))
-    if shards:
-        return shards
-    for name in SINGLE_BIN:
-        if os.path.exists(root / name):
-            return [root / name]
-    return []
-
-
 def local_or_cached_dir(ref: str | None, root: Path, filename: str) -> Path | None:
     """A folder holding ``filename``: ``ref`` relative to root, absolute, or a cached repo id."""
     if not ref:
@@ -298,66 +274,6 @@ def find_tokenizer(root: Path, config: dict, llm_repo: str | None) -> Path | Non
         if found is not None:
             return found
     return None
-
-
-# ---- which files --------------------------------------------------------------------------------
-
-
-def weight_files(names: set[str], folder: str = "") -> list[str]:
-    """The weight files of ``folder`` in a repo listing, chosen in :func:`find_weights`'s
-    order (a shard index and its shards, a single safetensors, pickled shards, a single pickle)."""
-    prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
-    here = sorted(n[len(prefix):] for n in names if n.startswith(prefix) and "/" not in n[len(prefix):])
-    for index in INDEX_FILES:
-        if index in here:
-            suffix = ".safetensors" if ".safetensors" in index else ".bin"
-            return [prefix + index] + [prefix + n for n in here if n.endswith(suffix) and "-of-" in n]
-    for group in (SINGLE_SAFETENSORS, None, SINGLE_BIN):
-        if group is None:
-            shards = [n for n in here if re.fullmatch(r"pytorch_model-.+-of-.+\.bin", n)]
-            if shards:
-                return [prefix + n for n in shards]
-            continue
-        for n in group:
-            if n in here:
-                return [prefix + n]
-    return []
-
-
-def tokenizer_files(names: set[str], folder: str = "") -> list[str]:
-    prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
-    return [prefix + n for n in TOKENIZER_FILES if prefix + n in names]
-
-
-def model_files(listing: list[str], config: dict | None, vae_given: bool = False) -> list[str]:
-    """The files of a Show-o2 repo to fetch: config, one weight set, tokenizer files, a VAE (none
-    with ``vae_given``: the load reads the caller's), and the LLM/SigLIP config folders when
-    ``config`` points inside the repo (``llm_model_path: llm``)."""
-    names = {n for n in listing if safe_name(n)}
-    chosen = ["config.json", *weight_files(names), *tokenizer_files(names), *tokenizer_files(names, "tokenizer")]
-    if "vae/config.json" in names and not vae_given:
-        chosen += ["vae/config.json", *weight_files(names, "vae")]
-    if not vae_given:
-        chosen += sorted(n for n in names if WAN_VAE_FILES.fullmatch(n))[:1]
-    for key in ("llm_model_path", "clip_pretrained_model_path"):
-        ref = (config or {}).get(key)
-        if isinstance(ref, str) and ref.strip("/") and not ref.startswith("/"):
-            sub = PurePosixPath(ref.strip("/")).as_posix()
-            if f"{sub}/config.json" in names:
-                chosen += [f"{sub}/config.json", *tokenizer_files(names, sub)]
-    return list(dict.fromkeys(chosen))
-
-
-def safe_name(name: str) -> bool:
-    """A relative file name inside the repo: no ``..`` or ``.`` parts, not absolute, no backslash."""
-    return (isinstance(name, str) and bool(name) and not name.startswith("/") and "\\" not in name
-            and all(part not in ("", ".", "..") for part in name.split("/")))
-
-
-def tokenizer_repo_files(listing: list[str]) -> list[str]:
-    """From an LLM repo (Qwen2.5): its config.json and tokenizer files, never its weights."""
-    names = {n for n in listing if safe_name(n)}
-    return [n for n in ("config.json",) if n in names] + tokenizer_files(names)
 
 
 # ---- the cache ----------------------------------------------------------------------------------
