@@ -23,15 +23,17 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 
 from . import __version__
 from .chat_transcript import (
     MAX_MEDIA_PER_TURN,
     MAX_TRANSCRIPT_BYTES,
+    Turn,
     check_transcript_size,
     collapsed_notices,
     released_record,
+    sampling_record,
     transcript_turns,
 )
 from .dialogue import (
@@ -55,42 +57,6 @@ from .loading import Showo2, require_model
 from .options import CaptionOptions, check_max_context, check_unicode, seed_from_torch
 from .pipelines.understand import video_note
 from .runtime import cpu_by_default
-
-
-@dataclass
-class Turn:
-    question: str
-    answer: str
-    media: list[VisualInput] = field(default_factory=list)
-    question_ids: list[int] | None = field(default_factory=list)  # None: a greeting (no question)
-    answer_ids: list[int] = field(default_factory=list)
-    stopped: bool = True  # the answer ended with <|im_end|> (False: cut at max_new_tokens)
-    prompt_tokens: int = 0  # prompt length when it was answered (0: history given, not generated)
-    seconds: float = 0.0
-    generated_tokens: int = 0  # tokens the model produced for it (a stop string's cut ones included)
-    sampling: dict | None = None  # how it was decoded (seed included): None for a turn given, not generated
-
-    def tokens(self, with_answer: bool = True, media: list[VisualInput] | None = None) -> TurnTokens:
-        return TurnTokens(self.question_ids, media if media is not None else self.media,
-                          self.answer_ids if with_answer else None)
-
-    def describe(self) -> dict:
-        return {"question": self.question, "answer": self.answer, "media": [m.describe() for m in self.media],
-                "prompt_tokens": self.prompt_tokens, "answer_tokens": len(self.answer_ids),
-                "finish_reason": "stop" if self.stopped else "length", "seconds": round(self.seconds, 3),
-                "sampling": self.sampling}
-
-
-def sampling_record(sampling: TextSampling) -> dict:
-    """What repeats an answer's decoding, as JSON: every :class:`TextSampling` field but the stop
-    token (the model's own)."""
-    record = asdict(sampling)
-    del record["stop_ids"]
-    record["stop_strings"] = list(sampling.stop_strings)
-    if sampling.logit_bias is not None:
-        record["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
-    return record
-
 
 #: what :class:`Conversation` does when a question and its answer do not fit the context
 OVERFLOW_POLICIES = ("drop", "shorten", "refuse")

@@ -1,9 +1,13 @@
-"""Chat transcripts as :meth:`~showo2_cli.chat.Conversation.save` writes them: the checks of one
-read back (:meth:`~showo2_cli.chat.Conversation.load`) and the record of a medium not read again."""
+"""Chat transcripts as :meth:`~showo2_cli.chat.Conversation.save` writes them: a conversation's
+:class:`Turn` and its record (:meth:`Turn.describe`, :func:`sampling_record`), the checks of one
+read back (:meth:`~showo2_cli.chat.Conversation.load`) and the record of a medium not read again.
+:mod:`showo2_cli.chat` re-exports ``Turn`` and ``sampling_record``."""
 
 from __future__ import annotations
 
-from .dialogue import VisualInput
+from dataclasses import asdict, dataclass, field
+
+from .dialogue import TextSampling, TurnTokens, VisualInput
 from .errors import UsageError, short
 from .options import is_finite_number
 
@@ -12,6 +16,41 @@ MAX_MEDIA_PER_TURN = 8
 
 #: the largest transcript :meth:`Conversation.load` reads (a config's limit: JSON parsed whole)
 MAX_TRANSCRIPT_BYTES = 16 << 20
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str
+    media: list[VisualInput] = field(default_factory=list)
+    question_ids: list[int] | None = field(default_factory=list)  # None: a greeting (no question)
+    answer_ids: list[int] = field(default_factory=list)
+    stopped: bool = True  # the answer ended with <|im_end|> (False: cut at max_new_tokens)
+    prompt_tokens: int = 0  # prompt length when it was answered (0: history given, not generated)
+    seconds: float = 0.0
+    generated_tokens: int = 0  # tokens the model produced for it (a stop string's cut ones included)
+    sampling: dict | None = None  # how it was decoded (seed included): None for a turn given, not generated
+
+    def tokens(self, with_answer: bool = True, media: list[VisualInput] | None = None) -> TurnTokens:
+        return TurnTokens(self.question_ids, media if media is not None else self.media,
+                          self.answer_ids if with_answer else None)
+
+    def describe(self) -> dict:
+        return {"question": self.question, "answer": self.answer, "media": [m.describe() for m in self.media],
+                "prompt_tokens": self.prompt_tokens, "answer_tokens": len(self.answer_ids),
+                "finish_reason": "stop" if self.stopped else "length", "seconds": round(self.seconds, 3),
+                "sampling": self.sampling}
+
+
+def sampling_record(sampling: TextSampling) -> dict:
+    """What repeats an answer's decoding, as JSON: every :class:`TextSampling` field but the stop
+    token (the model's own)."""
+    record = asdict(sampling)
+    del record["stop_ids"]
+    record["stop_strings"] = list(sampling.stop_strings)
+    if sampling.logit_bias is not None:
+        record["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
+    return record
 
 
 def collapsed_notices(notices: list[str]) -> list[str]:
