@@ -14,6 +14,7 @@ import pytest
 from showo2_cli.serve import ApiError, ServerConfig
 from showo2_cli.serve.requests import parse_chat
 from showo2_cli.serve.responses import parse_responses, stream_events
+from showo2_cli.tokenizer import plain_text
 
 WEATHER = {"type": "object", "properties": {
     "city": {"type": "string", "maxLength": 12}, "unit": {"type": "string", "enum": ["c", "f"]},
@@ -60,7 +61,7 @@ def test_auto_lists_the_tools_as_qwen25s_template_does():
     tool as the request's JSON; nothing constrains the answer."""
     plan = _plan(tools=TOOLS, messages=[{"role": "system", "content": "Be brief."}, *ASK])
     listed = "\n".join(json.dumps(t, ensure_ascii=False) for t in TOOLS)
-    assert plan.system == (
+    assert plain_text(plan.system) == (
         "Be brief.\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
         "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n" + listed +
         "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
@@ -81,15 +82,15 @@ def test_earlier_calls_and_results_are_fed_as_the_template_feeds_them():
         {"role": "tool", "tool_call_id": "a", "content": "18 C"},
         {"role": "tool", "tool_call_id": "b", "content": [{"type": "text", "text": "noon"}]}]
     turns = _plan(messages=messages, tools=TOOLS).turns
-    assert turns[0].answer == ("Let me look.\n<tool_call>\n" + CALL + "\n</tool_call>\n<tool_call>\n"
+    assert plain_text(turns[0].answer) == ("Let me look.\n<tool_call>\n" + CALL + "\n</tool_call>\n<tool_call>\n"
                                '{"name": "get_time", "arguments": {}}\n</tool_call>')
-    assert turns[1].question == "<tool_response>\n18 C\n</tool_response>\n<tool_response>\nnoon\n</tool_response>"
+    assert plain_text(turns[1].question) == "<tool_response>\n18 C\n</tool_response>\n<tool_response>\nnoon\n</tool_response>"
     assert turns[1].answer is None
     plan = parse_responses({"input": [ASK[0], {"type": "function_call", "call_id": "a", "name": "get_weather",
                                               "arguments": '{"city": "Paris", "unit": "c"}'},
                                       {"type": "function_call_output", "call_id": "a", "output": "18 C"}],
                             "tools": RESPONSES_TOOLS}, ServerConfig())
-    assert [(t.question, t.answer) for t in plan.chat.turns] == [
+    assert [(plain_text(t.question), t.answer and plain_text(t.answer)) for t in plan.chat.turns] == [
         ("Weather in Paris?", "<tool_call>\n" + CALL + "\n</tool_call>"),
         ("<tool_response>\n18 C\n</tool_response>", None)]
 

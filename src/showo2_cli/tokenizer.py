@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ModelError, error_detail, short
-from .sequences import SpecialTokens
+
+if TYPE_CHECKING:  # (torch-free to import: the server's request checks use its template tags)
+    from .sequences import SpecialTokens
 
 # The Qwen2.5 special tokens in id order (151643...151664), then Show-o2's four additions.
 QWEN_SPECIAL_TOKENS = (
@@ -16,6 +20,11 @@ QWEN_SPECIAL_TOKENS = (
 )
 
 
+#: Qwen2.5's added tokens from ``<tool_call>`` (151657) on are not special ("special": false in its
+#: tokenizer.json and tokenizer_config.json): a reply's tool call survives ``skip_special_tokens``
+QWEN_ORDINARY_FROM = QWEN_SPECIAL_TOKENS.index("<tool_call>")
+
+
 def add_showo2_tokens(tokenizer) -> SpecialTokens:
     """Apply the official additions in their exact order and return the ids Show-o2 uses.
 
@@ -23,6 +32,8 @@ def add_showo2_tokens(tokenizer) -> SpecialTokens:
     are added as ordinary tokens. Adding is idempotent, so a tokenizer saved after this step
     (as ``showo2 convert`` and ``init`` do) keeps the same ids.
     """
+    from .sequences import SpecialTokens
+
     tokenizer.add_special_tokens({"pad_token": "[PAD]"})
     for token in ("<image>", "<|vid_start|>", "<|vid_end|>"):
         tokenizer.add_tokens(token)
@@ -157,11 +168,14 @@ def _with_qwen_tokens(tok):
     """A fast tokenizer over the ``tokenizers`` object ``tok``, its learned or byte vocabulary
     followed by the Qwen2.5 special tokens (in Qwen order), ``<|im_end|>`` ending a turn and
     ``<|endoftext|>`` padding, as a Qwen2.5 tokenizer has them: the one finish of the small
-    tokenizers that tiny and from-scratch models use."""
+    tokenizers that tiny and from-scratch models use. As in Qwen2.5's configs, ``<tool_call>`` and
+    the tokens after it are not special: decoding that skips special tokens keeps them."""
+    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False)
-    fast.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
+    fast.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[:QWEN_ORDINARY_FROM])})
+    fast.add_tokens([AddedToken(t, normalized=False, special=False) for t in QWEN_SPECIAL_TOKENS[QWEN_ORDINARY_FROM:]])
     fast.eos_token = "<|im_end|>"
     fast.pad_token = "<|endoftext|>"
     return fast
@@ -185,6 +199,24 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+#: Written around a chat template's own tag (``<tool_call>``) inside text that also holds a client's:
+#: a secret of this process, so no client can write it. :func:`encode_user_text` makes a tag so marked
+#: its added token (where the tokenizer has it as one, as Qwen2.5 has ``<tool_call>``), as HF's and
+#: vLLM's ``apply_chat_template`` tokenize the template's text, while the same tag typed by a client
+#: stays plain text. Strip it with :func:`plain_text` wherever such text is shown.
+TEMPLATE_MARK = "\u2063" + secrets.token_hex(16) + "\u2063"
+
+
+def template_tag(tag: str) -> str:
+    """``tag`` as the template writes it into text that holds a client's (see :data:`TEMPLATE_MARK`)."""
+    return TEMPLATE_MARK + tag + TEMPLATE_MARK
+
+
+def plain_text(text: str) -> str:
+    """Text with the template's tags as their characters (what a tokenizer without them reads)."""
+    return text.replace(TEMPLATE_MARK, "")
+
+
 def encode_user_text(tokenizer, text: str) -> list[int]:
     """Ids of text a user typed (a question, a prompt, a system prompt): the strings of the
     tokenizer's added tokens in it stay plain text, so it cannot close its turn, forge another or
@@ -192,8 +224,11 @@ def encode_user_text(tokenizer, text: str) -> list[int]:
     ``<|image_pad|>``: transformers' ``split_special_tokens``) and the ordinary ones Show-o2 adds
     (``<image>``, ``<|vid_start|>``, ``<|vid_end|>``: ``<|vid_start|>`` typed in a prompt was the
     video block's opening token), which ``split_special_tokens`` leaves matched. Ordinary text
-    gives the same ids as :func:`encode_text`."""
+    gives the same ids as :func:`encode_text`. The template's own tags (:func:`template_tag`) are
+    their tokens."""
     added = getattr(tokenizer, "added_tokens_encoder", None) or {}
+    if TEMPLATE_MARK in text:
+        return _encode_with_template_tags(tokenizer, text, added)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and any(token in text for token in added):
         return _encode_without_added_tokens(backend, text)
@@ -201,6 +236,22 @@ def encode_user_text(tokenizer, text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
     except TypeError:  # pragma: no cover - a tokenizer without split_special_tokens
         return encode_text(tokenizer, text)
+
+
+def _encode_with_template_tags(tokenizer, text: str, added: dict) -> list[int]:
+    """Ids of text whose marked tags are the template's: each an added token's id (where it is one),
+    the text between them a client's. A tag the tokenizer has no token for is text, read with its
+    neighbours as HF reads the template (``<tools>``, ``<tool_response>`` in Qwen2.5's)."""
+    ids: list[int] = []
+    text_run = ""
+    for k, piece in enumerate(text.split(TEMPLATE_MARK)):
+        if k % 2 and piece in added:  # (odd pieces: the marked tags)
+            ids += encode_user_text(tokenizer, text_run) if text_run else []
+            ids.append(added[piece])
+            text_run = ""
+        else:
+            text_run += piece
+    return ids + (encode_user_text(tokenizer, text_run) if text_run else [])
 
 
 def _encode_without_added_tokens(backend, text: str) -> list[int]:

@@ -15,6 +15,7 @@ from ..serve_config import (  # (ServerConfig: here too, where it always was)
     is_bearer_token,
     is_origin,
 )
+from ..tokenizer import plain_text
 from .body import (
     Upload,
     decode_data_url,
@@ -378,8 +379,8 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
 
         system = tools.system(DEFAULT_SYSTEM if system is None else system)
         system_parts = [system]
-    chars = sum(len(t.question or "") + len(t.answer or "") + len(t.prefix) for t in turns) + \
-        sum(len(x) for x in system_parts)
+    chars = sum(len(plain_text(t.question or "")) + len(plain_text(t.answer or "")) + len(t.prefix) for t in turns) + \
+        sum(len(plain_text(x)) for x in system_parts)
     if chars > config.max_text_chars:  # refused before any tokenizing: it cannot fit a context
         raise ApiError(400, f"This model's maximum context length is exceeded: the messages hold {chars} "
                             f"characters, more than this server's limit of {config.max_text_chars}. Please reduce "

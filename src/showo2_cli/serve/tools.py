@@ -15,14 +15,18 @@ import secrets
 from dataclasses import dataclass, field
 
 from ..errors import Showo2Error, given, json_problem, short
+from ..tokenizer import template_tag
 from .errors import ApiError
 
-#: Qwen2.5's chat template: what follows the system text when tools are given, around their list
+#: Qwen2.5's chat template: what follows the system text when tools are given, around their list (the
+#: template's tags marked as its own: their tokens where the tokenizer has them, :func:`template_tag`)
 TOOLS_HEAD = ("\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-              "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
-TOOLS_TAIL = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
-              "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
-              "<args-json-object>}\n</tool_call>")
+              f"You are provided with function signatures within {template_tag('<tools>')}{template_tag('</tools>')} "
+              f"XML tags:\n{template_tag('<tools>')}")
+TOOLS_TAIL = (f"\n{template_tag('</tools>')}\n\nFor each function call, return a json object with function name and "
+              f"arguments within {template_tag('<tool_call>')}{template_tag('</tool_call>')} XML tags:\n"
+              f"{template_tag('<tool_call>')}\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n"
+              f"{template_tag('</tool_call>')}")
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 _CALL_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 #: a function's parameters when the tool gives none (OpenAI: an empty parameter list)
@@ -310,8 +314,8 @@ def calls_text(calls, param: str) -> str:
                                 "{\"name\": ..., \"arguments\": ...}}", "invalid_value", at)
         arguments = fn.get("arguments") or "{}"
         arguments = read_arguments(arguments, f"{at}.function.arguments") if isinstance(arguments, str) else arguments
-        blocks.append(CALL_OPEN + "\n" + json.dumps({"name": fn["name"], "arguments": arguments}, ensure_ascii=False)
-                      + "\n" + CALL_CLOSE)
+        blocks.append(template_tag(CALL_OPEN) + "\n" + json.dumps({"name": fn["name"], "arguments": arguments},
+                                                                ensure_ascii=False) + "\n" + template_tag(CALL_CLOSE))
     return "\n".join(blocks)
 
 
@@ -327,7 +331,7 @@ def read_arguments(text: str, param: str):
 
 def result_text(content: str) -> str:
     """A tool's result as the user turn that carries it shows it."""
-    return f"<tool_response>\n{content}\n</tool_response>"
+    return f"{template_tag('<tool_response>')}\n{content}\n{template_tag('</tool_response>')}"
 
 
 __all__ = ["ToolPlan", "ToolStream", "calls_text", "check_listed_tools", "read_arguments", "read_tools",
