@@ -184,6 +184,19 @@ PARITY_DIR = shared_dir("parity", "SHOWO2_PARITY_DIR")
 MEDIA_DIR = shared_dir("media", "SHOWO2_MEDIA_DIR")
 
 
+@pytest.fixture(scope="module")
+def demo_url():
+    """The base URL of a real ``showo2 serve`` of the bundled demo on 127.0.0.1, one a test module
+    (skipped where FastAPI or the demo is missing)."""
+    pytest.importorskip("fastapi")
+    from showo2_cli.loading import bundled_demo_path, load
+
+    if bundled_demo_path() is None:
+        pytest.skip("the bundled demo is not installed")
+    with serving(load("demo")) as url:
+        yield url
+
+
 def official_vae_input(vae, pixels):
     """What a fixture's VAE input gives here, for a set made with the official code, which takes
     inputs the VAE here refuses by design (a clear one-line ``InputError``, README "Latents and

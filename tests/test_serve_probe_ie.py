@@ -260,15 +260,8 @@ def test_responses_stream_events_validate_in_the_sdk():
 # ---- a real server, the demo model --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def base():
-    pytest.importorskip("fastapi")
-    from conftest import serving
-    from showo2_cli.loading import bundled_demo_path, load
-
-    if bundled_demo_path() is None:
-        pytest.skip("the bundled demo is not installed")
-    with serving(load("demo")) as url:
-        yield url
+def base(demo_url):
+    return demo_url
 
 
 def _sse(httpx, url: str, body: dict) -> list[dict]:

@@ -66,16 +66,6 @@ def test_tool_call_tokens_survive_decoding_that_skips_special_tokens():
 
 # ---- a real server, the demo model --------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def base():
-    pytest.importorskip("fastapi")
-    from conftest import serving
-    from showo2_cli.loading import bundled_demo_path, load
-
-    if bundled_demo_path() is None:
-        pytest.skip("the bundled demo is not installed")
-    with serving(load("demo")) as url:
-        yield url
 
 
 def _chat(base: str, body: dict) -> dict:
@@ -87,30 +77,30 @@ def _chat(base: str, body: dict) -> dict:
     return r.json()
 
 
-def test_the_prompt_has_the_tags_as_tokens_on_a_server(base):
+def test_the_prompt_has_the_tags_as_tokens_on_a_server(demo_url):
     """A request with tools takes fewer prompt tokens than the same system text sent as a client's:
     each of the template's four tags one token, not its characters."""
     from showo2_cli.tokenizer import encode_user_text
 
     tok = _demo_tokenizer()
     ask = [{"role": "user", "content": "What time is it?"}]
-    with_tools = _chat(base, {"messages": [{"role": "system", "content": "Be brief."}, *ask], "tools": TOOLS})
+    with_tools = _chat(demo_url, {"messages": [{"role": "system", "content": "Be brief."}, *ask], "tools": TOOLS})
     spelled = ("Be brief.\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
                "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n" +
                json.dumps(TOOLS[0]) + "\n</tools>\n\nFor each function call, return a json object with function "
                "name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "
                "<function-name>, \"arguments\": <args-json-object>}\n</tool_call>")
-    as_text = _chat(base, {"messages": [{"role": "system", "content": spelled}, *ask]})
+    as_text = _chat(demo_url, {"messages": [{"role": "system", "content": spelled}, *ask]})
     saved = 2 * (len(encode_user_text(tok, "<tool_call>")) - 1) + 2 * (len(encode_user_text(tok, "</tool_call>")) - 1)
     assert as_text["usage"]["prompt_tokens"] - with_tools["usage"]["prompt_tokens"] == saved > 0
 
 
-def test_a_tool_call_token_the_model_writes_reaches_the_client(base):
+def test_a_tool_call_token_the_model_writes_reaches_the_client(demo_url):
     """The demo, pushed to write ``<tool_call>`` (its id biased), answers text holding it (it was
     dropped as a special token: an empty answer)."""
     tok = _demo_tokenizer()
     open_id = tok.convert_tokens_to_ids("<tool_call>")
-    out = _chat(base, {"messages": [{"role": "user", "content": "Hi"}], "tools": TOOLS,
+    out = _chat(demo_url, {"messages": [{"role": "user", "content": "Hi"}], "tools": TOOLS,
                        "logit_bias": {str(open_id): 100}})
     choice = out["choices"][0]
     assert choice["message"]["content"] == "<tool_call><tool_call>" and choice["finish_reason"] == "length"
