@@ -19,6 +19,11 @@ import weakref
 
 from .errors import UsageError, short
 
+try:  # the standard library's regular-expression parser (its public name until Python 3.11)
+    from re import _parser as _regex_parser
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_parse as _regex_parser
+
 #: the schema of JSON mode (OpenAI's ``json_object``, Ollama's ``format: "json"``): any JSON object
 JSON_OBJECT = {"type": "object"}
 #: the largest schema taken, as compact JSON (OpenAI's limit is 15,000 characters of property names
@@ -68,7 +73,8 @@ def check_schema(schema, strict: bool = True) -> None:
     """Refuse (:class:`UsageError`, one line naming the place) a schema that is not a JSON Schema
     object this module can hold an answer to: too large or deep, a keyword xgrammar would pass over
     (:data:`UNSUPPORTED`), ``uniqueItems``, ``multipleOf`` on a number that need not be whole, a
-    ``$ref`` outside the schema, a ``pattern`` beside a ``format``, ``minLength`` or ``maxLength``, a
+    ``$ref`` outside the schema, a ``pattern`` beside a ``format``, or beside a ``minLength`` or ``maxLength``
+    that allows fewer lengths than the pattern does, a
     count (:data:`COUNTS`) below 0 or over :data:`MAX_COUNT`. Torch-free (the options' ``validate()`` calls it)."""
     if not isinstance(schema, dict):
         raise UsageError(f"a JSON schema must be an object, got {type(schema).__name__}")
@@ -182,10 +188,10 @@ def _walk(node, where: str, depth: int, work: dict) -> None:
                 and not 0 <= value <= MAX_COUNT:
             raise UsageError(f"JSON schema {short(at)}: '{key}' must be a whole number from 0 to {MAX_COUNT:,}, "
                              f"got {short(value)}")
-        if key == "pattern" and ("minLength" in node or "maxLength" in node):  # xgrammar drops the lengths
+        if key == "pattern" and ("minLength" in node or "maxLength" in node) and not _lengths_implied(node):
             raise UsageError(f"JSON schema {short(at)}: a 'pattern' beside 'minLength'/'maxLength' is not supported "
-                             "in structured output (only the pattern would be held): put the length in the pattern "
-                             "(^[a-z]{1,12}$)")
+                             "in structured output (only the pattern would be held, and it allows other lengths): "
+                             "put the length in the pattern (^[a-z]{1,12}$)")
         if key == "pattern" and isinstance(value, str) and _LOOKAROUND.search(value):
             raise UsageError(f"JSON schema {short(at)}: a lookahead or lookbehind in a pattern is not supported in "
                              "structured output")
@@ -207,6 +213,42 @@ def _walk(node, where: str, depth: int, work: dict) -> None:
                 raise UsageError(f"JSON schema {short(at)}: '{key}' must be an object of schemas")
             for name, sub in value.items():
                 _walk(sub, f"{at}/{name}", depth + 1, work)
+
+
+def _lengths_implied(node: dict) -> bool:
+    """Whether every string ``node``'s pattern matches is within its ``minLength``/``maxLength``, so
+    that holding the pattern alone (xgrammar drops the lengths and holds the pattern as a whole match)
+    holds them too: ``{"pattern": "^[A-Z]{3}$", "maxLength": 3}``, as Pydantic writes
+    ``Field(pattern=..., max_length=...)``. The pattern's shortest and longest match are Python's
+    reading of it (False where Python cannot read it)."""
+    low, high = node.get("minLength", 0), node.get("maxLength", MAX_COUNT)
+    if not (isinstance(node["pattern"], str) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                     for v in (low, high))):
+        return False
+    try:
+        shortest, longest = _regex_parser.parse(node["pattern"]).getwidth()
+    except (re.error, RecursionError, OverflowError, ValueError, TypeError):
+        return False
+    return low <= shortest and longest <= high
+
+
+def _without_implied_lengths(node):
+    """``node`` (a checked schema) without the lengths its patterns imply, which xgrammar would drop
+    with a warning of its own on stderr (the subschemas walked as :func:`check_schema` walks them)."""
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key in ("minLength", "maxLength") and "pattern" in node:
+            continue  # (check_schema took the pattern only where they were implied)
+        if key in _SUBSCHEMA:
+            value = _without_implied_lengths(value)
+        elif key in _SCHEMA_LISTS:
+            value = [_without_implied_lengths(v) for v in value]
+        elif key in _SCHEMA_MAPS:
+            value = {k: _without_implied_lengths(v) for k, v in value.items()}
+        out[key] = value
+    return out
 
 
 def read_schema(text: str) -> dict:
@@ -269,7 +311,8 @@ def schema_grammar(schema: dict, strict: bool = True):
     check_schema(schema, strict)
     xgr = _xgrammar()
     try:
-        return xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=bool(strict))
+        return xgr.Grammar.from_json_schema(json.dumps(_without_implied_lengths(schema)), any_whitespace=False,
+                                            strict_mode=bool(strict))
     except (RuntimeError, ValueError) as e:
         lines = [line for line in str(e).splitlines() if line.strip()]
         why = _XGR_PREFIX.sub("", lines[0] if lines else "")
