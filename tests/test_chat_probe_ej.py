@@ -194,7 +194,7 @@ def test_load_goes_on_with_a_saved_chat(demo, tmp_path, monkeypatch):
     # a transcript whose image is gone, or no transcript: one error line, the chat as it was
     (tmp_path / "b.png").unlink()
     before = new.to_json()["turns"]
-    for line, said in (("/load chat.json", "b.png"), ("/load a.png", "not JSON"), ("/load nothing.json", "nothing.json")):
+    for line, said in (("/load chat.json", "b.png"), ("/load a.png", "is not valid JSON"), ("/load nothing.json", "nothing.json")):
         assert session.handle(line)
         assert said in err.getvalue().splitlines()[-1], err.getvalue()
         assert new.to_json()["turns"] == before

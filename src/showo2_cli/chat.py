@@ -52,7 +52,7 @@ from .dialogue import (
     generate_answer,
     prompt_length,
 )
-from .errors import ContextTooLong, InputError, UsageError, short
+from .errors import ContextTooLong, InputError, UsageError, json_problem, short
 from .loading import Showo2, require_model
 from .options import CaptionOptions, check_max_context, check_unicode, seed_from_torch
 from .pipelines.understand import video_note
@@ -453,10 +453,8 @@ class Conversation:
 
         try:
             record = json.loads(read_limited(path, MAX_TRANSCRIPT_BYTES, "transcript", UsageError))
-        except RecursionError:
-            raise UsageError(f"cannot read transcript {quote_path(path)}: JSON nested too deeply") from None
-        except ValueError as e:  # bad JSON or UTF-8
-            raise UsageError(f"cannot read transcript {quote_path(path)}: not JSON ({short(str(e))})") from None
+        except (ValueError, RecursionError) as e:  # bad JSON or UTF-8; Python's nesting and digit limits
+            raise UsageError(f"transcript {quote_path(path)} {json_problem(e, 120)}") from None
         turns, pending = transcript_turns(record, path)
         first = sum(not t["in_context"] for t in turns)
         system = record.get("system", DEFAULT_SYSTEM)

@@ -164,21 +164,22 @@ def error_detail(exc: BaseException) -> str:
     return one_line(exc) or type(exc).__name__
 
 
-def json_problem(exc: BaseException, limit: int = 200) -> str:
+def json_problem(exc: BaseException, limit: int = 200, language: str = "JSON") -> str:
     """What :func:`json.loads` refused, as the end of a sentence about the text ("the request body
     " + this): "is not valid JSON: <where and why>", or in the project's words where Python's would
     leak: nesting past the recursion limit ("maximum recursion depth exceeded while decoding a JSON
     array from a unicode string") and an integer past Python's digit limit ("Exceeds the limit (4300
-    digits) for integer string conversion ...; use sys.set_int_max_str_digits() ...")."""
+    digits) for integer string conversion ...; use sys.set_int_max_str_digits() ..."). ``language``:
+    the text's, for the other parsers that meet the same limits (TOML, YAML)."""
     import json
     import sys
 
     if isinstance(exc, RecursionError):
-        return "holds JSON nested too deeply (arrays and objects some thousand levels inside each other)"
+        return f"holds {language} nested too deeply (arrays and objects some thousand levels inside each other)"
     if isinstance(exc, ValueError) and not isinstance(exc, (json.JSONDecodeError, UnicodeError)) \
             and "integer string conversion" in str(exc):
         return f"holds a number of more than {sys.get_int_max_str_digits():,} digits"
-    return f"is not valid JSON: {one_line(exc, limit) or type(exc).__name__}"
+    return f"is not valid {language}: {one_line(exc, limit) or type(exc).__name__}"
 
 
 #: what an allocation failure says (torch on CPU and CUDA, the loader under `ulimit -v`; cuBLAS out of

@@ -31,7 +31,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, json_problem
 from ..options import MAX_CONFIG_BYTES
 from .checks import check_paths, validate
 from .schema import SECTIONS, ConfigError, DataSource, GroupConfig, TrainConfig, WeightsConfig, field_error
@@ -164,9 +164,8 @@ def read_raw(path: Path) -> dict:
             raise UsageError(f"config '{path}': unknown format '{suffix or '(none)'}'; use .toml, .yaml or .json")
     except UsageError:
         raise
-    except Exception as e:  # TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError
-        detail = " ".join(str(e).split())
-        raise UsageError(f"config '{path}' is not valid {suffix.lstrip('.').upper()}: {detail}") from e
+    except Exception as e:  # TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError; Python's nesting and digit limits
+        raise UsageError(f"config '{path}' {json_problem(e, 400, suffix.lstrip('.').upper())}") from e
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
