@@ -63,3 +63,25 @@ def test_a_transcript_past_pythons_limits_is_said_in_the_projects_words(demo, tm
         conv.load(path)
     assert str(e.value).startswith(f"transcript '{path}' {words}")
     assert not any(w in str(e.value) for w in PYTHONS) and conv.turns == []
+
+
+@pytest.mark.parametrize("arguments, words", [
+    ("{bad", "is not valid JSON: Expecting property name enclosed in double quotes"),
+    ('{"x": NaN}', "is not valid JSON: NaN is not a number JSON allows"),
+    ('{"x": -Infinity}', "is not valid JSON: -Infinity is not a number JSON allows"),
+])
+def test_an_earlier_calls_arguments_are_read_as_the_request_body_is(arguments, words):
+    """Probe IE read a call's arguments text with Python's ``json.loads``: NaN was taken (the body's
+    reader refuses it) and written into the prompt, and a syntax error said "is not JSON text" where the
+    body says "is not valid JSON: <where and why>"."""
+    from showo2_cli.serve import ApiError, ServerConfig
+    from showo2_cli.serve.requests import parse_chat
+
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    body = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [call]},
+                         {"role": "tool", "tool_call_id": "c1", "content": "ok"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}]}
+    with pytest.raises(ApiError) as e:
+        parse_chat(body, ServerConfig())
+    assert e.value.status == 400 and e.value.param == "messages[1].tool_calls[0].function.arguments"
+    assert e.value.message.startswith(f"'messages[1].tool_calls[0].function.arguments' {words}")

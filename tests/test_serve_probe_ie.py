@@ -134,7 +134,7 @@ def test_required_and_named_are_held_to_the_tools_parameters():
       "tool_choice": "required"}, "tools[1].function.parameters", "'$ref' must point into"),
     ({"messages": [*ASK, {"role": "assistant", "tool_calls": [{"type": "function", "function": {
         "name": "get_time", "arguments": "{oops"}}]}, {"role": "tool", "content": "x"}], "tools": TOOLS},
-     "messages[1].tool_calls[0].function.arguments", "not JSON"),
+     "messages[1].tool_calls[0].function.arguments", "is not valid JSON"),
     ({"messages": [*ASK, {"role": "assistant", "tool_calls": [{"type": "function", "function": {
         "name": "get_time", "arguments": "{}"}}]}], "tools": TOOLS}, "messages[1]", "results must follow"),
     ({"messages": [*ASK, {"role": "assistant", "content": "ok"}, {"role": "tool", "content": "x"}]},

@@ -37,7 +37,7 @@ def _responses_history(arguments: str) -> dict:
 
 
 @pytest.mark.parametrize("arguments, words", [(DEEP, "nested too deeply"), (HUGE, "more than 4,300 digits"),
-                                              ("{bad", "is not JSON text")])
+                                              ("{bad", "is not valid JSON: Expecting property name")])
 def test_an_earlier_calls_arguments_are_read_or_refused_in_our_words(arguments, words):
     """Arguments text nested 100,000 levels was a 500 (RecursionError) on both endpoints; a 5,000-digit
     number was "is not JSON text". Now a 400 naming the field, in the project's words."""

@@ -17,8 +17,9 @@ from ..errors import json_problem, short
 from .errors import ApiError, shutting_down
 
 
-def _reject_constant(name: str):
-    raise ApiError(400, f"the request body is not valid JSON: {name} is not a number JSON allows", "invalid_json")
+def no_constant(name: str):
+    """``json.loads``' ``parse_constant``: NaN and Infinity, which Python reads and JSON does not have, refused."""
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 #: the slowest average pace (bytes a second) a request body may come at, after ``timeout`` seconds
@@ -145,7 +146,7 @@ def parse_body(raw: bytes) -> dict:
     except UnicodeDecodeError:  # of bytes lets UTF-8-encoded surrogates (CESU-8, WTF-8) through
         raise ApiError(400, "the request body is not UTF-8 JSON", "invalid_json") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=no_constant)
     except (ValueError, RecursionError) as e:  # nesting and digits past Python's limits said in our words
         raise ApiError(400, f"the request body {json_problem(e)}", "invalid_json") from None
     if not isinstance(data, dict):

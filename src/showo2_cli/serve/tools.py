@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Showo2Error, given, json_problem, short
 from ..tokenizer import template_tag
+from .body import no_constant
 from .errors import ApiError
 
 #: Qwen2.5's chat template: what follows the system text when tools are given, around their list (the
@@ -320,13 +321,12 @@ def calls_text(calls, param: str) -> str:
 
 
 def read_arguments(text: str, param: str):
-    """A call's arguments, JSON text, read; a 400 naming ``param`` where they are not (nesting and
-    digits past Python's limits said in the project's words, not Python's)."""
+    """A call's arguments, JSON text, read as the request body is (NaN and Infinity refused); a 400
+    naming ``param`` where they are not, in :func:`~showo2_cli.errors.json_problem`'s words."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=no_constant)
     except (ValueError, RecursionError) as e:
-        why = "is not JSON text" if isinstance(e, json.JSONDecodeError) else json_problem(e)
-        raise ApiError(400, f"'{param}' {why}", "invalid_value", param) from None
+        raise ApiError(400, f"'{param}' {json_problem(e, 120)}", "invalid_value", param) from None
 
 
 def result_text(content: str) -> str:
