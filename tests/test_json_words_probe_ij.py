@@ -85,3 +85,17 @@ def test_an_earlier_calls_arguments_are_read_as_the_request_body_is(arguments, w
         parse_chat(body, ServerConfig())
     assert e.value.status == 400 and e.value.param == "messages[1].tool_calls[0].function.arguments"
     assert e.value.message.startswith(f"'messages[1].tool_calls[0].function.arguments' {words}")
+
+
+@pytest.mark.parametrize("arguments", ['{"x": NaN}', '{"x": -Infinity}', '{"x": 1e999}'])
+def test_a_call_written_with_a_number_json_lacks_is_the_answers_text(arguments):
+    """With ``auto``, a ``<tool_call>`` whose arguments held NaN (or 1e999, inf to Python) was reported
+    as a call whose ``arguments`` text said ``NaN``/``Infinity``: not JSON, which a client's JSON.parse
+    refuses. Such a block does not parse: the answer is its text (as for any block that does not)."""
+    from showo2_cli.serve.tools import ToolPlan, split_answer
+
+    plan = ToolPlan([{"name": "f"}], "auto")
+    answer = 'sure <tool_call>\n{"name": "f", "arguments": ' + arguments + '}\n</tool_call>'
+    assert split_answer(plan, answer, True)[:2] == (answer, [])
+    good = answer.replace(arguments, '{"x": 1.5}')
+    assert split_answer(plan, good, True)[1][0]["arguments"] == '{"x": 1.5}'

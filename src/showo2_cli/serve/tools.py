@@ -95,16 +95,17 @@ class ToolPlan:
             return text, []
         calls = []
         for block in _CALL_BLOCK.findall(text[start:]):
-            try:
-                call = json.loads(block)
+            try:  # (NaN, Infinity and 1e999 are not JSON a client can read back: no call)
+                call = json.loads(block, parse_constant=no_constant)
+                known = isinstance(call, dict) and any(call.get("name") == f["name"] for f in self.functions)
+                arguments = call.get("arguments", {}) if known else None
+                if isinstance(arguments, dict):
+                    arguments = json.dumps(arguments, ensure_ascii=False, allow_nan=False)
             except (ValueError, RecursionError):
                 return text, []  # (vLLM's hermes parser: an answer whose calls do not parse is its text)
-            known = isinstance(call, dict) and any(call.get("name") == f["name"] for f in self.functions)
-            if not known or not isinstance(call.get("arguments", {}), (dict, str)):
+            if not isinstance(arguments, str):
                 return text, []  # a call the client has no function for is no call
-            arguments = call.get("arguments", {})
-            calls.append({"id": call_id(), "name": call["name"], "arguments": arguments if isinstance(arguments, str)
-                          else json.dumps(arguments, ensure_ascii=False)})
+            calls.append({"id": call_id(), "name": call["name"], "arguments": arguments})
         return text[:start].rstrip() or None, calls[:None if self.parallel else 1]
 
 
