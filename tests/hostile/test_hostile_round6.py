@@ -15,7 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from showo2_cli.errors import InputError, OutputError, UsageError  # noqa: E402
+from showo2_cli.errors import InputError, ModelError, OutputError, UsageError  # noqa: E402
 from showo2_cli.training import checkpoint as ckpt  # noqa: E402
 from showo2_cli.training.config import parse_config  # noqa: E402
 from showo2_cli.training.trainer import LOCK_FILE, train  # noqa: E402
@@ -24,7 +24,8 @@ from test_train import tiny_config  # noqa: E402
 
 def test_non_finite_weights_after_the_last_update_are_never_saved(tmp_path):
     """A corrupt optimizer state (NaN moments) made the last step's update NaN; the loss is checked
-    before each update, so the run saved 227,776 NaN weights as its final checkpoint and exited 0."""
+    before each update, so the run saved 227,776 NaN weights as its final checkpoint and exited 0.
+    Since probe IH the resume refuses such a state before any step (it was caught at step 3)."""
     cfg = tiny_config(tmp_path, **{"optim.max_steps": 3})
     train(parse_config(cfg, source="c"), stop_after=2)
     run = tmp_path / "run"
@@ -33,9 +34,29 @@ def test_non_finite_weights_after_the_last_update_are_never_saved(tmp_path):
     for moments in state["optimizer"]["state"].values():
         moments["exp_avg"].fill_(float("nan"))
     torch.save(state, state_file)
-    with pytest.raises(UsageError, match="weights became non-finite at step 3.*no checkpoint"):
+    with pytest.raises(ModelError, match="optimizer state does not fit this model.*not finite"):
         train(parse_config(cfg, source="c"))
     assert ckpt.latest_checkpoint(run).name == "checkpoint-000002" and not (run / "checkpoint-000003").exists()
+
+
+def test_weights_made_non_finite_by_the_last_update_are_never_saved(tmp_path, monkeypatch):
+    """The guard the test above met before probe IH's resume check: the loss is checked before each
+    update, so non-finite weights from the run's last update (here an update that writes NaN into
+    one weight after the real AdamW step) are seen before the save and nothing is written."""
+    real_step = torch.optim.AdamW.step
+
+    def step_then_nan(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        if self.state and max(int(s["step"]) for s in self.state.values()) >= 3:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_nan)
+    cfg = tiny_config(tmp_path, **{"optim.max_steps": 3})
+    with pytest.raises(UsageError, match="weights became non-finite at step 3.*no checkpoint"):
+        train(parse_config(cfg, source="c"))
+    assert not (tmp_path / "run" / "checkpoint-000003").exists()
 
 
 @pytest.mark.parametrize("change, field", [({"optim.lr": 1e30}, "optim.lr"),
