@@ -35,6 +35,7 @@ from .hub_download import (
     cache_ref_readable,
     cached_commit,
     download_files,
+    expand_commit,
     offline,
     remote_listing,
     repo_cache_folder,
@@ -215,6 +216,7 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False,
     base, revision = split_revision(text)
     repo = repo_id_for(base)
     if repo is not None:
+        revision = expand_commit(repo, revision)  # a short commit hash, as git takes one
         snap = cached_snapshot(repo, revision=revision, vae_given=vae_given)
         if snap is not None:
             return text, snap
@@ -397,7 +399,7 @@ def needs_download(name: str, vae: str | os.PathLike | None = None) -> bool:
         return False
     base, revision = split_revision(name)
     repo = repo_id_for(base)
-    snap = cached_snapshot(repo, revision=revision, vae_given=vae is not None)
+    snap = cached_snapshot(repo, revision=expand_commit(repo, revision), vae_given=vae is not None)
     if snap is None:
         return True
     from .hub_vae import env_vae_download
@@ -485,6 +487,7 @@ def _pull(name: str, progress: Progress | None, force_download: bool, vae_given:
                          f"maybe @revision){did_you_mean(base, model_names())}")
     if force_download and offline():
         raise ModelError(f"force_download needs the Hub, but HF_HUB_OFFLINE is set; '{name}' was not fetched again")
+    revision = expand_commit(repo, revision)
     downloaded = []
     snap = None if force_download else cached_snapshot(repo, revision=revision, vae_given=vae_given)
     if snap is None:

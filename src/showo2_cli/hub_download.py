@@ -87,6 +87,27 @@ def cached_commit(repo_id: str, revision: str | None = None) -> str | None:
     return commit if commit and re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
+def expand_commit(repo_id: str, revision: str | None) -> str | None:
+    """``revision`` as the cache knows it: a short commit hash (4 to 39 hex digits, as ``git`` takes
+    one) that is no ref of the cache and the prefix of exactly one of its snapshots -> that
+    snapshot's full commit; two or more -> a :class:`ModelError` naming them; anything else
+    unchanged (no network: the Hub's own answer decides online)."""
+    if revision is None or not re.fullmatch(r"[0-9a-f]{4,39}", revision):
+        return revision
+    folder = repo_cache_folder(repo_id)
+    try:
+        if (folder / "refs" / revision).exists():  # a branch or tag named like hex digits: the ref wins, as in git
+            return revision
+        found = sorted(p.name for p in (folder / "snapshots").iterdir()
+                       if p.name.startswith(revision) and re.fullmatch(r"[0-9a-f]{40}", p.name))
+    except (OSError, ValueError):
+        return revision
+    if len(found) > 1:
+        raise ModelError(f"revision '{revision}' of '{repo_id}' is ambiguous: the cache holds the commits "
+                         f"{', '.join(found[:5])}{' ...' if len(found) > 5 else ''}; give more of its digits")
+    return found[0] if found else revision
+
+
 def stall_seconds() -> float:
     """``$SHOWO2_HUB_STALL_SECONDS`` (default 120); anything but a number of seconds > 0 is a
     UsageError naming it (0, negative and NaN were taken as the default, silently)."""
