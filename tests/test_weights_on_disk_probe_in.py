@@ -38,3 +38,37 @@ def test_a_short_commit_hash_is_resolved_offline_as_git_does(hub, tiny_model_dir
     with pytest.raises(ModelError, match="not in the Hugging Face cache"):
         resolve_root("acme/tiny@" + ("f" if commit[0] != "f" else "e") * 7)
     assert len(hub.requests) == before
+
+
+def test_a_model_cached_only_under_the_legacy_transformers_cache_is_named(hub, tiny_model_dir, tmp_path,  # noqa: F811
+                                                                         monkeypatch, capsys):
+    """transformers 4 read ``TRANSFORMERS_CACHE``; no library does now, so a model cached only there
+    is not found (as the libraries have it). Offline the miss said "not in the Hugging Face cache ...
+    get it while online": it now names the folder that holds it and the variable that uses it."""
+    from showo2_cli.cli import main
+    from showo2_cli.hub import pull, resolve_root
+
+    hub.add_folder("acme/tiny", tiny_model_dir)
+    snap = pull("acme/tiny").path
+    legacy = tmp_path / "legacy cache"
+    shutil.move(str(hub.cache), str(legacy))
+    monkeypatch.setenv("TRANSFORMERS_CACHE", str(legacy))
+    offline(monkeypatch)
+    line = (f"model 'acme/tiny' is not a local folder, not in the Hugging Face cache and HF_HUB_OFFLINE is set; it "
+            f"is cached under TRANSFORMERS_CACHE ('{legacy}'), which no library reads any more: set "
+            f"HF_HUB_CACHE='{legacy}' to use that cache")
+    with pytest.raises(ModelError) as e:
+        resolve_root("acme/tiny")
+    assert str(e.value) == line
+    assert main(["info", "acme/tiny"]) == 4
+    assert capsys.readouterr().err.strip() == f"showo2: error: {line}"
+    monkeypatch.setenv("HF_HUB_CACHE", str(legacy))  # followed: the same snapshot
+    import huggingface_hub.constants as C
+
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(legacy))
+    assert resolve_root("acme/tiny")[1] == legacy / snap.relative_to(hub.cache)
+    monkeypatch.delenv("TRANSFORMERS_CACHE")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(ModelError, match="get it while online with: showo2 pull acme/tiny$"):
+        resolve_root("acme/tiny")

@@ -231,8 +231,8 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False,
                 raise ModelError(f"model '{text}' is in the Hugging Face cache without {', '.join(gaps[:3])} (an "
                                  f"interrupted download?) and {why}; finish it while online with: showo2 pull {text}")
             folder = "not a local folder, " if "/" in text else ""  # a mistyped path looks like a repo id
-            raise ModelError(f"model '{text}' is {folder}not in the Hugging Face cache and {why}; "
-                             f"get it while online with: showo2 pull {text}")
+            fix = legacy_cache_hint(repo) or f"get it while online with: showo2 pull {text}"
+            raise ModelError(f"model '{text}' is {folder}not in the Hugging Face cache and {why}; {fix}")
         return text, download_model(repo, revision=revision, vae_given=vae_given)  # the companions (tokenizer, VAE): showo2 pull
     from .specs import REGISTRY
 
@@ -243,6 +243,25 @@ def resolve_root(name: str | os.PathLike, local_files_only: bool = False,
     names = model_names()
     raise ModelError(f"no model '{short(text, 80)}': not a folder, not a known variant ({', '.join(names)}), "
                      f"not a Hugging Face repo id{did_you_mean(text, names)}")
+
+
+LEGACY_CACHE_ENV = ("TRANSFORMERS_CACHE", "PYTORCH_TRANSFORMERS_CACHE", "PYTORCH_PRETRAINED_BERT_CACHE")
+
+
+def legacy_cache_hint(repo_id: str) -> str | None:
+    """Where ``repo_id`` is cached only under a legacy cache variable (transformers 4 read
+    ``TRANSFORMERS_CACHE``; huggingface_hub never did, transformers 5 and diffusers no longer do),
+    the line that names it and how to use it; None otherwise."""
+    for var in LEGACY_CACHE_ENV:
+        folder = os.environ.get(var, "").strip()
+        try:
+            if folder and (Path(folder).expanduser() / repo_cache_folder(repo_id).name / "snapshots").is_dir() \
+                    and Path(folder).expanduser().resolve() != repo_cache_folder(repo_id).parent.resolve():
+                return (f"it is cached under {var} ('{folder}'), which no library reads any more: "
+                        f"set HF_HUB_CACHE='{folder}' to use that cache")
+        except (OSError, RuntimeError, ValueError):
+            continue
+    return None
 
 
 def model_names() -> list[str]:
