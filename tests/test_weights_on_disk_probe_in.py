@@ -72,3 +72,46 @@ def test_a_model_cached_only_under_the_legacy_transformers_cache_is_named(hub, t
     monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(ModelError, match="get it while online with: showo2 pull acme/tiny$"):
         resolve_root("acme/tiny")
+
+
+def test_a_snapshot_whose_tokenizer_json_was_deleted_names_it(hub, tiny_model_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """A cache snapshot without a recorded listing (an older cache) whose ``tokenizer.json`` was
+    deleted by hand still counts as cached (config and weights are there); its load was "cannot load
+    the tokenizer in '...': Couldn't instantiate the backend tokenizer from one of: (1) ...", no file
+    named. It names the file, the fallback files also absent, and the download that puts it back;
+    followed (against the local Hub), the caption runs. A plain folder is told the same, without
+    the download."""
+    from huggingface_hub import hf_hub_download
+    from PIL import Image
+
+    from showo2_cli.cli import main
+
+    hub.add_folder("acme/tiny", tiny_model_dir)
+    for file in sorted(tiny_model_dir.rglob("*")):  # file by file (no recorded listing), then one deleted
+        if file.is_file():
+            hf_hub_download("acme/tiny", file.relative_to(tiny_model_dir).as_posix())
+    (snap,) = (hub.cache / "models--acme--tiny" / "snapshots").iterdir()
+    assert (snap / "tokenizer.json").is_file() and not (hub.cache / "models--acme--tiny" / "trees").exists()
+    (snap / "tokenizer.json").unlink()
+    offline(monkeypatch)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    assert main(["caption", str(image), "-m", "acme/tiny", "--max-new-tokens", "1"]) == 4
+    err = capsys.readouterr().err.strip()
+    assert err == (f"showo2: error: cannot load the tokenizer in '{snap}': tokenizer.json is missing, and so are "
+                   f"vocab.json and merges.txt to build it from; fetch it again with: hf download acme/tiny "
+                   f"tokenizer.json --revision {snap.name}")
+    import huggingface_hub.constants as C
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+    hf_hub_download("acme/tiny", "tokenizer.json", revision=snap.name)  # what the hint says
+    offline(monkeypatch)
+    assert main(["caption", str(image), "-m", "acme/tiny", "--max-new-tokens", "1"]) == 0
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.json").write_text("{}")
+    assert main(["caption", str(image), "-m", str(folder), "--max-new-tokens", "1"]) == 4
+    assert capsys.readouterr().err.strip().endswith(
+        f"cannot load the tokenizer in '{folder}': tokenizer.json is missing, and so is merges.txt to build it from")

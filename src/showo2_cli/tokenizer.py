@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,6 +93,12 @@ def load_tokenizer(path: Path):
         if size > limit:
             raise ModelError(f"cannot load the tokenizer in '{path}': {name} is {size / 2**20:.0f} MiB, more than "
                              f"{limit // 2**20} MiB: not a Qwen2.5 tokenizer file")
+    lacking = [n for n in ("tokenizer.json", "vocab.json", "merges.txt") if not os.path.isfile(Path(path) / n)]
+    if lacking[:1] == ["tokenizer.json"] and len(lacking) > 1 and not os.path.isfile(Path(path) / "tokenizer.model"):
+        # (was transformers' "Couldn't instantiate the backend tokenizer from one of: (1) ...", no file named)
+        raise ModelError(f"cannot load the tokenizer in '{path}': tokenizer.json is missing, and so "
+                         f"{'are' if len(lacking) > 2 else 'is'} {' and '.join(lacking[1:])} to build it from"
+                         f"{_refetch_hint(Path(path))}")
     try:
         if (Path(path) / "tokenizer.json").is_file():
             # tokenizer.json as written: its normalizer, pre-tokenizer and added tokens, as the official
@@ -116,6 +123,18 @@ def load_tokenizer(path: Path):
         raise ModelError(f"cannot load the tokenizer in '{path}': tokenizer_config.json's model_max_length must be "
                          f"a number, got {short(repr(length))}")
     return tok
+
+
+def _refetch_hint(folder: Path) -> str:
+    """How to get a Hugging Face cache snapshot's tokenizer.json back (a file deleted by hand:
+    the snapshot still counts as cached, so no pull fetches it); "" for another folder."""
+    from .hub import snapshot_revision
+
+    commit = snapshot_revision(folder)
+    if commit is None:
+        return ""
+    repo = folder.parent.parent.name.removeprefix("models--").replace("--", "/", 1)
+    return f"; fetch it again with: hf download {repo} tokenizer.json --revision {commit}"
 
 
 def _model_config_for_tokenizer(path: Path):
