@@ -115,3 +115,54 @@ def test_a_snapshot_whose_tokenizer_json_was_deleted_names_it(hub, tiny_model_di
     assert main(["caption", str(image), "-m", str(folder), "--max-new-tokens", "1"]) == 4
     assert capsys.readouterr().err.strip().endswith(
         f"cannot load the tokenizer in '{folder}': tokenizer.json is missing, and so is merges.txt to build it from")
+
+
+def test_a_folder_holding_only_a_variant_weight_file_names_it_and_the_fix(tiny_model_dir, tmp_path, capsys):
+    """``save_pretrained(variant="fp16")`` writes ``model.fp16.safetensors``; showo2 reads the plain
+    names (as ``from_pretrained`` without ``variant=`` does), and such a folder was "model '...' has
+    no weights in '...'" (info) or "missing weights (no model.safetensors / pytorch_model.bin in
+    '...')" (the load), the file beside them unnamed. Each names it, the variant and the rename;
+    followed, the folder loads. Sharded variants are told to save again without variant=."""
+    from PIL import Image
+
+    from showo2_cli.cli import main
+
+    folder = tmp_path / "variant"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "model.safetensors").rename(folder / "model.fp16.safetensors")
+    hint = (f"no model.safetensors / pytorch_model.bin in '{folder}'; it holds model.fp16.safetensors, saved with "
+            "variant='fp16', which showo2 does not read: rename model.fp16.safetensors to model.safetensors")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    assert main(["info", str(folder)]) == 4
+    assert capsys.readouterr().err.strip() == f"showo2: error: model '{folder}' has no weights: {hint}"
+    assert main(["caption", str(image), "-m", str(folder), "--max-new-tokens", "1"]) == 4
+    assert hint in capsys.readouterr().err
+    (folder / "model.fp16.safetensors").rename(folder / "model.safetensors")  # the hint, followed
+    assert main(["info", str(folder)]) == 0
+    capsys.readouterr()
+    from showo2_cli.hub import variant_hint
+
+    sharded = ["model.fp16.safetensors.index.json", "model.fp16-00001-of-00002.safetensors",
+               "model.fp16-00002-of-00002.safetensors"]
+    assert variant_hint(sharded) == ("; it holds model.fp16-00001-of-00002.safetensors, model.fp16-00002-of-00002"
+                                     ".safetensors, model.fp16.safetensors.index.json, saved with variant='fp16', "
+                                     "which showo2 does not read: save the model again without variant=")
+    assert variant_hint(["model.safetensors", "model.safetensors.index.json", "config.json"]) == ""
+
+
+def test_a_hub_repo_holding_only_variant_weights_names_them(hub, tiny_model_dir, tmp_path):  # noqa: F811
+    """The same repo on the Hub: "has no weights (model.safetensors / pytorch_model.bin)" after its
+    config.json was fetched; the variant file is named now, and nothing of it downloaded."""
+    from showo2_cli.hub import pull
+
+    folder = tmp_path / "variant"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "model.safetensors").rename(folder / "model.fp16.safetensors")
+    hub.add_folder("acme/variant", folder)
+    with pytest.raises(ModelError) as e:
+        pull("acme/variant")
+    assert str(e.value) == ("'acme/variant' on the Hub has no weights (model.safetensors / pytorch_model.bin); it "
+                            "holds model.fp16.safetensors, saved with variant='fp16', which showo2 does not read: "
+                            "rename model.fp16.safetensors to model.safetensors")
+    assert not any("model.fp16" in str(r) for r in hub.requests if "resolve" in str(r))

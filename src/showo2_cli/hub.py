@@ -47,8 +47,9 @@ from .hub_files import INDEX_FILES as INDEX_FILES
 from .hub_files import SINGLE_BIN as SINGLE_BIN
 from .hub_files import SINGLE_SAFETENSORS as SINGLE_SAFETENSORS
 from .hub_files import TOKENIZER_FILES as TOKENIZER_FILES
+from .hub_files import VARIANT_WEIGHTS as VARIANT_WEIGHTS
 from .hub_files import WAN_VAE_FILES as WAN_VAE_FILES
-from .hub_files import find_weights, model_files, tokenizer_repo_files
+from .hub_files import find_weights, model_files, tokenizer_repo_files, variant_hint
 from .hub_files import safe_name as safe_name
 from .hub_files import tokenizer_files as tokenizer_files
 from .hub_files import weight_files as weight_files
@@ -399,8 +400,9 @@ def download_model(repo_id: str, progress: Progress | None = None, revision: str
         raise ModelError(f"'{repo_id}' has an unreadable config.json (the Hub's, or the cache's copy): {e}; "
                          f"showo2 pull {repo_id} --force-download fetches it again") from e
     files = model_files(list(remote), config if isinstance(config, dict) else None, vae_given)
-    if len(files) == 1:
-        raise ModelError(f"'{repo_id}' on the Hub has no weights (model.safetensors / pytorch_model.bin)")
+    if not weight_files({n for n in remote if safe_name(n)}):  # (was len(files) == 1: never, beside a tokenizer)
+        raise ModelError(f"'{repo_id}' on the Hub has no weights (model.safetensors / pytorch_model.bin)"
+                         f"{variant_hint(remote)}")
     rest = [f for f in files if f != "config.json"] if force_download else files  # config.json: just fetched
     return download_files(repo_id, rest, progress, "model", revision, remote, force_download)
 

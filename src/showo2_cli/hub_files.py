@@ -51,6 +51,29 @@ def find_weights(root: Path) -> list[Path]:
     return []
 
 
+#: a weight file saved with transformers' or diffusers' ``variant=`` (``model.fp16.safetensors``, a
+#: variant's shard ``model.fp16-00001-of-00002.safetensors`` or its index)
+VARIANT_WEIGHTS = re.compile(r"(model|pytorch_model|diffusion_pytorch_model)\.([\w]+)"
+                             r"(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
+
+
+def variant_hint(names) -> str:
+    """For a folder or repo whose file ``names`` hold no weight set under the plain names: the
+    ``variant`` weights it holds instead and how to read them (showo2 reads the plain names only,
+    as ``from_pretrained`` without ``variant=`` does); "" where there are none."""
+    found = sorted(n for n in names if VARIANT_WEIGHTS.fullmatch(n))
+    if not found:
+        return ""
+    variants = sorted({VARIANT_WEIGHTS.fullmatch(n).group(2) for n in found})
+    single = [n for n in found if not VARIANT_WEIGHTS.fullmatch(n).group(3) and not n.endswith(".json")]
+    shown = ", ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
+    plain = VARIANT_WEIGHTS.sub(r"\1.\4", single[0]) if single else ""
+    fix = f"rename {single[0]} to {plain}" if len(single) == 1 and len(found) == 1 else \
+        "save the model again without variant="
+    return (f"; it holds {shown}, saved with variant={variants[0]!r}{' (and others)' if len(variants) > 1 else ''}, "
+            f"which showo2 does not read: {fix}")
+
+
 def weight_files(names: set[str], folder: str = "") -> list[str]:
     """The weight files of ``folder`` in a repo listing, chosen in :func:`find_weights`'s
     order (a shard index and its shards, a single safetensors, pickled shards, a single pickle)."""

@@ -24,6 +24,7 @@ from .hub import (
     local_or_cached_dir,
     resolve_root,
     snapshot_revision,
+    variant_hint,
 )
 from .hub_vae import explicit_vae, find_vae
 from .model_config import check_official_config
@@ -96,7 +97,8 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
     named = not is_local(name)
     files = ModelFiles(label, root, fmt, config, find_weights(root), revision=snapshot_revision(root) if named else None)
     if not files.weights:
-        files.missing.append(("weights", f"no model.safetensors / pytorch_model.bin in '{root}'"))
+        files.missing.append(("weights", f"no model.safetensors / pytorch_model.bin in '{root}'"
+                                         f"{variant_hint(_file_names(root))}"))
     absent = [p.name for p in files.weights if not os.path.exists(p)]  # (False for a name no file can have)
     if absent:  # shards a shard index names, not (or not yet) downloaded: was "internal error: FileNotFoundError"
         files.missing.append(("weights", f"{len(absent)} of the {len(files.weights)} shards its index names "
@@ -166,6 +168,14 @@ def sizes_at_hand(name: str | os.PathLike | None):
         return unknown
     patch = config.get("patch_size")
     return None, VAE_SPATIAL * (OFFICIAL_DEFAULT_PATCH if patch is None else patch)
+
+
+def _file_names(root: Path) -> list[str]:
+    """The names in ``root`` ([] where it cannot be listed)."""
+    try:
+        return os.listdir(root)
+    except OSError:
+        return []
 
 
 def _subfolder_hint(root: Path) -> str:

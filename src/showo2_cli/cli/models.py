@@ -53,7 +53,7 @@ def info(
     fetch_if_needed(model, vae)
     files = find_files(model, vae=vae)
     if not files.weights:
-        raise ModelError(f"model '{model}' has no weights in '{files.root}'")
+        raise ModelError(f"model '{model}' has no weights: {_weights_gap(files)}")
     from ..loading import build_network, parameter_counts  # torch: after the cheap checks of the name
     from ..model_config import spec_from_files
     from ..weights import read_state_dict
@@ -126,7 +126,7 @@ def convert(
     fetch_if_needed(src, vae)
     files = find_files(src, vae=vae)
     if not files.weights:
-        raise ModelError(f"'{src}' has no weights")
+        raise ModelError(f"'{src}' has no weights: {_weights_gap(files)}")
     from ..lora import as_given, fetch_adapter, find_adapter, given_adapters, merge_adapters
 
     given = given_adapters(lora)  # (path, weight) of each, in order
@@ -286,6 +286,12 @@ def pull(
              "bundled with showo2, nothing to download" if model == "demo" else "a local folder, nothing to download")
     emit({"model": model, "repo": result.repo_id, "path": str(result.path), "downloaded": result.downloaded,
           "pieces": result.pieces, "missing": result.missing}, f"{model}: {state}  ({result.path})")
+
+
+def _weights_gap(files) -> str:
+    """What find_files said of a model without weights (the names it looked for, the ``variant``
+    files it holds instead)."""
+    return next((hint for piece, hint in files.missing if piece == "weights"), f"none in '{files.root}'")
 
 
 def _merged_adapters(files) -> list:
