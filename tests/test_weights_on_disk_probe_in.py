@@ -166,3 +166,30 @@ def test_a_hub_repo_holding_only_variant_weights_names_them(hub, tiny_model_dir,
                             "holds model.fp16.safetensors, saved with variant='fp16', which showo2 does not read: "
                             "rename model.fp16.safetensors to model.safetensors")
     assert not any("model.fp16" in str(r) for r in hub.requests if "resolve" in str(r))
+
+
+def test_info_flags_a_tokenizer_or_vae_that_is_a_git_lfs_pointer(tiny_model_dir, tmp_path, capsys):
+    """A clone without Git LFS whose VAE weights and tokenizer.json are pointers: ``showo2 info``
+    listed both as found (exit 0, nothing said; the load then named one, then the other). The one
+    check (``media.lfs_pointer_note``, in ``find_files``) now lists each under "missing" with the
+    Git LFS advice, in ``info`` (text and JSON) and in the load's one line, both at once."""
+    import json
+
+    from showo2_cli.cli import main
+    from test_weights_on_disk_probe_ic import ADVICE, lfs_pointer
+
+    folder = tmp_path / "clone"
+    shutil.copytree(tiny_model_dir, folder)
+    for name in ("tokenizer.json", "vae/diffusion_pytorch_model.safetensors"):
+        lfs_pointer(folder / name)
+    assert main(["info", str(folder)]) == 0
+    out = capsys.readouterr().out
+    tok = f"'{folder / 'tokenizer.json'}' is a Git LFS pointer, not the file ({ADVICE})"
+    vae = f"'{folder / 'vae' / 'diffusion_pytorch_model.safetensors'}' is a Git LFS pointer, not the file ({ADVICE})"
+    assert f"missing    tokenizer: {tok}" in out.splitlines() and f"missing    VAE: {vae}" in out.splitlines()
+    assert main(["info", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["missing"] == ["tokenizer", "VAE"]
+    assert main(["t2i", "a red square", "-m", str(folder), "-o", str(tmp_path / "o.png"), "--steps", "2"]) == 4
+    assert capsys.readouterr().err.strip() == (f"showo2: error: model '{folder}' is incomplete: missing tokenizer "
+                                               f"({tok}); VAE ({vae})")
+    assert not (tmp_path / "o.png").exists()

@@ -16,6 +16,8 @@ from pathlib import Path
 from .errors import ModelError, OutputError, short, unexpanded_home
 from .hub import (
     ADAPTER_CONFIG,
+    DIFFUSERS_VAE_WEIGHTS,
+    TOKENIZER_FILES,
     WAN_VAE_FILE,
     WAN_VAE_REPO,
     find_tokenizer,
@@ -124,6 +126,15 @@ def find_files(name: str | os.PathLike, vae: str | os.PathLike | None = None,
     files.vae = vae if vae_given else find_vae(root, local_files_only)  # (a --vae: resolved above)
     if files.vae is None:
         files.missing.append(("VAE", f"hf download {WAN_VAE_REPO} {WAN_VAE_FILE} (or pass --vae PATH)"))
+    from .media import lfs_pointer_note
+
+    for piece, where, names in (("tokenizer", files.tokenizer, TOKENIZER_FILES),
+                                ("VAE", files.vae, ("config.json", *DIFFUSERS_VAE_WEIGHTS))):
+        # a clone without Git LFS: found, but only its pointer (was listed as found by info and models)
+        note = lfs_pointer_note([where] if where and os.path.isfile(where) else
+                                [Path(where) / n for n in names] if where else [])
+        if note:
+            files.missing.append((piece, note))
     return files
 
 

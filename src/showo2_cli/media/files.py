@@ -57,6 +57,23 @@ def lfs_pointer(path: Path, size: int) -> bool:
     return size <= 1024 and _head(path).startswith(LFS_POINTER)
 
 
+def lfs_pointer_note(paths) -> str | None:
+    """The Git LFS pointers among ``paths`` (regular files; absent or unreadable ones are not),
+    said as one clause with :data:`LFS_ADVICE` (what ``info``, ``models`` and the load say of a
+    model piece cloned without Git LFS); None where there are none."""
+    found = []
+    for path in paths:
+        try:
+            if os.path.isfile(path) and lfs_pointer(Path(path), os.path.getsize(path)):
+                found.append(f"'{path}'")
+        except OSError:
+            continue
+    if not found:
+        return None
+    what = "is a Git LFS pointer, not the file" if len(found) == 1 else "are Git LFS pointers, not the files"
+    return f"{' and '.join(found)} {what} ({LFS_ADVICE})"
+
+
 def markup(path: Path) -> str | None:
     """What a file that is markup, not media or weights, is: ``"an HTML page"`` (what ``wget`` or
     ``curl`` of a web page's address saves: a Hugging Face or GitHub "blob" link, a sign-in page),
