@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from showo2_cli.serve import ApiError, ServerConfig, parse_chat
+from showo2_cli.tokenizer import plain_text
 
 USER = {"role": "user", "content": "hi"}
 VIDEO_BYTES = b"\x00\x00\x00\x18ftypmp42"  # parsing only looks at the data URL, not the bytes
@@ -168,8 +169,9 @@ def test_tools_listed_with_tool_choice_none_are_taken():
         USER, {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function", "function": {
             "name": "GetWeather", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "1", "content": "sun"}]}
     turns = parse_chat(history, cfg).turns
-    assert turns[0].answer == '<tool_call>\n{"name": "GetWeather", "arguments": {}}\n</tool_call>'
-    assert turns[1].question == "<tool_response>\nsun\n</tool_response>"
+    # (the template's tags are marked as its own, their tokens where the tokenizer has them: probe IM)
+    assert plain_text(turns[0].answer) == '<tool_call>\n{"name": "GetWeather", "arguments": {}}\n</tool_call>'
+    assert plain_text(turns[1].question) == "<tool_response>\nsun\n</tool_response>"
 
 
 def test_a_model_served_by_its_path_is_found_by_its_id():
