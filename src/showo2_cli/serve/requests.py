@@ -261,6 +261,7 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
     images = 0
     role = None
     calling = False  # the last message called tools (or gave a result of its calls): results may follow
+    call_ids: set[str] = set()  # the ids of the last assistant reply's calls, which its results name
     for i, msg in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(msg, dict):
@@ -271,10 +272,13 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
         content = msg.get("content")
         optional_string(msg.get("name"), f"{param}.name")
         if role == "tool":  # a tool's result: a user turn, as Qwen2.5's template feeds it
-            optional_string(msg.get("tool_call_id"), f"{param}.tool_call_id")
+            optional_string(answers := msg.get("tool_call_id"), f"{param}.tool_call_id")
             if not calling:  # (OpenAI's rule)
                 raise ApiError(400, f"{param}: a tool message must answer the tool calls of the assistant message "
                                     "before it", "invalid_value", param)
+            if answers is not None and call_ids and answers not in call_ids:  # (OpenAI's rule; none: by order)
+                raise ApiError(400, f"{param}.tool_call_id {short(answers, 64)!r} is not the id of a tool call of "
+                                    "the assistant message before it", "invalid_value", f"{param}.tool_call_id")
             role, content = "user", result_text(message_text(content, "a tool message's", param))
         if msg.get("role") not in ("system", "developer"):
             answered = msg.get("role") == "tool" or msg.get("tool_calls")
@@ -334,6 +338,8 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
                                    f"{param}.{field}")
             text = message_text(content, "an assistant message's", param, refusal=True)
             calls = calls_text(msg["tool_calls"], f"{param}.tool_calls") if msg.get("tool_calls") else ""
+            ids = {c["id"] for c in msg.get("tool_calls") or () if isinstance(c.get("id"), str)}
+            call_ids = call_ids | ids if prev_role == "assistant" else ids  # (one reply in parts: all its calls)
             text = "\n".join(t for t in (text, calls) if t)
             if turns and turns[-1].answer is not None and prev_role == "assistant":  # one reply in parts
                 turns[-1].answer = "\n".join(t for t in (turns[-1].answer, text) if t)

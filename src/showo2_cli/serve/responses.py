@@ -67,7 +67,8 @@ class ResponsesPlan:
         if named and int(named.group(1)) < len(self.names):
             text = text.replace(named.group(0), self.names[int(named.group(1))])
         for chat, ours in (("response_format.json_schema", "text.format"), ("response_format", "text.format"),
-                           ("max_completion_tokens", "max_output_tokens"), ("max_tokens", "max_output_tokens")):
+                           ("max_completion_tokens", "max_output_tokens"), ("max_tokens", "max_output_tokens"),
+                           ("tool_call_id", "call_id")):
             text = re.sub(rf"\b{re.escape(chat)}\b", ours, text)
         return "input" if text == "messages" else text.replace("'messages'", "'input'")
 

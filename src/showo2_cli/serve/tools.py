@@ -10,6 +10,7 @@ turn, each result in a ``<tool_response>`` block of a user turn). Torch-free."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -87,9 +88,12 @@ class ToolPlan:
         if self.choice == "function":
             return None, [{"id": self.named_id, "name": self.name, "arguments": text}]
         if self.choice == "required":
+            try:
+                items = _whole_items(text)
+            except _OutOfRange:  # (a call no client can read back: the answer is its text, as with auto)
+                return text, []
             return None, [{"id": call_id(), "name": item["name"],
-                           "arguments": json.dumps(item["parameters"], ensure_ascii=False)}
-                          for item in _whole_items(text)]
+                           "arguments": json.dumps(item["parameters"], ensure_ascii=False)} for item in items]
         start = text.find(CALL_OPEN)
         if start < 0:
             return text, []
@@ -121,9 +125,23 @@ def _outside_ref(node) -> str | None:
     return next((r for r in map(_outside_ref, node.values()) if r is not None), None)
 
 
+class _OutOfRange(Exception):
+    """A number past a float's range (``1e999``): JSON's grammar allows it, but Python reads it as inf and
+    writes it back as ``Infinity``, which is not JSON."""
+
+
+def _finite(digits: str) -> float:
+    value = float(digits)
+    if value in (math.inf, -math.inf):
+        raise _OutOfRange(digits)
+    return value
+
+
 def _whole_items(text: str) -> list:
-    """The objects of a JSON array, as many as were written whole (the array may be cut short)."""
-    decoder, items, at = json.JSONDecoder(), [], text.find("[") + 1
+    """The objects of a JSON array, as many as were written whole (the array may be cut short);
+    :class:`_OutOfRange` where one holds a number no float holds."""
+    decoder = json.JSONDecoder(parse_float=_finite, parse_constant=no_constant)
+    items, at = [], text.find("[") + 1
     while at > 0:
         while at < len(text) and text[at] in " \n\t,":
             at += 1
