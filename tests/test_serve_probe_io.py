@@ -103,3 +103,45 @@ def test_a_real_server_refuses_a_result_for_no_call(demo_url):
         "input": [ASK, {"type": "function_call", "call_id": "call_a", "name": "get_weather", "arguments": "{}"},
                   {"type": "function_call_output", "call_id": "call_x", "output": "18 C"}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input[2].call_id", r.text
+
+
+# ---- 3. checks that compile a grammar, many at once ---------------------------------------------------
+
+def test_grammar_checks_at_once_do_not_hold_up_other_requests_checks(demo_url, monkeypatch):
+    """Requests held to a grammar are checked on their own threads: with more of them in their checks
+    than the event loop's default pool has threads (each held here until released), a plain request is
+    still checked and answered (a 400 naming its field) at once; /health too. They all finish after."""
+    import os
+    import threading
+
+    pytest.importorskip("xgrammar")
+    httpx = pytest.importorskip("httpx")
+    from showo2_cli import structured
+
+    release, compiling, compile_ = threading.Event(), threading.Semaphore(0), structured.schema_grammar
+
+    def held(*args, **kwargs):
+        compiling.release()
+        release.wait(60)
+        return compile_(*args, **kwargs)
+
+    monkeypatch.setattr(structured, "schema_grammar", held)
+    url = f"{demo_url}/v1/chat/completions"
+    hostile = {"model": "demo", "messages": [ASK], "tools": TOOLS, "tool_choice": "required", "stop": ["x"]}
+    answers = []
+    clients = [threading.Thread(target=lambda: answers.append(httpx.post(url, json=hostile, timeout=120)))
+               for _ in range(min(32, (os.cpu_count() or 1) + 4) + 1)]  # (asyncio's default pool, and one more)
+    try:
+        for c in clients:
+            c.start()
+        assert compiling.acquire(timeout=60)  # (one is in its check)
+        plain = httpx.post(url, json={"model": "demo", "messages": [ASK], "temperature": 5}, timeout=10)
+        assert plain.status_code == 400 and plain.json()["error"]["param"] == "temperature"
+        assert httpx.get(f"{demo_url}/health", timeout=10).status_code == 200
+        assert not release.is_set() and len(answers) == 0
+    finally:
+        release.set()
+        for c in clients:
+            c.join(120)
+    assert [a.status_code for a in answers] == [400] * len(clients)
+    assert {a.json()["error"]["param"] for a in answers} == {"stop"}

@@ -24,7 +24,7 @@ from .. import __version__
 from .. import media as M
 from ..errors import Showo2Error, UsageError, short
 from ..serve_config import DRAIN_TIMEOUT
-from .body import BODIES_AT_ONCE, BodyBudget, Upload, read_json
+from .body import BODIES_AT_ONCE, BodyBudget, Upload, check_off_loop, read_json
 from .errors import ApiError, api_error_of, shutting_down
 from .middleware import CleanPath, OriginCheck, missing_endpoint_hint
 from .requests import ChatPlan, ImagePlan, ServerConfig, notices_field, parse_chat, parse_images
@@ -343,7 +343,7 @@ def create_app(model, config: ServerConfig):
     async def chat_completions(request: Request):
         try:
             body = await request_body(request)
-            plan = await asyncio.to_thread(parse_chat, body, config)  # (a tool's grammar may take seconds)
+            plan = await check_off_loop(parse_chat, body, config)  # (a tool's grammar may take seconds)
             check_bias(plan)
             job = submit(lambda job: _chat_job(model, config, plan, job))
             rid = "chatcmpl-" + secrets.token_hex(12)
@@ -404,7 +404,7 @@ def create_app(model, config: ServerConfig):
     async def responses(request: Request):
         plan = None
         try:
-            plan = await asyncio.to_thread(parse_responses, await request_body(request), config)
+            plan = await check_off_loop(parse_responses, await request_body(request), config)
             check_bias(plan.chat)
             job = submit(lambda job: _chat_job(model, config, plan.chat, job))
             if not plan.chat.stream:

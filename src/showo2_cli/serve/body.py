@@ -7,9 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextvars
+import functools
 import json
 import math
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -128,6 +132,33 @@ async def _read_json(request, limit: int, timeout: float) -> dict:
     if not raw.strip():
         raise ApiError(400, "the request body is empty: send a JSON object", "invalid_json")
     return await asyncio.to_thread(parse_body, raw)  # a large body is parsed off the event loop
+
+
+#: the threads that check requests held to a grammar (a ``json_schema`` response format, tools with
+#: ``tool_choice`` required or named: structured output compiles it, up to seconds), as vLLM compiles
+#: grammars on their own pool of half the cores: however many such requests come at once, the other
+#: requests' checks (on the event loop's default pool) never wait behind them
+GRAMMAR_CHECKS = max(1, (os.cpu_count() or 1) // 2)
+_GRAMMAR_POOL = ThreadPoolExecutor(GRAMMAR_CHECKS, thread_name_prefix="showo2-grammar-check")
+
+
+def holds_grammar(body) -> bool:
+    """Whether a request body's checks may compile a grammar (chat's or the Responses API's fields)."""
+    if not isinstance(body, dict):
+        return False
+    choice, text = body.get("tool_choice"), body.get("text")
+    formats = (body.get("response_format"), text.get("format") if isinstance(text, dict) else None)
+    return (bool(body.get("tools")) and (choice == "required" or isinstance(choice, dict))) or \
+        any(isinstance(f, dict) and f.get("type") == "json_schema" for f in formats)
+
+
+async def check_off_loop(parse, body, *args):
+    """``parse(body, *args)`` on a thread (a request's checks), on the grammar pool where
+    :func:`holds_grammar`, else on the event loop's default pool (as :func:`asyncio.to_thread`)."""
+    if not holds_grammar(body):
+        return await asyncio.to_thread(parse, body, *args)
+    call = functools.partial(contextvars.copy_context().run, parse, body, *args)
+    return await asyncio.get_running_loop().run_in_executor(_GRAMMAR_POOL, call)
 
 
 #: JSON values (counted by their separators) one request body may hold: a chat or image request
