@@ -108,8 +108,8 @@ def test_a_real_server_refuses_a_result_for_no_call(demo_url):
 # ---- 3. checks that compile a grammar, many at once ---------------------------------------------------
 
 def test_grammar_checks_at_once_do_not_hold_up_other_requests_checks(demo_url, monkeypatch):
-    """Requests held to a grammar are checked on their own threads: with more of them in their checks
-    than the event loop's default pool has threads (each held here until released), a plain request is
+    """Requests held to a grammar are checked on their own threads: with as many of them in their checks
+    as the event loop's default pool has threads (each held here until released), a plain request is
     still checked and answered (a 400 naming its field) at once; /health too. They all finish after."""
     import os
     import threading
@@ -125,16 +125,27 @@ def test_grammar_checks_at_once_do_not_hold_up_other_requests_checks(demo_url, m
         release.wait(60)
         return compile_(*args, **kwargs)
 
+    from showo2_cli.serve import app
+
+    read, arrived = app.read_json, threading.Semaphore(0)
+
+    async def counted(*args, **kwargs):  # (a hostile body read: its checks are next, on a thread)
+        body = await read(*args, **kwargs)
+        if body.get("tool_choice") == "required":
+            arrived.release()
+        return body
+
     monkeypatch.setattr(structured, "schema_grammar", held)
+    monkeypatch.setattr(app, "read_json", counted)
     url = f"{demo_url}/v1/chat/completions"
     hostile = {"model": "demo", "messages": [ASK], "tools": TOOLS, "tool_choice": "required", "stop": ["x"]}
     answers = []
     clients = [threading.Thread(target=lambda: answers.append(httpx.post(url, json=hostile, timeout=120)))
-               for _ in range(min(32, (os.cpu_count() or 1) + 4) + 1)]  # (asyncio's default pool, and one more)
+               for _ in range(min(32, (os.cpu_count() or 1) + 4))]  # (as many as asyncio's default pool has threads)
     try:
         for c in clients:
             c.start()
-        assert compiling.acquire(timeout=60)  # (one is in its check)
+        assert all(arrived.acquire(timeout=60) for _ in clients) and compiling.acquire(timeout=60)
         plain = httpx.post(url, json={"model": "demo", "messages": [ASK], "temperature": 5}, timeout=10)
         assert plain.status_code == 400 and plain.json()["error"]["param"] == "temperature"
         assert httpx.get(f"{demo_url}/health", timeout=10).status_code == 200
