@@ -198,7 +198,7 @@ def test_every_option_a_message_names_exists():
     options = {o for command in [root, *root.commands.values()] for p in command.params
                for o in (*p.opts, *p.secondary_opts)}
     options.add("--help")  # click's, on every command
-    elsewhere = {"--force-download", "--local-dir"}  # huggingface_hub's `hf download`
+    elsewhere = {"--force-download", "--local-dir", "--revision"}  # huggingface_hub's `hf download`
     found = _option_names_in_messages()
     assert {"--max-memory", "--overwrite", "--vae", "--size"} <= set(found)  # the scan sees the hints
     unknown = {name: where for name, where in found.items() if name not in options | elsewhere}
