@@ -206,9 +206,13 @@ class SetMaker:
                 model.showo.lm_head.weight[to] = model.showo.lm_head.weight[src] * scale
         self.model = model
         save_official(model, self.kwargs, model_dir, g)  # the .bin and config.json, as save_pretrained
+        if s.get("weights_dtype", "float32") != "float32" or s.get("max_shard_size"):
+            self.save_as_released(model_dir)  # the cases then use what the official from_pretrained loads
+        else:
+            state = model.state_dict()
+            save_file({k: v.clone().contiguous() for k, v in state.items()}, str(model_dir / "pytorch_model.safetensors"))
         (model_dir / "geometry.json").unlink()  # the harness's own record; not in the public format
-        state = model.state_dict()
-        save_file({k: v.clone().contiguous() for k, v in state.items()}, str(model_dir / "pytorch_model.safetensors"))
+        state = self.model.state_dict()
         from models.misc import get_text_tokenizer
 
         self.tok, self.ids = get_text_tokenizer(str(model_dir / "llm"), add_showo_tokens=True,
@@ -218,6 +222,43 @@ class SetMaker:
         assert len(self.tok) <= g.vocab, (len(self.tok), g.vocab)
         self.state_info = {"num_keys": len(state), "tied_lm_head": s["tie_word_embeddings"],
                            "num_params_unique": sum(p.numel() for p in model.parameters())}
+
+    def save_as_released(self, model_dir: Path):
+        """``weights_dtype`` (``bfloat16`` as the released Show-o2 files, or ``float16``) and
+        ``max_shard_size`` (e.g. ``"200KB"``): the weights rounded to that dtype and saved by the
+        official ``save_pretrained`` (``pytorch_model.bin``, or its shards
+        ``pytorch_model-0000k-of-0000n.bin`` and ``diffusion_pytorch_model.bin.index.json``), the
+        safetensors beside them in that dtype (sharded: ``model-0000k-of-0000n.safetensors`` and
+        ``model.safetensors.index.json`` by huggingface_hub, as transformers names them; the
+        official loader reads the .bin); the model the cases use is the official
+        ``from_pretrained`` of that folder (float32 parameters holding the stored values)."""
+        import copy
+        import tempfile
+
+        from huggingface_hub import save_torch_state_dict
+        from official_harness import load_official_pretrained
+        from safetensors.torch import save_file
+
+        s = self.s
+        dtype = getattr(torch, s.get("weights_dtype", "float32"))
+        shard = s.get("max_shard_size")
+        typed = copy.deepcopy(self.model).to(dtype)
+        (model_dir / "pytorch_model.bin").unlink()
+        with tempfile.TemporaryDirectory() as tmp:
+            typed.save_pretrained(tmp, safe_serialization=False, **({"max_shard_size": shard} if shard else {}))
+            for f in Path(tmp).iterdir():
+                if f.name.endswith((".bin", ".index.json")):
+                    shutil.move(str(f), str(model_dir / f.name))
+        clones = {k: v.clone().contiguous() for k, v in typed.state_dict().items()}
+        if shard:
+            save_torch_state_dict(clones, str(model_dir), max_shard_size=shard)
+        else:
+            save_file(clones, str(model_dir / "pytorch_model.safetensors"))
+        loaded, _ = load_official_pretrained(model_dir)
+        want = {k: v.float() for k, v in typed.state_dict().items()}
+        for k, v in loaded.state_dict().items():
+            assert v.dtype == torch.float32 and torch.equal(v, want[k]), k
+        self.model = loaded
 
     def build_vae(self):
         from models.wan21_vae import WanVAE_
