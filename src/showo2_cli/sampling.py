@@ -317,12 +317,14 @@ def guided_velocity_fn(network, layout: Layout, guidance: float, trim: bool = Tr
     after the visual block (eoi, eos, pads): they cannot influence the velocity, and runs the dual
     path once for a prompt's two rows, which share their latents (the same numbers to a kernel's
     rounding at another batch size); untrimmed, every row runs it as the official batch does, each
-    step the official one bit for bit (probe IA). ``cache_prefix``
+    step the official one bit for bit (probe IA). At guidance 0 or 1 the unconditional rows cannot
+    change the result (:func:`uses_uncond`): trimmed, they are not run; untrimmed, they are, as
+    the official batch runs them at every guidance (and guides at 1 with its formula). ``cache_prefix``
     computes the text before the block once and reuses its keys/values at every step (needs one
     block per row that is the row's time token plus visual tokens, i.e. a generation layout).
     """
     batch = layout.input_ids.shape[0] // 2
-    if not uses_uncond(guidance):
+    if trim and not uses_uncond(guidance):
         layout = select_rows(layout, list(range(batch)))
     if trim:
         layout = layout.trimmed()
