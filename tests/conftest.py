@@ -184,6 +184,38 @@ PARITY_DIR = shared_dir("parity", "SHOWO2_PARITY_DIR")
 MEDIA_DIR = shared_dir("media", "SHOWO2_MEDIA_DIR")
 
 
+def parity_weight_file(fmt: str, folder: Path) -> Path:
+    """The parity set's weights as ONE official file, ``folder / pytorch_model.{fmt}`` (``bin`` or
+    ``safetensors``), for the tests that lay the model out as a repo or damage its one file: the
+    set's own file where it ships one; a set stored in shards (as large checkpoints are, probe JA)
+    is written as one file from them, a tied token table stored once (shared) in the pickle as the
+    official save stores it, the values in the set's own dtype."""
+    import shutil
+
+    import torch
+
+    from showo2_cli.hub_files import find_weights
+    from showo2_cli.loading import read_state_dict
+
+    name = f"pytorch_model.{fmt}"
+    folder.mkdir(parents=True, exist_ok=True)
+    if (PARITY_DIR / "model" / name).is_file():
+        shutil.copy(PARITY_DIR / "model" / name, folder / name)
+        return folder / name
+    state = {k: v.clone().contiguous() for k, v in read_state_dict(find_weights(PARITY_DIR / "model")).items()}
+    llm = json.loads((PARITY_DIR / "model" / "llm" / "config.json").read_text())
+    table, head = "showo.model.embed_tokens.weight", "showo.lm_head.weight"
+    if fmt == "bin":
+        if llm.get("tie_word_embeddings", True) and head in state and torch.equal(state[head], state[table]):
+            state[head] = state[table]
+        torch.save(state, folder / name)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(folder / name), metadata={"format": "pt"})
+    return folder / name
+
+
 @pytest.fixture(scope="module")
 def demo_url():
     """The base URL of a real ``showo2 serve`` of the bundled demo on 127.0.0.1, one a test module

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PARITY_DIR
+from conftest import PARITY_DIR, parity_weight_file
 from showo2_cli import media as M
 from showo2_cli.cli import main
 from showo2_cli.errors import ModelError
@@ -28,8 +28,8 @@ def parity_model(tmp_path: Path, fmt: str = "bin") -> Path:
     if not PARITY_DIR.is_dir():
         pytest.skip("no parity fixtures")
     folder = tmp_path / f"official-{fmt}"
-    drop = "*.safetensors" if fmt == "bin" else "*.bin"
-    shutil.copytree(PARITY_DIR / "model", folder, ignore=shutil.ignore_patterns(drop))
+    shutil.copytree(PARITY_DIR / "model", folder, ignore=shutil.ignore_patterns("*.bin", "*.safetensors", "*.index.json"))
+    parity_weight_file(fmt, folder)  # one file, also from a set stored in shards
     return folder
 
 
@@ -186,7 +186,7 @@ def test_repo_ids_resolve_from_the_offline_hf_cache(tmp_path, monkeypatch):
     cfg["llm_model_path"] = "acme/tiny-qwen"
     cfg_file = tmp_path / "config.json"
     cfg_file.write_text(json.dumps(cfg))
-    put("acme/showo2-tiny", {"config.json": cfg_file, "pytorch_model.bin": PARITY_DIR / "model" / "pytorch_model.bin",
+    put("acme/showo2-tiny", {"config.json": cfg_file, "pytorch_model.bin": parity_weight_file("bin", tmp_path / "w"),
                              "Wan2.1_VAE.pth": parity_vae(), "siglip/config.json": PARITY_DIR / "model" / "siglip" / "config.json"})
     put("acme/tiny-qwen", {p.name: p for p in (PARITY_DIR / "model" / "llm").iterdir()})
     files = find_files("acme/showo2-tiny")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PARITY_DIR, REPO, sigint_reaches_child
+from conftest import PARITY_DIR, REPO, parity_weight_file, sigint_reaches_child
 from local_hub import LocalHub
 from showo2_cli.errors import ModelError
 
@@ -27,8 +27,8 @@ def official_repos(hub: LocalHub, tmp_path: Path, repo: str = "acme/show-o2-tiny
     model = PARITY_DIR / "model"
     cfg = json.loads((model / "config.json").read_text())
     cfg.update(llm_model_path="acme/tiny-qwen", clip_pretrained_model_path="acme/tiny-siglip")
-    hub.add(repo, {"config.json": json.dumps(cfg).encode(), "pytorch_model.bin": model / "pytorch_model.bin",
-                   "pytorch_model.safetensors": model / "pytorch_model.safetensors", "README.md": b"# tiny\n",
+    weights = {f"pytorch_model.{fmt}": parity_weight_file(fmt, tmp_path / "weights") for fmt in ("bin", "safetensors")}
+    hub.add(repo, {"config.json": json.dumps(cfg).encode(), **weights, "README.md": b"# tiny\n",
                    ".gitattributes": b"*.bin filter=lfs\n"})
     qwen = {p.name: p for p in (model / "llm").iterdir()}
     hub.add("acme/tiny-qwen", {**qwen, "model.safetensors": b"\0" * 50_000})
@@ -118,7 +118,7 @@ def test_pull_fetches_only_the_needed_files_with_progress_and_loads(hub, tmp_pat
         last = [(d, t) for p, d, t in seen if p == phase][-1]
         assert last[0] == last[1] > 0  # each repo's bytes, counted to the end
     weights = [(d, t) for p, d, t in seen if p == f"downloading {repo}"]
-    size = (PARITY_DIR / "model" / "pytorch_model.safetensors").stat().st_size
+    size = len(hub.repos[repo].files["pytorch_model.safetensors"])
     config = len(hub.repos[repo].files["config.json"])
     assert weights[-1][1] in (size, size + config)
     # each byte counted once: huggingface_hub reads a file in whole chunks (a set's weights may
