@@ -115,12 +115,13 @@ def test_a_pickled_model_is_placed_alike_and_its_file_let_go(tmp_path):
     import shutil
     from pathlib import Path
 
-    from conftest import PARITY_DIR
+    from conftest import PARITY_DIR, parity_weight_file
 
     source = PARITY_DIR / "model"
-    if not (source / "pytorch_model.bin").exists() or not Path("/proc/self/maps").exists():
+    if not (source / "config.json").exists() or not Path("/proc/self/maps").exists():
         pytest.skip("needs the parity fixtures' official-format model and /proc/self/maps")
-    folder = shutil.copytree(source, tmp_path / "m", ignore=shutil.ignore_patterns("*.safetensors"))
+    folder = shutil.copytree(source, tmp_path / "m", ignore=shutil.ignore_patterns("*.bin", "*.safetensors", "*.index.json"))
+    parity_weight_file("bin", folder)  # one pickle, also from a set stored in shards
     weights = str((folder / "pytorch_model.bin").resolve())
     reference = load(folder, need=())
     quantize_network(reference.network, "int8wo")
