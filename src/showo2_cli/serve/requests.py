@@ -262,6 +262,7 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
     role = None
     calling = False  # the last message called tools (or gave a result of its calls): results may follow
     call_ids: set[str] = set()  # the ids of the last assistant reply's calls, which its results name
+    answered_ids: set[str] = set()  # those of them answered so far by a tool message
     for i, msg in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(msg, dict):
@@ -279,6 +280,11 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
             if answers is not None and call_ids and answers not in call_ids:  # (OpenAI's rule; none: by order)
                 raise ApiError(400, f"{param}.tool_call_id {short(answers, 64)!r} is not the id of a tool call of "
                                     "the assistant message before it", "invalid_value", f"{param}.tool_call_id")
+            if answers is not None and answers in answered_ids:  # one call, two results (OpenAI refuses it too)
+                raise ApiError(400, f"{param}.tool_call_id {short(answers, 64)!r} names a call an earlier tool "
+                                    "message answered: send one result a call", "invalid_value",
+                               f"{param}.tool_call_id")
+            answered_ids.add(answers)
             role, content = "user", result_text(message_text(content, "a tool message's", param))
         if msg.get("role") not in ("system", "developer"):
             answered = msg.get("role") == "tool" or msg.get("tool_calls")
@@ -340,6 +346,7 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
             calls = calls_text(msg["tool_calls"], f"{param}.tool_calls") if msg.get("tool_calls") else ""
             ids = {c["id"] for c in msg.get("tool_calls") or () if isinstance(c.get("id"), str)}
             call_ids = call_ids | ids if prev_role == "assistant" else ids  # (one reply in parts: all its calls)
+            answered_ids = answered_ids if prev_role == "assistant" else set()  # (a new reply's calls: none answered yet)
             text = "\n".join(t for t in (text, calls) if t)
             if turns and turns[-1].answer is not None and prev_role == "assistant":  # one reply in parts
                 turns[-1].answer = "\n".join(t for t in (turns[-1].answer, text) if t)

@@ -193,6 +193,24 @@ def restore_settings(groups: list[dict], wanted: list[dict]) -> str | None:
 RUN_CONFIG = "train_config.json"
 
 
+def read_run_config(output_dir: Path) -> dict | None:
+    """The run's record (``train_config.json``) as a dict, or None where it cannot be read: missing, not
+    a regular file (a FIFO would wait for a writer for ever), over ``MAX_CONFIG_BYTES`` (judged by its
+    size before a byte is read: a record is a config and one line an invocation, some KiB), not a
+    JSON object. Its readers then go on without it, as they did for a record that is not JSON."""
+    import json
+
+    from ..errors import Showo2Error
+    from ..media import read_limited
+    from ..options import MAX_CONFIG_BYTES
+
+    try:
+        record = json.loads(read_limited(output_dir / RUN_CONFIG, MAX_CONFIG_BYTES, "the run's record"))
+    except (Showo2Error, ValueError, RecursionError):  # (a list 100,000 deep: not JSON to us)
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def write_run_config(output_dir: Path, info: dict, start_step: int, resumed: bool) -> None:
     """Write the run's ``train_config.json``: ``info`` (the config, its source, this invocation's
     ``world_size`` and ``max_steps``, as before) and ``invocations``, each start of the run with its
@@ -206,14 +224,9 @@ def write_run_config(output_dir: Path, info: dict, start_step: int, resumed: boo
     from ..media import atomic_output
 
     path = output_dir / RUN_CONFIG
-    earlier: list = []
-    if resumed:
-        try:
-            earlier = json.loads(path.read_text(encoding="utf-8")).get("invocations", [])
-            earlier = [e for e in earlier if isinstance(e, dict) and type(e.get("start_step")) is int
-                       and e["start_step"] < start_step]
-        except (OSError, ValueError, AttributeError, TypeError, RecursionError):
-            earlier = []
+    earlier = (read_run_config(output_dir) or {}).get("invocations") if resumed else None
+    earlier = [e for e in earlier if isinstance(e, dict) and type(e.get("start_step")) is int
+               and e["start_step"] < start_step] if isinstance(earlier, list) else []
     now = {"start_step": start_step, "world_size": info.get("world_size"), "max_steps": info.get("max_steps"),
            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with atomic_output(path, overwrite=True) as tmp:
@@ -246,12 +259,11 @@ def check_same_run(output_dir: Path, model) -> None:
     wrote them (its ``train_config.json``) started from another model than ``model`` (the config's
     ModelConfig: ``model.init`` / ``model.init_spec``). Nothing is said when it cannot be told (no
     readable record; a model folder that is no longer where it was)."""
-    import json
     import os
 
     try:
-        saved = json.loads((output_dir / "train_config.json").read_text(encoding="utf-8"))["config"]["model"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # (a list 100,000 deep: not JSON to us)
+        saved = (read_run_config(output_dir) or {})["config"]["model"]
+    except (KeyError, TypeError):
         return
     if not isinstance(saved, dict):
         return

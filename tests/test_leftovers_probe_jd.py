@@ -1,0 +1,121 @@
+"""Probe JD: stop 40's left-alone list judged again. Two results answering one tool call are refused
+as OpenAI refuses them; a run's record (``train_config.json``) is read bounded, never whole at any
+size, nor waited on when it is a FIFO."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import tracemalloc
+from types import SimpleNamespace
+
+import pytest
+
+from showo2_cli.serve import ApiError, ServerConfig
+from showo2_cli.serve.requests import parse_chat
+from showo2_cli.serve.responses import parse_responses
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}},
+         {"type": "function", "function": {"name": "get_time"}}]
+ASK = {"role": "user", "content": "Weather in Paris?"}
+CALLED = {"role": "assistant", "content": None, "tool_calls": [
+    {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+    {"id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]}
+
+
+def _result(i, text):
+    return {"role": "tool", "tool_call_id": i, "content": text}
+
+
+def _refused(parse, body: dict) -> ApiError:
+    with pytest.raises(ApiError) as e:
+        parse(body, ServerConfig())
+    return e.value
+
+
+# ---- a call answered twice ----------------------------------------------------------------------------
+
+def test_two_results_for_one_call_are_refused():
+    """OpenAI: "Duplicate value for 'tool_call_id' of 'X', in messages[7] and messages[8]" (400, the later
+    message's field). The model would read two answers to one call (an aborted run's result and the real
+    one, as agents append them). A later reply may reuse an id (its own call), and results sent without
+    ids are still taken in order."""
+    e = _refused(parse_chat, {"tools": TOOLS, "messages": [
+        ASK, CALLED, _result("call_a", "aborted"), _result("call_a", "18 C"), _result("call_b", "noon")]})
+    assert (e.status, e.code, e.param) == (400, "invalid_value", "messages[3].tool_call_id")
+    assert "'call_a' names a call an earlier tool message answered" in e.message
+    again = {**CALLED, "tool_calls": CALLED["tool_calls"][:1]}  # the next reply reuses the id: its own call
+    ok = [ASK, CALLED, _result("call_a", "18 C"), _result("call_b", "noon"), again, _result("call_a", "19 C")]
+    assert len(parse_chat({"messages": ok, "tools": TOOLS}, ServerConfig()).turns) == 3
+    no_ids = [ASK, CALLED, {"role": "tool", "content": "18 C"}, {"role": "tool", "content": "noon"}]
+    assert parse_chat({"messages": no_ids, "tools": TOOLS}, ServerConfig())
+
+    tools = [{"type": "function", **t["function"]} for t in TOOLS]
+    items = [ASK, {"type": "function_call", "call_id": "call_a", "name": "get_weather", "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "call_a", "output": "18 C"},
+             {"type": "function_call_output", "call_id": "call_a", "output": "19 C"}]
+    e = _refused(parse_responses, {"input": items, "tools": tools})
+    assert (e.status, e.param) == (400, "input[3].call_id") and "'call_a' names a call" in e.message
+    assert "messages" not in e.message
+
+
+# ---- the run's record ---------------------------------------------------------------------------------
+
+def _model(init=None, init_spec="tiny"):
+    return SimpleNamespace(init=init, init_spec=init_spec)
+
+
+def test_a_huge_run_record_is_not_read_whole(tmp_path):
+    """A ``train_config.json`` of 64 MiB (sparse here) is judged by its size: neither the same-run check nor
+    the resumed record's invocations read it into memory (the old readers took all 64 MiB, twice)."""
+    from showo2_cli.training import checkpoint as ckpt
+
+    with open(tmp_path / ckpt.RUN_CONFIG, "wb") as f:
+        f.truncate(64 << 20)
+    tracemalloc.start()
+    try:
+        ckpt.check_same_run(tmp_path, _model())
+        ckpt.write_run_config(tmp_path, {"config": {"model": {"init_spec": "tiny"}}}, 3, True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+    record = json.loads((tmp_path / ckpt.RUN_CONFIG).read_text())  # a fresh record replaced it
+    assert [i["start_step"] for i in record["invocations"]] == [3]
+
+
+def test_a_run_record_that_is_a_fifo_is_not_waited_on(tmp_path):
+    """A FIFO named ``train_config.json`` made the resume wait for a writer for ever (an ``open`` that
+    blocks); it is now no record (nothing to check), as a record that is not JSON always was."""
+    from showo2_cli.training import checkpoint as ckpt
+
+    fifo = tmp_path / ckpt.RUN_CONFIG
+    os.mkfifo(fifo)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(ckpt.check_same_run(tmp_path, _model())), daemon=True)
+    worker.start()
+    worker.join(10)
+    waited = worker.is_alive()
+    if waited:  # (the old reader: free it, a writer opening the FIFO)
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+    assert not waited and done == [None]
+    assert ckpt.read_run_config(tmp_path) is None
+
+
+def test_a_run_record_is_still_read_and_checked(tmp_path):
+    """The guard: a real record still refuses a config that starts from another model, and keeps the
+    invocations before the checkpoint resumed."""
+    from showo2_cli.errors import OutputError
+    from showo2_cli.training import checkpoint as ckpt
+
+    info = {"config": {"model": {"init": None, "init_spec": "tiny"}}}
+    ckpt.write_run_config(tmp_path, info, 0, False)
+    ckpt.write_run_config(tmp_path, info, 4, True)
+    with pytest.raises(OutputError, match="holds another run"):
+        ckpt.check_same_run(tmp_path, _model(init_spec="demo"))
+    ckpt.check_same_run(tmp_path, _model())
+    ckpt.write_run_config(tmp_path, info, 2, True)
+    assert [i["start_step"] for i in json.loads((tmp_path / ckpt.RUN_CONFIG).read_text())["invocations"]] == [0, 2]
