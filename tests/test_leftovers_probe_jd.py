@@ -119,3 +119,43 @@ def test_a_run_record_is_still_read_and_checked(tmp_path):
     ckpt.check_same_run(tmp_path, _model())
     ckpt.write_run_config(tmp_path, info, 2, True)
     assert [i["start_step"] for i in json.loads((tmp_path / ckpt.RUN_CONFIG).read_text())["invocations"]] == [0, 2]
+
+
+# ---- --attn with heads loaded on first use ------------------------------------------------------------
+
+def test_an_attention_backend_with_the_flow_head_loaded_on_first_use(tiny_model_dir, media_dir):
+    """``caption --attn eager`` (or flex), ``chat``/``serve`` with ``--attn``, and
+    ``Showo2Pipeline.from_pretrained(runtime=RuntimeOptions(attn=...))`` load the network without its flow
+    head; setting the backend iterated the missing head's blocks: "the network's flow_head is not loaded"
+    (exit 4) before any answer. The backend is set on what is loaded, and the head takes it when it loads:
+    its generation is the one of a model loaded whole with that backend, bit for bit."""
+    import torch
+
+    from showo2_cli import Showo2Pipeline, api
+    from showo2_cli.options import CaptionOptions, GenerateOptions, RuntimeOptions
+
+    eager = RuntimeOptions(attn="eager")
+    lazy = api.load(tiny_model_dir, runtime=eager, heads=("lm_head",))
+    assert lazy.network.attn == "eager" and lazy.network.loaded_heads() == ("lm_head",)
+    image = next(p for p in sorted(media_dir.iterdir()) if p.suffix == ".jpg")
+    assert api.caption(lazy, [str(image)], CaptionOptions(max_new_tokens=3)).answers
+    opts = GenerateOptions(steps=3, seed=5, batch_size=1)
+    got = api.text_to_image(lazy, ["a red circle"], opts)[0].latents  # (the flow head loads here)
+    assert {b.self_attn.attn for b in lazy.network.diffusion_head_a} == {"eager"}
+    whole = api.load(tiny_model_dir, runtime=eager)
+    assert torch.equal(got, api.text_to_image(whole, ["a red circle"], opts)[0].latents)
+    pipe = Showo2Pipeline.from_pretrained(tiny_model_dir, runtime=eager)  # (every head on first use)
+    assert pipe.model.network.attn == "eager"
+
+
+
+def test_serve_refuses_flex_with_parallel_before_the_model_loads(capsys, tmp_path):
+    """``showo2 serve --attn flex --parallel 2`` loaded the model (minutes for a 7B one; a download for a repo
+    not cached) and then refused the pairing; it is refused first now, as the other option checks are: a
+    model that does not exist is not even looked for."""
+    from showo2_cli.cli import main
+
+    code = main(["serve", "--model", str(tmp_path / "nowhere"), "--attn", "flex", "--parallel", "2", "--port", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "need attention sdpa or eager (--attn), not flex" in err, err
+    assert "nowhere" not in err and "Traceback" not in err

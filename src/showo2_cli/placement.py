@@ -252,3 +252,4 @@ class HeadLoader:
                 parent, _, child = name.rpartition(".")
                 owner = network.get_submodule(parent) if parent else network
                 setattr(owner, child, holder.get_submodule(name))
+            network.head_attention()  # (the flow head's blocks: the backend set on the network, --attn)

@@ -80,6 +80,13 @@ class ServerConfig:
                 shown = f"{seconds:g}" if isinstance(seconds, (int, float)) else short(seconds)  # also NaN
                 raise UsageError(f"{name} must be between 0.1 and 86400 seconds, got {shown}")
 
+    def check_attention(self, attn: str) -> None:
+        """Parallel answers' batched step runs sdpa or eager, not flex (compiled per shape, and the step's
+        mask grows a column a token): checked before the model loads on the command line, by
+        :func:`showo2_cli.serve.create_app` for a Python caller's loaded model."""
+        if self.parallel > 1 and attn == "flex":
+            raise UsageError("parallel answers (--parallel above 1) need attention sdpa or eager (--attn), not flex")
+
 
 def is_bearer_token(key) -> bool:
     """What a client can send in ``Authorization: Bearer KEY``: printable ASCII without spaces."""

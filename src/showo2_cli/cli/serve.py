@@ -93,6 +93,7 @@ def serve(
                           keep_alive_timeout=timeout_keep_alive)
     try:
         config.validate()
+        config.check_attention(runtime.attn if runtime is not None else "sdpa")  # (before the model loads)
     except UsageError as e:
         raise UsageError(rename_options(str(e), ServerConfig.OPTIONS)) from None
     try:

@@ -125,8 +125,16 @@ class Showo2Model(BookkeepingMixin, nn.Module):
             static_flex_on_cpu()
         self.showo.set_attn_implementation(TRANSFORMERS_ATTENTION[attn])
         self.attn = attn
-        for block in self.diffusion_head_a:
-            block.self_attn.attn = attn
+        self.head_attention()
+
+    def head_attention(self) -> None:
+        """The flow head's blocks run the network's backend: set with it, or when the head loads on
+        first use (``placement.HeadLoader``; left out, it has no blocks to set)."""
+        from .parts import NotLoaded
+
+        if not isinstance(self.diffusion_head_a, NotLoaded):
+            for block in self.diffusion_head_a:
+                block.self_attn.attn = self.attn
 
     # ---- dual path + fusion (spec §4) ---------------------------------------------------------
     @apply_forward_hook

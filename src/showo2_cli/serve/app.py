@@ -188,8 +188,7 @@ def create_app(model, config: ServerConfig):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     config.validate()  # a Python caller's limits as the command line's (max_queue=-1 refused all waiting)
-    if config.parallel > 1 and getattr(getattr(model, "network", None), "attn", "sdpa") == "flex":  # (compiled per width)
-        raise UsageError("parallel answers (--parallel above 1) need attention sdpa or eager (--attn), not flex")
+    config.check_attention(getattr(getattr(model, "network", None), "attn", "sdpa"))
     worker = Worker(config.max_queue, config.parallel, decoding_batch(model) if config.parallel > 1 else None)
     budget = BodyBudget(BODIES_AT_ONCE * config.max_body_bytes)
     state = {"draining": False, "started": time.time()}
