@@ -159,3 +159,111 @@ def test_serve_refuses_flex_with_parallel_before_the_model_loads(capsys, tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and "need attention sdpa or eager (--attn), not flex" in err, err
     assert "nowhere" not in err and "Traceback" not in err
+
+
+# ---- a response_format beside tools -------------------------------------------------------------------
+
+FORMAT = {"type": "json_schema", "json_schema": {"name": "Weather", "strict": True, "schema": {
+    "type": "object", "properties": {"summary": {"enum": ["sunny", "rainy"]}}, "required": ["summary"],
+    "additionalProperties": False}}}
+
+
+def test_a_response_format_beside_tools_holds_the_json_or_the_calls():
+    """The Agents SDK's ``output_type`` with tools (and any client sending both) was a 400 ("'response_format'
+    cannot hold an answer that may be a tool call"). OpenAI answers either in the format or with calls; the
+    reply is now held to exactly that: the format's JSON, or ``<tool_call>`` blocks of the tools' calls (one
+    when ``parallel_tool_calls`` is false), by one grammar joining the two (xgrammar's structural tags).
+    ``required`` or a named function beside a format is still one 400: the reply must be calls."""
+    xgrammar = pytest.importorskip("xgrammar")
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from showo2_cli.structured import answer_or_calls_grammar
+
+    plan = parse_chat({"messages": [ASK], "tools": TOOLS, "response_format": FORMAT}, ServerConfig())
+    assert plan.tools.choice == "auto" and plan.json_schema == FORMAT["json_schema"]["schema"]
+    assert plan.tool_calls == {"schema": plan.tools.call_schema(), "parallel": True}
+    grammar = answer_or_calls_grammar(plan.json_schema, True, plan.tool_calls["schema"])
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    for text in ('{"summary": "sunny"}', call, call + "\n" + call.replace("get_weather", "get_time").replace(
+            '{"city": "Paris"}', "{}")):
+        assert accepts(grammar, text), text
+    for text in ('{"summary": "sunny", "wind": 3}', "It is sunny.", "Sure! " + call, call + '{"summary": "x"}',
+                 call.replace("get_weather", "get_rain"), call.replace('"city"', '"town"'), ""):
+        assert not accepts(grammar, text), text
+    one = answer_or_calls_grammar(plan.json_schema, True, plan.tool_calls["schema"], parallel=False)
+    assert accepts(one, call) and not accepts(one, call + "\n" + call)
+    assert parse_chat({"messages": [ASK], "tools": TOOLS, "response_format": FORMAT, "parallel_tool_calls": False},
+                      ServerConfig()).tool_calls["parallel"] is False
+    e = _refused(parse_chat, {"messages": [ASK], "tools": TOOLS, "tool_choice": "required", "response_format": FORMAT})
+    assert (e.status, e.param) == (400, "response_format") and "must be a tool call" in e.message
+    bad = [{"type": "function", "function": {"name": "f", "parameters": {"not": {}}}}]
+    e = _refused(parse_chat, {"messages": [ASK], "tools": bad, "response_format": FORMAT})
+    assert e.param == "tools[0].function.parameters"  # (held now: what it cannot hold is named)
+    assert xgrammar  # (installed: the grammar above is its)
+
+
+def test_a_real_server_answers_a_format_beside_tools_with_either(demo_url):
+    """On a demo server, at temperature 1 over several seeds: each reply is the format's JSON (content,
+    finish ``stop``) or calls of the listed tools with arguments of their schema (finish ``tool_calls``),
+    streamed the same; the Responses API's ``text.format`` with tools too."""
+    pytest.importorskip("xgrammar")
+    httpx = pytest.importorskip("httpx")
+    chat = pytest.importorskip("openai.types.chat")
+    kinds = set()
+    for seed in range(4):
+        body = {"model": "demo", "messages": [ASK], "tools": TOOLS, "response_format": FORMAT, "temperature": 1,
+                "seed": seed, "max_tokens": 60}
+        if seed == 1:  # pushed towards a call: its first token is the tag (or '<'), which the format cannot start
+            body["logit_bias"] = {str(t): 100 for t in _tag_ids(demo_url)}
+        r = httpx.post(f"{demo_url}/v1/chat/completions", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        choice = chat.ChatCompletion.model_validate(r.json()).choices[0]
+        assert _streamed(httpx, chat, demo_url, body) == (choice.message.content, [
+            (c.function.name, c.function.arguments) for c in choice.message.tool_calls or ()], choice.finish_reason)
+        if choice.finish_reason == "length":
+            continue
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls"
+            for c in choice.message.tool_calls:
+                args = json.loads(c.function.arguments)
+                assert (c.function.name, set(args) <= {"city"}) in {("get_weather", True), ("get_time", True)}
+                if c.function.name == "get_weather":
+                    assert isinstance(args["city"], str)
+            kinds.add("calls")
+        else:
+            assert choice.finish_reason == "stop" and json.loads(choice.message.content)["summary"] in ("sunny", "rainy")
+            kinds.add("json")
+    assert kinds == {"calls", "json"}, kinds
+    r = httpx.post(f"{demo_url}/v1/responses", timeout=300, json={
+        "model": "demo", "input": "Weather in Paris?", "max_output_tokens": 60, "temperature": 0,
+        "tools": [{"type": "function", **t["function"]} for t in TOOLS],
+        "text": {"format": {"type": "json_schema", **FORMAT["json_schema"]}}})
+    assert r.status_code == 200, r.text
+    out = r.json()["output"]
+    assert out[0]["type"] == "function_call" or json.loads(out[0]["content"][0]["text"])["summary"] in ("sunny", "rainy")
+
+
+def _streamed(httpx, chat, url, body):
+    """A stream's reply, put together: (content, [(name, arguments)], finish reason)."""
+    content, calls, finish = None, {}, None
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=300) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            for c in chat.ChatCompletionChunk.model_validate_json(line[6:]).choices:
+                if c.delta.content:
+                    content = (content or "") + c.delta.content
+                for t in c.delta.tool_calls or ():
+                    name, args = calls.get(t.index, (None, ""))
+                    calls[t.index] = (name or t.function.name, args + (t.function.arguments or ""))
+                finish = c.finish_reason or finish
+    return content, [calls[k] for k in sorted(calls)], finish
+
+
+def _tag_ids(url) -> list[int]:
+    from pathlib import Path
+
+    from showo2_cli.loading import bundled_demo_path
+    from showo2_cli.tokenizer import load_tokenizer
+
+    return [load_tokenizer(Path(bundled_demo_path())).convert_tokens_to_ids("<tool_call>")]

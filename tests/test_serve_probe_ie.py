@@ -125,7 +125,8 @@ def test_required_and_named_are_held_to_the_tools_parameters():
     ({"tools": TOOLS, "tool_choice": "any"}, "tool_choice", "none, auto, required"),
     ({"tools": TOOLS, "parallel_tool_calls": "no"}, "parallel_tool_calls", "true or false"),
     ({"tools": [TOOLS[0], TOOLS[0]]}, "tools", "two tools are named"),
-    ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "response_format", "tool call"),
+    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format",
+     "must be a tool call"),  # (auto beside a response_format: held to either, probe JD)
     ({"tools": TOOLS, "tool_choice": "required", "stop": "}"}, "stop", "held to tool_choice"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"not": {}}}}],
       "tool_choice": "required"}, "tools[0].function.parameters", "not"),

@@ -350,6 +350,9 @@ class TextSampling:
     #: with ``json_schema``: properties and items the schema does not declare are not written
     #: (OpenAI's ``strict: true``); False: JSON Schema's rule (allowed unless the schema forbids them)
     strict_schema: bool = True
+    #: with ``json_schema``: the answer may be tool calls instead, ``<tool_call>`` blocks each held to
+    #: ``{"schema": ..., "parallel": bool}`` (a server's tools beside a ``response_format``)
+    tool_calls: dict | None = None
 
     def __post_init__(self) -> None:
         plain_numbers(self)
@@ -389,10 +392,14 @@ class TextSampling:
             if not isinstance(text, str) or not text or len(text) > MAX_STOP_CHARS:
                 raise UsageError(f"a stop string must be 1 to {MAX_STOP_CHARS} characters of text")
         check_flag("strict_schema", self.strict_schema)
+        if self.tool_calls is not None and self.json_schema is None:
+            raise UsageError("tool_calls are held beside a json_schema: give one")
         if self.json_schema is not None:
             from .structured import check_schema
 
             check_schema(self.json_schema, self.strict_schema)
+            if self.tool_calls is not None:
+                check_schema(self.tool_calls["schema"], True)
             if self.stop_strings:  # a stop string inside the JSON would cut it: an answer that does not parse
                 raise UsageError("stop strings cannot end an answer held to a JSON schema (they would cut the JSON)")
 

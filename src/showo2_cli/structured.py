@@ -367,10 +367,28 @@ class GrammarConstraint:
         return out
 
 
+def answer_or_calls_grammar(schema: dict, strict: bool, call: dict, parallel: bool = True):
+    """The grammar of a reply that is either JSON of ``schema`` (as :func:`schema_grammar` holds it) or
+    tool calls: ``<tool_call>`` blocks (Qwen2.5's hermes format, one a line) each holding a JSON ``call``
+    (strict), one block only unless ``parallel``. xgrammar's structural tags join the two grammars."""
+    xgr = _xgrammar()
+    block = {"type": "tag", "begin": "<tool_call>\n", "content": {"type": "grammar", "grammar": str(
+        schema_grammar(call, True))}, "end": "\n</tool_call>"}
+    calls = {"type": "tags_with_separator", "tags": [block], "separator": "\n", "at_least_one": True,
+             "stop_after_first": not parallel}
+    answer = {"type": "grammar", "grammar": str(schema_grammar(schema, strict))}
+    return xgr.Grammar.from_structural_tag(json.dumps({"type": "structural_tag", "format": {
+        "type": "or", "elements": [answer, calls]}}))
+
+
 def constraint_for(tokenizer, sampling) -> GrammarConstraint | None:
-    """The constraint of ``sampling``'s JSON schema (a :class:`~showo2_cli.options.TextSampling`),
-    None for free text. Raises :class:`UsageError` for a schema that cannot be used."""
+    """The constraint of ``sampling``'s JSON schema (a :class:`~showo2_cli.options.TextSampling`; with
+    its ``tool_calls``, the schema's JSON or those calls), None for free text. Raises
+    :class:`UsageError` for a schema that cannot be used."""
     schema = getattr(sampling, "json_schema", None)
     if schema is None:
         return None
-    return GrammarConstraint(tokenizer, schema_grammar(schema, sampling.strict_schema), sampling.stop_ids)
+    calls = getattr(sampling, "tool_calls", None)
+    grammar = (schema_grammar(schema, sampling.strict_schema) if calls is None else
+               answer_or_calls_grammar(schema, sampling.strict_schema, calls["schema"], calls["parallel"]))
+    return GrammarConstraint(tokenizer, grammar, sampling.stop_ids)

@@ -94,7 +94,7 @@ def _chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
                             stop_strings=plan.stop, repetition_penalty=plan.repetition_penalty,
                             frequency_penalty=plan.frequency_penalty, presence_penalty=plan.presence_penalty,
                             logit_bias=plan.logit_bias, min_p=plan.min_p, json_schema=plan.json_schema,
-                            strict_schema=plan.strict_schema)
+                            strict_schema=plan.strict_schema, tool_calls=plan.tool_calls)
     answer = conv.ask(plan.turns[-1].question, sampling, on_text=lambda piece: job.emit("text", piece),
                       cancel=job.cancel, prefix=plan.turns[-1].prefix)
     turn = conv.turns[-1]

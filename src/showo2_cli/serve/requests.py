@@ -27,7 +27,7 @@ from .body import (
     text_part,
 )
 from .errors import ApiError
-from .tools import ToolPlan, calls_text, check_listed_tools, read_tools, result_text
+from .tools import ToolPlan, calls_text, check_listed_tools, hold_calls, read_tools, result_text
 
 #: Environment variable holding the API key when ``--api-key`` is not given.
 API_KEY_ENV = "SHOWO2_API_KEY"
@@ -65,6 +65,7 @@ class ChatPlan:
     # a history over the context: None, the chat rule (refused; without max_tokens the answer gets the room
     overflow: str | None = None  # left); "drop": its oldest turns leave (the Responses API's truncation auto)
     tools: ToolPlan | None = None  # the tools the model may call (None: it answers in text)
+    tool_calls: dict | None = None  # auto beside a response_format: the calls' schema (TextSampling.tool_calls)
 
 
 #: Other servers' fields for constrained output (vLLM's ``guided_*`` and ``structured_outputs``,
@@ -211,9 +212,10 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
                            "unsupported_parameter", name)
     stop = _stop_strings(body)
     json_schema, strict_schema = _response_format(body)
-    if tools is not None and json_schema is not None:
-        raise ApiError(400, "'response_format' cannot hold an answer that may be a tool call: send tools or a "
-                            "JSON response_format", "unsupported_parameter", "response_format")
+    if tools is not None and json_schema is not None and tools.choice != "auto":
+        raise ApiError(400, "'response_format' cannot hold a reply that must be a tool call (tool_choice "
+                            f"{tools.choice}): send one of them", "unsupported_parameter", "response_format")
+    calls = {"schema": hold_calls(tools, tool_shape), "parallel": tools.parallel} if tools and json_schema else None
     held = "a response_format" if json_schema is not None else "tool_choice" if tools and tools.schema() else None
     json_schema, strict_schema = (tools.schema(), True) if held == "tool_choice" else (json_schema, strict_schema)
     if held and stop:
@@ -400,7 +402,7 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
                             "the length of the messages.", "context_length_exceeded", "messages")
     return ChatPlan(system, turns, int(max_tokens), float(temperature), top_p, seed, stream,
                     bool(options.get("include_usage", False)), stop, float(frequency), float(presence), bias,
-                    repetition, top_k, min_p, given, json_schema, strict_schema, tools=tools)
+                    repetition, top_k, min_p, given, json_schema, strict_schema, tools=tools, tool_calls=calls)
 
 
 @dataclass

@@ -67,20 +67,26 @@ class ToolPlan:
             return next(f.get("parameters") or NO_PARAMETERS for f in self.functions if f["name"] == self.name)
         if self.choice != "required":
             return None
+        call = self.call_schema("parameters")
+        defs = {k: call.pop(k) for k in ("$defs", "definitions") if k in call}
+        return {"type": "array", "minItems": 1, **({} if self.parallel else {"maxItems": 1}), "items": call, **defs}
+
+    def call_schema(self, key: str = "arguments") -> dict:
+        """The schema of one call of any of the tools: ``{"name", key}``, ``key`` the function's parameters
+        (``arguments`` as a ``<tool_call>`` block writes them; ``parameters`` in ``required``'s array),
+        the tools' ``$defs`` made the schema's own (a tool's ``"#/$defs/..."`` references point there)."""
         defs: dict = {}
-        for f in self.functions:  # (a tool's "#/$defs/..." references: to the array schema's $defs)
-            for key in ("$defs", "definitions"):
-                for name, sub in ((f.get("parameters") or {}).get(key) or {}).items():
-                    if defs.setdefault(key, {}).setdefault(name, sub) != sub:
-                        raise ApiError(400, f"'tools': two tools define '{key}/{short(name, 40)}' differently (with "
-                                            "tool_choice required their definitions are shared)", "invalid_value",
-                                       "tools")
-        calls = [{"type": "object", "required": ["name", "parameters"], "properties": {
+        for f in self.functions:
+            for kind in ("$defs", "definitions"):
+                for name, sub in ((f.get("parameters") or {}).get(kind) or {}).items():
+                    if defs.setdefault(kind, {}).setdefault(name, sub) != sub:
+                        raise ApiError(400, f"'tools': two tools define '{kind}/{short(name, 40)}' differently (held "
+                                            "calls share their definitions)", "invalid_value", "tools")
+        calls = [{"type": "object", "required": ["name", key], "properties": {
             "name": {"type": "string", "enum": [f["name"]]},
-            "parameters": {k: v for k, v in (f.get("parameters") or NO_PARAMETERS).items()
-                           if k not in ("$defs", "definitions")}}} for f in self.functions]
-        return {"type": "array", "minItems": 1, **({} if self.parallel else {"maxItems": 1}),
-                "items": {"anyOf": calls} if len(calls) > 1 else calls[0], **defs}
+            key: {k: v for k, v in (f.get("parameters") or NO_PARAMETERS).items()
+                  if k not in ("$defs", "definitions")}}} for f in self.functions]
+        return {**({"anyOf": calls} if len(calls) > 1 else calls[0]), **defs}
 
     def split(self, text: str) -> tuple[str | None, list[dict]]:
         """An answer as (its text content, its calls ``[{"id", "name", "arguments"}]``); content is
@@ -212,8 +218,6 @@ def read_tools(body: dict, shape: str) -> ToolPlan | None:
     (none given, or ``tool_choice: "none"``). A 400 naming the field for what cannot be served: a tool
     choice without tools, a named function not among them, a custom tool, parameters structured output
     cannot hold (required and named choices are held to them)."""
-    from ..structured import INSTALL_HINT, available, schema_grammar
-
     tools, choice = body.get("tools"), body.get("tool_choice")
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
@@ -251,28 +255,42 @@ def read_tools(body: dict, shape: str) -> ToolPlan | None:
         raise ApiError(400, f"'{where}.name' {short(name, 64)!r} is not one of the tools", "invalid_value",
                        f"{where}.name")
     plan = ToolPlan(functions, "function" if named else choice or "auto", name, parallel is not False)
-    if plan.choice == "auto":
-        return plan
+    if plan.choice != "auto":
+        hold_calls(plan, shape)
+    return plan
+
+
+def hold_calls(plan: ToolPlan, shape: str) -> dict:
+    """Check that structured output can hold ``plan``'s calls (a 400 naming the tool whose parameters it
+    cannot hold, or ``tool_choice``/``response_format`` without xgrammar) and return the schema held:
+    ``required``'s array, the named function's arguments, or (``auto`` beside a ``response_format``) one
+    ``<tool_call>`` block's ``{"name", "arguments"}``."""
+    from ..structured import INSTALL_HINT, available, schema_grammar
+
+    named, why = plan.choice == "function", "tool_choice" if plan.choice != "auto" else "response_format"
     if not available():
-        raise ApiError(400, f"'tool_choice' {'a function' if named else 'required'} is not supported by this server "
-                            f"(calls are held to the tools' parameters by structured output, which needs xgrammar on "
-                            f"the server: {INSTALL_HINT})", "unsupported_parameter", "tool_choice")
-    for k, f in enumerate(functions):  # each tool's own schema first: its error names the tool
-        if name in (None, f["name"]):
+        what = "a function" if named else plan.choice if plan.choice == "required" else "beside tools"
+        raise ApiError(400, f"'{why}' {what} is not supported by this server (calls are held to the tools' "
+                            f"parameters by structured output, which needs xgrammar on the server: {INSTALL_HINT})",
+                       "unsupported_parameter", why)
+    for k, f in enumerate(plan.functions):  # each tool's own schema first: its error names the tool
+        if plan.name in (None, f["name"]):
             at = f"tools[{k}].function.parameters" if shape == "chat" else f"tools[{k}].parameters"
             try:
                 schema_grammar(f.get("parameters") or NO_PARAMETERS, True)
             except Showo2Error as e:
                 raise ApiError(400, f"{at}: {e}", "invalid_value", at) from None
             ref = None if named else _outside_ref(f.get("parameters") or {})
-            if ref is not None:  # (its root is the array's with tool_choice required)
-                raise ApiError(400, f"{at}: with tool_choice required a '$ref' must point into '#/$defs/' or "
-                                    f"'#/definitions/', got {short(ref, 60)!r}", "invalid_value", at)
+            if ref is not None:  # (held calls of several tools: their root is the calls' schema)
+                raise ApiError(400, f"{at}: with {'tool_choice required' if why == 'tool_choice' else why} a '$ref' "
+                                    f"must point into '#/$defs/' or '#/definitions/', got {short(ref, 60)!r}",
+                               "invalid_value", at)
+    schema = plan.schema() if plan.choice != "auto" else plan.call_schema()
     try:
-        schema_grammar(plan.schema(), True)
+        schema_grammar(schema, True)
     except Showo2Error as e:
         raise ApiError(400, f"tools: {e}", "invalid_value", "tools") from None
-    return plan
+    return schema
 
 
 def check_listed_tools(tools, param: str, shape: str) -> list:
@@ -353,5 +371,5 @@ def result_text(content: str) -> str:
     return f"{template_tag('<tool_response>')}\n{content}\n{template_tag('</tool_response>')}"
 
 
-__all__ = ["ToolPlan", "ToolStream", "calls_text", "check_listed_tools", "read_arguments", "read_tools",
+__all__ = ["ToolPlan", "ToolStream", "calls_text", "check_listed_tools", "hold_calls", "read_arguments", "read_tools",
            "result_text", "split_answer"]
