@@ -215,7 +215,7 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
     if tools is not None and json_schema is not None and tools.choice != "auto":
         raise ApiError(400, "'response_format' cannot hold a reply that must be a tool call (tool_choice "
                             f"{tools.choice}): send one of them", "unsupported_parameter", "response_format")
-    calls = {"schema": hold_calls(tools, tool_shape), "parallel": tools.parallel} if tools and json_schema else None
+    calls_held = {"schema": hold_calls(tools, tool_shape), "parallel": tools.parallel} if tools and json_schema else None
     held = "a response_format" if json_schema is not None else "tool_choice" if tools and tools.schema() else None
     json_schema, strict_schema = (tools.schema(), True) if held == "tool_choice" else (json_schema, strict_schema)
     if held and stop:
@@ -402,7 +402,7 @@ def parse_chat(body: dict, config: ServerConfig, tool_shape: str = "chat") -> Ch
                             "the length of the messages.", "context_length_exceeded", "messages")
     return ChatPlan(system, turns, int(max_tokens), float(temperature), top_p, seed, stream,
                     bool(options.get("include_usage", False)), stop, float(frequency), float(presence), bias,
-                    repetition, top_k, min_p, given, json_schema, strict_schema, tools=tools, tool_calls=calls)
+                    repetition, top_k, min_p, given, json_schema, strict_schema, tools=tools, tool_calls=calls_held)
 
 
 @dataclass
