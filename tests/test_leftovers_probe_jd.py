@@ -202,6 +202,7 @@ def test_a_response_format_beside_tools_holds_the_json_or_the_calls():
     assert xgrammar  # (installed: the grammar above is its)
 
 
+@pytest.mark.slow
 def test_a_real_server_answers_a_format_beside_tools_with_either(demo_url):
     """On a demo server, at temperature 1 over several seeds: each reply is the format's JSON (content,
     finish ``stop``) or calls of the listed tools with arguments of their schema (finish ``tool_calls``),
