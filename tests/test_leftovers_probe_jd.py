@@ -268,3 +268,43 @@ def _tag_ids(url) -> list[int]:
     from showo2_cli.tokenizer import load_tokenizer
 
     return [load_tokenizer(Path(bundled_demo_path())).convert_tokens_to_ids("<tool_call>")]
+
+
+# ---- the same model, the same bytes ---------------------------------------------------------------------
+
+SAVE = """
+import sys, torch
+from pathlib import Path
+from showo2_cli.loading import write_folder
+from showo2_cli.specs import get_spec
+state = {f"layer{k}.weight": torch.full((2, 3), float(k)) for k in range(6)}
+write_folder(Path(sys.argv[1]), get_spec("tiny"), state)
+"""
+
+
+@pytest.mark.slow
+def test_the_same_model_saved_twice_is_the_same_bytes(tmp_path):
+    """safetensors writes a file's metadata in its hash map's order, which changes from process to process:
+    ``model.safetensors`` of the same model saved by two runs had two sha256s (probe ID saw it). Six
+    processes now write one file, byte for byte, its metadata keys in order (each old process put them in
+    order by chance, one in two), which the library still reads (metadata and tensors)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors import safe_open
+
+    digests = set()
+    for k in range(6):
+        folder = tmp_path / f"m{k}"
+        folder.mkdir()
+        subprocess.run([sys.executable, "-c", SAVE, str(folder)], check=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        data = (folder / "model.safetensors").read_bytes()
+        assert data.index(b'"format"') < data.index(b'"showo2_format"')
+        digests.add(hashlib.sha256(data).hexdigest())
+    assert len(digests) == 1, digests
+    with safe_open(tmp_path / "m0" / "model.safetensors", "pt") as f:
+        assert set(f.metadata()) == {"format", "showo2_format"} and f.metadata()["format"] == "pt"
+        assert torch.equal(f.get_tensor("layer5.weight"), torch.full((2, 3), 5.0))

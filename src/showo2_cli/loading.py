@@ -43,7 +43,7 @@ from .runtime import cpu_by_default, dtype_label, enable_offload, load_placement
 from .sequences import SpecialTokens
 from .specs import ModelSpec, get_spec
 from .tensor_reader import TensorReader
-from .weights import check_fit, read_state_dict
+from .weights import check_fit, read_state_dict, save_tensors
 
 ALL_HEADS = ("lm_head", "flow_head")  # the keys of modeling.showo2.HEADS (that module imports torch's world)
 OFFICIAL_FIELDS = (
@@ -444,8 +444,6 @@ def write_folder(folder: Path, spec: ModelSpec, state: dict[str, torch.Tensor], 
                  dtype: torch.dtype | None = None, extra: dict | None = None) -> None:
     """Fill an existing (empty, temporary) folder with a showo2-format model: the body of
     :func:`save_folder`, for writers that publish the folder themselves (checkpoints)."""
-    from safetensors.torch import save_file
-
     tmp = Path(folder)
     tensors = {}
     for k, v in state.items():
@@ -455,7 +453,7 @@ def write_folder(folder: Path, spec: ModelSpec, state: dict[str, torch.Tensor], 
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         tensors[k] = v.contiguous()
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "showo2_format": str(FORMAT_VERSION)})
+    save_tensors(tensors, tmp / "model.safetensors", {"format": "pt", "showo2_format": str(FORMAT_VERSION)})
     config = official_config(spec)
     config["showo2"] = {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), **(extra or {})}
     (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")

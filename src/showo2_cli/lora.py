@@ -86,7 +86,7 @@ def save_adapter(folder: Path, network: torch.nn.Module, config, metadata: dict 
     renamed into place when complete, so never seen half-written)."""
     import copy
 
-    from safetensors.torch import save_file
+    from .weights import save_tensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def save_adapter(folder: Path, network: torch.nn.Module, config, metadata: dict 
     # tensor under the bare names and kept a zero adapter, with a warning only)
     state = {PEFT_PREFIX + k: v.detach().float().contiguous().cpu() for k, v in adapter_state(network).items()}
     meta = {"format": "pt", "showo2_lora": FORMAT, **{k: str(v) for k, v in (metadata or {}).items()}}
-    save_file(state, str(folder / ADAPTER_WEIGHTS), metadata=meta)
+    save_tensors(state, folder / ADAPTER_WEIGHTS, meta)
     saved = copy.copy(config)  # as peft saves it (inference_mode), its targets in a fixed order: peft keeps a
     saved.inference_mode = True  # set, whose order changed with each process's string hashing
     if not isinstance(saved.target_modules, str):

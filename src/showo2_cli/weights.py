@@ -69,6 +69,30 @@ def read_json(path: str | Path) -> dict:
     return data
 
 
+def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, the same bytes for the same tensors and metadata: safetensors
+    (0.8) writes the metadata in its hash map's order, which changes from process to process, so two
+    equal saves had two sha256s. The header is written again in place with the metadata keys sorted
+    (the same JSON, the same length: only the order of its entries changes)."""
+    from safetensors.torch import save_file
+
+    save_file(dict(tensors), str(path), metadata=metadata)
+    if len(metadata) < 2:
+        return
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = f.read(n)
+        parsed = json.loads(header, object_pairs_hook=dict)
+        meta = parsed.pop("__metadata__", None)
+        if not isinstance(meta, dict):
+            return
+        text = json.dumps({"__metadata__": dict(sorted(meta.items())), **parsed}, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+        if len(text) <= n and json.loads(text) == json.loads(header):  # (else left as safetensors wrote it)
+            f.seek(8)
+            f.write(text.ljust(n, b" "))
+
+
 def looks_like_safetensors(path: Path) -> bool:
     """The safetensors header: an 8-byte little-endian length, then a JSON object."""
     try:
