@@ -13,7 +13,7 @@ from PIL import Image
 from showo2_cli.errors import InputError
 from showo2_cli.media import image as M
 from showo2_cli.media import jpeg_markers
-from showo2_cli.media.probe import _pil_header
+from showo2_cli.media.headers import pil_header
 
 STEPS = jpeg_markers.JPEG_MAX_MARKER_STEPS
 
@@ -55,7 +55,7 @@ def test_what_pillow_skips_without_a_length_counts_toward_the_bound(tmp_path, na
     with pytest.raises(InputError, match=r"a JPEG with more than 4096 marker segments and fill bytes, or 1 MiB"):
         M.read_image(path)
     with pytest.raises(InputError, match=r"cannot read media file .*lying\.jpg.*: a JPEG with more than 4096"):
-        _pil_header(path)
+        pil_header(path)
     assert path.read_bytes() == data  # (nothing written)
 
 

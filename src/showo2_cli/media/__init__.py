@@ -36,7 +36,9 @@ submodule.
 * :mod:`~showo2_cli.media.files`: :func:`check_input_file` (every reader's first check),
   :func:`read_limited` (the small files read whole: configs, prompts, captions),
   :func:`text_encoding` and :func:`decode_text`; :mod:`~showo2_cli.media.probe`:
-  :func:`probe_kind`, the pixel limit, :func:`check_video`.
+  :func:`probe_kind`, :func:`check_video`; :mod:`~showo2_cli.media.headers`: what a file's header
+  says (Pillow's format and size, FFmpeg's video streams); :mod:`~showo2_cli.media.limits`: the
+  pixel limit.
 * :mod:`~showo2_cli.media.image`: :func:`read_image`, :func:`write_image`.
 * :mod:`~showo2_cli.media.video`: :class:`Media`, :func:`read_video`, :func:`read_media`;
   :mod:`~showo2_cli.media.video_write`: :func:`write_video`.

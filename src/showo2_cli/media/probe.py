@@ -3,13 +3,13 @@
 Files are judged by their content (headers, container structure), decoding as little as
 possible. :func:`~showo2_cli.media.files.check_input_file` and :func:`resolve_max_pixels` are
 the first checks of every reader in :mod:`showo2_cli.media`; :func:`check_video` checks a video
-without decoding it.
+without decoding it. What a header says is :mod:`~showo2_cli.media.headers`', the pixel limit and
+what is said of a file beyond it :mod:`~showo2_cli.media.limits`' (both re-exported here).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import stat
 import threading
 import time
@@ -21,14 +21,10 @@ from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from showo2_cli.errors import (
-    InputError,
-    ResourceError,
-    UsageError,
-    error_detail,
-)
+from showo2_cli.errors import InputError, ResourceError
+from showo2_cli.errors import error_detail as error_detail  # (re-exported: media's modules import it here)
 
 from .animation import (
     ANIMATED_FORMATS,
@@ -40,7 +36,13 @@ from .animation import (
 )
 from .files import PathLike, check_input_file, quote_path
 from .frame_index import CHECKED_SEEK_FORMATS, INDEXED_FORMATS, FrameIndex
-from .jpeg_markers import check_jpeg_markers
+from .headers import av_container, check_undecoded_photo, pil_header, stream_codec, video_streams
+from .headers import av_video_info as av_video_info  # (re-exported, as below: users import them here)
+from .limits import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
+from .limits import MAX_PIXELS_ENV as MAX_PIXELS_ENV
+from .limits import decompression_bomb as decompression_bomb
+from .limits import gif_beyond_screen, resolve_max_pixels, too_large
+from .limits import metadata_refused as metadata_refused
 
 #: Extensions usually holding still images (for listing folders; kinds are probed by content):
 #: ``.jfif`` is what Chrome and Edge on Windows name a JPEG they save, ``.avif`` what browsers serve;
@@ -56,227 +58,11 @@ IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".avif
 VIDEO_EXTS: tuple[str, ...] = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".apng", ".m4v", ".3gp", ".mpg",
                                ".mpeg", ".ogv", ".mts", ".m2ts", ".ts", ".mod", ".tod", ".dv", ".mxf", ".vob",
                                ".flv", ".f4v", ".wmv", ".asf", ".qt")
-#: Largest image / video frame (width * height) read by default; env ``SHOWO2_MAX_PIXELS``.
-DEFAULT_MAX_PIXELS: int = 8192 * 8192
-#: Environment variable overriding :data:`DEFAULT_MAX_PIXELS`.
-MAX_PIXELS_ENV = "SHOWO2_MAX_PIXELS"
-
-
-# ---------------------------------------------------------------------------------------------
-# small helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_max_pixels(max_pixels: int | None) -> int:
-    """``max_pixels`` if given, else ``$SHOWO2_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`; Pillow is
-    let open images of that many pixels (:func:`_let_pillow_open`)."""
-    if max_pixels is None:
-        raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-        if not raw:
-            return DEFAULT_MAX_PIXELS
-        try:
-            max_pixels = int(raw.replace("_", ""))
-        except ValueError:
-            max_pixels = 0
-        if max_pixels <= 0:
-            raise UsageError(f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {raw[:40]!r}")
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
-        raise UsageError(f"max_pixels must be a positive whole number, got {max_pixels!r}")
-    _let_pillow_open(max_pixels)
-    return max_pixels
-
-
-_PILLOW_LIMIT_LOCK = threading.Lock()
-
-
-def _let_pillow_open(limit: int) -> None:
-    """Raise Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``: a warning above it,
-    an error above twice it, 179 million pixels by default) to ``limit`` where that is higher: an
-    image within a limit the user raised (``SHOWO2_MAX_PIXELS``, ``max_pixels``) was refused with
-    Pillow's message, which nothing the user could set changed. Never lowered (another caller's
-    larger limit stands; each reader checks its own limit from the header, before decoding), and
-    left alone when Pillow's check is off (None)."""
-    with _PILLOW_LIMIT_LOCK:
-        if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
-            Image.MAX_IMAGE_PIXELS = limit
-
-
-def decompression_bomb(path: PathLike, exc: BaseException, limit: int | None = None) -> ResourceError | InputError:
-    """PIL refused an image as a decompression bomb: say its size against OUR limit, not PIL's."""
-    limit = resolve_max_pixels(limit)
-    m = re.search(r"\((\d+) pixels\)", str(exc))
-    if m and int(m.group(1)) > limit:
-        beyond = _gif_beyond_screen("image", path, f"{int(m.group(1)):,} pixels", limit)
-        if beyond is not None:
-            return beyond
-        return ResourceError(f"image {quote_path(path)} is too large: {int(m.group(1)):,} pixels is more than the "
-                             f"limit of {limit:,} (set {MAX_PIXELS_ENV} to raise it)")
-    return ResourceError(f"image {quote_path(path)} is too large: {error_detail(exc)}")
-
-
-def metadata_refused(path: PathLike, exc: BaseException) -> InputError | None:
-    """Pillow refused a PNG for its metadata, not its pixels: a compressed text chunk (zTXt, iTXt:
-    XMP, ImageMagick's raw EXIF or XMP profile) or an ICC profile of more than 1 MB once
-    decompressed, or text chunks of more than 64 MB (``PngImagePlugin.MAX_TEXT_CHUNK`` and
-    ``MAX_TEXT_MEMORY``, its guards against zlib bombs). Said as such, with what to do: it was
-    "not an image or video this tool can read" (or "truncated or corrupt")."""
-    text = str(exc)
-    if not isinstance(exc, ValueError) or ("MAX_TEXT_CHUNK" not in text and "MAX_TEXT_MEMORY" not in text):
-        return None
-    return InputError(f"cannot read image {quote_path(path)}: its metadata (a compressed text chunk or ICC profile "
-                      "over 1 MB, or text over 64 MB) is more than Pillow reads; remove it (mogrify -strip, or "
-                      "exiftool -all=) and try again")
-
-
-def _gif_beyond_screen(kind: str, path: PathLike, reach: str, limit: int) -> InputError | None:
-    """A GIF whose logical screen fits ``limit`` but whose frames ``reach`` past it (Pillow grows
-    its canvas to hold a frame wherever the file places it): a 213-byte file placing a frame at
-    60000,60000 was "too large ... set SHOWO2_MAX_PIXELS to raise it" (a limit to raise, exit 6),
-    where browsers clip frames to the screen. Said to be corrupt (exit 3); None for another file."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(10)
-    except (OSError, TypeError, ValueError):  # "<array>", a file gone: the size is what is said
-        return None
-    if len(head) < 10 or head[:6] not in (b"GIF87a", b"GIF89a"):
-        return None
-    width, height = int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
-    if not 0 < width * height <= limit:
-        return None
-    return InputError(f"cannot read {kind} {quote_path(path)}: truncated or corrupt (its frames reach {reach}, "
-                      f"outside its logical screen of {width}x{height})")
-
-
-def too_large(kind: str, path: PathLike, width: int, height: int, limit: int) -> ResourceError | InputError:
-    beyond = _gif_beyond_screen(kind, path, f"{width}x{height}", limit)
-    if beyond is not None:
-        return beyond
-    return ResourceError(
-        f"{kind} {quote_path(path)} is too large: {width}x{height} = {width * height:,} pixels is more than "
-        f"the limit of {limit:,} (set {MAX_PIXELS_ENV} to raise it)"
-    )
 
 
 # ---------------------------------------------------------------------------------------------
 # probing
 # ---------------------------------------------------------------------------------------------
-
-
-def _pil_header(p: Path, max_pixels: int | None = None) -> tuple[str, tuple[int, int], bool] | None:
-    """``(format, (w, h), animated)`` if PIL recognises the file from its header, else ``None``.
-
-    Raises :class:`ResourceError` for a decompression bomb.
-    """
-    max_pixels = resolve_max_pixels(max_pixels)  # (Pillow is let open what the limit allows)
-    try:
-        with open(p, "rb") as fh:  # (Pillow's own walk of a JPEG's markers has no bound)
-            check_jpeg_markers(fh, f"cannot read media file {quote_path(p)}")
-    except OSError:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL warns about odd chunks/EXIF: a header is all we want
-            with Image.open(p) as im:
-                fmt = im.format or ""
-                size = im.size
-                animated = False
-                if fmt in ANIMATED_FORMATS:
-                    try:
-                        animated = bool(getattr(im, "is_animated", False)) and int(im.n_frames) > 1
-                    except Exception:  # a broken second frame: judged when decoding
-                        animated = False
-                return fmt, size, animated
-    except Image.DecompressionBombError as e:
-        raise decompression_bomb(p, e, max_pixels) from e
-    except ValueError as e:
-        refused = metadata_refused(p, e)
-        if refused is not None:
-            raise refused from None
-        return None
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        EOFError,
-        IndexError,
-        KeyError,
-        TypeError,
-    ):
-        return None
-
-
-def video_streams(container) -> list:
-    """The container's video streams that are moving pictures: not the cover art an audio file
-    carries as an ``attached_pic`` "video" stream, nor a ``dependent`` one that is only a part of
-    a picture (a tile of a HEIF photo's grid)."""
-    from av.stream import Disposition
-
-    skip = int(Disposition.attached_pic) | int(Disposition.dependent)
-    return [s for s in container.streams.video if not (int(s.disposition) & skip)]
-
-
-def stream_codec(stream, prefix: str):
-    """The codec context of a video stream, which PyAV leaves None where FFmpeg knows no decoder
-    for the stream's codec (a corrupt codec tag, an unsupported codec): :class:`InputError`."""
-    cc = stream.codec_context
-    if cc is None:
-        raise InputError(f"{prefix}: its video stream's codec is unknown (corrupt, or none FFmpeg decodes)")
-    return cc
-
-
-#: the ``ftyp`` brands of a HEIF still image (an iPhone's or a Galaxy's HEIC photo), and of a HEIF
-#: image sequence: FFmpeg opens a still as a one-frame video, and a tiled one (as phones write
-#: them) as one video stream a tile
-_HEIF_STILL_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"mif2"})
-_HEIF_SEQUENCE_BRANDS = frozenset({b"msf1", b"hevc", b"hevx", b"hevm", b"hevs"})
-#: a JPEG XL file opens with its bare codestream's marker, or with its ISO container's signature box
-_JXL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
-
-
-def check_undecoded_photo(p: Path, prefix: str) -> None:
-    """Refuse a photo in a format this tool does not decode, in one line that says what to do (it was
-    "unknown format, truncated or corrupt"): a HEIF (HEIC) still image (Pillow reads none, and
-    FFmpeg gives a tiled one's first tile as a one-frame video), a JPEG XL image (neither Pillow nor
-    this FFmpeg decodes one: what `file` calls "JPEG XL codestream" or "container")."""
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(64)
-    except OSError:
-        return
-    if head.startswith(_JXL_SIGNATURES):
-        raise InputError(f"{prefix}: a JPEG XL image, which this tool does not decode: convert it to PNG or JPEG "
-                         "first (djxl photo.jxl photo.png)")
-    if len(head) < 16 or head[4:8] != b"ftyp":
-        return
-    body = head[8:max(16, min(int.from_bytes(head[:4], "big"), len(head)))]
-    brands = {body[:4]} | {body[i:i + 4] for i in range(8, len(body) - 3, 4)}  # major, then compatible
-    if brands & _HEIF_STILL_BRANDS and not brands & _HEIF_SEQUENCE_BRANDS:
-        raise InputError(f"{prefix}: a HEIF (HEIC) photo, which this tool does not decode: convert it to JPEG "
-                         "or PNG first (or open it with pillow-heif and pass the PIL image)")
-
-
-def _av_container(p: Path) -> str | None:
-    """``"video"`` if FFmpeg opens the file as a real container with a video stream, ``"other"``
-    for a container without one (audio only, or a video track with no frame), else None."""
-    import av
-
-    try:
-        with av.open(str(p), metadata_errors="replace") as container:
-            names = set((container.format.name or "").split(","))
-            if names & {"image2", "image2pipe"} or any(n.endswith("_pipe") for n in names):
-                return None  # a single still image (or garbage with an image extension)
-            if video_streams(container):
-                return "video"
-            if len(container.streams) > 0 or names & {"mov", "matroska", "webm", "avi"}:
-                return "other"
-            return None
-    except Exception:
-        return None
-
-
-def av_video_info(p: Path) -> bool:
-    """True if FFmpeg opens the file as a real video container with a video stream."""
-    return _av_container(p) == "video"
 
 
 def probe_kind(path: PathLike, max_pixels: int | None = None) -> str:
@@ -290,7 +76,7 @@ def probe_kind(path: PathLike, max_pixels: int | None = None) -> str:
         InputError: missing path, a directory, an empty file, or content that is neither.
     """
     p = check_input_file(path, "media file")
-    header = _pil_header(p, max_pixels)  # (a bomb is refused against the caller's pixel limit)
+    header = pil_header(p, max_pixels)  # (a bomb is refused against the caller's pixel limit)
     if header is not None:
         fmt, _size, animated = header
         if fmt in ANIMATED_FORMATS:
@@ -298,7 +84,7 @@ def probe_kind(path: PathLike, max_pixels: int | None = None) -> str:
         if fmt != "MPEG":  # PIL only identifies MPEG streams, it cannot decode them
             return "image"
     check_undecoded_photo(p, f"cannot read media file {quote_path(p)}")
-    found = _av_container(p)
+    found = av_container(p)
     if found == "video":
         return "video"
     if found == "other":
@@ -417,7 +203,7 @@ def _check_gif_frames(p: Path, prefix: str, width: int, height: int) -> None:
     if 0 < held < frames:  # an APNG's acTL listing 2^31 frames over 2 was "too large to decode" (exit 6)
         raise InputError(f"{prefix}: truncated or corrupt (the file lists {frames} frames and holds {held})")
     if frames * canvas > MAX_GIF_PIXEL_FRAMES:
-        beyond = _gif_beyond_screen("video", p, f"{width}x{height}", MAX_GIF_PIXEL_FRAMES // max(frames, 1))
+        beyond = gif_beyond_screen("video", p, f"{width}x{height}", MAX_GIF_PIXEL_FRAMES // max(frames, 1))
         if beyond is not None:
             raise beyond
         raise ResourceError(f"video {quote_path(p)} is too large to decode: more than {frames - 1} frames on "
@@ -484,7 +270,7 @@ def check_video_structure(p: Path, prefix: str, limit: int) -> FrameIndex | None
 
 
 def _check_structure(p: Path, prefix: str, limit: int) -> FrameIndex | None:
-    header = _pil_header(p)
+    header = pil_header(p)
     if header is None:
         check_undecoded_photo(p, prefix)
     if header is not None and not (header[0] in ANIMATED_FORMATS and header[2]) and header[0] != "MPEG":
@@ -501,7 +287,7 @@ def _check_structure(p: Path, prefix: str, limit: int) -> FrameIndex | None:
 def animation_format(path: PathLike) -> str | None:
     """``"GIF"``, ``"PNG"``, ``"WEBP"`` or ``"AVIF"`` for an animation in a still-image format (a video whose
     MIME type is ``image/*``), else None."""
-    header = _pil_header(Path(os.fspath(path)))
+    header = pil_header(Path(os.fspath(path)))
     return header[0] if header is not None and header[0] in ANIMATED_FORMATS and header[2] else None
 
 
