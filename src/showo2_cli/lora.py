@@ -163,7 +163,7 @@ def given_adapters(lora) -> list[tuple[str | os.PathLike, float]]:
     """``(adapter, weight)`` of each adapter of ``lora`` (``load(lora=)``): a path or repo id, or a
     list of them, each maybe with its strength as a pair ``(path, weight)`` or as outputs record it,
     ``{"path": ..., "weight": ...}`` (a weight checked by
-    :func:`~showo2_cli.options.check_lora_weight`; none: 1, the adapter as trained)."""
+    :func:`~showo2_cli.value_checks.check_lora_weight`; none: 1, the adapter as trained)."""
     from .options import check_lora_weight
 
     if lora is None:  # no adapter, as `()` (an optional argument passed on; it raised TypeError)

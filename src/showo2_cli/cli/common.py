@@ -399,7 +399,7 @@ LoraOpt = Annotated[list[str] | None, typer.Option("--lora", metavar="<path>", c
 
 def _checked_weights(weights: list[float] | None) -> list[float] | None:
     """``--lora-weight``'s check as the command line is parsed: each a finite number within
-    :data:`~showo2_cli.options.MAX_LORA_WEIGHT` ("nan", "inf" and 1e999 parse as numbers)."""
+    :data:`~showo2_cli.value_checks.MAX_LORA_WEIGHT` ("nan", "inf" and 1e999 parse as numbers)."""
     from ..options import check_lora_weight
 
     for weight in weights or ():
