@@ -4,7 +4,8 @@ Commands live in this package by group (generate, understand, latents, models,
 train); each builds :mod:`showo2_cli.options` objects, validates them once, calls the library and
 renders: results on stdout (plain, or one JSON object with ``--json``), notices and progress on
 stderr. Errors are one line on stderr with a documented exit code (see ``errors.py``);
-``--debug`` shows the traceback.
+``--debug`` shows the traceback. What :func:`main` holds in place while a command runs is
+:mod:`.signals`' (one signal policy) and :mod:`.streams`' (closed or narrow standard streams).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import re
 import sys
 import traceback
 import warnings
-from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -25,9 +25,12 @@ import typer.core
 
 from .. import __version__
 from ..errors import Showo2Error, UsageError, is_out_of_memory, one_line
-from ..launch import HANGUP, INTERRUPTS
+from ..launch import INTERRUPTS
 from ..processes import process_rank
 from .common import STATE, debug_from_env, held_notices, notice, safe_text, write
+from .signals import TERMINATED, hold_signals, signal_policy
+from .signals import Terminated as Terminated  # (re-exported: the policy's exception, where it was)
+from .streams import closed_streams, escaping_output, quiet_stdout
 from .usage_hints import dash_argument_hint, extra_argument_hint
 
 
@@ -267,138 +270,28 @@ def main(argv: list[str] | None = None) -> int:
         # libtorch_cpu.so", exit 2): say what is wrong before anything imports it
         return _fail("the current folder no longer exists (it was deleted or moved): cd to an existing folder "
                      "and run the command again", 5, "output")
-    with warnings.catch_warnings(), _signals(), _closed_streams(), _escaping_output():
+    with warnings.catch_warnings(), signal_policy(), closed_streams(), escaping_output():
         if not STATE["debug"]:  # stderr carries notices and one error line; library warnings only with --debug
             warnings.simplefilter("ignore")
-        _TERMINATED[0] = 0
+        TERMINATED[0] = 0
         try:
             return _main(args, exit_types, abort_types, click_types)
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP while a failure was being reported (the
             # error line, the outputs written): the report stops there, with the interruption's code
-            _hold_signals()
-            return 128 + _TERMINATED[0] if _TERMINATED[0] else 130
-
-
-@contextmanager
-def _closed_streams():
-    """While a command runs, a stdout or stderr the process was started without (``showo2 ... >&-``;
-    Python then has ``None`` for it) is the null device, as :func:`common.write` treats it, so a
-    command or library that writes or flushes it does not fail with an internal error (or a
-    traceback from the error report itself) after its work is done. A command whose stdout is its
-    result refuses a closed one first (:func:`.common.setup`)."""
-    replaced = []
-    for name in ("stdout", "stderr"):
-        if getattr(sys, name) is None:
-            try:
-                setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
-                replaced.append(name)
-            except OSError:
-                pass
-    STATE["stdout_closed"] = "stdout" in replaced  # (a command whose stdout is its result refuses it)
-    try:
-        yield
-    finally:
-        STATE["stdout_closed"] = False
-        for name in replaced:
-            stream, _ = getattr(sys, name), setattr(sys, name, None)
-            try:
-                stream.close()
-            except (OSError, ValueError, AttributeError):
-                pass
-
-
-@contextmanager
-def _escaping_output():
-    """While a command runs, a character stdout or stderr cannot encode (``PYTHONIOENCODING=ascii``,
-    a C locale without UTF-8) is written escaped (``\\xe9``), as Python writes stderr anyway,
-    instead of failing the command with an internal error after its work is done."""
-    changed = []
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            errors = stream.errors
-            if errors == "strict":
-                stream.reconfigure(errors="backslashreplace")
-                changed.append((stream, errors))
-        except (AttributeError, ValueError, OSError):  # not a text stream that can change, or closed
-            pass
-    try:
-        yield
-    finally:
-        for stream, errors in changed:
-            try:
-                stream.reconfigure(errors=errors)
-            except (AttributeError, ValueError, OSError):
-                pass
-
-
-_TERMINATED = [0]  # the signal the SIGTERM/SIGHUP handler caught: an interruption then exits 128 + it, not 130
+            hold_signals()
+            return 128 + TERMINATED[0] if TERMINATED[0] else 130
 
 
 def _interrupted() -> int:
-    _hold_signals()  # a second Ctrl-C while this one is reported changes nothing
+    hold_signals()  # a second Ctrl-C while this one is reported changes nothing
     if STATE.get("emitted"):  # it came after the command's result was out: the command succeeded
         return 0
-    if _TERMINATED[0]:
+    if TERMINATED[0]:
         import signal
 
-        said = "hung up" if _TERMINATED[0] == getattr(signal, "SIGHUP", None) else "terminated"
-        return _fail(said, 128 + _TERMINATED[0], "interrupted")
+        said = "hung up" if TERMINATED[0] == getattr(signal, "SIGHUP", None) else "terminated"
+        return _fail(said, 128 + TERMINATED[0], "interrupted")
     return _fail("interrupted", 130, "interrupted")
-
-
-def _hold_signals() -> None:
-    """From now until main() returns, Ctrl-C, SIGTERM and SIGHUP do nothing (:func:`_signals` restores them)."""
-    import signal
-
-    for sig in INTERRUPTS:
-        try:
-            if signal.getsignal(sig) not in (None, signal.SIG_IGN):
-                signal.signal(sig, lambda signum, frame: None)
-        except (ValueError, OSError):  # not the main thread
-            pass
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the program is (so ``finally`` blocks and temporary-file
-    clean-ups run exactly as for Ctrl-C); exits 143 (129 for SIGHUP)."""
-
-
-@contextmanager
-def _signals():
-    """One signal policy for every command: SIGTERM and SIGHUP behave like Ctrl-C (clean up, then
-    exit 143 or 129; Ctrl-C exits 130); a SIGHUP ignored by the parent (``nohup``) stays ignored.
-    Training installs its own handler that first saves a checkpoint."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(signum, frame):
-        _TERMINATED[0] = signum
-        raise Terminated()
-
-    try:
-        old = signal.signal(signal.SIGTERM, on_term)
-    except (ValueError, OSError):
-        yield
-        return
-    # every handler _hold_signals may change is put back: a caller's own SIGHUP handler too
-    old_hup = {sig: signal.getsignal(sig) for sig in HANGUP}
-    for sig, handler in old_hup.items():
-        if handler == signal.SIG_DFL:
-            signal.signal(sig, on_term)
-    old_int = signal.getsignal(signal.SIGINT)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-        for sig, handler in old_hup.items():
-            if handler is not None:
-                signal.signal(sig, handler)
-        if old_int is not None:
-            signal.signal(signal.SIGINT, old_int)
 
 
 def _main(args: list[str], exit_types, abort_types, click_types) -> int:
@@ -414,11 +307,11 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     except BrokenPipeError:  # the reader went away (`| head -c1`): stop quietly, as Unix tools do
-        _quiet_stdout()
+        quiet_stdout()
         return 141
     except SystemExit as e:  # typer catches a broken pipe itself and exits 1: still the reader gone
         if isinstance(e.__context__, OSError) and e.__context__.errno == errno.EPIPE:
-            _quiet_stdout()
+            quiet_stdout()
             return 141
         raise
     except click_types as e:
@@ -434,7 +327,7 @@ def _main(args: list[str], exit_types, abort_types, click_types) -> int:
         return _fail(message + dash_argument_hint(e, args) + extra_argument_hint(e, args) + where, 2, "usage")
     except Showo2Error as e:
         if isinstance(e.__cause__, BrokenPipeError):
-            _quiet_stdout()
+            quiet_stdout()
             return 141
         if STATE["debug"]:  # the traceback, then the same line and exit code as without --debug
             traceback.print_exc()
@@ -539,13 +432,3 @@ def _folder_gone() -> bool:
     except OSError:  # unreadable, or a path longer than the system returns: still there
         return False
     return False
-
-
-def _quiet_stdout() -> None:
-    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush is silent."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
-
