@@ -17,7 +17,8 @@ from .environment import MAX_MEMORY_ENV as MAX_MEMORY_ENV  # (re-exported: its u
 from .environment import env_memory_limit
 from .errors import UsageError, given, short
 from .grids import check_grid, grid_list, grid_steps
-from .value_checks import MAX_MODEL_SIZE as MAX_MODEL_SIZE  # (re-exported, as below: users import them here)
+from .value_checks import MAX_LORA_WEIGHT as MAX_LORA_WEIGHT  # (re-exported, as below: users import them)
+from .value_checks import MAX_MODEL_SIZE as MAX_MODEL_SIZE
 from .value_checks import (
     MAX_PROMPT_CHARS,
     check_choice,
