@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,8 +73,6 @@ def tokenizer_file_limit(name: str) -> int:
 def load_tokenizer(path: Path):
     """A fast tokenizer from a local folder, never touching the network and never running code
     from it (a config's ``auto_map`` naming a Python file is refused, not prompted for)."""
-    from transformers import AutoTokenizer
-
     from .hub import TOKENIZER_FILES
     from .media import LFS_ADVICE, lfs_pointer
 
@@ -100,19 +100,8 @@ def load_tokenizer(path: Path):
                          f"{'are' if len(lacking) > 2 else 'is'} {' and '.join(lacking[1:])} to build it from"
                          f"{_refetch_hint(Path(path))}")
     try:
-        if (Path(path) / "tokenizer.json").is_file():
-            # tokenizer.json as written: its normalizer, pre-tokenizer and added tokens, as the official
-            # code's transformers 4.47 loads it (PreTrainedTokenizerFast and Qwen2TokenizerFast alike).
-            # transformers 5's AutoTokenizer rebuilds a Qwen2 tokenizer from the vocabulary with its own
-            # NFC normalizer and pre-tokenizer: other ids for the same text (a decomposed accent, a
-            # tokenizer.json without NFC or with another normalizer) and tokenizer.json's added tokens lost.
-            from transformers import PreTrainedTokenizerFast
-
-            tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
-        else:
-            config = _model_config_for_tokenizer(Path(path))
-            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True,
-                                                trust_remote_code=False, config=config)
+        with _native_stdout_on_stderr():
+            tok = _load_fast(Path(path))
     except Exception as e:  # transformers raises many types for a broken folder
         if "custom code" in str(e) or "trust_remote_code" in str(e):
             raise ModelError(f"the tokenizer in '{path}' asks to run Python code from its folder (auto_map): "
@@ -123,6 +112,50 @@ def load_tokenizer(path: Path):
         raise ModelError(f"cannot load the tokenizer in '{path}': tokenizer_config.json's model_max_length must be "
                          f"a number, got {short(repr(length))}")
     return tok
+
+
+def _load_fast(path: Path):
+    from transformers import AutoTokenizer
+
+    if (path / "tokenizer.json").is_file():
+        # tokenizer.json as written: its normalizer, pre-tokenizer and added tokens, as the official
+        # code's transformers 4.47 loads it (PreTrainedTokenizerFast and Qwen2TokenizerFast alike).
+        # transformers 5's AutoTokenizer rebuilds a Qwen2 tokenizer from the vocabulary with its own
+        # NFC normalizer and pre-tokenizer: other ids for the same text (a decomposed accent, a
+        # tokenizer.json without NFC or with another normalizer) and tokenizer.json's added tokens lost.
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True, trust_remote_code=False,
+                                         config=_model_config_for_tokenizer(path))
+
+
+@contextmanager
+def _native_stdout_on_stderr():
+    """File descriptor 1 pointed at 2 while the block runs. The Rust ``tokenizers`` library prints on
+    the process's stdout (``println!``, past Python's ``sys.stdout``) when transformers hands it a key
+    it does not know: "Ignored unknown kwarg option X" for an added token's entry in tokenizer.json
+    or tokenizer_config.json with an unknown key, or a ``tokenizer_padding`` one. Said on stderr
+    instead, a ``--json`` answer's stdout stays the answer alone."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no fd 1 (a closed stdout): nothing to keep clean
+        saved = None
+    if saved is not None:
+        try:
+            os.dup2(2, 1)
+        except OSError:  # no fd 2: stdout as it is
+            os.close(saved)
+            saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            with suppress(OSError, ValueError, AttributeError):
+                sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _refetch_hint(folder: Path) -> str:
