@@ -27,7 +27,7 @@ class ServerConfig:
     model_id: str = "demo"  # the model's name in the API (its id in /v1/models and in answers)
     model_aliases: tuple[str, ...] = ()  # other names requests may give it (``--served-model-name`` after the first)
     api_key: str | None = None
-    max_queue: int = 16  # requests waiting behind the running one
+    max_queue: int = 16  # requests waiting behind the running ones
     parallel: int = 1  # requests run at once, their answers decoded in one batch (1: one at a time, exact)
     max_body_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096  # per input image

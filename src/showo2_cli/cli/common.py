@@ -360,7 +360,7 @@ def value(choice) -> str | None:
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No notices or progress on stderr.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[Dtype, typer.Option("--dtype", case_sensitive=False, help="auto: bf16 on CUDA, fp32 elsewhere.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name, folder or Hugging Face repo id, "

@@ -40,7 +40,7 @@ def serve(
         "--allow-origin", metavar="<origin>", help="A browser origin (scheme://host[:port], or *) allowed to call the API "
         "(CORS); repeatable (default: $SHOWO2_ORIGINS, comma-separated; none: browsers on other origins "
         "are refused).")] = None,
-    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting behind the running one; "
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting behind the running ones (--parallel); "
                                            "more get 429.")] = ServerConfig.max_queue,
     parallel: Annotated[int, typer.Option(
         "--parallel", help="Requests run at once, their answers decoded together in one batched step (continuous "

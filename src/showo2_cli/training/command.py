@@ -140,7 +140,7 @@ def train(
     json_mode: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No notices or progress on stderr.")] = False,
 ):
-    """Train Show-o2 (stage 1, stage 2, from scratch) or a Wan VAE, as a config file describes.
+    """Train Show-o2 (stage 1, stage 2, from scratch), a LoRA adapter or a Wan VAE, as a config file describes.
 
     Runs unchanged under `accelerate launch` (one process per device; see the README).
     Ctrl-C saves a checkpoint and exits with code 130; running the command again resumes it.
