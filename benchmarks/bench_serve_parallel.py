@@ -13,6 +13,14 @@ demo's tokenizer and VAE: a real-width step, its 151k-word head included).
     python benchmarks/bench_serve_parallel.py --model 1.5B-2 --parallel 1 8 --results out.json
     python benchmarks/bench_serve_parallel.py --model demo --agreement 64   # tokens equal to alone?
 
+``--stall``: the running answers while long prompts arrive (chunked prefill, ``--max-num-batched-tokens``):
+for each ``--budgets`` value in turn (0: a prompt runs whole, as before), interleaved over ``--rounds``,
+``--streams`` streamed answers are decoding when a 4,000-token text question and then a video
+question (``--video``) arrive; measured: the streams' gaps between two streamed pieces (worst and p95,
+all of them and those while the long prompts run) and each long request's time to its first piece.
+
+    python benchmarks/bench_serve_parallel.py --stall --model demo --budgets 0 512 --rounds 2
+
 ``--agreement N``: no server; N greedy and N seeded answers (max 48 tokens), each decoded alone
 and then in groups of 8 in one decoding batch, counted: answers whose tokens all equal their
 answer alone, and the first differing step of the others.
@@ -65,14 +73,15 @@ def build(name: str):
     return Showo2(spec, net, demo.tokenizer, demo.tokens, demo.vae, demo.files)
 
 
-def start(model, parallel: int):
+def start(model, parallel: int, budget: int = 512):
     import uvicorn  # noqa: F401
 
     from showo2_cli.serve import ServerConfig, bind_socket
     from showo2_cli.serve.app import server_for
 
     sock = bind_socket("127.0.0.1", 0)
-    srv = server_for(model, ServerConfig(parallel=parallel, max_tokens=4096), sock, log_level="error")
+    srv = server_for(model, ServerConfig(parallel=parallel, max_tokens=4096,
+                                                            max_num_batched_tokens=budget), sock, log_level="error")
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     host, port = sock.getsockname()[:2]
@@ -120,6 +129,89 @@ def one_round(model, parallel: int, n: int, end_id: int | None = None) -> dict:
                 sum(r["tokens"] for r in alone) / sum(r["seconds"] for r in alone), 2),
             "same_as_alone": sum(a["answer"] == b["answer"] for a, b in zip(alone, together, strict=True)),
             "different": [[a["answer"], b["answer"]] for a, b in zip(alone, together, strict=True) if a["answer"] != b["answer"]][:4]}
+
+
+def stream(url: str, body: dict, times: list, started: threading.Event | None = None) -> None:
+    """POST a streamed chat request: ``times`` gets the moment of each piece of text (and ``started`` set at the first)."""
+    import httpx
+
+    with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choice = json.loads(line[6:])["choices"][0]
+            if choice["delta"].get("content"):
+                times.append(time.perf_counter())
+                if started is not None:
+                    started.set()
+
+
+def long_bodies(model, video: str | None) -> list[tuple[str, dict]]:
+    """The long requests: a text of about 4,000 tokens and (``video``: a file) a question about a video."""
+    import base64
+
+    words = " ".join(QUESTIONS)
+    tok = model.require_tokenizer()
+    per = len(tok(words)["input_ids"])
+    text = " ".join([words] * (4000 // per))
+    out = [("text-4k", {"messages": [{"role": "user", "content": text + " Summarize."}], "max_tokens": 4})]
+    if video:
+        with open(video, "rb") as f:
+            url = "data:video/mp4;base64," + base64.b64encode(f.read()).decode()
+        out.append(("video", {"messages": [{"role": "user", "content": [
+            {"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "What happens?"}]}],
+            "max_tokens": 4}))
+    return out
+
+
+def gaps_of(times: list[float], start: float | None = None, end: float | None = None) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:], strict=False)
+            if start is None or (b >= start and a <= end)]
+
+
+def stall_round(model, parallel: int, budget: int, streams: int, tokens: int, video: str | None) -> dict:
+    srv, thread, sock, url = start(model, parallel, budget)
+    end_id = model.tokens.end
+    try:
+        ask(url, 0, end_id)  # warm-up
+        longs = long_bodies(model, video)
+        for _, b in longs:  # warm-up (the video's decoding, the long text's shapes)
+            stream(url, b, [])
+        times = [[] for _ in range(streams)]
+        firsts = [threading.Event() for _ in range(streams)]
+        bodies = [{**body(i, end_id), "max_tokens": tokens} for i in range(streams)]
+        with cf.ThreadPoolExecutor(streams) as ex:
+            futures = [ex.submit(stream, url, b, t, f) for b, t, f in zip(bodies, times, firsts, strict=True)]
+            for f in firsts:
+                f.wait(600)
+            time.sleep(0.5)  # the streams in their stride
+            window0 = time.perf_counter()
+            ttft, spans = {}, {}
+            for name, b in longs:
+                t0, got, first = time.perf_counter(), [], threading.Event()
+                stream(url, b, got, first)
+                ttft[name] = round(got[0] - t0, 3) if got else None
+                spans[name] = (t0, time.perf_counter())
+            window1 = time.perf_counter()
+            for f in futures:
+                f.result()
+    finally:
+        srv.should_exit = True
+        thread.join(60)
+        sock.close()
+    every = [g for t in times for g in gaps_of(t)]
+    during = [g for t in times for g in gaps_of(t, window0, window1)]
+
+    def p95(xs):
+        return round(statistics.quantiles(xs, n=20)[-1], 3) if len(xs) > 1 else None
+
+    return {"parallel": parallel, "budget": budget, "streams": streams, "pieces": sum(map(len, times)),
+            "worst_gap_s": round(max(every), 3), "p95_gap_s": p95(every), "median_gap_s": round(statistics.median(every), 3),
+            "worst_gap_during_long_s": round(max(during), 3) if during else None, "p95_gap_during_long_s": p95(during),
+            "worst_gap_during_s": {name: round(max((g for t in times for g in gaps_of(t, *span)), default=0), 3)
+                                   for name, span in spans.items()},
+            "long_ttft_s": ttft, "long_window_s": round(window1 - window0, 3)}
 
 
 def agreement(model, n: int, group: int = 8, full_length: bool = False) -> dict:
@@ -173,6 +265,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--results", help="write the figures here as JSON")
     p.add_argument("--full-length", action="store_true", help="ban the end token: every answer max_tokens long")
+    p.add_argument("--stall", action="store_true", help="measure the running answers' gaps while long prompts arrive")
+    p.add_argument("--budgets", type=int, nargs="+", default=[0, 512], help="--stall: max_num_batched_tokens values")
+    p.add_argument("--streams", type=int, default=3, help="--stall: answers decoding meanwhile")
+    p.add_argument("--tokens", type=int, default=400, help="--stall: their max_tokens (long enough to outlast the long prompts)")
+    p.add_argument("--video", help="--stall: a video file asked about after the long text")
     p.add_argument("--agreement", type=int, metavar="N", help="count answers equal alone and together instead")
     args = p.parse_args()
     import torch
@@ -188,12 +285,20 @@ def main() -> int:
                 json.dump(out, f, indent=1)
         return 0
     rounds = []
+    if args.stall:
+        for _ in range(args.rounds):
+            for budget in args.budgets:
+                r = stall_round(model, max(args.parallel), budget, args.streams, args.tokens, args.video)
+                print(json.dumps(r), flush=True)
+                rounds.append(r)
+        args.parallel = []
     for _ in range(args.rounds):
         for parallel in args.parallel:
             r = one_round(model, parallel, args.requests, model.tokens.end if args.full_length else None)
             print(json.dumps({k: v for k, v in r.items() if k != "different"}), flush=True)
             rounds.append(r)
-    out = {"model": args.model, "requests": args.requests, "full_length": args.full_length, "rounds": rounds,
+    out = {"model": args.model, "requests": args.requests, "full_length": args.full_length, "stall": args.stall,
+           "rounds": rounds,
            "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                        "threads": torch.get_num_threads()}}
     if args.results:

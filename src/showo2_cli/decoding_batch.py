@@ -3,7 +3,9 @@
 thread.
 
 Each answer's prompt runs alone (:func:`~showo2_cli.text_decoding.run_prompt`, its own cache),
-then the answer joins the batch: its keys and values go into one batched KV cache, and from then
+in chunks of :attr:`DecodingBatch.prompt_budget` positions while other answers decode, each chunk
+followed by one step of theirs (chunked prefill: a long prompt no longer stalls them for its whole
+length); then the answer joins the batch: its keys and values go into one batched KV cache, and from then
 on its next token runs with every other answer's in one call of the LLM. Everything else stays the
 answer's own: its sampling (logits processors, generator, seed), stop strings, grammar, streaming
 and cancellation happen on its thread between the steps, exactly as alone. An answer that ends
@@ -57,8 +59,10 @@ class DecodingBatch:
     the memory limit (None: no check); an answer that would not fit waits for others to end (one
     alone is never held back: its own request was checked)."""
 
-    def __init__(self, network, fits: Callable[[int, int], bool] | None = None):
+    def __init__(self, network, fits: Callable[[int, int], bool] | None = None, prompt_budget: int = 512):
         self.network, self.fits = network, fits
+        #: prompt positions run between two steps of the answers (chunked prefill; 0: a prompt whole)
+        self.prompt_budget = prompt_budget
         self.lock = threading.Condition(threading.RLock())
         self.queued = 0  # threads waiting for their turn (:meth:`turn`): the step lets them in first
         self._count = threading.Lock()
@@ -139,6 +143,22 @@ class DecodingBatch:
         self.cache = cache
 
     # ---- the step -------------------------------------------------------------------------------
+    def let_step(self) -> None:
+        """Between two chunks of a prompt (its thread holds the model): the answers being decoded
+        take one step, each choosing its token on its own thread meanwhile. A failing step is the
+        answers' error (they hear it, the batch empties), not the prompt's: its thread goes on."""
+        with self.lock:
+            target = self.steps + 1
+            self.lock.notify_all()  # rows waiting for their turn to choose their token
+            while self.rows and self.steps < target:
+                if all(r.token is not None for r in self.rows):
+                    try:
+                        self._run()
+                    except Exception:
+                        return
+                else:
+                    self.lock.wait()
+
     def step(self, row: Row, token: int) -> torch.Tensor:
         with self.lock:
             row.token, row.logits = token, None

@@ -391,16 +391,19 @@ def generate_answer(model: Showo2, layout: Layout, visuals: list[torch.Tensor], 
     mask = omni_attention_mask(layout.blocks, layout.seq_len, device=net.device)
     stream = TextStream(tokenizer, stop, sampling.stop_strings, on_text, head_ids=prefix, head_spaced=prefix_spaced)
 
-    def on_token(tok: int) -> bool:
+    def check() -> None:  # (between a long prompt's chunks too: a client that left stops its prompt)
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
+
+    def on_token(tok: int) -> bool:
+        check()
         if streamer is not None:
             streamer.put(torch.tensor([tok]))
         return stream.push(tok)
 
     if streamer is not None:
         streamer.put(layout.input_ids.cpu())
-    out = generate(net, embeds, mask, sampling, on_token=on_token, constraint=constraint)
+    out = generate(net, embeds, mask, sampling, on_token=on_token, constraint=constraint, on_chunk=check)
     text = stream.finish()
     # a stop string cut the answer: its ids are the kept text's; else the model's own ids
     ids = encode_user_text(tokenizer, text) if stream.cut is not None else stream.produced

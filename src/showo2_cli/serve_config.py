@@ -29,6 +29,8 @@ class ServerConfig:
     api_key: str | None = None
     max_queue: int = 16  # requests waiting behind the running ones
     parallel: int = 1  # requests run at once, their answers decoded in one batch (1: one at a time, exact)
+    # prompt positions run between two steps of the answers decoding (chunked prefill, vLLM's name; 0: a prompt whole)
+    max_num_batched_tokens: int = 512
     max_body_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096  # per input image
     max_images: int = 8  # input images per chat request
@@ -45,13 +47,14 @@ class ServerConfig:
     keep_alive_timeout: float = 5.0  # seconds an idle connection stays open after an answer (uvicorn's default)
 
     #: the whole-number limits and their ranges (those with a ``showo2 serve`` option: the option's)
-    LIMITS = {"max_queue": (0, 100_000), "parallel": (1, 64), "max_body_bytes": (1024, 4096 * 2**20), "max_image_pixels": (1, 2**31),
+    LIMITS = {"max_queue": (0, 100_000), "parallel": (1, 64), "max_num_batched_tokens": (0, 1_000_000), "max_body_bytes": (1024, 4096 * 2**20), "max_image_pixels": (1, 2**31),
               "max_images": (0, 1024), "max_messages": (1, 100_000), "default_max_tokens": (1, 1_000_000),
               "max_tokens": (1, 1_000_000), "max_n": (1, 128), "max_steps": STEPS_RANGE, "max_size": (16, MAX_SIDE),
               "max_text_chars": (1, 2**31)}
     #: the ``showo2 serve`` option of each field, for its messages (``errors.rename_options``)
     OPTIONS = {"model_id": "--model", "model_aliases": "--served-model-name", "api_key": "--api-key", "allow_origins": "--allow-origin",
-               "max_queue": "--max-queue", "parallel": "--parallel", "max_image_pixels": "--max-input-pixels", "max_tokens": "--max-tokens",
+               "max_queue": "--max-queue", "parallel": "--parallel",
+               "max_num_batched_tokens": "--max-num-batched-tokens", "max_image_pixels": "--max-input-pixels", "max_tokens": "--max-tokens",
                "max_n": "--max-n", "max_steps": "--max-steps", "max_size": "--max-size",
                "request_timeout": "--request-timeout", "keep_alive_timeout": "--timeout-keep-alive"}
 

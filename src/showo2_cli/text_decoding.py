@@ -243,7 +243,7 @@ def prompt_chunks(mask: torch.Tensor, chunk: int = PROMPT_CHUNK) -> list[tuple[i
     return out
 
 
-def run_prompt(model, embeds: torch.Tensor, mask: torch.Tensor, cache):
+def run_prompt(model, embeds: torch.Tensor, mask: torch.Tensor, cache, on_chunk: Callable[[], None] | None = None):
     """A prompt ``(B, L, H)`` under its boolean mask ``(B, 1, L, L)`` into ``cache`` (empty on
     entry): (the final normed state of its last position ``(B, 1, H)``, the cache).
 
@@ -255,10 +255,27 @@ def run_prompt(model, embeds: torch.Tensor, mask: torch.Tensor, cache):
     Flex attention already skips the blocked tiles (and compiles once per shape): one chunk there.
     Only with SDPA on the CPU, whose kernel is checked to give the same bits (a GPU kernel's tiling
     may round differently; eager attention's matmuls over ``chunk x end`` rows instead of ``L x L``
-    moved keys by up to 1.4e-6 on the demo): elsewhere one chunk, as before."""
+    moved keys by up to 1.4e-6 on the demo): elsewhere one chunk, as before.
+
+    In a decoding batch (a server's ``--parallel``) whose answers are being decoded, the prompt
+    runs in chunks of the batch's ``prompt_budget`` on every device, each chunk followed by one
+    step of those answers (:meth:`~showo2_cli.decoding_batch.DecodingBatch.let_step`: chunked
+    prefill, as vLLM's and llama.cpp's servers): they go on while a long prompt runs, and it runs
+    as fast as its chunks do. ``on_chunk()`` is called between two chunks (raising stops the
+    prompt there: a cancelled request)."""
+    batch = CURRENT_BATCH.get()
+    interleave = batch is not None and batch.prompt_budget > 0 and bool(batch.rows)
     whole = getattr(model, "attn", "sdpa") != "sdpa" or embeds.device.type != "cpu"
-    chunks = [(0, mask.shape[-1])] if whole else prompt_chunks(mask)
+    if interleave:
+        chunks = prompt_chunks(mask, batch.prompt_budget)
+    else:
+        chunks = [(0, mask.shape[-1])] if whole else prompt_chunks(mask)
     for start, end in chunks:
+        if start:
+            if interleave:
+                batch.let_step()
+            if on_chunk is not None:
+                on_chunk()
         # the last layer's shortcut (``last_only``) computes its last position's keys on one row,
         # which rounds differently from the whole prompt's: only the prompt's last position takes it
         hidden, cache = model.llm(embeds[:, start:end], mask[..., start:end, :end], past_key_values=cache,
@@ -278,7 +295,8 @@ def prefill(model, prefix_embeds: torch.Tensor, mask: torch.Tensor):
 @torch.no_grad()
 def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor | None, opts: TextSampling,
              on_token: Callable[[int], None] | None = None, keep_logits: bool = False,
-             cache=None, constraint: LogitsProcessor | None = None) -> DecodedText:
+             cache=None, constraint: LogitsProcessor | None = None,
+             on_chunk: Callable[[], None] | None = None) -> DecodedText:
     """Decode from a prompt given as embeddings ``(1, L, H)`` with its boolean mask ``(1, 1, L, L)``.
 
     ``model`` is a :class:`~showo2_cli.modeling.showo2.Showo2Model`. ``on_token`` is called with
@@ -289,6 +307,7 @@ def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor | None, opts
     causally to everything before it). The cache is cropped back to its head afterwards, so it
     serves the next question. ``constraint``: a logits processor holding the answer to a grammar
     (:func:`~showo2_cli.structured.constraint_for`, required when ``opts.json_schema`` is set).
+    ``on_chunk``: called between two chunks of a prompt run in chunks (:func:`run_prompt`).
     """
     opts.validate()
     if opts.json_schema is not None and constraint is None:
@@ -302,18 +321,19 @@ def generate(model, prompt_embeds: torch.Tensor, mask: torch.Tensor | None, opts
             raise ValueError("a prefilled cache takes the rest of the prompt with mask=None")
         head = cache.get_seq_length()
     try:
-        return _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head, generator, constraint)
+        return _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head, generator, constraint,
+                       on_chunk)
     finally:
         if head:
             truncate_cache(cache, head)
 
 
 def _decode(model, prompt_embeds, mask, opts, on_token, keep_logits, cache, head, generator,
-            constraint) -> DecodedText:
+            constraint, on_chunk) -> DecodedText:
     if mask is None:  # the rest of a prompt after a prefilled head: causal over all of it
         hidden, cache = model.llm(prompt_embeds, mask, past_key_values=cache, use_cache=True, last_only=True)
     else:
-        hidden, cache = run_prompt(model, prompt_embeds, mask, cache)
+        hidden, cache = run_prompt(model, prompt_embeds, mask, cache, on_chunk)
     logits = model.logits(hidden[:, -1]).float()[0]
     out = DecodedText()
     embed = model.showo.model.embed_tokens

@@ -47,6 +47,11 @@ def serve(
         "batching: more answers a second under concurrent clients). 1: one at a time, each answer exactly as "
         "alone; above 1, an answer decoded beside others equals its answer alone to float rounding, as a "
         "--batch-size above 1 does.")] = ServerConfig.parallel,
+    max_num_batched_tokens: Annotated[int, typer.Option(
+        "--max-num-batched-tokens", help="With --parallel above 1: prompt positions run between two steps of the "
+        "answers being decoded (chunked prefill, as vLLM's option): a long prompt runs in chunks of this many, the "
+        "other answers taking one step after each, so they go on while it runs (an image's or a video's block "
+        "stays in one chunk). 0: a prompt runs whole while they wait.")] = ServerConfig.max_num_batched_tokens,
     max_tokens: Annotated[int, typer.Option(
         "--max-tokens", help="Largest max_tokens of a chat request (max_output_tokens of a response).")] = ServerConfig.max_tokens,
     max_n: Annotated[int, typer.Option("--max-n", help="Largest n (images) of an image request.")] = ServerConfig.max_n,
@@ -87,7 +92,8 @@ def serve(
     if bad is not None:
         raise UsageError(f"--served-model-name must be a non-empty printable name, got '{short(bad)}'")
     # the limits are ServerConfig's checks (a Python caller's too), in the options' names
-    config = ServerConfig(max_queue=max_queue, parallel=parallel, max_tokens=max_tokens, max_n=max_n, max_steps=max_steps,
+    config = ServerConfig(max_queue=max_queue, parallel=parallel, max_num_batched_tokens=max_num_batched_tokens,
+                          max_tokens=max_tokens, max_n=max_n, max_steps=max_steps,
                           max_size=max_size, max_body_bytes=int(max_body_mb * 1024 * 1024),
                           max_image_pixels=max_input_pixels, request_timeout=request_timeout,
                           keep_alive_timeout=timeout_keep_alive)

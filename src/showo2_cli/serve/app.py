@@ -130,10 +130,11 @@ def _images_job(model, plan: ImagePlan, job: Job) -> list[dict]:
     return out
 
 
-def decoding_batch(model):
+def decoding_batch(model, prompt_budget: int = 512):
     """The batch the answers of ``--parallel`` jobs decode in, its memory guard the model's: a row
     joins when the batched KV cache (each row as wide as the longest, its copy while rows come and
-    go) fits the memory limit beside the weights of an answer about text."""
+    go) fits the memory limit beside the weights of an answer about text. ``prompt_budget``: prompt
+    positions between two of its steps (``--max-num-batched-tokens``)."""
     from ..decoding_batch import DecodingBatch
     from ..errors import ResourceError
     from ..pipelines.understand import understanding_weights
@@ -150,7 +151,7 @@ def decoding_batch(model):
             return False
         return True
 
-    return DecodingBatch(model.network, fits)
+    return DecodingBatch(model.network, fits, prompt_budget)
 
 
 async def next_event(request: Request, job: Job, worker: Worker) -> tuple[str, Any]:
@@ -189,7 +190,8 @@ def create_app(model, config: ServerConfig):
 
     config.validate()  # a Python caller's limits as the command line's (max_queue=-1 refused all waiting)
     config.check_attention(getattr(getattr(model, "network", None), "attn", "sdpa"))
-    worker = Worker(config.max_queue, config.parallel, decoding_batch(model) if config.parallel > 1 else None)
+    worker = Worker(config.max_queue, config.parallel,
+                    decoding_batch(model, config.max_num_batched_tokens) if config.parallel > 1 else None)
     budget = BodyBudget(BODIES_AT_ONCE * config.max_body_bytes)
     state = {"draining": False, "started": time.time()}
 
