@@ -258,3 +258,32 @@ def test_the_budget_is_checked_in_python_and_on_the_command_line(monkeypatch, ca
     monkeypatch.setattr(common, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     assert main(["serve", "--port", "0", "--max-num-batched-tokens", "-1"]) == 2
     assert capsys.readouterr().err == "showo2: error: --max-num-batched-tokens must be between 0 and 1000000, got -1\n"
+
+
+def test_a_video_question_lets_the_answers_step_between_its_frames(demo, media_dir, monkeypatch):
+    """A video asked about while answers decode: one step of theirs before each frame's encoding
+    (then its prompt's chunks); the video's answer and theirs equal each alone."""
+    from showo2_cli.chat import Conversation
+    from showo2_cli.dialogue import TextSampling
+
+    video = media_dir / "video1.mp4"
+
+    def question():
+        conv = Conversation(demo)
+        conv.attach(video)
+        return conv.ask("What happens?", TextSampling(5))
+
+    alone, rows_alone = question(), [running(demo, k) for k in (0, 1)]
+    batch = DecodingBatch(demo.network)
+    vae = demo.require_vae()
+    real, seen = vae.encode, []
+
+    def encode(*args, **kwargs):
+        seen.append(batch.steps)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vae, "encode", encode)
+    rows, got, errors = beside(batch, [lambda k=k: running(demo, k) for k in (0, 1)], question)
+    assert errors == [None] * 3 and got == alone and rows == rows_alone
+    assert len(seen) == demo.spec.und_video_frames  # (the demo's 4 frames)
+    assert all(b > a for a, b in zip(seen, seen[1:], strict=False)) and seen[0] > 0

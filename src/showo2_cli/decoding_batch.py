@@ -35,6 +35,15 @@ from transformers import DynamicCache
 CURRENT: contextvars.ContextVar[DecodingBatch | None] = contextvars.ContextVar("showo2_decoding_batch", default=None)
 
 
+def let_others_step() -> None:
+    """A pause in this thread's work with the model (between a video's frames as they are encoded):
+    the answers decoding in its batch take one step, where chunked prefill is on
+    (:attr:`DecodingBatch.prompt_budget`) and any are; else nothing."""
+    batch = CURRENT.get()
+    if batch is not None and batch.prompt_budget > 0 and batch.rows:
+        batch.let_step()
+
+
 class Row:
     """One answer in the batch: its next token in, its next logits out."""
 

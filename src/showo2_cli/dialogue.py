@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import media as M
+from .decoding_batch import let_others_step
 from .errors import ContextTooLong, Showo2Error, UsageError
 from .loading import Showo2
 from .modeling.attention import omni_attention_mask
@@ -153,8 +154,11 @@ def encode_media(model: Showo2, source, options: CaptionOptions | None = None,
     # one generator for all the frames: frame k's noise is the k-th slice of one (K, ...) draw, as the
     # official demo's single ``randn_like`` over its batch of K one-frame videos (never one draw repeated)
     gen = _noise_generator(opts)
-    latents = torch.cat([_vae_encode(vae, pixels[i:i + 1], opts, gen, tiled)
-                         for i in range(pixels.shape[0])])[:, :, 0]
+    latents = []
+    for i in range(pixels.shape[0]):
+        let_others_step()  # (a server's answers decoding meanwhile take a step before each frame)
+        latents.append(_vae_encode(vae, pixels[i:i + 1], opts, gen, tiled))
+    latents = torch.cat(latents)[:, :, 0]
     visual = net.pooled_frame_tokens(latents, spec.und_video_pool, frame_index=index)
     return VisualInput("video", visual, spec.config_tokens + 1, count, label, vae.tiles_used(side, side, tiled))
 
