@@ -180,11 +180,20 @@ def stall_round(model, parallel: int, budget: int, streams: int, tokens: int, vi
             stream(url, b, [])
         times = [[] for _ in range(streams)]
         firsts = [threading.Event() for _ in range(streams)]
+        # each step a piece of text (" a" pushed up: a model of random weights draws ids the demo's
+        # tokenizer has no text for); the step's work is the same whatever it draws
+        visible = model.require_tokenizer()(" a", add_special_tokens=False)["input_ids"][0]
         bodies = [{**body(i, end_id), "max_tokens": tokens} for i in range(streams)]
+        for b in bodies:
+            b["logit_bias"] = {**b["logit_bias"], str(visible): 50}
         with cf.ThreadPoolExecutor(streams) as ex:
             futures = [ex.submit(stream, url, b, t, f) for b, t, f in zip(bodies, times, firsts, strict=True)]
-            for f in firsts:
-                f.wait(600)
+            while not all(f.is_set() for f in firsts):  # every stream under way (or its error raised)
+                for f in futures:
+                    if f.done():
+                        f.result()
+                        raise RuntimeError("a stream ended before its first piece: make --tokens longer")
+                time.sleep(0.01)
             time.sleep(0.5)  # the streams in their stride
             window0 = time.perf_counter()
             ttft, spans = {}, {}

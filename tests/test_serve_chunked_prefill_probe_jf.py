@@ -32,15 +32,24 @@ def long_prompt(net, seed: int = 0):
     return embeds, omni_attention_mask(torch.tensor([[list(BLOCK)]]), LENGTH)
 
 
+CHOSEN = []  # a moment per token an answer of :func:`running` chose (its stream's piece)
+
+
 def running(demo, k: int, tokens: int = 48):
     """An answer being decoded meanwhile (the end token banned: ``tokens`` long), its token ids."""
+    from conftest import RecordingStreamer
     from showo2_cli.chat import Conversation
     from showo2_cli.dialogue import TextSampling
+
+    class Chosen(RecordingStreamer):
+        def put(self, value):
+            if value.dim() == 1:  # (the prompt's ids come first, as a row)
+                CHOSEN.append(time.perf_counter())
 
     conv = Conversation(demo)
     sampling = TextSampling(tokens, logit_bias={demo.tokens.end: -100.0},
                             **({"temperature": 0.9, "seed": 5} if k % 2 else {}))
-    conv.ask(["Name a shape.", "What is a red circle?"][k % 2], sampling)
+    conv.ask(["Name a shape.", "What is a red circle?"][k % 2], sampling, streamer=Chosen())
     return conv.turns[-1].answer_ids
 
 
@@ -73,14 +82,14 @@ def beside(batch: DecodingBatch, rows, job):
 
 def spy_prompt(monkeypatch, net, batch):
     """Record each chunk of the prompt of ``beside``'s job (or of this thread) as (start, end, batch
-    steps run so far)."""
+    steps run so far, tokens the answers of :func:`running` chose so far)."""
     real, calls, here = net.llm, [], threading.current_thread()
 
     def llm(embeds, mask, **kw):
         thread = threading.current_thread()
         if embeds.shape[1] > 1 and (thread is here or thread.name == "prompt"):
             end = mask.shape[-1]
-            calls.append((end - embeds.shape[1], end, batch.steps))
+            calls.append((end - embeds.shape[1], end, batch.steps, len(CHOSEN)))
         return real(embeds, mask, **kw)
 
     monkeypatch.setattr(net, "llm", llm)
@@ -106,15 +115,17 @@ def test_a_long_prompt_runs_in_chunks_between_the_answers_steps(demo, monkeypatc
     rows, got, errors = beside(batch, [lambda k=k: running(demo, k) for k in (0, 1)],
                                lambda: generate(net, embeds, mask, opts, keep_logits=True))
     assert errors == [None] * 3
-    chunks = [(s, e) for s, e, _ in calls]
+    chunks = [(s, e) for s, e, *_ in calls]
     if budget == 128:
         assert chunks[:2] == [(0, 128), (128, 512)] and chunks[-1] == (1280, 1300) and len(chunks) == 9
     else:
         assert chunks == [(0, 512), (512, 1024), (1024, 1300)]
     assert all(b[0] == a[1] for a, b in zip(chunks, chunks[1:], strict=False))
     assert all(not (BLOCK[0] < s < sum(BLOCK)) for s, _ in chunks)  # no chunk starts inside the block
-    steps = [n for _, _, n in calls]
+    steps = [n for _, _, n, _ in calls]
     assert all(b > a for a, b in zip(steps, steps[1:], strict=False))  # the answers stepped between chunks
+    chosen = [n for *_, n in calls]  # and each chose its token (its stream's piece) before the next chunk
+    assert [b - a for a, b in zip(chosen, chosen[1:], strict=False)] == [2] * (len(chunks) - 1)
     first = float((got.step_logits[0] - alone.step_logits[0]).abs().max())  # the prompt's own logits
     assert first == 0 if budget == 512 else first < 1e-4
     diff = max(float((a - b).abs().max()) for a, b in zip(got.step_logits, alone.step_logits, strict=True))
@@ -134,7 +145,7 @@ def test_a_zero_budget_runs_the_prompt_whole_while_the_answers_wait(demo, monkey
     calls = spy_prompt(monkeypatch, net, batch)
     _, got, errors = beside(batch, [lambda: running(demo, 0)], lambda: generate(net, embeds, mask, TextSampling(3)))
     assert errors == [None] * 2 and len(got.token_ids) == 3
-    assert len({n for _, _, n in calls}) == 1  # every chunk at the same step count
+    assert len({n for _, _, n, _ in calls}) == 1  # every chunk at the same step count
 
 
 @pytest.mark.parametrize("in_batch", [False, True])
@@ -155,7 +166,7 @@ def test_a_prompt_alone_runs_as_before_bit_for_bit(demo, monkeypatch, in_batch):
         got = generate(net, embeds, mask, opts, keep_logits=True)
     finally:
         CURRENT.set(None)
-    assert [(s, e) for s, e, _ in calls] == [(0, 512), (512, 1024), (1024, 1300)]
+    assert [(s, e) for s, e, *_ in calls] == [(0, 512), (512, 1024), (1024, 1300)]
     monkeypatch.undo()
     with torch.no_grad():
         import showo2_cli.text_decoding as T
@@ -192,7 +203,7 @@ def test_a_request_cancelled_mid_prompt_stops_there_and_the_batch_goes_on(demo, 
     rows, got, errors = beside(batch, [lambda k=k: running(demo, k) for k in (0, 1)], long_job)
     assert errors[:2] == [None, None] and isinstance(errors[2], Cancelled)
     assert rows == rows_alone
-    assert [(s, e) for s, e, _ in calls] == [(0, 128)]  # its first chunk only, of a prompt of over 700
+    assert [(s, e) for s, e, *_ in calls] == [(0, 128)]  # its first chunk only, of a prompt of over 700
     assert batch.rows == [] and batch.cache is None
     monkeypatch.undo()
     assert beside(batch, [lambda: running(demo, 0)], lambda: running(demo, 1))[0] == rows_alone[:1]

@@ -154,19 +154,29 @@ class DecodingBatch:
     # ---- the step -------------------------------------------------------------------------------
     def let_step(self) -> None:
         """Between two chunks of a prompt (its thread holds the model): the answers being decoded
-        take one step, each choosing its token on its own thread meanwhile. A failing step is the
-        answers' error (they hear it, the batch empties), not the prompt's: its thread goes on."""
+        take one step, and each chooses its next token (its stream gets its piece) before the
+        prompt goes on; meanwhile the prompt counts as a thread waiting for its turn, so the
+        answers run no step of their own before its next chunk. A failing step is the answers'
+        error (they hear it, the batch empties), not the prompt's: its thread goes on."""
         with self.lock:
-            target = self.steps + 1
-            self.lock.notify_all()  # rows waiting for their turn to choose their token
-            while self.rows and self.steps < target:
-                if all(r.token is not None for r in self.rows):
-                    try:
-                        self._run()
-                    except Exception:
-                        return
-                else:
-                    self.lock.wait()
+            with self._count:
+                self.queued += 1
+            try:
+                ran = False
+                while self.rows:
+                    if all(r.token is not None for r in self.rows):
+                        if ran:
+                            return
+                        ran = True
+                        try:
+                            self._run()
+                        except Exception:
+                            return
+                    else:
+                        self.lock.wait()
+            finally:
+                with self._count:
+                    self.queued -= 1
 
     def step(self, row: Row, token: int) -> torch.Tensor:
         with self.lock:
