@@ -147,6 +147,13 @@ def stream(url: str, body: dict, times: list, started: threading.Event | None = 
                     started.set()
 
 
+def visible(model) -> dict:
+    """A ``logit_bias`` that makes each step a piece of text (" a" pushed up, the end banned: a model of
+    random weights draws ids the demo's tokenizer has no text for); a step's work is the same whatever it draws."""
+    a = model.require_tokenizer()(" a", add_special_tokens=False)["input_ids"][0]
+    return {str(a): 50, str(model.tokens.end): -100}
+
+
 def long_bodies(model, video: str | None) -> list[tuple[str, dict]]:
     """The long requests: a text of about 4,000 tokens and (``video``: a file) a question about a video."""
     import base64
@@ -155,13 +162,14 @@ def long_bodies(model, video: str | None) -> list[tuple[str, dict]]:
     tok = model.require_tokenizer()
     per = len(tok(words)["input_ids"])
     text = " ".join([words] * (4000 // per))
-    out = [("text-4k", {"messages": [{"role": "user", "content": text + " Summarize."}], "max_tokens": 4})]
+    out = [("text-4k", {"messages": [{"role": "user", "content": text + " Summarize."}], "max_tokens": 4,
+                        "logit_bias": visible(model)})]
     if video:
         with open(video, "rb") as f:
             url = "data:video/mp4;base64," + base64.b64encode(f.read()).decode()
         out.append(("video", {"messages": [{"role": "user", "content": [
             {"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "What happens?"}]}],
-            "max_tokens": 4}))
+            "max_tokens": 4, "logit_bias": visible(model)}))
     return out
 
 
@@ -180,12 +188,7 @@ def stall_round(model, parallel: int, budget: int, streams: int, tokens: int, vi
             stream(url, b, [])
         times = [[] for _ in range(streams)]
         firsts = [threading.Event() for _ in range(streams)]
-        # each step a piece of text (" a" pushed up: a model of random weights draws ids the demo's
-        # tokenizer has no text for); the step's work is the same whatever it draws
-        visible = model.require_tokenizer()(" a", add_special_tokens=False)["input_ids"][0]
-        bodies = [{**body(i, end_id), "max_tokens": tokens} for i in range(streams)]
-        for b in bodies:
-            b["logit_bias"] = {**b["logit_bias"], str(visible): 50}
+        bodies = [{**body(i, end_id), "max_tokens": tokens, "logit_bias": visible(model)} for i in range(streams)]
         with cf.ThreadPoolExecutor(streams) as ex:
             futures = [ex.submit(stream, url, b, t, f) for b, t, f in zip(bodies, times, firsts, strict=True)]
             while not all(f.is_set() for f in firsts):  # every stream under way (or its error raised)

@@ -123,9 +123,9 @@ def test_a_long_prompt_runs_in_chunks_between_the_answers_steps(demo, monkeypatc
     assert all(b[0] == a[1] for a, b in zip(chunks, chunks[1:], strict=False))
     assert all(not (BLOCK[0] < s < sum(BLOCK)) for s, _ in chunks)  # no chunk starts inside the block
     steps = [n for _, _, n, _ in calls]
-    assert all(b > a for a, b in zip(steps, steps[1:], strict=False))  # the answers stepped between chunks
-    chosen = [n for *_, n in calls]  # and each chose its token (its stream's piece) before the next chunk
-    assert [b - a for a, b in zip(chosen, chosen[1:], strict=False)] == [2] * (len(chunks) - 1)
+    assert [b - a for a, b in zip(steps, steps[1:], strict=False)] == [1] * (len(chunks) - 1)  # one step a chunk
+    chosen = [n for *_, n in calls]  # and each answer chose its token (its stream's piece) before the next chunk
+    assert all(b - a >= 2 for a, b in zip(chosen, chosen[1:], strict=False))
     first = float((got.step_logits[0] - alone.step_logits[0]).abs().max())  # the prompt's own logits
     assert first == 0 if budget == 512 else first < 1e-4
     diff = max(float((a - b).abs().max()) for a, b in zip(got.step_logits, alone.step_logits, strict=True))
