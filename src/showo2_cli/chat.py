@@ -451,8 +451,10 @@ class Conversation:
         from .media import read_limited
         from .media.files import quote_path
 
+        # read outside the JSON check: its UsageError (missing, a folder, too large) is a ValueError too
+        data = read_limited(path, MAX_TRANSCRIPT_BYTES, "transcript", UsageError)
         try:
-            record = json.loads(read_limited(path, MAX_TRANSCRIPT_BYTES, "transcript", UsageError))
+            record = json.loads(data)
         except (ValueError, RecursionError) as e:  # bad JSON or UTF-8; Python's nesting and digit limits
             raise UsageError(f"transcript {quote_path(path)} {json_problem(e, 120)}") from None
         turns, pending = transcript_turns(record, path)
