@@ -43,3 +43,22 @@ def test_load_still_names_bad_json(demo, tmp_path):
     path.write_text("{oops")
     with pytest.raises(UsageError, match="is not valid JSON"):
         Conversation(demo).load(path)
+
+
+@pytest.mark.parametrize(("n", "seed", "message"), [(0, 1, "n must be"), (-3, 1, "n must be"), (None, 1, "n must be"),
+                                                    (1, -5, "seed must be"), (1, 2**63, "seed must be")])
+def test_plan_outputs_refuses_counts_and_seeds_no_run_takes(tmp_path, n, seed, message):
+    """``api.plan_outputs`` planned nothing for n=0 or -1 (no error), and named the files of seed -5
+    after seed 2^63-5 (``a-9223372036854775803.png``), a run no option allows."""
+    from showo2_cli import api
+
+    with pytest.raises(UsageError, match=message):
+        api.plan_outputs("t2i", tmp_path / "p.png", ["a"], [0], n, seed=seed)
+
+
+def test_plan_outputs_still_plans_valid_runs(tmp_path):
+    from showo2_cli import api
+
+    assert len(api.plan_outputs("t2i", tmp_path / "p.png", ["a", "b"], [0, 1], 2, seed=0)) == 4
+    assert len(api.plan_outputs("t2i", tmp_path / "q.png", ["a"], [0], 1, seed=None)) == 1
+    assert api.plan_outputs("t2i", tmp_path / "r.png", [], [], 1, seed=2**63 - 1) == []

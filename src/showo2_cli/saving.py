@@ -29,6 +29,8 @@ from .options import (
     MAX_PROMPTS_FILE_BYTES,
     check_choice,
     check_fps,
+    check_int,
+    check_seed,
     check_text,
     seed_for,
     short,
@@ -285,6 +287,10 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
     outputs start from given noise). Every file of every plan is checked now (writable, and
     absent unless ``overwrite``), so nothing fails after the work is done."""
     ext = output_extension(kind, output)
+    check_int("n", n, 1, MAX_OUTPUTS)  # (0 or -1 planned nothing, silently; None failed in the arithmetic)
+    if n is None:
+        raise UsageError(f"n must be a whole number between 1 and {MAX_OUTPUTS}, got None")
+    check_seed(seed, "seed")  # (-5 named the files after seed 2^63-5, which no run uses)
     total = len(prompts) * n if total_jobs is None else total_jobs
     if max(total, len(prompts) * n) > MAX_OUTPUTS:  # before a plan is made: ~1 KB each
         raise UsageError(f"{max(total, len(prompts) * n):,} outputs ({len(prompts):,} prompts x {n}) are more than "
