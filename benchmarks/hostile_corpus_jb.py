@@ -403,9 +403,8 @@ def cli_cases(d: Path, f: dict[str, Path], lat: dict[str, Path], real_lat: Path)
                        ("SHOWO2_MODEL", "/nonexistent/model"), ("SHOWO2_MODEL", ""), ("SHOWO2_VAE", "/nonexistent.pth"),
                        ("SHOWO2_HUB_STALL_SECONDS", "nan"), ("SHOWO2_RENDEZVOUS_SECONDS", "-3"),
                        ("WORLD_SIZE", "0"), ("WORLD_SIZE", "abc"), ("RANK", "5"), ("LOCAL_RANK", "-1"), ("MASTER_PORT", "99999")):
-        env = {var: value}
-        if var in ("RANK", "MASTER_PORT"):
-            env.update(WORLD_SIZE="2", RANK="0", MASTER_ADDR="127.0.0.1")
+        env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1"} if var in ("RANK", "MASTER_PORT") else {}
+        env[var] = value
         # each variable is read where it is used: the pixel limit by media readers, the stall time by
         # downloads, the rendezvous time and LOCAL_RANK by a launch (WORLD_SIZE > 1), $SHOWO2_VAE by a
         # model without a VAE of its own; an empty $SHOWO2_MODEL is unset. Elsewhere: no traceback.
