@@ -621,9 +621,12 @@ class ServerClient:
 
 
 def run(reader: str, count: int, seed: int, timeout: float = 20.0, memory_mb: float = 2048,
-        save: Path | None = None, work: Path | None = None, log=None, start: int = 0) -> collections.Counter:
+        save: Path | None = None, work: Path | None = None, log=None, start: int = 0,
+        seeds=None, mutator=None, driver=None) -> collections.Counter:
     """Run ``count`` mutants of ``reader``'s seeds (round-robin) from mutant ``start``; return the
-    outcome counts."""
+    outcome counts. ``seeds(work)``, ``mutator(data, kind, rng)`` and ``driver(reader, seed, target,
+    root, server)`` replace this module's (``fuzz_structured.py``'s readers)."""
+    seeds_of, mutate_one, drive_one = seeds or SEEDS[reader], mutator or mutate, driver or drive
     outcomes: collections.Counter = collections.Counter()
     own = work is None
     work = Path(tempfile.mkdtemp(prefix=f"fuzz-{reader}-")) if own else Path(work)
@@ -631,7 +634,7 @@ def run(reader: str, count: int, seed: int, timeout: float = 20.0, memory_mb: fl
     try:
         seeds_dir = work / "seeds"
         seeds_dir.mkdir(parents=True, exist_ok=True)
-        seeds = SEEDS[reader](seeds_dir)
+        seeds = seeds_of(seeds_dir)
         if reader == "server":
             server = ServerClient()
         for s in seeds:  # each seed as it is reads (and the imports are paid before any mutant is timed)
@@ -639,7 +642,7 @@ def run(reader: str, count: int, seed: int, timeout: float = 20.0, memory_mb: fl
             shutil.rmtree(case, ignore_errors=True)
             target, root = _place(s, s.path.read_bytes(), case)
             try:
-                warm = drive(reader, s, target, root, server)
+                warm = drive_one(reader, s, target, root, server)
             except Exception as e:  # noqa: BLE001
                 warm = f"{type(e).__name__}: {e}"
             if warm not in (None, "ok") and not s.label.endswith((".pt", "pt", "npy")):
@@ -648,7 +651,7 @@ def run(reader: str, count: int, seed: int, timeout: float = 20.0, memory_mb: fl
         for i in range(start, start + count):
             s = seeds[i % len(seeds)]
             rng = random.Random(f"{seed}:{i}")
-            data = mutate(s.path.read_bytes(), s.kind, rng)
+            data = mutate_one(s.path.read_bytes(), s.kind, rng)
             case = work / f"case-{i % 2}"
             shutil.rmtree(case, ignore_errors=True)
             target, root = _place(s, data, case)
@@ -657,7 +660,7 @@ def run(reader: str, count: int, seed: int, timeout: float = 20.0, memory_mb: fl
             result = None
             signal.setitimer(signal.ITIMER_REAL, timeout)
             try:
-                result = drive(reader, s, target, root, server)
+                result = drive_one(reader, s, target, root, server)
             except Hang as e:  # (its traceback says where it was stuck)
                 exc = e
                 result = "hang"
