@@ -29,12 +29,13 @@ class PilFrames:
     def __init__(self, image: Image.Image):
         self.image = image
         self.duration_ms = 0  #: the animation's length, once :meth:`index` read it
+        self.skip = default_image(image)  #: an APNG's default image, no frame of its animation
 
     def __len__(self) -> int:
-        return int(self.image.n_frames)
+        return int(self.image.n_frames) - self.skip
 
     def __getitem__(self, i: int) -> Image.Image:
-        self.image.seek(i)
+        self.image.seek(i + self.skip)
         frame = self.image.copy()
         return frame.convert("RGBA") if frame.mode == "P" else frame  # the palette of this frame
 
@@ -54,7 +55,7 @@ class PilFrames:
         tick = 10 if self.image.format == "GIF" else 1  # (milliseconds; Pillow's GIF delays are whole centiseconds)
         index, start = FrameIndex(Fraction(tick, 1000)), 0
         for i in range(len(self)):
-            self.image.seek(i)
+            self.image.seek(i + self.skip)
             self.image.load()  # an animated WebP tells a frame's delay once it is decoded
             index.add(start // tick, keyframe=i == 0)
             start += self.delay_ms()
@@ -65,6 +66,14 @@ class PilFrames:
         """Frames per second over the animation's length (each frame's delay counted, the last's
         too, as FFmpeg rates a GIF), once :meth:`index` read it; None before."""
         return len(self) * 1000.0 / self.duration_ms if self.duration_ms > 0 else None
+
+
+def default_image(image: Image.Image) -> int:
+    """1 for an APNG whose default image is no frame of its animation (its IDAT before the first
+    fcTL, as the APNG spec allows: browsers play the frames after it), which Pillow counts as frame
+    0 of ``n_frames``; else 0."""
+    return int(image.format == "PNG" and bool(getattr(image, "default_image", False))
+               and int(getattr(image, "n_frames", 1)) > 1)
 
 
 # ---- frames counted from a file's structure, none decoded ---------------------------------------
@@ -129,6 +138,6 @@ def declared_frame_count(p: Path) -> int:
     try:
         with warnings.catch_warnings(), Image.open(p) as im:
             warnings.simplefilter("ignore")
-            return int(getattr(im, "n_frames", 1))
+            return int(getattr(im, "n_frames", 1)) - default_image(im)
     except Exception:
         return 0
