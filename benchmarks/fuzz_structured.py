@@ -628,7 +628,7 @@ def ebml_parse(data: bytes) -> list[list]:
         if size == (1 << (7 * b)) - 1:  # unknown size: to the end
             size = len(data) - start
         body = data[start:start + size]
-        out.append([eid, ebml_parse(body) if eid in EBML_MASTERS else body])
+        out.append([eid, ebml_parse(body) if eid in EBML_MASTERS else body, i])  # (i: where it was)
         i = start + size
     return out
 
@@ -639,16 +639,48 @@ def _id_bytes(eid: int) -> bytes:
 
 def ebml_write(elements: list[list]) -> bytes:
     out = []
-    for eid, value in elements:
+    for e in elements:
+        eid, value = e[0], e[1]
         body = ebml_write(value) if isinstance(value, list) else value
         out.append(_id_bytes(eid) + b"\x01" + len(body).to_bytes(7, "big") + body)
     return b"".join(out)
 
 
+def _ebml_find(elements: list[list], eid: int):
+    for e in elements:
+        if e[0] == eid:
+            yield e
+        if isinstance(e[1], list):
+            yield from _ebml_find(e[1], eid)
+
+
+def ebml_fix_positions(tree: list[list]) -> None:
+    """A segment's SeekHead positions and its Cues' cluster positions set to where the elements
+    they name are once written (their sizes changed): as a muxer writes them."""
+    for seg in (e for e in tree if e[0] == 0x18538067 and isinstance(e[1], list)):
+        children = seg[1]
+        fields = list(_ebml_find(children, 0x53AC)) + list(_ebml_find(children, 0xF1))
+        olds = {id(f): int.from_bytes(f[1], "big") if f[1] else 0 for f in fields}
+        for f in fields:  # eight bytes each, before the offsets are counted, so they hold
+            f[1] = b"\x00" * 8
+        where, moved, pos = {}, {}, 0
+        for c in children:
+            where.setdefault(c[0], pos)
+            if len(c) > 2:
+                moved.setdefault(c[2], pos)
+            pos += len(ebml_write([c]))
+        for seek in _ebml_find(children, 0x4DBB):
+            sid = next((int.from_bytes(x[1], "big") for x in seek[1] if x[0] == 0x53AB and isinstance(x[1], bytes)), None)
+            for f in (x for x in seek[1] if x[0] == 0x53AC):
+                f[1] = where.get(sid, olds[id(f)]).to_bytes(8, "big")
+        for f in _ebml_find(children, 0xF1):
+            f[1] = moved.get(olds[id(f)], olds[id(f)]).to_bytes(8, "big")
+
+
 def mutate_webm(data: bytes, rng: random.Random) -> bytes:
     tree = ebml_parse(data)
 
-    def walk(elements, parents=()):
+    def walk(elements):
         for e in elements:
             yield e, elements
             if isinstance(e[1], list):
@@ -707,6 +739,8 @@ def mutate_webm(data: bytes, rng: random.Random) -> bytes:
             new = rng.choice((0xAE, 0xA3, 0x1F43B675, 0x1654AE6B, 0xEC, 0xB0, 0x4489))
             if (new in EBML_MASTERS) == isinstance(e[1], list):
                 e[0] = new
+    if rng.random() < 0.9:  # (else the positions stay stale: a muxer's bug, or a file edited by hand)
+        ebml_fix_positions(tree)
     return ebml_write(tree)
 
 
@@ -722,8 +756,9 @@ def mutate_safetensors(data: bytes, rng: random.Random) -> bytes:
         op = rng.randrange(8)
         name = rng.choice(names)
         e = header.get(name)
-        if not isinstance(e, dict):
-            continue
+        offsets = e.get("data_offsets") if isinstance(e, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(x, int) for x in offsets)):
+            continue  # (an entry an earlier mutation changed past what these mutate)
         if op == 0:  # a dtype
             e["dtype"] = rng.choice(("F16", "BF16", "F64", "F32", "I8", "I64", "U8", "BOOL", "F8_E4M3", "F8_E5M2",
                                      "C64", "U64", ""))
@@ -1019,7 +1054,8 @@ def _steps_media(target: Path, i: int) -> list:
              ("encode read", lambda: read_source(target, (32, 32), 5)),
              ("training", lambda: _training_sample(target, kind() == "video")),
              ("caption", lambda: api.caption(model, target, api.CaptionOptions(max_new_tokens=1))),
-             ("encode", lambda: api.encode(target, model.vae, api.EncodeOptions(size=(32, 32), frames=5)))]
+             ("encode", lambda: api.encode_file(target, model.vae, target.parent / "out.safetensors",
+                                                api.EncodeOptions(size=(32, 32), frames=5), overwrite=True))]
     if i % 3 == 0:
         steps.append(("i2v", lambda: api.image_to_video(model, target, ["waves"], api.GenerateOptions(
             size=(32, 32), steps=2, frames=5)) if kind() == "image" else None))
@@ -1063,10 +1099,10 @@ def _steps_latents(target: Path, i: int) -> list:
 
     model = base.demo_model()
 
-    def decode():
-        z, meta = load_latents(target, model.vae.z_dim if hasattr(model.vae, "z_dim") else None)
+    def decode():  # what `showo2 decode` writes (an image or a video beside it), for latents of a small size
+        z, meta = load_latents(target)
         if z.numel() <= 16 * 4 * 16 * 16:
-            api.decode(z, model.vae)
+            api.decode_file(target, model.vae, overwrite=True, loaded=(z, meta))
 
     return [("load_latents", lambda: load_latents(target)), ("decode", decode)]
 
@@ -1107,6 +1143,40 @@ def _drive_count() -> int:
     return _COUNT[0]
 
 
+def reach(reader: str, count: int, seed: int) -> dict[str, tuple[int, int]]:
+    """How many of ``count`` mutants, structured and byte-level (``fuzz_readers.mutate_bytes``), a
+    media reader reads whole (``read_media``: past every checksum and size check, through the
+    decoder): ``{"structured": (read, count), "bytes": (read, count)}``."""
+    import shutil
+    import tempfile
+
+    import showo2_cli.media as M
+    from showo2_cli.errors import Showo2Error
+
+    work = Path(tempfile.mkdtemp(prefix=f"reach-{reader}-"))
+    try:
+        found = seeds(reader, work)
+        out = {}
+        for how in ("structured", "bytes"):
+            read = 0
+            for i in range(count):
+                s = found[i % len(found)]
+                rng = random.Random(f"{seed}:{i}")
+                data = s.path.read_bytes()
+                data = mutate(data, s.kind, rng) if how == "structured" else base.mutate_bytes(data, rng)
+                target = work / f"m{s.path.suffix}"
+                target.write_bytes(data)
+                try:
+                    M.read_media(target, num_frames=4)
+                    read += 1
+                except (Showo2Error, Exception):  # noqa: BLE001 (counted, not judged: the fuzzing run judges)
+                    pass
+            out[how] = (read, count)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     import resource
 
@@ -1120,10 +1190,18 @@ def main(argv=None) -> int:
     ap.add_argument("--address-space-gb", type=float, default=6.0,
                     help="address space allowed over what the process holds at the start (0: no cap)")
     ap.add_argument("--save", type=Path, help="folder to keep each defect's mutant and traceback in")
+    ap.add_argument("--reach", action="store_true",
+                    help="only count the mutants read whole, structured against byte-level (media readers)")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
+    if args.reach:
+        for reader in READERS[:7] if args.reader == "all" else (args.reader,):
+            r = reach(reader, args.count, args.seed)
+            print(f"{reader:6} read whole: structured {r['structured'][0]}/{args.count}, "
+                  f"byte-level {r['bytes'][0]}/{args.count}", flush=True)
+        return 0
     base.demo_model()
     if args.address_space_gb:
         with open("/proc/self/statm") as fh:
