@@ -891,13 +891,15 @@ def _frames(n: int = 9, side: int = 64):
     return frames
 
 
-def _video(path: Path, codec: str, fmt: str | None = None, pix: str = "yuv420p") -> Path:
+def _video(path: Path, codec: str, fmt: str | None = None, pix: str = "yuv420p", sar=None) -> Path:
     import av
 
     with av.open(str(path), "w", format=fmt) as c:
         s = c.add_stream(codec, rate=8)
         frames = _frames()
         s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], pix
+        if sar is not None:  # non-square pixels (a pasp box)
+            s.codec_context.sample_aspect_ratio = sar
         for a in frames:
             c.mux(s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
         c.mux(s.encode())
@@ -961,9 +963,19 @@ def seeds(reader: str, work: Path) -> list:
             out.append(S("waves.gif", work / "waves.gif", "gif"))
         return out
     if reader == "mp4":
+        from fractions import Fraction
+
+        rot = work / "rot90.mp4"  # a phone video's display matrix (tkhd), set in the box tree
+        boxes = mp4_parse(_video(work / "r.mp4", "libx264").read_bytes())
+        for path in (p for b in boxes for p in b.walk()):
+            if path[-1].kind == b"tkhd":
+                path[-1].body = path[-1].body[:40] + struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0,
+                                                                 1 << 30) + path[-1].body[76:]
+        rot.write_bytes(mp4_write(boxes))
         return [S("h264.mp4", _video(work / "a.mp4", "libx264"), "mp4"),
                 S("mpeg4.mp4", _video(work / "b.mp4", "mpeg4"), "mp4"),
-                S("meta.mp4", _written_video(work / "meta.mp4"), "mp4")]
+                S("meta.mp4", _written_video(work / "meta.mp4"), "mp4"),
+                S("sar.mp4", _video(work / "s.mp4", "libx264", sar=Fraction(4, 3)), "mp4"), S("rot90.mp4", rot, "mp4")]
     if reader == "mov":
         return [S("mjpeg.mov", _video(work / "a.mov", "mjpeg", pix="yuvj420p"), "mov"),
                 S("h264.mov", _video(work / "b.mov", "libx264"), "mov")]
