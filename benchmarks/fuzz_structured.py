@@ -877,15 +877,11 @@ def _frames(n: int = 9, side: int = 64):
     frames = []
     mp4 = base.MEDIA / "video1.mp4"
     if mp4.is_file():
-        from PIL import Image
-
         with av.open(str(mp4)) as c:
             for f in c.decode(video=0):
-                im = f.to_image().resize((side, side * 3 // 4 // 2 * 2))
-                frames.append(np.asarray(im))
+                frames.append(np.asarray(f.to_image().resize((side, side * 3 // 4 // 2 * 2))))
                 if len(frames) == n:
                     break
-        del Image
     while len(frames) < n:
         frames.append(np.full((side * 3 // 4 // 2 * 2, side, 3), 25 * len(frames) % 256, np.uint8))
     return frames
@@ -1013,10 +1009,11 @@ def seeds(reader: str, work: Path) -> list:
 
 
 def _written_video(path: Path) -> Path:
+    import numpy as np
+
     from showo2_cli.media import write_video
 
-    return Path(write_video(path, __import__("numpy").stack(_frames(5, 64)), fps=8,
-                            metadata={"prompt": "waves", "seed": 1, "steps": 2}))
+    return Path(write_video(path, np.stack(_frames(5, 64)), fps=8, metadata={"prompt": "waves", "seed": 1, "steps": 2}))
 
 
 # ---------------------------------------------------------------- the entry points
@@ -1044,7 +1041,6 @@ def _training_sample(target: Path, video: bool):
 
 
 def _steps_media(target: Path, i: int) -> list:
-    from PIL import Image
 
     import showo2_cli.media as M
     from showo2_cli import api
@@ -1054,9 +1050,6 @@ def _steps_media(target: Path, i: int) -> list:
 
     def kind():
         return M.probe_kind(target)
-
-    def fit(frame):
-        return __import__("numpy").asarray(M.resize_center_crop(Image.fromarray(frame), 32))
 
     steps = [("probe", kind), ("metadata", lambda: M.read_metadata(target)),
              ("check_video", lambda: M.check_video(target) if kind() == "video" else None),
