@@ -776,7 +776,7 @@ def mutate_safetensors(data: bytes, rng: random.Random) -> bytes:
             header[rng.choice((name + "x", other, name.upper()))] = dict(header[other]) if isinstance(
                 header.get(other), dict) else {}
         elif op == 4:  # the metadata: a value's JSON mutated, the map's type, a key's
-            meta = header.get("__metadata__") or {}
+            meta = header.get("__metadata__") if isinstance(header.get("__metadata__"), dict) else {}
             key = rng.choice(list(meta) or ["showo2"])
             val = meta.get(key, "{}")
             try:
