@@ -7,7 +7,7 @@ that stop most byte-level mutants (``fuzz_readers.py``) and reaches the inner pa
 and decoders, Pillow's decoders, the project's header readers, the memory guard's size reading.
 
     python benchmarks/fuzz_structured.py --reader png --count 2000 --seed 1
-    python benchmarks/fuzz_structured.py --reader all --count 300 --save /tmp/probe-je-x/defects
+    python benchmarks/fuzz_structured.py --reader all --count 300 --save fuzz-defects
 
 Each mutant is driven through every entry point that reads its kind of file, each one run even where
 another refused it: media (``probe_kind``, ``read_metadata``, ``check_video``, ``read_image`` as caption
