@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import threading
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,32 +131,52 @@ def _load_fast(path: Path):
                                          config=_model_config_for_tokenizer(path))
 
 
+#: the loads under way in this process (``[count, saved fd 1]``): fd 1 is one per process, so the first load
+#: in points it at 2 and the last one out points it back (two threads each keeping "its" fd 1 left stdout on
+#: stderr for good when the first out restored it and the second then restored what it had saved: fd 2)
+_REDIRECT = [0, None]
+_REDIRECT_LOCK = threading.Lock()
+
+
 @contextmanager
 def _native_stdout_on_stderr():
     """File descriptor 1 pointed at 2 while the block runs. The Rust ``tokenizers`` library prints on
     the process's stdout (``println!``, past Python's ``sys.stdout``) when transformers hands it a key
     it does not know: "Ignored unknown kwarg option X" for an added token's entry in tokenizer.json
     or tokenizer_config.json with an unknown key, or a ``tokenizer_padding`` one. Said on stderr
-    instead, a ``--json`` answer's stdout stays the answer alone."""
+    instead, a ``--json`` answer's stdout stays the answer alone. Loads in several threads at once
+    share one redirection (the process's stdout comes back when the last ends)."""
+    with _REDIRECT_LOCK:
+        if _REDIRECT[0] == 0:
+            _REDIRECT[1] = _point_stdout_at_stderr()
+        _REDIRECT[0] += 1
+    try:
+        yield
+    finally:
+        with _REDIRECT_LOCK:
+            _REDIRECT[0] -= 1
+            saved = _REDIRECT[1]
+            if _REDIRECT[0] == 0 and saved is not None:
+                _REDIRECT[1] = None
+                with suppress(OSError, ValueError, AttributeError):
+                    sys.stdout.flush()
+                os.dup2(saved, 1)
+                os.close(saved)
+
+
+def _point_stdout_at_stderr() -> int | None:
+    """fd 1 pointed at fd 2; the saved fd 1, or None where there is none to keep clean or no fd 2."""
     try:
         sys.stdout.flush()
         saved = os.dup(1)
     except (OSError, ValueError, AttributeError):  # no fd 1 (a closed stdout): nothing to keep clean
-        saved = None
-    if saved is not None:
-        try:
-            os.dup2(2, 1)
-        except OSError:  # no fd 2: stdout as it is
-            os.close(saved)
-            saved = None
+        return None
     try:
-        yield
-    finally:
-        if saved is not None:
-            with suppress(OSError, ValueError, AttributeError):
-                sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
+        os.dup2(2, 1)
+    except OSError:  # no fd 2: stdout as it is
+        os.close(saved)
+        return None
+    return saved
 
 
 def _refetch_hint(folder: Path) -> str:

@@ -1,0 +1,54 @@
+"""Probe JJ: the day's merges (probes JA, JB, JC, JD, JF, JG) used together."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import showo2_cli
+from showo2_cli.tokenizer import load_tokenizer
+
+DEMO = Path(showo2_cli.__file__).parent / "assets" / "demo"
+
+
+def test_two_tokenizer_loads_at_once_give_stdout_back(capfd, monkeypatch):
+    """Probe JC points fd 1 at fd 2 while a tokenizer loads. Two threads loading at once, the first
+    ending first: the second had saved fd 1 while the first's redirection held it (fd 2), and put that
+    back last, so the process's stdout stayed on stderr for good (a Python host loading two models in
+    threads; 2 runs in 3 of three threads loading five times each)."""
+    from transformers import PreTrainedTokenizerFast
+
+    load = PreTrainedTokenizerFast.from_pretrained.__func__
+    second_in, first_out = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def held(cls, *args, **kwargs):  # the first load waits for the second to start; the second for the first to end
+        first = not order
+        order.append("first" if first else "second")
+        if first:
+            assert second_in.wait(30)
+        else:
+            second_in.set()
+            assert first_out.wait(30)
+        return load(cls, *args, **kwargs)
+
+    load_tokenizer(DEMO)  # (transformers imported before the threads)
+    monkeypatch.setattr(PreTrainedTokenizerFast, "from_pretrained", classmethod(held))
+
+    def first():
+        load_tokenizer(DEMO)
+        first_out.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=load_tokenizer, args=(DEMO,))]
+    threads[0].start()
+    while not order:  # the first is inside its load (stdout redirected) before the second starts
+        threading.Event().wait(0.01)
+    threads[1].start()
+    for t in threads:
+        t.join(60)
+    assert order == ["first", "second"]
+    capfd.readouterr()
+    os.write(1, b"still mine\n")  # (fd 1 itself: capfd's sys.stdout writes to its file directly)
+    out, err = capfd.readouterr()
+    assert out == "still mine\n", (out, err)  # was "" (and "still mine" on stderr)
