@@ -6,7 +6,11 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
+
 import showo2_cli
+from showo2_cli.errors import UsageError
+from showo2_cli.options import TextSampling
 from showo2_cli.tokenizer import load_tokenizer
 
 DEMO = Path(showo2_cli.__file__).parent / "assets" / "demo"
@@ -52,3 +56,18 @@ def test_two_tokenizer_loads_at_once_give_stdout_back(capfd, monkeypatch):
     os.write(1, b"still mine\n")  # (fd 1 itself: capfd's sys.stdout writes to its file directly)
     out, err = capfd.readouterr()
     assert out == "still mine\n", (out, err)  # was "" (and "still mine" on stderr)
+
+
+@pytest.mark.parametrize("calls", [5, {}, {"parallel": True}, {"schema": {"type": "object"}},
+                                   {"schema": {"type": "object"}, "parallel": "yes"},
+                                   {"schema": {"type": "object"}, "parallel": True, "extra": 1}])
+def test_text_samplings_tool_calls_are_checked(calls):
+    """Probe JD's ``TextSampling.tool_calls`` (a chat's ``ask`` in Python) was read unchecked: 5 raised
+    TypeError and a missing key KeyError from ``validate()``; ``{"schema": ...}`` alone passed it and raised
+    KeyError 'parallel' when the answer's grammar was built; ``"yes"`` was read by its truth."""
+    with pytest.raises(UsageError, match="tool_calls"):
+        TextSampling(json_schema={"type": "object"}, tool_calls=calls).validate()
+
+
+def test_text_samplings_tool_calls_as_the_server_gives_them():
+    TextSampling(json_schema={"type": "object"}, tool_calls={"schema": {"type": "object"}, "parallel": False}).validate()

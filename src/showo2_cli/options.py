@@ -276,6 +276,12 @@ class TextSampling:
         check_flag("strict_schema", self.strict_schema)
         if self.tool_calls is not None and self.json_schema is None:
             raise UsageError("tool_calls are held beside a json_schema: give one")
+        if self.tool_calls is not None and (not isinstance(self.tool_calls, dict)
+                                            or set(self.tool_calls) != {"schema", "parallel"}):
+            raise UsageError("tool_calls must be {'schema': a call's JSON schema, 'parallel': True or False}, got "
+                             f"{given(self.tool_calls)}")  # (5, {} or a key missing raised TypeError/KeyError)
+        if self.tool_calls is not None:
+            check_flag("tool_calls['parallel']", self.tool_calls["parallel"])
         if self.json_schema is not None:
             from .structured import check_schema
 
