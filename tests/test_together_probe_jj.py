@@ -11,6 +11,7 @@ import pytest
 import showo2_cli
 from showo2_cli.errors import UsageError
 from showo2_cli.options import TextSampling
+from showo2_cli.serve_config import ServerConfig
 from showo2_cli.tokenizer import load_tokenizer
 
 DEMO = Path(showo2_cli.__file__).parent / "assets" / "demo"
@@ -71,3 +72,25 @@ def test_text_samplings_tool_calls_are_checked(calls):
 
 def test_text_samplings_tool_calls_as_the_server_gives_them():
     TextSampling(json_schema={"type": "object"}, tool_calls={"schema": {"type": "object"}, "parallel": False}).validate()
+
+
+@pytest.mark.parametrize("name", list(ServerConfig.LIMITS))
+def test_a_server_limit_of_none_is_refused(name):
+    """``ServerConfig``'s limits went through ``check_int``, which lets None pass (an option not given):
+    ``server_for(model, ServerConfig(parallel=2, max_num_batched_tokens=None))`` started, and a request
+    arriving while another decoded was a 500 ("internal error (TypeError)", both requests); max_queue and
+    max_tokens None the same from the first request."""
+    with pytest.raises(UsageError, match=f"^{name} must be a whole number between .* got None$"):
+        ServerConfig(**{name: None}).validate()
+
+
+def test_serve_says_the_flex_refusal_in_its_own_words(capsys, tmp_path):
+    """Probe JD moved the refusal of flex beside --parallel into the block that renames ServerConfig's
+    fields to options: "parallel answers" became "--parallel answers (--parallel above 1) ..."."""
+    from showo2_cli.cli import main
+
+    code = main(["serve", "--model", str(tmp_path / "nowhere"), "--attn", "flex", "--parallel", "2", "--port", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == "showo2: error: parallel answers (--parallel above 1) need attention sdpa or eager (--attn), not " \
+                  "flex\n", err

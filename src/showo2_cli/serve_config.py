@@ -76,6 +76,9 @@ class ServerConfig:
             raise UsageError(f"allow_origins must be a tuple of *, null or scheme://host[:port] (no path), got "
                              f"{short(origins)}")
         for name, (low, high) in self.LIMITS.items():
+            if getattr(self, name) is None:  # (check_int lets None pass, an option not given; here every limit has a
+                # value: None failed the first request that compared it, max_num_batched_tokens=None every answer)
+                raise UsageError(f"{name} must be a whole number between {low} and {high}, got None")
             check_int(name, getattr(self, name), low, high)
         for name in ("request_timeout", "keep_alive_timeout"):
             seconds = getattr(self, name)

@@ -99,9 +99,10 @@ def serve(
                           keep_alive_timeout=timeout_keep_alive)
     try:
         config.validate()
-        config.check_attention(runtime.attn if runtime is not None else "sdpa")  # (before the model loads)
     except UsageError as e:
         raise UsageError(rename_options(str(e), ServerConfig.OPTIONS)) from None
+    # before the model loads; its message names the options already (renamed, it said "--parallel answers")
+    config.check_attention(runtime.attn if runtime is not None else "sdpa")
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
