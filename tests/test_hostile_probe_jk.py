@@ -7,8 +7,12 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
+
 import showo2_cli
 from showo2_cli import tokenizer as tokenizer_module
+from showo2_cli.errors import UsageError
+from showo2_cli.serve_config import ServerConfig
 from showo2_cli.tokenizer import load_tokenizer
 
 DEMO_TOKENIZER = next(p.parent for p in (Path(showo2_cli.__file__).parent / "assets" / "demo").rglob("tokenizer.json"))
@@ -45,3 +49,14 @@ def test_two_tokenizer_loads_in_threads_give_stdout_back(monkeypatch):
     finally:
         os.dup2(keep, 1)
         os.close(keep)
+
+
+@pytest.mark.parametrize("name", sorted(ServerConfig.LIMITS))
+def test_a_limit_of_none_is_refused_before_the_server_starts(name):
+    """``ServerConfig(max_num_batched_tokens=None)`` (or any other limit) passed ``validate``: ``parallel=None``
+    raised TypeError in ``create_app``, the others answered 500 ("internal error (TypeError)") to requests."""
+    from showo2_cli.serve import create_app
+
+    low, high = ServerConfig.LIMITS[name]
+    with pytest.raises(UsageError, match=rf"^{name} must be a whole number between {low} and {high}, got None$"):
+        create_app(None, ServerConfig(**{name: None}))
