@@ -35,6 +35,7 @@ from .options import (
     seed_for,
     short,
 )
+from .value_checks import check_flag
 
 #: Largest noise tensor accepted, in elements (a 4096 x 4096 latent video of 257 frames is less).
 MAX_NOISE_ELEMENTS = 1 << 31
@@ -291,10 +292,25 @@ def plan_outputs(kind: str, output: str | os.PathLike | None, prompts: list[str]
     if n is None:
         raise UsageError(f"n must be a whole number between 1 and {MAX_OUTPUTS}, got None")
     check_seed(seed, "seed")  # (-5 named the files after seed 2^63-5, which no run uses)
+    check_flag("overwrite", overwrite)
+    check_flag("save_latents", save_latents)
+    for name, given in (("prompts", prompts), ("indices", indices)):  # (a text was planned a file a character)
+        if isinstance(given, (str, bytes)) or not isinstance(given, (list, tuple)):
+            raise UsageError(f"{name} must be a list, got {short(repr(given))}")
+    if total_jobs is not None and (isinstance(total_jobs, bool) or not isinstance(total_jobs, int) or total_jobs < 1):
+        raise UsageError(f"total_jobs must be None or a whole number of at least 1, got {short(repr(total_jobs))}")
     total = len(prompts) * n if total_jobs is None else total_jobs
     if max(total, len(prompts) * n) > MAX_OUTPUTS:  # before a plan is made: ~1 KB each
         raise UsageError(f"{max(total, len(prompts) * n):,} outputs ({len(prompts):,} prompts x {n}) are more than "
                          f"one run makes ({MAX_OUTPUTS:,}): split the prompts into several runs")
+    for p in prompts:  # (None was planned as a file named 'none-1.png')
+        check_text(p, "prompt")
+    if len(indices) != len(prompts):
+        raise UsageError(f"indices must give one job index a prompt: {len(indices):,} for {len(prompts):,} prompts")
+    for i in indices:  # job i * n + k of the run's total (-1 named a file 'x--01.png', 1.5 raised ValueError)
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= (total - n) // n:
+            raise UsageError(f"indices must be whole numbers from 0 to {(total - n) // n} (the prompt's place in the "
+                             f"run of {total:,} outputs, {n} a prompt), got {short(repr(i))}")
     plans = []
     taken: set[Path] = set()  # default names already given to an earlier output of this run
     folders = M.OutputFolders(overwrite)  # one listing of each folder, not a dozen stat calls a name

@@ -35,6 +35,9 @@ def check_output_name(path: PathLike) -> None:
         raise UsageError("the output path is empty: give a file name")
     if raw == "-":  # standard output, as '-' is standard input for --prompts-file: never a file named '-'
         raise UsageError("cannot write to standard output ('-'): give a file name (./- for a file named '-')")
+    if "\x00" in raw:  # (os.open's ValueError "embedded null byte" when the file was made)
+        shown = quote_path(raw.replace("\x00", "\\0"))
+        raise OutputError(f"cannot write {shown}: a path cannot hold a NUL character")
     try:
         folder = Path(raw).is_dir()
     except (OSError, ValueError):  # a name too long, a NUL: check_output_path says what is wrong
