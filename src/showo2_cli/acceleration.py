@@ -261,12 +261,10 @@ def _nf4_by_rows(param):
 
 
 def compile_network(net: nn.Module) -> None:
-    """``torch.compile`` the LLM forward and every flow-head block in place (``nn.Module.compile``:
-    the modules keep their names and weights; the first call of each shape compiles). A flow head
-    left out on load (``load(heads=)``) is not there to compile."""
-    kw = compile_options(net.attn, net.image_embedder_gen.proj.weight.device)
-    net.showo.model.compile(**kw)
-    compile_flow_head(net, **kw)
+    """``torch.compile`` the LLM forward and every flow-head block in place (``--compile``:
+    :meth:`~showo2_cli.modeling.showo2.Showo2Model.compile`, the modules keeping their names and
+    weights; the first call of each shape compiles); a flow head loaded later is compiled alike."""
+    net.compile(**compile_options(net.attn, net.image_embedder_gen.proj.weight.device))
 
 
 def compile_options(attn: str, device) -> dict:
@@ -276,17 +274,6 @@ def compile_options(attn: str, device) -> dict:
     itself, and torch's CPU flex template does not build with the dynamic shapes a second shape
     would bring: ``--attn flex --compile`` ended in a C++ compile error)."""
     return {"dynamic": False} if attn == "flex" and torch.device(device).type == "cpu" else {}
-
-
-def compile_flow_head(net: nn.Module, **kw) -> None:
-    """``torch.compile`` each flow-head block of ``net`` (the network, or the modules of a head
-    loaded later under their names in it), if loaded; ``kw``: :func:`compile_options`."""
-    from .modeling.parts import NotLoaded
-
-    if not isinstance(net.diffusion_head_a, NotLoaded):
-        for block in net.diffusion_head_a:
-            block.compile(**kw)
-        net.diffusion_head_b.compile(**kw)
 
 
 def weight_bytes(module: nn.Module) -> int:

@@ -14,6 +14,22 @@ from .errors import ModelError
 from .pipelines.arguments import pipeline_config
 
 
+def compile_as_wrapped(network, value) -> None:
+    """``pipe.network = torch.compile(network, ...)``: the wrapper's compile applies to ``forward``, which
+    Show-o2 never calls (sampling and captions call the network's methods, which the wrapper hands to
+    the module as they are), so its compiler compiles the parts the network runs instead
+    (``Showo2Model.compile_parts``: the LLM's forward and each flow-head block, in place); the plain
+    network assigned back is uncompiled again, as in diffusers."""
+    from .modeling.bookkeeping import PartCompiler
+
+    context = getattr(value, "dynamo_ctx", None) if value is not network else None
+    current = network.part_compiler
+    if context is not None and (current is None or current.context is not context):
+        network.compile_parts(PartCompiler(context=context))
+    elif value is network and current is not None and current.context is not None:
+        network.compile_parts(None)  # (a compile from --compile or .compile() stays)
+
+
 class PartsMixin:
     """A pipeline's components and progress bars; the pipeline holds ``model`` (the loaded
     :class:`~showo2_cli.loading.Showo2`), ``_loaded_parts``, ``sampler``, ``default_shift`` and
@@ -23,8 +39,8 @@ class PartsMixin:
     @property
     def network(self):
         """The Show-o2 network (LLM, dual path, flow head); diffusers' name for it is ``transformer``.
-        Assignable, as diffusers' components are: ``pipe.network = torch.compile(pipe.network)``,
-        or a module that wraps the network (``_orig_mod``)."""
+        Assignable, as diffusers' components are: ``pipe.network = torch.compile(pipe.network, ...)``
+        compiles the parts the pipeline runs with the wrapper's arguments (:func:`compile_as_wrapped`)."""
         return self.model.network
 
     @network.setter
@@ -38,6 +54,7 @@ class PartsMixin:
         if inner is not getattr(self.model.network, "_orig_mod", self.model.network) and \
                 inner.spec != self.spec:  # another network must be one of the same model
             raise ValueError("the network is of another model than this pipeline's (its spec differs)")
+        compile_as_wrapped(inner, value)
         self.model.network = value
         self.model.network_given = self._given("network", inner)
 

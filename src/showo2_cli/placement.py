@@ -197,8 +197,8 @@ class HeadLoader:
     @cpu_by_default  # as load: a caller's default device ("cuda", "meta") made peft's LoRA layers there
     @torch.inference_mode(False)  # a caller's inference mode would make the weights inference tensors
     def __call__(self, network, heads: tuple[str, ...], judged: bool = False) -> None:
-        from .acceleration import compile_flow_head, compile_options
         from .footprint import in_gb, network_bytes
+        from .modeling.bookkeeping import compiled_parts
         from .modeling.parts import NotLoaded
         from .modeling.showo2 import HEADS
         from .runtime import check_memory
@@ -241,8 +241,9 @@ class HeadLoader:
             # load's dtype), moved and quantized in turn; else assigned from the mapped file, as a load's
             place_from_files(holder, names, self.weights, state, self.dtype, self.device, self.adapters, quantize)
             del state
-            if runtime is not None and runtime.compile and hasattr(holder, "diffusion_head_a"):
-                compile_flow_head(holder, **compile_options(network.attn, self.device))
+            if network.part_compiler is not None:  # compiled as the network was (--compile, torch.compile)
+                for part in compiled_parts(holder):
+                    network.part_compiler(part)
             here = network.image_embedder_gen.proj.weight  # where and how the network is now
             if here.device != self.device:
                 holder.to(device=here.device)

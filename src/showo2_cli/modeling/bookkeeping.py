@@ -18,6 +18,33 @@ from .parts import NotLoaded
 HEADS = {"lm_head": ("showo.lm_head",), "flow_head": ("diff_proj", "diffusion_head_a", "diffusion_head_b")}
 
 
+class PartCompiler:
+    """Compiles one part of the network in place (its ``_compiled_call_impl``, as ``nn.Module.compile``):
+    with ``torch.compile``'s ``args`` and ``kwargs``, or with ``context``, the compiler a
+    ``torch.compile(network, ...)`` wrapper holds (its dynamo context, which compiles a callable as
+    ``torch.compile`` with the wrapper's own arguments does)."""
+
+    def __init__(self, args: tuple = (), kwargs: dict | None = None, context=None):
+        self.args, self.kwargs, self.context = tuple(args), dict(kwargs or {}), context
+
+    def __call__(self, module: nn.Module) -> None:
+        if self.context is not None:
+            module._compiled_call_impl = self.context(module._call_impl)
+        else:
+            nn.Module.compile(module, *self.args, **self.kwargs)
+
+
+def compiled_parts(holder: nn.Module) -> list[nn.Module]:
+    """The parts of ``holder`` (the network, or a head's modules under their names in it) that a
+    compile compiles: the LLM's forward and each flow-head block, those that are loaded."""
+    llm = getattr(getattr(holder, "showo", None), "model", None)  # (a holder of the lm_head alone has none)
+    parts = [llm] if llm is not None else []
+    head = getattr(holder, "diffusion_head_a", None)
+    if head is not None and not isinstance(head, NotLoaded):
+        parts += [*head, holder.diffusion_head_b]
+    return parts
+
+
 class BookkeepingMixin:
     """The network's state around its computation; the network holds ``spec``, ``showo``
     (Qwen2.5), ``und_trans``, ``image_embedder_gen``, ``head_rotary`` and the flow head's modules."""
@@ -27,6 +54,8 @@ class BookkeepingMixin:
     #: Loads a head left out on load from the weights' files, on first use (``placement.HeadLoader``,
     #: set by ``loading.load``); None: a head left out stays out (calling it is a ModelError).
     head_loader = None
+    #: What compiled the network (:meth:`compile`), so that a head loaded later is compiled alike; None: not compiled.
+    part_compiler: PartCompiler | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -37,6 +66,22 @@ class BookkeepingMixin:
         if self.execution_device is not None:
             return self.execution_device
         return self.image_embedder_gen.proj.weight.device
+
+    def compile(self, *args, **kwargs) -> None:
+        """``nn.Module.compile``'s call, applied where the network runs: the network has no ``forward``
+        (sampling and captions call its methods), so ``torch.compile``'s arguments go to the LLM's
+        forward and each flow-head block, in place, and to a flow head loaded later (``--compile``)."""
+        self.compile_parts(PartCompiler(args, kwargs))
+
+    def compile_parts(self, compiler: PartCompiler | None) -> None:
+        """Compile the network's parts (:func:`compiled_parts`) with ``compiler``, now and for a head
+        loaded later; None undoes a compile (the parts run as they are again)."""
+        for part in compiled_parts(self):
+            if compiler is None:
+                part._compiled_call_impl = None
+            else:
+                compiler(part)
+        self.part_compiler = compiler
 
     def set_gradient_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in the backward instead of keeping them (training only): every
