@@ -60,6 +60,7 @@ from .pipelines.arguments import (
     check_output_type,
     check_pretrained_kwargs,
     device_from_map,
+    generation_settings,
     lora_names,
     negative_prompts,
     outputs_as,
@@ -411,9 +412,9 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin, PartsMixin):
     # ---- understanding ----------------------------------------------------------------------
     @one_call_at_a_time
     @cpu_by_default
-    def caption(self, image, question: str | list[str] | None = None, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    def caption(self, image, question: str | list[str] | None = None, *, max_new_tokens: int | None = None,
                 temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-                seed: int | None = None, streamer=None, do_sample: bool | None = None,
+                seed: int | None = None, streamer=None, do_sample: bool | None = None, generation_config=None,
                 **options) -> str | list[str]:
         """Answer a question (``None``: describe it) about an image or a video (a path, a PIL image, an array or
         tensor, or a video's frames as a list of images); a list of questions gives a list of answers. ``streamer``:
@@ -421,7 +422,9 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin, PartsMixin):
         ``generate(streamer=)`` feeds it, for one question; ``stop_strings`` (a string or a list) end each answer where
         one first appears, as transformers' ``generate(stop_strings=)``. ``do_sample`` as transformers' ``generate``:
         decoding is greedy unless it is True or ``temperature`` > 0 (``do_sample=True`` alone samples at temperature
-        1.0). Other ``CaptionOptions`` fields (``frames``, ``mask_mode``, ``template``, ``size``, ...) pass through."""
+        1.0). ``max_new_tokens``: None is the model's 300. ``generation_config``: a transformers ``GenerationConfig``
+        whose settings (those it sets apart from transformers' defaults) apply unless the call gives them, as in
+        ``generate``. Other ``CaptionOptions`` fields (``frames``, ``mask_mode``, ``template``, ``size``, ...) pass through."""
         check_streamer(streamer)
         try:  # a refused call ends the streamer too (caption() ends it from here on): a reader would wait
             if question is not None and not isinstance(question, (str, list, tuple)):
@@ -429,7 +432,17 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin, PartsMixin):
             questions = [] if question is None else [question] if isinstance(question, str) else list(question)
             if question is not None and not questions:  # a list of no questions would get one answer
                 raise ValueError("question is an empty list: pass None to have it described, or the questions")
-            check_kwargs("caption", options, {f.name for f in fields(CaptionOptions)} - {"questions"}, GENERATE_HINTS)
+            allowed = {f.name for f in fields(CaptionOptions)} - {"questions"}
+            check_kwargs("caption", options, allowed, GENERATE_HINTS)
+            if generation_config is not None:  # (its settings under the call's own, as generate takes them)
+                named = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                         "top_k": top_k, "do_sample": do_sample}
+                settings = generation_settings(generation_config, {**options, **named}, allowed | named.keys())
+                named = {k: settings.pop(k) for k in named}
+                options = settings
+                max_new_tokens, temperature, top_p, top_k, do_sample = named.values()
+            if max_new_tokens is None:
+                max_new_tokens = DEFAULT_MAX_NEW_TOKENS
             temperature = sampling_temperature(do_sample, temperature)
             opts = CaptionOptions(questions=questions, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_p=top_p, top_k=top_k, seed=seed, **options)

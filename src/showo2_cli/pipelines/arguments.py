@@ -94,7 +94,34 @@ GENERATE_HINTS = {
     "num_return_sequences": "call again with another seed",
     "stop": "pass stop_strings= (transformers' name: a string or a list of them)",
     "questions": "pass question= (a list for several)",
+    "pad_token_id": "each answer is decoded as a sequence of its own, with no padding: leave it out",
+    "eos_token_id": "an answer ends at the model's end-of-turn token; pass stop_strings= to end it earlier",
+    "no_repeat_ngram_size": "pass repetition_penalty= (e.g. 1.1) to discourage repeats",
 }
+#: what ``GenerationConfig.to_diff_dict()`` holds besides settings
+_CONFIG_RECORDS = ("transformers_version",)
+
+
+def generation_settings(config, given: dict, allowed) -> dict:
+    """transformers' ``generate(generation_config=)`` for a caption: the settings ``config`` (a
+    ``GenerationConfig``) holds apart from transformers' defaults, under ``given``, the call's own
+    keywords (None: not given), which win as in ``generate``; one it does not take (``allowed``) is
+    a TypeError naming it and what to pass instead. Returns ``given`` completed."""
+    from transformers import GenerationConfig
+
+    if not isinstance(config, GenerationConfig):
+        raise TypeError(f"generation_config must be a transformers GenerationConfig, got {type(config).__name__}")
+    out = dict(given)
+    for key, value in config.to_diff_dict().items():
+        if key in _CONFIG_RECORDS or key.startswith("_"):
+            continue
+        if key not in allowed:
+            hint = GENERATE_HINTS.get(key)
+            raise TypeError(f"generation_config sets {key}={value!r}, which caption() does not take"
+                            + (f": {hint}" if hint else ""))
+        if out.get(key) is None:
+            out[key] = value
+    return out
 
 _EMBEDS = "Show-o2 has no separate text encoder (its network reads the prompt's tokens): pass prompt= / negative_prompt="
 _ADAPTERS = ("LoRA adapters are merged into the weights when loaded: give the scale as load_lora_weights(..., "
