@@ -69,3 +69,17 @@ def test_assigning_the_plain_network_back_undoes_the_wrapper(plain):
     assert np.array_equal(_run(pipe), plain)
     assert not any(_compiled(m) for m in net.modules())  # the flow head loaded later is not compiled either
 
+
+
+@pytest.mark.parametrize(("first", "then"), [("model", "sequential"), ("sequential", "model")])
+def test_enabling_the_other_offload_replaces_the_hooks(plain, first, then):
+    """diffusers' enable_*_cpu_offload takes the hooks there are off first (remove_all_hooks), so the
+    other one may be enabled directly (was a UsageError: 'remove_all_hooks() first')."""
+    pipe = Showo2Pipeline.from_pretrained("demo")
+    enable = {"model": pipe.enable_model_cpu_offload, "sequential": pipe.enable_sequential_cpu_offload}
+    enable[first]()
+    enable[then]()
+    assert pipe.offload == pipe.model.offload == then
+    sequential_weights = next(pipe.network.showo.model.layers[0].parameters()).device.type == "meta"
+    assert sequential_weights == (then == "sequential")  # accelerate's hooks of that mode hold the weights
+    assert np.array_equal(_run(pipe), plain)

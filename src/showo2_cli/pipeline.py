@@ -270,19 +270,21 @@ class Showo2Pipeline(LoraLoaderMixin, MemoryTogglesMixin, PartsMixin):
         return self
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device | None = None) -> None:
-        """Weights in CPU memory; the network or the VAE on the device while it runs (accelerate)."""
+        """Weights in CPU memory; the network or the VAE on the device while it runs (accelerate). A
+        sequential offload enabled before is replaced, as in diffusers."""
         self._offload("model", gpu_id, device)
 
     def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device | None = None) -> None:
-        """Weights in CPU memory; each layer on the device only for its own forward (least memory)."""
+        """Weights in CPU memory; each layer on the device only for its own forward (least memory). A
+        model offload enabled before is replaced, as in diffusers."""
         self._offload("sequential", gpu_id, device)
 
     @one_call_at_a_time
     def _offload(self, mode: str, gpu_id: int | None, device) -> None:
         if self.offload == mode:  # again: nothing to change (diffusers allows the repeat)
             return
-        if self.offload != "none":
-            raise UsageError(f"{self.offload} CPU offload is already enabled; remove_all_hooks() first to change it")
+        if self.offload != "none":  # the other mode: its hooks off first, as diffusers' remove_all_hooks() there
+            disable_offload(self.model)
         with python_names(DEVICE_NAMES):
             dev = pick_device(str(device or "auto"))
             if gpu_id is not None and dev.startswith("cuda"):
