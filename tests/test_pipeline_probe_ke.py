@@ -83,3 +83,12 @@ def test_enabling_the_other_offload_replaces_the_hooks(plain, first, then):
     sequential_weights = next(pipe.network.showo.model.layers[0].parameters()).device.type == "meta"
     assert sequential_weights == (then == "sequential")  # accelerate's hooks of that mode hold the weights
     assert np.array_equal(_run(pipe), plain)
+
+
+@pytest.mark.parametrize(("name", "says"), [("strength", "image-to-image is not offered"),
+                                            ("mask_image", "inpainting is not offered")])
+def test_image_to_image_arguments_say_what_image_means_here(name, says):
+    """diffusers' img2img and inpaint arguments: image= is a video's first frame here (was the name alone)."""
+    pipe = Showo2Pipeline.from_pretrained("demo")
+    with pytest.raises(TypeError, match=f"'{name}'.*{says}.*first frame"):
+        pipe("a red circle", num_inference_steps=3, **{name: 0.5})

@@ -141,6 +141,8 @@ CALL_HINTS = {
     "guidance_scale_2": "Show-o2 has one network and one guidance scale: pass guidance_scale=",
     "ip_adapter_image": "IP adapters are not offered; image= is a video's first frame (image to video)",
     "last_image": "a last frame is not offered: image= is the first frame",
+    "strength": "image-to-image is not offered: image= is a video's first frame (image to video: num_frames=)",
+    "mask_image": "inpainting is not offered: image= is a video's first frame (image to video: num_frames=)",
     "image_embeds": "pass image= (the network embeds it itself)",
     "callback": "pass callback_on_step_end= (diffusers' current name)",
     "eta": "the samplers are deterministic ODE solvers (no eta)",
