@@ -92,3 +92,19 @@ def test_image_to_image_arguments_say_what_image_means_here(name, says):
     pipe = Showo2Pipeline.from_pretrained("demo")
     with pytest.raises(TypeError, match=f"'{name}'.*{says}.*first frame"):
         pipe("a red circle", num_inference_steps=3, **{name: 0.5})
+
+
+@pytest.mark.parametrize("how", ["wrapper", "in_place"])
+def test_a_copy_of_a_compiled_pipeline_is_compiled(how):
+    import copy
+    import pickle
+
+    pipe = Showo2Pipeline.from_pretrained("demo")
+    if how == "wrapper":
+        pipe.transformer = torch.compile(pipe.transformer, backend="eager")
+    else:
+        pipe.transformer.compile(backend="eager")
+    for twin in (copy.deepcopy(pipe), pickle.loads(pickle.dumps(pipe))):
+        net = getattr(twin.network, "_orig_mod", twin.network)
+        assert net is not getattr(pipe.network, "_orig_mod", pipe.network)
+        assert _compiled(net.showo.model)  # (nn.Module leaves the compiled call out of a copy's state)

@@ -83,6 +83,13 @@ class BookkeepingMixin:
                 compiler(part)
         self.part_compiler = compiler
 
+    def __setstate__(self, state: dict) -> None:
+        """A copy (``copy.deepcopy``, pickle) compiled as its original: ``nn.Module`` drops the compiled
+        calls from a copy's state, and the parts are compiled again here (compiling itself waits for the first call)."""
+        super().__setstate__(state)
+        if self.part_compiler is not None:
+            self.compile_parts(self.part_compiler)
+
     def set_gradient_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in the backward instead of keeping them (training only): every
         Qwen2.5 decoder layer and SigLIP layer (transformers' own checkpointing) and every flow-head
