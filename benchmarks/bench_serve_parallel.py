@@ -21,6 +21,14 @@ all of them and those while the long prompts run) and each long request's time t
 
     python benchmarks/bench_serve_parallel.py --stall --model demo --budgets 0 512 --rounds 2
 
+``--image-stall``: an image generation (``/v1/images/generations``, ``--image-steps`` steps, seed 7) beside
+the answers, for each ``--budgets`` value in turn (0: the image's sampling runs whole, as before),
+interleaved over ``--rounds``: the image alone (its latency and pixels); the image sent while ``--streams``
+streamed answers are decoding (the streams' gaps during it, its latency, its pixels equal to alone?); and
+a short streamed chat sent 0.3 s after an image (its time to first piece, the image's latency).
+
+    python benchmarks/bench_serve_parallel.py --image-stall --model demo --budgets 0 512 --rounds 2
+
 ``--agreement N``: no server; N greedy and N seeded answers (max 48 tokens), each decoded alone
 and then in groups of 8 in one decoding batch, counted: answers whose tokens all equal their
 answer alone, and the first differing step of the others.
@@ -226,6 +234,71 @@ def stall_round(model, parallel: int, budget: int, streams: int, tokens: int, vi
             "long_ttft_s": ttft, "long_window_s": round(window1 - window0, 3)}
 
 
+def image(url: str, steps: int, out: dict) -> None:
+    """POST an image request: ``out`` gets its latency and its first image's base64."""
+    import httpx
+
+    t = time.perf_counter()
+    r = httpx.post(url + "/v1/images/generations", json={"prompt": "a red circle on a blue square", "steps": steps,
+                                                         "seed": 7}, timeout=600)
+    r.raise_for_status()
+    out.update(seconds=round(time.perf_counter() - t, 3), b64=r.json()["data"][0]["b64_json"])
+
+
+def image_round(model, parallel: int, budget: int, streams: int, tokens: int, steps: int) -> dict:
+    srv, thread, sock, url = start(model, parallel, budget)
+    end_id = model.tokens.end
+    try:
+        ask(url, 0, end_id)  # warm-up (the flow head loads on the first image)
+        image(url, steps, {})
+        alone: dict = {}
+        image(url, steps, alone)
+        # the image sent while the streams decode
+        times = [[] for _ in range(streams)]
+        firsts = [threading.Event() for _ in range(streams)]
+        bodies = [{**body(i, end_id), "max_tokens": tokens, "logit_bias": visible(model)} for i in range(streams)]
+        beside: dict = {}
+        with cf.ThreadPoolExecutor(streams) as ex:
+            futures = [ex.submit(stream, url, b, t, f) for b, t, f in zip(bodies, times, firsts, strict=True)]
+            while not all(f.is_set() for f in firsts):
+                for f in futures:
+                    if f.done():
+                        f.result()
+                        raise RuntimeError("a stream ended before its first piece: make --tokens longer")
+                time.sleep(0.01)
+            time.sleep(0.5)
+            window0 = time.perf_counter()
+            image(url, steps, beside)
+            window1 = time.perf_counter()
+            ended_early = sum(f.done() for f in futures)
+            for f in futures:
+                f.result()
+        # a chat sent 0.3 s after an image
+        during: dict = {}
+        chat_times: list = []
+        worker = threading.Thread(target=image, args=(url, steps, during))
+        worker.start()
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        stream(url, {**body(1, end_id), "max_tokens": 8, "logit_bias": visible(model)}, chat_times)
+        chat = {"ttft_s": round(chat_times[0] - t0, 3), "total_s": round(time.perf_counter() - t0, 3)}
+        worker.join()
+    finally:
+        srv.should_exit = True
+        thread.join(60)
+        sock.close()
+    every = [g for t in times for g in gaps_of(t)]
+    inside = [g for t in times for g in gaps_of(t, window0, window1)]
+    return {"parallel": parallel, "budget": budget, "streams": streams, "image_steps": steps,
+            "image_alone_s": alone["seconds"], "image_beside_streams_s": beside["seconds"],
+            "image_beside_chat_s": during["seconds"],
+            "same_pixels": beside["b64"] == alone["b64"] and during["b64"] == alone["b64"],
+            "worst_gap_s": round(max(every), 3), "worst_gap_during_image_s": round(max(inside), 3) if inside else None,
+            "median_gap_during_image_s": round(statistics.median(inside), 3) if inside else None,
+            "pieces_during_image": len(inside), "streams_ended_during_image": ended_early,
+            "chat_during_image": chat}
+
+
 def agreement(model, n: int, group: int = 8, full_length: bool = False) -> dict:
     """Answers decoded alone and together (groups of ``group``): how many are the same tokens."""
     from showo2_cli.chat import Conversation
@@ -282,6 +355,9 @@ def main() -> int:
     p.add_argument("--streams", type=int, default=3, help="--stall: answers decoding meanwhile")
     p.add_argument("--tokens", type=int, default=400, help="--stall: their max_tokens (long enough to outlast the long prompts)")
     p.add_argument("--video", help="--stall: a video file asked about after the long text")
+    p.add_argument("--image-stall", action="store_true",
+                   help="measure the answers' gaps and a chat's time to first piece while an image is generated")
+    p.add_argument("--image-steps", type=int, default=30, help="--image-stall: the image's steps")
     p.add_argument("--agreement", type=int, metavar="N", help="count answers equal alone and together instead")
     args = p.parse_args()
     import torch
@@ -297,6 +373,13 @@ def main() -> int:
                 json.dump(out, f, indent=1)
         return 0
     rounds = []
+    if args.image_stall:
+        for _ in range(args.rounds):
+            for budget in args.budgets:
+                r = image_round(model, max(args.parallel), budget, args.streams, args.tokens, args.image_steps)
+                print(json.dumps(r), flush=True)
+                rounds.append(r)
+        args.parallel = []
     if args.stall:
         for _ in range(args.rounds):
             for budget in args.budgets:
@@ -310,6 +393,7 @@ def main() -> int:
             print(json.dumps({k: v for k, v in r.items() if k != "different"}), flush=True)
             rounds.append(r)
     out = {"model": args.model, "requests": args.requests, "full_length": args.full_length, "stall": args.stall,
+           "image_stall": args.image_stall,
            "rounds": rounds,
            "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                        "threads": torch.get_num_threads()}}

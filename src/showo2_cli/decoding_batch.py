@@ -44,6 +44,39 @@ def let_others_step() -> None:
         batch.let_step()
 
 
+def between_sampling_steps() -> None:
+    """A pause between two steps of this thread's image or video generation (and between its
+    outputs' decodes): the threads waiting for their turn with the model (a new request's media and
+    prompt) have it first, then the answers decoding in its batch take one step, where chunked
+    prefill is on (:attr:`DecodingBatch.prompt_budget`); else nothing."""
+    batch = CURRENT.get()
+    if batch is not None and batch.prompt_budget > 0 and (batch.rows or batch.arriving):
+        batch.let_step(let_in=True)
+
+
+@contextmanager
+def generation_turn():
+    """One image or video generation at a time in this thread's batch (none: nothing to wait for):
+    another one waits here until it ends, giving its turn with the model back meanwhile, so the
+    generations between whose steps the answers decode run one after the other, not interleaved
+    with each other (each would finish as late as the last)."""
+    batch = CURRENT.get()
+    if batch is None:
+        yield
+        return
+    with batch.lock:
+        while batch.generating is not None:
+            batch.lock.notify_all()
+            batch.lock.wait()
+        batch.generating = threading.current_thread()
+    try:
+        yield
+    finally:
+        with batch.lock:
+            batch.generating = None
+            batch.lock.notify_all()
+
+
 class Row:
     """One answer in the batch: its next token in, its next logits out."""
 
@@ -74,6 +107,9 @@ class DecodingBatch:
         self.prompt_budget = prompt_budget
         self.lock = threading.Condition(threading.RLock())
         self.queued = 0  # threads waiting for their turn (:meth:`turn`): the step lets them in first
+        self.arriving = 0  # of them, those in :meth:`turn` (the others wait in :meth:`let_step`)
+        self.entered = 0  # turns taken so far
+        self.generating: threading.Thread | None = None  # the thread in its :func:`generation_turn`
         self._count = threading.Lock()
         self.rows: list[Row] = []
         self.cache = None  # DynamicCache (B, kv_heads, W, d) per layer, rows in ``self.rows`` order
@@ -89,11 +125,15 @@ class DecodingBatch:
         waiting prompt before the next decoding step)."""
         with self._count:
             self.queued += 1
+            self.arriving += 1
         try:
             self.lock.acquire()
         finally:
             with self._count:
                 self.queued -= 1
+                self.arriving -= 1
+        self.entered += 1
+        self.lock.notify_all()  # a generation letting this thread in goes on once it waits or leaves
         try:
             yield
         finally:
@@ -152,16 +192,25 @@ class DecodingBatch:
         self.cache = cache
 
     # ---- the step -------------------------------------------------------------------------------
-    def let_step(self) -> None:
+    def let_step(self, let_in: bool = False) -> None:
         """Between two chunks of a prompt (its thread holds the model): the answers being decoded
         take one step, and each chooses its next token (its stream gets its piece) before the
         prompt goes on; meanwhile the prompt counts as a thread waiting for its turn, so the
         answers run no step of their own before its next chunk. A failing step is the answers'
-        error (they hear it, the batch empties), not the prompt's: its thread goes on."""
+        error (they hear it, the batch empties), not the prompt's: its thread goes on.
+
+        ``let_in`` (between two steps of a generation): first the threads waiting for their turn
+        now take it (each until it first gives the model back: its answer waiting for the step,
+        its prompt between two chunks, its end), so a request arriving during a long generation
+        has its prompt run and its answer decoding beside the others from the next step."""
         with self.lock:
             with self._count:
                 self.queued += 1
             try:
+                if let_in and self.arriving:
+                    target = self.entered + self.arriving
+                    while self.entered < target:
+                        self.lock.wait()
                 ran = False
                 while self.rows:
                     if all(r.token is not None for r in self.rows):

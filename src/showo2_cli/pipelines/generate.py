@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .. import media as M
+from ..decoding_batch import between_sampling_steps, generation_turn
 from ..errors import InputError, ModelError, UsageError, non_finite, short
 from ..loading import Showo2, require_model
 from ..options import GenerateOptions, check_prompts, seed_for
@@ -248,11 +249,19 @@ def _outputs_made(outputs, total: int) -> list[int] | None:
     return chosen
 
 
+def _generate(*args) -> list[Generated]:
+    """:func:`_generate_now` in this thread's generation turn: under ``serve --parallel``, one
+    generation at a time, between whose steps the other requests take theirs
+    (:func:`~showo2_cli.decoding_batch.between_sampling_steps`); elsewhere a plain call."""
+    with generation_turn():
+        return _generate_now(*args)
+
+
 @torch.no_grad()
-def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: bool, frames: int,
-              first_frame: torch.Tensor | None, indices: list[int] | None, progress: Progress,
-              on_result: OnResult | None = None, on_step: OnStep | None = None,
-              outputs: list[int] | None = None) -> list[Generated]:
+def _generate_now(model: Showo2, prompts: list[str], opts: GenerateOptions, video: bool, frames: int,
+                  first_frame: torch.Tensor | None, indices: list[int] | None, progress: Progress,
+                  on_result: OnResult | None = None, on_step: OnStep | None = None,
+                  outputs: list[int] | None = None) -> list[Generated]:
     spec, net, vae = model.spec, model.network, model.require_vae()
     tokenizer, tokens = model.require_tokenizer(), model.tokens
     h, w = opts.size
@@ -304,6 +313,7 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
                 return _keep_first_frame(z, first_frame) if ok else z
 
             reached[0] = i
+            between_sampling_steps()  # (serve --parallel: the answers decoding meanwhile take a step)
             progress("denoising", base + i, total_steps)
             try:
                 return kept(on_step(i, n, t, x)) if on_step is not None else None
@@ -322,6 +332,8 @@ def _generate(model: Showo2, prompts: list[str], opts: GenerateOptions, video: b
         done_steps += opts.steps - 1
         progress("decoding", 0, len(batch))
         for j, (prompt, i, _k) in enumerate(batch):
+            if j:
+                between_sampling_steps()
             pixels = vae.decode(latents[j:j + 1].to(vae.device), tiled=tiled)[0].cpu()
             arr = M.tensor_to_frames(pixels)
             seed = seeds[j] if rows is None else None  # given noise: no seed made this output
