@@ -11,6 +11,11 @@ answer's own: its sampling (logits processors, generator, seed), stop strings, g
 and cancellation happen on its thread between the steps, exactly as alone. An answer that ends
 leaves at once and frees its row.
 
+An image or video generation shares the model's turn the same way, its sampler step by step
+(:func:`between_sampling_steps`): between two of its steps the threads waiting for their turn run
+(a new request's prompt), then the answers take one step; one generation at a time
+(:func:`generation_turn`).
+
 The batch is cooperative: its :attr:`DecodingBatch.lock` is held by whichever thread uses the model
 (a job's media encoding, a prompt, an image generation, the batched step), and an answer waiting
 for the step gives it up. So the model never runs on two threads at once.

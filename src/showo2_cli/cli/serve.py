@@ -51,7 +51,8 @@ def serve(
         "--max-num-batched-tokens", help="With --parallel above 1: prompt positions run between two steps of the "
         "answers being decoded (chunked prefill, as vLLM's option): a long prompt runs in chunks of this many, the "
         "other answers taking one step after each, so they go on while it runs (an image's or a video's block "
-        "stays in one chunk). 0: a prompt runs whole while they wait.")] = ServerConfig.max_num_batched_tokens,
+        "stays in one chunk); an image's sampler likewise lets them (and waiting prompts) step between two of its "
+        "steps. 0: a prompt, and an image, runs whole while they wait.")] = ServerConfig.max_num_batched_tokens,
     max_tokens: Annotated[int, typer.Option(
         "--max-tokens", help="Largest max_tokens of a chat request (max_output_tokens of a response).")] = ServerConfig.max_tokens,
     max_n: Annotated[int, typer.Option("--max-n", help="Largest n (images) of an image request.")] = ServerConfig.max_n,
