@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import platform
@@ -186,6 +187,34 @@ def gaps_of(times: list[float], start: float | None = None, end: float | None = 
             if start is None or (b >= start and a <= end)]
 
 
+@contextlib.contextmanager
+def streams_decoding(model, url: str, streams: int, tokens: int):
+    """``streams`` streamed answers of ``tokens`` tokens decoding, in their stride: yields their
+    pieces' moments (a list each) and their futures; on exit, waits for them to end."""
+    end_id = model.tokens.end
+    times = [[] for _ in range(streams)]
+    firsts = [threading.Event() for _ in range(streams)]
+    bodies = [{**body(i, end_id), "max_tokens": tokens, "logit_bias": visible(model)} for i in range(streams)]
+    with cf.ThreadPoolExecutor(streams) as ex:
+        futures = [ex.submit(stream, url, b, t, f) for b, t, f in zip(bodies, times, firsts, strict=True)]
+        while not all(f.is_set() for f in firsts):  # every stream under way (or its error raised)
+            for f in futures:
+                if f.done():
+                    f.result()
+                    raise RuntimeError("a stream ended before its first piece: make --tokens longer")
+            time.sleep(0.01)
+        time.sleep(0.5)  # the streams in their stride
+        yield times, futures
+        for f in futures:
+            f.result()
+
+
+def stop(srv, thread, sock) -> None:
+    srv.should_exit = True
+    thread.join(60)
+    sock.close()
+
+
 def stall_round(model, parallel: int, budget: int, streams: int, tokens: int, video: str | None) -> dict:
     srv, thread, sock, url = start(model, parallel, budget)
     end_id = model.tokens.end
@@ -194,18 +223,7 @@ def stall_round(model, parallel: int, budget: int, streams: int, tokens: int, vi
         longs = long_bodies(model, video)
         for _, b in longs:  # warm-up (the video's decoding, the long text's shapes)
             stream(url, b, [])
-        times = [[] for _ in range(streams)]
-        firsts = [threading.Event() for _ in range(streams)]
-        bodies = [{**body(i, end_id), "max_tokens": tokens, "logit_bias": visible(model)} for i in range(streams)]
-        with cf.ThreadPoolExecutor(streams) as ex:
-            futures = [ex.submit(stream, url, b, t, f) for b, t, f in zip(bodies, times, firsts, strict=True)]
-            while not all(f.is_set() for f in firsts):  # every stream under way (or its error raised)
-                for f in futures:
-                    if f.done():
-                        f.result()
-                        raise RuntimeError("a stream ended before its first piece: make --tokens longer")
-                time.sleep(0.01)
-            time.sleep(0.5)  # the streams in their stride
+        with streams_decoding(model, url, streams, tokens) as (times, _):
             window0 = time.perf_counter()
             ttft, spans = {}, {}
             for name, b in longs:
@@ -214,12 +232,8 @@ def stall_round(model, parallel: int, budget: int, streams: int, tokens: int, vi
                 ttft[name] = round(got[0] - t0, 3) if got else None
                 spans[name] = (t0, time.perf_counter())
             window1 = time.perf_counter()
-            for f in futures:
-                f.result()
     finally:
-        srv.should_exit = True
-        thread.join(60)
-        sock.close()
+        stop(srv, thread, sock)
     every = [g for t in times for g in gaps_of(t)]
     during = [g for t in times for g in gaps_of(t, window0, window1)]
 
@@ -254,25 +268,12 @@ def image_round(model, parallel: int, budget: int, streams: int, tokens: int, st
         alone: dict = {}
         image(url, steps, alone)
         # the image sent while the streams decode
-        times = [[] for _ in range(streams)]
-        firsts = [threading.Event() for _ in range(streams)]
-        bodies = [{**body(i, end_id), "max_tokens": tokens, "logit_bias": visible(model)} for i in range(streams)]
         beside: dict = {}
-        with cf.ThreadPoolExecutor(streams) as ex:
-            futures = [ex.submit(stream, url, b, t, f) for b, t, f in zip(bodies, times, firsts, strict=True)]
-            while not all(f.is_set() for f in firsts):
-                for f in futures:
-                    if f.done():
-                        f.result()
-                        raise RuntimeError("a stream ended before its first piece: make --tokens longer")
-                time.sleep(0.01)
-            time.sleep(0.5)
+        with streams_decoding(model, url, streams, tokens) as (times, futures):
             window0 = time.perf_counter()
             image(url, steps, beside)
             window1 = time.perf_counter()
             ended_early = sum(f.done() for f in futures)
-            for f in futures:
-                f.result()
         # a chat sent 0.3 s after an image
         during: dict = {}
         chat_times: list = []
@@ -284,9 +285,7 @@ def image_round(model, parallel: int, budget: int, streams: int, tokens: int, st
         chat = {"ttft_s": round(chat_times[0] - t0, 3), "total_s": round(time.perf_counter() - t0, 3)}
         worker.join()
     finally:
-        srv.should_exit = True
-        thread.join(60)
-        sock.close()
+        stop(srv, thread, sock)
     every = [g for t in times for g in gaps_of(t)]
     inside = [g for t in times for g in gaps_of(t, window0, window1)]
     return {"parallel": parallel, "budget": budget, "streams": streams, "image_steps": steps,
@@ -373,20 +372,15 @@ def main() -> int:
                 json.dump(out, f, indent=1)
         return 0
     rounds = []
-    if args.image_stall:
-        for _ in range(args.rounds):
-            for budget in args.budgets:
-                r = image_round(model, max(args.parallel), budget, args.streams, args.tokens, args.image_steps)
-                print(json.dumps(r), flush=True)
-                rounds.append(r)
-        args.parallel = []
-    if args.stall:
-        for _ in range(args.rounds):
-            for budget in args.budgets:
-                r = stall_round(model, max(args.parallel), budget, args.streams, args.tokens, args.video)
-                print(json.dumps(r), flush=True)
-                rounds.append(r)
-        args.parallel = []
+    most = max(args.parallel)
+    for wanted, run, extra in ((args.image_stall, image_round, args.image_steps), (args.stall, stall_round, args.video)):
+        if wanted:  # the budgets interleaved, round after round
+            for _ in range(args.rounds):
+                for budget in args.budgets:
+                    r = run(model, most, budget, args.streams, args.tokens, extra)
+                    print(json.dumps(r), flush=True)
+                    rounds.append(r)
+            args.parallel = []  # (no throughput rounds after these)
     for _ in range(args.rounds):
         for parallel in args.parallel:
             r = one_round(model, parallel, args.requests, model.tokens.end if args.full_length else None)

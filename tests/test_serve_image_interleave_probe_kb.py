@@ -134,7 +134,8 @@ def test_two_images_run_one_after_the_other_beside_the_answers(demo):
         thread = threading.Thread(target=second)
         started.append(thread)
         thread.start()
-        while batch.queued < 1:
+        deadline = time.time() + 30
+        while batch.queued < 1 and time.time() < deadline:  # the second waits for its turn
             time.sleep(0.001)
         return first()
 
