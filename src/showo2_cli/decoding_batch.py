@@ -34,7 +34,11 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
-from transformers import DynamicCache
+
+from .runtime import quiet_imports
+
+with quiet_imports():
+    from transformers import DynamicCache
 
 #: the batch this thread's answers join (:func:`~showo2_cli.text_decoding.generate` reads it)
 CURRENT: contextvars.ContextVar[DecodingBatch | None] = contextvars.ContextVar("showo2_decoding_batch", default=None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -53,6 +54,14 @@ IMPORT_NOISE = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.
 IMPORT_DEPRECATION = r"`torch\.jit\.script_method` is deprecated"
 
 
+#: held by the thread inside :func:`quiet_imports`: the project's imports of transformers, diffusers,
+#: peft and bitsandbytes run one thread at a time. transformers' first import is not safe from threads:
+#: three threads each making their first ``load_tokenizer`` call at once, 2 of the 3 failed with "cannot
+#: import name 'AutoTokenizer' from 'transformers'" (a thread handed the half-built module). Re-entrant:
+#: a block may open inside another.
+IMPORTS_LOCK = threading.RLock()
+
+
 @contextmanager
 def quiet_imports():
     """Import heavy libraries inside this block: the :data:`IMPORT_NOISE` loggers show only errors
@@ -60,22 +69,26 @@ def quiet_imports():
     levels back and that one filter is gone (the caller's logging and warning settings are theirs:
     a level set here for good hid torchao's and torch's later warnings from a program that imported
     showo2_cli). Not ``warnings.catch_warnings``: it would also drop the filters the imported
-    libraries add for themselves. The Hub is offline meanwhile (:func:`~showo2_cli.hub_auth.hub_offline`)."""
-    loggers = [logging.getLogger(name) for name in IMPORT_NOISE]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
-    warnings.filterwarnings("ignore", IMPORT_DEPRECATION, DeprecationWarning)
-    ignore = warnings.filters[0]
-    try:
-        with hub_offline():
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-        with suppress(ValueError):
-            warnings.filters.remove(ignore)
-        getattr(warnings, "_filters_mutated", lambda: None)()  # the warnings module's cache of the filters
+    libraries add for themselves. The Hub is offline meanwhile (:func:`~showo2_cli.hub_auth.hub_offline`).
+    One thread at a time is in the block (:data:`IMPORTS_LOCK`), so every import of those libraries in
+    the project goes through it: their first imports are then safe from threads, and two blocks never
+    take each other's logger levels for the caller's."""
+    with IMPORTS_LOCK:
+        loggers = [logging.getLogger(name) for name in IMPORT_NOISE]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
+        warnings.filterwarnings("ignore", IMPORT_DEPRECATION, DeprecationWarning)
+        ignore = warnings.filters[0]
+        try:
+            with hub_offline():
+                yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+            with suppress(ValueError):
+                warnings.filters.remove(ignore)
+            getattr(warnings, "_filters_mutated", lambda: None)()  # the warnings module's cache of the filters
 
 
 def one_call_at_a_time(method):

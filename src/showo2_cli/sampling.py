@@ -16,6 +16,7 @@ from .grids import grid_times
 from .modeling.attention import omni_attention_mask
 from .options import DEFAULT_SAMPLER
 from .options import SAMPLERS as OPTION_SAMPLERS
+from .runtime import quiet_imports
 from .sequences import Layout
 
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
@@ -124,11 +125,12 @@ def diffusers_scheduler(name: str, grid: torch.Tensor, shift: float, sigmas=None
     * ``unipc`` / ``dpm++``: multistep solvers (UniPC, DPM-Solver++ 2M) with flow sigmas and the
       same time shift, for fewer steps; ``sigmas``: UniPC's custom noise levels (which it shifts).
     """
-    from diffusers import (
-        DPMSolverMultistepScheduler,
-        FlowMatchEulerDiscreteScheduler,
-        UniPCMultistepScheduler,
-    )
+    with quiet_imports():
+        from diffusers import (
+            DPMSolverMultistepScheduler,
+            FlowMatchEulerDiscreteScheduler,
+            UniPCMultistepScheduler,
+        )
 
     levels = (1.0 - grid.double())[:-1].tolist()  # the last grid point (t = 1, sigma 0) is the end
     if name == "flow-euler":
@@ -165,7 +167,8 @@ SCHEDULER_SAMPLERS = {"FlowMatchEulerDiscreteScheduler": "flow-euler", "FlowMatc
 def scheduler_for(sampler: str, steps: int, shift: float):
     """A diffusers scheduler standing for ``sampler`` with the time shift ``shift`` (its ``config``
     serves ``OtherScheduler.from_config(scheduler.config)``)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+    with quiet_imports():
+        from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
     if sampler in ("euler", "flow-euler"):
         return FlowMatchEulerDiscreteScheduler(shift=shift)

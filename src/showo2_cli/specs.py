@@ -310,9 +310,12 @@ class ModelSpec:
         official code hands its Qwen2 and SigLIP configs to transformers as they are)."""
         if (self.hidden_act, self.semantic_act, self.rope_scaling) == ("silu", "gelu_pytorch_tanh", None):
             return  # the released models' (no transformers import on the way to a fast usage error)
-        from transformers import Qwen2Config
-        from transformers.activations import ACT2CLS
-        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+        from .runtime import quiet_imports
+
+        with quiet_imports():
+            from transformers import Qwen2Config
+            from transformers.activations import ACT2CLS
+            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
         for key in ("hidden_act", "semantic_act"):
             value = getattr(self, key)

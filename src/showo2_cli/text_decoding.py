@@ -11,22 +11,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import (
-    DynamicCache,
-    LogitsProcessor,
-    LogitsProcessorList,
-    MinPLogitsWarper,
-    RepetitionPenaltyLogitsProcessor,
-    SequenceBiasLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from .decoding_batch import CURRENT as CURRENT_BATCH
 from .errors import non_finite
 from .modeling.showo2 import truncate_cache
 from .options import TextSampling
+from .runtime import quiet_imports
+
+with quiet_imports():
+    from transformers import (
+        DynamicCache,
+        LogitsProcessor,
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        SequenceBiasLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
 
 @dataclass

@@ -116,7 +116,10 @@ def load_tokenizer(path: Path):
 
 
 def _load_fast(path: Path):
-    from transformers import AutoTokenizer
+    from .runtime import quiet_imports
+
+    with quiet_imports():  # (transformers' first import, one thread at a time)
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if (path / "tokenizer.json").is_file():
         # tokenizer.json as written: its normalizer, pre-tokenizer and added tokens, as the official
@@ -124,8 +127,6 @@ def _load_fast(path: Path):
         # transformers 5's AutoTokenizer rebuilds a Qwen2 tokenizer from the vocabulary with its own
         # NFC normalizer and pre-tokenizer: other ids for the same text (a decomposed accent, a
         # tokenizer.json without NFC or with another normalizer) and tokenizer.json's added tokens lost.
-        from transformers import PreTrainedTokenizerFast
-
         return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True, trust_remote_code=False,
                                          config=_model_config_for_tokenizer(path))
@@ -197,9 +198,11 @@ def _model_config_for_tokenizer(path: Path):
     a config class allocates from its sizes (Qwen2's a list of ``num_hidden_layers`` entries: a
     declared 10**12 took all memory before any check). The file is read by
     :func:`~showo2_cli.weights.read_json` (a regular file, sized); None when there is none."""
-    from transformers import CONFIG_MAPPING, PretrainedConfig
-
+    from .runtime import quiet_imports
     from .weights import read_json
+
+    with quiet_imports():
+        from transformers import CONFIG_MAPPING, PretrainedConfig
 
     file = path / "config.json"
     if not file.is_file():
@@ -244,7 +247,11 @@ def _with_qwen_tokens(tok):
     tokenizers that tiny and from-scratch models use. As in Qwen2.5's configs, ``<tool_call>`` and
     the tokens after it are not special: decoding that skips special tokens keeps them."""
     from tokenizers import AddedToken
-    from transformers import PreTrainedTokenizerFast
+
+    from .runtime import quiet_imports
+
+    with quiet_imports():
+        from transformers import PreTrainedTokenizerFast
 
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False)
     fast.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[:QWEN_ORDINARY_FROM])})

@@ -146,7 +146,10 @@ def static_flex_on_cpu() -> None:
     """Route transformers' flex attention (the LLM's, ``attn_implementation="flex_attention"``)
     through :func:`_flex` for CPU tensors, so the LLM gets the static CPU compile too; CUDA
     tensors keep transformers' own compiled function. Idempotent."""
-    import transformers.integrations.flex_attention as tf_flex
+    from ..runtime import quiet_imports
+
+    with quiet_imports():
+        import transformers.integrations.flex_attention as tf_flex
 
     original = tf_flex.compile_friendly_flex_attention
     if getattr(original, "showo2_static_cpu", False):

@@ -1,0 +1,86 @@
+"""Probe KA: the small leftovers of the last session's probes (JJ, JC, JE, JK)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+FIRST_LOADS = """
+import threading
+from pathlib import Path
+
+import showo2_cli
+from showo2_cli.tokenizer import load_tokenizer
+
+demo = Path(showo2_cli.__file__).parent / "assets" / "demo"
+start, failed = threading.Barrier(4), []
+
+
+def first_load():
+    start.wait()
+    try:
+        load_tokenizer(demo)
+    except Exception as e:
+        failed.append(str(e))
+
+
+threads = [threading.Thread(target=first_load) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(len(failed), failed[:1])
+"""
+
+
+@pytest.mark.slow
+def test_first_tokenizer_loads_in_several_threads_at_once_all_load():
+    """Probe JJ: three threads each making their first ``load_tokenizer`` call at once (nothing of
+    transformers imported yet), 2 of the 3 failed: "cannot import name 'AutoTokenizer' from
+    'transformers'", its lazy module imported in several threads at once. The project's imports of
+    transformers now go one thread at a time (``quiet_imports``): four threads in a fresh process
+    all load."""
+    run = subprocess.run([sys.executable, "-c", FIRST_LOADS], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "0 []", run.stdout
+
+
+def test_two_threads_import_blocks_take_turns_and_leave_the_loggers_as_they_were():
+    """Two threads in ``quiet_imports`` at once (two first loads): each saved the noisy loggers'
+    levels and put them back when it left, so the one that came in second saved the block's ERROR
+    and, leaving last, left torchao's warnings hidden for good. The blocks now take turns."""
+    from showo2_cli.runtime import IMPORT_NOISE, quiet_imports
+
+    logger = logging.getLogger(IMPORT_NOISE[0])
+    before = logger.level
+    logger.setLevel(logging.WARNING)
+    a_in, b_in, a_out, overlapped = threading.Event(), threading.Event(), threading.Event(), []
+
+    def first():
+        with quiet_imports():
+            a_in.set()
+            overlapped.append(b_in.wait(0.5))  # the second came in meanwhile
+        a_out.set()
+
+    def second():
+        a_in.wait(60)
+        with quiet_imports():
+            b_in.set()
+            a_out.wait(60)  # (leaves after the first, where both are in at once)
+
+    try:
+        threads = [threading.Thread(target=f) for f in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert overlapped == [False]
+        assert logger.level == logging.WARNING
+    finally:
+        logger.setLevel(before)
