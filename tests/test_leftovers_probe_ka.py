@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -84,3 +85,35 @@ def test_two_threads_import_blocks_take_turns_and_leave_the_loggers_as_they_were
         assert logger.level == logging.WARNING
     finally:
         logger.setLevel(before)
+
+
+def _cli(args, capsys):
+    from showo2_cli.cli import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_dtype_records_use_the_name_the_option_resolves_to(tmp_path, capsys):
+    """Probe JC: ``convert --dtype Float16 --json`` recorded "Float16" as typed and ``init --dtype
+    bfloat16`` "bfloat16", where generated files record ``bf16``: three spellings of one option. Each now
+    records the canonical name, the one ``check_dtype`` resolves the option to."""
+    from showo2_cli.options import check_dtype
+
+    assert [check_dtype(d) for d in ("Float16", "BFLOAT16", "fp32", "Auto")] == ["fp16", "bf16", "fp32", "auto"]
+    assert check_dtype("KEEP", extra=("keep",)) == "keep"
+    code, out, err = _cli(["init", "--spec", "tiny", "-o", tmp_path / "m", "--dtype", "BFloat16", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["dtype"] == "bf16"
+
+
+def test_convert_records_the_canonical_dtype_and_takes_keep_in_any_case(tmp_path, capsys):
+    """``convert --dtype Float16 --json`` recorded "Float16"; ``--dtype KEEP`` passed the check and then
+    failed: "unknown dtype 'KEEP'; use one of fp32, bf16, fp16" (exit 2)."""
+    code, _, err = _cli(["init", "--spec", "tiny", "-o", tmp_path / "m", "--json"], capsys)
+    assert code == 0, err
+    for typed, recorded in (("Float16", "fp16"), ("KEEP", "keep")):
+        code, out, err = _cli(["convert", tmp_path / "m", "-o", tmp_path / typed, "--dtype", typed, "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["dtype"] == recorded

@@ -92,10 +92,13 @@ OFFLOAD_MODES = {"none": "everything on the device", "model": "one component (ne
 TEMPLATES = ("official", "training")
 
 
-def check_dtype(dtype: str, extra: tuple[str, ...] = ("auto",), option: str = "--dtype") -> None:
+def check_dtype(dtype: str, extra: tuple[str, ...] = ("auto",), option: str = "--dtype") -> str:
+    """The canonical name of ``dtype`` (:data:`DTYPES`' ``fp32``/``bf16``/``fp16``, or one of ``extra``,
+    lower case: the name a record gives, as generated files do); a UsageError where it is neither."""
     if not isinstance(dtype, str) or (dtype.lower() not in DTYPES and dtype.lower() not in extra):
         names = [*extra, "fp32", "bf16", "fp16"]
         raise UsageError(f"unknown dtype '{short(dtype)}' for {option}; use one of {', '.join(names)}")
+    return DTYPES.get(dtype.lower(), dtype.lower())
 
 
 def unused_sampling_note(options) -> str | None:

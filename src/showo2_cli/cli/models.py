@@ -109,7 +109,7 @@ def convert(
     (with --lora: the adapters merged into its weights, a full model of its own)."""
     setup(json_mode, quiet)
     lora = weighted(lora, lora_weight)  # (a weight per adapter: checked before anything else)
-    check_dtype(dtype, extra=("keep",))
+    dtype = check_dtype(dtype, extra=("keep",))  # (recorded by its canonical name: Float16 is fp16)
     check_output_folder(output, overwrite)
     import torch
 
@@ -188,7 +188,7 @@ def init(
 
     check_seed(seed)
     spec_obj = get_spec(spec)
-    check_dtype(dtype, extra=())
+    dtype = check_dtype(dtype, extra=())
     check_output_folder(output, overwrite)
     from ..loading import init_model
     from ..runtime import torch_dtype
