@@ -117,3 +117,16 @@ def test_convert_records_the_canonical_dtype_and_takes_keep_in_any_case(tmp_path
         code, out, err = _cli(["convert", tmp_path / "m", "-o", tmp_path / typed, "--dtype", typed, "--json"], capsys)
         assert code == 0, err
         assert json.loads(out)["dtype"] == recorded
+
+
+def test_the_chat_help_shows_both_sizes_t2i_takes():
+    """Probe JC: the chat's ``/help`` showed ``/t2i ... [--size N]`` where ``/t2i`` takes ``t2i``'s own
+    ``--size``, N or WIDTHxHEIGHT (read by ``media.parse_size``, as ``showo2 t2i`` reads it)."""
+    from showo2_cli import media as M
+    from showo2_cli.cli.chat import COMMANDS, parse_t2i
+
+    usage = next(key for key in COMMANDS if key.startswith("/t2i "))
+    assert "[--size N|WIDTHxHEIGHT]" in usage
+    prompt, params = parse_t2i("a red circle --size 64x32")
+    assert prompt == "a red circle" and M.parse_size(params["size"], 16) == (32, 64)  # (height, width)
+    assert M.parse_size(parse_t2i("a red circle --size 64")[1]["size"], 16) == (64, 64)

@@ -34,7 +34,7 @@ from .common import (
 
 COMMANDS = {
     "/image PATH": "attach an image or a video to the next question (also /video)",
-    "/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--size N] [--guidance G] [--shift S] [-n N] "
+    "/t2i PROMPT [-o FILE] [--seed N] [--steps N] [--size N|WIDTHxHEIGHT] [--guidance G] [--shift S] [-n N] "
     "[--negative-prompt TEXT] [--sampler NAME] [--sigmas S,...] [--timesteps T,...] [--save-latents] [--overwrite]":
         "generate with the same model",
     "/reset": "forget the conversation (the system prompt stays; also /clear)",
