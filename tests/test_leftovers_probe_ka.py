@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 
 FIRST_LOADS = """
@@ -130,3 +131,22 @@ def test_the_chat_help_shows_both_sizes_t2i_takes():
     prompt, params = parse_t2i("a red circle --size 64x32")
     assert prompt == "a red circle" and M.parse_size(params["size"], 16) == (32, 64)  # (height, width)
     assert M.parse_size(parse_t2i("a red circle --size 64")[1]["size"], 16) == (64, 64)
+
+
+def test_an_in_memory_apng_is_refused_with_its_animation_frame_count(tmp_path):
+    """Probe JE: an APNG whose default image is no frame of its animation, given where an image goes,
+    was "an animated image of 5 frames" (Pillow's count, the default image in it) where read as a video
+    it is 4 frames; and its advice, ``image.seek(k)``, gave an image refused the same way."""
+    from PIL import Image
+
+    from showo2_cli.media import image_input, read_media
+
+    colours = ["red", "lime", "blue", "yellow", "cyan"]
+    still = [Image.new("RGB", (16, 16), c) for c in colours]
+    still[0].save(tmp_path / "a.png", save_all=True, append_images=still[1:], default_image=True, duration=125)
+    assert read_media(tmp_path / "a.png").frames.shape[0] == 4
+    with Image.open(tmp_path / "a.png") as im:
+        with pytest.raises(ValueError, match=r"animated image of 4 frames: .*image\.seek\(k\), then image\.copy\(\)"):
+            image_input(im)
+        im.seek(2)
+        assert np.asarray(image_input(im.copy()))[0, 0].tolist() == [0, 0, 255]

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from showo2_cli.errors import InputError, OutputError, ResourceError
 
 from . import jpeg_markers
-from .animation import ANIMATED_FORMATS
+from .animation import ANIMATED_FORMATS, default_image
 from .files import PathLike, check_input_file, quote_path
 from .metadata import (
     JPEG_MAX_EXIF_BYTES,
@@ -187,9 +187,10 @@ def image_input(source, max_pixels: int | None = None, what: str = "image") -> I
         return to_rgb(array_image(source, max_pixels))
     if not isinstance(source, Image.Image):
         raise TypeError(f"{what} must be a path, a PIL image, an array or a tensor, got {type(source).__name__}")
-    if is_animated(source):
-        raise ValueError(f"{what} is an animated image of {source.n_frames} frames: give one frame "
-                         "(image.seek(k)), or pass it where a video goes")
+    if is_animated(source):  # (its frames as a video's: an APNG's default image is none of them)
+        count = int(source.n_frames) - default_image(source)
+        raise ValueError(f"{what} is an animated image of {count} frame{'s' * (count != 1)}: give one frame "
+                         "(image.seek(k), then image.copy()), or pass it where a video goes")
     limit = resolve_max_pixels(max_pixels)
     if source.width * source.height > limit:
         raise too_large(what, "<PIL image>", source.width, source.height, limit)
