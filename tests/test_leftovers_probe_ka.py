@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -150,3 +151,17 @@ def test_an_in_memory_apng_is_refused_with_its_animation_frame_count(tmp_path):
             image_input(im)
         im.seek(2)
         assert np.asarray(image_input(im.copy()))[0, 0].tolist() == [0, 0, 255]
+
+
+@pytest.mark.parametrize("entry", ["", "."])
+def test_a_shard_index_naming_no_file_is_refused_naming_its_entry(tmp_path, entry):
+    """Probe JK: a shard index naming "" was read as naming the folder itself: "weight file 'FOLDER' is
+    not a regular file". The index's check now refuses it, naming the entry (as it refuses ".")."""
+    from showo2_cli.errors import ModelError
+    from showo2_cli.hub_files import find_weights
+
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"a.weight": "model.safetensors", "b.weight": entry}}))
+    with pytest.raises(ModelError, match=rf"cannot read the shard index '.*': shard names must be file names in the "
+                                         rf"folder, got '{re.escape(entry)}'$"):
+        find_weights(tmp_path)

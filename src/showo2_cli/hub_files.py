@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
-from .errors import ModelError
+from .errors import ModelError, short
 from .weights import read_json
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
@@ -34,8 +34,9 @@ def find_weights(root: Path) -> list[Path]:
         if os.path.exists(index):  # (os.path: False, not OSError, for a link to a name too long)
             try:
                 shards = sorted(set(read_json(index)["weight_map"].values()))
-                if any(not isinstance(x, str) or "/" in x or x.startswith(".") for x in shards):
-                    raise ValueError("shard names must be file names in the folder")
+                for x in shards:  # ("" named the folder itself: "weight file 'FOLDER' is not a regular file")
+                    if not isinstance(x, str) or not x or "/" in x or x.startswith("."):
+                        raise ValueError(f"shard names must be file names in the folder, got {short(repr(x), 80)}")
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 raise ModelError(f"cannot read the shard index '{index}': {e}") from e
             return [root / s for s in shards]
