@@ -14,25 +14,44 @@ import numpy as np
 import pytest
 
 FIRST_LOADS = """
+import sys
 import threading
 from pathlib import Path
 
 import showo2_cli
-from showo2_cli.tokenizer import load_tokenizer
 
 demo = Path(showo2_cli.__file__).parent / "assets" / "demo"
-start, failed = threading.Barrier(4), []
 
 
-def first_load():
+def tokenizer():
+    from showo2_cli.tokenizer import load_tokenizer
+
+    load_tokenizer(demo)
+
+
+def scheduler():
+    from showo2_cli.sampling import scheduler_for
+
+    scheduler_for("unipc", 4, 3.0)
+
+
+def vae_module():
+    import showo2_cli.modeling.vae  # noqa: F401
+
+
+work = {"tokenizer": [tokenizer] * 4, "diffusers": [scheduler, scheduler, vae_module, vae_module]}[sys.argv[1]]
+start, failed = threading.Barrier(len(work)), []
+
+
+def first(job):
     start.wait()
     try:
-        load_tokenizer(demo)
+        job()
     except Exception as e:
         failed.append(str(e))
 
 
-threads = [threading.Thread(target=first_load) for _ in range(4)]
+threads = [threading.Thread(target=first, args=(job,)) for job in work]
 for t in threads:
     t.start()
 for t in threads:
@@ -42,13 +61,15 @@ print(len(failed), failed[:1])
 
 
 @pytest.mark.slow
-def test_first_tokenizer_loads_in_several_threads_at_once_all_load():
+@pytest.mark.parametrize("work", ["tokenizer", "diffusers"])
+def test_first_imports_in_several_threads_at_once_all_succeed(work):
     """Probe JJ: three threads each making their first ``load_tokenizer`` call at once (nothing of
     transformers imported yet), 2 of the 3 failed: "cannot import name 'AutoTokenizer' from
-    'transformers'", its lazy module imported in several threads at once. The project's imports of
-    transformers now go one thread at a time (``quiet_imports``): four threads in a fresh process
-    all load."""
-    run = subprocess.run([sys.executable, "-c", FIRST_LOADS], capture_output=True, text=True, timeout=300,
+    'transformers'", its lazy module imported in several threads at once. diffusers' the same: a
+    sampler's scheduler made while another thread imported the VAE's module, "cannot import name
+    'FlowMatchEulerDiscreteScheduler' from 'diffusers'". The project's imports of both now go one
+    thread at a time (``quiet_imports``): in a fresh process, every thread's first use succeeds."""
+    run = subprocess.run([sys.executable, "-c", FIRST_LOADS, work], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "0 []", run.stdout

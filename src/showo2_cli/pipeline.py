@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.utils import BaseOutput
 
 from .dialogue import check_streamer
 from .errors import UsageError
@@ -79,8 +78,12 @@ from .runtime import (
     one_call_at_a_time,
     pick_device,
     python_dtype,
+    quiet_imports,
 )
 from .sampling import uses_uncond
+
+with quiet_imports():
+    from diffusers.utils import BaseOutput
 
 
 @dataclass

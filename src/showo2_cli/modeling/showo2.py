@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ..runtime import quiet_imports
@@ -35,6 +34,7 @@ from .mlp import use_gated_mlp
 from .semantic import PatchEmbed, fusion_projector, interpolate_position_table, semantic_encoder
 
 with quiet_imports():
+    from diffusers.utils.accelerate_utils import apply_forward_hook
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 

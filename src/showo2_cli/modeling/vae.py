@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.utils.accelerate_utils import apply_forward_hook  # small: not diffusers' models
 from torch import nn
 
 from ..errors import InputError, ModelError, OutputError, UsageError
 from ..runtime import one_call_at_a_time, quiet_imports
 from .parts import NotLoaded  # importable from here too, where it was first
 from .vae_single_frame import single_frame_conv2d  # importable from here too, where it was first
+
+with quiet_imports():
+    from diffusers.utils.accelerate_utils import apply_forward_hook  # small: not diffusers' models
 
 __all__ = ["VAE_PARTS", "WAN_LATENTS_MEAN", "WAN_LATENTS_STD", "NotLoaded", "WanVAE", "decode_memory_bytes",
            "encode_memory_bytes", "single_frame_conv2d"]

@@ -355,7 +355,10 @@ def pipeline_config(pipe):
     was loaded by and, for each component, ``(library, class name)`` as diffusers records them (the
     library's name for diffusers' and transformers' classes, else the class's module; a
     ``torch.compile`` wrapper is recorded as what it wraps)."""
-    from diffusers.configuration_utils import FrozenDict
+    from ..runtime import quiet_imports
+
+    with quiet_imports():
+        from diffusers.configuration_utils import FrozenDict
 
     def library_class(part) -> tuple[str | None, str | None]:
         if part is None:
