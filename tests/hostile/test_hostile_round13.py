@@ -275,7 +275,7 @@ def test_a_training_video_is_fitted_frame_by_frame_not_held_at_its_size(tmp_path
 
     from conftest import write_h264
     from showo2_cli.media import read_video
-    from showo2_cli.training.data import _fit, _read_visual
+    from showo2_cli.training.sources import _fit, _read_visual
 
     ramp = np.broadcast_to(np.arange(640, dtype=np.uint8)[None, :, None], (480, 640, 3))
     write_h264(tmp_path / "clip.mp4", np.stack([np.roll(ramp, 8 * i, axis=1) for i in range(18)]),
