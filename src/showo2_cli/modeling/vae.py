@@ -11,7 +11,8 @@ The network itself is diffusers' `AutoencoderKLWan` (same layers, same numerics 
   ``.safetensors`` file in either key layout, or from a diffusers folder;
 * spatial tiling (``tiling``: auto/on/off, :meth:`WanVAE.tiled`) with diffusers' own tiled
   encode/decode of ``AutoencoderKLWan`` (256-pixel tiles every 192 pixels, the overlap blended),
-  and memory estimates that use the tile size;
+  and memory estimates that use the tile size (:mod:`~showo2_cli.modeling.vae_geometry`, with the
+  compression factors: re-exported here);
 * a single-frame fast path (:mod:`~showo2_cli.modeling.vae_single_frame`): one frame through a
   causal 3x3x3 convolution as an exact 2-D convolution, about half the cost for images.
 """
@@ -19,7 +20,6 @@ The network itself is diffusers' `AutoencoderKLWan` (same layers, same numerics 
 from __future__ import annotations
 
 import contextlib
-import math
 import operator
 import threading
 from collections.abc import Iterator, Sequence
@@ -29,9 +29,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError, ModelError, OutputError, UsageError
+from ..errors import ModelError, OutputError, UsageError
 from ..runtime import one_call_at_a_time, quiet_imports
 from .parts import NotLoaded  # importable from here too, where it was first
+from .vae_geometry import DEFAULT_TILE as DEFAULT_TILE  # (re-exported, as below: users import them here)
+from .vae_geometry import SPATIAL_FACTOR as SPATIAL_FACTOR
+from .vae_geometry import TEMPORAL_FACTOR as TEMPORAL_FACTOR
+from .vae_geometry import check_latents as check_latents
+from .vae_geometry import check_pixels as check_pixels
+from .vae_geometry import check_temporal as check_temporal
+from .vae_geometry import decode_memory_bytes as decode_memory_bytes
+from .vae_geometry import encode_memory_bytes as encode_memory_bytes
+from .vae_geometry import temporal_factor as temporal_factor
 from .vae_single_frame import single_frame_conv2d  # importable from here too, where it was first
 
 with quiet_imports():
@@ -50,13 +59,8 @@ WAN_LATENTS_STD: tuple[float, ...] = (
     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
 )  # fmt: skip
 
-SPATIAL_FACTOR = 8
-TEMPORAL_FACTOR = 4
 #: The range :meth:`WanVAE.encode_moments` clamps the raw posterior log-variance to (diffusers' own).
 LOGVAR_RANGE = (-30.0, 20.0)
-#: Spatial tiles when tiling, in pixels: (height, width, stride height, stride width); diffusers'
-#: defaults for AutoencoderKLWan (256-pixel tiles every 192 pixels, the 64-pixel overlap blended).
-DEFAULT_TILE = (256, 256, 192, 192)
 
 #: The VAE's two halves, as the modules of diffusers' ``AutoencoderKLWan`` each runs: encoding
 #: pixels uses only the first, decoding latents only the second. A VAE loaded with some of them
@@ -319,7 +323,7 @@ class WanVAE(nn.Module):
     @apply_forward_hook
     def encode_moments(self, pixels: torch.Tensor, tiled: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw posterior ``(mu, logvar)``, float32, 5-D (B, z, T', h, w); logvar clamped to [-30, 20]."""
-        x = self._check_pixels(pixels)
+        x = check_pixels(pixels, self.in_channels)
         self.load_parts("encoder")
         if x.dim() == 4:
             x = x.unsqueeze(2)
@@ -359,7 +363,7 @@ class WanVAE(nn.Module):
 
         Output is float32 and clamped to [-1, 1]. ``tiled``: see :meth:`tiled`.
         """
-        z = self._check_latents(latents)
+        z = check_latents(latents, self.z_dim)
         self.load_parts("decoder")
         image = z.dim() == 4
         if image:
@@ -373,55 +377,6 @@ class WanVAE(nn.Module):
         if image:
             out = out.squeeze(2)
         return out
-
-    def _check_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        if not isinstance(pixels, torch.Tensor):
-            raise InputError(f"VAE input must be a tensor, got {type(pixels).__name__}")
-        shape = tuple(pixels.shape)
-        if pixels.dim() not in (4, 5):
-            raise InputError(f"VAE input has shape {shape}; expected (B,3,H,W) or (B,3,T,H,W)")
-        if not pixels.is_floating_point():
-            raise InputError(f"VAE input has dtype {pixels.dtype}; expected floating pixels in [-1, 1]")
-        if pixels.shape[1] != self.in_channels:
-            raise InputError(
-                f"VAE input has {pixels.shape[1]} channels (shape {shape}); expected {self.in_channels}"
-            )
-        if any(s == 0 for s in shape):
-            raise InputError(f"VAE input has an empty dimension (shape {shape})")
-        h, w = shape[-2:]
-        if h % SPATIAL_FACTOR or w % SPATIAL_FACTOR:
-            raise InputError(
-                f"VAE input size {h}x{w} (HxW) is not a multiple of {SPATIAL_FACTOR}; "
-                f"resize or crop to e.g. {h // SPATIAL_FACTOR * SPATIAL_FACTOR or SPATIAL_FACTOR}x"
-                f"{w // SPATIAL_FACTOR * SPATIAL_FACTOR or SPATIAL_FACTOR}"
-            )
-        if pixels.dim() == 5:
-            t = shape[2]
-            if (t - 1) % TEMPORAL_FACTOR:
-                lower = 1 + (t - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR
-                raise InputError(
-                    f"VAE input has {t} frames; the Wan VAE needs 1 + 4k frames (e.g. {lower} or "
-                    f"{lower + TEMPORAL_FACTOR})"
-                )
-        return pixels
-
-    def _check_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        if not isinstance(latents, torch.Tensor):
-            raise InputError(f"VAE latents must be a tensor, got {type(latents).__name__}")
-        shape = tuple(latents.shape)
-        if latents.dim() not in (4, 5):
-            raise InputError(
-                f"VAE latents have shape {shape}; expected (B,{self.z_dim},h,w) or (B,{self.z_dim},T,h,w)"
-            )
-        if not latents.is_floating_point():
-            raise InputError(f"VAE latents have dtype {latents.dtype}; expected a floating tensor")
-        if latents.shape[1] != self.z_dim:
-            raise InputError(
-                f"VAE latents have {latents.shape[1]} channels (shape {shape}); expected {self.z_dim}"
-            )
-        if any(s == 0 for s in shape):
-            raise InputError(f"VAE latents have an empty dimension (shape {shape})")
-        return latents
 
     # ---- saving / building --------------------------------------------------------------------
 
@@ -470,28 +425,6 @@ class WanVAE(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def temporal_factor(config) -> int:
-    """The temporal compression a Wan VAE config (diffusers' keys) builds: ``2 ** n`` for the ``n``
-    blocks but the last with ``temperal_downsample`` set (``[False, True, True]``: 4)."""
-    blocks = len(config.get("dim_mult") or (1, 2, 4, 4)) - 1
-    flags = config.get("temperal_downsample") or (False, True, True)
-    return 2 ** sum(bool(f) for f in list(flags)[:blocks])
-
-
-def check_temporal(config, where: str = "VAE") -> None:
-    """A :class:`ModelError` unless the config compresses time as Wan2.1 does (:data:`TEMPORAL_FACTOR`):
-    every frame count of the project (``ModelSpec.latent_frames`` ...) is written for it."""
-    blocks = len(config.get("dim_mult") or (1, 2, 4, 4)) - 1
-    flags = config.get("temperal_downsample")
-    if flags is not None and (not isinstance(flags, (list, tuple)) or len(flags) < blocks):
-        raise ModelError(f"{where} config temperal_downsample must be a list of at least {blocks} entries "
-                         f"(one a block), got {str(flags)[:60]}")
-    factor = temporal_factor(config)
-    if factor != TEMPORAL_FACTOR:
-        raise ModelError(f"{where} config (dim_mult, temperal_downsample) compresses time "
-                         f"{factor}x but a Wan2.1 VAE compresses it {TEMPORAL_FACTOR}x")
-
-
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     from ..runtime import torch_dtype
 
@@ -510,34 +443,3 @@ def move_to(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Mo
     # warning on every dtype cast (diffusers 0.42 tests `[] is not None`).
     nn.Module.to(model, device=device, dtype=dtype)
     return model.eval().requires_grad_(False)
-
-
-def _tile_pixels(height: int, width: int, tiled: bool, tile: tuple[int, int, int, int] = DEFAULT_TILE
-                 ) -> tuple[int, float]:
-    """(pixels one step of the network sees, decoded tiles kept per output pixel) for a
-    ``height x width`` pixel frame: the whole frame, or one tile and the tiles' overlap."""
-    tile_h, tile_w, stride_h, stride_w = tile
-    if not tiled or (height <= tile_h and width <= tile_w):
-        return height * width, 0.0
-    rows, cols = math.ceil(height / stride_h), math.ceil(width / stride_w)
-    kept = rows * cols * min(height, tile_h) * min(width, tile_w) / (height * width)
-    return min(height, tile_h) * min(width, tile_w), kept + 2  # + the blended rows, their concat
-
-
-def decode_memory_bytes(base_dim: int, latent_frames: int, height: int, width: int, dtype_bytes: int = 4,
-                        tiled: bool = False, tile: tuple[int, int, int, int] = DEFAULT_TILE) -> int:
-    """See :meth:`WanVAE.decode_memory_gb`; ``height``/``width`` are latent sizes."""
-    pixels = (SPATIAL_FACTOR * height) * (SPATIAL_FACTOR * width)
-    frames = 1 + TEMPORAL_FACTOR * (max(latent_frames, 1) - 1)
-    per_pixel = 25 if latent_frames <= 1 else 32 * TEMPORAL_FACTOR
-    step, kept = _tile_pixels(SPATIAL_FACTOR * height, SPATIAL_FACTOR * width, tiled, tile)
-    return int(base_dim * dtype_bytes * step * per_pixel + frames * pixels * 3 * (4 * 2 + dtype_bytes * kept))
-
-
-def encode_memory_bytes(base_dim: int, frames: int, height: int, width: int, dtype_bytes: int = 4,
-                        tiled: bool = False, tile: tuple[int, int, int, int] = DEFAULT_TILE) -> int:
-    """See :meth:`WanVAE.encode_memory_gb`; ``height``/``width`` are pixel sizes."""
-    pixels = height * width
-    per_pixel = 13 if frames <= 1 else 16 * TEMPORAL_FACTOR
-    step, _ = _tile_pixels(height, width, tiled, tile)
-    return int(base_dim * dtype_bytes * step * per_pixel + max(frames, 1) * pixels * 3 * 4 * 2)
