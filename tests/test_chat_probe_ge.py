@@ -37,10 +37,11 @@ def _saved(demo, tmp_path):
 
 def _loaded(demo, tmp_path, monkeypatch):
     from showo2_cli import chat as C
+    from showo2_cli import chat_transcript  # (load and the reads it leaves look encode_media up there)
 
     calls: list[str] = []
-    real = C.encode_media
-    monkeypatch.setattr(C, "encode_media", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = chat_transcript.encode_media
+    monkeypatch.setattr(chat_transcript, "encode_media", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     new = C.Conversation(demo, max_context=160)
     new.options.max_new_tokens = 4
     new.load(tmp_path / "chat.json")
@@ -99,14 +100,14 @@ def test_an_unread_turn_whose_file_is_gone_leaves_the_context_with_a_notice(demo
 def test_a_failed_read_changes_nothing_and_the_next_question_reads_on(demo, tmp_path, monkeypatch):
     """Another error while reading them (a memory refusal): the question fails, the media read stay
     read, the others stay unread (not let go), and the next question gets the saved chat's prompt."""
-    from showo2_cli import chat as C
+    from showo2_cli import chat_transcript  # (the reads a load leaves look encode_media up there)
     from showo2_cli.errors import ResourceError
 
     old, files = _saved(demo, tmp_path)
     new, calls = _loaded(demo, tmp_path, monkeypatch)
     for conv in (old, new):
         del conv.turns[-5:]
-    counted = C.encode_media
+    counted = chat_transcript.encode_media
 
     def second_refused(*a, **k):
         if len(calls) == 2:
@@ -114,10 +115,10 @@ def test_a_failed_read_changes_nothing_and_the_next_question_reads_on(demo, tmp_
             raise ResourceError("not enough memory")
         return counted(*a, **k)
 
-    monkeypatch.setattr(C, "encode_media", second_refused)
+    monkeypatch.setattr(chat_transcript, "encode_media", second_refused)
     with pytest.raises(ResourceError):
         new.ask("what now?")
     assert len(new.turns) == 11 and not new.notices
-    monkeypatch.setattr(C, "encode_media", counted)
+    monkeypatch.setattr(chat_transcript, "encode_media", counted)
     assert new.ask("what now?") == old.ask("what now?")
     assert new.turns[-1].prompt_tokens == old.turns[-1].prompt_tokens and new.notices == old.notices

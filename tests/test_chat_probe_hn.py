@@ -39,12 +39,13 @@ def test_repeated_notices_are_recorded_once_with_their_count(demo, tmp_path):
 def test_save_refuses_a_transcript_load_would_refuse(demo, tmp_path, monkeypatch):
     """The limit is lowered to a few turns' size here; a chat of some 30,000 turns met the real one."""
     import showo2_cli.chat as chat
+    import showo2_cli.chat_transcript as chat_transcript  # (where save and load read the limit)
 
     conv = chat.Conversation(demo)
     for k in range(20):
         conv.add_turn(f"Question {k}?", "An answer of a few words. " * 4)
     size = len((json.dumps(conv.to_json(), indent=1, ensure_ascii=False) + "\n").encode())
-    monkeypatch.setattr(chat, "MAX_TRANSCRIPT_BYTES", size + 200)  # (saved_at's length may differ)
+    monkeypatch.setattr(chat_transcript, "MAX_TRANSCRIPT_BYTES", size + 200)  # (saved_at's length may differ)
     kept = conv.save(tmp_path / "fits.json")
     assert chat.Conversation(demo).load(kept) == 20  # what /save writes, /load reads
     before = (tmp_path / "fits.json").read_bytes()
@@ -63,12 +64,13 @@ def test_the_chat_command_says_it_in_one_line_and_goes_on(demo, tmp_path, monkey
     import io
 
     import showo2_cli.chat as chat
+    import showo2_cli.chat_transcript as chat_transcript  # (where save and load read the limit)
     import showo2_cli.cli  # noqa: F401  (the commands' shared helpers)
     from showo2_cli.cli.chat import ChatSession
 
     conv = chat.Conversation(demo)
     conv.add_turn("Hi?", "Hello. " * 50)
-    monkeypatch.setattr(chat, "MAX_TRANSCRIPT_BYTES", 200)
+    monkeypatch.setattr(chat_transcript, "MAX_TRANSCRIPT_BYTES", 200)
     out, err = io.StringIO(), io.StringIO()
     session = ChatSession(conv, out=out, err=err)
     assert session.handle(f"/save {tmp_path / 'chat.json'}")  # (True: the chat goes on)

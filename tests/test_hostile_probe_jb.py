@@ -19,14 +19,14 @@ def demo():
 def test_load_says_why_a_transcript_cannot_be_read_not_that_it_is_bad_json(demo, tmp_path, monkeypatch, kind):
     """/load of a file it cannot read said "transcript 'x' is not valid JSON: cannot read transcript
     'x': larger than 16 MiB" (the reader's UsageError is a ValueError, caught as a JSON error)."""
-    from showo2_cli import chat
+    from showo2_cli import chat_transcript  # (where load reads the limit)
     from showo2_cli.chat import Conversation
 
     path = tmp_path / "chat.json"
     if kind == "folder":
         path.mkdir()
     elif kind == "too large":
-        monkeypatch.setattr(chat, "MAX_TRANSCRIPT_BYTES", 8)
+        monkeypatch.setattr(chat_transcript, "MAX_TRANSCRIPT_BYTES", 8)
         path.write_text('{"format": "showo2-chat"}')
     with pytest.raises(UsageError) as err:
         Conversation(demo).load(path)

@@ -123,6 +123,7 @@ def test_load_encodes_a_file_named_by_many_turns_once(demo, tmp_path, monkeypatc
     import torch
 
     from showo2_cli import chat as C
+    from showo2_cli import chat_transcript
     from showo2_cli.dialogue import encode_media
     from test_chat_serve import scene, write_scene
 
@@ -136,8 +137,8 @@ def test_load_encodes_a_file_named_by_many_turns_once(demo, tmp_path, monkeypatc
     conv.save(tmp_path / "chat.json")
     assert len(json.loads((tmp_path / "chat.json").read_text())["turns"]) == 30
     calls = []
-    real = C.encode_media
-    monkeypatch.setattr(C, "encode_media", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = chat_transcript.encode_media  # (load looks it up there)
+    monkeypatch.setattr(chat_transcript, "encode_media", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     again = C.Conversation(model)
     assert again.load(tmp_path / "chat.json") == 30
     assert sorted(calls) == sorted({str(tmp_path / "a.png"), str(tmp_path / "b.png")})  # it was 30 encodes

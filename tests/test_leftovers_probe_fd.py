@@ -71,6 +71,7 @@ def test_load_reads_only_the_media_a_prompt_can_hold(tmp_path, monkeypatch, atta
     of the older turns only the image a drop carries: the next question's prompt, answer and notices
     are those of the conversation that was saved, the image carried (or not, when the question has one)."""
     from showo2_cli import chat as C
+    from showo2_cli import chat_transcript
     from showo2_cli.dialogue import encode_media
     from showo2_cli.loading import bundled_demo_path, load
     from test_chat_serve import scene, write_scene
@@ -86,8 +87,8 @@ def test_load_reads_only_the_media_a_prompt_can_hold(tmp_path, monkeypatch, atta
                      if i < 12 else [])
     old.save(tmp_path / "chat.json")
     calls = []
-    real = C.encode_media
-    monkeypatch.setattr(C, "encode_media", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = chat_transcript.encode_media  # (load looks it up there)
+    monkeypatch.setattr(chat_transcript, "encode_media", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     new = C.Conversation(model, max_context=160)
     new.options.max_new_tokens = 4
     assert new.load(tmp_path / "chat.json") == 16

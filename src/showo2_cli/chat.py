@@ -19,23 +19,18 @@ conversation keeps its subject. Nothing here prints: notices go to ``on_notice``
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from . import __version__
 from .chat_transcript import (
     MAX_MEDIA_PER_TURN,
-    MAX_TRANSCRIPT_BYTES,
+    ChatTranscript,
     Turn,
-    check_transcript_size,
-    collapsed_notices,
-    released_record,
     sampling_record,
-    transcript_turns,
 )
+from .chat_transcript import MAX_TRANSCRIPT_BYTES as MAX_TRANSCRIPT_BYTES  # (re-exported: it was here)
 from .dialogue import (
     DEFAULT_SYSTEM,
     Cancelled,
@@ -52,7 +47,7 @@ from .dialogue import (
     generate_answer,
     prompt_length,
 )
-from .errors import ContextTooLong, InputError, UsageError, json_problem, short
+from .errors import ContextTooLong, UsageError, short
 from .loading import Showo2, require_model
 from .options import CaptionOptions, check_max_context, check_unicode, seed_from_torch
 from .pipelines.understand import video_note
@@ -70,7 +65,7 @@ def context_budget(model: Showo2) -> int:
     return int(model.spec.max_position_embeddings)
 
 
-class Conversation:
+class Conversation(ChatTranscript):
     """System prompt, turns and pending media of one chat with one model.
 
     ``options`` are the understanding options of :class:`~showo2_cli.pipelines.CaptionOptions`
@@ -361,45 +356,6 @@ class Conversation:
                 self._notice(text)
             return out.text
 
-    def _read_unread(self, first: int, carried: list[VisualInput]) -> bool:
-        """Read the media :meth:`load` left unread that the prompt from turn ``first`` holds (their
-        turns came back into the context: turns removed from ``turns``, a larger ``max_context``),
-        each file once, in place of their records (also in ``carried``). A file that cannot be read
-        any more (gone, changed into something else) leaves its turn, and those before it, out of
-        the context, as a medium let go does, with a notice. Return whether any prompt length may
-        have changed (a medium read whose token count is not its record's, or one that could not
-        be read), so the caller fits the prompt again."""
-        wanted = [m for t in self.turns[first:] for m in t.media if id(m) in self._unread]
-        wanted += [m for m in carried if id(m) in self._unread]
-        if not wanted:
-            return False
-        read: dict[int, VisualInput] = {}
-        by_source: dict[str, VisualInput] = {}
-        changed = False
-        try:
-            for m in wanted:
-                if id(m) in read or id(m) not in self._unread:
-                    continue
-                try:
-                    if m.source not in by_source:
-                        by_source[m.source] = encode_media(self.model, m.source, self.options, name=m.source)
-                except (InputError, UsageError) as e:  # (what load says of a file it cannot read again)
-                    del self._unread[id(m)]  # a record let go now: its turn cannot be in a prompt
-                    self._notice(f"{m.source} (a turn /load left unread) can no longer be read ({e}): that "
-                                 "turn and those before it stay out of the context")
-                    changed = True
-                    continue
-                read[id(m)] = by_source[m.source]
-                changed |= read[id(m)].positions != m.positions
-        finally:  # what was read stays read (another error, a memory refusal: the rest stay unread)
-            for key in read:
-                del self._unread[key]
-            for t in self.turns:
-                if any(id(m) in read for m in t.media):
-                    t.media = [read.get(id(m), m) for m in t.media]
-            carried[:] = [read.get(id(m), m) for m in carried]
-        return changed
-
     def _release_dropped_media(self) -> None:
         """Let go of the tokens of media whose turns left the context (but the one carried): they are
         never in a prompt again, and a long chat with an image now and then would otherwise hold
@@ -417,128 +373,6 @@ class Conversation:
         """Tokens of the context now (without a next question)."""
         turns = self._context(TurnTokens([], list(self.pending)))
         return prompt_length(turns, self._pieces, self.template)
-
-    # ---- transcript -----------------------------------------------------------------------------
-    def to_json(self) -> dict:
-        """The transcript: the load that made its answers (the model, named as ``name`` says, its
-        revision, the adapters merged with their weights, ``--vae``, ``--quantize``, the dtype: the
-        one record generated files and ``caption --json`` carry, :meth:`Showo2.record`), system
-        prompt, every turn (``in_context`` false once dropped), notices."""
-        turns = []
-        for i, t in enumerate(self.turns):
-            turns.append({**t.describe(), "in_context": i >= self._start})
-        return {"format": "showo2-chat", "version": 1, "showo2_version": __version__,
-                **self.model.record(), "model": self.name, "system": self.system, "template": self.template,
-                "mask_mode": self.mask_mode,
-                "max_context": self.max_context, "turns": turns,
-                "pending_media": [m.describe() for m in self.pending], "notices": collapsed_notices(self.notices),
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-    def load(self, path: str | os.PathLike) -> int:
-        """Go on with a transcript :meth:`save` wrote: its system prompt, its turns (which had left the
-        context stay out of it), the image a dropped turn left in the context and the media
-        attached for the next question, read again from their files. Checked and read whole before
-        anything changes (a missing file, another format: :class:`~showo2_cli.errors.UsageError` or
-        the media's error, the conversation as it was); return the number of turns.
-
-        Of the turns in the context, only those the next prompt can hold (``max_context``) have their
-        media read now; the older ones' media are read when a prompt holds them again (turns removed
-        from ``turns``, a larger ``max_context``), so the context is the saved chat's either way. Such
-        a file that cannot be read then leaves its turn, and those before it, out of the context,
-        with a notice (:meth:`ask` goes on)."""
-        import json
-
-        from .media import read_limited
-        from .media.files import quote_path
-
-        # read outside the JSON check: its UsageError (missing, a folder, too large) is a ValueError too
-        data = read_limited(path, MAX_TRANSCRIPT_BYTES, "transcript", UsageError)
-        try:
-            record = json.loads(data)
-        except (ValueError, RecursionError) as e:  # bad JSON or UTF-8; Python's nesting and digit limits
-            raise UsageError(f"transcript {quote_path(path)} {json_problem(e, 120)}") from None
-        turns, pending = transcript_turns(record, path)
-        first = sum(not t["in_context"] for t in turns)
-        system = record.get("system", DEFAULT_SYSTEM)
-        if not isinstance(system, str):
-            raise UsageError(f"transcript {quote_path(path)}: 'system' is not text")
-        self._check_length(system, "the system prompt")
-
-        def media(items, read: bool) -> list[VisualInput]:
-            for m in items if read else ():
-                if m["source"] in ("<image>", "<frames>") and not os.path.lexists(m["source"]):
-                    raise UsageError(  # (the names media given in memory are described by: no file)
-                        f"transcript {quote_path(path)}: its {m['source']} was given in memory, not by a "
-                        "file name, so it cannot be read again (a chat to take up attaches its media by their paths)")
-            return [read_again(m["source"]) if read else released_record(m) for m in items]
-
-        encoded: dict[str, VisualInput] = {}
-
-        def read_again(source: str) -> VisualInput:
-            """A recorded file encoded once however many turns name it (each encode reads and decodes
-            it: 50 turns naming one photo took 16 s on the demo, 10^5 would have taken hours)."""
-            if source not in encoded:
-                encoded[source] = encode_media(self.model, source, self.options, name=source)
-            return encoded[source]
-
-        # the image a dropped turn left in the context (as ask() keeps it): the last one, when no turn
-        # in the context has one (media attached since are not of the question that dropped it)
-        later = any(t["media"] for t in turns[first:])
-        source = next((i for i in range(first - 1, -1, -1) if turns[i]["media"]), None) if not later else None
-        carried = [] if source is None else turns[source]["media"][-1:]
-        restored, kept = [], media(carried, True)
-        for i, t in enumerate(turns):
-            turn = Turn(t["question"], t["answer"], [], None, [], t["stopped"],
-                        t["prompt_tokens"], t["seconds"], t["generated_tokens"], t["sampling"])
-            if t["question"] or i:
-                turn.question_ids = self._question_ids(t["question"])
-            self._check_length(t["answer"], "an answer")
-            turn.answer_ids = encode_user_text(self.model.require_tokenizer(), t["answer"])
-            restored.append(turn)
-        # media read from the newest turn back: once the turns read hold the budget (counted as each
-        # the first of a prompt, a lower bound of theirs), no prompt can hold an older one (ask drops it):
-        # those keep their media's records, as a dropped turn does, but the one a drop would carry
-        # (the last of the newest turn with media), so a transcript naming 10^5 files reads a context's worth
-        pieces = PromptPieces.of(self.model, system)
-        base = length = prompt_length([], pieces, self.template)  # each turn counted as a prompt's first (its least)
-        oldest = first  # the oldest turn read
-        for i in range(len(turns) - 1, first - 1, -1):
-            turn, oldest = restored[i], i
-            turn.media = media(turns[i]["media"], True)
-            length += prompt_length([turn.tokens()], pieces, self.template) - base
-            if length >= self.max_context:
-                break
-        newer = oldest < len(turns) and bool(turns[oldest]["media"])  # a turn read since has media
-        for i in range(oldest - 1, -1, -1):
-            items = turns[i]["media"]
-            restored[i].media = media(items, False)
-            if i >= first and items and not newer:  # (before first: the carried image, below)
-                restored[i].media[-1:] = media(items[-1:], True)
-            newer = newer or bool(items)
-        if kept:  # the same record as the dropped turn's, as ask() keeps it
-            restored[source].media[-1] = kept[0]
-        waiting = media(pending, True)
-        with self._lock:
-            self.reset()
-            self.system = system
-            self.turns, self.pending, self._first, self._carried = restored, waiting, first, kept
-            # the media of turns in the context left unread: read when a prompt holds them again
-            self._unread = {id(m): m for t in restored[first:oldest] for m in t.media if m.released}
-        return len(restored)
-
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> str:
-        """Write :meth:`to_json` atomically (never a half-written file); return the path. A transcript
-        larger than :meth:`load` reads (``MAX_TRANSCRIPT_BYTES``) is a :class:`UsageError`, nothing written."""
-        import json
-
-        from . import media as M
-
-        data = (json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n").encode("utf-8")
-        check_transcript_size(len(data), len(self.turns), MAX_TRANSCRIPT_BYTES)  # never a file load() refuses
-        with M.atomic_output(path, overwrite=overwrite) as tmp:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-        return os.fspath(path)
 
 
 __all__ = ["Cancelled", "Conversation", "MAX_MEDIA_PER_TURN", "Turn", "context_budget", "sampling_record"]
