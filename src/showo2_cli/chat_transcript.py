@@ -1,7 +1,8 @@
 """Chat transcripts as :meth:`~showo2_cli.chat.Conversation.save` writes them: a conversation's
 :class:`Turn` and its record (:meth:`Turn.describe`, :func:`sampling_record`), the checks of one
-read back (:meth:`~showo2_cli.chat.Conversation.load`) and the record of a medium not read again.
-:mod:`showo2_cli.chat` re-exports ``Turn`` and ``sampling_record``."""
+read back (:meth:`~showo2_cli.chat.Conversation.load`) and the record of a medium not read again;
+and :class:`ChatTranscript`, the conversation's base class that writes, loads and takes them up.
+:mod:`showo2_cli.chat` re-exports ``Turn``, ``sampling_record`` and ``MAX_TRANSCRIPT_BYTES``."""
 
 from __future__ import annotations
 
