@@ -165,18 +165,20 @@ def _shape(state: dict, key: str, root: Path) -> tuple[int, ...]:
 
 def _typed(cfg: dict, key: str, kind: str, where) -> Any:
     """``cfg[key]`` when it has the type a config of the official code gives it (``bool``,
-    ``int`` (positive), ``number`` (positive, finite) or ``dict``), None when absent or null; else
-    one ModelError: a wrong type would be misread (``bool("false")`` is true) or fail deep inside."""
+    ``int`` (positive), ``number`` (positive, finite), ``eps`` (finite, 0 included: a norm's epsilon,
+    which the official code takes at 0) or ``dict``), None when absent or null; else one ModelError: a
+    wrong type would be misread (``bool("false")`` is true) or fail deep inside."""
     value = cfg.get(key)
     if value is None:
         return None
     ok = {"bool": lambda v: isinstance(v, bool),
           "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
           "number": lambda v: is_finite_number(v) and v > 0,  # (10**400: no float)
+          "eps": lambda v: is_finite_number(v) and v >= 0,
           "dict": lambda v: isinstance(v, dict), "str": lambda v: isinstance(v, str)}[kind](value)
     if not ok:
         wanted = {"bool": "true or false", "int": "a positive integer", "number": "a positive number",
-                  "dict": "an object", "str": "text"}[kind]
+                  "eps": "a number from 0", "dict": "an object", "str": "text"}[kind]
         raise ModelError(f"'{where}': {key} must be {wanted}, got {str(value)[:20]}")
     return value
 
@@ -218,6 +220,11 @@ def _semantic_intermediate(state: dict, sig_cfg: dict, where, base: ModelSpec | 
     if _count(state, r"und_trans\.layers\.(\d+)\.") == 0:
         return int(_typed(sig_cfg, "intermediate_size", "int", where) or (base.semantic_intermediate if base else 1))
     return _shape(state, "und_trans.layers.0.mlp.fc1.weight", root)[0]
+
+
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless absent (None): a stated 0 is a value, not a fallback's cue."""
+    return default if value is None else value
 
 
 def stored_head_differs(state: dict) -> bool:
@@ -326,8 +333,9 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         intermediate_size=_shape(state, "showo.model.layers.0.mlp.gate_proj.weight", root)[0],
         # a Qwen2 config without it gets transformers' Qwen2Config default, as in the official code
         rope_theta=float(rope_theta or (QWEN2_DEFAULT_ROPE_THETA if llm_cfg else base.rope_theta if base else 1e6)),
-        rms_norm_eps=float(_typed(llm_cfg, "rms_norm_eps", "number", files.llm_config)
-                           or (base.rms_norm_eps if base else 1e-6)),
+        # (an epsilon of 0 is the official code's too: `or` took it for absent, and 1e-6 ran instead)
+        rms_norm_eps=float(_given(_typed(llm_cfg, "rms_norm_eps", "eps", files.llm_config),
+                                  base.rms_norm_eps if base else 1e-6)),
         tie_word_embeddings=bool(tied),
         max_position_embeddings=max_positions,
         clip_latent_dim=clip_dim, latent_channels=und[1], patch_size=patch,
@@ -336,7 +344,7 @@ def spec_from_official(files: ModelFiles, state: dict) -> ModelSpec:
         semantic_heads=int(_typed(sig_cfg, "num_attention_heads", "int", files.siglip_config)
                            or (SIGLIP_DEFAULT_HEADS if sig_cfg else base.semantic_heads if base else 16)),
         semantic_intermediate=_semantic_intermediate(state, sig_cfg, files.siglip_config, base, root),
-        semantic_eps=float(_typed(sig_cfg, "layer_norm_eps", "number", files.siglip_config) or 1e-6),
+        semantic_eps=float(_given(_typed(sig_cfg, "layer_norm_eps", "eps", files.siglip_config), 1e-6)),
         semantic_act=_typed(sig_cfg, "hidden_act", "str", files.siglip_config) or "gelu_pytorch_tanh",
         hidden_act=_typed(llm_cfg, "hidden_act", "str", files.llm_config) or "silu",
         rope_scaling=_llm_rope_scaling(llm_cfg, files.llm_config, max_positions),

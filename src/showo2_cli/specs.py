@@ -256,10 +256,15 @@ class ModelSpec:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"invalid model spec '{self.name}': {key} must be a positive integer, "
                                  f"got {str(value)[:20]}")
-        for key in ("rms_norm_eps", "semantic_eps", "head_norm_eps", "rope_theta", "head_rope_theta"):
+        for key in ("rope_theta", "head_rope_theta"):
             value = getattr(self, key)
             if not is_finite_number(value) or not 0 < value:
                 raise UsageError(f"invalid model spec '{self.name}': {key} must be a positive number, "
+                                 f"got {str(value)[:20]}")
+        for key in ("rms_norm_eps", "semantic_eps", "head_norm_eps"):  # 0 runs in the official code too
+            value = getattr(self, key)
+            if not is_finite_number(value) or not 0 <= value:
+                raise UsageError(f"invalid model spec '{self.name}': {key} must be a number from 0, "
                                  f"got {str(value)[:20]}")
         for key in ("semantic_layers", "head_layers"):  # none is an official depth (SigLIP depth 1, no flow block)
             value = getattr(self, key)

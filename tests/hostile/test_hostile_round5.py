@@ -81,7 +81,7 @@ def test_tokenizer_files_are_sized_and_their_special_tokens_checked(tmp_path, ti
 @pytest.mark.parametrize("where, change, needle", [
     ("llm/config.json", {"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false"),
     ("llm/config.json", {"rope_theta": [1]}, "rope_theta must be a positive number"),
-    ("llm/config.json", {"rms_norm_eps": [1e-6]}, "rms_norm_eps must be a positive number"),
+    ("llm/config.json", {"rms_norm_eps": [1e-6]}, "rms_norm_eps must be a number from 0"),
     ("llm/config.json", {"max_position_embeddings": [4096]}, "max_position_embeddings must be a positive integer"),
     ("llm/config.json", {"rope_theta": None, "rope_parameters": [1]}, "rope_parameters must be an object"),
     ("siglip/config.json", {"vision_config": [1]}, "vision_config must be an object"),
