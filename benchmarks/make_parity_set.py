@@ -178,6 +178,9 @@ class SetMaker:
         # a non-square token grid: image/video_latent_width beside the height (= image_latent_height)
         self.grid_w = s.get("image_latent_width", g.grid)
         self.kwargs.update(image_latent_width=self.grid_w, video_latent_width=self.grid_w)
+        if s.get("video_latent_grid"):  # [h, w]: config.json's video grid alone (the 512 / 1024 px demo configs
+            # say 27 beside an image grid of 32 / 64; the official model reads neither video field)
+            self.kwargs.update(video_latent_height=s["video_latent_grid"][0], video_latent_width=s["video_latent_grid"][1])
         llm = json.loads((model_dir / "llm" / "config.json").read_text())
         llm.update(vocab_size=s["llm_config_vocab_size"], tie_word_embeddings=s["tie_word_embeddings"],
                    bos_token_id=257, eos_token_id=258, max_position_embeddings=4096)
