@@ -210,7 +210,33 @@ def _llm_rope_scaling(llm_cfg: dict, where, max_positions: int) -> dict | None:
         for key in ("mscale", "mscale_all_dim", "truncate"):
             scaling.pop(key, None)
         scaling["original_max_position_embeddings"] = max_positions
+    if official_key and scaling.get("rope_type") == "longrope":
+        official_longrope(scaling, _typed(llm_cfg, "original_max_position_embeddings", "int", where), max_positions)
     return scaling if scaling and scaling.get("rope_type") != "default" else None
+
+
+def official_longrope(scaling: dict, top_original: int | None, max_positions: int) -> None:
+    """A LongRoPE ``scaling`` (in place) as transformers 4.47, the official code's, builds it: once,
+    for every length. With the LLM config's own ``original_max_position_embeddings`` (Phi-3's field)
+    the factor is ``max_position_embeddings`` over it, else the scaling's ``factor`` (the original
+    length then ``max_position_embeddings``); the long factors where the scaled length passes the
+    original one, else the short ones; the attention factor, unless given, sqrt(1 + ln(factor) /
+    ln(original)). transformers 5 takes the short factors for rows shorter than the scaling's
+    original length (and reads that length from the scaling alone): both lists become the one 4.47
+    uses, and the factors are written out. A scaling 4.47 cannot build (no factor) is left as it is."""
+    import math
+
+    original = top_original if top_original is not None else max_positions
+    factor = max_positions / top_original if top_original is not None else scaling.get("factor")
+    if not is_finite_number(factor) or original < 2:
+        return
+    scaled = max_positions if top_original is not None else max_positions * factor
+    chosen = scaling.get("long_factor" if scaled > original else "short_factor")
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    scaling.update(short_factor=chosen, long_factor=chosen, factor=factor, attention_factor=attention,
+                   original_max_position_embeddings=original)
 
 
 def _semantic_intermediate(state: dict, sig_cfg: dict, where, base: ModelSpec | None, root: Path) -> int:
