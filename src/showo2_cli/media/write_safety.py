@@ -77,6 +77,10 @@ def write_failed(target: Path, exc: BaseException, what: str = "") -> OutputErro
         why = "no space left on the device"
     elif code == errno.EROFS or "Read-only file system" in text:
         why = "read-only file system"
+    elif code == errno.EFBIG or "File too large" in text:  # RLIMIT_FSIZE, or a file system's largest file
+        why = "the file is larger than this process may write (its file-size limit, ulimit -f, or the file system's)"
+    elif isinstance(exc, OSError) and exc.strerror:  # its strerror alone: the path in it may be the temporary's
+        why = exc.strerror[:1].lower() + exc.strerror[1:]
     else:
         why = error_detail(exc) if isinstance(exc, OSError) else text.strip().splitlines()[0][:200] if text else \
             type(exc).__name__

@@ -41,7 +41,10 @@ def chat_job(model, config: ServerConfig, plan: ChatPlan, job: Job) -> dict:
             nonlocal count
             param = upload.param
             path = Path(tmp) / f"image-{count}"
-            path.write_bytes(upload.data)
+            try:
+                path.write_bytes(upload.data)
+            except OSError as e:  # a full disk, a file-size limit, a forbidden folder: the server's own
+                raise M.write_failed(path, e) from e
             try:
                 if upload.declared is not None:  # what its data URL says it is, it must be
                     found = M.probe_kind(path, config.max_image_pixels)

@@ -1,0 +1,77 @@
+"""Probe KD: the machine around the tool (a file-size limit, forbidden folders, closed streams,
+signals, threads). The live cases are ``benchmarks/hostile_corpus_kd.py``; these are the defects it
+found, each checked here without root or resource limits."""
+
+from __future__ import annotations
+
+import base64
+import errno
+from pathlib import Path
+
+import pytest
+
+from showo2_cli.errors import OutputError
+from showo2_cli.media.write_safety import write_errors, write_failed
+
+TARGET = Path("/data/out/v.mp4")
+HIDDEN = "/data/out/.v.mp4.5200d0c6.tmp.mp4"
+
+
+@pytest.mark.parametrize("exc", [
+    OSError(errno.EFBIG, "File too large", HIDDEN),  # what PyAV's mp4 writer raised under `ulimit -f`
+    RuntimeError("Error while serializing: I/O error: File too large (os error 27)"),  # safetensors'
+])
+def test_a_file_size_limit_is_said_as_such_naming_the_target_only(exc):
+    # checked live: `t2v -o v.mp4` under RLIMIT_FSIZE said "cannot write video '.../v.mp4': [Errno 27]
+    # File too large: '.../.v.mp4.5200d0c6.tmp.mp4'" (a hidden file already removed), `encode` "...:
+    # Error while serializing: I/O error: File too large (os error 27)"
+    err = write_failed(TARGET, exc, what="video")
+    assert str(err) == ("cannot write video '/data/out/v.mp4': the file is larger than this process may write "
+                        "(its file-size limit, ulimit -f, or the file system's)")
+    assert err.exit_code == 5
+
+
+def test_any_other_os_error_while_writing_never_names_the_temporary_file():
+    # was: "cannot write '/data/out/v.mp4': [Errno 5] Input/output error: '/data/out/.v.mp4.5200d0c6.tmp.mp4'"
+    err = write_failed(TARGET, OSError(errno.EIO, "Input/output error", HIDDEN))
+    assert str(err) == "cannot write '/data/out/v.mp4': input/output error"
+    with pytest.raises(OutputError, match=r"^cannot write '/data/out/v.mp4': permission denied$"), write_errors(TARGET):
+        raise PermissionError(errno.EACCES, "Permission denied", HIDDEN)
+
+
+def test_a_chat_upload_the_server_cannot_store_is_its_temporary_files_error_not_an_internal_error(
+        tmp_path, monkeypatch, caplog):
+    # checked live: `showo2 serve` under a file-size limit (RLIMIT_FSIZE 3000 bytes) answered a chat
+    # request with an image 500 "internal error (OSError)" and logged a traceback (the uploaded image's
+    # Path.write_bytes in the request's temporary folder); an image generation on the same server got
+    # the clear "the server cannot write its temporary files"
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from showo2_cli import load
+    from showo2_cli.serve import ServerConfig, create_app
+
+    real = Path.write_bytes
+
+    def over_the_limit(self, data):
+        if self.name.startswith("image-") and "showo2-serve-" in str(self.parent):
+            raise OSError(errno.EFBIG, "File too large")
+        return real(self, data)
+
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 20, 20)).save(tmp_path / "red.png")
+    photo = base64.b64encode((tmp_path / "red.png").read_bytes()).decode()
+    body = {"model": "demo", "max_tokens": 2, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what?"}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{photo}"}}]}]}
+    with TestClient(create_app(load("demo"), ServerConfig(model_id="demo"))) as client:
+        monkeypatch.setattr(Path, "write_bytes", over_the_limit)
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 500, r.text
+        err = r.json()["error"]
+        assert (err["message"], err["code"]) == ("the server cannot write its temporary files", "server_error")
+        assert r.headers.get("x-should-retry") == "false"  # the same generation would fail again
+        assert "Traceback" not in caplog.text and "internal error" not in caplog.text
+        monkeypatch.setattr(Path, "write_bytes", real)
+        ok = client.post("/v1/chat/completions", json=body)  # and the next request is answered
+        assert ok.status_code == 200, ok.text
