@@ -75,3 +75,19 @@ def test_a_chat_upload_the_server_cannot_store_is_its_temporary_files_error_not_
         monkeypatch.setattr(Path, "write_bytes", real)
         ok = client.post("/v1/chat/completions", json=body)  # and the next request is answered
         assert ok.status_code == 200, ok.text
+
+
+def test_a_run_folder_that_is_a_file_is_said_as_such(tmp_path):
+    # checked live: `showo2 train tiny.toml -o afile` (afile a plain file) said "cannot create output_dir
+    # '.../afile': File exists", which reads as the run folder (a run resumes in its existing folder)
+    from showo2_cli.training.config import load_config
+    from showo2_cli.training.trainer import train
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    (tmp_path / "afile").write_text("mine\n")
+    cfg = load_config(examples / "train_tiny.toml",
+                      overrides={"output_dir": str(tmp_path / "afile"), "optim.max_steps": 1})
+    with pytest.raises(OutputError) as e:
+        train(cfg)
+    assert str(e.value) == f"cannot create output_dir '{tmp_path / 'afile'}': it exists and is not a folder"
+    assert (tmp_path / "afile").read_text() == "mine\n"

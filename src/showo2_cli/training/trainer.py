@@ -98,8 +98,9 @@ class Run:
             try:  # (exists() itself fails on a name longer than the file system takes)
                 self._created_output = not self.output_dir.exists()
                 self.output_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise OutputError(f"cannot create output_dir '{self.output_dir}': {e.strerror or e}") from e
+            except OSError as e:  # (mkdir's "File exists" for a file there read as the run folder existing)
+                why = "it exists and is not a folder" if isinstance(e, FileExistsError) else e.strerror or e
+                raise OutputError(f"cannot create output_dir '{self.output_dir}': {why}") from e
             if not os.access(self.output_dir, os.W_OK):
                 raise OutputError(f"output_dir '{self.output_dir}' is read-only")
             self._lock = ckpt.hold_folder(self.output_dir)  # before cleaning: another run's staging is not ours
