@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         from .cli import main as cli_main
     except KeyboardInterrupt as e:
         code = 128 + e.args[0] if isinstance(e, _Terminated) else 130
-        _say("showo2: error: interrupted\n")
+        said = "interrupted" if code == 130 else "hung up" if code - 128 in HANGUP else "terminated"
+        _say(f"showo2: error: {said}\n")  # (as the command line says each, once it runs)
         exit_with(code)
     for sig, handler in previous.items():
         if handler is not None:
