@@ -247,6 +247,9 @@ def _check_output_folder(path: Path, overwrite: bool) -> None:
         raise OutputError(f"'{path}' exists and is not a folder")
     if path.exists() and not overwrite:
         raise OutputError(f"'{path}' already exists; pass --overwrite to replace it")
+    from .media.outputs import check_replaceable  # (media imports numpy and PIL: not for `models`, `info`)
+
+    check_replaceable(path)
     full = path.resolve()
     for name, place in (("the current folder", Path.cwd), ("the home folder", Path.home)):
         try:

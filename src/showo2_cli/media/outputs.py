@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import unicodedata
 from collections.abc import Iterator
@@ -46,6 +47,24 @@ def check_output_name(path: PathLike) -> None:
         raise OutputError(f"cannot write {quote_path(raw)}: it is a directory; give a file name")
     if raw.endswith(("/", os.sep)):
         raise OutputError(f"cannot write {quote_path(raw)}: it names a folder (it ends in '/'); give a file name")
+
+
+def check_replaceable(path: PathLike) -> None:
+    """An existing ``path`` that this process may not replace, refused before any work: in a folder
+    with the sticky bit (``/tmp``, a shared folder) only the owner of a file or of the folder may
+    rename over it or move it, so the replacement, made after the whole job, would fail with
+    "Operation not permitted". (Root may; so may a system without user ids.)"""
+    p = Path(os.fspath(path))
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is None or geteuid() == 0:
+        return
+    try:
+        folder, entry = os.stat(p.parent), os.lstat(p)
+    except OSError:  # absent, or unreadable: the other checks say what is wrong
+        return
+    if folder.st_mode & stat.S_ISVTX and geteuid() not in (entry.st_uid, folder.st_uid):
+        raise OutputError(f"cannot replace {quote_path(p)}: it belongs to another user and folder "
+                          f"{quote_path(p.parent)} lets only their owners replace its entries (the sticky bit)")
 
 
 def extension_refused(path: PathLike, use: str) -> UsageError:
@@ -94,6 +113,7 @@ def check_output_path(path: PathLike, overwrite: bool = False, probe: bool = Fal
             raise OutputError(f"cannot write {quote_path(p)}: {quote_path(parent)} is not a folder")
         if (p.exists() or p.is_symlink()) and not overwrite:
             raise OutputExists(f"{quote_path(p)} exists; pass --overwrite to replace it")
+        check_replaceable(p)
         try:
             name_max = int(os.pathconf(parent, "PC_NAME_MAX"))
         except (OSError, ValueError, AttributeError):
@@ -170,8 +190,9 @@ class _Listing:
     """One folder's entries: each name and whether it is a plain file (not a link), with the
     folder's limits on a name's and a path's length in bytes."""
 
-    def __init__(self, kinds: dict[str, bool], name_max: int, path_max: int):
+    def __init__(self, kinds: dict[str, bool], name_max: int, path_max: int, sticky: bool = False):
         self.kinds = kinds
+        self.sticky = sticky  # a present name may be another user's that we may not replace
         self.folded = {_folded(name) for name in kinds}
         self.name_max = name_max
         self.path_max = path_max
@@ -184,9 +205,10 @@ class _Listing:
                 kinds = {e.name: e.is_file(follow_symlinks=False) for e in entries}
             name_max = int(os.pathconf(folder, "PC_NAME_MAX"))
             path_max = int(os.pathconf(folder, "PC_PATH_MAX"))
+            sticky = bool(os.stat(folder).st_mode & stat.S_ISVTX)
         except (OSError, ValueError, AttributeError):
             return None
-        return cls(kinds, name_max, path_max)
+        return cls(kinds, name_max, path_max, sticky)
 
     def clear(self, raw: str, name: str, overwrite: bool) -> bool:
         """Whether the output ``raw`` (named ``name`` in this folder) passes every check of
@@ -197,7 +219,7 @@ class _Listing:
         plain = self.kinds.get(name)
         if plain is None:  # absent, unless the file system takes another case of a present name for it
             return _folded(name) not in self.folded
-        return plain and overwrite
+        return plain and overwrite and not self.sticky  # (check_replaceable asks whose it is)
 
 
 def short_name(name: str, limit: int = 100) -> str:
@@ -273,8 +295,8 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
         raise
     except IsADirectoryError as e:
         raise OutputError(f"cannot write {quote_path(target)}: it is a directory") from e
-    except OSError as e:
-        raise OutputError(f"cannot write {quote_path(target)}: {error_detail(e)}") from e
+    except OSError as e:  # (its text names the hidden temporary file, gone by then)
+        raise write_failed(target, e) from e
 
 
 @contextmanager
@@ -368,6 +390,7 @@ def atomic_folder(path: PathLike, overwrite: bool = False, durable: bool = False
         raise OutputExists(f"{quote_path(target)} already exists; pass --overwrite to replace it")
     if target.exists() and not target.is_dir():
         raise OutputError(f"{quote_path(target)} exists and is not a folder")
+    check_replaceable(target)
     parent = target.parent
     if not parent.is_dir():
         where = f"{quote_path(parent)} is not a folder" if parent.exists() else \
@@ -399,7 +422,7 @@ def atomic_folder(path: PathLike, overwrite: bool = False, durable: bool = False
                 else:
                     os.replace(tmp, target)
         except OSError as e:
-            raise OutputError(f"cannot write {quote_path(target)}: {error_detail(e)}") from e
+            raise write_failed(target, e) from e
         if durable:
             fsync_path(parent)
     except BaseException:
