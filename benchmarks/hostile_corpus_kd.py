@@ -40,16 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 TIMEOUT = 240.0
 
-
-def shared_media() -> Path:
-    """$SHOWO2_MEDIA_DIR, else ../shared/media next to the checkout (as tests/conftest.py finds it)."""
-    if os.environ.get("SHOWO2_MEDIA_DIR"):
-        return Path(os.environ["SHOWO2_MEDIA_DIR"])
-    for base in (ROOT.parent, Path.cwd().parent):
-        if (base / "shared" / "media").is_dir():
-            return base / "shared" / "media"
-    return ROOT.parent / "shared" / "media"
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hostile_corpus_jb import shared_media  # noqa: E402  (the media folder found as tests/conftest.py finds it)
 
 PHOTO = shared_media() / "pexels-taryn-elliott-4144459.jpg"
 FAST = ["--steps", "2", "--seed", "1"]
