@@ -14,6 +14,7 @@ checkpoint is staged, and while a file is written. The bar:
 
 * exit code as expected (an error: non-zero, ``showo2: error: ...`` as stderr's one line, never a
   traceback; a valid-but-odd environment: exit 0);
+* an error line in the project's words: no "[Errno", no library's "(os error", no hidden temporary's name;
 * a file that existed before is unchanged (``keep``), none is left where the command failed
   (``absent``), and no hidden temporary (``.*.tmp*``, ``.*.partial*``) is left in the folder.
 
@@ -45,6 +46,8 @@ from hostile_corpus_jb import shared_media  # noqa: E402  (the media folder foun
 
 PHOTO = shared_media() / "pexels-taryn-elliott-4144459.jpg"
 FAST = ["--steps", "2", "--seed", "1"]
+#: what an error line must not hold: errno's own words, a library's, a hidden temporary file's name
+RAW_ERRNO = ("[Errno", "(os error", ".tmp.", "File exists")
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Case:
     signal_after: tuple[int, float] | None = None  # (signal, seconds) sent to the command
     signal_when: str = ""  # or: send SIGTERM once a path matches this glob pattern
     stdin: bytes = b""
+    not_in_err: str = ""  # a phrase stderr must not hold (a line printed only once the job ran: "seed ")
     needs: str = ""  # "userns" or "root-userns" (see can()): skipped where the machine refuses it
 
 
@@ -191,6 +195,7 @@ def cases(d: Path, f: dict[str, Path]) -> list[Case]:
              stdin=f"/save {o}/ro/tr.json\n/quit\n".encode(), absent=[f"{o}/ro/tr.json"], needs="userns"),
         Case("another user's file in a sticky folder, --overwrite", ["t2i", "x", "-o", f"{o}/sticky/theirs.png",
              "--overwrite", *FAST], code=5, unprivileged=True, keep=[f"{o}/sticky/theirs.png"], folders=[f"{o}/sticky"],
+             not_in_err="seed ",
              needs="root-userns"),
         Case("another user's model folder in a sticky folder, convert --overwrite",
              ["convert", "demo", "-o", f"{o}/sticky/theirs", "--overwrite"], code=5, unprivileged=True,
@@ -339,8 +344,12 @@ def run_case(case: Case, d: Path) -> tuple[bool, str]:
         if case.code is not None and rc != case.code:
             why.append(f"exit {rc}, wanted {case.code}")
         errors = [x for x in lines if x.startswith("showo2: error:")]
+        if any(k in x for x in errors for k in RAW_ERRNO):
+            why.append(f"an error said in errno's words or naming a hidden temporary: {errors[-1][-160:]}")
         if len(errors) != 1 or (case.signal_after is None and not case.signal_when and lines and lines[-1] != errors[-1]):
             why.append(f"not one error line: {lines[-3:]}")
+    if case.not_in_err and case.not_in_err in text:
+        why.append(f"stderr holds {case.not_in_err!r}")
     for p_ in case.keep:
         if digest(Path(p_)) != before[p_]:
             why.append(f"changed: {Path(p_).name[:40]}")
