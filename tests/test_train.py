@@ -380,12 +380,19 @@ def test_smoke_run_learns_and_writes_a_loadable_checkpoint(tmp_path):
 
 
 def test_resume_continues_bit_identically(tmp_path):
-    """N steps straight == N/2 steps, stop, resume N/2: same data order, same weights, same optimizer."""
+    """N steps straight == N/2 steps, stop, resume N/2: same data order, same weights, same optimizer,
+    the same global random state saved (the run's own: whatever state each started in, torch's is
+    seeded from the OS in each process), and the caller's random state left as it was."""
     straight = tiny_config(tmp_path / "a", **{"optim.max_steps": 6})
+    torch.manual_seed(1)
+    caller = torch.get_rng_state()
     train(parse_config(straight, source="a"))
+    assert torch.equal(torch.get_rng_state(), caller)  # (the data loader drew its workers' seed from it)
     split = tiny_config(tmp_path / "b", **{"optim.max_steps": 6})
+    torch.manual_seed(2)
     first = train(parse_config(split, source="b"), stop_after=3)
     assert first.step == 3 and ckpt.latest_checkpoint(tmp_path / "b" / "run").name == "checkpoint-000003"
+    torch.manual_seed(3)
     second = train(parse_config(split, source="b"))
     assert second.step == 6 and second.resumed_from.name == "checkpoint-000003"
 
@@ -399,6 +406,9 @@ def test_resume_continues_bit_identically(tmp_path):
     oa = torch.load(a / "checkpoint-000006" / ckpt.STATE_FILE, weights_only=True)["optimizer"]["state"]
     ob = torch.load(b / "checkpoint-000006" / ckpt.STATE_FILE, weights_only=True)["optimizer"]["state"]
     assert all(torch.equal(oa[i]["exp_avg_sq"], ob[i]["exp_avg_sq"]) for i in oa)
+    ra = torch.load(a / "checkpoint-000006" / ckpt.STATE_FILE, weights_only=True)["rng"]["torch"]
+    rb = torch.load(b / "checkpoint-000006" / ckpt.STATE_FILE, weights_only=True)["rng"]["torch"]
+    assert torch.equal(ra, rb)
 
 
 def test_metrics_lines_cover_every_step_across_a_crash_and_a_stop(tmp_path):

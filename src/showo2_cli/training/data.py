@@ -211,8 +211,11 @@ def collate(samples: list[Sample]) -> list[Sample]:
     return samples
 
 
-def loader(dataset: TrainingData, sampler: StepSampler, num_workers: int, worker_init_fn=None):
-    """A DataLoader over whole steps (workers prefetch pixels; encoding stays in the trainer)."""
+def loader(dataset: TrainingData, sampler: StepSampler, num_workers: int, worker_init_fn=None, seed: int = 0):
+    """A DataLoader over whole steps (workers prefetch pixels; encoding stays in the trainer). Its
+    workers' seeds come from ``seed``: torch draws them from the global generator otherwise, one
+    draw where the loop starts, which is at another point of a resumed run's."""
     kwargs = {"num_workers": num_workers, "prefetch_factor": 2, "persistent_workers": False,
               "worker_init_fn": worker_init_fn} if num_workers > 0 else {}
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, **kwargs)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                       generator=torch.Generator().manual_seed(seed), **kwargs)

@@ -92,6 +92,11 @@ class Run:
         self.acc = make_accelerator(cfg, self.objective.find_unused_parameters(), self.output_dir / TRACKER_DIR)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
+        # torch's global generators, from (seed, process) for the run and the caller's put back after
+        # (_release): torch seeds its own from the OS in each process, so two identical runs saved two
+        # random states, the process's start one; a resume restores the saved one below
+        self._rng_scope = contextlib.ExitStack()
+        self._rng_scope.enter_context(self.seeded_global_rng("run"))
 
         # the output folder, and where to resume from
         if self.acc.is_main_process:
@@ -356,12 +361,17 @@ class Run:
             self._release()
 
     _lock = None  # the key of the output_dir's lock, held while the run lasts
+    _rng_scope: contextlib.ExitStack | None = None  # the run's own global random state (setup to _release)
     result: TrainResult | None = None  # set once the run has ended and its last checkpoint is written
 
     def _release(self) -> None:
-        """Free the output folder for the next run (in this process too): its lock file closed."""
+        """Free the output folder for the next run (in this process too): its lock file closed, the
+        caller's random state back."""
         ckpt.release_folder(self._lock)
         self._lock = None
+        if self._rng_scope is not None:
+            self._rng_scope.close()
+            self._rng_scope = None
 
     def _train(self) -> TrainResult:
         cfg = self.cfg
@@ -376,7 +386,8 @@ class Run:
         metrics_path = self.output_dir / "metrics.jsonl"
         n_micro = cfg.optim.grad_accumulation
         sampler = StepSampler(self.batch_roles, step * n_micro, stop_at * n_micro, self.rank, self.world)
-        data = loader(self.dataset, sampler, cfg.run.num_workers, worker_init_fn=worker_init)
+        data = loader(self.dataset, sampler, cfg.run.num_workers, worker_init_fn=worker_init,
+                      seed=mix(cfg.seed, "workers", self.rank))
         interrupted = False
         last_loss = None
         saved = None  # the step of the last checkpoint written by this loop
