@@ -6,8 +6,12 @@ Nothing here knows the model: :mod:`showo2_cli.cli.chat` acts on what these yiel
 
 from __future__ import annotations
 
+import codecs
 import sys
 from dataclasses import dataclass
+
+from ..errors import InputError
+from ..media.files import text_encoding
 
 #: a line opening with it starts a message of several lines, one ending with it ends the message (ollama's way)
 MULTILINE = '"""'
@@ -21,28 +25,57 @@ class LineTooLong:
 
 
 def pipe_lines(stream, max_bytes: int):
-    """Lines of a binary stream (undecodable bytes replaced), none held longer than ``max_bytes``:
-    a longer one (``/dev/zero`` has no line end) is read on in ``max_bytes`` pieces and dropped,
-    given as a :class:`LineTooLong`. A byte-order mark opening the stream (a script saved by
-    Notepad) is dropped, as a prompts file's is: ``\ufeff/image x.png`` was asked as a question.
-    Lines end at ``\n``, ``\r\n`` or a lone ``\r``."""
-    first = True
+    """Lines of a binary stream of UTF-8 text, none held longer than ``max_bytes``: a longer one
+    (``/dev/zero`` has no line end) is read on in ``max_bytes`` pieces and dropped, given as a
+    :class:`LineTooLong`. A byte-order mark opening the stream (a script saved by Notepad) is
+    dropped, as a prompts file's is: ``\ufeff/image x.png`` was asked as a question. Lines end at
+    ``\n``, ``\r\n`` or a lone ``\r``. Bytes that are not UTF-8 text, or a NUL, raise
+    :class:`~showo2_cli.errors.InputError` where they come (``chat < photo.png`` asked the image's
+    bytes as questions): as Python refuses such a script, and a prompts file is refused."""
+    first, at = True, 0  # (at: the stream's bytes before this line)
     while True:
         raw = stream.readline(max_bytes + 1)
         if not raw:
             return
         opening, first = first, False
+        check = codecs.getincrementaldecoder("utf-8")()
         if len(raw) > max_bytes and not raw.endswith(b"\n"):
             size = len(raw)
-            while raw and not raw.endswith(b"\n"):
+            while raw:
+                _check_text(check, raw, at + size - len(raw), opening and size == len(raw))
+                if raw.endswith(b"\n"):
+                    break
                 raw = stream.readline(max_bytes)
                 size += len(raw)
+            _check_text(check, b"", at + size, False, final=True)
+            at += size
             yield LineTooLong(size)
             continue
-        text = raw.decode("utf-8", "replace").rstrip("\r\n")
+        text = _check_text(check, raw, at, opening, final=True)
+        at += len(raw)
+        text = text.rstrip("\r\n")
         # a lone CR ends a line too (a classic Mac OS script), as in a prompts file and as Python's
         # text stdin reads it: the whole script was asked as one question, its commands included
         yield from (text.removeprefix("\ufeff") if opening else text).split("\r")
+
+
+def _check_text(decoder, raw: bytes, at: int, opening: bool, final: bool = False) -> str:
+    """``raw`` (the stream's bytes from ``at``) decoded by ``decoder`` (strict UTF-8, the line's so
+    far); not UTF-8, or a NUL: one line naming the byte, and what to do instead."""
+    instead = ("chat reads questions and commands a line each; give an image or a video as a file "
+               "(`showo2 chat -m MODEL FILE`, or `/image FILE`)")
+    try:
+        text = decoder.decode(raw, final)
+    except UnicodeDecodeError as e:
+        if opening and text_encoding(raw).startswith("utf-16"):
+            raise InputError("standard input is UTF-16 text: chat reads UTF-8 (convert it, e.g. with "
+                             "`iconv -f UTF-16 -t UTF-8`)") from None
+        where = at - (len(e.object) - len(raw)) + e.start  # (object: the bytes held from the last piece, then raw)
+        raise InputError(f"standard input is not UTF-8 text (byte {where} is 0x{e.object[e.start]:02x}): "
+                         + instead) from None
+    if b"\x00" in raw:
+        raise InputError(f"standard input is not text (byte {at + raw.index(0)} is a NUL): " + instead)
+    return text
 
 
 class Message(str):
