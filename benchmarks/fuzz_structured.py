@@ -8,6 +8,7 @@ and decoders, Pillow's decoders, the project's header readers, the memory guard'
 
     python benchmarks/fuzz_structured.py --reader png --count 2000 --seed 1
     python benchmarks/fuzz_structured.py --reader all --count 300 --save fuzz-defects
+    python benchmarks/fuzz_structured.py --reader apng --count 3000 --readers-only   # no model: many more mutants
 
 Each mutant is driven through every entry point that reads its kind of file, each one run even where
 another refused it: media (``probe_kind``, ``read_metadata``, ``check_video``, ``read_image`` as caption
@@ -463,6 +464,7 @@ MP4_PREFIX = {b"meta": 4, b"stsd": 8, b"dref": 8, b"avc1": 78, b"avc3": 78, b"hv
 class Box:
     def __init__(self, kind: bytes, prefix: bytes = b"", body: bytes = b"", children: list | None = None):
         self.kind, self.prefix, self.body, self.children = kind, prefix, body, children
+        self.origin: tuple[int, int] | None = None  # a top-level box's payload (start, end) in the parsed file
 
     def walk(self, path=()):
         yield path + (self,)
@@ -490,16 +492,52 @@ def mp4_parse(data: bytes, parent: bytes = b"") -> list[Box]:
             boxes.append(Box(kind, payload[:n], children=mp4_parse(payload[n:], kind)))
         else:
             boxes.append(Box(kind, body=payload))
+        if not parent:
+            boxes[-1].origin = (i + head, i + size)
         i += size
     return boxes
 
 
-def mp4_write(boxes: list[Box]) -> bytes:
+def _mp4_bytes(boxes: list[Box]) -> bytes:
     out = []
     for b in boxes:
-        payload = b.prefix + (mp4_write(b.children) if b.children is not None else b.body)
+        payload = b.prefix + (_mp4_bytes(b.children) if b.children is not None else b.body)
         out.append(struct.pack(">I4s", 8 + len(payload), b.kind) + payload)
     return b"".join(out)
+
+
+def mp4_write(boxes: list[Box]) -> bytes:
+    """The file of the top-level ``boxes``, their sizes fixed and, as a muxer (or qt-faststart) does, the
+    chunk offsets (``stco``/``co64`` entries) that pointed into a top-level ``mdat`` moved by as much as it
+    moved: a box grown before it (a moov first, as faststart files and web videos have it), or the mdat
+    moved. An offset that points into no mdat (a mutated one) is left as it is; a duplicated mdat's
+    offsets follow its first copy."""
+    moves, at = [], 0
+    for b in boxes:
+        size = len(_mp4_bytes([b]))
+        if b.kind == b"mdat" and b.origin is not None and all(m[0] != b.origin for m in moves):
+            moves.append((b.origin, at + 8 - b.origin[0]))
+        at += size
+    if any(delta for _, delta in moves):
+        for path in (p for b in boxes for p in b.walk()):
+            box = path[-1]
+            if box.kind in (b"stco", b"co64") and box.children is None and len(box.body) >= 8:
+                box.body = _moved_offsets(box.body, 8 if box.kind == b"co64" else 4, moves)
+    return _mp4_bytes(boxes)
+
+
+def _moved_offsets(body: bytes, width: int, moves: list) -> bytes:
+    """A chunk offset table's ``body`` (version/flags, count, entries of ``width`` bytes) with each entry
+    inside a moved mdat's old payload moved with it (those past the declared count too)."""
+    fmt, top = (">Q", 2**64 - 1) if width == 8 else (">I", 2**32 - 1)
+    out = bytearray(body)
+    for k in range(8, len(body) - width + 1, width):
+        (v,) = struct.unpack(fmt, body[k:k + width])
+        for (start, end), delta in moves:
+            if start <= v < end:
+                out[k:k + width] = struct.pack(fmt, min(max(v + delta, 0), top))
+                break
+    return bytes(out)
 
 
 #: (box, byte offset in the body, struct format) of the fields that say sizes, times and counts
@@ -590,7 +628,7 @@ def mutate_mp4(data: bytes, rng: random.Random) -> bytes:
             b = rng.choice(cands)
             b.kind = rng.choice((b"free", b"co64", b"stco", b"stz2", b"moov", b"trak", b"uuid", b"mdat", b"wide"))
             if b.kind not in MP4_CONTAINERS and b.children is not None:
-                b.body, b.children = b.prefix + mp4_write(b.children), None
+                b.body, b.children = b.prefix + _mp4_bytes(b.children), None
                 b.prefix = b""
     return mp4_write(boxes)
 
@@ -887,10 +925,11 @@ def _frames(n: int = 9, side: int = 64):
     return frames
 
 
-def _video(path: Path, codec: str, fmt: str | None = None, pix: str = "yuv420p", sar=None) -> Path:
+def _video(path: Path, codec: str, fmt: str | None = None, pix: str = "yuv420p", sar=None,
+           faststart: bool = False) -> Path:
     import av
 
-    with av.open(str(path), "w", format=fmt) as c:
+    with av.open(str(path), "w", format=fmt, options={"movflags": "+faststart"} if faststart else None) as c:
         s = c.add_stream(codec, rate=8)
         frames = _frames()
         s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], pix
@@ -899,6 +938,24 @@ def _video(path: Path, codec: str, fmt: str | None = None, pix: str = "yuv420p",
         for a in frames:
             c.mux(s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
         c.mux(s.encode())
+    return path
+
+
+def _faststart_copy(path: Path, packets: int = 12) -> Path | None:
+    """The shared mp4's first ``packets`` video packets remuxed (not re-encoded: its encoder's avcC,
+    B-frames and composition offsets) with the moov first, as web videos are served."""
+    import av
+
+    src = base.MEDIA / "video1.mp4"
+    if not src.is_file():
+        return None
+    with av.open(str(src)) as i, av.open(str(path), "w", options={"movflags": "+faststart"}) as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for n, pkt in enumerate(i.demux(i.streams.video[0])):
+            if pkt.dts is None or n >= packets:
+                continue
+            pkt.stream = s
+            o.mux(pkt)
     return path
 
 
@@ -971,10 +1028,13 @@ def seeds(reader: str, work: Path) -> list:
         return [S("h264.mp4", _video(work / "a.mp4", "libx264"), "mp4"),
                 S("mpeg4.mp4", _video(work / "b.mp4", "mpeg4"), "mp4"),
                 S("meta.mp4", _written_video(work / "meta.mp4"), "mp4"),
-                S("sar.mp4", _video(work / "s.mp4", "libx264", sar=Fraction(4, 3)), "mp4"), S("rot90.mp4", rot, "mp4")]
+                S("sar.mp4", _video(work / "s.mp4", "libx264", sar=Fraction(4, 3)), "mp4"), S("rot90.mp4", rot, "mp4"),
+                S("faststart.mp4", _video(work / "f.mp4", "libx264", faststart=True), "mp4")] + \
+            ([S("web.mp4", web, "mp4")] if (web := _faststart_copy(work / "web.mp4")) else [])
     if reader == "mov":
         return [S("mjpeg.mov", _video(work / "a.mov", "mjpeg", pix="yuvj420p"), "mov"),
-                S("h264.mov", _video(work / "b.mov", "libx264"), "mov")]
+                S("h264.mov", _video(work / "b.mov", "libx264"), "mov"),
+                S("faststart.mov", _video(work / "c.mov", "libx264", faststart=True), "mov")]
     if reader == "webm":
         return [S("vp9.webm", _video(work / "a.webm", "libvpx-vp9"), "webm"),
                 S("vp8.webm", _video(work / "b.webm", "libvpx"), "webm"),
@@ -1046,8 +1106,6 @@ def _steps_media(target: Path, i: int) -> list:
     from showo2_cli import api
     from showo2_cli.pipelines.latents import read_source
 
-    model = base.demo_model()
-
     def kind():
         return M.probe_kind(target)
 
@@ -1057,8 +1115,11 @@ def _steps_media(target: Path, i: int) -> list:
              ("read_image", lambda: M.read_image(target) if kind() == "image" else None),
              ("read_media", lambda: M.read_media(target, num_frames=4)),
              ("encode read", lambda: read_source(target, (32, 32), 5)),
-             ("training", lambda: _training_sample(target, kind() == "video")),
-             ("caption", lambda: api.caption(model, target, api.CaptionOptions(max_new_tokens=1))),
+             ("training", lambda: _training_sample(target, kind() == "video"))]
+    if READERS_ONLY[0]:
+        return steps
+    model = base.demo_model()
+    steps += [("caption", lambda: api.caption(model, target, api.CaptionOptions(max_new_tokens=1))),
              ("encode", lambda: api.encode_file(target, model.vae, target.parent / "out.safetensors",
                                                 api.EncodeOptions(size=(32, 32), frames=5), overwrite=True))]
     if i % 3 == 0:
@@ -1102,6 +1163,8 @@ def _steps_latents(target: Path, i: int) -> list:
     from showo2_cli import api
     from showo2_cli.pipelines.latents import load_latents
 
+    if READERS_ONLY[0]:
+        return [("load_latents", lambda: load_latents(target))]
     model = base.demo_model()
 
     def decode():  # what `showo2 decode` writes (an image or a video beside it), for latents of a small size
@@ -1141,6 +1204,9 @@ def drive(reader: str, seed, target: Path, root, server=None):
 
 
 _COUNT = [0]
+#: --readers-only: the file readers alone, none of the demo model's entry points (caption, encode, i2v,
+#: the server, decode), which take most of a mutant's time where the file reads
+READERS_ONLY = [False]
 
 
 def _drive_count() -> int:
@@ -1197,7 +1263,12 @@ def main(argv=None) -> int:
     ap.add_argument("--save", type=Path, help="folder to keep each defect's mutant and traceback in")
     ap.add_argument("--reach", action="store_true",
                     help="only count the mutants read whole, structured against byte-level (media readers)")
+    ap.add_argument("--readers-only", action="store_true",
+                    help="drive the file readers alone (media: probe_kind, read_metadata, check_video, read_image, "
+                         "read_media, encode's read_source, a training sample; latents: load_latents; VAE weights: "
+                         "header_sizes, load_vae), none of the demo model's entry points: many more mutants an hour")
     args = ap.parse_args(argv)
+    READERS_ONLY[0] = args.readers_only
     import torch
 
     torch.set_num_threads(1)
@@ -1207,7 +1278,8 @@ def main(argv=None) -> int:
             print(f"{reader:6} read whole: structured {r['structured'][0]}/{args.count}, "
                   f"byte-level {r['bytes'][0]}/{args.count}", flush=True)
         return 0
-    base.demo_model()
+    if not args.readers_only or args.reader in ("latents", "all"):  # (the latents seeds are encoded by it)
+        base.demo_model()
     if args.address_space_gb:
         with open("/proc/self/statm") as fh:
             held = int(fh.read().split()[0]) * resource.getpagesize()

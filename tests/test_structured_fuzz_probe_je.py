@@ -79,3 +79,25 @@ def test_webm_positions_follow_the_elements_they_name(tmp_path):
     assert moved.stat().st_size > webm.stat().st_size
     a, b = M.read_media(webm, num_frames=3), M.read_media(moved, num_frames=3)
     assert b.frames.shape == a.frames.shape and np.array_equal(a.frames, b.frames)
+
+
+def test_mp4_chunk_offsets_move_with_the_mdat(tmp_path):
+    """Probe KG: a box grown before the mdat (a moov first, as faststart files have it), or the moov
+    moved before the mdat, moves the samples; the chunk offsets (stco) move with them, as a muxer
+    writes them, so the mutant reads as its seed did (they pointed where the samples were, and FFmpeg
+    read other bytes as the frames, or refused the file)."""
+    f = _fuzzer()
+    fast = f._video(tmp_path / "fast.mp4", "libx264", faststart=True)
+    last = f._video(tmp_path / "last.mp4", "libx264")
+    want = M.read_media(fast, num_frames=4).frames
+    grown = f.mp4_parse(fast.read_bytes())
+    assert [b.kind for b in grown][:2] == [b"ftyp", b"moov"]
+    grown[1].children.append(f.Box(b"free", body=b"\0" * 1000))  # the moov 1008 bytes longer
+    swapped = f.mp4_parse(last.read_bytes())
+    kinds = [b.kind for b in swapped]
+    i, j = kinds.index(b"mdat"), kinds.index(b"moov")
+    swapped[i], swapped[j] = swapped[j], swapped[i]  # qt-faststart's move
+    for name, boxes in (("grown.mp4", grown), ("swapped.mp4", swapped)):
+        (tmp_path / name).write_bytes(f.mp4_write(boxes))
+        got = M.read_media(tmp_path / name, num_frames=4).frames
+        assert got.shape == want.shape and np.array_equal(got, want), name
