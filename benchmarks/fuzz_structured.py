@@ -819,8 +819,8 @@ def mutate_safetensors(data: bytes, rng: random.Random) -> bytes:
             val = meta.get(key, "{}")
             try:
                 mutated = json.dumps(base.mutate_json_value(json.loads(val), rng), allow_nan=True)
-            except (ValueError, TypeError):
-                mutated = val[: len(val) // 2]
+            except (ValueError, TypeError):  # (not JSON text; or no text: a value an earlier mutation set)
+                mutated = val[: len(val) // 2] if isinstance(val, str) else "{"
             meta = dict(meta)
             meta[key] = rng.choice((mutated, mutated, 1, None, ["x"], "x" * 10**6))
             header["__metadata__"] = rng.choice((meta, meta, meta, [], "x", None))

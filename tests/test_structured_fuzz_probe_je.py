@@ -101,3 +101,20 @@ def test_mp4_chunk_offsets_move_with_the_mdat(tmp_path):
         (tmp_path / name).write_bytes(f.mp4_write(boxes))
         got = M.read_media(tmp_path / name, num_frames=4).frames
         assert got.shape == want.shape and np.array_equal(got, want), name
+
+
+def test_safetensors_mutations_take_a_metadata_value_an_earlier_one_set():
+    """Probe KG: two metadata mutations in one mutant, the first having set a value to 1 or None:
+    the second raised TypeError ("object of type 'int' has no len()") and ended the fuzzing run."""
+    import json
+    import random
+    import struct
+
+    f = _fuzzer()
+    header = {"__metadata__": {"showo2": json.dumps({"kind": "image", "size": [64, 64]})},
+              "latents": {"dtype": "F32", "shape": [1, 2], "data_offsets": [0, 8]}}
+    text = json.dumps(header).encode()
+    data = struct.pack("<Q", len(text)) + text + b"\0" * 8
+    for i in (3647, 5483, 7979, 8504, 10919, 13356, *range(200)):  # (the first six: such mutants, of 20,000)
+        out = f.mutate_safetensors(data, random.Random(f"kg:{i}"))
+        assert struct.unpack("<Q", out[:8])[0] <= len(out) - 8
