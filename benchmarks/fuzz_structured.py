@@ -105,6 +105,8 @@ def mutate_png(data: bytes, rng: random.Random) -> bytes:
         if op == 0 and b"IHDR" in kinds:  # a header field
             c = chunks[kinds.index(b"IHDR")]
             field = rng.randrange(7)
+            if field < 2 and len(c[1]) < 4 * field + 4:  # (an IHDR cut short, or a chunk an earlier op renamed)
+                continue
             if field < 2:
                 (old,) = struct.unpack(">I", c[1][4 * field:4 * field + 4])
                 c[1] = _put(c[1], 4 * field, ">I", _num(rng, old, 2**32 - 1))
