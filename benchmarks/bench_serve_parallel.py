@@ -29,6 +29,15 @@ a short streamed chat sent 0.3 s after an image (its time to first piece, the im
 
     python benchmarks/bench_serve_parallel.py --image-stall --model demo --budgets 0 512 --rounds 2
 
+``--image-queue``: ``--parallel`` (the largest value) image requests sent at once (their seeds 7, 8, ...),
+then a short streamed chat 0.3 s later: the chat's time to its first piece and its end, each image's
+latency and the order they end in, their pixels equal to each alone? For each ``--budgets`` value,
+interleaved over ``--rounds``; ``--sources A B``: each round runs once per source tree (its ``src``
+folder first on PYTHONPATH, in a process of its own), interleaved, to compare two versions of the server.
+
+    python benchmarks/bench_serve_parallel.py --image-queue --model demo --parallel 3 --budgets 512 --rounds 3 \
+        --sources old/src src
+
 ``--agreement N``: no server; N greedy and N seeded answers (max 48 tokens), each decoded alone
 and then in groups of 8 in one decoding batch, counted: answers whose tokens all equal their
 answer alone, and the first differing step of the others.
@@ -248,15 +257,15 @@ def stall_round(model, parallel: int, budget: int, streams: int, tokens: int, vi
             "long_ttft_s": ttft, "long_window_s": round(window1 - window0, 3)}
 
 
-def image(url: str, steps: int, out: dict) -> None:
-    """POST an image request: ``out`` gets its latency and its first image's base64."""
+def image(url: str, steps: int, out: dict, seed: int = 7) -> None:
+    """POST an image request: ``out`` gets its latency, the moment it ended and its first image's base64."""
     import httpx
 
     t = time.perf_counter()
     r = httpx.post(url + "/v1/images/generations", json={"prompt": "a red circle on a blue square", "steps": steps,
-                                                         "seed": 7}, timeout=600)
+                                                         "seed": seed}, timeout=600)
     r.raise_for_status()
-    out.update(seconds=round(time.perf_counter() - t, 3), b64=r.json()["data"][0]["b64_json"])
+    out.update(seconds=round(time.perf_counter() - t, 3), ended=time.perf_counter(), b64=r.json()["data"][0]["b64_json"])
 
 
 def image_round(model, parallel: int, budget: int, streams: int, tokens: int, steps: int) -> dict:
@@ -296,6 +305,65 @@ def image_round(model, parallel: int, budget: int, streams: int, tokens: int, st
             "median_gap_during_image_s": round(statistics.median(inside), 3) if inside else None,
             "pieces_during_image": len(inside), "streams_ended_during_image": ended_early,
             "chat_during_image": chat}
+
+
+def queue_round(model, parallel: int, budget: int, streams: int, tokens: int, steps: int) -> dict:
+    """``parallel`` images sent at once, then a streamed chat 0.3 s later."""
+    srv, thread, sock, url = start(model, parallel, budget)
+    end_id = model.tokens.end
+    chat_body = {**body(1, end_id), "max_tokens": 8, "logit_bias": visible(model)}
+    try:
+        ask(url, 0, end_id)  # warm-up (the flow head loads on the first image)
+        stream(url, chat_body, [])
+        alone = [{} for _ in range(parallel)]
+        for k, out in enumerate(alone):
+            image(url, steps, out, seed=7 + k)
+        crowd = [{} for _ in range(parallel)]
+        senders = []
+        for k, out in enumerate(crowd):  # in this order (each a moment apart: the server sees them so)
+            senders.append(threading.Thread(target=image, args=(url, steps, out, 7 + k)))
+            senders[-1].start()
+            time.sleep(0.02)
+        time.sleep(0.3)
+        chat_times: list = []
+        t0 = time.perf_counter()
+        stream(url, chat_body, chat_times)
+        t1 = time.perf_counter()
+        for s in senders:
+            s.join()
+    finally:
+        stop(srv, thread, sock)
+    return {"parallel": parallel, "budget": budget, "image_steps": steps, "images": parallel,
+            "chat_ttft_s": round(chat_times[0] - t0, 3), "chat_total_s": round(t1 - t0, 3),
+            "chat_ended_before_images": sum(c["ended"] > t1 for c in crowd),
+            "image_alone_s": [a["seconds"] for a in alone], "image_in_crowd_s": [c["seconds"] for c in crowd],
+            "end_order": sorted(range(parallel), key=lambda k: crowd[k]["ended"]),
+            "same_pixels": all(a["b64"] == c["b64"] for a, c in zip(alone, crowd, strict=True))}
+
+
+def by_sources(sources: list[str], rounds: int) -> list[dict]:
+    """This benchmark's arguments (but ``--sources`` and ``--rounds``) run once per round and per
+    source tree, interleaved, each in a process of its own with that tree first on PYTHONPATH."""
+    import subprocess
+
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if a.startswith("--"):
+            skip = a in ("--sources", "--rounds", "--results")
+        if not skip:
+            argv.append(a)
+    out = []
+    for _ in range(rounds):
+        for src in sources:
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.abspath(src), os.environ.get("PYTHONPATH", "")])}
+            run = subprocess.run([sys.executable, __file__, *argv, "--rounds", "1"], env=env, check=True,
+                                 capture_output=True, text=True)
+            for line in run.stdout.splitlines():
+                if line.startswith("{"):
+                    r = {"sources": src, **json.loads(line)}
+                    print(json.dumps(r), flush=True)
+                    out.append(r)
+    return out
 
 
 def agreement(model, n: int, group: int = 8, full_length: bool = False) -> dict:
@@ -357,8 +425,17 @@ def main() -> int:
     p.add_argument("--image-stall", action="store_true",
                    help="measure the answers' gaps and a chat's time to first piece while an image is generated")
     p.add_argument("--image-steps", type=int, default=30, help="--image-stall: the image's steps")
+    p.add_argument("--image-queue", action="store_true",
+                   help="--parallel images sent at once, then a chat: its time to first piece, the images' order")
+    p.add_argument("--sources", nargs="+", help="source trees (their src folders) to run each round with, interleaved")
     p.add_argument("--agreement", type=int, metavar="N", help="count answers equal alone and together instead")
     args = p.parse_args()
+    if args.sources:
+        rounds = by_sources(args.sources, args.rounds)
+        if args.results:
+            with open(args.results, "w") as f:
+                json.dump({"model": args.model, "rounds": rounds}, f, indent=1)
+        return 0
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -373,7 +450,8 @@ def main() -> int:
         return 0
     rounds = []
     most = max(args.parallel)
-    for wanted, run, extra in ((args.image_stall, image_round, args.image_steps), (args.stall, stall_round, args.video)):
+    for wanted, run, extra in ((args.image_stall, image_round, args.image_steps), (args.stall, stall_round, args.video),
+                               (args.image_queue, queue_round, args.image_steps)):
         if wanted:  # the budgets interleaved, round after round
             for _ in range(args.rounds):
                 for budget in args.budgets:
@@ -387,7 +465,7 @@ def main() -> int:
             print(json.dumps({k: v for k, v in r.items() if k != "different"}), flush=True)
             rounds.append(r)
     out = {"model": args.model, "requests": args.requests, "full_length": args.full_length, "stall": args.stall,
-           "image_stall": args.image_stall,
+           "image_stall": args.image_stall, "image_queue": args.image_queue,
            "rounds": rounds,
            "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                        "threads": torch.get_num_threads()}}

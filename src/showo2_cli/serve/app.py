@@ -176,8 +176,8 @@ def create_app(model, config: ServerConfig):
     def model_card(name: str) -> dict:
         return {"id": name, "object": "model", "created": int(state["started"]), "owned_by": "showo2"}
 
-    def submit(fn) -> Job:
-        job = Job(fn, asyncio.get_running_loop())
+    def submit(fn, generation: bool = False) -> Job:
+        job = Job(fn, asyncio.get_running_loop(), generation)
         try:
             worker.submit(job)
         except QueueFull:
@@ -311,7 +311,7 @@ def create_app(model, config: ServerConfig):
         try:
             body = await request_body(request)
             plan = parse_images(body, config, model.spec)
-            job = submit(lambda job: images_job(model, plan, job))
+            job = submit(lambda job: images_job(model, plan, job), generation=True)
             data = await outcome(request, job)
             return JSONResponse({"created": int(time.time()), "data": data})
         except Exception as e:

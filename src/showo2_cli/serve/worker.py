@@ -25,10 +25,11 @@ class QueueFull(Exception):
 
 
 class Job:
-    """One request's work: ``fn(job)`` runs on the worker thread; events flow back to the event loop."""
+    """One request's work: ``fn(job)`` runs on the worker thread; events flow back to the event loop.
+    ``generation``: an image (or video) generation, which runs one at a time (see :class:`Worker`)."""
 
-    def __init__(self, fn: Callable[[Job], Any], loop: asyncio.AbstractEventLoop):
-        self.fn, self.loop = fn, loop
+    def __init__(self, fn: Callable[[Job], Any], loop: asyncio.AbstractEventLoop, generation: bool = False):
+        self.fn, self.loop, self.generation = fn, loop, generation
         self.cancel = threading.Event()
         self.events: asyncio.Queue = asyncio.Queue()
         self.started = False
@@ -46,10 +47,18 @@ class Worker:
     """The threads owning the model: ``parallel`` jobs at a time (1: one, as a single thread runs
     them), at most ``max_queue`` waiting. With ``parallel`` above 1 the running jobs take turns
     with the model (``batch``'s lock) and their answers decode together
-    (:mod:`showo2_cli.decoding_batch`): one batched step for all of them."""
+    (:mod:`showo2_cli.decoding_batch`): one batched step for all of them.
+
+    Where the answers also step between an image's sampling steps (the batch's ``prompt_budget``
+    above 0), the generations run one at a time (:func:`~showo2_cli.decoding_batch.generation_turn`),
+    and a generation job waits for the one running to end in the queue, not in a slot: the jobs
+    behind it in the queue that are not generations take the free slots meanwhile; generations keep
+    their order. A job is refused when ``parallel + max_queue`` are in (running or waiting), as before."""
 
     def __init__(self, max_queue: int, parallel: int = 1, batch=None):
         self.max_queue, self.parallel, self.batch = max_queue, parallel, batch
+        # generations wait for their turn in the queue (elsewhere each runs whole, or one slot runs all jobs)
+        self.generations_queued = batch is not None and batch.prompt_budget > 0
         self._cv = threading.Condition()
         self._waiting: deque[Job] = deque()
         self.jobs: list[Job] = []  # the running ones
@@ -85,12 +94,22 @@ class Worker:
             self._cv.notify()
 
     def cancel(self, job: Job) -> None:
-        """Stop a job: taken out of the queue if it waits, told to stop if it runs."""
+        """Stop a job: taken out of the queue if it waits (a generation waiting for another's end
+        too), told to stop if it runs."""
         job.cancel.set()
         with self._cv:
             if job in self._waiting:
                 self._waiting.remove(job)
                 self.counts["cancelled"] += 1
+
+    def _next(self) -> Job | None:
+        """The first waiting job that may run now (under ``_cv``): a generation only while none runs
+        (where :attr:`generations_queued`), or once cancelled (it ends at once)."""
+        busy = self.generations_queued and any(j.generation for j in self.jobs)
+        for job in self._waiting:
+            if not (busy and job.generation) or job.cancel.is_set():
+                return job
+        return None
 
     def _loop(self) -> None:
         if self.batch is not None:  # this thread's answers decode in the batch
@@ -99,11 +118,11 @@ class Worker:
             CURRENT.set(self.batch)
         while True:
             with self._cv:
-                while not self._waiting and not self._stop:
+                while (job := self._next()) is None and not (self._stop and not self._waiting):
                     self._cv.wait()
-                if not self._waiting and self._stop:
+                if job is None:
                     return
-                job = self._waiting.popleft()
+                self._waiting.remove(job)
                 self.jobs.append(job)
             if self.batch is None:
                 self._run(job)
@@ -132,6 +151,8 @@ class Worker:
         finally:
             with self._cv:
                 self.jobs.remove(job)
+                if job.generation:  # the next generation waiting may run now
+                    self._cv.notify_all()
 
     def abandon(self, why: str = "drain timeout") -> None:
         """The drain timeout (or a forced exit): stop the running job and every waiting one; each is
