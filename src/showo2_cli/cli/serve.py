@@ -40,8 +40,9 @@ def serve(
         "--allow-origin", metavar="<origin>", help="A browser origin (scheme://host[:port], or *) allowed to call the API "
         "(CORS); repeatable (default: $SHOWO2_ORIGINS, comma-separated; none: browsers on other origins "
         "are refused).")] = None,
-    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting behind the running ones (--parallel); "
-                                           "more get 429.")] = ServerConfig.max_queue,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting behind the running ones (--parallel; "
+                                           "an image waiting for another image's end waits here, not in a slot, unless "
+                                           "--max-num-batched-tokens is 0); more get 429.")] = ServerConfig.max_queue,
     parallel: Annotated[int, typer.Option(
         "--parallel", help="Requests run at once, their answers decoded together in one batched step (continuous "
         "batching: more answers a second under concurrent clients). 1: one at a time, each answer exactly as "
