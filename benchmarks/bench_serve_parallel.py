@@ -320,11 +320,11 @@ def queue_round(model, parallel: int, budget: int, streams: int, tokens: int, st
             image(url, steps, out, seed=7 + k)
         crowd = [{} for _ in range(parallel)]
         senders = []
-        for k, out in enumerate(crowd):  # in this order (each a moment apart: the server sees them so)
+        for k, out in enumerate(crowd):  # in this order (0.1 s apart: the server sees them so)
             senders.append(threading.Thread(target=image, args=(url, steps, out, 7 + k)))
             senders[-1].start()
-            time.sleep(0.02)
-        time.sleep(0.3)
+            time.sleep(0.1)
+        time.sleep(0.1)  # (the chat sent 0.3 s after the first image)
         chat_times: list = []
         t0 = time.perf_counter()
         stream(url, chat_body, chat_times)

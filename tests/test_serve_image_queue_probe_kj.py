@@ -188,17 +188,22 @@ def test_served_images_in_a_crowd_are_t2i_s_in_order_and_a_chat_is_answered_mean
     url = f"http://{host}:{port}"
     ended: dict = {}
     got: dict = {}
+    steps = {5: 40, 6: STEPS, 7: STEPS}  # (the first long enough for the chat to end within it)
 
     def pixels(seed: int, key=None) -> None:
-        r = httpx.post(url + "/v1/images/generations", json={"prompt": prompt, "steps": STEPS, "seed": seed},
+        r = httpx.post(url + "/v1/images/generations", json={"prompt": prompt, "steps": steps[seed], "seed": seed},
                        timeout=120)
         assert r.status_code == 200, r.text
         got[key or seed] = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"]))))
         ended[key or seed] = time.perf_counter()
 
+    def in_server() -> int:
+        health = httpx.get(url + "/health").json()
+        return sum(health[k] for k in ("running_jobs", "queued", "completed", "failed", "cancelled"))
+
     def chat() -> None:
         r = httpx.post(url + "/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "Name a shape."}], "max_tokens": 3,
+            "messages": [{"role": "user", "content": "Name a shape."}], "max_tokens": 2,
             "logit_bias": {str(demo.tokens.end): -100}}, timeout=120)
         assert r.status_code == 200, r.text
         ended["chat"] = time.perf_counter()
@@ -206,11 +211,13 @@ def test_served_images_in_a_crowd_are_t2i_s_in_order_and_a_chat_is_answered_mean
     try:
         for seed in (5, 6, 7):
             pixels(seed, ("alone", seed))
+        assert until(lambda: httpx.get(url + "/health").json()["running_jobs"] == 0)
+        before = in_server()
         senders = []
         for seed in (5, 6, 7):
             senders.append(threading.Thread(target=pixels, args=(seed,)))
             senders[-1].start()
-            time.sleep(0.05)  # (the server sees them in this order)
+            assert until(lambda n=len(senders): in_server() - before >= n)  # (the server sees them in this order)
         chat()
         for s in senders:
             s.join(120)
