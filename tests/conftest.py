@@ -162,14 +162,14 @@ def enliven(net, seed: int = 1):
 
 
 @contextlib.contextmanager
-def serving(model, model_id: str = "demo"):
-    """``showo2 serve`` of ``model`` on a free port of 127.0.0.1, in a thread: yields its base URL
-    (``http://127.0.0.1:PORT``); stopped on exit."""
+def serving(model, model_id: str = "demo", **config):
+    """``showo2 serve`` of ``model`` on a free port of 127.0.0.1, in a thread (``config``: more of
+    its ServerConfig): yields its base URL (``http://127.0.0.1:PORT``); stopped on exit."""
     from showo2_cli.serve import ServerConfig, bind_socket
     from showo2_cli.serve.app import server_for
 
     sock = bind_socket("127.0.0.1", 0)
-    srv = server_for(model, ServerConfig(model_id=model_id), sock, log_level="error")
+    srv = server_for(model, ServerConfig(model_id=model_id, **config), sock, log_level="error")
     thread = run_in_thread(srv, sock)
     host, port = sock.getsockname()[:2]
     try:

@@ -175,17 +175,10 @@ def test_served_images_in_a_crowd_are_t2i_s_in_order_and_a_chat_is_answered_mean
     import httpx
     from PIL import Image
 
-    from conftest import run_in_thread
+    from conftest import serving
     from showo2_cli.cli import main
-    from showo2_cli.serve import ServerConfig, bind_socket
-    from showo2_cli.serve.app import server_for
 
     prompt = "a red circle on a blue square"
-    sock = bind_socket("127.0.0.1", 0)
-    srv = server_for(demo, ServerConfig(parallel=3), sock, log_level="error")
-    thread = run_in_thread(srv, sock)
-    host, port = sock.getsockname()[:2]
-    url = f"http://{host}:{port}"
     ended: dict = {}
     got: dict = {}
     steps = {5: 40, 6: STEPS, 7: STEPS}  # (the first long enough for the chat to end within it)
@@ -208,7 +201,7 @@ def test_served_images_in_a_crowd_are_t2i_s_in_order_and_a_chat_is_answered_mean
         assert r.status_code == 200, r.text
         ended["chat"] = time.perf_counter()
 
-    try:
+    with serving(demo, parallel=3) as url:
         for seed in (5, 6, 7):
             pixels(seed, ("alone", seed))
         assert until(lambda: httpx.get(url + "/health").json()["running_jobs"] == 0)
@@ -221,10 +214,6 @@ def test_served_images_in_a_crowd_are_t2i_s_in_order_and_a_chat_is_answered_mean
         chat()
         for s in senders:
             s.join(120)
-    finally:
-        srv.should_exit = True
-        thread.join(30)
-        sock.close()
     assert ended["chat"] < ended[5] < ended[6] < ended[7]
     for seed in (5, 6, 7):
         assert np.array_equal(got[seed], got[("alone", seed)])
