@@ -120,8 +120,12 @@ def test_the_answer_length_default_has_one_source():
     from showo2_cli.pipeline import Showo2Pipeline
 
     assert options.DEFAULT_MAX_NEW_TOKENS == 300
-    for function in (caption, chat, Showo2Pipeline.caption):
+    for function in (caption, chat):
         assert inspect.signature(function).parameters["max_new_tokens"].default == options.DEFAULT_MAX_NEW_TOKENS
+    # the pipeline's default is None, as transformers' generate's (a generation_config's value may
+    # then apply, probe KE), which the call reads as the one default
+    assert inspect.signature(Showo2Pipeline.caption).parameters["max_new_tokens"].default is None
+    assert "max_new_tokens = DEFAULT_MAX_NEW_TOKENS" in inspect.getsource(Showo2Pipeline.caption)
     assert options.CaptionOptions().max_new_tokens == options.TextSampling().max_new_tokens == 300
     from showo2_cli.serve_config import ServerConfig
 
