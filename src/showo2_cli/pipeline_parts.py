@@ -48,6 +48,10 @@ class PartsMixin:
         from .modeling.showo2 import Showo2Model
 
         inner = getattr(value, "_orig_mod", value) if isinstance(value, torch.nn.Module) else value
+        if hasattr(value, "_torchdynamo_orig_callable") and not isinstance(value, torch.nn.Module):
+            raise TypeError("torch.compile gave a function, not a network: the network it was given was compiled "
+                            "already (torch.compile of its wrapper compiles the wrapper's forward); compile the "
+                            "plain network again instead: pipe.transformer = torch.compile(pipe.transformer._orig_mod, ...)")
         if not isinstance(inner, Showo2Model):  # (torch.compile's wrapper keeps the module in _orig_mod)
             raise TypeError(f"the network must be a Show-o2 network (or torch.compile of one), got "
                             f"{type(value).__name__}")
