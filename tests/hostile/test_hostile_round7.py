@@ -111,9 +111,10 @@ def test_a_chat_line_is_never_held_beyond_its_limit():
             Counting.largest = max(Counting.largest, len(line))
             return line
 
-    lines = list(pipe_lines(Counting(b"\0" * 5000 + b"\nWhat color?\r\n\xff\n" + b"y" * 100 + b"\n"), 100))
+    # (a line of NULs or of bytes that are not UTF-8 is refused as not text since probe KG)
+    lines = list(pipe_lines(Counting(b"x" * 5000 + b"\nWhat color?\r\n" + b"y" * 100 + b"\n"), 100))
     assert isinstance(lines[0], LineTooLong) and lines[0].size == 5001
-    assert lines[1:] == ["What color?", "\ufffd", "y" * 100]
+    assert lines[1:] == ["What color?", "y" * 100]
     assert Counting.largest <= 101
 
 
