@@ -14,6 +14,7 @@ their sampler bound by. Probe KC's figures are in the CHANGELOG.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,8 +28,12 @@ from showo2_cli.sequences import generation_layout
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sets", nargs="+", type=Path, help="parity fixture sets (folders holding meta.json)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    for root in map(Path, argv):
+    for root in args.sets:
         meta = json.loads((root / "meta.json").read_text())
         model = load(root / "model", dtype=torch.float32, need=())
         for name, info in sorted(meta["cases"].items()):
